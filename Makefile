@@ -1,0 +1,88 @@
+# imcache — build, test and benchmark.
+#   make            release build in build/
+#   make check      unit + integration tests, built with ASan+UBSan in build/check/
+#   make bench      benchmarks (release build)
+#   make format     clang-format the tree
+
+O ?= build
+SAN ?= 0
+CC ?= cc
+PKGS := libcurl jansson libmicrohttpd libarchive openssl devmapper
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lpthread
+CHECK_LIBS := $(shell pkg-config --libs check)
+
+CFLAGS_BASE := -std=gnu11 -g -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -Wno-format-truncation \
+	-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -fno-strict-aliasing -MMD -MP
+ifeq ($(SAN),1)
+CFLAGS_OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+	-fno-sanitize-recover=undefined -DIMC_TESTING
+LDFLAGS_SAN := -fsanitize=address,undefined
+else
+CFLAGS_OPT := -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2
+LDFLAGS_SAN :=
+endif
+ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS) $(CFLAGS)
+
+MODULES := common store builder attach api
+MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(MODULES)))
+LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard $(addsuffix /*.c,$(MODULES))))
+LIB_OBJS := $(LIB_SRCS:%.c=$(O)/obj/%.o)
+LIB := $(O)/libimcache.a
+
+PROGS := $(O)/imcd $(O)/imcctl $(O)/imc-attach
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
+
+.PHONY: all clean check unit integration bench format format-check programs
+all: $(PROGS)
+programs: $(PROGS)
+
+$(O)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJS)
+	@rm -f $@
+	$(AR) rcs $@ $^
+
+$(O)/imcd: $(O)/obj/api/imcd_main.o $(LIB)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/imcctl: $(O)/obj/api/imcctl_main.o $(LIB)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/imc-attach: $(O)/obj/attach/imc_attach_main.o $(LIB)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(O)/tests/%: $(O)/obj/tests/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(PKG_LIBS)
+
+unit-bins: $(UNIT_BINS)
+
+# make check: everything under ASan+UBSan.
+CHECK_O := build/check
+check:
+	$(MAKE) O=$(CHECK_O) SAN=1 programs unit-bins
+	$(MAKE) O=$(CHECK_O) SAN=1 unit
+	$(MAKE) O=$(CHECK_O) SAN=1 integration
+
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $(SAN_ENV) CK_FORK=yes $$t; done
+
+integration: programs
+	$(SAN_ENV) IMC_BIN=$(abspath $(O)) tests/integration/run-all.sh
+
+bench: programs
+	IMC_BIN=$(abspath $(O)) tests/bench/run.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+format-check:
+	clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find $(O) -name '*.d' 2>/dev/null)

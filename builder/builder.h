@@ -1,0 +1,88 @@
+/* The builder: OCI distribution client, manifest handling and layer application, and the build
+ * of a cache snapshot from image refs. */
+#ifndef IMC_BUILDER_H
+#define IMC_BUILDER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/imc.h"
+#include "../store/store.h"
+
+/* ---- image references -------------------------------------------------------------------- */
+struct builder_ref {
+	char *registry;   /* "registry-1.docker.io", "127.0.0.1:5000", ... (as contacted) */
+	char *repository; /* "library/busybox" */
+	char *tag;        /* NULL when only a digest was given */
+	char *digest;     /* "sha256:…" or NULL */
+};
+int builder_ref_parse(const char *s, struct builder_ref *ret, imc_error *err);
+void builder_ref_free(struct builder_ref *r);
+
+/* ---- manifests ---------------------------------------------------------------------------- */
+struct builder_descriptor {
+	char *media_type;
+	char *digest;
+	int64_t size;
+};
+struct builder_manifest {
+	struct builder_descriptor config;
+	struct builder_descriptor *layers;
+	size_t n_layers;
+};
+/* Parse a Docker schema 2 or OCI image manifest (media_type from Content-Type or the body). */
+int builder_manifest_parse(const char *media_type, const char *body, size_t len,
+			   struct builder_manifest *ret, imc_error *err);
+void builder_manifest_free(struct builder_manifest *m);
+/* Pick the manifest for platform ("os/arch[/variant]") from an OCI index / manifest list. */
+int builder_index_select(const char *body, size_t len, const char *platform,
+			 struct builder_descriptor *ret, imc_error *err);
+void builder_descriptor_free(struct builder_descriptor *d);
+bool builder_media_type_is_index(const char *media_type);
+
+/* ---- layers ------------------------------------------------------------------------------- */
+enum builder_whiteout {
+	BUILDER_WHITEOUT_NONE,
+	BUILDER_WHITEOUT_FILE,   /* ".wh.<name>": delete <name> */
+	BUILDER_WHITEOUT_OPAQUE, /* ".wh..wh..opq": hide the lower contents of the directory */
+};
+/* Classify a normalized entry path; for FILE, ret_target gets the path that is deleted. */
+enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target);
+/* Apply one layer blob (gzip, zstd or uncompressed tar) to the tree under rootfd.  Every path is
+ * resolved inside rootfd; what names the layer in errors. */
+int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *err);
+
+/* ---- pulling ------------------------------------------------------------------------------ */
+struct builder_opts {
+	const char *blob_dir;                     /* verified blobs, sha256/<hex> */
+	const char *platform;                     /* default "linux/amd64" */
+	const char *const *insecure_registries;   /* NULL-terminated "host:port" list, plain HTTP */
+	void (*progress)(void *ctx, uint64_t done, uint64_t total);
+	void *progress_ctx;
+};
+
+struct builder_image; /* a resolved image: manifest, config and layers */
+int builder_image_resolve(const struct builder_opts *o, const char *ref,
+			  struct builder_image **ret, imc_error *err);
+/* Download every layer not yet in blob_dir, verifying sizes and digests. */
+int builder_image_fetch(const struct builder_opts *o, struct builder_image *img, imc_error *err);
+/* Apply the fetched layers in order under rootfd. */
+int builder_image_apply(const struct builder_opts *o, struct builder_image *img, int rootfd,
+			imc_error *err);
+/* Compressed bytes of all layers. */
+uint64_t builder_image_layer_bytes(const struct builder_image *img);
+/* What /imcache.json and the API record of the image: ref, digest, platform, config (env, cmd,
+ * entrypoint, workingDir, user), layers.  A new reference. */
+json_t *builder_image_describe(const struct builder_image *img);
+void builder_image_free(struct builder_image *img);
+
+/* ---- building a cache --------------------------------------------------------------------- */
+/* Resolve and fetch refs, create a volume in the store, mkfs.ext4, apply each image under
+ * /images/<n>/rootfs, write /imcache.json, unmount and seal it as snapshot cache_id.  size 0 picks
+ * a default from the content.  On failure nothing is left in the store.  ret_manifest gets the
+ * content of /imcache.json. */
+int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,
+		  const char *const *refs, size_t n_refs, uint64_t size, json_t **ret_manifest,
+		  imc_error *err);
+
+#endif

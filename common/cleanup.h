@@ -1,0 +1,89 @@
+/* Scope-bound cleanup attributes: every early return frees what the scope owns. */
+#ifndef IMC_CLEANUP_H
+#define IMC_CLEANUP_H
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <archive.h>
+#include <curl/curl.h>
+#include <jansson.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+
+static inline void imc_freep(void *p)
+{
+	free(*(void **)p);
+}
+
+static inline void imc_closep(int *fd)
+{
+	if (*fd >= 0) {
+		int saved = errno;
+		close(*fd);
+		errno = saved;
+	}
+}
+
+static inline void imc_fclosep(FILE **f)
+{
+	if (*f)
+		fclose(*f);
+}
+
+static inline void imc_closedirp(DIR **d)
+{
+	if (*d)
+		closedir(*d);
+}
+
+static inline void imc_json_decrefp(json_t **j)
+{
+	json_decref(*j);
+}
+
+static inline void imc_curl_cleanupp(CURL **c)
+{
+	if (*c)
+		curl_easy_cleanup(*c);
+}
+
+static inline void imc_curl_slist_freep(struct curl_slist **l)
+{
+	curl_slist_free_all(*l);
+}
+
+static inline void imc_archive_read_freep(struct archive **a)
+{
+	if (*a)
+		archive_read_free(*a);
+}
+
+#define _cleanup_free_        _cleanup_(imc_freep)
+#define _cleanup_close_       _cleanup_(imc_closep)
+#define _cleanup_fclose_      _cleanup_(imc_fclosep)
+#define _cleanup_dir_         _cleanup_(imc_closedirp)
+#define _cleanup_json_        _cleanup_(imc_json_decrefp)
+#define _cleanup_curl_        _cleanup_(imc_curl_cleanupp)
+#define _cleanup_curl_slist_  _cleanup_(imc_curl_slist_freep)
+#define _cleanup_archive_     _cleanup_(imc_archive_read_freep)
+
+/* Hand ownership out of a cleanup-managed variable. */
+#define steal_pointer(pp)                                                                          \
+	({                                                                                         \
+		__typeof__(*(pp)) _p = *(pp);                                                      \
+		*(pp) = NULL;                                                                      \
+		_p;                                                                                \
+	})
+
+static inline int steal_fd(int *fd)
+{
+	int r = *fd;
+	*fd = -1;
+	return r;
+}
+
+#endif

@@ -1,0 +1,113 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "imc.h"
+
+static int set_msg(imc_error *err, int errnum, const char *fmt, va_list ap, bool with_strerror)
+{
+	int code = errnum > 0 ? -errnum : errnum;
+
+	if (code == 0)
+		code = -EIO;
+	if (!err)
+		return code;
+	err->code = code;
+	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	if (with_strerror) {
+		size_t n = strlen(err->msg);
+		snprintf(err->msg + n, sizeof(err->msg) - n, ": %s", strerror(-code));
+	}
+	return code;
+}
+
+int imc_err(imc_error *err, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int r = set_msg(err, errnum, fmt, ap, false);
+	va_end(ap);
+	return r;
+}
+
+int imc_err_sys(imc_error *err, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int r = set_msg(err, errnum, fmt, ap, true);
+	va_end(ap);
+	return r;
+}
+
+int imc_err_wrap(imc_error *err, const char *fmt, ...)
+{
+	char ctx[IMC_ERR_MSG], old[IMC_ERR_MSG];
+	va_list ap;
+
+	if (!err)
+		return -EIO;
+	if (err->code == 0)
+		err->code = -EIO;
+	va_start(ap, fmt);
+	vsnprintf(ctx, sizeof(ctx), fmt, ap);
+	va_end(ap);
+	memcpy(old, err->msg, sizeof(old));
+	snprintf(err->msg, sizeof(err->msg), "%s: %s", ctx, old);
+	return err->code;
+}
+
+void imc_err_clear(imc_error *err)
+{
+	if (err) {
+		err->code = 0;
+		err->msg[0] = '\0';
+	}
+}
+
+static enum imc_log_level log_level = IMC_LOG_INFO;
+
+void imc_log_set_level(enum imc_log_level level)
+{
+	log_level = level;
+}
+
+void imc_log(enum imc_log_level level, const char *fmt, ...)
+{
+	static const char *const names[] = {"error", "warn", "info", "debug"};
+	char ts[32];
+	va_list ap;
+
+	if (level > log_level)
+		return;
+	imc_time_rfc3339(imc_now(), ts, sizeof(ts));
+	flockfile(stderr);
+	fprintf(stderr, "%s %s: ", ts, names[level]);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	funlockfile(stderr);
+}
+
+void imc_time_rfc3339(int64_t t, char *buf, size_t size)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int64_t imc_now(void)
+{
+	return (int64_t)time(NULL);
+}
+
+uint64_t imc_monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}

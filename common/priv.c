@@ -1,0 +1,329 @@
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+
+#include "priv.h"
+
+extern char **environ;
+
+static const char *const op_names[IMC_PRIV__MAX] = {
+	[IMC_PRIV_FICLONE] = "ficlone", [IMC_PRIV_LOOP_ATTACH] = "loop_attach",
+	[IMC_PRIV_LOOP_DETACH] = "loop_detach", [IMC_PRIV_MOUNT] = "mount",
+	[IMC_PRIV_UMOUNT] = "umount", [IMC_PRIV_MKFS] = "mkfs",
+};
+
+static unsigned long op_count[IMC_PRIV__MAX];
+static unsigned long fail_at[IMC_PRIV__MAX]; /* absolute call number that fails, 0 = none */
+static int fail_errno[IMC_PRIV__MAX];
+
+const char *imc_priv_op_name(enum imc_priv_op op)
+{
+	return op < IMC_PRIV__MAX ? op_names[op] : "?";
+}
+
+unsigned long imc_priv_count(enum imc_priv_op op)
+{
+	return __atomic_load_n(&op_count[op], __ATOMIC_RELAXED);
+}
+
+void imc_priv_inject(enum imc_priv_op op, unsigned nth, int errnum)
+{
+	fail_at[op] = imc_priv_count(op) + nth;
+	fail_errno[op] = errnum;
+}
+
+/* Entered by every privileged operation: count it, and fail it when a fault is injected. */
+static int priv_enter(enum imc_priv_op op)
+{
+	unsigned long n = __atomic_add_fetch(&op_count[op], 1, __ATOMIC_RELAXED);
+
+	if (fail_at[op] && n == fail_at[op])
+		return -fail_errno[op];
+	return 0;
+}
+
+static int errno_by_name(const char *s)
+{
+	static const struct {
+		const char *name;
+		int value;
+	} names[] = {{"EIO", EIO},         {"ENOSPC", ENOSPC}, {"EBUSY", EBUSY},
+		     {"ENOMEM", ENOMEM},   {"EPERM", EPERM},   {"EINVAL", EINVAL},
+		     {"ENXIO", ENXIO},     {"EAGAIN", EAGAIN}, {"EOPNOTSUPP", EOPNOTSUPP},
+		     {"ENODEV", ENODEV}};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(names); i++)
+		if (strcmp(names[i].name, s) == 0)
+			return names[i].value;
+	return 0;
+}
+
+int imc_priv_inject_from_env(imc_error *err)
+{
+	const char *env = getenv("IMC_FAULT");
+	_cleanup_free_ char *copy = NULL;
+	char *save = NULL;
+
+	if (!env || !*env)
+		return 0;
+	copy = strdup(env);
+	if (!copy)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (char *item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+		char *name = item, *nth = strchr(item, ':'), *errname, *end;
+		int op = -1;
+
+		if (!nth || !(errname = strchr(nth + 1, ':')))
+			return imc_err(err, EINVAL, "IMC_FAULT \"%s\": want op:nth:ERRNO", item);
+		*nth++ = '\0';
+		*errname++ = '\0';
+		for (int i = 0; i < IMC_PRIV__MAX; i++)
+			if (strcmp(op_names[i], name) == 0)
+				op = i;
+		unsigned long n = strtoul(nth, &end, 10);
+		int e = errno_by_name(errname);
+		if (op < 0 || *end || n == 0 || n > 1000000 || e == 0)
+			return imc_err(err, EINVAL, "IMC_FAULT \"%s:%s:%s\": unknown op, count or errno",
+				       name, nth, errname);
+		imc_priv_inject((enum imc_priv_op)op, (unsigned)n, e);
+	}
+	return 0;
+}
+
+int imc_priv_ficlone(int dst_fd, int src_fd, imc_error *err)
+{
+	int r = priv_enter(IMC_PRIV_FICLONE);
+
+	if (r == 0 && ioctl(dst_fd, FICLONE, src_fd) < 0)
+		r = -errno;
+	return r < 0 ? imc_err_sys(err, r, "FICLONE") : 0;
+}
+
+static int loop_configure(int loop_fd, int backing_fd, const struct imc_loop_opts *o)
+{
+	struct loop_config cfg = {
+		.fd = (uint32_t)backing_fd,
+		.block_size = o->block_size,
+	};
+
+	cfg.info.lo_flags = (o->read_only ? LO_FLAGS_READ_ONLY : 0) |
+			    (o->autoclear ? LO_FLAGS_AUTOCLEAR : 0) |
+			    (o->direct_io ? LO_FLAGS_DIRECT_IO : 0);
+	if (ioctl(loop_fd, LOOP_CONFIGURE, &cfg) == 0)
+		return 0;
+	if (errno == EINVAL && o->direct_io) {
+		/* The backing file refused O_DIRECT (alignment or fs): buffered it is. */
+		cfg.info.lo_flags &= ~(uint32_t)LO_FLAGS_DIRECT_IO;
+		if (ioctl(loop_fd, LOOP_CONFIGURE, &cfg) == 0)
+			return 0;
+	}
+	return -errno;
+}
+
+int imc_priv_loop_attach(int backing_fd, const struct imc_loop_opts *opts,
+			 char ret_path[IMC_LOOP_PATH_MAX], int *ret_fd, imc_error *err)
+{
+	_cleanup_close_ int ctl = -1;
+	int r = priv_enter(IMC_PRIV_LOOP_ATTACH);
+
+	if (r < 0)
+		return imc_err_sys(err, r, "loop attach");
+	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (ctl < 0)
+		return imc_err_sys(err, errno, "/dev/loop-control");
+	for (int attempt = 0; attempt < 64; attempt++) {
+		char path[IMC_LOOP_PATH_MAX];
+		_cleanup_close_ int fd = -1;
+		int nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+
+		if (nr < 0)
+			return imc_err_sys(err, errno, "LOOP_CTL_GET_FREE");
+		snprintf(path, sizeof(path), "/dev/loop%d", nr);
+		fd = open(path, (opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+		if (fd < 0 && errno == ENOENT) {
+			/* No devtmpfs node yet (containers): make it. */
+			if (mknod(path, S_IFBLK | 0600, makedev(7, (unsigned)nr)) < 0 &&
+			    errno != EEXIST)
+				return imc_err_sys(err, errno, "mknod %s", path);
+			fd = open(path, (opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+		}
+		if (fd < 0)
+			return imc_err_sys(err, errno, "open %s", path);
+		r = loop_configure(fd, backing_fd, opts);
+		if (r == -EBUSY)
+			continue; /* another process took it between GET_FREE and CONFIGURE */
+		if (r < 0)
+			return imc_err_sys(err, r, "LOOP_CONFIGURE %s", path);
+		memcpy(ret_path, path, sizeof(path));
+		*ret_fd = steal_fd(&fd);
+		return 0;
+	}
+	return imc_err(err, EBUSY, "loop attach: every free loop device was taken by others");
+}
+
+int imc_priv_loop_detach(const char *dev, imc_error *err)
+{
+	_cleanup_close_ int fd = -1;
+	int r = priv_enter(IMC_PRIV_LOOP_DETACH);
+
+	if (r < 0)
+		return imc_err_sys(err, r, "loop detach %s", dev);
+	fd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "open %s", dev);
+	if (ioctl(fd, LOOP_CLR_FD, 0) < 0)
+		return imc_err_sys(err, errno, "LOOP_CLR_FD %s", dev);
+	return 0;
+}
+
+int imc_priv_loop_backing(const char *dev, uint64_t *ret_dev, uint64_t *ret_ino, imc_error *err)
+{
+	_cleanup_close_ int fd = open(dev, O_RDONLY | O_CLOEXEC);
+	struct loop_info64 info;
+
+	if (fd < 0)
+		return imc_err_sys(err, errno, "open %s", dev);
+	if (ioctl(fd, LOOP_GET_STATUS64, &info) < 0)
+		return imc_err_sys(err, errno, "LOOP_GET_STATUS64 %s", dev);
+	*ret_dev = info.lo_device;
+	*ret_ino = info.lo_inode;
+	return 0;
+}
+
+static int fsconfig_options(int fsfd, const char *options)
+{
+	_cleanup_free_ char *copy = strdup(options ? options : "");
+	char *save = NULL;
+
+	if (!copy)
+		return -ENOMEM;
+	for (char *o = strtok_r(copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(o, '=');
+		int r;
+		if (eq) {
+			*eq = '\0';
+			r = fsconfig(fsfd, FSCONFIG_SET_STRING, o, eq + 1, 0);
+		} else {
+			r = fsconfig(fsfd, FSCONFIG_SET_FLAG, o, NULL, 0);
+		}
+		if (r < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
+			  bool read_only, const char *subdir, const char *target, imc_error *err)
+{
+	_cleanup_close_ int fsfd = -1, mfd = -1, tree = -1;
+	const char *what = "fsopen";
+	int r = priv_enter(IMC_PRIV_MOUNT);
+
+	if (r < 0)
+		return imc_err_sys(err, r, "mount %s on %s", source, target);
+	fsfd = fsopen(fstype, FSOPEN_CLOEXEC);
+	if (fsfd < 0)
+		goto fail;
+	what = "fsconfig";
+	if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", source, 0) < 0)
+		goto fail;
+	if ((r = fsconfig_options(fsfd, options)) < 0) {
+		errno = -r;
+		goto fail;
+	}
+	if (read_only && fsconfig(fsfd, FSCONFIG_SET_FLAG, "ro", NULL, 0) < 0)
+		goto fail;
+	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+		goto fail;
+	what = "fsmount";
+	mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, read_only ? MOUNT_ATTR_RDONLY : 0);
+	if (mfd < 0)
+		goto fail;
+	if (subdir && *subdir) {
+		what = "open_tree";
+		tree = open_tree(mfd, subdir, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT |
+						      AT_SYMLINK_NOFOLLOW);
+		if (tree < 0)
+			goto fail;
+	} else {
+		tree = steal_fd(&mfd);
+	}
+	what = "move_mount";
+	if (move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		goto fail;
+	return 0;
+fail:
+	return imc_err_sys(err, errno, "mount %s %s%s%s on %s (%s)", fstype, source,
+			   subdir && *subdir ? ":" : "", subdir ? subdir : "", target, what);
+}
+
+int imc_priv_mount(const char *source, const char *target, const char *fstype,
+		   unsigned long flags, const char *data, imc_error *err)
+{
+	int r = priv_enter(IMC_PRIV_MOUNT);
+
+	if (r == 0 && mount(source, target, fstype, flags, data) < 0)
+		r = -errno;
+	return r < 0 ? imc_err_sys(err, r, "mount %s on %s", source, target) : 0;
+}
+
+int imc_priv_umount(const char *target, int flags, imc_error *err)
+{
+	int r = priv_enter(IMC_PRIV_UMOUNT);
+
+	if (r == 0 && umount2(target, flags | UMOUNT_NOFOLLOW) < 0)
+		r = -errno;
+	return r < 0 ? imc_err_sys(err, r, "umount %s", target) : 0;
+}
+
+int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err)
+{
+	char prog[64], out[512];
+	const char *argv[32];
+	size_t n = 0;
+	int pipefd[2], status, r = priv_enter(IMC_PRIV_MKFS);
+	posix_spawn_file_actions_t fa;
+	pid_t pid;
+	ssize_t len = 0, k;
+
+	if (r < 0)
+		return imc_err_sys(err, r, "mkfs.%s %s", fstype, dev);
+	snprintf(prog, sizeof(prog), "mkfs.%s", fstype);
+	argv[n++] = prog;
+	for (; args && *args && n < IMC_ARRAY_SIZE(argv) - 2; args++)
+		argv[n++] = *args;
+	argv[n++] = dev;
+	argv[n] = NULL;
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		return imc_err_sys(err, errno, "pipe");
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
+	r = posix_spawnp(&pid, prog, &fa, NULL, (char *const *)argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[1]);
+	if (r != 0) {
+		close(pipefd[0]);
+		return imc_err_sys(err, r, "run %s", prog);
+	}
+	while ((k = read(pipefd[0], out + len, sizeof(out) - 1 - (size_t)len)) > 0 ||
+	       (k < 0 && errno == EINTR))
+		if (k > 0)
+			len += k;
+	out[len] = '\0';
+	close(pipefd[0]);
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return imc_err_sys(err, errno, "wait %s", prog);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return imc_err(err, EIO, "%s %s failed (status %d): %s", prog, dev, status, out);
+	return 0;
+}

@@ -1,0 +1,62 @@
+/* The privileged funnel: every loop, mount, clone and mkfs action goes through here, so it can be
+ * audited in one place, counted by tests and fault-injected (IMC_FAULT=op:nth:errno, e.g.
+ * "mount:1:EIO" fails the first mount with EIO; for faults that cannot be caused for real). */
+#ifndef IMC_PRIV_H
+#define IMC_PRIV_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "imc.h"
+
+enum imc_priv_op {
+	IMC_PRIV_FICLONE,
+	IMC_PRIV_LOOP_ATTACH,
+	IMC_PRIV_LOOP_DETACH,
+	IMC_PRIV_MOUNT,
+	IMC_PRIV_UMOUNT,
+	IMC_PRIV_MKFS,
+	IMC_PRIV__MAX,
+};
+
+const char *imc_priv_op_name(enum imc_priv_op op);
+/* How many times op was entered in this process. */
+unsigned long imc_priv_count(enum imc_priv_op op);
+/* Make the nth next call of op (1 = the next one) fail with -errnum. */
+void imc_priv_inject(enum imc_priv_op op, unsigned nth, int errnum);
+/* Parse IMC_FAULT from the environment ("op:nth:ERRNAME[,...]"); bad values are errors. */
+int imc_priv_inject_from_env(imc_error *err);
+
+/* FICLONE dst_fd from src_fd (whole file). */
+int imc_priv_ficlone(int dst_fd, int src_fd, imc_error *err);
+
+#define IMC_LOOP_PATH_MAX 32
+struct imc_loop_opts {
+	bool read_only;
+	bool autoclear;  /* the device goes away with its last opener/mount */
+	bool direct_io;  /* bypass the page cache of the backing file (falls back if refused) */
+	uint32_t block_size; /* 0 = kernel default */
+};
+/* Bind backing_fd to a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE, retrying at once
+ * when another process wins the race).  Returns the device path and an open fd of it. */
+int imc_priv_loop_attach(int backing_fd, const struct imc_loop_opts *opts,
+			 char ret_path[IMC_LOOP_PATH_MAX], int *ret_fd, imc_error *err);
+/* LOOP_CLR_FD on dev. */
+int imc_priv_loop_detach(const char *dev, imc_error *err);
+/* The backing file's (dev, ino) of a loop device; -ENXIO when unbound. */
+int imc_priv_loop_backing(const char *dev, uint64_t *ret_dev, uint64_t *ret_ino, imc_error *err);
+
+/* Mount fstype from source (a block device) and attach its subdirectory subdir ("" = the root) at
+ * target, with the new mount API (fsopen/fsmount/open_tree/move_mount): only target is ever
+ * visible.  options is a comma-separated fsconfig list ("noinit_itable,errors=remount-ro"). */
+int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
+			  bool read_only, const char *subdir, const char *target, imc_error *err);
+/* Plain mount(2). */
+int imc_priv_mount(const char *source, const char *target, const char *fstype,
+		   unsigned long flags, const char *data, imc_error *err);
+int imc_priv_umount(const char *target, int flags, imc_error *err);
+/* Run mkfs.<fstype> with args (NULL-terminated, without the program name) on dev; its output
+ * goes into the error message on failure. */
+int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err);
+
+#endif

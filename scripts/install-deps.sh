@@ -1,0 +1,26 @@
+#!/bin/sh
+# Installs everything imcache's build, tests and demo need on Debian 12.
+# Idempotent: packages already present are left alone.
+set -eu
+PKGS="build-essential pkg-config clang-format
+libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
+libmicrohttpd-dev check
+docker-registry skopeo umoci crun runc busybox-static
+e2fsprogs xfsprogs util-linux curl ca-certificates"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+		missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $missing
+fi
+# The Debian package starts a registry on :5000 as a service; imcache's tests and demo
+# run their own on random loopback ports and never use that one.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q docker-registry 2>/dev/null; then
+	systemctl stop docker-registry || true
+	systemctl disable docker-registry 2>/dev/null || true
+fi

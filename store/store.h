@@ -1,0 +1,105 @@
+/* The cache store: writable volumes, sealed read-only snapshots and copy-on-write clones, behind
+ * one driver table.  Callers never know which driver runs. */
+#ifndef IMC_STORE_H
+#define IMC_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/imc.h"
+
+enum store_kind {
+	STORE_VOLUME,   /* being built, writable */
+	STORE_SNAPSHOT, /* sealed, read-only; the id is the cache id */
+	STORE_CLONE,    /* a writable COW clone of a snapshot, one per attach */
+};
+
+#define STORE_DEV_PATH_MAX 64
+/* A volume or clone exposed as a block device. */
+struct store_dev {
+	char path[STORE_DEV_PATH_MAX];
+	int fd; /* held open while the caller needs the device to stay; -1 once released */
+};
+
+struct store_object_info {
+	uint64_t size;      /* apparent size in bytes */
+	uint64_t allocated; /* bytes really allocated in the pool */
+	uint64_t extents;   /* extents of the backing file (0 where the driver has none) */
+};
+
+struct store_usage {
+	uint64_t total;
+	uint64_t used;
+	uint64_t free;
+};
+
+struct store_config {
+	const char *state_dir; /* default /var/lib/imcache */
+	const char *driver;    /* "reflink" (default) */
+	uint64_t pool_size;    /* embedded loop-backed pool file size (sparse); 0 = default */
+};
+
+#define STORE_DEFAULT_STATE_DIR "/var/lib/imcache"
+#define STORE_DEFAULT_POOL_SIZE (256ULL << 30)
+
+struct store;
+
+struct store_driver_ops {
+	const char *name;
+	int (*open)(struct store *s, imc_error *err);
+	void (*close)(struct store *s);
+	int (*volume_create)(struct store *s, const char *id, uint64_t size, imc_error *err);
+	int (*activate)(struct store *s, enum store_kind kind, const char *id, bool read_only,
+			struct store_dev *ret, imc_error *err);
+	int (*deactivate)(struct store *s, enum store_kind kind, const char *id,
+			  struct store_dev *dev, imc_error *err);
+	int (*seal)(struct store *s, const char *volume_id, const char *snapshot_id,
+		    imc_error *err);
+	int (*clone)(struct store *s, const char *snapshot_id, const char *clone_id,
+		     imc_error *err);
+	int (*remove)(struct store *s, enum store_kind kind, const char *id, imc_error *err);
+	int (*stat)(struct store *s, enum store_kind kind, const char *id,
+		    struct store_object_info *ret, imc_error *err);
+	int (*list)(struct store *s, enum store_kind kind, char ***ret_ids, size_t *ret_n,
+		    imc_error *err);
+	int (*usage)(struct store *s, struct store_usage *ret, imc_error *err);
+	/* Release host resources the driver set up in open (the embedded pool mount); refused
+	 * with -EBUSY while anything in it is in use. */
+	int (*teardown)(struct store *s, imc_error *err);
+};
+
+struct store {
+	const struct store_driver_ops *ops;
+	char *state_dir;
+	uint64_t pool_size;
+	void *priv; /* driver data */
+};
+
+int store_open(const struct store_config *cfg, struct store **ret, imc_error *err);
+void store_close(struct store *s);
+const char *store_driver_name(const struct store *s);
+const char *store_kind_name(enum store_kind kind);
+
+int store_volume_create(struct store *s, const char *id, uint64_t size, imc_error *err);
+int store_activate(struct store *s, enum store_kind kind, const char *id, bool read_only,
+		   struct store_dev *ret, imc_error *err);
+int store_deactivate(struct store *s, enum store_kind kind, const char *id, struct store_dev *dev,
+		     imc_error *err);
+int store_seal(struct store *s, const char *volume_id, const char *snapshot_id, imc_error *err);
+int store_clone(struct store *s, const char *snapshot_id, const char *clone_id, imc_error *err);
+int store_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err);
+int store_stat(struct store *s, enum store_kind kind, const char *id,
+	       struct store_object_info *ret, imc_error *err);
+int store_list(struct store *s, enum store_kind kind, char ***ret_ids, size_t *ret_n,
+	       imc_error *err);
+void store_list_free(char **ids, size_t n);
+int store_usage(struct store *s, struct store_usage *ret, imc_error *err);
+int store_teardown(struct store *s, imc_error *err);
+
+/* Mount options every ext4 volume and clone gets. */
+#define STORE_EXT4_MOUNT_OPTIONS "noinit_itable"
+
+/* Drivers. */
+extern const struct store_driver_ops store_reflink_ops;
+
+#endif
