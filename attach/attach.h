@@ -10,7 +10,7 @@
 
 struct attach_request {
 	const char *cache_id;
-	unsigned image; /* /images/<image>/rootfs */
+	unsigned image;	 /* /images/<image>/rootfs */
 	const char *dir; /* where the rootfs appears */
 };
 

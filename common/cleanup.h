@@ -62,14 +62,14 @@ static inline void imc_archive_read_freep(struct archive **a)
 		archive_read_free(*a);
 }
 
-#define _cleanup_free_        _cleanup_(imc_freep)
-#define _cleanup_close_       _cleanup_(imc_closep)
-#define _cleanup_fclose_      _cleanup_(imc_fclosep)
-#define _cleanup_dir_         _cleanup_(imc_closedirp)
-#define _cleanup_json_        _cleanup_(imc_json_decrefp)
-#define _cleanup_curl_        _cleanup_(imc_curl_cleanupp)
-#define _cleanup_curl_slist_  _cleanup_(imc_curl_slist_freep)
-#define _cleanup_archive_     _cleanup_(imc_archive_read_freep)
+#define _cleanup_free_	     _cleanup_(imc_freep)
+#define _cleanup_close_	     _cleanup_(imc_closep)
+#define _cleanup_fclose_     _cleanup_(imc_fclosep)
+#define _cleanup_dir_	     _cleanup_(imc_closedirp)
+#define _cleanup_json_	     _cleanup_(imc_json_decrefp)
+#define _cleanup_curl_	     _cleanup_(imc_curl_cleanupp)
+#define _cleanup_curl_slist_ _cleanup_(imc_curl_slist_freep)
+#define _cleanup_archive_    _cleanup_(imc_archive_read_freep)
 
 /* Hand ownership out of a cleanup-managed variable. */
 #define steal_pointer(pp)                                                                          \

@@ -34,7 +34,7 @@ typedef struct imc_error {
 int imc_err(imc_error *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* As imc_err, appending ": strerror(errnum)". */
 int imc_err_sys(imc_error *err, int errnum, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 /* Prefix the message already in err with context ("ctx: old"); returns err->code. */
 int imc_err_wrap(imc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void imc_err_clear(imc_error *err);
@@ -44,9 +44,9 @@ enum imc_log_level { IMC_LOG_ERROR, IMC_LOG_WARN, IMC_LOG_INFO, IMC_LOG_DEBUG };
 void imc_log_set_level(enum imc_log_level level);
 void imc_log(enum imc_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define imc_error_log(...) imc_log(IMC_LOG_ERROR, __VA_ARGS__)
-#define imc_warn(...)      imc_log(IMC_LOG_WARN, __VA_ARGS__)
-#define imc_info(...)      imc_log(IMC_LOG_INFO, __VA_ARGS__)
-#define imc_debug(...)     imc_log(IMC_LOG_DEBUG, __VA_ARGS__)
+#define imc_warn(...)	   imc_log(IMC_LOG_WARN, __VA_ARGS__)
+#define imc_info(...)	   imc_log(IMC_LOG_INFO, __VA_ARGS__)
+#define imc_debug(...)	   imc_log(IMC_LOG_DEBUG, __VA_ARGS__)
 
 /* ---- sha256 (openssl EVP) ----------------------------------------------------------------- */
 #define IMC_SHA256_HEX_LEN 64
@@ -58,21 +58,22 @@ void imc_sha256_update(imc_sha256 *h, const void *data, size_t len);
 /* Writes 64 lowercase hex digits + NUL to out and frees the context. */
 void imc_sha256_final_hex(imc_sha256 *h, char out[IMC_SHA256_HEX_LEN + 1]);
 void imc_sha256_free(imc_sha256 *h);
-int imc_sha256_hex(const void *data, size_t len, char out[IMC_SHA256_HEX_LEN + 1],
-		   imc_error *err);
+int imc_sha256_hex(const void *data, size_t len, char out[IMC_SHA256_HEX_LEN + 1], imc_error *err);
 /* Validate "sha256:<64 lowercase hex>"; on success copy the hex part to ret_hex. */
 int imc_digest_parse(const char *digest, char ret_hex[IMC_SHA256_HEX_LEN + 1], imc_error *err);
 
 /* ---- JSON (jansson) ----------------------------------------------------------------------- */
 /* Write j to dirfd/name atomically: tmp file, fsync, rename, fsync dir. */
 int imc_json_write_atomic(int dirfd, const char *name, json_t *j, imc_error *err);
+/* The same without the fsyncs: atomic against a crash of the process, not of the machine (for
+ * state that a reboot makes moot anyway, such as attaches). */
+int imc_json_write_replace(int dirfd, const char *name, json_t *j, imc_error *err);
 /* Read and parse dirfd/name (at most max_size bytes). */
 int imc_json_read_file(int dirfd, const char *name, size_t max_size, json_t **ret, imc_error *err);
 /* Parse a buffer that must hold one JSON object. */
 int imc_json_parse_object(const char *buf, size_t len, json_t **ret, imc_error *err);
 /* Fail naming the first key of obj not in allowed (NULL-terminated). ctx prefixes the name. */
-int imc_json_check_fields(json_t *obj, const char *const *allowed, const char *ctx,
-			  imc_error *err);
+int imc_json_check_fields(json_t *obj, const char *const *allowed, const char *ctx, imc_error *err);
 /* Typed field access.  A missing optional field leaves *ret untouched and returns 0; a missing
  * required field or a wrong type fails naming "ctx.key". */
 int imc_json_get_string(json_t *obj, const char *key, bool required, size_t max_len,
@@ -83,8 +84,8 @@ int imc_json_get_bool(json_t *obj, const char *key, bool required, const char *c
 		      imc_error *err);
 int imc_json_get_array(json_t *obj, const char *key, bool required, size_t max_items,
 		       const char *ctx, json_t **ret, imc_error *err);
-int imc_json_get_object(json_t *obj, const char *key, bool required, const char *ctx,
-			json_t **ret, imc_error *err);
+int imc_json_get_object(json_t *obj, const char *key, bool required, const char *ctx, json_t **ret,
+			imc_error *err);
 
 /* ---- paths and files ---------------------------------------------------------------------- */
 /* Is s a safe single path component for identifiers we create ([A-Za-z0-9._-], 1..max, not
@@ -108,7 +109,7 @@ int imc_write_all(int fd, const void *buf, size_t len);
 int imc_random_id(const char *prefix, char *buf, size_t size, imc_error *err);
 /* RFC 3339 UTC ("2026-11-23T13:11:18Z") of a unix time, in a buffer of at least 32 bytes. */
 void imc_time_rfc3339(int64_t t, char *buf, size_t size);
-int64_t imc_now(void);          /* seconds since the epoch */
+int64_t imc_now(void);		 /* seconds since the epoch */
 uint64_t imc_monotonic_ns(void); /* CLOCK_MONOTONIC in ns */
 
 #endif

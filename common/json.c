@@ -5,7 +5,7 @@
 
 #include "imc.h"
 
-int imc_json_write_atomic(int dirfd, const char *name, json_t *j, imc_error *err)
+static int write_replace(int dirfd, const char *name, json_t *j, bool durable, imc_error *err)
 {
 	char tmp[PATH_MAX];
 	_cleanup_free_ char *buf = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
@@ -20,7 +20,7 @@ int imc_json_write_atomic(int dirfd, const char *name, json_t *j, imc_error *err
 	if (fd < 0)
 		return imc_err_sys(err, errno, "%s: create", tmp);
 	r = imc_write_all(fd, buf, strlen(buf));
-	if (r == 0 && fsync(fd) < 0)
+	if (r == 0 && durable && fsync(fd) < 0)
 		r = -errno;
 	if (r == 0 && renameat(dirfd, tmp, dirfd, name) < 0)
 		r = -errno;
@@ -28,9 +28,19 @@ int imc_json_write_atomic(int dirfd, const char *name, json_t *j, imc_error *err
 		unlinkat(dirfd, tmp, 0);
 		return imc_err_sys(err, -r, "%s: write", name);
 	}
-	if (fsync(dirfd) < 0)
+	if (durable && fsync(dirfd) < 0)
 		return imc_err_sys(err, errno, "%s: fsync directory", name);
 	return 0;
+}
+
+int imc_json_write_atomic(int dirfd, const char *name, json_t *j, imc_error *err)
+{
+	return write_replace(dirfd, name, j, true, err);
+}
+
+int imc_json_write_replace(int dirfd, const char *name, json_t *j, imc_error *err)
+{
+	return write_replace(dirfd, name, j, false, err);
 }
 
 int imc_json_read_file(int dirfd, const char *name, size_t max_size, json_t **ret, imc_error *err)
@@ -141,8 +151,8 @@ int imc_json_get_string(json_t *obj, const char *key, bool required, size_t max_
 		return imc_err(err, EINVAL, "%s%s%s: longer than %zu bytes", ctx ? ctx : "",
 			       dot(ctx), key, max_len);
 	if (strlen(json_string_value(v)) != json_string_length(v))
-		return imc_err(err, EINVAL, "%s%s%s: contains a NUL byte", ctx ? ctx : "",
-			       dot(ctx), key);
+		return imc_err(err, EINVAL, "%s%s%s: contains a NUL byte", ctx ? ctx : "", dot(ctx),
+			       key);
 	*ret = json_string_value(v);
 	return 0;
 }
@@ -158,8 +168,8 @@ int imc_json_get_int(json_t *obj, const char *key, bool required, int64_t min, i
 	if (!json_is_integer(v))
 		return WRONG_TYPE("an integer");
 	if (json_integer_value(v) < min || json_integer_value(v) > max)
-		return imc_err(err, ERANGE, "%s%s%s: must be between %lld and %lld",
-			       ctx ? ctx : "", dot(ctx), key, (long long)min, (long long)max);
+		return imc_err(err, ERANGE, "%s%s%s: must be between %lld and %lld", ctx ? ctx : "",
+			       dot(ctx), key, (long long)min, (long long)max);
 	*ret = json_integer_value(v);
 	return 0;
 }
@@ -195,8 +205,8 @@ int imc_json_get_array(json_t *obj, const char *key, bool required, size_t max_i
 	return 0;
 }
 
-int imc_json_get_object(json_t *obj, const char *key, bool required, const char *ctx,
-			json_t **ret, imc_error *err)
+int imc_json_get_object(json_t *obj, const char *key, bool required, const char *ctx, json_t **ret,
+			imc_error *err)
 {
 	json_t *v = NULL;
 	int r = get_field(obj, key, required, ctx, &v, err);

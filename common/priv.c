@@ -14,9 +14,9 @@
 extern char **environ;
 
 static const char *const op_names[IMC_PRIV__MAX] = {
-	[IMC_PRIV_FICLONE] = "ficlone", [IMC_PRIV_LOOP_ATTACH] = "loop_attach",
-	[IMC_PRIV_LOOP_DETACH] = "loop_detach", [IMC_PRIV_MOUNT] = "mount",
-	[IMC_PRIV_UMOUNT] = "umount", [IMC_PRIV_MKFS] = "mkfs",
+    [IMC_PRIV_FICLONE] = "ficlone",	    [IMC_PRIV_LOOP_ATTACH] = "loop_attach",
+    [IMC_PRIV_LOOP_DETACH] = "loop_detach", [IMC_PRIV_MOUNT] = "mount",
+    [IMC_PRIV_UMOUNT] = "umount",	    [IMC_PRIV_MKFS] = "mkfs",
 };
 
 static unsigned long op_count[IMC_PRIV__MAX];
@@ -54,9 +54,9 @@ static int errno_by_name(const char *s)
 	static const struct {
 		const char *name;
 		int value;
-	} names[] = {{"EIO", EIO},         {"ENOSPC", ENOSPC}, {"EBUSY", EBUSY},
-		     {"ENOMEM", ENOMEM},   {"EPERM", EPERM},   {"EINVAL", EINVAL},
-		     {"ENXIO", ENXIO},     {"EAGAIN", EAGAIN}, {"EOPNOTSUPP", EOPNOTSUPP},
+	} names[] = {{"EIO", EIO},	 {"ENOSPC", ENOSPC}, {"EBUSY", EBUSY},
+		     {"ENOMEM", ENOMEM}, {"EPERM", EPERM},   {"EINVAL", EINVAL},
+		     {"ENXIO", ENXIO},	 {"EAGAIN", EAGAIN}, {"EOPNOTSUPP", EOPNOTSUPP},
 		     {"ENODEV", ENODEV}};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(names); i++)
@@ -90,8 +90,9 @@ int imc_priv_inject_from_env(imc_error *err)
 		unsigned long n = strtoul(nth, &end, 10);
 		int e = errno_by_name(errname);
 		if (op < 0 || *end || n == 0 || n > 1000000 || e == 0)
-			return imc_err(err, EINVAL, "IMC_FAULT \"%s:%s:%s\": unknown op, count or errno",
-				       name, nth, errname);
+			return imc_err(err, EINVAL,
+				       "IMC_FAULT \"%s:%s:%s\": unknown op, count or errno", name,
+				       nth, errname);
 		imc_priv_inject((enum imc_priv_op)op, (unsigned)n, e);
 	}
 	return 0;
@@ -109,8 +110,8 @@ int imc_priv_ficlone(int dst_fd, int src_fd, imc_error *err)
 static int loop_configure(int loop_fd, int backing_fd, const struct imc_loop_opts *o)
 {
 	struct loop_config cfg = {
-		.fd = (uint32_t)backing_fd,
-		.block_size = o->block_size,
+	    .fd = (uint32_t)backing_fd,
+	    .block_size = o->block_size,
 	};
 
 	cfg.info.lo_flags = (o->read_only ? LO_FLAGS_READ_ONLY : 0) |
@@ -248,8 +249,9 @@ int imc_priv_mount_subdir(const char *fstype, const char *source, const char *op
 		goto fail;
 	if (subdir && *subdir) {
 		what = "open_tree";
-		tree = open_tree(mfd, subdir, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT |
-						      AT_SYMLINK_NOFOLLOW);
+		tree = open_tree(mfd, subdir,
+				 OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT |
+				     AT_SYMLINK_NOFOLLOW);
 		if (tree < 0)
 			goto fail;
 	} else {
@@ -264,8 +266,8 @@ fail:
 			   subdir && *subdir ? ":" : "", subdir ? subdir : "", target, what);
 }
 
-int imc_priv_mount(const char *source, const char *target, const char *fstype,
-		   unsigned long flags, const char *data, imc_error *err)
+int imc_priv_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
+		   const char *data, imc_error *err)
 {
 	int r = priv_enter(IMC_PRIV_MOUNT);
 

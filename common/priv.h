@@ -33,8 +33,8 @@ int imc_priv_ficlone(int dst_fd, int src_fd, imc_error *err);
 #define IMC_LOOP_PATH_MAX 32
 struct imc_loop_opts {
 	bool read_only;
-	bool autoclear;  /* the device goes away with its last opener/mount */
-	bool direct_io;  /* bypass the page cache of the backing file (falls back if refused) */
+	bool autoclear;	     /* the device goes away with its last opener/mount */
+	bool direct_io;	     /* bypass the page cache of the backing file (falls back if refused) */
 	uint32_t block_size; /* 0 = kernel default */
 };
 /* Bind backing_fd to a free loop device (LOOP_CTL_GET_FREE + LOOP_CONFIGURE, retrying at once
@@ -52,8 +52,8 @@ int imc_priv_loop_backing(const char *dev, uint64_t *ret_dev, uint64_t *ret_ino,
 int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
 			  bool read_only, const char *subdir, const char *target, imc_error *err);
 /* Plain mount(2). */
-int imc_priv_mount(const char *source, const char *target, const char *fstype,
-		   unsigned long flags, const char *data, imc_error *err);
+int imc_priv_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
+		   const char *data, imc_error *err);
 int imc_priv_umount(const char *target, int flags, imc_error *err);
 /* Run mkfs.<fstype> with args (NULL-terminated, without the program name) on dev; its output
  * goes into the error message on failure. */

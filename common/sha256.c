@@ -71,8 +71,8 @@ int imc_digest_parse(const char *digest, char ret_hex[IMC_SHA256_HEX_LEN + 1], i
 		return imc_err(err, EINVAL, "digest \"%.80s\": want 64 hex digits", digest);
 	for (size_t i = 0; i < IMC_SHA256_HEX_LEN; i++)
 		if (!((hex[i] >= '0' && hex[i] <= '9') || (hex[i] >= 'a' && hex[i] <= 'f')))
-			return imc_err(err, EINVAL,
-				       "digest \"%.80s\": not lowercase hexadecimal", digest);
+			return imc_err(err, EINVAL, "digest \"%.80s\": not lowercase hexadecimal",
+				       digest);
 	memcpy(ret_hex, hex, IMC_SHA256_HEX_LEN + 1);
 	return 0;
 }

@@ -9,9 +9,9 @@
 #include "../common/imc.h"
 
 enum store_kind {
-	STORE_VOLUME,   /* being built, writable */
+	STORE_VOLUME,	/* being built, writable */
 	STORE_SNAPSHOT, /* sealed, read-only; the id is the cache id */
-	STORE_CLONE,    /* a writable COW clone of a snapshot, one per attach */
+	STORE_CLONE,	/* a writable COW clone of a snapshot, one per attach */
 };
 
 #define STORE_DEV_PATH_MAX 64
@@ -22,7 +22,7 @@ struct store_dev {
 };
 
 struct store_object_info {
-	uint64_t size;      /* apparent size in bytes */
+	uint64_t size;	    /* apparent size in bytes */
 	uint64_t allocated; /* bytes really allocated in the pool */
 	uint64_t extents;   /* extents of the backing file (0 where the driver has none) */
 };
@@ -88,8 +88,8 @@ int store_deactivate(struct store *s, enum store_kind kind, const char *id, stru
 int store_seal(struct store *s, const char *volume_id, const char *snapshot_id, imc_error *err);
 int store_clone(struct store *s, const char *snapshot_id, const char *clone_id, imc_error *err);
 int store_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err);
-int store_stat(struct store *s, enum store_kind kind, const char *id,
-	       struct store_object_info *ret, imc_error *err);
+int store_stat(struct store *s, enum store_kind kind, const char *id, struct store_object_info *ret,
+	       imc_error *err);
 int store_list(struct store *s, enum store_kind kind, char ***ret_ids, size_t *ret_n,
 	       imc_error *err);
 void store_list_free(char **ids, size_t n);

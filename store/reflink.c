@@ -1,0 +1,473 @@
+/* The reflink driver: one ext4 image file per volume, snapshot and clone in a pool directory on a
+ * filesystem that can share extents (XFS, btrfs).  clone = FICLONE, activate = loop device.  When
+ * the state dir's own filesystem cannot reflink, the pool is an embedded sparse XFS file
+ * (<state>/pool.img) loop-mounted at <state>/pool. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/sysmacros.h>
+
+#include "../common/priv.h"
+#include "store.h"
+
+#define XFS_SUPER_MAGIC 0x58465342
+#define POOL_DIR	"pool"
+#define POOL_FILE	"pool.img"
+#define IMG_SUFFIX	".img"
+#define NAME_MAX_LEN	128
+
+struct reflink {
+	char *pool_dir;
+	bool embedded;
+	int kind_dirs[3]; /* volumes/, snapshots/, clones/ in the pool */
+};
+
+static const char *const kind_dirs[] = {
+    [STORE_VOLUME] = "volumes", [STORE_SNAPSHOT] = "snapshots", [STORE_CLONE] = "clones"};
+
+static struct reflink *rl(struct store *s)
+{
+	return s->priv;
+}
+
+static void img_name(const char *id, char buf[NAME_MAX_LEN])
+{
+	snprintf(buf, NAME_MAX_LEN, "%s" IMG_SUFFIX, id);
+}
+
+/* Can files in dirfd share extents?  Probed with two anonymous files: the probe is not a store
+ * operation, so it does not go through the privileged funnel. */
+static bool dir_can_reflink(const char *dir)
+{
+	_cleanup_close_ int src = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	_cleanup_close_ int dst = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	char block[4096] = {1};
+
+	if (src < 0 || dst < 0 || imc_write_all(src, block, sizeof(block)) < 0)
+		return false;
+	return ioctl(dst, FICLONE, src) == 0;
+}
+
+/* Is something (our XFS pool) already mounted on pool_dir? */
+static int pool_mounted(const char *state_dir, const char *pool_dir, imc_error *err)
+{
+	struct stat sst, pst;
+	struct statfs fs;
+
+	if (stat(state_dir, &sst) < 0)
+		return imc_err_sys(err, errno, "%s", state_dir);
+	if (stat(pool_dir, &pst) < 0)
+		return imc_err_sys(err, errno, "%s", pool_dir);
+	if (sst.st_dev == pst.st_dev)
+		return 0;
+	if (statfs(pool_dir, &fs) < 0)
+		return imc_err_sys(err, errno, "%s", pool_dir);
+	if (fs.f_type != XFS_SUPER_MAGIC)
+		return imc_err(err, EEXIST,
+			       "%s: something other than the XFS pool is mounted there", pool_dir);
+	return 1;
+}
+
+static int pool_create_file(const char *path, uint64_t size, imc_error *err)
+{
+	static const char *const mkfs_args[] = {"-q", "-m", "reflink=1", "-s", "size=4096", NULL};
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	int r;
+
+	if (fd < 0)
+		return imc_err_sys(err, errno, "create %s", path);
+	if (ftruncate(fd, (off_t)size) < 0) {
+		r = imc_err_sys(err, errno, "size %s", path);
+		unlink(path);
+		return r;
+	}
+	r = imc_priv_mkfs("xfs", mkfs_args, path, err);
+	if (r < 0)
+		unlink(path);
+	return r;
+}
+
+static int pool_mount(const char *file, const char *dir, imc_error *err)
+{
+	static const struct imc_loop_opts lo = {
+	    .autoclear = true, .direct_io = true, .block_size = 4096};
+	_cleanup_close_ int fd = open(file, O_RDWR | O_CLOEXEC);
+	_cleanup_close_ int loop_fd = -1;
+	char dev[IMC_LOOP_PATH_MAX];
+	int r;
+
+	if (fd < 0)
+		return imc_err_sys(err, errno, "open %s", file);
+	r = imc_priv_loop_attach(fd, &lo, dev, &loop_fd, err);
+	if (r < 0)
+		return imc_err_wrap(err, "pool %s", file);
+	/* With autoclear the loop device goes away when the pool is unmounted, or right here
+	 * when the mount fails and loop_fd is closed. */
+	return imc_priv_mount(dev, dir, "xfs", MS_NOATIME, "", err);
+}
+
+static int open_pool(struct store *s, struct reflink *p, imc_error *err)
+{
+	_cleanup_free_ char *file = imc_path_join(s->state_dir, POOL_FILE);
+	struct stat st;
+	int r;
+
+	if (!file)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (mkdir(p->pool_dir, 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "mkdir %s", p->pool_dir);
+	p->embedded = stat(file, &st) == 0 || !dir_can_reflink(s->state_dir);
+	if (!p->embedded)
+		return 0;
+	r = pool_mounted(s->state_dir, p->pool_dir, err);
+	if (r != 0)
+		return r < 0 ? r : 0;
+	if (stat(file, &st) < 0) {
+		r = pool_create_file(file, s->pool_size, err);
+		if (r < 0)
+			return r;
+	}
+	return pool_mount(file, p->pool_dir, err);
+}
+
+static int open_kind_dirs(struct reflink *p, imc_error *err)
+{
+	_cleanup_close_ int pool = open(p->pool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (pool < 0)
+		return imc_err_sys(err, errno, "%s", p->pool_dir);
+	for (int k = 0; k < 3; k++) {
+		if (mkdirat(pool, kind_dirs[k], 0700) < 0 && errno != EEXIST)
+			return imc_err_sys(err, errno, "mkdir %s/%s", p->pool_dir, kind_dirs[k]);
+		p->kind_dirs[k] = openat(pool, kind_dirs[k], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (p->kind_dirs[k] < 0)
+			return imc_err_sys(err, errno, "%s/%s", p->pool_dir, kind_dirs[k]);
+	}
+	return 0;
+}
+
+static void close_kind_dirs(struct reflink *p)
+{
+	for (int k = 0; k < 3; k++) {
+		if (p->kind_dirs[k] >= 0)
+			close(p->kind_dirs[k]);
+		p->kind_dirs[k] = -1;
+	}
+}
+
+static void reflink_close(struct store *s)
+{
+	struct reflink *p = rl(s);
+
+	if (!p)
+		return;
+	close_kind_dirs(p);
+	free(p->pool_dir);
+	free(p);
+	s->priv = NULL;
+}
+
+static int reflink_open(struct store *s, imc_error *err)
+{
+	_cleanup_free_ char *lock_path = NULL;
+	_cleanup_close_ int lock = -1;
+	struct reflink *p;
+	int r;
+
+	r = imc_mkdir_p(s->state_dir, 0700, err);
+	if (r < 0)
+		return r;
+	lock_path = imc_path_join(s->state_dir, "lock");
+	p = calloc(1, sizeof(*p));
+	if (!lock_path || !p) {
+		free(p);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	p->kind_dirs[0] = p->kind_dirs[1] = p->kind_dirs[2] = -1;
+	s->priv = p;
+	p->pool_dir = imc_path_join(s->state_dir, POOL_DIR);
+	if (!p->pool_dir) {
+		reflink_close(s);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	/* imcd and imc-attach on one host share the state dir: set the pool up under a lock. */
+	lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lock < 0 || flock(lock, LOCK_EX) < 0) {
+		r = imc_err_sys(err, errno, "lock %s", lock_path);
+		reflink_close(s);
+		return r;
+	}
+	r = open_pool(s, p, err);
+	if (r == 0)
+		r = open_kind_dirs(p, err);
+	if (r < 0)
+		reflink_close(s);
+	return r;
+}
+
+static int reflink_volume_create(struct store *s, const char *id, uint64_t size, imc_error *err)
+{
+	char name[NAME_MAX_LEN];
+	_cleanup_close_ int fd = -1;
+
+	img_name(id, name);
+	fd = openat(rl(s)->kind_dirs[STORE_VOLUME], name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+		    0600);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "volume %s", id);
+	if (ftruncate(fd, (off_t)size) < 0) {
+		int r =
+		    imc_err_sys(err, errno, "volume %s: size %llu", id, (unsigned long long)size);
+		unlinkat(rl(s)->kind_dirs[STORE_VOLUME], name, 0);
+		return r;
+	}
+	return 0;
+}
+
+static int reflink_activate(struct store *s, enum store_kind kind, const char *id, bool read_only,
+			    struct store_dev *ret, imc_error *err)
+{
+	const struct imc_loop_opts lo = {
+	    .read_only = read_only, .autoclear = true, .direct_io = true, .block_size = 4096};
+	char name[NAME_MAX_LEN], dev[IMC_LOOP_PATH_MAX];
+	_cleanup_close_ int fd = -1;
+	int loop_fd = -1, r;
+
+	img_name(id, name);
+	fd = openat(rl(s)->kind_dirs[kind], name, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "%s %s", store_kind_name(kind), id);
+	r = imc_priv_loop_attach(fd, &lo, dev, &loop_fd, err);
+	if (r < 0)
+		return imc_err_wrap(err, "%s %s", store_kind_name(kind), id);
+	snprintf(ret->path, sizeof(ret->path), "%s", dev);
+	ret->fd = loop_fd;
+	return 0;
+}
+
+/* Find the loop device bound to (dev, ino), if any. */
+static int find_loop(uint64_t want_dev, uint64_t want_ino, char ret[STORE_DEV_PATH_MAX])
+{
+	_cleanup_dir_ DIR *d = opendir("/sys/block");
+	struct dirent *de;
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		char path[STORE_DEV_PATH_MAX + 32];
+		uint64_t dev, ino;
+
+		if (strncmp(de->d_name, "loop", 4) != 0)
+			continue;
+		snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", de->d_name);
+		if (access(path, F_OK) < 0)
+			continue;
+		snprintf(path, sizeof(path), "/dev/%s", de->d_name);
+		if (imc_priv_loop_backing(path, &dev, &ino, NULL) == 0 && dev == want_dev &&
+		    ino == want_ino) {
+			snprintf(ret, STORE_DEV_PATH_MAX, "%s", path);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static int reflink_deactivate(struct store *s, enum store_kind kind, const char *id,
+			      struct store_dev *dev, imc_error *err)
+{
+	char name[NAME_MAX_LEN], loop[STORE_DEV_PATH_MAX];
+	struct stat st;
+	int r;
+
+	if (dev && dev->fd >= 0) {
+		close(dev->fd); /* autoclear: the device goes once nothing has it mounted */
+		dev->fd = -1;
+	}
+	img_name(id, name);
+	if (fstatat(rl(s)->kind_dirs[kind], name, &st, 0) < 0)
+		return errno == ENOENT
+			   ? 0
+			   : imc_err_sys(err, errno, "%s %s", store_kind_name(kind), id);
+	/* Normally gone already; after a crash, or while autoclear is still under way, clear
+	 * whatever loop device still serves this file. */
+	r = find_loop(st.st_dev, st.st_ino, loop);
+	if (r <= 0)
+		return 0;
+	r = imc_priv_loop_detach(loop, err);
+	return r == -ENXIO ? 0 : r;
+}
+
+static int reflink_seal(struct store *s, const char *volume_id, const char *snapshot_id,
+			imc_error *err)
+{
+	struct reflink *p = rl(s);
+	char vname[NAME_MAX_LEN], sname[NAME_MAX_LEN];
+	_cleanup_close_ int fd = -1;
+
+	img_name(volume_id, vname);
+	img_name(snapshot_id, sname);
+	fd = openat(p->kind_dirs[STORE_VOLUME], vname, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "volume %s", volume_id);
+	if (fsync(fd) < 0 || fchmod(fd, 0400) < 0)
+		return imc_err_sys(err, errno, "seal volume %s", volume_id);
+	if (renameat2(p->kind_dirs[STORE_VOLUME], vname, p->kind_dirs[STORE_SNAPSHOT], sname,
+		      RENAME_NOREPLACE) < 0)
+		return imc_err_sys(err, errno, "seal volume %s as snapshot %s", volume_id,
+				   snapshot_id);
+	if (fsync(p->kind_dirs[STORE_SNAPSHOT]) < 0)
+		return imc_err_sys(err, errno, "snapshot %s", snapshot_id);
+	return 0;
+}
+
+static int reflink_clone(struct store *s, const char *snapshot_id, const char *clone_id,
+			 imc_error *err)
+{
+	struct reflink *p = rl(s);
+	char sname[NAME_MAX_LEN], cname[NAME_MAX_LEN];
+	_cleanup_close_ int src = -1, dst = -1;
+	int r;
+
+	img_name(snapshot_id, sname);
+	img_name(clone_id, cname);
+	src = openat(p->kind_dirs[STORE_SNAPSHOT], sname, O_RDONLY | O_CLOEXEC);
+	if (src < 0)
+		return imc_err_sys(err, errno, "snapshot %s", snapshot_id);
+	dst =
+	    openat(p->kind_dirs[STORE_CLONE], cname, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (dst < 0)
+		return imc_err_sys(err, errno, "clone %s", clone_id);
+	r = imc_priv_ficlone(dst, src, err);
+	if (r < 0) {
+		unlinkat(p->kind_dirs[STORE_CLONE], cname, 0);
+		return imc_err_wrap(err, "clone %s of snapshot %s", clone_id, snapshot_id);
+	}
+	return 0;
+}
+
+static int reflink_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err)
+{
+	char name[NAME_MAX_LEN];
+
+	img_name(id, name);
+	if (unlinkat(rl(s)->kind_dirs[kind], name, 0) < 0)
+		return imc_err_sys(err, errno, "remove %s %s", store_kind_name(kind), id);
+	return 0;
+}
+
+static int count_extents(int fd, uint64_t *ret)
+{
+	struct fiemap fm = {.fm_start = 0, .fm_length = FIEMAP_MAX_OFFSET, .fm_extent_count = 0};
+
+	if (ioctl(fd, FS_IOC_FIEMAP, &fm) < 0)
+		return -errno;
+	*ret = fm.fm_mapped_extents;
+	return 0;
+}
+
+static int reflink_stat(struct store *s, enum store_kind kind, const char *id,
+			struct store_object_info *ret, imc_error *err)
+{
+	char name[NAME_MAX_LEN];
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+
+	img_name(id, name);
+	fd = openat(rl(s)->kind_dirs[kind], name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return imc_err_sys(err, errno, "%s %s", store_kind_name(kind), id);
+	ret->size = (uint64_t)st.st_size;
+	ret->allocated = (uint64_t)st.st_blocks * 512;
+	ret->extents = 0;
+	count_extents(fd, &ret->extents);
+	return 0;
+}
+
+static int reflink_list(struct store *s, enum store_kind kind, char ***ret_ids, size_t *ret_n,
+			imc_error *err)
+{
+	int fd = openat(rl(s)->kind_dirs[kind], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_dir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	char **ids = NULL;
+	size_t n = 0;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "list %ss", store_kind_name(kind));
+	}
+	while ((de = readdir(d))) {
+		size_t len = strlen(de->d_name), sl = strlen(IMG_SUFFIX);
+		char **grown;
+
+		if (de->d_name[0] == '.' || len <= sl || strcmp(de->d_name + len - sl, IMG_SUFFIX))
+			continue;
+		grown = realloc(ids, (n + 1) * sizeof(*ids));
+		if (!grown || !(grown[n] = strndup(de->d_name, len - sl))) {
+			store_list_free(grown ? grown : ids, n);
+			return imc_err(err, ENOMEM, "out of memory");
+		}
+		ids = grown;
+		n++;
+	}
+	*ret_ids = ids;
+	*ret_n = n;
+	return 0;
+}
+
+static int reflink_usage(struct store *s, struct store_usage *ret, imc_error *err)
+{
+	struct statvfs sv;
+
+	if (fstatvfs(rl(s)->kind_dirs[STORE_SNAPSHOT], &sv) < 0)
+		return imc_err_sys(err, errno, "statvfs %s", rl(s)->pool_dir);
+	ret->total = (uint64_t)sv.f_blocks * sv.f_frsize;
+	ret->free = (uint64_t)sv.f_bavail * sv.f_frsize;
+	ret->used = ret->total - (uint64_t)sv.f_bfree * sv.f_frsize;
+	return 0;
+}
+
+static int reflink_teardown(struct store *s, imc_error *err)
+{
+	struct reflink *p = rl(s);
+	int r;
+
+	if (!p->embedded)
+		return 0;
+	close_kind_dirs(p); /* our own open directories would keep the pool busy */
+	r = imc_priv_umount(p->pool_dir, 0, err);
+	if (r == -EINVAL)
+		return 0; /* not mounted */
+	if (r < 0) {
+		imc_error ignored;
+		open_kind_dirs(p, &ignored); /* still usable */
+	}
+	if (r == -EBUSY)
+		return imc_err(err, EBUSY, "pool %s is in use (attached clones or a running imcd)",
+			       p->pool_dir);
+	return r;
+}
+
+const struct store_driver_ops store_reflink_ops = {
+    .name = "reflink",
+    .open = reflink_open,
+    .close = reflink_close,
+    .volume_create = reflink_volume_create,
+    .activate = reflink_activate,
+    .deactivate = reflink_deactivate,
+    .seal = reflink_seal,
+    .clone = reflink_clone,
+    .remove = reflink_remove,
+    .stat = reflink_stat,
+    .list = reflink_list,
+    .usage = reflink_usage,
+    .teardown = reflink_teardown,
+};

@@ -1,0 +1,158 @@
+/* Driver-independent entry points: validate, then dispatch through the driver table. */
+#include <string.h>
+
+#include "store.h"
+
+static const struct store_driver_ops *const drivers[] = {&store_reflink_ops};
+
+#define STORE_ID_MAX 64
+
+static int check_id(const char *id, imc_error *err)
+{
+	if (!imc_name_valid(id, STORE_ID_MAX))
+		return imc_err(err, EINVAL, "store id \"%.80s\": want 1-%d of [A-Za-z0-9._-]",
+			       id ? id : "", STORE_ID_MAX);
+	return 0;
+}
+
+const char *store_kind_name(enum store_kind kind)
+{
+	switch (kind) {
+	case STORE_VOLUME:
+		return "volume";
+	case STORE_SNAPSHOT:
+		return "snapshot";
+	case STORE_CLONE:
+		return "clone";
+	}
+	return "?";
+}
+
+int store_open(const struct store_config *cfg, struct store **ret, imc_error *err)
+{
+	const char *name = cfg->driver && *cfg->driver ? cfg->driver : "reflink";
+	const struct store_driver_ops *ops = NULL;
+	struct store *s;
+	int r;
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(drivers); i++)
+		if (strcmp(drivers[i]->name, name) == 0)
+			ops = drivers[i];
+	if (!ops)
+		return imc_err(err, EINVAL, "store driver \"%.40s\": unknown (have: reflink)",
+			       name);
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return imc_err(err, ENOMEM, "out of memory");
+	s->ops = ops;
+	s->pool_size = cfg->pool_size ? cfg->pool_size : STORE_DEFAULT_POOL_SIZE;
+	s->state_dir =
+	    strdup(cfg->state_dir && *cfg->state_dir ? cfg->state_dir : STORE_DEFAULT_STATE_DIR);
+	if (!s->state_dir) {
+		free(s);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	r = ops->open(s, err);
+	if (r < 0) {
+		free(s->state_dir);
+		free(s);
+		return imc_err_wrap(err, "store %s in %s", name, cfg->state_dir);
+	}
+	*ret = s;
+	return 0;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	s->ops->close(s);
+	free(s->state_dir);
+	free(s);
+}
+
+const char *store_driver_name(const struct store *s)
+{
+	return s->ops->name;
+}
+
+int store_volume_create(struct store *s, const char *id, uint64_t size, imc_error *err)
+{
+	int r = check_id(id, err);
+
+	if (r == 0 && size < (16ULL << 20))
+		r = imc_err(err, EINVAL, "volume %s: size %llu is below the 16 MiB minimum", id,
+			    (unsigned long long)size);
+	return r < 0 ? r : s->ops->volume_create(s, id, size, err);
+}
+
+int store_activate(struct store *s, enum store_kind kind, const char *id, bool read_only,
+		   struct store_dev *ret, imc_error *err)
+{
+	int r = check_id(id, err);
+
+	if (r == 0 && kind == STORE_SNAPSHOT && !read_only)
+		r = imc_err(err, EPERM, "snapshot %s: read-only", id);
+	return r < 0 ? r : s->ops->activate(s, kind, id, read_only, ret, err);
+}
+
+int store_deactivate(struct store *s, enum store_kind kind, const char *id, struct store_dev *dev,
+		     imc_error *err)
+{
+	int r = check_id(id, err);
+	return r < 0 ? r : s->ops->deactivate(s, kind, id, dev, err);
+}
+
+int store_seal(struct store *s, const char *volume_id, const char *snapshot_id, imc_error *err)
+{
+	int r = check_id(volume_id, err);
+
+	if (r == 0)
+		r = check_id(snapshot_id, err);
+	return r < 0 ? r : s->ops->seal(s, volume_id, snapshot_id, err);
+}
+
+int store_clone(struct store *s, const char *snapshot_id, const char *clone_id, imc_error *err)
+{
+	int r = check_id(snapshot_id, err);
+
+	if (r == 0)
+		r = check_id(clone_id, err);
+	return r < 0 ? r : s->ops->clone(s, snapshot_id, clone_id, err);
+}
+
+int store_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err)
+{
+	int r = check_id(id, err);
+	return r < 0 ? r : s->ops->remove(s, kind, id, err);
+}
+
+int store_stat(struct store *s, enum store_kind kind, const char *id, struct store_object_info *ret,
+	       imc_error *err)
+{
+	int r = check_id(id, err);
+	return r < 0 ? r : s->ops->stat(s, kind, id, ret, err);
+}
+
+int store_list(struct store *s, enum store_kind kind, char ***ret_ids, size_t *ret_n,
+	       imc_error *err)
+{
+	return s->ops->list(s, kind, ret_ids, ret_n, err);
+}
+
+void store_list_free(char **ids, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(ids[i]);
+	free(ids);
+}
+
+int store_usage(struct store *s, struct store_usage *ret, imc_error *err)
+{
+	return s->ops->usage(s, ret, err);
+}
+
+int store_teardown(struct store *s, imc_error *err)
+{
+	return s->ops->teardown(s, err);
+}

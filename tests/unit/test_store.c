@@ -1,0 +1,290 @@
+/* The store and attach suite: real loop devices, a real XFS pool, real ext4 clones and mounts.
+ * Needs root and loop devices; without them it says why and exits 77 (skipped). */
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+
+#include "../../attach/attach.h"
+#include "../../common/priv.h"
+#include "../../store/store.h"
+
+#define SNAP "imc-0123456789abcdef"
+
+static char state_dir[] = "/tmp/imc-test-store.XXXXXX";
+static struct store *st;
+
+static void must(int r, const imc_error *err)
+{
+	ck_assert_msg(r == 0, "unexpected failure %d: %s", r, err->msg);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(imc_write_all(fd, text, strlen(text)), 0);
+	close(fd);
+}
+
+static bool file_has(const char *path, const char *text)
+{
+	char *buf = NULL;
+	bool same = imc_read_file(path, 1 << 20, &buf, NULL, NULL) == 0 && strcmp(buf, text) == 0;
+	free(buf);
+	return same;
+}
+
+/* How many loop devices serve files under the test's state dir (the pool file included). */
+static int loops_under_state_dir(void)
+{
+	DIR *d = opendir("/sys/block");
+	struct dirent *de;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((de = readdir(d))) {
+		char path[300], *buf = NULL;
+		if (strncmp(de->d_name, "loop", 4) != 0)
+			continue;
+		snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", de->d_name);
+		if (imc_read_file(path, 4096, &buf, NULL, NULL) == 0 && strstr(buf, state_dir))
+			n++;
+		free(buf);
+	}
+	closedir(d);
+	return n;
+}
+
+static size_t count(enum store_kind kind)
+{
+	char **ids;
+	size_t n;
+	imc_error err;
+
+	must(store_list(st, kind, &ids, &n, &err), &err);
+	store_list_free(ids, n);
+	return n;
+}
+
+/* A snapshot built the way the builder builds one: ext4 with /images/0/rootfs/hello. */
+static void make_snapshot(const char *id)
+{
+	static const char *const mkfs_args[] = {"-q", "-F", "-b", "4096", NULL};
+	char mnt[PATH_MAX], path[PATH_MAX + 64];
+	struct store_dev dev = {.fd = -1};
+	imc_error err;
+
+	must(store_volume_create(st, id, 256ULL << 20, &err), &err);
+	must(store_activate(st, STORE_VOLUME, id, false, &dev, &err), &err);
+	must(imc_priv_mkfs("ext4", mkfs_args, dev.path, &err), &err);
+	snprintf(mnt, sizeof(mnt), "%s/mnt-build", state_dir);
+	ck_assert_int_eq(mkdir(mnt, 0700), 0);
+	must(
+	    imc_priv_mount_subdir("ext4", dev.path, STORE_EXT4_MOUNT_OPTIONS, false, "", mnt, &err),
+	    &err);
+	snprintf(path, sizeof(path), "%s/images/0/rootfs", mnt);
+	must(imc_mkdir_p(path, 0755, &err), &err);
+	snprintf(path, sizeof(path), "%s/images/0/rootfs/hello", mnt);
+	write_file(path, "from the snapshot\n");
+	must(imc_priv_umount(mnt, 0, &err), &err);
+	rmdir(mnt);
+	must(store_deactivate(st, STORE_VOLUME, id, &dev, &err), &err);
+	must(store_seal(st, id, id, &err), &err);
+}
+
+static void setup(void)
+{
+	struct store_config cfg = {.state_dir = state_dir, .pool_size = 4ULL << 30};
+	imc_error err;
+
+	ck_assert_ptr_nonnull(mkdtemp(state_dir));
+	must(store_open(&cfg, &st, &err), &err);
+	make_snapshot(SNAP);
+}
+
+static void teardown(void)
+{
+	imc_error err;
+	char pool[PATH_MAX];
+
+	store_remove(st, STORE_SNAPSHOT, SNAP, &err);
+	must(store_teardown(st, &err), &err);
+	store_close(st);
+	snprintf(pool, sizeof(pool), "%s/pool", state_dir);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, state_dir, &err), 0);
+	ck_assert_int_eq(loops_under_state_dir(), 0);
+	memcpy(state_dir + strlen(state_dir) - 6, "XXXXXX", 6);
+}
+
+static void mkdirs(char *a, char *b, size_t n)
+{
+	snprintf(a, n, "%s/a", state_dir);
+	snprintf(b, n, "%s/b", state_dir);
+	ck_assert_int_eq(mkdir(a, 0755), 0);
+	ck_assert_int_eq(mkdir(b, 0755), 0);
+}
+
+START_TEST(pool_is_embedded_xfs)
+{
+	char pool[PATH_MAX];
+	struct statfs fs;
+	struct store_object_info info;
+	imc_error err;
+
+	snprintf(pool, sizeof(pool), "%s/pool", state_dir);
+	ck_assert_int_eq(statfs(pool, &fs), 0);
+	ck_assert_uint_eq((unsigned long)fs.f_type, 0x58465342UL);
+	must(store_stat(st, STORE_SNAPSHOT, SNAP, &info, &err), &err);
+	ck_assert_uint_eq(info.size, 256ULL << 20);
+	ck_assert_uint_gt(info.extents, 0);
+	ck_assert_uint_eq(count(STORE_SNAPSHOT), 1);
+	ck_assert_uint_eq(count(STORE_VOLUME), 0);
+}
+END_TEST
+
+START_TEST(two_attaches_are_isolated)
+{
+	char a[PATH_MAX], b[PATH_MAX], f[PATH_MAX + 16];
+	unsigned long clones = imc_priv_count(IMC_PRIV_FICLONE);
+	struct attach_request req = {.cache_id = SNAP};
+	imc_error err;
+
+	mkdirs(a, b, sizeof(a));
+	req.dir = a;
+	must(attach_cache(st, &req, NULL, &err), &err);
+	req.dir = b;
+	must(attach_cache(st, &req, NULL, &err), &err);
+	ck_assert_uint_eq(imc_priv_count(IMC_PRIV_FICLONE) - clones, 2);
+	ck_assert_uint_eq(count(STORE_CLONE), 2);
+
+	snprintf(f, sizeof(f), "%s/hello", a);
+	ck_assert(file_has(f, "from the snapshot\n"));
+	write_file(f, "changed in a\n");
+	snprintf(f, sizeof(f), "%s/new", a);
+	write_file(f, "only in a\n");
+	snprintf(f, sizeof(f), "%s/hello", b);
+	ck_assert(file_has(f, "from the snapshot\n"));
+	snprintf(f, sizeof(f), "%s/new", b);
+	ck_assert_int_ne(access(f, F_OK), 0);
+
+	must(attach_detach(st, a, &err), &err);
+	must(attach_detach(st, b, &err), &err);
+	/* A fresh attach still sees the snapshot as built. */
+	must(attach_cache(st, &req, NULL, &err), &err);
+	snprintf(f, sizeof(f), "%s/hello", b);
+	ck_assert(file_has(f, "from the snapshot\n"));
+	must(attach_detach(st, b, &err), &err);
+	ck_assert_uint_eq(count(STORE_CLONE), 0);
+	ck_assert_int_eq(loops_under_state_dir(), 1); /* the pool's own */
+}
+END_TEST
+
+START_TEST(bad_attaches_leave_nothing)
+{
+	char a[PATH_MAX], b[PATH_MAX];
+	struct attach_request req = {.cache_id = "imc-ffffffffffffffff"};
+	json_t *list;
+	imc_error err;
+
+	mkdirs(a, b, sizeof(a));
+	req.dir = a;
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "not in the local store"));
+	req.cache_id = "../etc";
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -EINVAL);
+	req.cache_id = SNAP;
+	req.image = 3;
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "no image 3"));
+	req.image = 0;
+	imc_priv_inject(IMC_PRIV_MOUNT, 1, EIO); /* a mount failure cannot be caused on demand */
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -EIO);
+	req.dir = "/nonexistent/imc-test";
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -ENOENT);
+
+	ck_assert_uint_eq(count(STORE_CLONE), 0);
+	must(attach_list(st, &list, &err), &err);
+	ck_assert_uint_eq(json_array_size(list), 0);
+	json_decref(list);
+	ck_assert_int_eq(loops_under_state_dir(), 1);
+
+	/* The same dir twice: the second is refused and the first still works. */
+	req.dir = a;
+	must(attach_cache(st, &req, NULL, &err), &err);
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -EEXIST);
+	must(attach_detach(st, a, &err), &err);
+	ck_assert_int_eq(attach_detach(st, a, &err), -ENOENT);
+}
+END_TEST
+
+START_TEST(detach_after_agent_crash)
+{
+	char a[PATH_MAX], b[PATH_MAX];
+	struct attach_request req = {.cache_id = SNAP};
+	imc_error err;
+	int status;
+	pid_t pid;
+
+	mkdirs(a, b, sizeof(a));
+	req.dir = a;
+	pid = fork();
+	if (pid == 0) {
+		/* The agent attaches and dies before anyone detaches. */
+		_exit(attach_cache(st, &req, NULL, &err) == 0 ? 0 : 1);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_int_eq(WEXITSTATUS(status), 0);
+	ck_assert_uint_eq(count(STORE_CLONE), 1);
+	ck_assert_int_eq(loops_under_state_dir(), 2);
+	must(attach_detach(st, a, &err), &err);
+	ck_assert_uint_eq(count(STORE_CLONE), 0);
+	ck_assert_int_eq(loops_under_state_dir(), 1);
+}
+END_TEST
+
+START_TEST(teardown_refused_while_attached)
+{
+	char a[PATH_MAX], b[PATH_MAX];
+	struct attach_request req = {.cache_id = SNAP};
+	imc_error err;
+
+	mkdirs(a, b, sizeof(a));
+	req.dir = a;
+	must(attach_cache(st, &req, NULL, &err), &err);
+	ck_assert_int_eq(store_teardown(st, &err), -EBUSY);
+	/* The store stays usable after a refused teardown. */
+	must(attach_detach(st, a, &err), &err);
+	must(attach_cache(st, &req, NULL, &err), &err);
+	must(attach_detach(st, a, &err), &err);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("store");
+	TCase *tc = tcase_create("reflink");
+	SRunner *sr;
+	int failed;
+
+	if (geteuid() != 0 || access("/dev/loop-control", R_OK | W_OK) != 0) {
+		printf("test_store: SKIP: needs root and /dev/loop-control\n");
+		return 77;
+	}
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, pool_is_embedded_xfs);
+	tcase_add_test(tc, two_attaches_are_isolated);
+	tcase_add_test(tc, bad_attaches_leave_nothing);
+	tcase_add_test(tc, detach_after_agent_crash);
+	tcase_add_test(tc, teardown_refused_while_attached);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
