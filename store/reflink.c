@@ -304,6 +304,152 @@ static int reflink_deactivate(struct store *s, enum store_kind kind, const char 
 	return r == -ENXIO ? 0 : r;
 }
 
+static int count_extents(int fd, uint64_t *ret)
+{
+	struct fiemap fm = {.fm_start = 0, .fm_length = FIEMAP_MAX_OFFSET, .fm_extent_count = 0};
+
+	if (ioctl(fd, FS_IOC_FIEMAP, &fm) < 0)
+		return -errno;
+	*ret = fm.fm_mapped_extents;
+	return 0;
+}
+
+/* FICLONE costs time per extent of the source, so a snapshot must have few.  A volume with more
+ * than STORE_REFLINK_MAX_EXTENTS is rewritten in file order, keeping only its largest holes
+ * (small ones are written as zeros), which XFS lays out as few, long extents. */
+#define STORE_REFLINK_MAX_EXTENTS 128
+#define COMPACT_KEEP_HOLES	  (STORE_REFLINK_MAX_EXTENTS / 2 - 1)
+#define COMPACT_BUF		  (8U << 20)
+
+struct range {
+	off_t start, end;
+};
+
+static int cmp_hole_size_desc(const void *a, const void *b)
+{
+	const struct range *x = a, *y = b;
+	off_t dx = x->end - x->start, dy = y->end - y->start;
+	return dx < dy ? 1 : dx > dy ? -1 : 0;
+}
+
+static int cmp_start(const void *a, const void *b)
+{
+	const struct range *x = a, *y = b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* The holes of fd between its first and last data byte; ret_data_end gets the last. */
+static int list_holes(int fd, off_t size, struct range **ret, size_t *ret_n, off_t *ret_data_end)
+{
+	_cleanup_free_ struct range *holes = NULL;
+	size_t n = 0, cap = 0;
+	off_t pos = lseek(fd, 0, SEEK_DATA), data_end = 0;
+
+	while (pos >= 0 && pos < size) {
+		off_t hole = lseek(fd, pos, SEEK_HOLE);
+		off_t next;
+		if (hole < 0)
+			return -errno;
+		data_end = hole;
+		next = hole < size ? lseek(fd, hole, SEEK_DATA) : -1;
+		if (next < 0)
+			break;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 256;
+			struct range *g = realloc(holes, cap * sizeof(*holes));
+			if (!g)
+				return -ENOMEM;
+			holes = g;
+		}
+		holes[n++] = (struct range){hole, next};
+		pos = next;
+	}
+	*ret = steal_pointer(&holes);
+	*ret_n = n;
+	*ret_data_end = data_end;
+	return 0;
+}
+
+static int copy_range(int src, int dst, off_t start, off_t end, char *buf)
+{
+	while (start < end) {
+		size_t want =
+		    (size_t)(end - start) < COMPACT_BUF ? (size_t)(end - start) : COMPACT_BUF;
+		ssize_t n = pread(src, buf, want, start);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		for (ssize_t done = 0; done < n;) {
+			ssize_t w = pwrite(dst, buf + done, (size_t)(n - done), start + done);
+			if (w < 0 && errno != EINTR)
+				return -errno;
+			done += w > 0 ? w : 0;
+		}
+		start += n;
+	}
+	return 0;
+}
+
+static int compact_into(int src, int dst, off_t size)
+{
+	_cleanup_free_ struct range *holes = NULL;
+	_cleanup_free_ char *buf = NULL;
+	size_t n = 0, keep;
+	off_t data_end = 0, pos = 0;
+	int r;
+
+	if (ftruncate(dst, size) < 0)
+		return -errno;
+	r = list_holes(src, size, &holes, &n, &data_end);
+	if (r < 0)
+		return r;
+	buf = malloc(COMPACT_BUF);
+	if (!buf)
+		return -ENOMEM;
+	qsort(holes, n, sizeof(*holes), cmp_hole_size_desc);
+	keep = n < COMPACT_KEEP_HOLES ? n : COMPACT_KEEP_HOLES;
+	qsort(holes, keep, sizeof(*holes), cmp_start);
+	for (size_t i = 0; i <= keep; i++) {
+		off_t end = i < keep ? holes[i].start : data_end;
+		if ((r = copy_range(src, dst, pos, end, buf)) < 0)
+			return r;
+		if (i < keep)
+			pos = holes[i].end;
+	}
+	return fsync(dst) < 0 ? -errno : 0;
+}
+
+static int compact_volume(struct reflink *p, const char *vname, int *fd, imc_error *err)
+{
+	char tmp[NAME_MAX_LEN + 16];
+	_cleanup_close_ int dst = -1;
+	struct stat st;
+	uint64_t extents = 0;
+	int r;
+
+	if (fstat(*fd, &st) < 0)
+		return imc_err_sys(err, errno, "%s", vname);
+	if (count_extents(*fd, &extents) < 0 || extents <= STORE_REFLINK_MAX_EXTENTS)
+		return 0;
+	snprintf(tmp, sizeof(tmp), ".%s.compact", vname);
+	dst = openat(p->kind_dirs[STORE_VOLUME], tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (dst < 0)
+		return imc_err_sys(err, errno, "%s", tmp);
+	r = compact_into(*fd, dst, st.st_size);
+	if (r == 0 &&
+	    renameat(p->kind_dirs[STORE_VOLUME], tmp, p->kind_dirs[STORE_VOLUME], vname) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlinkat(p->kind_dirs[STORE_VOLUME], tmp, 0);
+		return imc_err_sys(err, r, "compact %s (%llu extents)", vname,
+				   (unsigned long long)extents);
+	}
+	close(*fd);
+	*fd = steal_fd(&dst);
+	return 0;
+}
+
 static int reflink_seal(struct store *s, const char *volume_id, const char *snapshot_id,
 			imc_error *err)
 {
@@ -316,6 +462,8 @@ static int reflink_seal(struct store *s, const char *volume_id, const char *snap
 	fd = openat(p->kind_dirs[STORE_VOLUME], vname, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "volume %s", volume_id);
+	if (compact_volume(p, vname, &fd, err) < 0)
+		return imc_err_wrap(err, "seal volume %s", volume_id);
 	if (fsync(fd) < 0 || fchmod(fd, 0400) < 0)
 		return imc_err_sys(err, errno, "seal volume %s", volume_id);
 	if (renameat2(p->kind_dirs[STORE_VOLUME], vname, p->kind_dirs[STORE_SNAPSHOT], sname,
@@ -359,16 +507,6 @@ static int reflink_remove(struct store *s, enum store_kind kind, const char *id,
 	img_name(id, name);
 	if (unlinkat(rl(s)->kind_dirs[kind], name, 0) < 0)
 		return imc_err_sys(err, errno, "remove %s %s", store_kind_name(kind), id);
-	return 0;
-}
-
-static int count_extents(int fd, uint64_t *ret)
-{
-	struct fiemap fm = {.fm_start = 0, .fm_length = FIEMAP_MAX_OFFSET, .fm_extent_count = 0};
-
-	if (ioctl(fd, FS_IOC_FIEMAP, &fm) < 0)
-		return -errno;
-	*ret = fm.fm_mapped_extents;
 	return 0;
 }
 

@@ -146,6 +146,50 @@ START_TEST(pool_is_embedded_xfs)
 }
 END_TEST
 
+static void sha256_of(const char *path, char out[IMC_SHA256_HEX_LEN + 1])
+{
+	char *buf = NULL;
+	size_t len = 0;
+	imc_error err;
+
+	must(imc_read_file(path, 64 << 20, &buf, &len, &err), &err);
+	must(imc_sha256_hex(buf, len, out, &err), &err);
+	free(buf);
+}
+
+START_TEST(fragmented_volume_is_sealed_with_few_extents)
+{
+	char path[PATH_MAX], before[IMC_SHA256_HEX_LEN + 1], after[IMC_SHA256_HEX_LEN + 1];
+	struct store_object_info info;
+	char block[4096];
+	imc_error err;
+	int fd;
+
+	must(store_volume_create(st, "frag", 32ULL << 20, &err), &err);
+	snprintf(path, sizeof(path), "%s/pool/volumes/frag.img", state_dir);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	/* 500 scattered blocks, written backwards and synced one by one: hundreds of extents. */
+	for (int i = 499; i >= 0; i--) {
+		memset(block, 'a' + i % 26, sizeof(block));
+		ck_assert_int_eq(pwrite(fd, block, sizeof(block), (off_t)i * 65536), 4096);
+		fdatasync(fd);
+	}
+	close(fd);
+	must(store_stat(st, STORE_VOLUME, "frag", &info, &err), &err);
+	ck_assert_uint_gt(info.extents, 128);
+	sha256_of(path, before);
+	must(store_seal(st, "frag", "frag", &err), &err);
+	must(store_stat(st, STORE_SNAPSHOT, "frag", &info, &err), &err);
+	ck_assert_uint_le(info.extents, 128);
+	ck_assert_uint_eq(info.size, 32ULL << 20);
+	snprintf(path, sizeof(path), "%s/pool/snapshots/frag.img", state_dir);
+	sha256_of(path, after);
+	ck_assert_str_eq(before, after);
+	must(store_remove(st, STORE_SNAPSHOT, "frag", &err), &err);
+}
+END_TEST
+
 START_TEST(two_attaches_are_isolated)
 {
 	char a[PATH_MAX], b[PATH_MAX], f[PATH_MAX + 16];
@@ -277,6 +321,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, pool_is_embedded_xfs);
+	tcase_add_test(tc, fragmented_volume_is_sealed_with_few_extents);
 	tcase_add_test(tc, two_attaches_are_isolated);
 	tcase_add_test(tc, bad_attaches_leave_nothing);
 	tcase_add_test(tc, detach_after_agent_crash);
