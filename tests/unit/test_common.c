@@ -1,0 +1,207 @@
+/* common/: errors, digests, JSON field access, atomic files, paths that cannot escape a root. */
+#include <check.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../../common/imc.h"
+#include "../../common/priv.h"
+
+START_TEST(errors_carry_context)
+{
+	imc_error err = {0};
+
+	ck_assert_int_eq(imc_err(&err, ENOENT, "layer %s", "sha256:ab"), -ENOENT);
+	ck_assert_int_eq(imc_err_wrap(&err, "image %s", "x"), -ENOENT);
+	ck_assert_str_eq(err.msg, "image x: layer sha256:ab");
+	ck_assert_int_eq(imc_err_sys(&err, -EIO, "read"), -EIO);
+	ck_assert_str_eq(err.msg, "read: Input/output error");
+	ck_assert_int_eq(imc_err(NULL, EINVAL, "ignored"), -EINVAL);
+}
+END_TEST
+
+START_TEST(sha256_and_digests)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	imc_error err;
+
+	ck_assert_int_eq(imc_sha256_hex("abc", 3, hex, &err), 0);
+	ck_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+	ck_assert_int_eq(
+	    imc_digest_parse(
+		"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", hex,
+		&err),
+	    0);
+	static const char *const bad[] = {
+	    "",
+	    "sha256:",
+	    "sha512:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+	    "sha256:BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD",
+	    "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015a",
+	    "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad0",
+	    "sha256:../../../../etc/passwd/../../../../../../../../../../../../../../../..",
+	    "sha256:zz7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(imc_digest_parse(bad[i], hex, &err) == -EINVAL, "accepted %s",
+			      bad[i]);
+	ck_assert_int_eq(imc_digest_parse(NULL, hex, &err), -EINVAL);
+}
+END_TEST
+
+START_TEST(json_fields_are_typed_and_checked)
+{
+	static const char *const allowed[] = {"name", "size", "pin", "images", NULL};
+	const char *body = "{\"name\":\"n\",\"size\":5,\"pin\":true,\"images\":[1,2]}";
+	json_t *j = NULL, *arr = NULL;
+	const char *name = NULL;
+	int64_t size = 0;
+	bool pin = false;
+	imc_error err;
+
+	ck_assert_int_eq(imc_json_parse_object(body, strlen(body), &j, &err), 0);
+	ck_assert_int_eq(imc_json_check_fields(j, allowed, "", &err), 0);
+	ck_assert_int_eq(imc_json_get_string(j, "name", true, 8, "", &name, &err), 0);
+	ck_assert_str_eq(name, "n");
+	ck_assert_int_eq(imc_json_get_int(j, "size", true, 0, 10, "", &size, &err), 0);
+	ck_assert_int_eq(size, 5);
+	ck_assert_int_eq(imc_json_get_bool(j, "pin", true, "", &pin, &err), 0);
+	ck_assert(pin);
+	ck_assert_int_eq(imc_json_get_array(j, "images", true, 2, "", &arr, &err), 0);
+	ck_assert_int_eq(imc_json_get_array(j, "images", true, 1, "", &arr, &err), -EINVAL);
+	ck_assert_int_eq(imc_json_get_int(j, "size", true, 6, 10, "", &size, &err), -ERANGE);
+	ck_assert_int_eq(imc_json_get_string(j, "size", true, 8, "req", &name, &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "req.size: want a string");
+	ck_assert_int_eq(imc_json_get_string(j, "missing", true, 8, "", &name, &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "missing: required");
+	name = "kept";
+	ck_assert_int_eq(imc_json_get_string(j, "missing", false, 8, "", &name, &err), 0);
+	ck_assert_str_eq(name, "kept");
+	json_object_set_new(j, "evil", json_true());
+	ck_assert_int_eq(imc_json_check_fields(j, allowed, "body", &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "body.evil: unknown field");
+	json_decref(j);
+
+	static const char *const malformed[] = {
+	    "", "{", "[]", "\"x\"", "{\"a\":1,\"a\":2}", "{\"a\":1}garbage"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(malformed); i++)
+		ck_assert_msg(imc_json_parse_object(malformed[i], strlen(malformed[i]), &j, &err) ==
+				  -EINVAL,
+			      "accepted %s", malformed[i]);
+	/* A NUL inside a string is refused rather than silently cut. */
+	const char *nul = "{\"name\":\"a\\u0000b\"}";
+	ck_assert_int_eq(imc_json_parse_object(nul, strlen(nul), &j, &err), -EINVAL);
+}
+END_TEST
+
+START_TEST(atomic_json_files)
+{
+	char dir[] = "/tmp/imc-test-common.XXXXXX";
+	json_t *j = json_pack("{s:s}", "id", "imc-1"), *back = NULL;
+	imc_error err;
+	int dfd;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	ck_assert_int_eq(imc_json_write_atomic(dfd, "c.json", j, &err), 0);
+	ck_assert_int_eq(imc_json_write_replace(dfd, "d.json", j, &err), 0);
+	ck_assert_int_eq(imc_json_read_file(dfd, "c.json", 1024, &back, &err), 0);
+	ck_assert(json_equal(j, back));
+	json_decref(back);
+	ck_assert_int_eq(imc_json_read_file(dfd, "c.json", 4, &back, &err), -EFBIG);
+	ck_assert_int_eq(imc_json_read_file(dfd, "none.json", 1024, &back, &err), -ENOENT);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
+	ck_assert_int_ne(access(dir, F_OK), 0);
+	close(dfd);
+	json_decref(j);
+}
+END_TEST
+
+START_TEST(paths_stay_in_root)
+{
+	char dir[] = "/tmp/imc-test-common.XXXXXX", path[PATH_MAX];
+	imc_error err;
+	int root, fd;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/root", dir);
+	ck_assert_int_eq(mkdir(path, 0755), 0);
+	root = open(path, O_RDONLY | O_DIRECTORY);
+	/* A symlink pointing out of the root, and ../ paths, resolve inside it. */
+	ck_assert_int_eq(symlinkat("/..", root, "up"), 0);
+	ck_assert_int_eq(symlinkat("../../../outside", root, "rel"), 0);
+	fd = imc_openat_in_root(root, "up/../../outside", O_WRONLY | O_CREAT, 0644);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	fd = imc_openat_in_root(root, "rel", O_WRONLY | O_CREAT, 0644);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	snprintf(path, sizeof(path), "%s/outside", dir);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	snprintf(path, sizeof(path), "%s/root/outside", dir);
+	ck_assert_int_eq(access(path, F_OK), 0);
+	ck_assert_int_eq(imc_openat_in_root(root, "/proc/self/root/etc", O_RDONLY, 0), -ENOENT);
+	close(root);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
+}
+END_TEST
+
+START_TEST(names_and_ids)
+{
+	char id[64];
+	imc_error err;
+
+	ck_assert(imc_name_valid("imc-0123abcd", 64));
+	ck_assert(!imc_name_valid("", 64));
+	ck_assert(!imc_name_valid("..", 64));
+	ck_assert(!imc_name_valid("a/b", 64));
+	ck_assert(!imc_name_valid("abcdef", 5));
+	ck_assert(!imc_name_valid("caf\xc3\xa9", 64));
+	ck_assert_int_eq(imc_random_id("imc", id, sizeof(id), &err), 0);
+	ck_assert_uint_eq(strlen(id), 20);
+	ck_assert(imc_name_valid(id, 64));
+	ck_assert_int_eq(imc_random_id("imc", id, 8, &err), -ENAMETOOLONG);
+}
+END_TEST
+
+START_TEST(fault_injection)
+{
+	imc_error err;
+	unsigned long before = imc_priv_count(IMC_PRIV_FICLONE);
+
+	setenv("IMC_FAULT", "ficlone:2:ENOSPC", 1);
+	ck_assert_int_eq(imc_priv_inject_from_env(&err), 0);
+	ck_assert_int_eq(imc_priv_ficlone(-1, -1, &err), -EBADF);  /* the real ioctl ran */
+	ck_assert_int_eq(imc_priv_ficlone(-1, -1, &err), -ENOSPC); /* injected */
+	ck_assert_int_eq(imc_priv_ficlone(-1, -1, &err), -EBADF);
+	ck_assert_uint_eq(imc_priv_count(IMC_PRIV_FICLONE) - before, 3);
+	static const char *const bad[] = {"nope:1:EIO", "mount:0:EIO", "mount:1:EWHAT", "mount",
+					  "mount:x:EIO"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {
+		setenv("IMC_FAULT", bad[i], 1);
+		ck_assert_msg(imc_priv_inject_from_env(&err) == -EINVAL, "accepted %s", bad[i]);
+	}
+	unsetenv("IMC_FAULT");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("common");
+	TCase *tc = tcase_create("common");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_test(tc, errors_carry_context);
+	tcase_add_test(tc, sha256_and_digests);
+	tcase_add_test(tc, json_fields_are_typed_and_checked);
+	tcase_add_test(tc, atomic_json_files);
+	tcase_add_test(tc, paths_stay_in_root);
+	tcase_add_test(tc, names_and_ids);
+	tcase_add_test(tc, fault_injection);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
