@@ -6,7 +6,7 @@ PKGS="build-essential pkg-config clang-format
 libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
 libmicrohttpd-dev check
 docker-registry skopeo umoci crun runc busybox-static
-e2fsprogs xfsprogs util-linux curl ca-certificates"
+e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||

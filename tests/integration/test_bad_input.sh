@@ -1,0 +1,214 @@
+#!/bin/bash
+# Bad input, real faults: an image tag the registry does not have, an unreachable registry, a
+# layer whose bytes no longer match its digest (corrupted in the registry's own storage),
+# malformed and over-broad API requests, unknown ids, attach of a cache that does not exist.
+# Each failure must be reported with the cause and leave nothing behind.
+# Needs root and loop devices (the store loop-mounts its XFS pool file).
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+
+need_root
+need_loop
+need_tool jq curl tar skopeo losetup findmnt mkfs.xfs
+need_programs imcd imcctl imc-attach
+
+registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
+ok "registry serves /v2/ at $REGISTRY"
+
+LAYOUT=$TEST_TMP/layout
+# Uncompressed layer, pushed byte for byte: corrupting its middle keeps a valid tar, so only a
+# digest check can tell.
+# shellcheck disable=SC2317 # called through check
+push_plain() { mkimage_plain "$LAYOUT" plain 512 && registry_push_raw "$LAYOUT" plain imc/plain:v1; }
+# shellcheck disable=SC2317
+push_bb() { mkimage_busybox "$LAYOUT" bb && mkimage_push "$LAYOUT" bb imc/bb:v1; }
+# shellcheck disable=SC2317
+served_matches() { # REPO DIGEST: the registry serves bytes that hash to DIGEST
+	test "sha256:$(curl -fsS --noproxy '*' "http://$REGISTRY/v2/$1/blobs/$2" | sha256sum | cut -d' ' -f1)" = "$2"
+}
+check "uncompressed single-layer image pushes as is" push_plain
+check "gzip busybox image pushes" push_bb
+PLAIN_LAYER=$(registry_manifest imc/plain v1 | jq -r '.layers[0].digest')
+PLAIN_MT=$(registry_manifest imc/plain v1 | jq -r '.layers[0].mediaType')
+check_eq "the registry holds the plain image's layer uncompressed" \
+	application/vnd.oci.image.layer.v1.tar "$PLAIN_MT"
+BB_LAYER=$(registry_manifest imc/bb v1 | jq -r '.layers[0].digest')
+check "corrupt the plain layer in the registry's storage" registry_corrupt_blob "$PLAIN_LAYER"
+check "corrupt the gzip layer in the registry's storage" registry_corrupt_blob "$BB_LAYER"
+check_fails "the registry now serves plain-layer bytes that do not match the digest" \
+	served_matches imc/plain "$PLAIN_LAYER"
+check_fails "the registry now serves gzip-layer bytes that do not match the digest" \
+	served_matches imc/bb "$BB_LAYER"
+
+STATE=$TEST_TMP/state
+defer imc_teardown_quiet
+imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
+ok "imcd listens at $IMCD_URL"
+IMCD_PID_SAVED=$IMCD_PID
+
+# expect_failed REF DESC: create a cache of REF; it must end Failed.  Sets FAILED_ID, FAILED_MSG.
+expect_failed() {
+	local ref=$1 desc=$2 id body status
+	FAILED_ID=
+	FAILED_MSG=
+	if ! id=$(create_cache "$ref" bad 2>"$TEST_TMP/create.err"); then
+		not_ok "$desc: POST is accepted (202)" "$(cat "$TEST_TMP/create.err")"
+		return 0
+	fi
+	FAILED_ID=$id
+	body=$(cache_wait "$id" 120) || body=
+	status=$(json_get "$body" '.status // empty' 2>/dev/null || true)
+	FAILED_MSG=$(json_get "$body" '.statusMessage // empty' 2>/dev/null || true)
+	if [ "$status" = Failed ]; then
+		ok "$desc: cache ends Failed"
+	else
+		not_ok "$desc: cache ends Failed" "got: $body" "$(imcd_log_tail 10)"
+	fi
+	note "statusMessage: $FAILED_MSG"
+}
+
+# store_is_clean DESC: no volume, snapshot or clone files; no loop device or mount but the
+# pool's own.
+store_is_clean() {
+	local desc=$1
+	check_eq "$desc: no volume or snapshot files in the pool" "" \
+		"$(find "$STATE/pool/volumes" "$STATE/pool/snapshots" "$STATE/pool/clones" \
+			-mindepth 1 2>/dev/null)"
+	check_eq "$desc: only the pool's loop device is left" "$STATE/pool.img" \
+		"$(losetup -n -O BACK-FILE -l 2>/dev/null | grep -F "$TEST_TMP/" | sort | tr -d ' ')"
+	check_eq "$desc: only the pool is mounted" "$STATE/pool" "$(tmp_mounts)"
+	check_eq "$desc: every cached blob hashes to its name" "" "$(unverified_blobs)"
+}
+
+# Files under STATE/blobs/sha256 whose content does not hash to their name (temp files too).
+unverified_blobs() {
+	local f
+	[ -d "$STATE/blobs" ] || return 0
+	find "$STATE/blobs" -type f | while read -r f; do
+		[ "$(basename "$f")" = "$(sha256sum "$f" | cut -d' ' -f1)" ] || printf '%s\n' "$f"
+	done
+}
+
+# --- registry-side failures ------------------------------------------------------------------
+
+expect_failed "$REGISTRY/imc/plain:no-such-tag" "unknown tag"
+check_match "unknown tag: statusMessage carries the registry's reason" '[Mm]anifest unknown|MANIFEST_UNKNOWN' "$FAILED_MSG"
+
+expect_failed "$REGISTRY/imc/no-such-repo:v1" "unknown repository"
+check_match "unknown repository: statusMessage says why" '.' "$FAILED_MSG"
+
+expect_failed "127.0.0.1:1/imc/x:v1" "unreachable registry"
+check_match "unreachable registry: statusMessage names the registry" '127\.0\.0\.1:1' "$FAILED_MSG"
+
+expect_failed "$REGISTRY/imc/plain:v1" "corrupted uncompressed layer"
+check_match "corrupted layer: statusMessage says digest mismatch" '[Dd]igest mismatch' "$FAILED_MSG"
+# The digest may be abbreviated, but to no less than 12 hex digits.
+check_match "corrupted layer: statusMessage names the layer (${PLAIN_LAYER:0:19}…)" \
+	"${PLAIN_LAYER:7:12}" "$FAILED_MSG"
+store_is_clean "corrupted layer"
+check_eq "corrupted layer: no blob of that digest kept in STATE/blobs" "" \
+	"$(find "$STATE/blobs" -name "*${PLAIN_LAYER#sha256:}*" 2>/dev/null)"
+CORRUPT_ID=$FAILED_ID
+
+expect_failed "$REGISTRY/imc/bb:v1" "corrupted gzip layer"
+check_match "corrupted gzip layer: statusMessage names a cause" '.' "$FAILED_MSG"
+store_is_clean "corrupted gzip layer"
+check_eq "corrupted gzip layer: no blob of that digest kept in STATE/blobs" "" \
+	"$(find "$STATE/blobs" -name "*${BB_LAYER#sha256:}*" 2>/dev/null)"
+
+OUT=$(imcctl create "$REGISTRY/imc/plain:v1" --wait 2>"$TEST_TMP/imcctl.err") && RC=0 || RC=$?
+check_eq "imcctl create --wait exits 1 on a Failed build" 1 "$RC"
+check_match "imcctl prints the reason on stderr" '[Dd]igest mismatch' "$(cat "$TEST_TMP/imcctl.err")"
+[ -z "$OUT" ] || note "imcctl stdout: $OUT"
+
+http GET "$IMCD_URL/v1/imagecaches/$CORRUPT_ID"
+check_eq "a Failed cache stays readable (GET 200)" 200 "$HTTP_STATUS"
+check_eq "GET: Failed with its statusMessage" "Failed true" \
+	"$(json_get "$HTTP_BODY" '"\(.status) \(.statusMessage | type == "string" and length > 0)"' 2>&1)"
+
+# --- API input -------------------------------------------------------------------------------
+
+# expect_error METHOD PATH BODY STATUS DESC: the answer has STATUS (an ERE, e.g. "400|413") and a
+# JSON .error.code and .error.message.
+expect_error() {
+	local method=$1 path=$2 body=$3 want=$4 desc=$5
+	if [ -n "$body" ]; then
+		http "$method" "$IMCD_URL$path" "$body"
+	else
+		http "$method" "$IMCD_URL$path"
+	fi
+	check_match "$desc: HTTP $want" "^($want)\$" "$HTTP_STATUS"
+	check_match "$desc: JSON .error.code and .error.message" '^[^ ]+ .+$' \
+		"$(json_get "$HTTP_BODY" '"\(.error.code // "") \(.error.message // "")"' 2>/dev/null || true)"
+}
+
+GOOD_REF=$REGISTRY/imc/plain:v1
+expect_error POST /v1/imagecaches '{"images":[{"ref":' 400 "truncated JSON"
+expect_error POST /v1/imagecaches 'not json at all' 400 "not JSON"
+expect_error POST /v1/imagecaches '[]' 400 "JSON array instead of an object"
+expect_error POST /v1/imagecaches \
+	"{\"name\":\"x\",\"images\":[{\"ref\":\"$GOOD_REF\"}],\"bogus\":1}" 400 "unknown top-level field"
+expect_error POST /v1/imagecaches \
+	"{\"name\":\"x\",\"images\":[{\"ref\":\"$GOOD_REF\",\"bogus\":1}]}" 400 "unknown field in an image"
+expect_error POST /v1/imagecaches '{"name":"x","images":"notalist"}' 400 "images of the wrong type"
+expect_error POST /v1/imagecaches '{"name":"x","images":[{"ref":42}]}' 400 "ref of the wrong type"
+expect_error POST /v1/imagecaches '{"name":"x","images":[]}' 400 "no images"
+expect_error POST /v1/imagecaches '{"name":"x"}' 400 "images missing"
+expect_error POST /v1/imagecaches '{"name":"x","images":[{"ref":"UPPER/Case::bad"}]}' 400 \
+	"unparsable image reference"
+MANY=$(jq -cn --arg r "$GOOD_REF" '{name: "x", images: [range(0; 21) | {ref: $r}]}')
+expect_error POST /v1/imagecaches "$MANY" 400 "21 images (the cap is 20)"
+BIG=$(head -c 3000000 /dev/zero | tr '\0' 'a')
+expect_error POST /v1/imagecaches "{\"name\":\"$BIG\",\"images\":[{\"ref\":\"$GOOD_REF\"}]}" \
+	'400|413' "a 3 MB body"
+unset BIG
+expect_error GET /v1/imagecaches/imc-doesnotexist "" 404 "GET unknown id"
+expect_error DELETE /v1/imagecaches/imc-doesnotexist "" 404 "DELETE unknown id"
+expect_error GET /v1/imagecaches/..%2f..%2fetc%2fpasswd "" '400|404' "GET an id with a path in it"
+expect_error GET /v1/nothing-here "" 404 "unknown path"
+
+http GET "$IMCD_URL/v1/imagecaches"
+check_eq "after all that, the list still answers 200" 200 "$HTTP_STATUS"
+check_eq "no cache was created by the refused requests" 0 \
+	"$(jq -r '[.items[] | select(.name == "x")] | length' <<<"$HTTP_BODY" 2>&1)"
+
+# --- attach of a cache that does not exist ---------------------------------------------------
+
+MNT=$TEST_TMP/mnt
+mkdir -p "$MNT"
+defer imc_detach_quiet "$MNT"
+OUT=$(imc_attach attach imc-doesnotexist "$MNT" 2>&1) && RC=0 || RC=$?
+check_match "attach of an unknown cache id fails" '^[1-9]' "$RC"
+check_match "attach of an unknown cache id says why" '.' "$OUT"
+note "imc-attach said: $OUT"
+check_fails "attach of an unknown cache id: nothing mounted there" findmnt -rn --mountpoint "$MNT"
+check_eq "attach of an unknown cache id: the mount dir is still empty" "" "$(find "$MNT" -mindepth 1)"
+OUT=$(imc_attach list 2>&1) || true
+check_eq "attach of an unknown cache id: imc-attach list is empty" 0 "$(json_get "$OUT" length 2>&1)"
+store_is_clean "attach of an unknown cache id"
+
+# --- clean up --------------------------------------------------------------------------------
+
+http GET "$IMCD_URL/v1/imagecaches"
+for id in $(jq -r '.items[].id' <<<"$HTTP_BODY" 2>/dev/null); do
+	http DELETE "$IMCD_URL/v1/imagecaches/$id"
+	check_eq "DELETE Failed cache $id answers 200" 200 "$HTTP_STATUS"
+done
+
+RC=0
+imcd_stop || RC=$?
+check_eq "imcd exits 0 on SIGTERM" 0 "$RC"
+if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"; then
+	not_ok "imcd log has no sanitizer report" "$(grep -E -A20 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG" | head -40)"
+else
+	ok "imcd log has no sanitizer report"
+fi
+check "imc-attach teardown releases the pool" imc_attach teardown
+check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
+check_eq "no mount under the test dir" "" "$(tmp_mounts)"
+check_fails "imcd (pid $IMCD_PID_SAVED) is gone" kill -0 "$IMCD_PID_SAVED"
+
+done_testing

@@ -1,0 +1,248 @@
+#!/bin/bash
+# End to end: a real registry, images built here, imcd building caches, imc-attach cloning and
+# mounting them, a container running from an attached rootfs, and nothing left behind.
+# Needs root and loop devices (the store loop-mounts its XFS pool file).
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+. "$(dirname "$0")/../lib/container.sh"
+
+need_root
+need_loop
+need_tool jq curl tar skopeo losetup findmnt mkfs.xfs unshare
+need_programs imcd imcctl imc-attach
+
+# --- registry and images ---------------------------------------------------------------------
+
+registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
+ok "registry serves /v2/ at $REGISTRY"
+
+LAYOUT=$TEST_TMP/layout
+# build_push BUILDER TAG REPO:TAG [SKOPEO_ARG...] (called through check)
+# shellcheck disable=SC2317
+build_push() {
+	local builder=$1 tag=$2 dest=$3
+	shift 3
+	"$builder" "$LAYOUT" "$tag" && mkimage_push "$LAYOUT" "$tag" "$dest" "$@"
+}
+check "multilayer image builds and pushes" build_push mkimage_multilayer multi imc/multi:v1
+check "OCI index image (amd64 + arm64) builds and pushes with --all" \
+	build_push mkimage_index idx imc/idx:v1 --all
+MULTI_REF=$REGISTRY/imc/multi:v1
+IDX_REF=$REGISTRY/imc/idx:v1
+MULTI_DIGEST=$(registry_manifest imc/multi v1 | sha256sum | cut -d' ' -f1)
+MULTI_DIGEST=sha256:$MULTI_DIGEST
+
+# --- imcd ------------------------------------------------------------------------------------
+
+STATE=$TEST_TMP/state
+defer imc_teardown_quiet
+imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
+ok "imcd listens at $IMCD_URL"
+IMCD_PID_SAVED=$IMCD_PID
+
+# Create through the API.
+http POST "$IMCD_URL/v1/imagecaches" \
+	"$(jq -cn --arg ref "$MULTI_REF" '{name: "multi-api", images: [{ref: $ref}]}')"
+check_eq "POST /v1/imagecaches answers 202" 202 "$HTTP_STATUS"
+ID1=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
+check_match "POST returns an id imc-…" '^imc-[A-Za-z0-9._-]+$' "$ID1"
+check_eq "POST returns status Creating" Creating "$(json_get "$HTTP_BODY" '.status // empty' 2>/dev/null || true)"
+[ -n "$ID1" ] || bail "cannot go on without a cache id" "$HTTP_STATUS $HTTP_BODY"
+
+T0=$(now_ms)
+CACHE1=$(cache_wait "$ID1" 300) || CACHE1=
+T1=$(now_ms)
+STATUS1=$(json_get "$CACHE1" '.status // empty' 2>/dev/null || true)
+if [ "$STATUS1" = Ready ]; then
+	ok "cache $ID1 of $MULTI_REF becomes Ready ($((T1 - T0)) ms)"
+else
+	bail "cache $ID1 of $MULTI_REF becomes Ready" "got: $CACHE1" "imcd log:" "$(imcd_log_tail 30)"
+fi
+
+check_eq "GET: id" "$ID1" "$(json_get "$CACHE1" .id)"
+check_eq "GET: name" multi-api "$(json_get "$CACHE1" .name)"
+check_eq "GET: one image, with the requested ref" "1 $MULTI_REF" \
+	"$(json_get "$CACHE1" '"\(.images | length) \(.images[0].ref)"')"
+check_eq "GET: size is a positive number" true \
+	"$(json_get "$CACHE1" '(.size | type) == "number" and .size > 0')"
+check_eq "GET: no statusMessage on a Ready cache" false "$(json_get "$CACHE1" 'has("statusMessage")')"
+if [ "$(json_get "$CACHE1" '.images[0] | has("digest")')" = true ]; then
+	check_eq "GET: image digest is the manifest's digest" "$MULTI_DIGEST" \
+		"$(json_get "$CACHE1" '.images[0].digest')"
+fi
+
+http GET "$IMCD_URL/v1/imagecaches"
+check_eq "GET /v1/imagecaches answers 200" 200 "$HTTP_STATUS"
+check_eq "list: .items holds the cache, Ready" Ready \
+	"$(jq -r --arg id "$ID1" '.items[] | select(.id == $id) | .status' <<<"$HTTP_BODY" 2>&1)"
+
+# Create through imcctl --wait.
+OUT=$(imcctl create "$MULTI_REF" --name multi-cli --wait 2>"$TEST_TMP/imcctl.err") || OUT="FAILED: $OUT"
+ID2=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+if [[ "$ID2" =~ ^imc- ]]; then
+	ok "imcctl create --wait prints the id ($ID2)"
+else
+	not_ok "imcctl create --wait prints the id" "stdout: $OUT" "stderr: $(cat "$TEST_TMP/imcctl.err")"
+fi
+http GET "$IMCD_URL/v1/imagecaches/$ID2"
+check_eq "imcctl --wait returned once the cache is Ready" Ready \
+	"$(json_get "$HTTP_BODY" '.status // empty' 2>/dev/null || true)"
+check_match "imcctl get ID shows the cache" "$ID2" "$(imcctl get "$ID2" 2>&1)"
+OUT=$(imcctl list 2>&1) || true
+check_match "imcctl list shows the API-made cache" "$ID1" "$OUT"
+check_match "imcctl list shows the imcctl-made cache" "$ID2" "$OUT"
+
+# The snapshot itself: an ext4 image with /imcache.json and /images/0/rootfs.
+SNAP=$STATE/pool/snapshots/$ID1.img
+if [ -f "$SNAP" ]; then
+	mkdir -p "$TEST_TMP/snap"
+	if mount -o ro,loop,noload "$SNAP" "$TEST_TMP/snap" 2>"$TEST_TMP/mount.err"; then
+		# shellcheck disable=SC2016 # $id is jq's
+		check "snapshot has a valid /imcache.json naming the cache" \
+			jq -e --arg id "$ID1" '.id == $id' "$TEST_TMP/snap/imcache.json"
+		check "snapshot has /images/0/rootfs/bin/busybox" test -x "$TEST_TMP/snap/images/0/rootfs/bin/busybox"
+		umount "$TEST_TMP/snap"
+	else
+		not_ok "snapshot $SNAP mounts read-only" "$(cat "$TEST_TMP/mount.err")"
+	fi
+else
+	not_ok "snapshot file $SNAP exists" "$(ls -la "$STATE/pool/snapshots" 2>&1)"
+fi
+
+# --- attach ----------------------------------------------------------------------------------
+
+# attach_at ID DIR [ARG...]: attach, deferring the detach; prints the time it took (ms).
+attach_at() {
+	local id=$1 dir=$2 t0 t1 out rc=0
+	shift 2
+	mkdir -p "$dir"
+	defer imc_detach_quiet "$dir"
+	t0=$(now_ms)
+	out=$(imc_attach attach "$@" "$id" "$dir" 2>&1) || rc=$?
+	t1=$(now_ms)
+	if [ "$rc" -eq 0 ]; then
+		ok "attach $id at $(basename "$dir") ($((t1 - t0)) ms including process start)"
+	else
+		not_ok "attach $id at $(basename "$dir")" "exit status $rc" "$out"
+	fi
+	return "$rc"
+}
+
+M1=$TEST_TMP/m1
+M2=$TEST_TMP/m2
+M3=$TEST_TMP/m3
+attach_at "$ID1" "$M1" || true
+attach_at "$ID1" "$M2" || true
+
+# check_rootfs DIR: what the two layers must have produced.
+check_rootfs() {
+	local r=$1 n
+	n=$(basename "$r")
+	check "$n: is a mount point" findmnt -rn --mountpoint "$r"
+	check_eq "$n: /data/a.txt from layer 2" content-a "$(cat "$r/data/a.txt" 2>&1)"
+	check_fails "$n: whiteout removed /data/b.txt" test -e "$r/data/b.txt"
+	check_eq "$n: no whiteout files left in the rootfs" "" \
+		"$(find "$r" -xdev -name '.wh.*' 2>&1)"
+	check_eq "$n: opaque /opq holds only 'new'" new \
+		"$(find "$r/opq" -mindepth 1 -maxdepth 1 -printf '%f\n' 2>&1 | sort | tr '\n' ' ' | sed 's/ $//')"
+	check_eq "$n: /opq/new content" new "$(cat "$r/opq/new" 2>&1)"
+	check_eq "$n: /keep/x from layer 1 stays" keep "$(cat "$r/keep/x" 2>&1)"
+	check_eq "$n: /data/hard has link count 2" 2 "$(stat -c %h "$r/data/hard" 2>&1)"
+	check_eq "$n: /data/hard is the same inode as /data/a.txt" \
+		"$(stat -c %i "$r/data/a.txt" 2>&1)" "$(stat -c %i "$r/data/hard" 2>&1)"
+	check_eq "$n: /data/rel -> a.txt" a.txt "$(readlink "$r/data/rel" 2>&1)"
+	check_eq "$n: /data/abs -> /data/a.txt" /data/a.txt "$(readlink "$r/data/abs" 2>&1)"
+	check_eq "$n: /data/suid mode 4755 owner 1000:1000" "4755 1000 1000" \
+		"$(stat -c '%a %u %g' "$r/data/suid" 2>&1)"
+	check_eq "$n: /tmp mode 1777" 1777 "$(stat -c %a "$r/tmp" 2>&1)"
+	check_eq "$n: /bin/sh -> busybox" busybox "$(readlink "$r/bin/sh" 2>&1)"
+	check "$n: /bin/busybox is executable" test -x "$r/bin/busybox"
+	check_fails "$n: the mount is the image rootfs, not the snapshot root (no /imcache.json)" \
+		test -e "$r/imcache.json"
+}
+check_rootfs "$M1"
+check_rootfs "$M2"
+
+# Clones are independent copies.
+echo written-in-m1 >"$M1/only-in-m1" 2>/dev/null || true
+check_eq "clone 1 is writable" written-in-m1 "$(cat "$M1/only-in-m1" 2>&1)"
+check_fails "clone 2 does not see clone 1's new file" test -e "$M2/only-in-m1"
+echo changed >"$M1/data/a.txt" 2>/dev/null || true
+check_eq "clone 2 does not see clone 1's change to /data/a.txt" content-a "$(cat "$M2/data/a.txt" 2>&1)"
+attach_at "$ID1" "$M3" || true
+check_fails "a fresh third attach does not see clone 1's new file" test -e "$M3/only-in-m1"
+check_eq "a fresh third attach has the original /data/a.txt" content-a "$(cat "$M3/data/a.txt" 2>&1)"
+
+OUT=$(imc_attach list 2>&1) || true
+check_eq "imc-attach list: a JSON array of 3 attaches" 3 "$(json_get "$OUT" 'length' 2>&1)"
+for d in "$M1" "$M2" "$M3"; do
+	check_match "imc-attach list names $(basename "$d")" "\"$d\"" "$OUT"
+done
+
+# --- a container from an attached rootfs ----------------------------------------------------
+
+if run_container "$M3" /bin/sh -c 'echo hello-from-imcache; cat /data/a.txt'; then
+	note "container runtime used: $CONTAINER_RUNTIME"
+	[ -z "$CONTAINER_ERRORS" ] || note "runtimes that failed first: $CONTAINER_ERRORS"
+	check_eq "container ($CONTAINER_RUNTIME) prints hello-from-imcache and /data/a.txt" \
+		"hello-from-imcache content-a" "$(printf '%s' "$CONTAINER_OUTPUT" | tr '\n' ' ' | sed 's/ $//')"
+else
+	not_ok "a container runs from the attached rootfs (crun or runc)" "$CONTAINER_ERRORS"
+fi
+
+# --- the OCI index image ---------------------------------------------------------------------
+
+OUT=$(imcctl create "$IDX_REF" --name idx --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID3=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+if [[ "$ID3" =~ ^imc- ]]; then
+	ok "cache of the OCI index image is Ready ($ID3)"
+	M4=$TEST_TMP/m4
+	if attach_at "$ID3" "$M4"; then
+		check_eq "index image: linux/amd64 was chosen (/platform)" amd64 "$(cat "$M4/platform" 2>&1)"
+		check "detach the index image" imc_attach detach "$M4"
+	fi
+else
+	not_ok "cache of the OCI index image is Ready" "$(cat "$TEST_TMP/imcctl.err")" "$(imcd_log_tail 10)"
+fi
+
+# --- detach, delete, stop --------------------------------------------------------------------
+
+for d in "$M1" "$M2" "$M3"; do
+	check "detach $(basename "$d")" imc_attach detach "$d"
+	check_fails "$(basename "$d") is no longer a mount point" findmnt -rn --mountpoint "$d"
+done
+OUT=$(imc_attach list 2>&1) || true
+check_eq "imc-attach list is empty after detaching" 0 "$(json_get "$OUT" 'length' 2>&1)"
+check_eq "no clone files left in the pool" "" "$(find "$STATE/pool/clones" -type f 2>/dev/null)"
+
+for id in "$ID1" "$ID2" "$ID3"; do
+	[ -n "$id" ] || continue
+	http DELETE "$IMCD_URL/v1/imagecaches/$id"
+	check_eq "DELETE $id answers 200" 200 "$HTTP_STATUS"
+	http GET "$IMCD_URL/v1/imagecaches/$id"
+	check_eq "GET $id after DELETE answers 404" 404 "$HTTP_STATUS"
+	check_match "the 404 is a JSON error with a code" '.' \
+		"$(json_get "$HTTP_BODY" '.error.code // empty' 2>/dev/null || true)"
+	check "snapshot of $id is gone from the pool (within 10 s)" wait_gone "$STATE/pool/snapshots/$id.img" 10
+done
+
+RC=0
+imcd_stop || RC=$?
+check_eq "imcd exits 0 on SIGTERM" 0 "$RC"
+if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"; then
+	not_ok "imcd log has no sanitizer report" "$(grep -E -A20 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG" | head -40)"
+else
+	ok "imcd log has no sanitizer report"
+fi
+check "imc-attach teardown releases the pool" imc_attach teardown
+
+# --- nothing left behind ---------------------------------------------------------------------
+
+check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
+check_eq "no mount under the test dir" "" "$(tmp_mounts)"
+check_fails "imcd (pid $IMCD_PID_SAVED) is gone" kill -0 "$IMCD_PID_SAVED"
+
+done_testing

@@ -1,0 +1,117 @@
+# shellcheck shell=bash disable=SC2034 # globals here are read by the scripts that source this
+# Running the programs under test: imcd on a random loopback port, imc-attach and imcctl with the
+# test's state dir and server.  Needs common.sh.
+#
+#   imcd_start STATE_DIR [ARG...]  exports IMCD_URL, IMCD_PID, IMCD_LOG, IMC_STATE
+#   imcd_stop                      SIGTERM; returns imcd's exit status
+#   imcctl ARG...                  $IMC_BIN/imcctl --server $IMCD_URL ARG...
+#   imc_attach ARG...              $IMC_BIN/imc-attach --state-dir $IMC_STATE ARG...
+#   cache_wait ID [TIMEOUT_S]      polls GET until the status is not Creating; prints the JSON
+
+IMCD_PID=
+IMCD_URL=
+IMCD_LOG=
+IMC_STATE=
+
+imcd_start() {
+	local state=$1 ready
+	shift
+	IMC_STATE=$state
+	mkdir -p "$state"
+	ready=$(mktemp -u "$TEST_TMP/imcd-ready.XXXXXX")
+	IMCD_LOG=$(mktemp "$TEST_TMP/imcd-log.XXXXXX")
+	"$IMC_BIN/imcd" --listen 127.0.0.1:0 --state-dir "$state" --ready-file "$ready" \
+		--log-level debug "$@" >"$IMCD_LOG" 2>&1 &
+	IMCD_PID=$!
+	defer imcd_kill
+	if ! wait_for_file "$ready" 60 "$IMCD_PID"; then
+		echo "imcd did not become ready; its log:" >&2
+		tail -n 30 "$IMCD_LOG" >&2
+		return 1
+	fi
+	IMCD_URL=$(head -n1 "$ready" | tr -d '[:space:]')
+	export IMCD_URL IMCD_PID IMCD_LOG IMC_STATE
+	case "$IMCD_URL" in
+	http://127.0.0.1:[0-9]*) ;;
+	*)
+		echo "imcd wrote '$IMCD_URL' to its ready file, not http://127.0.0.1:PORT" >&2
+		return 1
+		;;
+	esac
+}
+
+# imcd_stop: SIGTERM and wait; returns imcd's exit status (124 if it had to be killed).
+imcd_stop() {
+	local rc=0
+	[ -n "$IMCD_PID" ] || return 0
+	stop_pid "$IMCD_PID" 30 || rc=$?
+	IMCD_PID=
+	return "$rc"
+}
+
+# Deferred: stop imcd if a test did not, without failing the cleanup.
+imcd_kill() {
+	imcd_stop || true
+}
+
+imcd_log_tail() {
+	[ -n "$IMCD_LOG" ] && tail -n "${1:-20}" "$IMCD_LOG"
+}
+
+imcctl() {
+	"$IMC_BIN/imcctl" --server "$IMCD_URL" "$@"
+}
+
+imc_attach() {
+	"$IMC_BIN/imc-attach" --state-dir "$IMC_STATE" "$@"
+}
+
+# imc_detach_quiet DIR: deferred detach; fine if already detached.
+imc_detach_quiet() {
+	imc_attach detach "$1" >/dev/null 2>&1 || true
+}
+
+# imc_teardown_quiet: deferred pool teardown; fine if there is no pool.
+imc_teardown_quiet() {
+	[ -n "$IMC_STATE" ] || return 0
+	if findmnt -rn --mountpoint "$IMC_STATE/pool" >/dev/null 2>&1; then
+		"$IMC_BIN/imc-attach" --state-dir "$IMC_STATE" teardown >/dev/null 2>&1 || true
+	fi
+}
+
+# cache_wait ID [TIMEOUT_S]: prints the cache JSON once its status is no longer Creating.
+cache_wait() {
+	local id=$1 timeout=${2:-120} deadline status
+	deadline=$(($(date +%s) + timeout))
+	while :; do
+		http GET "$IMCD_URL/v1/imagecaches/$id"
+		if [ "$HTTP_STATUS" = 200 ]; then
+			status=$(json_get "$HTTP_BODY" '.status // empty' 2>/dev/null || true)
+			if [ -n "$status" ] && [ "$status" != Creating ]; then
+				printf '%s\n' "$HTTP_BODY"
+				return 0
+			fi
+		fi
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			echo "cache $id still not done after ${timeout}s: $HTTP_STATUS $HTTP_BODY" >&2
+			return 1
+		fi
+		if [ -n "$IMCD_PID" ] && ! kill -0 "$IMCD_PID" 2>/dev/null; then
+			echo "imcd died while building $id" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+}
+
+# create_cache REF [NAME]: POST a cache of one image; prints the id.  Fails unless 202.
+create_cache() {
+	local body
+	body=$(jq -cn --arg ref "$1" --arg name "${2:-test}" '{name: $name, images: [{ref: $ref}]}')
+	http POST "$IMCD_URL/v1/imagecaches" "$body"
+	if [ "$HTTP_STATUS" != 202 ]; then
+		echo "POST /v1/imagecaches: $HTTP_STATUS $HTTP_BODY" >&2
+		return 1
+	fi
+	json_get "$HTTP_BODY" '.id'
+}
