@@ -1,0 +1,113 @@
+#!/bin/bash
+# make bench: imcache against pulling and unpacking the same image, measured in one run.
+#
+#   BENCH_SIZE_MB (2048)  BENCH_FILES (4000)  BENCH_ATTACHES (20)
+#
+# A ~2 GiB image of random data in thousands of files (4 gzip layers) is pushed to a local
+# docker-registry.  Then, on this machine and in this run:
+#   build     imcd: POST /v1/imagecaches → Ready (pull, verify, mkfs, apply, seal)
+#   skopeo    skopeo copy docker://… oci:… + umoci unpack (the usual pull+unpack)
+#   curl|tar  each layer's blob through curl | tar -xz, one after the other
+#   attach    clone + loop + mount in-process (attach_bench), p50/p99 of BENCH_ATTACHES,
+#             then the same with 20 attaches at once
+# and prints the ratios.  The markdown table also goes to build/bench/results.md.
+set -euo pipefail
+
+IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
+IMC_NO_SUMMARY=1
+export IMC_BIN IMC_NO_SUMMARY
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/registry.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/mkimage.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/imcd.sh"
+
+SIZE_MB=${BENCH_SIZE_MB:-2048}
+NFILES=${BENCH_FILES:-4000}
+ATTACHES=${BENCH_ATTACHES:-20}
+OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/results.md}
+
+if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
+	echo "bench: needs root and loop devices" >&2
+	exit 1
+fi
+
+step() { printf '== %s\n' "$*" >&2; }
+ms_to_s() { awk -v ms="$1" 'BEGIN { printf "%.1f s", ms / 1000 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else if (a / b >= 100) printf "%.0f", a / b; else printf "%.2f", a / b }'; }
+
+step "generating a ${SIZE_MB} MiB image in ${NFILES} files"
+"$here/mkimage-big.sh" "$SIZE_MB" "$NFILES" "$TEST_TMP/layout" big >/dev/null
+registry_start
+mkimage_push "$TEST_TMP/layout" big bench/big:latest
+REF=$REGISTRY/bench/big:latest
+# The registry's files were just written: every contender below reads them from the page cache.
+
+step "imcd build"
+imcd_start "$TEST_TMP/state" --log-level info
+defer imc_teardown_quiet
+T0=$(now_ms)
+ID=$(create_cache "$REF" bench)
+JSON=$(cache_wait "$ID" 1800)
+BUILD_MS=$(($(now_ms) - T0))
+[ "$(json_get "$JSON" .status)" = Ready ] || {
+	echo "bench: build failed: $JSON" >&2
+	exit 1
+}
+SNAP=$IMC_STATE/pool/snapshots/$ID.img
+EXTENTS=$(xfs_bmap "$SNAP" | tail -n +2 | grep -vc hole || true)
+APPARENT=$(stat -c %s "$SNAP")
+ALLOCATED=$(($(stat -c %b "$SNAP") * 512))
+
+step "skopeo copy + umoci unpack"
+T0=$(now_ms)
+skopeo copy --quiet --src-tls-verify=false "docker://$REF" "oci:$TEST_TMP/pulled:big"
+T1=$(now_ms)
+umoci unpack --image "$TEST_TMP/pulled:big" "$TEST_TMP/bundle" >/dev/null
+T2=$(now_ms)
+SKOPEO_MS=$((T1 - T0))
+UMOCI_MS=$((T2 - T1))
+PULL_MS=$((T2 - T0))
+rm -rf "$TEST_TMP/pulled" "$TEST_TMP/bundle"
+
+step "curl | tar -xz per layer"
+mkdir -p "$TEST_TMP/curltar"
+T0=$(now_ms)
+for digest in $(registry_manifest bench/big latest | jq -r '.layers[].digest'); do
+	curl -fsS --noproxy "*" "http://$REGISTRY/v2/bench/big/blobs/$digest" | tar -xz -C "$TEST_TMP/curltar"
+done
+CURLTAR_MS=$(($(now_ms) - T0))
+rm -rf "$TEST_TMP/curltar"
+
+step "attach x$ATTACHES (one at a time), then x100 (20 at a time)"
+SEQ=$("$IMC_BIN/bench/attach_bench" "$IMC_STATE" "$ID" "$ATTACHES" 1)
+CONC=$("$IMC_BIN/bench/attach_bench" "$IMC_STATE" "$ID" 100 20)
+ms() { json_get "$1" "$2" | awk '{ printf "%.2f", $1 }'; }
+A50=$(ms "$SEQ" .attach_p50_ms)
+A99=$(ms "$SEQ" .attach_p99_ms)
+D50=$(ms "$SEQ" .detach_p50_ms)
+C50=$(ms "$CONC" .attach_p50_ms)
+C99=$(ms "$CONC" .attach_p99_ms)
+
+imcctl delete "$ID" >/dev/null
+imcd_stop
+
+mkdir -p "$(dirname "$OUT_MD")"
+{
+	echo "Image: ${SIZE_MB} MiB of random data in ${NFILES} files, 4 gzip layers, from a local docker-registry."
+	echo "Snapshot: $((APPARENT >> 20)) MiB ext4 (sparse, $((ALLOCATED >> 20)) MiB allocated), ${EXTENTS} extents."
+	echo
+	echo "| what | time | vs. skopeo copy + umoci unpack |"
+	echo "|---|---|---|"
+	echo "| skopeo copy + umoci unpack | $(ms_to_s "$PULL_MS") ($(ms_to_s "$SKOPEO_MS") + $(ms_to_s "$UMOCI_MS")) | 1 |"
+	echo "| curl \\| tar -xz, per layer | $(ms_to_s "$CURLTAR_MS") | $(ratio "$CURLTAR_MS" "$PULL_MS")× the time |"
+	echo "| imcd build (POST → Ready) | $(ms_to_s "$BUILD_MS") | $(ratio "$BUILD_MS" "$PULL_MS")× the time |"
+	echo "| attach p50 (of $ATTACHES) | ${A50} ms | $(ratio "$PULL_MS" "$A50")× faster |"
+	echo "| attach p99 (of $ATTACHES) | ${A99} ms | $(ratio "$PULL_MS" "$A99")× faster |"
+	echo "| attach p50 / p99, 100 with 20 at once | ${C50} / ${C99} ms | |"
+	echo "| detach p50 | ${D50} ms | |"
+} | tee "$OUT_MD"
