@@ -1,0 +1,179 @@
+/* The imcache REST API: request parsing and validation, the JSON of caches, routing, the cache
+ * table with its build worker, and the HTTP server (libmicrohttpd) that ties them together.
+ *
+ * Pure parts (no store, no builder build, no network): api/json.c, api/route.c, api/listen.c.
+ * api/caches.c owns the state and the builds; api/server.c is the HTTP glue. */
+#ifndef IMC_API_H
+#define IMC_API_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "../common/imc.h"
+
+/* ---- limits (every size a client controls) ------------------------------------------------ */
+#define API_BODY_MAX	 (1024 * 1024) /* request body; more is 413 */
+#define API_NAME_MAX	 128	       /* cache name, [A-Za-z0-9._-] */
+#define API_REF_MAX	 1024	       /* image reference */
+#define API_ID_MAX	 64	       /* buffer for a cache id ("imc-" + 16 hex + NUL) */
+#define API_MAX_CACHES	 10000	       /* caches the table holds */
+#define API_QUEUE_MAX	 256	       /* builds waiting for the worker */
+#define API_META_MAX	 (16u << 20)   /* a metadata file */
+#define API_ID_PREFIX	 "imc"
+#define API_CONTENT_TYPE "application/json"
+
+/* ---- errors -> HTTP ------------------------------------------------------------------------
+ * Handlers turn a negative errno into an HTTP status and an error code:
+ *   -EBADMSG 400 InvalidJSON      -EINVAL/-ERANGE 400 InvalidArgument   -ENOENT 404 NotFound
+ *   -EBUSY 409 Conflict           -EFBIG 413 PayloadTooLarge            -EDQUOT 429 LimitExceeded
+ *   -ESHUTDOWN 503 Unavailable    anything else 500 Internal */
+void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code);
+/* {"error":{"code":code,"message":message}}; NULL on OOM. */
+json_t *api_error_json(const char *code, const char *message);
+
+/* ---- create requests ------------------------------------------------------------------------ */
+struct api_create_request {
+	char *name;  /* NULL when not given */
+	char **refs; /* image references, validated with builder_ref_parse */
+	size_t n_refs;
+};
+/* Parse and validate a POST /v1/imagecaches body.  Malformed JSON fails with -EBADMSG, anything
+ * else wrong with -EINVAL and a message naming the field ("images[0].ref: want a string"). */
+int api_create_request_parse(const char *body, size_t len, struct api_create_request *ret,
+			     imc_error *err);
+void api_create_request_free(struct api_create_request *r);
+
+/* ---- caches -----------------------------------------------------------------------------------
+ */
+enum api_cache_status {
+	API_CACHE_CREATING,
+	API_CACHE_READY,
+	API_CACHE_FAILED,
+};
+const char *api_cache_status_name(enum api_cache_status s);
+int api_cache_status_parse(const char *s, enum api_cache_status *ret);
+
+/* "imc-" + 16 lowercase hex digits. */
+bool api_cache_id_valid(const char *id);
+
+struct api_cache {
+	char id[API_ID_MAX];
+	char *name; /* NULL when none was given */
+	char **refs;
+	size_t n_refs;
+	enum api_cache_status status;
+	char *status_message; /* Failed: why */
+	json_t *manifest;     /* Ready: the builder's /imcache.json content */
+	uint64_t size;	      /* Ready: bytes of the snapshot */
+	int64_t created_at;   /* unix seconds */
+	int64_t ready_at;     /* unix seconds; 0 until Ready */
+	/* In memory only. */
+	uint64_t progress_done, progress_total;
+	bool deleting;
+};
+
+/* A new Creating cache for req. */
+int api_cache_new(const char *id, const struct api_create_request *req, int64_t now,
+		  struct api_cache **ret, imc_error *err);
+void api_cache_free(struct api_cache *c);
+/* Set a message (copied); fails only on OOM. */
+int api_cache_set_failed(struct api_cache *c, const char *message, imc_error *err);
+/* The API object (GET /v1/imagecaches/{id}); NULL on OOM. */
+json_t *api_cache_to_json(const struct api_cache *c);
+/* The metadata file (<state>/caches/<id>.json) and back. */
+json_t *api_cache_to_meta(const struct api_cache *c);
+int api_cache_from_meta(json_t *meta, struct api_cache **ret, imc_error *err);
+/* List order: createdAt, then id. */
+int api_cache_cmp(const struct api_cache *a, const struct api_cache *b);
+
+/* ---- routing ----------------------------------------------------------------------------------
+ */
+enum api_route {
+	API_ROUTE_NONE,	   /* unknown path: 404 */
+	API_ROUTE_HEALTHZ, /* /healthz */
+	API_ROUTE_CACHES,  /* /v1/imagecaches */
+	API_ROUTE_CACHE,   /* /v1/imagecaches/{id} */
+};
+enum api_method {
+	API_METHOD_GET,
+	API_METHOD_POST,
+	API_METHOD_DELETE,
+	API_METHOD_OTHER,
+};
+struct api_match {
+	enum api_route route;
+	const char *id; /* API_ROUTE_CACHE: the id segment inside the url (not validated) */
+};
+enum api_method api_method_parse(const char *method);
+/* Match a path (no query string). */
+void api_route_match(const char *url, struct api_match *ret);
+bool api_route_allows(enum api_route route, enum api_method method);
+/* The Allow header for a 405. */
+const char *api_route_allow(enum api_route route);
+
+/* ---- listening --------------------------------------------------------------------------------
+ */
+/* "HOST:PORT" (IPv4 literal) or "[IPV6]:PORT"; port 0 picks a free port. */
+int api_listen_parse(const char *spec, struct sockaddr_storage *ret, socklen_t *ret_len,
+		     imc_error *err);
+/* "http://HOST:PORT" of a bound address. */
+int api_listen_url(const struct sockaddr *sa, char *buf, size_t size, imc_error *err);
+/* Parse spec, bind and listen; ret_url gets the address with the real port. */
+int api_listen_open(const char *spec, int *ret_fd, char *ret_url, size_t url_size, imc_error *err);
+
+/* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
+struct store;
+struct api_caches;
+
+enum api_event {
+	API_EVENT_BUILD_START,
+	API_EVENT_BUILD_READY,
+	API_EVENT_BUILD_FAILED,
+	API_EVENT_PERSIST_FAILED,
+};
+struct api_caches_config {
+	const char *state_dir;			/* metadata in <state_dir>/caches */
+	struct store *store;			/* opened by the caller */
+	const char *const *insecure_registries; /* NULL-terminated, may be NULL */
+	/* Called from the worker thread (not under the table lock); may be NULL. */
+	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
+	void *event_ctx;
+};
+
+/* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
+ * and start the build worker. */
+int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
+		    struct api_caches **ret, imc_error *err);
+/* Stop the worker after the running build; queued builds are marked Failed. */
+void api_caches_close(struct api_caches *c);
+/* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
+int api_caches_create(struct api_caches *c, const struct api_create_request *req, json_t **ret,
+		      imc_error *err);
+int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
+int api_caches_list(struct api_caches *c, json_t **ret, imc_error *err);
+/* Remove the snapshot and the metadata; -EBUSY while Creating. ret gets {"id","status"}. */
+int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
+
+/* ---- the HTTP server (api/server.c) ---------------------------------------------------------- */
+struct api_server;
+struct api_server_config {
+	int listen_fd; /* bound and listening; the server owns it from then on */
+	struct api_caches *caches;
+	unsigned threads; /* 0: a default */
+};
+int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err);
+/* Stop accepting, give in-flight requests a moment to finish, stop. */
+void api_server_stop(struct api_server *s);
+
+/* One request, without HTTP: what the server answers (status, JSON body, Allow header for 405).
+ * The body is a malloc'ed NUL-terminated string. */
+struct api_response {
+	unsigned status;
+	char *body;
+	const char *allow;
+};
+void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
+		size_t len, bool too_large, struct api_response *ret);
+
+#endif

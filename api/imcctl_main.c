@@ -1,0 +1,560 @@
+/* imcctl: command-line client of imcd's REST API. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "api.h"
+
+#define DEFAULT_SERVER	     "http://127.0.0.1:8080"
+#define RESPONSE_MAX	     (64u << 20)
+#define REQUEST_TIMEOUT_S    60L
+#define CONNECT_TIMEOUT_S    10L
+#define WAIT_TIMEOUT_DEFAULT 1800L
+
+/* Exit codes: 0 ok, 1 the request or the cache failed, 2 usage. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+struct client {
+	char server[512]; /* without a trailing slash */
+};
+
+/* ---- HTTP -------------------------------------------------------------------------------------
+ */
+
+struct buffer {
+	char *data;
+	size_t len;
+	bool too_large;
+};
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	struct buffer *b = userdata;
+	size_t n = size * nmemb;
+	char *d;
+
+	if (n > RESPONSE_MAX - b->len) {
+		b->too_large = true;
+		return 0;
+	}
+	d = realloc(b->data, b->len + n + 1);
+	if (!d)
+		return 0;
+	memcpy(d + b->len, ptr, n);
+	b->len += n;
+	d[b->len] = '\0';
+	b->data = d;
+	return n;
+}
+
+struct reply {
+	long status;
+	json_t *body; /* NULL when the body is not JSON */
+	char *raw;
+};
+
+static void reply_free(struct reply *r)
+{
+	json_decref(r->body);
+	free(r->raw);
+}
+
+static int setup(CURL *curl, const struct client *c, const char *method, const char *path,
+		 const char *body, struct curl_slist **headers, struct buffer *out, char *errbuf)
+{
+	_cleanup_free_ char *url = imc_path_join(c->server, path[0] == '/' ? path + 1 : path);
+
+	if (!url)
+		return -ENOMEM;
+	*headers = curl_slist_append(NULL, "Accept: application/json");
+	if (body && *headers)
+		*headers = curl_slist_append(*headers, "Content-Type: application/json");
+	if (!*headers)
+		return -ENOMEM;
+	curl_easy_setopt(curl, CURLOPT_URL, url);
+	curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, *headers);
+	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, out);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT, REQUEST_TIMEOUT_S);
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (body) {
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	}
+	return 0;
+}
+
+/* One request.  Fails (printing why) only when no HTTP answer came back. */
+static int request(const struct client *c, const char *method, const char *path, const char *body,
+		   struct reply *ret)
+{
+	_cleanup_curl_ CURL *curl = curl_easy_init();
+	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
+	struct buffer out = {0};
+	char errbuf[CURL_ERROR_SIZE] = "";
+	CURLcode cr;
+
+	if (!curl || setup(curl, c, method, path, body, &headers, &out, errbuf) < 0) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return -ENOMEM;
+	}
+	cr = curl_easy_perform(curl);
+	if (cr != CURLE_OK) {
+		if (out.too_large)
+			fprintf(stderr, "imcctl: %s %s%s: response larger than %u bytes\n", method,
+				c->server, path, RESPONSE_MAX);
+		else
+			fprintf(stderr, "imcctl: cannot reach imcd at %s: %s\n", c->server,
+				errbuf[0] ? errbuf : curl_easy_strerror(cr));
+		free(out.data);
+		return -EIO;
+	}
+	*ret = (struct reply){.raw = out.data};
+	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &ret->status);
+	if (out.data)
+		ret->body = json_loadb(out.data, out.len, 0, NULL);
+	return 0;
+}
+
+/* "imcctl: <HTTP status> <code>: <message>" for an error answer. */
+static void print_api_error(const struct reply *r)
+{
+	json_t *e = json_object_get(r->body, "error");
+	const char *code = json_string_value(json_object_get(e, "code"));
+	const char *msg = json_string_value(json_object_get(e, "message"));
+
+	if (code && msg) {
+		fprintf(stderr, "imcctl: %ld %s: %s\n", r->status, code, msg);
+		return;
+	}
+	fprintf(stderr, "imcctl: %ld: unexpected answer: %.200s\n", r->status,
+		r->raw ? r->raw : "(empty)");
+}
+
+/* A request that must answer 2xx with a JSON object: ret_body gets a reference. */
+static int call(const struct client *c, const char *method, const char *path, const char *body,
+		json_t **ret_body)
+{
+	struct reply r = {0};
+
+	if (request(c, method, path, body, &r) < 0)
+		return -EIO;
+	if (r.status < 200 || r.status > 299) {
+		print_api_error(&r);
+		reply_free(&r);
+		return -EIO;
+	}
+	if (!json_is_object(r.body)) {
+		fprintf(stderr, "imcctl: %ld: answer is not a JSON object: %.200s\n", r.status,
+			r.raw ? r.raw : "(empty)");
+		reply_free(&r);
+		return -EIO;
+	}
+	*ret_body = json_incref(r.body);
+	reply_free(&r);
+	return 0;
+}
+
+static char *cache_path(const char *id)
+{
+	_cleanup_free_ char *esc = curl_easy_escape(NULL, id, 0);
+	char *p;
+
+	if (!esc || asprintf(&p, "/v1/imagecaches/%s", esc) < 0)
+		return NULL;
+	return p;
+}
+
+/* ---- output -----------------------------------------------------------------------------------
+ */
+
+static void print_json(json_t *j)
+{
+	_cleanup_free_ char *s = json_dumps(j, JSON_INDENT(2));
+
+	if (s)
+		printf("%s\n", s);
+}
+
+static const char *str_or(json_t *obj, const char *key, const char *dflt)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	return s && *s ? s : dflt;
+}
+
+static void human_size(json_t *v, char *buf, size_t size)
+{
+	static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+	double n;
+	size_t u = 0;
+
+	if (!json_is_integer(v)) {
+		snprintf(buf, size, "-");
+		return;
+	}
+	n = (double)json_integer_value(v);
+	while (n >= 1024 && u + 1 < IMC_ARRAY_SIZE(units)) {
+		n /= 1024;
+		u++;
+	}
+	snprintf(buf, size, u ? "%.1f%s" : "%.0f%s", n, units[u]);
+}
+
+#define LIST_COLS 6
+
+static void list_row(json_t *item, char cells[LIST_COLS][256])
+{
+	json_t *images = json_object_get(item, "images");
+	const char *ref = str_or(json_array_get(images, 0), "ref", "-");
+
+	snprintf(cells[0], 256, "%s", str_or(item, "id", "-"));
+	snprintf(cells[1], 256, "%s", str_or(item, "status", "-"));
+	snprintf(cells[2], 256, "%s", str_or(item, "name", "-"));
+	if (json_array_size(images) > 1)
+		snprintf(cells[3], 256, "%s (+%zu)", ref, json_array_size(images) - 1);
+	else
+		snprintf(cells[3], 256, "%s", ref);
+	human_size(json_object_get(item, "size"), cells[4], 256);
+	snprintf(cells[5], 256, "%s", str_or(item, "createdAt", "-"));
+}
+
+static void print_table(json_t *items)
+{
+	static const char *const heads[LIST_COLS] = {"ID",    "STATUS", "NAME",
+						     "IMAGE", "SIZE",	"CREATED"};
+	size_t n = json_array_size(items), width[LIST_COLS];
+	char(*rows)[LIST_COLS][256] = calloc(n + 1, sizeof(*rows));
+
+	if (!rows) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return;
+	}
+	for (size_t c = 0; c < LIST_COLS; c++) {
+		snprintf(rows[0][c], 256, "%s", heads[c]);
+		width[c] = strlen(heads[c]);
+	}
+	for (size_t i = 0; i < n; i++) {
+		list_row(json_array_get(items, i), rows[i + 1]);
+		for (size_t c = 0; c < LIST_COLS; c++)
+			if (strlen(rows[i + 1][c]) > width[c])
+				width[c] = strlen(rows[i + 1][c]);
+	}
+	for (size_t i = 0; i <= n; i++)
+		for (size_t c = 0; c < LIST_COLS; c++)
+			printf(c + 1 < LIST_COLS ? "%-*s  " : "%-*s\n",
+			       c + 1 < LIST_COLS ? (int)width[c] : 0, rows[i][c]);
+	free(rows);
+}
+
+/* ---- commands ---------------------------------------------------------------------------------
+ */
+
+struct create_opts {
+	const char *name;
+	bool wait;
+	long timeout;
+	bool json;
+};
+
+static void sleep_ms(long ms)
+{
+	nanosleep(&(struct timespec){.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L}, NULL);
+}
+
+/* Poll until the cache is Ready (0) or Failed, gone, or too slow (1). */
+static int wait_ready(const struct client *c, const char *id, const struct create_opts *o)
+{
+	_cleanup_free_ char *path = cache_path(id);
+	uint64_t deadline = imc_monotonic_ns() + (uint64_t)o->timeout * 1000000000ULL;
+	long delay = 100;
+
+	if (!path)
+		return EXIT_FAIL;
+	for (;;) {
+		_cleanup_json_ json_t *cache = NULL;
+		const char *status;
+
+		if (call(c, "GET", path, NULL, &cache) < 0)
+			return EXIT_FAIL;
+		status = str_or(cache, "status", "");
+		if (strcmp(status, "Ready") == 0) {
+			if (o->json)
+				print_json(cache);
+			else
+				printf("%s\n", id);
+			return EXIT_OK;
+		}
+		if (strcmp(status, "Creating") != 0) {
+			if (o->json)
+				print_json(cache);
+			fprintf(stderr, "imcctl: cache %s: %s: %s\n", id, status,
+				str_or(cache, "statusMessage", "(no message)"));
+			return EXIT_FAIL;
+		}
+		if (o->timeout > 0 && imc_monotonic_ns() >= deadline) {
+			fprintf(stderr, "imcctl: cache %s: still Creating after %ld s\n", id,
+				o->timeout);
+			return EXIT_FAIL;
+		}
+		sleep_ms(delay);
+		delay = delay * 2 > 1000 ? 1000 : delay * 2;
+	}
+}
+
+static char *create_body(char **images, int n, const char *name)
+{
+	_cleanup_json_ json_t *body = json_object();
+	json_t *arr = json_array();
+
+	if (!body || !arr || json_object_set_new(body, "images", arr) < 0)
+		return NULL;
+	for (int i = 0; i < n; i++)
+		if (json_array_append_new(arr, json_pack("{s:s}", "ref", images[i])) < 0)
+			return NULL;
+	if (name && json_object_set_new(body, "name", json_string(name)) < 0)
+		return NULL;
+	return json_dumps(body, JSON_COMPACT);
+}
+
+static int parse_output(const char *s, bool *json)
+{
+	if (strcmp(s, "json") == 0)
+		*json = true;
+	else if (strcmp(s, "table") == 0 || strcmp(s, "plain") == 0)
+		*json = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static int parse_create_args(int argc, char **argv, struct create_opts *o)
+{
+	static const struct option longopts[] = {
+	    {"name", required_argument, NULL, 'n'},
+	    {"wait", no_argument, NULL, 'w'},
+	    {"timeout", required_argument, NULL, 't'},
+	    {"output", required_argument, NULL, 'o'},
+	    {NULL, 0, NULL, 0},
+	};
+	char *end;
+	int ch;
+
+	*o = (struct create_opts){.timeout = WAIT_TIMEOUT_DEFAULT};
+	while ((ch = getopt_long(argc, argv, ":n:wt:o:", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'n':
+			o->name = optarg;
+			break;
+		case 'w':
+			o->wait = true;
+			break;
+		case 't':
+			errno = 0;
+			o->timeout = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || o->timeout < 0) {
+				fprintf(stderr, "imcctl: --timeout %s: want seconds (0: none)\n",
+					optarg);
+				return -1;
+			}
+			break;
+		case 'o':
+			if (parse_output(optarg, &o->json) < 0) {
+				fprintf(stderr, "imcctl: -o %s: want json\n", optarg);
+				return -1;
+			}
+			break;
+		default:
+			fprintf(stderr, "imcctl: create: bad option %s\n", argv[optind - 1]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int cmd_create(const struct client *c, int argc, char **argv)
+{
+	_cleanup_json_ json_t *answer = NULL;
+	_cleanup_free_ char *body = NULL;
+	struct create_opts o;
+	const char *id;
+
+	optind = 1;
+	if (parse_create_args(argc, argv, &o) < 0)
+		return EXIT_USAGE;
+	/* Options may follow the images: getopt permutes, the images are what is left. */
+	if (optind >= argc) {
+		fprintf(stderr, "usage: imcctl create IMAGE [--name N] [--wait] [--timeout SEC] "
+				"[-o json]\n");
+		return EXIT_USAGE;
+	}
+	body = create_body(argv + optind, argc - optind, o.name);
+	if (!body) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return EXIT_FAIL;
+	}
+	if (call(c, "POST", "/v1/imagecaches", body, &answer) < 0)
+		return EXIT_FAIL;
+	id = json_string_value(json_object_get(answer, "id"));
+	if (!id) {
+		fprintf(stderr, "imcctl: the answer has no id\n");
+		return EXIT_FAIL;
+	}
+	if (o.wait)
+		return wait_ready(c, id, &o);
+	if (o.json)
+		print_json(answer);
+	else
+		printf("%s\n", id);
+	return EXIT_OK;
+}
+
+static int cmd_list(const struct client *c, int argc, char **argv)
+{
+	static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
+						 {NULL, 0, NULL, 0}};
+	_cleanup_json_ json_t *answer = NULL;
+	bool json = false;
+	int ch;
+
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, ":o:", longopts, NULL)) != -1) {
+		if (ch != 'o' || parse_output(optarg, &json) < 0) {
+			fprintf(stderr, "usage: imcctl list [-o json]\n");
+			return EXIT_USAGE;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "usage: imcctl list [-o json]\n");
+		return EXIT_USAGE;
+	}
+	if (call(c, "GET", "/v1/imagecaches", NULL, &answer) < 0)
+		return EXIT_FAIL;
+	if (json)
+		print_json(answer);
+	else
+		print_table(json_object_get(answer, "items"));
+	return EXIT_OK;
+}
+
+/* get ID / delete ID */
+static int cmd_one(const struct client *c, const char *method, int argc, char **argv)
+{
+	_cleanup_json_ json_t *answer = NULL;
+	_cleanup_free_ char *path = NULL;
+
+	if (argc != 2 || argv[1][0] == '-') {
+		fprintf(stderr, "usage: imcctl %s ID\n", argv[0]);
+		return EXIT_USAGE;
+	}
+	path = cache_path(argv[1]);
+	if (!path) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return EXIT_FAIL;
+	}
+	if (call(c, method, path, NULL, &answer) < 0)
+		return EXIT_FAIL;
+	if (strcmp(method, "GET") == 0)
+		print_json(answer);
+	else
+		printf("%s\n", argv[1]);
+	return EXIT_OK;
+}
+
+/* ---- main -------------------------------------------------------------------------------------
+ */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: imcctl [--server URL] COMMAND [ARGS]\n"
+		"\n"
+		"  create IMAGE [--name N] [--wait] [--timeout SEC] [-o json]\n"
+		"  list [-o json]\n"
+		"  get ID\n"
+		"  delete ID\n"
+		"\n"
+		"The server defaults to $IMCACHE_SERVER, else %s.\n",
+		DEFAULT_SERVER);
+}
+
+static int set_server(struct client *c, const char *url)
+{
+	size_t n = strlen(url);
+
+	while (n > 0 && url[n - 1] == '/')
+		n--;
+	if (n == 0 || n >= sizeof(c->server)) {
+		fprintf(stderr, "imcctl: server URL \"%.100s\": want http://HOST:PORT\n", url);
+		return -1;
+	}
+	memcpy(c->server, url, n);
+	c->server[n] = '\0';
+	return 0;
+}
+
+/* Global options come before the command; returns the index of the command or -1. */
+static int parse_global(int argc, char **argv, struct client *c)
+{
+	const char *env = getenv("IMCACHE_SERVER");
+	const char *server = env && *env ? env : DEFAULT_SERVER;
+	int i = 1;
+
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--server") == 0 && i + 1 < argc) {
+			server = argv[++i];
+		} else if (strncmp(argv[i], "--server=", 9) == 0) {
+			server = argv[i] + 9;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			exit(EXIT_OK);
+		} else {
+			fprintf(stderr, "imcctl: unknown option %s\n", argv[i]);
+			return -1;
+		}
+	}
+	if (set_server(c, server) < 0)
+		return -1;
+	if (i >= argc) {
+		usage(stderr);
+		return -1;
+	}
+	return i;
+}
+
+static int run(const struct client *c, int argc, char **argv)
+{
+	const char *cmd = argv[0];
+
+	if (strcmp(cmd, "create") == 0)
+		return cmd_create(c, argc, argv);
+	if (strcmp(cmd, "list") == 0 || strcmp(cmd, "ls") == 0)
+		return cmd_list(c, argc, argv);
+	if (strcmp(cmd, "get") == 0)
+		return cmd_one(c, "GET", argc, argv);
+	if (strcmp(cmd, "delete") == 0 || strcmp(cmd, "rm") == 0)
+		return cmd_one(c, "DELETE", argc, argv);
+	fprintf(stderr, "imcctl: unknown command \"%s\"\n", cmd);
+	usage(stderr);
+	return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+	struct client c = {0};
+	int i = parse_global(argc, argv, &c), r;
+
+	if (i < 0)
+		return EXIT_USAGE;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		fprintf(stderr, "imcctl: cannot initialise libcurl\n");
+		return EXIT_FAIL;
+	}
+	r = run(&c, argc - i, argv + i);
+	curl_global_cleanup();
+	return r;
+}

@@ -1,0 +1,314 @@
+/* imcd: the imcache REST service. */
+#include <fcntl.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../store/store.h"
+#include "api.h"
+
+#define MAX_INSECURE_REGISTRIES 64
+
+struct options {
+	const char *listen;
+	const char *state_dir;
+	const char *driver;
+	uint64_t pool_size;
+	const char *insecure[MAX_INSECURE_REGISTRIES + 1];
+	size_t n_insecure;
+	const char *ready_file;
+	unsigned threads;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(
+	    f,
+	    "usage: imcd --listen HOST:PORT --state-dir DIR [--driver reflink]\n"
+	    "            [--pool-size BYTES] [--insecure-registry HOST:PORT]...\n"
+	    "            [--ready-file FILE] [--threads N] [--log-level error|warn|info|debug]\n"
+	    "\n"
+	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
+	    "                        (default 127.0.0.1:8080)\n"
+	    "  --state-dir DIR       metadata, blobs and the store (default %s)\n"
+	    "  --driver NAME         store driver (default reflink)\n"
+	    "  --pool-size BYTES     size of the store's pool file (K, M, G, T suffixes)\n"
+	    "  --insecure-registry H:P  reach this registry over plain HTTP (repeatable)\n"
+	    "  --ready-file FILE     once listening, write http://HOST:PORT there\n",
+	    STORE_DEFAULT_STATE_DIR);
+}
+
+static int parse_size(const char *s, uint64_t *ret)
+{
+	char *end = NULL;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-')
+		return -EINVAL;
+	switch (*end) {
+	case 'T':
+		shift += 10; /* fall through */
+	case 'G':
+		shift += 10; /* fall through */
+	case 'M':
+		shift += 10; /* fall through */
+	case 'K':
+		shift += 10;
+		end++;
+		break;
+	case '\0':
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*ret = (uint64_t)v << shift;
+	return 0;
+}
+
+static int parse_log_level(const char *s)
+{
+	static const char *const names[] = {"error", "warn", "info", "debug"};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(names); i++)
+		if (strcmp(s, names[i]) == 0) {
+			imc_log_set_level((enum imc_log_level)i);
+			return 0;
+		}
+	return -EINVAL;
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "imcd: ");
+	fprintf(stderr, fmt, arg);
+	fputc('\n', stderr);
+	return -1;
+}
+
+/* One option; returns 0, 1 to exit 0 (--help) or -1 on a usage error. */
+static int parse_option(int ch, const char *arg, struct options *o)
+{
+	uint64_t n = 0;
+
+	switch (ch) {
+	case 'l':
+		o->listen = arg;
+		return 0;
+	case 's':
+		o->state_dir = arg;
+		return 0;
+	case 'd':
+		o->driver = arg;
+		return 0;
+	case 'p':
+		if (parse_size(arg, &o->pool_size) < 0)
+			return usage_error("--pool-size %s: want BYTES[K|M|G|T]", arg);
+		return 0;
+	case 'k':
+		if (o->n_insecure >= MAX_INSECURE_REGISTRIES)
+			return usage_error("%s: too many --insecure-registry (at most 64)", arg);
+		o->insecure[o->n_insecure++] = arg;
+		return 0;
+	case 'r':
+		o->ready_file = arg;
+		return 0;
+	case 'L':
+		if (parse_log_level(arg) < 0)
+			return usage_error("--log-level %s: want error|warn|info|debug", arg);
+		return 0;
+	case 't':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
+			return usage_error("--threads %s: want 1-64", arg);
+		o->threads = (unsigned)n;
+		return 0;
+	case 'h':
+		usage(stdout);
+		return 1;
+	}
+	usage(stderr);
+	return -1;
+}
+
+/* Returns 0 to run, 1 to exit 0 (--help), -1 on a usage error. */
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	static const struct option longopts[] = {
+	    {"listen", required_argument, NULL, 'l'},
+	    {"state-dir", required_argument, NULL, 's'},
+	    {"driver", required_argument, NULL, 'd'},
+	    {"pool-size", required_argument, NULL, 'p'},
+	    {"insecure-registry", required_argument, NULL, 'k'},
+	    {"ready-file", required_argument, NULL, 'r'},
+	    {"log-level", required_argument, NULL, 'L'},
+	    {"threads", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	int ch, r;
+
+	*o = (struct options){.listen = "127.0.0.1:8080", .state_dir = STORE_DEFAULT_STATE_DIR};
+	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		r = parse_option(ch, optarg, o);
+		if (r != 0)
+			return r;
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument \"%s\"", argv[optind]);
+	return 0;
+}
+
+/* http://HOST:PORT and a newline, replacing path atomically. */
+static int write_ready_file(const char *path, const char *url, imc_error *err)
+{
+	char tmp[PATH_MAX];
+	_cleanup_close_ int fd = -1;
+	char line[128];
+	int n = snprintf(line, sizeof(line), "%s\n", url);
+	int r;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= sizeof(tmp))
+		return imc_err(err, ENAMETOOLONG, "%s: name too long", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "%s", tmp);
+	r = imc_write_all(fd, line, (size_t)n);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlink(tmp);
+		return imc_err_sys(err, -r, "%s", path);
+	}
+	return 0;
+}
+
+static void on_event(void *ctx, enum api_event ev, const char *id, const char *message)
+{
+	switch (ev) {
+	case API_EVENT_BUILD_START:
+		imc_info("cache %s: building %s", id, message);
+		break;
+	case API_EVENT_BUILD_READY:
+		imc_info("cache %s: %s", id, message);
+		break;
+	case API_EVENT_BUILD_FAILED:
+		imc_warn("cache %s: Failed: %s", id, message);
+		break;
+	case API_EVENT_PERSIST_FAILED:
+		imc_error_log("cache %s: %s", id, message);
+		break;
+	}
+}
+
+static void log_repairs(json_t *repairs)
+{
+	size_t i;
+	json_t *v;
+
+	json_array_foreach(repairs, i, v)
+	{
+		imc_warn("repair: %s", json_string_value(v));
+	}
+}
+
+/* The running service: everything main() tears down in reverse. */
+struct service {
+	struct store *store;
+	struct api_caches *caches;
+	struct api_server *server;
+};
+
+static int start(const struct options *o, struct service *svc, imc_error *err)
+{
+	const struct store_config scfg = {
+	    .state_dir = o->state_dir, .driver = o->driver, .pool_size = o->pool_size};
+	_cleanup_json_ json_t *repairs = json_array();
+	_cleanup_close_ int fd = -1;
+	char url[128];
+	int r;
+
+	if (!repairs)
+		return imc_err(err, ENOMEM, "out of memory");
+	/* The socket first: a taken port fails before the store sets anything up. */
+	r = api_listen_open(o->listen, &fd, url, sizeof(url), err);
+	if (r == 0)
+		r = store_open(&scfg, &svc->store, err);
+	if (r < 0)
+		return r;
+	r = api_caches_open(&(struct api_caches_config){.state_dir = o->state_dir,
+							.store = svc->store,
+							.insecure_registries = o->insecure,
+							.on_event = on_event},
+			    repairs, &svc->caches, err);
+	log_repairs(repairs);
+	if (r == 0)
+		r = api_server_start(&(struct api_server_config){.listen_fd = fd,
+								 .caches = svc->caches,
+								 .threads = o->threads},
+				     &svc->server, err);
+	if (r < 0)
+		return r;
+	fd = -1; /* the server's now */
+	if (o->ready_file)
+		r = write_ready_file(o->ready_file, url, err);
+	if (r == 0)
+		imc_info("listening on %s (state %s, store driver %s)", url, o->state_dir,
+			 store_driver_name(svc->store));
+	return r;
+}
+
+static void stop(struct service *svc)
+{
+	api_server_stop(svc->server);
+	svc->server = NULL;
+	if (svc->caches)
+		imc_info("waiting for the running build, if any");
+	api_caches_close(svc->caches);
+	svc->caches = NULL;
+	store_close(svc->store);
+	svc->store = NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct options o;
+	struct service svc = {0};
+	imc_error err = {0};
+	sigset_t sigs;
+	int r, sig = 0;
+
+	r = parse_args(argc, argv, &o);
+	if (r != 0)
+		return r > 0 ? 0 : 2;
+	/* Every thread started from here on inherits the mask: only sigwait() sees these. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		imc_error_log("cannot initialise libcurl");
+		return 1;
+	}
+	r = start(&o, &svc, &err);
+	if (r < 0) {
+		imc_error_log("%s", err.msg);
+		stop(&svc);
+		curl_global_cleanup();
+		return 1;
+	}
+	sigwait(&sigs, &sig);
+	imc_info("%s: stopping", strsignal(sig));
+	stop(&svc);
+	curl_global_cleanup();
+	imc_info("stopped");
+	return 0;
+}

@@ -1,0 +1,63 @@
+/* Routing: which endpoint a path names and which methods it takes. */
+#include <string.h>
+
+#include "api.h"
+
+#define CACHES_PATH "/v1/imagecaches"
+
+enum api_method api_method_parse(const char *method)
+{
+	if (strcmp(method, "GET") == 0)
+		return API_METHOD_GET;
+	if (strcmp(method, "POST") == 0)
+		return API_METHOD_POST;
+	if (strcmp(method, "DELETE") == 0)
+		return API_METHOD_DELETE;
+	return API_METHOD_OTHER;
+}
+
+void api_route_match(const char *url, struct api_match *ret)
+{
+	const size_t n = strlen(CACHES_PATH);
+
+	*ret = (struct api_match){.route = API_ROUTE_NONE};
+	if (strcmp(url, "/healthz") == 0) {
+		ret->route = API_ROUTE_HEALTHZ;
+	} else if (strcmp(url, CACHES_PATH) == 0) {
+		ret->route = API_ROUTE_CACHES;
+	} else if (strncmp(url, CACHES_PATH "/", n + 1) == 0 && url[n + 1] != '\0' &&
+		   !strchr(url + n + 1, '/')) {
+		ret->route = API_ROUTE_CACHE;
+		ret->id = url + n + 1;
+	}
+}
+
+bool api_route_allows(enum api_route route, enum api_method method)
+{
+	switch (route) {
+	case API_ROUTE_HEALTHZ:
+		return method == API_METHOD_GET;
+	case API_ROUTE_CACHES:
+		return method == API_METHOD_GET || method == API_METHOD_POST;
+	case API_ROUTE_CACHE:
+		return method == API_METHOD_GET || method == API_METHOD_DELETE;
+	case API_ROUTE_NONE:
+		break;
+	}
+	return false;
+}
+
+const char *api_route_allow(enum api_route route)
+{
+	switch (route) {
+	case API_ROUTE_HEALTHZ:
+		return "GET";
+	case API_ROUTE_CACHES:
+		return "GET, POST";
+	case API_ROUTE_CACHE:
+		return "GET, DELETE";
+	case API_ROUTE_NONE:
+		break;
+	}
+	return NULL;
+}

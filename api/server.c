@@ -1,0 +1,322 @@
+/* The HTTP side of imcd: libmicrohttpd with an internal thread pool on epoll.  Requests are
+ * answered in api_handle(), which never blocks on a build; bodies are capped at API_BODY_MAX. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <microhttpd.h>
+
+#include "api.h"
+
+#define SERVER_THREADS_DEFAULT	4
+#define SERVER_CONNECTION_LIMIT 1024
+#define SERVER_IDLE_TIMEOUT_S	30
+#define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
+
+struct api_server {
+	struct MHD_Daemon *daemon;
+	int listen_fd;
+	struct api_caches *caches;
+	unsigned active; /* requests between their first callback and completion (atomic) */
+};
+
+/* ---- one request, without HTTP ----------------------------------------------------------------
+ */
+
+/* The body of every answer: compact JSON and a newline. */
+static char *render(json_t *j)
+{
+	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	size_t n;
+	char *t;
+
+	if (!s)
+		return NULL;
+	n = strlen(s);
+	t = realloc(s, n + 2);
+	if (!t) {
+		free(s);
+		return NULL;
+	}
+	t[n] = '\n';
+	t[n + 1] = '\0';
+	return t;
+}
+
+static void answer(struct api_response *ret, unsigned status, json_t *j)
+{
+	ret->status = status;
+	ret->body = render(j);
+	if (!ret->body) { /* no memory to say more */
+		ret->status = 500;
+		ret->body =
+		    strdup("{\"error\":{\"code\":\"Internal\",\"message\":\"out of memory\"}}\n");
+	}
+}
+
+static void answer_error(struct api_response *ret, unsigned status, const char *code,
+			 const char *message)
+{
+	_cleanup_json_ json_t *j = api_error_json(code, message);
+
+	answer(ret, status, j);
+}
+
+static void answer_errno(struct api_response *ret, const imc_error *err)
+{
+	const char *code;
+	unsigned status;
+
+	api_status_from_errno(err->code, &status, &code);
+	answer_error(ret, status, code, err->msg[0] ? err->msg : "internal error");
+}
+
+static int create_cache(struct api_caches *c, const char *body, size_t len, json_t **ret,
+			imc_error *err)
+{
+	struct api_create_request req = {0};
+	int r = api_create_request_parse(body, len, &req, err);
+
+	if (r < 0)
+		return r;
+	r = api_caches_create(c, &req, ret, err);
+	api_create_request_free(&req);
+	return r;
+}
+
+/* The endpoint itself, once route and method are known to be right. */
+static int dispatch(struct api_caches *c, enum api_method m, const struct api_match *match,
+		    const char *body, size_t len, json_t **ret, unsigned *ret_status,
+		    imc_error *err)
+{
+	*ret_status = 200;
+	switch (match->route) {
+	case API_ROUTE_HEALTHZ:
+		*ret = json_pack("{s:s}", "status", "ok");
+		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	case API_ROUTE_CACHES:
+		if (m == API_METHOD_GET)
+			return api_caches_list(c, ret, err);
+		*ret_status = 202;
+		return create_cache(c, body, len, ret, err);
+	case API_ROUTE_CACHE:
+		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
+		if (!imc_name_valid(match->id, API_ID_MAX - 1))
+			return imc_err(err, EINVAL,
+				       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)",
+				       match->id, API_ID_PREFIX);
+		if (m == API_METHOD_GET)
+			return api_caches_get(c, match->id, ret, err);
+		return api_caches_delete(c, match->id, ret, err);
+	case API_ROUTE_NONE:
+		break;
+	}
+	return imc_err(err, ENOENT, "no such path");
+}
+
+void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
+		size_t len, bool too_large, struct api_response *ret)
+{
+	enum api_method m = api_method_parse(method);
+	_cleanup_json_ json_t *j = NULL;
+	struct api_match match;
+	char msg[256];
+	imc_error err = {0};
+	unsigned status;
+
+	*ret = (struct api_response){0};
+	api_route_match(url, &match);
+	if (match.route == API_ROUTE_NONE) {
+		snprintf(msg, sizeof(msg), "no such path: %.200s", url);
+		answer_error(ret, 404, "NotFound", msg);
+	} else if (!api_route_allows(match.route, m)) {
+		snprintf(msg, sizeof(msg), "method %.20s not allowed on %.200s (allowed: %s)",
+			 method, url, api_route_allow(match.route));
+		answer_error(ret, 405, "MethodNotAllowed", msg);
+		ret->allow = api_route_allow(match.route);
+	} else if (too_large) {
+		snprintf(msg, sizeof(msg), "request body larger than %d bytes", API_BODY_MAX);
+		answer_error(ret, 413, "PayloadTooLarge", msg);
+	} else if (dispatch(c, m, &match, body, len, &j, &status, &err) < 0) {
+		answer_errno(ret, &err);
+	} else {
+		answer(ret, status, j);
+	}
+}
+
+/* ---- libmicrohttpd glue -----------------------------------------------------------------------
+ */
+
+struct request {
+	char *body;
+	size_t len, cap;
+	bool too_large;
+	uint64_t start_ns;
+};
+
+static bool content_length_too_large(struct MHD_Connection *conn)
+{
+	const char *cl =
+	    MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	char *end = NULL;
+	unsigned long long v;
+
+	if (!cl)
+		return false;
+	errno = 0;
+	v = strtoull(cl, &end, 10);
+	return errno != 0 || end == cl || v > API_BODY_MAX;
+}
+
+/* Append a chunk of the body; past the cap the rest is only counted as too much. */
+static int append_body(struct request *req, const char *data, size_t n)
+{
+	if (req->too_large)
+		return 0;
+	if (n > API_BODY_MAX - req->len) {
+		req->too_large = true;
+		free(req->body);
+		req->body = NULL;
+		req->len = req->cap = 0;
+		return 0;
+	}
+	if (req->len + n + 1 > req->cap) {
+		size_t cap = req->cap ? req->cap : 4096;
+		char *b;
+		while (cap < req->len + n + 1)
+			cap *= 2;
+		b = realloc(req->body, cap);
+		if (!b)
+			return -ENOMEM;
+		req->body = b;
+		req->cap = cap;
+	}
+	memcpy(req->body + req->len, data, n);
+	req->len += n;
+	req->body[req->len] = '\0';
+	return 0;
+}
+
+static enum MHD_Result send_response(struct MHD_Connection *conn, const char *method,
+				     const char *url, struct request *req,
+				     struct api_response *resp)
+{
+	struct MHD_Response *r;
+	enum MHD_Result ok;
+	size_t len = resp->body ? strlen(resp->body) : 0;
+
+	r = MHD_create_response_from_buffer(len, resp->body, MHD_RESPMEM_MUST_FREE);
+	if (!r) {
+		free(resp->body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, API_CONTENT_TYPE);
+	if (resp->allow)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, resp->allow);
+	ok = MHD_queue_response(conn, resp->status, r);
+	MHD_destroy_response(r);
+	if (resp->status >= 500)
+		imc_error_log("%s %s: %u %.*s", method, url, resp->status, (int)(len ? len - 1 : 0),
+			      resp->body ? resp->body : "");
+	else
+		imc_debug("%s %s: %u (%.3f ms)", method, url, resp->status,
+			  (double)(imc_monotonic_ns() - req->start_ns) / 1e6);
+	return ok;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version, const char *upload_data,
+				  size_t *upload_data_size, void **con_cls)
+{
+	struct api_server *s = cls;
+	struct request *req = *con_cls;
+	struct api_response resp;
+
+	if (!req) {
+		req = calloc(1, sizeof(*req));
+		if (!req)
+			return MHD_NO;
+		req->start_ns = imc_monotonic_ns();
+		*con_cls = req;
+		__atomic_add_fetch(&s->active, 1, __ATOMIC_RELAXED);
+		/* A declared body over the cap is refused before it is read. */
+		if (!content_length_too_large(conn))
+			return MHD_YES;
+		req->too_large = true;
+	} else if (*upload_data_size > 0) {
+		if (append_body(req, upload_data, *upload_data_size) < 0)
+			return MHD_NO;
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	api_handle(s->caches, method, url, req->body, req->len, req->too_large, &resp);
+	return send_response(conn, method, url, req, &resp);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct api_server *s = cls;
+	struct request *req = *con_cls;
+
+	if (req) {
+		free(req->body);
+		free(req);
+		*con_cls = NULL;
+		__atomic_sub_fetch(&s->active, 1, __ATOMIC_RELAXED);
+	}
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	size_t n;
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(msg);
+	while (n > 0 && msg[n - 1] == '\n')
+		msg[--n] = '\0';
+	imc_warn("http: %s", msg);
+}
+
+int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err)
+{
+	struct api_server *s = calloc(1, sizeof(*s));
+	unsigned threads = cfg->threads ? cfg->threads : SERVER_THREADS_DEFAULT;
+
+	if (!s)
+		return imc_err(err, ENOMEM, "out of memory");
+	s->listen_fd = cfg->listen_fd;
+	s->caches = cfg->caches;
+	s->daemon = MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
+	    NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
+	    threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)SERVER_CONNECTION_LIMIT,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SERVER_IDLE_TIMEOUT_S,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+	if (!s->daemon) {
+		free(s);
+		return imc_err(err, EIO, "cannot start the HTTP server (libmicrohttpd)");
+	}
+	*ret = s;
+	return 0;
+}
+
+void api_server_stop(struct api_server *s)
+{
+	uint64_t deadline = imc_monotonic_ns() + SERVER_DRAIN_NS;
+	MHD_socket fd;
+
+	if (!s)
+		return;
+	fd = MHD_quiesce_daemon(s->daemon);
+	/* Idle keep-alive connections do not count: only requests being read or answered. */
+	while (__atomic_load_n(&s->active, __ATOMIC_RELAXED) > 0 && imc_monotonic_ns() < deadline)
+		nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
+	MHD_stop_daemon(s->daemon);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
+	free(s);
+}

@@ -1,0 +1,533 @@
+/* The REST API's pure parts: create-request validation, cache JSON and metadata, routing, the
+ * listen address, and the answers that need no cache table (errors, /healthz). */
+#include <arpa/inet.h>
+#include <check.h>
+#include <netinet/in.h>
+#include <string.h>
+
+#include "../../api/api.h"
+
+/* ---- helpers ----------------------------------------------------------------------------------
+ */
+
+static int parse(const char *body, struct api_create_request *req, imc_error *err)
+{
+	memset(req, 0, sizeof(*req));
+	imc_err_clear(err);
+	return api_create_request_parse(body, strlen(body), req, err);
+}
+
+/* body must be refused with want (a negative errno) and a message starting with prefix. */
+static void expect_bad(const char *body, int want, const char *prefix)
+{
+	struct api_create_request req;
+	imc_error err;
+	int r = parse(body, &req, &err);
+
+	ck_assert_msg(r == want, "%s: got %d (%s), want %d", body, r, err.msg, want);
+	ck_assert_int_eq(err.code, want);
+	ck_assert_msg(strncmp(err.msg, prefix, strlen(prefix)) == 0,
+		      "%s: message \"%s\", want \"%s…\"", body, err.msg, prefix);
+	ck_assert_ptr_null(req.refs);
+	ck_assert_ptr_null(req.name);
+}
+
+static json_t *load(const char *s)
+{
+	json_t *j = json_loads(s, 0, NULL);
+	ck_assert_ptr_nonnull(j);
+	return j;
+}
+
+/* ---- create requests --------------------------------------------------------------------------
+ */
+
+START_TEST(create_good)
+{
+	struct api_create_request req;
+	imc_error err;
+
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"127.0.0.1:5000/busybox:1.36\"}],"
+			       "\"name\":\"my-cache_1.0\"}",
+			       &req, &err),
+			 0);
+	ck_assert_uint_eq(req.n_refs, 1);
+	ck_assert_str_eq(req.refs[0], "127.0.0.1:5000/busybox:1.36");
+	ck_assert_str_eq(req.name, "my-cache_1.0");
+	api_create_request_free(&req);
+	ck_assert_ptr_null(req.refs);
+
+	/* name is optional, and null counts as absent */
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"busybox\"}]}", &req, &err), 0);
+	ck_assert_ptr_null(req.name);
+	ck_assert_str_eq(req.refs[0], "busybox");
+	api_create_request_free(&req);
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"busybox\"}],\"name\":null}", &req, &err),
+			 0);
+	ck_assert_ptr_null(req.name);
+	api_create_request_free(&req);
+}
+END_TEST
+
+START_TEST(create_malformed_json)
+{
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}]", -EBADMSG, "malformed JSON");
+	expect_bad("", -EBADMSG, "malformed JSON");
+	expect_bad("images=busybox", -EBADMSG, "malformed JSON");
+	expect_bad("{\"name\":\"a\",\"name\":\"b\",\"images\":[]}", -EBADMSG, "malformed JSON");
+}
+END_TEST
+
+START_TEST(create_not_object)
+{
+	expect_bad("[{\"ref\":\"busybox\"}]", -EINVAL, "request body: want a JSON object");
+	expect_bad("\"busybox\"", -EINVAL, "request body: want a JSON object");
+	expect_bad("null", -EINVAL, "request body: want a JSON object");
+}
+END_TEST
+
+START_TEST(create_unknown_fields)
+{
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"colour\":\"red\"}", -EINVAL,
+		   "colour: unknown field");
+	expect_bad("{\"images\":[{\"ref\":\"busybox\",\"platform\":\"linux/arm64\"}]}", -EINVAL,
+		   "images[0].platform: unknown field");
+}
+END_TEST
+
+START_TEST(create_wrong_types)
+{
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"name\":5}", -EINVAL,
+		   "name: want a string");
+	expect_bad("{\"images\":\"busybox\"}", -EINVAL, "images: want an array");
+	expect_bad("{\"images\":{\"ref\":\"busybox\"}}", -EINVAL, "images: want an array");
+	expect_bad("{\"images\":[\"busybox\"]}", -EINVAL, "images[0]: want an object");
+	expect_bad("{\"images\":[{\"ref\":5}]}", -EINVAL, "images[0].ref: want a string");
+	expect_bad("{\"images\":[{\"ref\":[\"busybox\"]}]}", -EINVAL,
+		   "images[0].ref: want a string");
+}
+END_TEST
+
+START_TEST(create_images_count)
+{
+	expect_bad("{\"name\":\"x\"}", -EINVAL, "images: required");
+	expect_bad("{\"images\":null}", -EINVAL, "images: required");
+	expect_bad("{\"images\":[{}]}", -EINVAL, "images[0].ref: required");
+	expect_bad("{\"images\":[]}", -EINVAL, "images: at least one image is required");
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"},{\"ref\":\"alpine\"}]}", -EINVAL,
+		   "images: exactly one image is supported for now");
+}
+END_TEST
+
+START_TEST(create_bad_ref)
+{
+	expect_bad("{\"images\":[{\"ref\":\"\"}]}", -EINVAL, "images[0].ref: ");
+	expect_bad("{\"images\":[{\"ref\":\"Busy Box\"}]}", -EINVAL, "images[0].ref: ");
+	expect_bad("{\"images\":[{\"ref\":\"busybox:bad:tag:\"}]}", -EINVAL, "images[0].ref: ");
+	expect_bad("{\"images\":[{\"ref\":\"busybox@sha256:1234\"}]}", -EINVAL, "images[0].ref: ");
+}
+END_TEST
+
+START_TEST(create_bad_name)
+{
+	char body[512], name[API_NAME_MAX + 2];
+	struct api_create_request req;
+	imc_error err;
+
+	memset(name, 'n', API_NAME_MAX + 1);
+	name[API_NAME_MAX + 1] = '\0';
+	snprintf(body, sizeof(body), "{\"images\":[{\"ref\":\"busybox\"}],\"name\":\"%s\"}", name);
+	expect_bad(body, -EINVAL, "name: longer than 128 bytes");
+
+	name[API_NAME_MAX] = '\0'; /* exactly the limit is fine */
+	snprintf(body, sizeof(body), "{\"images\":[{\"ref\":\"busybox\"}],\"name\":\"%s\"}", name);
+	ck_assert_int_eq(parse(body, &req, &err), 0);
+	ck_assert_uint_eq(strlen(req.name), API_NAME_MAX);
+	api_create_request_free(&req);
+
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"name\":\"a/b\"}", -EINVAL,
+		   "name: want 1-128 characters");
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"name\":\"..\"}", -EINVAL,
+		   "name: want 1-128 characters");
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"name\":\"\"}", -EINVAL,
+		   "name: want 1-128 characters");
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"name\":\"a b\"}", -EINVAL,
+		   "name: want 1-128 characters");
+}
+END_TEST
+
+START_TEST(create_body_cap)
+{
+	size_t n = API_BODY_MAX + 1;
+	char *big = malloc(n);
+	struct api_create_request req = {0};
+	imc_error err = {0};
+
+	ck_assert_ptr_nonnull(big);
+	memset(big, ' ', n);
+	ck_assert_int_eq(api_create_request_parse(big, n, &req, &err), -EFBIG);
+	free(big);
+}
+END_TEST
+
+/* ---- errors -----------------------------------------------------------------------------------
+ */
+
+START_TEST(errno_to_status)
+{
+	static const struct {
+		int code;
+		unsigned http;
+		const char *name;
+	} cases[] = {
+	    {-EBADMSG, 400, "InvalidJSON"},   {-EINVAL, 400, "InvalidArgument"},
+	    {-ENOENT, 404, "NotFound"},	      {-EBUSY, 409, "Conflict"},
+	    {-EFBIG, 413, "PayloadTooLarge"}, {-EDQUOT, 429, "LimitExceeded"},
+	    {-ESHUTDOWN, 503, "Unavailable"}, {-EIO, 500, "Internal"},
+	    {-ENOMEM, 500, "Internal"},
+	};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		unsigned http = 0;
+		const char *name = NULL;
+		api_status_from_errno(cases[i].code, &http, &name);
+		ck_assert_uint_eq(http, cases[i].http);
+		ck_assert_str_eq(name, cases[i].name);
+	}
+}
+END_TEST
+
+/* ---- cache JSON -------------------------------------------------------------------------------
+ */
+
+#define ID "imc-0123456789abcdef"
+
+static struct api_cache *new_cache(const char *name, int64_t created)
+{
+	char *refs[] = {"127.0.0.1:5000/busybox:1.36"};
+	struct api_create_request req = {.name = (char *)name, .refs = refs, .n_refs = 1};
+	struct api_cache *c = NULL;
+	imc_error err;
+
+	ck_assert_int_eq(api_cache_new(ID, &req, created, &c, &err), 0);
+	return c;
+}
+
+START_TEST(cache_json_creating)
+{
+	struct api_cache *c = new_cache(NULL, 1795000000);
+	json_t *j = api_cache_to_json(c);
+	json_t *images;
+
+	ck_assert_ptr_nonnull(j);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "id")), ID);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "name")), "");
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "Creating");
+	ck_assert_str_eq(json_string_value(json_object_get(j, "createdAt")),
+			 "2026-11-18T11:06:40Z");
+	images = json_object_get(j, "images");
+	ck_assert_uint_eq(json_array_size(images), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(images, 0), "ref")),
+			 "127.0.0.1:5000/busybox:1.36");
+	ck_assert_ptr_null(json_object_get(j, "size"));
+	ck_assert_ptr_null(json_object_get(j, "readyAt"));
+	ck_assert_ptr_null(json_object_get(j, "statusMessage"));
+	ck_assert_ptr_nonnull(json_object_get(j, "progress"));
+	json_decref(j);
+	api_cache_free(c);
+}
+END_TEST
+
+START_TEST(cache_json_ready)
+{
+	struct api_cache *c = new_cache("web", 1795000000);
+	json_t *j, *img;
+
+	c->status = API_CACHE_READY;
+	c->size = 123456789;
+	c->ready_at = 1795000042;
+	c->manifest = load("{\"version\":1,\"images\":[{\"ref\":\"127.0.0.1:5000/busybox:1.36\","
+			   "\"digest\":\"sha256:aa\",\"config\":{\"cmd\":[\"sh\"]}}],\"data\":[]}");
+	j = api_cache_to_json(c);
+	ck_assert_ptr_nonnull(j);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "Ready");
+	ck_assert_str_eq(json_string_value(json_object_get(j, "name")), "web");
+	ck_assert_int_eq(json_integer_value(json_object_get(j, "size")), 123456789);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "readyAt")), "2026-11-18T11:07:22Z");
+	img = json_array_get(json_object_get(j, "images"), 0);
+	ck_assert_str_eq(json_string_value(json_object_get(img, "digest")), "sha256:aa");
+	ck_assert_ptr_nonnull(json_object_get(img, "config"));
+	ck_assert_ptr_null(json_object_get(j, "statusMessage"));
+	ck_assert_ptr_null(json_object_get(j, "progress"));
+	json_decref(j);
+	api_cache_free(c);
+}
+END_TEST
+
+START_TEST(cache_json_failed)
+{
+	struct api_cache *c = new_cache(NULL, 1795000000);
+	imc_error err;
+	json_t *j;
+
+	ck_assert_int_eq(api_cache_set_failed(c, "manifest unknown (busybox:nope)", &err), 0);
+	j = api_cache_to_json(c);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "Failed");
+	ck_assert_str_eq(json_string_value(json_object_get(j, "statusMessage")),
+			 "manifest unknown (busybox:nope)");
+	ck_assert_ptr_null(json_object_get(j, "size"));
+	ck_assert_ptr_null(json_object_get(j, "readyAt"));
+	json_decref(j);
+	api_cache_free(c);
+}
+END_TEST
+
+START_TEST(cache_meta_roundtrip)
+{
+	struct api_cache *c = new_cache("web", 1795000000), *back = NULL;
+	imc_error err;
+	json_t *meta;
+
+	c->status = API_CACHE_READY;
+	c->size = 1 << 20;
+	c->ready_at = 1795000042;
+	c->manifest = load("{\"images\":[{\"ref\":\"x\"}]}");
+	meta = api_cache_to_meta(c);
+	ck_assert_ptr_nonnull(meta);
+	ck_assert_int_eq(api_cache_from_meta(meta, &back, &err), 0);
+	ck_assert_str_eq(back->id, ID);
+	ck_assert_str_eq(back->name, "web");
+	ck_assert_int_eq(back->status, API_CACHE_READY);
+	ck_assert_uint_eq(back->size, 1 << 20);
+	ck_assert_int_eq(back->created_at, 1795000000);
+	ck_assert_int_eq(back->ready_at, 1795000042);
+	ck_assert_uint_eq(back->n_refs, 1);
+	ck_assert_str_eq(back->refs[0], "127.0.0.1:5000/busybox:1.36");
+	ck_assert(json_equal(back->manifest, c->manifest));
+	api_cache_free(back);
+	json_decref(meta);
+	api_cache_free(c);
+}
+END_TEST
+
+START_TEST(cache_meta_bad)
+{
+	static const char *const bad[] = {
+	    "{\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[],\"createdAt\":1}",
+	    "{\"version\":2,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[],\"createdAt\":1}",
+	    "{\"version\":1,\"id\":\"../etc\",\"status\":\"Ready\",\"refs\":[],\"createdAt\":1}",
+	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Odd\",\"refs\":[],\"createdAt\":1}",
+	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[1],\"createdAt\":1}",
+	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[]}",
+	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[],\"createdAt\":1,"
+	    "\"manifest\":[]}",
+	};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {
+		json_t *meta = load(bad[i]);
+		struct api_cache *c = NULL;
+		imc_error err = {0};
+
+		ck_assert_msg(api_cache_from_meta(meta, &c, &err) < 0, "accepted %s", bad[i]);
+		ck_assert_ptr_null(c);
+		json_decref(meta);
+	}
+}
+END_TEST
+
+START_TEST(cache_ids_and_order)
+{
+	struct api_cache a = {.id = "imc-00000000000000bb", .created_at = 5};
+	struct api_cache b = {.id = "imc-00000000000000aa", .created_at = 6};
+	struct api_cache c = {.id = "imc-00000000000000cc", .created_at = 5};
+	enum api_cache_status st;
+
+	ck_assert(api_cache_id_valid(ID));
+	ck_assert(!api_cache_id_valid("imc-0123456789ABCDEF"));
+	ck_assert(!api_cache_id_valid("imc-0123456789abcde"));
+	ck_assert(!api_cache_id_valid("imc-0123456789abcdef0"));
+	ck_assert(!api_cache_id_valid("abc-0123456789abcdef"));
+	ck_assert(!api_cache_id_valid(""));
+	ck_assert(!api_cache_id_valid(NULL));
+	ck_assert_int_lt(api_cache_cmp(&a, &b), 0); /* createdAt first */
+	ck_assert_int_lt(api_cache_cmp(&a, &c), 0); /* then id */
+	ck_assert_int_gt(api_cache_cmp(&b, &c), 0);
+	ck_assert_int_eq(api_cache_status_parse("Failed", &st), 0);
+	ck_assert_int_eq(st, API_CACHE_FAILED);
+	ck_assert_int_lt(api_cache_status_parse("failed", &st), 0);
+}
+END_TEST
+
+/* ---- routing ----------------------------------------------------------------------------------
+ */
+
+START_TEST(routing)
+{
+	struct api_match m;
+
+	api_route_match("/healthz", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_HEALTHZ);
+	api_route_match("/v1/imagecaches", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_CACHES);
+	api_route_match("/v1/imagecaches/" ID, &m);
+	ck_assert_int_eq(m.route, API_ROUTE_CACHE);
+	ck_assert_str_eq(m.id, ID);
+	api_route_match("/v1/imagecaches/not-an-id", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_CACHE); /* the handler answers 400 */
+	api_route_match("/v1/imagecaches/", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/v1/imagecaches/" ID "/x", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/v1/imagecachesx", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+
+	ck_assert(api_route_allows(API_ROUTE_CACHES, api_method_parse("POST")));
+	ck_assert(api_route_allows(API_ROUTE_CACHES, api_method_parse("GET")));
+	ck_assert(!api_route_allows(API_ROUTE_CACHES, api_method_parse("DELETE")));
+	ck_assert(api_route_allows(API_ROUTE_CACHE, api_method_parse("DELETE")));
+	ck_assert(!api_route_allows(API_ROUTE_CACHE, api_method_parse("PUT")));
+	ck_assert(!api_route_allows(API_ROUTE_HEALTHZ, api_method_parse("POST")));
+	ck_assert(!api_route_allows(API_ROUTE_NONE, api_method_parse("GET")));
+	ck_assert_str_eq(api_route_allow(API_ROUTE_CACHE), "GET, DELETE");
+}
+END_TEST
+
+/* ---- listen addresses -------------------------------------------------------------------------
+ */
+
+START_TEST(listen_parse)
+{
+	static const char *const bad[] = {
+	    "",		"127.0.0.1", "localhost:80", ":80",    "127.0.0.1:65536", "127.0.0.1:-1",
+	    "1.2.3:80", "[::1]8080", "[::1]:",	     "::1:80", "[zz]:80",	  "127.0.0.1:80x"};
+	struct sockaddr_storage ss;
+	socklen_t len;
+	imc_error err;
+	char url[128];
+
+	ck_assert_int_eq(api_listen_parse("127.0.0.1:8080", &ss, &len, &err), 0);
+	ck_assert_int_eq(ss.ss_family, AF_INET);
+	ck_assert_int_eq(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8080);
+	ck_assert_int_eq(api_listen_url((struct sockaddr *)&ss, url, sizeof(url), &err), 0);
+	ck_assert_str_eq(url, "http://127.0.0.1:8080");
+	ck_assert_int_eq(api_listen_parse("[::1]:0", &ss, &len, &err), 0);
+	ck_assert_int_eq(ss.ss_family, AF_INET6);
+	ck_assert_int_eq(api_listen_url((struct sockaddr *)&ss, url, sizeof(url), &err), 0);
+	ck_assert_str_eq(url, "http://[::1]:0");
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(api_listen_parse(bad[i], &ss, &len, &err) == -EINVAL, "accepted %s",
+			      bad[i]);
+}
+END_TEST
+
+START_TEST(listen_open_port0)
+{
+	char url[128];
+	imc_error err;
+	int fd = -1;
+
+	ck_assert_int_eq(api_listen_open("127.0.0.1:0", &fd, url, sizeof(url), &err), 0);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_msg(strncmp(url, "http://127.0.0.1:", 17) == 0 && atoi(url + 17) > 0, "url %s",
+		      url);
+	close(fd);
+	ck_assert_int_lt(api_listen_open("127.0.0.1:99999", &fd, url, sizeof(url), &err), 0);
+}
+END_TEST
+
+/* ---- answers that need no cache table ---------------------------------------------------------
+ */
+
+/* Handle one request and check status and error code (NULL: a success). */
+static json_t *handle(const char *method, const char *url, const char *body, bool too_large,
+		      unsigned want_status, const char *want_code)
+{
+	struct api_response resp;
+	json_t *j;
+
+	api_handle(NULL, method, url, body, body ? strlen(body) : 0, too_large, &resp);
+	ck_assert_msg(resp.status == want_status, "%s %s: status %u, want %u (%s)", method, url,
+		      resp.status, want_status, resp.body);
+	ck_assert_ptr_nonnull(resp.body);
+	ck_assert(resp.body[strlen(resp.body) - 1] == '\n');
+	j = json_loads(resp.body, 0, NULL);
+	ck_assert_msg(j != NULL, "not JSON: %s", resp.body);
+	if (want_code)
+		ck_assert_str_eq(
+		    json_string_value(json_object_get(json_object_get(j, "error"), "code")),
+		    want_code);
+	if (want_status == 405)
+		ck_assert_ptr_nonnull(resp.allow);
+	free(resp.body);
+	return j;
+}
+
+START_TEST(handle_without_table)
+{
+	json_t *j = handle("GET", "/healthz", NULL, false, 200, NULL);
+
+	ck_assert_str_eq(json_string_value(json_object_get(j, "status")), "ok");
+	json_decref(j);
+	json_decref(handle("GET", "/nope", NULL, false, 404, "NotFound"));
+	json_decref(handle("PUT", "/v1/imagecaches", NULL, false, 405, "MethodNotAllowed"));
+	json_decref(handle("POST", "/healthz", NULL, false, 405, "MethodNotAllowed"));
+	json_decref(handle("GET", "/v1/imagecaches/bad id", NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("GET", "/v1/imagecaches/..", NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("DELETE",
+			   "/v1/imagecaches/imc-0123456789abcdef0123456789abcdef"
+			   "0123456789abcdef0123456789abcdef",
+			   NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("POST", "/v1/imagecaches", "{", false, 400, "InvalidJSON"));
+	json_decref(handle("POST", "/v1/imagecaches", "{\"images\":[],\"x\":1}", false, 400,
+			   "InvalidArgument"));
+	json_decref(handle("POST", "/v1/imagecaches", "", true, 413, "PayloadTooLarge"));
+}
+END_TEST
+
+static Suite *api_suite(void)
+{
+	Suite *s = suite_create("api");
+	TCase *t = tcase_create("requests");
+
+	tcase_add_test(t, create_good);
+	tcase_add_test(t, create_malformed_json);
+	tcase_add_test(t, create_not_object);
+	tcase_add_test(t, create_unknown_fields);
+	tcase_add_test(t, create_wrong_types);
+	tcase_add_test(t, create_images_count);
+	tcase_add_test(t, create_bad_ref);
+	tcase_add_test(t, create_bad_name);
+	tcase_add_test(t, create_body_cap);
+	tcase_add_test(t, errno_to_status);
+	suite_add_tcase(s, t);
+
+	t = tcase_create("caches");
+	tcase_add_test(t, cache_json_creating);
+	tcase_add_test(t, cache_json_ready);
+	tcase_add_test(t, cache_json_failed);
+	tcase_add_test(t, cache_meta_roundtrip);
+	tcase_add_test(t, cache_meta_bad);
+	tcase_add_test(t, cache_ids_and_order);
+	suite_add_tcase(s, t);
+
+	t = tcase_create("http");
+	tcase_add_test(t, routing);
+	tcase_add_test(t, listen_parse);
+	tcase_add_test(t, listen_open_port0);
+	tcase_add_test(t, handle_without_table);
+	suite_add_tcase(s, t);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(api_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
