@@ -1,0 +1,512 @@
+/* A resolved image: ref -> manifest (through an index to the platform's manifest) -> config,
+ * then its layers fetched into the blob directory and applied in order. */
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "builder.h"
+#include "registry.h"
+
+#define FETCH_WORKERS	  4
+#define PROGRESS_STEP	  (1u << 20)
+#define CONFIG_LIST_MAX	  10000
+#define CONFIG_STRING_MAX (64u << 10)
+
+struct builder_image {
+	char *ref_given;
+	char *name; /* "registry/repository[:tag][@digest]", for messages */
+	struct builder_ref ref;
+	struct registry *reg;
+	char platform[BUILDER_PLATFORM_MAX];
+	char digest[7 + IMC_SHA256_HEX_LEN + 1];       /* the image manifest's */
+	char index_digest[7 + IMC_SHA256_HEX_LEN + 1]; /* "" unless resolved through an index */
+	struct builder_manifest manifest;
+	json_t *config; /* {"env","cmd","entrypoint","workingDir","user"} */
+};
+
+void builder_image_free(struct builder_image *img)
+{
+	if (!img)
+		return;
+	registry_close(img->reg);
+	builder_ref_free(&img->ref);
+	builder_manifest_free(&img->manifest);
+	json_decref(img->config);
+	free(img->ref_given);
+	free(img->name);
+	free(img);
+}
+
+static void image_freep(struct builder_image **img)
+{
+	builder_image_free(*img);
+}
+
+static char *ref_display(const struct builder_ref *r)
+{
+	char *s = NULL;
+
+	if (asprintf(&s, "%s/%s%s%s%s%s", r->registry, r->repository, r->tag ? ":" : "",
+		     r->tag ? r->tag : "", r->digest ? "@" : "", r->digest ? r->digest : "") < 0)
+		return NULL;
+	return s;
+}
+
+/* ---- the image config -------------------------------------------------------------------- */
+
+/* config.<key>: an array of strings (null or missing: empty) copied to out[key]. */
+static int config_list(json_t *cfg, const char *key, json_t *out, const char *out_key,
+		       imc_error *err)
+{
+	json_t *arr = NULL, *copy = json_array();
+	int r;
+
+	if (!copy)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_object_set_new(out, out_key, copy);
+	r = imc_json_get_array(cfg, key, false, CONFIG_LIST_MAX, "image config.config", &arr, err);
+	if (r < 0 || !arr)
+		return r;
+	for (size_t i = 0; i < json_array_size(arr); i++) {
+		json_t *v = json_array_get(arr, i);
+		if (!json_is_string(v) || json_string_length(v) > CONFIG_STRING_MAX)
+			return imc_err(err, EINVAL,
+				       "image config.config.%s[%zu]: want a string of at most %u "
+				       "bytes",
+				       key, i, CONFIG_STRING_MAX);
+		if (json_array_append(copy, v) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static int config_string(json_t *cfg, const char *key, json_t *out, const char *out_key,
+			 imc_error *err)
+{
+	const char *v = "";
+	int r =
+	    imc_json_get_string(cfg, key, false, CONFIG_STRING_MAX, "image config.config", &v, err);
+
+	if (r < 0)
+		return r;
+	return json_object_set_new(out, out_key, json_string(v)) < 0
+		   ? imc_err(err, ENOMEM, "out of memory")
+		   : 0;
+}
+
+/* The platform the config declares must be the one asked for (os and architecture). */
+static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
+{
+	const char *os = NULL, *arch = NULL, *variant = NULL;
+	char declared[BUILDER_PLATFORM_MAX], buf[BUILDER_PLATFORM_MAX];
+	size_t n;
+	int r = imc_json_get_string(j, "os", false, 64, "image config", &os, err);
+
+	if (r == 0)
+		r = imc_json_get_string(j, "architecture", false, 64, "image config", &arch, err);
+	if (r == 0)
+		r = imc_json_get_string(j, "variant", false, 64, "image config", &variant, err);
+	if (r < 0)
+		return r;
+	if (!os || !arch || !*os || !*arch)
+		return 0;
+	snprintf(buf, sizeof(buf), "%s/%s%s%s", os, arch, variant && *variant ? "/" : "",
+		 variant && *variant ? variant : "");
+	if (builder_platform_normalize(buf, declared, sizeof(declared), NULL) < 0)
+		return 0; /* odd spelling: leave the requested platform */
+	n = strcspn(declared, "/");
+	n += strcspn(declared + n + 1, "/") + 1;
+	if (strncmp(declared, img->platform, n) != 0 ||
+	    (img->platform[n] != '\0' && img->platform[n] != '/'))
+		return imc_err(err, ENOENT, "the image is for %s, not %s", declared, img->platform);
+	snprintf(img->platform, sizeof(img->platform), "%s", declared);
+	return 0;
+}
+
+static int config_parse(struct builder_image *img, const char *body, size_t len, imc_error *err)
+{
+	_cleanup_json_ json_t *j = NULL, *out = json_object();
+	json_t *cfg = NULL, *empty = NULL;
+	int r;
+
+	if (!out)
+		return imc_err(err, ENOMEM, "out of memory");
+	r = imc_json_parse_object(body, len, &j, err);
+	if (r < 0)
+		return imc_err_wrap(err, "image config");
+	r = imc_json_get_object(j, "config", false, "image config", &cfg, err);
+	if (r < 0)
+		return r;
+	if (!cfg)
+		cfg = empty = json_object();
+	if (!cfg)
+		return imc_err(err, ENOMEM, "out of memory");
+	r = config_list(cfg, "Env", out, "env", err);
+	if (r == 0)
+		r = config_list(cfg, "Cmd", out, "cmd", err);
+	if (r == 0)
+		r = config_list(cfg, "Entrypoint", out, "entrypoint", err);
+	if (r == 0)
+		r = config_string(cfg, "WorkingDir", out, "workingDir", err);
+	if (r == 0)
+		r = config_string(cfg, "User", out, "user", err);
+	json_decref(empty);
+	if (r == 0)
+		r = config_platform(img, j, err);
+	if (r < 0)
+		return r;
+	img->config = steal_pointer(&out);
+	return 0;
+}
+
+/* ---- resolving --------------------------------------------------------------------------- */
+
+/* The image manifest for ref: through an index to the platform's entry when it is one. */
+static int resolve_manifest(struct builder_image *img, struct registry_manifest *ret,
+			    imc_error *err)
+{
+	struct registry_manifest m = {0};
+	const char *reference = img->ref.digest ? img->ref.digest : img->ref.tag;
+	bool is_index = false;
+	int r;
+
+	r = registry_get_manifest(img->reg, reference, img->ref.digest, &m, err);
+	if (r == 0)
+		r = builder_manifest_kind(m.content_type, m.body, m.len, &is_index, err);
+	if (r == 0 && is_index) {
+		struct builder_descriptor d = {0};
+		r = builder_index_select(m.body, m.len, img->platform, &d, err);
+		memcpy(img->index_digest, m.digest, sizeof(m.digest));
+		registry_manifest_free(&m);
+		if (r == 0)
+			r = registry_get_manifest(img->reg, d.digest, d.digest, &m, err);
+		if (r == 0 && (int64_t)m.len != d.size)
+			r = imc_err(err, EBADMSG, "manifest %s: %zu bytes, the index says %lld",
+				    d.digest, m.len, (long long)d.size);
+		builder_descriptor_free(&d);
+	}
+	if (r < 0) {
+		registry_manifest_free(&m);
+		return r;
+	}
+	*ret = m;
+	return 0;
+}
+
+static int image_resolve(const struct builder_opts *o, struct builder_image *img, imc_error *err)
+{
+	struct registry_manifest m = {0};
+	_cleanup_free_ char *config = NULL;
+	size_t config_len = 0;
+	int r;
+
+	r = resolve_manifest(img, &m, err);
+	if (r == 0)
+		r = builder_manifest_parse(m.content_type, m.body, m.len, &img->manifest, err);
+	if (r == 0)
+		memcpy(img->digest, m.digest, sizeof(m.digest));
+	registry_manifest_free(&m);
+	if (r < 0)
+		return r;
+	r = registry_get_blob_mem(img->reg, &img->manifest.config, BUILDER_MANIFEST_MAX, &config,
+				  &config_len, err);
+	if (r < 0)
+		return imc_err_wrap(err, "config %s", img->manifest.config.digest);
+	return config_parse(img, config, config_len, err);
+}
+
+int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,
+			  imc_error *err)
+{
+	_cleanup_(image_freep) struct builder_image *img = calloc(1, sizeof(*img));
+	const char *platform = o->platform && *o->platform ? o->platform : BUILDER_DEFAULT_PLATFORM;
+	int r;
+
+	if (!img || !(img->ref_given = strdup(ref ? ref : "")))
+		return imc_err(err, ENOMEM, "out of memory");
+	r = builder_ref_parse(ref, &img->ref, err);
+	if (r < 0)
+		return r;
+	r = builder_platform_normalize(platform, img->platform, sizeof(img->platform), err);
+	if (r < 0)
+		return r;
+	img->name = ref_display(&img->ref);
+	if (!img->name)
+		return imc_err(err, ENOMEM, "out of memory");
+	r = registry_open(o, &img->ref, &img->reg, err);
+	if (r == 0)
+		r = image_resolve(o, img, err);
+	if (r < 0)
+		return imc_err_wrap(err, "%s", img->name);
+	*ret = steal_pointer(&img);
+	return 0;
+}
+
+/* ---- fetching and applying --------------------------------------------------------------
+ * Up to FETCH_WORKERS layers download at once, in manifest order.  builder_image_pull applies
+ * each layer as soon as it (and every layer before it) is there, while the rest download. */
+
+struct fetch {
+	const struct builder_opts *o;
+	struct builder_image *img;
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* a layer arrived or the fetch failed */
+	size_t next;	     /* the next layer to start */
+	bool *fetched;	     /* per layer */
+	bool failed;
+	imc_error err; /* the first failure */
+	int64_t done;
+	uint64_t total, reported;
+};
+
+static bool fetch_on_bytes(void *ctx, int64_t n)
+{
+	struct fetch *f = ctx;
+	bool ok;
+
+	pthread_mutex_lock(&f->lock);
+	f->done += n;
+	if (f->done < 0)
+		f->done = 0;
+	if (f->o->progress && n != 0 &&
+	    ((uint64_t)f->done >= f->reported + PROGRESS_STEP || (uint64_t)f->done < f->reported ||
+	     (uint64_t)f->done == f->total)) {
+		f->reported = (uint64_t)f->done;
+		f->o->progress(f->o->progress_ctx, (uint64_t)f->done, f->total);
+	}
+	ok = !f->failed;
+	pthread_mutex_unlock(&f->lock);
+	return ok;
+}
+
+/* The first layer of the manifest with the same digest as layer i (i itself, mostly). */
+static size_t layer_first(const struct builder_manifest *m, size_t i)
+{
+	for (size_t j = 0; j < i; j++)
+		if (strcmp(m->layers[j].digest, m->layers[i].digest) == 0)
+			return j;
+	return i;
+}
+
+static void fetch_fail(struct fetch *f, const imc_error *e)
+{
+	pthread_mutex_lock(&f->lock);
+	if (!f->failed) {
+		f->failed = true;
+		f->err = *e;
+	}
+	pthread_cond_broadcast(&f->cond);
+	pthread_mutex_unlock(&f->lock);
+}
+
+static void *fetch_worker(void *arg)
+{
+	struct fetch *f = arg;
+	const struct builder_manifest *m = &f->img->manifest;
+
+	for (;;) {
+		imc_error e = {0};
+		size_t i;
+
+		pthread_mutex_lock(&f->lock);
+		i = f->next++;
+		bool stop = f->failed || i >= m->n_layers;
+		pthread_mutex_unlock(&f->lock);
+		if (stop)
+			return NULL;
+		if (layer_first(m, i) != i)
+			continue;
+		if (registry_fetch_blob(f->img->reg, &m->layers[i], f->o->blob_dir, fetch_on_bytes,
+					f, &e) < 0) {
+			imc_err_wrap(&e, "layer %s", m->layers[i].digest);
+			fetch_fail(f, &e);
+			continue;
+		}
+		pthread_mutex_lock(&f->lock);
+		f->fetched[i] = true;
+		pthread_cond_broadcast(&f->cond);
+		pthread_mutex_unlock(&f->lock);
+	}
+}
+
+static int fetch_init(struct fetch *f, const struct builder_opts *o, struct builder_image *img,
+		      size_t *ret_unique, imc_error *err)
+{
+	*f = (struct fetch){.o = o, .img = img};
+	*ret_unique = 0;
+	if (!o->blob_dir)
+		return imc_err(err, EINVAL, "%s: no blob directory", img->name);
+	f->fetched = calloc(img->manifest.n_layers + 1, sizeof(bool));
+	if (!f->fetched)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < img->manifest.n_layers; i++) {
+		if (layer_first(&img->manifest, i) != i)
+			continue;
+		(*ret_unique)++;
+		f->total += (uint64_t)img->manifest.layers[i].size;
+	}
+	pthread_mutex_init(&f->lock, NULL);
+	pthread_cond_init(&f->cond, NULL);
+	return 0;
+}
+
+/* Join the workers; the fetch's result (its first failure wrapped with the image name). */
+static int fetch_finish(struct fetch *f, pthread_t *threads, size_t n_threads, imc_error *err)
+{
+	int r = 0;
+
+	for (size_t i = 0; i < n_threads; i++)
+		pthread_join(threads[i], NULL);
+	if (f->failed) {
+		if (err)
+			*err = f->err;
+		r = imc_err_wrap(err, "%s", f->img->name);
+	}
+	pthread_cond_destroy(&f->cond);
+	pthread_mutex_destroy(&f->lock);
+	free(f->fetched);
+	return r;
+}
+
+static size_t fetch_spawn(struct fetch *f, pthread_t *threads, size_t max)
+{
+	size_t n = 0;
+
+	while (n < max && pthread_create(&threads[n], NULL, fetch_worker, f) == 0)
+		n++;
+	return n;
+}
+
+int builder_image_fetch(const struct builder_opts *o, struct builder_image *img, imc_error *err)
+{
+	pthread_t threads[FETCH_WORKERS];
+	struct fetch f;
+	size_t unique, n_threads;
+	int r = fetch_init(&f, o, img, &unique, err);
+
+	if (r < 0)
+		return r;
+	/* This thread is one of the FETCH_WORKERS. */
+	n_threads = fetch_spawn(&f, threads,
+				unique < FETCH_WORKERS ? unique - (unique > 0) : FETCH_WORKERS - 1);
+	fetch_worker(&f);
+	return fetch_finish(&f, threads, n_threads, err);
+}
+
+static int apply_layer(const struct builder_opts *o, const struct builder_image *img, size_t i,
+		       int rootfd, imc_error *err)
+{
+	const struct builder_descriptor *d = &img->manifest.layers[i];
+	_cleanup_close_ int fd = -1;
+	char what[128], path[PATH_MAX];
+
+	snprintf(what, sizeof(what), "layer %s", d->digest);
+	if ((size_t)snprintf(path, sizeof(path), "%s/sha256/%s", o->blob_dir, d->digest + 7) >=
+	    sizeof(path))
+		return imc_err(err, ENAMETOOLONG, "%s: blob directory path too long", img->name);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "%s: %s: %s", img->name, what, path);
+	if (builder_layer_apply(rootfd, fd, what, err) < 0)
+		return imc_err_wrap(err, "%s", img->name);
+	return 0;
+}
+
+int builder_image_apply(const struct builder_opts *o, struct builder_image *img, int rootfd,
+			imc_error *err)
+{
+	if (!o->blob_dir)
+		return imc_err(err, EINVAL, "%s: no blob directory", img->name);
+	for (size_t i = 0; i < img->manifest.n_layers; i++) {
+		int r = apply_layer(o, img, i, rootfd, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Wait until layer i is in the blob directory; false when the fetch failed. */
+static bool fetch_wait(struct fetch *f, size_t i)
+{
+	size_t first = layer_first(&f->img->manifest, i);
+	bool ok;
+
+	pthread_mutex_lock(&f->lock);
+	while (!f->fetched[first] && !f->failed)
+		pthread_cond_wait(&f->cond, &f->lock);
+	ok = f->fetched[first];
+	pthread_mutex_unlock(&f->lock);
+	return ok;
+}
+
+int builder_image_pull(const struct builder_opts *o, struct builder_image *img, int rootfd,
+		       imc_error *err)
+{
+	pthread_t threads[FETCH_WORKERS];
+	struct fetch f;
+	size_t unique, n_threads;
+	int r = fetch_init(&f, o, img, &unique, err), ra = 0;
+
+	if (r < 0)
+		return r;
+	n_threads = fetch_spawn(&f, threads, unique < FETCH_WORKERS ? unique : FETCH_WORKERS);
+	if (n_threads == 0 && unique > 0)
+		fetch_worker(&f); /* no thread to be had: fetch first, then apply */
+	for (size_t i = 0; i < img->manifest.n_layers && ra == 0; i++) {
+		if (!fetch_wait(&f, i))
+			break;
+		ra = apply_layer(o, img, i, rootfd, err);
+		if (ra < 0) {
+			imc_error stop = {.code = -ECANCELED};
+			fetch_fail(&f, &stop); /* stop the downloads */
+		}
+	}
+	r = fetch_finish(&f, threads, n_threads, ra < 0 ? NULL : err);
+	return ra < 0 ? ra : r;
+}
+
+uint64_t builder_image_layer_bytes(const struct builder_image *img)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < img->manifest.n_layers; i++)
+		n += (uint64_t)img->manifest.layers[i].size;
+	return n;
+}
+
+static json_t *describe_layers(const struct builder_manifest *m)
+{
+	json_t *arr = json_array();
+
+	for (size_t i = 0; arr && i < m->n_layers; i++) {
+		json_t *l =
+		    json_pack("{s:s, s:I, s:s}", "digest", m->layers[i].digest, "size",
+			      (json_int_t)m->layers[i].size, "mediaType", m->layers[i].media_type);
+		if (!l || json_array_append_new(arr, l) < 0) {
+			json_decref(arr);
+			return NULL;
+		}
+	}
+	return arr;
+}
+
+json_t *builder_image_describe(const struct builder_image *img)
+{
+	json_t *layers = describe_layers(&img->manifest);
+	json_t *j;
+
+	if (!layers)
+		return NULL;
+	j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:o}", "ref", img->ref_given, "registry",
+		      img->ref.registry, "repository", img->ref.repository, "digest", img->digest,
+		      "platform", img->platform, "configDigest", img->manifest.config.digest,
+		      "config", img->config, "layers", layers);
+	if (j && img->index_digest[0] &&
+	    json_object_set_new(j, "indexDigest", json_string(img->index_digest)) < 0) {
+		json_decref(j);
+		return NULL;
+	}
+	return j;
+}
