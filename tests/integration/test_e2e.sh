@@ -192,6 +192,18 @@ if run_container "$M3" /bin/sh -c 'echo hello-from-imcache; cat /data/a.txt'; th
 else
 	not_ok "a container runs from the attached rootfs (crun or runc)" "$CONTAINER_ERRORS"
 fi
+# Both runtimes imcache supports, each on its own (scripts/install-deps.sh installs both).
+for rt in crun runc; do
+	if ! command -v "$rt" >/dev/null 2>&1; then
+		skip "container with $rt" "$rt is not installed"
+		continue
+	fi
+	if IMC_RUNTIME=$rt run_container "$M3" /bin/cat /data/a.txt; then
+		check_eq "container with $rt reads the attached rootfs" content-a "$CONTAINER_OUTPUT"
+	else
+		not_ok "container with $rt reads the attached rootfs" "$CONTAINER_ERRORS"
+	fi
+done
 
 # --- the OCI index image ---------------------------------------------------------------------
 
