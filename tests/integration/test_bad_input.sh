@@ -47,7 +47,6 @@ STATE=$TEST_TMP/state
 defer imc_teardown_quiet
 imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
 ok "imcd listens at $IMCD_URL"
-IMCD_PID_SAVED=$IMCD_PID
 
 # expect_failed REF DESC: create a cache of REF; it must end Failed.  Sets FAILED_ID, FAILED_MSG.
 expect_failed() {
@@ -198,17 +197,6 @@ for id in $(jq -r '.items[].id' <<<"$HTTP_BODY" 2>/dev/null); do
 	check_eq "DELETE Failed cache $id answers 200" 200 "$HTTP_STATUS"
 done
 
-RC=0
-imcd_stop || RC=$?
-check_eq "imcd exits 0 on SIGTERM" 0 "$RC"
-if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"; then
-	not_ok "imcd log has no sanitizer report" "$(grep -E -A20 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG" | head -40)"
-else
-	ok "imcd log has no sanitizer report"
-fi
-check "imc-attach teardown releases the pool" imc_attach teardown
-check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
-check_eq "no mount under the test dir" "" "$(tmp_mounts)"
-check_fails "imcd (pid $IMCD_PID_SAVED) is gone" kill -0 "$IMCD_PID_SAVED"
+check_clean_shutdown
 
 done_testing

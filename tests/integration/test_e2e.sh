@@ -41,7 +41,6 @@ STATE=$TEST_TMP/state
 defer imc_teardown_quiet
 imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
 ok "imcd listens at $IMCD_URL"
-IMCD_PID_SAVED=$IMCD_PID
 
 # Create through the API.
 http POST "$IMCD_URL/v1/imagecaches" \
@@ -241,20 +240,6 @@ for id in "$ID1" "$ID2" "$ID3"; do
 	check "snapshot of $id is gone from the pool (within 10 s)" wait_gone "$STATE/pool/snapshots/$id.img" 10
 done
 
-RC=0
-imcd_stop || RC=$?
-check_eq "imcd exits 0 on SIGTERM" 0 "$RC"
-if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"; then
-	not_ok "imcd log has no sanitizer report" "$(grep -E -A20 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG" | head -40)"
-else
-	ok "imcd log has no sanitizer report"
-fi
-check "imc-attach teardown releases the pool" imc_attach teardown
-
-# --- nothing left behind ---------------------------------------------------------------------
-
-check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
-check_eq "no mount under the test dir" "" "$(tmp_mounts)"
-check_fails "imcd (pid $IMCD_PID_SAVED) is gone" kill -0 "$IMCD_PID_SAVED"
+check_clean_shutdown
 
 done_testing

@@ -115,3 +115,21 @@ create_cache() {
 	fi
 	json_get "$HTTP_BODY" '.id'
 }
+
+# check_clean_shutdown: the tests every integration script ends with — imcd stops cleanly on
+# SIGTERM with no sanitizer report, the pool is released, and nothing is left behind.
+check_clean_shutdown() {
+	local pid=$IMCD_PID rc=0
+	imcd_stop || rc=$?
+	check_eq "imcd exits 0 on SIGTERM" 0 "$rc"
+	if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"; then
+		not_ok "imcd log has no sanitizer report" \
+			"$(grep -E -A20 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG" | head -40)"
+	else
+		ok "imcd log has no sanitizer report"
+	fi
+	check "imc-attach teardown releases the pool" imc_attach teardown
+	check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
+	check_eq "no mount under the test dir" "" "$(tmp_mounts)"
+	check_fails "imcd (pid $pid) is gone" kill -0 "$pid"
+}
