@@ -139,27 +139,36 @@ int imc_priv_loop_attach(int backing_fd, const struct imc_loop_opts *opts,
 	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
 	if (ctl < 0)
 		return imc_err_sys(err, errno, "/dev/loop-control");
-	for (int attempt = 0; attempt < 64; attempt++) {
+	/* LOOP_CTL_GET_FREE hands every concurrent caller the same lowest free device; the losers
+	 * of the race (EBUSY) walk up from there instead of all asking again, and only ask again
+	 * (which makes a new device when none is free) once they run past the existing ones. */
+	int nr = -1;
+	for (int attempt = 0; attempt < 256; attempt++) {
 		char path[IMC_LOOP_PATH_MAX];
 		_cleanup_close_ int fd = -1;
-		int nr = ioctl(ctl, LOOP_CTL_GET_FREE);
 
-		if (nr < 0)
+		if (nr < 0 && (nr = ioctl(ctl, LOOP_CTL_GET_FREE)) < 0)
 			return imc_err_sys(err, errno, "LOOP_CTL_GET_FREE");
 		snprintf(path, sizeof(path), "/dev/loop%d", nr);
 		fd = open(path, (opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-		if (fd < 0 && errno == ENOENT) {
-			/* No devtmpfs node yet (containers): make it. */
+		if (fd < 0 && errno == ENOENT && attempt == 0) {
+			/* No devtmpfs node for a device the kernel just handed out (containers). */
 			if (mknod(path, S_IFBLK | 0600, makedev(7, (unsigned)nr)) < 0 &&
 			    errno != EEXIST)
 				return imc_err_sys(err, errno, "mknod %s", path);
 			fd = open(path, (opts->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 		}
+		if (fd < 0 && (errno == ENOENT || errno == ENXIO)) {
+			nr = -1; /* past the existing devices */
+			continue;
+		}
 		if (fd < 0)
 			return imc_err_sys(err, errno, "open %s", path);
 		r = loop_configure(fd, backing_fd, opts);
-		if (r == -EBUSY)
-			continue; /* another process took it between GET_FREE and CONFIGURE */
+		if (r == -EBUSY) {
+			nr++;
+			continue;
+		}
 		if (r < 0)
 			return imc_err_sys(err, r, "LOOP_CONFIGURE %s", path);
 		memcpy(ret_path, path, sizeof(path));
