@@ -128,6 +128,18 @@ static int loop_configure(int loop_fd, int backing_fd, const struct imc_loop_opt
 	return -errno;
 }
 
+static uint32_t random_stride(void)
+{
+	static __thread uint32_t x;
+
+	if (x == 0)
+		x = (uint32_t)gettid() * 2654435761U | 1;
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return x;
+}
+
 int imc_priv_loop_attach(int backing_fd, const struct imc_loop_opts *opts,
 			 char ret_path[IMC_LOOP_PATH_MAX], int *ret_fd, imc_error *err)
 {
@@ -166,7 +178,7 @@ int imc_priv_loop_attach(int backing_fd, const struct imc_loop_opts *opts,
 			return imc_err_sys(err, errno, "open %s", path);
 		r = loop_configure(fd, backing_fd, opts);
 		if (r == -EBUSY) {
-			nr++;
+			nr += 1 + (int)(random_stride() % 8); /* racers spread out */
 			continue;
 		}
 		if (r < 0)

@@ -252,55 +252,35 @@ static int reflink_activate(struct store *s, enum store_kind kind, const char *i
 	return 0;
 }
 
-/* Find the loop device bound to (dev, ino), if any. */
-static int find_loop(uint64_t want_dev, uint64_t want_ino, char ret[STORE_DEV_PATH_MAX])
-{
-	_cleanup_dir_ DIR *d = opendir("/sys/block");
-	struct dirent *de;
-
-	if (!d)
-		return -errno;
-	while ((de = readdir(d))) {
-		char path[STORE_DEV_PATH_MAX + 32];
-		uint64_t dev, ino;
-
-		if (strncmp(de->d_name, "loop", 4) != 0)
-			continue;
-		snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", de->d_name);
-		if (access(path, F_OK) < 0)
-			continue;
-		snprintf(path, sizeof(path), "/dev/%s", de->d_name);
-		if (imc_priv_loop_backing(path, &dev, &ino, NULL) == 0 && dev == want_dev &&
-		    ino == want_ino) {
-			snprintf(ret, STORE_DEV_PATH_MAX, "%s", path);
-			return 1;
-		}
-	}
-	return 0;
-}
-
 static int reflink_deactivate(struct store *s, enum store_kind kind, const char *id,
 			      struct store_dev *dev, imc_error *err)
 {
-	char name[NAME_MAX_LEN], loop[STORE_DEV_PATH_MAX];
+	char name[NAME_MAX_LEN];
 	struct stat st;
+	uint64_t bdev, ino;
 	int r;
 
-	if (dev && dev->fd >= 0) {
-		close(dev->fd); /* autoclear: the device goes once nothing has it mounted */
+	/* Loop devices are autoclear: one goes with its last opener or mount, so after a crash
+	 * nothing is left bound unless still mounted.  Dropping our descriptor is all it takes;
+	 * a device named by path (and no longer held) is cleared if it still serves the file. */
+	if (!dev)
+		return 0;
+	if (dev->fd >= 0) {
+		close(dev->fd);
 		dev->fd = -1;
+		return 0;
 	}
+	if (!dev->path[0])
+		return 0;
 	img_name(id, name);
 	if (fstatat(rl(s)->kind_dirs[kind], name, &st, 0) < 0)
 		return errno == ENOENT
 			   ? 0
 			   : imc_err_sys(err, errno, "%s %s", store_kind_name(kind), id);
-	/* Normally gone already; after a crash, or while autoclear is still under way, clear
-	 * whatever loop device still serves this file. */
-	r = find_loop(st.st_dev, st.st_ino, loop);
-	if (r <= 0)
-		return 0;
-	r = imc_priv_loop_detach(loop, err);
+	r = imc_priv_loop_backing(dev->path, &bdev, &ino, NULL);
+	if (r < 0 || bdev != (uint64_t)st.st_dev || ino != (uint64_t)st.st_ino)
+		return 0; /* gone, or serving something else by now */
+	r = imc_priv_loop_detach(dev->path, err);
 	return r == -ENXIO ? 0 : r;
 }
 
