@@ -97,7 +97,8 @@ int imc_mkdir_p(const char *path, mode_t mode, imc_error *err);
 /* openat2(rootfd, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): path can never leave rootfd.
  * Returns an fd or -errno. */
 int imc_openat_in_root(int rootfd, const char *path, int flags, mode_t mode);
-/* Remove dirfd/name and everything below it without following symlinks; ENOENT is success. */
+/* Remove dirfd/name and everything below it without following symlinks; ENOENT is success.
+ * name is a single component ("." and ".." refused), or an absolute path. */
 int imc_rm_rf_at(int dirfd, const char *name, imc_error *err);
 /* Read a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
 int imc_read_file(const char *path, size_t max, char **ret, size_t *ret_len, imc_error *err);

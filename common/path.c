@@ -94,6 +94,12 @@ int imc_rm_rf_at(int dirfd, const char *name, imc_error *err)
 {
 	struct stat st;
 
+	/* "." and ".." would climb out of what the caller meant to remove; "a/b" would follow
+	 * symlinks on the way; only an absolute path (no dirfd) may have slashes. */
+	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+	    (name[0] != '/' && strchr(name, '/')))
+		return imc_err(err, EINVAL, "remove \"%.80s\": not a single name", name);
+
 	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "stat %s", name);
 	if (S_ISDIR(st.st_mode)) {

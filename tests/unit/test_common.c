@@ -140,6 +140,12 @@ START_TEST(paths_stay_in_root)
 	snprintf(path, sizeof(path), "%s/root/outside", dir);
 	ck_assert_int_eq(access(path, F_OK), 0);
 	ck_assert_int_eq(imc_openat_in_root(root, "/proc/self/root/etc", O_RDONLY, 0), -ENOENT);
+	/* Removal never climbs: not "..", not ".", not through a path. */
+	ck_assert_int_eq(imc_rm_rf_at(root, "..", &err), -EINVAL);
+	ck_assert_int_eq(imc_rm_rf_at(root, ".", &err), -EINVAL);
+	ck_assert_int_eq(imc_rm_rf_at(root, "up/x", &err), -EINVAL);
+	snprintf(path, sizeof(path), "%s/root", dir);
+	ck_assert_int_eq(access(path, F_OK), 0);
 	close(root);
 	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
 }
