@@ -22,6 +22,19 @@ else
 CFLAGS_OPT := -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2
 LDFLAGS_SAN :=
 endif
+# FUZZ=1: the library and tests/fuzz/fuzz_*.c built with clang for libFuzzer, ASan and UBSan, into
+# build/fuzz/ (see make fuzz).  clang does not know every gcc warning CFLAGS_BASE names.
+FUZZ ?= 0
+FUZZ_O := build/fuzz
+ifeq ($(FUZZ),1)
+ifneq ($(origin O),command line)
+O := $(FUZZ_O)
+endif
+CC := clang
+CFLAGS_OPT := -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+	-fno-sanitize-recover=undefined -DIMC_TESTING -Wno-unknown-warning-option
+LDFLAGS_SAN := -fsanitize=address,undefined
+endif
 ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS) $(CFLAGS)
 
 MODULES := common store builder attach api
@@ -65,12 +78,30 @@ $(O)/bench/%: $(O)/obj/tests/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-# make check: everything under ASan+UBSan.
+# make check: unit tests under ASan+UBSan, each fuzz target for a few seconds, then the
+# integration tests (their summary line closes the run).
 CHECK_O := build/check
 check:
 	$(MAKE) O=$(CHECK_O) SAN=1 programs unit-bins
 	$(MAKE) O=$(CHECK_O) SAN=1 unit
+	$(MAKE) FUZZ_SECONDS=10 fuzz-run
 	$(MAKE) O=$(CHECK_O) SAN=1 integration
+
+# make fuzz: the libFuzzer targets (tests/fuzz/fuzz_*.c), one per parser, in build/fuzz/.
+# make fuzz-run: replay tests/fuzz/regressions/, then run each target for FUZZ_SECONDS from its
+# corpus in build/fuzz/corpus/ (seeded by tests/fuzz/mkcorpus.sh); fails on any crash.
+.PHONY: fuzz fuzz-run fuzz-bins
+FUZZ_SECONDS ?= 15
+FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(O)/%)
+$(O)/fuzz_%: $(O)/obj/tests/fuzz/fuzz_%.o $(LIB)
+	$(CC) -fsanitize=fuzzer,address,undefined $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+fuzz-bins: $(FUZZ_BINS)
+.SECONDARY: $(FUZZ_SRCS:%.c=$(O)/obj/%.o)
+fuzz:
+	$(MAKE) FUZZ=1 O=$(FUZZ_O) fuzz-bins
+fuzz-run: fuzz
+	tests/fuzz/run.sh $(FUZZ_O) $(FUZZ_SECONDS)
 
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

@@ -81,9 +81,11 @@ enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target)
 		return BUILDER_WHITEOUT_NONE;
 	if (strcmp(base, WH_OPAQUE) == 0)
 		return BUILDER_WHITEOUT_OPAQUE;
-	/* Other ".wh..wh." names are AUFS metadata, and ".wh." alone names nothing. */
+	/* Other ".wh..wh." names are AUFS metadata; ".wh." alone names nothing, and ".wh.." and
+	 * ".wh..." would delete the directory itself or its parent, above the root at the top. */
 	if (strncmp(base, WH_META_PREFIX, strlen(WH_META_PREFIX)) == 0 ||
-	    base[strlen(WH_PREFIX)] == '\0')
+	    base[strlen(WH_PREFIX)] == '\0' || strcmp(base, ".wh..") == 0 ||
+	    strcmp(base, ".wh...") == 0)
 		return BUILDER_WHITEOUT_NONE;
 	if (ret_target) {
 		size_t blen = strlen(base + strlen(WH_PREFIX));

@@ -2,7 +2,7 @@
 # Installs everything imcache's build, tests and demo need on Debian 12.
 # Idempotent: packages already present are left alone.
 set -eu
-PKGS="build-essential pkg-config clang-format
+PKGS="build-essential pkg-config clang-format clang libclang-rt-14-dev
 libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
 libmicrohttpd-dev check
 docker-registry skopeo umoci crun runc busybox-static

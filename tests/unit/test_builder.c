@@ -374,6 +374,11 @@ START_TEST(whiteout_kind)
 	    {".wh..wh..opq", BUILDER_WHITEOUT_OPAQUE, NULL},
 	    {"a/.wh..wh.plnk", BUILDER_WHITEOUT_NONE, NULL},
 	    {"a/.wh.", BUILDER_WHITEOUT_NONE, NULL},
+	    /* whiteouts of "." and ".." would remove the directory or its parent (found by
+	     * fuzz_layer): not whiteouts, and the applier refuses the layer */
+	    {".wh..", BUILDER_WHITEOUT_NONE, NULL},
+	    {".wh...", BUILDER_WHITEOUT_NONE, NULL},
+	    {"a/.wh...", BUILDER_WHITEOUT_NONE, NULL},
 	    {"a/b.wh.c", BUILDER_WHITEOUT_NONE, NULL},
 	    {".wh.a/b", BUILDER_WHITEOUT_NONE, NULL},
 	    {"plain", BUILDER_WHITEOUT_NONE, NULL},

@@ -169,6 +169,21 @@ START_TEST(names_and_ids)
 }
 END_TEST
 
+START_TEST(times_are_always_terminated)
+{
+	char buf[32];
+
+	imc_time_rfc3339(0, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "1970-01-01T00:00:00Z");
+	imc_time_rfc3339(1795439478, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "2026-11-23T13:11:18Z");
+	memset(buf, 'X', sizeof(buf));
+	imc_time_rfc3339(INT64_MAX, buf, sizeof(buf)); /* beyond what gmtime_r can represent */
+	ck_assert_ptr_nonnull(memchr(buf, '\0', sizeof(buf)));
+	ck_assert_str_eq(buf, "9999-12-31T23:59:59Z");
+}
+END_TEST
+
 START_TEST(fault_injection)
 {
 	imc_error err;
@@ -203,6 +218,7 @@ int main(void)
 	tcase_add_test(tc, atomic_json_files);
 	tcase_add_test(tc, paths_stay_in_root);
 	tcase_add_test(tc, names_and_ids);
+	tcase_add_test(tc, times_are_always_terminated);
 	tcase_add_test(tc, fault_injection);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);

@@ -1,0 +1,163 @@
+#!/bin/bash
+# Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
+# DIR/request, DIR/layer).  The layers are small tar, tar.gz and tar.zst files made with GNU tar:
+# plain trees, whiteouts, hard links, symlinks, device nodes, sparse files, long (pax) names,
+# and the hostile kinds: "../" and absolute names, symlinks and hard links pointing out of the
+# root followed by entries through them.  Deterministic: same tar, same bytes.
+#   usage: mkcorpus.sh DIR
+set -euo pipefail
+
+out=${1:?usage: mkcorpus.sh DIR}
+mkdir -p "$out"/{ref,manifest,request,layer}
+out=$(cd "$out" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+seed() { # seed TARGET NAME CONTENT
+	printf '%s' "$3" >"$out/$1/$2"
+}
+
+# ---- image references ----------------------------------------------------------------------
+digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+seed ref plain busybox
+seed ref tag busybox:1.36
+seed ref hub docker.io/library/alpine:3.19
+seed ref user user/repo:v1.0-rc_1
+seed ref local localhost/a__b/c-d.e:tag
+seed ref port 127.0.0.1:5000/x/y:latest
+seed ref digest "quay.io/org/img@$digest"
+seed ref tagdigest "registry.example.com:443/org/img:v2@$digest"
+seed ref ipv6 "[::1]:5000/img:tag"
+seed ref upper Registry/img
+
+# ---- manifests and indexes -----------------------------------------------------------------
+desc() { # desc MEDIATYPE SIZE
+	printf '{"mediaType":"%s","digest":"%s","size":%s}' "$1" "$digest" "$2"
+}
+oci_cfg=$(desc application/vnd.oci.image.config.v1+json 1469)
+oci_l1=$(desc application/vnd.oci.image.layer.v1.tar+gzip 2479)
+oci_l2=$(desc application/vnd.oci.image.layer.v1.tar+zstd 100)
+seed manifest oci "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":$oci_cfg,\"layers\":[$oci_l1,$oci_l2],\"annotations\":{\"a\":\"b\"}}"
+seed manifest oci-notype "{\"schemaVersion\":2,\"config\":$oci_cfg,\"layers\":[]}"
+seed manifest docker "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.v2+json\",\"config\":$(desc application/vnd.docker.container.image.v1+json 7023),\"layers\":[$(desc application/vnd.docker.image.rootfs.diff.tar.gzip 32654)]}"
+plat() { # plat OS ARCH [VARIANT]
+	if [ $# -gt 2 ]; then
+		printf '"platform":{"os":"%s","architecture":"%s","variant":"%s"}' "$1" "$2" "$3"
+	else
+		printf '"platform":{"os":"%s","architecture":"%s"}' "$1" "$2"
+	fi
+}
+entry() { # entry MEDIATYPE PLATFORM...
+	local mt=$1
+	shift
+	printf '{"mediaType":"%s","digest":"%s","size":528,%s}' "$mt" "$digest" "$(plat "$@")"
+}
+om=application/vnd.oci.image.manifest.v1+json
+dm=application/vnd.docker.distribution.manifest.v2+json
+seed manifest oci-index "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[$(entry $om linux arm v7),$(entry $om linux arm64 v8),$(entry $om linux amd64)]}"
+seed manifest docker-list "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.list.v2+json\",\"manifests\":[$(entry $dm linux aarch64),$(entry $dm linux x86_64),$(entry $dm windows amd64)]}"
+seed manifest index-notype "{\"schemaVersion\":2,\"manifests\":[$(entry $om linux arm64)]}"
+
+# ---- API requests and cache metadata -------------------------------------------------------
+seed request create '{"images":[{"ref":"busybox:latest"}],"name":"my-cache_1.0"}'
+seed request create-digest "{\"images\":[{\"ref\":\"127.0.0.1:5000/a/b@$digest\"}]}"
+seed request meta-creating '{"version":1,"id":"imc-0123456789abcdef","status":"Creating","createdAt":1700000000,"refs":["busybox"]}'
+seed request meta-ready '{"version":1,"id":"imc-00000000000000ff","name":"n","status":"Ready","createdAt":1,"readyAt":2,"size":4096,"refs":["busybox","alpine:3"],"manifest":{"images":[{"ref":"busybox","digest":"x"}]}}'
+seed request meta-failed '{"version":1,"id":"imc-abcdefabcdefabcd","status":"Failed","statusMessage":"pull failed","createdAt":5,"refs":[]}'
+
+# ---- layers ----------------------------------------------------------------------------------
+t() { # t NAME [tar options and files...]: an uncompressed tar, a .gz and a .zst of it
+	local name=$1
+	shift
+	(cd "$work" && tar --blocking-factor=1 --sort=name --mtime=@1700000000 --owner=0 \
+		--group=0 --numeric-owner -cf "$out/layer/$name.tar" "$@")
+	gzip -9 -n -c "$out/layer/$name.tar" >"$out/layer/$name.tar.gz"
+	if command -v zstd >/dev/null; then
+		zstd -q -19 -c "$out/layer/$name.tar" >"$out/layer/$name.tar.zst"
+	fi
+}
+
+# A small tree: directories, a file, a symlink, a hard link, a fifo, an empty file.
+mkdir -p "$work/a/b"
+printf 'hello\n' >"$work/a/f"
+: >"$work/a/b/empty"
+ln -s f "$work/a/l"
+ln "$work/a/f" "$work/a/h"
+mkfifo "$work/a/p"
+chmod 4755 "$work/a/f"
+chmod 1777 "$work/a/b"
+t tree a
+if [ "$(id -u)" = 0 ]; then
+	mknod "$work/a/null" c 1 3
+	t tree-dev a
+	rm -f "$work/a/null"
+fi
+t tree-pax --format=pax a
+t tree-ustar --format=ustar a
+
+# Whiteouts: of a file, of a directory, opaque, AUFS metadata, a bare ".wh.".
+mkdir -p "$work/w/dir"
+: >"$work/w/.wh.f"
+: >"$work/w/.wh.gone"
+: >"$work/w/dir/.wh..wh..opq"
+: >"$work/w/dir/kept"
+: >"$work/w/.wh..wh.plnk"
+t whiteouts w
+: >"$work/.wh.."
+: >"$work/.wh..."
+t whiteout-dot .wh..
+t whiteout-dotdot .wh...
+rm -f "$work/.wh.." "$work/.wh..."
+
+# Sparse file and a long name (GNU longname / pax path).
+truncate -s 1M "$work/a/b/sparse"
+printf 'x' | dd of="$work/a/b/sparse" bs=1 seek=65536 conv=notrunc status=none
+long=$(printf 'n%.0s' {1..150})
+: >"$work/a/$long"
+t sparse --sparse a/b/sparse "a/$long"
+t sparse-pax --format=pax --sparse a/b/sparse "a/$long"
+rm -f "$work/a/b/sparse" "$work/a/$long"
+
+# Hostile names: "../" and absolute paths kept as they are (-P).
+mkdir -p "$work/x"
+printf 'escape\n' >"$work/x/pwned"
+t dotdot -P --transform='s,^x,../../../../x,' x
+t absolute -P --transform='s,^x,/tmp/x,' x
+t dotdot-middle -P --transform='s,^x/,x/../../../../,' x
+
+# A symlink out of the root, then entries through it.
+mkdir -p "$work/s"
+ln -s ../../../.. "$work/s/up"
+ln -s / "$work/s/abs"
+mkdir -p "$work/s/through1" "$work/s/through2"
+printf 'escape\n' >"$work/s/through1/pwned"
+printf 'escape\n' >"$work/s/through2/pwned"
+t symlink-escape -P --transform='s,^s/through1,s/up,;s,^s/through2,s/abs/tmp,' \
+	s/up s/abs s/through1 s/through2
+# A hard link whose target is outside the root (by ".." and by absolute name).
+mkdir -p "$work/hl"
+printf 'data\n' >"$work/hl/f"
+ln "$work/hl/f" "$work/hl/g"
+t hardlink-escape -P --transform='flags=RSh;s,^hl/f$,../../../../../etc/hostname,' hl/f hl/g
+t hardlink-abs -P --transform='flags=RSh;s,^hl/f$,/etc/hostname,' hl/f hl/g
+# The same names inside the root: "../../hl/f" and "/hl/f" are hl/f.
+t hardlink-dotdot-in -P --transform='flags=RSh;s,^hl/f$,../../hl/f,' hl/f hl/g
+t hardlink-abs-in -P --transform='flags=RSh;s,^hl/f$,/hl/f,' hl/f hl/g
+# Whiteouts aimed above the root.
+mkdir -p "$work/wh"
+: >"$work/wh/.wh..."
+: >"$work/wh/.wh.g3"
+t whiteout-escape -P --transform='s,^wh/\.wh\.g3$,../../.wh.g3,' wh
+
+# Scripts for fuzz_layer's structured mode (see fuzz_layer.c): 0xa5, options, then entries of
+# type, attributes, path (shape byte, word indexes), [link target], [length, contents].
+# a/, a/b "hi", a/l -> ../.., a/c hard link to a/b, a/.wh.b, a/.wh..wh..opq
+printf '\xa5\x00\x01\x00\x01\x00\x00\x01\x02\x00\x01\x02hi\x02\x03\x02\x00\x18\x02\x03\x03\x03\x01\x02\x00\x02\x02\x00\x01\x00\x01\x02\x00\x0b\x00\x00\x01\x02\x00\x0c\x00' \
+	>"$out/layer/script-tree"
+# gzip: l -> /, l/tmp/x, u -> a/../../.., u/g3 (a directory through it), .wh.g3, .wh.root
+printf '\xa5\x01\x02\x03\x01\x18\x08\x00\x01\x03\x18\x14\x00\x01x\x02\x03\x01\x18\x02\x1b\x03\x01\x01\x02\x18\x08\x00\x01\x01\x11\x00\x00\x01\x01\x12\x00' \
+	>"$out/layer/script-escape.gz"
+
+# Degenerate blobs.
+: >"$out/layer/empty"
+head -c 1024 /dev/zero >"$out/layer/zeros"
