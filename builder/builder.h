@@ -11,10 +11,10 @@
 
 /* ---- image references -------------------------------------------------------------------- */
 struct builder_ref {
-	char *registry;   /* "registry-1.docker.io", "127.0.0.1:5000", ... (as contacted) */
+	char *registry;	  /* "registry-1.docker.io", "127.0.0.1:5000", ... (as contacted) */
 	char *repository; /* "library/busybox" */
-	char *tag;        /* NULL when only a digest was given */
-	char *digest;     /* "sha256:…" or NULL */
+	char *tag;	  /* NULL when only a digest was given */
+	char *digest;	  /* "sha256:…" or NULL */
 };
 int builder_ref_parse(const char *s, struct builder_ref *ret, imc_error *err);
 void builder_ref_free(struct builder_ref *r);
@@ -43,7 +43,7 @@ bool builder_media_type_is_index(const char *media_type);
 /* ---- layers ------------------------------------------------------------------------------- */
 enum builder_whiteout {
 	BUILDER_WHITEOUT_NONE,
-	BUILDER_WHITEOUT_FILE,   /* ".wh.<name>": delete <name> */
+	BUILDER_WHITEOUT_FILE,	 /* ".wh.<name>": delete <name> */
 	BUILDER_WHITEOUT_OPAQUE, /* ".wh..wh..opq": hide the lower contents of the directory */
 };
 /* Classify a normalized entry path; for FILE, ret_target gets the path that is deleted. */
@@ -54,16 +54,16 @@ int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *er
 
 /* ---- pulling ------------------------------------------------------------------------------ */
 struct builder_opts {
-	const char *blob_dir;                     /* verified blobs, sha256/<hex> */
-	const char *platform;                     /* default "linux/amd64" */
-	const char *const *insecure_registries;   /* NULL-terminated "host:port" list, plain HTTP */
+	const char *blob_dir;			/* verified blobs, sha256/<hex> */
+	const char *platform;			/* default "linux/amd64" */
+	const char *const *insecure_registries; /* NULL-terminated "host:port" list, plain HTTP */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
 };
 
 struct builder_image; /* a resolved image: manifest, config and layers */
-int builder_image_resolve(const struct builder_opts *o, const char *ref,
-			  struct builder_image **ret, imc_error *err);
+int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,
+			  imc_error *err);
 /* Download every layer not yet in blob_dir, verifying sizes and digests. */
 int builder_image_fetch(const struct builder_opts *o, struct builder_image *img, imc_error *err);
 /* Apply the fetched layers in order under rootfd. */
