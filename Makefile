@@ -81,7 +81,7 @@ $(O)/bench/%: $(O)/obj/tests/bench/%.o $(LIB)
 # make check: unit tests under ASan+UBSan, each fuzz target for a few seconds, then the
 # integration tests (their summary line closes the run).
 CHECK_O := build/check
-check:
+check: format-check
 	$(MAKE) O=$(CHECK_O) SAN=1 programs unit-bins
 	$(MAKE) O=$(CHECK_O) SAN=1 unit
 	$(MAKE) FUZZ_SECONDS=10 fuzz-run
