@@ -177,16 +177,47 @@ START_TEST(fragmented_volume_is_sealed_with_few_extents)
 	}
 	close(fd);
 	must(store_stat(st, STORE_VOLUME, "frag", &info, &err), &err);
-	ck_assert_uint_gt(info.extents, 128);
+	ck_assert_uint_gt(info.extents, 256);
 	sha256_of(path, before);
 	must(store_seal(st, "frag", "frag", &err), &err);
 	must(store_stat(st, STORE_SNAPSHOT, "frag", &info, &err), &err);
-	ck_assert_uint_le(info.extents, 128);
+	/* 499 holes of 60 KiB: within the fill budget, so 16 data runs remain */
+	ck_assert_msg(info.extents <= 16, "%llu extents", (unsigned long long)info.extents);
 	ck_assert_uint_eq(info.size, 32ULL << 20);
 	snprintf(path, sizeof(path), "%s/pool/snapshots/frag.img", state_dir);
 	sha256_of(path, after);
 	ck_assert_str_eq(before, after);
 	must(store_remove(st, STORE_SNAPSHOT, "frag", &err), &err);
+}
+END_TEST
+
+struct range {
+	off_t start, end;
+};
+size_t compact_plan(struct range *holes, size_t n, off_t data_bytes);
+
+START_TEST(compaction_keeps_the_largest_holes_within_the_fill_budget)
+{
+	struct range h[40];
+	off_t MiB = 1 << 20;
+
+	/* 40 holes of 1..40 MiB (hole i is i+1 MiB) in 1 GiB of data: the budget is 128 MiB */
+	for (int i = 0; i < 40; i++)
+		h[i] = (struct range){(off_t)i * 100 * MiB, (off_t)i * 100 * MiB + (i + 1) * MiB};
+	size_t keep = compact_plan(h, 40, 1024 * MiB);
+	/* the 15 largest (26..40 MiB) leave 1+..+25 = 325 MiB of zeros, over budget; keeping the
+	 * 25 largest leaves 1+..+15 = 120 MiB */
+	ck_assert_uint_eq(keep, 25);
+	for (size_t i = 0; i < keep; i++) {
+		ck_assert_int_ge(h[i].end - h[i].start, 16 * MiB); /* the largest ones */
+		if (i > 0)
+			ck_assert_int_gt(h[i].start, h[i - 1].start); /* in file order */
+	}
+	/* small holes: within the 64 MiB floor, only the target's 15 are kept */
+	for (int i = 0; i < 40; i++)
+		h[i] = (struct range){(off_t)i * MiB, (off_t)i * MiB + 4096 * (i + 1)};
+	ck_assert_uint_eq(compact_plan(h, 40, 10 * MiB), 15);
+	ck_assert_uint_eq(compact_plan(h, 7, 10 * MiB), 7);
 }
 END_TEST
 
@@ -322,6 +353,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, pool_is_embedded_xfs);
 	tcase_add_test(tc, fragmented_volume_is_sealed_with_few_extents);
+	tcase_add_test(tc, compaction_keeps_the_largest_holes_within_the_fill_budget);
 	tcase_add_test(tc, two_attaches_are_isolated);
 	tcase_add_test(tc, bad_attaches_leave_nothing);
 	tcase_add_test(tc, detach_after_agent_crash);
