@@ -301,7 +301,10 @@ static int count_extents(int fd, uint64_t *ret)
  * order keeping only its largest holes: at most COMPACT_TARGET_RUNS data runs, unless that
  * would write more zeros than the fill budget (1/8 of the data, at least 64 MiB), in which case
  * more holes are kept.  This runs before the volume is ever fsynced: its pages are read from the
- * page cache, and the original, replaced by rename, is dropped without being written back. */
+ * page cache, the copy is written with O_DIRECT (so it does not push the flusher into writing the
+ * original), and the original, replaced by rename, is dropped without being written back.  It
+ * costs a copy of the data at build time (on a 2 GiB image, 11.2 s -> 14.7 s for the first build
+ * into a fresh embedded pool; 2.2 s -> 6.9 s with the blobs cached). */
 #define COMPACT_TARGET_RUNS 16
 #define COMPACT_FILL_MIN    (64LL << 20)
 #define COMPACT_BUF	    (8U << 20)
@@ -383,6 +386,10 @@ TESTABLE size_t compact_plan(struct range *holes, size_t n, off_t data_bytes)
 	return keep;
 }
 
+/* Copy [start, end) of src to dst, which is open with O_DIRECT: the copy never dirties the
+ * page cache, so the flusher is not provoked into writing back the original (thrown away after,
+ * unwritten if its pages are still dirty).  Offsets come from SEEK_DATA/SEEK_HOLE and are
+ * filesystem-block aligned; buf is aligned for O_DIRECT. */
 static int copy_range(int src, int dst, off_t start, off_t end, char *buf)
 {
 	while (start < end) {
@@ -406,11 +413,11 @@ static int copy_range(int src, int dst, off_t start, off_t end, char *buf)
 
 static int compact_into(int src, int dst, off_t size, const struct layout *l, size_t keep)
 {
-	_cleanup_free_ char *buf = malloc(COMPACT_BUF);
+	_cleanup_free_ char *buf = NULL;
 	off_t pos = l->data_start;
 	int r;
 
-	if (!buf)
+	if (posix_memalign((void **)&buf, 4096, COMPACT_BUF) != 0)
 		return -ENOMEM;
 	if (ftruncate(dst, size) < 0)
 		return -errno;
@@ -446,7 +453,8 @@ static int compact_volume(struct reflink *p, const char *vname, int *fd, imc_err
 		data_bytes -= range_len(&l.holes[i]);
 	keep = compact_plan(l.holes, l.n_holes, data_bytes);
 	snprintf(tmp, sizeof(tmp), ".%s.compact", vname);
-	dst = openat(p->kind_dirs[STORE_VOLUME], tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	dst = openat(p->kind_dirs[STORE_VOLUME], tmp,
+		     O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600);
 	if (dst < 0)
 		return imc_err_sys(err, errno, "%s", tmp);
 	r = compact_into(*fd, dst, st.st_size, &l, keep);
