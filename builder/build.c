@@ -1,6 +1,8 @@
-/* Building a cache: resolve and fetch every image (nothing touches the store until all layers are
- * verified), then a fresh ext4 volume, the images under /images/<n>/rootfs, /imcache.json, a clean
- * unmount, and the seal that turns the volume into the cache's read-only snapshot. */
+/* Building a cache: resolve every image (manifests and configs: the store is untouched until they
+ * are all valid), then a fresh ext4 volume, the images pulled under /images/<n>/rootfs (each layer
+ * applied as soon as it is downloaded and verified, while the later ones download), /imcache.json,
+ * a clean unmount, and the seal that turns the volume into the cache's read-only snapshot.  A
+ * failure at any point removes the volume. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -77,8 +79,6 @@ static int resolve_all(struct build *b, const struct builder_opts *o, const char
 	for (size_t i = 0; i < n; i++) {
 		int r = builder_image_resolve(o, refs[i], &b->images[i], err);
 		b->n_images = i + 1;
-		if (r == 0)
-			r = builder_image_fetch(o, b->images[i], err);
 		if (r < 0)
 			return r;
 		bytes += builder_image_layer_bytes(b->images[i]);
@@ -133,7 +133,7 @@ static int apply_images(struct build *b, const struct builder_opts *o, json_t *i
 		rootfs = openat(root, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (rootfs < 0)
 			return imc_err_sys(err, errno, "/%s", path);
-		int r = builder_image_apply(o, b->images[i], rootfs, err);
+		int r = builder_image_pull(o, b->images[i], rootfs, err);
 		if (r < 0)
 			return r;
 		desc = builder_image_describe(b->images[i]);

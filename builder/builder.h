@@ -69,6 +69,10 @@ int builder_image_fetch(const struct builder_opts *o, struct builder_image *img,
 /* Apply the fetched layers in order under rootfd. */
 int builder_image_apply(const struct builder_opts *o, struct builder_image *img, int rootfd,
 			imc_error *err);
+/* builder_image_fetch + builder_image_apply overlapped: each layer is applied as soon as it and
+ * the layers before it are in the blob directory, while the later ones download. */
+int builder_image_pull(const struct builder_opts *o, struct builder_image *img, int rootfd,
+		       imc_error *err);
 /* Compressed bytes of all layers. */
 uint64_t builder_image_layer_bytes(const struct builder_image *img);
 /* What /imcache.json and the API record of the image: ref, digest, platform, config (env, cmd,
@@ -77,7 +81,7 @@ json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
 /* ---- building a cache --------------------------------------------------------------------- */
-/* Resolve and fetch refs, create a volume in the store, mkfs.ext4, apply each image under
+/* Resolve refs, create a volume in the store, mkfs.ext4, pull each image (fetch + apply) under
  * /images/<n>/rootfs, write /imcache.json, unmount and seal it as snapshot cache_id.  size 0 picks
  * a default from the content.  On failure nothing is left in the store.  ret_manifest gets the
  * content of /imcache.json. */

@@ -30,12 +30,6 @@ int builder_manifest_kind(const char *content_type, const char *body, size_t len
 #define BUILDER_PLATFORM_MAX 200
 int builder_platform_normalize(const char *s, char *out, size_t size, imc_error *err);
 
-/* builder_image_fetch + builder_image_apply overlapped: each layer is applied as soon as it and
- * the layers before it are in the blob directory, while the later ones download.  (Meant for
- * builder.h; here until it moves.) */
-int builder_image_pull(const struct builder_opts *o, struct builder_image *img, int rootfd,
-		       imc_error *err);
-
 /* ---- registry client (registry.c) ---------------------------------------------------------
  * One per image: it keeps the bearer token for all of that image's requests.  Blob downloads
  * may run from several threads at once; the other calls are for one thread. */
