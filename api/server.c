@@ -149,8 +149,7 @@ void api_handle(struct api_caches *c, const char *method, const char *url, const
  */
 
 struct request {
-	char *body;
-	size_t len, cap;
+	struct imc_buf body;
 	bool too_large;
 	uint64_t start_ns;
 };
@@ -174,28 +173,12 @@ static int append_body(struct request *req, const char *data, size_t n)
 {
 	if (req->too_large)
 		return 0;
-	if (n > API_BODY_MAX - req->len) {
+	if (n > API_BODY_MAX - req->body.len) {
 		req->too_large = true;
-		free(req->body);
-		req->body = NULL;
-		req->len = req->cap = 0;
+		imc_buf_free(&req->body);
 		return 0;
 	}
-	if (req->len + n + 1 > req->cap) {
-		size_t cap = req->cap ? req->cap : 4096;
-		char *b;
-		while (cap < req->len + n + 1)
-			cap *= 2;
-		b = realloc(req->body, cap);
-		if (!b)
-			return -ENOMEM;
-		req->body = b;
-		req->cap = cap;
-	}
-	memcpy(req->body + req->len, data, n);
-	req->len += n;
-	req->body[req->len] = '\0';
-	return 0;
+	return imc_buf_append(&req->body, data, n);
 }
 
 static enum MHD_Result send_response(struct MHD_Connection *conn, const char *method,
@@ -250,7 +233,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	api_handle(s->caches, method, url, req->body, req->len, req->too_large, &resp);
+	api_handle(s->caches, method, url, req->body.data, req->body.len, req->too_large, &resp);
 	return send_response(conn, method, url, req, &resp);
 }
 
@@ -261,7 +244,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct request *req = *con_cls;
 
 	if (req) {
-		free(req->body);
+		imc_buf_free(&req->body);
 		free(req);
 		*con_cls = NULL;
 		__atomic_sub_fetch(&s->active, 1, __ATOMIC_RELAXED);

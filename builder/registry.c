@@ -241,8 +241,8 @@ static int curl_errno(CURLcode c)
  * a file, hashed on the way. */
 struct http_sink {
 	CURL *curl;
-	char *body;
-	size_t len, cap, max;
+	struct imc_buf body;
+	size_t max;
 	int fd; /* -1: memory only */
 	imc_sha256 *sha;
 	uint64_t expect, written;
@@ -254,21 +254,10 @@ struct http_sink {
 
 static int sink_append(struct http_sink *s, const char *data, size_t n)
 {
-	if (s->len + n + 1 > s->cap) {
-		size_t cap = s->cap ? s->cap : 16384;
-		while (cap < s->len + n + 1)
-			cap *= 2;
-		char *nb = realloc(s->body, cap);
-		if (!nb) {
-			s->io_errno = ENOMEM;
-			return -ENOMEM;
-		}
-		s->body = nb;
-		s->cap = cap;
+	if (imc_buf_append(&s->body, data, n) < 0) {
+		s->io_errno = ENOMEM;
+		return -ENOMEM;
 	}
-	memcpy(s->body + s->len, data, n);
-	s->len += n;
-	s->body[s->len] = '\0';
 	return 0;
 }
 
@@ -304,14 +293,14 @@ static size_t sink_write(char *data, size_t size, size_t nmemb, void *userdata)
 	if (s->fd >= 0 && status == 200)
 		return sink_file(s, data, n);
 	if (status == 200) {
-		if (s->len + n > s->max) {
+		if (s->body.len + n > s->max) {
 			s->too_big = true;
 			return 0;
 		}
 		return sink_append(s, data, n) < 0 ? 0 : n;
 	}
 	/* An error body is only read for its message: keep the start of it. */
-	keep = s->len < s->max ? s->max - s->len : 0;
+	keep = s->body.len < s->max ? s->max - s->body.len : 0;
 	if (keep > n)
 		keep = n;
 	if (keep && sink_append(s, data, keep) < 0)
@@ -400,7 +389,9 @@ static int http_get(struct registry *r, bool auth, CURL *curl, const char *url, 
 		rc = http_setup(r->plain_http, curl, url, headers, s, errbuf);
 		if (rc < 0)
 			return imc_err(err, rc, "GET %s: cannot set up libcurl", url);
-		s->len = 0;
+		s->body.len = 0; /* a retry starts the body over */
+		if (s->body.data)
+			s->body.data[0] = '\0';
 		s->too_big = s->cancelled = false;
 		s->io_errno = 0;
 		c = curl_easy_perform(curl);
@@ -445,7 +436,7 @@ static int http_status_error(long status, const struct http_sink *s, const char 
 {
 	char reason[400];
 
-	registry_error_text(status, s->body, s->len, reason, sizeof(reason));
+	registry_error_text(status, s->body.data, s->body.len, reason, sizeof(reason));
 	return imc_err(err, status_errno(status), "%s", reason);
 }
 
@@ -532,8 +523,8 @@ static int registry_fetch_token(struct registry *r, const char *challenge, imc_e
 	if (rc == 0 && status != 200)
 		rc = http_status_error(status, &s, url, err);
 	if (rc == 0)
-		rc = token_from_body(s.body, s.len, &token, err);
-	free(s.body);
+		rc = token_from_body(s.body.data, s.body.len, &token, err);
+	free(s.body.data);
 	if (rc < 0)
 		return imc_err_wrap(err, "registry %s: anonymous token from %.200s", r->name,
 				    realm);
@@ -637,7 +628,7 @@ static int get_manifest(struct registry *r, const char *reference, const char *w
 		return rc;
 	if (status != 200)
 		return http_status_error(status, s, url, err);
-	rc = body_digest(s->body ? s->body : "", s->len, m->digest, err);
+	rc = body_digest(s->body.data ? s->body.data : "", s->body.len, m->digest, err);
 	if (rc < 0)
 		return rc;
 	if (want_digest && strcmp(want_digest, m->digest) != 0)
@@ -660,12 +651,12 @@ int registry_get_manifest(struct registry *r, const char *reference, const char 
 	int rc = get_manifest(r, reference, want_digest, &s, &m, err);
 
 	if (rc < 0) {
-		free(s.body);
+		free(s.body.data);
 		registry_manifest_free(&m);
 		return rc;
 	}
-	m.body = s.body ? s.body : strdup("");
-	m.len = s.len;
+	m.body = s.body.data ? s.body.data : strdup("");
+	m.len = s.body.len;
 	if (!m.body) {
 		registry_manifest_free(&m);
 		return imc_err(err, ENOMEM, "out of memory");
@@ -705,21 +696,21 @@ int registry_get_blob_mem(struct registry *r, const struct builder_descriptor *d
 		rc = http_get(r, true, r->curl, url, NULL, &s, &status, &transient, err);
 	if (rc == 0 && status != 200)
 		rc = http_status_error(status, &s, url, err);
-	if (rc == 0 && s.len != (size_t)d->size)
-		rc = imc_err(err, EBADMSG, "size mismatch: got %zu bytes, want %lld", s.len,
+	if (rc == 0 && s.body.len != (size_t)d->size)
+		rc = imc_err(err, EBADMSG, "size mismatch: got %zu bytes, want %lld", s.body.len,
 			     (long long)d->size);
 	if (rc == 0)
-		rc = imc_sha256_hex(s.body ? s.body : "", s.len, hex, err);
+		rc = imc_sha256_hex(s.body.data ? s.body.data : "", s.body.len, hex, err);
 	if (rc == 0)
 		rc = check_blob_digest(d->digest, hex, err);
-	if (rc == 0 && !s.body && !(s.body = strdup("")))
+	if (rc == 0 && !s.body.data && !(s.body.data = strdup("")))
 		rc = imc_err(err, ENOMEM, "out of memory");
 	if (rc < 0) {
-		free(s.body);
+		free(s.body.data);
 		return rc;
 	}
-	*ret = s.body;
-	*ret_len = s.len;
+	*ret = s.body.data;
+	*ret_len = s.body.len;
 	return 0;
 }
 
@@ -783,7 +774,7 @@ static int blob_download(struct registry *r, const struct builder_descriptor *d,
 		sleep((unsigned)try);
 		rc = 0;
 	}
-	free(s.body);
+	free(s.body.data);
 	return rc;
 }
 

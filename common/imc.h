@@ -105,6 +105,16 @@ int imc_read_file(const char *path, size_t max, char **ret, size_t *ret_len, imc
 /* Write all of buf to fd, retrying on EINTR/short writes; returns 0 or -errno. */
 int imc_write_all(int fd, const void *buf, size_t len);
 
+/* ---- growable buffers --------------------------------------------------------------------- */
+/* Bytes that grow by appending, always NUL-terminated once anything was appended. */
+struct imc_buf {
+	char *data;
+	size_t len, cap;
+};
+/* Append n bytes; on -ENOMEM buf is as it was. */
+int imc_buf_append(struct imc_buf *buf, const void *data, size_t n);
+void imc_buf_free(struct imc_buf *buf);
+
 /* ---- ids and time ------------------------------------------------------------------------- */
 /* "<prefix>-" + 16 random lowercase hex digits, in a buffer of at least 64 bytes. */
 int imc_random_id(const char *prefix, char *buf, size_t size, imc_error *err);

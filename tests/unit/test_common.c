@@ -169,6 +169,26 @@ START_TEST(names_and_ids)
 }
 END_TEST
 
+START_TEST(buffers_grow_and_stay_terminated)
+{
+	struct imc_buf b = {0};
+	char chunk[3000];
+
+	memset(chunk, 'x', sizeof(chunk));
+	for (int i = 0; i < 10; i++)
+		ck_assert_int_eq(imc_buf_append(&b, chunk, sizeof(chunk)), 0);
+	ck_assert_uint_eq(b.len, 30000);
+	ck_assert_uint_ge(b.cap, 30001);
+	ck_assert_int_eq(b.data[b.len], '\0');
+	ck_assert_uint_eq(strlen(b.data), 30000);
+	ck_assert_int_eq(imc_buf_append(&b, chunk, SIZE_MAX - 10), -ENOMEM);
+	ck_assert_uint_eq(b.len, 30000);
+	imc_buf_free(&b);
+	ck_assert_ptr_null(b.data);
+	ck_assert_uint_eq(b.len, 0);
+}
+END_TEST
+
 START_TEST(times_are_always_terminated)
 {
 	char buf[32];
@@ -218,6 +238,7 @@ int main(void)
 	tcase_add_test(tc, atomic_json_files);
 	tcase_add_test(tc, paths_stay_in_root);
 	tcase_add_test(tc, names_and_ids);
+	tcase_add_test(tc, buffers_grow_and_stay_terminated);
 	tcase_add_test(tc, times_are_always_terminated);
 	tcase_add_test(tc, fault_injection);
 	suite_add_tcase(s, tc);
