@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../../api/api.h"
+#include "unit.h"
 
 /* ---- helpers ----------------------------------------------------------------------------------
  */
@@ -523,11 +524,5 @@ static Suite *api_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(api_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(api_suite());
 }

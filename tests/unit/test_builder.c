@@ -14,6 +14,7 @@
 
 #include "../../builder/builder.h"
 #include "../../builder/registry.h"
+#include "unit.h"
 
 #define HEX_A "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 #define HEX_B "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -1002,11 +1003,5 @@ static Suite *builder_suite(void)
 
 int main(void)
 {
-	SRunner *sr = srunner_create(builder_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(builder_suite());
 }

@@ -6,6 +6,7 @@
 
 #include "../../common/imc.h"
 #include "../../common/priv.h"
+#include "unit.h"
 
 START_TEST(errors_carry_context)
 {
@@ -229,8 +230,6 @@ int main(void)
 {
 	Suite *s = suite_create("common");
 	TCase *tc = tcase_create("common");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, errors_carry_context);
 	tcase_add_test(tc, sha256_and_digests);
@@ -242,9 +241,5 @@ int main(void)
 	tcase_add_test(tc, times_are_always_terminated);
 	tcase_add_test(tc, fault_injection);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }

@@ -11,6 +11,7 @@
 #include "../../attach/attach.h"
 #include "../../common/priv.h"
 #include "../../store/store.h"
+#include "unit.h"
 
 #define SNAP "imc-0123456789abcdef"
 
@@ -342,8 +343,6 @@ int main(void)
 {
 	Suite *s = suite_create("store");
 	TCase *tc = tcase_create("reflink");
-	SRunner *sr;
-	int failed;
 
 	if (geteuid() != 0 || access("/dev/loop-control", R_OK | W_OK) != 0) {
 		printf("test_store: SKIP: needs root and /dev/loop-control\n");
@@ -359,9 +358,5 @@ int main(void)
 	tcase_add_test(tc, detach_after_agent_crash);
 	tcase_add_test(tc, teardown_refused_while_attached);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return unit_run(s);
 }
