@@ -43,7 +43,7 @@ LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard $(addsuffix /*.c,$(MODULES))))
 LIB_OBJS := $(LIB_SRCS:%.c=$(O)/obj/%.o)
 LIB := $(O)/libimcache.a
 
-PROGS := $(O)/imcd $(O)/imcctl $(O)/imc-attach
+PROGS := $(O)/imcd $(O)/imcctl $(O)/imc-attach $(O)/imc-runtime
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 
@@ -64,6 +64,8 @@ $(O)/imcd: $(O)/obj/api/imcd_main.o $(LIB)
 $(O)/imcctl: $(O)/obj/api/imcctl_main.o $(LIB)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(O)/imc-attach: $(O)/obj/attach/imc_attach_main.o $(LIB)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+$(O)/imc-runtime: $(O)/obj/attach/imc_runtime_main.o $(LIB)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(O)/tests/%: $(O)/obj/tests/unit/%.o $(LIB)

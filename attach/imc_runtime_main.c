@@ -1,0 +1,248 @@
+/* imc-runtime: a runc-compatible OCI runtime wrapper (the nvidia-container-runtime pattern).
+ * create/run of a bundle whose config.json names an imcache cache attach the cache's rootfs at
+ * root.path, then hand over to the real runtime with the same arguments; delete detaches.
+ * Everything else is the real runtime's, untouched. */
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "../common/priv.h"
+#include "attach.h"
+#include "runtime.h"
+
+struct ctx {
+	struct runtime_args args;
+	const char *state_dir;
+	char **argv; /* the real runtime's: ours with argv[0] replaced */
+	char *runtime;
+};
+
+static volatile sig_atomic_t child_pid;
+
+/* Report a failure on stderr and, when the caller gave --log, in the runtime's log format. */
+static int fail(const struct ctx *c, const imc_error *err)
+{
+	fprintf(stderr, "imc-runtime: %s\n", err->msg);
+	if (c->args.log_file) {
+		_cleanup_free_ char *line = NULL;
+		_cleanup_close_ int fd =
+		    open(c->args.log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+		if (fd >= 0 &&
+		    runtime_log_line(c->args.log_json, err->msg, imc_now(), &line, NULL) == 0)
+			(void)imc_write_all(fd, line, strlen(line));
+	}
+	return 1;
+}
+
+static int fail_msg(const struct ctx *c, const char *msg)
+{
+	imc_error err;
+
+	imc_err(&err, EINVAL, "%s", msg);
+	return fail(c, &err);
+}
+
+static int exec_runtime(const struct ctx *c)
+{
+	imc_error err;
+
+	execv(c->runtime, c->argv);
+	imc_err_sys(&err, errno, "exec %s", c->runtime);
+	fail(c, &err);
+	return 127;
+}
+
+static void forward_signal(int sig)
+{
+	if (child_pid > 0)
+		kill((pid_t)child_pid, sig);
+}
+
+/* Run the real runtime as a child, forwarding the signals a shell or containerd sends; returns
+ * its exit status as a shell would (128 + signal). */
+static int run_runtime(const struct ctx *c)
+{
+	static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+	struct sigaction sa = {.sa_handler = forward_signal};
+	imc_error err;
+	pid_t pid;
+	int status;
+
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(sigs); i++)
+		sigaction(sigs[i], &sa, NULL);
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		imc_err_sys(&err, errno, "fork");
+		fail(c, &err);
+		return 1;
+	}
+	if (pid == 0) {
+		sa.sa_handler = SIG_DFL;
+		for (size_t i = 0; i < IMC_ARRAY_SIZE(sigs); i++)
+			sigaction(sigs[i], &sa, NULL);
+		_exit(exec_runtime(c));
+	}
+	child_pid = pid;
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR) {
+			imc_err_sys(&err, errno, "wait for %s", c->runtime);
+			fail(c, &err);
+			return 1;
+		}
+	}
+	child_pid = 0;
+	if (WIFSIGNALED(status))
+		return 128 + WTERMSIG(status);
+	return WEXITSTATUS(status);
+}
+
+static int open_store(const struct ctx *c, struct store **ret, imc_error *err)
+{
+	struct store_config cfg = {.state_dir = c->state_dir, .driver = "reflink"};
+	int r = imc_priv_inject_from_env(err);
+
+	return r < 0 ? r : store_open(&cfg, ret, err);
+}
+
+/* Detach the container's attach (if one is recorded) and drop the record. */
+static int undo_attach(const struct ctx *c, imc_error *err)
+{
+	_cleanup_free_ char *dir = NULL;
+	struct store *s = NULL;
+	int r = runtime_record_read(c->state_dir, c->args.id, &dir, err);
+
+	if (r == -ENOENT)
+		return 0;
+	if (r < 0)
+		return r;
+	if ((r = open_store(c, &s, err)) < 0)
+		return r;
+	r = attach_detach(s, dir, err);
+	store_close(s);
+	if (r == -ENOENT)
+		r = 0; /* nothing attached there any more: only the record was left */
+	if (r < 0)
+		return r;
+	return runtime_record_remove(c->state_dir, c->args.id, err);
+}
+
+/* Record, then attach; on failure neither the attach nor the record is left. */
+static int do_attach(const struct ctx *c, const struct runtime_cache *cache, imc_error *err)
+{
+	struct attach_request req = {
+	    .cache_id = cache->cache_id, .image = cache->image, .dir = cache->rootfs};
+	struct store *s = NULL;
+	int r;
+
+	if ((r = runtime_record_write(c->state_dir, c->args.id, cache, err)) < 0)
+		return r;
+	r = open_store(c, &s, err);
+	if (r == 0) {
+		r = attach_cache(s, &req, NULL, err);
+		store_close(s);
+	}
+	if (r < 0)
+		runtime_record_remove(c->state_dir, c->args.id, NULL);
+	return r < 0 ? imc_err_wrap(err, "container %s", c->args.id) : 0;
+}
+
+static int cmd_create_or_run(struct ctx *c)
+{
+	struct runtime_cache cache = {0};
+	imc_error err = {0};
+	bool keep;
+	int r, status;
+
+	r = runtime_cache_load(c->args.bundle, c->args.config, &cache, &err);
+	if (r == -ENOENT)
+		return exec_runtime(c); /* no config.json: the runtime says so its way */
+	if (r < 0)
+		return fail(c, &err);
+	if (!cache.cache_id)
+		return exec_runtime(c);
+	if (!c->args.id) {
+		runtime_cache_free(&cache);
+		return fail_msg(c, "no container id on the command line");
+	}
+	r = do_attach(c, &cache, &err);
+	runtime_cache_free(&cache);
+	if (r < 0)
+		return fail(c, &err);
+	status = run_runtime(c);
+	/* The attach stays for delete while a container exists: after a create or a detached run
+	 * that worked.  A failed create or a foreground run that ended leaves nothing behind. */
+	keep = status == 0 && (c->args.verb == RUNTIME_CREATE || c->args.detach);
+	if (!keep && undo_attach(c, &err) < 0) {
+		fail(c, &err);
+		return status ? status : 1;
+	}
+	return status;
+}
+
+static int cmd_delete(struct ctx *c)
+{
+	_cleanup_free_ char *dir = NULL;
+	imc_error err = {0};
+	int r, status;
+
+	if (!c->args.id || !imc_name_valid(c->args.id, RUNTIME_ID_MAX))
+		return exec_runtime(c);
+	r = runtime_record_read(c->state_dir, c->args.id, &dir, &err);
+	if (r == -ENOENT)
+		return exec_runtime(c);
+	if (r < 0)
+		return fail(c, &err);
+	status = run_runtime(c);
+	/* A delete that failed leaves the container (and so its rootfs) in place. */
+	if (status == 0 && undo_attach(c, &err) < 0)
+		return fail(c, &err);
+	return status;
+}
+
+/* The real runtime must not be this program (installed as "runc", say): that would loop. */
+static int check_not_self(const char *runtime, imc_error *err)
+{
+	char self[PATH_MAX], other[PATH_MAX];
+
+	if (!realpath("/proc/self/exe", self) || !realpath(runtime, other))
+		return 0; /* exec reports a missing runtime */
+	if (strcmp(self, other) == 0)
+		return imc_err(err, ELOOP, "the real runtime %s is imc-runtime itself", runtime);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	_cleanup_free_ char **rt_argv = calloc((size_t)argc + 1, sizeof(char *));
+	_cleanup_free_ char *runtime = NULL;
+	const char *state_dir = getenv("IMCACHE_STATE_DIR");
+	struct ctx c = {.state_dir = state_dir && *state_dir ? state_dir : STORE_DEFAULT_STATE_DIR};
+	imc_error err = {0};
+
+	if (!rt_argv)
+		return fail_msg(&c, "out of memory");
+	if (runtime_parse_args(argc, argv, &c.args, &err) < 0)
+		c.args = (struct runtime_args){.command_index = -1}; /* the runtime judges */
+	if (runtime_pick(getenv("IMCACHE_RUNTIME"), getenv("PATH"), &runtime, &err) < 0 ||
+	    check_not_self(runtime, &err) < 0)
+		return fail(&c, &err);
+	c.runtime = runtime;
+	rt_argv[0] = runtime;
+	for (int i = 1; i < argc; i++)
+		rt_argv[i] = argv[i];
+	c.argv = rt_argv;
+	switch (c.args.verb) {
+	case RUNTIME_CREATE:
+	case RUNTIME_RUN:
+		return cmd_create_or_run(&c);
+	case RUNTIME_DELETE:
+		return cmd_delete(&c);
+	default:
+		return exec_runtime(&c);
+	}
+}

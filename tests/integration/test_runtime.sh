@@ -1,0 +1,228 @@
+#!/bin/bash
+# imc-runtime, the runc-compatible wrapper: a bundle whose config.json names a cache runs from the
+# cache's files (run, and create + start + delete) with crun and with runc, and leaves nothing
+# attached; a bundle without the annotation passes through; an unknown cache fails cleanly.
+# Needs root and loop devices (the store loop-mounts its XFS pool file).
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+
+need_root
+need_loop
+need_tool jq curl tar skopeo losetup findmnt mkfs.xfs unshare
+need_programs imcd imcctl imc-attach imc-runtime
+
+RUNTIMES=
+for rt in crun runc; do
+	command -v "$rt" >/dev/null 2>&1 && RUNTIMES+="$rt "
+done
+[ -n "$RUNTIMES" ] || skip_all "needs crun or runc"
+
+# --- registry, image, imcd, cache ------------------------------------------------------------
+
+registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
+LAYOUT=$TEST_TMP/layout
+if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
+	mkimage_push "$LAYOUT" multi imc/multi:v1 >/dev/null 2>&1; then
+	ok "multilayer image builds and pushes"
+else
+	bail "multilayer image builds and pushes"
+fi
+
+STATE=$TEST_TMP/state
+defer imc_teardown_quiet
+imcd_start "$STATE" || bail "imcd starts" "$(imcd_log_tail 30)"
+OUT=$(imcctl create "$REGISTRY/imc/multi:v1" --name rt --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+[[ "$ID" =~ ^imc- ]] || bail "cache of the multilayer image is Ready" "$(cat "$TEST_TMP/imcctl.err")"
+ok "cache $ID is Ready"
+export IMCACHE_STATE_DIR=$STATE
+
+# --- helpers ---------------------------------------------------------------------------------
+
+# mk_bundle DIR ROOT_PATH ANNOTATIONS_JSON CMD...: a bundle whose root.path is ROOT_PATH
+# (relative to DIR) and whose process runs CMD; ROOT_PATH is created empty if missing.
+mk_bundle() {
+	local dir=$1 root=$2 ann=$3 gen args
+	shift 3
+	mkdir -p "$dir"
+	mkdir -p "$dir/$root"
+	gen=${RUNTIMES%% *}
+	(cd "$dir" && rm -f config.json && "$gen" spec >/dev/null)
+	args=$(printf '%s\n' "$@" | jq -R . | jq -cs .)
+	jq --arg root "$root" --argjson args "$args" --argjson ann "$ann" \
+		'.root.path = $root | .root.readonly = false | .process.terminal = false
+		 | .process.args = $args | .hostname = "imcache-rt" | .annotations = $ann' \
+		"$dir/config.json" >"$dir/config.json.new"
+	mv -f "$dir/config.json.new" "$dir/config.json"
+}
+
+# in_rt RT CMD...: run CMD for runtime RT.  crun 1.8 needs a private mount namespace without
+# the hybrid cgroup2 mount at /sys/fs/cgroup/unified (see tests/lib/container.sh); runc runs as
+# is.  The attach then happens in that namespace too, which the whole CMD shares.
+in_rt() {
+	local rt=$1
+	shift
+	if [ "$rt" = crun ]; then
+		# shellcheck disable=SC2016 # expanded by the inner shell
+		IMCACHE_RUNTIME=crun timeout 120 unshare -m --propagation private sh -c \
+			'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh "$@" </dev/null
+	else
+		IMCACHE_RUNTIME=runc timeout 120 "$@" </dev/null
+	fi
+}
+
+IMC_RT=$IMC_BIN/imc-runtime
+RT_ERRS=$TEST_TMP/rt-stderr
+mkdir -p "$RT_ERRS"
+
+attach_count() {
+	imc_attach list 2>&1 | jq length 2>&1
+}
+
+# nothing_left WHAT ROOTFS CONTAINER_ID: the checks after a container is gone.
+nothing_left() {
+	local what=$1 rootfs=$2 cid=$3
+	check_eq "$what: imc-attach list is empty" 0 "$(attach_count)"
+	check_fails "$what: no mount at the rootfs dir" findmnt -rn --mountpoint "$rootfs"
+	check_fails "$what: no runtime record left" test -e "$STATE/runtime/$cid.json"
+	check_eq "$what: the rootfs dir is empty again" "" "$(ls -A "$rootfs" 2>&1)"
+}
+
+# --- run, create + start + delete, with each runtime ---------------------------------------------
+
+ANN=$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id, "other": "x"}')
+WORKED=
+for rt in $RUNTIMES; do
+	B=$TEST_TMP/bundle-run-$rt
+	cid=imc-rt-run-$rt-$$
+	mk_bundle "$B" rootfs "$ANN" /bin/sh -c 'echo hello-from-runtime; cat /data/a.txt'
+	defer imc_detach_quiet "$B/rootfs"
+	defer "$rt" --root "$TEST_TMP/rt-root-$rt" delete --force "$cid"
+	rc=0
+	out=$(in_rt "$rt" "$IMC_RT" --root "$TEST_TMP/rt-root-$rt" run --bundle "$B" "$cid" \
+		2>"$RT_ERRS/run-$rt") || rc=$?
+	if [ "$rc" -eq 0 ]; then
+		WORKED+="$rt "
+		check_eq "$rt: imc-runtime run prints the container's output from the cache" \
+			"hello-from-runtime content-a" "$(printf '%s' "$out" | tr '\n' ' ' | sed 's/ $//')"
+	else
+		not_ok "$rt: imc-runtime run exits 0" "exit status $rc" "$out" "$(cat "$RT_ERRS/run-$rt")"
+	fi
+	nothing_left "$rt: after run" "$B/rootfs" "$cid"
+
+	# create + start + delete, all in one shell (one mount namespace for crun).
+	B=$TEST_TMP/bundle-csd-$rt
+	cid=imc-rt-csd-$rt-$$
+	mk_bundle "$B" rootfs "$ANN" /bin/cat /data/a.txt
+	defer imc_detach_quiet "$B/rootfs"
+	defer "$rt" --root "$TEST_TMP/rt-root-$rt" delete --force "$cid"
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	FLOW='set -e
+		rt=$1 imc=$2 root=$3 b=$4 cid=$5 out=$6
+		"$imc" --root "$root" create --bundle "$b" "$cid" >"$out" 2>&1
+		echo "mounted=$(findmnt -rn --mountpoint "$b/rootfs" >/dev/null && echo yes || echo no)"
+		echo "records=$(ls "$IMCACHE_STATE_DIR/runtime")"
+		"$imc" --root "$root" start "$cid"
+		i=0
+		while [ "$("$rt" --root "$root" state "$cid" | jq -r .status)" != stopped ]; do
+			i=$((i + 1)); [ $i -lt 200 ] || { echo "never stopped"; exit 1; }; sleep 0.05
+		done
+		echo stopped
+		"$imc" --root "$root" delete "$cid"
+		echo "mounted-after=$(findmnt -rn --mountpoint "$b/rootfs" >/dev/null && echo yes || echo no)"'
+	rc=0
+	out=$(in_rt "$rt" sh -c "$FLOW" sh "$rt" "$IMC_RT" "$TEST_TMP/rt-root-$rt" "$B" "$cid" \
+		"$TEST_TMP/out-csd-$rt" 2>"$RT_ERRS/csd-$rt") || rc=$?
+	if [ "$rc" -eq 0 ]; then
+		check_eq "$rt: create attaches at root.path and records the container" \
+			"mounted=yes records=$cid.json stopped mounted-after=no" \
+			"$(printf '%s' "$out" | tr '\n' ' ' | sed 's/ $//')"
+		check_eq "$rt: the created container read the cache's /data/a.txt" content-a \
+			"$(cat "$TEST_TMP/out-csd-$rt" 2>&1)"
+	else
+		not_ok "$rt: imc-runtime create + start + delete" "exit status $rc" "$out" \
+			"$(cat "$RT_ERRS/csd-$rt")"
+	fi
+	nothing_left "$rt: after create + start + delete" "$B/rootfs" "$cid"
+done
+note "runtimes that worked through imc-runtime: ${WORKED:-none} (tried: $RUNTIMES)"
+
+# --- pass-through: no annotation -------------------------------------------------------------
+
+RT=${RUNTIMES%% *}
+B=$TEST_TMP/bundle-plain
+mkdir -p "$B"
+mkimage_busybox_rootfs "$B/plain" >/dev/null 2>&1 || bail "busybox rootfs builds"
+echo plain-file >"$B/plain/plain.txt"
+mk_bundle "$B" plain '{}' /bin/cat /plain.txt
+cid=imc-rt-plain-$$
+defer "$RT" delete --force "$cid"
+rc=0
+out=$(in_rt "$RT" "$IMC_RT" run -b "$B" "$cid" 2>"$RT_ERRS/plain") || rc=$?
+check_eq "$RT: a bundle without the annotation runs as pass-through from its plain rootfs" \
+	"0 plain-file" "$rc $out"
+check_fails "pass-through writes no runtime record" test -e "$STATE/runtime/$cid.json"
+check_eq "pass-through attaches nothing" 0 "$(attach_count)"
+check_match "other commands pass through (--version names the real runtime)" \
+	"$RT version" "$(in_rt "$RT" "$IMC_RT" --version 2>&1)"
+
+# --- failures leave nothing attached ---------------------------------------------------------
+
+B=$TEST_TMP/bundle-unknown
+mk_bundle "$B" rootfs '{"imcache.io/cache-id": "imc-doesnotexist"}' /bin/true
+cid=imc-rt-unknown-$$
+defer "$RT" delete --force "$cid"
+for fmt in json text; do
+	LOG=$TEST_TMP/runtime-$fmt.log
+	rc=0
+	out=$(in_rt "$RT" "$IMC_RT" --log "$LOG" --log-format "$fmt" create --bundle "$B" "$cid" 2>&1) ||
+		rc=$?
+	check_eq "unknown cache id ($fmt log): imc-runtime create exits 1" 1 "$rc"
+	check_match "unknown cache id ($fmt log): stderr names the cache" \
+		'imc-runtime: .*imc-doesnotexist.*not in the local store' "$out"
+	if [ "$fmt" = json ]; then
+		check_eq "unknown cache id: the --log file gets a json error line" "error true true" \
+			"$(jq -r '"\(.level) \(.msg | test("imc-doesnotexist")) \(.time | length > 0)"' \
+				"$LOG" 2>&1)"
+	else
+		check_match "unknown cache id: the --log file gets a text error line" \
+			'^time="[^"]+" level=error msg=".*imc-doesnotexist.*"$' "$(cat "$LOG" 2>&1)"
+	fi
+	nothing_left "unknown cache id ($fmt log)" "$B/rootfs" "$cid"
+	check_fails "unknown cache id ($fmt log): the real runtime never created the container" \
+		"$RT" state "$cid"
+done
+
+B=$TEST_TMP/bundle-badimage
+mk_bundle "$B" rootfs "$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id, "imcache.io/image": "7x"}')" /bin/true
+rc=0
+out=$(in_rt "$RT" "$IMC_RT" run --bundle "$B" imc-rt-bad-$$ 2>&1) || rc=$?
+check_match "a bad imcache.io/image fails naming it" "1 .*imcache.io/image.*0-1000" "$rc $out"
+B=$TEST_TMP/bundle-noimage
+mk_bundle "$B" rootfs "$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id, "imcache.io/image": "3"}')" /bin/true
+rc=0
+out=$(in_rt "$RT" "$IMC_RT" run --bundle "$B" imc-rt-noimg-$$ 2>&1) || rc=$?
+check_match "an image the cache does not have fails naming it" "1 .*has no image 3" "$rc $out"
+nothing_left "image the cache does not have" "$B/rootfs" "imc-rt-noimg-$$"
+
+mkdir -p "$TEST_TMP/selfbin"
+ln -s "$IMC_RT" "$TEST_TMP/selfbin/runc"
+rc=0
+out=$(IMCACHE_RUNTIME=$TEST_TMP/selfbin/runc "$IMC_RT" --version 2>&1) || rc=$?
+check_match "a real runtime that is imc-runtime itself is refused" "1 .*imc-runtime itself" "$rc $out"
+
+if grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$RT_ERRS"/*; then
+	not_ok "imc-runtime: no sanitizer report" "$(grep -E -A20 'Sanitizer|runtime error:' "$RT_ERRS"/* | head -40)"
+else
+	ok "imc-runtime: no sanitizer report"
+fi
+
+http DELETE "$IMCD_URL/v1/imagecaches/$ID"
+check_eq "DELETE $ID answers 200 (nothing holds it)" 200 "$HTTP_STATUS"
+
+check_clean_shutdown
+
+done_testing
