@@ -8,7 +8,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -57,6 +57,14 @@ dm=application/vnd.docker.distribution.manifest.v2+json
 seed manifest oci-index "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[$(entry $om linux arm v7),$(entry $om linux arm64 v8),$(entry $om linux amd64)]}"
 seed manifest docker-list "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.list.v2+json\",\"manifests\":[$(entry $dm linux aarch64),$(entry $dm linux x86_64),$(entry $dm windows amd64)]}"
 seed manifest index-notype "{\"schemaVersion\":2,\"manifests\":[$(entry $om linux arm64)]}"
+
+# ---- imc-runtime: config.json and command lines (NUL-separated) ------------------------------
+seed runtime plain '{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["sh"]}}'
+seed runtime cache '{"root":{"path":"rootfs"},"annotations":{"imcache.io/cache-id":"imc-0123456789abcdef","imcache.io/image":"1"}}'
+seed runtime cache-abs '{"root":{"path":"/run/pods/p1"},"annotations":{"imcache.io/cache-id":"imc-0123456789abcdef"}}'
+printf '%s\0' --root /run/runc --log /tmp/l --log-format json create --bundle /b -f c.json --pid-file p ctr1 >"$out/runtime/argv-create"
+printf '%s\0' --debug run -d --bundle=/b ctr2 >"$out/runtime/argv-run"
+printf '%s\0' delete -f ctr3 >"$out/runtime/argv-delete"
 
 # ---- API requests and cache metadata -------------------------------------------------------
 seed request create '{"images":[{"ref":"busybox:latest"}],"name":"my-cache_1.0"}'
