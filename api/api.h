@@ -114,13 +114,19 @@ const char *api_route_allow(enum api_route route);
 
 /* ---- listening --------------------------------------------------------------------------------
  */
-/* "HOST:PORT" (IPv4 literal) or "[IPV6]:PORT"; port 0 picks a free port. */
+#define API_LISTEN_UNIX_PREFIX "unix:"
+/* "HOST:PORT" (IPv4 literal), "[IPV6]:PORT" (port 0 picks a free port) or "unix:PATH" (a path
+ * longer than sun_path holds fails with -ENAMETOOLONG). */
 int api_listen_parse(const char *spec, struct sockaddr_storage *ret, socklen_t *ret_len,
 		     imc_error *err);
-/* "http://HOST:PORT" of a bound address. */
+/* "http://HOST:PORT" or "unix:PATH" of a bound address. */
 int api_listen_url(const struct sockaddr *sa, char *buf, size_t size, imc_error *err);
-/* Parse spec, bind and listen; ret_url gets the address with the real port. */
+/* Parse spec, bind and listen; ret_url gets the address with the real port.  A Unix socket is
+ * created with mode 0660; a socket file already there is removed only when nothing answers on it
+ * (-EADDRINUSE when a server does, -EEXIST when the path is not a socket). */
 int api_listen_open(const char *spec, int *ret_fd, char *ret_url, size_t url_size, imc_error *err);
+/* Remove the socket file of a "unix:PATH" url from api_listen_open; nothing for a TCP url. */
+int api_listen_remove(const char *url, imc_error *err);
 
 /* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
 struct store;

@@ -2,6 +2,7 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/un.h>
 #include <time.h>
 
 #include "api.h"
@@ -16,7 +17,10 @@
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
 struct client {
-	char server[512]; /* without a trailing slash */
+	char server[512]; /* base URL, without a trailing slash */
+	/* --server unix:PATH: requests go over this socket to a dummy http://localhost base URL. */
+	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char where[512]; /* the server as the user named it, for messages */
 };
 
 /* ---- HTTP -------------------------------------------------------------------------------------
@@ -73,6 +77,8 @@ static int setup(CURL *curl, const struct client *c, const char *method, const c
 	if (!*headers)
 		return -ENOMEM;
 	curl_easy_setopt(curl, CURLOPT_URL, url);
+	if (c->unix_path[0])
+		curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, c->unix_path);
 	curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
 	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, *headers);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
@@ -107,9 +113,9 @@ static int request(const struct client *c, const char *method, const char *path,
 	if (cr != CURLE_OK) {
 		if (out.too_large)
 			fprintf(stderr, "imcctl: %s %s%s: response larger than %u bytes\n", method,
-				c->server, path, RESPONSE_MAX);
+				c->where, path, RESPONSE_MAX);
 		else
-			fprintf(stderr, "imcctl: cannot reach imcd at %s: %s\n", c->server,
+			fprintf(stderr, "imcctl: cannot reach imcd at %s: %s\n", c->where,
 				errbuf[0] ? errbuf : curl_easy_strerror(cr));
 		free(out.data);
 		return -EIO;
@@ -471,7 +477,7 @@ static int cmd_one(const struct client *c, const char *method, int argc, char **
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: imcctl [--server URL] COMMAND [ARGS]\n"
+		"usage: imcctl [--server URL|unix:PATH] COMMAND [ARGS]\n"
 		"\n"
 		"  create IMAGE [--name N] [--wait] [--timeout SEC] [-o json]\n"
 		"  list [-o json]\n"
@@ -482,18 +488,39 @@ static void usage(FILE *f)
 		DEFAULT_SERVER);
 }
 
+/* "unix:PATH": the socket path, and a dummy base URL (the Host header says localhost). */
+static int set_unix_server(struct client *c, const char *spec)
+{
+	const char *path = spec + strlen(API_LISTEN_UNIX_PREFIX);
+	size_t n = strlen(path);
+
+	if (n == 0 || n >= sizeof(c->unix_path)) {
+		fprintf(stderr, "imcctl: server \"%.100s\": want unix:PATH of at most %zu bytes\n",
+			spec, sizeof(c->unix_path) - 1);
+		return -1;
+	}
+	memcpy(c->unix_path, path, n + 1);
+	snprintf(c->server, sizeof(c->server), "http://localhost");
+	snprintf(c->where, sizeof(c->where), "%s", spec);
+	return 0;
+}
+
 static int set_server(struct client *c, const char *url)
 {
 	size_t n = strlen(url);
 
+	if (strncmp(url, API_LISTEN_UNIX_PREFIX, strlen(API_LISTEN_UNIX_PREFIX)) == 0)
+		return set_unix_server(c, url);
 	while (n > 0 && url[n - 1] == '/')
 		n--;
 	if (n == 0 || n >= sizeof(c->server)) {
-		fprintf(stderr, "imcctl: server URL \"%.100s\": want http://HOST:PORT\n", url);
+		fprintf(stderr,
+			"imcctl: server URL \"%.100s\": want http://HOST:PORT or unix:PATH\n", url);
 		return -1;
 	}
 	memcpy(c->server, url, n);
 	c->server[n] = '\0';
+	memcpy(c->where, c->server, n + 1);
 	return 0;
 }
 

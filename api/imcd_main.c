@@ -10,6 +10,7 @@
 #include "api.h"
 
 #define MAX_INSECURE_REGISTRIES 64
+#define LISTEN_URL_MAX		160 /* "unix:" and a sun_path fit */
 
 struct options {
 	const char *listen;
@@ -26,17 +27,18 @@ static void usage(FILE *f)
 {
 	fprintf(
 	    f,
-	    "usage: imcd --listen HOST:PORT --state-dir DIR [--driver reflink]\n"
+	    "usage: imcd --listen HOST:PORT|unix:PATH --state-dir DIR [--driver reflink]\n"
 	    "            [--pool-size BYTES] [--insecure-registry HOST:PORT]...\n"
 	    "            [--ready-file FILE] [--threads N] [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
+	    "  --listen unix:PATH    a Unix socket (mode 0660), removed on a clean stop\n"
 	    "  --state-dir DIR       metadata, blobs and the store (default %s)\n"
 	    "  --driver NAME         store driver (default reflink)\n"
 	    "  --pool-size BYTES     size of the store's pool file (K, M, G, T suffixes)\n"
 	    "  --insecure-registry H:P  reach this registry over plain HTTP (repeatable)\n"
-	    "  --ready-file FILE     once listening, write http://HOST:PORT there\n",
+	    "  --ready-file FILE     once listening, write http://HOST:PORT or unix:PATH there\n",
 	    STORE_DEFAULT_STATE_DIR);
 }
 
@@ -164,12 +166,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* http://HOST:PORT and a newline, replacing path atomically. */
+/* http://HOST:PORT or unix:PATH and a newline, replacing path atomically. */
 static int write_ready_file(const char *path, const char *url, imc_error *err)
 {
 	char tmp[PATH_MAX];
 	_cleanup_close_ int fd = -1;
-	char line[128];
+	char line[LISTEN_URL_MAX + 1];
 	int n = snprintf(line, sizeof(line), "%s\n", url);
 	int r;
 
@@ -224,6 +226,7 @@ struct service {
 	struct store *store;
 	struct api_caches *caches;
 	struct api_server *server;
+	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
 };
 
 static int start(const struct options *o, struct service *svc, imc_error *err)
@@ -232,13 +235,13 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	    .state_dir = o->state_dir, .driver = o->driver, .pool_size = o->pool_size};
 	_cleanup_json_ json_t *repairs = json_array();
 	_cleanup_close_ int fd = -1;
-	char url[128];
+	char *url = svc->url;
 	int r;
 
 	if (!repairs)
 		return imc_err(err, ENOMEM, "out of memory");
 	/* The socket first: a taken port fails before the store sets anything up. */
-	r = api_listen_open(o->listen, &fd, url, sizeof(url), err);
+	r = api_listen_open(o->listen, &fd, url, sizeof(svc->url), err);
 	if (r == 0)
 		r = store_open(&scfg, &svc->store, err);
 	if (r < 0)
@@ -267,8 +270,13 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 
 static void stop(struct service *svc)
 {
+	imc_error err = {0};
+
 	api_server_stop(svc->server);
 	svc->server = NULL;
+	if (svc->url[0] && api_listen_remove(svc->url, &err) < 0)
+		imc_warn("%s", err.msg);
+	svc->url[0] = '\0';
 	if (svc->caches)
 		imc_info("waiting for the running build, if any");
 	api_caches_close(svc->caches);

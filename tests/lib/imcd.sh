@@ -133,3 +133,43 @@ check_clean_shutdown() {
 	check_eq "no mount under the test dir" "" "$(tmp_mounts)"
 	check_fails "imcd (pid $pid) is gone" kill -0 "$pid"
 }
+
+# imcd_start_unix STATE_DIR SOCKET [ARG...]: imcd_start on a Unix socket; IMCD_URL is unix:SOCKET
+# (imcctl takes it as --server; curl needs http_unix).
+imcd_start_unix() {
+	local state=$1 sock=$2 ready
+	shift 2
+	IMC_STATE=$state
+	mkdir -p "$state"
+	ready=$(mktemp -u "$TEST_TMP/imcd-ready.XXXXXX")
+	IMCD_LOG=$(mktemp "$TEST_TMP/imcd-log.XXXXXX")
+	"$IMC_BIN/imcd" --listen "unix:$sock" --state-dir "$state" --ready-file "$ready" \
+		--log-level debug "$@" >"$IMCD_LOG" 2>&1 &
+	IMCD_PID=$!
+	defer imcd_kill
+	if ! wait_for_file "$ready" 60 "$IMCD_PID"; then
+		echo "imcd did not become ready; its log:" >&2
+		tail -n 30 "$IMCD_LOG" >&2
+		return 1
+	fi
+	IMCD_URL=$(head -n1 "$ready" | tr -d '[:space:]')
+	export IMCD_URL IMCD_PID IMCD_LOG IMC_STATE
+	if [ "$IMCD_URL" != "unix:$sock" ]; then
+		echo "imcd wrote '$IMCD_URL' to its ready file, not unix:$sock" >&2
+		return 1
+	fi
+}
+
+# http_unix SOCKET METHOD PATH [BODY]: like http, over a Unix socket.
+http_unix() {
+	local sock=$1 method=$2 path=$3 body=${4-} out
+	out=$(mktemp "$TEST_TMP/.http.XXXXXX")
+	local -a args=(-sS --unix-socket "$sock" -o "$out" -w '%{http_code}' -X "$method" --max-time 30)
+	if [ $# -ge 4 ]; then
+		printf '%s' "$body" >"$out.req"
+		args+=(-H 'Content-Type: application/json' --data-binary "@$out.req")
+	fi
+	HTTP_STATUS=$(curl "${args[@]}" "http://localhost$path" 2>/dev/null) || HTTP_STATUS=${HTTP_STATUS:-000}
+	HTTP_BODY=$(cat "$out" 2>/dev/null || true)
+	rm -f "$out" "$out.req"
+}

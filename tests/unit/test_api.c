@@ -2,7 +2,11 @@
  * listen address, and the answers that need no cache table (errors, /healthz). */
 #include <arpa/inet.h>
 #include <check.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <stddef.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <string.h>
 
 #include "../../api/api.h"
@@ -423,6 +427,72 @@ START_TEST(listen_parse)
 }
 END_TEST
 
+START_TEST(listen_parse_unix)
+{
+	struct sockaddr_storage ss;
+	struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+	char path[sizeof(un->sun_path) + 8], spec[sizeof(path) + 8], url[160];
+	socklen_t len;
+	imc_error err;
+
+	ck_assert_int_eq(api_listen_parse("unix:/run/imcache/imcd.sock", &ss, &len, &err), 0);
+	ck_assert_int_eq(ss.ss_family, AF_UNIX);
+	ck_assert_str_eq(un->sun_path, "/run/imcache/imcd.sock");
+	ck_assert_int_eq(len, offsetof(struct sockaddr_un, sun_path) + strlen(un->sun_path) + 1);
+	ck_assert_int_eq(api_listen_url((struct sockaddr *)&ss, url, sizeof(url), &err), 0);
+	ck_assert_str_eq(url, "unix:/run/imcache/imcd.sock");
+	ck_assert_int_eq(api_listen_parse("unix:", &ss, &len, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "unix:PATH"));
+	/* The longest path sun_path holds (with its NUL), then one byte more. */
+	memset(path, 'a', sizeof(path));
+	path[0] = '/';
+	path[sizeof(un->sun_path) - 1] = '\0';
+	snprintf(spec, sizeof(spec), "unix:%s", path);
+	ck_assert_int_eq(api_listen_parse(spec, &ss, &len, &err), 0);
+	ck_assert_str_eq(un->sun_path, path);
+	path[sizeof(un->sun_path) - 1] = 'a';
+	path[sizeof(un->sun_path)] = '\0';
+	snprintf(spec, sizeof(spec), "unix:%s", path);
+	ck_assert_int_eq(api_listen_parse(spec, &ss, &len, &err), -ENAMETOOLONG);
+	ck_assert_ptr_nonnull(strstr(err.msg, "socket path longer than"));
+	/* Not a unix: spec: "unix" alone is a bad TCP address. */
+	ck_assert_int_eq(api_listen_parse("unix", &ss, &len, &err), -EINVAL);
+}
+END_TEST
+
+START_TEST(listen_open_unix)
+{
+	char dir[] = "/tmp/imc-test-listen.XXXXXX", spec[128], url[160];
+	struct stat st;
+	imc_error err;
+	int fd = -1, fd2 = -1;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(spec, sizeof(spec), "unix:%s/imcd.sock", dir);
+	ck_assert_int_eq(api_listen_open(spec, &fd, url, sizeof(url), &err), 0);
+	ck_assert_str_eq(url, spec);
+	ck_assert_int_eq(stat(spec + 5, &st), 0);
+	ck_assert(S_ISSOCK(st.st_mode));
+	ck_assert_int_eq(st.st_mode & 07777, 0660);
+	/* Live: a second listener refuses and leaves the socket alone. */
+	ck_assert_int_eq(api_listen_open(spec, &fd2, url, sizeof(url), &err), -EADDRINUSE);
+	ck_assert_int_eq(stat(spec + 5, &st), 0);
+	/* Stale (nobody listens): replaced. */
+	close(fd);
+	ck_assert_int_eq(api_listen_open(spec, &fd, url, sizeof(url), &err), 0);
+	close(fd);
+	ck_assert_int_eq(api_listen_remove(url, &err), 0);
+	ck_assert_int_eq(stat(spec + 5, &st), -1);
+	/* Not a socket: refused, the file kept. */
+	close(open(spec + 5, O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+	ck_assert_int_eq(api_listen_open(spec, &fd, url, sizeof(url), &err), -EEXIST);
+	ck_assert_int_eq(stat(spec + 5, &st), 0);
+	ck_assert(S_ISREG(st.st_mode));
+	ck_assert_int_eq(unlink(spec + 5), 0);
+	ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 START_TEST(listen_open_port0)
 {
 	char url[128];
@@ -516,6 +586,8 @@ static Suite *api_suite(void)
 	t = tcase_create("http");
 	tcase_add_test(t, routing);
 	tcase_add_test(t, listen_parse);
+	tcase_add_test(t, listen_parse_unix);
+	tcase_add_test(t, listen_open_unix);
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
 	suite_add_tcase(s, t);
