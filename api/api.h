@@ -10,16 +10,18 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "../builder/builder.h"
 #include "../common/imc.h"
 
 /* ---- limits (every size a client controls) ------------------------------------------------ */
-#define API_BODY_MAX	 (1024 * 1024) /* request body; more is 413 */
-#define API_NAME_MAX	 128	       /* cache name, [A-Za-z0-9._-] */
-#define API_REF_MAX	 1024	       /* image reference */
-#define API_ID_MAX	 64	       /* buffer for a cache id ("imc-" + 16 hex + NUL) */
-#define API_MAX_CACHES	 10000	       /* caches the table holds */
-#define API_QUEUE_MAX	 256	       /* builds waiting for the worker */
-#define API_META_MAX	 (16u << 20)   /* a metadata file */
+#define API_BODY_MAX	 (1024 * 1024)	    /* request body; more is 413 */
+#define API_NAME_MAX	 128		    /* cache name, [A-Za-z0-9._-] */
+#define API_REF_MAX	 1024		    /* image reference */
+#define API_IMAGES_MAX	 BUILDER_IMAGES_MAX /* images in one cache */
+#define API_ID_MAX	 64		    /* buffer for a cache id ("imc-" + 16 hex + NUL) */
+#define API_MAX_CACHES	 10000		    /* caches the table holds */
+#define API_QUEUE_MAX	 256		    /* builds waiting for the worker */
+#define API_META_MAX	 (16u << 20)	    /* a metadata file */
 #define API_ID_PREFIX	 "imc"
 #define API_CONTENT_TYPE "application/json"
 
@@ -35,11 +37,13 @@ json_t *api_error_json(const char *code, const char *message);
 /* ---- create requests ------------------------------------------------------------------------ */
 struct api_create_request {
 	char *name;  /* NULL when not given */
-	char **refs; /* image references, validated with builder_ref_parse */
+	char **refs; /* 1..API_IMAGES_MAX distinct image references, validated with
+		      * builder_ref_parse, in request order (index n: /images/<n>/rootfs) */
 	size_t n_refs;
 };
 /* Parse and validate a POST /v1/imagecaches body.  Malformed JSON fails with -EBADMSG, anything
- * else wrong with -EINVAL and a message naming the field ("images[0].ref: want a string"). */
+ * else wrong with -EINVAL and a message naming the field ("images[0].ref: want a string"); more
+ * than API_IMAGES_MAX images or the same ref twice is -EINVAL too. */
 int api_create_request_parse(const char *body, size_t len, struct api_create_request *ret,
 			     imc_error *err);
 void api_create_request_free(struct api_create_request *r);

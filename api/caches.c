@@ -353,10 +353,16 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	};
 	_cleanup_json_ json_t *manifest = NULL;
 	imc_error e = {0};
+	char what[API_REF_MAX + 32];
 	int r;
 
 	/* refs never change after creation, so reading them without the lock is safe. */
-	notify(c, API_EVENT_BUILD_START, cache->id, cache->refs[0]);
+	if (cache->n_refs > 1)
+		snprintf(what, sizeof(what), "%s (+%zu more images)", cache->refs[0],
+			 cache->n_refs - 1);
+	else
+		snprintf(what, sizeof(what), "%s", cache->n_refs ? cache->refs[0] : "(no image)");
+	notify(c, API_EVENT_BUILD_START, cache->id, what);
 	r = builder_build(c->store, &opts, cache->id, (const char *const *)cache->refs,
 			  cache->n_refs, 0, &manifest, &e);
 	if (r == 0 && !manifest)

@@ -394,8 +394,9 @@ static int cmd_create(const struct client *c, int argc, char **argv)
 		return EXIT_USAGE;
 	/* Options may follow the images: getopt permutes, the images are what is left. */
 	if (optind >= argc) {
-		fprintf(stderr, "usage: imcctl create IMAGE [--name N] [--wait] [--timeout SEC] "
-				"[-o json]\n");
+		fprintf(stderr,
+			"usage: imcctl create IMAGE [IMAGE...] [--name N] [--wait] [--timeout SEC] "
+			"[-o json]\n");
 		return EXIT_USAGE;
 	}
 	body = create_body(argv + optind, argc - optind, o.name);
@@ -479,7 +480,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: imcctl [--server URL|unix:PATH] COMMAND [ARGS]\n"
 		"\n"
-		"  create IMAGE [--name N] [--wait] [--timeout SEC] [-o json]\n"
+		"  create IMAGE [IMAGE...] [--name N] [--wait] [--timeout SEC] [-o json]\n"
 		"  list [-o json]\n"
 		"  get ID\n"
 		"  delete ID\n"

@@ -88,6 +88,10 @@ static int parse_image(json_t *image, size_t index, struct api_create_request *r
 		return -EINVAL;
 	}
 	builder_ref_free(&parsed);
+	for (size_t i = 0; i < req->n_refs; i++)
+		if (strcmp(req->refs[i], ref) == 0)
+			return imc_err(err, EINVAL, "%s.ref: %s is already images[%zu]", ctx, ref,
+				       i);
 	req->refs[req->n_refs] = strdup(ref);
 	if (!req->refs[req->n_refs])
 		return imc_err(err, ENOMEM, "out of memory");
@@ -104,8 +108,9 @@ static int parse_images(json_t *body, struct api_create_request *req, imc_error 
 		return r;
 	if (json_array_size(images) == 0)
 		return imc_err(err, EINVAL, "images: at least one image is required");
-	if (json_array_size(images) > 1)
-		return imc_err(err, EINVAL, "images: exactly one image is supported for now");
+	if (json_array_size(images) > API_IMAGES_MAX)
+		return imc_err(err, EINVAL, "images: at most %d images, got %zu", API_IMAGES_MAX,
+			       json_array_size(images));
 	req->refs = calloc(json_array_size(images), sizeof(*req->refs));
 	if (!req->refs)
 		return imc_err(err, ENOMEM, "out of memory");
@@ -349,7 +354,7 @@ static int meta_refs(json_t *meta, struct api_cache *c, imc_error *err)
 {
 	json_t *refs = NULL, *v;
 	size_t i;
-	int r = imc_json_get_array(meta, "refs", true, 64, NULL, &refs, err);
+	int r = imc_json_get_array(meta, "refs", true, API_IMAGES_MAX, NULL, &refs, err);
 
 	if (r < 0)
 		return r;

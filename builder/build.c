@@ -11,7 +11,6 @@
 #include "../common/priv.h"
 #include "builder.h"
 
-#define BUILD_IMAGES_MAX  20
 #define BUILD_MIN_SIZE	  (1ULL << 30)
 #define BUILD_MAX_SIZE	  (16ULL << 40)
 #define BUILD_SIZE_FACTOR 8 /* compressed layer bytes → filesystem size (sparse, so cheap) */
@@ -164,8 +163,8 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	uint64_t layer_bytes = 0;
 	int r;
 
-	if (n_refs < 1 || n_refs > BUILD_IMAGES_MAX)
-		return imc_err(err, EINVAL, "images: want 1 to %d, got %zu", BUILD_IMAGES_MAX,
+	if (n_refs < 1 || n_refs > BUILDER_IMAGES_MAX)
+		return imc_err(err, EINVAL, "images: want 1 to %d, got %zu", BUILDER_IMAGES_MAX,
 			       n_refs);
 	if (size > BUILD_MAX_SIZE)
 		return imc_err(err, EINVAL, "size %llu: at most %llu", (unsigned long long)size,

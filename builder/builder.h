@@ -81,6 +81,7 @@ json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
 /* ---- building a cache --------------------------------------------------------------------- */
+#define BUILDER_IMAGES_MAX 20 /* images in one cache, /images/0..19/rootfs */
 /* Resolve refs, create a volume in the store, mkfs.ext4, pull each image (fetch + apply) under
  * /images/<n>/rootfs, write /imcache.json, unmount and seal it as snapshot cache_id.  size 0 picks
  * a default from the content.  On failure nothing is left in the store.  ret_manifest gets the

@@ -119,8 +119,72 @@ START_TEST(create_images_count)
 	expect_bad("{\"images\":null}", -EINVAL, "images: required");
 	expect_bad("{\"images\":[{}]}", -EINVAL, "images[0].ref: required");
 	expect_bad("{\"images\":[]}", -EINVAL, "images: at least one image is required");
-	expect_bad("{\"images\":[{\"ref\":\"busybox\"},{\"ref\":\"alpine\"}]}", -EINVAL,
-		   "images: exactly one image is supported for now");
+}
+END_TEST
+
+/* {"images":[{"ref":"r0"},…,{"ref":"r<n-1>"}]}, each ref "127.0.0.1:5000/img<i>:v1" */
+static char *images_body(size_t n)
+{
+	_cleanup_json_ json_t *body = json_object();
+	json_t *arr = json_array();
+	char ref[64];
+
+	ck_assert_ptr_nonnull(body);
+	ck_assert_ptr_nonnull(arr);
+	ck_assert_int_eq(json_object_set_new(body, "images", arr), 0);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(ref, sizeof(ref), "127.0.0.1:5000/img%zu:v1", i);
+		ck_assert_int_eq(json_array_append_new(arr, json_pack("{s:s}", "ref", ref)), 0);
+	}
+	return json_dumps(body, JSON_COMPACT);
+}
+
+START_TEST(create_several_images)
+{
+	static const size_t counts[] = {1, 2, API_IMAGES_MAX};
+	struct api_create_request req;
+	imc_error err;
+	char ref[64];
+
+	for (size_t k = 0; k < IMC_ARRAY_SIZE(counts); k++) {
+		_cleanup_free_ char *body = images_body(counts[k]);
+
+		ck_assert_msg(parse(body, &req, &err) == 0, "%zu images: %s", counts[k], err.msg);
+		ck_assert_uint_eq(req.n_refs, counts[k]);
+		for (size_t i = 0; i < counts[k]; i++) { /* request order, index = rootfs number */
+			snprintf(ref, sizeof(ref), "127.0.0.1:5000/img%zu:v1", i);
+			ck_assert_str_eq(req.refs[i], ref);
+		}
+		api_create_request_free(&req);
+	}
+	/* the same repository under another tag or digest is a different image */
+	ck_assert_int_eq(
+	    parse("{\"images\":[{\"ref\":\"busybox\"},{\"ref\":\"busybox:1.36\"}]}", &req, &err),
+	    0);
+	ck_assert_uint_eq(req.n_refs, 2);
+	api_create_request_free(&req);
+}
+END_TEST
+
+START_TEST(create_too_many_images)
+{
+	_cleanup_free_ char *body = images_body(API_IMAGES_MAX + 1);
+	_cleanup_free_ char *huge = images_body(1000);
+
+	expect_bad(body, -EINVAL, "images: at most 20 images, got 21");
+	expect_bad(huge, -EINVAL, "images: at most 20 images, got 1000");
+}
+END_TEST
+
+START_TEST(create_duplicate_images)
+{
+	expect_bad("{\"images\":[{\"ref\":\"busybox\"},{\"ref\":\"busybox\"}]}", -EINVAL,
+		   "images[1].ref: busybox is already images[0]");
+	expect_bad("{\"images\":[{\"ref\":\"a\"},{\"ref\":\"b\"},{\"ref\":\"c\"},{\"ref\":\"b\"}]}",
+		   -EINVAL, "images[3].ref: b is already images[1]");
+	/* a bad ref after a duplicate-free prefix still names its index */
+	expect_bad("{\"images\":[{\"ref\":\"a\"},{\"ref\":\"Bad Ref\"}]}", -EINVAL,
+		   "images[1].ref: ");
 }
 END_TEST
 
@@ -315,6 +379,68 @@ START_TEST(cache_meta_roundtrip)
 }
 END_TEST
 
+START_TEST(cache_several_images)
+{
+	char *refs[] = {"127.0.0.1:5000/imc/b:v1", "127.0.0.1:5000/imc/a:v1",
+			"127.0.0.1:5000/imc/c:v1"};
+	struct api_create_request req = {.refs = refs, .n_refs = IMC_ARRAY_SIZE(refs)};
+	struct api_cache *c = NULL, *back = NULL;
+	json_t *j, *images, *meta;
+	imc_error err;
+
+	ck_assert_int_eq(api_cache_new(ID, &req, 1795000000, &c, &err), 0);
+	/* Creating: the requested refs, in request order */
+	j = api_cache_to_json(c);
+	images = json_object_get(j, "images");
+	ck_assert_uint_eq(json_array_size(images), IMC_ARRAY_SIZE(refs));
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(refs); i++)
+		ck_assert_str_eq(
+		    json_string_value(json_object_get(json_array_get(images, i), "ref")), refs[i]);
+	json_decref(j);
+	/* Ready: the builder's describe objects, in its order */
+	c->status = API_CACHE_READY;
+	c->ready_at = 1795000042;
+	c->manifest =
+	    load("{\"images\":[{\"ref\":\"127.0.0.1:5000/imc/b:v1\",\"digest\":\"sha256:bb\"},"
+		 "{\"ref\":\"127.0.0.1:5000/imc/a:v1\",\"digest\":\"sha256:aa\"},"
+		 "{\"ref\":\"127.0.0.1:5000/imc/c:v1\",\"digest\":\"sha256:cc\"}]}");
+	j = api_cache_to_json(c);
+	images = json_object_get(j, "images");
+	ck_assert_uint_eq(json_array_size(images), 3);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(images, 0), "digest")),
+			 "sha256:bb");
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(images, 2), "digest")),
+			 "sha256:cc");
+	json_decref(j);
+	/* the metadata file keeps every ref, in order */
+	meta = api_cache_to_meta(c);
+	ck_assert_uint_eq(json_array_size(json_object_get(meta, "refs")), 3);
+	ck_assert_int_eq(api_cache_from_meta(meta, &back, &err), 0);
+	ck_assert_uint_eq(back->n_refs, IMC_ARRAY_SIZE(refs));
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(refs); i++)
+		ck_assert_str_eq(back->refs[i], refs[i]);
+	api_cache_free(back);
+	json_decref(meta);
+	api_cache_free(c);
+}
+END_TEST
+
+/* A metadata file written before caches had several images: one ref, no other difference. */
+START_TEST(cache_meta_old_single_ref)
+{
+	json_t *meta = load("{\"version\":1,\"id\":\"" ID "\",\"status\":\"Failed\","
+			    "\"statusMessage\":\"x\",\"createdAt\":5,\"refs\":[\"busybox\"]}");
+	struct api_cache *c = NULL;
+	imc_error err;
+
+	ck_assert_msg(api_cache_from_meta(meta, &c, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(c->n_refs, 1);
+	ck_assert_str_eq(c->refs[0], "busybox");
+	api_cache_free(c);
+	json_decref(meta);
+}
+END_TEST
+
 START_TEST(cache_meta_bad)
 {
 	static const char *const bad[] = {
@@ -326,6 +452,11 @@ START_TEST(cache_meta_bad)
 	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[]}",
 	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[],\"createdAt\":1,"
 	    "\"manifest\":[]}",
+	    /* more refs than a cache can have */
+	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Failed\",\"createdAt\":1,\"refs\":"
+	    "[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\","
+	    "\"o\",\"p\","
+	    "\"q\",\"r\",\"s\",\"t\",\"u\"]}",
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {
@@ -568,6 +699,9 @@ static Suite *api_suite(void)
 	tcase_add_test(t, create_unknown_fields);
 	tcase_add_test(t, create_wrong_types);
 	tcase_add_test(t, create_images_count);
+	tcase_add_test(t, create_several_images);
+	tcase_add_test(t, create_too_many_images);
+	tcase_add_test(t, create_duplicate_images);
 	tcase_add_test(t, create_bad_ref);
 	tcase_add_test(t, create_bad_name);
 	tcase_add_test(t, create_body_cap);
@@ -579,6 +713,8 @@ static Suite *api_suite(void)
 	tcase_add_test(t, cache_json_ready);
 	tcase_add_test(t, cache_json_failed);
 	tcase_add_test(t, cache_meta_roundtrip);
+	tcase_add_test(t, cache_several_images);
+	tcase_add_test(t, cache_meta_old_single_ref);
 	tcase_add_test(t, cache_meta_bad);
 	tcase_add_test(t, cache_ids_and_order);
 	suite_add_tcase(s, t);
