@@ -98,6 +98,7 @@ enum api_route {
 	API_ROUTE_HEALTHZ, /* /healthz */
 	API_ROUTE_CACHES,  /* /v1/imagecaches */
 	API_ROUTE_CACHE,   /* /v1/imagecaches/{id} */
+	API_ROUTE_METRICS, /* /metrics */
 };
 enum api_method {
 	API_METHOD_GET,
@@ -165,6 +166,50 @@ int api_caches_list(struct api_caches *c, json_t **ret, imc_error *err);
 /* Remove the snapshot and the metadata; -EBUSY while Creating. ret gets {"id","status"}. */
 int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
 
+/* ---- metrics (api/metrics.c): GET /metrics in the Prometheus text format 0.0.4 ------------
+ * The counters are plain integers updated with __atomic builtins (relaxed): no lock and no
+ * allocation per request.  Histograms keep one count per bucket (not cumulative; the last slot
+ * is +Inf) and a sum in nanoseconds; the page makes the buckets cumulative and takes _count
+ * from the same loaded values, so +Inf always equals _count. */
+#define API_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define API_BUILD_BUCKETS	 9  /* 1 5 15 30 60 120 300 600 1800 seconds, then +Inf */
+#define API_HTTP_BUCKETS	 11 /* 0.0005 .. 1 seconds, then +Inf */
+#define API_HTTP_CODE_MIN	 100
+#define API_HTTP_CODE_MAX	 599 /* statuses outside [MIN, MAX] are counted as 500s */
+#define API_HTTP_CODES		 (API_HTTP_CODE_MAX - API_HTTP_CODE_MIN + 1)
+
+struct api_metrics {
+	uint64_t builds_in_flight;
+	uint64_t builds_ready, builds_failed;
+	uint64_t build_buckets[API_BUILD_BUCKETS + 1];
+	uint64_t build_ns_sum;
+	uint64_t pull_bytes; /* increases of the builder's progress "done" */
+	uint64_t http_codes[API_HTTP_CODES];
+	uint64_t http_buckets[API_HTTP_BUCKETS + 1];
+	uint64_t http_ns_sum;
+};
+/* All of one page: a copy of the counters and the gauges read when it is asked for. */
+struct api_metrics_page {
+	struct api_metrics m;
+	uint64_t caches[API_CACHE_FAILED + 1]; /* by enum api_cache_status */
+	bool have_pool;			       /* false: store_usage failed, no pool samples */
+	uint64_t pool_size, pool_used, pool_free;
+};
+/* Count one finished build / one answered request; m may be NULL (nothing counted). */
+void api_metrics_observe_build(struct api_metrics *m, bool ready, uint64_t ns);
+void api_metrics_observe_request(struct api_metrics *m, unsigned status, uint64_t ns);
+/* Add bytes to the pulled-bytes counter. */
+void api_metrics_add_pull_bytes(struct api_metrics *m, uint64_t n);
+/* Copy the counters with atomic loads. */
+void api_metrics_load(const struct api_metrics *m, struct api_metrics *ret);
+/* The page as a malloc'ed NUL-terminated string. */
+int api_metrics_render(const struct api_metrics_page *p, char **ret, imc_error *err);
+/* The counters of a cache table (NULL for a NULL table). */
+struct api_metrics *api_caches_metrics(struct api_caches *c);
+/* Count the caches by status (under the table lock), read the pool usage and the counters.  A
+ * pool usage that cannot be read leaves have_pool false; nothing else can fail. */
+void api_caches_metrics_page(struct api_caches *c, struct api_metrics_page *ret);
+
 /* ---- the HTTP server (api/server.c) ---------------------------------------------------------- */
 struct api_server;
 struct api_server_config {
@@ -182,6 +227,7 @@ struct api_response {
 	unsigned status;
 	char *body;
 	const char *allow;
+	const char *content_type; /* NULL: API_CONTENT_TYPE */
 };
 void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
 		size_t len, bool too_large, struct api_response *ret);

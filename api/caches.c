@@ -35,6 +35,8 @@ struct api_caches {
 	bool worker_started;
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
+
+	struct api_metrics metrics; /* atomics, no lock */
 };
 
 /* ---- table ------------------------------------------------------------------------------------
@@ -307,6 +309,10 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	struct progress_ctx *p = ctx;
 
 	pthread_mutex_lock(&p->caches->lock);
+	/* done grows through one image's fetch and starts again with the next image (or drops
+	 * when a download is retried): count only its increases. */
+	if (done > p->cache->progress_done)
+		api_metrics_add_pull_bytes(&p->caches->metrics, done - p->cache->progress_done);
 	p->cache->progress_done = done;
 	p->cache->progress_total = total;
 	pthread_mutex_unlock(&p->caches->lock);
@@ -314,7 +320,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 
 /* Record the outcome of a build in memory (under the lock) and on disk. */
 static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
-			 int build_r, const char *build_msg)
+			 int build_r, const char *build_msg, uint64_t start_ns)
 {
 	struct store_object_info info = {0};
 	char msg[IMC_ERR_MSG + 64];
@@ -332,6 +338,8 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 		cache->status = API_CACHE_FAILED; /* no memory for the message: the status still */
 	}
 	pthread_mutex_unlock(&c->lock);
+	api_metrics_observe_build(&c->metrics, build_r == 0, imc_monotonic_ns() - start_ns);
+	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
 	if (persist(c, cache, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg);
 	if (build_r == 0) {
@@ -354,6 +362,7 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	_cleanup_json_ json_t *manifest = NULL;
 	imc_error e = {0};
 	char what[API_REF_MAX + 32];
+	uint64_t start_ns = imc_monotonic_ns();
 	int r;
 
 	/* refs never change after creation, so reading them without the lock is safe. */
@@ -362,6 +371,7 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 			 cache->n_refs - 1);
 	else
 		snprintf(what, sizeof(what), "%s", cache->n_refs ? cache->refs[0] : "(no image)");
+	__atomic_add_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
 	notify(c, API_EVENT_BUILD_START, cache->id, what);
 	r = builder_build(c->store, &opts, cache->id, (const char *const *)cache->refs,
 			  cache->n_refs, 0, &manifest, &e);
@@ -369,7 +379,7 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 		r = imc_err(&e, EIO, "builder returned no manifest");
 	if (r < 0 && !e.msg[0])
 		imc_err(&e, r, "build failed (no reason given)");
-	finish_build(c, cache, manifest, r, e.msg);
+	finish_build(c, cache, manifest, r, e.msg, start_ns);
 }
 
 static void *worker_main(void *arg)
@@ -664,4 +674,32 @@ int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_er
 		return r;
 	*ret = steal_pointer(&answer);
 	return 0;
+}
+
+/* ---- metrics ----------------------------------------------------------------------------------
+ */
+
+struct api_metrics *api_caches_metrics(struct api_caches *c)
+{
+	return c ? &c->metrics : NULL;
+}
+
+void api_caches_metrics_page(struct api_caches *c, struct api_metrics_page *ret)
+{
+	struct store_usage usage;
+	imc_error e = {0};
+
+	*ret = (struct api_metrics_page){0};
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items; i++)
+		ret->caches[c->items[i]->status]++;
+	pthread_mutex_unlock(&c->lock);
+	/* Outside the lock: the store may ask the kernel (statfs). */
+	if (store_usage(c->store, &usage, &e) == 0) {
+		ret->have_pool = true;
+		ret->pool_size = usage.total;
+		ret->pool_used = usage.used;
+		ret->pool_free = usage.free;
+	}
+	api_metrics_load(&c->metrics, &ret->m);
 }

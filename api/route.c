@@ -23,6 +23,8 @@ void api_route_match(const char *url, struct api_match *ret)
 	*ret = (struct api_match){.route = API_ROUTE_NONE};
 	if (strcmp(url, "/healthz") == 0) {
 		ret->route = API_ROUTE_HEALTHZ;
+	} else if (strcmp(url, "/metrics") == 0) {
+		ret->route = API_ROUTE_METRICS;
 	} else if (strcmp(url, CACHES_PATH) == 0) {
 		ret->route = API_ROUTE_CACHES;
 	} else if (strncmp(url, CACHES_PATH "/", n + 1) == 0 && url[n + 1] != '\0' &&
@@ -36,6 +38,7 @@ bool api_route_allows(enum api_route route, enum api_method method)
 {
 	switch (route) {
 	case API_ROUTE_HEALTHZ:
+	case API_ROUTE_METRICS:
 		return method == API_METHOD_GET;
 	case API_ROUTE_CACHES:
 		return method == API_METHOD_GET || method == API_METHOD_POST;
@@ -51,6 +54,7 @@ const char *api_route_allow(enum api_route route)
 {
 	switch (route) {
 	case API_ROUTE_HEALTHZ:
+	case API_ROUTE_METRICS:
 		return "GET";
 	case API_ROUTE_CACHES:
 		return "GET, POST";

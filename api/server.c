@@ -85,6 +85,22 @@ static int create_cache(struct api_caches *c, const char *body, size_t len, json
 	return r;
 }
 
+/* GET /metrics: the Prometheus text page (without a table: zero counts and no pool). */
+static void answer_metrics(struct api_caches *c, struct api_response *ret)
+{
+	struct api_metrics_page page = {0};
+	imc_error err = {0};
+
+	if (c)
+		api_caches_metrics_page(c, &page);
+	if (api_metrics_render(&page, &ret->body, &err) < 0) {
+		answer_errno(ret, &err);
+		return;
+	}
+	ret->status = 200;
+	ret->content_type = API_METRICS_CONTENT_TYPE;
+}
+
 /* The endpoint itself, once route and method are known to be right. */
 static int dispatch(struct api_caches *c, enum api_method m, const struct api_match *match,
 		    const char *body, size_t len, json_t **ret, unsigned *ret_status,
@@ -100,6 +116,8 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 			return api_caches_list(c, ret, err);
 		*ret_status = 202;
 		return create_cache(c, body, len, ret, err);
+	case API_ROUTE_METRICS: /* answered in api_handle: not JSON */
+		break;
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
 		if (!imc_name_valid(match->id, API_ID_MAX - 1))
@@ -138,6 +156,8 @@ void api_handle(struct api_caches *c, const char *method, const char *url, const
 	} else if (too_large) {
 		snprintf(msg, sizeof(msg), "request body larger than %d bytes", API_BODY_MAX);
 		answer_error(ret, 413, "PayloadTooLarge", msg);
+	} else if (match.route == API_ROUTE_METRICS) {
+		answer_metrics(c, ret);
 	} else if (dispatch(c, m, &match, body, len, &j, &status, &err) < 0) {
 		answer_errno(ret, &err);
 	} else {
@@ -181,8 +201,8 @@ static int append_body(struct request *req, const char *data, size_t n)
 	return imc_buf_append(&req->body, data, n);
 }
 
-static enum MHD_Result send_response(struct MHD_Connection *conn, const char *method,
-				     const char *url, struct request *req,
+static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection *conn,
+				     const char *method, const char *url, struct request *req,
 				     struct api_response *resp)
 {
 	struct MHD_Response *r;
@@ -194,11 +214,14 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, const char *me
 		free(resp->body);
 		return MHD_NO;
 	}
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, API_CONTENT_TYPE);
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+				resp->content_type ? resp->content_type : API_CONTENT_TYPE);
 	if (resp->allow)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, resp->allow);
 	ok = MHD_queue_response(conn, resp->status, r);
 	MHD_destroy_response(r);
+	api_metrics_observe_request(api_caches_metrics(s->caches), resp->status,
+				    imc_monotonic_ns() - req->start_ns);
 	if (resp->status >= 500)
 		imc_error_log("%s %s: %u %.*s", method, url, resp->status, (int)(len ? len - 1 : 0),
 			      resp->body ? resp->body : "");
@@ -234,7 +257,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return MHD_YES;
 	}
 	api_handle(s->caches, method, url, req->body.data, req->body.len, req->too_large, &resp);
-	return send_response(conn, method, url, req, &resp);
+	return send_response(s, conn, method, url, req, &resp);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,

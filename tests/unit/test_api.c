@@ -1,5 +1,5 @@
 /* The REST API's pure parts: create-request validation, cache JSON and metadata, routing, the
- * listen address, and the answers that need no cache table (errors, /healthz). */
+ * listen address, the answers that need no cache table (errors, /healthz) and the metrics page. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <fcntl.h>
@@ -503,6 +503,12 @@ START_TEST(routing)
 
 	api_route_match("/healthz", &m);
 	ck_assert_int_eq(m.route, API_ROUTE_HEALTHZ);
+	api_route_match("/metrics", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_METRICS);
+	ck_assert(api_route_allows(API_ROUTE_METRICS, api_method_parse("GET")));
+	ck_assert(!api_route_allows(API_ROUTE_METRICS, api_method_parse("DELETE")));
+	api_route_match("/metricsx", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
 	api_route_match("/v1/imagecaches", &m);
 	ck_assert_int_eq(m.route, API_ROUTE_CACHES);
 	api_route_match("/v1/imagecaches/" ID, &m);
@@ -688,6 +694,232 @@ START_TEST(handle_without_table)
 }
 END_TEST
 
+/* ---- metrics ----------------------------------------------------------------------------------
+ */
+
+/* A known state: every bucket edge case once. */
+static void metrics_known_state(struct api_metrics_page *p)
+{
+	struct api_metrics *m = &p->m;
+
+	*p = (struct api_metrics_page){.caches = {1, 2, 3}, .have_pool = true};
+	p->pool_size = 1000;
+	p->pool_used = 400;
+	p->pool_free = 600;
+	api_metrics_observe_build(m, false, 500000000ULL);    /* 0.5 s: le 1 */
+	api_metrics_observe_build(m, true, 5000000000ULL);    /* 5 s exactly: le 5 (inclusive) */
+	api_metrics_observe_build(m, true, 4000000000000ULL); /* 4000 s: +Inf only */
+	api_metrics_observe_request(m, 200, 300000ULL);	      /* 0.0003 s */
+	api_metrics_observe_request(m, 202, 1000000ULL);      /* 0.001 s exactly */
+	api_metrics_observe_request(m, 200, 2000000000ULL);   /* 2 s: +Inf only */
+	api_metrics_observe_request(m, 42, 7000000ULL);	      /* no such status: a 500 */
+	api_metrics_add_pull_bytes(m, 1234);
+	api_metrics_add_pull_bytes(m, 1);
+	m->builds_in_flight = 1;
+}
+
+static const char METRICS_KNOWN_PAGE[] =
+    "# HELP imcache_caches Image caches by status.\n"
+    "# TYPE imcache_caches gauge\n"
+    "imcache_caches{status=\"Creating\"} 1\n"
+    "imcache_caches{status=\"Ready\"} 2\n"
+    "imcache_caches{status=\"Failed\"} 3\n"
+    "# HELP imcache_builds_in_flight Cache builds running now.\n"
+    "# TYPE imcache_builds_in_flight gauge\n"
+    "imcache_builds_in_flight 1\n"
+    "# HELP imcache_builds_total Finished cache builds by result.\n"
+    "# TYPE imcache_builds_total counter\n"
+    "imcache_builds_total{result=\"ready\"} 2\n"
+    "imcache_builds_total{result=\"failed\"} 1\n"
+    "# HELP imcache_build_duration_seconds Duration of finished cache builds, Ready or Failed.\n"
+    "# TYPE imcache_build_duration_seconds histogram\n"
+    "imcache_build_duration_seconds_bucket{le=\"1\"} 1\n"
+    "imcache_build_duration_seconds_bucket{le=\"5\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"15\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"30\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"60\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"120\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"300\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"600\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"1800\"} 2\n"
+    "imcache_build_duration_seconds_bucket{le=\"+Inf\"} 3\n"
+    "imcache_build_duration_seconds_sum 4005.500000000\n"
+    "imcache_build_duration_seconds_count 3\n"
+    "# HELP imcache_pull_bytes_total Layer bytes downloaded from registries, as the builder "
+    "reported them.\n"
+    "# TYPE imcache_pull_bytes_total counter\n"
+    "imcache_pull_bytes_total 1235\n"
+    "# HELP imcache_pool_bytes Bytes of the cache store's pool.\n"
+    "# TYPE imcache_pool_bytes gauge\n"
+    "imcache_pool_bytes{kind=\"size\"} 1000\n"
+    "imcache_pool_bytes{kind=\"used\"} 400\n"
+    "imcache_pool_bytes{kind=\"free\"} 600\n"
+    "# HELP imcache_http_requests_total HTTP requests answered, by status code.\n"
+    "# TYPE imcache_http_requests_total counter\n"
+    "imcache_http_requests_total{code=\"200\"} 2\n"
+    "imcache_http_requests_total{code=\"202\"} 1\n"
+    "imcache_http_requests_total{code=\"500\"} 1\n"
+    "# HELP imcache_http_request_duration_seconds Time from a request's first byte to its answer "
+    "being queued.\n"
+    "# TYPE imcache_http_request_duration_seconds histogram\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.0005\"} 1\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.001\"} 2\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.0025\"} 2\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.005\"} 2\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.01\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.025\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.05\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.1\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.25\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"0.5\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"1\"} 3\n"
+    "imcache_http_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"
+    "imcache_http_request_duration_seconds_sum 2.008300000\n"
+    "imcache_http_request_duration_seconds_count 4\n";
+
+static size_t count_lines_starting(const char *page, const char *prefix)
+{
+	size_t n = 0, len = strlen(prefix);
+
+	for (const char *l = page; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l))
+		n += strncmp(l, prefix, len) == 0;
+	return n;
+}
+
+/* The value of the line that starts with prefix (which must be there once). */
+static unsigned long long sample(const char *page, const char *prefix)
+{
+	const char *l = strstr(page, prefix);
+
+	ck_assert_msg(l && (l == page || l[-1] == '\n'), "no line %s", prefix);
+	ck_assert_msg(strstr(l + 1, prefix) == NULL, "line %s twice", prefix);
+	return strtoull(l + strlen(prefix), NULL, 10);
+}
+
+/* Exposition rules every family must keep: one HELP and one TYPE, before its samples;
+ * histogram buckets never decrease and +Inf equals _count. */
+static void check_family(const char *page, const char *name, const char *type)
+{
+	char prefix[160];
+	unsigned long long prev = 0, v;
+	const char *l;
+
+	snprintf(prefix, sizeof(prefix), "# HELP %s ", name);
+	ck_assert_uint_eq(count_lines_starting(page, prefix), 1);
+	snprintf(prefix, sizeof(prefix), "# TYPE %s %s\n", name, type);
+	ck_assert_uint_eq(count_lines_starting(page, prefix), 1);
+	snprintf(prefix, sizeof(prefix), "# TYPE %s ", name);
+	ck_assert_uint_eq(count_lines_starting(page, prefix), 1);
+	if (strcmp(type, "histogram") != 0)
+		return;
+	snprintf(prefix, sizeof(prefix), "%s_bucket{le=\"", name);
+	for (l = strstr(page, prefix); l; l = strstr(l + 1, prefix)) {
+		v = strtoull(strstr(l, "} ") + 2, NULL, 10);
+		ck_assert_msg(v >= prev, "%s: bucket %llu after %llu", name, v, prev);
+		prev = v;
+	}
+	snprintf(prefix, sizeof(prefix), "%s_bucket{le=\"+Inf\"} ", name);
+	v = sample(page, prefix);
+	ck_assert_uint_eq(v, prev);
+	snprintf(prefix, sizeof(prefix), "%s_count ", name);
+	ck_assert_uint_eq(sample(page, prefix), v);
+}
+
+static void check_families(const char *page)
+{
+	check_family(page, "imcache_caches", "gauge");
+	check_family(page, "imcache_builds_in_flight", "gauge");
+	check_family(page, "imcache_builds_total", "counter");
+	check_family(page, "imcache_build_duration_seconds", "histogram");
+	check_family(page, "imcache_pull_bytes_total", "counter");
+	check_family(page, "imcache_pool_bytes", "gauge");
+	check_family(page, "imcache_http_requests_total", "counter");
+	check_family(page, "imcache_http_request_duration_seconds", "histogram");
+	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 8);
+	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 8);
+}
+
+START_TEST(metrics_page_known_state)
+{
+	struct api_metrics_page p;
+	char *page = NULL;
+	imc_error err;
+
+	metrics_known_state(&p);
+	ck_assert_int_eq(api_metrics_render(&p, &page, &err), 0);
+	ck_assert_str_eq(page, METRICS_KNOWN_PAGE);
+	check_families(page);
+	free(page);
+}
+END_TEST
+
+START_TEST(metrics_page_load_copies)
+{
+	struct api_metrics_page p, q = {0};
+	char *a = NULL, *b = NULL;
+	imc_error err;
+
+	metrics_known_state(&p);
+	q = p;
+	api_metrics_load(&p.m, &q.m);
+	ck_assert_int_eq(api_metrics_render(&q, &a, &err), 0);
+	ck_assert_str_eq(a, METRICS_KNOWN_PAGE);
+	/* A NULL set of counters counts nothing. */
+	api_metrics_observe_build(NULL, true, 1);
+	api_metrics_observe_request(NULL, 200, 1);
+	api_metrics_add_pull_bytes(NULL, 1);
+	/* The page reads the copy, not the counters it came from. */
+	api_metrics_observe_request(&p.m, 404, 1);
+	ck_assert_int_eq(api_metrics_render(&q, &b, &err), 0);
+	ck_assert_str_eq(b, METRICS_KNOWN_PAGE);
+	free(a);
+	free(b);
+}
+END_TEST
+
+START_TEST(metrics_page_empty)
+{
+	struct api_metrics_page p = {0};
+	char *page = NULL;
+	imc_error err;
+
+	ck_assert_int_eq(api_metrics_render(&p, &page, &err), 0);
+	check_families(page);
+	ck_assert_uint_eq(sample(page, "imcache_caches{status=\"Creating\"} "), 0);
+	ck_assert_uint_eq(sample(page, "imcache_caches{status=\"Ready\"} "), 0);
+	ck_assert_uint_eq(sample(page, "imcache_caches{status=\"Failed\"} "), 0);
+	ck_assert_uint_eq(sample(page, "imcache_builds_total{result=\"failed\"} "), 0);
+	ck_assert_uint_eq(sample(page, "imcache_build_duration_seconds_count "), 0);
+	ck_assert_ptr_nonnull(strstr(page, "\nimcache_build_duration_seconds_sum 0.000000000\n"));
+	/* No pool reading and no request yet: the families without samples. */
+	ck_assert_ptr_null(strstr(page, "imcache_pool_bytes{"));
+	ck_assert_ptr_null(strstr(page, "imcache_http_requests_total{"));
+	free(page);
+}
+END_TEST
+
+START_TEST(metrics_handle_without_table)
+{
+	struct api_response resp;
+
+	api_handle(NULL, "GET", "/metrics", NULL, 0, false, &resp);
+	ck_assert_uint_eq(resp.status, 200);
+	ck_assert_str_eq(resp.content_type, "text/plain; version=0.0.4; charset=utf-8");
+	ck_assert_ptr_nonnull(resp.body);
+	ck_assert(strncmp(resp.body, "# HELP imcache_caches ", 22) == 0);
+	check_families(resp.body);
+	free(resp.body);
+	api_handle(NULL, "POST", "/metrics", "", 0, false, &resp);
+	ck_assert_uint_eq(resp.status, 405);
+	ck_assert_str_eq(resp.allow, "GET");
+	ck_assert_ptr_null(resp.content_type);
+	free(resp.body);
+	api_handle(NULL, "GET", "/metrics/x", NULL, 0, false, &resp);
+	ck_assert_uint_eq(resp.status, 404);
+	free(resp.body);
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
 	Suite *s = suite_create("api");
@@ -726,6 +958,13 @@ static Suite *api_suite(void)
 	tcase_add_test(t, listen_open_unix);
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
+	suite_add_tcase(s, t);
+
+	t = tcase_create("metrics");
+	tcase_add_test(t, metrics_page_known_state);
+	tcase_add_test(t, metrics_page_load_copies);
+	tcase_add_test(t, metrics_page_empty);
+	tcase_add_test(t, metrics_handle_without_table);
 	suite_add_tcase(s, t);
 	return s;
 }
