@@ -91,6 +91,49 @@ int api_cache_from_meta(json_t *meta, struct api_cache **ret, imc_error *err);
 /* List order: createdAt, then id. */
 int api_cache_cmp(const struct api_cache *a, const struct api_cache *b);
 
+/* ---- list queries (api/list.c): GET /v1/imagecaches?status=&name=&image=&match=&limit=&pageToken=
+ * The page token is the hex of "createdAt:id" of the last item of a page: the next page starts
+ * after that position in the list order, so inserts and deletes never skip or repeat an item. */
+#define API_LIST_LIMIT_DEFAULT 100
+#define API_LIST_LIMIT_MAX     1000
+#define API_QUERY_ARGS_MAX     16		       /* parameters in one query string */
+#define API_QUERY_VALUE_MAX    API_REF_MAX	       /* bytes of one (decoded) value */
+#define API_PAGE_TOKEN_MAX     (2 * (20 + API_ID_MAX)) /* hex of "createdAt:id" */
+
+struct api_query_arg {
+	const char *key;
+	const char *value; /* NULL for "?key" without "=" */
+};
+struct api_list_query {
+	bool have_status;
+	enum api_cache_status status;
+	char *name;	    /* NULL: any */
+	char *image;	    /* NULL: any; else the exact ref */
+	char *image_digest; /* "sha256:…" when image is a digest ref, else NULL */
+	size_t limit;
+	bool have_after; /* a page token: items after (after_created, after_id) */
+	int64_t after_created;
+	char after_id[API_ID_MAX];
+};
+/* Split a raw query string (modified in place: "&" and "=" become NULs, values are
+ * percent-decoded, "+" is a space) into at most max arguments. */
+int api_query_split(char *query, struct api_query_arg *ret, size_t max, size_t *ret_n,
+		    imc_error *err);
+/* Validate the arguments of a list request: unknown, repeated, empty or too long parameters,
+ * a bad status, limit or page token and match=best are -EINVAL naming the parameter. */
+int api_list_query_parse(const struct api_query_arg *args, size_t n, struct api_list_query *ret,
+			 imc_error *err);
+void api_list_query_free(struct api_list_query *q);
+int api_page_token_encode(int64_t created_at, const char *id, char *buf, size_t size,
+			  imc_error *err);
+int api_page_token_decode(const char *token, int64_t *ret_created_at, char ret_id[API_ID_MAX],
+			  imc_error *err);
+bool api_cache_matches(const struct api_cache *c, const struct api_list_query *q);
+/* One page of items (sorted by api_cache_cmp): {"items":[…]} plus "nextPageToken" when more
+ * matching items follow. */
+int api_list_page(struct api_cache *const *items, size_t n, const struct api_list_query *q,
+		  json_t **ret, imc_error *err);
+
 /* ---- routing ----------------------------------------------------------------------------------
  */
 enum api_route {
@@ -162,7 +205,8 @@ void api_caches_close(struct api_caches *c);
 int api_caches_create(struct api_caches *c, const struct api_create_request *req, json_t **ret,
 		      imc_error *err);
 int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
-int api_caches_list(struct api_caches *c, json_t **ret, imc_error *err);
+int api_caches_list(struct api_caches *c, const struct api_list_query *q, json_t **ret,
+		    imc_error *err);
 /* Remove the snapshot and the metadata; -EBUSY while Creating. ret gets {"id","status"}. */
 int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
 
@@ -229,7 +273,13 @@ struct api_response {
 	const char *allow;
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
 };
+/* url may carry a raw "?query" (split with api_query_split). */
 void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
 		size_t len, bool too_large, struct api_response *ret);
+/* The same with the path and its query arguments already apart (the server's way);
+ * too_many_args: the query had more than API_QUERY_ARGS_MAX arguments. */
+void api_handle_args(struct api_caches *c, const char *method, const char *path,
+		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
+		     const char *body, size_t len, bool too_large, struct api_response *ret);
 
 #endif

@@ -596,19 +596,15 @@ int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error
 	return 0;
 }
 
-int api_caches_list(struct api_caches *c, json_t **ret, imc_error *err)
+int api_caches_list(struct api_caches *c, const struct api_list_query *q, json_t **ret,
+		    imc_error *err)
 {
-	_cleanup_json_ json_t *items = json_array();
-	int r = items ? 0 : -1;
+	int r;
 
 	pthread_mutex_lock(&c->lock);
-	for (size_t i = 0; r == 0 && i < c->n_items; i++)
-		r = json_array_append_new(items, api_cache_to_json(c->items[i]));
+	r = api_list_page(c->items, c->n_items, q, ret, err);
 	pthread_mutex_unlock(&c->lock);
-	if (r < 0)
-		return imc_err(err, ENOMEM, "out of memory");
-	*ret = json_pack("{s:O}", "items", items);
-	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	return r;
 }
 
 /* Claim a cache for deletion: refused while it builds or while another delete runs. */

@@ -420,31 +420,116 @@ static int cmd_create(const struct client *c, int argc, char **argv)
 	return EXIT_OK;
 }
 
+#define LIST_USAGE                                                                                 \
+	"usage: imcctl list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
+#define LIST_PAGES_MAX (API_MAX_CACHES + 1) /* a server that never stops paging */
+
+/* Append "&key=value" (value escaped) to *q. */
+static int query_add(char **q, const char *key, const char *value)
+{
+	_cleanup_free_ char *esc = curl_easy_escape(NULL, value, 0);
+	char *n;
+
+	if (!esc || asprintf(&n, "%s%s%s=%s", *q, **q ? "&" : "", key, esc) < 0)
+		return -ENOMEM;
+	free(*q);
+	*q = n;
+	return 0;
+}
+
+/* One page at the query plus the token; its items are moved to all. */
+static int list_page(const struct client *c, const char *query, const char *token, json_t *all,
+		     char **ret_next)
+{
+	_cleanup_json_ json_t *answer = NULL;
+	_cleanup_free_ char *q = strdup(query);
+	_cleanup_free_ char *path = NULL;
+	const char *next;
+
+	if (!q || (token && query_add(&q, "pageToken", token) < 0) ||
+	    asprintf(&path, "/v1/imagecaches%s%s", *q ? "?" : "", q) < 0) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return -ENOMEM;
+	}
+	if (call(c, "GET", path, NULL, &answer) < 0)
+		return -EIO;
+	if (json_array_extend(all, json_object_get(answer, "items")) < 0) {
+		fprintf(stderr, "imcctl: %s: answer without items\n", path);
+		return -EIO;
+	}
+	next = json_string_value(json_object_get(answer, "nextPageToken"));
+	*ret_next = next ? strdup(next) : NULL;
+	if (next && !*ret_next) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int list_all(const struct client *c, const char *query, json_t *all)
+{
+	_cleanup_free_ char *token = NULL;
+
+	for (size_t page = 0; page < LIST_PAGES_MAX; page++) {
+		char *next = NULL;
+
+		if (list_page(c, query, token, all, &next) < 0)
+			return -EIO;
+		free(token);
+		token = next;
+		if (!token)
+			return 0;
+	}
+	fprintf(stderr, "imcctl: more than %d pages\n", LIST_PAGES_MAX);
+	return -E2BIG;
+}
+
 static int cmd_list(const struct client *c, int argc, char **argv)
 {
-	static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
-						 {NULL, 0, NULL, 0}};
+	static const struct option longopts[] = {
+	    {"output", required_argument, NULL, 'o'}, {"status", required_argument, NULL, 's'},
+	    {"name", required_argument, NULL, 'n'},   {"image", required_argument, NULL, 'i'},
+	    {"limit", required_argument, NULL, 'l'},  {NULL, 0, NULL, 0}};
+	_cleanup_json_ json_t *items = json_array();
 	_cleanup_json_ json_t *answer = NULL;
+	_cleanup_free_ char *query = strdup("");
 	bool json = false;
-	int ch;
+	int ch, r = 0;
 
-	optind = 1;
-	while ((ch = getopt_long(argc, argv, ":o:", longopts, NULL)) != -1) {
-		if (ch != 'o' || parse_output(optarg, &json) < 0) {
-			fprintf(stderr, "usage: imcctl list [-o json]\n");
-			return EXIT_USAGE;
-		}
+	if (!items || !query) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return EXIT_FAIL;
 	}
-	if (optind != argc) {
-		fprintf(stderr, "usage: imcctl list [-o json]\n");
+	optind = 1;
+	while (r == 0 && (ch = getopt_long(argc, argv, ":o:", longopts, NULL)) != -1) {
+		if (ch == 'o')
+			r = parse_output(optarg, &json);
+		else if (ch == 's')
+			r = query_add(&query, "status", optarg);
+		else if (ch == 'n')
+			r = query_add(&query, "name", optarg);
+		else if (ch == 'i')
+			r = query_add(&query, "image", optarg);
+		else if (ch == 'l')
+			r = query_add(&query, "limit", optarg);
+		else
+			r = -EINVAL;
+	}
+	if (r < 0 || optind != argc) {
+		fprintf(stderr, LIST_USAGE);
 		return EXIT_USAGE;
 	}
-	if (call(c, "GET", "/v1/imagecaches", NULL, &answer) < 0)
+	if (list_all(c, query, items) < 0)
 		return EXIT_FAIL;
+	answer = json_pack("{s:O}", "items", items);
+	if (!answer) {
+		fprintf(stderr, "imcctl: out of memory\n");
+		return EXIT_FAIL;
+	}
 	if (json)
 		print_json(answer);
 	else
-		print_table(json_object_get(answer, "items"));
+		print_table(items);
 	return EXIT_OK;
 }
 
@@ -481,7 +566,7 @@ static void usage(FILE *f)
 		"usage: imcctl [--server URL|unix:PATH] COMMAND [ARGS]\n"
 		"\n"
 		"  create IMAGE [IMAGE...] [--name N] [--wait] [--timeout SEC] [-o json]\n"
-		"  list [-o json]\n"
+		"  list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
 		"  get ID\n"
 		"  delete ID\n"
 		"\n"

@@ -72,6 +72,22 @@ static void answer_errno(struct api_response *ret, const imc_error *err)
 	answer_error(ret, status, code, err->msg[0] ? err->msg : "internal error");
 }
 
+static int list_caches(struct api_caches *c, const struct api_query_arg *args, size_t n_args,
+		       bool too_many_args, json_t **ret, imc_error *err)
+{
+	struct api_list_query q;
+	int r;
+
+	if (too_many_args)
+		return imc_err(err, EINVAL, "query: more than %d parameters", API_QUERY_ARGS_MAX);
+	r = api_list_query_parse(args, n_args, &q, err);
+	if (r < 0)
+		return r;
+	r = c ? api_caches_list(c, &q, ret, err) : imc_err(err, ESHUTDOWN, "no cache table");
+	api_list_query_free(&q);
+	return r;
+}
+
 static int create_cache(struct api_caches *c, const char *body, size_t len, json_t **ret,
 			imc_error *err)
 {
@@ -102,9 +118,15 @@ static void answer_metrics(struct api_caches *c, struct api_response *ret)
 }
 
 /* The endpoint itself, once route and method are known to be right. */
+struct query {
+	const struct api_query_arg *args;
+	size_t n;
+	bool too_many;
+};
+
 static int dispatch(struct api_caches *c, enum api_method m, const struct api_match *match,
-		    const char *body, size_t len, json_t **ret, unsigned *ret_status,
-		    imc_error *err)
+		    const struct query *query, const char *body, size_t len, json_t **ret,
+		    unsigned *ret_status, imc_error *err)
 {
 	*ret_status = 200;
 	switch (match->route) {
@@ -113,7 +135,7 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 	case API_ROUTE_CACHES:
 		if (m == API_METHOD_GET)
-			return api_caches_list(c, ret, err);
+			return list_caches(c, query->args, query->n, query->too_many, ret, err);
 		*ret_status = 202;
 		return create_cache(c, body, len, ret, err);
 	case API_ROUTE_METRICS: /* answered in api_handle: not JSON */
@@ -133,9 +155,11 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 	return imc_err(err, ENOENT, "no such path");
 }
 
-void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
-		size_t len, bool too_large, struct api_response *ret)
+void api_handle_args(struct api_caches *c, const char *method, const char *url,
+		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
+		     const char *body, size_t len, bool too_large, struct api_response *ret)
 {
+	const struct query query = {.args = args, .n = n_args, .too_many = too_many_args};
 	enum api_method m = api_method_parse(method);
 	_cleanup_json_ json_t *j = NULL;
 	struct api_match match;
@@ -158,17 +182,44 @@ void api_handle(struct api_caches *c, const char *method, const char *url, const
 		answer_error(ret, 413, "PayloadTooLarge", msg);
 	} else if (match.route == API_ROUTE_METRICS) {
 		answer_metrics(c, ret);
-	} else if (dispatch(c, m, &match, body, len, &j, &status, &err) < 0) {
+	} else if (dispatch(c, m, &match, &query, body, len, &j, &status, &err) < 0) {
 		answer_errno(ret, &err);
 	} else {
 		answer(ret, status, j);
 	}
 }
 
+void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
+		size_t len, bool too_large, struct api_response *ret)
+{
+	struct api_query_arg args[API_QUERY_ARGS_MAX];
+	_cleanup_free_ char *path = strdup(url);
+	char *q = path ? strchr(path, '?') : NULL;
+	imc_error err = {0};
+	size_t n = 0;
+
+	if (!path) {
+		*ret = (struct api_response){0};
+		answer_error(ret, 500, "Internal", "out of memory");
+		return;
+	}
+	if (q)
+		*q++ = '\0';
+	if (q && api_query_split(q, args, IMC_ARRAY_SIZE(args), &n, &err) < 0) {
+		*ret = (struct api_response){0};
+		answer_errno(ret, &err);
+		return;
+	}
+	api_handle_args(c, method, path, args, n, false, body, len, too_large, ret);
+}
+
 /* ---- libmicrohttpd glue -----------------------------------------------------------------------
  */
 
 struct request {
+	struct api_query_arg args[API_QUERY_ARGS_MAX];
+	size_t n_args;
+	bool too_many_args;
 	struct imc_buf body;
 	bool too_large;
 	uint64_t start_ns;
@@ -199,6 +250,21 @@ static int append_body(struct request *req, const char *data, size_t n)
 		return 0;
 	}
 	return imc_buf_append(&req->body, data, n);
+}
+
+/* MHD has split and percent-decoded the query; the values live as long as the connection. */
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+				   const char *value)
+{
+	struct request *req = cls;
+
+	(void)kind;
+	if (req->n_args == API_QUERY_ARGS_MAX) {
+		req->too_many_args = true;
+		return MHD_NO;
+	}
+	req->args[req->n_args++] = (struct api_query_arg){.key = key, .value = value};
+	return MHD_YES;
 }
 
 static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection *conn,
@@ -256,7 +322,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	api_handle(s->caches, method, url, req->body.data, req->body.len, req->too_large, &resp);
+	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
+	api_handle_args(s->caches, method, url, req->args, req->n_args, req->too_many_args,
+			req->body.data, req->body.len, req->too_large, &resp);
 	return send_response(s, conn, method, url, req, &resp);
 }
 

@@ -920,6 +920,292 @@ START_TEST(metrics_handle_without_table)
 }
 END_TEST
 
+/* ---- list queries and pages -------------------------------------------------------------------
+ */
+
+static int parse_query(const char *qs, struct api_list_query *q, imc_error *err)
+{
+	struct api_query_arg args[API_QUERY_ARGS_MAX];
+	char buf[4096];
+	size_t n = 0;
+	int r;
+
+	snprintf(buf, sizeof(buf), "%s", qs);
+	memset(q, 0, sizeof(*q));
+	imc_err_clear(err);
+	r = api_query_split(buf, args, API_QUERY_ARGS_MAX, &n, err);
+	if (r < 0)
+		return r;
+	r = api_list_query_parse(args, n, q, err);
+	return r;
+}
+
+static void expect_bad_query(const char *qs, const char *needle)
+{
+	struct api_list_query q;
+	imc_error err;
+	int r = parse_query(qs, &q, &err);
+
+	ck_assert_msg(r == -EINVAL, "%s: got %d, want -EINVAL", qs, r);
+	ck_assert_msg(strstr(err.msg, needle), "%s: message \"%s\" lacks \"%s\"", qs, err.msg,
+		      needle);
+}
+
+START_TEST(list_query_good)
+{
+	struct api_list_query q;
+	imc_error err;
+
+	ck_assert_int_eq(parse_query("", &q, &err), 0);
+	ck_assert_uint_eq(q.limit, API_LIST_LIMIT_DEFAULT);
+	ck_assert(!q.have_status && !q.have_after);
+	ck_assert_ptr_null(q.name);
+	ck_assert_ptr_null(q.image);
+	api_list_query_free(&q);
+
+	ck_assert_int_eq(parse_query("status=Failed&name=web&limit=1000&image=127.0.0.1%3A5000/"
+				     "imc/bb%3Av1&match=exact",
+				     &q, &err),
+			 0);
+	ck_assert(q.have_status && q.status == API_CACHE_FAILED);
+	ck_assert_str_eq(q.name, "web");
+	ck_assert_str_eq(q.image, "127.0.0.1:5000/imc/bb:v1");
+	ck_assert_ptr_null(q.image_digest);
+	ck_assert_uint_eq(q.limit, 1000);
+	api_list_query_free(&q);
+
+	ck_assert_int_eq(
+	    parse_query("image=r.io/a@sha256:"
+			"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+			&q, &err),
+	    0);
+	ck_assert_str_eq(q.image_digest,
+			 "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+	api_list_query_free(&q);
+}
+END_TEST
+
+START_TEST(list_query_bad)
+{
+	char long_name[API_NAME_MAX + 16];
+
+	expect_bad_query("status=Done", "status \"Done\"");
+	expect_bad_query("status=ready", "status");
+	expect_bad_query("limit=0", "limit");
+	expect_bad_query("limit=1001", "limit");
+	expect_bad_query("limit=-1", "limit");
+	expect_bad_query("limit=10x", "limit");
+	expect_bad_query("limit=99999999999", "limit");
+	expect_bad_query("bogus=1", "\"bogus\": unknown");
+	expect_bad_query("status=Ready&status=Failed", "status: given more than once");
+	expect_bad_query("name", "name: empty");
+	expect_bad_query("name=", "name: empty");
+	expect_bad_query("image=x&match=best", "match=best is not supported yet");
+	expect_bad_query("image=x&match=fuzzy", "match");
+	expect_bad_query("match=exact", "match: only with image");
+	expect_bad_query("image=UPPER/Case::", "image");
+	expect_bad_query("name=a%2Fb", "name");
+	expect_bad_query("name=%zz", "percent");
+	expect_bad_query("name=a%00", "percent");
+	expect_bad_query("pageToken=xyz", "pageToken");
+	expect_bad_query("pageToken=3a", "pageToken");
+	memset(long_name, 'a', sizeof(long_name) - 1);
+	long_name[sizeof(long_name) - 1] = '\0';
+	{
+		char qs[256];
+
+		snprintf(qs, sizeof(qs), "name=%s", long_name);
+		expect_bad_query(qs, "longer than");
+	}
+	expect_bad_query(
+	    "a=1&a=2&a=3&a=4&a=5&a=6&a=7&a=8&a=9&a=10&a=11&a=12&a=13&a=14&a=15&a=16&a=17",
+	    "more than 16 parameters");
+}
+END_TEST
+
+START_TEST(page_token_roundtrip)
+{
+	char tok[API_PAGE_TOKEN_MAX + 1], id[API_ID_MAX];
+	int64_t t = 0;
+	imc_error err;
+
+	ck_assert_int_eq(
+	    api_page_token_encode(1700000000, "imc-0123456789abcdef", tok, sizeof(tok), &err), 0);
+	ck_assert_int_eq(api_page_token_decode(tok, &t, id, &err), 0);
+	ck_assert_int_eq(t, 1700000000);
+	ck_assert_str_eq(id, "imc-0123456789abcdef");
+	/* hex of "1:imc-0123456789abcdef" is fine; "01:…", "-1:…", "1:", ":id" and uppercase are
+	 * not */
+	ck_assert_int_eq(
+	    api_page_token_decode("313a696d632d30313233343536373839616263646566", &t, id, &err), 0);
+	ck_assert_int_eq(t, 1);
+	ck_assert_int_eq(
+	    api_page_token_decode("30313a696d632d30313233343536373839616263646566", &t, id, &err),
+	    -EINVAL);
+	ck_assert_int_eq(
+	    api_page_token_decode("2d313a696d632d30313233343536373839616263646566", &t, id, &err),
+	    -EINVAL);
+	ck_assert_int_eq(api_page_token_decode("313a", &t, id, &err), -EINVAL);
+	ck_assert_int_eq(api_page_token_decode("3a696d63", &t, id, &err), -EINVAL);
+	ck_assert_int_eq(
+	    api_page_token_decode("313A696D632D30313233343536373839616263646566", &t, id, &err),
+	    -EINVAL);
+}
+END_TEST
+
+#define PAGE_N 5
+
+static void make_caches(struct api_cache *items[PAGE_N])
+{
+	static const char *const names[PAGE_N] = {"a", "b", "a", "c", "b"};
+	imc_error err;
+
+	for (size_t i = 0; i < PAGE_N; i++) {
+		char body[256], id[API_ID_MAX];
+		struct api_create_request req;
+
+		snprintf(body, sizeof(body),
+			 "{\"images\":[{\"ref\":\"127.0.0.1:5000/imc/bb:v%zu\"}],\"name\":\"%s\"}",
+			 i % 2, names[i]);
+		ck_assert_int_eq(parse(body, &req, &err), 0);
+		/* Two items share a createdAt: the id decides. */
+		snprintf(id, sizeof(id), "imc-%016zx", i);
+		ck_assert_int_eq(api_cache_new(id, &req, 100 + (int64_t)(i / 2), &items[i], &err),
+				 0);
+		api_create_request_free(&req);
+	}
+	items[1]->status = API_CACHE_READY;
+	items[3]->status = API_CACHE_FAILED;
+}
+
+static void free_caches(struct api_cache *items[PAGE_N])
+{
+	for (size_t i = 0; i < PAGE_N; i++)
+		api_cache_free(items[i]);
+}
+
+/* A page as "ids|token" ("" token when there is none); the token is copied to ret_token. */
+static void page_ids(struct api_cache *const *items, size_t n, const char *qs, char *out,
+		     size_t size, char *ret_token)
+{
+	struct api_list_query q;
+	json_t *page = NULL, *item;
+	const char *tok;
+	imc_error err;
+	size_t i, used = 0;
+
+	ck_assert_int_eq(parse_query(qs, &q, &err), 0);
+	ck_assert_int_eq(api_list_page(items, n, &q, &page, &err), 0);
+	out[0] = '\0';
+	json_array_foreach(json_object_get(page, "items"), i, item) used +=
+	    (size_t)snprintf(out + used, size - used, "%s%s", i ? "," : "",
+			     json_string_value(json_object_get(item, "id")) + 19);
+	tok = json_string_value(json_object_get(page, "nextPageToken"));
+	snprintf(ret_token, API_PAGE_TOKEN_MAX + 1, "%s", tok ? tok : "");
+	json_decref(page);
+	api_list_query_free(&q);
+}
+
+START_TEST(list_page_slicing)
+{
+	struct api_cache *items[PAGE_N];
+	char ids[256], tok[API_PAGE_TOKEN_MAX + 1], qs[512], last_tok[API_PAGE_TOKEN_MAX + 1];
+
+	make_caches(items);
+	/* empty table */
+	page_ids(items, 0, "", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "");
+	ck_assert_str_eq(tok, "");
+	/* all on one page; exactly limit items: no token */
+	page_ids(items, PAGE_N, "", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0,1,2,3,4");
+	ck_assert_str_eq(tok, "");
+	page_ids(items, PAGE_N, "limit=5", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0,1,2,3,4");
+	ck_assert_str_eq(tok, "");
+	/* pages of 2 */
+	page_ids(items, PAGE_N, "limit=2", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0,1");
+	ck_assert_str_ne(tok, "");
+	snprintf(qs, sizeof(qs), "limit=2&pageToken=%s", tok);
+	page_ids(items, PAGE_N, qs, ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "2,3");
+	snprintf(qs, sizeof(qs), "limit=2&pageToken=%s", tok);
+	page_ids(items, PAGE_N, qs, ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "4");
+	ck_assert_str_eq(tok, "");
+	/* a page that ends exactly at the last matching item has no token */
+	page_ids(items, PAGE_N, "limit=4", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0,1,2,3");
+	snprintf(qs, sizeof(qs), "limit=4&pageToken=%s", tok);
+	page_ids(items, PAGE_N, qs, ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "4");
+	ck_assert_str_eq(tok, "");
+	/* a token after the last item: an empty page */
+	ck_assert_int_eq(api_page_token_encode(items[4]->created_at, items[4]->id, last_tok,
+					       sizeof(last_tok), NULL),
+			 0);
+	snprintf(qs, sizeof(qs), "pageToken=%s", last_tok);
+	page_ids(items, PAGE_N, qs, ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "");
+	ck_assert_str_eq(tok, "");
+	/* filters with paging: name=a is 0 and 2; status; image */
+	page_ids(items, PAGE_N, "name=a&limit=1", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0");
+	ck_assert_str_ne(tok, "");
+	snprintf(qs, sizeof(qs), "name=a&limit=1&pageToken=%s", tok);
+	page_ids(items, PAGE_N, qs, ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "2");
+	ck_assert_str_eq(tok, "");
+	page_ids(items, PAGE_N, "status=Creating", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0,2,4");
+	page_ids(items, PAGE_N, "status=Failed", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "3");
+	page_ids(items, PAGE_N, "image=127.0.0.1:5000/imc/bb:v1&match=exact", ids, sizeof(ids),
+		 tok);
+	ck_assert_str_eq(ids, "1,3");
+	page_ids(items, PAGE_N, "image=127.0.0.1:5000/imc/bb:v2", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "");
+	page_ids(items, PAGE_N, "name=zz", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "");
+	free_caches(items);
+}
+END_TEST
+
+START_TEST(list_page_deleted_token)
+{
+	struct api_cache *items[PAGE_N];
+	struct api_cache *rest[PAGE_N - 1];
+	char ids[256], tok[API_PAGE_TOKEN_MAX + 1], qs[512];
+
+	make_caches(items);
+	page_ids(items, PAGE_N, "limit=2", ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "0,1");
+	/* item 1 (the token's position) is deleted before the next page is asked for */
+	rest[0] = items[0];
+	rest[1] = items[2];
+	rest[2] = items[3];
+	rest[3] = items[4];
+	snprintf(qs, sizeof(qs), "limit=2&pageToken=%s", tok);
+	page_ids(rest, PAGE_N - 1, qs, ids, sizeof(ids), tok);
+	ck_assert_str_eq(ids, "2,3");
+	free_caches(items);
+}
+END_TEST
+
+START_TEST(list_handle_bad_query)
+{
+	json_decref(handle("GET", "/v1/imagecaches?bogus=1", NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("GET", "/v1/imagecaches?limit=0", NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("GET", "/v1/imagecaches?status=Ready&status=Ready", NULL, false, 400,
+			   "InvalidArgument"));
+	json_decref(handle("GET", "/v1/imagecaches?image=x&match=best", NULL, false, 400,
+			   "InvalidArgument"));
+	/* well formed, but this answer has no table */
+	json_decref(handle("GET", "/v1/imagecaches?limit=5", NULL, false, 503, "Unavailable"));
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
 	Suite *s = suite_create("api");
@@ -958,6 +1244,15 @@ static Suite *api_suite(void)
 	tcase_add_test(t, listen_open_unix);
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
+	suite_add_tcase(s, t);
+
+	t = tcase_create("list");
+	tcase_add_test(t, list_query_good);
+	tcase_add_test(t, list_query_bad);
+	tcase_add_test(t, page_token_roundtrip);
+	tcase_add_test(t, list_page_slicing);
+	tcase_add_test(t, list_page_deleted_token);
+	tcase_add_test(t, list_handle_bad_query);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("metrics");
