@@ -108,7 +108,8 @@ int api_page_token_decode(const char *token, int64_t *ret_created_at, char ret_i
 		/* Lowercase only: one position has one token. */
 		int hi = hex_value(token[2 * i]), lo = hex_value(token[2 * i + 1]);
 
-		if (hi < 0 || lo < 0 || (token[2 * i] >= 'A' && token[2 * i] <= 'F') ||
+		if (hi < 0 || lo < 0 || (hi | lo) == 0 ||
+		    (token[2 * i] >= 'A' && token[2 * i] <= 'F') ||
 		    (token[2 * i + 1] >= 'A' && token[2 * i + 1] <= 'F'))
 			return bad_token(err);
 		pos[i] = (char)(hi * 16 + lo);

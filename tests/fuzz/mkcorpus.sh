@@ -1,14 +1,15 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
-# DIR/request, DIR/layer).  The layers are small tar, tar.gz and tar.zst files made with GNU tar:
-# plain trees, whiteouts, hard links, symlinks, device nodes, sparse files, long (pax) names,
-# and the hostile kinds: "../" and absolute names, symlinks and hard links pointing out of the
-# root followed by entries through them.  Deterministic: same tar, same bytes.
+# DIR/request, DIR/layer, DIR/runtime, DIR/query).  The layers are small tar, tar.gz and
+# tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
+# sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
+# hard links pointing out of the root followed by entries through them.  Deterministic: same
+# tar, same bytes.
 #   usage: mkcorpus.sh DIR
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -65,6 +66,17 @@ seed runtime cache-abs '{"root":{"path":"/run/pods/p1"},"annotations":{"imcache.
 printf '%s\0' --root /run/runc --log /tmp/l --log-format json create --bundle /b -f c.json --pid-file p ctr1 >"$out/runtime/argv-create"
 printf '%s\0' --debug run -d --bundle=/b ctr2 >"$out/runtime/argv-run"
 printf '%s\0' delete -f ctr3 >"$out/runtime/argv-delete"
+
+# ---- list queries: key/value pairs (NUL-separated), a raw query string, a page token ----------
+# The token of "1700000000:imc-0123456789abcdef" (hex of the position).
+token=$(printf '%s' 1700000000:imc-0123456789abcdef | od -An -tx1 | tr -d ' \n')
+printf '%s\0' status Ready limit 10 >"$out/query/pairs-status"
+printf '%s\0' image "quay.io/org/img@$digest" match exact name my-cache_1.0 >"$out/query/pairs-image"
+printf '%s\0' pageToken "$token" limit 1000 status Failed >"$out/query/pairs-token"
+printf '%s\0' limit >"$out/query/pairs-novalue"
+seed query raw "status=Creating&name=a.b&image=busybox%3Alatest&match=exact&limit=5&pageToken=$token"
+seed query raw-plus "image=docker.io/library/alpine:3.19&name=x+y&limit=0100"
+seed query token "$token"
 
 # ---- API requests and cache metadata -------------------------------------------------------
 seed request create '{"images":[{"ref":"busybox:latest"}],"name":"my-cache_1.0"}'

@@ -5,7 +5,7 @@
 #      seeded from the inputs mkcorpus.sh writes into BUILD_DIR/seeds/<target>.
 # A crash, leak, sanitizer report or timeout fails the run: its log tail and the reproducer
 # (BUILD_DIR/artifacts/<target>/) are printed.  Exits 1 if any target failed.
-#   usage: run.sh BUILD_DIR SECONDS [TARGET...]    (targets: ref manifest request layer runtime)
+#   usage: run.sh BUILD_DIR SECONDS [TARGET...]    (targets: ref manifest request layer runtime query)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,7 +13,7 @@ out=$(cd "${1:?usage: run.sh BUILD_DIR SECONDS [TARGET...]}" && pwd)
 secs=${2:?usage: run.sh BUILD_DIR SECONDS [TARGET...]}
 shift 2
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ref manifest request layer runtime)
+[ ${#targets[@]} -gt 0 ] || targets=(ref manifest request layer runtime query)
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -26,6 +26,7 @@ opts_for() {
 	ref) echo "-dict=$here/ref.dict -max_len=1024" ;;
 	manifest | request | runtime) echo "-dict=$here/json.dict -max_len=8192" ;;
 	layer) echo "-dict=$here/layer.dict -max_len=16384" ;;
+	query) echo "-max_len=4096" ;;
 	esac
 }
 

@@ -1,0 +1,161 @@
+/* Fuzz target: the query of GET /v1/imagecaches (api/list.c): api_list_query_parse on key/value
+ * pairs, api_query_split on the raw query string, api_page_token_decode on a token.
+ *
+ * The input is read three ways:
+ *  - split at NUL bytes into strings, alternately key and value (at most QUERY_PAIRS_MAX pairs;
+ *    a last key without its value has a NULL value, like "?key"), given to the parser;
+ *  - up to the first NUL, as a raw query string, split with api_query_split and then parsed;
+ *  - the whole input up to the first NUL as a page token.
+ *
+ * Properties beyond "no crash, no leak, no UB":
+ *  - a failure says something (a message and a negative code);
+ *  - an accepted query has a limit of 1..API_LIST_LIMIT_MAX, a status (when given) that is one of
+ *    the three, a valid name, an image digest only with an image, and a page position that
+ *    encodes back to a token the decoder takes again;
+ *  - a decoded token re-encodes to the very same string (one position, one token);
+ *  - api_query_split gives at most its max arguments, each inside the query buffer. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../api/api.h"
+
+#define QUERY_PAIRS_MAX 32
+
+static void check_failure(int r, const imc_error *err, const char *what)
+{
+	if (r < 0 && (err->code >= 0 || err->msg[0] == '\0')) {
+		fprintf(stderr, "%s: failure %d without a message or code\n", what, r);
+		abort();
+	}
+}
+
+/* The token for (created, id) decodes back to the same position. */
+static void check_position(int64_t created, const char *id, const char *what)
+{
+	char token[API_PAGE_TOKEN_MAX + 1];
+	char back_id[API_ID_MAX];
+	int64_t back_created = 0;
+	imc_error err = {0};
+
+	if (api_page_token_encode(created, id, token, sizeof(token), &err) < 0 ||
+	    api_page_token_decode(token, &back_created, back_id, &err) < 0 ||
+	    back_created != created || strcmp(back_id, id) != 0) {
+		fprintf(stderr, "%s: position %lld:%s does not survive its token (%s)\n", what,
+			(long long)created, id, err.msg);
+		abort();
+	}
+}
+
+static void check_query(const struct api_query_arg *args, size_t n, const char *what)
+{
+	struct api_list_query q = {0};
+	imc_error err = {0};
+	int r = api_list_query_parse(args, n, &q, &err);
+
+	check_failure(r, &err, what);
+	if (r < 0) {
+		if (q.name || q.image || q.image_digest)
+			abort();
+		return;
+	}
+	if (r > 0 || q.limit < 1 || q.limit > API_LIST_LIMIT_MAX ||
+	    (q.have_status && q.status != API_CACHE_CREATING && q.status != API_CACHE_READY &&
+	     q.status != API_CACHE_FAILED) ||
+	    (q.name && !imc_name_valid(q.name, API_NAME_MAX)) || (q.image_digest && !q.image)) {
+		fprintf(stderr, "%s: accepted limit %zu status %d name \"%s\" image \"%s\"\n", what,
+			q.limit, q.have_status ? (int)q.status : -1, q.name ? q.name : "(null)",
+			q.image ? q.image : "(null)");
+		abort();
+	}
+	if (q.have_after)
+		check_position(q.after_created, q.after_id, what);
+	api_list_query_free(&q);
+}
+
+/* Alternately key and value at the NUL bytes. */
+static void fuzz_pairs(const char *data, size_t size)
+{
+	_cleanup_free_ char *copy = malloc(size + 1);
+	struct api_query_arg args[QUERY_PAIRS_MAX];
+	size_t n = 0;
+	bool want_key = true;
+
+	if (!copy)
+		return;
+	memcpy(copy, data, size);
+	copy[size] = '\0';
+	for (char *p = copy; p < copy + size; p += strlen(p) + 1) {
+		if (want_key) {
+			if (n == QUERY_PAIRS_MAX)
+				break;
+			args[n++] = (struct api_query_arg){.key = p, .value = NULL};
+		} else {
+			args[n - 1].value = p;
+		}
+		want_key = !want_key;
+	}
+	check_query(args, n, "pairs");
+}
+
+/* The input up to its first NUL as a raw query string. */
+static void fuzz_split(const char *data, size_t size)
+{
+	size_t len = strnlen(data, size);
+	_cleanup_free_ char *query = malloc(len + 1);
+	struct api_query_arg args[API_QUERY_ARGS_MAX];
+	size_t n = 0;
+	imc_error err = {0};
+	int r;
+
+	if (!query)
+		return;
+	memcpy(query, data, len);
+	query[len] = '\0';
+	r = api_query_split(query, args, API_QUERY_ARGS_MAX, &n, &err);
+	check_failure(r, &err, "split");
+	if (r < 0)
+		return;
+	if (n > API_QUERY_ARGS_MAX)
+		abort();
+	for (size_t i = 0; i < n; i++)
+		if (args[i].key < query || args[i].key > query + len ||
+		    (args[i].value && (args[i].value < query || args[i].value > query + len)))
+			abort();
+	check_query(args, n, "split");
+}
+
+static void fuzz_token(const char *data, size_t size)
+{
+	size_t len = strnlen(data, size);
+	_cleanup_free_ char *token = malloc(len + 1);
+	char id[API_ID_MAX];
+	char again[API_PAGE_TOKEN_MAX + 1];
+	int64_t created = 0;
+	imc_error err = {0};
+	int r;
+
+	if (!token)
+		return;
+	memcpy(token, data, len);
+	token[len] = '\0';
+	r = api_page_token_decode(token, &created, id, &err);
+	check_failure(r, &err, "token");
+	if (r < 0)
+		return;
+	if (!api_cache_id_valid(id) || created < 0 ||
+	    api_page_token_encode(created, id, again, sizeof(again), &err) < 0 ||
+	    strcmp(again, token) != 0) {
+		fprintf(stderr, "token: \"%s\" decodes to %lld:%s, which encodes to \"%s\"\n",
+			token, (long long)created, id, err.msg[0] ? err.msg : again);
+		abort();
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	fuzz_pairs((const char *)data, size);
+	fuzz_split((const char *)data, size);
+	fuzz_token((const char *)data, size);
+	return 0;
+}
