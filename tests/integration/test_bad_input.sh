@@ -15,8 +15,7 @@ need_loop
 need_tool jq curl tar skopeo losetup findmnt mkfs.xfs
 need_programs imcd imcctl imc-attach
 
-registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
-ok "registry serves /v2/ at $REGISTRY"
+registry_start_or_bail
 
 LAYOUT=$TEST_TMP/layout
 # Uncompressed layer, pushed byte for byte: corrupting its middle keeps a valid tar, so only a
@@ -44,9 +43,7 @@ check_fails "the registry now serves gzip-layer bytes that do not match the dige
 	served_matches imc/bb "$BB_LAYER"
 
 STATE=$TEST_TMP/state
-defer imc_teardown_quiet
-imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
-ok "imcd listens at $IMCD_URL"
+imcd_start_or_bail "$STATE"
 
 # expect_failed REF DESC: create a cache of REF; it must end Failed.  Sets FAILED_ID, FAILED_MSG.
 expect_failed() {

@@ -16,8 +16,7 @@ need_programs imcd imcctl imc-attach
 
 # --- registry and images ---------------------------------------------------------------------
 
-registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
-ok "registry serves /v2/ at $REGISTRY"
+registry_start_or_bail
 
 LAYOUT=$TEST_TMP/layout
 # build_push BUILDER TAG REPO:TAG [SKOPEO_ARG...] (called through check)
@@ -38,9 +37,7 @@ MULTI_DIGEST=sha256:$MULTI_DIGEST
 # --- imcd ------------------------------------------------------------------------------------
 
 STATE=$TEST_TMP/state
-defer imc_teardown_quiet
-imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
-ok "imcd listens at $IMCD_URL"
+imcd_start_or_bail "$STATE"
 
 # Create through the API.
 http POST "$IMCD_URL/v1/imagecaches" \

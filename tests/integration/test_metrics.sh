@@ -15,8 +15,7 @@ need_loop
 need_tool jq curl tar skopeo losetup findmnt mkfs.xfs awk
 need_programs imcd imcctl imc-attach
 
-registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
-ok "registry serves /v2/ at $REGISTRY"
+registry_start_or_bail
 
 LAYOUT=$TEST_TMP/layout
 # shellcheck disable=SC2317 # called through check
@@ -25,9 +24,7 @@ check "busybox image builds and pushes" push_bb
 BB_REF=$REGISTRY/imc/bb:v1
 
 STATE=$TEST_TMP/state
-defer imc_teardown_quiet
-imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
-ok "imcd listens at $IMCD_URL"
+imcd_start_or_bail "$STATE"
 
 PAGE=
 # fetch_metrics: GET /metrics into PAGE (HTTP_STATUS says how it went).

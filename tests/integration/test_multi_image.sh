@@ -17,8 +17,7 @@ need_programs imcd imcctl imc-attach
 
 # --- registry and two different images -------------------------------------------------------
 
-registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
-ok "registry serves /v2/ at $REGISTRY"
+registry_start_or_bail
 
 LAYOUT=$TEST_TMP/layout
 # build_push BUILDER TAG REPO:TAG (called through check)
@@ -37,9 +36,7 @@ check_fails "the two images differ" test "$BB_DIGEST" = "$MULTI_DIGEST"
 # --- imcd, and one cache of both -------------------------------------------------------------
 
 STATE=$TEST_TMP/state
-defer imc_teardown_quiet
-imcd_start "$STATE" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
-ok "imcd listens at $IMCD_URL"
+imcd_start_or_bail "$STATE"
 
 OUT=$(imcctl create "$BB_REF" "$MULTI_REF" --name two --wait 2>"$TEST_TMP/imcctl.err") ||
 	OUT="FAILED: $OUT"

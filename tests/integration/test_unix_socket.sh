@@ -14,8 +14,7 @@ need_loop
 need_tool jq curl tar skopeo losetup findmnt mkfs.xfs stat
 need_programs imcd imcctl imc-attach
 
-registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
-ok "registry serves /v2/ at $REGISTRY"
+registry_start_or_bail
 
 LAYOUT=$TEST_TMP/layout
 # shellcheck disable=SC2317 # called through check

@@ -173,3 +173,16 @@ http_unix() {
 	HTTP_BODY=$(cat "$out" 2>/dev/null || true)
 	rm -f "$out" "$out.req"
 }
+
+# registry_start_or_bail / imcd_start_or_bail STATE [ARG...]: how every integration test starts
+# its registry and its imcd (with the pool's teardown deferred); the run stops if either fails.
+registry_start_or_bail() {
+	registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
+	ok "registry serves /v2/ at $REGISTRY"
+}
+
+imcd_start_or_bail() {
+	defer imc_teardown_quiet
+	imcd_start "$@" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"
+	ok "imcd listens at $IMCD_URL"
+}
