@@ -13,14 +13,16 @@ IMCD_URL=
 IMCD_LOG=
 IMC_STATE=
 
-imcd_start() {
-	local state=$1 ready
-	shift
+# _imcd_launch STATE_DIR LISTEN [ARG...]: start imcd listening on LISTEN and wait for its ready
+# file; sets IMCD_URL to what imcd wrote there.
+_imcd_launch() {
+	local state=$1 listen=$2 ready
+	shift 2
 	IMC_STATE=$state
 	mkdir -p "$state"
 	ready=$(mktemp -u "$TEST_TMP/imcd-ready.XXXXXX")
 	IMCD_LOG=$(mktemp "$TEST_TMP/imcd-log.XXXXXX")
-	"$IMC_BIN/imcd" --listen 127.0.0.1:0 --state-dir "$state" --ready-file "$ready" \
+	"$IMC_BIN/imcd" --listen "$listen" --state-dir "$state" --ready-file "$ready" \
 		--log-level debug "$@" >"$IMCD_LOG" 2>&1 &
 	IMCD_PID=$!
 	defer imcd_kill
@@ -31,6 +33,12 @@ imcd_start() {
 	fi
 	IMCD_URL=$(head -n1 "$ready" | tr -d '[:space:]')
 	export IMCD_URL IMCD_PID IMCD_LOG IMC_STATE
+}
+
+imcd_start() {
+	local state=$1
+	shift
+	_imcd_launch "$state" 127.0.0.1:0 "$@" || return 1
 	case "$IMCD_URL" in
 	http://127.0.0.1:[0-9]*) ;;
 	*)
@@ -137,23 +145,9 @@ check_clean_shutdown() {
 # imcd_start_unix STATE_DIR SOCKET [ARG...]: imcd_start on a Unix socket; IMCD_URL is unix:SOCKET
 # (imcctl takes it as --server; curl needs http_unix).
 imcd_start_unix() {
-	local state=$1 sock=$2 ready
+	local state=$1 sock=$2
 	shift 2
-	IMC_STATE=$state
-	mkdir -p "$state"
-	ready=$(mktemp -u "$TEST_TMP/imcd-ready.XXXXXX")
-	IMCD_LOG=$(mktemp "$TEST_TMP/imcd-log.XXXXXX")
-	"$IMC_BIN/imcd" --listen "unix:$sock" --state-dir "$state" --ready-file "$ready" \
-		--log-level debug "$@" >"$IMCD_LOG" 2>&1 &
-	IMCD_PID=$!
-	defer imcd_kill
-	if ! wait_for_file "$ready" 60 "$IMCD_PID"; then
-		echo "imcd did not become ready; its log:" >&2
-		tail -n 30 "$IMCD_LOG" >&2
-		return 1
-	fi
-	IMCD_URL=$(head -n1 "$ready" | tr -d '[:space:]')
-	export IMCD_URL IMCD_PID IMCD_LOG IMC_STATE
+	_imcd_launch "$state" "unix:$sock" "$@" || return 1
 	if [ "$IMCD_URL" != "unix:$sock" ]; then
 		echo "imcd wrote '$IMCD_URL' to its ready file, not unix:$sock" >&2
 		return 1
