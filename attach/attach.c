@@ -126,7 +126,7 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 		return imc_err(err, ENOENT, "cache %s: not in the local store", req->cache_id);
 	if (r < 0)
 		return r;
-	r = store_activate(s, STORE_CLONE, aid, false, &dev, err);
+	r = store_activate(s, STORE_CLONE, aid, 0, &dev, err);
 	if (r < 0)
 		return r;
 	r = imc_priv_mount_subdir("ext4", dev.path, STORE_EXT4_MOUNT_OPTIONS, false, subdir, dir,

@@ -8,10 +8,20 @@
 #include "../common/imc.h"
 #include "../store/store.h"
 
+#include <stdint.h>
+
 struct attach_request {
 	const char *cache_id;
 	unsigned image;	 /* /images/<image>/rootfs */
-	const char *dir; /* where the rootfs appears */
+	const char *dir; /* where the rootfs appears (mount mode) */
+	/* Block mode: expose the clone as a block device for a microVM and mount nothing; the
+	 * device path is in the returned state ("device"). */
+	bool block;
+	/* Grow the clone and its ext4 to this many bytes before use; 0 = as built. */
+	uint64_t size;
+	/* Mount the cache's /data read-only at <dir>/<data_dest> (an absolute path inside the
+	 * rootfs); NULL = no data mount. */
+	const char *data_dest;
 };
 
 /* Attach; ret_state (optional) gets the recorded attach state. */

@@ -185,7 +185,7 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	if (r < 0)
 		return r;
 	b.volume_created = true;
-	r = store_activate(s, STORE_VOLUME, cache_id, false, &b.dev, err);
+	r = store_activate(s, STORE_VOLUME, cache_id, 0, &b.dev, err);
 	if (r == 0)
 		r = mount_volume(&b, err);
 	if (r == 0)

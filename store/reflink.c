@@ -231,11 +231,16 @@ static int reflink_volume_create(struct store *s, const char *id, uint64_t size,
 	return 0;
 }
 
-static int reflink_activate(struct store *s, enum store_kind kind, const char *id, bool read_only,
+static int reflink_activate(struct store *s, enum store_kind kind, const char *id, unsigned flags,
 			    struct store_dev *ret, imc_error *err)
 {
-	const struct imc_loop_opts lo = {
-	    .read_only = read_only, .autoclear = true, .direct_io = true, .block_size = 4096};
+	bool read_only = flags & STORE_ACTIVATE_READ_ONLY;
+	/* A persistent device is not autoclear: it stays bound after our descriptor closes, until
+	 * deactivate clears it by path. */
+	const struct imc_loop_opts lo = {.read_only = read_only,
+					 .autoclear = !(flags & STORE_ACTIVATE_PERSIST),
+					 .direct_io = true,
+					 .block_size = 4096};
 	char name[NAME_MAX_LEN], dev[IMC_LOOP_PATH_MAX];
 	_cleanup_close_ int fd = -1;
 	int loop_fd = -1, r;

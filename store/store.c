@@ -86,14 +86,17 @@ int store_volume_create(struct store *s, const char *id, uint64_t size, imc_erro
 	return r < 0 ? r : s->ops->volume_create(s, id, size, err);
 }
 
-int store_activate(struct store *s, enum store_kind kind, const char *id, bool read_only,
+int store_activate(struct store *s, enum store_kind kind, const char *id, unsigned flags,
 		   struct store_dev *ret, imc_error *err)
 {
 	int r = check_id(id, err);
 
-	if (r == 0 && kind == STORE_SNAPSHOT && !read_only)
+	if (r == 0 && (flags & ~(STORE_ACTIVATE_READ_ONLY | STORE_ACTIVATE_PERSIST)))
+		r = imc_err(err, EINVAL, "%s %s: unknown activate flags %#x", store_kind_name(kind),
+			    id, flags);
+	if (r == 0 && kind == STORE_SNAPSHOT && !(flags & STORE_ACTIVATE_READ_ONLY))
 		r = imc_err(err, EPERM, "snapshot %s: read-only", id);
-	return r < 0 ? r : s->ops->activate(s, kind, id, read_only, ret, err);
+	return r < 0 ? r : s->ops->activate(s, kind, id, flags, ret, err);
 }
 
 int store_deactivate(struct store *s, enum store_kind kind, const char *id, struct store_dev *dev,

@@ -33,6 +33,14 @@ struct store_usage {
 	uint64_t free;
 };
 
+/* store_activate flags */
+enum {
+	STORE_ACTIVATE_READ_ONLY = 1 << 0,
+	/* The device outlives the caller's descriptor (block mode: a microVM opens it later); it
+	 * goes only with store_deactivate on its path. */
+	STORE_ACTIVATE_PERSIST = 1 << 1,
+};
+
 struct store_config {
 	const char *state_dir; /* default /var/lib/imcache */
 	const char *driver;    /* "reflink" (default) */
@@ -49,7 +57,7 @@ struct store_driver_ops {
 	int (*open)(struct store *s, imc_error *err);
 	void (*close)(struct store *s);
 	int (*volume_create)(struct store *s, const char *id, uint64_t size, imc_error *err);
-	int (*activate)(struct store *s, enum store_kind kind, const char *id, bool read_only,
+	int (*activate)(struct store *s, enum store_kind kind, const char *id, unsigned flags,
 			struct store_dev *ret, imc_error *err);
 	int (*deactivate)(struct store *s, enum store_kind kind, const char *id,
 			  struct store_dev *dev, imc_error *err);
@@ -81,7 +89,7 @@ const char *store_driver_name(const struct store *s);
 const char *store_kind_name(enum store_kind kind);
 
 int store_volume_create(struct store *s, const char *id, uint64_t size, imc_error *err);
-int store_activate(struct store *s, enum store_kind kind, const char *id, bool read_only,
+int store_activate(struct store *s, enum store_kind kind, const char *id, unsigned flags,
 		   struct store_dev *ret, imc_error *err);
 int store_deactivate(struct store *s, enum store_kind kind, const char *id, struct store_dev *dev,
 		     imc_error *err);

@@ -80,7 +80,7 @@ static void make_snapshot(const char *id)
 	imc_error err;
 
 	must(store_volume_create(st, id, 256ULL << 20, &err), &err);
-	must(store_activate(st, STORE_VOLUME, id, false, &dev, &err), &err);
+	must(store_activate(st, STORE_VOLUME, id, 0, &dev, &err), &err);
 	must(imc_priv_mkfs("ext4", mkfs_args, dev.path, &err), &err);
 	snprintf(mnt, sizeof(mnt), "%s/mnt-build", state_dir);
 	ck_assert_int_eq(mkdir(mnt, 0700), 0);
