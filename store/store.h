@@ -43,8 +43,11 @@ enum {
 
 struct store_config {
 	const char *state_dir; /* default /var/lib/imcache */
-	const char *driver;    /* "reflink" (default) */
+	const char *driver;    /* "reflink" (default) or "thin" */
 	uint64_t pool_size;    /* embedded loop-backed pool file size (sparse); 0 = default */
+	/* Driver options as "key=value" strings (--driver-opt), NULL-terminated; NULL = none.
+	 * Each driver refuses keys it does not know. */
+	const char *const *driver_opts;
 };
 
 #define STORE_DEFAULT_STATE_DIR "/var/lib/imcache"
