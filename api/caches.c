@@ -353,6 +353,7 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 static void build_one(struct api_caches *c, struct api_cache *cache)
 {
 	struct progress_ctx pctx = {.caches = c, .cache = cache};
+	struct builder_request breq = {0};
 	struct builder_opts opts = {
 	    .blob_dir = c->blob_dir,
 	    .insecure_registries = c->insecure_registries,
@@ -373,8 +374,9 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 		snprintf(what, sizeof(what), "%s", cache->n_refs ? cache->refs[0] : "(no image)");
 	__atomic_add_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
 	notify(c, API_EVENT_BUILD_START, cache->id, what);
-	r = builder_build(c->store, &opts, cache->id, (const char *const *)cache->refs,
-			  cache->n_refs, 0, &manifest, &e);
+	breq.refs = (const char *const *)cache->refs;
+	breq.n_refs = cache->n_refs;
+	r = builder_build(c->store, &opts, cache->id, &breq, &manifest, &e);
 	if (r == 0 && !manifest)
 		r = imc_err(&e, EIO, "builder returned no manifest");
 	if (r < 0 && !e.msg[0])

@@ -154,15 +154,19 @@ static int write_manifest(struct build *b, json_t *manifest, imc_error *err)
 }
 
 int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,
-		  const char *const *refs, size_t n_refs, uint64_t size, json_t **ret_manifest,
-		  imc_error *err)
+		  const struct builder_request *req, json_t **ret_manifest, imc_error *err)
 {
+	const char *const *refs = req->refs;
+	size_t n_refs = req->n_refs;
+	uint64_t size = req->size;
 	_cleanup_(build_cleanup) struct build b = {.s = s, .id = cache_id, .dev = {.fd = -1}};
 	_cleanup_json_ json_t *manifest = NULL;
 	char created[32];
 	uint64_t layer_bytes = 0;
 	int r;
 
+	if (req->n_data)
+		return imc_err(err, EOPNOTSUPP, "data: not supported yet");
 	if (n_refs < 1 || n_refs > BUILDER_IMAGES_MAX)
 		return imc_err(err, EINVAL, "images: want 1 to %d, got %zu", BUILDER_IMAGES_MAX,
 			       n_refs);

@@ -53,10 +53,23 @@ enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target)
 int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *err);
 
 /* ---- pulling ------------------------------------------------------------------------------ */
+/* Registry credentials of one request: never logged, never written to disk. */
+struct builder_credential {
+	const char *registry; /* "host[:port]" as in image refs; docker.io for Docker Hub */
+	const char *username; /* with password: basic auth, and for a token service's realm */
+	const char *password;
+	const char *token; /* instead of username/password: a registry identity/bearer token */
+};
+
 struct builder_opts {
 	const char *blob_dir;			/* verified blobs, sha256/<hex> */
 	const char *platform;			/* default "linux/amd64" */
 	const char *const *insecure_registries; /* NULL-terminated "host:port" list, plain HTTP */
+	const struct builder_credential *credentials; /* per registry; first match wins */
+	size_t n_credentials;
+	const char *auth_file;	 /* docker-style config.json ("auths"); NULL = none */
+	const char *ca_file;	 /* extra CA bundle for HTTPS; NULL = system CAs only */
+	const char *hf_endpoint; /* Hugging Face-compatible endpoint for hf:// data */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
 };
@@ -82,12 +95,27 @@ void builder_image_free(struct builder_image *img);
 
 /* ---- building a cache --------------------------------------------------------------------- */
 #define BUILDER_IMAGES_MAX 20 /* images in one cache, /images/0..19/rootfs */
+
+/* Model data that lands in /data/<path>/. */
+struct builder_data {
+	const char *source; /* https://host/file, oci://registry/repo:tag, hf://org/repo@revision */
+	const char *path;   /* the name under /data/ */
+	const char *sha256; /* optional hex digest of a single-file https source */
+};
+
+struct builder_request {
+	const char *const *refs; /* 1..BUILDER_IMAGES_MAX image refs */
+	size_t n_refs;
+	const struct builder_data *data;
+	size_t n_data;
+	uint64_t size; /* filesystem size in bytes; 0 picks a default from the content */
+};
+
 /* Resolve refs, create a volume in the store, mkfs.ext4, pull each image (fetch + apply) under
- * /images/<n>/rootfs, write /imcache.json, unmount and seal it as snapshot cache_id.  size 0 picks
- * a default from the content.  On failure nothing is left in the store.  ret_manifest gets the
- * content of /imcache.json. */
+ * /images/<n>/rootfs, fetch data under /data/<path>/, write /imcache.json, unmount and seal it as
+ * snapshot cache_id.  On failure nothing is left in the store.  ret_manifest gets the content of
+ * /imcache.json. */
 int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,
-		  const char *const *refs, size_t n_refs, uint64_t size, json_t **ret_manifest,
-		  imc_error *err);
+		  const struct builder_request *req, json_t **ret_manifest, imc_error *err);
 
 #endif
