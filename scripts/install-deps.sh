@@ -6,7 +6,9 @@ PKGS="build-essential pkg-config clang-format clang libclang-rt-14-dev
 libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
 libmicrohttpd-dev check
 docker-registry skopeo umoci crun runc busybox-static
-e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl"
+e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl
+containerd nginx-light apache2-utils debootstrap zstd
+qemu-system-x86 qemu-utils linux-image-amd64 thin-provisioning-tools dmsetup xz-utils cpio"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
@@ -18,9 +20,12 @@ if [ -n "$missing" ]; then
 	# shellcheck disable=SC2086
 	apt-get install -y -qq --no-install-recommends $missing
 fi
-# The Debian package starts a registry on :5000 as a service; imcache's tests and demo
-# run their own on random loopback ports and never use that one.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q docker-registry 2>/dev/null; then
-	systemctl stop docker-registry || true
-	systemctl disable docker-registry 2>/dev/null || true
-fi
+# The Debian packages start a registry on :5000, nginx on :80 and containerd as services;
+# imcache's tests and demo run their own on random loopback ports and private sockets and
+# never use those.
+for svc in docker-registry nginx containerd; do
+	if command -v systemctl >/dev/null 2>&1 && systemctl is-active -q "$svc" 2>/dev/null; then
+		systemctl stop "$svc" || true
+		systemctl disable "$svc" 2>/dev/null || true
+	fi
+done
