@@ -1,17 +1,56 @@
-/* Attach = clone the snapshot, expose the clone as a block device, mount one image's rootfs of it
- * at the caller's directory.  The state of each attach is one JSON file written before anything
- * is touched, keyed by the directory, so detach can undo a half-done attach after a crash. */
+/* Attach = clone the snapshot, expose the clone as a block device, and either mount one image's
+ * rootfs of it at the caller's directory (with the cache's /data read-only inside it, if asked)
+ * or hand the device itself to a microVM (block mode).
+ *
+ * The state of each attach is one JSON file, created before anything is touched and kept
+ * flock()ed by the process working on it (attach, detach, reconcile).  Updates are written in
+ * place (one pwrite, the content only grows) so the lock stays on the same inode.  A state that
+ * nobody holds and whose status is still "attaching" belongs to a process that died: detach and
+ * reconcile undo it.  The attach id is "att-" + 16 hex digits: derived from the directory in
+ * mount mode (so detach finds it from the directory alone), random in block mode. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/loop.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 
 #include "../common/priv.h"
 #include "attach.h"
 
-#define ATTACH_DIR	 "attachments"
-#define ATTACH_IMAGE_MAX 1000
-#define STATE_MAX_BYTES	 (64 * 1024)
+#define ATTACH_DIR	     "attachments"
+#define ATTACH_IMAGE_MAX     1000
+#define ATTACH_ID_LEN	     20 /* "att-" + 16 hex */
+#define ATTACH_SIZE_MAX	     (16ULL << 40)
+#define ATTACH_DATA_DEST_MAX 1024
+#define STATE_MAX_BYTES	     (64 * 1024)
+#define LOOP_SCAN_MAX	     4096 /* loop devices looked at by one scan */
+#define MOUNTINFO_MAX	     (4U << 20)
+
+#define STATUS_ATTACHING "attaching"
+#define STATUS_ATTACHED	 "attached"
+
+/* Test-only stop points: IMC_ATTACH_STOP_AT=after-clone|after-loop|after-mount|after-data|
+ * detach-after-umount stops the process there (SIGSTOP), so that a test can SIGKILL it at exactly
+ * that point of an attach or detach. */
+static void stop_point(const char *name)
+{
+#ifdef IMC_TESTING
+	const char *at = getenv("IMC_ATTACH_STOP_AT");
+
+	if (at && strcmp(at, name) == 0)
+		raise(SIGSTOP);
+#else
+	(void)name;
+#endif
+}
 
 static int open_attach_dir(struct store *s, imc_error *err)
 {
@@ -28,7 +67,7 @@ static int open_attach_dir(struct store *s, imc_error *err)
 	return fd;
 }
 
-/* The attach id names the clone and the state file: "att-" + 16 hex of sha256(dir). */
+/* The attach id of a mount-mode attach: "att-" + 16 hex of sha256(dir). */
 TESTABLE int attach_id_for_dir(const char *dir, char ret[32], imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1];
@@ -40,36 +79,473 @@ TESTABLE int attach_id_for_dir(const char *dir, char ret[32], imc_error *err)
 	return 0;
 }
 
-static int state_name(const char *aid, char ret[64])
+/* Is s an attach id ("att-" + 16 lowercase hex digits)? */
+TESTABLE bool attach_id_valid(const char *s)
 {
-	snprintf(ret, 64, "%s.json", aid);
-	return 0;
+	if (strncmp(s, "att-", 4) != 0 || strlen(s) != ATTACH_ID_LEN)
+		return false;
+	for (const char *p = s + 4; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
 }
 
-/* Record the attach before doing it; fails with -EEXIST when dir is attached already. */
-static int state_create(int adir, const char *aid, json_t *state, imc_error *err)
+static void state_name(const char *aid, char ret[64])
 {
-	char name[64], tmp[80];
+	snprintf(ret, 64, "%s.json", aid);
+}
+
+/* ---- state files ----------------------------------------------------------------------------- */
+
+/* Write state over the file behind fd (locked by us) in one pwrite. */
+static int state_update(int fd, json_t *state, imc_error *err)
+{
 	_cleanup_free_ char *buf = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
-	_cleanup_close_ int fd = -1;
-	int r;
+	size_t len;
+	ssize_t n;
 
 	if (!buf)
 		return imc_err(err, ENOMEM, "out of memory");
+	len = strlen(buf);
+	n = pwrite(fd, buf, len, 0);
+	if (n < 0 || (size_t)n != len || ftruncate(fd, (off_t)len) < 0)
+		return imc_err_sys(err, n < 0 ? errno : EIO, "attach state %s",
+				   json_string_value(json_object_get(state, "id")));
+	return 0;
+}
+
+/* Record the attach before doing it, and keep it locked: returns the locked descriptor, or
+ * -EEXIST when the id is attached already. */
+static int state_create(int adir, const char *aid, json_t *state, imc_error *err)
+{
+	char name[64], tmp[80];
+	_cleanup_close_ int fd = -1;
+	int r;
+
 	state_name(aid, name);
-	snprintf(tmp, sizeof(tmp), ".%s.%d", name, (int)getpid());
-	fd = openat(adir, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	snprintf(tmp, sizeof(tmp), ".%s.%d.%d", name, (int)getpid(), (int)gettid());
+	fd = openat(adir, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "attach state %s", tmp);
-	r = imc_write_all(fd, buf, strlen(buf));
+	if (flock(fd, LOCK_EX) < 0)
+		r = imc_err_sys(err, errno, "lock attach state %s", tmp);
+	else
+		r = state_update(fd, state, err);
 	if (r == 0 && renameat2(adir, tmp, adir, name, RENAME_NOREPLACE) < 0)
-		r = -errno;
-	if (r < 0)
+		r = errno == EEXIST ? imc_err(err, EEXIST, "already attached")
+				    : imc_err_sys(err, errno, "attach state %s", name);
+	if (r < 0) {
 		unlinkat(adir, tmp, 0);
-	if (r == -EEXIST)
-		return imc_err(err, EEXIST, "already attached");
-	return r < 0 ? imc_err_sys(err, r, "attach state %s", name) : 0;
+		return r;
+	}
+	return steal_fd(&fd);
 }
+
+/* Open and lock the state of aid without waiting: -ENOENT when there is none, -EBUSY when
+ * another process works on it. */
+static int state_lock(int adir, const char *aid, imc_error *err)
+{
+	char name[64];
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+
+	state_name(aid, name);
+	fd = openat(adir, name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT : imc_err_sys(err, errno, "attach state %s", name);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+		return errno == EWOULDBLOCK
+			   ? imc_err(err, EBUSY, "attach %s: another process is working on it", aid)
+			   : imc_err_sys(err, errno, "lock attach state %s", name);
+	/* Removed by whoever held the lock before us. */
+	if (fstat(fd, &st) < 0 || st.st_nlink == 0)
+		return -ENOENT;
+	return steal_fd(&fd);
+}
+
+static int state_read(int fd, const char *aid, json_t **ret, imc_error *err)
+{
+	char buf[STATE_MAX_BYTES + 1];
+	ssize_t n = pread(fd, buf, sizeof(buf), 0);
+
+	if (n < 0)
+		return imc_err_sys(err, errno, "attach state %s", aid);
+	if (n > STATE_MAX_BYTES)
+		return imc_err(err, EFBIG, "attach state %s: over %d bytes", aid, STATE_MAX_BYTES);
+	if (imc_json_parse_object(buf, (size_t)n, ret, err) < 0)
+		return imc_err_wrap(err, "attach state %s", aid);
+	return 0;
+}
+
+static const char *state_str(json_t *state, const char *key)
+{
+	return json_string_value(json_object_get(state, key));
+}
+
+/* ---- loop devices and mounts found from the outside (reconcile, crash leftovers) --------------
+ */
+
+/* The device number of a block device node, 0 when it is not one. */
+static dev_t blockdev_rdev(const char *path)
+{
+	struct stat st;
+
+	if (!path || stat(path, &st) < 0 || !S_ISBLK(st.st_mode))
+		return 0;
+	return st.st_rdev;
+}
+
+/* Is dir the root of a mount of the filesystem on device rdev? */
+static bool is_mount_of(const char *dir, dev_t rdev)
+{
+	struct statx stx;
+
+	if (rdev == 0 || statx(AT_FDCWD, dir, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT,
+			       STATX_BASIC_STATS, &stx) < 0)
+		return false;
+	return makedev(stx.stx_dev_major, stx.stx_dev_minor) == rdev &&
+	       (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+}
+
+/* The clones directory of the store as the kernel names loop backing files ("<real state
+ * dir>/pool/clones/"); reflink layout, see store/reflink.c. */
+static int clones_prefix(struct store *s, char ret[PATH_MAX], imc_error *err)
+{
+	char real[PATH_MAX];
+
+	if (!realpath(s->state_dir, real))
+		return imc_err_sys(err, errno, "%s", s->state_dir);
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/pool/clones/", real) >= PATH_MAX)
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
+	return 0;
+}
+
+/* The attach id whose clone backs /dev/<loop>, or "" when it backs none of this store's clones
+ * (or nothing).  Deleted clone files count: their loop device is still a leak. */
+static void loop_clone_id(const char *loop, const char *prefix, char ret[ATTACH_ID_LEN + 1])
+{
+	char path[128], back[PATH_MAX + 16];
+	_cleanup_close_ int fd = -1;
+	size_t plen = strlen(prefix);
+	ssize_t n;
+
+	ret[0] = '\0';
+	snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", loop);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (n = read(fd, back, sizeof(back) - 1)) <= 0)
+		return;
+	back[n] = '\0';
+	back[strcspn(back, "\n")] = '\0';
+	if (strncmp(back, prefix, plen) != 0)
+		return;
+	char *id = back + plen, *dot = strstr(id, ".img");
+	if (!dot || (dot[4] != '\0' && strcmp(dot + 4, " (deleted)") != 0))
+		return;
+	*dot = '\0';
+	if (attach_id_valid(id))
+		snprintf(ret, ATTACH_ID_LEN + 1, "%s", id);
+}
+
+/* Decode mountinfo's octal escapes (\040 and friends) in place. */
+TESTABLE void mountinfo_unescape(char *s)
+{
+	char *w = s;
+
+	for (char *r = s; *r; r++) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+		    r[3] >= '0' && r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+			r += 3;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+}
+
+/* Unmount every mount of the filesystem on rdev in this mount namespace, the last-mounted
+ * (deepest) first; each one is added to repairs. */
+static int umount_all_of(dev_t rdev, json_t *repairs, imc_error *err)
+{
+	_cleanup_free_ char *buf = NULL;
+	char *lines[256], *save = NULL;
+	size_t n = 0, len;
+	int r;
+
+	if (rdev == 0)
+		return 0;
+	r = imc_read_file("/proc/self/mountinfo", MOUNTINFO_MAX, &buf, &len, err);
+	if (r < 0)
+		return r;
+	for (char *l = strtok_r(buf, "\n", &save); l && n < IMC_ARRAY_SIZE(lines);
+	     l = strtok_r(NULL, "\n", &save)) {
+		unsigned maj, min;
+		char mp[PATH_MAX];
+		/* "ID PARENT MAJ:MIN ROOT MOUNTPOINT ..." */
+		if (sscanf(l, "%*u %*u %u:%u %*s %4095s", &maj, &min, mp) == 3 &&
+		    makedev(maj, min) == rdev)
+			lines[n++] = l;
+	}
+	for (size_t i = n; i-- > 0;) {
+		char mp[PATH_MAX];
+		sscanf(lines[i], "%*u %*u %*u:%*u %*s %4095s", mp);
+		mountinfo_unescape(mp);
+		r = imc_priv_umount(mp, 0, err);
+		if (r < 0 && r != -EINVAL && r != -ENOENT)
+			return r;
+		if (r == 0 && repairs)
+			json_array_append_new(repairs, json_sprintf("unmounted %s", mp));
+	}
+	return 0;
+}
+
+/* Release every loop device that serves aid's clone (found through sysfs, not through the
+ * state), unmounting what is mounted from it first. */
+static int release_loops_of(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+{
+	char prefix[PATH_MAX];
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int r, seen = 0;
+
+	if ((r = clones_prefix(s, prefix, err)) < 0)
+		return r;
+	d = opendir("/sys/block");
+	if (!d)
+		return imc_err_sys(err, errno, "/sys/block");
+	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
+		char id[ATTACH_ID_LEN + 1], dev[IMC_LOOP_PATH_MAX + 8];
+		if (strncmp(de->d_name, "loop", 4) != 0)
+			continue;
+		loop_clone_id(de->d_name, prefix, id);
+		if (!id[0] || (aid && strcmp(id, aid) != 0))
+			continue;
+		snprintf(dev, sizeof(dev), "/dev/%s", de->d_name);
+		if ((r = umount_all_of(blockdev_rdev(dev), repairs, err)) < 0)
+			return r;
+		r = imc_priv_loop_detach(dev, err);
+		if (r < 0 && r != -ENXIO && r != -ENOENT)
+			return r;
+		if (r == 0 && repairs)
+			json_array_append_new(repairs,
+					      json_sprintf("released %s (clone %s)", dev, id));
+	}
+	return 0;
+}
+
+/* Does the device recorded for aid still serve its clone?  (Mount mode: the loop device is
+ * autoclear, so it is bound exactly as long as something, normally the mount, holds it.) */
+static bool device_alive(struct store *s, const char *aid, const char *dev)
+{
+	char prefix[PATH_MAX], id[ATTACH_ID_LEN + 1];
+	imc_error ignored;
+
+	if (!dev || strncmp(dev, "/dev/loop", 9) != 0)
+		return blockdev_rdev(dev) != 0; /* not a loop device: a driver's own node */
+	if (clones_prefix(s, prefix, &ignored) < 0)
+		return true; /* cannot tell: keep it */
+	loop_clone_id(dev + 5, prefix, id);
+	return strcmp(id, aid) == 0;
+}
+
+/* ---- mounting ------------------------------------------------------------------------------- */
+
+/* A detached copy of subdir of the mount mfd (a directory, never a symlink), read-only (and
+ * nosuid, nodev) if asked. */
+static int open_subtree(int mfd, const char *subdir, bool read_only, int *ret_fd)
+{
+	struct mount_attr attr = {.attr_set =
+				      MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
+	_cleanup_close_ int tree = -1;
+	struct stat st;
+
+	if (fstatat(mfd, subdir, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (!S_ISDIR(st.st_mode))
+		return -ENOTDIR;
+	tree =
+	    open_tree(mfd, subdir,
+		      OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT | AT_SYMLINK_NOFOLLOW);
+	if (tree < 0)
+		return -errno;
+	if (read_only && mount_setattr(tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+		return -errno;
+	*ret_fd = steal_fd(&tree);
+	return 0;
+}
+
+/* Check data_dest ("/an/absolute/path", no "..") before anything is done. */
+TESTABLE int data_dest_check(const char *dest, imc_error *err)
+{
+	size_t len = strlen(dest);
+	bool named = false;
+
+	if (dest[0] != '/' || len > ATTACH_DATA_DEST_MAX)
+		return imc_err(err, EINVAL,
+			       "data mount path \"%.80s\": want an absolute path of at "
+			       "most %d bytes",
+			       dest, ATTACH_DATA_DEST_MAX);
+	for (const char *p = dest; *p;) {
+		size_t n;
+		p += strspn(p, "/");
+		n = strcspn(p, "/");
+		if (n == 2 && p[0] == '.' && p[1] == '.')
+			return imc_err(err, EINVAL, "data mount path %s: \"..\" is not allowed",
+				       dest);
+		if (n > 0 && !(n == 1 && p[0] == '.'))
+			named = true;
+		p += n;
+	}
+	if (!named)
+		return imc_err(err, EINVAL, "data mount path %s: names no directory", dest);
+	return 0;
+}
+
+/* Make the directory dest inside rootfd (each component resolved with RESOLVE_IN_ROOT, so no
+ * symlink in the image can lead out of it) and return an O_PATH descriptor of it. */
+static int mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err)
+{
+	_cleanup_free_ char *path = strdup(dest);
+	_cleanup_close_ int parent = -1;
+	size_t len;
+
+	if (!path)
+		return imc_err(err, ENOMEM, "out of memory");
+	len = strlen(path);
+	parent = fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
+	if (parent < 0)
+		return imc_err_sys(err, errno, "dup");
+	for (size_t end = 0; end < len;) {
+		size_t start = end + strspn(path + end, "/");
+		int fd;
+		end = start + strcspn(path + start, "/");
+		if (end == start)
+			break;
+		char saved = path[end], name[NAME_MAX + 1];
+		snprintf(name, sizeof(name), "%.*s", (int)(end - start), path + start);
+		path[end] = '\0';
+		fd = imc_openat_in_root(rootfd, path, O_PATH | O_DIRECTORY, 0);
+		if (fd == -ENOENT) {
+			/* mkdirat never follows the last component: a dangling symlink there
+			 * is EEXIST, and the lookup again fails. */
+			if (mkdirat(parent, name, 0755) < 0 && errno != EEXIST)
+				return imc_err_sys(err, errno, "data mount point %s", path);
+			fd = imc_openat_in_root(rootfd, path, O_PATH | O_DIRECTORY, 0);
+		}
+		if (fd < 0)
+			return imc_err_sys(err, -fd, "data mount point %s", path);
+		path[end] = saved;
+		close(parent);
+		parent = fd;
+	}
+	*ret_fd = steal_fd(&parent);
+	return 0;
+}
+
+/* Grow the clone behind loop device dev (fd open) to size bytes: the backing file, then the
+ * device.  The file is found through sysfs and checked against the device's backing inode. */
+static int grow_loop(const char *dev, int dev_fd, uint64_t size, imc_error *err)
+{
+	char path[128], back[PATH_MAX];
+	_cleanup_close_ int sfd = -1, file = -1;
+	struct loop_info64 info;
+	struct stat st;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", dev + 5);
+	sfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (sfd < 0 || (n = read(sfd, back, sizeof(back) - 1)) <= 0)
+		return imc_err_sys(err, errno ? errno : EIO, "%s", path);
+	back[n] = '\0';
+	back[strcspn(back, "\n")] = '\0';
+	file = open(back, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (file < 0 || fstat(file, &st) < 0)
+		return imc_err_sys(err, errno, "clone file %s", back);
+	if (ioctl(dev_fd, LOOP_GET_STATUS64, &info) < 0)
+		return imc_err_sys(err, errno, "LOOP_GET_STATUS64 %s", dev);
+	if (info.lo_inode != st.st_ino || info.lo_device != st.st_dev)
+		return imc_err(err, ESTALE, "%s no longer serves %s", dev, back);
+	if ((uint64_t)st.st_size > size)
+		return imc_err(err, EINVAL, "size %llu is smaller than the clone (%llu bytes)",
+			       (unsigned long long)size, (unsigned long long)st.st_size);
+	if (ftruncate(file, (off_t)size) < 0)
+		return imc_err_sys(err, errno, "grow %s to %llu bytes", back,
+				   (unsigned long long)size);
+	return imc_priv_loop_set_capacity(dev_fd, dev, err);
+}
+
+/* ---- undo ----------------------------------------------------------------------------------- */
+
+/* Unmount the data mount inside the attach's rootfs, if it is there.  The path is resolved inside
+ * the rootfs (the container may have changed it), and only a mount root of the clone's own
+ * filesystem is unmounted. */
+static int umount_data(const char *dir, const char *dest, dev_t rdev, imc_error *err)
+{
+	_cleanup_close_ int root = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	_cleanup_close_ int fd = -1;
+	struct statx stx;
+	char what[PATH_MAX + 64];
+	int r;
+
+	if (root < 0)
+		return 0;
+	fd = imc_openat_in_root(root, dest, O_PATH | O_NOFOLLOW, 0);
+	if (fd < 0)
+		return 0;
+	if (statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx) < 0 ||
+	    makedev(stx.stx_dev_major, stx.stx_dev_minor) != rdev ||
+	    !(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		return 0;
+	snprintf(what, sizeof(what), "%s%s", dir, dest);
+	r = imc_priv_umount_fd(fd, what, err);
+	return r == -EINVAL ? 0 : r;
+}
+
+/* Undo whatever part of the attach aid (its state locked by us in fd) exists: the data mount,
+ * the rootfs mount, the device, the clone, the state.  Each step accepts that it is done. */
+static int undo(struct store *s, int adir, const char *aid, json_t *state, json_t *repairs,
+		imc_error *err)
+{
+	const char *dir = state_str(state, "dir"), *dev = state_str(state, "device");
+	const char *dest = state_str(state, "dataDest");
+	const char *status = state_str(state, "status");
+	bool attached = status && strcmp(status, STATUS_ATTACHED) == 0;
+	dev_t rdev = blockdev_rdev(dev);
+	char name[64];
+	int r;
+
+	if (dir && rdev && is_mount_of(dir, rdev)) {
+		if (dest && (r = umount_data(dir, dest, rdev, err)) < 0)
+			return r;
+		r = imc_priv_umount(dir, 0, err);
+		if (r < 0 && r != -EINVAL)
+			return r;
+		if (repairs)
+			json_array_append_new(repairs, json_sprintf("unmounted %s", dir));
+	}
+	stop_point("detach-after-umount");
+	if (dev) {
+		struct store_dev sd = {.fd = -1};
+		snprintf(sd.path, sizeof(sd.path), "%s", dev);
+		if ((r = store_deactivate(s, STORE_CLONE, aid, &sd, err)) < 0)
+			return r;
+	}
+	/* A crash before the device was recorded (or before "attached") may have left one that
+	 * the state does not name. */
+	if ((!dev || !attached) && (r = release_loops_of(s, aid, repairs, err)) < 0)
+		return r;
+	r = store_remove(s, STORE_CLONE, aid, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	if (r == 0 && repairs)
+		json_array_append_new(repairs, json_sprintf("removed clone %s", aid));
+	state_name(aid, name);
+	if (unlinkat(adir, name, 0) < 0 && errno != ENOENT)
+		return imc_err_sys(err, errno, "attach state %s", name);
+	return 0;
+}
+
+/* ---- attach --------------------------------------------------------------------------------- */
 
 static int resolve_dir(const char *dir, char ret[PATH_MAX], imc_error *err)
 {
@@ -86,118 +562,307 @@ static int resolve_dir(const char *dir, char ret[PATH_MAX], imc_error *err)
 	return 0;
 }
 
-/* Undo whatever part of an attach exists: mount, device, clone, state. */
-static int undo(struct store *s, int adir, const char *aid, const char *dir, bool mounted,
-		imc_error *err)
+/* Detached copies of images/N/rootfs and (if asked) /data of the filesystem at from.  A bare
+ * -EINVAL, with err untouched, when the kernel refuses to copy from a detached mount. */
+static int clone_trees(int from, const struct attach_request *req, const char *subdir,
+		       int *ret_rootfs, int *ret_data, imc_error *err)
 {
-	char name[64];
-	int r = 0;
+	int r = open_subtree(from, subdir, false, ret_rootfs);
 
-	if (mounted) {
-		r = imc_priv_umount(dir, 0, err);
-		if (r == -EINVAL)
-			r = 0; /* not mounted (the crash came before the mount) */
-		if (r < 0)
-			return r;
+	if (r == -EINVAL)
+		return r;
+	if (r < 0)
+		return r == -ENOENT ? imc_err(err, ENOENT, "cache %s has no image %u",
+					      req->cache_id, req->image)
+				    : imc_err_sys(err, r, "cache %s: %s", req->cache_id, subdir);
+	if (!req->data_dest)
+		return 0;
+	r = open_subtree(from, "data", true, ret_data);
+	if (r == -EINVAL) {
+		close(*ret_rootfs);
+		*ret_rootfs = -1;
+		return r;
 	}
-	r = store_deactivate(s, STORE_CLONE, aid, NULL, err);
+	if (r < 0)
+		return r == -ENOENT || r == -ENOTDIR
+			   ? imc_err(err, ENOENT, "cache %s has no /data", req->cache_id)
+			   : imc_err_sys(err, r, "cache %s: /data", req->cache_id);
+	return 0;
+}
+
+/* Kernels before 6.15 copy trees only out of mounts attached in a namespace: attach the whole
+ * filesystem at dir for the moment it takes to copy them out, then detach it.  A crash in
+ * between leaves a mount of the clone's device at dir, which detach and reconcile undo like the
+ * rootfs mount. */
+static int clone_trees_attached(int mfd, const struct attach_request *req, const char *subdir,
+				const char *dir, int *ret_rootfs, int *ret_data, imc_error *err)
+{
+	_cleanup_close_ int top = -1;
+	imc_error ignored;
+	int r;
+
+	if ((r = imc_priv_move_mount(mfd, AT_FDCWD, dir, dir, err)) < 0)
+		return r;
+	top = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (top < 0) {
+		r = imc_err_sys(err, errno, "%s", dir);
+	} else {
+		r = clone_trees(top, req, subdir, ret_rootfs, ret_data, err);
+		if (r == -EINVAL) /* bare: err not filled */
+			r = imc_err(err, EINVAL, "cache %s: copy %s out of its mount",
+				    req->cache_id, subdir);
+	}
+	/* Lazily: top (and the copies) still reference it. */
+	if (imc_priv_umount(dir, MNT_DETACH, r < 0 ? &ignored : err) < 0 && r == 0)
+		r = err->code;
+	return r;
+}
+
+/* Mount images/N/rootfs of the clone on dev at dir and, if asked, the cache's /data read-only at
+ * dir/data_dest, all from one detached fsmount (so only those two mounts ever appear). */
+static int mount_trees(const struct attach_request *req, const char *dev, const char *dir,
+		       imc_error *err)
+{
+	_cleanup_close_ int mfd = -1, rootfs = -1, data = -1, root = -1, dest = -1;
+	char subdir[64], what[PATH_MAX + 128];
+	int r;
+
+	if ((r = imc_priv_fsmount("ext4", dev, STORE_EXT4_MOUNT_OPTIONS, false, &mfd, err)) < 0)
+		return r;
+	snprintf(subdir, sizeof(subdir), "images/%u/rootfs", req->image);
+	r = clone_trees(mfd, req, subdir, &rootfs, &data, err);
+	if (r == -EINVAL)
+		r = clone_trees_attached(mfd, req, subdir, dir, &rootfs, &data, err);
 	if (r < 0)
 		return r;
-	r = store_remove(s, STORE_CLONE, aid, err);
-	if (r < 0 && r != -ENOENT)
+	snprintf(what, sizeof(what), "%s:%s on %s", dev, subdir, dir);
+	if ((r = imc_priv_move_mount(rootfs, AT_FDCWD, dir, what, err)) < 0)
 		return r;
-	state_name(aid, name);
-	if (unlinkat(adir, name, 0) < 0 && errno != ENOENT)
-		return imc_err_sys(err, errno, "attach state %s", name);
+	stop_point("after-mount");
+	if (!req->data_dest)
+		return 0;
+	root = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (root < 0)
+		return imc_err_sys(err, errno, "%s", dir);
+	if ((r = mkdir_in_root(root, req->data_dest, &dest, err)) < 0)
+		return r;
+	snprintf(what, sizeof(what), "%s:/data on %s%s", dev, dir, req->data_dest);
+	if ((r = imc_priv_move_mount(data, dest, "", what, err)) < 0)
+		return r;
+	stop_point("after-data");
 	return 0;
 }
 
 static int do_attach(struct store *s, const struct attach_request *req, const char *aid,
-		     const char *dir, imc_error *err)
+		     const char *dir, int sfd, json_t *state, imc_error *err)
 {
-	char subdir[64];
+	unsigned flags = req->block ? STORE_ACTIVATE_PERSIST : 0;
 	struct store_dev dev = {.fd = -1};
 	int r;
 
-	snprintf(subdir, sizeof(subdir), "images/%u/rootfs", req->image);
 	/* No existence check first: the clone is the check, and the hot path stays short. */
 	r = store_clone(s, req->cache_id, aid, err);
 	if (r == -ENOENT)
 		return imc_err(err, ENOENT, "cache %s: not in the local store", req->cache_id);
 	if (r < 0)
 		return r;
-	r = store_activate(s, STORE_CLONE, aid, 0, &dev, err);
+	stop_point("after-clone");
+	r = store_activate(s, STORE_CLONE, aid, flags, &dev, err);
 	if (r < 0)
 		return r;
-	r = imc_priv_mount_subdir("ext4", dev.path, STORE_EXT4_MOUNT_OPTIONS, false, subdir, dir,
-				  err);
-	if (r == -ENOENT)
-		r = imc_err(err, ENOENT, "cache %s has no image %u", req->cache_id, req->image);
-	/* From here the mount holds the device; dropping our descriptor lets it go with the
-	 * mount (or now, when the mount failed). */
+	if (json_object_set_new(state, "device", json_string(dev.path)) < 0)
+		r = imc_err(err, ENOMEM, "out of memory");
+	else
+		r = state_update(sfd, state, err);
+	if (r == 0)
+		stop_point("after-loop");
+	if (r == 0 && req->size && strncmp(dev.path, "/dev/loop", 9) == 0)
+		r = grow_loop(dev.path, dev.fd, req->size, err);
+	else if (r == 0 && req->size)
+		r = imc_err(err, EOPNOTSUPP, "--size: the %s driver cannot grow a clone",
+			    store_driver_name(s));
+	if (r == 0 && req->size)
+		r = imc_priv_resize_ext4(dev.path, req->size, err);
+	if (r == 0 && !req->block)
+		r = mount_trees(req, dev.path, dir, err);
+	/* From here the mount holds the device (or, persistent, it holds itself); dropping our
+	 * descriptor lets an autoclear one go with the mount, or now when the mount failed. */
 	close(dev.fd);
-	return r;
+	if (r < 0)
+		return r;
+	json_object_set_new(state, "status", json_string(STATUS_ATTACHED));
+	return state_update(sfd, state, err);
+}
+
+static int check_request(struct store *s, const struct attach_request *req, imc_error *err)
+{
+	struct store_object_info info;
+	int r;
+
+	if (!req->cache_id || !imc_name_valid(req->cache_id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed",
+			       req->cache_id ? req->cache_id : "");
+	if (req->image > ATTACH_IMAGE_MAX)
+		return imc_err(err, EINVAL, "image %u: at most %d", req->image, ATTACH_IMAGE_MAX);
+	if (req->block && req->data_dest)
+		return imc_err(err, EINVAL, "a data mount needs mount mode, not block mode");
+	if (req->data_dest && (r = data_dest_check(req->data_dest, err)) < 0)
+		return r;
+	if (!req->size)
+		return 0;
+	if (req->size > ATTACH_SIZE_MAX)
+		return imc_err(err, EINVAL, "size %llu: at most %llu bytes (16 TiB)",
+			       (unsigned long long)req->size, ATTACH_SIZE_MAX);
+	if (req->size % 4096)
+		return imc_err(err, EINVAL, "size %llu: not a multiple of 4096",
+			       (unsigned long long)req->size);
+	r = store_stat(s, STORE_SNAPSHOT, req->cache_id, &info, err);
+	if (r == -ENOENT)
+		return imc_err(err, ENOENT, "cache %s: not in the local store", req->cache_id);
+	if (r < 0)
+		return r;
+	if (req->size < info.size)
+		return imc_err(err, EINVAL,
+			       "size %llu is smaller than cache %s (%llu bytes); a clone can only "
+			       "grow",
+			       (unsigned long long)req->size, req->cache_id,
+			       (unsigned long long)info.size);
+	return 0;
+}
+
+static json_t *state_new(struct store *s, const struct attach_request *req, const char *aid,
+			 const char *dir)
+{
+	json_t *state = json_pack("{s:s, s:s, s:i, s:b, s:s, s:s, s:I, s:i}", "id", aid, "cacheId",
+				  req->cache_id, "image", (int)req->image, "block", req->block,
+				  "status", STATUS_ATTACHING, "driver", store_driver_name(s),
+				  "createdAt", (json_int_t)imc_now(), "pid", (int)getpid());
+
+	if (state && dir && json_object_set_new(state, "dir", json_string(dir)) < 0)
+		json_decref(steal_pointer(&state));
+	if (state && req->data_dest &&
+	    json_object_set_new(state, "dataDest", json_string(req->data_dest)) < 0)
+		json_decref(steal_pointer(&state));
+	if (state && req->size &&
+	    json_object_set_new(state, "size", json_integer((json_int_t)req->size)) < 0)
+		json_decref(steal_pointer(&state));
+	return state;
 }
 
 int attach_cache(struct store *s, const struct attach_request *req, json_t **ret_state,
 		 imc_error *err)
 {
-	char dir[PATH_MAX], aid[32];
-	_cleanup_close_ int adir = -1;
+	char dir[PATH_MAX], aid[64];
+	const char *what = "";
+	_cleanup_close_ int adir = -1, sfd = -1;
 	_cleanup_json_ json_t *state = NULL;
 	int r;
 
-	if (!imc_name_valid(req->cache_id, 64))
-		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", req->cache_id);
-	if (req->image > ATTACH_IMAGE_MAX)
-		return imc_err(err, EINVAL, "image %u: at most %d", req->image, ATTACH_IMAGE_MAX);
-	r = resolve_dir(req->dir, dir, err);
+	if ((r = check_request(s, req, err)) < 0)
+		return r;
+	if (req->block) {
+		r = imc_random_id("att", aid, sizeof(aid), err);
+		what = "block device";
+	} else if ((r = resolve_dir(req->dir, dir, err)) == 0) {
+		r = attach_id_for_dir(dir, aid, err);
+		what = dir;
+	}
 	if (r < 0)
 		return r;
-	if ((r = attach_id_for_dir(dir, aid, err)) < 0 || (adir = open_attach_dir(s, err)) < 0)
-		return r < 0 ? r : adir;
-	state = json_pack("{s:s, s:s, s:i, s:s, s:s, s:I}", "id", aid, "cacheId", req->cache_id,
-			  "image", (int)req->image, "dir", dir, "driver", store_driver_name(s),
-			  "createdAt", (json_int_t)imc_now());
+	if ((adir = open_attach_dir(s, err)) < 0)
+		return adir;
+	state = state_new(s, req, aid, req->block ? NULL : dir);
 	if (!state)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = state_create(adir, aid, state, err);
-	if (r < 0)
-		return imc_err_wrap(err, "%s", dir);
-	r = do_attach(s, req, aid, dir, err);
+	sfd = state_create(adir, aid, state, err);
+	if (sfd < 0)
+		return imc_err_wrap(err, "%s", what);
+	r = do_attach(s, req, aid, req->block ? NULL : dir, sfd, state, err);
 	if (r < 0) {
 		imc_error undo_err;
-		if (undo(s, adir, aid, dir, false, &undo_err) < 0)
-			return imc_err_wrap(err, "attach %s at %s (and undoing it failed: %s)",
-					    req->cache_id, dir, undo_err.msg);
-		return imc_err_wrap(err, "attach %s at %s", req->cache_id, dir);
+		if (undo(s, adir, aid, state, NULL, &undo_err) < 0)
+			return imc_err_wrap(err, "attach %s as %s (and undoing it failed: %s)",
+					    req->cache_id, what, undo_err.msg);
+		return imc_err_wrap(err, "attach %s as %s", req->cache_id, what);
 	}
 	if (ret_state)
 		*ret_state = steal_pointer(&state);
 	return 0;
 }
 
-int attach_detach(struct store *s, const char *dir_arg, imc_error *err)
+/* ---- detach --------------------------------------------------------------------------------- */
+
+/* The attach whose recorded device is dev. */
+static int find_by_device(int adir, const char *dev, char ret[64], imc_error *err)
 {
-	char dir[PATH_MAX], aid[32], name[64];
-	_cleanup_close_ int adir = -1;
-	struct stat st;
+	int fd = fcntl(adir, F_DUPFD_CLOEXEC, 3);
+	_cleanup_dir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "attachments");
+	}
+	while ((de = readdir(d))) {
+		_cleanup_json_ json_t *state = NULL;
+		imc_error ignored;
+		size_t len = strlen(de->d_name);
+		const char *sdev;
+
+		if (len != ATTACH_ID_LEN + 5 || strcmp(de->d_name + ATTACH_ID_LEN, ".json"))
+			continue;
+		if (imc_json_read_file(adir, de->d_name, STATE_MAX_BYTES, &state, &ignored) < 0)
+			continue;
+		sdev = state_str(state, "device");
+		if (sdev && strcmp(sdev, dev) == 0) {
+			snprintf(ret, 64, "%.*s", ATTACH_ID_LEN, de->d_name);
+			return 0;
+		}
+	}
+	return imc_err(err, ENOENT, "%s: no attach uses this device", dev);
+}
+
+/* Which attach "what" names: an attach id, a device path or a mount directory. */
+static int resolve_target(int adir, const char *what, char ret[64], imc_error *err)
+{
+	char dir[PATH_MAX];
+
+	if (attach_id_valid(what)) {
+		snprintf(ret, 64, "%s", what);
+		return 0;
+	}
+	if (strncmp(what, "/dev/", 5) == 0)
+		return find_by_device(adir, what, ret, err);
+	/* The directory may be gone after a crash: then the given path is the key. */
+	if (!realpath(what, dir)) {
+		if (strlen(what) >= sizeof(dir))
+			return imc_err(err, ENAMETOOLONG, "%.80s: path too long", what);
+		snprintf(dir, sizeof(dir), "%s", what);
+	}
+	return attach_id_for_dir(dir, ret, err);
+}
+
+int attach_detach(struct store *s, const char *what, imc_error *err)
+{
+	char aid[64];
+	_cleanup_close_ int adir = -1, sfd = -1;
+	_cleanup_json_ json_t *state = NULL;
 	int r;
 
-	/* The directory may be gone after a crash: then the given path is the key. */
-	if (!realpath(dir_arg, dir)) {
-		if (strlen(dir_arg) >= sizeof(dir))
-			return imc_err(err, ENAMETOOLONG, "%.80s: path too long", dir_arg);
-		snprintf(dir, sizeof(dir), "%s", dir_arg);
-	}
-	if ((r = attach_id_for_dir(dir, aid, err)) < 0 || (adir = open_attach_dir(s, err)) < 0)
-		return r < 0 ? r : adir;
-	state_name(aid, name);
-	if (fstatat(adir, name, &st, 0) < 0)
-		return errno == ENOENT ? imc_err(err, ENOENT, "%s: nothing attached there", dir)
-				       : imc_err_sys(err, errno, "attach state %s", name);
-	r = undo(s, adir, aid, dir, true, err);
-	return r < 0 ? imc_err_wrap(err, "detach %s", dir) : 0;
+	if ((adir = open_attach_dir(s, err)) < 0)
+		return adir;
+	if ((r = resolve_target(adir, what, aid, err)) < 0)
+		return r;
+	sfd = state_lock(adir, aid, err);
+	if (sfd == -ENOENT)
+		return imc_err(err, ENOENT, "%s: nothing attached there", what);
+	if (sfd < 0)
+		return sfd;
+	if ((r = state_read(sfd, aid, &state, err)) < 0)
+		return r;
+	r = undo(s, adir, aid, state, NULL, err);
+	return r < 0 ? imc_err_wrap(err, "detach %s", what) : 0;
 }
 
 int attach_list(struct store *s, json_t **ret, imc_error *err)
@@ -219,13 +884,181 @@ int attach_list(struct store *s, json_t **ret, imc_error *err)
 	while ((de = readdir(d))) {
 		json_t *state = NULL;
 		size_t len = strlen(de->d_name);
+		int r;
 
 		if (de->d_name[0] == '.' || len < 6 || strcmp(de->d_name + len - 5, ".json"))
 			continue;
-		if (imc_json_read_file(dirfd(d), de->d_name, STATE_MAX_BYTES, &state, err) < 0)
+		r = imc_json_read_file(dirfd(d), de->d_name, STATE_MAX_BYTES, &state, err);
+		if (r == -ENOENT)
+			continue; /* detached meanwhile */
+		if (r < 0)
 			return imc_err_wrap(err, "attachments");
 		json_array_append_new(list, state);
 	}
 	*ret = steal_pointer(&list);
+	return 0;
+}
+
+/* ---- reconcile ------------------------------------------------------------------------------ */
+
+/* One recorded attach: keep it if someone works on it or its device is still in use; otherwise
+ * (a crashed attach or detach, a mount that vanished) undo it. */
+static int reconcile_state(struct store *s, int adir, const char *aid, json_t *repairs,
+			   imc_error *err)
+{
+	_cleanup_close_ int sfd = state_lock(adir, aid, err);
+	_cleanup_json_ json_t *state = NULL;
+	const char *status, *why;
+	int r;
+
+	if (sfd == -ENOENT || sfd == -EBUSY)
+		return 0; /* gone meanwhile, or in the hands of a live process */
+	if (sfd < 0)
+		return sfd;
+	if (state_read(sfd, aid, &state, err) < 0) {
+		/* Unreadable: undo what the id alone finds. */
+		json_decref(state);
+		state = json_pack("{s:s}", "id", aid);
+		if (!state)
+			return imc_err(err, ENOMEM, "out of memory");
+		why = "unreadable state";
+	} else {
+		status = state_str(state, "status");
+		if (status && strcmp(status, STATUS_ATTACHED) == 0 &&
+		    device_alive(s, aid, state_str(state, "device")))
+			return 0;
+		why = status && strcmp(status, STATUS_ATTACHED) == 0
+			  ? "its mount or device vanished"
+			  : "interrupted attach";
+	}
+	if ((r = undo(s, adir, aid, state, repairs, err)) < 0)
+		return imc_err_wrap(err, "attach %s", aid);
+	json_array_append_new(repairs,
+			      json_sprintf("cleaned attach %s (%s%s%s)", aid, why,
+					   state_str(state, "dir") ? ", at " : "",
+					   state_str(state, "dir") ? state_str(state, "dir") : ""));
+	return 0;
+}
+
+/* Temporary state files (".att-….json.PID.TID") whose process is gone.  The lock alone would
+ * not do: an attach creates the file an instant before it locks it. */
+static void reconcile_tmp(int adir, const char *name, json_t *repairs)
+{
+	const char *dot = strstr(name, ".json.");
+	_cleanup_close_ int fd = -1;
+	long pid = dot ? strtol(dot + 6, NULL, 10) : 0;
+
+	if (pid > 0 && pid <= INT_MAX && (kill((pid_t)pid, 0) == 0 || errno == EPERM))
+		return;
+	fd = openat(adir, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0)
+		return;
+	if (unlinkat(adir, name, 0) == 0)
+		json_array_append_new(repairs, json_sprintf("removed unfinished state %s", name));
+}
+
+static int reconcile_states(struct store *s, int adir, json_t *repairs, imc_error *err)
+{
+	int fd = fcntl(adir, F_DUPFD_CLOEXEC, 3);
+	_cleanup_dir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+	int r;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "attachments");
+	}
+	while ((de = readdir(d))) {
+		char aid[ATTACH_ID_LEN + 1];
+		size_t len = strlen(de->d_name);
+
+		if (strncmp(de->d_name, ".att-", 5) == 0) {
+			reconcile_tmp(adir, de->d_name, repairs);
+			continue;
+		}
+		if (len != ATTACH_ID_LEN + 5 || strcmp(de->d_name + ATTACH_ID_LEN, ".json"))
+			continue;
+		snprintf(aid, sizeof(aid), "%.*s", ATTACH_ID_LEN, de->d_name);
+		if (attach_id_valid(aid) && (r = reconcile_state(s, adir, aid, repairs, err)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* Clones without a state file: the state is created before the clone and removed after it, so
+ * such a clone belongs to no attach, live or dead. */
+static int reconcile_clones(struct store *s, int adir, json_t *repairs, imc_error *err)
+{
+	char **ids = NULL;
+	size_t n = 0;
+	int r = store_list(s, STORE_CLONE, &ids, &n, err);
+
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		char name[64];
+		struct stat st;
+		if (!attach_id_valid(ids[i]))
+			continue;
+		state_name(ids[i], name);
+		if (fstatat(adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
+			continue;
+		if ((r = release_loops_of(s, ids[i], repairs, err)) < 0)
+			break;
+		r = store_remove(s, STORE_CLONE, ids[i], err);
+		if (r == 0)
+			json_array_append_new(repairs,
+					      json_sprintf("removed orphan clone %s", ids[i]));
+		else if (r == -ENOENT)
+			r = 0;
+	}
+	store_list_free(ids, n);
+	return r;
+}
+
+/* Loop devices serving a clone of this store (even a deleted one) that has no state file. */
+static int reconcile_loops(struct store *s, int adir, json_t *repairs, imc_error *err)
+{
+	char prefix[PATH_MAX];
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int r, seen = 0;
+
+	if ((r = clones_prefix(s, prefix, err)) < 0)
+		return r;
+	d = opendir("/sys/block");
+	if (!d)
+		return imc_err_sys(err, errno, "/sys/block");
+	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
+		char id[ATTACH_ID_LEN + 1], name[64];
+		struct stat st;
+		if (strncmp(de->d_name, "loop", 4) != 0)
+			continue;
+		loop_clone_id(de->d_name, prefix, id);
+		if (!id[0])
+			continue;
+		state_name(id, name);
+		if (fstatat(adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			continue;
+		if ((r = release_loops_of(s, id, repairs, err)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)
+{
+	_cleanup_close_ int adir = open_attach_dir(s, err);
+	_cleanup_json_ json_t *repairs = json_array();
+	int r;
+
+	if (adir < 0)
+		return adir;
+	if (!repairs)
+		return imc_err(err, ENOMEM, "out of memory");
+	if ((r = reconcile_states(s, adir, repairs, err)) < 0 ||
+	    (r = reconcile_clones(s, adir, repairs, err)) < 0 ||
+	    (r = reconcile_loops(s, adir, repairs, err)) < 0)
+		return imc_err_wrap(err, "reconcile");
+	*ret_repairs = steal_pointer(&repairs);
 	return 0;
 }

@@ -27,9 +27,13 @@ struct attach_request {
 /* Attach; ret_state (optional) gets the recorded attach state. */
 int attach_cache(struct store *s, const struct attach_request *req, json_t **ret_state,
 		 imc_error *err);
-/* Undo the attach at dir: unmount, release the device, remove the clone and the state.  Works
- * on whatever part of an attach a crash left behind. */
-int attach_detach(struct store *s, const char *dir, imc_error *err);
+/* Undo an attach named by its directory, its attach id ("att-" + 16 hex) or its device path;
+ * -ENOENT when nothing is attached there, -EBUSY while another process works on it.  Works on
+ * whatever part of an attach a crash left behind. */
+int attach_detach(struct store *s, const char *what, imc_error *err);
+/* Undo attaches whose process died or whose mount/device vanished; remove clones, loop devices
+ * and mounts no attach owns; *ret_repairs = array of strings. */
+int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
 

@@ -6,19 +6,30 @@
 #include "../common/priv.h"
 #include "attach.h"
 
+#define DRIVER_OPTS_MAX 32
+
 static void usage(FILE *f)
 {
 	fprintf(
 	    f,
-	    "usage: imc-attach [--state-dir DIR] [--driver reflink] [-v] COMMAND\n"
+	    "usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... [-v]\n"
+	    "                  COMMAND\n"
 	    "\n"
 	    "commands:\n"
-	    "  attach [--image N] CACHE_ID DIR  mount a copy-on-write clone of the cache's\n"
-	    "                                   image N (default 0) rootfs at DIR\n"
-	    "  detach DIR                       undo the attach at DIR\n"
-	    "  list                             the attaches on this host, as JSON\n"
-	    "  teardown                         release the store's embedded pool (unmount\n"
-	    "                                   it, free its loop device); refused while in use\n");
+	    "  attach [--image N] [--size BYTES] [--data-dest PATH] CACHE_ID DIR\n"
+	    "        mount a copy-on-write clone of the cache's image N (default 0) rootfs at\n"
+	    "        DIR; --size grows the clone and its ext4 first (K, M, G, T suffixes);\n"
+	    "        --data-dest mounts the cache's /data read-only at DIR/PATH\n"
+	    "  attach --block [--size BYTES] CACHE_ID\n"
+	    "        expose a clone as a block device for a microVM (nothing is mounted);\n"
+	    "        prints \"DEVICE ATTACH_ID\"\n"
+	    "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n"
+	    "  list                         the attaches on this host, as JSON\n"
+	    "  reconcile                    undo attaches whose process died or whose mount or\n"
+	    "                               device vanished, remove clones and loop devices no\n"
+	    "                               attach owns; prints what it repaired\n"
+	    "  teardown                     release the store's embedded pool (unmount it, free\n"
+	    "                               its loop device); refused while in use\n");
 }
 
 static int fail(const imc_error *err)
@@ -27,39 +38,89 @@ static int fail(const imc_error *err)
 	return 1;
 }
 
+/* BYTES with an optional binary suffix (K, M, G, T). */
+static int parse_size(const char *arg, uint64_t *ret)
+{
+	static const char suffixes[] = "KMGT";
+	char *end;
+	unsigned long long n;
+	int shift = 0;
+
+	errno = 0;
+	n = strtoull(arg, &end, 10);
+	if (errno || end == arg || arg[0] == '-')
+		return -EINVAL;
+	if (*end) {
+		const char *p = strchr(suffixes, *end);
+		if (!p || end[1])
+			return -EINVAL;
+		shift = 10 * (int)(p - suffixes + 1);
+	}
+	if (n == 0 || n > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*ret = (uint64_t)n << shift;
+	return 0;
+}
+
 static int cmd_attach(struct store *s, int argc, char **argv, bool verbose)
 {
-	static const struct option opts[] = {{"image", required_argument, NULL, 'i'}, {0}};
+	static const struct option opts[] = {{"image", required_argument, NULL, 'i'},
+					     {"block", no_argument, NULL, 'b'},
+					     {"size", required_argument, NULL, 'S'},
+					     {"data-dest", required_argument, NULL, 'D'},
+					     {0}};
 	struct attach_request req = {0};
+	_cleanup_json_ json_t *state = NULL;
 	imc_error err = {0};
 	uint64_t t0;
 	int c;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+i:", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+i:bS:D:", opts, NULL)) != -1) {
 		char *end;
 		unsigned long n;
-		if (c != 'i')
-			return 2;
-		n = strtoul(optarg, &end, 10);
-		if (*end || !*optarg || n > 1000) {
-			fprintf(stderr, "imc-attach: --image %s: want 0-1000\n", optarg);
+		switch (c) {
+		case 'i':
+			n = strtoul(optarg, &end, 10);
+			if (*end || !*optarg || n > 1000) {
+				fprintf(stderr, "imc-attach: --image %s: want 0-1000\n", optarg);
+				return 2;
+			}
+			req.image = (unsigned)n;
+			break;
+		case 'b':
+			req.block = true;
+			break;
+		case 'S':
+			if (parse_size(optarg, &req.size) < 0) {
+				fprintf(stderr, "imc-attach: --size %s: want BYTES[K|M|G|T]\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'D':
+			req.data_dest = optarg;
+			break;
+		default:
 			return 2;
 		}
-		req.image = (unsigned)n;
 	}
-	if (argc - optind != 2) {
+	if (argc - optind != (req.block ? 1 : 2)) {
 		usage(stderr);
 		return 2;
 	}
 	req.cache_id = argv[optind];
-	req.dir = argv[optind + 1];
+	req.dir = req.block ? NULL : argv[optind + 1];
 	t0 = imc_monotonic_ns();
-	if (attach_cache(s, &req, NULL, &err) < 0)
+	if (attach_cache(s, &req, &state, &err) < 0)
 		return fail(&err);
 	if (verbose)
-		fprintf(stderr, "imc-attach: attached %s at %s in %.2f ms\n", req.cache_id, req.dir,
+		fprintf(stderr, "imc-attach: attached %s as %s in %.2f ms\n", req.cache_id,
+			req.block ? json_string_value(json_object_get(state, "device")) : req.dir,
 			(double)(imc_monotonic_ns() - t0) / 1e6);
+	if (req.block)
+		printf("%s %s\n", json_string_value(json_object_get(state, "device")),
+		       json_string_value(json_object_get(state, "id")));
 	return 0;
 }
 
@@ -92,6 +153,21 @@ static int cmd_list(struct store *s)
 	return 0;
 }
 
+static int cmd_reconcile(struct store *s)
+{
+	_cleanup_json_ json_t *repairs = NULL;
+	imc_error err = {0};
+	size_t i;
+	json_t *v;
+
+	if (attach_reconcile(s, &repairs, &err) < 0)
+		return fail(&err);
+	json_array_foreach(repairs, i, v) printf("repaired: %s\n", json_string_value(v));
+	if (json_array_size(repairs) == 0)
+		printf("nothing to repair\n");
+	return 0;
+}
+
 static int cmd_teardown(struct store *s)
 {
 	_cleanup_json_ json_t *list = NULL;
@@ -115,22 +191,37 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {{"state-dir", required_argument, NULL, 's'},
 					     {"driver", required_argument, NULL, 'd'},
+					     {"driver-opt", required_argument, NULL, 'o'},
 					     {"verbose", no_argument, NULL, 'v'},
 					     {"help", no_argument, NULL, 'h'},
 					     {0}};
-	struct store_config cfg = {.state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink"};
+	static const char *const commands[] = {"attach", "detach", "list", "reconcile", "teardown"};
+	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
+	struct store_config cfg = {
+	    .state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink", .driver_opts = driver_opts};
 	struct store *s = NULL;
 	imc_error err = {0};
-	bool verbose = false;
+	bool verbose = false, known = false;
+	size_t n_opts = 0;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "+s:d:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+s:d:o:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			cfg.state_dir = optarg;
 			break;
 		case 'd':
 			cfg.driver = optarg;
+			break;
+		case 'o':
+			if (n_opts == DRIVER_OPTS_MAX || !strchr(optarg, '=')) {
+				fprintf(
+				    stderr,
+				    "imc-attach: --driver-opt %s: want KEY=VALUE (at most %d)\n",
+				    optarg, DRIVER_OPTS_MAX);
+				return 2;
+			}
+			driver_opts[n_opts++] = optarg;
 			break;
 		case 'v':
 			verbose = true;
@@ -148,8 +239,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	const char *cmd = argv[optind];
-	if (strcmp(cmd, "attach") && strcmp(cmd, "detach") && strcmp(cmd, "list") &&
-	    strcmp(cmd, "teardown")) {
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
+		known |= strcmp(cmd, commands[i]) == 0;
+	if (!known) {
 		fprintf(stderr, "imc-attach: unknown command \"%s\"\n", cmd);
 		usage(stderr);
 		return 2;
@@ -164,6 +256,8 @@ int main(int argc, char **argv)
 		r = cmd_detach(s, argc, argv, verbose);
 	else if (strcmp(cmd, "list") == 0)
 		r = cmd_list(s);
+	else if (strcmp(cmd, "reconcile") == 0)
+		r = cmd_reconcile(s);
 	else
 		r = cmd_teardown(s);
 	store_close(s);

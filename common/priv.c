@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 
@@ -17,6 +18,7 @@ static const char *const op_names[IMC_PRIV__MAX] = {
     [IMC_PRIV_FICLONE] = "ficlone",	    [IMC_PRIV_LOOP_ATTACH] = "loop_attach",
     [IMC_PRIV_LOOP_DETACH] = "loop_detach", [IMC_PRIV_MOUNT] = "mount",
     [IMC_PRIV_UMOUNT] = "umount",	    [IMC_PRIV_MKFS] = "mkfs",
+    [IMC_PRIV_RESIZE] = "resize",
 };
 
 static unsigned long op_count[IMC_PRIV__MAX];
@@ -241,50 +243,83 @@ static int fsconfig_options(int fsfd, const char *options)
 	return 0;
 }
 
+/* fsopen + fsconfig + fsmount; what names the step that failed. */
+static int fsmount_detached(const char *fstype, const char *source, const char *options,
+			    bool read_only, const char **what)
+{
+	_cleanup_close_ int fsfd = fsopen(fstype, FSOPEN_CLOEXEC);
+	int r, mfd;
+
+	*what = "fsopen";
+	if (fsfd < 0)
+		return -errno;
+	*what = "fsconfig";
+	if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", source, 0) < 0)
+		return -errno;
+	if ((r = fsconfig_options(fsfd, options)) < 0)
+		return r;
+	if (read_only && fsconfig(fsfd, FSCONFIG_SET_FLAG, "ro", NULL, 0) < 0)
+		return -errno;
+	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+		return -errno;
+	*what = "fsmount";
+	mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, read_only ? MOUNT_ATTR_RDONLY : 0);
+	return mfd < 0 ? -errno : mfd;
+}
+
+int imc_priv_fsmount(const char *fstype, const char *source, const char *options, bool read_only,
+		     int *ret_mfd, imc_error *err)
+{
+	const char *what = "mount";
+	int r = priv_enter(IMC_PRIV_MOUNT);
+
+	if (r == 0)
+		r = fsmount_detached(fstype, source, options, read_only, &what);
+	if (r < 0)
+		return imc_err_sys(err, r, "mount %s %s (%s)", fstype, source, what);
+	*ret_mfd = r;
+	return 0;
+}
+
 int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
 			  bool read_only, const char *subdir, const char *target, imc_error *err)
 {
-	_cleanup_close_ int fsfd = -1, mfd = -1, tree = -1;
-	const char *what = "fsopen";
+	_cleanup_close_ int mfd = -1, tree = -1;
+	const char *what = "mount";
 	int r = priv_enter(IMC_PRIV_MOUNT);
 
-	if (r < 0)
-		return imc_err_sys(err, r, "mount %s on %s", source, target);
-	fsfd = fsopen(fstype, FSOPEN_CLOEXEC);
-	if (fsfd < 0)
-		goto fail;
-	what = "fsconfig";
-	if (fsconfig(fsfd, FSCONFIG_SET_STRING, "source", source, 0) < 0)
-		goto fail;
-	if ((r = fsconfig_options(fsfd, options)) < 0) {
-		errno = -r;
-		goto fail;
-	}
-	if (read_only && fsconfig(fsfd, FSCONFIG_SET_FLAG, "ro", NULL, 0) < 0)
-		goto fail;
-	if (fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-		goto fail;
-	what = "fsmount";
-	mfd = fsmount(fsfd, FSMOUNT_CLOEXEC, read_only ? MOUNT_ATTR_RDONLY : 0);
-	if (mfd < 0)
-		goto fail;
-	if (subdir && *subdir) {
+	if (r == 0)
+		r = mfd = fsmount_detached(fstype, source, options, read_only, &what);
+	if (r >= 0 && subdir && *subdir) {
 		what = "open_tree";
 		tree = open_tree(mfd, subdir,
 				 OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT |
 				     AT_SYMLINK_NOFOLLOW);
-		if (tree < 0)
-			goto fail;
-	} else {
+		r = tree < 0 ? -errno : 0;
+	} else if (r >= 0) {
 		tree = steal_fd(&mfd);
 	}
-	what = "move_mount";
-	if (move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-		goto fail;
+	if (r >= 0) {
+		what = "move_mount";
+		r = move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0 ? -errno
+											: 0;
+	}
+	if (r < 0)
+		return imc_err_sys(err, r, "mount %s %s%s%s on %s (%s)", fstype, source,
+				   subdir && *subdir ? ":" : "", subdir ? subdir : "", target,
+				   what);
 	return 0;
-fail:
-	return imc_err_sys(err, errno, "mount %s %s%s%s on %s (%s)", fstype, source,
-			   subdir && *subdir ? ":" : "", subdir ? subdir : "", target, what);
+}
+
+int imc_priv_move_mount(int from_fd, int to_dirfd, const char *to_path, const char *what,
+			imc_error *err)
+{
+	unsigned flags = MOVE_MOUNT_F_EMPTY_PATH | (to_path[0] ? 0 : MOVE_MOUNT_T_EMPTY_PATH);
+	int r = priv_enter(IMC_PRIV_MOUNT);
+
+	if (r == 0 && move_mount(from_fd, "", to_dirfd, to_path, flags) < 0)
+		r = -errno;
+	return r < 0 ? imc_err_sys(err, r, "mount %s", what) : 0;
 }
 
 int imc_priv_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
@@ -306,36 +341,50 @@ int imc_priv_umount(const char *target, int flags, imc_error *err)
 	return r < 0 ? imc_err_sys(err, r, "umount %s", target) : 0;
 }
 
-int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err)
+int imc_priv_umount_fd(int fd, const char *what, imc_error *err)
 {
-	char prog[64], out[512];
-	const char *argv[32];
-	size_t n = 0;
-	int pipefd[2], status, r = priv_enter(IMC_PRIV_MKFS);
+	char proc[64];
+	int r = priv_enter(IMC_PRIV_UMOUNT);
+
+	/* The descriptor's magic link is followed (on purpose: it names the mount we hold), and the
+	 * unmount is lazy since that descriptor itself keeps the mount busy until it is closed. */
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	if (r == 0 && umount2(proc, MNT_DETACH) < 0)
+		r = -errno;
+	return r < 0 ? imc_err_sys(err, r, "umount %s", what) : 0;
+}
+
+int imc_priv_loop_set_capacity(int fd, const char *dev, imc_error *err)
+{
+	int r = priv_enter(IMC_PRIV_LOOP_ATTACH);
+
+	if (r == 0 && ioctl(fd, LOOP_SET_CAPACITY, 0) < 0)
+		r = -errno;
+	return r < 0 ? imc_err_sys(err, r, "LOOP_SET_CAPACITY %s", dev) : 0;
+}
+
+/* Run argv (argv[0] looked up in PATH) with stdin from /dev/null; its output goes into the error
+ * message on failure. */
+static int run_tool(const char *const *argv, const char *what, imc_error *err)
+{
+	char out[512];
+	int pipefd[2], status, r;
 	posix_spawn_file_actions_t fa;
 	pid_t pid;
 	ssize_t len = 0, k;
 
-	if (r < 0)
-		return imc_err_sys(err, r, "mkfs.%s %s", fstype, dev);
-	snprintf(prog, sizeof(prog), "mkfs.%s", fstype);
-	argv[n++] = prog;
-	for (; args && *args && n < IMC_ARRAY_SIZE(argv) - 2; args++)
-		argv[n++] = *args;
-	argv[n++] = dev;
-	argv[n] = NULL;
 	if (pipe2(pipefd, O_CLOEXEC) < 0)
 		return imc_err_sys(err, errno, "pipe");
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, pipefd[1], 2);
-	r = posix_spawnp(&pid, prog, &fa, NULL, (char *const *)argv, environ);
+	r = posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	close(pipefd[1]);
 	if (r != 0) {
 		close(pipefd[0]);
-		return imc_err_sys(err, r, "run %s", prog);
+		return imc_err_sys(err, r, "run %s", argv[0]);
 	}
 	while ((k = read(pipefd[0], out + len, sizeof(out) - 1 - (size_t)len)) > 0 ||
 	       (k < 0 && errno == EINTR))
@@ -345,8 +394,66 @@ int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, 
 	close(pipefd[0]);
 	while (waitpid(pid, &status, 0) < 0)
 		if (errno != EINTR)
-			return imc_err_sys(err, errno, "wait %s", prog);
+			return imc_err_sys(err, errno, "wait %s", argv[0]);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return imc_err(err, EIO, "%s %s failed (status %d): %s", prog, dev, status, out);
+		return imc_err(err, EIO, "%s failed (status %d): %s", what, status, out);
 	return 0;
+}
+
+#ifndef EXT4_IOC_RESIZE_FS
+#define EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
+#endif
+
+int imc_priv_resize_ext4(const char *dev, uint64_t size, imc_error *err)
+{
+	_cleanup_close_ int mfd = -1, root = -1;
+	const char *what = "mount";
+	char arg[32], desc[96];
+	const char *argv[] = {"resize2fs", "-f", dev, arg, NULL};
+	struct statfs sf;
+	uint64_t blocks;
+	int r = priv_enter(IMC_PRIV_RESIZE);
+
+	if (r < 0)
+		return imc_err_sys(err, r, "resize %s", dev);
+	/* Online: one ioctl on a detached mount that is never visible anywhere.  The fsmount
+	 * descriptor is O_PATH: the ioctl needs a real open of the root. */
+	r = mfd = fsmount_detached("ext4", dev, IMC_EXT4_RESIZE_MOUNT_OPTIONS, false, &what);
+	if (r >= 0) {
+		root = openat(mfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		r = root < 0 || fstatfs(root, &sf) < 0 ? -errno : 0;
+	}
+	if (r < 0)
+		return imc_err_sys(err, r, "resize %s (%s)", dev, what);
+	blocks = size / (uint64_t)sf.f_bsize;
+	if (ioctl(root, EXT4_IOC_RESIZE_FS, &blocks) == 0)
+		return 0;
+	if (errno != EPERM)
+		return imc_err_sys(err, errno, "resize ext4 %s to %llu blocks", dev,
+				   (unsigned long long)blocks);
+	/* The kernel wants CAP_SYS_RESOURCE for that; resize2fs on the unmounted filesystem. */
+	close(steal_fd(&root));
+	close(steal_fd(&mfd));
+	snprintf(arg, sizeof(arg), "%lluK", (unsigned long long)(size >> 10));
+	snprintf(desc, sizeof(desc), "resize2fs %s %s", dev, arg);
+	return run_tool(argv, desc, err);
+}
+
+int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err)
+{
+	char prog[64], desc[128];
+	const char *argv[32];
+	size_t n = 0;
+	int r = priv_enter(IMC_PRIV_MKFS);
+
+	if (r < 0)
+		return imc_err_sys(err, r, "mkfs.%s %s", fstype, dev);
+	snprintf(prog, sizeof(prog), "mkfs.%s", fstype);
+	argv[n++] = prog;
+	for (; args && *args && n < IMC_ARRAY_SIZE(argv) - 2; args++)
+		argv[n++] = *args;
+	argv[n++] = dev;
+	argv[n] = NULL;
+	snprintf(desc, sizeof(desc), "%s %s", prog, dev);
+	return run_tool(argv, desc, err);
 }

@@ -16,6 +16,7 @@ enum imc_priv_op {
 	IMC_PRIV_MOUNT,
 	IMC_PRIV_UMOUNT,
 	IMC_PRIV_MKFS,
+	IMC_PRIV_RESIZE,
 	IMC_PRIV__MAX,
 };
 
@@ -51,10 +52,26 @@ int imc_priv_loop_backing(const char *dev, uint64_t *ret_dev, uint64_t *ret_ino,
  * visible.  options is a comma-separated fsconfig list ("noinit_itable,errors=remount-ro"). */
 int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
 			  bool read_only, const char *subdir, const char *target, imc_error *err);
+/* A detached mount (fsopen/fsconfig/fsmount) of fstype from source, visible nowhere until a tree
+ * of it is moved somewhere; *ret_mfd is its O_PATH descriptor. */
+int imc_priv_fsmount(const char *fstype, const char *source, const char *options, bool read_only,
+		     int *ret_mfd, imc_error *err);
+/* move_mount the detached tree from_fd onto to_dirfd/to_path (to_path "" = to_dirfd itself);
+ * what names the mount in errors. */
+int imc_priv_move_mount(int from_fd, int to_dirfd, const char *to_path, const char *what,
+			imc_error *err);
 /* Plain mount(2). */
 int imc_priv_mount(const char *source, const char *target, const char *fstype, unsigned long flags,
 		   const char *data, imc_error *err);
 int imc_priv_umount(const char *target, int flags, imc_error *err);
+/* Lazily unmount the mount whose root fd holds (an O_PATH descriptor of it). */
+int imc_priv_umount_fd(int fd, const char *what, imc_error *err);
+/* LOOP_SET_CAPACITY on the open loop device fd: it takes its backing file's new size. */
+int imc_priv_loop_set_capacity(int fd, const char *dev, imc_error *err);
+/* Grow the ext4 on dev (mounted nowhere) to size bytes: online through a detached mount (one
+ * ioctl), or with resize2fs -f when the kernel refuses that (no CAP_SYS_RESOURCE). */
+#define IMC_EXT4_RESIZE_MOUNT_OPTIONS "noinit_itable"
+int imc_priv_resize_ext4(const char *dev, uint64_t size, imc_error *err);
 /* Run mkfs.<fstype> with args (NULL-terminated, without the program name) on dev; its output
  * goes into the error message on failure. */
 int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err);

@@ -1,17 +1,27 @@
-/* attach_bench STATE_DIR CACHE_ID COUNT [THREADS]: attach the cache COUNT times (THREADS at a
- * time, each at its own directory), timing every attach and detach in-process, and print
- * p50/p99/max in ms as one JSON line. */
+/* attach_bench STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]: attach the cache COUNT times
+ * (THREADS at a time, each at its own directory; grown to SIZE_MB with --size semantics when
+ * given), timing every attach and detach in-process, and print p50/p99/max in ms as one JSON line.
+ *
+ * attach_bench --make-snapshot STATE_DIR ID DATA_MB: make snapshot ID in the store the way the
+ * builder does (volume, mkfs.ext4 without a journal, mount, files, clean unmount, seal with its
+ * compaction) holding DATA_MB of incompressible data under /images/0/rootfs/data in 64 MiB files,
+ * for attach timings at image sizes no registry pull would reach in a benchmark's time. */
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "../../attach/attach.h"
+#include "../../common/priv.h"
+
+#define FILE_MB 64
 
 struct job {
 	struct store *s;
 	const char *cache_id;
 	const char *base;
+	uint64_t size;
 	int first, count;
 	double *attach_ms, *detach_ms;
 	int failed;
@@ -24,7 +34,7 @@ static void *run(void *arg)
 
 	for (int i = j->first; i < j->first + j->count; i++) {
 		char dir[512];
-		struct attach_request req = {.cache_id = j->cache_id, .dir = dir};
+		struct attach_request req = {.cache_id = j->cache_id, .dir = dir, .size = j->size};
 		uint64_t t0;
 
 		snprintf(dir, sizeof(dir), "%s/a%d", j->base, i);
@@ -57,36 +67,99 @@ static double pct(double *v, int n, double p)
 	return v[i < n ? i : n - 1];
 }
 
-int main(int argc, char **argv)
+/* DATA_MB of pseudo-random bytes (xorshift: incompressible enough, and fast) in 64 MiB files. */
+static int write_data(const char *root, int data_mb, imc_error *err)
 {
-	struct store_config cfg = {0};
-	struct store *s;
-	imc_error err;
-	char base[] = "/tmp/imc-attach-bench.XXXXXX";
-	int count, threads, failed = 0;
+	char dir[600];
+	uint64_t x = 0x9e3779b97f4a7c15ULL;
+	_cleanup_free_ uint64_t *buf = malloc(1 << 20);
 
-	if (argc < 4) {
-		fprintf(stderr, "usage: attach_bench STATE_DIR CACHE_ID COUNT [THREADS]\n");
-		return 2;
+	if (!buf)
+		return imc_err(err, ENOMEM, "out of memory");
+	snprintf(dir, sizeof(dir), "%s/images/0/rootfs/data", root);
+	if (imc_mkdir_p(dir, 0755, err) < 0)
+		return err->code;
+	for (int f = 0; f * FILE_MB < data_mb; f++) {
+		char path[700];
+		_cleanup_close_ int fd = -1;
+		int mb = data_mb - f * FILE_MB < FILE_MB ? data_mb - f * FILE_MB : FILE_MB;
+
+		snprintf(path, sizeof(path), "%s/f%05d", dir, f);
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd < 0)
+			return imc_err_sys(err, errno, "%s", path);
+		for (int m = 0; m < mb; m++) {
+			for (size_t i = 0; i < (1 << 20) / sizeof(*buf); i++) {
+				x ^= x << 13;
+				x ^= x >> 7;
+				x ^= x << 17;
+				buf[i] = x;
+			}
+			if (imc_write_all(fd, buf, 1 << 20) < 0)
+				return imc_err_sys(err, errno, "write %s", path);
+		}
 	}
-	cfg.state_dir = argv[1];
-	count = atoi(argv[3]);
-	threads = argc > 4 ? atoi(argv[4]) : 1;
-	if (count < 1 || count > 10000 || threads < 1 || threads > count) {
-		fprintf(stderr, "attach_bench: bad COUNT or THREADS\n");
-		return 2;
+	return 0;
+}
+
+static int make_snapshot(struct store *s, const char *id, int data_mb, imc_error *err)
+{
+	static const char *const mkfs_args[] = {"-q", "-F",	      "-b", "4096",	 "-m", "0",
+						"-O", "^has_journal", "-E", "nodiscard", NULL};
+	char vol[96], mnt[] = "/tmp/imc-bench-snap.XXXXXX";
+	uint64_t size = ((uint64_t)data_mb * 5 / 4 + 256) << 20;
+	struct store_dev dev = {.fd = -1};
+	int r;
+
+	snprintf(vol, sizeof(vol), "bench-%s", id);
+	if (!mkdtemp(mnt))
+		return imc_err_sys(err, errno, "mkdtemp");
+	r = store_volume_create(s, vol, size, err);
+	if (r == 0)
+		r = store_activate(s, STORE_VOLUME, vol, 0, &dev, err);
+	if (r == 0)
+		r = imc_priv_mkfs("ext4", mkfs_args, dev.path, err);
+	if (r == 0)
+		r = imc_priv_mount_subdir("ext4", dev.path, STORE_EXT4_MOUNT_OPTIONS, false, "",
+					  mnt, err);
+	if (r == 0) {
+		r = write_data(mnt, data_mb, err);
+		imc_error umount_err;
+		int u = imc_priv_umount(mnt, 0, &umount_err);
+		if (r == 0 && u < 0)
+			r = imc_err(err, -u, "%s", umount_err.msg);
 	}
-	if (store_open(&cfg, &s, &err) < 0 || !mkdtemp(base)) {
-		fprintf(stderr, "attach_bench: %s\n", err.msg);
+	rmdir(mnt);
+	if (dev.fd >= 0)
+		store_deactivate(s, STORE_VOLUME, vol, &dev, NULL);
+	if (r == 0)
+		r = store_seal(s, vol, id, err);
+	if (r < 0)
+		store_remove(s, STORE_VOLUME, vol, NULL);
+	return r;
+}
+
+static int bench(struct store *s, const char *cache_id, int count, int threads, uint64_t size)
+{
+	char base[] = "/tmp/imc-attach-bench.XXXXXX";
+	int failed = 0;
+
+	if (!mkdtemp(base)) {
+		perror("attach_bench: mkdtemp");
 		return 1;
 	}
 	double *attach_ms = calloc((size_t)count, sizeof(double));
 	double *detach_ms = calloc((size_t)count, sizeof(double));
 	struct job *jobs = calloc((size_t)threads, sizeof(*jobs));
 	pthread_t *tids = calloc((size_t)threads, sizeof(*tids));
+	if (!attach_ms || !detach_ms || !jobs || !tids) {
+		fprintf(stderr, "attach_bench: out of memory\n");
+		return 1;
+	}
 	for (int t = 0, first = 0; t < threads; t++) {
 		int n = count / threads + (t < count % threads);
-		jobs[t] = (struct job){s, argv[2], base, first, n, attach_ms, detach_ms, 0, {0}};
+		jobs[t] =
+		    (struct job){s, cache_id, base, size, first, n, attach_ms, detach_ms, 0, {0}};
 		first += n;
 		pthread_create(&tids[t], NULL, run, &jobs[t]);
 	}
@@ -98,18 +171,62 @@ int main(int argc, char **argv)
 		}
 	}
 	rmdir(base);
-	store_close(s);
-	if (failed)
-		return 1;
-	qsort(attach_ms, (size_t)count, sizeof(double), cmp);
-	qsort(detach_ms, (size_t)count, sizeof(double), cmp);
-	printf("{\"count\":%d,\"threads\":%d,\"attach_p50_ms\":%.3f,\"attach_p99_ms\":%.3f,"
-	       "\"attach_max_ms\":%.3f,\"detach_p50_ms\":%.3f,\"detach_p99_ms\":%.3f}\n",
-	       count, threads, pct(attach_ms, count, 0.5), pct(attach_ms, count, 0.99),
-	       attach_ms[count - 1], pct(detach_ms, count, 0.5), pct(detach_ms, count, 0.99));
+	if (!failed) {
+		qsort(attach_ms, (size_t)count, sizeof(double), cmp);
+		qsort(detach_ms, (size_t)count, sizeof(double), cmp);
+		printf("{\"count\":%d,\"threads\":%d,\"attach_p50_ms\":%.3f,\"attach_p99_ms\":%.3f,"
+		       "\"attach_max_ms\":%.3f,\"detach_p50_ms\":%.3f,\"detach_p99_ms\":%.3f}\n",
+		       count, threads, pct(attach_ms, count, 0.5), pct(attach_ms, count, 0.99),
+		       attach_ms[count - 1], pct(detach_ms, count, 0.5),
+		       pct(detach_ms, count, 0.99));
+	}
 	free(attach_ms);
 	free(detach_ms);
 	free(jobs);
 	free(tids);
-	return 0;
+	return failed;
+}
+
+int main(int argc, char **argv)
+{
+	struct store_config cfg = {0};
+	struct store *s;
+	imc_error err = {0};
+	bool make = argc > 1 && strcmp(argv[1], "--make-snapshot") == 0;
+	int r;
+
+	if (make ? argc != 5 : argc < 4 || argc > 6) {
+		fprintf(stderr, "usage: attach_bench STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]\n"
+				"       attach_bench --make-snapshot STATE_DIR ID DATA_MB\n");
+		return 2;
+	}
+	if (make) {
+		int data_mb = atoi(argv[4]);
+		if (data_mb < 1 || data_mb > (1 << 20)) {
+			fprintf(stderr, "attach_bench: bad DATA_MB\n");
+			return 2;
+		}
+		cfg.state_dir = argv[2];
+		if (store_open(&cfg, &s, &err) < 0 ||
+		    make_snapshot(s, argv[3], data_mb, &err) < 0) {
+			fprintf(stderr, "attach_bench: %s\n", err.msg);
+			return 1;
+		}
+		store_close(s);
+		return 0;
+	}
+	int count = atoi(argv[3]), threads = argc > 4 ? atoi(argv[4]) : 1;
+	long size_mb = argc > 5 ? atol(argv[5]) : 0;
+	if (count < 1 || count > 10000 || threads < 1 || threads > count || size_mb < 0) {
+		fprintf(stderr, "attach_bench: bad COUNT, THREADS or SIZE_MB\n");
+		return 2;
+	}
+	cfg.state_dir = argv[1];
+	if (store_open(&cfg, &s, &err) < 0) {
+		fprintf(stderr, "attach_bench: %s\n", err.msg);
+		return 1;
+	}
+	r = bench(s, argv[2], count, threads, (uint64_t)size_mb << 20);
+	store_close(s);
+	return r;
 }

@@ -1,0 +1,94 @@
+#!/bin/bash
+# bench_attach_scale.sh: how attach scales, in-process (tests/bench/attach_bench, release build).
+#
+#   BENCH_SCALE_MB ("1024 4096 16384")  data in each snapshot, MiB
+#   BENCH_SCALE_CONC ("1 8 20")         attaches at once
+#   BENCH_SCALE_ATTACHES (40)           attaches per measurement (at least 5 per thread)
+#
+# Snapshots holding each amount of incompressible data are made straight into a fresh store the
+# way the builder makes them (mkfs.ext4 without a journal, files, clean unmount, seal with its
+# compaction; attach_bench --make-snapshot), so no registry pull bounds the sizes.  Then:
+#   by size        attach p50/p99, one at a time, of each snapshot (goal: flat, p99 < 50 ms)
+#   concurrency    attach p50/p99 of the first snapshot with 1, 8 and 20 attaches at once
+#   --size 2x      attach p50/p99 growing the clone and its ext4 to twice the snapshot
+# The markdown table goes to stdout and to build/bench/attach_scale.md (BENCH_SCALE_OUT).
+set -euo pipefail
+
+IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
+IMC_NO_SUMMARY=1
+export IMC_BIN IMC_NO_SUMMARY
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/common.sh"
+
+SIZES=${BENCH_SCALE_MB:-1024 4096 16384}
+CONC=${BENCH_SCALE_CONC:-1 8 20}
+N=${BENCH_SCALE_ATTACHES:-40}
+OUT_MD=${BENCH_SCALE_OUT:-$IMC_ROOT/build/bench/attach_scale.md}
+BENCH=$IMC_BIN/bench/attach_bench
+
+if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
+	echo "bench: needs root and loop devices" >&2
+	exit 1
+fi
+if [ ! -x "$BENCH" ] || [ ! -x "$IMC_BIN/imc-attach" ]; then
+	echo "bench: build $BENCH and $IMC_BIN/imc-attach first (make bench builds them)" >&2
+	exit 1
+fi
+
+step() { printf '== %s\n' "$*" >&2; }
+ms() { jq -r "$2" <<<"$1" | awk '{ printf "%.2f", $1 }'; }
+teardown() { "$IMC_BIN/imc-attach" --state-dir "$STATE" teardown >/dev/null 2>&1 || true; }
+
+STATE=$TEST_TMP/state
+defer teardown
+"$IMC_BIN/imc-attach" --state-dir "$STATE" list >/dev/null
+
+declare -A SNAP_S EXTENTS
+for mb in $SIZES; do
+	step "snapshot with $mb MiB of data"
+	T0=$(now_ms)
+	"$BENCH" --make-snapshot "$STATE" "imc-scale-$mb" "$mb"
+	SNAP_S[$mb]=$(awk -v ms="$(($(now_ms) - T0))" 'BEGIN { printf "%.1f", ms / 1000 }')
+	EXTENTS[$mb]=$(xfs_bmap "$STATE/pool/snapshots/imc-scale-$mb.img" | tail -n +2 | grep -vc hole || true)
+done
+FIRST=${SIZES%% *}
+
+{
+	echo "Attach (FICLONE + loop + mount of images/0/rootfs) and detach in-process, release build,"
+	echo "$N attaches per row; snapshots made with \`attach_bench --make-snapshot\` and sealed by the store."
+	echo
+	echo "| snapshot data | extents | attach p50 | attach p99 | detach p50 |"
+	echo "|---|---|---|---|---|"
+} >"$TEST_TMP/size.md"
+for mb in $SIZES; do
+	step "attach x$N, one at a time, $mb MiB"
+	J=$("$BENCH" "$STATE" "imc-scale-$mb" "$N" 1)
+	echo "| $mb MiB (made in ${SNAP_S[$mb]} s) | ${EXTENTS[$mb]} | $(ms "$J" .attach_p50_ms) ms | $(ms "$J" .attach_p99_ms) ms | $(ms "$J" .detach_p50_ms) ms |" >>"$TEST_TMP/size.md"
+done
+
+{
+	echo
+	echo "| attaches at once ($FIRST MiB snapshot) | count | attach p50 | attach p99 | max |"
+	echo "|---|---|---|---|---|"
+} >"$TEST_TMP/conc.md"
+for c in $CONC; do
+	count=$N
+	[ "$count" -ge $((c * 5)) ] || count=$((c * 5))
+	step "attach x$count, $c at a time"
+	J=$("$BENCH" "$STATE" "imc-scale-$FIRST" "$count" "$c")
+	echo "| $c | $count | $(ms "$J" .attach_p50_ms) ms | $(ms "$J" .attach_p99_ms) ms | $(ms "$J" .attach_max_ms) ms |" >>"$TEST_TMP/conc.md"
+done
+
+SNAP_MB=$(($(stat -c %s "$STATE/pool/snapshots/imc-scale-$FIRST.img") >> 20))
+step "attach x$N with --size $((SNAP_MB * 2)) MiB"
+J=$("$BENCH" "$STATE" "imc-scale-$FIRST" "$N" 1 $((SNAP_MB * 2)))
+{
+	echo
+	echo "| --size (clone and ext4 grown from $SNAP_MB to $((SNAP_MB * 2)) MiB) | attach p50 | attach p99 |"
+	echo "|---|---|---|"
+	echo "| one at a time | $(ms "$J" .attach_p50_ms) ms | $(ms "$J" .attach_p99_ms) ms |"
+} >>"$TEST_TMP/conc.md"
+
+mkdir -p "$(dirname "$OUT_MD")"
+cat "$TEST_TMP/size.md" "$TEST_TMP/conc.md" | tee "$OUT_MD"

@@ -1,0 +1,99 @@
+/* attach/: the pure parts (attach ids, the data mount path check, mountinfo decoding).  The
+ * mounts, loop devices and crash recovery are tested for real in
+ * tests/integration/test_attach.sh. */
+#include <check.h>
+#include <string.h>
+
+#include "../../attach/attach.h"
+#include "unit.h"
+
+/* TESTABLE helpers of attach/attach.c. */
+int attach_id_for_dir(const char *dir, char ret[32], imc_error *err);
+bool attach_id_valid(const char *s);
+int data_dest_check(const char *dest, imc_error *err);
+void mountinfo_unescape(char *s);
+
+START_TEST(attach_ids)
+{
+	char a[32], b[32];
+	imc_error err;
+
+	ck_assert_int_eq(attach_id_for_dir("/run/pods/p1", a, &err), 0);
+	ck_assert_int_eq(attach_id_for_dir("/run/pods/p2", b, &err), 0);
+	ck_assert(attach_id_valid(a));
+	ck_assert(attach_id_valid(b));
+	ck_assert_str_ne(a, b);
+	/* Stable: detach finds the attach from the directory alone. */
+	ck_assert_int_eq(attach_id_for_dir("/run/pods/p1", b, &err), 0);
+	ck_assert_str_eq(a, b);
+
+	static const char *const bad[] = {
+	    "",
+	    "att-",
+	    "att-0123456789abcde",   /* 15 digits */
+	    "att-0123456789abcdef0", /* 17 */
+	    "att-0123456789ABCDEF",  /* upper case */
+	    "att-0123456789abcdeg",  /* not hex */
+	    "imc-0123456789abcdef",  /* a cache id */
+	    "att-0123456789abcde/",  /* a path */
+	    "/dev/loop0",
+	};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(!attach_id_valid(bad[i]), "accepted \"%s\"", bad[i]);
+	ck_assert(attach_id_valid("att-0123456789abcdef"));
+}
+END_TEST
+
+START_TEST(data_dest_paths)
+{
+	imc_error err;
+	static const char *const good[] = {"/data", "/opt/llm", "//opt//llm/", "/./x", "/a/.b/..c"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(good); i++)
+		ck_assert_msg(data_dest_check(good[i], &err) == 0, "refused %s: %s", good[i],
+			      err.msg);
+
+	ck_assert_int_eq(data_dest_check("data", &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "absolute"));
+	ck_assert_int_eq(data_dest_check("/a/../b", &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "\"..\" is not allowed"));
+	ck_assert_int_eq(data_dest_check("/..", &err), -EINVAL);
+	ck_assert_int_eq(data_dest_check("/", &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "names no directory"));
+	ck_assert_int_eq(data_dest_check("/./", &err), -EINVAL);
+
+	char longp[1100];
+	memset(longp, 'a', sizeof(longp) - 1);
+	longp[0] = '/';
+	longp[sizeof(longp) - 1] = '\0';
+	ck_assert_int_eq(data_dest_check(longp, &err), -EINVAL); /* over the cap */
+	longp[1024] = '\0';
+	ck_assert_int_eq(data_dest_check(longp, &err), 0); /* at it */
+}
+END_TEST
+
+START_TEST(mountinfo_escapes)
+{
+	char s1[] = "/run/pods/with\\040space\\011tab\\012nl\\134bs";
+	char s2[] = "/plain";
+	char s3[] = "/bad\\9x\\04";
+
+	mountinfo_unescape(s1);
+	ck_assert_str_eq(s1, "/run/pods/with space\ttab\nnl\\bs");
+	mountinfo_unescape(s2);
+	ck_assert_str_eq(s2, "/plain");
+	mountinfo_unescape(s3); /* not escapes: left as they are */
+	ck_assert_str_eq(s3, "/bad\\9x\\04");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("attach");
+	TCase *tc = tcase_create("pure");
+
+	tcase_add_test(tc, attach_ids);
+	tcase_add_test(tc, data_dest_paths);
+	tcase_add_test(tc, mountinfo_escapes);
+	suite_add_tcase(s, tc);
+	return unit_run(s);
+}
