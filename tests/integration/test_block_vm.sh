@@ -154,6 +154,6 @@ check_eq "no loop device left on the clone" "" \
 	"$(losetup -n -O NAME,BACK-FILE -l | awk -v p="$STATE/pool/clones/" 'index($2, p) == 1')"
 check_eq "no clone or state left" "" "$(find "$STATE/pool/clones" "$STATE/attachments" -mindepth 1)"
 check "teardown releases the pool" imc_attach teardown
-check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
+check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops_settled)"
 
 done_testing

@@ -329,3 +329,16 @@ tmp_loops() {
 		esac
 	done
 }
+
+# tmp_loops_settled: tmp_loops once the kernel has finished releasing autoclear devices.  The
+# last unmount of a loop-backed filesystem drops the device in deferred work, so right after it a
+# device may still be listed for a moment; wait up to 2 s for that, then report what is left.
+tmp_loops_settled() {
+	local left i
+	for i in $(seq 20); do
+		left=$(tmp_loops)
+		[ -z "$left" ] && return 0
+		sleep 0.1
+	done
+	printf '%s\n' "$left"
+}

@@ -137,7 +137,7 @@ check_clean_shutdown() {
 		ok "imcd log has no sanitizer report"
 	fi
 	check "imc-attach teardown releases the pool" imc_attach teardown
-	check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
+	check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops_settled)"
 	check_eq "no mount under the test dir" "" "$(tmp_mounts)"
 	check_fails "imcd (pid $pid) is gone" kill -0 "$pid"
 }
