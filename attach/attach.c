@@ -30,6 +30,7 @@
 #define ATTACH_ID_LEN	     20 /* "att-" + 16 hex */
 #define ATTACH_SIZE_MAX	     (16ULL << 40)
 #define ATTACH_DATA_DEST_MAX 1024
+#define ATTACH_MANIFEST_MAX  (16 * 1024 * 1024) /* bytes of /imcache.json read */
 #define STATE_MAX_BYTES	     (64 * 1024)
 #define LOOP_SCAN_MAX	     4096 /* loop devices looked at by one scan */
 #define MOUNTINFO_MAX	     (4U << 20)
@@ -618,16 +619,41 @@ static int clone_trees_attached(int mfd, const struct attach_request *req, const
 	return r;
 }
 
+/* images[image].config of the snapshot's /imcache.json, read through the detached mount (the
+ * file is outside what mount_trees makes visible). */
+static int read_image_config(int mfd, const struct attach_request *req, json_t **ret,
+			     imc_error *err)
+{
+	_cleanup_json_ json_t *m = NULL;
+	json_t *images = NULL, *image, *cfg = NULL;
+	int r = imc_json_read_file(mfd, "imcache.json", ATTACH_MANIFEST_MAX, &m, err);
+
+	if (r == 0)
+		r = imc_json_get_array(m, "images", true, ATTACH_IMAGE_MAX, "/imcache.json",
+				       &images, err);
+	if (r == 0 && !json_is_object(image = json_array_get(images, req->image)))
+		r = imc_err(err, ENOENT, "/imcache.json: no image %u", req->image);
+	if (r == 0)
+		r = imc_json_get_object(image, "config", true, "/imcache.json images[]", &cfg, err);
+	if (r < 0)
+		return imc_err_wrap(err, "cache %s", req->cache_id);
+	*ret = json_incref(cfg);
+	return 0;
+}
+
 /* Mount images/N/rootfs of the clone on dev at dir and, if asked, the cache's /data read-only at
- * dir/data_dest, all from one detached fsmount (so only those two mounts ever appear). */
+ * dir/data_dest, all from one detached fsmount (so only those two mounts ever appear). *ret_config
+ * gets image req->image's config when req->image_config. */
 static int mount_trees(const struct attach_request *req, const char *dev, const char *dir,
-		       imc_error *err)
+		       json_t **ret_config, imc_error *err)
 {
 	_cleanup_close_ int mfd = -1, rootfs = -1, data = -1, root = -1, dest = -1;
 	char subdir[64], what[PATH_MAX + 128];
 	int r;
 
 	if ((r = imc_priv_fsmount("ext4", dev, STORE_EXT4_MOUNT_OPTIONS, false, &mfd, err)) < 0)
+		return r;
+	if (req->image_config && (r = read_image_config(mfd, req, ret_config, err)) < 0)
 		return r;
 	snprintf(subdir, sizeof(subdir), "images/%u/rootfs", req->image);
 	r = clone_trees(mfd, req, subdir, &rootfs, &data, err);
@@ -654,7 +680,7 @@ static int mount_trees(const struct attach_request *req, const char *dev, const 
 }
 
 static int do_attach(struct store *s, const struct attach_request *req, const char *aid,
-		     const char *dir, int sfd, json_t *state, imc_error *err)
+		     const char *dir, int sfd, json_t *state, json_t **ret_config, imc_error *err)
 {
 	unsigned flags = req->block ? STORE_ACTIVATE_PERSIST : 0;
 	struct store_dev dev = {.fd = -1};
@@ -684,7 +710,7 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	if (r == 0 && req->size)
 		r = imc_priv_resize_ext4(dev.path, req->size, err);
 	if (r == 0 && !req->block)
-		r = mount_trees(req, dev.path, dir, err);
+		r = mount_trees(req, dev.path, dir, ret_config, err);
 	/* From here the mount holds the device (or, persistent, it holds itself); dropping our
 	 * descriptor lets an autoclear one go with the mount, or now when the mount failed. */
 	close(dev.fd);
@@ -755,7 +781,7 @@ int attach_cache(struct store *s, const struct attach_request *req, json_t **ret
 	char dir[PATH_MAX], aid[64];
 	const char *what = "";
 	_cleanup_close_ int adir = -1, sfd = -1;
-	_cleanup_json_ json_t *state = NULL;
+	_cleanup_json_ json_t *state = NULL, *config = NULL;
 	int r;
 
 	if ((r = check_request(s, req, err)) < 0)
@@ -777,7 +803,7 @@ int attach_cache(struct store *s, const struct attach_request *req, json_t **ret
 	sfd = state_create(adir, aid, state, err);
 	if (sfd < 0)
 		return imc_err_wrap(err, "%s", what);
-	r = do_attach(s, req, aid, req->block ? NULL : dir, sfd, state, err);
+	r = do_attach(s, req, aid, req->block ? NULL : dir, sfd, state, &config, err);
 	if (r < 0) {
 		imc_error undo_err;
 		if (undo(s, adir, aid, state, NULL, &undo_err) < 0)
@@ -785,6 +811,10 @@ int attach_cache(struct store *s, const struct attach_request *req, json_t **ret
 					    req->cache_id, what, undo_err.msg);
 		return imc_err_wrap(err, "attach %s as %s", req->cache_id, what);
 	}
+	/* After the last state write: the config stays out of the state file.  Without it (no
+	 * memory) imc-runtime reads /imcache.json its own way. */
+	if (config)
+		json_object_set(state, "imageConfig", config);
 	if (ret_state)
 		*ret_state = steal_pointer(&state);
 	return 0;

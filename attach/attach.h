@@ -22,6 +22,9 @@ struct attach_request {
 	/* Mount the cache's /data read-only at <dir>/<data_dest> (an absolute path inside the
 	 * rootfs); NULL = no data mount. */
 	const char *data_dest;
+	/* Return images[image].config of the snapshot's /imcache.json in the state as
+	 * "imageConfig" (for imc-runtime's imcache.io/use-image-config; not persisted). */
+	bool image_config;
 };
 
 /* Attach; ret_state (optional) gets the recorded attach state. */

@@ -7,6 +7,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 
 #include "../common/priv.h"
@@ -131,11 +135,16 @@ static int undo_attach(const struct ctx *c, imc_error *err)
 	return runtime_record_remove(c->state_dir, c->args.id, err);
 }
 
-/* Record, then attach; on failure neither the attach nor the record is left. */
-static int do_attach(const struct ctx *c, const struct runtime_cache *cache, imc_error *err)
+/* Record, then attach; on failure neither the attach nor the record is left.  ret_state gets
+ * the attach state. */
+static int do_attach(const struct ctx *c, const struct runtime_cache *cache, json_t **ret_state,
+		     imc_error *err)
 {
-	struct attach_request req = {
-	    .cache_id = cache->cache_id, .image = cache->image, .dir = cache->rootfs};
+	struct attach_request req = {.cache_id = cache->cache_id,
+				     .image = cache->image,
+				     .dir = cache->rootfs,
+				     .data_dest = cache->data_dest,
+				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO};
 	struct store *s = NULL;
 	int r;
 
@@ -143,12 +152,50 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, imc
 		return r;
 	r = open_store(c, &s, err);
 	if (r == 0) {
-		r = attach_cache(s, &req, NULL, err);
+		r = attach_cache(s, &req, ret_state, err);
 		store_close(s);
 	}
 	if (r < 0)
 		runtime_record_remove(c->state_dir, c->args.id, NULL);
 	return r < 0 ? imc_err_wrap(err, "container %s", c->args.id) : 0;
+}
+
+/* imcache.io/use-image-config: the image's config (which the attach read from the snapshot's
+ * /imcache.json) into config.json, rewritten in place. */
+static int apply_image_config(const struct runtime_cache *cache, json_t *state, imc_error *err)
+{
+	_cleanup_close_ int rootfd = -1;
+	json_t *config = json_object_get(state, "imageConfig");
+	int r;
+
+	if (!json_is_object(config))
+		return imc_err(err, EINVAL, "%s: the attach returned no image config",
+			       RUNTIME_ANNOTATION_USE_CONFIG);
+	rootfd = open(cache->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (rootfd < 0)
+		return imc_err_sys(err, errno, "%s", cache->rootfs);
+	if ((r = runtime_spec_apply_image(cache->spec, config, cache->use_config, rootfd, err)) < 0)
+		return r;
+	return runtime_spec_write(cache, err);
+}
+
+/* Attach, then adjust config.json; on failure nothing stays attached. */
+static int prepare(const struct ctx *c, const struct runtime_cache *cache, imc_error *err)
+{
+	_cleanup_json_ json_t *state = NULL;
+	int r = do_attach(c, cache, &state, err);
+
+	if (r < 0 || cache->use_config == RUNTIME_USE_CONFIG_NO)
+		return r;
+	r = apply_image_config(cache, state, err);
+	if (r < 0) {
+		imc_error undo_err;
+		if (undo_attach(c, &undo_err) < 0)
+			return imc_err_wrap(err, "container %s (and detaching failed: %s)",
+					    c->args.id, undo_err.msg);
+		return imc_err_wrap(err, "container %s", c->args.id);
+	}
+	return 0;
 }
 
 static int cmd_create_or_run(struct ctx *c)
@@ -169,7 +216,7 @@ static int cmd_create_or_run(struct ctx *c)
 		runtime_cache_free(&cache);
 		return fail_msg(c, "no container id on the command line");
 	}
-	r = do_attach(c, &cache, &err);
+	r = prepare(c, &cache, &err);
 	runtime_cache_free(&cache);
 	if (r < 0)
 		return fail(c, &err);

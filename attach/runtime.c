@@ -159,6 +159,9 @@ void runtime_cache_free(struct runtime_cache *c)
 {
 	free(c->cache_id);
 	free(c->rootfs);
+	free(c->data_dest);
+	json_decref(c->spec);
+	free(c->config_path);
 	*c = (struct runtime_cache){0};
 }
 
@@ -198,9 +201,115 @@ static int rootfs_path(json_t *config, const char *bundle, char **ret, imc_error
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
+int runtime_data_dest_check(const char *dest, imc_error *err)
+{
+	size_t len = strlen(dest);
+
+	if (dest[0] != '/' || len > RUNTIME_DATA_DEST_MAX || len < 2)
+		return imc_err(err, EINVAL,
+			       "annotation %s=\"%.80s\": want an absolute path, %d-%d bytes",
+			       RUNTIME_ANNOTATION_DATA, dest, 2, RUNTIME_DATA_DEST_MAX);
+	for (const char *p = dest + 1;;) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+
+		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+			return imc_err(err, EINVAL,
+				       "annotation %s=\"%.80s\": a \"\", \".\" or \"..\" component",
+				       RUNTIME_ANNOTATION_DATA, dest);
+		if (!slash)
+			return 0;
+		p = slash + 1;
+	}
+}
+
+static int parse_data_dest(json_t *annotations, char **ret, imc_error *err)
+{
+	const char *s = NULL;
+	int r = imc_json_get_string(annotations, RUNTIME_ANNOTATION_DATA, false,
+				    RUNTIME_DATA_DEST_MAX, "config.json annotations", &s, err);
+
+	if (r < 0 || !s)
+		return r;
+	if ((r = runtime_data_dest_check(s, err)) < 0)
+		return r;
+	*ret = strdup(s);
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+static int parse_use_config(json_t *annotations, enum runtime_use_config *ret, imc_error *err)
+{
+	const char *s = NULL;
+	int r = imc_json_get_string(annotations, RUNTIME_ANNOTATION_USE_CONFIG, false, 16,
+				    "config.json annotations", &s, err);
+
+	if (r < 0 || !s || strcmp(s, "false") == 0)
+		return r;
+	if (strcmp(s, "true") == 0)
+		*ret = RUNTIME_USE_CONFIG_FILL;
+	else if (strcmp(s, "override") == 0)
+		*ret = RUNTIME_USE_CONFIG_OVERRIDE;
+	else
+		return imc_err(err, EINVAL, "annotation %s=\"%s\": want true, false or override",
+			       RUNTIME_ANNOTATION_USE_CONFIG, s);
+	return 0;
+}
+
+static int parse_cache(json_t *config, json_t *annotations, const char *id, const char *bundle,
+		       struct runtime_cache *c, imc_error *err)
+{
+	int r;
+
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "annotation %s=\"%.80s\": not a cache id",
+			       RUNTIME_ANNOTATION_CACHE_ID, id);
+	if ((r = parse_image(annotations, &c->image, err)) < 0 ||
+	    (r = parse_data_dest(annotations, &c->data_dest, err)) < 0 ||
+	    (r = parse_use_config(annotations, &c->use_config, err)) < 0 ||
+	    (r = rootfs_path(config, bundle, &c->rootfs, err)) < 0)
+		return r;
+	c->cache_id = strdup(id);
+	if (!c->cache_id)
+		return imc_err(err, ENOMEM, "out of memory");
+	c->spec = json_incref(config);
+	return 0;
+}
+
+/* The value of the first of keys that annotations has as a string, or NULL. */
+static const char *annotation_of(json_t *annotations, const char *const *keys)
+{
+	for (; *keys; keys++) {
+		const char *v = json_string_value(json_object_get(annotations, *keys));
+		if (v)
+			return v;
+	}
+	return NULL;
+}
+
+/* Does the cache apply to this container?  CRI runtimes pass pod annotations to the sandbox
+ * (pause) container and to every container of the pod, sidecars included: the sandbox never
+ * gets the cache, and with imcache.io/container only the container of that name does. */
+static int container_selected(json_t *annotations, bool *ret, imc_error *err)
+{
+	static const char *const type_keys[] = {"io.kubernetes.cri.container-type",
+						"io.kubernetes.cri-o.ContainerType", NULL};
+	static const char *const name_keys[] = {"io.kubernetes.cri.container-name",
+						"io.kubernetes.container.name", NULL};
+	const char *want = NULL, *type = annotation_of(annotations, type_keys);
+	const char *name = annotation_of(annotations, name_keys);
+	int r = imc_json_get_string(annotations, RUNTIME_ANNOTATION_CONTAINER, false, 253,
+				    "config.json annotations", &want, err);
+
+	if (r < 0)
+		return r;
+	*ret = !(type && strcmp(type, "sandbox") == 0) && !(want && name && strcmp(want, name));
+	return 0;
+}
+
 int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct runtime_cache *ret,
 			imc_error *err)
 {
+	bool selected = false;
 	_cleanup_json_ json_t *config = NULL;
 	json_t *annotations = NULL;
 	const char *id = NULL;
@@ -215,24 +324,16 @@ int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct
 	if (annotations)
 		r = imc_json_get_string(annotations, RUNTIME_ANNOTATION_CACHE_ID, false, 256,
 					"config.json annotations", &id, err);
-	if (r < 0 || !id) {
+	if (r == 0 && id)
+		r = container_selected(annotations, &selected, err);
+	if (r < 0 || !id || !selected) {
 		*ret = c;
 		return r;
 	}
-	if (!imc_name_valid(id, 64))
-		return imc_err(err, EINVAL, "annotation %s=\"%.80s\": not a cache id",
-			       RUNTIME_ANNOTATION_CACHE_ID, id);
-	if (json_object_get(annotations, RUNTIME_ANNOTATION_DATA))
-		return imc_err(err, EOPNOTSUPP, "annotation %s: not supported by imc-runtime",
-			       RUNTIME_ANNOTATION_DATA);
-	if ((r = parse_image(annotations, &c.image, err)) < 0)
-		return r;
-	if ((r = rootfs_path(config, bundle, &c.rootfs, err)) < 0)
-		return r;
-	c.cache_id = strdup(id);
-	if (!c.cache_id) {
+	r = parse_cache(config, annotations, id, bundle, &c, err);
+	if (r < 0) {
 		runtime_cache_free(&c);
-		return imc_err(err, ENOMEM, "out of memory");
+		return r;
 	}
 	*ret = c;
 	return 0;
@@ -253,7 +354,10 @@ int runtime_cache_load(const char *bundle, const char *config, struct runtime_ca
 	if (r < 0)
 		return r == -ENOENT ? r : imc_err_wrap(err, "bundle %s", bundle);
 	r = runtime_cache_parse(buf, len, bundle, ret, err);
-	return r < 0 ? imc_err_wrap(err, "%s", path) : 0;
+	if (r < 0)
+		return imc_err_wrap(err, "%s", path);
+	ret->config_path = steal_pointer(&path);
+	return 0;
 }
 
 /* Is dir/name an executable file?  ret gets the malloc'ed path when it is. */
@@ -446,4 +550,334 @@ int runtime_record_remove(const char *state_dir, const char *id, imc_error *err)
 	if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
 		return imc_err_sys(err, errno, "container %s record", id);
 	return 0;
+}
+
+/* ---- the image config -------------------------------------------------------------------- */
+
+/* A numeric uid or gid: 1-10 digits, below 2^32 - 1 (which means "none"). */
+static bool parse_id(const char *s, size_t len, uint32_t *ret)
+{
+	uint64_t v = 0;
+
+	if (len == 0 || len > 10)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (v >= UINT32_MAX)
+		return false;
+	*ret = (uint32_t)v;
+	return true;
+}
+
+/* Find in an /etc/passwd or /etc/group text the entry whose first field is name (name != NULL)
+ * or whose id (third field) is id; ret_id gets the third field, ret_gid (optional, passwd) the
+ * fourth.  -ENOENT when there is none; malformed lines are skipped, as libc does. */
+TESTABLE int userdb_find(const char *db, const char *name, uint32_t id, uint32_t *ret_id,
+			 uint32_t *ret_gid)
+{
+	for (const char *line = db; *line;) {
+		const char *end = strchrnul(line, '\n');
+		const char *f[5] = {line};
+		size_t nf = 1;
+		uint32_t lid, lgid = 0;
+
+		for (const char *p = line; p < end && nf < IMC_ARRAY_SIZE(f); p++)
+			if (*p == ':')
+				f[nf++] = p + 1;
+		if (nf >= 4 && parse_id(f[2], (size_t)(f[3] - f[2] - 1), &lid) &&
+		    (!ret_gid || (nf >= 5 && parse_id(f[3], (size_t)(f[4] - f[3] - 1), &lgid)))) {
+			size_t name_len = (size_t)(f[1] - f[0] - 1);
+			bool hit =
+			    name ? strlen(name) == name_len && strncmp(line, name, name_len) == 0
+				 : lid == id;
+			if (hit) {
+				*ret_id = lid;
+				if (ret_gid)
+					*ret_gid = lgid;
+				return 0;
+			}
+		}
+		line = *end ? end + 1 : end;
+	}
+	return -ENOENT;
+}
+
+/* The text of path (etc/passwd, etc/group) inside the rootfs at rootfd; -ENOENT if missing. */
+static int read_userdb(int rootfd, const char *path, char **ret, imc_error *err)
+{
+	_cleanup_close_ int fd = imc_openat_in_root(rootfd, path, O_RDONLY | O_NOCTTY, 0);
+	_cleanup_free_ char *buf = NULL;
+	struct stat st;
+	size_t got = 0;
+
+	if (fd == -ENOENT)
+		return -ENOENT;
+	if (fd < 0)
+		return imc_err_sys(err, -fd, "image /%s", path);
+	if (fstat(fd, &st) < 0)
+		return imc_err_sys(err, errno, "image /%s", path);
+	if (!S_ISREG(st.st_mode) || st.st_size > RUNTIME_USERDB_MAX)
+		return imc_err(err, EINVAL, "image /%s: not a regular file of at most %d bytes",
+			       path, RUNTIME_USERDB_MAX);
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf)
+		return imc_err(err, ENOMEM, "out of memory");
+	while (got < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return imc_err_sys(err, errno, "image /%s", path);
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	buf[got] = '\0';
+	*ret = steal_pointer(&buf);
+	return 0;
+}
+
+/* name (name_len bytes, or a number) in the rootfs's passwd (is_user) or group file. */
+static int lookup_id(int rootfd, bool is_user, const char *name, size_t name_len, uint32_t *ret_id,
+		     uint32_t *ret_gid, imc_error *err)
+{
+	const char *file = is_user ? "etc/passwd" : "etc/group";
+	_cleanup_free_ char *n = strndup(name, name_len);
+	_cleanup_free_ char *db = NULL;
+	int r;
+
+	if (!n)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (rootfd < 0)
+		return imc_err(err, EINVAL, "image user %s \"%s\": names need the image's /%s",
+			       is_user ? "name" : "group", n, file);
+	r = read_userdb(rootfd, file, &db, err);
+	if (r == -ENOENT)
+		return imc_err(err, ENOENT, "image user %s \"%s\": the image has no /%s",
+			       is_user ? "name" : "group", n, file);
+	if (r < 0)
+		return r;
+	if (userdb_find(db, n, 0, ret_id, is_user ? ret_gid : NULL) < 0)
+		return imc_err(err, ENOENT, "image user %s \"%s\": not in the image's /%s",
+			       is_user ? "name" : "group", n, file);
+	return 0;
+}
+
+int runtime_user_resolve(const char *user, int rootfd, uint32_t *ret_uid, uint32_t *ret_gid,
+			 imc_error *err)
+{
+	const char *colon = strchr(user, ':');
+	size_t ulen = colon ? (size_t)(colon - user) : strlen(user);
+	uint32_t uid, gid = 0;
+	int r;
+
+	if (ulen == 0 || ulen > 256 || (colon && (colon[1] == '\0' || strlen(colon + 1) > 256)))
+		return imc_err(err, EINVAL, "image user \"%.80s\": want user[:group]", user);
+	if (parse_id(user, ulen, &uid)) {
+		/* A bare uid takes its passwd entry's group, if the image has one. */
+		_cleanup_free_ char *db = NULL;
+		if (!colon && rootfd >= 0 && read_userdb(rootfd, "etc/passwd", &db, NULL) == 0) {
+			uint32_t found;
+			if (userdb_find(db, NULL, uid, &found, &gid) < 0)
+				gid = 0;
+		}
+	} else if ((r = lookup_id(rootfd, true, user, ulen, &uid, &gid, err)) < 0) {
+		return r;
+	}
+	if (colon && !parse_id(colon + 1, strlen(colon + 1), &gid) &&
+	    (r = lookup_id(rootfd, false, colon + 1, strlen(colon + 1), &gid, NULL, err)) < 0)
+		return r;
+	*ret_uid = uid;
+	*ret_gid = gid;
+	return 0;
+}
+
+/* image_config.key: an array of strings (missing or null: empty), borrowed. */
+static int image_list(json_t *cfg, const char *key, json_t **ret, imc_error *err)
+{
+	json_t *arr = NULL;
+	int r;
+
+	if (json_is_null(json_object_get(cfg, key))) {
+		*ret = NULL;
+		return 0;
+	}
+	r = imc_json_get_array(cfg, key, false, RUNTIME_IMAGE_LIST_MAX, "image config", &arr, err);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; arr && i < json_array_size(arr); i++) {
+		json_t *v = json_array_get(arr, i);
+		if (!json_is_string(v) || json_string_length(v) > RUNTIME_IMAGE_STRING_MAX ||
+		    strlen(json_string_value(v)) != json_string_length(v))
+			return imc_err(err, EINVAL,
+				       "image config.%s[%zu]: want a string of at most %d bytes",
+				       key, i, RUNTIME_IMAGE_STRING_MAX);
+	}
+	*ret = arr;
+	return 0;
+}
+
+static int set_args(json_t *process, json_t *cfg, enum runtime_use_config mode, imc_error *err)
+{
+	json_t *entrypoint = NULL, *cmd = NULL, *spec_args = json_object_get(process, "args");
+	_cleanup_json_ json_t *args = json_array();
+	int r;
+
+	if ((r = image_list(cfg, "entrypoint", &entrypoint, err)) < 0 ||
+	    (r = image_list(cfg, "cmd", &cmd, err)) < 0)
+		return r;
+	if (!args || (entrypoint && json_array_extend(args, entrypoint) < 0) ||
+	    (cmd && json_array_extend(args, cmd) < 0))
+		return imc_err(err, ENOMEM, "out of memory");
+	if (spec_args && !json_is_array(spec_args))
+		return imc_err(err, EINVAL, "config.json process.args: not an array");
+	if (json_array_size(spec_args) > 0 &&
+	    (mode == RUNTIME_USE_CONFIG_FILL || json_array_size(args) == 0))
+		return 0;
+	if (json_array_size(args) == 0)
+		return imc_err(
+		    err, EINVAL,
+		    "config.json has no process.args and the image no entrypoint or cmd");
+	return json_object_set(process, "args", args) < 0 ? imc_err(err, ENOMEM, "out of memory")
+							  : 0;
+}
+
+/* Index of the entry of env named like entry ("NAME=..." or "NAME"), or -1. */
+static ssize_t env_find(json_t *env, const char *entry)
+{
+	size_t len = strcspn(entry, "=");
+
+	for (size_t i = 0; i < json_array_size(env); i++) {
+		const char *e = json_string_value(json_array_get(env, i));
+		if (e && strncmp(e, entry, len) == 0 && (e[len] == '=' || e[len] == '\0'))
+			return (ssize_t)i;
+	}
+	return -1;
+}
+
+static int set_env(json_t *process, json_t *cfg, enum runtime_use_config mode, imc_error *err)
+{
+	json_t *image_env = NULL, *env = json_object_get(process, "env");
+	int r = image_list(cfg, "env", &image_env, err);
+
+	if (r < 0 || json_array_size(image_env) == 0)
+		return r;
+	if (!env) {
+		env = json_array();
+		if (!env || json_object_set_new(process, "env", env) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	if (!json_is_array(env) || json_array_size(env) > RUNTIME_IMAGE_LIST_MAX)
+		return imc_err(err, EINVAL, "config.json process.env: not an array of at most %d",
+			       RUNTIME_IMAGE_LIST_MAX);
+	for (size_t i = 0; i < json_array_size(image_env); i++) {
+		json_t *e = json_array_get(image_env, i);
+		ssize_t at = env_find(env, json_string_value(e));
+
+		if (at < 0)
+			r = json_array_append(env, e);
+		else if (mode == RUNTIME_USE_CONFIG_OVERRIDE)
+			r = json_array_set(env, (size_t)at, e);
+		if (r < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
+static int set_cwd(json_t *process, json_t *cfg, enum runtime_use_config mode, imc_error *err)
+{
+	const char *dir = "", *cwd = "";
+	int r = imc_json_get_string(cfg, "workingDir", false, RUNTIME_IMAGE_STRING_MAX,
+				    "image config", &dir, err);
+
+	if (r < 0 || dir[0] == '\0')
+		return r;
+	if (dir[0] != '/')
+		return imc_err(err, EINVAL, "image config.workingDir \"%.80s\": not absolute", dir);
+	r = imc_json_get_string(process, "cwd", false, PATH_MAX, "config.json process", &cwd, err);
+	if (r < 0)
+		return r;
+	if (mode == RUNTIME_USE_CONFIG_FILL && cwd[0] != '\0' && strcmp(cwd, "/") != 0)
+		return 0;
+	return json_object_set_new(process, "cwd", json_string(dir)) < 0
+		   ? imc_err(err, ENOMEM, "out of memory")
+		   : 0;
+}
+
+static int set_user(json_t *process, json_t *cfg, enum runtime_use_config mode, int rootfd,
+		    imc_error *err)
+{
+	const char *user = "";
+	json_t *u = NULL;
+	int64_t uid = 0, gid = 0;
+	uint32_t new_uid, new_gid;
+	int r = imc_json_get_string(cfg, "user", false, 1024, "image config", &user, err);
+
+	if (r < 0 || user[0] == '\0')
+		return r;
+	if ((r = imc_json_get_object(process, "user", false, "config.json process", &u, err)) < 0)
+		return r;
+	if (u && ((r = imc_json_get_int(u, "uid", false, 0, UINT32_MAX, "config.json process.user",
+					&uid, err)) < 0 ||
+		  (r = imc_json_get_int(u, "gid", false, 0, UINT32_MAX, "config.json process.user",
+					&gid, err)) < 0))
+		return r;
+	if (mode == RUNTIME_USE_CONFIG_FILL && (uid != 0 || gid != 0))
+		return 0;
+	if ((r = runtime_user_resolve(user, rootfd, &new_uid, &new_gid, err)) < 0)
+		return r;
+	if (!u) {
+		u = json_object();
+		if (!u || json_object_set_new(process, "user", u) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	if (json_object_set_new(u, "uid", json_integer(new_uid)) < 0 ||
+	    json_object_set_new(u, "gid", json_integer(new_gid)) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
+	return 0;
+}
+
+int runtime_spec_apply_image(json_t *spec, json_t *image_config, enum runtime_use_config mode,
+			     int rootfd, imc_error *err)
+{
+	json_t *process = NULL;
+	int r;
+
+	if (mode == RUNTIME_USE_CONFIG_NO)
+		return 0;
+	if (!json_is_object(image_config))
+		return imc_err(err, EINVAL, "image config: not an object");
+	r = imc_json_get_object(spec, "process", true, "config.json", &process, err);
+	if (r == 0)
+		r = set_args(process, image_config, mode, err);
+	if (r == 0)
+		r = set_env(process, image_config, mode, err);
+	if (r == 0)
+		r = set_cwd(process, image_config, mode, err);
+	if (r == 0)
+		r = set_user(process, image_config, mode, rootfd, err);
+	return r < 0 ? imc_err_wrap(err, "%s", RUNTIME_ANNOTATION_USE_CONFIG) : 0;
+}
+
+int runtime_spec_write(const struct runtime_cache *c, imc_error *err)
+{
+	const char *slash = c->config_path ? strrchr(c->config_path, '/') : NULL;
+	_cleanup_free_ char *dir = NULL;
+	_cleanup_close_ int dfd = -1;
+
+	if (!slash || !c->spec)
+		return imc_err(err, EINVAL, "config.json: no path to write it to");
+	dir = slash == c->config_path ? strdup("/")
+				      : strndup(c->config_path, (size_t)(slash - c->config_path));
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return imc_err_sys(err, errno, "%s", dir);
+	return imc_json_write_atomic(dfd, slash + 1, c->spec, err) < 0
+		   ? imc_err_wrap(err, "rewrite %s", c->config_path)
+		   : 0;
 }

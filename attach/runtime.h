@@ -6,14 +6,21 @@
 #define IMC_RUNTIME_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "../common/imc.h"
 
-#define RUNTIME_ANNOTATION_CACHE_ID "imcache.io/cache-id"
-#define RUNTIME_ANNOTATION_IMAGE    "imcache.io/image"
-#define RUNTIME_ANNOTATION_DATA	    "imcache.io/data-mount"
-#define RUNTIME_CONFIG_MAX	    (4 * 1024 * 1024) /* bytes of config.json read */
-#define RUNTIME_ID_MAX		    200		      /* bytes of a container id we record */
+#define RUNTIME_ANNOTATION_CACHE_ID   "imcache.io/cache-id"
+#define RUNTIME_ANNOTATION_IMAGE      "imcache.io/image"
+#define RUNTIME_ANNOTATION_DATA	      "imcache.io/data-mount"
+#define RUNTIME_ANNOTATION_USE_CONFIG "imcache.io/use-image-config"
+#define RUNTIME_ANNOTATION_CONTAINER  "imcache.io/container"
+#define RUNTIME_CONFIG_MAX	      (4 * 1024 * 1024) /* bytes of config.json read */
+#define RUNTIME_ID_MAX		      200		/* bytes of a container id we record */
+#define RUNTIME_DATA_DEST_MAX	      1024		/* bytes of imcache.io/data-mount */
+#define RUNTIME_USERDB_MAX	      (4 * 1024 * 1024) /* bytes of an image's /etc/passwd, group */
+#define RUNTIME_IMAGE_LIST_MAX	      10000		/* entries of the image's env, cmd... */
+#define RUNTIME_IMAGE_STRING_MAX      (64 * 1024)	/* bytes of one of them */
 
 enum runtime_verb {
 	RUNTIME_OTHER, /* everything the wrapper passes through untouched */
@@ -38,22 +45,60 @@ struct runtime_args {
  * has none; the caller then passes the command line through for the real runtime to judge. */
 int runtime_parse_args(int argc, char *const *argv, struct runtime_args *ret, imc_error *err);
 
+/* imcache.io/use-image-config: how the image's config (env, cmd, entrypoint, workingDir, user,
+ * recorded in the snapshot's /imcache.json) goes into the spec's process. */
+enum runtime_use_config {
+	RUNTIME_USE_CONFIG_NO,	     /* absent or "false": the spec as it is */
+	RUNTIME_USE_CONFIG_FILL,     /* "true": fill what the spec leaves empty */
+	RUNTIME_USE_CONFIG_OVERRIDE, /* "override": the image's values win where it has them */
+};
+
 /* The imcache part of a bundle's config.json. */
 struct runtime_cache {
-	char *cache_id; /* NULL: no imcache annotation, pass through */
-	unsigned image; /* imcache.io/image, 0-1000 */
-	char *rootfs;	/* root.path, joined to the bundle when relative */
+	char *cache_id;	 /* NULL: no imcache annotation, pass through */
+	unsigned image;	 /* imcache.io/image, 0-1000 */
+	char *rootfs;	 /* root.path, joined to the bundle when relative */
+	char *data_dest; /* imcache.io/data-mount, checked by runtime_data_dest_check; NULL: none */
+	enum runtime_use_config use_config;
+	json_t *spec;	   /* the whole config.json, kept to rewrite it (with cache_id only) */
+	char *config_path; /* where it was read (runtime_cache_load only) */
 };
 void runtime_cache_free(struct runtime_cache *c);
 
-/* Parse config.json text.  No annotation leaves ret->cache_id NULL; a malformed file, a bad
- * annotation or a missing root.path fail naming the field. */
+/* Parse config.json text.  No annotation leaves ret->cache_id NULL, and so do (Kubernetes, whose
+ * pod annotations reach every container of the pod) a pod sandbox container and a container
+ * other than the one imcache.io/container names; a malformed file, a bad annotation or a
+ * missing root.path fail naming the field. */
 int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct runtime_cache *ret,
 			imc_error *err);
 /* Read and parse <bundle>/<config> (config absolute or relative to the bundle).  A missing file
  * is -ENOENT (the real runtime reports it better). */
 int runtime_cache_load(const char *bundle, const char *config, struct runtime_cache *ret,
 		       imc_error *err);
+
+/* A data mount destination: an absolute path inside the container, at most
+ * RUNTIME_DATA_DEST_MAX bytes, not "/", with no "", "." or ".." component. */
+int runtime_data_dest_check(const char *dest, imc_error *err);
+
+/* An image's user ("uid", "uid:gid", "name", "name:group", "uid:group"...) as numeric ids.  Names
+ * are looked up in /etc/passwd and /etc/group of the rootfs at rootfd, opened with
+ * RESOLVE_IN_ROOT (rootfd -1: names are refused).  A user without a group gets its passwd
+ * entry's group, else 0 (as docker does). */
+int runtime_user_resolve(const char *user, int rootfd, uint32_t *ret_uid, uint32_t *ret_gid,
+			 imc_error *err);
+
+/* Put an image config ({"env","cmd","entrypoint","workingDir","user"}) into spec's process:
+ *   FILL      args = entrypoint + cmd when the spec has none; image env entries whose name the
+ *             spec lacks are appended (the spec wins); cwd when the spec's is "" or "/"; user
+ *             when the spec's is 0:0.
+ *   OVERRIDE  the same, but the image wins wherever it has a value: args, cwd, user, and env
+ *             entries of the same name are replaced.
+ * rootfd is the container's rootfs for user names.  Fails naming the field; spec may then be
+ * partly changed (the caller drops it). */
+int runtime_spec_apply_image(json_t *spec, json_t *image_config, enum runtime_use_config mode,
+			     int rootfd, imc_error *err);
+/* Write c->spec back to c->config_path atomically (tmp file, fsync, rename). */
+int runtime_spec_write(const struct runtime_cache *c, imc_error *err);
 
 /* The real runtime: env (IMCACHE_RUNTIME) is a path (has a '/') or a name looked up in path
  * (PATH); unset or empty: crun if in path, else runc.  ret gets a malloc'ed path. */
