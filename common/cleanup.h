@@ -11,6 +11,7 @@
 #include <archive.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <libdevmapper.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 
@@ -62,6 +63,12 @@ static inline void imc_archive_read_freep(struct archive **a)
 		archive_read_free(*a);
 }
 
+static inline void imc_dm_task_destroyp(struct dm_task **t)
+{
+	if (*t)
+		dm_task_destroy(*t);
+}
+
 #define _cleanup_free_	     _cleanup_(imc_freep)
 #define _cleanup_close_	     _cleanup_(imc_closep)
 #define _cleanup_fclose_     _cleanup_(imc_fclosep)
@@ -70,6 +77,7 @@ static inline void imc_archive_read_freep(struct archive **a)
 #define _cleanup_curl_	     _cleanup_(imc_curl_cleanupp)
 #define _cleanup_curl_slist_ _cleanup_(imc_curl_slist_freep)
 #define _cleanup_archive_    _cleanup_(imc_archive_read_freep)
+#define _cleanup_dm_task_    _cleanup_(imc_dm_task_destroyp)
 
 /* Hand ownership out of a cleanup-managed variable. */
 #define steal_pointer(pp)                                                                          \

@@ -3,7 +3,7 @@
 
 #include "store.h"
 
-static const struct store_driver_ops *const drivers[] = {&store_reflink_ops};
+static const struct store_driver_ops *const drivers[] = {&store_reflink_ops, &store_thin_ops};
 
 #define STORE_ID_MAX 64
 
@@ -28,6 +28,13 @@ const char *store_kind_name(enum store_kind kind)
 	return "?";
 }
 
+static void store_free(struct store *s)
+{
+	json_decref(s->repairs);
+	free(s->state_dir);
+	free(s);
+}
+
 int store_open(const struct store_config *cfg, struct store **ret, imc_error *err)
 {
 	const char *name = cfg->driver && *cfg->driver ? cfg->driver : "reflink";
@@ -39,23 +46,28 @@ int store_open(const struct store_config *cfg, struct store **ret, imc_error *er
 		if (strcmp(drivers[i]->name, name) == 0)
 			ops = drivers[i];
 	if (!ops)
-		return imc_err(err, EINVAL, "store driver \"%.40s\": unknown (have: reflink)",
+		return imc_err(err, EINVAL, "store driver \"%.40s\": unknown (have: reflink, thin)",
 			       name);
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return imc_err(err, ENOMEM, "out of memory");
 	s->ops = ops;
 	s->pool_size = cfg->pool_size ? cfg->pool_size : STORE_DEFAULT_POOL_SIZE;
+	s->driver_opts = cfg->driver_opts;
 	s->state_dir =
 	    strdup(cfg->state_dir && *cfg->state_dir ? cfg->state_dir : STORE_DEFAULT_STATE_DIR);
 	if (!s->state_dir) {
-		free(s);
+		store_free(s);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
 	r = ops->open(s, err);
+	s->driver_opts = NULL;
+	if (r == 0 && !s->repairs && !(s->repairs = json_array())) {
+		ops->close(s);
+		r = imc_err(err, ENOMEM, "out of memory");
+	}
 	if (r < 0) {
-		free(s->state_dir);
-		free(s);
+		store_free(s);
 		return imc_err_wrap(err, "store %s in %s", name, cfg->state_dir);
 	}
 	*ret = s;
@@ -67,8 +79,12 @@ void store_close(struct store *s)
 	if (!s)
 		return;
 	s->ops->close(s);
-	free(s->state_dir);
-	free(s);
+	store_free(s);
+}
+
+json_t *store_repairs(const struct store *s)
+{
+	return s->repairs;
 }
 
 const char *store_driver_name(const struct store *s)
@@ -158,4 +174,17 @@ int store_usage(struct store *s, struct store_usage *ret, imc_error *err)
 int store_teardown(struct store *s, imc_error *err)
 {
 	return s->ops->teardown(s, err);
+}
+
+int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
+			       uint64_t size, imc_error *err)
+{
+	int r = check_id(snapshot_id, err);
+
+	if (r == 0)
+		r = check_id(volume_id, err);
+	if (r == 0 && !s->ops->volume_from_snapshot)
+		r = imc_err(err, EOPNOTSUPP, "store driver %s: no volumes from snapshots",
+			    s->ops->name);
+	return r < 0 ? r : s->ops->volume_from_snapshot(s, snapshot_id, volume_id, size, err);
 }

@@ -31,6 +31,9 @@ struct store_usage {
 	uint64_t total;
 	uint64_t used;
 	uint64_t free;
+	/* The pool's metadata space, where the driver has one (thin); 0 otherwise. */
+	uint64_t meta_total;
+	uint64_t meta_used;
 };
 
 /* store_activate flags */
@@ -77,6 +80,11 @@ struct store_driver_ops {
 	/* Release host resources the driver set up in open (the embedded pool mount); refused
 	 * with -EBUSY while anything in it is in use. */
 	int (*teardown)(struct store *s, imc_error *err);
+	/* A new writable volume volume_id holding what snapshot snapshot_id holds (sharing its
+	 * extents where the driver can), its size raised to size when that is more.  NULL in a
+	 * driver that cannot: store_volume_from_snapshot answers -EOPNOTSUPP. */
+	int (*volume_from_snapshot)(struct store *s, const char *snapshot_id, const char *volume_id,
+				    uint64_t size, imc_error *err);
 };
 
 struct store {
@@ -84,6 +92,11 @@ struct store {
 	char *state_dir;
 	uint64_t pool_size;
 	void *priv; /* driver data */
+	/* The caller's driver options: valid during open only. */
+	const char *const *driver_opts;
+	/* What open found wrong and repaired (an array of strings, for the caller's log); never
+	 * NULL after store_open. */
+	json_t *repairs;
 };
 
 int store_open(const struct store_config *cfg, struct store **ret, imc_error *err);
@@ -106,6 +119,12 @@ int store_list(struct store *s, enum store_kind kind, char ***ret_ids, size_t *r
 void store_list_free(char **ids, size_t n);
 int store_usage(struct store *s, struct store_usage *ret, imc_error *err);
 int store_teardown(struct store *s, imc_error *err);
+/* See store_driver_ops.volume_from_snapshot (the reflink driver: a FICLONE of the snapshot's
+ * file, then ftruncate to size; the filesystem inside is not grown, that is the caller's). */
+int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
+			       uint64_t size, imc_error *err);
+/* The repairs store_open made (borrowed: an array of strings, empty when there were none). */
+json_t *store_repairs(const struct store *s);
 
 /* Mount options every ext4 volume and clone gets: no lazy inode-table zeroing thread, and no cache
  * flushes (a volume is fsynced as a whole when sealed; a clone is thrown away after a crash). */
@@ -113,5 +132,6 @@ int store_teardown(struct store *s, imc_error *err);
 
 /* Drivers. */
 extern const struct store_driver_ops store_reflink_ops;
+extern const struct store_driver_ops store_thin_ops;
 
 #endif

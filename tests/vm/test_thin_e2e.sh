@@ -1,0 +1,99 @@
+#!/bin/bash
+# End to end on the thin driver, in a kernel with device-mapper (tests/vm/imc-vm): a registry on
+# 127.0.0.1, imcd --driver thin builds a cache into a dm thin pool, imc-attach --driver thin
+# attaches it as a rootfs, crun runs a container from it, detach and teardown leave no device
+# behind; a restarted imcd finds the pool and the cache again and repairs nothing.
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+. "$(dirname "$0")/../lib/container.sh"
+
+need_root
+need_loop
+need_tool jq curl skopeo findmnt crun
+need_programs imcd imcctl imc-attach
+[ -e /sys/class/misc/device-mapper ] ||
+	skip_all "needs device-mapper (run it in a VM: tests/vm/imc-vm -- $0)"
+
+# crun needs a cgroup2 hierarchy; inside the test VM this is the guest's own kernel.
+if [ "${IMC_VM:-}" = 1 ] && ! findmnt -rn -t cgroup2 /sys/fs/cgroup >/dev/null; then
+	mount -t cgroup2 none /sys/fs/cgroup
+fi
+
+# imc-attach and the teardown use the same driver as imcd.
+imc_attach() {
+	"$IMC_BIN/imc-attach" --state-dir "$IMC_STATE" --driver thin "$@"
+}
+imc_teardown_quiet() {
+	if [ -n "$IMC_STATE" ]; then
+		imc_attach teardown >/dev/null 2>&1 || true
+	fi
+}
+# imcache's dm devices (pool included) of this test's pools.
+our_dm_devices() {
+	local n
+	for n in /sys/block/dm-*/dm/name; do
+		if [ -e "$n" ]; then grep -h '^imc-' "$n" || true; fi
+	done | sort
+}
+
+BEFORE_DM=$(our_dm_devices)
+registry_start_or_bail
+LAYOUT=$TEST_TMP/layout
+if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
+	mkimage_push "$LAYOUT" multi imc/multi:v1 >/dev/null 2>&1; then
+	ok "multilayer image builds and pushes"
+else
+	bail "multilayer image builds and pushes"
+fi
+
+STATE=$TEST_TMP/state
+imcd_start_or_bail "$STATE" --driver thin --pool-size 2G
+check_match "imcd runs the thin driver" "store driver thin" "$(cat "$IMCD_LOG")"
+
+OUT=$(imcctl create "$REGISTRY/imc/multi:v1" --name thin --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+[[ "$ID" =~ ^imc- ]] || bail "cache builds into the thin pool" \
+	"$(cat "$TEST_TMP/imcctl.err"; imcd_log_tail 20)"
+ok "cache $ID builds into the thin pool"
+check_eq "the pool has the cache's snapshot" "$ID" \
+	"$(jq -r --arg id "$ID" '.devices[] | select(.kind == "snapshot" and .id == $id) | .id' \
+		"$STATE/thin/devices.json")"
+check_match "/metrics reports the thin pool's usage" "imcache_" "$(curl -s "$IMCD_URL/metrics")"
+
+ROOT=$TEST_TMP/root
+mkdir -p "$ROOT"
+defer imc_detach_quiet "$ROOT"
+check "imc-attach --driver thin attaches $ID" imc_attach attach "$ID" "$ROOT"
+check_match "the rootfs is mounted from a thin device" "^/dev/mapper/imc-" \
+	"$(findmnt -rn -o SOURCE --mountpoint "$ROOT" || true)"
+if IMC_RUNTIME=crun run_container "$ROOT" /bin/sh -c 'cat /data/a.txt; echo written >/x; cat /x'; then
+	check_eq "crun runs a container from the thin clone" "content-a
+written" "$CONTAINER_OUTPUT"
+else
+	not_ok "crun runs a container from the thin clone" "$CONTAINER_ERRORS"
+fi
+check "detach" imc_attach detach "$ROOT"
+check_eq "no clone left in the pool" 0 \
+	"$(jq '[.devices[] | select(.kind == "clone")] | length' "$STATE/thin/devices.json")"
+
+# A restart finds the pool and the cache and has nothing to repair.
+imcd_stop || true
+imcd_start "$STATE" --driver thin --pool-size 2G || bail "imcd restarts" "$(imcd_log_tail 20)"
+check_eq "the restarted imcd repairs nothing" "" "$(grep -i 'repair' "$IMCD_LOG" || true)"
+check_match "the cache is still Ready" '"status":"Ready"' "$(cache_wait "$ID" 30 | jq -c .)"
+check_clean_shutdown_thin() {
+	local rc=0
+	imcd_stop || rc=$?
+	check_eq "imcd exits 0 on SIGTERM" 0 "$rc"
+	check_fails "imcd log has no sanitizer report" \
+		grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"
+	check "imc-attach teardown removes the pool" imc_attach teardown
+	check_eq "no dm device of this test is left" "$BEFORE_DM" "$(our_dm_devices)"
+	check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops)"
+	check_eq "no mount under the test dir" "" "$(tmp_mounts)"
+}
+check_clean_shutdown_thin
+done_testing
