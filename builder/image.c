@@ -13,6 +13,7 @@
 #define PROGRESS_STEP	  (1u << 20)
 #define CONFIG_LIST_MAX	  10000
 #define CONFIG_STRING_MAX (64u << 10)
+#define CONFIG_LABELS_MAX 1000
 
 struct builder_image {
 	char *ref_given;
@@ -23,7 +24,7 @@ struct builder_image {
 	char digest[7 + IMC_SHA256_HEX_LEN + 1];       /* the image manifest's */
 	char index_digest[7 + IMC_SHA256_HEX_LEN + 1]; /* "" unless resolved through an index */
 	struct builder_manifest manifest;
-	json_t *config; /* {"env","cmd","entrypoint","workingDir","user"} */
+	json_t *config; /* {"env","cmd","entrypoint","workingDir","user","labels"} */
 };
 
 void builder_image_free(struct builder_image *img)
@@ -96,6 +97,39 @@ static int config_string(json_t *cfg, const char *key, json_t *out, const char *
 		   : 0;
 }
 
+/* config.Labels: an object of strings (null or missing: empty) copied to out.labels. */
+static int config_labels(json_t *cfg, json_t *out, imc_error *err)
+{
+	json_t *labels = NULL, *copy = json_object(), *v;
+	const char *key;
+	int r;
+
+	if (!copy)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_object_set_new(out, "labels", copy);
+	if (json_is_null(json_object_get(cfg, "Labels")))
+		return 0;
+	r = imc_json_get_object(cfg, "Labels", false, "image config.config", &labels, err);
+	if (r < 0 || !labels)
+		return r;
+	if (json_object_size(labels) > CONFIG_LABELS_MAX)
+		return imc_err(err, E2BIG, "image config.config.Labels: more than %d labels",
+			       CONFIG_LABELS_MAX);
+	json_object_foreach(labels, key, v)
+	{
+		if (!json_is_string(v) || json_string_length(v) > CONFIG_STRING_MAX ||
+		    strlen(key) > CONFIG_STRING_MAX)
+			return imc_err(
+			    err, EINVAL,
+			    "image config.config.Labels.%.100s: want a string of at most "
+			    "%u bytes",
+			    key, CONFIG_STRING_MAX);
+		if (json_object_set(copy, key, v) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
 /* The platform the config declares must be the one asked for (os and architecture). */
 static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
 {
@@ -152,6 +186,8 @@ static int config_parse(struct builder_image *img, const char *body, size_t len,
 		r = config_string(cfg, "WorkingDir", out, "workingDir", err);
 	if (r == 0)
 		r = config_string(cfg, "User", out, "user", err);
+	if (r == 0)
+		r = config_labels(cfg, out, err);
 	json_decref(empty);
 	if (r == 0)
 		r = config_platform(img, j, err);

@@ -31,6 +31,7 @@
 #define FILE_SIZE_MAX	  (1LL << 40)
 #define READ_BLOCK	  (1u << 20)
 #define UID_MAX_VALID	  0xfffffffeLL
+#define LAYER_DEPTH_MAX	  512 /* path components */
 
 #define WH_PREFIX      ".wh."
 #define WH_META_PREFIX ".wh..wh."
@@ -39,21 +40,27 @@
 /* ---- paths ------------------------------------------------------------------------------- */
 
 /* Normalize an entry path to a relative path under the root: drop "", "." and leading "/",
- * apply ".." lexically (never above the root).  "" is the root itself. */
+ * apply ".." lexically.  A ".." above the root is no mistake a real image makes: -EPERM (as
+ * Docker's "breakout" check).  "" is the root itself. */
 TESTABLE int layer_path_clean(const char *in, char *out, size_t size)
 {
-	size_t n = 0;
+	size_t n = 0, depth = 0;
 
 	while (*in) {
 		size_t len = strcspn(in, "/");
 		if (len == 0 || (len == 1 && in[0] == '.')) {
 			/* skip */
 		} else if (len == 2 && in[0] == '.' && in[1] == '.') {
+			if (depth == 0)
+				return -EPERM;
+			depth--;
 			while (n > 0 && out[n - 1] != '/')
 				n--;
 			if (n > 0)
 				n--;
 		} else {
+			if (++depth > LAYER_DEPTH_MAX)
+				return -ELOOP;
 			if (n + (n > 0) + len + 1 > size)
 				return -ENAMETOOLONG;
 			if (n > 0)
@@ -68,6 +75,18 @@ TESTABLE int layer_path_clean(const char *in, char *out, size_t size)
 		return -ENAMETOOLONG;
 	out[n] = '\0';
 	return 0;
+}
+
+static int path_error(int r, const char *what, imc_error *err)
+{
+	switch (r) {
+	case -EPERM:
+		return imc_err(err, EPERM, "%s climbs out of the root with \"..\"", what);
+	case -ELOOP:
+		return imc_err(err, ELOOP, "%s deeper than %d components", what, LAYER_DEPTH_MAX);
+	default:
+		return imc_err(err, ENAMETOOLONG, "%s longer than %d bytes", what, LAYER_PATH_MAX);
+	}
 }
 
 enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target)
@@ -405,7 +424,44 @@ static int archive_fail(struct archive *a, imc_error *err)
 		       archive_error_string(a) ? archive_error_string(a) : "corrupt archive");
 }
 
-/* Copy the entry's data into fd; holes of sparse entries stay holes. */
+#define ZERO_BLOCK 4096
+
+static bool all_zero(const char *p, size_t n)
+{
+	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/* Write buf at off, leaving every aligned 4 KiB block of zeros a hole: most tools write the holes
+ * of sparse files (and the zero padding of model files) into layers as data.  The file is new,
+ * so a hole reads as the zeros it stands for.  *end gets the end of what was written. */
+static int pwrite_sparse(int fd, const char *buf, size_t len, int64_t off, int64_t *end)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		size_t n = ZERO_BLOCK - (size_t)((off + (int64_t)i) % ZERO_BLOCK), start;
+		if (n > len - i)
+			n = len - i;
+		if (all_zero(buf + i, n)) {
+			i += n;
+			continue;
+		}
+		/* A run of blocks with data: one write. */
+		for (start = i, i += n; i < len; i += n) {
+			n = len - i < ZERO_BLOCK ? len - i : ZERO_BLOCK;
+			if (all_zero(buf + i, n))
+				break;
+		}
+		int r = pwrite_all(fd, buf + start, i - start, off + (int64_t)start);
+		if (r < 0)
+			return r;
+		if (off + (int64_t)i > *end)
+			*end = off + (int64_t)i;
+	}
+	return 0;
+}
+
+/* Copy the entry's data into fd; holes (of sparse entries, and blocks of zeros) stay holes. */
 static int write_data(struct apply *ap, int fd, int64_t size, imc_error *err)
 {
 	int64_t end = 0;
@@ -421,11 +477,9 @@ static int write_data(struct apply *ap, int fd, int64_t size, imc_error *err)
 			return archive_fail(ap->a, err);
 		if (off < 0 || off > size || (int64_t)len > size - off)
 			return imc_err(err, EBADMSG, "data block beyond the entry's size");
-		r = pwrite_all(fd, buf, len, off);
+		r = pwrite_sparse(fd, buf, len, off, &end);
 		if (r < 0)
 			return imc_err_sys(err, -r, "write");
-		if (off + (int64_t)len > end)
-			end = off + (int64_t)len;
 	}
 	if (end < size && ftruncate(fd, (off_t)size) < 0)
 		return imc_err_sys(err, errno, "truncate to %lld bytes", (long long)size);
@@ -554,9 +608,10 @@ static int apply_hardlink(struct apply *ap, struct entry *en, const char *link, 
 	struct stat tst, old;
 	int r;
 
-	if (strlen(link) > LINK_TARGET_MAX || layer_path_clean(link, target, sizeof(target)) < 0)
-		return imc_err(err, ENAMETOOLONG, "hardlink target longer than %d bytes",
-			       LINK_TARGET_MAX);
+	r = strlen(link) > LINK_TARGET_MAX ? -ENAMETOOLONG
+					   : layer_path_clean(link, target, sizeof(target));
+	if (r < 0)
+		return path_error(r, "hardlink target", err);
 	if (target[0] == '\0')
 		return imc_err(err, EINVAL, "hardlink to the root directory");
 	if (strcmp(target, en->path) == 0)
@@ -585,14 +640,66 @@ static int apply_hardlink(struct apply *ap, struct entry *en, const char *link, 
 	return 0;
 }
 
+/* The character devices a container's /dev may hold (the OCI runtime spec's defaults); any
+ * other device node in a layer is refused: mounted without nodev it would be a door to the
+ * host's hardware. */
+TESTABLE bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n)
+{
+	static const unsigned allowed[][2] = {
+	    {1, 3}, {1, 5}, {1, 7}, {1, 8}, {1, 9}, /* null zero full random urandom */
+	    {5, 0}, {5, 1}, {5, 2},		    /* tty console ptmx */
+	};
+
+	if (type == S_IFIFO)
+		return true;
+	if (type != S_IFCHR)
+		return false;
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(allowed); i++)
+		if (allowed[i][0] == major_n && allowed[i][1] == minor_n)
+			return true;
+	return false;
+}
+
+/* Extended attributes of a node we just created, through an O_PATH descriptor (there is no
+ * fsetxattr for a device we must not open). */
+static int set_xattrs_node(const struct entry *en, imc_error *err)
+{
+	_cleanup_close_ int fd = -1;
+	char proc[64];
+	const char *name;
+	const void *value;
+	size_t size;
+
+	if (archive_entry_xattr_reset(en->e) == 0)
+		return 0;
+	if (archive_entry_xattr_count(en->e) > XATTRS_MAX)
+		return imc_err(err, E2BIG, "more than %d extended attributes", XATTRS_MAX);
+	fd = openat(en->pfd, en->base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "open");
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	while (archive_entry_xattr_next(en->e, &name, &value, &size) == ARCHIVE_OK) {
+		if (size > XATTR_VALUE_MAX)
+			return imc_err(err, E2BIG, "xattr %.100s: value larger than %u bytes", name,
+				       XATTR_VALUE_MAX);
+		if (setxattr(proc, name, value, size, 0) < 0 && errno != EOPNOTSUPP)
+			return imc_err_sys(err, errno, "xattr %.100s", name);
+	}
+	return 0;
+}
+
 static int apply_node(struct apply *ap, struct entry *en, mode_t type, imc_error *err)
 {
 	dev_t dev = type == S_IFIFO
 			? 0
 			: makedev(archive_entry_rdevmajor(en->e), archive_entry_rdevminor(en->e));
 	mode_t mode = type | (en->perm & 0777);
-	int r = sys_result(mknodat(en->pfd, en->base, mode, dev));
+	int r;
 
+	if (!layer_device_allowed(type, major(dev), minor(dev)))
+		return imc_err(err, EPERM, "%s device %u:%u is not allowed in an image",
+			       type == S_IFBLK ? "block" : "character", major(dev), minor(dev));
+	r = sys_result(mknodat(en->pfd, en->base, mode, dev));
 	if (r == -EEXIST) {
 		r = entry_make_room(ap, en, false, NULL, err);
 		if (r < 0)
@@ -605,6 +712,8 @@ static int apply_node(struct apply *ap, struct entry *en, mode_t type, imc_error
 	/* The node was just created by us at this name: it is not a symlink to follow. */
 	if (r == 0 && fchmodat(en->pfd, en->base, en->perm, 0) < 0)
 		r = imc_err_sys(err, errno, "chmod %o", (unsigned)en->perm);
+	if (r == 0)
+		r = set_xattrs_node(en, err);
 	if (r == 0 && utimensat(en->pfd, en->base, en->ts, AT_SYMLINK_NOFOLLOW) < 0)
 		r = imc_err_sys(err, errno, "set times");
 	return r;
@@ -744,10 +853,12 @@ static int apply_entry(struct apply *ap, struct archive_entry *e, imc_error *err
 	_cleanup_free_ char *wh_target = NULL;
 	int r;
 
-	if (!name || strlen(name) > LAYER_PATH_MAX ||
-	    layer_path_clean(name, en.path, sizeof(en.path)) < 0)
-		return imc_err(err, ENAMETOOLONG, "path missing or longer than %d bytes",
-			       LAYER_PATH_MAX);
+	if (!name)
+		return imc_err(err, EINVAL, "entry without a path");
+	r = strlen(name) > LAYER_PATH_MAX ? -ENAMETOOLONG
+					  : layer_path_clean(name, en.path, sizeof(en.path));
+	if (r < 0)
+		return path_error(r, "path", err);
 	if (en.path[0] == '\0')
 		return 0; /* the root itself is the caller's */
 	en.base = path_split(en.path, dir, sizeof(dir));

@@ -1,8 +1,16 @@
-/* OCI distribution client on libcurl: manifests, blobs and anonymous bearer tokens.
+/* OCI distribution client on libcurl: manifests, blobs, credentials and bearer tokens.
  *
  * Registries on loopback addresses (and those named insecure) are reached over plain HTTP, all
- * others over HTTPS with the system CAs.  Every body a registry sends is capped; blobs stream to
- * a temp file while their sha256 is computed, and only a verified blob gets its final name. */
+ * others over HTTPS with the system CAs (and an extra CA file when one is configured).  Every
+ * body a registry sends is capped; blobs stream to a temp file while their sha256 is computed,
+ * a dropped download resumes with a Range request, and only a verified blob gets its final name.
+ *
+ * Authentication follows the distribution spec: a request goes out with what we have; a 401
+ * names the scheme.  Basic: send the registry's username and password.  Bearer: get a token
+ * from the challenge's realm (with the credentials as basic auth when there are any, or an
+ * OAuth2 refresh-token POST for an identity token), keep it per registry, scope and credentials
+ * until its expires_in runs out, and try again.  Credentials come from the build request first,
+ * then from a docker-style config.json; they never appear in logs or error messages. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -11,7 +19,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "registry.h"
 
@@ -20,8 +31,19 @@
 #define ERROR_BODY_MAX	   (64u << 10)
 #define CHALLENGE_MAX	   4096
 #define USER_AGENT	   "imcache/0.1"
-#define BLOB_TRIES	   3
 #define CURL_BUFFER_SIZE   (512L << 10)
+#define BLOB_TRIES	   6 /* per blob; a resumed download keeps the bytes it has */
+#define META_TRIES	   3 /* manifests, configs, tokens */
+#define BACKOFF_FIRST_MS   500
+#define BACKOFF_MAX_MS	   8000
+#define RETRY_AFTER_MAX_S  30 /* a longer Retry-After is cut to this */
+#define AUTH_FILE_MAX	   (1u << 20)
+#define CRED_FIELD_MAX	   4096
+#define TOKEN_CACHE_MAX	   64
+#define TOKEN_LIFETIME_MIN 60 /* the spec's default when expires_in is missing */
+#define TOKEN_LIFETIME_MAX (24 * 3600)
+#define TOKEN_MARGIN_S	   10 /* renew this long before a token expires */
+#define DOCKER_HUB	   "registry-1.docker.io"
 
 static const char manifest_accept[] = "Accept: " BUILDER_MT_OCI_MANIFEST ", " BUILDER_MT_OCI_INDEX
 				      ", " BUILDER_MT_DOCKER_MANIFEST ", " BUILDER_MT_DOCKER_LIST;
@@ -30,10 +52,15 @@ struct registry {
 	char *name; /* host[:port] */
 	char *repository;
 	char *base; /* "<scheme>://<host>/v2/<repository>" */
+	char *ca_file;
 	bool plain_http;
 	CURL *curl; /* for the one-thread calls: manifests and configs */
-	pthread_mutex_t lock;
-	char *token; /* bearer token, guarded by lock */
+	struct registry_cred cred;
+	char cred_id[IMC_SHA256_HEX_LEN + 1]; /* a hash of cred: token cache key, "" = anonymous */
+	pthread_mutex_t lock;		      /* guards the fields below */
+	bool basic;			      /* the registry asked for Basic auth */
+	char *token;			      /* bearer token */
+	int64_t token_expires;
 };
 
 /* asprintf that returns NULL on failure (glibc leaves the pointer undefined). */
@@ -235,10 +262,355 @@ static int curl_errno(CURLcode c)
 	}
 }
 
-/* ---- one HTTP GET ------------------------------------------------------------------------ */
+/* ---- credentials ------------------------------------------------------------------------- */
 
-/* Where a response body goes: a capped memory buffer, or (for a 200 answer to a blob request)
- * a file, hashed on the way. */
+static bool is_docker_hub(const char *host, size_t n)
+{
+	static const char *const hub[] = {"docker.io", "index.docker.io", DOCKER_HUB};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(hub); i++)
+		if (n == strlen(hub[i]) && strncasecmp(host, hub[i], n) == 0)
+			return true;
+	return false;
+}
+
+/* Does a credential's or auth file's registry key ("host[:port]", with or without a scheme
+ * and a path, as docker writes them: "https://index.docker.io/v1/") name registry? */
+TESTABLE bool registry_key_matches(const char *key, const char *registry)
+{
+	size_t n, rn = strlen(registry);
+
+	if (strncasecmp(key, "https://", 8) == 0)
+		key += 8;
+	else if (strncasecmp(key, "http://", 7) == 0)
+		key += 7;
+	n = strcspn(key, "/");
+	if (n == 0)
+		return false;
+	if (is_docker_hub(key, n) && is_docker_hub(registry, rn))
+		return true;
+	return n == rn && strncasecmp(key, registry, n) == 0;
+}
+
+static void secret_free(char *s)
+{
+	if (s) {
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
+}
+
+static void secret_free_p(char **p)
+{
+	secret_free(*p);
+}
+
+static void cred_free(struct registry_cred *c)
+{
+	secret_free(c->username);
+	secret_free(c->password);
+	secret_free(c->bearer);
+	secret_free(c->identity_token);
+	*c = (struct registry_cred){0};
+}
+
+static bool cred_field_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > CRED_FIELD_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < ' ' || s[i] == 0x7f)
+			return false;
+	return true;
+}
+
+static int cred_set(char **slot, const char *v, imc_error *err)
+{
+	secret_free(*slot);
+	*slot = v ? strdup(v) : NULL;
+	return v && !*slot ? imc_err(err, ENOMEM, "out of memory") : 0;
+}
+
+static int cred_from_request(const struct builder_credential *bc, const char *registry,
+			     struct registry_cred *ret, imc_error *err)
+{
+	bool pass = bc->username || bc->password;
+	int r;
+
+	if (pass && (!cred_field_ok(bc->username) || !cred_field_ok(bc->password) ||
+		     strchr(bc->username, ':')))
+		return imc_err(
+		    err, EINVAL,
+		    "credentials for %s: want a username (without ':') and a password of "
+		    "1 to %d printable bytes",
+		    registry, CRED_FIELD_MAX);
+	if (bc->token && !cred_field_ok(bc->token))
+		return imc_err(err, EINVAL, "credentials for %s: token of 1 to %d printable bytes",
+			       registry, CRED_FIELD_MAX);
+	if (!pass && !bc->token)
+		return imc_err(err, EINVAL,
+			       "credentials for %s: want username and password, or token",
+			       registry);
+	r = cred_set(&ret->username, bc->username, err);
+	if (r == 0)
+		r = cred_set(&ret->password, bc->password, err);
+	if (r == 0)
+		r = cred_set(&ret->bearer, bc->token, err);
+	return r;
+}
+
+/* "auth": base64 of "username:password". */
+static int cred_decode_auth(const char *b64, struct registry_cred *ret)
+{
+	size_t n = strlen(b64), len;
+	_cleanup_free_ unsigned char *raw = NULL;
+	char *colon;
+	int r = 0;
+
+	if (n == 0 || n > 2 * CRED_FIELD_MAX || n % 4 != 0)
+		return -EINVAL;
+	raw = malloc(n / 4 * 3 + 1);
+	if (!raw)
+		return -ENOMEM;
+	int dn = EVP_DecodeBlock(raw, (const unsigned char *)b64, (int)n);
+	if (dn < 0)
+		return -EINVAL;
+	len = (size_t)dn;
+	while (len > 0 && n >= 1 && b64[n - 1] == '=') { /* DecodeBlock counts the padding */
+		len--;
+		n--;
+	}
+	raw[len] = '\0';
+	colon = strlen((char *)raw) == len ? strchr((char *)raw, ':') : NULL;
+	if (colon) {
+		*colon = '\0';
+		if (!cred_field_ok((char *)raw) || !cred_field_ok(colon + 1))
+			r = -EINVAL;
+		if (r == 0 && (cred_set(&ret->username, (char *)raw, NULL) < 0 ||
+			       cred_set(&ret->password, colon + 1, NULL) < 0))
+			r = -ENOMEM;
+	}
+	explicit_bzero(raw, len);
+	return colon ? r : -EINVAL;
+}
+
+static int auth_entry_parse(json_t *e, const char *registry, struct registry_cred *ret,
+			    imc_error *err)
+{
+	const char *auth = NULL, *user = NULL, *pass = NULL, *ident = NULL, *regtok = NULL;
+	char ctx[300];
+	int r;
+
+	snprintf(ctx, sizeof(ctx), "auths.%.250s", registry);
+	if (!json_is_object(e))
+		return imc_err(err, EINVAL, "%s: want an object", ctx);
+	r = imc_json_get_string(e, "auth", false, 2 * CRED_FIELD_MAX, ctx, &auth, err);
+	if (r == 0)
+		r = imc_json_get_string(e, "username", false, CRED_FIELD_MAX, ctx, &user, err);
+	if (r == 0)
+		r = imc_json_get_string(e, "password", false, CRED_FIELD_MAX, ctx, &pass, err);
+	if (r == 0)
+		r = imc_json_get_string(e, "identitytoken", false, CRED_FIELD_MAX, ctx, &ident,
+					err);
+	if (r == 0)
+		r = imc_json_get_string(e, "registrytoken", false, CRED_FIELD_MAX, ctx, &regtok,
+					err);
+	if (r < 0)
+		return r;
+	if (auth && *auth) {
+		r = cred_decode_auth(auth, ret);
+		if (r < 0)
+			return imc_err(err, -r, "%s.auth: not the base64 of username:password",
+				       ctx);
+	} else if (user && pass && *user && *pass) {
+		if (!cred_field_ok(user) || !cred_field_ok(pass))
+			return imc_err(err, EINVAL, "%s: username or password not printable", ctx);
+		if (cred_set(&ret->username, user, err) < 0 ||
+		    cred_set(&ret->password, pass, err) < 0)
+			return -ENOMEM;
+	}
+	if (ident && *ident && cred_set(&ret->identity_token, ident, err) < 0)
+		return -ENOMEM;
+	if (regtok && *regtok && cred_set(&ret->bearer, regtok, err) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* The entry of a docker config.json ({"auths": {"<registry>": {...}}}) for registry; *ret is
+ * left empty when there is none.  credsStore and credHelpers are not consulted. */
+TESTABLE int registry_auth_file_lookup(const char *text, size_t len, const char *registry,
+				       struct registry_cred *ret, imc_error *err)
+{
+	_cleanup_json_ json_t *j = NULL;
+	json_t *auths = NULL, *v;
+	const char *key;
+	int r = imc_json_parse_object(text, len, &j, err);
+
+	if (r == 0)
+		r = imc_json_get_object(j, "auths", false, "auth file", &auths, err);
+	if (r < 0 || !auths)
+		return r;
+	json_object_foreach(auths, key, v)
+	{
+		if (!registry_key_matches(key, registry))
+			continue;
+		r = auth_entry_parse(v, registry, ret, err);
+		if (r < 0)
+			cred_free(ret);
+		return r;
+	}
+	return 0;
+}
+
+static int cred_from_file(const char *path, const char *registry, struct registry_cred *ret,
+			  imc_error *err)
+{
+	_cleanup_free_ char *text = NULL;
+	size_t len = 0;
+	int r = imc_read_file(path, AUTH_FILE_MAX, &text, &len, err);
+
+	if (r == -ENOENT)
+		return 0; /* no file: no credentials */
+	if (r == 0)
+		r = registry_auth_file_lookup(text, len, registry, ret, err);
+	if (text)
+		explicit_bzero(text, len);
+	return r < 0 ? imc_err_wrap(err, "auth file %s", path) : 0;
+}
+
+/* The request's credentials for the registry (the first match wins), else the auth file's. */
+static int cred_pick(const struct builder_opts *o, struct registry *r, imc_error *err)
+{
+	for (size_t i = 0; i < o->n_credentials; i++) {
+		const struct builder_credential *bc = &o->credentials[i];
+		if (bc->registry && registry_key_matches(bc->registry, r->name))
+			return cred_from_request(bc, r->name, &r->cred, err);
+	}
+	return o->auth_file ? cred_from_file(o->auth_file, r->name, &r->cred, err) : 0;
+}
+
+static int cred_load(const struct builder_opts *o, struct registry *r, imc_error *err)
+{
+	imc_sha256 h;
+	int rc = cred_pick(o, r, err);
+
+	if (rc < 0)
+		return rc;
+	if (!r->cred.username && !r->cred.bearer && !r->cred.identity_token)
+		return 0;
+	rc = imc_sha256_init(&h, err);
+	if (rc < 0)
+		return rc;
+	const char *parts[] = {r->cred.username, r->cred.password, r->cred.bearer,
+			       r->cred.identity_token};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(parts); i++)
+		imc_sha256_update(&h, parts[i] ? parts[i] : "",
+				  parts[i] ? strlen(parts[i]) + 1 : 1);
+	imc_sha256_final_hex(&h, r->cred_id);
+	return 0;
+}
+
+/* ---- the token cache ----------------------------------------------------------------------
+ * Process-wide, so that every image of a build (and the next build) reuses a token while it is
+ * valid.  Keyed by registry, scope and a hash of the credentials the token was issued for: an
+ * anonymous request never gets a token that credentials bought. */
+
+struct token_entry {
+	char *key;
+	char *token;
+	int64_t expires;
+};
+
+static pthread_mutex_t token_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct token_entry token_cache[TOKEN_CACHE_MAX];
+
+static char *token_key(const struct registry *r, const char *scope)
+{
+	return xasprintf("%s\n%s\n%s", r->name, scope, r->cred_id);
+}
+
+static void token_entry_clear(struct token_entry *e)
+{
+	free(e->key);
+	secret_free(e->token);
+	*e = (struct token_entry){0};
+}
+
+/* A copy of the cached token for key with its expiry, or NULL. */
+static char *token_cache_get(const char *key, int64_t *ret_expires)
+{
+	int64_t now = imc_now();
+	char *t = NULL;
+
+	pthread_mutex_lock(&token_cache_lock);
+	for (size_t i = 0; i < TOKEN_CACHE_MAX && !t; i++) {
+		struct token_entry *e = &token_cache[i];
+		if (e->key && e->expires <= now)
+			token_entry_clear(e);
+		if (e->key && strcmp(e->key, key) == 0) {
+			t = strdup(e->token);
+			*ret_expires = e->expires;
+		}
+	}
+	pthread_mutex_unlock(&token_cache_lock);
+	return t;
+}
+
+/* Replace the entry for key, else take a free slot, else the one closest to expiry. */
+static void token_cache_put(const char *key, const char *token, int64_t expires)
+{
+	struct token_entry *slot = NULL;
+	char *k = strdup(key), *t = strdup(token);
+
+	if (!k || !t) {
+		free(k);
+		secret_free(t);
+		return; /* not cached: the next request asks again */
+	}
+	pthread_mutex_lock(&token_cache_lock);
+	for (size_t i = 0; i < TOKEN_CACHE_MAX; i++) {
+		struct token_entry *e = &token_cache[i];
+		if (e->key && strcmp(e->key, key) == 0) {
+			slot = e;
+			break;
+		}
+		if (!slot || (slot->key && (!e->key || e->expires < slot->expires)))
+			slot = e;
+	}
+	token_entry_clear(slot);
+	*slot = (struct token_entry){.key = k, .token = t, .expires = expires};
+	pthread_mutex_unlock(&token_cache_lock);
+}
+
+/* The token to send with a request, or NULL (copy; guarded by r->lock). */
+static char *registry_token_copy(struct registry *r)
+{
+	char *t = NULL;
+
+	pthread_mutex_lock(&r->lock);
+	if (r->token && r->token_expires > imc_now())
+		t = strdup(r->token);
+	else if (r->cred.bearer)
+		t = strdup(r->cred.bearer);
+	pthread_mutex_unlock(&r->lock);
+	return t;
+}
+
+static void registry_token_set(struct registry *r, char *token, int64_t expires)
+{
+	pthread_mutex_lock(&r->lock);
+	secret_free(r->token);
+	r->token = token;
+	r->token_expires = expires;
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* ---- one HTTP request ---------------------------------------------------------------------- */
+
+/* Where a response body goes: a capped memory buffer, or (for a 200 or 206 answer to a blob
+ * request) a file, hashed on the way. */
 struct http_sink {
 	CURL *curl;
 	struct imc_buf body;
@@ -246,9 +618,10 @@ struct http_sink {
 	int fd; /* -1: memory only */
 	imc_sha256 *sha;
 	uint64_t expect, written;
+	uint64_t range_from; /* the Range request's first byte (0: none) */
 	bool (*on_bytes)(void *ctx, int64_t n);
 	void *ctx;
-	bool too_big, cancelled;
+	bool too_big, cancelled, bad_range, started;
 	int io_errno;
 };
 
@@ -261,10 +634,51 @@ static int sink_append(struct http_sink *s, const char *data, size_t n)
 	return 0;
 }
 
-static size_t sink_file(struct http_sink *s, const char *data, size_t n)
+/* The server ignored our Range and sends the whole blob: start the file over. */
+static bool sink_restart(struct http_sink *s)
+{
+	imc_error e;
+
+	if (ftruncate(s->fd, 0) < 0 || lseek(s->fd, 0, SEEK_SET) < 0) {
+		s->io_errno = errno;
+		return false;
+	}
+	imc_sha256_free(s->sha);
+	if (imc_sha256_init(s->sha, &e) < 0) {
+		s->io_errno = ENOMEM;
+		return false;
+	}
+	if (s->on_bytes && s->written)
+		s->on_bytes(s->ctx, -(int64_t)s->written);
+	s->written = 0;
+	return true;
+}
+
+/* Content-Range of a 206 must start where we asked: "bytes <from>-<last>/<size>". */
+static bool sink_range_ok(struct http_sink *s)
+{
+	struct curl_header *h = NULL;
+	unsigned long long from, last, size;
+
+	if (curl_easy_header(s->curl, "Content-Range", 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
+	    sscanf(h->value, "bytes %llu-%llu/%llu", &from, &last, &size) != 3)
+		return false;
+	return from == s->range_from && from == s->written && size == s->expect && last + 1 == size;
+}
+
+static size_t sink_file(struct http_sink *s, long status, const char *data, size_t n)
 {
 	int r;
 
+	if (!s->started) {
+		s->started = true;
+		if (status == 206 && !sink_range_ok(s)) {
+			s->bad_range = true;
+			return 0;
+		}
+		if (status == 200 && s->written && !sink_restart(s))
+			return 0;
+	}
 	if (s->written + n > s->expect) {
 		s->too_big = true;
 		return 0;
@@ -290,8 +704,8 @@ static size_t sink_write(char *data, size_t size, size_t nmemb, void *userdata)
 	long status = 0;
 
 	curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &status);
-	if (s->fd >= 0 && status == 200)
-		return sink_file(s, data, n);
+	if (s->fd >= 0 && (status == 200 || (status == 206 && s->range_from)))
+		return sink_file(s, status, data, n);
 	if (status == 200) {
 		if (s->body.len + n > s->max) {
 			s->too_big = true;
@@ -320,26 +734,36 @@ static int sink_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, c
 	return 0;
 }
 
-static char *registry_token_copy(struct registry *r)
-{
-	char *t;
+/* One request: GET, or POST of a form (the OAuth2 token request). */
+struct http_req {
+	const char *url;
+	const char *accept;  /* an "Accept: ..." header line, or NULL */
+	const char *bearer;  /* Authorization: Bearer */
+	bool basic;	     /* basic auth with user and password */
+	const char *user;    /* ... */
+	const char *pass;    /* ... */
+	const char *post;    /* a form body: POST */
+	uint64_t range_from; /* Range: bytes=<from>- */
+};
 
-	pthread_mutex_lock(&r->lock);
-	t = r->token ? strdup(r->token) : NULL;
-	pthread_mutex_unlock(&r->lock);
-	return t;
+static const char *system_capath(void)
+{
+	const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+
+	return v && v->capath ? v->capath : "/etc/ssl/certs";
 }
 
-static int http_setup(bool plain_http, CURL *curl, const char *url, struct curl_slist *headers,
-		      struct http_sink *s, char *errbuf)
+static int http_setup(const struct registry *r, CURL *curl, const struct http_req *q,
+		      struct curl_slist *headers, struct http_sink *s, char *errbuf)
 {
 	CURLcode c = CURLE_OK;
+	char range[32];
 
 	curl_easy_reset(curl);
 #define SET(opt, val)                                                                              \
 	if (c == CURLE_OK)                                                                         \
 	c = curl_easy_setopt(curl, opt, val)
-	SET(CURLOPT_URL, url);
+	SET(CURLOPT_URL, q->url);
 	SET(CURLOPT_HTTPHEADER, headers);
 	SET(CURLOPT_WRITEFUNCTION, sink_write);
 	SET(CURLOPT_WRITEDATA, s);
@@ -348,87 +772,124 @@ static int http_setup(bool plain_http, CURL *curl, const char *url, struct curl_
 	SET(CURLOPT_NOPROGRESS, 0L);
 	SET(CURLOPT_ERRORBUFFER, errbuf);
 	SET(CURLOPT_NOSIGNAL, 1L);
+	/* libcurl sends neither Authorization headers nor basic auth to another host. */
 	SET(CURLOPT_FOLLOWLOCATION, 1L);
 	SET(CURLOPT_MAXREDIRS, 10L);
-	SET(CURLOPT_PROTOCOLS_STR, plain_http ? "http,https" : "https");
-	SET(CURLOPT_REDIR_PROTOCOLS_STR, plain_http ? "http,https" : "https");
+	SET(CURLOPT_PROTOCOLS_STR, r->plain_http ? "http,https" : "https");
+	SET(CURLOPT_REDIR_PROTOCOLS_STR, r->plain_http ? "http,https" : "https");
 	SET(CURLOPT_CONNECTTIMEOUT, 30L);
 	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
 	SET(CURLOPT_LOW_SPEED_TIME, 60L);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
 	SET(CURLOPT_USERAGENT, USER_AGENT);
 	SET(CURLOPT_BUFFERSIZE, CURL_BUFFER_SIZE);
+	if (r->ca_file) {
+		/* OpenSSL reads both: the extra CAs from the file, the system's from the
+		 * hashed directory. */
+		SET(CURLOPT_CAINFO, r->ca_file);
+		SET(CURLOPT_CAPATH, system_capath());
+	}
+	if (q->basic) {
+		SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+		SET(CURLOPT_USERNAME, q->user);
+		SET(CURLOPT_PASSWORD, q->pass);
+	}
+	if (q->post)
+		SET(CURLOPT_POSTFIELDS, q->post);
+	if (q->range_from) {
+		snprintf(range, sizeof(range), "%llu-", (unsigned long long)q->range_from);
+		SET(CURLOPT_RANGE, range);
+	}
 #undef SET
 	return c == CURLE_OK ? 0 : -curl_errno(c);
 }
 
-static int registry_fetch_token(struct registry *r, const char *challenge, imc_error *err);
-
-/* GET url into s; with auth, send the image's token and try once more with a fresh token after
- * a Bearer 401.  Returns 0 with the status in *ret_status when the server answered;
- * *ret_transient says whether a failure is worth another try. */
-static int http_get(struct registry *r, bool auth, CURL *curl, const char *url, const char *accept,
-		    struct http_sink *s, long *ret_status, bool *ret_transient, imc_error *err)
+static void sink_reset(struct http_sink *s, uint64_t range_from)
 {
-	*ret_transient = false;
-	for (int attempt = 0;; attempt++) {
-		_cleanup_curl_slist_ struct curl_slist *headers = NULL;
-		_cleanup_free_ char *token = auth ? registry_token_copy(r) : NULL;
-		_cleanup_free_ char *auth_hdr = NULL;
-		char errbuf[CURL_ERROR_SIZE] = "";
-		struct curl_header *h = NULL;
-		long status = 0;
-		CURLcode c;
-		int rc;
+	s->body.len = 0; /* a retry starts the body over */
+	if (s->body.data)
+		s->body.data[0] = '\0';
+	s->too_big = s->cancelled = s->bad_range = s->started = false;
+	s->io_errno = 0;
+	s->range_from = range_from;
+}
 
-		if (accept && !(headers = curl_slist_append(headers, accept)))
-			return imc_err(err, ENOMEM, "out of memory");
-		if (token && (!(auth_hdr = xasprintf("Authorization: Bearer %s", token)) ||
-			      !(headers = curl_slist_append(headers, auth_hdr))))
-			return imc_err(err, ENOMEM, "out of memory");
-		rc = http_setup(r->plain_http, curl, url, headers, s, errbuf);
-		if (rc < 0)
-			return imc_err(err, rc, "GET %s: cannot set up libcurl", url);
-		s->body.len = 0; /* a retry starts the body over */
-		if (s->body.data)
-			s->body.data[0] = '\0';
-		s->too_big = s->cancelled = false;
-		s->io_errno = 0;
-		c = curl_easy_perform(curl);
-		if (s->cancelled)
-			return imc_err(err, ECANCELED, "GET %s: cancelled", url);
-		if (s->io_errno)
-			return imc_err_sys(err, s->io_errno, "GET %s: writing the body", url);
-		if (s->too_big && s->fd >= 0)
-			return imc_err(err, EFBIG,
-				       "GET %s: more than the %llu bytes the manifest declares",
-				       url, (unsigned long long)s->expect);
-		if (s->too_big)
-			return imc_err(err, EFBIG, "GET %s: body larger than %zu bytes", url,
-				       s->max);
-		if (c != CURLE_OK) {
-			*ret_transient =
-			    c != CURLE_OUT_OF_MEMORY && c != CURLE_UNSUPPORTED_PROTOCOL;
-			return imc_err(err, curl_errno(c), "GET %s: %s", url,
-				       errbuf[0] ? errbuf : curl_easy_strerror(c));
-		}
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-		if (status == 401 && auth && attempt == 0 &&
-		    curl_easy_header(curl, "WWW-Authenticate", 0, CURLH_HEADER, -1, &h) ==
-			CURLHE_OK &&
-		    strncasecmp(h->value, "Bearer", 6) == 0) {
-			_cleanup_free_ char *challenge = strdup(h->value);
-			if (!challenge)
-				return imc_err(err, ENOMEM, "out of memory");
-			rc = registry_fetch_token(r, challenge, err);
-			if (rc < 0)
-				return rc;
-			continue;
-		}
-		*ret_transient = status >= 500 || status == 429;
-		*ret_status = status;
+/* Seconds of a Retry-After given in seconds (0 when absent or a date). */
+static unsigned retry_after(CURL *curl)
+{
+	struct curl_header *h = NULL;
+	unsigned long v;
+	char *end = NULL;
+
+	if (curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
 		return 0;
+	v = strtoul(h->value, &end, 10);
+	if (end == h->value)
+		return 0;
+	return v > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : (unsigned)v;
+}
+
+struct http_result {
+	long status;
+	bool transient;	      /* worth another try */
+	unsigned retry_after; /* seconds the server asked us to wait */
+};
+
+/* Perform q into s.  Returns 0 when the server answered (status in ret), else -errno. */
+static int http_once(struct registry *r, CURL *curl, const struct http_req *q, struct http_sink *s,
+		     struct http_result *ret, imc_error *err)
+{
+	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
+	_cleanup_free_ char *auth_hdr = NULL;
+	char errbuf[CURL_ERROR_SIZE] = "";
+	CURLcode c;
+	int rc;
+
+	*ret = (struct http_result){0};
+	if (q->accept && !(headers = curl_slist_append(headers, q->accept)))
+		return imc_err(err, ENOMEM, "out of memory");
+	if (q->bearer && (!(auth_hdr = xasprintf("Authorization: Bearer %s", q->bearer)) ||
+			  !(headers = curl_slist_append(headers, auth_hdr))))
+		return imc_err(err, ENOMEM, "out of memory");
+	if (q->post && !(headers = curl_slist_append(
+			     headers, "Content-Type: application/x-www-form-urlencoded")))
+		return imc_err(err, ENOMEM, "out of memory");
+	rc = http_setup(r, curl, q, headers, s, errbuf);
+	if (rc < 0)
+		return imc_err(err, -rc, "%s %s: cannot set up libcurl", q->post ? "POST" : "GET",
+			       q->url);
+	sink_reset(s, q->range_from);
+	c = curl_easy_perform(curl);
+	if (auth_hdr)
+		explicit_bzero(auth_hdr, strlen(auth_hdr));
+	/* The handle keeps a copy of the basic auth password until the next reset. */
+	curl_easy_setopt(curl, CURLOPT_PASSWORD, NULL);
+	if (s->cancelled)
+		return imc_err(err, ECANCELED, "GET %s: cancelled", q->url);
+	if (s->io_errno)
+		return imc_err_sys(err, s->io_errno, "GET %s: writing the body", q->url);
+	if (s->too_big && s->fd >= 0)
+		return imc_err(err, EFBIG, "GET %s: more than the %llu bytes the manifest declares",
+			       q->url, (unsigned long long)s->expect);
+	if (s->too_big)
+		return imc_err(err, EFBIG, "GET %s: body larger than %zu bytes", q->url, s->max);
+	if (s->bad_range) {
+		ret->transient = true;
+		return imc_err(err, EPROTO,
+			       "GET %s: the answer to a Range request starts elsewhere", q->url);
 	}
+	if (c != CURLE_OK) {
+		ret->transient = c != CURLE_OUT_OF_MEMORY && c != CURLE_UNSUPPORTED_PROTOCOL &&
+				 c != CURLE_PEER_FAILED_VERIFICATION &&
+				 c != CURLE_SSL_CACERT_BADFILE;
+		return imc_err(err, curl_errno(c), "GET %s: %s", q->url,
+			       errbuf[0] ? errbuf : curl_easy_strerror(c));
+	}
+	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &ret->status);
+	ret->transient = ret->status >= 500 || ret->status == 429;
+	if (ret->transient)
+		ret->retry_after = retry_after(curl);
+	return 0;
 }
 
 static int http_status_error(long status, const struct http_sink *s, const char *url,
@@ -438,6 +899,26 @@ static int http_status_error(long status, const struct http_sink *s, const char 
 
 	registry_error_text(status, s->body.data, s->body.len, reason, sizeof(reason));
 	return imc_err(err, status_errno(status), "%s", reason);
+}
+
+/* Wait before try number `try` (2, 3, ...): exponential from BACKOFF_FIRST_MS, at least what
+ * the server asked for; false when on_bytes cancels meanwhile. */
+static bool backoff(int try, unsigned server_s, bool (*on_bytes)(void *ctx, int64_t n), void *ctx)
+{
+	uint64_t ms = BACKOFF_FIRST_MS;
+
+	for (int i = 2; i < try && ms < BACKOFF_MAX_MS; i++)
+		ms *= 2;
+	if (ms > BACKOFF_MAX_MS)
+		ms = BACKOFF_MAX_MS;
+	if ((uint64_t)server_s * 1000 > ms)
+		ms = (uint64_t)server_s * 1000;
+	for (uint64_t waited = 0; waited < ms; waited += 100) {
+		if (on_bytes && !on_bytes(ctx, 0))
+			return false;
+		usleep(100 * 1000);
+	}
+	return true;
 }
 
 /* ---- tokens ------------------------------------------------------------------------------ */
@@ -459,15 +940,36 @@ static void curl_freep(char **p)
 	curl_free(*p);
 }
 
+/* The realm: an http(s) URL without userinfo.  Plain HTTP only where the registry itself is
+ * reached over plain HTTP (loopback or named insecure): credentials never cross the network in
+ * the clear. */
+static int realm_check(const struct registry *r, const char *realm, imc_error *err)
+{
+	const char *host;
+
+	if (strncasecmp(realm, "https://", 8) == 0)
+		host = realm + 8;
+	else if (strncasecmp(realm, "http://", 7) == 0 && r->plain_http)
+		host = realm + 7;
+	else
+		return imc_err(err, EPROTO, "token realm \"%.200s\" is not an %s URL", realm,
+			       r->plain_http ? "http(s)" : "https");
+	if (memchr(host, '@', strcspn(host, "/?#")))
+		return imc_err(err, EPROTO, "token realm with user information refused");
+	return 0;
+}
+
 static int token_url(CURL *curl, const char *realm, const char *service, const char *scope,
-		     char **ret, imc_error *err)
+		     bool in_query, char **ret, imc_error *err)
 {
 	_cleanup_(curl_freep) char *svc = NULL;
 	_cleanup_(curl_freep) char *scp = NULL;
 	char sep[2] = {strchr(realm, '?') ? '&' : '?', '\0'};
 
-	if (strncasecmp(realm, "https://", 8) != 0 && strncasecmp(realm, "http://", 7) != 0)
-		return imc_err(err, EPROTO, "token realm \"%.200s\" is not an http(s) URL", realm);
+	if (!in_query) {
+		*ret = strdup(realm);
+		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	}
 	if (service && *service && !(svc = curl_easy_escape(curl, service, 0)))
 		return imc_err(err, ENOMEM, "out of memory");
 	if (!(scp = curl_easy_escape(curl, scope, 0)))
@@ -477,10 +979,29 @@ static int token_url(CURL *curl, const char *realm, const char *service, const c
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
-static int token_from_body(const char *body, size_t len, char **ret, imc_error *err)
+/* OAuth2 refresh-token grant (docker's identity tokens). */
+static int token_form(CURL *curl, const struct registry *r, const char *service, const char *scope,
+		      char **ret, imc_error *err)
+{
+	_cleanup_(curl_freep) char *svc = curl_easy_escape(curl, service ? service : "", 0);
+	_cleanup_(curl_freep) char *scp = curl_easy_escape(curl, scope, 0);
+	_cleanup_(curl_freep) char *tok = curl_easy_escape(curl, r->cred.identity_token, 0);
+
+	if (!svc || !scp || !tok)
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret = xasprintf("grant_type=refresh_token&client_id=imcache&service=%s&scope=%s&"
+			 "refresh_token=%s",
+			 svc, scp, tok);
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+/* Parse a token response: the token and the unix time it expires. */
+TESTABLE int registry_token_parse(const char *body, size_t len, int64_t now, char **ret,
+				  int64_t *ret_expires, imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL;
 	const char *t = NULL;
+	int64_t expires_in = 0;
 	int r = imc_json_parse_object(body, len, &j, err);
 
 	if (r < 0)
@@ -489,50 +1010,220 @@ static int token_from_body(const char *body, size_t len, char **ret, imc_error *
 	if (r == 0 && (!t || !*t))
 		r = imc_json_get_string(j, "access_token", false, TOKEN_MAX, "token response", &t,
 					err);
+	if (r == 0)
+		r = imc_json_get_int(j, "expires_in", false, INT32_MIN, INT32_MAX, "token response",
+				     &expires_in, err);
 	if (r < 0)
 		return r;
 	if (!t || !token_valid(t))
 		return imc_err(err, EPROTO, "token response: no usable token or access_token");
+	if (expires_in < TOKEN_LIFETIME_MIN)
+		expires_in = TOKEN_LIFETIME_MIN;
+	if (expires_in > TOKEN_LIFETIME_MAX)
+		expires_in = TOKEN_LIFETIME_MAX;
 	*ret = strdup(t);
+	*ret_expires = now + expires_in - TOKEN_MARGIN_S;
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
-/* Anonymous token for a Bearer challenge; it replaces the one the registry refused. */
-static int registry_fetch_token(struct registry *r, const char *challenge, imc_error *err)
+/* Ask the token service once. */
+static int token_request(struct registry *r, CURL *curl, const char *url, const char *form,
+			 struct http_sink *s, struct http_result *res, imc_error *err)
 {
-	_cleanup_free_ char *realm = NULL, *service = NULL, *scope = NULL, *url = NULL;
-	_cleanup_free_ char *token = NULL, *default_scope = NULL;
+	struct http_req q = {.url = url, .post = form};
+
+	if (!form && r->cred.username) {
+		q.basic = true;
+		q.user = r->cred.username;
+		q.pass = r->cred.password;
+	}
+	return http_once(r, curl, &q, s, res, err);
+}
+
+static int token_fetch(struct registry *r, const char *realm, const char *service,
+		       const char *scope, char **ret, int64_t *ret_expires, imc_error *err)
+{
+	_cleanup_free_ char *url = NULL, *form = NULL;
 	_cleanup_curl_ CURL *curl = curl_easy_init();
 	struct http_sink s = {.curl = curl, .fd = -1, .max = TOKEN_RESPONSE_MAX};
-	bool transient;
-	long status = 0;
+	struct http_result res = {0};
 	int rc;
 
 	if (!curl)
 		return imc_err(err, ENOMEM, "cannot create a libcurl handle");
-	rc = registry_parse_bearer(challenge, &realm, &service, &scope);
+	rc = token_url(curl, realm, service, scope, !r->cred.identity_token, &url, err);
+	if (rc == 0 && r->cred.identity_token)
+		rc = token_form(curl, r, service, scope, &form, err);
+	for (int try = 1; rc == 0; try++) {
+		rc = token_request(r, curl, url, form, &s, &res, err);
+		if ((rc == 0 && !res.transient) || try == META_TRIES ||
+		    !backoff(try + 1, res.retry_after, NULL, NULL))
+			break;
+		rc = 0;
+	}
+	if (form)
+		explicit_bzero(form, strlen(form));
+	if (rc == 0 && (res.status == 401 || res.status == 403))
+		rc = imc_err(err, EACCES, "%s (HTTP %ld)",
+			     r->cred_id[0] ? "the configured credentials were refused"
+					   : "anonymous access refused; configure credentials for "
+					     "this registry",
+			     res.status);
+	else if (rc == 0 && res.status != 200)
+		rc = http_status_error(res.status, &s, url, err);
+	if (rc == 0)
+		rc =
+		    registry_token_parse(s.body.data, s.body.len, imc_now(), ret, ret_expires, err);
+	free(s.body.data);
+	return rc;
+}
+
+/* A Bearer challenge: a token for its scope, from the cache unless it is the one just refused
+ * (sent), else from the token service. */
+static int registry_auth_bearer(struct registry *r, const char *challenge, const char *sent,
+				imc_error *err)
+{
+	_cleanup_free_ char *realm = NULL, *service = NULL, *scope = NULL, *key = NULL;
+	_cleanup_free_ char *token = NULL;
+	int64_t expires = 0;
+	char where[240];
+	int rc = registry_parse_bearer(challenge, &realm, &service, &scope);
+
 	if (rc < 0)
 		return imc_err(err, rc == -ENOMEM ? ENOMEM : EPROTO,
 			       "registry %s: unusable WWW-Authenticate challenge \"%.200s\"",
 			       r->name, challenge);
-	if (!scope && !(default_scope = xasprintf("repository:%s:pull", r->repository)))
+	if (!scope && !(scope = xasprintf("repository:%s:pull", r->repository)))
 		return imc_err(err, ENOMEM, "out of memory");
-	rc = token_url(curl, realm, service, scope ? scope : default_scope, &url, err);
+	if (!(key = token_key(r, scope)))
+		return imc_err(err, ENOMEM, "out of memory");
+	token = token_cache_get(key, &expires);
+	if (token && (!sent || strcmp(token, sent) != 0)) {
+		registry_token_set(r, steal_pointer(&token), expires);
+		return 0;
+	}
+	secret_free(steal_pointer(&token));
+	snprintf(where, sizeof(where), "%.*s", (int)strcspn(realm, "?"), realm);
+	rc = realm_check(r, realm, err);
 	if (rc == 0)
-		rc = http_get(r, false, curl, url, NULL, &s, &status, &transient, err);
-	if (rc == 0 && status != 200)
-		rc = http_status_error(status, &s, url, err);
-	if (rc == 0)
-		rc = token_from_body(s.body.data, s.body.len, &token, err);
-	free(s.body.data);
+		rc = token_fetch(r, realm, service, scope, &token, &expires, err);
 	if (rc < 0)
-		return imc_err_wrap(err, "registry %s: anonymous token from %.200s", r->name,
-				    realm);
-	pthread_mutex_lock(&r->lock);
-	free(r->token);
-	r->token = steal_pointer(&token);
-	pthread_mutex_unlock(&r->lock);
+		return imc_err_wrap(err, "registry %s: token from %.200s (scope %.200s)", r->name,
+				    where, scope);
+	token_cache_put(key, token, expires);
+	registry_token_set(r, steal_pointer(&token), expires);
 	return 0;
+}
+
+/* The scheme of the first challenge we can answer: Bearer before Basic. */
+static const char *challenge_pick(CURL *curl, bool *ret_basic)
+{
+	struct curl_header *h = NULL;
+	const char *basic = NULL;
+
+	for (size_t i = 0;
+	     curl_easy_header(curl, "WWW-Authenticate", i, CURLH_HEADER, -1, &h) == CURLHE_OK;
+	     i++) {
+		const char *v = h->value + strspn(h->value, " \t");
+		if (strncasecmp(v, "Bearer", 6) == 0 && (v[6] == ' ' || v[6] == '\t')) {
+			*ret_basic = false;
+			return h->value;
+		}
+		if (strncasecmp(v, "Basic", 5) == 0 &&
+		    (v[5] == '\0' || v[5] == ' ' || v[5] == '\t'))
+			basic = h->value;
+		if (h->amount <= i + 1)
+			break;
+	}
+	*ret_basic = basic != NULL;
+	return basic;
+}
+
+/* Answer a 401: true to try again; false with the error set. */
+static int registry_auth_answer(struct registry *r, CURL *curl, const char *sent_token,
+				bool sent_basic, bool *ret_again, imc_error *err)
+{
+	_cleanup_free_ char *challenge = NULL;
+	bool basic = false;
+	const char *c = challenge_pick(curl, &basic);
+
+	*ret_again = false;
+	if (!c)
+		return 0; /* a 401 without a challenge we know: reported as is */
+	if (basic) {
+		if (!r->cred.username)
+			return imc_err(err, EACCES,
+				       "registry %s requires a username and password (Basic auth) "
+				       "and none is configured for it",
+				       r->name);
+		if (sent_basic)
+			return imc_err(err, EACCES,
+				       "registry %s: the configured credentials were refused (HTTP "
+				       "401)",
+				       r->name);
+		pthread_mutex_lock(&r->lock);
+		r->basic = true;
+		pthread_mutex_unlock(&r->lock);
+		*ret_again = true;
+		return 0;
+	}
+	if (!(challenge = strdup(c)))
+		return imc_err(err, ENOMEM, "out of memory");
+	int rc = registry_auth_bearer(r, challenge, sent_token, err);
+	*ret_again = rc == 0;
+	return rc;
+}
+
+/* Request q with the registry's credentials, answering up to two 401 challenges (a cached
+ * token may turn out stale before a fresh one is fetched).  Returns 0 with the answer in *res;
+ * a 401 that remains is an error. */
+static int http_auth(struct registry *r, CURL *curl, struct http_req q, struct http_sink *s,
+		     struct http_result *res, imc_error *err)
+{
+	for (int round = 0;; round++) {
+		_cleanup_(secret_free_p) char *token = NULL;
+		bool basic, again = false;
+		int rc;
+
+		pthread_mutex_lock(&r->lock);
+		basic = r->basic;
+		pthread_mutex_unlock(&r->lock);
+		q.basic = basic;
+		q.user = basic ? r->cred.username : NULL;
+		q.pass = basic ? r->cred.password : NULL;
+		token = basic ? NULL : registry_token_copy(r);
+		q.bearer = token;
+		rc = http_once(r, curl, &q, s, res, err);
+		if (rc < 0 || res->status != 401)
+			return rc;
+		if (round < 2) {
+			rc = registry_auth_answer(r, curl, token, basic, &again, err);
+			if (rc < 0)
+				return rc;
+		}
+		if (!again) {
+			char reason[400];
+			registry_error_text(res->status, s->body.data, s->body.len, reason,
+					    sizeof(reason));
+			return imc_err(err, EACCES, "registry %s: %s: %s", r->name,
+				       r->cred_id[0]
+					   ? "access denied with the configured credentials"
+					   : "access denied without credentials",
+				       reason);
+		}
+	}
+}
+
+/* http_auth with retries of transient failures (for manifests and configs). */
+static int http_auth_retry(struct registry *r, CURL *curl, const struct http_req *q,
+			   struct http_sink *s, struct http_result *res, imc_error *err)
+{
+	for (int try = 1;; try++) {
+		int rc = http_auth(r, curl, *q, s, res, err);
+		if (!res->transient || try == META_TRIES ||
+		    !backoff(try + 1, res->retry_after, NULL, NULL))
+			return rc;
+	}
 }
 
 /* ---- the client -------------------------------------------------------------------------- */
@@ -540,7 +1231,9 @@ static int registry_fetch_token(struct registry *r, const char *challenge, imc_e
 int registry_open(const struct builder_opts *o, const struct builder_ref *ref,
 		  struct registry **ret, imc_error *err)
 {
+	_cleanup_free_ char *key = NULL;
 	struct registry *r;
+	int rc;
 
 	pthread_once(&curl_once, curl_init_once);
 	if (curl_init_rc != CURLE_OK)
@@ -555,9 +1248,23 @@ int registry_open(const struct builder_opts *o, const struct builder_ref *ref,
 	r->curl = curl_easy_init();
 	r->base = xasprintf("%s://%s/v2/%s", r->plain_http ? "http" : "https", ref->registry,
 			    ref->repository);
-	if (!r->name || !r->repository || !r->curl || !r->base) {
+	r->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
+	if (!r->name || !r->repository || !r->curl || !r->base || (o->ca_file && !r->ca_file)) {
 		registry_close(r);
 		return imc_err(err, ENOMEM, "out of memory");
+	}
+	rc = cred_load(o, r, err);
+	if (rc < 0) {
+		registry_close(r);
+		return imc_err_wrap(err, "registry %s", ref->registry);
+	}
+	/* A token of an earlier build for the usual scope saves the first 401. */
+	key = xasprintf("%s\nrepository:%s:pull\n%s", r->name, r->repository, r->cred_id);
+	if (key) {
+		int64_t expires = 0;
+		char *t = token_cache_get(key, &expires);
+		if (t)
+			registry_token_set(r, t, expires);
 	}
 	*ret = r;
 	return 0;
@@ -570,10 +1277,12 @@ void registry_close(struct registry *r)
 	if (r->curl)
 		curl_easy_cleanup(r->curl);
 	pthread_mutex_destroy(&r->lock);
+	cred_free(&r->cred);
 	free(r->name);
 	free(r->repository);
 	free(r->base);
-	free(r->token);
+	free(r->ca_file);
+	secret_free(r->token);
 	free(r);
 }
 
@@ -615,19 +1324,19 @@ static int get_manifest(struct registry *r, const char *reference, const char *w
 			struct http_sink *s, struct registry_manifest *m, imc_error *err)
 {
 	_cleanup_free_ char *url = NULL;
+	struct http_result res;
 	char *ct = NULL;
-	bool transient;
-	long status = 0;
 	int rc;
 
 	url = xasprintf("%s/manifests/%s", r->base, reference);
 	if (!url)
 		return imc_err(err, ENOMEM, "out of memory");
-	rc = http_get(r, true, r->curl, url, manifest_accept, s, &status, &transient, err);
+	rc = http_auth_retry(r, r->curl, &(struct http_req){.url = url, .accept = manifest_accept},
+			     s, &res, err);
 	if (rc < 0)
 		return rc;
-	if (status != 200)
-		return http_status_error(status, s, url, err);
+	if (res.status != 200)
+		return http_status_error(res.status, s, url, err);
 	rc = body_digest(s->body.data ? s->body.data : "", s->body.len, m->digest, err);
 	if (rc < 0)
 		return rc;
@@ -684,8 +1393,7 @@ int registry_get_blob_mem(struct registry *r, const struct builder_descriptor *d
 	_cleanup_free_ char *url = NULL;
 	char hex[IMC_SHA256_HEX_LEN + 1];
 	struct http_sink s = {.curl = r->curl, .fd = -1, .max = (size_t)d->size};
-	bool transient;
-	long status = 0;
+	struct http_result res = {0};
 	int rc;
 
 	if (d->size < 0 || (uint64_t)d->size > max)
@@ -693,9 +1401,9 @@ int registry_get_blob_mem(struct registry *r, const struct builder_descriptor *d
 			       d->digest, (long long)d->size, max);
 	rc = blob_url(r, d->digest, &url, err);
 	if (rc == 0)
-		rc = http_get(r, true, r->curl, url, NULL, &s, &status, &transient, err);
-	if (rc == 0 && status != 200)
-		rc = http_status_error(status, &s, url, err);
+		rc = http_auth_retry(r, r->curl, &(struct http_req){.url = url}, &s, &res, err);
+	if (rc == 0 && res.status != 200)
+		rc = http_status_error(res.status, &s, url, err);
 	if (rc == 0 && s.body.len != (size_t)d->size)
 		rc = imc_err(err, EBADMSG, "size mismatch: got %zu bytes, want %lld", s.body.len,
 			     (long long)d->size);
@@ -714,32 +1422,32 @@ int registry_get_blob_mem(struct registry *r, const struct builder_descriptor *d
 	return 0;
 }
 
-/* One try at downloading d into fd (empty, at offset 0). */
+/* One try at the rest of blob d: from s->written on (a Range request when that is not 0). */
 static int blob_try(struct registry *r, CURL *curl, const char *url,
-		    const struct builder_descriptor *d, int fd, struct http_sink *s,
-		    bool *ret_transient, imc_error *err)
+		    const struct builder_descriptor *d, struct http_sink *s,
+		    struct http_result *res, imc_error *err)
 {
-	char hex[IMC_SHA256_HEX_LEN + 1];
-	imc_sha256 sha;
-	long status = 0;
-	int rc = imc_sha256_init(&sha, err);
+	int rc;
 
-	if (rc < 0)
-		return rc;
-	s->sha = &sha;
-	s->written = 0;
-	rc = http_get(r, true, curl, url, NULL, s, &status, ret_transient, err);
-	if (rc == 0 && status != 200)
-		rc = http_status_error(status, s, url, err);
-	if (rc == 0 && s->written != (uint64_t)d->size)
+	if (s->written == (uint64_t)d->size && d->size > 0) {
+		*res = (struct http_result){.status = 200};
+		return 0; /* everything arrived before the connection dropped */
+	}
+	rc = http_auth(r, curl, (struct http_req){.url = url, .range_from = s->written}, s, res,
+		       err);
+	if (rc == 0 && res->status == 416 && s->written) {
+		res->transient = true; /* our offset is wrong: start over */
+		if (!sink_restart(s))
+			return imc_err_sys(err, s->io_errno, "truncate the temp file");
+	}
+	if (rc == 0 && res->status != 200 && res->status != 206)
+		rc = http_status_error(res->status, s, url, err);
+	if (rc == 0 && s->written != (uint64_t)d->size) {
+		res->transient = true; /* the server closed early: resume */
 		rc = imc_err(err, EBADMSG, "size mismatch: got %llu bytes, want %lld",
 			     (unsigned long long)s->written, (long long)d->size);
-	if (rc < 0) {
-		imc_sha256_free(&sha);
-		return rc;
 	}
-	imc_sha256_final_hex(&sha, hex);
-	return check_blob_digest(d->digest, hex, err);
+	return rc;
 }
 
 static int blob_download(struct registry *r, const struct builder_descriptor *d, int fd,
@@ -747,9 +1455,12 @@ static int blob_download(struct registry *r, const struct builder_descriptor *d,
 {
 	_cleanup_curl_ CURL *curl = curl_easy_init();
 	_cleanup_free_ char *url = NULL;
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	imc_sha256 sha = {0};
 	struct http_sink s = {.curl = curl,
 			      .fd = fd,
 			      .max = ERROR_BODY_MAX,
+			      .sha = &sha,
 			      .expect = (uint64_t)d->size,
 			      .on_bytes = on_bytes,
 			      .ctx = ctx};
@@ -758,24 +1469,26 @@ static int blob_download(struct registry *r, const struct builder_descriptor *d,
 	if (!curl)
 		return imc_err(err, ENOMEM, "cannot create a libcurl handle");
 	rc = blob_url(r, d->digest, &url, err);
+	if (rc == 0)
+		rc = imc_sha256_init(&sha, err);
 	for (int try = 1; rc == 0; try++) {
-		bool transient = false;
-		rc = blob_try(r, curl, url, d, fd, &s, &transient, err);
-		if (rc == 0 || !transient || try == BLOB_TRIES)
+		struct http_result res = {0};
+		rc = blob_try(r, curl, url, d, &s, &res, err);
+		if (rc == 0 || !res.transient || try == BLOB_TRIES)
 			break;
-		if (on_bytes && !on_bytes(ctx, -(int64_t)s.written)) {
+		if (!backoff(try + 1, res.retry_after, on_bytes, ctx)) {
 			rc = imc_err(err, ECANCELED, "cancelled");
 			break;
 		}
-		if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0) {
-			rc = imc_err_sys(err, errno, "truncate temp file");
-			break;
-		}
-		sleep((unsigned)try);
 		rc = 0;
 	}
 	free(s.body.data);
-	return rc;
+	if (rc < 0) {
+		imc_sha256_free(&sha);
+		return rc;
+	}
+	imc_sha256_final_hex(&sha, hex);
+	return check_blob_digest(d->digest, hex, err);
 }
 
 static bool blob_present(int dfd, const char *hex, int64_t size)
@@ -786,35 +1499,75 @@ static bool blob_present(int dfd, const char *hex, int64_t size)
 	       st.st_size == size;
 }
 
-int registry_fetch_blob(struct registry *r, const struct builder_descriptor *d,
-			const char *blob_dir, bool (*on_bytes)(void *ctx, int64_t n), void *ctx,
-			imc_error *err)
+/* ---- blobs in flight ----------------------------------------------------------------------
+ * A blob that several images (or builds) need at once is downloaded by one of them; the others
+ * wait for it and then find it in the blob directory. */
+
+#define INFLIGHT_MAX 256
+
+static pthread_mutex_t inflight_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t inflight_cond = PTHREAD_COND_INITIALIZER;
+static char inflight[INFLIGHT_MAX][IMC_SHA256_HEX_LEN + 1];
+
+static int inflight_find(const char *hex)
 {
-	char hex[IMC_SHA256_HEX_LEN + 1];
-	_cleanup_free_ char *dir = NULL, *tmp = NULL;
-	_cleanup_close_ int dfd = -1, fd = -1;
+	for (int i = 0; i < INFLIGHT_MAX; i++)
+		if (strcmp(inflight[i], hex) == 0)
+			return i;
+	return -1;
+}
+
+/* Claim hex for this thread; 1 when claimed, 0 when another thread had it (and now no longer
+ * has: look again), -ECANCELED. */
+static int inflight_claim(const char *hex, bool (*on_bytes)(void *ctx, int64_t n), void *ctx)
+{
+	bool waited = false;
+	int slot;
+
+	pthread_mutex_lock(&inflight_lock);
+	while (inflight_find(hex) >= 0 || (slot = inflight_find("")) < 0) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 200 * 1000 * 1000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		waited = true;
+		pthread_cond_timedwait(&inflight_cond, &inflight_lock, &ts);
+		if (on_bytes && !on_bytes(ctx, 0)) {
+			pthread_mutex_unlock(&inflight_lock);
+			return -ECANCELED;
+		}
+	}
+	if (waited) {
+		pthread_mutex_unlock(&inflight_lock);
+		return 0;
+	}
+	memcpy(inflight[slot], hex, IMC_SHA256_HEX_LEN + 1);
+	pthread_mutex_unlock(&inflight_lock);
+	return 1;
+}
+
+static void inflight_release(const char *hex)
+{
+	pthread_mutex_lock(&inflight_lock);
+	int slot = inflight_find(hex);
+	if (slot >= 0)
+		inflight[slot][0] = '\0';
+	pthread_cond_broadcast(&inflight_cond);
+	pthread_mutex_unlock(&inflight_lock);
+}
+
+static int blob_fetch_into(struct registry *r, const struct builder_descriptor *d, int dfd,
+			   const char *dir, const char *hex, bool (*on_bytes)(void *ctx, int64_t n),
+			   void *ctx, imc_error *err)
+{
+	_cleanup_free_ char *tmp = NULL;
+	_cleanup_close_ int fd = -1;
 	const char *tmp_name;
 	int rc;
 
-	rc = imc_digest_parse(d->digest, hex, err);
-	if (rc < 0)
-		return rc;
-	if (d->size < 0)
-		return imc_err(err, EINVAL, "negative size");
-	dir = imc_path_join(blob_dir, "sha256");
-	if (!dir)
-		return imc_err(err, ENOMEM, "out of memory");
-	rc = imc_mkdir_p(dir, 0700, err);
-	if (rc < 0)
-		return rc;
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0)
-		return imc_err_sys(err, errno, "open %s", dir);
-	if (blob_present(dfd, hex, d->size)) {
-		if (on_bytes)
-			on_bytes(ctx, d->size);
-		return 0;
-	}
 	tmp = xasprintf("%s/.tmp-%s-XXXXXX", dir, hex);
 	if (!tmp)
 		return imc_err(err, ENOMEM, "out of memory");
@@ -834,4 +1587,44 @@ int registry_fetch_blob(struct registry *r, const struct builder_descriptor *d,
 	if (fsync(dfd) < 0)
 		return imc_err_sys(err, errno, "fsync %s", dir);
 	return 0;
+}
+
+int registry_fetch_blob(struct registry *r, const struct builder_descriptor *d,
+			const char *blob_dir, bool (*on_bytes)(void *ctx, int64_t n), void *ctx,
+			imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	_cleanup_free_ char *dir = NULL;
+	_cleanup_close_ int dfd = -1;
+	int rc;
+
+	rc = imc_digest_parse(d->digest, hex, err);
+	if (rc < 0)
+		return rc;
+	if (d->size < 0)
+		return imc_err(err, EINVAL, "negative size");
+	dir = imc_path_join(blob_dir, "sha256");
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	rc = imc_mkdir_p(dir, 0700, err);
+	if (rc < 0)
+		return rc;
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		return imc_err_sys(err, errno, "open %s", dir);
+	for (;;) {
+		if (blob_present(dfd, hex, d->size)) {
+			if (on_bytes)
+				on_bytes(ctx, d->size);
+			return 0;
+		}
+		rc = inflight_claim(hex, on_bytes, ctx);
+		if (rc < 0)
+			return imc_err(err, -rc, "cancelled");
+		if (rc == 1)
+			break;
+	}
+	rc = blob_fetch_into(r, d, dfd, dir, hex, on_bytes, ctx, err);
+	inflight_release(hex);
+	return rc;
 }

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "builder.h"
 
@@ -35,6 +36,13 @@ int builder_platform_normalize(const char *s, char *out, size_t size, imc_error 
  * may run from several threads at once; the other calls are for one thread. */
 struct registry;
 
+/* What we may present to one registry.  Never logged, never in an error message. */
+struct registry_cred {
+	char *username, *password;
+	char *bearer;	      /* a registry token, sent as is */
+	char *identity_token; /* an OAuth2 refresh token for the token service */
+};
+
 int registry_open(const struct builder_opts *o, const struct builder_ref *ref,
 		  struct registry **ret, imc_error *err);
 void registry_close(struct registry *r);
@@ -63,12 +71,18 @@ int registry_fetch_blob(struct registry *r, const struct builder_descriptor *d,
 bool registry_plain_http(const char *registry, const char *const *insecure);
 int registry_parse_bearer(const char *header, char **ret_realm, char **ret_service,
 			  char **ret_scope);
+bool registry_key_matches(const char *key, const char *registry);
+int registry_auth_file_lookup(const char *text, size_t len, const char *registry,
+			      struct registry_cred *ret, imc_error *err);
+int registry_token_parse(const char *body, size_t len, int64_t now, char **ret,
+			 int64_t *ret_expires, imc_error *err);
 void registry_error_text(long status, const char *body, size_t len, char *buf, size_t size);
 bool ref_repository_valid(const char *s);
 bool ref_domain_valid(const char *s);
 bool ref_tag_valid(const char *s);
 bool media_type_is(const char *media_type, const char *want);
 int layer_path_clean(const char *in, char *out, size_t size);
+bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n);
 #endif
 
 #endif

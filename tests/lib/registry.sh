@@ -5,6 +5,15 @@
 #   registry_start                 exports REGISTRY (127.0.0.1:PORT), REGISTRY_PID, REGISTRY_ROOT
 #   registry_blob_path DIGEST      the file the registry stores DIGEST's content in
 #   registry_corrupt_blob DIGEST   flips bytes in that file in place (same size)
+#
+# Authentication (set before registry_start; each start may use another):
+#   IMC_REGISTRY_AUTH=htpasswd:USER:PASSWORD   basic auth against a bcrypt htpasswd file
+#   IMC_REGISTRY_AUTH=token                    bearer tokens from the token server of token_start
+#                                          (tests/lib/tokenserver.py), which must run first
+# TLS (set before registry_start): IMC_REGISTRY_TLS=CERT:KEY serves HTTPS on IMC_REGISTRY_ADDR
+# (an address of this machine; default 127.0.0.1, which imcache always reaches over plain HTTP,
+# so a test of HTTPS needs a non-loopback one: registry_host_addr prints one).
+# Several registries may run at once: each is stopped at exit by its own pid.
 
 REGISTRY_BIN=${REGISTRY_BIN:-/usr/bin/docker-registry}
 
@@ -25,9 +34,67 @@ storage:
     uploadpurging:
       enabled: false
 http:
-  addr: 127.0.0.1:$port
+  addr: ${IMC_REGISTRY_ADDR:-127.0.0.1}:$port
   secret: imcache-test-only
 EOF
+	if [ -n "${IMC_REGISTRY_TLS:-}" ]; then
+		cat <<EOF
+  tls:
+    certificate: ${IMC_REGISTRY_TLS%%:*}
+    key: ${IMC_REGISTRY_TLS#*:}
+EOF
+	fi
+	_registry_auth_config "$(dirname "$root")"
+}
+
+# registry_host_addr: an IPv4 address of this machine that is not loopback (fails if none).
+registry_host_addr() {
+	local a
+	a=$(ip -4 -o addr show scope global 2>/dev/null | awk '{sub(/\/.*/, "", $4); print $4; exit}')
+	[ -n "$a" ] && printf '%s\n' "$a"
+}
+
+# The auth section for IMC_REGISTRY_AUTH (nothing when unset).
+_registry_auth_config() {
+	local dir=$1 user pass
+	case "${IMC_REGISTRY_AUTH:-}" in
+	"") ;;
+	htpasswd:*:*)
+		user=${IMC_REGISTRY_AUTH#htpasswd:}
+		pass=${user#*:}
+		user=${user%%:*}
+		[ -s "$dir/htpasswd" ] || htpasswd -Bbn "$user" "$pass" >"$dir/htpasswd"
+		cat <<EOF
+auth:
+  htpasswd:
+    realm: imcache-test
+    path: $dir/htpasswd
+EOF
+		;;
+	token)
+		cat <<EOF
+auth:
+  token:
+    realm: http://$TOKEN_SERVER/token
+    service: $TOKEN_SERVICE
+    issuer: $TOKEN_ISSUER
+    rootcertbundle: $TOKEN_CERT
+EOF
+		;;
+	*)
+		echo "IMC_REGISTRY_AUTH=$IMC_REGISTRY_AUTH: want htpasswd:USER:PASSWORD or token" >&2
+		return 1
+		;;
+	esac
+}
+
+# Deferred: stop a server we started, whatever its exit status.
+_stop_quiet() {
+	stop_pid "$1" || true
+}
+
+_registry_ready() {
+	[ "$1" = 200 ] || { [ -n "${IMC_REGISTRY_AUTH:-}" ] && [ "$1" = 401 ]; }
 }
 
 _port_in_use() {
@@ -36,7 +103,8 @@ _port_in_use() {
 
 # registry_start: start a registry, wait until GET /v2/ answers 200.  Stopped by PID at exit.
 registry_start() {
-	local dir attempt port pid deadline code
+	local dir attempt port pid deadline code addr=${IMC_REGISTRY_ADDR:-127.0.0.1} scheme=http
+	[ -z "${IMC_REGISTRY_TLS:-}" ] || scheme=https
 	[ -x "$REGISTRY_BIN" ] || {
 		echo "registry_start: $REGISTRY_BIN not found (apt-get install docker-registry)" >&2
 		return 1
@@ -46,24 +114,28 @@ registry_start() {
 	for attempt in 1 2 3 4 5 6 7 8; do
 		port=$((20000 + RANDOM % 40000))
 		_port_in_use "$port" && continue
-		_registry_config "$dir/storage" "$port" >"$dir/config.yml"
-		"$REGISTRY_BIN" serve "$dir/config.yml" >"$dir/log" 2>&1 &
+		_registry_config "$dir/storage" "$port" >"$dir/config.yml" || return 1
+		# docker-registry takes REGISTRY_* variables as config overrides: none of ours.
+		# shellcheck disable=SC2046 # one "-u NAME" pair per variable
+		env $(compgen -e | grep '^REGISTRY_' | sed 's/^/-u /') \
+			"$REGISTRY_BIN" serve "$dir/config.yml" >"$dir/log" 2>&1 &
 		pid=$!
 		deadline=$(($(date +%s) + 20))
 		code=000
 		while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do
-			code=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 \
-				"http://127.0.0.1:$port/v2/" 2>/dev/null) || code=000
-			[ "$code" = 200 ] && break
+			code=$(curl -sk --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 \
+				"$scheme://$addr:$port/v2/" 2>/dev/null) || code=000
+			# 401: it answers, and wants credentials (IMC_REGISTRY_AUTH).
+			_registry_ready "$code" && break
 			sleep 0.05
 		done
-		if [ "$code" = 200 ]; then
-			REGISTRY=127.0.0.1:$port
+		if _registry_ready "$code"; then
+			REGISTRY=$addr:$port
 			REGISTRY_PID=$pid
 			REGISTRY_ROOT=$dir/storage
 			REGISTRY_LOG=$dir/log
 			export REGISTRY REGISTRY_PID REGISTRY_ROOT REGISTRY_LOG
-			defer registry_stop
+			defer _stop_quiet "$pid"
 			return 0
 		fi
 		# Port clash (someone bound it between our check and the registry's bind) or a slow
@@ -162,4 +234,65 @@ registry_push_raw() {
 	curl -fsS --noproxy '*' -X PUT -o /dev/null \
 		-H "Content-Type: $(jq -r .mediaType <<<"$mdesc")" \
 		--data-binary "@$mfile" "http://$REGISTRY/v2/$repo/manifests/$rtag"
+}
+
+# token_start [LIFETIME_S] [EXPIRE_FIRST]: the test token server (tests/lib/tokenserver.py) on a
+# random loopback port with a fresh RSA key and self-signed certificate, granting what is asked
+# to the users of TOKEN_USERS ("user:password" lines; export it first) and to the holder of
+# TOKEN_IDENTITY (an OAuth2 refresh token), with tokens that expire after LIFETIME_S (default
+# 300); the first EXPIRE_FIRST pull-only tokens (default 0) are born expired.  Exports
+# TOKEN_SERVER (127.0.0.1:PORT), TOKEN_SERVICE, TOKEN_ISSUER, TOKEN_CERT, TOKEN_LOG (one line per
+# request: "METHOD USER SCOPE STATUS").  Stopped by pid at exit.
+token_start() {
+	local lifetime=${1:-300} expire_first=${2:-0} dir pid
+	dir=$(mktemp -d "$TEST_TMP/token.XXXXXX")
+	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj /CN=imcache-test-token \
+		-keyout "$dir/key.pem" -out "$dir/cert.pem" >/dev/null 2>&1 || {
+		echo "token_start: openssl could not make a key and certificate" >&2
+		return 1
+	}
+	printf '%s\n' "${TOKEN_USERS:-}" >"$dir/users"
+	TOKEN_SERVICE=imcache-test-registry
+	TOKEN_ISSUER=imcache-test-issuer
+	TOKEN_CERT=$dir/cert.pem
+	TOKEN_LOG=$dir/requests.log
+	: >"$TOKEN_LOG"
+	python3 "$IMC_ROOT/tests/lib/tokenserver.py" --key "$dir/key.pem" --cert "$dir/cert.pem" \
+		--users "$dir/users" --identity-token "${TOKEN_IDENTITY:-}" --lifetime "$lifetime" \
+		--expire-first "$expire_first" --service "$TOKEN_SERVICE" --issuer "$TOKEN_ISSUER" --log "$TOKEN_LOG" \
+		--port-file "$dir/port" >"$dir/stderr" 2>&1 &
+	pid=$!
+	defer _stop_quiet "$pid"
+	wait_for_file "$dir/port" 20 "$pid" || {
+		echo "token_start: the token server did not start:" >&2
+		cat "$dir/stderr" >&2
+		return 1
+	}
+	TOKEN_SERVER=127.0.0.1:$(cat "$dir/port")
+	export TOKEN_SERVER TOKEN_SERVICE TOKEN_ISSUER TOKEN_CERT TOKEN_LOG
+}
+
+# faultproxy_start UPSTREAM MODE: a proxy (tests/lib/faultproxy.py) in front of the registry at
+# UPSTREAM that breaks blob downloads for real, once per blob unless said otherwise:
+#   cut:N     send the headers and N bytes of the body, then drop the connection
+#   status:C  answer HTTP C (503, 429) with Retry-After: 1
+#   corrupt   flip one byte in the middle of every blob body over 64 KiB (layers, not configs)
+# Sets FAULTPROXY (127.0.0.1:PORT) and FAULTPROXY_LOG ("METHOD PATH RANGE ACTION" lines).  Not
+# in a command substitution: the deferred stop must be this shell's.
+faultproxy_start() {
+	local upstream=$1 mode=$2 dir pid
+	dir=$(mktemp -d "$TEST_TMP/proxy.XXXXXX")
+	FAULTPROXY_LOG=$dir/requests.log
+	: >"$FAULTPROXY_LOG"
+	python3 "$IMC_ROOT/tests/lib/faultproxy.py" --upstream "$upstream" --mode "$mode" \
+		--log "$FAULTPROXY_LOG" --port-file "$dir/port" >"$dir/stderr" 2>&1 &
+	pid=$!
+	defer _stop_quiet "$pid"
+	wait_for_file "$dir/port" 20 "$pid" || {
+		echo "faultproxy_start: the proxy did not start:" >&2
+		cat "$dir/stderr" >&2
+		return 1
+	}
+	FAULTPROXY=127.0.0.1:$(cat "$dir/port")
+	export FAULTPROXY FAULTPROXY_LOG
 }

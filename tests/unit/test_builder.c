@@ -398,20 +398,36 @@ END_TEST
 START_TEST(path_clean)
 {
 	static const char *const cases[][2] = {
-	    {"a/b", "a/b"},	{"/a//b/", "a/b"},
-	    {"./a/./b", "a/b"}, {"../../etc/passwd", "etc/passwd"},
-	    {"a/../../b", "b"}, {"a/b/../c", "a/c"},
-	    {"/", ""},		{".", ""},
-	    {"..", ""},		{"a/..", ""},
-	    {"...", "..."},	{"a/..b", "a/..b"},
+	    {"a/b", "a/b"},	{"/a//b/", "a/b"},   {"./a/./b", "a/b"}, {"a/b/../c", "a/c"},
+	    {"/", ""},		{".", ""},	     {"a/..", ""},	 {"...", "..."},
+	    {"a/..b", "a/..b"}, {"/abs/x", "abs/x"},
 	};
-	char out[64];
+	static const char *const escapes[] = {"..", "../../etc/passwd", "a/../../b", "/../x",
+					      "./a/b/../../../c"};
+	char out[64], deep[2100];
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
 		ck_assert_int_eq(layer_path_clean(cases[i][0], out, sizeof(out)), 0);
 		ck_assert_msg(strcmp(out, cases[i][1]) == 0, "%s -> %s", cases[i][0], out);
 	}
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(escapes); i++)
+		ck_assert_msg(layer_path_clean(escapes[i], out, sizeof(out)) == -EPERM, "%s",
+			      escapes[i]);
 	ck_assert_int_eq(layer_path_clean("abcdef/ghijk", out, 8), -ENAMETOOLONG);
+	/* 512 components are fine, 513 are not */
+	for (size_t i = 0; i < 513; i++)
+		memcpy(deep + 2 * i, "d/", 2);
+	deep[2 * 512 - 1] = '\0';
+	ck_assert_int_eq(layer_path_clean(deep, deep, sizeof(deep)), 0);
+	deep[2 * 512 - 1] = '/';
+	deep[2 * 513 - 1] = '\0';
+	ck_assert_int_eq(layer_path_clean(deep, deep, sizeof(deep)), -ELOOP);
+	ck_assert(layer_device_allowed(S_IFCHR, 1, 3));
+	ck_assert(layer_device_allowed(S_IFCHR, 5, 2));
+	ck_assert(layer_device_allowed(S_IFIFO, 0, 0));
+	ck_assert(!layer_device_allowed(S_IFCHR, 1, 1)); /* /dev/mem */
+	ck_assert(!layer_device_allowed(S_IFBLK, 8, 0)); /* /dev/sda */
+	ck_assert(!layer_device_allowed(S_IFBLK, 1, 3));
 }
 END_TEST
 
@@ -468,6 +484,79 @@ START_TEST(registry_helpers)
 	body = "{\"errors\":[{\"code\":\"X\",\"message\":\"line\\nbreak\"}]}";
 	registry_error_text(400, body, strlen(body), buf, sizeof(buf));
 	ck_assert_str_eq(buf, "line?break (X, HTTP 400)");
+}
+END_TEST
+
+START_TEST(registry_auth_helpers)
+{
+	struct registry_cred c = {0};
+	imc_error err = {0};
+	char *tok = NULL;
+	int64_t exp = 0;
+	/* "alice:s3cr:et" and "bob:pw" in base64 */
+	const char *file = "{\"auths\":{\"https://index.docker.io/v1/\":{\"auth\":"
+			   "\"YWxpY2U6czNjcjpldA==\"},\"reg.example:5000\":{\"auth\":"
+			   "\"Ym9iOnB3\",\"email\":\"x@y\"},\"tok.example\":{\"identitytoken\":"
+			   "\"idt\"},\"bad.example\":{\"auth\":\"bm8tY29sb24=\"},"
+			   "\"plain.example\":{\"username\":\"u\",\"password\":\"p\"}},"
+			   "\"credsStore\":\"desktop\"}";
+
+	ck_assert(registry_key_matches("docker.io", "registry-1.docker.io"));
+	ck_assert(registry_key_matches("https://index.docker.io/v1/", "registry-1.docker.io"));
+	ck_assert(registry_key_matches("http://Reg.Example:5000/", "reg.example:5000"));
+	ck_assert(!registry_key_matches("reg.example", "reg.example:5000"));
+	ck_assert(!registry_key_matches("reg.example:50001", "reg.example:5000"));
+	ck_assert(!registry_key_matches("https://", "reg.example"));
+
+	ck_assert_int_eq(
+	    registry_auth_file_lookup(file, strlen(file), "registry-1.docker.io", &c, &err), 0);
+	ck_assert_pstr_eq(c.username, "alice");
+	ck_assert_pstr_eq(c.password, "s3cr:et");
+	free(c.username);
+	free(c.password);
+	c = (struct registry_cred){0};
+	ck_assert_int_eq(
+	    registry_auth_file_lookup(file, strlen(file), "reg.example:5000", &c, &err), 0);
+	ck_assert_pstr_eq(c.username, "bob");
+	ck_assert_pstr_eq(c.password, "pw");
+	free(c.username);
+	free(c.password);
+	c = (struct registry_cred){0};
+	ck_assert_int_eq(registry_auth_file_lookup(file, strlen(file), "tok.example", &c, &err), 0);
+	ck_assert_pstr_eq(c.identity_token, "idt");
+	ck_assert_ptr_null(c.username);
+	free(c.identity_token);
+	c = (struct registry_cred){0};
+	ck_assert_int_eq(registry_auth_file_lookup(file, strlen(file), "plain.example", &c, &err),
+			 0);
+	ck_assert_pstr_eq(c.username, "u");
+	free(c.username);
+	free(c.password);
+	c = (struct registry_cred){0};
+	ck_assert_int_eq(registry_auth_file_lookup(file, strlen(file), "other.example", &c, &err),
+			 0);
+	ck_assert_ptr_null(c.username);
+	/* "no-colon": an auth that is not user:password; the message names the entry only */
+	ck_assert_int_lt(registry_auth_file_lookup(file, strlen(file), "bad.example", &c, &err), 0);
+	ck_assert_msg(strstr(err.msg, "auths.bad.example.auth") && !strstr(err.msg, "no-colon"),
+		      "%s", err.msg);
+	ck_assert_ptr_null(c.username);
+	ck_assert_int_lt(registry_auth_file_lookup("{\"auths\":[]}", 12, "x", &c, &err), 0);
+
+	const char *resp = "{\"token\":\"abc\",\"expires_in\":300}";
+	ck_assert_int_eq(registry_token_parse(resp, strlen(resp), 1000, &tok, &exp, &err), 0);
+	ck_assert_str_eq(tok, "abc");
+	ck_assert_int_eq(exp, 1000 + 300 - 10);
+	free(tok);
+	resp = "{\"access_token\":\"xyz\"}"; /* no expires_in: the spec's 60 s */
+	ck_assert_int_eq(registry_token_parse(resp, strlen(resp), 0, &tok, &exp, &err), 0);
+	ck_assert_str_eq(tok, "xyz");
+	ck_assert_int_eq(exp, 60 - 10);
+	free(tok);
+	resp = "{\"token\":\"a b\"}";
+	ck_assert_int_lt(registry_token_parse(resp, strlen(resp), 0, &tok, &exp, &err), 0);
+	resp = "{\"token\":\"t\",\"expires_in\":\"soon\"}";
+	ck_assert_int_lt(registry_token_parse(resp, strlen(resp), 0, &tok, &exp, &err), 0);
 }
 END_TEST
 
@@ -748,6 +837,46 @@ START_TEST(layer_basic)
 }
 END_TEST
 
+/* Blocks of zeros written as data in the tar become holes, and read back as zeros. */
+START_TEST(layer_zero_blocks)
+{
+	static char data[(2 << 20) + 2];
+	struct archive *a = archive_write_new();
+	struct archive_entry *e = archive_entry_new();
+	char buf[8];
+	struct stat st;
+
+	memset(data, 'a', 5000);		  /* a block and a bit */
+	memcpy(data + (1 << 20) + 100, "mid", 3); /* one block in the middle */
+	memset(data + sizeof(data) - 2, 'e', 2);  /* the tail, unaligned */
+	ck_assert_int_eq(archive_write_set_format_pax(a), ARCHIVE_OK);
+	ck_assert_int_eq(archive_write_add_filter_gzip(a), ARCHIVE_OK);
+	ck_assert_int_eq(archive_write_open_filename(a, tpath("z.tar.gz")), ARCHIVE_OK);
+	archive_entry_set_pathname(e, "z");
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_perm(e, 0644);
+	archive_entry_set_size(e, sizeof(data));
+	ck_assert_int_eq(archive_write_header(a, e), ARCHIVE_OK);
+	ck_assert_int_eq(archive_write_data(a, data, sizeof(data)), (la_ssize_t)sizeof(data));
+	ck_assert_int_eq(archive_write_close(a), ARCHIVE_OK);
+	archive_write_free(a);
+	archive_entry_free(e);
+	ck_assert_int_eq(mkdir(tpath("root"), 0755), 0);
+	apply_ok("root", "z.tar.gz");
+	st = lst("root/z");
+	ck_assert_int_eq(st.st_size, (2 << 20) + 2);
+	ck_assert_int_le(st.st_blocks * 512, 4 * 4096 + 4096);
+	int fd = open(tpath("root/z"), O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 4, 4998), 4);
+	ck_assert_int_eq(memcmp(buf, "aa\0\0", 4), 0);
+	ck_assert_int_eq(pread(fd, buf, 3, (1 << 20) + 100), 3);
+	ck_assert_int_eq(memcmp(buf, "mid", 3), 0);
+	ck_assert_int_eq(pread(fd, buf, 4, (2 << 20) - 2), 4);
+	ck_assert_int_eq(memcmp(buf, "\0\0ee", 4), 0);
+	close(fd);
+}
+END_TEST
+
 START_TEST(layer_devices)
 {
 	const struct ent ents[] = {{.type = E_CHR, .path = "dev/null"}};
@@ -871,7 +1000,6 @@ START_TEST(layer_escape)
 {
 	char outside_abs[600], name[64];
 	const struct ent ents[] = {
-	    {.type = E_FILE, .path = "../../escaped-dotdot", .data = "in"},
 	    {.type = E_FILE, .path = "/abs/file", .data = "in"},
 	    {.type = E_SYMLINK, .path = "up", .data = "../../../../../.."},
 	    {.type = E_FILE, .path = "up/escaped-up", .data = "in"},
@@ -896,8 +1024,6 @@ START_TEST(layer_escape)
 	write_layer("evil.tar", "gzip", ents, IMC_ARRAY_SIZE(ents));
 	apply_ok("root", "evil.tar");
 
-	ck_assert(!exists("escaped-dotdot"));
-	ck_assert(exists("root/escaped-dotdot"));
 	ck_assert(exists("root/abs/file"));
 	ck_assert(!exists("escaped-up"));
 	ck_assert(exists("root/escaped-up"));
@@ -914,9 +1040,8 @@ START_TEST(layer_escape)
 	ck_assert(S_ISREG(lst("root/victim").st_mode));
 	ck_assert_str_eq(slurp("root/victim"), "replaced");
 
-	/* A hardlink to a file outside the root is looked up inside it: not there, error. */
-	const struct ent hl[] = {
-	    {.type = E_HARDLINK, .path = "stolen", .data = "../../../../etc/passwd"}};
+	/* A hardlink to an absolute path outside the root is looked up inside it: not there. */
+	const struct ent hl[] = {{.type = E_HARDLINK, .path = "stolen", .data = "/etc/passwd"}};
 	write_layer("hl.tar", "none", hl, 1);
 	ck_assert_int_eq(apply("root", "hl.tar", &err), -ENOENT);
 	ck_assert_msg(strstr(err.msg, "layer test: entry \"stolen\"") &&
@@ -986,12 +1111,14 @@ static Suite *builder_suite(void)
 	tcase_add_test(tc, whiteout_kind);
 	tcase_add_test(tc, path_clean);
 	tcase_add_test(tc, registry_helpers);
+	tcase_add_test(tc, registry_auth_helpers);
 	suite_add_tcase(s, tc);
 
 	tcase_add_unchecked_fixture(tl, setup_top, teardown_top);
 	tcase_add_checked_fixture(tl, setup_tmp, NULL);
 	tcase_set_timeout(tl, 60);
 	tcase_add_test(tl, layer_basic);
+	tcase_add_test(tl, layer_zero_blocks);
 	tcase_add_test(tl, layer_devices);
 	tcase_add_test(tl, layer_whiteouts);
 	tcase_add_test(tl, layer_replace);
