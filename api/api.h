@@ -23,6 +23,12 @@
 #define API_QUEUE_MAX	 256		    /* builds waiting for the worker */
 #define API_META_MAX	 (16u << 20)	    /* a metadata file */
 #define API_ID_PREFIX	 "imc"
+#define API_DATA_MAX	 BUILDER_DATA_MAX /* data entries in one cache */
+#define API_SIZE_MAX	 (16ULL << 40)	  /* a requested filesystem size */
+#define API_CREDS_MAX	 16		  /* credentials in one request */
+#define API_REGISTRY_MAX 255		  /* credentials[].registry */
+#define API_USER_MAX	 256		  /* credentials[].username */
+#define API_SECRET_MAX	 16384		  /* credentials[].password / token */
 #define API_CONTENT_TYPE "application/json"
 
 /* ---- errors -> HTTP ------------------------------------------------------------------------
@@ -35,11 +41,32 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code);
 json_t *api_error_json(const char *code, const char *message);
 
 /* ---- create requests ------------------------------------------------------------------------ */
+/* A data entry as requested (checked with builder_data_check). */
+struct api_data {
+	char *source;
+	char *path;
+	char *sha256; /* NULL when not given */
+};
+/* Registry credentials: kept in memory only, for the build; never echoed, logged or written
+ * down, and wiped when freed. */
+struct api_credential {
+	char *registry;
+	char *username; /* NULL with a token */
+	char *password; /* NULL with a token */
+	char *token;	/* NULL with username/password */
+};
+void api_credentials_free(struct api_credential *c, size_t n);
+
 struct api_create_request {
 	char *name;  /* NULL when not given */
 	char **refs; /* 1..API_IMAGES_MAX distinct image references, validated with
 		      * builder_ref_parse, in request order (index n: /images/<n>/rootfs) */
 	size_t n_refs;
+	struct api_data *data; /* 0..API_DATA_MAX entries with distinct paths */
+	size_t n_data;
+	uint64_t size; /* 0: the builder's default */
+	struct api_credential *credentials;
+	size_t n_credentials;
 };
 /* Parse and validate a POST /v1/imagecaches body.  Malformed JSON fails with -EBADMSG, anything
  * else wrong with -EINVAL and a message naming the field ("images[0].ref: want a string"); more
@@ -66,6 +93,12 @@ struct api_cache {
 	char *name; /* NULL when none was given */
 	char **refs;
 	size_t n_refs;
+	struct api_data *data;
+	size_t n_data;
+	uint64_t request_size; /* as requested; 0: the default */
+	bool had_credentials;  /* the request carried credentials (persisted as a flag only) */
+	struct api_credential *credentials; /* in memory only, dropped once the build ends */
+	size_t n_credentials;
 	enum api_cache_status status;
 	char *status_message; /* Failed: why */
 	json_t *manifest;     /* Ready: the builder's /imcache.json content */
@@ -190,6 +223,9 @@ struct api_caches_config {
 	const char *state_dir;			/* metadata in <state_dir>/caches */
 	struct store *store;			/* opened by the caller */
 	const char *const *insecure_registries; /* NULL-terminated, may be NULL */
+	const char *hf_endpoint; /* hf:// data; NULL: $HF_ENDPOINT, else huggingface.co */
+	const char *ca_file;	 /* extra CAs for data and registries; NULL: none */
+	const char *auth_file;	 /* docker config.json with registry credentials; NULL: none */
 	/* Called from the worker thread (not under the table lock); may be NULL. */
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
@@ -238,6 +274,7 @@ struct api_metrics_page {
 	uint64_t caches[API_CACHE_FAILED + 1]; /* by enum api_cache_status */
 	bool have_pool;			       /* false: store_usage failed, no pool samples */
 	uint64_t pool_size, pool_used, pool_free;
+	uint64_t pool_meta_size, pool_meta_used; /* 0 where the pool has no metadata space */
 };
 /* Count one finished build / one answered request; m may be NULL (nothing counted). */
 void api_metrics_observe_build(struct api_metrics *m, bool ready, uint64_t ns);

@@ -15,12 +15,16 @@
 
 #define INTERRUPTED_MSG "interrupted: imcd stopped during the build"
 #define NOT_STARTED_MSG "interrupted: imcd stopped before the build started"
+#define CREDS_LOST_MSG                                                                             \
+	"credentials lost on restart: imcd stopped during a build that had "                       \
+	"credentials, which are never written down; create the cache again"
 
 struct api_caches {
 	struct store *store;
 	int meta_dirfd; /* <state>/caches */
 	char *blob_dir; /* <state>/blobs */
 	const char *const *insecure_registries;
+	const char *hf_endpoint, *ca_file, *auth_file;
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
 
@@ -245,7 +249,8 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 
 	remove_leftover(c, STORE_VOLUME, cache->id, repairs);
 	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
-	if (api_cache_set_failed(cache, INTERRUPTED_MSG, err) < 0)
+	if (api_cache_set_failed(cache, cache->had_credentials ? CREDS_LOST_MSG : INTERRUPTED_MSG,
+				 err) < 0)
 		return err ? err->code : -ENOMEM;
 	if (persist(c, cache, &e) < 0)
 		report(repairs, "%s", e.msg);
@@ -343,11 +348,67 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	if (persist(c, cache, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg);
 	if (build_r == 0) {
-		snprintf(msg, sizeof(msg), "Ready (%llu bytes)", (unsigned long long)info.size);
+		json_t *base = json_object_get(manifest, "base");
+		if (json_is_true(json_object_get(base, "reused")))
+			snprintf(msg, sizeof(msg),
+				 "Ready (%llu bytes; on base %s: %lld layer bytes neither fetched "
+				 "nor applied, %.1f s saved)",
+				 (unsigned long long)info.size,
+				 json_string_value(json_object_get(base, "snapshot")),
+				 (long long)json_integer_value(json_object_get(base, "layerBytes")),
+				 json_number_value(json_object_get(base, "savedSeconds")));
+		else
+			snprintf(msg, sizeof(msg), "Ready (%llu bytes)",
+				 (unsigned long long)info.size);
 		notify(c, API_EVENT_BUILD_READY, cache->id, msg);
 	} else {
 		notify(c, API_EVENT_BUILD_FAILED, cache->id, build_msg);
 	}
+}
+
+/* The request's data and credentials in the builder's shape (pointing into cache, which does
+ * not change while it builds). */
+struct build_args {
+	struct builder_data data[API_DATA_MAX];
+	struct builder_credential creds[API_CREDS_MAX];
+};
+
+static void build_args_fill(struct build_args *a, const struct api_cache *cache,
+			    struct builder_request *breq, struct builder_opts *opts)
+{
+	size_t n_data = cache->n_data < API_DATA_MAX ? cache->n_data : API_DATA_MAX;
+	size_t n_creds =
+	    cache->n_credentials < API_CREDS_MAX ? cache->n_credentials : API_CREDS_MAX;
+
+	for (size_t i = 0; i < n_data; i++)
+		a->data[i] = (struct builder_data){.source = cache->data[i].source,
+						   .path = cache->data[i].path,
+						   .sha256 = cache->data[i].sha256};
+	for (size_t i = 0; i < n_creds; i++)
+		a->creds[i] =
+		    (struct builder_credential){.registry = cache->credentials[i].registry,
+						.username = cache->credentials[i].username,
+						.password = cache->credentials[i].password,
+						.token = cache->credentials[i].token};
+	breq->data = a->data;
+	breq->n_data = n_data;
+	breq->size = cache->request_size;
+	opts->credentials = n_creds ? a->creds : NULL;
+	opts->n_credentials = n_creds;
+}
+
+/* The build is over: the credentials go (wiped). */
+static void drop_credentials(struct api_caches *c, struct api_cache *cache)
+{
+	struct api_credential *creds;
+	size_t n;
+
+	pthread_mutex_lock(&c->lock);
+	creds = steal_pointer(&cache->credentials);
+	n = cache->n_credentials;
+	cache->n_credentials = 0;
+	pthread_mutex_unlock(&c->lock);
+	api_credentials_free(creds, n);
 }
 
 static void build_one(struct api_caches *c, struct api_cache *cache)
@@ -357,9 +418,13 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	struct builder_opts opts = {
 	    .blob_dir = c->blob_dir,
 	    .insecure_registries = c->insecure_registries,
+	    .hf_endpoint = c->hf_endpoint,
+	    .ca_file = c->ca_file,
+	    .auth_file = c->auth_file,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
 	};
+	struct build_args args;
 	_cleanup_json_ json_t *manifest = NULL;
 	imc_error e = {0};
 	char what[API_REF_MAX + 32];
@@ -376,7 +441,10 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	notify(c, API_EVENT_BUILD_START, cache->id, what);
 	breq.refs = (const char *const *)cache->refs;
 	breq.n_refs = cache->n_refs;
+	build_args_fill(&args, cache, &breq, &opts);
 	r = builder_build(c->store, &opts, cache->id, &breq, &manifest, &e);
+	explicit_bzero(&args, sizeof(args));
+	drop_credentials(c, cache);
 	if (r == 0 && !manifest)
 		r = imc_err(&e, EIO, "builder returned no manifest");
 	if (r < 0 && !e.msg[0])
@@ -453,6 +521,10 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	c->meta_dirfd = -1;
 	c->store = cfg->store;
 	c->insecure_registries = cfg->insecure_registries;
+	/* The environment stands in until imcd has flags for these. */
+	c->hf_endpoint = cfg->hf_endpoint ? cfg->hf_endpoint : getenv("HF_ENDPOINT");
+	c->ca_file = cfg->ca_file;
+	c->auth_file = cfg->auth_file;
 	c->on_event = cfg->on_event;
 	c->event_ctx = cfg->event_ctx;
 	pthread_mutex_init(&c->lock, NULL);
@@ -698,6 +770,8 @@ void api_caches_metrics_page(struct api_caches *c, struct api_metrics_page *ret)
 		ret->pool_size = usage.total;
 		ret->pool_used = usage.used;
 		ret->pool_free = usage.free;
+		ret->pool_meta_size = usage.meta_total;
+		ret->pool_meta_used = usage.meta_used;
 	}
 	api_metrics_load(&c->metrics, &ret->m);
 }

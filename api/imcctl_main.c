@@ -260,11 +260,16 @@ static void print_table(json_t *items)
 /* ---- commands ---------------------------------------------------------------------------------
  */
 
+#define CREATE_DATA_MAX 64 /* --data options (imcd takes at most as many) */
+
 struct create_opts {
 	const char *name;
 	bool wait;
 	long timeout;
 	bool json;
+	const char *data[CREATE_DATA_MAX]; /* "SRC=PATH" */
+	size_t n_data;
+	unsigned long long size; /* 0: imcd's default */
 };
 
 static void sleep_ms(long ms)
@@ -312,17 +317,38 @@ static int wait_ready(const struct client *c, const char *id, const struct creat
 	}
 }
 
-static char *create_body(char **images, int n, const char *name)
+/* "SRC=PATH" → {"source":SRC,"path":PATH}; the last '=' splits (URLs may hold one). */
+static json_t *data_entry(const char *arg)
+{
+	const char *eq = strrchr(arg, '=');
+	_cleanup_free_ char *src = eq ? strndup(arg, (size_t)(eq - arg)) : NULL;
+
+	if (!src)
+		return NULL;
+	return json_pack("{s:s,s:s}", "source", src, "path", eq + 1);
+}
+
+static char *create_body(char **images, int n, const struct create_opts *o)
 {
 	_cleanup_json_ json_t *body = json_object();
-	json_t *arr = json_array();
+	json_t *arr = json_array(), *data = NULL;
 
 	if (!body || !arr || json_object_set_new(body, "images", arr) < 0)
 		return NULL;
 	for (int i = 0; i < n; i++)
 		if (json_array_append_new(arr, json_pack("{s:s}", "ref", images[i])) < 0)
 			return NULL;
-	if (name && json_object_set_new(body, "name", json_string(name)) < 0)
+	if (o->name && json_object_set_new(body, "name", json_string(o->name)) < 0)
+		return NULL;
+	if (o->n_data) {
+		data = json_array();
+		if (!data || json_object_set_new(body, "data", data) < 0)
+			return NULL;
+		for (size_t i = 0; i < o->n_data; i++)
+			if (json_array_append_new(data, data_entry(o->data[i])) < 0)
+				return NULL;
+	}
+	if (o->size && json_object_set_new(body, "size", json_integer((json_int_t)o->size)) < 0)
 		return NULL;
 	return json_dumps(body, JSON_COMPACT);
 }
@@ -345,14 +371,37 @@ static int parse_create_args(int argc, char **argv, struct create_opts *o)
 	    {"wait", no_argument, NULL, 'w'},
 	    {"timeout", required_argument, NULL, 't'},
 	    {"output", required_argument, NULL, 'o'},
+	    {"data", required_argument, NULL, 'd'},
+	    {"size", required_argument, NULL, 's'},
 	    {NULL, 0, NULL, 0},
 	};
 	char *end;
 	int ch;
 
 	*o = (struct create_opts){.timeout = WAIT_TIMEOUT_DEFAULT};
-	while ((ch = getopt_long(argc, argv, ":n:wt:o:", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, ":n:wt:o:d:s:", longopts, NULL)) != -1) {
 		switch (ch) {
+		case 'd': {
+			const char *eq = strrchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1]) {
+				fprintf(stderr, "imcctl: --data %s: want SOURCE=PATH\n", optarg);
+				return -1;
+			}
+			if (o->n_data >= CREATE_DATA_MAX) {
+				fprintf(stderr, "imcctl: at most %d --data\n", CREATE_DATA_MAX);
+				return -1;
+			}
+			o->data[o->n_data++] = optarg;
+			break;
+		}
+		case 's':
+			errno = 0;
+			o->size = strtoull(optarg, &end, 10);
+			if (errno || *end || end == optarg || o->size == 0 || optarg[0] == '-') {
+				fprintf(stderr, "imcctl: --size %s: want bytes (> 0)\n", optarg);
+				return -1;
+			}
+			break;
 		case 'n':
 			o->name = optarg;
 			break;
@@ -395,11 +444,11 @@ static int cmd_create(const struct client *c, int argc, char **argv)
 	/* Options may follow the images: getopt permutes, the images are what is left. */
 	if (optind >= argc) {
 		fprintf(stderr,
-			"usage: imcctl create IMAGE [IMAGE...] [--name N] [--wait] [--timeout SEC] "
-			"[-o json]\n");
+			"usage: imcctl create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... "
+			"[--size BYTES] [--wait] [--timeout SEC] [-o json]\n");
 		return EXIT_USAGE;
 	}
-	body = create_body(argv + optind, argc - optind, o.name);
+	body = create_body(argv + optind, argc - optind, &o);
 	if (!body) {
 		fprintf(stderr, "imcctl: out of memory\n");
 		return EXIT_FAIL;
@@ -562,16 +611,18 @@ static int cmd_one(const struct client *c, const char *method, int argc, char **
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: imcctl [--server URL|unix:PATH] COMMAND [ARGS]\n"
-		"\n"
-		"  create IMAGE [IMAGE...] [--name N] [--wait] [--timeout SEC] [-o json]\n"
-		"  list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
-		"  get ID\n"
-		"  delete ID\n"
-		"\n"
-		"The server defaults to $IMCACHE_SERVER, else %s.\n",
-		DEFAULT_SERVER);
+	fprintf(
+	    f,
+	    "usage: imcctl [--server URL|unix:PATH] COMMAND [ARGS]\n"
+	    "\n"
+	    "  create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... [--size BYTES] [--wait]\n"
+	    "         [--timeout SEC] [-o json]\n"
+	    "  list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
+	    "  get ID\n"
+	    "  delete ID\n"
+	    "\n"
+	    "The server defaults to $IMCACHE_SERVER, else %s.\n",
+	    DEFAULT_SERVER);
 }
 
 /* "unix:PATH": the socket path, and a dummy base URL (the Host header says localhost). */

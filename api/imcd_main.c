@@ -10,6 +10,7 @@
 #include "api.h"
 
 #define MAX_INSECURE_REGISTRIES 64
+#define MAX_DRIVER_OPTS		32
 #define LISTEN_URL_MAX		160 /* "unix:" and a sun_path fit */
 
 struct options {
@@ -19,25 +20,38 @@ struct options {
 	uint64_t pool_size;
 	const char *insecure[MAX_INSECURE_REGISTRIES + 1];
 	size_t n_insecure;
+	const char *driver_opts[MAX_DRIVER_OPTS + 1];
+	size_t n_driver_opts;
 	const char *ready_file;
 	unsigned threads;
+	const char *auth_file;
+	const char *ca_file;
+	const char *hf_endpoint;
 };
 
 static void usage(FILE *f)
 {
 	fprintf(
 	    f,
-	    "usage: imcd --listen HOST:PORT|unix:PATH --state-dir DIR [--driver reflink]\n"
-	    "            [--pool-size BYTES] [--insecure-registry HOST:PORT]...\n"
-	    "            [--ready-file FILE] [--threads N] [--log-level error|warn|info|debug]\n"
+	    "usage: imcd --listen HOST:PORT|unix:PATH --state-dir DIR [--driver reflink|thin]\n"
+	    "            [--driver-opt KEY=VALUE]... [--pool-size BYTES]\n"
+	    "            [--insecure-registry HOST:PORT]... [--auth-file FILE] [--ca-file FILE]\n"
+	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
+	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
 	    "  --listen unix:PATH    a Unix socket (mode 0660), removed on a clean stop\n"
 	    "  --state-dir DIR       metadata, blobs and the store (default %s)\n"
-	    "  --driver NAME         store driver (default reflink)\n"
+	    "  --driver NAME         store driver: reflink (default) or thin\n"
+	    "  --driver-opt K=V      a store driver option (repeatable; see docs/architecture.md)\n"
 	    "  --pool-size BYTES     size of the store's pool file (K, M, G, T suffixes)\n"
 	    "  --insecure-registry H:P  reach this registry over plain HTTP (repeatable)\n"
+	    "  --auth-file FILE      registry credentials, docker config.json style (\"auths\"),\n"
+	    "                        read at each build; a request's credentials come first\n"
+	    "  --ca-file FILE        extra CA certificates (PEM) for HTTPS, besides the system's\n"
+	    "  --hf-endpoint URL     where hf:// data resolves (default $HF_ENDPOINT, else\n"
+	    "                        https://huggingface.co)\n"
 	    "  --ready-file FILE     once listening, write http://HOST:PORT or unix:PATH there\n",
 	    STORE_DEFAULT_STATE_DIR);
 }
@@ -118,6 +132,22 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("%s: too many --insecure-registry (at most 64)", arg);
 		o->insecure[o->n_insecure++] = arg;
 		return 0;
+	case 'o':
+		if (o->n_driver_opts >= MAX_DRIVER_OPTS)
+			return usage_error("%s: too many --driver-opt (at most 32)", arg);
+		if (!strchr(arg, '='))
+			return usage_error("--driver-opt %s: want KEY=VALUE", arg);
+		o->driver_opts[o->n_driver_opts++] = arg;
+		return 0;
+	case 'A':
+		o->auth_file = arg;
+		return 0;
+	case 'C':
+		o->ca_file = arg;
+		return 0;
+	case 'H':
+		o->hf_endpoint = arg;
+		return 0;
 	case 'r':
 		o->ready_file = arg;
 		return 0;
@@ -145,6 +175,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"listen", required_argument, NULL, 'l'},
 	    {"state-dir", required_argument, NULL, 's'},
 	    {"driver", required_argument, NULL, 'd'},
+	    {"driver-opt", required_argument, NULL, 'o'},
+	    {"auth-file", required_argument, NULL, 'A'},
+	    {"ca-file", required_argument, NULL, 'C'},
+	    {"hf-endpoint", required_argument, NULL, 'H'},
 	    {"pool-size", required_argument, NULL, 'p'},
 	    {"insecure-registry", required_argument, NULL, 'k'},
 	    {"ready-file", required_argument, NULL, 'r'},
@@ -231,8 +265,10 @@ struct service {
 
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
-	const struct store_config scfg = {
-	    .state_dir = o->state_dir, .driver = o->driver, .pool_size = o->pool_size};
+	const struct store_config scfg = {.state_dir = o->state_dir,
+					  .driver = o->driver,
+					  .pool_size = o->pool_size,
+					  .driver_opts = o->driver_opts};
 	_cleanup_json_ json_t *repairs = json_array();
 	_cleanup_close_ int fd = -1;
 	char *url = svc->url;
@@ -246,9 +282,13 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		r = store_open(&scfg, &svc->store, err);
 	if (r < 0)
 		return r;
+	log_repairs(store_repairs(svc->store));
 	r = api_caches_open(&(struct api_caches_config){.state_dir = o->state_dir,
 							.store = svc->store,
 							.insecure_registries = o->insecure,
+							.auth_file = o->auth_file,
+							.ca_file = o->ca_file,
+							.hf_endpoint = o->hf_endpoint,
 							.on_event = on_event},
 			    repairs, &svc->caches, err);
 	log_repairs(repairs);

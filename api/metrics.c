@@ -180,6 +180,16 @@ static int render_pool(struct imc_buf *b, const struct api_metrics_page *p)
 			    "imcache_pool_bytes{kind=\"free\"} %llu\n",
 			    (unsigned long long)p->pool_size, (unsigned long long)p->pool_used,
 			    (unsigned long long)p->pool_free);
+	/* A pool with metadata space of its own (dm-thin): running out of it stops the pool. */
+	if (r == 0 && p->have_pool && p->pool_meta_size)
+		r = family(b, "imcache_pool_metadata_bytes", "gauge",
+			   "Bytes of the cache store's pool metadata (thin driver).");
+	if (r == 0 && p->have_pool && p->pool_meta_size)
+		r = appendf(b,
+			    "imcache_pool_metadata_bytes{kind=\"size\"} %llu\n"
+			    "imcache_pool_metadata_bytes{kind=\"used\"} %llu\n",
+			    (unsigned long long)p->pool_meta_size,
+			    (unsigned long long)p->pool_meta_used);
 	return r;
 }
 

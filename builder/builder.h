@@ -111,6 +111,82 @@ struct builder_request {
 	uint64_t size; /* filesystem size in bytes; 0 picks a default from the content */
 };
 
+/* ---- model data (data.c) -------------------------------------------------------------------
+ * A data entry's source is one of
+ *   https://host/path/file   one file (plain http only for loopback hosts), fetched with
+ *                            parallel ranged GETs when the server sends a Content-Length
+ *   oci://registry/repo:tag  an OCI artifact: each layer one file named by its
+ *                            org.opencontainers.image.title annotation
+ *   hf://org/repo[@rev]      every file of a Hugging Face-compatible model repository at rev
+ *                            (default "main"), against opts.hf_endpoint
+ * Files land in /data/<path>/ and are listed with their size and sha256. */
+#define BUILDER_DATA_MAX	64	     /* entries in one request */
+#define BUILDER_DATA_SOURCE_MAX 4096	     /* bytes of a source */
+#define BUILDER_DATA_NAME_MAX	255	     /* bytes of a path or file name component */
+#define BUILDER_DATA_FILES_MAX	10000	     /* files of one oci:// or hf:// source */
+#define BUILDER_DATA_FILE_MAX	(4ULL << 40) /* bytes of one file */
+#define BUILDER_HF_DEFAULT	"https://huggingface.co"
+
+enum builder_data_kind {
+	BUILDER_DATA_HTTPS,
+	BUILDER_DATA_OCI,
+	BUILDER_DATA_HF,
+};
+/* A name we create under /data: 1..BUILDER_DATA_NAME_MAX bytes, no '/', no control characters,
+ * not "." or "..". */
+bool builder_data_name_valid(const char *s);
+/* Check an entry without the network: the source's scheme and shape, the path, the sha256 (64
+ * lowercase hex digits, for https sources only).  Messages name "source", "path" or "sha256". */
+int builder_data_check(const struct builder_data *d, enum builder_data_kind *ret_kind,
+		       imc_error *err);
+
+/* What a data entry holds, once resolved: its files, their sizes and where they come from. */
+struct builder_data_plan;
+/* Resolve d (HEAD of an https file, the artifact's manifest, the hf repository's file list). */
+int builder_data_plan(const struct builder_opts *o, const struct builder_data *d,
+		      struct builder_data_plan **ret, imc_error *err);
+/* Bytes of all files (those of unknown size count as 0). */
+uint64_t builder_data_plan_bytes(const struct builder_data_plan *p);
+/* Fetch every file of p into /data/<path>/ under rootfd (the volume's root), checking sizes and
+ * digests; ret_entry gets {"path","source","files":[{"name","size","sha256"}]}. */
+int builder_data_fetch(const struct builder_opts *o, struct builder_data_plan *p, int rootfd,
+		       json_t **ret_entry, imc_error *err);
+void builder_data_plan_free(struct builder_data_plan *p);
+
+/* One file from an http(s) URL into fd: with size known (and the server taking Range), pieces
+ * of piece_size bytes fetched by `connections` parallel GETs, each written with pwrite where it
+ * belongs and resumed from where it stopped after a dropped connection; otherwise one stream.
+ * 5xx and 429 answers and transport errors are retried with backoff.  The sha256 of the file is
+ * computed while it arrives (in file order) and must equal want_sha256 when that is set. */
+struct builder_download {
+	const char *url;
+	const char *ca_file; /* NULL: system CAs only */
+	int fd;
+	uint64_t size; /* UINT64_MAX: unknown (one stream, capped at BUILDER_DATA_FILE_MAX) */
+	bool ranges;   /* the server announced Accept-Ranges: bytes */
+	unsigned connections; /* 0: 4 */
+	uint64_t piece_size;  /* 0: 64 MiB */
+	const char *want_sha256;
+	void (*on_bytes)(void *ctx, uint64_t n); /* from any thread; n may be 0 */
+	void *ctx;
+	/* Out. */
+	uint64_t got_size;
+	char got_sha256[IMC_SHA256_HEX_LEN + 1];
+	unsigned retries; /* tries that were repeated */
+};
+int builder_download(struct builder_download *d, imc_error *err);
+/* HEAD url (following redirects): its Content-Length (UINT64_MAX when none) and whether it takes
+ * byte ranges. */
+int builder_download_head(const char *url, const char *ca_file, uint64_t *ret_size,
+			  bool *ret_ranges, imc_error *err);
+
+#ifdef IMC_TESTING
+int data_url_check(const char *url, bool *ret_plain, imc_error *err);
+int data_hf_parse(const char *source, char **ret_repo, char **ret_rev, imc_error *err);
+int data_rel_path_check(const char *path, imc_error *err);
+uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);
+#endif
+
 /* Resolve refs, create a volume in the store, mkfs.ext4, pull each image (fetch + apply) under
  * /images/<n>/rootfs, fetch data under /data/<path>/, write /imcache.json, unmount and seal it as
  * snapshot cache_id.  On failure nothing is left in the store.  ret_manifest gets the content of

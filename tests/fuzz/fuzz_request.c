@@ -1,4 +1,5 @@
-/* Fuzz target: the API's JSON input (api_create_request_parse, api_cache_from_meta).
+/* Fuzz target: the API's JSON input (api_create_request_parse with its images, data, size and
+ * credentials, api_cache_from_meta).
  *
  * The body is copied into a buffer of exactly its length.  It is parsed as a create request; when
  * it is a JSON object it is also read as a cache metadata file.  A cache read from metadata must
@@ -19,6 +20,44 @@ static bool json_same(json_t *a, json_t *b)
 	return (!a && !b) || json_equal(a, b);
 }
 
+/* No key of a credential anywhere in what a cache shows or writes down; of the credentials the
+ * metadata holds only "credentials": true. */
+static bool has_secret_key(json_t *j)
+{
+	static const char *const keys[] = {"password", "token", "username", "registry"};
+	const char *key;
+	json_t *v;
+	size_t i;
+
+	if (json_is_object(j)) {
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+			if (json_object_get(j, keys[k]))
+				return true;
+		json_object_foreach(j, key, v) if (has_secret_key(v)) return true;
+	} else if (json_is_array(j)) {
+		json_array_foreach(j, i, v) if (has_secret_key(v)) return true;
+	}
+	return false;
+}
+
+static void check_no_secret(const struct api_create_request *req)
+{
+	struct api_cache *c = NULL;
+	_cleanup_json_ json_t *j = NULL, *meta = NULL;
+	json_t *flag;
+
+	if (api_cache_new("imc-0123456789abcdef", req, 1, &c, NULL) < 0)
+		abort();
+	j = api_cache_to_json(c);
+	meta = api_cache_to_meta(c);
+	if (!j || !meta || has_secret_key(j) || has_secret_key(meta))
+		abort();
+	flag = json_object_get(meta, "credentials");
+	if (req->n_credentials ? !json_is_true(flag) : flag != NULL)
+		abort();
+	api_cache_free(c);
+}
+
 static void fuzz_create_request(const char *body, size_t len)
 {
 	struct api_create_request req = {0};
@@ -26,12 +65,30 @@ static void fuzz_create_request(const char *body, size_t len)
 	int r = api_create_request_parse(body, len, &req, &err);
 
 	if (r < 0) {
-		if (err.code != r || err.msg[0] == '\0' || req.refs || req.name)
+		if (err.code != r || err.msg[0] == '\0' || req.refs || req.name || req.data ||
+		    req.credentials || req.n_data || req.n_credentials)
 			abort();
 		return;
 	}
-	if (r > 0 || req.n_refs != 1 || !req.refs || !req.refs[0])
+	if (r > 0 || req.n_refs < 1 || !req.refs || !req.refs[0] || req.n_data > API_DATA_MAX ||
+	    req.n_credentials > API_CREDS_MAX || req.size > API_SIZE_MAX)
 		abort();
+	/* Every accepted entry is one the builder accepts too, and paths are distinct. */
+	for (size_t i = 0; i < req.n_data; i++) {
+		struct builder_data d = {req.data[i].source, req.data[i].path, req.data[i].sha256};
+		if (builder_data_check(&d, NULL, NULL) < 0)
+			abort();
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(req.data[i].path, req.data[k].path) == 0)
+				abort();
+	}
+	/* A cache made from it never shows a credential. */
+	for (size_t i = 0; i < req.n_credentials; i++)
+		if (!req.credentials[i].registry ||
+		    !(req.credentials[i].token ||
+		      (req.credentials[i].username && req.credentials[i].password)))
+			abort();
+	check_no_secret(&req);
 	api_create_request_free(&req);
 }
 
@@ -40,10 +97,17 @@ static void check_same(const struct api_cache *a, const struct api_cache *b)
 	if (strcmp(a->id, b->id) != 0 || !str_eq(a->name, b->name) || a->status != b->status ||
 	    !str_eq(a->status_message, b->status_message) || a->created_at != b->created_at ||
 	    a->n_refs != b->n_refs || !json_same(a->manifest, b->manifest) ||
+	    a->n_data != b->n_data || a->request_size != b->request_size ||
+	    a->had_credentials != b->had_credentials ||
 	    (a->status == API_CACHE_READY && (a->size != b->size || a->ready_at != b->ready_at)))
 		abort();
 	for (size_t i = 0; i < a->n_refs; i++)
 		if (strcmp(a->refs[i], b->refs[i]) != 0)
+			abort();
+	for (size_t i = 0; i < a->n_data; i++)
+		if (!str_eq(a->data[i].source, b->data[i].source) ||
+		    !str_eq(a->data[i].path, b->data[i].path) ||
+		    !str_eq(a->data[i].sha256, b->data[i].sha256))
 			abort();
 }
 

@@ -225,6 +225,209 @@ START_TEST(create_bad_name)
 }
 END_TEST
 
+/* ---- data, size and credentials ---------------------------------------------------------------
+ */
+
+#define IMG "\"images\":[{\"ref\":\"busybox\"}]"
+#define SHA "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define URL "https://models.example.com/llm/model.safetensors"
+
+START_TEST(create_data_good)
+{
+	struct api_create_request req;
+	imc_error err;
+
+	ck_assert_int_eq(
+	    parse("{" IMG ",\"data\":[{\"source\":\"" URL "\",\"path\":\"llm\","
+		  "\"sha256\":\"" SHA "\"},{\"source\":\"hf://org/m@v2\",\"path\":"
+		  "\"m\"},{\"source\":\"oci://127.0.0.1:5000/a/w:v1\",\"path\":\"w\"}],"
+		  "\"size\":5368709120}",
+		  &req, &err),
+	    0);
+	ck_assert_uint_eq(req.n_data, 3);
+	ck_assert_str_eq(req.data[0].source, URL);
+	ck_assert_str_eq(req.data[0].path, "llm");
+	ck_assert_str_eq(req.data[0].sha256, SHA);
+	ck_assert_str_eq(req.data[1].source, "hf://org/m@v2");
+	ck_assert_ptr_null(req.data[1].sha256);
+	ck_assert_str_eq(req.data[2].path, "w");
+	ck_assert_uint_eq(req.size, 5368709120ULL);
+	ck_assert_uint_eq(req.n_credentials, 0);
+	api_create_request_free(&req);
+}
+END_TEST
+
+START_TEST(create_data_bad)
+{
+	expect_bad("{" IMG ",\"data\":{}}", -EINVAL, "data: want an array");
+	expect_bad("{" IMG ",\"data\":[5]}", -EINVAL, "data[0]: want an object");
+	expect_bad("{" IMG ",\"data\":[{\"path\":\"x\"}]}", -EINVAL, "data[0].source: required");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"" URL "\"}]}", -EINVAL,
+		   "data[0].path: required");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"" URL "\",\"path\":\"x\",\"mode\":1}]}",
+		   -EINVAL, "data[0].mode: unknown field");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"ftp://h/x\",\"path\":\"x\"}]}", -EINVAL,
+		   "data[0]: source:");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"http://10.0.0.1/x\",\"path\":\"x\"}]}",
+		   -EINVAL, "data[0]: source:");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"" URL "\",\"path\":\"../x\"}]}", -EINVAL,
+		   "data[0]: path:");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"" URL "\",\"path\":\"..\"}]}", -EINVAL,
+		   "data[0]: path:");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"" URL
+		   "\",\"path\":\"x\",\"sha256\":\"abc\"}]}",
+		   -EINVAL, "data[0]: sha256:");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"hf://o/r\",\"path\":\"x\",\"sha256\":\"" SHA
+		   "\"}]}",
+		   -EINVAL, "data[0]: sha256:");
+	expect_bad("{" IMG ",\"data\":[{\"source\":\"" URL "\",\"path\":\"x\"},{\"source\":\"" URL
+		   "\",\"path\":\"x\"}]}",
+		   -EINVAL, "data[1].path: x is already data[0]");
+	expect_bad("{" IMG ",\"size\":0}", -EINVAL, "size:");
+	expect_bad("{" IMG ",\"size\":-1}", -EINVAL, "size:");
+	expect_bad("{" IMG ",\"size\":\"1G\"}", -EINVAL, "size:");
+	expect_bad("{" IMG ",\"size\":17592186044417}", -EINVAL, "size:");
+}
+END_TEST
+
+START_TEST(create_data_cap)
+{
+	struct imc_buf b = {0};
+	const char *head = "{" IMG ",\"data\":[";
+	char entry[128];
+
+	ck_assert_int_eq(imc_buf_append(&b, head, strlen(head)), 0);
+	for (int i = 0; i < API_DATA_MAX + 1; i++) {
+		int n = snprintf(entry, sizeof(entry), "%s{\"source\":\"%s\",\"path\":\"p%d\"}",
+				 i ? "," : "", URL, i);
+		ck_assert_int_eq(imc_buf_append(&b, entry, (size_t)n), 0);
+	}
+	ck_assert_int_eq(imc_buf_append(&b, "]}", 2), 0);
+	expect_bad(b.data, -EINVAL, "data: at most 64 entries");
+	imc_buf_free(&b);
+}
+END_TEST
+
+START_TEST(create_credentials)
+{
+	struct api_create_request req;
+	imc_error err;
+
+	ck_assert_int_eq(parse("{" IMG ",\"credentials\":[{\"registry\":\"ghcr.io\",\"username\":"
+			       "\"u\",\"password\":\"hunter2\"},{\"registry\":\"127.0.0.1:5000\","
+			       "\"token\":\"tok\"}]}",
+			       &req, &err),
+			 0);
+	ck_assert_uint_eq(req.n_credentials, 2);
+	ck_assert_str_eq(req.credentials[0].registry, "ghcr.io");
+	ck_assert_str_eq(req.credentials[0].username, "u");
+	ck_assert_str_eq(req.credentials[0].password, "hunter2");
+	ck_assert_ptr_null(req.credentials[0].token);
+	ck_assert_str_eq(req.credentials[1].token, "tok");
+	api_create_request_free(&req);
+}
+END_TEST
+
+/* A refused credential never shows its value in the message. */
+static void expect_bad_secret(const char *body, const char *prefix)
+{
+	struct api_create_request req;
+	imc_error err;
+
+	expect_bad(body, -EINVAL, prefix);
+	parse(body, &req, &err);
+	ck_assert_msg(!strstr(err.msg, "s3cr3t"), "the message shows a secret: %s", err.msg);
+}
+
+START_TEST(create_credentials_bad)
+{
+	expect_bad_secret("{" IMG ",\"credentials\":{}}", "credentials: want an array");
+	expect_bad_secret("{" IMG ",\"credentials\":[{\"registry\":\"r\",\"token\":\"s3cr3t\","
+			  "\"password\":\"s3cr3t\"}]}",
+			  "credentials[0]: want username and password, or a token");
+	expect_bad_secret("{" IMG
+			  ",\"credentials\":[{\"registry\":\"r\",\"password\":\"s3cr3t\"}]}",
+			  "credentials[0]: want username and password, or a token");
+	expect_bad_secret("{" IMG
+			  ",\"credentials\":[{\"registry\":\"r\",\"username\":\"s3cr3t\"}]}",
+			  "credentials[0]: want username and password, or a token");
+	expect_bad_secret("{" IMG ",\"credentials\":[{\"token\":\"s3cr3t\"}]}",
+			  "credentials[0].registry: required");
+	expect_bad_secret("{" IMG ",\"credentials\":[{\"registry\":\"a/b\",\"token\":\"s3cr3t\"}]}",
+			  "credentials[0].registry: want host[:port]");
+	expect_bad_secret("{" IMG ",\"credentials\":[{\"registry\":\"r\",\"token\":\"s3cr3t\","
+			  "\"scope\":\"s3cr3t\"}]}",
+			  "credentials[0].scope: unknown field");
+	expect_bad_secret("{" IMG ",\"credentials\":[{\"registry\":\"r\",\"token\":5}]}",
+			  "credentials[0].token: want a string");
+	expect_bad_secret("{" IMG ",\"credentials\":[{\"registry\":\"r\",\"token\":\"s3cr3t\"},"
+			  "{\"registry\":\"r\",\"token\":\"s3cr3t\"}]}",
+			  "credentials[1].registry: r is already credentials[0]");
+}
+END_TEST
+
+/* The metadata keeps the data and the size, and of the credentials only that there were some;
+ * the API object shows the data, never a credential. */
+START_TEST(cache_data_and_credentials)
+{
+	struct api_create_request req;
+	struct api_cache *c = NULL, *back = NULL;
+	imc_error err;
+	json_t *meta, *j;
+	char *dump;
+
+	ck_assert_int_eq(parse("{" IMG ",\"data\":[{\"source\":\"" URL "\",\"path\":\"llm\"}],"
+			       "\"size\":1073741824,\"credentials\":[{\"registry\":\"r\","
+			       "\"username\":\"u\",\"password\":\"s3cr3t\"}]}",
+			       &req, &err),
+			 0);
+	ck_assert_int_eq(api_cache_new("imc-0123456789abcdef", &req, 1795000000, &c, &err), 0);
+	api_create_request_free(&req);
+	ck_assert_uint_eq(c->n_credentials, 1);
+	ck_assert(c->had_credentials);
+
+	meta = api_cache_to_meta(c);
+	dump = json_dumps(meta, 0);
+	ck_assert_ptr_null(strstr(dump, "s3cr3t"));
+	ck_assert_ptr_null(strstr(dump, "\"u\""));
+	free(dump);
+	ck_assert_int_eq(api_cache_from_meta(meta, &back, &err), 0);
+	ck_assert_uint_eq(back->n_data, 1);
+	ck_assert_str_eq(back->data[0].source, URL);
+	ck_assert_str_eq(back->data[0].path, "llm");
+	ck_assert_uint_eq(back->request_size, 1073741824ULL);
+	ck_assert(back->had_credentials);
+	ck_assert_uint_eq(back->n_credentials, 0);
+
+	j = api_cache_to_json(c);
+	dump = json_dumps(j, 0);
+	ck_assert_ptr_null(strstr(dump, "s3cr3t"));
+	ck_assert_ptr_nonnull(strstr(dump, "\"path\": \"llm\""));
+	free(dump);
+	json_decref(j);
+
+	/* Ready: the built entries with their files and the entry's size. */
+	c->status = API_CACHE_READY;
+	c->manifest = load("{\"images\":[],\"data\":[{\"path\":\"llm\",\"source\":\"" URL
+			   "\",\"files\":[{\"name\":\"a\",\"size\":3,\"sha256\":\"" SHA
+			   "\"},{\"name\":\"b\",\"size\":4,\"sha256\":\"" SHA "\"}]}]}");
+	j = api_cache_to_json(c);
+	ck_assert_int_eq(json_integer_value(json_object_get(
+			     json_array_get(json_object_get(j, "data"), 0), "size")),
+			 7);
+	ck_assert_str_eq(
+	    json_string_value(json_object_get(
+		json_array_get(
+		    json_object_get(json_array_get(json_object_get(j, "data"), 0), "files"), 1),
+		"name")),
+	    "b");
+	json_decref(j);
+	json_decref(meta);
+	api_cache_free(back);
+	api_cache_free(c);
+}
+END_TEST
+
 START_TEST(create_body_cap)
 {
 	size_t n = API_BODY_MAX + 1;
@@ -1223,6 +1426,12 @@ static Suite *api_suite(void)
 	tcase_add_test(t, create_bad_ref);
 	tcase_add_test(t, create_bad_name);
 	tcase_add_test(t, create_body_cap);
+	tcase_add_test(t, create_data_good);
+	tcase_add_test(t, create_data_bad);
+	tcase_add_test(t, create_data_cap);
+	tcase_add_test(t, create_credentials);
+	tcase_add_test(t, create_credentials_bad);
+	tcase_add_test(t, cache_data_and_credentials);
 	tcase_add_test(t, errno_to_status);
 	suite_add_tcase(s, t);
 
