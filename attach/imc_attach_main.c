@@ -162,8 +162,11 @@ static int cmd_reconcile(struct store *s)
 
 	if (attach_reconcile(s, &repairs, &err) < 0)
 		return fail(&err);
+	/* What the store repaired when it was opened (the thin driver's pool), then the attaches.
+	 */
+	json_array_foreach(store_repairs(s), i, v) printf("repaired: %s\n", json_string_value(v));
 	json_array_foreach(repairs, i, v) printf("repaired: %s\n", json_string_value(v));
-	if (json_array_size(repairs) == 0)
+	if (json_array_size(repairs) == 0 && json_array_size(store_repairs(s)) == 0)
 		printf("nothing to repair\n");
 	return 0;
 }
@@ -248,6 +251,12 @@ int main(int argc, char **argv)
 	}
 	if (imc_priv_inject_from_env(&err) < 0 || store_open(&cfg, &s, &err) < 0)
 		return fail(&err);
+	if (strcmp(cmd, "reconcile") != 0) {
+		size_t i;
+		json_t *v;
+		json_array_foreach(store_repairs(s), i, v)
+		    fprintf(stderr, "imc-attach: store repaired: %s\n", json_string_value(v));
+	}
 	argc -= optind;
 	argv += optind;
 	if (strcmp(cmd, "attach") == 0)

@@ -281,33 +281,21 @@ int imc_priv_fsmount(const char *fstype, const char *source, const char *options
 	return 0;
 }
 
-int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
-			  bool read_only, const char *subdir, const char *target, imc_error *err)
+int imc_priv_mount_fs(const char *fstype, const char *source, const char *options, bool read_only,
+		      const char *target, imc_error *err)
 {
-	_cleanup_close_ int mfd = -1, tree = -1;
+	_cleanup_close_ int mfd = -1;
 	const char *what = "mount";
 	int r = priv_enter(IMC_PRIV_MOUNT);
 
 	if (r == 0)
 		r = mfd = fsmount_detached(fstype, source, options, read_only, &what);
-	if (r >= 0 && subdir && *subdir) {
-		what = "open_tree";
-		tree = open_tree(mfd, subdir,
-				 OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT |
-				     AT_SYMLINK_NOFOLLOW);
-		r = tree < 0 ? -errno : 0;
-	} else if (r >= 0) {
-		tree = steal_fd(&mfd);
-	}
 	if (r >= 0) {
 		what = "move_mount";
-		r = move_mount(tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0 ? -errno
-											: 0;
+		r = move_mount(mfd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0 ? -errno : 0;
 	}
 	if (r < 0)
-		return imc_err_sys(err, r, "mount %s %s%s%s on %s (%s)", fstype, source,
-				   subdir && *subdir ? ":" : "", subdir ? subdir : "", target,
-				   what);
+		return imc_err_sys(err, r, "mount %s %s on %s (%s)", fstype, source, target, what);
 	return 0;
 }
 

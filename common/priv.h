@@ -47,11 +47,10 @@ int imc_priv_loop_detach(const char *dev, imc_error *err);
 /* The backing file's (dev, ino) of a loop device; -ENXIO when unbound. */
 int imc_priv_loop_backing(const char *dev, uint64_t *ret_dev, uint64_t *ret_ino, imc_error *err);
 
-/* Mount fstype from source (a block device) and attach its subdirectory subdir ("" = the root) at
- * target, with the new mount API (fsopen/fsmount/open_tree/move_mount): only target is ever
- * visible.  options is a comma-separated fsconfig list ("noinit_itable,errors=remount-ro"). */
-int imc_priv_mount_subdir(const char *fstype, const char *source, const char *options,
-			  bool read_only, const char *subdir, const char *target, imc_error *err);
+/* Mount fstype from source (a block device) at target with the new mount API (fsopen/fsmount/
+ * move_mount).  options is a comma-separated fsconfig list ("noinit_itable,errors=remount-ro"). */
+int imc_priv_mount_fs(const char *fstype, const char *source, const char *options, bool read_only,
+		      const char *target, imc_error *err);
 /* A detached mount (fsopen/fsconfig/fsmount) of fstype from source, visible nowhere until a tree
  * of it is moved somewhere; *ret_mfd is its O_PATH descriptor. */
 int imc_priv_fsmount(const char *fstype, const char *source, const char *options, bool read_only,

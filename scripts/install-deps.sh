@@ -7,7 +7,7 @@ libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
 libmicrohttpd-dev check
 docker-registry skopeo umoci crun runc busybox-static
 e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl
-containerd nginx-light apache2-utils debootstrap zstd
+containerd nginx-light apache2-utils debootstrap zstd python3 iproute2
 qemu-system-x86 qemu-utils linux-image-amd64 thin-provisioning-tools dmsetup xz-utils cpio"
 missing=""
 for p in $PKGS; do

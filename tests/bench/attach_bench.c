@@ -120,8 +120,7 @@ static int make_snapshot(struct store *s, const char *id, int data_mb, imc_error
 	if (r == 0)
 		r = imc_priv_mkfs("ext4", mkfs_args, dev.path, err);
 	if (r == 0)
-		r = imc_priv_mount_subdir("ext4", dev.path, STORE_EXT4_MOUNT_OPTIONS, false, "",
-					  mnt, err);
+		r = imc_priv_mount_fs("ext4", dev.path, STORE_EXT4_MOUNT_OPTIONS, false, mnt, err);
 	if (r == 0) {
 		r = write_data(mnt, data_mb, err);
 		imc_error umount_err;

@@ -10,7 +10,15 @@
 #   curl|tar  each layer's blob through curl | tar -xz, one after the other
 #   attach    clone + loop + mount in-process (attach_bench), p50/p99 of BENCH_ATTACHES,
 #             then the same with 20 attaches at once
-# and prints the ratios.  The markdown table also goes to build/bench/results.md.
+# and prints the ratios.  Then the other parts, each standalone (its own registry, imcd, store)
+# and each with its own table:
+#   bench_layers.sh        a 5-layer image: imcd build vs skopeo + umoci and curl | tar
+#   bench_attach_scale.sh  attach p50/p99 for 1, 4 and 16 GiB snapshots and 1, 8, 20 at once
+#   bench_model.sh         a cache with a 4 GiB model file vs curl of the same file
+#   bench_ctr.sh           ctr run from a cache vs ctr pull + run of the same image
+#   bench_vm_drivers.sh    thin vs reflink in the VM (only with BENCH_VM=1: make bench-vm)
+# BENCH_PARTS ("layers attach_scale model ctr") picks the parts.  All tables together go to
+# build/bench/results.md.
 set -euo pipefail
 
 IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
@@ -111,3 +119,15 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| attach p50 / p99, 100 with 20 at once | ${C50} / ${C99} ms | |"
 	echo "| detach p50 | ${D50} ms | |"
 } | tee "$OUT_MD"
+
+for part in ${BENCH_PARTS-layers attach_scale model ctr}; do
+	step "$part"
+	out=$IMC_ROOT/build/bench/$part.md
+	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out "$here/bench_$part.sh" >&2
+	{
+		echo
+		echo "### $part"
+		echo
+		cat "$out"
+	} | tee -a "$OUT_MD"
+done

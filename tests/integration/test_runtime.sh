@@ -8,10 +8,12 @@
 . "$(dirname "$0")/../lib/registry.sh"
 . "$(dirname "$0")/../lib/mkimage.sh"
 . "$(dirname "$0")/../lib/imcd.sh"
+. "$(dirname "$0")/../lib/container.sh"
+. "$(dirname "$0")/../lib/webserver.sh"
 
 need_root
 need_loop
-need_tool jq curl tar skopeo losetup findmnt mkfs.xfs unshare
+need_tool jq curl tar skopeo losetup findmnt mkfs.xfs unshare nginx
 need_programs imcd imcctl imc-attach imc-runtime
 
 RUNTIMES=
@@ -30,13 +32,24 @@ if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
 else
 	bail "multilayer image builds and pushes"
 fi
+if mkimage_config_probe "$LAYOUT" probe >/dev/null 2>&1 &&
+	mkimage_push "$LAYOUT" probe imc/probe:v1 >/dev/null 2>&1; then
+	ok "config probe image builds and pushes"
+else
+	bail "config probe image builds and pushes"
+fi
 
 STATE=$TEST_TMP/state
 defer imc_teardown_quiet
 imcd_start "$STATE" || bail "imcd starts" "$(imcd_log_tail 30)"
-OUT=$(imcctl create "$REGISTRY/imc/multi:v1" --name rt --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+# image 0: the multilayer image, image 1: the config probe; /data/models/model.bin from nginx
+webserver_start_or_bail
+printf 'model-bytes\n' >"$WEB_ROOT/model.bin"
+OUT=$(imcctl create "$REGISTRY/imc/multi:v1" "$REGISTRY/imc/probe:v1" --name rt \
+	--data "$WEB_URL/model.bin=models" --wait 2>"$TEST_TMP/imcctl.err") || OUT=
 ID=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
-[[ "$ID" =~ ^imc- ]] || bail "cache of the multilayer image is Ready" "$(cat "$TEST_TMP/imcctl.err")"
+[[ "$ID" =~ ^imc- ]] || bail "cache of the multilayer and probe images is Ready" \
+	"$(cat "$TEST_TMP/imcctl.err")"
 ok "cache $ID is Ready"
 export IMCACHE_STATE_DIR=$STATE
 
@@ -149,6 +162,92 @@ for rt in $RUNTIMES; do
 	nothing_left "$rt: after create + start + delete" "$B/rootfs" "$cid"
 done
 note "runtimes that worked through imc-runtime: ${WORKED:-none} (tried: $RUNTIMES)"
+
+# --- imcache.io/use-image-config ---------------------------------------------------------------
+
+RT=${RUNTIMES%% *}
+# cfg_run NAME ANN_EXTRA_JSON JQ_EDIT CMD...: a bundle on image 1 (the probe) with the annotations
+# plus ANN_EXTRA_JSON, config.json edited by JQ_EDIT, run through imc-runtime; sets out and rc.
+cfg_run() {
+	local name=$1 extra=$2 edit=$3 ann
+	shift 3
+	B=$TEST_TMP/bundle-$name
+	cid=imc-rt-$name-$$
+	ann=$(jq -cn --arg id "$ID" --argjson x "$extra" \
+		'{"imcache.io/cache-id": $id, "imcache.io/image": "1"} + $x')
+	mk_bundle "$B" rootfs "$ann" "$@"
+	jq "$edit" "$B/config.json" >"$B/config.json.new" && mv -f "$B/config.json.new" "$B/config.json"
+	defer imc_detach_quiet "$B/rootfs"
+	defer "$RT" delete --force "$cid"
+	rc=0
+	out=$(in_rt "$RT" "$IMC_RT" run --bundle "$B" "$cid" 2>"$RT_ERRS/$name") || rc=$?
+	out="$out$(cat "$RT_ERRS/$name")"
+}
+
+cfg_run cfg-fill '{"imcache.io/use-image-config": "true"}' '.process.args = []' unused
+check_eq "$RT: use-image-config=true fills args, env, cwd and user from the image" \
+	"0 $CONFIG_PROBE_OUTPUT" "$rc $out"
+check_eq "use-image-config=true: config.json was rewritten (args, cwd, uid:gid, both PATHs kept)" \
+	'/bin/sh /work 1000:1000 true' \
+	"$(jq -r '"\(.process.args[0]) \(.process.cwd) \(.process.user.uid):\(.process.user.gid) \(
+		[.process.env[] | select(startswith("PATH=/usr/local"))] | length == 1)"' \
+		"$B/config.json" 2>&1)"
+nothing_left "use-image-config=true" "$B/rootfs" "$cid"
+
+# shellcheck disable=SC2016 # expanded in the container
+cfg_run cfg-keep '{"imcache.io/use-image-config": "true"}' '.process.cwd = "/bin"' \
+	/bin/sh -c 'echo "$IMC_TEST $(pwd) $(id -u)"'
+check_eq "use-image-config=true keeps the spec's args and cwd, fills env and user" \
+	"0 from-image /bin 1000" "$rc $out"
+
+cfg_run cfg-override '{"imcache.io/use-image-config": "override"}' '.process.cwd = "/bin"' \
+	/bin/false
+check_eq "use-image-config=override: the image's args, cwd and user win" \
+	"0 $CONFIG_PROBE_OUTPUT" "$rc $out"
+
+# shellcheck disable=SC2016 # expanded in the container
+cfg_run cfg-none '{"imcache.io/use-image-config": "false"}' '.' \
+	/bin/sh -c 'echo "${IMC_TEST:-unset} $(id -u)"'
+check_eq "use-image-config=false: the spec as it is" "0 unset 0" "$rc $out"
+
+cfg_run cfg-noprocess '{"imcache.io/use-image-config": "true"}' 'del(.process)' unused
+check_match "use-image-config with no process in config.json fails after the attach, naming it" \
+	"^1 imc-runtime: .*imcache.io/use-image-config.*process" "$rc $out"
+nothing_left "use-image-config failure" "$B/rootfs" "$cid"
+
+# --- imcache.io/data-mount ---------------------------------------------------------------------
+
+for dest in models /models/../../etc / /a//b; do
+	cfg_run data-bad "$(jq -cn --arg d "$dest" '{"imcache.io/data-mount": $d}')" '.' /bin/true
+	check_match "data-mount \"$dest\" is refused naming the annotation" \
+		"^1 imc-runtime: .*imcache.io/data-mount" "$rc $out"
+	nothing_left "data-mount \"$dest\"" "$B/rootfs" "$cid"
+	check_fails "data-mount \"$dest\": the real runtime never created the container" \
+		"$RT" state "$cid"
+done
+# shellcheck disable=SC2016 # expanded in the container
+cfg_run data-ok '{"imcache.io/data-mount": "/mnt/data"}' '.' /bin/sh -c \
+	'cat /mnt/data/models/model.bin; (echo x >/mnt/data/x) 2>/dev/null && echo data-writable || echo data-read-only; echo x >/written && echo rootfs-writable'
+check_eq "$RT: data-mount=/mnt/data shows the cache's /data there, read-only" \
+	"0 model-bytes data-read-only rootfs-writable" "$(printf '%s' "$rc $out" | tr '\n' ' ')"
+nothing_left "data-mount" "$B/rootfs" "$cid"
+check_eq "data-mount: no mount left below the rootfs dir" "" \
+	"$(findmnt -rn -o TARGET | grep -F "$B/rootfs" || true)"
+
+OUT=$(imcctl create "$REGISTRY/imc/probe:v1" --name nodata --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID2=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+[[ "$ID2" =~ ^imc- ]] || bail "a cache without data is Ready" "$(cat "$TEST_TMP/imcctl.err")"
+B=$TEST_TMP/bundle-data-none
+cid=imc-rt-data-none-$$
+mk_bundle "$B" rootfs "$(jq -cn --arg id "$ID2" \
+	'{"imcache.io/cache-id": $id, "imcache.io/data-mount": "/models"}')" /bin/true
+rc=0
+out=$(in_rt "$RT" "$IMC_RT" run --bundle "$B" "$cid" 2>&1) || rc=$?
+check_match "data-mount of a cache without /data fails naming the cache" \
+	"^1 imc-runtime: .*$ID2 has no /data" "$rc $out"
+nothing_left "data-mount of a cache without /data" "$B/rootfs" "$cid"
+http DELETE "$IMCD_URL/v1/imagecaches/$ID2"
+check_eq "DELETE $ID2 answers 200" 200 "$HTTP_STATUS"
 
 # --- pass-through: no annotation -------------------------------------------------------------
 

@@ -81,3 +81,25 @@ run_container() {
 	rm -rf "$bundle"
 	return 1
 }
+
+# mkimage_config_probe DIR TAG: (needs mkimage.sh) a busybox image whose config names everything
+# imc-runtime's imcache.io/use-image-config takes: Env, Entrypoint + Cmd, WorkingDir (/work,
+# holding "hello") and User ("user", uid 1000 gid 1000 in its /etc/passwd).  Run with its own
+# config it prints "from-image /work 1000:1000 from-work".
+CONFIG_PROBE_OUTPUT="from-image /work 1000:1000 from-work"
+mkimage_config_probe() {
+	local dir=$1 tag=$2 work l1 m cfg
+	work=$(mktemp -d "$TEST_TMP/mk.XXXXXX")
+	[ -e "$dir/oci-layout" ] || mk_layout "$dir"
+	mkimage_busybox_rootfs "$work/l1"
+	mkdir -p "$work/l1/work"
+	printf 'from-work\n' >"$work/l1/work/hello"
+	l1=$(mk_layer "$dir" "$work/l1" gzip)
+	# shellcheck disable=SC2016 # expanded in the container
+	cfg=$(jq -cn --arg cmd 'echo "$IMC_TEST $(pwd) $(id -u):$(id -g) $(cat hello)"' \
+		'{Env: ["PATH=/bin", "IMC_TEST=from-image"], Entrypoint: ["/bin/sh", "-c"],
+		  Cmd: [$cmd], WorkingDir: "/work", User: "user"}')
+	m=$(mk_image "$dir" amd64 "$cfg" "$l1")
+	mk_tag "$dir" "$tag" "$m"
+	rm -rf "$work"
+}

@@ -1,0 +1,148 @@
+#!/bin/bash
+# bench_ctr.sh: end to end under containerd, measured in one run on one machine —
+#   cache   `ctr run --rm --runc-binary imc-runtime --annotation imcache.io/cache-id=ID --rootfs
+#           DIR` (attach, runc create/start, the process, runc delete, detach); once more with
+#           imcache.io/use-image-config=true (the image config read and config.json rewritten)
+#   pull    `ctr image pull --plain-http` of the same image from the local docker-registry
+#           (download + unpack into the overlayfs snapshotter), then `ctr run --rm` of it with
+#           plain runc; the image and its content are removed (GC synchronous) between runs
+# and prints the ratio of the medians.  The container reads the image's files in both cases
+# (`ls /bench/l0 | wc -l`), and its output must be the same.
+#
+#   BENCH_CTR_SIZE_MB (2048)  BENCH_CTR_FILES (4000)  BENCH_CTR_RUNS (10)  BENCH_CTR_PULLS (3)
+#   BENCH_CTR_OUT (build/bench/ctr.md)
+#
+# Needs root, loop devices, containerd, ctr, runc, skopeo, docker-registry; IMC_BIN (release
+# build, default build/) holds imcd, imcctl, imc-attach and imc-runtime.
+set -euo pipefail
+
+IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
+IMC_NO_SUMMARY=1
+export IMC_BIN IMC_NO_SUMMARY
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/registry.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/mkimage.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/imcd.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/containerd.sh"
+
+SIZE_MB=${BENCH_CTR_SIZE_MB:-2048}
+NFILES=${BENCH_CTR_FILES:-4000}
+RUNS=${BENCH_CTR_RUNS:-10}
+PULLS=${BENCH_CTR_PULLS:-3}
+OUT_MD=${BENCH_CTR_OUT:-$IMC_ROOT/build/bench/ctr.md}
+
+if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
+	echo "bench_ctr: needs root and loop devices" >&2
+	exit 1
+fi
+for t in containerd ctr runc skopeo jq; do
+	command -v "$t" >/dev/null 2>&1 || {
+		echo "bench_ctr: needs $t" >&2
+		exit 1
+	}
+done
+
+step() { printf '== %s\n' "$*" >&2; }
+# median of the numbers on stdin
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else if (a / b >= 100) printf "%.0f", a / b; else printf "%.1f", a / b }'; }
+ms_fmt() { awk -v ms="$1" 'BEGIN { if (ms >= 10000) printf "%.1f s", ms / 1000; else printf "%.0f ms", ms }'; }
+
+PROBE='ls /bench/l0 | wc -l'
+
+step "generating a ${SIZE_MB} MiB image in ${NFILES} files"
+"$here/mkimage-big.sh" "$SIZE_MB" "$NFILES" "$TEST_TMP/layout" big >/dev/null
+registry_start
+mkimage_push "$TEST_TMP/layout" big bench/ctr:latest
+REF=$REGISTRY/bench/ctr:latest
+rm -rf "$TEST_TMP/layout"
+
+step "imcd build (not timed here; see run.sh)"
+imcd_start "$TEST_TMP/state" --log-level info
+defer imc_teardown_quiet
+ID=$(create_cache "$REF" bench-ctr)
+JSON=$(cache_wait "$ID" 1800)
+[ "$(json_get "$JSON" .status)" = Ready ] || {
+	echo "bench_ctr: build failed: $JSON" >&2
+	exit 1
+}
+
+export IMCACHE_STATE_DIR=$IMC_STATE IMCACHE_RUNTIME=runc
+containerd_start "$TEST_TMP/containerd"
+
+step "ctr run from the cache x$RUNS"
+: >"$TEST_TMP/cache.ms"
+for ((i = 0; i < RUNS; i++)); do
+	mkdir -p "$TEST_TMP/rootfs-$i"
+	defer imc_detach_quiet "$TEST_TMP/rootfs-$i"
+	T0=$(now_ms)
+	CACHE_OUT=$(ctrd_run_imc "bench-cache-$i" "$TEST_TMP/rootfs-$i" "imcache.io/cache-id=$ID" \
+		-- /bin/sh -c "$PROBE")
+	echo $(($(now_ms) - T0)) >>"$TEST_TMP/cache.ms"
+done
+CACHE_MS=$(median <"$TEST_TMP/cache.ms")
+
+step "ctr run from the cache with imcache.io/use-image-config=true x$RUNS"
+: >"$TEST_TMP/cfg.ms"
+for ((i = 0; i < RUNS; i++)); do
+	mkdir -p "$TEST_TMP/rootfs-cfg-$i"
+	defer imc_detach_quiet "$TEST_TMP/rootfs-cfg-$i"
+	T0=$(now_ms)
+	CFG_OUT=$(ctrd_run_imc "bench-cfg-$i" "$TEST_TMP/rootfs-cfg-$i" "imcache.io/cache-id=$ID" \
+		imcache.io/use-image-config=true -- /bin/sh -c "$PROBE")
+	echo $(($(now_ms) - T0)) >>"$TEST_TMP/cfg.ms"
+done
+CFG_MS=$(median <"$TEST_TMP/cfg.ms")
+[ "$CFG_OUT" = "$CACHE_OUT" ] || {
+	echo "bench_ctr: use-image-config changed what the container saw: '$CFG_OUT'" >&2
+	exit 1
+}
+
+step "ctr image pull + ctr run x$PULLS"
+: >"$TEST_TMP/pull.ms"
+: >"$TEST_TMP/pullonly.ms"
+: >"$TEST_TMP/runonly.ms"
+for ((i = 0; i < PULLS; i++)); do
+	ctrd image rm --sync "$REF" >/dev/null 2>&1 || true
+	T0=$(now_ms)
+	ctrd image pull --plain-http "$REF" >/dev/null
+	T1=$(now_ms)
+	PULL_OUT=$(timeout 600 ctr --address "$CTRD_ADDR" --namespace "$CTRD_NS" run --rm \
+		--runc-root "$CTRD_RUNC_ROOT" "$REF" "bench-pull-$i" /bin/sh -c "$PROBE" </dev/null)
+	T2=$(now_ms)
+	echo $((T2 - T0)) >>"$TEST_TMP/pull.ms"
+	echo $((T1 - T0)) >>"$TEST_TMP/pullonly.ms"
+	echo $((T2 - T1)) >>"$TEST_TMP/runonly.ms"
+done
+ctrd image rm --sync "$REF" >/dev/null 2>&1 || true
+PULL_MS=$(median <"$TEST_TMP/pull.ms")
+PULLONLY_MS=$(median <"$TEST_TMP/pullonly.ms")
+RUNONLY_MS=$(median <"$TEST_TMP/runonly.ms")
+
+if [ "$CACHE_OUT" != "$PULL_OUT" ]; then
+	echo "bench_ctr: the two containers saw different files: '$CACHE_OUT' vs '$PULL_OUT'" >&2
+	exit 1
+fi
+
+containerd_stop
+imcctl delete "$ID" >/dev/null
+imcd_stop
+
+mkdir -p "$(dirname "$OUT_MD")"
+{
+	echo "containerd $(containerd --version | awk '{ print $3 }'), runc; image: ${SIZE_MB} MiB in ${NFILES} files, 4 gzip layers, local docker-registry."
+	echo
+	echo "| what (median) | time | vs. cache |"
+	echo "|---|---|---|"
+	echo "| ctr run --rm from the cache (imc-runtime, of $RUNS) | $(ms_fmt "$CACHE_MS") | 1 |"
+	echo "| the same with imcache.io/use-image-config=true (of $RUNS) | $(ms_fmt "$CFG_MS") | $(ratio "$CFG_MS" "$CACHE_MS")× |"
+	echo "| ctr run --rm of the pulled image, plain runc (of $PULLS; the floor) | $(ms_fmt "$RUNONLY_MS") | $(ratio "$RUNONLY_MS" "$CACHE_MS")× |"
+	echo "| ctr image pull --plain-http (of $PULLS) | $(ms_fmt "$PULLONLY_MS") | $(ratio "$PULLONLY_MS" "$CACHE_MS")× |"
+	echo "| ctr image pull + ctr run --rm (of $PULLS) | $(ms_fmt "$PULL_MS") | **$(ratio "$PULL_MS" "$CACHE_MS")× slower** (goal ≥ 50×) |"
+} | tee "$OUT_MD"
