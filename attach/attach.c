@@ -300,9 +300,12 @@ static int umount_all_of(dev_t rdev, json_t *repairs, imc_error *err)
 	return 0;
 }
 
-/* Release every loop device that serves aid's clone (found through sysfs, not through the
- * state), unmounting what is mounted from it first. */
-static int release_loops_of(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+/* Call fn for every loop device serving a clone of this store (found through sysfs, even a
+ * deleted clone's), with the device's name ("loopN") and the clone's id; fn's error stops it. */
+static int for_each_clone_loop(struct store *s,
+			       int (*fn)(struct store *s, const char *loop, const char *id,
+					 void *ctx, imc_error *err),
+			       void *ctx, imc_error *err)
 {
 	char prefix[PATH_MAX];
 	_cleanup_dir_ DIR *d = NULL;
@@ -315,23 +318,49 @@ static int release_loops_of(struct store *s, const char *aid, json_t *repairs, i
 	if (!d)
 		return imc_err_sys(err, errno, "/sys/block");
 	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
-		char id[ATTACH_ID_LEN + 1], dev[IMC_LOOP_PATH_MAX + 8];
+		char id[ATTACH_ID_LEN + 1];
 		if (strncmp(de->d_name, "loop", 4) != 0)
 			continue;
 		loop_clone_id(de->d_name, prefix, id);
-		if (!id[0] || (aid && strcmp(id, aid) != 0))
-			continue;
-		snprintf(dev, sizeof(dev), "/dev/%s", de->d_name);
-		if ((r = umount_all_of(blockdev_rdev(dev), repairs, err)) < 0)
+		if (id[0] && (r = fn(s, de->d_name, id, ctx, err)) < 0)
 			return r;
-		r = imc_priv_loop_detach(dev, err);
-		if (r < 0 && r != -ENXIO && r != -ENOENT)
-			return r;
-		if (r == 0 && repairs)
-			json_array_append_new(repairs,
-					      json_sprintf("released %s (clone %s)", dev, id));
 	}
 	return 0;
+}
+
+struct release {
+	const char *aid; /* NULL: every clone's */
+	json_t *repairs;
+};
+
+/* Unmount what is mounted from loop and release it, if it serves the clone asked for. */
+static int release_loop(struct store *s, const char *loop, const char *id, void *ctx,
+			imc_error *err)
+{
+	const struct release *rel = ctx;
+	char dev[IMC_LOOP_PATH_MAX + 8];
+	int r;
+
+	if (rel->aid && strcmp(id, rel->aid) != 0)
+		return 0;
+	snprintf(dev, sizeof(dev), "/dev/%s", loop);
+	if ((r = umount_all_of(blockdev_rdev(dev), rel->repairs, err)) < 0)
+		return r;
+	r = imc_priv_loop_detach(dev, err);
+	if (r < 0 && r != -ENXIO && r != -ENOENT)
+		return r;
+	if (r == 0 && rel->repairs)
+		json_array_append_new(rel->repairs,
+				      json_sprintf("released %s (clone %s)", dev, id));
+	return 0;
+}
+
+/* Release every loop device that serves aid's clone, unmounting what is mounted from it first. */
+static int release_loops_of(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+{
+	struct release rel = {.aid = aid, .repairs = repairs};
+
+	return for_each_clone_loop(s, release_loop, &rel, err);
 }
 
 /* Does the device recorded for aid still serve its clone?  (Mount mode: the loop device is
@@ -1045,34 +1074,31 @@ static int reconcile_clones(struct store *s, int adir, json_t *repairs, imc_erro
 	return r;
 }
 
+struct orphan_loops {
+	int adir;
+	json_t *repairs;
+};
+
+static int release_if_orphan(struct store *s, const char *loop, const char *id, void *ctx,
+			     imc_error *err)
+{
+	const struct orphan_loops *o = ctx;
+	struct release rel = {.aid = id, .repairs = o->repairs};
+	char name[64];
+	struct stat st;
+
+	state_name(id, name);
+	if (fstatat(o->adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 0;
+	return release_loop(s, loop, id, &rel, err);
+}
+
 /* Loop devices serving a clone of this store (even a deleted one) that has no state file. */
 static int reconcile_loops(struct store *s, int adir, json_t *repairs, imc_error *err)
 {
-	char prefix[PATH_MAX];
-	_cleanup_dir_ DIR *d = NULL;
-	struct dirent *de;
-	int r, seen = 0;
+	struct orphan_loops o = {.adir = adir, .repairs = repairs};
 
-	if ((r = clones_prefix(s, prefix, err)) < 0)
-		return r;
-	d = opendir("/sys/block");
-	if (!d)
-		return imc_err_sys(err, errno, "/sys/block");
-	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
-		char id[ATTACH_ID_LEN + 1], name[64];
-		struct stat st;
-		if (strncmp(de->d_name, "loop", 4) != 0)
-			continue;
-		loop_clone_id(de->d_name, prefix, id);
-		if (!id[0])
-			continue;
-		state_name(id, name);
-		if (fstatat(adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-			continue;
-		if ((r = release_loops_of(s, id, repairs, err)) < 0)
-			return r;
-	}
-	return 0;
+	return for_each_clone_loop(s, release_if_orphan, &o, err);
 }
 
 int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)
