@@ -472,38 +472,6 @@ static int mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *e
 	return 0;
 }
 
-/* Grow the clone behind loop device dev (fd open) to size bytes: the backing file, then the
- * device.  The file is found through sysfs and checked against the device's backing inode. */
-static int grow_loop(const char *dev, int dev_fd, uint64_t size, imc_error *err)
-{
-	char path[128], back[PATH_MAX];
-	_cleanup_close_ int sfd = -1, file = -1;
-	struct loop_info64 info;
-	struct stat st;
-	ssize_t n;
-
-	snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", dev + 5);
-	sfd = open(path, O_RDONLY | O_CLOEXEC);
-	if (sfd < 0 || (n = read(sfd, back, sizeof(back) - 1)) <= 0)
-		return imc_err_sys(err, errno ? errno : EIO, "%s", path);
-	back[n] = '\0';
-	back[strcspn(back, "\n")] = '\0';
-	file = open(back, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	if (file < 0 || fstat(file, &st) < 0)
-		return imc_err_sys(err, errno, "clone file %s", back);
-	if (ioctl(dev_fd, LOOP_GET_STATUS64, &info) < 0)
-		return imc_err_sys(err, errno, "LOOP_GET_STATUS64 %s", dev);
-	if (info.lo_inode != st.st_ino || info.lo_device != st.st_dev)
-		return imc_err(err, ESTALE, "%s no longer serves %s", dev, back);
-	if ((uint64_t)st.st_size > size)
-		return imc_err(err, EINVAL, "size %llu is smaller than the clone (%llu bytes)",
-			       (unsigned long long)size, (unsigned long long)st.st_size);
-	if (ftruncate(file, (off_t)size) < 0)
-		return imc_err_sys(err, errno, "grow %s to %llu bytes", back,
-				   (unsigned long long)size);
-	return imc_priv_loop_set_capacity(dev_fd, dev, err);
-}
-
 /* ---- undo ----------------------------------------------------------------------------------- */
 
 /* Unmount the data mount inside the attach's rootfs, if it is there.  The path is resolved inside
@@ -722,7 +690,10 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	if (r < 0)
 		return r;
 	stop_point("after-clone");
-	r = store_activate(s, STORE_CLONE, aid, flags, &dev, err);
+	if (req->size)
+		r = store_resize(s, STORE_CLONE, aid, req->size, err);
+	if (r == 0)
+		r = store_activate(s, STORE_CLONE, aid, flags, &dev, err);
 	if (r < 0)
 		return r;
 	if (json_object_set_new(state, "device", json_string(dev.path)) < 0)
@@ -731,11 +702,6 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 		r = state_update(sfd, state, err);
 	if (r == 0)
 		stop_point("after-loop");
-	if (r == 0 && req->size && strncmp(dev.path, "/dev/loop", 9) == 0)
-		r = grow_loop(dev.path, dev.fd, req->size, err);
-	else if (r == 0 && req->size)
-		r = imc_err(err, EOPNOTSUPP, "--size: the %s driver cannot grow a clone",
-			    store_driver_name(s));
 	if (r == 0 && req->size)
 		r = imc_priv_resize_ext4(dev.path, req->size, err);
 	if (r == 0 && !req->block)

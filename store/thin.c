@@ -1443,6 +1443,45 @@ static int thin_volume_from_snapshot(struct store *s, const char *snapshot_id,
 	return snap_of(s, snapshot_id, STORE_VOLUME, volume_id, size, err);
 }
 
+/* A thin device's length is only its table's: grow the record (durably), and the table too when
+ * the device is active (reload, then resume swaps it in under the open device). */
+static int thin_resize(struct store *s, enum store_kind kind, const char *id, uint64_t size,
+		       imc_error *err)
+{
+	struct thin *t = th(s);
+	_cleanup_op_lock_ struct op_lock l = {.fd = -1};
+	_cleanup_(meta_free) struct thin_meta m = {0};
+	char name[DM_NAME_MAX], params[64];
+	ssize_t i;
+	int r;
+
+	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
+		return r;
+	i = meta_find(&m, kind, id);
+	if (i < 0)
+		return imc_err(err, ENOENT, "%s %s: not in the pool", store_kind_name(kind), id);
+	if (m.devs[i].size > size)
+		return imc_err(err, EINVAL, "%s %s: size %llu is smaller than its %llu bytes",
+			       store_kind_name(kind), id, (unsigned long long)size,
+			       (unsigned long long)m.devs[i].size);
+	m.devs[i].size = size;
+	if ((r = meta_save(t, &m, true, err)) < 0)
+		return r;
+	dev_name(t, kind, id, name);
+	if ((r = dm_exists(name, NULL, NULL, NULL, err)) <= 0)
+		return r;
+	snprintf(params, sizeof(params), "%s %u", t->pool_dev, m.devs[i].dev_id);
+	r = dm_do(&(struct dm_req){.type = DM_DEVICE_RELOAD,
+				   .name = name,
+				   .target = "thin",
+				   .params = params,
+				   .sectors = size_sectors(size)},
+		  NULL, err);
+	if (r == 0)
+		r = dm_do(&(struct dm_req){.type = DM_DEVICE_RESUME, .name = name}, NULL, err);
+	return r < 0 ? imc_err_wrap(err, "grow %s %s", store_kind_name(kind), id) : 0;
+}
+
 static int thin_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err)
 {
 	_cleanup_op_lock_ struct op_lock l = {.fd = -1};
@@ -1562,6 +1601,7 @@ const struct store_driver_ops store_thin_ops = {
     .close = thin_close,
     .volume_create = thin_volume_create,
     .activate = thin_activate,
+    .resize = thin_resize,
     .deactivate = thin_deactivate,
     .seal = thin_seal,
     .clone = thin_clone,
