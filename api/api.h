@@ -170,11 +170,13 @@ int api_list_page(struct api_cache *const *items, size_t n, const struct api_lis
 /* ---- routing ----------------------------------------------------------------------------------
  */
 enum api_route {
-	API_ROUTE_NONE,	   /* unknown path: 404 */
-	API_ROUTE_HEALTHZ, /* /healthz */
-	API_ROUTE_CACHES,  /* /v1/imagecaches */
-	API_ROUTE_CACHE,   /* /v1/imagecaches/{id} */
-	API_ROUTE_METRICS, /* /metrics */
+	API_ROUTE_NONE,	       /* unknown path: 404 */
+	API_ROUTE_HEALTHZ,     /* /healthz */
+	API_ROUTE_CACHES,      /* /v1/imagecaches */
+	API_ROUTE_CACHE,       /* /v1/imagecaches/{id} */
+	API_ROUTE_METRICS,     /* /metrics */
+	API_ROUTE_CACHE_INDEX, /* /v1/imagecaches/{id}/index (api/dist.c) */
+	API_ROUTE_CHUNK,       /* /v1/chunks/{digest} (api/dist.c; served from a file) */
 };
 enum api_method {
 	API_METHOD_GET,
@@ -185,6 +187,7 @@ enum api_method {
 struct api_match {
 	enum api_route route;
 	const char *id; /* API_ROUTE_CACHE: the id segment inside the url (not validated) */
+	size_t id_len;	/* bytes of id (CACHE_INDEX: id is not NUL-terminated; CHUNK: the digest) */
 };
 enum api_method api_method_parse(const char *method);
 /* Match a path (no query string). */
@@ -318,5 +321,17 @@ void api_handle(struct api_caches *c, const char *method, const char *url, const
 void api_handle_args(struct api_caches *c, const char *method, const char *path,
 		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
 		     const char *body, size_t len, bool too_large, struct api_response *ret);
+
+/* ---- distribution (api/dist.c, docs/distribution.md) -----------------------------------------
+ * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (exported on first request);
+ * GET|HEAD /v1/chunks/{digest}: one zstd chunk, from its file, with Range (206/416) and ETag /
+ * If-None-Match (304). */
+struct MHD_Connection;
+struct MHD_Response;
+int api_dist_index(struct api_caches *c, const char *id, size_t id_len, json_t **ret,
+		   imc_error *err);
+/* The answer to a chunk request: its status and response (NULL on OOM). */
+unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
+			const char *digest, struct MHD_Response **ret);
 
 #endif
