@@ -238,6 +238,8 @@ struct api_caches_config {
  * and start the build worker. */
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
+/* The store a cache table was opened with (NULL for a NULL table). */
+struct store *api_caches_store(struct api_caches *c);
 /* Stop the worker after the running build; queued builds are marked Failed. */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */

@@ -549,6 +549,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	return 0;
 }
 
+struct store *api_caches_store(struct api_caches *c)
+{
+	return c ? c->store : NULL;
+}
+
 void api_caches_close(struct api_caches *c)
 {
 	imc_error e = {0};

@@ -18,13 +18,6 @@ static pthread_mutex_t dist_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct chunk_store dist_chunks = {.dirfd = -1};
 
-/* The store behind a cache table.  TODO(lead): api_caches_store() in api/caches.c (see the
- * issue 8 report); until then, struct api_caches begins with its store pointer. */
-static struct store *caches_store(struct api_caches *c)
-{
-	return c ? *(struct store **)c : NULL;
-}
-
 /* Who may read what: the one place the caller check goes once requests carry a caller (bearer
  * tokens, issue 4).  A chunk is named by its content, so knowing its digest is the only way to
  * ask for it; an index is the cache's own and follows the cache's visibility. */
@@ -38,7 +31,7 @@ static int dist_caller_check(struct api_caches *c, const char *cache_id, imc_err
 
 static int dist_store(struct api_caches *c, struct chunk_store **ret, imc_error *err)
 {
-	struct store *s = caches_store(c);
+	struct store *s = api_caches_store(c);
 	int r = 0;
 
 	if (!s)
@@ -87,7 +80,7 @@ int api_dist_index(struct api_caches *c, const char *id_in, size_t id_len, json_
 	/* One export at a time: a second request for the same cache waits and reads the index
 	 * the first one wrote. */
 	pthread_mutex_lock(&export_lock);
-	r = chunks_export(caches_store(c), cs, id, 0, &buf, &len, err);
+	r = chunks_export(api_caches_store(c), cs, id, 0, &buf, &len, err);
 	pthread_mutex_unlock(&export_lock);
 	if (r < 0)
 		return r == -ENOENT ? imc_err(err, ENOENT, "cache %s: no snapshot", id) : r;
