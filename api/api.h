@@ -332,6 +332,9 @@ struct MHD_Connection;
 struct MHD_Response;
 int api_dist_index(struct api_caches *c, const char *id, size_t id_len, json_t **ret,
 		   imc_error *err);
+/* A cache is gone: drop its index and the chunks no other index names; *ret_freed gets the
+ * bytes freed. */
+int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err);
 /* The answer to a chunk request: its status and response (NULL on OOM). */
 unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
 			const char *digest, struct MHD_Response **ret);

@@ -87,6 +87,21 @@ int api_dist_index(struct api_caches *c, const char *id_in, size_t id_len, json_
 	return imc_json_parse_object(buf, len, ret, err);
 }
 
+int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err)
+{
+	struct chunk_store *cs;
+	int r;
+
+	*ret_freed = 0;
+	if (dist_store(c, &cs, err) < 0)
+		return err->code;
+	/* Exports stay out meanwhile: a chunk of an export in flight is in no index yet. */
+	pthread_mutex_lock(&export_lock);
+	r = chunks_forget(cs, id, ret_freed, err);
+	pthread_mutex_unlock(&export_lock);
+	return r;
+}
+
 /* ---- chunks ---------------------------------------------------------------------------------- */
 
 struct range {

@@ -1,8 +1,10 @@
 /* Chunked, content-addressed export of snapshots: the index format and the chunk store. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -479,4 +481,126 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 		*ret_len = len;
 	}
 	return 0;
+}
+
+/* ---- forgetting a snapshot ------------------------------------------------------------------- */
+
+struct digest_set {
+	char (*hex)[IMC_SHA256_HEX_LEN + 1];
+	size_t n, cap;
+};
+
+static int digest_set_add_index(struct digest_set *set, const struct chunk_index *ix)
+{
+	if (set->n + ix->n_chunks > set->cap) {
+		size_t cap = (set->n + ix->n_chunks) * 2 + 64;
+		void *p = realloc(set->hex, cap * sizeof(*set->hex));
+		if (!p)
+			return -ENOMEM;
+		set->hex = p;
+		set->cap = cap;
+	}
+	for (size_t i = 0; i < ix->n_chunks; i++)
+		snprintf(set->hex[set->n++], IMC_SHA256_HEX_LEN + 1, "%s",
+			 ix->chunks[i].digest + 7);
+	return 0;
+}
+
+static int hex_cmp(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* The digests every remaining index names, sorted. */
+static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc_error *err)
+{
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd = openat(cs->dirfd, INDEX_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "chunks/" INDEX_DIR);
+	}
+	while ((de = readdir(d))) {
+		char id[64];
+		size_t len = strlen(de->d_name);
+		_cleanup_free_ char *buf = NULL;
+		struct chunk_index ix = {0};
+		size_t n;
+		int r;
+
+		if (de->d_name[0] == '.' || len < 6 || len - 5 >= sizeof(id) ||
+		    strcmp(de->d_name + len - 5, ".json"))
+			continue;
+		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
+		if ((r = chunks_read_index(cs, id, &buf, &n, err)) < 0 ||
+		    (r = chunk_index_parse(buf, n, &ix, err)) < 0)
+			return imc_err_wrap(err, "chunk index of %s", id);
+		r = digest_set_add_index(set, &ix);
+		chunk_index_free(&ix);
+		if (r < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	if (set->n)
+		qsort(set->hex, set->n, sizeof(*set->hex), hex_cmp);
+	return 0;
+}
+
+/* Remove the stored chunks of directory sha256/<sub> that set does not name. */
+static void drop_unreferenced(struct chunk_store *cs, const char *sub, const struct digest_set *set,
+			      uint64_t *freed)
+{
+	char dir[32];
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd;
+
+	snprintf(dir, sizeof(dir), "sha256/%s", sub);
+	fd = openat(cs->dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d))) {
+		char hex[IMC_SHA256_HEX_LEN + 1];
+		struct stat st;
+
+		if (strlen(de->d_name) != IMC_SHA256_HEX_LEN + 4 ||
+		    strcmp(de->d_name + IMC_SHA256_HEX_LEN, ".zst"))
+			continue; /* a .tmp of an export in flight is not ours to judge */
+		snprintf(hex, sizeof(hex), "%.*s", IMC_SHA256_HEX_LEN, de->d_name);
+		if (set->n && bsearch(hex, set->hex, set->n, sizeof(*set->hex), hex_cmp))
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    unlinkat(dirfd(d), de->d_name, 0) == 0)
+			*freed += (uint64_t)st.st_blocks * 512;
+	}
+}
+
+int chunks_forget(struct chunk_store *cs, const char *id, uint64_t *ret_freed, imc_error *err)
+{
+	char name[128];
+	struct digest_set set = {0};
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd, r;
+
+	*ret_freed = 0;
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	snprintf(name, sizeof(name), INDEX_DIR "/%s.json", id);
+	if (unlinkat(cs->dirfd, name, 0) < 0)
+		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "chunks/%s", name);
+	r = referenced_chunks(cs, &set, err);
+	fd = r < 0 ? -1 : openat(cs->dirfd, "sha256", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0 && !(d = fdopendir(fd)))
+		close(fd);
+	while (d && (de = readdir(d)))
+		if (strlen(de->d_name) == 2 && de->d_name[0] != '.')
+			drop_unreferenced(cs, de->d_name, &set, ret_freed);
+	free(set.hex);
+	return r;
 }

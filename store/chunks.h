@@ -72,6 +72,10 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 int chunks_read_index(struct chunk_store *cs, const char *id, char **ret, size_t *ret_len,
 		      imc_error *err);
 
+/* Drop the index of id and every stored chunk that no remaining index names (the caller keeps
+ * exports out meanwhile: a chunk of an export in flight is in no index yet).  *ret_freed gets
+ * the bytes freed.  Nothing to do when id was never exported. */
+int chunks_forget(struct chunk_store *cs, const char *id, uint64_t *ret_freed, imc_error *err);
 /* Compress / decompress-and-verify one chunk. */
 int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err);
 /* Decompress blob into out (exactly want bytes) and check sha256 == digest. */

@@ -2,7 +2,10 @@
  * index renders and parses back, every malformed index is refused naming the field, a chunk
  * compresses deterministically and a flipped byte or a lying frame header is caught. */
 #include <check.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../../api/api.h"
 #include "../../attach/fetch.h"
@@ -11,6 +14,8 @@
 
 #define D1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define D2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+#define D3 "sha256:3333333333333333333333333333333333333333333333333333333333333333"
+#define D4 "sha256:4444444444444444444444444444444444444444444444444444444444444444"
 
 static const char *good_index(void)
 {
@@ -20,6 +25,81 @@ static const char *good_index(void)
 	       "{\"offset\":0,\"digest\":\"" D1 "\",\"blob\":\"" D2 "\",\"csize\":10},"
 	       "{\"offset\":3145728,\"digest\":\"" D2 "\",\"blob\":\"" D1 "\",\"csize\":9}]}";
 }
+
+/* Write a file (and its directories) under the chunk store. */
+static void put(const char *root, const char *rel, const char *text)
+{
+	char path[512], dir[512];
+	imc_error err = {0};
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/chunks/%s", root, rel);
+	snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(path, '/') - path), path);
+	ck_assert_int_eq(imc_mkdir_p(dir, 0700, &err), 0);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(imc_write_all(fd, text, strlen(text)), 0);
+	close(fd);
+}
+
+static bool stored(const char *root, const char *digest)
+{
+	char rel[128], path[512];
+	imc_error err = {0};
+
+	ck_assert_int_eq(chunk_blob_path(digest, rel, sizeof(rel), &err), 0);
+	snprintf(path, sizeof(path), "%s/chunks/%s", root, rel);
+	return access(path, F_OK) == 0;
+}
+
+/* An index of cache id naming chunks a and b (1 MiB chunks, a snapshot of 2 MiB). */
+static void put_index(const char *root, const char *id, const char *a, const char *b)
+{
+	char rel[128], text[1024];
+
+	snprintf(text, sizeof(text),
+		 "{\"mediaType\":\"" CHUNKS_MEDIA_TYPE_INDEX "\",\"cacheId\":\"%s\","
+		 "\"chunkSize\":1048576,\"size\":2097152,\"sha256\":\"" D1 "\",\"chunks\":["
+		 "{\"offset\":0,\"digest\":\"%s\",\"blob\":\"" D1 "\",\"csize\":10},"
+		 "{\"offset\":1048576,\"digest\":\"%s\",\"blob\":\"" D2 "\",\"csize\":9}]}",
+		 id, a, b);
+	snprintf(rel, sizeof(rel), "index/%s.json", id);
+	put(root, rel, text);
+}
+
+START_TEST(forgetting_a_cache_drops_only_its_own_chunks)
+{
+	static const char *const d[] = {D1, D2, D3, D4};
+	char root[] = "/tmp/imc-test-chunks.XXXXXX", rel[128];
+	struct chunk_store cs = {.dirfd = -1};
+	uint64_t freed = 1;
+	imc_error err = {0};
+
+	ck_assert_ptr_nonnull(mkdtemp(root));
+	ck_assert_int_eq(chunk_store_open(root, &cs, &err), 0);
+	for (size_t i = 0; i < 4; i++) {
+		ck_assert_int_eq(chunk_blob_path(d[i], rel, sizeof(rel), &err), 0);
+		put(root, rel, "a compressed chunk");
+	}
+	put_index(root, "imc-aaaaaaaaaaaaaaaa", D1, D2);
+	put_index(root, "imc-bbbbbbbbbbbbbbbb", D2, D3); /* D4: in no index */
+
+	/* Never exported: nothing happens. */
+	ck_assert_int_eq(chunks_forget(&cs, "imc-cccccccccccccccc", &freed, &err), 0);
+	ck_assert_uint_eq(freed, 0);
+	ck_assert(stored(root, D4));
+	/* A: its own chunk and the stray one go, the shared one stays. */
+	ck_assert_msg(chunks_forget(&cs, "imc-aaaaaaaaaaaaaaaa", &freed, &err) == 0, "%s", err.msg);
+	ck_assert_uint_gt(freed, 0);
+	ck_assert(!stored(root, D1) && stored(root, D2) && stored(root, D3) && !stored(root, D4));
+	/* B: the rest. */
+	ck_assert_int_eq(chunks_forget(&cs, "imc-bbbbbbbbbbbbbbbb", &freed, &err), 0);
+	ck_assert(!stored(root, D2) && !stored(root, D3));
+	ck_assert_int_lt(chunks_forget(&cs, "../x", &freed, &err), 0);
+	chunk_store_close(&cs);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, root, &err), 0);
+}
+END_TEST
 
 START_TEST(index_round_trip)
 {
@@ -239,6 +319,7 @@ int main(void)
 	tcase_add_test(tc, blob_paths);
 	tcase_add_test(tc, routes);
 	tcase_add_test(tc, small_gaps_are_filled);
+	tcase_add_test(tc, forgetting_a_cache_drops_only_its_own_chunks);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
