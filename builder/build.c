@@ -156,6 +156,11 @@ static int plan_all(struct build *b, const struct builder_opts *o,
 	return 0;
 }
 
+static double ms_since(uint64_t t0)
+{
+	return (double)(imc_monotonic_ns() - t0) / 1e6;
+}
+
 static int fetch_data(struct build *b, const struct builder_opts *o, json_t *data, imc_error *err)
 {
 	_cleanup_close_ int root = open(b->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -164,9 +169,11 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 		return imc_err_sys(err, errno, "%s", b->mnt);
 	for (size_t i = 0; i < b->n_plans; i++) {
 		json_t *entry = NULL;
+		uint64_t t0 = imc_monotonic_ns();
 		int r = builder_data_fetch(o, b->plans[i], root, &entry, err);
 		if (r < 0)
 			return r;
+		imc_debug("volume %s: data %zu fetched in %.0f ms", b->id, i, ms_since(t0));
 		if (json_array_append_new(data, entry) < 0)
 			return imc_err(err, ENOMEM, "out of memory");
 	}
@@ -244,16 +251,22 @@ static int write_manifest(struct build *b, json_t *manifest, imc_error *err)
  * volume as the snapshot of the same id. */
 static int seal_volume(struct build *b, imc_error *err)
 {
+	uint64_t t0 = imc_monotonic_ns();
+	double umount_ms, release_ms;
 	int r = imc_priv_umount(b->mnt, 0, err);
 
 	if (r < 0)
 		return r;
 	b->mounted = false;
+	umount_ms = ms_since(t0);
 	r = store_deactivate(b->s, STORE_VOLUME, b->id, &b->dev, err);
+	release_ms = ms_since(t0) - umount_ms;
 	if (r == 0)
 		r = store_seal(b->s, b->id, b->id, err);
 	if (r == 0)
 		b->volume_created = false;
+	imc_debug("volume %s: unmount %.0f ms, release %.0f ms, seal %.0f ms", b->id, umount_ms,
+		  release_ms, ms_since(t0) - umount_ms - release_ms);
 	return r;
 }
 
