@@ -66,6 +66,8 @@ webserver_start
 mkdir -p "$WEB_ROOT/models"
 head -c $((MODEL_MB << 20)) /dev/urandom >"$WEB_ROOT/models/model.bin"
 MODEL_SHA=$(sha256sum "$WEB_ROOT/models/model.bin" | cut -d' ' -f1)
+# Every contender starts with nothing dirty: writing the model back must not slow the first one.
+sync
 URL=$WEB_URL/models/model.bin
 registry_start
 mkimage_busybox "$TEST_TMP/layout" bb >/dev/null
@@ -88,11 +90,13 @@ T2=$(now_ms)
 CURL_MS=$((T1 - T0))
 CURLSHA_MS=$((T2 - T0))
 rm -f "$TEST_TMP/state/curl-model.bin"
+sync
 T0=$(now_ms)
 curl -fsS --noproxy '*' -o "$TEST_TMP/state/curl-model.bin" "$URL"
 sync "$TEST_TMP/state/curl-model.bin"
 CURLSYNC_MS=$(($(now_ms) - T0))
 rm -f "$TEST_TMP/state/curl-model.bin"
+sync
 
 step "imcd: the image alone"
 read -r IMG_MS IMG_ID < <(build_ms "$(jq -cn --arg r "$REF" '{images: [{ref: $r}]}')")
