@@ -209,6 +209,16 @@ int api_listen_open(const char *spec, int *ret_fd, char *ret_url, size_t url_siz
 /* Remove the socket file of a "unix:PATH" url from api_listen_open; nothing for a TCP url. */
 int api_listen_remove(const char *url, imc_error *err);
 
+/* ---- callers -----------------------------------------------------------------------------------
+ * Who makes a request: the tenant its bearer token belongs to (api/auth.c).  Without a token
+ * configuration (auth off) every request comes from API_TENANT_DEFAULT.  A tenant sees, lists
+ * and deletes only its own caches. */
+#define API_TENANT_MAX	   64 /* bytes of a tenant name, [A-Za-z0-9._-] */
+#define API_TENANT_DEFAULT "default"
+struct api_caller {
+	const char *tenant;
+};
+
 /* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
 struct store;
 struct api_caches;
@@ -238,13 +248,15 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 /* Stop the worker after the running build; queued builds are marked Failed. */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
-int api_caches_create(struct api_caches *c, const struct api_create_request *req, json_t **ret,
-		      imc_error *err);
-int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
-int api_caches_list(struct api_caches *c, const struct api_list_query *q, json_t **ret,
-		    imc_error *err);
+int api_caches_create(struct api_caches *c, const struct api_caller *who,
+		      const struct api_create_request *req, json_t **ret, imc_error *err);
+int api_caches_get(struct api_caches *c, const struct api_caller *who, const char *id, json_t **ret,
+		   imc_error *err);
+int api_caches_list(struct api_caches *c, const struct api_caller *who,
+		    const struct api_list_query *q, json_t **ret, imc_error *err);
 /* Remove the snapshot and the metadata; -EBUSY while Creating. ret gets {"id","status"}. */
-int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
+int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
+		      json_t **ret, imc_error *err);
 
 /* ---- metrics (api/metrics.c): GET /metrics in the Prometheus text format 0.0.4 ------------
  * The counters are plain integers updated with __atomic builtins (relaxed): no lock and no
@@ -311,12 +323,14 @@ struct api_response {
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
 };
 /* url may carry a raw "?query" (split with api_query_split). */
-void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
-		size_t len, bool too_large, struct api_response *ret);
+void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,
+		const char *url, const char *body, size_t len, bool too_large,
+		struct api_response *ret);
 /* The same with the path and its query arguments already apart (the server's way);
  * too_many_args: the query had more than API_QUERY_ARGS_MAX arguments. */
-void api_handle_args(struct api_caches *c, const char *method, const char *path,
-		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
-		     const char *body, size_t len, bool too_large, struct api_response *ret);
+void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
+		     const char *path, const struct api_query_arg *args, size_t n_args,
+		     bool too_many_args, const char *body, size_t len, bool too_large,
+		     struct api_response *ret);
 
 #endif

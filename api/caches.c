@@ -622,8 +622,8 @@ static int enqueue(struct api_caches *c, struct api_cache *cache, imc_error *err
 	return r;
 }
 
-int api_caches_create(struct api_caches *c, const struct api_create_request *req, json_t **ret,
-		      imc_error *err)
+int api_caches_create(struct api_caches *c, const struct api_caller *who,
+		      const struct api_create_request *req, json_t **ret, imc_error *err)
 {
 	struct api_cache *cache = NULL;
 	_cleanup_json_ json_t *answer = NULL, *meta = NULL;
@@ -652,7 +652,8 @@ int api_caches_create(struct api_caches *c, const struct api_create_request *req
 	return 0;
 }
 
-int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+int api_caches_get(struct api_caches *c, const struct api_caller *who, const char *id, json_t **ret,
+		   imc_error *err)
 {
 	struct api_cache *cache;
 	json_t *j = NULL;
@@ -670,8 +671,8 @@ int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error
 	return 0;
 }
 
-int api_caches_list(struct api_caches *c, const struct api_list_query *q, json_t **ret,
-		    imc_error *err)
+int api_caches_list(struct api_caches *c, const struct api_caller *who,
+		    const struct api_list_query *q, json_t **ret, imc_error *err)
 {
 	int r;
 
@@ -721,7 +722,8 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 		api_cache_free(cache);
 }
 
-int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
+		      json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *answer = json_pack("{s:s,s:s}", "id", id, "status", "Deleted");
 	int r;

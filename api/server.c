@@ -14,6 +14,9 @@
 #define SERVER_IDLE_TIMEOUT_S	30
 #define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
 
+/* Until the server checks bearer tokens, every request comes from the default tenant. */
+static const struct api_caller default_caller = {.tenant = API_TENANT_DEFAULT};
+
 struct api_server {
 	struct MHD_Daemon *daemon;
 	int listen_fd;
@@ -72,8 +75,9 @@ static void answer_errno(struct api_response *ret, const imc_error *err)
 	answer_error(ret, status, code, err->msg[0] ? err->msg : "internal error");
 }
 
-static int list_caches(struct api_caches *c, const struct api_query_arg *args, size_t n_args,
-		       bool too_many_args, json_t **ret, imc_error *err)
+static int list_caches(struct api_caches *c, const struct api_caller *who,
+		       const struct api_query_arg *args, size_t n_args, bool too_many_args,
+		       json_t **ret, imc_error *err)
 {
 	struct api_list_query q;
 	int r;
@@ -83,20 +87,20 @@ static int list_caches(struct api_caches *c, const struct api_query_arg *args, s
 	r = api_list_query_parse(args, n_args, &q, err);
 	if (r < 0)
 		return r;
-	r = c ? api_caches_list(c, &q, ret, err) : imc_err(err, ESHUTDOWN, "no cache table");
+	r = c ? api_caches_list(c, who, &q, ret, err) : imc_err(err, ESHUTDOWN, "no cache table");
 	api_list_query_free(&q);
 	return r;
 }
 
-static int create_cache(struct api_caches *c, const char *body, size_t len, json_t **ret,
-			imc_error *err)
+static int create_cache(struct api_caches *c, const struct api_caller *who, const char *body,
+			size_t len, json_t **ret, imc_error *err)
 {
 	struct api_create_request req = {0};
 	int r = api_create_request_parse(body, len, &req, err);
 
 	if (r < 0)
 		return r;
-	r = api_caches_create(c, &req, ret, err);
+	r = api_caches_create(c, who, &req, ret, err);
 	api_create_request_free(&req);
 	return r;
 }
@@ -124,9 +128,9 @@ struct query {
 	bool too_many;
 };
 
-static int dispatch(struct api_caches *c, enum api_method m, const struct api_match *match,
-		    const struct query *query, const char *body, size_t len, json_t **ret,
-		    unsigned *ret_status, imc_error *err)
+static int dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
+		    const struct api_match *match, const struct query *query, const char *body,
+		    size_t len, json_t **ret, unsigned *ret_status, imc_error *err)
 {
 	*ret_status = 200;
 	switch (match->route) {
@@ -135,9 +139,10 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 	case API_ROUTE_CACHES:
 		if (m == API_METHOD_GET)
-			return list_caches(c, query->args, query->n, query->too_many, ret, err);
+			return list_caches(c, who, query->args, query->n, query->too_many, ret,
+					   err);
 		*ret_status = 202;
-		return create_cache(c, body, len, ret, err);
+		return create_cache(c, who, body, len, ret, err);
 	case API_ROUTE_METRICS: /* answered in api_handle: not JSON */
 		break;
 	case API_ROUTE_CACHE:
@@ -147,17 +152,18 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 				       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)",
 				       match->id, API_ID_PREFIX);
 		if (m == API_METHOD_GET)
-			return api_caches_get(c, match->id, ret, err);
-		return api_caches_delete(c, match->id, ret, err);
+			return api_caches_get(c, who, match->id, ret, err);
+		return api_caches_delete(c, who, match->id, ret, err);
 	case API_ROUTE_NONE:
 		break;
 	}
 	return imc_err(err, ENOENT, "no such path");
 }
 
-void api_handle_args(struct api_caches *c, const char *method, const char *url,
-		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
-		     const char *body, size_t len, bool too_large, struct api_response *ret)
+void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
+		     const char *url, const struct api_query_arg *args, size_t n_args,
+		     bool too_many_args, const char *body, size_t len, bool too_large,
+		     struct api_response *ret)
 {
 	const struct query query = {.args = args, .n = n_args, .too_many = too_many_args};
 	enum api_method m = api_method_parse(method);
@@ -182,15 +188,16 @@ void api_handle_args(struct api_caches *c, const char *method, const char *url,
 		answer_error(ret, 413, "PayloadTooLarge", msg);
 	} else if (match.route == API_ROUTE_METRICS) {
 		answer_metrics(c, ret);
-	} else if (dispatch(c, m, &match, &query, body, len, &j, &status, &err) < 0) {
+	} else if (dispatch(c, who, m, &match, &query, body, len, &j, &status, &err) < 0) {
 		answer_errno(ret, &err);
 	} else {
 		answer(ret, status, j);
 	}
 }
 
-void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
-		size_t len, bool too_large, struct api_response *ret)
+void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,
+		const char *url, const char *body, size_t len, bool too_large,
+		struct api_response *ret)
 {
 	struct api_query_arg args[API_QUERY_ARGS_MAX];
 	_cleanup_free_ char *path = strdup(url);
@@ -210,7 +217,7 @@ void api_handle(struct api_caches *c, const char *method, const char *url, const
 		answer_errno(ret, &err);
 		return;
 	}
-	api_handle_args(c, method, path, args, n, false, body, len, too_large, ret);
+	api_handle_args(c, who, method, path, args, n, false, body, len, too_large, ret);
 }
 
 /* ---- libmicrohttpd glue -----------------------------------------------------------------------
@@ -323,8 +330,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return MHD_YES;
 	}
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
-	api_handle_args(s->caches, method, url, req->args, req->n_args, req->too_many_args,
-			req->body.data, req->body.len, req->too_large, &resp);
+	api_handle_args(s->caches, &default_caller, method, url, req->args, req->n_args,
+			req->too_many_args, req->body.data, req->body.len, req->too_large, &resp);
 	return send_response(s, conn, method, url, req, &resp);
 }
 

@@ -12,6 +12,8 @@
 #include "../../api/api.h"
 #include "unit.h"
 
+static const struct api_caller test_caller = {.tenant = API_TENANT_DEFAULT};
+
 /* ---- helpers ----------------------------------------------------------------------------------
  */
 
@@ -858,7 +860,8 @@ static json_t *handle(const char *method, const char *url, const char *body, boo
 	struct api_response resp;
 	json_t *j;
 
-	api_handle(NULL, method, url, body, body ? strlen(body) : 0, too_large, &resp);
+	api_handle(NULL, &test_caller, method, url, body, body ? strlen(body) : 0, too_large,
+		   &resp);
 	ck_assert_msg(resp.status == want_status, "%s %s: status %u, want %u (%s)", method, url,
 		      resp.status, want_status, resp.body);
 	ck_assert_ptr_nonnull(resp.body);
@@ -1105,19 +1108,19 @@ START_TEST(metrics_handle_without_table)
 {
 	struct api_response resp;
 
-	api_handle(NULL, "GET", "/metrics", NULL, 0, false, &resp);
+	api_handle(NULL, &test_caller, "GET", "/metrics", NULL, 0, false, &resp);
 	ck_assert_uint_eq(resp.status, 200);
 	ck_assert_str_eq(resp.content_type, "text/plain; version=0.0.4; charset=utf-8");
 	ck_assert_ptr_nonnull(resp.body);
 	ck_assert(strncmp(resp.body, "# HELP imcache_caches ", 22) == 0);
 	check_families(resp.body);
 	free(resp.body);
-	api_handle(NULL, "POST", "/metrics", "", 0, false, &resp);
+	api_handle(NULL, &test_caller, "POST", "/metrics", "", 0, false, &resp);
 	ck_assert_uint_eq(resp.status, 405);
 	ck_assert_str_eq(resp.allow, "GET");
 	ck_assert_ptr_null(resp.content_type);
 	free(resp.body);
-	api_handle(NULL, "GET", "/metrics/x", NULL, 0, false, &resp);
+	api_handle(NULL, &test_caller, "GET", "/metrics/x", NULL, 0, false, &resp);
 	ck_assert_uint_eq(resp.status, 404);
 	free(resp.body);
 }
