@@ -218,6 +218,12 @@ int api_listen_remove(const char *url, imc_error *err);
 struct api_caller {
 	const char *tenant;
 };
+/* A tenant's quota (from the config file): 0 = no limit. */
+struct api_tenant_limits {
+	const char *tenant;
+	uint64_t max_caches; /* caches it holds (any status but Deleting/Expired) */
+	uint64_t max_bytes;  /* sum of their sizes */
+};
 
 /* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
 struct store;
@@ -236,6 +242,8 @@ struct api_caches_config {
 	const char *hf_endpoint; /* hf:// data; NULL: $HF_ENDPOINT, else huggingface.co */
 	const char *ca_file;	 /* extra CAs for data and registries; NULL: none */
 	const char *auth_file;	 /* docker config.json with registry credentials; NULL: none */
+	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
+	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
