@@ -5,6 +5,7 @@
 
 #include "../common/priv.h"
 #include "attach.h"
+#include "report.h"
 
 #define DRIVER_OPTS_MAX 32
 
@@ -13,7 +14,7 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... [-v]\n"
-	    "                  COMMAND\n"
+	    "                  [--server URL] [--token T] COMMAND\n"
 	    "\n"
 	    "commands:\n"
 	    "  attach [--image N] [--size BYTES] [--data-dest PATH] CACHE_ID DIR\n"
@@ -29,7 +30,10 @@ static void usage(FILE *f)
 	    "                               device vanished, remove clones and loop devices no\n"
 	    "                               attach owns; prints what it repaired\n"
 	    "  teardown                     release the store's embedded pool (unmount it, free\n"
-	    "                               its loop device); refused while in use\n");
+	    "                               its loop device); refused while in use\n"
+	    "\n"
+	    "With --server (or $IMCACHE_SERVER) attach and detach are reported to imcd, with\n"
+	    "--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n");
 }
 
 static int fail(const imc_error *err)
@@ -61,6 +65,8 @@ static int parse_size(const char *arg, uint64_t *ret)
 	*ret = (uint64_t)n << shift;
 	return 0;
 }
+
+static struct attach_reporter reporter;
 
 static int cmd_attach(struct store *s, int argc, char **argv, bool verbose)
 {
@@ -114,6 +120,7 @@ static int cmd_attach(struct store *s, int argc, char **argv, bool verbose)
 	t0 = imc_monotonic_ns();
 	if (attach_cache(s, &req, &state, &err) < 0)
 		return fail(&err);
+	attach_report_state(&reporter, true, state, "imc-attach");
 	if (verbose)
 		fprintf(stderr, "imc-attach: attached %s as %s in %.2f ms\n", req.cache_id,
 			req.block ? json_string_value(json_object_get(state, "device")) : req.dir,
@@ -126,6 +133,7 @@ static int cmd_attach(struct store *s, int argc, char **argv, bool verbose)
 
 static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
 {
+	_cleanup_json_ json_t *state = NULL;
 	imc_error err = {0};
 	uint64_t t0 = imc_monotonic_ns();
 
@@ -133,8 +141,11 @@ static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
 		usage(stderr);
 		return 2;
 	}
+	if (attach_reporter_enabled(&reporter))
+		state = attach_report_lookup(s, argv[1]);
 	if (attach_detach(s, argv[1], &err) < 0)
 		return fail(&err);
+	attach_report_state(&reporter, false, state, "imc-attach");
 	if (verbose)
 		fprintf(stderr, "imc-attach: detached %s in %.2f ms\n", argv[1],
 			(double)(imc_monotonic_ns() - t0) / 1e6);
@@ -197,7 +208,10 @@ int main(int argc, char **argv)
 					     {"driver-opt", required_argument, NULL, 'o'},
 					     {"verbose", no_argument, NULL, 'v'},
 					     {"help", no_argument, NULL, 'h'},
+					     {"server", required_argument, NULL, 'S'},
+					     {"token", required_argument, NULL, 'T'},
 					     {0}};
+	const char *server = NULL, *token = NULL;
 	static const char *const commands[] = {"attach", "detach", "list", "reconcile", "teardown"};
 	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
 	struct store_config cfg = {
@@ -229,6 +243,12 @@ int main(int argc, char **argv)
 		case 'v':
 			verbose = true;
 			break;
+		case 'S':
+			server = optarg;
+			break;
+		case 'T':
+			token = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -241,6 +261,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	attach_reporter_from_env(&reporter, server, token);
 	const char *cmd = argv[optind];
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
 		known |= strcmp(cmd, commands[i]) == 0;
