@@ -242,6 +242,8 @@ enum api_route {
 	API_ROUTE_METRICS,     /* /metrics */
 	API_ROUTE_ATTACHMENTS, /* /v1/imagecaches/{id}/attachments */
 	API_ROUTE_ATTACHMENT,  /* /v1/imagecaches/{id}/attachments/{aid} */
+	API_ROUTE_CACHE_INDEX, /* /v1/imagecaches/{id}/index (api/dist.c) */
+	API_ROUTE_CHUNK,       /* /v1/chunks/{digest} (api/dist.c; served from a file) */
 };
 enum api_method {
 	API_METHOD_GET,
@@ -255,6 +257,7 @@ struct api_match {
 	/* API_ROUTE_ATTACHMENT(S): the cache id (copied, NUL-terminated) and the attachment id. */
 	char id_buf[API_ID_MAX];
 	const char *aid;
+	size_t id_len; /* bytes of id (CACHE_INDEX: id is not NUL-terminated; CHUNK: the digest) */
 };
 enum api_method api_method_parse(const char *method);
 /* Match a path (no query string). */
@@ -331,6 +334,8 @@ struct api_caches_config {
  * and start the build worker. */
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
+/* The store a cache table was opened with (NULL for a NULL table). */
+struct store *api_caches_store(struct api_caches *c);
 /* Stop the worker after the running build; queued builds are marked Failed. */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
@@ -448,5 +453,20 @@ void api_handle_args(struct api_caches *c, const struct api_caller *who, const c
 		     const char *path, const struct api_query_arg *args, size_t n_args,
 		     bool too_many_args, const char *body, size_t len, bool too_large,
 		     struct api_response *ret);
+
+/* ---- distribution (api/dist.c, docs/distribution.md) -----------------------------------------
+ * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (exported on first request);
+ * GET|HEAD /v1/chunks/{digest}: one zstd chunk, from its file, with Range (206/416) and ETag /
+ * If-None-Match (304). */
+struct MHD_Connection;
+struct MHD_Response;
+int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id,
+		   size_t id_len, json_t **ret, imc_error *err);
+/* A cache is gone: drop its index and the chunks no other index names; *ret_freed gets the
+ * bytes freed. */
+int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err);
+/* The answer to a chunk request: its status and response (NULL on OOM). */
+unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
+			const char *digest, struct MHD_Response **ret);
 
 #endif

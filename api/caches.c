@@ -677,6 +677,18 @@ static void *worker_main(void *arg)
 /* ---- expiry and eviction ----------------------------------------------------------------------
  */
 
+/* A cache's snapshot is gone: so are its chunk index and the chunks no other index names. */
+static void chunks_gone(struct api_caches *c, const char *id)
+{
+	imc_error e = {0};
+	uint64_t freed = 0;
+
+	if (api_dist_forget(c, id, &freed, &e) < 0)
+		imc_warn("cache %s: dropping its chunks: %s", id, e.msg);
+	else if (freed)
+		imc_info("cache %s: %llu bytes of chunks freed", id, (unsigned long long)freed);
+}
+
 /* Remove the snapshot of a cache already marked Deleting (by id: the cache stays in the table,
  * and nothing else touches a Deleting cache) and mark it Expired with why. */
 static void expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
@@ -697,6 +709,8 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	pthread_mutex_unlock(&c->lock);
 	if (cache && persist_id(c, id, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (r == 0 || r == -ENOENT)
+		chunks_gone(c, id);
 	if (r == 0 || r == -ENOENT) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "%s: %s", type, why);
@@ -964,6 +978,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	}
 	*ret = c;
 	return 0;
+}
+
+struct store *api_caches_store(struct api_caches *c)
+{
+	return c ? c->store : NULL;
 }
 
 void api_caches_close(struct api_caches *c)
@@ -1392,6 +1411,7 @@ int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, 
 	/* The snapshot is gone: the cache is gone, even if its metadata file lingers (the next
 	 * start marks such a cache Failed). */
 	finish_delete(c, id, true);
+	chunks_gone(c, id);
 	r = unlink_meta(c, id, err);
 	if (r < 0)
 		return r;

@@ -1,11 +1,13 @@
 /* imcctl: command-line client of imcd's REST API. */
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <string.h>
 #include <sys/un.h>
 #include <time.h>
 
+#include "../builder/push.h"
 #include "api.h"
 
 #define DEFAULT_SERVER	     "http://127.0.0.1:8080"
@@ -828,6 +830,8 @@ static void usage(FILE *f)
 	    "  attach ID [--id att-<16 hex>] [--host H] [-o json]\n"
 	    "  detach ID ATTACHMENT [-o json]\n"
 	    "  attachments ID [-o json]\n"
+	    "  push ID REGISTRY/REPO:TAG [--insecure-registry HOST:PORT]...\n"
+	    "         write the cache's chunks to an OCI registry as an artifact\n"
 	    "\n"
 	    "The server defaults to $IMCACHE_SERVER, else %s; the bearer token (--token) to\n"
 	    "$IMCACHE_TOKEN.  create --wait draws a progress bar on a terminal.\n",
@@ -910,6 +914,42 @@ static int parse_global(int argc, char **argv, struct client *c)
 	return i;
 }
 
+/* push CACHE_ID REF [--insecure-registry HOST:PORT]...: builder/push.c does the work. */
+static int cmd_push(const struct client *c, int argc, char **argv)
+{
+	const char *insecure[17] = {0};
+	struct push_config cfg = {.server = c->server, .insecure_registries = insecure};
+	struct push_stats st;
+	const char *pos[2];
+	size_t n_insecure = 0, n_pos = 0;
+	imc_error err = {0};
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--insecure-registry") == 0 && i + 1 < argc && n_insecure < 16)
+			insecure[n_insecure++] = argv[++i];
+		else if (argv[i][0] != '-' && n_pos < 2)
+			pos[n_pos++] = argv[i];
+		else
+			n_pos = 3;
+	}
+	if (n_pos != 2 || c->unix_path[0]) {
+		fprintf(stderr, "usage: imcctl [--server http://HOST:PORT] push CACHE_ID "
+				"REGISTRY/REPO:TAG [--insecure-registry HOST:PORT]...\n");
+		return EXIT_USAGE;
+	}
+	cfg.token = getenv("IMCACHE_TOKEN");
+	if (builder_push_snapshot(&cfg, pos[0], pos[1], &st, &err) < 0) {
+		fprintf(stderr, "imcctl: %s\n", err.msg);
+		return EXIT_FAIL;
+	}
+	printf("%s@%s\n", pos[1], st.manifest_digest);
+	fprintf(stderr,
+		"imcctl: pushed %s: %" PRIu64 " blobs uploaded (%" PRIu64 " bytes), %" PRIu64
+		" already there\n",
+		pos[0], st.blobs_uploaded, st.bytes_uploaded, st.blobs_skipped);
+	return EXIT_OK;
+}
+
 static int run(const struct client *c, int argc, char **argv)
 {
 	const char *cmd = argv[0];
@@ -925,6 +965,8 @@ static int run(const struct client *c, int argc, char **argv)
 	if (strcmp(cmd, "attach") == 0 || strcmp(cmd, "detach") == 0 ||
 	    strcmp(cmd, "attachments") == 0)
 		return cmd_attachments(c, cmd, argc, argv);
+	if (strcmp(cmd, "push") == 0)
+		return cmd_push(c, argc, argv);
 	fprintf(stderr, "imcctl: unknown command \"%s\"\n", cmd);
 	usage(stderr);
 	return EXIT_USAGE;

@@ -5,6 +5,8 @@
 
 #define CACHES_PATH	"/v1/imagecaches"
 #define ATTACHMENTS_SEG "/attachments"
+#define CHUNKS_PATH	"/v1/chunks/"
+#define INDEX_SUFFIX	"/index"
 
 /* "{id}/attachments[/{aid}]" after CACHES_PATH "/": the id is copied into ret->id_buf. */
 static bool match_attachments(const char *rest, struct api_match *ret)
@@ -41,6 +43,24 @@ enum api_method api_method_parse(const char *method)
 	return API_METHOD_OTHER;
 }
 
+/* /v1/imagecaches/{id}/index and /v1/chunks/{digest} (api/dist.c). */
+static void match_dist(const char *url, struct api_match *ret)
+{
+	const size_t n = strlen(CACHES_PATH "/"), c = strlen(CHUNKS_PATH);
+	const char *slash;
+
+	if (strncmp(url, CHUNKS_PATH, c) == 0 && url[c] != '\0' && !strchr(url + c, '/')) {
+		ret->route = API_ROUTE_CHUNK;
+		ret->id = url + c;
+		ret->id_len = strlen(ret->id);
+	} else if (strncmp(url, CACHES_PATH "/", n) == 0 && (slash = strchr(url + n, '/')) &&
+		   slash > url + n && strcmp(slash, INDEX_SUFFIX) == 0) {
+		ret->route = API_ROUTE_CACHE_INDEX;
+		ret->id = url + n;
+		ret->id_len = (size_t)(slash - ret->id);
+	}
+}
+
 void api_route_match(const char *url, struct api_match *ret)
 {
 	const size_t n = strlen(CACHES_PATH);
@@ -56,9 +76,12 @@ void api_route_match(const char *url, struct api_match *ret)
 		   !strchr(url + n + 1, '/')) {
 		ret->route = API_ROUTE_CACHE;
 		ret->id = url + n + 1;
-	} else if (strncmp(url, CACHES_PATH "/", n + 1) == 0 &&
-		   !match_attachments(url + n + 1, ret)) {
-		*ret = (struct api_match){.route = API_ROUTE_NONE};
+		ret->id_len = strlen(ret->id);
+	} else {
+		match_dist(url, ret);
+		if (ret->route == API_ROUTE_NONE && strncmp(url, CACHES_PATH "/", n + 1) == 0 &&
+		    !match_attachments(url + n + 1, ret))
+			*ret = (struct api_match){.route = API_ROUTE_NONE};
 	}
 }
 
@@ -67,6 +90,8 @@ bool api_route_allows(enum api_route route, enum api_method method)
 	switch (route) {
 	case API_ROUTE_HEALTHZ:
 	case API_ROUTE_METRICS:
+	case API_ROUTE_CACHE_INDEX:
+	case API_ROUTE_CHUNK:
 		return method == API_METHOD_GET;
 	case API_ROUTE_CACHES:
 		return method == API_METHOD_GET || method == API_METHOD_POST;
@@ -87,6 +112,8 @@ const char *api_route_allow(enum api_route route)
 	switch (route) {
 	case API_ROUTE_HEALTHZ:
 	case API_ROUTE_METRICS:
+	case API_ROUTE_CACHE_INDEX:
+	case API_ROUTE_CHUNK:
 		return "GET";
 	case API_ROUTE_CACHES:
 	case API_ROUTE_ATTACHMENTS:

@@ -146,7 +146,10 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 		*ret_status = 202;
 		return create_cache(c, who, body, len, ret, err);
 	case API_ROUTE_METRICS: /* answered in api_handle: not JSON */
+	case API_ROUTE_CHUNK:	/* answered in on_request: a file */
 		break;
+	case API_ROUTE_CACHE_INDEX:
+		return api_dist_index(c, who, match->id, match->id_len, ret, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
 		if (!imc_name_valid(match->id, API_ID_MAX - 1))
@@ -384,6 +387,36 @@ static enum MHD_Result on_headers(struct api_server *s, struct MHD_Connection *c
 	return send_response(s, conn, method, url, req, &resp);
 }
 
+/* GET|HEAD /v1/chunks/{digest}: a file, answered without the JSON path (api/dist.c). */
+static bool is_chunk_request(const char *url, const char *method)
+{
+	struct api_match match;
+
+	api_route_match(url, &match);
+	return match.route == API_ROUTE_CHUNK &&
+	       (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0);
+}
+
+static enum MHD_Result send_chunk(struct api_server *s, struct MHD_Connection *conn,
+				  const char *method, const char *url, struct request *req)
+{
+	struct MHD_Response *r = NULL;
+	struct api_match match;
+	enum MHD_Result ok;
+	unsigned status;
+
+	api_route_match(url, &match);
+	status = api_dist_chunk(s->caches, conn, method, match.id, &r);
+	if (!r)
+		return MHD_NO;
+	ok = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	api_metrics_observe_request(api_caches_metrics(s->caches), status,
+				    imc_monotonic_ns() - req->start_ns);
+	imc_debug("%s %s: %u", method, url, status);
+	return ok;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **con_cls)
@@ -405,6 +438,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
+	if (is_chunk_request(url, method))
+		return send_chunk(s, conn, method, url, req);
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
 	api_handle_args(s->caches, &req->caller, method, url, req->args, req->n_args,
 			req->too_many_args, req->body.data, req->body.len, req->too_large, &resp);

@@ -300,9 +300,12 @@ static int umount_all_of(dev_t rdev, json_t *repairs, imc_error *err)
 	return 0;
 }
 
-/* Release every loop device that serves aid's clone (found through sysfs, not through the
- * state), unmounting what is mounted from it first. */
-static int release_loops_of(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+/* Call fn for every loop device serving a clone of this store (found through sysfs, even a
+ * deleted clone's), with the device's name ("loopN") and the clone's id; fn's error stops it. */
+static int for_each_clone_loop(struct store *s,
+			       int (*fn)(struct store *s, const char *loop, const char *id,
+					 void *ctx, imc_error *err),
+			       void *ctx, imc_error *err)
 {
 	char prefix[PATH_MAX];
 	_cleanup_dir_ DIR *d = NULL;
@@ -315,23 +318,49 @@ static int release_loops_of(struct store *s, const char *aid, json_t *repairs, i
 	if (!d)
 		return imc_err_sys(err, errno, "/sys/block");
 	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
-		char id[ATTACH_ID_LEN + 1], dev[IMC_LOOP_PATH_MAX + 8];
+		char id[ATTACH_ID_LEN + 1];
 		if (strncmp(de->d_name, "loop", 4) != 0)
 			continue;
 		loop_clone_id(de->d_name, prefix, id);
-		if (!id[0] || (aid && strcmp(id, aid) != 0))
-			continue;
-		snprintf(dev, sizeof(dev), "/dev/%s", de->d_name);
-		if ((r = umount_all_of(blockdev_rdev(dev), repairs, err)) < 0)
+		if (id[0] && (r = fn(s, de->d_name, id, ctx, err)) < 0)
 			return r;
-		r = imc_priv_loop_detach(dev, err);
-		if (r < 0 && r != -ENXIO && r != -ENOENT)
-			return r;
-		if (r == 0 && repairs)
-			json_array_append_new(repairs,
-					      json_sprintf("released %s (clone %s)", dev, id));
 	}
 	return 0;
+}
+
+struct release {
+	const char *aid; /* NULL: every clone's */
+	json_t *repairs;
+};
+
+/* Unmount what is mounted from loop and release it, if it serves the clone asked for. */
+static int release_loop(struct store *s, const char *loop, const char *id, void *ctx,
+			imc_error *err)
+{
+	const struct release *rel = ctx;
+	char dev[IMC_LOOP_PATH_MAX + 8];
+	int r;
+
+	if (rel->aid && strcmp(id, rel->aid) != 0)
+		return 0;
+	snprintf(dev, sizeof(dev), "/dev/%s", loop);
+	if ((r = umount_all_of(blockdev_rdev(dev), rel->repairs, err)) < 0)
+		return r;
+	r = imc_priv_loop_detach(dev, err);
+	if (r < 0 && r != -ENXIO && r != -ENOENT)
+		return r;
+	if (r == 0 && rel->repairs)
+		json_array_append_new(rel->repairs,
+				      json_sprintf("released %s (clone %s)", dev, id));
+	return 0;
+}
+
+/* Release every loop device that serves aid's clone, unmounting what is mounted from it first. */
+static int release_loops_of(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+{
+	struct release rel = {.aid = aid, .repairs = repairs};
+
+	return for_each_clone_loop(s, release_loop, &rel, err);
 }
 
 /* Does the device recorded for aid still serve its clone?  (Mount mode: the loop device is
@@ -441,38 +470,6 @@ static int mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *e
 	}
 	*ret_fd = steal_fd(&parent);
 	return 0;
-}
-
-/* Grow the clone behind loop device dev (fd open) to size bytes: the backing file, then the
- * device.  The file is found through sysfs and checked against the device's backing inode. */
-static int grow_loop(const char *dev, int dev_fd, uint64_t size, imc_error *err)
-{
-	char path[128], back[PATH_MAX];
-	_cleanup_close_ int sfd = -1, file = -1;
-	struct loop_info64 info;
-	struct stat st;
-	ssize_t n;
-
-	snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", dev + 5);
-	sfd = open(path, O_RDONLY | O_CLOEXEC);
-	if (sfd < 0 || (n = read(sfd, back, sizeof(back) - 1)) <= 0)
-		return imc_err_sys(err, errno ? errno : EIO, "%s", path);
-	back[n] = '\0';
-	back[strcspn(back, "\n")] = '\0';
-	file = open(back, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-	if (file < 0 || fstat(file, &st) < 0)
-		return imc_err_sys(err, errno, "clone file %s", back);
-	if (ioctl(dev_fd, LOOP_GET_STATUS64, &info) < 0)
-		return imc_err_sys(err, errno, "LOOP_GET_STATUS64 %s", dev);
-	if (info.lo_inode != st.st_ino || info.lo_device != st.st_dev)
-		return imc_err(err, ESTALE, "%s no longer serves %s", dev, back);
-	if ((uint64_t)st.st_size > size)
-		return imc_err(err, EINVAL, "size %llu is smaller than the clone (%llu bytes)",
-			       (unsigned long long)size, (unsigned long long)st.st_size);
-	if (ftruncate(file, (off_t)size) < 0)
-		return imc_err_sys(err, errno, "grow %s to %llu bytes", back,
-				   (unsigned long long)size);
-	return imc_priv_loop_set_capacity(dev_fd, dev, err);
 }
 
 /* ---- undo ----------------------------------------------------------------------------------- */
@@ -693,7 +690,10 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	if (r < 0)
 		return r;
 	stop_point("after-clone");
-	r = store_activate(s, STORE_CLONE, aid, flags, &dev, err);
+	if (req->size)
+		r = store_resize(s, STORE_CLONE, aid, req->size, err);
+	if (r == 0)
+		r = store_activate(s, STORE_CLONE, aid, flags, &dev, err);
 	if (r < 0)
 		return r;
 	if (json_object_set_new(state, "device", json_string(dev.path)) < 0)
@@ -702,11 +702,6 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 		r = state_update(sfd, state, err);
 	if (r == 0)
 		stop_point("after-loop");
-	if (r == 0 && req->size && strncmp(dev.path, "/dev/loop", 9) == 0)
-		r = grow_loop(dev.path, dev.fd, req->size, err);
-	else if (r == 0 && req->size)
-		r = imc_err(err, EOPNOTSUPP, "--size: the %s driver cannot grow a clone",
-			    store_driver_name(s));
 	if (r == 0 && req->size)
 		r = imc_priv_resize_ext4(dev.path, req->size, err);
 	if (r == 0 && !req->block)
@@ -1045,34 +1040,31 @@ static int reconcile_clones(struct store *s, int adir, json_t *repairs, imc_erro
 	return r;
 }
 
+struct orphan_loops {
+	int adir;
+	json_t *repairs;
+};
+
+static int release_if_orphan(struct store *s, const char *loop, const char *id, void *ctx,
+			     imc_error *err)
+{
+	const struct orphan_loops *o = ctx;
+	struct release rel = {.aid = id, .repairs = o->repairs};
+	char name[64];
+	struct stat st;
+
+	state_name(id, name);
+	if (fstatat(o->adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return 0;
+	return release_loop(s, loop, id, &rel, err);
+}
+
 /* Loop devices serving a clone of this store (even a deleted one) that has no state file. */
 static int reconcile_loops(struct store *s, int adir, json_t *repairs, imc_error *err)
 {
-	char prefix[PATH_MAX];
-	_cleanup_dir_ DIR *d = NULL;
-	struct dirent *de;
-	int r, seen = 0;
+	struct orphan_loops o = {.adir = adir, .repairs = repairs};
 
-	if ((r = clones_prefix(s, prefix, err)) < 0)
-		return r;
-	d = opendir("/sys/block");
-	if (!d)
-		return imc_err_sys(err, errno, "/sys/block");
-	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
-		char id[ATTACH_ID_LEN + 1], name[64];
-		struct stat st;
-		if (strncmp(de->d_name, "loop", 4) != 0)
-			continue;
-		loop_clone_id(de->d_name, prefix, id);
-		if (!id[0])
-			continue;
-		state_name(id, name);
-		if (fstatat(adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-			continue;
-		if ((r = release_loops_of(s, id, repairs, err)) < 0)
-			return r;
-	}
-	return 0;
+	return for_each_clone_loop(s, release_if_orphan, &o, err);
 }
 
 int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)

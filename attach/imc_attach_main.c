@@ -1,10 +1,12 @@
 /* imc-attach: the agent on each sandbox host. */
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "../common/priv.h"
 #include "attach.h"
+#include "fetch.h"
 #include "report.h"
 
 #define DRIVER_OPTS_MAX 32
@@ -14,7 +16,15 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... [-v]\n"
-	    "                  [--server URL] [--token T] COMMAND\n"
+	    "                  [--server URL] [--token T] [--cache-size BYTES] [--parallel N]\n"
+	    "                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
+	    "H:P]...]\n"
+	    "                  COMMAND\n"
+	    "\n"
+	    "With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched from\n"
+	    "imcd in chunks first; --cache-size bounds the local store (least recently used\n"
+	    "unattached snapshots go first).  With --registry-ref, it is pulled from the OCI\n"
+	    "artifact that imcctl push wrote there instead.\n"
 	    "\n"
 	    "commands:\n"
 	    "  attach [--image N] [--size BYTES] [--data-dest PATH] CACHE_ID DIR\n"
@@ -24,6 +34,7 @@ static void usage(FILE *f)
 	    "  attach --block [--size BYTES] CACHE_ID\n"
 	    "        expose a clone as a block device for a microVM (nothing is mounted);\n"
 	    "        prints \"DEVICE ATTACH_ID\"\n"
+	    "  prefetch CACHE_ID            fetch the cache into the local store (no attach)\n"
 	    "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n"
 	    "  list                         the attaches on this host, as JSON\n"
 	    "  reconcile                    undo attaches whose process died or whose mount or\n"
@@ -68,7 +79,51 @@ static int parse_size(const char *arg, uint64_t *ret)
 
 static struct attach_reporter reporter;
 
-static int cmd_attach(struct store *s, int argc, char **argv, bool verbose)
+static void print_fetch_stats(const char *id, const struct fetch_stats *st)
+{
+	fprintf(stderr,
+		"imc-attach: fetched %s in %.2f s: %" PRIu64 " chunks (%" PRIu64 " zero), %" PRIu64
+		" over the network (%" PRIu64 " bytes), %" PRIu64 " local, %" PRIu64
+		" retries, %" PRIu64 " corrupt refetched, %" PRIu64 " evicted\n",
+		id, (double)st->ns / 1e9, st->chunks, st->zero_chunks, st->fetched,
+		st->fetched_bytes, st->local, st->retries, st->refetched_corrupt, st->evicted);
+}
+
+/* The cache in the local store, fetched when --server names where from. */
+static int ensure_local(struct store *s, const struct fetch_config *fc, const char *id,
+			bool verbose, imc_error *err)
+{
+	struct fetch_stats st = {0};
+
+	if (!fc->server && !fc->registry_ref)
+		return 0;
+	if (fetch_snapshot(s, fc, id, &st, err) < 0)
+		return err->code;
+	if (verbose && st.ns)
+		print_fetch_stats(id, &st);
+	return 0;
+}
+
+static int cmd_prefetch(struct store *s, const struct fetch_config *fc, int argc, char **argv,
+			bool verbose)
+{
+	imc_error err = {0};
+
+	if (argc != 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (!fc->server && !fc->registry_ref) {
+		fprintf(stderr, "imc-attach: prefetch: want --server URL (or $IMCACHE_SERVER)\n");
+		return 2;
+	}
+	if (ensure_local(s, fc, argv[1], verbose, &err) < 0)
+		return fail(&err);
+	return 0;
+}
+
+static int cmd_attach(struct store *s, const struct fetch_config *fc, int argc, char **argv,
+		      bool verbose)
 {
 	static const struct option opts[] = {{"image", required_argument, NULL, 'i'},
 					     {"block", no_argument, NULL, 'b'},
@@ -118,6 +173,8 @@ static int cmd_attach(struct store *s, int argc, char **argv, bool verbose)
 	req.cache_id = argv[optind];
 	req.dir = req.block ? NULL : argv[optind + 1];
 	t0 = imc_monotonic_ns();
+	if (ensure_local(s, fc, req.cache_id, verbose, &err) < 0)
+		return fail(&err);
 	if (attach_cache(s, &req, &state, &err) < 0)
 		return fail(&err);
 	attach_report_state(&reporter, true, state, "imc-attach");
@@ -210,9 +267,19 @@ int main(int argc, char **argv)
 					     {"help", no_argument, NULL, 'h'},
 					     {"server", required_argument, NULL, 'S'},
 					     {"token", required_argument, NULL, 'T'},
+					     {"cache-size", required_argument, NULL, 'C'},
+					     {"parallel", required_argument, NULL, 'P'},
+					     {"pool-size", required_argument, NULL, 'Z'},
+					     {"registry-ref", required_argument, NULL, 'R'},
+					     {"insecure-registry", required_argument, NULL, 'k'},
 					     {0}};
-	const char *server = NULL, *token = NULL;
-	static const char *const commands[] = {"attach", "detach", "list", "reconcile", "teardown"};
+	static const char *const commands[] = {"attach",    "detach",	"list",
+					       "reconcile", "teardown", "prefetch"};
+	const char *insecure[DRIVER_OPTS_MAX + 1] = {0};
+	size_t n_insecure = 0;
+	struct fetch_config fc = {.server = getenv("IMCACHE_SERVER"),
+				  .token = getenv("IMCACHE_TOKEN"),
+				  .insecure_registries = insecure};
 	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
 	struct store_config cfg = {
 	    .state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink", .driver_opts = driver_opts};
@@ -222,7 +289,7 @@ int main(int argc, char **argv)
 	size_t n_opts = 0;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "+s:d:o:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+s:d:o:vhS:T:C:P:Z:R:k:", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			cfg.state_dir = optarg;
@@ -244,10 +311,43 @@ int main(int argc, char **argv)
 			verbose = true;
 			break;
 		case 'S':
-			server = optarg;
+			fc.server = optarg;
 			break;
 		case 'T':
-			token = optarg;
+			fc.token = optarg;
+			break;
+		case 'C':
+			if (parse_size(optarg, &fc.cache_size) < 0) {
+				fprintf(stderr,
+					"imc-attach: --cache-size %s: want BYTES[K|M|G|T]\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'R':
+			fc.registry_ref = optarg;
+			break;
+		case 'k':
+			if (n_insecure == DRIVER_OPTS_MAX) {
+				fprintf(stderr, "imc-attach: too many --insecure-registry\n");
+				return 2;
+			}
+			insecure[n_insecure++] = optarg;
+			break;
+		case 'Z':
+			if (parse_size(optarg, &cfg.pool_size) < 0) {
+				fprintf(stderr, "imc-attach: --pool-size %s: want BYTES[K|M|G|T]\n",
+					optarg);
+				return 2;
+			}
+			break;
+		case 'P':
+			fc.parallel = (unsigned)strtoul(optarg, NULL, 10);
+			if (fc.parallel == 0 || fc.parallel > FETCH_PARALLEL_MAX) {
+				fprintf(stderr, "imc-attach: --parallel %s: want 1-%d\n", optarg,
+					FETCH_PARALLEL_MAX);
+				return 2;
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -261,7 +361,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	attach_reporter_from_env(&reporter, server, token);
+	attach_reporter_from_env(&reporter, fc.server, fc.token);
 	const char *cmd = argv[optind];
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
 		known |= strcmp(cmd, commands[i]) == 0;
@@ -281,7 +381,9 @@ int main(int argc, char **argv)
 	argc -= optind;
 	argv += optind;
 	if (strcmp(cmd, "attach") == 0)
-		r = cmd_attach(s, argc, argv, verbose);
+		r = cmd_attach(s, &fc, argc, argv, verbose);
+	else if (strcmp(cmd, "prefetch") == 0)
+		r = cmd_prefetch(s, &fc, argc, argv, verbose);
 	else if (strcmp(cmd, "detach") == 0)
 		r = cmd_detach(s, argc, argv, verbose);
 	else if (strcmp(cmd, "list") == 0)

@@ -531,6 +531,28 @@ static int reflink_clone(struct store *s, const char *snapshot_id, const char *c
 	return 0;
 }
 
+static int reflink_resize(struct store *s, enum store_kind kind, const char *id, uint64_t size,
+			  imc_error *err)
+{
+	char name[NAME_MAX_LEN];
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+
+	img_name(id, name);
+	fd = openat(rl(s)->kind_dirs[kind], name, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return imc_err_sys(err, errno, "%s %s", store_kind_name(kind), id);
+	if ((uint64_t)st.st_size > size)
+		return imc_err(err, EINVAL, "%s %s: size %llu is smaller than its %llu bytes",
+			       store_kind_name(kind), id, (unsigned long long)size,
+			       (unsigned long long)st.st_size);
+	/* Sparse: the new space costs nothing until written. */
+	if (ftruncate(fd, (off_t)size) < 0)
+		return imc_err_sys(err, errno, "grow %s %s to %llu bytes", store_kind_name(kind),
+				   id, (unsigned long long)size);
+	return 0;
+}
+
 static int reflink_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err)
 {
 	char name[NAME_MAX_LEN];
@@ -664,6 +686,7 @@ const struct store_driver_ops store_reflink_ops = {
     .close = reflink_close,
     .volume_create = reflink_volume_create,
     .activate = reflink_activate,
+    .resize = reflink_resize,
     .deactivate = reflink_deactivate,
     .seal = reflink_seal,
     .clone = reflink_clone,

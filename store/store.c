@@ -188,3 +188,16 @@ int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const c
 			    s->ops->name);
 	return r < 0 ? r : s->ops->volume_from_snapshot(s, snapshot_id, volume_id, size, err);
 }
+
+int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t size,
+		 imc_error *err)
+{
+	int r = check_id(id, err);
+
+	if (r == 0 && kind == STORE_SNAPSHOT)
+		r = imc_err(err, EINVAL, "snapshot %s: read-only, cannot grow", id);
+	if (r == 0 && (size == 0 || size % 4096))
+		r = imc_err(err, EINVAL, "%s %s: size %llu is not a positive multiple of 4096",
+			    store_kind_name(kind), id, (unsigned long long)size);
+	return r < 0 ? r : s->ops->resize(s, kind, id, size, err);
+}

@@ -85,6 +85,10 @@ struct store_driver_ops {
 	 * driver that cannot: store_volume_from_snapshot answers -EOPNOTSUPP. */
 	int (*volume_from_snapshot)(struct store *s, const char *snapshot_id, const char *volume_id,
 				    uint64_t size, imc_error *err);
+	/* Grow a volume or clone to size bytes (never shrink) before it is activated; the new
+	 * space reads as zeros. */
+	int (*resize)(struct store *s, enum store_kind kind, const char *id, uint64_t size,
+		      imc_error *err);
 };
 
 struct store {
@@ -119,6 +123,10 @@ int store_list(struct store *s, enum store_kind kind, char ***ret_ids, size_t *r
 void store_list_free(char **ids, size_t n);
 int store_usage(struct store *s, struct store_usage *ret, imc_error *err);
 int store_teardown(struct store *s, imc_error *err);
+/* Grow volume or clone id to size bytes (a multiple of 4096, not below its size) before it is
+ * activated; -EINVAL for a snapshot or a smaller size. */
+int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t size,
+		 imc_error *err);
 /* See store_driver_ops.volume_from_snapshot (the reflink driver: a FICLONE of the snapshot's
  * file, then ftruncate to size; the filesystem inside is not grown, that is the caller's). */
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,

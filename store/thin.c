@@ -1401,13 +1401,17 @@ static int thin_seal(struct store *s, const char *volume_id, const char *snapsho
 	return meta_save(t, &m, true, err);
 }
 
-static int thin_clone(struct store *s, const char *snapshot_id, const char *clone_id,
-		      imc_error *err)
+/* A new device of kind as a "create_snap" of snapshot snapshot_id, at least as large as it (a
+ * larger size only makes the device longer: the blocks past the snapshot's end read zero).  The
+ * origin is a sealed snapshot, never active for writing: no suspend needed.  A clone is
+ * disposable after a crash; a volume's record is made durable. */
+static int snap_of(struct store *s, const char *snapshot_id, enum store_kind kind, const char *id,
+		   uint64_t size, imc_error *err)
 {
 	struct thin *t = th(s);
 	_cleanup_op_lock_ struct op_lock l = {.fd = -1};
 	_cleanup_(meta_free) struct thin_meta m = {0};
-	struct thin_dev d = {.kind = STORE_CLONE};
+	struct thin_dev d = {.kind = kind};
 	char origin[ID_MAX + 16];
 	ssize_t i;
 	int r;
@@ -1417,38 +1421,65 @@ static int thin_clone(struct store *s, const char *snapshot_id, const char *clon
 	i = meta_find(&m, STORE_SNAPSHOT, snapshot_id);
 	if (i < 0)
 		return imc_err(err, ENOENT, "snapshot %s: not in the pool", snapshot_id);
-	snprintf(d.id, sizeof(d.id), "%s", clone_id);
-	d.size = m.devs[i].size;
-	snprintf(origin, sizeof(origin), "snapshot %s", snapshot_id);
-	/* The origin is a sealed snapshot, never active for writing: no suspend needed. */
-	r = thin_create_dev(t, &d, origin, m.devs[i].dev_id, false, err);
-	return r < 0 ? imc_err_wrap(err, "clone %s of snapshot %s", clone_id, snapshot_id) : 0;
-}
-
-/* A writable volume that starts as the snapshot: "create_snap" of it, recorded as a volume; a
- * larger size only makes the device longer (the blocks past the snapshot's end read zero). */
-static int thin_volume_from_snapshot(struct store *s, const char *snapshot_id,
-				     const char *volume_id, uint64_t size, imc_error *err)
-{
-	struct thin *t = th(s);
-	_cleanup_op_lock_ struct op_lock l = {.fd = -1};
-	_cleanup_(meta_free) struct thin_meta m = {0};
-	struct thin_dev d = {.kind = STORE_VOLUME};
-	char origin[ID_MAX + 16];
-	ssize_t i;
-	int r;
-
-	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
-		return r;
-	i = meta_find(&m, STORE_SNAPSHOT, snapshot_id);
-	if (i < 0)
-		return imc_err(err, ENOENT, "snapshot %s: not in the pool", snapshot_id);
-	snprintf(d.id, sizeof(d.id), "%s", volume_id);
+	snprintf(d.id, sizeof(d.id), "%s", id);
 	size = (size + 4095) / 4096 * 4096;
 	d.size = size > m.devs[i].size ? size : m.devs[i].size;
 	snprintf(origin, sizeof(origin), "snapshot %s", snapshot_id);
-	r = thin_create_dev(t, &d, origin, m.devs[i].dev_id, true, err);
-	return r < 0 ? imc_err_wrap(err, "volume %s from snapshot %s", volume_id, snapshot_id) : 0;
+	r = thin_create_dev(t, &d, origin, m.devs[i].dev_id, kind == STORE_VOLUME, err);
+	return r < 0 ? imc_err_wrap(err, "%s %s from snapshot %s", store_kind_name(kind), id,
+				    snapshot_id)
+		     : 0;
+}
+
+static int thin_clone(struct store *s, const char *snapshot_id, const char *clone_id,
+		      imc_error *err)
+{
+	return snap_of(s, snapshot_id, STORE_CLONE, clone_id, 0, err);
+}
+
+static int thin_volume_from_snapshot(struct store *s, const char *snapshot_id,
+				     const char *volume_id, uint64_t size, imc_error *err)
+{
+	return snap_of(s, snapshot_id, STORE_VOLUME, volume_id, size, err);
+}
+
+/* A thin device's length is only its table's: grow the record (durably), and the table too when
+ * the device is active (reload, then resume swaps it in under the open device). */
+static int thin_resize(struct store *s, enum store_kind kind, const char *id, uint64_t size,
+		       imc_error *err)
+{
+	struct thin *t = th(s);
+	_cleanup_op_lock_ struct op_lock l = {.fd = -1};
+	_cleanup_(meta_free) struct thin_meta m = {0};
+	char name[DM_NAME_MAX], params[64];
+	ssize_t i;
+	int r;
+
+	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
+		return r;
+	i = meta_find(&m, kind, id);
+	if (i < 0)
+		return imc_err(err, ENOENT, "%s %s: not in the pool", store_kind_name(kind), id);
+	if (m.devs[i].size > size)
+		return imc_err(err, EINVAL, "%s %s: size %llu is smaller than its %llu bytes",
+			       store_kind_name(kind), id, (unsigned long long)size,
+			       (unsigned long long)m.devs[i].size);
+	m.devs[i].size = size;
+	if ((r = meta_save(t, &m, true, err)) < 0)
+		return r;
+	dev_name(t, kind, id, name);
+	if ((r = dm_exists(name, NULL, NULL, NULL, err)) <= 0)
+		return r;
+	snprintf(params, sizeof(params), "%s %u", t->pool_dev, m.devs[i].dev_id);
+	r = dm_do(&(struct dm_req){.type = DM_DEVICE_RELOAD,
+				   .name = name,
+				   .target = "thin",
+				   .params = params,
+				   .sectors = size_sectors(size)},
+		  NULL, err);
+	if (r == 0)
+		r = dm_do(&(struct dm_req){.type = DM_DEVICE_RESUME, .name = name}, NULL, err);
+	return r < 0 ? imc_err_wrap(err, "grow %s %s", store_kind_name(kind), id) : 0;
 }
 
 static int thin_remove(struct store *s, enum store_kind kind, const char *id, imc_error *err)
@@ -1570,6 +1601,7 @@ const struct store_driver_ops store_thin_ops = {
     .close = thin_close,
     .volume_create = thin_volume_create,
     .activate = thin_activate,
+    .resize = thin_resize,
     .deactivate = thin_deactivate,
     .seal = thin_seal,
     .clone = thin_clone,

@@ -10,6 +10,7 @@
 # ratios, not the absolute figures.
 #
 #   BENCH_VM_DATA_MB (256)  BENCH_VM_CLONES (30)   IMC_BIN (build: the release build)
+#   BENCH_OUT: where the markdown table goes as well (make bench's run.sh sets it)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -32,7 +33,7 @@ if [ "${1:-}" != --in-vm ]; then
 		"| measure (emulated CPU) | reflink | thin | thin/reflink |",
 		"|---|---|---|---|",
 		( ["build_ms", "attach_p50_ms", "attach_p99_ms", "detach_p50_ms", "detach_p99_ms"][] as $k |
-		  "| \($k) | \($r[$k]) | \($t[$k]) | \(ratio($k)) |")'
+		  "| \($k) | \($r[$k]) | \($t[$k]) | \(ratio($k)) |")' | tee "${BENCH_OUT:-/dev/null}"
 	exit 0
 fi
 

@@ -16,8 +16,8 @@
 #   bench_attach_scale.sh  attach p50/p99 for 1, 4 and 16 GiB snapshots and 1, 8, 20 at once
 #   bench_model.sh         a cache with a 4 GiB model file vs curl of the same file
 #   bench_ctr.sh           ctr run from a cache vs ctr pull + run of the same image
-#   bench_vm_drivers.sh    thin vs reflink in the VM (only with BENCH_VM=1: make bench-vm)
-# BENCH_PARTS ("layers attach_scale model ctr") picks the parts.  All tables together go to
+#   bench_vm_drivers.sh    thin vs reflink in the Debian-kernel VM (emulated CPU: ratios only)
+# BENCH_PARTS ("layers attach_scale model ctr vm_drivers") picks the parts.  All tables together go to
 # build/bench/results.md.
 set -euo pipefail
 
@@ -120,7 +120,7 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| detach p50 | ${D50} ms | |"
 } | tee "$OUT_MD"
 
-for part in ${BENCH_PARTS-layers attach_scale model ctr}; do
+for part in ${BENCH_PARTS-layers attach_scale model ctr vm_drivers}; do
 	step "$part"
 	out=$IMC_ROOT/build/bench/$part.md
 	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out "$here/bench_$part.sh" >&2

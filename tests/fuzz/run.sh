@@ -5,7 +5,7 @@
 #      seeded from the inputs mkcorpus.sh writes into BUILD_DIR/seeds/<target>.
 # A crash, leak, sanitizer report or timeout fails the run: its log tail and the reproducer
 # (BUILD_DIR/artifacts/<target>/) are printed.  Exits 1 if any target failed.
-#   usage: run.sh BUILD_DIR SECONDS [TARGET...]    (targets: ref manifest request layer runtime query)
+#   usage: run.sh BUILD_DIR SECONDS [TARGET...]    (default: every fuzz_* built in BUILD_DIR)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,7 +13,12 @@ out=$(cd "${1:?usage: run.sh BUILD_DIR SECONDS [TARGET...]}" && pwd)
 secs=${2:?usage: run.sh BUILD_DIR SECONDS [TARGET...]}
 shift 2
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(ref manifest request layer runtime query)
+if [ ${#targets[@]} = 0 ]; then
+	for bin in "$out"/fuzz_*; do
+		[ -x "$bin" ] && targets+=("${bin##*/fuzz_}")
+	done
+fi
+[ ${#targets[@]} -gt 0 ] || { echo "no fuzz targets in $out (make fuzz)"; exit 1; }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -24,9 +29,9 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 opts_for() {
 	case $1 in
 	ref) echo "-dict=$here/ref.dict -max_len=1024" ;;
-	manifest | request | runtime) echo "-dict=$here/json.dict -max_len=8192" ;;
+	manifest | request | runtime | index | auth) echo "-dict=$here/json.dict -max_len=8192" ;;
 	layer) echo "-dict=$here/layer.dict -max_len=16384" ;;
-	query) echo "-max_len=4096" ;;
+	*) echo "-max_len=4096" ;;
 	esac
 }
 
@@ -39,7 +44,7 @@ for t in "${targets[@]}"; do
 	tmp=$out/tmp/$t
 	[ -x "$bin" ] || { echo "fuzz_$t: $bin is missing (make fuzz)"; exit 1; }
 	rm -rf "$tmp"
-	mkdir -p "$corpus" "$artifacts" "$(dirname "$log")" "$tmp"
+	mkdir -p "$corpus" "$artifacts" "$out/seeds/$t" "$(dirname "$log")" "$tmp"
 	# shellcheck disable=SC2207
 	common=(-timeout=25 -rss_limit_mb=2048 -artifact_prefix="$artifacts" $(opts_for "$t"))
 	: >"$log"

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/statfs.h>
 #include <sys/wait.h>
 
@@ -358,6 +359,36 @@ START_TEST(two_attaches_are_isolated)
 }
 END_TEST
 
+START_TEST(attach_with_size_grows_the_clone_and_its_filesystem)
+{
+	char a[PATH_MAX], b[PATH_MAX], f[PATH_MAX + 16];
+	struct attach_request req = {.cache_id = SNAP, .size = 512ULL << 20};
+	struct store_object_info info;
+	struct statvfs vfs;
+	imc_error err;
+
+	mkdirs(a, b, sizeof(a));
+	req.dir = a;
+	must(attach_cache(st, &req, NULL, &err), &err);
+	ck_assert_int_eq(statvfs(a, &vfs), 0);
+	/* The snapshot's ext4 is 256 MiB; grown, it holds more than 400 MiB of blocks. */
+	ck_assert_uint_gt((uint64_t)vfs.f_blocks * vfs.f_frsize, 400ULL << 20);
+	snprintf(f, sizeof(f), "%s/hello", a);
+	ck_assert(file_has(f, "from the snapshot\n"));
+	must(store_stat(st, STORE_SNAPSHOT, SNAP, &info, &err), &err);
+	ck_assert_uint_eq(info.size, 256ULL << 20); /* the snapshot did not grow */
+	must(attach_detach(st, a, &err), &err);
+
+	/* Smaller than the snapshot: refused, nothing left. */
+	req.size = 128ULL << 20;
+	ck_assert_int_lt(attach_cache(st, &req, NULL, &err), 0);
+	ck_assert_uint_eq(count(STORE_CLONE), 0);
+	ck_assert_int_eq(devices_in_use(), base_devs);
+	/* The store refuses to grow a snapshot. */
+	ck_assert_int_eq(store_resize(st, STORE_SNAPSHOT, SNAP, 1ULL << 30, &err), -EINVAL);
+}
+END_TEST
+
 START_TEST(bad_attaches_leave_nothing)
 {
 	char a[PATH_MAX], b[PATH_MAX];
@@ -477,6 +508,7 @@ int main(void)
 		tcase_add_test(tc, compaction_keeps_the_largest_holes_within_the_fill_budget);
 	}
 	tcase_add_test(tc, two_attaches_are_isolated);
+	tcase_add_test(tc, attach_with_size_grows_the_clone_and_its_filesystem);
 	tcase_add_test(tc, bad_attaches_leave_nothing);
 	tcase_add_test(tc, detach_after_agent_crash);
 	tcase_add_test(tc, teardown_refused_while_attached);

@@ -1,0 +1,922 @@
+/* Fetching snapshots from imcd in chunks (docs/distribution.md). */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zstd.h>
+
+#include "../builder/builder.h"
+#include "../builder/registry.h"
+#include "attach.h"
+#include "fetch.h"
+
+#define LOCAL_DIR     "local" /* <state>/chunks/local/<id>.json: indexes of fetched snapshots */
+#define USE_SUFFIX    ".use"  /* <state>/chunks/local/<id>.use: last use (mtime) */
+#define VOLUME_PREFIX "fetch-"
+
+/* ---- HTTP --------------------------------------------------------------------------------- */
+
+struct sink {
+	struct imc_buf buf;
+	size_t max; /* more than this fails the transfer */
+	bool too_big;
+};
+
+static size_t on_data(char *p, size_t size, size_t n, void *ctx)
+{
+	struct sink *s = ctx;
+
+	n *= size;
+	if (n > s->max - s->buf.len) {
+		s->too_big = true;
+		return 0;
+	}
+	return imc_buf_append(&s->buf, p, n) < 0 ? 0 : n;
+}
+
+static CURL *http_new(const char *token, struct curl_slist **ret_headers)
+{
+	CURL *c = curl_easy_init();
+	_cleanup_free_ char *auth = NULL;
+
+	if (!c)
+		return NULL;
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+	/* A stalled transfer is a dropped connection: resume rather than wait. */
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 10L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)FETCH_TIMEOUT_S);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+	*ret_headers = NULL;
+	if (token && asprintf(&auth, "Authorization: Bearer %s", token) > 0)
+		*ret_headers = curl_slist_append(NULL, auth);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, *ret_headers);
+	return c;
+}
+
+/* GET url into s (appending); resume_from > 0 asks for the rest with Range.  Returns 0 when the
+ * whole body (or the asked-for rest) arrived, -EAGAIN on a transfer that broke off (the bytes
+ * that came are kept), another -errno for a refusal. */
+static int http_get(CURL *c, const char *url, uint64_t resume_from, struct sink *s, imc_error *err)
+{
+	char range[48];
+	long status = 0;
+	CURLcode rc;
+
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+	snprintf(range, sizeof(range), "%" PRIu64 "-", resume_from);
+	curl_easy_setopt(c, CURLOPT_RANGE, resume_from ? range : NULL);
+	rc = curl_easy_perform(c);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	if (s->too_big)
+		return imc_err(err, EFBIG, "%s: more than %zu bytes", url, s->max);
+	if (rc != CURLE_OK && (status == 0 || status == 200 || status == 206))
+		return imc_err(err, EAGAIN, "%s: %s", url, curl_easy_strerror(rc));
+	if (status == 200 && resume_from) /* the server ignored Range: start over */
+		return imc_err(err, EAGAIN, "%s: no range support", url);
+	if (status == 200 || status == 206)
+		return 0;
+	if (status == 404)
+		return imc_err(err, ENOENT, "%s: not found (404)", url);
+	if (status == 401 || status == 403)
+		return imc_err(err, EACCES, "%s: refused (%ld)", url, status);
+	return imc_err(err, status >= 500 ? EAGAIN : EPROTO, "%s: HTTP %ld", url, status);
+}
+
+/* ---- the plan ------------------------------------------------------------------------------ */
+
+struct job {
+	const struct chunk_entry *e;
+	uint64_t len;
+	bool local; /* found in another local snapshot */
+	const char *src_id;
+	uint64_t src_offset;
+};
+
+struct fetch {
+	struct store *s;
+	const struct fetch_config *cfg;
+	const struct chunk_index *ix;
+	int dev_fd;
+	struct job *jobs;
+	size_t n_jobs;
+	size_t next; /* next job to take (under lock) */
+	pthread_mutex_t lock;
+	bool failed;
+	imc_error err; /* the first failure */
+	struct fetch_stats *st;
+	/* Pulling from an OCI registry (--registry-ref): each worker opens its own client. */
+	const struct builder_ref *ref;
+	const struct builder_opts *bopts;
+};
+
+static void fetch_fail(struct fetch *f, const imc_error *e)
+{
+	pthread_mutex_lock(&f->lock);
+	if (!f->failed) {
+		f->failed = true;
+		f->err = *e;
+	}
+	pthread_mutex_unlock(&f->lock);
+}
+
+static struct job *take_job(struct fetch *f)
+{
+	struct job *j = NULL;
+
+	pthread_mutex_lock(&f->lock);
+	while (!f->failed && f->next < f->n_jobs && !j) {
+		struct job *c = &f->jobs[f->next++];
+		if (!c->local)
+			j = c;
+	}
+	pthread_mutex_unlock(&f->lock);
+	return j;
+}
+
+static void count(struct fetch *f, uint64_t *field, uint64_t n)
+{
+	__atomic_add_fetch(field, n, __ATOMIC_RELAXED);
+	(void)f;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* Download one chunk's blob whole, resuming a broken transfer where it stopped. */
+static int download(struct fetch *f, CURL *c, const struct job *j, struct sink *s, imc_error *err)
+{
+	char url[1024];
+	int r = -EAGAIN;
+
+	snprintf(url, sizeof(url), "%s/v1/chunks/%s", f->cfg->server, j->e->digest);
+	s->buf.len = 0;
+	s->max = j->e->csize;
+	s->too_big = false;
+	for (unsigned a = 0; a < FETCH_ATTEMPTS && r == -EAGAIN; a++) {
+		if (a > 0)
+			count(f, &f->st->retries, 1);
+		if (a > 0 && s->buf.len == 0) /* nothing came: give the peer a moment */
+			usleep(200000U * a);
+		r = http_get(c, url, s->buf.len, s, err);
+		if (r == 0 && s->buf.len != j->e->csize)
+			r = s->buf.len < j->e->csize
+				? imc_err(err, EAGAIN, "%s: %zu of %" PRIu64 " bytes", url,
+					  s->buf.len, j->e->csize)
+				: imc_err(err, EBADMSG, "%s: too long", url);
+		if (r == -EAGAIN && f->failed)
+			break;
+	}
+	return r;
+}
+
+/* The chunk's blob from the registry (the client verifies its size and digest and retries). */
+static int download_registry(struct fetch *f, struct registry *reg, const struct job *j,
+			     struct sink *s, imc_error *err)
+{
+	const struct builder_descriptor d = {.media_type = (char *)CHUNKS_MEDIA_TYPE_CHUNK,
+					     .digest = (char *)j->e->blob,
+					     .size = (int64_t)j->e->csize};
+	char *data = NULL;
+	size_t len = 0;
+	int r = -EAGAIN;
+
+	for (unsigned a = 0; a < FETCH_ATTEMPTS && r < 0 && !f->failed; a++) {
+		if (a > 0)
+			count(f, &f->st->retries, 1);
+		r = registry_get_blob_mem(reg, &d, j->e->csize, &data, &len, err);
+	}
+	if (r < 0)
+		return r;
+	imc_buf_free(&s->buf);
+	s->buf = (struct imc_buf){.data = data, .len = len, .cap = len};
+	return 0;
+}
+
+/* Fetch, verify (refetch once when corrupt) and write one chunk. */
+static int fetch_one(struct fetch *f, CURL *c, struct registry *reg, const struct job *j,
+		     struct sink *s, void *out, imc_error *err)
+{
+	int r;
+
+	for (int attempt = 0;; attempt++) {
+		r = reg ? download_registry(f, reg, j, s, err) : download(f, c, j, s, err);
+		if (r < 0)
+			return imc_err_wrap(err, "chunk at offset %" PRIu64, j->e->offset);
+		r = chunk_decompress_verify(s->buf.data, s->buf.len, j->e->digest, out, j->len,
+					    err);
+		if (r == 0)
+			break;
+		if (attempt > 0)
+			return imc_err_wrap(err, "chunk at offset %" PRIu64 " (corrupt twice)",
+					    j->e->offset);
+		count(f, &f->st->refetched_corrupt, 1);
+	}
+	count(f, &f->st->fetched, 1);
+	count(f, &f->st->fetched_bytes, s->buf.len);
+	r = pwrite_all(f->dev_fd, out, j->len, j->e->offset);
+	if (r < 0)
+		return imc_err_sys(err, -r, "write chunk at offset %" PRIu64, j->e->offset);
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	struct fetch *f = arg;
+	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
+	_cleanup_curl_ CURL *c = http_new(f->cfg->token, &headers);
+	_cleanup_free_ void *out = malloc(f->ix->chunk_size);
+	struct registry *reg = NULL;
+	struct sink s = {0};
+	struct job *j;
+	imc_error err = {0};
+
+	if (!c || !out) {
+		imc_err(&err, ENOMEM, "out of memory");
+		fetch_fail(f, &err);
+		return NULL;
+	}
+	if (f->ref && registry_open(f->bopts, f->ref, &reg, &err) < 0) {
+		fetch_fail(f, &err);
+		return NULL;
+	}
+	while ((j = take_job(f))) {
+		if (fetch_one(f, c, reg, j, &s, out, &err) < 0) {
+			fetch_fail(f, &err);
+			break;
+		}
+	}
+	if (reg)
+		registry_close(reg);
+	imc_buf_free(&s.buf);
+	return NULL;
+}
+
+static int run_workers(struct fetch *f, imc_error *err)
+{
+	unsigned n = f->cfg->parallel ? f->cfg->parallel : FETCH_PARALLEL_DEFAULT;
+	pthread_t th[FETCH_PARALLEL_MAX];
+	unsigned started = 0;
+
+	if (n > FETCH_PARALLEL_MAX)
+		n = FETCH_PARALLEL_MAX;
+	for (; started < n; started++)
+		if (pthread_create(&th[started], NULL, worker, f) != 0)
+			break;
+	if (started == 0)
+		return imc_err(err, EAGAIN, "cannot start fetch threads");
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	if (f->failed) {
+		*err = f->err;
+		return err->code;
+	}
+	return 0;
+}
+
+/* ---- local chunks: other fetched snapshots that hold the same content --------------------- */
+
+static int local_dir(struct store *s, int *ret_fd, imc_error *err)
+{
+	_cleanup_free_ char *dir = NULL;
+	int fd;
+
+	if (asprintf(&dir, "%s/chunks/" LOCAL_DIR, s->state_dir) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (imc_mkdir_p(dir, 0700, err) < 0)
+		return err->code;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "%s", dir);
+	*ret_fd = fd;
+	return 0;
+}
+
+struct known {
+	const char *digest; /* into ixs[i] */
+	size_t src;	    /* index into the loaded indexes */
+	uint64_t offset;
+};
+
+struct local_set {
+	struct chunk_index *ixs;
+	size_t n_ixs;
+	struct known *known;
+	size_t n_known;
+};
+
+static void local_set_free(struct local_set *l)
+{
+	for (size_t i = 0; i < l->n_ixs; i++)
+		chunk_index_free(&l->ixs[i]);
+	free(l->ixs);
+	free(l->known);
+}
+
+static int cmp_known(const void *a, const void *b)
+{
+	return strcmp(((const struct known *)a)->digest, ((const struct known *)b)->digest);
+}
+
+static int load_one(struct store *s, int dfd, const char *name, struct local_set *l)
+{
+	char id[128];
+	struct store_object_info info;
+	_cleanup_free_ char *buf = NULL, *path = NULL;
+	size_t len, n = strlen(name);
+	struct chunk_index *ix;
+	imc_error e = {0};
+
+	if (n < 6 || n - 5 >= sizeof(id) || strcmp(name + n - 5, ".json") != 0)
+		return 0;
+	snprintf(id, sizeof(id), "%.*s", (int)(n - 5), name);
+	if (store_stat(s, STORE_SNAPSHOT, id, &info, &e) < 0)
+		return 0; /* evicted or removed: its index is stale */
+	if (asprintf(&path, "/proc/self/fd/%d/%s", dfd, name) < 0)
+		return -ENOMEM;
+	ix = &l->ixs[l->n_ixs];
+	if (imc_read_file(path, CHUNKS_INDEX_MAX, &buf, &len, &e) < 0 ||
+	    chunk_index_parse(buf, len, ix, &e) < 0 || strcmp(ix->cache_id, id) != 0) {
+		chunk_index_free(ix);
+		return 0;
+	}
+	l->n_ixs++;
+	return 0;
+}
+
+/* Every chunk digest the local snapshots hold, sorted for lookups. */
+static int local_set_load(struct store *s, struct local_set *ret, imc_error *err)
+{
+	_cleanup_close_ int dfd = -1;
+	_cleanup_dir_ DIR *d = NULL;
+	size_t cap = 0, total = 0;
+	struct dirent *de;
+
+	*ret = (struct local_set){0};
+	if (local_dir(s, &dfd, err) < 0)
+		return err->code;
+	d = fdopendir(dup(dfd));
+	if (!d)
+		return imc_err_sys(err, errno, "chunks/" LOCAL_DIR);
+	while ((de = readdir(d))) {
+		if (ret->n_ixs == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct chunk_index *g = realloc(ret->ixs, cap * sizeof(*g));
+			if (!g)
+				return imc_err(err, ENOMEM, "out of memory");
+			ret->ixs = g;
+		}
+		if (load_one(s, dfd, de->d_name, ret) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < ret->n_ixs; i++)
+		total += ret->ixs[i].n_chunks;
+	ret->known = calloc(total + 1, sizeof(*ret->known));
+	if (!ret->known)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < ret->n_ixs; i++)
+		for (size_t k = 0; k < ret->ixs[i].n_chunks; k++)
+			ret->known[ret->n_known++] =
+			    (struct known){.digest = ret->ixs[i].chunks[k].digest,
+					   .src = i,
+					   .offset = ret->ixs[i].chunks[k].offset};
+	qsort(ret->known, ret->n_known, sizeof(*ret->known), cmp_known);
+	return 0;
+}
+
+static const struct known *local_find(const struct local_set *l, const char *digest)
+{
+	struct known key = {.digest = digest};
+	return bsearch(&key, l->known, l->n_known, sizeof(key), cmp_known);
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* Copy the chunks of one local source snapshot (verified: a local disk can rot too). */
+static int copy_local_from(struct fetch *f, const char *src_id, void *buf, imc_error *err)
+{
+	struct store_dev dev = {.fd = -1};
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	int r = 0;
+
+	if (store_activate(f->s, STORE_SNAPSHOT, src_id, STORE_ACTIVATE_READ_ONLY, &dev, err) < 0)
+		return err->code;
+	for (size_t i = 0; i < f->n_jobs && r == 0; i++) {
+		struct job *j = &f->jobs[i];
+		if (!j->local || strcmp(j->src_id, src_id) != 0)
+			continue;
+		r = read_full(dev.fd, buf, j->len, j->src_offset);
+		if (r == 0 && imc_sha256_hex(buf, j->len, hex, err) == 0 &&
+		    strcmp(hex, j->e->digest + 7) != 0)
+			j->local = false; /* changed under us: fetch it instead */
+		else if (r == 0 && (r = pwrite_all(f->dev_fd, buf, j->len, j->e->offset)) == 0) {
+			f->st->local++;
+			f->st->local_bytes += j->len;
+		}
+		if (r < 0)
+			r = imc_err_sys(err, -r, "copy local chunk of %s", src_id);
+	}
+	store_deactivate(f->s, STORE_SNAPSHOT, src_id, &dev, NULL);
+	return r;
+}
+
+static int copy_local(struct fetch *f, imc_error *err)
+{
+	_cleanup_free_ void *buf = malloc(f->ix->chunk_size);
+
+	if (!buf)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < f->n_jobs; i++) {
+		const char *src = f->jobs[i].src_id;
+		bool first = f->jobs[i].local;
+		for (size_t k = 0; k < i && first; k++)
+			first = !(f->jobs[k].src_id && strcmp(f->jobs[k].src_id, src) == 0);
+		if (first && copy_local_from(f, src, buf, err) < 0)
+			return err->code;
+	}
+	return 0;
+}
+
+static int plan(struct fetch *f, const struct local_set *l, imc_error *err)
+{
+	f->jobs = calloc(f->ix->n_chunks + 1, sizeof(*f->jobs));
+	if (!f->jobs)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < f->ix->n_chunks; i++) {
+		const struct chunk_entry *e = &f->ix->chunks[i];
+		const struct known *k = local_find(l, e->digest);
+		f->jobs[i] = (struct job){.e = e, .len = chunk_index_len(f->ix, e->offset)};
+		if (k) {
+			f->jobs[i].local = true;
+			f->jobs[i].src_id = l->ixs[k->src].cache_id;
+			f->jobs[i].src_offset = k->offset;
+		}
+	}
+	f->n_jobs = f->ix->n_chunks;
+	return 0;
+}
+
+/* ---- the index ----------------------------------------------------------------------------- */
+
+static int get_index(const struct fetch_config *cfg, const char *id, struct chunk_index *ret,
+		     char **ret_buf, size_t *ret_len, imc_error *err)
+{
+	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
+	_cleanup_curl_ CURL *c = http_new(cfg->token, &headers);
+	struct sink s = {.max = CHUNKS_INDEX_MAX};
+	char url[1024];
+	int r = -EAGAIN;
+
+	if (!c)
+		return imc_err(err, ENOMEM, "out of memory");
+	snprintf(url, sizeof(url), "%s/v1/imagecaches/%s/index", cfg->server, id);
+	for (unsigned a = 0; a < FETCH_ATTEMPTS && r == -EAGAIN; a++) {
+		s.buf.len = 0;
+		r = http_get(c, url, 0, &s, err);
+	}
+	if (r == 0 && s.buf.len == 0)
+		r = imc_err(err, EBADMSG, "%s: empty", url);
+	if (r == 0 && chunk_index_parse(s.buf.data, s.buf.len, ret, err) < 0)
+		r = imc_err_wrap(err, "%s", url);
+	if (r == 0 && strcmp(ret->cache_id, id) != 0)
+		r = imc_err(err, EBADMSG, "%s: the index is of %s", url, ret->cache_id);
+	if (r < 0) {
+		imc_buf_free(&s.buf);
+		return r;
+	}
+	*ret_buf = steal_pointer(&s.buf.data);
+	*ret_len = s.buf.len;
+	return 0;
+}
+
+static int manifest_config(const struct registry_manifest *m, struct builder_descriptor *ret,
+			   imc_error *err)
+{
+	_cleanup_json_ json_t *j = NULL;
+	json_t *cfg;
+	const char *at = NULL, *mt = NULL, *digest = NULL;
+	int64_t size = 0;
+
+	if (imc_json_parse_object(m->body, m->len, &j, err) < 0)
+		return imc_err_wrap(err, "manifest");
+	if (imc_json_get_string(j, "artifactType", true, 256, "manifest", &at, err) < 0 ||
+	    imc_json_get_object(j, "config", true, "manifest", &cfg, err) < 0 ||
+	    imc_json_get_string(cfg, "mediaType", true, 256, "manifest.config", &mt, err) < 0 ||
+	    imc_json_get_string(cfg, "digest", true, CHUNKS_DIGEST_LEN, "manifest.config", &digest,
+				err) < 0 ||
+	    imc_json_get_int(cfg, "size", true, 1, CHUNKS_INDEX_MAX, "manifest.config", &size,
+			     err) < 0)
+		return -EINVAL;
+	if (strcmp(at, CHUNKS_ARTIFACT_TYPE) != 0 || strcmp(mt, CHUNKS_MEDIA_TYPE_INDEX) != 0)
+		return imc_err(
+		    err, EINVAL,
+		    "manifest: artifact %.80s with config %.80s, not an imcache snapshot", at, mt);
+	ret->digest = strdup(digest);
+	ret->size = size;
+	return ret->digest ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+/* The index from an OCI artifact: manifest -> config (the index). */
+static int get_index_registry(const struct builder_opts *o, const struct builder_ref *ref,
+			      const char *id, struct chunk_index *ret, char **ret_buf,
+			      size_t *ret_len, imc_error *err)
+{
+	struct registry_manifest m = {0};
+	struct builder_descriptor d = {.media_type = (char *)CHUNKS_MEDIA_TYPE_INDEX};
+	struct registry *r = NULL;
+	char *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	rc = registry_open(o, ref, &r, err);
+	if (rc == 0)
+		rc = registry_get_manifest(r, ref->digest ? ref->digest : ref->tag, ref->digest, &m,
+					   err);
+	if (rc == 0)
+		rc = manifest_config(&m, &d, err);
+	if (rc == 0)
+		rc = registry_get_blob_mem(r, &d, CHUNKS_INDEX_MAX, &buf, &len, err);
+	if (rc == 0)
+		rc = chunk_index_parse(buf, len, ret, err);
+	if (rc == 0 && strcmp(ret->cache_id, id) != 0)
+		rc = imc_err(err, EBADMSG, "the artifact holds cache %s", ret->cache_id);
+	free(d.digest);
+	registry_manifest_free(&m);
+	if (r)
+		registry_close(r);
+	if (rc < 0) {
+		chunk_index_free(ret);
+		free(buf);
+		return rc;
+	}
+	*ret_buf = buf;
+	*ret_len = len;
+	return 0;
+}
+
+/* ---- last use and LRU ----------------------------------------------------------------------- */
+
+int fetch_touch(struct store *s, const char *id, imc_error *err)
+{
+	_cleanup_close_ int dfd = -1, fd = -1;
+	char name[128];
+
+	if (local_dir(s, &dfd, err) < 0)
+		return err->code;
+	snprintf(name, sizeof(name), "%s" USE_SUFFIX, id);
+	fd = openat(dfd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0 || futimens(fd, NULL) < 0)
+		return imc_err_sys(err, errno, "last use of %s", id);
+	return 0;
+}
+
+struct lru_item {
+	char *id;
+	int64_t used;
+	uint64_t bytes;
+};
+
+static int cmp_lru(const void *a, const void *b)
+{
+	const struct lru_item *x = a, *y = b;
+	return x->used < y->used ? -1 : x->used > y->used;
+}
+
+static bool attached(json_t *list, const char *id)
+{
+	size_t i;
+	json_t *v;
+
+	json_array_foreach(list, i, v)
+	{
+		const char *cid = json_string_value(json_object_get(v, "cacheId"));
+		if (cid && strcmp(cid, id) == 0)
+			return true;
+	}
+	return false;
+}
+
+static int64_t last_use(int dfd, const char *id)
+{
+	char name[128];
+	struct stat st;
+
+	snprintf(name, sizeof(name), "%s" USE_SUFFIX, id);
+	return fstatat(dfd, name, &st, 0) < 0 ? 0 : (int64_t)st.st_mtim.tv_sec;
+}
+
+static void forget_local(int dfd, const char *id)
+{
+	char name[128];
+
+	snprintf(name, sizeof(name), "%s.json", id);
+	unlinkat(dfd, name, 0);
+	snprintf(name, sizeof(name), "%s" USE_SUFFIX, id);
+	unlinkat(dfd, name, 0);
+}
+
+int fetch_evict(struct store *s, uint64_t limit, uint64_t need, const char *keep,
+		uint64_t *ret_evicted, imc_error *err)
+{
+	_cleanup_json_ json_t *list = NULL;
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ struct lru_item *items = NULL;
+	char **ids = NULL;
+	size_t n = 0, n_items = 0;
+	uint64_t used = 0;
+	int r = 0;
+
+	*ret_evicted = 0;
+	if (limit == 0)
+		return 0;
+	if (local_dir(s, &dfd, err) < 0 || attach_list(s, &list, err) < 0 ||
+	    store_list(s, STORE_SNAPSHOT, &ids, &n, err) < 0)
+		return err->code;
+	items = calloc(n + 1, sizeof(*items));
+	for (size_t i = 0; items && i < n; i++) {
+		struct store_object_info info;
+		if (store_stat(s, STORE_SNAPSHOT, ids[i], &info, NULL) < 0)
+			continue;
+		used += info.allocated;
+		if ((keep && strcmp(ids[i], keep) == 0) || attached(list, ids[i]))
+			continue;
+		items[n_items++] = (struct lru_item){
+		    .id = ids[i], .used = last_use(dfd, ids[i]), .bytes = info.allocated};
+	}
+	if (!items) {
+		store_list_free(ids, n);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	qsort(items, n_items, sizeof(*items), cmp_lru);
+	for (size_t i = 0; i < n_items && used + need > limit && r == 0; i++) {
+		r = store_remove(s, STORE_SNAPSHOT, items[i].id, err);
+		if (r == 0) {
+			forget_local(dfd, items[i].id);
+			used -= items[i].bytes < used ? items[i].bytes : used;
+			(*ret_evicted)++;
+		}
+	}
+	store_list_free(ids, n);
+	if (r == 0 && used + need > limit)
+		r = imc_err(err, ENOSPC,
+			    "cache size %" PRIu64 ": %" PRIu64
+			    " bytes held by attached snapshots, %" PRIu64 " more needed",
+			    limit, used, need);
+	return r;
+}
+
+/* ---- the whole fetch ------------------------------------------------------------------------ */
+
+static uint64_t data_bytes(const struct chunk_index *ix)
+{
+	uint64_t n = 0;
+
+	for (size_t i = 0; i < ix->n_chunks; i++)
+		n += chunk_index_len(ix, ix->chunks[i].offset);
+	return n;
+}
+
+static int check_space(struct store *s, const struct fetch_config *cfg, const char *id,
+		       const struct chunk_index *ix, struct fetch_stats *st, imc_error *err)
+{
+	struct store_usage u;
+	uint64_t need = data_bytes(ix);
+
+	if (fetch_evict(s, cfg->cache_size, need, id, &st->evicted, err) < 0)
+		return imc_err_wrap(err, "make room for %s", id);
+	if (cfg->cache_size && need > cfg->cache_size)
+		return imc_err(err, ENOSPC,
+			       "snapshot %s: %" PRIu64
+			       " bytes of data, more than the cache size %" PRIu64,
+			       id, need, cfg->cache_size);
+	if (store_usage(s, &u, err) < 0)
+		return err->code;
+	if (need > u.free)
+		return imc_err(err, ENOSPC,
+			       "snapshot %s: %" PRIu64 " bytes of data, the pool has %" PRIu64
+			       " free",
+			       id, need, u.free);
+	return 0;
+}
+
+/* Fill the activated volume: local copies first, then the network. */
+/* Zero chunks stay holes, but the reflink driver's seal rewrites a volume with
+ * FETCH_KEEP_HOLES or more holes between its data into few extents (a copy of all of it: see
+ * store/reflink.c).  So the largest gaps between data chunks stay holes and the smaller ones are
+ * written as zeros here, locally: the seal then has nothing to compact. */
+#define FETCH_KEEP_HOLES 15 /* store/reflink.c: COMPACT_TARGET_RUNS - 1 */
+
+static int cmp_gap_desc(const void *a, const void *b)
+{
+	uint64_t x = ((const struct gap *)a)->end - ((const struct gap *)a)->start;
+	uint64_t y = ((const struct gap *)b)->end - ((const struct gap *)b)->start;
+	return x < y ? 1 : x > y ? -1 : 0;
+}
+
+TESTABLE int fetch_small_gaps(const struct chunk_index *ix, struct gap **ret, size_t *ret_n)
+{
+	struct gap *g = calloc(ix->n_chunks + 1, sizeof(*g));
+	size_t n = 0;
+
+	if (!g)
+		return -ENOMEM;
+	/* Only gaps between data count: before the first and after the last there is no data. */
+	for (size_t i = 1; i < ix->n_chunks; i++) {
+		uint64_t end_prev = ix->chunks[i - 1].offset + ix->chunk_size;
+		if (ix->chunks[i].offset > end_prev)
+			g[n++] = (struct gap){end_prev, ix->chunks[i].offset};
+	}
+	if (n <= FETCH_KEEP_HOLES) {
+		free(g);
+		*ret = NULL;
+		*ret_n = 0;
+		return 0;
+	}
+	qsort(g, n, sizeof(*g), cmp_gap_desc);
+	memmove(g, g + FETCH_KEEP_HOLES, (n - FETCH_KEEP_HOLES) * sizeof(*g));
+	*ret = g;
+	*ret_n = n - FETCH_KEEP_HOLES;
+	return 0;
+}
+
+static int write_zero_gaps(struct fetch *f, imc_error *err)
+{
+	_cleanup_free_ struct gap *g = NULL;
+	_cleanup_free_ void *zero = NULL;
+	size_t n = 0;
+	int r;
+
+	if (strcmp(store_driver_name(f->s), "reflink") != 0)
+		return 0; /* thin: zeros would take pool blocks, and its seal does not copy */
+	if (fetch_small_gaps(f->ix, &g, &n) < 0 || !(zero = calloc(1, f->ix->chunk_size)))
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		for (uint64_t off = g[i].start; off < g[i].end; off += f->ix->chunk_size)
+			if ((r = pwrite_all(f->dev_fd, zero, f->ix->chunk_size, off)) < 0)
+				return imc_err_sys(err, -r, "write zeros at %" PRIu64, off);
+	return 0;
+}
+
+static int fill(struct fetch *f, const struct local_set *l, imc_error *err)
+{
+	if (plan(f, l, err) < 0 || copy_local(f, err) < 0 || write_zero_gaps(f, err) < 0 ||
+	    run_workers(f, err) < 0)
+		return err->code;
+	if (fsync(f->dev_fd) < 0)
+		return imc_err_sys(err, errno, "write snapshot %s", f->ix->cache_id);
+	return 0;
+}
+
+static int save_local_index(struct store *s, const char *id, const char *buf, size_t len,
+			    imc_error *err)
+{
+	_cleanup_close_ int dfd = -1, fd = -1;
+	char name[128], tmp[160];
+	int r;
+
+	if (local_dir(s, &dfd, err) < 0)
+		return err->code;
+	snprintf(name, sizeof(name), "%s.json", id);
+	snprintf(tmp, sizeof(tmp), ".%s.json.tmp", id);
+	fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "local index of %s", id);
+	r = imc_write_all(fd, buf, len);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && renameat(dfd, tmp, dfd, name) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlinkat(dfd, tmp, 0);
+		return imc_err_sys(err, -r, "local index of %s", id);
+	}
+	return 0;
+}
+
+static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
+			     const struct builder_ref *ref, const struct chunk_index *ix,
+			     const char *vol, struct fetch_stats *st, imc_error *err)
+{
+	_cleanup_(local_set_free) struct local_set l = {0};
+	const struct builder_opts bopts = {.insecure_registries = cfg->insecure_registries};
+	struct store_dev dev = {.fd = -1};
+	struct fetch f = {.s = s, .cfg = cfg, .ix = ix, .st = st, .ref = ref, .bopts = &bopts};
+	int r;
+
+	if (local_set_load(s, &l, err) < 0)
+		return err->code;
+	if (store_volume_create(s, vol, ix->size, err) < 0)
+		return err->code;
+	if (store_activate(s, STORE_VOLUME, vol, 0, &dev, err) < 0)
+		return err->code;
+	pthread_mutex_init(&f.lock, NULL);
+	f.dev_fd = dev.fd;
+	r = fill(&f, &l, err);
+	pthread_mutex_destroy(&f.lock);
+	free(f.jobs);
+	if (store_deactivate(s, STORE_VOLUME, vol, &dev, r < 0 ? NULL : err) < 0 && r == 0)
+		r = err->code;
+	return r;
+}
+
+static int fetch_with_index(struct store *s, const struct fetch_config *cfg,
+			    const struct builder_ref *ref, const char *id,
+			    const struct chunk_index *ix, const char *buf, size_t len,
+			    struct fetch_stats *st, imc_error *err)
+{
+	char vol[128];
+	int r;
+
+	st->chunks = (ix->size + ix->chunk_size - 1) / ix->chunk_size;
+	st->zero_chunks = st->chunks - ix->n_chunks;
+	if (check_space(s, cfg, id, ix, st, err) < 0)
+		return err->code;
+	snprintf(vol, sizeof(vol), VOLUME_PREFIX "%s", id);
+	store_remove(s, STORE_VOLUME, vol, NULL); /* what a crashed fetch left */
+	r = fetch_into_volume(s, cfg, ref, ix, vol, st, err);
+	if (r == 0)
+		r = store_seal(s, vol, id, err);
+	if (r < 0) {
+		store_remove(s, STORE_VOLUME, vol, NULL);
+		return imc_err_wrap(err, "fetch cache %s", id);
+	}
+	if (save_local_index(s, id, buf, len, err) < 0 || fetch_touch(s, id, err) < 0)
+		return err->code;
+	return 0;
+}
+
+int fetch_snapshot(struct store *s, const struct fetch_config *cfg, const char *id,
+		   struct fetch_stats *ret_stats, imc_error *err)
+{
+	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	const struct builder_opts bopts = {.insecure_registries = cfg->insecure_registries};
+	_cleanup_free_ char *buf = NULL;
+	struct store_object_info info;
+	struct fetch_stats st = {0};
+	uint64_t t0 = imc_monotonic_ns();
+	struct builder_ref ref = {0};
+	bool have_ref = false;
+	size_t len = 0;
+	int r;
+
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	if (store_stat(s, STORE_SNAPSHOT, id, &info, NULL) == 0)
+		return fetch_touch(s, id, err);
+	if (!cfg->server && !cfg->registry_ref)
+		return imc_err(err, ENOENT, "cache %s: not in the local store (and no --server)",
+			       id);
+	if (cfg->registry_ref) {
+		if (builder_ref_parse(cfg->registry_ref, &ref, err) < 0)
+			return imc_err_wrap(err, "--registry-ref");
+		have_ref = true;
+		r = get_index_registry(&bopts, &ref, id, &ix, &buf, &len, err);
+	} else {
+		r = get_index(cfg, id, &ix, &buf, &len, err);
+	}
+	if (r < 0)
+		imc_err_wrap(err, "cache %s", id);
+	else
+		r = fetch_with_index(s, cfg, have_ref ? &ref : NULL, id, &ix, buf, len, &st, err);
+	if (have_ref)
+		builder_ref_free(&ref);
+	if (r < 0)
+		return r;
+	st.ns = imc_monotonic_ns() - t0;
+	if (ret_stats)
+		*ret_stats = st;
+	return 0;
+}

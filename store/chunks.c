@@ -1,0 +1,606 @@
+/* Chunked, content-addressed export of snapshots: the index format and the chunk store. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zstd.h>
+
+#include "chunks.h"
+
+#define INDEX_DIR "index"
+
+void chunk_index_free(struct chunk_index *ix)
+{
+	free(ix->chunks);
+	*ix = (struct chunk_index){0};
+}
+
+uint64_t chunk_index_len(const struct chunk_index *ix, uint64_t offset)
+{
+	uint64_t left = offset < ix->size ? ix->size - offset : 0;
+	return left < ix->chunk_size ? left : ix->chunk_size;
+}
+
+bool chunk_is_zero(const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	static const unsigned char zero[4096];
+
+	while (len >= sizeof(zero)) {
+		if (memcmp(p, zero, sizeof(zero)) != 0)
+			return false;
+		p += sizeof(zero);
+		len -= sizeof(zero);
+	}
+	return memcmp(p, zero, len) == 0;
+}
+
+/* ---- the index ------------------------------------------------------------------------------ */
+
+static int get_digest(json_t *obj, const char *key, const char *ctx, char *out, imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	const char *s = NULL;
+	int r = imc_json_get_string(obj, key, true, CHUNKS_DIGEST_LEN, ctx, &s, err);
+
+	if (r < 0)
+		return r;
+	if (imc_digest_parse(s, hex, err) < 0)
+		return imc_err_wrap(err, "%s.%s", ctx, key);
+	snprintf(out, CHUNKS_DIGEST_LEN + 1, "%s", s);
+	return 0;
+}
+
+static int parse_chunk(json_t *o, const struct chunk_index *ix, uint64_t min_offset, size_t i,
+		       struct chunk_entry *ret, imc_error *err)
+{
+	static const char *const allowed[] = {"offset", "digest", "blob", "csize", NULL};
+	char ctx[48];
+	int64_t off = 0, csize = 0;
+
+	snprintf(ctx, sizeof(ctx), "chunks[%zu]", i);
+	if (!json_is_object(o))
+		return imc_err(err, EINVAL, "%s: want an object", ctx);
+	if (imc_json_check_fields(o, allowed, ctx, err) < 0 ||
+	    imc_json_get_int(o, "offset", true, 0, (int64_t)ix->size - 1, ctx, &off, err) < 0 ||
+	    imc_json_get_int(o, "csize", true, 1, ZSTD_compressBound(ix->chunk_size), ctx, &csize,
+			     err) < 0 ||
+	    get_digest(o, "digest", ctx, ret->digest, err) < 0 ||
+	    get_digest(o, "blob", ctx, ret->blob, err) < 0)
+		return err->code;
+	if ((uint64_t)off % ix->chunk_size != 0 || (uint64_t)off < min_offset)
+		return imc_err(err, EINVAL,
+			       "%s.offset %" PRId64 ": not a multiple of chunkSize in order", ctx,
+			       off);
+	ret->offset = (uint64_t)off;
+	ret->csize = (uint64_t)csize;
+	return 0;
+}
+
+static int parse_header(json_t *j, struct chunk_index *ix, json_t **ret_chunks, imc_error *err)
+{
+	static const char *const allowed[] = {"mediaType", "cacheId", "chunkSize", "size",
+					      "sha256",	   "chunks",  NULL};
+	const char *mt = NULL, *id = NULL;
+	int64_t cs = 0, size = 0;
+
+	if (imc_json_check_fields(j, allowed, "index", err) < 0 ||
+	    imc_json_get_string(j, "mediaType", true, 128, "index", &mt, err) < 0 ||
+	    imc_json_get_string(j, "cacheId", true, sizeof(ix->cache_id) - 1, "index", &id, err) <
+		0 ||
+	    imc_json_get_int(j, "chunkSize", true, CHUNKS_SIZE_MIN, CHUNKS_SIZE_MAX, "index", &cs,
+			     err) < 0 ||
+	    imc_json_get_int(j, "size", true, 1, (int64_t)CHUNKS_SNAPSHOT_MAX, "index", &size,
+			     err) < 0 ||
+	    get_digest(j, "sha256", "index", ix->sha256, err) < 0 ||
+	    imc_json_get_array(j, "chunks", true, CHUNKS_COUNT_MAX, "index", ret_chunks, err) < 0)
+		return err->code;
+	if (strcmp(mt, CHUNKS_MEDIA_TYPE_INDEX) != 0)
+		return imc_err(err, EINVAL, "index.mediaType \"%.80s\": want %s", mt,
+			       CHUNKS_MEDIA_TYPE_INDEX);
+	if (!imc_name_valid(id, sizeof(ix->cache_id) - 1))
+		return imc_err(err, EINVAL, "index.cacheId \"%.80s\": malformed", id);
+	if ((cs & (cs - 1)) != 0)
+		return imc_err(err, EINVAL, "index.chunkSize %" PRId64 ": not a power of two", cs);
+	snprintf(ix->cache_id, sizeof(ix->cache_id), "%s", id);
+	ix->chunk_size = (uint32_t)cs;
+	ix->size = (uint64_t)size;
+	return 0;
+}
+
+int chunk_index_parse(const char *buf, size_t len, struct chunk_index *ret, imc_error *err)
+{
+	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	_cleanup_json_ json_t *j = NULL;
+	json_t *arr = NULL, *o;
+	uint64_t next = 0;
+	size_t i;
+	int r;
+
+	if (len > CHUNKS_INDEX_MAX)
+		return imc_err(err, EFBIG, "chunk index: %zu bytes, more than %u", len,
+			       CHUNKS_INDEX_MAX);
+	if ((r = imc_json_parse_object(buf, len, &j, err)) < 0)
+		return imc_err_wrap(err, "chunk index");
+	if (parse_header(j, &ix, &arr, err) < 0)
+		return err->code;
+	if (json_array_size(arr) > (ix.size + ix.chunk_size - 1) / ix.chunk_size)
+		return imc_err(err, EINVAL, "index.chunks: %zu chunks, more than size holds",
+			       json_array_size(arr));
+	ix.chunks = calloc(json_array_size(arr) + 1, sizeof(*ix.chunks));
+	if (!ix.chunks)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_array_foreach(arr, i, o)
+	{
+		if (parse_chunk(o, &ix, next, i, &ix.chunks[i], err) < 0)
+			return err->code;
+		next = ix.chunks[i].offset + ix.chunk_size;
+		ix.n_chunks++;
+	}
+	*ret = ix;
+	ix = (struct chunk_index){0};
+	return 0;
+}
+
+int chunk_index_render(const struct chunk_index *ix, char **ret, size_t *ret_len, imc_error *err)
+{
+	_cleanup_json_ json_t *arr = json_array();
+	_cleanup_json_ json_t *j = NULL;
+	char *s;
+
+	if (!arr)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < ix->n_chunks; i++) {
+		const struct chunk_entry *c = &ix->chunks[i];
+		if (json_array_append_new(arr, json_pack("{s:I,s:s,s:s,s:I}", "offset",
+							 (json_int_t)c->offset, "digest", c->digest,
+							 "blob", c->blob, "csize",
+							 (json_int_t)c->csize)) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	j = json_pack("{s:s,s:s,s:I,s:I,s:s,s:O}", "mediaType", CHUNKS_MEDIA_TYPE_INDEX, "cacheId",
+		      ix->cache_id, "chunkSize", (json_int_t)ix->chunk_size, "size",
+		      (json_int_t)ix->size, "sha256", ix->sha256, "chunks", arr);
+	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	if (!s)
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret_len = strlen(s);
+	*ret = s;
+	return 0;
+}
+
+/* ---- compression ----------------------------------------------------------------------------- */
+
+int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err)
+{
+	size_t cap = ZSTD_compressBound(len), n;
+	_cleanup_free_ void *out = malloc(cap);
+
+	if (!out)
+		return imc_err(err, ENOMEM, "out of memory");
+	/* One frame, fixed level, no threads: the same content always gives the same blob. */
+	n = ZSTD_compress(out, cap, data, len, CHUNKS_ZSTD_LEVEL);
+	if (ZSTD_isError(n))
+		return imc_err(err, EIO, "zstd: %s", ZSTD_getErrorName(n));
+	*ret = steal_pointer(&out);
+	*ret_len = n;
+	return 0;
+}
+
+int chunk_decompress_verify(const void *blob, size_t blob_len, const char *digest, void *out,
+			    size_t want, imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1], got[IMC_SHA256_HEX_LEN + 1];
+	unsigned long long fsize = ZSTD_getFrameContentSize(blob, blob_len);
+	size_t n;
+
+	if (imc_digest_parse(digest, hex, err) < 0)
+		return -EINVAL;
+	/* The frame header says how much it holds: refuse a bomb before decompressing. */
+	if (fsize != want)
+		return imc_err(err, EBADMSG, "chunk %s: frame holds %llu bytes, want %zu", digest,
+			       fsize, want);
+	n = ZSTD_decompress(out, want, blob, blob_len);
+	if (ZSTD_isError(n))
+		return imc_err(err, EBADMSG, "chunk %s: zstd: %s", digest, ZSTD_getErrorName(n));
+	if (n != want)
+		return imc_err(err, EBADMSG, "chunk %s: %zu bytes, want %zu", digest, n, want);
+	if (imc_sha256_hex(out, n, got, err) < 0)
+		return err->code;
+	if (strcmp(got, hex) != 0)
+		return imc_err(err, EBADMSG, "chunk %s: digest mismatch (content is sha256:%.12s…)",
+			       digest, got);
+	return 0;
+}
+
+/* ---- the chunk store ------------------------------------------------------------------------- */
+
+int chunk_store_open(const char *state_dir, struct chunk_store *ret, imc_error *err)
+{
+	_cleanup_free_ char *dir = imc_path_join(state_dir, "chunks");
+	_cleanup_free_ char *idx = dir ? imc_path_join(dir, INDEX_DIR) : NULL;
+	int fd;
+
+	if (!idx)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (imc_mkdir_p(idx, 0700, err) < 0)
+		return err->code;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "%s", dir);
+	ret->dirfd = fd;
+	return 0;
+}
+
+void chunk_store_close(struct chunk_store *cs)
+{
+	if (cs->dirfd >= 0)
+		close(cs->dirfd);
+	cs->dirfd = -1;
+}
+
+int chunk_blob_path(const char *digest, char *buf, size_t size, imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1];
+
+	if (imc_digest_parse(digest, hex, err) < 0)
+		return -EINVAL;
+	snprintf(buf, size, "sha256/%.2s/%s.zst", hex, hex);
+	return 0;
+}
+
+int chunk_store_open_blob(struct chunk_store *cs, const char *digest, int *ret_fd, imc_error *err)
+{
+	char path[128];
+	int fd;
+
+	if (chunk_blob_path(digest, path, sizeof(path), err) < 0)
+		return -EINVAL;
+	fd = openat(cs->dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "chunk %s", digest);
+	*ret_fd = fd;
+	return 0;
+}
+
+/* Store a compressed chunk under its name (tmp + rename: a reader never sees half of one). */
+static int store_blob(struct chunk_store *cs, const char *path, const void *blob, size_t len,
+		      imc_error *err)
+{
+	char dir[16], tmp[160];
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	snprintf(dir, sizeof(dir), "%.9s", path); /* "sha256/xx" */
+	if (mkdirat(cs->dirfd, "sha256", 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "chunks/sha256");
+	if (mkdirat(cs->dirfd, dir, 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "chunks/%s", dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%lu", path, getpid(), (unsigned long)pthread_self());
+	fd = openat(cs->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "chunks/%s", tmp);
+	if ((r = imc_write_all(fd, blob, len)) < 0 ||
+	    renameat(cs->dirfd, tmp, cs->dirfd, path) < 0) {
+		r = r < 0 ? r : -errno;
+		unlinkat(cs->dirfd, tmp, 0);
+		return imc_err_sys(err, -r, "chunks/%s", path);
+	}
+	return 0;
+}
+
+/* The digest of a stored blob (it was stored by an earlier export: hash what is there). */
+static int hash_fd(int fd, char out[CHUNKS_DIGEST_LEN + 1], uint64_t *ret_size, imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	_cleanup_free_ char *buf = malloc(1 << 20);
+	imc_sha256 h;
+	uint64_t total = 0;
+	ssize_t n;
+
+	if (!buf)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (imc_sha256_init(&h, err) < 0)
+		return err->code;
+	while ((n = read(fd, buf, 1 << 20)) > 0) {
+		imc_sha256_update(&h, buf, (size_t)n);
+		total += (uint64_t)n;
+	}
+	if (n < 0) {
+		imc_sha256_free(&h);
+		return imc_err_sys(err, errno, "read chunk");
+	}
+	imc_sha256_final_hex(&h, hex);
+	snprintf(out, CHUNKS_DIGEST_LEN + 1, "sha256:%s", hex);
+	*ret_size = total;
+	return 0;
+}
+
+/* Store one non-zero chunk (once per content) and fill its entry. */
+static int export_chunk(struct chunk_store *cs, const void *data, size_t len, struct chunk_entry *e,
+			imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1], path[128];
+	_cleanup_free_ void *blob = NULL;
+	_cleanup_close_ int fd = -1;
+	size_t blen;
+
+	if (imc_sha256_hex(data, len, hex, err) < 0)
+		return err->code;
+	snprintf(e->digest, sizeof(e->digest), "sha256:%s", hex);
+	chunk_blob_path(e->digest, path, sizeof(path), err);
+	fd = openat(cs->dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0)
+		return hash_fd(fd, e->blob, &e->csize, err);
+	if (chunk_compress(data, len, &blob, &blen, err) < 0)
+		return err->code;
+	if (imc_sha256_hex(blob, blen, hex, err) < 0)
+		return err->code;
+	snprintf(e->blob, sizeof(e->blob), "sha256:%s", hex);
+	e->csize = blen;
+	return store_blob(cs, path, blob, blen, err);
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* Cut the device into chunks; ix gets the entries and the whole file's digest. */
+static int export_device(struct chunk_store *cs, int fd, struct chunk_index *ix, imc_error *err)
+{
+	size_t cap = (ix->size + ix->chunk_size - 1) / ix->chunk_size;
+	_cleanup_free_ void *buf = malloc(ix->chunk_size);
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	imc_sha256 h;
+	int r = 0;
+
+	ix->chunks = calloc(cap + 1, sizeof(*ix->chunks));
+	if (!buf || !ix->chunks)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (imc_sha256_init(&h, err) < 0)
+		return err->code;
+	for (uint64_t off = 0; off < ix->size && r == 0; off += ix->chunk_size) {
+		size_t len = (size_t)chunk_index_len(ix, off);
+		if ((r = read_full(fd, buf, len, off)) < 0) {
+			r = imc_err_sys(err, -r, "read at %" PRIu64, off);
+			break;
+		}
+		imc_sha256_update(&h, buf, len);
+		if (chunk_is_zero(buf, len))
+			continue;
+		ix->chunks[ix->n_chunks].offset = off;
+		r = export_chunk(cs, buf, len, &ix->chunks[ix->n_chunks], err);
+		if (r == 0)
+			ix->n_chunks++;
+	}
+	if (r < 0) {
+		imc_sha256_free(&h);
+		return r;
+	}
+	imc_sha256_final_hex(&h, hex);
+	snprintf(ix->sha256, sizeof(ix->sha256), "sha256:%s", hex);
+	return 0;
+}
+
+int chunks_read_index(struct chunk_store *cs, const char *id, char **ret, size_t *ret_len,
+		      imc_error *err)
+{
+	char name[128];
+	_cleanup_close_ int dfd = -1;
+	_cleanup_free_ char *path = NULL;
+
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	snprintf(name, sizeof(name), INDEX_DIR "/%s.json", id);
+	dfd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (dfd < 0)
+		return imc_err_sys(err, errno, "chunk index of %s", id);
+	if (asprintf(&path, "/proc/self/fd/%d", dfd) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
+	return imc_read_file(path, CHUNKS_INDEX_MAX, ret, ret_len, err);
+}
+
+static int write_index(struct chunk_store *cs, const char *id, const char *buf, size_t len,
+		       imc_error *err)
+{
+	char name[128], tmp[160];
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	snprintf(name, sizeof(name), INDEX_DIR "/%s.json", id);
+	snprintf(tmp, sizeof(tmp), INDEX_DIR "/.%s.json.tmp", id);
+	fd = openat(cs->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "chunks/%s", tmp);
+	r = imc_write_all(fd, buf, len);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && renameat(cs->dirfd, tmp, cs->dirfd, name) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlinkat(cs->dirfd, tmp, 0);
+		return imc_err_sys(err, -r, "chunks/%s", name);
+	}
+	return 0;
+}
+
+int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint32_t chunk_size,
+		  char **ret, size_t *ret_len, imc_error *err)
+{
+	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	struct store_object_info info;
+	struct store_dev dev = {.fd = -1};
+	_cleanup_free_ char *buf = NULL;
+	size_t len = 0;
+	int r;
+
+	r = chunks_read_index(cs, id, &buf, &len, err);
+	if (r != -ENOENT) {
+		if (r == 0 && ret) {
+			*ret = steal_pointer(&buf);
+			*ret_len = len;
+		}
+		return r;
+	}
+	imc_err_clear(err);
+	if (store_stat(s, STORE_SNAPSHOT, id, &info, err) < 0)
+		return err->code;
+	if (info.size == 0 || info.size > CHUNKS_SNAPSHOT_MAX)
+		return imc_err(err, EFBIG, "snapshot %s: size %" PRIu64 " out of range", id,
+			       info.size);
+	snprintf(ix.cache_id, sizeof(ix.cache_id), "%s", id);
+	ix.chunk_size = chunk_size ? chunk_size : CHUNKS_SIZE_DEFAULT;
+	ix.size = info.size;
+	if (store_activate(s, STORE_SNAPSHOT, id, STORE_ACTIVATE_READ_ONLY, &dev, err) < 0)
+		return err->code;
+	r = export_device(cs, dev.fd, &ix, err);
+	store_deactivate(s, STORE_SNAPSHOT, id, &dev, NULL);
+	if (r < 0)
+		return imc_err_wrap(err, "export snapshot %s", id);
+	if (chunk_index_render(&ix, &buf, &len, err) < 0 || write_index(cs, id, buf, len, err) < 0)
+		return err->code;
+	if (ret) {
+		*ret = steal_pointer(&buf);
+		*ret_len = len;
+	}
+	return 0;
+}
+
+/* ---- forgetting a snapshot ------------------------------------------------------------------- */
+
+struct digest_set {
+	char (*hex)[IMC_SHA256_HEX_LEN + 1];
+	size_t n, cap;
+};
+
+static int digest_set_add_index(struct digest_set *set, const struct chunk_index *ix)
+{
+	if (set->n + ix->n_chunks > set->cap) {
+		size_t cap = (set->n + ix->n_chunks) * 2 + 64;
+		void *p = realloc(set->hex, cap * sizeof(*set->hex));
+		if (!p)
+			return -ENOMEM;
+		set->hex = p;
+		set->cap = cap;
+	}
+	for (size_t i = 0; i < ix->n_chunks; i++)
+		snprintf(set->hex[set->n++], IMC_SHA256_HEX_LEN + 1, "%s",
+			 ix->chunks[i].digest + 7);
+	return 0;
+}
+
+static int hex_cmp(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* The digests every remaining index names, sorted. */
+static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc_error *err)
+{
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd = openat(cs->dirfd, INDEX_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "chunks/" INDEX_DIR);
+	}
+	while ((de = readdir(d))) {
+		char id[64];
+		size_t len = strlen(de->d_name);
+		_cleanup_free_ char *buf = NULL;
+		struct chunk_index ix = {0};
+		size_t n;
+		int r;
+
+		if (de->d_name[0] == '.' || len < 6 || len - 5 >= sizeof(id) ||
+		    strcmp(de->d_name + len - 5, ".json"))
+			continue;
+		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
+		if ((r = chunks_read_index(cs, id, &buf, &n, err)) < 0 ||
+		    (r = chunk_index_parse(buf, n, &ix, err)) < 0)
+			return imc_err_wrap(err, "chunk index of %s", id);
+		r = digest_set_add_index(set, &ix);
+		chunk_index_free(&ix);
+		if (r < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	if (set->n)
+		qsort(set->hex, set->n, sizeof(*set->hex), hex_cmp);
+	return 0;
+}
+
+/* Remove the stored chunks of directory sha256/<sub> that set does not name. */
+static void drop_unreferenced(struct chunk_store *cs, const char *sub, const struct digest_set *set,
+			      uint64_t *freed)
+{
+	char dir[32];
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd;
+
+	snprintf(dir, sizeof(dir), "sha256/%s", sub);
+	fd = openat(cs->dirfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d))) {
+		char hex[IMC_SHA256_HEX_LEN + 1];
+		struct stat st;
+
+		if (strlen(de->d_name) != IMC_SHA256_HEX_LEN + 4 ||
+		    strcmp(de->d_name + IMC_SHA256_HEX_LEN, ".zst"))
+			continue; /* a .tmp of an export in flight is not ours to judge */
+		snprintf(hex, sizeof(hex), "%.*s", IMC_SHA256_HEX_LEN, de->d_name);
+		if (set->n && bsearch(hex, set->hex, set->n, sizeof(*set->hex), hex_cmp))
+			continue;
+		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    unlinkat(dirfd(d), de->d_name, 0) == 0)
+			*freed += (uint64_t)st.st_blocks * 512;
+	}
+}
+
+int chunks_forget(struct chunk_store *cs, const char *id, uint64_t *ret_freed, imc_error *err)
+{
+	char name[128];
+	struct digest_set set = {0};
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd, r;
+
+	*ret_freed = 0;
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	snprintf(name, sizeof(name), INDEX_DIR "/%s.json", id);
+	if (unlinkat(cs->dirfd, name, 0) < 0)
+		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "chunks/%s", name);
+	r = referenced_chunks(cs, &set, err);
+	fd = r < 0 ? -1 : openat(cs->dirfd, "sha256", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0 && !(d = fdopendir(fd)))
+		close(fd);
+	while (d && (de = readdir(d)))
+		if (strlen(de->d_name) == 2 && de->d_name[0] != '.')
+			drop_unreferenced(cs, de->d_name, &set, ret_freed);
+	free(set.hex);
+	return r;
+}

@@ -1,0 +1,362 @@
+#!/bin/bash
+# Distribution of snapshots in chunks (docs/distribution.md), two hosts on one machine: imcd (and
+# the registry it builds from) in this network namespace, the agent in a private one joined by a
+# veth pair on 10.213.X.0/30.  The agent attaches a cache it has never seen and a container runs
+# from it; the index and chunk endpoints answer Range, If-None-Match and bad names right; a chunk
+# corrupted on the server is caught (refetched, then a clear failure, nothing left behind); a
+# connection dropped in the middle of chunks resumes; a full local pool fails cleanly; a cache
+# rebuilt with a small change sends only the chunks that changed; --cache-size evicts the least
+# recently used snapshot.  The namespace and the veth are removed on every exit path.
+# Needs root, loop devices, ip netns and nsenter.
+# shellcheck source-path=SCRIPTDIR disable=SC2016 # jq programs in single quotes
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+. "$(dirname "$0")/../lib/container.sh"
+
+need_root
+need_loop
+need_tool jq curl tar skopeo losetup findmnt mkfs.xfs sha256sum ip nsenter python3 xxd zstd
+need_programs imcd imcctl imc-attach
+
+# --- two hosts: a network namespace for the agent, a veth pair to it -------------------------
+
+NET=$((RANDOM % 200 + 20))
+NS=imc-dist-$$
+VETH=imcd$$
+SERVER_IP=10.213.$NET.1
+AGENT_IP=10.213.$NET.2
+
+# shellcheck disable=SC2317
+net_down() {
+	ip netns del "$NS" 2>/dev/null || true
+	ip link del "$VETH" 2>/dev/null || true
+}
+defer net_down
+# shellcheck disable=SC2317
+net_up() {
+	ip netns add "$NS" &&
+		ip link add "$VETH" type veth peer name "${VETH}a" &&
+		ip link set "${VETH}a" netns "$NS" &&
+		ip addr add "$SERVER_IP/30" dev "$VETH" &&
+		ip link set "$VETH" up &&
+		ip -n "$NS" addr add "$AGENT_IP/30" dev "${VETH}a" &&
+		ip -n "$NS" link set "${VETH}a" up &&
+		ip -n "$NS" link set lo up
+}
+check "namespace $NS joined by a veth on 10.213.$NET.0/30" net_up
+
+# pool_objects STATE: the volumes and snapshots in an agent's pool ("no pool" when it has none).
+pool_objects() {
+	if [ ! -d "$1/pool/volumes" ] || [ ! -d "$1/pool/snapshots" ]; then
+		echo "no pool"
+		return 0
+	fi
+	find "$1/pool/volumes" "$1/pool/snapshots" -mindepth 1 -printf '%f\n'
+}
+
+# agent STATE ARG...: imc-attach on the second host (only its network is apart: its mounts are
+# this host's, so the container can be run from here).
+# shellcheck disable=SC2317
+agent() {
+	local state=$1
+	shift
+	nsenter --net="/run/netns/$NS" "$IMC_BIN/imc-attach" --state-dir "$state" -v "$@"
+}
+# shellcheck disable=SC2317
+agent_teardown() {
+	"$IMC_BIN/imc-attach" --state-dir "$1" teardown >/dev/null 2>&1 || true
+}
+
+# --- the server host: registry, images, imcd --------------------------------------------------
+
+# The registry listens on the server's veth address: the agent pulls pushed caches from it.
+IMC_REGISTRY_ADDR=$SERVER_IP registry_start_or_bail
+LAYOUT=$TEST_TMP/layout
+WORK=$TEST_TMP/work
+# mkimage_dist TAG EXTRA: busybox and 24 MiB of fixed pseudo-random data (layer 1, the same in
+# every tag), plus a small layer that differs per tag.
+# shellcheck disable=SC2317
+mkimage_dist() {
+	local tag=$1 extra=$2 l1 l2 m
+	[ -e "$LAYOUT/oci-layout" ] || mk_layout "$LAYOUT"
+	rm -rf "$WORK" && mkdir -p "$WORK"
+	mkimage_busybox_rootfs "$WORK/l1"
+	mkdir -p "$WORK/l1/blob" "$WORK/l2/etc"
+	[ -e "$TEST_TMP/data.bin" ] || head -c $((24 << 20)) /dev/urandom >"$TEST_TMP/data.bin"
+	cp "$TEST_TMP/data.bin" "$WORK/l1/blob/data.bin"
+	printf '%s\n' "$extra" >"$WORK/l2/etc/release"
+	l1=$(mk_layer "$LAYOUT" "$WORK/l1" gzip)
+	l2=$(mk_layer "$LAYOUT" "$WORK/l2" gzip)
+	m=$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$l1" "$l2")
+	mk_tag "$LAYOUT" "$tag" "$m"
+	mkimage_push "$LAYOUT" "$tag" "imc/dist:$tag"
+}
+check "image v1 builds and pushes" mkimage_dist v1 "release one"
+
+STATE=$TEST_TMP/server
+defer imc_teardown_quiet
+_imcd_launch "$STATE" "$SERVER_IP:0" --insecure-registry "$REGISTRY" || bail "imcd starts on $SERVER_IP" "$(imcd_log_tail 30)"
+ok "imcd listens at $IMCD_URL"
+
+build() {
+	local out
+	out=$(imcctl create "$REGISTRY/imc/dist:$1" --name "dist-$1" --wait 2>&1) || {
+		echo "$out" >&2
+		return 1
+	}
+	printf '%s\n' "$out" | tail -n1 | tr -d '[:space:]'
+}
+ID=$(build v1) || bail "cache of v1 is Ready"
+ok "cache $ID is Ready"
+
+check_fails "the agent's namespace cannot reach this host's loopback" \
+	nsenter --net="/run/netns/$NS" curl -fsS --max-time 3 -o /dev/null "http://127.0.0.1:${REGISTRY##*:}/v2/"
+check "the agent's namespace reaches imcd over the veth" \
+	nsenter --net="/run/netns/$NS" curl -fsS --max-time 5 -o /dev/null "$IMCD_URL/healthz"
+
+# --- the endpoints ----------------------------------------------------------------------------
+
+http GET "$IMCD_URL/v1/imagecaches/$ID/index"
+check_eq "GET index is 200" 200 "$HTTP_STATUS"
+INDEX=$HTTP_BODY
+printf '%s' "$INDEX" >"$TEST_TMP/index.json"
+SIZE=$(jq -r .size <<<"$INDEX")
+CS=$(jq -r .chunkSize <<<"$INDEX")
+NCHUNKS=$(jq '.chunks | length' <<<"$INDEX")
+ALL=$(((SIZE + CS - 1) / CS))
+check_eq "index names its media type and cache" "application/vnd.imcache.index.v1+json $ID" \
+	"$(jq -r '.mediaType + " " + .cacheId' <<<"$INDEX")"
+if [ "$NCHUNKS" -gt 0 ] && [ "$NCHUNKS" -lt "$ALL" ]; then
+	ok "all-zero chunks are not listed ($NCHUNKS of $ALL chunks stored)"
+else
+	not_ok "all-zero chunks are not listed" "$NCHUNKS of $ALL"
+fi
+check_match "the snapshot's sha256 is named" '^sha256:[0-9a-f]{64}$' "$(jq -r .sha256 <<<"$INDEX")"
+check_eq "index of an unknown cache is 404" 404 \
+	"$(curl -s -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/imagecaches/imc-0000000000000000/index")"
+check_eq "index of a malformed id is 400" 400 \
+	"$(curl -s -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/imagecaches/not-a-cache-id/index")"
+
+D0=$(jq -r '.chunks[0].digest' <<<"$INDEX")
+C0=$(jq -r '.chunks[0].csize' <<<"$INDEX")
+B0=$(jq -r '.chunks[0].blob' <<<"$INDEX")
+CURL=(curl -s --noproxy '*' --max-time 10)
+check_eq "GET chunk: 200 with its compressed size" "200 $C0" \
+	"$("${CURL[@]}" -o "$TEST_TMP/c0" -w '%{http_code} %{size_download}' "$IMCD_URL/v1/chunks/$D0")"
+check_eq "the chunk blob is named by its sha256" "$B0" "sha256:$(_sha256 "$TEST_TMP/c0")"
+check_eq "the chunk decompresses to its digest" "$D0" "sha256:$(zstd -dc <"$TEST_TMP/c0" | sha256sum | cut -d' ' -f1)"
+check_eq "If-None-Match with its ETag is 304" 304 \
+	"$("${CURL[@]}" -o /dev/null -w '%{http_code}' -H "If-None-Match: \"$D0\"" "$IMCD_URL/v1/chunks/$D0")"
+check_eq "Range bytes=1-10 is 206 with 10 bytes" "206 10" \
+	"$("${CURL[@]}" -o /dev/null -w '%{http_code} %{size_download}' -H 'Range: bytes=1-10' "$IMCD_URL/v1/chunks/$D0")"
+check_eq "a range past the end is 416" 416 \
+	"$("${CURL[@]}" -o /dev/null -w '%{http_code}' -H "Range: bytes=$((C0 + 5))-" "$IMCD_URL/v1/chunks/$D0")"
+check_eq "an unknown chunk is 404" 404 \
+	"$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/chunks/sha256:$(printf '%064d' 0)")"
+check_eq "a malformed digest is 400" 400 \
+	"$("${CURL[@]}" -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/chunks/sha256:xyz")"
+check_eq "POST on a chunk is 405" 405 \
+	"$("${CURL[@]}" -o /dev/null -w '%{http_code}' -X POST "$IMCD_URL/v1/chunks/$D0")"
+
+# --- the agent attaches a cache it has never seen --------------------------------------------
+
+A1=$TEST_TMP/agent1
+defer agent_teardown "$A1"
+MNT=$TEST_TMP/rootfs
+mkdir -p "$MNT"
+# shellcheck disable=SC2317
+agent_detach_quiet() {
+	"$IMC_BIN/imc-attach" --state-dir "$1" detach "$2" >/dev/null 2>&1 || true
+}
+defer agent_detach_quiet "$A1" "$MNT"
+_capture agent "$A1" --server "$IMCD_URL" attach "$ID" "$MNT"
+if [ "$rc" -eq 0 ]; then
+	ok "the agent fetches and attaches $ID"
+	note "$out"
+else
+	not_ok "the agent fetches and attaches $ID" "$out"
+fi
+check_eq "the local snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(_sha256 "$A1/pool/snapshots/$ID.img" 2>/dev/null)"
+check_eq "the rootfs holds the image's data" "$(_sha256 "$WORK/l1/blob/data.bin")" \
+	"$(_sha256 "$MNT/blob/data.bin" 2>/dev/null)"
+if run_container "$MNT" /bin/sh -c 'cat /etc/release'; then
+	check_eq "a container runs from the fetched cache ($CONTAINER_RUNTIME)" "release one" \
+		"$(printf '%s' "$CONTAINER_OUTPUT" | tr -d '\r')"
+else
+	not_ok "a container runs from the fetched cache" "$CONTAINER_ERRORS"
+fi
+check "detach" "$IMC_BIN/imc-attach" --state-dir "$A1" detach "$MNT"
+_capture agent "$A1" --server "$IMCD_URL" prefetch "$ID"
+check_eq "prefetch of a cache the host has fetches nothing" "0 " "$rc $(grep fetched <<<"$out" || true)"
+
+# --- a corrupted chunk ------------------------------------------------------------------------
+
+BLOBFILE=$STATE/chunks/sha256/${D0:7:2}/${D0:7}.zst
+flip() {
+	local off=$(($(stat -c %s "$BLOBFILE") / 2)) b
+	b=$(xxd -p -s "$off" -l 1 "$BLOBFILE")
+	printf '%02x' $((0x$b ^ 0xff)) | xxd -r -p | dd of="$BLOBFILE" bs=1 seek="$off" conv=notrunc status=none
+}
+A2=$TEST_TMP/agent2
+defer agent_teardown "$A2"
+flip
+_capture agent "$A2" --server "$IMCD_URL" prefetch "$ID"
+if [ "$rc" -ne 0 ] && grep -q "corrupt twice" <<<"$out"; then
+	ok "a chunk corrupted on the server is refetched once, then fails naming it"
+else
+	not_ok "a chunk corrupted on the server fails clearly" "exit $rc" "$out"
+fi
+check_eq "the failed fetch leaves no volume or snapshot" "" \
+	"$(pool_objects "$A2")"
+flip
+check "once the chunk is repaired the fetch succeeds" agent "$A2" --server "$IMCD_URL" prefetch "$ID"
+
+# --- push to the registry, pull from the registry only -----------------------------------------
+
+_capture imcctl push "$ID" "$REGISTRY/imc/snap:v1" --insecure-registry "$REGISTRY"
+if [ "$rc" -eq 0 ] && grep -q "$((NCHUNKS + 1)) blobs uploaded" <<<"$out"; then
+	ok "imcctl push writes the chunks and the index to the registry"
+else
+	not_ok "imcctl push writes the snapshot to the registry" "exit $rc" "$out"
+fi
+MANIFEST=$(curl -fsS -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+	"http://$REGISTRY/v2/imc/snap/manifests/v1" 2>&1) || true
+check_eq "the artifact has the snapshot artifactType, the index as config, chunks as layers" \
+	"application/vnd.imcache.snapshot.v1 application/vnd.imcache.index.v1+json application/vnd.imcache.chunk.v1.zstd" \
+	"$(jq -r '[.artifactType, .config.mediaType, (.layers[0].mediaType)] | join(" ")' <<<"$MANIFEST" 2>&1)"
+_capture imcctl push "$ID" "$REGISTRY/imc/snap:again" --insecure-registry "$REGISTRY"
+check_match "a second push uploads only the manifest (the blobs are there)" \
+	" 0 blobs uploaded .* $((NCHUNKS + 1)) already there" "$out"
+A6=$TEST_TMP/agent6
+defer agent_teardown "$A6"
+_capture nsenter --net="/run/netns/$NS" env -u IMCACHE_SERVER "$IMC_BIN/imc-attach" \
+	--state-dir "$A6" -v --registry-ref "$REGISTRY/imc/snap:v1" --insecure-registry "$REGISTRY" \
+	prefetch "$ID"
+if [ "$rc" -eq 0 ]; then
+	ok "the second host pulls the cache from the registry alone"
+else
+	not_ok "the second host pulls the cache from the registry" "exit $rc" "$out"
+fi
+check_eq "the pulled snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(_sha256 "$A6/pool/snapshots/$ID.img" 2>/dev/null)"
+agent_teardown "$A6"
+
+# --- a dropped connection: a proxy cuts every chunk's first answer ----------------------------
+
+PROXY_LOG=$TEST_TMP/proxy.log
+PROXY_PORT=$((20000 + RANDOM % 20000))
+python3 - "$SERVER_IP" "$PROXY_PORT" "${IMCD_URL#http://}" "$PROXY_LOG" <<'EOF' &
+import http.client, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+host, port, upstream, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+seen, lock = set(), threading.Lock()
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        up = http.client.HTTPConnection(upstream, timeout=30)
+        hdr = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "host")}
+        up.request("GET", self.path, headers=hdr)
+        r = up.getresponse()
+        body = r.read()
+        with lock:
+            first = "/v1/chunks/" in self.path and self.path not in seen
+            seen.add(self.path)
+        cut = first and r.status == 200 and len(body) > 100
+        with open(log, "a") as f:
+            f.write("%s %s %s\n" % (self.path, self.headers.get("Range", "-"), "cut" if cut else r.status))
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("connection", "transfer-encoding"):
+                self.send_header(k, v)
+        self.end_headers()
+        if cut:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+ThreadingHTTPServer((host, port), H).serve_forever()
+EOF
+PROXY_PID=$!
+defer kill "$PROXY_PID"
+for _ in $(seq 50); do
+	curl -s -o /dev/null "http://$SERVER_IP:$PROXY_PORT/healthz" && break
+	sleep 0.1
+done
+A3=$TEST_TMP/agent3
+defer agent_teardown "$A3"
+_capture agent "$A3" --server "http://$SERVER_IP:$PROXY_PORT" prefetch "$ID"
+if [ "$rc" -eq 0 ] && grep -q cut "$PROXY_LOG" && grep -q 'bytes=' "$PROXY_LOG"; then
+	ok "chunks cut off mid-transfer resume with Range ($(grep -c cut "$PROXY_LOG") cut)"
+else
+	not_ok "chunks cut off mid-transfer resume" "exit $rc" "$out" "$(head -5 "$PROXY_LOG" 2>/dev/null)"
+fi
+check_eq "the resumed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(_sha256 "$A3/pool/snapshots/$ID.img" 2>/dev/null)"
+
+# --- a full local disk --------------------------------------------------------------------------
+
+A4=$TEST_TMP/agent4
+defer agent_teardown "$A4"
+"$IMC_BIN/imc-attach" --state-dir "$A4" list >/dev/null
+AVAIL=$(df -B1 --output=avail "$A4/pool" | tail -n1 | tr -d ' ')
+fallocate -l $((AVAIL - (4 << 20))) "$A4/pool/filler"
+_capture agent "$A4" --server "$IMCD_URL" prefetch "$ID"
+if [ "$rc" -ne 0 ] && grep -qi "free\|space" <<<"$out"; then
+	ok "a full local pool fails cleanly, saying so"
+else
+	not_ok "a full local pool fails cleanly" "exit $rc" "$out"
+fi
+check_eq "nothing half-written is left in the full pool" "" \
+	"$(pool_objects "$A4")"
+rm -f "$A4/pool/filler"
+
+# --- an incremental rebuild sends only what changed ------------------------------------------
+
+check "image v2 (one file changed) builds and pushes" mkimage_dist v2 "release two"
+ID2=$(build v2) || bail "cache of v2 is Ready"
+ok "cache $ID2 is Ready"
+http GET "$IMCD_URL/v1/imagecaches/$ID2/index"
+N2=$(jq '.chunks | length' <<<"$HTTP_BODY")
+MARK=$(wc -l <"$IMCD_LOG")
+_capture agent "$A1" --server "$IMCD_URL" prefetch "$ID2"
+SENT=$(tail -n +"$((MARK + 1))" "$IMCD_LOG" | grep -c 'GET /v1/chunks/.*: 200' || true)
+note "$out"
+if [ "$rc" -eq 0 ] && [ "$SENT" -lt "$N2" ] && grep -q ' [1-9][0-9]* local' <<<"$out"; then
+	ok "the rebuilt cache sent $SENT of its $N2 chunks; the rest were copied locally"
+else
+	not_ok "the rebuilt cache sends only changed chunks" "exit $rc, sent $SENT of $N2" "$out"
+fi
+check_eq "the incremental snapshot has its index's sha256" "$(jq -r .sha256 <<<"$HTTP_BODY")" \
+	"sha256:$(_sha256 "$A1/pool/snapshots/$ID2.img" 2>/dev/null)"
+
+# --- LRU: a cache size that holds one snapshot evicts the least recently used ---------------
+
+touch -d '2 hours ago' "$A3/chunks/local/$ID.use"
+LIMIT=$(($(du -B1 "$A3/pool/snapshots/$ID.img" | cut -f1) * 3 / 2))
+_capture agent "$A3" --server "$IMCD_URL" --cache-size "$LIMIT" prefetch "$ID2"
+if [ "$rc" -eq 0 ] && [ ! -e "$A3/pool/snapshots/$ID.img" ] && [ -e "$A3/pool/snapshots/$ID2.img" ] &&
+	grep -q '1 evicted' <<<"$out"; then
+	ok "--cache-size evicts the least recently used snapshot to make room"
+else
+	not_ok "--cache-size evicts the LRU snapshot" "exit $rc" "$out" "$(ls "$A3/pool/snapshots")"
+fi
+A4_MNT=$TEST_TMP/rootfs4
+mkdir -p "$A4_MNT"
+defer agent_detach_quiet "$A4" "$A4_MNT"
+check "an attached snapshot is never evicted" agent "$A4" --server "$IMCD_URL" attach "$ID" "$A4_MNT"
+_capture agent "$A4" --server "$IMCD_URL" --cache-size "$LIMIT" prefetch "$ID2"
+check_eq "... the fetch that needs its room fails instead" "1 yes" \
+	"$rc $([ -e "$A4/pool/snapshots/$ID.img" ] && echo yes)"
+check "detach" "$IMC_BIN/imc-attach" --state-dir "$A4" detach "$A4_MNT"
+
+for a in "$A1" "$A2" "$A3" "$A4"; do
+	agent_teardown "$a"
+done
+check_clean_shutdown
+done_testing
