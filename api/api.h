@@ -14,28 +14,39 @@
 #include "../common/imc.h"
 
 /* ---- limits (every size a client controls) ------------------------------------------------ */
-#define API_BODY_MAX	 (1024 * 1024)	    /* request body; more is 413 */
-#define API_NAME_MAX	 128		    /* cache name, [A-Za-z0-9._-] */
-#define API_REF_MAX	 1024		    /* image reference */
-#define API_IMAGES_MAX	 BUILDER_IMAGES_MAX /* images in one cache */
-#define API_ID_MAX	 64		    /* buffer for a cache id ("imc-" + 16 hex + NUL) */
-#define API_MAX_CACHES	 10000		    /* caches the table holds */
-#define API_QUEUE_MAX	 256		    /* builds waiting for the worker */
-#define API_META_MAX	 (16u << 20)	    /* a metadata file */
-#define API_ID_PREFIX	 "imc"
-#define API_DATA_MAX	 BUILDER_DATA_MAX /* data entries in one cache */
-#define API_SIZE_MAX	 (16ULL << 40)	  /* a requested filesystem size */
-#define API_CREDS_MAX	 16		  /* credentials in one request */
-#define API_REGISTRY_MAX 255		  /* credentials[].registry */
-#define API_USER_MAX	 256		  /* credentials[].username */
-#define API_SECRET_MAX	 16384		  /* credentials[].password / token */
-#define API_CONTENT_TYPE "application/json"
+#define API_BODY_MAX	      (1024 * 1024)	 /* request body; more is 413 */
+#define API_NAME_MAX	      128		 /* cache name, [A-Za-z0-9._-] */
+#define API_REF_MAX	      1024		 /* image reference */
+#define API_IMAGES_MAX	      BUILDER_IMAGES_MAX /* images in one cache */
+#define API_ID_MAX	      64		 /* buffer for a cache id ("imc-" + 16 hex + NUL) */
+#define API_MAX_CACHES	      10000		 /* caches the table holds */
+#define API_QUEUE_MAX	      256		 /* builds waiting for the worker */
+#define API_META_MAX	      (16u << 20)	 /* a metadata file */
+#define API_ID_PREFIX	      "imc"
+#define API_DATA_MAX	      BUILDER_DATA_MAX /* data entries in one cache */
+#define API_SIZE_MAX	      (16ULL << 40)    /* a requested filesystem size */
+#define API_CREDS_MAX	      16	       /* credentials in one request */
+#define API_REGISTRY_MAX      255	       /* credentials[].registry */
+#define API_USER_MAX	      256	       /* credentials[].username */
+#define API_SECRET_MAX	      16384	       /* credentials[].password / token */
+#define API_CONTENT_TYPE      "application/json"
+#define API_TOKEN_MAX	      64    /* clientToken, [A-Za-z0-9._-] */
+#define API_RETENTION_MAX     36500 /* retentionDays; 0 = pinned (never expires, never evicted) */
+#define API_RETENTION_DEFAULT 30    /* retentionDays when a request leaves it out */
+#define API_EVENTS_MAX	      50    /* events kept per cache (the newest) */
+#define API_ATTACH_MAX	      1024  /* attachments recorded per cache */
+#define API_HOST_MAX	      255   /* attachments[].host */
+#define API_ATTACH_PREFIX     "att" /* attachment ids: "att-" + 16 lowercase hex digits */
+/* A tenant's quota is used up: 403 QuotaExceeded (retrying does not help until the tenant
+ * deletes caches).  A full table or build queue is -EDQUOT: 429 LimitExceeded (retry later). */
+#define API_EQUOTA EUSERS
 
 /* ---- errors -> HTTP ------------------------------------------------------------------------
  * Handlers turn a negative errno into an HTTP status and an error code:
  *   -EBADMSG 400 InvalidJSON      -EINVAL/-ERANGE 400 InvalidArgument   -ENOENT 404 NotFound
  *   -EBUSY 409 Conflict           -EFBIG 413 PayloadTooLarge            -EDQUOT 429 LimitExceeded
- *   -ESHUTDOWN 503 Unavailable    anything else 500 Internal */
+ *   -API_EQUOTA 403 QuotaExceeded -ESHUTDOWN 503 Unavailable            anything else 500 Internal
+ */
 void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code);
 /* {"error":{"code":code,"message":message}}; NULL on OOM. */
 json_t *api_error_json(const char *code, const char *message);
@@ -67,6 +78,8 @@ struct api_create_request {
 	uint64_t size; /* 0: the builder's default */
 	struct api_credential *credentials;
 	size_t n_credentials;
+	int64_t retention_days; /* 0..API_RETENTION_MAX; API_RETENTION_DEFAULT when not given */
+	char *client_token;	/* NULL when not given */
 };
 /* Parse and validate a POST /v1/imagecaches body.  Malformed JSON fails with -EBADMSG, anything
  * else wrong with -EINVAL and a message naming the field ("images[0].ref: want a string"); more
@@ -81,12 +94,29 @@ enum api_cache_status {
 	API_CACHE_CREATING,
 	API_CACHE_READY,
 	API_CACHE_FAILED,
+	API_CACHE_UPDATING, /* reserved for rebuilding a Ready cache in place: never set yet */
+	API_CACHE_DELETING, /* its snapshot is being removed (DELETE, expiry or eviction) */
+	API_CACHE_EXPIRED,  /* expired or evicted: the snapshot is gone, the record stays */
+	API_CACHE_STATUS_COUNT,
 };
 const char *api_cache_status_name(enum api_cache_status s);
 int api_cache_status_parse(const char *s, enum api_cache_status *ret);
 
 /* "imc-" + 16 lowercase hex digits. */
 bool api_cache_id_valid(const char *id);
+
+/* One event of a cache's history (the newest API_EVENTS_MAX are kept and persisted). */
+struct api_cache_event {
+	int64_t time; /* unix seconds */
+	char type[24];
+	char *message;
+};
+/* A clone attached somewhere (reported by imc-attach / imc-runtime). */
+struct api_attachment {
+	char id[API_ID_MAX]; /* "att-<16 hex>" */
+	char *host;	     /* NULL when not reported */
+	int64_t at;	     /* unix seconds */
+};
 
 struct api_cache {
 	char id[API_ID_MAX];
@@ -100,19 +130,43 @@ struct api_cache {
 	struct api_credential *credentials; /* in memory only, dropped once the build ends */
 	size_t n_credentials;
 	enum api_cache_status status;
-	char *status_message; /* Failed: why */
-	json_t *manifest;     /* Ready: the builder's /imcache.json content */
-	uint64_t size;	      /* Ready: bytes of the snapshot */
-	int64_t created_at;   /* unix seconds */
-	int64_t ready_at;     /* unix seconds; 0 until Ready */
+	char *status_message;	/* Failed: why */
+	json_t *manifest;	/* Ready: the builder's /imcache.json content */
+	uint64_t size;		/* Ready: bytes of the snapshot */
+	int64_t created_at;	/* unix seconds */
+	int64_t ready_at;	/* unix seconds; 0 until Ready */
+	char *tenant;		/* the owner (API_TENANT_DEFAULT in metadata written before) */
+	int64_t retention_days; /* 0: pinned */
+	char *client_token;	/* NULL when none was given */
+	char request_key[IMC_SHA256_HEX_LEN + 1]; /* identifies an identical request */
+	int64_t last_used_at;			  /* unix seconds; 0: never attached */
+	struct api_attachment *attachments;
+	size_t n_attachments;
+	struct api_cache_event events[API_EVENTS_MAX]; /* oldest first */
+	size_t n_events;
 	/* In memory only. */
 	uint64_t progress_done, progress_total;
 	bool deleting;
+	enum api_cache_status status_before; /* while Deleting/Updating: the status to go back to */
+	int64_t day_seconds;		     /* a retention day (0: 86400), for expiresAt */
 };
+/* Append an event (the oldest goes when API_EVENTS_MAX are kept); fails only on OOM. */
+int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* When a Ready cache expires: the last use (or readyAt, or createdAt) + retentionDays days of
+ * day_seconds each; 0 when pinned or not Ready. */
+int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds);
+/* The sha256 of what makes two create requests identical: tenant, name, refs in order, data
+ * entries in order, size and retentionDays (credentials and clientToken excluded). */
+int api_request_key(const char *tenant, const struct api_create_request *req,
+		    char ret[IMC_SHA256_HEX_LEN + 1], imc_error *err);
+bool api_attach_id_valid(const char *id);
 
-/* A new Creating cache for req. */
+/* A new Creating cache for req, owned by tenant (NULL: API_TENANT_DEFAULT). */
 int api_cache_new(const char *id, const struct api_create_request *req, int64_t now,
 		  struct api_cache **ret, imc_error *err);
+int api_cache_new_for(const char *id, const char *tenant, const struct api_create_request *req,
+		      int64_t now, struct api_cache **ret, imc_error *err);
 void api_cache_free(struct api_cache *c);
 /* Set a message (copied); fails only on OOM. */
 int api_cache_set_failed(struct api_cache *c, const char *message, imc_error *err);
@@ -143,6 +197,7 @@ struct api_list_query {
 	char *name;	    /* NULL: any */
 	char *image;	    /* NULL: any; else the exact ref */
 	char *image_digest; /* "sha256:…" when image is a digest ref, else NULL */
+	bool match_best;    /* match=best: the one cache sharing the most layers with image */
 	size_t limit;
 	bool have_after; /* a page token: items after (after_created, after_id) */
 	int64_t after_created;
@@ -153,7 +208,7 @@ struct api_list_query {
 int api_query_split(char *query, struct api_query_arg *ret, size_t max, size_t *ret_n,
 		    imc_error *err);
 /* Validate the arguments of a list request: unknown, repeated, empty or too long parameters,
- * a bad status, limit or page token and match=best are -EINVAL naming the parameter. */
+ * a bad status, limit, match or page token are -EINVAL naming the parameter. */
 int api_list_query_parse(const struct api_query_arg *args, size_t n, struct api_list_query *ret,
 			 imc_error *err);
 void api_list_query_free(struct api_list_query *q);
@@ -166,6 +221,16 @@ bool api_cache_matches(const struct api_cache *c, const struct api_list_query *q
  * matching items follow. */
 int api_list_page(struct api_cache *const *items, size_t n, const struct api_list_query *q,
 		  json_t **ret, imc_error *err);
+/* Only items of tenant (NULL: all). */
+int api_list_page_tenant(struct api_cache *const *items, size_t n, const char *tenant,
+			 const struct api_list_query *q, json_t **ret, imc_error *err);
+/* The layer digests of a cache's built images (a new array; empty before it is built). */
+json_t *api_cache_layers(const struct api_cache *c);
+/* How many of want's layer digests (an array of strings) the cache's images hold. */
+size_t api_cache_shared_layers(const struct api_cache *c, json_t *want);
+/* DELETE /v1/imagecaches/{id} arguments: force=true|false only. */
+int api_delete_query_parse(const struct api_query_arg *args, size_t n, bool *ret_force,
+			   imc_error *err);
 
 /* ---- routing ----------------------------------------------------------------------------------
  */
@@ -175,6 +240,8 @@ enum api_route {
 	API_ROUTE_CACHES,      /* /v1/imagecaches */
 	API_ROUTE_CACHE,       /* /v1/imagecaches/{id} */
 	API_ROUTE_METRICS,     /* /metrics */
+	API_ROUTE_ATTACHMENTS, /* /v1/imagecaches/{id}/attachments */
+	API_ROUTE_ATTACHMENT,  /* /v1/imagecaches/{id}/attachments/{aid} */
 	API_ROUTE_CACHE_INDEX, /* /v1/imagecaches/{id}/index (api/dist.c) */
 	API_ROUTE_CHUNK,       /* /v1/chunks/{digest} (api/dist.c; served from a file) */
 };
@@ -187,7 +254,10 @@ enum api_method {
 struct api_match {
 	enum api_route route;
 	const char *id; /* API_ROUTE_CACHE: the id segment inside the url (not validated) */
-	size_t id_len;	/* bytes of id (CACHE_INDEX: id is not NUL-terminated; CHUNK: the digest) */
+	/* API_ROUTE_ATTACHMENT(S): the cache id (copied, NUL-terminated) and the attachment id. */
+	char id_buf[API_ID_MAX];
+	const char *aid;
+	size_t id_len; /* bytes of id (CACHE_INDEX: id is not NUL-terminated; CHUNK: the digest) */
 };
 enum api_method api_method_parse(const char *method);
 /* Match a path (no query string). */
@@ -212,6 +282,22 @@ int api_listen_open(const char *spec, int *ret_fd, char *ret_url, size_t url_siz
 /* Remove the socket file of a "unix:PATH" url from api_listen_open; nothing for a TCP url. */
 int api_listen_remove(const char *url, imc_error *err);
 
+/* ---- callers -----------------------------------------------------------------------------------
+ * Who makes a request: the tenant its bearer token belongs to (api/auth.c).  Without a token
+ * configuration (auth off) every request comes from API_TENANT_DEFAULT.  A tenant sees, lists
+ * and deletes only its own caches. */
+#define API_TENANT_MAX	   64 /* bytes of a tenant name, [A-Za-z0-9._-] */
+#define API_TENANT_DEFAULT "default"
+struct api_caller {
+	const char *tenant;
+};
+/* A tenant's quota (from the config file): 0 = no limit. */
+struct api_tenant_limits {
+	const char *tenant;
+	uint64_t max_caches; /* caches it holds (any status but Deleting/Expired) */
+	uint64_t max_bytes;  /* sum of their sizes */
+};
+
 /* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
 struct store;
 struct api_caches;
@@ -221,6 +307,7 @@ enum api_event {
 	API_EVENT_BUILD_READY,
 	API_EVENT_BUILD_FAILED,
 	API_EVENT_PERSIST_FAILED,
+	API_EVENT_EXPIRED, /* the sweeper removed a cache (retention or eviction) */
 };
 struct api_caches_config {
 	const char *state_dir;			/* metadata in <state_dir>/caches */
@@ -229,9 +316,18 @@ struct api_caches_config {
 	const char *hf_endpoint; /* hf:// data; NULL: $HF_ENDPOINT, else huggingface.co */
 	const char *ca_file;	 /* extra CAs for data and registries; NULL: none */
 	const char *auth_file;	 /* docker config.json with registry credentials; NULL: none */
+	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
+	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
+	/* Lifecycle (0 picks the default; the IMCD_* environment variables named are test and
+	 * operations knobs read only when the field is 0, see docs/api.md). */
+	unsigned build_workers; /* builds at once: 2 (IMCD_BUILD_WORKERS) */
+	double evict_high;	/* pool used/size that starts eviction: 0.90 (IMCD_EVICT_HIGH) */
+	double evict_low;	/* ... and where it stops: 0.80 (IMCD_EVICT_LOW) */
+	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
+	unsigned day_seconds;	    /* a retention day: 86400 (IMCD_DAY_SECONDS) */
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
@@ -243,13 +339,40 @@ struct store *api_caches_store(struct api_caches *c);
 /* Stop the worker after the running build; queued builds are marked Failed. */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
-int api_caches_create(struct api_caches *c, const struct api_create_request *req, json_t **ret,
+int api_caches_create(struct api_caches *c, const struct api_caller *who,
+		      const struct api_create_request *req, json_t **ret, imc_error *err);
+int api_caches_get(struct api_caches *c, const struct api_caller *who, const char *id, json_t **ret,
+		   imc_error *err);
+int api_caches_list(struct api_caches *c, const struct api_caller *who,
+		    const struct api_list_query *q, json_t **ret, imc_error *err);
+/* Remove the snapshot and the metadata; -EBUSY while Creating or attached. ret gets
+ * {"id","status"}. */
+int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
+		      json_t **ret, imc_error *err);
+/* The same; force deletes an attached cache too (its clones keep their own copy). */
+int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, const char *id,
+			    bool force, json_t **ret, imc_error *err);
+/* DELETE /v1/imagecaches/{id}[?force=true]. */
+int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
+			   const struct api_query_arg *args, size_t n_args, json_t **ret,
+			   imc_error *err);
+/* POST /v1/imagecaches/{id}/attachments body {"id"?: "att-…", "host"?: "…"}: record an attach
+ * (201; 200 when that id is already recorded); -EBUSY unless Ready.  DELETE
+ * …/attachments/{aid}: forget it (404 when unknown).  GET …/attachments: the list.  Both move
+ * lastUsedAt. */
+int api_caches_attach(struct api_caches *c, const struct api_caller *who, const char *id,
+		      const char *body, size_t len, json_t **ret, unsigned *ret_status,
 		      imc_error *err);
-int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
-int api_caches_list(struct api_caches *c, const struct api_list_query *q, json_t **ret,
-		    imc_error *err);
-/* Remove the snapshot and the metadata; -EBUSY while Creating. ret gets {"id","status"}. */
-int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err);
+int api_caches_detach(struct api_caches *c, const struct api_caller *who, const char *id,
+		      const char *aid, json_t **ret, imc_error *err);
+int api_caches_attachments(struct api_caches *c, const struct api_caller *who, const char *id,
+			   json_t **ret, imc_error *err);
+/* The whole attachments route, for the server's dispatch(). */
+int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
+			     const struct api_match *match, const char *body, size_t len,
+			     json_t **ret, unsigned *ret_status, imc_error *err);
+/* One expiry and eviction pass now (the sweeper thread runs it every sweep_interval_ms). */
+void api_caches_sweep(struct api_caches *c);
 
 /* ---- metrics (api/metrics.c): GET /metrics in the Prometheus text format 0.0.4 ------------
  * The counters are plain integers updated with __atomic builtins (relaxed): no lock and no
@@ -272,12 +395,17 @@ struct api_metrics {
 	uint64_t http_codes[API_HTTP_CODES];
 	uint64_t http_buckets[API_HTTP_BUCKETS + 1];
 	uint64_t http_ns_sum;
+	uint64_t evictions;   /* caches removed because the pool passed the high watermark */
+	uint64_t expirations; /* caches removed because their retention ran out */
+	uint64_t attaches;    /* attachments reported */
+	uint64_t detaches;    /* attachments ended */
 };
 /* All of one page: a copy of the counters and the gauges read when it is asked for. */
 struct api_metrics_page {
 	struct api_metrics m;
-	uint64_t caches[API_CACHE_FAILED + 1]; /* by enum api_cache_status */
-	bool have_pool;			       /* false: store_usage failed, no pool samples */
+	uint64_t caches[API_CACHE_STATUS_COUNT]; /* by enum api_cache_status */
+	uint64_t attachments;			 /* attached now, all caches */
+	bool have_pool;				 /* false: store_usage failed, no pool samples */
 	uint64_t pool_size, pool_used, pool_free;
 	uint64_t pool_meta_size, pool_meta_used; /* 0 where the pool has no metadata space */
 };
@@ -316,13 +444,15 @@ struct api_response {
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
 };
 /* url may carry a raw "?query" (split with api_query_split). */
-void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
-		size_t len, bool too_large, struct api_response *ret);
+void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,
+		const char *url, const char *body, size_t len, bool too_large,
+		struct api_response *ret);
 /* The same with the path and its query arguments already apart (the server's way);
  * too_many_args: the query had more than API_QUERY_ARGS_MAX arguments. */
-void api_handle_args(struct api_caches *c, const char *method, const char *path,
-		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
-		     const char *body, size_t len, bool too_large, struct api_response *ret);
+void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
+		     const char *path, const struct api_query_arg *args, size_t n_args,
+		     bool too_many_args, const char *body, size_t len, bool too_large,
+		     struct api_response *ret);
 
 /* ---- distribution (api/dist.c, docs/distribution.md) -----------------------------------------
  * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (exported on first request);
@@ -330,8 +460,8 @@ void api_handle_args(struct api_caches *c, const char *method, const char *path,
  * If-None-Match (304). */
 struct MHD_Connection;
 struct MHD_Response;
-int api_dist_index(struct api_caches *c, const char *id, size_t id_len, json_t **ret,
-		   imc_error *err);
+int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id,
+		   size_t id_len, json_t **ret, imc_error *err);
 /* A cache is gone: drop its index and the chunks no other index names; *ret_freed gets the
  * bytes freed. */
 int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err);

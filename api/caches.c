@@ -1,15 +1,26 @@
-/* The cache table: metadata files, the build queue and its worker thread.
+/* The cache table: metadata files, the build queue and its pool of worker threads, the
+ * attachments imc-attach reports, and the sweeper that expires and evicts caches.
  *
  * One mutex guards the table and the queue; handlers only ever hold it to look at or change
- * memory, never across a build or a store call.  A Creating cache cannot be deleted, so the
- * worker keeps a plain pointer to the cache it builds. */
+ * memory, never across a build or a store call.  A Creating cache cannot be deleted, expired or
+ * evicted, so a worker keeps a plain pointer to the cache it builds; a cache being deleted is
+ * marked Deleting so that nothing else touches it until it leaves the table.
+ *
+ * Tenants: every cache records its owner; a cache of another tenant is answered exactly like
+ * one that does not exist (404). */
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+
+#include <sys/mount.h>
 
 #include "../builder/builder.h"
+#include "../common/priv.h"
 #include "../store/store.h"
 #include "api.h"
 
@@ -18,6 +29,12 @@
 #define CREDS_LOST_MSG                                                                             \
 	"credentials lost on restart: imcd stopped during a build that had "                       \
 	"credentials, which are never written down; create the cache again"
+#define WORKERS_MAX	    64
+#define WORKERS_DEFAULT	    2
+#define EVICT_HIGH_DEFAULT  0.90
+#define EVICT_LOW_DEFAULT   0.80
+#define SWEEP_MS_DEFAULT    60000u
+#define DAY_SECONDS_DEFAULT 86400u
 
 struct api_caches {
 	struct store *store;
@@ -27,16 +44,25 @@ struct api_caches {
 	const char *hf_endpoint, *ca_file, *auth_file;
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
+	const struct api_tenant_limits *limits;
+	size_t n_limits;
+	unsigned n_workers;
+	double evict_high, evict_low;
+	unsigned sweep_ms, day_seconds;
 
 	pthread_mutex_t lock; /* items, n_items, queue, stopping, per-cache fields */
 	pthread_cond_t cond;
-	struct api_cache **items; /* sorted by api_cache_cmp */
+	pthread_cond_t sweep_cond; /* wakes the sweeper early: stopping */
+	struct api_cache **items;  /* sorted by api_cache_cmp */
 	size_t n_items, cap_items;
-	struct api_cache *queue[API_QUEUE_MAX]; /* ring of Creating caches waiting for the worker */
+	struct api_cache *queue[API_QUEUE_MAX]; /* ring of Creating caches waiting for a worker */
 	size_t q_head, q_len;
 	bool stopping;
-	pthread_t worker;
-	bool worker_started;
+	struct api_cache *building[WORKERS_MAX]; /* the builds running now (NULL: a free slot) */
+	pthread_t workers[WORKERS_MAX];
+	unsigned workers_started;
+	pthread_t sweeper;
+	bool sweeper_started;
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
 
@@ -75,6 +101,7 @@ static int insert_locked(struct api_caches *c, struct api_cache *cache, imc_erro
 	memmove(c->items + pos + 1, c->items + pos, (c->n_items - pos) * sizeof(*c->items));
 	c->items[pos] = cache;
 	c->n_items++;
+	cache->day_seconds = c->day_seconds;
 	return 0;
 }
 
@@ -126,14 +153,40 @@ static int persist(struct api_caches *c, struct api_cache *cache, imc_error *err
 	return persist_meta(c, id, meta, err);
 }
 
+/* Persist a cache by id, for a caller that no longer holds the lock: a cache deleted meanwhile
+ * is not written back (persist_lock orders this against unlink_meta). */
+static int persist_id(struct api_caches *c, const char *id, imc_error *err)
+{
+	_cleanup_json_ json_t *meta = NULL;
+	char name[API_ID_MAX + 8];
+	struct api_cache *cache;
+	int r = 0;
+
+	meta_name(id, name, sizeof(name));
+	pthread_mutex_lock(&c->persist_lock);
+	pthread_mutex_lock(&c->lock);
+	cache = find_locked(c, id, NULL);
+	meta = cache ? api_cache_to_meta(cache) : NULL;
+	pthread_mutex_unlock(&c->lock);
+	if (cache && !meta)
+		r = imc_err(err, ENOMEM, "cache %s: out of memory", id);
+	else if (cache)
+		r = imc_json_write_atomic(c->meta_dirfd, name, meta, err);
+	pthread_mutex_unlock(&c->persist_lock);
+	return r < 0 ? imc_err_wrap(err, "cache %s: metadata", id) : 0;
+}
+
 static int unlink_meta(struct api_caches *c, const char *id, imc_error *err)
 {
 	char name[API_ID_MAX + 8];
+	int r = 0;
 
 	meta_name(id, name, sizeof(name));
+	pthread_mutex_lock(&c->persist_lock);
 	if (unlinkat(c->meta_dirfd, name, 0) < 0 && errno != ENOENT)
-		return imc_err_sys(err, errno, "cache %s: remove metadata %s", id, name);
-	return 0;
+		r = imc_err_sys(err, errno, "cache %s: remove metadata %s", id, name);
+	pthread_mutex_unlock(&c->persist_lock);
+	return r;
 }
 
 static void report(json_t *repairs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -241,7 +294,34 @@ static void remove_leftover(struct api_caches *c, enum store_kind kind, const ch
 		       store_kind_name(kind), e.msg);
 }
 
-/* A build that imcd did not see finish: nothing of it can be trusted. */
+/* ---- events -----------------------------------------------------------------------------------
+ */
+
+static void notify(struct api_caches *c, enum api_event ev, const char *id, const char *msg)
+{
+	if (c->on_event)
+		c->on_event(c->event_ctx, ev, id, msg);
+}
+
+/* Record an event in a cache's history (under the lock); an OOM loses the event only. */
+#define event_locked(cache, type, ...) api_cache_add_event((cache), imc_now(), (type), __VA_ARGS__)
+
+/* ---- repair on start --------------------------------------------------------------------------
+ */
+
+static int queue_push_locked(struct api_caches *c, struct api_cache *cache)
+{
+	if (c->q_len >= API_QUEUE_MAX)
+		return -EDQUOT;
+	c->queue[(c->q_head + c->q_len) % API_QUEUE_MAX] = cache;
+	c->q_len++;
+	pthread_cond_signal(&c->cond);
+	return 0;
+}
+
+/* A build that imcd did not see finish: whatever it left in the store goes.  Without
+ * credentials it is built again from the start (queued); with credentials, which were never
+ * written down, it cannot be, and is marked Failed with the reason. */
 static int repair_interrupted(struct api_caches *c, struct api_cache *cache, json_t *repairs,
 			      imc_error *err)
 {
@@ -249,12 +329,24 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 
 	remove_leftover(c, STORE_VOLUME, cache->id, repairs);
 	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
-	if (api_cache_set_failed(cache, cache->had_credentials ? CREDS_LOST_MSG : INTERRUPTED_MSG,
+	if (!cache->had_credentials && queue_push_locked(c, cache) == 0) {
+		event_locked(cache, "Resumed", "imcd restarted: the build starts again");
+		if (persist(c, cache, &e) < 0)
+			report(repairs, "%s", e.msg);
+		report(repairs, "cache %s: was Creating when imcd stopped; build queued again",
+		       cache->id);
+		return 0;
+	}
+	if (api_cache_set_failed(cache,
+				 cache->had_credentials ? CREDS_LOST_MSG
+							: INTERRUPTED_MSG " (build queue full)",
 				 err) < 0)
 		return err ? err->code : -ENOMEM;
+	event_locked(cache, "Failed", "%s", cache->status_message);
 	if (persist(c, cache, &e) < 0)
 		report(repairs, "%s", e.msg);
-	report(repairs, "cache %s: was Creating when imcd stopped; marked Failed", cache->id);
+	report(repairs, "cache %s: was Creating when imcd stopped; marked Failed: %s", cache->id,
+	       cache->status_message);
 	return 0;
 }
 
@@ -273,12 +365,62 @@ static int repair_missing_snapshot(struct api_caches *c, struct api_cache *cache
 	}
 	if (api_cache_set_failed(cache, "snapshot missing from the store", err) < 0)
 		return err ? err->code : -ENOMEM;
+	event_locked(cache, "Failed", "snapshot missing from the store (found on restart)");
 	if (persist(c, cache, &e) < 0)
 		report(repairs, "%s", e.msg);
 	report(repairs, "cache %s: was Ready but its snapshot is gone; marked Failed", cache->id);
 	return 0;
 }
 
+/* A delete or expiry that a crash cut short: finish it. */
+static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_t *repairs)
+{
+	imc_error e = {0};
+
+	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
+	cache->status = API_CACHE_EXPIRED;
+	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
+	if (persist(c, cache, &e) < 0)
+		report(repairs, "%s", e.msg);
+	report(repairs, "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
+	       cache->id);
+}
+
+/* A build that a killed imcd left mounted at <state>/tmp/build-<volume>: unmount it (which
+ * frees its loop device), remove the directory and the half-built volume. */
+static void repair_build_dir(struct api_caches *c, int tmpfd, const char *tmp, const char *name,
+			     json_t *repairs)
+{
+	_cleanup_free_ char *path = imc_path_join(tmp, name);
+	const char *volume = name + strlen("build-");
+	imc_error e = {0};
+	int r;
+
+	if (!path)
+		return;
+	r = imc_priv_umount(path, MNT_DETACH, &e);
+	if (r == 0)
+		report(repairs, "%s: unmounted a build that imcd did not see finish", path);
+	else if (r != -EINVAL && r != -ENOENT)
+		report(repairs, "%s: cannot unmount: %s", path, e.msg);
+	if (unlinkat(tmpfd, name, AT_REMOVEDIR) == 0)
+		report(repairs, "%s: removed", path);
+	if (imc_name_valid(volume, API_ID_MAX))
+		remove_leftover(c, STORE_VOLUME, volume, repairs);
+}
+
+static void repair_build_dirs(struct api_caches *c, const char *state_dir, json_t *repairs)
+{
+	_cleanup_free_ char *tmp = imc_path_join(state_dir, "tmp");
+	_cleanup_dir_ DIR *d = tmp ? opendir(tmp) : NULL;
+	struct dirent *de;
+
+	while (d && (de = readdir(d)))
+		if (strncmp(de->d_name, "build-", 6) == 0 && de->d_name[6])
+			repair_build_dir(c, dirfd(d), tmp, de->d_name, repairs);
+}
+
+/* Runs before any thread starts: the lock is not needed. */
 static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 {
 	for (size_t i = 0; i < c->n_items; i++) {
@@ -287,22 +429,19 @@ static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 
 		if (cache->status == API_CACHE_CREATING)
 			r = repair_interrupted(c, cache, repairs, err);
-		else if (cache->status == API_CACHE_READY)
+		else if (cache->status == API_CACHE_READY || cache->status == API_CACHE_UPDATING)
 			r = repair_missing_snapshot(c, cache, repairs, err);
+		else if (cache->status == API_CACHE_DELETING)
+			repair_deleting(c, cache, repairs);
 		if (r < 0)
 			return r;
 	}
+	report(repairs, "reconciled %zu cache record(s) against the store", c->n_items);
 	return 0;
 }
 
-/* ---- the build worker -------------------------------------------------------------------------
+/* ---- the build workers ------------------------------------------------------------------------
  */
-
-static void notify(struct api_caches *c, enum api_event ev, const char *id, const char *msg)
-{
-	if (c->on_event)
-		c->on_event(c->event_ctx, ev, id, msg);
-}
 
 struct progress_ctx {
 	struct api_caches *caches;
@@ -323,6 +462,22 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 	pthread_mutex_unlock(&p->caches->lock);
 }
 
+static void ready_message(json_t *manifest, uint64_t size, char *msg, size_t n)
+{
+	json_t *base = json_object_get(manifest, "base");
+
+	if (json_is_true(json_object_get(base, "reused")))
+		snprintf(msg, n,
+			 "Ready (%llu bytes; on base %s: %lld layer bytes neither fetched "
+			 "nor applied, %.1f s saved)",
+			 (unsigned long long)size,
+			 json_string_value(json_object_get(base, "snapshot")),
+			 (long long)json_integer_value(json_object_get(base, "layerBytes")),
+			 json_number_value(json_object_get(base, "savedSeconds")));
+	else
+		snprintf(msg, n, "Ready (%llu bytes)", (unsigned long long)size);
+}
+
 /* Record the outcome of a build in memory (under the lock) and on disk. */
 static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
 			 int build_r, const char *build_msg, uint64_t start_ns)
@@ -333,37 +488,33 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 
 	if (build_r == 0 && store_stat(c->store, STORE_SNAPSHOT, cache->id, &info, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg); /* size unknown: 0 */
+	char id[API_ID_MAX];
+
+	memcpy(id, cache->id, sizeof(id));
+	if (build_r == 0)
+		ready_message(manifest, info.size, msg, sizeof(msg));
 	pthread_mutex_lock(&c->lock);
 	if (build_r == 0) {
 		cache->status = API_CACHE_READY;
 		cache->manifest = json_incref(manifest);
 		cache->size = info.size;
 		cache->ready_at = imc_now();
-	} else if (api_cache_set_failed(cache, build_msg, NULL) < 0) {
-		cache->status = API_CACHE_FAILED; /* no memory for the message: the status still */
+		event_locked(cache, "Ready", "%s", msg);
+	} else {
+		if (api_cache_set_failed(cache, build_msg, NULL) < 0)
+			cache->status = API_CACHE_FAILED; /* no memory for the message */
+		event_locked(cache, "Failed", "%s", build_msg);
 	}
 	pthread_mutex_unlock(&c->lock);
 	api_metrics_observe_build(&c->metrics, build_r == 0, imc_monotonic_ns() - start_ns);
 	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
-	if (persist(c, cache, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg);
-	if (build_r == 0) {
-		json_t *base = json_object_get(manifest, "base");
-		if (json_is_true(json_object_get(base, "reused")))
-			snprintf(msg, sizeof(msg),
-				 "Ready (%llu bytes; on base %s: %lld layer bytes neither fetched "
-				 "nor applied, %.1f s saved)",
-				 (unsigned long long)info.size,
-				 json_string_value(json_object_get(base, "snapshot")),
-				 (long long)json_integer_value(json_object_get(base, "layerBytes")),
-				 json_number_value(json_object_get(base, "savedSeconds")));
-		else
-			snprintf(msg, sizeof(msg), "Ready (%llu bytes)",
-				 (unsigned long long)info.size);
-		notify(c, API_EVENT_BUILD_READY, cache->id, msg);
-	} else {
-		notify(c, API_EVENT_BUILD_FAILED, cache->id, build_msg);
-	}
+	/* Once unlocked the cache may be deleted: only its id is used from here on. */
+	if (persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (build_r == 0)
+		notify(c, API_EVENT_BUILD_READY, id, msg);
+	else
+		notify(c, API_EVENT_BUILD_FAILED, id, build_msg);
 }
 
 /* The request's data and credentials in the builder's shape (pointing into cache, which does
@@ -438,6 +589,9 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	else
 		snprintf(what, sizeof(what), "%s", cache->n_refs ? cache->refs[0] : "(no image)");
 	__atomic_add_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&c->lock);
+	event_locked(cache, "BuildStarted", "%s", what);
+	pthread_mutex_unlock(&c->lock);
 	notify(c, API_EVENT_BUILD_START, cache->id, what);
 	breq.refs = (const char *const *)cache->refs;
 	breq.n_refs = cache->n_refs;
@@ -452,26 +606,229 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	finish_build(c, cache, manifest, r, e.msg, start_ns);
 }
 
+/* Do two caches name an image in common?  The builder keeps one base volume per image, so two
+ * builds of the same image at once would collide on it: such builds run one after the other. */
+static bool share_an_image(const struct api_cache *a, const struct api_cache *b)
+{
+	for (size_t i = 0; i < a->n_refs; i++)
+		for (size_t k = 0; k < b->n_refs; k++)
+			if (strcmp(a->refs[i], b->refs[k]) == 0)
+				return true;
+	return false;
+}
+
+/* Take the oldest queued cache that shares no image with a running build (queue order
+ * otherwise), or NULL. */
+static struct api_cache *take_next_locked(struct api_caches *c)
+{
+	for (size_t n = 0; n < c->q_len; n++) {
+		size_t at = (c->q_head + n) % API_QUEUE_MAX;
+		struct api_cache *cache = c->queue[at];
+		bool busy = false;
+
+		for (unsigned w = 0; w < c->n_workers && !busy; w++)
+			busy = c->building[w] && share_an_image(c->building[w], cache);
+		if (busy)
+			continue;
+		/* Close the gap: shift the entries before it one place towards the tail. */
+		for (; n > 0; n--) {
+			size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
+			c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
+		}
+		c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
+		c->q_len--;
+		return cache;
+	}
+	return NULL;
+}
+
+struct worker {
+	struct api_caches *caches;
+	unsigned slot;
+};
+
 static void *worker_main(void *arg)
 {
-	struct api_caches *c = arg;
+	struct worker *w = arg;
+	struct api_caches *c = w->caches;
+	unsigned slot = w->slot;
 
+	free(w);
 	for (;;) {
-		struct api_cache *cache;
+		struct api_cache *cache = NULL;
 
 		pthread_mutex_lock(&c->lock);
-		while (!c->stopping && c->q_len == 0)
+		while (!c->stopping && !(cache = take_next_locked(c)))
 			pthread_cond_wait(&c->cond, &c->lock);
-		if (c->stopping) {
+		if (c->stopping) { /* cache is NULL: nothing was taken */
 			pthread_mutex_unlock(&c->lock);
 			return NULL;
 		}
-		cache = c->queue[c->q_head];
-		c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
-		c->q_len--;
+		c->building[slot] = cache;
 		pthread_mutex_unlock(&c->lock);
 		build_one(c, cache);
+		pthread_mutex_lock(&c->lock);
+		c->building[slot] = NULL;
+		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
+		pthread_mutex_unlock(&c->lock);
 	}
+}
+
+/* ---- expiry and eviction ----------------------------------------------------------------------
+ */
+
+/* A cache's snapshot is gone: so are its chunk index and the chunks no other index names. */
+static void chunks_gone(struct api_caches *c, const char *id)
+{
+	imc_error e = {0};
+	uint64_t freed = 0;
+
+	if (api_dist_forget(c, id, &freed, &e) < 0)
+		imc_warn("cache %s: dropping its chunks: %s", id, e.msg);
+	else if (freed)
+		imc_info("cache %s: %llu bytes of chunks freed", id, (unsigned long long)freed);
+}
+
+/* Remove the snapshot of a cache already marked Deleting (by id: the cache stays in the table,
+ * and nothing else touches a Deleting cache) and mark it Expired with why. */
+static void expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
+{
+	struct api_cache *cache;
+	imc_error e = {0};
+	int r = store_remove(c->store, STORE_SNAPSHOT, id, &e);
+
+	pthread_mutex_lock(&c->lock);
+	cache = find_locked(c, id, NULL);
+	if (cache && r < 0 && r != -ENOENT) {
+		cache->status = cache->status_before;
+		event_locked(cache, "ExpireFailed", "%s", e.msg);
+	} else if (cache) {
+		cache->status = API_CACHE_EXPIRED;
+		event_locked(cache, type, "%s", why);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (cache && persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (r == 0 || r == -ENOENT)
+		chunks_gone(c, id);
+	if (r == 0 || r == -ENOENT) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "%s: %s", type, why);
+		notify(c, API_EVENT_EXPIRED, id, msg);
+	}
+}
+
+static bool removable_locked(const struct api_cache *cache)
+{
+	return cache->status == API_CACHE_READY && cache->n_attachments == 0 &&
+	       cache->retention_days > 0;
+}
+
+/* The first Ready, unattached, unpinned cache past its expiry, claimed (Deleting). */
+static bool claim_expired(struct api_caches *c, int64_t now, char id[API_ID_MAX])
+{
+	bool found = false;
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items && !found; i++) {
+		struct api_cache *cache = c->items[i];
+		int64_t exp = api_cache_expires_at(cache, c->day_seconds);
+
+		if (!removable_locked(cache) || exp == 0 || now < exp)
+			continue;
+		cache->status_before = cache->status;
+		cache->status = API_CACHE_DELETING;
+		memcpy(id, cache->id, API_ID_MAX);
+		found = true;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return found;
+}
+
+/* The least recently used Ready, unattached, unpinned cache, claimed (Deleting). */
+static bool claim_lru(struct api_caches *c, char id[API_ID_MAX])
+{
+	struct api_cache *best = NULL;
+	int64_t best_t = INT64_MAX;
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items; i++) {
+		struct api_cache *cache = c->items[i];
+		int64_t t =
+		    cache->last_used_at > cache->ready_at ? cache->last_used_at : cache->ready_at;
+
+		if (removable_locked(cache) && t < best_t) {
+			best = cache;
+			best_t = t;
+		}
+	}
+	if (best) {
+		best->status_before = best->status;
+		best->status = API_CACHE_DELETING;
+		memcpy(id, best->id, API_ID_MAX);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return best != NULL;
+}
+
+static bool pool_above(struct api_caches *c, double mark, double *ret_ratio)
+{
+	struct store_usage u;
+	imc_error e = {0};
+
+	if (store_usage(c->store, &u, &e) < 0 || u.total == 0)
+		return false;
+	*ret_ratio = (double)u.used / (double)u.total;
+	return *ret_ratio > mark;
+}
+
+void api_caches_sweep(struct api_caches *c)
+{
+	char id[API_ID_MAX], why[128];
+	double ratio = 0;
+
+	while (claim_expired(c, imc_now(), id)) {
+		expire_one(c, id, "Expired", "retention ran out (not used for retentionDays)");
+		__atomic_add_fetch(&c->metrics.expirations, 1, __ATOMIC_RELAXED);
+	}
+	if (!pool_above(c, c->evict_high, &ratio))
+		return;
+	/* Above the high watermark: least recently used first, down to the low one. */
+	do {
+		if (!claim_lru(c, id))
+			break;
+		snprintf(why, sizeof(why),
+			 "evicted: the pool was %.1f%% full (high watermark %.0f%%, low %.0f%%)",
+			 ratio * 100, c->evict_high * 100, c->evict_low * 100);
+		expire_one(c, id, "Evicted", why);
+		__atomic_add_fetch(&c->metrics.evictions, 1, __ATOMIC_RELAXED);
+	} while (pool_above(c, c->evict_low, &ratio));
+}
+
+static void *sweeper_main(void *arg)
+{
+	struct api_caches *c = arg;
+
+	pthread_mutex_lock(&c->lock);
+	while (!c->stopping) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += c->sweep_ms / 1000;
+		ts.tv_nsec += (long)(c->sweep_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
+		if (c->stopping)
+			break;
+		pthread_mutex_unlock(&c->lock);
+		api_caches_sweep(c);
+		pthread_mutex_lock(&c->lock);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
 }
 
 /* ---- open and close ---------------------------------------------------------------------------
@@ -505,20 +862,30 @@ static void free_caches(struct api_caches *c)
 	if (c->meta_dirfd >= 0)
 		close(c->meta_dirfd);
 	pthread_cond_destroy(&c->cond);
+	pthread_cond_destroy(&c->sweep_cond);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->persist_lock);
 	free(c);
 }
 
-int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
-		    struct api_caches **ret, imc_error *err)
+/* A knob: the config's value, else the environment's (a test and operations knob), else the
+ * default. */
+static double knob(double cfg, const char *env, double dflt, double min, double max)
 {
-	struct api_caches *c = calloc(1, sizeof(*c));
-	int r;
+	const char *s = getenv(env);
+	char *end = NULL;
+	double v;
 
-	if (!c)
-		return imc_err(err, ENOMEM, "out of memory");
-	c->meta_dirfd = -1;
+	if (cfg > 0)
+		return cfg;
+	if (!s || !*s)
+		return dflt;
+	v = strtod(s, &end);
+	return *end == '\0' && v >= min && v <= max ? v : dflt;
+}
+
+static void configure(struct api_caches *c, const struct api_caches_config *cfg)
+{
 	c->store = cfg->store;
 	c->insecure_registries = cfg->insecure_registries;
 	/* The environment stands in until imcd has flags for these. */
@@ -527,24 +894,88 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	c->auth_file = cfg->auth_file;
 	c->on_event = cfg->on_event;
 	c->event_ctx = cfg->event_ctx;
+	c->limits = cfg->limits;
+	c->n_limits = cfg->n_limits;
+	c->n_workers = (unsigned)knob(cfg->build_workers, "IMCD_BUILD_WORKERS", WORKERS_DEFAULT, 1,
+				      WORKERS_MAX);
+	c->evict_high = knob(cfg->evict_high, "IMCD_EVICT_HIGH", EVICT_HIGH_DEFAULT, 0, 1);
+	c->evict_low = knob(cfg->evict_low, "IMCD_EVICT_LOW", EVICT_LOW_DEFAULT, 0, 1);
+	if (c->evict_low > c->evict_high)
+		c->evict_low = c->evict_high;
+	c->sweep_ms = (unsigned)knob(cfg->sweep_interval_ms, "IMCD_SWEEP_INTERVAL_MS",
+				     SWEEP_MS_DEFAULT, 10, 86400000);
+	c->day_seconds = (unsigned)knob(cfg->day_seconds, "IMCD_DAY_SECONDS", DAY_SECONDS_DEFAULT,
+					1, DAY_SECONDS_DEFAULT);
+}
+
+static int start_threads(struct api_caches *c, imc_error *err)
+{
+	int r;
+
+	for (; c->workers_started < c->n_workers; c->workers_started++) {
+		struct worker *w = malloc(sizeof(*w));
+
+		if (!w)
+			return imc_err(err, ENOMEM, "out of memory");
+		*w = (struct worker){.caches = c, .slot = c->workers_started};
+		r = -pthread_create(&c->workers[c->workers_started], NULL, worker_main, w);
+		if (r < 0) {
+			free(w);
+			return imc_err_sys(err, -r, "build worker thread");
+		}
+	}
+	r = -pthread_create(&c->sweeper, NULL, sweeper_main, c);
+	if (r < 0)
+		return imc_err_sys(err, -r, "sweeper thread");
+	c->sweeper_started = true;
+	return 0;
+}
+
+static void stop_threads(struct api_caches *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->stopping = true;
+	pthread_cond_broadcast(&c->cond);
+	pthread_cond_broadcast(&c->sweep_cond);
+	pthread_mutex_unlock(&c->lock);
+	for (unsigned i = 0; i < c->workers_started; i++)
+		pthread_join(c->workers[i], NULL);
+	if (c->sweeper_started)
+		pthread_join(c->sweeper, NULL);
+}
+
+int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
+		    struct api_caches **ret, imc_error *err)
+{
+	struct api_caches *c = calloc(1, sizeof(*c));
+	pthread_condattr_t attr;
+	int r;
+
+	if (!c)
+		return imc_err(err, ENOMEM, "out of memory");
+	c->meta_dirfd = -1;
+	configure(c, cfg);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->persist_lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->sweep_cond, &attr);
+	pthread_condattr_destroy(&attr);
 	r = open_dirs(c, cfg->state_dir, err);
+	if (r == 0)
+		repair_build_dirs(c, cfg->state_dir, ret_repairs);
 	if (r == 0)
 		r = load_all(c, ret_repairs, err);
 	if (r == 0)
 		r = repair_all(c, ret_repairs, err);
-	if (r == 0) {
-		r = -pthread_create(&c->worker, NULL, worker_main, c);
-		if (r < 0)
-			imc_err_sys(err, -r, "build worker thread");
-	}
+	if (r == 0)
+		r = start_threads(c, err);
 	if (r < 0) {
+		stop_threads(c);
 		free_caches(c);
 		return r;
 	}
-	c->worker_started = true;
 	*ret = c;
 	return 0;
 }
@@ -560,17 +991,19 @@ void api_caches_close(struct api_caches *c)
 
 	if (!c)
 		return;
-	pthread_mutex_lock(&c->lock);
-	c->stopping = true;
-	pthread_cond_broadcast(&c->cond);
-	pthread_mutex_unlock(&c->lock);
-	if (c->worker_started)
-		pthread_join(c->worker, NULL);
-	/* The worker is gone: what is still queued never started. */
+	stop_threads(c);
+	/* The workers are gone after their running builds: what is still queued never started.
+	 * It stays Creating on disk, and the next start builds it (or fails it, when it had
+	 * credentials). */
 	for (; c->q_len > 0; c->q_len--, c->q_head = (c->q_head + 1) % API_QUEUE_MAX) {
 		struct api_cache *cache = c->queue[c->q_head];
-		if (api_cache_set_failed(cache, NOT_STARTED_MSG, NULL) == 0 &&
-		    persist(c, cache, &e) < 0)
+
+		event_locked(cache, "Interrupted",
+			     cache->had_credentials ? "imcd stopped before the build started; "
+						      "its credentials are not kept"
+						    : "imcd stopped before the build started; "
+						      "it resumes when imcd starts again");
+		if (persist(c, cache, &e) < 0)
 			notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg);
 	}
 	free_caches(c);
@@ -578,6 +1011,30 @@ void api_caches_close(struct api_caches *c)
 
 /* ---- requests ---------------------------------------------------------------------------------
  */
+
+static const char *tenant_of(const struct api_caller *who)
+{
+	return who && who->tenant ? who->tenant : API_TENANT_DEFAULT;
+}
+
+static bool owns(const struct api_cache *cache, const char *tenant)
+{
+	return strcmp(cache->tenant ? cache->tenant : API_TENANT_DEFAULT, tenant) == 0;
+}
+
+/* A cache the caller may see; another tenant's is as absent as a missing one. */
+static struct api_cache *find_visible_locked(struct api_caches *c, const char *tenant,
+					     const char *id, size_t *ret_index)
+{
+	struct api_cache *cache = find_locked(c, id, ret_index);
+
+	return cache && owns(cache, tenant) ? cache : NULL;
+}
+
+static int not_found(imc_error *err, const char *id)
+{
+	return imc_err(err, ENOENT, "cache %s: not found", id);
+}
 
 /* Is there room for one more cache and build?  Under the lock. */
 static int check_room_locked(struct api_caches *c, imc_error *err)
@@ -590,6 +1047,78 @@ static int check_room_locked(struct api_caches *c, imc_error *err)
 		return imc_err(err, EDQUOT, "%d builds are already queued; retry later",
 			       API_QUEUE_MAX);
 	return 0;
+}
+
+/* The tenant's quota (403 QuotaExceeded): caches it holds (Expired and Deleting ones do not
+ * count) and the sum of their sizes (a Creating cache counts its requested size). */
+static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
+			      imc_error *err)
+{
+	const struct api_tenant_limits *lim = NULL;
+	uint64_t count = 0, bytes = 0;
+
+	for (size_t i = 0; i < c->n_limits && !lim; i++)
+		if (c->limits[i].tenant && strcmp(c->limits[i].tenant, tenant) == 0)
+			lim = &c->limits[i];
+	if (!lim || (!lim->max_caches && !lim->max_bytes))
+		return 0;
+	for (size_t i = 0; i < c->n_items; i++) {
+		const struct api_cache *x = c->items[i];
+
+		if (!owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
+		    x->status == API_CACHE_DELETING)
+			continue;
+		count++;
+		bytes += x->status == API_CACHE_CREATING ? x->request_size : x->size;
+	}
+	if (lim->max_caches && count >= lim->max_caches)
+		return imc_err(err, API_EQUOTA,
+			       "tenant %s: quota of %llu caches reached; delete some first", tenant,
+			       (unsigned long long)lim->max_caches);
+	if (lim->max_bytes && bytes + size > lim->max_bytes)
+		return imc_err(err, API_EQUOTA,
+			       "tenant %s: quota of %llu bytes reached (%llu used, %llu requested)",
+			       tenant, (unsigned long long)lim->max_bytes,
+			       (unsigned long long)bytes, (unsigned long long)size);
+	return 0;
+}
+
+/* An earlier cache that answers this create request, under the lock: the tenant's cache with
+ * the same clientToken (any status; a different request under the same token is -EBUSY), else
+ * (without a token) an identical request of the tenant still Creating, without credentials. */
+static int find_same_locked(struct api_caches *c, const char *tenant,
+			    const struct api_create_request *req, const char *key,
+			    struct api_cache **ret, imc_error *err)
+{
+	*ret = NULL;
+	for (size_t i = 0; i < c->n_items; i++) {
+		struct api_cache *x = c->items[i];
+
+		if (!owns(x, tenant))
+			continue;
+		if (req->client_token) {
+			if (!x->client_token || strcmp(x->client_token, req->client_token) != 0)
+				continue;
+			if (strcmp(x->request_key, key) != 0)
+				return imc_err(err, EBUSY,
+					       "clientToken %s: already used for cache %s with a "
+					       "different request",
+					       req->client_token, x->id);
+			*ret = x;
+			return 0;
+		}
+		if (x->status == API_CACHE_CREATING && !x->had_credentials &&
+		    req->n_credentials == 0 && !x->client_token && strcmp(x->request_key, key) == 0)
+			*ret = x;
+	}
+	return 0;
+}
+
+static int answer_same(struct api_cache *x, json_t **ret, imc_error *err)
+{
+	*ret = json_pack("{s:s,s:s,s:b}", "id", x->id, "status", api_cache_status_name(x->status),
+			 "existing", 1);
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
 static int new_id(struct api_caches *c, char id[API_ID_MAX], imc_error *err)
@@ -610,101 +1139,236 @@ static int new_id(struct api_caches *c, char id[API_ID_MAX], imc_error *err)
 	return imc_err(err, EEXIST, "cannot pick a free cache id");
 }
 
-static int enqueue(struct api_caches *c, struct api_cache *cache, imc_error *err)
+/* Insert and queue, unless an earlier cache answers the request (ret_same) or there is no
+ * room. */
+static int enqueue(struct api_caches *c, struct api_cache *cache,
+		   const struct api_create_request *req, json_t **ret_same, imc_error *err)
 {
+	struct api_cache *same = NULL;
 	int r;
 
 	pthread_mutex_lock(&c->lock);
-	r = check_room_locked(c, err);
-	if (r == 0)
+	r = find_same_locked(c, cache->tenant, req, cache->request_key, &same, err);
+	if (r == 0 && same)
+		r = answer_same(same, ret_same, err);
+	else if (r == 0)
+		r = check_room_locked(c, err);
+	if (r == 0 && !same)
+		r = check_quota_locked(c, cache->tenant, req->size, err);
+	if (r == 0 && !same)
 		r = insert_locked(c, cache, err);
-	if (r == 0) {
-		c->queue[(c->q_head + c->q_len) % API_QUEUE_MAX] = cache;
-		c->q_len++;
-		pthread_cond_signal(&c->cond);
-	}
+	if (r == 0 && !same)
+		queue_push_locked(c, cache); /* room checked above */
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
 
-int api_caches_create(struct api_caches *c, const struct api_create_request *req, json_t **ret,
-		      imc_error *err)
+int api_caches_create(struct api_caches *c, const struct api_caller *who,
+		      const struct api_create_request *req, json_t **ret, imc_error *err)
 {
-	struct api_cache *cache = NULL;
-	_cleanup_json_ json_t *answer = NULL, *meta = NULL;
+	const char *tenant = tenant_of(who);
+	struct api_cache *cache = NULL, *same = NULL;
+	_cleanup_json_ json_t *answer = NULL, *meta = NULL, *existing = NULL;
 	char id[API_ID_MAX];
 	int r;
 
 	r = new_id(c, id, err);
 	if (r == 0)
-		r = api_cache_new(id, req, imc_now(), &cache, err);
+		r = api_cache_new_for(id, tenant, req, imc_now(), &cache, err);
 	if (r < 0)
 		return r;
-	answer = json_pack("{s:s,s:s}", "id", id, "status", "Creating");
-	meta = api_cache_to_meta(cache);
-	/* On disk first: a cache the client has heard of survives a crash (as Failed). */
-	r = answer ? persist_meta(c, id, meta, err) : imc_err(err, ENOMEM, "out of memory");
-	if (r == 0) {
-		r = enqueue(c, cache, err);
-		if (r < 0)
-			unlink_meta(c, id, NULL);
-	}
-	if (r < 0) {
+	/* Checked before the metadata write too: a repeated request costs no disk write. */
+	pthread_mutex_lock(&c->lock);
+	r = find_same_locked(c, tenant, req, cache->request_key, &same, err);
+	if (r == 0 && same)
+		r = answer_same(same, ret, err);
+	else if (r == 0)
+		r = check_quota_locked(c, tenant, req->size, err);
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0 || same) {
 		api_cache_free(cache);
 		return r;
+	}
+	answer = json_pack("{s:s,s:s}", "id", id, "status", "Creating");
+	meta = api_cache_to_meta(cache);
+	/* On disk first: a cache the client has heard of survives a crash. */
+	r = answer ? persist_meta(c, id, meta, err) : imc_err(err, ENOMEM, "out of memory");
+	if (r == 0)
+		r = enqueue(c, cache, req, &existing, err);
+	if (r < 0 || existing) {
+		unlink_meta(c, id, NULL);
+		api_cache_free(cache);
+		if (r < 0)
+			return r;
+		*ret = steal_pointer(&existing);
+		return 0;
 	}
 	*ret = steal_pointer(&answer);
 	return 0;
 }
 
-int api_caches_get(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+int api_caches_get(struct api_caches *c, const struct api_caller *who, const char *id, json_t **ret,
+		   imc_error *err)
 {
 	struct api_cache *cache;
 	json_t *j = NULL;
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_locked(c, id, NULL);
+	cache = find_visible_locked(c, tenant_of(who), id, NULL);
 	if (cache)
 		j = api_cache_to_json(cache);
 	pthread_mutex_unlock(&c->lock);
 	if (!cache)
-		return imc_err(err, ENOENT, "cache %s: not found", id);
+		return not_found(err, id);
 	if (!j)
 		return imc_err(err, ENOMEM, "out of memory");
 	*ret = j;
 	return 0;
 }
 
-int api_caches_list(struct api_caches *c, const struct api_list_query *q, json_t **ret,
-		    imc_error *err)
+/* ---- match=best -------------------------------------------------------------------------------
+ */
+
+/* The layers of the image asked for: from a built cache of the tenant that holds that exact ref
+ * (no network), else resolved from its registry. */
+static json_t *wanted_layers(struct api_caches *c, const char *tenant, const char *image,
+			     imc_error *err)
+{
+	struct builder_opts opts = {.blob_dir = c->blob_dir,
+				    .insecure_registries = c->insecure_registries,
+				    .ca_file = c->ca_file,
+				    .auth_file = c->auth_file};
+	struct builder_image *img = NULL;
+	json_t *layers = NULL, *desc, *l;
+	size_t i;
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t k = 0; k < c->n_items && !layers; k++) {
+		struct api_cache *x = c->items[k];
+		json_t *imgs = x->manifest ? json_object_get(x->manifest, "images") : NULL, *im;
+
+		if (!owns(x, tenant))
+			continue;
+		json_array_foreach(imgs, i, im)
+		{
+			const char *ref = json_string_value(json_object_get(im, "ref"));
+			if (ref && strcmp(ref, image) == 0) {
+				layers = json_array();
+				json_array_foreach(json_object_get(im, "layers"), i, l)
+				    json_array_append(layers, json_object_get(l, "digest"));
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (layers)
+		return layers;
+	if (builder_image_resolve(&opts, image, &img, err) < 0) {
+		imc_err_wrap(err, "image %s", image);
+		if (err && err->code != -ENOMEM)
+			err->code = -ENOENT; /* nothing to compare with: no match */
+		return NULL;
+	}
+	desc = builder_image_describe(img);
+	builder_image_free(img);
+	layers = json_array();
+	json_array_foreach(json_object_get(desc, "layers"), i, l)
+	    json_array_append(layers, json_object_get(l, "digest"));
+	json_decref(desc);
+	return layers;
+}
+
+/* {"items":[the tenant's cache (matching status/name) sharing the most layers]} (empty when none
+ * shares any), with "sharedLayers" and "wantedLayers" in the item. */
+static int list_best(struct api_caches *c, const char *tenant, const struct api_list_query *q,
+		     json_t **ret, imc_error *err)
+{
+	_cleanup_json_ json_t *want = wanted_layers(c, tenant, q->image, err);
+	_cleanup_json_ json_t *page = NULL;
+	struct api_cache *best = NULL;
+	size_t best_n = 0;
+	json_t *item = NULL;
+
+	if (!want)
+		return err && err->code ? err->code : imc_err(err, ENOMEM, "out of memory");
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items; i++) {
+		struct api_cache *x = c->items[i];
+		size_t n;
+
+		if (!owns(x, tenant) || !api_cache_matches(x, q))
+			continue;
+		n = api_cache_shared_layers(x, want);
+		if (n > best_n) { /* ties: the older cache (list order) */
+			best = x;
+			best_n = n;
+		}
+	}
+	if (best) {
+		item = api_cache_to_json(best);
+		if (item) {
+			json_object_set_new(item, "sharedLayers", json_integer((json_int_t)best_n));
+			json_object_set_new(item, "wantedLayers",
+					    json_integer((json_int_t)json_array_size(want)));
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	page = json_pack("{s:[]}", "items");
+	if (!page ||
+	    (best && (!item || json_array_append_new(json_object_get(page, "items"), item) < 0)))
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret = steal_pointer(&page);
+	return 0;
+}
+
+int api_caches_list(struct api_caches *c, const struct api_caller *who,
+		    const struct api_list_query *q, json_t **ret, imc_error *err)
 {
 	int r;
 
+	if (q->match_best)
+		return list_best(c, tenant_of(who), q, ret, err);
 	pthread_mutex_lock(&c->lock);
-	r = api_list_page(c->items, c->n_items, q, ret, err);
+	r = api_list_page_tenant(c->items, c->n_items, tenant_of(who), q, ret, err);
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
 
-/* Claim a cache for deletion: refused while it builds or while another delete runs. */
-static int claim_for_delete(struct api_caches *c, const char *id, imc_error *err)
+/* ---- delete -----------------------------------------------------------------------------------
+ */
+
+/* Claim a cache for deletion (Deleting): refused while it builds, while another removal runs,
+ * and while clones are attached (unless force). */
+static int claim_for_delete(struct api_caches *c, const char *tenant, const char *id, bool force,
+			    imc_error *err)
 {
 	struct api_cache *cache;
 	int r = 0;
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_locked(c, id, NULL);
+	cache = find_visible_locked(c, tenant, id, NULL);
 	if (!cache)
-		r = imc_err(err, ENOENT, "cache %s: not found", id);
+		r = not_found(err, id);
 	else if (cache->status == API_CACHE_CREATING)
 		r = imc_err(err, EBUSY,
 			    "cache %s: still Creating; delete it once it is Ready or "
 			    "Failed",
 			    id);
-	else if (cache->deleting)
+	else if (cache->deleting || cache->status == API_CACHE_DELETING)
 		r = imc_err(err, EBUSY, "cache %s: already being deleted", id);
-	else
+	else if (cache->n_attachments > 0 && !force)
+		r = imc_err(err, EBUSY,
+			    "cache %s: %zu clone(s) attached (first %s); detach them or delete "
+			    "with force=true",
+			    id, cache->n_attachments, cache->attachments[0].id);
+	if (r == 0) {
 		cache->deleting = true;
+		cache->status_before = cache->status;
+		cache->status = API_CACHE_DELETING;
+		event_locked(cache, "Deleting", "%s",
+			     cache->n_attachments ? "delete forced with clones attached"
+						  : "delete");
+	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
@@ -717,38 +1381,250 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 
 	pthread_mutex_lock(&c->lock);
 	cache = find_locked(c, id, &index);
-	if (cache && deleted)
+	if (cache && deleted) {
 		remove_locked(c, index);
-	else if (cache)
+	} else if (cache) {
 		cache->deleting = false;
+		cache->status = cache->status_before;
+	}
 	pthread_mutex_unlock(&c->lock);
 	if (deleted)
 		api_cache_free(cache);
 }
 
-int api_caches_delete(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, const char *id,
+			    bool force, json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *answer = json_pack("{s:s,s:s}", "id", id, "status", "Deleted");
 	int r;
 
 	if (!answer)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = claim_for_delete(c, id, err);
+	r = claim_for_delete(c, tenant_of(who), id, force, err);
 	if (r < 0)
 		return r;
 	r = store_remove(c->store, STORE_SNAPSHOT, id, err);
-	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed cache never had one */
+	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed or Expired cache has none */
 		finish_delete(c, id, false);
 		return imc_err_wrap(err, "cache %s", id);
 	}
 	/* The snapshot is gone: the cache is gone, even if its metadata file lingers (the next
 	 * start marks such a cache Failed). */
 	finish_delete(c, id, true);
+	chunks_gone(c, id);
 	r = unlink_meta(c, id, err);
 	if (r < 0)
 		return r;
 	*ret = steal_pointer(&answer);
 	return 0;
+}
+
+int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
+		      json_t **ret, imc_error *err)
+{
+	return api_caches_delete_force(c, who, id, false, ret, err);
+}
+
+int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
+			   const struct api_query_arg *args, size_t n_args, json_t **ret,
+			   imc_error *err)
+{
+	bool force = false;
+	int r = api_delete_query_parse(args, n_args, &force, err);
+
+	if (r < 0)
+		return r;
+	if (!c)
+		return imc_err(err, ESHUTDOWN, "no cache table");
+	return api_caches_delete_force(c, who, id, force, ret, err);
+}
+
+/* ---- attachments ------------------------------------------------------------------------------
+ */
+
+static int parse_attach_body(const char *body, size_t len, char id[API_ID_MAX], char **ret_host,
+			     imc_error *err)
+{
+	static const char *const fields[] = {"id", "host", NULL};
+	_cleanup_json_ json_t *j = NULL;
+	const char *aid = NULL, *host = NULL;
+	int r;
+
+	id[0] = '\0';
+	*ret_host = NULL;
+	if (len == 0)
+		return 0;
+	if (len > API_BODY_MAX)
+		return imc_err(err, EFBIG, "request body larger than %d bytes", API_BODY_MAX);
+	r = imc_json_parse_object(body, len, &j, err);
+	if (r < 0)
+		return r == -EINVAL ? imc_err(err, EBADMSG, "%s", err ? err->msg : "bad JSON") : r;
+	r = imc_json_check_fields(j, fields, NULL, err);
+	if (r == 0)
+		r = imc_json_get_string(j, "id", false, API_ID_MAX - 1, NULL, &aid, err);
+	if (r == 0)
+		r = imc_json_get_string(j, "host", false, API_HOST_MAX, NULL, &host, err);
+	if (r < 0)
+		return r;
+	if (aid && !api_attach_id_valid(aid))
+		return imc_err(err, EINVAL, "id \"%.80s\": want %s-<16 hex digits>", aid,
+			       API_ATTACH_PREFIX);
+	if (host && !imc_name_valid(host, API_HOST_MAX))
+		return imc_err(err, EINVAL, "host: want 1-%d characters of [A-Za-z0-9._-]",
+			       API_HOST_MAX);
+	if (aid)
+		snprintf(id, API_ID_MAX, "%s", aid);
+	if (host && !(*ret_host = strdup(host)))
+		return imc_err(err, ENOMEM, "out of memory");
+	return 0;
+}
+
+static json_t *attachment_json(const char *cache_id, const struct api_attachment *a)
+{
+	char t[32];
+
+	imc_time_rfc3339(a->at, t, sizeof(t));
+	return json_pack("{s:s,s:s,s:s?,s:s}", "id", a->id, "cacheId", cache_id, "host", a->host,
+			 "attachedAt", t);
+}
+
+/* Record an attachment under the lock; ret_status 200 when it was already there. */
+static int attach_locked(struct api_caches *c, struct api_cache *cache, const char *aid,
+			 char **host, json_t **ret, unsigned *ret_status, imc_error *err)
+{
+	struct api_attachment *a;
+
+	for (size_t i = 0; i < cache->n_attachments; i++)
+		if (strcmp(cache->attachments[i].id, aid) == 0) {
+			*ret_status = 200;
+			*ret = attachment_json(cache->id, &cache->attachments[i]);
+			return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+		}
+	if (cache->status != API_CACHE_READY)
+		return imc_err(err, EBUSY, "cache %s: %s, not Ready: nothing to attach", cache->id,
+			       api_cache_status_name(cache->status));
+	if (cache->n_attachments >= API_ATTACH_MAX)
+		return imc_err(err, EDQUOT, "cache %s: %d attachments already", cache->id,
+			       API_ATTACH_MAX);
+	a = realloc(cache->attachments, (cache->n_attachments + 1) * sizeof(*a));
+	if (!a)
+		return imc_err(err, ENOMEM, "out of memory");
+	cache->attachments = a;
+	a = &cache->attachments[cache->n_attachments];
+	*a = (struct api_attachment){.host = steal_pointer(host), .at = imc_now()};
+	snprintf(a->id, sizeof(a->id), "%s", aid);
+	*ret = attachment_json(cache->id, a);
+	if (!*ret) {
+		free(a->host);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	cache->n_attachments++;
+	cache->last_used_at = a->at;
+	event_locked(cache, "Attached", "%s%s%s", aid, a->host ? " on " : "",
+		     a->host ? a->host : "");
+	*ret_status = 201;
+	return 0;
+}
+
+int api_caches_attach(struct api_caches *c, const struct api_caller *who, const char *id,
+		      const char *body, size_t len, json_t **ret, unsigned *ret_status,
+		      imc_error *err)
+{
+	_cleanup_free_ char *host = NULL;
+	struct api_cache *cache;
+	char aid[API_ID_MAX];
+	imc_error e = {0};
+	int r = parse_attach_body(body, len, aid, &host, err);
+
+	if (r == 0 && !aid[0])
+		r = imc_random_id(API_ATTACH_PREFIX, aid, sizeof(aid), err);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&c->lock);
+	cache = find_visible_locked(c, tenant_of(who), id, NULL);
+	r = cache ? attach_locked(c, cache, aid, &host, ret, ret_status, err) : not_found(err, id);
+	pthread_mutex_unlock(&c->lock);
+	if (r < 0 || *ret_status != 201)
+		return r;
+	__atomic_add_fetch(&c->metrics.attaches, 1, __ATOMIC_RELAXED);
+	/* Best effort: the attachment is in memory either way; a lost write is logged. */
+	if (persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	return 0;
+}
+
+int api_caches_detach(struct api_caches *c, const struct api_caller *who, const char *id,
+		      const char *aid, json_t **ret, imc_error *err)
+{
+	struct api_cache *cache;
+	imc_error e = {0};
+	bool found = false;
+
+	if (!api_attach_id_valid(aid))
+		return imc_err(err, EINVAL, "attachment id \"%.80s\": malformed (want %s-<16 hex>)",
+			       aid, API_ATTACH_PREFIX);
+	*ret = json_pack("{s:s,s:s,s:s}", "id", aid, "cacheId", id, "status", "Detached");
+	if (!*ret)
+		return imc_err(err, ENOMEM, "out of memory");
+	pthread_mutex_lock(&c->lock);
+	cache = find_visible_locked(c, tenant_of(who), id, NULL);
+	for (size_t i = 0; cache && i < cache->n_attachments && !found; i++) {
+		if (strcmp(cache->attachments[i].id, aid) != 0)
+			continue;
+		found = true;
+		free(cache->attachments[i].host);
+		memmove(cache->attachments + i, cache->attachments + i + 1,
+			(cache->n_attachments - i - 1) * sizeof(*cache->attachments));
+		cache->n_attachments--;
+		cache->last_used_at = imc_now();
+		event_locked(cache, "Detached", "%s", aid);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!found) {
+		json_decref(steal_pointer(ret));
+		return cache ? imc_err(err, ENOENT, "cache %s: attachment %s: not found", id, aid)
+			     : not_found(err, id);
+	}
+	__atomic_add_fetch(&c->metrics.detaches, 1, __ATOMIC_RELAXED);
+	if (persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	return 0;
+}
+
+int api_caches_attachments(struct api_caches *c, const struct api_caller *who, const char *id,
+			   json_t **ret, imc_error *err)
+{
+	_cleanup_json_ json_t *items = json_array();
+	struct api_cache *cache;
+	int r = items ? 0 : -ENOMEM;
+
+	pthread_mutex_lock(&c->lock);
+	cache = find_visible_locked(c, tenant_of(who), id, NULL);
+	for (size_t i = 0; r == 0 && cache && i < cache->n_attachments; i++)
+		r = json_array_append_new(items, attachment_json(id, &cache->attachments[i]));
+	pthread_mutex_unlock(&c->lock);
+	if (!cache)
+		return not_found(err, id);
+	*ret = r == 0 ? json_pack("{s:O}", "items", items) : NULL;
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
+			     const struct api_match *match, const char *body, size_t len,
+			     json_t **ret, unsigned *ret_status, imc_error *err)
+{
+	*ret_status = 200;
+	if (!api_cache_id_valid(match->id))
+		return imc_err(err, EINVAL,
+			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", match->id,
+			       API_ID_PREFIX);
+	if (!c)
+		return imc_err(err, ESHUTDOWN, "no cache table");
+	if (match->route == API_ROUTE_ATTACHMENT)
+		return api_caches_detach(c, who, match->id, match->aid, ret, err);
+	if (m == API_METHOD_GET)
+		return api_caches_attachments(c, who, match->id, ret, err);
+	return api_caches_attach(c, who, match->id, body, len, ret, ret_status, err);
 }
 
 /* ---- metrics ----------------------------------------------------------------------------------
@@ -766,8 +1642,11 @@ void api_caches_metrics_page(struct api_caches *c, struct api_metrics_page *ret)
 
 	*ret = (struct api_metrics_page){0};
 	pthread_mutex_lock(&c->lock);
-	for (size_t i = 0; i < c->n_items; i++)
-		ret->caches[c->items[i]->status]++;
+	for (size_t i = 0; i < c->n_items; i++) {
+		if ((size_t)c->items[i]->status < API_CACHE_STATUS_COUNT)
+			ret->caches[c->items[i]->status]++;
+		ret->attachments += c->items[i]->n_attachments;
+	}
 	pthread_mutex_unlock(&c->lock);
 	/* Outside the lock: the store may ask the kernel (statfs). */
 	if (store_usage(c->store, &usage, &e) == 0) {

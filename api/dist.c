@@ -18,17 +18,6 @@ static pthread_mutex_t dist_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct chunk_store dist_chunks = {.dirfd = -1};
 
-/* Who may read what: the one place the caller check goes once requests carry a caller (bearer
- * tokens, issue 4).  A chunk is named by its content, so knowing its digest is the only way to
- * ask for it; an index is the cache's own and follows the cache's visibility. */
-static int dist_caller_check(struct api_caches *c, const char *cache_id, imc_error *err)
-{
-	(void)c;
-	(void)cache_id;
-	(void)err;
-	return 0;
-}
-
 static int dist_store(struct api_caches *c, struct chunk_store **ret, imc_error *err)
 {
 	struct store *s = api_caches_store(c);
@@ -44,12 +33,16 @@ static int dist_store(struct api_caches *c, struct chunk_store **ret, imc_error 
 	return r;
 }
 
-static int cache_ready(struct api_caches *c, const char *id, imc_error *err)
+/* The cache must be the caller's (another tenant's is 404, as for GET of the cache) and Ready.
+ * A chunk needs no such check: it is named by its content, so knowing its digest is the only
+ * way to ask for it, and only a caller with a valid token gets that far. */
+static int cache_ready(struct api_caches *c, const struct api_caller *who, const char *id,
+		       imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL;
 	const char *status;
 
-	if (api_caches_get(c, id, &j, err) < 0)
+	if (api_caches_get(c, who, id, &j, err) < 0)
 		return err->code;
 	status = json_string_value(json_object_get(j, "status"));
 	if (!status || strcmp(status, "Ready") != 0)
@@ -57,8 +50,8 @@ static int cache_ready(struct api_caches *c, const char *id, imc_error *err)
 	return 0;
 }
 
-int api_dist_index(struct api_caches *c, const char *id_in, size_t id_len, json_t **ret,
-		   imc_error *err)
+int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id_in,
+		   size_t id_len, json_t **ret, imc_error *err)
 {
 	char id[API_ID_MAX];
 	struct chunk_store *cs;
@@ -74,8 +67,7 @@ int api_dist_index(struct api_caches *c, const char *id_in, size_t id_len, json_
 		return imc_err(err, EINVAL,
 			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", id,
 			       API_ID_PREFIX);
-	if (dist_caller_check(c, id, err) < 0 || cache_ready(c, id, err) < 0 ||
-	    dist_store(c, &cs, err) < 0)
+	if (cache_ready(c, who, id, err) < 0 || dist_store(c, &cs, err) < 0)
 		return err->code;
 	/* One export at a time: a second request for the same cache waits and reads the index
 	 * the first one wrote. */
@@ -197,7 +189,7 @@ unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const
 
 	(void)method; /* HEAD: libmicrohttpd sends the headers only */
 	*ret = NULL;
-	if (dist_caller_check(c, NULL, &err) < 0 || dist_store(c, &cs, &err) < 0)
+	if (dist_store(c, &cs, &err) < 0)
 		return respond_errno(&err, ret);
 	if (chunk_store_open_blob(cs, digest, &fd, &err) < 0) {
 		if (err.code == -ENOENT)

@@ -2,6 +2,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/un.h>
 #include <time.h>
@@ -23,7 +24,9 @@ struct client {
 	/* --server unix:PATH: requests go over this socket to a dummy http://localhost base URL. */
 	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char where[512]; /* the server as the user named it, for messages */
+	char auth[4200]; /* "Authorization: Bearer <token>" or "" */
 };
+#define TOKEN_MAX 4096 /* bytes of a bearer token */
 
 /* ---- HTTP -------------------------------------------------------------------------------------
  */
@@ -76,6 +79,8 @@ static int setup(CURL *curl, const struct client *c, const char *method, const c
 	*headers = curl_slist_append(NULL, "Accept: application/json");
 	if (body && *headers)
 		*headers = curl_slist_append(*headers, "Content-Type: application/json");
+	if (c->auth[0] && *headers)
+		*headers = curl_slist_append(*headers, c->auth);
 	if (!*headers)
 		return -ENOMEM;
 	curl_easy_setopt(curl, CURLOPT_URL, url);
@@ -272,6 +277,8 @@ struct create_opts {
 	const char *data[CREATE_DATA_MAX]; /* "SRC=PATH" */
 	size_t n_data;
 	unsigned long long size; /* 0: imcd's default */
+	long retention_days;	 /* -1: imcd's default */
+	const char *client_token;
 };
 
 static void sleep_ms(long ms)
@@ -279,12 +286,37 @@ static void sleep_ms(long ms)
 	nanosleep(&(struct timespec){.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L}, NULL);
 }
 
+/* The build's progress on stderr: a bar redrawn in place on a terminal, else one line each time
+ * the percentage moves. */
+static void show_progress(const char *id, json_t *cache, bool tty, long *last_pct)
+{
+	json_t *p = json_object_get(cache, "progress");
+	long pct = (long)json_integer_value(json_object_get(p, "percent"));
+	double done = (double)json_integer_value(json_object_get(p, "bytesDone")) / 1048576.0;
+	double total = (double)json_integer_value(json_object_get(p, "bytesTotal")) / 1048576.0;
+	char bar[41];
+	int fill = (int)(pct * 40 / 100);
+
+	if (!json_is_object(p) || (!tty && pct == *last_pct))
+		return;
+	*last_pct = pct;
+	if (!tty) {
+		fprintf(stderr, "%s: Creating %ld%% (%.1f of %.1f MiB)\n", id, pct, done, total);
+		return;
+	}
+	memset(bar, '#', (size_t)fill);
+	memset(bar + fill, ' ', (size_t)(40 - fill));
+	bar[40] = '\0';
+	fprintf(stderr, "\r%s [%s] %3ld%% %.1f/%.1f MiB", id, bar, pct, done, total);
+}
+
 /* Poll until the cache is Ready (0) or Failed, gone, or too slow (1). */
 static int wait_ready(const struct client *c, const char *id, const struct create_opts *o)
 {
 	_cleanup_free_ char *path = cache_path(id);
 	uint64_t deadline = imc_monotonic_ns() + (uint64_t)o->timeout * 1000000000ULL;
-	long delay = 100;
+	bool tty = isatty(STDERR_FILENO);
+	long delay = 100, last_pct = -1;
 
 	if (!path)
 		return EXIT_FAIL;
@@ -295,6 +327,11 @@ static int wait_ready(const struct client *c, const char *id, const struct creat
 		if (call(c, "GET", path, NULL, &cache) < 0)
 			return EXIT_FAIL;
 		status = str_or(cache, "status", "");
+		/* -o json is for scripts, which often read stderr too: no progress lines there. */
+		if (strcmp(status, "Creating") == 0 && (tty || !o->json))
+			show_progress(id, cache, tty, &last_pct);
+		else if (tty && last_pct >= 0)
+			fputc('\n', stderr);
 		if (strcmp(status, "Ready") == 0) {
 			if (o->json)
 				print_json(cache);
@@ -315,7 +352,7 @@ static int wait_ready(const struct client *c, const char *id, const struct creat
 			return EXIT_FAIL;
 		}
 		sleep_ms(delay);
-		delay = delay * 2 > 1000 ? 1000 : delay * 2;
+		delay = delay * 2 > 500 ? 500 : delay * 2;
 	}
 }
 
@@ -352,6 +389,12 @@ static char *create_body(char **images, int n, const struct create_opts *o)
 	}
 	if (o->size && json_object_set_new(body, "size", json_integer((json_int_t)o->size)) < 0)
 		return NULL;
+	if (o->retention_days >= 0 &&
+	    json_object_set_new(body, "retentionDays", json_integer(o->retention_days)) < 0)
+		return NULL;
+	if (o->client_token &&
+	    json_object_set_new(body, "clientToken", json_string(o->client_token)) < 0)
+		return NULL;
 	return json_dumps(body, JSON_COMPACT);
 }
 
@@ -375,14 +418,30 @@ static int parse_create_args(int argc, char **argv, struct create_opts *o)
 	    {"output", required_argument, NULL, 'o'},
 	    {"data", required_argument, NULL, 'd'},
 	    {"size", required_argument, NULL, 's'},
+	    {"retention-days", required_argument, NULL, 'r'},
+	    {"client-token", required_argument, NULL, 'k'},
 	    {NULL, 0, NULL, 0},
 	};
 	char *end;
 	int ch;
 
-	*o = (struct create_opts){.timeout = WAIT_TIMEOUT_DEFAULT};
+	*o = (struct create_opts){.timeout = WAIT_TIMEOUT_DEFAULT, .retention_days = -1};
 	while ((ch = getopt_long(argc, argv, ":n:wt:o:d:s:", longopts, NULL)) != -1) {
 		switch (ch) {
+		case 'r':
+			errno = 0;
+			o->retention_days = strtol(optarg, &end, 10);
+			if (errno || *end || end == optarg || o->retention_days < 0) {
+				fprintf(
+				    stderr,
+				    "imcctl: --retention-days %s: want days (0: never expire)\n",
+				    optarg);
+				return -1;
+			}
+			break;
+		case 'k':
+			o->client_token = optarg;
+			break;
 		case 'd': {
 			const char *eq = strrchr(optarg, '=');
 			if (!eq || eq == optarg || !eq[1]) {
@@ -447,7 +506,8 @@ static int cmd_create(const struct client *c, int argc, char **argv)
 	if (optind >= argc) {
 		fprintf(stderr,
 			"usage: imcctl create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... "
-			"[--size BYTES] [--wait] [--timeout SEC] [-o json]\n");
+			"[--size BYTES] [--retention-days N] [--client-token T] [--wait] "
+			"[--timeout SEC] [-o json]\n");
 		return EXIT_USAGE;
 	}
 	body = create_body(argv + optind, argc - optind, &o);
@@ -472,7 +532,9 @@ static int cmd_create(const struct client *c, int argc, char **argv)
 }
 
 #define LIST_USAGE                                                                                 \
-	"usage: imcctl list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
+	"usage: imcctl list [--status S] [--name N] [--image REF [--match exact|best]] [--limit "  \
+	"N] "                                                                                      \
+	"[-o json]\n"
 #define LIST_PAGES_MAX (API_MAX_CACHES + 1) /* a server that never stops paging */
 
 /* Append "&key=value" (value escaped) to *q. */
@@ -537,10 +599,13 @@ static int list_all(const struct client *c, const char *query, json_t *all)
 
 static int cmd_list(const struct client *c, int argc, char **argv)
 {
-	static const struct option longopts[] = {
-	    {"output", required_argument, NULL, 'o'}, {"status", required_argument, NULL, 's'},
-	    {"name", required_argument, NULL, 'n'},   {"image", required_argument, NULL, 'i'},
-	    {"limit", required_argument, NULL, 'l'},  {NULL, 0, NULL, 0}};
+	static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
+						 {"status", required_argument, NULL, 's'},
+						 {"name", required_argument, NULL, 'n'},
+						 {"image", required_argument, NULL, 'i'},
+						 {"limit", required_argument, NULL, 'l'},
+						 {"match", required_argument, NULL, 'm'},
+						 {NULL, 0, NULL, 0}};
 	_cleanup_json_ json_t *items = json_array();
 	_cleanup_json_ json_t *answer = NULL;
 	_cleanup_free_ char *query = strdup("");
@@ -563,6 +628,8 @@ static int cmd_list(const struct client *c, int argc, char **argv)
 			r = query_add(&query, "image", optarg);
 		else if (ch == 'l')
 			r = query_add(&query, "limit", optarg);
+		else if (ch == 'm')
+			r = query_add(&query, "match", optarg);
 		else
 			r = -EINVAL;
 	}
@@ -584,27 +651,165 @@ static int cmd_list(const struct client *c, int argc, char **argv)
 	return EXIT_OK;
 }
 
-/* get ID / delete ID */
-static int cmd_one(const struct client *c, const char *method, int argc, char **argv)
+/* The options of get, delete, attach, detach and attachments. */
+struct one_opts {
+	bool json, output_given, force;
+	const char *attach_id, *host;
+	const char *args[2]; /* ID [ATTACHMENT] */
+	int n_args;
+};
+
+static int parse_one_args(int argc, char **argv, int want_args, struct one_opts *o)
+{
+	static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
+						 {"force", no_argument, NULL, 'f'},
+						 {"id", required_argument, NULL, 'i'},
+						 {"host", required_argument, NULL, 'H'},
+						 {NULL, 0, NULL, 0}};
+	int ch;
+
+	*o = (struct one_opts){0};
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, ":o:f", longopts, NULL)) != -1) {
+		if (ch == 'o' && parse_output(optarg, &o->json) == 0) {
+			o->output_given = true;
+			continue;
+		}
+		if (ch == 'f')
+			o->force = true;
+		else if (ch == 'i')
+			o->attach_id = optarg;
+		else if (ch == 'H')
+			o->host = optarg;
+		else
+			return -1;
+	}
+	for (; optind < argc && o->n_args < 2; optind++)
+		o->args[o->n_args++] = argv[optind];
+	return optind == argc && o->n_args == want_args ? 0 : -1;
+}
+
+/* get ID, human: the fields people look at, then the events. */
+static void print_cache(json_t *j)
+{
+	static const char *const keys[] = {"id",	"name",	   "status",	 "statusMessage",
+					   "createdAt", "readyAt", "lastUsedAt", "expiresAt"};
+	json_t *p = json_object_get(j, "progress"), *ev, *img;
+	char size[32];
+	size_t i;
+
+	for (i = 0; i < IMC_ARRAY_SIZE(keys); i++)
+		if (json_string_value(json_object_get(j, keys[i])))
+			printf("%-14s %s\n", keys[i],
+			       json_string_value(json_object_get(j, keys[i])));
+	human_size(json_object_get(j, "size"), size, sizeof(size));
+	printf("%-14s %s\n", "size", size);
+	printf("%-14s %lld%s\n", "retentionDays",
+	       (long long)json_integer_value(json_object_get(j, "retentionDays")),
+	       json_integer_value(json_object_get(j, "retentionDays")) == 0 ? " (pinned)" : "");
+	printf("%-14s %lld\n", "attachments",
+	       (long long)json_integer_value(json_object_get(j, "attachments")));
+	if (json_is_object(p))
+		printf("%-14s %lld%% (%lld of %lld bytes)\n", "progress",
+		       (long long)json_integer_value(json_object_get(p, "percent")),
+		       (long long)json_integer_value(json_object_get(p, "bytesDone")),
+		       (long long)json_integer_value(json_object_get(p, "bytesTotal")));
+	json_array_foreach(json_object_get(j, "images"), i, img)
+	    printf("image %-8zu %s %s\n", i, str_or(img, "ref", "-"), str_or(img, "digest", ""));
+	printf("events:\n");
+	json_array_foreach(json_object_get(j, "events"), i, ev)
+	    printf("  %s  %-12s %s\n", str_or(ev, "time", "-"), str_or(ev, "type", "-"),
+		   str_or(ev, "message", ""));
+}
+
+static int cmd_get(const struct client *c, int argc, char **argv)
 {
 	_cleanup_json_ json_t *answer = NULL;
 	_cleanup_free_ char *path = NULL;
+	struct one_opts o;
 
-	if (argc != 2 || argv[1][0] == '-') {
-		fprintf(stderr, "usage: imcctl %s ID\n", argv[0]);
+	if (parse_one_args(argc, argv, 1, &o) < 0) {
+		fprintf(stderr, "usage: imcctl get ID [-o json|table]\n");
 		return EXIT_USAGE;
 	}
-	path = cache_path(argv[1]);
-	if (!path) {
-		fprintf(stderr, "imcctl: out of memory\n");
+	path = cache_path(o.args[0]);
+	if (!path || call(c, "GET", path, NULL, &answer) < 0)
 		return EXIT_FAIL;
-	}
-	if (call(c, method, path, NULL, &answer) < 0)
-		return EXIT_FAIL;
-	if (strcmp(method, "GET") == 0)
+	/* Without -o: a summary for a person at a terminal, the JSON for a script (as before). */
+	if (o.output_given ? o.json : !isatty(STDOUT_FILENO))
 		print_json(answer);
 	else
-		printf("%s\n", argv[1]);
+		print_cache(answer);
+	return EXIT_OK;
+}
+
+static int cmd_delete(const struct client *c, int argc, char **argv)
+{
+	_cleanup_json_ json_t *answer = NULL;
+	_cleanup_free_ char *path = NULL, *full = NULL;
+	struct one_opts o;
+
+	if (parse_one_args(argc, argv, 1, &o) < 0) {
+		fprintf(stderr, "usage: imcctl delete ID [--force] [-o json]\n");
+		return EXIT_USAGE;
+	}
+	path = cache_path(o.args[0]);
+	if (!path || asprintf(&full, "%s%s", path, o.force ? "?force=true" : "") < 0)
+		return EXIT_FAIL;
+	if (call(c, "DELETE", full, NULL, &answer) < 0)
+		return EXIT_FAIL;
+	if (o.json)
+		print_json(answer);
+	else
+		printf("%s\n", o.args[0]);
+	return EXIT_OK;
+}
+
+/* attach ID [--id att-…] [--host H]: record an attachment (what imc-attach --server does);
+ * detach ID ATTACHMENT; attachments ID. */
+static int cmd_attachments(const struct client *c, const char *cmd, int argc, char **argv)
+{
+	_cleanup_json_ json_t *answer = NULL, *body = json_object();
+	_cleanup_free_ char *path = NULL, *full = NULL, *text = NULL;
+	const bool detach = strcmp(cmd, "detach") == 0, list = strcmp(cmd, "attachments") == 0;
+	struct one_opts o;
+	size_t i;
+	json_t *a;
+
+	if (parse_one_args(argc, argv, detach ? 2 : 1, &o) < 0) {
+		fprintf(stderr, "usage: imcctl attach ID [--id att-…] [--host H] | detach ID "
+				"ATTACHMENT | attachments ID [-o json]\n");
+		return EXIT_USAGE;
+	}
+	if (detach && !api_attach_id_valid(o.args[1])) {
+		fprintf(stderr, "imcctl: attachment \"%.80s\": want att-<16 hex digits>\n",
+			o.args[1]);
+		return EXIT_USAGE;
+	}
+	path = cache_path(o.args[0]);
+	if (!path || !body ||
+	    asprintf(&full, "%s/attachments%s%s", path, detach ? "/" : "",
+		     detach ? o.args[1] : "") < 0)
+		return EXIT_FAIL;
+	if (o.attach_id)
+		json_object_set_new(body, "id", json_string(o.attach_id));
+	if (o.host)
+		json_object_set_new(body, "host", json_string(o.host));
+	text = json_dumps(body, JSON_COMPACT);
+	if (!text || call(c,
+			  detach ? "DELETE"
+			  : list ? "GET"
+				 : "POST",
+			  full, detach || list ? NULL : text, &answer) < 0)
+		return EXIT_FAIL;
+	if (o.json)
+		print_json(answer);
+	else if (!list)
+		printf("%s\n", str_or(answer, "id", "-"));
+	else
+		json_array_foreach(json_object_get(answer, "items"), i, a)
+		    printf("%s  %s  %s\n", str_or(a, "id", "-"), str_or(a, "attachedAt", "-"),
+			   str_or(a, "host", "-"));
 	return EXIT_OK;
 }
 
@@ -615,17 +820,21 @@ static void usage(FILE *f)
 {
 	fprintf(
 	    f,
-	    "usage: imcctl [--server URL|unix:PATH] COMMAND [ARGS]\n"
+	    "usage: imcctl [--server URL|unix:PATH] [--token T] COMMAND [ARGS]\n"
 	    "\n"
 	    "  create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... [--size BYTES] [--wait]\n"
 	    "         [--timeout SEC] [-o json]\n"
 	    "  list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
-	    "  get ID\n"
-	    "  delete ID\n"
+	    "  get ID [-o json]\n"
+	    "  delete ID [--force] [-o json]\n"
+	    "  attach ID [--id att-<16 hex>] [--host H] [-o json]\n"
+	    "  detach ID ATTACHMENT [-o json]\n"
+	    "  attachments ID [-o json]\n"
 	    "  push ID REGISTRY/REPO:TAG [--insecure-registry HOST:PORT]...\n"
 	    "         write the cache's chunks to an OCI registry as an artifact\n"
 	    "\n"
-	    "The server defaults to $IMCACHE_SERVER, else %s.\n",
+	    "The server defaults to $IMCACHE_SERVER, else %s; the bearer token (--token) to\n"
+	    "$IMCACHE_TOKEN.  create --wait draws a progress bar on a terminal.\n",
 	    DEFAULT_SERVER);
 }
 
@@ -668,12 +877,17 @@ static int set_server(struct client *c, const char *url)
 /* Global options come before the command; returns the index of the command or -1. */
 static int parse_global(int argc, char **argv, struct client *c)
 {
-	const char *env = getenv("IMCACHE_SERVER");
+	const char *env = getenv("IMCACHE_SERVER"), *tenv = getenv("IMCACHE_TOKEN");
 	const char *server = env && *env ? env : DEFAULT_SERVER;
+	const char *token = tenv && *tenv ? tenv : NULL;
 	int i = 1;
 
 	for (; i < argc && argv[i][0] == '-'; i++) {
-		if (strcmp(argv[i], "--server") == 0 && i + 1 < argc) {
+		if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) {
+			token = argv[++i];
+		} else if (strncmp(argv[i], "--token=", 8) == 0) {
+			token = argv[i] + 8;
+		} else if (strcmp(argv[i], "--server") == 0 && i + 1 < argc) {
 			server = argv[++i];
 		} else if (strncmp(argv[i], "--server=", 9) == 0) {
 			server = argv[i] + 9;
@@ -687,6 +901,12 @@ static int parse_global(int argc, char **argv, struct client *c)
 	}
 	if (set_server(c, server) < 0)
 		return -1;
+	if (token && (strlen(token) > TOKEN_MAX || strpbrk(token, "\r\n"))) {
+		fprintf(stderr, "imcctl: the token: at most %d bytes on one line\n", TOKEN_MAX);
+		return -1;
+	}
+	if (token)
+		snprintf(c->auth, sizeof(c->auth), "Authorization: Bearer %s", token);
 	if (i >= argc) {
 		usage(stderr);
 		return -1;
@@ -739,9 +959,12 @@ static int run(const struct client *c, int argc, char **argv)
 	if (strcmp(cmd, "list") == 0 || strcmp(cmd, "ls") == 0)
 		return cmd_list(c, argc, argv);
 	if (strcmp(cmd, "get") == 0)
-		return cmd_one(c, "GET", argc, argv);
+		return cmd_get(c, argc, argv);
 	if (strcmp(cmd, "delete") == 0 || strcmp(cmd, "rm") == 0)
-		return cmd_one(c, "DELETE", argc, argv);
+		return cmd_delete(c, argc, argv);
+	if (strcmp(cmd, "attach") == 0 || strcmp(cmd, "detach") == 0 ||
+	    strcmp(cmd, "attachments") == 0)
+		return cmd_attachments(c, cmd, argc, argv);
 	if (strcmp(cmd, "push") == 0)
 		return cmd_push(c, argc, argv);
 	fprintf(stderr, "imcctl: unknown command \"%s\"\n", cmd);
@@ -761,6 +984,7 @@ int main(int argc, char **argv)
 		return EXIT_FAIL;
 	}
 	r = run(&c, argc - i, argv + i);
+	explicit_bzero(c.auth, sizeof(c.auth));
 	curl_global_cleanup();
 	return r;
 }

@@ -8,6 +8,7 @@
 
 #include "../store/store.h"
 #include "api.h"
+#include "auth.h"
 
 #define MAX_INSECURE_REGISTRIES 64
 #define MAX_DRIVER_OPTS		32
@@ -27,6 +28,13 @@ struct options {
 	const char *auth_file;
 	const char *ca_file;
 	const char *hf_endpoint;
+	const char *config; /* NULL: API_CONFIG_DEFAULT when it exists */
+	bool no_config;	    /* not even API_CONFIG_DEFAULT */
+	const char *tls_cert;
+	const char *tls_key;
+	unsigned build_workers;	      /* 0: api/caches.c's default (2) */
+	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
+	unsigned sweep_interval_ms;   /* 0: 60 s */
 };
 
 static void usage(FILE *f)
@@ -37,7 +45,9 @@ static void usage(FILE *f)
 	    "            [--driver-opt KEY=VALUE]... [--pool-size BYTES]\n"
 	    "            [--insecure-registry HOST:PORT]... [--auth-file FILE] [--ca-file FILE]\n"
 	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
-	    "            [--log-level error|warn|info|debug]\n"
+	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
+	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
+	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -52,8 +62,19 @@ static void usage(FILE *f)
 	    "  --ca-file FILE        extra CA certificates (PEM) for HTTPS, besides the system's\n"
 	    "  --hf-endpoint URL     where hf:// data resolves (default $HF_ENDPOINT, else\n"
 	    "                        https://huggingface.co)\n"
-	    "  --ready-file FILE     once listening, write http://HOST:PORT or unix:PATH there\n",
-	    STORE_DEFAULT_STATE_DIR);
+	    "  --ready-file FILE     once listening, write http://HOST:PORT or unix:PATH there\n"
+	    "  --config FILE         bearer tokens and their tenants, quotas, TLS, defaults\n"
+	    "                        (default %s when it exists; without one\n"
+	    "                        there is no auth: see docs/security.md)\n"
+	    "  --no-config           do not read %s (auth off)\n"
+	    "  --tls-cert FILE       serve HTTPS with this PEM certificate chain ...\n"
+	    "  --tls-key FILE        ... and this PEM private key (not readable by others)\n"
+	    "  --build-workers N     builds at once (1-64, default 2)\n"
+	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
+	    "                        (0-1, default 0.90) ...\n"
+	    "  --evict-low F         ... until it is below this (default 0.80)\n"
+	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n",
+	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
 }
 
 static int parse_size(const char *s, uint64_t *ret)
@@ -108,6 +129,20 @@ static int usage_error(const char *fmt, const char *arg)
 	return -1;
 }
 
+/* A fraction of the pool in (0, 1]. */
+static int parse_fraction(const char *s, double *ret)
+{
+	char *end = NULL;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v > 0 && v <= 1))
+		return -1;
+	*ret = v;
+	return 0;
+}
+
 /* One option; returns 0, 1 to exit 0 (--help) or -1 on a usage error. */
 static int parse_option(int ch, const char *arg, struct options *o)
 {
@@ -160,6 +195,36 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--threads %s: want 1-64", arg);
 		o->threads = (unsigned)n;
 		return 0;
+	case 'c':
+		o->config = arg;
+		return 0;
+	case 'N':
+		o->no_config = true;
+		return 0;
+	case 'T':
+		o->tls_cert = arg;
+		return 0;
+	case 'K':
+		o->tls_key = arg;
+		return 0;
+	case 'W':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
+			return usage_error("--build-workers %s: want 1-64", arg);
+		o->build_workers = (unsigned)n;
+		return 0;
+	case 'E':
+		if (parse_fraction(arg, &o->evict_high) < 0)
+			return usage_error("--evict-high %s: want a fraction in (0, 1]", arg);
+		return 0;
+	case 'e':
+		if (parse_fraction(arg, &o->evict_low) < 0)
+			return usage_error("--evict-low %s: want a fraction in (0, 1]", arg);
+		return 0;
+	case 'S':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 86400)
+			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
+		o->sweep_interval_ms = (unsigned)n * 1000;
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -184,12 +249,20 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"ready-file", required_argument, NULL, 'r'},
 	    {"log-level", required_argument, NULL, 'L'},
 	    {"threads", required_argument, NULL, 't'},
+	    {"config", required_argument, NULL, 'c'},
+	    {"no-config", no_argument, NULL, 'N'},
+	    {"tls-cert", required_argument, NULL, 'T'},
+	    {"tls-key", required_argument, NULL, 'K'},
+	    {"build-workers", required_argument, NULL, 'W'},
+	    {"evict-high", required_argument, NULL, 'E'},
+	    {"evict-low", required_argument, NULL, 'e'},
+	    {"sweep-interval", required_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	int ch, r;
 
-	*o = (struct options){.listen = "127.0.0.1:8080", .state_dir = STORE_DEFAULT_STATE_DIR};
+	*o = (struct options){0}; /* listen and state_dir: the config's, else the defaults */
 	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		r = parse_option(ch, optarg, o);
 		if (r != 0)
@@ -197,6 +270,13 @@ static int parse_args(int argc, char **argv, struct options *o)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument \"%s\"", argv[optind]);
+	if (o->config && o->no_config)
+		return usage_error("%s: --config and --no-config exclude each other", o->config);
+	if (o->evict_high && o->evict_low && o->evict_low > o->evict_high)
+		return usage_error("%s: --evict-low is above --evict-high", "--evict-low");
+	if (!o->tls_cert != !o->tls_key)
+		return usage_error("%s: --tls-cert and --tls-key go together",
+				   o->tls_cert ? o->tls_cert : o->tls_key);
 	return 0;
 }
 
@@ -241,6 +321,9 @@ static void on_event(void *ctx, enum api_event ev, const char *id, const char *m
 	case API_EVENT_PERSIST_FAILED:
 		imc_error_log("cache %s: %s", id, message);
 		break;
+	case API_EVENT_EXPIRED:
+		imc_info("cache %s: %s", id, message);
+		break;
 	}
 }
 
@@ -257,11 +340,58 @@ static void log_repairs(json_t *repairs)
 
 /* The running service: everything main() tears down in reverse. */
 struct service {
+	struct api_config config; /* zero (auth off) without a config file */
+	struct api_tls tls;	  /* cert_pem NULL: plain HTTP */
 	struct store *store;
 	struct api_caches *caches;
 	struct api_server *server;
 	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
 };
+
+/* The config file (--config, else the default one when it exists), then what it gives as
+ * defaults for options not on the command line, then the TLS key pair. */
+static int load_config(struct options *o, struct service *svc, imc_error *err)
+{
+	const char *path = o->config;
+	const char *cert, *key;
+	int r;
+
+	if (!path && !o->no_config && access(API_CONFIG_DEFAULT, F_OK) == 0)
+		path = API_CONFIG_DEFAULT;
+	if (path) {
+		r = api_config_load(path, &svc->config, err);
+		if (r < 0)
+			return r;
+		imc_info("config %s: %s, %zu token(s), quotas for %zu tenant(s)", path,
+			 svc->config.auth ? "auth on" : "auth off (no tokens)",
+			 svc->config.n_tokens, svc->config.n_limits);
+	}
+	if (!o->listen)
+		o->listen = svc->config.listen ? svc->config.listen : "127.0.0.1:8080";
+	if (!o->state_dir)
+		o->state_dir =
+		    svc->config.state_dir ? svc->config.state_dir : STORE_DEFAULT_STATE_DIR;
+	cert = o->tls_cert ? o->tls_cert : svc->config.tls_cert;
+	key = o->tls_key ? o->tls_key : svc->config.tls_key;
+	if (!cert)
+		return 0;
+	r = api_tls_load(cert, key, &svc->tls, err);
+	if (r == 0)
+		imc_info("TLS: certificate %s", cert);
+	return r;
+}
+
+/* http://HOST:PORT becomes https://HOST:PORT when serving TLS (unix:PATH stays). */
+static void url_set_https(char *url, size_t size)
+{
+	const char *http = "http://";
+	size_t n = strlen(url);
+
+	if (strncmp(url, http, strlen(http)) != 0 || n + 2 > size)
+		return;
+	memmove(url + 5, url + 4, n - 4 + 1);
+	url[4] = 's';
+}
 
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
@@ -282,6 +412,11 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		r = store_open(&scfg, &svc->store, err);
 	if (r < 0)
 		return r;
+	if (!svc->config.auth && !api_listen_is_local(o->listen))
+		imc_warn(
+		    "listening on %s without auth: anyone who reaches it can create and delete "
+		    "caches (give bearer tokens in --config, see docs/security.md)",
+		    o->listen);
 	log_repairs(store_repairs(svc->store));
 	r = api_caches_open(&(struct api_caches_config){.state_dir = o->state_dir,
 							.store = svc->store,
@@ -289,17 +424,27 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 							.auth_file = o->auth_file,
 							.ca_file = o->ca_file,
 							.hf_endpoint = o->hf_endpoint,
+							.limits = svc->config.limits,
+							.n_limits = svc->config.n_limits,
+							.build_workers = o->build_workers,
+							.evict_high = o->evict_high,
+							.evict_low = o->evict_low,
+							.sweep_interval_ms = o->sweep_interval_ms,
 							.on_event = on_event},
 			    repairs, &svc->caches, err);
 	log_repairs(repairs);
 	if (r == 0)
-		r = api_server_start(&(struct api_server_config){.listen_fd = fd,
-								 .caches = svc->caches,
-								 .threads = o->threads},
-				     &svc->server, err);
+		r = api_server_start_secure(
+		    &(struct api_server_config){
+			.listen_fd = fd, .caches = svc->caches, .threads = o->threads},
+		    &(struct api_server_security){.auth = &svc->config,
+						  .tls = svc->tls.cert_pem ? &svc->tls : NULL},
+		    &svc->server, err);
 	if (r < 0)
 		return r;
 	fd = -1; /* the server's now */
+	if (svc->tls.cert_pem)
+		url_set_https(url, sizeof(svc->url));
 	if (o->ready_file)
 		r = write_ready_file(o->ready_file, url, err);
 	if (r == 0)
@@ -323,6 +468,8 @@ static void stop(struct service *svc)
 	svc->caches = NULL;
 	store_close(svc->store);
 	svc->store = NULL;
+	api_tls_free(&svc->tls);
+	api_config_free(&svc->config);
 }
 
 int main(int argc, char **argv)
@@ -346,7 +493,9 @@ int main(int argc, char **argv)
 		imc_error_log("cannot initialise libcurl");
 		return 1;
 	}
-	r = start(&o, &svc, &err);
+	r = load_config(&o, &svc, &err);
+	if (r == 0)
+		r = start(&o, &svc, &err);
 	if (r < 0) {
 		imc_error_log("%s", err.msg);
 		stop(&svc);

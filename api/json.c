@@ -1,4 +1,6 @@
 /* The API's JSON: create requests in, cache objects and errors out, metadata files both ways. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "../builder/builder.h"
@@ -14,10 +16,11 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 		unsigned http;
 		const char *code;
 	} map[] = {
-	    {EBADMSG, 400, "InvalidJSON"},    {EINVAL, 400, "InvalidArgument"},
-	    {ERANGE, 400, "InvalidArgument"}, {ENOENT, 404, "NotFound"},
-	    {EBUSY, 409, "Conflict"},	      {EFBIG, 413, "PayloadTooLarge"},
-	    {EDQUOT, 429, "LimitExceeded"},   {ESHUTDOWN, 503, "Unavailable"},
+	    {EBADMSG, 400, "InvalidJSON"},	{EINVAL, 400, "InvalidArgument"},
+	    {ERANGE, 400, "InvalidArgument"},	{ENOENT, 404, "NotFound"},
+	    {EBUSY, 409, "Conflict"},		{EFBIG, 413, "PayloadTooLarge"},
+	    {EDQUOT, 429, "LimitExceeded"},	{ESHUTDOWN, 503, "Unavailable"},
+	    {API_EQUOTA, 403, "QuotaExceeded"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(map); i++)
@@ -75,6 +78,7 @@ void api_create_request_free(struct api_create_request *r)
 		free(r->refs[i]);
 	free(r->refs);
 	free(r->name);
+	free(r->client_token);
 	data_free(r->data, r->n_data);
 	api_credentials_free(r->credentials, r->n_credentials);
 	memset(r, 0, sizeof(*r));
@@ -300,11 +304,31 @@ static int parse_credentials(json_t *body, struct api_create_request *req, imc_e
 	return 0;
 }
 
+static int parse_lifecycle(json_t *body, struct api_create_request *req, imc_error *err)
+{
+	const char *token = NULL;
+	int r = imc_json_get_int(body, "retentionDays", false, 0, API_RETENTION_MAX, NULL,
+				 &req->retention_days, err);
+
+	if (r == -ERANGE && err)
+		err->code = -EINVAL;
+	if (r < 0)
+		return r == -ERANGE ? -EINVAL : r;
+	r = imc_json_get_string(body, "clientToken", false, API_TOKEN_MAX, NULL, &token, err);
+	if (r < 0 || !token)
+		return r;
+	if (!imc_name_valid(token, API_TOKEN_MAX))
+		return imc_err(err, EINVAL, "clientToken: want 1-%d characters of [A-Za-z0-9._-]",
+			       API_TOKEN_MAX);
+	return dup_field(token, &req->client_token, err);
+}
+
 int api_create_request_parse(const char *body, size_t len, struct api_create_request *ret,
 			     imc_error *err)
 {
-	static const char *const fields[] = {"images", "name", "data", "size", "credentials", NULL};
-	struct api_create_request req = {0};
+	static const char *const fields[] = {"images",	    "name",	     "data",	    "size",
+					     "credentials", "retentionDays", "clientToken", NULL};
+	struct api_create_request req = {.retention_days = API_RETENTION_DEFAULT};
 	_cleanup_json_ json_t *j = NULL;
 	json_error_t jerr;
 	int r;
@@ -328,6 +352,8 @@ int api_create_request_parse(const char *body, size_t len, struct api_create_req
 		r = parse_size(j, &req, err);
 	if (r == 0)
 		r = parse_credentials(j, &req, err);
+	if (r == 0)
+		r = parse_lifecycle(j, &req, err);
 	if (r < 0) {
 		api_create_request_free(&req);
 		return r;
@@ -340,9 +366,9 @@ int api_create_request_parse(const char *body, size_t len, struct api_create_req
  */
 
 static const char *const status_names[] = {
-    [API_CACHE_CREATING] = "Creating",
-    [API_CACHE_READY] = "Ready",
-    [API_CACHE_FAILED] = "Failed",
+    [API_CACHE_CREATING] = "Creating", [API_CACHE_READY] = "Ready",
+    [API_CACHE_FAILED] = "Failed",     [API_CACHE_UPDATING] = "Updating",
+    [API_CACHE_DELETING] = "Deleting", [API_CACHE_EXPIRED] = "Expired",
 };
 
 const char *api_cache_status_name(enum api_cache_status s)
@@ -385,7 +411,88 @@ void api_cache_free(struct api_cache *c)
 	api_credentials_free(c->credentials, c->n_credentials);
 	free(c->status_message);
 	json_decref(c->manifest);
+	free(c->tenant);
+	free(c->client_token);
+	for (size_t i = 0; i < c->n_attachments; i++)
+		free(c->attachments[i].host);
+	free(c->attachments);
+	for (size_t i = 0; i < c->n_events; i++)
+		free(c->events[i].message);
 	free(c);
+}
+
+bool api_attach_id_valid(const char *id)
+{
+	static const char prefix[] = API_ATTACH_PREFIX "-";
+	const size_t plen = sizeof(prefix) - 1;
+
+	if (!id || strncmp(id, prefix, plen) != 0 || strlen(id) != plen + 16)
+		return false;
+	for (const char *p = id + plen; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
+int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)
+{
+	char msg[IMC_ERR_MSG];
+	struct api_cache_event *e;
+	va_list ap;
+	char *m;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	m = strdup(msg);
+	if (!m)
+		return -ENOMEM;
+	if (c->n_events == API_EVENTS_MAX) {
+		free(c->events[0].message);
+		memmove(c->events, c->events + 1, (API_EVENTS_MAX - 1) * sizeof(c->events[0]));
+		c->n_events--;
+	}
+	e = &c->events[c->n_events++];
+	e->time = now;
+	snprintf(e->type, sizeof(e->type), "%s", type);
+	e->message = m;
+	return 0;
+}
+
+int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds)
+{
+	int64_t from = c->last_used_at;
+
+	if (c->retention_days <= 0 || c->status != API_CACHE_READY)
+		return 0;
+	if (c->ready_at > from)
+		from = c->ready_at;
+	if (c->created_at > from)
+		from = c->created_at;
+	return from + c->retention_days * day_seconds;
+}
+
+int api_request_key(const char *tenant, const struct api_create_request *req,
+		    char ret[IMC_SHA256_HEX_LEN + 1], imc_error *err)
+{
+	_cleanup_json_ json_t *k = json_pack(
+	    "{s:s,s:s?,s:I,s:I,s:[],s:[]}", "tenant", tenant ? tenant : API_TENANT_DEFAULT, "name",
+	    req->name, "size", (json_int_t)req->size, "retentionDays",
+	    (json_int_t)req->retention_days, "refs", "data");
+	_cleanup_free_ char *s = NULL;
+	int r = k ? 0 : -ENOMEM;
+
+	for (size_t i = 0; r == 0 && i < req->n_refs; i++)
+		r = json_array_append_new(json_object_get(k, "refs"), json_string(req->refs[i]));
+	for (size_t i = 0; r == 0 && i < req->n_data; i++)
+		r = json_array_append_new(json_object_get(k, "data"),
+					  json_pack("{s:s,s:s,s:s?}", "source", req->data[i].source,
+						    "path", req->data[i].path, "sha256",
+						    req->data[i].sha256));
+	s = r == 0 ? json_dumps(k, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+	if (!s)
+		return imc_err(err, ENOMEM, "out of memory");
+	return imc_sha256_hex(s, strlen(s), ret, err);
 }
 
 static int copy_data(struct api_cache *c, const struct api_data *data, size_t n, imc_error *err)
@@ -449,6 +556,12 @@ static int copy_refs(struct api_cache *c, char *const *refs, size_t n, imc_error
 int api_cache_new(const char *id, const struct api_create_request *req, int64_t now,
 		  struct api_cache **ret, imc_error *err)
 {
+	return api_cache_new_for(id, NULL, req, now, ret, err);
+}
+
+int api_cache_new_for(const char *id, const char *tenant, const struct api_create_request *req,
+		      int64_t now, struct api_cache **ret, imc_error *err)
+{
 	struct api_cache *c = calloc(1, sizeof(*c));
 	int r;
 
@@ -458,7 +571,16 @@ int api_cache_new(const char *id, const struct api_create_request *req, int64_t 
 	c->status = API_CACHE_CREATING;
 	c->created_at = now;
 	c->request_size = req->size;
-	r = copy_refs(c, req->refs, req->n_refs, err);
+	c->retention_days = req->retention_days;
+	r = api_request_key(tenant, req, c->request_key, err);
+	if (r == 0 && !(c->tenant = strdup(tenant ? tenant : API_TENANT_DEFAULT)))
+		r = imc_err(err, ENOMEM, "out of memory");
+	if (r == 0 && req->client_token && !(c->client_token = strdup(req->client_token)))
+		r = imc_err(err, ENOMEM, "out of memory");
+	if (r == 0)
+		r = api_cache_add_event(c, now, "Created", "%zu image(s) requested", req->n_refs);
+	if (r == 0)
+		r = copy_refs(c, req->refs, req->n_refs, err);
 	if (r == 0 && req->name && !(c->name = strdup(req->name)))
 		r = imc_err(err, ENOMEM, "out of memory");
 	if (r == 0)
@@ -571,6 +693,38 @@ static json_t *data_json(const struct api_cache *c)
 	return steal_pointer(&a);
 }
 
+static json_t *events_json(const struct api_cache *c)
+{
+	json_t *a = json_array();
+	char t[32];
+
+	for (size_t i = 0; a && i < c->n_events; i++) {
+		imc_time_rfc3339(c->events[i].time, t, sizeof(t));
+		if (json_array_append_new(a, json_pack("{s:s,s:s,s:s}", "time", t, "type",
+						       c->events[i].type, "message",
+						       c->events[i].message)) < 0) {
+			json_decref(a);
+			return NULL;
+		}
+	}
+	return a;
+}
+
+/* Lifecycle fields of the API object. */
+static int lifecycle_json(json_t *o, const struct api_cache *c)
+{
+	int64_t expires = api_cache_expires_at(c, c->day_seconds ? c->day_seconds : 86400);
+	int r = json_object_set_new(o, "retentionDays", json_integer(c->retention_days));
+
+	if (expires)
+		r |= set_time(o, "expiresAt", expires);
+	if (c->last_used_at)
+		r |= set_time(o, "lastUsedAt", c->last_used_at);
+	r |= json_object_set_new(o, "attachments", json_integer((json_int_t)c->n_attachments));
+	r |= json_object_set_new(o, "events", events_json(c));
+	return r;
+}
+
 static json_t *progress_json(const struct api_cache *c)
 {
 	uint64_t pct = c->progress_total ? c->progress_done * 100 / c->progress_total : 0;
@@ -605,6 +759,7 @@ json_t *api_cache_to_json(const struct api_cache *c)
 	r |= set_time(o, "createdAt", c->created_at);
 	if (c->status == API_CACHE_READY)
 		r |= set_time(o, "readyAt", c->ready_at);
+	r |= lifecycle_json(o, c);
 	return r == 0 ? steal_pointer(&o) : NULL;
 }
 
@@ -612,6 +767,35 @@ json_t *api_cache_to_json(const struct api_cache *c)
  */
 
 #define META_VERSION 1
+
+static int meta_lifecycle_out(json_t *o, const struct api_cache *c)
+{
+	_cleanup_json_ json_t *atts = json_array(), *events = json_array();
+	int r = atts && events ? 0 : -1;
+
+	r |= json_object_set_new(o, "tenant",
+				 json_string(c->tenant ? c->tenant : API_TENANT_DEFAULT));
+	r |= json_object_set_new(o, "retentionDays", json_integer(c->retention_days));
+	r |= json_object_set_new(o, "requestKey", json_string(c->request_key));
+	if (c->client_token)
+		r |= json_object_set_new(o, "clientToken", json_string(c->client_token));
+	if (c->last_used_at)
+		r |= json_object_set_new(o, "lastUsedAt", json_integer(c->last_used_at));
+	for (size_t i = 0; r == 0 && i < c->n_attachments; i++)
+		r |= json_array_append_new(atts,
+					   json_pack("{s:s,s:s?,s:I}", "id", c->attachments[i].id,
+						     "host", c->attachments[i].host, "at",
+						     (json_int_t)c->attachments[i].at));
+	for (size_t i = 0; r == 0 && i < c->n_events; i++)
+		r |= json_array_append_new(
+		    events, json_pack("{s:I,s:s,s:s}", "time", (json_int_t)c->events[i].time,
+				      "type", c->events[i].type, "message", c->events[i].message));
+	if (r == 0 && c->n_attachments)
+		r |= json_object_set(o, "attachments", atts);
+	if (r == 0)
+		r |= json_object_set(o, "events", events);
+	return r;
+}
 
 json_t *api_cache_to_meta(const struct api_cache *c)
 {
@@ -645,6 +829,7 @@ json_t *api_cache_to_meta(const struct api_cache *c)
 		r |= json_object_set_new(o, "size", json_integer((json_int_t)c->size));
 		r |= json_object_set_new(o, "readyAt", json_integer((json_int_t)c->ready_at));
 	}
+	r |= meta_lifecycle_out(o, c);
 	return r == 0 ? steal_pointer(&o) : NULL;
 }
 
@@ -739,6 +924,98 @@ static int meta_strings(json_t *meta, struct api_cache *c, imc_error *err)
 	return 0;
 }
 
+static int meta_attachments(json_t *meta, struct api_cache *c, imc_error *err)
+{
+	json_t *atts = NULL, *v;
+	size_t i;
+	int r = imc_json_get_array(meta, "attachments", false, API_ATTACH_MAX, NULL, &atts, err);
+
+	if (r < 0 || !atts)
+		return r;
+	c->attachments = calloc(json_array_size(atts) + 1, sizeof(*c->attachments));
+	if (!c->attachments)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_array_foreach(atts, i, v)
+	{
+		const char *id = NULL, *host = NULL;
+		char ctx[32];
+
+		snprintf(ctx, sizeof(ctx), "attachments[%zu]", i);
+		r = imc_json_get_string(v, "id", true, API_ID_MAX - 1, ctx, &id, err);
+		if (r == 0)
+			r = imc_json_get_string(v, "host", false, API_HOST_MAX, ctx, &host, err);
+		if (r == 0)
+			r = imc_json_get_int(v, "at", true, 0, INT64_MAX, ctx,
+					     &c->attachments[i].at, err);
+		if (r < 0)
+			return r;
+		snprintf(c->attachments[i].id, sizeof(c->attachments[i].id), "%s", id);
+		c->n_attachments = i + 1;
+		r = dup_field(host, &c->attachments[i].host, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+static int meta_events(json_t *meta, struct api_cache *c, imc_error *err)
+{
+	json_t *events = NULL, *v;
+	size_t i;
+	int r = imc_json_get_array(meta, "events", false, API_EVENTS_MAX, NULL, &events, err);
+
+	json_array_foreach(events, i, v)
+	{
+		const char *type = NULL, *msg = NULL;
+		int64_t t = 0;
+		char ctx[32];
+
+		snprintf(ctx, sizeof(ctx), "events[%zu]", i);
+		r = imc_json_get_int(v, "time", true, 0, INT64_MAX, ctx, &t, err);
+		if (r == 0)
+			r = imc_json_get_string(v, "type", true, 23, ctx, &type, err);
+		if (r == 0)
+			r = imc_json_get_string(v, "message", true, IMC_ERR_MSG - 1, ctx, &msg,
+						err);
+		if (r == 0 && api_cache_add_event(c, t, type, "%s", msg) < 0)
+			r = imc_err(err, ENOMEM, "out of memory");
+		if (r < 0)
+			return r;
+	}
+	return r;
+}
+
+/* Lifecycle fields; metadata written before they existed gets the defaults. */
+static int meta_lifecycle(json_t *meta, struct api_cache *c, imc_error *err)
+{
+	const char *tenant = NULL, *token = NULL, *key = NULL;
+	int r;
+
+	c->retention_days = API_RETENTION_DEFAULT;
+	r = imc_json_get_string(meta, "tenant", false, API_TENANT_MAX, NULL, &tenant, err);
+	if (r == 0)
+		r = imc_json_get_string(meta, "clientToken", false, API_TOKEN_MAX, NULL, &token,
+					err);
+	if (r == 0)
+		r = imc_json_get_string(meta, "requestKey", false, IMC_SHA256_HEX_LEN, NULL, &key,
+					err);
+	if (r == 0)
+		r = imc_json_get_int(meta, "retentionDays", false, 0, API_RETENTION_MAX, NULL,
+				     &c->retention_days, err);
+	if (r == 0)
+		r = imc_json_get_int(meta, "lastUsedAt", false, 0, INT64_MAX, NULL,
+				     &c->last_used_at, err);
+	if (r < 0)
+		return r;
+	snprintf(c->request_key, sizeof(c->request_key), "%s", key ? key : "");
+	if (!(c->tenant = strdup(tenant ? tenant : API_TENANT_DEFAULT)))
+		return imc_err(err, ENOMEM, "out of memory");
+	r = dup_field(token, &c->client_token, err);
+	if (r == 0)
+		r = meta_attachments(meta, c, err);
+	return r == 0 ? meta_events(meta, c, err) : r;
+}
+
 static int meta_numbers(json_t *meta, struct api_cache *c, imc_error *err)
 {
 	int64_t size = 0, request_size = 0;
@@ -779,6 +1056,8 @@ int api_cache_from_meta(json_t *meta, struct api_cache **ret, imc_error *err)
 		r = meta_data(meta, c, err);
 	if (r == 0)
 		r = imc_json_get_object(meta, "manifest", false, NULL, &manifest, err);
+	if (r == 0)
+		r = meta_lifecycle(meta, c, err);
 	if (r < 0) {
 		api_cache_free(c);
 		return r;

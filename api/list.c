@@ -204,14 +204,18 @@ static int parse_image(const char *s, struct api_list_query *q, imc_error *err)
 static int parse_values(const char *values[P_COUNT], struct api_list_query *q, imc_error *err)
 {
 	if (values[P_MATCH] && strcmp(values[P_MATCH], "best") == 0)
-		return imc_err(err, EINVAL, "match=best is not supported yet");
-	if (values[P_MATCH] && strcmp(values[P_MATCH], "exact") != 0)
-		return imc_err(err, EINVAL, "match \"%s\": want exact", values[P_MATCH]);
+		q->match_best = true;
+	else if (values[P_MATCH] && strcmp(values[P_MATCH], "exact") != 0)
+		return imc_err(err, EINVAL, "match \"%.32s\": want exact or best", values[P_MATCH]);
 	if (values[P_MATCH] && !values[P_IMAGE])
 		return imc_err(err, EINVAL, "match: only with image");
+	if (q->match_best && values[P_PAGE_TOKEN])
+		return imc_err(err, EINVAL, "pageToken: not with match=best (one item at most)");
 	if (values[P_STATUS]) {
 		if (api_cache_status_parse(values[P_STATUS], &q->status) < 0)
-			return imc_err(err, EINVAL, "status \"%s\": want Creating, Ready or Failed",
+			return imc_err(err, EINVAL,
+				       "status \"%.32s\": want Creating, Ready, Failed, Updating, "
+				       "Deleting or Expired",
 				       values[P_STATUS]);
 		q->have_status = true;
 	}
@@ -291,6 +295,8 @@ bool api_cache_matches(const struct api_cache *c, const struct api_list_query *q
 		return false;
 	if (q->name && (!c->name || strcmp(c->name, q->name) != 0))
 		return false;
+	if (q->match_best) /* the image is scored by shared layers instead */
+		return true;
 	if (!q->image)
 		return true;
 	for (size_t i = 0; !found && i < c->n_refs; i++)
@@ -334,6 +340,17 @@ static int add_next_token(json_t *page, const struct api_cache *last, imc_error 
 int api_list_page(struct api_cache *const *items, size_t n, const struct api_list_query *q,
 		  json_t **ret, imc_error *err)
 {
+	return api_list_page_tenant(items, n, NULL, q, ret, err);
+}
+
+static bool owned_by(const struct api_cache *c, const char *tenant)
+{
+	return !tenant || strcmp(c->tenant ? c->tenant : API_TENANT_DEFAULT, tenant) == 0;
+}
+
+int api_list_page_tenant(struct api_cache *const *items, size_t n, const char *tenant,
+			 const struct api_list_query *q, json_t **ret, imc_error *err)
+{
 	_cleanup_json_ json_t *arr = json_array();
 	_cleanup_json_ json_t *page = NULL;
 	const struct api_cache *last = NULL;
@@ -344,7 +361,7 @@ int api_list_page(struct api_cache *const *items, size_t n, const struct api_lis
 	if (!arr)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = page_start(items, n, q); i < n && !more; i++) {
-		if (!api_cache_matches(items[i], q))
+		if (!owned_by(items[i], tenant) || !api_cache_matches(items[i], q))
 			continue;
 		if (json_array_size(arr) == limit) {
 			more = true;
@@ -361,5 +378,71 @@ int api_list_page(struct api_cache *const *items, size_t n, const struct api_lis
 	if (r < 0)
 		return r;
 	*ret = steal_pointer(&page);
+	return 0;
+}
+
+/* ---- match=best -------------------------------------------------------------------------------
+ */
+
+json_t *api_cache_layers(const struct api_cache *c)
+{
+	json_t *images = c->manifest ? json_object_get(c->manifest, "images") : NULL;
+	json_t *out = json_array(), *img, *layer;
+	size_t i, k;
+
+	json_array_foreach(images, i, img)
+	{
+		json_array_foreach(json_object_get(img, "layers"), k, layer)
+		{
+			json_t *d = json_object_get(layer, "digest");
+			if (out && json_is_string(d) && json_array_append(out, d) < 0) {
+				json_decref(out);
+				return NULL;
+			}
+		}
+	}
+	return out;
+}
+
+size_t api_cache_shared_layers(const struct api_cache *c, json_t *want)
+{
+	_cleanup_json_ json_t *have = api_cache_layers(c);
+	size_t shared = 0, i, k;
+	json_t *w, *h;
+
+	json_array_foreach(want, i, w)
+	{
+		json_array_foreach(have, k, h)
+		{
+			if (json_equal(w, h)) {
+				shared++;
+				break;
+			}
+		}
+	}
+	return shared;
+}
+
+/* ---- delete -----------------------------------------------------------------------------------
+ */
+
+int api_delete_query_parse(const struct api_query_arg *args, size_t n, bool *ret_force,
+			   imc_error *err)
+{
+	bool force = false, seen = false;
+
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(args[i].key, "force") != 0)
+			return imc_err(err, EINVAL, "query parameter \"%.64s\": unknown",
+				       args[i].key);
+		if (seen)
+			return imc_err(err, EINVAL, "query parameter force: given more than once");
+		seen = true;
+		if (args[i].value && strcmp(args[i].value, "true") == 0)
+			force = true;
+		else if (!args[i].value || strcmp(args[i].value, "false") != 0)
+			return imc_err(err, EINVAL, "force: want true or false");
+	}
+	*ret_force = force;
 	return 0;
 }

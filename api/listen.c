@@ -10,6 +10,7 @@
 #include <sys/un.h>
 
 #include "api.h"
+#include "auth.h"
 
 #define LISTEN_BACKLOG 1024
 
@@ -260,4 +261,18 @@ int api_listen_remove(const char *url, imc_error *err)
 	if (unlink(path) < 0 && errno != ENOENT)
 		return imc_err_sys(err, errno, "removing socket %s", path);
 	return 0;
+}
+
+bool api_listen_is_local(const char *spec)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = 0;
+
+	if (api_listen_parse(spec, &ss, &len, NULL) < 0)
+		return false;
+	if (ss.ss_family == AF_UNIX)
+		return true;
+	if (ss.ss_family == AF_INET)
+		return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+	return IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
 }

@@ -134,7 +134,7 @@ static int render_caches(struct imc_buf *b, const struct api_metrics_page *p)
 {
 	int r = family(b, "imcache_caches", "gauge", "Image caches by status.");
 
-	for (int s = API_CACHE_CREATING; r == 0 && s <= API_CACHE_FAILED; s++)
+	for (int s = API_CACHE_CREATING; r == 0 && s < API_CACHE_STATUS_COUNT; s++)
 		r = appendf(b, "imcache_caches{status=\"%s\"} %llu\n", api_cache_status_name(s),
 			    (unsigned long long)p->caches[s]);
 	return r;
@@ -166,6 +166,36 @@ static int render_builds(struct imc_buf *b, const struct api_metrics *m)
 	if (r == 0)
 		r = appendf(b, "imcache_pull_bytes_total %llu\n",
 			    (unsigned long long)m->pull_bytes);
+	return r;
+}
+
+static int render_lifecycle(struct imc_buf *b, const struct api_metrics_page *p)
+{
+	const struct api_metrics *m = &p->m;
+	int r = family(b, "imcache_evictions_total", "counter",
+		       "Caches removed because the pool passed its high watermark.");
+
+	if (r == 0)
+		r = appendf(b, "imcache_evictions_total %llu\n", (unsigned long long)m->evictions);
+	if (r == 0)
+		r = family(b, "imcache_expirations_total", "counter",
+			   "Caches removed because their retention ran out.");
+	if (r == 0)
+		r = appendf(b, "imcache_expirations_total %llu\n",
+			    (unsigned long long)m->expirations);
+	if (r == 0)
+		r = family(b, "imcache_attaches_total", "counter",
+			   "Attachments reported by imc-attach and imc-runtime.");
+	if (r == 0)
+		r = appendf(b, "imcache_attaches_total %llu\n", (unsigned long long)m->attaches);
+	if (r == 0)
+		r = family(b, "imcache_detaches_total", "counter", "Attachments ended.");
+	if (r == 0)
+		r = appendf(b, "imcache_detaches_total %llu\n", (unsigned long long)m->detaches);
+	if (r == 0)
+		r = family(b, "imcache_attachments", "gauge", "Clones attached now, all caches.");
+	if (r == 0)
+		r = appendf(b, "imcache_attachments %llu\n", (unsigned long long)p->attachments);
 	return r;
 }
 
@@ -218,6 +248,8 @@ int api_metrics_render(const struct api_metrics_page *p, char **ret, imc_error *
 		r = render_builds(&b, &p->m);
 	if (r == 0)
 		r = render_pool(&b, p);
+	if (r == 0)
+		r = render_lifecycle(&b, p);
 	if (r == 0)
 		r = render_http(&b, &p->m);
 	if (r < 0) {

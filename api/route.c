@@ -3,9 +3,34 @@
 
 #include "api.h"
 
-#define CACHES_PATH  "/v1/imagecaches"
-#define CHUNKS_PATH  "/v1/chunks/"
-#define INDEX_SUFFIX "/index"
+#define CACHES_PATH	"/v1/imagecaches"
+#define ATTACHMENTS_SEG "/attachments"
+#define CHUNKS_PATH	"/v1/chunks/"
+#define INDEX_SUFFIX	"/index"
+
+/* "{id}/attachments[/{aid}]" after CACHES_PATH "/": the id is copied into ret->id_buf. */
+static bool match_attachments(const char *rest, struct api_match *ret)
+{
+	const char *slash = strchr(rest, '/');
+	const size_t n = strlen(ATTACHMENTS_SEG);
+	size_t id_len = slash ? (size_t)(slash - rest) : 0;
+
+	if (!slash || id_len == 0 || id_len >= sizeof(ret->id_buf) ||
+	    strncmp(slash, ATTACHMENTS_SEG, n) != 0)
+		return false;
+	memcpy(ret->id_buf, rest, id_len);
+	ret->id_buf[id_len] = '\0';
+	ret->id = ret->id_buf;
+	if (slash[n] == '\0') {
+		ret->route = API_ROUTE_ATTACHMENTS;
+		return true;
+	}
+	if (slash[n] != '/' || slash[n + 1] == '\0' || strchr(slash + n + 1, '/'))
+		return false;
+	ret->route = API_ROUTE_ATTACHMENT;
+	ret->aid = slash + n + 1;
+	return true;
+}
 
 enum api_method api_method_parse(const char *method)
 {
@@ -54,6 +79,9 @@ void api_route_match(const char *url, struct api_match *ret)
 		ret->id_len = strlen(ret->id);
 	} else {
 		match_dist(url, ret);
+		if (ret->route == API_ROUTE_NONE && strncmp(url, CACHES_PATH "/", n + 1) == 0 &&
+		    !match_attachments(url + n + 1, ret))
+			*ret = (struct api_match){.route = API_ROUTE_NONE};
 	}
 }
 
@@ -69,6 +97,10 @@ bool api_route_allows(enum api_route route, enum api_method method)
 		return method == API_METHOD_GET || method == API_METHOD_POST;
 	case API_ROUTE_CACHE:
 		return method == API_METHOD_GET || method == API_METHOD_DELETE;
+	case API_ROUTE_ATTACHMENTS:
+		return method == API_METHOD_GET || method == API_METHOD_POST;
+	case API_ROUTE_ATTACHMENT:
+		return method == API_METHOD_DELETE;
 	case API_ROUTE_NONE:
 		break;
 	}
@@ -84,9 +116,12 @@ const char *api_route_allow(enum api_route route)
 	case API_ROUTE_CHUNK:
 		return "GET";
 	case API_ROUTE_CACHES:
+	case API_ROUTE_ATTACHMENTS:
 		return "GET, POST";
 	case API_ROUTE_CACHE:
 		return "GET, DELETE";
+	case API_ROUTE_ATTACHMENT:
+		return "DELETE";
 	case API_ROUTE_NONE:
 		break;
 	}

@@ -8,16 +8,21 @@
 #include <microhttpd.h>
 
 #include "api.h"
+#include "auth.h"
 
 #define SERVER_THREADS_DEFAULT	4
 #define SERVER_CONNECTION_LIMIT 1024
 #define SERVER_IDLE_TIMEOUT_S	30
 #define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
 
+/* TLS 1.2 and 1.3 only. */
+#define SERVER_TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
+
 struct api_server {
 	struct MHD_Daemon *daemon;
 	int listen_fd;
 	struct api_caches *caches;
+	const struct api_config *auth; /* NULL: every request is the default tenant */
 	unsigned active; /* requests between their first callback and completion (atomic) */
 };
 
@@ -72,8 +77,9 @@ static void answer_errno(struct api_response *ret, const imc_error *err)
 	answer_error(ret, status, code, err->msg[0] ? err->msg : "internal error");
 }
 
-static int list_caches(struct api_caches *c, const struct api_query_arg *args, size_t n_args,
-		       bool too_many_args, json_t **ret, imc_error *err)
+static int list_caches(struct api_caches *c, const struct api_caller *who,
+		       const struct api_query_arg *args, size_t n_args, bool too_many_args,
+		       json_t **ret, imc_error *err)
 {
 	struct api_list_query q;
 	int r;
@@ -83,20 +89,20 @@ static int list_caches(struct api_caches *c, const struct api_query_arg *args, s
 	r = api_list_query_parse(args, n_args, &q, err);
 	if (r < 0)
 		return r;
-	r = c ? api_caches_list(c, &q, ret, err) : imc_err(err, ESHUTDOWN, "no cache table");
+	r = c ? api_caches_list(c, who, &q, ret, err) : imc_err(err, ESHUTDOWN, "no cache table");
 	api_list_query_free(&q);
 	return r;
 }
 
-static int create_cache(struct api_caches *c, const char *body, size_t len, json_t **ret,
-			imc_error *err)
+static int create_cache(struct api_caches *c, const struct api_caller *who, const char *body,
+			size_t len, json_t **ret, imc_error *err)
 {
 	struct api_create_request req = {0};
 	int r = api_create_request_parse(body, len, &req, err);
 
 	if (r < 0)
 		return r;
-	r = api_caches_create(c, &req, ret, err);
+	r = api_caches_create(c, who, &req, ret, err);
 	api_create_request_free(&req);
 	return r;
 }
@@ -124,9 +130,9 @@ struct query {
 	bool too_many;
 };
 
-static int dispatch(struct api_caches *c, enum api_method m, const struct api_match *match,
-		    const struct query *query, const char *body, size_t len, json_t **ret,
-		    unsigned *ret_status, imc_error *err)
+static int dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
+		    const struct api_match *match, const struct query *query, const char *body,
+		    size_t len, json_t **ret, unsigned *ret_status, imc_error *err)
 {
 	*ret_status = 200;
 	switch (match->route) {
@@ -135,14 +141,15 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 	case API_ROUTE_CACHES:
 		if (m == API_METHOD_GET)
-			return list_caches(c, query->args, query->n, query->too_many, ret, err);
+			return list_caches(c, who, query->args, query->n, query->too_many, ret,
+					   err);
 		*ret_status = 202;
-		return create_cache(c, body, len, ret, err);
+		return create_cache(c, who, body, len, ret, err);
 	case API_ROUTE_METRICS: /* answered in api_handle: not JSON */
 	case API_ROUTE_CHUNK:	/* answered in on_request: a file */
 		break;
 	case API_ROUTE_CACHE_INDEX:
-		return api_dist_index(c, match->id, match->id_len, ret, err);
+		return api_dist_index(c, who, match->id, match->id_len, ret, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
 		if (!imc_name_valid(match->id, API_ID_MAX - 1))
@@ -150,17 +157,21 @@ static int dispatch(struct api_caches *c, enum api_method m, const struct api_ma
 				       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)",
 				       match->id, API_ID_PREFIX);
 		if (m == API_METHOD_GET)
-			return api_caches_get(c, match->id, ret, err);
-		return api_caches_delete(c, match->id, ret, err);
+			return api_caches_get(c, who, match->id, ret, err);
+		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret, err);
+	case API_ROUTE_ATTACHMENTS:
+	case API_ROUTE_ATTACHMENT:
+		return api_attachments_dispatch(c, who, m, match, body, len, ret, ret_status, err);
 	case API_ROUTE_NONE:
 		break;
 	}
 	return imc_err(err, ENOENT, "no such path");
 }
 
-void api_handle_args(struct api_caches *c, const char *method, const char *url,
-		     const struct api_query_arg *args, size_t n_args, bool too_many_args,
-		     const char *body, size_t len, bool too_large, struct api_response *ret)
+void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
+		     const char *url, const struct api_query_arg *args, size_t n_args,
+		     bool too_many_args, const char *body, size_t len, bool too_large,
+		     struct api_response *ret)
 {
 	const struct query query = {.args = args, .n = n_args, .too_many = too_many_args};
 	enum api_method m = api_method_parse(method);
@@ -185,15 +196,16 @@ void api_handle_args(struct api_caches *c, const char *method, const char *url,
 		answer_error(ret, 413, "PayloadTooLarge", msg);
 	} else if (match.route == API_ROUTE_METRICS) {
 		answer_metrics(c, ret);
-	} else if (dispatch(c, m, &match, &query, body, len, &j, &status, &err) < 0) {
+	} else if (dispatch(c, who, m, &match, &query, body, len, &j, &status, &err) < 0) {
 		answer_errno(ret, &err);
 	} else {
 		answer(ret, status, j);
 	}
 }
 
-void api_handle(struct api_caches *c, const char *method, const char *url, const char *body,
-		size_t len, bool too_large, struct api_response *ret)
+void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,
+		const char *url, const char *body, size_t len, bool too_large,
+		struct api_response *ret)
 {
 	struct api_query_arg args[API_QUERY_ARGS_MAX];
 	_cleanup_free_ char *path = strdup(url);
@@ -213,19 +225,23 @@ void api_handle(struct api_caches *c, const char *method, const char *url, const
 		answer_errno(ret, &err);
 		return;
 	}
-	api_handle_args(c, method, path, args, n, false, body, len, too_large, ret);
+	api_handle_args(c, who, method, path, args, n, false, body, len, too_large, ret);
 }
 
 /* ---- libmicrohttpd glue -----------------------------------------------------------------------
  */
 
 struct request {
+	struct api_caller caller; /* who sends it: set before anything else is looked at */
 	struct api_query_arg args[API_QUERY_ARGS_MAX];
 	size_t n_args;
 	bool too_many_args;
 	struct imc_buf body;
 	bool too_large;
 	uint64_t start_ns;
+	const char *challenge; /* a 401's WWW-Authenticate */
+	bool refused;	       /* answered with resp once the (bodiless) request is complete */
+	struct api_response refusal;
 };
 
 static bool content_length_too_large(struct MHD_Connection *conn)
@@ -240,6 +256,17 @@ static bool content_length_too_large(struct MHD_Connection *conn)
 	errno = 0;
 	v = strtoull(cl, &end, 10);
 	return errno != 0 || end == cl || v > API_BODY_MAX;
+}
+
+/* A Content-Length above 0 or a chunked body. */
+static bool request_has_body(struct MHD_Connection *conn)
+{
+	const char *cl =
+	    MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+		return true;
+	return cl && strspn(cl, "0") != strlen(cl);
 }
 
 /* Append a chunk of the body; past the cap the rest is only counted as too much. */
@@ -287,6 +314,9 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 				resp->content_type ? resp->content_type : API_CONTENT_TYPE);
 	if (resp->allow)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, resp->allow);
+	if (resp->status == MHD_HTTP_UNAUTHORIZED)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+					req->challenge ? req->challenge : API_AUTH_CHALLENGE);
 	ok = MHD_queue_response(conn, resp->status, r);
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), resp->status,
@@ -298,6 +328,63 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 		imc_debug("%s %s: %u (%.3f ms)", method, url, resp->status,
 			  (double)(imc_monotonic_ns() - req->start_ns) / 1e6);
 	return ok;
+}
+
+/* Who sends the request.  /healthz is open; everything else (including /metrics and unknown
+ * paths, so that nothing is revealed without a token) needs a valid token when auth is on.
+ * Returns false with a 401 in resp. */
+static bool authenticate(struct api_server *s, struct MHD_Connection *conn, const char *url,
+			 struct request *req, struct api_response *resp)
+{
+	const char *header =
+	    MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	struct api_match match;
+	imc_error err = {0};
+	bool missing = false;
+
+	req->caller.tenant = API_TENANT_DEFAULT;
+	if (!s->auth || !s->auth->auth)
+		return true;
+	api_route_match(url, &match);
+	if (match.route == API_ROUTE_HEALTHZ)
+		return true;
+	if (api_auth_check(s->auth, header, &req->caller, &missing, &err) == 0)
+		return true;
+	*resp = (struct api_response){0};
+	answer_error(resp, MHD_HTTP_UNAUTHORIZED, "Unauthorized", err.msg);
+	req->challenge = missing ? API_AUTH_CHALLENGE : API_AUTH_CHALLENGE_BAD;
+	return false;
+}
+
+/* The first callback of a request: headers only.  Returns MHD_YES to read the body, or the
+ * result of answering right away (no token, a declared body over the cap). */
+static enum MHD_Result on_headers(struct api_server *s, struct MHD_Connection *conn,
+				  const char *url, const char *method, void **con_cls)
+{
+	struct request *req = calloc(1, sizeof(*req));
+	struct api_response resp;
+
+	if (!req)
+		return MHD_NO;
+	req->start_ns = imc_monotonic_ns();
+	*con_cls = req;
+	__atomic_add_fetch(&s->active, 1, __ATOMIC_RELAXED);
+	if (!authenticate(s, conn, url, req, &resp)) {
+		/* Without a body the answer waits for the end of the request, which keeps the
+		 * connection alive; a body is never read from a caller without a valid token:
+		 * answering now closes the connection after the 401. */
+		if (request_has_body(conn))
+			return send_response(s, conn, method, url, req, &resp);
+		req->refused = true;
+		req->refusal = resp;
+		return MHD_YES;
+	}
+	/* A declared body over the cap is refused before it is read. */
+	if (!content_length_too_large(conn))
+		return MHD_YES;
+	req->too_large = true;
+	api_handle_args(s->caches, &req->caller, method, url, NULL, 0, false, NULL, 0, true, &resp);
+	return send_response(s, conn, method, url, req, &resp);
 }
 
 /* GET|HEAD /v1/chunks/{digest}: a file, answered without the JSON path (api/dist.c). */
@@ -338,18 +425,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	struct request *req = *con_cls;
 	struct api_response resp;
 
-	if (!req) {
-		req = calloc(1, sizeof(*req));
-		if (!req)
-			return MHD_NO;
-		req->start_ns = imc_monotonic_ns();
-		*con_cls = req;
-		__atomic_add_fetch(&s->active, 1, __ATOMIC_RELAXED);
-		/* A declared body over the cap is refused before it is read. */
-		if (!content_length_too_large(conn))
-			return MHD_YES;
-		req->too_large = true;
-	} else if (*upload_data_size > 0) {
+	if (!req)
+		return on_headers(s, conn, url, method, con_cls);
+	if (req->refused) {
+		resp = req->refusal;
+		req->refusal.body = NULL;
+		return send_response(s, conn, method, url, req, &resp);
+	}
+	if (*upload_data_size > 0) {
 		if (append_body(req, upload_data, *upload_data_size) < 0)
 			return MHD_NO;
 		*upload_data_size = 0;
@@ -358,8 +441,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (is_chunk_request(url, method))
 		return send_chunk(s, conn, method, url, req);
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
-	api_handle_args(s->caches, method, url, req->args, req->n_args, req->too_many_args,
-			req->body.data, req->body.len, req->too_large, &resp);
+	api_handle_args(s->caches, &req->caller, method, url, req->args, req->n_args,
+			req->too_many_args, req->body.data, req->body.len, req->too_large, &resp);
 	return send_response(s, conn, method, url, req, &resp);
 }
 
@@ -371,6 +454,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	if (req) {
 		imc_buf_free(&req->body);
+		free(req->refusal.body);
 		free(req);
 		*con_cls = NULL;
 		__atomic_sub_fetch(&s->active, 1, __ATOMIC_RELAXED);
@@ -389,28 +473,58 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	imc_warn("http: %s", msg);
 }
 
-int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err)
+static struct MHD_Daemon *start_daemon(struct api_server *s, const struct api_server_config *cfg,
+				       const struct api_tls *tls)
 {
-	struct api_server *s = calloc(1, sizeof(*s));
 	unsigned threads = cfg->threads ? cfg->threads : SERVER_THREADS_DEFAULT;
+	unsigned flags =
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+	struct MHD_OptionItem tls_opts[] = {
+	    {MHD_OPTION_HTTPS_MEM_CERT, 0, tls ? tls->cert_pem : NULL},
+	    {MHD_OPTION_HTTPS_MEM_KEY, 0, tls ? tls->key_pem : NULL},
+	    {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)SERVER_TLS_PRIORITIES},
+	    {MHD_OPTION_END, 0, NULL},
+	};
 
+	if (tls)
+		flags |= MHD_USE_TLS;
+	return MHD_start_daemon(
+	    flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
+	    threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)SERVER_CONNECTION_LIMIT,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SERVER_IDLE_TIMEOUT_S,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_ARRAY,
+	    tls ? tls_opts : &tls_opts[IMC_ARRAY_SIZE(tls_opts) - 1], MHD_OPTION_END);
+}
+
+int api_server_start_secure(const struct api_server_config *cfg,
+			    const struct api_server_security *sec, struct api_server **ret,
+			    imc_error *err)
+{
+	const struct api_tls *tls = sec ? sec->tls : NULL;
+	struct api_server *s;
+
+	if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+		return imc_err(err, ENOTSUP, "this libmicrohttpd is built without TLS support");
+	s = calloc(1, sizeof(*s));
 	if (!s)
 		return imc_err(err, ENOMEM, "out of memory");
 	s->listen_fd = cfg->listen_fd;
 	s->caches = cfg->caches;
-	s->daemon = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
-	    NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
-	    threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)SERVER_CONNECTION_LIMIT,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SERVER_IDLE_TIMEOUT_S,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+	s->auth = sec ? sec->auth : NULL;
+	s->daemon = start_daemon(s, cfg, tls);
 	if (!s->daemon) {
 		free(s);
-		return imc_err(err, EIO, "cannot start the HTTP server (libmicrohttpd)");
+		return imc_err(err, EIO, "cannot start the HTTP%s server (libmicrohttpd)",
+			       tls ? "S" : "");
 	}
 	*ret = s;
 	return 0;
+}
+
+int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err)
+{
+	return api_server_start_secure(cfg, NULL, ret, err);
 }
 
 void api_server_stop(struct api_server *s)
@@ -420,12 +534,18 @@ void api_server_stop(struct api_server *s)
 
 	if (!s)
 		return;
+	/* No new connection from here: closing the listening socket makes new clients fail fast
+	 * (connection refused) instead of waiting in the backlog for a server that is leaving. */
 	fd = MHD_quiesce_daemon(s->daemon);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
 	/* Idle keep-alive connections do not count: only requests being read or answered. */
 	while (__atomic_load_n(&s->active, __ATOMIC_RELAXED) > 0 && imc_monotonic_ns() < deadline)
 		nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
+	if (__atomic_load_n(&s->active, __ATOMIC_RELAXED) > 0)
+		imc_warn("http: stopping with %u request(s) still in flight after %llu s",
+			 __atomic_load_n(&s->active, __ATOMIC_RELAXED),
+			 (unsigned long long)(SERVER_DRAIN_NS / 1000000000ULL));
 	MHD_stop_daemon(s->daemon);
-	if (fd != MHD_INVALID_SOCKET)
-		close(fd);
 	free(s);
 }

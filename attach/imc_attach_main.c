@@ -7,6 +7,7 @@
 #include "../common/priv.h"
 #include "attach.h"
 #include "fetch.h"
+#include "report.h"
 
 #define DRIVER_OPTS_MAX 32
 
@@ -40,7 +41,10 @@ static void usage(FILE *f)
 	    "                               device vanished, remove clones and loop devices no\n"
 	    "                               attach owns; prints what it repaired\n"
 	    "  teardown                     release the store's embedded pool (unmount it, free\n"
-	    "                               its loop device); refused while in use\n");
+	    "                               its loop device); refused while in use\n"
+	    "\n"
+	    "With --server (or $IMCACHE_SERVER) attach and detach are reported to imcd, with\n"
+	    "--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n");
 }
 
 static int fail(const imc_error *err)
@@ -72,6 +76,8 @@ static int parse_size(const char *arg, uint64_t *ret)
 	*ret = (uint64_t)n << shift;
 	return 0;
 }
+
+static struct attach_reporter reporter;
 
 static void print_fetch_stats(const char *id, const struct fetch_stats *st)
 {
@@ -171,6 +177,7 @@ static int cmd_attach(struct store *s, const struct fetch_config *fc, int argc, 
 		return fail(&err);
 	if (attach_cache(s, &req, &state, &err) < 0)
 		return fail(&err);
+	attach_report_state(&reporter, true, state, "imc-attach");
 	if (verbose)
 		fprintf(stderr, "imc-attach: attached %s as %s in %.2f ms\n", req.cache_id,
 			req.block ? json_string_value(json_object_get(state, "device")) : req.dir,
@@ -183,6 +190,7 @@ static int cmd_attach(struct store *s, const struct fetch_config *fc, int argc, 
 
 static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
 {
+	_cleanup_json_ json_t *state = NULL;
 	imc_error err = {0};
 	uint64_t t0 = imc_monotonic_ns();
 
@@ -190,8 +198,11 @@ static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
 		usage(stderr);
 		return 2;
 	}
+	if (attach_reporter_enabled(&reporter))
+		state = attach_report_lookup(s, argv[1]);
 	if (attach_detach(s, argv[1], &err) < 0)
 		return fail(&err);
+	attach_report_state(&reporter, false, state, "imc-attach");
 	if (verbose)
 		fprintf(stderr, "imc-attach: detached %s in %.2f ms\n", argv[1],
 			(double)(imc_monotonic_ns() - t0) / 1e6);
@@ -350,6 +361,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	attach_reporter_from_env(&reporter, fc.server, fc.token);
 	const char *cmd = argv[optind];
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
 		known |= strcmp(cmd, commands[i]) == 0;

@@ -15,6 +15,7 @@
 
 #include "../common/priv.h"
 #include "attach.h"
+#include "report.h"
 #include "runtime.h"
 
 struct ctx {
@@ -124,10 +125,19 @@ static int undo_attach(const struct ctx *c, imc_error *err)
 		return 0;
 	if (r < 0)
 		return r;
+	_cleanup_json_ json_t *state = NULL;
+	struct attach_reporter reporter;
+
 	if ((r = open_store(c, &s, err)) < 0)
 		return r;
+	/* $IMCACHE_SERVER: tell imcd (runc's flags are not ours to extend). */
+	attach_reporter_from_env(&reporter, NULL, NULL);
+	if (attach_reporter_enabled(&reporter))
+		state = attach_report_lookup(s, dir);
 	r = attach_detach(s, dir, err);
 	store_close(s);
+	if (r == 0)
+		attach_report_state(&reporter, false, state, "imc-runtime");
 	if (r == -ENOENT)
 		r = 0; /* nothing attached there any more: only the record was left */
 	if (r < 0)
@@ -152,8 +162,13 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 		return r;
 	r = open_store(c, &s, err);
 	if (r == 0) {
+		struct attach_reporter reporter;
+
 		r = attach_cache(s, &req, ret_state, err);
 		store_close(s);
+		attach_reporter_from_env(&reporter, NULL, NULL);
+		if (r == 0 && ret_state)
+			attach_report_state(&reporter, true, *ret_state, "imc-runtime");
 	}
 	if (r < 0)
 		runtime_record_remove(c->state_dir, c->args.id, NULL);

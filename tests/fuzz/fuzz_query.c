@@ -13,7 +13,9 @@
  *    the three, a valid name, an image digest only with an image, and a page position that
  *    encodes back to a token the decoder takes again;
  *  - a decoded token re-encodes to the very same string (one position, one token);
- *  - api_query_split gives at most its max arguments, each inside the query buffer. */
+ *  - api_query_split gives at most its max arguments, each inside the query buffer;
+ *  - the same pairs as DELETE arguments: only force=true|false is taken;
+ *  - the input as a path: a route's ids lie inside the path (attachments routes included). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,36 @@ static void check_position(int64_t created, const char *id, const char *what)
 	}
 }
 
+static void check_delete(const struct api_query_arg *args, size_t n)
+{
+	imc_error err = {0};
+	bool force = false;
+	int r = api_delete_query_parse(args, n, &force, &err);
+
+	check_failure(r, &err, "delete query");
+	if (r == 0 && (n > 1 || (n == 1 && (strcmp(args[0].key, "force") != 0 || !args[0].value ||
+					    (strcmp(args[0].value, "true") != 0 &&
+					     strcmp(args[0].value, "false") != 0))))) {
+		fprintf(stderr, "delete query: accepted %zu arguments\n", n);
+		abort();
+	}
+}
+
+static void check_route(const char *path)
+{
+	struct api_match m;
+	size_t len = strlen(path);
+
+	api_route_match(path, &m);
+	if ((m.route == API_ROUTE_ATTACHMENT &&
+	     (!m.aid || m.aid < path || m.aid > path + len || strchr(m.aid, '/'))) ||
+	    ((m.route == API_ROUTE_ATTACHMENT || m.route == API_ROUTE_ATTACHMENTS) &&
+	     (!m.id || !m.id[0] || strchr(m.id, '/')))) {
+		fprintf(stderr, "route of \"%s\": bad ids\n", path);
+		abort();
+	}
+}
+
 static void check_query(const struct api_query_arg *args, size_t n, const char *what)
 {
 	struct api_list_query q = {0};
@@ -60,8 +92,8 @@ static void check_query(const struct api_query_arg *args, size_t n, const char *
 		return;
 	}
 	if (r > 0 || q.limit < 1 || q.limit > API_LIST_LIMIT_MAX ||
-	    (q.have_status && q.status != API_CACHE_CREATING && q.status != API_CACHE_READY &&
-	     q.status != API_CACHE_FAILED) ||
+	    (q.have_status && (unsigned)q.status >= API_CACHE_STATUS_COUNT) ||
+	    (q.match_best && (!q.image || q.have_after)) ||
 	    (q.name && !imc_name_valid(q.name, API_NAME_MAX)) || (q.image_digest && !q.image)) {
 		fprintf(stderr, "%s: accepted limit %zu status %d name \"%s\" image \"%s\"\n", what,
 			q.limit, q.have_status ? (int)q.status : -1, q.name ? q.name : "(null)",
@@ -96,6 +128,7 @@ static void fuzz_pairs(const char *data, size_t size)
 		want_key = !want_key;
 	}
 	check_query(args, n, "pairs");
+	check_delete(args, n);
 }
 
 /* The input up to its first NUL as a raw query string. */
@@ -123,6 +156,7 @@ static void fuzz_split(const char *data, size_t size)
 		    (args[i].value && (args[i].value < query || args[i].value > query + len)))
 			abort();
 	check_query(args, n, "split");
+	check_delete(args, n);
 }
 
 static void fuzz_token(const char *data, size_t size)
@@ -157,5 +191,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_pairs((const char *)data, size);
 	fuzz_split((const char *)data, size);
 	fuzz_token((const char *)data, size);
+	{
+		size_t len = strnlen((const char *)data, size);
+		_cleanup_free_ char *path = malloc(len + 1);
+
+		if (path) {
+			memcpy(path, data, len);
+			path[len] = '\0';
+			check_route(path);
+		}
+	}
 	return 0;
 }

@@ -71,7 +71,9 @@ static void fuzz_create_request(const char *body, size_t len)
 		return;
 	}
 	if (r > 0 || req.n_refs < 1 || !req.refs || !req.refs[0] || req.n_data > API_DATA_MAX ||
-	    req.n_credentials > API_CREDS_MAX || req.size > API_SIZE_MAX)
+	    req.n_credentials > API_CREDS_MAX || req.size > API_SIZE_MAX ||
+	    req.retention_days < 0 || req.retention_days > API_RETENTION_MAX ||
+	    (req.client_token && !imc_name_valid(req.client_token, API_TOKEN_MAX)))
 		abort();
 	/* Every accepted entry is one the builder accepts too, and paths are distinct. */
 	for (size_t i = 0; i < req.n_data; i++) {
@@ -99,8 +101,21 @@ static void check_same(const struct api_cache *a, const struct api_cache *b)
 	    a->n_refs != b->n_refs || !json_same(a->manifest, b->manifest) ||
 	    a->n_data != b->n_data || a->request_size != b->request_size ||
 	    a->had_credentials != b->had_credentials ||
-	    (a->status == API_CACHE_READY && (a->size != b->size || a->ready_at != b->ready_at)))
+	    (a->status == API_CACHE_READY && (a->size != b->size || a->ready_at != b->ready_at)) ||
+	    !str_eq(a->tenant, b->tenant) || !str_eq(a->client_token, b->client_token) ||
+	    strcmp(a->request_key, b->request_key) != 0 || a->retention_days != b->retention_days ||
+	    a->last_used_at != b->last_used_at || a->n_attachments != b->n_attachments ||
+	    a->n_events != b->n_events)
 		abort();
+	for (size_t i = 0; i < a->n_events; i++)
+		if (a->events[i].time != b->events[i].time ||
+		    strcmp(a->events[i].type, b->events[i].type) != 0 ||
+		    strcmp(a->events[i].message, b->events[i].message) != 0)
+			abort();
+	for (size_t i = 0; i < a->n_attachments; i++)
+		if (strcmp(a->attachments[i].id, b->attachments[i].id) != 0 ||
+		    !str_eq(a->attachments[i].host, b->attachments[i].host))
+			abort();
 	for (size_t i = 0; i < a->n_refs; i++)
 		if (strcmp(a->refs[i], b->refs[i]) != 0)
 			abort();

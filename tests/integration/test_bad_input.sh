@@ -142,6 +142,9 @@ expect_error() {
 }
 
 GOOD_REF=$REGISTRY/imc/plain:v1
+http GET "$IMCD_URL/v1/imagecaches"
+N_BEFORE=$(jq '.items | length' <<<"$HTTP_BODY")
+STATE_BEFORE=$(ls "$STATE/caches" 2>/dev/null | sort | tr '\n' ' ')
 expect_error POST /v1/imagecaches '{"images":[{"ref":' 400 "truncated JSON"
 expect_error POST /v1/imagecaches 'not json at all' 400 "not JSON"
 expect_error POST /v1/imagecaches '[]' 400 "JSON array instead of an object"
@@ -165,11 +168,71 @@ expect_error GET /v1/imagecaches/imc-doesnotexist "" 404 "GET unknown id"
 expect_error DELETE /v1/imagecaches/imc-doesnotexist "" 404 "DELETE unknown id"
 expect_error GET /v1/imagecaches/..%2f..%2fetc%2fpasswd "" '400|404' "GET an id with a path in it"
 expect_error GET /v1/nothing-here "" 404 "unknown path"
+# mkbody JQ_EXPR: a create body around GOOD_REF (name "x") changed by a jq expression.
+mkbody() { jq -cn --arg r "$GOOD_REF" "{name: \"x\", images: [{ref: \$r}]} | $1"; }
+expect_error POST /v1/imagecaches "$(mkbody '.name = "../../etc"')" 400 "path traversal in the name"
+expect_error POST /v1/imagecaches "$(mkbody '.name = "a/b"')" 400 "a slash in the name"
+expect_error POST /v1/imagecaches "$(mkbody '.name = "café-☃"')" 400 "unicode in the name"
+expect_error POST /v1/imagecaches "$(mkbody '.name = ("n" * 129)')" 400 "a name of 129 bytes"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].ref = "régistry.example/ïmage:v1"')" 400 \
+	"unicode in an image reference"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].ref = "127.0.0.1:5000/../../etc:v1"')" 400 \
+	"path traversal in an image reference"
+expect_error POST /v1/imagecaches "$(mkbody '.images = [[.images[0]]]')" 400 "an image that is an array"
+expect_error POST /v1/imagecaches "$(mkbody '.images = null')" 400 "images: null"
+expect_error POST /v1/imagecaches "$(mkbody '.size = -1')" 400 "a negative size"
+expect_error POST /v1/imagecaches "$(mkbody '.size = 0')" 400 "size 0"
+expect_error POST /v1/imagecaches "$(mkbody '.size = "1G"')" 400 "size as a string"
+expect_error POST /v1/imagecaches "$(mkbody '.size = 1.5')" 400 "size as a fraction"
+expect_error POST /v1/imagecaches "$(mkbody '.size = 99999999999999999999')" 400 "a size past 16 TiB"
+expect_error POST /v1/imagecaches "$(mkbody '.retentionDays = -3')" 400 "negative retentionDays"
+expect_error POST /v1/imagecaches "$(mkbody '.retentionDays = 36501')" 400 "retentionDays past 100 years"
+expect_error POST /v1/imagecaches "$(mkbody '.retentionDays = true')" 400 "retentionDays as a boolean"
+expect_error POST /v1/imagecaches "$(mkbody '.clientToken = "../tok"')" 400 "path traversal in clientToken"
+expect_error POST /v1/imagecaches "$(mkbody '.clientToken = ("t" * 65)')" 400 "a clientToken of 65 bytes"
+expect_error POST /v1/imagecaches "$(mkbody '.data = [{source: "https://example.com/f", path: "../x"}]')" \
+	400 "path traversal in a data path"
+expect_error POST /v1/imagecaches "$(mkbody '.data = [{source: "file:///etc/passwd", path: "p"}]')" \
+	400 "a file:// data source"
+expect_error POST /v1/imagecaches "$(mkbody '.data = [{source: "https://example.com/f", path: "p", sha256: "xyz"}]')" \
+	400 "a malformed data sha256"
+expect_error POST /v1/imagecaches "$(mkbody '.credentials = [{registry: "r.io", password: "p"}]')" \
+	400 "a password without a username"
+expect_error POST /v1/imagecaches "$(mkbody '.credentials = [{registry: "r.io", token: "t", extra: 1}]')" \
+	400 "an unknown field in credentials"
+expect_error POST /v1/imagecaches "{\"name\":\"x\",\"name\":\"y\",\"images\":[{\"ref\":\"$GOOD_REF\"}]}" \
+	400 "a duplicate key"
+expect_error POST /v1/imagecaches "{\"name\":\"x\\u0000y\",\"images\":[{\"ref\":\"$GOOD_REF\"}]}" \
+	400 "a NUL byte in the name"
+DEEP=$(printf '[%.0s' $(seq 1 5000))
+expect_error POST /v1/imagecaches "$DEEP" 400 "JSON nested 5000 deep"
+unset DEEP
+expect_error POST /v1/imagecaches '' 400 "an empty body"
+expect_error PUT /v1/imagecaches "$(mkbody .)" 405 "PUT on the collection"
+expect_error POST /v1/imagecaches/imc-0123456789abcdef "$(mkbody .)" 405 "POST on a cache"
+expect_error GET "/v1/imagecaches?status=Sleeping" "" 400 "list with an unknown status"
+expect_error GET "/v1/imagecaches?limit=-5" "" 400 "list with a negative limit"
+expect_error GET "/v1/imagecaches?image=$GOOD_REF&match=fuzzy" "" 400 "list with match=fuzzy"
+expect_error GET "/v1/imagecaches?pageToken=zz" "" 400 "list with a forged page token"
+expect_error GET "/v1/imagecaches?name=%2e%2e%2f" "" 400 "list by a name with a path in it"
+expect_error DELETE "/v1/imagecaches/imc-0123456789abcdef?force=maybe" "" 400 "DELETE with force=maybe"
+expect_error POST /v1/imagecaches/imc-0123456789abcdef/attachments '{"id":"../../x"}' 400 \
+	"an attachment id with a path in it"
+expect_error POST /v1/imagecaches/imc-0123456789abcdef/attachments '{"host":"a b"}' 400 \
+	"an attachment host with a space"
+expect_error POST /v1/imagecaches/imc-0123456789abcdef/attachments '{"id":"att-0123456789abcdef"}' 404 \
+	"attach to a cache that does not exist"
+expect_error DELETE /v1/imagecaches/imc-0123456789abcdef/attachments/..%2f.. "" '400|404' \
+	"detach an attachment id with a path in it"
 
 http GET "$IMCD_URL/v1/imagecaches"
 check_eq "after all that, the list still answers 200" 200 "$HTTP_STATUS"
 check_eq "no cache was created by the refused requests" 0 \
 	"$(jq -r '[.items[] | select(.name == "x")] | length' <<<"$HTTP_BODY" 2>&1)"
+check_eq "the refused requests changed nothing: as many caches as before" "$N_BEFORE" \
+	"$(jq '.items | length' <<<"$HTTP_BODY")"
+check_eq "... and the same metadata files" "$STATE_BEFORE" \
+	"$(ls "$STATE/caches" 2>/dev/null | sort | tr '\n' ' ')"
 
 # --- attach of a cache that does not exist ---------------------------------------------------
 

@@ -74,6 +74,16 @@ BB_DIGEST=$(jq -r '.images[0].digest' <<<"$HTTP_BODY")
 check_eq "image=bb@digest matches the Ready caches by resolved digest" \
 	"$(ordered "${IDS[0]}" "${IDS[3]}")" "$(ids "?image=$REGISTRY/imc/bb@$BB_DIGEST")"
 
+# match=best: the one cache sharing the most layers; PLAIN shares none with BB.
+http GET "$IMCD_URL/v1/imagecaches?image=$BB&match=best"
+check_eq "match=best for BB: one of the bb caches" 1 \
+	"$(jq --arg a "${IDS[0]}" --arg b "${IDS[3]}" '[.items[] | select(.id == $a or .id == $b)] | length' <<<"$HTTP_BODY")"
+check_match "... with sharedLayers = wantedLayers" '^([1-9][0-9]*) \1$' \
+	"$(jq -r '.items[0] | "\(.sharedLayers) \(.wantedLayers)"' <<<"$HTTP_BODY")"
+check_eq "match=best for BB with name=db: no cache shares a layer" 0 \
+	"$(ids "?image=$BB&match=best&name=db" | wc -w)"
+check_eq "match=best for PLAIN: the plain cache" "${IDS[1]}" "$(ids "?image=$PLAIN&match=best")"
+
 # page_all LIMIT [FILTER]: follow nextPageToken; prints all ids, one per line; fails on a page
 # over LIMIT items or on an error.
 page_all() {
@@ -125,7 +135,10 @@ bad '?limit=0' 'limit'
 bad '?limit=1001' 'limit'
 bad '?limit=abc' 'limit'
 bad '?status=Ready&status=Failed' 'status: given more than once'
-bad "?image=$BB&match=best" 'match=best is not supported yet'
+bad "?image=$BB&match=fuzzy" 'match "fuzzy"'
+bad "?match=best" 'match: only with image'
+bad "?image=$BB&match=best&pageToken=313a78" 'pageToken'
+bad '?status=Gone' 'want Creating, Ready, Failed, Updating, Deleting or Expired'
 bad '?pageToken=zz' 'pageToken'
 bad '?pageToken=313a78' 'pageToken'
 bad "?name=$(head -c 200 /dev/zero | tr '\0' a)" 'name: longer than'

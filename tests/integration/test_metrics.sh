@@ -82,6 +82,10 @@ check_eq "Content-Type is the Prometheus text format 0.0.4" \
 check "the empty page is well formed" well_formed
 check_eq "no caches: Creating Ready Failed all 0" "0 0 0" \
 	"$(metric 'imcache_caches{status="Creating"}') $(metric 'imcache_caches{status="Ready"}') $(metric 'imcache_caches{status="Failed"}')"
+check_eq "no caches: Updating Deleting Expired all 0" "0 0 0" \
+	"$(metric 'imcache_caches{status="Updating"}') $(metric 'imcache_caches{status="Deleting"}') $(metric 'imcache_caches{status="Expired"}')"
+check_eq "no evictions, expirations, attaches or attachments yet" "0 0 0 0 0" \
+	"$(metric imcache_evictions_total) $(metric imcache_expirations_total) $(metric imcache_attaches_total) $(metric imcache_detaches_total) $(metric imcache_attachments)"
 check_eq "no builds yet: builds_total ready/failed 0, histogram count 0, none in flight" "0 0 0 0" \
 	"$(metric 'imcache_builds_total{result="ready"}') $(metric 'imcache_builds_total{result="failed"}') $(metric imcache_build_duration_seconds_count) $(metric imcache_builds_in_flight)"
 check_eq "nothing pulled yet" 0 "$(metric imcache_pull_bytes_total)"
@@ -121,6 +125,16 @@ check_eq "the POST /metrics counted as 405" 1 "$(metric 'imcache_http_requests_t
 TOTAL=$(awk '$1 ~ /^imcache_http_requests_total\{/ { n += $2 } END { print n + 0 }' <<<"$PAGE")
 check_eq "request duration count equals the requests by code" "$TOTAL" \
 	"$(metric imcache_http_request_duration_seconds_count)"
+
+# --- attachments --------------------------------------------------------------------------------
+http POST "$IMCD_URL/v1/imagecaches/$ID/attachments" '{"id":"att-0000000000000001"}'
+http POST "$IMCD_URL/v1/imagecaches/$ID/attachments" '{"id":"att-0000000000000001"}'
+http POST "$IMCD_URL/v1/imagecaches/$ID/attachments" '{"id":"att-0000000000000002"}'
+http DELETE "$IMCD_URL/v1/imagecaches/$ID/attachments/att-0000000000000002"
+fetch_metrics
+check_eq "attaches_total counts new attachments only (2), detaches_total 1, attached now 1" \
+	"2 1 1" "$(metric imcache_attaches_total) $(metric imcache_detaches_total) $(metric imcache_attachments)"
+http DELETE "$IMCD_URL/v1/imagecaches/$ID/attachments/att-0000000000000001"
 
 # --- a Failed build -----------------------------------------------------------------------------
 

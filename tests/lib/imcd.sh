@@ -18,6 +18,12 @@ IMC_STATE=
 _imcd_launch() {
 	local state=$1 listen=$2 ready
 	shift 2
+	# A host's /etc/imcache/imcd.json would turn auth on for every test: without --config of
+	# its own, a test's imcd reads none.
+	case " $* " in
+	*" --config"* | *" --no-config "*) ;;
+	*) set -- "$@" --no-config ;;
+	esac
 	IMC_STATE=$state
 	mkdir -p "$state"
 	ready=$(mktemp -u "$TEST_TMP/imcd-ready.XXXXXX")

@@ -12,6 +12,8 @@
 #include "../../api/api.h"
 #include "unit.h"
 
+static const struct api_caller test_caller = {.tenant = API_TENANT_DEFAULT};
+
 /* ---- helpers ----------------------------------------------------------------------------------
  */
 
@@ -858,7 +860,8 @@ static json_t *handle(const char *method, const char *url, const char *body, boo
 	struct api_response resp;
 	json_t *j;
 
-	api_handle(NULL, method, url, body, body ? strlen(body) : 0, too_large, &resp);
+	api_handle(NULL, &test_caller, method, url, body, body ? strlen(body) : 0, too_large,
+		   &resp);
 	ck_assert_msg(resp.status == want_status, "%s %s: status %u, want %u (%s)", method, url,
 		      resp.status, want_status, resp.body);
 	ck_assert_ptr_nonnull(resp.body);
@@ -897,6 +900,252 @@ START_TEST(handle_without_table)
 }
 END_TEST
 
+/* ---- lifecycle: retention, clientToken, events, attachments, tenants ------------------------
+ */
+
+START_TEST(create_lifecycle_fields)
+{
+	struct api_create_request req;
+	imc_error err;
+
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"}]}", &req, &err), 0);
+	ck_assert_int_eq(req.retention_days, API_RETENTION_DEFAULT);
+	ck_assert_ptr_null(req.client_token);
+	api_create_request_free(&req);
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"retentionDays\":0,"
+			       "\"clientToken\":\"tok-1\"}",
+			       &req, &err),
+			 0);
+	ck_assert_int_eq(req.retention_days, 0);
+	ck_assert_str_eq(req.client_token, "tok-1");
+	api_create_request_free(&req);
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"retentionDays\":-1}", -EINVAL,
+		   "retentionDays");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"retentionDays\":36501}", -EINVAL,
+		   "retentionDays");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"retentionDays\":\"7\"}", -EINVAL,
+		   "retentionDays");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"clientToken\":\"../x\"}", -EINVAL,
+		   "clientToken");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"clientToken\":\"\"}", -EINVAL,
+		   "clientToken");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"clientToken\":7}", -EINVAL,
+		   "clientToken");
+}
+END_TEST
+
+START_TEST(request_key_identical)
+{
+	struct api_create_request a, b;
+	char ka[IMC_SHA256_HEX_LEN + 1], kb[IMC_SHA256_HEX_LEN + 1];
+	imc_error err;
+
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"},{\"ref\":\"r.io/b:1\"}],"
+			       "\"clientToken\":\"x\"}",
+			       &a, &err),
+			 0);
+	ck_assert_int_eq(
+	    parse("{\"images\":[{\"ref\":\"r.io/a:1\"},{\"ref\":\"r.io/b:1\"}]}", &b, &err), 0);
+	/* the token is not part of what makes requests identical */
+	ck_assert_int_eq(api_request_key("t1", &a, ka, &err), 0);
+	ck_assert_int_eq(api_request_key("t1", &b, kb, &err), 0);
+	ck_assert_str_eq(ka, kb);
+	/* another tenant, another key */
+	ck_assert_int_eq(api_request_key("t2", &b, kb, &err), 0);
+	ck_assert_str_ne(ka, kb);
+	api_create_request_free(&b);
+	/* the order of the images matters (/images/<n>) */
+	ck_assert_int_eq(
+	    parse("{\"images\":[{\"ref\":\"r.io/b:1\"},{\"ref\":\"r.io/a:1\"}]}", &b, &err), 0);
+	ck_assert_int_eq(api_request_key("t1", &b, kb, &err), 0);
+	ck_assert_str_ne(ka, kb);
+	api_create_request_free(&b);
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"},{\"ref\":\"r.io/b:1\"}],"
+			       "\"retentionDays\":3}",
+			       &b, &err),
+			 0);
+	ck_assert_int_eq(api_request_key("t1", &b, kb, &err), 0);
+	ck_assert_str_ne(ka, kb);
+	api_create_request_free(&a);
+	api_create_request_free(&b);
+}
+END_TEST
+
+START_TEST(cache_events_ring)
+{
+	struct api_cache *c = new_cache("ev", 100);
+	json_t *j;
+
+	for (int i = 0; i < API_EVENTS_MAX + 7; i++)
+		ck_assert_int_eq(api_cache_add_event(c, 1000 + i, "T", "event %d", i), 0);
+	ck_assert_uint_eq(c->n_events, API_EVENTS_MAX);
+	/* the oldest went: "Created" and events 0..7 */
+	ck_assert_str_eq(c->events[0].message, "event 7");
+	ck_assert_str_eq(c->events[API_EVENTS_MAX - 1].message, "event 56");
+	j = api_cache_to_json(c);
+	ck_assert_uint_eq(json_array_size(json_object_get(j, "events")), API_EVENTS_MAX);
+	ck_assert_str_eq(json_string_value(json_object_get(
+			     json_array_get(json_object_get(j, "events"), 0), "message")),
+			 "event 7");
+	json_decref(j);
+	api_cache_free(c);
+}
+END_TEST
+
+START_TEST(cache_meta_lifecycle_roundtrip)
+{
+	struct api_create_request req;
+	struct api_cache *c = NULL, *back = NULL;
+	imc_error err;
+	json_t *meta, *j;
+
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"}],\"retentionDays\":2,"
+			       "\"clientToken\":\"tk\"}",
+			       &req, &err),
+			 0);
+	ck_assert_int_eq(api_cache_new_for("imc-00000000000000aa", "acme", &req, 1000, &c, &err),
+			 0);
+	api_create_request_free(&req);
+	c->status = API_CACHE_READY;
+	c->ready_at = 2000;
+	c->last_used_at = 3000;
+	c->attachments = calloc(1, sizeof(*c->attachments));
+	snprintf(c->attachments[0].id, API_ID_MAX, "att-0123456789abcdef");
+	c->attachments[0].host = strdup("node-1");
+	c->attachments[0].at = 3000;
+	c->n_attachments = 1;
+	ck_assert_int_eq(api_cache_add_event(c, 3000, "Attached", "att-0123456789abcdef"), 0);
+	meta = api_cache_to_meta(c);
+	ck_assert_ptr_nonnull(meta);
+	/* credentials never, the tenant always */
+	ck_assert_str_eq(json_string_value(json_object_get(meta, "tenant")), "acme");
+	ck_assert_int_eq(api_cache_from_meta(meta, &back, &err), 0);
+	ck_assert_str_eq(back->tenant, "acme");
+	ck_assert_str_eq(back->client_token, "tk");
+	ck_assert_str_eq(back->request_key, c->request_key);
+	ck_assert_int_eq(back->retention_days, 2);
+	ck_assert_int_eq(back->last_used_at, 3000);
+	ck_assert_uint_eq(back->n_attachments, 1);
+	ck_assert_str_eq(back->attachments[0].id, "att-0123456789abcdef");
+	ck_assert_str_eq(back->attachments[0].host, "node-1");
+	ck_assert_uint_eq(back->n_events, 2);
+	ck_assert_str_eq(back->events[0].type, "Created");
+	ck_assert_str_eq(back->events[1].type, "Attached");
+	/* expiry: 2 days after the last use */
+	ck_assert_int_eq(api_cache_expires_at(back, 86400), 3000 + 2 * 86400);
+	j = api_cache_to_json(back);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "expiresAt")),
+			 "1970-01-03T00:50:00Z");
+	ck_assert_str_eq(json_string_value(json_object_get(j, "lastUsedAt")),
+			 "1970-01-01T00:50:00Z");
+	ck_assert_int_eq(json_integer_value(json_object_get(j, "attachments")), 1);
+	ck_assert_ptr_null(json_object_get(j, "clientToken"));
+	ck_assert_ptr_null(json_object_get(j, "tenant"));
+	json_decref(j);
+	/* pinned: never expires */
+	back->retention_days = 0;
+	ck_assert_int_eq(api_cache_expires_at(back, 86400), 0);
+	json_decref(meta);
+	api_cache_free(c);
+	api_cache_free(back);
+}
+END_TEST
+
+START_TEST(routing_attachments)
+{
+	struct api_match m;
+
+	api_route_match("/v1/imagecaches/imc-0123456789abcdef/attachments", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_ATTACHMENTS);
+	ck_assert_str_eq(m.id, "imc-0123456789abcdef");
+	ck_assert(api_route_allows(m.route, API_METHOD_POST));
+	ck_assert(api_route_allows(m.route, API_METHOD_GET));
+	ck_assert(!api_route_allows(m.route, API_METHOD_DELETE));
+	api_route_match("/v1/imagecaches/imc-0123456789abcdef/attachments/att-0123456789abcdef",
+			&m);
+	ck_assert_int_eq(m.route, API_ROUTE_ATTACHMENT);
+	ck_assert_str_eq(m.id, "imc-0123456789abcdef");
+	ck_assert_str_eq(m.aid, "att-0123456789abcdef");
+	ck_assert(api_route_allows(m.route, API_METHOD_DELETE));
+	ck_assert(!api_route_allows(m.route, API_METHOD_GET));
+	ck_assert_str_eq(api_route_allow(m.route), "DELETE");
+	api_route_match("/v1/imagecaches/x/attachments/a/b", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/v1/imagecaches/x/attachmentsX", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/v1/imagecaches/x/attachments/", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/v1/imagecaches//attachments", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	api_route_match("/v1/imagecaches/x/other", &m);
+	ck_assert_int_eq(m.route, API_ROUTE_NONE);
+	ck_assert(api_attach_id_valid("att-0123456789abcdef"));
+	ck_assert(!api_attach_id_valid("att-0123456789ABCDEF"));
+	ck_assert(!api_attach_id_valid("att-0123"));
+	ck_assert(!api_attach_id_valid("imc-0123456789abcdef"));
+}
+END_TEST
+
+START_TEST(delete_query)
+{
+	struct api_query_arg args[2] = {{"force", "true"}, {"force", "false"}};
+	bool force = false;
+	imc_error err;
+
+	ck_assert_int_eq(api_delete_query_parse(args, 0, &force, &err), 0);
+	ck_assert(!force);
+	ck_assert_int_eq(api_delete_query_parse(args, 1, &force, &err), 0);
+	ck_assert(force);
+	ck_assert_int_eq(api_delete_query_parse(args + 1, 1, &force, &err), 0);
+	ck_assert(!force);
+	ck_assert_int_eq(api_delete_query_parse(args, 2, &force, &err), -EINVAL);
+	args[0].value = "yes";
+	ck_assert_int_eq(api_delete_query_parse(args, 1, &force, &err), -EINVAL);
+	args[0] = (struct api_query_arg){"bogus", "1"};
+	ck_assert_int_eq(api_delete_query_parse(args, 1, &force, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "bogus"));
+	/* through the handler: checked before the table is looked at */
+	json_decref(handle("DELETE", "/v1/imagecaches/imc-0123456789abcdef?force=maybe", NULL,
+			   false, 400, "InvalidArgument"));
+	json_decref(
+	    handle("POST", "/v1/imagecaches/bad/attachments", "{}", false, 400, "InvalidArgument"));
+	json_decref(handle("GET", "/v1/imagecaches/imc-0123456789abcdef/attachments/att-1", NULL,
+			   false, 405, "MethodNotAllowed"));
+}
+END_TEST
+
+START_TEST(list_tenant_and_shared_layers)
+{
+	struct api_create_request req;
+	struct api_cache *a = NULL, *b = NULL, *items[2];
+	struct api_list_query q = {.limit = 10};
+	imc_error err;
+	json_t *page, *want;
+
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"}]}", &req, &err), 0);
+	ck_assert_int_eq(api_cache_new_for("imc-00000000000000a1", "ta", &req, 1, &a, &err), 0);
+	ck_assert_int_eq(api_cache_new_for("imc-00000000000000b1", "tb", &req, 2, &b, &err), 0);
+	api_create_request_free(&req);
+	items[0] = a;
+	items[1] = b;
+	ck_assert_int_eq(api_list_page_tenant(items, 2, "tb", &q, &page, &err), 0);
+	ck_assert_uint_eq(json_array_size(json_object_get(page, "items")), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(
+			     json_array_get(json_object_get(page, "items"), 0), "id")),
+			 "imc-00000000000000b1");
+	json_decref(page);
+	a->manifest =
+	    load("{\"images\":[{\"ref\":\"r.io/a:1\",\"layers\":[{\"digest\":\"sha256:1\"},"
+		 "{\"digest\":\"sha256:2\"}]},{\"layers\":[{\"digest\":\"sha256:3\"}]}]}");
+	want = load("[\"sha256:2\",\"sha256:3\",\"sha256:9\"]");
+	ck_assert_uint_eq(api_cache_shared_layers(a, want), 2);
+	ck_assert_uint_eq(api_cache_shared_layers(b, want), 0);
+	json_decref(want);
+	api_cache_free(a);
+	api_cache_free(b);
+}
+END_TEST
+
 /* ---- metrics ----------------------------------------------------------------------------------
  */
 
@@ -905,7 +1154,12 @@ static void metrics_known_state(struct api_metrics_page *p)
 {
 	struct api_metrics *m = &p->m;
 
-	*p = (struct api_metrics_page){.caches = {1, 2, 3}, .have_pool = true};
+	*p = (struct api_metrics_page){.caches = {1, 2, 3, 0, 0, 4}, .have_pool = true};
+	p->attachments = 5;
+	m->evictions = 6;
+	m->expirations = 7;
+	m->attaches = 8;
+	m->detaches = 3;
 	p->pool_size = 1000;
 	p->pool_used = 400;
 	p->pool_free = 600;
@@ -927,6 +1181,9 @@ static const char METRICS_KNOWN_PAGE[] =
     "imcache_caches{status=\"Creating\"} 1\n"
     "imcache_caches{status=\"Ready\"} 2\n"
     "imcache_caches{status=\"Failed\"} 3\n"
+    "imcache_caches{status=\"Updating\"} 0\n"
+    "imcache_caches{status=\"Deleting\"} 0\n"
+    "imcache_caches{status=\"Expired\"} 4\n"
     "# HELP imcache_builds_in_flight Cache builds running now.\n"
     "# TYPE imcache_builds_in_flight gauge\n"
     "imcache_builds_in_flight 1\n"
@@ -957,6 +1214,21 @@ static const char METRICS_KNOWN_PAGE[] =
     "imcache_pool_bytes{kind=\"size\"} 1000\n"
     "imcache_pool_bytes{kind=\"used\"} 400\n"
     "imcache_pool_bytes{kind=\"free\"} 600\n"
+    "# HELP imcache_evictions_total Caches removed because the pool passed its high watermark.\n"
+    "# TYPE imcache_evictions_total counter\n"
+    "imcache_evictions_total 6\n"
+    "# HELP imcache_expirations_total Caches removed because their retention ran out.\n"
+    "# TYPE imcache_expirations_total counter\n"
+    "imcache_expirations_total 7\n"
+    "# HELP imcache_attaches_total Attachments reported by imc-attach and imc-runtime.\n"
+    "# TYPE imcache_attaches_total counter\n"
+    "imcache_attaches_total 8\n"
+    "# HELP imcache_detaches_total Attachments ended.\n"
+    "# TYPE imcache_detaches_total counter\n"
+    "imcache_detaches_total 3\n"
+    "# HELP imcache_attachments Clones attached now, all caches.\n"
+    "# TYPE imcache_attachments gauge\n"
+    "imcache_attachments 5\n"
     "# HELP imcache_http_requests_total HTTP requests answered, by status code.\n"
     "# TYPE imcache_http_requests_total counter\n"
     "imcache_http_requests_total{code=\"200\"} 2\n"
@@ -1038,8 +1310,13 @@ static void check_families(const char *page)
 	check_family(page, "imcache_pool_bytes", "gauge");
 	check_family(page, "imcache_http_requests_total", "counter");
 	check_family(page, "imcache_http_request_duration_seconds", "histogram");
-	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 8);
-	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 8);
+	check_family(page, "imcache_evictions_total", "counter");
+	check_family(page, "imcache_expirations_total", "counter");
+	check_family(page, "imcache_attaches_total", "counter");
+	check_family(page, "imcache_detaches_total", "counter");
+	check_family(page, "imcache_attachments", "gauge");
+	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 13);
+	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 13);
 }
 
 START_TEST(metrics_page_known_state)
@@ -1105,19 +1382,19 @@ START_TEST(metrics_handle_without_table)
 {
 	struct api_response resp;
 
-	api_handle(NULL, "GET", "/metrics", NULL, 0, false, &resp);
+	api_handle(NULL, &test_caller, "GET", "/metrics", NULL, 0, false, &resp);
 	ck_assert_uint_eq(resp.status, 200);
 	ck_assert_str_eq(resp.content_type, "text/plain; version=0.0.4; charset=utf-8");
 	ck_assert_ptr_nonnull(resp.body);
 	ck_assert(strncmp(resp.body, "# HELP imcache_caches ", 22) == 0);
 	check_families(resp.body);
 	free(resp.body);
-	api_handle(NULL, "POST", "/metrics", "", 0, false, &resp);
+	api_handle(NULL, &test_caller, "POST", "/metrics", "", 0, false, &resp);
 	ck_assert_uint_eq(resp.status, 405);
 	ck_assert_str_eq(resp.allow, "GET");
 	ck_assert_ptr_null(resp.content_type);
 	free(resp.body);
-	api_handle(NULL, "GET", "/metrics/x", NULL, 0, false, &resp);
+	api_handle(NULL, &test_caller, "GET", "/metrics/x", NULL, 0, false, &resp);
 	ck_assert_uint_eq(resp.status, 404);
 	free(resp.body);
 }
@@ -1203,7 +1480,8 @@ START_TEST(list_query_bad)
 	expect_bad_query("status=Ready&status=Failed", "status: given more than once");
 	expect_bad_query("name", "name: empty");
 	expect_bad_query("name=", "name: empty");
-	expect_bad_query("image=x&match=best", "match=best is not supported yet");
+	expect_bad_query("image=x&match=best&pageToken=00", "pageToken");
+	expect_bad_query("match=best", "match: only with image");
 	expect_bad_query("image=x&match=fuzzy", "match");
 	expect_bad_query("match=exact", "match: only with image");
 	expect_bad_query("image=UPPER/Case::", "image");
@@ -1402,7 +1680,7 @@ START_TEST(list_handle_bad_query)
 	json_decref(handle("GET", "/v1/imagecaches?limit=0", NULL, false, 400, "InvalidArgument"));
 	json_decref(handle("GET", "/v1/imagecaches?status=Ready&status=Ready", NULL, false, 400,
 			   "InvalidArgument"));
-	json_decref(handle("GET", "/v1/imagecaches?image=x&match=best", NULL, false, 400,
+	json_decref(handle("GET", "/v1/imagecaches?image=x&match=nearest", NULL, false, 400,
 			   "InvalidArgument"));
 	/* well formed, but this answer has no table */
 	json_decref(handle("GET", "/v1/imagecaches?limit=5", NULL, false, 503, "Unavailable"));
@@ -1444,6 +1722,13 @@ static Suite *api_suite(void)
 	tcase_add_test(t, cache_meta_old_single_ref);
 	tcase_add_test(t, cache_meta_bad);
 	tcase_add_test(t, cache_ids_and_order);
+	tcase_add_test(t, create_lifecycle_fields);
+	tcase_add_test(t, request_key_identical);
+	tcase_add_test(t, cache_events_ring);
+	tcase_add_test(t, cache_meta_lifecycle_roundtrip);
+	tcase_add_test(t, routing_attachments);
+	tcase_add_test(t, delete_query);
+	tcase_add_test(t, list_tenant_and_shared_layers);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("http");

@@ -1,0 +1,204 @@
+#!/bin/bash
+# bench_api.sh: imcd's API under load (wrk on loopback), with bearer auth in the measured path.
+#
+#   BENCH_API_CACHES (1000)   caches in the store while measuring
+#   BENCH_API_SECONDS (10)    each wrk run
+#   BENCH_API_CONNS (32)      wrk connections (-c), over BENCH_API_THREADS (2) threads (-t)
+#   BENCH_OUT                 where the markdown table goes (build/bench/api.md)
+#   BENCH_API_IMCD_THREADS    imcd --threads (unset: imcd's default)
+#   BENCH_API_PERF (unset)    a directory: perf record imcd during each run, top symbols there
+#
+# A tiny busybox image is pushed to a local docker-registry; imcd (the release build, with a
+# config holding one bearer token) builds BENCH_API_CACHES caches of it (driven by 4 parallel
+# POST loops; builds of the same image reuse its base snapshot).  Then wrk -t2 -c32 --latency,
+# each request with "Authorization: Bearer <token>", on
+#   get    GET /v1/imagecaches/{id}          (one Ready cache)
+#   list   GET /v1/imagecaches?limit=100     (the first page of 100 caches)
+#   401    GET /v1/imagecaches/{id} with a wrong token (the cost of refusing)
+# and prints req/s and p50/p99 latency against the goals (>= 20,000 req/s, p99 < 10 ms).
+# Needs root and loop devices, wrk.  Run as:  IMC_BIN=$PWD/build tests/bench/bench_api.sh
+set -euo pipefail
+
+IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
+IMC_NO_SUMMARY=1
+export IMC_BIN IMC_NO_SUMMARY
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/common.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/registry.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/mkimage.sh"
+# shellcheck source-path=SCRIPTDIR/..
+. "$here/../lib/imcd.sh"
+
+N=${BENCH_API_CACHES:-1000}
+SECS=${BENCH_API_SECONDS:-10}
+CONNS=${BENCH_API_CONNS:-32}
+THREADS=${BENCH_API_THREADS:-2}
+OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/api.md}
+GOAL_RPS=20000
+GOAL_P99_MS=10
+
+if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
+	echo "bench_api: needs root and loop devices" >&2
+	exit 1
+fi
+for t in wrk jq curl skopeo; do
+	command -v "$t" >/dev/null 2>&1 || {
+		echo "bench_api: needs $t (scripts/install-deps.sh)" >&2
+		exit 1
+	}
+done
+
+step() { printf '== %s\n' "$*" >&2; }
+
+step "registry and a busybox image"
+registry_start
+mkimage_busybox "$TEST_TMP/layout" bb >/dev/null
+mkimage_push "$TEST_TMP/layout" bb bench/bb:v1
+REF=$REGISTRY/bench/bb:v1
+
+TOKEN=bench-$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+CFG=$TEST_TMP/imcd.json
+(umask 077 && jq -n --arg t "$TOKEN" '{tokens: [{token: $t, tenant: "bench"}]}' >"$CFG")
+AUTH="Authorization: Bearer $TOKEN"
+
+step "imcd (release build) with a bearer token"
+defer imc_teardown_quiet
+imcd_start "$TEST_TMP/state" --config "$CFG" --log-level warn \
+	${BENCH_API_IMCD_THREADS:+--threads "$BENCH_API_IMCD_THREADS"}
+
+# post_loop FIRST COUNT: POST caches FIRST..FIRST+COUNT-1, retrying while the queue is full (429).
+post_loop() {
+	local i code body
+	for ((i = $1; i < $1 + $2; i++)); do
+		body=$(jq -cn --arg ref "$REF" --arg n "c$i" '{name: $n, images: [{ref: $ref}]}')
+		while :; do
+			code=$(curl -sS --noproxy '*' -o /dev/null -w '%{http_code}' -H "$AUTH" \
+				-H 'Content-Type: application/json' -d "$body" \
+				"$IMCD_URL/v1/imagecaches") || code=000
+			[ "$code" = 202 ] && break
+			[ "$code" = 429 ] || [ "$code" = 503 ] || {
+				echo "bench_api: POST c$i: HTTP $code" >&2
+				return 1
+			}
+			sleep 0.2
+		done
+	done
+}
+
+# count STATUS: how many caches have that status (following the pages).
+count() {
+	local token='' n=0 page
+	while :; do
+		page=$(curl -fsS --noproxy '*' -H "$AUTH" \
+			"$IMCD_URL/v1/imagecaches?status=$1&limit=1000${token:+&pageToken=$token}")
+		n=$((n + $(jq '.items | length' <<<"$page")))
+		token=$(jq -r '.nextPageToken // empty' <<<"$page")
+		[ -n "$token" ] || break
+	done
+	echo "$n"
+}
+
+step "creating $N caches (the first alone: it makes the image's base snapshot; then 4 POST loops)"
+T0=$(now_ms)
+post_loop 0 1
+while [ "$(count Creating)" -ne 0 ]; do
+	sleep 0.2
+done
+PER=$(((N - 1 + 3) / 4))
+pids=()
+for ((k = 0; k < 4; k++)); do
+	first=$((1 + k * PER))
+	cnt=$((N - first < PER ? N - first : PER))
+	[ "$cnt" -gt 0 ] || continue
+	post_loop "$first" "$cnt" &
+	pids+=($!)
+done
+for p in "${pids[@]}"; do
+	wait "$p"
+done
+while :; do
+	creating=$(count Creating)
+	[ "$creating" -eq 0 ] && break
+	sleep 1
+done
+READY=$(count Ready)
+CREATE_MS=$(($(now_ms) - T0))
+[ "$READY" -eq "$N" ] || {
+	echo "bench_api: $READY of $N caches Ready; Failed: $(count Failed)" >&2
+	curl -fsS --noproxy '*' -H "$AUTH" "$IMCD_URL/v1/imagecaches?status=Failed&limit=1" >&2
+	imcd_log_tail 20 >&2
+	exit 1
+}
+step "$N caches Ready in $((CREATE_MS / 1000)) s"
+ID=$(curl -fsS --noproxy '*' -H "$AUTH" "$IMCD_URL/v1/imagecaches?limit=1" | jq -r '.items[0].id')
+
+# to_ms VALUE: wrk's "1.23ms" / "456.00us" / "1.02s" in milliseconds.
+to_ms() {
+	awk -v v="$1" 'BEGIN {
+		if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+		else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+		else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
+		else print "?" }'
+}
+
+# measure NAME URL [HEADER]: one wrk run; sets RPS, P50, P99 (ms), ERRORS (non-2xx/3xx + socket).
+measure() {
+	local name=$1 url=$2 header=${3:-$AUTH} out
+	step "wrk -t$THREADS -c$CONNS -d${SECS}s --latency: $name"
+	local perf_pid=
+	if [ -n "${BENCH_API_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
+		perf record -q -g -o "$TEST_TMP/perf-$name.data" -p "$IMCD_PID" -- sleep "$SECS" \
+			>/dev/null 2>&1 &
+		perf_pid=$!
+	fi
+	out=$(wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency -H "$header" "$url")
+	if [ -n "$perf_pid" ]; then
+		wait "$perf_pid" || true
+		mkdir -p "$BENCH_API_PERF"
+		perf report -q --stdio --no-children -i "$TEST_TMP/perf-$name.data" 2>/dev/null |
+			grep -E '^ +[0-9.]+%' | head -40 >"$BENCH_API_PERF/perf-$name.txt" || true
+	fi
+	printf '%s\n' "$out" >"$TEST_TMP/wrk-$name.txt"
+	RPS=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+	P50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+	P99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+	ERRORS=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ {
+		gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else printf "%.2f", a / b }'; }
+verdict() { # verdict RPS P99
+	awk -v r="$1" -v p="$2" -v gr="$GOAL_RPS" -v gp="$GOAL_P99_MS" \
+		'BEGIN { print (r >= gr && p < gp) ? "meets" : "misses" }'
+}
+
+ROWS=()
+row() { # row NAME EXPECT_ERRORS
+	local errs=$ERRORS
+	[ "$2" = all ] && errs="$ERRORS (all 401, as meant)"
+	ROWS+=("| $1 | $RPS | $(ratio "$RPS" "$GOAL_RPS")× | $P50 ms | $P99 ms | $(ratio "$P99" "$GOAL_P99_MS")× | $errs | $(verdict "$RPS" "$P99") |")
+}
+
+measure get "$IMCD_URL/v1/imagecaches/$ID"
+row "GET /v1/imagecaches/{id}" 0
+measure list "$IMCD_URL/v1/imagecaches?limit=100"
+LIST_BYTES=$(curl -fsS --noproxy '*' -H "$AUTH" "$IMCD_URL/v1/imagecaches?limit=100" | wc -c)
+row "GET /v1/imagecaches?limit=100 ($((LIST_BYTES / 1024)) KiB)" 0
+measure unauthorized "$IMCD_URL/v1/imagecaches/$ID" "Authorization: Bearer wrong-$TOKEN"
+row "GET /v1/imagecaches/{id}, wrong token (401)" all
+
+imcd_stop
+
+mkdir -p "$(dirname "$OUT_MD")"
+{
+	echo "API reads under wrk -t$THREADS -c$CONNS -d${SECS}s on loopback, bearer token on every request,"
+	echo "$N Ready caches in the store (created in $((CREATE_MS / 1000)) s), $(nproc) CPUs shared by wrk and imcd."
+	echo "Goal: >= $GOAL_RPS req/s and p99 < $GOAL_P99_MS ms."
+	echo
+	echo "| request | req/s | vs. goal | p50 | p99 | p99 vs. goal | errors | goal |"
+	echo "|---|---|---|---|---|---|---|---|"
+	printf '%s\n' "${ROWS[@]}"
+} | tee "$OUT_MD"
