@@ -17,7 +17,9 @@
 #   bench_model.sh         a cache with a 4 GiB model file vs curl of the same file
 #   bench_ctr.sh           ctr run from a cache vs ctr pull + run of the same image
 #   bench_vm_drivers.sh    thin vs reflink in the Debian-kernel VM (emulated CPU: ratios only)
-# BENCH_PARTS ("layers attach_scale model ctr vm_drivers") picks the parts.  All tables together go to
+#   bench_api.sh           wrk against GET of a cache and of the list, 1,000 caches in the store
+#   bench_distribution.sh  a cold host: fetch + attach over a veth link vs curl of the snapshot
+# BENCH_PARTS ("layers attach_scale model ctr vm_drivers api distribution") picks the parts.  All tables together go to
 # build/bench/results.md.
 set -euo pipefail
 
@@ -120,7 +122,7 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| detach p50 | ${D50} ms | |"
 } | tee "$OUT_MD"
 
-for part in ${BENCH_PARTS-layers attach_scale model ctr vm_drivers}; do
+for part in ${BENCH_PARTS-layers attach_scale model ctr vm_drivers api distribution}; do
 	step "$part"
 	out=$IMC_ROOT/build/bench/$part.md
 	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out "$here/bench_$part.sh" >&2
