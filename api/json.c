@@ -461,7 +461,7 @@ int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, cons
 
 int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds)
 {
-	int64_t from = c->last_used_at;
+	int64_t from = c->last_used_at, span, at;
 
 	if (c->retention_days <= 0 || c->status != API_CACHE_READY)
 		return 0;
@@ -469,7 +469,11 @@ int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds)
 		from = c->ready_at;
 	if (c->created_at > from)
 		from = c->created_at;
-	return from + c->retention_days * day_seconds;
+	/* Saturating: the times come from metadata files, which may hold anything. */
+	if (__builtin_mul_overflow((int64_t)c->retention_days, day_seconds, &span) ||
+	    __builtin_add_overflow(from, span, &at))
+		return INT64_MAX;
+	return at;
 }
 
 int api_request_key(const char *tenant, const struct api_create_request *req,
