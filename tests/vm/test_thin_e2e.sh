@@ -82,7 +82,7 @@ check_eq "no clone left in the pool" 0 \
 # A restart finds the pool and the cache and has nothing to repair.
 imcd_stop || true
 imcd_start "$STATE" --driver thin --pool-size 2G || bail "imcd restarts" "$(imcd_log_tail 20)"
-check_eq "the restarted imcd repairs nothing" "" "$(grep -i 'repair' "$IMCD_LOG" || true)"
+check_eq "the restarted imcd repairs nothing" "" "$(grep 'repair: ' "$IMCD_LOG" || true)"
 check_match "the cache is still Ready" '"status":"Ready"' "$(cache_wait "$ID" 30 | jq -c .)"
 check_clean_shutdown_thin() {
 	local rc=0
