@@ -170,7 +170,7 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 	for (size_t i = 0; i < b->n_plans; i++) {
 		json_t *entry = NULL;
 		uint64_t t0 = imc_monotonic_ns();
-		int r = builder_data_fetch(o, b->plans[i], root, &entry, err);
+		int r = builder_data_fetch(o, b->plans[i], root, b->dev.fd, &entry, err);
 		if (r < 0)
 			return r;
 		imc_debug("volume %s: data %zu fetched in %.0f ms", b->id, i, ms_since(t0));

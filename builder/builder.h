@@ -148,9 +148,10 @@ int builder_data_plan(const struct builder_opts *o, const struct builder_data *d
 /* Bytes of all files (those of unknown size count as 0). */
 uint64_t builder_data_plan_bytes(const struct builder_data_plan *p);
 /* Fetch every file of p into /data/<path>/ under rootfd (the volume's root), checking sizes and
- * digests; ret_entry gets {"path","source","files":[{"name","size","sha256"}]}. */
+ * digests; ret_entry gets {"path","source","files":[{"name","size","sha256"}]}.  dev_fd: the
+ * volume's block device (its files' blocks are reserved there first), or -1. */
 int builder_data_fetch(const struct builder_opts *o, struct builder_data_plan *p, int rootfd,
-		       json_t **ret_entry, imc_error *err);
+		       int dev_fd, json_t **ret_entry, imc_error *err);
 void builder_data_plan_free(struct builder_data_plan *p);
 
 /* One file from an http(s) URL into fd: with size known (and the server taking Range), pieces

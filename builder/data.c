@@ -7,10 +7,14 @@
  * the sha256 is ready when the last byte lands.  A piece that stops early (a dropped connection)
  * is asked again from where it stopped. */
 #include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1207,8 +1211,34 @@ static int mkdirs_in(int dirfd, const char *rel, imc_error *err)
 	return 0;
 }
 
-/* Create the file for f under dir, with its size reserved when known. */
-static int create_file(int dirfd, const struct data_file *f, imc_error *err)
+/* Reserve the blocks ext4 just reserved for fd (unwritten extents) in the store's backing as
+ * well: BLKZEROOUT on the volume's device makes the loop driver fallocate those ranges in its
+ * backing file, so the pieces that parallel connections write later land in a few contiguous
+ * extents instead of interleaving (a 2 GiB model written by 4 connections: 318 extents in the
+ * pool without this).  Only an optimization: any failure leaves things as they were. */
+static void reserve_on_device(int fd, int dev_fd)
+{
+	enum { MAX_EXTENTS = 512 };
+	_cleanup_free_ struct fiemap *fm =
+	    calloc(1, sizeof(*fm) + MAX_EXTENTS * sizeof(struct fiemap_extent));
+
+	if (dev_fd < 0 || !fm)
+		return;
+	fm->fm_length = FIEMAP_MAX_OFFSET;
+	fm->fm_extent_count = MAX_EXTENTS;
+	if (ioctl(fd, FS_IOC_FIEMAP, fm) < 0)
+		return;
+	for (unsigned i = 0; i < fm->fm_mapped_extents; i++) {
+		const struct fiemap_extent *e = &fm->fm_extents[i];
+		uint64_t range[2] = {e->fe_physical, e->fe_length};
+		if ((e->fe_flags & FIEMAP_EXTENT_UNWRITTEN) && ioctl(dev_fd, BLKZEROOUT, range) < 0)
+			return;
+	}
+}
+
+/* Create the file for f under dir, with its size reserved when known (in the volume's device
+ * dev_fd too, when one is given). */
+static int create_file(int dirfd, const struct data_file *f, int dev_fd, imc_error *err)
 {
 	int r = mkdirs_in(dirfd, f->name, err);
 	int fd;
@@ -1230,6 +1260,8 @@ static int create_file(int dirfd, const struct data_file *f, imc_error *err)
 		fd = imc_openat_in_root(dirfd, f->name, O_RDWR | O_NOFOLLOW, 0);
 		if (fd < 0)
 			return imc_err_sys(err, -fd, "open %s", f->name);
+	} else if (f->size != UINT64_MAX && f->size > 0) {
+		reserve_on_device(fd, dev_fd);
 	}
 	return fd;
 }
@@ -1351,11 +1383,12 @@ static int open_data_dir(int rootfd, const char *path, imc_error *err)
 }
 
 static int fetch_one(const struct builder_opts *o, struct builder_data_plan *p, int dirfd,
-		     struct data_file *f, struct fetch_progress *fp, json_t *files, imc_error *err)
+		     int dev_fd, struct data_file *f, struct fetch_progress *fp, json_t *files,
+		     imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1];
 	uint64_t size = f->size;
-	_cleanup_close_ int fd = create_file(dirfd, f, err);
+	_cleanup_close_ int fd = create_file(dirfd, f, dev_fd, err);
 	int r;
 
 	if (fd < 0)
@@ -1376,7 +1409,7 @@ static int fetch_one(const struct builder_opts *o, struct builder_data_plan *p, 
 }
 
 int builder_data_fetch(const struct builder_opts *o, struct builder_data_plan *p, int rootfd,
-		       json_t **ret_entry, imc_error *err)
+		       int dev_fd, json_t **ret_entry, imc_error *err)
 {
 	struct fetch_progress fp = {.o = o, .total = builder_data_plan_bytes(p)};
 	_cleanup_json_ json_t *entry =
@@ -1391,7 +1424,8 @@ int builder_data_fetch(const struct builder_opts *o, struct builder_data_plan *p
 		return imc_err_wrap(err, "data %s", p->path);
 	pthread_mutex_init(&fp.lock, NULL);
 	for (size_t i = 0; r == 0 && i < p->n_files; i++)
-		r = fetch_one(o, p, dirfd, &p->files[i], &fp, json_object_get(entry, "files"), err);
+		r = fetch_one(o, p, dirfd, dev_fd, &p->files[i], &fp,
+			      json_object_get(entry, "files"), err);
 	pthread_mutex_destroy(&fp.lock);
 	if (r < 0)
 		return imc_err_wrap(err, "data %s", p->path);
