@@ -212,6 +212,23 @@ check "team-a's snapshot is still in the pool" test -e "$IMC_STATE/pool/snapshot
 req "$TOKEN_A" GET "/v1/imagecaches/$B1"
 check_eq "team-a GET team-b's cache: 404" 404 "$HTTP_STATUS"
 
+# Distribution (docs/distribution.md) under the same rules: a chunk index is its cache's; a chunk
+# needs a valid token.
+req "$TOKEN_B" GET "/v1/imagecaches/$A1/index"
+check_eq "team-b GET team-a's chunk index: 404" 404 "$HTTP_STATUS"
+req - GET "/v1/imagecaches/$A1/index"
+unauthorized "GET a chunk index without a token" "$CHALLENGE"
+req "$TOKEN_A" GET "/v1/imagecaches/$A1/index"
+check_eq "team-a GET its own chunk index: 200" 200 "$HTTP_STATUS"
+CHUNK=$(jq -r '.chunks[0].digest // empty' <<<"$HTTP_BODY" 2>/dev/null)
+check_match "team-a's index names chunks" '^sha256:[0-9a-f]{64}$' "$CHUNK"
+req - GET "/v1/chunks/$CHUNK"
+unauthorized "GET a chunk without a token" "$CHALLENGE"
+req wrong-token-0123456789abcdef GET "/v1/chunks/$CHUNK"
+unauthorized "GET a chunk with a wrong token" "$CHALLENGE_BAD"
+req "$TOKEN_A" GET "/v1/chunks/$CHUNK"
+check_eq "GET a chunk with a valid token: 200" 200 "$HTTP_STATUS"
+
 # The same name and image from another tenant is another cache (no clientToken crosstalk).
 SAME=$(jq -cn --arg ref "$BB" '{name: "a-one", images: [{ref: $ref}], clientToken: "same-token-1"}')
 BODY=$SAME req "$TOKEN_B" POST /v1/imagecaches
