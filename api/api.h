@@ -149,6 +149,21 @@ struct api_cache {
 	bool deleting;
 	enum api_cache_status status_before; /* while Deleting/Updating: the status to go back to */
 	int64_t day_seconds;		     /* a retention day (0: 86400), for expiresAt */
+	/* The rendered API object (api_cache_rendered): the exact bytes GET answers, kept until
+	 * the cache changes.  gen is bumped by api_cache_touch() on every change; rendered_stamp
+	 * also holds the rendered fields themselves, so a change that forgot to touch still
+	 * re-renders. */
+	uint64_t gen;
+	char *rendered;
+	size_t rendered_len;
+	struct api_cache_stamp {
+		uint64_t gen, size, progress_done, progress_total;
+		int64_t created_at, ready_at, last_used_at, retention_days, day_seconds;
+		const void *manifest, *status_message, *last_event;
+		size_t n_attachments, n_events;
+		enum api_cache_status status;
+		bool deleting;
+	} rendered_stamp;
 };
 /* Append an event (the oldest goes when API_EVENTS_MAX are kept); fails only on OOM. */
 int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)
@@ -172,6 +187,13 @@ void api_cache_free(struct api_cache *c);
 int api_cache_set_failed(struct api_cache *c, const char *message, imc_error *err);
 /* The API object (GET /v1/imagecaches/{id}); NULL on OOM. */
 json_t *api_cache_to_json(const struct api_cache *c);
+/* Mark a cache changed: its rendered object is rebuilt on the next read.  Every change of a
+ * field the API object shows goes with a touch (under the table lock). */
+void api_cache_touch(struct api_cache *c);
+/* The API object as compact JSON (no newline), rendered only when the cache changed since the
+ * last call; *ret points into the cache and stays valid until its next change (hold the table
+ * lock).  -ENOMEM only. */
+int api_cache_rendered(struct api_cache *c, const char **ret, size_t *ret_len);
 /* The metadata file (<state>/caches/<id>.json) and back. */
 json_t *api_cache_to_meta(const struct api_cache *c);
 int api_cache_from_meta(json_t *meta, struct api_cache **ret, imc_error *err);
@@ -224,6 +246,10 @@ int api_list_page(struct api_cache *const *items, size_t n, const struct api_lis
 /* Only items of tenant (NULL: all). */
 int api_list_page_tenant(struct api_cache *const *items, size_t n, const char *tenant,
 			 const struct api_list_query *q, json_t **ret, imc_error *err);
+/* The same page as the body GET answers (compact JSON and a newline, malloc'ed), joined from
+ * the items' rendered objects (api_cache_rendered) without a json_t tree. */
+int api_list_page_body(struct api_cache *const *items, size_t n, const char *tenant,
+		       const struct api_list_query *q, char **ret, size_t *ret_len, imc_error *err);
 /* The layer digests of a cache's built images (a new array; empty before it is built). */
 json_t *api_cache_layers(const struct api_cache *c);
 /* How many of want's layer digests (an array of strings) the cache's images hold. */
@@ -345,6 +371,13 @@ int api_caches_get(struct api_caches *c, const struct api_caller *who, const cha
 		   imc_error *err);
 int api_caches_list(struct api_caches *c, const struct api_caller *who,
 		    const struct api_list_query *q, json_t **ret, imc_error *err);
+/* The same as answer bodies (compact JSON and a newline, malloc'ed), from the rendered objects
+ * of the caches: no json_t on the way (match=best goes through api_caches_list). */
+int api_caches_get_body(struct api_caches *c, const struct api_caller *who, const char *id,
+			char **ret, size_t *ret_len, imc_error *err);
+int api_caches_list_body(struct api_caches *c, const struct api_caller *who,
+			 const struct api_list_query *q, char **ret, size_t *ret_len,
+			 imc_error *err);
 /* Remove the snapshot and the metadata; -EBUSY while Creating or attached. ret gets
  * {"id","status"}. */
 int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
@@ -440,6 +473,7 @@ void api_server_stop(struct api_server *s);
 struct api_response {
 	unsigned status;
 	char *body;
+	size_t body_len; /* bytes of body; 0: strlen(body) */
 	const char *allow;
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
 };

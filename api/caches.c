@@ -54,6 +54,7 @@ struct api_caches {
 	pthread_cond_t cond;
 	pthread_cond_t sweep_cond; /* wakes the sweeper early: stopping */
 	struct api_cache **items;  /* sorted by api_cache_cmp */
+	struct api_cache **by_id;  /* the same caches sorted by id: lookups in O(log n) */
 	size_t n_items, cap_items;
 	struct api_cache *queue[API_QUEUE_MAX]; /* ring of Creating caches waiting for a worker */
 	size_t q_head, q_len;
@@ -72,34 +73,89 @@ struct api_caches {
 /* ---- table ------------------------------------------------------------------------------------
  */
 
+/* The position of id in by_id, or where it would go. */
+static size_t by_id_pos(const struct api_caches *c, const char *id, bool *ret_found)
+{
+	size_t lo = 0, hi = c->n_items;
+
+	*ret_found = false;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int d = strcmp(c->by_id[mid]->id, id);
+
+		if (d == 0) {
+			*ret_found = true;
+			return mid;
+		}
+		if (d < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* The position of a cache of the table in items (sorted by api_cache_cmp). */
+static size_t items_pos(const struct api_caches *c, const struct api_cache *cache)
+{
+	size_t lo = 0, hi = c->n_items;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (api_cache_cmp(c->items[mid], cache) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 static struct api_cache *find_locked(struct api_caches *c, const char *id, size_t *ret_index)
 {
-	for (size_t i = 0; i < c->n_items; i++)
-		if (strcmp(c->items[i]->id, id) == 0) {
-			if (ret_index)
-				*ret_index = i;
-			return c->items[i];
-		}
-	return NULL;
+	bool found;
+	size_t pos = by_id_pos(c, id, &found);
+
+	if (!found)
+		return NULL;
+	if (ret_index)
+		*ret_index = items_pos(c, c->by_id[pos]);
+	return c->by_id[pos];
+}
+
+static int grow_locked(struct api_caches *c, imc_error *err)
+{
+	size_t cap = c->cap_items ? c->cap_items * 2 : 64;
+	struct api_cache **items = realloc(c->items, cap * sizeof(*items));
+	struct api_cache **by_id;
+
+	if (!items)
+		return imc_err(err, ENOMEM, "out of memory");
+	c->items = items;
+	by_id = realloc(c->by_id, cap * sizeof(*by_id));
+	if (!by_id)
+		return imc_err(err, ENOMEM, "out of memory");
+	c->by_id = by_id;
+	c->cap_items = cap;
+	return 0;
 }
 
 static int insert_locked(struct api_caches *c, struct api_cache *cache, imc_error *err)
 {
-	size_t pos = c->n_items;
+	size_t pos = c->n_items, id_pos;
+	bool found;
 
-	if (c->n_items == c->cap_items) {
-		size_t cap = c->cap_items ? c->cap_items * 2 : 64;
-		struct api_cache **items = realloc(c->items, cap * sizeof(*items));
-		if (!items)
-			return imc_err(err, ENOMEM, "out of memory");
-		c->items = items;
-		c->cap_items = cap;
-	}
+	if (c->n_items == c->cap_items && grow_locked(c, err) < 0)
+		return -ENOMEM;
 	/* New caches are nearly always the newest: walk back from the end. */
 	while (pos > 0 && api_cache_cmp(c->items[pos - 1], cache) > 0)
 		pos--;
+	id_pos = by_id_pos(c, cache->id, &found);
 	memmove(c->items + pos + 1, c->items + pos, (c->n_items - pos) * sizeof(*c->items));
 	c->items[pos] = cache;
+	memmove(c->by_id + id_pos + 1, c->by_id + id_pos,
+		(c->n_items - id_pos) * sizeof(*c->by_id));
+	c->by_id[id_pos] = cache;
 	c->n_items++;
 	cache->day_seconds = c->day_seconds;
 	return 0;
@@ -107,14 +163,27 @@ static int insert_locked(struct api_caches *c, struct api_cache *cache, imc_erro
 
 static void remove_locked(struct api_caches *c, size_t index)
 {
+	bool found;
+	size_t id_pos = by_id_pos(c, c->items[index]->id, &found);
+
 	memmove(c->items + index, c->items + index + 1,
 		(c->n_items - index - 1) * sizeof(*c->items));
+	if (found)
+		memmove(c->by_id + id_pos, c->by_id + id_pos + 1,
+			(c->n_items - id_pos - 1) * sizeof(*c->by_id));
 	c->n_items--;
 }
 
 static int cmp_items(const void *a, const void *b)
 {
 	return api_cache_cmp(*(struct api_cache *const *)a, *(struct api_cache *const *)b);
+}
+
+/* Every status change: the rendered API object of the cache is stale from here. */
+static void set_status_locked(struct api_cache *cache, enum api_cache_status status)
+{
+	cache->status = status;
+	api_cache_touch(cache);
 }
 
 /* ---- metadata files ---------------------------------------------------------------------------
@@ -378,7 +447,7 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 	imc_error e = {0};
 
 	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
-	cache->status = API_CACHE_EXPIRED;
+	set_status_locked(cache, API_CACHE_EXPIRED);
 	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
 	if (persist(c, cache, &e) < 0)
 		report(repairs, "%s", e.msg);
@@ -461,6 +530,7 @@ static void on_progress(void *ctx, uint64_t done, uint64_t total)
 		api_metrics_add_pull_bytes(&p->caches->metrics, done - p->cache->progress_done);
 	p->cache->progress_done = done;
 	p->cache->progress_total = total;
+	api_cache_touch(p->cache);
 	pthread_mutex_unlock(&p->caches->lock);
 }
 
@@ -497,14 +567,15 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 		ready_message(manifest, info.size, msg, sizeof(msg));
 	pthread_mutex_lock(&c->lock);
 	if (build_r == 0) {
-		cache->status = API_CACHE_READY;
+		set_status_locked(cache, API_CACHE_READY);
 		cache->manifest = json_incref(manifest);
 		cache->size = info.size;
 		cache->ready_at = imc_now();
+		api_cache_touch(cache);
 		event_locked(cache, "Ready", "%s", msg);
 	} else {
 		if (api_cache_set_failed(cache, build_msg, NULL) < 0)
-			cache->status = API_CACHE_FAILED; /* no memory for the message */
+			set_status_locked(cache, API_CACHE_FAILED); /* no memory for the message */
 		event_locked(cache, "Failed", "%s", build_msg);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -702,10 +773,10 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	pthread_mutex_lock(&c->lock);
 	cache = find_locked(c, id, NULL);
 	if (cache && r < 0 && r != -ENOENT) {
-		cache->status = cache->status_before;
+		set_status_locked(cache, cache->status_before);
 		event_locked(cache, "ExpireFailed", "%s", e.msg);
 	} else if (cache) {
-		cache->status = API_CACHE_EXPIRED;
+		set_status_locked(cache, API_CACHE_EXPIRED);
 		event_locked(cache, type, "%s", why);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -739,7 +810,7 @@ static bool claim_expired(struct api_caches *c, int64_t now, char id[API_ID_MAX]
 		if (!removable_locked(cache) || exp == 0 || now < exp)
 			continue;
 		cache->status_before = cache->status;
-		cache->status = API_CACHE_DELETING;
+		set_status_locked(cache, API_CACHE_DELETING);
 		memcpy(id, cache->id, API_ID_MAX);
 		found = true;
 	}
@@ -766,7 +837,7 @@ static bool claim_lru(struct api_caches *c, char id[API_ID_MAX])
 	}
 	if (best) {
 		best->status_before = best->status;
-		best->status = API_CACHE_DELETING;
+		set_status_locked(best, API_CACHE_DELETING);
 		memcpy(id, best->id, API_ID_MAX);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -860,6 +931,7 @@ static void free_caches(struct api_caches *c)
 	for (size_t i = 0; i < c->n_items; i++)
 		api_cache_free(c->items[i]);
 	free(c->items);
+	free(c->by_id);
 	free(c->blob_dir);
 	if (c->meta_dirfd >= 0)
 		close(c->meta_dirfd);
@@ -1209,23 +1281,62 @@ int api_caches_create(struct api_caches *c, const struct api_caller *who,
 	return 0;
 }
 
-int api_caches_get(struct api_caches *c, const struct api_caller *who, const char *id, json_t **ret,
-		   imc_error *err)
+/* A malloc'ed copy of a rendered object with a newline: the body of a GET. */
+static int copy_body(const char *json, size_t len, char **ret, size_t *ret_len, imc_error *err)
+{
+	char *b = malloc(len + 2);
+
+	if (!b)
+		return imc_err(err, ENOMEM, "out of memory");
+	memcpy(b, json, len);
+	b[len] = '\n';
+	b[len + 1] = '\0';
+	*ret = b;
+	*ret_len = len + 1;
+	return 0;
+}
+
+int api_caches_get_body(struct api_caches *c, const struct api_caller *who, const char *id,
+			char **ret, size_t *ret_len, imc_error *err)
 {
 	struct api_cache *cache;
-	json_t *j = NULL;
+	const char *json = NULL;
+	size_t len = 0;
+	int r = 0;
 
 	pthread_mutex_lock(&c->lock);
 	cache = find_visible_locked(c, tenant_of(who), id, NULL);
-	if (cache)
-		j = api_cache_to_json(cache);
-	pthread_mutex_unlock(&c->lock);
 	if (!cache)
-		return not_found(err, id);
+		r = not_found(err, id);
+	else if (api_cache_rendered(cache, &json, &len) < 0)
+		r = imc_err(err, ENOMEM, "out of memory");
+	else
+		r = copy_body(json, len, ret, ret_len, err);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* A body back into JSON (for callers that want a json_t, not the server). */
+static int body_to_json(char *body, size_t len, json_t **ret, imc_error *err)
+{
+	json_error_t jerr;
+	json_t *j = json_loadb(body, len, 0, &jerr);
+
+	free(body);
 	if (!j)
-		return imc_err(err, ENOMEM, "out of memory");
+		return imc_err(err, ENOMEM, "rendered object: %s", jerr.text);
 	*ret = j;
 	return 0;
+}
+
+int api_caches_get(struct api_caches *c, const struct api_caller *who, const char *id, json_t **ret,
+		   imc_error *err)
+{
+	char *body = NULL;
+	size_t len = 0;
+	int r = api_caches_get_body(c, who, id, &body, &len, err);
+
+	return r < 0 ? r : body_to_json(body, len, ret, err);
 }
 
 /* ---- match=best -------------------------------------------------------------------------------
@@ -1323,17 +1434,29 @@ static int list_best(struct api_caches *c, const char *tenant, const struct api_
 	return 0;
 }
 
+int api_caches_list_body(struct api_caches *c, const struct api_caller *who,
+			 const struct api_list_query *q, char **ret, size_t *ret_len,
+			 imc_error *err)
+{
+	int r;
+
+	pthread_mutex_lock(&c->lock);
+	r = api_list_page_body(c->items, c->n_items, tenant_of(who), q, ret, ret_len, err);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
 int api_caches_list(struct api_caches *c, const struct api_caller *who,
 		    const struct api_list_query *q, json_t **ret, imc_error *err)
 {
+	char *body = NULL;
+	size_t len = 0;
 	int r;
 
 	if (q->match_best)
 		return list_best(c, tenant_of(who), q, ret, err);
-	pthread_mutex_lock(&c->lock);
-	r = api_list_page_tenant(c->items, c->n_items, tenant_of(who), q, ret, err);
-	pthread_mutex_unlock(&c->lock);
-	return r;
+	r = api_caches_list_body(c, who, q, &body, &len, err);
+	return r < 0 ? r : body_to_json(body, len, ret, err);
 }
 
 /* ---- delete -----------------------------------------------------------------------------------
@@ -1365,8 +1488,9 @@ static int claim_for_delete(struct api_caches *c, const char *tenant, const char
 			    id, cache->n_attachments, cache->attachments[0].id);
 	if (r == 0) {
 		cache->deleting = true;
+		api_cache_touch(cache);
 		cache->status_before = cache->status;
-		cache->status = API_CACHE_DELETING;
+		set_status_locked(cache, API_CACHE_DELETING);
 		event_locked(cache, "Deleting", "%s",
 			     cache->n_attachments ? "delete forced with clones attached"
 						  : "delete");
@@ -1387,7 +1511,8 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 		remove_locked(c, index);
 	} else if (cache) {
 		cache->deleting = false;
-		cache->status = cache->status_before;
+		api_cache_touch(cache);
+		set_status_locked(cache, cache->status_before);
 	}
 	pthread_mutex_unlock(&c->lock);
 	if (deleted)
@@ -1522,6 +1647,7 @@ static int attach_locked(struct api_caches *c, struct api_cache *cache, const ch
 	}
 	cache->n_attachments++;
 	cache->last_used_at = a->at;
+	api_cache_touch(cache);
 	event_locked(cache, "Attached", "%s%s%s", aid, a->host ? " on " : "",
 		     a->host ? a->host : "");
 	*ret_status = 201;
@@ -1579,6 +1705,7 @@ int api_caches_detach(struct api_caches *c, const struct api_caller *who, const 
 			(cache->n_attachments - i - 1) * sizeof(*cache->attachments));
 		cache->n_attachments--;
 		cache->last_used_at = imc_now();
+		api_cache_touch(cache);
 		event_locked(cache, "Detached", "%s", aid);
 	}
 	pthread_mutex_unlock(&c->lock);

@@ -418,6 +418,7 @@ void api_cache_free(struct api_cache *c)
 	free(c->attachments);
 	for (size_t i = 0; i < c->n_events; i++)
 		free(c->events[i].message);
+	free(c->rendered);
 	free(c);
 }
 
@@ -452,6 +453,7 @@ int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, cons
 		memmove(c->events, c->events + 1, (API_EVENTS_MAX - 1) * sizeof(c->events[0]));
 		c->n_events--;
 	}
+	api_cache_touch(c);
 	e = &c->events[c->n_events++];
 	e->time = now;
 	snprintf(e->type, sizeof(e->type), "%s", type);
@@ -608,6 +610,7 @@ int api_cache_set_failed(struct api_cache *c, const char *message, imc_error *er
 	free(c->status_message);
 	c->status_message = m;
 	c->status = API_CACHE_FAILED;
+	api_cache_touch(c);
 	return 0;
 }
 
@@ -765,6 +768,61 @@ json_t *api_cache_to_json(const struct api_cache *c)
 		r |= set_time(o, "readyAt", c->ready_at);
 	r |= lifecycle_json(o, c);
 	return r == 0 ? steal_pointer(&o) : NULL;
+}
+
+void api_cache_touch(struct api_cache *c)
+{
+	c->gen++;
+}
+
+/* Everything the API object is made of that can change after the cache is created (id, name,
+ * refs and requested data never do). */
+static struct api_cache_stamp stamp_of(const struct api_cache *c)
+{
+	struct api_cache_stamp s;
+
+	memset(&s, 0, sizeof(s)); /* padding too: stamps are compared with memcmp */
+	s.gen = c->gen;
+	s.size = c->size;
+	s.progress_done = c->progress_done;
+	s.progress_total = c->progress_total;
+	s.created_at = c->created_at;
+	s.ready_at = c->ready_at;
+	s.last_used_at = c->last_used_at;
+	s.retention_days = c->retention_days;
+	s.day_seconds = c->day_seconds;
+	s.manifest = c->manifest;
+	s.status_message = c->status_message;
+	s.last_event = c->n_events ? c->events[c->n_events - 1].message : NULL;
+	s.n_attachments = c->n_attachments;
+	s.n_events = c->n_events;
+	s.status = c->status;
+	s.deleting = c->deleting;
+	return s;
+}
+
+int api_cache_rendered(struct api_cache *c, const char **ret, size_t *ret_len)
+{
+	struct api_cache_stamp now = stamp_of(c);
+	_cleanup_json_ json_t *j = NULL;
+	char *s;
+
+	if (c->rendered && memcmp(&now, &c->rendered_stamp, sizeof(now)) == 0) {
+		*ret = c->rendered;
+		*ret_len = c->rendered_len;
+		return 0;
+	}
+	j = api_cache_to_json(c);
+	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	if (!s)
+		return -ENOMEM;
+	free(c->rendered);
+	c->rendered = s;
+	c->rendered_len = strlen(s);
+	c->rendered_stamp = now;
+	*ret = c->rendered;
+	*ret_len = c->rendered_len;
+	return 0;
 }
 
 /* ---- metadata files ---------------------------------------------------------------------------

@@ -325,16 +325,35 @@ static size_t page_start(struct api_cache *const *items, size_t n, const struct 
 	return lo;
 }
 
-static int add_next_token(json_t *page, const struct api_cache *last, imc_error *err)
+static bool owned_by(const struct api_cache *c, const char *tenant)
 {
-	char token[API_PAGE_TOKEN_MAX + 1];
-	int r = api_page_token_encode(last->created_at, last->id, token, sizeof(token), err);
+	return !tenant || strcmp(c->tenant ? c->tenant : API_TENANT_DEFAULT, tenant) == 0;
+}
 
-	if (r < 0)
-		return r;
-	if (json_object_set_new(page, "nextPageToken", json_string(token)) < 0)
-		return imc_err(err, ENOMEM, "out of memory");
-	return 0;
+/* The items of one page (at most limit, in list order) into sel; *ret_more: matching items
+ * follow. */
+static size_t page_select(struct api_cache *const *items, size_t n, const char *tenant,
+			  const struct api_list_query *q, size_t limit, struct api_cache **sel,
+			  bool *ret_more)
+{
+	size_t count = 0;
+
+	*ret_more = false;
+	for (size_t i = page_start(items, n, q); i < n; i++) {
+		if (!owned_by(items[i], tenant) || !api_cache_matches(items[i], q))
+			continue;
+		if (count == limit) {
+			*ret_more = true;
+			break;
+		}
+		sel[count++] = items[i];
+	}
+	return count;
+}
+
+static size_t page_limit(const struct api_list_query *q)
+{
+	return q->limit ? q->limit : API_LIST_LIMIT_DEFAULT;
 }
 
 int api_list_page(struct api_cache *const *items, size_t n, const struct api_list_query *q,
@@ -343,42 +362,97 @@ int api_list_page(struct api_cache *const *items, size_t n, const struct api_lis
 	return api_list_page_tenant(items, n, NULL, q, ret, err);
 }
 
-static bool owned_by(const struct api_cache *c, const char *tenant)
-{
-	return !tenant || strcmp(c->tenant ? c->tenant : API_TENANT_DEFAULT, tenant) == 0;
-}
-
 int api_list_page_tenant(struct api_cache *const *items, size_t n, const char *tenant,
 			 const struct api_list_query *q, json_t **ret, imc_error *err)
 {
-	_cleanup_json_ json_t *arr = json_array();
-	_cleanup_json_ json_t *page = NULL;
-	const struct api_cache *last = NULL;
-	size_t limit = q->limit ? q->limit : API_LIST_LIMIT_DEFAULT;
-	bool more = false;
-	int r;
+	_cleanup_free_ char *body = NULL;
+	json_error_t jerr;
+	size_t len = 0;
+	json_t *page;
+	int r = api_list_page_body(items, n, tenant, q, &body, &len, err);
 
-	if (!arr)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (size_t i = page_start(items, n, q); i < n && !more; i++) {
-		if (!owned_by(items[i], tenant) || !api_cache_matches(items[i], q))
-			continue;
-		if (json_array_size(arr) == limit) {
-			more = true;
-			break;
-		}
-		if (json_array_append_new(arr, api_cache_to_json(items[i])) < 0)
-			return imc_err(err, ENOMEM, "out of memory");
-		last = items[i];
-	}
-	page = json_pack("{s:O}", "items", arr);
-	if (!page)
-		return imc_err(err, ENOMEM, "out of memory");
-	r = more ? add_next_token(page, last, err) : 0;
 	if (r < 0)
 		return r;
-	*ret = steal_pointer(&page);
+	page = json_loadb(body, len, 0, &jerr);
+	if (!page)
+		return imc_err(err, ENOMEM, "list page: %s", jerr.text);
+	*ret = page;
 	return 0;
+}
+
+/* The bytes of a page: {"items":[ + items joined by "," + ]} or ],"nextPageToken":"…"} + a
+ * newline, exactly what json_dumps(JSON_COMPACT) of the page object gives. */
+#define PAGE_HEAD "{\"items\":["
+#define PAGE_NEXT "],\"nextPageToken\":\""
+#define PAGE_TAIL "]}\n"
+
+static int render_items(struct api_cache **sel, size_t count, const char **parts, size_t *lens,
+			size_t *ret_total, imc_error *err)
+{
+	size_t total = 0;
+
+	for (size_t i = 0; i < count; i++) {
+		if (api_cache_rendered(sel[i], &parts[i], &lens[i]) < 0)
+			return imc_err(err, ENOMEM, "out of memory");
+		total += lens[i] + 1;
+	}
+	*ret_total = total;
+	return 0;
+}
+
+/* Join the rendered items into the page (token: "" for the last page). */
+static int join_page(const char *const *parts, const size_t *lens, size_t count, size_t total,
+		     const char *token, char **ret, size_t *ret_len, imc_error *err)
+{
+	size_t len = strlen(PAGE_HEAD), tlen = strlen(token);
+	char *out = malloc(len + total + strlen(PAGE_NEXT) + tlen + 1 + strlen(PAGE_TAIL) + 1);
+
+	if (!out)
+		return imc_err(err, ENOMEM, "out of memory");
+	memcpy(out, PAGE_HEAD, len);
+	for (size_t i = 0; i < count; i++) {
+		if (i > 0)
+			out[len++] = ',';
+		memcpy(out + len, parts[i], lens[i]);
+		len += lens[i];
+	}
+	if (tlen) { /* page tokens are lowercase hex: nothing to escape */
+		memcpy(out + len, PAGE_NEXT, strlen(PAGE_NEXT));
+		len += strlen(PAGE_NEXT);
+		memcpy(out + len, token, tlen);
+		len += tlen;
+		memcpy(out + len, "\"}\n", 4);
+		len += 3;
+	} else {
+		memcpy(out + len, PAGE_TAIL, sizeof(PAGE_TAIL));
+		len += strlen(PAGE_TAIL);
+	}
+	*ret = out;
+	*ret_len = len;
+	return 0;
+}
+
+int api_list_page_body(struct api_cache *const *items, size_t n, const char *tenant,
+		       const struct api_list_query *q, char **ret, size_t *ret_len, imc_error *err)
+{
+	size_t limit = page_limit(q), count, total = 0;
+	_cleanup_free_ struct api_cache **sel = calloc(limit, sizeof(*sel));
+	_cleanup_free_ const char **parts = calloc(limit, sizeof(*parts));
+	_cleanup_free_ size_t *lens = calloc(limit, sizeof(*lens));
+	char token[API_PAGE_TOKEN_MAX + 1] = "";
+	bool more;
+	int r;
+
+	if (!sel || !parts || !lens)
+		return imc_err(err, ENOMEM, "out of memory");
+	count = page_select(items, n, tenant, q, limit, sel, &more);
+	r = render_items(sel, count, parts, lens, &total, err);
+	if (r == 0 && more)
+		r = api_page_token_encode(sel[count - 1]->created_at, sel[count - 1]->id, token,
+					  sizeof(token), err);
+	if (r < 0)
+		return r;
+	return join_page(parts, lens, count, total, token, ret, ret_len, err);
 }
 
 /* ---- match=best -------------------------------------------------------------------------------

@@ -4,13 +4,14 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <microhttpd.h>
 
 #include "api.h"
 #include "auth.h"
 
-#define SERVER_THREADS_DEFAULT	4
+#define SERVER_THREADS_MAX	64
 #define SERVER_CONNECTION_LIMIT 1024
 #define SERVER_IDLE_TIMEOUT_S	30
 #define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
@@ -130,6 +131,35 @@ struct query {
 	bool too_many;
 };
 
+/* The hot reads: GET /v1/imagecaches/{id} and the list (but match=best) are answered with the
+ * bytes kept rendered per cache, without a json_t.  Returns false when the request is not one
+ * of them. */
+static bool read_body(struct api_caches *c, const struct api_caller *who, enum api_method m,
+		      const struct api_match *match, const struct query *query,
+		      struct api_response *ret, imc_error *err, int *ret_r)
+{
+	struct api_list_query q;
+
+	if (!c || m != API_METHOD_GET)
+		return false;
+	if (match->route == API_ROUTE_CACHE && imc_name_valid(match->id, API_ID_MAX - 1)) {
+		*ret_r = api_caches_get_body(c, who, match->id, &ret->body, &ret->body_len, err);
+		return true;
+	}
+	if (match->route != API_ROUTE_CACHES || query->too_many)
+		return false;
+	*ret_r = api_list_query_parse(query->args, query->n, &q, err);
+	if (*ret_r < 0)
+		return true;
+	if (q.match_best) {
+		api_list_query_free(&q);
+		return false;
+	}
+	*ret_r = api_caches_list_body(c, who, &q, &ret->body, &ret->body_len, err);
+	api_list_query_free(&q);
+	return true;
+}
+
 static int dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
 		    const struct api_match *match, const struct query *query, const char *body,
 		    size_t len, json_t **ret, unsigned *ret_status, imc_error *err)
@@ -180,6 +210,7 @@ void api_handle_args(struct api_caches *c, const struct api_caller *who, const c
 	char msg[256];
 	imc_error err = {0};
 	unsigned status;
+	int r = 0;
 
 	*ret = (struct api_response){0};
 	api_route_match(url, &match);
@@ -196,6 +227,11 @@ void api_handle_args(struct api_caches *c, const struct api_caller *who, const c
 		answer_error(ret, 413, "PayloadTooLarge", msg);
 	} else if (match.route == API_ROUTE_METRICS) {
 		answer_metrics(c, ret);
+	} else if (read_body(c, who, m, &match, &query, ret, &err, &r)) {
+		if (r < 0)
+			answer_errno(ret, &err);
+		else
+			ret->status = 200;
 	} else if (dispatch(c, who, m, &match, &query, body, len, &j, &status, &err) < 0) {
 		answer_errno(ret, &err);
 	} else {
@@ -303,8 +339,9 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 {
 	struct MHD_Response *r;
 	enum MHD_Result ok;
-	size_t len = resp->body ? strlen(resp->body) : 0;
+	size_t len = resp->body_len ? resp->body_len : resp->body ? strlen(resp->body) : 0;
 
+	/* MUST_FREE hands the buffer over: MHD sends it as it is and frees it, no copy. */
 	r = MHD_create_response_from_buffer(len, resp->body, MHD_RESPMEM_MUST_FREE);
 	if (!r) {
 		free(resp->body);
@@ -473,10 +510,19 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	imc_warn("http: %s", msg);
 }
 
+/* One thread per CPU: more threads than CPUs only queue behind each other (on 2 CPUs, 4
+ * threads had a p99 of 83 ms for GET /v1/imagecaches/{id} where 2 threads had 4 ms). */
+static unsigned default_threads(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > SERVER_THREADS_MAX ? SERVER_THREADS_MAX : (unsigned)n;
+}
+
 static struct MHD_Daemon *start_daemon(struct api_server *s, const struct api_server_config *cfg,
 				       const struct api_tls *tls)
 {
-	unsigned threads = cfg->threads ? cfg->threads : SERVER_THREADS_DEFAULT;
+	unsigned threads = cfg->threads ? cfg->threads : default_threads();
 	unsigned flags =
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
 	struct MHD_OptionItem tls_opts[] = {

@@ -1146,6 +1146,161 @@ START_TEST(list_tenant_and_shared_layers)
 }
 END_TEST
 
+/* ---- rendered objects (the bytes GET answers, kept per cache) ---------------------------------
+ */
+
+/* What the rendered bytes must be: the compact dump of api_cache_to_json now. */
+static void expect_rendered_fresh(struct api_cache *c)
+{
+	json_t *j = api_cache_to_json(c);
+	char *want = json_dumps(j, JSON_COMPACT);
+	const char *got = NULL;
+	size_t len = 0;
+
+	ck_assert_int_eq(api_cache_rendered(c, &got, &len), 0);
+	ck_assert_uint_eq(len, strlen(want));
+	ck_assert_str_eq(got, want);
+	free(want);
+	json_decref(j);
+}
+
+START_TEST(rendered_kept_until_a_change)
+{
+	struct api_cache *c = new_cache("web", 1795000000);
+	const char *first = NULL, *again = NULL;
+	size_t len = 0;
+	uint64_t gen;
+
+	ck_assert_int_eq(api_cache_rendered(c, &first, &len), 0);
+	ck_assert_int_eq(api_cache_rendered(c, &again, &len), 0);
+	ck_assert_ptr_eq(first, again); /* nothing changed: not rendered again */
+	expect_rendered_fresh(c);
+
+	/* An event (also the 51st, which drops the oldest and keeps the count at 50). */
+	gen = c->gen;
+	ck_assert_int_eq(api_cache_add_event(c, 1795000001, "Note", "first note"), 0);
+	ck_assert_uint_gt(c->gen, gen);
+	expect_rendered_fresh(c);
+	ck_assert_ptr_nonnull(strstr(c->rendered, "first note"));
+	for (int i = 0; i < API_EVENTS_MAX; i++)
+		ck_assert_int_eq(api_cache_add_event(c, 1795000002, "Note", "note %d", i), 0);
+	expect_rendered_fresh(c);
+	ck_assert_ptr_nonnull(strstr(c->rendered, "note 49"));
+	ck_assert_ptr_null(strstr(c->rendered, "first note"));
+
+	/* Build progress, then Ready with a manifest. */
+	c->progress_done = 50;
+	c->progress_total = 200;
+	expect_rendered_fresh(c);
+	ck_assert_ptr_nonnull(strstr(c->rendered, "\"percent\":25"));
+	c->status = API_CACHE_READY;
+	c->ready_at = 1795000042;
+	c->size = 4096;
+	c->manifest = load("{\"images\":[{\"ref\":\"127.0.0.1:5000/busybox:1.36\","
+			   "\"digest\":\"sha256:aa\"}]}");
+	expect_rendered_fresh(c);
+	ck_assert_ptr_nonnull(strstr(c->rendered, "\"status\":\"Ready\""));
+	ck_assert_ptr_nonnull(strstr(c->rendered, "sha256:aa"));
+
+	/* An attach: the count, lastUsedAt and expiresAt (computed from it) move. */
+	c->attachments = calloc(1, sizeof(*c->attachments));
+	ck_assert_ptr_nonnull(c->attachments);
+	snprintf(c->attachments[0].id, sizeof(c->attachments[0].id), "att-0000000000000001");
+	c->n_attachments = 1;
+	c->last_used_at = 1795100000;
+	expect_rendered_fresh(c);
+	ck_assert_ptr_nonnull(strstr(c->rendered, "\"attachments\":1"));
+	ck_assert_ptr_nonnull(strstr(c->rendered, "\"lastUsedAt\":\"2026-11-19T14:53:20Z\""));
+
+	/* A touch alone re-renders (a change of something the stamp does not hold). */
+	first = c->rendered;
+	api_cache_touch(c);
+	ck_assert_int_eq(api_cache_rendered(c, &again, &len), 0);
+	ck_assert_uint_eq(len, strlen(again));
+
+	/* Failed: status and message. */
+	ck_assert_int_eq(api_cache_set_failed(c, "disk on fire", NULL), 0);
+	expect_rendered_fresh(c);
+	ck_assert_ptr_nonnull(strstr(c->rendered, "\"statusMessage\":\"disk on fire\""));
+	api_cache_free(c);
+}
+END_TEST
+
+/* The old way of building a page: a json_t tree, dumped. */
+static char *page_as_tree(struct api_cache **items, size_t n, size_t limit)
+{
+	json_t *page = json_pack("{s:[]}", "items");
+	size_t i, n_s;
+	char *s, *t;
+
+	for (i = 0; i < n && i < limit; i++)
+		json_array_append_new(json_object_get(page, "items"), api_cache_to_json(items[i]));
+	if (n > limit) {
+		char token[API_PAGE_TOKEN_MAX + 1];
+		ck_assert_int_eq(api_page_token_encode(items[limit - 1]->created_at,
+						       items[limit - 1]->id, token, sizeof(token),
+						       NULL),
+				 0);
+		json_object_set_new(page, "nextPageToken", json_string(token));
+	}
+	s = json_dumps(page, JSON_COMPACT);
+	json_decref(page);
+	n_s = strlen(s);
+	t = realloc(s, n_s + 2);
+	ck_assert_ptr_nonnull(t);
+	t[n_s] = '\n';
+	t[n_s + 1] = '\0';
+	return t;
+}
+
+START_TEST(list_body_same_bytes_as_tree)
+{
+	struct api_cache *items[3];
+	imc_error err;
+
+	for (int i = 0; i < 3; i++) {
+		char id[API_ID_MAX];
+		snprintf(id, sizeof(id), "imc-00000000000000c%d", i);
+		items[i] = new_cache(i == 1 ? "b\"quoted\\\u00e9" : "a", 1795000000 + i);
+		snprintf(items[i]->id, sizeof(items[i]->id), "%s", id);
+		api_cache_touch(items[i]);
+	}
+	items[2]->status = API_CACHE_READY;
+	for (size_t limit = 1; limit <= 4; limit++) {
+		struct api_list_query q = {.limit = limit};
+		char *want = page_as_tree(items, 3, limit), *got = NULL;
+		size_t len = 0;
+
+		ck_assert_int_eq(api_list_page_body(items, 3, NULL, &q, &got, &len, &err), 0);
+		ck_assert_uint_eq(len, strlen(got));
+		ck_assert_str_eq(got, want);
+		free(got);
+		free(want);
+	}
+	{ /* nothing matches: an empty page */
+		struct api_list_query q = {.limit = 10, .name = "nobody"};
+		char *got = NULL;
+		size_t len = 0;
+
+		ck_assert_int_eq(api_list_page_body(items, 3, NULL, &q, &got, &len, &err), 0);
+		ck_assert_str_eq(got, "{\"items\":[]}\n");
+		free(got);
+	}
+	{ /* a change shows in the next page */
+		struct api_list_query q = {.limit = 10};
+		char *got = NULL;
+		size_t len = 0;
+
+		ck_assert_int_eq(api_cache_add_event(items[0], 1795000100, "Note", "seen?"), 0);
+		ck_assert_int_eq(api_list_page_body(items, 3, NULL, &q, &got, &len, &err), 0);
+		ck_assert_ptr_nonnull(strstr(got, "seen?"));
+		free(got);
+	}
+	for (int i = 0; i < 3; i++)
+		api_cache_free(items[i]);
+}
+END_TEST
+
 /* ---- metrics ----------------------------------------------------------------------------------
  */
 
@@ -1747,6 +1902,8 @@ static Suite *api_suite(void)
 	tcase_add_test(t, list_page_slicing);
 	tcase_add_test(t, list_page_deleted_token);
 	tcase_add_test(t, list_handle_bad_query);
+	tcase_add_test(t, rendered_kept_until_a_change);
+	tcase_add_test(t, list_body_same_bytes_as_tree);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("metrics");
