@@ -10,12 +10,21 @@ IMC_BIN=${IMC_BIN:-$PWD/build/check}
 export IMC_BIN
 
 # /tmp on a real disk: pool files, registry blobs and images do not fit the guest's RAM, and
-# O_DIRECT and reflinks need a real filesystem.
+# O_DIRECT and reflinks need a real filesystem.  A tree that lives under /tmp itself (a CI clone
+# in /tmp/...) is shared at that path: it is carried over the new /tmp with a bind mount.
+repo=$PWD
+case $repo in
+/tmp/*) mkdir -p /run/imc-repo && mount --bind "$repo" /run/imc-repo || exit 1 ;;
+*) repo= ;;
+esac
 if ! { mkfs.xfs -q -f -m reflink=1 /dev/vda && mount -o noatime /dev/vda /tmp; }; then
 	echo "cannot put /tmp on /dev/vda" >&2
 	exit 1
 fi
 chmod 1777 /tmp
+if [ -n "$repo" ]; then
+	mkdir -p "$repo" && mount --bind /run/imc-repo "$repo" && cd "$repo" || exit 1
+fi
 export TMPDIR=/tmp
 
 failed=()
@@ -37,6 +46,7 @@ if [ "${IMC_VM_E2E:-1}" = 1 ]; then
 	step "end to end (thin)" bash tests/vm/test_thin_e2e.sh
 fi
 cd / || exit 1
+[ -z "$repo" ] || umount "$repo" /run/imc-repo 2>/dev/null || true
 umount /tmp 2>/dev/null || umount -l /tmp
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "VM suite: failed: ${failed[*]}"
