@@ -84,6 +84,97 @@ void api_create_request_free(struct api_create_request *r)
 	memset(r, 0, sizeof(*r));
 }
 
+#define ENTRY_CTX_MAX 32
+
+/* Copy a string field (already type- and length-checked) or leave *ret NULL when absent. */
+static int dup_field(const char *v, char **ret, imc_error *err)
+{
+	if (!v)
+		return 0;
+	*ret = strdup(v);
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+static int data_set(struct api_data *d, const char *source, const char *path, const char *sha256,
+		    imc_error *err)
+{
+	int r = dup_field(source, &d->source, err);
+
+	if (r == 0)
+		r = dup_field(path, &d->path, err);
+	if (r == 0)
+		r = dup_field(sha256, &d->sha256, err);
+	return r;
+}
+
+static int credential_set(struct api_credential *c, const char *registry, const char *user,
+			  const char *pass, const char *token, imc_error *err)
+{
+	int r = dup_field(registry, &c->registry, err);
+
+	if (r == 0)
+		r = dup_field(user, &c->username, err);
+	if (r == 0)
+		r = dup_field(pass, &c->password, err);
+	if (r == 0)
+		r = dup_field(token, &c->token, err);
+	return r;
+}
+
+/* The fields of a data entry, in the request and in metadata alike. */
+static int get_data_fields(json_t *entry, const char *ctx, const char **ret_source,
+			   const char **ret_path, const char **ret_sha, imc_error *err)
+{
+	int r = imc_json_get_string(entry, "source", true, BUILDER_DATA_SOURCE_MAX, ctx, ret_source,
+				    err);
+
+	if (r == 0)
+		r = imc_json_get_string(entry, "path", true, BUILDER_DATA_NAME_MAX, ctx, ret_path,
+					err);
+	if (r == 0)
+		r = imc_json_get_string(entry, "sha256", false, IMC_SHA256_HEX_LEN, ctx, ret_sha,
+					err);
+	return r;
+}
+
+/* Entry index of array key must be an object with only the given fields; ctx gets its name
+ * ("key[index]") for messages. */
+static int check_entry(json_t *entry, const char *key, size_t index, const char *const *fields,
+		       char ctx[static ENTRY_CTX_MAX], imc_error *err)
+{
+	snprintf(ctx, ENTRY_CTX_MAX, "%s[%zu]", key, index);
+	if (!json_is_object(entry))
+		return imc_err(err, EINVAL, "%s: want an object", ctx);
+	return imc_json_check_fields(entry, fields, ctx, err);
+}
+
+/* An optional array field of at most max entries; *ret stays NULL when it is absent. */
+static int get_capped_array(json_t *body, const char *key, size_t max, json_t **ret, imc_error *err)
+{
+	int r = imc_json_get_array(body, key, false, SIZE_MAX, NULL, ret, err);
+
+	if (r < 0 || !*ret)
+		return r;
+	if (json_array_size(*ret) > max)
+		return imc_err(err, EINVAL, "%s: at most %zu entries, got %zu", key, max,
+			       json_array_size(*ret));
+	return 0;
+}
+
+typedef int (*parse_entry_fn)(json_t *entry, size_t index, struct api_create_request *req,
+			      imc_error *err);
+
+static int parse_each(json_t *array, parse_entry_fn parse, struct api_create_request *req,
+		      imc_error *err)
+{
+	for (size_t i = 0; i < json_array_size(array); i++) {
+		int r = parse(json_array_get(array, i), i, req, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static int parse_name(json_t *body, struct api_create_request *req, imc_error *err)
 {
 	const char *name = NULL;
@@ -103,13 +194,9 @@ static int parse_image(json_t *image, size_t index, struct api_create_request *r
 	static const char *const fields[] = {"ref", NULL};
 	struct builder_ref parsed = {0};
 	const char *ref = NULL;
-	char ctx[32];
-	int r;
+	char ctx[ENTRY_CTX_MAX];
+	int r = check_entry(image, "images", index, fields, ctx, err);
 
-	snprintf(ctx, sizeof(ctx), "images[%zu]", index);
-	if (!json_is_object(image))
-		return imc_err(err, EINVAL, "%s: want an object", ctx);
-	r = imc_json_check_fields(image, fields, ctx, err);
 	if (r == 0)
 		r = imc_json_get_string(image, "ref", true, API_REF_MAX, ctx, &ref, err);
 	if (r < 0)
@@ -149,21 +236,7 @@ static int parse_images(json_t *body, struct api_create_request *req, imc_error 
 	req->refs = calloc(json_array_size(images), sizeof(*req->refs));
 	if (!req->refs)
 		return imc_err(err, ENOMEM, "out of memory");
-	for (size_t i = 0; i < json_array_size(images); i++) {
-		r = parse_image(json_array_get(images, i), i, req, err);
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
-/* Copy a string field (already type- and length-checked) or leave *ret NULL when absent. */
-static int dup_field(const char *v, char **ret, imc_error *err)
-{
-	if (!v)
-		return 0;
-	*ret = strdup(v);
-	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	return parse_each(images, parse_image, req, err);
 }
 
 static int parse_data_entry(json_t *entry, size_t index, struct api_create_request *req,
@@ -171,22 +244,11 @@ static int parse_data_entry(json_t *entry, size_t index, struct api_create_reque
 {
 	static const char *const fields[] = {"source", "path", "sha256", NULL};
 	const char *source = NULL, *path = NULL, *sha = NULL;
-	struct api_data *d = &req->data[req->n_data];
-	char ctx[32];
-	int r;
+	char ctx[ENTRY_CTX_MAX];
+	int r = check_entry(entry, "data", index, fields, ctx, err);
 
-	snprintf(ctx, sizeof(ctx), "data[%zu]", index);
-	if (!json_is_object(entry))
-		return imc_err(err, EINVAL, "%s: want an object", ctx);
-	r = imc_json_check_fields(entry, fields, ctx, err);
 	if (r == 0)
-		r = imc_json_get_string(entry, "source", true, BUILDER_DATA_SOURCE_MAX, ctx,
-					&source, err);
-	if (r == 0)
-		r = imc_json_get_string(entry, "path", true, BUILDER_DATA_NAME_MAX, ctx, &path,
-					err);
-	if (r == 0)
-		r = imc_json_get_string(entry, "sha256", false, IMC_SHA256_HEX_LEN, ctx, &sha, err);
+		r = get_data_fields(entry, ctx, &source, &path, &sha, err);
 	if (r < 0)
 		return r;
 	r = builder_data_check(
@@ -199,34 +261,17 @@ static int parse_data_entry(json_t *entry, size_t index, struct api_create_reque
 		if (strcmp(req->data[i].path, path) == 0)
 			return imc_err(err, EINVAL, "%s.path: %s is already data[%zu]", ctx, path,
 				       i);
-	req->n_data++;
-	r = dup_field(source, &d->source, err);
-	if (r == 0)
-		r = dup_field(path, &d->path, err);
-	if (r == 0)
-		r = dup_field(sha, &d->sha256, err);
-	return r;
+	return data_set(&req->data[req->n_data++], source, path, sha, err);
 }
 
 static int parse_data(json_t *body, struct api_create_request *req, imc_error *err)
 {
 	json_t *data = NULL;
-	int r = imc_json_get_array(body, "data", false, SIZE_MAX, NULL, &data, err);
+	int r = get_capped_array(body, "data", API_DATA_MAX, &data, err);
 
-	if (r < 0 || !data)
-		return r;
-	if (json_array_size(data) > API_DATA_MAX)
-		return imc_err(err, EINVAL, "data: at most %d entries, got %zu", API_DATA_MAX,
-			       json_array_size(data));
-	req->data = calloc(json_array_size(data) + 1, sizeof(*req->data));
-	if (!req->data)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (size_t i = 0; i < json_array_size(data); i++) {
-		r = parse_data_entry(json_array_get(data, i), i, req, err);
-		if (r < 0)
-			return r;
-	}
-	return 0;
+	if (r == 0 && data && !(req->data = calloc(json_array_size(data) + 1, sizeof(*req->data))))
+		r = imc_err(err, ENOMEM, "out of memory");
+	return r < 0 || !data ? r : parse_each(data, parse_data_entry, req, err);
 }
 
 static int parse_size(json_t *body, struct api_create_request *req, imc_error *err)
@@ -245,14 +290,9 @@ static int parse_credential(json_t *c, size_t index, struct api_create_request *
 {
 	static const char *const fields[] = {"registry", "username", "password", "token", NULL};
 	const char *registry = NULL, *user = NULL, *pass = NULL, *token = NULL;
-	struct api_credential *cred = &req->credentials[req->n_credentials];
-	char ctx[32];
-	int r;
+	char ctx[ENTRY_CTX_MAX];
+	int r = check_entry(c, "credentials", index, fields, ctx, err);
 
-	snprintf(ctx, sizeof(ctx), "credentials[%zu]", index);
-	if (!json_is_object(c))
-		return imc_err(err, EINVAL, "%s: want an object", ctx);
-	r = imc_json_check_fields(c, fields, ctx, err);
 	if (r == 0)
 		r = imc_json_get_string(c, "registry", true, API_REGISTRY_MAX, ctx, &registry, err);
 	if (r == 0)
@@ -272,36 +312,19 @@ static int parse_credential(json_t *c, size_t index, struct api_create_request *
 		if (strcmp(req->credentials[i].registry, registry) == 0)
 			return imc_err(err, EINVAL, "%s.registry: %s is already credentials[%zu]",
 				       ctx, registry, i);
-	req->n_credentials++;
-	r = dup_field(registry, &cred->registry, err);
-	if (r == 0)
-		r = dup_field(user, &cred->username, err);
-	if (r == 0)
-		r = dup_field(pass, &cred->password, err);
-	if (r == 0)
-		r = dup_field(token, &cred->token, err);
-	return r;
+	return credential_set(&req->credentials[req->n_credentials++], registry, user, pass, token,
+			      err);
 }
 
 static int parse_credentials(json_t *body, struct api_create_request *req, imc_error *err)
 {
 	json_t *creds = NULL;
-	int r = imc_json_get_array(body, "credentials", false, SIZE_MAX, NULL, &creds, err);
+	int r = get_capped_array(body, "credentials", API_CREDS_MAX, &creds, err);
 
-	if (r < 0 || !creds)
-		return r;
-	if (json_array_size(creds) > API_CREDS_MAX)
-		return imc_err(err, EINVAL, "credentials: at most %d entries, got %zu",
-			       API_CREDS_MAX, json_array_size(creds));
-	req->credentials = calloc(json_array_size(creds) + 1, sizeof(*req->credentials));
-	if (!req->credentials)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (size_t i = 0; i < json_array_size(creds); i++) {
-		r = parse_credential(json_array_get(creds, i), i, req, err);
-		if (r < 0)
-			return r;
-	}
-	return 0;
+	if (r == 0 && creds &&
+	    !(req->credentials = calloc(json_array_size(creds) + 1, sizeof(*req->credentials))))
+		r = imc_err(err, ENOMEM, "out of memory");
+	return r < 0 || !creds ? r : parse_each(creds, parse_credential, req, err);
 }
 
 static int parse_lifecycle(json_t *body, struct api_create_request *req, imc_error *err)
@@ -386,10 +409,10 @@ int api_cache_status_parse(const char *s, enum api_cache_status *ret)
 	return -EINVAL;
 }
 
-bool api_cache_id_valid(const char *id)
+/* prefix followed by 16 lowercase hex digits. */
+static bool prefixed_id_valid(const char *id, const char *prefix)
 {
-	static const char prefix[] = API_ID_PREFIX "-";
-	const size_t plen = sizeof(prefix) - 1;
+	const size_t plen = strlen(prefix);
 
 	if (!id || strncmp(id, prefix, plen) != 0 || strlen(id) != plen + 16)
 		return false;
@@ -397,6 +420,11 @@ bool api_cache_id_valid(const char *id)
 		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
 			return false;
 	return true;
+}
+
+bool api_cache_id_valid(const char *id)
+{
+	return prefixed_id_valid(id, API_ID_PREFIX "-");
 }
 
 void api_cache_free(struct api_cache *c)
@@ -424,15 +452,7 @@ void api_cache_free(struct api_cache *c)
 
 bool api_attach_id_valid(const char *id)
 {
-	static const char prefix[] = API_ATTACH_PREFIX "-";
-	const size_t plen = sizeof(prefix) - 1;
-
-	if (!id || strncmp(id, prefix, plen) != 0 || strlen(id) != plen + 16)
-		return false;
-	for (const char *p = id + plen; *p; p++)
-		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-			return false;
-	return true;
+	return prefixed_id_valid(id, API_ATTACH_PREFIX "-");
 }
 
 int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)
@@ -507,12 +527,8 @@ static int copy_data(struct api_cache *c, const struct api_data *data, size_t n,
 	if (!c->data)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (; c->n_data < n; c->n_data++) {
-		struct api_data *d = &c->data[c->n_data];
-		int r = dup_field(data[c->n_data].source, &d->source, err);
-		if (r == 0)
-			r = dup_field(data[c->n_data].path, &d->path, err);
-		if (r == 0)
-			r = dup_field(data[c->n_data].sha256, &d->sha256, err);
+		const struct api_data *from = &data[c->n_data];
+		int r = data_set(&c->data[c->n_data], from->source, from->path, from->sha256, err);
 		if (r < 0) {
 			c->n_data++;
 			return r;
@@ -530,14 +546,8 @@ static int copy_credentials(struct api_cache *c, const struct api_credential *cr
 		return imc_err(err, ENOMEM, "out of memory");
 	for (; c->n_credentials < n; c->n_credentials++) {
 		const struct api_credential *from = &creds[c->n_credentials];
-		struct api_credential *to = &c->credentials[c->n_credentials];
-		int r = dup_field(from->registry, &to->registry, err);
-		if (r == 0)
-			r = dup_field(from->username, &to->username, err);
-		if (r == 0)
-			r = dup_field(from->password, &to->password, err);
-		if (r == 0)
-			r = dup_field(from->token, &to->token, err);
+		int r = credential_set(&c->credentials[c->n_credentials], from->registry,
+				       from->username, from->password, from->token, err);
 		if (r < 0) {
 			c->n_credentials++;
 			return r;
@@ -932,28 +942,16 @@ static int meta_data(json_t *meta, struct api_cache *c, imc_error *err)
 	json_array_foreach(data, i, v)
 	{
 		const char *source = NULL, *path = NULL, *sha = NULL;
-		struct api_data *d = &c->data[i];
 		char ctx[32];
 
 		snprintf(ctx, sizeof(ctx), "data[%zu]", i);
 		if (!json_is_object(v))
 			return imc_err(err, EINVAL, "%s: want an object", ctx);
-		r = imc_json_get_string(v, "source", true, BUILDER_DATA_SOURCE_MAX, ctx, &source,
-					err);
-		if (r == 0)
-			r = imc_json_get_string(v, "path", true, BUILDER_DATA_NAME_MAX, ctx, &path,
-						err);
-		if (r == 0)
-			r = imc_json_get_string(v, "sha256", false, IMC_SHA256_HEX_LEN, ctx, &sha,
-						err);
+		r = get_data_fields(v, ctx, &source, &path, &sha, err);
 		if (r < 0)
 			return r;
 		c->n_data = i + 1;
-		r = dup_field(source, &d->source, err);
-		if (r == 0)
-			r = dup_field(path, &d->path, err);
-		if (r == 0)
-			r = dup_field(sha, &d->sha256, err);
+		r = data_set(&c->data[i], source, path, sha, err);
 		if (r < 0)
 			return r;
 	}

@@ -148,21 +148,6 @@ static void count(struct fetch *f, uint64_t *field, uint64_t n)
 	(void)f;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /* Download one chunk's blob whole, resuming a broken transfer where it stopped. */
 static int download(struct fetch *f, CURL *c, const struct job *j, struct sink *s, imc_error *err)
 {
@@ -234,7 +219,7 @@ static int fetch_one(struct fetch *f, CURL *c, struct registry *reg, const struc
 	}
 	count(f, &f->st->fetched, 1);
 	count(f, &f->st->fetched_bytes, s->buf.len);
-	r = pwrite_all(f->dev_fd, out, j->len, j->e->offset);
+	r = chunk_pwrite_full(f->dev_fd, out, j->len, j->e->offset);
 	if (r < 0)
 		return imc_err_sys(err, -r, "write chunk at offset %" PRIu64, j->e->offset);
 	return 0;
@@ -410,21 +395,6 @@ static const struct known *local_find(const struct local_set *l, const char *dig
 	return bsearch(&key, l->known, l->n_known, sizeof(key), cmp_known);
 }
 
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-
-	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /* Copy the chunks of one local source snapshot (verified: a local disk can rot too). */
 static int copy_local_from(struct fetch *f, const char *src_id, void *buf, imc_error *err)
 {
@@ -438,11 +408,12 @@ static int copy_local_from(struct fetch *f, const char *src_id, void *buf, imc_e
 		struct job *j = &f->jobs[i];
 		if (!j->local || strcmp(j->src_id, src_id) != 0)
 			continue;
-		r = read_full(dev.fd, buf, j->len, j->src_offset);
+		r = chunk_pread_full(dev.fd, buf, j->len, j->src_offset);
 		if (r == 0 && imc_sha256_hex(buf, j->len, hex, err) == 0 &&
 		    strcmp(hex, j->e->digest + 7) != 0)
 			j->local = false; /* changed under us: fetch it instead */
-		else if (r == 0 && (r = pwrite_all(f->dev_fd, buf, j->len, j->e->offset)) == 0) {
+		else if (r == 0 &&
+			 (r = chunk_pwrite_full(f->dev_fd, buf, j->len, j->e->offset)) == 0) {
 			f->st->local++;
 			f->st->local_bytes += j->len;
 		}
@@ -785,7 +756,7 @@ static int write_zero_gaps(struct fetch *f, imc_error *err)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++)
 		for (uint64_t off = g[i].start; off < g[i].end; off += f->ix->chunk_size)
-			if ((r = pwrite_all(f->dev_fd, zero, f->ix->chunk_size, off)) < 0)
+			if ((r = chunk_pwrite_full(f->dev_fd, zero, f->ix->chunk_size, off)) < 0)
 				return imc_err_sys(err, -r, "write zeros at %" PRIu64, off);
 	return 0;
 }

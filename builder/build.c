@@ -270,8 +270,23 @@ static int seal_volume(struct build *b, imc_error *err)
 	return r;
 }
 
-static int too_small(int r, uint64_t size, imc_error *err)
+/* The last steps of every build, once the images are in: the data, /imcache.json, seal. */
+static int finish_volume(struct build *b, const struct builder_opts *o, json_t *manifest,
+			 imc_error *err)
 {
+	int r = fetch_data(b, o, json_object_get(manifest, "data"), err);
+
+	if (r == 0)
+		r = write_manifest(b, manifest, err);
+	if (r == 0)
+		r = seal_volume(b, err);
+	return r;
+}
+
+/* A build that failed (r) names its cache, and says so when the size was too small. */
+static int build_failed(const struct build *b, int r, uint64_t size, imc_error *err)
+{
+	imc_err_wrap(err, "cache %s", b->id);
 	if (r == -ENOSPC && err && !strstr(err->msg, "too small"))
 		imc_err_wrap(err, "size %llu bytes is too small for the content",
 			     (unsigned long long)size);
@@ -293,16 +308,8 @@ static int build_fresh(struct build *b, const struct builder_opts *o, uint64_t s
 	if (r == 0)
 		r = apply_images(b, o, json_object_get(manifest, "images"), err);
 	if (r == 0)
-		r = fetch_data(b, o, json_object_get(manifest, "data"), err);
-	if (r == 0)
-		r = write_manifest(b, manifest, err);
-	if (r == 0)
-		r = seal_volume(b, err);
-	if (r < 0) {
-		imc_err_wrap(err, "cache %s", b->id);
-		return too_small(r, size, err);
-	}
-	return 0;
+		r = finish_volume(b, o, manifest, err);
+	return r < 0 ? build_failed(b, r, size, err) : 0;
 }
 
 static void base_id_of(const struct builder_image *img, char id[BASE_ID_MAX])
@@ -605,16 +612,8 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 	    json_object_set(json_object_get(manifest, "base"), "builtFrom", from) < 0)
 		r = imc_err(err, ENOMEM, "out of memory");
 	if (r == 0)
-		r = fetch_data(b, o, json_object_get(manifest, "data"), err);
-	if (r == 0)
-		r = write_manifest(b, manifest, err);
-	if (r == 0)
-		r = seal_volume(b, err);
-	if (r < 0) {
-		imc_err_wrap(err, "cache %s", b->id);
-		return too_small(r, size, err);
-	}
-	return 0;
+		r = finish_volume(b, o, manifest, err);
+	return r < 0 ? build_failed(b, r, size, err) : 0;
 }
 
 int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,

@@ -31,8 +31,6 @@
 #define DATA_HASH_CHUNK	      (4u << 20)
 #define DATA_PATH_DEPTH_MAX   16
 #define DATA_REL_PATH_MAX     1024
-#define DATA_CURL_BUFFER      (512L << 10)
-#define DATA_USER_AGENT	      "imcache/0.1"
 #define DATA_TITLE_ANNOTATION "org.opencontainers.image.title"
 
 /* ---- names, URLs and sources (pure) ---------------------------------------------------------- */
@@ -252,16 +250,8 @@ static int http_setup(CURL *curl, const char *url, bool plain, const char *ca_fi
 	SET(CURLOPT_URL, url);
 	SET(CURLOPT_ERRORBUFFER, errbuf);
 	SET(CURLOPT_NOSIGNAL, 1L);
-	SET(CURLOPT_FOLLOWLOCATION, 1L);
-	SET(CURLOPT_MAXREDIRS, 10L);
-	SET(CURLOPT_PROTOCOLS_STR, plain ? "http,https" : "https");
-	SET(CURLOPT_REDIR_PROTOCOLS_STR, plain ? "http,https" : "https");
-	SET(CURLOPT_CONNECTTIMEOUT, 30L);
-	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
-	SET(CURLOPT_LOW_SPEED_TIME, 60L);
-	SET(CURLOPT_TCP_KEEPALIVE, 1L);
-	SET(CURLOPT_USERAGENT, DATA_USER_AGENT);
-	SET(CURLOPT_BUFFERSIZE, DATA_CURL_BUFFER);
+	if (c == CURLE_OK)
+		c = builder_curl_transport_opts(curl, plain);
 	/* The system CAs stay in force through the default CA path; ca_file adds to them. */
 	if (ca_file)
 		SET(CURLOPT_CAINFO, ca_file);
@@ -334,14 +324,23 @@ static size_t mem_write(char *data, size_t size, size_t nmemb, void *userdata)
 	return imc_buf_append(&s->buf, data, n) < 0 ? 0 : n;
 }
 
-/* GET url into memory (at most max bytes), retrying 5xx, 429 and transport errors. */
-static int http_get_mem(const char *url, const char *ca_file, size_t max, char **ret,
-			size_t *ret_len, imc_error *err)
+/* One request with the retry policy: for each try, prepare() sets the request's own options
+ * after http_setup (-1 when libcurl refuses one) and settle() looks at the finished try first:
+ * 0 or a negative errno ends the request, 1 leaves it to the policy, which retries 5xx, 429 and
+ * transport errors with backoff. */
+struct http_request {
+	const char *url, *ca_file;
+	int (*prepare)(CURL *curl, void *ctx);
+	int (*settle)(CURL *curl, CURLcode c, long status, void *ctx, imc_error *err);
+	void *ctx;
+};
+
+static int http_run(const struct http_request *q, imc_error *err)
 {
 	_cleanup_(imc_curl_cleanupp) CURL *curl = NULL;
 	char errbuf[CURL_ERROR_SIZE];
 	bool plain;
-	int r = data_url_check(url, &plain, err);
+	int r = data_url_check(q->url, &plain, err);
 
 	if (r == 0)
 		r = curl_ready(err);
@@ -351,34 +350,75 @@ static int http_get_mem(const char *url, const char *ca_file, size_t max, char *
 	if (!curl)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (unsigned attempt = 0;; attempt++) {
-		struct mem_sink s = {.curl = curl, .max = max};
 		long status = 0;
 		CURLcode c;
 
-		if (http_setup(curl, url, plain, ca_file, errbuf) < 0 ||
-		    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, mem_write) != CURLE_OK ||
-		    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &s) != CURLE_OK)
-			return imc_err(err, ENOMEM, "%s: libcurl setup failed", url);
+		if (http_setup(curl, q->url, plain, q->ca_file, errbuf) < 0 ||
+		    q->prepare(curl, q->ctx) < 0)
+			return imc_err(err, ENOMEM, "%s: libcurl setup failed", q->url);
 		c = curl_easy_perform(curl);
 		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-		if (c == CURLE_OK && status == 200) {
-			*ret = s.buf.data ? s.buf.data : strdup("");
-			*ret_len = s.buf.len;
-			return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
-		}
-		imc_buf_free(&s.buf);
-		if (s.too_big)
-			return imc_err(err, EFBIG, "%s: answer larger than %zu bytes", url, max);
+		r = q->settle(curl, c, status, q->ctx, err);
+		if (r <= 0)
+			return r;
 		if (attempt + 1 < DATA_TRIES &&
 		    (c != CURLE_OK ? curl_retryable(c) : status_retryable(status))) {
 			backoff(attempt);
 			continue;
 		}
 		if (c != CURLE_OK)
-			return imc_err(err, EIO, "%s: %s", url,
+			return imc_err(err, EIO, "%s: %s", q->url,
 				       errbuf[0] ? errbuf : curl_easy_strerror(c));
-		return imc_err(err, status_errno(status), "%s: HTTP %ld", url, status);
+		return imc_err(err, status_errno(status), "%s: HTTP %ld", q->url, status);
 	}
+}
+
+struct mem_get {
+	const char *url;
+	struct mem_sink sink;
+	size_t max;
+	char **ret;
+	size_t *ret_len;
+};
+
+static int mem_prepare(CURL *curl, void *ctx)
+{
+	struct mem_get *g = ctx;
+
+	g->sink = (struct mem_sink){.curl = curl, .max = g->max};
+	if (curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, mem_write) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &g->sink) != CURLE_OK)
+		return -1;
+	return 0;
+}
+
+static int mem_settle(CURL *curl, CURLcode c, long status, void *ctx, imc_error *err)
+{
+	struct mem_get *g = ctx;
+
+	if (c == CURLE_OK && status == 200) {
+		*g->ret = g->sink.buf.data ? g->sink.buf.data : strdup("");
+		*g->ret_len = g->sink.buf.len;
+		return *g->ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	}
+	imc_buf_free(&g->sink.buf);
+	if (g->sink.too_big)
+		return imc_err(err, EFBIG, "%s: answer larger than %zu bytes", g->url, g->max);
+	return 1;
+}
+
+/* GET url into memory (at most max bytes), retrying 5xx, 429 and transport errors. */
+static int http_get_mem(const char *url, const char *ca_file, size_t max, char **ret,
+			size_t *ret_len, imc_error *err)
+{
+	struct mem_get g = {.url = url, .max = max, .ret = ret, .ret_len = ret_len};
+
+	return http_run(&(struct http_request){.url = url,
+					       .ca_file = ca_file,
+					       .prepare = mem_prepare,
+					       .settle = mem_settle,
+					       .ctx = &g},
+			err);
 }
 
 struct head_info {
@@ -403,60 +443,58 @@ static size_t head_header(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+struct head_get {
+	const char *url;
+	struct head_info info;
+	uint64_t *ret_size;
+	bool *ret_ranges;
+};
+
+static int head_prepare(CURL *curl, void *ctx)
+{
+	struct head_get *g = ctx;
+
+	g->info = (struct head_info){0};
+	if (curl_easy_setopt(curl, CURLOPT_NOBODY, 1L) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, head_header) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &g->info) != CURLE_OK)
+		return -1;
+	return 0;
+}
+
+static int head_settle(CURL *curl, CURLcode c, long status, void *ctx, imc_error *err)
+{
+	struct head_get *g = ctx;
+	curl_off_t len = -1;
+
+	if (c == CURLE_OK && status == 200) {
+		curl_easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+		if (len > (curl_off_t)BUILDER_DATA_FILE_MAX)
+			return imc_err(err, EFBIG, "%s: %lld bytes, more than %llu", g->url,
+				       (long long)len, (unsigned long long)BUILDER_DATA_FILE_MAX);
+		*g->ret_size = len >= 0 ? (uint64_t)len : UINT64_MAX;
+		*g->ret_ranges = g->info.ranges && len >= 0;
+		return 0;
+	}
+	if (c == CURLE_OK && (status == 405 || status == 501)) {
+		*g->ret_size = UINT64_MAX; /* no HEAD here: one stream, size learnt on the way */
+		*g->ret_ranges = false;
+		return 0;
+	}
+	return 1;
+}
+
 int builder_download_head(const char *url, const char *ca_file, uint64_t *ret_size,
 			  bool *ret_ranges, imc_error *err)
 {
-	_cleanup_(imc_curl_cleanupp) CURL *curl = NULL;
-	char errbuf[CURL_ERROR_SIZE];
-	bool plain;
-	int r = data_url_check(url, &plain, err);
+	struct head_get g = {.url = url, .ret_size = ret_size, .ret_ranges = ret_ranges};
 
-	if (r == 0)
-		r = curl_ready(err);
-	if (r < 0)
-		return r;
-	curl = curl_easy_init();
-	if (!curl)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (unsigned attempt = 0;; attempt++) {
-		struct head_info h = {0};
-		curl_off_t len = -1;
-		long status = 0;
-		CURLcode c;
-
-		if (http_setup(curl, url, plain, ca_file, errbuf) < 0 ||
-		    curl_easy_setopt(curl, CURLOPT_NOBODY, 1L) != CURLE_OK ||
-		    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, head_header) != CURLE_OK ||
-		    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &h) != CURLE_OK)
-			return imc_err(err, ENOMEM, "%s: libcurl setup failed", url);
-		c = curl_easy_perform(curl);
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-		if (c == CURLE_OK && status == 200) {
-			curl_easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-			if (len > (curl_off_t)BUILDER_DATA_FILE_MAX)
-				return imc_err(err, EFBIG, "%s: %lld bytes, more than %llu", url,
-					       (long long)len,
-					       (unsigned long long)BUILDER_DATA_FILE_MAX);
-			*ret_size = len >= 0 ? (uint64_t)len : UINT64_MAX;
-			*ret_ranges = h.ranges && len >= 0;
-			return 0;
-		}
-		if (c == CURLE_OK && (status == 405 || status == 501)) {
-			*ret_size =
-			    UINT64_MAX; /* no HEAD here: one stream, size learnt on the way */
-			*ret_ranges = false;
-			return 0;
-		}
-		if (attempt + 1 < DATA_TRIES &&
-		    (c != CURLE_OK ? curl_retryable(c) : status_retryable(status))) {
-			backoff(attempt);
-			continue;
-		}
-		if (c != CURLE_OK)
-			return imc_err(err, EIO, "%s: %s", url,
-				       errbuf[0] ? errbuf : curl_easy_strerror(c));
-		return imc_err(err, status_errno(status), "%s: HTTP %ld", url, status);
-	}
+	return http_run(&(struct http_request){.url = url,
+					       .ca_file = ca_file,
+					       .prepare = head_prepare,
+					       .settle = head_settle,
+					       .ctx = &g},
+			err);
 }
 
 /* ---- the download: pieces in parallel, hashed in order ------------------------------------- */

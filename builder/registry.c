@@ -753,6 +753,27 @@ static const char *system_capath(void)
 	return v && v->capath ? v->capath : "/etc/ssl/certs";
 }
 
+CURLcode builder_curl_transport_opts(CURL *curl, bool plain_http)
+{
+	CURLcode c = CURLE_OK;
+
+#define SET(opt, val)                                                                              \
+	if (c == CURLE_OK)                                                                         \
+	c = curl_easy_setopt(curl, opt, val)
+	SET(CURLOPT_FOLLOWLOCATION, 1L);
+	SET(CURLOPT_MAXREDIRS, 10L);
+	SET(CURLOPT_PROTOCOLS_STR, plain_http ? "http,https" : "https");
+	SET(CURLOPT_REDIR_PROTOCOLS_STR, plain_http ? "http,https" : "https");
+	SET(CURLOPT_CONNECTTIMEOUT, 30L);
+	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+	SET(CURLOPT_LOW_SPEED_TIME, 60L);
+	SET(CURLOPT_TCP_KEEPALIVE, 1L);
+	SET(CURLOPT_USERAGENT, USER_AGENT);
+	SET(CURLOPT_BUFFERSIZE, CURL_BUFFER_SIZE);
+#undef SET
+	return c;
+}
+
 static int http_setup(const struct registry *r, CURL *curl, const struct http_req *q,
 		      struct curl_slist *headers, struct http_sink *s, char *errbuf)
 {
@@ -773,16 +794,8 @@ static int http_setup(const struct registry *r, CURL *curl, const struct http_re
 	SET(CURLOPT_ERRORBUFFER, errbuf);
 	SET(CURLOPT_NOSIGNAL, 1L);
 	/* libcurl sends neither Authorization headers nor basic auth to another host. */
-	SET(CURLOPT_FOLLOWLOCATION, 1L);
-	SET(CURLOPT_MAXREDIRS, 10L);
-	SET(CURLOPT_PROTOCOLS_STR, r->plain_http ? "http,https" : "https");
-	SET(CURLOPT_REDIR_PROTOCOLS_STR, r->plain_http ? "http,https" : "https");
-	SET(CURLOPT_CONNECTTIMEOUT, 30L);
-	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
-	SET(CURLOPT_LOW_SPEED_TIME, 60L);
-	SET(CURLOPT_TCP_KEEPALIVE, 1L);
-	SET(CURLOPT_USERAGENT, USER_AGENT);
-	SET(CURLOPT_BUFFERSIZE, CURL_BUFFER_SIZE);
+	if (c == CURLE_OK)
+		c = builder_curl_transport_opts(curl, r->plain_http);
 	if (r->ca_file) {
 		/* OpenSSL reads both: the extra CAs from the file, the system's from the
 		 * hashed directory. */

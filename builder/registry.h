@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <curl/curl.h>
+
 #include "builder.h"
 
 #define BUILDER_MT_OCI_MANIFEST	     "application/vnd.oci.image.manifest.v1+json"
@@ -30,6 +32,11 @@ int builder_manifest_kind(const char *content_type, const char *body, size_t len
 /* Normalize "os/arch[/variant]" as containerd does (x86_64 -> amd64, arm64 -> arm64/v8, ...). */
 #define BUILDER_PLATFORM_MAX 200
 int builder_platform_normalize(const char *s, char *out, size_t size, imc_error *err);
+
+/* The transport options every request of the builder sets, to registries and data sources
+ * alike: redirects, the protocols (plain http only where allowed), timeouts, keep-alive, user
+ * agent and buffer size.  A libcurl code: callers turn it into their errno. */
+CURLcode builder_curl_transport_opts(CURL *curl, bool plain_http);
 
 /* ---- registry client (registry.c) ---------------------------------------------------------
  * One per image: it keeps the bearer token for all of that image's requests.  Blob downloads

@@ -347,12 +347,14 @@ static int export_chunk(struct chunk_store *cs, const void *data, size_t len, st
 	return store_blob(cs, path, blob, blen, err);
 }
 
-static int read_full(int fd, void *buf, size_t len, uint64_t off)
+/* pread or pwrite all of len bytes at off: short transfers and EINTR go on. */
+static int pio_full(int fd, char *buf, size_t len, uint64_t off, bool writing)
 {
 	size_t done = 0;
 
 	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		ssize_t n = writing ? pwrite(fd, buf + done, len - done, (off_t)(off + done))
+				    : pread(fd, buf + done, len - done, (off_t)(off + done));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -360,6 +362,16 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 		done += (size_t)n;
 	}
 	return 0;
+}
+
+int chunk_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	return pio_full(fd, buf, len, off, false);
+}
+
+int chunk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+	return pio_full(fd, (char *)buf, len, off, true); /* only ever written from */
 }
 
 /* Cut the device into chunks; ix gets the entries and the whole file's digest. */
@@ -378,7 +390,7 @@ static int export_device(struct chunk_store *cs, int fd, struct chunk_index *ix,
 		return err->code;
 	for (uint64_t off = 0; off < ix->size && r == 0; off += ix->chunk_size) {
 		size_t len = (size_t)chunk_index_len(ix, off);
-		if ((r = read_full(fd, buf, len, off)) < 0) {
+		if ((r = chunk_pread_full(fd, buf, len, off)) < 0) {
 			r = imc_err_sys(err, -r, "read at %" PRIu64, off);
 			break;
 		}

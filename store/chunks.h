@@ -82,5 +82,9 @@ int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, im
 int chunk_decompress_verify(const void *blob, size_t blob_len, const char *digest, void *out,
 			    size_t want, imc_error *err);
 bool chunk_is_zero(const void *data, size_t len);
+/* All len bytes at off, going on after short transfers and EINTR: 0, or a negative errno (-EIO
+ * when the file ends or nothing moves).  No imc_error: callers name the device. */
+int chunk_pread_full(int fd, void *buf, size_t len, uint64_t off);
+int chunk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
 #endif

@@ -1301,6 +1301,22 @@ static int thin_volume_create(struct store *s, const char *id, uint64_t size, im
 	return r < 0 ? r : thin_create_dev(th(s), &d, NULL, 0, true, err);
 }
 
+/* Takes the pool's operation lock (into l), loads the metadata (into m) and finds kind/id in it. */
+static int lock_find(struct thin *t, struct op_lock *l, struct thin_meta *m, enum store_kind kind,
+		     const char *id, ssize_t *ret_index, imc_error *err)
+{
+	ssize_t i;
+	int r;
+
+	if ((r = op_lock(t, l, err)) < 0 || (r = meta_load(t, m, err)) < 0)
+		return r;
+	i = meta_find(m, kind, id);
+	if (i < 0)
+		return imc_err(err, ENOENT, "%s %s: not in the pool", store_kind_name(kind), id);
+	*ret_index = i;
+	return 0;
+}
+
 static int thin_activate(struct store *s, enum store_kind kind, const char *id, unsigned flags,
 			 struct store_dev *ret, imc_error *err)
 {
@@ -1312,11 +1328,8 @@ static int thin_activate(struct store *s, enum store_kind kind, const char *id, 
 	ssize_t i;
 	int r, fd;
 
-	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
+	if ((r = lock_find(t, &l, &m, kind, id, &i, err)) < 0)
 		return r;
-	i = meta_find(&m, kind, id);
-	if (i < 0)
-		return imc_err(err, ENOENT, "%s %s: not in the pool", store_kind_name(kind), id);
 	dev_name(t, kind, id, name);
 	r = dm_exists(name, NULL, NULL, NULL, err);
 	if (r == 0)
@@ -1416,11 +1429,8 @@ static int snap_of(struct store *s, const char *snapshot_id, enum store_kind kin
 	ssize_t i;
 	int r;
 
-	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
+	if ((r = lock_find(t, &l, &m, STORE_SNAPSHOT, snapshot_id, &i, err)) < 0)
 		return r;
-	i = meta_find(&m, STORE_SNAPSHOT, snapshot_id);
-	if (i < 0)
-		return imc_err(err, ENOENT, "snapshot %s: not in the pool", snapshot_id);
 	snprintf(d.id, sizeof(d.id), "%s", id);
 	size = (size + 4095) / 4096 * 4096;
 	d.size = size > m.devs[i].size ? size : m.devs[i].size;
@@ -1455,11 +1465,8 @@ static int thin_resize(struct store *s, enum store_kind kind, const char *id, ui
 	ssize_t i;
 	int r;
 
-	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
+	if ((r = lock_find(t, &l, &m, kind, id, &i, err)) < 0)
 		return r;
-	i = meta_find(&m, kind, id);
-	if (i < 0)
-		return imc_err(err, ENOENT, "%s %s: not in the pool", store_kind_name(kind), id);
 	if (m.devs[i].size > size)
 		return imc_err(err, EINVAL, "%s %s: size %llu is smaller than its %llu bytes",
 			       store_kind_name(kind), id, (unsigned long long)size,
@@ -1502,11 +1509,8 @@ static int thin_stat(struct store *s, enum store_kind kind, const char *id,
 	ssize_t i;
 	int r;
 
-	if ((r = op_lock(t, &l, err)) < 0 || (r = meta_load(t, &m, err)) < 0)
+	if ((r = lock_find(t, &l, &m, kind, id, &i, err)) < 0)
 		return r;
-	i = meta_find(&m, kind, id);
-	if (i < 0)
-		return imc_err(err, ENOENT, "%s %s: not in the pool", store_kind_name(kind), id);
 	dev_name(t, kind, id, name);
 	r = dm_exists(name, NULL, NULL, NULL, err);
 	if (r > 0) {

@@ -14,6 +14,7 @@
 
 #include "../../attach/attach.h"
 #include "../../common/priv.h"
+#include "bench_util.h"
 
 #define FILE_MB 64
 
@@ -45,61 +46,25 @@ static void *run(void *arg)
 		t0 = imc_monotonic_ns();
 		if ((j->failed = attach_cache(j->s, &req, NULL, &j->err)) < 0)
 			return NULL;
-		j->attach_ms[i] = (double)(imc_monotonic_ns() - t0) / 1e6;
+		j->attach_ms[i] = bench_ms_since(t0);
 		t0 = imc_monotonic_ns();
 		if ((j->failed = attach_detach(j->s, dir, &j->err)) < 0)
 			return NULL;
-		j->detach_ms[i] = (double)(imc_monotonic_ns() - t0) / 1e6;
+		j->detach_ms[i] = bench_ms_since(t0);
 		rmdir(dir);
 	}
 	return NULL;
 }
 
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int n, double p)
-{
-	int i = (int)(p * (n - 1) + 0.5);
-	return v[i < n ? i : n - 1];
-}
-
-/* DATA_MB of pseudo-random bytes (xorshift: incompressible enough, and fast) in 64 MiB files. */
+/* DATA_MB of pseudo-random bytes in 64 MiB files under the first image's rootfs. */
 static int write_data(const char *root, int data_mb, imc_error *err)
 {
 	char dir[600];
-	uint64_t x = 0x9e3779b97f4a7c15ULL;
-	_cleanup_free_ uint64_t *buf = malloc(1 << 20);
 
-	if (!buf)
-		return imc_err(err, ENOMEM, "out of memory");
 	snprintf(dir, sizeof(dir), "%s/images/0/rootfs/data", root);
 	if (imc_mkdir_p(dir, 0755, err) < 0)
 		return err->code;
-	for (int f = 0; f * FILE_MB < data_mb; f++) {
-		char path[700];
-		_cleanup_close_ int fd = -1;
-		int mb = data_mb - f * FILE_MB < FILE_MB ? data_mb - f * FILE_MB : FILE_MB;
-
-		snprintf(path, sizeof(path), "%s/f%05d", dir, f);
-		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd < 0)
-			return imc_err_sys(err, errno, "%s", path);
-		for (int m = 0; m < mb; m++) {
-			for (size_t i = 0; i < (1 << 20) / sizeof(*buf); i++) {
-				x ^= x << 13;
-				x ^= x >> 7;
-				x ^= x << 17;
-				buf[i] = x;
-			}
-			if (imc_write_all(fd, buf, 1 << 20) < 0)
-				return imc_err_sys(err, errno, "write %s", path);
-		}
-	}
-	return 0;
+	return bench_write_data(dir, data_mb, FILE_MB, err);
 }
 
 static int make_snapshot(struct store *s, const char *id, int data_mb, imc_error *err)
@@ -171,13 +136,13 @@ static int bench(struct store *s, const char *cache_id, int count, int threads, 
 	}
 	rmdir(base);
 	if (!failed) {
-		qsort(attach_ms, (size_t)count, sizeof(double), cmp);
-		qsort(detach_ms, (size_t)count, sizeof(double), cmp);
+		qsort(attach_ms, (size_t)count, sizeof(double), bench_cmp_double);
+		qsort(detach_ms, (size_t)count, sizeof(double), bench_cmp_double);
 		printf("{\"count\":%d,\"threads\":%d,\"attach_p50_ms\":%.3f,\"attach_p99_ms\":%.3f,"
 		       "\"attach_max_ms\":%.3f,\"detach_p50_ms\":%.3f,\"detach_p99_ms\":%.3f}\n",
-		       count, threads, pct(attach_ms, count, 0.5), pct(attach_ms, count, 0.99),
-		       attach_ms[count - 1], pct(detach_ms, count, 0.5),
-		       pct(detach_ms, count, 0.99));
+		       count, threads, bench_pct(attach_ms, count, 0.5),
+		       bench_pct(attach_ms, count, 0.99), attach_ms[count - 1],
+		       bench_pct(detach_ms, count, 0.5), bench_pct(detach_ms, count, 0.99));
 	}
 	free(attach_ms);
 	free(detach_ms);

@@ -18,55 +18,9 @@
 
 #include "../../common/priv.h"
 #include "../../store/store.h"
+#include "bench_util.h"
 
 #define FILE_MB 16
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int n, double p)
-{
-	int i = (int)(p * (n - 1) + 0.5);
-	return v[i < n ? i : n - 1];
-}
-
-static double ms_since(uint64_t t0)
-{
-	return (double)(imc_monotonic_ns() - t0) / 1e6;
-}
-
-static int write_data(const char *root, int data_mb, imc_error *err)
-{
-	uint64_t x = 0x9e3779b97f4a7c15ULL;
-	_cleanup_free_ uint64_t *buf = malloc(1 << 20);
-
-	if (!buf)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (int f = 0; f * FILE_MB < data_mb; f++) {
-		char path[700];
-		_cleanup_close_ int fd = -1;
-		int mb = data_mb - f * FILE_MB < FILE_MB ? data_mb - f * FILE_MB : FILE_MB;
-
-		snprintf(path, sizeof(path), "%s/f%05d", root, f);
-		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd < 0)
-			return imc_err_sys(err, errno, "%s", path);
-		for (int m = 0; m < mb; m++) {
-			for (size_t i = 0; i < (1 << 20) / sizeof(*buf); i++) {
-				x ^= x << 13;
-				x ^= x >> 7;
-				x ^= x << 17;
-				buf[i] = x;
-			}
-			if (imc_write_all(fd, buf, 1 << 20) < 0)
-				return imc_err_sys(err, errno, "write %s", path);
-		}
-	}
-	return 0;
-}
 
 static int build(struct store *s, const char *id, int data_mb, imc_error *err)
 {
@@ -87,7 +41,7 @@ static int build(struct store *s, const char *id, int data_mb, imc_error *err)
 	if (r == 0)
 		r = imc_priv_mount(dev.path, mnt, "ext4", 0, STORE_EXT4_MOUNT_OPTIONS, err);
 	if (r == 0) {
-		r = write_data(mnt, data_mb, err);
+		r = bench_write_data(mnt, data_mb, FILE_MB, err);
 		if (r == 0)
 			r = imc_priv_umount(mnt, 0, err);
 		else
@@ -100,7 +54,7 @@ static int build(struct store *s, const char *id, int data_mb, imc_error *err)
 		r = store_seal(s, id, id, err);
 	if (r == 0)
 		printf("{\"driver\":\"%s\",\"data_mb\":%d,\"build_ms\":%.1f}\n",
-		       store_driver_name(s), data_mb, ms_since(t0));
+		       store_driver_name(s), data_mb, bench_ms_since(t0));
 	return r;
 }
 
@@ -121,13 +75,13 @@ static int one_clone(struct store *s, const char *snap, int i, const char *mnt, 
 	dev.fd = -1;
 	if (r < 0)
 		return r;
-	*up = ms_since(t0);
+	*up = bench_ms_since(t0);
 	t0 = imc_monotonic_ns();
 	if ((r = imc_priv_umount(mnt, 0, err)) < 0 ||
 	    (r = store_deactivate(s, STORE_CLONE, id, &dev, err)) < 0 ||
 	    (r = store_remove(s, STORE_CLONE, id, err)) < 0)
 		return r;
-	*down = ms_since(t0);
+	*down = bench_ms_since(t0);
 	return 0;
 }
 
@@ -147,12 +101,12 @@ static int clones(struct store *s, const char *snap, int count, imc_error *err)
 	rmdir(mnt);
 	if (r < 0)
 		return r;
-	qsort(up, (size_t)count, sizeof(double), cmp);
-	qsort(down, (size_t)count, sizeof(double), cmp);
+	qsort(up, (size_t)count, sizeof(double), bench_cmp_double);
+	qsort(down, (size_t)count, sizeof(double), bench_cmp_double);
 	printf("{\"driver\":\"%s\",\"count\":%d,\"attach_p50_ms\":%.2f,\"attach_p99_ms\":%.2f,"
 	       "\"detach_p50_ms\":%.2f,\"detach_p99_ms\":%.2f}\n",
-	       store_driver_name(s), count, pct(up, count, 0.5), pct(up, count, 0.99),
-	       pct(down, count, 0.5), pct(down, count, 0.99));
+	       store_driver_name(s), count, bench_pct(up, count, 0.5), bench_pct(up, count, 0.99),
+	       bench_pct(down, count, 0.5), bench_pct(down, count, 0.99));
 	return 0;
 }
 
