@@ -23,18 +23,8 @@
 # Needs root and loop devices, wrk.  Run as:  IMC_BIN=$PWD/build tests/bench/bench_api.sh
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/registry.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/mkimage.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/imcd.sh"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 N=${BENCH_API_CACHES:-1000}
 SECS=${BENCH_API_SECONDS:-10}
@@ -44,18 +34,8 @@ OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/api.md}
 GOAL_RPS=20000
 GOAL_P99_MS=10
 
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
-	echo "bench_api: needs root and loop devices" >&2
-	exit 1
-fi
-for t in wrk jq curl skopeo; do
-	command -v "$t" >/dev/null 2>&1 || {
-		echo "bench_api: needs $t (scripts/install-deps.sh)" >&2
-		exit 1
-	}
-done
+bench_need wrk jq curl skopeo
 
-step() { printf '== %s\n' "$*" >&2; }
 
 step "registry and a busybox image"
 registry_start
@@ -177,7 +157,6 @@ measure() {
 		gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else printf "%.2f", a / b }'; }
 verdict() { # verdict RPS P99
 	awk -v r="$1" -v p="$2" -v gr="$GOAL_RPS" -v gp="$GOAL_P99_MS" \
 		'BEGIN { print (r >= gr && p < gp) ? "meets" : "misses" }'

@@ -14,12 +14,8 @@
 # The markdown table goes to stdout and to build/bench/attach_scale.md (BENCH_SCALE_OUT).
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SIZES=${BENCH_SCALE_MB:-1024 4096 16384}
 CONC=${BENCH_SCALE_CONC:-1 8 20}
@@ -27,17 +23,12 @@ N=${BENCH_SCALE_ATTACHES:-40}
 OUT_MD=${BENCH_SCALE_OUT:-$IMC_ROOT/build/bench/attach_scale.md}
 BENCH=$IMC_BIN/bench/attach_bench
 
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
-	echo "bench: needs root and loop devices" >&2
-	exit 1
-fi
+bench_need jq xfs_bmap
 if [ ! -x "$BENCH" ] || [ ! -x "$IMC_BIN/imc-attach" ]; then
 	echo "bench: build $BENCH and $IMC_BIN/imc-attach first (make bench builds them)" >&2
 	exit 1
 fi
 
-step() { printf '== %s\n' "$*" >&2; }
-ms() { jq -r "$2" <<<"$1" | awk '{ printf "%.2f", $1 }'; }
 teardown() { "$IMC_BIN/imc-attach" --state-dir "$STATE" teardown >/dev/null 2>&1 || true; }
 
 STATE=$TEST_TMP/state

@@ -16,19 +16,9 @@
 # build, default build/) holds imcd, imcctl, imc-attach and imc-runtime.
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/registry.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/mkimage.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/imcd.sh"
-# shellcheck source-path=SCRIPTDIR/..
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/containerd.sh
 . "$here/../lib/containerd.sh"
 
 SIZE_MB=${BENCH_CTR_SIZE_MB:-2048}
@@ -37,21 +27,10 @@ RUNS=${BENCH_CTR_RUNS:-10}
 PULLS=${BENCH_CTR_PULLS:-3}
 OUT_MD=${BENCH_CTR_OUT:-$IMC_ROOT/build/bench/ctr.md}
 
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
-	echo "bench_ctr: needs root and loop devices" >&2
-	exit 1
-fi
-for t in containerd ctr runc skopeo jq; do
-	command -v "$t" >/dev/null 2>&1 || {
-		echo "bench_ctr: needs $t" >&2
-		exit 1
-	}
-done
+bench_need containerd ctr runc skopeo jq
 
-step() { printf '== %s\n' "$*" >&2; }
 # median of the numbers on stdin
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else if (a / b >= 100) printf "%.0f", a / b; else printf "%.1f", a / b }'; }
 ms_fmt() { awk -v ms="$1" 'BEGIN { if (ms >= 10000) printf "%.1f s", ms / 1000; else printf "%.0f ms", ms }'; }
 
 PROBE='ls /bench/l0 | wc -l'
@@ -141,8 +120,8 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| what (median) | time | vs. cache |"
 	echo "|---|---|---|"
 	echo "| ctr run --rm from the cache (imc-runtime, of $RUNS) | $(ms_fmt "$CACHE_MS") | 1 |"
-	echo "| the same with imcache.io/use-image-config=true (of $RUNS) | $(ms_fmt "$CFG_MS") | $(ratio "$CFG_MS" "$CACHE_MS")× |"
-	echo "| ctr run --rm of the pulled image, plain runc (of $PULLS; the floor) | $(ms_fmt "$RUNONLY_MS") | $(ratio "$RUNONLY_MS" "$CACHE_MS")× |"
-	echo "| ctr image pull --plain-http (of $PULLS) | $(ms_fmt "$PULLONLY_MS") | $(ratio "$PULLONLY_MS" "$CACHE_MS")× |"
-	echo "| ctr image pull + ctr run --rm (of $PULLS) | $(ms_fmt "$PULL_MS") | **$(ratio "$PULL_MS" "$CACHE_MS")× slower** (goal ≥ 50×) |"
+	echo "| the same with imcache.io/use-image-config=true (of $RUNS) | $(ms_fmt "$CFG_MS") | $(ratio "$CFG_MS" "$CACHE_MS" 1)× |"
+	echo "| ctr run --rm of the pulled image, plain runc (of $PULLS; the floor) | $(ms_fmt "$RUNONLY_MS") | $(ratio "$RUNONLY_MS" "$CACHE_MS" 1)× |"
+	echo "| ctr image pull --plain-http (of $PULLS) | $(ms_fmt "$PULLONLY_MS") | $(ratio "$PULLONLY_MS" "$CACHE_MS" 1)× |"
+	echo "| ctr image pull + ctr run --rm (of $PULLS) | $(ms_fmt "$PULL_MS") | **$(ratio "$PULL_MS" "$CACHE_MS" 1)× slower** (goal ≥ 50×) |"
 } | tee "$OUT_MD"

@@ -17,20 +17,12 @@
 #   Run as:  IMC_BIN=$PWD/build tests/bench/bench_distribution.sh
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/registry.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/mkimage.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/imcd.sh"
-# shellcheck source-path=SCRIPTDIR/..
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/webserver.sh
 . "$here/../lib/webserver.sh"
+# shellcheck source=SCRIPTDIR/../lib/netns.sh
+. "$here/../lib/netns.sh"
 
 need_root
 need_loop
@@ -39,25 +31,8 @@ MB=${BENCH_DIST_MB:-2048}
 OUT=${BENCH_OUT:-$IMC_ROOT/build/bench/distribution.md}
 mkdir -p "$(dirname "$OUT")"
 
-NET=$((RANDOM % 200 + 20))
-NS=imc-bdist-$$
-VETH=imcb$$
-SERVER_IP=10.213.$NET.1
-AGENT_IP=10.213.$NET.2
-# shellcheck disable=SC2317
-net_down() {
-	ip netns del "$NS" 2>/dev/null || true
-	ip link del "$VETH" 2>/dev/null || true
-}
-defer net_down
-ip netns add "$NS"
-ip link add "$VETH" type veth peer name "${VETH}a"
-ip link set "${VETH}a" netns "$NS"
-ip addr add "$SERVER_IP/30" dev "$VETH"
-ip link set "$VETH" up
-ip -n "$NS" addr add "$AGENT_IP/30" dev "${VETH}a"
-ip -n "$NS" link set "${VETH}a" up
-ip -n "$NS" link set lo up
+netns_pair imc-bdist imcb
+netns_pair_up
 if [ -n "${BENCH_DIST_RATE:-}" ]; then
 	tc qdisc add dev "$VETH" root tbf rate "$BENCH_DIST_RATE" burst 1mb latency 50ms
 fi

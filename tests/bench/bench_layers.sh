@@ -19,37 +19,15 @@
 # Needs root and loop devices.  Run as:  IMC_BIN=$PWD/build tests/bench/bench_layers.sh
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/registry.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/mkimage.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/imcd.sh"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${BENCH_LAYERS_MB:-2048}
 OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/layers.md}
 MK_GZIP_LEVEL=${MK_GZIP_LEVEL:-1}
 
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
-	echo "bench_layers: needs root and loop devices" >&2
-	exit 1
-fi
-for t in skopeo umoci jq curl tar openssl; do
-	command -v "$t" >/dev/null 2>&1 || {
-		echo "bench_layers: needs $t" >&2
-		exit 1
-	}
-done
+bench_need skopeo umoci jq curl tar openssl
 
-step() { printf '== %s\n' "$*" >&2; }
-ms_to_s() { awk -v ms="$1" 'BEGIN { printf "%.1f s", ms / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else printf "%.2f", a / b }'; }
 
 # random_files DIR COUNT MB_EACH: COUNT files of MB_EACH MiB of random data.
 random_files() {
@@ -129,15 +107,7 @@ imcctl delete "$ID" >/dev/null
 imcd_stop
 
 step "skopeo copy + umoci unpack"
-T0=$(now_ms)
-skopeo copy --quiet --src-tls-verify=false "docker://$REF" "oci:$TEST_TMP/pulled:layers"
-T1=$(now_ms)
-umoci unpack --image "$TEST_TMP/pulled:layers" "$TEST_TMP/bundle" >/dev/null
-T2=$(now_ms)
-SKOPEO_MS=$((T1 - T0))
-UMOCI_MS=$((T2 - T1))
-PULL_MS=$((T2 - T0))
-rm -rf "$TEST_TMP/pulled" "$TEST_TMP/bundle"
+skopeo_umoci_ms "$REF"
 
 step "curl | tar -x per layer"
 mkdir -p "$TEST_TMP/curltar"

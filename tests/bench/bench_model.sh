@@ -14,32 +14,16 @@
 # and prints model time = (image+model) − (image only), and the ratios to curl (goal ≤ 1.1×).
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/registry.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/mkimage.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/imcd.sh"
-# shellcheck source-path=SCRIPTDIR/..
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib/webserver.sh
 . "$here/../lib/webserver.sh"
 
 MODEL_MB=${BENCH_MODEL_MB:-4096}
 OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/results_model.md}
 
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
-	echo "bench_model: needs root and loop devices" >&2
-	exit 1
-fi
+bench_need jq curl sha256sum
 
-step() { printf '== %s\n' "$*" >&2; }
-ms_to_s() { awk -v ms="$1" 'BEGIN { printf "%.2f s", ms / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else printf "%.2f", a / b }'; }
 umount_quiet() { ! findmnt -rn --mountpoint "$1" >/dev/null || umount "$1"; }
 mibs() { awk -v mb="$1" -v ms="$2" 'BEGIN { if (ms <= 0) print "-"; else printf "%.0f MiB/s", mb * 1000 / ms }'; }
 
@@ -127,10 +111,10 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo
 	echo "| what | time | throughput | vs. curl -o |"
 	echo "|---|---|---|---|"
-	echo "| curl -o | $(ms_to_s "$CURL_MS") | $(mibs "$MODEL_MB" "$CURL_MS") | 1 |"
-	echo "| curl -o + sha256sum | $(ms_to_s "$CURLSHA_MS") | $(mibs "$MODEL_MB" "$CURLSHA_MS") | $(ratio "$CURLSHA_MS" "$CURL_MS")× |"
-	echo "| curl -o + sync | $(ms_to_s "$CURLSYNC_MS") | $(mibs "$MODEL_MB" "$CURLSYNC_MS") | $(ratio "$CURLSYNC_MS" "$CURL_MS")× |"
-	echo "| imcd build, image only | $(ms_to_s "$IMG_MS") | | |"
-	echo "| imcd build, image + model | $(ms_to_s "$ALL_MS") | | $(ratio "$ALL_MS" "$CURL_MS")× |"
-	echo "| imcd model part (difference) | $(ms_to_s "$MODEL_MS") | $(mibs "$MODEL_MB" "$MODEL_MS") | $(ratio "$MODEL_MS" "$CURL_MS")× (goal ≤ 1.1×) |"
+	echo "| curl -o | $(ms_to_s "$CURL_MS" 2) | $(mibs "$MODEL_MB" "$CURL_MS") | 1 |"
+	echo "| curl -o + sha256sum | $(ms_to_s "$CURLSHA_MS" 2) | $(mibs "$MODEL_MB" "$CURLSHA_MS") | $(ratio "$CURLSHA_MS" "$CURL_MS")× |"
+	echo "| curl -o + sync | $(ms_to_s "$CURLSYNC_MS" 2) | $(mibs "$MODEL_MB" "$CURLSYNC_MS") | $(ratio "$CURLSYNC_MS" "$CURL_MS")× |"
+	echo "| imcd build, image only | $(ms_to_s "$IMG_MS" 2) | | |"
+	echo "| imcd build, image + model | $(ms_to_s "$ALL_MS" 2) | | $(ratio "$ALL_MS" "$CURL_MS")× |"
+	echo "| imcd model part (difference) | $(ms_to_s "$MODEL_MS" 2) | $(mibs "$MODEL_MB" "$MODEL_MS") | $(ratio "$MODEL_MS" "$CURL_MS")× (goal ≤ 1.1×) |"
 } | tee "$OUT_MD"

@@ -23,32 +23,16 @@
 # build/bench/results.md.
 set -euo pipefail
 
-IMC_BIN=${IMC_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build}
-IMC_NO_SUMMARY=1
-export IMC_BIN IMC_NO_SUMMARY
-here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/common.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/registry.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/mkimage.sh"
-# shellcheck source-path=SCRIPTDIR/..
-. "$here/../lib/imcd.sh"
+# shellcheck source=SCRIPTDIR/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 SIZE_MB=${BENCH_SIZE_MB:-2048}
 NFILES=${BENCH_FILES:-4000}
 ATTACHES=${BENCH_ATTACHES:-20}
 OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/results.md}
 
-if [ "$(id -u)" -ne 0 ] || [ ! -w /dev/loop-control ]; then
-	echo "bench: needs root and loop devices" >&2
-	exit 1
-fi
+bench_need skopeo umoci jq curl tar xfs_bmap
 
-step() { printf '== %s\n' "$*" >&2; }
-ms_to_s() { awk -v ms="$1" 'BEGIN { printf "%.1f s", ms / 1000 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print "-"; else if (a / b >= 100) printf "%.0f", a / b; else printf "%.2f", a / b }'; }
 
 step "generating a ${SIZE_MB} MiB image in ${NFILES} files"
 "$here/mkimage-big.sh" "$SIZE_MB" "$NFILES" "$TEST_TMP/layout" big >/dev/null
@@ -74,15 +58,7 @@ APPARENT=$(stat -c %s "$SNAP")
 ALLOCATED=$(($(stat -c %b "$SNAP") * 512))
 
 step "skopeo copy + umoci unpack"
-T0=$(now_ms)
-skopeo copy --quiet --src-tls-verify=false "docker://$REF" "oci:$TEST_TMP/pulled:big"
-T1=$(now_ms)
-umoci unpack --image "$TEST_TMP/pulled:big" "$TEST_TMP/bundle" >/dev/null
-T2=$(now_ms)
-SKOPEO_MS=$((T1 - T0))
-UMOCI_MS=$((T2 - T1))
-PULL_MS=$((T2 - T0))
-rm -rf "$TEST_TMP/pulled" "$TEST_TMP/bundle"
+skopeo_umoci_ms "$REF"
 
 step "curl | tar -xz per layer"
 mkdir -p "$TEST_TMP/curltar"
@@ -96,7 +72,6 @@ rm -rf "$TEST_TMP/curltar"
 step "attach x$ATTACHES (one at a time), then x100 (20 at a time)"
 SEQ=$("$IMC_BIN/bench/attach_bench" "$IMC_STATE" "$ID" "$ATTACHES" 1)
 CONC=$("$IMC_BIN/bench/attach_bench" "$IMC_STATE" "$ID" 100 20)
-ms() { json_get "$1" "$2" | awk '{ printf "%.2f", $1 }'; }
 A50=$(ms "$SEQ" .attach_p50_ms)
 A99=$(ms "$SEQ" .attach_p99_ms)
 D50=$(ms "$SEQ" .detach_p50_ms)

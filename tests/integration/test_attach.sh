@@ -32,12 +32,7 @@ ia() {
 
 registry_start_or_bail
 LAYOUT=$TEST_TMP/layout
-if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
-	mkimage_push "$LAYOUT" multi imc/multi:v1 >/dev/null 2>&1; then
-	ok "multilayer image builds and pushes"
-else
-	bail "multilayer image builds and pushes"
-fi
+images_push_or_bail "multilayer image builds and pushes" "$LAYOUT" multilayer:multi
 STATE=$TEST_TMP/state
 imcd_start_or_bail "$STATE"
 OUT=$(imcctl create "$REGISTRY/imc/multi:v1" --name attach --wait 2>"$TEST_TMP/imcctl.err") || OUT=
@@ -342,8 +337,21 @@ fi
 
 # --- 50 attaches of one cache at once ----------------------------------------------------------
 
+# all_at_once VERB [ARG...]: imc-attach VERB ARG... $TEST_TMP/m/cI for I in 1..N, all at once,
+# each one's stderr appended to $ERRS/cI; sets failed to how many of them failed.
+all_at_once() {
+	local i pids=()
+	for i in $(seq 1 "$N"); do
+		"$IMC_BIN/imc-attach" --state-dir "$STATE" "$@" "$TEST_TMP/m/c$i" 2>>"$ERRS/c$i" &
+		pids+=($!)
+	done
+	failed=0
+	for i in $(seq 1 "$N"); do
+		wait "${pids[i - 1]}" || failed=$((failed + 1))
+	done
+}
+
 N=50
-pids=()
 for i in $(seq 1 $N); do
 	mkdir -p "$TEST_TMP/m/c$i"
 	defer imc_detach_quiet "$TEST_TMP/m/c$i"
@@ -355,14 +363,7 @@ done >"$TEST_TMP/reconcile.out" 2>"$ERRS/reconcile-loop") &
 RECONCILE_PID=$!
 defer stop_quiet "$RECONCILE_PID"
 T0=$(now_ms)
-for i in $(seq 1 $N); do
-	"$IMC_BIN/imc-attach" --state-dir "$STATE" attach "$ID" "$TEST_TMP/m/c$i" 2>"$ERRS/c$i" &
-	pids+=($!)
-done
-failed=0
-for i in $(seq 1 $N); do
-	wait "${pids[i - 1]}" || failed=$((failed + 1))
-done
+all_at_once attach "$ID"
 note "$N concurrent attaches took $(($(now_ms) - T0)) ms"
 touch "$TEST_TMP/stop-reconcile"
 wait "$RECONCILE_PID" || true
@@ -380,15 +381,7 @@ for i in $(seq 1 $N); do
 	[ "$(cat "$TEST_TMP/m/c$i/data/a.txt" 2>/dev/null)" = content-a ] || bad=$((bad + 1))
 done
 check_eq "each attach is isolated (its own write, the image's files)" 0 "$bad"
-pids=()
-for i in $(seq 1 $N); do
-	"$IMC_BIN/imc-attach" --state-dir "$STATE" detach "$TEST_TMP/m/c$i" 2>>"$ERRS/c$i" &
-	pids+=($!)
-done
-failed=0
-for i in $(seq 1 $N); do
-	wait "${pids[i - 1]}" || failed=$((failed + 1))
-done
+all_at_once detach
 check_eq "$N detaches at once all succeed" 0 "$failed"
 no_leaks "after $N concurrent attaches and detaches"
 

@@ -24,14 +24,8 @@ need_programs imcd imcctl imc-attach imc-runtime
 
 registry_start_or_bail
 LAYOUT=$TEST_TMP/layout
-if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
-	mkimage_push "$LAYOUT" multi imc/multi:v1 >/dev/null 2>&1 &&
-	mkimage_config_probe "$LAYOUT" probe >/dev/null 2>&1 &&
-	mkimage_push "$LAYOUT" probe imc/probe:v1 >/dev/null 2>&1; then
-	ok "multilayer and config probe images build and push"
-else
-	bail "multilayer and config probe images build and push"
-fi
+images_push_or_bail "multilayer and config probe images build and push" "$LAYOUT" \
+	multilayer:multi config_probe:probe
 STATE=$TEST_TMP/state
 imcd_start_or_bail "$STATE"
 webserver_start_or_bail
@@ -50,65 +44,54 @@ export IMCACHE_STATE_DIR=$STATE IMCACHE_RUNTIME=runc
 containerd_start "$TEST_TMP/containerd" || bail "containerd starts on its own socket" "$(tail -n 30 "$CTRD_LOG")"
 ok "containerd $(ctrd version 2>/dev/null | awk '/Version:/ { print $2; exit }') answers on $CTRD_ADDR"
 
-attach_count() {
-	imc_attach list 2>&1 | jq length 2>&1
-}
-
 # nothing_left WHAT ROOTFS CONTAINER_ID
 nothing_left() {
-	local what=$1 rootfs=$2 cid=$3
-	check_eq "$what: imc-attach list is empty" 0 "$(attach_count)"
-	check_fails "$what: no mount at the rootfs dir" findmnt -rn --mountpoint "$rootfs"
-	check_fails "$what: no runtime record left" test -e "$STATE/runtime/$cid.json"
+	local what=$1
+	container_gone "$@"
 	check_eq "$what: no task left in containerd" "" "$(ctrd task ls -q 2>&1)"
 	check_eq "$what: no container left in containerd" "" "$(ctrd container ls -q 2>&1)"
 }
 
+# ctr_run_fresh NAME ANNOTATION... -- CMD...: ctr run (ctrd_run_imc) of container ctr-NAME on a
+# fresh, empty rootfs dir ROOT=$TEST_TMP/rootfs-NAME, detached at exit; sets out (its stdout
+# and stderr) and rc.
+ctr_run_fresh() {
+	local name=$1
+	shift
+	ROOT=$TEST_TMP/rootfs-$name
+	mkdir -p "$ROOT"
+	defer imc_detach_quiet "$ROOT"
+	rc=0
+	out=$(ctrd_run_imc "ctr-$name" "$ROOT" "$@" 2>&1) || rc=$?
+}
+
 # --- ctr run from the cache --------------------------------------------------------------------
 
-ROOT=$TEST_TMP/rootfs-a
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
 # shellcheck disable=SC2016 # expanded in the container
-out=$(ctrd_run_imc ctr-a "$ROOT" "imcache.io/cache-id=$ID" -- \
-	/bin/sh -c 'echo "$(cat /data/a.txt) $(cat /opq/new) ${IMC_TEST:-no-image-env}"' 2>&1) || rc=$?
+ctr_run_fresh a "imcache.io/cache-id=$ID" -- \
+	/bin/sh -c 'echo "$(cat /data/a.txt) $(cat /opq/new) ${IMC_TEST:-no-image-env}"'
 check_eq "ctr run --runc-binary imc-runtime prints files that exist only in the cache" \
 	"0 content-a new no-image-env" "$rc $out"
 check_eq "the --rootfs directory on the host stayed empty" "" "$(ls -A "$ROOT" 2>&1)"
 nothing_left "after ctr run --rm" "$ROOT" ctr-a
 
 # The bundle containerd wrote holds the annotation: the shim passed config.json as it was.
-ROOT=$TEST_TMP/rootfs-b
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
 # shellcheck disable=SC2016 # expanded in the container
-out=$(ctrd_run_imc ctr-b "$ROOT" "imcache.io/cache-id=$ID" -- /bin/sh -c \
-	'while read -r _ _ _ root mnt _; do [ "$mnt" != / ] || echo "$root"; done </proc/self/mountinfo' \
-	2>&1) || rc=$?
+ctr_run_fresh b "imcache.io/cache-id=$ID" -- /bin/sh -c \
+	'while read -r _ _ _ root mnt _; do [ "$mnt" != / ] || echo "$root"; done </proc/self/mountinfo'
 check_eq "the container's / is the cache's /images/0/rootfs" "0 /images/0/rootfs" "$rc $out"
 
 # --- the image's config through containerd -----------------------------------------------------
 
-ROOT=$TEST_TMP/rootfs-cfg
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
-out=$(ctrd_run_imc ctr-cfg "$ROOT" "imcache.io/cache-id=$ID" imcache.io/image=1 \
-	imcache.io/use-image-config=override -- /bin/false 2>&1) || rc=$?
+ctr_run_fresh cfg "imcache.io/cache-id=$ID" imcache.io/image=1 \
+	imcache.io/use-image-config=override -- /bin/false
 check_eq "imcache.io/image=1 + use-image-config=override runs the image's entrypoint as its user" \
 	"0 $CONFIG_PROBE_OUTPUT" "$rc $out"
 nothing_left "after the use-image-config run" "$ROOT" ctr-cfg
 
-ROOT=$TEST_TMP/rootfs-data
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
 # shellcheck disable=SC2016 # expanded in the container
-out=$(ctrd_run_imc ctr-data "$ROOT" "imcache.io/cache-id=$ID" imcache.io/data-mount=/mnt/models \
-	-- /bin/sh -c 'cat /mnt/models/models/model.bin; (echo x >/mnt/models/x) 2>/dev/null || echo read-only' \
-	2>&1) || rc=$?
+ctr_run_fresh data "imcache.io/cache-id=$ID" imcache.io/data-mount=/mnt/models \
+	-- /bin/sh -c 'cat /mnt/models/models/model.bin; (echo x >/mnt/models/x) 2>/dev/null || echo read-only'
 check_eq "imcache.io/data-mount through containerd: the cache's /data, read-only" \
 	"0 model-bytes read-only" "$(printf '%s' "$rc $out" | tr '\n' ' ' | sed 's/ $//')"
 nothing_left "after the data-mount run" "$ROOT" ctr-data
@@ -117,22 +100,13 @@ check_eq "no mount left below the data-mount run's rootfs" "" \
 
 # --- failures ----------------------------------------------------------------------------------
 
-ROOT=$TEST_TMP/rootfs-unknown
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
-out=$(ctrd_run_imc ctr-unknown "$ROOT" imcache.io/cache-id=imc-doesnotexist -- /bin/true 2>&1) ||
-	rc=$?
+ctr_run_fresh unknown imcache.io/cache-id=imc-doesnotexist -- /bin/true
 check_match "an unknown cache fails ctr run with imc-runtime's message (from its json log line)" \
 	"^[1-9][0-9]* .*imc-doesnotexist: not in the local store" "$rc $out"
 nothing_left "after the unknown cache" "$ROOT" ctr-unknown
 
-ROOT=$TEST_TMP/rootfs-baddata
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
-out=$(ctrd_run_imc ctr-baddata "$ROOT" "imcache.io/cache-id=$ID" \
-	imcache.io/data-mount=../../etc -- /bin/true 2>&1) || rc=$?
+ctr_run_fresh baddata "imcache.io/cache-id=$ID" \
+	imcache.io/data-mount=../../etc -- /bin/true
 check_match "a bad data-mount fails ctr run naming the annotation" \
 	"^[1-9][0-9]* .*imcache.io/data-mount" "$rc $out"
 nothing_left "after the bad data-mount" "$ROOT" ctr-baddata
@@ -163,13 +137,9 @@ out=$(ctrd_run_imc ctr-sidecar "$ROOT" "imcache.io/cache-id=$ID" imcache.io/cont
 check_eq "a sidecar that imcache.io/container does not name passes through" \
 	"0 plain-file" "$rc $out"
 check_eq "neither wrote a runtime record" "" "$(ls -A "$STATE/runtime" 2>&1)"
-ROOT=$TEST_TMP/rootfs-app
-mkdir -p "$ROOT"
-defer imc_detach_quiet "$ROOT"
-rc=0
-out=$(ctrd_run_imc ctr-app "$ROOT" "imcache.io/cache-id=$ID" imcache.io/container=app \
+ctr_run_fresh app "imcache.io/cache-id=$ID" imcache.io/container=app \
 	io.kubernetes.cri.container-type=container io.kubernetes.cri.container-name=app \
-	-- /bin/cat /data/a.txt 2>&1) || rc=$?
+	-- /bin/cat /data/a.txt
 check_eq "the container imcache.io/container names runs from the cache" "0 content-a" "$rc $out"
 nothing_left "after the named container" "$ROOT" ctr-app
 

@@ -14,6 +14,7 @@
 . "$(dirname "$0")/../lib/mkimage.sh"
 . "$(dirname "$0")/../lib/imcd.sh"
 . "$(dirname "$0")/../lib/container.sh"
+. "$(dirname "$0")/../lib/netns.sh"
 
 need_root
 need_loop
@@ -22,30 +23,8 @@ need_programs imcd imcctl imc-attach
 
 # --- two hosts: a network namespace for the agent, a veth pair to it -------------------------
 
-NET=$((RANDOM % 200 + 20))
-NS=imc-dist-$$
-VETH=imcd$$
-SERVER_IP=10.213.$NET.1
-AGENT_IP=10.213.$NET.2
-
-# shellcheck disable=SC2317
-net_down() {
-	ip netns del "$NS" 2>/dev/null || true
-	ip link del "$VETH" 2>/dev/null || true
-}
-defer net_down
-# shellcheck disable=SC2317
-net_up() {
-	ip netns add "$NS" &&
-		ip link add "$VETH" type veth peer name "${VETH}a" &&
-		ip link set "${VETH}a" netns "$NS" &&
-		ip addr add "$SERVER_IP/30" dev "$VETH" &&
-		ip link set "$VETH" up &&
-		ip -n "$NS" addr add "$AGENT_IP/30" dev "${VETH}a" &&
-		ip -n "$NS" link set "${VETH}a" up &&
-		ip -n "$NS" link set lo up
-}
-check "namespace $NS joined by a veth on 10.213.$NET.0/30" net_up
+netns_pair imc-dist imcd
+check "namespace $NS joined by a veth on 10.213.$NET.0/30" netns_pair_up
 
 # pool_objects STATE: the volumes and snapshots in an agent's pool ("no pool" when it has none).
 pool_objects() {
@@ -203,12 +182,8 @@ flip() {
 A2=$TEST_TMP/agent2
 defer agent_teardown "$A2"
 flip
-_capture agent "$A2" --server "$IMCD_URL" prefetch "$ID"
-if [ "$rc" -ne 0 ] && grep -q "corrupt twice" <<<"$out"; then
-	ok "a chunk corrupted on the server is refetched once, then fails naming it"
-else
-	not_ok "a chunk corrupted on the server fails clearly" "exit $rc" "$out"
-fi
+check_fails_with "a chunk corrupted on the server is refetched once, then fails naming it" \
+	"corrupt twice" agent "$A2" --server "$IMCD_URL" prefetch "$ID"
 check_eq "the failed fetch leaves no volume or snapshot" "" \
 	"$(pool_objects "$A2")"
 flip
@@ -306,12 +281,8 @@ defer agent_teardown "$A4"
 "$IMC_BIN/imc-attach" --state-dir "$A4" list >/dev/null
 AVAIL=$(df -B1 --output=avail "$A4/pool" | tail -n1 | tr -d ' ')
 fallocate -l $((AVAIL - (4 << 20))) "$A4/pool/filler"
-_capture agent "$A4" --server "$IMCD_URL" prefetch "$ID"
-if [ "$rc" -ne 0 ] && grep -qi "free\|space" <<<"$out"; then
-	ok "a full local pool fails cleanly, saying so"
-else
-	not_ok "a full local pool fails cleanly" "exit $rc" "$out"
-fi
+check_fails_with "a full local pool fails cleanly, saying so" "[Ff]ree|[Ss]pace" \
+	agent "$A4" --server "$IMCD_URL" prefetch "$ID"
 check_eq "nothing half-written is left in the full pool" "" \
 	"$(pool_objects "$A4")"
 rm -f "$A4/pool/filler"

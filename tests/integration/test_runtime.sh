@@ -26,18 +26,8 @@ done
 
 registry_start || bail "registry starts" "$(cat "${REGISTRY_LOG:-/dev/null}" 2>/dev/null)"
 LAYOUT=$TEST_TMP/layout
-if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
-	mkimage_push "$LAYOUT" multi imc/multi:v1 >/dev/null 2>&1; then
-	ok "multilayer image builds and pushes"
-else
-	bail "multilayer image builds and pushes"
-fi
-if mkimage_config_probe "$LAYOUT" probe >/dev/null 2>&1 &&
-	mkimage_push "$LAYOUT" probe imc/probe:v1 >/dev/null 2>&1; then
-	ok "config probe image builds and pushes"
-else
-	bail "config probe image builds and pushes"
-fi
+images_push_or_bail "multilayer image builds and pushes" "$LAYOUT" multilayer:multi
+images_push_or_bail "config probe image builds and pushes" "$LAYOUT" config_probe:probe
 
 STATE=$TEST_TMP/state
 defer imc_teardown_quiet
@@ -91,16 +81,10 @@ IMC_RT=$IMC_BIN/imc-runtime
 RT_ERRS=$TEST_TMP/rt-stderr
 mkdir -p "$RT_ERRS"
 
-attach_count() {
-	imc_attach list 2>&1 | jq length 2>&1
-}
-
 # nothing_left WHAT ROOTFS CONTAINER_ID: the checks after a container is gone.
 nothing_left() {
-	local what=$1 rootfs=$2 cid=$3
-	check_eq "$what: imc-attach list is empty" 0 "$(attach_count)"
-	check_fails "$what: no mount at the rootfs dir" findmnt -rn --mountpoint "$rootfs"
-	check_fails "$what: no runtime record left" test -e "$STATE/runtime/$cid.json"
+	local what=$1 rootfs=$2
+	container_gone "$@"
 	check_eq "$what: the rootfs dir is empty again" "" "$(ls -A "$rootfs" 2>&1)"
 }
 

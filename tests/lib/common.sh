@@ -109,6 +109,20 @@ check_fails() {
 	return 0
 }
 
+# check_fails_with DESC ERE CMD...: ok if CMD fails and its output (stdout and stderr) matches
+# the extended regular expression ERE.
+check_fails_with() {
+	local desc=$1 ere=$2 out rc
+	shift 2
+	_capture "$@"
+	if [ "$rc" -ne 0 ] && printf '%s' "$out" | grep -Eq -- "$ere"; then
+		ok "$desc"
+	else
+		not_ok "$desc" "command: $*" "exit status: $rc (want a failure matching $ere)" "$out"
+	fi
+	return 0
+}
+
 # check_eq DESC EXPECTED ACTUAL
 check_eq() {
 	if [ "$2" = "$3" ]; then

@@ -103,3 +103,17 @@ mkimage_config_probe() {
 	mk_tag "$dir" "$tag" "$m"
 	rm -rf "$work"
 }
+
+# attach_count: how many attaches imc-attach lists in $IMC_STATE (imcd.sh's imc_attach).
+attach_count() {
+	imc_attach list 2>&1 | jq length 2>&1
+}
+
+# container_gone WHAT ROOTFS CONTAINER_ID: three checks after an imc-runtime container is gone:
+# no attach left, no mount at ROOTFS, no runtime record in $STATE/runtime.
+container_gone() {
+	local what=$1 rootfs=$2 cid=$3
+	check_eq "$what: imc-attach list is empty" 0 "$(attach_count)"
+	check_fails "$what: no mount at the rootfs dir" findmnt -rn --mountpoint "$rootfs"
+	check_fails "$what: no runtime record left" test -e "$STATE/runtime/$cid.json"
+}

@@ -181,6 +181,20 @@ registry_start_or_bail() {
 	ok "registry serves /v2/ at $REGISTRY"
 }
 
+# images_push_or_bail DESC LAYOUT KIND:TAG...: make each image in LAYOUT with mkimage_KIND
+# LAYOUT TAG (mkimage.sh, container.sh) and push it to $REGISTRY as imc/TAG:v1; one check, DESC,
+# and the run stops if any of them fails.
+images_push_or_bail() {
+	local desc=$1 layout=$2 spec kind tag
+	shift 2
+	for spec in "$@"; do
+		kind=${spec%%:*} tag=${spec#*:}
+		{ "mkimage_$kind" "$layout" "$tag" && mkimage_push "$layout" "$tag" "imc/$tag:v1"; } \
+			>/dev/null 2>&1 || bail "$desc"
+	done
+	ok "$desc"
+}
+
 imcd_start_or_bail() {
 	defer imc_teardown_quiet
 	imcd_start "$@" || bail "imcd starts and writes its ready file" "$(imcd_log_tail 30)"

@@ -236,6 +236,22 @@ registry_push_raw() {
 		--data-binary "@$mfile" "http://$REGISTRY/v2/$repo/manifests/$rtag"
 }
 
+# _pyhelper_start WHAT DIR SCRIPT ARG...: python3 tests/lib/SCRIPT ARG... --port-file DIR/port in
+# the background (its output in DIR/stderr), stopped by pid at exit; returns once it has written
+# its port to DIR/port, or fails saying that WHAT did not start.
+_pyhelper_start() {
+	local what=$1 dir=$2 script=$3 pid
+	shift 3
+	python3 "$IMC_ROOT/tests/lib/$script" "$@" --port-file "$dir/port" >"$dir/stderr" 2>&1 &
+	pid=$!
+	defer _stop_quiet "$pid"
+	wait_for_file "$dir/port" 20 "$pid" || {
+		echo "$what did not start:" >&2
+		cat "$dir/stderr" >&2
+		return 1
+	}
+}
+
 # token_start [LIFETIME_S] [EXPIRE_FIRST]: the test token server (tests/lib/tokenserver.py) on a
 # random loopback port with a fresh RSA key and self-signed certificate, granting what is asked
 # to the users of TOKEN_USERS ("user:password" lines; export it first) and to the holder of
@@ -244,7 +260,7 @@ registry_push_raw() {
 # TOKEN_SERVER (127.0.0.1:PORT), TOKEN_SERVICE, TOKEN_ISSUER, TOKEN_CERT, TOKEN_LOG (one line per
 # request: "METHOD USER SCOPE STATUS").  Stopped by pid at exit.
 token_start() {
-	local lifetime=${1:-300} expire_first=${2:-0} dir pid
+	local lifetime=${1:-300} expire_first=${2:-0} dir
 	dir=$(mktemp -d "$TEST_TMP/token.XXXXXX")
 	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 -subj /CN=imcache-test-token \
 		-keyout "$dir/key.pem" -out "$dir/cert.pem" >/dev/null 2>&1 || {
@@ -257,17 +273,10 @@ token_start() {
 	TOKEN_CERT=$dir/cert.pem
 	TOKEN_LOG=$dir/requests.log
 	: >"$TOKEN_LOG"
-	python3 "$IMC_ROOT/tests/lib/tokenserver.py" --key "$dir/key.pem" --cert "$dir/cert.pem" \
-		--users "$dir/users" --identity-token "${TOKEN_IDENTITY:-}" --lifetime "$lifetime" \
-		--expire-first "$expire_first" --service "$TOKEN_SERVICE" --issuer "$TOKEN_ISSUER" --log "$TOKEN_LOG" \
-		--port-file "$dir/port" >"$dir/stderr" 2>&1 &
-	pid=$!
-	defer _stop_quiet "$pid"
-	wait_for_file "$dir/port" 20 "$pid" || {
-		echo "token_start: the token server did not start:" >&2
-		cat "$dir/stderr" >&2
-		return 1
-	}
+	_pyhelper_start "token_start: the token server" "$dir" tokenserver.py --key "$dir/key.pem" \
+		--cert "$dir/cert.pem" --users "$dir/users" --identity-token "${TOKEN_IDENTITY:-}" \
+		--lifetime "$lifetime" --expire-first "$expire_first" --service "$TOKEN_SERVICE" \
+		--issuer "$TOKEN_ISSUER" --log "$TOKEN_LOG" || return 1
 	TOKEN_SERVER=127.0.0.1:$(cat "$dir/port")
 	export TOKEN_SERVER TOKEN_SERVICE TOKEN_ISSUER TOKEN_CERT TOKEN_LOG
 }
@@ -280,19 +289,12 @@ token_start() {
 # Sets FAULTPROXY (127.0.0.1:PORT) and FAULTPROXY_LOG ("METHOD PATH RANGE ACTION" lines).  Not
 # in a command substitution: the deferred stop must be this shell's.
 faultproxy_start() {
-	local upstream=$1 mode=$2 dir pid
+	local upstream=$1 mode=$2 dir
 	dir=$(mktemp -d "$TEST_TMP/proxy.XXXXXX")
 	FAULTPROXY_LOG=$dir/requests.log
 	: >"$FAULTPROXY_LOG"
-	python3 "$IMC_ROOT/tests/lib/faultproxy.py" --upstream "$upstream" --mode "$mode" \
-		--log "$FAULTPROXY_LOG" --port-file "$dir/port" >"$dir/stderr" 2>&1 &
-	pid=$!
-	defer _stop_quiet "$pid"
-	wait_for_file "$dir/port" 20 "$pid" || {
-		echo "faultproxy_start: the proxy did not start:" >&2
-		cat "$dir/stderr" >&2
-		return 1
-	}
+	_pyhelper_start "faultproxy_start: the proxy" "$dir" faultproxy.py --upstream "$upstream" \
+		--mode "$mode" --log "$FAULTPROXY_LOG" || return 1
 	FAULTPROXY=127.0.0.1:$(cat "$dir/port")
 	export FAULTPROXY FAULTPROXY_LOG
 }

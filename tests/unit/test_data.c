@@ -311,30 +311,51 @@ static int tmp_file(void)
 	return fd;
 }
 
-static void expect_content(struct server *s, int fd)
+/* Each download test runs against a fresh server, into an empty unlinked file (a checked
+ * fixture of the "download" case). */
+static struct server srv;
+static int dl_fd = -1;
+
+static void download_setup(void)
 {
-	unsigned char *got = malloc(s->size + 1);
+	memset(&srv, 0, sizeof(srv));
+	server_start(&srv);
+	dl_fd = tmp_file();
+}
+
+static void download_teardown(void)
+{
+	close(dl_fd);
+	dl_fd = -1;
+	server_stop(&srv);
+}
+
+/* The downloaded file holds exactly the server's body. */
+static void expect_content(void)
+{
+	unsigned char *got = malloc(srv.size + 1);
 	struct stat st;
 
 	ck_assert_ptr_nonnull(got);
-	ck_assert_int_eq(fstat(fd, &st), 0);
-	ck_assert_int_eq(st.st_size, (off_t)s->size);
-	ck_assert_int_eq(pread(fd, got, s->size + 1, 0), (ssize_t)s->size);
-	ck_assert(memcmp(got, s->body, s->size) == 0);
+	ck_assert_int_eq(fstat(dl_fd, &st), 0);
+	ck_assert_int_eq(st.st_size, (off_t)srv.size);
+	ck_assert_int_eq(pread(dl_fd, got, srv.size + 1, 0), (ssize_t)srv.size);
+	ck_assert(memcmp(got, srv.body, srv.size) == 0);
 	free(got);
 }
 
-static void body_sha(struct server *s, char out[IMC_SHA256_HEX_LEN + 1])
+static void body_sha(char out[IMC_SHA256_HEX_LEN + 1])
 {
-	ck_assert_int_eq(imc_sha256_hex(s->body, s->size, out, NULL), 0);
+	ck_assert_int_eq(imc_sha256_hex(srv.body, srv.size, out, NULL), 0);
 }
 
-static struct builder_download dl_for(struct server *s, int fd, bool known)
+/* A download of the server's body into dl_fd; known: the size is given and ranges are used. */
+static struct builder_download dl_for(bool known)
 {
 	return (struct builder_download){
-	    .url = s->url,
-	    .fd = fd,
-	    .size = known ? s->size : UINT64_MAX,
+	    .url = srv.url,
+	    .fd = dl_fd,
+	    .size = known ? srv.size : UINT64_MAX,
 	    .ranges = known,
 	    .connections = 4,
 	    .piece_size = 256 * 1024,
@@ -343,202 +364,145 @@ static struct builder_download dl_for(struct server *s, int fd, bool known)
 
 START_TEST(head)
 {
-	struct server s = {0};
 	uint64_t size = 0;
 	bool ranges = false;
 
-	server_start(&s);
-	ck_assert_int_eq(builder_download_head(s.url, NULL, &size, &ranges, NULL), 0);
+	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), 0);
 	ck_assert_uint_eq(size, BODY_SIZE);
 	ck_assert(ranges);
-	s.no_ranges = true;
-	ck_assert_int_eq(builder_download_head(s.url, NULL, &size, &ranges, NULL), 0);
+	srv.no_ranges = true;
+	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), 0);
 	ck_assert(!ranges);
-	s.status = 404;
-	ck_assert_int_eq(builder_download_head(s.url, NULL, &size, &ranges, NULL), -ENOENT);
-	server_stop(&s);
+	srv.status = 404;
+	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), -ENOENT);
 }
 END_TEST
 
 START_TEST(ranged_pieces)
 {
-	struct server s = {0};
 	char want[IMC_SHA256_HEX_LEN + 1];
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 	size_t pieces = (BODY_SIZE + 256 * 1024 - 1) / (256 * 1024);
 
-	server_start(&s);
-	body_sha(&s, want);
-	d = dl_for(&s, fd, true);
+	body_sha(want);
 	d.want_sha256 = want;
 	ck_assert_msg(builder_download(&d, &err) == 0, "%s", err.msg);
-	expect_content(&s, fd);
+	expect_content();
 	ck_assert_str_eq(d.got_sha256, want);
 	ck_assert_uint_eq(d.got_size, BODY_SIZE);
 	ck_assert_uint_eq(d.retries, 0);
-	ck_assert_uint_eq(s.n_ranges, pieces); /* one ranged GET a piece */
-	ck_assert_uint_eq(s.gets, pieces);
-	for (unsigned i = 0; i < s.n_ranges; i++)
-		ck_assert_uint_eq(s.range_starts[i] % (256 * 1024), 0);
-	close(fd);
-	server_stop(&s);
+	ck_assert_uint_eq(srv.n_ranges, pieces); /* one ranged GET a piece */
+	ck_assert_uint_eq(srv.gets, pieces);
+	for (unsigned i = 0; i < srv.n_ranges; i++)
+		ck_assert_uint_eq(srv.range_starts[i] % (256 * 1024), 0);
 }
 END_TEST
 
 START_TEST(retry_503)
 {
-	struct server s = {0};
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 
-	server_start(&s);
-	s.fail_first = 3;
-	d = dl_for(&s, fd, true);
+	srv.fail_first = 3;
 	ck_assert_msg(builder_download(&d, &err) == 0, "%s", err.msg);
-	expect_content(&s, fd);
+	expect_content();
 	ck_assert_uint_eq(d.retries, 3);
-	close(fd);
-	server_stop(&s);
 }
 END_TEST
 
 START_TEST(always_503)
 {
-	struct server s = {0};
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 
-	server_start(&s);
-	s.status = 503;
-	d = dl_for(&s, fd, true);
+	srv.status = 503;
 	d.connections = 1;
 	ck_assert_int_eq(builder_download(&d, &err), -EIO);
 	ck_assert_msg(strstr(err.msg, "HTTP 503") && strstr(err.msg, "tries"), "%s", err.msg);
-	close(fd);
-	server_stop(&s);
 }
 END_TEST
 
 START_TEST(resume_dropped)
 {
-	struct server s = {0};
 	char want[IMC_SHA256_HEX_LEN + 1];
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 	bool resumed = false;
 
-	server_start(&s);
-	body_sha(&s, want);
-	s.drop_at = 100000; /* inside a 256 KiB piece */
-	d = dl_for(&s, fd, true);
+	body_sha(want);
+	srv.drop_at = 100000; /* inside a 256 KiB piece */
 	d.want_sha256 = want;
 	ck_assert_msg(builder_download(&d, &err) == 0, "%s", err.msg);
-	expect_content(&s, fd);
-	ck_assert(s.dropped);
+	expect_content();
+	ck_assert(srv.dropped);
 	ck_assert_uint_ge(d.retries, 1);
 	/* The retry asked for the rest of the piece, not all of it again. */
-	for (unsigned i = 0; i < s.n_ranges; i++)
-		if (s.range_starts[i] % (256 * 1024) == 100000)
+	for (unsigned i = 0; i < srv.n_ranges; i++)
+		if (srv.range_starts[i] % (256 * 1024) == 100000)
 			resumed = true;
 	ck_assert(resumed);
-	close(fd);
-	server_stop(&s);
 }
 END_TEST
 
 START_TEST(range_ignored)
 {
-	struct server s = {0};
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 
-	server_start(&s);
-	s.ignore_range = true;
-	d = dl_for(&s, fd, true);
+	srv.ignore_range = true;
 	ck_assert_msg(builder_download(&d, &err) == 0, "%s", err.msg);
-	expect_content(&s, fd);
-	close(fd);
-	server_stop(&s);
+	expect_content();
 }
 END_TEST
 
 START_TEST(unknown_length)
 {
-	struct server s = {0};
 	char want[IMC_SHA256_HEX_LEN + 1];
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(false);
 	imc_error err = {0};
 
-	server_start(&s);
-	body_sha(&s, want);
-	s.no_length = true;
-	d = dl_for(&s, fd, false);
+	body_sha(want);
+	srv.no_length = true;
 	ck_assert_msg(builder_download(&d, &err) == 0, "%s", err.msg);
-	expect_content(&s, fd);
+	expect_content();
 	ck_assert_uint_eq(d.got_size, BODY_SIZE);
 	ck_assert_str_eq(d.got_sha256, want);
-	ck_assert_uint_eq(s.gets, 1);
-	close(fd);
-	server_stop(&s);
+	ck_assert_uint_eq(srv.gets, 1);
 }
 END_TEST
 
 START_TEST(sha_mismatch)
 {
-	struct server s = {0};
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 
-	server_start(&s);
-	d = dl_for(&s, fd, true);
 	d.want_sha256 = "0000000000000000000000000000000000000000000000000000000000000000";
 	ck_assert_int_eq(builder_download(&d, &err), -EBADMSG);
 	ck_assert_msg(strstr(err.msg, "sha256 mismatch"), "%s", err.msg);
-	close(fd);
-	server_stop(&s);
 }
 END_TEST
 
 START_TEST(not_found_no_retry)
 {
-	struct server s = {0};
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 
-	server_start(&s);
-	s.status = 404;
-	d = dl_for(&s, fd, true);
+	srv.status = 404;
 	d.connections = 1;
 	ck_assert_int_eq(builder_download(&d, &err), -ENOENT);
-	ck_assert_uint_eq(s.gets, 1);
-	close(fd);
-	server_stop(&s);
+	ck_assert_uint_eq(srv.gets, 1);
 }
 END_TEST
 
 START_TEST(more_than_announced)
 {
-	struct server s = {0};
-	int fd = tmp_file();
-	struct builder_download d;
+	struct builder_download d = dl_for(true);
 	imc_error err = {0};
 
-	server_start(&s);
-	d = dl_for(&s, fd, true);
 	d.ranges = false; /* one stream that must be this long */
 	d.size = BODY_SIZE - 1;
 	ck_assert_int_eq(builder_download(&d, &err), -EFBIG);
-	close(fd);
-	server_stop(&s);
 }
 END_TEST
 
@@ -556,6 +520,7 @@ int main(void)
 
 	t = tcase_create("download");
 	tcase_set_timeout(t, 60);
+	tcase_add_checked_fixture(t, download_setup, download_teardown);
 	tcase_add_test(t, head);
 	tcase_add_test(t, ranged_pieces);
 	tcase_add_test(t, retry_503);

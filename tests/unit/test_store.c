@@ -49,8 +49,8 @@ static bool file_has(const char *path, const char *text)
 	return same;
 }
 
-/* How many loop devices serve files under the test's state dir (the pool's files included). */
-static int loops_under_state_dir(void)
+/* How many /sys/block/<prefix>* devices have an ATTR file whose text MATCH accepts. */
+static int sys_block_count(const char *prefix, const char *attr, bool (*match)(const char *text))
 {
 	DIR *d = opendir("/sys/block");
 	struct dirent *de;
@@ -59,10 +59,10 @@ static int loops_under_state_dir(void)
 	ck_assert_ptr_nonnull(d);
 	while ((de = readdir(d))) {
 		char path[300], *buf = NULL;
-		if (strncmp(de->d_name, "loop", 4) != 0)
+		if (strncmp(de->d_name, prefix, strlen(prefix)) != 0)
 			continue;
-		snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", de->d_name);
-		if (imc_read_file(path, 4096, &buf, NULL, NULL) == 0 && strstr(buf, state_dir))
+		snprintf(path, sizeof(path), "/sys/block/%s/%s", de->d_name, attr);
+		if (imc_read_file(path, 4096, &buf, NULL, NULL) == 0 && match(buf))
 			n++;
 		free(buf);
 	}
@@ -70,32 +70,23 @@ static int loops_under_state_dir(void)
 	return n;
 }
 
-/* Active device-mapper devices of imcache (thin volumes and clones, the pool not counted). */
-static int dm_devices(void)
+/* A loop device's backing file under the test's state dir (the pool's files included). */
+static bool under_state_dir(const char *backing_file)
 {
-	DIR *d = opendir("/sys/block");
-	struct dirent *de;
-	int n = 0;
+	return strstr(backing_file, state_dir) != NULL;
+}
 
-	ck_assert_ptr_nonnull(d);
-	while ((de = readdir(d))) {
-		char path[300], *buf = NULL;
-		if (strncmp(de->d_name, "dm-", 3) != 0)
-			continue;
-		snprintf(path, sizeof(path), "/sys/block/%s/dm/name", de->d_name);
-		if (imc_read_file(path, 4096, &buf, NULL, NULL) == 0 &&
-		    strncmp(buf, "imc-", 4) == 0 && strncmp(buf, "imc-pool-", 9) != 0)
-			n++;
-		free(buf);
-	}
-	closedir(d);
-	return n;
+/* A device-mapper device of imcache (thin volumes and clones, the pool not counted). */
+static bool imc_volume(const char *dm_name)
+{
+	return strncmp(dm_name, "imc-", 4) == 0 && strncmp(dm_name, "imc-pool-", 9) != 0;
 }
 
 /* Block devices the store holds: loop devices of files under the state dir and dm devices. */
 static int devices_in_use(void)
 {
-	return loops_under_state_dir() + dm_devices();
+	return sys_block_count("loop", "loop/backing_file", under_state_dir) +
+	       sys_block_count("dm-", "dm/name", imc_volume);
 }
 
 static size_t count(enum store_kind kind)

@@ -23,9 +23,11 @@ if [ "${IMC_VM:-}" = 1 ] && ! findmnt -rn -t cgroup2 /sys/fs/cgroup >/dev/null; 
 fi
 
 # imc-attach and the teardown use the same driver as imcd.
+# shellcheck disable=SC2317 # called by imcd.sh's helpers
 imc_attach() {
 	"$IMC_BIN/imc-attach" --state-dir "$IMC_STATE" --driver thin "$@"
 }
+# shellcheck disable=SC2317 # deferred
 imc_teardown_quiet() {
 	if [ -n "$IMC_STATE" ]; then
 		imc_attach teardown >/dev/null 2>&1 || true
@@ -42,12 +44,7 @@ our_dm_devices() {
 BEFORE_DM=$(our_dm_devices)
 registry_start_or_bail
 LAYOUT=$TEST_TMP/layout
-if mkimage_multilayer "$LAYOUT" multi >/dev/null 2>&1 &&
-	mkimage_push "$LAYOUT" multi imc/multi:v1 >/dev/null 2>&1; then
-	ok "multilayer image builds and pushes"
-else
-	bail "multilayer image builds and pushes"
-fi
+images_push_or_bail "multilayer image builds and pushes" "$LAYOUT" multilayer:multi
 
 STATE=$TEST_TMP/state
 imcd_start_or_bail "$STATE" --driver thin --pool-size 2G
