@@ -38,12 +38,14 @@ if [ "${1:-}" != --in-vm ]; then
 fi
 
 # ---- inside the VM ------------------------------------------------------------------------
+# The scratch disk on a directory of its own (not over /tmp, where the tree itself may live).
+scratch=/run/imc-bench
+mkdir -p "$scratch"
 mkfs.xfs -q -f -m reflink=1 /dev/vda
-mount -o noatime /dev/vda /tmp
-chmod 1777 /tmp
-trap 'cd /; umount /tmp 2>/dev/null || umount -l /tmp' EXIT
+mount -o noatime /dev/vda "$scratch"
+trap 'cd /; umount "$scratch" 2>/dev/null || umount -l "$scratch"' EXIT
 for driver in reflink thin; do
-	state=/tmp/bench-$driver
+	state=$scratch/bench-$driver
 	echo "== $driver: build ${DATA_MB} MiB" >&2
 	"$IMC_BIN/bench/driver_bench" build "$driver" "$state" snap "$DATA_MB"
 	sync
