@@ -750,6 +750,54 @@ static void *worker_main(void *arg)
 /* ---- expiry and eviction ----------------------------------------------------------------------
  */
 
+/* Does a cache whose snapshot exists stand on base snapshot id (its manifest's base.snapshot)? */
+static bool base_in_use_locked(struct api_caches *c, const char *id)
+{
+	for (size_t i = 0; i < c->n_items; i++) {
+		const struct api_cache *cache = c->items[i];
+		const char *base = json_string_value(
+		    json_object_get(json_object_get(cache->manifest, "base"), "snapshot"));
+		if ((cache->status == API_CACHE_READY || cache->status == API_CACHE_UPDATING) &&
+		    base && strcmp(base, id) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Remove the per-image base snapshots (img-…) that no cache stands on any more.  Not while a
+ * build runs or waits: it may be about to clone one.  Under the table lock, so no build starts
+ * meanwhile. */
+static void drop_unused_bases(struct api_caches *c)
+{
+	char **ids = NULL;
+	size_t n = 0;
+	imc_error e = {0};
+	bool busy = c->q_len > 0;
+
+	for (unsigned w = 0; w < c->n_workers && !busy; w++)
+		busy = c->building[w] != NULL;
+	if (busy || store_list(c->store, STORE_SNAPSHOT, &ids, &n, &e) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		if (strncmp(ids[i], BUILDER_BASE_PREFIX, strlen(BUILDER_BASE_PREFIX)) != 0 ||
+		    base_in_use_locked(c, ids[i]))
+			continue;
+		if (builder_base_forget(c->store, ids[i], &e) < 0)
+			imc_warn("base snapshot %s: %s", ids[i], e.msg);
+		else
+			imc_info("base snapshot %s: no cache stands on it any more, removed",
+				 ids[i]);
+	}
+	store_list_free(ids, n);
+}
+
+static void drop_unused_bases_now(struct api_caches *c)
+{
+	pthread_mutex_lock(&c->lock);
+	drop_unused_bases(c);
+	pthread_mutex_unlock(&c->lock);
+}
+
 /* A cache's snapshot is gone: so are its chunk index and the chunks no other index names. */
 static void chunks_gone(struct api_caches *c, const char *id)
 {
@@ -782,8 +830,10 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	pthread_mutex_unlock(&c->lock);
 	if (cache && persist_id(c, id, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
-	if (r == 0 || r == -ENOENT)
+	if (r == 0 || r == -ENOENT) {
 		chunks_gone(c, id);
+		drop_unused_bases_now(c);
+	}
 	if (r == 0 || r == -ENOENT) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "%s: %s", type, why);
@@ -1539,6 +1589,7 @@ int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, 
 	 * start marks such a cache Failed). */
 	finish_delete(c, id, true);
 	chunks_gone(c, id);
+	drop_unused_bases_now(c);
 	r = unlink_meta(c, id, err);
 	if (r < 0)
 		return r;

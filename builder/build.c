@@ -27,7 +27,7 @@
 #define BUILD_DATA_SLACK  (64ULL << 20) /* ext4 metadata beside the data (inode tables, maps) */
 #define MANIFEST_FILE	  "imcache.json"
 #define MANIFEST_VERSION  1
-#define BASE_PREFIX	  "img-"
+#define BASE_PREFIX	  BUILDER_BASE_PREFIX
 #define BASE_HEX	  32
 #define BASE_ID_MAX	  (sizeof(BASE_PREFIX) + BASE_HEX)
 #define BASES_DIR	  "bases" /* <state>/bases/<base id>.json: {"layers": [digest…]} */
@@ -391,6 +391,25 @@ static void base_record(struct store *s, const char *base_id, json_t *layers)
 	snprintf(name, sizeof(name), "%s.json", base_id);
 	if (dfd >= 0)
 		imc_json_write_atomic(dfd, name, rec, NULL);
+}
+
+int builder_base_forget(struct store *s, const char *base_id, imc_error *err)
+{
+	_cleanup_free_ char *dir = bases_dir(s);
+	_cleanup_close_ int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	char name[BASE_ID_MAX + 8];
+	int r;
+
+	if (strncmp(base_id, BASE_PREFIX, strlen(BASE_PREFIX)) != 0 ||
+	    strlen(base_id) >= BASE_ID_MAX)
+		return imc_err(err, EINVAL, "%.80s: not a base snapshot", base_id);
+	r = store_remove(s, STORE_SNAPSHOT, base_id, err);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	snprintf(name, sizeof(name), "%s.json", base_id);
+	if (dfd >= 0 && unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
+		return imc_err_sys(err, errno, "base record %s", name);
+	return 0;
 }
 
 /* How many leading layers of want the record's layers are, when all of them are; else 0. */

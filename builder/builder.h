@@ -188,6 +188,11 @@ int data_rel_path_check(const char *path, imc_error *err);
 uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);
 #endif
 
+/* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of its
+ * manifest digest (see builder/build.c).  Remove a base and its record of layers. */
+#define BUILDER_BASE_PREFIX "img-"
+int builder_base_forget(struct store *s, const char *base_id, imc_error *err);
+
 /* Resolve refs, create a volume in the store, mkfs.ext4, pull each image (fetch + apply) under
  * /images/<n>/rootfs, fetch data under /data/<path>/, write /imcache.json, unmount and seal it as
  * snapshot cache_id.  On failure nothing is left in the store.  ret_manifest gets the content of

@@ -236,6 +236,12 @@ for id in "$ID1" "$ID2" "$ID3"; do
 		"$(json_get "$HTTP_BODY" '.error.code // empty' 2>/dev/null || true)"
 	check "snapshot of $id is gone from the pool (within 10 s)" wait_gone "$STATE/pool/snapshots/$id.img" 10
 done
+# Each cache stood on its image's base snapshot (img-…); with the last cache of an image gone, so
+# is its base.
+http GET "$IMCD_URL/v1/imagecaches"
+check_eq "no cache is left" 0 "$(json_get "$HTTP_BODY" '.items | length' 2>/dev/null)"
+check_eq "no base snapshot is left in the pool" "" \
+	"$(find "$STATE/pool/snapshots" -name 'img-*' 2>/dev/null)"
 
 check_clean_shutdown
 
