@@ -103,6 +103,15 @@ static int family(struct imc_buf *b, const char *name, const char *type, const c
 	return r < 0 ? r : appendf(b, "# TYPE %s %s\n", name, type);
 }
 
+/* A family with a single unlabelled sample. */
+static int scalar(struct imc_buf *b, const char *name, const char *type, const char *help,
+		  uint64_t value)
+{
+	int r = family(b, name, type, help);
+
+	return r < 0 ? r : appendf(b, "%s %llu\n", name, (unsigned long long)value);
+}
+
 /* Seconds from nanoseconds, exactly: "12.000345678". */
 static int append_seconds(struct imc_buf *b, const char *name, uint64_t ns)
 {
@@ -142,11 +151,9 @@ static int render_caches(struct imc_buf *b, const struct api_metrics_page *p)
 
 static int render_builds(struct imc_buf *b, const struct api_metrics *m)
 {
-	int r = family(b, "imcache_builds_in_flight", "gauge", "Cache builds running now.");
+	int r = scalar(b, "imcache_builds_in_flight", "gauge", "Cache builds running now.",
+		       m->builds_in_flight);
 
-	if (r == 0)
-		r = appendf(b, "imcache_builds_in_flight %llu\n",
-			    (unsigned long long)m->builds_in_flight);
 	if (r == 0)
 		r = family(b, "imcache_builds_total", "counter",
 			   "Finished cache builds by result.");
@@ -161,41 +168,30 @@ static int render_builds(struct imc_buf *b, const struct api_metrics *m)
 			      "Duration of finished cache builds, Ready or Failed.", build_buckets,
 			      API_BUILD_BUCKETS, m->build_buckets, m->build_ns_sum);
 	if (r == 0)
-		r = family(b, "imcache_pull_bytes_total", "counter",
-			   "Layer bytes downloaded from registries, as the builder reported them.");
-	if (r == 0)
-		r = appendf(b, "imcache_pull_bytes_total %llu\n",
-			    (unsigned long long)m->pull_bytes);
+		r = scalar(b, "imcache_pull_bytes_total", "counter",
+			   "Layer bytes downloaded from registries, as the builder reported them.",
+			   m->pull_bytes);
 	return r;
 }
 
 static int render_lifecycle(struct imc_buf *b, const struct api_metrics_page *p)
 {
 	const struct api_metrics *m = &p->m;
-	int r = family(b, "imcache_evictions_total", "counter",
-		       "Caches removed because the pool passed its high watermark.");
+	int r = scalar(b, "imcache_evictions_total", "counter",
+		       "Caches removed because the pool passed its high watermark.", m->evictions);
 
 	if (r == 0)
-		r = appendf(b, "imcache_evictions_total %llu\n", (unsigned long long)m->evictions);
+		r = scalar(b, "imcache_expirations_total", "counter",
+			   "Caches removed because their retention ran out.", m->expirations);
 	if (r == 0)
-		r = family(b, "imcache_expirations_total", "counter",
-			   "Caches removed because their retention ran out.");
+		r = scalar(b, "imcache_attaches_total", "counter",
+			   "Attachments reported by imc-attach and imc-runtime.", m->attaches);
 	if (r == 0)
-		r = appendf(b, "imcache_expirations_total %llu\n",
-			    (unsigned long long)m->expirations);
+		r = scalar(b, "imcache_detaches_total", "counter", "Attachments ended.",
+			   m->detaches);
 	if (r == 0)
-		r = family(b, "imcache_attaches_total", "counter",
-			   "Attachments reported by imc-attach and imc-runtime.");
-	if (r == 0)
-		r = appendf(b, "imcache_attaches_total %llu\n", (unsigned long long)m->attaches);
-	if (r == 0)
-		r = family(b, "imcache_detaches_total", "counter", "Attachments ended.");
-	if (r == 0)
-		r = appendf(b, "imcache_detaches_total %llu\n", (unsigned long long)m->detaches);
-	if (r == 0)
-		r = family(b, "imcache_attachments", "gauge", "Clones attached now, all caches.");
-	if (r == 0)
-		r = appendf(b, "imcache_attachments %llu\n", (unsigned long long)p->attachments);
+		r = scalar(b, "imcache_attachments", "gauge", "Clones attached now, all caches.",
+			   p->attachments);
 	return r;
 }
 
