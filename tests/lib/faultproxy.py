@@ -12,11 +12,12 @@ Each request is logged to --log as "METHOD PATH RANGE ACTION".
 """
 import argparse
 import http.client
-import os
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+import loopserver
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
        "proxy-authorization", "proxy-authenticate"}
@@ -99,17 +100,8 @@ def main():
     for opt in ("--upstream", "--mode", "--log", "--port-file"):
         p.add_argument(opt, required=True)
     args = p.parse_args()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.args, srv.seen, srv.lock = args, set(), threading.Lock()
-    with open(args.port_file + ".tmp", "w") as f:
-        f.write("%d\n" % srv.server_address[1])
-    os.rename(args.port_file + ".tmp", args.port_file)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return loopserver.serve(Handler, args.port_file, args=args, seen=set(),
+                            lock=threading.Lock())
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ for a new one.  Anonymous requests and wrong passwords get 401.  Each request is
 import argparse
 import base64
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
+
+import loopserver
 
 
 def b64url(data):
@@ -149,19 +150,9 @@ def main():
             user, sep, password = line.rstrip("\n").partition(":")
             if sep:
                 users[user] = password
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    srv.args, srv.users, srv.signer = args, users, Signer(args.key, args.cert)
-    srv.log_lock = threading.Lock()
-    srv.expire_left = args.expire_first
-    with open(args.port_file + ".tmp", "w") as f:
-        f.write("%d\n" % srv.server_address[1])
-    os.rename(args.port_file + ".tmp", args.port_file)
-    try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return loopserver.serve(Handler, args.port_file, args=args, users=users,
+                            signer=Signer(args.key, args.cert), log_lock=threading.Lock(),
+                            expire_left=args.expire_first)
 
 
 if __name__ == "__main__":
