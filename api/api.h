@@ -71,7 +71,7 @@ void api_credentials_free(struct api_credential *c, size_t n);
 struct api_create_request {
 	char *name;  /* NULL when not given */
 	char **refs; /* 1..API_IMAGES_MAX distinct image references, validated with
-		      * builder_ref_parse, in request order (index n: /images/<n>/rootfs) */
+		      * oci_ref_parse, in request order (index n: /images/<n>/rootfs) */
 	size_t n_refs;
 	struct api_data *data; /* 0..API_DATA_MAX entries with distinct paths */
 	size_t n_data;

@@ -594,7 +594,7 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
  * not change while it builds). */
 struct build_args {
 	struct builder_data data[API_DATA_MAX];
-	struct builder_credential creds[API_CREDS_MAX];
+	struct oci_credential creds[API_CREDS_MAX];
 };
 
 static void build_args_fill(struct build_args *a, const struct api_cache *cache,
@@ -609,11 +609,10 @@ static void build_args_fill(struct build_args *a, const struct api_cache *cache,
 						   .path = cache->data[i].path,
 						   .sha256 = cache->data[i].sha256};
 	for (size_t i = 0; i < n_creds; i++)
-		a->creds[i] =
-		    (struct builder_credential){.registry = cache->credentials[i].registry,
-						.username = cache->credentials[i].username,
-						.password = cache->credentials[i].password,
-						.token = cache->credentials[i].token};
+		a->creds[i] = (struct oci_credential){.registry = cache->credentials[i].registry,
+						      .username = cache->credentials[i].username,
+						      .password = cache->credentials[i].password,
+						      .token = cache->credentials[i].token};
 	breq->data = a->data;
 	breq->n_data = n_data;
 	breq->size = cache->request_size;

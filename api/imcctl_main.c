@@ -7,7 +7,7 @@
 #include <sys/un.h>
 #include <time.h>
 
-#include "../builder/push.h"
+#include "../client/client.h"
 #include "api.h"
 
 #define DEFAULT_SERVER	     "http://127.0.0.1:8080"
@@ -914,12 +914,12 @@ static int parse_global(int argc, char **argv, struct client *c)
 	return i;
 }
 
-/* push CACHE_ID REF [--insecure-registry HOST:PORT]...: builder/push.c does the work. */
+/* push CACHE_ID REF [--insecure-registry HOST:PORT]...: client/push.c does the work. */
 static int cmd_push(const struct client *c, int argc, char **argv)
 {
 	const char *insecure[17] = {0};
-	struct push_config cfg = {.server = c->server, .insecure_registries = insecure};
-	struct push_stats st;
+	struct client_push_config cfg = {.server = c->server, .insecure_registries = insecure};
+	struct client_push_stats st;
 	const char *pos[2];
 	size_t n_insecure = 0, n_pos = 0;
 	imc_error err = {0};
@@ -938,7 +938,7 @@ static int cmd_push(const struct client *c, int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	cfg.token = getenv("IMCACHE_TOKEN");
-	if (builder_push_snapshot(&cfg, pos[0], pos[1], &st, &err) < 0) {
+	if (client_push_snapshot(&cfg, pos[0], pos[1], &st, &err) < 0) {
 		fprintf(stderr, "imcctl: %s\n", err.msg);
 		return EXIT_FAIL;
 	}

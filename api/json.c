@@ -192,7 +192,7 @@ static int parse_name(json_t *body, struct api_create_request *req, imc_error *e
 static int parse_image(json_t *image, size_t index, struct api_create_request *req, imc_error *err)
 {
 	static const char *const fields[] = {"ref", NULL};
-	struct builder_ref parsed = {0};
+	struct oci_ref parsed = {0};
 	const char *ref = NULL;
 	char ctx[ENTRY_CTX_MAX];
 	int r = check_entry(image, "images", index, fields, ctx, err);
@@ -201,7 +201,7 @@ static int parse_image(json_t *image, size_t index, struct api_create_request *r
 		r = imc_json_get_string(image, "ref", true, API_REF_MAX, ctx, &ref, err);
 	if (r < 0)
 		return r;
-	r = builder_ref_parse(ref, &parsed, err);
+	r = oci_ref_parse(ref, &parsed, err);
 	if (r < 0) {
 		imc_err_wrap(err, "%s.ref", ctx);
 		if (err)
@@ -209,7 +209,7 @@ static int parse_image(json_t *image, size_t index, struct api_create_request *r
 			    -EINVAL; /* a bad ref is the client's error, whatever the cause */
 		return -EINVAL;
 	}
-	builder_ref_free(&parsed);
+	oci_ref_free(&parsed);
 	for (size_t i = 0; i < req->n_refs; i++)
 		if (strcmp(req->refs[i], ref) == 0)
 			return imc_err(err, EINVAL, "%s.ref: %s is already images[%zu]", ctx, ref,

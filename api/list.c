@@ -186,8 +186,8 @@ static int parse_limit(const char *s, size_t *ret, imc_error *err)
 /* image: any valid reference; a digest reference also matches by the resolved digest. */
 static int parse_image(const char *s, struct api_list_query *q, imc_error *err)
 {
-	struct builder_ref ref = {0};
-	int r = builder_ref_parse(s, &ref, err);
+	struct oci_ref ref = {0};
+	int r = oci_ref_parse(s, &ref, err);
 
 	if (r < 0) {
 		imc_err_wrap(err, "image");
@@ -197,7 +197,7 @@ static int parse_image(const char *s, struct api_list_query *q, imc_error *err)
 	if (q->image && ref.digest)
 		q->image_digest = strdup(ref.digest);
 	r = !q->image || (ref.digest && !q->image_digest) ? -ENOMEM : 0;
-	builder_ref_free(&ref);
+	oci_ref_free(&ref);
 	return r < 0 ? imc_err(err, ENOMEM, "out of memory") : 0;
 }
 

@@ -10,8 +10,7 @@
 
 #include <zstd.h>
 
-#include "../builder/builder.h"
-#include "../builder/registry.h"
+#include "../oci/oci.h"
 #include "attach.h"
 #include "fetch.h"
 
@@ -114,8 +113,8 @@ struct fetch {
 	imc_error err; /* the first failure */
 	struct fetch_stats *st;
 	/* Pulling from an OCI registry (--registry-ref): each worker opens its own client. */
-	const struct builder_ref *ref;
-	const struct builder_opts *bopts;
+	const struct oci_ref *ref;
+	const struct oci_registry_opts *ropts;
 };
 
 static void fetch_fail(struct fetch *f, const imc_error *e)
@@ -176,12 +175,12 @@ static int download(struct fetch *f, CURL *c, const struct job *j, struct sink *
 }
 
 /* The chunk's blob from the registry (the client verifies its size and digest and retries). */
-static int download_registry(struct fetch *f, struct registry *reg, const struct job *j,
+static int download_registry(struct fetch *f, struct oci_registry *reg, const struct job *j,
 			     struct sink *s, imc_error *err)
 {
-	const struct builder_descriptor d = {.media_type = (char *)CHUNKS_MEDIA_TYPE_CHUNK,
-					     .digest = (char *)j->e->blob,
-					     .size = (int64_t)j->e->csize};
+	const struct oci_descriptor d = {.media_type = (char *)CHUNKS_MEDIA_TYPE_CHUNK,
+					 .digest = (char *)j->e->blob,
+					 .size = (int64_t)j->e->csize};
 	char *data = NULL;
 	size_t len = 0;
 	int r = -EAGAIN;
@@ -189,7 +188,7 @@ static int download_registry(struct fetch *f, struct registry *reg, const struct
 	for (unsigned a = 0; a < FETCH_ATTEMPTS && r < 0 && !f->failed; a++) {
 		if (a > 0)
 			count(f, &f->st->retries, 1);
-		r = registry_get_blob_mem(reg, &d, j->e->csize, &data, &len, err);
+		r = oci_registry_get_blob_mem(reg, &d, j->e->csize, &data, &len, err);
 	}
 	if (r < 0)
 		return r;
@@ -199,7 +198,7 @@ static int download_registry(struct fetch *f, struct registry *reg, const struct
 }
 
 /* Fetch, verify (refetch once when corrupt) and write one chunk. */
-static int fetch_one(struct fetch *f, CURL *c, struct registry *reg, const struct job *j,
+static int fetch_one(struct fetch *f, CURL *c, struct oci_registry *reg, const struct job *j,
 		     struct sink *s, void *out, imc_error *err)
 {
 	int r;
@@ -231,7 +230,7 @@ static void *worker(void *arg)
 	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
 	_cleanup_curl_ CURL *c = http_new(f->cfg->token, &headers);
 	_cleanup_free_ void *out = malloc(f->ix->chunk_size);
-	struct registry *reg = NULL;
+	struct oci_registry *reg = NULL;
 	struct sink s = {0};
 	struct job *j;
 	imc_error err = {0};
@@ -241,7 +240,7 @@ static void *worker(void *arg)
 		fetch_fail(f, &err);
 		return NULL;
 	}
-	if (f->ref && registry_open(f->bopts, f->ref, &reg, &err) < 0) {
+	if (f->ref && oci_registry_open(f->ropts, f->ref, &reg, &err) < 0) {
 		fetch_fail(f, &err);
 		return NULL;
 	}
@@ -252,7 +251,7 @@ static void *worker(void *arg)
 		}
 	}
 	if (reg)
-		registry_close(reg);
+		oci_registry_close(reg);
 	imc_buf_free(&s.buf);
 	return NULL;
 }
@@ -493,61 +492,29 @@ static int get_index(const struct fetch_config *cfg, const char *id, struct chun
 	return 0;
 }
 
-static int manifest_config(const struct registry_manifest *m, struct builder_descriptor *ret,
-			   imc_error *err)
-{
-	_cleanup_json_ json_t *j = NULL;
-	json_t *cfg;
-	const char *at = NULL, *mt = NULL, *digest = NULL;
-	int64_t size = 0;
-
-	if (imc_json_parse_object(m->body, m->len, &j, err) < 0)
-		return imc_err_wrap(err, "manifest");
-	if (imc_json_get_string(j, "artifactType", true, 256, "manifest", &at, err) < 0 ||
-	    imc_json_get_object(j, "config", true, "manifest", &cfg, err) < 0 ||
-	    imc_json_get_string(cfg, "mediaType", true, 256, "manifest.config", &mt, err) < 0 ||
-	    imc_json_get_string(cfg, "digest", true, CHUNKS_DIGEST_LEN, "manifest.config", &digest,
-				err) < 0 ||
-	    imc_json_get_int(cfg, "size", true, 1, CHUNKS_INDEX_MAX, "manifest.config", &size,
-			     err) < 0)
-		return -EINVAL;
-	if (strcmp(at, CHUNKS_ARTIFACT_TYPE) != 0 || strcmp(mt, CHUNKS_MEDIA_TYPE_INDEX) != 0)
-		return imc_err(
-		    err, EINVAL,
-		    "manifest: artifact %.80s with config %.80s, not an imcache snapshot", at, mt);
-	ret->digest = strdup(digest);
-	ret->size = size;
-	return ret->digest ? 0 : imc_err(err, ENOMEM, "out of memory");
-}
-
 /* The index from an OCI artifact: manifest -> config (the index). */
-static int get_index_registry(const struct builder_opts *o, const struct builder_ref *ref,
+static int get_index_registry(const struct oci_registry_opts *o, const struct oci_ref *ref,
 			      const char *id, struct chunk_index *ret, char **ret_buf,
 			      size_t *ret_len, imc_error *err)
 {
-	struct registry_manifest m = {0};
-	struct builder_descriptor d = {.media_type = (char *)CHUNKS_MEDIA_TYPE_INDEX};
-	struct registry *r = NULL;
+	static const struct oci_artifact_kind snapshot = {.artifact_type = CHUNKS_ARTIFACT_TYPE,
+							  .config_type = CHUNKS_MEDIA_TYPE_INDEX,
+							  .config_max = CHUNKS_INDEX_MAX,
+							  .what = "an imcache snapshot"};
+	struct oci_registry *r = NULL;
 	char *buf = NULL;
 	size_t len = 0;
 	int rc;
 
-	rc = registry_open(o, ref, &r, err);
+	rc = oci_registry_open(o, ref, &r, err);
 	if (rc == 0)
-		rc = registry_get_manifest(r, ref->digest ? ref->digest : ref->tag, ref->digest, &m,
-					   err);
-	if (rc == 0)
-		rc = manifest_config(&m, &d, err);
-	if (rc == 0)
-		rc = registry_get_blob_mem(r, &d, CHUNKS_INDEX_MAX, &buf, &len, err);
+		rc = oci_artifact_pull_config(r, ref, &snapshot, &buf, &len, err);
 	if (rc == 0)
 		rc = chunk_index_parse(buf, len, ret, err);
 	if (rc == 0 && strcmp(ret->cache_id, id) != 0)
 		rc = imc_err(err, EBADMSG, "the artifact holds cache %s", ret->cache_id);
-	free(d.digest);
-	registry_manifest_free(&m);
 	if (r)
-		registry_close(r);
+		oci_registry_close(r);
 	if (rc < 0) {
 		chunk_index_free(ret);
 		free(buf);
@@ -798,13 +765,13 @@ static int save_local_index(struct store *s, const char *id, const char *buf, si
 }
 
 static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
-			     const struct builder_ref *ref, const struct chunk_index *ix,
+			     const struct oci_ref *ref, const struct chunk_index *ix,
 			     const char *vol, struct fetch_stats *st, imc_error *err)
 {
 	_cleanup_(local_set_free) struct local_set l = {0};
-	const struct builder_opts bopts = {.insecure_registries = cfg->insecure_registries};
+	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	struct store_dev dev = {.fd = -1};
-	struct fetch f = {.s = s, .cfg = cfg, .ix = ix, .st = st, .ref = ref, .bopts = &bopts};
+	struct fetch f = {.s = s, .cfg = cfg, .ix = ix, .st = st, .ref = ref, .ropts = &ropts};
 	int r;
 
 	if (local_set_load(s, &l, err) < 0)
@@ -824,9 +791,8 @@ static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
 }
 
 static int fetch_with_index(struct store *s, const struct fetch_config *cfg,
-			    const struct builder_ref *ref, const char *id,
-			    const struct chunk_index *ix, const char *buf, size_t len,
-			    struct fetch_stats *st, imc_error *err)
+			    const struct oci_ref *ref, const char *id, const struct chunk_index *ix,
+			    const char *buf, size_t len, struct fetch_stats *st, imc_error *err)
 {
 	char vol[128];
 	int r;
@@ -853,12 +819,12 @@ int fetch_snapshot(struct store *s, const struct fetch_config *cfg, const char *
 		   struct fetch_stats *ret_stats, imc_error *err)
 {
 	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
-	const struct builder_opts bopts = {.insecure_registries = cfg->insecure_registries};
+	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	_cleanup_free_ char *buf = NULL;
 	struct store_object_info info;
 	struct fetch_stats st = {0};
 	uint64_t t0 = imc_monotonic_ns();
-	struct builder_ref ref = {0};
+	struct oci_ref ref = {0};
 	bool have_ref = false;
 	size_t len = 0;
 	int r;
@@ -871,10 +837,10 @@ int fetch_snapshot(struct store *s, const struct fetch_config *cfg, const char *
 		return imc_err(err, ENOENT, "cache %s: not in the local store (and no --server)",
 			       id);
 	if (cfg->registry_ref) {
-		if (builder_ref_parse(cfg->registry_ref, &ref, err) < 0)
+		if (oci_ref_parse(cfg->registry_ref, &ref, err) < 0)
 			return imc_err_wrap(err, "--registry-ref");
 		have_ref = true;
-		r = get_index_registry(&bopts, &ref, id, &ix, &buf, &len, err);
+		r = get_index_registry(&ropts, &ref, id, &ix, &buf, &len, err);
 	} else {
 		r = get_index(cfg, id, &ix, &buf, &len, err);
 	}
@@ -883,7 +849,7 @@ int fetch_snapshot(struct store *s, const struct fetch_config *cfg, const char *
 	else
 		r = fetch_with_index(s, cfg, have_ref ? &ref : NULL, id, &ix, buf, len, &st, err);
 	if (have_ref)
-		builder_ref_free(&ref);
+		oci_ref_free(&ref);
 	if (r < 0)
 		return r;
 	st.ns = imc_monotonic_ns() - t0;

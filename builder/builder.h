@@ -1,44 +1,15 @@
-/* The builder: OCI distribution client, manifest handling and layer application, and the build
- * of a cache snapshot from image refs. */
+/* The builder: layer application, image assembly, model data, and the build of a cache snapshot
+ * from image refs (the registry side is oci/). */
 #ifndef IMC_BUILDER_H
 #define IMC_BUILDER_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "../common/imc.h"
+#include "../oci/oci.h"
 #include "../store/store.h"
-
-/* ---- image references -------------------------------------------------------------------- */
-struct builder_ref {
-	char *registry;	  /* "registry-1.docker.io", "127.0.0.1:5000", ... (as contacted) */
-	char *repository; /* "library/busybox" */
-	char *tag;	  /* NULL when only a digest was given */
-	char *digest;	  /* "sha256:…" or NULL */
-};
-int builder_ref_parse(const char *s, struct builder_ref *ret, imc_error *err);
-void builder_ref_free(struct builder_ref *r);
-
-/* ---- manifests ---------------------------------------------------------------------------- */
-struct builder_descriptor {
-	char *media_type;
-	char *digest;
-	int64_t size;
-};
-struct builder_manifest {
-	struct builder_descriptor config;
-	struct builder_descriptor *layers;
-	size_t n_layers;
-};
-/* Parse a Docker schema 2 or OCI image manifest (media_type from Content-Type or the body). */
-int builder_manifest_parse(const char *media_type, const char *body, size_t len,
-			   struct builder_manifest *ret, imc_error *err);
-void builder_manifest_free(struct builder_manifest *m);
-/* Pick the manifest for platform ("os/arch[/variant]") from an OCI index / manifest list. */
-int builder_index_select(const char *body, size_t len, const char *platform,
-			 struct builder_descriptor *ret, imc_error *err);
-void builder_descriptor_free(struct builder_descriptor *d);
-bool builder_media_type_is_index(const char *media_type);
 
 /* ---- layers ------------------------------------------------------------------------------- */
 enum builder_whiteout {
@@ -53,19 +24,11 @@ enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target)
 int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *err);
 
 /* ---- pulling ------------------------------------------------------------------------------ */
-/* Registry credentials of one request: never logged, never written to disk. */
-struct builder_credential {
-	const char *registry; /* "host[:port]" as in image refs; docker.io for Docker Hub */
-	const char *username; /* with password: basic auth, and for a token service's realm */
-	const char *password;
-	const char *token; /* instead of username/password: a registry identity/bearer token */
-};
-
 struct builder_opts {
-	const char *blob_dir;			/* verified blobs, sha256/<hex> */
-	const char *platform;			/* default "linux/amd64" */
-	const char *const *insecure_registries; /* NULL-terminated "host:port" list, plain HTTP */
-	const struct builder_credential *credentials; /* per registry; first match wins */
+	const char *blob_dir;			  /* verified blobs, sha256/<hex> */
+	const char *platform;			  /* default "linux/amd64" */
+	const char *const *insecure_registries;	  /* NULL-terminated "host:port" list, plain HTTP */
+	const struct oci_credential *credentials; /* per registry; first match wins */
 	size_t n_credentials;
 	const char *auth_file;	 /* docker-style config.json ("auths"); NULL = none */
 	const char *ca_file;	 /* extra CA bundle for HTTPS; NULL = system CAs only */
@@ -73,6 +36,9 @@ struct builder_opts {
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
 };
+
+/* The registry side of o (registry.c's options: insecure registries, credentials, CA file). */
+struct oci_registry_opts builder_registry_opts(const struct builder_opts *o);
 
 struct builder_image; /* a resolved image: manifest, config and layers */
 int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,
@@ -186,6 +152,8 @@ int data_url_check(const char *url, bool *ret_plain, imc_error *err);
 int data_hf_parse(const char *source, char **ret_repo, char **ret_rev, imc_error *err);
 int data_rel_path_check(const char *path, imc_error *err);
 uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);
+int layer_path_clean(const char *in, char *out, size_t size);
+bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n);
 #endif
 
 /* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of its

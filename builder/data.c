@@ -20,7 +20,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
-#include "registry.h"
+#include "builder.h"
 
 #define DATA_CONNECTIONS      4
 #define DATA_PIECE	      (64ULL << 20)
@@ -191,10 +191,10 @@ int builder_data_check(const struct builder_data *d, enum builder_data_kind *ret
 	if (!d->source || strnlen(d->source, BUILDER_DATA_SOURCE_MAX + 1) > BUILDER_DATA_SOURCE_MAX)
 		return imc_err(err, EINVAL, "source: want 1-%d bytes", BUILDER_DATA_SOURCE_MAX);
 	if (strncmp(d->source, "oci://", 6) == 0) {
-		struct builder_ref ref = {0};
+		struct oci_ref ref = {0};
 		kind = BUILDER_DATA_OCI;
-		r = builder_ref_parse(d->source + 6, &ref, err);
-		builder_ref_free(&ref);
+		r = oci_ref_parse(d->source + 6, &ref, err);
+		oci_ref_free(&ref);
 	} else if (strncmp(d->source, "hf://", 5) == 0) {
 		_cleanup_free_ char *repo = NULL, *rev = NULL;
 		kind = BUILDER_DATA_HF;
@@ -251,7 +251,7 @@ static int http_setup(CURL *curl, const char *url, bool plain, const char *ca_fi
 	SET(CURLOPT_ERRORBUFFER, errbuf);
 	SET(CURLOPT_NOSIGNAL, 1L);
 	if (c == CURLE_OK)
-		c = builder_curl_transport_opts(curl, plain);
+		c = oci_curl_transport_opts(curl, plain);
 	/* The system CAs stay in force through the default CA path; ca_file adds to them. */
 	if (ca_file)
 		SET(CURLOPT_CAINFO, ca_file);
@@ -899,8 +899,8 @@ struct builder_data_plan {
 	char *path, *source, *sha256;
 	struct data_file *files;
 	size_t n_files;
-	struct builder_ref ref; /* oci */
-	struct registry *reg;	/* oci */
+	struct oci_ref ref;	  /* oci */
+	struct oci_registry *reg; /* oci */
 };
 
 void builder_data_plan_free(struct builder_data_plan *p)
@@ -915,8 +915,8 @@ void builder_data_plan_free(struct builder_data_plan *p)
 	}
 	free(p->files);
 	if (p->reg)
-		registry_close(p->reg);
-	builder_ref_free(&p->ref);
+		oci_registry_close(p->reg);
+	oci_ref_free(&p->ref);
 	free(p->path);
 	free(p->source);
 	free(p->sha256);
@@ -1027,25 +1027,26 @@ static int oci_layer(struct builder_data_plan *p, json_t *layer, size_t i, size_
 
 static int plan_oci(const struct builder_opts *o, struct builder_data_plan *p, imc_error *err)
 {
-	struct registry_manifest m = {0};
+	const struct oci_registry_opts ro = builder_registry_opts(o);
+	struct oci_registry_manifest m = {0};
 	_cleanup_json_ json_t *j = NULL;
 	json_t *layers = NULL;
 	bool is_index = false;
-	int r = builder_ref_parse(p->source + strlen("oci://"), &p->ref, err);
+	int r = oci_ref_parse(p->source + strlen("oci://"), &p->ref, err);
 
 	if (r == 0)
-		r = registry_open(o, &p->ref, &p->reg, err);
+		r = oci_registry_open(&ro, &p->ref, &p->reg, err);
 	if (r == 0)
-		r = registry_get_manifest(p->reg, p->ref.digest ? p->ref.digest : p->ref.tag,
-					  p->ref.digest, &m, err);
+		r = oci_registry_get_manifest(p->reg, p->ref.digest ? p->ref.digest : p->ref.tag,
+					      p->ref.digest, &m, err);
 	if (r < 0)
 		return r;
-	r = builder_manifest_kind(m.content_type, m.body, m.len, &is_index, err);
+	r = oci_manifest_kind(m.content_type, m.body, m.len, &is_index, err);
 	if (r == 0 && is_index)
 		r = imc_err(err, EINVAL, "an index, not an artifact manifest");
 	if (r == 0)
 		r = imc_json_parse_object(m.body, m.len, &j, err);
-	registry_manifest_free(&m);
+	oci_registry_manifest_free(&m);
 	if (r == 0)
 		r = imc_json_get_array(j, "layers", true, BUILDER_DATA_FILES_MAX, "manifest",
 				       &layers, err);
@@ -1344,7 +1345,7 @@ static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan
 			  const struct data_file *f, int fd, struct fetch_progress *fp,
 			  char hex[IMC_SHA256_HEX_LEN + 1], imc_error *err)
 {
-	struct builder_descriptor d = {
+	struct oci_descriptor d = {
 	    .media_type = f->media_type, .digest = f->digest, .size = (int64_t)f->size};
 	_cleanup_free_ char *dir = imc_path_join(o->blob_dir, "sha256");
 	_cleanup_close_ int dfd = -1, in = -1;
@@ -1358,7 +1359,7 @@ static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan
 		return imc_err(err, ENOMEM, "out of memory");
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	had = dfd >= 0 && fstatat(dfd, hex, &st, AT_SYMLINK_NOFOLLOW) == 0;
-	r = registry_fetch_blob(p->reg, &d, o->blob_dir, oci_on_bytes, fp, err);
+	r = oci_registry_fetch_blob(p->reg, &d, o->blob_dir, oci_on_bytes, fp, err);
 	if (r < 0)
 		return r;
 	if (dfd < 0)

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include "builder.h"
-#include "registry.h"
 
 #define FETCH_WORKERS	  4
 #define PROGRESS_STEP	  (1u << 20)
@@ -18,12 +17,12 @@
 struct builder_image {
 	char *ref_given;
 	char *name; /* "registry/repository[:tag][@digest]", for messages */
-	struct builder_ref ref;
-	struct registry *reg;
-	char platform[BUILDER_PLATFORM_MAX];
+	struct oci_ref ref;
+	struct oci_registry *reg;
+	char platform[OCI_PLATFORM_MAX];
 	char digest[7 + IMC_SHA256_HEX_LEN + 1];       /* the image manifest's */
 	char index_digest[7 + IMC_SHA256_HEX_LEN + 1]; /* "" unless resolved through an index */
-	struct builder_manifest manifest;
+	struct oci_manifest manifest;
 	json_t *config; /* {"env","cmd","entrypoint","workingDir","user","labels"} */
 };
 
@@ -31,9 +30,9 @@ void builder_image_free(struct builder_image *img)
 {
 	if (!img)
 		return;
-	registry_close(img->reg);
-	builder_ref_free(&img->ref);
-	builder_manifest_free(&img->manifest);
+	oci_registry_close(img->reg);
+	oci_ref_free(&img->ref);
+	oci_manifest_free(&img->manifest);
 	json_decref(img->config);
 	free(img->ref_given);
 	free(img->name);
@@ -45,7 +44,7 @@ static void image_freep(struct builder_image **img)
 	builder_image_free(*img);
 }
 
-static char *ref_display(const struct builder_ref *r)
+static char *ref_display(const struct oci_ref *r)
 {
 	char *s = NULL;
 
@@ -134,7 +133,7 @@ static int config_labels(json_t *cfg, json_t *out, imc_error *err)
 static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
 {
 	const char *os = NULL, *arch = NULL, *variant = NULL;
-	char declared[BUILDER_PLATFORM_MAX], buf[BUILDER_PLATFORM_MAX];
+	char declared[OCI_PLATFORM_MAX], buf[OCI_PLATFORM_MAX];
 	size_t n;
 	int r = imc_json_get_string(j, "os", false, 64, "image config", &os, err);
 
@@ -148,7 +147,7 @@ static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
 		return 0;
 	snprintf(buf, sizeof(buf), "%s/%s%s%s", os, arch, variant && *variant ? "/" : "",
 		 variant && *variant ? variant : "");
-	if (builder_platform_normalize(buf, declared, sizeof(declared), NULL) < 0)
+	if (oci_platform_normalize(buf, declared, sizeof(declared), NULL) < 0)
 		return 0; /* odd spelling: leave the requested platform */
 	n = strcspn(declared, "/");
 	n += strcspn(declared + n + 1, "/") + 1;
@@ -200,31 +199,31 @@ static int config_parse(struct builder_image *img, const char *body, size_t len,
 /* ---- resolving --------------------------------------------------------------------------- */
 
 /* The image manifest for ref: through an index to the platform's entry when it is one. */
-static int resolve_manifest(struct builder_image *img, struct registry_manifest *ret,
+static int resolve_manifest(struct builder_image *img, struct oci_registry_manifest *ret,
 			    imc_error *err)
 {
-	struct registry_manifest m = {0};
+	struct oci_registry_manifest m = {0};
 	const char *reference = img->ref.digest ? img->ref.digest : img->ref.tag;
 	bool is_index = false;
 	int r;
 
-	r = registry_get_manifest(img->reg, reference, img->ref.digest, &m, err);
+	r = oci_registry_get_manifest(img->reg, reference, img->ref.digest, &m, err);
 	if (r == 0)
-		r = builder_manifest_kind(m.content_type, m.body, m.len, &is_index, err);
+		r = oci_manifest_kind(m.content_type, m.body, m.len, &is_index, err);
 	if (r == 0 && is_index) {
-		struct builder_descriptor d = {0};
-		r = builder_index_select(m.body, m.len, img->platform, &d, err);
+		struct oci_descriptor d = {0};
+		r = oci_index_select(m.body, m.len, img->platform, &d, err);
 		memcpy(img->index_digest, m.digest, sizeof(m.digest));
-		registry_manifest_free(&m);
+		oci_registry_manifest_free(&m);
 		if (r == 0)
-			r = registry_get_manifest(img->reg, d.digest, d.digest, &m, err);
+			r = oci_registry_get_manifest(img->reg, d.digest, d.digest, &m, err);
 		if (r == 0 && (int64_t)m.len != d.size)
 			r = imc_err(err, EBADMSG, "manifest %s: %zu bytes, the index says %lld",
 				    d.digest, m.len, (long long)d.size);
-		builder_descriptor_free(&d);
+		oci_descriptor_free(&d);
 	}
 	if (r < 0) {
-		registry_manifest_free(&m);
+		oci_registry_manifest_free(&m);
 		return r;
 	}
 	*ret = m;
@@ -233,45 +232,55 @@ static int resolve_manifest(struct builder_image *img, struct registry_manifest 
 
 static int image_resolve(const struct builder_opts *o, struct builder_image *img, imc_error *err)
 {
-	struct registry_manifest m = {0};
+	struct oci_registry_manifest m = {0};
 	_cleanup_free_ char *config = NULL;
 	size_t config_len = 0;
 	int r;
 
 	r = resolve_manifest(img, &m, err);
 	if (r == 0)
-		r = builder_manifest_parse(m.content_type, m.body, m.len, &img->manifest, err);
+		r = oci_manifest_parse(m.content_type, m.body, m.len, &img->manifest, err);
 	if (r == 0)
 		memcpy(img->digest, m.digest, sizeof(m.digest));
-	registry_manifest_free(&m);
+	oci_registry_manifest_free(&m);
 	if (r < 0)
 		return r;
-	r = registry_get_blob_mem(img->reg, &img->manifest.config, BUILDER_MANIFEST_MAX, &config,
-				  &config_len, err);
+	r = oci_registry_get_blob_mem(img->reg, &img->manifest.config, OCI_MANIFEST_MAX, &config,
+				      &config_len, err);
 	if (r < 0)
 		return imc_err_wrap(err, "config %s", img->manifest.config.digest);
 	return config_parse(img, config, config_len, err);
+}
+
+struct oci_registry_opts builder_registry_opts(const struct builder_opts *o)
+{
+	return (struct oci_registry_opts){.insecure_registries = o->insecure_registries,
+					  .credentials = o->credentials,
+					  .n_credentials = o->n_credentials,
+					  .auth_file = o->auth_file,
+					  .ca_file = o->ca_file};
 }
 
 int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,
 			  imc_error *err)
 {
 	_cleanup_(image_freep) struct builder_image *img = calloc(1, sizeof(*img));
-	const char *platform = o->platform && *o->platform ? o->platform : BUILDER_DEFAULT_PLATFORM;
+	const char *platform = o->platform && *o->platform ? o->platform : OCI_DEFAULT_PLATFORM;
+	const struct oci_registry_opts ro = builder_registry_opts(o);
 	int r;
 
 	if (!img || !(img->ref_given = strdup(ref ? ref : "")))
 		return imc_err(err, ENOMEM, "out of memory");
-	r = builder_ref_parse(ref, &img->ref, err);
+	r = oci_ref_parse(ref, &img->ref, err);
 	if (r < 0)
 		return r;
-	r = builder_platform_normalize(platform, img->platform, sizeof(img->platform), err);
+	r = oci_platform_normalize(platform, img->platform, sizeof(img->platform), err);
 	if (r < 0)
 		return r;
 	img->name = ref_display(&img->ref);
 	if (!img->name)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = registry_open(o, &img->ref, &img->reg, err);
+	r = oci_registry_open(&ro, &img->ref, &img->reg, err);
 	if (r == 0)
 		r = image_resolve(o, img, err);
 	if (r < 0)
@@ -318,7 +327,7 @@ static bool fetch_on_bytes(void *ctx, int64_t n)
 }
 
 /* The first layer of the manifest with the same digest as layer i (i itself, mostly). */
-static size_t layer_first(const struct builder_manifest *m, size_t i)
+static size_t layer_first(const struct oci_manifest *m, size_t i)
 {
 	for (size_t j = 0; j < i; j++)
 		if (strcmp(m->layers[j].digest, m->layers[i].digest) == 0)
@@ -340,7 +349,7 @@ static void fetch_fail(struct fetch *f, const imc_error *e)
 static void *fetch_worker(void *arg)
 {
 	struct fetch *f = arg;
-	const struct builder_manifest *m = &f->img->manifest;
+	const struct oci_manifest *m = &f->img->manifest;
 
 	for (;;) {
 		imc_error e = {0};
@@ -354,8 +363,8 @@ static void *fetch_worker(void *arg)
 			return NULL;
 		if (layer_first(m, i) != i)
 			continue;
-		if (registry_fetch_blob(f->img->reg, &m->layers[i], f->o->blob_dir, fetch_on_bytes,
-					f, &e) < 0) {
+		if (oci_registry_fetch_blob(f->img->reg, &m->layers[i], f->o->blob_dir,
+					    fetch_on_bytes, f, &e) < 0) {
 			imc_err_wrap(&e, "layer %s", m->layers[i].digest);
 			fetch_fail(f, &e);
 			continue;
@@ -434,7 +443,7 @@ int builder_image_fetch(const struct builder_opts *o, struct builder_image *img,
 static int apply_layer(const struct builder_opts *o, const struct builder_image *img, size_t i,
 		       int rootfd, imc_error *err)
 {
-	const struct builder_descriptor *d = &img->manifest.layers[i];
+	const struct oci_descriptor *d = &img->manifest.layers[i];
 	_cleanup_close_ int fd = -1;
 	char what[128], path[PATH_MAX];
 
@@ -512,7 +521,7 @@ uint64_t builder_image_layer_bytes(const struct builder_image *img)
 	return n;
 }
 
-static json_t *describe_layers(const struct builder_manifest *m)
+static json_t *describe_layers(const struct oci_manifest *m)
 {
 	json_t *arr = json_array();
 

@@ -21,7 +21,6 @@
 #include <archive_entry.h>
 
 #include "builder.h"
-#include "registry.h"
 
 #define LAYER_PATH_MAX	  4096
 #define LAYER_ENTRIES_MAX 1000000

@@ -1,4 +1,4 @@
-/* Fuzz target: image manifests and indexes (builder_manifest_parse, builder_index_select).
+/* Fuzz target: image manifests and indexes (oci_manifest_parse, oci_index_select).
  *
  * The body is copied into a buffer of exactly its length (no NUL after it), so that reading past
  * len is caught.  Each body is parsed as a manifest under every Content-Type a registry may send
@@ -7,10 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../builder/builder.h"
+#include "../../oci/oci.h"
 
-#define MAX_LAYERS    1000	  /* builder/manifest.c */
-#define MAX_BLOB_SIZE (1LL << 40) /* builder/manifest.c */
+#define MAX_LAYERS    1000	  /* oci/manifest.c */
+#define MAX_BLOB_SIZE (1LL << 40) /* oci/manifest.c */
 
 static const char *const content_types[] = {
     "application/vnd.oci.image.manifest.v1+json",
@@ -24,7 +24,7 @@ static const char *const content_types[] = {
 
 static const char *const platforms[] = {"linux/amd64", "linux/arm64/v8"};
 
-static void check_descriptor(const struct builder_descriptor *d)
+static void check_descriptor(const struct oci_descriptor *d)
 {
 	if (!d->media_type || !d->digest || d->size < 0 || d->size > MAX_BLOB_SIZE)
 		abort();
@@ -34,9 +34,9 @@ static void check_descriptor(const struct builder_descriptor *d)
 
 static void fuzz_manifest(const char *content_type, const char *body, size_t len)
 {
-	struct builder_manifest m = {0};
+	struct oci_manifest m = {0};
 	imc_error err = {0};
-	int r = builder_manifest_parse(content_type, body, len, &m, &err);
+	int r = oci_manifest_parse(content_type, body, len, &m, &err);
 
 	if (r < 0) {
 		if (err.code != r || err.msg[0] == '\0' || m.layers || m.config.digest)
@@ -48,14 +48,14 @@ static void fuzz_manifest(const char *content_type, const char *body, size_t len
 	check_descriptor(&m.config);
 	for (size_t i = 0; i < m.n_layers; i++)
 		check_descriptor(&m.layers[i]);
-	builder_manifest_free(&m);
+	oci_manifest_free(&m);
 }
 
 static void fuzz_index(const char *platform, const char *body, size_t len)
 {
-	struct builder_descriptor d = {0};
+	struct oci_descriptor d = {0};
 	imc_error err = {0};
-	int r = builder_index_select(body, len, platform, &d, &err);
+	int r = oci_index_select(body, len, platform, &d, &err);
 
 	if (r < 0) {
 		if (err.code != r || err.msg[0] == '\0' || d.digest || d.media_type)
@@ -65,7 +65,7 @@ static void fuzz_index(const char *platform, const char *body, size_t len)
 	if (r > 0)
 		abort();
 	check_descriptor(&d);
-	builder_descriptor_free(&d);
+	oci_descriptor_free(&d);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -1,4 +1,4 @@
-/* Fuzz target: image references (builder_ref_parse).
+/* Fuzz target: image references (oci_ref_parse).
  *
  * Properties beyond "no crash, no leak, no UB":
  *  - a failure sets err->code to the returned value and says something, and a NULL err
@@ -10,18 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../builder/builder.h"
+#include "../../oci/oci.h"
 
-#define REF_MAX_FORMATTED 512 /* builder/ref.c's REF_MAX */
+#define REF_MAX_FORMATTED 512 /* oci/ref.c's REF_MAX */
 
 static bool str_eq(const char *a, const char *b)
 {
 	return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
-static void check_round_trip(const struct builder_ref *r)
+static void check_round_trip(const struct oci_ref *r)
 {
-	struct builder_ref again = {0};
+	struct oci_ref again = {0};
 	imc_error err = {0};
 	char buf[2048];
 	int n = snprintf(buf, sizeof(buf), "%s/%s%s%s%s%s", r->registry, r->repository,
@@ -30,7 +30,7 @@ static void check_round_trip(const struct builder_ref *r)
 
 	if (n < 0 || (size_t)n >= sizeof(buf) || n > REF_MAX_FORMATTED)
 		return;
-	if (builder_ref_parse(buf, &again, &err) < 0) {
+	if (oci_ref_parse(buf, &again, &err) < 0) {
 		fprintf(stderr, "round trip: \"%s\" does not parse: %s\n", buf, err.msg);
 		abort();
 	}
@@ -41,12 +41,12 @@ static void check_round_trip(const struct builder_ref *r)
 			again.digest ? again.digest : "-");
 		abort();
 	}
-	builder_ref_free(&again);
+	oci_ref_free(&again);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct builder_ref ref = {0}, quiet = {0};
+	struct oci_ref ref = {0}, quiet = {0};
 	imc_error err = {0};
 	_cleanup_free_ char *s = malloc(size + 1);
 	int r, r_noerr;
@@ -56,13 +56,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(s, data, size);
 	s[size] = '\0';
 
-	r = builder_ref_parse(s, &ref, &err);
+	r = oci_ref_parse(s, &ref, &err);
 	/* Without an imc_error the verdict is the same (imc_err_wrap() cannot keep the code then:
 	 * -EIO, so only the sign is compared). */
-	r_noerr = builder_ref_parse(s, &quiet, NULL);
+	r_noerr = oci_ref_parse(s, &quiet, NULL);
 	if ((r < 0) != (r_noerr < 0) || r > 0)
 		abort();
-	builder_ref_free(&quiet);
+	oci_ref_free(&quiet);
 	if (r < 0) {
 		if (err.code != r || err.msg[0] == '\0')
 			abort();
@@ -71,6 +71,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!ref.registry || !ref.repository || (!ref.tag && !ref.digest))
 		abort();
 	check_round_trip(&ref);
-	builder_ref_free(&ref);
+	oci_ref_free(&ref);
 	return 0;
 }

@@ -13,7 +13,7 @@
 #include <archive_entry.h>
 
 #include "../../builder/builder.h"
-#include "../../builder/registry.h"
+#include "../../oci/oci.h"
 #include "unit.h"
 
 #define HEX_A "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -47,16 +47,16 @@ static const struct {
 
 START_TEST(ref_good)
 {
-	struct builder_ref r;
+	struct oci_ref r;
 	imc_error err = {0};
 
-	ck_assert_msg(builder_ref_parse(good_refs[_i].in, &r, &err) == 0, "%s: %s",
-		      good_refs[_i].in, err.msg);
+	ck_assert_msg(oci_ref_parse(good_refs[_i].in, &r, &err) == 0, "%s: %s", good_refs[_i].in,
+		      err.msg);
 	ck_assert_str_eq(r.registry, good_refs[_i].registry);
 	ck_assert_str_eq(r.repository, good_refs[_i].repository);
 	ck_assert_pstr_eq(r.tag, good_refs[_i].tag);
 	ck_assert_pstr_eq(r.digest, good_refs[_i].digest);
-	builder_ref_free(&r);
+	oci_ref_free(&r);
 }
 END_TEST
 
@@ -91,10 +91,10 @@ static const struct {
 
 START_TEST(ref_bad)
 {
-	struct builder_ref r = {0};
+	struct oci_ref r = {0};
 	imc_error err = {0};
 
-	ck_assert_int_eq(builder_ref_parse(bad_refs[_i].in, &r, &err), -EINVAL);
+	ck_assert_int_eq(oci_ref_parse(bad_refs[_i].in, &r, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, bad_refs[_i].why) &&
 			  strncmp(err.msg, "image ref \"", 11) == 0,
 		      "%s: got \"%s\"", bad_refs[_i].in, err.msg);
@@ -105,19 +105,19 @@ END_TEST
 START_TEST(ref_limits)
 {
 	char tag[200], ref[700];
-	struct builder_ref r;
+	struct oci_ref r;
 	imc_error err = {0};
 
 	memset(tag, 'a', 128);
 	tag[128] = '\0';
 	snprintf(ref, sizeof(ref), "foo:%s", tag);
-	ck_assert_int_eq(builder_ref_parse(ref, &r, &err), 0);
-	builder_ref_free(&r);
+	ck_assert_int_eq(oci_ref_parse(ref, &r, &err), 0);
+	oci_ref_free(&r);
 	snprintf(ref, sizeof(ref), "foo:%sa", tag);
-	ck_assert_int_eq(builder_ref_parse(ref, &r, &err), -EINVAL);
+	ck_assert_int_eq(oci_ref_parse(ref, &r, &err), -EINVAL);
 	memset(ref, 'a', 600);
 	ref[600] = '\0';
-	ck_assert_int_eq(builder_ref_parse(ref, &r, &err), -EINVAL);
+	ck_assert_int_eq(oci_ref_parse(ref, &r, &err), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "longer than 512"));
 	ck_assert(ref_tag_valid("_"));
 	ck_assert(!ref_tag_valid(".a"));
@@ -132,42 +132,41 @@ END_TEST
 /* ---- manifests --------------------------------------------------------------------------- */
 
 #define DOCKER_MANIFEST                                                                            \
-	"{\"schemaVersion\":2,\"mediaType\":\"" BUILDER_MT_DOCKER_MANIFEST "\","                   \
-	"\"config\":{\"mediaType\":\"" BUILDER_MT_DOCKER_CONFIG "\",\"size\":1469,"                \
+	"{\"schemaVersion\":2,\"mediaType\":\"" OCI_MT_DOCKER_MANIFEST "\","                       \
+	"\"config\":{\"mediaType\":\"" OCI_MT_DOCKER_CONFIG "\",\"size\":1469,"                    \
 	"\"digest\":\"" DIG_A "\"},"                                                               \
-	"\"layers\":[{\"mediaType\":\"" BUILDER_MT_DOCKER_LAYER_GZIP "\",\"size\":2479,"           \
+	"\"layers\":[{\"mediaType\":\"" OCI_MT_DOCKER_LAYER_GZIP "\",\"size\":2479,"               \
 	"\"digest\":\"" DIG_B "\"},"                                                               \
-	"{\"mediaType\":\"" BUILDER_MT_DOCKER_LAYER_GZIP "\",\"size\":0,\"digest\":\"" DIG_C       \
-	"\"}]}"
+	"{\"mediaType\":\"" OCI_MT_DOCKER_LAYER_GZIP "\",\"size\":0,\"digest\":\"" DIG_C "\"}]}"
 
 START_TEST(manifest_docker)
 {
-	struct builder_manifest m;
+	struct oci_manifest m;
 	imc_error err = {0};
 
-	ck_assert_msg(builder_manifest_parse(BUILDER_MT_DOCKER_MANIFEST, DOCKER_MANIFEST,
-					     strlen(DOCKER_MANIFEST), &m, &err) == 0,
+	ck_assert_msg(oci_manifest_parse(OCI_MT_DOCKER_MANIFEST, DOCKER_MANIFEST,
+					 strlen(DOCKER_MANIFEST), &m, &err) == 0,
 		      "%s", err.msg);
 	ck_assert_str_eq(m.config.digest, DIG_A);
 	ck_assert_int_eq(m.config.size, 1469);
-	ck_assert_str_eq(m.config.media_type, BUILDER_MT_DOCKER_CONFIG);
+	ck_assert_str_eq(m.config.media_type, OCI_MT_DOCKER_CONFIG);
 	ck_assert_uint_eq(m.n_layers, 2);
 	ck_assert_str_eq(m.layers[0].digest, DIG_B);
 	ck_assert_int_eq(m.layers[0].size, 2479);
 	ck_assert_str_eq(m.layers[1].digest, DIG_C);
 	ck_assert_int_eq(m.layers[1].size, 0);
-	builder_manifest_free(&m);
+	oci_manifest_free(&m);
 	/* Content-Type with parameters, or absent (the body says). */
-	ck_assert_int_eq(builder_manifest_parse(BUILDER_MT_DOCKER_MANIFEST "; charset=utf-8",
-						DOCKER_MANIFEST, strlen(DOCKER_MANIFEST), &m, &err),
+	ck_assert_int_eq(oci_manifest_parse(OCI_MT_DOCKER_MANIFEST "; charset=utf-8",
+					    DOCKER_MANIFEST, strlen(DOCKER_MANIFEST), &m, &err),
 			 0);
-	builder_manifest_free(&m);
+	oci_manifest_free(&m);
 	ck_assert_int_eq(
-	    builder_manifest_parse(NULL, DOCKER_MANIFEST, strlen(DOCKER_MANIFEST), &m, &err), 0);
-	builder_manifest_free(&m);
+	    oci_manifest_parse(NULL, DOCKER_MANIFEST, strlen(DOCKER_MANIFEST), &m, &err), 0);
+	oci_manifest_free(&m);
 	/* A Content-Type contradicting the body. */
-	ck_assert_int_eq(builder_manifest_parse(BUILDER_MT_OCI_MANIFEST, DOCKER_MANIFEST,
-						strlen(DOCKER_MANIFEST), &m, &err),
+	ck_assert_int_eq(oci_manifest_parse(OCI_MT_OCI_MANIFEST, DOCKER_MANIFEST,
+					    strlen(DOCKER_MANIFEST), &m, &err),
 			 -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "disagrees"));
 }
@@ -175,34 +174,33 @@ END_TEST
 
 #define OCI_MANIFEST                                                                               \
 	"{\"schemaVersion\":2,"                                                                    \
-	"\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG "\",\"size\":10,"                     \
+	"\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG "\",\"size\":10,"                         \
 	"\"digest\":\"" DIG_A "\"},"                                                               \
-	"\"layers\":[{\"mediaType\":\"" BUILDER_MT_OCI_LAYER_GZIP "\",\"size\":5,"                 \
+	"\"layers\":[{\"mediaType\":\"" OCI_MT_OCI_LAYER_GZIP "\",\"size\":5,"                     \
 	"\"digest\":\"" DIG_B "\",\"annotations\":{\"x\":\"y\"}},"                                 \
-	"{\"mediaType\":\"" BUILDER_MT_OCI_LAYER_ZSTD "\",\"size\":6,\"digest\":\"" DIG_C "\"},"   \
-	"{\"mediaType\":\"" BUILDER_MT_OCI_LAYER "\",\"size\":7,\"digest\":\"" DIG_C "\"}],"       \
+	"{\"mediaType\":\"" OCI_MT_OCI_LAYER_ZSTD "\",\"size\":6,\"digest\":\"" DIG_C "\"},"       \
+	"{\"mediaType\":\"" OCI_MT_OCI_LAYER "\",\"size\":7,\"digest\":\"" DIG_C "\"}],"           \
 	"\"annotations\":{\"org.opencontainers.image.created\":\"now\"}}"
 
 START_TEST(manifest_oci)
 {
-	struct builder_manifest m;
+	struct oci_manifest m;
 	imc_error err = {0};
 	bool is_index = true;
 
 	/* No mediaType anywhere: OCI allows it, the fields say it is a manifest. */
-	ck_assert_msg(builder_manifest_parse(NULL, OCI_MANIFEST, strlen(OCI_MANIFEST), &m, &err) ==
-			  0,
+	ck_assert_msg(oci_manifest_parse(NULL, OCI_MANIFEST, strlen(OCI_MANIFEST), &m, &err) == 0,
 		      "%s", err.msg);
 	ck_assert_uint_eq(m.n_layers, 3);
-	ck_assert_str_eq(m.layers[1].media_type, BUILDER_MT_OCI_LAYER_ZSTD);
+	ck_assert_str_eq(m.layers[1].media_type, OCI_MT_OCI_LAYER_ZSTD);
 	ck_assert_int_eq(m.layers[2].size, 7);
-	builder_manifest_free(&m);
-	ck_assert_int_eq(builder_manifest_parse("application/octet-stream", OCI_MANIFEST,
-						strlen(OCI_MANIFEST), &m, &err),
+	oci_manifest_free(&m);
+	ck_assert_int_eq(oci_manifest_parse("application/octet-stream", OCI_MANIFEST,
+					    strlen(OCI_MANIFEST), &m, &err),
 			 0);
-	builder_manifest_free(&m);
+	oci_manifest_free(&m);
 	ck_assert_int_eq(
-	    builder_manifest_kind(NULL, OCI_MANIFEST, strlen(OCI_MANIFEST), &is_index, &err), 0);
+	    oci_manifest_kind(NULL, OCI_MANIFEST, strlen(OCI_MANIFEST), &is_index, &err), 0);
 	ck_assert(!is_index);
 }
 END_TEST
@@ -213,24 +211,24 @@ static const struct {
     {"{\"schemaVersion\":1,\"config\":{},\"layers\":[]}", "schemaVersion: 1 is not supported"},
     {"{\"config\":{},\"layers\":[]}", "schemaVersion: required"},
     {"{\"schemaVersion\":2,\"layers\":[]}", "manifest.config: required"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
      "\",\"size\":1,\"digest\":\"" DIG_A "\"}}",
      "manifest.layers: required"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
      "\",\"size\":1,\"digest\":\"sha256:xyz\"},\"layers\":[]}",
      "manifest.config.digest"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
      "\",\"size\":-1,\"digest\":\"" DIG_A "\"},\"layers\":[]}",
      "manifest.config.size: must be between 0"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
-     "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[{\"mediaType\":\"" BUILDER_MT_OCI_LAYER
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
+     "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[{\"mediaType\":\"" OCI_MT_OCI_LAYER
      "\",\"size\":1,\"digest\":\"sha256:" HEX_A "0\"}]}",
      "manifest.layers[0].digest"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
-     "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[{\"mediaType\":\"" BUILDER_MT_OCI_LAYER
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
+     "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[{\"mediaType\":\"" OCI_MT_OCI_LAYER
      "\",\"digest\":\"" DIG_A "\"}]}",
      "manifest.layers[0].size: required"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
      "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[{\"mediaType\":"
      "\"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip\",\"size\":1,"
      "\"digest\":\"" DIG_A "\"}]}",
@@ -238,10 +236,10 @@ static const struct {
     {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"application/vnd.cncf.helm.config.v1+json\""
      ",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[]}",
      "not a container image config"},
-    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
+    {"{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
      "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":{}}",
      "manifest.layers: want an array"},
-    {"{\"schemaVersion\":2,\"mediaType\":\"" BUILDER_MT_OCI_INDEX "\",\"manifests\":[]}",
+    {"{\"schemaVersion\":2,\"mediaType\":\"" OCI_MT_OCI_INDEX "\",\"manifests\":[]}",
      "is an index"},
     {"{\"schemaVersion\":2,\"manifests\":[]}", "is an index"},
     {"[1,2]", "want an object"},
@@ -250,11 +248,11 @@ static const struct {
 
 START_TEST(manifest_bad)
 {
-	struct builder_manifest m = {0};
+	struct oci_manifest m = {0};
 	imc_error err = {0};
 	const char *b = bad_manifests[_i].body;
 
-	ck_assert_int_lt(builder_manifest_parse(NULL, b, strlen(b), &m, &err), 0);
+	ck_assert_int_lt(oci_manifest_parse(NULL, b, strlen(b), &m, &err), 0);
 	ck_assert_msg(strstr(err.msg, bad_manifests[_i].why), "want \"%s\", got \"%s\"",
 		      bad_manifests[_i].why, err.msg);
 	ck_assert_ptr_null(m.layers);
@@ -266,20 +264,19 @@ START_TEST(manifest_layer_cap)
 	size_t cap = 1001 * 200 + 1000;
 	char *b = malloc(cap);
 	size_t n = 0;
-	struct builder_manifest m = {0};
+	struct oci_manifest m = {0};
 	imc_error err = {0};
 
-	n += (size_t)snprintf(
-	    b + n, cap - n,
-	    "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" BUILDER_MT_OCI_CONFIG
-	    "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[");
+	n += (size_t)snprintf(b + n, cap - n,
+			      "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"" OCI_MT_OCI_CONFIG
+			      "\",\"size\":1,\"digest\":\"" DIG_A "\"},\"layers\":[");
 	for (int i = 0; i < 1001; i++)
 		n += (size_t)snprintf(b + n, cap - n,
-				      "%s{\"mediaType\":\"" BUILDER_MT_OCI_LAYER
+				      "%s{\"mediaType\":\"" OCI_MT_OCI_LAYER
 				      "\",\"size\":1,\"digest\":\"" DIG_B "\"}",
 				      i ? "," : "");
 	n += (size_t)snprintf(b + n, cap - n, "]}");
-	ck_assert_int_eq(builder_manifest_parse(NULL, b, n, &m, &err), -EINVAL);
+	ck_assert_int_eq(oci_manifest_parse(NULL, b, n, &m, &err), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "at most 1000"));
 	free(b);
 }
@@ -289,12 +286,12 @@ END_TEST
 
 /* clang-format off */
 #define INDEX_ENTRY(dig, platform)                                                                 \
-	"{\"mediaType\":\"" BUILDER_MT_OCI_MANIFEST "\",\"size\":500,\"digest\":\"" dig            \
+	"{\"mediaType\":\"" OCI_MT_OCI_MANIFEST "\",\"size\":500,\"digest\":\"" dig            \
 	"\",\"platform\":" platform "}"
 #define PLAT(os, arch)          "{\"architecture\":\"" arch "\",\"os\":\"" os "\"}"
 #define PLATV(os, arch, var)    "{\"architecture\":\"" arch "\",\"os\":\"" os "\",\"variant\":\"" var "\"}"
 #define INDEX                                                                                      \
-	"{\"schemaVersion\":2,\"mediaType\":\"" BUILDER_MT_OCI_INDEX "\",\"manifests\":["          \
+	"{\"schemaVersion\":2,\"mediaType\":\"" OCI_MT_OCI_INDEX "\",\"manifests\":["          \
 	INDEX_ENTRY(DIG_C, PLAT("unknown", "unknown")) ","                                          \
 	INDEX_ENTRY(DIG_A, PLAT("linux", "amd64")) ","                                              \
 	INDEX_ENTRY(DIG_B, PLATV("linux", "arm64", "v8")) ","                                       \
@@ -315,45 +312,42 @@ START_TEST(index_select)
 	bool is_index = false;
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
-		struct builder_descriptor d;
-		ck_assert_msg(
-		    builder_index_select(INDEX, strlen(INDEX), cases[i].platform, &d, &err) == 0,
-		    "%s: %s", cases[i].platform, err.msg);
+		struct oci_descriptor d;
+		ck_assert_msg(oci_index_select(INDEX, strlen(INDEX), cases[i].platform, &d, &err) ==
+				  0,
+			      "%s: %s", cases[i].platform, err.msg);
 		ck_assert_msg(strcmp(d.digest, cases[i].digest) == 0, "%s: got %s",
 			      cases[i].platform, d.digest);
-		ck_assert_str_eq(d.media_type, BUILDER_MT_OCI_MANIFEST);
+		ck_assert_str_eq(d.media_type, OCI_MT_OCI_MANIFEST);
 		ck_assert_int_eq(d.size, 500);
-		builder_descriptor_free(&d);
+		oci_descriptor_free(&d);
 	}
-	ck_assert_int_eq(builder_manifest_kind(NULL, INDEX, strlen(INDEX), &is_index, &err), 0);
+	ck_assert_int_eq(oci_manifest_kind(NULL, INDEX, strlen(INDEX), &is_index, &err), 0);
 	ck_assert(is_index);
-	ck_assert(builder_media_type_is_index(BUILDER_MT_DOCKER_LIST));
-	ck_assert(builder_media_type_is_index(BUILDER_MT_OCI_INDEX "; charset=utf-8"));
-	ck_assert(!builder_media_type_is_index(BUILDER_MT_OCI_MANIFEST));
-	ck_assert(!builder_media_type_is_index(NULL));
+	ck_assert(oci_media_type_is_index(OCI_MT_DOCKER_LIST));
+	ck_assert(oci_media_type_is_index(OCI_MT_OCI_INDEX "; charset=utf-8"));
+	ck_assert(!oci_media_type_is_index(OCI_MT_OCI_MANIFEST));
+	ck_assert(!oci_media_type_is_index(NULL));
 }
 END_TEST
 
 START_TEST(index_no_match)
 {
-	struct builder_descriptor d = {0};
+	struct oci_descriptor d = {0};
 	imc_error err = {0};
-	const char *list = "{\"schemaVersion\":2,\"mediaType\":\"" BUILDER_MT_DOCKER_LIST
+	const char *list = "{\"schemaVersion\":2,\"mediaType\":\"" OCI_MT_DOCKER_LIST
 			   "\",\"manifests\":[" INDEX_ENTRY(DIG_B, PLAT("linux", "arm64")) "]}";
 
-	ck_assert_int_eq(builder_index_select(INDEX, strlen(INDEX), "linux/s390x", &d, &err),
-			 -ENOENT);
+	ck_assert_int_eq(oci_index_select(INDEX, strlen(INDEX), "linux/s390x", &d, &err), -ENOENT);
 	ck_assert_msg(strstr(err.msg, "no manifest for platform linux/s390x") &&
 			  strstr(err.msg, "linux/amd64, linux/arm64/v8, linux/arm/v6, "
 					  "linux/arm/v7"),
 		      "%s", err.msg);
-	ck_assert_int_eq(builder_index_select(list, strlen(list), NULL, &d, &err), -ENOENT);
+	ck_assert_int_eq(oci_index_select(list, strlen(list), NULL, &d, &err), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err.msg, "available: linux/arm64/v8"));
-	ck_assert_int_eq(builder_index_select(INDEX, strlen(INDEX), "linux", &d, &err), -EINVAL);
-	ck_assert_int_eq(builder_index_select(INDEX, strlen(INDEX), "linux/a/b/c", &d, &err),
-			 -EINVAL);
-	ck_assert_int_eq(builder_index_select("{\"schemaVersion\":2}", 19, NULL, &d, &err),
-			 -EINVAL);
+	ck_assert_int_eq(oci_index_select(INDEX, strlen(INDEX), "linux", &d, &err), -EINVAL);
+	ck_assert_int_eq(oci_index_select(INDEX, strlen(INDEX), "linux/a/b/c", &d, &err), -EINVAL);
+	ck_assert_int_eq(oci_index_select("{\"schemaVersion\":2}", 19, NULL, &d, &err), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "index.manifests: required"));
 	ck_assert_ptr_null(d.digest);
 }
@@ -489,7 +483,7 @@ END_TEST
 
 START_TEST(registry_auth_helpers)
 {
-	struct registry_cred c = {0};
+	struct oci_registry_cred c = {0};
 	imc_error err = {0};
 	char *tok = NULL;
 	int64_t exp = 0;
@@ -514,25 +508,25 @@ START_TEST(registry_auth_helpers)
 	ck_assert_pstr_eq(c.password, "s3cr:et");
 	free(c.username);
 	free(c.password);
-	c = (struct registry_cred){0};
+	c = (struct oci_registry_cred){0};
 	ck_assert_int_eq(
 	    registry_auth_file_lookup(file, strlen(file), "reg.example:5000", &c, &err), 0);
 	ck_assert_pstr_eq(c.username, "bob");
 	ck_assert_pstr_eq(c.password, "pw");
 	free(c.username);
 	free(c.password);
-	c = (struct registry_cred){0};
+	c = (struct oci_registry_cred){0};
 	ck_assert_int_eq(registry_auth_file_lookup(file, strlen(file), "tok.example", &c, &err), 0);
 	ck_assert_pstr_eq(c.identity_token, "idt");
 	ck_assert_ptr_null(c.username);
 	free(c.identity_token);
-	c = (struct registry_cred){0};
+	c = (struct oci_registry_cred){0};
 	ck_assert_int_eq(registry_auth_file_lookup(file, strlen(file), "plain.example", &c, &err),
 			 0);
 	ck_assert_pstr_eq(c.username, "u");
 	free(c.username);
 	free(c.password);
-	c = (struct registry_cred){0};
+	c = (struct oci_registry_cred){0};
 	ck_assert_int_eq(registry_auth_file_lookup(file, strlen(file), "other.example", &c, &err),
 			 0);
 	ck_assert_ptr_null(c.username);

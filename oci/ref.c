@@ -5,7 +5,7 @@
  * "library/". */
 #include <string.h>
 
-#include "builder.h"
+#include "oci.h"
 
 #define REF_MAX	    512
 #define REPO_MAX    255
@@ -139,7 +139,7 @@ static bool is_docker_hub(const char *domain)
 	       strcmp(domain, DOCKER_HUB) == 0;
 }
 
-static int ref_split_name(const char *s, const char *name, struct builder_ref *r, imc_error *err)
+static int ref_split_name(const char *s, const char *name, struct oci_ref *r, imc_error *err)
 {
 	const char *slash = strchr(name, '/');
 	const char *path = name;
@@ -179,7 +179,7 @@ static int ref_split_name(const char *s, const char *name, struct builder_ref *r
 	return 0;
 }
 
-static int ref_parse(const char *s, struct builder_ref *r, imc_error *err)
+static int ref_parse(const char *s, struct oci_ref *r, imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1];
 	_cleanup_free_ char *name = NULL;
@@ -225,23 +225,23 @@ static int ref_parse(const char *s, struct builder_ref *r, imc_error *err)
 	return ref_split_name(s, name, r, err);
 }
 
-int builder_ref_parse(const char *s, struct builder_ref *ret, imc_error *err)
+int oci_ref_parse(const char *s, struct oci_ref *ret, imc_error *err)
 {
-	struct builder_ref r = {0};
+	struct oci_ref r = {0};
 	int rc;
 
 	if (!s)
 		return imc_err(err, EINVAL, "image ref: missing");
 	rc = ref_parse(s, &r, err);
 	if (rc < 0) {
-		builder_ref_free(&r);
+		oci_ref_free(&r);
 		return rc;
 	}
 	*ret = r;
 	return 0;
 }
 
-void builder_ref_free(struct builder_ref *r)
+void oci_ref_free(struct oci_ref *r)
 {
 	if (!r)
 		return;
@@ -249,5 +249,5 @@ void builder_ref_free(struct builder_ref *r)
 	free(r->repository);
 	free(r->tag);
 	free(r->digest);
-	*r = (struct builder_ref){0};
+	*r = (struct oci_ref){0};
 }

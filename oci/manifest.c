@@ -3,8 +3,7 @@
  * field we use is type-checked, and counts and sizes are capped. */
 #include <string.h>
 
-#include "builder.h"
-#include "registry.h"
+#include "oci.h"
 
 #define MAX_LAYERS	  1000
 #define MAX_INDEX_ENTRIES 1000
@@ -15,10 +14,10 @@
 #define DIGEST_STR_MAX	  200
 
 static const char *const layer_types[] = {
-    BUILDER_MT_OCI_LAYER,
-    BUILDER_MT_OCI_LAYER_GZIP,
-    BUILDER_MT_OCI_LAYER_ZSTD,
-    BUILDER_MT_DOCKER_LAYER_GZIP,
+    OCI_MT_OCI_LAYER,
+    OCI_MT_OCI_LAYER_GZIP,
+    OCI_MT_OCI_LAYER_ZSTD,
+    OCI_MT_DOCKER_LAYER_GZIP,
     "application/vnd.docker.image.rootfs.diff.tar",
     "application/vnd.docker.image.rootfs.diff.tar.zstd",
     NULL,
@@ -43,40 +42,40 @@ TESTABLE bool media_type_is(const char *media_type, const char *want)
 	return n == strlen(want) && strncasecmp(media_type, want, n) == 0;
 }
 
-bool builder_media_type_is_index(const char *media_type)
+bool oci_media_type_is_index(const char *media_type)
 {
-	return media_type_is(media_type, BUILDER_MT_OCI_INDEX) ||
-	       media_type_is(media_type, BUILDER_MT_DOCKER_LIST);
+	return media_type_is(media_type, OCI_MT_OCI_INDEX) ||
+	       media_type_is(media_type, OCI_MT_DOCKER_LIST);
 }
 
 static bool is_image_manifest_type(const char *media_type)
 {
-	return media_type_is(media_type, BUILDER_MT_OCI_MANIFEST) ||
-	       media_type_is(media_type, BUILDER_MT_DOCKER_MANIFEST);
+	return media_type_is(media_type, OCI_MT_OCI_MANIFEST) ||
+	       media_type_is(media_type, OCI_MT_DOCKER_MANIFEST);
 }
 
-void builder_descriptor_free(struct builder_descriptor *d)
+void oci_descriptor_free(struct oci_descriptor *d)
 {
 	if (!d)
 		return;
 	free(d->media_type);
 	free(d->digest);
-	*d = (struct builder_descriptor){0};
+	*d = (struct oci_descriptor){0};
 }
 
-void builder_manifest_free(struct builder_manifest *m)
+void oci_manifest_free(struct oci_manifest *m)
 {
 	if (!m)
 		return;
-	builder_descriptor_free(&m->config);
+	oci_descriptor_free(&m->config);
 	for (size_t i = 0; i < m->n_layers; i++)
-		builder_descriptor_free(&m->layers[i]);
+		oci_descriptor_free(&m->layers[i]);
 	free(m->layers);
-	*m = (struct builder_manifest){0};
+	*m = (struct oci_manifest){0};
 }
 
 /* Read {mediaType, digest, size} of a descriptor object; ctx names it in errors. */
-static int descriptor_parse(json_t *obj, const char *ctx, struct builder_descriptor *ret,
+static int descriptor_parse(json_t *obj, const char *ctx, struct oci_descriptor *ret,
 			    imc_error *err)
 {
 	const char *media_type = NULL, *digest = NULL;
@@ -99,7 +98,7 @@ static int descriptor_parse(json_t *obj, const char *ctx, struct builder_descrip
 	ret->digest = strdup(digest);
 	ret->size = size;
 	if (!ret->media_type || !ret->digest) {
-		builder_descriptor_free(ret);
+		oci_descriptor_free(ret);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
 	return 0;
@@ -112,7 +111,7 @@ static int manifest_media_type(const char *content_type, json_t *body, const cha
 {
 	const char *body_type = NULL;
 	bool known_ct =
-	    is_image_manifest_type(content_type) || builder_media_type_is_index(content_type);
+	    is_image_manifest_type(content_type) || oci_media_type_is_index(content_type);
 
 	if (imc_json_get_string(body, "mediaType", false, MEDIA_TYPE_MAX, "manifest", &body_type,
 				err) < 0)
@@ -126,14 +125,14 @@ static int manifest_media_type(const char *content_type, json_t *body, const cha
 	else if (body_type)
 		*ret = body_type;
 	else if (json_object_get(body, "manifests"))
-		*ret = BUILDER_MT_OCI_INDEX;
+		*ret = OCI_MT_OCI_INDEX;
 	else
-		*ret = BUILDER_MT_OCI_MANIFEST;
+		*ret = OCI_MT_OCI_MANIFEST;
 	return 0;
 }
 
-int builder_manifest_kind(const char *content_type, const char *body, size_t len,
-			  bool *ret_is_index, imc_error *err)
+int oci_manifest_kind(const char *content_type, const char *body, size_t len, bool *ret_is_index,
+		      imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL;
 	const char *mt = NULL;
@@ -145,7 +144,7 @@ int builder_manifest_kind(const char *content_type, const char *body, size_t len
 	r = manifest_media_type(content_type, j, &mt, err);
 	if (r < 0)
 		return r;
-	*ret_is_index = builder_media_type_is_index(mt);
+	*ret_is_index = oci_media_type_is_index(mt);
 	return 0;
 }
 
@@ -163,7 +162,7 @@ static int check_schema_version(json_t *j, const char *ctx, imc_error *err)
 	return 0;
 }
 
-static int check_layer_type(const struct builder_descriptor *d, const char *ctx, imc_error *err)
+static int check_layer_type(const struct oci_descriptor *d, const char *ctx, imc_error *err)
 {
 	if (str_in(d->media_type, layer_types))
 		return 0;
@@ -174,7 +173,7 @@ static int check_layer_type(const struct builder_descriptor *d, const char *ctx,
 	return imc_err(err, ENOTSUP, "%s: unsupported layer media type %.100s", ctx, d->media_type);
 }
 
-static int manifest_parse_layers(json_t *layers, struct builder_manifest *m, imc_error *err)
+static int manifest_parse_layers(json_t *layers, struct oci_manifest *m, imc_error *err)
 {
 	size_t n = json_array_size(layers);
 
@@ -196,7 +195,7 @@ static int manifest_parse_layers(json_t *layers, struct builder_manifest *m, imc
 }
 
 static int manifest_parse(const char *media_type, const char *body, size_t len,
-			  struct builder_manifest *m, imc_error *err)
+			  struct oci_manifest *m, imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL;
 	json_t *config = NULL, *layers = NULL;
@@ -211,7 +210,7 @@ static int manifest_parse(const char *media_type, const char *body, size_t len,
 	r = manifest_media_type(media_type, j, &mt, err);
 	if (r < 0)
 		return r;
-	if (builder_media_type_is_index(mt))
+	if (oci_media_type_is_index(mt))
 		return imc_err(err, EINVAL, "manifest: %.100s is an index, not an image manifest",
 			       mt);
 	if (!is_image_manifest_type(mt))
@@ -226,21 +225,21 @@ static int manifest_parse(const char *media_type, const char *body, size_t len,
 	if (r < 0)
 		return r;
 	if (!str_in(m->config.media_type,
-		    (const char *const[]){BUILDER_MT_OCI_CONFIG, BUILDER_MT_DOCKER_CONFIG, NULL}))
+		    (const char *const[]){OCI_MT_OCI_CONFIG, OCI_MT_DOCKER_CONFIG, NULL}))
 		return imc_err(err, ENOTSUP,
 			       "manifest.config: media type %.100s is not a container image config",
 			       m->config.media_type);
 	return manifest_parse_layers(layers, m, err);
 }
 
-int builder_manifest_parse(const char *media_type, const char *body, size_t len,
-			   struct builder_manifest *ret, imc_error *err)
+int oci_manifest_parse(const char *media_type, const char *body, size_t len,
+		       struct oci_manifest *ret, imc_error *err)
 {
-	struct builder_manifest m = {0};
+	struct oci_manifest m = {0};
 	int r = manifest_parse(media_type, body, len, &m, err);
 
 	if (r < 0) {
-		builder_manifest_free(&m);
+		oci_manifest_free(&m);
 		return r;
 	}
 	*ret = m;
@@ -327,7 +326,7 @@ static void platform_format(const struct platform *p, char *out, size_t size)
 	snprintf(out, size, "%s/%s%s%s", p->os, p->arch, p->variant[0] ? "/" : "", p->variant);
 }
 
-int builder_platform_normalize(const char *s, char *out, size_t size, imc_error *err)
+int oci_platform_normalize(const char *s, char *out, size_t size, imc_error *err)
 {
 	struct platform p;
 	int r = platform_parse(s, &p, err);
@@ -376,7 +375,7 @@ static void platform_append(char *buf, size_t size, const struct platform *p)
 }
 
 static int index_select(json_t *manifests, const char *platform_s, const struct platform *want,
-			struct builder_descriptor *ret, imc_error *err)
+			struct oci_descriptor *ret, imc_error *err)
 {
 	char avail[600] = "";
 
@@ -400,11 +399,11 @@ static int index_select(json_t *manifests, const char *platform_s, const struct 
 		if (!is_image_manifest_type(ret->media_type)) {
 			r = imc_err(err, ENOTSUP, "%s: media type %.100s is not an image manifest",
 				    ctx, ret->media_type);
-			builder_descriptor_free(ret);
+			oci_descriptor_free(ret);
 			return r;
 		}
 		if (ret->size > MAX_MANIFEST_SIZE) {
-			builder_descriptor_free(ret);
+			oci_descriptor_free(ret);
 			return imc_err(err, EFBIG, "%s: manifest larger than %lld bytes", ctx,
 				       MAX_MANIFEST_SIZE);
 		}
@@ -414,8 +413,8 @@ static int index_select(json_t *manifests, const char *platform_s, const struct 
 		       platform_s, avail[0] ? avail : "none");
 }
 
-int builder_index_select(const char *body, size_t len, const char *platform,
-			 struct builder_descriptor *ret, imc_error *err)
+int oci_index_select(const char *body, size_t len, const char *platform, struct oci_descriptor *ret,
+		     imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL;
 	json_t *manifests = NULL;
@@ -423,7 +422,7 @@ int builder_index_select(const char *body, size_t len, const char *platform,
 	int r;
 
 	if (!platform || !*platform)
-		platform = BUILDER_DEFAULT_PLATFORM;
+		platform = OCI_DEFAULT_PLATFORM;
 	r = platform_parse(platform, &want, err);
 	if (r < 0)
 		return r;

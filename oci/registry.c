@@ -24,7 +24,7 @@
 
 #include <openssl/evp.h>
 
-#include "registry.h"
+#include "oci.h"
 
 #define TOKEN_MAX	   (64u << 10)
 #define TOKEN_RESPONSE_MAX (1u << 20)
@@ -45,17 +45,17 @@
 #define TOKEN_MARGIN_S	   10 /* renew this long before a token expires */
 #define DOCKER_HUB	   "registry-1.docker.io"
 
-static const char manifest_accept[] = "Accept: " BUILDER_MT_OCI_MANIFEST ", " BUILDER_MT_OCI_INDEX
-				      ", " BUILDER_MT_DOCKER_MANIFEST ", " BUILDER_MT_DOCKER_LIST;
+static const char manifest_accept[] = "Accept: " OCI_MT_OCI_MANIFEST ", " OCI_MT_OCI_INDEX
+				      ", " OCI_MT_DOCKER_MANIFEST ", " OCI_MT_DOCKER_LIST;
 
-struct registry {
+struct oci_registry {
 	char *name; /* host[:port] */
 	char *repository;
 	char *base; /* "<scheme>://<host>/v2/<repository>" */
 	char *ca_file;
 	bool plain_http;
 	CURL *curl; /* for the one-thread calls: manifests and configs */
-	struct registry_cred cred;
+	struct oci_registry_cred cred;
 	char cred_id[IMC_SHA256_HEX_LEN + 1]; /* a hash of cred: token cache key, "" = anonymous */
 	pthread_mutex_t lock;		      /* guards the fields below */
 	bool basic;			      /* the registry asked for Basic auth */
@@ -305,13 +305,13 @@ static void secret_free_p(char **p)
 	secret_free(*p);
 }
 
-static void cred_free(struct registry_cred *c)
+static void cred_free(struct oci_registry_cred *c)
 {
 	secret_free(c->username);
 	secret_free(c->password);
 	secret_free(c->bearer);
 	secret_free(c->identity_token);
-	*c = (struct registry_cred){0};
+	*c = (struct oci_registry_cred){0};
 }
 
 static bool cred_field_ok(const char *s)
@@ -333,8 +333,8 @@ static int cred_set(char **slot, const char *v, imc_error *err)
 	return v && !*slot ? imc_err(err, ENOMEM, "out of memory") : 0;
 }
 
-static int cred_from_request(const struct builder_credential *bc, const char *registry,
-			     struct registry_cred *ret, imc_error *err)
+static int cred_from_request(const struct oci_credential *bc, const char *registry,
+			     struct oci_registry_cred *ret, imc_error *err)
 {
 	bool pass = bc->username || bc->password;
 	int r;
@@ -362,7 +362,7 @@ static int cred_from_request(const struct builder_credential *bc, const char *re
 }
 
 /* "auth": base64 of "username:password". */
-static int cred_decode_auth(const char *b64, struct registry_cred *ret)
+static int cred_decode_auth(const char *b64, struct oci_registry_cred *ret)
 {
 	size_t n = strlen(b64), len;
 	_cleanup_free_ unsigned char *raw = NULL;
@@ -396,7 +396,7 @@ static int cred_decode_auth(const char *b64, struct registry_cred *ret)
 	return colon ? r : -EINVAL;
 }
 
-static int auth_entry_parse(json_t *e, const char *registry, struct registry_cred *ret,
+static int auth_entry_parse(json_t *e, const char *registry, struct oci_registry_cred *ret,
 			    imc_error *err)
 {
 	const char *auth = NULL, *user = NULL, *pass = NULL, *ident = NULL, *regtok = NULL;
@@ -441,7 +441,7 @@ static int auth_entry_parse(json_t *e, const char *registry, struct registry_cre
 /* The entry of a docker config.json ({"auths": {"<registry>": {...}}}) for registry; *ret is
  * left empty when there is none.  credsStore and credHelpers are not consulted. */
 TESTABLE int registry_auth_file_lookup(const char *text, size_t len, const char *registry,
-				       struct registry_cred *ret, imc_error *err)
+				       struct oci_registry_cred *ret, imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL;
 	json_t *auths = NULL, *v;
@@ -464,7 +464,7 @@ TESTABLE int registry_auth_file_lookup(const char *text, size_t len, const char 
 	return 0;
 }
 
-static int cred_from_file(const char *path, const char *registry, struct registry_cred *ret,
+static int cred_from_file(const char *path, const char *registry, struct oci_registry_cred *ret,
 			  imc_error *err)
 {
 	_cleanup_free_ char *text = NULL;
@@ -481,17 +481,17 @@ static int cred_from_file(const char *path, const char *registry, struct registr
 }
 
 /* The request's credentials for the registry (the first match wins), else the auth file's. */
-static int cred_pick(const struct builder_opts *o, struct registry *r, imc_error *err)
+static int cred_pick(const struct oci_registry_opts *o, struct oci_registry *r, imc_error *err)
 {
 	for (size_t i = 0; i < o->n_credentials; i++) {
-		const struct builder_credential *bc = &o->credentials[i];
+		const struct oci_credential *bc = &o->credentials[i];
 		if (bc->registry && registry_key_matches(bc->registry, r->name))
 			return cred_from_request(bc, r->name, &r->cred, err);
 	}
 	return o->auth_file ? cred_from_file(o->auth_file, r->name, &r->cred, err) : 0;
 }
 
-static int cred_load(const struct builder_opts *o, struct registry *r, imc_error *err)
+static int cred_load(const struct oci_registry_opts *o, struct oci_registry *r, imc_error *err)
 {
 	imc_sha256 h;
 	int rc = cred_pick(o, r, err);
@@ -526,7 +526,7 @@ struct token_entry {
 static pthread_mutex_t token_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct token_entry token_cache[TOKEN_CACHE_MAX];
 
-static char *token_key(const struct registry *r, const char *scope)
+static char *token_key(const struct oci_registry *r, const char *scope)
 {
 	return xasprintf("%s\n%s\n%s", r->name, scope, r->cred_id);
 }
@@ -585,7 +585,7 @@ static void token_cache_put(const char *key, const char *token, int64_t expires)
 }
 
 /* The token to send with a request, or NULL (copy; guarded by r->lock). */
-static char *registry_token_copy(struct registry *r)
+static char *registry_token_copy(struct oci_registry *r)
 {
 	char *t = NULL;
 
@@ -598,7 +598,7 @@ static char *registry_token_copy(struct registry *r)
 	return t;
 }
 
-static void registry_token_set(struct registry *r, char *token, int64_t expires)
+static void registry_token_set(struct oci_registry *r, char *token, int64_t expires)
 {
 	pthread_mutex_lock(&r->lock);
 	secret_free(r->token);
@@ -753,7 +753,7 @@ static const char *system_capath(void)
 	return v && v->capath ? v->capath : "/etc/ssl/certs";
 }
 
-CURLcode builder_curl_transport_opts(CURL *curl, bool plain_http)
+CURLcode oci_curl_transport_opts(CURL *curl, bool plain_http)
 {
 	CURLcode c = CURLE_OK;
 
@@ -774,7 +774,7 @@ CURLcode builder_curl_transport_opts(CURL *curl, bool plain_http)
 	return c;
 }
 
-static int http_setup(const struct registry *r, CURL *curl, const struct http_req *q,
+static int http_setup(const struct oci_registry *r, CURL *curl, const struct http_req *q,
 		      struct curl_slist *headers, struct http_sink *s, char *errbuf)
 {
 	CURLcode c = CURLE_OK;
@@ -795,7 +795,7 @@ static int http_setup(const struct registry *r, CURL *curl, const struct http_re
 	SET(CURLOPT_NOSIGNAL, 1L);
 	/* libcurl sends neither Authorization headers nor basic auth to another host. */
 	if (c == CURLE_OK)
-		c = builder_curl_transport_opts(curl, r->plain_http);
+		c = oci_curl_transport_opts(curl, r->plain_http);
 	if (r->ca_file) {
 		/* OpenSSL reads both: the extra CAs from the file, the system's from the
 		 * hashed directory. */
@@ -849,8 +849,8 @@ struct http_result {
 };
 
 /* Perform q into s.  Returns 0 when the server answered (status in ret), else -errno. */
-static int http_once(struct registry *r, CURL *curl, const struct http_req *q, struct http_sink *s,
-		     struct http_result *ret, imc_error *err)
+static int http_once(struct oci_registry *r, CURL *curl, const struct http_req *q,
+		     struct http_sink *s, struct http_result *ret, imc_error *err)
 {
 	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
 	_cleanup_free_ char *auth_hdr = NULL;
@@ -956,7 +956,7 @@ static void curl_freep(char **p)
 /* The realm: an http(s) URL without userinfo.  Plain HTTP only where the registry itself is
  * reached over plain HTTP (loopback or named insecure): credentials never cross the network in
  * the clear. */
-static int realm_check(const struct registry *r, const char *realm, imc_error *err)
+static int realm_check(const struct oci_registry *r, const char *realm, imc_error *err)
 {
 	const char *host;
 
@@ -993,8 +993,8 @@ static int token_url(CURL *curl, const char *realm, const char *service, const c
 }
 
 /* OAuth2 refresh-token grant (docker's identity tokens). */
-static int token_form(CURL *curl, const struct registry *r, const char *service, const char *scope,
-		      char **ret, imc_error *err)
+static int token_form(CURL *curl, const struct oci_registry *r, const char *service,
+		      const char *scope, char **ret, imc_error *err)
 {
 	_cleanup_(curl_freep) char *svc = curl_easy_escape(curl, service ? service : "", 0);
 	_cleanup_(curl_freep) char *scp = curl_easy_escape(curl, scope, 0);
@@ -1040,7 +1040,7 @@ TESTABLE int registry_token_parse(const char *body, size_t len, int64_t now, cha
 }
 
 /* Ask the token service once. */
-static int token_request(struct registry *r, CURL *curl, const char *url, const char *form,
+static int token_request(struct oci_registry *r, CURL *curl, const char *url, const char *form,
 			 struct http_sink *s, struct http_result *res, imc_error *err)
 {
 	struct http_req q = {.url = url, .post = form};
@@ -1053,7 +1053,7 @@ static int token_request(struct registry *r, CURL *curl, const char *url, const 
 	return http_once(r, curl, &q, s, res, err);
 }
 
-static int token_fetch(struct registry *r, const char *realm, const char *service,
+static int token_fetch(struct oci_registry *r, const char *realm, const char *service,
 		       const char *scope, char **ret, int64_t *ret_expires, imc_error *err)
 {
 	_cleanup_free_ char *url = NULL, *form = NULL;
@@ -1093,7 +1093,7 @@ static int token_fetch(struct registry *r, const char *realm, const char *servic
 
 /* A Bearer challenge: a token for its scope, from the cache unless it is the one just refused
  * (sent), else from the token service. */
-static int registry_auth_bearer(struct registry *r, const char *challenge, const char *sent,
+static int registry_auth_bearer(struct oci_registry *r, const char *challenge, const char *sent,
 				imc_error *err)
 {
 	_cleanup_free_ char *realm = NULL, *service = NULL, *scope = NULL, *key = NULL;
@@ -1153,7 +1153,7 @@ static const char *challenge_pick(CURL *curl, bool *ret_basic)
 }
 
 /* Answer a 401: true to try again; false with the error set. */
-static int registry_auth_answer(struct registry *r, CURL *curl, const char *sent_token,
+static int registry_auth_answer(struct oci_registry *r, CURL *curl, const char *sent_token,
 				bool sent_basic, bool *ret_again, imc_error *err)
 {
 	_cleanup_free_ char *challenge = NULL;
@@ -1190,7 +1190,7 @@ static int registry_auth_answer(struct registry *r, CURL *curl, const char *sent
 /* Request q with the registry's credentials, answering up to two 401 challenges (a cached
  * token may turn out stale before a fresh one is fetched).  Returns 0 with the answer in *res;
  * a 401 that remains is an error. */
-static int http_auth(struct registry *r, CURL *curl, struct http_req q, struct http_sink *s,
+static int http_auth(struct oci_registry *r, CURL *curl, struct http_req q, struct http_sink *s,
 		     struct http_result *res, imc_error *err)
 {
 	for (int round = 0;; round++) {
@@ -1228,7 +1228,7 @@ static int http_auth(struct registry *r, CURL *curl, struct http_req q, struct h
 }
 
 /* http_auth with retries of transient failures (for manifests and configs). */
-static int http_auth_retry(struct registry *r, CURL *curl, const struct http_req *q,
+static int http_auth_retry(struct oci_registry *r, CURL *curl, const struct http_req *q,
 			   struct http_sink *s, struct http_result *res, imc_error *err)
 {
 	for (int try = 1;; try++) {
@@ -1241,11 +1241,11 @@ static int http_auth_retry(struct registry *r, CURL *curl, const struct http_req
 
 /* ---- the client -------------------------------------------------------------------------- */
 
-int registry_open(const struct builder_opts *o, const struct builder_ref *ref,
-		  struct registry **ret, imc_error *err)
+int oci_registry_open(const struct oci_registry_opts *o, const struct oci_ref *ref,
+		      struct oci_registry **ret, imc_error *err)
 {
 	_cleanup_free_ char *key = NULL;
-	struct registry *r;
+	struct oci_registry *r;
 	int rc;
 
 	pthread_once(&curl_once, curl_init_once);
@@ -1263,12 +1263,12 @@ int registry_open(const struct builder_opts *o, const struct builder_ref *ref,
 			    ref->repository);
 	r->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
 	if (!r->name || !r->repository || !r->curl || !r->base || (o->ca_file && !r->ca_file)) {
-		registry_close(r);
+		oci_registry_close(r);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
 	rc = cred_load(o, r, err);
 	if (rc < 0) {
-		registry_close(r);
+		oci_registry_close(r);
 		return imc_err_wrap(err, "registry %s", ref->registry);
 	}
 	/* A token of an earlier build for the usual scope saves the first 401. */
@@ -1283,7 +1283,7 @@ int registry_open(const struct builder_opts *o, const struct builder_ref *ref,
 	return 0;
 }
 
-void registry_close(struct registry *r)
+void oci_registry_close(struct oci_registry *r)
 {
 	if (!r)
 		return;
@@ -1299,13 +1299,13 @@ void registry_close(struct registry *r)
 	free(r);
 }
 
-void registry_manifest_free(struct registry_manifest *m)
+void oci_registry_manifest_free(struct oci_registry_manifest *m)
 {
 	if (!m)
 		return;
 	free(m->body);
 	free(m->content_type);
-	*m = (struct registry_manifest){0};
+	*m = (struct oci_registry_manifest){0};
 }
 
 static int body_digest(const char *body, size_t len, char ret[7 + IMC_SHA256_HEX_LEN + 1],
@@ -1333,8 +1333,8 @@ static int check_content_digest(CURL *curl, const char *digest, imc_error *err)
 		       h->value, digest);
 }
 
-static int get_manifest(struct registry *r, const char *reference, const char *want_digest,
-			struct http_sink *s, struct registry_manifest *m, imc_error *err)
+static int get_manifest(struct oci_registry *r, const char *reference, const char *want_digest,
+			struct http_sink *s, struct oci_registry_manifest *m, imc_error *err)
 {
 	_cleanup_free_ char *url = NULL;
 	struct http_result res;
@@ -1365,29 +1365,30 @@ static int get_manifest(struct registry *r, const char *reference, const char *w
 	return 0;
 }
 
-int registry_get_manifest(struct registry *r, const char *reference, const char *want_digest,
-			  struct registry_manifest *ret, imc_error *err)
+int oci_registry_get_manifest(struct oci_registry *r, const char *reference,
+			      const char *want_digest, struct oci_registry_manifest *ret,
+			      imc_error *err)
 {
-	struct registry_manifest m = {0};
-	struct http_sink s = {.curl = r->curl, .fd = -1, .max = BUILDER_MANIFEST_MAX};
+	struct oci_registry_manifest m = {0};
+	struct http_sink s = {.curl = r->curl, .fd = -1, .max = OCI_MANIFEST_MAX};
 	int rc = get_manifest(r, reference, want_digest, &s, &m, err);
 
 	if (rc < 0) {
 		free(s.body.data);
-		registry_manifest_free(&m);
+		oci_registry_manifest_free(&m);
 		return rc;
 	}
 	m.body = s.body.data ? s.body.data : strdup("");
 	m.len = s.body.len;
 	if (!m.body) {
-		registry_manifest_free(&m);
+		oci_registry_manifest_free(&m);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
 	*ret = m;
 	return 0;
 }
 
-static int blob_url(struct registry *r, const char *digest, char **ret, imc_error *err)
+static int blob_url(struct oci_registry *r, const char *digest, char **ret, imc_error *err)
 {
 	*ret = xasprintf("%s/blobs/%s", r->base, digest);
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
@@ -1400,8 +1401,8 @@ static int check_blob_digest(const char *want, const char *got_hex, imc_error *e
 	return 0;
 }
 
-int registry_get_blob_mem(struct registry *r, const struct builder_descriptor *d, size_t max,
-			  char **ret, size_t *ret_len, imc_error *err)
+int oci_registry_get_blob_mem(struct oci_registry *r, const struct oci_descriptor *d, size_t max,
+			      char **ret, size_t *ret_len, imc_error *err)
 {
 	_cleanup_free_ char *url = NULL;
 	char hex[IMC_SHA256_HEX_LEN + 1];
@@ -1436,9 +1437,9 @@ int registry_get_blob_mem(struct registry *r, const struct builder_descriptor *d
 }
 
 /* One try at the rest of blob d: from s->written on (a Range request when that is not 0). */
-static int blob_try(struct registry *r, CURL *curl, const char *url,
-		    const struct builder_descriptor *d, struct http_sink *s,
-		    struct http_result *res, imc_error *err)
+static int blob_try(struct oci_registry *r, CURL *curl, const char *url,
+		    const struct oci_descriptor *d, struct http_sink *s, struct http_result *res,
+		    imc_error *err)
 {
 	int rc;
 
@@ -1463,7 +1464,7 @@ static int blob_try(struct registry *r, CURL *curl, const char *url,
 	return rc;
 }
 
-static int blob_download(struct registry *r, const struct builder_descriptor *d, int fd,
+static int blob_download(struct oci_registry *r, const struct oci_descriptor *d, int fd,
 			 bool (*on_bytes)(void *ctx, int64_t n), void *ctx, imc_error *err)
 {
 	_cleanup_curl_ CURL *curl = curl_easy_init();
@@ -1572,7 +1573,7 @@ static void inflight_release(const char *hex)
 	pthread_mutex_unlock(&inflight_lock);
 }
 
-static int blob_fetch_into(struct registry *r, const struct builder_descriptor *d, int dfd,
+static int blob_fetch_into(struct oci_registry *r, const struct oci_descriptor *d, int dfd,
 			   const char *dir, const char *hex, bool (*on_bytes)(void *ctx, int64_t n),
 			   void *ctx, imc_error *err)
 {
@@ -1602,9 +1603,9 @@ static int blob_fetch_into(struct registry *r, const struct builder_descriptor *
 	return 0;
 }
 
-int registry_fetch_blob(struct registry *r, const struct builder_descriptor *d,
-			const char *blob_dir, bool (*on_bytes)(void *ctx, int64_t n), void *ctx,
-			imc_error *err)
+int oci_registry_fetch_blob(struct oci_registry *r, const struct oci_descriptor *d,
+			    const char *blob_dir, bool (*on_bytes)(void *ctx, int64_t n), void *ctx,
+			    imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1];
 	_cleanup_free_ char *dir = NULL;

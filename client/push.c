@@ -1,0 +1,187 @@
+/* imcctl push: a cache's chunk index and chunks, read from imcd, written to an OCI registry as
+ * an artifact (docs/distribution.md): config = the index, layers = the chunk blobs (each once),
+ * artifactType application/vnd.imcache.snapshot.v1.  The registry side is oci/artifact.c. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../store/chunks.h"
+#include "client.h"
+
+#define IMCD_TIMEOUT_S 120
+
+struct push {
+	const struct client_push_config *cfg;
+	struct oci_pusher *reg;
+	CURL *curl; /* for imcd */
+	struct client_push_stats *st;
+};
+
+static size_t on_body(char *p, size_t size, size_t n, void *ctx)
+{
+	struct imc_buf *b = ctx;
+
+	n *= size;
+	if (b->len + n > CHUNKS_INDEX_MAX)
+		return 0;
+	return imc_buf_append(b, p, n) < 0 ? 0 : n;
+}
+
+/* GET from imcd (the index or a chunk). */
+static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_error *err)
+{
+	_cleanup_free_ char *url = NULL, *auth = NULL;
+	_cleanup_curl_slist_ struct curl_slist *h = NULL;
+	CURL *c = p->curl;
+	long status = 0;
+	CURLcode rc;
+
+	if (asprintf(&url, "%s%s", p->cfg->server, path) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (p->cfg->token && asprintf(&auth, "Authorization: Bearer %s", p->cfg->token) > 0)
+		h = curl_slist_append(NULL, auth);
+	curl_easy_reset(c);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)IMCD_TIMEOUT_S);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "GET");
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, ret);
+	rc = curl_easy_perform(c);
+	if (rc != CURLE_OK)
+		return imc_err(err, EIO, "GET %s: %s", url, curl_easy_strerror(rc));
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	if (status != 200)
+		return imc_err(err, status == 404 ? ENOENT : EIO, "GET %s: HTTP %ld", url, status);
+	return 0;
+}
+
+static int upload(struct push *p, const char *digest, const void *data, size_t len, imc_error *err)
+{
+	bool uploaded = false;
+
+	if (oci_push_blob(p->reg, digest, data, len, &uploaded, err) < 0)
+		return err->code;
+	if (!uploaded) {
+		p->st->blobs_skipped++;
+		return 0;
+	}
+	p->st->blobs_uploaded++;
+	p->st->bytes_uploaded += len;
+	return 0;
+}
+
+/* One chunk blob from imcd to the registry, checked against its digest on the way. */
+static int push_chunk(struct push *p, const struct chunk_entry *e, imc_error *err)
+{
+	char path[160], hex[IMC_SHA256_HEX_LEN + 1];
+	struct imc_buf b = {0};
+	bool have = false;
+	int r;
+
+	if (oci_push_blob_exists(p->reg, e->blob, &have, err) < 0)
+		return err->code;
+	if (have) {
+		p->st->blobs_skipped++;
+		return 0;
+	}
+	snprintf(path, sizeof(path), "/v1/chunks/%s", e->digest);
+	r = imcd_get(p, path, &b, err);
+	if (r == 0 && b.len != e->csize)
+		r = imc_err(err, EBADMSG, "chunk %s: %zu bytes, want %" PRIu64, e->digest, b.len,
+			    e->csize);
+	if (r == 0 && imc_sha256_hex(b.data, b.len, hex, err) == 0 && strcmp(hex, e->blob + 7) != 0)
+		r = imc_err(err, EBADMSG, "chunk %s: blob digest mismatch", e->digest);
+	if (r == 0)
+		r = upload(p, e->blob, b.data, b.len, err);
+	imc_buf_free(&b);
+	return r;
+}
+
+static json_t *manifest_json(const struct chunk_index *ix, const char *index_digest,
+			     size_t index_len)
+{
+	json_t *layers = json_array();
+	json_t *m;
+
+	for (size_t i = 0; layers && i < ix->n_chunks; i++) {
+		bool dup = false;
+		for (size_t k = 0; k < i && !dup; k++)
+			dup = strcmp(ix->chunks[k].blob, ix->chunks[i].blob) == 0;
+		if (!dup)
+			json_array_append_new(layers, json_pack("{s:s,s:s,s:I}", "mediaType",
+								CHUNKS_MEDIA_TYPE_CHUNK, "digest",
+								ix->chunks[i].blob, "size",
+								(json_int_t)ix->chunks[i].csize));
+	}
+	m = json_pack("{s:i,s:s,s:s,s:{s:s,s:s,s:I},s:o,s:{s:s}}", "schemaVersion", 2, "mediaType",
+		      OCI_MT_OCI_MANIFEST, "artifactType", CHUNKS_ARTIFACT_TYPE, "config",
+		      "mediaType", CHUNKS_MEDIA_TYPE_INDEX, "digest", index_digest, "size",
+		      (json_int_t)index_len, "layers", layers, "annotations", "io.imcache.cache-id",
+		      ix->cache_id);
+	return m;
+}
+
+static int put_manifest(struct push *p, const struct chunk_index *ix, const char *index_digest,
+			size_t index_len, imc_error *err)
+{
+	_cleanup_json_ json_t *m = manifest_json(ix, index_digest, index_len);
+	_cleanup_free_ char *body = m ? json_dumps(m, JSON_COMPACT) : NULL;
+
+	if (!body)
+		return imc_err(err, ENOMEM, "out of memory");
+	return oci_push_manifest(p->reg, body, strlen(body), p->st->manifest_digest, err);
+}
+
+static int push_all(struct push *p, const char *id, imc_error *err)
+{
+	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	struct imc_buf b = {0};
+	char path[160], hex[IMC_SHA256_HEX_LEN + 1], digest[CHUNKS_DIGEST_LEN + 1];
+	int r;
+
+	snprintf(path, sizeof(path), "/v1/imagecaches/%s/index", id);
+	r = imcd_get(p, path, &b, err);
+	if (r == 0)
+		r = chunk_index_parse(b.data, b.len, &ix, err);
+	if (r == 0)
+		r = imc_sha256_hex(b.data, b.len, hex, err);
+	for (size_t i = 0; r == 0 && i < ix.n_chunks; i++) {
+		bool dup = false;
+		for (size_t k = 0; k < i && !dup; k++)
+			dup = strcmp(ix.chunks[k].blob, ix.chunks[i].blob) == 0;
+		if (!dup)
+			r = push_chunk(p, &ix.chunks[i], err);
+	}
+	snprintf(digest, sizeof(digest), "sha256:%s", hex);
+	if (r == 0)
+		r = upload(p, digest, b.data, b.len, err);
+	if (r == 0)
+		r = put_manifest(p, &ix, digest, b.len, err);
+	imc_buf_free(&b);
+	return r;
+}
+
+int client_push_snapshot(const struct client_push_config *cfg, const char *cache_id,
+			 const char *ref, struct client_push_stats *ret, imc_error *err)
+{
+	struct push p = {.cfg = cfg, .st = ret};
+	int r;
+
+	*ret = (struct client_push_stats){0};
+	if (oci_push_open(ref, cfg->insecure_registries, &p.reg, err) < 0)
+		return err->code;
+	p.curl = curl_easy_init();
+	if (!p.curl)
+		r = imc_err(err, ENOMEM, "out of memory");
+	else
+		r = push_all(&p, cache_id, err);
+	if (r < 0)
+		imc_err_wrap(err, "push %s to %s", cache_id, ref);
+	if (p.curl)
+		curl_easy_cleanup(p.curl);
+	oci_push_close(p.reg);
+	return r;
+}
