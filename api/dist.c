@@ -169,7 +169,7 @@ static void add_chunk_headers(struct MHD_Response *r, const char *etag)
 {
 	MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, etag);
 	MHD_add_response_header(r, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
-	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, CHUNKS_MEDIA_TYPE_CHUNK);
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, OCI_SNAPSHOT_MT_CHUNK);
 	/* Named by content: it never changes. */
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL,
 				"public, max-age=31536000, immutable");
@@ -178,7 +178,7 @@ static void add_chunk_headers(struct MHD_Response *r, const char *etag)
 unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
 			const char *digest, struct MHD_Response **ret)
 {
-	char etag[CHUNKS_DIGEST_LEN + 3], crange[96];
+	char etag[OCI_DIGEST_MAX + 3], crange[96];
 	struct chunk_store *cs;
 	_cleanup_close_ int fd = -1;
 	imc_error err = {0};

@@ -93,7 +93,7 @@ static int http_get(CURL *c, const char *url, uint64_t resume_from, struct sink 
 /* ---- the plan ------------------------------------------------------------------------------ */
 
 struct job {
-	const struct chunk_entry *e;
+	const struct oci_chunk_entry *e;
 	uint64_t len;
 	bool local; /* found in another local snapshot */
 	const char *src_id;
@@ -103,7 +103,7 @@ struct job {
 struct fetch {
 	struct store *s;
 	const struct fetch_config *cfg;
-	const struct chunk_index *ix;
+	const struct oci_chunk_index *ix;
 	int dev_fd;
 	struct job *jobs;
 	size_t n_jobs;
@@ -178,7 +178,7 @@ static int download(struct fetch *f, CURL *c, const struct job *j, struct sink *
 static int download_registry(struct fetch *f, struct oci_registry *reg, const struct job *j,
 			     struct sink *s, imc_error *err)
 {
-	const struct oci_descriptor d = {.media_type = (char *)CHUNKS_MEDIA_TYPE_CHUNK,
+	const struct oci_descriptor d = {.media_type = (char *)OCI_SNAPSHOT_MT_CHUNK,
 					 .digest = (char *)j->e->blob,
 					 .size = (int64_t)j->e->csize};
 	char *data = NULL;
@@ -303,7 +303,7 @@ struct known {
 };
 
 struct local_set {
-	struct chunk_index *ixs;
+	struct oci_chunk_index *ixs;
 	size_t n_ixs;
 	struct known *known;
 	size_t n_known;
@@ -312,7 +312,7 @@ struct local_set {
 static void local_set_free(struct local_set *l)
 {
 	for (size_t i = 0; i < l->n_ixs; i++)
-		chunk_index_free(&l->ixs[i]);
+		oci_chunk_index_free(&l->ixs[i]);
 	free(l->ixs);
 	free(l->known);
 }
@@ -328,7 +328,7 @@ static int load_one(struct store *s, int dfd, const char *name, struct local_set
 	struct store_object_info info;
 	_cleanup_free_ char *buf = NULL, *path = NULL;
 	size_t len, n = strlen(name);
-	struct chunk_index *ix;
+	struct oci_chunk_index *ix;
 	imc_error e = {0};
 
 	if (n < 6 || n - 5 >= sizeof(id) || strcmp(name + n - 5, ".json") != 0)
@@ -339,9 +339,9 @@ static int load_one(struct store *s, int dfd, const char *name, struct local_set
 	if (asprintf(&path, "/proc/self/fd/%d/%s", dfd, name) < 0)
 		return -ENOMEM;
 	ix = &l->ixs[l->n_ixs];
-	if (imc_read_file(path, CHUNKS_INDEX_MAX, &buf, &len, &e) < 0 ||
-	    chunk_index_parse(buf, len, ix, &e) < 0 || strcmp(ix->cache_id, id) != 0) {
-		chunk_index_free(ix);
+	if (imc_read_file(path, OCI_INDEX_MAX, &buf, &len, &e) < 0 ||
+	    oci_chunk_index_parse(buf, len, ix, &e) < 0 || strcmp(ix->cache_id, id) != 0) {
+		oci_chunk_index_free(ix);
 		return 0;
 	}
 	l->n_ixs++;
@@ -365,7 +365,7 @@ static int local_set_load(struct store *s, struct local_set *ret, imc_error *err
 	while ((de = readdir(d))) {
 		if (ret->n_ixs == cap) {
 			cap = cap ? cap * 2 : 16;
-			struct chunk_index *g = realloc(ret->ixs, cap * sizeof(*g));
+			struct oci_chunk_index *g = realloc(ret->ixs, cap * sizeof(*g));
 			if (!g)
 				return imc_err(err, ENOMEM, "out of memory");
 			ret->ixs = g;
@@ -446,9 +446,9 @@ static int plan(struct fetch *f, const struct local_set *l, imc_error *err)
 	if (!f->jobs)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < f->ix->n_chunks; i++) {
-		const struct chunk_entry *e = &f->ix->chunks[i];
+		const struct oci_chunk_entry *e = &f->ix->chunks[i];
 		const struct known *k = local_find(l, e->digest);
-		f->jobs[i] = (struct job){.e = e, .len = chunk_index_len(f->ix, e->offset)};
+		f->jobs[i] = (struct job){.e = e, .len = oci_chunk_index_len(f->ix, e->offset)};
 		if (k) {
 			f->jobs[i].local = true;
 			f->jobs[i].src_id = l->ixs[k->src].cache_id;
@@ -461,12 +461,12 @@ static int plan(struct fetch *f, const struct local_set *l, imc_error *err)
 
 /* ---- the index ----------------------------------------------------------------------------- */
 
-static int get_index(const struct fetch_config *cfg, const char *id, struct chunk_index *ret,
+static int get_index(const struct fetch_config *cfg, const char *id, struct oci_chunk_index *ret,
 		     char **ret_buf, size_t *ret_len, imc_error *err)
 {
 	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
 	_cleanup_curl_ CURL *c = http_new(cfg->token, &headers);
-	struct sink s = {.max = CHUNKS_INDEX_MAX};
+	struct sink s = {.max = OCI_INDEX_MAX};
 	char url[1024];
 	int r = -EAGAIN;
 
@@ -479,7 +479,7 @@ static int get_index(const struct fetch_config *cfg, const char *id, struct chun
 	}
 	if (r == 0 && s.buf.len == 0)
 		r = imc_err(err, EBADMSG, "%s: empty", url);
-	if (r == 0 && chunk_index_parse(s.buf.data, s.buf.len, ret, err) < 0)
+	if (r == 0 && oci_chunk_index_parse(s.buf.data, s.buf.len, ret, err) < 0)
 		r = imc_err_wrap(err, "%s", url);
 	if (r == 0 && strcmp(ret->cache_id, id) != 0)
 		r = imc_err(err, EBADMSG, "%s: the index is of %s", url, ret->cache_id);
@@ -494,12 +494,13 @@ static int get_index(const struct fetch_config *cfg, const char *id, struct chun
 
 /* The index from an OCI artifact: manifest -> config (the index). */
 static int get_index_registry(const struct oci_registry_opts *o, const struct oci_ref *ref,
-			      const char *id, struct chunk_index *ret, char **ret_buf,
+			      const char *id, struct oci_chunk_index *ret, char **ret_buf,
 			      size_t *ret_len, imc_error *err)
 {
-	static const struct oci_artifact_kind snapshot = {.artifact_type = CHUNKS_ARTIFACT_TYPE,
-							  .config_type = CHUNKS_MEDIA_TYPE_INDEX,
-							  .config_max = CHUNKS_INDEX_MAX,
+	static const struct oci_artifact_kind snapshot = {.artifact_type =
+							      OCI_SNAPSHOT_ARTIFACT_TYPE,
+							  .config_type = OCI_SNAPSHOT_MT_INDEX,
+							  .config_max = OCI_INDEX_MAX,
 							  .what = "an imcache snapshot"};
 	struct oci_registry *r = NULL;
 	char *buf = NULL;
@@ -510,13 +511,13 @@ static int get_index_registry(const struct oci_registry_opts *o, const struct oc
 	if (rc == 0)
 		rc = oci_artifact_pull_config(r, ref, &snapshot, &buf, &len, err);
 	if (rc == 0)
-		rc = chunk_index_parse(buf, len, ret, err);
+		rc = oci_chunk_index_parse(buf, len, ret, err);
 	if (rc == 0 && strcmp(ret->cache_id, id) != 0)
 		rc = imc_err(err, EBADMSG, "the artifact holds cache %s", ret->cache_id);
 	if (r)
 		oci_registry_close(r);
 	if (rc < 0) {
-		chunk_index_free(ret);
+		oci_chunk_index_free(ret);
 		free(buf);
 		return rc;
 	}
@@ -638,17 +639,17 @@ int fetch_evict(struct store *s, uint64_t limit, uint64_t need, const char *keep
 
 /* ---- the whole fetch ------------------------------------------------------------------------ */
 
-static uint64_t data_bytes(const struct chunk_index *ix)
+static uint64_t data_bytes(const struct oci_chunk_index *ix)
 {
 	uint64_t n = 0;
 
 	for (size_t i = 0; i < ix->n_chunks; i++)
-		n += chunk_index_len(ix, ix->chunks[i].offset);
+		n += oci_chunk_index_len(ix, ix->chunks[i].offset);
 	return n;
 }
 
 static int check_space(struct store *s, const struct fetch_config *cfg, const char *id,
-		       const struct chunk_index *ix, struct fetch_stats *st, imc_error *err)
+		       const struct oci_chunk_index *ix, struct fetch_stats *st, imc_error *err)
 {
 	struct store_usage u;
 	uint64_t need = data_bytes(ix);
@@ -684,7 +685,7 @@ static int cmp_gap_desc(const void *a, const void *b)
 	return x < y ? 1 : x > y ? -1 : 0;
 }
 
-TESTABLE int fetch_small_gaps(const struct chunk_index *ix, struct gap **ret, size_t *ret_n)
+TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct gap **ret, size_t *ret_n)
 {
 	struct gap *g = calloc(ix->n_chunks + 1, sizeof(*g));
 	size_t n = 0;
@@ -765,7 +766,7 @@ static int save_local_index(struct store *s, const char *id, const char *buf, si
 }
 
 static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
-			     const struct oci_ref *ref, const struct chunk_index *ix,
+			     const struct oci_ref *ref, const struct oci_chunk_index *ix,
 			     const char *vol, struct fetch_stats *st, imc_error *err)
 {
 	_cleanup_(local_set_free) struct local_set l = {0};
@@ -791,8 +792,9 @@ static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
 }
 
 static int fetch_with_index(struct store *s, const struct fetch_config *cfg,
-			    const struct oci_ref *ref, const char *id, const struct chunk_index *ix,
-			    const char *buf, size_t len, struct fetch_stats *st, imc_error *err)
+			    const struct oci_ref *ref, const char *id,
+			    const struct oci_chunk_index *ix, const char *buf, size_t len,
+			    struct fetch_stats *st, imc_error *err)
 {
 	char vol[128];
 	int r;
@@ -818,7 +820,7 @@ static int fetch_with_index(struct store *s, const struct fetch_config *cfg,
 int fetch_snapshot(struct store *s, const struct fetch_config *cfg, const char *id,
 		   struct fetch_stats *ret_stats, imc_error *err)
 {
-	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
 	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	_cleanup_free_ char *buf = NULL;
 	struct store_object_info info;

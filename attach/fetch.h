@@ -51,7 +51,7 @@ struct gap {
 #ifdef IMC_TESTING
 /* The gaps the fetcher fills with zeros (all but the 15 largest; none when there are at most
  * 15), so that the reflink seal has nothing to compact.  *ret is malloc'ed (NULL when none). */
-int fetch_small_gaps(const struct chunk_index *ix, struct gap **ret, size_t *ret_n);
+int fetch_small_gaps(const struct oci_chunk_index *ix, struct gap **ret, size_t *ret_n);
 #endif
 
 #endif

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../store/chunks.h"
 #include "client.h"
 
 #define IMCD_TIMEOUT_S 120
@@ -22,7 +21,7 @@ static size_t on_body(char *p, size_t size, size_t n, void *ctx)
 	struct imc_buf *b = ctx;
 
 	n *= size;
-	if (b->len + n > CHUNKS_INDEX_MAX)
+	if (b->len + n > OCI_INDEX_MAX)
 		return 0;
 	return imc_buf_append(b, p, n) < 0 ? 0 : n;
 }
@@ -74,7 +73,7 @@ static int upload(struct push *p, const char *digest, const void *data, size_t l
 }
 
 /* One chunk blob from imcd to the registry, checked against its digest on the way. */
-static int push_chunk(struct push *p, const struct chunk_entry *e, imc_error *err)
+static int push_chunk(struct push *p, const struct oci_chunk_entry *e, imc_error *err)
 {
 	char path[160], hex[IMC_SHA256_HEX_LEN + 1];
 	struct imc_buf b = {0};
@@ -100,7 +99,7 @@ static int push_chunk(struct push *p, const struct chunk_entry *e, imc_error *er
 	return r;
 }
 
-static json_t *manifest_json(const struct chunk_index *ix, const char *index_digest,
+static json_t *manifest_json(const struct oci_chunk_index *ix, const char *index_digest,
 			     size_t index_len)
 {
 	json_t *layers = json_array();
@@ -112,19 +111,19 @@ static json_t *manifest_json(const struct chunk_index *ix, const char *index_dig
 			dup = strcmp(ix->chunks[k].blob, ix->chunks[i].blob) == 0;
 		if (!dup)
 			json_array_append_new(layers, json_pack("{s:s,s:s,s:I}", "mediaType",
-								CHUNKS_MEDIA_TYPE_CHUNK, "digest",
+								OCI_SNAPSHOT_MT_CHUNK, "digest",
 								ix->chunks[i].blob, "size",
 								(json_int_t)ix->chunks[i].csize));
 	}
 	m = json_pack("{s:i,s:s,s:s,s:{s:s,s:s,s:I},s:o,s:{s:s}}", "schemaVersion", 2, "mediaType",
-		      OCI_MT_OCI_MANIFEST, "artifactType", CHUNKS_ARTIFACT_TYPE, "config",
-		      "mediaType", CHUNKS_MEDIA_TYPE_INDEX, "digest", index_digest, "size",
+		      OCI_MT_OCI_MANIFEST, "artifactType", OCI_SNAPSHOT_ARTIFACT_TYPE, "config",
+		      "mediaType", OCI_SNAPSHOT_MT_INDEX, "digest", index_digest, "size",
 		      (json_int_t)index_len, "layers", layers, "annotations", "io.imcache.cache-id",
 		      ix->cache_id);
 	return m;
 }
 
-static int put_manifest(struct push *p, const struct chunk_index *ix, const char *index_digest,
+static int put_manifest(struct push *p, const struct oci_chunk_index *ix, const char *index_digest,
 			size_t index_len, imc_error *err)
 {
 	_cleanup_json_ json_t *m = manifest_json(ix, index_digest, index_len);
@@ -137,15 +136,15 @@ static int put_manifest(struct push *p, const struct chunk_index *ix, const char
 
 static int push_all(struct push *p, const char *id, imc_error *err)
 {
-	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
 	struct imc_buf b = {0};
-	char path[160], hex[IMC_SHA256_HEX_LEN + 1], digest[CHUNKS_DIGEST_LEN + 1];
+	char path[160], hex[IMC_SHA256_HEX_LEN + 1], digest[OCI_DIGEST_MAX + 1];
 	int r;
 
 	snprintf(path, sizeof(path), "/v1/imagecaches/%s/index", id);
 	r = imcd_get(p, path, &b, err);
 	if (r == 0)
-		r = chunk_index_parse(b.data, b.len, &ix, err);
+		r = oci_chunk_index_parse(b.data, b.len, &ix, err);
 	if (r == 0)
 		r = imc_sha256_hex(b.data, b.len, hex, err);
 	for (size_t i = 0; r == 0 && i < ix.n_chunks; i++) {

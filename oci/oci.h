@@ -150,6 +150,46 @@ int oci_artifact_pull_config(struct oci_registry *r, const struct oci_ref *ref,
 			     const struct oci_artifact_kind *k, char **ret, size_t *ret_len,
 			     imc_error *err);
 
+/* ---- the imcache snapshot artifact (index.c, docs/distribution.md) ---------------------------
+ * A snapshot cut into fixed-size chunks: artifactType OCI_SNAPSHOT_ARTIFACT_TYPE, the config is
+ * its chunk index (JSON: offset -> digest of the uncompressed chunk, and the digest and size of
+ * its zstd blob, plus the snapshot's size and sha256), the layers are the zstd chunks. */
+#define OCI_SNAPSHOT_ARTIFACT_TYPE "application/vnd.imcache.snapshot.v1"
+#define OCI_SNAPSHOT_MT_INDEX	   "application/vnd.imcache.index.v1+json"
+#define OCI_SNAPSHOT_MT_CHUNK	   "application/vnd.imcache.chunk.v1.zstd"
+
+#define OCI_CHUNK_SIZE_MIN   (64U << 10)
+#define OCI_CHUNK_SIZE_MAX   (64U << 20)
+#define OCI_SNAPSHOT_MAX     (16ULL << 40) /* a snapshot's size */
+#define OCI_INDEX_MAX	     (64U << 20)   /* bytes of an index */
+#define OCI_INDEX_CHUNKS_MAX (1U << 22)	   /* chunks in one index */
+
+struct oci_chunk_entry {
+	uint64_t offset;
+	char digest[OCI_DIGEST_MAX + 1]; /* of the uncompressed content */
+	char blob[OCI_DIGEST_MAX + 1];	 /* of the compressed (zstd) blob */
+	uint64_t csize;			 /* bytes of the compressed blob */
+};
+
+struct oci_chunk_index {
+	char cache_id[64];
+	uint32_t chunk_size;
+	uint64_t size;			 /* of the snapshot */
+	char sha256[OCI_DIGEST_MAX + 1]; /* of the whole snapshot, zeros included */
+	struct oci_chunk_entry *chunks;	 /* by offset; all-zero chunks are absent */
+	size_t n_chunks;
+};
+
+void oci_chunk_index_free(struct oci_chunk_index *ix);
+/* Bytes of the chunk at offset (the last one may be short). */
+uint64_t oci_chunk_index_len(const struct oci_chunk_index *ix, uint64_t offset);
+/* Parse and check an index: every field typed and capped, unknown fields refused, offsets
+ * multiples of chunkSize, strictly increasing and inside size. */
+int oci_chunk_index_parse(const char *buf, size_t len, struct oci_chunk_index *ret, imc_error *err);
+/* The JSON of an index (compact, fixed key order: its bytes are what its digest names). */
+int oci_chunk_index_render(const struct oci_chunk_index *ix, char **ret, size_t *ret_len,
+			   imc_error *err);
+
 #ifdef IMC_TESTING
 bool registry_plain_http(const char *registry, const char *const *insecure);
 int registry_parse_bearer(const char *header, char **ret_realm, char **ret_service,

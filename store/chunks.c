@@ -15,18 +15,6 @@
 
 #define INDEX_DIR "index"
 
-void chunk_index_free(struct chunk_index *ix)
-{
-	free(ix->chunks);
-	*ix = (struct chunk_index){0};
-}
-
-uint64_t chunk_index_len(const struct chunk_index *ix, uint64_t offset)
-{
-	uint64_t left = offset < ix->size ? ix->size - offset : 0;
-	return left < ix->chunk_size ? left : ix->chunk_size;
-}
-
 bool chunk_is_zero(const void *data, size_t len)
 {
 	const unsigned char *p = data;
@@ -39,140 +27,6 @@ bool chunk_is_zero(const void *data, size_t len)
 		len -= sizeof(zero);
 	}
 	return memcmp(p, zero, len) == 0;
-}
-
-/* ---- the index ------------------------------------------------------------------------------ */
-
-static int get_digest(json_t *obj, const char *key, const char *ctx, char *out, imc_error *err)
-{
-	char hex[IMC_SHA256_HEX_LEN + 1];
-	const char *s = NULL;
-	int r = imc_json_get_string(obj, key, true, CHUNKS_DIGEST_LEN, ctx, &s, err);
-
-	if (r < 0)
-		return r;
-	if (imc_digest_parse(s, hex, err) < 0)
-		return imc_err_wrap(err, "%s.%s", ctx, key);
-	snprintf(out, CHUNKS_DIGEST_LEN + 1, "%s", s);
-	return 0;
-}
-
-static int parse_chunk(json_t *o, const struct chunk_index *ix, uint64_t min_offset, size_t i,
-		       struct chunk_entry *ret, imc_error *err)
-{
-	static const char *const allowed[] = {"offset", "digest", "blob", "csize", NULL};
-	char ctx[48];
-	int64_t off = 0, csize = 0;
-
-	snprintf(ctx, sizeof(ctx), "chunks[%zu]", i);
-	if (!json_is_object(o))
-		return imc_err(err, EINVAL, "%s: want an object", ctx);
-	if (imc_json_check_fields(o, allowed, ctx, err) < 0 ||
-	    imc_json_get_int(o, "offset", true, 0, (int64_t)ix->size - 1, ctx, &off, err) < 0 ||
-	    imc_json_get_int(o, "csize", true, 1, ZSTD_compressBound(ix->chunk_size), ctx, &csize,
-			     err) < 0 ||
-	    get_digest(o, "digest", ctx, ret->digest, err) < 0 ||
-	    get_digest(o, "blob", ctx, ret->blob, err) < 0)
-		return err->code;
-	if ((uint64_t)off % ix->chunk_size != 0 || (uint64_t)off < min_offset)
-		return imc_err(err, EINVAL,
-			       "%s.offset %" PRId64 ": not a multiple of chunkSize in order", ctx,
-			       off);
-	ret->offset = (uint64_t)off;
-	ret->csize = (uint64_t)csize;
-	return 0;
-}
-
-static int parse_header(json_t *j, struct chunk_index *ix, json_t **ret_chunks, imc_error *err)
-{
-	static const char *const allowed[] = {"mediaType", "cacheId", "chunkSize", "size",
-					      "sha256",	   "chunks",  NULL};
-	const char *mt = NULL, *id = NULL;
-	int64_t cs = 0, size = 0;
-
-	if (imc_json_check_fields(j, allowed, "index", err) < 0 ||
-	    imc_json_get_string(j, "mediaType", true, 128, "index", &mt, err) < 0 ||
-	    imc_json_get_string(j, "cacheId", true, sizeof(ix->cache_id) - 1, "index", &id, err) <
-		0 ||
-	    imc_json_get_int(j, "chunkSize", true, CHUNKS_SIZE_MIN, CHUNKS_SIZE_MAX, "index", &cs,
-			     err) < 0 ||
-	    imc_json_get_int(j, "size", true, 1, (int64_t)CHUNKS_SNAPSHOT_MAX, "index", &size,
-			     err) < 0 ||
-	    get_digest(j, "sha256", "index", ix->sha256, err) < 0 ||
-	    imc_json_get_array(j, "chunks", true, CHUNKS_COUNT_MAX, "index", ret_chunks, err) < 0)
-		return err->code;
-	if (strcmp(mt, CHUNKS_MEDIA_TYPE_INDEX) != 0)
-		return imc_err(err, EINVAL, "index.mediaType \"%.80s\": want %s", mt,
-			       CHUNKS_MEDIA_TYPE_INDEX);
-	if (!imc_name_valid(id, sizeof(ix->cache_id) - 1))
-		return imc_err(err, EINVAL, "index.cacheId \"%.80s\": malformed", id);
-	if ((cs & (cs - 1)) != 0)
-		return imc_err(err, EINVAL, "index.chunkSize %" PRId64 ": not a power of two", cs);
-	snprintf(ix->cache_id, sizeof(ix->cache_id), "%s", id);
-	ix->chunk_size = (uint32_t)cs;
-	ix->size = (uint64_t)size;
-	return 0;
-}
-
-int chunk_index_parse(const char *buf, size_t len, struct chunk_index *ret, imc_error *err)
-{
-	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
-	_cleanup_json_ json_t *j = NULL;
-	json_t *arr = NULL, *o;
-	uint64_t next = 0;
-	size_t i;
-	int r;
-
-	if (len > CHUNKS_INDEX_MAX)
-		return imc_err(err, EFBIG, "chunk index: %zu bytes, more than %u", len,
-			       CHUNKS_INDEX_MAX);
-	if ((r = imc_json_parse_object(buf, len, &j, err)) < 0)
-		return imc_err_wrap(err, "chunk index");
-	if (parse_header(j, &ix, &arr, err) < 0)
-		return err->code;
-	if (json_array_size(arr) > (ix.size + ix.chunk_size - 1) / ix.chunk_size)
-		return imc_err(err, EINVAL, "index.chunks: %zu chunks, more than size holds",
-			       json_array_size(arr));
-	ix.chunks = calloc(json_array_size(arr) + 1, sizeof(*ix.chunks));
-	if (!ix.chunks)
-		return imc_err(err, ENOMEM, "out of memory");
-	json_array_foreach(arr, i, o)
-	{
-		if (parse_chunk(o, &ix, next, i, &ix.chunks[i], err) < 0)
-			return err->code;
-		next = ix.chunks[i].offset + ix.chunk_size;
-		ix.n_chunks++;
-	}
-	*ret = ix;
-	ix = (struct chunk_index){0};
-	return 0;
-}
-
-int chunk_index_render(const struct chunk_index *ix, char **ret, size_t *ret_len, imc_error *err)
-{
-	_cleanup_json_ json_t *arr = json_array();
-	_cleanup_json_ json_t *j = NULL;
-	char *s;
-
-	if (!arr)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (size_t i = 0; i < ix->n_chunks; i++) {
-		const struct chunk_entry *c = &ix->chunks[i];
-		if (json_array_append_new(arr, json_pack("{s:I,s:s,s:s,s:I}", "offset",
-							 (json_int_t)c->offset, "digest", c->digest,
-							 "blob", c->blob, "csize",
-							 (json_int_t)c->csize)) < 0)
-			return imc_err(err, ENOMEM, "out of memory");
-	}
-	j = json_pack("{s:s,s:s,s:I,s:I,s:s,s:O}", "mediaType", CHUNKS_MEDIA_TYPE_INDEX, "cacheId",
-		      ix->cache_id, "chunkSize", (json_int_t)ix->chunk_size, "size",
-		      (json_int_t)ix->size, "sha256", ix->sha256, "chunks", arr);
-	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-	if (!s)
-		return imc_err(err, ENOMEM, "out of memory");
-	*ret_len = strlen(s);
-	*ret = s;
-	return 0;
 }
 
 /* ---- compression ----------------------------------------------------------------------------- */
@@ -296,7 +150,7 @@ static int store_blob(struct chunk_store *cs, const char *path, const void *blob
 }
 
 /* The digest of a stored blob (it was stored by an earlier export: hash what is there). */
-static int hash_fd(int fd, char out[CHUNKS_DIGEST_LEN + 1], uint64_t *ret_size, imc_error *err)
+static int hash_fd(int fd, char out[OCI_DIGEST_MAX + 1], uint64_t *ret_size, imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1];
 	_cleanup_free_ char *buf = malloc(1 << 20);
@@ -317,14 +171,14 @@ static int hash_fd(int fd, char out[CHUNKS_DIGEST_LEN + 1], uint64_t *ret_size, 
 		return imc_err_sys(err, errno, "read chunk");
 	}
 	imc_sha256_final_hex(&h, hex);
-	snprintf(out, CHUNKS_DIGEST_LEN + 1, "sha256:%s", hex);
+	snprintf(out, OCI_DIGEST_MAX + 1, "sha256:%s", hex);
 	*ret_size = total;
 	return 0;
 }
 
 /* Store one non-zero chunk (once per content) and fill its entry. */
-static int export_chunk(struct chunk_store *cs, const void *data, size_t len, struct chunk_entry *e,
-			imc_error *err)
+static int export_chunk(struct chunk_store *cs, const void *data, size_t len,
+			struct oci_chunk_entry *e, imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1], path[128];
 	_cleanup_free_ void *blob = NULL;
@@ -375,7 +229,7 @@ int chunk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 }
 
 /* Cut the device into chunks; ix gets the entries and the whole file's digest. */
-static int export_device(struct chunk_store *cs, int fd, struct chunk_index *ix, imc_error *err)
+static int export_device(struct chunk_store *cs, int fd, struct oci_chunk_index *ix, imc_error *err)
 {
 	size_t cap = (ix->size + ix->chunk_size - 1) / ix->chunk_size;
 	_cleanup_free_ void *buf = malloc(ix->chunk_size);
@@ -389,7 +243,7 @@ static int export_device(struct chunk_store *cs, int fd, struct chunk_index *ix,
 	if (imc_sha256_init(&h, err) < 0)
 		return err->code;
 	for (uint64_t off = 0; off < ix->size && r == 0; off += ix->chunk_size) {
-		size_t len = (size_t)chunk_index_len(ix, off);
+		size_t len = (size_t)oci_chunk_index_len(ix, off);
 		if ((r = chunk_pread_full(fd, buf, len, off)) < 0) {
 			r = imc_err_sys(err, -r, "read at %" PRIu64, off);
 			break;
@@ -426,7 +280,7 @@ int chunks_read_index(struct chunk_store *cs, const char *id, char **ret, size_t
 		return imc_err_sys(err, errno, "chunk index of %s", id);
 	if (asprintf(&path, "/proc/self/fd/%d", dfd) < 0)
 		return imc_err(err, ENOMEM, "out of memory");
-	return imc_read_file(path, CHUNKS_INDEX_MAX, ret, ret_len, err);
+	return imc_read_file(path, OCI_INDEX_MAX, ret, ret_len, err);
 }
 
 static int write_index(struct chunk_store *cs, const char *id, const char *buf, size_t len,
@@ -456,7 +310,7 @@ static int write_index(struct chunk_store *cs, const char *id, const char *buf, 
 int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint32_t chunk_size,
 		  char **ret, size_t *ret_len, imc_error *err)
 {
-	_cleanup_(chunk_index_free) struct chunk_index ix = {0};
+	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
 	struct store_object_info info;
 	struct store_dev dev = {.fd = -1};
 	_cleanup_free_ char *buf = NULL;
@@ -474,7 +328,7 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 	imc_err_clear(err);
 	if (store_stat(s, STORE_SNAPSHOT, id, &info, err) < 0)
 		return err->code;
-	if (info.size == 0 || info.size > CHUNKS_SNAPSHOT_MAX)
+	if (info.size == 0 || info.size > OCI_SNAPSHOT_MAX)
 		return imc_err(err, EFBIG, "snapshot %s: size %" PRIu64 " out of range", id,
 			       info.size);
 	snprintf(ix.cache_id, sizeof(ix.cache_id), "%s", id);
@@ -486,7 +340,8 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 	store_deactivate(s, STORE_SNAPSHOT, id, &dev, NULL);
 	if (r < 0)
 		return imc_err_wrap(err, "export snapshot %s", id);
-	if (chunk_index_render(&ix, &buf, &len, err) < 0 || write_index(cs, id, buf, len, err) < 0)
+	if (oci_chunk_index_render(&ix, &buf, &len, err) < 0 ||
+	    write_index(cs, id, buf, len, err) < 0)
 		return err->code;
 	if (ret) {
 		*ret = steal_pointer(&buf);
@@ -502,7 +357,7 @@ struct digest_set {
 	size_t n, cap;
 };
 
-static int digest_set_add_index(struct digest_set *set, const struct chunk_index *ix)
+static int digest_set_add_index(struct digest_set *set, const struct oci_chunk_index *ix)
 {
 	if (set->n + ix->n_chunks > set->cap) {
 		size_t cap = (set->n + ix->n_chunks) * 2 + 64;
@@ -539,7 +394,7 @@ static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc
 		char id[64];
 		size_t len = strlen(de->d_name);
 		_cleanup_free_ char *buf = NULL;
-		struct chunk_index ix = {0};
+		struct oci_chunk_index ix = {0};
 		size_t n;
 		int r;
 
@@ -548,10 +403,10 @@ static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
 		if ((r = chunks_read_index(cs, id, &buf, &n, err)) < 0 ||
-		    (r = chunk_index_parse(buf, n, &ix, err)) < 0)
+		    (r = oci_chunk_index_parse(buf, n, &ix, err)) < 0)
 			return imc_err_wrap(err, "chunk index of %s", id);
 		r = digest_set_add_index(set, &ix);
-		chunk_index_free(&ix);
+		oci_chunk_index_free(&ix);
 		if (r < 0)
 			return imc_err(err, ENOMEM, "out of memory");
 	}

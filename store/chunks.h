@@ -2,9 +2,8 @@
  *
  * A snapshot is cut into fixed-size chunks; each chunk that is not all zeros is compressed with
  * zstd and stored once, named by the sha256 of its uncompressed bytes, in
- * <state>/chunks/sha256/<2 hex>/<64 hex>.zst.  A chunk index (JSON) lists offset -> digest (and
- * the digest and size of the compressed blob, for OCI descriptors) plus the snapshot's size and
- * sha256.  The index of a cache is kept in <state>/chunks/index/<cache-id>.json. */
+ * <state>/chunks/sha256/<2 hex>/<64 hex>.zst.  The chunk index (its format: oci/index.c) of a
+ * cache is kept in <state>/chunks/index/<cache-id>.json. */
 #ifndef IMC_STORE_CHUNKS_H
 #define IMC_STORE_CHUNKS_H
 
@@ -12,45 +11,11 @@
 #include <stdint.h>
 
 #include "../common/imc.h"
+#include "../oci/oci.h"
 #include "store.h"
 
-#define CHUNKS_MEDIA_TYPE_INDEX "application/vnd.imcache.index.v1+json"
-#define CHUNKS_MEDIA_TYPE_CHUNK "application/vnd.imcache.chunk.v1.zstd"
-#define CHUNKS_ARTIFACT_TYPE	"application/vnd.imcache.snapshot.v1"
-
 #define CHUNKS_SIZE_DEFAULT (4U << 20) /* 4 MiB: see docs/distribution.md */
-#define CHUNKS_SIZE_MIN	    (64U << 10)
-#define CHUNKS_SIZE_MAX	    (64U << 20)
-#define CHUNKS_SNAPSHOT_MAX (16ULL << 40) /* a snapshot's size */
-#define CHUNKS_INDEX_MAX    (64U << 20)	  /* bytes of an index */
-#define CHUNKS_COUNT_MAX    (1U << 22)	  /* chunks in one index */
 #define CHUNKS_ZSTD_LEVEL   3
-#define CHUNKS_DIGEST_LEN   (7 + IMC_SHA256_HEX_LEN) /* "sha256:" + hex */
-
-struct chunk_entry {
-	uint64_t offset;
-	char digest[CHUNKS_DIGEST_LEN + 1]; /* of the uncompressed content */
-	char blob[CHUNKS_DIGEST_LEN + 1];   /* of the compressed (zstd) blob */
-	uint64_t csize;			    /* bytes of the compressed blob */
-};
-
-struct chunk_index {
-	char cache_id[64];
-	uint32_t chunk_size;
-	uint64_t size;			    /* of the snapshot */
-	char sha256[CHUNKS_DIGEST_LEN + 1]; /* of the whole snapshot, zeros included */
-	struct chunk_entry *chunks;	    /* by offset; all-zero chunks are absent */
-	size_t n_chunks;
-};
-
-void chunk_index_free(struct chunk_index *ix);
-/* Bytes of the chunk at offset (the last one may be short). */
-uint64_t chunk_index_len(const struct chunk_index *ix, uint64_t offset);
-/* Parse and check an index: every field typed and capped, unknown fields refused, offsets
- * multiples of chunkSize, strictly increasing and inside size. */
-int chunk_index_parse(const char *buf, size_t len, struct chunk_index *ret, imc_error *err);
-/* The JSON of an index (compact, fixed key order: its bytes are what its digest names). */
-int chunk_index_render(const struct chunk_index *ix, char **ret, size_t *ret_len, imc_error *err);
 
 /* The chunk store under <state>/chunks. */
 struct chunk_store {

@@ -1,4 +1,5 @@
-/* Fuzz target: the chunk index (chunk_index_parse), what an agent reads from imcd or a registry.
+/* Fuzz target: the chunk index (oci_chunk_index_parse), what an agent reads from imcd or a
+ * registry.
  *
  * Properties beyond "no crash, no leak, no UB":
  *  - a failure sets err->code to the returned value, says something and leaves no chunks;
@@ -10,18 +11,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../store/chunks.h"
+#include "../../oci/oci.h"
 
-static void check_invariants(const struct chunk_index *ix)
+static void check_invariants(const struct oci_chunk_index *ix)
 {
-	if (ix->chunk_size < CHUNKS_SIZE_MIN || ix->chunk_size > CHUNKS_SIZE_MAX ||
+	if (ix->chunk_size < OCI_CHUNK_SIZE_MIN || ix->chunk_size > OCI_CHUNK_SIZE_MAX ||
 	    (ix->chunk_size & (ix->chunk_size - 1)) || ix->size == 0 ||
-	    ix->size > CHUNKS_SNAPSHOT_MAX ||
+	    ix->size > OCI_SNAPSHOT_MAX ||
 	    ix->n_chunks > (ix->size + ix->chunk_size - 1) / ix->chunk_size)
 		abort();
 	for (size_t i = 0; i < ix->n_chunks; i++) {
-		const struct chunk_entry *c = &ix->chunks[i];
-		uint64_t len = chunk_index_len(ix, c->offset);
+		const struct oci_chunk_entry *c = &ix->chunks[i];
+		uint64_t len = oci_chunk_index_len(ix, c->offset);
 		if (c->offset % ix->chunk_size || c->offset >= ix->size || len == 0 ||
 		    len > ix->chunk_size || (i && c->offset <= ix->chunks[i - 1].offset) ||
 		    strncmp(c->digest, "sha256:", 7) || strncmp(c->blob, "sha256:", 7) ||
@@ -30,16 +31,16 @@ static void check_invariants(const struct chunk_index *ix)
 	}
 }
 
-static void check_round_trip(const struct chunk_index *ix)
+static void check_round_trip(const struct oci_chunk_index *ix)
 {
-	struct chunk_index back = {0};
+	struct oci_chunk_index back = {0};
 	imc_error err = {0};
 	char *buf = NULL;
 	size_t len = 0;
 
-	if (chunk_index_render(ix, &buf, &len, &err) < 0)
+	if (oci_chunk_index_render(ix, &buf, &len, &err) < 0)
 		return; /* out of memory only */
-	if (chunk_index_parse(buf, len, &back, &err) < 0 || back.n_chunks != ix->n_chunks ||
+	if (oci_chunk_index_parse(buf, len, &back, &err) < 0 || back.n_chunks != ix->n_chunks ||
 	    back.size != ix->size || back.chunk_size != ix->chunk_size ||
 	    strcmp(back.sha256, ix->sha256) || strcmp(back.cache_id, ix->cache_id))
 		abort();
@@ -49,15 +50,15 @@ static void check_round_trip(const struct chunk_index *ix)
 		    strcmp(back.chunks[i].blob, ix->chunks[i].blob) ||
 		    back.chunks[i].csize != ix->chunks[i].csize)
 			abort();
-	chunk_index_free(&back);
+	oci_chunk_index_free(&back);
 	free(buf);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct chunk_index ix = {0};
+	struct oci_chunk_index ix = {0};
 	imc_error err = {0};
-	int r = chunk_index_parse((const char *)data, size, &ix, &err);
+	int r = oci_chunk_index_parse((const char *)data, size, &ix, &err);
 
 	if (r < 0) {
 		if (err.code != r || !err.msg[0] || ix.chunks)
@@ -66,6 +67,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	check_invariants(&ix);
 	check_round_trip(&ix);
-	chunk_index_free(&ix);
+	oci_chunk_index_free(&ix);
 	return 0;
 }

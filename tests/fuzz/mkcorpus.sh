@@ -182,7 +182,7 @@ printf '\xa5\x01\x02\x03\x01\x18\x08\x00\x01\x03\x18\x14\x00\x01x\x02\x03\x01\x1
 : >"$out/layer/empty"
 head -c 1024 /dev/zero >"$out/layer/zeros"
 
-# ---- chunk indexes (store/chunks.c) ---------------------------------------------------------
+# ---- chunk indexes (oci/index.c) -----------------------------------------------------------
 d1=sha256:1111111111111111111111111111111111111111111111111111111111111111
 d2=sha256:2222222222222222222222222222222222222222222222222222222222222222
 seed index two-chunks '{"mediaType":"application/vnd.imcache.index.v1+json","cacheId":"imc-0123456789abcdef","chunkSize":65536,"size":200000,"sha256":"'"$digest"'","chunks":[{"offset":0,"digest":"'"$d1"'","blob":"'"$d2"'","csize":100},{"offset":131072,"digest":"'"$d2"'","blob":"'"$d1"'","csize":7}]}'

@@ -1,6 +1,7 @@
-/* The chunk index format and the chunk codec (store/chunks.c), and the distribution routes: the
- * index renders and parses back, every malformed index is refused naming the field, a chunk
- * compresses deterministically and a flipped byte or a lying frame header is caught. */
+/* The chunk index format (oci/index.c) and the chunk codec (store/chunks.c), and the
+ * distribution routes: the index renders and parses back, every malformed index is refused
+ * naming the field, a chunk compresses deterministically and a flipped byte or a lying frame
+ * header is caught. */
 #include <check.h>
 #include <fcntl.h>
 #include <string.h>
@@ -19,8 +20,7 @@
 
 static const char *good_index(void)
 {
-	return "{\"mediaType\":\"" CHUNKS_MEDIA_TYPE_INDEX
-	       "\",\"cacheId\":\"imc-0123456789abcdef\","
+	return "{\"mediaType\":\"" OCI_SNAPSHOT_MT_INDEX "\",\"cacheId\":\"imc-0123456789abcdef\","
 	       "\"chunkSize\":1048576,\"size\":3145729,\"sha256\":\"" D1 "\",\"chunks\":["
 	       "{\"offset\":0,\"digest\":\"" D1 "\",\"blob\":\"" D2 "\",\"csize\":10},"
 	       "{\"offset\":3145728,\"digest\":\"" D2 "\",\"blob\":\"" D1 "\",\"csize\":9}]}";
@@ -58,7 +58,7 @@ static void put_index(const char *root, const char *id, const char *a, const cha
 	char rel[128], text[1024];
 
 	snprintf(text, sizeof(text),
-		 "{\"mediaType\":\"" CHUNKS_MEDIA_TYPE_INDEX "\",\"cacheId\":\"%s\","
+		 "{\"mediaType\":\"" OCI_SNAPSHOT_MT_INDEX "\",\"cacheId\":\"%s\","
 		 "\"chunkSize\":1048576,\"size\":2097152,\"sha256\":\"" D1 "\",\"chunks\":["
 		 "{\"offset\":0,\"digest\":\"%s\",\"blob\":\"" D1 "\",\"csize\":10},"
 		 "{\"offset\":1048576,\"digest\":\"%s\",\"blob\":\"" D2 "\",\"csize\":9}]}",
@@ -103,26 +103,26 @@ END_TEST
 
 START_TEST(index_round_trip)
 {
-	struct chunk_index ix = {0}, back = {0};
+	struct oci_chunk_index ix = {0}, back = {0};
 	char *buf = NULL;
 	size_t len = 0;
 	imc_error err = {0};
 	const char *g = good_index();
 
-	ck_assert_msg(chunk_index_parse(g, strlen(g), &ix, &err) == 0, "%s", err.msg);
+	ck_assert_msg(oci_chunk_index_parse(g, strlen(g), &ix, &err) == 0, "%s", err.msg);
 	ck_assert_uint_eq(ix.n_chunks, 2);
 	ck_assert_uint_eq(ix.chunk_size, 1U << 20);
 	ck_assert_uint_eq(ix.size, 3145729);
-	ck_assert_uint_eq(chunk_index_len(&ix, 0), 1U << 20);
-	ck_assert_uint_eq(chunk_index_len(&ix, 3145728), 1); /* the short last chunk */
+	ck_assert_uint_eq(oci_chunk_index_len(&ix, 0), 1U << 20);
+	ck_assert_uint_eq(oci_chunk_index_len(&ix, 3145728), 1); /* the short last chunk */
 	ck_assert_str_eq(ix.chunks[1].blob, D1);
-	ck_assert_int_eq(chunk_index_render(&ix, &buf, &len, &err), 0);
+	ck_assert_int_eq(oci_chunk_index_render(&ix, &buf, &len, &err), 0);
 	ck_assert_str_eq(buf, g); /* fixed key order: the same bytes, the same digest */
-	ck_assert_int_eq(chunk_index_parse(buf, len, &back, &err), 0);
+	ck_assert_int_eq(oci_chunk_index_parse(buf, len, &back, &err), 0);
 	ck_assert_uint_eq(back.chunks[1].offset, 3145728);
 	free(buf);
-	chunk_index_free(&ix);
-	chunk_index_free(&back);
+	oci_chunk_index_free(&ix);
+	oci_chunk_index_free(&back);
 }
 END_TEST
 
@@ -132,12 +132,12 @@ static void refused(const char *from, const char *to, const char *want)
 {
 	const char *g = good_index(), *at = strstr(g, from);
 	char buf[2048];
-	struct chunk_index ix = {0};
+	struct oci_chunk_index ix = {0};
 	imc_error err = {0};
 
 	ck_assert_ptr_nonnull(at);
 	snprintf(buf, sizeof(buf), "%.*s%s%s", (int)(at - g), g, to, at + strlen(from));
-	ck_assert_msg(chunk_index_parse(buf, strlen(buf), &ix, &err) < 0, "accepted: %s", buf);
+	ck_assert_msg(oci_chunk_index_parse(buf, strlen(buf), &ix, &err) < 0, "accepted: %s", buf);
 	ck_assert_msg(strstr(err.msg, want), "message \"%s\" lacks \"%s\"", err.msg, want);
 	ck_assert_ptr_null(ix.chunks);
 }
@@ -157,7 +157,7 @@ START_TEST(bad_indexes_are_refused)
 	refused("\"blob\":\"" D2 "\"", "\"blob\":\"md5:00\"", "blob");
 	refused("\"digest\":\"" D1 "\"", "\"digest\":\"sha256:ABC\"", "digest");
 	refused("\"cacheId\":\"imc-0123456789abcdef\"", "\"cacheId\":\"../x\"", "cacheId");
-	refused(CHUNKS_MEDIA_TYPE_INDEX, "application/json", "mediaType");
+	refused(OCI_SNAPSHOT_MT_INDEX, "application/json", "mediaType");
 	refused("\"chunks\":[", "\"extra\":1,\"chunks\":[", "extra");
 	refused("\"csize\":10}", "\"csize\":10,\"x\":1}", "x");
 	refused("\"chunks\":[", "\"chunks\":[1,", "chunks[0]");
@@ -168,10 +168,10 @@ END_TEST
 START_TEST(more_chunks_than_the_size_holds)
 {
 	char buf[4096];
-	struct chunk_index ix = {0};
+	struct oci_chunk_index ix = {0};
 	imc_error err = {0};
 	int n = snprintf(buf, sizeof(buf),
-			 "{\"mediaType\":\"" CHUNKS_MEDIA_TYPE_INDEX "\",\"cacheId\":\"imc-1\","
+			 "{\"mediaType\":\"" OCI_SNAPSHOT_MT_INDEX "\",\"cacheId\":\"imc-1\","
 			 "\"chunkSize\":65536,\"size\":65536,\"sha256\":\"" D1 "\",\"chunks\":[");
 	for (int i = 0; i < 2; i++)
 		n += snprintf(buf + n, sizeof(buf) - (size_t)n,
@@ -179,7 +179,7 @@ START_TEST(more_chunks_than_the_size_holds)
 			      "\",\"csize\":5}",
 			      i ? "," : "", i * 65536);
 	snprintf(buf + n, sizeof(buf) - (size_t)n, "]}");
-	ck_assert_int_lt(chunk_index_parse(buf, strlen(buf), &ix, &err), 0);
+	ck_assert_int_lt(oci_chunk_index_parse(buf, strlen(buf), &ix, &err), 0);
 	ck_assert_msg(strstr(err.msg, "more than size holds"), "%s", err.msg);
 }
 END_TEST
@@ -189,7 +189,7 @@ START_TEST(codec_verifies_content)
 	size_t len = 256 * 1024, blen = 0, blen2 = 0;
 	char *data = malloc(len), *out = malloc(len);
 	void *blob = NULL, *blob2 = NULL;
-	char hex[IMC_SHA256_HEX_LEN + 1], digest[CHUNKS_DIGEST_LEN + 1];
+	char hex[IMC_SHA256_HEX_LEN + 1], digest[OCI_DIGEST_MAX + 1];
 	imc_error err = {0};
 
 	for (size_t i = 0; i < len; i++)
@@ -272,8 +272,8 @@ END_TEST
 /* 20 gaps between data chunks, gap i being i+1 chunks long: the 5 smallest are filled. */
 START_TEST(small_gaps_are_filled)
 {
-	struct chunk_entry e[21] = {0};
-	struct chunk_index ix = {.chunk_size = 1U << 20, .chunks = e, .n_chunks = 21};
+	struct oci_chunk_entry e[21] = {0};
+	struct oci_chunk_index ix = {.chunk_size = 1U << 20, .chunks = e, .n_chunks = 21};
 	struct gap *g = NULL;
 	uint64_t off = 5ULL << 20; /* a leading gap: not between data, never filled */
 	size_t n = 0;
