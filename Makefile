@@ -38,7 +38,7 @@ LDFLAGS_SAN := -fsanitize=address,undefined
 endif
 ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS) $(CFLAGS)
 
-MODULES := common oci store builder attach api client
+MODULES := common oci store builder dist attach api client
 MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(MODULES)))
 LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard $(addsuffix /*.c,$(MODULES))))
 LIB_OBJS := $(LIB_SRCS:%.c=$(O)/obj/%.o)

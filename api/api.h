@@ -326,6 +326,7 @@ struct api_tenant_limits {
 
 /* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
 struct store;
+struct dist_chunks;
 struct api_caches;
 
 enum api_event {
@@ -347,6 +348,14 @@ struct api_caches_config {
 	/* Called from the worker thread (not under the table lock); may be NULL. */
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
+	/* The snapshot of cache id is gone (deleted, expired or evicted): called
+	 * after its removal by whichever thread removed it, not under the table lock; may
+	 * be NULL.  imcd drops the snapshot's chunks here (api_dist_snapshot_removed). */
+	void (*on_snapshot_removed)(void *ctx, const char *id);
+	void *snapshot_ctx;
+	/* The chunk store the distribution routes serve (api/dist.c; opened by the caller, may
+	 * be NULL): the table only hands it to them. */
+	struct dist_chunks *chunks;
 	/* Lifecycle (0 picks the default; the IMCD_* environment variables named are test and
 	 * operations knobs read only when the field is 0, see docs/api.md). */
 	unsigned build_workers; /* builds at once: 2 (IMCD_BUILD_WORKERS) */
@@ -362,6 +371,8 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
 /* The store a cache table was opened with (NULL for a NULL table). */
 struct store *api_caches_store(struct api_caches *c);
+/* The chunk store it was given (NULL for a NULL table or none). */
+struct dist_chunks *api_caches_chunks(struct api_caches *c);
 /* Stop the worker after the running build; queued builds are marked Failed. */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
@@ -496,9 +507,9 @@ struct MHD_Connection;
 struct MHD_Response;
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id,
 		   size_t id_len, json_t **ret, imc_error *err);
-/* A cache is gone: drop its index and the chunks no other index names; *ret_freed gets the
- * bytes freed. */
-int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err);
+/* The table's on_snapshot_removed hook, with the chunk store as ctx: drop the cache's index and
+ * the chunks no other index names (and log what was freed). */
+void api_dist_snapshot_removed(void *ctx, const char *id);
 /* The answer to a chunk request: its status and response (NULL on OOM). */
 unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
 			const char *digest, struct MHD_Response **ret);

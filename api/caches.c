@@ -44,6 +44,9 @@ struct api_caches {
 	const char *hf_endpoint, *ca_file, *auth_file;
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
+	void (*on_snapshot_removed)(void *ctx, const char *id);
+	void *snapshot_ctx;
+	struct dist_chunks *chunks; /* for api/dist.c only */
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
 	unsigned n_workers;
@@ -797,16 +800,11 @@ static void drop_unused_bases_now(struct api_caches *c)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* A cache's snapshot is gone: so are its chunk index and the chunks no other index names. */
-static void chunks_gone(struct api_caches *c, const char *id)
+/* A cache's snapshot is gone: whoever holds what was made of it (imcd: its chunks) hears. */
+static void snapshot_removed(struct api_caches *c, const char *id)
 {
-	imc_error e = {0};
-	uint64_t freed = 0;
-
-	if (api_dist_forget(c, id, &freed, &e) < 0)
-		imc_warn("cache %s: dropping its chunks: %s", id, e.msg);
-	else if (freed)
-		imc_info("cache %s: %llu bytes of chunks freed", id, (unsigned long long)freed);
+	if (c->on_snapshot_removed)
+		c->on_snapshot_removed(c->snapshot_ctx, id);
 }
 
 /* Remove the snapshot of a cache already marked Deleting (by id: the cache stays in the table,
@@ -830,7 +828,7 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	if (cache && persist_id(c, id, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
 	if (r == 0 || r == -ENOENT) {
-		chunks_gone(c, id);
+		snapshot_removed(c, id);
 		drop_unused_bases_now(c);
 	}
 	if (r == 0 || r == -ENOENT) {
@@ -1017,6 +1015,9 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->auth_file = cfg->auth_file;
 	c->on_event = cfg->on_event;
 	c->event_ctx = cfg->event_ctx;
+	c->on_snapshot_removed = cfg->on_snapshot_removed;
+	c->snapshot_ctx = cfg->snapshot_ctx;
+	c->chunks = cfg->chunks;
 	c->limits = cfg->limits;
 	c->n_limits = cfg->n_limits;
 	c->n_workers = (unsigned)knob(cfg->build_workers, "IMCD_BUILD_WORKERS", WORKERS_DEFAULT, 1,
@@ -1106,6 +1107,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 struct store *api_caches_store(struct api_caches *c)
 {
 	return c ? c->store : NULL;
+}
+
+struct dist_chunks *api_caches_chunks(struct api_caches *c)
+{
+	return c ? c->chunks : NULL;
 }
 
 void api_caches_close(struct api_caches *c)
@@ -1587,7 +1593,7 @@ int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, 
 	/* The snapshot is gone: the cache is gone, even if its metadata file lingers (the next
 	 * start marks such a cache Failed). */
 	finish_delete(c, id, true);
-	chunks_gone(c, id);
+	snapshot_removed(c, id);
 	drop_unused_bases_now(c);
 	r = unlink_meta(c, id, err);
 	if (r < 0)

@@ -1,37 +1,14 @@
-/* Distribution endpoints: the chunk index of a cache and its chunks (docs/distribution.md). */
-#include <fcntl.h>
-#include <inttypes.h>
-#include <pthread.h>
+/* Distribution endpoints: the chunk index of a cache and its chunks (docs/distribution.md), from
+ * the chunk store that imcd opened (dist/), and the hook through which the cache table tells it
+ * that a snapshot is gone. */
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 #include <microhttpd.h>
 
-#include "../store/chunks.h"
+#include "../dist/dist.h"
 #include "api.h"
-
-/* The chunk store, opened on first use (the table does not know about it).  dist_lock guards
- * the opening only; export_lock serializes exports (seconds each), which chunk requests for
- * other caches never wait for. */
-static pthread_mutex_t dist_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t export_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct chunk_store dist_chunks = {.dirfd = -1};
-
-static int dist_store(struct api_caches *c, struct chunk_store **ret, imc_error *err)
-{
-	struct store *s = api_caches_store(c);
-	int r = 0;
-
-	if (!s)
-		return imc_err(err, ESHUTDOWN, "no store");
-	pthread_mutex_lock(&dist_lock);
-	if (dist_chunks.dirfd < 0)
-		r = chunk_store_open(s->state_dir, &dist_chunks, err);
-	pthread_mutex_unlock(&dist_lock);
-	*ret = &dist_chunks;
-	return r;
-}
 
 /* The cache must be the caller's (another tenant's is 404, as for GET of the cache) and Ready.
  * A chunk needs no such check: it is named by its content, so knowing its digest is the only
@@ -50,11 +27,17 @@ static int cache_ready(struct api_caches *c, const struct api_caller *who, const
 	return 0;
 }
 
+static int chunks_of(struct api_caches *c, struct dist_chunks **ret, imc_error *err)
+{
+	*ret = api_caches_chunks(c);
+	return *ret ? 0 : imc_err(err, ESHUTDOWN, "no store");
+}
+
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id_in,
 		   size_t id_len, json_t **ret, imc_error *err)
 {
 	char id[API_ID_MAX];
-	struct chunk_store *cs;
+	struct dist_chunks *cs;
 	_cleanup_free_ char *buf = NULL;
 	size_t len = 0;
 	int r;
@@ -67,74 +50,29 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
 		return imc_err(err, EINVAL,
 			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", id,
 			       API_ID_PREFIX);
-	if (cache_ready(c, who, id, err) < 0 || dist_store(c, &cs, err) < 0)
+	if (cache_ready(c, who, id, err) < 0 || chunks_of(c, &cs, err) < 0)
 		return err->code;
-	/* One export at a time: a second request for the same cache waits and reads the index
-	 * the first one wrote. */
-	pthread_mutex_lock(&export_lock);
-	r = chunks_export(api_caches_store(c), cs, id, 0, &buf, &len, err);
-	pthread_mutex_unlock(&export_lock);
+	r = dist_export(cs, id, 0, &buf, &len, err);
 	if (r < 0)
 		return r == -ENOENT ? imc_err(err, ENOENT, "cache %s: no snapshot", id) : r;
 	return imc_json_parse_object(buf, len, ret, err);
 }
 
-int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err)
+void api_dist_snapshot_removed(void *ctx, const char *id)
 {
-	struct chunk_store *cs;
-	int r;
+	struct dist_chunks *cs = ctx;
+	imc_error e = {0};
+	uint64_t freed = 0;
 
-	*ret_freed = 0;
-	if (dist_store(c, &cs, err) < 0)
-		return err->code;
-	/* Exports stay out meanwhile: a chunk of an export in flight is in no index yet. */
-	pthread_mutex_lock(&export_lock);
-	r = chunks_forget(cs, id, ret_freed, err);
-	pthread_mutex_unlock(&export_lock);
-	return r;
+	if (!cs)
+		return;
+	if (dist_forget(cs, id, &freed, &e) < 0)
+		imc_warn("cache %s: dropping its chunks: %s", id, e.msg);
+	else if (freed)
+		imc_info("cache %s: %llu bytes of chunks freed", id, (unsigned long long)freed);
 }
 
 /* ---- chunks ---------------------------------------------------------------------------------- */
-
-struct range {
-	uint64_t start, len;
-};
-
-/* One "bytes=a-b", "bytes=a-" or "bytes=-n" range of a size-byte file: 1 ok, 0 not a range we
- * serve (answer the whole file), -1 unsatisfiable (416). */
-static int parse_range(const char *h, uint64_t size, struct range *ret)
-{
-	unsigned long long a = 0, b = size ? size - 1 : 0;
-	char *end;
-
-	if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
-		return 0;
-	h += 6;
-	if (*h == '-') {
-		unsigned long long n = strtoull(h + 1, &end, 10);
-		if (*end || end == h + 1)
-			return 0;
-		if (n == 0 || size == 0)
-			return -1;
-		a = n >= size ? 0 : size - n;
-	} else {
-		a = strtoull(h, &end, 10);
-		if (end == h || *end != '-')
-			return 0;
-		if (end[1]) {
-			char *e2;
-			b = strtoull(end + 1, &e2, 10);
-			if (*e2 || b < a)
-				return 0;
-		}
-		if (a >= size)
-			return -1;
-		if (b >= size)
-			b = size - 1;
-	}
-	*ret = (struct range){.start = a, .len = b - a + 1};
-	return 1;
-}
 
 static unsigned respond_error(unsigned status, const char *code, const char *msg,
 			      struct MHD_Response **ret)
@@ -160,11 +98,6 @@ static unsigned respond_errno(const imc_error *err, struct MHD_Response **ret)
 	return respond_error(status, code, err->msg, ret);
 }
 
-static bool etag_matches(const char *inm, const char *etag)
-{
-	return inm && (strcmp(inm, "*") == 0 || strstr(inm, etag) != NULL);
-}
-
 static void add_chunk_headers(struct MHD_Response *r, const char *etag)
 {
 	MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, etag);
@@ -178,60 +111,40 @@ static void add_chunk_headers(struct MHD_Response *r, const char *etag)
 unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
 			const char *digest, struct MHD_Response **ret)
 {
-	char etag[OCI_DIGEST_MAX + 3], crange[96];
-	struct chunk_store *cs;
-	_cleanup_close_ int fd = -1;
+	struct dist_chunks *cs;
+	struct dist_chunk_answer a;
 	imc_error err = {0};
-	struct range rg = {0};
-	struct stat st;
-	unsigned status = 200;
-	int rr;
 
 	(void)method; /* HEAD: libmicrohttpd sends the headers only */
 	*ret = NULL;
-	if (dist_store(c, &cs, &err) < 0)
-		return respond_errno(&err, ret);
-	if (chunk_store_open_blob(cs, digest, &fd, &err) < 0) {
-		if (err.code == -ENOENT)
-			snprintf(err.msg, sizeof(err.msg), "chunk %.80s: not found", digest);
-		return respond_errno(&err, ret);
-	}
-	if (fstat(fd, &st) < 0) {
-		imc_err_sys(&err, errno, "chunk %s", digest);
-		return respond_errno(&err, ret);
-	}
-	snprintf(etag, sizeof(etag), "\"%s\"", digest);
-	if (etag_matches(
+	if (chunks_of(c, &cs, &err) < 0 ||
+	    dist_chunk_answer(
+		cs, digest,
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH),
-		etag)) {
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE), &a,
+		&err) < 0)
+		return respond_errno(&err, ret);
+	if (a.status == 304) {
 		*ret = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
 		if (*ret)
-			add_chunk_headers(*ret, etag);
+			add_chunk_headers(*ret, a.etag);
 		return 304;
 	}
-	rr = parse_range(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE),
-			 (uint64_t)st.st_size, &rg);
-	if (rr < 0) {
-		snprintf(crange, sizeof(crange), "bytes */%lld", (long long)st.st_size);
+	if (a.status == 416) {
 		respond_error(416, "RangeNotSatisfiable", "range outside the chunk", ret);
 		if (*ret)
-			MHD_add_response_header(*ret, MHD_HTTP_HEADER_CONTENT_RANGE, crange);
+			MHD_add_response_header(*ret, MHD_HTTP_HEADER_CONTENT_RANGE,
+						a.content_range);
 		return 416;
 	}
-	if (rr == 0)
-		rg = (struct range){.start = 0, .len = (uint64_t)st.st_size};
-	else
-		status = 206;
 	/* Zero copy: libmicrohttpd sends from the descriptor (sendfile) and closes it. */
-	*ret = MHD_create_response_from_fd_at_offset64(rg.len, fd, rg.start);
-	if (!*ret)
+	*ret = MHD_create_response_from_fd_at_offset64(a.len, a.fd, a.start);
+	if (!*ret) {
+		close(a.fd);
 		return 500;
-	fd = -1;
-	add_chunk_headers(*ret, etag);
-	if (status == 206) {
-		snprintf(crange, sizeof(crange), "bytes %" PRIu64 "-%" PRIu64 "/%lld", rg.start,
-			 rg.start + rg.len - 1, (long long)st.st_size);
-		MHD_add_response_header(*ret, MHD_HTTP_HEADER_CONTENT_RANGE, crange);
 	}
-	return status;
+	add_chunk_headers(*ret, a.etag);
+	if (a.status == 206)
+		MHD_add_response_header(*ret, MHD_HTTP_HEADER_CONTENT_RANGE, a.content_range);
+	return a.status;
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../dist/dist.h"
 #include "../store/store.h"
 #include "api.h"
 #include "auth.h"
@@ -343,6 +344,7 @@ struct service {
 	struct api_config config; /* zero (auth off) without a config file */
 	struct api_tls tls;	  /* cert_pem NULL: plain HTTP */
 	struct store *store;
+	struct dist_chunks *chunks; /* the chunk store the distribution routes serve */
 	struct api_caches *caches;
 	struct api_server *server;
 	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
@@ -410,6 +412,8 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	r = api_listen_open(o->listen, &fd, url, sizeof(svc->url), err);
 	if (r == 0)
 		r = store_open(&scfg, &svc->store, err);
+	if (r == 0)
+		r = dist_chunks_open(o->state_dir, svc->store, &svc->chunks, err);
 	if (r < 0)
 		return r;
 	if (!svc->config.auth && !api_listen_is_local(o->listen))
@@ -418,20 +422,24 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		    "caches (give bearer tokens in --config, see docs/security.md)",
 		    o->listen);
 	log_repairs(store_repairs(svc->store));
-	r = api_caches_open(&(struct api_caches_config){.state_dir = o->state_dir,
-							.store = svc->store,
-							.insecure_registries = o->insecure,
-							.auth_file = o->auth_file,
-							.ca_file = o->ca_file,
-							.hf_endpoint = o->hf_endpoint,
-							.limits = svc->config.limits,
-							.n_limits = svc->config.n_limits,
-							.build_workers = o->build_workers,
-							.evict_high = o->evict_high,
-							.evict_low = o->evict_low,
-							.sweep_interval_ms = o->sweep_interval_ms,
-							.on_event = on_event},
-			    repairs, &svc->caches, err);
+	r = api_caches_open(
+	    &(struct api_caches_config){.state_dir = o->state_dir,
+					.store = svc->store,
+					.insecure_registries = o->insecure,
+					.auth_file = o->auth_file,
+					.ca_file = o->ca_file,
+					.hf_endpoint = o->hf_endpoint,
+					.limits = svc->config.limits,
+					.n_limits = svc->config.n_limits,
+					.build_workers = o->build_workers,
+					.evict_high = o->evict_high,
+					.evict_low = o->evict_low,
+					.sweep_interval_ms = o->sweep_interval_ms,
+					.on_event = on_event,
+					.on_snapshot_removed = api_dist_snapshot_removed,
+					.snapshot_ctx = svc->chunks,
+					.chunks = svc->chunks},
+	    repairs, &svc->caches, err);
 	log_repairs(repairs);
 	if (r == 0)
 		r = api_server_start_secure(
@@ -466,6 +474,8 @@ static void stop(struct service *svc)
 		imc_info("waiting for the running build, if any");
 	api_caches_close(svc->caches);
 	svc->caches = NULL;
+	dist_chunks_close(svc->chunks);
+	svc->chunks = NULL;
 	store_close(svc->store);
 	svc->store = NULL;
 	api_tls_free(&svc->tls);

@@ -5,8 +5,8 @@
 #include <string.h>
 
 #include "../common/priv.h"
+#include "../dist/dist.h"
 #include "attach.h"
-#include "fetch.h"
 #include "report.h"
 
 #define DRIVER_OPTS_MAX 32
@@ -79,7 +79,7 @@ static int parse_size(const char *arg, uint64_t *ret)
 
 static struct attach_reporter reporter;
 
-static void print_fetch_stats(const char *id, const struct fetch_stats *st)
+static void print_fetch_stats(const char *id, const struct dist_fetch_stats *st)
 {
 	fprintf(stderr,
 		"imc-attach: fetched %s in %.2f s: %" PRIu64 " chunks (%" PRIu64 " zero), %" PRIu64
@@ -90,21 +90,21 @@ static void print_fetch_stats(const char *id, const struct fetch_stats *st)
 }
 
 /* The cache in the local store, fetched when --server names where from. */
-static int ensure_local(struct store *s, const struct fetch_config *fc, const char *id,
+static int ensure_local(struct store *s, const struct dist_fetch_config *fc, const char *id,
 			bool verbose, imc_error *err)
 {
-	struct fetch_stats st = {0};
+	struct dist_fetch_stats st = {0};
 
 	if (!fc->server && !fc->registry_ref)
 		return 0;
-	if (fetch_snapshot(s, fc, id, &st, err) < 0)
+	if (dist_fetch_snapshot(s, fc, id, &st, err) < 0)
 		return err->code;
 	if (verbose && st.ns)
 		print_fetch_stats(id, &st);
 	return 0;
 }
 
-static int cmd_prefetch(struct store *s, const struct fetch_config *fc, int argc, char **argv,
+static int cmd_prefetch(struct store *s, const struct dist_fetch_config *fc, int argc, char **argv,
 			bool verbose)
 {
 	imc_error err = {0};
@@ -122,7 +122,7 @@ static int cmd_prefetch(struct store *s, const struct fetch_config *fc, int argc
 	return 0;
 }
 
-static int cmd_attach(struct store *s, const struct fetch_config *fc, int argc, char **argv,
+static int cmd_attach(struct store *s, const struct dist_fetch_config *fc, int argc, char **argv,
 		      bool verbose)
 {
 	static const struct option opts[] = {{"image", required_argument, NULL, 'i'},
@@ -277,9 +277,10 @@ int main(int argc, char **argv)
 					       "reconcile", "teardown", "prefetch"};
 	const char *insecure[DRIVER_OPTS_MAX + 1] = {0};
 	size_t n_insecure = 0;
-	struct fetch_config fc = {.server = getenv("IMCACHE_SERVER"),
-				  .token = getenv("IMCACHE_TOKEN"),
-				  .insecure_registries = insecure};
+	struct dist_fetch_config fc = {.server = getenv("IMCACHE_SERVER"),
+				       .token = getenv("IMCACHE_TOKEN"),
+				       .insecure_registries = insecure,
+				       .list_in_use = attach_list};
 	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
 	struct store_config cfg = {
 	    .state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink", .driver_opts = driver_opts};
@@ -343,9 +344,9 @@ int main(int argc, char **argv)
 			break;
 		case 'P':
 			fc.parallel = (unsigned)strtoul(optarg, NULL, 10);
-			if (fc.parallel == 0 || fc.parallel > FETCH_PARALLEL_MAX) {
+			if (fc.parallel == 0 || fc.parallel > DIST_FETCH_PARALLEL_MAX) {
 				fprintf(stderr, "imc-attach: --parallel %s: want 1-%d\n", optarg,
-					FETCH_PARALLEL_MAX);
+					DIST_FETCH_PARALLEL_MAX);
 				return 2;
 			}
 			break;

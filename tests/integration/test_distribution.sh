@@ -6,7 +6,8 @@
 # corrupted on the server is caught (refetched, then a clear failure, nothing left behind); a
 # connection dropped in the middle of chunks resumes; a full local pool fails cleanly; a cache
 # rebuilt with a small change sends only the chunks that changed; --cache-size evicts the least
-# recently used snapshot.  The namespace and the veth are removed on every exit path.
+# recently used snapshot; a deleted cache takes its index and the chunks only it held.  The
+# namespace and the veth are removed on every exit path.
 # Needs root, loop devices, ip netns and nsenter.
 # shellcheck source-path=SCRIPTDIR disable=SC2016 # jq programs in single quotes
 . "$(dirname "$0")/../lib/common.sh"
@@ -325,6 +326,16 @@ _capture agent "$A4" --server "$IMCD_URL" --cache-size "$LIMIT" prefetch "$ID2"
 check_eq "... the fetch that needs its room fails instead" "1 yes" \
 	"$rc $([ -e "$A4/pool/snapshots/$ID.img" ] && echo yes)"
 check "detach" "$IMC_BIN/imc-attach" --state-dir "$A4" detach "$A4_MNT"
+
+# --- a deleted cache takes its index and the chunks only it held ---------------------------
+
+check "delete the rebuilt cache" imcctl delete "$ID2"
+check_eq "its chunk index is gone from imcd's chunk store" "gone" \
+	"$([ -e "$STATE/chunks/index/$ID2.json" ] && echo there || echo gone)"
+check "imcd freed the chunks no other cache names" \
+	grep -q "cache $ID2: [1-9][0-9]* bytes of chunks freed" "$IMCD_LOG"
+check_eq "the chunks of the first cache stay" "ok" \
+	"$([ -e "$STATE/chunks/index/$ID.json" ] && [ -e "$BLOBFILE" ] && echo ok)"
 
 for a in "$A1" "$A2" "$A3" "$A4"; do
 	agent_teardown "$a"

@@ -1,4 +1,4 @@
-/* The chunk index format (oci/index.c) and the chunk codec (store/chunks.c), and the
+/* The chunk index format (oci/index.c) and the chunk codec (dist/chunks.c), and the
  * distribution routes: the index renders and parses back, every malformed index is refused
  * naming the field, a chunk compresses deterministically and a flipped byte or a lying frame
  * header is caught. */
@@ -9,8 +9,7 @@
 #include <unistd.h>
 
 #include "../../api/api.h"
-#include "../../attach/fetch.h"
-#include "../../store/chunks.h"
+#include "../../dist/dist.h"
 #include "unit.h"
 
 #define D1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
@@ -47,7 +46,7 @@ static bool stored(const char *root, const char *digest)
 	char rel[128], path[512];
 	imc_error err = {0};
 
-	ck_assert_int_eq(chunk_blob_path(digest, rel, sizeof(rel), &err), 0);
+	ck_assert_int_eq(dist_chunk_path(digest, rel, sizeof(rel), &err), 0);
 	snprintf(path, sizeof(path), "%s/chunks/%s", root, rel);
 	return access(path, F_OK) == 0;
 }
@@ -71,32 +70,32 @@ START_TEST(forgetting_a_cache_drops_only_its_own_chunks)
 {
 	static const char *const d[] = {D1, D2, D3, D4};
 	char root[] = "/tmp/imc-test-chunks.XXXXXX", rel[128];
-	struct chunk_store cs = {.dirfd = -1};
+	struct dist_chunks *cs = NULL;
 	uint64_t freed = 1;
 	imc_error err = {0};
 
 	ck_assert_ptr_nonnull(mkdtemp(root));
-	ck_assert_int_eq(chunk_store_open(root, &cs, &err), 0);
+	ck_assert_int_eq(dist_chunks_open(root, NULL, &cs, &err), 0);
 	for (size_t i = 0; i < 4; i++) {
-		ck_assert_int_eq(chunk_blob_path(d[i], rel, sizeof(rel), &err), 0);
+		ck_assert_int_eq(dist_chunk_path(d[i], rel, sizeof(rel), &err), 0);
 		put(root, rel, "a compressed chunk");
 	}
 	put_index(root, "imc-aaaaaaaaaaaaaaaa", D1, D2);
 	put_index(root, "imc-bbbbbbbbbbbbbbbb", D2, D3); /* D4: in no index */
 
 	/* Never exported: nothing happens. */
-	ck_assert_int_eq(chunks_forget(&cs, "imc-cccccccccccccccc", &freed, &err), 0);
+	ck_assert_int_eq(dist_forget(cs, "imc-cccccccccccccccc", &freed, &err), 0);
 	ck_assert_uint_eq(freed, 0);
 	ck_assert(stored(root, D4));
 	/* A: its own chunk and the stray one go, the shared one stays. */
-	ck_assert_msg(chunks_forget(&cs, "imc-aaaaaaaaaaaaaaaa", &freed, &err) == 0, "%s", err.msg);
+	ck_assert_msg(dist_forget(cs, "imc-aaaaaaaaaaaaaaaa", &freed, &err) == 0, "%s", err.msg);
 	ck_assert_uint_gt(freed, 0);
 	ck_assert(!stored(root, D1) && stored(root, D2) && stored(root, D3) && !stored(root, D4));
 	/* B: the rest. */
-	ck_assert_int_eq(chunks_forget(&cs, "imc-bbbbbbbbbbbbbbbb", &freed, &err), 0);
+	ck_assert_int_eq(dist_forget(cs, "imc-bbbbbbbbbbbbbbbb", &freed, &err), 0);
 	ck_assert(!stored(root, D2) && !stored(root, D3));
-	ck_assert_int_lt(chunks_forget(&cs, "../x", &freed, &err), 0);
-	chunk_store_close(&cs);
+	ck_assert_int_lt(dist_forget(cs, "../x", &freed, &err), 0);
+	dist_chunks_close(cs);
 	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, root, &err), 0);
 }
 END_TEST
@@ -196,29 +195,31 @@ START_TEST(codec_verifies_content)
 		data[i] = (char)(i * 7 + i / 1000);
 	ck_assert_int_eq(imc_sha256_hex(data, len, hex, &err), 0);
 	snprintf(digest, sizeof(digest), "sha256:%s", hex);
-	ck_assert_int_eq(chunk_compress(data, len, &blob, &blen, &err), 0);
-	ck_assert_int_eq(chunk_compress(data, len, &blob2, &blen2, &err), 0);
+	ck_assert_int_eq(dist_chunk_compress(data, len, &blob, &blen, &err), 0);
+	ck_assert_int_eq(dist_chunk_compress(data, len, &blob2, &blen2, &err), 0);
 	ck_assert_uint_eq(blen, blen2);
 	ck_assert_int_eq(memcmp(blob, blob2, blen), 0); /* deterministic: same chunk, same blob */
-	ck_assert_int_eq(chunk_decompress_verify(blob, blen, digest, out, len, &err), 0);
+	ck_assert_int_eq(dist_chunk_decompress_verify(blob, blen, digest, out, len, &err), 0);
 	ck_assert_int_eq(memcmp(out, data, len), 0);
 	/* A frame that says it holds another size is refused before decompressing. */
-	ck_assert_int_eq(chunk_decompress_verify(blob, blen, digest, out, len - 1, &err), -EBADMSG);
+	ck_assert_int_eq(dist_chunk_decompress_verify(blob, blen, digest, out, len - 1, &err),
+			 -EBADMSG);
 	/* A different digest: mismatch. */
-	ck_assert_int_eq(chunk_decompress_verify(blob, blen, D1, out, len, &err), -EBADMSG);
+	ck_assert_int_eq(dist_chunk_decompress_verify(blob, blen, D1, out, len, &err), -EBADMSG);
 	ck_assert_ptr_nonnull(strstr(err.msg, "digest mismatch"));
 	/* A byte flipped in the middle of the blob. */
 	((unsigned char *)blob)[blen / 2] ^= 0xff;
-	ck_assert_int_eq(chunk_decompress_verify(blob, blen, digest, out, len, &err), -EBADMSG);
-	/* Truncated. */
-	ck_assert_int_eq(chunk_decompress_verify(blob2, blen2 / 2, digest, out, len, &err),
+	ck_assert_int_eq(dist_chunk_decompress_verify(blob, blen, digest, out, len, &err),
 			 -EBADMSG);
-	ck_assert(!chunk_is_zero(data, len));
+	/* Truncated. */
+	ck_assert_int_eq(dist_chunk_decompress_verify(blob2, blen2 / 2, digest, out, len, &err),
+			 -EBADMSG);
+	ck_assert(!dist_chunk_is_zero(data, len));
 	memset(data, 0, len);
-	ck_assert(chunk_is_zero(data, len));
-	ck_assert(chunk_is_zero(data, 4097));
+	ck_assert(dist_chunk_is_zero(data, len));
+	ck_assert(dist_chunk_is_zero(data, 4097));
 	data[len - 1] = 1;
-	ck_assert(!chunk_is_zero(data, len));
+	ck_assert(!dist_chunk_is_zero(data, len));
 	free(data);
 	free(out);
 	free(blob);
@@ -231,11 +232,11 @@ START_TEST(blob_paths)
 	char buf[128];
 	imc_error err = {0};
 
-	ck_assert_int_eq(chunk_blob_path(D1, buf, sizeof(buf), &err), 0);
+	ck_assert_int_eq(dist_chunk_path(D1, buf, sizeof(buf), &err), 0);
 	ck_assert_str_eq(
 	    buf, "sha256/11/1111111111111111111111111111111111111111111111111111111111111111.zst");
-	ck_assert_int_lt(chunk_blob_path("sha256:../../etc/passwd", buf, sizeof(buf), &err), 0);
-	ck_assert_int_lt(chunk_blob_path("sha256:", buf, sizeof(buf), &err), 0);
+	ck_assert_int_lt(dist_chunk_path("sha256:../../etc/passwd", buf, sizeof(buf), &err), 0);
+	ck_assert_int_lt(dist_chunk_path("sha256:", buf, sizeof(buf), &err), 0);
 }
 END_TEST
 
@@ -274,7 +275,7 @@ START_TEST(small_gaps_are_filled)
 {
 	struct oci_chunk_entry e[21] = {0};
 	struct oci_chunk_index ix = {.chunk_size = 1U << 20, .chunks = e, .n_chunks = 21};
-	struct gap *g = NULL;
+	struct dist_gap *g = NULL;
 	uint64_t off = 5ULL << 20; /* a leading gap: not between data, never filled */
 	size_t n = 0;
 

@@ -10,13 +10,15 @@
 
 #include <zstd.h>
 
-#include "../oci/oci.h"
-#include "attach.h"
-#include "fetch.h"
+#include "dist.h"
 
 #define LOCAL_DIR     "local" /* <state>/chunks/local/<id>.json: indexes of fetched snapshots */
 #define USE_SUFFIX    ".use"  /* <state>/chunks/local/<id>.use: last use (mtime) */
 #define VOLUME_PREFIX "fetch-"
+
+#define FETCH_PARALLEL_DEFAULT 8
+#define FETCH_ATTEMPTS	       4 /* per chunk, for dropped connections (each resumes) */
+#define FETCH_TIMEOUT_S	       60
 
 /* ---- HTTP --------------------------------------------------------------------------------- */
 
@@ -102,7 +104,7 @@ struct job {
 
 struct fetch {
 	struct store *s;
-	const struct fetch_config *cfg;
+	const struct dist_fetch_config *cfg;
 	const struct oci_chunk_index *ix;
 	int dev_fd;
 	struct job *jobs;
@@ -111,7 +113,7 @@ struct fetch {
 	pthread_mutex_t lock;
 	bool failed;
 	imc_error err; /* the first failure */
-	struct fetch_stats *st;
+	struct dist_fetch_stats *st;
 	/* Pulling from an OCI registry (--registry-ref): each worker opens its own client. */
 	const struct oci_ref *ref;
 	const struct oci_registry_opts *ropts;
@@ -207,8 +209,8 @@ static int fetch_one(struct fetch *f, CURL *c, struct oci_registry *reg, const s
 		r = reg ? download_registry(f, reg, j, s, err) : download(f, c, j, s, err);
 		if (r < 0)
 			return imc_err_wrap(err, "chunk at offset %" PRIu64, j->e->offset);
-		r = chunk_decompress_verify(s->buf.data, s->buf.len, j->e->digest, out, j->len,
-					    err);
+		r = dist_chunk_decompress_verify(s->buf.data, s->buf.len, j->e->digest, out, j->len,
+						 err);
 		if (r == 0)
 			break;
 		if (attempt > 0)
@@ -218,7 +220,7 @@ static int fetch_one(struct fetch *f, CURL *c, struct oci_registry *reg, const s
 	}
 	count(f, &f->st->fetched, 1);
 	count(f, &f->st->fetched_bytes, s->buf.len);
-	r = chunk_pwrite_full(f->dev_fd, out, j->len, j->e->offset);
+	r = dist_pwrite_full(f->dev_fd, out, j->len, j->e->offset);
 	if (r < 0)
 		return imc_err_sys(err, -r, "write chunk at offset %" PRIu64, j->e->offset);
 	return 0;
@@ -259,11 +261,11 @@ static void *worker(void *arg)
 static int run_workers(struct fetch *f, imc_error *err)
 {
 	unsigned n = f->cfg->parallel ? f->cfg->parallel : FETCH_PARALLEL_DEFAULT;
-	pthread_t th[FETCH_PARALLEL_MAX];
+	pthread_t th[DIST_FETCH_PARALLEL_MAX];
 	unsigned started = 0;
 
-	if (n > FETCH_PARALLEL_MAX)
-		n = FETCH_PARALLEL_MAX;
+	if (n > DIST_FETCH_PARALLEL_MAX)
+		n = DIST_FETCH_PARALLEL_MAX;
 	for (; started < n; started++)
 		if (pthread_create(&th[started], NULL, worker, f) != 0)
 			break;
@@ -407,12 +409,12 @@ static int copy_local_from(struct fetch *f, const char *src_id, void *buf, imc_e
 		struct job *j = &f->jobs[i];
 		if (!j->local || strcmp(j->src_id, src_id) != 0)
 			continue;
-		r = chunk_pread_full(dev.fd, buf, j->len, j->src_offset);
+		r = dist_pread_full(dev.fd, buf, j->len, j->src_offset);
 		if (r == 0 && imc_sha256_hex(buf, j->len, hex, err) == 0 &&
 		    strcmp(hex, j->e->digest + 7) != 0)
 			j->local = false; /* changed under us: fetch it instead */
 		else if (r == 0 &&
-			 (r = chunk_pwrite_full(f->dev_fd, buf, j->len, j->e->offset)) == 0) {
+			 (r = dist_pwrite_full(f->dev_fd, buf, j->len, j->e->offset)) == 0) {
 			f->st->local++;
 			f->st->local_bytes += j->len;
 		}
@@ -461,8 +463,8 @@ static int plan(struct fetch *f, const struct local_set *l, imc_error *err)
 
 /* ---- the index ----------------------------------------------------------------------------- */
 
-static int get_index(const struct fetch_config *cfg, const char *id, struct oci_chunk_index *ret,
-		     char **ret_buf, size_t *ret_len, imc_error *err)
+static int get_index(const struct dist_fetch_config *cfg, const char *id,
+		     struct oci_chunk_index *ret, char **ret_buf, size_t *ret_len, imc_error *err)
 {
 	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
 	_cleanup_curl_ CURL *c = http_new(cfg->token, &headers);
@@ -528,7 +530,8 @@ static int get_index_registry(const struct oci_registry_opts *o, const struct oc
 
 /* ---- last use and LRU ----------------------------------------------------------------------- */
 
-int fetch_touch(struct store *s, const char *id, imc_error *err)
+/* Record that snapshot id was used now (for the LRU). */
+static int fetch_touch(struct store *s, const char *id, imc_error *err)
 {
 	_cleanup_close_ int dfd = -1, fd = -1;
 	char name[128];
@@ -587,12 +590,15 @@ static void forget_local(int dfd, const char *id)
 	unlinkat(dfd, name, 0);
 }
 
-int fetch_evict(struct store *s, uint64_t limit, uint64_t need, const char *keep,
-		uint64_t *ret_evicted, imc_error *err)
+/* Evict unattached snapshots, least recently used first, until the local snapshots plus need
+ * bytes fit in limit (-ENOSPC when attached ones leave too little); ret_evicted counts them. */
+static int fetch_evict(struct store *s, const struct dist_fetch_config *cfg, uint64_t need,
+		       const char *keep, uint64_t *ret_evicted, imc_error *err)
 {
 	_cleanup_json_ json_t *list = NULL;
 	_cleanup_close_ int dfd = -1;
 	_cleanup_free_ struct lru_item *items = NULL;
+	const uint64_t limit = cfg->cache_size;
 	char **ids = NULL;
 	size_t n = 0, n_items = 0;
 	uint64_t used = 0;
@@ -601,7 +607,8 @@ int fetch_evict(struct store *s, uint64_t limit, uint64_t need, const char *keep
 	*ret_evicted = 0;
 	if (limit == 0)
 		return 0;
-	if (local_dir(s, &dfd, err) < 0 || attach_list(s, &list, err) < 0 ||
+	if (local_dir(s, &dfd, err) < 0 ||
+	    (cfg->list_in_use && cfg->list_in_use(s, &list, err) < 0) ||
 	    store_list(s, STORE_SNAPSHOT, &ids, &n, err) < 0)
 		return err->code;
 	items = calloc(n + 1, sizeof(*items));
@@ -648,13 +655,14 @@ static uint64_t data_bytes(const struct oci_chunk_index *ix)
 	return n;
 }
 
-static int check_space(struct store *s, const struct fetch_config *cfg, const char *id,
-		       const struct oci_chunk_index *ix, struct fetch_stats *st, imc_error *err)
+static int check_space(struct store *s, const struct dist_fetch_config *cfg, const char *id,
+		       const struct oci_chunk_index *ix, struct dist_fetch_stats *st,
+		       imc_error *err)
 {
 	struct store_usage u;
 	uint64_t need = data_bytes(ix);
 
-	if (fetch_evict(s, cfg->cache_size, need, id, &st->evicted, err) < 0)
+	if (fetch_evict(s, cfg, need, id, &st->evicted, err) < 0)
 		return imc_err_wrap(err, "make room for %s", id);
 	if (cfg->cache_size && need > cfg->cache_size)
 		return imc_err(err, ENOSPC,
@@ -680,14 +688,15 @@ static int check_space(struct store *s, const struct fetch_config *cfg, const ch
 
 static int cmp_gap_desc(const void *a, const void *b)
 {
-	uint64_t x = ((const struct gap *)a)->end - ((const struct gap *)a)->start;
-	uint64_t y = ((const struct gap *)b)->end - ((const struct gap *)b)->start;
+	uint64_t x = ((const struct dist_gap *)a)->end - ((const struct dist_gap *)a)->start;
+	uint64_t y = ((const struct dist_gap *)b)->end - ((const struct dist_gap *)b)->start;
 	return x < y ? 1 : x > y ? -1 : 0;
 }
 
-TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct gap **ret, size_t *ret_n)
+TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct dist_gap **ret,
+			      size_t *ret_n)
 {
-	struct gap *g = calloc(ix->n_chunks + 1, sizeof(*g));
+	struct dist_gap *g = calloc(ix->n_chunks + 1, sizeof(*g));
 	size_t n = 0;
 
 	if (!g)
@@ -696,7 +705,7 @@ TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct gap **ret
 	for (size_t i = 1; i < ix->n_chunks; i++) {
 		uint64_t end_prev = ix->chunks[i - 1].offset + ix->chunk_size;
 		if (ix->chunks[i].offset > end_prev)
-			g[n++] = (struct gap){end_prev, ix->chunks[i].offset};
+			g[n++] = (struct dist_gap){end_prev, ix->chunks[i].offset};
 	}
 	if (n <= FETCH_KEEP_HOLES) {
 		free(g);
@@ -713,7 +722,7 @@ TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct gap **ret
 
 static int write_zero_gaps(struct fetch *f, imc_error *err)
 {
-	_cleanup_free_ struct gap *g = NULL;
+	_cleanup_free_ struct dist_gap *g = NULL;
 	_cleanup_free_ void *zero = NULL;
 	size_t n = 0;
 	int r;
@@ -724,7 +733,7 @@ static int write_zero_gaps(struct fetch *f, imc_error *err)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++)
 		for (uint64_t off = g[i].start; off < g[i].end; off += f->ix->chunk_size)
-			if ((r = chunk_pwrite_full(f->dev_fd, zero, f->ix->chunk_size, off)) < 0)
+			if ((r = dist_pwrite_full(f->dev_fd, zero, f->ix->chunk_size, off)) < 0)
 				return imc_err_sys(err, -r, "write zeros at %" PRIu64, off);
 	return 0;
 }
@@ -765,9 +774,9 @@ static int save_local_index(struct store *s, const char *id, const char *buf, si
 	return 0;
 }
 
-static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
+static int fetch_into_volume(struct store *s, const struct dist_fetch_config *cfg,
 			     const struct oci_ref *ref, const struct oci_chunk_index *ix,
-			     const char *vol, struct fetch_stats *st, imc_error *err)
+			     const char *vol, struct dist_fetch_stats *st, imc_error *err)
 {
 	_cleanup_(local_set_free) struct local_set l = {0};
 	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
@@ -791,10 +800,10 @@ static int fetch_into_volume(struct store *s, const struct fetch_config *cfg,
 	return r;
 }
 
-static int fetch_with_index(struct store *s, const struct fetch_config *cfg,
+static int fetch_with_index(struct store *s, const struct dist_fetch_config *cfg,
 			    const struct oci_ref *ref, const char *id,
 			    const struct oci_chunk_index *ix, const char *buf, size_t len,
-			    struct fetch_stats *st, imc_error *err)
+			    struct dist_fetch_stats *st, imc_error *err)
 {
 	char vol[128];
 	int r;
@@ -817,14 +826,14 @@ static int fetch_with_index(struct store *s, const struct fetch_config *cfg,
 	return 0;
 }
 
-int fetch_snapshot(struct store *s, const struct fetch_config *cfg, const char *id,
-		   struct fetch_stats *ret_stats, imc_error *err)
+int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, const char *id,
+			struct dist_fetch_stats *ret_stats, imc_error *err)
 {
 	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
 	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	_cleanup_free_ char *buf = NULL;
 	struct store_object_info info;
-	struct fetch_stats st = {0};
+	struct dist_fetch_stats st = {0};
 	uint64_t t0 = imc_monotonic_ns();
 	struct oci_ref ref = {0};
 	bool have_ref = false;

@@ -1,4 +1,4 @@
-/* Chunked, content-addressed export of snapshots: the index format and the chunk store. */
+/* Chunked, content-addressed export of snapshots: the chunk store, an object its owner creates. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -11,11 +11,17 @@
 
 #include <zstd.h>
 
-#include "chunks.h"
+#include "dist.h"
 
 #define INDEX_DIR "index"
 
-bool chunk_is_zero(const void *data, size_t len)
+struct dist_chunks {
+	int dirfd; /* <state>/chunks */
+	struct store *store;
+	pthread_mutex_t export_lock; /* one export at a time; forgets wait for it */
+};
+
+bool dist_chunk_is_zero(const void *data, size_t len)
 {
 	const unsigned char *p = data;
 	static const unsigned char zero[4096];
@@ -31,7 +37,7 @@ bool chunk_is_zero(const void *data, size_t len)
 
 /* ---- compression ----------------------------------------------------------------------------- */
 
-int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err)
+int dist_chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err)
 {
 	size_t cap = ZSTD_compressBound(len), n;
 	_cleanup_free_ void *out = malloc(cap);
@@ -39,7 +45,7 @@ int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, im
 	if (!out)
 		return imc_err(err, ENOMEM, "out of memory");
 	/* One frame, fixed level, no threads: the same content always gives the same blob. */
-	n = ZSTD_compress(out, cap, data, len, CHUNKS_ZSTD_LEVEL);
+	n = ZSTD_compress(out, cap, data, len, DIST_ZSTD_LEVEL);
 	if (ZSTD_isError(n))
 		return imc_err(err, EIO, "zstd: %s", ZSTD_getErrorName(n));
 	*ret = steal_pointer(&out);
@@ -47,8 +53,8 @@ int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, im
 	return 0;
 }
 
-int chunk_decompress_verify(const void *blob, size_t blob_len, const char *digest, void *out,
-			    size_t want, imc_error *err)
+int dist_chunk_decompress_verify(const void *blob, size_t blob_len, const char *digest, void *out,
+				 size_t want, imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1], got[IMC_SHA256_HEX_LEN + 1];
 	unsigned long long fsize = ZSTD_getFrameContentSize(blob, blob_len);
@@ -75,10 +81,12 @@ int chunk_decompress_verify(const void *blob, size_t blob_len, const char *diges
 
 /* ---- the chunk store ------------------------------------------------------------------------- */
 
-int chunk_store_open(const char *state_dir, struct chunk_store *ret, imc_error *err)
+int dist_chunks_open(const char *state_dir, struct store *s, struct dist_chunks **ret,
+		     imc_error *err)
 {
 	_cleanup_free_ char *dir = imc_path_join(state_dir, "chunks");
 	_cleanup_free_ char *idx = dir ? imc_path_join(dir, INDEX_DIR) : NULL;
+	struct dist_chunks *cs;
 	int fd;
 
 	if (!idx)
@@ -88,18 +96,28 @@ int chunk_store_open(const char *state_dir, struct chunk_store *ret, imc_error *
 	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "%s", dir);
-	ret->dirfd = fd;
+	cs = calloc(1, sizeof(*cs));
+	if (!cs) {
+		close(fd);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	cs->dirfd = fd;
+	cs->store = s;
+	pthread_mutex_init(&cs->export_lock, NULL);
+	*ret = cs;
 	return 0;
 }
 
-void chunk_store_close(struct chunk_store *cs)
+void dist_chunks_close(struct dist_chunks *cs)
 {
-	if (cs->dirfd >= 0)
-		close(cs->dirfd);
-	cs->dirfd = -1;
+	if (!cs)
+		return;
+	close(cs->dirfd);
+	pthread_mutex_destroy(&cs->export_lock);
+	free(cs);
 }
 
-int chunk_blob_path(const char *digest, char *buf, size_t size, imc_error *err)
+int dist_chunk_path(const char *digest, char *buf, size_t size, imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1];
 
@@ -109,12 +127,12 @@ int chunk_blob_path(const char *digest, char *buf, size_t size, imc_error *err)
 	return 0;
 }
 
-int chunk_store_open_blob(struct chunk_store *cs, const char *digest, int *ret_fd, imc_error *err)
+int dist_chunks_open_blob(struct dist_chunks *cs, const char *digest, int *ret_fd, imc_error *err)
 {
 	char path[128];
 	int fd;
 
-	if (chunk_blob_path(digest, path, sizeof(path), err) < 0)
+	if (dist_chunk_path(digest, path, sizeof(path), err) < 0)
 		return -EINVAL;
 	fd = openat(cs->dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
@@ -124,7 +142,7 @@ int chunk_store_open_blob(struct chunk_store *cs, const char *digest, int *ret_f
 }
 
 /* Store a compressed chunk under its name (tmp + rename: a reader never sees half of one). */
-static int store_blob(struct chunk_store *cs, const char *path, const void *blob, size_t len,
+static int store_blob(struct dist_chunks *cs, const char *path, const void *blob, size_t len,
 		      imc_error *err)
 {
 	char dir[16], tmp[160];
@@ -177,7 +195,7 @@ static int hash_fd(int fd, char out[OCI_DIGEST_MAX + 1], uint64_t *ret_size, imc
 }
 
 /* Store one non-zero chunk (once per content) and fill its entry. */
-static int export_chunk(struct chunk_store *cs, const void *data, size_t len,
+static int export_chunk(struct dist_chunks *cs, const void *data, size_t len,
 			struct oci_chunk_entry *e, imc_error *err)
 {
 	char hex[IMC_SHA256_HEX_LEN + 1], path[128];
@@ -188,11 +206,11 @@ static int export_chunk(struct chunk_store *cs, const void *data, size_t len,
 	if (imc_sha256_hex(data, len, hex, err) < 0)
 		return err->code;
 	snprintf(e->digest, sizeof(e->digest), "sha256:%s", hex);
-	chunk_blob_path(e->digest, path, sizeof(path), err);
+	dist_chunk_path(e->digest, path, sizeof(path), err);
 	fd = openat(cs->dirfd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd >= 0)
 		return hash_fd(fd, e->blob, &e->csize, err);
-	if (chunk_compress(data, len, &blob, &blen, err) < 0)
+	if (dist_chunk_compress(data, len, &blob, &blen, err) < 0)
 		return err->code;
 	if (imc_sha256_hex(blob, blen, hex, err) < 0)
 		return err->code;
@@ -218,18 +236,18 @@ static int pio_full(int fd, char *buf, size_t len, uint64_t off, bool writing)
 	return 0;
 }
 
-int chunk_pread_full(int fd, void *buf, size_t len, uint64_t off)
+int dist_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	return pio_full(fd, buf, len, off, false);
 }
 
-int chunk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+int dist_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 {
 	return pio_full(fd, (char *)buf, len, off, true); /* only ever written from */
 }
 
 /* Cut the device into chunks; ix gets the entries and the whole file's digest. */
-static int export_device(struct chunk_store *cs, int fd, struct oci_chunk_index *ix, imc_error *err)
+static int export_device(struct dist_chunks *cs, int fd, struct oci_chunk_index *ix, imc_error *err)
 {
 	size_t cap = (ix->size + ix->chunk_size - 1) / ix->chunk_size;
 	_cleanup_free_ void *buf = malloc(ix->chunk_size);
@@ -244,12 +262,12 @@ static int export_device(struct chunk_store *cs, int fd, struct oci_chunk_index 
 		return err->code;
 	for (uint64_t off = 0; off < ix->size && r == 0; off += ix->chunk_size) {
 		size_t len = (size_t)oci_chunk_index_len(ix, off);
-		if ((r = chunk_pread_full(fd, buf, len, off)) < 0) {
+		if ((r = dist_pread_full(fd, buf, len, off)) < 0) {
 			r = imc_err_sys(err, -r, "read at %" PRIu64, off);
 			break;
 		}
 		imc_sha256_update(&h, buf, len);
-		if (chunk_is_zero(buf, len))
+		if (dist_chunk_is_zero(buf, len))
 			continue;
 		ix->chunks[ix->n_chunks].offset = off;
 		r = export_chunk(cs, buf, len, &ix->chunks[ix->n_chunks], err);
@@ -265,7 +283,7 @@ static int export_device(struct chunk_store *cs, int fd, struct oci_chunk_index 
 	return 0;
 }
 
-int chunks_read_index(struct chunk_store *cs, const char *id, char **ret, size_t *ret_len,
+static int read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
 		      imc_error *err)
 {
 	char name[128];
@@ -283,7 +301,7 @@ int chunks_read_index(struct chunk_store *cs, const char *id, char **ret, size_t
 	return imc_read_file(path, OCI_INDEX_MAX, ret, ret_len, err);
 }
 
-static int write_index(struct chunk_store *cs, const char *id, const char *buf, size_t len,
+static int write_index(struct dist_chunks *cs, const char *id, const char *buf, size_t len,
 		       imc_error *err)
 {
 	char name[128], tmp[160];
@@ -307,8 +325,8 @@ static int write_index(struct chunk_store *cs, const char *id, const char *buf, 
 	return 0;
 }
 
-int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint32_t chunk_size,
-		  char **ret, size_t *ret_len, imc_error *err)
+static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *id,
+			   uint32_t chunk_size, char **ret, size_t *ret_len, imc_error *err)
 {
 	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
 	struct store_object_info info;
@@ -317,7 +335,7 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 	size_t len = 0;
 	int r;
 
-	r = chunks_read_index(cs, id, &buf, &len, err);
+	r = read_index(cs, id, &buf, &len, err);
 	if (r != -ENOENT) {
 		if (r == 0 && ret) {
 			*ret = steal_pointer(&buf);
@@ -332,7 +350,7 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 		return imc_err(err, EFBIG, "snapshot %s: size %" PRIu64 " out of range", id,
 			       info.size);
 	snprintf(ix.cache_id, sizeof(ix.cache_id), "%s", id);
-	ix.chunk_size = chunk_size ? chunk_size : CHUNKS_SIZE_DEFAULT;
+	ix.chunk_size = chunk_size ? chunk_size : DIST_CHUNK_SIZE_DEFAULT;
 	ix.size = info.size;
 	if (store_activate(s, STORE_SNAPSHOT, id, STORE_ACTIVATE_READ_ONLY, &dev, err) < 0)
 		return err->code;
@@ -348,6 +366,21 @@ int chunks_export(struct store *s, struct chunk_store *cs, const char *id, uint3
 		*ret_len = len;
 	}
 	return 0;
+}
+
+int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, char **ret,
+		size_t *ret_len, imc_error *err)
+{
+	int r;
+
+	if (!cs->store)
+		return imc_err(err, ESHUTDOWN, "no store");
+	/* One export at a time: a second request for the same cache waits and reads the index
+	 * the first one wrote. */
+	pthread_mutex_lock(&cs->export_lock);
+	r = export_snapshot(cs->store, cs, id, chunk_size, ret, ret_len, err);
+	pthread_mutex_unlock(&cs->export_lock);
+	return r;
 }
 
 /* ---- forgetting a snapshot ------------------------------------------------------------------- */
@@ -379,7 +412,7 @@ static int hex_cmp(const void *a, const void *b)
 }
 
 /* The digests every remaining index names, sorted. */
-static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc_error *err)
+static int referenced_chunks(struct dist_chunks *cs, struct digest_set *set, imc_error *err)
 {
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;
@@ -402,7 +435,7 @@ static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc
 		    strcmp(de->d_name + len - 5, ".json"))
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
-		if ((r = chunks_read_index(cs, id, &buf, &n, err)) < 0 ||
+		if ((r = read_index(cs, id, &buf, &n, err)) < 0 ||
 		    (r = oci_chunk_index_parse(buf, n, &ix, err)) < 0)
 			return imc_err_wrap(err, "chunk index of %s", id);
 		r = digest_set_add_index(set, &ix);
@@ -416,7 +449,7 @@ static int referenced_chunks(struct chunk_store *cs, struct digest_set *set, imc
 }
 
 /* Remove the stored chunks of directory sha256/<sub> that set does not name. */
-static void drop_unreferenced(struct chunk_store *cs, const char *sub, const struct digest_set *set,
+static void drop_unreferenced(struct dist_chunks *cs, const char *sub, const struct digest_set *set,
 			      uint64_t *freed)
 {
 	char dir[32];
@@ -447,7 +480,7 @@ static void drop_unreferenced(struct chunk_store *cs, const char *sub, const str
 	}
 }
 
-int chunks_forget(struct chunk_store *cs, const char *id, uint64_t *ret_freed, imc_error *err)
+static int forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err)
 {
 	char name[128];
 	struct digest_set set = {0};
@@ -469,5 +502,16 @@ int chunks_forget(struct chunk_store *cs, const char *id, uint64_t *ret_freed, i
 		if (strlen(de->d_name) == 2 && de->d_name[0] != '.')
 			drop_unreferenced(cs, de->d_name, &set, ret_freed);
 	free(set.hex);
+	return r;
+}
+
+int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err)
+{
+	int r;
+
+	/* Exports stay out meanwhile: a chunk of an export in flight is in no index yet. */
+	pthread_mutex_lock(&cs->export_lock);
+	r = forget(cs, id, ret_freed, err);
+	pthread_mutex_unlock(&cs->export_lock);
 	return r;
 }

@@ -1,0 +1,113 @@
+/* dist/: chunked, content-addressed distribution of snapshots (docs/distribution.md).
+ *
+ * A snapshot is cut into fixed-size chunks; each chunk that is not all zeros is compressed with
+ * zstd and stored once, named by the sha256 of its uncompressed bytes, in
+ * <state>/chunks/sha256/<2 hex>/<64 hex>.zst.  The chunk index (its format: oci/index.c) of a
+ * cache is kept in <state>/chunks/index/<cache-id>.json.  chunks.c is the chunk store and the
+ * export, serve.c what a server answers for a chunk, fetch.c the agent's fetch of a snapshot it
+ * lacks (from imcd or an OCI registry) into its local store. */
+#ifndef IMC_DIST_H
+#define IMC_DIST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/imc.h"
+#include "../oci/oci.h"
+#include "../store/store.h"
+
+#define DIST_CHUNK_SIZE_DEFAULT (4U << 20) /* 4 MiB: see docs/distribution.md */
+#define DIST_ZSTD_LEVEL		3
+
+/* ---- the chunk store (chunks.c): <state>/chunks -------------------------------------------
+ * An object its owner creates (imcd at start) and passes to whoever serves or exports.  Exports
+ * run one at a time (seconds each); a forget waits for the export in flight (a chunk of an
+ * export in flight is in no index yet); opening a blob never waits. */
+struct dist_chunks;
+/* s (may be NULL: nothing can be exported) is the store whose snapshots are exported. */
+int dist_chunks_open(const char *state_dir, struct store *s, struct dist_chunks **ret,
+		     imc_error *err);
+void dist_chunks_close(struct dist_chunks *cs);
+/* "sha256/<2>/<hex>.zst" of a digest ("sha256:<hex>") into buf (at least 96 bytes). */
+int dist_chunk_path(const char *digest, char *buf, size_t size, imc_error *err);
+/* Open the stored compressed chunk of digest read-only (-ENOENT when absent). */
+int dist_chunks_open_blob(struct dist_chunks *cs, const char *digest, int *ret_fd, imc_error *err);
+
+/* Export snapshot id (read through a read-only activation, so any driver works): cut, hash,
+ * compress and store its chunks, write <state>/chunks/index/<id>.json; a stored index is
+ * reused.  ret (optional) gets the index bytes.  chunk_size 0: DIST_CHUNK_SIZE_DEFAULT. */
+int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, char **ret,
+		size_t *ret_len, imc_error *err);
+/* Drop the index of id and every stored chunk that no remaining index names.  *ret_freed gets
+ * the bytes freed.  Nothing to do when id was never exported. */
+int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err);
+
+/* Compress / decompress-and-verify one chunk. */
+int dist_chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err);
+/* Decompress blob into out (exactly want bytes) and check sha256 == digest. */
+int dist_chunk_decompress_verify(const void *blob, size_t blob_len, const char *digest, void *out,
+				 size_t want, imc_error *err);
+bool dist_chunk_is_zero(const void *data, size_t len);
+/* All len bytes at off, going on after short transfers and EINTR: 0, or a negative errno (-EIO
+ * when the file ends or nothing moves).  No imc_error: callers name the device. */
+int dist_pread_full(int fd, void *buf, size_t len, uint64_t off);
+int dist_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+
+/* ---- serving a chunk (serve.c) --------------------------------------------------------------
+ * GET|HEAD /v1/chunks/{digest}: one zstd chunk, from its file, with Range (206/416) and ETag /
+ * If-None-Match (304).  The HTTP server sends what the answer says. */
+struct dist_chunk_answer {
+	unsigned status;     /* 200, 206 (range), 304 (not modified) or 416 (unsatisfiable) */
+	int fd;		     /* 200, 206: the blob, now the caller's; else -1 */
+	uint64_t start, len; /* 200, 206: the bytes of fd to send */
+	char etag[OCI_DIGEST_MAX + 3];
+	char content_range[96]; /* 206, 416: the Content-Range header; else "" */
+};
+/* if_none_match and range: the request's headers (NULL when absent).  Fails (err set) when the
+ * digest is malformed, the chunk is not stored (-ENOENT) or cannot be read. */
+int dist_chunk_answer(struct dist_chunks *cs, const char *digest, const char *if_none_match,
+		      const char *range, struct dist_chunk_answer *ret, imc_error *err);
+
+/* ---- fetching a snapshot a host has never seen (fetch.c) ------------------------------------
+ * Its chunk index from imcd (or an OCI registry), the chunks it lacks in parallel, each
+ * verified, written into a new local snapshot; chunks another local snapshot already holds are
+ * copied locally. */
+#define DIST_FETCH_PARALLEL_MAX 64
+
+struct dist_fetch_config {
+	const char *server;	  /* imcd base URL ("http://host:port") */
+	const char *token;	  /* bearer token for imcd; NULL: none */
+	const char *registry_ref; /* pull from this OCI ref instead (imcctl push); NULL: imcd */
+	const char *const *insecure_registries; /* plain-HTTP registries (NULL-terminated) */
+	unsigned parallel;			/* chunk downloads at once; 0: default */
+	uint64_t cache_size; /* local store limit in bytes (LRU of unattached snapshots); 0: none */
+	/* The snapshots in use, never evicted: a JSON array of objects whose "cacheId" names one
+	 * (imc-attach passes attach_list, its attach records).  NULL: none is in use. */
+	int (*list_in_use)(struct store *s, json_t **ret, imc_error *err);
+};
+
+struct dist_fetch_stats {
+	uint64_t chunks, zero_chunks;	 /* in the index; zero ones are never sent */
+	uint64_t fetched, fetched_bytes; /* chunks over the network, compressed bytes */
+	uint64_t local, local_bytes;	 /* chunks copied from another local snapshot */
+	uint64_t retries, refetched_corrupt;
+	uint64_t evicted; /* snapshots evicted for space */
+	uint64_t ns;
+};
+
+/* Make snapshot id local: nothing to do when the store has it (its last use is recorded);
+ * otherwise fetch it.  On any failure the half-written volume is removed. */
+int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, const char *id,
+			struct dist_fetch_stats *ret_stats, imc_error *err);
+
+/* A run of zero chunks between data chunks. */
+struct dist_gap {
+	uint64_t start, end;
+};
+#ifdef IMC_TESTING
+/* The gaps the fetcher fills with zeros (all but the 15 largest; none when there are at most
+ * 15), so that the reflink seal has nothing to compact.  *ret is malloc'ed (NULL when none). */
+int fetch_small_gaps(const struct oci_chunk_index *ix, struct dist_gap **ret, size_t *ret_n);
+#endif
+
+#endif
