@@ -38,11 +38,21 @@ LDFLAGS_SAN := -fsanitize=address,undefined
 endif
 ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS) $(CFLAGS)
 
-MODULES := common oci store builder dist attach api client
-MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(MODULES)))
-LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard $(addsuffix /*.c,$(MODULES))))
-LIB_OBJS := $(LIB_SRCS:%.c=$(O)/obj/%.o)
-LIB := $(O)/libimcache.a
+# One static library per room (docs/architecture.md), each program linked with the rooms it
+# needs and only their system libraries: imcctl gets common/, oci/, its own room and the API's
+# wire shapes (api/wire.c), so no store, builder, server or libdevmapper code reaches it.
+ROOMS := common oci store builder dist attach api client
+MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(ROOMS)))
+room_objs = $(patsubst %.c,$(O)/obj/%.o,$(filter-out $(MAIN_SRCS),$(wildcard $(1)/*.c)))
+room_lib = $(O)/lib$(1).a
+# Dependents before what they use (the arrows of docs/architecture.md).
+SERVER_ROOMS := api builder dist oci store common
+AGENT_ROOMS := attach dist oci store common
+ALL_ROOMS := api attach builder dist oci store common
+ALL_LIBS := $(foreach r,$(ALL_ROOMS),$(call room_lib,$(r)))
+CLIENT_LINK := $(call room_lib,client) $(O)/obj/api/wire.o $(call room_lib,oci) \
+	$(call room_lib,common)
+CLIENT_PKG_LIBS := $(shell pkg-config --libs libcurl jansson openssl) -lpthread
 
 PROGS := $(O)/imcd $(O)/imcctl $(O)/imc-attach $(O)/imc-runtime
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
@@ -56,20 +66,22 @@ $(O)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(LIB): $(LIB_OBJS)
+$(foreach r,$(ROOMS),$(eval $(call room_lib,$(r)): $(call room_objs,$(r))))
+$(O)/lib%.a:
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-$(O)/imcd: $(O)/obj/api/imcd_main.o $(LIB)
+$(O)/imcd: $(O)/obj/api/imcd_main.o $(foreach r,$(SERVER_ROOMS),$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
-$(O)/imcctl: $(O)/obj/api/imcctl_main.o $(LIB)
+$(O)/imcctl: $(O)/obj/client/imcctl_main.o $(CLIENT_LINK)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(CLIENT_PKG_LIBS)
+$(O)/imc-attach: $(O)/obj/attach/imc_attach_main.o $(foreach r,$(AGENT_ROOMS),$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
-$(O)/imc-attach: $(O)/obj/attach/imc_attach_main.o $(LIB)
-	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
-$(O)/imc-runtime: $(O)/obj/attach/imc_runtime_main.o $(LIB)
+$(O)/imc-runtime: $(O)/obj/attach/imc_runtime_main.o \
+		$(foreach r,$(AGENT_ROOMS),$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(O)/tests/%: $(O)/obj/tests/unit/%.o $(LIB)
+$(O)/tests/%: $(O)/obj/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(PKG_LIBS)
 
@@ -77,7 +89,7 @@ unit-bins: $(UNIT_BINS)
 
 BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(O)/bench/%)
-$(O)/bench/%: $(O)/obj/tests/bench/%.o $(LIB)
+$(O)/bench/%: $(O)/obj/tests/bench/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -108,7 +120,7 @@ bench-vm: programs $(BENCH_BINS)
 FUZZ_SECONDS ?= 15
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(O)/%)
-$(O)/fuzz_%: $(O)/obj/tests/fuzz/fuzz_%.o $(LIB)
+$(O)/fuzz_%: $(O)/obj/tests/fuzz/fuzz_%.o $(ALL_LIBS)
 	$(CC) -fsanitize=fuzzer,address,undefined $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 fuzz-bins: $(FUZZ_BINS)
 .SECONDARY: $(FUZZ_SRCS:%.c=$(O)/obj/%.o)

@@ -12,23 +12,21 @@
 
 #include "../builder/builder.h"
 #include "../common/imc.h"
+#include "wire.h"
 
 /* ---- limits (every size a client controls) ------------------------------------------------ */
 #define API_BODY_MAX	      (1024 * 1024)	 /* request body; more is 413 */
 #define API_NAME_MAX	      128		 /* cache name, [A-Za-z0-9._-] */
 #define API_REF_MAX	      1024		 /* image reference */
 #define API_IMAGES_MAX	      BUILDER_IMAGES_MAX /* images in one cache */
-#define API_ID_MAX	      64		 /* buffer for a cache id ("imc-" + 16 hex + NUL) */
-#define API_MAX_CACHES	      10000		 /* caches the table holds */
 #define API_QUEUE_MAX	      256		 /* builds waiting for the worker */
 #define API_META_MAX	      (16u << 20)	 /* a metadata file */
-#define API_ID_PREFIX	      "imc"
-#define API_DATA_MAX	      BUILDER_DATA_MAX /* data entries in one cache */
-#define API_SIZE_MAX	      (16ULL << 40)    /* a requested filesystem size */
-#define API_CREDS_MAX	      16	       /* credentials in one request */
-#define API_REGISTRY_MAX      255	       /* credentials[].registry */
-#define API_USER_MAX	      256	       /* credentials[].username */
-#define API_SECRET_MAX	      16384	       /* credentials[].password / token */
+#define API_DATA_MAX	      BUILDER_DATA_MAX	 /* data entries in one cache */
+#define API_SIZE_MAX	      (16ULL << 40)	 /* a requested filesystem size */
+#define API_CREDS_MAX	      16		 /* credentials in one request */
+#define API_REGISTRY_MAX      255		 /* credentials[].registry */
+#define API_USER_MAX	      256		 /* credentials[].username */
+#define API_SECRET_MAX	      16384		 /* credentials[].password / token */
 #define API_CONTENT_TYPE      "application/json"
 #define API_TOKEN_MAX	      64    /* clientToken, [A-Za-z0-9._-] */
 #define API_RETENTION_MAX     36500 /* retentionDays; 0 = pinned (never expires, never evicted) */
@@ -36,7 +34,6 @@
 #define API_EVENTS_MAX	      50    /* events kept per cache (the newest) */
 #define API_ATTACH_MAX	      1024  /* attachments recorded per cache */
 #define API_HOST_MAX	      255   /* attachments[].host */
-#define API_ATTACH_PREFIX     "att" /* attachment ids: "att-" + 16 lowercase hex digits */
 /* A tenant's quota is used up: 403 QuotaExceeded (retrying does not help until the tenant
  * deletes caches).  A full table or build queue is -EDQUOT: 429 LimitExceeded (retry later). */
 #define API_EQUOTA EUSERS
@@ -101,9 +98,6 @@ enum api_cache_status {
 };
 const char *api_cache_status_name(enum api_cache_status s);
 int api_cache_status_parse(const char *s, enum api_cache_status *ret);
-
-/* "imc-" + 16 lowercase hex digits. */
-bool api_cache_id_valid(const char *id);
 
 /* One event of a cache's history (the newest API_EVENTS_MAX are kept and persisted). */
 struct api_cache_event {
@@ -175,7 +169,6 @@ int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds);
  * entries in order, size and retentionDays (credentials and clientToken excluded). */
 int api_request_key(const char *tenant, const struct api_create_request *req,
 		    char ret[IMC_SHA256_HEX_LEN + 1], imc_error *err);
-bool api_attach_id_valid(const char *id);
 
 /* A new Creating cache for req, owned by tenant (NULL: API_TENANT_DEFAULT). */
 int api_cache_new(const char *id, const struct api_create_request *req, int64_t now,
@@ -294,7 +287,6 @@ const char *api_route_allow(enum api_route route);
 
 /* ---- listening --------------------------------------------------------------------------------
  */
-#define API_LISTEN_UNIX_PREFIX "unix:"
 /* "HOST:PORT" (IPv4 literal), "[IPV6]:PORT" (port 0 picks a free port) or "unix:PATH" (a path
  * longer than sun_path holds fails with -ENAMETOOLONG). */
 int api_listen_parse(const char *spec, struct sockaddr_storage *ret, socklen_t *ret_len,

@@ -409,24 +409,6 @@ int api_cache_status_parse(const char *s, enum api_cache_status *ret)
 	return -EINVAL;
 }
 
-/* prefix followed by 16 lowercase hex digits. */
-static bool prefixed_id_valid(const char *id, const char *prefix)
-{
-	const size_t plen = strlen(prefix);
-
-	if (!id || strncmp(id, prefix, plen) != 0 || strlen(id) != plen + 16)
-		return false;
-	for (const char *p = id + plen; *p; p++)
-		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-			return false;
-	return true;
-}
-
-bool api_cache_id_valid(const char *id)
-{
-	return prefixed_id_valid(id, API_ID_PREFIX "-");
-}
-
 void api_cache_free(struct api_cache *c)
 {
 	if (!c)
@@ -448,11 +430,6 @@ void api_cache_free(struct api_cache *c)
 		free(c->events[i].message);
 	free(c->rendered);
 	free(c);
-}
-
-bool api_attach_id_valid(const char *id)
-{
-	return prefixed_id_valid(id, API_ATTACH_PREFIX "-");
 }
 
 int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)

@@ -7,8 +7,8 @@
 #include <sys/un.h>
 #include <time.h>
 
-#include "../client/client.h"
-#include "api.h"
+#include "../api/wire.h"
+#include "client.h"
 
 #define DEFAULT_SERVER	     "http://127.0.0.1:8080"
 #define RESPONSE_MAX	     (64u << 20)
