@@ -17,10 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include <sys/mount.h>
-
 #include "../builder/builder.h"
-#include "../common/priv.h"
 #include "../store/store.h"
 #include "api.h"
 
@@ -456,40 +453,6 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 		report(repairs, "%s", e.msg);
 	report(repairs, "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
 	       cache->id);
-}
-
-/* A build that a killed imcd left mounted at <state>/tmp/build-<volume>: unmount it (which
- * frees its loop device), remove the directory and the half-built volume. */
-static void repair_build_dir(struct api_caches *c, int tmpfd, const char *tmp, const char *name,
-			     json_t *repairs)
-{
-	_cleanup_free_ char *path = imc_path_join(tmp, name);
-	const char *volume = name + strlen("build-");
-	imc_error e = {0};
-	int r;
-
-	if (!path)
-		return;
-	r = imc_priv_umount(path, MNT_DETACH, &e);
-	if (r == 0)
-		report(repairs, "%s: unmounted a build that imcd did not see finish", path);
-	else if (r != -EINVAL && r != -ENOENT)
-		report(repairs, "%s: cannot unmount: %s", path, e.msg);
-	if (unlinkat(tmpfd, name, AT_REMOVEDIR) == 0)
-		report(repairs, "%s: removed", path);
-	if (imc_name_valid(volume, API_ID_MAX))
-		remove_leftover(c, STORE_VOLUME, volume, repairs);
-}
-
-static void repair_build_dirs(struct api_caches *c, const char *state_dir, json_t *repairs)
-{
-	_cleanup_free_ char *tmp = imc_path_join(state_dir, "tmp");
-	_cleanup_dir_ DIR *d = tmp ? opendir(tmp) : NULL;
-	struct dirent *de;
-
-	while (d && (de = readdir(d)))
-		if (strncmp(de->d_name, "build-", 6) == 0 && de->d_name[6])
-			repair_build_dir(c, dirfd(d), tmp, de->d_name, repairs);
 }
 
 /* Runs before any thread starts: the lock is not needed. */
@@ -1088,7 +1051,7 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	pthread_condattr_destroy(&attr);
 	r = open_dirs(c, cfg->state_dir, err);
 	if (r == 0)
-		repair_build_dirs(c, cfg->state_dir, ret_repairs);
+		builder_recover(c->store, cfg->state_dir, ret_repairs);
 	if (r == 0)
 		r = load_all(c, ret_repairs, err);
 	if (r == 0)

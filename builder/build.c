@@ -182,14 +182,14 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 
 static int mount_volume(struct build *b, bool mkfs, imc_error *err)
 {
-	_cleanup_free_ char *tmp = imc_path_join(b->s->state_dir, "tmp");
+	_cleanup_free_ char *tmp = imc_path_join(b->s->state_dir, BUILDER_TMP_DIR);
 	int r;
 
 	if (!tmp)
 		return imc_err(err, ENOMEM, "out of memory");
 	if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
 		return imc_err_sys(err, errno, "mkdir %s", tmp);
-	snprintf(b->mnt, sizeof(b->mnt), "%s/build-%s", tmp, b->id);
+	snprintf(b->mnt, sizeof(b->mnt), "%s/" BUILDER_MOUNT_PREFIX "%s", tmp, b->id);
 	if (mkdir(b->mnt, 0700) < 0) {
 		r = imc_err_sys(err, errno, "mkdir %s", b->mnt);
 		b->mnt[0] = '\0';

@@ -156,6 +156,14 @@ int layer_path_clean(const char *in, char *out, size_t size);
 bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n);
 #endif
 
+/* Recover what half-done builds of a process that died left: each build mounted at
+ * <state_dir>/BUILDER_TMP_DIR/BUILDER_MOUNT_PREFIX<volume> is unmounted, its directory and its
+ * volume removed; every repair is appended to repairs (an array of strings; may be NULL).  Run
+ * it before any build starts. */
+#define BUILDER_TMP_DIR	     "tmp"
+#define BUILDER_MOUNT_PREFIX "build-"
+void builder_recover(struct store *s, const char *state_dir, json_t *repairs);
+
 /* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of its
  * manifest digest (see builder/build.c).  Remove a base and its record of layers. */
 #define BUILDER_BASE_PREFIX "img-"
