@@ -243,8 +243,6 @@ int api_list_page_tenant(struct api_cache *const *items, size_t n, const char *t
  * the items' rendered objects (api_cache_rendered) without a json_t tree. */
 int api_list_page_body(struct api_cache *const *items, size_t n, const char *tenant,
 		       const struct api_list_query *q, char **ret, size_t *ret_len, imc_error *err);
-/* The layer digests of a cache's built images (a new array; empty before it is built). */
-json_t *api_cache_layers(const struct api_cache *c);
 /* How many of want's layer digests (an array of strings) the cache's images hold. */
 size_t api_cache_shared_layers(const struct api_cache *c, json_t *want);
 /* DELETE /v1/imagecaches/{id} arguments: force=true|false only. */
@@ -361,8 +359,6 @@ struct api_caches_config {
  * and start the build worker. */
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
-/* The store a cache table was opened with (NULL for a NULL table). */
-struct store *api_caches_store(struct api_caches *c);
 /* The chunk store it was given (NULL for a NULL table or none). */
 struct dist_chunks *api_caches_chunks(struct api_caches *c);
 /* Stop the worker after the running build; queued builds are marked Failed. */
@@ -381,34 +377,19 @@ int api_caches_get_body(struct api_caches *c, const struct api_caller *who, cons
 int api_caches_list_body(struct api_caches *c, const struct api_caller *who,
 			 const struct api_list_query *q, char **ret, size_t *ret_len,
 			 imc_error *err);
-/* Remove the snapshot and the metadata; -EBUSY while Creating or attached. ret gets
+/* DELETE /v1/imagecaches/{id}[?force=true]: remove the snapshot and the metadata; -EBUSY while
+ * Creating, and while attached unless force (its clones keep their own copy).  ret gets
  * {"id","status"}. */
-int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
-		      json_t **ret, imc_error *err);
-/* The same; force deletes an attached cache too (its clones keep their own copy). */
-int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, const char *id,
-			    bool force, json_t **ret, imc_error *err);
-/* DELETE /v1/imagecaches/{id}[?force=true]. */
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
 			   const struct api_query_arg *args, size_t n_args, json_t **ret,
 			   imc_error *err);
-/* POST /v1/imagecaches/{id}/attachments body {"id"?: "att-…", "host"?: "…"}: record an attach
- * (201; 200 when that id is already recorded); -EBUSY unless Ready.  DELETE
- * …/attachments/{aid}: forget it (404 when unknown).  GET …/attachments: the list.  Both move
- * lastUsedAt. */
-int api_caches_attach(struct api_caches *c, const struct api_caller *who, const char *id,
-		      const char *body, size_t len, json_t **ret, unsigned *ret_status,
-		      imc_error *err);
-int api_caches_detach(struct api_caches *c, const struct api_caller *who, const char *id,
-		      const char *aid, json_t **ret, imc_error *err);
-int api_caches_attachments(struct api_caches *c, const struct api_caller *who, const char *id,
-			   json_t **ret, imc_error *err);
-/* The whole attachments route, for the server's dispatch(). */
+/* The attachments route, for the server's dispatch().  POST /v1/imagecaches/{id}/attachments
+ * body {"id"?: "att-…", "host"?: "…"}: record an attach (201; 200 when that id is already
+ * recorded); -EBUSY unless Ready.  DELETE …/attachments/{aid}: forget it (404 when unknown).
+ * GET …/attachments: the list.  Both move lastUsedAt. */
 int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
 			     const struct api_match *match, const char *body, size_t len,
 			     json_t **ret, unsigned *ret_status, imc_error *err);
-/* One expiry and eviction pass now (the sweeper thread runs it every sweep_interval_ms). */
-void api_caches_sweep(struct api_caches *c);
 
 /* ---- metrics (api/metrics.c): GET /metrics in the Prometheus text format 0.0.4 ------------
  * The counters are plain integers updated with __atomic builtins (relaxed): no lock and no
@@ -467,8 +448,8 @@ struct api_server_config {
 	struct api_caches *caches;
 	unsigned threads; /* 0: a default */
 };
-int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err);
-/* Stop accepting, give in-flight requests a moment to finish, stop. */
+/* Started with api_server_start_secure (api/auth.h).  Stop accepting, give in-flight requests a
+ * moment to finish, stop. */
 void api_server_stop(struct api_server *s);
 
 /* One request, without HTTP: what the server answers (status, JSON body, Allow header for 405).
@@ -484,12 +465,6 @@ struct api_response {
 void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,
 		const char *url, const char *body, size_t len, bool too_large,
 		struct api_response *ret);
-/* The same with the path and its query arguments already apart (the server's way);
- * too_many_args: the query had more than API_QUERY_ARGS_MAX arguments. */
-void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
-		     const char *path, const struct api_query_arg *args, size_t n_args,
-		     bool too_many_args, const char *body, size_t len, bool too_large,
-		     struct api_response *ret);
 
 /* ---- distribution (api/dist.c, docs/distribution.md) -----------------------------------------
  * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (exported on first request);

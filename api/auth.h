@@ -79,7 +79,7 @@ struct api_server_security {
 	const struct api_config *auth; /* NULL or auth off: every request is the default tenant */
 	const struct api_tls *tls;     /* NULL: plain HTTP */
 };
-/* api_server_start with auth and TLS; api_server_start(cfg) is this with sec NULL. */
+/* Start the HTTP server of cfg with auth and TLS (sec NULL: neither). */
 int api_server_start_secure(const struct api_server_config *cfg,
 			    const struct api_server_security *sec, struct api_server **ret,
 			    imc_error *err);

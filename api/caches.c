@@ -865,7 +865,8 @@ static bool pool_above(struct api_caches *c, double mark, double *ret_ratio)
 	return *ret_ratio > mark;
 }
 
-void api_caches_sweep(struct api_caches *c)
+/* One expiry and eviction pass (the sweeper thread runs it every sweep_interval_ms). */
+static void api_caches_sweep(struct api_caches *c)
 {
 	char id[API_ID_MAX], why[128];
 	double ratio = 0;
@@ -1065,11 +1066,6 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	}
 	*ret = c;
 	return 0;
-}
-
-struct store *api_caches_store(struct api_caches *c)
-{
-	return c ? c->store : NULL;
 }
 
 struct dist_chunks *api_caches_chunks(struct api_caches *c)
@@ -1537,8 +1533,8 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 		api_cache_free(cache);
 }
 
-int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, const char *id,
-			    bool force, json_t **ret, imc_error *err)
+static int api_caches_delete_force(struct api_caches *c, const struct api_caller *who,
+				   const char *id, bool force, json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *answer = json_pack("{s:s,s:s}", "id", id, "status", "Deleted");
 	int r;
@@ -1563,12 +1559,6 @@ int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, 
 		return r;
 	*ret = steal_pointer(&answer);
 	return 0;
-}
-
-int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
-		      json_t **ret, imc_error *err)
-{
-	return api_caches_delete_force(c, who, id, false, ret, err);
 }
 
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
@@ -1673,9 +1663,9 @@ static int attach_locked(struct api_caches *c, struct api_cache *cache, const ch
 	return 0;
 }
 
-int api_caches_attach(struct api_caches *c, const struct api_caller *who, const char *id,
-		      const char *body, size_t len, json_t **ret, unsigned *ret_status,
-		      imc_error *err)
+static int api_caches_attach(struct api_caches *c, const struct api_caller *who, const char *id,
+			     const char *body, size_t len, json_t **ret, unsigned *ret_status,
+			     imc_error *err)
 {
 	_cleanup_free_ char *host = NULL;
 	struct api_cache *cache;
@@ -1700,8 +1690,8 @@ int api_caches_attach(struct api_caches *c, const struct api_caller *who, const 
 	return 0;
 }
 
-int api_caches_detach(struct api_caches *c, const struct api_caller *who, const char *id,
-		      const char *aid, json_t **ret, imc_error *err)
+static int api_caches_detach(struct api_caches *c, const struct api_caller *who, const char *id,
+			     const char *aid, json_t **ret, imc_error *err)
 {
 	struct api_cache *cache;
 	imc_error e = {0};
@@ -1739,8 +1729,8 @@ int api_caches_detach(struct api_caches *c, const struct api_caller *who, const 
 	return 0;
 }
 
-int api_caches_attachments(struct api_caches *c, const struct api_caller *who, const char *id,
-			   json_t **ret, imc_error *err)
+static int api_caches_attachments(struct api_caches *c, const struct api_caller *who,
+				  const char *id, json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *items = json_array();
 	struct api_cache *cache;

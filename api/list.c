@@ -458,7 +458,8 @@ int api_list_page_body(struct api_cache *const *items, size_t n, const char *ten
 /* ---- match=best -------------------------------------------------------------------------------
  */
 
-json_t *api_cache_layers(const struct api_cache *c)
+/* The layer digests of a cache's built images (a new array; empty before it is built). */
+static json_t *api_cache_layers(const struct api_cache *c)
 {
 	json_t *images = c->manifest ? json_object_get(c->manifest, "images") : NULL;
 	json_t *out = json_array(), *img, *layer;

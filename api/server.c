@@ -198,10 +198,12 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 	return imc_err(err, ENOENT, "no such path");
 }
 
-void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
-		     const char *url, const struct api_query_arg *args, size_t n_args,
-		     bool too_many_args, const char *body, size_t len, bool too_large,
-		     struct api_response *ret)
+/* api_handle with the path and its query arguments already apart (the server's way);
+ * too_many_args: the query had more than API_QUERY_ARGS_MAX arguments. */
+static void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
+			    const char *url, const struct api_query_arg *args, size_t n_args,
+			    bool too_many_args, const char *body, size_t len, bool too_large,
+			    struct api_response *ret)
 {
 	const struct query query = {.args = args, .n = n_args, .too_many = too_many_args};
 	enum api_method m = api_method_parse(method);
@@ -566,11 +568,6 @@ int api_server_start_secure(const struct api_server_config *cfg,
 	}
 	*ret = s;
 	return 0;
-}
-
-int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err)
-{
-	return api_server_start_secure(cfg, NULL, ret, err);
 }
 
 void api_server_stop(struct api_server *s)

@@ -128,8 +128,8 @@ static int send_report(const struct attach_reporter *r, const char *method, cons
 	return 0;
 }
 
-int attach_report_attach(const struct attach_reporter *r, const char *cache_id,
-			 const char *attach_id, imc_error *err)
+static int attach_report_attach(const struct attach_reporter *r, const char *cache_id,
+				const char *attach_id, imc_error *err)
 {
 	_cleanup_json_ json_t *body = NULL;
 	_cleanup_free_ char *text = NULL;
@@ -148,8 +148,8 @@ int attach_report_attach(const struct attach_reporter *r, const char *cache_id,
 	return send_report(r, "POST", path, text, 201, err);
 }
 
-int attach_report_detach(const struct attach_reporter *r, const char *cache_id,
-			 const char *attach_id, imc_error *err)
+static int attach_report_detach(const struct attach_reporter *r, const char *cache_id,
+				const char *attach_id, imc_error *err)
 {
 	char path[160];
 

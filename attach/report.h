@@ -25,10 +25,6 @@ struct attach_reporter {
 /* --server / --token, else $IMCACHE_SERVER / $IMCACHE_TOKEN (NULL when neither is set). */
 void attach_reporter_from_env(struct attach_reporter *r, const char *server, const char *token);
 bool attach_reporter_enabled(const struct attach_reporter *r);
-int attach_report_attach(const struct attach_reporter *r, const char *cache_id,
-			 const char *attach_id, imc_error *err);
-int attach_report_detach(const struct attach_reporter *r, const char *cache_id,
-			 const char *attach_id, imc_error *err);
 
 /* The recorded attach that a detach of what (a dir, an attach id or a device) will undo, so
  * that its ids can be reported after it is gone: a new reference, or NULL. */

@@ -45,11 +45,8 @@ int builder_image_resolve(const struct builder_opts *o, const char *ref, struct 
 			  imc_error *err);
 /* Download every layer not yet in blob_dir, verifying sizes and digests. */
 int builder_image_fetch(const struct builder_opts *o, struct builder_image *img, imc_error *err);
-/* Apply the fetched layers in order under rootfd. */
-int builder_image_apply(const struct builder_opts *o, struct builder_image *img, int rootfd,
-			imc_error *err);
-/* builder_image_fetch + builder_image_apply overlapped: each layer is applied as soon as it and
- * the layers before it are in the blob directory, while the later ones download. */
+/* Fetch and apply the layers in order under rootfd, overlapped: each layer is applied as soon as
+ * it and the layers before it are in the blob directory, while the later ones download. */
 int builder_image_pull(const struct builder_opts *o, struct builder_image *img, int rootfd,
 		       imc_error *err);
 /* Compressed bytes of all layers. */

@@ -459,19 +459,6 @@ static int apply_layer(const struct builder_opts *o, const struct builder_image 
 	return 0;
 }
 
-int builder_image_apply(const struct builder_opts *o, struct builder_image *img, int rootfd,
-			imc_error *err)
-{
-	if (!o->blob_dir)
-		return imc_err(err, EINVAL, "%s: no blob directory", img->name);
-	for (size_t i = 0; i < img->manifest.n_layers; i++) {
-		int r = apply_layer(o, img, i, rootfd, err);
-		if (r < 0)
-			return r;
-	}
-	return 0;
-}
-
 /* Wait until layer i is in the blob directory; false when the fetch failed. */
 static bool fetch_wait(struct fetch *f, size_t i)
 {

@@ -25,17 +25,13 @@ static unsigned long op_count[IMC_PRIV__MAX];
 static unsigned long fail_at[IMC_PRIV__MAX]; /* absolute call number that fails, 0 = none */
 static int fail_errno[IMC_PRIV__MAX];
 
-const char *imc_priv_op_name(enum imc_priv_op op)
-{
-	return op < IMC_PRIV__MAX ? op_names[op] : "?";
-}
-
 unsigned long imc_priv_count(enum imc_priv_op op)
 {
 	return __atomic_load_n(&op_count[op], __ATOMIC_RELAXED);
 }
 
-void imc_priv_inject(enum imc_priv_op op, unsigned nth, int errnum)
+/* Make the nth next call of op (1 = the next one) fail with -errnum. */
+static void imc_priv_inject(enum imc_priv_op op, unsigned nth, int errnum)
 {
 	fail_at[op] = imc_priv_count(op) + nth;
 	fail_errno[op] = errnum;
@@ -340,15 +336,6 @@ int imc_priv_umount_fd(int fd, const char *what, imc_error *err)
 	if (r == 0 && umount2(proc, MNT_DETACH) < 0)
 		r = -errno;
 	return r < 0 ? imc_err_sys(err, r, "umount %s", what) : 0;
-}
-
-int imc_priv_loop_set_capacity(int fd, const char *dev, imc_error *err)
-{
-	int r = priv_enter(IMC_PRIV_LOOP_ATTACH);
-
-	if (r == 0 && ioctl(fd, LOOP_SET_CAPACITY, 0) < 0)
-		r = -errno;
-	return r < 0 ? imc_err_sys(err, r, "LOOP_SET_CAPACITY %s", dev) : 0;
 }
 
 /* Run argv (argv[0] looked up in PATH) with stdin from /dev/null; its output goes into the error

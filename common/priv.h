@@ -20,11 +20,8 @@ enum imc_priv_op {
 	IMC_PRIV__MAX,
 };
 
-const char *imc_priv_op_name(enum imc_priv_op op);
 /* How many times op was entered in this process. */
 unsigned long imc_priv_count(enum imc_priv_op op);
-/* Make the nth next call of op (1 = the next one) fail with -errnum. */
-void imc_priv_inject(enum imc_priv_op op, unsigned nth, int errnum);
 /* Parse IMC_FAULT from the environment ("op:nth:ERRNAME[,...]"); bad values are errors. */
 int imc_priv_inject_from_env(imc_error *err);
 
@@ -65,8 +62,6 @@ int imc_priv_mount(const char *source, const char *target, const char *fstype, u
 int imc_priv_umount(const char *target, int flags, imc_error *err);
 /* Lazily unmount the mount whose root fd holds (an O_PATH descriptor of it). */
 int imc_priv_umount_fd(int fd, const char *what, imc_error *err);
-/* LOOP_SET_CAPACITY on the open loop device fd: it takes its backing file's new size. */
-int imc_priv_loop_set_capacity(int fd, const char *dev, imc_error *err);
 /* Grow the ext4 on dev (mounted nowhere) to size bytes: online through a detached mount (one
  * ioctl), or with resize2fs -f when the kernel refuses that (no CAP_SYS_RESOURCE). */
 #define IMC_EXT4_RESIZE_MOUNT_OPTIONS "noinit_itable"

@@ -32,7 +32,7 @@ static bool str_in(const char *s, const char *const *list)
 }
 
 /* "type/subtype; charset=utf-8" -> "type/subtype" compared against want. */
-TESTABLE bool media_type_is(const char *media_type, const char *want)
+static bool media_type_is(const char *media_type, const char *want)
 {
 	size_t n;
 

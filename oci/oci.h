@@ -203,7 +203,6 @@ void registry_error_text(long status, const char *body, size_t len, char *buf, s
 bool ref_repository_valid(const char *s);
 bool ref_domain_valid(const char *s);
 bool ref_tag_valid(const char *s);
-bool media_type_is(const char *media_type, const char *want);
 #endif
 
 #endif
