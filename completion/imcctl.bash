@@ -42,7 +42,7 @@ _imcctl_values() {
 }
 
 _imcctl() {
-	local cur=${COMP_WORDS[COMP_CWORD]} prev= bin=${COMP_WORDS[0]} cmd= i w help section words
+	local cur=${COMP_WORDS[COMP_CWORD]} prev='' bin=${COMP_WORDS[0]} cmd='' i w help section words
 	[ "$COMP_CWORD" -gt 0 ] && prev=${COMP_WORDS[COMP_CWORD - 1]}
 	help=$(_imcctl_help "$bin")
 	# The command is the first word that is neither a flag nor a global flag's value.

@@ -31,6 +31,7 @@ complete_words() {
 }
 
 HELP=$("$IMCCTL" --help)
+# shellcheck disable=SC2016 # $1 is the inner bash's
 check "the completion is registered for imcctl" \
 	bash --norc --noprofile -c '. "$1" && complete -p imcctl | grep -q -- "-F "' _ "$COMPLETION"
 
