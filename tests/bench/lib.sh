@@ -92,6 +92,8 @@ bench_dat() {
 		printf '# imcache bench: %s\n' "$what"
 		printf '# machine: %s\n' "$(bench_machine)"
 		printf '# date: %s\n' "$(date -u +%Y-%m-%d)"
+		# The machines are shared: how busy this one was says how far to trust the tails.
+		printf '# load: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min load average at the end)"
 		printf '# script: tests/bench/%s\n' "${0##*/}"
 		printf '# columns:'
 		printf ' %s' "$@"

@@ -49,12 +49,13 @@ max_of() {
 # header FILE KEY: the value of the "# KEY: ..." line of a data file.
 header() { sed -n "s/^# $2: //p" "$1" | head -n1; }
 
-# caption FILE...: "machine · date" of the files (each distinct pair once), made safe for a
+# caption FILE...: "machine, date, load" of the files (each distinct line once), made safe for a
 # gnuplot string in double quotes.
 caption() {
-	local f
+	local f load
 	for f in "$@"; do
-		printf '%s, %s\n' "$(header "$f" machine)" "$(header "$f" date)"
+		load=$(header "$f" load | cut -d' ' -f1-3)
+		printf '%s, %s%s\n' "$(header "$f" machine)" "$(header "$f" date)" "${load:+, load $load}"
 	done | awk '!seen[$0]++' | paste -sd ';' | sed 's/;/; /g; s/["\\]/ /g'
 }
 
