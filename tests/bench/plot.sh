@@ -49,14 +49,17 @@ max_of() {
 # header FILE KEY: the value of the "# KEY: ..." line of a data file.
 header() { sed -n "s/^# $2: //p" "$1" | head -n1; }
 
-# caption FILE...: "machine, date, load" of the files (each distinct line once), made safe for a
-# gnuplot string in double quotes.
+# caption FILE...: "machine, date, load" of the files: each distinct machine and date once, then
+# the load average of each file (1, 5, 15 min), made safe for a gnuplot string in double quotes.
 caption() {
-	local f load
-	for f in "$@"; do
-		load=$(header "$f" load | cut -d' ' -f1-3)
-		printf '%s, %s%s\n' "$(header "$f" machine)" "$(header "$f" date)" "${load:+, load $load}"
-	done | awk '!seen[$0]++' | paste -sd ';' | sed 's/;/; /g; s/["\\]/ /g'
+	local f loads
+	loads=$(for f in "$@"; do header "$f" load | cut -d' ' -f1-3; done | sed '/^$/d' | paste -sd '/' |
+		sed 's|/| / |g')
+	{
+		for f in "$@"; do
+			printf '%s, %s\n' "$(header "$f" machine)" "$(header "$f" date)"
+		done | awk '!seen[$0]++' | paste -sd ';' | sed 's/;/; /g'
+	} | sed "s|\$|${loads:+, load $loads}|; s/[\"\\\\]/ /g"
 }
 
 # have NAME FILE...: all FILEs exist; otherwise note it (or fail under PLOT_STRICT).
