@@ -2,7 +2,9 @@
 #   make            release build in build/
 #   make check      unit + integration tests, built with ASan+UBSan in build/check/, then the
 #                   device-mapper tests in a VM (make check-vm)
-#   make bench      benchmarks (release build)
+#   make bench      benchmarks (release build), tables and plots in build/bench/
+#   make plots      docs/plots/*.png from the bench data kept in docs/bench-data/ (no bench run)
+#   make install    programs, man pages and bash completion under DESTDIR/PREFIX
 #   make format     clang-format the tree
 
 O ?= build
@@ -58,7 +60,8 @@ PROGS := $(O)/imcd $(O)/imcctl $(O)/imc-attach $(O)/imc-runtime
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 
-.PHONY: all clean check unit integration bench format format-check programs check-vm bench-vm
+.PHONY: all clean check unit integration bench format format-check programs check-vm bench-vm \
+	plots plots-update install uninstall
 all: $(PROGS)
 programs: $(PROGS)
 
@@ -143,6 +146,39 @@ integration: programs
 
 bench: programs $(BENCH_BINS)
 	IMC_BIN=$(abspath $(O)) tests/bench/run.sh
+
+# make plots: the plots of docs/benchmarks.md, from the data files of the latest bench run that
+# were kept in docs/bench-data/; make plots-update keeps those of build/bench/ (the last make bench)
+# first.  tests/bench/plot.sh says which file feeds which plot.
+PLOT_DATA ?= docs/bench-data
+PLOT_OUT ?= docs/plots
+PLOT_FILES := attach_size attach_conc pod_start build_big build_layers
+plots:
+	PLOT_STRICT=1 tests/bench/plot.sh $(PLOT_DATA) $(PLOT_OUT)
+plots-update:
+	@mkdir -p $(PLOT_DATA)
+	cp $(foreach f,$(PLOT_FILES),build/bench/$(f).dat) $(PLOT_DATA)/
+	$(MAKE) plots
+
+# make install: the programs (release build in $(O)), their man pages and imcctl's bash completion.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+MAN_PAGES := $(wildcard man/*.[18])
+install: $(PROGS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(BASHCOMPDIR)
+	install -m 0755 $(PROGS) $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(filter %.1,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(filter %.8,$(MAN_PAGES)) $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 completion/imcctl.bash $(DESTDIR)$(BASHCOMPDIR)/imcctl
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(PROGS))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(filter %.1,$(MAN_PAGES)))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(filter %.8,$(MAN_PAGES)))) \
+		$(DESTDIR)$(BASHCOMPDIR)/imcctl
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

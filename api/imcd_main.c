@@ -74,7 +74,10 @@ static void usage(FILE *f)
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
-	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n",
+	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
+	    "  --threads N           API server threads (1-64, default one per CPU)\n"
+	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
+	    "  -h, --help            this help\n",
 	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
 }
 

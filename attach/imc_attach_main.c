@@ -44,7 +44,9 @@ static void usage(FILE *f)
 	    "                               its loop device); refused while in use\n"
 	    "\n"
 	    "With --server (or $IMCACHE_SERVER) attach and detach are reported to imcd, with\n"
-	    "--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n");
+	    "--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n"
+	    "-v, --verbose prints fetch statistics and attach and detach times on stderr;\n"
+	    "-h, --help prints this help.\n");
 }
 
 static int fail(const imc_error *err)

@@ -278,6 +278,37 @@ static int check_not_self(const char *runtime, imc_error *err)
 	return 0;
 }
 
+/* imc-runtime --help alone: what the wrapper itself reads (every other use of --help is the real
+ * runtime's, as are all the flags, which pass through unchanged). */
+static void usage(FILE *f)
+{
+	fprintf(
+	    f,
+	    "usage: imc-runtime [GLOBAL FLAGS] COMMAND [FLAGS] [ARGS]   (as runc or crun)\n"
+	    "       imc-runtime -h|--help\n"
+	    "\n"
+	    "An OCI runtime wrapper: create and run of a bundle whose config.json carries the\n"
+	    "annotation imcache.io/cache-id attach that cache's rootfs at root.path, then run the\n"
+	    "real runtime with the same arguments; delete detaches.  Every other command, and\n"
+	    "every bundle without the annotation, goes to the real runtime untouched.\n"
+	    "\n"
+	    "Flags it reads (and passes on):\n"
+	    "  --log FILE, --log-format text|json   where and how its own errors are logged too\n"
+	    "  --root DIR, --log-level L, --criu P, --rootless B, --cgroup-manager M\n"
+	    "                        the real runtime's global flags, skipped to find COMMAND\n"
+	    "  create|run --bundle DIR, -b DIR   the bundle (default: the current directory)\n"
+	    "  create|run --config FILE, -f FILE   crun's config.json path\n"
+	    "  create|run --console-socket S, --pid-file F, --preserve-fds N   skipped\n"
+	    "  -h, --help            this help (alone; the real runtime's: crun --help)\n"
+	    "\n"
+	    "Environment: IMCACHE_RUNTIME (crun, runc or a path; default crun if in PATH, else\n"
+	    "runc), IMCACHE_STATE_DIR (default %s), IMCACHE_SERVER and\n"
+	    "IMCACHE_TOKEN (report attaches to imcd).  Annotations: imcache.io/cache-id,\n"
+	    "imcache.io/image, imcache.io/data-mount, imcache.io/use-image-config,\n"
+	    "imcache.io/container.\n",
+	    STORE_DEFAULT_STATE_DIR);
+}
+
 int main(int argc, char **argv)
 {
 	_cleanup_free_ char **rt_argv = calloc((size_t)argc + 1, sizeof(char *));
@@ -286,6 +317,10 @@ int main(int argc, char **argv)
 	struct ctx c = {.state_dir = state_dir && *state_dir ? state_dir : STORE_DEFAULT_STATE_DIR};
 	imc_error err = {0};
 
+	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+		usage(stdout);
+		return 0;
+	}
 	if (!rt_argv)
 		return fail_msg(&c, "out of memory");
 	if (runtime_parse_args(argc, argv, &c.args, &err) < 0)

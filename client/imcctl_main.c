@@ -821,10 +821,12 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "usage: imcctl [--server URL|unix:PATH] [--token T] COMMAND [ARGS]\n"
+	    "       imcctl -h|--help\n"
 	    "\n"
 	    "  create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... [--size BYTES] [--wait]\n"
-	    "         [--timeout SEC] [-o json]\n"
-	    "  list [--status S] [--name N] [--image REF] [--limit N] [-o json]\n"
+	    "         [--timeout SEC] [--retention-days N] [--client-token T] [-o json]\n"
+	    "  list [--status S] [--name N] [--image REF [--match exact|best]] [--limit N]\n"
+	    "         [-o json]\n"
 	    "  get ID [-o json]\n"
 	    "  delete ID [--force] [-o json]\n"
 	    "  attach ID [--id att-<16 hex>] [--host H] [-o json]\n"
@@ -833,7 +835,8 @@ static void usage(FILE *f)
 	    "  push ID REGISTRY/REPO:TAG [--insecure-registry HOST:PORT]...\n"
 	    "         write the cache's chunks to an OCI registry as an artifact\n"
 	    "\n"
-	    "The server defaults to $IMCACHE_SERVER, else %s; the bearer token (--token) to\n"
+	    "-o json (--output json) prints the API's answer as JSON.  The server defaults to\n"
+	    "$IMCACHE_SERVER, else %s; the bearer token (--token) to\n"
 	    "$IMCACHE_TOKEN.  create --wait draws a progress bar on a terminal.\n",
 	    DEFAULT_SERVER);
 }

@@ -9,7 +9,7 @@ docker-registry skopeo umoci crun runc busybox-static
 e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl
 containerd nginx-light apache2-utils debootstrap zstd python3 iproute2
 qemu-system-x86 qemu-utils linux-image-amd64 thin-provisioning-tools dmsetup xz-utils cpio
-wrk"
+wrk gnuplot-nox fonts-dejavu-core man-db"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||

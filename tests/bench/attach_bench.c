@@ -1,6 +1,8 @@
-/* attach_bench STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]: attach the cache COUNT times
- * (THREADS at a time, each at its own directory; grown to SIZE_MB with --size semantics when
+/* attach_bench [--block] STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]: attach the cache COUNT
+ * times (THREADS at a time, each at its own directory; grown to SIZE_MB with --size semantics when
  * given), timing every attach and detach in-process, and print p50/p99/max in ms as one JSON line.
+ * --block: block mode (imc-attach attach --block: a clone on a device, nothing mounted), detached
+ * by its attach id.
  *
  * attach_bench --make-snapshot STATE_DIR ID DATA_MB: make snapshot ID in the store the way the
  * builder does (volume, mkfs.ext4 without a journal, mount, files, clean unmount, seal with its
@@ -22,6 +24,7 @@ struct job {
 	struct store *s;
 	const char *cache_id;
 	const char *base;
+	bool block;
 	uint64_t size;
 	int first, count;
 	double *attach_ms, *detach_ms;
@@ -35,7 +38,11 @@ static void *run(void *arg)
 
 	for (int i = j->first; i < j->first + j->count; i++) {
 		char dir[512];
-		struct attach_request req = {.cache_id = j->cache_id, .dir = dir, .size = j->size};
+		struct attach_request req = {.cache_id = j->cache_id,
+					     .dir = j->block ? NULL : dir,
+					     .block = j->block,
+					     .size = j->size};
+		_cleanup_json_ json_t *state = NULL;
 		uint64_t t0;
 
 		snprintf(dir, sizeof(dir), "%s/a%d", j->base, i);
@@ -44,14 +51,18 @@ static void *run(void *arg)
 			return NULL;
 		}
 		t0 = imc_monotonic_ns();
-		if ((j->failed = attach_cache(j->s, &req, NULL, &j->err)) < 0)
+		if ((j->failed = attach_cache(j->s, &req, &state, &j->err)) < 0)
 			return NULL;
 		j->attach_ms[i] = bench_ms_since(t0);
+		if (j->block)
+			snprintf(dir, sizeof(dir), "%s",
+				 json_string_value(json_object_get(state, "id")));
 		t0 = imc_monotonic_ns();
 		if ((j->failed = attach_detach(j->s, dir, &j->err)) < 0)
 			return NULL;
 		j->detach_ms[i] = bench_ms_since(t0);
-		rmdir(dir);
+		if (!j->block)
+			rmdir(dir);
 	}
 	return NULL;
 }
@@ -103,7 +114,8 @@ static int make_snapshot(struct store *s, const char *id, int data_mb, imc_error
 	return r;
 }
 
-static int bench(struct store *s, const char *cache_id, int count, int threads, uint64_t size)
+static int bench(struct store *s, const char *cache_id, int count, int threads, bool block,
+		 uint64_t size)
 {
 	char base[] = "/tmp/imc-attach-bench.XXXXXX";
 	int failed = 0;
@@ -122,8 +134,8 @@ static int bench(struct store *s, const char *cache_id, int count, int threads, 
 	}
 	for (int t = 0, first = 0; t < threads; t++) {
 		int n = count / threads + (t < count % threads);
-		jobs[t] =
-		    (struct job){s, cache_id, base, size, first, n, attach_ms, detach_ms, 0, {0}};
+		jobs[t] = (struct job){s, cache_id,  base,	block, size, first,
+				       n, attach_ms, detach_ms, 0,     {0}};
 		first += n;
 		pthread_create(&tids[t], NULL, run, &jobs[t]);
 	}
@@ -157,11 +169,18 @@ int main(int argc, char **argv)
 	struct store *s;
 	imc_error err = {0};
 	bool make = argc > 1 && strcmp(argv[1], "--make-snapshot") == 0;
+	bool block = argc > 1 && strcmp(argv[1], "--block") == 0;
 	int r;
 
+	if (block) {
+		argv++;
+		argc--;
+	}
 	if (make ? argc != 5 : argc < 4 || argc > 6) {
-		fprintf(stderr, "usage: attach_bench STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]\n"
-				"       attach_bench --make-snapshot STATE_DIR ID DATA_MB\n");
+		fprintf(
+		    stderr,
+		    "usage: attach_bench [--block] STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]\n"
+		    "       attach_bench --make-snapshot STATE_DIR ID DATA_MB\n");
 		return 2;
 	}
 	if (make) {
@@ -190,7 +209,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "attach_bench: %s\n", err.msg);
 		return 1;
 	}
-	r = bench(s, argv[2], count, threads, (uint64_t)size_mb << 20);
+	r = bench(s, argv[2], count, threads, block, (uint64_t)size_mb << 20);
 	store_close(s);
 	return r;
 }

@@ -10,7 +10,7 @@
 # (`ls /bench/l0 | wc -l`), and its output must be the same.
 #
 #   BENCH_CTR_SIZE_MB (2048)  BENCH_CTR_FILES (4000)  BENCH_CTR_RUNS (10)  BENCH_CTR_PULLS (3)
-#   BENCH_CTR_OUT (build/bench/ctr.md)
+#   BENCH_CTR_OUT (build/bench/ctr.md); the medians go to build/bench/pod_start.dat too
 #
 # Needs root, loop devices, containerd, ctr, runc, skopeo, docker-registry; IMC_BIN (release
 # build, default build/) holds imcd, imcctl, imc-attach and imc-runtime.
@@ -125,3 +125,10 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| ctr image pull --plain-http (of $PULLS) | $(ms_fmt "$PULLONLY_MS") | $(ratio "$PULLONLY_MS" "$CACHE_MS" 1)× |"
 	echo "| ctr image pull + ctr run --rm (of $PULLS) | $(ms_fmt "$PULL_MS") | **$(ratio "$PULL_MS" "$CACHE_MS" 1)× slower** (goal ≥ 50×) |"
 } | tee "$OUT_MD"
+bench_dat pod_start "container start to exit under containerd, median ms (${SIZE_MB} MiB image, ${NFILES} files)" \
+	what runs median_ms
+bench_row pod_start "ctr run, cache (imc-runtime)" "$RUNS" "$CACHE_MS"
+bench_row pod_start "ctr run, cache + use-image-config" "$RUNS" "$CFG_MS"
+bench_row pod_start "ctr run, image already pulled (runc)" "$PULLS" "$RUNONLY_MS"
+bench_row pod_start "ctr image pull" "$PULLS" "$PULLONLY_MS"
+bench_row pod_start "ctr image pull + ctr run" "$PULLS" "$PULL_MS"

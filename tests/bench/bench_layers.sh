@@ -2,7 +2,8 @@
 # bench_layers.sh: the build of a 5-layer image against pulling and unpacking the same image.
 #
 #   BENCH_LAYERS_MB (2048)   about this much file data in the image
-#   BENCH_OUT                where the markdown table goes (build/bench/layers.md)
+#   BENCH_OUT                where the markdown table goes (build/bench/layers.md); the numbers
+#                            go to build/bench/build_layers.dat too
 #
 # The image mixes what real images hold, in five layers pushed to a local docker-registry:
 #   1  gzip          a few large incompressible files (40 %)
@@ -132,3 +133,7 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| curl \\| tar -x, per layer | $(ms_to_s "$CURLTAR_MS") | $(ratio "$CURLTAR_MS" "$PULL_MS")× the time |"
 	echo "| imcd build (POST → Ready) | $(ms_to_s "$BUILD_MS") | $(ratio "$BUILD_MS" "$PULL_MS")× the time (goal ≤ 0.7) |"
 } | tee "$OUT_MD"
+bench_dat build_layers "build time of one image, seconds (skopeo copy + umoci unpack, curl | tar, imcd)" \
+	image skopeo_umoci_s curl_tar_s imcd_build_s
+bench_row build_layers "${SIZE_MB} MiB, 5 layers (4 gzip)" "$(secs "$PULL_MS")" \
+	"$(secs "$CURLTAR_MS")" "$(secs "$BUILD_MS")"

@@ -64,3 +64,57 @@ skopeo_umoci_ms() {
 	PULL_MS=$((t2 - t0))
 	rm -rf "$TEST_TMP/pulled" "$TEST_TMP/bundle"
 }
+
+# --- data files for plots --------------------------------------------------------------------
+# Next to its markdown table a bench writes its numbers as a plain data file, build/bench/NAME.dat:
+# '#' header lines (what was measured, the machine, the date, the columns) and one row per
+# measurement, fields separated by tabs, strings in double quotes (gnuplot reads it as it is).
+# tests/bench/plot.sh draws the PNGs from these files; docs/bench-data/ keeps the latest ones.
+
+BENCH_DIR=${BENCH_DIR:-$IMC_ROOT/build/bench}
+
+# bench_machine: "2 cores (AMD EPYC), 24 GiB, Linux 6.1.0-18-amd64" of this machine.
+bench_machine() {
+	local cpu mem
+	cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)
+	mem=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
+	printf '%s cores%s, %s GiB, Linux %s\n' "$(nproc)" "${cpu:+ ($cpu)}" "$mem" "$(uname -r)"
+}
+
+# bench_dat NAME WHAT COLUMN...: start build/bench/NAME.dat (replacing an earlier one) with its
+# header; prints nothing.  WHAT says what the rows measure, with units.
+bench_dat() {
+	local name=$1 what=$2 f
+	shift 2
+	f=$BENCH_DIR/$name.dat
+	mkdir -p "$BENCH_DIR"
+	{
+		printf '# imcache bench: %s\n' "$what"
+		printf '# machine: %s\n' "$(bench_machine)"
+		printf '# date: %s\n' "$(date -u +%Y-%m-%d)"
+		# The machines are shared: how busy this one was says how far to trust the tails.
+		printf '# load: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min load average at the end)"
+		printf '# script: tests/bench/%s\n' "${0##*/}"
+		printf '# columns:'
+		printf ' %s' "$@"
+		printf '\n'
+	} >"$f"
+}
+
+# bench_row NAME FIELD...: append one row to NAME.dat; a field that is not a number is quoted.
+bench_row() {
+	local f=$BENCH_DIR/$1.dat v sep=
+	shift
+	for v in "$@"; do
+		if [[ $v =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; then
+			printf '%s%s' "$sep" "$v"
+		else
+			printf '%s"%s"' "$sep" "${v//\"/\'}"
+		fi
+		sep=$'\t'
+	done >>"$f"
+	printf '\n' >>"$f"
+}
+
+# secs MS: MS as seconds with 2 decimals, a bare number (for data files).
+secs() { awk -v ms="$1" 'BEGIN { printf "%.2f", ms / 1000 }'; }

@@ -20,7 +20,8 @@
 #   bench_api.sh           wrk against GET of a cache and of the list, 1,000 caches in the store
 #   bench_distribution.sh  a cold host: fetch + attach over a veth link vs curl of the snapshot
 # BENCH_PARTS ("layers attach_scale model ctr vm_drivers api distribution") picks the parts.  All tables together go to
-# build/bench/results.md.
+# build/bench/results.md; the numbers the plots need go to build/bench/*.dat as well (lib.sh:
+# bench_dat), and tests/bench/plot.sh draws build/bench/*.png from them at the end.
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -96,6 +97,10 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo "| attach p50 / p99, 100 with 20 at once | ${C50} / ${C99} ms | |"
 	echo "| detach p50 | ${D50} ms | |"
 } | tee "$OUT_MD"
+bench_dat build_big "build time of one image, seconds (skopeo copy + umoci unpack, curl | tar, imcd)" \
+	image skopeo_umoci_s curl_tar_s imcd_build_s
+bench_row build_big "${SIZE_MB} MiB, ${NFILES} files, 4 gzip layers" "$(secs "$PULL_MS")" \
+	"$(secs "$CURLTAR_MS")" "$(secs "$BUILD_MS")"
 
 for part in ${BENCH_PARTS-layers attach_scale model ctr vm_drivers api distribution}; do
 	step "$part"
@@ -108,3 +113,6 @@ for part in ${BENCH_PARTS-layers attach_scale model ctr vm_drivers api distribut
 		cat "$out"
 	} | tee -a "$OUT_MD"
 done
+
+step "plots"
+"$here/plot.sh" "$BENCH_DIR" "$BENCH_DIR"
