@@ -38,7 +38,7 @@ LDFLAGS_SAN := -fsanitize=address,undefined
 endif
 ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS) $(CFLAGS)
 
-MODULES := common store builder attach api
+MODULES := common net store builder attach api
 MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(MODULES)))
 LIB_SRCS := $(filter-out $(MAIN_SRCS),$(wildcard $(addsuffix /*.c,$(MODULES))))
 LIB_OBJS := $(LIB_SRCS:%.c=$(O)/obj/%.o)
