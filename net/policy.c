@@ -71,7 +71,7 @@ bool net_host_is_loopback(const char *host)
 	if (n >= 2 && host[0] == '[' && host[n - 1] == ']' && n - 2 < sizeof(buf)) {
 		memcpy(buf, host + 1, n - 2);
 		buf[n - 2] = '\0';
-		host = buf;
+		return inet_pton(AF_INET6, buf, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
 	}
 	if (strcasecmp(host, "localhost") == 0)
 		return true;
