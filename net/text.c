@@ -41,20 +41,52 @@ size_t net_escape(const char *in, size_t n, char *out, size_t size)
 	return o;
 }
 
+/* The URL as libcurl reads it (what is really asked), without user:password, query, fragment. */
+static int redact_parsed(const char *url, char *buf, size_t size)
+{
+	_cleanup_(net_curl_url_freep) CURLU *h = curl_url();
+	_cleanup_(net_curl_freep) char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
+	_cleanup_(net_curl_freep) char *query = NULL, *frag = NULL;
+
+	if (!h || curl_url_set(h, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+		return -EINVAL;
+	curl_url_get(h, CURLUPART_PORT, &port, 0);
+	curl_url_get(h, CURLUPART_QUERY, &query, 0);
+	curl_url_get(h, CURLUPART_FRAGMENT, &frag, 0);
+	snprintf(buf, size, "%s://%s%s%s%s%s", scheme, host, port ? ":" : "", port ? port : "",
+		 path, query || frag ? "?..." : "");
+	return 0;
+}
+
+/* Not a URL libcurl takes: the text, cut the same way (anything up to an '@' in what follows
+ * the scheme is taken for user information). */
+static void redact_text(const char *url, char *buf, size_t size)
+{
+	size_t scheme =
+	    strspn(url, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-");
+	const char *auth = url[scheme] == ':' && scheme ? url + scheme + 1 : url;
+	size_t auth_len, path_len;
+	const char *at, *rest;
+
+	auth += strspn(auth, "/");
+	auth_len = strcspn(auth, "/?#");
+	at = memrchr(auth, '@', auth_len);
+	rest = auth + auth_len;
+	path_len = strcspn(rest, "?#");
+	snprintf(buf, size, "%.*s%.*s%.*s%s", (int)(auth - url), url,
+		 (int)(auth_len - (at ? (size_t)(at + 1 - auth) : 0)), at ? at + 1 : auth,
+		 (int)path_len, rest, rest[path_len] ? "?..." : "");
+}
+
 void net_url_redact(const char *url, char *out, size_t size)
 {
-	const char *sep = strstr(url, "://");
-	const char *auth = sep ? sep + 3 : url;
-	size_t auth_len = strcspn(auth, "/?#");
-	const char *at = memchr(auth, '@', auth_len);
-	const char *host = at ? at + 1 : auth;
-	const char *rest = auth + auth_len;
-	size_t path_len = strcspn(rest, "?#");
-	char buf[NET_URL_MAX];
+	char buf[NET_URL_MAX + 16];
 
-	/* scheme://  host  path  [?...] */
-	snprintf(buf, sizeof(buf), "%.*s%.*s%.*s%s", (int)(auth - url), url, (int)(rest - host),
-		 host, (int)path_len, rest, rest[path_len] ? "?..." : "");
+	if (strnlen(url, NET_URL_MAX + 1) > NET_URL_MAX || redact_parsed(url, buf, sizeof(buf)) < 0)
+		redact_text(url, buf, sizeof(buf));
 	net_escape(buf, strlen(buf), out, size);
 }
 
@@ -84,6 +116,8 @@ static int url_parts(CURLU *h, struct net_url *u)
 		return -EINVAL;
 	u->has_userinfo = curl_url_get(h, CURLUPART_USER, &user, 0) == CURLUE_OK;
 	u->port = (unsigned)strtoul(port, NULL, 10);
+	if (u->port == 0 || u->port > 65535)
+		return -EINVAL;
 	u->scheme = strdup(scheme);
 	u->host = strdup(host);
 	u->path = strdup(path[0] ? path : "/");

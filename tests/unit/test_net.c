@@ -281,6 +281,17 @@ START_TEST(escaping_and_reasons)
 	ck_assert_str_eq(out, "https://reg.example:5000/v2/x/blobs/sha256:ab?...");
 	net_url_redact("http://h/p\nq", out, sizeof(out));
 	ck_assert_str_eq(out, "http://h/p\\nq");
+	/* However libcurl reads the URL, or when it cannot, no user information stays. */
+	static const char *const odd[] = {"https:/user:secret@reg.example/x",
+					  "HTTPS:///user:secret@reg.example/x",
+					  "user:secret@reg.example",
+					  "ftp://user:secret@h/",
+					  "https://user:secret@",
+					  "%%%@x"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(odd); i++) {
+		net_url_redact(odd[i], out, sizeof(out));
+		ck_assert_msg(!strstr(out, "secret"), "%s -> %s", odd[i], out);
+	}
 	static const char oci[] = "{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\","
 				  "\"message\":\"manifest unknown\"}]}";
 	net_reason(oci, strlen(oci), out, sizeof(out));
@@ -334,6 +345,7 @@ START_TEST(servers_and_urls)
 	ck_assert_str_eq(u.path, "/");
 	net_url_free(&u);
 	ck_assert_int_eq(net_url_parse("file:///etc/passwd", &u, &err), -EINVAL);
+	ck_assert_int_eq(net_url_parse("http://[::5]:0/", &u, &err), -EINVAL);
 	ck_assert_int_eq(net_url_parse("http://user:topsecret@/x y", &u, &err), -EINVAL);
 	ck_assert_msg(!strstr(err.msg, "topsecret"), "%s", err.msg);
 	esc = net_url_escape("a b/c", 5);
