@@ -525,7 +525,7 @@ END_TEST
 static void h_503_twice(struct srv *s, struct srv_conn *c, const struct srv_req *q, unsigned n)
 {
 	if (n < 2)
-		srv_reply(c, 503, "", "busy\n", 5);
+		srv_reply(c, 503, "", "busy\x1b[2J\n", 9);
 	else
 		srv_reply(c, 200, "", "ok", 2);
 }
@@ -561,7 +561,9 @@ START_TEST(retries_5xx_then_answer)
 	ck_assert_str_eq(r.body, "ok");
 	ck_assert_uint_eq(r.attempts, 3);
 	ck_assert_int_eq(l.n, 2);
-	ck_assert_msg(strstr(l.last, "HTTP 503 (busy); attempt 3 of 3"), "%s", l.last);
+	ck_assert_msg(strstr(l.last, "HTTP 503 (busy\\x1b[2J); attempt 3 of 3"), "%s", l.last);
+	for (const char *p = l.last; *p; p++) /* the log line holds no raw control byte */
+		ck_assert_msg((unsigned char)*p >= ' ' && *p != 0x7f, "%s", l.last);
 	net_response_free(&r);
 	/* With two attempts only, the 503 is the answer. */
 	srv_stop(&s);
@@ -572,8 +574,9 @@ START_TEST(retries_5xx_then_answer)
 	ck_assert_int_eq(net_perform(c, &q, &r, &err), -EIO);
 	ck_assert_uint_eq(r.attempts, 2);
 	ck_assert_int_eq(r.status, 503);
-	ck_assert_msg(strstr(err.msg, ": HTTP 503 (busy) (after 2 attempts)"), "%s", err.msg);
-	ck_assert_str_eq(r.body, "busy\n");
+	ck_assert_msg(strstr(err.msg, ": HTTP 503 (busy\\x1b[2J) (after 2 attempts)"), "%s",
+		      err.msg);
+	ck_assert_str_eq(r.body, "busy\x1b[2J\n");
 	net_response_free(&r);
 	free(url);
 	srv_stop(&s);
@@ -593,7 +596,7 @@ static void h_retry_after(struct srv *s, struct srv_conn *c, const struct srv_re
 		gmtime_r(&t, &tm);
 		strftime(extra, sizeof(extra), "Retry-After: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
 		srv_reply(c, 503, extra, "", 0);
-	} else if (n == 4) {
+	} else if (n == 4 || strcmp(q->path, "/later") == 0) {
 		srv_reply(c, 503, "Retry-After: 86400\r\n", "", 0);
 	} else {
 		srv_reply(c, 200, "", "ok", 2);
@@ -629,6 +632,16 @@ START_TEST(retry_after_is_honoured)
 	ck_assert_uint_eq(r.attempts, 2);
 	ck_assert_uint_ge(r.waited_ms, 50);
 	ck_assert_uint_lt(r.waited_ms, 100);
+	net_response_free(&r);
+	free(url);
+	/* A wait that would pass the deadline is not waited. */
+	url = url_of(&s, "127.0.0.1", "/later");
+	q = (struct net_request){.url = url, .limits = &(struct net_limits){.deadline_ms = 5000}};
+	ck_assert_int_eq(net_perform(c, &q, &r, &err), -EIO);
+	ck_assert_uint_eq(r.attempts, 1);
+	ck_assert_uint_eq(r.waited_ms, 0);
+	ck_assert_msg(strstr(err.msg, "the deadline leaves no time for another attempt: GET"),
+		      "%s", err.msg);
 	net_response_free(&r);
 	free(url);
 	srv_stop(&s);
@@ -841,6 +854,13 @@ START_TEST(deadline_ends_a_stall)
 	ck_assert_int_eq(net_perform(c, &q, &r, &err), -ETIMEDOUT);
 	ck_assert_msg(strstr(err.msg, "within the deadline of 1000 ms"), "%s", err.msg);
 	ck_assert_uint_eq(r.attempts, 1); /* the deadline covers every attempt */
+	net_response_free(&r);
+	/* A declared size adds to the deadline: 100 bytes at 200 bytes/s, half a second. */
+	q.sink = (struct net_sink){.kind = NET_SINK_MEMORY, .sized = true, .size = 100};
+	q.limits = &(struct net_limits){
+	    .min_rate = NET_OFF, .deadline_ms = 1000, .deadline_rate = 200};
+	ck_assert_int_eq(net_perform(c, &q, &r, &err), -ETIMEDOUT);
+	ck_assert_msg(strstr(err.msg, "within the deadline of 1500 ms"), "%s", err.msg);
 	net_response_free(&r);
 	free(url);
 	srv_stop(&s);
