@@ -122,16 +122,15 @@ static const char *hop_header(const struct net_xfer *x, const char *name)
 static int64_t content_length(const struct net_xfer *x)
 {
 	const char *v = hop_header(x, "Content-Length");
-	uint64_t n = 0;
+	int64_t n = 0;
 
-	if (!v || !*v || strlen(v) > 19)
+	if (!v || !*v || v[strspn(v, "0123456789")] != '\0')
 		return -1;
-	for (const char *p = v; *p; p++) {
-		if (*p < '0' || *p > '9')
-			return -1;
-		n = n * 10 + (uint64_t)(*p - '0');
-	}
-	return (int64_t)n;
+	if (strlen(v) > 18)
+		return INT64_MAX; /* 10^18 bytes or more: past any cap */
+	for (const char *p = v; *p; p++)
+		n = n * 10 + (*p - '0');
+	return n;
 }
 
 /* A 206: its Content-Range must start where we asked and stay within what we asked. */

@@ -640,8 +640,8 @@ START_TEST(retry_after_is_honoured)
 	ck_assert_int_eq(net_perform(c, &q, &r, &err), -EIO);
 	ck_assert_uint_eq(r.attempts, 1);
 	ck_assert_uint_eq(r.waited_ms, 0);
-	ck_assert_msg(strstr(err.msg, "the deadline leaves no time for another attempt: GET"),
-		      "%s", err.msg);
+	ck_assert_msg(strstr(err.msg, "the deadline leaves no time for another attempt: GET"), "%s",
+		      err.msg);
 	net_response_free(&r);
 	free(url);
 	srv_stop(&s);
@@ -857,8 +857,8 @@ START_TEST(deadline_ends_a_stall)
 	net_response_free(&r);
 	/* A declared size adds to the deadline: 100 bytes at 200 bytes/s, half a second. */
 	q.sink = (struct net_sink){.kind = NET_SINK_MEMORY, .sized = true, .size = 100};
-	q.limits = &(struct net_limits){
-	    .min_rate = NET_OFF, .deadline_ms = 1000, .deadline_rate = 200};
+	q.limits =
+	    &(struct net_limits){.min_rate = NET_OFF, .deadline_ms = 1000, .deadline_rate = 200};
 	ck_assert_int_eq(net_perform(c, &q, &r, &err), -ETIMEDOUT);
 	ck_assert_msg(strstr(err.msg, "within the deadline of 1500 ms"), "%s", err.msg);
 	net_response_free(&r);
@@ -942,6 +942,9 @@ static void h_blob(struct srv *s, struct srv_conn *c, const struct srv_req *q, u
 	if (strcmp(q->path, "/huge") == 0) {
 		srv_printf(c, "HTTP/1.1 200 X\r\nContent-Length: 1099511627776\r\n\r\n");
 		srv_stall(c);
+	} else if (strcmp(q->path, "/huger") == 0) {
+		srv_printf(c, "HTTP/1.1 200 X\r\nContent-Length: 123456789012345678901234\r\n\r\n");
+		srv_stall(c);
 	} else if (strcmp(q->path, "/short") == 0) {
 		srv_reply(c, 200, "", blob, 1000);
 	} else if (strcmp(q->path, "/cut") == 0) {
@@ -993,6 +996,12 @@ START_TEST(memory_sink_caps)
 	ck_assert_int_eq(sum, 0);
 	net_response_free(&r);
 	free(url);
+	url = url_of(&s, "127.0.0.1", "/huger"); /* past 64 bits */
+	q.url = url;
+	ck_assert_int_eq(net_perform(c, &q, &r, &err), -EFBIG);
+	ck_assert_int_eq(sum, 0);
+	net_response_free(&r);
+	free(url);
 	/* A body in memory, in a range. */
 	url = url_of(&s, "127.0.0.1", "/blob");
 	q = (struct net_request){.url = url,
@@ -1004,7 +1013,7 @@ START_TEST(memory_sink_caps)
 	ck_assert_int_eq(r.status, 206);
 	ck_assert_uint_eq(r.body_len, 10);
 	ck_assert_mem_eq(r.body, blob + 10, 10);
-	ck_assert_str_eq(s.reqs[2].range, "bytes=10-19");
+	ck_assert_str_eq(s.reqs[3].range, "bytes=10-19");
 	net_response_free(&r);
 	free(url);
 	/* A range the server ignores is an error, not the whole resource. */
