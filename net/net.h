@@ -102,6 +102,9 @@ struct net_url {
 /* An absolute http(s) URL; -EINVAL naming the URL otherwise. */
 int net_url_parse(const char *url, struct net_url *ret, imc_error *err);
 void net_url_free(struct net_url *u);
+/* ref (a Location, absolute or relative) resolved against the URL base; malloc'ed, NULL when
+ * either does not parse or on OOM. */
+char *net_url_join(const char *base, const char *ref);
 /* Percent-encode n bytes of s for a URL component (malloc'ed; NULL on OOM). */
 char *net_url_escape(const char *s, size_t n);
 /* The URL for messages: no user:password, no query or fragment ("?…"), control bytes escaped. */

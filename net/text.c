@@ -150,6 +150,20 @@ int net_url_parse(const char *url, struct net_url *ret, imc_error *err)
 	return 0;
 }
 
+char *net_url_join(const char *base, const char *ref)
+{
+	_cleanup_(net_curl_url_freep) CURLU *h = curl_url();
+	_cleanup_(net_curl_freep) char *url = NULL;
+
+	if (!h || strnlen(base, NET_URL_MAX + 1) > NET_URL_MAX ||
+	    strnlen(ref, NET_URL_MAX + 1) > NET_URL_MAX ||
+	    curl_url_set(h, CURLUPART_URL, base, 0) != CURLUE_OK ||
+	    curl_url_set(h, CURLUPART_URL, ref, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_URL, &url, 0) != CURLUE_OK)
+		return NULL;
+	return strdup(url);
+}
+
 char *net_url_escape(const char *s, size_t n)
 {
 	_cleanup_(net_curl_freep) char *e = NULL;

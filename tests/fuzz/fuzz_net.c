@@ -85,6 +85,7 @@ static void fuzz_url(const char *s)
 		net_server_free(&srv);
 	}
 	free(net_url_escape(s, strlen(s)));
+	free(net_url_join("https://reg.example/v2/x/blobs/uploads/", s));
 }
 
 static void fuzz_hosts(const char *s)

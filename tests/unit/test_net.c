@@ -348,6 +348,17 @@ START_TEST(servers_and_urls)
 	ck_assert_int_eq(net_url_parse("http://[::5]:0/", &u, &err), -EINVAL);
 	ck_assert_int_eq(net_url_parse("http://user:topsecret@/x y", &u, &err), -EINVAL);
 	ck_assert_msg(!strstr(err.msg, "topsecret"), "%s", err.msg);
+	url =
+	    net_url_join("http://127.0.0.1:5000/v2/x/blobs/uploads/", "/v2/x/blobs/uploads/u1?s=2");
+	ck_assert_str_eq(url, "http://127.0.0.1:5000/v2/x/blobs/uploads/u1?s=2");
+	free(url);
+	url = net_url_join("https://reg.example/v2/x/blobs/uploads/", "u2");
+	ck_assert_str_eq(url, "https://reg.example/v2/x/blobs/uploads/u2");
+	free(url);
+	url = net_url_join("https://reg.example/v2/", "https://s3.example/b?x=1");
+	ck_assert_str_eq(url, "https://s3.example/b?x=1");
+	free(url);
+	ck_assert_ptr_null(net_url_join("not a url", "/x"));
 	esc = net_url_escape("a b/c", 5);
 	ck_assert_str_eq(esc, "a%20b%2Fc");
 	free(esc);
