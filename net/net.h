@@ -1,5 +1,5 @@
-/* net/: the one HTTP client of imcache (libcurl).  Every HTTP request of every binary goes through
- * net_perform(), which owns the policies that used to differ between callers:
+/* net/: the one HTTP client of imcache (libcurl), for every binary: net_perform() owns the
+ * policies that each caller used to have its own version of:
  *
  *  - a fresh libcurl easy handle for every attempt that follows a failure (a kept connection is
  *    reused only after a success), global init once;
@@ -107,7 +107,8 @@ void net_url_free(struct net_url *u);
 char *net_url_join(const char *base, const char *ref);
 /* Percent-encode n bytes of s for a URL component (malloc'ed; NULL on OOM). */
 char *net_url_escape(const char *s, size_t n);
-/* The URL for messages: no user:password, no query or fragment ("?…"), control bytes escaped. */
+/* The URL for messages, as libcurl reads it: no user:password, the query and fragment cut to
+ * "?...", control bytes escaped. */
 void net_url_redact(const char *url, char *out, size_t size);
 
 /* A server given as "unix:PATH" or "http(s)://HOST[:PORT][/PREFIX]" (trailing '/' dropped). */
@@ -124,8 +125,7 @@ char *net_server_url(const struct net_server *s, const char *path);
  * terminated (truncated if need be).  Returns the length written. */
 size_t net_escape(const char *in, size_t n, char *out, size_t size);
 
-/* ---- requests ----------------------------------------------------------------------------------
- */
+/* ---- requests ------------------------------------------------------------------------------- */
 enum net_sink_kind {
 	NET_SINK_DISCARD, /* the body is read and dropped */
 	NET_SINK_MEMORY,  /* into net_response.body, at most max (default 64 MiB) */
@@ -167,9 +167,11 @@ struct net_request {
 	bool range;		    /* ask bytes range_from..range_to (UINT64_MAX: to the end) */
 	uint64_t range_from, range_to;
 	struct net_sink sink;
-	const long *accept; /* statuses besides 2xx that are answers (0-terminated), e.g. 401 */
-	bool any_status;    /* every final status is an answer: the body goes to the sink */
-	bool no_redirect;   /* a 3xx is an answer, not followed */
+	/* Statuses besides 2xx that are answers (0-terminated), e.g. 401; or every status.  Only
+	 * a 2xx body goes to the sink; another one's start is in net_response.body. */
+	const long *accept;
+	bool any_status;
+	bool no_redirect;		 /* a 3xx is an answer, not followed */
 	const struct net_limits *limits; /* per request (zero fields inherit the client's) */
 	const struct net_retry *retry;
 	struct net_conn *conn; /* NULL: a handle of its own, closed at the end */
@@ -181,7 +183,7 @@ struct net_request {
 };
 
 struct net_header {
-	char *name, *value;
+	char *name, *value; /* as the server sent them: escape before printing */
 };
 
 struct net_response {
