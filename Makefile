@@ -43,14 +43,14 @@ ALL_CFLAGS = $(CFLAGS_BASE) $(CFLAGS_OPT) $(PKG_CFLAGS) $(CFLAGS)
 # One static library per room (docs/architecture.md), each program linked with the rooms it
 # needs and only their system libraries: imcctl gets common/, oci/, its own room and the API's
 # wire shapes (api/wire.c), so no store, builder, server or libdevmapper code reaches it.
-ROOMS := common oci store builder dist attach api client
+ROOMS := common net oci store builder dist attach api client
 MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(ROOMS)))
 room_objs = $(patsubst %.c,$(O)/obj/%.o,$(filter-out $(MAIN_SRCS),$(wildcard $(1)/*.c)))
 room_lib = $(O)/lib$(1).a
 # Dependents before what they use (the arrows of docs/architecture.md).
 SERVER_ROOMS := api builder dist oci store common
 AGENT_ROOMS := attach dist oci store common
-ALL_ROOMS := api attach builder dist oci store common
+ALL_ROOMS := api attach builder dist oci net store common
 ALL_LIBS := $(foreach r,$(ALL_ROOMS),$(call room_lib,$(r)))
 CLIENT_LINK := $(call room_lib,client) $(O)/obj/api/wire.o $(call room_lib,oci) \
 	$(call room_lib,common)

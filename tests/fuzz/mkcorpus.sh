@@ -1,6 +1,6 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
-# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth).  The layers are small tar, tar.gz and
+# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net).  The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -192,3 +192,21 @@ seed index no-chunks '{"mediaType":"application/vnd.imcache.index.v1+json","cach
 seed auth config '{"tokens":[{"token":"fuzz-tenant-a-token-0123456789","tenant":"a"},{"token":"sha256:'"${digest#sha256:}"'","tenant":"b"}],"tenants":{"a":{"maxCaches":10,"maxBytes":1073741824}},"tls":{"cert":"/c.pem","key":"/k.pem"}}'
 seed auth header-a 'Bearer fuzz-tenant-a-token-0123456789'
 seed auth header-bad 'Bearer nope'
+
+# ---- net/: the first byte picks the parser (0 text, 1 headers, 2 URLs, 3 hosts, 4 redirects) --
+nseed() { # nseed NAME SELECTOR CONTENT (printf escapes allowed in CONTENT)
+	printf "\\x0$2$3" >"$out/net/$1"
+}
+nseed reason-oci 0 '{"errors":[{"code":"DENIED","message":"no\\nway"}]}'
+nseed reason-text 0 'it broke\n\033[2Jforged'
+nseed retry-secs 1 '120'
+nseed retry-date 1 'Wed, 21 Oct 2015 07:28:00 GMT'
+nseed range 1 'bytes 10-19/200'
+nseed url 2 'https://user:pw@reg.example:5000/v2/x/blobs/sha256:ab?X-Sig=1#f'
+nseed url-v6 2 'http://[::1]:8080/healthz'
+nseed server-unix 2 'unix:/run/imcache/imcd.sock'
+nseed allow-cidr 3 '10.0.0.0/8'
+nseed allow-port 3 '[fd00::1]:443'
+nseed host 3 '127.evil.example:5000'
+nseed redirect 4 'http://127.0.0.1:5000/a\000http://mirror.example/b'
+nseed redirect-https 4 'https://reg.example/a\000https://s3.example/b?sig=1'
