@@ -258,20 +258,6 @@ static int unlink_meta(struct api_caches *c, const char *id, imc_error *err)
 	return r;
 }
 
-static void report(json_t *repairs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void report(json_t *repairs, const char *fmt, ...)
-{
-	char msg[IMC_ERR_MSG + 256];
-	va_list ap;
-
-	if (!repairs)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	json_array_append_new(repairs, json_string(msg));
-}
-
 /* ---- loading and repair -----------------------------------------------------------------------
  */
 
@@ -294,15 +280,15 @@ static int load_one(struct api_caches *c, const char *file, const char *id, json
 	imc_error e = {0};
 
 	if (imc_json_read_file(c->meta_dirfd, file, API_META_MAX, &meta, &e) < 0) {
-		report(repairs, "caches/%s; ignored", e.msg); /* e names the file */
+		imc_repair_report(repairs, "caches/%s; ignored", e.msg); /* e names the file */
 		return 0;
 	}
 	if (api_cache_from_meta(meta, &cache, &e) < 0) {
-		report(repairs, "caches/%s: %s; ignored", file, e.msg);
+		imc_repair_report(repairs, "caches/%s: %s; ignored", file, e.msg);
 		return 0;
 	}
 	if (strcmp(cache->id, id) != 0) {
-		report(repairs, "caches/%s: holds cache %s; ignored", file, cache->id);
+		imc_repair_report(repairs, "caches/%s: holds cache %s; ignored", file, cache->id);
 		api_cache_free(cache);
 		return 0;
 	}
@@ -331,7 +317,8 @@ static int load_all(struct api_caches *c, json_t *repairs, imc_error *err)
 		if (de->d_name[0] == '.' && strstr(de->d_name, ".tmp.")) {
 			/* A metadata write that a crash cut short; the old file is intact. */
 			unlinkat(c->meta_dirfd, de->d_name, 0);
-			report(repairs, "caches/%s: removed a partial metadata write", de->d_name);
+			imc_repair_report(repairs, "caches/%s: removed a partial metadata write",
+					  de->d_name);
 			continue;
 		}
 		if (!is_meta_name(de->d_name, id))
@@ -357,10 +344,11 @@ static void remove_leftover(struct api_caches *c, enum store_kind kind, const ch
 	int r = store_remove(c->store, kind, id, &e);
 
 	if (r == 0)
-		report(repairs, "cache %s: removed the leftover %s", id, store_kind_name(kind));
+		imc_repair_report(repairs, "cache %s: removed the leftover %s", id,
+				  store_kind_name(kind));
 	else if (r != -ENOENT)
-		report(repairs, "cache %s: cannot remove the leftover %s: %s", id,
-		       store_kind_name(kind), e.msg);
+		imc_repair_report(repairs, "cache %s: cannot remove the leftover %s: %s", id,
+				  store_kind_name(kind), e.msg);
 }
 
 /* ---- events -----------------------------------------------------------------------------------
@@ -401,9 +389,10 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 	if (!cache->had_credentials && queue_push_locked(c, cache) == 0) {
 		event_locked(cache, "Resumed", "imcd restarted: the build starts again");
 		if (persist(c, cache, &e) < 0)
-			report(repairs, "%s", e.msg);
-		report(repairs, "cache %s: was Creating when imcd stopped; build queued again",
-		       cache->id);
+			imc_repair_report(repairs, "%s", e.msg);
+		imc_repair_report(repairs,
+				  "cache %s: was Creating when imcd stopped; build queued again",
+				  cache->id);
 		return 0;
 	}
 	if (api_cache_set_failed(cache,
@@ -413,9 +402,9 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 		return err ? err->code : -ENOMEM;
 	event_locked(cache, "Failed", "%s", cache->status_message);
 	if (persist(c, cache, &e) < 0)
-		report(repairs, "%s", e.msg);
-	report(repairs, "cache %s: was Creating when imcd stopped; marked Failed: %s", cache->id,
-	       cache->status_message);
+		imc_repair_report(repairs, "%s", e.msg);
+	imc_repair_report(repairs, "cache %s: was Creating when imcd stopped; marked Failed: %s",
+			  cache->id, cache->status_message);
 	return 0;
 }
 
@@ -429,15 +418,17 @@ static int repair_missing_snapshot(struct api_caches *c, struct api_cache *cache
 	if (r == 0)
 		return 0;
 	if (r != -ENOENT) {
-		report(repairs, "cache %s: cannot check its snapshot: %s", cache->id, e.msg);
+		imc_repair_report(repairs, "cache %s: cannot check its snapshot: %s", cache->id,
+				  e.msg);
 		return 0;
 	}
 	if (api_cache_set_failed(cache, "snapshot missing from the store", err) < 0)
 		return err ? err->code : -ENOMEM;
 	event_locked(cache, "Failed", "snapshot missing from the store (found on restart)");
 	if (persist(c, cache, &e) < 0)
-		report(repairs, "%s", e.msg);
-	report(repairs, "cache %s: was Ready but its snapshot is gone; marked Failed", cache->id);
+		imc_repair_report(repairs, "%s", e.msg);
+	imc_repair_report(repairs, "cache %s: was Ready but its snapshot is gone; marked Failed",
+			  cache->id);
 	return 0;
 }
 
@@ -450,9 +441,10 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 	set_status_locked(cache, API_CACHE_EXPIRED);
 	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
 	if (persist(c, cache, &e) < 0)
-		report(repairs, "%s", e.msg);
-	report(repairs, "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
-	       cache->id);
+		imc_repair_report(repairs, "%s", e.msg);
+	imc_repair_report(repairs,
+			  "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
+			  cache->id);
 }
 
 /* Runs before any thread starts: the lock is not needed. */

@@ -15,31 +15,17 @@
 
 #define VOLUME_ID_MAX 64 /* a volume is named after its cache */
 
-static void report(json_t *repairs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void report(json_t *repairs, const char *fmt, ...)
-{
-	char msg[IMC_ERR_MSG + 256];
-	va_list ap;
-
-	if (!repairs)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	json_array_append_new(repairs, json_string(msg));
-}
-
 static void remove_volume(struct store *s, const char *id, json_t *repairs)
 {
 	imc_error e = {0};
 	int r = store_remove(s, STORE_VOLUME, id, &e);
 
 	if (r == 0)
-		report(repairs, "cache %s: removed the leftover %s", id,
-		       store_kind_name(STORE_VOLUME));
+		imc_repair_report(repairs, "cache %s: removed the leftover %s", id,
+				  store_kind_name(STORE_VOLUME));
 	else if (r != -ENOENT)
-		report(repairs, "cache %s: cannot remove the leftover %s: %s", id,
-		       store_kind_name(STORE_VOLUME), e.msg);
+		imc_repair_report(repairs, "cache %s: cannot remove the leftover %s: %s", id,
+				  store_kind_name(STORE_VOLUME), e.msg);
 }
 
 static void recover_build_dir(struct store *s, int tmpfd, const char *tmp, const char *name,
@@ -54,11 +40,12 @@ static void recover_build_dir(struct store *s, int tmpfd, const char *tmp, const
 		return;
 	r = imc_priv_umount(path, MNT_DETACH, &e);
 	if (r == 0)
-		report(repairs, "%s: unmounted a build that imcd did not see finish", path);
+		imc_repair_report(repairs, "%s: unmounted a build that imcd did not see finish",
+				  path);
 	else if (r != -EINVAL && r != -ENOENT)
-		report(repairs, "%s: cannot unmount: %s", path, e.msg);
+		imc_repair_report(repairs, "%s: cannot unmount: %s", path, e.msg);
 	if (unlinkat(tmpfd, name, AT_REMOVEDIR) == 0)
-		report(repairs, "%s: removed", path);
+		imc_repair_report(repairs, "%s: removed", path);
 	if (imc_name_valid(volume, VOLUME_ID_MAX))
 		remove_volume(s, volume, repairs);
 }

@@ -74,6 +74,8 @@ int imc_json_read_file(int dirfd, const char *name, size_t max_size, json_t **re
 int imc_json_parse_object(const char *buf, size_t len, json_t **ret, imc_error *err);
 /* Fail naming the first key of obj not in allowed (NULL-terminated). ctx prefixes the name. */
 int imc_json_check_fields(json_t *obj, const char *const *allowed, const char *ctx, imc_error *err);
+/* Appends a formatted repair message to the JSON array REPAIRS (nothing when REPAIRS is NULL). */
+void imc_repair_report(json_t *repairs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Typed field access.  A missing optional field leaves *ret untouched and returns 0; a missing
  * required field or a wrong type fails naming "ctx.key". */
 int imc_json_get_string(json_t *obj, const char *key, bool required, size_t max_len,

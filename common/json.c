@@ -218,3 +218,16 @@ int imc_json_get_object(json_t *obj, const char *key, bool required, const char 
 	*ret = v;
 	return 0;
 }
+
+void imc_repair_report(json_t *repairs, const char *fmt, ...)
+{
+	char msg[IMC_ERR_MSG + 256];
+	va_list ap;
+
+	if (!repairs)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	json_array_append_new(repairs, json_string(msg));
+}
