@@ -48,6 +48,17 @@ void imc_log(enum imc_log_level level, const char *fmt, ...) __attribute__((form
 #define imc_info(...)	   imc_log(IMC_LOG_INFO, __VA_ARGS__)
 #define imc_debug(...)	   imc_log(IMC_LOG_DEBUG, __VA_ARGS__)
 
+/* ---- text from outside -------------------------------------------------------------------- */
+/* The length (1-4) of the UTF-8 character at s (n bytes left) and its code point in *ret_cp
+ * (may be NULL); 0 when s does not start with one (overlong forms and surrogates are not). */
+size_t imc_utf8_char(const char *s, size_t n, uint32_t *ret_cp);
+/* Are the n bytes at s UTF-8 (NUL bytes are, as in JSON)? */
+bool imc_utf8_valid(const char *s, size_t n);
+/* The n bytes at s as one printable line in out (size bytes, NUL-terminated): control bytes as
+ * \n, \r, \t or \xNN, a backslash as \\, bytes that are not UTF-8 as \xNN, C1 controls and
+ * U+2028/U+2029 as \uNNNN.  Returns how many bytes of s fit (whole characters only). */
+size_t imc_log_escape(const char *s, size_t n, char *out, size_t size);
+
 /* ---- sha256 (openssl EVP) ----------------------------------------------------------------- */
 #define IMC_SHA256_HEX_LEN 64
 typedef struct imc_sha256 {

@@ -234,6 +234,23 @@ check_eq "the refused requests changed nothing: as many caches as before" "$N_BE
 check_eq "... and the same metadata files" "$STATE_BEFORE" \
 	"$(ls "$STATE/caches" 2>/dev/null | sort | tr '\n' ' ')"
 
+# --- the log: a request's bytes cannot forge a line --------------------------------------------
+
+# The path decodes to a newline followed by what looks like an error line of imcd's own, then an
+# escape sequence that would move a terminal's cursor up.
+FORGED='2026-01-01T00:00:00Z error: forged-line'
+http GET "$IMCD_URL/v1/nothing%0d%0a${FORGED// /%20}%1b%5b1A"
+check_eq "a path with %0d%0a in it: 404" 404 "$HTTP_STATUS"
+# The line is written once the answer is queued: give it a moment to land.
+for _ in $(seq 50); do grep -qF forged-line "$IMCD_LOG" && break; sleep 0.1; done
+check_eq "no line of imcd's log starts with the forged text" "" \
+	"$(grep -n "^$FORGED" "$IMCD_LOG" || true)"
+check_match "the request is logged on one line, its CR, LF and ESC escaped" \
+	'GET /v1/nothing\\r\\n2026-01-01T00:00:00Z error: forged-line\\x1b\[1A: 404' \
+	"$(grep -F 'forged-line' "$IMCD_LOG" || true)"
+check_eq "imcd's log holds no raw control character but the line ends" "" \
+	"$(LC_ALL=C grep -n $'[\x01-\x08\x0b-\x1f\x7f]' "$IMCD_LOG" | head -3 || true)"
+
 # --- attach of a cache that does not exist ---------------------------------------------------
 
 MNT=$TEST_TMP/mnt
