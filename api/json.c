@@ -35,6 +35,15 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 
 json_t *api_error_json(const char *code, const char *message)
 {
+	size_t n = strlen(message);
+	char safe[2 * IMC_ERR_MSG];
+
+	/* A message naming what a client sent (cut by a "%.80s", or bytes it sent) may not be
+	 * UTF-8, which JSON cannot carry: such bytes go out escaped. */
+	if (!imc_utf8_valid(message, n)) {
+		imc_log_escape(message, n, safe, sizeof(safe));
+		message = safe;
+	}
 	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
 }
 

@@ -198,6 +198,33 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 	return imc_err(err, ENOENT, "no such path");
 }
 
+/* Path and query arrive percent-decoded: "%ff" is a byte that is not UTF-8, which can name
+ * nothing here and cannot be echoed in JSON.  False with a 400 naming where it is in ret. */
+static bool request_text_valid(const char *url, const struct query *q, struct api_response *ret)
+{
+	char name[100], msg[256];
+
+	if (!imc_utf8_valid(url, strlen(url))) {
+		imc_log_escape(url, strlen(url), name, sizeof(name));
+		snprintf(msg, sizeof(msg), "path \"%s\": not valid UTF-8", name);
+		answer_error(ret, 400, "InvalidArgument", msg);
+		return false;
+	}
+	for (size_t i = 0; i < q->n; i++) {
+		const char *k = q->args[i].key, *v = q->args[i].value;
+		bool key_ok = imc_utf8_valid(k, strlen(k));
+
+		if (key_ok && (!v || imc_utf8_valid(v, strlen(v))))
+			continue;
+		imc_log_escape(k, strlen(k), name, sizeof(name));
+		snprintf(msg, sizeof(msg), "query parameter \"%s\": %s not valid UTF-8", name,
+			 key_ok ? "value" : "name");
+		answer_error(ret, 400, "InvalidArgument", msg);
+		return false;
+	}
+	return true;
+}
+
 void api_handle_args(struct api_caches *c, const struct api_caller *who, const char *method,
 		     const char *url, const struct api_query_arg *args, size_t n_args,
 		     bool too_many_args, const char *body, size_t len, bool too_large,
@@ -213,6 +240,8 @@ void api_handle_args(struct api_caches *c, const struct api_caller *who, const c
 	int r = 0;
 
 	*ret = (struct api_response){0};
+	if (!request_text_valid(url, &query, ret))
+		return;
 	api_route_match(url, &match);
 	if (match.route == API_ROUTE_NONE) {
 		snprintf(msg, sizeof(msg), "no such path: %.200s", url);
@@ -475,9 +504,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	if (is_chunk_request(url, method))
-		return send_chunk(s, conn, method, url, req);
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
+	if (is_chunk_request(url, method)) {
+		const struct query q = {.args = req->args, .n = req->n_args};
+
+		resp = (struct api_response){0};
+		if (!request_text_valid(url, &q, &resp))
+			return send_response(s, conn, method, url, req, &resp);
+		return send_chunk(s, conn, method, url, req);
+	}
 	api_handle_args(s->caches, &req->caller, method, url, req->args, req->n_args,
 			req->too_many_args, req->body.data, req->body.len, req->too_large, &resp);
 	return send_response(s, conn, method, url, req, &resp);

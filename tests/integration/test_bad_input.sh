@@ -234,6 +234,40 @@ check_eq "the refused requests changed nothing: as many caches as before" "$N_BE
 check_eq "... and the same metadata files" "$STATE_BEFORE" \
 	"$(ls "$STATE/caches" 2>/dev/null | sort | tr '\n' ' ')"
 
+# --- bytes that are not UTF-8, through a raw socket ---------------------------------------------
+
+RAWHTTP="python3 $(dirname "$0")/../lib/rawhttp.py"
+HOSTPORT=${IMCD_URL#http://}
+# raw_expect REQUEST_LINE_TARGET STATUS MESSAGE_ERE DESC: GET TARGET as it is; the answer must
+# have STATUS and a JSON error whose message matches MESSAGE_ERE.
+raw_expect() {
+	local target=$1 want=$2 msg=$3 desc=$4 out status body
+	out=$($RAWHTTP request "$HOSTPORT" \
+		"GET $target HTTP/1.1\\r\\nHost: test\\r\\nConnection: close\\r\\n\\r\\n" 2>&1) || true
+	status=${out%% *} body=${out#* }
+	check_eq "$desc: HTTP $want" "$want" "$status"
+	check_match "$desc: the JSON error names it" "$msg" \
+		"$(json_get "$body" '"\(.error.code) \(.error.message)"' 2>/dev/null || echo "$out")"
+}
+raw_expect '/v1/imagecaches/%ff' 400 '^InvalidArgument path "/v1/imagecaches/\\xff": not valid UTF-8' \
+	"GET /v1/imagecaches/%ff"
+raw_expect '/v1/imagecaches/imc-%c3%28' 400 '^InvalidArgument path .*not valid UTF-8' \
+	"GET /v1/imagecaches/imc-%c3%28 (a broken two-byte sequence)"
+raw_expect '/v1/chunks/%ff' 400 '^InvalidArgument path "/v1/chunks/\\xff": not valid UTF-8' \
+	"GET /v1/chunks/%ff"
+raw_expect '/v1/imagecaches?name=%ff' 400 \
+	'^InvalidArgument query parameter "name": value not valid UTF-8' "list with name=%ff"
+raw_expect '/v1/imagecaches?limit=5&image=%ed%a0%80' 400 \
+	'^InvalidArgument query parameter "image": value not valid UTF-8' \
+	"list with image= an encoded surrogate"
+raw_expect '/v1/imagecaches?%fe%ff=1' 400 \
+	'^InvalidArgument query parameter "\\xfe\\xff": name not valid UTF-8' \
+	"list with a parameter name of bytes that are not UTF-8"
+raw_expect '/v1/imagecaches/imc-0123456789abcdef?force=%c0%ae' 400 \
+	'^InvalidArgument query parameter "force"' "GET of a cache with force=%c0%ae (an overlong '.')"
+http GET "$IMCD_URL/healthz"
+check_eq "imcd still answers /healthz after them" 200 "$HTTP_STATUS"
+
 # --- the log: a request's bytes cannot forge a line --------------------------------------------
 
 # The path decodes to a newline followed by what looks like an error line of imcd's own, then an

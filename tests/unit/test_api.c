@@ -900,6 +900,47 @@ START_TEST(handle_without_table)
 }
 END_TEST
 
+/* The error message of an answer that must be 400 InvalidArgument. */
+static void bad_text(const char *method, const char *url, const char *want_in_message)
+{
+	json_t *j = handle(method, url, NULL, false, 400, "InvalidArgument");
+	const char *msg =
+	    json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+
+	ck_assert_msg(msg && strstr(msg, want_in_message), "%s: message \"%s\" lacks \"%s\"", url,
+		      msg ? msg : "", want_in_message);
+	json_decref(j);
+}
+
+/* Bytes that are not UTF-8 (what "%ff" decodes to) are a client's error that names where they
+ * are, never a 500 (no JSON can carry them) or a dropped connection. */
+START_TEST(handle_bytes_that_are_not_utf8)
+{
+	bad_text("GET", "/v1/imagecaches/imc-\xff",
+		 "path \"/v1/imagecaches/imc-\\xff\": not valid UTF-8");
+	bad_text("DELETE", "/v1/imagecaches/\xc3", "not valid UTF-8");
+	bad_text("GET", "/v1/chunks/\xff", "path \"/v1/chunks/\\xff\"");
+	bad_text("GET", "/v1/imagecaches?name=%ff",
+		 "query parameter \"name\": value not valid UTF-8");
+	bad_text("GET", "/v1/imagecaches?image=a%c3%28b&limit=1", "query parameter \"image\"");
+	bad_text("GET", "/v1/imagecaches?%ff%fe=1",
+		 "query parameter \"\\xff\\xfe\": name not valid");
+	bad_text("GET", "/healthz?x=%80", "query parameter \"x\"");
+	/* Well-formed UTF-8 that names nothing is still a plain 404 / 400. */
+	json_decref(
+	    handle("GET", "/v1/imagecaches/caf\xc3\xa9", NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("GET", "/v1/nothing-\xe2\x98\x83", NULL, false, 404, "NotFound"));
+
+	/* An error message cut in the middle of a character is still answered as JSON. */
+	json_t *e = api_error_json("InvalidArgument", "id \"caf\xc3\": malformed");
+	char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+	ck_assert_ptr_nonnull(text);
+	ck_assert_ptr_nonnull(strstr(text, "caf\\\\xc3"));
+	free(text);
+	json_decref(e);
+}
+END_TEST
+
 /* ---- lifecycle: retention, clientToken, events, attachments, tenants ------------------------
  */
 
@@ -1893,6 +1934,7 @@ static Suite *api_suite(void)
 	tcase_add_test(t, listen_open_unix);
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
+	tcase_add_test(t, handle_bytes_that_are_not_utf8);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("list");
