@@ -8,7 +8,7 @@
 O ?= build
 SAN ?= 0
 CC ?= cc
-PKGS := libcurl jansson libmicrohttpd libarchive openssl devmapper libzstd
+PKGS := libcurl jansson libmicrohttpd gnutls libarchive openssl devmapper libzstd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check)

@@ -4,8 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 
 #include "api.h"
@@ -15,6 +17,9 @@
 #define SERVER_CONNECTION_LIMIT 1024
 #define SERVER_IDLE_TIMEOUT_S	30
 #define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
+/* After an early 413, bytes of the body still read and dropped before the connection closes, so
+ * that the close does not reset the connection before the client has read the answer. */
+#define SERVER_BODY_DRAIN_MAX API_BODY_MAX
 
 /* TLS 1.2 and 1.3 only. */
 #define SERVER_TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
@@ -307,6 +312,8 @@ struct request {
 	const char *challenge; /* a 401's WWW-Authenticate */
 	bool refused;	       /* answered with resp once the (bodiless) request is complete */
 	struct api_response refusal;
+	bool answered_early; /* a 413 went out in the middle of the body (send_early) */
+	size_t drained;	     /* body bytes dropped since */
 };
 
 static bool content_length_too_large(struct MHD_Connection *conn)
@@ -394,6 +401,58 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 		imc_debug("%s %s: %u (%.3f ms)", method, url, resp->status,
 			  (double)(imc_monotonic_ns() - req->start_ns) / 1e6);
 	return ok;
+}
+
+/* An answer written on the connection itself, for the one case libmicrohttpd has no way to
+ * queue one: in the middle of a request body (MHD_queue_response takes an answer only before
+ * the body or after it, and a chunked body may never end).  It says "Connection: close": the
+ * caller closes the connection after it.  Through the connection's TLS session when it has one;
+ * best effort (a client that does not read gets the close). */
+static void write_raw_answer(struct MHD_Connection *conn, unsigned status, const char *body,
+			     size_t len)
+{
+	const union MHD_ConnectionInfo *fd =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	const union MHD_ConnectionInfo *tls =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	struct imc_buf b = {0};
+	char head[256];
+	int n = snprintf(head, sizeof(head),
+			 "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n\r\n",
+			 status, MHD_get_reason_phrase_for(status), API_CONTENT_TYPE, len);
+
+	if (n < 0 || (size_t)n >= sizeof(head) || imc_buf_append(&b, head, (size_t)n) < 0 ||
+	    imc_buf_append(&b, body, len) < 0) {
+		imc_buf_free(&b);
+		return;
+	}
+	if (tls && tls->tls_session) {
+		(void)gnutls_record_send((gnutls_session_t)tls->tls_session, b.data, b.len);
+	} else if (fd) {
+		(void)send(fd->connect_fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		shutdown(fd->connect_fd, SHUT_WR); /* the answer is all there is */
+	}
+	imc_buf_free(&b);
+}
+
+/* A chunked body just passed the cap: answer 413 now, not once the client ends the body. */
+static enum MHD_Result send_early(struct api_server *s, struct MHD_Connection *conn,
+				  const char *method, const char *url, struct request *req)
+{
+	struct api_response resp;
+	size_t len;
+
+	api_handle_args(s->caches, &req->caller, method, url, NULL, 0, false, NULL, 0, true, &resp);
+	len = resp.body ? strlen(resp.body) : 0;
+	write_raw_answer(conn, resp.status, resp.body ? resp.body : "", len);
+	req->answered_early = true;
+	api_metrics_observe_request(api_caches_metrics(s->caches), resp.status,
+				    imc_monotonic_ns() - req->start_ns);
+	imc_debug("%s %s: %u in the middle of the body (%.3f ms)", method, url, resp.status,
+		  (double)(imc_monotonic_ns() - req->start_ns) / 1e6);
+	free(resp.body);
+	return MHD_YES;
 }
 
 /* Who sends the request.  /healthz is open; everything else (including /metrics and unknown
@@ -499,11 +558,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return send_response(s, conn, method, url, req, &resp);
 	}
 	if (*upload_data_size > 0) {
-		if (append_body(req, upload_data, *upload_data_size) < 0)
-			return MHD_NO;
+		size_t n = *upload_data_size;
+
 		*upload_data_size = 0;
-		return MHD_YES;
+		if (req->answered_early) { /* dropped; enough of it closes the connection */
+			req->drained += n;
+			return req->drained > SERVER_BODY_DRAIN_MAX ? MHD_NO : MHD_YES;
+		}
+		if (append_body(req, upload_data, n) < 0)
+			return MHD_NO;
+		/* Past the cap (a declared length over it was refused before the body). */
+		return req->too_large ? send_early(s, conn, method, url, req) : MHD_YES;
 	}
+	if (req->answered_early)
+		return MHD_NO; /* the body ended after its 413: close, as the answer said */
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
 	if (is_chunk_request(url, method)) {
 		const struct query q = {.args = req->args, .n = req->n_args};

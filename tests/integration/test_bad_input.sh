@@ -268,6 +268,20 @@ raw_expect '/v1/imagecaches/imc-0123456789abcdef?force=%c0%ae' 400 \
 http GET "$IMCD_URL/healthz"
 check_eq "imcd still answers /healthz after them" 200 "$HTTP_STATUS"
 
+# --- a chunked body that passes the cap and never ends -------------------------------------------
+
+# 64 KiB chunks, up to 16 MiB if no answer comes: the 413 must come once the body passes 1 MiB,
+# while the client is still sending (how much it handed its kernel by then depends on socket
+# buffers, so it is only noted).
+OUT=$($RAWHTTP chunked "$HOSTPORT" /v1/imagecaches 65536 $((16 << 20)) 2>&1) || true
+check_eq "a chunked body past 1 MiB that never ends: 413 PayloadTooLarge before it ends" \
+	"413 PayloadTooLarge" \
+	"$(head -n1 <<<"$OUT" | cut -d' ' -f1) $(head -n1 <<<"$OUT" | cut -d' ' -f2- |
+		jq -r .error.code 2>/dev/null)"
+note "chunked overflow: $(tr '\n' ' ' <<<"$OUT")"
+http GET "$IMCD_URL/healthz"
+check_eq "imcd still answers /healthz after it" 200 "$HTTP_STATUS"
+
 # --- the log: a request's bytes cannot forge a line --------------------------------------------
 
 # The path decodes to a newline followed by what looks like an error line of imcd's own, then an
