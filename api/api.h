@@ -428,10 +428,21 @@ struct api_metrics {
 	uint64_t http_codes[API_HTTP_CODES];
 	uint64_t http_buckets[API_HTTP_BUCKETS + 1];
 	uint64_t http_ns_sum;
-	uint64_t evictions;   /* caches removed because the pool passed the high watermark */
-	uint64_t expirations; /* caches removed because their retention ran out */
-	uint64_t attaches;    /* attachments reported */
-	uint64_t detaches;    /* attachments ended */
+	uint64_t evictions;	   /* caches removed because the pool passed the high watermark */
+	uint64_t expirations;	   /* caches removed because their retention ran out */
+	uint64_t attaches;	   /* attachments reported */
+	uint64_t detaches;	   /* attachments ended */
+	uint64_t http_connections; /* open now (a gauge) */
+	uint64_t http_conn_events[4]; /* by enum api_conn_event, but API_CONN_OPENED/CLOSED */
+};
+/* What happened to a client connection (api/conns.c). */
+enum api_conn_event {
+	API_CONN_TIMED_OUT, /* closed: its request was not all in by its deadline */
+	API_CONN_EVICTED,   /* closed, still waiting for its request, to make room at the limit */
+	API_CONN_RESERVED,  /* opened in the reserve: /healthz and /metrics only */
+	API_CONN_REFUSED,   /* refused when accepted: over the per-client or total limit */
+	API_CONN_OPENED,
+	API_CONN_CLOSED,
 };
 /* All of one page: a copy of the counters and the gauges read when it is asked for. */
 struct api_metrics_page {
@@ -445,6 +456,7 @@ struct api_metrics_page {
 /* Count one finished build / one answered request; m may be NULL (nothing counted). */
 void api_metrics_observe_build(struct api_metrics *m, bool ready, uint64_t ns);
 void api_metrics_observe_request(struct api_metrics *m, unsigned status, uint64_t ns);
+void api_metrics_count_connection(struct api_metrics *m, enum api_conn_event ev);
 /* Add bytes to the pulled-bytes counter. */
 void api_metrics_add_pull_bytes(struct api_metrics *m, uint64_t n);
 /* Copy the counters with atomic loads. */
@@ -458,11 +470,28 @@ struct api_metrics *api_caches_metrics(struct api_caches *c);
 void api_caches_metrics_page(struct api_caches *c, struct api_metrics_page *ret);
 
 /* ---- the HTTP server (api/server.c) ---------------------------------------------------------- */
+/* Client connections (docs/security.md): 0 in a field picks its default. */
+#define API_CONNECTIONS_DEFAULT	    1024  /* open at once, all clients */
+#define API_CONNECTIONS_MAX	    65536 /* the most --max-connections takes */
+#define API_PER_CLIENT_DEFAULT	    64	  /* open at once from one client address */
+#define API_RESERVE_DEFAULT	    16	  /* of those, kept for /healthz and /metrics */
+#define API_REQUEST_TIMEOUT_DEFAULT 30	  /* seconds for a request to be all in */
+#define API_REQUEST_TIMEOUT_MAX	    3600
+struct api_http_limits {
+	unsigned max_connections;
+	unsigned per_client; /* TCP only: a Unix socket's clients have no address */
+	unsigned reserve;    /* below max_connections */
+	/* A request's line, headers and body must all be in within this many seconds of the
+	 * connection opening or of the previous answer on it; trickling bytes does not extend it.
+	 */
+	unsigned request_timeout_s;
+};
 struct api_server;
 struct api_server_config {
 	int listen_fd; /* bound and listening; the server owns it from then on */
 	struct api_caches *caches;
-	unsigned threads; /* 0: a default */
+	unsigned threads;	       /* 0: a default */
+	struct api_http_limits limits; /* resolved (api_http_limits_resolve); zeros: the defaults */
 };
 int api_server_start(const struct api_server_config *cfg, struct api_server **ret, imc_error *err);
 /* Stop accepting, give in-flight requests a moment to finish, stop. */
@@ -476,6 +505,7 @@ struct api_response {
 	size_t body_len; /* bytes of body; 0: strlen(body) */
 	const char *allow;
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
+	bool close;		  /* "Connection: close" and "Retry-After: 1" */
 };
 /* url may carry a raw "?query" (split with api_query_split). */
 void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,

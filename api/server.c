@@ -12,11 +12,11 @@
 
 #include "api.h"
 #include "auth.h"
+#include "conns.h"
 
-#define SERVER_THREADS_MAX	64
-#define SERVER_CONNECTION_LIMIT 1024
-#define SERVER_IDLE_TIMEOUT_S	30
-#define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
+#define SERVER_THREADS_MAX    64
+#define SERVER_IDLE_TIMEOUT_S 30 /* no byte either way for this long: closed (libmicrohttpd) */
+#define SERVER_DRAIN_NS	      (3ULL * 1000000000ULL) /* in-flight requests get this long */
 /* After an early 413, bytes of the body still read and dropped before the connection closes, so
  * that the close does not reset the connection before the client has read the answer. */
 #define SERVER_BODY_DRAIN_MAX API_BODY_MAX
@@ -30,6 +30,8 @@ struct api_server {
 	struct api_caches *caches;
 	const struct api_config *auth; /* NULL: every request is the default tenant */
 	unsigned active; /* requests between their first callback and completion (atomic) */
+	struct api_http_limits limits;
+	struct api_conns *conns;
 };
 
 /* ---- one request, without HTTP ----------------------------------------------------------------
@@ -369,6 +371,15 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 	return MHD_YES;
 }
 
+/* Our record of the connection (api/conns.c), NULL when it has none. */
+static struct api_conn *conn_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return info ? info->socket_context : NULL;
+}
+
 static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection *conn,
 				     const char *method, const char *url, struct request *req,
 				     struct api_response *resp)
@@ -390,6 +401,11 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 	if (resp->status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					req->challenge ? req->challenge : API_AUTH_CHALLENGE);
+	if (resp->close) {
+		MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	}
+	api_conns_request_in(s->conns, conn_of(conn));
 	ok = MHD_queue_response(conn, resp->status, r);
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), resp->status,
@@ -481,6 +497,30 @@ static bool authenticate(struct api_server *s, struct MHD_Connection *conn, cons
 	return false;
 }
 
+/* What a reserve connection may ask for: what a load balancer and a monitor need. */
+static bool reserve_route(const char *url)
+{
+	struct api_match match;
+
+	api_route_match(url, &match);
+	return match.route == API_ROUTE_HEALTHZ || match.route == API_ROUTE_METRICS;
+}
+
+/* A connection opened past max - reserve connections, for anything but /healthz and /metrics:
+ * 503, and the connection closes so that the client comes back on a general one. */
+static void reserve_refusal(struct api_server *s, struct api_response *resp)
+{
+	char msg[160];
+
+	snprintf(msg, sizeof(msg),
+		 "imcd is at its connection limit (%u open): this connection may ask only "
+		 "/healthz and /metrics; retry",
+		 s->limits.max_connections - s->limits.reserve);
+	*resp = (struct api_response){0};
+	answer_error(resp, 503, "Unavailable", msg);
+	resp->close = true;
+}
+
 /* The first callback of a request: headers only.  Returns MHD_YES to read the body, or the
  * result of answering right away (no token, a declared body over the cap). */
 static enum MHD_Result on_headers(struct api_server *s, struct MHD_Connection *conn,
@@ -494,6 +534,10 @@ static enum MHD_Result on_headers(struct api_server *s, struct MHD_Connection *c
 	req->start_ns = imc_monotonic_ns();
 	*con_cls = req;
 	__atomic_add_fetch(&s->active, 1, __ATOMIC_RELAXED);
+	if (api_conn_is_reserve(conn_of(conn)) && !reserve_route(url)) {
+		reserve_refusal(s, &resp);
+		return send_response(s, conn, method, url, req, &resp);
+	}
 	if (!authenticate(s, conn, url, req, &resp)) {
 		/* Without a body the answer waits for the end of the request, which keeps the
 		 * connection alive; a body is never read from a caller without a valid token:
@@ -534,6 +578,7 @@ static enum MHD_Result send_chunk(struct api_server *s, struct MHD_Connection *c
 	status = api_dist_chunk(s->caches, conn, method, match.id, &r);
 	if (!r)
 		return MHD_NO;
+	api_conns_request_in(s->conns, conn_of(conn));
 	ok = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), status,
@@ -592,6 +637,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct api_server *s = cls;
 	struct request *req = *con_cls;
 
+	/* Answered and kept open: the next request's clock starts. */
+	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		api_conns_request_done(s->conns, conn_of(conn), imc_monotonic_ns());
 	if (req) {
 		imc_buf_free(&req->body);
 		free(req->refusal.body);
@@ -601,8 +649,30 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 }
 
+/* libmicrohttpd opened or closed a client connection. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct api_server *s = cls;
+	const union MHD_ConnectionInfo *fd;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		api_conns_gone(s->conns, *socket_context);
+		*socket_context = NULL;
+		return;
+	}
+	fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (!fd)
+		return;
+	*socket_context = api_conns_admit(s->conns, fd->connect_fd, imc_monotonic_ns());
+	if (!*socket_context) /* no memory to keep it within the limits: not kept at all */
+		shutdown(fd->connect_fd, SHUT_RDWR);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
+	static const char limit_msg[] = "Server reached connection limit";
+	struct api_server *s = cls;
 	char msg[512];
 	size_t n;
 
@@ -610,6 +680,12 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	n = strlen(msg);
 	while (n > 0 && msg[n - 1] == '\n')
 		msg[--n] = '\0';
+	/* One per refused connection: counted, not a warning each (a flood would flood the log). */
+	if (strncmp(msg, limit_msg, sizeof(limit_msg) - 1) == 0) {
+		api_metrics_count_connection(api_caches_metrics(s->caches), API_CONN_REFUSED);
+		imc_debug("http: %s", msg);
+		return;
+	}
 	imc_warn("http: %s", msg);
 }
 
@@ -638,10 +714,11 @@ static struct MHD_Daemon *start_daemon(struct api_server *s, const struct api_se
 	if (tls)
 		flags |= MHD_USE_TLS;
 	return MHD_start_daemon(
-	    flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+	    flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
-	    threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)SERVER_CONNECTION_LIMIT,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SERVER_IDLE_TIMEOUT_S,
+	    threads, MHD_OPTION_CONNECTION_LIMIT, s->limits.max_connections,
+	    MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->limits.per_client, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)SERVER_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_ARRAY,
 	    tls ? tls_opts : &tls_opts[IMC_ARRAY_SIZE(tls_opts) - 1], MHD_OPTION_END);
 }
@@ -661,8 +738,14 @@ int api_server_start_secure(const struct api_server_config *cfg,
 	s->listen_fd = cfg->listen_fd;
 	s->caches = cfg->caches;
 	s->auth = sec ? sec->auth : NULL;
+	if (api_http_limits_resolve(&cfg->limits, NULL, &s->limits, err) < 0 ||
+	    api_conns_new(&s->limits, api_caches_metrics(s->caches), true, &s->conns, err) < 0) {
+		free(s);
+		return err->code;
+	}
 	s->daemon = start_daemon(s, cfg, tls);
 	if (!s->daemon) {
+		api_conns_free(s->conns);
 		free(s);
 		return imc_err(err, EIO, "cannot start the HTTP%s server (libmicrohttpd)",
 			       tls ? "S" : "");
@@ -696,5 +779,6 @@ void api_server_stop(struct api_server *s)
 			 __atomic_load_n(&s->active, __ATOMIC_RELAXED),
 			 (unsigned long long)(SERVER_DRAIN_NS / 1000000000ULL));
 	MHD_stop_daemon(s->daemon);
+	api_conns_free(s->conns);
 	free(s);
 }

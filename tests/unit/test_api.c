@@ -5,11 +5,13 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <string.h>
 
 #include "../../api/api.h"
+#include "../../api/conns.h"
 #include "unit.h"
 
 static const struct api_caller test_caller = {.tenant = API_TENANT_DEFAULT};
@@ -1369,6 +1371,14 @@ static void metrics_known_state(struct api_metrics_page *p)
 	api_metrics_add_pull_bytes(m, 1234);
 	api_metrics_add_pull_bytes(m, 1);
 	m->builds_in_flight = 1;
+	for (int i = 0; i < 3; i++)
+		api_metrics_count_connection(m, API_CONN_OPENED);
+	api_metrics_count_connection(m, API_CONN_CLOSED);
+	api_metrics_count_connection(m, API_CONN_TIMED_OUT);
+	api_metrics_count_connection(m, API_CONN_EVICTED);
+	api_metrics_count_connection(m, API_CONN_EVICTED);
+	api_metrics_count_connection(m, API_CONN_RESERVED);
+	api_metrics_count_connection(m, API_CONN_REFUSED);
 }
 
 static const char METRICS_KNOWN_PAGE[] =
@@ -1446,7 +1456,23 @@ static const char METRICS_KNOWN_PAGE[] =
     "imcache_http_request_duration_seconds_bucket{le=\"1\"} 3\n"
     "imcache_http_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"
     "imcache_http_request_duration_seconds_sum 2.008300000\n"
-    "imcache_http_request_duration_seconds_count 4\n";
+    "imcache_http_request_duration_seconds_count 4\n"
+    "# HELP imcache_http_connections Client connections open now.\n"
+    "# TYPE imcache_http_connections gauge\n"
+    "imcache_http_connections 2\n"
+    "# HELP imcache_http_connections_closed_total Client connections imcd closed before their "
+    "request was in, by reason.\n"
+    "# TYPE imcache_http_connections_closed_total counter\n"
+    "imcache_http_connections_closed_total{reason=\"request_timeout\"} 1\n"
+    "imcache_http_connections_closed_total{reason=\"evicted\"} 2\n"
+    "# HELP imcache_http_connections_reserved_total Client connections opened in the reserve "
+    "(/healthz and /metrics only).\n"
+    "# TYPE imcache_http_connections_reserved_total counter\n"
+    "imcache_http_connections_reserved_total 1\n"
+    "# HELP imcache_http_connections_refused_total Client connections refused when accepted: "
+    "over a connection limit.\n"
+    "# TYPE imcache_http_connections_refused_total counter\n"
+    "imcache_http_connections_refused_total 1\n";
 
 static size_t count_lines_starting(const char *page, const char *prefix)
 {
@@ -1511,8 +1537,12 @@ static void check_families(const char *page)
 	check_family(page, "imcache_attaches_total", "counter");
 	check_family(page, "imcache_detaches_total", "counter");
 	check_family(page, "imcache_attachments", "gauge");
-	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 13);
-	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 13);
+	check_family(page, "imcache_http_connections", "gauge");
+	check_family(page, "imcache_http_connections_closed_total", "counter");
+	check_family(page, "imcache_http_connections_reserved_total", "counter");
+	check_family(page, "imcache_http_connections_refused_total", "counter");
+	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 17);
+	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 17);
 }
 
 START_TEST(metrics_page_known_state)
@@ -1883,6 +1913,134 @@ START_TEST(list_handle_bad_query)
 }
 END_TEST
 
+/* ---- client connections (api/conns.c) ------------------------------------------------------ */
+
+START_TEST(http_limits_resolve)
+{
+	struct api_http_limits l, flags = {0}, cfg = {0};
+	imc_error err;
+
+	ck_assert_int_eq(api_http_limits_resolve(NULL, NULL, &l, &err), 0);
+	ck_assert_uint_eq(l.max_connections, API_CONNECTIONS_DEFAULT);
+	ck_assert_uint_eq(l.per_client, API_PER_CLIENT_DEFAULT);
+	ck_assert_uint_eq(l.reserve, API_RESERVE_DEFAULT);
+	ck_assert_uint_eq(l.request_timeout_s, API_REQUEST_TIMEOUT_DEFAULT);
+	/* Small totals shrink the defaults with them; the flags win over the config. */
+	cfg = (struct api_http_limits){.max_connections = 10, .request_timeout_s = 7};
+	flags.request_timeout_s = 3;
+	ck_assert_int_eq(api_http_limits_resolve(&flags, &cfg, &l, &err), 0);
+	ck_assert_uint_eq(l.max_connections, 10);
+	ck_assert_uint_eq(l.reserve, 2);
+	ck_assert_uint_eq(l.per_client, 10);
+	ck_assert_uint_eq(l.request_timeout_s, 3);
+	static const struct api_http_limits bad[] = {
+	    {.max_connections = 1},
+	    {.max_connections = API_CONNECTIONS_MAX + 1},
+	    {.max_connections = 10, .reserve = 10},
+	    {.max_connections = 10, .per_client = 11},
+	    {.request_timeout_s = API_REQUEST_TIMEOUT_MAX + 1},
+	};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(api_http_limits_resolve(&bad[i], NULL, &l, &err) == -EINVAL,
+			      "accepted bad[%zu]", i);
+}
+END_TEST
+
+/* Has the other end of fd's socketpair seen the end of the connection (a shutdown)? */
+static bool peer_closed(int peer)
+{
+	char c;
+
+	return recv(peer, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+#define S_NS 1000000000ULL
+
+/* Six connections, two of them in reserve, requests in within 10 s. */
+START_TEST(conns_evict_reserve_expire)
+{
+	const struct api_http_limits l = {
+	    .max_connections = 6, .per_client = 6, .reserve = 2, .request_timeout_s = 10};
+	struct api_metrics m = {0};
+	struct api_conns *g = NULL;
+	struct api_conn *c[7];
+	int sp[7][2];
+	uint64_t next = 0;
+	imc_error err;
+
+	ck_assert_int_eq(api_conns_new(&l, &m, false, &g, &err), 0);
+	for (int i = 0; i < 7; i++)
+		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp[i]), 0);
+	/* Four general connections, all answering a request: nothing is waiting. */
+	for (int i = 0; i < 4; i++) {
+		c[i] = api_conns_admit(g, sp[i][0], (uint64_t)i * S_NS);
+		ck_assert(!api_conn_is_reserve(c[i]));
+		api_conns_request_in(g, c[i]);
+	}
+	/* Past them, with no one to close: reserve connections, and none is closed for another. */
+	c[4] = api_conns_admit(g, sp[4][0], 4 * S_NS);
+	c[5] = api_conns_admit(g, sp[5][0], 5 * S_NS);
+	ck_assert(api_conn_is_reserve(c[4]) && api_conn_is_reserve(c[5]));
+	ck_assert(!peer_closed(sp[4][1]));
+	ck_assert_uint_eq(m.http_conn_events[API_CONN_RESERVED], 2);
+	/* c[0] answered and waits for its next request: the next arrival closes it, not a reserve
+	 * connection, and takes a general place. */
+	api_conns_request_done(g, c[0], 6 * S_NS);
+	c[6] = api_conns_admit(g, sp[6][0], 7 * S_NS);
+	ck_assert(!api_conn_is_reserve(c[6]));
+	ck_assert(peer_closed(sp[0][1]));
+	ck_assert(!peer_closed(sp[4][1]) && !peer_closed(sp[5][1]));
+	ck_assert_uint_eq(m.http_conn_events[API_CONN_EVICTED], 1);
+	api_conns_gone(g, c[0]);
+	/* Deadlines: 10 s after each one started waiting, whatever happened meanwhile. */
+	ck_assert_uint_eq(api_conns_expire(g, 13 * S_NS, &next), 0);
+	ck_assert_uint_eq(next, 14 * S_NS);
+	ck_assert_uint_eq(api_conns_expire(g, 15 * S_NS, &next), 2); /* c[4], c[5] */
+	ck_assert(peer_closed(sp[4][1]) && peer_closed(sp[5][1]) && !peer_closed(sp[6][1]));
+	ck_assert_uint_eq(next, 17 * S_NS);
+	/* A request all in has no deadline; the answer starts the next one. */
+	api_conns_request_in(g, c[6]);
+	ck_assert_uint_eq(api_conns_expire(g, 100 * S_NS, &next), 0);
+	ck_assert_uint_eq(next, UINT64_MAX);
+	api_conns_request_done(g, c[6], 100 * S_NS);
+	ck_assert_uint_eq(api_conns_expire(g, 110 * S_NS, &next), 1);
+	ck_assert(peer_closed(sp[6][1]));
+	ck_assert_uint_eq(m.http_conn_events[API_CONN_TIMED_OUT], 3);
+	ck_assert(!peer_closed(sp[1][1])); /* still answering: never closed */
+	for (int i = 1; i < 7; i++)
+		api_conns_gone(g, c[i]);
+	ck_assert_uint_eq(m.http_connections, 0);
+	api_conns_free(g);
+	for (int i = 0; i < 7; i++) {
+		close(sp[i][0]);
+		close(sp[i][1]);
+	}
+}
+END_TEST
+
+/* With the watchdog thread: a connection that never sends its request is shut down by itself. */
+START_TEST(conns_watchdog_closes_late_requests)
+{
+	const struct api_http_limits l = {
+	    .max_connections = 4, .per_client = 4, .reserve = 1, .request_timeout_s = 1};
+	struct api_conns *g = NULL;
+	struct api_conn *c;
+	char b;
+	int sp[2];
+	imc_error err;
+
+	ck_assert_int_eq(api_conns_new(&l, NULL, true, &g, &err), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+	c = api_conns_admit(g, sp[0], imc_monotonic_ns());
+	ck_assert_ptr_nonnull(c);
+	ck_assert_int_eq(recv(sp[1], &b, 1, 0), 0); /* blocks until the shutdown */
+	api_conns_gone(g, c);
+	api_conns_free(g);
+	close(sp[0]);
+	close(sp[1]);
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
 	Suite *s = suite_create("api");
@@ -1935,6 +2093,9 @@ static Suite *api_suite(void)
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
 	tcase_add_test(t, handle_bytes_that_are_not_utf8);
+	tcase_add_test(t, http_limits_resolve);
+	tcase_add_test(t, conns_evict_reserve_expire);
+	tcase_add_test(t, conns_watchdog_closes_late_requests);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("list");
