@@ -104,6 +104,9 @@ int api_cache_status_parse(const char *s, enum api_cache_status *ret);
 
 /* "imc-" + 16 lowercase hex digits. */
 bool api_cache_id_valid(const char *id);
+/* An id in a path: -EINVAL when it could never name anything (400), -ENOENT when it is not a
+ * cache id (404, as for an unknown cache: a base snapshot "img-…" is internal), else 0. */
+int api_cache_id_check(const char *id, imc_error *err);
 
 /* One event of a cache's history (the newest API_EVENTS_MAX are kept and persisted). */
 struct api_cache_event {

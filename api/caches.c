@@ -1794,10 +1794,8 @@ int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who,
 			     json_t **ret, unsigned *ret_status, imc_error *err)
 {
 	*ret_status = 200;
-	if (!api_cache_id_valid(match->id))
-		return imc_err(err, EINVAL,
-			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", match->id,
-			       API_ID_PREFIX);
+	if (api_cache_id_check(match->id, err) < 0)
+		return err->code;
 	if (!c)
 		return imc_err(err, ESHUTDOWN, "no cache table");
 	if (match->route == API_ROUTE_ATTACHMENT)

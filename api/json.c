@@ -433,7 +433,18 @@ static bool prefixed_id_valid(const char *id, const char *prefix)
 
 bool api_cache_id_valid(const char *id)
 {
-	return prefixed_id_valid(id, API_ID_PREFIX "-");
+	return imc_cache_id_valid(id);
+}
+
+int api_cache_id_check(const char *id, imc_error *err)
+{
+	if (!imc_name_valid(id, API_ID_MAX - 1))
+		return imc_err(err, EINVAL,
+			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", id,
+			       API_ID_PREFIX);
+	if (!api_cache_id_valid(id)) /* a base snapshot's img-… is internal: no cache's */
+		return imc_err(err, ENOENT, "cache %s: not found", id);
+	return 0;
 }
 
 void api_cache_free(struct api_cache *c)

@@ -149,7 +149,7 @@ static bool read_body(struct api_caches *c, const struct api_caller *who, enum a
 
 	if (!c || m != API_METHOD_GET)
 		return false;
-	if (match->route == API_ROUTE_CACHE && imc_name_valid(match->id, API_ID_MAX - 1)) {
+	if (match->route == API_ROUTE_CACHE && api_cache_id_valid(match->id)) {
 		*ret_r = api_caches_get_body(c, who, match->id, &ret->body, &ret->body_len, err);
 		return true;
 	}
@@ -189,10 +189,8 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 		return api_dist_index(c, who, match->id, match->id_len, ret, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
-		if (!imc_name_valid(match->id, API_ID_MAX - 1))
-			return imc_err(err, EINVAL,
-				       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)",
-				       match->id, API_ID_PREFIX);
+		if (api_cache_id_check(match->id, err) < 0)
+			return err->code;
 		if (m == API_METHOD_GET)
 			return api_caches_get(c, who, match->id, ret, err);
 		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret, err);

@@ -723,6 +723,11 @@ static int check_request(struct store *s, const struct attach_request *req, imc_
 	if (!req->cache_id || !imc_name_valid(req->cache_id, 64))
 		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed",
 			       req->cache_id ? req->cache_id : "");
+	/* Only caches attach: a base snapshot (img-…) or anything else the store holds is none. */
+	if (!imc_cache_id_valid(req->cache_id))
+		return imc_err(err, ENOENT,
+			       "cache %s: no such cache (a cache id is %s<16 hex digits>)",
+			       req->cache_id, IMC_CACHE_ID_PREFIX);
 	if (req->image > ATTACH_IMAGE_MAX)
 		return imc_err(err, EINVAL, "image %u: at most %d", req->image, ATTACH_IMAGE_MAX);
 	if (req->block && req->data_dest)

@@ -102,6 +102,10 @@ int imc_json_get_object(json_t *obj, const char *key, bool required, const char 
 /* Is s a safe single path component for identifiers we create ([A-Za-z0-9._-], 1..max, not
  * "." or ".."). */
 bool imc_name_valid(const char *s, size_t max_len);
+/* A cache's id as imcd makes them: IMC_CACHE_ID_PREFIX + 16 lowercase hex digits.  Anything else
+ * in a store (a per-image base snapshot "img-…", a volume being built) is no cache of anyone's. */
+#define IMC_CACHE_ID_PREFIX "imc-"
+bool imc_cache_id_valid(const char *id);
 /* malloc'ed "a/b" (NULL on OOM). */
 char *imc_path_join(const char *a, const char *b);
 int imc_mkdir_p(const char *path, mode_t mode, imc_error *err);

@@ -21,6 +21,18 @@ bool imc_name_valid(const char *s, size_t max_len)
 	return true;
 }
 
+bool imc_cache_id_valid(const char *id)
+{
+	const size_t plen = strlen(IMC_CACHE_ID_PREFIX);
+
+	if (!id || strncmp(id, IMC_CACHE_ID_PREFIX, plen) != 0 || strlen(id) != plen + 16)
+		return false;
+	for (const char *p = id + plen; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
 char *imc_path_join(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);

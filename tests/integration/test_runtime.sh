@@ -255,7 +255,7 @@ check_match "other commands pass through (--version names the real runtime)" \
 # --- failures leave nothing attached ---------------------------------------------------------
 
 B=$TEST_TMP/bundle-unknown
-mk_bundle "$B" rootfs '{"imcache.io/cache-id": "imc-doesnotexist"}' /bin/true
+mk_bundle "$B" rootfs '{"imcache.io/cache-id": "imc-00000000deadbeef"}' /bin/true
 cid=imc-rt-unknown-$$
 defer "$RT" delete --force "$cid"
 for fmt in json text; do
@@ -265,14 +265,14 @@ for fmt in json text; do
 		rc=$?
 	check_eq "unknown cache id ($fmt log): imc-runtime create exits 1" 1 "$rc"
 	check_match "unknown cache id ($fmt log): stderr names the cache" \
-		'imc-runtime: .*imc-doesnotexist.*not in the local store' "$out"
+		'imc-runtime: .*imc-00000000deadbeef.*not in the local store' "$out"
 	if [ "$fmt" = json ]; then
 		check_eq "unknown cache id: the --log file gets a json error line" "error true true" \
-			"$(jq -r '"\(.level) \(.msg | test("imc-doesnotexist")) \(.time | length > 0)"' \
+			"$(jq -r '"\(.level) \(.msg | test("imc-00000000deadbeef")) \(.time | length > 0)"' \
 				"$LOG" 2>&1)"
 	else
 		check_match "unknown cache id: the --log file gets a text error line" \
-			'^time="[^"]+" level=error msg=".*imc-doesnotexist.*"$' "$(cat "$LOG" 2>&1)"
+			'^time="[^"]+" level=error msg=".*imc-00000000deadbeef.*"$' "$(cat "$LOG" 2>&1)"
 	fi
 	nothing_left "unknown cache id ($fmt log)" "$B/rootfs" "$cid"
 	check_fails "unknown cache id ($fmt log): the real runtime never created the container" \

@@ -902,6 +902,37 @@ START_TEST(handle_without_table)
 }
 END_TEST
 
+/* A base snapshot (img-…) and any other well-formed id that is not a cache's: an unknown cache
+ * on every route, whatever the store holds (decided before any table is looked at). */
+START_TEST(handle_base_snapshot_is_no_cache)
+{
+	static const char base[] = "img-0123456789abcdef0123456789abcdef";
+	static const struct {
+		const char *method, *fmt, *body;
+	} routes[] = {
+	    {"GET", "/v1/imagecaches/%s", NULL},
+	    {"DELETE", "/v1/imagecaches/%s", NULL},
+	    {"DELETE", "/v1/imagecaches/%s?force=true", NULL},
+	    {"GET", "/v1/imagecaches/%s/index", NULL},
+	    {"GET", "/v1/imagecaches/%s/attachments", NULL},
+	    {"POST", "/v1/imagecaches/%s/attachments", "{}"},
+	    {"DELETE", "/v1/imagecaches/%s/attachments/att-0123456789abcdef", NULL},
+	};
+	char url[160];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(routes); i++) {
+		snprintf(url, sizeof(url), routes[i].fmt, base);
+		json_decref(handle(routes[i].method, url, routes[i].body, false, 404, "NotFound"));
+		snprintf(url, sizeof(url), routes[i].fmt, "imc-00000000000000aa0");
+		json_decref(handle(routes[i].method, url, routes[i].body, false, 404, "NotFound"));
+	}
+	ck_assert(!api_cache_id_valid(base));
+	ck_assert(imc_cache_id_valid("imc-0123456789abcdef"));
+	ck_assert(!imc_cache_id_valid("imc-0123456789ABCDEF"));
+	ck_assert(!imc_cache_id_valid("img-0123456789abcdef"));
+}
+END_TEST
+
 /* The error message of an answer that must be 400 InvalidArgument. */
 static void bad_text(const char *method, const char *url, const char *want_in_message)
 {
@@ -1150,8 +1181,8 @@ START_TEST(delete_query)
 	/* through the handler: checked before the table is looked at */
 	json_decref(handle("DELETE", "/v1/imagecaches/imc-0123456789abcdef?force=maybe", NULL,
 			   false, 400, "InvalidArgument"));
-	json_decref(
-	    handle("POST", "/v1/imagecaches/bad/attachments", "{}", false, 400, "InvalidArgument"));
+	json_decref(handle("POST", "/v1/imagecaches/bad!/attachments", "{}", false, 400,
+			   "InvalidArgument"));
 	json_decref(handle("GET", "/v1/imagecaches/imc-0123456789abcdef/attachments/att-1", NULL,
 			   false, 405, "MethodNotAllowed"));
 }
@@ -2093,6 +2124,7 @@ static Suite *api_suite(void)
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
 	tcase_add_test(t, handle_bytes_that_are_not_utf8);
+	tcase_add_test(t, handle_base_snapshot_is_no_cache);
 	tcase_add_test(t, http_limits_resolve);
 	tcase_add_test(t, conns_evict_reserve_expire);
 	tcase_add_test(t, conns_watchdog_closes_late_requests);
