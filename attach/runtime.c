@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -339,17 +340,68 @@ int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct
 	return 0;
 }
 
+/* Does the text hold the annotation's key, as JSON writers put it (as is, or with "\/")? */
+static bool mentions_key(const char *buf, size_t len)
+{
+	static const char *const keys[] = {RUNTIME_ANNOTATION_CACHE_ID, "imcache.io\\/cache-id"};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(keys); i++)
+		if (memmem(buf, len, keys[i], strlen(keys[i])))
+			return true;
+	return false;
+}
+
+int runtime_config_mentions_cache(const char *path, bool *ret, imc_error *err)
+{
+	enum { CHUNK = 64 * 1024, KEEP = 64 }; /* KEEP: longer than any key, kept across reads */
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_free_ char *buf = malloc(CHUNK + KEEP);
+	size_t have = 0;
+
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT : imc_err_sys(err, errno, "%s", path);
+	if (!buf)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (;;) {
+		ssize_t n = read(fd, buf + have, CHUNK);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return imc_err_sys(err, errno, "%s", path);
+		have += (size_t)n;
+		if (mentions_key(buf, have) || n == 0) {
+			*ret = n > 0;
+			return 0;
+		}
+		if (have > KEEP) { /* the tail, where a key may start */
+			memmove(buf, buf + have - KEEP, KEEP);
+			have = KEEP;
+		}
+	}
+}
+
 int runtime_cache_load(const char *bundle, const char *config, struct runtime_cache *ret,
 		       imc_error *err)
 {
 	_cleanup_free_ char *path =
 	    config[0] == '/' ? strdup(config) : imc_path_join(bundle, config);
 	_cleanup_free_ char *buf = NULL;
+	bool mentions = false;
 	size_t len = 0;
 	int r;
 
 	if (!path)
 		return imc_err(err, ENOMEM, "out of memory");
+	/* Without the annotation imc-runtime is not there: whatever the real runtime takes
+	 * (duplicate keys, bytes that are not UTF-8, \u0000, any size) goes to it unread. */
+	r = runtime_config_mentions_cache(path, &mentions, err);
+	if (r < 0)
+		return r == -ENOENT ? r : imc_err_wrap(err, "bundle %s", bundle);
+	if (!mentions) {
+		*ret = (struct runtime_cache){0};
+		return 0;
+	}
 	r = imc_read_file(path, RUNTIME_CONFIG_MAX, &buf, &len, err);
 	if (r < 0)
 		return r == -ENOENT ? r : imc_err_wrap(err, "bundle %s", bundle);

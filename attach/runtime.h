@@ -71,8 +71,14 @@ void runtime_cache_free(struct runtime_cache *c);
  * missing root.path fail naming the field. */
 int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct runtime_cache *ret,
 			imc_error *err);
-/* Read and parse <bundle>/<config> (config absolute or relative to the bundle).  A missing file
- * is -ENOENT (the real runtime reports it better). */
+/* Does the file hold the bytes of the imcache.io/cache-id key (as is, or written "\/") anywhere?
+ * Read in pieces, whatever its size; -ENOENT when it is missing. */
+int runtime_config_mentions_cache(const char *path, bool *ret, imc_error *err);
+/* Read and parse <bundle>/<config> (config absolute or relative to the bundle).  A file that
+ * does not mention the annotation's key (runtime_config_mentions_cache) is not parsed at all:
+ * ret->cache_id NULL, pass through, whatever else is in it.  One that does is parsed strictly
+ * (at most RUNTIME_CONFIG_MAX bytes of UTF-8 JSON, no duplicate keys).  A missing file is
+ * -ENOENT (the real runtime reports it better). */
 int runtime_cache_load(const char *bundle, const char *config, struct runtime_cache *ret,
 		       imc_error *err);
 

@@ -252,6 +252,59 @@ check_eq "pass-through attaches nothing" 0 "$(attach_count)"
 check_match "other commands pass through (--version names the real runtime)" \
 	"$RT version" "$(in_rt "$RT" "$IMC_RT" --version 2>&1)"
 
+# Without the annotation imc-runtime is transparent: a config.json that runc takes but a strict
+# parser would not (duplicate keys, bytes that are not UTF-8, \u0000, more than 4 MiB) reaches
+# runc as it is.  Each is run with runc alone first: what runc takes, imc-runtime must pass on.
+# mutate FILE KIND: config.json rewritten with one such oddity.
+mutate() {
+	python3 - "$1" "$2" <<'EOF'
+import json, sys
+path, kind = sys.argv[1:]
+spec = json.load(open(path))
+spec.setdefault("annotations", {})["note"] = "PLACEHOLDER"
+text = json.dumps(spec).encode()
+odd = {"dup": b"x", "utf8": b"\xff\xfe-not-utf8", "nul": b"a\\u0000b",
+       "big": b"a" * (5 << 20)}[kind]
+text = text.replace(b"PLACEHOLDER", odd)
+if kind == "dup":
+    text = b'{"hostname":"dup-first",' + text[1:]
+open(path, "wb").write(text)
+EOF
+}
+if command -v runc >/dev/null 2>&1; then
+	for kind in dup utf8 nul big; do
+		B=$TEST_TMP/bundle-odd-$kind
+		mkdir -p "$B"
+		cp -a "$TEST_TMP/bundle-plain/plain" "$B/plain"
+		mk_bundle "$B" plain '{}' /bin/cat /plain.txt
+		mutate "$B/config.json" "$kind"
+		cid=imc-rt-odd-$kind-$$
+		defer runc delete --force "$cid"
+		rc=0
+		out=$(in_rt runc runc run -b "$B" "$cid" 2>&1) || rc=$?
+		check_eq "runc alone runs a config.json with $kind" "0 plain-file" "$rc $out"
+		rc=0
+		out=$(in_rt runc "$IMC_RT" run -b "$B" "$cid" 2>&1) || rc=$?
+		check_eq "runc through imc-runtime runs it too (no annotation: passed through)" \
+			"0 plain-file" "$rc $out"
+		check_fails "... and no runtime record is written" test -e "$STATE/runtime/$cid.json"
+	done
+	check "the big config.json is more than 4 MiB" \
+		test "$(stat -c %s "$TEST_TMP/bundle-odd-big/config.json")" -gt 4194304
+	# With the annotation the same oddity is read strictly: the duplicate key is refused,
+	# naming the file, and nothing is attached.
+	B=$TEST_TMP/bundle-odd-strict
+	mk_bundle "$B" rootfs "$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id}')" /bin/true
+	mutate "$B/config.json" dup
+	rc=0
+	out=$(in_rt runc "$IMC_RT" run -b "$B" "imc-rt-strict-$$" 2>&1) || rc=$?
+	check_match "with the annotation, a duplicate key is refused" \
+		"^1 imc-runtime: .*config.json.*" "$rc $out"
+	check_eq "... and nothing is attached" 0 "$(attach_count)"
+else
+	not_ok "runc is installed (the pass-through of odd config.json files is checked with it)"
+fi
+
 # --- failures leave nothing attached ---------------------------------------------------------
 
 B=$TEST_TMP/bundle-unknown
