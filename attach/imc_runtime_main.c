@@ -155,16 +155,20 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 				     .dir = cache->rootfs,
 				     .data_dest = cache->data_dest,
 				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO};
+	_cleanup_close_ int rootfd = -1;
 	struct store *s = NULL;
 	int r;
 
+	/* root.path without symlinks, before anything is recorded or mounted. */
+	if ((r = runtime_rootfs_open(c->args.bundle, cache->root_path, &rootfd, err)) < 0)
+		return imc_err_wrap(err, "container %s", c->args.id);
 	if ((r = runtime_record_write(c->state_dir, c->args.id, cache, err)) < 0)
 		return r;
 	r = open_store(c, &s, err);
 	if (r == 0) {
 		struct attach_reporter reporter;
 
-		r = attach_cache(s, &req, ret_state, err);
+		r = attach_cache_at(s, &req, rootfd, ret_state, err);
 		store_close(s);
 		attach_reporter_from_env(&reporter, NULL, NULL);
 		if (r == 0 && ret_state)
@@ -177,7 +181,8 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 
 /* imcache.io/use-image-config: the image's config (which the attach read from the snapshot's
  * /imcache.json) into config.json, rewritten in place. */
-static int apply_image_config(const struct runtime_cache *cache, json_t *state, imc_error *err)
+static int apply_image_config(const struct ctx *c, const struct runtime_cache *cache, json_t *state,
+			      imc_error *err)
 {
 	_cleanup_close_ int rootfd = -1;
 	json_t *config = json_object_get(state, "imageConfig");
@@ -186,9 +191,10 @@ static int apply_image_config(const struct runtime_cache *cache, json_t *state, 
 	if (!json_is_object(config))
 		return imc_err(err, EINVAL, "%s: the attach returned no image config",
 			       RUNTIME_ANNOTATION_USE_CONFIG);
-	rootfd = open(cache->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (rootfd < 0)
-		return imc_err_sys(err, errno, "%s", cache->rootfs);
+	/* The attached rootfs: root.path again without symlinks (the mount is on its last
+	 * component, which the lookup enters). */
+	if ((r = runtime_rootfs_open(c->args.bundle, cache->root_path, &rootfd, err)) < 0)
+		return r;
 	if ((r = runtime_spec_apply_image(cache->spec, config, cache->use_config, rootfd, err)) < 0)
 		return r;
 	return runtime_spec_write(cache, err);
@@ -202,7 +208,7 @@ static int prepare(const struct ctx *c, const struct runtime_cache *cache, imc_e
 
 	if (r < 0 || cache->use_config == RUNTIME_USE_CONFIG_NO)
 		return r;
-	r = apply_image_config(cache, state, err);
+	r = apply_image_config(c, cache, state, err);
 	if (r < 0) {
 		imc_error undo_err;
 		if (undo_attach(c, &undo_err) < 0)

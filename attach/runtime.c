@@ -160,6 +160,7 @@ void runtime_cache_free(struct runtime_cache *c)
 {
 	free(c->cache_id);
 	free(c->rootfs);
+	free(c->root_path);
 	free(c->data_dest);
 	json_decref(c->spec);
 	free(c->config_path);
@@ -185,7 +186,8 @@ static int parse_image(json_t *annotations, unsigned *ret, imc_error *err)
 	return 0;
 }
 
-static int rootfs_path(json_t *config, const char *bundle, char **ret, imc_error *err)
+static int rootfs_path(json_t *config, const char *bundle, char **ret, char **ret_raw,
+		       imc_error *err)
 {
 	json_t *root = NULL;
 	const char *path = NULL;
@@ -199,7 +201,33 @@ static int rootfs_path(json_t *config, const char *bundle, char **ret, imc_error
 	if (path[0] == '\0')
 		return imc_err(err, EINVAL, "config.json root.path: empty");
 	*ret = path[0] == '/' ? strdup(path) : imc_path_join(bundle, path);
-	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	*ret_raw = strdup(path);
+	return *ret && *ret_raw ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+int runtime_rootfs_open(const char *bundle, const char *root_path, int *ret_fd, imc_error *err)
+{
+	_cleanup_close_ int bfd = -1;
+	bool relative = root_path[0] != '/';
+	int fd;
+
+	if (relative && (bfd = open(bundle, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return imc_err_sys(err, errno, "bundle %s", bundle);
+	fd = imc_open_no_symlinks(relative ? bfd : AT_FDCWD, root_path, relative,
+				  O_PATH | O_DIRECTORY);
+	if (fd == -ELOOP)
+		return imc_err(err, ELOOP,
+			       "config.json root.path \"%.200s\": is or passes through a symlink "
+			       "(refused: the cache would be mounted where it leads)",
+			       root_path);
+	if (fd == -EXDEV)
+		return imc_err(err, EXDEV,
+			       "config.json root.path \"%.200s\": leads out of bundle %s",
+			       root_path, bundle);
+	if (fd < 0)
+		return imc_err_sys(err, -fd, "config.json root.path \"%.200s\"", root_path);
+	*ret_fd = fd;
+	return 0;
 }
 
 int runtime_data_dest_check(const char *dest, imc_error *err)
@@ -267,7 +295,7 @@ static int parse_cache(json_t *config, json_t *annotations, const char *id, cons
 	if ((r = parse_image(annotations, &c->image, err)) < 0 ||
 	    (r = parse_data_dest(annotations, &c->data_dest, err)) < 0 ||
 	    (r = parse_use_config(annotations, &c->use_config, err)) < 0 ||
-	    (r = rootfs_path(config, bundle, &c->rootfs, err)) < 0)
+	    (r = rootfs_path(config, bundle, &c->rootfs, &c->root_path, err)) < 0)
 		return r;
 	c->cache_id = strdup(id);
 	if (!c->cache_id)

@@ -112,6 +112,10 @@ int imc_mkdir_p(const char *path, mode_t mode, imc_error *err);
 /* openat2(rootfd, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): path can never leave rootfd.
  * Returns an fd or -errno. */
 int imc_openat_in_root(int rootfd, const char *path, int flags, mode_t mode);
+/* openat2(dirfd, path, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and RESOLVE_BENEATH when
+ * beneath): no component of path may be a symlink (-ELOOP), nor, beneath, lead out of dirfd
+ * (-EXDEV).  Returns an fd or -errno. */
+int imc_open_no_symlinks(int dirfd, const char *path, bool beneath, int flags);
 /* Remove dirfd/name and everything below it without following symlinks; ENOENT is success.
  * name is a single component ("." and ".." refused), or an absolute path. */
 int imc_rm_rf_at(int dirfd, const char *name, imc_error *err);

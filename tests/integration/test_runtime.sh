@@ -305,6 +305,42 @@ else
 	not_ok "runc is installed (the pass-through of odd config.json files is checked with it)"
 fi
 
+
+# --- root.path through a symlink: refused before anything is mounted ----------------------------
+
+# root_link_case NAME ROOT_PATH: a bundle whose root.path (made by the caller) leads through a
+# symlink to $TEST_TMP/elsewhere-NAME; imc-runtime must refuse it and mount nothing anywhere.
+root_link_case() {
+	local name=$1 root=$2 B=$TEST_TMP/bundle-link-$1 away=$TEST_TMP/elsewhere-$1 cid
+	cid=imc-rt-link-$name-$$
+	mkdir -p "$away/rootfs"
+	defer imc_detach_quiet "$away"
+	defer imc_detach_quiet "$away/rootfs"
+	defer "$RT" delete --force "$cid"
+	mk_bundle "$B" dummy "$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id}')" /bin/cat /data/a.txt
+	rmdir "$B/dummy"
+	jq --arg r "$root" '.root.path = $r' "$B/config.json" >"$B/config.json.new" &&
+		mv -f "$B/config.json.new" "$B/config.json"
+	case $name in
+	link) ln -s "$away" "$B/rootfs-link" ;;
+	through) ln -s "$away" "$B/sub" ;;
+	absolute) ln -s "$away" "$B/sub" ;;
+	esac
+	rc=0
+	out=$(in_rt "$RT" "$IMC_RT" run --bundle "$B" "$cid" 2>&1) || rc=$?
+	check_match "root.path $root (a symlink on the way): refused naming it" \
+		"^1 imc-runtime: .*root.path .*symlink" "$rc $out"
+	check_eq "... nothing is mounted where the symlink leads" "" \
+		"$(findmnt -rn -o TARGET | grep -F "$away" || true)"
+	check_eq "... the directory there is untouched" "" "$(ls -A "$away/rootfs" 2>&1)"
+	check_eq "... no attach and no record" "0 " \
+		"$(attach_count) $(ls "$STATE/runtime" 2>/dev/null | grep -F "$cid" || true)"
+	check_fails "... and the real runtime never created the container" "$RT" state "$cid"
+}
+root_link_case link rootfs-link
+root_link_case through sub/rootfs
+root_link_case absolute "$TEST_TMP/bundle-link-absolute/sub/rootfs"
+
 # --- failures leave nothing attached ---------------------------------------------------------
 
 B=$TEST_TMP/bundle-unknown

@@ -770,6 +770,49 @@ START_TEST(config_without_annotation_is_not_parsed)
 }
 END_TEST
 
+/* root.path is opened without following a symlink anywhere, and relative to the bundle it stays
+ * in the bundle. */
+START_TEST(rootfs_open_refuses_symlinks)
+{
+	char dir[] = "/tmp/imc-rt-root.XXXXXX", bundle[128], p[256], abs[256];
+	imc_error err = {0};
+	int fd = -1;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(bundle, sizeof(bundle), "%s/bundle", dir);
+	ck_assert_int_eq(mkdir(bundle, 0755), 0);
+	snprintf(p, sizeof(p), "%s/rootfs", bundle);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/elsewhere", dir);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/elsewhere/rootfs", dir);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/link", bundle);
+	ck_assert_int_eq(symlink("../elsewhere", p), 0);
+	snprintf(p, sizeof(p), "%s/self", bundle);
+	ck_assert_int_eq(symlink("rootfs", p), 0);
+
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "rootfs", &fd, &err), 0);
+	close(fd);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "./rootfs/", &fd, &err), 0);
+	close(fd);
+	snprintf(abs, sizeof(abs), "%s/rootfs", bundle);
+	ck_assert_int_eq(runtime_rootfs_open("/nonexistent", abs, &fd, &err), 0);
+	close(fd);
+	static const char *const looped[] = {"link", "link/rootfs", "self"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(looped); i++) {
+		ck_assert_int_eq(runtime_rootfs_open(bundle, looped[i], &fd, &err), -ELOOP);
+		ck_assert_ptr_nonnull(strstr(err.msg, "symlink"));
+		ck_assert_ptr_nonnull(strstr(err.msg, looped[i]));
+	}
+	snprintf(abs, sizeof(abs), "%s/link/rootfs", bundle);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, abs, &fd, &err), -ELOOP);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "../elsewhere/rootfs", &fd, &err), -EXDEV);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "missing", &fd, &err), -ENOENT);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("runtime");
@@ -788,6 +831,7 @@ int main(void)
 	tcase_add_test(tc, spec_rewrite);
 	tcase_add_test(tc, config_files);
 	tcase_add_test(tc, config_without_annotation_is_not_parsed);
+	tcase_add_test(tc, rootfs_open_refuses_symlinks);
 	tcase_add_test(tc, pick_and_log);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
