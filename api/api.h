@@ -342,21 +342,20 @@ struct api_caches_config {
 	const char *state_dir;			/* metadata in <state_dir>/caches */
 	struct store *store;			/* opened by the caller */
 	const char *const *insecure_registries; /* NULL-terminated, may be NULL */
-	const char *hf_endpoint; /* hf:// data; NULL: $HF_ENDPOINT, else huggingface.co */
-	const char *ca_file;	 /* extra CAs for data and registries; NULL: none */
-	const char *auth_file;	 /* docker config.json with registry credentials; NULL: none */
+	const char *hf_endpoint;		/* hf:// data; NULL: huggingface.co */
+	const char *ca_file;			/* extra CAs for data and registries; NULL: none */
+	const char *auth_file; /* docker config.json with registry credentials; NULL: none */
 	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
 	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
-	/* Lifecycle (0 picks the default; the IMCD_* environment variables named are test and
-	 * operations knobs read only when the field is 0, see docs/api.md). */
-	unsigned build_workers; /* builds at once: 2 (IMCD_BUILD_WORKERS) */
-	double evict_high;	/* pool used/size that starts eviction: 0.90 (IMCD_EVICT_HIGH) */
-	double evict_low;	/* ... and where it stops: 0.80 (IMCD_EVICT_LOW) */
-	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
-	unsigned day_seconds;	    /* a retention day: 86400 (IMCD_DAY_SECONDS) */
+	/* Lifecycle (0 picks the default; imcd sets them from its flags). */
+	unsigned build_workers;	    /* builds at once: 2 */
+	double evict_high;	    /* pool used/size that starts eviction: 0.90 */
+	double evict_low;	    /* ... and where it stops: 0.80 */
+	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 */
+	unsigned day_seconds;	    /* a retention day: 86400 (shorter only in test builds) */
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)

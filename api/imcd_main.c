@@ -38,6 +38,7 @@ struct options {
 	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
 	unsigned sweep_interval_ms;   /* 0: 60 s */
 	struct api_http_limits http;  /* 0: the config's, else the default */
+	unsigned day_seconds;	      /* 0: 86400; test builds only: $IMCD_DAY_SECONDS */
 };
 
 static void usage(FILE *f)
@@ -78,7 +79,7 @@ static void usage(FILE *f)
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
-	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
+	    "  --sweep-interval SEC  how often expiry and eviction run (default 60; 0.2 works)\n"
 	    "  --max-connections N   client connections open at once (default %d)\n"
 	    "  --max-connections-per-client N  ... from one client address (default %d)\n"
 	    "  --connection-reserve N  ... of which kept for /healthz and /metrics (default %d)\n"
@@ -140,6 +141,20 @@ static int usage_error(const char *fmt, const char *arg)
 	fprintf(stderr, fmt, arg);
 	fputc('\n', stderr);
 	return -1;
+}
+
+/* Seconds, fractions allowed, 0.01-86400, as milliseconds. */
+static int parse_seconds_ms(const char *s, unsigned *ret)
+{
+	char *end = NULL;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= 0.01 && v <= 86400))
+		return -1;
+	*ret = (unsigned)(v * 1000 + 0.5);
+	return 0;
 }
 
 /* A fraction of the pool in (0, 1]. */
@@ -265,9 +280,8 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--evict-low %s: want a fraction in (0, 1]", arg);
 		return 0;
 	case 'S':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 86400)
-			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
-		o->sweep_interval_ms = (unsigned)n * 1000;
+		if (parse_seconds_ms(arg, &o->sweep_interval_ms) < 0)
+			return usage_error("--sweep-interval %s: want 0.01-86400 seconds", arg);
 		return 0;
 	case 'M':
 	case 'P':
@@ -331,6 +345,24 @@ static int parse_args(int argc, char **argv, struct options *o)
 		return usage_error("%s: --tls-cert and --tls-key go together",
 				   o->tls_cert ? o->tls_cert : o->tls_key);
 	return 0;
+}
+
+/* The environment channels, all read here: $HF_ENDPOINT (the Hugging Face convention) when
+ * --hf-endpoint is not given, and in test builds only the retention day's length. */
+static void read_environment(struct options *o)
+{
+	const char *hf = secure_getenv("HF_ENDPOINT");
+
+	if (!o->hf_endpoint && hf && *hf)
+		o->hf_endpoint = hf;
+#ifdef IMC_TESTING
+	/* The lifecycle test's 2-second day; release binaries have no such knob. */
+	const char *day = secure_getenv("IMCD_DAY_SECONDS");
+	uint64_t n = 0;
+
+	if (day && parse_size(day, &n) == 0 && n > 0 && n <= 86400)
+		o->day_seconds = (unsigned)n;
+#endif
 }
 
 /* http://HOST:PORT or unix:PATH and a newline, replacing path atomically. */
@@ -505,6 +537,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 							.evict_high = o->evict_high,
 							.evict_low = o->evict_low,
 							.sweep_interval_ms = o->sweep_interval_ms,
+							.day_seconds = o->day_seconds,
 							.on_event = on_event},
 			    repairs, &svc->caches, err);
 	log_repairs(repairs);
@@ -562,6 +595,7 @@ int main(int argc, char **argv)
 	r = parse_args(argc, argv, &o);
 	if (r != 0)
 		return r > 0 ? 0 : 2;
+	read_environment(&o);
 	/* Every thread started from here on inherits the mask: only sigwait() sees these. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);

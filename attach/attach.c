@@ -44,7 +44,7 @@
 static void stop_point(const char *name)
 {
 #ifdef IMC_TESTING
-	const char *at = getenv("IMC_ATTACH_STOP_AT");
+	const char *at = secure_getenv("IMC_ATTACH_STOP_AT");
 
 	if (at && strcmp(at, name) == 0)
 		raise(SIGSTOP);

@@ -277,8 +277,9 @@ int main(int argc, char **argv)
 					       "reconcile", "teardown", "prefetch"};
 	const char *insecure[DRIVER_OPTS_MAX + 1] = {0};
 	size_t n_insecure = 0;
-	struct fetch_config fc = {.server = getenv("IMCACHE_SERVER"),
-				  .token = getenv("IMCACHE_TOKEN"),
+	/* The environment channels (a root-run agent: secure_getenv); the flags win. */
+	struct fetch_config fc = {.server = secure_getenv("IMCACHE_SERVER"),
+				  .token = secure_getenv("IMCACHE_TOKEN"),
 				  .insecure_registries = insecure};
 	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
 	struct store_config cfg = {
@@ -361,7 +362,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	attach_reporter_from_env(&reporter, fc.server, fc.token);
+	attach_reporter_init(&reporter, fc.server, fc.token);
 	const char *cmd = argv[optind];
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
 		known |= strcmp(cmd, commands[i]) == 0;

@@ -21,6 +21,8 @@
 struct ctx {
 	struct runtime_args args;
 	const char *state_dir;
+	const char *server,
+	    *token;  /* $IMCACHE_SERVER, $IMCACHE_TOKEN: where attaches are reported */
 	char **argv; /* the real runtime's: ours with argv[0] replaced */
 	char *runtime;
 };
@@ -131,7 +133,7 @@ static int undo_attach(const struct ctx *c, imc_error *err)
 	if ((r = open_store(c, &s, err)) < 0)
 		return r;
 	/* $IMCACHE_SERVER: tell imcd (runc's flags are not ours to extend). */
-	attach_reporter_from_env(&reporter, NULL, NULL);
+	attach_reporter_init(&reporter, c->server, c->token);
 	if (attach_reporter_enabled(&reporter))
 		state = attach_report_lookup(s, dir);
 	r = attach_detach(s, dir, err);
@@ -170,7 +172,7 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 
 		r = attach_cache_at(s, &req, rootfd, ret_state, err);
 		store_close(s);
-		attach_reporter_from_env(&reporter, NULL, NULL);
+		attach_reporter_init(&reporter, c->server, c->token);
 		if (r == 0 && ret_state)
 			attach_report_state(&reporter, true, *ret_state, "imc-runtime");
 	}
@@ -288,15 +290,20 @@ int main(int argc, char **argv)
 {
 	_cleanup_free_ char **rt_argv = calloc((size_t)argc + 1, sizeof(char *));
 	_cleanup_free_ char *runtime = NULL;
-	const char *state_dir = getenv("IMCACHE_STATE_DIR");
-	struct ctx c = {.state_dir = state_dir && *state_dir ? state_dir : STORE_DEFAULT_STATE_DIR};
+	/* runc's command line is not ours to extend: the environment is the channel, read here and
+	 * with secure_getenv (a root-run wrapper). */
+	const char *state_dir = secure_getenv("IMCACHE_STATE_DIR");
+	struct ctx c = {.state_dir = state_dir && *state_dir ? state_dir : STORE_DEFAULT_STATE_DIR,
+			.server = secure_getenv("IMCACHE_SERVER"),
+			.token = secure_getenv("IMCACHE_TOKEN")};
 	imc_error err = {0};
 
 	if (!rt_argv)
 		return fail_msg(&c, "out of memory");
 	if (runtime_parse_args(argc, argv, &c.args, &err) < 0)
 		c.args = (struct runtime_args){.command_index = -1}; /* the runtime judges */
-	if (runtime_pick(getenv("IMCACHE_RUNTIME"), getenv("PATH"), &runtime, &err) < 0 ||
+	if (runtime_pick(secure_getenv("IMCACHE_RUNTIME"), secure_getenv("PATH"), &runtime, &err) <
+		0 ||
 	    check_not_self(runtime, &err) < 0)
 		return fail(&c, &err);
 	c.runtime = runtime;
