@@ -1,6 +1,7 @@
 # imcache — build, test and benchmark.
 #   make            release build in build/
-#   make check      unit + integration tests, built with ASan+UBSan in build/check/, then the
+#   make check      unit + integration tests, built with ASan+UBSan in build/check/, the
+#                   release programs checked for test hooks (make check-release), then the
 #                   device-mapper tests in a VM (make check-vm)
 #   make bench      benchmarks (release build), tables and plots in build/bench/
 #   make plots      docs/plots/*.png from the bench data kept in docs/bench-data/ (no bench run)
@@ -10,7 +11,7 @@
 O ?= build
 SAN ?= 0
 CC ?= cc
-PKGS := libcurl jansson libmicrohttpd libarchive openssl devmapper libzstd
+PKGS := libcurl jansson libmicrohttpd gnutls libarchive openssl devmapper libzstd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check)
@@ -61,7 +62,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 
 .PHONY: all clean check unit integration bench format format-check programs check-vm bench-vm \
-	plots plots-update install uninstall
+	plots plots-update install uninstall check-release
 all: $(PROGS)
 programs: $(PROGS)
 
@@ -96,15 +97,26 @@ $(O)/bench/%: $(O)/obj/tests/bench/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-# make check: unit tests under ASan+UBSan, each fuzz target for a few seconds, then the
-# integration tests (their summary line closes the run).
+# make check: unit tests under ASan+UBSan, the release programs checked for test hooks, each
+# fuzz target for a few seconds, then the integration tests (their summary line closes the run).
 CHECK_O := build/check
+RELEASE_O := build/release
 check: format-check
 	$(MAKE) O=$(CHECK_O) SAN=1 programs unit-bins
 	$(MAKE) O=$(CHECK_O) SAN=1 unit
+	$(MAKE) check-release
 	$(MAKE) FUZZ_SECONDS=10 fuzz-run
 	$(MAKE) O=$(CHECK_O) SAN=1 integration
 	$(MAKE) O=$(CHECK_O) SAN=1 check-vm
+
+# make check-release: the release programs (SAN=0, in build/release) hold none of the test
+# builds' hooks (fault injection, stop points, environment test knobs) and read the environment
+# with secure_getenv only; the check build (SAN=1) is built first to show the hooks are findable.
+check-release:
+	$(MAKE) O=$(CHECK_O) SAN=1 programs
+	$(MAKE) O=$(RELEASE_O) SAN=0 programs
+	IMC_BIN=$(abspath $(RELEASE_O)) IMC_CHECK_BIN=$(abspath $(CHECK_O)) \
+	  tests/release/test_no_test_hooks.sh
 
 # make check-vm: what needs device-mapper (the thin store driver: the store suite against it,
 # its own tests, end to end with crun) in a QEMU VM booted from the installed Debian kernel

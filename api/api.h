@@ -99,6 +99,10 @@ enum api_cache_status {
 const char *api_cache_status_name(enum api_cache_status s);
 int api_cache_status_parse(const char *s, enum api_cache_status *ret);
 
+/* An id in a path: -EINVAL when it could never name anything (400), -ENOENT when it is not a
+ * cache id (404, as for an unknown cache: a base snapshot "img-…" is internal), else 0. */
+int api_cache_id_check(const char *id, imc_error *err);
+
 /* One event of a cache's history (the newest API_EVENTS_MAX are kept and persisted). */
 struct api_cache_event {
 	int64_t time; /* unix seconds */
@@ -330,9 +334,9 @@ struct api_caches_config {
 	const char *state_dir;			/* metadata in <state_dir>/caches */
 	struct store *store;			/* opened by the caller */
 	const char *const *insecure_registries; /* NULL-terminated, may be NULL */
-	const char *hf_endpoint; /* hf:// data; NULL: $HF_ENDPOINT, else huggingface.co */
-	const char *ca_file;	 /* extra CAs for data and registries; NULL: none */
-	const char *auth_file;	 /* docker config.json with registry credentials; NULL: none */
+	const char *hf_endpoint;		/* hf:// data; NULL: huggingface.co */
+	const char *ca_file;			/* extra CAs for data and registries; NULL: none */
+	const char *auth_file; /* docker config.json with registry credentials; NULL: none */
 	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
 	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */
@@ -346,13 +350,12 @@ struct api_caches_config {
 	/* The chunk store the distribution routes serve (api/dist.c; opened by the caller, may
 	 * be NULL): the table only hands it to them. */
 	struct dist_chunks *chunks;
-	/* Lifecycle (0 picks the default; the IMCD_* environment variables named are test and
-	 * operations knobs read only when the field is 0, see docs/api.md). */
-	unsigned build_workers; /* builds at once: 2 (IMCD_BUILD_WORKERS) */
-	double evict_high;	/* pool used/size that starts eviction: 0.90 (IMCD_EVICT_HIGH) */
-	double evict_low;	/* ... and where it stops: 0.80 (IMCD_EVICT_LOW) */
-	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
-	unsigned day_seconds;	    /* a retention day: 86400 (IMCD_DAY_SECONDS) */
+	/* Lifecycle (0 picks the default; imcd sets them from its flags). */
+	unsigned build_workers;	    /* builds at once: 2 */
+	double evict_high;	    /* pool used/size that starts eviction: 0.90 */
+	double evict_low;	    /* ... and where it stops: 0.80 */
+	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 */
+	unsigned day_seconds;	    /* a retention day: 86400 (shorter only in test builds) */
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
@@ -412,10 +415,21 @@ struct api_metrics {
 	uint64_t http_codes[API_HTTP_CODES];
 	uint64_t http_buckets[API_HTTP_BUCKETS + 1];
 	uint64_t http_ns_sum;
-	uint64_t evictions;   /* caches removed because the pool passed the high watermark */
-	uint64_t expirations; /* caches removed because their retention ran out */
-	uint64_t attaches;    /* attachments reported */
-	uint64_t detaches;    /* attachments ended */
+	uint64_t evictions;	   /* caches removed because the pool passed the high watermark */
+	uint64_t expirations;	   /* caches removed because their retention ran out */
+	uint64_t attaches;	   /* attachments reported */
+	uint64_t detaches;	   /* attachments ended */
+	uint64_t http_connections; /* open now (a gauge) */
+	uint64_t http_conn_events[4]; /* by enum api_conn_event, but API_CONN_OPENED/CLOSED */
+};
+/* What happened to a client connection (api/conns.c). */
+enum api_conn_event {
+	API_CONN_TIMED_OUT, /* closed: its request was not all in by its deadline */
+	API_CONN_EVICTED,   /* closed, still waiting for its request, to make room at the limit */
+	API_CONN_RESERVED,  /* opened in the reserve: /healthz and /metrics only */
+	API_CONN_REFUSED,   /* refused when accepted: over the per-client or total limit */
+	API_CONN_OPENED,
+	API_CONN_CLOSED,
 };
 /* All of one page: a copy of the counters and the gauges read when it is asked for. */
 struct api_metrics_page {
@@ -429,6 +443,7 @@ struct api_metrics_page {
 /* Count one finished build / one answered request; m may be NULL (nothing counted). */
 void api_metrics_observe_build(struct api_metrics *m, bool ready, uint64_t ns);
 void api_metrics_observe_request(struct api_metrics *m, unsigned status, uint64_t ns);
+void api_metrics_count_connection(struct api_metrics *m, enum api_conn_event ev);
 /* Add bytes to the pulled-bytes counter. */
 void api_metrics_add_pull_bytes(struct api_metrics *m, uint64_t n);
 /* Copy the counters with atomic loads. */
@@ -442,11 +457,28 @@ struct api_metrics *api_caches_metrics(struct api_caches *c);
 void api_caches_metrics_page(struct api_caches *c, struct api_metrics_page *ret);
 
 /* ---- the HTTP server (api/server.c) ---------------------------------------------------------- */
+/* Client connections (docs/security.md): 0 in a field picks its default. */
+#define API_CONNECTIONS_DEFAULT	    1024  /* open at once, all clients */
+#define API_CONNECTIONS_MAX	    65536 /* the most --max-connections takes */
+#define API_PER_CLIENT_DEFAULT	    64	  /* open at once from one client address */
+#define API_RESERVE_DEFAULT	    16	  /* of those, kept for /healthz and /metrics */
+#define API_REQUEST_TIMEOUT_DEFAULT 30	  /* seconds for a request to be all in */
+#define API_REQUEST_TIMEOUT_MAX	    3600
+struct api_http_limits {
+	unsigned max_connections;
+	unsigned per_client; /* TCP only: a Unix socket's clients have no address */
+	unsigned reserve;    /* below max_connections */
+	/* A request's line, headers and body must all be in within this many seconds of the
+	 * connection opening or of the previous answer on it; trickling bytes does not extend it.
+	 */
+	unsigned request_timeout_s;
+};
 struct api_server;
 struct api_server_config {
 	int listen_fd; /* bound and listening; the server owns it from then on */
 	struct api_caches *caches;
-	unsigned threads; /* 0: a default */
+	unsigned threads;	       /* 0: a default */
+	struct api_http_limits limits; /* resolved (api_http_limits_resolve); zeros: the defaults */
 };
 /* Started with api_server_start_secure (api/auth.h).  Stop accepting, give in-flight requests a
  * moment to finish, stop. */
@@ -460,6 +492,7 @@ struct api_response {
 	size_t body_len; /* bytes of body; 0: strlen(body) */
 	const char *allow;
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
+	bool close;		  /* "Connection: close" and "Retry-After: 1" */
 };
 /* url may carry a raw "?query" (split with api_query_split). */
 void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,

@@ -228,10 +228,46 @@ static int parse_tls(json_t *root, struct api_config *c, imc_error *err)
 	return r;
 }
 
+/* One limit of "http": 1..max, absent leaves 0 (the flag's or the default). */
+static int http_limit(json_t *http, const char *key, int64_t max, unsigned *ret, imc_error *err)
+{
+	int64_t v = 0;
+	int r = imc_json_get_int(http, key, false, 1, max, "http", &v, err);
+
+	*ret = (unsigned)v;
+	return r;
+}
+
+static int parse_http(json_t *root, struct api_config *c, imc_error *err)
+{
+	static const char *const fields[] = {"maxConnections", "maxConnectionsPerClient",
+					     "connectionReserve", "requestTimeout", NULL};
+	struct api_http_limits *l = &c->http;
+	json_t *http = NULL;
+	int r = imc_json_get_object(root, "http", false, NULL, &http, err);
+
+	if (r < 0 || !http)
+		return r;
+	r = imc_json_check_fields(http, fields, "http", err);
+	if (r == 0)
+		r = http_limit(http, "maxConnections", API_CONNECTIONS_MAX, &l->max_connections,
+			       err);
+	if (r == 0)
+		r = http_limit(http, "maxConnectionsPerClient", API_CONNECTIONS_MAX, &l->per_client,
+			       err);
+	if (r == 0)
+		r = http_limit(http, "connectionReserve", API_CONNECTIONS_MAX - 1, &l->reserve,
+			       err);
+	if (r == 0)
+		r = http_limit(http, "requestTimeout", API_REQUEST_TIMEOUT_MAX,
+			       &l->request_timeout_s, err);
+	return r;
+}
+
 static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 {
-	static const char *const fields[] = {"tokens", "tenants",  "tls",
-					     "listen", "stateDir", NULL};
+	static const char *const fields[] = {"tokens",	 "tenants", "tls", "listen",
+					     "stateDir", "http",    NULL};
 	int r = imc_json_check_fields(root, fields, NULL, err);
 
 	if (r == 0)
@@ -244,6 +280,8 @@ static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 		r = dup_string(root, "listen", PATH_MAX, NULL, &c->listen, err);
 	if (r == 0)
 		r = dup_string(root, "stateDir", PATH_MAX, NULL, &c->state_dir, err);
+	if (r == 0)
+		r = parse_http(root, c, err);
 	return r;
 }
 

@@ -945,28 +945,18 @@ static void free_caches(struct api_caches *c)
 	free(c);
 }
 
-/* A knob: the config's value, else the environment's (a test and operations knob), else the
- * default. */
-static double knob(double cfg, const char *env, double dflt, double min, double max)
+/* A knob: the config's value when set and in range, else the default.  Library code reads no
+ * environment: imcd's main parses flags (and, in test builds, test knobs) into the config. */
+static double knob(double cfg, double dflt, double min, double max)
 {
-	const char *s = getenv(env);
-	char *end = NULL;
-	double v;
-
-	if (cfg > 0)
-		return cfg;
-	if (!s || !*s)
-		return dflt;
-	v = strtod(s, &end);
-	return *end == '\0' && v >= min && v <= max ? v : dflt;
+	return cfg > 0 && cfg >= min && cfg <= max ? cfg : dflt;
 }
 
 static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 {
 	c->store = cfg->store;
 	c->insecure_registries = cfg->insecure_registries;
-	/* The environment stands in until imcd has flags for these. */
-	c->hf_endpoint = cfg->hf_endpoint ? cfg->hf_endpoint : getenv("HF_ENDPOINT");
+	c->hf_endpoint = cfg->hf_endpoint;
 	c->ca_file = cfg->ca_file;
 	c->auth_file = cfg->auth_file;
 	c->on_event = cfg->on_event;
@@ -976,16 +966,14 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->chunks = cfg->chunks;
 	c->limits = cfg->limits;
 	c->n_limits = cfg->n_limits;
-	c->n_workers = (unsigned)knob(cfg->build_workers, "IMCD_BUILD_WORKERS", WORKERS_DEFAULT, 1,
-				      WORKERS_MAX);
-	c->evict_high = knob(cfg->evict_high, "IMCD_EVICT_HIGH", EVICT_HIGH_DEFAULT, 0, 1);
-	c->evict_low = knob(cfg->evict_low, "IMCD_EVICT_LOW", EVICT_LOW_DEFAULT, 0, 1);
+	c->n_workers = (unsigned)knob(cfg->build_workers, WORKERS_DEFAULT, 1, WORKERS_MAX);
+	c->evict_high = knob(cfg->evict_high, EVICT_HIGH_DEFAULT, 0, 1);
+	c->evict_low = knob(cfg->evict_low, EVICT_LOW_DEFAULT, 0, 1);
 	if (c->evict_low > c->evict_high)
 		c->evict_low = c->evict_high;
-	c->sweep_ms = (unsigned)knob(cfg->sweep_interval_ms, "IMCD_SWEEP_INTERVAL_MS",
-				     SWEEP_MS_DEFAULT, 10, 86400000);
-	c->day_seconds = (unsigned)knob(cfg->day_seconds, "IMCD_DAY_SECONDS", DAY_SECONDS_DEFAULT,
-					1, DAY_SECONDS_DEFAULT);
+	c->sweep_ms = (unsigned)knob(cfg->sweep_interval_ms, SWEEP_MS_DEFAULT, 10, 86400000);
+	c->day_seconds =
+	    (unsigned)knob(cfg->day_seconds, DAY_SECONDS_DEFAULT, 1, DAY_SECONDS_DEFAULT);
 }
 
 static int start_threads(struct api_caches *c, imc_error *err)
@@ -1744,10 +1732,8 @@ int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who,
 			     json_t **ret, unsigned *ret_status, imc_error *err)
 {
 	*ret_status = 200;
-	if (!api_cache_id_valid(match->id))
-		return imc_err(err, EINVAL,
-			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", match->id,
-			       API_ID_PREFIX);
+	if (api_cache_id_check(match->id, err) < 0)
+		return err->code;
 	if (!c)
 		return imc_err(err, ESHUTDOWN, "no cache table");
 	if (match->route == API_ROUTE_ATTACHMENT)

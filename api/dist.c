@@ -46,10 +46,8 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
 		return imc_err(err, EINVAL, "cache id: malformed");
 	memcpy(id, id_in, id_len);
 	id[id_len] = '\0';
-	if (!api_cache_id_valid(id))
-		return imc_err(err, EINVAL,
-			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", id,
-			       API_ID_PREFIX);
+	if (api_cache_id_check(id, err) < 0)
+		return err->code;
 	if (cache_ready(c, who, id, err) < 0 || chunks_of(c, &cs, err) < 0)
 		return err->code;
 	r = dist_export(cs, id, 0, &buf, &len, err);

@@ -5,11 +5,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "../dist/dist.h"
 #include "../store/store.h"
 #include "api.h"
 #include "auth.h"
+#include "conns.h"
 
 #define MAX_INSECURE_REGISTRIES 64
 #define MAX_DRIVER_OPTS		32
@@ -36,6 +38,8 @@ struct options {
 	unsigned build_workers;	      /* 0: api/caches.c's default (2) */
 	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
 	unsigned sweep_interval_ms;   /* 0: 60 s */
+	struct api_http_limits http;  /* 0: the config's, else the default */
+	unsigned day_seconds;	      /* 0: 86400; test builds only: $IMCD_DAY_SECONDS */
 };
 
 static void usage(FILE *f)
@@ -49,6 +53,8 @@ static void usage(FILE *f)
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
 	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
+	    "            [--max-connections N] [--max-connections-per-client N]\n"
+	    "            [--connection-reserve N] [--request-timeout SEC]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -74,11 +80,19 @@ static void usage(FILE *f)
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
-	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
+	    "  --sweep-interval SEC  how often expiry and eviction run (default 60; 0.2 works)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
+	    "  --max-connections N   client connections open at once (default %d)\n"
+	    "  --max-connections-per-client N  ... from one client address (default %d)\n"
+	    "  --connection-reserve N  ... of which kept for /healthz and /metrics (default %d)\n"
+	    "  --request-timeout SEC a request (line, headers, body) must be all in within this\n"
+	    "                        of its connection opening or the previous answer (default "
+	    "%d)\n"
 	    "  -h, --help            this help\n",
-	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
+	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT,
+	    API_CONNECTIONS_DEFAULT, API_PER_CLIENT_DEFAULT, API_RESERVE_DEFAULT,
+	    API_REQUEST_TIMEOUT_DEFAULT);
 }
 
 static int parse_size(const char *s, uint64_t *ret)
@@ -133,6 +147,20 @@ static int usage_error(const char *fmt, const char *arg)
 	return -1;
 }
 
+/* Seconds, fractions allowed, 0.01-86400, as milliseconds. */
+static int parse_seconds_ms(const char *s, unsigned *ret)
+{
+	char *end = NULL;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= 0.01 && v <= 86400))
+		return -1;
+	*ret = (unsigned)(v * 1000 + 0.5);
+	return 0;
+}
+
 /* A fraction of the pool in (0, 1]. */
 static int parse_fraction(const char *s, double *ret)
 {
@@ -145,6 +173,37 @@ static int parse_fraction(const char *s, double *ret)
 		return -1;
 	*ret = v;
 	return 0;
+}
+
+/* --max-connections (M), --max-connections-per-client (P), --connection-reserve (R),
+ * --request-timeout (Q); how they fit together is checked once the config is read. */
+static int parse_http_option(int ch, const char *arg, struct api_http_limits *l)
+{
+	uint64_t n = 0;
+	bool bad = parse_size(arg, &n) < 0 || n == 0;
+
+	switch (ch) {
+	case 'M':
+		if (bad || n > API_CONNECTIONS_MAX)
+			return usage_error("--max-connections %s: want 2-65536", arg);
+		l->max_connections = (unsigned)n;
+		return 0;
+	case 'P':
+		if (bad || n > API_CONNECTIONS_MAX)
+			return usage_error("--max-connections-per-client %s: want 1-65536", arg);
+		l->per_client = (unsigned)n;
+		return 0;
+	case 'R':
+		if (bad || n >= API_CONNECTIONS_MAX)
+			return usage_error("--connection-reserve %s: want 1-65535", arg);
+		l->reserve = (unsigned)n;
+		return 0;
+	default:
+		if (bad || n > API_REQUEST_TIMEOUT_MAX)
+			return usage_error("--request-timeout %s: want 1-3600 seconds", arg);
+		l->request_timeout_s = (unsigned)n;
+		return 0;
+	}
 }
 
 /* One option; returns 0, 1 to exit 0 (--help) or -1 on a usage error. */
@@ -225,10 +284,14 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--evict-low %s: want a fraction in (0, 1]", arg);
 		return 0;
 	case 'S':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 86400)
-			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
-		o->sweep_interval_ms = (unsigned)n * 1000;
+		if (parse_seconds_ms(arg, &o->sweep_interval_ms) < 0)
+			return usage_error("--sweep-interval %s: want 0.01-86400 seconds", arg);
 		return 0;
+	case 'M':
+	case 'P':
+	case 'R':
+	case 'Q':
+		return parse_http_option(ch, arg, &o->http);
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -261,6 +324,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"evict-high", required_argument, NULL, 'E'},
 	    {"evict-low", required_argument, NULL, 'e'},
 	    {"sweep-interval", required_argument, NULL, 'S'},
+	    {"max-connections", required_argument, NULL, 'M'},
+	    {"max-connections-per-client", required_argument, NULL, 'P'},
+	    {"connection-reserve", required_argument, NULL, 'R'},
+	    {"request-timeout", required_argument, NULL, 'Q'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -282,6 +349,24 @@ static int parse_args(int argc, char **argv, struct options *o)
 		return usage_error("%s: --tls-cert and --tls-key go together",
 				   o->tls_cert ? o->tls_cert : o->tls_key);
 	return 0;
+}
+
+/* The environment channels, all read here: $HF_ENDPOINT (the Hugging Face convention) when
+ * --hf-endpoint is not given, and in test builds only the retention day's length. */
+static void read_environment(struct options *o)
+{
+	const char *hf = secure_getenv("HF_ENDPOINT");
+
+	if (!o->hf_endpoint && hf && *hf)
+		o->hf_endpoint = hf;
+#ifdef IMC_TESTING
+	/* The lifecycle test's 2-second day; release binaries have no such knob. */
+	const char *day = secure_getenv("IMCD_DAY_SECONDS");
+	uint64_t n = 0;
+
+	if (day && parse_size(day, &n) == 0 && n > 0 && n <= 86400)
+		o->day_seconds = (unsigned)n;
+#endif
 }
 
 /* http://HOST:PORT or unix:PATH and a newline, replacing path atomically. */
@@ -398,6 +483,22 @@ static void url_set_https(char *url, size_t size)
 	url[4] = 's';
 }
 
+/* Every connection is a descriptor: make room for them and for the store's own (a soft limit
+ * below the hard one is raised; one that stays too low is warned about). */
+static void raise_fd_limit(unsigned connections)
+{
+	rlim_t want = (rlim_t)connections + 256;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+		imc_warn("open files limited to %llu: fewer than the %u connections allow "
+			 "(raise LimitNOFILE, or lower --max-connections)",
+			 (unsigned long long)rl.rlim_cur, connections);
+}
+
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
 	const struct store_config scfg = {.state_dir = o->state_dir,
@@ -406,11 +507,17 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					  .driver_opts = o->driver_opts};
 	_cleanup_json_ json_t *repairs = json_array();
 	_cleanup_close_ int fd = -1;
+	struct api_http_limits http;
 	char *url = svc->url;
 	int r;
 
 	if (!repairs)
 		return imc_err(err, ENOMEM, "out of memory");
+	/* The flags win over the config's "http"; what does not fit fails before anything starts.
+	 */
+	if (api_http_limits_resolve(&o->http, &svc->config.http, &http, err) < 0)
+		return err->code;
+	raise_fd_limit(http.max_connections);
 	/* The socket first: a taken port fails before the store sets anything up. */
 	r = api_listen_open(o->listen, &fd, url, sizeof(svc->url), err);
 	if (r == 0)
@@ -438,6 +545,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.evict_high = o->evict_high,
 					.evict_low = o->evict_low,
 					.sweep_interval_ms = o->sweep_interval_ms,
+					.day_seconds = o->day_seconds,
 					.on_event = on_event,
 					.on_snapshot_removed = api_dist_snapshot_removed,
 					.snapshot_ctx = svc->chunks,
@@ -446,8 +554,10 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	log_repairs(repairs);
 	if (r == 0)
 		r = api_server_start_secure(
-		    &(struct api_server_config){
-			.listen_fd = fd, .caches = svc->caches, .threads = o->threads},
+		    &(struct api_server_config){.listen_fd = fd,
+						.caches = svc->caches,
+						.threads = o->threads,
+						.limits = http},
 		    &(struct api_server_security){.auth = &svc->config,
 						  .tls = svc->tls.cert_pem ? &svc->tls : NULL},
 		    &svc->server, err);
@@ -459,8 +569,10 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	if (o->ready_file)
 		r = write_ready_file(o->ready_file, url, err);
 	if (r == 0)
-		imc_info("listening on %s (state %s, store driver %s)", url, o->state_dir,
-			 store_driver_name(svc->store));
+		imc_info("listening on %s (state %s, store driver %s; connections: %u, %u per "
+			 "client, %u in reserve, %u s per request)",
+			 url, o->state_dir, store_driver_name(svc->store), http.max_connections,
+			 http.per_client, http.reserve, http.request_timeout_s);
 	return r;
 }
 
@@ -496,6 +608,7 @@ int main(int argc, char **argv)
 	r = parse_args(argc, argv, &o);
 	if (r != 0)
 		return r > 0 ? 0 : 2;
+	read_environment(&o);
 	/* Every thread started from here on inherits the mask: only sigwait() sees these. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGTERM);

@@ -35,6 +35,15 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 
 json_t *api_error_json(const char *code, const char *message)
 {
+	size_t n = strlen(message);
+	char safe[2 * IMC_ERR_MSG];
+
+	/* A message naming what a client sent (cut by a "%.80s", or bytes it sent) may not be
+	 * UTF-8, which JSON cannot carry: such bytes go out escaped. */
+	if (!imc_utf8_valid(message, n)) {
+		imc_log_escape(message, n, safe, sizeof(safe));
+		message = safe;
+	}
 	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
 }
 
@@ -407,6 +416,17 @@ int api_cache_status_parse(const char *s, enum api_cache_status *ret)
 			return 0;
 		}
 	return -EINVAL;
+}
+
+int api_cache_id_check(const char *id, imc_error *err)
+{
+	if (!imc_name_valid(id, API_ID_MAX - 1))
+		return imc_err(err, EINVAL,
+			       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)", id,
+			       API_ID_PREFIX);
+	if (!api_cache_id_valid(id)) /* a base snapshot's img-… is internal: no cache's */
+		return imc_err(err, ENOENT, "cache %s: not found", id);
+	return 0;
 }
 
 void api_cache_free(struct api_cache *c)

@@ -60,6 +60,18 @@ void api_metrics_observe_request(struct api_metrics *m, unsigned status, uint64_
 	add(&m->http_ns_sum, ns);
 }
 
+void api_metrics_count_connection(struct api_metrics *m, enum api_conn_event ev)
+{
+	if (!m)
+		return;
+	if (ev == API_CONN_OPENED)
+		add(&m->http_connections, 1);
+	else if (ev == API_CONN_CLOSED)
+		__atomic_sub_fetch(&m->http_connections, 1, __ATOMIC_RELAXED);
+	else
+		add(&m->http_conn_events[ev], 1);
+}
+
 void api_metrics_add_pull_bytes(struct api_metrics *m, uint64_t n)
 {
 	if (m)
@@ -219,6 +231,30 @@ static int render_pool(struct imc_buf *b, const struct api_metrics_page *p)
 	return r;
 }
 
+static int render_connections(struct imc_buf *b, const struct api_metrics *m)
+{
+	static const char *const reasons[] = {"request_timeout", "evicted"};
+	int r = scalar(b, "imcache_http_connections", "gauge", "Client connections open now.",
+		       m->http_connections);
+
+	if (r == 0)
+		r = family(
+		    b, "imcache_http_connections_closed_total", "counter",
+		    "Client connections imcd closed before their request was in, by reason.");
+	for (size_t i = 0; r == 0 && i < IMC_ARRAY_SIZE(reasons); i++)
+		r = appendf(b, "imcache_http_connections_closed_total{reason=\"%s\"} %llu\n",
+			    reasons[i], (unsigned long long)m->http_conn_events[i]);
+	if (r == 0)
+		r = scalar(b, "imcache_http_connections_reserved_total", "counter",
+			   "Client connections opened in the reserve (/healthz and /metrics only).",
+			   m->http_conn_events[API_CONN_RESERVED]);
+	if (r == 0)
+		r = scalar(b, "imcache_http_connections_refused_total", "counter",
+			   "Client connections refused when accepted: over a connection limit.",
+			   m->http_conn_events[API_CONN_REFUSED]);
+	return r;
+}
+
 static int render_http(struct imc_buf *b, const struct api_metrics *m)
 {
 	int r = family(b, "imcache_http_requests_total", "counter",
@@ -232,7 +268,7 @@ static int render_http(struct imc_buf *b, const struct api_metrics *m)
 		r = histogram(b, "imcache_http_request_duration_seconds",
 			      "Time from a request's first byte to its answer being queued.",
 			      http_buckets, API_HTTP_BUCKETS, m->http_buckets, m->http_ns_sum);
-	return r;
+	return r == 0 ? render_connections(b, m) : r;
 }
 
 int api_metrics_render(const struct api_metrics_page *p, char **ret, imc_error *err)

@@ -4,17 +4,22 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 
 #include "api.h"
 #include "auth.h"
+#include "conns.h"
 
-#define SERVER_THREADS_MAX	64
-#define SERVER_CONNECTION_LIMIT 1024
-#define SERVER_IDLE_TIMEOUT_S	30
-#define SERVER_DRAIN_NS		(3ULL * 1000000000ULL) /* in-flight requests get this long */
+#define SERVER_THREADS_MAX    64
+#define SERVER_IDLE_TIMEOUT_S 30 /* no byte either way for this long: closed (libmicrohttpd) */
+#define SERVER_DRAIN_NS	      (3ULL * 1000000000ULL) /* in-flight requests get this long */
+/* After an early 413, bytes of the body still read and dropped before the connection closes, so
+ * that the close does not reset the connection before the client has read the answer. */
+#define SERVER_BODY_DRAIN_MAX API_BODY_MAX
 
 /* TLS 1.2 and 1.3 only. */
 #define SERVER_TLS_PRIORITIES "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
@@ -25,6 +30,8 @@ struct api_server {
 	struct api_caches *caches;
 	const struct api_config *auth; /* NULL: every request is the default tenant */
 	unsigned active; /* requests between their first callback and completion (atomic) */
+	struct api_http_limits limits;
+	struct api_conns *conns;
 };
 
 /* ---- one request, without HTTP ----------------------------------------------------------------
@@ -142,7 +149,7 @@ static bool read_body(struct api_caches *c, const struct api_caller *who, enum a
 
 	if (!c || m != API_METHOD_GET)
 		return false;
-	if (match->route == API_ROUTE_CACHE && imc_name_valid(match->id, API_ID_MAX - 1)) {
+	if (match->route == API_ROUTE_CACHE && api_cache_id_valid(match->id)) {
 		*ret_r = api_caches_get_body(c, who, match->id, &ret->body, &ret->body_len, err);
 		return true;
 	}
@@ -182,10 +189,8 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 		return api_dist_index(c, who, match->id, match->id_len, ret, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
-		if (!imc_name_valid(match->id, API_ID_MAX - 1))
-			return imc_err(err, EINVAL,
-				       "cache id \"%.80s\": malformed (want %s-<16 hex digits>)",
-				       match->id, API_ID_PREFIX);
+		if (api_cache_id_check(match->id, err) < 0)
+			return err->code;
 		if (m == API_METHOD_GET)
 			return api_caches_get(c, who, match->id, ret, err);
 		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret, err);
@@ -196,6 +201,33 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 		break;
 	}
 	return imc_err(err, ENOENT, "no such path");
+}
+
+/* Path and query arrive percent-decoded: "%ff" is a byte that is not UTF-8, which can name
+ * nothing here and cannot be echoed in JSON.  False with a 400 naming where it is in ret. */
+static bool request_text_valid(const char *url, const struct query *q, struct api_response *ret)
+{
+	char name[100], msg[256];
+
+	if (!imc_utf8_valid(url, strlen(url))) {
+		imc_log_escape(url, strlen(url), name, sizeof(name));
+		snprintf(msg, sizeof(msg), "path \"%s\": not valid UTF-8", name);
+		answer_error(ret, 400, "InvalidArgument", msg);
+		return false;
+	}
+	for (size_t i = 0; i < q->n; i++) {
+		const char *k = q->args[i].key, *v = q->args[i].value;
+		bool key_ok = imc_utf8_valid(k, strlen(k));
+
+		if (key_ok && (!v || imc_utf8_valid(v, strlen(v))))
+			continue;
+		imc_log_escape(k, strlen(k), name, sizeof(name));
+		snprintf(msg, sizeof(msg), "query parameter \"%s\": %s not valid UTF-8", name,
+			 key_ok ? "value" : "name");
+		answer_error(ret, 400, "InvalidArgument", msg);
+		return false;
+	}
+	return true;
 }
 
 /* api_handle with the path and its query arguments already apart (the server's way);
@@ -215,6 +247,8 @@ static void api_handle_args(struct api_caches *c, const struct api_caller *who, 
 	int r = 0;
 
 	*ret = (struct api_response){0};
+	if (!request_text_valid(url, &query, ret))
+		return;
 	api_route_match(url, &match);
 	if (match.route == API_ROUTE_NONE) {
 		snprintf(msg, sizeof(msg), "no such path: %.200s", url);
@@ -280,6 +314,8 @@ struct request {
 	const char *challenge; /* a 401's WWW-Authenticate */
 	bool refused;	       /* answered with resp once the (bodiless) request is complete */
 	struct api_response refusal;
+	bool answered_early; /* a 413 went out in the middle of the body (send_early) */
+	size_t drained;	     /* body bytes dropped since */
 };
 
 static bool content_length_too_large(struct MHD_Connection *conn)
@@ -335,6 +371,15 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 	return MHD_YES;
 }
 
+/* Our record of the connection (api/conns.c), NULL when it has none. */
+static struct api_conn *conn_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *info =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return info ? info->socket_context : NULL;
+}
+
 static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection *conn,
 				     const char *method, const char *url, struct request *req,
 				     struct api_response *resp)
@@ -356,6 +401,11 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 	if (resp->status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					req->challenge ? req->challenge : API_AUTH_CHALLENGE);
+	if (resp->close) {
+		MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+	}
+	api_conns_request_in(s->conns, conn_of(conn));
 	ok = MHD_queue_response(conn, resp->status, r);
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), resp->status,
@@ -367,6 +417,58 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 		imc_debug("%s %s: %u (%.3f ms)", method, url, resp->status,
 			  (double)(imc_monotonic_ns() - req->start_ns) / 1e6);
 	return ok;
+}
+
+/* An answer written on the connection itself, for the one case libmicrohttpd has no way to
+ * queue one: in the middle of a request body (MHD_queue_response takes an answer only before
+ * the body or after it, and a chunked body may never end).  It says "Connection: close": the
+ * caller closes the connection after it.  Through the connection's TLS session when it has one;
+ * best effort (a client that does not read gets the close). */
+static void write_raw_answer(struct MHD_Connection *conn, unsigned status, const char *body,
+			     size_t len)
+{
+	const union MHD_ConnectionInfo *fd =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	const union MHD_ConnectionInfo *tls =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	struct imc_buf b = {0};
+	char head[256];
+	int n = snprintf(head, sizeof(head),
+			 "HTTP/1.1 %u %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n\r\n",
+			 status, MHD_get_reason_phrase_for(status), API_CONTENT_TYPE, len);
+
+	if (n < 0 || (size_t)n >= sizeof(head) || imc_buf_append(&b, head, (size_t)n) < 0 ||
+	    imc_buf_append(&b, body, len) < 0) {
+		imc_buf_free(&b);
+		return;
+	}
+	if (tls && tls->tls_session) {
+		(void)gnutls_record_send((gnutls_session_t)tls->tls_session, b.data, b.len);
+	} else if (fd) {
+		(void)send(fd->connect_fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		shutdown(fd->connect_fd, SHUT_WR); /* the answer is all there is */
+	}
+	imc_buf_free(&b);
+}
+
+/* A chunked body just passed the cap: answer 413 now, not once the client ends the body. */
+static enum MHD_Result send_early(struct api_server *s, struct MHD_Connection *conn,
+				  const char *method, const char *url, struct request *req)
+{
+	struct api_response resp;
+	size_t len;
+
+	api_handle_args(s->caches, &req->caller, method, url, NULL, 0, false, NULL, 0, true, &resp);
+	len = resp.body ? strlen(resp.body) : 0;
+	write_raw_answer(conn, resp.status, resp.body ? resp.body : "", len);
+	req->answered_early = true;
+	api_metrics_observe_request(api_caches_metrics(s->caches), resp.status,
+				    imc_monotonic_ns() - req->start_ns);
+	imc_debug("%s %s: %u in the middle of the body (%.3f ms)", method, url, resp.status,
+		  (double)(imc_monotonic_ns() - req->start_ns) / 1e6);
+	free(resp.body);
+	return MHD_YES;
 }
 
 /* Who sends the request.  /healthz is open; everything else (including /metrics and unknown
@@ -395,6 +497,30 @@ static bool authenticate(struct api_server *s, struct MHD_Connection *conn, cons
 	return false;
 }
 
+/* What a reserve connection may ask for: what a load balancer and a monitor need. */
+static bool reserve_route(const char *url)
+{
+	struct api_match match;
+
+	api_route_match(url, &match);
+	return match.route == API_ROUTE_HEALTHZ || match.route == API_ROUTE_METRICS;
+}
+
+/* A connection opened past max - reserve connections, for anything but /healthz and /metrics:
+ * 503, and the connection closes so that the client comes back on a general one. */
+static void reserve_refusal(struct api_server *s, struct api_response *resp)
+{
+	char msg[160];
+
+	snprintf(msg, sizeof(msg),
+		 "imcd is at its connection limit (%u open): this connection may ask only "
+		 "/healthz and /metrics; retry",
+		 s->limits.max_connections - s->limits.reserve);
+	*resp = (struct api_response){0};
+	answer_error(resp, 503, "Unavailable", msg);
+	resp->close = true;
+}
+
 /* The first callback of a request: headers only.  Returns MHD_YES to read the body, or the
  * result of answering right away (no token, a declared body over the cap). */
 static enum MHD_Result on_headers(struct api_server *s, struct MHD_Connection *conn,
@@ -408,6 +534,10 @@ static enum MHD_Result on_headers(struct api_server *s, struct MHD_Connection *c
 	req->start_ns = imc_monotonic_ns();
 	*con_cls = req;
 	__atomic_add_fetch(&s->active, 1, __ATOMIC_RELAXED);
+	if (api_conn_is_reserve(conn_of(conn)) && !reserve_route(url)) {
+		reserve_refusal(s, &resp);
+		return send_response(s, conn, method, url, req, &resp);
+	}
 	if (!authenticate(s, conn, url, req, &resp)) {
 		/* Without a body the answer waits for the end of the request, which keeps the
 		 * connection alive; a body is never read from a caller without a valid token:
@@ -448,6 +578,7 @@ static enum MHD_Result send_chunk(struct api_server *s, struct MHD_Connection *c
 	status = api_dist_chunk(s->caches, conn, method, match.id, &r);
 	if (!r)
 		return MHD_NO;
+	api_conns_request_in(s->conns, conn_of(conn));
 	ok = MHD_queue_response(conn, status, r);
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), status,
@@ -472,14 +603,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return send_response(s, conn, method, url, req, &resp);
 	}
 	if (*upload_data_size > 0) {
-		if (append_body(req, upload_data, *upload_data_size) < 0)
-			return MHD_NO;
+		size_t n = *upload_data_size;
+
 		*upload_data_size = 0;
-		return MHD_YES;
+		if (req->answered_early) { /* dropped; enough of it closes the connection */
+			req->drained += n;
+			return req->drained > SERVER_BODY_DRAIN_MAX ? MHD_NO : MHD_YES;
+		}
+		if (append_body(req, upload_data, n) < 0)
+			return MHD_NO;
+		/* Past the cap (a declared length over it was refused before the body). */
+		return req->too_large ? send_early(s, conn, method, url, req) : MHD_YES;
 	}
-	if (is_chunk_request(url, method))
-		return send_chunk(s, conn, method, url, req);
+	if (req->answered_early)
+		return MHD_NO; /* the body ended after its 413: close, as the answer said */
 	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
+	if (is_chunk_request(url, method)) {
+		const struct query q = {.args = req->args, .n = req->n_args};
+
+		resp = (struct api_response){0};
+		if (!request_text_valid(url, &q, &resp))
+			return send_response(s, conn, method, url, req, &resp);
+		return send_chunk(s, conn, method, url, req);
+	}
 	api_handle_args(s->caches, &req->caller, method, url, req->args, req->n_args,
 			req->too_many_args, req->body.data, req->body.len, req->too_large, &resp);
 	return send_response(s, conn, method, url, req, &resp);
@@ -491,6 +637,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct api_server *s = cls;
 	struct request *req = *con_cls;
 
+	/* Answered and kept open: the next request's clock starts. */
+	if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+		api_conns_request_done(s->conns, conn_of(conn), imc_monotonic_ns());
 	if (req) {
 		imc_buf_free(&req->body);
 		free(req->refusal.body);
@@ -500,8 +649,30 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 }
 
+/* libmicrohttpd opened or closed a client connection. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct api_server *s = cls;
+	const union MHD_ConnectionInfo *fd;
+
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		api_conns_gone(s->conns, *socket_context);
+		*socket_context = NULL;
+		return;
+	}
+	fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (!fd)
+		return;
+	*socket_context = api_conns_admit(s->conns, fd->connect_fd, imc_monotonic_ns());
+	if (!*socket_context) /* no memory to keep it within the limits: not kept at all */
+		shutdown(fd->connect_fd, SHUT_RDWR);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
+	static const char limit_msg[] = "Server reached connection limit";
+	struct api_server *s = cls;
 	char msg[512];
 	size_t n;
 
@@ -509,6 +680,12 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	n = strlen(msg);
 	while (n > 0 && msg[n - 1] == '\n')
 		msg[--n] = '\0';
+	/* One per refused connection: counted, not a warning each (a flood would flood the log). */
+	if (strncmp(msg, limit_msg, sizeof(limit_msg) - 1) == 0) {
+		api_metrics_count_connection(api_caches_metrics(s->caches), API_CONN_REFUSED);
+		imc_debug("http: %s", msg);
+		return;
+	}
 	imc_warn("http: %s", msg);
 }
 
@@ -537,10 +714,11 @@ static struct MHD_Daemon *start_daemon(struct api_server *s, const struct api_se
 	if (tls)
 		flags |= MHD_USE_TLS;
 	return MHD_start_daemon(
-	    flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
+	    flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
 	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)cfg->listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
-	    threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)SERVER_CONNECTION_LIMIT,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)SERVER_IDLE_TIMEOUT_S,
+	    threads, MHD_OPTION_CONNECTION_LIMIT, s->limits.max_connections,
+	    MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->limits.per_client, MHD_OPTION_CONNECTION_TIMEOUT,
+	    (unsigned)SERVER_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_ARRAY,
 	    tls ? tls_opts : &tls_opts[IMC_ARRAY_SIZE(tls_opts) - 1], MHD_OPTION_END);
 }
@@ -560,8 +738,14 @@ int api_server_start_secure(const struct api_server_config *cfg,
 	s->listen_fd = cfg->listen_fd;
 	s->caches = cfg->caches;
 	s->auth = sec ? sec->auth : NULL;
+	if (api_http_limits_resolve(&cfg->limits, NULL, &s->limits, err) < 0 ||
+	    api_conns_new(&s->limits, api_caches_metrics(s->caches), true, &s->conns, err) < 0) {
+		free(s);
+		return err->code;
+	}
 	s->daemon = start_daemon(s, cfg, tls);
 	if (!s->daemon) {
+		api_conns_free(s->conns);
 		free(s);
 		return imc_err(err, EIO, "cannot start the HTTP%s server (libmicrohttpd)",
 			       tls ? "S" : "");
@@ -590,5 +774,6 @@ void api_server_stop(struct api_server *s)
 			 __atomic_load_n(&s->active, __ATOMIC_RELAXED),
 			 (unsigned long long)(SERVER_DRAIN_NS / 1000000000ULL));
 	MHD_stop_daemon(s->daemon);
+	api_conns_free(s->conns);
 	free(s);
 }

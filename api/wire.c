@@ -1,6 +1,7 @@
 /* The API's id shapes (api/wire.h). */
 #include <string.h>
 
+#include "../common/imc.h"
 #include "wire.h"
 
 /* prefix followed by 16 lowercase hex digits. */
@@ -16,9 +17,10 @@ static bool prefixed_id_valid(const char *id, const char *prefix)
 	return true;
 }
 
+/* The one cache id rule is common/'s (imc-attach checks ids with it too). */
 bool api_cache_id_valid(const char *id)
 {
-	return prefixed_id_valid(id, API_ID_PREFIX "-");
+	return imc_cache_id_valid(id);
 }
 
 bool api_attach_id_valid(const char *id)

@@ -44,7 +44,7 @@
 static void stop_point(const char *name)
 {
 #ifdef IMC_TESTING
-	const char *at = getenv("IMC_ATTACH_STOP_AT");
+	const char *at = secure_getenv("IMC_ATTACH_STOP_AT");
 
 	if (at && strcmp(at, name) == 0)
 		raise(SIGSTOP);
@@ -588,30 +588,41 @@ static int clone_trees(int from, const struct attach_request *req, const char *s
 	return 0;
 }
 
-/* Kernels before 6.15 copy trees only out of mounts attached in a namespace: attach the whole
- * filesystem at dir for the moment it takes to copy them out, then detach it.  A crash in
- * between leaves a mount of the clone's device at dir, which detach and reconcile undo like the
- * rootfs mount. */
-static int clone_trees_attached(int mfd, const struct attach_request *req, const char *subdir,
-				const char *dir, int *ret_rootfs, int *ret_data, imc_error *err)
+/* Where a mount-mode attach mounts: dir (the path recorded), or, when the caller opened the
+ * directory itself (dirfd >= 0, imc-runtime's root.path), that descriptor: then dir is never
+ * resolved again, and nothing swapped into the path meanwhile can move the mount elsewhere. */
+struct target {
+	const char *dir;
+	int dirfd;
+};
+
+static int move_to(int from, const struct target *t, const char *what, imc_error *err)
 {
-	_cleanup_close_ int top = -1;
+	if (t->dirfd >= 0)
+		return imc_priv_move_mount(from, t->dirfd, "", what, err);
+	return imc_priv_move_mount(from, AT_FDCWD, t->dir, what, err);
+}
+
+/* Kernels before 6.15 copy trees only out of mounts attached in a namespace: attach the whole
+ * filesystem at the target for the moment it takes to copy them out, then detach it.  A crash
+ * in between leaves a mount of the clone's device at dir, which detach and reconcile undo like
+ * the rootfs mount. */
+static int clone_trees_attached(int mfd, const struct attach_request *req, const char *subdir,
+				const struct target *t, int *ret_rootfs, int *ret_data,
+				imc_error *err)
+{
 	imc_error ignored;
 	int r;
 
-	if ((r = imc_priv_move_mount(mfd, AT_FDCWD, dir, dir, err)) < 0)
+	if ((r = move_to(mfd, t, t->dir, err)) < 0)
 		return r;
-	top = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (top < 0) {
-		r = imc_err_sys(err, errno, "%s", dir);
-	} else {
-		r = clone_trees(top, req, subdir, ret_rootfs, ret_data, err);
-		if (r == -EINVAL) /* bare: err not filled */
-			r = imc_err(err, EINVAL, "cache %s: copy %s out of its mount",
-				    req->cache_id, subdir);
-	}
-	/* Lazily: top (and the copies) still reference it. */
-	if (imc_priv_umount(dir, MNT_DETACH, r < 0 ? &ignored : err) < 0 && r == 0)
+	/* mfd now names the attached mount's root. */
+	r = clone_trees(mfd, req, subdir, ret_rootfs, ret_data, err);
+	if (r == -EINVAL) /* bare: err not filled */
+		r = imc_err(err, EINVAL, "cache %s: copy %s out of its mount", req->cache_id,
+			    subdir);
+	/* Lazily: mfd (and the copies) still reference it. */
+	if (imc_priv_umount_fd(mfd, t->dir, r < 0 ? &ignored : err) < 0 && r == 0)
 		r = err->code;
 	return r;
 }
@@ -641,10 +652,11 @@ static int read_image_config(int mfd, const struct attach_request *req, json_t *
 /* Mount images/N/rootfs of the clone on dev at dir and, if asked, the cache's /data read-only at
  * dir/data_dest, all from one detached fsmount (so only those two mounts ever appear). *ret_config
  * gets image req->image's config when req->image_config. */
-static int mount_trees(const struct attach_request *req, const char *dev, const char *dir,
+static int mount_trees(const struct attach_request *req, const char *dev, const struct target *t,
 		       json_t **ret_config, imc_error *err)
 {
-	_cleanup_close_ int mfd = -1, rootfs = -1, data = -1, root = -1, dest = -1;
+	_cleanup_close_ int mfd = -1, rootfs = -1, data = -1, dest = -1;
+	const char *dir = t->dir;
 	char subdir[64], what[PATH_MAX + 128];
 	int r;
 
@@ -655,19 +667,18 @@ static int mount_trees(const struct attach_request *req, const char *dev, const 
 	snprintf(subdir, sizeof(subdir), "images/%u/rootfs", req->image);
 	r = clone_trees(mfd, req, subdir, &rootfs, &data, err);
 	if (r == -EINVAL)
-		r = clone_trees_attached(mfd, req, subdir, dir, &rootfs, &data, err);
+		r = clone_trees_attached(mfd, req, subdir, t, &rootfs, &data, err);
 	if (r < 0)
 		return r;
 	snprintf(what, sizeof(what), "%s:%s on %s", dev, subdir, dir);
-	if ((r = imc_priv_move_mount(rootfs, AT_FDCWD, dir, what, err)) < 0)
+	if ((r = move_to(rootfs, t, what, err)) < 0)
 		return r;
 	stop_point("after-mount");
 	if (!req->data_dest)
 		return 0;
-	root = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (root < 0)
-		return imc_err_sys(err, errno, "%s", dir);
-	if ((r = mkdir_in_root(root, req->data_dest, &dest, err)) < 0)
+	/* rootfs names the mounted rootfs now: the data mount point is found inside it, not by
+	 * resolving dir again. */
+	if ((r = mkdir_in_root(rootfs, req->data_dest, &dest, err)) < 0)
 		return r;
 	snprintf(what, sizeof(what), "%s:/data on %s%s", dev, dir, req->data_dest);
 	if ((r = imc_priv_move_mount(data, dest, "", what, err)) < 0)
@@ -677,7 +688,8 @@ static int mount_trees(const struct attach_request *req, const char *dev, const 
 }
 
 static int do_attach(struct store *s, const struct attach_request *req, const char *aid,
-		     const char *dir, int sfd, json_t *state, json_t **ret_config, imc_error *err)
+		     const struct target *t, int sfd, json_t *state, json_t **ret_config,
+		     imc_error *err)
 {
 	unsigned flags = req->block ? STORE_ACTIVATE_PERSIST : 0;
 	struct store_dev dev = {.fd = -1};
@@ -705,7 +717,7 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	if (r == 0 && req->size)
 		r = imc_priv_resize_ext4(dev.path, req->size, err);
 	if (r == 0 && !req->block)
-		r = mount_trees(req, dev.path, dir, ret_config, err);
+		r = mount_trees(req, dev.path, t, ret_config, err);
 	/* From here the mount holds the device (or, persistent, it holds itself); dropping our
 	 * descriptor lets an autoclear one go with the mount, or now when the mount failed. */
 	close(dev.fd);
@@ -723,6 +735,11 @@ static int check_request(struct store *s, const struct attach_request *req, imc_
 	if (!req->cache_id || !imc_name_valid(req->cache_id, 64))
 		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed",
 			       req->cache_id ? req->cache_id : "");
+	/* Only caches attach: a base snapshot (img-…) or anything else the store holds is none. */
+	if (!imc_cache_id_valid(req->cache_id))
+		return imc_err(err, ENOENT,
+			       "cache %s: no such cache (a cache id is %s<16 hex digits>)",
+			       req->cache_id, IMC_CACHE_ID_PREFIX);
 	if (req->image > ATTACH_IMAGE_MAX)
 		return imc_err(err, EINVAL, "image %u: at most %d", req->image, ATTACH_IMAGE_MAX);
 	if (req->block && req->data_dest)
@@ -770,13 +787,35 @@ static json_t *state_new(struct store *s, const struct attach_request *req, cons
 	return state;
 }
 
+/* The directory a descriptor names must be the one its path names now (the path is what the
+ * state records, for detach): else something was swapped in since the caller opened it. */
+static int same_dir(const char *dir, int dirfd, imc_error *err)
+{
+	struct stat a, b;
+
+	if (fstat(dirfd, &a) < 0)
+		return imc_err_sys(err, errno, "mount directory %s", dir);
+	if (stat(dir, &b) < 0)
+		return imc_err_sys(err, errno, "mount directory %s", dir);
+	if (!S_ISDIR(a.st_mode) || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+		return imc_err(err, EXDEV, "mount directory %s: changed while being attached", dir);
+	return 0;
+}
+
 int attach_cache(struct store *s, const struct attach_request *req, json_t **ret_state,
 		 imc_error *err)
+{
+	return attach_cache_at(s, req, -1, ret_state, err);
+}
+
+int attach_cache_at(struct store *s, const struct attach_request *req, int dirfd,
+		    json_t **ret_state, imc_error *err)
 {
 	char dir[PATH_MAX], aid[64];
 	const char *what = "";
 	_cleanup_close_ int adir = -1, sfd = -1;
 	_cleanup_json_ json_t *state = NULL, *config = NULL;
+	const struct target t = {.dir = dir, .dirfd = dirfd};
 	int r;
 
 	if ((r = check_request(s, req, err)) < 0)
@@ -784,7 +823,8 @@ int attach_cache(struct store *s, const struct attach_request *req, json_t **ret
 	if (req->block) {
 		r = imc_random_id("att", aid, sizeof(aid), err);
 		what = "block device";
-	} else if ((r = resolve_dir(req->dir, dir, err)) == 0) {
+	} else if ((r = resolve_dir(req->dir, dir, err)) == 0 &&
+		   (dirfd < 0 || (r = same_dir(dir, dirfd, err)) == 0)) {
 		r = attach_id_for_dir(dir, aid, err);
 		what = dir;
 	}
@@ -798,7 +838,7 @@ int attach_cache(struct store *s, const struct attach_request *req, json_t **ret
 	sfd = state_create(adir, aid, state, err);
 	if (sfd < 0)
 		return imc_err_wrap(err, "%s", what);
-	r = do_attach(s, req, aid, req->block ? NULL : dir, sfd, state, &config, err);
+	r = do_attach(s, req, aid, req->block ? NULL : &t, sfd, state, &config, err);
 	if (r < 0) {
 		imc_error undo_err;
 		if (undo(s, adir, aid, state, NULL, &undo_err) < 0)

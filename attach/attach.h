@@ -30,6 +30,11 @@ struct attach_request {
 /* Attach; ret_state (optional) gets the recorded attach state. */
 int attach_cache(struct store *s, const struct attach_request *req, json_t **ret_state,
 		 imc_error *err);
+/* The same, mounting on dirfd (an O_PATH descriptor of req->dir that the caller opened, say
+ * without following symlinks) rather than on what req->dir resolves to: the path is only
+ * checked to name the same directory still (-EXDEV if not) and recorded for detach. */
+int attach_cache_at(struct store *s, const struct attach_request *req, int dirfd,
+		    json_t **ret_state, imc_error *err);
 /* Undo an attach named by its directory, its attach id ("att-" + 16 hex) or its device path;
  * -ENOENT when nothing is attached there, -EBUSY while another process works on it.  Works on
  * whatever part of an attach a crash left behind. */

@@ -279,8 +279,9 @@ int main(int argc, char **argv)
 					       "reconcile", "teardown", "prefetch"};
 	const char *insecure[DRIVER_OPTS_MAX + 1] = {0};
 	size_t n_insecure = 0;
-	struct dist_fetch_config fc = {.server = getenv("IMCACHE_SERVER"),
-				       .token = getenv("IMCACHE_TOKEN"),
+	/* The environment channels (a root-run agent: secure_getenv); the flags win. */
+	struct dist_fetch_config fc = {.server = secure_getenv("IMCACHE_SERVER"),
+				       .token = secure_getenv("IMCACHE_TOKEN"),
 				       .insecure_registries = insecure,
 				       .list_in_use = attach_list};
 	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
@@ -364,7 +365,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	attach_reporter_from_env(&reporter, fc.server, fc.token);
+	attach_reporter_init(&reporter, fc.server, fc.token);
 	const char *cmd = argv[optind];
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
 		known |= strcmp(cmd, commands[i]) == 0;

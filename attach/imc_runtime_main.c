@@ -21,6 +21,8 @@
 struct ctx {
 	struct runtime_args args;
 	const char *state_dir;
+	const char *server,
+	    *token;  /* $IMCACHE_SERVER, $IMCACHE_TOKEN: where attaches are reported */
 	char **argv; /* the real runtime's: ours with argv[0] replaced */
 	char *runtime;
 };
@@ -131,7 +133,7 @@ static int undo_attach(const struct ctx *c, imc_error *err)
 	if ((r = open_store(c, &s, err)) < 0)
 		return r;
 	/* $IMCACHE_SERVER: tell imcd (runc's flags are not ours to extend). */
-	attach_reporter_from_env(&reporter, NULL, NULL);
+	attach_reporter_init(&reporter, c->server, c->token);
 	if (attach_reporter_enabled(&reporter))
 		state = attach_report_lookup(s, dir);
 	r = attach_detach(s, dir, err);
@@ -155,18 +157,22 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 				     .dir = cache->rootfs,
 				     .data_dest = cache->data_dest,
 				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO};
+	_cleanup_close_ int rootfd = -1;
 	struct store *s = NULL;
 	int r;
 
+	/* root.path without symlinks, before anything is recorded or mounted. */
+	if ((r = runtime_rootfs_open(c->args.bundle, cache->root_path, &rootfd, err)) < 0)
+		return imc_err_wrap(err, "container %s", c->args.id);
 	if ((r = runtime_record_write(c->state_dir, c->args.id, cache, err)) < 0)
 		return r;
 	r = open_store(c, &s, err);
 	if (r == 0) {
 		struct attach_reporter reporter;
 
-		r = attach_cache(s, &req, ret_state, err);
+		r = attach_cache_at(s, &req, rootfd, ret_state, err);
 		store_close(s);
-		attach_reporter_from_env(&reporter, NULL, NULL);
+		attach_reporter_init(&reporter, c->server, c->token);
 		if (r == 0 && ret_state)
 			attach_report_state(&reporter, true, *ret_state, "imc-runtime");
 	}
@@ -177,7 +183,8 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 
 /* imcache.io/use-image-config: the image's config (which the attach read from the snapshot's
  * /imcache.json) into config.json, rewritten in place. */
-static int apply_image_config(const struct runtime_cache *cache, json_t *state, imc_error *err)
+static int apply_image_config(const struct ctx *c, const struct runtime_cache *cache, json_t *state,
+			      imc_error *err)
 {
 	_cleanup_close_ int rootfd = -1;
 	json_t *config = json_object_get(state, "imageConfig");
@@ -186,9 +193,10 @@ static int apply_image_config(const struct runtime_cache *cache, json_t *state, 
 	if (!json_is_object(config))
 		return imc_err(err, EINVAL, "%s: the attach returned no image config",
 			       RUNTIME_ANNOTATION_USE_CONFIG);
-	rootfd = open(cache->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (rootfd < 0)
-		return imc_err_sys(err, errno, "%s", cache->rootfs);
+	/* The attached rootfs: root.path again without symlinks (the mount is on its last
+	 * component, which the lookup enters). */
+	if ((r = runtime_rootfs_open(c->args.bundle, cache->root_path, &rootfd, err)) < 0)
+		return r;
 	if ((r = runtime_spec_apply_image(cache->spec, config, cache->use_config, rootfd, err)) < 0)
 		return r;
 	return runtime_spec_write(cache, err);
@@ -202,7 +210,7 @@ static int prepare(const struct ctx *c, const struct runtime_cache *cache, imc_e
 
 	if (r < 0 || cache->use_config == RUNTIME_USE_CONFIG_NO)
 		return r;
-	r = apply_image_config(cache, state, err);
+	r = apply_image_config(c, cache, state, err);
 	if (r < 0) {
 		imc_error undo_err;
 		if (undo_attach(c, &undo_err) < 0)
@@ -313,8 +321,12 @@ int main(int argc, char **argv)
 {
 	_cleanup_free_ char **rt_argv = calloc((size_t)argc + 1, sizeof(char *));
 	_cleanup_free_ char *runtime = NULL;
-	const char *state_dir = getenv("IMCACHE_STATE_DIR");
-	struct ctx c = {.state_dir = state_dir && *state_dir ? state_dir : STORE_DEFAULT_STATE_DIR};
+	/* runc's command line is not ours to extend: the environment is the channel, read here and
+	 * with secure_getenv (a root-run wrapper). */
+	const char *state_dir = secure_getenv("IMCACHE_STATE_DIR");
+	struct ctx c = {.state_dir = state_dir && *state_dir ? state_dir : STORE_DEFAULT_STATE_DIR,
+			.server = secure_getenv("IMCACHE_SERVER"),
+			.token = secure_getenv("IMCACHE_TOKEN")};
 	imc_error err = {0};
 
 	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
@@ -325,7 +337,8 @@ int main(int argc, char **argv)
 		return fail_msg(&c, "out of memory");
 	if (runtime_parse_args(argc, argv, &c.args, &err) < 0)
 		c.args = (struct runtime_args){.command_index = -1}; /* the runtime judges */
-	if (runtime_pick(getenv("IMCACHE_RUNTIME"), getenv("PATH"), &runtime, &err) < 0 ||
+	if (runtime_pick(secure_getenv("IMCACHE_RUNTIME"), secure_getenv("PATH"), &runtime, &err) <
+		0 ||
 	    check_not_self(runtime, &err) < 0)
 		return fail(&c, &err);
 	c.runtime = runtime;

@@ -10,12 +10,10 @@
 #define API_PREFIX   "unix:"
 #define RESPONSE_MAX 65536
 
-void attach_reporter_from_env(struct attach_reporter *r, const char *server, const char *token)
+void attach_reporter_init(struct attach_reporter *r, const char *server, const char *token)
 {
-	const char *es = getenv("IMCACHE_SERVER"), *et = getenv("IMCACHE_TOKEN");
-
-	r->server = server && *server ? server : es && *es ? es : NULL;
-	r->token = token && *token ? token : et && *et ? et : NULL;
+	r->server = server && *server ? server : NULL;
+	r->token = token && *token ? token : NULL;
 }
 
 bool attach_reporter_enabled(const struct attach_reporter *r)

@@ -22,8 +22,9 @@ struct attach_reporter {
 	const char *token;  /* NULL: no Authorization header */
 };
 
-/* --server / --token, else $IMCACHE_SERVER / $IMCACHE_TOKEN (NULL when neither is set). */
-void attach_reporter_from_env(struct attach_reporter *r, const char *server, const char *token);
+/* The server and token as main found them (--server / --token, else $IMCACHE_SERVER /
+ * $IMCACHE_TOKEN read with secure_getenv); NULL or "": none. */
+void attach_reporter_init(struct attach_reporter *r, const char *server, const char *token);
 bool attach_reporter_enabled(const struct attach_reporter *r);
 
 /* The recorded attach that a detach of what (a dir, an attach id or a device) will undo, so

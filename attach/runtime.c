@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -159,6 +160,7 @@ void runtime_cache_free(struct runtime_cache *c)
 {
 	free(c->cache_id);
 	free(c->rootfs);
+	free(c->root_path);
 	free(c->data_dest);
 	json_decref(c->spec);
 	free(c->config_path);
@@ -184,7 +186,8 @@ static int parse_image(json_t *annotations, unsigned *ret, imc_error *err)
 	return 0;
 }
 
-static int rootfs_path(json_t *config, const char *bundle, char **ret, imc_error *err)
+static int rootfs_path(json_t *config, const char *bundle, char **ret, char **ret_raw,
+		       imc_error *err)
 {
 	json_t *root = NULL;
 	const char *path = NULL;
@@ -198,7 +201,33 @@ static int rootfs_path(json_t *config, const char *bundle, char **ret, imc_error
 	if (path[0] == '\0')
 		return imc_err(err, EINVAL, "config.json root.path: empty");
 	*ret = path[0] == '/' ? strdup(path) : imc_path_join(bundle, path);
-	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+	*ret_raw = strdup(path);
+	return *ret && *ret_raw ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+int runtime_rootfs_open(const char *bundle, const char *root_path, int *ret_fd, imc_error *err)
+{
+	_cleanup_close_ int bfd = -1;
+	bool relative = root_path[0] != '/';
+	int fd;
+
+	if (relative && (bfd = open(bundle, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		return imc_err_sys(err, errno, "bundle %s", bundle);
+	fd = imc_open_no_symlinks(relative ? bfd : AT_FDCWD, root_path, relative,
+				  O_PATH | O_DIRECTORY);
+	if (fd == -ELOOP)
+		return imc_err(err, ELOOP,
+			       "config.json root.path \"%.200s\": is or passes through a symlink "
+			       "(refused: the cache would be mounted where it leads)",
+			       root_path);
+	if (fd == -EXDEV)
+		return imc_err(err, EXDEV,
+			       "config.json root.path \"%.200s\": leads out of bundle %s",
+			       root_path, bundle);
+	if (fd < 0)
+		return imc_err_sys(err, -fd, "config.json root.path \"%.200s\"", root_path);
+	*ret_fd = fd;
+	return 0;
 }
 
 int runtime_data_dest_check(const char *dest, imc_error *err)
@@ -266,7 +295,7 @@ static int parse_cache(json_t *config, json_t *annotations, const char *id, cons
 	if ((r = parse_image(annotations, &c->image, err)) < 0 ||
 	    (r = parse_data_dest(annotations, &c->data_dest, err)) < 0 ||
 	    (r = parse_use_config(annotations, &c->use_config, err)) < 0 ||
-	    (r = rootfs_path(config, bundle, &c->rootfs, err)) < 0)
+	    (r = rootfs_path(config, bundle, &c->rootfs, &c->root_path, err)) < 0)
 		return r;
 	c->cache_id = strdup(id);
 	if (!c->cache_id)
@@ -339,17 +368,68 @@ int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct
 	return 0;
 }
 
+/* Does the text hold the annotation's key, as JSON writers put it (as is, or with "\/")? */
+static bool mentions_key(const char *buf, size_t len)
+{
+	static const char *const keys[] = {RUNTIME_ANNOTATION_CACHE_ID, "imcache.io\\/cache-id"};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(keys); i++)
+		if (memmem(buf, len, keys[i], strlen(keys[i])))
+			return true;
+	return false;
+}
+
+int runtime_config_mentions_cache(const char *path, bool *ret, imc_error *err)
+{
+	enum { CHUNK = 64 * 1024, KEEP = 64 }; /* KEEP: longer than any key, kept across reads */
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	_cleanup_free_ char *buf = malloc(CHUNK + KEEP);
+	size_t have = 0;
+
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT : imc_err_sys(err, errno, "%s", path);
+	if (!buf)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (;;) {
+		ssize_t n = read(fd, buf + have, CHUNK);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return imc_err_sys(err, errno, "%s", path);
+		have += (size_t)n;
+		if (mentions_key(buf, have) || n == 0) {
+			*ret = n > 0;
+			return 0;
+		}
+		if (have > KEEP) { /* the tail, where a key may start */
+			memmove(buf, buf + have - KEEP, KEEP);
+			have = KEEP;
+		}
+	}
+}
+
 int runtime_cache_load(const char *bundle, const char *config, struct runtime_cache *ret,
 		       imc_error *err)
 {
 	_cleanup_free_ char *path =
 	    config[0] == '/' ? strdup(config) : imc_path_join(bundle, config);
 	_cleanup_free_ char *buf = NULL;
+	bool mentions = false;
 	size_t len = 0;
 	int r;
 
 	if (!path)
 		return imc_err(err, ENOMEM, "out of memory");
+	/* Without the annotation imc-runtime is not there: whatever the real runtime takes
+	 * (duplicate keys, bytes that are not UTF-8, \u0000, any size) goes to it unread. */
+	r = runtime_config_mentions_cache(path, &mentions, err);
+	if (r < 0)
+		return r == -ENOENT ? r : imc_err_wrap(err, "bundle %s", bundle);
+	if (!mentions) {
+		*ret = (struct runtime_cache){0};
+		return 0;
+	}
 	r = imc_read_file(path, RUNTIME_CONFIG_MAX, &buf, &len, err);
 	if (r < 0)
 		return r == -ENOENT ? r : imc_err_wrap(err, "bundle %s", bundle);

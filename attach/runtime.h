@@ -58,6 +58,7 @@ struct runtime_cache {
 	char *cache_id;	 /* NULL: no imcache annotation, pass through */
 	unsigned image;	 /* imcache.io/image, 0-1000 */
 	char *rootfs;	 /* root.path, joined to the bundle when relative */
+	char *root_path; /* root.path as config.json has it */
 	char *data_dest; /* imcache.io/data-mount, checked by runtime_data_dest_check; NULL: none */
 	enum runtime_use_config use_config;
 	json_t *spec;	   /* the whole config.json, kept to rewrite it (with cache_id only) */
@@ -71,10 +72,21 @@ void runtime_cache_free(struct runtime_cache *c);
  * missing root.path fail naming the field. */
 int runtime_cache_parse(const char *json, size_t len, const char *bundle, struct runtime_cache *ret,
 			imc_error *err);
-/* Read and parse <bundle>/<config> (config absolute or relative to the bundle).  A missing file
- * is -ENOENT (the real runtime reports it better). */
+/* Does the file hold the bytes of the imcache.io/cache-id key (as is, or written "\/") anywhere?
+ * Read in pieces, whatever its size; -ENOENT when it is missing. */
+int runtime_config_mentions_cache(const char *path, bool *ret, imc_error *err);
+/* Read and parse <bundle>/<config> (config absolute or relative to the bundle).  A file that
+ * does not mention the annotation's key (runtime_config_mentions_cache) is not parsed at all:
+ * ret->cache_id NULL, pass through, whatever else is in it.  One that does is parsed strictly
+ * (at most RUNTIME_CONFIG_MAX bytes of UTF-8 JSON, no duplicate keys).  A missing file is
+ * -ENOENT (the real runtime reports it better). */
 int runtime_cache_load(const char *bundle, const char *config, struct runtime_cache *ret,
 		       imc_error *err);
+
+/* Open root.path for the attach (O_PATH): relative to bundle it must stay inside the bundle, and
+ * no component of it (absolute: from /) may be a symlink, so that the cache is mounted on
+ * exactly that directory, never where a symlink leads.  Fails naming root.path. */
+int runtime_rootfs_open(const char *bundle, const char *root_path, int *ret_fd, imc_error *err);
 
 /* A data mount destination: an absolute path inside the container, at most
  * RUNTIME_DATA_DEST_MAX bytes, not "/", with no "", "." or ".." component. */

@@ -880,7 +880,7 @@ static int set_server(struct client *c, const char *url)
 /* Global options come before the command; returns the index of the command or -1. */
 static int parse_global(int argc, char **argv, struct client *c)
 {
-	const char *env = getenv("IMCACHE_SERVER"), *tenv = getenv("IMCACHE_TOKEN");
+	const char *env = secure_getenv("IMCACHE_SERVER"), *tenv = secure_getenv("IMCACHE_TOKEN");
 	const char *server = env && *env ? env : DEFAULT_SERVER;
 	const char *token = tenv && *tenv ? tenv : NULL;
 	int i = 1;
@@ -940,7 +940,7 @@ static int cmd_push(const struct client *c, int argc, char **argv)
 				"REGISTRY/REPO:TAG [--insecure-registry HOST:PORT]...\n");
 		return EXIT_USAGE;
 	}
-	cfg.token = getenv("IMCACHE_TOKEN");
+	cfg.token = secure_getenv("IMCACHE_TOKEN");
 	if (client_push_snapshot(&cfg, pos[0], pos[1], &st, &err) < 0) {
 		fprintf(stderr, "imcctl: %s\n", err.msg);
 		return EXIT_FAIL;

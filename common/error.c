@@ -72,21 +72,32 @@ void imc_log_set_level(enum imc_log_level level)
 	log_level = level;
 }
 
+/* Bytes of one log message before escaping, and of its escaped form: longer messages are cut. */
+#define LOG_MSG_MAX 4096
+#define LOG_OUT_MAX (2 * LOG_MSG_MAX)
+
+/* Every message goes out as one line: whatever its arguments carry (a request's path, a ref, a
+ * registry's answer) has its control characters, line breaks and invalid UTF-8 escaped, so that
+ * nothing from outside can forge or hide a log line (imc_log_escape). */
 void imc_log(enum imc_log_level level, const char *fmt, ...)
 {
 	static const char *const names[] = {"error", "warn", "info", "debug"};
-	char ts[32];
+	char ts[32], msg[LOG_MSG_MAX], out[LOG_OUT_MAX];
+	size_t len, used;
 	va_list ap;
+	int n;
 
 	if (level > log_level)
 		return;
+	va_start(ap, fmt);
+	n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	len = n < 0 ? 0 : (size_t)n < sizeof(msg) ? (size_t)n : sizeof(msg) - 1;
+	used = imc_log_escape(msg, len, out, sizeof(out));
 	imc_time_rfc3339(imc_now(), ts, sizeof(ts));
 	flockfile(stderr);
-	fprintf(stderr, "%s %s: ", ts, names[level]);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
+	fprintf(stderr, "%s %s: %s%s\n", ts, names[level], out,
+		used < len || (n > 0 && (size_t)n >= sizeof(msg)) ? " [truncated]" : "");
 	funlockfile(stderr);
 }
 

@@ -48,6 +48,17 @@ void imc_log(enum imc_log_level level, const char *fmt, ...) __attribute__((form
 #define imc_info(...)	   imc_log(IMC_LOG_INFO, __VA_ARGS__)
 #define imc_debug(...)	   imc_log(IMC_LOG_DEBUG, __VA_ARGS__)
 
+/* ---- text from outside -------------------------------------------------------------------- */
+/* The length (1-4) of the UTF-8 character at s (n bytes left) and its code point in *ret_cp
+ * (may be NULL); 0 when s does not start with one (overlong forms and surrogates are not). */
+size_t imc_utf8_char(const char *s, size_t n, uint32_t *ret_cp);
+/* Are the n bytes at s UTF-8 (NUL bytes are, as in JSON)? */
+bool imc_utf8_valid(const char *s, size_t n);
+/* The n bytes at s as one printable line in out (size bytes, NUL-terminated): control bytes as
+ * \n, \r, \t or \xNN, a backslash as \\, bytes that are not UTF-8 as \xNN, C1 controls and
+ * U+2028/U+2029 as \uNNNN.  Returns how many bytes of s fit (whole characters only). */
+size_t imc_log_escape(const char *s, size_t n, char *out, size_t size);
+
 /* ---- sha256 (openssl EVP) ----------------------------------------------------------------- */
 #define IMC_SHA256_HEX_LEN 64
 typedef struct imc_sha256 {
@@ -93,12 +104,20 @@ int imc_json_get_object(json_t *obj, const char *key, bool required, const char 
 /* Is s a safe single path component for identifiers we create ([A-Za-z0-9._-], 1..max, not
  * "." or ".."). */
 bool imc_name_valid(const char *s, size_t max_len);
+/* A cache's id as imcd makes them: IMC_CACHE_ID_PREFIX + 16 lowercase hex digits.  Anything else
+ * in a store (a per-image base snapshot "img-…", a volume being built) is no cache of anyone's. */
+#define IMC_CACHE_ID_PREFIX "imc-"
+bool imc_cache_id_valid(const char *id);
 /* malloc'ed "a/b" (NULL on OOM). */
 char *imc_path_join(const char *a, const char *b);
 int imc_mkdir_p(const char *path, mode_t mode, imc_error *err);
 /* openat2(rootfd, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): path can never leave rootfd.
  * Returns an fd or -errno. */
 int imc_openat_in_root(int rootfd, const char *path, int flags, mode_t mode);
+/* openat2(dirfd, path, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and RESOLVE_BENEATH when
+ * beneath): no component of path may be a symlink (-ELOOP), nor, beneath, lead out of dirfd
+ * (-EXDEV).  Returns an fd or -errno. */
+int imc_open_no_symlinks(int dirfd, const char *path, bool beneath, int flags);
 /* Remove dirfd/name and everything below it without following symlinks; ENOENT is success.
  * name is a single component ("." and ".." refused), or an absolute path. */
 int imc_rm_rf_at(int dirfd, const char *name, imc_error *err);

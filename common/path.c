@@ -21,6 +21,18 @@ bool imc_name_valid(const char *s, size_t max_len)
 	return true;
 }
 
+bool imc_cache_id_valid(const char *id)
+{
+	const size_t plen = strlen(IMC_CACHE_ID_PREFIX);
+
+	if (!id || strncmp(id, IMC_CACHE_ID_PREFIX, plen) != 0 || strlen(id) != plen + 16)
+		return false;
+	for (const char *p = id + plen; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+			return false;
+	return true;
+}
+
 char *imc_path_join(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);
@@ -65,6 +77,21 @@ int imc_openat_in_root(int rootfd, const char *path, int flags, mode_t mode)
 
 	do
 		fd = syscall(SYS_openat2, rootfd, path, &how, sizeof(how));
+	while (fd < 0 && (errno == EAGAIN || errno == EINTR));
+	return fd < 0 ? -errno : (int)fd;
+}
+
+int imc_open_no_symlinks(int dirfd, const char *path, bool beneath, int flags)
+{
+	struct open_how how = {
+	    .flags = (uint64_t)(flags | O_CLOEXEC),
+	    .resolve =
+		RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | (beneath ? RESOLVE_BENEATH : 0),
+	};
+	long fd;
+
+	do
+		fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
 	while (fd < 0 && (errno == EAGAIN || errno == EINTR));
 	return fd < 0 ? -errno : (int)fd;
 }

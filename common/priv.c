@@ -14,39 +14,50 @@
 
 extern char **environ;
 
+static unsigned long op_count[IMC_PRIV__MAX];
+#ifdef IMC_TESTING
+/* Fault injection: test builds only (a release binary has no way to make a call fail).  The
+ * names are IMC_FAULT's. */
 static const char *const op_names[IMC_PRIV__MAX] = {
     [IMC_PRIV_FICLONE] = "ficlone",	    [IMC_PRIV_LOOP_ATTACH] = "loop_attach",
     [IMC_PRIV_LOOP_DETACH] = "loop_detach", [IMC_PRIV_MOUNT] = "mount",
     [IMC_PRIV_UMOUNT] = "umount",	    [IMC_PRIV_MKFS] = "mkfs",
     [IMC_PRIV_RESIZE] = "resize",
 };
-
-static unsigned long op_count[IMC_PRIV__MAX];
 static unsigned long fail_at[IMC_PRIV__MAX]; /* absolute call number that fails, 0 = none */
 static int fail_errno[IMC_PRIV__MAX];
+#endif
 
 unsigned long imc_priv_count(enum imc_priv_op op)
 {
 	return __atomic_load_n(&op_count[op], __ATOMIC_RELAXED);
 }
 
+#ifdef IMC_TESTING
 /* Make the nth next call of op (1 = the next one) fail with -errnum. */
 static void imc_priv_inject(enum imc_priv_op op, unsigned nth, int errnum)
 {
 	fail_at[op] = imc_priv_count(op) + nth;
 	fail_errno[op] = errnum;
 }
+#endif
 
-/* Entered by every privileged operation: count it, and fail it when a fault is injected. */
+/* Entered by every privileged operation: count it, and (test builds) fail it when a fault is
+ * injected. */
 static int priv_enter(enum imc_priv_op op)
 {
 	unsigned long n = __atomic_add_fetch(&op_count[op], 1, __ATOMIC_RELAXED);
 
+#ifdef IMC_TESTING
 	if (fail_at[op] && n == fail_at[op])
 		return -fail_errno[op];
+#else
+	(void)n;
+#endif
 	return 0;
 }
 
+#ifdef IMC_TESTING
 static int errno_by_name(const char *s)
 {
 	static const struct {
@@ -65,7 +76,7 @@ static int errno_by_name(const char *s)
 
 int imc_priv_inject_from_env(imc_error *err)
 {
-	const char *env = getenv("IMC_FAULT");
+	const char *env = secure_getenv("IMC_FAULT");
 	_cleanup_free_ char *copy = NULL;
 	char *save = NULL;
 
@@ -95,6 +106,8 @@ int imc_priv_inject_from_env(imc_error *err)
 	}
 	return 0;
 }
+
+#endif
 
 int imc_priv_ficlone(int dst_fd, int src_fd, imc_error *err)
 {

@@ -1,6 +1,7 @@
 /* The privileged funnel: every loop, mount, clone and mkfs action goes through here, so it can be
- * audited in one place, counted by tests and fault-injected (IMC_FAULT=op:nth:errno, e.g.
- * "mount:1:EIO" fails the first mount with EIO; for faults that cannot be caused for real). */
+ * audited in one place, counted by tests and, in test builds only (IMC_TESTING: SAN=1), fault-
+ * injected (IMC_FAULT=op:nth:errno, e.g. "mount:1:EIO" fails the first mount with EIO; for faults
+ * that cannot be caused for real). */
 #ifndef IMC_PRIV_H
 #define IMC_PRIV_H
 
@@ -22,8 +23,18 @@ enum imc_priv_op {
 
 /* How many times op was entered in this process. */
 unsigned long imc_priv_count(enum imc_priv_op op);
-/* Parse IMC_FAULT from the environment ("op:nth:ERRNAME[,...]"); bad values are errors. */
+#ifdef IMC_TESTING
+/* Test builds only.  Parse IMC_FAULT from the environment ("op:nth:ERRNAME[,...]"); bad values
+ * are errors. */
 int imc_priv_inject_from_env(imc_error *err);
+#else
+/* Release builds take no faults from anywhere. */
+static inline int imc_priv_inject_from_env(imc_error *err)
+{
+	(void)err;
+	return 0;
+}
+#endif
 
 /* FICLONE dst_fd from src_fd (whole file). */
 int imc_priv_ficlone(int dst_fd, int src_fd, imc_error *err);

@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential pkg-config clang-format clang libclang-rt-14-dev
 libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
-libmicrohttpd-dev libzstd-dev check
+libmicrohttpd-dev libgnutls28-dev libzstd-dev check
 docker-registry skopeo umoci crun runc busybox-static
 e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl
 containerd nginx-light apache2-utils debootstrap zstd python3 iproute2

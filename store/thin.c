@@ -124,7 +124,7 @@ static void dm_setup(void)
 	dm_log_with_errno_init(dm_log);
 	/* Without udev (containers, the test VM), libdevmapper makes the /dev/mapper nodes itself
 	 * in dm_udev_wait(). */
-	if (getenv("DM_DISABLE_UDEV") || access("/run/udev/control", F_OK) != 0)
+	if (secure_getenv("DM_DISABLE_UDEV") || access("/run/udev/control", F_OK) != 0)
 		dm_udev_set_sync_support(0);
 }
 

@@ -15,7 +15,9 @@
  *  - a decoded token re-encodes to the very same string (one position, one token);
  *  - api_query_split gives at most its max arguments, each inside the query buffer;
  *  - the same pairs as DELETE arguments: only force=true|false is taken;
- *  - the input as a path: a route's ids lie inside the path (attachments routes included). */
+ *  - the input as a path: a route's ids lie inside the path (attachments routes included);
+ *  - a path or query that is not UTF-8 (once decoded) is answered 400 with a JSON body, before
+ *    anything would look it up (so without a cache table). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +188,42 @@ static void fuzz_token(const char *data, size_t size)
 	}
 }
 
+/* What api_handle answers for a path (and query) that is not UTF-8 once decoded. */
+static void check_not_utf8(const char *url)
+{
+	static const struct api_caller who = {.tenant = API_TENANT_DEFAULT};
+	_cleanup_free_ char *copy = strdup(url);
+	struct api_query_arg args[API_QUERY_ARGS_MAX];
+	char *q = copy ? strchr(copy, '?') : NULL;
+	struct api_response resp;
+	imc_error err = {0};
+	bool bad = false;
+	size_t n = 0;
+	json_t *j;
+
+	if (!copy)
+		return;
+	if (q)
+		*q++ = '\0';
+	bad = !imc_utf8_valid(copy, strlen(copy));
+	if (q && api_query_split(q, args, API_QUERY_ARGS_MAX, &n, &err) < 0)
+		return; /* a malformed query: answered before the check */
+	for (size_t i = 0; i < n; i++)
+		bad |= !imc_utf8_valid(args[i].key, strlen(args[i].key)) ||
+		       (args[i].value && !imc_utf8_valid(args[i].value, strlen(args[i].value)));
+	if (!bad)
+		return;
+	api_handle(NULL, &who, "GET", url, NULL, 0, false, &resp);
+	j = resp.body ? json_loads(resp.body, 0, NULL) : NULL;
+	if (resp.status != 400 || !json_is_object(j)) {
+		fprintf(stderr, "\"%s\" (not UTF-8): %u %s\n", url, resp.status,
+			resp.body ? resp.body : "(no body)");
+		abort();
+	}
+	json_decref(j);
+	free(resp.body);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	fuzz_pairs((const char *)data, size);
@@ -199,6 +237,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			memcpy(path, data, len);
 			path[len] = '\0';
 			check_route(path);
+			check_not_utf8(path);
 		}
 	}
 	return 0;

@@ -41,7 +41,7 @@ ID=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
 ok "cache $ID is Ready (built by imcd)"
 
 # The builder does not make /data yet: the data cache is an ext4 image made here.
-SNAP=imc-datatest0000001
+SNAP=imc-00000000da7a7e57
 mk_snapshot_tree "$TEST_TMP/tree" data
 ln -s / "$TEST_TMP/tree/images/0/rootfs/escape"
 ln -s "$TEST_TMP/outside" "$TEST_TMP/tree/images/0/rootfs/models"

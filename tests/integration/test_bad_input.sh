@@ -234,6 +234,71 @@ check_eq "the refused requests changed nothing: as many caches as before" "$N_BE
 check_eq "... and the same metadata files" "$STATE_BEFORE" \
 	"$(ls "$STATE/caches" 2>/dev/null | sort | tr '\n' ' ')"
 
+# --- bytes that are not UTF-8, through a raw socket ---------------------------------------------
+
+RAWHTTP="python3 $(dirname "$0")/../lib/rawhttp.py"
+HOSTPORT=${IMCD_URL#http://}
+# raw_expect REQUEST_LINE_TARGET STATUS MESSAGE_ERE DESC: GET TARGET as it is; the answer must
+# have STATUS and a JSON error whose message matches MESSAGE_ERE.
+raw_expect() {
+	local target=$1 want=$2 msg=$3 desc=$4 out status body
+	out=$($RAWHTTP request "$HOSTPORT" \
+		"GET $target HTTP/1.1\\r\\nHost: test\\r\\nConnection: close\\r\\n\\r\\n" 2>&1) || true
+	status=${out%% *} body=${out#* }
+	check_eq "$desc: HTTP $want" "$want" "$status"
+	check_match "$desc: the JSON error names it" "$msg" \
+		"$(json_get "$body" '"\(.error.code) \(.error.message)"' 2>/dev/null || echo "$out")"
+}
+raw_expect '/v1/imagecaches/%ff' 400 '^InvalidArgument path "/v1/imagecaches/\\xff": not valid UTF-8' \
+	"GET /v1/imagecaches/%ff"
+raw_expect '/v1/imagecaches/imc-%c3%28' 400 '^InvalidArgument path .*not valid UTF-8' \
+	"GET /v1/imagecaches/imc-%c3%28 (a broken two-byte sequence)"
+raw_expect '/v1/chunks/%ff' 400 '^InvalidArgument path "/v1/chunks/\\xff": not valid UTF-8' \
+	"GET /v1/chunks/%ff"
+raw_expect '/v1/imagecaches?name=%ff' 400 \
+	'^InvalidArgument query parameter "name": value not valid UTF-8' "list with name=%ff"
+raw_expect '/v1/imagecaches?limit=5&image=%ed%a0%80' 400 \
+	'^InvalidArgument query parameter "image": value not valid UTF-8' \
+	"list with image= an encoded surrogate"
+raw_expect '/v1/imagecaches?%fe%ff=1' 400 \
+	'^InvalidArgument query parameter "\\xfe\\xff": name not valid UTF-8' \
+	"list with a parameter name of bytes that are not UTF-8"
+raw_expect '/v1/imagecaches/imc-0123456789abcdef?force=%c0%ae' 400 \
+	'^InvalidArgument query parameter "force"' "GET of a cache with force=%c0%ae (an overlong '.')"
+http GET "$IMCD_URL/healthz"
+check_eq "imcd still answers /healthz after them" 200 "$HTTP_STATUS"
+
+# --- a chunked body that passes the cap and never ends -------------------------------------------
+
+# 64 KiB chunks, up to 16 MiB if no answer comes: the 413 must come once the body passes 1 MiB,
+# while the client is still sending (how much it handed its kernel by then depends on socket
+# buffers, so it is only noted).
+OUT=$($RAWHTTP chunked "$HOSTPORT" /v1/imagecaches 65536 $((16 << 20)) 2>&1) || true
+check_eq "a chunked body past 1 MiB that never ends: 413 PayloadTooLarge before it ends" \
+	"413 PayloadTooLarge" \
+	"$(head -n1 <<<"$OUT" | cut -d' ' -f1) $(head -n1 <<<"$OUT" | cut -d' ' -f2- |
+		jq -r .error.code 2>/dev/null)"
+note "chunked overflow: $(tr '\n' ' ' <<<"$OUT")"
+http GET "$IMCD_URL/healthz"
+check_eq "imcd still answers /healthz after it" 200 "$HTTP_STATUS"
+
+# --- the log: a request's bytes cannot forge a line --------------------------------------------
+
+# The path decodes to a newline followed by what looks like an error line of imcd's own, then an
+# escape sequence that would move a terminal's cursor up.
+FORGED='2026-01-01T00:00:00Z error: forged-line'
+http GET "$IMCD_URL/v1/nothing%0d%0a${FORGED// /%20}%1b%5b1A"
+check_eq "a path with %0d%0a in it: 404" 404 "$HTTP_STATUS"
+# The line is written once the answer is queued: give it a moment to land.
+for _ in $(seq 50); do grep -qF forged-line "$IMCD_LOG" && break; sleep 0.1; done
+check_eq "no line of imcd's log starts with the forged text" "" \
+	"$(grep -n "^$FORGED" "$IMCD_LOG" || true)"
+check_match "the request is logged on one line, its CR, LF and ESC escaped" \
+	'GET /v1/nothing\\r\\n2026-01-01T00:00:00Z error: forged-line\\x1b\[1A: 404' \
+	"$(grep -F 'forged-line' "$IMCD_LOG" || true)"
+check_eq "imcd's log holds no raw control character but the line ends" "" \
+	"$(LC_ALL=C grep -n $'[\x01-\x08\x0b-\x1f\x7f]' "$IMCD_LOG" | head -3 || true)"
+
 # --- attach of a cache that does not exist ---------------------------------------------------
 
 MNT=$TEST_TMP/mnt

@@ -107,7 +107,7 @@ STATE=$TEST_TMP/state
 IMC_STATE=$STATE
 export IMC_STATE
 defer imc_teardown_quiet
-SNAP=imc-vmtest000000001
+SNAP=imc-000000000000f001
 mk_snapshot_tree "$TEST_TMP/tree"
 mk_snapshot "$STATE" "$SNAP" "$TEST_TMP/tree" 64 || bail "a snapshot is made in the store"
 _capture imc_attach attach --block "$SNAP"

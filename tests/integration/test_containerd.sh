@@ -100,9 +100,9 @@ check_eq "no mount left below the data-mount run's rootfs" "" \
 
 # --- failures ----------------------------------------------------------------------------------
 
-ctr_run_fresh unknown imcache.io/cache-id=imc-doesnotexist -- /bin/true
+ctr_run_fresh unknown imcache.io/cache-id=imc-00000000deadbeef -- /bin/true
 check_match "an unknown cache fails ctr run with imc-runtime's message (from its json log line)" \
-	"^[1-9][0-9]* .*imc-doesnotexist: not in the local store" "$rc $out"
+	"^[1-9][0-9]* .*imc-00000000deadbeef: not in the local store" "$rc $out"
 nothing_left "after the unknown cache" "$ROOT" ctr-unknown
 
 ctr_run_fresh baddata "imcache.io/cache-id=$ID" \

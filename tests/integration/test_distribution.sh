@@ -116,8 +116,10 @@ fi
 check_match "the snapshot's sha256 is named" '^sha256:[0-9a-f]{64}$' "$(jq -r .sha256 <<<"$INDEX")"
 check_eq "index of an unknown cache is 404" 404 \
 	"$(curl -s -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/imagecaches/imc-0000000000000000/index")"
-check_eq "index of a malformed id is 400" 400 \
+check_eq "index of an id that is no cache id is 404, as for GET" 404 \
 	"$(curl -s -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/imagecaches/not-a-cache-id/index")"
+check_eq "index of a malformed id is 400" 400 \
+	"$(curl -s -o /dev/null -w '%{http_code}' "$IMCD_URL/v1/imagecaches/not!an!id/index")"
 
 D0=$(jq -r '.chunks[0].digest' <<<"$INDEX")
 C0=$(jq -r '.chunks[0].csize' <<<"$INDEX")

@@ -108,6 +108,40 @@ else
 	not_ok "snapshot file $SNAP exists" "$(ls -la "$STATE/pool/snapshots" 2>&1)"
 fi
 
+# --- a base snapshot is internal ------------------------------------------------------------
+
+# The cache stands on its image's base snapshot (img-…) in the same store: neither the API nor
+# imc-attach takes it for a cache.
+BASE=$(find "$STATE/pool/snapshots" -name 'img-*.img' -printf '%f\n' 2>/dev/null | head -n1)
+BASE=${BASE%.img}
+check_match "the cache's image has a base snapshot in the pool" '^img-[0-9a-f]+$' "$BASE"
+for route in "GET /v1/imagecaches/$BASE" "DELETE /v1/imagecaches/$BASE" \
+	"DELETE /v1/imagecaches/$BASE?force=true" "GET /v1/imagecaches/$BASE/index" \
+	"GET /v1/imagecaches/$BASE/attachments"; do
+	http "${route%% *}" "$IMCD_URL${route#* }"
+	check_eq "$route: 404, as for an unknown cache" "404 NotFound" \
+		"$HTTP_STATUS $(json_get "$HTTP_BODY" '.error.code' 2>/dev/null || true)"
+done
+http POST "$IMCD_URL/v1/imagecaches/$BASE/attachments" '{}'
+check_eq "POST /v1/imagecaches/$BASE/attachments: 404" 404 "$HTTP_STATUS"
+http GET "$IMCD_URL/v1/imagecaches"
+check_eq "the list has no base snapshot in it" "" \
+	"$(json_get "$HTTP_BODY" '.items[].id | select(startswith("img-"))' 2>/dev/null || true)"
+MB=$TEST_TMP/mbase
+mkdir -p "$MB"
+defer imc_detach_quiet "$MB"
+OUT=$(imc_attach attach "$BASE" "$MB" 2>&1) && RC=0 || RC=$?
+check_eq "imc-attach attach $BASE is refused" 1 "$RC"
+check_match "... as no such cache" "$BASE: no such cache" "$OUT"
+check_fails "... and nothing is mounted there" findmnt -rn --mountpoint "$MB"
+OUT=$(imc_attach attach --block "$BASE" 2>&1) && RC=0 || RC=$?
+# Should it attach after all, its device must not outlive the test.
+[ "$RC" != 0 ] || imc_attach detach "${OUT%% *}" >/dev/null 2>&1 || true
+check_match "imc-attach attach --block $BASE is refused as no such cache" \
+	"^1 .*$BASE: no such cache" "$RC $OUT"
+check_eq "no attach was recorded" 0 "$(json_get "$(imc_attach list 2>&1)" length 2>&1)"
+check "the base snapshot is still there" test -f "$STATE/pool/snapshots/$BASE.img"
+
 # --- attach ----------------------------------------------------------------------------------
 
 # attach_at ID DIR [ARG...]: attach, deferring the detach; prints the time it took (ms).

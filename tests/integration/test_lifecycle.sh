@@ -5,9 +5,10 @@
 #   - clientToken (the same token answers the same cache, a different request under it is 409)
 #     and identical concurrent requests sharing one build;
 #   - match=best (a tag no cache names, whose layers one cache holds);
-#   - retention: a cache expires after retentionDays (a day is IMCD_DAY_SECONDS=2 s here), a
-#     pinned one (retentionDays 0) and an attached one do not; eviction above the high watermark
-#     (IMCD_EVICT_HIGH) takes the unattached, unpinned caches, with imcache_evictions_total;
+#   - retention: a cache expires after retentionDays (a day is 2 s here: IMCD_DAY_SECONDS, a
+#     test build's knob), a pinned one (retentionDays 0) and an attached one do not; eviction
+#     above the high watermark (--evict-high) takes the unattached, unpinned caches, with
+#     imcache_evictions_total;
 #   - restart recovery: imcd killed with SIGKILL while a blob download is stalled (a proxy that
 #     holds blob answers), started again: the half-built volume is removed, the reconciliation
 #     is logged, and the cache is built again and ends Ready;
@@ -88,8 +89,10 @@ STALLED=127.0.0.1:$(cat "$PROXY_DIR/port")/imc/big:v1
 STALLED2=127.0.0.1:$(cat "$PROXY_DIR/port")/imc/big2:v1
 
 STATE=$TEST_TMP/state
-export IMCD_DAY_SECONDS=2 IMCD_SWEEP_INTERVAL_MS=200 IMCD_BUILD_WORKERS=2
-imcd_start_or_bail "$STATE"
+# A day of 2 s is a test build's knob (release binaries have none); the rest are imcd's flags.
+export IMCD_DAY_SECONDS=2
+LC_FLAGS=(--sweep-interval 0.2 --build-workers 2)
+imcd_start_or_bail "$STATE" "${LC_FLAGS[@]}"
 # API: the caches URL of the imcd running now (its port changes with each start).
 api_url() { API=$IMCD_URL/v1/imagecaches; }
 api_url
@@ -149,7 +152,7 @@ kill -9 "$IMCD_PID"
 wait "$IMCD_PID" 2>/dev/null || true
 IMCD_PID=
 rm -f "$STALL_FILE" # the registry answers again
-imcd_start "$STATE" || bail "imcd starts again after SIGKILL" "$(imcd_log_tail 30)"
+imcd_start "$STATE" "${LC_FLAGS[@]}" || bail "imcd starts again after SIGKILL" "$(imcd_log_tail 30)"
 api_url
 check_match "the restart unmounts the half-done build" 'unmounted a build' "$(cat "$IMCD_LOG")"
 check_match "the restart logs the reconciliation" 'reconciled [0-9]+ cache record' "$(cat "$IMCD_LOG")"
@@ -184,7 +187,7 @@ check_eq "the running build finished Ready before imcd stopped" Ready \
 check_eq "the queued one is still Creating on disk" Creating "$(jq -r .status "$STATE/caches/$T2.json")"
 check_match "... with an Interrupted event" 'Interrupted' \
 	"$(jq -r '[.events[].type] | join(" ")' "$STATE/caches/$T2.json")"
-imcd_start "$STATE" || bail "imcd starts again after SIGTERM" "$(imcd_log_tail 30)"
+imcd_start "$STATE" "${LC_FLAGS[@]}" || bail "imcd starts again after SIGTERM" "$(imcd_log_tail 30)"
 api_url
 J=$(cache_wait "$T2" 120) || bail "the queued cache builds after the restart" "$(imcd_log_tail 20)"
 check_eq "the queued cache resumes and ends Ready" "Ready" "$(json_get "$J" .status)"
@@ -322,7 +325,7 @@ cache_wait "$E2" 120 >/dev/null
 rc=0
 imcd_stop || rc=$?
 check_eq "imcd stops on SIGTERM" 0 "$rc"
-IMCD_EVICT_HIGH=0.000001 IMCD_EVICT_LOW=0.0000001 imcd_start "$STATE" ||
+imcd_start "$STATE" "${LC_FLAGS[@]}" --evict-high 0.000001 --evict-low 0.0000001 ||
 	bail "imcd starts with a tiny high watermark" "$(imcd_log_tail 30)"
 api_url
 sleep 2
@@ -352,7 +355,7 @@ chmod 600 "$CONF"
 rc=0
 imcd_stop || rc=$?
 check_eq "imcd stops for the config" 0 "$rc"
-imcd_start "$STATE" --config "$CONF" || bail "imcd starts with tokens and quotas" "$(imcd_log_tail 30)"
+imcd_start "$STATE" "${LC_FLAGS[@]}" --config "$CONF" || bail "imcd starts with tokens and quotas" "$(imcd_log_tail 30)"
 api_url
 # httpt TOKEN METHOD URL [BODY]: http with a bearer token.
 httpt() {

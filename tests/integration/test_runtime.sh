@@ -252,10 +252,99 @@ check_eq "pass-through attaches nothing" 0 "$(attach_count)"
 check_match "other commands pass through (--version names the real runtime)" \
 	"$RT version" "$(in_rt "$RT" "$IMC_RT" --version 2>&1)"
 
+# Without the annotation imc-runtime is transparent: a config.json that runc takes but a strict
+# parser would not (duplicate keys, bytes that are not UTF-8, \u0000, more than 4 MiB) reaches
+# runc as it is.  Each is run with runc alone first: what runc takes, imc-runtime must pass on.
+# mutate FILE KIND: config.json rewritten with one such oddity.
+mutate() {
+	python3 - "$1" "$2" <<'EOF'
+import json, sys
+path, kind = sys.argv[1:]
+spec = json.load(open(path))
+spec.setdefault("annotations", {})["note"] = "PLACEHOLDER"
+text = json.dumps(spec).encode()
+odd = {"dup": b"x", "utf8": b"\xff\xfe-not-utf8", "nul": b"a\\u0000b",
+       "big": b"a" * (5 << 20)}[kind]
+text = text.replace(b"PLACEHOLDER", odd)
+if kind == "dup":
+    text = b'{"hostname":"dup-first",' + text[1:]
+open(path, "wb").write(text)
+EOF
+}
+if command -v runc >/dev/null 2>&1; then
+	for kind in dup utf8 nul big; do
+		B=$TEST_TMP/bundle-odd-$kind
+		mkdir -p "$B"
+		cp -a "$TEST_TMP/bundle-plain/plain" "$B/plain"
+		mk_bundle "$B" plain '{}' /bin/cat /plain.txt
+		mutate "$B/config.json" "$kind"
+		cid=imc-rt-odd-$kind-$$
+		defer runc delete --force "$cid"
+		rc=0
+		out=$(in_rt runc runc run -b "$B" "$cid" 2>&1) || rc=$?
+		check_eq "runc alone runs a config.json with $kind" "0 plain-file" "$rc $out"
+		rc=0
+		out=$(in_rt runc "$IMC_RT" run -b "$B" "$cid" 2>&1) || rc=$?
+		check_eq "runc through imc-runtime runs it too (no annotation: passed through)" \
+			"0 plain-file" "$rc $out"
+		check_fails "... and no runtime record is written" test -e "$STATE/runtime/$cid.json"
+	done
+	check "the big config.json is more than 4 MiB" \
+		test "$(stat -c %s "$TEST_TMP/bundle-odd-big/config.json")" -gt 4194304
+	# With the annotation the same oddity is read strictly: the duplicate key is refused,
+	# naming the file, and nothing is attached.
+	B=$TEST_TMP/bundle-odd-strict
+	mk_bundle "$B" rootfs "$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id}')" /bin/true
+	mutate "$B/config.json" dup
+	rc=0
+	out=$(in_rt runc "$IMC_RT" run -b "$B" "imc-rt-strict-$$" 2>&1) || rc=$?
+	check_match "with the annotation, a duplicate key is refused" \
+		"^1 imc-runtime: .*config.json.*" "$rc $out"
+	check_eq "... and nothing is attached" 0 "$(attach_count)"
+else
+	not_ok "runc is installed (the pass-through of odd config.json files is checked with it)"
+fi
+
+
+# --- root.path through a symlink: refused before anything is mounted ----------------------------
+
+# root_link_case NAME ROOT_PATH: a bundle whose root.path (made by the caller) leads through a
+# symlink to $TEST_TMP/elsewhere-NAME; imc-runtime must refuse it and mount nothing anywhere.
+root_link_case() {
+	local name=$1 root=$2 B=$TEST_TMP/bundle-link-$1 away=$TEST_TMP/elsewhere-$1 cid
+	cid=imc-rt-link-$name-$$
+	mkdir -p "$away/rootfs"
+	defer imc_detach_quiet "$away"
+	defer imc_detach_quiet "$away/rootfs"
+	defer "$RT" delete --force "$cid"
+	mk_bundle "$B" dummy "$(jq -cn --arg id "$ID" '{"imcache.io/cache-id": $id}')" /bin/cat /data/a.txt
+	rmdir "$B/dummy"
+	jq --arg r "$root" '.root.path = $r' "$B/config.json" >"$B/config.json.new" &&
+		mv -f "$B/config.json.new" "$B/config.json"
+	case $name in
+	link) ln -s "$away" "$B/rootfs-link" ;;
+	through) ln -s "$away" "$B/sub" ;;
+	absolute) ln -s "$away" "$B/sub" ;;
+	esac
+	rc=0
+	out=$(in_rt "$RT" "$IMC_RT" run --bundle "$B" "$cid" 2>&1) || rc=$?
+	check_match "root.path $root (a symlink on the way): refused naming it" \
+		"^1 imc-runtime: .*root.path .*symlink" "$rc $out"
+	check_eq "... nothing is mounted where the symlink leads" "" \
+		"$(findmnt -rn -o TARGET | grep -F "$away" || true)"
+	check_eq "... the directory there is untouched" "" "$(ls -A "$away/rootfs" 2>&1)"
+	check_eq "... no attach and no record" "0 " \
+		"$(attach_count) $(ls "$STATE/runtime" 2>/dev/null | grep -F "$cid" || true)"
+	check_fails "... and the real runtime never created the container" "$RT" state "$cid"
+}
+root_link_case link rootfs-link
+root_link_case through sub/rootfs
+root_link_case absolute "$TEST_TMP/bundle-link-absolute/sub/rootfs"
+
 # --- failures leave nothing attached ---------------------------------------------------------
 
 B=$TEST_TMP/bundle-unknown
-mk_bundle "$B" rootfs '{"imcache.io/cache-id": "imc-doesnotexist"}' /bin/true
+mk_bundle "$B" rootfs '{"imcache.io/cache-id": "imc-00000000deadbeef"}' /bin/true
 cid=imc-rt-unknown-$$
 defer "$RT" delete --force "$cid"
 for fmt in json text; do
@@ -265,14 +354,14 @@ for fmt in json text; do
 		rc=$?
 	check_eq "unknown cache id ($fmt log): imc-runtime create exits 1" 1 "$rc"
 	check_match "unknown cache id ($fmt log): stderr names the cache" \
-		'imc-runtime: .*imc-doesnotexist.*not in the local store' "$out"
+		'imc-runtime: .*imc-00000000deadbeef.*not in the local store' "$out"
 	if [ "$fmt" = json ]; then
 		check_eq "unknown cache id: the --log file gets a json error line" "error true true" \
-			"$(jq -r '"\(.level) \(.msg | test("imc-doesnotexist")) \(.time | length > 0)"' \
+			"$(jq -r '"\(.level) \(.msg | test("imc-00000000deadbeef")) \(.time | length > 0)"' \
 				"$LOG" 2>&1)"
 	else
 		check_match "unknown cache id: the --log file gets a text error line" \
-			'^time="[^"]+" level=error msg=".*imc-doesnotexist.*"$' "$(cat "$LOG" 2>&1)"
+			'^time="[^"]+" level=error msg=".*imc-00000000deadbeef.*"$' "$(cat "$LOG" 2>&1)"
 	fi
 	nothing_left "unknown cache id ($fmt log)" "$B/rootfs" "$cid"
 	check_fails "unknown cache id ($fmt log): the real runtime never created the container" \

@@ -119,6 +119,18 @@ check_eq "TLS 1.2: 200" 200 "$HTTP_STATUS"
 tls GET /healthz --tlsv1.3
 check_eq "TLS 1.3: 200" 200 "$HTTP_STATUS"
 
+# A chunked body past the cap that never ends gets its 413 over TLS too (written through the
+# connection's TLS session, in the middle of the body).
+OUT=$(python3 "$(dirname "$0")/../lib/rawhttp.py" chunked --ca "$PKI/ca.crt" \
+	--header "Authorization: Bearer $TOKEN" "${IMCD_URL#https://}" /v1/imagecaches 65536 \
+	$((16 << 20)) 2>&1) || true
+check_eq "over TLS, a chunked body past 1 MiB that never ends: 413 PayloadTooLarge" \
+	"413 PayloadTooLarge" \
+	"$(head -n1 <<<"$OUT" | cut -d' ' -f1) $(head -n1 <<<"$OUT" | cut -d' ' -f2- |
+		jq -r .error.code 2>/dev/null)"
+tls GET /healthz
+check_eq "... and imcd still answers over TLS" 200 "$HTTP_STATUS"
+
 BODY=$(jq -cn --arg ref "$BB" '{name: "over-tls", images: [{ref: $ref}]}') tls POST /v1/imagecaches
 check_eq "POST /v1/imagecaches over HTTPS: 202" 202 "$HTTP_STATUS"
 ID=$(jq -r '.id // empty' <<<"$HTTP_BODY" 2>/dev/null || true)

@@ -5,11 +5,13 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stddef.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <string.h>
 
 #include "../../api/api.h"
+#include "../../api/conns.h"
 #include "unit.h"
 
 static const struct api_caller test_caller = {.tenant = API_TENANT_DEFAULT};
@@ -900,6 +902,78 @@ START_TEST(handle_without_table)
 }
 END_TEST
 
+/* A base snapshot (img-…) and any other well-formed id that is not a cache's: an unknown cache
+ * on every route, whatever the store holds (decided before any table is looked at). */
+START_TEST(handle_base_snapshot_is_no_cache)
+{
+	static const char base[] = "img-0123456789abcdef0123456789abcdef";
+	static const struct {
+		const char *method, *fmt, *body;
+	} routes[] = {
+	    {"GET", "/v1/imagecaches/%s", NULL},
+	    {"DELETE", "/v1/imagecaches/%s", NULL},
+	    {"DELETE", "/v1/imagecaches/%s?force=true", NULL},
+	    {"GET", "/v1/imagecaches/%s/index", NULL},
+	    {"GET", "/v1/imagecaches/%s/attachments", NULL},
+	    {"POST", "/v1/imagecaches/%s/attachments", "{}"},
+	    {"DELETE", "/v1/imagecaches/%s/attachments/att-0123456789abcdef", NULL},
+	};
+	char url[160];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(routes); i++) {
+		snprintf(url, sizeof(url), routes[i].fmt, base);
+		json_decref(handle(routes[i].method, url, routes[i].body, false, 404, "NotFound"));
+		snprintf(url, sizeof(url), routes[i].fmt, "imc-00000000000000aa0");
+		json_decref(handle(routes[i].method, url, routes[i].body, false, 404, "NotFound"));
+	}
+	ck_assert(!api_cache_id_valid(base));
+	ck_assert(imc_cache_id_valid("imc-0123456789abcdef"));
+	ck_assert(!imc_cache_id_valid("imc-0123456789ABCDEF"));
+	ck_assert(!imc_cache_id_valid("img-0123456789abcdef"));
+}
+END_TEST
+
+/* The error message of an answer that must be 400 InvalidArgument. */
+static void bad_text(const char *method, const char *url, const char *want_in_message)
+{
+	json_t *j = handle(method, url, NULL, false, 400, "InvalidArgument");
+	const char *msg =
+	    json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+
+	ck_assert_msg(msg && strstr(msg, want_in_message), "%s: message \"%s\" lacks \"%s\"", url,
+		      msg ? msg : "", want_in_message);
+	json_decref(j);
+}
+
+/* Bytes that are not UTF-8 (what "%ff" decodes to) are a client's error that names where they
+ * are, never a 500 (no JSON can carry them) or a dropped connection. */
+START_TEST(handle_bytes_that_are_not_utf8)
+{
+	bad_text("GET", "/v1/imagecaches/imc-\xff",
+		 "path \"/v1/imagecaches/imc-\\xff\": not valid UTF-8");
+	bad_text("DELETE", "/v1/imagecaches/\xc3", "not valid UTF-8");
+	bad_text("GET", "/v1/chunks/\xff", "path \"/v1/chunks/\\xff\"");
+	bad_text("GET", "/v1/imagecaches?name=%ff",
+		 "query parameter \"name\": value not valid UTF-8");
+	bad_text("GET", "/v1/imagecaches?image=a%c3%28b&limit=1", "query parameter \"image\"");
+	bad_text("GET", "/v1/imagecaches?%ff%fe=1",
+		 "query parameter \"\\xff\\xfe\": name not valid");
+	bad_text("GET", "/healthz?x=%80", "query parameter \"x\"");
+	/* Well-formed UTF-8 that names nothing is still a plain 404 / 400. */
+	json_decref(
+	    handle("GET", "/v1/imagecaches/caf\xc3\xa9", NULL, false, 400, "InvalidArgument"));
+	json_decref(handle("GET", "/v1/nothing-\xe2\x98\x83", NULL, false, 404, "NotFound"));
+
+	/* An error message cut in the middle of a character is still answered as JSON. */
+	json_t *e = api_error_json("InvalidArgument", "id \"caf\xc3\": malformed");
+	char *text = e ? json_dumps(e, JSON_COMPACT) : NULL;
+	ck_assert_ptr_nonnull(text);
+	ck_assert_ptr_nonnull(strstr(text, "caf\\\\xc3"));
+	free(text);
+	json_decref(e);
+}
+END_TEST
+
 /* ---- lifecycle: retention, clientToken, events, attachments, tenants ------------------------
  */
 
@@ -1107,8 +1181,8 @@ START_TEST(delete_query)
 	/* through the handler: checked before the table is looked at */
 	json_decref(handle("DELETE", "/v1/imagecaches/imc-0123456789abcdef?force=maybe", NULL,
 			   false, 400, "InvalidArgument"));
-	json_decref(
-	    handle("POST", "/v1/imagecaches/bad/attachments", "{}", false, 400, "InvalidArgument"));
+	json_decref(handle("POST", "/v1/imagecaches/bad!/attachments", "{}", false, 400,
+			   "InvalidArgument"));
 	json_decref(handle("GET", "/v1/imagecaches/imc-0123456789abcdef/attachments/att-1", NULL,
 			   false, 405, "MethodNotAllowed"));
 }
@@ -1328,6 +1402,14 @@ static void metrics_known_state(struct api_metrics_page *p)
 	api_metrics_add_pull_bytes(m, 1234);
 	api_metrics_add_pull_bytes(m, 1);
 	m->builds_in_flight = 1;
+	for (int i = 0; i < 3; i++)
+		api_metrics_count_connection(m, API_CONN_OPENED);
+	api_metrics_count_connection(m, API_CONN_CLOSED);
+	api_metrics_count_connection(m, API_CONN_TIMED_OUT);
+	api_metrics_count_connection(m, API_CONN_EVICTED);
+	api_metrics_count_connection(m, API_CONN_EVICTED);
+	api_metrics_count_connection(m, API_CONN_RESERVED);
+	api_metrics_count_connection(m, API_CONN_REFUSED);
 }
 
 static const char METRICS_KNOWN_PAGE[] =
@@ -1405,7 +1487,23 @@ static const char METRICS_KNOWN_PAGE[] =
     "imcache_http_request_duration_seconds_bucket{le=\"1\"} 3\n"
     "imcache_http_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"
     "imcache_http_request_duration_seconds_sum 2.008300000\n"
-    "imcache_http_request_duration_seconds_count 4\n";
+    "imcache_http_request_duration_seconds_count 4\n"
+    "# HELP imcache_http_connections Client connections open now.\n"
+    "# TYPE imcache_http_connections gauge\n"
+    "imcache_http_connections 2\n"
+    "# HELP imcache_http_connections_closed_total Client connections imcd closed before their "
+    "request was in, by reason.\n"
+    "# TYPE imcache_http_connections_closed_total counter\n"
+    "imcache_http_connections_closed_total{reason=\"request_timeout\"} 1\n"
+    "imcache_http_connections_closed_total{reason=\"evicted\"} 2\n"
+    "# HELP imcache_http_connections_reserved_total Client connections opened in the reserve "
+    "(/healthz and /metrics only).\n"
+    "# TYPE imcache_http_connections_reserved_total counter\n"
+    "imcache_http_connections_reserved_total 1\n"
+    "# HELP imcache_http_connections_refused_total Client connections refused when accepted: "
+    "over a connection limit.\n"
+    "# TYPE imcache_http_connections_refused_total counter\n"
+    "imcache_http_connections_refused_total 1\n";
 
 static size_t count_lines_starting(const char *page, const char *prefix)
 {
@@ -1470,8 +1568,12 @@ static void check_families(const char *page)
 	check_family(page, "imcache_attaches_total", "counter");
 	check_family(page, "imcache_detaches_total", "counter");
 	check_family(page, "imcache_attachments", "gauge");
-	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 13);
-	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 13);
+	check_family(page, "imcache_http_connections", "gauge");
+	check_family(page, "imcache_http_connections_closed_total", "counter");
+	check_family(page, "imcache_http_connections_reserved_total", "counter");
+	check_family(page, "imcache_http_connections_refused_total", "counter");
+	ck_assert_uint_eq(count_lines_starting(page, "# TYPE "), 17);
+	ck_assert_uint_eq(count_lines_starting(page, "# HELP "), 17);
 }
 
 START_TEST(metrics_page_known_state)
@@ -1842,6 +1944,134 @@ START_TEST(list_handle_bad_query)
 }
 END_TEST
 
+/* ---- client connections (api/conns.c) ------------------------------------------------------ */
+
+START_TEST(http_limits_resolve)
+{
+	struct api_http_limits l, flags = {0}, cfg = {0};
+	imc_error err;
+
+	ck_assert_int_eq(api_http_limits_resolve(NULL, NULL, &l, &err), 0);
+	ck_assert_uint_eq(l.max_connections, API_CONNECTIONS_DEFAULT);
+	ck_assert_uint_eq(l.per_client, API_PER_CLIENT_DEFAULT);
+	ck_assert_uint_eq(l.reserve, API_RESERVE_DEFAULT);
+	ck_assert_uint_eq(l.request_timeout_s, API_REQUEST_TIMEOUT_DEFAULT);
+	/* Small totals shrink the defaults with them; the flags win over the config. */
+	cfg = (struct api_http_limits){.max_connections = 10, .request_timeout_s = 7};
+	flags.request_timeout_s = 3;
+	ck_assert_int_eq(api_http_limits_resolve(&flags, &cfg, &l, &err), 0);
+	ck_assert_uint_eq(l.max_connections, 10);
+	ck_assert_uint_eq(l.reserve, 2);
+	ck_assert_uint_eq(l.per_client, 10);
+	ck_assert_uint_eq(l.request_timeout_s, 3);
+	static const struct api_http_limits bad[] = {
+	    {.max_connections = 1},
+	    {.max_connections = API_CONNECTIONS_MAX + 1},
+	    {.max_connections = 10, .reserve = 10},
+	    {.max_connections = 10, .per_client = 11},
+	    {.request_timeout_s = API_REQUEST_TIMEOUT_MAX + 1},
+	};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(api_http_limits_resolve(&bad[i], NULL, &l, &err) == -EINVAL,
+			      "accepted bad[%zu]", i);
+}
+END_TEST
+
+/* Has the other end of fd's socketpair seen the end of the connection (a shutdown)? */
+static bool peer_closed(int peer)
+{
+	char c;
+
+	return recv(peer, &c, 1, MSG_DONTWAIT) == 0;
+}
+
+#define S_NS 1000000000ULL
+
+/* Six connections, two of them in reserve, requests in within 10 s. */
+START_TEST(conns_evict_reserve_expire)
+{
+	const struct api_http_limits l = {
+	    .max_connections = 6, .per_client = 6, .reserve = 2, .request_timeout_s = 10};
+	struct api_metrics m = {0};
+	struct api_conns *g = NULL;
+	struct api_conn *c[7];
+	int sp[7][2];
+	uint64_t next = 0;
+	imc_error err;
+
+	ck_assert_int_eq(api_conns_new(&l, &m, false, &g, &err), 0);
+	for (int i = 0; i < 7; i++)
+		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp[i]), 0);
+	/* Four general connections, all answering a request: nothing is waiting. */
+	for (int i = 0; i < 4; i++) {
+		c[i] = api_conns_admit(g, sp[i][0], (uint64_t)i * S_NS);
+		ck_assert(!api_conn_is_reserve(c[i]));
+		api_conns_request_in(g, c[i]);
+	}
+	/* Past them, with no one to close: reserve connections, and none is closed for another. */
+	c[4] = api_conns_admit(g, sp[4][0], 4 * S_NS);
+	c[5] = api_conns_admit(g, sp[5][0], 5 * S_NS);
+	ck_assert(api_conn_is_reserve(c[4]) && api_conn_is_reserve(c[5]));
+	ck_assert(!peer_closed(sp[4][1]));
+	ck_assert_uint_eq(m.http_conn_events[API_CONN_RESERVED], 2);
+	/* c[0] answered and waits for its next request: the next arrival closes it, not a reserve
+	 * connection, and takes a general place. */
+	api_conns_request_done(g, c[0], 6 * S_NS);
+	c[6] = api_conns_admit(g, sp[6][0], 7 * S_NS);
+	ck_assert(!api_conn_is_reserve(c[6]));
+	ck_assert(peer_closed(sp[0][1]));
+	ck_assert(!peer_closed(sp[4][1]) && !peer_closed(sp[5][1]));
+	ck_assert_uint_eq(m.http_conn_events[API_CONN_EVICTED], 1);
+	api_conns_gone(g, c[0]);
+	/* Deadlines: 10 s after each one started waiting, whatever happened meanwhile. */
+	ck_assert_uint_eq(api_conns_expire(g, 13 * S_NS, &next), 0);
+	ck_assert_uint_eq(next, 14 * S_NS);
+	ck_assert_uint_eq(api_conns_expire(g, 15 * S_NS, &next), 2); /* c[4], c[5] */
+	ck_assert(peer_closed(sp[4][1]) && peer_closed(sp[5][1]) && !peer_closed(sp[6][1]));
+	ck_assert_uint_eq(next, 17 * S_NS);
+	/* A request all in has no deadline; the answer starts the next one. */
+	api_conns_request_in(g, c[6]);
+	ck_assert_uint_eq(api_conns_expire(g, 100 * S_NS, &next), 0);
+	ck_assert_uint_eq(next, UINT64_MAX);
+	api_conns_request_done(g, c[6], 100 * S_NS);
+	ck_assert_uint_eq(api_conns_expire(g, 110 * S_NS, &next), 1);
+	ck_assert(peer_closed(sp[6][1]));
+	ck_assert_uint_eq(m.http_conn_events[API_CONN_TIMED_OUT], 3);
+	ck_assert(!peer_closed(sp[1][1])); /* still answering: never closed */
+	for (int i = 1; i < 7; i++)
+		api_conns_gone(g, c[i]);
+	ck_assert_uint_eq(m.http_connections, 0);
+	api_conns_free(g);
+	for (int i = 0; i < 7; i++) {
+		close(sp[i][0]);
+		close(sp[i][1]);
+	}
+}
+END_TEST
+
+/* With the watchdog thread: a connection that never sends its request is shut down by itself. */
+START_TEST(conns_watchdog_closes_late_requests)
+{
+	const struct api_http_limits l = {
+	    .max_connections = 4, .per_client = 4, .reserve = 1, .request_timeout_s = 1};
+	struct api_conns *g = NULL;
+	struct api_conn *c;
+	char b;
+	int sp[2];
+	imc_error err;
+
+	ck_assert_int_eq(api_conns_new(&l, NULL, true, &g, &err), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+	c = api_conns_admit(g, sp[0], imc_monotonic_ns());
+	ck_assert_ptr_nonnull(c);
+	ck_assert_int_eq(recv(sp[1], &b, 1, 0), 0); /* blocks until the shutdown */
+	api_conns_gone(g, c);
+	api_conns_free(g);
+	close(sp[0]);
+	close(sp[1]);
+}
+END_TEST
+
 static Suite *api_suite(void)
 {
 	Suite *s = suite_create("api");
@@ -1893,6 +2123,11 @@ static Suite *api_suite(void)
 	tcase_add_test(t, listen_open_unix);
 	tcase_add_test(t, listen_open_port0);
 	tcase_add_test(t, handle_without_table);
+	tcase_add_test(t, handle_bytes_that_are_not_utf8);
+	tcase_add_test(t, handle_base_snapshot_is_no_cache);
+	tcase_add_test(t, http_limits_resolve);
+	tcase_add_test(t, conns_evict_reserve_expire);
+	tcase_add_test(t, conns_watchdog_closes_late_requests);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("list");

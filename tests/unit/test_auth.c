@@ -464,6 +464,33 @@ START_TEST(listen_local)
 }
 END_TEST
 
+/* "http": the connection limits, each 1..its cap; the flags and defaults fill the rest. */
+START_TEST(config_http_limits)
+{
+	struct api_config c;
+	imc_error err;
+
+	ck_assert_int_eq(parse("{\"http\":{\"maxConnections\":100,\"maxConnectionsPerClient\":8,"
+			       "\"connectionReserve\":4,\"requestTimeout\":5}}",
+			       &c, &err),
+			 0);
+	ck_assert_uint_eq(c.http.max_connections, 100);
+	ck_assert_uint_eq(c.http.per_client, 8);
+	ck_assert_uint_eq(c.http.reserve, 4);
+	ck_assert_uint_eq(c.http.request_timeout_s, 5);
+	api_config_free(&c);
+	ck_assert_int_eq(parse("{\"http\":{\"requestTimeout\":9}}", &c, &err), 0);
+	ck_assert_uint_eq(c.http.max_connections, 0);
+	ck_assert_uint_eq(c.http.request_timeout_s, 9);
+	api_config_free(&c);
+	expect_bad("{\"http\":{\"maxConnection\":1}}", -EINVAL, "http.maxConnection");
+	expect_bad("{\"http\":{\"requestTimeout\":0}}", -ERANGE, "http.requestTimeout");
+	expect_bad("{\"http\":{\"requestTimeout\":3601}}", -ERANGE, "http.requestTimeout");
+	expect_bad("{\"http\":{\"maxConnections\":\"10\"}}", -EINVAL, "http.maxConnections");
+	expect_bad("{\"http\":[]}", -EINVAL, "http");
+}
+END_TEST
+
 static Suite *auth_suite(void)
 {
 	Suite *s = suite_create("auth");
@@ -474,6 +501,7 @@ static Suite *auth_suite(void)
 	tcase_add_test(t, config_minimal);
 	tcase_add_test(t, config_bad);
 	tcase_add_test(t, config_caps);
+	tcase_add_test(t, config_http_limits);
 	tcase_add_test(t, config_load_modes);
 	suite_add_tcase(s, t);
 

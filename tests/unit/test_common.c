@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../../common/imc.h"
 #include "../../common/priv.h"
@@ -226,6 +227,69 @@ START_TEST(fault_injection)
 }
 END_TEST
 
+START_TEST(utf8_is_checked)
+{
+	uint32_t cp = 0;
+
+	ck_assert(imc_utf8_valid("caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x90\xb3", 14));
+	ck_assert(imc_utf8_valid("a\0b", 3));
+	ck_assert_uint_eq(imc_utf8_char("\xe2\x98\x83", 3, &cp), 3);
+	ck_assert_uint_eq(cp, 0x2603);
+	static const char *const bad[] = {"\xff",
+					  "\xc3",
+					  "\xc3\x28",
+					  "\xc0\xaf" /* overlong '/' */,
+					  "\xe0\x80\xaf",
+					  "\xed\xa0\x80" /* surrogate */,
+					  "\xf4\x90\x80\x80" /* > U+10FFFF */,
+					  "\x80",
+					  "\xf8\x88\x80\x80\x80"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(!imc_utf8_valid(bad[i], strlen(bad[i])), "accepted bad[%zu]", i);
+}
+END_TEST
+
+START_TEST(log_escapes_what_comes_from_outside)
+{
+	const char *in = "a\nb\r\t\\\x1b[2J\xff\xc2\x9b\xe2\x80\xa8 caf\xc3\xa9";
+	char out[128], small[8];
+
+	ck_assert_uint_eq(imc_log_escape(in, strlen(in), out, sizeof(out)), strlen(in));
+	ck_assert_str_eq(out, "a\\nb\\r\\t\\\\\\x1b[2J\\xff\\u009b\\u2028 caf\xc3\xa9");
+	/* Cut only between whole escapes and characters. */
+	ck_assert_uint_eq(imc_log_escape("ab\ncd", 5, small, 4), 2);
+	ck_assert_str_eq(small, "ab");
+	ck_assert_uint_eq(imc_log_escape("\xc3\xa9\xc3\xa9", 4, small, 4), 2);
+	ck_assert_str_eq(small, "\xc3\xa9");
+}
+END_TEST
+
+/* A request's bytes in a log message cannot make a second line: the whole message is one. */
+START_TEST(log_lines_cannot_be_forged)
+{
+	char path[] = "/tmp/imc-log-XXXXXX", buf[1024];
+	int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+	ssize_t n;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_ge(saved, 0);
+	ck_assert_int_ge(dup2(fd, STDERR_FILENO), 0);
+	imc_log(IMC_LOG_ERROR, "GET %s: %u", "/v1/x\n2026-01-01T00:00:00Z error: forged\x1b[1A",
+		404);
+	fflush(stderr);
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	n = pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	unlink(path);
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+	ck_assert_ptr_eq(strchr(buf, '\n'), buf + n - 1);
+	ck_assert_ptr_nonnull(
+	    strstr(buf, " error: GET /v1/x\\n2026-01-01T00:00:00Z error: forged\\x1b[1A: 404\n"));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("common");
@@ -240,6 +304,9 @@ int main(void)
 	tcase_add_test(tc, buffers_grow_and_stay_terminated);
 	tcase_add_test(tc, times_are_always_terminated);
 	tcase_add_test(tc, fault_injection);
+	tcase_add_test(tc, utf8_is_checked);
+	tcase_add_test(tc, log_escapes_what_comes_from_outside);
+	tcase_add_test(tc, log_lines_cannot_be_forged);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../../attach/runtime.h"
 #include "unit.h"
@@ -689,6 +690,129 @@ START_TEST(spec_rewrite)
 }
 END_TEST
 
+/* Write n bytes to dir/config.json. */
+static void write_config(const char *dir, const char *data, size_t n)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(data, 1, n, f), n);
+	fclose(f);
+}
+
+/* Without the annotation's key, config.json is the real runtime's business: what it takes and a
+ * strict parser would refuse passes through unread.  With the key, it is parsed strictly. */
+START_TEST(config_without_annotation_is_not_parsed)
+{
+	static const char *const foreign[] = {
+	    "{\"root\":{\"path\":\"rootfs\"},\"hostname\":\"a\",\"hostname\":\"b\"}",
+	    "{\"root\":{\"path\":\"rootfs\"},\"annotations\":{\"note\":\"\xff\xfe\"}}",
+	    "{\"root\":{\"path\":\"rootfs\"},\"annotations\":{\"note\":\"a\\u0000b\"}}",
+	    "not even JSON: the real runtime says so",
+	};
+	char dir[] = "/tmp/imc-rt-unit.XXXXXX";
+	struct runtime_cache c = {0};
+	imc_error err = {0};
+	size_t big = RUNTIME_CONFIG_MAX + (1 << 20);
+	_cleanup_free_ char *buf = malloc(big);
+	char path[256];
+	bool m = true;
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(foreign); i++) {
+		write_config(dir, foreign[i], strlen(foreign[i]));
+		ck_assert_msg(runtime_cache_load(dir, "config.json", &c, &err) == 0, "%zu: %s", i,
+			      err.msg);
+		ck_assert_ptr_null(c.cache_id);
+		runtime_cache_free(&c);
+	}
+	/* Larger than the cap, with an annotation value that fills it. */
+	memset(buf, 'a', big);
+	memcpy(buf, "{\"annotations\":{\"x\":\"", strlen("{\"annotations\":{\"x\":\""));
+	memcpy(buf + big - 3, "\"}}", 3);
+	write_config(dir, buf, big);
+	ck_assert_int_eq(runtime_cache_load(dir, "config.json", &c, &err), 0);
+	ck_assert_ptr_null(c.cache_id);
+	runtime_cache_free(&c);
+	/* The key across the boundary of two reads, past the cap: found, so parsed, so refused. */
+	memcpy(buf + 65536 - 7, RUNTIME_ANNOTATION_CACHE_ID, strlen(RUNTIME_ANNOTATION_CACHE_ID));
+	write_config(dir, buf, big);
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	ck_assert_int_eq(runtime_config_mentions_cache(path, &m, &err), 0);
+	ck_assert(m);
+	ck_assert_int_lt(runtime_cache_load(dir, "config.json", &c, &err), 0);
+	/* With the key, duplicates and \u0000 are refused, also with the key written "\/". */
+	static const char *const strict[] = {
+	    "{\"root\":{\"path\":\"r\"},\"root\":{\"path\":\"s\"},\"annotations\":"
+	    "{\"imcache.io/cache-id\":\"imc-0123456789abcdef\"}}",
+	    "{\"root\":{\"path\":\"r\"},\"annotations\":{\"imcache.io\\/cache-id\":"
+	    "\"imc-0123456789abcdef\",\"n\":\"\\u0000\"}}",
+	};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(strict); i++) {
+		write_config(dir, strict[i], strlen(strict[i]));
+		ck_assert_msg(runtime_cache_load(dir, "config.json", &c, &err) < 0, "strict[%zu]",
+			      i);
+	}
+	/* The key in some other value: parsed, and no annotation: pass through. */
+	static const char other[] = "{\"root\":{\"path\":\"r\"},\"process\":{\"env\":"
+				    "[\"X=imcache.io/cache-id\"]}}";
+	write_config(dir, other, strlen(other));
+	ck_assert_int_eq(runtime_cache_load(dir, "config.json", &c, &err), 0);
+	ck_assert_ptr_null(c.cache_id);
+	runtime_cache_free(&c);
+	unlink(path);
+	ck_assert_int_eq(runtime_config_mentions_cache(path, &m, &err), -ENOENT);
+	rmdir(dir);
+}
+END_TEST
+
+/* root.path is opened without following a symlink anywhere, and relative to the bundle it stays
+ * in the bundle. */
+START_TEST(rootfs_open_refuses_symlinks)
+{
+	char dir[] = "/tmp/imc-rt-root.XXXXXX", bundle[128], p[256], abs[256];
+	imc_error err = {0};
+	int fd = -1;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(bundle, sizeof(bundle), "%s/bundle", dir);
+	ck_assert_int_eq(mkdir(bundle, 0755), 0);
+	snprintf(p, sizeof(p), "%s/rootfs", bundle);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/elsewhere", dir);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/elsewhere/rootfs", dir);
+	ck_assert_int_eq(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/link", bundle);
+	ck_assert_int_eq(symlink("../elsewhere", p), 0);
+	snprintf(p, sizeof(p), "%s/self", bundle);
+	ck_assert_int_eq(symlink("rootfs", p), 0);
+
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "rootfs", &fd, &err), 0);
+	close(fd);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "./rootfs/", &fd, &err), 0);
+	close(fd);
+	snprintf(abs, sizeof(abs), "%s/rootfs", bundle);
+	ck_assert_int_eq(runtime_rootfs_open("/nonexistent", abs, &fd, &err), 0);
+	close(fd);
+	static const char *const looped[] = {"link", "link/rootfs", "self"};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(looped); i++) {
+		ck_assert_int_eq(runtime_rootfs_open(bundle, looped[i], &fd, &err), -ELOOP);
+		ck_assert_ptr_nonnull(strstr(err.msg, "symlink"));
+		ck_assert_ptr_nonnull(strstr(err.msg, looped[i]));
+	}
+	snprintf(abs, sizeof(abs), "%s/link/rootfs", bundle);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, abs, &fd, &err), -ELOOP);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "../elsewhere/rootfs", &fd, &err), -EXDEV);
+	ck_assert_int_eq(runtime_rootfs_open(bundle, "missing", &fd, &err), -ENOENT);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("runtime");
@@ -706,6 +830,8 @@ int main(void)
 	tcase_add_test(tc, spec_apply_bad);
 	tcase_add_test(tc, spec_rewrite);
 	tcase_add_test(tc, config_files);
+	tcase_add_test(tc, config_without_annotation_is_not_parsed);
+	tcase_add_test(tc, rootfs_open_refuses_symlinks);
 	tcase_add_test(tc, pick_and_log);
 	suite_add_tcase(s, tc);
 	return unit_run(s);

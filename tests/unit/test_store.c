@@ -17,6 +17,8 @@
 #include "unit.h"
 
 #define SNAP "imc-0123456789abcdef"
+#define NOFS "imc-00000000000000f5"
+#define BASE "img-0123456789abcdef0123456789abcdef"
 
 static char state_dir[] = "/tmp/imc-test-store.XXXXXX";
 static struct store *st;
@@ -400,13 +402,23 @@ START_TEST(bad_attaches_leave_nothing)
 	ck_assert_ptr_nonnull(strstr(err.msg, "no image 3"));
 	req.image = 0;
 	/* A snapshot with no filesystem in it: the clone's mount fails for real. */
-	must(store_volume_create(st, "nofs", 32ULL << 20, &err), &err);
-	must(store_seal(st, "nofs", "nofs", &err), &err);
-	req.cache_id = "nofs";
+	must(store_volume_create(st, NOFS, 32ULL << 20, &err), &err);
+	must(store_seal(st, NOFS, NOFS, &err), &err);
+	req.cache_id = NOFS;
 	r = attach_cache(st, &req, NULL, &err);
 	ck_assert_msg(r == -EINVAL || r == -EIO, "attach of a snapshot without ext4: %d %s", r,
 		      err.msg);
-	must(store_remove(st, STORE_SNAPSHOT, "nofs", &err), &err);
+	must(store_remove(st, STORE_SNAPSHOT, NOFS, &err), &err);
+	/* A base snapshot (what caches of one image stand on) is in the store, and no cache. */
+	must(store_volume_create(st, BASE, 32ULL << 20, &err), &err);
+	must(store_seal(st, BASE, BASE, &err), &err);
+	req.cache_id = BASE;
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "no such cache"));
+	req.block = true;
+	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -ENOENT);
+	req.block = false;
+	must(store_remove(st, STORE_SNAPSHOT, BASE, &err), &err);
 	req.cache_id = SNAP;
 	req.dir = "/nonexistent/imc-test";
 	ck_assert_int_eq(attach_cache(st, &req, NULL, &err), -ENOENT);
