@@ -467,8 +467,7 @@ static int base_from_chain(struct build *base, const struct builder_opts *o, con
 			   size_t k, json_t *layers, uint64_t size, imc_error *err)
 {
 	struct store_object_info info;
-	_cleanup_free_ char *blobs = imc_path_join(o->blob_dir, "sha256");
-	_cleanup_close_ int root = -1, rootfs = -1, bdir = -1;
+	_cleanup_close_ int root = -1, rootfs = -1;
 	int r = store_stat(base->s, STORE_SNAPSHOT, from, &info, err);
 
 	if (r == 0 && size < info.size)
@@ -493,21 +492,11 @@ static int base_from_chain(struct build *base, const struct builder_opts *o, con
 	root = open(base->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	rootfs =
 	    root < 0 ? -1 : imc_openat_in_root(root, "images/0/rootfs", O_RDONLY | O_DIRECTORY, 0);
-	bdir = blobs ? open(blobs, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	if (rootfs < 0 || bdir < 0)
-		return imc_err(err, EIO, "base %s: /images/0/rootfs or the blob directory", from);
+	if (rootfs < 0)
+		return imc_err(err, EIO, "base %s: /images/0/rootfs", from);
+	/* Each layer checked against its diff_id, as in a build from scratch. */
 	for (size_t i = k; i < json_array_size(layers); i++) {
-		const char *digest = json_string_value(json_array_get(layers, i));
-		char hex[IMC_SHA256_HEX_LEN + 1];
-		_cleanup_close_ int fd = -1;
-
-		r = imc_digest_parse(digest, hex, err);
-		if (r < 0)
-			return r;
-		fd = openat(bdir, hex, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0)
-			return imc_err_sys(err, errno, "layer %s", digest);
-		r = builder_layer_apply(rootfs, fd, digest, err);
+		r = builder_image_apply_layer(o, base->images[0], i, rootfs, err);
 		if (r < 0)
 			return r;
 	}

@@ -51,6 +51,11 @@ enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target)
 /* Apply one layer blob (gzip, zstd or uncompressed tar) to the tree under rootfd.  Every path is
  * resolved inside rootfd; what names the layer in errors. */
 int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *err);
+/* The same, reading the uncompressed stream to its very end (end-of-archive blocks and padding
+ * included): ret_diff_id gets its sha256 in hex, what the image config's rootfs.diff_ids[i]
+ * must name. */
+int builder_layer_apply_hashed(int rootfd, int blob_fd, const char *what,
+			       char ret_diff_id[IMC_SHA256_HEX_LEN + 1], imc_error *err);
 
 /* ---- pulling ------------------------------------------------------------------------------ */
 /* Registry credentials of one request: never logged, never written to disk. */
@@ -82,6 +87,10 @@ int builder_image_fetch(const struct builder_opts *o, struct builder_image *img,
 /* Apply the fetched layers in order under rootfd. */
 int builder_image_apply(const struct builder_opts *o, struct builder_image *img, int rootfd,
 			imc_error *err);
+/* Apply fetched layer i under rootfd, checking its uncompressed content against the config's
+ * rootfs.diff_ids[i]: a mismatch fails naming the layer (index and digest) and both digests. */
+int builder_image_apply_layer(const struct builder_opts *o, const struct builder_image *img,
+			      size_t i, int rootfd, imc_error *err);
 /* builder_image_fetch + builder_image_apply overlapped: each layer is applied as soon as it and
  * the layers before it are in the blob directory, while the later ones download. */
 int builder_image_pull(const struct builder_opts *o, struct builder_image *img, int rootfd,
@@ -186,6 +195,10 @@ int data_url_check(const char *url, bool *ret_plain, imc_error *err);
 int data_hf_parse(const char *source, char **ret_repo, char **ret_rev, imc_error *err);
 int data_rel_path_check(const char *path, imc_error *err);
 uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);
+/* rootfs.diff_ids of an image config (parsed JSON): exactly one sha256 digest per layer of m;
+ * ret gets a NULL-terminated copy. */
+int image_diff_ids_parse(json_t *config, const struct builder_manifest *m, char ***ret,
+			 imc_error *err);
 #endif
 
 /* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of its

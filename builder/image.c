@@ -24,8 +24,16 @@ struct builder_image {
 	char digest[7 + IMC_SHA256_HEX_LEN + 1];       /* the image manifest's */
 	char index_digest[7 + IMC_SHA256_HEX_LEN + 1]; /* "" unless resolved through an index */
 	struct builder_manifest manifest;
-	json_t *config; /* {"env","cmd","entrypoint","workingDir","user","labels"} */
+	json_t *config;	 /* {"env","cmd","entrypoint","workingDir","user","labels"} */
+	char **diff_ids; /* the config's rootfs.diff_ids: one per layer, NULL-terminated */
 };
+
+static void strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
+}
 
 void builder_image_free(struct builder_image *img)
 {
@@ -35,6 +43,7 @@ void builder_image_free(struct builder_image *img)
 	builder_ref_free(&img->ref);
 	builder_manifest_free(&img->manifest);
 	json_decref(img->config);
+	strv_free(img->diff_ids);
 	free(img->ref_given);
 	free(img->name);
 	free(img);
@@ -159,6 +168,65 @@ static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
 	return 0;
 }
 
+static int diff_ids_copy(json_t *ids, const struct builder_manifest *m, char ***ret, imc_error *err)
+{
+	char **v = calloc(m->n_layers + 1, sizeof(*v));
+	char hex[IMC_SHA256_HEX_LEN + 1];
+
+	if (!v)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < m->n_layers; i++) {
+		const char *d = json_string_value(json_array_get(ids, i));
+		if (!d || imc_digest_parse(d, hex, NULL) < 0) {
+			strv_free(v);
+			return imc_err(err, EINVAL,
+				       "image config.rootfs.diff_ids[%zu]: want a sha256 digest "
+				       "(for layer %zu %s)",
+				       i, i, m->layers[i].digest);
+		}
+		if (!(v[i] = strdup(d))) {
+			strv_free(v);
+			return imc_err(err, ENOMEM, "out of memory");
+		}
+	}
+	*ret = v;
+	return 0;
+}
+
+/* One diff_id per layer, as umoci and containerd require: a layer without one, or a diff_id
+ * without a layer, is a broken image. */
+TESTABLE int image_diff_ids_parse(json_t *config, const struct builder_manifest *m, char ***ret,
+				  imc_error *err)
+{
+	const char *type = NULL;
+	json_t *rootfs = NULL, *ids = NULL;
+	size_t n;
+	int r = imc_json_get_object(config, "rootfs", true, "image config", &rootfs, err);
+
+	if (r == 0)
+		r = imc_json_get_string(rootfs, "type", false, 64, "image config.rootfs", &type,
+					err);
+	if (r == 0 && type && strcmp(type, "layers") != 0)
+		r = imc_err(err, ENOTSUP, "image config.rootfs.type: %s is not \"layers\"", type);
+	if (r == 0)
+		r = imc_json_get_array(rootfs, "diff_ids", true, SIZE_MAX, "image config.rootfs",
+				       &ids, err);
+	if (r < 0)
+		return r;
+	n = json_array_size(ids);
+	if (n < m->n_layers)
+		return imc_err(err, EINVAL,
+			       "layer %zu %s: no diff_id for it in the image config "
+			       "(rootfs.diff_ids has %zu for %zu layers)",
+			       n, m->layers[n].digest, n, m->n_layers);
+	if (n > m->n_layers)
+		return imc_err(err, EINVAL,
+			       "image config.rootfs.diff_ids[%zu]: names no layer "
+			       "(rootfs.diff_ids has %zu for %zu layers)",
+			       m->n_layers, n, m->n_layers);
+	return diff_ids_copy(ids, m, ret, err);
+}
+
 static int config_parse(struct builder_image *img, const char *body, size_t len, imc_error *err)
 {
 	_cleanup_json_ json_t *j = NULL, *out = json_object();
@@ -191,6 +259,8 @@ static int config_parse(struct builder_image *img, const char *body, size_t len,
 	json_decref(empty);
 	if (r == 0)
 		r = config_platform(img, j, err);
+	if (r == 0)
+		r = image_diff_ids_parse(j, &img->manifest, &img->diff_ids, err);
 	if (r < 0)
 		return r;
 	img->config = steal_pointer(&out);
@@ -431,22 +501,27 @@ int builder_image_fetch(const struct builder_opts *o, struct builder_image *img,
 	return fetch_finish(&f, threads, n_threads, err);
 }
 
-static int apply_layer(const struct builder_opts *o, const struct builder_image *img, size_t i,
-		       int rootfd, imc_error *err)
+int builder_image_apply_layer(const struct builder_opts *o, const struct builder_image *img,
+			      size_t i, int rootfd, imc_error *err)
 {
 	const struct builder_descriptor *d = &img->manifest.layers[i];
 	_cleanup_close_ int fd = -1;
-	char what[128], path[PATH_MAX];
+	char what[128], path[PATH_MAX], got[IMC_SHA256_HEX_LEN + 1];
 
-	snprintf(what, sizeof(what), "layer %s", d->digest);
+	snprintf(what, sizeof(what), "layer %zu %s", i, d->digest);
 	if ((size_t)snprintf(path, sizeof(path), "%s/sha256/%s", o->blob_dir, d->digest + 7) >=
 	    sizeof(path))
 		return imc_err(err, ENAMETOOLONG, "%s: blob directory path too long", img->name);
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "%s: %s: %s", img->name, what, path);
-	if (builder_layer_apply(rootfd, fd, what, err) < 0)
+	if (builder_layer_apply_hashed(rootfd, fd, what, got, err) < 0)
 		return imc_err_wrap(err, "%s", img->name);
+	if (strcmp(img->diff_ids[i] + 7, got) != 0)
+		return imc_err(err, EBADMSG,
+			       "%s: %s: diff_id mismatch: the uncompressed layer is sha256:%s, the "
+			       "image config's rootfs.diff_ids[%zu] says %s",
+			       img->name, what, got, i, img->diff_ids[i]);
 	return 0;
 }
 
@@ -456,7 +531,7 @@ int builder_image_apply(const struct builder_opts *o, struct builder_image *img,
 	if (!o->blob_dir)
 		return imc_err(err, EINVAL, "%s: no blob directory", img->name);
 	for (size_t i = 0; i < img->manifest.n_layers; i++) {
-		int r = apply_layer(o, img, i, rootfd, err);
+		int r = builder_image_apply_layer(o, img, i, rootfd, err);
 		if (r < 0)
 			return r;
 	}
@@ -493,7 +568,7 @@ int builder_image_pull(const struct builder_opts *o, struct builder_image *img, 
 	for (size_t i = 0; i < img->manifest.n_layers && ra == 0; i++) {
 		if (!fetch_wait(&f, i))
 			break;
-		ra = apply_layer(o, img, i, rootfd, err);
+		ra = builder_image_apply_layer(o, img, i, rootfd, err);
 		if (ra < 0) {
 			imc_error stop = {.code = -ECANCELED};
 			fetch_fail(&f, &stop); /* stop the downloads */
@@ -512,14 +587,15 @@ uint64_t builder_image_layer_bytes(const struct builder_image *img)
 	return n;
 }
 
-static json_t *describe_layers(const struct builder_manifest *m)
+static json_t *describe_layers(const struct builder_manifest *m, char *const *diff_ids)
 {
 	json_t *arr = json_array();
 
 	for (size_t i = 0; arr && i < m->n_layers; i++) {
 		json_t *l =
-		    json_pack("{s:s, s:I, s:s}", "digest", m->layers[i].digest, "size",
-			      (json_int_t)m->layers[i].size, "mediaType", m->layers[i].media_type);
+		    json_pack("{s:s, s:I, s:s, s:s?}", "digest", m->layers[i].digest, "size",
+			      (json_int_t)m->layers[i].size, "mediaType", m->layers[i].media_type,
+			      "diffId", diff_ids ? diff_ids[i] : NULL);
 		if (!l || json_array_append_new(arr, l) < 0) {
 			json_decref(arr);
 			return NULL;
@@ -530,7 +606,7 @@ static json_t *describe_layers(const struct builder_manifest *m)
 
 json_t *builder_image_describe(const struct builder_image *img)
 {
-	json_t *layers = describe_layers(&img->manifest);
+	json_t *layers = describe_layers(&img->manifest, img->diff_ids);
 	json_t *j;
 
 	if (!layers)
