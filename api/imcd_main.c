@@ -35,6 +35,7 @@ struct options {
 	unsigned build_workers;	      /* 0: api/caches.c's default (2) */
 	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
 	unsigned sweep_interval_ms;   /* 0: 60 s */
+	char platform[BUILDER_PLATFORM_MAX];
 };
 
 static void usage(FILE *f)
@@ -47,7 +48,8 @@ static void usage(FILE *f)
 	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
-	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
+	    "            [--sweep-interval SEC] [--platform OS/ARCH[/VARIANT]]\n"
+	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -73,7 +75,9 @@ static void usage(FILE *f)
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
-	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n",
+	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
+	    "  --platform P          the platform of images whose request names none\n"
+	    "                        (default linux/amd64; linux/arm64/v8, linux/arm/v7, ...)\n",
 	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
 }
 
@@ -225,6 +229,11 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
 		o->sweep_interval_ms = (unsigned)n * 1000;
 		return 0;
+	case 'P':
+		if (builder_platform_normalize(arg, o->platform, sizeof(o->platform), NULL) < 0)
+			return usage_error("--platform %s: want OS/ARCH[/VARIANT] (linux/arm64)",
+					   arg);
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -257,6 +266,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"evict-high", required_argument, NULL, 'E'},
 	    {"evict-low", required_argument, NULL, 'e'},
 	    {"sweep-interval", required_argument, NULL, 'S'},
+	    {"platform", required_argument, NULL, 'P'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -401,6 +411,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					  .driver_opts = o->driver_opts};
 	_cleanup_json_ json_t *repairs = json_array();
 	_cleanup_close_ int fd = -1;
+	const char *platform = o->platform[0] ? o->platform : NULL; /* NULL: linux/amd64 */
 	char *url = svc->url;
 	int r;
 
@@ -424,6 +435,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 							.auth_file = o->auth_file,
 							.ca_file = o->ca_file,
 							.hf_endpoint = o->hf_endpoint,
+							.platform = platform,
 							.limits = svc->config.limits,
 							.n_limits = svc->config.n_limits,
 							.build_workers = o->build_workers,

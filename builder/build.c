@@ -6,7 +6,8 @@
  * into the cache's read-only snapshot.  A failure at any point removes the volume.
  *
  * Incremental builds: a cache of one image (with or without data) is built on that image's base
- * snapshot "img-<32 hex of the manifest digest>", a sealed volume holding only the image.  The
+ * snapshot "img-<32 hex of sha256("<manifest digest> <platform>")>", a sealed volume holding only
+ * the image.  The
  * first such cache builds the base; every later one, whatever its data, clones the base into its
  * volume (FICLONE: no copy), grows the filesystem to its size online, adds its data and is sealed
  * (and so compacted) on its own, so no snapshot is ever a clone of a clone.  /imcache.json's
@@ -110,16 +111,21 @@ TESTABLE uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes)
 	return (size + (1ULL << 20) - 1) & ~((1ULL << 20) - 1);
 }
 
-static int resolve_all(struct build *b, const struct builder_opts *o, const char *const *refs,
-		       size_t n, uint64_t *ret_bytes, imc_error *err)
+static int resolve_all(struct build *b, const struct builder_opts *o,
+		       const struct builder_request *req, uint64_t *ret_bytes, imc_error *err)
 {
+	const char *const *refs = req->refs;
+	size_t n = req->n_refs;
 	uint64_t bytes = 0;
 
 	b->images = calloc(n, sizeof(*b->images));
 	if (!b->images)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++) {
-		int r = builder_image_resolve(o, refs[i], &b->images[i], err);
+		struct builder_opts oi = *o; /* each image its own platform */
+		if (req->platforms && req->platforms[i])
+			oi.platform = req->platforms[i];
+		int r = builder_image_resolve(&oi, refs[i], &b->images[i], err);
 		b->n_images = i + 1;
 		if (r < 0)
 			return r;
@@ -312,12 +318,22 @@ static int build_fresh(struct build *b, const struct builder_opts *o, uint64_t s
 	return r < 0 ? build_failed(b, r, size, err) : 0;
 }
 
+/* The base of an image is keyed by its manifest digest and its platform: the same manifest
+ * asked for as two platforms (a config that names none) is two bases, as it is two caches.
+ * "" when the image has no sha256 digest. */
 static void base_id_of(const struct builder_image *img, char id[BASE_ID_MAX])
 {
 	_cleanup_json_ json_t *desc = builder_image_describe(img);
 	const char *digest = json_string_value(json_object_get(desc, "digest"));
-	const char *hex = digest && strncmp(digest, "sha256:", 7) == 0 ? digest + 7 : "";
+	const char *platform = json_string_value(json_object_get(desc, "platform"));
+	_cleanup_free_ char *key = NULL;
+	char hex[IMC_SHA256_HEX_LEN + 1];
 
+	id[0] = '\0';
+	if (!digest || strncmp(digest, "sha256:", 7) != 0 || !platform ||
+	    asprintf(&key, "%s %s", digest, platform) < 0 ||
+	    imc_sha256_hex(key, strlen(key), hex, NULL) < 0)
+		return;
 	snprintf(id, BASE_ID_MAX, BASE_PREFIX "%.*s", BASE_HEX, hex);
 }
 
@@ -627,7 +643,6 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,
 		  const struct builder_request *req, json_t **ret_manifest, imc_error *err)
 {
-	const char *const *refs = req->refs;
 	size_t n_refs = req->n_refs;
 	uint64_t size = req->size;
 	_cleanup_(build_cleanup) struct build b = {.s = s, .id = cache_id, .dev = {.fd = -1}};
@@ -642,7 +657,7 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	if (size > BUILD_MAX_SIZE)
 		return imc_err(err, EINVAL, "size %llu: at most %llu", (unsigned long long)size,
 			       (unsigned long long)BUILD_MAX_SIZE);
-	r = resolve_all(&b, o, refs, n_refs, &layer_bytes, err);
+	r = resolve_all(&b, o, req, &layer_bytes, err);
 	if (r == 0)
 		r = plan_all(&b, o, req, &data_bytes, err);
 	if (r < 0)

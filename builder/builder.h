@@ -34,6 +34,19 @@ struct builder_manifest {
 int builder_manifest_parse(const char *media_type, const char *body, size_t len,
 			   struct builder_manifest *ret, imc_error *err);
 void builder_manifest_free(struct builder_manifest *m);
+/* ---- platforms ("os/arch[/variant]", as in the image-spec index) -------------------------- */
+#define BUILDER_DEFAULT_PLATFORM "linux/amd64"
+#define BUILDER_PLATFORM_MAX	 200 /* bytes of a normalized platform and its NUL */
+/* Normalize as containerd does: lowercase parts of [a-z0-9._-], aliases (x86_64 -> amd64,
+ * aarch64 -> arm64, armhf -> arm/v7), the default variants (arm64 -> arm64/v8, arm -> arm/v7)
+ * and none for amd64 ("amd64/v1" -> "amd64").  -EINVAL with a message naming s. */
+int builder_platform_normalize(const char *s, char *out, size_t size, imc_error *err);
+/* Does an image whose config declares os/arch[/variant] (NULL or "" when it names none) serve
+ * platform want?  os and architecture must be want's, and so must the variant when the config
+ * declares one; a config that names no platform serves any.  ret gets the platform of the
+ * image (normalized); a mismatch is -ENOENT "no manifest for platform WANT (available: P)". */
+int builder_platform_match_config(const char *want, const char *os, const char *arch,
+				  const char *variant, char *ret, size_t size, imc_error *err);
 /* Pick the manifest for platform ("os/arch[/variant]") from an OCI index / manifest list. */
 int builder_index_select(const char *body, size_t len, const char *platform,
 			 struct builder_descriptor *ret, imc_error *err);
@@ -115,6 +128,8 @@ struct builder_data {
 struct builder_request {
 	const char *const *refs; /* 1..BUILDER_IMAGES_MAX image refs */
 	size_t n_refs;
+	const char *const *platforms; /* per ref ("os/arch[/variant]"); NULL, or a NULL entry:
+				       * opts.platform */
 	const struct builder_data *data;
 	size_t n_data;
 	uint64_t size; /* filesystem size in bytes; 0 picks a default from the content */
@@ -201,8 +216,9 @@ int image_diff_ids_parse(json_t *config, const struct builder_manifest *m, char 
 			 imc_error *err);
 #endif
 
-/* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of its
- * manifest digest (see builder/build.c).  Remove a base and its record of layers. */
+/* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of the
+ * sha256 of its manifest digest and platform (see builder/build.c).  Remove a base and its
+ * record of layers. */
 #define BUILDER_BASE_PREFIX "img-"
 int builder_base_forget(struct store *s, const char *base_id, imc_error *err);
 

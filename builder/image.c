@@ -139,32 +139,26 @@ static int config_labels(json_t *cfg, json_t *out, imc_error *err)
 	return 0;
 }
 
-/* The platform the config declares must be the one asked for (os and architecture). */
+/* The platform the config declares must be the one asked for: a single-platform image of
+ * another platform fails as an index without it does, listing what it has. */
 static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
 {
 	const char *os = NULL, *arch = NULL, *variant = NULL;
-	char declared[BUILDER_PLATFORM_MAX], buf[BUILDER_PLATFORM_MAX];
-	size_t n;
+	char have[BUILDER_PLATFORM_MAX];
 	int r = imc_json_get_string(j, "os", false, 64, "image config", &os, err);
 
 	if (r == 0)
 		r = imc_json_get_string(j, "architecture", false, 64, "image config", &arch, err);
 	if (r == 0)
 		r = imc_json_get_string(j, "variant", false, 64, "image config", &variant, err);
+	if (r == 0)
+		r = builder_platform_match_config(img->platform, os, arch, variant, have,
+						  sizeof(have), err);
+	if (r < 0 && img->index_digest[0]) /* the index said otherwise */
+		return imc_err_wrap(err, "manifest %s of index %s", img->digest, img->index_digest);
 	if (r < 0)
 		return r;
-	if (!os || !arch || !*os || !*arch)
-		return 0;
-	snprintf(buf, sizeof(buf), "%s/%s%s%s", os, arch, variant && *variant ? "/" : "",
-		 variant && *variant ? variant : "");
-	if (builder_platform_normalize(buf, declared, sizeof(declared), NULL) < 0)
-		return 0; /* odd spelling: leave the requested platform */
-	n = strcspn(declared, "/");
-	n += strcspn(declared + n + 1, "/") + 1;
-	if (strncmp(declared, img->platform, n) != 0 ||
-	    (img->platform[n] != '\0' && img->platform[n] != '/'))
-		return imc_err(err, ENOENT, "the image is for %s, not %s", declared, img->platform);
-	snprintf(img->platform, sizeof(img->platform), "%s", declared);
+	snprintf(img->platform, sizeof(img->platform), "%s", have);
 	return 0;
 }
 

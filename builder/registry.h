@@ -22,16 +22,11 @@
 #define BUILDER_MT_DOCKER_CONFIG     "application/vnd.docker.container.image.v1+json"
 #define BUILDER_MT_DOCKER_LAYER_GZIP "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
-#define BUILDER_DEFAULT_PLATFORM "linux/amd64"
-#define BUILDER_MANIFEST_MAX	 (4u << 20) /* manifests, indexes and image configs */
+#define BUILDER_MANIFEST_MAX (4u << 20) /* manifests, indexes and image configs */
 
 /* Is the manifest body (with the response's Content-Type, may be NULL) an index? */
 int builder_manifest_kind(const char *content_type, const char *body, size_t len,
 			  bool *ret_is_index, imc_error *err);
-
-/* Normalize "os/arch[/variant]" as containerd does (x86_64 -> amd64, arm64 -> arm64/v8, ...). */
-#define BUILDER_PLATFORM_MAX 200
-int builder_platform_normalize(const char *s, char *out, size_t size, imc_error *err);
 
 /* The transport options every request of the builder sets, to registries and data sources
  * alike: redirects, the protocols (plain http only where allowed), timeouts, keep-alive, user

@@ -136,7 +136,8 @@ check "the two pieces were asked for with Range" \
 # --- incremental: a second cache of the same image reuses its base snapshot ------------------
 
 BB_DIGEST=sha256:$(registry_manifest imc/bb v1 | sha256sum | cut -d' ' -f1)
-BASE=img-$(printf '%s' "${BB_DIGEST#sha256:}" | cut -c1-32)
+# img- and 32 hex of the sha256 of "<manifest digest> <platform>".
+BASE=img-$(printf '%s %s' "$BB_DIGEST" linux/amd64 | sha256sum | cut -c1-32)
 check "the first cache built the image's base snapshot $BASE" test -f "$STATE/pool/snapshots/$BASE.img"
 check_eq "GET of the first cache: base built now" "$BASE false" \
 	"$(json_get "$(imcctl get "$ID" 2>&1)" '"\(.base.snapshot) \(.base.reused)"' 2>&1)"

@@ -359,6 +359,117 @@ START_TEST(index_no_match)
 }
 END_TEST
 
+/* ---- platforms --------------------------------------------------------------------------- */
+
+START_TEST(platform_parse)
+{
+	static const struct {
+		const char *in, *want; /* want NULL: refused */
+	} cases[] = {
+	    {"linux/amd64", "linux/amd64"},
+	    {"linux/x86_64", "linux/amd64"},
+	    {"linux/x86-64", "linux/amd64"},
+	    {"linux/amd64/v1", "linux/amd64"},
+	    {"linux/amd64/v3", "linux/amd64/v3"},
+	    {"linux/arm64", "linux/arm64/v8"},
+	    {"linux/aarch64", "linux/arm64/v8"},
+	    {"linux/arm64/v8", "linux/arm64/v8"},
+	    {"linux/arm64/8", "linux/arm64/v8"},
+	    {"linux/arm", "linux/arm/v7"},
+	    {"linux/arm/v6", "linux/arm/v6"},
+	    {"linux/armhf", "linux/arm/v7"},
+	    {"linux/armel", "linux/arm/v6"},
+	    {"linux/i386", "linux/386"},
+	    {"linux/s390x", "linux/s390x"},
+	    {"windows/amd64", "windows/amd64"},
+	    {"linux", NULL},
+	    {"linux/", NULL},
+	    {"/amd64", NULL},
+	    {"linux/arm/v7/x", NULL},
+	    {"Linux/amd64", NULL},
+	    {"linux/amd 64", NULL},
+	    {"../..", NULL},
+	    {"linux/.hidden", NULL},
+	    {"", NULL},
+	};
+	char out[BUILDER_PLATFORM_MAX], again[BUILDER_PLATFORM_MAX];
+	char long_part[160];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		imc_error err = {0};
+		int r = builder_platform_normalize(cases[i].in, out, sizeof(out), &err);
+		if (!cases[i].want) {
+			ck_assert_msg(r == -EINVAL, "%s: accepted as %s", cases[i].in, out);
+			ck_assert_ptr_nonnull(strstr(err.msg, "platform \""));
+			continue;
+		}
+		ck_assert_msg(r == 0, "%s: %s", cases[i].in, err.msg);
+		ck_assert_str_eq(out, cases[i].want);
+		/* normalized stays normalized */
+		ck_assert_int_eq(builder_platform_normalize(out, again, sizeof(again), NULL), 0);
+		ck_assert_str_eq(again, out);
+	}
+	memset(long_part, 'a', sizeof(long_part) - 1);
+	long_part[sizeof(long_part) - 1] = '\0';
+	snprintf(out, sizeof(out), "linux/%s", long_part);
+	ck_assert_int_eq(builder_platform_normalize(out, again, sizeof(again), NULL), -EINVAL);
+}
+END_TEST
+
+/* What an image config declares against the platform asked for (image-spec: os and
+ * architecture must match, the variant too when the config has one). */
+START_TEST(platform_match_config)
+{
+	static const struct {
+		const char *want, *os, *arch, *variant, *got; /* got NULL: no match */
+	} cases[] = {
+	    {"linux/amd64", "linux", "amd64", NULL, "linux/amd64"},
+	    {"linux/amd64", "linux", "x86_64", "", "linux/amd64"},
+	    {"linux/amd64", "Linux", "AMD64", NULL, "linux/amd64"},
+	    {"linux/arm64/v8", "linux", "arm64", NULL, "linux/arm64/v8"},
+	    {"linux/arm64", "linux", "aarch64", "v8", "linux/arm64/v8"},
+	    {"linux/arm/v6", "linux", "arm", NULL, "linux/arm/v6"}, /* no variant: any */
+	    {"linux/arm/v7", "linux", "arm", "v7", "linux/arm/v7"},
+	    {"linux/arm64", NULL, NULL, NULL, "linux/arm64/v8"}, /* names none: any */
+	    {"linux/arm64", "", "", NULL, "linux/arm64/v8"},
+	    {"linux/arm64", "linux", "amd64", NULL, NULL},
+	    {"linux/amd64", "linux", "arm64", NULL, NULL},
+	    {"linux/amd64", "windows", "amd64", NULL, NULL},
+	    {"linux/arm/v7", "linux", "arm", "v6", NULL},
+	    {"linux/amd64", "linux", "amd 64", NULL, NULL},
+	};
+	char got[BUILDER_PLATFORM_MAX];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		imc_error err = {0};
+		int r = builder_platform_match_config(cases[i].want, cases[i].os, cases[i].arch,
+						      cases[i].variant, got, sizeof(got), &err);
+		if (cases[i].got) {
+			ck_assert_msg(r == 0, "%zu: %s", i, err.msg);
+			ck_assert_str_eq(got, cases[i].got);
+			continue;
+		}
+		ck_assert_msg(r == -ENOENT, "%zu: %s/%s matched %s", i, cases[i].os, cases[i].arch,
+			      cases[i].want);
+		ck_assert_msg(strncmp(err.msg, "no manifest for platform ", 25) == 0, "%s",
+			      err.msg);
+	}
+	ck_assert_int_eq(builder_platform_match_config("linux/arm64", "linux", "amd64", NULL, got,
+						       sizeof(got), &(imc_error){0}),
+			 -ENOENT);
+	{
+		imc_error err = {0};
+		builder_platform_match_config("linux/arm64", "linux", "amd64", NULL, got,
+					      sizeof(got), &err);
+		ck_assert_str_eq(err.msg,
+				 "no manifest for platform linux/arm64 (available: linux/amd64)");
+		ck_assert_int_eq(builder_platform_match_config("linux", "linux", "amd64", NULL, got,
+							       sizeof(got), &err),
+				 -EINVAL);
+	}
+}
+END_TEST
+
 /* ---- diff_ids ---------------------------------------------------------------------------- */
 
 START_TEST(diff_ids_parse)
@@ -1269,6 +1380,8 @@ static Suite *builder_suite(void)
 	tcase_add_test(tc, index_select);
 	tcase_add_test(tc, index_no_match);
 	tcase_add_test(tc, diff_ids_parse);
+	tcase_add_test(tc, platform_parse);
+	tcase_add_test(tc, platform_match_config);
 	tcase_add_test(tc, whiteout_kind);
 	tcase_add_test(tc, path_clean);
 	tcase_add_test(tc, registry_helpers);
