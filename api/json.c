@@ -133,7 +133,7 @@ static int get_data_fields(json_t *entry, const char *ctx, const char **ret_sour
 				    err);
 
 	if (r == 0)
-		r = imc_json_get_string(entry, "path", true, BUILDER_DATA_NAME_MAX, ctx, ret_path,
+		r = imc_json_get_string(entry, "path", true, BUILDER_DATA_PATH_MAX, ctx, ret_path,
 					err);
 	if (r == 0)
 		r = imc_json_get_string(entry, "sha256", false, IMC_SHA256_HEX_LEN, ctx, ret_sha,
@@ -296,6 +296,10 @@ static int parse_data_entry(json_t *entry, size_t index, struct api_create_reque
 		if (strcmp(req->data[i].path, path) == 0)
 			return imc_err(err, EINVAL, "%s.path: %s is already data[%zu]", ctx, path,
 				       i);
+		else if (builder_data_paths_overlap(req->data[i].path, path))
+			return imc_err(err, EINVAL,
+				       "%s.path: %s and data[%zu].path %s: one is inside the other",
+				       ctx, path, i, req->data[i].path);
 	return data_set(&req->data[req->n_data++], source, path, sha, err);
 }
 

@@ -148,10 +148,12 @@ static int plan_all(struct build *b, const struct builder_opts *o,
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < req->n_data; i++) {
 		for (size_t k = 0; k < i; k++)
-			if (strcmp(req->data[i].path, req->data[k].path) == 0)
-				return imc_err(err, EINVAL,
-					       "data[%zu].path: %s is already data[%zu]", i,
-					       req->data[i].path, k);
+			if (builder_data_paths_overlap(req->data[i].path, req->data[k].path))
+				return imc_err(
+				    err, EINVAL,
+				    "data[%zu].path: %s and data[%zu].path %s: the same, or "
+				    "one inside the other",
+				    i, req->data[i].path, k, req->data[k].path);
 		int r = builder_data_plan(o, &req->data[i], &b->plans[i], err);
 		if (r < 0)
 			return r;

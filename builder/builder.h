@@ -121,7 +121,7 @@ void builder_image_free(struct builder_image *img);
 /* Model data that lands in /data/<path>/. */
 struct builder_data {
 	const char *source; /* https://host/file, oci://registry/repo:tag, hf://org/repo@revision */
-	const char *path;   /* the name under /data/ */
+	const char *path;   /* the directory under /data/: "llm", "models/llama-3-8b" */
 	const char *sha256; /* optional hex digest of a single-file https source */
 };
 
@@ -147,6 +147,7 @@ struct builder_request {
 #define BUILDER_DATA_MAX	64	     /* entries in one request */
 #define BUILDER_DATA_SOURCE_MAX 4096	     /* bytes of a source */
 #define BUILDER_DATA_NAME_MAX	255	     /* bytes of a path or file name component */
+#define BUILDER_DATA_PATH_MAX	1024	     /* bytes of a data path (at most 16 components) */
 #define BUILDER_DATA_FILES_MAX	10000	     /* files of one oci:// or hf:// source */
 #define BUILDER_DATA_FILE_MAX	(4ULL << 40) /* bytes of one file */
 #define BUILDER_HF_DEFAULT	"https://huggingface.co"
@@ -159,10 +160,15 @@ enum builder_data_kind {
 /* A name we create under /data: 1..BUILDER_DATA_NAME_MAX bytes, no '/', no control characters,
  * not "." or "..". */
 bool builder_data_name_valid(const char *s);
-/* Check an entry without the network: the source's scheme and shape, the path, the sha256 (64
- * lowercase hex digits, for https sources only).  Messages name "source", "path" or "sha256". */
+/* Check an entry without the network: the source's scheme and shape, the path (a relative path
+ * of 1-16 valid names: no leading, trailing or double '/', no "." or ".." component), the sha256
+ * (64 lowercase hex digits, for https sources only).  Messages name "source", "path" or
+ * "sha256". */
 int builder_data_check(const struct builder_data *d, enum builder_data_kind *ret_kind,
 		       imc_error *err);
+/* Two data paths that are the same or one inside the other ("models", "models/llama"): their
+ * files would mix, so a request may not hold both. */
+bool builder_data_paths_overlap(const char *a, const char *b);
 
 /* What a data entry holds, once resolved: its files, their sizes and where they come from. */
 struct builder_data_plan;

@@ -89,13 +89,14 @@ static void fuzz_create_request(const char *body, size_t len)
 			    str_eq(req.platforms[i], req.platforms[k]))
 				abort();
 	}
-	/* Every accepted entry is one the builder accepts too, and paths are distinct. */
+	/* Every accepted entry is one the builder accepts too, and no path is another's or inside
+	 * it. */
 	for (size_t i = 0; i < req.n_data; i++) {
 		struct builder_data d = {req.data[i].source, req.data[i].path, req.data[i].sha256};
 		if (builder_data_check(&d, NULL, NULL) < 0)
 			abort();
 		for (size_t k = 0; k < i; k++)
-			if (strcmp(req.data[i].path, req.data[k].path) == 0)
+			if (builder_data_paths_overlap(req.data[i].path, req.data[k].path))
 				abort();
 	}
 	/* A cache made from it never shows a credential. */
