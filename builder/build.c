@@ -14,6 +14,7 @@
  * "base" says which base was used and what that saved.  Stores that cannot make a volume from a
  * snapshot, and caches of several images, build from scratch as before. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -584,12 +585,65 @@ static int build_base(struct build *b, const struct builder_opts *o, const char 
 	return 0;
 }
 
+/* Two builds of one base at once would collide on its volume and its mount point
+ * (tmp/build-img-…): a cache by tag and one by digest, or two repositories serving the same
+ * manifest, have the same base whatever their refs.  So a build holds its base, by id (the
+ * manifest digest and platform) and state dir, from the look for it until its own volume is
+ * cloned from it; another build of the same base waits, then finds it built.  imcd is the one
+ * process that builds in a state dir. */
+struct base_hold {
+	const char *state_dir;
+	char id[BASE_ID_MAX];
+	bool held;
+	struct base_hold *next;
+};
+static pthread_mutex_t bases_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bases_cond = PTHREAD_COND_INITIALIZER;
+static struct base_hold *bases_held; /* under bases_lock */
+
+static bool base_held_locked(const struct base_hold *h)
+{
+	for (const struct base_hold *x = bases_held; x; x = x->next)
+		if (strcmp(x->id, h->id) == 0 && strcmp(x->state_dir, h->state_dir) == 0)
+			return true;
+	return false;
+}
+
+static void base_hold(struct base_hold *h, const struct store *s, const char *id)
+{
+	*h = (struct base_hold){.state_dir = s->state_dir};
+	snprintf(h->id, sizeof(h->id), "%s", id);
+	pthread_mutex_lock(&bases_lock);
+	while (base_held_locked(h))
+		pthread_cond_wait(&bases_cond, &bases_lock);
+	h->next = bases_held;
+	bases_held = h;
+	h->held = true;
+	pthread_mutex_unlock(&bases_lock);
+}
+
+static void base_release(struct base_hold *h)
+{
+	if (!h->held)
+		return;
+	pthread_mutex_lock(&bases_lock);
+	for (struct base_hold **p = &bases_held; *p; p = &(*p)->next)
+		if (*p == h) {
+			*p = h->next;
+			break;
+		}
+	h->held = false;
+	pthread_cond_broadcast(&bases_cond);
+	pthread_mutex_unlock(&bases_lock);
+}
+
 /* A cache of one image: its base (built now if there is none), cloned, grown, plus the data. */
 static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t size,
 			 uint64_t layer_bytes, json_t *manifest, imc_error *err)
 {
 	struct store_object_info info = {0};
 	_cleanup_json_ json_t *from = NULL;
+	_cleanup_(base_release) struct base_hold hold = {0};
 	char base_id[BASE_ID_MAX];
 	double base_seconds = 0;
 	bool reused;
@@ -598,6 +652,7 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 	base_id_of(b->images[0], base_id);
 	if (strlen(base_id) != BASE_ID_MAX - 1)
 		return build_fresh(b, o, size, manifest, err);
+	base_hold(&hold, b->s, base_id);
 	reused = store_stat(b->s, STORE_SNAPSHOT, base_id, &info, NULL) == 0;
 	/* The first base is as large as the cache that asks for it (sparse, so cheap): later
 	 * caches up to that size reuse it without growing the filesystem. */
@@ -613,6 +668,7 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 	if (size < info.size)
 		size = info.size;
 	r = store_volume_from_snapshot(b->s, base_id, b->id, size, err);
+	base_release(&hold); /* cloned: the rest is this cache's own */
 	if (r < 0)
 		return imc_err_wrap(err, "cache %s", b->id);
 	b->volume_created = true;

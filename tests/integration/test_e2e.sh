@@ -29,6 +29,14 @@ build_push() {
 check "multilayer image builds and pushes" build_push mkimage_multilayer multi imc/multi:v1
 check "OCI index image (amd64 + arm64) builds and pushes with --all" \
 	build_push mkimage_index idx imc/idx:v1 --all
+# One image in two repositories (pushed byte for byte: the same manifest digest), with a layer
+# large enough (48 MiB) that its base takes a while to build.
+# shellcheck disable=SC2317
+push_same() {
+	mkimage_plain "$LAYOUT" same $((48 << 10)) && registry_push_raw "$LAYOUT" same imc/same-a:v1 &&
+		registry_push_raw "$LAYOUT" same imc/same-b:v1
+}
+check "one image pushes to two repositories" push_same
 MULTI_REF=$REGISTRY/imc/multi:v1
 IDX_REF=$REGISTRY/imc/idx:v1
 MULTI_DIGEST=$(registry_manifest imc/multi v1 | sha256sum | cut -d' ' -f1)
@@ -201,6 +209,46 @@ for rt in crun runc; do
 	fi
 done
 
+# --- one base, several refs at once -----------------------------------------------------------
+
+# By tag, by digest and from another repository, all at once: one base snapshot (its id is the
+# manifest digest's, whatever the ref), built by one of the builds while the others wait for it.
+SAME_DIGEST=sha256:$(registry_manifest imc/same-a v1 | sha256sum | cut -d' ' -f1)
+check_eq "both repositories serve the same manifest" "$SAME_DIGEST" \
+	"sha256:$(registry_manifest imc/same-b v1 | sha256sum | cut -d' ' -f1)"
+SAME_REFS=("$REGISTRY/imc/same-a:v1" "$REGISTRY/imc/same-a@$SAME_DIGEST" "$REGISTRY/imc/same-b:v1")
+for i in 0 1 2; do
+	jq -cn --arg r "${SAME_REFS[$i]}" '{images: [{ref: $r}]}' >"$TEST_TMP/same-$i.json"
+done
+# The three POSTs go out together; imcd's two build workers take the first two at once.
+SAME_PIDS=()
+for i in 0 1 2; do
+	curl -sS --noproxy '*' --max-time 30 -H 'Content-Type: application/json' \
+		--data-binary "@$TEST_TMP/same-$i.json" -o "$TEST_TMP/same-$i.out" \
+		"$IMCD_URL/v1/imagecaches" &
+	SAME_PIDS+=($!)
+done
+wait "${SAME_PIDS[@]}" || true
+SAME_IDS=()
+for i in 0 1 2; do
+	SAME_IDS+=("$(jq -r '.id // empty' "$TEST_TMP/same-$i.out" 2>/dev/null || true)")
+done
+SAME_BASES=()
+for i in 0 1 2; do
+	C=$(cache_wait "${SAME_IDS[$i]}" 300) || C=
+	check_eq "same image at once, create $i: Ready" Ready "$(json_get "$C" '.status' 2>&1)"
+	[ "$(json_get "$C" '.status' 2>&1)" = Ready ] ||
+		note "statusMessage: $(json_get "$C" '.statusMessage // empty' 2>&1)"
+	SAME_BASES+=("$(json_get "$C" '"\(.base.snapshot) \(.base.reused)"' 2>&1)")
+done
+N_BASES=$(printf '%s\n' "${SAME_BASES[@]}" | awk '{print $1}' | sort -u | wc -l)
+N_BUILT=$(printf '%s\n' "${SAME_BASES[@]}" | grep -c '^img-.* false$' || true)
+N_REUSED=$(printf '%s\n' "${SAME_BASES[@]}" | grep -c '^img-.* true$' || true)
+check_eq "all three stand on one base: built by one, reused by two" "1 1 2" \
+	"$N_BASES $N_BUILT $N_REUSED"
+check_eq "no build directory or volume is left" "" \
+	"$(find "$STATE/tmp" "$STATE/pool/volumes" -mindepth 1 2>/dev/null)"
+
 # --- the OCI index image ---------------------------------------------------------------------
 
 OUT=$(imcctl create "$IDX_REF" --name idx --wait 2>"$TEST_TMP/imcctl.err") || OUT=
@@ -326,7 +374,7 @@ OUT=$(imc_attach list 2>&1) || true
 check_eq "imc-attach list is empty after detaching" 0 "$(json_get "$OUT" 'length' 2>&1)"
 check_eq "no clone files left in the pool" "" "$(find "$STATE/pool/clones" -type f 2>/dev/null)"
 
-for id in "$ID1" "$ID2" "$ID3" "$ID4" "$ID5" "$ID6" "${FAILED_IDS[@]}"; do
+for id in "$ID1" "$ID2" "$ID3" "$ID4" "$ID5" "$ID6" "${SAME_IDS[@]}" "${FAILED_IDS[@]}"; do
 	[ -n "$id" ] || continue
 	http DELETE "$IMCD_URL/v1/imagecaches/$id"
 	check_eq "DELETE $id answers 200" 200 "$HTTP_STATUS"
