@@ -70,6 +70,8 @@ struct api_create_request {
 	char **refs; /* 1..API_IMAGES_MAX distinct image references, validated with
 		      * oci_ref_parse, in request order (index n: /images/<n>/rootfs) */
 	size_t n_refs;
+	char **platforms; /* per ref: images[].platform normalized ("linux/arm64/v8"), NULL where
+			   * the request names none (imcd's default); NULL when none does */
 	struct api_data *data; /* 0..API_DATA_MAX entries with distinct paths */
 	size_t n_data;
 	uint64_t size; /* 0: the builder's default */
@@ -80,7 +82,7 @@ struct api_create_request {
 };
 /* Parse and validate a POST /v1/imagecaches body.  Malformed JSON fails with -EBADMSG, anything
  * else wrong with -EINVAL and a message naming the field ("images[0].ref: want a string"); more
- * than API_IMAGES_MAX images or the same ref twice is -EINVAL too. */
+ * than API_IMAGES_MAX images or the same ref twice for the same platform is -EINVAL too. */
 int api_create_request_parse(const char *body, size_t len, struct api_create_request *ret,
 			     imc_error *err);
 void api_create_request_free(struct api_create_request *r);
@@ -121,6 +123,7 @@ struct api_cache {
 	char *name; /* NULL when none was given */
 	char **refs;
 	size_t n_refs;
+	char **platforms; /* per ref, normalized (imcd's default filled in); part of its identity */
 	struct api_data *data;
 	size_t n_data;
 	uint64_t request_size; /* as requested; 0: the default */
@@ -169,12 +172,14 @@ int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, cons
 /* When a Ready cache expires: the last use (or readyAt, or createdAt) + retentionDays days of
  * day_seconds each; 0 when pinned or not Ready. */
 int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds);
-/* The sha256 of what makes two create requests identical: tenant, name, refs in order, data
- * entries in order, size and retentionDays (credentials and clientToken excluded). */
+/* The sha256 of what makes two create requests identical: tenant, name, refs in order with their
+ * platforms (NULL: OCI_DEFAULT_PLATFORM), data entries in order, size and retentionDays
+ * (credentials and clientToken excluded). */
 int api_request_key(const char *tenant, const struct api_create_request *req,
 		    char ret[IMC_SHA256_HEX_LEN + 1], imc_error *err);
 
-/* A new Creating cache for req, owned by tenant (NULL: API_TENANT_DEFAULT). */
+/* A new Creating cache for req, owned by tenant (NULL: API_TENANT_DEFAULT); an image without a
+ * platform gets OCI_DEFAULT_PLATFORM (api_caches_create fills in imcd's default first). */
 int api_cache_new(const char *id, const struct api_create_request *req, int64_t now,
 		  struct api_cache **ret, imc_error *err);
 int api_cache_new_for(const char *id, const char *tenant, const struct api_create_request *req,
@@ -216,6 +221,8 @@ struct api_list_query {
 	char *name;	    /* NULL: any */
 	char *image;	    /* NULL: any; else the exact ref */
 	char *image_digest; /* "sha256:…" when image is a digest ref, else NULL */
+	char *platform;	    /* with image: only that platform's (normalized); NULL: any (exact),
+			     * imcd's default (best) */
 	bool match_best;    /* match=best: the one cache sharing the most layers with image */
 	size_t limit;
 	bool have_after; /* a page token: items after (after_created, after_id) */
@@ -249,6 +256,8 @@ int api_list_page_body(struct api_cache *const *items, size_t n, const char *ten
 		       const struct api_list_query *q, char **ret, size_t *ret_len, imc_error *err);
 /* How many of want's layer digests (an array of strings) the cache's images hold. */
 size_t api_cache_shared_layers(const struct api_cache *c, json_t *want);
+/* Does the cache hold an image for platform (normalized)? */
+bool api_cache_has_platform(const struct api_cache *c, const char *platform);
 /* DELETE /v1/imagecaches/{id} arguments: force=true|false only. */
 int api_delete_query_parse(const struct api_query_arg *args, size_t n, bool *ret_force,
 			   imc_error *err);
@@ -337,6 +346,7 @@ struct api_caches_config {
 	const char *hf_endpoint;		/* hf:// data; NULL: huggingface.co */
 	const char *ca_file;			/* extra CAs for data and registries; NULL: none */
 	const char *auth_file; /* docker config.json with registry credentials; NULL: none */
+	const char *platform;  /* images without one (normalized); NULL: linux/amd64 */
 	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
 	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */

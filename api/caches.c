@@ -39,6 +39,7 @@ struct api_caches {
 	char *blob_dir; /* <state>/blobs */
 	const char *const *insecure_registries;
 	const char *hf_endpoint, *ca_file, *auth_file;
+	const char *platform; /* images that name none (normalized) */
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
 	void (*on_snapshot_removed)(void *ctx, const char *id);
@@ -602,6 +603,7 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	    .hf_endpoint = c->hf_endpoint,
 	    .ca_file = c->ca_file,
 	    .auth_file = c->auth_file,
+	    .platform = c->platform,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
 	};
@@ -624,6 +626,7 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	pthread_mutex_unlock(&c->lock);
 	notify(c, API_EVENT_BUILD_START, cache->id, what);
 	breq.refs = (const char *const *)cache->refs;
+	breq.platforms = (const char *const *)cache->platforms;
 	breq.n_refs = cache->n_refs;
 	build_args_fill(&args, cache, &breq, &opts);
 	r = builder_build(c->store, &opts, cache->id, &breq, &manifest, &e);
@@ -959,6 +962,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->hf_endpoint = cfg->hf_endpoint;
 	c->ca_file = cfg->ca_file;
 	c->auth_file = cfg->auth_file;
+	c->platform = cfg->platform ? cfg->platform : OCI_DEFAULT_PLATFORM;
 	c->on_event = cfg->on_event;
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
@@ -1231,16 +1235,44 @@ static int enqueue(struct api_caches *c, struct api_cache *cache,
 	return r;
 }
 
+/* The request as imcd builds it: imcd's platform for every image that names none (ret points
+ * into req, c and plat).  The same ref twice for the same platform is refused here too, now that
+ * every platform is known. */
+static int with_platforms(const struct api_caches *c, const struct api_create_request *req,
+			  char *plat[API_IMAGES_MAX], struct api_create_request *ret,
+			  imc_error *err)
+{
+	if (req->n_refs > API_IMAGES_MAX)
+		return imc_err(err, EINVAL, "images: at most %d images, got %zu", API_IMAGES_MAX,
+			       req->n_refs);
+	*ret = *req;
+	ret->platforms = plat;
+	for (size_t i = 0; i < req->n_refs; i++) {
+		plat[i] =
+		    req->platforms && req->platforms[i] ? req->platforms[i] : (char *)c->platform;
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(req->refs[k], req->refs[i]) == 0 &&
+			    strcmp(plat[k], plat[i]) == 0)
+				return imc_err(err, EINVAL,
+					       "images[%zu]: %s for %s is already images[%zu]", i,
+					       req->refs[i], plat[i], k);
+	}
+	return 0;
+}
+
 int api_caches_create(struct api_caches *c, const struct api_caller *who,
-		      const struct api_create_request *req, json_t **ret, imc_error *err)
+		      const struct api_create_request *req_in, json_t **ret, imc_error *err)
 {
 	const char *tenant = tenant_of(who);
 	struct api_cache *cache = NULL, *same = NULL;
 	_cleanup_json_ json_t *answer = NULL, *meta = NULL, *existing = NULL;
-	char id[API_ID_MAX];
+	struct api_create_request full, *req = &full;
+	char id[API_ID_MAX], *plat[API_IMAGES_MAX];
 	int r;
 
-	r = new_id(c, id, err);
+	r = with_platforms(c, req_in, plat, &full, err);
+	if (r == 0)
+		r = new_id(c, id, err);
 	if (r == 0)
 		r = api_cache_new_for(id, tenant, req, imc_now(), &cache, err);
 	if (r < 0)
@@ -1339,12 +1371,13 @@ int api_caches_get(struct api_caches *c, const struct api_caller *who, const cha
 /* The layers of the image asked for: from a built cache of the tenant that holds that exact ref
  * (no network), else resolved from its registry. */
 static json_t *wanted_layers(struct api_caches *c, const char *tenant, const char *image,
-			     imc_error *err)
+			     const char *platform, imc_error *err)
 {
 	struct builder_opts opts = {.blob_dir = c->blob_dir,
 				    .insecure_registries = c->insecure_registries,
 				    .ca_file = c->ca_file,
-				    .auth_file = c->auth_file};
+				    .auth_file = c->auth_file,
+				    .platform = platform};
 	struct builder_image *img = NULL;
 	json_t *layers = NULL, *desc, *l;
 	size_t i;
@@ -1359,7 +1392,8 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 		json_array_foreach(imgs, i, im)
 		{
 			const char *ref = json_string_value(json_object_get(im, "ref"));
-			if (ref && strcmp(ref, image) == 0) {
+			const char *p = json_string_value(json_object_get(im, "platform"));
+			if (ref && strcmp(ref, image) == 0 && p && strcmp(p, platform) == 0) {
 				layers = json_array();
 				json_array_foreach(json_object_get(im, "layers"), i, l)
 				    json_array_append(layers, json_object_get(l, "digest"));
@@ -1385,12 +1419,14 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 	return layers;
 }
 
-/* {"items":[the tenant's cache (matching status/name) sharing the most layers]} (empty when none
- * shares any), with "sharedLayers" and "wantedLayers" in the item. */
+/* {"items":[the tenant's cache (matching status/name) with an image of the platform asked for
+ * (imcd's default) sharing the most layers]} (empty when none shares any), with "sharedLayers"
+ * and "wantedLayers" in the item. */
 static int list_best(struct api_caches *c, const char *tenant, const struct api_list_query *q,
 		     json_t **ret, imc_error *err)
 {
-	_cleanup_json_ json_t *want = wanted_layers(c, tenant, q->image, err);
+	const char *platform = q->platform ? q->platform : c->platform;
+	_cleanup_json_ json_t *want = wanted_layers(c, tenant, q->image, platform, err);
 	_cleanup_json_ json_t *page = NULL;
 	struct api_cache *best = NULL;
 	size_t best_n = 0;
@@ -1403,7 +1439,8 @@ static int list_best(struct api_caches *c, const char *tenant, const struct api_
 		struct api_cache *x = c->items[i];
 		size_t n;
 
-		if (!owns(x, tenant) || !api_cache_matches(x, q))
+		if (!owns(x, tenant) || !api_cache_matches(x, q) ||
+		    !api_cache_has_platform(x, platform))
 			continue;
 		n = api_cache_shared_layers(x, want);
 		if (n > best_n) { /* ties: the older cache (list order) */

@@ -40,6 +40,7 @@ struct options {
 	unsigned sweep_interval_ms;   /* 0: 60 s */
 	struct api_http_limits http;  /* 0: the config's, else the default */
 	unsigned day_seconds;	      /* 0: 86400; test builds only: $IMCD_DAY_SECONDS */
+	char platform[OCI_PLATFORM_MAX];
 };
 
 static void usage(FILE *f)
@@ -52,7 +53,8 @@ static void usage(FILE *f)
 	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
-	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
+	    "            [--sweep-interval SEC] [--platform OS/ARCH[/VARIANT]]\n"
+	    "            [--log-level error|warn|info|debug]\n"
 	    "            [--max-connections N] [--max-connections-per-client N]\n"
 	    "            [--connection-reserve N] [--request-timeout SEC]\n"
 	    "\n"
@@ -81,6 +83,8 @@ static void usage(FILE *f)
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
 	    "  --sweep-interval SEC  how often expiry and eviction run (default 60; 0.2 works)\n"
+	    "  --platform P          the platform of images whose request names none\n"
+	    "                        (default linux/amd64; linux/arm64/v8, linux/arm/v7, ...)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  --max-connections N   client connections open at once (default %d)\n"
@@ -292,6 +296,11 @@ static int parse_option(int ch, const char *arg, struct options *o)
 	case 'R':
 	case 'Q':
 		return parse_http_option(ch, arg, &o->http);
+	case 'F':
+		if (oci_platform_normalize(arg, o->platform, sizeof(o->platform), NULL) < 0)
+			return usage_error("--platform %s: want OS/ARCH[/VARIANT] (linux/arm64)",
+					   arg);
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -328,6 +337,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"max-connections-per-client", required_argument, NULL, 'P'},
 	    {"connection-reserve", required_argument, NULL, 'R'},
 	    {"request-timeout", required_argument, NULL, 'Q'},
+	    {"platform", required_argument, NULL, 'F'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -508,6 +518,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	_cleanup_json_ json_t *repairs = json_array();
 	_cleanup_close_ int fd = -1;
 	struct api_http_limits http;
+	const char *platform = o->platform[0] ? o->platform : NULL; /* NULL: linux/amd64 */
 	char *url = svc->url;
 	int r;
 
@@ -539,6 +550,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.auth_file = o->auth_file,
 					.ca_file = o->ca_file,
 					.hf_endpoint = o->hf_endpoint,
+					.platform = platform,
 					.limits = svc->config.limits,
 					.n_limits = svc->config.n_limits,
 					.build_workers = o->build_workers,

@@ -83,9 +83,13 @@ void api_create_request_free(struct api_create_request *r)
 {
 	if (!r)
 		return;
-	for (size_t i = 0; i < r->n_refs; i++)
+	for (size_t i = 0; i < r->n_refs; i++) {
 		free(r->refs[i]);
+		if (r->platforms)
+			free(r->platforms[i]);
+	}
 	free(r->refs);
+	free(r->platforms);
 	free(r->name);
 	free(r->client_token);
 	data_free(r->data, r->n_data);
@@ -138,7 +142,7 @@ static int get_data_fields(json_t *entry, const char *ctx, const char **ret_sour
 				    err);
 
 	if (r == 0)
-		r = imc_json_get_string(entry, "path", true, BUILDER_DATA_NAME_MAX, ctx, ret_path,
+		r = imc_json_get_string(entry, "path", true, BUILDER_DATA_PATH_MAX, ctx, ret_path,
 					err);
 	if (r == 0)
 		r = imc_json_get_string(entry, "sha256", false, IMC_SHA256_HEX_LEN, ctx, ret_sha,
@@ -198,18 +202,46 @@ static int parse_name(json_t *body, struct api_create_request *req, imc_error *e
 	return req->name ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
+static bool str_same(const char *a, const char *b)
+{
+	return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* images[].platform: "os/arch[/variant]", normalized into ret (may be "" when absent). */
+static int parse_image_platform(json_t *image, const char *ctx, char ret[OCI_PLATFORM_MAX],
+				imc_error *err)
+{
+	const char *platform = NULL;
+	int r = imc_json_get_string(image, "platform", false, OCI_PLATFORM_MAX - 1, ctx, &platform,
+				    err);
+
+	ret[0] = '\0';
+	if (r < 0 || !platform)
+		return r;
+	if (oci_platform_normalize(platform, ret, OCI_PLATFORM_MAX, err) < 0) {
+		imc_err_wrap(err, "%s.platform", ctx);
+		if (err)
+			err->code = -EINVAL;
+		return -EINVAL;
+	}
+	return 0;
+}
+
 static int parse_image(json_t *image, size_t index, struct api_create_request *req, imc_error *err)
 {
-	static const char *const fields[] = {"ref", NULL};
+	static const char *const fields[] = {"ref", "platform", NULL};
 	struct oci_ref parsed = {0};
-	const char *ref = NULL;
-	char ctx[ENTRY_CTX_MAX];
+	const char *ref = NULL, *plat;
+	char ctx[ENTRY_CTX_MAX], platform[OCI_PLATFORM_MAX];
 	int r = check_entry(image, "images", index, fields, ctx, err);
 
 	if (r == 0)
 		r = imc_json_get_string(image, "ref", true, API_REF_MAX, ctx, &ref, err);
+	if (r == 0)
+		r = parse_image_platform(image, ctx, platform, err);
 	if (r < 0)
 		return r;
+	plat = platform[0] ? platform : NULL;
 	r = oci_ref_parse(ref, &parsed, err);
 	if (r < 0) {
 		imc_err_wrap(err, "%s.ref", ctx);
@@ -220,14 +252,16 @@ static int parse_image(json_t *image, size_t index, struct api_create_request *r
 	}
 	oci_ref_free(&parsed);
 	for (size_t i = 0; i < req->n_refs; i++)
-		if (strcmp(req->refs[i], ref) == 0)
-			return imc_err(err, EINVAL, "%s.ref: %s is already images[%zu]", ctx, ref,
-				       i);
+		if (strcmp(req->refs[i], ref) == 0 && str_same(req->platforms[i], plat))
+			return plat ? imc_err(err, EINVAL, "%s: %s for %s is already images[%zu]",
+					      ctx, ref, plat, i)
+				    : imc_err(err, EINVAL, "%s.ref: %s is already images[%zu]", ctx,
+					      ref, i);
 	req->refs[req->n_refs] = strdup(ref);
 	if (!req->refs[req->n_refs])
 		return imc_err(err, ENOMEM, "out of memory");
 	req->n_refs++;
-	return 0;
+	return dup_field(plat, &req->platforms[req->n_refs - 1], err);
 }
 
 static int parse_images(json_t *body, struct api_create_request *req, imc_error *err)
@@ -243,7 +277,8 @@ static int parse_images(json_t *body, struct api_create_request *req, imc_error 
 		return imc_err(err, EINVAL, "images: at most %d images, got %zu", API_IMAGES_MAX,
 			       json_array_size(images));
 	req->refs = calloc(json_array_size(images), sizeof(*req->refs));
-	if (!req->refs)
+	req->platforms = calloc(json_array_size(images), sizeof(*req->platforms));
+	if (!req->refs || !req->platforms)
 		return imc_err(err, ENOMEM, "out of memory");
 	return parse_each(images, parse_image, req, err);
 }
@@ -270,6 +305,10 @@ static int parse_data_entry(json_t *entry, size_t index, struct api_create_reque
 		if (strcmp(req->data[i].path, path) == 0)
 			return imc_err(err, EINVAL, "%s.path: %s is already data[%zu]", ctx, path,
 				       i);
+		else if (builder_data_paths_overlap(req->data[i].path, path))
+			return imc_err(err, EINVAL,
+				       "%s.path: %s and data[%zu].path %s: one is inside the other",
+				       ctx, path, i, req->data[i].path);
 	return data_set(&req->data[req->n_data++], source, path, sha, err);
 }
 
@@ -433,9 +472,13 @@ void api_cache_free(struct api_cache *c)
 {
 	if (!c)
 		return;
-	for (size_t i = 0; i < c->n_refs; i++)
+	for (size_t i = 0; i < c->n_refs; i++) {
 		free(c->refs[i]);
+		if (c->platforms)
+			free(c->platforms[i]);
+	}
 	free(c->refs);
+	free(c->platforms);
 	free(c->name);
 	data_free(c->data, c->n_data);
 	api_credentials_free(c->credentials, c->n_credentials);
@@ -495,6 +538,32 @@ int64_t api_cache_expires_at(const struct api_cache *c, int64_t day_seconds)
 	return at;
 }
 
+static const char *platform_or_default(char *const *platforms, size_t i)
+{
+	return platforms && platforms[i] ? platforms[i] : OCI_DEFAULT_PLATFORM;
+}
+
+static bool platforms_all_default(char *const *platforms, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(platform_or_default(platforms, i), OCI_DEFAULT_PLATFORM) != 0)
+			return false;
+	return true;
+}
+
+/* ["os/arch[/variant]", …] of n images (NULL on OOM). */
+static json_t *platforms_json(char *const *platforms, size_t n)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; a && i < n; i++)
+		if (json_array_append_new(a, json_string(platform_or_default(platforms, i))) < 0) {
+			json_decref(a);
+			return NULL;
+		}
+	return a;
+}
+
 int api_request_key(const char *tenant, const struct api_create_request *req,
 		    char ret[IMC_SHA256_HEX_LEN + 1], imc_error *err)
 {
@@ -507,6 +576,11 @@ int api_request_key(const char *tenant, const struct api_create_request *req,
 
 	for (size_t i = 0; r == 0 && i < req->n_refs; i++)
 		r = json_array_append_new(json_object_get(k, "refs"), json_string(req->refs[i]));
+	/* Only when an image is for another platform than linux/amd64: the keys of requests
+	 * made before there were platforms (all linux/amd64) stay what they were. */
+	if (r == 0 && !platforms_all_default(req->platforms, req->n_refs))
+		r = json_object_set_new(k, "platforms",
+					platforms_json(req->platforms, req->n_refs));
 	for (size_t i = 0; r == 0 && i < req->n_data; i++)
 		r = json_array_append_new(json_object_get(k, "data"),
 					  json_pack("{s:s,s:s,s:s?}", "source", req->data[i].source,
@@ -553,15 +627,20 @@ static int copy_credentials(struct api_cache *c, const struct api_credential *cr
 	return 0;
 }
 
-static int copy_refs(struct api_cache *c, char *const *refs, size_t n, imc_error *err)
+static int copy_refs(struct api_cache *c, char *const *refs, char *const *platforms, size_t n,
+		     imc_error *err)
 {
 	c->refs = calloc(n ? n : 1, sizeof(*c->refs));
-	if (!c->refs)
+	c->platforms = calloc(n ? n : 1, sizeof(*c->platforms));
+	if (!c->refs || !c->platforms)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (; c->n_refs < n; c->n_refs++) {
 		c->refs[c->n_refs] = strdup(refs[c->n_refs]);
-		if (!c->refs[c->n_refs])
+		c->platforms[c->n_refs] = strdup(platform_or_default(platforms, c->n_refs));
+		if (!c->refs[c->n_refs] || !c->platforms[c->n_refs]) {
+			c->n_refs++;
 			return imc_err(err, ENOMEM, "out of memory");
+		}
 	}
 	return 0;
 }
@@ -593,7 +672,7 @@ int api_cache_new_for(const char *id, const char *tenant, const struct api_creat
 	if (r == 0)
 		r = api_cache_add_event(c, now, "Created", "%zu image(s) requested", req->n_refs);
 	if (r == 0)
-		r = copy_refs(c, req->refs, req->n_refs, err);
+		r = copy_refs(c, req->refs, req->platforms, req->n_refs, err);
 	if (r == 0 && req->name && !(c->name = strdup(req->name)))
 		r = imc_err(err, ENOMEM, "out of memory");
 	if (r == 0)
@@ -636,13 +715,14 @@ static int set_time(json_t *o, const char *key, int64_t t)
 	return json_object_set_new(o, key, json_string(buf));
 }
 
-/* [{"ref":…}] for each requested ref. */
+/* [{"ref":…,"platform":…}] for each requested ref. */
 static json_t *refs_as_images(const struct api_cache *c)
 {
 	json_t *a = json_array();
 
 	for (size_t i = 0; a && i < c->n_refs; i++)
-		if (json_array_append_new(a, json_pack("{s:s}", "ref", c->refs[i])) < 0) {
+		if (json_array_append_new(a, json_pack("{s:s,s:s}", "ref", c->refs[i], "platform",
+						       platform_or_default(c->platforms, i))) < 0) {
 			json_decref(a);
 			return NULL;
 		}
@@ -879,6 +959,7 @@ json_t *api_cache_to_meta(const struct api_cache *c)
 	for (size_t i = 0; i < c->n_refs; i++)
 		r |= json_array_append_new(refs, json_string(c->refs[i]));
 	r |= json_object_set(o, "refs", refs);
+	r |= json_object_set_new(o, "platforms", platforms_json(c->platforms, c->n_refs));
 	if (c->name)
 		r |= json_object_set_new(o, "name", json_string(c->name));
 	if (c->status_message)
@@ -902,6 +983,34 @@ json_t *api_cache_to_meta(const struct api_cache *c)
 	return r == 0 ? steal_pointer(&o) : NULL;
 }
 
+/* "platforms": one per ref, normalized; metadata written before there were platforms has none:
+ * those images were all built for linux/amd64. */
+static int meta_platforms(json_t *meta, struct api_cache *c, imc_error *err)
+{
+	json_t *plats = NULL, *v;
+	char norm[OCI_PLATFORM_MAX];
+	int r = imc_json_get_array(meta, "platforms", false, API_IMAGES_MAX, NULL, &plats, err);
+
+	if (r < 0)
+		return r;
+	if (plats && json_array_size(plats) != c->n_refs)
+		return imc_err(err, EINVAL, "platforms: %zu for %zu refs", json_array_size(plats),
+			       c->n_refs);
+	for (size_t i = 0; i < c->n_refs; i++) {
+		v = plats ? json_array_get(plats, i) : NULL;
+		if (v &&
+		    (!json_is_string(v) ||
+		     oci_platform_normalize(json_string_value(v), norm, sizeof(norm), NULL) < 0 ||
+		     strcmp(norm, json_string_value(v)) != 0))
+			return imc_err(err, EINVAL, "platforms[%zu]: want a normalized platform",
+				       i);
+		c->platforms[i] = strdup(v ? norm : OCI_DEFAULT_PLATFORM);
+		if (!c->platforms[i])
+			return imc_err(err, ENOMEM, "out of memory");
+	}
+	return 0;
+}
+
 static int meta_refs(json_t *meta, struct api_cache *c, imc_error *err)
 {
 	json_t *refs = NULL, *v;
@@ -911,7 +1020,8 @@ static int meta_refs(json_t *meta, struct api_cache *c, imc_error *err)
 	if (r < 0)
 		return r;
 	c->refs = calloc(json_array_size(refs) + 1, sizeof(*c->refs));
-	if (!c->refs)
+	c->platforms = calloc(json_array_size(refs) + 1, sizeof(*c->platforms));
+	if (!c->refs || !c->platforms)
 		return imc_err(err, ENOMEM, "out of memory");
 	json_array_foreach(refs, i, v)
 	{
@@ -922,7 +1032,7 @@ static int meta_refs(json_t *meta, struct api_cache *c, imc_error *err)
 			return imc_err(err, ENOMEM, "out of memory");
 		c->n_refs = i + 1;
 	}
-	return 0;
+	return meta_platforms(meta, c, err);
 }
 
 static int meta_data(json_t *meta, struct api_cache *c, imc_error *err)

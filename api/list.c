@@ -132,7 +132,7 @@ int api_page_token_decode(const char *token, int64_t *ret_created_at, char ret_i
 /* ---- parameters -------------------------------------------------------------------------------
  */
 
-enum list_param { P_STATUS, P_NAME, P_IMAGE, P_MATCH, P_LIMIT, P_PAGE_TOKEN, P_COUNT };
+enum list_param { P_STATUS, P_NAME, P_IMAGE, P_MATCH, P_LIMIT, P_PAGE_TOKEN, P_PLATFORM, P_COUNT };
 static const struct {
 	const char *key;
 	size_t max; /* bytes of the value */
@@ -140,6 +140,7 @@ static const struct {
     [P_STATUS] = {"status", 16},	[P_NAME] = {"name", API_NAME_MAX},
     [P_IMAGE] = {"image", API_REF_MAX}, [P_MATCH] = {"match", 16},
     [P_LIMIT] = {"limit", 8},		[P_PAGE_TOKEN] = {"pageToken", API_PAGE_TOKEN_MAX},
+    [P_PLATFORM] = {"platform", 199}, /* OCI_PLATFORM_MAX - 1 */
 };
 
 /* Each known parameter at most once, non-empty and within its cap: values[] by enum list_param. */
@@ -201,6 +202,16 @@ static int parse_image(const char *s, struct api_list_query *q, imc_error *err)
 	return r < 0 ? imc_err(err, ENOMEM, "out of memory") : 0;
 }
 
+static int parse_platform(const char *s, struct api_list_query *q, imc_error *err)
+{
+	char norm[OCI_PLATFORM_MAX];
+
+	if (oci_platform_normalize(s, norm, sizeof(norm), err) < 0)
+		return imc_err_wrap(err, "platform");
+	q->platform = strdup(norm);
+	return q->platform ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 static int parse_values(const char *values[P_COUNT], struct api_list_query *q, imc_error *err)
 {
 	if (values[P_MATCH] && strcmp(values[P_MATCH], "best") == 0)
@@ -209,6 +220,10 @@ static int parse_values(const char *values[P_COUNT], struct api_list_query *q, i
 		return imc_err(err, EINVAL, "match \"%.32s\": want exact or best", values[P_MATCH]);
 	if (values[P_MATCH] && !values[P_IMAGE])
 		return imc_err(err, EINVAL, "match: only with image");
+	if (values[P_PLATFORM] && !values[P_IMAGE])
+		return imc_err(err, EINVAL, "platform: only with image");
+	if (values[P_PLATFORM] && parse_platform(values[P_PLATFORM], q, err) < 0)
+		return -EINVAL;
 	if (q->match_best && values[P_PAGE_TOKEN])
 		return imc_err(err, EINVAL, "pageToken: not with match=best (one item at most)");
 	if (values[P_STATUS]) {
@@ -263,14 +278,16 @@ void api_list_query_free(struct api_list_query *q)
 	free(q->name);
 	free(q->image);
 	free(q->image_digest);
-	q->name = q->image = q->image_digest = NULL;
+	free(q->platform);
+	q->name = q->image = q->image_digest = q->platform = NULL;
 }
 
 /* ---- filters and pages ------------------------------------------------------------------------
  */
 
-/* A built image whose resolved manifest (or index) digest is the wanted one. */
-static bool manifest_has_digest(const json_t *manifest, const char *digest)
+/* A built image whose resolved manifest (or index) digest is the wanted one (for platform
+ * only, unless NULL). */
+static bool manifest_has_digest(const json_t *manifest, const char *digest, const char *platform)
 {
 	json_t *images = manifest ? json_object_get(manifest, "images") : NULL;
 	size_t i;
@@ -280,10 +297,20 @@ static bool manifest_has_digest(const json_t *manifest, const char *digest)
 	{
 		const char *d = json_string_value(json_object_get(img, "digest"));
 		const char *x = json_string_value(json_object_get(img, "indexDigest"));
+		const char *p = json_string_value(json_object_get(img, "platform"));
 
-		if ((d && strcmp(d, digest) == 0) || (x && strcmp(x, digest) == 0))
+		if (((d && strcmp(d, digest) == 0) || (x && strcmp(x, digest) == 0)) &&
+		    (!platform || (p && strcmp(p, platform) == 0)))
 			return true;
 	}
+	return false;
+}
+
+bool api_cache_has_platform(const struct api_cache *c, const char *platform)
+{
+	for (size_t i = 0; c->platforms && i < c->n_refs; i++)
+		if (c->platforms[i] && strcmp(c->platforms[i], platform) == 0)
+			return true;
 	return false;
 }
 
@@ -300,8 +327,11 @@ bool api_cache_matches(const struct api_cache *c, const struct api_list_query *q
 	if (!q->image)
 		return true;
 	for (size_t i = 0; !found && i < c->n_refs; i++)
-		found = strcmp(c->refs[i], q->image) == 0;
-	return found || (q->image_digest && manifest_has_digest(c->manifest, q->image_digest));
+		found = strcmp(c->refs[i], q->image) == 0 &&
+			(!q->platform || (c->platforms && c->platforms[i] &&
+					  strcmp(c->platforms[i], q->platform) == 0));
+	return found ||
+	       (q->image_digest && manifest_has_digest(c->manifest, q->image_digest, q->platform));
 }
 
 /* The index of the first item after the token's position (0 without a token). */

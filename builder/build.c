@@ -6,13 +6,15 @@
  * into the cache's read-only snapshot.  A failure at any point removes the volume.
  *
  * Incremental builds: a cache of one image (with or without data) is built on that image's base
- * snapshot "img-<32 hex of the manifest digest>", a sealed volume holding only the image.  The
+ * snapshot "img-<32 hex of sha256("<manifest digest> <platform>")>", a sealed volume holding only
+ * the image.  The
  * first such cache builds the base; every later one, whatever its data, clones the base into its
  * volume (FICLONE: no copy), grows the filesystem to its size online, adds its data and is sealed
  * (and so compacted) on its own, so no snapshot is ever a clone of a clone.  /imcache.json's
  * "base" says which base was used and what that saved.  Stores that cannot make a volume from a
  * snapshot, and caches of several images, build from scratch as before. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -110,16 +112,21 @@ TESTABLE uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes)
 	return (size + (1ULL << 20) - 1) & ~((1ULL << 20) - 1);
 }
 
-static int resolve_all(struct build *b, const struct builder_opts *o, const char *const *refs,
-		       size_t n, uint64_t *ret_bytes, imc_error *err)
+static int resolve_all(struct build *b, const struct builder_opts *o,
+		       const struct builder_request *req, uint64_t *ret_bytes, imc_error *err)
 {
+	const char *const *refs = req->refs;
+	size_t n = req->n_refs;
 	uint64_t bytes = 0;
 
 	b->images = calloc(n, sizeof(*b->images));
 	if (!b->images)
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++) {
-		int r = builder_image_resolve(o, refs[i], &b->images[i], err);
+		struct builder_opts oi = *o; /* each image its own platform */
+		if (req->platforms && req->platforms[i])
+			oi.platform = req->platforms[i];
+		int r = builder_image_resolve(&oi, refs[i], &b->images[i], err);
 		b->n_images = i + 1;
 		if (r < 0)
 			return r;
@@ -142,10 +149,12 @@ static int plan_all(struct build *b, const struct builder_opts *o,
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < req->n_data; i++) {
 		for (size_t k = 0; k < i; k++)
-			if (strcmp(req->data[i].path, req->data[k].path) == 0)
-				return imc_err(err, EINVAL,
-					       "data[%zu].path: %s is already data[%zu]", i,
-					       req->data[i].path, k);
+			if (builder_data_paths_overlap(req->data[i].path, req->data[k].path))
+				return imc_err(
+				    err, EINVAL,
+				    "data[%zu].path: %s and data[%zu].path %s: the same, or "
+				    "one inside the other",
+				    i, req->data[i].path, k, req->data[k].path);
 		int r = builder_data_plan(o, &req->data[i], &b->plans[i], err);
 		if (r < 0)
 			return r;
@@ -312,12 +321,22 @@ static int build_fresh(struct build *b, const struct builder_opts *o, uint64_t s
 	return r < 0 ? build_failed(b, r, size, err) : 0;
 }
 
+/* The base of an image is keyed by its manifest digest and its platform: the same manifest
+ * asked for as two platforms (a config that names none) is two bases, as it is two caches.
+ * "" when the image has no sha256 digest. */
 static void base_id_of(const struct builder_image *img, char id[BASE_ID_MAX])
 {
 	_cleanup_json_ json_t *desc = builder_image_describe(img);
 	const char *digest = json_string_value(json_object_get(desc, "digest"));
-	const char *hex = digest && strncmp(digest, "sha256:", 7) == 0 ? digest + 7 : "";
+	const char *platform = json_string_value(json_object_get(desc, "platform"));
+	_cleanup_free_ char *key = NULL;
+	char hex[IMC_SHA256_HEX_LEN + 1];
 
+	id[0] = '\0';
+	if (!digest || strncmp(digest, "sha256:", 7) != 0 || !platform ||
+	    asprintf(&key, "%s %s", digest, platform) < 0 ||
+	    imc_sha256_hex(key, strlen(key), hex, NULL) < 0)
+		return;
 	snprintf(id, BASE_ID_MAX, BASE_PREFIX "%.*s", BASE_HEX, hex);
 }
 
@@ -467,8 +486,7 @@ static int base_from_chain(struct build *base, const struct builder_opts *o, con
 			   size_t k, json_t *layers, uint64_t size, imc_error *err)
 {
 	struct store_object_info info;
-	_cleanup_free_ char *blobs = imc_path_join(o->blob_dir, "sha256");
-	_cleanup_close_ int root = -1, rootfs = -1, bdir = -1;
+	_cleanup_close_ int root = -1, rootfs = -1;
 	int r = store_stat(base->s, STORE_SNAPSHOT, from, &info, err);
 
 	if (r == 0 && size < info.size)
@@ -493,21 +511,11 @@ static int base_from_chain(struct build *base, const struct builder_opts *o, con
 	root = open(base->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	rootfs =
 	    root < 0 ? -1 : imc_openat_in_root(root, "images/0/rootfs", O_RDONLY | O_DIRECTORY, 0);
-	bdir = blobs ? open(blobs, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	if (rootfs < 0 || bdir < 0)
-		return imc_err(err, EIO, "base %s: /images/0/rootfs or the blob directory", from);
+	if (rootfs < 0)
+		return imc_err(err, EIO, "base %s: /images/0/rootfs", from);
+	/* Each layer checked against its diff_id, as in a build from scratch. */
 	for (size_t i = k; i < json_array_size(layers); i++) {
-		const char *digest = json_string_value(json_array_get(layers, i));
-		char hex[IMC_SHA256_HEX_LEN + 1];
-		_cleanup_close_ int fd = -1;
-
-		r = imc_digest_parse(digest, hex, err);
-		if (r < 0)
-			return r;
-		fd = openat(bdir, hex, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0)
-			return imc_err_sys(err, errno, "layer %s", digest);
-		r = builder_layer_apply(rootfs, fd, digest, err);
+		r = builder_image_apply_layer(o, base->images[0], i, rootfs, err);
 		if (r < 0)
 			return r;
 	}
@@ -577,12 +585,65 @@ static int build_base(struct build *b, const struct builder_opts *o, const char 
 	return 0;
 }
 
+/* Two builds of one base at once would collide on its volume and its mount point
+ * (tmp/build-img-…): a cache by tag and one by digest, or two repositories serving the same
+ * manifest, have the same base whatever their refs.  So a build holds its base, by id (the
+ * manifest digest and platform) and state dir, from the look for it until its own volume is
+ * cloned from it; another build of the same base waits, then finds it built.  imcd is the one
+ * process that builds in a state dir. */
+struct base_hold {
+	const char *state_dir;
+	char id[BASE_ID_MAX];
+	bool held;
+	struct base_hold *next;
+};
+static pthread_mutex_t bases_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t bases_cond = PTHREAD_COND_INITIALIZER;
+static struct base_hold *bases_held; /* under bases_lock */
+
+static bool base_held_locked(const struct base_hold *h)
+{
+	for (const struct base_hold *x = bases_held; x; x = x->next)
+		if (strcmp(x->id, h->id) == 0 && strcmp(x->state_dir, h->state_dir) == 0)
+			return true;
+	return false;
+}
+
+static void base_hold(struct base_hold *h, const struct store *s, const char *id)
+{
+	*h = (struct base_hold){.state_dir = s->state_dir};
+	snprintf(h->id, sizeof(h->id), "%s", id);
+	pthread_mutex_lock(&bases_lock);
+	while (base_held_locked(h))
+		pthread_cond_wait(&bases_cond, &bases_lock);
+	h->next = bases_held;
+	bases_held = h;
+	h->held = true;
+	pthread_mutex_unlock(&bases_lock);
+}
+
+static void base_release(struct base_hold *h)
+{
+	if (!h->held)
+		return;
+	pthread_mutex_lock(&bases_lock);
+	for (struct base_hold **p = &bases_held; *p; p = &(*p)->next)
+		if (*p == h) {
+			*p = h->next;
+			break;
+		}
+	h->held = false;
+	pthread_cond_broadcast(&bases_cond);
+	pthread_mutex_unlock(&bases_lock);
+}
+
 /* A cache of one image: its base (built now if there is none), cloned, grown, plus the data. */
 static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t size,
 			 uint64_t layer_bytes, json_t *manifest, imc_error *err)
 {
 	struct store_object_info info = {0};
 	_cleanup_json_ json_t *from = NULL;
+	_cleanup_(base_release) struct base_hold hold = {0};
 	char base_id[BASE_ID_MAX];
 	double base_seconds = 0;
 	bool reused;
@@ -591,6 +652,7 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 	base_id_of(b->images[0], base_id);
 	if (strlen(base_id) != BASE_ID_MAX - 1)
 		return build_fresh(b, o, size, manifest, err);
+	base_hold(&hold, b->s, base_id);
 	reused = store_stat(b->s, STORE_SNAPSHOT, base_id, &info, NULL) == 0;
 	/* The first base is as large as the cache that asks for it (sparse, so cheap): later
 	 * caches up to that size reuse it without growing the filesystem. */
@@ -606,6 +668,7 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 	if (size < info.size)
 		size = info.size;
 	r = store_volume_from_snapshot(b->s, base_id, b->id, size, err);
+	base_release(&hold); /* cloned: the rest is this cache's own */
 	if (r < 0)
 		return imc_err_wrap(err, "cache %s", b->id);
 	b->volume_created = true;
@@ -638,7 +701,6 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,
 		  const struct builder_request *req, json_t **ret_manifest, imc_error *err)
 {
-	const char *const *refs = req->refs;
 	size_t n_refs = req->n_refs;
 	uint64_t size = req->size;
 	_cleanup_(build_cleanup) struct build b = {.s = s, .id = cache_id, .dev = {.fd = -1}};
@@ -653,7 +715,7 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	if (size > BUILD_MAX_SIZE)
 		return imc_err(err, EINVAL, "size %llu: at most %llu", (unsigned long long)size,
 			       (unsigned long long)BUILD_MAX_SIZE);
-	r = resolve_all(&b, o, refs, n_refs, &layer_bytes, err);
+	r = resolve_all(&b, o, req, &layer_bytes, err);
 	if (r == 0)
 		r = plan_all(&b, o, req, &data_bytes, err);
 	if (r < 0)

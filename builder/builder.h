@@ -22,6 +22,11 @@ enum builder_whiteout builder_whiteout_kind(const char *path, char **ret_target)
 /* Apply one layer blob (gzip, zstd or uncompressed tar) to the tree under rootfd.  Every path is
  * resolved inside rootfd; what names the layer in errors. */
 int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *err);
+/* The same, reading the uncompressed stream to its very end (end-of-archive blocks and padding
+ * included): ret_diff_id gets its sha256 in hex, what the image config's rootfs.diff_ids[i]
+ * must name. */
+int builder_layer_apply_hashed(int rootfd, int blob_fd, const char *what,
+			       char ret_diff_id[IMC_SHA256_HEX_LEN + 1], imc_error *err);
 
 /* ---- pulling ------------------------------------------------------------------------------ */
 struct builder_opts {
@@ -45,6 +50,10 @@ int builder_image_resolve(const struct builder_opts *o, const char *ref, struct 
 			  imc_error *err);
 /* Download every layer not yet in blob_dir, verifying sizes and digests. */
 int builder_image_fetch(const struct builder_opts *o, struct builder_image *img, imc_error *err);
+/* Apply fetched layer i under rootfd, checking its uncompressed content against the config's
+ * rootfs.diff_ids[i]: a mismatch fails naming the layer (index and digest) and both digests. */
+int builder_image_apply_layer(const struct builder_opts *o, const struct builder_image *img,
+			      size_t i, int rootfd, imc_error *err);
 /* Fetch and apply the layers in order under rootfd, overlapped: each layer is applied as soon as
  * it and the layers before it are in the blob directory, while the later ones download. */
 int builder_image_pull(const struct builder_opts *o, struct builder_image *img, int rootfd,
@@ -62,13 +71,15 @@ void builder_image_free(struct builder_image *img);
 /* Model data that lands in /data/<path>/. */
 struct builder_data {
 	const char *source; /* https://host/file, oci://registry/repo:tag, hf://org/repo@revision */
-	const char *path;   /* the name under /data/ */
+	const char *path;   /* the directory under /data/: "llm", "models/llama-3-8b" */
 	const char *sha256; /* optional hex digest of a single-file https source */
 };
 
 struct builder_request {
 	const char *const *refs; /* 1..BUILDER_IMAGES_MAX image refs */
 	size_t n_refs;
+	const char *const *platforms; /* per ref ("os/arch[/variant]"); NULL, or a NULL entry:
+				       * opts.platform */
 	const struct builder_data *data;
 	size_t n_data;
 	uint64_t size; /* filesystem size in bytes; 0 picks a default from the content */
@@ -86,6 +97,7 @@ struct builder_request {
 #define BUILDER_DATA_MAX	64	     /* entries in one request */
 #define BUILDER_DATA_SOURCE_MAX 4096	     /* bytes of a source */
 #define BUILDER_DATA_NAME_MAX	255	     /* bytes of a path or file name component */
+#define BUILDER_DATA_PATH_MAX	1024	     /* bytes of a data path (at most 16 components) */
 #define BUILDER_DATA_FILES_MAX	10000	     /* files of one oci:// or hf:// source */
 #define BUILDER_DATA_FILE_MAX	(4ULL << 40) /* bytes of one file */
 #define BUILDER_HF_DEFAULT	"https://huggingface.co"
@@ -98,10 +110,15 @@ enum builder_data_kind {
 /* A name we create under /data: 1..BUILDER_DATA_NAME_MAX bytes, no '/', no control characters,
  * not "." or "..". */
 bool builder_data_name_valid(const char *s);
-/* Check an entry without the network: the source's scheme and shape, the path, the sha256 (64
- * lowercase hex digits, for https sources only).  Messages name "source", "path" or "sha256". */
+/* Check an entry without the network: the source's scheme and shape, the path (a relative path
+ * of 1-16 valid names: no leading, trailing or double '/', no "." or ".." component), the sha256
+ * (64 lowercase hex digits, for https sources only).  Messages name "source", "path" or
+ * "sha256". */
 int builder_data_check(const struct builder_data *d, enum builder_data_kind *ret_kind,
 		       imc_error *err);
+/* Two data paths that are the same or one inside the other ("models", "models/llama"): their
+ * files would mix, so a request may not hold both. */
+bool builder_data_paths_overlap(const char *a, const char *b);
 
 /* What a data entry holds, once resolved: its files, their sizes and where they come from. */
 struct builder_data_plan;
@@ -151,6 +168,9 @@ int data_rel_path_check(const char *path, imc_error *err);
 uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);
 int layer_path_clean(const char *in, char *out, size_t size);
 bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n);
+/* rootfs.diff_ids of an image config (parsed JSON): exactly one sha256 digest per layer of m;
+ * ret gets a NULL-terminated copy. */
+int image_diff_ids_parse(json_t *config, const struct oci_manifest *m, char ***ret, imc_error *err);
 #endif
 
 /* Recover what half-done builds of a process that died left: each build mounted at
@@ -161,8 +181,9 @@ bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n);
 #define BUILDER_MOUNT_PREFIX "build-"
 void builder_recover(struct store *s, const char *state_dir, json_t *repairs);
 
-/* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of its
- * manifest digest (see builder/build.c).  Remove a base and its record of layers. */
+/* A cache of one image stands on that image's base snapshot, BUILDER_BASE_PREFIX + 32 hex of the
+ * sha256 of its manifest digest and platform (see builder/build.c).  Remove a base and its
+ * record of layers. */
 #define BUILDER_BASE_PREFIX "img-"
 int builder_base_forget(struct store *s, const char *base_id, imc_error *err);
 

@@ -30,7 +30,7 @@
 #define DATA_LIST_MAX	      (16u << 20) /* hf file list */
 #define DATA_HASH_CHUNK	      (4u << 20)
 #define DATA_PATH_DEPTH_MAX   16
-#define DATA_REL_PATH_MAX     1024
+#define DATA_REL_PATH_MAX     BUILDER_DATA_PATH_MAX
 #define DATA_TITLE_ANNOTATION "org.opencontainers.image.title"
 
 /* ---- names, URLs and sources (pure) ---------------------------------------------------------- */
@@ -47,27 +47,51 @@ bool builder_data_name_valid(const char *s)
 	return true;
 }
 
-/* A relative path of valid names ("a/b/c"), for the files of an hf repository. */
-TESTABLE int data_rel_path_check(const char *path, imc_error *err)
+/* A relative path of valid names ("a/b/c"); what names it in messages ("file name", "path"). */
+static int rel_path_check(const char *what, const char *path, imc_error *err)
 {
 	char buf[DATA_REL_PATH_MAX + 1];
 	char *save = NULL;
 	size_t depth = 0;
 
 	if (strnlen(path, sizeof(buf)) >= sizeof(buf))
-		return imc_err(err, EINVAL, "file name longer than %d bytes", DATA_REL_PATH_MAX);
+		return imc_err(err, EINVAL, "%s: longer than %d bytes", what, DATA_REL_PATH_MAX);
+	for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+		if (*p < 0x20 || *p == 0x7f) /* never echoed: it would break the message's line */
+			return imc_err(err, EINVAL, "%s: a control character at byte %zu", what,
+				       (size_t)(p - (const unsigned char *)path));
 	if (path[0] == '\0' || path[0] == '/' || strstr(path, "//") ||
 	    path[strlen(path) - 1] == '/')
-		return imc_err(err, EINVAL, "file name \"%.200s\": not a relative path", path);
+		return imc_err(
+		    err, EINVAL,
+		    "%s: \"%.200s\" is not a relative path (no leading, trailing or double "
+		    "'/')",
+		    what, path);
 	snprintf(buf, sizeof(buf), "%s", path);
 	for (char *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
 		if (!builder_data_name_valid(c))
-			return imc_err(err, EINVAL, "file name \"%.200s\": bad component", path);
+			return imc_err(err, EINVAL,
+				       "%s: \"%.200s\": bad component \"%.64s\" (1-%d bytes, no "
+				       "control characters, not . or ..)",
+				       what, path, c, BUILDER_DATA_NAME_MAX);
 		if (++depth > DATA_PATH_DEPTH_MAX)
-			return imc_err(err, EINVAL, "file name \"%.200s\": deeper than %d", path,
+			return imc_err(err, EINVAL, "%s: \"%.200s\": deeper than %d", what, path,
 				       DATA_PATH_DEPTH_MAX);
 	}
 	return 0;
+}
+
+/* A relative path of valid names ("a/b/c"), for the files of an hf repository. */
+TESTABLE int data_rel_path_check(const char *path, imc_error *err)
+{
+	return rel_path_check("file name", path, err);
+}
+
+bool builder_data_paths_overlap(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b), n = na < nb ? na : nb;
+
+	return strncmp(a, b, n) == 0 && (na == nb || (na < nb ? b[n] : a[n]) == '/');
 }
 
 static bool host_is_loopback(const char *host)
@@ -185,9 +209,11 @@ int builder_data_check(const struct builder_data *d, enum builder_data_kind *ret
 	enum builder_data_kind kind;
 	int r = 0;
 
-	if (!d->path || !builder_data_name_valid(d->path))
-		return imc_err(err, EINVAL, "path: want 1-%d bytes, no '/', not . or ..",
-			       BUILDER_DATA_NAME_MAX);
+	if (!d->path)
+		return imc_err(err, EINVAL, "path: required");
+	r = rel_path_check("path", d->path, err);
+	if (r < 0)
+		return r;
 	if (!d->source || strnlen(d->source, BUILDER_DATA_SOURCE_MAX + 1) > BUILDER_DATA_SOURCE_MAX)
 		return imc_err(err, EINVAL, "source: want 1-%d bytes", BUILDER_DATA_SOURCE_MAX);
 	if (strncmp(d->source, "oci://", 6) == 0) {
@@ -1398,6 +1424,34 @@ static int fetch_http_file(const struct builder_opts *o, struct builder_data_pla
 	return 0;
 }
 
+/* Make /data/<path> one component at a time below dfd (/data, taken over), never following a
+ * symlink: the parents may be there already (another entry's, "models/a" beside "models/b"), the
+ * last one must not.  Returns the last directory (O_PATH) or -errno. */
+static int make_data_dirs(int dfd, const char *path, const char *rel, imc_error *err)
+{
+	char buf[DATA_REL_PATH_MAX + 1];
+	char *save = NULL, *next;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *c = strtok_r(buf, "/", &save); c; c = next) {
+		int sub;
+
+		next = strtok_r(NULL, "/", &save);
+		if (mkdirat(dfd, c, 0755) < 0 && (errno != EEXIST || !next)) {
+			int e = errno;
+			close(dfd);
+			return e == EEXIST ? imc_err(err, EEXIST, "/%s: already there", rel)
+					   : imc_err_sys(err, e, "mkdir /%s", rel);
+		}
+		sub = openat(dfd, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		close(dfd);
+		if (sub < 0)
+			return imc_err_sys(err, errno, "/%s: %s", rel, c);
+		dfd = sub;
+	}
+	return dfd;
+}
+
 static int open_data_dir(int rootfd, const char *path, imc_error *err)
 {
 	_cleanup_free_ char *rel = imc_path_join("data", path);
@@ -1410,12 +1464,9 @@ static int open_data_dir(int rootfd, const char *path, imc_error *err)
 	fd = imc_openat_in_root(rootfd, "data", O_PATH | O_DIRECTORY | O_NOFOLLOW, 0);
 	if (fd < 0)
 		return imc_err_sys(err, -fd, "/data");
-	if (mkdirat(fd, path, 0755) < 0) {
-		int e = errno;
-		close(fd);
-		return e == EEXIST ? imc_err(err, EEXIST, "/%s: already there", rel)
-				   : imc_err_sys(err, e, "mkdir /%s", rel);
-	}
+	fd = make_data_dirs(fd, path, rel, err);
+	if (fd < 0)
+		return fd;
 	close(fd);
 	fd = imc_openat_in_root(rootfd, rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
 	return fd < 0 ? imc_err_sys(err, -fd, "/%s", rel) : fd;

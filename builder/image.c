@@ -23,8 +23,16 @@ struct builder_image {
 	char digest[7 + IMC_SHA256_HEX_LEN + 1];       /* the image manifest's */
 	char index_digest[7 + IMC_SHA256_HEX_LEN + 1]; /* "" unless resolved through an index */
 	struct oci_manifest manifest;
-	json_t *config; /* {"env","cmd","entrypoint","workingDir","user","labels"} */
+	json_t *config;	 /* {"env","cmd","entrypoint","workingDir","user","labels"} */
+	char **diff_ids; /* the config's rootfs.diff_ids: one per layer, NULL-terminated */
 };
+
+static void strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
+}
 
 void builder_image_free(struct builder_image *img)
 {
@@ -34,6 +42,7 @@ void builder_image_free(struct builder_image *img)
 	oci_ref_free(&img->ref);
 	oci_manifest_free(&img->manifest);
 	json_decref(img->config);
+	strv_free(img->diff_ids);
 	free(img->ref_given);
 	free(img->name);
 	free(img);
@@ -129,33 +138,86 @@ static int config_labels(json_t *cfg, json_t *out, imc_error *err)
 	return 0;
 }
 
-/* The platform the config declares must be the one asked for (os and architecture). */
+/* The platform the config declares must be the one asked for: a single-platform image of
+ * another platform fails as an index without it does, listing what it has. */
 static int config_platform(struct builder_image *img, json_t *j, imc_error *err)
 {
 	const char *os = NULL, *arch = NULL, *variant = NULL;
-	char declared[OCI_PLATFORM_MAX], buf[OCI_PLATFORM_MAX];
-	size_t n;
+	char have[OCI_PLATFORM_MAX];
 	int r = imc_json_get_string(j, "os", false, 64, "image config", &os, err);
 
 	if (r == 0)
 		r = imc_json_get_string(j, "architecture", false, 64, "image config", &arch, err);
 	if (r == 0)
 		r = imc_json_get_string(j, "variant", false, 64, "image config", &variant, err);
+	if (r == 0)
+		r = oci_platform_match_config(img->platform, os, arch, variant, have, sizeof(have),
+					      err);
+	if (r < 0 && img->index_digest[0]) /* the index said otherwise */
+		return imc_err_wrap(err, "manifest %s of index %s", img->digest, img->index_digest);
 	if (r < 0)
 		return r;
-	if (!os || !arch || !*os || !*arch)
-		return 0;
-	snprintf(buf, sizeof(buf), "%s/%s%s%s", os, arch, variant && *variant ? "/" : "",
-		 variant && *variant ? variant : "");
-	if (oci_platform_normalize(buf, declared, sizeof(declared), NULL) < 0)
-		return 0; /* odd spelling: leave the requested platform */
-	n = strcspn(declared, "/");
-	n += strcspn(declared + n + 1, "/") + 1;
-	if (strncmp(declared, img->platform, n) != 0 ||
-	    (img->platform[n] != '\0' && img->platform[n] != '/'))
-		return imc_err(err, ENOENT, "the image is for %s, not %s", declared, img->platform);
-	snprintf(img->platform, sizeof(img->platform), "%s", declared);
+	snprintf(img->platform, sizeof(img->platform), "%s", have);
 	return 0;
+}
+
+static int diff_ids_copy(json_t *ids, const struct oci_manifest *m, char ***ret, imc_error *err)
+{
+	char **v = calloc(m->n_layers + 1, sizeof(*v));
+	char hex[IMC_SHA256_HEX_LEN + 1];
+
+	if (!v)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < m->n_layers; i++) {
+		const char *d = json_string_value(json_array_get(ids, i));
+		if (!d || imc_digest_parse(d, hex, NULL) < 0) {
+			strv_free(v);
+			return imc_err(err, EINVAL,
+				       "image config.rootfs.diff_ids[%zu]: want a sha256 digest "
+				       "(for layer %zu %s)",
+				       i, i, m->layers[i].digest);
+		}
+		if (!(v[i] = strdup(d))) {
+			strv_free(v);
+			return imc_err(err, ENOMEM, "out of memory");
+		}
+	}
+	*ret = v;
+	return 0;
+}
+
+/* One diff_id per layer, as umoci and containerd require: a layer without one, or a diff_id
+ * without a layer, is a broken image. */
+TESTABLE int image_diff_ids_parse(json_t *config, const struct oci_manifest *m, char ***ret,
+				  imc_error *err)
+{
+	const char *type = NULL;
+	json_t *rootfs = NULL, *ids = NULL;
+	size_t n;
+	int r = imc_json_get_object(config, "rootfs", true, "image config", &rootfs, err);
+
+	if (r == 0)
+		r = imc_json_get_string(rootfs, "type", false, 64, "image config.rootfs", &type,
+					err);
+	if (r == 0 && type && strcmp(type, "layers") != 0)
+		r = imc_err(err, ENOTSUP, "image config.rootfs.type: %s is not \"layers\"", type);
+	if (r == 0)
+		r = imc_json_get_array(rootfs, "diff_ids", true, SIZE_MAX, "image config.rootfs",
+				       &ids, err);
+	if (r < 0)
+		return r;
+	n = json_array_size(ids);
+	if (n < m->n_layers)
+		return imc_err(err, EINVAL,
+			       "layer %zu %s: no diff_id for it in the image config "
+			       "(rootfs.diff_ids has %zu for %zu layers)",
+			       n, m->layers[n].digest, n, m->n_layers);
+	if (n > m->n_layers)
+		return imc_err(err, EINVAL,
+			       "image config.rootfs.diff_ids[%zu]: names no layer "
+			       "(rootfs.diff_ids has %zu for %zu layers)",
+			       m->n_layers, n, m->n_layers);
+	return diff_ids_copy(ids, m, ret, err);
 }
 
 static int config_parse(struct builder_image *img, const char *body, size_t len, imc_error *err)
@@ -190,6 +252,8 @@ static int config_parse(struct builder_image *img, const char *body, size_t len,
 	json_decref(empty);
 	if (r == 0)
 		r = config_platform(img, j, err);
+	if (r == 0)
+		r = image_diff_ids_parse(j, &img->manifest, &img->diff_ids, err);
 	if (r < 0)
 		return r;
 	img->config = steal_pointer(&out);
@@ -440,22 +504,27 @@ int builder_image_fetch(const struct builder_opts *o, struct builder_image *img,
 	return fetch_finish(&f, threads, n_threads, err);
 }
 
-static int apply_layer(const struct builder_opts *o, const struct builder_image *img, size_t i,
-		       int rootfd, imc_error *err)
+int builder_image_apply_layer(const struct builder_opts *o, const struct builder_image *img,
+			      size_t i, int rootfd, imc_error *err)
 {
 	const struct oci_descriptor *d = &img->manifest.layers[i];
 	_cleanup_close_ int fd = -1;
-	char what[128], path[PATH_MAX];
+	char what[128], path[PATH_MAX], got[IMC_SHA256_HEX_LEN + 1];
 
-	snprintf(what, sizeof(what), "layer %s", d->digest);
+	snprintf(what, sizeof(what), "layer %zu %s", i, d->digest);
 	if ((size_t)snprintf(path, sizeof(path), "%s/sha256/%s", o->blob_dir, d->digest + 7) >=
 	    sizeof(path))
 		return imc_err(err, ENAMETOOLONG, "%s: blob directory path too long", img->name);
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "%s: %s: %s", img->name, what, path);
-	if (builder_layer_apply(rootfd, fd, what, err) < 0)
+	if (builder_layer_apply_hashed(rootfd, fd, what, got, err) < 0)
 		return imc_err_wrap(err, "%s", img->name);
+	if (strcmp(img->diff_ids[i] + 7, got) != 0)
+		return imc_err(err, EBADMSG,
+			       "%s: %s: diff_id mismatch: the uncompressed layer is sha256:%s, the "
+			       "image config's rootfs.diff_ids[%zu] says %s",
+			       img->name, what, got, i, img->diff_ids[i]);
 	return 0;
 }
 
@@ -489,7 +558,7 @@ int builder_image_pull(const struct builder_opts *o, struct builder_image *img, 
 	for (size_t i = 0; i < img->manifest.n_layers && ra == 0; i++) {
 		if (!fetch_wait(&f, i))
 			break;
-		ra = apply_layer(o, img, i, rootfd, err);
+		ra = builder_image_apply_layer(o, img, i, rootfd, err);
 		if (ra < 0) {
 			imc_error stop = {.code = -ECANCELED};
 			fetch_fail(&f, &stop); /* stop the downloads */
@@ -508,14 +577,15 @@ uint64_t builder_image_layer_bytes(const struct builder_image *img)
 	return n;
 }
 
-static json_t *describe_layers(const struct oci_manifest *m)
+static json_t *describe_layers(const struct oci_manifest *m, char *const *diff_ids)
 {
 	json_t *arr = json_array();
 
 	for (size_t i = 0; arr && i < m->n_layers; i++) {
 		json_t *l =
-		    json_pack("{s:s, s:I, s:s}", "digest", m->layers[i].digest, "size",
-			      (json_int_t)m->layers[i].size, "mediaType", m->layers[i].media_type);
+		    json_pack("{s:s, s:I, s:s, s:s?}", "digest", m->layers[i].digest, "size",
+			      (json_int_t)m->layers[i].size, "mediaType", m->layers[i].media_type,
+			      "diffId", diff_ids ? diff_ids[i] : NULL);
 		if (!l || json_array_append_new(arr, l) < 0) {
 			json_decref(arr);
 			return NULL;
@@ -526,7 +596,7 @@ static json_t *describe_layers(const struct oci_manifest *m)
 
 json_t *builder_image_describe(const struct builder_image *img)
 {
-	json_t *layers = describe_layers(&img->manifest);
+	json_t *layers = describe_layers(&img->manifest, img->diff_ids);
 	json_t *j;
 
 	if (!layers)

@@ -9,7 +9,12 @@
  * OCI whiteouts: ".wh.<name>" deletes <name> from the lower layers; ".wh..wh..opq" empties its
  * directory of everything the lower layers put there.  Both spare what this layer itself
  * created, so every path the layer creates is remembered (with its ancestors), as containerd's
- * applier does. */
+ * applier does.
+ *
+ * diff_ids: the decompression thread hashes every byte it hands to the tar reader, and once the
+ * tar reader is at the end of the archive the rest of the stream (the end-of-archive blocks and
+ * the record padding after them) is read and hashed too: the sha256 of the whole uncompressed
+ * stream is what the image config's rootfs.diff_ids[i] names. */
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
@@ -921,6 +926,8 @@ struct inflater {
 	bool held, eof, stop;
 	int error; /* the decompressor's failure (errno) */
 	char msg[256];
+	bool hashing; /* hash: the sha256 of every decompressed byte, in stream order */
+	imc_sha256 hash;
 };
 
 static int raw_open(struct archive *raw, int fd)
@@ -998,6 +1005,8 @@ static void *inflater_main(void *arg)
 			r = archive_errno(raw) > 0 ? -archive_errno(raw) : -EIO;
 			break;
 		}
+		if (in->hashing && n > 0)
+			imc_sha256_update(&in->hash, in->buf[slot], (size_t)n);
 		pthread_mutex_lock(&in->lock);
 		in->len[slot] = (size_t)n;
 		in->count += n > 0;
@@ -1037,7 +1046,28 @@ static la_ssize_t inflater_read(struct archive *a, void *client, const void **re
 	return n;
 }
 
-static int inflater_start(struct inflater *in, int blob_fd, imc_error *err)
+/* Read the decompressed stream to its end, dropping what the tar reader left (it stops at the
+ * end-of-archive blocks): every byte is hashed on the way.  0, or the decompressor's errno. */
+static int inflater_drain(struct inflater *in)
+{
+	int error;
+
+	pthread_mutex_lock(&in->lock);
+	for (;;) {
+		in->head = (in->head + in->count) % RING_BUFS;
+		in->count = 0;
+		in->held = false;
+		pthread_cond_broadcast(&in->cond);
+		if (in->eof)
+			break;
+		pthread_cond_wait(&in->cond, &in->lock);
+	}
+	error = in->error;
+	pthread_mutex_unlock(&in->lock);
+	return error;
+}
+
+static int inflater_start(struct inflater *in, int blob_fd, bool hash, imc_error *err)
 {
 	in->blob_fd = blob_fd;
 	pthread_mutex_init(&in->lock, NULL);
@@ -1045,6 +1075,9 @@ static int inflater_start(struct inflater *in, int blob_fd, imc_error *err)
 	for (size_t i = 0; i < RING_BUFS; i++)
 		if (!(in->buf[i] = malloc(READ_BLOCK)))
 			return imc_err(err, ENOMEM, "out of memory");
+	if (hash && imc_sha256_init(&in->hash, err) < 0)
+		return err ? err->code : -ENOMEM;
+	in->hashing = hash;
 	if (pthread_create(&in->thread, NULL, inflater_main, in) != 0)
 		return imc_err(err, EAGAIN, "cannot start the decompression thread");
 	in->started = true;
@@ -1062,6 +1095,8 @@ static void inflater_stop(struct inflater *in)
 	}
 	for (size_t i = 0; i < RING_BUFS; i++)
 		free(in->buf[i]);
+	if (in->hashing)
+		imc_sha256_free(&in->hash);
 	pthread_cond_destroy(&in->cond);
 	pthread_mutex_destroy(&in->lock);
 }
@@ -1083,15 +1118,28 @@ static int archive_open(struct archive **ret, struct inflater *in, imc_error *er
 	return 0;
 }
 
+/* The sha256 of the whole uncompressed stream, read to its end. */
+static int layer_diff_id(struct inflater *in, const char *what, char ret[IMC_SHA256_HEX_LEN + 1],
+			 imc_error *err)
+{
+	int e = inflater_drain(in);
+
+	if (e)
+		return imc_err(err, e, "%s: after the end of the archive: %s", what, in->msg);
+	imc_sha256_final_hex(&in->hash, ret);
+	in->hashing = false; /* final_hex freed the context */
+	return 0;
+}
+
 static int layer_apply(struct apply *ap, struct inflater *in, int blob_fd, const char *what,
-		       imc_error *err)
+		       char *ret_diff_id, imc_error *err)
 {
 	struct archive_entry *e;
 	size_t count = 0;
 	int r;
 
 	posix_fadvise(blob_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-	r = inflater_start(in, blob_fd, err);
+	r = inflater_start(in, blob_fd, ret_diff_id != NULL, err);
 	if (r == 0)
 		r = archive_open(&ap->a, in, err);
 	if (r < 0)
@@ -1115,10 +1163,18 @@ static int layer_apply(struct apply *ap, struct inflater *in, int blob_fd, const
 		}
 	}
 	r = apply_dir_times(ap, err);
-	return r < 0 ? imc_err_wrap(err, "%s", what) : 0;
+	if (r < 0)
+		return imc_err_wrap(err, "%s", what);
+	return ret_diff_id ? layer_diff_id(in, what, ret_diff_id, err) : 0;
 }
 
 int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *err)
+{
+	return builder_layer_apply_hashed(rootfd, blob_fd, what, NULL, err);
+}
+
+int builder_layer_apply_hashed(int rootfd, int blob_fd, const char *what,
+			       char ret_diff_id[IMC_SHA256_HEX_LEN + 1], imc_error *err)
 {
 	struct apply ap = {.rootfd = rootfd, .parent_fd = -1, .euid = geteuid(), .egid = getegid()};
 	struct inflater in = {0};
@@ -1128,7 +1184,7 @@ int builder_layer_apply(int rootfd, int blob_fd, const char *what, imc_error *er
 	if (fstat(rootfd, &st) < 0)
 		return imc_err_sys(err, errno, "%s: root directory", what ? what : "layer");
 	ap.root_sgid = (st.st_mode & S_ISGID) != 0;
-	r = layer_apply(&ap, &in, blob_fd, what ? what : "layer", err);
+	r = layer_apply(&ap, &in, blob_fd, what ? what : "layer", ret_diff_id, err);
 
 	parent_forget(&ap);
 	inflater_stop(&in);

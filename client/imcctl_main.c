@@ -279,6 +279,7 @@ struct create_opts {
 	unsigned long long size; /* 0: imcd's default */
 	long retention_days;	 /* -1: imcd's default */
 	const char *client_token;
+	const char *platform; /* every image's; NULL: imcd's default */
 };
 
 static void sleep_ms(long ms)
@@ -375,7 +376,8 @@ static char *create_body(char **images, int n, const struct create_opts *o)
 	if (!body || !arr || json_object_set_new(body, "images", arr) < 0)
 		return NULL;
 	for (int i = 0; i < n; i++)
-		if (json_array_append_new(arr, json_pack("{s:s}", "ref", images[i])) < 0)
+		if (json_array_append_new(arr, json_pack("{s:s,s:s*}", "ref", images[i], "platform",
+							 o->platform)) < 0)
 			return NULL;
 	if (o->name && json_object_set_new(body, "name", json_string(o->name)) < 0)
 		return NULL;
@@ -420,6 +422,7 @@ static int parse_create_args(int argc, char **argv, struct create_opts *o)
 	    {"size", required_argument, NULL, 's'},
 	    {"retention-days", required_argument, NULL, 'r'},
 	    {"client-token", required_argument, NULL, 'k'},
+	    {"platform", required_argument, NULL, 'p'},
 	    {NULL, 0, NULL, 0},
 	};
 	char *end;
@@ -441,6 +444,9 @@ static int parse_create_args(int argc, char **argv, struct create_opts *o)
 			break;
 		case 'k':
 			o->client_token = optarg;
+			break;
+		case 'p':
+			o->platform = optarg; /* imcd checks it */
 			break;
 		case 'd': {
 			const char *eq = strrchr(optarg, '=');
@@ -506,8 +512,8 @@ static int cmd_create(const struct client *c, int argc, char **argv)
 	if (optind >= argc) {
 		fprintf(stderr,
 			"usage: imcctl create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... "
-			"[--size BYTES] [--retention-days N] [--client-token T] [--wait] "
-			"[--timeout SEC] [-o json]\n");
+			"[--platform OS/ARCH[/VARIANT]] [--size BYTES] [--retention-days N] "
+			"[--client-token T] [--wait] [--timeout SEC] [-o json]\n");
 		return EXIT_USAGE;
 	}
 	body = create_body(argv + optind, argc - optind, &o);
@@ -715,7 +721,8 @@ static void print_cache(json_t *j)
 		       (long long)json_integer_value(json_object_get(p, "bytesDone")),
 		       (long long)json_integer_value(json_object_get(p, "bytesTotal")));
 	json_array_foreach(json_object_get(j, "images"), i, img)
-	    printf("image %-8zu %s %s\n", i, str_or(img, "ref", "-"), str_or(img, "digest", ""));
+	    printf("image %-8zu %s %s %s\n", i, str_or(img, "ref", "-"),
+		   str_or(img, "platform", ""), str_or(img, "digest", ""));
 	printf("events:\n");
 	json_array_foreach(json_object_get(j, "events"), i, ev)
 	    printf("  %s  %-12s %s\n", str_or(ev, "time", "-"), str_or(ev, "type", "-"),
@@ -823,8 +830,9 @@ static void usage(FILE *f)
 	    "usage: imcctl [--server URL|unix:PATH] [--token T] COMMAND [ARGS]\n"
 	    "       imcctl -h|--help\n"
 	    "\n"
-	    "  create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... [--size BYTES] [--wait]\n"
-	    "         [--timeout SEC] [--retention-days N] [--client-token T] [-o json]\n"
+	    "  create IMAGE [IMAGE...] [--name N] [--data SRC=PATH]... [--platform P] [--wait]\n"
+	    "         [--size BYTES] [--timeout SEC] [--retention-days N] [--client-token T]\n"
+	    "         [-o json]\n"
 	    "  list [--status S] [--name N] [--image REF [--match exact|best]] [--limit N]\n"
 	    "         [-o json]\n"
 	    "  get ID [-o json]\n"

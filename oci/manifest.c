@@ -286,7 +286,9 @@ static void platform_normalize(struct platform *p)
 
 static bool platform_part_valid(const char *s, size_t n)
 {
-	if (n == 0 || n >= PLATFORM_PART_MAX)
+	/* Starts with a letter or digit: never "." or "..". */
+	if (n == 0 || n >= PLATFORM_PART_MAX ||
+	    !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9')))
 		return false;
 	for (size_t i = 0; i < n; i++)
 		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||
@@ -334,6 +336,49 @@ int oci_platform_normalize(const char *s, char *out, size_t size, imc_error *err
 	if (r == 0)
 		platform_format(&p, out, size);
 	return r;
+}
+
+/* A part the image config declares, lowercased as containerd does; false when unusable. */
+static bool platform_part_copy(char out[PLATFORM_PART_MAX], const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n >= PLATFORM_PART_MAX)
+		return false;
+	for (size_t i = 0; i <= n; i++)
+		out[i] = s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] - 'A' + 'a') : s[i];
+	return platform_part_valid(out, n);
+}
+
+int oci_platform_match_config(const char *want, const char *os, const char *arch,
+			      const char *variant, char *ret, size_t size, imc_error *err)
+{
+	struct platform w, have = {0};
+	bool has_variant = variant && *variant;
+	char avail[OCI_PLATFORM_MAX];
+	int r = platform_parse(want, &w, err);
+
+	if (r < 0)
+		return r;
+	if (!os || !*os || !arch || !*arch) { /* the config names none: as asked */
+		platform_format(&w, ret, size);
+		return 0;
+	}
+	if (!platform_part_copy(have.os, os) || !platform_part_copy(have.arch, arch) ||
+	    (has_variant && !platform_part_copy(have.variant, variant)))
+		return imc_err(err, ENOENT,
+			       "no manifest for platform %s (the image config declares an unusable "
+			       "os/architecture/variant)",
+			       want);
+	platform_normalize(&have);
+	platform_format(&have, avail, sizeof(avail));
+	if (strcmp(have.os, w.os) != 0 || strcmp(have.arch, w.arch) != 0 ||
+	    (has_variant && strcmp(have.variant, w.variant) != 0))
+		return imc_err(err, ENOENT, "no manifest for platform %s (available: %s)", want,
+			       avail);
+	/* No variant declared: the image is for every variant of its architecture. */
+	platform_format(has_variant ? &have : &w, ret, size);
+	return 0;
 }
 
 static int entry_platform(json_t *entry, const char *ctx, struct platform *ret, imc_error *err)

@@ -61,9 +61,18 @@ bool oci_media_type_is_index(const char *media_type);
 int oci_manifest_kind(const char *content_type, const char *body, size_t len, bool *ret_is_index,
 		      imc_error *err);
 
-/* Normalize "os/arch[/variant]" as containerd does (x86_64 -> amd64, arm64 -> arm64/v8, ...). */
-#define OCI_PLATFORM_MAX 200
+/* ---- platforms ("os/arch[/variant]", as in the image-spec index) -------------------------- */
+#define OCI_PLATFORM_MAX 200 /* bytes of a normalized platform and its NUL */
+/* Normalize as containerd does: lowercase parts of [a-z0-9._-], aliases (x86_64 -> amd64,
+ * aarch64 -> arm64, armhf -> arm/v7), the default variants (arm64 -> arm64/v8, arm -> arm/v7)
+ * and none for amd64 ("amd64/v1" -> "amd64").  -EINVAL with a message naming s. */
 int oci_platform_normalize(const char *s, char *out, size_t size, imc_error *err);
+/* Does an image whose config declares os/arch[/variant] (NULL or "" when it names none) serve
+ * platform want?  os and architecture must be want's, and so must the variant when the config
+ * declares one; a config that names no platform serves any.  ret gets the platform of the
+ * image (normalized); a mismatch is -ENOENT "no manifest for platform WANT (available: P)". */
+int oci_platform_match_config(const char *want, const char *os, const char *arch,
+			      const char *variant, char *ret, size_t size, imc_error *err);
 
 /* The transport options every request to a registry or a data source sets: redirects, the
  * protocols (plain http only where allowed), timeouts, keep-alive, user agent and buffer size.

@@ -1,5 +1,5 @@
-/* Fuzz target: the API's JSON input (api_create_request_parse with its images, data, size and
- * credentials, api_cache_from_meta).
+/* Fuzz target: the API's JSON input (api_create_request_parse with its images and their
+ * platforms, data, size and credentials, api_cache_from_meta).
  *
  * The body is copied into a buffer of exactly its length.  It is parsed as a create request; when
  * it is a JSON object it is also read as a cache metadata file.  A cache read from metadata must
@@ -75,13 +75,28 @@ static void fuzz_create_request(const char *body, size_t len)
 	    req.retention_days < 0 || req.retention_days > API_RETENTION_MAX ||
 	    (req.client_token && !imc_name_valid(req.client_token, API_TOKEN_MAX)))
 		abort();
-	/* Every accepted entry is one the builder accepts too, and paths are distinct. */
+	/* Every platform given is normalized, and no image is asked for twice. */
+	for (size_t i = 0; i < req.n_refs; i++) {
+		char norm[OCI_PLATFORM_MAX];
+		if (!req.platforms)
+			abort();
+		if (req.platforms[i] &&
+		    (oci_platform_normalize(req.platforms[i], norm, sizeof(norm), NULL) < 0 ||
+		     strcmp(norm, req.platforms[i]) != 0))
+			abort();
+		for (size_t k = 0; k < i; k++)
+			if (strcmp(req.refs[i], req.refs[k]) == 0 &&
+			    str_eq(req.platforms[i], req.platforms[k]))
+				abort();
+	}
+	/* Every accepted entry is one the builder accepts too, and no path is another's or inside
+	 * it. */
 	for (size_t i = 0; i < req.n_data; i++) {
 		struct builder_data d = {req.data[i].source, req.data[i].path, req.data[i].sha256};
 		if (builder_data_check(&d, NULL, NULL) < 0)
 			abort();
 		for (size_t k = 0; k < i; k++)
-			if (strcmp(req.data[i].path, req.data[k].path) == 0)
+			if (builder_data_paths_overlap(req.data[i].path, req.data[k].path))
 				abort();
 	}
 	/* A cache made from it never shows a credential. */
@@ -117,7 +132,8 @@ static void check_same(const struct api_cache *a, const struct api_cache *b)
 		    !str_eq(a->attachments[i].host, b->attachments[i].host))
 			abort();
 	for (size_t i = 0; i < a->n_refs; i++)
-		if (strcmp(a->refs[i], b->refs[i]) != 0)
+		if (strcmp(a->refs[i], b->refs[i]) != 0 || !a->platforms[i] ||
+		    !str_eq(a->platforms[i], b->platforms[i]))
 			abort();
 	for (size_t i = 0; i < a->n_data; i++)
 		if (!str_eq(a->data[i].source, b->data[i].source) ||

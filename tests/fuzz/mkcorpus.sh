@@ -1,6 +1,7 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
-# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net).  The layers are small tar, tar.gz and
+# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform).
+# The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -83,6 +84,8 @@ seed request create '{"images":[{"ref":"busybox:latest"}],"name":"my-cache_1.0"}
 seed request create-digest "{\"images\":[{\"ref\":\"127.0.0.1:5000/a/b@$digest\"}]}"
 seed request meta-creating '{"version":1,"id":"imc-0123456789abcdef","status":"Creating","createdAt":1700000000,"refs":["busybox"]}'
 seed request meta-ready '{"version":1,"id":"imc-00000000000000ff","name":"n","status":"Ready","createdAt":1,"readyAt":2,"size":4096,"refs":["busybox","alpine:3"],"manifest":{"images":[{"ref":"busybox","digest":"x"}]}}'
+seed request create-platforms '{"images":[{"ref":"busybox","platform":"linux/arm64"},{"ref":"busybox","platform":"linux/x86_64"},{"ref":"busybox"}]}'
+seed request meta-platforms '{"version":1,"id":"imc-0123456789abcdef","status":"Creating","createdAt":1,"refs":["a","a"],"platforms":["linux/amd64","linux/arm64/v8"]}'
 seed request meta-failed '{"version":1,"id":"imc-abcdefabcdefabcd","status":"Failed","statusMessage":"pull failed","createdAt":5,"refs":[]}'
 
 # ---- layers ----------------------------------------------------------------------------------
@@ -210,3 +213,13 @@ nseed allow-port 3 '[fd00::1]:443'
 nseed host 3 '127.evil.example:5000'
 nseed redirect 4 'http://127.0.0.1:5000/a\000http://mirror.example/b'
 nseed redirect-https 4 'https://reg.example/a\000https://s3.example/b?sig=1'
+
+# ---- platforms: the one asked for, then a config's os, architecture, variant (NUL-separated) --
+printf '%s' linux/amd64 >"$out/platform/amd64"
+printf '%s' linux/arm64/v8 >"$out/platform/arm64"
+printf '%s\0' linux/arm64 linux aarch64 v8 >"$out/platform/config-aarch64"
+printf '%s\0' linux/arm/v7 linux arm "" >"$out/platform/config-arm-novariant"
+printf '%s\0' linux/x86_64 Linux AMD64 >"$out/platform/config-upper"
+printf '%s\0' linux/arm64 linux amd64 >"$out/platform/config-mismatch"
+printf '%s\0' windows/amd64/v3 windows amd64 v3 >"$out/platform/windows-v3"
+printf '%s' linux/armhf/6 >"$out/platform/alias-variant"

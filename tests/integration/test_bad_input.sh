@@ -28,8 +28,25 @@ push_bb() { mkimage_busybox "$LAYOUT" bb && mkimage_push "$LAYOUT" bb imc/bb:v1;
 served_matches() { # REPO DIGEST: the registry serves bytes that hash to DIGEST
 	test "sha256:$(curl -fsS --noproxy '*' "http://$REGISTRY/v2/$1/blobs/$2" | sha256sum | cut -d' ' -f1)" = "$2"
 }
+# push_diffid NAME COMP FILTER: a one-layer image (one small file; COMP gzip or none) whose
+# config's rootfs.diff_ids went through the jq FILTER, pushed byte for byte as imc/diffid-NAME:v1.
+# shellcheck disable=SC2317
+push_diffid() {
+	local name=$1 comp=$2 filter=$3 work l m
+	work=$(mktemp -d "$TEST_TMP/diffid.XXXXXX")
+	mkdir -p "$work/l1/etc"
+	printf 'diff_id test %s\n' "$name" >"$work/l1/etc/$name"
+	l=$(mk_layer "$LAYOUT" "$work/l1" "$comp") || return 1
+	m=$(MK_DIFF_IDS_JQ=$filter mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$l") || return 1
+	mk_tag "$LAYOUT" "diffid-$name" "$m" &&
+		registry_push_raw "$LAYOUT" "diffid-$name" "imc/diffid-$name:v1"
+}
 check "uncompressed single-layer image pushes as is" push_plain
 check "gzip busybox image pushes" push_bb
+check "an image whose diff_id does not match its gzip layer pushes" \
+	push_diffid wrong gzip '.[0] = "sha256:" + ("0" * 64)'
+check "an image with no diff_id for its layer pushes" push_diffid missing none '.[1:]'
+check "an image with a diff_id too many pushes" push_diffid extra gzip '. + [.[0]]'
 PLAIN_LAYER=$(registry_manifest imc/plain v1 | jq -r '.layers[0].digest')
 PLAIN_MT=$(registry_manifest imc/plain v1 | jq -r '.layers[0].mediaType')
 check_eq "the registry holds the plain image's layer uncompressed" \
@@ -76,6 +93,8 @@ store_is_clean() {
 	check_eq "$desc: only the pool's loop device is left" "$STATE/pool.img" \
 		"$(losetup -n -O BACK-FILE -l 2>/dev/null | grep -F "$TEST_TMP/" | sort | tr -d ' ')"
 	check_eq "$desc: only the pool is mounted" "$STATE/pool" "$(tmp_mounts)"
+	check_eq "$desc: no build directory left in STATE/tmp" "" \
+		"$(find "$STATE/tmp" -mindepth 1 2>/dev/null)"
 	check_eq "$desc: every cached blob hashes to its name" "" "$(unverified_blobs)"
 }
 
@@ -114,6 +133,26 @@ check_match "corrupted gzip layer: statusMessage names a cause" '.' "$FAILED_MSG
 store_is_clean "corrupted gzip layer"
 check_eq "corrupted gzip layer: no blob of that digest kept in STATE/blobs" "" \
 	"$(find "$STATE/blobs" -name "*${BB_LAYER#sha256:}*" 2>/dev/null)"
+
+# Layers whose uncompressed content is not what the config's rootfs.diff_ids says (umoci and
+# containerd refuse such images), or a diff_id count that is not the layer count.
+DIFF_LAYER=$(registry_manifest imc/diffid-wrong v1 | jq -r '.layers[0].digest')
+expect_failed "$REGISTRY/imc/diffid-wrong:v1" "diff_id mismatch"
+check_match "diff_id mismatch: statusMessage names the layer (index and digest)" \
+	"layer 0 $DIFF_LAYER: diff_id mismatch" "$FAILED_MSG"
+check_match "diff_id mismatch: statusMessage gives the config's diff_id" \
+	"rootfs.diff_ids\\[0\\] says sha256:0{64}" "$FAILED_MSG"
+store_is_clean "diff_id mismatch"
+DIFF_LAYER=$(registry_manifest imc/diffid-missing v1 | jq -r '.layers[0].digest')
+expect_failed "$REGISTRY/imc/diffid-missing:v1" "no diff_id for a layer"
+check_match "no diff_id: statusMessage names the layer" \
+	"layer 0 $DIFF_LAYER: no diff_id for it in the image config \\(rootfs.diff_ids has 0 for 1 layers\\)" \
+	"$FAILED_MSG"
+store_is_clean "no diff_id for a layer"
+expect_failed "$REGISTRY/imc/diffid-extra:v1" "a diff_id too many"
+check_match "a diff_id too many: statusMessage says which" \
+	'rootfs.diff_ids\[1\]: names no layer \(rootfs.diff_ids has 2 for 1 layers\)' "$FAILED_MSG"
+store_is_clean "a diff_id too many"
 
 OUT=$(imcctl create "$REGISTRY/imc/plain:v1" --wait 2>"$TEST_TMP/imcctl.err") && RC=0 || RC=$?
 check_eq "imcctl create --wait exits 1 on a Failed build" 1 "$RC"
@@ -180,6 +219,13 @@ expect_error POST /v1/imagecaches "$(mkbody '.images[0].ref = "127.0.0.1:5000/..
 	"path traversal in an image reference"
 expect_error POST /v1/imagecaches "$(mkbody '.images = [[.images[0]]]')" 400 "an image that is an array"
 expect_error POST /v1/imagecaches "$(mkbody '.images = null')" 400 "images: null"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].platform = "linux"')" 400 "a platform without an architecture"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].platform = "linux/arm/v7/x"')" 400 "a platform of four parts"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].platform = "../../etc"')" 400 "path traversal in a platform"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].platform = "Linux/ARM64"')" 400 "a platform in capitals"
+expect_error POST /v1/imagecaches "$(mkbody '.images[0].platform = {os: "linux"}')" 400 "a platform as an object"
+expect_error POST /v1/imagecaches "$(mkbody '.images += [.images[0] | .platform = "linux/amd64"]')" 400 \
+	"the same ref twice for the default platform"
 expect_error POST /v1/imagecaches "$(mkbody '.size = -1')" 400 "a negative size"
 expect_error POST /v1/imagecaches "$(mkbody '.size = 0')" 400 "size 0"
 expect_error POST /v1/imagecaches "$(mkbody '.size = "1G"')" 400 "size as a string"
@@ -213,6 +259,8 @@ expect_error POST /v1/imagecaches/imc-0123456789abcdef "$(mkbody .)" 405 "POST o
 expect_error GET "/v1/imagecaches?status=Sleeping" "" 400 "list with an unknown status"
 expect_error GET "/v1/imagecaches?limit=-5" "" 400 "list with a negative limit"
 expect_error GET "/v1/imagecaches?image=$GOOD_REF&match=fuzzy" "" 400 "list with match=fuzzy"
+expect_error GET "/v1/imagecaches?image=$GOOD_REF&platform=linux" "" 400 "list with a bad platform"
+expect_error GET "/v1/imagecaches?platform=linux/arm64" "" 400 "list with a platform but no image"
 expect_error GET "/v1/imagecaches?pageToken=zz" "" 400 "list with a forged page token"
 expect_error GET "/v1/imagecaches?name=%2e%2e%2f" "" 400 "list by a name with a path in it"
 expect_error DELETE "/v1/imagecaches/imc-0123456789abcdef?force=maybe" "" 400 "DELETE with force=maybe"

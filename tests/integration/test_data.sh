@@ -136,7 +136,8 @@ check "the two pieces were asked for with Range" \
 # --- incremental: a second cache of the same image reuses its base snapshot ------------------
 
 BB_DIGEST=sha256:$(registry_manifest imc/bb v1 | sha256sum | cut -d' ' -f1)
-BASE=img-$(printf '%s' "${BB_DIGEST#sha256:}" | cut -c1-32)
+# img- and 32 hex of the sha256 of "<manifest digest> <platform>".
+BASE=img-$(printf '%s %s' "$BB_DIGEST" linux/amd64 | sha256sum | cut -c1-32)
 check "the first cache built the image's base snapshot $BASE" test -f "$STATE/pool/snapshots/$BASE.img"
 check_eq "GET of the first cache: base built now" "$BASE false" \
 	"$(json_get "$(imcctl get "$ID" 2>&1)" '"\(.base.snapshot) \(.base.reused)"' 2>&1)"
@@ -229,6 +230,36 @@ else
 	not_ok "the v2 snapshot mounts" "$(cat "$TEST_TMP/mount.err")"
 fi
 
+# --- nested data paths -----------------------------------------------------------------------
+
+# data[].path may be several components: files land under /data/<path>/, two entries may share
+# a parent directory.
+OUT=$(imcctl create "$BB_REF" --name nested --data "oci://$REGISTRY/imc/art:v1=models/llama-3-8b" \
+	--data "hf://acme/tiny@main=models/tiny" --wait --timeout 300 2>"$TEST_TMP/imcctl.err") ||
+	OUT="FAILED: $OUT"
+ID_NEST=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+if [[ "$ID_NEST" =~ ^imc- ]]; then
+	ok "a cache with data paths models/llama-3-8b and models/tiny is Ready ($ID_NEST)"
+else
+	not_ok "a cache with data paths models/llama-3-8b and models/tiny is Ready" "$OUT" \
+		"$(cat "$TEST_TMP/imcctl.err")" "$(imcd_log_tail 10)"
+fi
+check_eq "GET: the nested paths as requested" "models/llama-3-8b models/tiny" \
+	"$(json_get "$(imcctl get "$ID_NEST" 2>&1)" '[.data[].path] | join(" ")' 2>&1)"
+if mount -o ro,loop "$STATE/pool/snapshots/$ID_NEST.img" "$MNT" 2>"$TEST_TMP/mount.err"; then
+	check "/data/models/llama-3-8b/weights.safetensors is the artifact's layer" \
+		cmp "$ART/weights.safetensors" "$MNT/data/models/llama-3-8b/weights.safetensors"
+	check "/data/models/tiny/onnx/model.onnx is the hf file" \
+		cmp "$HF_SRC/onnx/model.onnx" "$MNT/data/models/tiny/onnx/model.onnx"
+	check_eq "/data/models holds just the two entries" "llama-3-8b tiny" \
+		"$(find "$MNT/data/models" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ' | sed 's/ $//')"
+	check_eq "/imcache.json records the nested paths" "models/llama-3-8b models/tiny" \
+		"$(jq -r '[.data[].path] | join(" ")' "$MNT/imcache.json" 2>&1)"
+	check "the nested snapshot unmounts" umount "$MNT"
+else
+	not_ok "the nested snapshot mounts" "$(cat "$TEST_TMP/mount.err")"
+fi
+
 # --- sha256 and size -------------------------------------------------------------------------
 
 # wait_cache ID: the cache's JSON once it is no longer Creating (nothing for an empty ID).
@@ -279,8 +310,24 @@ bad() {
 bad "an ftp source" '{data: [{source: "ftp://x/y", path: "m"}]}' '^data\[0\]: source'
 bad "plain http to another host" '{data: [{source: "http://example.com/m.bin", path: "m"}]}' \
 	'^data\[0\]: source.*loopback'
-bad "a path with a slash" '{data: [{source: $url, path: "a/b"}]}' '^data\[0\]: path'
 bad "a path of .." '{data: [{source: $url, path: ".."}]}' '^data\[0\]: path'
+bad "a nested path with a .. component" '{data: [{source: $url, path: "models/../../etc"}]}' \
+	'^data\[0\]: path: "models/\.\./\.\./etc": bad component "\.\."'
+bad "a nested path with a . component" '{data: [{source: $url, path: "models/./x"}]}' \
+	'^data\[0\]: path: .*bad component "\."'
+bad "a path with a leading /" '{data: [{source: $url, path: "/models/x"}]}' \
+	'^data\[0\]: path: .*not a relative path'
+bad "a path with a trailing /" '{data: [{source: $url, path: "models/"}]}' \
+	'^data\[0\]: path: .*not a relative path'
+bad "a path with an empty component" '{data: [{source: $url, path: "models//x"}]}' \
+	'^data\[0\]: path: .*not a relative path'
+bad "a path with a control character" '{data: [{source: $url, path: "models/a\nb"}]}' \
+	'^data\[0\]: path: a control character at byte 8$'
+bad "a path 17 components deep" '{data: [{source: $url, path: ([range(0; 17) | "d"] | join("/"))}]}' \
+	'^data\[0\]: path: .*deeper than 16'
+bad "a path inside another entry's" \
+	'{data: [{source: $url, path: "models"}, {source: $url, path: "models/x"}]}' \
+	'^data\[1\]\.path: models/x and data\[0\]\.path models: one is inside the other'
 bad "an unknown field in a data entry" '{data: [{source: $url, path: "m", mode: 1}]}' \
 	'data\[0\].*mode'
 bad "sha256 for an hf source" '{data: [{source: "hf://a/b", path: "m", sha256: $sha}]}' \
@@ -327,7 +374,7 @@ check_match "... with \"credentials lost on restart\"" 'credentials lost on rest
 
 # --- cleanup ---------------------------------------------------------------------------------
 
-for id in "$ID" "$ID2" "$ID3" "$ID_V1" "$ID_V2" "$ID_SHA" "$ID_BAD" "$ID_SMALL" "$ID_CRED" "$LOST"; do
+for id in "$ID" "$ID2" "$ID3" "$ID_NEST" "$ID_V1" "$ID_V2" "$ID_SHA" "$ID_BAD" "$ID_SMALL" "$ID_CRED" "$LOST"; do
 	[ -n "$id" ] || continue
 	http DELETE "$IMCD_URL/v1/imagecaches/$id"
 	check_eq "DELETE $id answers 200" 200 "$HTTP_STATUS"

@@ -29,6 +29,14 @@ build_push() {
 check "multilayer image builds and pushes" build_push mkimage_multilayer multi imc/multi:v1
 check "OCI index image (amd64 + arm64) builds and pushes with --all" \
 	build_push mkimage_index idx imc/idx:v1 --all
+# One image in two repositories (pushed byte for byte: the same manifest digest), with a layer
+# large enough (48 MiB) that its base takes a while to build.
+# shellcheck disable=SC2317
+push_same() {
+	mkimage_plain "$LAYOUT" same $((48 << 10)) && registry_push_raw "$LAYOUT" same imc/same-a:v1 &&
+		registry_push_raw "$LAYOUT" same imc/same-b:v1
+}
+check "one image pushes to two repositories" push_same
 MULTI_REF=$REGISTRY/imc/multi:v1
 IDX_REF=$REGISTRY/imc/idx:v1
 MULTI_DIGEST=$(registry_manifest imc/multi v1 | sha256sum | cut -d' ' -f1)
@@ -235,6 +243,46 @@ for rt in crun runc; do
 	fi
 done
 
+# --- one base, several refs at once -----------------------------------------------------------
+
+# By tag, by digest and from another repository, all at once: one base snapshot (its id is the
+# manifest digest's, whatever the ref), built by one of the builds while the others wait for it.
+SAME_DIGEST=sha256:$(registry_manifest imc/same-a v1 | sha256sum | cut -d' ' -f1)
+check_eq "both repositories serve the same manifest" "$SAME_DIGEST" \
+	"sha256:$(registry_manifest imc/same-b v1 | sha256sum | cut -d' ' -f1)"
+SAME_REFS=("$REGISTRY/imc/same-a:v1" "$REGISTRY/imc/same-a@$SAME_DIGEST" "$REGISTRY/imc/same-b:v1")
+for i in 0 1 2; do
+	jq -cn --arg r "${SAME_REFS[$i]}" '{images: [{ref: $r}]}' >"$TEST_TMP/same-$i.json"
+done
+# The three POSTs go out together; imcd's two build workers take the first two at once.
+SAME_PIDS=()
+for i in 0 1 2; do
+	curl -sS --noproxy '*' --max-time 30 -H 'Content-Type: application/json' \
+		--data-binary "@$TEST_TMP/same-$i.json" -o "$TEST_TMP/same-$i.out" \
+		"$IMCD_URL/v1/imagecaches" &
+	SAME_PIDS+=($!)
+done
+wait "${SAME_PIDS[@]}" || true
+SAME_IDS=()
+for i in 0 1 2; do
+	SAME_IDS+=("$(jq -r '.id // empty' "$TEST_TMP/same-$i.out" 2>/dev/null || true)")
+done
+SAME_BASES=()
+for i in 0 1 2; do
+	C=$(cache_wait "${SAME_IDS[$i]}" 300) || C=
+	check_eq "same image at once, create $i: Ready" Ready "$(json_get "$C" '.status' 2>&1)"
+	[ "$(json_get "$C" '.status' 2>&1)" = Ready ] ||
+		note "statusMessage: $(json_get "$C" '.statusMessage // empty' 2>&1)"
+	SAME_BASES+=("$(json_get "$C" '"\(.base.snapshot) \(.base.reused)"' 2>&1)")
+done
+N_BASES=$(printf '%s\n' "${SAME_BASES[@]}" | awk '{print $1}' | sort -u | wc -l)
+N_BUILT=$(printf '%s\n' "${SAME_BASES[@]}" | grep -c '^img-.* false$' || true)
+N_REUSED=$(printf '%s\n' "${SAME_BASES[@]}" | grep -c '^img-.* true$' || true)
+check_eq "all three stand on one base: built by one, reused by two" "1 1 2" \
+	"$N_BASES $N_BUILT $N_REUSED"
+check_eq "no build directory or volume is left" "" \
+	"$(find "$STATE/tmp" "$STATE/pool/volumes" -mindepth 1 2>/dev/null)"
+
 # --- the OCI index image ---------------------------------------------------------------------
 
 OUT=$(imcctl create "$IDX_REF" --name idx --wait 2>"$TEST_TMP/imcctl.err") || OUT=
@@ -249,6 +297,106 @@ if [[ "$ID3" =~ ^imc- ]]; then
 else
 	not_ok "cache of the OCI index image is Ready" "$(cat "$TEST_TMP/imcctl.err")" "$(imcd_log_tail 10)"
 fi
+check_eq "index image, no platform asked: GET says linux/amd64" linux/amd64 \
+	"$(json_get "$(imcctl get "$ID3" -o json 2>&1)" '.images[0].platform' 2>&1)"
+
+# The same ref for linux/arm64 is another cache, of the other image of the index (its only file
+# is /platform: an arm64 image needs no arm64 binary).
+OUT=$(imcctl create "$IDX_REF" --platform linux/arm64 --name idx-arm --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID4=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+if [[ "$ID4" =~ ^imc- ]]; then
+	ok "imcctl create --platform linux/arm64 of the index is Ready ($ID4)"
+else
+	not_ok "imcctl create --platform linux/arm64 of the index is Ready" \
+		"$(cat "$TEST_TMP/imcctl.err")" "$(imcd_log_tail 10)"
+fi
+check_fails "the same ref for another platform is another cache" test "$ID4" = "$ID3"
+C3=$(imcctl get "$ID3" -o json 2>&1)
+C4=$(imcctl get "$ID4" -o json 2>&1)
+check_eq "GET: the arm64 cache's image is linux/arm64/v8 (variant default)" linux/arm64/v8 \
+	"$(json_get "$C4" '.images[0].platform' 2>&1)"
+check_eq "GET: both come from the same index" "$(json_get "$C3" '.images[0].indexDigest' 2>&1)" \
+	"$(json_get "$C4" '.images[0].indexDigest' 2>&1)"
+check_fails "GET: they are two manifests" test "$(json_get "$C3" '.images[0].digest')" = \
+	"$(json_get "$C4" '.images[0].digest')"
+check_fails "each platform has its own base snapshot" test "$(json_get "$C3" '.base.snapshot')" = \
+	"$(json_get "$C4" '.base.snapshot')"
+# imcache_json ID: the snapshot's /imcache.json.
+imcache_json() {
+	local snap=$STATE/pool/snapshots/$1.img mnt=$TEST_TMP/snap-$1
+	mkdir -p "$mnt"
+	mount -o ro,loop,noload "$snap" "$mnt" 2>/dev/null || return 1
+	cat "$mnt/imcache.json"
+	umount "$mnt"
+}
+check_eq "/imcache.json of each cache names its platform" "linux/amd64 linux/arm64/v8" \
+	"$(json_get "$(imcache_json "$ID3")" '.images[0].platform' 2>&1) $(json_get "$(imcache_json "$ID4")" '.images[0].platform' 2>&1)"
+M5=$TEST_TMP/m5
+if attach_at "$ID4" "$M5"; then
+	check_eq "arm64 cache: the arm64 image (/platform)" arm64 "$(cat "$M5/platform" 2>&1)"
+	check_fails "arm64 cache: none of the amd64 image's files" test -e "$M5/bin/busybox"
+	check "detach the arm64 cache" imc_attach detach "$M5"
+fi
+
+# The platform is part of a request's identity: clientToken, list filters, match=best.
+tok_body() { jq -cn --arg r "$IDX_REF" --arg p "$1" '{images: [{ref: $r, platform: $p}], clientToken: "tok-arm"}'; }
+http POST "$IMCD_URL/v1/imagecaches" "$(tok_body linux/arm64)"
+check_eq "clientToken with linux/arm64: 202" 202 "$HTTP_STATUS"
+ID5=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
+http POST "$IMCD_URL/v1/imagecaches" "$(tok_body linux/arm64/v8)"
+check_eq "the same token and platform (spelled out): the same cache" "$ID5 true" \
+	"$(json_get "$HTTP_BODY" '"\(.id) \(.existing)"' 2>&1)"
+http POST "$IMCD_URL/v1/imagecaches" "$(tok_body linux/amd64)"
+check_eq "the same token for another platform: 409 (another request)" 409 "$HTTP_STATUS"
+[ -z "$ID5" ] || check_eq "the token's cache is Ready" Ready \
+	"$(json_get "$(cache_wait "$ID5" 300)" .status 2>&1)"
+IDX_Q=$(jq -rn --arg r "$IDX_REF" '$r | @uri')
+http GET "$IMCD_URL/v1/imagecaches?image=$IDX_Q&platform=linux/arm64"
+check_eq "list image=IDX&platform=linux/arm64: the two arm64 caches" "$(printf '%s\n' "$ID4" "$ID5" | sort | tr '\n' ' ')" \
+	"$(json_get "$HTTP_BODY" '[.items[].id] | sort | join(" ")' 2>&1) "
+http GET "$IMCD_URL/v1/imagecaches?image=$IDX_Q"
+check_eq "list image=IDX: every platform's caches" 3 "$(json_get "$HTTP_BODY" '.items | length' 2>&1)"
+http GET "$IMCD_URL/v1/imagecaches?image=$IDX_Q&match=best&platform=linux/arm64"
+check_match "match=best for linux/arm64: an arm64 cache (they tie)" "^($ID4|$ID5)\$" \
+	"$(json_get "$HTTP_BODY" '.items[0].id // empty' 2>&1)"
+http GET "$IMCD_URL/v1/imagecaches?image=$IDX_Q&match=best"
+check_eq "match=best without a platform: imcd's default (linux/amd64)" "$ID3" \
+	"$(json_get "$HTTP_BODY" '.items[0].id // empty' 2>&1)"
+
+# expect_platform_failure BODY DESC MESSAGE_ERE: the cache ends Failed saying so.
+expect_platform_failure() {
+	local id body
+	http POST "$IMCD_URL/v1/imagecaches" "$1"
+	id=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
+	body=$(cache_wait "$id" 120) || body=
+	check_eq "$2: Failed" Failed "$(json_get "$body" '.status' 2>&1)"
+	check_match "$2: the message lists the platforms there are" "$3" \
+		"$(json_get "$body" '.statusMessage' 2>&1)"
+	FAILED_IDS+=("$id")
+}
+FAILED_IDS=()
+expect_platform_failure "$(jq -cn --arg r "$IDX_REF" '{images: [{ref: $r, platform: "linux/s390x"}]}')" \
+	"index without linux/s390x" \
+	'no manifest for platform linux/s390x in the index \(available: linux/amd64, linux/arm64/v8\)'
+expect_platform_failure "$(jq -cn --arg r "$MULTI_REF" '{images: [{ref: $r, platform: "linux/arm64"}]}')" \
+	"single-platform amd64 image asked for linux/arm64" \
+	'no manifest for platform linux/arm64/v8 \(available: linux/amd64\)'
+
+# imcd --platform: the default of images that name none.  The caches made before keep theirs.
+rc=0
+imcd_stop || rc=$?
+check_eq "imcd stops (SIGTERM) before its restart with --platform" 0 "$rc"
+check_fails "imcd log has no sanitizer report (before the restart)" \
+	grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"
+imcd_start "$STATE" --platform linux/arm64 || bail "imcd starts with --platform linux/arm64" "$(imcd_log_tail 30)"
+check_eq "after the restart, each cache keeps its platform" "linux/amd64 linux/arm64/v8" \
+	"$(json_get "$(imcctl get "$ID3" -o json)" '.images[0].platform') $(json_get "$(imcctl get "$ID4" -o json)" '.images[0].platform')"
+OUT=$(imcctl create "$IDX_REF" --name idx-default --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID6=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+C6=$(imcctl get "$ID6" -o json 2>&1)
+check_eq "imcd --platform linux/arm64: an image that names none is linux/arm64/v8, on the arm64 base" \
+	"linux/arm64/v8 $(json_get "$C4" '.base.snapshot') true" \
+	"$(json_get "$C6" '"\(.images[0].platform) \(.base.snapshot) \(.base.reused)"' 2>&1)"
 
 # --- detach, delete, stop --------------------------------------------------------------------
 
@@ -260,7 +408,7 @@ OUT=$(imc_attach list 2>&1) || true
 check_eq "imc-attach list is empty after detaching" 0 "$(json_get "$OUT" 'length' 2>&1)"
 check_eq "no clone files left in the pool" "" "$(find "$STATE/pool/clones" -type f 2>/dev/null)"
 
-for id in "$ID1" "$ID2" "$ID3"; do
+for id in "$ID1" "$ID2" "$ID3" "$ID4" "$ID5" "$ID6" "${SAME_IDS[@]}" "${FAILED_IDS[@]}"; do
 	[ -n "$id" ] || continue
 	http DELETE "$IMCD_URL/v1/imagecaches/$id"
 	check_eq "DELETE $id answers 200" 200 "$HTTP_STATUS"

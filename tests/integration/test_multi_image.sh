@@ -1,7 +1,8 @@
 #!/bin/bash
 # A cache of several images: one imcctl create with two refs builds both into one snapshot
 # (/images/0/rootfs and /images/1/rootfs), GET lists both in request order with their digests,
-# imc-attach --image N mounts the one asked for, and an index past the last fails cleanly.
+# imc-attach --image N mounts the one asked for, and an index past the last fails cleanly.  The
+# same ref for two platforms is two images of one cache.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -27,6 +28,10 @@ build_push() {
 }
 check "busybox image builds and pushes" build_push mkimage_busybox bb imc/bb:v1
 check "multilayer image builds and pushes" build_push mkimage_multilayer multi imc/multi:v1
+# shellcheck disable=SC2317
+push_index() { mkimage_index "$LAYOUT" idx && mkimage_push "$LAYOUT" idx imc/idx:v1 --all; }
+check "OCI index image (amd64 + arm64) builds and pushes with --all" push_index
+IDX_REF=$REGISTRY/imc/idx:v1
 BB_REF=$REGISTRY/imc/bb:v1
 MULTI_REF=$REGISTRY/imc/multi:v1
 BB_DIGEST=sha256:$(registry_manifest imc/bb v1 | sha256sum | cut -d' ' -f1)
@@ -82,6 +87,38 @@ check_eq "21 distinct images: 400" 400 "$HTTP_STATUS"
 check_match "21 images: the message names the cap" 'at most 20' \
 	"$(json_get "$HTTP_BODY" '.error.message // empty' 2>&1)"
 
+# The same ref for linux/amd64 and linux/arm64: two images of one cache, each its platform's.
+http POST "$IMCD_URL/v1/imagecaches" \
+	"$(jq -cn --arg r "$IDX_REF" '{images: [{ref: $r, platform: "linux/amd64"}, {ref: $r, platform: "linux/arm64"}]}')"
+check_eq "POST the same ref for two platforms: 202" 202 "$HTTP_STATUS"
+ID_PLAT=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
+CACHE_PLAT=
+[ -z "$ID_PLAT" ] || CACHE_PLAT=$(cache_wait "$ID_PLAT" 300) || CACHE_PLAT=
+check_eq "two platforms of one ref: Ready, each image with its platform" \
+	"Ready linux/amd64 linux/arm64/v8" \
+	"$(json_get "$CACHE_PLAT" '"\(.status) \(.images[0].platform) \(.images[1].platform)"' 2>&1)"
+check_fails "two platforms of one ref: two manifests" \
+	test "$(json_get "$CACHE_PLAT" '.images[0].digest')" = "$(json_get "$CACHE_PLAT" '.images[1].digest')"
+P0=$TEST_TMP/p0
+P1=$TEST_TMP/p1
+mkdir -p "$P0" "$P1"
+defer imc_detach_quiet "$P0"
+defer imc_detach_quiet "$P1"
+check "attach --image 0 (amd64)" imc_attach attach --image 0 "$ID_PLAT" "$P0"
+check "attach --image 1 (arm64)" imc_attach attach --image 1 "$ID_PLAT" "$P1"
+check_eq "image 0 is the amd64 one, image 1 the arm64 one (/platform)" "amd64 arm64" \
+	"$(cat "$P0/platform" 2>&1) $(cat "$P1/platform" 2>&1)"
+check "image 0 (amd64) has /bin/busybox" test -x "$P0/bin/busybox"
+check_fails "image 1 (arm64) has no /bin/busybox" test -e "$P1/bin/busybox"
+check "detach p0" imc_attach detach "$P0"
+check "detach p1" imc_attach detach "$P1"
+# An image with no platform is imcd's default: with it spelled out too, it is there twice.
+http POST "$IMCD_URL/v1/imagecaches" \
+	"$(jq -cn --arg r "$IDX_REF" '{images: [{ref: $r}, {ref: $r, platform: "linux/x86_64"}]}')"
+check_eq "the same ref for the default platform and linux/amd64: 400" 400 "$HTTP_STATUS"
+check_match "... naming the duplicate" 'images\[1\]: .* for linux/amd64 is already images\[0\]' \
+	"$(json_get "$HTTP_BODY" '.error.message // empty' 2>&1)"
+
 # --- attach each image -----------------------------------------------------------------------
 
 M0=$TEST_TMP/m0
@@ -127,7 +164,7 @@ done
 check_eq "imc-attach list is empty after detaching" 0 "$(json_get "$(imc_attach list 2>&1)" 'length' 2>&1)"
 check_eq "no clone files left in the pool" "" "$(find "$STATE/pool/clones" -type f 2>/dev/null)"
 
-for id in "$ID" "$ID_REV"; do
+for id in "$ID" "$ID_REV" "$ID_PLAT"; do
 	[ -n "$id" ] || continue
 	http DELETE "$IMCD_URL/v1/imagecaches/$id"
 	check_eq "DELETE $id answers 200" 200 "$HTTP_STATUS"

@@ -100,6 +100,8 @@ mk_layer() {
 
 # mk_image DIR ARCH CONFIG_JSON LAYER_LINE...: CONFIG_JSON is the image config's "config" object
 # (Env, Cmd, WorkingDir...); LAYER_LINEs are mk_layer's output, bottom layer first.
+# MK_DIFF_IDS_JQ (a jq filter, default "."): applied to the config's rootfs.diff_ids, to make a
+# broken image (".[1:]" drops one, ". + [.[0]]" adds one, ".[0] = \"sha256:…\"" changes one).
 mk_image() {
 	local dir=$1 arch=$2 cfg=$3 line desc diffid layers='[]' diffids='[]' config cdesc mdesc
 	shift 3
@@ -109,6 +111,7 @@ mk_image() {
 		layers=$(jq -c --argjson d "$desc" '. + [$d]' <<<"$layers")
 		diffids=$(jq -c --arg d "$diffid" '. + [$d]' <<<"$diffids")
 	done
+	diffids=$(jq -c "${MK_DIFF_IDS_JQ:-.}" <<<"$diffids") || return 1
 	config=$(jq -cn --arg arch "$arch" --arg created "$MK_CREATED" --argjson cfg "$cfg" \
 		--argjson diffids "$diffids" \
 		'{created: $created, architecture: $arch, os: "linux", config: $cfg,

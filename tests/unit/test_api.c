@@ -99,8 +99,8 @@ START_TEST(create_unknown_fields)
 {
 	expect_bad("{\"images\":[{\"ref\":\"busybox\"}],\"colour\":\"red\"}", -EINVAL,
 		   "colour: unknown field");
-	expect_bad("{\"images\":[{\"ref\":\"busybox\",\"platform\":\"linux/arm64\"}]}", -EINVAL,
-		   "images[0].platform: unknown field");
+	expect_bad("{\"images\":[{\"ref\":\"busybox\",\"os\":\"linux\"}]}", -EINVAL,
+		   "images[0].os: unknown field");
 }
 END_TEST
 
@@ -189,6 +189,66 @@ START_TEST(create_duplicate_images)
 	/* a bad ref after a duplicate-free prefix still names its index */
 	expect_bad("{\"images\":[{\"ref\":\"a\"},{\"ref\":\"Bad Ref\"}]}", -EINVAL,
 		   "images[1].ref: ");
+}
+END_TEST
+
+/* images[].platform: normalized as the image-spec index and containerd spell platforms. */
+START_TEST(create_platforms)
+{
+	static const struct {
+		const char *in, *want;
+	} good[] = {
+	    {"linux/amd64", "linux/amd64"},	 {"linux/x86_64", "linux/amd64"},
+	    {"linux/amd64/v1", "linux/amd64"},	 {"linux/arm64", "linux/arm64/v8"},
+	    {"linux/aarch64", "linux/arm64/v8"}, {"linux/arm64/v8", "linux/arm64/v8"},
+	    {"linux/arm", "linux/arm/v7"},	 {"linux/arm/v7", "linux/arm/v7"},
+	    {"linux/arm/6", "linux/arm/v6"},	 {"linux/armhf", "linux/arm/v7"},
+	    {"windows/amd64", "windows/amd64"},	 {"linux/riscv64", "linux/riscv64"},
+	};
+	struct api_create_request req;
+	imc_error err;
+	char body[256];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(good); i++) {
+		snprintf(body, sizeof(body),
+			 "{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"%s\"}]}", good[i].in);
+		ck_assert_msg(parse(body, &req, &err) == 0, "%s: %s", body, err.msg);
+		ck_assert_str_eq(req.platforms[0], good[i].want);
+		api_create_request_free(&req);
+	}
+	/* none given: imcd's default, decided when the cache is created */
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a\"}]}", &req, &err), 0);
+	ck_assert_ptr_null(req.platforms[0]);
+	api_create_request_free(&req);
+	/* the same ref for two platforms is two images */
+	ck_assert_int_eq(
+	    parse("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"linux/amd64\"},"
+		  "{\"ref\":\"r.io/a\",\"platform\":\"linux/arm64\"},{\"ref\":\"r.io/a\"}]}",
+		  &req, &err),
+	    0);
+	ck_assert_uint_eq(req.n_refs, 3);
+	ck_assert_str_eq(req.platforms[1], "linux/arm64/v8");
+	api_create_request_free(&req);
+
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"linux/arm64\"},"
+		   "{\"ref\":\"r.io/a\",\"platform\":\"linux/aarch64/v8\"}]}",
+		   -EINVAL, "images[1]: r.io/a for linux/arm64/v8 is already images[0]");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"linux\"}]}", -EINVAL,
+		   "images[0].platform: platform \"linux\": want os/arch[/variant]");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"linux/arm/v7/x\"}]}", -EINVAL,
+		   "images[0].platform: ");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"Linux/AMD64\"}]}", -EINVAL,
+		   "images[0].platform: ");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"linux//v7\"}]}", -EINVAL,
+		   "images[0].platform: ");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"../../etc\"}]}", -EINVAL,
+		   "images[0].platform: ");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":\"\"}]}", -EINVAL,
+		   "images[0].platform: ");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":5}]}", -EINVAL,
+		   "images[0].platform: want a string");
+	expect_bad("{\"images\":[{\"ref\":\"r.io/a\",\"platform\":{\"os\":\"linux\"}}]}", -EINVAL,
+		   "images[0].platform: want a string");
 }
 END_TEST
 
@@ -476,7 +536,8 @@ END_TEST
 /* ---- cache JSON -------------------------------------------------------------------------------
  */
 
-#define ID "imc-0123456789abcdef"
+#define ID    "imc-0123456789abcdef"
+#define HEX64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 static struct api_cache *new_cache(const char *name, int64_t created)
 {
@@ -648,6 +709,71 @@ START_TEST(cache_meta_old_single_ref)
 }
 END_TEST
 
+/* A cache keeps each image's platform: shown while Creating, in its metadata, in its identity. */
+START_TEST(cache_platforms)
+{
+	char *refs[] = {"r.io/a:1", "r.io/a:1", "r.io/b:1"};
+	char *plats[] = {"linux/amd64", "linux/arm64/v8", NULL};
+	struct api_create_request req = {.refs = refs, .platforms = plats, .n_refs = 3};
+	struct api_cache *c = NULL, *back = NULL;
+	json_t *j, *meta;
+	imc_error err;
+
+	ck_assert_int_eq(api_cache_new(ID, &req, 1795000000, &c, &err), 0);
+	ck_assert_str_eq(c->platforms[2], "linux/amd64"); /* none given */
+	j = api_cache_to_json(c);
+	ck_assert_str_eq(json_string_value(json_object_get(
+			     json_array_get(json_object_get(j, "images"), 1), "platform")),
+			 "linux/arm64/v8");
+	json_decref(j);
+	meta = api_cache_to_meta(c);
+	ck_assert_int_eq(api_cache_from_meta(meta, &back, &err), 0);
+	for (size_t i = 0; i < 3; i++)
+		ck_assert_str_eq(back->platforms[i], c->platforms[i]);
+	ck_assert_str_eq(back->request_key, c->request_key);
+	ck_assert(api_cache_has_platform(back, "linux/arm64/v8"));
+	ck_assert(!api_cache_has_platform(back, "linux/arm/v7"));
+	api_cache_free(back);
+	json_decref(meta);
+	api_cache_free(c);
+
+	/* metadata from before platforms: every image was built for linux/amd64 */
+	meta = load("{\"version\":1,\"id\":\"" ID "\",\"status\":\"Failed\","
+		    "\"statusMessage\":\"x\",\"createdAt\":5,\"refs\":[\"a\",\"b\"]}");
+	ck_assert_msg(api_cache_from_meta(meta, &c, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(c->platforms[0], "linux/amd64");
+	ck_assert_str_eq(c->platforms[1], "linux/amd64");
+	api_cache_free(c);
+	json_decref(meta);
+}
+END_TEST
+
+/* Two requests that differ only in an image's platform are two caches; an image that names
+ * none is linux/amd64 here (api_caches_create fills in imcd's default before). */
+START_TEST(request_key_platforms)
+{
+	struct api_create_request a, b, c;
+	char ka[IMC_SHA256_HEX_LEN + 1], kb[IMC_SHA256_HEX_LEN + 1], kc[IMC_SHA256_HEX_LEN + 1];
+	imc_error err;
+
+	ck_assert_int_eq(parse("{\"images\":[{\"ref\":\"r.io/a:1\"}]}", &a, &err), 0);
+	ck_assert_int_eq(
+	    parse("{\"images\":[{\"ref\":\"r.io/a:1\",\"platform\":\"linux/x86_64\"}]}", &b, &err),
+	    0);
+	ck_assert_int_eq(
+	    parse("{\"images\":[{\"ref\":\"r.io/a:1\",\"platform\":\"linux/arm64\"}]}", &c, &err),
+	    0);
+	ck_assert_int_eq(api_request_key("t", &a, ka, &err), 0);
+	ck_assert_int_eq(api_request_key("t", &b, kb, &err), 0);
+	ck_assert_int_eq(api_request_key("t", &c, kc, &err), 0);
+	ck_assert_str_eq(ka, kb);
+	ck_assert_str_ne(ka, kc);
+	api_create_request_free(&a);
+	api_create_request_free(&b);
+	api_create_request_free(&c);
+}
+END_TEST
+
 START_TEST(cache_meta_bad)
 {
 	static const char *const bad[] = {
@@ -659,6 +785,19 @@ START_TEST(cache_meta_bad)
 	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[]}",
 	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Ready\",\"refs\":[],\"createdAt\":1,"
 	    "\"manifest\":[]}",
+	    /* platforms: one per ref, normalized strings */
+	    "{\"version\":1,\"id\":\"" ID
+	    "\",\"status\":\"Failed\",\"createdAt\":1,\"refs\":[\"a\"],"
+	    "\"platforms\":[]}",
+	    "{\"version\":1,\"id\":\"" ID
+	    "\",\"status\":\"Failed\",\"createdAt\":1,\"refs\":[\"a\"],"
+	    "\"platforms\":[\"linux/arm64\"]}",
+	    "{\"version\":1,\"id\":\"" ID
+	    "\",\"status\":\"Failed\",\"createdAt\":1,\"refs\":[\"a\"],"
+	    "\"platforms\":[7]}",
+	    "{\"version\":1,\"id\":\"" ID
+	    "\",\"status\":\"Failed\",\"createdAt\":1,\"refs\":[\"a\"],"
+	    "\"platforms\":\"linux/amd64\"}",
 	    /* more refs than a cache can have */
 	    "{\"version\":1,\"id\":\"" ID "\",\"status\":\"Failed\",\"createdAt\":1,\"refs\":"
 	    "[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\","
@@ -1718,7 +1857,48 @@ START_TEST(list_query_good)
 	    0);
 	ck_assert_str_eq(q.image_digest,
 			 "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+	ck_assert_ptr_null(q.platform);
 	api_list_query_free(&q);
+
+	ck_assert_int_eq(parse_query("image=r.io/a&platform=linux/aarch64&match=best", &q, &err),
+			 0);
+	ck_assert_str_eq(q.platform, "linux/arm64/v8");
+	api_list_query_free(&q);
+}
+END_TEST
+
+/* image=REF&platform=P: only the caches that hold REF for P (by ref, or by digest). */
+START_TEST(list_match_platform)
+{
+	char *refs[] = {"r.io/a:1"};
+	char *amd[] = {"linux/amd64"}, *arm[] = {"linux/arm64/v8"};
+	struct api_create_request ra = {.refs = refs, .platforms = amd, .n_refs = 1};
+	struct api_create_request rb = {.refs = refs, .platforms = arm, .n_refs = 1};
+	struct api_cache *a = NULL, *b = NULL;
+	struct api_list_query q;
+	imc_error err;
+
+	ck_assert_int_eq(api_cache_new("imc-00000000000000a1", &ra, 1, &a, &err), 0);
+	ck_assert_int_eq(api_cache_new("imc-00000000000000b1", &rb, 2, &b, &err), 0);
+	ck_assert_int_eq(parse_query("image=r.io/a:1", &q, &err), 0);
+	ck_assert(api_cache_matches(a, &q) && api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	ck_assert_int_eq(parse_query("image=r.io/a:1&platform=linux/arm64", &q, &err), 0);
+	ck_assert(!api_cache_matches(a, &q));
+	ck_assert(api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	/* by digest: the built image's platform counts */
+	a->manifest = load("{\"images\":[{\"ref\":\"r.io/a:1\",\"platform\":\"linux/amd64\","
+			   "\"indexDigest\":\"sha256:" HEX64 "\"}]}");
+	b->manifest = load("{\"images\":[{\"ref\":\"r.io/a:1\",\"platform\":\"linux/arm64/v8\","
+			   "\"indexDigest\":\"sha256:" HEX64 "\"}]}");
+	ck_assert_int_eq(
+	    parse_query("image=r.io/a@sha256:" HEX64 "&platform=linux/amd64", &q, &err), 0);
+	ck_assert(api_cache_matches(a, &q));
+	ck_assert(!api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	api_cache_free(a);
+	api_cache_free(b);
 }
 END_TEST
 
@@ -1741,6 +1921,11 @@ START_TEST(list_query_bad)
 	expect_bad_query("match=best", "match: only with image");
 	expect_bad_query("image=x&match=fuzzy", "match");
 	expect_bad_query("match=exact", "match: only with image");
+	expect_bad_query("platform=linux/arm64", "platform: only with image");
+	expect_bad_query("image=x&platform=linux", "platform: platform \"linux\"");
+	expect_bad_query("image=x&platform=LINUX/ARM64", "platform: ");
+	expect_bad_query("image=x&platform=linux/arm64&platform=linux/amd64",
+			 "platform: given more than once");
 	expect_bad_query("image=UPPER/Case::", "image");
 	expect_bad_query("name=a%2Fb", "name");
 	expect_bad_query("name=%zz", "percent");
@@ -2086,6 +2271,7 @@ static Suite *api_suite(void)
 	tcase_add_test(t, create_several_images);
 	tcase_add_test(t, create_too_many_images);
 	tcase_add_test(t, create_duplicate_images);
+	tcase_add_test(t, create_platforms);
 	tcase_add_test(t, create_bad_ref);
 	tcase_add_test(t, create_bad_name);
 	tcase_add_test(t, create_body_cap);
@@ -2105,6 +2291,8 @@ static Suite *api_suite(void)
 	tcase_add_test(t, cache_meta_roundtrip);
 	tcase_add_test(t, cache_several_images);
 	tcase_add_test(t, cache_meta_old_single_ref);
+	tcase_add_test(t, cache_platforms);
+	tcase_add_test(t, request_key_platforms);
 	tcase_add_test(t, cache_meta_bad);
 	tcase_add_test(t, cache_ids_and_order);
 	tcase_add_test(t, create_lifecycle_fields);
@@ -2133,6 +2321,7 @@ static Suite *api_suite(void)
 	t = tcase_create("list");
 	tcase_add_test(t, list_query_good);
 	tcase_add_test(t, list_query_bad);
+	tcase_add_test(t, list_match_platform);
 	tcase_add_test(t, page_token_roundtrip);
 	tcase_add_test(t, list_page_slicing);
 	tcase_add_test(t, list_page_deleted_token);

@@ -353,6 +353,175 @@ START_TEST(index_no_match)
 }
 END_TEST
 
+/* ---- platforms --------------------------------------------------------------------------- */
+
+START_TEST(platform_parse)
+{
+	static const struct {
+		const char *in, *want; /* want NULL: refused */
+	} cases[] = {
+	    {"linux/amd64", "linux/amd64"},
+	    {"linux/x86_64", "linux/amd64"},
+	    {"linux/x86-64", "linux/amd64"},
+	    {"linux/amd64/v1", "linux/amd64"},
+	    {"linux/amd64/v3", "linux/amd64/v3"},
+	    {"linux/arm64", "linux/arm64/v8"},
+	    {"linux/aarch64", "linux/arm64/v8"},
+	    {"linux/arm64/v8", "linux/arm64/v8"},
+	    {"linux/arm64/8", "linux/arm64/v8"},
+	    {"linux/arm", "linux/arm/v7"},
+	    {"linux/arm/v6", "linux/arm/v6"},
+	    {"linux/armhf", "linux/arm/v7"},
+	    {"linux/armel", "linux/arm/v6"},
+	    {"linux/i386", "linux/386"},
+	    {"linux/s390x", "linux/s390x"},
+	    {"windows/amd64", "windows/amd64"},
+	    {"linux", NULL},
+	    {"linux/", NULL},
+	    {"/amd64", NULL},
+	    {"linux/arm/v7/x", NULL},
+	    {"Linux/amd64", NULL},
+	    {"linux/amd 64", NULL},
+	    {"../..", NULL},
+	    {"linux/.hidden", NULL},
+	    {"", NULL},
+	};
+	char out[OCI_PLATFORM_MAX], again[OCI_PLATFORM_MAX];
+	char long_part[160];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		imc_error err = {0};
+		int r = oci_platform_normalize(cases[i].in, out, sizeof(out), &err);
+		if (!cases[i].want) {
+			ck_assert_msg(r == -EINVAL, "%s: accepted as %s", cases[i].in, out);
+			ck_assert_ptr_nonnull(strstr(err.msg, "platform \""));
+			continue;
+		}
+		ck_assert_msg(r == 0, "%s: %s", cases[i].in, err.msg);
+		ck_assert_str_eq(out, cases[i].want);
+		/* normalized stays normalized */
+		ck_assert_int_eq(oci_platform_normalize(out, again, sizeof(again), NULL), 0);
+		ck_assert_str_eq(again, out);
+	}
+	memset(long_part, 'a', sizeof(long_part) - 1);
+	long_part[sizeof(long_part) - 1] = '\0';
+	snprintf(out, sizeof(out), "linux/%s", long_part);
+	ck_assert_int_eq(oci_platform_normalize(out, again, sizeof(again), NULL), -EINVAL);
+}
+END_TEST
+
+/* What an image config declares against the platform asked for (image-spec: os and
+ * architecture must match, the variant too when the config has one). */
+START_TEST(platform_match_config)
+{
+	static const struct {
+		const char *want, *os, *arch, *variant, *got; /* got NULL: no match */
+	} cases[] = {
+	    {"linux/amd64", "linux", "amd64", NULL, "linux/amd64"},
+	    {"linux/amd64", "linux", "x86_64", "", "linux/amd64"},
+	    {"linux/amd64", "Linux", "AMD64", NULL, "linux/amd64"},
+	    {"linux/arm64/v8", "linux", "arm64", NULL, "linux/arm64/v8"},
+	    {"linux/arm64", "linux", "aarch64", "v8", "linux/arm64/v8"},
+	    {"linux/arm/v6", "linux", "arm", NULL, "linux/arm/v6"}, /* no variant: any */
+	    {"linux/arm/v7", "linux", "arm", "v7", "linux/arm/v7"},
+	    {"linux/arm64", NULL, NULL, NULL, "linux/arm64/v8"}, /* names none: any */
+	    {"linux/arm64", "", "", NULL, "linux/arm64/v8"},
+	    {"linux/arm64", "linux", "amd64", NULL, NULL},
+	    {"linux/amd64", "linux", "arm64", NULL, NULL},
+	    {"linux/amd64", "windows", "amd64", NULL, NULL},
+	    {"linux/arm/v7", "linux", "arm", "v6", NULL},
+	    {"linux/amd64", "linux", "amd 64", NULL, NULL},
+	};
+	char got[OCI_PLATFORM_MAX];
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		imc_error err = {0};
+		int r = oci_platform_match_config(cases[i].want, cases[i].os, cases[i].arch,
+						  cases[i].variant, got, sizeof(got), &err);
+		if (cases[i].got) {
+			ck_assert_msg(r == 0, "%zu: %s", i, err.msg);
+			ck_assert_str_eq(got, cases[i].got);
+			continue;
+		}
+		ck_assert_msg(r == -ENOENT, "%zu: %s/%s matched %s", i, cases[i].os, cases[i].arch,
+			      cases[i].want);
+		ck_assert_msg(strncmp(err.msg, "no manifest for platform ", 25) == 0, "%s",
+			      err.msg);
+	}
+	ck_assert_int_eq(oci_platform_match_config("linux/arm64", "linux", "amd64", NULL, got,
+						   sizeof(got), &(imc_error){0}),
+			 -ENOENT);
+	{
+		imc_error err = {0};
+		oci_platform_match_config("linux/arm64", "linux", "amd64", NULL, got, sizeof(got),
+					  &err);
+		ck_assert_str_eq(err.msg,
+				 "no manifest for platform linux/arm64 (available: linux/amd64)");
+		ck_assert_int_eq(oci_platform_match_config("linux", "linux", "amd64", NULL, got,
+							   sizeof(got), &err),
+				 -EINVAL);
+	}
+}
+END_TEST
+
+/* ---- diff_ids ---------------------------------------------------------------------------- */
+
+START_TEST(diff_ids_parse)
+{
+	struct oci_descriptor layers[2] = {
+	    {.media_type = OCI_MT_OCI_LAYER_GZIP, .digest = DIG_A, .size = 1},
+	    {.media_type = OCI_MT_OCI_LAYER_GZIP, .digest = DIG_B, .size = 1},
+	};
+	struct oci_manifest m = {.layers = layers, .n_layers = 2};
+	static const struct {
+		const char *config, *msg; /* msg NULL: accepted */
+		int code;
+	} cases[] = {
+	    {"{\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"" DIG_C "\",\"" DIG_A "\"]}}", NULL,
+	     0},
+	    {"{\"rootfs\":{\"diff_ids\":[\"" DIG_C "\",\"" DIG_A "\"]}}", NULL, 0},
+	    {"{}", "image config.rootfs: required", -EINVAL},
+	    {"{\"rootfs\":{\"type\":\"layers\"}}", "rootfs.diff_ids: required", -EINVAL},
+	    {"{\"rootfs\":{\"diff_ids\":[\"" DIG_C "\"]}}",
+	     "layer 1 " DIG_B
+	     ": no diff_id for it in the image config (rootfs.diff_ids has 1 for 2 "
+	     "layers)",
+	     -EINVAL},
+	    {"{\"rootfs\":{\"diff_ids\":[]}}", "layer 0 " DIG_A ": no diff_id", -EINVAL},
+	    {"{\"rootfs\":{\"diff_ids\":[\"" DIG_C "\",\"" DIG_A "\",\"" DIG_B "\"]}}",
+	     "rootfs.diff_ids[2]: names no layer (rootfs.diff_ids has 3 for 2 layers)", -EINVAL},
+	    {"{\"rootfs\":{\"diff_ids\":[\"" DIG_C "\",\"sha256:abc\"]}}",
+	     "rootfs.diff_ids[1]: want a sha256 digest (for layer 1 " DIG_B ")", -EINVAL},
+	    {"{\"rootfs\":{\"diff_ids\":[\"" DIG_C "\",7]}}", "rootfs.diff_ids[1]: want a sha256",
+	     -EINVAL},
+	    {"{\"rootfs\":{\"type\":\"other\",\"diff_ids\":[]}}", "is not \"layers\"", -ENOTSUP},
+	};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		json_t *j = json_loads(cases[i].config, 0, NULL);
+		imc_error err = {0};
+		char **ids = NULL;
+		int r;
+
+		ck_assert_ptr_nonnull(j);
+		r = image_diff_ids_parse(j, &m, &ids, &err);
+		json_decref(j);
+		ck_assert_msg(r == cases[i].code, "%s: %d (%s)", cases[i].config, r, err.msg);
+		if (!cases[i].msg) {
+			ck_assert_str_eq(ids[0], DIG_C);
+			ck_assert_str_eq(ids[1], DIG_A);
+			ck_assert_ptr_null(ids[2]);
+			free(ids[0]);
+			free(ids[1]);
+			free(ids);
+			continue;
+		}
+		ck_assert_ptr_null(ids);
+		ck_assert_msg(strstr(err.msg, cases[i].msg), "%s: %s", cases[i].config, err.msg);
+	}
+}
+END_TEST
+
 /* ---- whiteouts, paths, registry helpers -------------------------------------------------- */
 
 START_TEST(whiteout_kind)
@@ -1087,6 +1256,108 @@ START_TEST(layer_corrupt)
 }
 END_TEST
 
+/* sha256 of a whole file, in hex. */
+static void file_sha256(const char *rel, char out[IMC_SHA256_HEX_LEN + 1])
+{
+	char *buf = NULL;
+	size_t len = 0;
+	imc_error err = {0};
+
+	ck_assert_msg(imc_read_file(tpath(rel), 64u << 20, &buf, &len, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(imc_sha256_hex(buf, len, out, &err), 0);
+	free(buf);
+}
+
+/* Write the bytes of file `from` compressed with filter ("gzip", "zstd") to `to`: a raw stream,
+ * whatever the bytes are. */
+static void compress_file(const char *from, const char *to, const char *filter)
+{
+	struct archive *a = archive_write_new();
+	struct archive_entry *e = archive_entry_new();
+	char *buf = NULL;
+	size_t len = 0;
+
+	ck_assert_int_eq(imc_read_file(tpath(from), 64u << 20, &buf, &len, NULL), 0);
+	ck_assert_int_eq(archive_write_set_format_raw(a), ARCHIVE_OK);
+	if (strcmp(filter, "gzip") == 0)
+		ck_assert_int_eq(archive_write_add_filter_gzip(a), ARCHIVE_OK);
+	else
+		ck_assert_int_eq(archive_write_add_filter_zstd(a), ARCHIVE_OK);
+	ck_assert_int_eq(archive_write_open_filename(a, tpath(to)), ARCHIVE_OK);
+	archive_entry_set_filetype(e, AE_IFREG);
+	archive_entry_set_pathname(e, "data");
+	ck_assert_int_eq(archive_write_header(a, e), ARCHIVE_OK);
+	ck_assert_int_eq(archive_write_data(a, buf, len), (la_ssize_t)len);
+	ck_assert_int_eq(archive_write_close(a), ARCHIVE_OK);
+	archive_write_free(a);
+	archive_entry_free(e);
+	free(buf);
+}
+
+static int apply_hashed(const char *root, const char *layer, char out[IMC_SHA256_HEX_LEN + 1],
+			imc_error *err)
+{
+	int rootfd = open(tpath(root), O_RDONLY | O_DIRECTORY);
+	int fd = open(tpath(layer), O_RDONLY);
+	int r;
+
+	ck_assert_int_ge(rootfd, 0);
+	ck_assert_int_ge(fd, 0);
+	r = builder_layer_apply_hashed(rootfd, fd, "layer test", out, err);
+	close(fd);
+	close(rootfd);
+	return r;
+}
+
+/* The diff_id is the sha256 of the whole uncompressed stream: every byte to its end, the
+ * end-of-archive blocks and whatever follows them included, compressed or not. */
+START_TEST(layer_diff_id)
+{
+	const struct ent ents[] = {
+	    {.type = E_DIR, .path = "d/"},
+	    {.type = E_FILE, .path = "d/f", .data = "diff id content\n"},
+	};
+	char want[IMC_SHA256_HEX_LEN + 1], got[IMC_SHA256_HEX_LEN + 1];
+	static const char *const layers[] = {"l.tar", "l.tar.gz", "l.tar.zst", "pad.tar",
+					     "pad.tar.gz"};
+	imc_error err = {0};
+	static char zeros[(12u << 20) + 7];
+	int fd;
+
+	ck_assert_int_eq(mkdir(tpath("root"), 0755), 0);
+	write_layer("l.tar", "none", ents, IMC_ARRAY_SIZE(ents));
+	compress_file("l.tar", "l.tar.gz", "gzip");
+	compress_file("l.tar", "l.tar.zst", "zstd");
+	/* Far more zero blocks than the tar reader needs to see its end (more than the
+	 * decompression thread reads ahead), and an odd tail: the hash must still cover them. */
+	fd = open(tpath("pad.tar"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert_int_ge(fd, 0);
+	{
+		char *buf = NULL;
+		size_t len = 0;
+		ck_assert_int_eq(imc_read_file(tpath("l.tar"), 1u << 20, &buf, &len, NULL), 0);
+		ck_assert_int_eq(imc_write_all(fd, buf, len), 0);
+		ck_assert_int_eq(imc_write_all(fd, zeros, sizeof(zeros)), 0);
+		free(buf);
+	}
+	close(fd);
+	compress_file("pad.tar", "pad.tar.gz", "gzip");
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(layers); i++) {
+		file_sha256(i < 3 ? "l.tar" : "pad.tar", want);
+		memset(got, 0, sizeof(got));
+		ck_assert_msg(apply_hashed("root", layers[i], got, &err) == 0, "%s: %s", layers[i],
+			      err.msg);
+		ck_assert_msg(strcmp(got, want) == 0, "%s: diff_id %s, want %s", layers[i], got,
+			      want);
+	}
+	ck_assert_str_eq(slurp("root/d/f"), "diff id content\n");
+	file_sha256("l.tar", want);
+	file_sha256("pad.tar", got);
+	ck_assert_str_ne(got, want);
+}
+END_TEST
+
 static Suite *builder_suite(void)
 {
 	Suite *s = suite_create("builder");
@@ -1102,6 +1373,9 @@ static Suite *builder_suite(void)
 	tcase_add_test(tc, manifest_layer_cap);
 	tcase_add_test(tc, index_select);
 	tcase_add_test(tc, index_no_match);
+	tcase_add_test(tc, diff_ids_parse);
+	tcase_add_test(tc, platform_parse);
+	tcase_add_test(tc, platform_match_config);
 	tcase_add_test(tc, whiteout_kind);
 	tcase_add_test(tc, path_clean);
 	tcase_add_test(tc, registry_helpers);
@@ -1118,6 +1392,7 @@ static Suite *builder_suite(void)
 	tcase_add_test(tl, layer_replace);
 	tcase_add_test(tl, layer_escape);
 	tcase_add_test(tl, layer_corrupt);
+	tcase_add_test(tl, layer_diff_id);
 	suite_add_tcase(s, tl);
 	return s;
 }

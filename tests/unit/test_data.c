@@ -122,11 +122,63 @@ START_TEST(entries)
 	ck_assert_msg(strncmp(err.msg, "sha256:", 7) == 0, "%s", err.msg);
 	ck_assert_int_eq(builder_data_check(D("oci://", "x", NULL), NULL, &err), -EINVAL);
 	ck_assert_msg(strncmp(err.msg, "source:", 7) == 0, "%s", err.msg);
-	ck_assert_int_eq(builder_data_check(D("https://h/m", "a/b", NULL), NULL, &err), -EINVAL);
-	ck_assert_msg(strncmp(err.msg, "path:", 5) == 0, "%s", err.msg);
+	ck_assert_int_eq(builder_data_check(D("https://h/m", "a/", NULL), NULL, &err), -EINVAL);
+	ck_assert_msg(strncmp(err.msg, "path: ", 6) == 0, "%s", err.msg);
 	ck_assert_int_eq(builder_data_check(D("gopher://h/m", "a", NULL), NULL, &err), -EINVAL);
 	ck_assert_msg(strncmp(err.msg, "source:", 7) == 0, "%s", err.msg);
 #undef D
+}
+END_TEST
+
+/* data[].path may be a relative path of several components, each one checked. */
+START_TEST(nested_paths)
+{
+	static const char *const good[] = {"models/llama-3-8b", "a/b/c", "a b/c+d", "m/...",
+					   "1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16"};
+	static const struct {
+		const char *path, *msg;
+	} bad[] = {
+	    {"", "not a relative path"},
+	    {"/models", "not a relative path"},
+	    {"models/", "not a relative path"},
+	    {"models//x", "not a relative path"},
+	    {"./models", "bad component \".\""},
+	    {"models/./x", "bad component \".\""},
+	    {"models/../../etc", "bad component \"..\""},
+	    {"..", "bad component \"..\""},
+	    {"a/b\nc", "a control character at byte 3"},
+	    {"1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17", "deeper than 16"},
+	};
+	char long_comp[BUILDER_DATA_NAME_MAX + 8];
+	imc_error err;
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(good); i++)
+		ck_assert_msg(builder_data_check(
+				  &(struct builder_data){.source = "https://h/m", .path = good[i]},
+				  NULL, &err) == 0,
+			      "%s: %s", good[i], err.msg);
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {
+		int r = builder_data_check(
+		    &(struct builder_data){.source = "https://h/m", .path = bad[i].path}, NULL,
+		    &err);
+		ck_assert_msg(r == -EINVAL, "%s: accepted", bad[i].path);
+		ck_assert_msg(strncmp(err.msg, "path: ", 6) == 0 && strstr(err.msg, bad[i].msg),
+			      "%s: %s", bad[i].path, err.msg);
+	}
+	memset(long_comp, 'x', sizeof(long_comp));
+	memcpy(long_comp, "a/", 2);
+	long_comp[sizeof(long_comp) - 1] = '\0';
+	ck_assert_int_eq(
+	    builder_data_check(&(struct builder_data){.source = "https://h/m", .path = long_comp},
+			       NULL, &err),
+	    -EINVAL);
+
+	ck_assert(builder_data_paths_overlap("models", "models"));
+	ck_assert(builder_data_paths_overlap("models", "models/llama"));
+	ck_assert(builder_data_paths_overlap("models/llama/x", "models/llama"));
+	ck_assert(!builder_data_paths_overlap("models", "models2"));
+	ck_assert(!builder_data_paths_overlap("models/a", "models/b"));
+	ck_assert(!builder_data_paths_overlap("models/ab", "models/a"));
 }
 END_TEST
 
@@ -506,6 +558,64 @@ START_TEST(more_than_announced)
 }
 END_TEST
 
+/* Nested data paths land under /data/<path>/, beside each other; the parents are made one at a
+ * time and never through a symlink, and the last one must be new. */
+START_TEST(nested_fetch)
+{
+	char root[] = "/tmp/imc-test-nested.XXXXXX", out[] = "/tmp/imc-test-outside.XXXXXX";
+	const char *const paths[] = {"models/llama-3-8b", "models/tiny/v1"};
+	struct builder_opts o = {0};
+	imc_error err = {0};
+	char file[512];
+	int rootfd;
+
+	ck_assert_ptr_nonnull(mkdtemp(root));
+	ck_assert_ptr_nonnull(mkdtemp(out));
+	rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ck_assert_int_ge(rootfd, 0);
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(paths) + 2; i++) {
+		/* then the first path again, and one through a symlink out of the root */
+		const char *path = i < 2 ? paths[i] : i == 2 ? paths[0] : "evil/x";
+		struct builder_data d = {.source = srv.url, .path = path};
+		struct builder_data_plan *plan = NULL;
+		json_t *entry = NULL;
+		int r;
+
+		if (i == 3)
+			ck_assert_int_eq(symlinkat(out, rootfd, "data/evil"), 0);
+		ck_assert_msg(builder_data_plan(&o, &d, &plan, &err) == 0, "%s", err.msg);
+		r = builder_data_fetch(&o, plan, rootfd, -1, &entry, &err);
+		builder_data_plan_free(plan);
+		if (i < 2) {
+			ck_assert_msg(r == 0, "%s: %s", path, err.msg);
+			ck_assert_str_eq(json_string_value(json_object_get(entry, "path")), path);
+			json_decref(entry);
+			snprintf(file, sizeof(file), "%s/data/%s/model.bin", root, path);
+			int fd = open(file, O_RDONLY | O_CLOEXEC);
+			ck_assert_msg(fd >= 0, "%s", file);
+			close(fd);
+		} else if (i == 2) {
+			ck_assert_int_eq(r, -EEXIST);
+			ck_assert_msg(strstr(err.msg, "already there"), "%s", err.msg);
+		} else {
+			ck_assert_msg(r < 0, "a data path through a symlink was followed");
+		}
+	}
+	snprintf(file, sizeof(file), "%s/x", out);
+	ck_assert_int_lt(access(file, F_OK), 0);
+	close(rootfd);
+	{
+		char name[600];
+		int dfd = open("/tmp", O_RDONLY | O_DIRECTORY);
+		snprintf(name, sizeof(name), "%s", strrchr(root, '/') + 1);
+		ck_assert_int_eq(imc_rm_rf_at(dfd, name, NULL), 0);
+		snprintf(name, sizeof(name), "%s", strrchr(out, '/') + 1);
+		ck_assert_int_eq(imc_rm_rf_at(dfd, name, NULL), 0);
+		close(dfd);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("data");
@@ -515,6 +625,7 @@ int main(void)
 	tcase_add_test(t, urls);
 	tcase_add_test(t, hf_sources);
 	tcase_add_test(t, entries);
+	tcase_add_test(t, nested_paths);
 	tcase_add_test(t, default_size);
 	suite_add_tcase(s, t);
 
@@ -531,6 +642,7 @@ int main(void)
 	tcase_add_test(t, sha_mismatch);
 	tcase_add_test(t, not_found_no_retry);
 	tcase_add_test(t, more_than_announced);
+	tcase_add_test(t, nested_fetch);
 	suite_add_tcase(s, t);
 	return unit_run(s);
 }
