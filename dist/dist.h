@@ -105,9 +105,11 @@ struct dist_gap {
 	uint64_t start, end;
 };
 #ifdef IMC_TESTING
-/* The gaps the fetcher fills with zeros (all but the 15 largest; none when there are at most
- * 15), so that the reflink seal has nothing to compact.  *ret is malloc'ed (NULL when none). */
-int fetch_small_gaps(const struct oci_chunk_index *ix, struct dist_gap **ret, size_t *ret_n);
+/* The gaps the fetcher fills with zeros (all but the keep largest; none when there are at most
+ * keep: the store's fill hints), so that the reflink seal has nothing to compact.  *ret is
+ * malloc'ed (NULL when none). */
+int fetch_small_gaps(const struct oci_chunk_index *ix, size_t keep, struct dist_gap **ret,
+		     size_t *ret_n);
 #endif
 
 #endif

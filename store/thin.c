@@ -21,7 +21,7 @@
 #include <time.h>
 
 #include "../common/priv.h"
-#include "store.h"
+#include "internal.h"
 
 #define THIN_DIR	    "thin"
 #define META_FILE	    "devices.json"
