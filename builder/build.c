@@ -182,7 +182,7 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 
 static int mount_volume(struct build *b, bool mkfs, imc_error *err)
 {
-	_cleanup_free_ char *tmp = imc_path_join(store_state_dir(b->s), BUILDER_TMP_DIR);
+	_cleanup_free_ char *tmp = builder_tmp_dir(store_state_dir(b->s));
 	int r;
 
 	if (!tmp)
@@ -467,7 +467,7 @@ static int base_from_chain(struct build *base, const struct builder_opts *o, con
 			   size_t k, json_t *layers, uint64_t size, imc_error *err)
 {
 	struct store_object_info info;
-	_cleanup_free_ char *blobs = imc_path_join(o->blob_dir, "sha256");
+	_cleanup_free_ char *blobs = oci_blob_sha256_dir(o->blob_dir);
 	_cleanup_close_ int root = -1, rootfs = -1, bdir = -1;
 	int r = store_stat(base->s, STORE_SNAPSHOT, from, &info, err);
 

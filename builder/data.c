@@ -1347,7 +1347,7 @@ static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan
 {
 	struct oci_descriptor d = {
 	    .media_type = f->media_type, .digest = f->digest, .size = (int64_t)f->size};
-	_cleanup_free_ char *dir = imc_path_join(o->blob_dir, "sha256");
+	_cleanup_free_ char *dir = oci_blob_sha256_dir(o->blob_dir);
 	_cleanup_close_ int dfd = -1, in = -1;
 	struct stat st;
 	bool had;

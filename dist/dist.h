@@ -28,6 +28,9 @@ struct dist_chunks;
 int dist_chunks_open(const char *state_dir, struct store *s, struct dist_chunks **ret,
 		     imc_error *err);
 void dist_chunks_close(struct dist_chunks *cs);
+/* <state>/chunks, dist's directory (the chunk store's and the fetcher's), malloc'ed (NULL: out of
+ * memory). */
+char *dist_dir(const char *state_dir);
 /* "sha256/<2>/<hex>.zst" of a digest ("sha256:<hex>") into buf (at least 96 bytes). */
 int dist_chunk_path(const char *digest, char *buf, size_t size, imc_error *err);
 /* Open the stored compressed chunk of digest read-only (-ENOENT when absent). */

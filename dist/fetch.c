@@ -284,10 +284,11 @@ static int run_workers(struct fetch *f, imc_error *err)
 
 static int local_dir(struct store *s, int *ret_fd, imc_error *err)
 {
-	_cleanup_free_ char *dir = NULL;
+	_cleanup_free_ char *top = dist_dir(store_state_dir(s));
+	_cleanup_free_ char *dir = top ? imc_path_join(top, LOCAL_DIR) : NULL;
 	int fd;
 
-	if (asprintf(&dir, "%s/chunks/" LOCAL_DIR, store_state_dir(s)) < 0)
+	if (!dir)
 		return imc_err(err, ENOMEM, "out of memory");
 	if (imc_mkdir_p(dir, 0700, err) < 0)
 		return err->code;

@@ -1617,7 +1617,7 @@ int oci_registry_fetch_blob(struct oci_registry *r, const struct oci_descriptor 
 		return rc;
 	if (d->size < 0)
 		return imc_err(err, EINVAL, "negative size");
-	dir = imc_path_join(blob_dir, "sha256");
+	dir = oci_blob_sha256_dir(blob_dir);
 	if (!dir)
 		return imc_err(err, ENOMEM, "out of memory");
 	rc = imc_mkdir_p(dir, 0700, err);
