@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "../net/curl_cleanup.h"
 #include "builder.h"
 
 #define DATA_CONNECTIONS      4

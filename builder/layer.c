@@ -18,9 +18,17 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <archive.h>
 #include <archive_entry.h>
 
 #include "builder.h"
+
+static inline void imc_archive_read_freep(struct archive **a)
+{
+	if (*a)
+		archive_read_free(*a);
+}
+#define _cleanup_archive_ _cleanup_(imc_archive_read_freep)
 
 #define LAYER_PATH_MAX	  4096
 #define LAYER_ENTRIES_MAX 1000000

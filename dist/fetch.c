@@ -10,6 +10,7 @@
 
 #include <zstd.h>
 
+#include "../net/curl_cleanup.h"
 #include "dist.h"
 
 #define LOCAL_DIR     "local" /* <state>/chunks/local/<id>.json: indexes of fetched snapshots */

@@ -24,6 +24,7 @@
 
 #include <openssl/evp.h>
 
+#include "../net/curl_cleanup.h"
 #include "oci.h"
 
 #define TOKEN_MAX	   (64u << 10)

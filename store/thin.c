@@ -23,6 +23,13 @@
 #include "../common/priv.h"
 #include "internal.h"
 
+static inline void imc_dm_task_destroyp(struct dm_task **t)
+{
+	if (*t)
+		dm_task_destroy(*t);
+}
+#define _cleanup_dm_task_ _cleanup_(imc_dm_task_destroyp)
+
 #define THIN_DIR	    "thin"
 #define META_FILE	    "devices.json"
 #define LOCK_FILE	    "lock"
