@@ -107,17 +107,10 @@ int imc_read_file(const char *path, size_t max, char **ret, size_t *ret_len, imc
 /* Write all of buf to fd, retrying on EINTR/short writes; returns 0 or -errno. */
 int imc_write_all(int fd, const void *buf, size_t len);
 
-/* ---- growable buffers --------------------------------------------------------------------- */
-/* Bytes that grow by appending, always NUL-terminated once anything was appended. */
-struct imc_buf {
-	char *data;
-	size_t len, cap;
-};
-/* Append n bytes; on -ENOMEM buf is as it was. */
-int imc_buf_append(struct imc_buf *buf, const void *data, size_t n);
-void imc_buf_free(struct imc_buf *buf);
+/* ---- growable buffers (buf.c) ------------------------------------------------------------- */
+#include "buf.h"
 
-/* ---- ids and time ------------------------------------------------------------------------- */
+/* ---- ids (id.c) and time (time.c) ---------------------------------------------------------- */
 /* "<prefix>-" + 16 random lowercase hex digits, in a buffer of at least 64 bytes. */
 int imc_random_id(const char *prefix, char *buf, size_t size, imc_error *err);
 /* RFC 3339 UTC ("2026-11-23T13:11:18Z") of a unix time, in a buffer of at least 32 bytes. */
