@@ -9,7 +9,7 @@ struct imc_buf {
 	char *data;
 	size_t len, cap;
 };
-/* Append n bytes; on -ENOMEM buf is as it was. */
+/* Append n bytes; on -ENOMEM buf is as it was (an errno-only leaf helper: see imc.h). */
 int imc_buf_append(struct imc_buf *buf, const void *data, size_t n);
 void imc_buf_free(struct imc_buf *buf);
 

@@ -38,6 +38,12 @@ int imc_err_sys(imc_error *err, int errnum, const char *fmt, ...)
 /* Prefix the message already in err with context ("ctx: old"); returns err->code. */
 int imc_err_wrap(imc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void imc_err_clear(imc_error *err);
+/* Errno-only leaf helpers.  A few thin wrappers of one system call (imc_openat_in_root,
+ * imc_write_all; dist_pread_full and dist_pwrite_full in dist/) and imc_buf_append (-ENOMEM
+ * only) take no imc_error: they return a bare negative errno and set no message, as the call
+ * they wrap would.  Their callers branch on the errno (-ENOENT: create it and look again) and
+ * name the thing with imc_err_sys(err, -r, ...); they are never returned upward unwrapped.
+ * Every other function that can fail takes an imc_error. */
 
 /* ---- logging (top level only) ------------------------------------------------------------ */
 enum imc_log_level { IMC_LOG_ERROR, IMC_LOG_WARN, IMC_LOG_INFO, IMC_LOG_DEBUG };
@@ -97,14 +103,15 @@ bool imc_name_valid(const char *s, size_t max_len);
 char *imc_path_join(const char *a, const char *b);
 int imc_mkdir_p(const char *path, mode_t mode, imc_error *err);
 /* openat2(rootfd, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): path can never leave rootfd.
- * Returns an fd or -errno. */
+ * Returns an fd or -errno (an errno-only leaf helper, see above: the caller names the path). */
 int imc_openat_in_root(int rootfd, const char *path, int flags, mode_t mode);
 /* Remove dirfd/name and everything below it without following symlinks; ENOENT is success.
  * name is a single component ("." and ".." refused), or an absolute path. */
 int imc_rm_rf_at(int dirfd, const char *name, imc_error *err);
 /* Read a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
 int imc_read_file(const char *path, size_t max, char **ret, size_t *ret_len, imc_error *err);
-/* Write all of buf to fd, retrying on EINTR/short writes; returns 0 or -errno. */
+/* Write all of buf to fd, retrying on EINTR/short writes; returns 0 or -errno (an errno-only leaf
+ * helper, see above: the caller names the file). */
 int imc_write_all(int fd, const void *buf, size_t len);
 
 /* ---- growable buffers (buf.c) ------------------------------------------------------------- */

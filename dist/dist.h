@@ -52,7 +52,8 @@ int dist_chunk_decompress_verify(const void *blob, size_t blob_len, const char *
 				 size_t want, imc_error *err);
 bool dist_chunk_is_zero(const void *data, size_t len);
 /* All len bytes at off, going on after short transfers and EINTR: 0, or a negative errno (-EIO
- * when the file ends or nothing moves).  No imc_error: callers name the device. */
+ * when the file ends or nothing moves).  Errno-only leaf helpers (common/imc.h): callers name
+ * the device. */
 int dist_pread_full(int fd, void *buf, size_t len, uint64_t off);
 int dist_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
