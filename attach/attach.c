@@ -7,7 +7,11 @@
  * place (one pwrite, the content only grows) so the lock stays on the same inode.  A state that
  * nobody holds and whose status is still "attaching" belongs to a process that died: detach and
  * reconcile undo it.  The attach id is "att-" + 16 hex digits: derived from the directory in
- * mount mode (so detach finds it from the directory alone), random in block mode. */
+ * mount mode (so detach finds it from the directory alone), random in block mode.
+ *
+ * Over 800 lines: attach, detach and reconcile work on the same state file, its lock, its statuses
+ * and the same undo steps (each section below is one of them); kept together so that every crash
+ * point and its undo are read side by side. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>

@@ -5,7 +5,10 @@
  * A download writes each piece with pwrite at its offset in the destination file; the calling
  * thread follows the contiguous prefix of the file that the pieces have filled and hashes it, so
  * the sha256 is ready when the last byte lands.  A piece that stops early (a dropped connection)
- * is asked again from where it stopped. */
+ * is asked again from where it stopped.
+ *
+ * Over 800 lines: three sources share one download engine and its plans; its HTTP section (about
+ * 280 lines) goes when data.c moves onto net/. */
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>

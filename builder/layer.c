@@ -9,7 +9,11 @@
  * OCI whiteouts: ".wh.<name>" deletes <name> from the lower layers; ".wh..wh..opq" empties its
  * directory of everything the lower layers put there.  Both spare what this layer itself
  * created, so every path the layer creates is remembered (with its ancestors), as containerd's
- * applier does. */
+ * applier does.
+ *
+ * Over 800 lines: every path check, whiteout rule and entry type stays next to the openat2 walk it
+ * depends on, so that all a hostile layer can reach is read in one file (its corpus:
+ * tests/unit/test_layers.c). */
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>

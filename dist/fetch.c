@@ -1,4 +1,7 @@
-/* Fetching snapshots from imcd in chunks (docs/distribution.md). */
+/* Fetching snapshots from imcd in chunks (docs/distribution.md).
+ *
+ * Over 800 lines: one fetch, from its plan to the sealed snapshot, in the order it runs; its HTTP
+ * section goes when the fetcher moves onto net/. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
