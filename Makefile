@@ -1,8 +1,8 @@
 # imcache — build, test and benchmark.
 #   make            release build in build/
-#   make check      unit + integration tests, built with ASan+UBSan in build/check/, the
-#                   release programs checked for test hooks (make check-release), then the
-#                   device-mapper tests in a VM (make check-vm)
+#   make check      the hygiene step (make hygiene), unit + integration tests, built with
+#                   ASan+UBSan in build/check/, the release programs checked for test hooks
+#                   (make check-release), then the device-mapper tests in a VM (make check-vm)
 #   make bench      benchmarks (release build), tables and plots in build/bench/
 #   make plots      docs/plots/*.png from the bench data kept in docs/bench-data/ (no bench run)
 #   make install    programs, man pages and bash completion under DESTDIR/PREFIX
@@ -62,7 +62,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(O)/tests/%)
 
 .PHONY: all clean check unit integration bench format format-check programs check-vm bench-vm \
-	plots plots-update install uninstall check-release
+	plots plots-update install uninstall check-release hygiene hygiene-run
 all: $(PROGS)
 programs: $(PROGS)
 
@@ -101,7 +101,7 @@ $(O)/bench/%: $(O)/obj/tests/bench/%.o $(ALL_LIBS)
 # fuzz target for a few seconds, then the integration tests (their summary line closes the run).
 CHECK_O := build/check
 RELEASE_O := build/release
-check: format-check
+check: format-check hygiene
 	$(MAKE) O=$(CHECK_O) SAN=1 programs unit-bins
 	$(MAKE) O=$(CHECK_O) SAN=1 unit
 	$(MAKE) check-release
@@ -117,6 +117,17 @@ check-release:
 	$(MAKE) O=$(RELEASE_O) SAN=0 programs
 	IMC_BIN=$(abspath $(RELEASE_O)) IMC_CHECK_BIN=$(abspath $(CHECK_O)) \
 	  tests/release/test_no_test_hooks.sh
+
+# make hygiene: tests/hygiene.sh over every object of the check build, the unit tests' included:
+# no extern symbol that no other object references, no tracked *.orig or *.rej, no
+# curl_easy_init outside net/.
+HYGIENE_OBJS = $(foreach r,$(ROOMS),$(call room_objs,$(r))) $(MAIN_SRCS:%.c=$(O)/obj/%.o) \
+	$(UNIT_SRCS:%.c=$(O)/obj/%.o)
+.SECONDARY: $(UNIT_SRCS:%.c=$(O)/obj/%.o)
+hygiene:
+	$(MAKE) O=$(CHECK_O) SAN=1 hygiene-run
+hygiene-run: $(HYGIENE_OBJS)
+	tests/hygiene.sh $^
 
 # make check-vm: what needs device-mapper (the thin store driver: the store suite against it,
 # its own tests, end to end with crun) in a QEMU VM booted from the installed Debian kernel

@@ -918,7 +918,7 @@ static int open_dirs(struct api_caches *c, const char *state_dir, imc_error *err
 	_cleanup_free_ char *meta_dir = imc_path_join(state_dir, "caches");
 	int r;
 
-	c->blob_dir = imc_path_join(state_dir, "blobs");
+	c->blob_dir = oci_blob_dir(state_dir);
 	if (!meta_dir || !c->blob_dir)
 		return imc_err(err, ENOMEM, "out of memory");
 	r = imc_mkdir_p(meta_dir, 0700, err);

@@ -1,4 +1,8 @@
-/* The API's JSON: create requests in, cache objects and errors out, metadata files both ways. */
+/* The API's JSON: create requests in, cache objects and errors out, metadata files both ways.
+ *
+ * Over 800 lines: the create request's parser with its caps, the cache object's JSON and the
+ * metadata files share the field names and limits of one cache model; the split of the cache table
+ * (api/caches.c) is the time to split it along them. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>

@@ -7,7 +7,11 @@
  * place (one pwrite, the content only grows) so the lock stays on the same inode.  A state that
  * nobody holds and whose status is still "attaching" belongs to a process that died: detach and
  * reconcile undo it.  The attach id is "att-" + 16 hex digits: derived from the directory in
- * mount mode (so detach finds it from the directory alone), random in block mode. */
+ * mount mode (so detach finds it from the directory alone), random in block mode.
+ *
+ * Over 800 lines: attach, detach and reconcile work on the same state file, its lock, its statuses
+ * and the same undo steps (each section below is one of them); kept together so that every crash
+ * point and its undo are read side by side. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -32,7 +36,6 @@
 #define ATTACH_DATA_DEST_MAX 1024
 #define ATTACH_MANIFEST_MAX  (16 * 1024 * 1024) /* bytes of /imcache.json read */
 #define STATE_MAX_BYTES	     (64 * 1024)
-#define LOOP_SCAN_MAX	     4096 /* loop devices looked at by one scan */
 #define MOUNTINFO_MAX	     (4U << 20)
 
 #define STATUS_ATTACHING "attaching"
@@ -55,7 +58,7 @@ static void stop_point(const char *name)
 
 static int open_attach_dir(struct store *s, imc_error *err)
 {
-	_cleanup_free_ char *path = imc_path_join(s->state_dir, ATTACH_DIR);
+	_cleanup_free_ char *path = imc_path_join(store_state_dir(s), ATTACH_DIR);
 	int fd;
 
 	if (!path)
@@ -208,45 +211,6 @@ static bool is_mount_of(const char *dir, dev_t rdev)
 	       (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
 }
 
-/* The clones directory of the store as the kernel names loop backing files ("<real state
- * dir>/pool/clones/"); reflink layout, see store/reflink.c. */
-static int clones_prefix(struct store *s, char ret[PATH_MAX], imc_error *err)
-{
-	char real[PATH_MAX];
-
-	if (!realpath(s->state_dir, real))
-		return imc_err_sys(err, errno, "%s", s->state_dir);
-	if ((size_t)snprintf(ret, PATH_MAX, "%s/pool/clones/", real) >= PATH_MAX)
-		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
-	return 0;
-}
-
-/* The attach id whose clone backs /dev/<loop>, or "" when it backs none of this store's clones
- * (or nothing).  Deleted clone files count: their loop device is still a leak. */
-static void loop_clone_id(const char *loop, const char *prefix, char ret[ATTACH_ID_LEN + 1])
-{
-	char path[128], back[PATH_MAX + 16];
-	_cleanup_close_ int fd = -1;
-	size_t plen = strlen(prefix);
-	ssize_t n;
-
-	ret[0] = '\0';
-	snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", loop);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || (n = read(fd, back, sizeof(back) - 1)) <= 0)
-		return;
-	back[n] = '\0';
-	back[strcspn(back, "\n")] = '\0';
-	if (strncmp(back, prefix, plen) != 0)
-		return;
-	char *id = back + plen, *dot = strstr(id, ".img");
-	if (!dot || (dot[4] != '\0' && strcmp(dot + 4, " (deleted)") != 0))
-		return;
-	*dot = '\0';
-	if (attach_id_valid(id))
-		snprintf(ret, ATTACH_ID_LEN + 1, "%s", id);
-}
-
 /* Decode mountinfo's octal escapes (\040 and friends) in place. */
 TESTABLE void mountinfo_unescape(char *s)
 {
@@ -300,48 +264,20 @@ static int umount_all_of(dev_t rdev, json_t *repairs, imc_error *err)
 	return 0;
 }
 
-/* Call fn for every loop device serving a clone of this store (found through sysfs, even a
- * deleted clone's), with the device's name ("loopN") and the clone's id; fn's error stops it. */
-static int for_each_clone_loop(struct store *s,
-			       int (*fn)(struct store *s, const char *loop, const char *id,
-					 void *ctx, imc_error *err),
-			       void *ctx, imc_error *err)
-{
-	char prefix[PATH_MAX];
-	_cleanup_dir_ DIR *d = NULL;
-	struct dirent *de;
-	int r, seen = 0;
-
-	if ((r = clones_prefix(s, prefix, err)) < 0)
-		return r;
-	d = opendir("/sys/block");
-	if (!d)
-		return imc_err_sys(err, errno, "/sys/block");
-	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
-		char id[ATTACH_ID_LEN + 1];
-		if (strncmp(de->d_name, "loop", 4) != 0)
-			continue;
-		loop_clone_id(de->d_name, prefix, id);
-		if (id[0] && (r = fn(s, de->d_name, id, ctx, err)) < 0)
-			return r;
-	}
-	return 0;
-}
-
 struct release {
 	const char *aid; /* NULL: every clone's */
 	json_t *repairs;
 };
 
-/* Unmount what is mounted from loop and release it, if it serves the clone asked for. */
-static int release_loop(struct store *s, const char *loop, const char *id, void *ctx,
-			imc_error *err)
+/* Unmount what is mounted from loop and release it, if it serves the clone asked for (the store
+ * names the clones of its loop devices: store_for_each_clone_device). */
+static int release_loop(const char *loop, const char *id, void *ctx, imc_error *err)
 {
 	const struct release *rel = ctx;
 	char dev[IMC_LOOP_PATH_MAX + 8];
 	int r;
 
-	if (rel->aid && strcmp(id, rel->aid) != 0)
+	if (!attach_id_valid(id) || (rel->aid && strcmp(id, rel->aid) != 0))
 		return 0;
 	snprintf(dev, sizeof(dev), "/dev/%s", loop);
 	if ((r = umount_all_of(blockdev_rdev(dev), rel->repairs, err)) < 0)
@@ -360,21 +296,20 @@ static int release_loops_of(struct store *s, const char *aid, json_t *repairs, i
 {
 	struct release rel = {.aid = aid, .repairs = repairs};
 
-	return for_each_clone_loop(s, release_loop, &rel, err);
+	return store_for_each_clone_device(s, release_loop, &rel, err);
 }
 
 /* Does the device recorded for aid still serve its clone?  (Mount mode: the loop device is
  * autoclear, so it is bound exactly as long as something, normally the mount, holds it.) */
 static bool device_alive(struct store *s, const char *aid, const char *dev)
 {
-	char prefix[PATH_MAX], id[ATTACH_ID_LEN + 1];
+	char id[STORE_CLONE_ID_MAX + 1];
 	imc_error ignored;
 
 	if (!dev || strncmp(dev, "/dev/loop", 9) != 0)
 		return blockdev_rdev(dev) != 0; /* not a loop device: a driver's own node */
-	if (clones_prefix(s, prefix, &ignored) < 0)
+	if (store_clone_of_device(s, dev + 5, id, &ignored) < 0)
 		return true; /* cannot tell: keep it */
-	loop_clone_id(dev + 5, prefix, id);
 	return strcmp(id, aid) == 0;
 }
 
@@ -1085,18 +1020,19 @@ struct orphan_loops {
 	json_t *repairs;
 };
 
-static int release_if_orphan(struct store *s, const char *loop, const char *id, void *ctx,
-			     imc_error *err)
+static int release_if_orphan(const char *loop, const char *id, void *ctx, imc_error *err)
 {
 	const struct orphan_loops *o = ctx;
 	struct release rel = {.aid = id, .repairs = o->repairs};
 	char name[64];
 	struct stat st;
 
+	if (!attach_id_valid(id))
+		return 0;
 	state_name(id, name);
 	if (fstatat(o->adir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
 		return 0;
-	return release_loop(s, loop, id, &rel, err);
+	return release_loop(loop, id, &rel, err);
 }
 
 /* Loop devices serving a clone of this store (even a deleted one) that has no state file. */
@@ -1104,7 +1040,7 @@ static int reconcile_loops(struct store *s, int adir, json_t *repairs, imc_error
 {
 	struct orphan_loops o = {.adir = adir, .repairs = repairs};
 
-	return for_each_clone_loop(s, release_if_orphan, &o, err);
+	return store_for_each_clone_device(s, release_if_orphan, &o, err);
 }
 
 int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)

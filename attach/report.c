@@ -4,6 +4,7 @@
 
 #include <curl/curl.h>
 
+#include "../net/curl_cleanup.h"
 #include "attach.h"
 #include "report.h"
 

@@ -1,6 +1,9 @@
 /* The pure parts of imc-runtime: a runc/crun command line read just far enough to find the
  * command, the bundle and the container id; the imcache annotations of config.json; the record
- * of which directory a container's attach uses; the real runtime's log format. */
+ * of which directory a container's attach uses; the real runtime's log format.
+ *
+ * Over 800 lines: small pure parts that share no state, each unit tested
+ * (tests/unit/test_runtime.c) and fuzzed (tests/fuzz/fuzz_runtime.c). */
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>

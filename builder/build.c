@@ -191,7 +191,7 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 
 static int mount_volume(struct build *b, bool mkfs, imc_error *err)
 {
-	_cleanup_free_ char *tmp = imc_path_join(b->s->state_dir, BUILDER_TMP_DIR);
+	_cleanup_free_ char *tmp = builder_tmp_dir(store_state_dir(b->s));
 	int r;
 
 	if (!tmp)
@@ -392,7 +392,7 @@ static json_t *layer_digests(const struct builder_image *img)
 
 static char *bases_dir(struct store *s)
 {
-	return imc_path_join(s->state_dir, BASES_DIR);
+	return imc_path_join(store_state_dir(s), BASES_DIR);
 }
 
 /* Remember which layers a sealed base holds (best effort: without the record the base is still
@@ -611,7 +611,7 @@ static bool base_held_locked(const struct base_hold *h)
 
 static void base_hold(struct base_hold *h, const struct store *s, const char *id)
 {
-	*h = (struct base_hold){.state_dir = s->state_dir};
+	*h = (struct base_hold){.state_dir = store_state_dir(s)};
 	snprintf(h->id, sizeof(h->id), "%s", id);
 	pthread_mutex_lock(&bases_lock);
 	while (base_held_locked(h))
@@ -733,7 +733,7 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	if (!manifest)
 		return imc_err(err, ENOMEM, "out of memory");
 
-	if (n_refs == 1 && s->ops->volume_from_snapshot)
+	if (n_refs == 1 && store_can(s, STORE_CAP_VOLUME_FROM_SNAPSHOT))
 		r = build_on_base(&b, o, size, layer_bytes, manifest, err);
 	else
 		r = build_fresh(&b, o, size, manifest, err);

@@ -173,11 +173,13 @@ bool layer_device_allowed(mode_t type, unsigned major_n, unsigned minor_n);
 int image_diff_ids_parse(json_t *config, const struct oci_manifest *m, char ***ret, imc_error *err);
 #endif
 
+/* <state>/tmp, where builds mount their volumes (BUILDER_MOUNT_PREFIX<volume>), malloc'ed (NULL:
+ * out of memory). */
+char *builder_tmp_dir(const char *state_dir);
 /* Recover what half-done builds of a process that died left: each build mounted at
- * <state_dir>/BUILDER_TMP_DIR/BUILDER_MOUNT_PREFIX<volume> is unmounted, its directory and its
- * volume removed; every repair is appended to repairs (an array of strings; may be NULL).  Run
- * it before any build starts. */
-#define BUILDER_TMP_DIR	     "tmp"
+ * builder_tmp_dir()/BUILDER_MOUNT_PREFIX<volume> is unmounted, its directory and its volume
+ * removed; every repair is appended to repairs (an array of strings; may be NULL).  Run it
+ * before any build starts. */
 #define BUILDER_MOUNT_PREFIX "build-"
 void builder_recover(struct store *s, const char *state_dir, json_t *repairs);
 

@@ -5,7 +5,10 @@
  * A download writes each piece with pwrite at its offset in the destination file; the calling
  * thread follows the contiguous prefix of the file that the pieces have filled and hashes it, so
  * the sha256 is ready when the last byte lands.  A piece that stops early (a dropped connection)
- * is asked again from where it stopped. */
+ * is asked again from where it stopped.
+ *
+ * Over 800 lines: three sources share one download engine and its plans; its HTTP section (about
+ * 280 lines) goes when data.c moves onto net/. */
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
@@ -20,6 +23,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 
+#include "../net/curl_cleanup.h"
 #include "builder.h"
 
 #define DATA_CONNECTIONS      4
@@ -1373,7 +1377,7 @@ static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan
 {
 	struct oci_descriptor d = {
 	    .media_type = f->media_type, .digest = f->digest, .size = (int64_t)f->size};
-	_cleanup_free_ char *dir = imc_path_join(o->blob_dir, "sha256");
+	_cleanup_free_ char *dir = oci_blob_sha256_dir(o->blob_dir);
 	_cleanup_close_ int dfd = -1, in = -1;
 	struct stat st;
 	bool had;

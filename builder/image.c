@@ -508,12 +508,14 @@ int builder_image_apply_layer(const struct builder_opts *o, const struct builder
 			      size_t i, int rootfd, imc_error *err)
 {
 	const struct oci_descriptor *d = &img->manifest.layers[i];
+	_cleanup_free_ char *dir = oci_blob_sha256_dir(o->blob_dir);
 	_cleanup_close_ int fd = -1;
 	char what[128], path[PATH_MAX], got[IMC_SHA256_HEX_LEN + 1];
 
 	snprintf(what, sizeof(what), "layer %zu %s", i, d->digest);
-	if ((size_t)snprintf(path, sizeof(path), "%s/sha256/%s", o->blob_dir, d->digest + 7) >=
-	    sizeof(path))
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, d->digest + 7) >= sizeof(path))
 		return imc_err(err, ENAMETOOLONG, "%s: blob directory path too long", img->name);
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)

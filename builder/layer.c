@@ -14,7 +14,11 @@
  * diff_ids: the decompression thread hashes every byte it hands to the tar reader, and once the
  * tar reader is at the end of the archive the rest of the stream (the end-of-archive blocks and
  * the record padding after them) is read and hashed too: the sha256 of the whole uncompressed
- * stream is what the image config's rootfs.diff_ids[i] names. */
+ * stream is what the image config's rootfs.diff_ids[i] names.
+ *
+ * Over 800 lines: every path check, whiteout rule and entry type stays next to the openat2 walk it
+ * depends on, so that all a hostile layer can reach is read in one file (its corpus:
+ * tests/unit/test_layers.c). */
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
@@ -23,9 +27,17 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <archive.h>
 #include <archive_entry.h>
 
 #include "builder.h"
+
+static inline void imc_archive_read_freep(struct archive **a)
+{
+	if (*a)
+		archive_read_free(*a);
+}
+#define _cleanup_archive_ _cleanup_(imc_archive_read_freep)
 
 #define LAYER_PATH_MAX	  4096
 #define LAYER_ENTRIES_MAX 1000000

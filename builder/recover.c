@@ -50,9 +50,14 @@ static void recover_build_dir(struct store *s, int tmpfd, const char *tmp, const
 		remove_volume(s, volume, repairs);
 }
 
+char *builder_tmp_dir(const char *state_dir)
+{
+	return imc_path_join(state_dir, "tmp");
+}
+
 void builder_recover(struct store *s, const char *state_dir, json_t *repairs)
 {
-	_cleanup_free_ char *tmp = imc_path_join(state_dir, BUILDER_TMP_DIR);
+	_cleanup_free_ char *tmp = builder_tmp_dir(state_dir);
 	_cleanup_dir_ DIR *d = tmp ? opendir(tmp) : NULL;
 	const size_t n = strlen(BUILDER_MOUNT_PREFIX);
 	struct dirent *de;

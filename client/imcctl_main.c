@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <time.h>
 
+#include "../net/curl_cleanup.h"
 #include "../api/wire.h"
 #include "client.h"
 

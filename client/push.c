@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../net/curl_cleanup.h"
 #include "client.h"
 
 #define IMCD_TIMEOUT_S 120

@@ -1,4 +1,6 @@
-/* Scope-bound cleanup attributes: every early return frees what the scope owns. */
+/* Scope-bound cleanup attributes: every early return frees what the scope owns.  libc and
+ * jansson only: a library's cleanups live with the room that uses it (net/curl_cleanup.h,
+ * builder/layer.c, store/thin.c). */
 #ifndef IMC_CLEANUP_H
 #define IMC_CLEANUP_H
 
@@ -8,10 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include <archive.h>
-#include <curl/curl.h>
 #include <jansson.h>
-#include <libdevmapper.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 
@@ -46,38 +45,11 @@ static inline void imc_json_decrefp(json_t **j)
 	json_decref(*j);
 }
 
-static inline void imc_curl_cleanupp(CURL **c)
-{
-	if (*c)
-		curl_easy_cleanup(*c);
-}
-
-static inline void imc_curl_slist_freep(struct curl_slist **l)
-{
-	curl_slist_free_all(*l);
-}
-
-static inline void imc_archive_read_freep(struct archive **a)
-{
-	if (*a)
-		archive_read_free(*a);
-}
-
-static inline void imc_dm_task_destroyp(struct dm_task **t)
-{
-	if (*t)
-		dm_task_destroy(*t);
-}
-
-#define _cleanup_free_	     _cleanup_(imc_freep)
-#define _cleanup_close_	     _cleanup_(imc_closep)
-#define _cleanup_fclose_     _cleanup_(imc_fclosep)
-#define _cleanup_dir_	     _cleanup_(imc_closedirp)
-#define _cleanup_json_	     _cleanup_(imc_json_decrefp)
-#define _cleanup_curl_	     _cleanup_(imc_curl_cleanupp)
-#define _cleanup_curl_slist_ _cleanup_(imc_curl_slist_freep)
-#define _cleanup_archive_    _cleanup_(imc_archive_read_freep)
-#define _cleanup_dm_task_    _cleanup_(imc_dm_task_destroyp)
+#define _cleanup_free_	 _cleanup_(imc_freep)
+#define _cleanup_close_	 _cleanup_(imc_closep)
+#define _cleanup_fclose_ _cleanup_(imc_fclosep)
+#define _cleanup_dir_	 _cleanup_(imc_closedirp)
+#define _cleanup_json_	 _cleanup_(imc_json_decrefp)
 
 /* Hand ownership out of a cleanup-managed variable. */
 #define steal_pointer(pp)                                                                          \

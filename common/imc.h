@@ -38,6 +38,12 @@ int imc_err_sys(imc_error *err, int errnum, const char *fmt, ...)
 /* Prefix the message already in err with context ("ctx: old"); returns err->code. */
 int imc_err_wrap(imc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void imc_err_clear(imc_error *err);
+/* Errno-only leaf helpers.  A few thin wrappers of one system call (imc_openat_in_root,
+ * imc_write_all; dist_pread_full and dist_pwrite_full in dist/) and imc_buf_append (-ENOMEM
+ * only) take no imc_error: they return a bare negative errno and set no message, as the call
+ * they wrap would.  Their callers branch on the errno (-ENOENT: create it and look again) and
+ * name the thing with imc_err_sys(err, -r, ...); they are never returned upward unwrapped.
+ * Every other function that can fail takes an imc_error. */
 
 /* ---- logging (top level only) ------------------------------------------------------------ */
 enum imc_log_level { IMC_LOG_ERROR, IMC_LOG_WARN, IMC_LOG_INFO, IMC_LOG_DEBUG };
@@ -112,7 +118,7 @@ bool imc_cache_id_valid(const char *id);
 char *imc_path_join(const char *a, const char *b);
 int imc_mkdir_p(const char *path, mode_t mode, imc_error *err);
 /* openat2(rootfd, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): path can never leave rootfd.
- * Returns an fd or -errno. */
+ * Returns an fd or -errno (an errno-only leaf helper, see above: the caller names the path). */
 int imc_openat_in_root(int rootfd, const char *path, int flags, mode_t mode);
 /* openat2(dirfd, path, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, and RESOLVE_BENEATH when
  * beneath): no component of path may be a symlink (-ELOOP), nor, beneath, lead out of dirfd
@@ -123,20 +129,14 @@ int imc_open_no_symlinks(int dirfd, const char *path, bool beneath, int flags);
 int imc_rm_rf_at(int dirfd, const char *name, imc_error *err);
 /* Read a whole file (at most max bytes) into a NUL-terminated malloc'ed buffer. */
 int imc_read_file(const char *path, size_t max, char **ret, size_t *ret_len, imc_error *err);
-/* Write all of buf to fd, retrying on EINTR/short writes; returns 0 or -errno. */
+/* Write all of buf to fd, retrying on EINTR/short writes; returns 0 or -errno (an errno-only leaf
+ * helper, see above: the caller names the file). */
 int imc_write_all(int fd, const void *buf, size_t len);
 
-/* ---- growable buffers --------------------------------------------------------------------- */
-/* Bytes that grow by appending, always NUL-terminated once anything was appended. */
-struct imc_buf {
-	char *data;
-	size_t len, cap;
-};
-/* Append n bytes; on -ENOMEM buf is as it was. */
-int imc_buf_append(struct imc_buf *buf, const void *data, size_t n);
-void imc_buf_free(struct imc_buf *buf);
+/* ---- growable buffers (buf.c) ------------------------------------------------------------- */
+#include "buf.h"
 
-/* ---- ids and time ------------------------------------------------------------------------- */
+/* ---- ids (id.c) and time (time.c) ---------------------------------------------------------- */
 /* "<prefix>-" + 16 random lowercase hex digits, in a buffer of at least 64 bytes. */
 int imc_random_id(const char *prefix, char *buf, size_t size, imc_error *err);
 /* RFC 3339 UTC ("2026-11-23T13:11:18Z") of a unix time, in a buffer of at least 32 bytes. */

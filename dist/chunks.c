@@ -81,10 +81,15 @@ int dist_chunk_decompress_verify(const void *blob, size_t blob_len, const char *
 
 /* ---- the chunk store ------------------------------------------------------------------------- */
 
+char *dist_dir(const char *state_dir)
+{
+	return imc_path_join(state_dir, "chunks");
+}
+
 int dist_chunks_open(const char *state_dir, struct store *s, struct dist_chunks **ret,
 		     imc_error *err)
 {
-	_cleanup_free_ char *dir = imc_path_join(state_dir, "chunks");
+	_cleanup_free_ char *dir = dist_dir(state_dir);
 	_cleanup_free_ char *idx = dir ? imc_path_join(dir, INDEX_DIR) : NULL;
 	struct dist_chunks *cs;
 	int fd;

@@ -28,6 +28,9 @@ struct dist_chunks;
 int dist_chunks_open(const char *state_dir, struct store *s, struct dist_chunks **ret,
 		     imc_error *err);
 void dist_chunks_close(struct dist_chunks *cs);
+/* <state>/chunks, dist's directory (the chunk store's and the fetcher's), malloc'ed (NULL: out of
+ * memory). */
+char *dist_dir(const char *state_dir);
 /* "sha256/<2>/<hex>.zst" of a digest ("sha256:<hex>") into buf (at least 96 bytes). */
 int dist_chunk_path(const char *digest, char *buf, size_t size, imc_error *err);
 /* Open the stored compressed chunk of digest read-only (-ENOENT when absent). */
@@ -49,7 +52,8 @@ int dist_chunk_decompress_verify(const void *blob, size_t blob_len, const char *
 				 size_t want, imc_error *err);
 bool dist_chunk_is_zero(const void *data, size_t len);
 /* All len bytes at off, going on after short transfers and EINTR: 0, or a negative errno (-EIO
- * when the file ends or nothing moves).  No imc_error: callers name the device. */
+ * when the file ends or nothing moves).  Errno-only leaf helpers (common/imc.h): callers name
+ * the device. */
 int dist_pread_full(int fd, void *buf, size_t len, uint64_t off);
 int dist_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 
@@ -105,9 +109,11 @@ struct dist_gap {
 	uint64_t start, end;
 };
 #ifdef IMC_TESTING
-/* The gaps the fetcher fills with zeros (all but the 15 largest; none when there are at most
- * 15), so that the reflink seal has nothing to compact.  *ret is malloc'ed (NULL when none). */
-int fetch_small_gaps(const struct oci_chunk_index *ix, struct dist_gap **ret, size_t *ret_n);
+/* The gaps the fetcher fills with zeros (all but the keep largest; none when there are at most
+ * keep: the store's fill hints), so that the reflink seal has nothing to compact.  *ret is
+ * malloc'ed (NULL when none). */
+int fetch_small_gaps(const struct oci_chunk_index *ix, size_t keep, struct dist_gap **ret,
+		     size_t *ret_n);
 #endif
 
 #endif

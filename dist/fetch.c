@@ -1,4 +1,7 @@
-/* Fetching snapshots from imcd in chunks (docs/distribution.md). */
+/* Fetching snapshots from imcd in chunks (docs/distribution.md).
+ *
+ * Over 800 lines: one fetch, from its plan to the sealed snapshot, in the order it runs; its HTTP
+ * section goes when the fetcher moves onto net/. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -10,6 +13,7 @@
 
 #include <zstd.h>
 
+#include "../net/curl_cleanup.h"
 #include "dist.h"
 
 #define LOCAL_DIR     "local" /* <state>/chunks/local/<id>.json: indexes of fetched snapshots */
@@ -284,10 +288,11 @@ static int run_workers(struct fetch *f, imc_error *err)
 
 static int local_dir(struct store *s, int *ret_fd, imc_error *err)
 {
-	_cleanup_free_ char *dir = NULL;
+	_cleanup_free_ char *top = dist_dir(store_state_dir(s));
+	_cleanup_free_ char *dir = top ? imc_path_join(top, LOCAL_DIR) : NULL;
 	int fd;
 
-	if (asprintf(&dir, "%s/chunks/" LOCAL_DIR, s->state_dir) < 0)
+	if (!dir)
 		return imc_err(err, ENOMEM, "out of memory");
 	if (imc_mkdir_p(dir, 0700, err) < 0)
 		return err->code;
@@ -680,11 +685,10 @@ static int check_space(struct store *s, const struct dist_fetch_config *cfg, con
 }
 
 /* Fill the activated volume: local copies first, then the network. */
-/* Zero chunks stay holes, but the reflink driver's seal rewrites a volume with
- * FETCH_KEEP_HOLES or more holes between its data into few extents (a copy of all of it: see
- * store/reflink.c).  So the largest gaps between data chunks stay holes and the smaller ones are
+/* Zero chunks stay holes, but a driver may ask for fewer holes (store_fill_hints: the reflink
+ * driver's seal rewrites a volume with more holes between its data into few extents, a copy of
+ * all of it).  So the keep largest gaps between data chunks stay holes and the smaller ones are
  * written as zeros here, locally: the seal then has nothing to compact. */
-#define FETCH_KEEP_HOLES 15 /* store/reflink.c: COMPACT_TARGET_RUNS - 1 */
 
 static int cmp_gap_desc(const void *a, const void *b)
 {
@@ -693,7 +697,7 @@ static int cmp_gap_desc(const void *a, const void *b)
 	return x < y ? 1 : x > y ? -1 : 0;
 }
 
-TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct dist_gap **ret,
+TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, size_t keep, struct dist_gap **ret,
 			      size_t *ret_n)
 {
 	struct dist_gap *g = calloc(ix->n_chunks + 1, sizeof(*g));
@@ -707,16 +711,16 @@ TESTABLE int fetch_small_gaps(const struct oci_chunk_index *ix, struct dist_gap 
 		if (ix->chunks[i].offset > end_prev)
 			g[n++] = (struct dist_gap){end_prev, ix->chunks[i].offset};
 	}
-	if (n <= FETCH_KEEP_HOLES) {
+	if (n <= keep) {
 		free(g);
 		*ret = NULL;
 		*ret_n = 0;
 		return 0;
 	}
 	qsort(g, n, sizeof(*g), cmp_gap_desc);
-	memmove(g, g + FETCH_KEEP_HOLES, (n - FETCH_KEEP_HOLES) * sizeof(*g));
+	memmove(g, g + keep, (n - keep) * sizeof(*g));
 	*ret = g;
-	*ret_n = n - FETCH_KEEP_HOLES;
+	*ret_n = n - keep;
 	return 0;
 }
 
@@ -724,12 +728,15 @@ static int write_zero_gaps(struct fetch *f, imc_error *err)
 {
 	_cleanup_free_ struct dist_gap *g = NULL;
 	_cleanup_free_ void *zero = NULL;
+	struct store_fill_hints hints;
 	size_t n = 0;
 	int r;
 
-	if (strcmp(store_driver_name(f->s), "reflink") != 0)
+	store_fill_hints(f->s, &hints);
+	if (!hints.fill_gaps)
 		return 0; /* thin: zeros would take pool blocks, and its seal does not copy */
-	if (fetch_small_gaps(f->ix, &g, &n) < 0 || !(zero = calloc(1, f->ix->chunk_size)))
+	if (fetch_small_gaps(f->ix, hints.keep_holes, &g, &n) < 0 ||
+	    !(zero = calloc(1, f->ix->chunk_size)))
 		return imc_err(err, ENOMEM, "out of memory");
 	for (size_t i = 0; i < n; i++)
 		for (uint64_t off = g[i].start; off < g[i].end; off += f->ix->chunk_size)

@@ -28,7 +28,7 @@ static void init_curl(void)
 	init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-int net_global_init(imc_error *err)
+static int net_global_init(imc_error *err)
 {
 	pthread_once(&init_once, init_curl);
 	return init_rc == CURLE_OK ? 0

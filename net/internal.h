@@ -126,7 +126,6 @@ bool net_method_idempotent(const char *method);
 void net_free_headers(struct net_header *h, size_t n);
 
 /* client.c */
-int net_global_init(imc_error *err);
 void net_merge(struct net_limits *lim, struct net_retry *rt, const struct net_client *c,
 	       const struct net_request *q);
 const char *net_system_capath(void);

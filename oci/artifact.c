@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../net/curl_cleanup.h"
 #include "oci.h"
 
 #define PUSH_TIMEOUT_S 120

@@ -126,6 +126,10 @@ int oci_registry_get_manifest(struct oci_registry *r, const char *reference,
 /* GET a small blob (an image config) into memory, checking its size and digest. */
 int oci_registry_get_blob_mem(struct oci_registry *r, const struct oci_descriptor *d, size_t max,
 			      char **ret, size_t *ret_len, imc_error *err);
+/* The blob cache (blobs.c): <state>/blobs, malloc'ed (NULL: out of memory); a blob of it is
+ * <blob dir>/sha256/<hex>, in the directory oci_blob_sha256_dir answers. */
+char *oci_blob_dir(const char *state_dir);
+char *oci_blob_sha256_dir(const char *blob_dir);
 /* Download blob d into <blob_dir>/sha256/<hex> unless it is already there.  on_bytes (may be
  * NULL) hears of bytes as they arrive (a negative count takes back the bytes of a failed try,
  * 0 is a heartbeat) and returns false to cancel the download. */

@@ -15,7 +15,7 @@
 #include <sys/sysmacros.h>
 
 #include "../common/priv.h"
-#include "store.h"
+#include "internal.h"
 
 #define XFS_SUPER_MAGIC 0x58465342
 #define POOL_DIR	"pool"
@@ -687,6 +687,91 @@ static int reflink_volume_from_snapshot(struct store *s, const char *snapshot_id
 	return 0;
 }
 
+/* ---- clones' loop devices, found through sysfs ---------------------------------------------- */
+
+#define LOOP_SCAN_MAX 4096 /* loop devices looked at by one scan */
+
+/* The clones directory as the kernel names loop backing files ("<real state dir>/pool/clones/"). */
+static int clones_prefix(struct store *s, char ret[PATH_MAX], imc_error *err)
+{
+	char real[PATH_MAX];
+
+	if (!realpath(s->state_dir, real))
+		return imc_err_sys(err, errno, "%s", s->state_dir);
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/" POOL_DIR "/%s/", real, kind_dirs[STORE_CLONE]) >=
+	    PATH_MAX)
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
+	return 0;
+}
+
+/* The id of the clone whose file backs /dev/<loop>, or "" when it backs none of this store's
+ * clones (or nothing).  Deleted clone files count: their loop device is still a leak. */
+static void loop_clone_id(const char *loop, const char *prefix, char ret[STORE_CLONE_ID_MAX + 1])
+{
+	char path[128], back[PATH_MAX + 16];
+	_cleanup_close_ int fd = -1;
+	size_t plen = strlen(prefix);
+	ssize_t n;
+
+	ret[0] = '\0';
+	snprintf(path, sizeof(path), "/sys/block/%s/loop/backing_file", loop);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (n = read(fd, back, sizeof(back) - 1)) <= 0)
+		return;
+	back[n] = '\0';
+	back[strcspn(back, "\n")] = '\0';
+	if (strncmp(back, prefix, plen) != 0)
+		return;
+	char *id = back + plen, *dot = strstr(id, IMG_SUFFIX);
+	if (!dot || (dot[4] != '\0' && strcmp(dot + 4, " (deleted)") != 0))
+		return;
+	*dot = '\0';
+	if (strlen(id) <= STORE_CLONE_ID_MAX)
+		snprintf(ret, STORE_CLONE_ID_MAX + 1, "%s", id);
+}
+
+static int reflink_clone_of_device(struct store *s, const char *dev,
+				   char ret[STORE_CLONE_ID_MAX + 1], imc_error *err)
+{
+	char prefix[PATH_MAX];
+	int r = clones_prefix(s, prefix, err);
+
+	if (r == 0)
+		loop_clone_id(dev, prefix, ret);
+	return r;
+}
+
+static int reflink_for_each_clone_device(struct store *s, store_clone_device_fn fn, void *ctx,
+					 imc_error *err)
+{
+	char prefix[PATH_MAX];
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int r, seen = 0;
+
+	if ((r = clones_prefix(s, prefix, err)) < 0)
+		return r;
+	d = opendir("/sys/block");
+	if (!d)
+		return imc_err_sys(err, errno, "/sys/block");
+	while ((de = readdir(d)) && seen++ < LOOP_SCAN_MAX) {
+		char id[STORE_CLONE_ID_MAX + 1];
+		if (strncmp(de->d_name, "loop", 4) != 0)
+			continue;
+		loop_clone_id(de->d_name, prefix, id);
+		if (id[0] && (r = fn(de->d_name, id, ctx, err)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* A fetch fills gaps up to what the seal's compaction would keep as holes (see compact_volume). */
+static void reflink_fill_hints(const struct store *s, struct store_fill_hints *ret)
+{
+	ret->fill_gaps = true;
+	ret->keep_holes = COMPACT_TARGET_RUNS - 1;
+}
+
 const struct store_driver_ops store_reflink_ops = {
     .name = "reflink",
     .open = reflink_open,
@@ -703,4 +788,7 @@ const struct store_driver_ops store_reflink_ops = {
     .usage = reflink_usage,
     .teardown = reflink_teardown,
     .volume_from_snapshot = reflink_volume_from_snapshot,
+    .fill_hints = reflink_fill_hints,
+    .clone_of_device = reflink_clone_of_device,
+    .for_each_clone_device = reflink_for_each_clone_device,
 };

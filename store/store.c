@@ -1,7 +1,7 @@
 /* Driver-independent entry points: validate, then dispatch through the driver table. */
 #include <string.h>
 
-#include "store.h"
+#include "internal.h"
 
 static const struct store_driver_ops *const drivers[] = {&store_reflink_ops, &store_thin_ops};
 
@@ -200,4 +200,38 @@ int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t
 		r = imc_err(err, EINVAL, "%s %s: size %llu is not a positive multiple of 4096",
 			    store_kind_name(kind), id, (unsigned long long)size);
 	return r < 0 ? r : s->ops->resize(s, kind, id, size, err);
+}
+
+const char *store_state_dir(const struct store *s)
+{
+	return s->state_dir;
+}
+
+bool store_can(const struct store *s, enum store_cap cap)
+{
+	switch (cap) {
+	case STORE_CAP_VOLUME_FROM_SNAPSHOT:
+		return s->ops->volume_from_snapshot != NULL;
+	}
+	return false;
+}
+
+void store_fill_hints(const struct store *s, struct store_fill_hints *ret)
+{
+	*ret = (struct store_fill_hints){0};
+	if (s->ops->fill_hints)
+		s->ops->fill_hints(s, ret);
+}
+
+int store_clone_of_device(struct store *s, const char *dev, char ret[STORE_CLONE_ID_MAX + 1],
+			  imc_error *err)
+{
+	ret[0] = '\0';
+	return s->ops->clone_of_device ? s->ops->clone_of_device(s, dev, ret, err) : 0;
+}
+
+int store_for_each_clone_device(struct store *s, store_clone_device_fn fn, void *ctx,
+				imc_error *err)
+{
+	return s->ops->for_each_clone_device ? s->ops->for_each_clone_device(s, fn, ctx, err) : 0;
 }

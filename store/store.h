@@ -56,57 +56,34 @@ struct store_config {
 #define STORE_DEFAULT_STATE_DIR "/var/lib/imcache"
 #define STORE_DEFAULT_POOL_SIZE (256ULL << 30)
 
+/* Opaque: the driver table and the driver's data stay in store/ (store/internal.h). */
 struct store;
 
-struct store_driver_ops {
-	const char *name;
-	int (*open)(struct store *s, imc_error *err);
-	void (*close)(struct store *s);
-	int (*volume_create)(struct store *s, const char *id, uint64_t size, imc_error *err);
-	int (*activate)(struct store *s, enum store_kind kind, const char *id, unsigned flags,
-			struct store_dev *ret, imc_error *err);
-	int (*deactivate)(struct store *s, enum store_kind kind, const char *id,
-			  struct store_dev *dev, imc_error *err);
-	int (*seal)(struct store *s, const char *volume_id, const char *snapshot_id,
-		    imc_error *err);
-	int (*clone)(struct store *s, const char *snapshot_id, const char *clone_id,
-		     imc_error *err);
-	int (*remove)(struct store *s, enum store_kind kind, const char *id, imc_error *err);
-	int (*stat)(struct store *s, enum store_kind kind, const char *id,
-		    struct store_object_info *ret, imc_error *err);
-	int (*list)(struct store *s, enum store_kind kind, char ***ret_ids, size_t *ret_n,
-		    imc_error *err);
-	int (*usage)(struct store *s, struct store_usage *ret, imc_error *err);
-	/* Release host resources the driver set up in open (the embedded pool mount); refused
-	 * with -EBUSY while anything in it is in use. */
-	int (*teardown)(struct store *s, imc_error *err);
-	/* A new writable volume volume_id holding what snapshot snapshot_id holds (sharing its
-	 * extents where the driver can), its size raised to size when that is more.  NULL in a
-	 * driver that cannot: store_volume_from_snapshot answers -EOPNOTSUPP. */
-	int (*volume_from_snapshot)(struct store *s, const char *snapshot_id, const char *volume_id,
-				    uint64_t size, imc_error *err);
-	/* Grow a volume or clone to size bytes (never shrink) before it is activated; the new
-	 * space reads as zeros. */
-	int (*resize)(struct store *s, enum store_kind kind, const char *id, uint64_t size,
-		      imc_error *err);
+/* What a driver can do beyond the ops every driver has (store_can). */
+enum store_cap {
+	/* store_volume_from_snapshot: a new volume sharing a snapshot's extents. */
+	STORE_CAP_VOLUME_FROM_SNAPSHOT,
 };
 
-struct store {
-	const struct store_driver_ops *ops;
-	char *state_dir;
-	uint64_t pool_size;
-	void *priv; /* driver data */
-	/* The caller's driver options: valid during open only. */
-	const char *const *driver_opts;
-	/* What open found wrong and repaired (an array of strings, for the caller's log); never
-	 * NULL after store_open. */
-	json_t *repairs;
+/* How a writer that fills a volume itself (a fetch) should lay out what it writes. */
+struct store_fill_hints {
+	/* Write the smaller gaps between data as zeros, keeping only the keep_holes largest
+	 * holes (the reflink driver's seal would rewrite a volume with more holes into few
+	 * extents, a copy of all of it); false: leave every gap a hole (thin: zeros would take
+	 * pool blocks). */
+	bool fill_gaps;
+	unsigned keep_holes;
 };
 
 int store_open(const struct store_config *cfg, struct store **ret, imc_error *err);
 void store_close(struct store *s);
 const char *store_driver_name(const struct store *s);
 const char *store_kind_name(enum store_kind kind);
+/* The state dir the store was opened on (borrowed; its subdirectories' owners are listed in
+ * docs/architecture.md). */
+const char *store_state_dir(const struct store *s);
+bool store_can(const struct store *s, enum store_cap cap);
+void store_fill_hints(const struct store *s, struct store_fill_hints *ret);
 
 int store_volume_create(struct store *s, const char *id, uint64_t size, imc_error *err);
 int store_activate(struct store *s, enum store_kind kind, const char *id, unsigned flags,
@@ -127,19 +104,31 @@ int store_teardown(struct store *s, imc_error *err);
  * activated; -EINVAL for a snapshot or a smaller size. */
 int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t size,
 		 imc_error *err);
-/* See store_driver_ops.volume_from_snapshot (the reflink driver: a FICLONE of the snapshot's
- * file, then ftruncate to size; the filesystem inside is not grown, that is the caller's). */
+/* See store_driver_ops.volume_from_snapshot in store/internal.h (the reflink driver: a FICLONE of
+ * the snapshot's file, then ftruncate to size; the filesystem inside is not grown, that is the
+ * caller's). */
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
 			       uint64_t size, imc_error *err);
 /* The repairs store_open made (borrowed: an array of strings, empty when there were none). */
 json_t *store_repairs(const struct store *s);
 
+/* Clones exposed as block devices that the caller's records may not name (a crash between
+ * activate and the record): the id of the clone that the block device named dev ("loopN")
+ * serves, a deleted clone's too, in ret; "" when it serves none of this store's clones.  -errno
+ * when the store cannot tell. */
+#define STORE_CLONE_ID_MAX 64
+int store_clone_of_device(struct store *s, const char *dev, char ret[STORE_CLONE_ID_MAX + 1],
+			  imc_error *err);
+/* Call fn for every block device serving a clone of this store (a deleted clone's too), with the
+ * device's name ("loopN") and the clone's id; fn's error stops the walk.  A driver whose clones
+ * are no devices of their own until activated by it (thin) has none to report. */
+typedef int (*store_clone_device_fn)(const char *dev, const char *clone_id, void *ctx,
+				     imc_error *err);
+int store_for_each_clone_device(struct store *s, store_clone_device_fn fn, void *ctx,
+				imc_error *err);
+
 /* Mount options every ext4 volume and clone gets: no lazy inode-table zeroing thread, and no cache
  * flushes (a volume is fsynced as a whole when sealed; a clone is thrown away after a crash). */
 #define STORE_EXT4_MOUNT_OPTIONS "noinit_itable,nobarrier"
-
-/* Drivers. */
-extern const struct store_driver_ops store_reflink_ops;
-extern const struct store_driver_ops store_thin_ops;
 
 #endif

@@ -8,7 +8,11 @@
  * object is recorded in <state>/thin/devices.json together with the pool's transaction id: every
  * change of the pool's metadata is written there first as a pending operation, then done in the
  * pool, then the pool's transaction id is moved on, then the record is committed.  On open the
- * two are reconciled both ways (see thin_reconcile). */
+ * two are reconciled both ways (see thin_reconcile).
+ *
+ * Over 800 lines: one driver behind the ops table, whose pool, record (devices.json) and
+ * reconciliation of the two are one transaction protocol, kept in one file so that its steps are
+ * read in order. */
 #include <fcntl.h>
 #include <libdevmapper.h>
 #include <linux/fs.h>
@@ -21,7 +25,14 @@
 #include <time.h>
 
 #include "../common/priv.h"
-#include "store.h"
+#include "internal.h"
+
+static inline void imc_dm_task_destroyp(struct dm_task **t)
+{
+	if (*t)
+		dm_task_destroy(*t);
+}
+#define _cleanup_dm_task_ _cleanup_(imc_dm_task_destroyp)
 
 #define THIN_DIR	    "thin"
 #define META_FILE	    "devices.json"

@@ -26,6 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <archive.h>
 #include <archive_entry.h>
 
 #include "../../builder/builder.h"

@@ -284,7 +284,7 @@ START_TEST(small_gaps_are_filled)
 		off += (uint64_t)(i + 2) << 20; /* the chunk, then i + 1 zero chunks */
 	}
 	ix.size = off + (7ULL << 20); /* a trailing gap: never filled */
-	ck_assert_int_eq(fetch_small_gaps(&ix, &g, &n), 0);
+	ck_assert_int_eq(fetch_small_gaps(&ix, 15, &g, &n), 0);
 	ck_assert_uint_eq(n, 5);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t len = (g[i].end - g[i].start) >> 20;
@@ -296,14 +296,14 @@ START_TEST(small_gaps_are_filled)
 	free(g);
 	/* 15 gaps or fewer: nothing to fill. */
 	ix.n_chunks = 16;
-	ck_assert_int_eq(fetch_small_gaps(&ix, &g, &n), 0);
+	ck_assert_int_eq(fetch_small_gaps(&ix, 15, &g, &n), 0);
 	ck_assert_uint_eq(n, 0);
 	ck_assert_ptr_null(g);
 	/* Adjacent data chunks leave no gap at all. */
 	for (int i = 0; i < 21; i++)
 		e[i].offset = (uint64_t)i << 20;
 	ix.n_chunks = 21;
-	ck_assert_int_eq(fetch_small_gaps(&ix, &g, &n), 0);
+	ck_assert_int_eq(fetch_small_gaps(&ix, 15, &g, &n), 0);
 	ck_assert_uint_eq(n, 0);
 }
 END_TEST

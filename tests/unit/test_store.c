@@ -193,6 +193,47 @@ START_TEST(snapshot_is_in_the_pool)
 }
 END_TEST
 
+static int note_clone_device(const char *dev, const char *clone_id, void *ctx, imc_error *err)
+{
+	char *seen = ctx;
+
+	if (strcmp(clone_id, "att-00000000000000c1") == 0)
+		snprintf(seen, 64, "%s", dev);
+	return 0;
+}
+
+/* What callers ask of the driver instead of reading its table or its layout. */
+START_TEST(driver_answers_capabilities_hints_and_clone_devices)
+{
+	const char *cid = "att-00000000000000c1";
+	struct store_fill_hints h;
+	struct store_dev dev;
+	char id[STORE_CLONE_ID_MAX + 1], seen[64] = "";
+	imc_error err;
+
+	ck_assert(store_can(st, STORE_CAP_VOLUME_FROM_SNAPSHOT));
+	store_fill_hints(st, &h);
+	ck_assert_int_eq(h.fill_gaps, is_reflink());
+	ck_assert_uint_eq(h.keep_holes, is_reflink() ? 15 : 0);
+	ck_assert_str_eq(store_state_dir(st), state_dir);
+	must(store_clone(st, SNAP, cid, &err), &err);
+	must(store_activate(st, STORE_CLONE, cid, 0, &dev, &err), &err);
+	must(store_for_each_clone_device(st, note_clone_device, seen, &err), &err);
+	if (is_reflink()) {
+		ck_assert_int_eq(strncmp(dev.path, "/dev/loop", 9), 0);
+		must(store_clone_of_device(st, dev.path + 5, id, &err), &err);
+		ck_assert_str_eq(id, cid);
+		ck_assert_str_eq(seen, dev.path + 5);
+	} else {
+		ck_assert_str_eq(seen, ""); /* thin clones are dm devices of its own */
+	}
+	must(store_clone_of_device(st, "loop999999", id, &err), &err);
+	ck_assert_str_eq(id, "");
+	must(store_deactivate(st, STORE_CLONE, cid, &dev, &err), &err);
+	must(store_remove(st, STORE_CLONE, cid, &err), &err);
+}
+END_TEST
+
 START_TEST(unknown_driver_options_are_refused)
 {
 	const char *const opts[] = {"no_such_key=1", NULL};
@@ -504,6 +545,7 @@ int main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, snapshot_is_in_the_pool);
+	tcase_add_test(tc, driver_answers_capabilities_hints_and_clone_devices);
 	tcase_add_test(tc, unknown_driver_options_are_refused);
 	tcase_add_test(tc, a_second_open_sees_the_same_store);
 	if (is_reflink()) {
