@@ -72,7 +72,14 @@ struct builder_opts {
 	const char *hf_endpoint; /* Hugging Face-compatible endpoint for hf:// data */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
+	/* Polled during every registry and data transfer (about once a second, also while one
+	 * waits to be retried) and between the steps of a build: true stops the work with
+	 * -ECANCELED.  NULL: never. */
+	bool (*cancelled)(void *ctx);
+	void *cancel_ctx;
 };
+/* Has o's caller asked to stop (o->cancelled)? */
+bool builder_cancelled(const struct builder_opts *o);
 
 struct builder_image; /* a resolved image: manifest, config and layers */
 int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,
@@ -170,6 +177,8 @@ struct builder_download {
 	const char *want_sha256;
 	void (*on_bytes)(void *ctx, uint64_t n); /* from any thread; n may be 0 */
 	void *ctx;
+	bool (*cancelled)(void *ctx); /* polled during the transfer: true stops it (ECANCELED) */
+	void *cancel_ctx;
 	/* Out. */
 	uint64_t got_size;
 	char got_sha256[IMC_SHA256_HEX_LEN + 1];
