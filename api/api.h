@@ -46,8 +46,12 @@
  *   -EBADMSG 400 InvalidJSON      -EINVAL/-ERANGE 400 InvalidArgument   -ENOENT 404 NotFound
  *   -EBUSY 409 Conflict           -EFBIG 413 PayloadTooLarge            -EDQUOT 429 LimitExceeded
  *   -API_EQUOTA 403 QuotaExceeded -ESHUTDOWN 503 Unavailable            anything else 500 Internal
- */
+ *   -EINPROGRESS 503 InProgress   -ETIMEDOUT 504 GatewayTimeout
+ * A 503 or 504 carries Retry-After (api_retry_after_from_status). */
 void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code);
+#define API_RETRY_AFTER_S 1 /* seconds, in a 503: the work it waits for is under way */
+/* The Retry-After seconds of an error answer with this status (0: none). */
+unsigned api_retry_after_from_status(unsigned http);
 /* {"error":{"code":code,"message":message}}; NULL on OOM. */
 json_t *api_error_json(const char *code, const char *message);
 
@@ -258,6 +262,26 @@ size_t api_cache_shared_layers(const struct api_cache *c, json_t *want);
 int api_delete_query_parse(const struct api_query_arg *args, size_t n, bool *ret_force,
 			   imc_error *err);
 
+/* ---- the image resolver of match=best (api/resolver.c) ---------------------------------------
+ * Registries are never asked from a request thread: api_resolver_layers answers from what the
+ * resolver has (the layer digests of a ref resolved lately, or why that failed), else queues the
+ * ref for the resolver's threads and answers -EINPROGRESS at once.  Each resolve has a deadline:
+ * one that runs past it ends as -ETIMEDOUT; any other failure is -ENOENT (no image to compare
+ * with). */
+#define API_RESOLVE_TTL_S      60 /* a tag's layers are used this long, then resolved again */
+#define API_RESOLVE_FAIL_TTL_S 10 /* a failure is answered this long, then tried again */
+struct api_resolver;
+struct api_resolver_config {
+	struct builder_opts opts; /* registries, CAs, auth file: kept as pointers */
+	unsigned timeout_ms;	  /* one resolve's deadline; 0: 30 s */
+};
+int api_resolver_start(const struct api_resolver_config *cfg, struct api_resolver **ret,
+		       imc_error *err);
+/* Stops resolves in flight (within about a second) and frees everything. */
+void api_resolver_stop(struct api_resolver *r);
+/* The layer digests of image ref (a new array), or -EINPROGRESS, or the recent failure. */
+int api_resolver_layers(struct api_resolver *r, const char *ref, json_t **ret, imc_error *err);
+
 /* ---- routing ----------------------------------------------------------------------------------
  */
 enum api_route {
@@ -352,8 +376,9 @@ struct api_caches_config {
 	unsigned build_workers; /* builds at once: 2 (IMCD_BUILD_WORKERS) */
 	double evict_high;	/* pool used/size that starts eviction: 0.90 (IMCD_EVICT_HIGH) */
 	double evict_low;	/* ... and where it stops: 0.80 (IMCD_EVICT_LOW) */
-	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
-	unsigned day_seconds;	    /* a retention day: 86400 (IMCD_DAY_SECONDS) */
+	unsigned sweep_interval_ms;  /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
+	unsigned day_seconds;	     /* a retention day: 86400 (IMCD_DAY_SECONDS) */
+	unsigned resolve_timeout_ms; /* match=best: one registry resolve's deadline; 0: 30 s */
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
@@ -476,6 +501,7 @@ struct api_response {
 	size_t body_len; /* bytes of body; 0: strlen(body) */
 	const char *allow;
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
+	unsigned retry_after;	  /* seconds for a Retry-After header; 0: none */
 };
 /* url may carry a raw "?query" (split with api_query_split). */
 void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,

@@ -64,6 +64,8 @@ struct api_caches {
 	unsigned workers_started;
 	pthread_t sweeper;
 	bool sweeper_started;
+	struct api_resolver *resolver; /* match=best's registry lookups */
+	unsigned resolve_timeout_ms;
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
 
@@ -1030,6 +1032,20 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 				     SWEEP_MS_DEFAULT, 10, 86400000);
 	c->day_seconds = (unsigned)knob(cfg->day_seconds, "IMCD_DAY_SECONDS", DAY_SECONDS_DEFAULT,
 					1, DAY_SECONDS_DEFAULT);
+	c->resolve_timeout_ms = cfg->resolve_timeout_ms;
+}
+
+static int start_resolver(struct api_caches *c, imc_error *err)
+{
+	const struct api_resolver_config rcfg = {
+	    .opts = {.blob_dir = c->blob_dir,
+		     .insecure_registries = c->insecure_registries,
+		     .ca_file = c->ca_file,
+		     .auth_file = c->auth_file},
+	    .timeout_ms = c->resolve_timeout_ms,
+	};
+
+	return api_resolver_start(&rcfg, &c->resolver, err);
 }
 
 static int start_threads(struct api_caches *c, imc_error *err)
@@ -1052,7 +1068,7 @@ static int start_threads(struct api_caches *c, imc_error *err)
 	if (r < 0)
 		return imc_err_sys(err, -r, "sweeper thread");
 	c->sweeper_started = true;
-	return 0;
+	return start_resolver(c, err);
 }
 
 static void stop_threads(struct api_caches *c)
@@ -1066,6 +1082,8 @@ static void stop_threads(struct api_caches *c)
 		pthread_join(c->workers[i], NULL);
 	if (c->sweeper_started)
 		pthread_join(c->sweeper, NULL);
+	api_resolver_stop(c->resolver);
+	c->resolver = NULL;
 }
 
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
@@ -1393,16 +1411,12 @@ int api_caches_get(struct api_caches *c, const struct api_caller *who, const cha
  */
 
 /* The layers of the image asked for: from a built cache of the tenant that holds that exact ref
- * (no network), else resolved from its registry. */
+ * (no network), else from the resolver (never waiting for a registry: -EINPROGRESS while it
+ * asks). */
 static json_t *wanted_layers(struct api_caches *c, const char *tenant, const char *image,
 			     imc_error *err)
 {
-	struct builder_opts opts = {.blob_dir = c->blob_dir,
-				    .insecure_registries = c->insecure_registries,
-				    .ca_file = c->ca_file,
-				    .auth_file = c->auth_file};
-	struct builder_image *img = NULL;
-	json_t *layers = NULL, *desc, *l;
+	json_t *layers = NULL, *l;
 	size_t i;
 
 	pthread_mutex_lock(&c->lock);
@@ -1426,18 +1440,8 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 	pthread_mutex_unlock(&c->lock);
 	if (layers)
 		return layers;
-	if (builder_image_resolve(&opts, image, &img, err) < 0) {
-		imc_err_wrap(err, "image %s", image);
-		if (err && err->code != -ENOMEM)
-			err->code = -ENOENT; /* nothing to compare with: no match */
+	if (api_resolver_layers(c->resolver, image, &layers, err) < 0)
 		return NULL;
-	}
-	desc = builder_image_describe(img);
-	builder_image_free(img);
-	layers = json_array();
-	json_array_foreach(json_object_get(desc, "layers"), i, l)
-	    json_array_append(layers, json_object_get(l, "digest"));
-	json_decref(desc);
 	return layers;
 }
 

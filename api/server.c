@@ -76,6 +76,7 @@ static void answer_errno(struct api_response *ret, const imc_error *err)
 
 	api_status_from_errno(err->code, &status, &code);
 	answer_error(ret, status, code, err->msg[0] ? err->msg : "internal error");
+	ret->retry_after = api_retry_after_from_status(ret->status);
 }
 
 static int list_caches(struct api_caches *c, const struct api_caller *who,
@@ -333,6 +334,17 @@ static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const cha
 	return MHD_YES;
 }
 
+/* Retry-After: seconds, when the answer asks the client to come back. */
+static void add_retry_after(struct MHD_Response *r, unsigned seconds)
+{
+	char v[16];
+
+	if (!seconds)
+		return;
+	snprintf(v, sizeof(v), "%u", seconds);
+	MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, v);
+}
+
 static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection *conn,
 				     const char *method, const char *url, struct request *req,
 				     struct api_response *resp)
@@ -351,6 +363,7 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 				resp->content_type ? resp->content_type : API_CONTENT_TYPE);
 	if (resp->allow)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, resp->allow);
+	add_retry_after(r, resp->retry_after);
 	if (resp->status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					req->challenge ? req->challenge : API_AUTH_CHALLENGE);
@@ -358,7 +371,7 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), resp->status,
 				    imc_monotonic_ns() - req->start_ns);
-	if (resp->status >= 500)
+	if (resp->status >= 500 && resp->status != 503) /* 503: come back later, not a fault */
 		imc_error_log("%s %s: %u %.*s", method, url, resp->status, (int)(len ? len - 1 : 0),
 			      resp->body ? resp->body : "");
 	else

@@ -245,10 +245,13 @@ http GET "$API?image=$REGISTRY/imc/bbcopy:v9"
 check_eq "exact: no cache names bbcopy:v9" 0 "$(jq '.items | length' <<<"$HTTP_BODY")"
 BBID=$(create_cache "$BB" bb2) && cache_wait "$BBID" 120 >/dev/null
 http GET "$API?image=$REGISTRY/imc/bbcopy:v9&match=best"
+check_eq "match=best of a ref imcd has not resolved yet: 503 at once (the resolver asks)" \
+	"503 InProgress" "$HTTP_STATUS $(json_get "$HTTP_BODY" '.error.code' 2>/dev/null)"
+http_settled GET "$API?image=$REGISTRY/imc/bbcopy:v9&match=best"
 check_eq "match=best: 200" 200 "$HTTP_STATUS"
 check_eq "match=best: the bb cache, whose layers bbcopy:v9 shares" "$BBID" "$(json_get "$HTTP_BODY" '.items[0].id')"
 check_match "... sharedLayers" '^[1-9]' "$(json_get "$HTTP_BODY" '.items[0].sharedLayers')"
-http GET "$API?image=$REGISTRY/imc/nothere:v1&match=best"
+http_settled GET "$API?image=$REGISTRY/imc/nothere:v1&match=best"
 check_eq "match=best of an image that does not exist: 404" 404 "$HTTP_STATUS"
 
 # ---- imc-attach reports to imcd; imcctl covers the lifecycle endpoints ----------------------

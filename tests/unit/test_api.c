@@ -454,11 +454,12 @@ START_TEST(errno_to_status)
 		unsigned http;
 		const char *name;
 	} cases[] = {
-	    {-EBADMSG, 400, "InvalidJSON"},   {-EINVAL, 400, "InvalidArgument"},
-	    {-ENOENT, 404, "NotFound"},	      {-EBUSY, 409, "Conflict"},
-	    {-EFBIG, 413, "PayloadTooLarge"}, {-EDQUOT, 429, "LimitExceeded"},
-	    {-ESHUTDOWN, 503, "Unavailable"}, {-EIO, 500, "Internal"},
-	    {-ENOMEM, 500, "Internal"},
+	    {-EBADMSG, 400, "InvalidJSON"},	 {-EINVAL, 400, "InvalidArgument"},
+	    {-ENOENT, 404, "NotFound"},		 {-EBUSY, 409, "Conflict"},
+	    {-EFBIG, 413, "PayloadTooLarge"},	 {-EDQUOT, 429, "LimitExceeded"},
+	    {-ESHUTDOWN, 503, "Unavailable"},	 {-EIO, 500, "Internal"},
+	    {-ENOMEM, 500, "Internal"},		 {-EINPROGRESS, 503, "InProgress"},
+	    {-ETIMEDOUT, 504, "GatewayTimeout"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
@@ -468,6 +469,10 @@ START_TEST(errno_to_status)
 		ck_assert_uint_eq(http, cases[i].http);
 		ck_assert_str_eq(name, cases[i].name);
 	}
+	ck_assert_uint_eq(api_retry_after_from_status(503), API_RETRY_AFTER_S);
+	ck_assert_uint_eq(api_retry_after_from_status(504), API_RESOLVE_FAIL_TTL_S);
+	ck_assert_uint_eq(api_retry_after_from_status(500), 0);
+	ck_assert_uint_eq(api_retry_after_from_status(200), 0);
 }
 END_TEST
 
