@@ -515,13 +515,33 @@ void api_handle_args(struct api_caches *c, const struct api_caller *who, const c
 		     struct api_response *ret);
 
 /* ---- distribution (api/dist.c, docs/distribution.md) -----------------------------------------
- * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (exported on first request);
+ * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (*ret_status 200), exported
+ * in the background once the cache is Ready (api/export.c): 202 {"id","status":"Exporting"}
+ * until it is there (queued then if it was not), or the failure of the last export;
  * GET|HEAD /v1/chunks/{digest}: one zstd chunk, from its file, with Range (206/416) and ETag /
  * If-None-Match (304). */
 struct MHD_Connection;
 struct MHD_Response;
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id,
-		   size_t id_len, json_t **ret, imc_error *err);
+		   size_t id_len, json_t **ret, unsigned *ret_status, imc_error *err);
+/* Export snapshot id's chunks and index now (serialized with the other exports). */
+int api_dist_export(struct api_caches *c, const char *id, imc_error *err);
+
+/* ---- the exporter (api/export.c): one thread that runs exports and forgets in order ---------- */
+struct api_exporter;
+int api_exporter_start(struct api_caches *c, struct api_exporter **ret, imc_error *err);
+/* Ends after the job running now, and the forgets still queued (exports queued are dropped). */
+void api_exporter_stop(struct api_exporter *x);
+/* Queue an export of id (once: nothing when it is queued or running already). */
+int api_exporter_queue(struct api_exporter *x, const char *id, imc_error *err);
+/* Queue dropping id's index and the chunks no other index names (after an export of id that
+ * runs now; a queued one is dropped). */
+int api_exporter_forget(struct api_exporter *x, const char *id, imc_error *err);
+/* -EINPROGRESS while an export of id is queued or running; the failure of its last export
+ * (reported once); else 0. */
+int api_exporter_state(struct api_exporter *x, const char *id, imc_error *err);
+/* The exporter of a cache table (NULL for a NULL table). */
+struct api_exporter *api_caches_exporter(struct api_caches *c);
 /* A cache is gone: drop its index and the chunks no other index names; *ret_freed gets the
  * bytes freed. */
 int api_dist_forget(struct api_caches *c, const char *id, uint64_t *ret_freed, imc_error *err);

@@ -65,6 +65,7 @@ struct api_caches {
 	pthread_t sweeper;
 	bool sweeper_started;
 	struct api_resolver *resolver; /* match=best's registry lookups */
+	struct api_exporter *exporter; /* chunk index exports and forgets */
 	unsigned resolve_timeout_ms;
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
@@ -586,6 +587,8 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	/* Once unlocked the cache may be deleted: only its id is used from here on. */
 	if (persist_id(c, id, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (build_r == 0 && c->exporter && api_exporter_queue(c->exporter, id, &e) < 0)
+		imc_warn("cache %s: chunk index export not queued: %s", id, e.msg);
 	if (build_r == 0)
 		notify(c, API_EVENT_BUILD_READY, id, msg);
 	else
@@ -800,12 +803,15 @@ static void drop_unused_bases_now(struct api_caches *c)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* A cache's snapshot is gone: so are its chunk index and the chunks no other index names. */
+/* A cache's snapshot is gone: so are its chunk index and the chunks no other index names (on
+ * the exporter, after an export of the cache that may run now). */
 static void chunks_gone(struct api_caches *c, const char *id)
 {
 	imc_error e = {0};
 	uint64_t freed = 0;
 
+	if (c->exporter && api_exporter_forget(c->exporter, id, &e) == 0)
+		return;
 	if (api_dist_forget(c, id, &freed, &e) < 0)
 		imc_warn("cache %s: dropping its chunks: %s", id, e.msg);
 	else if (freed)
@@ -1068,7 +1074,8 @@ static int start_threads(struct api_caches *c, imc_error *err)
 	if (r < 0)
 		return imc_err_sys(err, -r, "sweeper thread");
 	c->sweeper_started = true;
-	return start_resolver(c, err);
+	r = api_exporter_start(c, &c->exporter, err);
+	return r < 0 ? r : start_resolver(c, err);
 }
 
 static void stop_threads(struct api_caches *c)
@@ -1084,6 +1091,8 @@ static void stop_threads(struct api_caches *c)
 		pthread_join(c->sweeper, NULL);
 	api_resolver_stop(c->resolver);
 	c->resolver = NULL;
+	api_exporter_stop(c->exporter);
+	c->exporter = NULL;
 }
 
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
@@ -1125,6 +1134,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 struct store *api_caches_store(struct api_caches *c)
 {
 	return c ? c->store : NULL;
+}
+
+struct api_exporter *api_caches_exporter(struct api_caches *c)
+{
+	return c ? c->exporter : NULL;
 }
 
 void api_caches_close(struct api_caches *c)

@@ -50,8 +50,42 @@ static int cache_ready(struct api_caches *c, const struct api_caller *who, const
 	return 0;
 }
 
+int api_dist_export(struct api_caches *c, const char *id, imc_error *err)
+{
+	struct chunk_store *cs;
+	int r;
+
+	if (dist_store(c, &cs, err) < 0)
+		return err->code;
+	pthread_mutex_lock(&export_lock);
+	r = chunks_export(api_caches_store(c), cs, id, 0, NULL, NULL, err);
+	pthread_mutex_unlock(&export_lock);
+	if (r < 0)
+		return r == -ENOENT ? imc_err(err, ENOENT, "cache %s: no snapshot", id) : r;
+	return 0;
+}
+
+/* The index is not there yet: 202 {"id","status":"Exporting"} while the exporter has it (queued
+ * now when it had not), or the failure of its last try. */
+static int index_pending(struct api_caches *c, const char *id, json_t **ret, unsigned *ret_status,
+			 imc_error *err)
+{
+	struct api_exporter *x = api_caches_exporter(c);
+	int r = x ? api_exporter_state(x, id, err) : imc_err(err, ESHUTDOWN, "no exporter");
+
+	if (r == 0)
+		r = api_exporter_queue(x, id, err);
+	if (r < 0 && r != -EINPROGRESS)
+		return r;
+	*ret = json_pack("{s:s,s:s}", "id", id, "status", "Exporting");
+	if (!*ret)
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret_status = 202;
+	return 0;
+}
+
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id_in,
-		   size_t id_len, json_t **ret, imc_error *err)
+		   size_t id_len, json_t **ret, unsigned *ret_status, imc_error *err)
 {
 	char id[API_ID_MAX];
 	struct chunk_store *cs;
@@ -69,13 +103,15 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
 			       API_ID_PREFIX);
 	if (cache_ready(c, who, id, err) < 0 || dist_store(c, &cs, err) < 0)
 		return err->code;
-	/* One export at a time: a second request for the same cache waits and reads the index
-	 * the first one wrote. */
-	pthread_mutex_lock(&export_lock);
-	r = chunks_export(api_caches_store(c), cs, id, 0, &buf, &len, err);
-	pthread_mutex_unlock(&export_lock);
+	/* Only a read of the stored index here: the export itself runs on the exporter. */
+	r = chunks_read_index(cs, id, &buf, &len, err);
+	if (r == -ENOENT) {
+		imc_err_clear(err);
+		return index_pending(c, id, ret, ret_status, err);
+	}
 	if (r < 0)
-		return r == -ENOENT ? imc_err(err, ENOENT, "cache %s: no snapshot", id) : r;
+		return r;
+	*ret_status = 200;
 	return imc_json_parse_object(buf, len, ret, err);
 }
 

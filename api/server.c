@@ -180,7 +180,7 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 	case API_ROUTE_CHUNK:	/* answered in on_request: a file */
 		break;
 	case API_ROUTE_CACHE_INDEX:
-		return api_dist_index(c, who, match->id, match->id_len, ret, err);
+		return api_dist_index(c, who, match->id, match->id_len, ret, ret_status, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
 		if (!imc_name_valid(match->id, API_ID_MAX - 1))
@@ -237,6 +237,8 @@ void api_handle_args(struct api_caches *c, const struct api_caller *who, const c
 		answer_errno(ret, &err);
 	} else {
 		answer(ret, status, j);
+		if (status == 202 && match.route == API_ROUTE_CACHE_INDEX)
+			ret->retry_after = API_RETRY_AFTER_S; /* being exported: ask again */
 	}
 }
 

@@ -14,6 +14,7 @@
 #define FETCH_PARALLEL_MAX     64
 #define FETCH_ATTEMPTS	       4 /* per chunk, for dropped connections (each resumes) */
 #define FETCH_TIMEOUT_S	       60
+#define FETCH_INDEX_WAIT_S     600 /* how long a 202 to the index request is waited out */
 
 struct fetch_config {
 	const char *server;	  /* imcd base URL ("http://host:port") */

@@ -5,12 +5,15 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../store/chunks.h"
 #include "builder.h"
 #include "push.h"
 
-#define PUSH_TIMEOUT_S 120
+#define PUSH_TIMEOUT_S	  120
+#define PUSH_INDEX_WAIT_S 600 /* how long a 202 to the index request is waited out */
 
 struct push {
 	const struct push_config *cfg;
@@ -101,8 +104,14 @@ static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_e
 		return imc_err(err, ENOMEM, "out of memory");
 	if (p->cfg->token && asprintf(&auth, "Authorization: Bearer %s", p->cfg->token) > 0)
 		h = curl_slist_append(NULL, auth);
-	if (request(p, "GET", url, h, NULL, 0, ret, &status, NULL, err) < 0)
-		return err->code;
+	/* 202: imcd is still exporting the index (it does so once the cache is Ready). */
+	for (time_t give_up = time(NULL) + PUSH_INDEX_WAIT_S;; sleep(1)) {
+		ret->len = 0;
+		if (request(p, "GET", url, h, NULL, 0, ret, &status, NULL, err) < 0)
+			return err->code;
+		if (status != 202 || time(NULL) >= give_up)
+			break;
+	}
 	if (status != 200)
 		return imc_err(err, status == 404 ? ENOENT : EIO, "GET %s: HTTP %ld", url, status);
 	return 0;
