@@ -153,6 +153,7 @@ struct api_cache {
 	bool deleting;
 	enum api_cache_status status_before; /* while Deleting/Updating: the status to go back to */
 	int64_t day_seconds;		     /* a retention day (0: 86400), for expiresAt */
+	int cancel; /* enum api_cancel: why its running build is asked to stop (atomic) */
 	/* The rendered API object (api_cache_rendered): the exact bytes GET answers, kept until
 	 * the cache changes.  gen is bumped by api_cache_touch() on every change; rendered_stamp
 	 * also holds the rendered fields themselves, so a change that forgot to touch still
@@ -169,6 +170,8 @@ struct api_cache {
 		bool deleting;
 	} rendered_stamp;
 };
+/* Why a running build is stopped: its cache was deleted, or imcd stops (past its grace). */
+enum api_cancel { API_CANCEL_NONE, API_CANCEL_DELETE, API_CANCEL_SHUTDOWN };
 /* Append an event (the oldest goes when API_EVENTS_MAX are kept); fails only on OOM. */
 int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -379,6 +382,8 @@ struct api_caches_config {
 	unsigned sweep_interval_ms;  /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
 	unsigned day_seconds;	     /* a retention day: 86400 (IMCD_DAY_SECONDS) */
 	unsigned resolve_timeout_ms; /* match=best: one registry resolve's deadline; 0: 30 s */
+	unsigned shutdown_grace_ms;  /* how long close waits for running builds before it cancels
+				      * them; 0: 30 s */
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
@@ -387,7 +392,9 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
 /* The store a cache table was opened with (NULL for a NULL table). */
 struct store *api_caches_store(struct api_caches *c);
-/* Stop the worker after the running build; queued builds are marked Failed. */
+/* Stop the workers: running builds get shutdown_grace_ms to end, then they are cancelled (and
+ * marked Failed "cancelled by shutdown: …"); queued builds stay Creating on disk (built at the
+ * next start). */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
 int api_caches_create(struct api_caches *c, const struct api_caller *who,
@@ -403,17 +410,20 @@ int api_caches_get_body(struct api_caches *c, const struct api_caller *who, cons
 int api_caches_list_body(struct api_caches *c, const struct api_caller *who,
 			 const struct api_list_query *q, char **ret, size_t *ret_len,
 			 imc_error *err);
-/* Remove the snapshot and the metadata; -EBUSY while Creating or attached. ret gets
- * {"id","status"}. */
+/* Remove the snapshot and the metadata; -EBUSY while attached; a Creating cache as
+ * api_caches_delete_args says.  ret gets {"id","status":"Deleted"|"Deleting"}. */
 int api_caches_delete(struct api_caches *c, const struct api_caller *who, const char *id,
 		      json_t **ret, imc_error *err);
 /* The same; force deletes an attached cache too (its clones keep their own copy). */
 int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, const char *id,
 			    bool force, json_t **ret, imc_error *err);
-/* DELETE /v1/imagecaches/{id}[?force=true]. */
+/* DELETE /v1/imagecaches/{id}[?force=true]: *ret_status 200 {"id","status":"Deleted"}, or 202
+ * {"id","status":"Deleting"} for a cache whose build runs: the build is cancelled, and the cache
+ * (with whatever the build left in the store) goes once it has stopped.  A queued build is
+ * dropped at once (200). */
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
 			   const struct api_query_arg *args, size_t n_args, json_t **ret,
-			   imc_error *err);
+			   unsigned *ret_status, imc_error *err);
 /* POST /v1/imagecaches/{id}/attachments body {"id"?: "att-…", "host"?: "…"}: record an attach
  * (201; 200 when that id is already recorded); -EBUSY unless Ready.  DELETE
  * …/attachments/{aid}: forget it (404 when unknown).  GET …/attachments: the list.  Both move

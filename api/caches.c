@@ -35,6 +35,11 @@
 #define EVICT_LOW_DEFAULT   0.80
 #define SWEEP_MS_DEFAULT    60000u
 #define DAY_SECONDS_DEFAULT 86400u
+#define GRACE_MS_DEFAULT    30000u
+#define CANCELLED_BY_SHUTDOWN_MSG                                                                  \
+	"cancelled by shutdown: imcd stopped and the build did not end within its grace of %u s; " \
+	"create the cache again"
+#define CANCELLED_BY_DELETE_MSG "cancelled: the cache was deleted during its build"
 
 struct api_caches {
 	struct store *store;
@@ -47,6 +52,7 @@ struct api_caches {
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
 	unsigned n_workers;
+	unsigned grace_ms; /* close: how long running builds get before they are cancelled */
 	double evict_high, evict_low;
 	unsigned sweep_ms, day_seconds;
 
@@ -450,6 +456,7 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 	imc_error e = {0};
 
 	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
+	remove_leftover(c, STORE_VOLUME, cache->id, repairs); /* a delete that cancelled a build */
 	set_status_locked(cache, API_CACHE_EXPIRED);
 	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
 	if (persist(c, cache, &e) < 0)
@@ -553,12 +560,17 @@ static void ready_message(json_t *manifest, uint64_t size, char *msg, size_t n)
 		snprintf(msg, n, "Ready (%llu bytes)", (unsigned long long)size);
 }
 
-/* Record the outcome of a build in memory (under the lock) and on disk. */
-static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
+static bool drop_cancelled(struct api_caches *c, struct api_cache *cache);
+static const char *shutdown_message(const struct api_caches *c, char *msg, size_t n);
+
+/* Record the outcome of a build in memory (under the lock) and on disk, unless a DELETE
+ * cancelled it (decided under the lock, so a DELETE sees either Creating and cancels, or the
+ * outcome): then the cache goes, and true is returned (it is freed). */
+static bool finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
 			 int build_r, const char *build_msg, uint64_t start_ns)
 {
 	struct store_object_info info = {0};
-	char msg[IMC_ERR_MSG + 64];
+	char msg[IMC_ERR_MSG + 64], why[256];
 	imc_error e = {0};
 
 	if (build_r == 0 && store_stat(c->store, STORE_SNAPSHOT, cache->id, &info, &e) < 0)
@@ -569,6 +581,12 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	if (build_r == 0)
 		ready_message(manifest, info.size, msg, sizeof(msg));
 	pthread_mutex_lock(&c->lock);
+	if (cache->cancel == API_CANCEL_DELETE) {
+		pthread_mutex_unlock(&c->lock);
+		return drop_cancelled(c, cache);
+	}
+	if (cache->cancel == API_CANCEL_SHUTDOWN && build_r < 0)
+		build_msg = shutdown_message(c, why, sizeof(why));
 	if (build_r == 0) {
 		set_status_locked(cache, API_CACHE_READY);
 		cache->manifest = json_incref(manifest);
@@ -593,6 +611,7 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 		notify(c, API_EVENT_BUILD_READY, id, msg);
 	else
 		notify(c, API_EVENT_BUILD_FAILED, id, build_msg);
+	return false;
 }
 
 /* The request's data and credentials in the builder's shape (pointing into cache, which does
@@ -640,7 +659,47 @@ static void drop_credentials(struct api_caches *c, struct api_cache *cache)
 	api_credentials_free(creds, n);
 }
 
-static void build_one(struct api_caches *c, struct api_cache *cache)
+/* builder_opts.cancelled of a build: its cache was deleted, or imcd stops past its grace. */
+static bool build_cancelled(void *ctx)
+{
+	const struct api_cache *cache = ctx;
+
+	return __atomic_load_n(&cache->cancel, __ATOMIC_RELAXED) != API_CANCEL_NONE;
+}
+
+/* A build cancelled by a DELETE has ended: whatever it left in the store goes, and so does the
+ * cache (table, metadata).  The cache is freed: the caller must not touch it again. */
+static bool drop_cancelled(struct api_caches *c, struct api_cache *cache)
+{
+	char id[API_ID_MAX];
+	imc_error e = {0};
+	size_t index = 0;
+
+	memcpy(id, cache->id, sizeof(id));
+	if (store_remove(c->store, STORE_SNAPSHOT, id, &e) < 0 && e.code != -ENOENT)
+		imc_warn("cache %s: %s", id, e.msg);
+	if (store_remove(c->store, STORE_VOLUME, id, &e) < 0 && e.code != -ENOENT)
+		imc_warn("cache %s: %s", id, e.msg);
+	pthread_mutex_lock(&c->lock);
+	if (find_locked(c, id, &index) == cache)
+		remove_locked(c, index);
+	pthread_mutex_unlock(&c->lock);
+	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
+	if (unlink_meta(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	notify(c, API_EVENT_BUILD_FAILED, id, CANCELLED_BY_DELETE_MSG);
+	api_cache_free(cache);
+	return true;
+}
+
+/* The message a build stopped by a shutdown ends Failed with (msg holds it). */
+static const char *shutdown_message(const struct api_caches *c, char *msg, size_t n)
+{
+	snprintf(msg, n, CANCELLED_BY_SHUTDOWN_MSG, (c->grace_ms + 999) / 1000);
+	return msg;
+}
+
+static bool build_one(struct api_caches *c, struct api_cache *cache)
 {
 	struct progress_ctx pctx = {.caches = c, .cache = cache};
 	struct builder_request breq = {0};
@@ -652,6 +711,8 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	    .auth_file = c->auth_file,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
+	    .cancelled = build_cancelled,
+	    .cancel_ctx = cache,
 	};
 	struct build_args args;
 	_cleanup_json_ json_t *manifest = NULL;
@@ -681,7 +742,7 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 		r = imc_err(&e, EIO, "builder returned no manifest");
 	if (r < 0 && !e.msg[0])
 		imc_err(&e, r, "build failed (no reason given)");
-	finish_build(c, cache, manifest, r, e.msg, start_ns);
+	return finish_build(c, cache, manifest, r, e.msg, start_ns);
 }
 
 /* Do two caches name an image in common?  The builder keeps one base volume per image, so two
@@ -725,6 +786,8 @@ struct worker {
 	unsigned slot;
 };
 
+static void drop_unused_bases(struct api_caches *c);
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -744,10 +807,12 @@ static void *worker_main(void *arg)
 		}
 		c->building[slot] = cache;
 		pthread_mutex_unlock(&c->lock);
-		build_one(c, cache);
+		bool dropped = build_one(c, cache);
 		pthread_mutex_lock(&c->lock);
 		c->building[slot] = NULL;
 		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
+		if (dropped) /* a base the cancelled build made may now stand alone */
+			drop_unused_bases(c);
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -1039,6 +1104,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->day_seconds = (unsigned)knob(cfg->day_seconds, "IMCD_DAY_SECONDS", DAY_SECONDS_DEFAULT,
 					1, DAY_SECONDS_DEFAULT);
 	c->resolve_timeout_ms = cfg->resolve_timeout_ms;
+	c->grace_ms = cfg->shutdown_grace_ms ? cfg->shutdown_grace_ms : GRACE_MS_DEFAULT;
 }
 
 static int start_resolver(struct api_caches *c, imc_error *err)
@@ -1078,12 +1144,52 @@ static int start_threads(struct api_caches *c, imc_error *err)
 	return r < 0 ? r : start_resolver(c, err);
 }
 
+static bool any_building_locked(const struct api_caches *c)
+{
+	for (unsigned w = 0; w < c->n_workers; w++)
+		if (c->building[w])
+			return true;
+	return false;
+}
+
+/* Give the running builds grace_ms to end, then cancel them (they stop within about a second:
+ * every transfer polls the flag).  Under the lock; stopping is set. */
+static void cancel_builds_after_grace_locked(struct api_caches *c)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += c->grace_ms / 1000;
+	ts.tv_nsec += (long)(c->grace_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (any_building_locked(c) && pthread_cond_timedwait(&c->cond, &c->lock, &ts) == 0)
+		;
+	for (unsigned w = 0; w < c->n_workers; w++) {
+		struct api_cache *cache = c->building[w];
+		int none = API_CANCEL_NONE;
+
+		if (cache &&
+		    __atomic_compare_exchange_n(&cache->cancel, &none, API_CANCEL_SHUTDOWN, false,
+						__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+			event_locked(cache, "Cancelled", "imcd stops: the build is cancelled");
+			imc_warn("cache %s: the build did not end within %u ms of the shutdown; "
+				 "cancelled",
+				 cache->id, c->grace_ms);
+		}
+	}
+}
+
 static void stop_threads(struct api_caches *c)
 {
 	pthread_mutex_lock(&c->lock);
 	c->stopping = true;
 	pthread_cond_broadcast(&c->cond);
 	pthread_cond_broadcast(&c->sweep_cond);
+	if (c->workers_started)
+		cancel_builds_after_grace_locked(c);
 	pthread_mutex_unlock(&c->lock);
 	for (unsigned i = 0; i < c->workers_started; i++)
 		pthread_join(c->workers[i], NULL);
@@ -1530,23 +1636,45 @@ int api_caches_list(struct api_caches *c, const struct api_caller *who,
 /* ---- delete -----------------------------------------------------------------------------------
  */
 
-/* Claim a cache for deletion (Deleting): refused while it builds, while another removal runs,
- * and while clones are attached (unless force). */
+/* Take a queued cache out of the queue; false when it is not queued. */
+static bool unqueue_locked(struct api_caches *c, const struct api_cache *cache)
+{
+	for (size_t n = 0; n < c->q_len; n++) {
+		if (c->queue[(c->q_head + n) % API_QUEUE_MAX] != cache)
+			continue;
+		for (; n + 1 < c->q_len; n++)
+			c->queue[(c->q_head + n) % API_QUEUE_MAX] =
+			    c->queue[(c->q_head + n + 1) % API_QUEUE_MAX];
+		c->q_len--;
+		return true;
+	}
+	return false;
+}
+
+/* DELETE of a Creating cache, under the lock: a queued build is dropped (the delete goes on as
+ * for any cache); a running one is asked to stop (*ret_cancelling: the worker removes the cache
+ * once the build has ended). */
+static void cancel_for_delete_locked(struct api_caches *c, struct api_cache *cache,
+				     bool *ret_cancelling)
+{
+	*ret_cancelling = !unqueue_locked(c, cache);
+	if (*ret_cancelling)
+		__atomic_store_n(&cache->cancel, API_CANCEL_DELETE, __ATOMIC_RELAXED);
+}
+
+/* Claim a cache for deletion (Deleting): refused while another removal runs and while clones
+ * are attached (unless force); a Creating one has its build dropped or cancelled. */
 static int claim_for_delete(struct api_caches *c, const char *tenant, const char *id, bool force,
-			    imc_error *err)
+			    bool *ret_cancelling, imc_error *err)
 {
 	struct api_cache *cache;
 	int r = 0;
 
+	*ret_cancelling = false;
 	pthread_mutex_lock(&c->lock);
 	cache = find_visible_locked(c, tenant, id, NULL);
 	if (!cache)
 		r = not_found(err, id);
-	else if (cache->status == API_CACHE_CREATING)
-		r = imc_err(err, EBUSY,
-			    "cache %s: still Creating; delete it once it is Ready or "
-			    "Failed",
-			    id);
 	else if (cache->deleting || cache->status == API_CACHE_DELETING)
 		r = imc_err(err, EBUSY, "cache %s: already being deleted", id);
 	else if (cache->n_attachments > 0 && !force)
@@ -1554,14 +1682,17 @@ static int claim_for_delete(struct api_caches *c, const char *tenant, const char
 			    "cache %s: %zu clone(s) attached (first %s); detach them or delete "
 			    "with force=true",
 			    id, cache->n_attachments, cache->attachments[0].id);
+	if (r == 0 && cache->status == API_CACHE_CREATING)
+		cancel_for_delete_locked(c, cache, ret_cancelling);
 	if (r == 0) {
 		cache->deleting = true;
 		api_cache_touch(cache);
 		cache->status_before = cache->status;
 		set_status_locked(cache, API_CACHE_DELETING);
 		event_locked(cache, "Deleting", "%s",
-			     cache->n_attachments ? "delete forced with clones attached"
-						  : "delete");
+			     *ret_cancelling	    ? "delete: cancelling the build"
+			     : cache->n_attachments ? "delete forced with clones attached"
+						    : "delete");
 	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
@@ -1587,17 +1718,32 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 		api_cache_free(cache);
 }
 
+/* A cache whose build is being cancelled: Deleting is written down (a restart finishes the
+ * delete), the worker does the rest. */
+static int answer_cancelling(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+{
+	imc_error e = {0};
+
+	if (persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	*ret = json_pack("{s:s,s:s}", "id", id, "status", "Deleting");
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, const char *id,
 			    bool force, json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *answer = json_pack("{s:s,s:s}", "id", id, "status", "Deleted");
+	bool cancelling = false;
 	int r;
 
 	if (!answer)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = claim_for_delete(c, tenant_of(who), id, force, err);
+	r = claim_for_delete(c, tenant_of(who), id, force, &cancelling, err);
 	if (r < 0)
 		return r;
+	if (cancelling)
+		return answer_cancelling(c, id, ret, err);
 	r = store_remove(c->store, STORE_SNAPSHOT, id, err);
 	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed or Expired cache has none */
 		finish_delete(c, id, false);
@@ -1623,7 +1769,7 @@ int api_caches_delete(struct api_caches *c, const struct api_caller *who, const 
 
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
 			   const struct api_query_arg *args, size_t n_args, json_t **ret,
-			   imc_error *err)
+			   unsigned *ret_status, imc_error *err)
 {
 	bool force = false;
 	int r = api_delete_query_parse(args, n_args, &force, err);
@@ -1632,7 +1778,10 @@ int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, c
 		return r;
 	if (!c)
 		return imc_err(err, ESHUTDOWN, "no cache table");
-	return api_caches_delete_force(c, who, id, force, ret, err);
+	r = api_caches_delete_force(c, who, id, force, ret, err);
+	if (r == 0 && strcmp(json_string_value(json_object_get(*ret, "status")), "Deleting") == 0)
+		*ret_status = 202;
+	return r;
 }
 
 /* ---- attachments ------------------------------------------------------------------------------

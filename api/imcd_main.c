@@ -36,6 +36,7 @@ struct options {
 	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
 	unsigned sweep_interval_ms;   /* 0: 60 s */
 	unsigned resolve_timeout_ms;  /* 0: 30 s */
+	unsigned shutdown_grace_ms;   /* 0: 30 s */
 };
 
 static void usage(FILE *f)
@@ -48,7 +49,7 @@ static void usage(FILE *f)
 	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
-	    "            [--sweep-interval SEC] [--resolve-timeout SEC]\n"
+	    "            [--sweep-interval SEC] [--resolve-timeout SEC] [--shutdown-grace SEC]\n"
 	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
@@ -77,7 +78,9 @@ static void usage(FILE *f)
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
 	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
 	    "  --resolve-timeout SEC match=best: how long one registry lookup may take (1-600,\n"
-	    "                        default 30)\n",
+	    "                        default 30)\n"
+	    "  --shutdown-grace SEC  on SIGTERM, how long running builds may go on before they\n"
+	    "                        are cancelled (1-3600, default 30)\n",
 	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
 }
 
@@ -234,6 +237,11 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--resolve-timeout %s: want 1-600 seconds", arg);
 		o->resolve_timeout_ms = (unsigned)n * 1000;
 		return 0;
+	case 'G':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 3600)
+			return usage_error("--shutdown-grace %s: want 1-3600 seconds", arg);
+		o->shutdown_grace_ms = (unsigned)n * 1000;
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -267,6 +275,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"evict-low", required_argument, NULL, 'e'},
 	    {"sweep-interval", required_argument, NULL, 'S'},
 	    {"resolve-timeout", required_argument, NULL, 'R'},
+	    {"shutdown-grace", required_argument, NULL, 'G'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -441,6 +450,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 							.evict_low = o->evict_low,
 							.sweep_interval_ms = o->sweep_interval_ms,
 							.resolve_timeout_ms = o->resolve_timeout_ms,
+							.shutdown_grace_ms = o->shutdown_grace_ms,
 							.on_event = on_event},
 			    repairs, &svc->caches, err);
 	log_repairs(repairs);
@@ -474,7 +484,8 @@ static void stop(struct service *svc)
 		imc_warn("%s", err.msg);
 	svc->url[0] = '\0';
 	if (svc->caches)
-		imc_info("waiting for the running build, if any");
+		imc_info("waiting for running builds, if any (they are cancelled past the "
+			 "shutdown grace)");
 	api_caches_close(svc->caches);
 	svc->caches = NULL;
 	store_close(svc->store);

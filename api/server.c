@@ -189,7 +189,8 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 				       match->id, API_ID_PREFIX);
 		if (m == API_METHOD_GET)
 			return api_caches_get(c, who, match->id, ret, err);
-		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret, err);
+		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret,
+					      ret_status, err);
 	case API_ROUTE_ATTACHMENTS:
 	case API_ROUTE_ATTACHMENT:
 		return api_attachments_dispatch(c, who, m, match, body, len, ret, ret_status, err);

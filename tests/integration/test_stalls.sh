@@ -3,6 +3,11 @@
 # answers (tests/lib/stallregistry.py), match=best requests answer at once (503 InProgress with
 # Retry-After) while imcd's resolver asks, /healthz keeps answering, and the resolve ends at its
 # deadline (--resolve-timeout) as 504 GatewayTimeout; imcctl waits through the 503s.
+# A build that never ends (its layer trickles in, 8 bytes every 3 s) cannot hold imcd hostage:
+# DELETE of its cache cancels it (202 Deleting, then the cache is gone with nothing left in the
+# store, and its transfer is dropped), a queued one is dropped at once (200); SIGTERM cancels it
+# after --shutdown-grace and imcd exits, and at the next start the cache is Failed "cancelled by
+# shutdown", not built again.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -17,8 +22,10 @@ need_programs imcd imcctl imc-attach
 stallregistry_start || bail "the misbehaving registry starts"
 ok "the misbehaving registry listens at $STALLREG"
 RESOLVE_S=3
+GRACE_S=2
+IMCD_ARGS=(--threads 2 --resolve-timeout "$RESOLVE_S" --shutdown-grace "$GRACE_S")
 # Two request threads: two requests that block in a handler would hold every one of them.
-imcd_start_or_bail "$TEST_TMP/state" --threads 2 --resolve-timeout "$RESOLVE_S"
+imcd_start_or_bail "$TEST_TMP/state" "${IMCD_ARGS[@]}"
 
 # healthz DESC: GET /healthz answers 200 within 5 s (the failure criterion is the timeout).
 healthz() {
@@ -58,6 +65,76 @@ check_fails_with "imcctl list --match best waits through the 503s and reports th
 	'504 GatewayTimeout' imcctl list --image "$STALLREG/stall/img3:1" --match best
 check "imcctl list --match best of an image the resolver can reach: answered" \
 	imcctl list --image "$STALLREG/fast/img:1" --match best
+
+# --- a build that never ends: DELETE cancels it --------------------------------------------------
+
+# trickling REPO: true once the registry has started to trickle REPO's layer.
+trickling() {
+	grep -q "/v2/$1/blobs/.* trickle-start" "$STALLREG_LOG"
+}
+# wait_until DESC TIMEOUT_S CMD...: CMD until it succeeds, at most TIMEOUT_S seconds.
+wait_until() {
+	local desc=$1 deadline=$(($(date +%s) + $2))
+	shift 2
+	until "$@"; do
+		if [ "$(date +%s)" -ge "$deadline" ]; then
+			echo "$desc: not after $2 s" >&2
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+# cache_gone ID: GET answers 404.
+cache_gone() {
+	http GET "$IMCD_URL/v1/imagecaches/$1"
+	[ "$HTTP_STATUS" = 404 ]
+}
+# store_leftovers ID: what of cache ID is in the state dir (nothing, once it is gone).
+store_leftovers() {
+	local s=$IMC_STATE
+	ls -d "$s/pool/volumes/"* "$s/pool/snapshots/$1.img" "$s/tmp/build-"* "$s/caches/$1.json" \
+		2>/dev/null || true
+}
+
+DEL=$(create_cache "$STALLREG/trickle/del:1" del) || bail "a cache of a trickling image is created"
+QUEUED=$(create_cache "$STALLREG/trickle/del:1" del-queued) ||
+	bail "a second cache of the same image is created (it waits for the first)"
+check "the build of $DEL is trickling its layer" wait_until "trickle" 60 trickling trickle/del
+http DELETE "$IMCD_URL/v1/imagecaches/$QUEUED"
+check_eq "DELETE of a queued cache: 200 Deleted" "200 Deleted" \
+	"$HTTP_STATUS $(json_get "$HTTP_BODY" .status 2>/dev/null)"
+check "... and it is gone" cache_gone "$QUEUED"
+http DELETE "$IMCD_URL/v1/imagecaches/$DEL"
+check_eq "DELETE of a cache whose build runs: 202 Deleting" "202 Deleting" \
+	"$HTTP_STATUS $(json_get "$HTTP_BODY" .status 2>/dev/null)"
+check "the build is cancelled and the cache is gone (404)" wait_until "404" 30 cache_gone "$DEL"
+check_eq "nothing of it is left in the store (volumes, snapshot, build dir, metadata)" "" \
+	"$(store_leftovers "$DEL")"
+check "the trickled transfer was dropped" wait_until "trickle-gone" 30 \
+	grep -q '/v2/trickle/del/blobs/.* trickle-gone' "$STALLREG_LOG"
+check_match "imcd logs the cancelled build" "cache $DEL: Failed: cancelled" "$(cat "$IMCD_LOG")"
+
+# --- SIGTERM cancels a build that never ends, after the grace -------------------------------------
+
+TERM_ID=$(create_cache "$STALLREG/trickle/term:1" term) || bail "a cache of a trickling image is created"
+check "the build of $TERM_ID is trickling its layer" wait_until "trickle" 60 trickling trickle/term
+STOP_RC=0
+stop_pid "$IMCD_PID" $((GRACE_S + 30)) || STOP_RC=$?
+IMCD_PID=
+check_eq "SIGTERM: imcd exits 0 within --shutdown-grace ${GRACE_S} s + 30 s" 0 "$STOP_RC"
+check_fails "... with no sanitizer report in its log" \
+	grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"
+check_match "imcd logs that it cancelled the build past the grace" \
+	"cache $TERM_ID: the build did not end within $((GRACE_S * 1000)) ms of the shutdown" \
+	"$(cat "$IMCD_LOG")"
+imcd_start_or_bail "$TEST_TMP/state" "${IMCD_ARGS[@]}"
+http GET "$IMCD_URL/v1/imagecaches/$TERM_ID"
+check_eq "after the restart the cancelled cache is Failed, not built again" Failed \
+	"$(json_get "$HTTP_BODY" .status 2>/dev/null)"
+check_match "... cancelled by shutdown" '^cancelled by shutdown' \
+	"$(json_get "$HTTP_BODY" .statusMessage 2>/dev/null)"
+check_eq "... and nothing of its build is left in the store" "" \
+	"$(store_leftovers "$TERM_ID" | grep -v "caches/$TERM_ID.json" || true)"
 
 check_clean_shutdown
 done_testing

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A misbehaving OCI registry for tests, on 127.0.0.1.  Every repository serves one small image
-of its own (one gzip layer holding /hello with the repository's name, so no two repositories
-share a layer), at any tag.  How it answers depends on the repository's first component:
+of its own (one gzip layer holding /hello with the repository's name and /noise, 4 KiB that
+do not compress, so no two repositories share a layer and a trickled layer takes long), at any
+tag.  How it answers depends on the repository's first component:
 
   stall/...    every request is read and never answered (the connection stays open)
   trickle/...  manifests and configs at once; the layer's headers at once, then its body
@@ -37,11 +38,12 @@ def sha256(b):
 def make_image(repo):
     """(manifest bytes, {digest: blob bytes}, layer digest) of repo's image."""
     raw = io.BytesIO()
+    noise = b"".join(hashlib.sha256(b"%s %d" % (repo.encode(), i)).digest() for i in range(128))
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
-        data = ("image of %s\n" % repo).encode()
-        info = tarfile.TarInfo("hello")
-        info.size, info.mode, info.mtime = len(data), 0o644, 0
-        t.addfile(info, io.BytesIO(data))
+        for name, data in (("hello", ("image of %s\n" % repo).encode()), ("noise", noise)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            t.addfile(info, io.BytesIO(data))
     tar = raw.getvalue()
     layer = gzip.compress(tar, mtime=0)
     config = json.dumps({"architecture": "amd64", "os": "linux",
