@@ -265,6 +265,14 @@ size_t api_cache_shared_layers(const struct api_cache *c, json_t *want);
 int api_delete_query_parse(const struct api_query_arg *args, size_t n, bool *ret_force,
 			   imc_error *err);
 
+/* ---- the build queue (api/queue.c) ----------------------------------------------------------
+ * The next build to start: the index in queued (oldest first) of the first cache that shares no
+ * image ref with a running build and whose tenant runs fewer than tenant_cap builds (0: no cap),
+ * preferring the tenant that runs the fewest; -1 when none may start.  running may hold NULLs
+ * (free workers). */
+ssize_t api_queue_pick(struct api_cache *const *queued, size_t n_queued,
+		       struct api_cache *const *running, size_t n_running, unsigned tenant_cap);
+
 /* ---- the image resolver of match=best (api/resolver.c) ---------------------------------------
  * Registries are never asked from a request thread: api_resolver_layers answers from what the
  * resolver has (the layer digests of a ref resolved lately, or why that failed), else queues the
@@ -384,6 +392,9 @@ struct api_caches_config {
 	unsigned resolve_timeout_ms; /* match=best: one registry resolve's deadline; 0: 30 s */
 	unsigned shutdown_grace_ms;  /* how long close waits for running builds before it cancels
 				      * them; 0: 30 s */
+	unsigned tenant_builds;	     /* builds one tenant may run at once; 0: build_workers, or
+				      * build_workers - 1 with multi_tenant */
+	bool multi_tenant;	     /* tokens of two or more tenants are configured */
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)

@@ -52,7 +52,8 @@ struct api_caches {
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
 	unsigned n_workers;
-	unsigned grace_ms; /* close: how long running builds get before they are cancelled */
+	unsigned grace_ms;   /* close: how long running builds get before they are cancelled */
+	unsigned tenant_cap; /* builds one tenant may run at once (0: no cap) */
 	double evict_high, evict_low;
 	unsigned sweep_ms, day_seconds;
 
@@ -745,40 +746,26 @@ static bool build_one(struct api_caches *c, struct api_cache *cache)
 	return finish_build(c, cache, manifest, r, e.msg, start_ns);
 }
 
-/* Do two caches name an image in common?  The builder keeps one base volume per image, so two
- * builds of the same image at once would collide on it: such builds run one after the other. */
-static bool share_an_image(const struct api_cache *a, const struct api_cache *b)
-{
-	for (size_t i = 0; i < a->n_refs; i++)
-		for (size_t k = 0; k < b->n_refs; k++)
-			if (strcmp(a->refs[i], b->refs[k]) == 0)
-				return true;
-	return false;
-}
-
-/* Take the oldest queued cache that shares no image with a running build (queue order
- * otherwise), or NULL. */
+/* Take the queued cache api_queue_pick chooses (no image shared with a running build, its
+ * tenant under its cap, the least busy tenant first, then queue order), or NULL. */
 static struct api_cache *take_next_locked(struct api_caches *c)
 {
-	for (size_t n = 0; n < c->q_len; n++) {
-		size_t at = (c->q_head + n) % API_QUEUE_MAX;
-		struct api_cache *cache = c->queue[at];
-		bool busy = false;
+	struct api_cache *queued[API_QUEUE_MAX];
+	ssize_t pick;
 
-		for (unsigned w = 0; w < c->n_workers && !busy; w++)
-			busy = c->building[w] && share_an_image(c->building[w], cache);
-		if (busy)
-			continue;
-		/* Close the gap: shift the entries before it one place towards the tail. */
-		for (; n > 0; n--) {
-			size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
-			c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
-		}
-		c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
-		c->q_len--;
-		return cache;
+	for (size_t n = 0; n < c->q_len; n++)
+		queued[n] = c->queue[(c->q_head + n) % API_QUEUE_MAX];
+	pick = api_queue_pick(queued, c->q_len, c->building, c->n_workers, c->tenant_cap);
+	if (pick < 0)
+		return NULL;
+	/* Close the gap: shift the entries before it one place towards the tail. */
+	for (size_t n = (size_t)pick; n > 0; n--) {
+		size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
+		c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
 	}
-	return NULL;
+	c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
+	c->q_len--;
+	return queued[pick];
 }
 
 struct worker {
@@ -1081,6 +1068,15 @@ static double knob(double cfg, const char *env, double dflt, double min, double 
 	return *end == '\0' && v >= min && v <= max ? v : dflt;
 }
 
+/* Builds one tenant may run at once: as configured (at most the workers), else, where several
+ * tenants share imcd, all workers but one (which stays for the other tenants). */
+static unsigned tenant_cap_of(const struct api_caches_config *cfg, unsigned workers)
+{
+	if (cfg->tenant_builds)
+		return cfg->tenant_builds < workers ? cfg->tenant_builds : workers;
+	return cfg->multi_tenant && workers > 1 ? workers - 1 : workers;
+}
+
 static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 {
 	c->store = cfg->store;
@@ -1105,6 +1101,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 					1, DAY_SECONDS_DEFAULT);
 	c->resolve_timeout_ms = cfg->resolve_timeout_ms;
 	c->grace_ms = cfg->shutdown_grace_ms ? cfg->shutdown_grace_ms : GRACE_MS_DEFAULT;
+	c->tenant_cap = tenant_cap_of(cfg, c->n_workers);
 }
 
 static int start_resolver(struct api_caches *c, imc_error *err)

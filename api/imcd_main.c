@@ -37,6 +37,7 @@ struct options {
 	unsigned sweep_interval_ms;   /* 0: 60 s */
 	unsigned resolve_timeout_ms;  /* 0: 30 s */
 	unsigned shutdown_grace_ms;   /* 0: 30 s */
+	unsigned tenant_builds;	      /* 0: api/caches.c's rule */
 };
 
 static void usage(FILE *f)
@@ -50,6 +51,7 @@ static void usage(FILE *f)
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
 	    "            [--sweep-interval SEC] [--resolve-timeout SEC] [--shutdown-grace SEC]\n"
+	    "            [--tenant-builds N]\n"
 	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
@@ -73,6 +75,8 @@ static void usage(FILE *f)
 	    "  --tls-cert FILE       serve HTTPS with this PEM certificate chain ...\n"
 	    "  --tls-key FILE        ... and this PEM private key (not readable by others)\n"
 	    "  --build-workers N     builds at once (1-64, default 2)\n"
+	    "  --tenant-builds N     builds one tenant may run at once (1-64; default: all the\n"
+	    "                        workers but one when tokens name two or more tenants)\n"
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
@@ -237,6 +241,11 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--resolve-timeout %s: want 1-600 seconds", arg);
 		o->resolve_timeout_ms = (unsigned)n * 1000;
 		return 0;
+	case 'B':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
+			return usage_error("--tenant-builds %s: want 1-64", arg);
+		o->tenant_builds = (unsigned)n;
+		return 0;
 	case 'G':
 		if (parse_size(arg, &n) < 0 || n == 0 || n > 3600)
 			return usage_error("--shutdown-grace %s: want 1-3600 seconds", arg);
@@ -276,6 +285,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"sweep-interval", required_argument, NULL, 'S'},
 	    {"resolve-timeout", required_argument, NULL, 'R'},
 	    {"shutdown-grace", required_argument, NULL, 'G'},
+	    {"tenant-builds", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -412,6 +422,15 @@ static void url_set_https(char *url, size_t size)
 	url[4] = 's';
 }
 
+/* How many tenants the tokens name (2 means "two or more": all the caller asks). */
+static size_t tenants_of(const struct api_config *cfg)
+{
+	for (size_t i = 1; i < cfg->n_tokens; i++)
+		if (strcmp(cfg->tokens[i].tenant, cfg->tokens[0].tenant) != 0)
+			return 2;
+	return cfg->n_tokens ? 1 : 0;
+}
+
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
 	const struct store_config scfg = {.state_dir = o->state_dir,
@@ -437,22 +456,25 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		    "caches (give bearer tokens in --config, see docs/security.md)",
 		    o->listen);
 	log_repairs(store_repairs(svc->store));
-	r = api_caches_open(&(struct api_caches_config){.state_dir = o->state_dir,
-							.store = svc->store,
-							.insecure_registries = o->insecure,
-							.auth_file = o->auth_file,
-							.ca_file = o->ca_file,
-							.hf_endpoint = o->hf_endpoint,
-							.limits = svc->config.limits,
-							.n_limits = svc->config.n_limits,
-							.build_workers = o->build_workers,
-							.evict_high = o->evict_high,
-							.evict_low = o->evict_low,
-							.sweep_interval_ms = o->sweep_interval_ms,
-							.resolve_timeout_ms = o->resolve_timeout_ms,
-							.shutdown_grace_ms = o->shutdown_grace_ms,
-							.on_event = on_event},
-			    repairs, &svc->caches, err);
+	r = api_caches_open(
+	    &(struct api_caches_config){.state_dir = o->state_dir,
+					.store = svc->store,
+					.insecure_registries = o->insecure,
+					.auth_file = o->auth_file,
+					.ca_file = o->ca_file,
+					.hf_endpoint = o->hf_endpoint,
+					.limits = svc->config.limits,
+					.n_limits = svc->config.n_limits,
+					.build_workers = o->build_workers,
+					.evict_high = o->evict_high,
+					.evict_low = o->evict_low,
+					.sweep_interval_ms = o->sweep_interval_ms,
+					.resolve_timeout_ms = o->resolve_timeout_ms,
+					.shutdown_grace_ms = o->shutdown_grace_ms,
+					.tenant_builds = o->tenant_builds,
+					.multi_tenant = tenants_of(&svc->config) > 1,
+					.on_event = on_event},
+	    repairs, &svc->caches, err);
 	log_repairs(repairs);
 	if (r == 0)
 		r = api_server_start_secure(

@@ -8,6 +8,8 @@
 # store, and its transfer is dropped), a queued one is dropped at once (200); SIGTERM cancels it
 # after --shutdown-grace and imcd exits, and at the next start the cache is Failed "cancelled by
 # shutdown", not built again.
+# Fairness: two such builds of one tenant do not hold both build workers; another tenant's build
+# of an image that answers at once still ends Ready.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -135,6 +137,56 @@ check_match "... cancelled by shutdown" '^cancelled by shutdown' \
 	"$(json_get "$HTTP_BODY" .statusMessage 2>/dev/null)"
 check_eq "... and nothing of its build is left in the store" "" \
 	"$(store_leftovers "$TERM_ID" | grep -v "caches/$TERM_ID.json" || true)"
+
+check_clean_shutdown
+
+# --- one tenant's builds that never end do not starve another tenant ------------------------------
+
+TOKEN_A=tenant-a-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+TOKEN_B=tenant-b-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+CFG=$TEST_TMP/imcd.json
+(umask 077 && jq -n --arg a "$TOKEN_A" --arg b "$TOKEN_B" \
+	'{tokens: [{token: $a, tenant: "team-a"}, {token: $b, tenant: "team-b"}]}' >"$CFG")
+# Two build workers (the default): before, team-a's two builds took both.
+imcd_start_or_bail "$TEST_TMP/state-fair" "${IMCD_ARGS[@]}" --config "$CFG"
+# as TOKEN METHOD PATH [BODY]: http with a bearer token (HTTP_STATUS, HTTP_BODY).
+as() {
+	local token=$1 method=$2 path=$3 out
+	out=$(mktemp "$TEST_TMP/.as.XXXXXX")
+	local -a args=(-sS --noproxy '*' -o "$out" -w '%{http_code}' -X "$method" --max-time 30
+		-H "Authorization: Bearer $token")
+	[ $# -lt 4 ] || args+=(-H 'Content-Type: application/json' --data-binary "$4")
+	HTTP_STATUS=$(curl "${args[@]}" "$IMCD_URL$path" 2>/dev/null) || HTTP_STATUS=000
+	HTTP_BODY=$(cat "$out")
+	rm -f "$out"
+}
+# create_as TOKEN REF NAME: prints the id of a new cache.
+create_as() {
+	as "$1" POST /v1/imagecaches "$(jq -cn --arg r "$2" --arg n "$3" '{name: $n, images: [{ref: $r}]}')"
+	[ "$HTTP_STATUS" = 202 ] || {
+		echo "POST: $HTTP_STATUS $HTTP_BODY" >&2
+		return 1
+	}
+	jq -r .id <<<"$HTTP_BODY"
+}
+# status_as TOKEN ID: the cache's status.
+status_as() {
+	as "$1" GET "/v1/imagecaches/$2"
+	jq -r '.status // empty' <<<"$HTTP_BODY"
+}
+ready_as() {
+	[ "$(status_as "$1" "$2")" = Ready ]
+}
+A1=$(create_as "$TOKEN_A" "$STALLREG/trickle/fair-a1:1" a1) || bail "team-a creates a trickling cache"
+A2=$(create_as "$TOKEN_A" "$STALLREG/trickle/fair-a2:1" a2) || bail "team-a creates a second one"
+check "team-a's first build trickles its layer" wait_until "trickle" 60 trickling trickle/fair-a1
+B1=$(create_as "$TOKEN_B" "$STALLREG/fast/fair-b:1" b1) || bail "team-b creates a cache"
+check "team-b's build ends Ready while team-a's builds never end" wait_until "Ready" 120 \
+	ready_as "$TOKEN_B" "$B1"
+as "$TOKEN_A" GET "/v1/imagecaches/$A2"
+check_eq "team-a's second build waits (one worker stays for other tenants)" "Creating Created" \
+	"$(jq -r '.status + " " + ([.events[].type] | join(" "))' <<<"$HTTP_BODY")"
+check_eq "team-a's first build still runs" Creating "$(status_as "$TOKEN_A" "$A1")"
 
 check_clean_shutdown
 done_testing

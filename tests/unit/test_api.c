@@ -1119,6 +1119,69 @@ START_TEST(delete_query)
 }
 END_TEST
 
+/* A Creating cache of tenant with one image ref (n picks the id). */
+static struct api_cache *queued_cache(const char *tenant, const char *ref, int n)
+{
+	char body[256], id[API_ID_MAX];
+	struct api_create_request req;
+	struct api_cache *c = NULL;
+	imc_error err;
+
+	snprintf(body, sizeof(body), "{\"images\":[{\"ref\":\"%s\"}]}", ref);
+	snprintf(id, sizeof(id), "imc-%016x", n);
+	ck_assert_int_eq(parse(body, &req, &err), 0);
+	ck_assert_int_eq(api_cache_new_for(id, tenant, &req, n, &c, &err), 0);
+	api_create_request_free(&req);
+	return c;
+}
+
+/* The build queue: per-tenant cap, the least busy tenant first, queue order on ties, never two
+ * builds of one image ref at once. */
+START_TEST(queue_pick_fair)
+{
+	struct api_cache *a1 = queued_cache("ta", "r.io/a1:1", 1),
+			 *a2 = queued_cache("ta", "r.io/a2:1", 2),
+			 *a3 = queued_cache("ta", "r.io/a3:1", 3),
+			 *b1 = queued_cache("tb", "r.io/b1:1", 4),
+			 *b2 = queued_cache("tb", "r.io/b2:1", 5),
+			 *bx = queued_cache("tb", "r.io/a1:1", 6);
+
+	/* ta runs a1 with a cap of 1: b1 goes although a2 is older. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a2, b1}, 2,
+					(struct api_cache *[]){a1, NULL}, 2, 1),
+			 1);
+	/* No cap: still the tenant that runs nothing first. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a2, a3, b1}, 3,
+					(struct api_cache *[]){NULL, a1, NULL}, 3, 0),
+			 2);
+	/* Both run one: the oldest request. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a3, b2}, 2,
+					(struct api_cache *[]){a1, b1, NULL}, 3, 2),
+			 0);
+	/* Only ta waits and it is at its cap: nothing starts, a worker stays for tb. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a2, a3}, 2,
+					(struct api_cache *[]){a1, NULL}, 2, 1),
+			 -1);
+	/* The same image ref as a running build (another tenant's) waits for it. */
+	ck_assert_int_eq(
+	    api_queue_pick((struct api_cache *[]){bx}, 1, (struct api_cache *[]){a1, NULL}, 2, 0),
+	    -1);
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){bx, b2}, 2,
+					(struct api_cache *[]){a1, NULL}, 2, 0),
+			 1);
+	/* An empty queue; free workers only. */
+	ck_assert_int_eq(api_queue_pick(NULL, 0, (struct api_cache *[]){NULL}, 1, 1), -1);
+	ck_assert_int_eq(
+	    api_queue_pick((struct api_cache *[]){a1}, 1, (struct api_cache *[]){NULL}, 1, 1), 0);
+	api_cache_free(a1);
+	api_cache_free(a2);
+	api_cache_free(a3);
+	api_cache_free(b1);
+	api_cache_free(b2);
+	api_cache_free(bx);
+}
+END_TEST
+
 START_TEST(list_tenant_and_shared_layers)
 {
 	struct api_create_request req;
@@ -1889,6 +1952,7 @@ static Suite *api_suite(void)
 	tcase_add_test(t, routing_attachments);
 	tcase_add_test(t, delete_query);
 	tcase_add_test(t, list_tenant_and_shared_layers);
+	tcase_add_test(t, queue_pick_fair);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("http");
