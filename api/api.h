@@ -153,7 +153,8 @@ struct api_cache {
 	bool deleting;
 	enum api_cache_status status_before; /* while Deleting/Updating: the status to go back to */
 	int64_t day_seconds;		     /* a retention day (0: 86400), for expiresAt */
-	int cancel; /* enum api_cancel: why its running build is asked to stop (atomic) */
+	int cancel;	   /* enum api_cancel: why its running build is asked to stop (atomic) */
+	uint64_t reserved; /* Creating: bytes its sized build holds of the tenant's maxBytes */
 	/* The rendered API object (api_cache_rendered): the exact bytes GET answers, kept until
 	 * the cache changes.  gen is bumped by api_cache_touch() on every change; rendered_stamp
 	 * also holds the rendered fields themselves, so a change that forgot to touch still

@@ -700,6 +700,8 @@ static const char *shutdown_message(const struct api_caches *c, char *msg, size_
 	return msg;
 }
 
+static int reserve_size(void *ctx, uint64_t size, imc_error *err);
+
 static bool build_one(struct api_caches *c, struct api_cache *cache)
 {
 	struct progress_ctx pctx = {.caches = c, .cache = cache};
@@ -714,6 +716,8 @@ static bool build_one(struct api_caches *c, struct api_cache *cache)
 	    .progress_ctx = &pctx,
 	    .cancelled = build_cancelled,
 	    .cancel_ctx = cache,
+	    .on_size = reserve_size,
+	    .size_ctx = &pctx,
 	};
 	struct build_args args;
 	_cleanup_json_ json_t *manifest = NULL;
@@ -1308,28 +1312,89 @@ static int check_room_locked(struct api_caches *c, imc_error *err)
 	return 0;
 }
 
-/* The tenant's quota (403 QuotaExceeded): caches it holds (Expired and Deleting ones do not
- * count) and the sum of their sizes (a Creating cache counts its requested size). */
-static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
-			      imc_error *err)
-{
-	const struct api_tenant_limits *lim = NULL;
-	uint64_t count = 0, bytes = 0;
+/* ---- quotas: a Creating cache counts what its build will take --------------------------------
+ * At accept time that is its requested size, else the builder's smallest default size; once the
+ * build knows its size (the sizing rule on the manifests' layer sizes and the data sizes, before
+ * any layer is fetched) the reservation becomes that size or the build fails QuotaExceeded; a
+ * Ready cache counts its snapshot's size, a Failed one nothing.  All under the table lock, so
+ * concurrent creates and builds never both pass on the same bytes. */
 
-	for (size_t i = 0; i < c->n_limits && !lim; i++)
+/* What a create of size bytes (0: the builder's default) reserves until its build is sized. */
+static uint64_t quota_estimate(uint64_t size)
+{
+	return size ? size : BUILDER_SIZE_MIN;
+}
+
+static uint64_t quota_bytes_of(const struct api_cache *x)
+{
+	if (x->status != API_CACHE_CREATING)
+		return x->size;
+	return x->reserved ? x->reserved : quota_estimate(x->request_size);
+}
+
+static const struct api_tenant_limits *limits_of(const struct api_caches *c, const char *tenant)
+{
+	for (size_t i = 0; i < c->n_limits; i++)
 		if (c->limits[i].tenant && strcmp(c->limits[i].tenant, tenant) == 0)
-			lim = &c->limits[i];
-	if (!lim || (!lim->max_caches && !lim->max_bytes))
-		return 0;
+			return &c->limits[i];
+	return NULL;
+}
+
+/* The caches the tenant holds (Expired and Deleting ones do not count) and their bytes, but
+ * skip's. */
+static void tenant_usage_locked(const struct api_caches *c, const char *tenant,
+				const struct api_cache *skip, uint64_t *ret_count,
+				uint64_t *ret_bytes)
+{
+	*ret_count = *ret_bytes = 0;
 	for (size_t i = 0; i < c->n_items; i++) {
 		const struct api_cache *x = c->items[i];
 
-		if (!owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
+		if (x == skip || !owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
 		    x->status == API_CACHE_DELETING)
 			continue;
-		count++;
-		bytes += x->status == API_CACHE_CREATING ? x->request_size : x->size;
+		(*ret_count)++;
+		*ret_bytes += quota_bytes_of(x);
 	}
+}
+
+/* builder_opts.on_size: the build's real size replaces the reservation made at accept time, or
+ * the build fails QuotaExceeded before it fetches a layer. */
+static int reserve_size(void *ctx, uint64_t size, imc_error *err)
+{
+	struct progress_ctx *p = ctx;
+	struct api_caches *c = p->caches;
+	const char *tenant = p->cache->tenant ? p->cache->tenant : API_TENANT_DEFAULT;
+	const struct api_tenant_limits *lim;
+	uint64_t count, bytes;
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	lim = limits_of(c, tenant);
+	tenant_usage_locked(c, tenant, p->cache, &count, &bytes);
+	if (lim && lim->max_bytes && bytes + size > lim->max_bytes)
+		r = imc_err(err, API_EQUOTA,
+			    "tenant %s: quota of %llu bytes exceeded: the build needs %llu bytes, "
+			    "the tenant's other caches hold %llu",
+			    tenant, (unsigned long long)lim->max_bytes, (unsigned long long)size,
+			    (unsigned long long)bytes);
+	else
+		p->cache->reserved = size;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The tenant's quota (403 QuotaExceeded): caches it holds and their bytes, plus what this
+ * create reserves (size: its quota_estimate). */
+static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
+			      imc_error *err)
+{
+	const struct api_tenant_limits *lim = limits_of(c, tenant);
+	uint64_t count = 0, bytes = 0;
+
+	if (!lim || (!lim->max_caches && !lim->max_bytes))
+		return 0;
+	tenant_usage_locked(c, tenant, NULL, &count, &bytes);
 	if (lim->max_caches && count >= lim->max_caches)
 		return imc_err(err, API_EQUOTA,
 			       "tenant %s: quota of %llu caches reached; delete some first", tenant,
@@ -1413,7 +1478,7 @@ static int enqueue(struct api_caches *c, struct api_cache *cache,
 	else if (r == 0)
 		r = check_room_locked(c, err);
 	if (r == 0 && !same)
-		r = check_quota_locked(c, cache->tenant, req->size, err);
+		r = check_quota_locked(c, cache->tenant, quota_estimate(req->size), err);
 	if (r == 0 && !same)
 		r = insert_locked(c, cache, err);
 	if (r == 0 && !same)
@@ -1442,7 +1507,7 @@ int api_caches_create(struct api_caches *c, const struct api_caller *who,
 	if (r == 0 && same)
 		r = answer_same(same, ret, err);
 	else if (r == 0)
-		r = check_quota_locked(c, tenant, req->size, err);
+		r = check_quota_locked(c, tenant, quota_estimate(req->size), err);
 	pthread_mutex_unlock(&c->lock);
 	if (r < 0 || same) {
 		api_cache_free(cache);

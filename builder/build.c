@@ -21,7 +21,7 @@
 #include "../common/priv.h"
 #include "builder.h"
 
-#define BUILD_MIN_SIZE	  (1ULL << 30)
+#define BUILD_MIN_SIZE	  BUILDER_SIZE_MIN
 #define BUILD_MAX_SIZE	  (16ULL << 40)
 #define BUILD_SIZE_FACTOR 8 /* compressed layer bytes → filesystem size (sparse, so cheap) */
 #define BUILD_DATA_SLACK  (64ULL << 20) /* ext4 metadata beside the data (inode tables, maps) */
@@ -678,6 +678,8 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 		return imc_err(err, ENOSPC,
 			       "size %llu bytes is too small for the %llu bytes of data",
 			       (unsigned long long)size, (unsigned long long)data_bytes);
+	if (o->on_size && o->on_size(o->size_ctx, size, err) < 0)
+		return imc_err_wrap(err, "cache %s", cache_id);
 	imc_time_rfc3339(imc_now(), created, sizeof(created));
 	manifest =
 	    json_pack("{s:i, s:s, s:s, s:[], s:[], s:I}", "version", MANIFEST_VERSION, "id",

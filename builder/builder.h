@@ -77,6 +77,12 @@ struct builder_opts {
 	 * -ECANCELED.  NULL: never. */
 	bool (*cancelled)(void *ctx);
 	void *cancel_ctx;
+	/* Called once a build knows its filesystem size (the requested one, or the default from
+	 * the manifests' layer sizes and the data sizes), before the store is touched and before
+	 * any layer is fetched: a negative errno (with err set) fails the build with it.  NULL:
+	 * none. */
+	int (*on_size)(void *ctx, uint64_t size, imc_error *err);
+	void *size_ctx;
 };
 /* Has o's caller asked to stop (o->cancelled)? */
 bool builder_cancelled(const struct builder_opts *o);
@@ -101,7 +107,8 @@ json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
 /* ---- building a cache --------------------------------------------------------------------- */
-#define BUILDER_IMAGES_MAX 20 /* images in one cache, /images/0..19/rootfs */
+#define BUILDER_IMAGES_MAX 20		/* images in one cache, /images/0..19/rootfs */
+#define BUILDER_SIZE_MIN   (1ULL << 30) /* the smallest filesystem the builder makes by default */
 
 /* Model data that lands in /data/<path>/. */
 struct builder_data {

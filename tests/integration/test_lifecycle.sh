@@ -349,7 +349,7 @@ TOKB=tenant-b-token-0123456789
 CONF=$TEST_TMP/imcd.json
 jq -n --arg a "$TOKA" --arg b "$TOKB" '{tokens: [{token: $a, tenant: "team-a"},
 	{token: $b, tenant: "team-b"}], tenants: {"team-a": {maxCaches: 1},
-	"team-b": {maxBytes: 1000000000}}}' >"$CONF"
+	"team-b": {maxBytes: 1500000000}}}' >"$CONF"
 chmod 600 "$CONF"
 rc=0
 imcd_stop || rc=$?
@@ -375,6 +375,7 @@ check_eq "team-a's second cache, over maxCaches 1: 403" 403 "$HTTP_STATUS"
 check_eq "... QuotaExceeded" QuotaExceeded "$(json_get "$HTTP_BODY" .error.code)"
 httpt "$TOKB" POST "$API" "$(body "$PLAIN" '{"size":2000000000}')"
 check_eq "team-b asks for more bytes than maxBytes: 403" 403 "$HTTP_STATUS"
+# (maxBytes 1.5 GB holds one cache without size: it counts the builder's smallest, 1 GiB.)
 httpt "$TOKB" POST "$API" "$(body "$PLAIN" '{"name":"a1","retentionDays":0}')"
 check_eq "team-b's identical request: its own cache (202)" 202 "$HTTP_STATUS"
 B1=$(json_get "$HTTP_BODY" .id)

@@ -10,6 +10,9 @@
 # shutdown", not built again.
 # Fairness: two such builds of one tenant do not hold both build workers; another tenant's build
 # of an image that answers at once still ends Ready.
+# Byte quotas count a build by the size it is sized to from its manifest before any layer is
+# fetched: of two builds of a large image that both fit the quota at accept time, one fails
+# QuotaExceeded once sized, and the other's size counts against the next create.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -187,6 +190,43 @@ as "$TOKEN_A" GET "/v1/imagecaches/$A2"
 check_eq "team-a's second build waits (one worker stays for other tenants)" "Creating Created" \
 	"$(jq -r '.status + " " + ([.events[].type] | join(" "))' <<<"$HTTP_BODY")"
 check_eq "team-a's first build still runs" Creating "$(status_as "$TOKEN_A" "$A1")"
+
+check_clean_shutdown
+
+# --- a byte quota holds the sized builds ------------------------------------------------------------
+
+# Each image declares a 160 MiB layer, so the builder sizes its cache to 1280 MiB; the quota
+# (2.4 GiB) holds two accepted creates (1 GiB each before they are sized), not two sized builds.
+QUOTA=2576980377
+QCFG=$TEST_TMP/quota.json
+(umask 077 && jq -n --argjson q "$QUOTA" '{tenants: {default: {maxBytes: $q}}}' >"$QCFG")
+imcd_start_or_bail "$TEST_TMP/state-quota" "${IMCD_ARGS[@]}" --config "$QCFG"
+H1=$(create_cache "$STALLREG/trickle/huge-q1:1" huge1) || bail "a cache of a large image is accepted"
+H2=$(create_cache "$STALLREG/trickle/huge-q2:1" huge2) || bail "a second one is accepted"
+# quota_failed: one of the two is Failed by the quota; QF_REPO (its repository) and QR (the
+# other's id).
+quota_failed() {
+	local id msg
+	for id in "$H1" "$H2"; do
+		http GET "$IMCD_URL/v1/imagecaches/$id"
+		msg=$(json_get "$HTTP_BODY" '.statusMessage // empty' 2>/dev/null || true)
+		if [ "$(json_get "$HTTP_BODY" .status)" = Failed ] && [[ $msg == *"quota of $QUOTA bytes exceeded"* ]]; then
+			if [ "$id" = "$H1" ]; then QF_REPO=huge-q1 QR=$H2; else QF_REPO=huge-q2 QR=$H1; fi
+			return 0
+		fi
+	done
+	return 1
+}
+check "once sized, one of the two builds fails QuotaExceeded before fetching a layer" \
+	wait_until "quota" 60 quota_failed
+quota_failed || true
+check_eq "... the other one builds on (Creating)" Creating \
+	"$(curl -sS "$IMCD_URL/v1/imagecaches/$QR" | jq -r .status)"
+check_fails "... and the failed one fetched no layer" grep -q "/v2/trickle/$QF_REPO/blobs/.* trickle" \
+	"$STALLREG_LOG"
+http POST "$IMCD_URL/v1/imagecaches" "$(jq -cn --arg r "$STALLREG/fast/q3:1" '{images: [{ref: $r}], size: 2147483648}')"
+check_eq "a 2 GiB create on top of the sized build (1280 MiB): 403 QuotaExceeded" "403 QuotaExceeded" \
+	"$HTTP_STATUS $(json_get "$HTTP_BODY" .error.code 2>/dev/null)"
 
 check_clean_shutdown
 done_testing

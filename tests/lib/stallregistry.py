@@ -9,7 +9,9 @@ tag.  How it answers depends on the repository's first component:
                --trickle-bytes bytes every --trickle-interval seconds
   anything     answered at once
 
-GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
+A repository whose last component starts with "huge" declares its layer as --huge-bytes bytes
+in the manifest (default 160 MiB; the body stays the real one), so that the builder sizes its
+filesystem from a large image.  GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
 body logs "trickle-start PATH" and, when the client goes away before the end,
 "trickle-gone PATH".
 """
@@ -35,8 +37,9 @@ def sha256(b):
     return "sha256:" + hashlib.sha256(b).hexdigest()
 
 
-def make_image(repo):
-    """(manifest bytes, {digest: blob bytes}, layer digest) of repo's image."""
+def make_image(repo, declared=None):
+    """(manifest bytes, {digest: blob bytes}, layer digest) of repo's image; declared: the layer
+    size the manifest says (None: the real one)."""
     raw = io.BytesIO()
     noise = b"".join(hashlib.sha256(b"%s %d" % (repo.encode(), i)).digest() for i in range(128))
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
@@ -53,7 +56,7 @@ def make_image(repo):
                            "config": {"mediaType": MT_CONFIG, "digest": sha256(config),
                                       "size": len(config)},
                            "layers": [{"mediaType": MT_LAYER, "digest": sha256(layer),
-                                       "size": len(layer)}]}).encode()
+                                       "size": declared or len(layer)}]}).encode()
     return manifest, {sha256(config): config, sha256(layer): layer}, sha256(layer)
 
 
@@ -70,7 +73,9 @@ class Handler(BaseHTTPRequestHandler):
     def image(self, repo):
         with self.server.lock:
             if repo not in self.server.images:
-                self.server.images[repo] = make_image(repo)
+                huge = repo.split("/")[-1].startswith("huge")
+                self.server.images[repo] = make_image(
+                    repo, self.server.args.huge_bytes if huge else None)
             return self.server.images[repo]
 
     def send(self, code, body, ctype="application/json"):
@@ -137,6 +142,7 @@ def main():
     p.add_argument("--port-file", required=True)
     p.add_argument("--trickle-bytes", type=int, default=8)
     p.add_argument("--trickle-interval", type=float, default=3.0)
+    p.add_argument("--huge-bytes", type=int, default=160 << 20)
     args = p.parse_args()
     return loopserver.serve(Handler, args.port_file, args=args, images={},
                             lock=threading.Lock())
