@@ -32,6 +32,11 @@
 #define EVICT_LOW_DEFAULT   0.80
 #define SWEEP_MS_DEFAULT    60000u
 #define DAY_SECONDS_DEFAULT 86400u
+#define GRACE_MS_DEFAULT    30000u
+#define CANCELLED_BY_SHUTDOWN_MSG                                                                  \
+	"cancelled by shutdown: imcd stopped and the build did not end within its grace of %u s; " \
+	"create the cache again"
+#define CANCELLED_BY_DELETE_MSG "cancelled: the cache was deleted during its build"
 
 struct api_caches {
 	struct store *store;
@@ -47,6 +52,8 @@ struct api_caches {
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
 	unsigned n_workers;
+	unsigned grace_ms;   /* close: how long running builds get before they are cancelled */
+	unsigned tenant_cap; /* builds one tenant may run at once (0: no cap) */
 	double evict_high, evict_low;
 	unsigned sweep_ms, day_seconds;
 
@@ -64,6 +71,10 @@ struct api_caches {
 	unsigned workers_started;
 	pthread_t sweeper;
 	bool sweeper_started;
+	struct api_resolver *resolver; /* match=best's registry lookups */
+	void (*on_snapshot_ready)(void *ctx, const char *id);
+	struct dist_exporter *exporter; /* for api/dist.c only */
+	unsigned resolve_timeout_ms;
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
 
@@ -438,6 +449,7 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 	imc_error e = {0};
 
 	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
+	remove_leftover(c, STORE_VOLUME, cache->id, repairs); /* a delete that cancelled a build */
 	set_status_locked(cache, API_CACHE_EXPIRED);
 	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
 	if (persist(c, cache, &e) < 0)
@@ -508,12 +520,17 @@ static void ready_message(json_t *manifest, uint64_t size, char *msg, size_t n)
 		snprintf(msg, n, "Ready (%llu bytes)", (unsigned long long)size);
 }
 
-/* Record the outcome of a build in memory (under the lock) and on disk. */
-static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
+static bool drop_cancelled(struct api_caches *c, struct api_cache *cache);
+static const char *shutdown_message(const struct api_caches *c, char *msg, size_t n);
+
+/* Record the outcome of a build in memory (under the lock) and on disk, unless a DELETE
+ * cancelled it (decided under the lock, so a DELETE sees either Creating and cancels, or the
+ * outcome): then the cache goes, and true is returned (it is freed). */
+static bool finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
 			 int build_r, const char *build_msg, uint64_t start_ns)
 {
 	struct store_object_info info = {0};
-	char msg[IMC_ERR_MSG + 64];
+	char msg[IMC_ERR_MSG + 64], why[256];
 	imc_error e = {0};
 
 	if (build_r == 0 && store_stat(c->store, STORE_SNAPSHOT, cache->id, &info, &e) < 0)
@@ -524,6 +541,12 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	if (build_r == 0)
 		ready_message(manifest, info.size, msg, sizeof(msg));
 	pthread_mutex_lock(&c->lock);
+	if (cache->cancel == API_CANCEL_DELETE) {
+		pthread_mutex_unlock(&c->lock);
+		return drop_cancelled(c, cache);
+	}
+	if (cache->cancel == API_CANCEL_SHUTDOWN && build_r < 0)
+		build_msg = shutdown_message(c, why, sizeof(why));
 	if (build_r == 0) {
 		set_status_locked(cache, API_CACHE_READY);
 		cache->manifest = json_incref(manifest);
@@ -542,10 +565,13 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	/* Once unlocked the cache may be deleted: only its id is used from here on. */
 	if (persist_id(c, id, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (build_r == 0 && c->on_snapshot_ready)
+		c->on_snapshot_ready(c->snapshot_ctx, id);
 	if (build_r == 0)
 		notify(c, API_EVENT_BUILD_READY, id, msg);
 	else
 		notify(c, API_EVENT_BUILD_FAILED, id, build_msg);
+	return false;
 }
 
 /* The request's data and credentials in the builder's shape (pointing into cache, which does
@@ -592,7 +618,49 @@ static void drop_credentials(struct api_caches *c, struct api_cache *cache)
 	api_credentials_free(creds, n);
 }
 
-static void build_one(struct api_caches *c, struct api_cache *cache)
+/* builder_opts.cancelled of a build: its cache was deleted, or imcd stops past its grace. */
+static bool build_cancelled(void *ctx)
+{
+	const struct api_cache *cache = ctx;
+
+	return __atomic_load_n(&cache->cancel, __ATOMIC_RELAXED) != API_CANCEL_NONE;
+}
+
+/* A build cancelled by a DELETE has ended: whatever it left in the store goes, and so does the
+ * cache (table, metadata).  The cache is freed: the caller must not touch it again. */
+static bool drop_cancelled(struct api_caches *c, struct api_cache *cache)
+{
+	char id[API_ID_MAX];
+	imc_error e = {0};
+	size_t index = 0;
+
+	memcpy(id, cache->id, sizeof(id));
+	if (store_remove(c->store, STORE_SNAPSHOT, id, &e) < 0 && e.code != -ENOENT)
+		imc_warn("cache %s: %s", id, e.msg);
+	if (store_remove(c->store, STORE_VOLUME, id, &e) < 0 && e.code != -ENOENT)
+		imc_warn("cache %s: %s", id, e.msg);
+	pthread_mutex_lock(&c->lock);
+	if (find_locked(c, id, &index) == cache)
+		remove_locked(c, index);
+	pthread_mutex_unlock(&c->lock);
+	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
+	if (unlink_meta(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	notify(c, API_EVENT_BUILD_FAILED, id, CANCELLED_BY_DELETE_MSG);
+	api_cache_free(cache);
+	return true;
+}
+
+/* The message a build stopped by a shutdown ends Failed with (msg holds it). */
+static const char *shutdown_message(const struct api_caches *c, char *msg, size_t n)
+{
+	snprintf(msg, n, CANCELLED_BY_SHUTDOWN_MSG, (c->grace_ms + 999) / 1000);
+	return msg;
+}
+
+static int reserve_size(void *ctx, uint64_t size, imc_error *err);
+
+static bool build_one(struct api_caches *c, struct api_cache *cache)
 {
 	struct progress_ctx pctx = {.caches = c, .cache = cache};
 	struct builder_request breq = {0};
@@ -604,6 +672,10 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	    .auth_file = c->auth_file,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
+	    .cancelled = build_cancelled,
+	    .cancel_ctx = cache,
+	    .on_size = reserve_size,
+	    .size_ctx = &pctx,
 	};
 	struct build_args args;
 	_cleanup_json_ json_t *manifest = NULL;
@@ -633,49 +705,37 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 		r = imc_err(&e, EIO, "builder returned no manifest");
 	if (r < 0 && !e.msg[0])
 		imc_err(&e, r, "build failed (no reason given)");
-	finish_build(c, cache, manifest, r, e.msg, start_ns);
+	return finish_build(c, cache, manifest, r, e.msg, start_ns);
 }
 
-/* Do two caches name an image in common?  The builder keeps one base volume per image, so two
- * builds of the same image at once would collide on it: such builds run one after the other. */
-static bool share_an_image(const struct api_cache *a, const struct api_cache *b)
-{
-	for (size_t i = 0; i < a->n_refs; i++)
-		for (size_t k = 0; k < b->n_refs; k++)
-			if (strcmp(a->refs[i], b->refs[k]) == 0)
-				return true;
-	return false;
-}
-
-/* Take the oldest queued cache that shares no image with a running build (queue order
- * otherwise), or NULL. */
+/* Take the queued cache api_queue_pick chooses (no image shared with a running build, its
+ * tenant under its cap, the least busy tenant first, then queue order), or NULL. */
 static struct api_cache *take_next_locked(struct api_caches *c)
 {
-	for (size_t n = 0; n < c->q_len; n++) {
-		size_t at = (c->q_head + n) % API_QUEUE_MAX;
-		struct api_cache *cache = c->queue[at];
-		bool busy = false;
+	struct api_cache *queued[API_QUEUE_MAX];
+	ssize_t pick;
 
-		for (unsigned w = 0; w < c->n_workers && !busy; w++)
-			busy = c->building[w] && share_an_image(c->building[w], cache);
-		if (busy)
-			continue;
-		/* Close the gap: shift the entries before it one place towards the tail. */
-		for (; n > 0; n--) {
-			size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
-			c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
-		}
-		c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
-		c->q_len--;
-		return cache;
+	for (size_t n = 0; n < c->q_len; n++)
+		queued[n] = c->queue[(c->q_head + n) % API_QUEUE_MAX];
+	pick = api_queue_pick(queued, c->q_len, c->building, c->n_workers, c->tenant_cap);
+	if (pick < 0)
+		return NULL;
+	/* Close the gap: shift the entries before it one place towards the tail. */
+	for (size_t n = (size_t)pick; n > 0; n--) {
+		size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
+		c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
 	}
-	return NULL;
+	c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
+	c->q_len--;
+	return queued[pick];
 }
 
 struct worker {
 	struct api_caches *caches;
 	unsigned slot;
 };
+
+static void drop_unused_bases(struct api_caches *c);
 
 static void *worker_main(void *arg)
 {
@@ -696,10 +756,12 @@ static void *worker_main(void *arg)
 		}
 		c->building[slot] = cache;
 		pthread_mutex_unlock(&c->lock);
-		build_one(c, cache);
+		bool dropped = build_one(c, cache);
 		pthread_mutex_lock(&c->lock);
 		c->building[slot] = NULL;
 		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
+		if (dropped) /* a base the cancelled build made may now stand alone */
+			drop_unused_bases(c);
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -961,6 +1023,15 @@ static double knob(double cfg, const char *env, double dflt, double min, double 
 	return *end == '\0' && v >= min && v <= max ? v : dflt;
 }
 
+/* Builds one tenant may run at once: as configured (at most the workers), else, where several
+ * tenants share imcd, all workers but one (which stays for the other tenants). */
+static unsigned tenant_cap_of(const struct api_caches_config *cfg, unsigned workers)
+{
+	if (cfg->tenant_builds)
+		return cfg->tenant_builds < workers ? cfg->tenant_builds : workers;
+	return cfg->multi_tenant && workers > 1 ? workers - 1 : workers;
+}
+
 static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 {
 	c->store = cfg->store;
@@ -973,7 +1044,9 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
 	c->snapshot_ctx = cfg->snapshot_ctx;
+	c->on_snapshot_ready = cfg->on_snapshot_ready;
 	c->chunks = cfg->chunks;
+	c->exporter = cfg->exporter;
 	c->limits = cfg->limits;
 	c->n_limits = cfg->n_limits;
 	c->n_workers = (unsigned)knob(cfg->build_workers, "IMCD_BUILD_WORKERS", WORKERS_DEFAULT, 1,
@@ -986,6 +1059,22 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 				     SWEEP_MS_DEFAULT, 10, 86400000);
 	c->day_seconds = (unsigned)knob(cfg->day_seconds, "IMCD_DAY_SECONDS", DAY_SECONDS_DEFAULT,
 					1, DAY_SECONDS_DEFAULT);
+	c->resolve_timeout_ms = cfg->resolve_timeout_ms;
+	c->grace_ms = cfg->shutdown_grace_ms ? cfg->shutdown_grace_ms : GRACE_MS_DEFAULT;
+	c->tenant_cap = tenant_cap_of(cfg, c->n_workers);
+}
+
+static int start_resolver(struct api_caches *c, imc_error *err)
+{
+	const struct api_resolver_config rcfg = {
+	    .opts = {.blob_dir = c->blob_dir,
+		     .insecure_registries = c->insecure_registries,
+		     .ca_file = c->ca_file,
+		     .auth_file = c->auth_file},
+	    .timeout_ms = c->resolve_timeout_ms,
+	};
+
+	return api_resolver_start(&rcfg, &c->resolver, err);
 }
 
 static int start_threads(struct api_caches *c, imc_error *err)
@@ -1008,7 +1097,45 @@ static int start_threads(struct api_caches *c, imc_error *err)
 	if (r < 0)
 		return imc_err_sys(err, -r, "sweeper thread");
 	c->sweeper_started = true;
-	return 0;
+	return start_resolver(c, err);
+}
+
+static bool any_building_locked(const struct api_caches *c)
+{
+	for (unsigned w = 0; w < c->n_workers; w++)
+		if (c->building[w])
+			return true;
+	return false;
+}
+
+/* Give the running builds grace_ms to end, then cancel them (they stop within about a second:
+ * every transfer polls the flag).  Under the lock; stopping is set. */
+static void cancel_builds_after_grace_locked(struct api_caches *c)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += c->grace_ms / 1000;
+	ts.tv_nsec += (long)(c->grace_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (any_building_locked(c) && pthread_cond_timedwait(&c->cond, &c->lock, &ts) == 0)
+		;
+	for (unsigned w = 0; w < c->n_workers; w++) {
+		struct api_cache *cache = c->building[w];
+		int none = API_CANCEL_NONE;
+
+		if (cache &&
+		    __atomic_compare_exchange_n(&cache->cancel, &none, API_CANCEL_SHUTDOWN, false,
+						__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+			event_locked(cache, "Cancelled", "imcd stops: the build is cancelled");
+			imc_warn("cache %s: the build did not end within %u ms of the shutdown; "
+				 "cancelled",
+				 cache->id, c->grace_ms);
+		}
+	}
 }
 
 static void stop_threads(struct api_caches *c)
@@ -1017,11 +1144,15 @@ static void stop_threads(struct api_caches *c)
 	c->stopping = true;
 	pthread_cond_broadcast(&c->cond);
 	pthread_cond_broadcast(&c->sweep_cond);
+	if (c->workers_started)
+		cancel_builds_after_grace_locked(c);
 	pthread_mutex_unlock(&c->lock);
 	for (unsigned i = 0; i < c->workers_started; i++)
 		pthread_join(c->workers[i], NULL);
 	if (c->sweeper_started)
 		pthread_join(c->sweeper, NULL);
+	api_resolver_stop(c->resolver);
+	c->resolver = NULL;
 }
 
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
@@ -1063,6 +1194,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 struct dist_chunks *api_caches_chunks(struct api_caches *c)
 {
 	return c ? c->chunks : NULL;
+}
+
+struct dist_exporter *api_caches_exporter(struct api_caches *c)
+{
+	return c ? c->exporter : NULL;
 }
 
 void api_caches_close(struct api_caches *c)
@@ -1129,28 +1265,89 @@ static int check_room_locked(struct api_caches *c, imc_error *err)
 	return 0;
 }
 
-/* The tenant's quota (403 QuotaExceeded): caches it holds (Expired and Deleting ones do not
- * count) and the sum of their sizes (a Creating cache counts its requested size). */
-static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
-			      imc_error *err)
-{
-	const struct api_tenant_limits *lim = NULL;
-	uint64_t count = 0, bytes = 0;
+/* ---- quotas: a Creating cache counts what its build will take --------------------------------
+ * At accept time that is its requested size, else the builder's smallest default size; once the
+ * build knows its size (the sizing rule on the manifests' layer sizes and the data sizes, before
+ * any layer is fetched) the reservation becomes that size or the build fails QuotaExceeded; a
+ * Ready cache counts its snapshot's size, a Failed one nothing.  All under the table lock, so
+ * concurrent creates and builds never both pass on the same bytes. */
 
-	for (size_t i = 0; i < c->n_limits && !lim; i++)
+/* What a create of size bytes (0: the builder's default) reserves until its build is sized. */
+static uint64_t quota_estimate(uint64_t size)
+{
+	return size ? size : BUILDER_SIZE_MIN;
+}
+
+static uint64_t quota_bytes_of(const struct api_cache *x)
+{
+	if (x->status != API_CACHE_CREATING)
+		return x->size;
+	return x->reserved ? x->reserved : quota_estimate(x->request_size);
+}
+
+static const struct api_tenant_limits *limits_of(const struct api_caches *c, const char *tenant)
+{
+	for (size_t i = 0; i < c->n_limits; i++)
 		if (c->limits[i].tenant && strcmp(c->limits[i].tenant, tenant) == 0)
-			lim = &c->limits[i];
-	if (!lim || (!lim->max_caches && !lim->max_bytes))
-		return 0;
+			return &c->limits[i];
+	return NULL;
+}
+
+/* The caches the tenant holds (Expired and Deleting ones do not count) and their bytes, but
+ * skip's. */
+static void tenant_usage_locked(const struct api_caches *c, const char *tenant,
+				const struct api_cache *skip, uint64_t *ret_count,
+				uint64_t *ret_bytes)
+{
+	*ret_count = *ret_bytes = 0;
 	for (size_t i = 0; i < c->n_items; i++) {
 		const struct api_cache *x = c->items[i];
 
-		if (!owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
+		if (x == skip || !owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
 		    x->status == API_CACHE_DELETING)
 			continue;
-		count++;
-		bytes += x->status == API_CACHE_CREATING ? x->request_size : x->size;
+		(*ret_count)++;
+		*ret_bytes += quota_bytes_of(x);
 	}
+}
+
+/* builder_opts.on_size: the build's real size replaces the reservation made at accept time, or
+ * the build fails QuotaExceeded before it fetches a layer. */
+static int reserve_size(void *ctx, uint64_t size, imc_error *err)
+{
+	struct progress_ctx *p = ctx;
+	struct api_caches *c = p->caches;
+	const char *tenant = p->cache->tenant ? p->cache->tenant : API_TENANT_DEFAULT;
+	const struct api_tenant_limits *lim;
+	uint64_t count, bytes;
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	lim = limits_of(c, tenant);
+	tenant_usage_locked(c, tenant, p->cache, &count, &bytes);
+	if (lim && lim->max_bytes && bytes + size > lim->max_bytes)
+		r = imc_err(err, API_EQUOTA,
+			    "tenant %s: quota of %llu bytes exceeded: the build needs %llu bytes, "
+			    "the tenant's other caches hold %llu",
+			    tenant, (unsigned long long)lim->max_bytes, (unsigned long long)size,
+			    (unsigned long long)bytes);
+	else
+		p->cache->reserved = size;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The tenant's quota (403 QuotaExceeded): caches it holds and their bytes, plus what this
+ * create reserves (size: its quota_estimate). */
+static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
+			      imc_error *err)
+{
+	const struct api_tenant_limits *lim = limits_of(c, tenant);
+	uint64_t count = 0, bytes = 0;
+
+	if (!lim || (!lim->max_caches && !lim->max_bytes))
+		return 0;
+	tenant_usage_locked(c, tenant, NULL, &count, &bytes);
 	if (lim->max_caches && count >= lim->max_caches)
 		return imc_err(err, API_EQUOTA,
 			       "tenant %s: quota of %llu caches reached; delete some first", tenant,
@@ -1234,7 +1431,7 @@ static int enqueue(struct api_caches *c, struct api_cache *cache,
 	else if (r == 0)
 		r = check_room_locked(c, err);
 	if (r == 0 && !same)
-		r = check_quota_locked(c, cache->tenant, req->size, err);
+		r = check_quota_locked(c, cache->tenant, quota_estimate(req->size), err);
 	if (r == 0 && !same)
 		r = insert_locked(c, cache, err);
 	if (r == 0 && !same)
@@ -1263,7 +1460,7 @@ int api_caches_create(struct api_caches *c, const struct api_caller *who,
 	if (r == 0 && same)
 		r = answer_same(same, ret, err);
 	else if (r == 0)
-		r = check_quota_locked(c, tenant, req->size, err);
+		r = check_quota_locked(c, tenant, quota_estimate(req->size), err);
 	pthread_mutex_unlock(&c->lock);
 	if (r < 0 || same) {
 		api_cache_free(cache);
@@ -1349,16 +1546,12 @@ int api_caches_get(struct api_caches *c, const struct api_caller *who, const cha
  */
 
 /* The layers of the image asked for: from a built cache of the tenant that holds that exact ref
- * (no network), else resolved from its registry. */
+ * (no network), else from the resolver (never waiting for a registry: -EINPROGRESS while it
+ * asks). */
 static json_t *wanted_layers(struct api_caches *c, const char *tenant, const char *image,
 			     imc_error *err)
 {
-	struct builder_opts opts = {.blob_dir = c->blob_dir,
-				    .insecure_registries = c->insecure_registries,
-				    .ca_file = c->ca_file,
-				    .auth_file = c->auth_file};
-	struct builder_image *img = NULL;
-	json_t *layers = NULL, *desc, *l;
+	json_t *layers = NULL, *l;
 	size_t i;
 
 	pthread_mutex_lock(&c->lock);
@@ -1382,18 +1575,8 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 	pthread_mutex_unlock(&c->lock);
 	if (layers)
 		return layers;
-	if (builder_image_resolve(&opts, image, &img, err) < 0) {
-		imc_err_wrap(err, "image %s", image);
-		if (err && err->code != -ENOMEM)
-			err->code = -ENOENT; /* nothing to compare with: no match */
+	if (api_resolver_layers(c->resolver, image, &layers, err) < 0)
 		return NULL;
-	}
-	desc = builder_image_describe(img);
-	builder_image_free(img);
-	layers = json_array();
-	json_array_foreach(json_object_get(desc, "layers"), i, l)
-	    json_array_append(layers, json_object_get(l, "digest"));
-	json_decref(desc);
 	return layers;
 }
 
@@ -1468,23 +1651,45 @@ int api_caches_list(struct api_caches *c, const struct api_caller *who,
 /* ---- delete -----------------------------------------------------------------------------------
  */
 
-/* Claim a cache for deletion (Deleting): refused while it builds, while another removal runs,
- * and while clones are attached (unless force). */
+/* Take a queued cache out of the queue; false when it is not queued. */
+static bool unqueue_locked(struct api_caches *c, const struct api_cache *cache)
+{
+	for (size_t n = 0; n < c->q_len; n++) {
+		if (c->queue[(c->q_head + n) % API_QUEUE_MAX] != cache)
+			continue;
+		for (; n + 1 < c->q_len; n++)
+			c->queue[(c->q_head + n) % API_QUEUE_MAX] =
+			    c->queue[(c->q_head + n + 1) % API_QUEUE_MAX];
+		c->q_len--;
+		return true;
+	}
+	return false;
+}
+
+/* DELETE of a Creating cache, under the lock: a queued build is dropped (the delete goes on as
+ * for any cache); a running one is asked to stop (*ret_cancelling: the worker removes the cache
+ * once the build has ended). */
+static void cancel_for_delete_locked(struct api_caches *c, struct api_cache *cache,
+				     bool *ret_cancelling)
+{
+	*ret_cancelling = !unqueue_locked(c, cache);
+	if (*ret_cancelling)
+		__atomic_store_n(&cache->cancel, API_CANCEL_DELETE, __ATOMIC_RELAXED);
+}
+
+/* Claim a cache for deletion (Deleting): refused while another removal runs and while clones
+ * are attached (unless force); a Creating one has its build dropped or cancelled. */
 static int claim_for_delete(struct api_caches *c, const char *tenant, const char *id, bool force,
-			    imc_error *err)
+			    bool *ret_cancelling, imc_error *err)
 {
 	struct api_cache *cache;
 	int r = 0;
 
+	*ret_cancelling = false;
 	pthread_mutex_lock(&c->lock);
 	cache = find_visible_locked(c, tenant, id, NULL);
 	if (!cache)
 		r = not_found(err, id);
-	else if (cache->status == API_CACHE_CREATING)
-		r = imc_err(err, EBUSY,
-			    "cache %s: still Creating; delete it once it is Ready or "
-			    "Failed",
-			    id);
 	else if (cache->deleting || cache->status == API_CACHE_DELETING)
 		r = imc_err(err, EBUSY, "cache %s: already being deleted", id);
 	else if (cache->n_attachments > 0 && !force)
@@ -1492,14 +1697,17 @@ static int claim_for_delete(struct api_caches *c, const char *tenant, const char
 			    "cache %s: %zu clone(s) attached (first %s); detach them or delete "
 			    "with force=true",
 			    id, cache->n_attachments, cache->attachments[0].id);
+	if (r == 0 && cache->status == API_CACHE_CREATING)
+		cancel_for_delete_locked(c, cache, ret_cancelling);
 	if (r == 0) {
 		cache->deleting = true;
 		api_cache_touch(cache);
 		cache->status_before = cache->status;
 		set_status_locked(cache, API_CACHE_DELETING);
 		event_locked(cache, "Deleting", "%s",
-			     cache->n_attachments ? "delete forced with clones attached"
-						  : "delete");
+			     *ret_cancelling	    ? "delete: cancelling the build"
+			     : cache->n_attachments ? "delete forced with clones attached"
+						    : "delete");
 	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
@@ -1525,17 +1733,32 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 		api_cache_free(cache);
 }
 
+/* A cache whose build is being cancelled: Deleting is written down (a restart finishes the
+ * delete), the worker does the rest. */
+static int answer_cancelling(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+{
+	imc_error e = {0};
+
+	if (persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	*ret = json_pack("{s:s,s:s}", "id", id, "status", "Deleting");
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 static int api_caches_delete_force(struct api_caches *c, const struct api_caller *who,
 				   const char *id, bool force, json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *answer = json_pack("{s:s,s:s}", "id", id, "status", "Deleted");
+	bool cancelling = false;
 	int r;
 
 	if (!answer)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = claim_for_delete(c, tenant_of(who), id, force, err);
+	r = claim_for_delete(c, tenant_of(who), id, force, &cancelling, err);
 	if (r < 0)
 		return r;
+	if (cancelling)
+		return answer_cancelling(c, id, ret, err);
 	r = store_remove(c->store, STORE_SNAPSHOT, id, err);
 	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed or Expired cache has none */
 		finish_delete(c, id, false);
@@ -1555,7 +1778,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
 			   const struct api_query_arg *args, size_t n_args, json_t **ret,
-			   imc_error *err)
+			   unsigned *ret_status, imc_error *err)
 {
 	bool force = false;
 	int r = api_delete_query_parse(args, n_args, &force, err);
@@ -1564,7 +1787,10 @@ int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, c
 		return r;
 	if (!c)
 		return imc_err(err, ESHUTDOWN, "no cache table");
-	return api_caches_delete_force(c, who, id, force, ret, err);
+	r = api_caches_delete_force(c, who, id, force, ret, err);
+	if (r == 0 && strcmp(json_string_value(json_object_get(*ret, "status")), "Deleting") == 0)
+		*ret_status = 202;
+	return r;
 }
 
 /* ---- attachments ------------------------------------------------------------------------------

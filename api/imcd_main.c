@@ -36,6 +36,9 @@ struct options {
 	unsigned build_workers;	      /* 0: api/caches.c's default (2) */
 	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
 	unsigned sweep_interval_ms;   /* 0: 60 s */
+	unsigned resolve_timeout_ms;  /* 0: 30 s */
+	unsigned shutdown_grace_ms;   /* 0: 30 s */
+	unsigned tenant_builds;	      /* 0: api/caches.c's rule */
 };
 
 static void usage(FILE *f)
@@ -48,7 +51,9 @@ static void usage(FILE *f)
 	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
-	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
+	    "            [--sweep-interval SEC] [--resolve-timeout SEC] [--shutdown-grace SEC]\n"
+	    "            [--tenant-builds N]\n"
+	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -71,10 +76,16 @@ static void usage(FILE *f)
 	    "  --tls-cert FILE       serve HTTPS with this PEM certificate chain ...\n"
 	    "  --tls-key FILE        ... and this PEM private key (not readable by others)\n"
 	    "  --build-workers N     builds at once (1-64, default 2)\n"
+	    "  --tenant-builds N     builds one tenant may run at once (1-64; default: all the\n"
+	    "                        workers but one when tokens name two or more tenants)\n"
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
 	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
+	    "  --resolve-timeout SEC match=best: how long one registry lookup may take (1-600,\n"
+	    "                        default 30)\n"
+	    "  --shutdown-grace SEC  on SIGTERM, how long running builds may go on before they\n"
+	    "                        are cancelled (1-3600, default 30)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  -h, --help            this help\n",
@@ -229,6 +240,21 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
 		o->sweep_interval_ms = (unsigned)n * 1000;
 		return 0;
+	case 'R':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 600)
+			return usage_error("--resolve-timeout %s: want 1-600 seconds", arg);
+		o->resolve_timeout_ms = (unsigned)n * 1000;
+		return 0;
+	case 'B':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
+			return usage_error("--tenant-builds %s: want 1-64", arg);
+		o->tenant_builds = (unsigned)n;
+		return 0;
+	case 'G':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 3600)
+			return usage_error("--shutdown-grace %s: want 1-3600 seconds", arg);
+		o->shutdown_grace_ms = (unsigned)n * 1000;
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -261,6 +287,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"evict-high", required_argument, NULL, 'E'},
 	    {"evict-low", required_argument, NULL, 'e'},
 	    {"sweep-interval", required_argument, NULL, 'S'},
+	    {"resolve-timeout", required_argument, NULL, 'R'},
+	    {"shutdown-grace", required_argument, NULL, 'G'},
+	    {"tenant-builds", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -347,7 +376,8 @@ struct service {
 	struct api_config config; /* zero (auth off) without a config file */
 	struct api_tls tls;	  /* cert_pem NULL: plain HTTP */
 	struct store *store;
-	struct dist_chunks *chunks; /* the chunk store the distribution routes serve */
+	struct dist_chunks *chunks;	/* the chunk store the distribution routes serve */
+	struct dist_exporter *exporter; /* its exports (once Ready) and forgets (once gone) */
 	struct api_caches *caches;
 	struct api_server *server;
 	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
@@ -398,6 +428,15 @@ static void url_set_https(char *url, size_t size)
 	url[4] = 's';
 }
 
+/* How many tenants the tokens name (2 means "two or more": all the caller asks). */
+static size_t tenants_of(const struct api_config *cfg)
+{
+	for (size_t i = 1; i < cfg->n_tokens; i++)
+		if (strcmp(cfg->tokens[i].tenant, cfg->tokens[0].tenant) != 0)
+			return 2;
+	return cfg->n_tokens ? 1 : 0;
+}
+
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
 	const struct store_config scfg = {.state_dir = o->state_dir,
@@ -417,6 +456,8 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		r = store_open(&scfg, &svc->store, err);
 	if (r == 0)
 		r = dist_chunks_open(o->state_dir, svc->store, &svc->chunks, err);
+	if (r == 0)
+		r = dist_exporter_start(svc->chunks, &svc->exporter, err);
 	if (r < 0)
 		return r;
 	if (!svc->config.auth && !api_listen_is_local(o->listen))
@@ -438,10 +479,16 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.evict_high = o->evict_high,
 					.evict_low = o->evict_low,
 					.sweep_interval_ms = o->sweep_interval_ms,
+					.resolve_timeout_ms = o->resolve_timeout_ms,
+					.shutdown_grace_ms = o->shutdown_grace_ms,
+					.tenant_builds = o->tenant_builds,
+					.multi_tenant = tenants_of(&svc->config) > 1,
 					.on_event = on_event,
 					.on_snapshot_removed = api_dist_snapshot_removed,
-					.snapshot_ctx = svc->chunks,
-					.chunks = svc->chunks},
+					.on_snapshot_ready = api_dist_snapshot_ready,
+					.snapshot_ctx = svc->exporter,
+					.chunks = svc->chunks,
+					.exporter = svc->exporter},
 	    repairs, &svc->caches, err);
 	log_repairs(repairs);
 	if (r == 0)
@@ -474,9 +521,13 @@ static void stop(struct service *svc)
 		imc_warn("%s", err.msg);
 	svc->url[0] = '\0';
 	if (svc->caches)
-		imc_info("waiting for the running build, if any");
+		imc_info("waiting for running builds, if any (they are cancelled past the "
+			 "shutdown grace)");
 	api_caches_close(svc->caches);
 	svc->caches = NULL;
+	/* After the table: the builds that ended queued exports, removals forgets. */
+	dist_exporter_stop(svc->exporter);
+	svc->exporter = NULL;
 	dist_chunks_close(svc->chunks);
 	svc->chunks = NULL;
 	store_close(svc->store);

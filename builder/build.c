@@ -21,7 +21,7 @@
 #include "../common/priv.h"
 #include "builder.h"
 
-#define BUILD_MIN_SIZE	  (1ULL << 30)
+#define BUILD_MIN_SIZE	  BUILDER_SIZE_MIN
 #define BUILD_MAX_SIZE	  (16ULL << 40)
 #define BUILD_SIZE_FACTOR 8 /* compressed layer bytes → filesystem size (sparse, so cheap) */
 #define BUILD_DATA_SLACK  (64ULL << 20) /* ext4 metadata beside the data (inode tables, maps) */
@@ -156,6 +156,13 @@ static int plan_all(struct build *b, const struct builder_opts *o,
 	return 0;
 }
 
+/* Between the steps of a build: -ECANCELED once the caller asked to stop. */
+static int build_check_cancel(const struct build *b, const struct builder_opts *o, imc_error *err)
+{
+	return builder_cancelled(o) ? imc_err(err, ECANCELED, "volume %s: build cancelled", b->id)
+				    : 0;
+}
+
 static double ms_since(uint64_t t0)
 {
 	return (double)(imc_monotonic_ns() - t0) / 1e6;
@@ -170,7 +177,10 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 	for (size_t i = 0; i < b->n_plans; i++) {
 		json_t *entry = NULL;
 		uint64_t t0 = imc_monotonic_ns();
-		int r = builder_data_fetch(o, b->plans[i], root, b->dev.fd, &entry, err);
+		int r = build_check_cancel(b, o, err);
+
+		if (r == 0)
+			r = builder_data_fetch(o, b->plans[i], root, b->dev.fd, &entry, err);
 		if (r < 0)
 			return r;
 		imc_debug("volume %s: data %zu fetched in %.0f ms", b->id, i, ms_since(t0));
@@ -278,6 +288,8 @@ static int finish_volume(struct build *b, const struct builder_opts *o, json_t *
 
 	if (r == 0)
 		r = write_manifest(b, manifest, err);
+	if (r == 0)
+		r = build_check_cancel(b, o, err);
 	if (r == 0)
 		r = seal_volume(b, err);
 	return r;
@@ -656,6 +668,8 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	r = resolve_all(&b, o, refs, n_refs, &layer_bytes, err);
 	if (r == 0)
 		r = plan_all(&b, o, req, &data_bytes, err);
+	if (r == 0)
+		r = build_check_cancel(&b, o, err);
 	if (r < 0)
 		return r;
 	if (size == 0)
@@ -664,6 +678,8 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 		return imc_err(err, ENOSPC,
 			       "size %llu bytes is too small for the %llu bytes of data",
 			       (unsigned long long)size, (unsigned long long)data_bytes);
+	if (o->on_size && o->on_size(o->size_ctx, size, err) < 0)
+		return imc_err_wrap(err, "cache %s", cache_id);
 	imc_time_rfc3339(imc_now(), created, sizeof(created));
 	manifest =
 	    json_pack("{s:i, s:s, s:s, s:[], s:[], s:I}", "version", MANIFEST_VERSION, "id",

@@ -35,7 +35,20 @@ struct builder_opts {
 	const char *hf_endpoint; /* Hugging Face-compatible endpoint for hf:// data */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
+	/* Polled during every registry and data transfer (about once a second, also while one
+	 * waits to be retried) and between the steps of a build: true stops the work with
+	 * -ECANCELED.  NULL: never. */
+	bool (*cancelled)(void *ctx);
+	void *cancel_ctx;
+	/* Called once a build knows its filesystem size (the requested one, or the default from
+	 * the manifests' layer sizes and the data sizes), before the store is touched and before
+	 * any layer is fetched: a negative errno (with err set) fails the build with it.  NULL:
+	 * none. */
+	int (*on_size)(void *ctx, uint64_t size, imc_error *err);
+	void *size_ctx;
 };
+/* Has o's caller asked to stop (o->cancelled)? */
+bool builder_cancelled(const struct builder_opts *o);
 
 /* The registry side of o (registry.c's options: insecure registries, credentials, CA file). */
 struct oci_registry_opts builder_registry_opts(const struct builder_opts *o);
@@ -57,7 +70,8 @@ json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
 /* ---- building a cache --------------------------------------------------------------------- */
-#define BUILDER_IMAGES_MAX 20 /* images in one cache, /images/0..19/rootfs */
+#define BUILDER_IMAGES_MAX 20		/* images in one cache, /images/0..19/rootfs */
+#define BUILDER_SIZE_MIN   (1ULL << 30) /* the smallest filesystem the builder makes by default */
 
 /* Model data that lands in /data/<path>/. */
 struct builder_data {
@@ -133,6 +147,8 @@ struct builder_download {
 	const char *want_sha256;
 	void (*on_bytes)(void *ctx, uint64_t n); /* from any thread; n may be 0 */
 	void *ctx;
+	bool (*cancelled)(void *ctx); /* polled during the transfer: true stops it (ECANCELED) */
+	void *cancel_ctx;
 	/* Out. */
 	uint64_t got_size;
 	char got_sha256[IMC_SHA256_HEX_LEN + 1];

@@ -596,6 +596,27 @@ static size_t piece_write(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* libcurl's progress callback (at least once a second): non-zero aborts the transfer. */
+static int piece_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+			  curl_off_t ulnow)
+{
+	const struct builder_download *d = userdata;
+
+	return d->cancelled && d->cancelled(d->cancel_ctx) ? 1 : 0;
+}
+
+/* Let the download's caller stop the transfer (builder_download.cancelled). */
+static int piece_cancel_setup(CURL *curl, struct builder_download *d)
+{
+	if (!d->cancelled)
+		return 0;
+	if (curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, piece_progress) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, d) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)
+		return -1;
+	return 0;
+}
+
 /* One GET of what is left of piece p.  Returns 0 when the piece is complete, -EAGAIN when a
  * retry may help, another negative errno (with e set) when it cannot. */
 static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
@@ -609,7 +630,8 @@ static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
 
 	if (http_setup(curl, url, dl->plain, dl->d->ca_file, errbuf) < 0 ||
 	    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, piece_write) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &io) != CURLE_OK)
+	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &io) != CURLE_OK ||
+	    piece_cancel_setup(curl, dl->d) < 0)
 		return imc_err(e, ENOMEM, "%s: libcurl setup failed", url);
 	if (dl->ranged) {
 		snprintf(range, sizeof(range), "%llu-%llu",
@@ -625,6 +647,8 @@ static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
 		r = imc_err_sys(e, io.io_errno, "write");
 	else if (io.overflow)
 		r = imc_err(e, EFBIG, "%s: more bytes than announced", url);
+	else if (c == CURLE_ABORTED_BY_CALLBACK)
+		r = imc_err(e, ECANCELED, "%s: cancelled", url);
 	else if (c == CURLE_OK && io.status_ok) {
 		if (p->len != UINT64_MAX && p->done != p->len)
 			r = p->done > done_before ? -EAGAIN
@@ -1388,6 +1412,8 @@ static int fetch_http_file(const struct builder_opts *o, struct builder_data_pla
 	    .want_sha256 = p->kind == BUILDER_DATA_HTTPS ? p->sha256 : NULL,
 	    .on_bytes = fetch_on_bytes,
 	    .ctx = fp,
+	    .cancelled = o->cancelled,
+	    .cancel_ctx = o->cancel_ctx,
 	};
 	int r = builder_download(&d, err);
 

@@ -283,8 +283,8 @@ static int export_device(struct dist_chunks *cs, int fd, struct oci_chunk_index 
 	return 0;
 }
 
-static int read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
-		      imc_error *err)
+int dist_read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
+		    imc_error *err)
 {
 	char name[128];
 	_cleanup_close_ int dfd = -1;
@@ -335,7 +335,7 @@ static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *
 	size_t len = 0;
 	int r;
 
-	r = read_index(cs, id, &buf, &len, err);
+	r = dist_read_index(cs, id, &buf, &len, err);
 	if (r != -ENOENT) {
 		if (r == 0 && ret) {
 			*ret = steal_pointer(&buf);
@@ -435,7 +435,7 @@ static int referenced_chunks(struct dist_chunks *cs, struct digest_set *set, imc
 		    strcmp(de->d_name + len - 5, ".json"))
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
-		if ((r = read_index(cs, id, &buf, &n, err)) < 0 ||
+		if ((r = dist_read_index(cs, id, &buf, &n, err)) < 0 ||
 		    (r = oci_chunk_index_parse(buf, n, &ix, err)) < 0)
 			return imc_err_wrap(err, "chunk index of %s", id);
 		r = digest_set_add_index(set, &ix);
