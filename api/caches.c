@@ -21,6 +21,7 @@
 
 #include "../builder/builder.h"
 #include "../common/priv.h"
+#include "../store/chunks.h"
 #include "../store/store.h"
 #include "api.h"
 
@@ -487,6 +488,28 @@ static void repair_build_dirs(struct api_caches *c, const char *state_dir, json_
 	while (d && (de = readdir(d)))
 		if (strncmp(de->d_name, "build-", 6) == 0 && de->d_name[6])
 			repair_build_dir(c, dirfd(d), tmp, de->d_name, repairs);
+}
+
+/* Partial blob downloads and chunk exports that a killed imcd left under temporary names (those a
+ * live process holds stay). */
+static void repair_partial_files(struct api_caches *c, const char *state_dir, json_t *repairs)
+{
+	uint64_t bytes = 0;
+	imc_error e = {0};
+	size_t n = 0;
+
+	if (builder_blobs_remove_partial(c->blob_dir, &n, &bytes, &e) < 0)
+		report(repairs, "blobs: cannot remove partial downloads: %s", e.msg);
+	else if (n)
+		report(repairs, "blobs: removed %zu partial download(s) a crash left (%llu bytes)",
+		       n, (unsigned long long)bytes);
+	if (chunks_remove_partial(state_dir, &n, &bytes, &e) < 0)
+		report(repairs, "chunks: cannot remove partial exports: %s", e.msg);
+	else if (n)
+		report(repairs,
+		       "chunks: removed %zu partial file(s) of an export a crash cut short "
+		       "(%llu bytes)",
+		       n, (unsigned long long)bytes);
 }
 
 /* Runs before any thread starts: the lock is not needed. */
@@ -1089,6 +1112,8 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	r = open_dirs(c, cfg->state_dir, err);
 	if (r == 0)
 		repair_build_dirs(c, cfg->state_dir, ret_repairs);
+	if (r == 0)
+		repair_partial_files(c, cfg->state_dir, ret_repairs);
 	if (r == 0)
 		r = load_all(c, ret_repairs, err);
 	if (r == 0)

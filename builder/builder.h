@@ -93,6 +93,12 @@ uint64_t builder_image_layer_bytes(const struct builder_image *img);
 json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
+/* ---- the blob store (blobs.c) -------------------------------------------------------------- */
+/* Remove the partial downloads (".tmp-…") in <blob_dir>/sha256 that no live process holds (a
+ * download killed half way); *ret_n and *ret_bytes get how many and what they took. */
+int builder_blobs_remove_partial(const char *blob_dir, size_t *ret_n, uint64_t *ret_bytes,
+				 imc_error *err);
+
 /* ---- building a cache --------------------------------------------------------------------- */
 #define BUILDER_IMAGES_MAX 20 /* images in one cache, /images/0..19/rootfs */
 

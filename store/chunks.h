@@ -76,6 +76,10 @@ int chunks_read_index(struct chunk_store *cs, const char *id, char **ret, size_t
  * exports out meanwhile: a chunk of an export in flight is in no index yet).  *ret_freed gets
  * the bytes freed.  Nothing to do when id was never exported. */
 int chunks_forget(struct chunk_store *cs, const char *id, uint64_t *ret_freed, imc_error *err);
+/* Remove the chunk and index files that an export killed half way left under temporary names
+ * (those a live export holds stay); *ret_n and *ret_bytes get how many and what they took. */
+int chunks_remove_partial(const char *state_dir, size_t *ret_n, uint64_t *ret_bytes,
+			  imc_error *err);
 /* Compress / decompress-and-verify one chunk. */
 int chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err);
 /* Decompress blob into out (exactly want bytes) and check sha256 == digest. */

@@ -22,6 +22,7 @@
 #define POOL_FILE	"pool.img"
 #define IMG_SUFFIX	".img"
 #define NAME_MAX_LEN	128
+#define COMPACT_SUFFIX	".compact"
 
 struct reflink {
 	char *pool_dir;
@@ -153,6 +154,42 @@ static int open_kind_dirs(struct reflink *p, imc_error *err)
 	return 0;
 }
 
+/* A compaction (".<volume>.img.compact") that a crash cut short: its build is gone, so is it. */
+static bool is_compact_name(const char *name)
+{
+	size_t n = strlen(name), sl = strlen(COMPACT_SUFFIX);
+
+	return name[0] == '.' && n > sl && strcmp(name + n - sl, COMPACT_SUFFIX) == 0;
+}
+
+static int remove_partial_compactions(struct store *s, struct reflink *p, imc_error *err)
+{
+	int fd = openat(p->kind_dirs[STORE_VOLUME], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_dir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "%s/volumes", p->pool_dir);
+	}
+	if (!s->repairs && !(s->repairs = json_array()))
+		return imc_err(err, ENOMEM, "out of memory");
+	while ((de = readdir(d))) {
+		char msg[NAME_MAX_LEN + 160];
+		uint64_t bytes = 0;
+
+		if (!is_compact_name(de->d_name) ||
+		    imc_remove_unheld_at(dirfd(d), de->d_name, &bytes) != 1)
+			continue;
+		snprintf(msg, sizeof(msg),
+			 "pool/volumes/%.*s: removed a seal that a crash cut short (%llu bytes)",
+			 NAME_MAX_LEN, de->d_name, (unsigned long long)bytes);
+		json_array_append_new(s->repairs, json_string(msg));
+	}
+	return 0;
+}
+
 static void close_kind_dirs(struct reflink *p)
 {
 	for (int k = 0; k < 3; k++) {
@@ -213,6 +250,8 @@ static int reflink_open(struct store *s, imc_error *err)
 	r = open_pool(s, p, err);
 	if (r == 0)
 		r = open_kind_dirs(p, err);
+	if (r == 0)
+		r = remove_partial_compactions(s, p, err);
 	if (r < 0)
 		reflink_close(s);
 	return r;
@@ -470,12 +509,14 @@ static int compact_volume(struct reflink *p, const char *vname, int *fd, imc_err
 	keep = compact_plan(l.holes, l.n_holes, data_bytes);
 	imc_debug("%s: %zu holes, %lld data bytes: rewritten keeping %zu holes", vname, l.n_holes,
 		  (long long)data_bytes, keep);
-	snprintf(tmp, sizeof(tmp), ".%s.compact", vname);
+	snprintf(tmp, sizeof(tmp), ".%s" COMPACT_SUFFIX, vname);
 	dst = openat(p->kind_dirs[STORE_VOLUME], tmp,
 		     O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600);
 	if (dst < 0)
 		return imc_err_sys(err, errno, "%s", tmp);
+	imc_hold_file(dst); /* one nobody holds is removed when the store is next opened */
 	r = compact_into(*fd, dst, st.st_size, &l, keep);
+	imc_stop_point("seal-compact");
 	if (r == 0 &&
 	    renameat(p->kind_dirs[STORE_VOLUME], tmp, p->kind_dirs[STORE_VOLUME], vname) < 0)
 		r = -errno;

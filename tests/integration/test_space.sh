@@ -1,0 +1,162 @@
+#!/bin/bash
+# Space on the imcd host: what crashes leave behind goes, and so does what nothing needs.
+#   - a blob download killed half way (imcd SIGKILLed while a trickling registry proxy sends the
+#     layer a few bytes at a time) leaves blobs/sha256/.tmp-…; the next start removes it, and the
+#     cache is built again;
+#   - an index export killed half way (imcd stopped by the test-only stop point chunk-write with a
+#     chunk written under its temporary name, then SIGKILLed: a real kill, at the one moment such
+#     a file exists, which a kill at a random time would almost never hit) leaves
+#     chunks/sha256/…/*.tmp.*; the next start removes it and the export runs again.
+# (A seal killed during its compaction is tested in tests/unit/test_store.c, the same way.)
+# Needs root and loop devices (the store loop-mounts its XFS pool file).
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+
+need_root
+need_loop
+need_tool jq curl tar skopeo losetup findmnt mkfs.xfs python3 du
+need_programs imcd imcctl imc-attach
+
+registry_start_or_bail
+
+LAYOUT=$TEST_TMP/layout
+# shellcheck disable=SC2317 # called through check
+push_images() {
+	mkimage_plain "$LAYOUT" slow 8192 && registry_push_raw "$LAYOUT" slow imc/slow:v1
+}
+check "images push" push_images
+SLOW_LAYER=$(jq -r '.layers[0].digest' <<<"$(registry_manifest imc/slow v1 2>/dev/null)")
+check_match "the slow image's layer digest is known" '^sha256:' "$SLOW_LAYER"
+
+# A registry proxy that sends the body of every blob whose digest is listed in $TRICKLE_FILE
+# 1 KiB every 50 ms after its first 256 KiB, for as long as it is listed (then the rest at once).
+TRICKLE_FILE=$TEST_TMP/trickle
+cat >"$TEST_TMP/trickleproxy.py" <<'PY'
+import http.client, sys, time
+from http.server import BaseHTTPRequestHandler
+sys.path.insert(0, sys.argv[1])
+import loopserver
+upstream, listed_file, port_file = sys.argv[2:5]
+
+def listed(path):
+    try:
+        with open(listed_file) as f:
+            return path.rsplit("/", 1)[-1] in f.read().split()
+    except OSError:
+        return False
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def forward(self):
+        up = http.client.HTTPConnection(upstream, timeout=60)
+        hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "host")}
+        up.request(self.command, self.path, headers=hdrs)
+        r = up.getresponse()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("connection", "transfer-encoding", "keep-alive"):
+                self.send_header(k, v)
+        self.end_headers()
+        sent = 0
+        while self.command != "HEAD":
+            slow = "/blobs/" in self.path and sent >= 256 << 10 and listed(self.path)
+            chunk = r.read(1024 if slow else 65536)
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            self.wfile.flush()
+            sent += len(chunk)
+            if slow:
+                time.sleep(0.05)
+        up.close()
+    do_GET = do_HEAD = forward
+
+sys.exit(loopserver.serve(H, port_file))
+PY
+PROXY_DIR=$TEST_TMP/proxy
+mkdir -p "$PROXY_DIR"
+python3 "$TEST_TMP/trickleproxy.py" "$IMC_ROOT/tests/lib" "$REGISTRY" "$TRICKLE_FILE" \
+	"$PROXY_DIR/port" >"$PROXY_DIR/stderr" 2>&1 &
+PROXY_PID=$!
+# shellcheck disable=SC2317
+stop_proxy() { kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; }
+defer stop_proxy
+wait_for_file "$PROXY_DIR/port" 20 "$PROXY_PID" || bail "trickle proxy starts" "$(cat "$PROXY_DIR/stderr")"
+SLOW=127.0.0.1:$(cat "$PROXY_DIR/port")/imc/slow:v1
+
+STATE=$TEST_TMP/state
+imcd_start_or_bail "$STATE"
+
+# The partial blob downloads in the blob store, one a line.
+partial_blobs() { find "$STATE/blobs" -name '.tmp-*' 2>/dev/null; }
+# Does a partial download hold some bytes (the kill must come while the layer is half there)?
+# shellcheck disable=SC2317 # called through check
+has_partial_bytes() {
+	local f
+	for f in $(partial_blobs); do
+		[ "$(stat -c %s "$f")" -gt 0 ] && return 0
+	done
+	return 1
+}
+# wait_until SECONDS CMD...: poll CMD every 0.1 s.
+wait_until() {
+	local deadline=$(($(date +%s) + $1))
+	shift
+	until "$@"; do
+		[ "$(date +%s)" -lt "$deadline" ] || return 1
+		sleep 0.1
+	done
+}
+
+# ---- a download killed half way ---------------------------------------------------------------
+echo "$SLOW_LAYER" >"$TRICKLE_FILE"
+ID=$(create_cache "$SLOW" slow) || bail "POST a cache of the trickled image" "$HTTP_BODY"
+check "the layer trickles into blobs/sha256/.tmp-…" wait_until 60 has_partial_bytes
+kill -9 "$IMCD_PID"
+wait "$IMCD_PID" 2>/dev/null || true
+IMCD_PID=
+check_match "imcd SIGKILLed mid-download left the partial download" 'tmp-' "$(partial_blobs)"
+PARTIAL_KIB=$(du -sk "$STATE/blobs" | cut -f1)
+rm -f "$TRICKLE_FILE" # the proxy sends at full speed again
+imcd_start "$STATE" || bail "imcd starts again after SIGKILL" "$(imcd_log_tail 30)"
+check_match "the restart removes the partial download and says so" \
+	'repair: blobs: removed 1 partial download\(s\) a crash left \([0-9]+ bytes\)' "$(cat "$IMCD_LOG")"
+J=$(cache_wait "$ID" 120) || bail "the cache is built again after the restart" "$(imcd_log_tail 20)"
+check_eq "... and ends Ready" Ready "$(json_get "$J" .status)"
+check_eq "no partial download is left (${PARTIAL_KIB} KiB were there)" "" "$(partial_blobs)"
+
+# ---- an export killed half way ------------------------------------------------------------------
+imcd_stop || true
+IMC_STOP_AT=chunk-write imcd_start "$STATE" || bail "imcd starts with a stop point" "$(imcd_log_tail 30)"
+curl -s --noproxy '*' --max-time 60 -o /dev/null "$IMCD_URL/v1/imagecaches/$ID/index" &
+CURL_PID=$!
+# shellcheck disable=SC2317 # called through check
+imcd_stopped() { [ "$(ps -o stat= -p "$IMCD_PID" | cut -c1)" = T ]; }
+check "the export stops at its first chunk write" wait_until 60 imcd_stopped
+partial_chunks() { find "$STATE/chunks" -name '*.tmp*' 2>/dev/null; }
+check_match "a chunk is there under its temporary name" '\.tmp\.' "$(partial_chunks)"
+kill -9 "$IMCD_PID"
+wait "$IMCD_PID" 2>/dev/null || true
+IMCD_PID=
+kill "$CURL_PID" 2>/dev/null || true
+wait "$CURL_PID" 2>/dev/null || true
+check_match "imcd SIGKILLed mid-export left it" '\.tmp\.' "$(partial_chunks)"
+imcd_start "$STATE" || bail "imcd starts again after SIGKILL" "$(imcd_log_tail 30)"
+check_match "the restart removes the export's partial chunk and says so" \
+	'repair: chunks: removed 1 partial file\(s\) of an export a crash cut short' "$(cat "$IMCD_LOG")"
+check_eq "no partial chunk or index is left" "" "$(partial_chunks)"
+http GET "$IMCD_URL/v1/imagecaches/$ID/index"
+check_eq "the export runs again: GET …/index answers 200" 200 "$HTTP_STATUS"
+check_eq "... and leaves no temporary file" "" "$(partial_chunks)"
+
+http DELETE "$IMCD_URL/v1/imagecaches/$ID"
+check_eq "DELETE the cache" 200 "$HTTP_STATUS"
+
+check_clean_shutdown
+
+done_testing
