@@ -354,6 +354,10 @@ struct api_caches_config {
 	double evict_low;	/* ... and where it stops: 0.80 (IMCD_EVICT_LOW) */
 	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 (IMCD_SWEEP_INTERVAL_MS) */
 	unsigned day_seconds;	    /* a retention day: 86400 (IMCD_DAY_SECONDS) */
+	/* The blob store (<state_dir>/blobs): what no cache, base or running build needs goes
+	 * after each build and removal; over this many bytes the least recently used go too
+	 * (0: no cap). */
+	uint64_t blob_cache_max;
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)

@@ -50,6 +50,7 @@ struct api_caches {
 	unsigned n_workers;
 	double evict_high, evict_low;
 	unsigned sweep_ms, day_seconds;
+	uint64_t blob_max; /* the blob store's size cap; 0: none */
 
 	pthread_mutex_t lock; /* items, n_items, queue, stopping, per-cache fields */
 	pthread_cond_t cond;
@@ -65,6 +66,7 @@ struct api_caches {
 	unsigned workers_started;
 	pthread_t sweeper;
 	bool sweeper_started;
+	bool space_due; /* something went: the sweeper collects blobs (see space_changed_locked) */
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
 
@@ -534,6 +536,86 @@ static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 	return 0;
 }
 
+/* ---- space --------------------------------------------------------------------------------------
+ * What a build or a removal leaves that nothing needs goes on the sweeper thread, never in a
+ * request handler: the blob store's collection lists a directory. */
+
+/* A build ended or a cache went: wake the sweeper for a space pass now. */
+static void space_changed_locked(struct api_caches *c)
+{
+	c->space_due = true;
+	pthread_cond_signal(&c->sweep_cond);
+}
+
+static void space_changed(struct api_caches *c)
+{
+	pthread_mutex_lock(&c->lock);
+	space_changed_locked(c);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Append the layer digests of a cache's built images to out. */
+static void cache_layers_append(const struct api_cache *cache, json_t *out)
+{
+	size_t i, k;
+	json_t *im, *l;
+
+	json_array_foreach(json_object_get(cache->manifest, "images"), i, im)
+	{
+		json_array_foreach(json_object_get(im, "layers"), k, l)
+		    json_array_append(out, json_object_get(l, "digest"));
+	}
+}
+
+/* The layers the blob store keeps: those of every cache that has its snapshot and of every base
+ * (a running build pins its own). */
+static json_t *needed_layers(struct api_caches *c)
+{
+	json_t *keep = builder_bases_layers(c->store);
+
+	if (!keep)
+		return NULL;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items; i++) {
+		const struct api_cache *cache = c->items[i];
+
+		if (cache->status == API_CACHE_READY || cache->status == API_CACHE_UPDATING)
+			cache_layers_append(cache, keep);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return keep;
+}
+
+static void collect_blobs(struct api_caches *c)
+{
+	_cleanup_json_ json_t *keep = needed_layers(c);
+	struct builder_blobs_gc res;
+	imc_error e = {0};
+
+	if (!keep)
+		return;
+	if (builder_blobs_gc(c->blob_dir, keep, c->blob_max, &res, &e) < 0)
+		imc_warn("blob store: %s", e.msg);
+	else if (res.removed)
+		imc_info("blob store: %zu blob(s) removed (%zu of them least recently used over "
+			 "the %llu-byte cap), %llu bytes freed, %llu bytes kept",
+			 res.removed, res.evicted, (unsigned long long)c->blob_max,
+			 (unsigned long long)res.freed, (unsigned long long)res.kept_bytes);
+}
+
+/* The space pass of a sweep: blobs, after something went (or always, under a size cap). */
+static void space_pass(struct api_caches *c)
+{
+	bool due;
+
+	pthread_mutex_lock(&c->lock);
+	due = c->space_due;
+	c->space_due = false;
+	pthread_mutex_unlock(&c->lock);
+	if (due || c->blob_max)
+		collect_blobs(c);
+}
+
 /* ---- the build workers ------------------------------------------------------------------------
  */
 
@@ -766,6 +848,7 @@ static void *worker_main(void *arg)
 		pthread_mutex_lock(&c->lock);
 		c->building[slot] = NULL;
 		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
+		space_changed_locked(c);	  /* its blobs are needed no more, or less */
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -856,6 +939,7 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	if (r == 0 || r == -ENOENT) {
 		chunks_gone(c, id);
 		drop_unused_bases_now(c);
+		space_changed(c);
 	}
 	if (r == 0 || r == -ENOENT) {
 		char msg[256];
@@ -951,6 +1035,13 @@ void api_caches_sweep(struct api_caches *c)
 	} while (pool_above(c, c->evict_low, &ratio));
 }
 
+/* Expiry, eviction, then space. */
+static void sweep_all(struct api_caches *c)
+{
+	api_caches_sweep(c);
+	space_pass(c);
+}
+
 static void *sweeper_main(void *arg)
 {
 	struct api_caches *c = arg;
@@ -966,11 +1057,12 @@ static void *sweeper_main(void *arg)
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000L;
 		}
-		pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
+		if (!c->space_due)
+			pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
 		if (c->stopping)
 			break;
 		pthread_mutex_unlock(&c->lock);
-		api_caches_sweep(c);
+		sweep_all(c);
 		pthread_mutex_lock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -1053,6 +1145,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 				     SWEEP_MS_DEFAULT, 10, 86400000);
 	c->day_seconds = (unsigned)knob(cfg->day_seconds, "IMCD_DAY_SECONDS", DAY_SECONDS_DEFAULT,
 					1, DAY_SECONDS_DEFAULT);
+	c->blob_max = cfg->blob_cache_max;
 }
 
 static int start_threads(struct api_caches *c, imc_error *err)
@@ -1615,6 +1708,7 @@ int api_caches_delete_force(struct api_caches *c, const struct api_caller *who, 
 	finish_delete(c, id, true);
 	chunks_gone(c, id);
 	drop_unused_bases_now(c);
+	space_changed(c);
 	r = unlink_meta(c, id, err);
 	if (r < 0)
 		return r;

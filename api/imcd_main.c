@@ -35,6 +35,7 @@ struct options {
 	unsigned build_workers;	      /* 0: api/caches.c's default (2) */
 	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
 	unsigned sweep_interval_ms;   /* 0: 60 s */
+	uint64_t blob_cache_max;      /* 0: the config's, else no cap */
 };
 
 static void usage(FILE *f)
@@ -47,7 +48,8 @@ static void usage(FILE *f)
 	    "            [--hf-endpoint URL] [--ready-file FILE] [--threads N]\n"
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
-	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
+	    "            [--sweep-interval SEC] [--blob-cache-max BYTES]\n"
+	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -73,7 +75,10 @@ static void usage(FILE *f)
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
-	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n",
+	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
+	    "  --blob-cache-max BYTES  cap the blob store: over it, the least recently used\n"
+	    "                        layer blobs go (K, M, G, T suffixes; default: no cap, only\n"
+	    "                        blobs that no cache needs go)\n",
 	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
 }
 
@@ -225,6 +230,10 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
 		o->sweep_interval_ms = (unsigned)n * 1000;
 		return 0;
+	case 'B':
+		if (parse_size(arg, &o->blob_cache_max) < 0 || o->blob_cache_max == 0)
+			return usage_error("--blob-cache-max %s: want BYTES[K|M|G|T] above 0", arg);
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -257,6 +266,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"evict-high", required_argument, NULL, 'E'},
 	    {"evict-low", required_argument, NULL, 'e'},
 	    {"sweep-interval", required_argument, NULL, 'S'},
+	    {"blob-cache-max", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -371,6 +381,8 @@ static int load_config(struct options *o, struct service *svc, imc_error *err)
 	if (!o->state_dir)
 		o->state_dir =
 		    svc->config.state_dir ? svc->config.state_dir : STORE_DEFAULT_STATE_DIR;
+	if (!o->blob_cache_max)
+		o->blob_cache_max = svc->config.blob_cache_max;
 	cert = o->tls_cert ? o->tls_cert : svc->config.tls_cert;
 	key = o->tls_key ? o->tls_key : svc->config.tls_key;
 	if (!cert)
@@ -430,6 +442,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 							.evict_high = o->evict_high,
 							.evict_low = o->evict_low,
 							.sweep_interval_ms = o->sweep_interval_ms,
+							.blob_cache_max = o->blob_cache_max,
 							.on_event = on_event},
 			    repairs, &svc->caches, err);
 	log_repairs(repairs);

@@ -55,6 +55,7 @@ struct build {
 	char mnt[PATH_MAX];
 	bool mounted;
 	bool borrowed_images; /* images belong to another build */
+	json_t *pinned;	      /* the layer digests this build pinned in the blob store */
 };
 
 /* Undo whatever of the volume exists: mount, mount point, device, the volume itself. */
@@ -81,6 +82,9 @@ static void build_drop_volume(struct build *b)
 static void build_cleanup(struct build *b)
 {
 	build_drop_volume(b);
+	for (size_t k = 0; k < json_array_size(b->pinned); k++)
+		builder_blobs_unpin(json_string_value(json_array_get(b->pinned, k)));
+	json_decref(b->pinned);
 	for (size_t i = 0; !b->borrowed_images && i < b->n_images; i++)
 		builder_image_free(b->images[i]);
 	if (!b->borrowed_images)
@@ -371,6 +375,34 @@ static json_t *layer_digests(const struct builder_image *img)
 	return out;
 }
 
+/* The blob store keeps every layer of b's images until the build ends. */
+static int pin_layers(struct build *b, const struct builder_opts *o, imc_error *err)
+{
+	if (!o->blob_dir)
+		return 0;
+	b->pinned = json_array();
+	if (!b->pinned)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < b->n_images; i++) {
+		_cleanup_json_ json_t *layers = layer_digests(b->images[i]);
+		size_t k;
+		json_t *d;
+
+		if (!layers)
+			return imc_err(err, ENOMEM, "out of memory");
+		json_array_foreach(layers, k, d)
+		{
+			if (json_array_append(b->pinned, d) < 0)
+				return imc_err(err, ENOMEM, "out of memory");
+			if (builder_blobs_pin(o->blob_dir, json_string_value(d), err) < 0) {
+				json_array_remove(b->pinned, json_array_size(b->pinned) - 1);
+				return err ? err->code : -ENOMEM;
+			}
+		}
+	}
+	return 0;
+}
+
 static char *bases_dir(struct store *s)
 {
 	return imc_path_join(s->state_dir, BASES_DIR);
@@ -410,6 +442,37 @@ int builder_base_forget(struct store *s, const char *base_id, imc_error *err)
 	if (dfd >= 0 && unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
 		return imc_err_sys(err, errno, "base record %s", name);
 	return 0;
+}
+
+json_t *builder_bases_layers(struct store *s)
+{
+	_cleanup_free_ char *dir = bases_dir(s);
+	_cleanup_dir_ DIR *d = dir ? opendir(dir) : NULL;
+	json_t *out = json_array();
+	struct dirent *de;
+	size_t seen = 0;
+
+	while (out && d && (de = readdir(d)) && seen++ < BASES_MAX) {
+		_cleanup_json_ json_t *rec = NULL;
+		struct store_object_info info;
+		char id[BASE_ID_MAX];
+		size_t n = strlen(de->d_name);
+
+		if (n != BASE_ID_MAX - 1 + 5 || strcmp(de->d_name + n - 5, ".json") != 0 ||
+		    strncmp(de->d_name, BASE_PREFIX, strlen(BASE_PREFIX)) != 0)
+			continue;
+		memcpy(id, de->d_name, n - 5);
+		id[n - 5] = '\0';
+		if (store_stat(s, STORE_SNAPSHOT, id, &info, NULL) < 0 ||
+		    imc_json_read_file(dirfd(d), de->d_name, BASE_RECORD_MAX, &rec, NULL) < 0 ||
+		    !json_is_array(json_object_get(rec, "layers")))
+			continue;
+		if (json_array_extend(out, json_object_get(rec, "layers")) < 0) {
+			json_decref(out);
+			return NULL;
+		}
+	}
+	return out;
 }
 
 /* How many leading layers of want the record's layers are, when all of them are; else 0. */
@@ -654,6 +717,8 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 		return imc_err(err, EINVAL, "size %llu: at most %llu", (unsigned long long)size,
 			       (unsigned long long)BUILD_MAX_SIZE);
 	r = resolve_all(&b, o, refs, n_refs, &layer_bytes, err);
+	if (r == 0)
+		r = pin_layers(&b, o, err);
 	if (r == 0)
 		r = plan_all(&b, o, req, &data_bytes, err);
 	if (r < 0)

@@ -6,7 +6,10 @@
 #   - an index export killed half way (imcd stopped by the test-only stop point chunk-write with a
 #     chunk written under its temporary name, then SIGKILLed: a real kill, at the one moment such
 #     a file exists, which a kill at a random time would almost never hit) leaves
-#     chunks/sha256/…/*.tmp.*; the next start removes it and the export runs again.
+#     chunks/sha256/…/*.tmp.*; the next start removes it and the export runs again;
+#   - the blob store is collected: a blob nothing needs goes after a build, every blob goes with
+#     the last cache, and over --blob-cache-max the least recently used go, but never a blob a
+#     running build needs.
 # (A seal killed during its compaction is tested in tests/unit/test_store.c, the same way.)
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
@@ -154,8 +157,82 @@ http GET "$IMCD_URL/v1/imagecaches/$ID/index"
 check_eq "the export runs again: GET …/index answers 200" 200 "$HTTP_STATUS"
 check_eq "... and leaves no temporary file" "" "$(partial_chunks)"
 
+# ---- the blob store is collected --------------------------------------------------------------
+# blob_files: the verified blobs (64 hex digits) in the blob store, one a line.
+blob_files() { find "$STATE/blobs/sha256" -maxdepth 1 -type f -regextype posix-extended -regex '.*/[0-9a-f]{64}' 2>/dev/null; }
+# plant_junk: a blob no cache, base or build needs (the store's collector removes it on its next
+# pass: a probe that such a pass ran).
+plant_junk() {
+	head -c 4096 /dev/urandom >"$TEST_TMP/junk"
+	JUNK=$STATE/blobs/sha256/$(sha256sum "$TEST_TMP/junk" | cut -d' ' -f1)
+	cp "$TEST_TMP/junk" "$JUNK"
+}
+junk_gone() { [ ! -e "$JUNK" ]; }
+blob_of() { echo "$STATE/blobs/sha256/${1#sha256:}"; }
+# A build that fails at once (no such image): each build's end runs a collection.
+fail_a_build() {
+	local id
+	id=$(create_cache "$REGISTRY/imc/none:v1" none) && cache_wait "$id" 60 >/dev/null &&
+		http DELETE "$IMCD_URL/v1/imagecaches/$id"
+}
+
+check_match "a Ready cache's layer blob is in the blob store" "${SLOW_LAYER#sha256:}" "$(blob_files)"
+plant_junk
+check "a build that fails ends" fail_a_build
+check "the collection after it removes a blob nothing needs" wait_until 20 junk_gone
+check "... and keeps the Ready cache's layer" test -f "$(blob_of "$SLOW_LAYER")"
 http DELETE "$IMCD_URL/v1/imagecaches/$ID"
-check_eq "DELETE the cache" 200 "$HTTP_STATUS"
+check_eq "DELETE the last cache" 200 "$HTTP_STATUS"
+# shellcheck disable=SC2317 # called through check
+no_blobs() { [ -z "$(blob_files)" ]; }
+check "with every cache deleted, blobs/ ends empty" wait_until 20 no_blobs
+note "blobs/ now: $(du -sh "$STATE/blobs" | cut -f1)"
+
+# A size cap, and a running build's blobs: image "pair" has a 4 MiB layer A and a 2 MiB layer B,
+# B trickled.  The cap is 3 MiB: while the build runs, A (complete, over the cap and needed by
+# no cache yet) stays; once the cache is Ready, A and B are both a cache's, 6 MiB in all, and
+# the least recently used, A, goes.
+# shellcheck disable=SC2317 # called through check
+push_pair() {
+	local work l1 l2 m
+	work=$(mktemp -d "$TEST_TMP/mk.XXXXXX")
+	mkdir -p "$work/a" "$work/b"
+	head -c $((4 << 20)) /dev/urandom >"$work/a/a"
+	head -c $((2 << 20)) /dev/urandom >"$work/b/b"
+	l1=$(mk_layer "$LAYOUT" "$work/a" none) && l2=$(mk_layer "$LAYOUT" "$work/b" none) &&
+		m=$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$l1" "$l2") &&
+		mk_tag "$LAYOUT" pair "$m" && registry_push_raw "$LAYOUT" pair imc/pair:v1
+}
+check "image pair pushes" push_pair
+PAIR_M=$(registry_manifest imc/pair v1 2>/dev/null)
+LAYER_A=$(jq -r '.layers[0].digest' <<<"$PAIR_M")
+LAYER_B=$(jq -r '.layers[1].digest' <<<"$PAIR_M")
+imcd_stop || true
+IMCD_SWEEP_INTERVAL_MS=200 imcd_start "$STATE" --blob-cache-max 3M ||
+	bail "imcd starts with --blob-cache-max 3M" "$(imcd_log_tail 30)"
+echo "$LAYER_B" >"$TRICKLE_FILE"
+PAIR_ID=$(create_cache "127.0.0.1:$(cat "$PROXY_DIR/port")/imc/pair:v1" pair) ||
+	bail "POST a cache of image pair" "$HTTP_BODY"
+check "layer B trickles in" wait_until 60 has_partial_bytes
+check "layer A is in" test -f "$(blob_of "$LAYER_A")"
+plant_junk
+check "a collection runs meanwhile (a blob nothing needs goes)" wait_until 20 junk_gone
+check "... and leaves the running build's layer A, 4 MiB over the 3 MiB cap" \
+	test -f "$(blob_of "$LAYER_A")"
+rm -f "$TRICKLE_FILE"
+J=$(cache_wait "$PAIR_ID" 120) || bail "the pair cache builds" "$(imcd_log_tail 20)"
+check_eq "... Ready" Ready "$(json_get "$J" .status)"
+# shellcheck disable=SC2317 # called through check
+a_gone() { [ ! -e "$(blob_of "$LAYER_A")" ]; }
+check "over the cap, the least recently used blob (A) goes" wait_until 20 a_gone
+check "... and the newer one (B) stays" test -f "$(blob_of "$LAYER_B")"
+check_match "... within the cap: $(du -sk "$STATE/blobs/sha256" | cut -f1) KiB" '^[0-9]+$' \
+	"$(du -sk "$STATE/blobs/sha256" | awk '$1 <= 3072 {print $1}')"
+check_match "imcd logs what the cap removed" 'blob store: [0-9]+ blob\(s\) removed \(1 of them least recently used over the 3145728-byte cap\)' \
+	"$(cat "$IMCD_LOG")"
+http DELETE "$IMCD_URL/v1/imagecaches/$PAIR_ID"
+check_eq "DELETE the pair cache" 200 "$HTTP_STATUS"
+check "blobs/ ends empty again" wait_until 20 no_blobs
 
 check_clean_shutdown
 
