@@ -67,6 +67,8 @@ struct api_caches {
 	pthread_t sweeper;
 	bool sweeper_started;
 	bool space_due; /* something went: the sweeper collects blobs (see space_changed_locked) */
+	bool trim_due;	/* ... and trims the pool once things are quiet (see space_pass) */
+	uint64_t last_change_ns; /* the last build end, removal or attachment report */
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
 
@@ -544,6 +546,8 @@ static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 static void space_changed_locked(struct api_caches *c)
 {
 	c->space_due = true;
+	c->trim_due = true;
+	c->last_change_ns = imc_monotonic_ns();
 	pthread_cond_signal(&c->sweep_cond);
 }
 
@@ -603,17 +607,39 @@ static void collect_blobs(struct api_caches *c)
 			 (unsigned long long)res.freed, (unsigned long long)res.kept_bytes);
 }
 
-/* The space pass of a sweep: blobs, after something went (or always, under a size cap). */
+/* Give what the pool freed back to the filesystem under it (store_trim: FITRIM of the embedded
+ * pool, which walks its free space under the allocation-group locks that clones take too). */
+static void trim_pool(struct api_caches *c)
+{
+	uint64_t trimmed = 0, t0 = imc_monotonic_ns();
+	imc_error e = {0};
+
+	if (store_trim(c->store, &trimmed, &e) < 0)
+		imc_warn("pool: trim: %s", e.msg);
+	else if (trimmed)
+		imc_info("pool: trimmed (%llu bytes of free space discarded, %.0f ms)",
+			 (unsigned long long)trimmed, (double)(imc_monotonic_ns() - t0) / 1e6);
+}
+
+/* The space pass of a sweep: blobs, after something went (or always, under a size cap); the
+ * pool's trim, once nothing went and nothing was attached or detached for a whole sweep
+ * interval (so a run of deletes costs one trim, and a trim does not land in an attach burst). */
 static void space_pass(struct api_caches *c)
 {
-	bool due;
+	uint64_t quiet_ns = (uint64_t)c->sweep_ms * 1000000ULL;
+	bool due, trim;
 
 	pthread_mutex_lock(&c->lock);
 	due = c->space_due;
 	c->space_due = false;
+	trim = c->trim_due && imc_monotonic_ns() - c->last_change_ns >= quiet_ns;
+	if (trim)
+		c->trim_due = false;
 	pthread_mutex_unlock(&c->lock);
 	if (due || c->blob_max)
 		collect_blobs(c);
+	if (trim)
+		trim_pool(c);
 }
 
 /* ---- the build workers ------------------------------------------------------------------------
@@ -1211,6 +1237,9 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		r = load_all(c, ret_repairs, err);
 	if (r == 0)
 		r = repair_all(c, ret_repairs, err);
+	/* What a crash or the repairs freed: trimmed once the first sweep interval is quiet. */
+	c->trim_due = true;
+	c->last_change_ns = imc_monotonic_ns();
 	if (r == 0)
 		r = start_threads(c, err);
 	if (r < 0) {
@@ -1817,6 +1846,7 @@ static int attach_locked(struct api_caches *c, struct api_cache *cache, const ch
 	}
 	cache->n_attachments++;
 	cache->last_used_at = a->at;
+	c->last_change_ns = imc_monotonic_ns(); /* no pool trim in an attach burst */
 	api_cache_touch(cache);
 	event_locked(cache, "Attached", "%s%s%s", aid, a->host ? " on " : "",
 		     a->host ? a->host : "");
@@ -1875,6 +1905,7 @@ int api_caches_detach(struct api_caches *c, const struct api_caller *who, const 
 			(cache->n_attachments - i - 1) * sizeof(*cache->attachments));
 		cache->n_attachments--;
 		cache->last_used_at = imc_now();
+		c->last_change_ns = imc_monotonic_ns();
 		api_cache_touch(cache);
 		event_locked(cache, "Detached", "%s", aid);
 	}

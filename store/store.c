@@ -176,6 +176,12 @@ int store_teardown(struct store *s, imc_error *err)
 	return s->ops->teardown(s, err);
 }
 
+int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err)
+{
+	*ret_trimmed = 0;
+	return s->ops->trim ? s->ops->trim(s, ret_trimmed, err) : 0;
+}
+
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
 			       uint64_t size, imc_error *err)
 {

@@ -89,6 +89,10 @@ struct store_driver_ops {
 	 * space reads as zeros. */
 	int (*resize)(struct store *s, enum store_kind kind, const char *id, uint64_t size,
 		      imc_error *err);
+	/* Give the filesystem under the pool back the space the pool no longer uses (the
+	 * embedded pool: FITRIM, which punches holes in pool.img); *ret_trimmed gets the bytes.
+	 * NULL in a driver that has nothing to give back (store_trim answers 0). */
+	int (*trim)(struct store *s, uint64_t *ret_trimmed, imc_error *err);
 };
 
 struct store {
@@ -131,6 +135,8 @@ int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t
  * file, then ftruncate to size; the filesystem inside is not grown, that is the caller's). */
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
 			       uint64_t size, imc_error *err);
+/* See store_driver_ops.trim.  Costs a walk of the pool's free space: not on a hot path. */
+int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err);
 /* The repairs store_open made (borrowed: an array of strings, empty when there were none). */
 json_t *store_repairs(const struct store *s);
 

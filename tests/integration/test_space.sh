@@ -9,7 +9,9 @@
 #     chunks/sha256/…/*.tmp.*; the next start removes it and the export runs again;
 #   - the blob store is collected: a blob nothing needs goes after a build, every blob goes with
 #     the last cache, and over --blob-cache-max the least recently used go, but never a blob a
-#     running build needs.
+#     running build needs;
+#   - the embedded pool gives space back: deleting a 64 MiB cache shrinks pool.img's allocated
+#     size (du) by as much, once the sweeper has trimmed the pool.
 # (A seal killed during its compaction is tested in tests/unit/test_store.c, the same way.)
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
@@ -233,6 +235,31 @@ check_match "imcd logs what the cap removed" 'blob store: [0-9]+ blob\(s\) remov
 http DELETE "$IMCD_URL/v1/imagecaches/$PAIR_ID"
 check_eq "DELETE the pair cache" 200 "$HTTP_STATUS"
 check "blobs/ ends empty again" wait_until 20 no_blobs
+
+# ---- the embedded pool gives space back ---------------------------------------------------------
+# pool.img is a sparse file on the state dir's filesystem: a cache's blocks stay allocated in it
+# after the cache is deleted unless the pool is trimmed (FITRIM through the loop device).
+pool_kib() { du -k "$STATE/pool.img" | cut -f1; }
+pool_apparent_kib() { du -k --apparent-size "$STATE/pool.img" | cut -f1; }
+# shellcheck disable=SC2317 # called through check
+push_big() { mkimage_plain "$LAYOUT" big 65536 && registry_push_raw "$LAYOUT" big imc/big:v1; }
+check "a 64 MiB image pushes" push_big
+BIG_ID=$(create_cache "$REGISTRY/imc/big:v1" big) || bail "POST a cache of the 64 MiB image" "$HTTP_BODY"
+J=$(cache_wait "$BIG_ID" 120) || bail "the 64 MiB cache builds" "$(imcd_log_tail 20)"
+check_eq "... Ready" Ready "$(json_get "$J" .status)"
+sync
+POOL_BEFORE=$(pool_kib)
+APPARENT=$(pool_apparent_kib)
+http DELETE "$IMCD_URL/v1/imagecaches/$BIG_ID"
+check_eq "DELETE the 64 MiB cache" 200 "$HTTP_STATUS"
+# shellcheck disable=SC2317 # called through check
+pool_shrank() { [ "$(pool_kib)" -le $((POOL_BEFORE - 48 * 1024)) ]; }
+check "pool.img's allocated size shrinks by the cache's 64 MiB (from $POOL_BEFORE KiB)" \
+	wait_until 30 pool_shrank
+note "pool.img: apparent $APPARENT KiB, allocated $POOL_BEFORE KiB with the cache, $(pool_kib) KiB after its DELETE"
+check_eq "... its apparent size stays" "$APPARENT" "$(pool_apparent_kib)"
+check_match "imcd logs the trim" 'pool: trimmed \([0-9]+ bytes of free space discarded' "$(cat "$IMCD_LOG")"
+note "$(grep 'pool: trimmed' "$IMCD_LOG" | tail -n1)"
 
 check_clean_shutdown
 

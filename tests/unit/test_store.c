@@ -330,6 +330,48 @@ START_TEST(a_seal_killed_while_compacting_leaves_no_compact_file)
 }
 END_TEST
 
+static uint64_t pool_file_allocated(void)
+{
+	char path[PATH_MAX];
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/pool.img", state_dir);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	return (uint64_t)sb.st_blocks * 512;
+}
+
+/* 64 MiB written into the embedded pool and removed: the pool file keeps those blocks until
+ * store_trim gives them back (holes punched through the loop device's discard). */
+START_TEST(trim_gives_the_pool_file_space_back)
+{
+	static char block[1 << 20];
+	char path[PATH_MAX];
+	uint64_t before, after, trimmed = 0;
+	imc_error err;
+	int fd;
+
+	must(store_volume_create(st, "big", 128ULL << 20, &err), &err);
+	snprintf(path, sizeof(path), "%s/pool/volumes/big.img", state_dir);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	for (int i = 0; i < 64; i++) {
+		memset(block, 'a' + i % 26, sizeof(block));
+		ck_assert_int_eq(pwrite(fd, block, sizeof(block), (off_t)i << 20), sizeof(block));
+	}
+	ck_assert_int_eq(fsync(fd), 0);
+	close(fd);
+	before = pool_file_allocated();
+	must(store_remove(st, STORE_VOLUME, "big", &err), &err);
+	ck_assert_uint_ge(pool_file_allocated() + (8 << 20), before); /* not given back yet */
+	/* At once: store_trim has XFS free the blocks first (it does that in the background). */
+	must(store_trim(st, &trimmed, &err), &err);
+	ck_assert_uint_ge(trimmed, 64ULL << 20);
+	after = pool_file_allocated();
+	ck_assert_msg(after + (48ULL << 20) <= before, "pool.img: %llu bytes before, %llu after",
+		      (unsigned long long)before, (unsigned long long)after);
+}
+END_TEST
+
 struct range {
 	off_t start, end;
 };
@@ -550,6 +592,7 @@ int main(void)
 		tcase_add_test(tc, fragmented_volume_is_sealed_with_few_extents);
 		tcase_add_test(tc, compaction_keeps_the_largest_holes_within_the_fill_budget);
 		tcase_add_test(tc, a_seal_killed_while_compacting_leaves_no_compact_file);
+		tcase_add_test(tc, trim_gives_the_pool_file_space_back);
 	}
 	tcase_add_test(tc, two_attaches_are_isolated);
 	tcase_add_test(tc, attach_with_size_grows_the_clone_and_its_filesystem);
