@@ -20,7 +20,7 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 	    {ERANGE, 400, "InvalidArgument"},	{ENOENT, 404, "NotFound"},
 	    {EBUSY, 409, "Conflict"},		{EFBIG, 413, "PayloadTooLarge"},
 	    {EDQUOT, 429, "LimitExceeded"},	{ESHUTDOWN, 503, "Unavailable"},
-	    {API_EQUOTA, 403, "QuotaExceeded"},
+	    {API_EQUOTA, 403, "QuotaExceeded"}, {ENOSPC, 507, "InsufficientStorage"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(map); i++)
