@@ -766,6 +766,7 @@ bool api_caches_healthy(struct api_caches *c, char *why, size_t why_size)
 static void space_pass(struct api_caches *c)
 {
 	uint64_t quiet_ns = (uint64_t)c->sweep_ms * 1000000ULL;
+	imc_error e = {0};
 	bool due, trim;
 
 	pthread_mutex_lock(&c->lock);
@@ -780,6 +781,9 @@ static void space_pass(struct api_caches *c)
 		collect_blobs(c);
 	if (trim)
 		trim_pool(c);
+	/* The filesystem under the pool may have filled (or emptied) meanwhile. */
+	if (store_fit(c->store, &e) < 0)
+		imc_warn("%s", e.msg);
 }
 
 /* ---- the build workers ------------------------------------------------------------------------

@@ -56,6 +56,8 @@ struct build {
 	bool mounted;
 	bool borrowed_images; /* images belong to another build */
 	json_t *pinned;	      /* the layer digests this build pinned in the blob store */
+	uint64_t layer_bytes, data_bytes;
+	uint64_t expected; /* bytes set aside beside the pool (store_space_expect) */
 };
 
 /* Undo whatever of the volume exists: mount, mount point, device, the volume itself. */
@@ -85,6 +87,8 @@ static void build_cleanup(struct build *b)
 	for (size_t k = 0; k < json_array_size(b->pinned); k++)
 		builder_blobs_unpin(json_string_value(json_array_get(b->pinned, k)));
 	json_decref(b->pinned);
+	if (b->expected)
+		store_space_expect(b->s, -(int64_t)b->expected, NULL);
 	for (size_t i = 0; !b->borrowed_images && i < b->n_images; i++)
 		builder_image_free(b->images[i]);
 	if (!b->borrowed_images)
@@ -251,14 +255,28 @@ static int write_manifest(struct build *b, json_t *manifest, imc_error *err)
 	return imc_json_write_atomic(root, MANIFEST_FILE, manifest, err);
 }
 
+/* Write the volume's filesystem out and learn whether that worked: a write that the pool refused
+ * (ENOSPC) reaches the filesystem in the volume only at writeback, and an unmount would drop it
+ * without a word, sealing a snapshot with holes in it. */
+static int sync_volume(struct build *b, imc_error *err)
+{
+	_cleanup_close_ int fd = open(b->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || syncfs(fd) < 0)
+		return imc_err_sys(err, errno, "volume %s: write back", b->id);
+	return 0;
+}
+
 /* Unmount cleanly (so clones never need a journal replay), release the device and seal the
  * volume as the snapshot of the same id. */
 static int seal_volume(struct build *b, imc_error *err)
 {
 	uint64_t t0 = imc_monotonic_ns();
 	double umount_ms, release_ms;
-	int r = imc_priv_umount(b->mnt, 0, err);
+	int r = sync_volume(b, err);
 
+	if (r == 0)
+		r = imc_priv_umount(b->mnt, 0, err);
 	if (r < 0)
 		return r;
 	b->mounted = false;
@@ -287,22 +305,89 @@ static int finish_volume(struct build *b, const struct builder_opts *o, json_t *
 	return r;
 }
 
-/* A build that failed (r) names its cache, and says so when the size was too small. */
+#define STORE_FULL_BELOW (64ULL << 20) /* an ENOSPC with less free in the store: the store's */
+
+/* A build that failed (r) names its cache, and says so when the size was too small, or when the
+ * store, not the volume, ran out of space. */
 static int build_failed(const struct build *b, int r, uint64_t size, imc_error *err)
 {
+	struct store_usage u;
+
 	imc_err_wrap(err, "cache %s", b->id);
-	if (r == -ENOSPC && err && !strstr(err->msg, "too small"))
+	if (r != -ENOSPC || !err || strstr(err->msg, "too small") ||
+	    strstr(err->msg, "the store has"))
+		return r;
+	if (store_usage(b->s, &u, NULL) == 0 && u.free < STORE_FULL_BELOW)
+		imc_err_wrap(err, "the store is full (%llu MiB free)",
+			     (unsigned long long)(u.free >> 20));
+	else
 		imc_err_wrap(err, "size %llu bytes is too small for the content",
 			     (unsigned long long)size);
 	return r;
+}
+
+/* Bytes of b's layers not in the blob store yet: downloads to come, on the filesystem that the
+ * pool (embedded or not) lives on too. */
+static uint64_t missing_blob_bytes(struct build *b, const struct builder_opts *o)
+{
+	uint64_t bytes = 0;
+
+	for (size_t i = 0; o->blob_dir && i < b->n_images; i++) {
+		_cleanup_json_ json_t *desc = builder_image_describe(b->images[i]);
+		size_t k;
+		json_t *l;
+
+		json_array_foreach(json_object_get(desc, "layers"), k, l)
+		{
+			const char *d = json_string_value(json_object_get(l, "digest"));
+			char path[PATH_MAX];
+			struct stat st;
+
+			if (d && strncmp(d, "sha256:", 7) == 0 &&
+			    (size_t)snprintf(path, sizeof(path), "%s/sha256/%s", o->blob_dir,
+					     d + 7) < sizeof(path) &&
+			    stat(path, &st) != 0)
+				bytes += (uint64_t)json_integer_value(json_object_get(l, "size"));
+		}
+	}
+	return bytes;
+}
+
+/* Before anything is written: the pool must hold content bytes, and its filesystem the layers
+ * still to download as well (set aside for as long as the build runs, so that the pool promises
+ * that much less: store_space_expect).  Too little is ENOSPC now, not an I/O error later. */
+static int check_room(struct build *b, const struct builder_opts *o, uint64_t content,
+		      imc_error *err)
+{
+	uint64_t missing = missing_blob_bytes(b, o);
+	struct store_usage u;
+	int r;
+
+	b->expected = missing;
+	r = store_space_expect(b->s, (int64_t)missing, err);
+	if (r == 0)
+		r = store_usage(b->s, &u, err);
+	if (r < 0)
+		return r;
+	if (u.free < missing + content)
+		return imc_err(err, ENOSPC,
+			       "the store has %llu MiB free, the build needs %llu MiB (%llu MiB of "
+			       "content, %llu MiB of layers to download beside the pool)",
+			       (unsigned long long)(u.free >> 20),
+			       (unsigned long long)((missing + content + (1 << 20) - 1) >> 20),
+			       (unsigned long long)((content + (1 << 20) - 1) >> 20),
+			       (unsigned long long)((missing + (1 << 20) - 1) >> 20));
+	return 0;
 }
 
 /* A fresh volume: mkfs, every image, the data, /imcache.json, seal. */
 static int build_fresh(struct build *b, const struct builder_opts *o, uint64_t size,
 		       json_t *manifest, imc_error *err)
 {
-	int r = store_volume_create(b->s, b->id, size, err);
+	int r = check_room(b, o, b->layer_bytes + b->data_bytes, err);
 
+	if (r == 0)
+		r = store_volume_create(b->s, b->id, size, err);
 	if (r < 0)
 		return r;
 	b->volume_created = true;
@@ -655,6 +740,9 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 	if (strlen(base_id) != BASE_ID_MAX - 1)
 		return build_fresh(b, o, size, manifest, err);
 	reused = store_stat(b->s, STORE_SNAPSHOT, base_id, &info, NULL) == 0;
+	r = check_room(b, o, b->data_bytes + (reused ? 0 : b->layer_bytes), err);
+	if (r < 0)
+		return build_failed(b, r, size, err);
 	/* The first base is as large as the cache that asks for it (sparse, so cheap): later
 	 * caches up to that size reuse it without growing the filesystem. */
 	if (!reused) {
@@ -723,6 +811,8 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 		r = plan_all(&b, o, req, &data_bytes, err);
 	if (r < 0)
 		return r;
+	b.layer_bytes = layer_bytes;
+	b.data_bytes = data_bytes;
 	if (size == 0)
 		size = build_default_size(layer_bytes, data_bytes);
 	else if (size < data_bytes)

@@ -5,7 +5,10 @@
 #     file), /healthz answers 503 with the reason, a create is refused with 507, a restart (after
 #     SIGKILL, still full) keeps the cache Failed instead of building it again, and a change that
 #     could not be written (an attachment) is written by the sweeper once there is room; then
-#     /healthz is 200 and creates are accepted again.
+#     /healthz is 200 and creates are accepted again;
+#   - the embedded pool: refused on a 320 MiB filesystem and at --pool-size 256G on a 1 GiB one,
+#     sized to the filesystem by default, and a build it is short of space for (the filesystem
+#     filled beside it) fails with ENOSPC before anything is written, XFS intact.
 # Needs root and loop devices.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -207,5 +210,70 @@ check "imc-attach teardown releases the pool" imc_attach teardown
 check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops_settled)"
 check_eq "no mount under the test dir" "" "$(tmp_mounts)"
 check_fails "imcd (pid $PID) is gone" kill -0 "$PID"
+
+# ---- the embedded pool on a small filesystem ----------------------------------------------------
+# small_fs NAME SIZE: a loop-mounted ext4 of SIZE at $TEST_TMP/NAME (unmounted at exit).
+small_fs() {
+	local img=$TEST_TMP/$1.img dir=$TEST_TMP/$1
+	truncate -s "$2" "$img" && mkfs.ext4 -q -F "$img" && mkdir -p "$dir" && mount -o loop "$img" "$dir" &&
+		defer umount_quiet "$dir"
+}
+# shellcheck disable=SC2317
+umount_quiet() {
+	findmnt -rn --mountpoint "$1" >/dev/null || return 0
+	"$IMC_BIN/imc-attach" --state-dir "$1/state" teardown >/dev/null 2>&1 || true
+	umount "$1" 2>/dev/null || umount -l "$1"
+}
+small_fs tiny 320M && small_fs host 1G || bail "a 320 MiB and a 1 GiB filesystem mount"
+ok "a 320 MiB and a 1 GiB ext4, loop-mounted"
+
+# The issue's case: a pool on a filesystem too small for one is refused at once, clearly, and so
+# is a pool larger than the filesystem (before: accepted, then XFS metadata I/O errors).
+check_fails_with "imcd refuses an embedded pool on a 320 MiB filesystem" \
+	'the filesystem of .* has [0-9]+ MiB free: an embedded pool needs 300 MiB' \
+	timeout 20 "$IMC_BIN/imcd" --listen 127.0.0.1:0 --state-dir "$TEST_TMP/tiny/state" --no-config
+check_eq "... and leaves no pool file" "" "$(find "$TEST_TMP/tiny" -name pool.img)"
+check_fails_with "imcd refuses --pool-size 256G on a 1 GiB filesystem" \
+	'pool size 262144 MiB: the filesystem of .* has [0-9]+ MiB free, so at most [0-9]+ MiB .*give a smaller --pool-size' \
+	timeout 20 "$IMC_BIN/imcd" --listen 127.0.0.1:0 --state-dir "$TEST_TMP/host/state" --no-config --pool-size 256G
+check_eq "... and leaves no pool file" "" "$(find "$TEST_TMP/host" -name pool.img)"
+
+STATE=$TEST_TMP/host/state
+imcd_start "$STATE" || bail "imcd starts on the 1 GiB filesystem" "$(imcd_log_tail 30)"
+API=$IMCD_URL/v1/imagecaches
+check_match "the default pool is sized to the filesystem, and imcd says so" \
+	'repair: pool.img: sized [0-9]+ MiB, not the default 262144 MiB' "$(cat "$IMCD_LOG")"
+check_match "... pool.img is no larger than its filesystem" '^yes$' \
+	"$( [ "$(stat -c %s "$STATE/pool.img")" -le $((1 << 30)) ] && echo yes)"
+
+# shellcheck disable=SC2317 # called through check
+push_big() { mkimage_plain "$LAYOUT" big 256000 && registry_push_raw "$LAYOUT" big imc/big:v1; }
+check "a 250 MiB image pushes" push_big
+# Something else fills the filesystem beside the pool: 400 MiB are left, less than the 250 MiB
+# blob and its 250 MiB of content need.
+fallocate -l $(($(stat -f -c '%a * %S' "$TEST_TMP/host") - (400 << 20))) "$TEST_TMP/host/filler"
+ID=$(create_cache "$REGISTRY/imc/big:v1" big) || bail "POST a cache of the 250 MiB image" "$HTTP_BODY"
+J=$(cache_wait "$ID" 120) || bail "the build ends" "$(imcd_log_tail 20)"
+check_eq "a build the pool is short of space for fails" Failed "$(json_get "$J" .status)"
+check_match "... with ENOSPC, before anything is written" \
+	'the store has [0-9]+ MiB free, the build needs [0-9]+ MiB \([0-9]+ MiB of content, [0-9]+ MiB of layers to download beside the pool\)' \
+	"$(json_get "$J" .statusMessage)"
+check "the pool's XFS is up (syncfs works: EIO once shut down)" sync -f "$STATE/pool"
+rm -f "$TEST_TMP/host/filler"
+ID2=$(create_cache "$REGISTRY/imc/big:v1" big2) || bail "POST it again" "$HTTP_BODY"
+J=$(cache_wait "$ID2" 300) || bail "the build ends" "$(imcd_log_tail 20)"
+check_eq "with the room back, the same build is Ready" Ready "$(json_get "$J" .status)"
+for id in "$ID" "$ID2"; do
+	http DELETE "$API/$id"
+	check_eq "DELETE $id" 200 "$HTTP_STATUS"
+done
+rc=0
+imcd_stop || rc=$?
+check_eq "imcd exits 0 on SIGTERM" 0 "$rc"
+check "imc-attach teardown releases the pool (no XFS shutdown to report)" imc_attach teardown
+check_fails "imcd log has no sanitizer report" grep -Eq 'AddressSanitizer|LeakSanitizer|runtime error:' "$IMCD_LOG"
+check "the small filesystems unmount" sh -c "umount '$TEST_TMP/tiny' && umount '$TEST_TMP/host'"
+check_eq "no loop device backed by a file under the test dir" "" "$(tmp_loops_settled)"
+check_eq "no mount under the test dir" "" "$(tmp_mounts)"
 
 done_testing

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/statfs.h>
@@ -372,6 +373,138 @@ START_TEST(trim_gives_the_pool_file_space_back)
 }
 END_TEST
 
+/* XFS_IOC_GOINGDOWN (xfs_fs.h), as xfs_io -x -c shutdown does: a real shutdown of the pool's
+ * XFS, the state it is left in after a metadata I/O error. */
+#define XFS_IOC_GOINGDOWN_		 _IOR('X', 125, uint32_t)
+#define XFS_FSOP_GOING_FLAGS_NOLOGFLUSH_ 0x2
+
+START_TEST(teardown_reports_a_shut_down_pool)
+{
+	char pool[PATH_MAX];
+	uint32_t flags = XFS_FSOP_GOING_FLAGS_NOLOGFLUSH_;
+	struct stat sb, sp;
+	imc_error err;
+	int fd;
+
+	snprintf(pool, sizeof(pool), "%s/pool", state_dir);
+	fd = open(pool, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ioctl(fd, XFS_IOC_GOINGDOWN_, &flags), 0);
+	close(fd);
+	ck_assert_int_eq(store_teardown(st, &err), -EIO);
+	ck_assert_msg(strstr(err.msg, "shut its XFS filesystem down") &&
+			  strstr(err.msg, "xfs_repair"),
+		      "%s", err.msg);
+	/* ... and it is released all the same. */
+	ck_assert_int_eq(stat(state_dir, &sb), 0);
+	ck_assert_int_eq(stat(pool, &sp), 0);
+	ck_assert_uint_eq(sb.st_dev, sp.st_dev);
+}
+END_TEST
+
+/* A loop-mounted ext4 of size bytes at dir (image file img); the loop device goes with the
+ * unmount. */
+static void mount_small_ext4(const char *img, const char *dir, uint64_t size)
+{
+	static const char *const args[] = {"-q", "-F", NULL};
+	static const struct imc_loop_opts lo = {.autoclear = true};
+	char dev[IMC_LOOP_PATH_MAX];
+	imc_error err;
+	int fd = open(img, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600), loop_fd = -1;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)size), 0);
+	must(imc_priv_mkfs("ext4", args, img, &err), &err);
+	must(imc_priv_loop_attach(fd, &lo, dev, &loop_fd, &err), &err);
+	close(fd);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	must(imc_priv_mount(dev, dir, "ext4", 0, "", &err), &err);
+	close(loop_fd);
+}
+
+static uint64_t fs_free(const char *path)
+{
+	struct statvfs sv;
+
+	ck_assert_int_eq(statvfs(path, &sv), 0);
+	return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* The embedded pool on a 1 GiB filesystem: the default size is clamped to what it has free and
+ * 256 GiB asked for is refused (a 320 MiB filesystem takes no pool at all); once the filesystem
+ * fills beside the pool, the pool answers ENOSPC to a write while the filesystem under it still
+ * has its margin, and its XFS stays up. */
+START_TEST(a_pool_is_sized_against_its_filesystem_and_says_enospc_first)
+{
+	char img[PATH_MAX], host[PATH_MAX], dir[PATH_MAX + 16], path[PATH_MAX + 64];
+	static char block[1 << 20];
+	struct store_config cfg = {.driver = "reflink"};
+	struct store *small = NULL, *s2 = NULL;
+	struct store_usage u;
+	struct stat sb;
+	imc_error err;
+	int fd, r = 0;
+
+	snprintf(img, sizeof(img), "%s/tiny.img", state_dir);
+	snprintf(host, sizeof(host), "%s/tiny", state_dir);
+	mount_small_ext4(img, host, 320ULL << 20);
+	snprintf(dir, sizeof(dir), "%s/state", host);
+	cfg.state_dir = dir;
+	ck_assert_int_eq(store_open(&cfg, &small, &err), -ENOSPC);
+	ck_assert_msg(strstr(err.msg, "an embedded pool needs 300 MiB"), "%s", err.msg);
+	snprintf(path, sizeof(path), "%s/pool.img", dir);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	must(imc_priv_umount(host, 0, &err), &err);
+	rmdir(host);
+
+	snprintf(img, sizeof(img), "%s/host.img", state_dir);
+	snprintf(host, sizeof(host), "%s/host", state_dir);
+	mount_small_ext4(img, host, 1ULL << 30);
+	snprintf(dir, sizeof(dir), "%s/big", host);
+	cfg.state_dir = dir;
+	cfg.pool_size = 256ULL << 30;
+	ck_assert_int_eq(store_open(&cfg, &s2, &err), -ENOSPC);
+	ck_assert_msg(strstr(err.msg, "give a smaller --pool-size"), "%s", err.msg);
+	snprintf(dir, sizeof(dir), "%s/state", host);
+	cfg.state_dir = dir;
+	cfg.pool_size = 0;
+	must(store_open(&cfg, &small, &err), &err);
+	ck_assert_ptr_nonnull(
+	    strstr(json_string_value(json_array_get(store_repairs(small), 0)), "not the default"));
+	snprintf(path, sizeof(path), "%s/pool.img", dir);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_int_le(sb.st_size, 1LL << 30);
+
+	/* Something else fills the filesystem: 200 MiB are left. */
+	snprintf(path, sizeof(path), "%s/filler", host);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	ck_assert_int_eq(fallocate(fd, 0, 0, (off_t)(fs_free(host) - (200ULL << 20))), 0);
+	close(fd);
+	must(store_fit(small, &err), &err);
+	must(store_usage(small, &u, &err), &err);
+	ck_assert_msg(u.free + (64ULL << 20) <= fs_free(host), "pool %llu free, host %llu",
+		      (unsigned long long)u.free, (unsigned long long)fs_free(host));
+	must(store_volume_create(small, "v", 1ULL << 30, &err), &err);
+	snprintf(path, sizeof(path), "%s/pool/volumes/v.img", dir);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	memset(block, 'x', sizeof(block));
+	for (int i = 0; i < 400 && r == 0; i++)
+		if (pwrite(fd, block, sizeof(block), (off_t)i << 20) != (ssize_t)sizeof(block))
+			r = -errno;
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	ck_assert_int_eq(r, -ENOSPC);
+	ck_assert_uint_ge(fs_free(host), 32ULL << 20); /* the filesystem under it never filled */
+	must(store_usage(small, &u, &err), &err);      /* the pool's XFS is up (EIO when shut) */
+	must(store_remove(small, STORE_VOLUME, "v", &err), &err);
+	must(store_teardown(small, &err), &err);
+	store_close(small);
+	must(imc_priv_umount(host, 0, &err), &err);
+}
+END_TEST
+
 struct range {
 	off_t start, end;
 };
@@ -593,6 +726,8 @@ int main(void)
 		tcase_add_test(tc, compaction_keeps_the_largest_holes_within_the_fill_budget);
 		tcase_add_test(tc, a_seal_killed_while_compacting_leaves_no_compact_file);
 		tcase_add_test(tc, trim_gives_the_pool_file_space_back);
+		tcase_add_test(tc, a_pool_is_sized_against_its_filesystem_and_says_enospc_first);
+		tcase_add_test(tc, teardown_reports_a_shut_down_pool);
 	}
 	tcase_add_test(tc, two_attaches_are_isolated);
 	tcase_add_test(tc, attach_with_size_grows_the_clone_and_its_filesystem);
