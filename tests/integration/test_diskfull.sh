@@ -97,6 +97,7 @@ wait_for_file "$PROXY_DIR/port" 20 "$PROXY_PID" || bail "hold proxy starts" "$(c
 HELD=127.0.0.1:$(cat "$PROXY_DIR/port")/imc/held:v1
 
 # wait_until SECONDS CMD...: poll CMD every 0.1 s.
+# shellcheck disable=SC2317 # called through check
 wait_until() {
 	local deadline=$(($(date +%s) + $1))
 	shift
@@ -224,7 +225,9 @@ umount_quiet() {
 	"$IMC_BIN/imc-attach" --state-dir "$1/state" teardown >/dev/null 2>&1 || true
 	umount "$1" 2>/dev/null || umount -l "$1"
 }
-small_fs tiny 320M && small_fs host 1G || bail "a 320 MiB and a 1 GiB filesystem mount"
+if ! small_fs tiny 320M || ! small_fs host 1G; then
+	bail "a 320 MiB and a 1 GiB filesystem mount"
+fi
 ok "a 320 MiB and a 1 GiB ext4, loop-mounted"
 
 # The issue's case: a pool on a filesystem too small for one is refused at once, clearly, and so

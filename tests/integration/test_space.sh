@@ -109,6 +109,7 @@ has_partial_bytes() {
 	return 1
 }
 # wait_until SECONDS CMD...: poll CMD every 0.1 s.
+# shellcheck disable=SC2317 # called through check
 wait_until() {
 	local deadline=$(($(date +%s) + $1))
 	shift
@@ -169,9 +170,11 @@ plant_junk() {
 	JUNK=$STATE/blobs/sha256/$(sha256sum "$TEST_TMP/junk" | cut -d' ' -f1)
 	cp "$TEST_TMP/junk" "$JUNK"
 }
+# shellcheck disable=SC2317 # called through check
 junk_gone() { [ ! -e "$JUNK" ]; }
 blob_of() { echo "$STATE/blobs/sha256/${1#sha256:}"; }
 # A build that fails at once (no such image): each build's end runs a collection.
+# shellcheck disable=SC2317 # called through check
 fail_a_build() {
 	local id
 	id=$(create_cache "$REGISTRY/imc/none:v1" none) && cache_wait "$id" 60 >/dev/null &&
