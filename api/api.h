@@ -42,8 +42,9 @@
  * Handlers turn a negative errno into an HTTP status and an error code:
  *   -EBADMSG 400 InvalidJSON      -EINVAL/-ERANGE 400 InvalidArgument   -ENOENT 404 NotFound
  *   -EBUSY 409 Conflict           -EFBIG 413 PayloadTooLarge            -EDQUOT 429 LimitExceeded
- *   -API_EQUOTA 403 QuotaExceeded -ESHUTDOWN 503 Unavailable            anything else 500 Internal
- *   -EINPROGRESS 503 InProgress   -ETIMEDOUT 504 GatewayTimeout
+ *   -API_EQUOTA 403 QuotaExceeded -ESHUTDOWN 503 Unavailable            -ENOSPC 507
+ *   InsufficientStorage           -EINPROGRESS 503 InProgress           -ETIMEDOUT 504
+ *   GatewayTimeout                anything else 500 Internal
  * A 503 or 504 carries Retry-After (api_retry_after_from_status). */
 void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code);
 #define API_RETRY_AFTER_S 1 /* seconds, in a 503: the work it waits for is under way */
@@ -143,6 +144,8 @@ struct api_cache {
 	struct api_cache_event events[API_EVENTS_MAX]; /* oldest first */
 	size_t n_events;
 	/* In memory only. */
+	enum api_cache_status persisted_status; /* the status its metadata file holds */
+	bool meta_dirty; /* its last change is not on disk yet (no space): the sweeper retries */
 	uint64_t progress_done, progress_total;
 	bool deleting;
 	enum api_cache_status status_before; /* while Deleting/Updating: the status to go back to */
@@ -400,6 +403,10 @@ struct api_caches_config {
 	unsigned tenant_builds;	     /* builds one tenant may run at once; 0: build_workers, or
 				      * build_workers - 1 with multi_tenant */
 	bool multi_tenant;	     /* tokens of two or more tenants are configured */
+	/* The blob store (<state_dir>/blobs): what no cache, base or running build needs goes
+	 * after each build and removal; over this many bytes the least recently used go too
+	 * (0: no cap). */
+	uint64_t blob_cache_max;
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
@@ -443,6 +450,24 @@ int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, c
 int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
 			     const struct api_match *match, const char *body, size_t len,
 			     json_t **ret, unsigned *ret_status, imc_error *err);
+/* Something outside the table let go of pool space (imcd: the exporter dropped a removed
+ * snapshot's export, which held the snapshot open): the sweeper collects and trims again once
+ * quiet.  ctx is the table (NULL: nothing); the signature is dist_exporter_set_on_forgotten's. */
+void api_caches_space_changed(void *ctx, const char *id);
+/* Can imcd write its metadata?  false with why (a metadata write that failed for want of
+ * space, until space returns): /healthz answers 503 with it, creates 507. */
+bool api_caches_healthy(struct api_caches *c, char *why, size_t why_size);
+
+/* ---- the metadata's reserve (api/meta_reserve.c) ---------------------------------------------
+ * Files of written zeros in caches/ that a status change is written into when the filesystem is
+ * full (their blocks are reused: no allocation), so that it still reaches the disk. */
+#define API_META_RESERVE_SLOTS 4
+#define API_META_RESERVE_SLOT  (256u << 10)
+/* Make every missing slot; -ENOSPC (or another errno) when there is no room for them. */
+int api_meta_reserve_fill(int dirfd, imc_error *err);
+/* Write j as dirfd/name through a slot (durably: fsync, rename, fsync dir); -ENOSPC when no slot
+ * is left or j does not fit one. */
+int api_meta_reserve_write(int dirfd, const char *name, json_t *j, imc_error *err);
 
 /* ---- metrics (api/metrics.c): GET /metrics in the Prometheus text format 0.0.4 ------------
  * The counters are plain integers updated with __atomic builtins (relaxed): no lock and no

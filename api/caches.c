@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "../builder/builder.h"
@@ -56,6 +57,7 @@ struct api_caches {
 	unsigned tenant_cap; /* builds one tenant may run at once (0: no cap) */
 	double evict_high, evict_low;
 	unsigned sweep_ms, day_seconds;
+	uint64_t blob_max; /* the blob store's size cap; 0: none */
 
 	pthread_mutex_t lock; /* items, n_items, queue, stopping, per-cache fields */
 	pthread_cond_t cond;
@@ -75,8 +77,15 @@ struct api_caches {
 	void (*on_snapshot_ready)(void *ctx, const char *id);
 	struct dist_exporter *exporter; /* for api/dist.c only */
 	unsigned resolve_timeout_ms;
+	bool space_due; /* something went: the sweeper collects blobs (see space_changed_locked) */
+	bool trim_due;	/* ... and trims the pool once things are quiet (see space_pass) */
+	uint64_t last_change_ns; /* the last build end, removal or attachment report */
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
+	/* A metadata write failed for want of space (under lock): creates are refused (507), no
+	 * build starts, /healthz is 503 with meta_reason, until the sweeper finds room again. */
+	bool meta_full;
+	char meta_reason[IMC_ERR_MSG];
 
 	struct api_metrics metrics; /* atomics, no lock */
 };
@@ -205,7 +214,53 @@ static void meta_name(const char *id, char *buf, size_t size)
 	snprintf(buf, size, "%s.json", id);
 }
 
-/* Write the metadata of an already serialised cache. */
+static bool no_space(int r)
+{
+	return r == -ENOSPC || r == -EDQUOT;
+}
+
+static void set_meta_full(struct api_caches *c, const char *why)
+{
+	bool was;
+
+	pthread_mutex_lock(&c->lock);
+	was = c->meta_full;
+	c->meta_full = true;
+	snprintf(c->meta_reason, sizeof(c->meta_reason), "%s", why);
+	pthread_mutex_unlock(&c->lock);
+	if (!was)
+		imc_error_log("metadata: %s: new caches are refused and builds wait until there is "
+			      "room; changes not written are retried",
+			      why);
+}
+
+/* Write one metadata file (under persist_lock).  Out of space, a status change goes through a
+ * reserve file (api/meta_reserve.c) and reaches the disk anyway; anything else fails. */
+static int meta_write(struct api_caches *c, const char *name, json_t *meta, bool status_change,
+		      imc_error *err)
+{
+	imc_error e = {0};
+	int r = imc_json_write_atomic(c->meta_dirfd, name, meta, &e);
+
+	if (r == 0 || !no_space(r)) {
+		if (r < 0 && err)
+			*err = e;
+		return r;
+	}
+	set_meta_full(c, e.msg);
+	if (status_change && api_meta_reserve_write(c->meta_dirfd, name, meta, NULL) == 0) {
+		imc_warn(
+		    "metadata %s: out of space, the status change was written through a reserve "
+		    "file",
+		    name);
+		return 0;
+	}
+	if (err)
+		*err = e;
+	return r;
+}
+
+/* Write the metadata of an already serialised cache (a new one). */
 static int persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_error *err)
 {
 	char name[API_ID_MAX + 8];
@@ -215,45 +270,67 @@ static int persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_
 		return imc_err(err, ENOMEM, "cache %s: out of memory", id);
 	meta_name(id, name, sizeof(name));
 	pthread_mutex_lock(&c->persist_lock);
-	r = imc_json_write_atomic(c->meta_dirfd, name, meta, err);
+	r = meta_write(c, name, meta, false, err);
 	pthread_mutex_unlock(&c->persist_lock);
 	return r < 0 ? imc_err_wrap(err, "cache %s: metadata", id) : 0;
 }
 
-/* Serialise under the lock, write outside it. */
-static int persist(struct api_caches *c, struct api_cache *cache, imc_error *err)
+/* After a write of cache id holding status: on disk now, or still to be written. */
+static void persisted(struct api_caches *c, const char *id, enum api_cache_status status,
+		      bool written)
 {
-	_cleanup_json_ json_t *meta = NULL;
-	char id[API_ID_MAX];
+	struct api_cache *cache;
 
 	pthread_mutex_lock(&c->lock);
-	meta = api_cache_to_meta(cache);
-	memcpy(id, cache->id, sizeof(id));
+	cache = find_locked(c, id, NULL);
+	if (cache && written)
+		cache->persisted_status = status;
+	if (cache)
+		cache->meta_dirty = !written;
 	pthread_mutex_unlock(&c->lock);
-	return persist_meta(c, id, meta, err);
 }
 
 /* Persist a cache by id, for a caller that no longer holds the lock: a cache deleted meanwhile
- * is not written back (persist_lock orders this against unlink_meta). */
+ * is not written back (persist_lock orders this against unlink_meta).  A write that fails
+ * leaves the cache marked dirty: the sweeper writes it once there is room. */
 static int persist_id(struct api_caches *c, const char *id, imc_error *err)
 {
 	_cleanup_json_ json_t *meta = NULL;
+	enum api_cache_status status = API_CACHE_CREATING;
 	char name[API_ID_MAX + 8];
 	struct api_cache *cache;
+	bool change = false;
 	int r = 0;
 
 	meta_name(id, name, sizeof(name));
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
 	cache = find_locked(c, id, NULL);
-	meta = cache ? api_cache_to_meta(cache) : NULL;
+	if (cache) {
+		meta = api_cache_to_meta(cache);
+		status = cache->status;
+		change = status != cache->persisted_status;
+	}
 	pthread_mutex_unlock(&c->lock);
 	if (cache && !meta)
 		r = imc_err(err, ENOMEM, "cache %s: out of memory", id);
 	else if (cache)
-		r = imc_json_write_atomic(c->meta_dirfd, name, meta, err);
+		r = meta_write(c, name, meta, change, err);
+	if (cache)
+		persisted(c, id, status, r == 0);
 	pthread_mutex_unlock(&c->persist_lock);
 	return r < 0 ? imc_err_wrap(err, "cache %s: metadata", id) : 0;
+}
+
+/* The same for a cache of the table. */
+static int persist(struct api_caches *c, struct api_cache *cache, imc_error *err)
+{
+	char id[API_ID_MAX];
+
+	pthread_mutex_lock(&c->lock);
+	memcpy(id, cache->id, sizeof(id));
+	pthread_mutex_unlock(&c->lock);
+	return persist_id(c, id, err);
 }
 
 static int unlink_meta(struct api_caches *c, const char *id, imc_error *err)
@@ -303,6 +380,7 @@ static int load_one(struct api_caches *c, const char *file, const char *id, json
 		api_cache_free(cache);
 		return 0;
 	}
+	cache->persisted_status = cache->status;
 	if (insert_locked(c, cache, err) < 0) {
 		api_cache_free(cache);
 		return err ? err->code : -ENOMEM;
@@ -459,6 +537,22 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 			  cache->id);
 }
 
+/* Partial blob downloads that a killed imcd left under temporary names (those a live process
+ * holds stay).  The chunk store's are imcd's to remove: it opens that store. */
+static void repair_partial_blobs(struct api_caches *c, json_t *repairs)
+{
+	uint64_t bytes = 0;
+	imc_error e = {0};
+	size_t n = 0;
+
+	if (builder_blobs_remove_partial(c->blob_dir, &n, &bytes, &e) < 0)
+		imc_repair_report(repairs, "blobs: cannot remove partial downloads: %s", e.msg);
+	else if (n)
+		imc_repair_report(
+		    repairs, "blobs: removed %zu partial download(s) a crash left (%llu bytes)", n,
+		    (unsigned long long)bytes);
+}
+
 /* Runs before any thread starts: the lock is not needed. */
 static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 {
@@ -479,6 +573,187 @@ static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 	imc_info("reconciled %zu cache record(s) against the store: %zu repair(s)", c->n_items,
 		 repairs ? json_array_size(repairs) : 0);
 	return 0;
+}
+
+/* ---- space --------------------------------------------------------------------------------------
+ * What a build or a removal leaves that nothing needs goes on the sweeper thread, never in a
+ * request handler: the blob store's collection lists a directory. */
+
+/* A build ended or a cache went: wake the sweeper for a space pass now. */
+static void space_changed_locked(struct api_caches *c)
+{
+	c->space_due = true;
+	c->trim_due = true;
+	c->last_change_ns = imc_monotonic_ns();
+	pthread_cond_signal(&c->sweep_cond);
+}
+
+static void space_changed(struct api_caches *c)
+{
+	pthread_mutex_lock(&c->lock);
+	space_changed_locked(c);
+	pthread_mutex_unlock(&c->lock);
+}
+
+void api_caches_space_changed(void *ctx, const char *id)
+{
+	(void)id;
+	if (ctx)
+		space_changed(ctx);
+}
+
+/* Append the layer digests of a cache's built images to out. */
+static void cache_layers_append(const struct api_cache *cache, json_t *out)
+{
+	size_t i, k;
+	json_t *im, *l;
+
+	json_array_foreach(json_object_get(cache->manifest, "images"), i, im)
+	{
+		json_array_foreach(json_object_get(im, "layers"), k, l)
+		    json_array_append(out, json_object_get(l, "digest"));
+	}
+}
+
+/* The layers the blob store keeps: those of every cache that has its snapshot and of every base
+ * (a running build pins its own). */
+static json_t *needed_layers(struct api_caches *c)
+{
+	json_t *keep = builder_bases_layers(c->store);
+
+	if (!keep)
+		return NULL;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items; i++) {
+		const struct api_cache *cache = c->items[i];
+
+		if (cache->status == API_CACHE_READY || cache->status == API_CACHE_UPDATING)
+			cache_layers_append(cache, keep);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return keep;
+}
+
+static void collect_blobs(struct api_caches *c)
+{
+	_cleanup_json_ json_t *keep = needed_layers(c);
+	struct builder_blobs_gc res;
+	imc_error e = {0};
+
+	if (!keep)
+		return;
+	if (builder_blobs_gc(c->blob_dir, keep, c->blob_max, &res, &e) < 0)
+		imc_warn("blob store: %s", e.msg);
+	else if (res.removed)
+		imc_info("blob store: %zu blob(s) removed (%zu of them least recently used over "
+			 "the %llu-byte cap), %llu bytes freed, %llu bytes kept",
+			 res.removed, res.evicted, (unsigned long long)c->blob_max,
+			 (unsigned long long)res.freed, (unsigned long long)res.kept_bytes);
+}
+
+/* Give what the pool freed back to the filesystem under it (store_trim: FITRIM of the embedded
+ * pool, which walks its free space under the allocation-group locks that clones take too). */
+static void trim_pool(struct api_caches *c)
+{
+	uint64_t trimmed = 0, t0 = imc_monotonic_ns();
+	imc_error e = {0};
+
+	if (store_trim(c->store, &trimmed, &e) < 0)
+		imc_warn("pool: trim: %s", e.msg);
+	else if (trimmed)
+		imc_info("pool: trimmed (%llu bytes of free space discarded, %.0f ms)",
+			 (unsigned long long)trimmed, (double)(imc_monotonic_ns() - t0) / 1e6);
+}
+
+/* Room for the metadata again?  Every reserve file there, and as much again free. */
+static bool meta_room(struct api_caches *c)
+{
+	struct statvfs sv;
+	uint64_t free_bytes;
+
+	if (api_meta_reserve_fill(c->meta_dirfd, NULL) < 0 || fstatvfs(c->meta_dirfd, &sv) < 0)
+		return false;
+	/* root (imcd) may write into the blocks a filesystem keeps for root: count them. */
+	free_bytes = (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) * sv.f_frsize;
+	return free_bytes >= 2ULL * API_META_RESERVE_SLOTS * API_META_RESERVE_SLOT;
+}
+
+/* While the metadata is full: write what could not be written, and once it all is and there
+ * is room again, let creates and builds go on. */
+static void meta_recover(struct api_caches *c)
+{
+	_cleanup_free_ char(*ids)[API_ID_MAX] = NULL;
+	size_t n = 0;
+	bool dirty = false, full;
+
+	pthread_mutex_lock(&c->lock);
+	full = c->meta_full;
+	ids = full ? calloc(c->n_items + 1, sizeof(*ids)) : NULL;
+	for (size_t i = 0; ids && i < c->n_items; i++)
+		if (c->items[i]->meta_dirty)
+			memcpy(ids[n++], c->items[i]->id, API_ID_MAX);
+	pthread_mutex_unlock(&c->lock);
+	if (!full || !ids)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		imc_error e = {0};
+		if (persist_id(c, ids[i], &e) == 0)
+			imc_info("cache %s: metadata written (it could not be for want of space)",
+				 ids[i]);
+	}
+	if (!meta_room(c))
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items && !dirty; i++)
+		dirty = c->items[i]->meta_dirty;
+	if (!dirty) {
+		c->meta_full = false;
+		pthread_cond_broadcast(&c->cond); /* queued builds may start */
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!dirty)
+		imc_info("metadata: there is room again; creates and builds go on");
+}
+
+bool api_caches_healthy(struct api_caches *c, char *why, size_t why_size)
+{
+	bool ok;
+
+	pthread_mutex_lock(&c->lock);
+	ok = !c->meta_full;
+	if (!ok)
+		snprintf(why, why_size,
+			 "metadata cannot be written: %s (creates refused, changes retried until "
+			 "there is room)",
+			 c->meta_reason);
+	pthread_mutex_unlock(&c->lock);
+	return ok;
+}
+
+/* The space pass of a sweep: blobs, after something went (or always, under a size cap); the
+ * pool's trim, once nothing went and nothing was attached or detached for a whole sweep
+ * interval (so a run of deletes costs one trim, and a trim does not land in an attach burst). */
+static void space_pass(struct api_caches *c)
+{
+	uint64_t quiet_ns = (uint64_t)c->sweep_ms * 1000000ULL;
+	imc_error e = {0};
+	bool due, trim;
+
+	pthread_mutex_lock(&c->lock);
+	due = c->space_due;
+	c->space_due = false;
+	trim = c->trim_due && imc_monotonic_ns() - c->last_change_ns >= quiet_ns;
+	if (trim)
+		c->trim_due = false;
+	pthread_mutex_unlock(&c->lock);
+	meta_recover(c);
+	if (due || c->blob_max)
+		collect_blobs(c);
+	if (trim)
+		trim_pool(c);
+	/* The filesystem under the pool may have filled (or emptied) meanwhile. */
+	if (store_fit(c->store, &e) < 0)
+		imc_warn("%s", e.msg);
 }
 
 /* ---- the build workers ------------------------------------------------------------------------
@@ -715,6 +990,8 @@ static struct api_cache *take_next_locked(struct api_caches *c)
 	struct api_cache *queued[API_QUEUE_MAX];
 	ssize_t pick;
 
+	if (c->meta_full)
+		return NULL; /* its outcome could not be written down: it waits for room */
 	for (size_t n = 0; n < c->q_len; n++)
 		queued[n] = c->queue[(c->q_head + n) % API_QUEUE_MAX];
 	pick = api_queue_pick(queued, c->q_len, c->building, c->n_workers, c->tenant_cap);
@@ -762,6 +1039,7 @@ static void *worker_main(void *arg)
 		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
 		if (dropped) /* a base the cancelled build made may now stand alone */
 			drop_unused_bases(c);
+		space_changed_locked(c); /* its blobs are needed no more, or less */
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -847,6 +1125,7 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	if (r == 0 || r == -ENOENT) {
 		snapshot_removed(c, id);
 		drop_unused_bases_now(c);
+		space_changed(c);
 	}
 	if (r == 0 || r == -ENOENT) {
 		char msg[256];
@@ -943,6 +1222,13 @@ static void api_caches_sweep(struct api_caches *c)
 	} while (pool_above(c, c->evict_low, &ratio));
 }
 
+/* Expiry, eviction, then space. */
+static void sweep_all(struct api_caches *c)
+{
+	api_caches_sweep(c);
+	space_pass(c);
+}
+
 static void *sweeper_main(void *arg)
 {
 	struct api_caches *c = arg;
@@ -951,18 +1237,22 @@ static void *sweeper_main(void *arg)
 	while (!c->stopping) {
 		struct timespec ts;
 
+		/* While the metadata is full, its retries come every second at least. */
+		unsigned ms = c->meta_full && c->sweep_ms > 1000 ? 1000 : c->sweep_ms;
+
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += c->sweep_ms / 1000;
-		ts.tv_nsec += (long)(c->sweep_ms % 1000) * 1000000L;
+		ts.tv_sec += ms / 1000;
+		ts.tv_nsec += (long)(ms % 1000) * 1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000L;
 		}
-		pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
+		if (!c->space_due)
+			pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
 		if (c->stopping)
 			break;
 		pthread_mutex_unlock(&c->lock);
-		api_caches_sweep(c);
+		sweep_all(c);
 		pthread_mutex_lock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -989,6 +1279,22 @@ static int open_dirs(struct api_caches *c, const char *state_dir, imc_error *err
 	if (c->meta_dirfd < 0)
 		return imc_err_sys(err, errno, "%s", meta_dir);
 	return 0;
+}
+
+/* The metadata's reserve files; without room for them (and as much again) imcd starts as if a
+ * write had failed. */
+static void open_reserve(struct api_caches *c, json_t *repairs)
+{
+	imc_error e = {0};
+
+	if (meta_room(c))
+		return;
+	if (api_meta_reserve_fill(c->meta_dirfd, &e) == 0)
+		imc_err(&e, ENOSPC, "caches/: less than %u bytes free",
+			2 * API_META_RESERVE_SLOTS * API_META_RESERVE_SLOT);
+	imc_repair_report(repairs, "%s", e.msg);
+	c->meta_full = true;
+	snprintf(c->meta_reason, sizeof(c->meta_reason), "%s", e.msg);
 }
 
 static void free_caches(struct api_caches *c)
@@ -1062,6 +1368,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->resolve_timeout_ms = cfg->resolve_timeout_ms;
 	c->grace_ms = cfg->shutdown_grace_ms ? cfg->shutdown_grace_ms : GRACE_MS_DEFAULT;
 	c->tenant_cap = tenant_cap_of(cfg, c->n_workers);
+	c->blob_max = cfg->blob_cache_max;
 }
 
 static int start_resolver(struct api_caches *c, imc_error *err)
@@ -1177,9 +1484,16 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	if (r == 0)
 		builder_recover(c->store, cfg->state_dir, ret_repairs);
 	if (r == 0)
+		repair_partial_blobs(c, ret_repairs);
+	if (r == 0)
+		open_reserve(c, ret_repairs);
+	if (r == 0)
 		r = load_all(c, ret_repairs, err);
 	if (r == 0)
 		r = repair_all(c, ret_repairs, err);
+	/* What a crash or the repairs freed: trimmed once the first sweep interval is quiet. */
+	c->trim_due = true;
+	c->last_change_ns = imc_monotonic_ns();
 	if (r == 0)
 		r = start_threads(c, err);
 	if (r < 0) {
@@ -1257,6 +1571,11 @@ static int check_room_locked(struct api_caches *c, imc_error *err)
 {
 	if (c->stopping)
 		return imc_err(err, ESHUTDOWN, "imcd is shutting down");
+	if (c->meta_full)
+		return imc_err(err, ENOSPC,
+			       "metadata cannot be written (%s); new caches are refused "
+			       "until there is room",
+			       c->meta_reason);
 	if (c->n_items >= API_MAX_CACHES)
 		return imc_err(err, EDQUOT, "at most %d caches; delete some first", API_MAX_CACHES);
 	if (c->q_len >= API_QUEUE_MAX)
@@ -1769,6 +2088,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 	finish_delete(c, id, true);
 	snapshot_removed(c, id);
 	drop_unused_bases_now(c);
+	space_changed(c);
 	r = unlink_meta(c, id, err);
 	if (r < 0)
 		return r;
@@ -1874,6 +2194,7 @@ static int attach_locked(struct api_caches *c, struct api_cache *cache, const ch
 	}
 	cache->n_attachments++;
 	cache->last_used_at = a->at;
+	c->last_change_ns = imc_monotonic_ns(); /* no pool trim in an attach burst */
 	api_cache_touch(cache);
 	event_locked(cache, "Attached", "%s%s%s", aid, a->host ? " on " : "",
 		     a->host ? a->host : "");
@@ -1932,6 +2253,7 @@ static int api_caches_detach(struct api_caches *c, const struct api_caller *who,
 			(cache->n_attachments - i - 1) * sizeof(*cache->attachments));
 		cache->n_attachments--;
 		cache->last_used_at = imc_now();
+		c->last_change_ns = imc_monotonic_ns();
 		api_cache_touch(cache);
 		event_locked(cache, "Detached", "%s", aid);
 	}

@@ -39,6 +39,7 @@ struct options {
 	unsigned resolve_timeout_ms;  /* 0: 30 s */
 	unsigned shutdown_grace_ms;   /* 0: 30 s */
 	unsigned tenant_builds;	      /* 0: api/caches.c's rule */
+	uint64_t blob_cache_max;      /* 0: the config's, else no cap */
 };
 
 static void usage(FILE *f)
@@ -52,7 +53,7 @@ static void usage(FILE *f)
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
 	    "            [--sweep-interval SEC] [--resolve-timeout SEC] [--shutdown-grace SEC]\n"
-	    "            [--tenant-builds N]\n"
+	    "            [--tenant-builds N] [--blob-cache-max BYTES]\n"
 	    "            [--log-level error|warn|info|debug]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
@@ -86,6 +87,9 @@ static void usage(FILE *f)
 	    "                        default 30)\n"
 	    "  --shutdown-grace SEC  on SIGTERM, how long running builds may go on before they\n"
 	    "                        are cancelled (1-3600, default 30)\n"
+	    "  --blob-cache-max BYTES  cap the blob store: over it, the least recently used\n"
+	    "                        layer blobs go (K, M, G, T suffixes; default: no cap, only\n"
+	    "                        blobs that no cache needs go)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  -h, --help            this help\n",
@@ -255,6 +259,10 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--shutdown-grace %s: want 1-3600 seconds", arg);
 		o->shutdown_grace_ms = (unsigned)n * 1000;
 		return 0;
+	case 'M':
+		if (parse_size(arg, &o->blob_cache_max) < 0 || o->blob_cache_max == 0)
+			return usage_error("--blob-cache-max %s: want BYTES[K|M|G|T] above 0", arg);
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -290,6 +298,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"resolve-timeout", required_argument, NULL, 'R'},
 	    {"shutdown-grace", required_argument, NULL, 'G'},
 	    {"tenant-builds", required_argument, NULL, 'B'},
+	    {"blob-cache-max", required_argument, NULL, 'M'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -360,6 +369,24 @@ static void on_event(void *ctx, enum api_event ev, const char *id, const char *m
 	}
 }
 
+/* The chunk and index files of an export that a killed imcd cut short (before the chunk store
+ * opens: no export runs yet). */
+static void repair_partial_chunks(const char *state_dir, json_t *repairs)
+{
+	uint64_t bytes = 0;
+	imc_error e = {0};
+	size_t n = 0;
+
+	if (dist_chunks_remove_partial(state_dir, &n, &bytes, &e) < 0)
+		imc_repair_report(repairs, "chunks: cannot remove partial exports: %s", e.msg);
+	else if (n)
+		imc_repair_report(
+		    repairs,
+		    "chunks: removed %zu partial file(s) of an export a crash cut short "
+		    "(%llu bytes)",
+		    n, (unsigned long long)bytes);
+}
+
 static void log_repairs(json_t *repairs)
 {
 	size_t i;
@@ -406,6 +433,8 @@ static int load_config(struct options *o, struct service *svc, imc_error *err)
 	if (!o->state_dir)
 		o->state_dir =
 		    svc->config.state_dir ? svc->config.state_dir : STORE_DEFAULT_STATE_DIR;
+	if (!o->blob_cache_max)
+		o->blob_cache_max = svc->config.blob_cache_max;
 	cert = o->tls_cert ? o->tls_cert : svc->config.tls_cert;
 	key = o->tls_key ? o->tls_key : svc->config.tls_key;
 	if (!cert)
@@ -455,6 +484,8 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	if (r == 0)
 		r = store_open(&scfg, &svc->store, err);
 	if (r == 0)
+		repair_partial_chunks(o->state_dir, repairs);
+	if (r == 0)
 		r = dist_chunks_open(o->state_dir, svc->store, &svc->chunks, err);
 	if (r == 0)
 		r = dist_exporter_start(svc->chunks, &svc->exporter, err);
@@ -479,6 +510,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.evict_high = o->evict_high,
 					.evict_low = o->evict_low,
 					.sweep_interval_ms = o->sweep_interval_ms,
+					.blob_cache_max = o->blob_cache_max,
 					.resolve_timeout_ms = o->resolve_timeout_ms,
 					.shutdown_grace_ms = o->shutdown_grace_ms,
 					.tenant_builds = o->tenant_builds,
@@ -491,6 +523,9 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.exporter = svc->exporter},
 	    repairs, &svc->caches, err);
 	log_repairs(repairs);
+	if (r == 0) /* a forget ends an export's hold on a removed snapshot: trim again */
+		dist_exporter_set_on_forgotten(svc->exporter, api_caches_space_changed,
+					       svc->caches);
 	if (r == 0)
 		r = api_server_start_secure(
 		    &(struct api_server_config){
@@ -523,6 +558,7 @@ static void stop(struct service *svc)
 	if (svc->caches)
 		imc_info("waiting for running builds, if any (they are cancelled past the "
 			 "shutdown grace)");
+	dist_exporter_set_on_forgotten(svc->exporter, NULL, NULL); /* the table goes */
 	api_caches_close(svc->caches);
 	svc->caches = NULL;
 	/* After the table: the builds that ended queued exports, removals forgets. */

@@ -21,7 +21,7 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 	    {EBUSY, 409, "Conflict"},		{EFBIG, 413, "PayloadTooLarge"},
 	    {EDQUOT, 429, "LimitExceeded"},	{ESHUTDOWN, 503, "Unavailable"},
 	    {API_EQUOTA, 403, "QuotaExceeded"}, {EINPROGRESS, 503, "InProgress"},
-	    {ETIMEDOUT, 504, "GatewayTimeout"},
+	    {ETIMEDOUT, 504, "GatewayTimeout"}, {ENOSPC, 507, "InsufficientStorage"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(map); i++)

@@ -161,6 +161,21 @@ static bool read_body(struct api_caches *c, const struct api_caller *who, enum a
 	return true;
 }
 
+/* 200 {"status":"ok"}, or 503 {"status":"unavailable","reason":…} while imcd cannot write its
+ * metadata. */
+static int healthz(struct api_caches *c, json_t **ret, unsigned *ret_status, imc_error *err)
+{
+	char why[512];
+
+	if (c && !api_caches_healthy(c, why, sizeof(why))) {
+		*ret_status = 503;
+		*ret = json_pack("{s:s,s:s}", "status", "unavailable", "reason", why);
+	} else {
+		*ret = json_pack("{s:s}", "status", "ok");
+	}
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 static int dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
 		    const struct api_match *match, const struct query *query, const char *body,
 		    size_t len, json_t **ret, unsigned *ret_status, imc_error *err)
@@ -168,8 +183,7 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 	*ret_status = 200;
 	switch (match->route) {
 	case API_ROUTE_HEALTHZ:
-		*ret = json_pack("{s:s}", "status", "ok");
-		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+		return healthz(c, ret, ret_status, err);
 	case API_ROUTE_CACHES:
 		if (m == API_METHOD_GET)
 			return list_caches(c, who, query->args, query->n, query->too_many, ret,

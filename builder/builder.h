@@ -69,6 +69,29 @@ uint64_t builder_image_layer_bytes(const struct builder_image *img);
 json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
+/* ---- the blob store (blobs.c) -------------------------------------------------------------- */
+/* Remove the partial downloads (".tmp-…") in <blob_dir>/sha256 that no live process holds (a
+ * download killed half way); *ret_n and *ret_bytes get how many and what they took. */
+int builder_blobs_remove_partial(const char *blob_dir, size_t *ret_n, uint64_t *ret_bytes,
+				 imc_error *err);
+/* A running build needs blob digest ("sha256:…"): the collector leaves it alone until as many
+ * unpins as pins.  Pinning also marks it used now (its mtime), for the size cap's order. */
+int builder_blobs_pin(const char *blob_dir, const char *digest, imc_error *err);
+void builder_blobs_unpin(const char *digest);
+struct builder_blobs_gc {
+	size_t removed;	     /* blobs removed */
+	size_t evicted;	     /* ... of them needed, but over the cap (least recently used) */
+	uint64_t freed;	     /* bytes they took */
+	uint64_t kept_bytes; /* bytes the blobs left take */
+};
+/* Remove every blob in <blob_dir>/sha256 that keep (an array of "sha256:…" digests: what caches
+ * and bases need) does not name, then, while the rest take more than max_bytes (0: no cap), the
+ * least recently used; never a pinned one. */
+int builder_blobs_gc(const char *blob_dir, json_t *keep, uint64_t max_bytes,
+		     struct builder_blobs_gc *ret, imc_error *err);
+/* The layer digests of every base snapshot's record (a new array; NULL on OOM). */
+json_t *builder_bases_layers(struct store *s);
+
 /* ---- building a cache --------------------------------------------------------------------- */
 #define BUILDER_IMAGES_MAX 20		/* images in one cache, /images/0..19/rootfs */
 #define BUILDER_SIZE_MIN   (1ULL << 30) /* the smallest filesystem the builder makes by default */

@@ -1363,24 +1363,19 @@ static int copy_fd(int in, int out, uint64_t size, imc_error *err)
 	return 0;
 }
 
-/* The artifact's layer, verified by the registry client in the blob directory, copied into the
- * file; the blob goes again unless it was there before (a model is not kept twice). */
-static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan *p,
+/* The artifact's layer, verified by the registry client in the blob directory (dir), copied into
+ * the file; the blob goes again unless it was there before (a model is not kept twice). */
+static int fetch_oci_blob(const struct builder_opts *o, struct builder_data_plan *p,
 			  const struct data_file *f, int fd, struct fetch_progress *fp,
-			  char hex[IMC_SHA256_HEX_LEN + 1], imc_error *err)
+			  const char *dir, const char *hex, imc_error *err)
 {
 	struct oci_descriptor d = {
 	    .media_type = f->media_type, .digest = f->digest, .size = (int64_t)f->size};
-	_cleanup_free_ char *dir = imc_path_join(o->blob_dir, "sha256");
 	_cleanup_close_ int dfd = -1, in = -1;
 	struct stat st;
 	bool had;
-	int r = imc_digest_parse(f->digest, hex, err);
+	int r;
 
-	if (r < 0)
-		return r;
-	if (!dir)
-		return imc_err(err, ENOMEM, "out of memory");
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	had = dfd >= 0 && fstatat(dfd, hex, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	r = oci_registry_fetch_blob(p->reg, &d, o->blob_dir, oci_on_bytes, fp, err);
@@ -1396,6 +1391,26 @@ static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan
 	r = copy_fd(in, fd, f->size, err);
 	if (!had)
 		unlinkat(dfd, hex, 0);
+	return r;
+}
+
+/* fetch_oci_blob with the blob pinned: the blob store's collector leaves it alone meanwhile. */
+static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan *p,
+			  const struct data_file *f, int fd, struct fetch_progress *fp,
+			  char hex[IMC_SHA256_HEX_LEN + 1], imc_error *err)
+{
+	_cleanup_free_ char *dir = imc_path_join(o->blob_dir, "sha256");
+	int r = imc_digest_parse(f->digest, hex, err);
+
+	if (r < 0)
+		return r;
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	r = builder_blobs_pin(o->blob_dir, f->digest, err);
+	if (r < 0)
+		return r;
+	r = fetch_oci_blob(o, p, f, fd, fp, dir, hex, err);
+	builder_blobs_unpin(f->digest);
 	return r;
 }
 

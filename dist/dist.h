@@ -42,6 +42,11 @@ int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, cha
 /* Drop the index of id and every stored chunk that no remaining index names.  *ret_freed gets
  * the bytes freed.  Nothing to do when id was never exported. */
 int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err);
+/* Remove the chunk and index files that an export killed half way left under temporary names
+ * in <state_dir>/chunks (those a live export holds stay); *ret_n and *ret_bytes get how many
+ * and what they took. */
+int dist_chunks_remove_partial(const char *state_dir, size_t *ret_n, uint64_t *ret_bytes,
+			       imc_error *err);
 /* The stored index bytes of id (-ENOENT when not exported yet); never exports. */
 int dist_read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
 		    imc_error *err);
@@ -60,6 +65,11 @@ int dist_exporter_queue(struct dist_exporter *x, const char *id, imc_error *err)
 /* Queue dropping id's index and the chunks no other index names (after an export of id that
  * runs now; a queued one is dropped).  When it cannot be queued, it runs now. */
 int dist_exporter_forget(struct dist_exporter *x, const char *id, imc_error *err);
+/* fn(ctx, id) runs on the exporter thread after each forget of id, when an export of id that
+ * ran has let go of the snapshot (imcd: the pool may be trimmed now).  NULL clears it; a call
+ * in progress ends first, so ctx may be freed once this returns. */
+void dist_exporter_set_on_forgotten(struct dist_exporter *x, void (*fn)(void *ctx, const char *id),
+				    void *ctx);
 /* -EINPROGRESS while an export of id is queued or running; the failure of its last export
  * (reported once); else 0. */
 int dist_exporter_state(struct dist_exporter *x, const char *id, imc_error *err);

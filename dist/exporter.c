@@ -41,6 +41,9 @@ struct dist_exporter {
 	bool stopping;
 	pthread_t thread;
 	bool started;
+	pthread_mutex_t hook_lock; /* held while on_forgotten runs */
+	void (*on_forgotten)(void *ctx, const char *id);
+	void *hook_ctx;
 };
 
 static bool queued_locked(struct dist_exporter *x, enum job_kind kind, const char *id)
@@ -135,6 +138,17 @@ int dist_exporter_forget(struct dist_exporter *x, const char *id, imc_error *err
 	return r;
 }
 
+void dist_exporter_set_on_forgotten(struct dist_exporter *x, void (*fn)(void *ctx, const char *id),
+				    void *ctx)
+{
+	if (!x)
+		return;
+	pthread_mutex_lock(&x->hook_lock);
+	x->on_forgotten = fn;
+	x->hook_ctx = ctx;
+	pthread_mutex_unlock(&x->hook_lock);
+}
+
 int dist_exporter_state(struct dist_exporter *x, const char *id, imc_error *err)
 {
 	struct failure *f;
@@ -177,6 +191,10 @@ static void run_job(struct dist_exporter *x, const struct job *j)
 		else if (freed)
 			imc_info("cache %s: %llu bytes of chunks freed", j->id,
 				 (unsigned long long)freed);
+		pthread_mutex_lock(&x->hook_lock);
+		if (x->on_forgotten)
+			x->on_forgotten(x->hook_ctx, j->id);
+		pthread_mutex_unlock(&x->hook_lock);
 		return;
 	}
 	r = dist_export(x->chunks, j->id, 0, NULL, NULL, &e);
@@ -244,6 +262,7 @@ int dist_exporter_start(struct dist_chunks *cs, struct dist_exporter **ret, imc_
 		return imc_err(err, ENOMEM, "out of memory");
 	x->chunks = cs;
 	pthread_mutex_init(&x->lock, NULL);
+	pthread_mutex_init(&x->hook_lock, NULL);
 	pthread_cond_init(&x->cond, NULL);
 	r = -pthread_create(&x->thread, NULL, exporter_main, x);
 	if (r < 0) {
@@ -273,6 +292,7 @@ void dist_exporter_stop(struct dist_exporter *x)
 		free(j);
 	}
 	pthread_cond_destroy(&x->cond);
+	pthread_mutex_destroy(&x->hook_lock);
 	pthread_mutex_destroy(&x->lock);
 	free(x);
 }

@@ -1607,6 +1607,7 @@ static int blob_fetch_into(struct oci_registry *r, const struct oci_descriptor *
 	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "create %s", tmp);
+	imc_hold_file(fd); /* a partial download nobody holds is removed at the next start */
 	tmp_name = strrchr(tmp, '/') + 1;
 	rc = blob_download(r, d, fd, on_bytes, ctx, err);
 	if (rc == 0 && fsync(fd) < 0)

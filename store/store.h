@@ -89,13 +89,24 @@ struct store_driver_ops {
 	 * space reads as zeros. */
 	int (*resize)(struct store *s, enum store_kind kind, const char *id, uint64_t size,
 		      imc_error *err);
+	/* Give the filesystem under the pool back the space the pool no longer uses (the
+	 * embedded pool: FITRIM, which punches holes in pool.img); *ret_trimmed gets the bytes.
+	 * NULL in a driver that has nothing to give back (store_trim answers 0). */
+	int (*trim)(struct store *s, uint64_t *ret_trimmed, imc_error *err);
+	/* Keep the pool from promising more space than the filesystem under it holds, less
+	 * `beside` bytes about to be written next to the pool (the embedded pool: a ballast file
+	 * in it, so that the pool's XFS answers ENOSPC before its backing file cannot grow).  NULL
+	 * where the pool has its own space (store_fit answers 0). */
+	int (*fit)(struct store *s, uint64_t beside, imc_error *err);
 };
 
 struct store {
 	const struct store_driver_ops *ops;
 	char *state_dir;
 	uint64_t pool_size;
-	void *priv; /* driver data */
+	bool pool_size_given; /* pool_size is the caller's, not the default */
+	uint64_t beside;      /* bytes expected beside the pool (store_space_expect); atomic */
+	void *priv;	      /* driver data */
 	/* The caller's driver options: valid during open only. */
 	const char *const *driver_opts;
 	/* What open found wrong and repaired (an array of strings, for the caller's log); never
@@ -131,6 +142,14 @@ int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t
  * file, then ftruncate to size; the filesystem inside is not grown, that is the caller's). */
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
 			       uint64_t size, imc_error *err);
+/* See store_driver_ops.fit (with the bytes store_space_expect set aside). */
+int store_fit(struct store *s, imc_error *err);
+/* bytes (negative: given back) are about to be written on the filesystem under the pool, beside
+ * it (a build's layer downloads): the pool promises that much less until they are given back;
+ * then store_fit. */
+int store_space_expect(struct store *s, int64_t bytes, imc_error *err);
+/* See store_driver_ops.trim.  Costs a walk of the pool's free space: not on a hot path. */
+int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err);
 /* The repairs store_open made (borrowed: an array of strings, empty when there were none). */
 json_t *store_repairs(const struct store *s);
 

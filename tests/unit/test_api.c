@@ -459,7 +459,7 @@ START_TEST(errno_to_status)
 	    {-EFBIG, 413, "PayloadTooLarge"},	 {-EDQUOT, 429, "LimitExceeded"},
 	    {-ESHUTDOWN, 503, "Unavailable"},	 {-EIO, 500, "Internal"},
 	    {-ENOMEM, 500, "Internal"},		 {-EINPROGRESS, 503, "InProgress"},
-	    {-ETIMEDOUT, 504, "GatewayTimeout"},
+	    {-ETIMEDOUT, 504, "GatewayTimeout"}, {-ENOSPC, 507, "InsufficientStorage"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
@@ -473,6 +473,40 @@ START_TEST(errno_to_status)
 	ck_assert_uint_eq(api_retry_after_from_status(504), API_RESOLVE_FAIL_TTL_S);
 	ck_assert_uint_eq(api_retry_after_from_status(500), 0);
 	ck_assert_uint_eq(api_retry_after_from_status(200), 0);
+}
+END_TEST
+
+/* The reserve files: made in full, a status written through one (the slot goes), refused when
+ * none is left or the file would not fit. */
+START_TEST(meta_reserve_files)
+{
+	char dir[] = "/tmp/imc-test-reserve.XXXXXX", big[API_META_RESERVE_SLOT + 16];
+	_cleanup_json_ json_t *j = json_pack("{s:s,s:s}", "id", "imc-1", "status", "Failed");
+	_cleanup_json_ json_t *back = NULL, *huge = NULL;
+	struct stat sb;
+	imc_error err;
+	int dfd;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ck_assert_int_eq(api_meta_reserve_fill(dfd, &err), 0);
+	ck_assert_int_eq(fstatat(dfd, ".reserve.0", &sb, 0), 0);
+	ck_assert_int_eq(sb.st_size, API_META_RESERVE_SLOT);
+	ck_assert_int_ge((long long)sb.st_blocks * 512, API_META_RESERVE_SLOT);
+	for (int i = 0; i < API_META_RESERVE_SLOTS; i++)
+		ck_assert_int_eq(api_meta_reserve_write(dfd, "c.json", j, &err), 0);
+	ck_assert_int_eq(imc_json_read_file(dfd, "c.json", 1024, &back, &err), 0);
+	ck_assert(json_equal(j, back));
+	ck_assert_int_eq(api_meta_reserve_write(dfd, "c.json", j, &err), -ENOSPC);
+	ck_assert_ptr_nonnull(strstr(err.msg, "no reserve file left"));
+	ck_assert_int_eq(api_meta_reserve_fill(dfd, &err), 0);
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	huge = json_pack("{s:s}", "x", big);
+	ck_assert_int_eq(api_meta_reserve_write(dfd, "d.json", huge, &err), -ENOSPC);
+	ck_assert_int_eq(faccessat(dfd, ".reserve.0", F_OK, 0), 0); /* a refused write takes none */
+	close(dfd);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
 }
 END_TEST
 
@@ -1915,6 +1949,7 @@ static Suite *api_suite(void)
 	Suite *s = suite_create("api");
 	TCase *t = tcase_create("requests");
 
+	tcase_add_test(t, meta_reserve_files);
 	tcase_add_test(t, create_good);
 	tcase_add_test(t, create_malformed_json);
 	tcase_add_test(t, create_not_object);
