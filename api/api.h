@@ -42,9 +42,14 @@
  * Handlers turn a negative errno into an HTTP status and an error code:
  *   -EBADMSG 400 InvalidJSON      -EINVAL/-ERANGE 400 InvalidArgument   -ENOENT 404 NotFound
  *   -EBUSY 409 Conflict           -EFBIG 413 PayloadTooLarge            -EDQUOT 429 LimitExceeded
- *   -API_EQUOTA 403 QuotaExceeded -ESHUTDOWN 503 Unavailable            anything else 500 Internal
- */
+ *   -API_EQUOTA 403 QuotaExceeded -ESHUTDOWN 503 Unavailable            -ENOSPC 507
+ *   InsufficientStorage           -EINPROGRESS 503 InProgress           -ETIMEDOUT 504
+ *   GatewayTimeout                anything else 500 Internal
+ * A 503 or 504 carries Retry-After (api_retry_after_from_status). */
 void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code);
+#define API_RETRY_AFTER_S 1 /* seconds, in a 503: the work it waits for is under way */
+/* The Retry-After seconds of an error answer with this status (0: none). */
+unsigned api_retry_after_from_status(unsigned http);
 /* {"error":{"code":code,"message":message}}; NULL on OOM. */
 json_t *api_error_json(const char *code, const char *message);
 
@@ -146,10 +151,14 @@ struct api_cache {
 	struct api_cache_event events[API_EVENTS_MAX]; /* oldest first */
 	size_t n_events;
 	/* In memory only. */
+	enum api_cache_status persisted_status; /* the status its metadata file holds */
+	bool meta_dirty; /* its last change is not on disk yet (no space): the sweeper retries */
 	uint64_t progress_done, progress_total;
 	bool deleting;
 	enum api_cache_status status_before; /* while Deleting/Updating: the status to go back to */
 	int64_t day_seconds;		     /* a retention day (0: 86400), for expiresAt */
+	int cancel;	   /* enum api_cancel: why its running build is asked to stop (atomic) */
+	uint64_t reserved; /* Creating: bytes its sized build holds of the tenant's maxBytes */
 	/* The rendered API object (api_cache_rendered): the exact bytes GET answers, kept until
 	 * the cache changes.  gen is bumped by api_cache_touch() on every change; rendered_stamp
 	 * also holds the rendered fields themselves, so a change that forgot to touch still
@@ -166,6 +175,8 @@ struct api_cache {
 		bool deleting;
 	} rendered_stamp;
 };
+/* Why a running build is stopped: its cache was deleted, or imcd stops (past its grace). */
+enum api_cancel { API_CANCEL_NONE, API_CANCEL_DELETE, API_CANCEL_SHUTDOWN };
 /* Append an event (the oldest goes when API_EVENTS_MAX are kept); fails only on OOM. */
 int api_cache_add_event(struct api_cache *c, int64_t now, const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -262,6 +273,36 @@ bool api_cache_has_platform(const struct api_cache *c, const char *platform);
 int api_delete_query_parse(const struct api_query_arg *args, size_t n, bool *ret_force,
 			   imc_error *err);
 
+/* ---- the build queue (api/queue.c) ----------------------------------------------------------
+ * The next build to start: the index in queued (oldest first) of the first cache that shares no
+ * image ref with a running build and whose tenant runs fewer than tenant_cap builds (0: no cap),
+ * preferring the tenant that runs the fewest; -1 when none may start.  running may hold NULLs
+ * (free workers). */
+ssize_t api_queue_pick(struct api_cache *const *queued, size_t n_queued,
+		       struct api_cache *const *running, size_t n_running, unsigned tenant_cap);
+
+/* ---- the image resolver of match=best (api/resolver.c) ---------------------------------------
+ * Registries are never asked from a request thread: api_resolver_layers answers from what the
+ * resolver has (the layer digests of a ref resolved lately, or why that failed), else queues the
+ * ref for the resolver's threads and answers -EINPROGRESS at once.  Each resolve has a deadline:
+ * one that runs past it ends as -ETIMEDOUT; any other failure is -ENOENT (no image to compare
+ * with). */
+#define API_RESOLVE_TTL_S      60 /* a tag's layers are used this long, then resolved again */
+#define API_RESOLVE_FAIL_TTL_S 10 /* a failure is answered this long, then tried again */
+struct api_resolver;
+struct api_resolver_config {
+	struct builder_opts opts; /* registries, CAs, auth file: kept as pointers */
+	unsigned timeout_ms;	  /* one resolve's deadline; 0: 30 s */
+};
+int api_resolver_start(const struct api_resolver_config *cfg, struct api_resolver **ret,
+		       imc_error *err);
+/* Stops resolves in flight (within about a second) and frees everything. */
+void api_resolver_stop(struct api_resolver *r);
+/* The layer digests of image ref for platform (normalized; a new array), or -EINPROGRESS, or
+ * the recent failure. */
+int api_resolver_layers(struct api_resolver *r, const char *ref, const char *platform, json_t **ret,
+			imc_error *err);
+
 /* ---- routing ----------------------------------------------------------------------------------
  */
 enum api_route {
@@ -330,6 +371,7 @@ struct api_tenant_limits {
 /* ---- the cache table and its build worker (api/caches.c) ---------------------------------- */
 struct store;
 struct dist_chunks;
+struct dist_exporter;
 struct api_caches;
 
 enum api_event {
@@ -356,16 +398,30 @@ struct api_caches_config {
 	 * after its removal by whichever thread removed it, not under the table lock; may
 	 * be NULL.  imcd drops the snapshot's chunks here (api_dist_snapshot_removed). */
 	void (*on_snapshot_removed)(void *ctx, const char *id);
-	void *snapshot_ctx;
-	/* The chunk store the distribution routes serve (api/dist.c; opened by the caller, may
-	 * be NULL): the table only hands it to them. */
+	/* The build of cache id ended Ready: called from the worker thread, not under the table
+	 * lock; may be NULL.  imcd queues its chunk index export here (api_dist_snapshot_ready). */
+	void (*on_snapshot_ready)(void *ctx, const char *id);
+	void *snapshot_ctx; /* for both */
+	/* The chunk store the distribution routes serve and its exporter (api/dist.c; opened by
+	 * the caller, may be NULL): the table only hands them to them. */
 	struct dist_chunks *chunks;
+	struct dist_exporter *exporter;
 	/* Lifecycle (0 picks the default; imcd sets them from its flags). */
-	unsigned build_workers;	    /* builds at once: 2 */
-	double evict_high;	    /* pool used/size that starts eviction: 0.90 */
-	double evict_low;	    /* ... and where it stops: 0.80 */
-	unsigned sweep_interval_ms; /* expiry/eviction pass: 60000 */
-	unsigned day_seconds;	    /* a retention day: 86400 (shorter only in test builds) */
+	unsigned build_workers;	     /* builds at once: 2 */
+	double evict_high;	     /* pool used/size that starts eviction: 0.90 */
+	double evict_low;	     /* ... and where it stops: 0.80 */
+	unsigned sweep_interval_ms;  /* expiry/eviction pass: 60000 */
+	unsigned day_seconds;	     /* a retention day: 86400 (shorter only in test builds) */
+	unsigned resolve_timeout_ms; /* match=best: one registry resolve's deadline; 0: 30 s */
+	unsigned shutdown_grace_ms;  /* how long close waits for running builds before it cancels
+				      * them; 0: 30 s */
+	unsigned tenant_builds;	     /* builds one tenant may run at once; 0: build_workers, or
+				      * build_workers - 1 with multi_tenant */
+	bool multi_tenant;	     /* tokens of two or more tenants are configured */
+	/* The blob store (<state_dir>/blobs): what no cache, base or running build needs goes
+	 * after each build and removal; over this many bytes the least recently used go too
+	 * (0: no cap). */
+	uint64_t blob_cache_max;
 };
 
 /* Load the metadata, repair what a crash left (each repair appended to ret_repairs as a string)
@@ -374,7 +430,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
 /* The chunk store it was given (NULL for a NULL table or none). */
 struct dist_chunks *api_caches_chunks(struct api_caches *c);
-/* Stop the worker after the running build; queued builds are marked Failed. */
+/* The exporter it was given (NULL for a NULL table or none). */
+struct dist_exporter *api_caches_exporter(struct api_caches *c);
+/* Stop the workers: running builds get shutdown_grace_ms to end, then they are cancelled (and
+ * marked Failed "cancelled by shutdown: …"); queued builds stay Creating on disk (built at the
+ * next start). */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
 int api_caches_create(struct api_caches *c, const struct api_caller *who,
@@ -391,11 +451,13 @@ int api_caches_list_body(struct api_caches *c, const struct api_caller *who,
 			 const struct api_list_query *q, char **ret, size_t *ret_len,
 			 imc_error *err);
 /* DELETE /v1/imagecaches/{id}[?force=true]: remove the snapshot and the metadata; -EBUSY while
- * Creating, and while attached unless force (its clones keep their own copy).  ret gets
- * {"id","status"}. */
+ * attached unless force (its clones keep their own copy).  *ret_status 200
+ * {"id","status":"Deleted"}, or 202 {"id","status":"Deleting"} for a cache whose build runs: the
+ * build is cancelled, and the cache (with whatever the build left in the store) goes once it has
+ * stopped.  A queued build is dropped at once (200). */
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
 			   const struct api_query_arg *args, size_t n_args, json_t **ret,
-			   imc_error *err);
+			   unsigned *ret_status, imc_error *err);
 /* The attachments route, for the server's dispatch().  POST /v1/imagecaches/{id}/attachments
  * body {"id"?: "att-…", "host"?: "…"}: record an attach (201; 200 when that id is already
  * recorded); -EBUSY unless Ready.  DELETE …/attachments/{aid}: forget it (404 when unknown).
@@ -403,6 +465,24 @@ int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, c
 int api_attachments_dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
 			     const struct api_match *match, const char *body, size_t len,
 			     json_t **ret, unsigned *ret_status, imc_error *err);
+/* Something outside the table let go of pool space (imcd: the exporter dropped a removed
+ * snapshot's export, which held the snapshot open): the sweeper collects and trims again once
+ * quiet.  ctx is the table (NULL: nothing); the signature is dist_exporter_set_on_forgotten's. */
+void api_caches_space_changed(void *ctx, const char *id);
+/* Can imcd write its metadata?  false with why (a metadata write that failed for want of
+ * space, until space returns): /healthz answers 503 with it, creates 507. */
+bool api_caches_healthy(struct api_caches *c, char *why, size_t why_size);
+
+/* ---- the metadata's reserve (api/meta_reserve.c) ---------------------------------------------
+ * Files of written zeros in caches/ that a status change is written into when the filesystem is
+ * full (their blocks are reused: no allocation), so that it still reaches the disk. */
+#define API_META_RESERVE_SLOTS 4
+#define API_META_RESERVE_SLOT  (256u << 10)
+/* Make every missing slot; -ENOSPC (or another errno) when there is no room for them. */
+int api_meta_reserve_fill(int dirfd, imc_error *err);
+/* Write j as dirfd/name through a slot (durably: fsync, rename, fsync dir); -ENOSPC when no slot
+ * is left or j does not fit one. */
+int api_meta_reserve_write(int dirfd, const char *name, json_t *j, imc_error *err);
 
 /* ---- metrics (api/metrics.c): GET /metrics in the Prometheus text format 0.0.4 ------------
  * The counters are plain integers updated with __atomic builtins (relaxed): no lock and no
@@ -503,6 +583,7 @@ struct api_response {
 	const char *allow;
 	const char *content_type; /* NULL: API_CONTENT_TYPE */
 	bool close;		  /* "Connection: close" and "Retry-After: 1" */
+	unsigned retry_after;	  /* seconds for a Retry-After header; 0: none */
 };
 /* url may carry a raw "?query" (split with api_query_split). */
 void api_handle(struct api_caches *c, const struct api_caller *who, const char *method,
@@ -510,16 +591,21 @@ void api_handle(struct api_caches *c, const struct api_caller *who, const char *
 		struct api_response *ret);
 
 /* ---- distribution (api/dist.c, docs/distribution.md) -----------------------------------------
- * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (exported on first request);
+ * GET /v1/imagecaches/{id}/index: the chunk index of a Ready cache (*ret_status 200), exported
+ * in the background once the cache is Ready (dist/exporter.c): 202 {"id","status":"Exporting"}
+ * until it is there (queued then if it was not), or the failure of the last export;
  * GET|HEAD /v1/chunks/{digest}: one zstd chunk, from its file, with Range (206/416) and ETag /
  * If-None-Match (304). */
 struct MHD_Connection;
 struct MHD_Response;
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id,
-		   size_t id_len, json_t **ret, imc_error *err);
-/* The table's on_snapshot_removed hook, with the chunk store as ctx: drop the cache's index and
- * the chunks no other index names (and log what was freed). */
+		   size_t id_len, json_t **ret, unsigned *ret_status, imc_error *err);
+/* The table's on_snapshot_removed hook, with the exporter as ctx: queue dropping the cache's
+ * index and the chunks no other index names (logged when they are freed). */
 void api_dist_snapshot_removed(void *ctx, const char *id);
+/* The table's on_snapshot_ready hook, with the exporter as ctx: queue the export of the cache's
+ * chunk index. */
+void api_dist_snapshot_ready(void *ctx, const char *id);
 /* The answer to a chunk request: its status and response (NULL on OOM). */
 unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
 			const char *digest, struct MHD_Response **ret);

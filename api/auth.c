@@ -266,8 +266,9 @@ static int parse_http(json_t *root, struct api_config *c, imc_error *err)
 
 static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 {
-	static const char *const fields[] = {"tokens",	 "tenants", "tls", "listen",
-					     "stateDir", "http",    NULL};
+	static const char *const fields[] = {"tokens",	 "tenants", "tls",	    "listen",
+					     "stateDir", "http",    "blobCacheMax", NULL};
+	int64_t blob_max = 0;
 	int r = imc_json_check_fields(root, fields, NULL, err);
 
 	if (r == 0)
@@ -282,6 +283,10 @@ static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 		r = dup_string(root, "stateDir", PATH_MAX, NULL, &c->state_dir, err);
 	if (r == 0)
 		r = parse_http(root, c, err);
+	if (r == 0)
+		r = imc_json_get_int(root, "blobCacheMax", false, 0, INT64_MAX, NULL, &blob_max,
+				     err);
+	c->blob_cache_max = (uint64_t)blob_max;
 	return r;
 }
 

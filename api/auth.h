@@ -44,6 +44,7 @@ struct api_config {
 	char *listen; /* defaults for --listen / --state-dir; NULL when not given */
 	char *state_dir;
 	struct api_http_limits http; /* "http": connection limits; 0: not given */
+	uint64_t blob_cache_max;     /* default for --blob-cache-max; 0 when not given */
 };
 
 /* Parse a config file's content.  Malformed JSON, unknown keys, wrong types, bad tenant names,

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "../builder/builder.h"
@@ -32,6 +33,11 @@
 #define EVICT_LOW_DEFAULT   0.80
 #define SWEEP_MS_DEFAULT    60000u
 #define DAY_SECONDS_DEFAULT 86400u
+#define GRACE_MS_DEFAULT    30000u
+#define CANCELLED_BY_SHUTDOWN_MSG                                                                  \
+	"cancelled by shutdown: imcd stopped and the build did not end within its grace of %u s; " \
+	"create the cache again"
+#define CANCELLED_BY_DELETE_MSG "cancelled: the cache was deleted during its build"
 
 struct api_caches {
 	struct store *store;
@@ -48,8 +54,11 @@ struct api_caches {
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
 	unsigned n_workers;
+	unsigned grace_ms;   /* close: how long running builds get before they are cancelled */
+	unsigned tenant_cap; /* builds one tenant may run at once (0: no cap) */
 	double evict_high, evict_low;
 	unsigned sweep_ms, day_seconds;
+	uint64_t blob_max; /* the blob store's size cap; 0: none */
 
 	pthread_mutex_t lock; /* items, n_items, queue, stopping, per-cache fields */
 	pthread_cond_t cond;
@@ -65,8 +74,19 @@ struct api_caches {
 	unsigned workers_started;
 	pthread_t sweeper;
 	bool sweeper_started;
+	struct api_resolver *resolver; /* match=best's registry lookups */
+	void (*on_snapshot_ready)(void *ctx, const char *id);
+	struct dist_exporter *exporter; /* for api/dist.c only */
+	unsigned resolve_timeout_ms;
+	bool space_due; /* something went: the sweeper collects blobs (see space_changed_locked) */
+	bool trim_due;	/* ... and trims the pool once things are quiet (see space_pass) */
+	uint64_t last_change_ns; /* the last build end, removal or attachment report */
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
+	/* A metadata write failed for want of space (under lock): creates are refused (507), no
+	 * build starts, /healthz is 503 with meta_reason, until the sweeper finds room again. */
+	bool meta_full;
+	char meta_reason[IMC_ERR_MSG];
 
 	struct api_metrics metrics; /* atomics, no lock */
 };
@@ -195,7 +215,53 @@ static void meta_name(const char *id, char *buf, size_t size)
 	snprintf(buf, size, "%s.json", id);
 }
 
-/* Write the metadata of an already serialised cache. */
+static bool no_space(int r)
+{
+	return r == -ENOSPC || r == -EDQUOT;
+}
+
+static void set_meta_full(struct api_caches *c, const char *why)
+{
+	bool was;
+
+	pthread_mutex_lock(&c->lock);
+	was = c->meta_full;
+	c->meta_full = true;
+	snprintf(c->meta_reason, sizeof(c->meta_reason), "%s", why);
+	pthread_mutex_unlock(&c->lock);
+	if (!was)
+		imc_error_log("metadata: %s: new caches are refused and builds wait until there is "
+			      "room; changes not written are retried",
+			      why);
+}
+
+/* Write one metadata file (under persist_lock).  Out of space, a status change goes through a
+ * reserve file (api/meta_reserve.c) and reaches the disk anyway; anything else fails. */
+static int meta_write(struct api_caches *c, const char *name, json_t *meta, bool status_change,
+		      imc_error *err)
+{
+	imc_error e = {0};
+	int r = imc_json_write_atomic(c->meta_dirfd, name, meta, &e);
+
+	if (r == 0 || !no_space(r)) {
+		if (r < 0 && err)
+			*err = e;
+		return r;
+	}
+	set_meta_full(c, e.msg);
+	if (status_change && api_meta_reserve_write(c->meta_dirfd, name, meta, NULL) == 0) {
+		imc_warn(
+		    "metadata %s: out of space, the status change was written through a reserve "
+		    "file",
+		    name);
+		return 0;
+	}
+	if (err)
+		*err = e;
+	return r;
+}
+
+/* Write the metadata of an already serialised cache (a new one). */
 static int persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_error *err)
 {
 	char name[API_ID_MAX + 8];
@@ -205,45 +271,67 @@ static int persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_
 		return imc_err(err, ENOMEM, "cache %s: out of memory", id);
 	meta_name(id, name, sizeof(name));
 	pthread_mutex_lock(&c->persist_lock);
-	r = imc_json_write_atomic(c->meta_dirfd, name, meta, err);
+	r = meta_write(c, name, meta, false, err);
 	pthread_mutex_unlock(&c->persist_lock);
 	return r < 0 ? imc_err_wrap(err, "cache %s: metadata", id) : 0;
 }
 
-/* Serialise under the lock, write outside it. */
-static int persist(struct api_caches *c, struct api_cache *cache, imc_error *err)
+/* After a write of cache id holding status: on disk now, or still to be written. */
+static void persisted(struct api_caches *c, const char *id, enum api_cache_status status,
+		      bool written)
 {
-	_cleanup_json_ json_t *meta = NULL;
-	char id[API_ID_MAX];
+	struct api_cache *cache;
 
 	pthread_mutex_lock(&c->lock);
-	meta = api_cache_to_meta(cache);
-	memcpy(id, cache->id, sizeof(id));
+	cache = find_locked(c, id, NULL);
+	if (cache && written)
+		cache->persisted_status = status;
+	if (cache)
+		cache->meta_dirty = !written;
 	pthread_mutex_unlock(&c->lock);
-	return persist_meta(c, id, meta, err);
 }
 
 /* Persist a cache by id, for a caller that no longer holds the lock: a cache deleted meanwhile
- * is not written back (persist_lock orders this against unlink_meta). */
+ * is not written back (persist_lock orders this against unlink_meta).  A write that fails
+ * leaves the cache marked dirty: the sweeper writes it once there is room. */
 static int persist_id(struct api_caches *c, const char *id, imc_error *err)
 {
 	_cleanup_json_ json_t *meta = NULL;
+	enum api_cache_status status = API_CACHE_CREATING;
 	char name[API_ID_MAX + 8];
 	struct api_cache *cache;
+	bool change = false;
 	int r = 0;
 
 	meta_name(id, name, sizeof(name));
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
 	cache = find_locked(c, id, NULL);
-	meta = cache ? api_cache_to_meta(cache) : NULL;
+	if (cache) {
+		meta = api_cache_to_meta(cache);
+		status = cache->status;
+		change = status != cache->persisted_status;
+	}
 	pthread_mutex_unlock(&c->lock);
 	if (cache && !meta)
 		r = imc_err(err, ENOMEM, "cache %s: out of memory", id);
 	else if (cache)
-		r = imc_json_write_atomic(c->meta_dirfd, name, meta, err);
+		r = meta_write(c, name, meta, change, err);
+	if (cache)
+		persisted(c, id, status, r == 0);
 	pthread_mutex_unlock(&c->persist_lock);
 	return r < 0 ? imc_err_wrap(err, "cache %s: metadata", id) : 0;
+}
+
+/* The same for a cache of the table. */
+static int persist(struct api_caches *c, struct api_cache *cache, imc_error *err)
+{
+	char id[API_ID_MAX];
+
+	pthread_mutex_lock(&c->lock);
+	memcpy(id, cache->id, sizeof(id));
+	pthread_mutex_unlock(&c->lock);
+	return persist_id(c, id, err);
 }
 
 static int unlink_meta(struct api_caches *c, const char *id, imc_error *err)
@@ -293,6 +381,7 @@ static int load_one(struct api_caches *c, const char *file, const char *id, json
 		api_cache_free(cache);
 		return 0;
 	}
+	cache->persisted_status = cache->status;
 	if (insert_locked(c, cache, err) < 0) {
 		api_cache_free(cache);
 		return err ? err->code : -ENOMEM;
@@ -439,6 +528,7 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 	imc_error e = {0};
 
 	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
+	remove_leftover(c, STORE_VOLUME, cache->id, repairs); /* a delete that cancelled a build */
 	set_status_locked(cache, API_CACHE_EXPIRED);
 	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
 	if (persist(c, cache, &e) < 0)
@@ -446,6 +536,22 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 	imc_repair_report(repairs,
 			  "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
 			  cache->id);
+}
+
+/* Partial blob downloads that a killed imcd left under temporary names (those a live process
+ * holds stay).  The chunk store's are imcd's to remove: it opens that store. */
+static void repair_partial_blobs(struct api_caches *c, json_t *repairs)
+{
+	uint64_t bytes = 0;
+	imc_error e = {0};
+	size_t n = 0;
+
+	if (builder_blobs_remove_partial(c->blob_dir, &n, &bytes, &e) < 0)
+		imc_repair_report(repairs, "blobs: cannot remove partial downloads: %s", e.msg);
+	else if (n)
+		imc_repair_report(
+		    repairs, "blobs: removed %zu partial download(s) a crash left (%llu bytes)", n,
+		    (unsigned long long)bytes);
 }
 
 /* Runs before any thread starts: the lock is not needed. */
@@ -468,6 +574,187 @@ static int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 	imc_info("reconciled %zu cache record(s) against the store: %zu repair(s)", c->n_items,
 		 repairs ? json_array_size(repairs) : 0);
 	return 0;
+}
+
+/* ---- space --------------------------------------------------------------------------------------
+ * What a build or a removal leaves that nothing needs goes on the sweeper thread, never in a
+ * request handler: the blob store's collection lists a directory. */
+
+/* A build ended or a cache went: wake the sweeper for a space pass now. */
+static void space_changed_locked(struct api_caches *c)
+{
+	c->space_due = true;
+	c->trim_due = true;
+	c->last_change_ns = imc_monotonic_ns();
+	pthread_cond_signal(&c->sweep_cond);
+}
+
+static void space_changed(struct api_caches *c)
+{
+	pthread_mutex_lock(&c->lock);
+	space_changed_locked(c);
+	pthread_mutex_unlock(&c->lock);
+}
+
+void api_caches_space_changed(void *ctx, const char *id)
+{
+	(void)id;
+	if (ctx)
+		space_changed(ctx);
+}
+
+/* Append the layer digests of a cache's built images to out. */
+static void cache_layers_append(const struct api_cache *cache, json_t *out)
+{
+	size_t i, k;
+	json_t *im, *l;
+
+	json_array_foreach(json_object_get(cache->manifest, "images"), i, im)
+	{
+		json_array_foreach(json_object_get(im, "layers"), k, l)
+		    json_array_append(out, json_object_get(l, "digest"));
+	}
+}
+
+/* The layers the blob store keeps: those of every cache that has its snapshot and of every base
+ * (a running build pins its own). */
+static json_t *needed_layers(struct api_caches *c)
+{
+	json_t *keep = builder_bases_layers(c->store);
+
+	if (!keep)
+		return NULL;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items; i++) {
+		const struct api_cache *cache = c->items[i];
+
+		if (cache->status == API_CACHE_READY || cache->status == API_CACHE_UPDATING)
+			cache_layers_append(cache, keep);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return keep;
+}
+
+static void collect_blobs(struct api_caches *c)
+{
+	_cleanup_json_ json_t *keep = needed_layers(c);
+	struct builder_blobs_gc res;
+	imc_error e = {0};
+
+	if (!keep)
+		return;
+	if (builder_blobs_gc(c->blob_dir, keep, c->blob_max, &res, &e) < 0)
+		imc_warn("blob store: %s", e.msg);
+	else if (res.removed)
+		imc_info("blob store: %zu blob(s) removed (%zu of them least recently used over "
+			 "the %llu-byte cap), %llu bytes freed, %llu bytes kept",
+			 res.removed, res.evicted, (unsigned long long)c->blob_max,
+			 (unsigned long long)res.freed, (unsigned long long)res.kept_bytes);
+}
+
+/* Give what the pool freed back to the filesystem under it (store_trim: FITRIM of the embedded
+ * pool, which walks its free space under the allocation-group locks that clones take too). */
+static void trim_pool(struct api_caches *c)
+{
+	uint64_t trimmed = 0, t0 = imc_monotonic_ns();
+	imc_error e = {0};
+
+	if (store_trim(c->store, &trimmed, &e) < 0)
+		imc_warn("pool: trim: %s", e.msg);
+	else if (trimmed)
+		imc_info("pool: trimmed (%llu bytes of free space discarded, %.0f ms)",
+			 (unsigned long long)trimmed, (double)(imc_monotonic_ns() - t0) / 1e6);
+}
+
+/* Room for the metadata again?  Every reserve file there, and as much again free. */
+static bool meta_room(struct api_caches *c)
+{
+	struct statvfs sv;
+	uint64_t free_bytes;
+
+	if (api_meta_reserve_fill(c->meta_dirfd, NULL) < 0 || fstatvfs(c->meta_dirfd, &sv) < 0)
+		return false;
+	/* root (imcd) may write into the blocks a filesystem keeps for root: count them. */
+	free_bytes = (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) * sv.f_frsize;
+	return free_bytes >= 2ULL * API_META_RESERVE_SLOTS * API_META_RESERVE_SLOT;
+}
+
+/* While the metadata is full: write what could not be written, and once it all is and there
+ * is room again, let creates and builds go on. */
+static void meta_recover(struct api_caches *c)
+{
+	_cleanup_free_ char(*ids)[API_ID_MAX] = NULL;
+	size_t n = 0;
+	bool dirty = false, full;
+
+	pthread_mutex_lock(&c->lock);
+	full = c->meta_full;
+	ids = full ? calloc(c->n_items + 1, sizeof(*ids)) : NULL;
+	for (size_t i = 0; ids && i < c->n_items; i++)
+		if (c->items[i]->meta_dirty)
+			memcpy(ids[n++], c->items[i]->id, API_ID_MAX);
+	pthread_mutex_unlock(&c->lock);
+	if (!full || !ids)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		imc_error e = {0};
+		if (persist_id(c, ids[i], &e) == 0)
+			imc_info("cache %s: metadata written (it could not be for want of space)",
+				 ids[i]);
+	}
+	if (!meta_room(c))
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->n_items && !dirty; i++)
+		dirty = c->items[i]->meta_dirty;
+	if (!dirty) {
+		c->meta_full = false;
+		pthread_cond_broadcast(&c->cond); /* queued builds may start */
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!dirty)
+		imc_info("metadata: there is room again; creates and builds go on");
+}
+
+bool api_caches_healthy(struct api_caches *c, char *why, size_t why_size)
+{
+	bool ok;
+
+	pthread_mutex_lock(&c->lock);
+	ok = !c->meta_full;
+	if (!ok)
+		snprintf(why, why_size,
+			 "metadata cannot be written: %s (creates refused, changes retried until "
+			 "there is room)",
+			 c->meta_reason);
+	pthread_mutex_unlock(&c->lock);
+	return ok;
+}
+
+/* The space pass of a sweep: blobs, after something went (or always, under a size cap); the
+ * pool's trim, once nothing went and nothing was attached or detached for a whole sweep
+ * interval (so a run of deletes costs one trim, and a trim does not land in an attach burst). */
+static void space_pass(struct api_caches *c)
+{
+	uint64_t quiet_ns = (uint64_t)c->sweep_ms * 1000000ULL;
+	imc_error e = {0};
+	bool due, trim;
+
+	pthread_mutex_lock(&c->lock);
+	due = c->space_due;
+	c->space_due = false;
+	trim = c->trim_due && imc_monotonic_ns() - c->last_change_ns >= quiet_ns;
+	if (trim)
+		c->trim_due = false;
+	pthread_mutex_unlock(&c->lock);
+	meta_recover(c);
+	if (due || c->blob_max)
+		collect_blobs(c);
+	if (trim)
+		trim_pool(c);
+	/* The filesystem under the pool may have filled (or emptied) meanwhile. */
+	if (store_fit(c->store, &e) < 0)
+		imc_warn("%s", e.msg);
 }
 
 /* ---- the build workers ------------------------------------------------------------------------
@@ -509,12 +796,17 @@ static void ready_message(json_t *manifest, uint64_t size, char *msg, size_t n)
 		snprintf(msg, n, "Ready (%llu bytes)", (unsigned long long)size);
 }
 
-/* Record the outcome of a build in memory (under the lock) and on disk. */
-static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
+static bool drop_cancelled(struct api_caches *c, struct api_cache *cache);
+static const char *shutdown_message(const struct api_caches *c, char *msg, size_t n);
+
+/* Record the outcome of a build in memory (under the lock) and on disk, unless a DELETE
+ * cancelled it (decided under the lock, so a DELETE sees either Creating and cancels, or the
+ * outcome): then the cache goes, and true is returned (it is freed). */
+static bool finish_build(struct api_caches *c, struct api_cache *cache, json_t *manifest,
 			 int build_r, const char *build_msg, uint64_t start_ns)
 {
 	struct store_object_info info = {0};
-	char msg[IMC_ERR_MSG + 64];
+	char msg[IMC_ERR_MSG + 64], why[256];
 	imc_error e = {0};
 
 	if (build_r == 0 && store_stat(c->store, STORE_SNAPSHOT, cache->id, &info, &e) < 0)
@@ -525,6 +817,12 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	if (build_r == 0)
 		ready_message(manifest, info.size, msg, sizeof(msg));
 	pthread_mutex_lock(&c->lock);
+	if (cache->cancel == API_CANCEL_DELETE) {
+		pthread_mutex_unlock(&c->lock);
+		return drop_cancelled(c, cache);
+	}
+	if (cache->cancel == API_CANCEL_SHUTDOWN && build_r < 0)
+		build_msg = shutdown_message(c, why, sizeof(why));
 	if (build_r == 0) {
 		set_status_locked(cache, API_CACHE_READY);
 		cache->manifest = json_incref(manifest);
@@ -543,10 +841,13 @@ static void finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	/* Once unlocked the cache may be deleted: only its id is used from here on. */
 	if (persist_id(c, id, &e) < 0)
 		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (build_r == 0 && c->on_snapshot_ready)
+		c->on_snapshot_ready(c->snapshot_ctx, id);
 	if (build_r == 0)
 		notify(c, API_EVENT_BUILD_READY, id, msg);
 	else
 		notify(c, API_EVENT_BUILD_FAILED, id, build_msg);
+	return false;
 }
 
 /* The request's data and credentials in the builder's shape (pointing into cache, which does
@@ -593,7 +894,49 @@ static void drop_credentials(struct api_caches *c, struct api_cache *cache)
 	api_credentials_free(creds, n);
 }
 
-static void build_one(struct api_caches *c, struct api_cache *cache)
+/* builder_opts.cancelled of a build: its cache was deleted, or imcd stops past its grace. */
+static bool build_cancelled(void *ctx)
+{
+	const struct api_cache *cache = ctx;
+
+	return __atomic_load_n(&cache->cancel, __ATOMIC_RELAXED) != API_CANCEL_NONE;
+}
+
+/* A build cancelled by a DELETE has ended: whatever it left in the store goes, and so does the
+ * cache (table, metadata).  The cache is freed: the caller must not touch it again. */
+static bool drop_cancelled(struct api_caches *c, struct api_cache *cache)
+{
+	char id[API_ID_MAX];
+	imc_error e = {0};
+	size_t index = 0;
+
+	memcpy(id, cache->id, sizeof(id));
+	if (store_remove(c->store, STORE_SNAPSHOT, id, &e) < 0 && e.code != -ENOENT)
+		imc_warn("cache %s: %s", id, e.msg);
+	if (store_remove(c->store, STORE_VOLUME, id, &e) < 0 && e.code != -ENOENT)
+		imc_warn("cache %s: %s", id, e.msg);
+	pthread_mutex_lock(&c->lock);
+	if (find_locked(c, id, &index) == cache)
+		remove_locked(c, index);
+	pthread_mutex_unlock(&c->lock);
+	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
+	if (unlink_meta(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	notify(c, API_EVENT_BUILD_FAILED, id, CANCELLED_BY_DELETE_MSG);
+	api_cache_free(cache);
+	return true;
+}
+
+/* The message a build stopped by a shutdown ends Failed with (msg holds it). */
+static const char *shutdown_message(const struct api_caches *c, char *msg, size_t n)
+{
+	snprintf(msg, n, CANCELLED_BY_SHUTDOWN_MSG, (c->grace_ms + 999) / 1000);
+	return msg;
+}
+
+static int reserve_size(void *ctx, uint64_t size, imc_error *err);
+
+static bool build_one(struct api_caches *c, struct api_cache *cache)
 {
 	struct progress_ctx pctx = {.caches = c, .cache = cache};
 	struct builder_request breq = {0};
@@ -606,6 +949,10 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	    .platform = c->platform,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
+	    .cancelled = build_cancelled,
+	    .cancel_ctx = cache,
+	    .on_size = reserve_size,
+	    .size_ctx = &pctx,
 	};
 	struct build_args args;
 	_cleanup_json_ json_t *manifest = NULL;
@@ -636,49 +983,39 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 		r = imc_err(&e, EIO, "builder returned no manifest");
 	if (r < 0 && !e.msg[0])
 		imc_err(&e, r, "build failed (no reason given)");
-	finish_build(c, cache, manifest, r, e.msg, start_ns);
+	return finish_build(c, cache, manifest, r, e.msg, start_ns);
 }
 
-/* Do two caches name an image in common?  The builder keeps one base volume per image, so two
- * builds of the same image at once would collide on it: such builds run one after the other. */
-static bool share_an_image(const struct api_cache *a, const struct api_cache *b)
-{
-	for (size_t i = 0; i < a->n_refs; i++)
-		for (size_t k = 0; k < b->n_refs; k++)
-			if (strcmp(a->refs[i], b->refs[k]) == 0)
-				return true;
-	return false;
-}
-
-/* Take the oldest queued cache that shares no image with a running build (queue order
- * otherwise), or NULL. */
+/* Take the queued cache api_queue_pick chooses (no image shared with a running build, its
+ * tenant under its cap, the least busy tenant first, then queue order), or NULL. */
 static struct api_cache *take_next_locked(struct api_caches *c)
 {
-	for (size_t n = 0; n < c->q_len; n++) {
-		size_t at = (c->q_head + n) % API_QUEUE_MAX;
-		struct api_cache *cache = c->queue[at];
-		bool busy = false;
+	struct api_cache *queued[API_QUEUE_MAX];
+	ssize_t pick;
 
-		for (unsigned w = 0; w < c->n_workers && !busy; w++)
-			busy = c->building[w] && share_an_image(c->building[w], cache);
-		if (busy)
-			continue;
-		/* Close the gap: shift the entries before it one place towards the tail. */
-		for (; n > 0; n--) {
-			size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
-			c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
-		}
-		c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
-		c->q_len--;
-		return cache;
+	if (c->meta_full)
+		return NULL; /* its outcome could not be written down: it waits for room */
+	for (size_t n = 0; n < c->q_len; n++)
+		queued[n] = c->queue[(c->q_head + n) % API_QUEUE_MAX];
+	pick = api_queue_pick(queued, c->q_len, c->building, c->n_workers, c->tenant_cap);
+	if (pick < 0)
+		return NULL;
+	/* Close the gap: shift the entries before it one place towards the tail. */
+	for (size_t n = (size_t)pick; n > 0; n--) {
+		size_t prev = (c->q_head + n - 1) % API_QUEUE_MAX;
+		c->queue[(c->q_head + n) % API_QUEUE_MAX] = c->queue[prev];
 	}
-	return NULL;
+	c->q_head = (c->q_head + 1) % API_QUEUE_MAX;
+	c->q_len--;
+	return queued[pick];
 }
 
 struct worker {
 	struct api_caches *caches;
 	unsigned slot;
 };
+
+static void drop_unused_bases(struct api_caches *c);
 
 static void *worker_main(void *arg)
 {
@@ -699,10 +1036,13 @@ static void *worker_main(void *arg)
 		}
 		c->building[slot] = cache;
 		pthread_mutex_unlock(&c->lock);
-		build_one(c, cache);
+		bool dropped = build_one(c, cache);
 		pthread_mutex_lock(&c->lock);
 		c->building[slot] = NULL;
 		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
+		if (dropped) /* a base the cancelled build made may now stand alone */
+			drop_unused_bases(c);
+		space_changed_locked(c); /* its blobs are needed no more, or less */
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -788,6 +1128,7 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	if (r == 0 || r == -ENOENT) {
 		snapshot_removed(c, id);
 		drop_unused_bases_now(c);
+		space_changed(c);
 	}
 	if (r == 0 || r == -ENOENT) {
 		char msg[256];
@@ -884,6 +1225,13 @@ static void api_caches_sweep(struct api_caches *c)
 	} while (pool_above(c, c->evict_low, &ratio));
 }
 
+/* Expiry, eviction, then space. */
+static void sweep_all(struct api_caches *c)
+{
+	api_caches_sweep(c);
+	space_pass(c);
+}
+
 static void *sweeper_main(void *arg)
 {
 	struct api_caches *c = arg;
@@ -892,18 +1240,22 @@ static void *sweeper_main(void *arg)
 	while (!c->stopping) {
 		struct timespec ts;
 
+		/* While the metadata is full, its retries come every second at least. */
+		unsigned ms = c->meta_full && c->sweep_ms > 1000 ? 1000 : c->sweep_ms;
+
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += c->sweep_ms / 1000;
-		ts.tv_nsec += (long)(c->sweep_ms % 1000) * 1000000L;
+		ts.tv_sec += ms / 1000;
+		ts.tv_nsec += (long)(ms % 1000) * 1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000L;
 		}
-		pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
+		if (!c->space_due)
+			pthread_cond_timedwait(&c->sweep_cond, &c->lock, &ts);
 		if (c->stopping)
 			break;
 		pthread_mutex_unlock(&c->lock);
-		api_caches_sweep(c);
+		sweep_all(c);
 		pthread_mutex_lock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -932,6 +1284,22 @@ static int open_dirs(struct api_caches *c, const char *state_dir, imc_error *err
 	return 0;
 }
 
+/* The metadata's reserve files; without room for them (and as much again) imcd starts as if a
+ * write had failed. */
+static void open_reserve(struct api_caches *c, json_t *repairs)
+{
+	imc_error e = {0};
+
+	if (meta_room(c))
+		return;
+	if (api_meta_reserve_fill(c->meta_dirfd, &e) == 0)
+		imc_err(&e, ENOSPC, "caches/: less than %u bytes free",
+			2 * API_META_RESERVE_SLOTS * API_META_RESERVE_SLOT);
+	imc_repair_report(repairs, "%s", e.msg);
+	c->meta_full = true;
+	snprintf(c->meta_reason, sizeof(c->meta_reason), "%s", e.msg);
+}
+
 static void free_caches(struct api_caches *c)
 {
 	for (size_t i = 0; i < c->n_items; i++)
@@ -955,6 +1323,15 @@ static double knob(double cfg, double dflt, double min, double max)
 	return cfg > 0 && cfg >= min && cfg <= max ? cfg : dflt;
 }
 
+/* Builds one tenant may run at once: as configured (at most the workers), else, where several
+ * tenants share imcd, all workers but one (which stays for the other tenants). */
+static unsigned tenant_cap_of(const struct api_caches_config *cfg, unsigned workers)
+{
+	if (cfg->tenant_builds)
+		return cfg->tenant_builds < workers ? cfg->tenant_builds : workers;
+	return cfg->multi_tenant && workers > 1 ? workers - 1 : workers;
+}
+
 static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 {
 	c->store = cfg->store;
@@ -967,7 +1344,9 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
 	c->snapshot_ctx = cfg->snapshot_ctx;
+	c->on_snapshot_ready = cfg->on_snapshot_ready;
 	c->chunks = cfg->chunks;
+	c->exporter = cfg->exporter;
 	c->limits = cfg->limits;
 	c->n_limits = cfg->n_limits;
 	c->n_workers = (unsigned)knob(cfg->build_workers, WORKERS_DEFAULT, 1, WORKERS_MAX);
@@ -978,6 +1357,23 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->sweep_ms = (unsigned)knob(cfg->sweep_interval_ms, SWEEP_MS_DEFAULT, 10, 86400000);
 	c->day_seconds =
 	    (unsigned)knob(cfg->day_seconds, DAY_SECONDS_DEFAULT, 1, DAY_SECONDS_DEFAULT);
+	c->resolve_timeout_ms = cfg->resolve_timeout_ms;
+	c->grace_ms = cfg->shutdown_grace_ms ? cfg->shutdown_grace_ms : GRACE_MS_DEFAULT;
+	c->tenant_cap = tenant_cap_of(cfg, c->n_workers);
+	c->blob_max = cfg->blob_cache_max;
+}
+
+static int start_resolver(struct api_caches *c, imc_error *err)
+{
+	const struct api_resolver_config rcfg = {
+	    .opts = {.blob_dir = c->blob_dir,
+		     .insecure_registries = c->insecure_registries,
+		     .ca_file = c->ca_file,
+		     .auth_file = c->auth_file},
+	    .timeout_ms = c->resolve_timeout_ms,
+	};
+
+	return api_resolver_start(&rcfg, &c->resolver, err);
 }
 
 static int start_threads(struct api_caches *c, imc_error *err)
@@ -1000,7 +1396,45 @@ static int start_threads(struct api_caches *c, imc_error *err)
 	if (r < 0)
 		return imc_err_sys(err, -r, "sweeper thread");
 	c->sweeper_started = true;
-	return 0;
+	return start_resolver(c, err);
+}
+
+static bool any_building_locked(const struct api_caches *c)
+{
+	for (unsigned w = 0; w < c->n_workers; w++)
+		if (c->building[w])
+			return true;
+	return false;
+}
+
+/* Give the running builds grace_ms to end, then cancel them (they stop within about a second:
+ * every transfer polls the flag).  Under the lock; stopping is set. */
+static void cancel_builds_after_grace_locked(struct api_caches *c)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += c->grace_ms / 1000;
+	ts.tv_nsec += (long)(c->grace_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (any_building_locked(c) && pthread_cond_timedwait(&c->cond, &c->lock, &ts) == 0)
+		;
+	for (unsigned w = 0; w < c->n_workers; w++) {
+		struct api_cache *cache = c->building[w];
+		int none = API_CANCEL_NONE;
+
+		if (cache &&
+		    __atomic_compare_exchange_n(&cache->cancel, &none, API_CANCEL_SHUTDOWN, false,
+						__ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+			event_locked(cache, "Cancelled", "imcd stops: the build is cancelled");
+			imc_warn("cache %s: the build did not end within %u ms of the shutdown; "
+				 "cancelled",
+				 cache->id, c->grace_ms);
+		}
+	}
 }
 
 static void stop_threads(struct api_caches *c)
@@ -1009,11 +1443,15 @@ static void stop_threads(struct api_caches *c)
 	c->stopping = true;
 	pthread_cond_broadcast(&c->cond);
 	pthread_cond_broadcast(&c->sweep_cond);
+	if (c->workers_started)
+		cancel_builds_after_grace_locked(c);
 	pthread_mutex_unlock(&c->lock);
 	for (unsigned i = 0; i < c->workers_started; i++)
 		pthread_join(c->workers[i], NULL);
 	if (c->sweeper_started)
 		pthread_join(c->sweeper, NULL);
+	api_resolver_stop(c->resolver);
+	c->resolver = NULL;
 }
 
 int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
@@ -1038,9 +1476,16 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	if (r == 0)
 		builder_recover(c->store, cfg->state_dir, ret_repairs);
 	if (r == 0)
+		repair_partial_blobs(c, ret_repairs);
+	if (r == 0)
+		open_reserve(c, ret_repairs);
+	if (r == 0)
 		r = load_all(c, ret_repairs, err);
 	if (r == 0)
 		r = repair_all(c, ret_repairs, err);
+	/* What a crash or the repairs freed: trimmed once the first sweep interval is quiet. */
+	c->trim_due = true;
+	c->last_change_ns = imc_monotonic_ns();
 	if (r == 0)
 		r = start_threads(c, err);
 	if (r < 0) {
@@ -1055,6 +1500,11 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 struct dist_chunks *api_caches_chunks(struct api_caches *c)
 {
 	return c ? c->chunks : NULL;
+}
+
+struct dist_exporter *api_caches_exporter(struct api_caches *c)
+{
+	return c ? c->exporter : NULL;
 }
 
 void api_caches_close(struct api_caches *c)
@@ -1113,6 +1563,11 @@ static int check_room_locked(struct api_caches *c, imc_error *err)
 {
 	if (c->stopping)
 		return imc_err(err, ESHUTDOWN, "imcd is shutting down");
+	if (c->meta_full)
+		return imc_err(err, ENOSPC,
+			       "metadata cannot be written (%s); new caches are refused "
+			       "until there is room",
+			       c->meta_reason);
 	if (c->n_items >= API_MAX_CACHES)
 		return imc_err(err, EDQUOT, "at most %d caches; delete some first", API_MAX_CACHES);
 	if (c->q_len >= API_QUEUE_MAX)
@@ -1121,28 +1576,89 @@ static int check_room_locked(struct api_caches *c, imc_error *err)
 	return 0;
 }
 
-/* The tenant's quota (403 QuotaExceeded): caches it holds (Expired and Deleting ones do not
- * count) and the sum of their sizes (a Creating cache counts its requested size). */
-static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
-			      imc_error *err)
-{
-	const struct api_tenant_limits *lim = NULL;
-	uint64_t count = 0, bytes = 0;
+/* ---- quotas: a Creating cache counts what its build will take --------------------------------
+ * At accept time that is its requested size, else the builder's smallest default size; once the
+ * build knows its size (the sizing rule on the manifests' layer sizes and the data sizes, before
+ * any layer is fetched) the reservation becomes that size or the build fails QuotaExceeded; a
+ * Ready cache counts its snapshot's size, a Failed one nothing.  All under the table lock, so
+ * concurrent creates and builds never both pass on the same bytes. */
 
-	for (size_t i = 0; i < c->n_limits && !lim; i++)
+/* What a create of size bytes (0: the builder's default) reserves until its build is sized. */
+static uint64_t quota_estimate(uint64_t size)
+{
+	return size ? size : BUILDER_SIZE_MIN;
+}
+
+static uint64_t quota_bytes_of(const struct api_cache *x)
+{
+	if (x->status != API_CACHE_CREATING)
+		return x->size;
+	return x->reserved ? x->reserved : quota_estimate(x->request_size);
+}
+
+static const struct api_tenant_limits *limits_of(const struct api_caches *c, const char *tenant)
+{
+	for (size_t i = 0; i < c->n_limits; i++)
 		if (c->limits[i].tenant && strcmp(c->limits[i].tenant, tenant) == 0)
-			lim = &c->limits[i];
-	if (!lim || (!lim->max_caches && !lim->max_bytes))
-		return 0;
+			return &c->limits[i];
+	return NULL;
+}
+
+/* The caches the tenant holds (Expired and Deleting ones do not count) and their bytes, but
+ * skip's. */
+static void tenant_usage_locked(const struct api_caches *c, const char *tenant,
+				const struct api_cache *skip, uint64_t *ret_count,
+				uint64_t *ret_bytes)
+{
+	*ret_count = *ret_bytes = 0;
 	for (size_t i = 0; i < c->n_items; i++) {
 		const struct api_cache *x = c->items[i];
 
-		if (!owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
+		if (x == skip || !owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
 		    x->status == API_CACHE_DELETING)
 			continue;
-		count++;
-		bytes += x->status == API_CACHE_CREATING ? x->request_size : x->size;
+		(*ret_count)++;
+		*ret_bytes += quota_bytes_of(x);
 	}
+}
+
+/* builder_opts.on_size: the build's real size replaces the reservation made at accept time, or
+ * the build fails QuotaExceeded before it fetches a layer. */
+static int reserve_size(void *ctx, uint64_t size, imc_error *err)
+{
+	struct progress_ctx *p = ctx;
+	struct api_caches *c = p->caches;
+	const char *tenant = p->cache->tenant ? p->cache->tenant : API_TENANT_DEFAULT;
+	const struct api_tenant_limits *lim;
+	uint64_t count, bytes;
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	lim = limits_of(c, tenant);
+	tenant_usage_locked(c, tenant, p->cache, &count, &bytes);
+	if (lim && lim->max_bytes && bytes + size > lim->max_bytes)
+		r = imc_err(err, API_EQUOTA,
+			    "tenant %s: quota of %llu bytes exceeded: the build needs %llu bytes, "
+			    "the tenant's other caches hold %llu",
+			    tenant, (unsigned long long)lim->max_bytes, (unsigned long long)size,
+			    (unsigned long long)bytes);
+	else
+		p->cache->reserved = size;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* The tenant's quota (403 QuotaExceeded): caches it holds and their bytes, plus what this
+ * create reserves (size: its quota_estimate). */
+static int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
+			      imc_error *err)
+{
+	const struct api_tenant_limits *lim = limits_of(c, tenant);
+	uint64_t count = 0, bytes = 0;
+
+	if (!lim || (!lim->max_caches && !lim->max_bytes))
+		return 0;
+	tenant_usage_locked(c, tenant, NULL, &count, &bytes);
 	if (lim->max_caches && count >= lim->max_caches)
 		return imc_err(err, API_EQUOTA,
 			       "tenant %s: quota of %llu caches reached; delete some first", tenant,
@@ -1226,7 +1742,7 @@ static int enqueue(struct api_caches *c, struct api_cache *cache,
 	else if (r == 0)
 		r = check_room_locked(c, err);
 	if (r == 0 && !same)
-		r = check_quota_locked(c, cache->tenant, req->size, err);
+		r = check_quota_locked(c, cache->tenant, quota_estimate(req->size), err);
 	if (r == 0 && !same)
 		r = insert_locked(c, cache, err);
 	if (r == 0 && !same)
@@ -1283,7 +1799,7 @@ int api_caches_create(struct api_caches *c, const struct api_caller *who,
 	if (r == 0 && same)
 		r = answer_same(same, ret, err);
 	else if (r == 0)
-		r = check_quota_locked(c, tenant, req->size, err);
+		r = check_quota_locked(c, tenant, quota_estimate(req->size), err);
 	pthread_mutex_unlock(&c->lock);
 	if (r < 0 || same) {
 		api_cache_free(cache);
@@ -1369,17 +1885,12 @@ int api_caches_get(struct api_caches *c, const struct api_caller *who, const cha
  */
 
 /* The layers of the image asked for: from a built cache of the tenant that holds that exact ref
- * (no network), else resolved from its registry. */
+ * (no network), else from the resolver (never waiting for a registry: -EINPROGRESS while it
+ * asks). */
 static json_t *wanted_layers(struct api_caches *c, const char *tenant, const char *image,
 			     const char *platform, imc_error *err)
 {
-	struct builder_opts opts = {.blob_dir = c->blob_dir,
-				    .insecure_registries = c->insecure_registries,
-				    .ca_file = c->ca_file,
-				    .auth_file = c->auth_file,
-				    .platform = platform};
-	struct builder_image *img = NULL;
-	json_t *layers = NULL, *desc, *l;
+	json_t *layers = NULL, *l;
 	size_t i;
 
 	pthread_mutex_lock(&c->lock);
@@ -1404,18 +1915,8 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 	pthread_mutex_unlock(&c->lock);
 	if (layers)
 		return layers;
-	if (builder_image_resolve(&opts, image, &img, err) < 0) {
-		imc_err_wrap(err, "image %s", image);
-		if (err && err->code != -ENOMEM)
-			err->code = -ENOENT; /* nothing to compare with: no match */
+	if (api_resolver_layers(c->resolver, image, platform, &layers, err) < 0)
 		return NULL;
-	}
-	desc = builder_image_describe(img);
-	builder_image_free(img);
-	layers = json_array();
-	json_array_foreach(json_object_get(desc, "layers"), i, l)
-	    json_array_append(layers, json_object_get(l, "digest"));
-	json_decref(desc);
 	return layers;
 }
 
@@ -1493,23 +1994,45 @@ int api_caches_list(struct api_caches *c, const struct api_caller *who,
 /* ---- delete -----------------------------------------------------------------------------------
  */
 
-/* Claim a cache for deletion (Deleting): refused while it builds, while another removal runs,
- * and while clones are attached (unless force). */
+/* Take a queued cache out of the queue; false when it is not queued. */
+static bool unqueue_locked(struct api_caches *c, const struct api_cache *cache)
+{
+	for (size_t n = 0; n < c->q_len; n++) {
+		if (c->queue[(c->q_head + n) % API_QUEUE_MAX] != cache)
+			continue;
+		for (; n + 1 < c->q_len; n++)
+			c->queue[(c->q_head + n) % API_QUEUE_MAX] =
+			    c->queue[(c->q_head + n + 1) % API_QUEUE_MAX];
+		c->q_len--;
+		return true;
+	}
+	return false;
+}
+
+/* DELETE of a Creating cache, under the lock: a queued build is dropped (the delete goes on as
+ * for any cache); a running one is asked to stop (*ret_cancelling: the worker removes the cache
+ * once the build has ended). */
+static void cancel_for_delete_locked(struct api_caches *c, struct api_cache *cache,
+				     bool *ret_cancelling)
+{
+	*ret_cancelling = !unqueue_locked(c, cache);
+	if (*ret_cancelling)
+		__atomic_store_n(&cache->cancel, API_CANCEL_DELETE, __ATOMIC_RELAXED);
+}
+
+/* Claim a cache for deletion (Deleting): refused while another removal runs and while clones
+ * are attached (unless force); a Creating one has its build dropped or cancelled. */
 static int claim_for_delete(struct api_caches *c, const char *tenant, const char *id, bool force,
-			    imc_error *err)
+			    bool *ret_cancelling, imc_error *err)
 {
 	struct api_cache *cache;
 	int r = 0;
 
+	*ret_cancelling = false;
 	pthread_mutex_lock(&c->lock);
 	cache = find_visible_locked(c, tenant, id, NULL);
 	if (!cache)
 		r = not_found(err, id);
-	else if (cache->status == API_CACHE_CREATING)
-		r = imc_err(err, EBUSY,
-			    "cache %s: still Creating; delete it once it is Ready or "
-			    "Failed",
-			    id);
 	else if (cache->deleting || cache->status == API_CACHE_DELETING)
 		r = imc_err(err, EBUSY, "cache %s: already being deleted", id);
 	else if (cache->n_attachments > 0 && !force)
@@ -1517,14 +2040,17 @@ static int claim_for_delete(struct api_caches *c, const char *tenant, const char
 			    "cache %s: %zu clone(s) attached (first %s); detach them or delete "
 			    "with force=true",
 			    id, cache->n_attachments, cache->attachments[0].id);
+	if (r == 0 && cache->status == API_CACHE_CREATING)
+		cancel_for_delete_locked(c, cache, ret_cancelling);
 	if (r == 0) {
 		cache->deleting = true;
 		api_cache_touch(cache);
 		cache->status_before = cache->status;
 		set_status_locked(cache, API_CACHE_DELETING);
 		event_locked(cache, "Deleting", "%s",
-			     cache->n_attachments ? "delete forced with clones attached"
-						  : "delete");
+			     *ret_cancelling	    ? "delete: cancelling the build"
+			     : cache->n_attachments ? "delete forced with clones attached"
+						    : "delete");
 	}
 	pthread_mutex_unlock(&c->lock);
 	return r;
@@ -1550,17 +2076,32 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 		api_cache_free(cache);
 }
 
+/* A cache whose build is being cancelled: Deleting is written down (a restart finishes the
+ * delete), the worker does the rest. */
+static int answer_cancelling(struct api_caches *c, const char *id, json_t **ret, imc_error *err)
+{
+	imc_error e = {0};
+
+	if (persist_id(c, id, &e) < 0)
+		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	*ret = json_pack("{s:s,s:s}", "id", id, "status", "Deleting");
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 static int api_caches_delete_force(struct api_caches *c, const struct api_caller *who,
 				   const char *id, bool force, json_t **ret, imc_error *err)
 {
 	_cleanup_json_ json_t *answer = json_pack("{s:s,s:s}", "id", id, "status", "Deleted");
+	bool cancelling = false;
 	int r;
 
 	if (!answer)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = claim_for_delete(c, tenant_of(who), id, force, err);
+	r = claim_for_delete(c, tenant_of(who), id, force, &cancelling, err);
 	if (r < 0)
 		return r;
+	if (cancelling)
+		return answer_cancelling(c, id, ret, err);
 	r = store_remove(c->store, STORE_SNAPSHOT, id, err);
 	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed or Expired cache has none */
 		finish_delete(c, id, false);
@@ -1571,6 +2112,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 	finish_delete(c, id, true);
 	snapshot_removed(c, id);
 	drop_unused_bases_now(c);
+	space_changed(c);
 	r = unlink_meta(c, id, err);
 	if (r < 0)
 		return r;
@@ -1580,7 +2122,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 
 int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, const char *id,
 			   const struct api_query_arg *args, size_t n_args, json_t **ret,
-			   imc_error *err)
+			   unsigned *ret_status, imc_error *err)
 {
 	bool force = false;
 	int r = api_delete_query_parse(args, n_args, &force, err);
@@ -1589,7 +2131,10 @@ int api_caches_delete_args(struct api_caches *c, const struct api_caller *who, c
 		return r;
 	if (!c)
 		return imc_err(err, ESHUTDOWN, "no cache table");
-	return api_caches_delete_force(c, who, id, force, ret, err);
+	r = api_caches_delete_force(c, who, id, force, ret, err);
+	if (r == 0 && strcmp(json_string_value(json_object_get(*ret, "status")), "Deleting") == 0)
+		*ret_status = 202;
+	return r;
 }
 
 /* ---- attachments ------------------------------------------------------------------------------
@@ -1673,6 +2218,7 @@ static int attach_locked(struct api_caches *c, struct api_cache *cache, const ch
 	}
 	cache->n_attachments++;
 	cache->last_used_at = a->at;
+	c->last_change_ns = imc_monotonic_ns(); /* no pool trim in an attach burst */
 	api_cache_touch(cache);
 	event_locked(cache, "Attached", "%s%s%s", aid, a->host ? " on " : "",
 		     a->host ? a->host : "");
@@ -1731,6 +2277,7 @@ static int api_caches_detach(struct api_caches *c, const struct api_caller *who,
 			(cache->n_attachments - i - 1) * sizeof(*cache->attachments));
 		cache->n_attachments--;
 		cache->last_used_at = imc_now();
+		c->last_change_ns = imc_monotonic_ns();
 		api_cache_touch(cache);
 		event_locked(cache, "Detached", "%s", aid);
 	}

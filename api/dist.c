@@ -1,6 +1,6 @@
 /* Distribution endpoints: the chunk index of a cache and its chunks (docs/distribution.md), from
- * the chunk store that imcd opened (dist/), and the hook through which the cache table tells it
- * that a snapshot is gone. */
+ * the chunk store that imcd opened (dist/), and the hooks through which the cache table tells its
+ * exporter that a snapshot is Ready (export it) or gone (drop its chunks). */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -33,8 +33,27 @@ static int chunks_of(struct api_caches *c, struct dist_chunks **ret, imc_error *
 	return *ret ? 0 : imc_err(err, ESHUTDOWN, "no store");
 }
 
+/* The index is not there yet: 202 {"id","status":"Exporting"} while the exporter has it (queued
+ * now when it had not), or the failure of its last try. */
+static int index_pending(struct api_caches *c, const char *id, json_t **ret, unsigned *ret_status,
+			 imc_error *err)
+{
+	struct dist_exporter *x = api_caches_exporter(c);
+	int r = x ? dist_exporter_state(x, id, err) : imc_err(err, ESHUTDOWN, "no exporter");
+
+	if (r == 0)
+		r = dist_exporter_queue(x, id, err);
+	if (r < 0 && r != -EINPROGRESS)
+		return r;
+	*ret = json_pack("{s:s,s:s}", "id", id, "status", "Exporting");
+	if (!*ret)
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret_status = 202;
+	return 0;
+}
+
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id_in,
-		   size_t id_len, json_t **ret, imc_error *err)
+		   size_t id_len, json_t **ret, unsigned *ret_status, imc_error *err)
 {
 	char id[API_ID_MAX];
 	struct dist_chunks *cs;
@@ -50,24 +69,32 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
 		return err->code;
 	if (cache_ready(c, who, id, err) < 0 || chunks_of(c, &cs, err) < 0)
 		return err->code;
-	r = dist_export(cs, id, 0, &buf, &len, err);
+	/* Only a read of the stored index here: the export itself runs on the exporter. */
+	r = dist_read_index(cs, id, &buf, &len, err);
+	if (r == -ENOENT) {
+		imc_err_clear(err);
+		return index_pending(c, id, ret, ret_status, err);
+	}
 	if (r < 0)
-		return r == -ENOENT ? imc_err(err, ENOENT, "cache %s: no snapshot", id) : r;
+		return r;
+	*ret_status = 200;
 	return imc_json_parse_object(buf, len, ret, err);
 }
 
 void api_dist_snapshot_removed(void *ctx, const char *id)
 {
-	struct dist_chunks *cs = ctx;
 	imc_error e = {0};
-	uint64_t freed = 0;
 
-	if (!cs)
-		return;
-	if (dist_forget(cs, id, &freed, &e) < 0)
+	if (ctx && dist_exporter_forget(ctx, id, &e) < 0)
 		imc_warn("cache %s: dropping its chunks: %s", id, e.msg);
-	else if (freed)
-		imc_info("cache %s: %llu bytes of chunks freed", id, (unsigned long long)freed);
+}
+
+void api_dist_snapshot_ready(void *ctx, const char *id)
+{
+	imc_error e = {0};
+
+	if (ctx && dist_exporter_queue(ctx, id, &e) < 0)
+		imc_warn("cache %s: chunk index export not queued: %s", id, e.msg);
 }
 
 /* ---- chunks ---------------------------------------------------------------------------------- */

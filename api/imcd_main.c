@@ -41,6 +41,10 @@ struct options {
 	struct api_http_limits http;  /* 0: the config's, else the default */
 	unsigned day_seconds;	      /* 0: 86400; test builds only: $IMCD_DAY_SECONDS */
 	char platform[OCI_PLATFORM_MAX];
+	unsigned resolve_timeout_ms; /* 0: 30 s */
+	unsigned shutdown_grace_ms;  /* 0: 30 s */
+	unsigned tenant_builds;	     /* 0: api/caches.c's rule */
+	uint64_t blob_cache_max;     /* 0: the config's, else no cap */
 };
 
 static void usage(FILE *f)
@@ -54,6 +58,8 @@ static void usage(FILE *f)
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
 	    "            [--sweep-interval SEC] [--platform OS/ARCH[/VARIANT]]\n"
+	    "            [--resolve-timeout SEC] [--shutdown-grace SEC]\n"
+	    "            [--tenant-builds N] [--blob-cache-max BYTES]\n"
 	    "            [--log-level error|warn|info|debug]\n"
 	    "            [--max-connections N] [--max-connections-per-client N]\n"
 	    "            [--connection-reserve N] [--request-timeout SEC]\n"
@@ -79,12 +85,21 @@ static void usage(FILE *f)
 	    "  --tls-cert FILE       serve HTTPS with this PEM certificate chain ...\n"
 	    "  --tls-key FILE        ... and this PEM private key (not readable by others)\n"
 	    "  --build-workers N     builds at once (1-64, default 2)\n"
+	    "  --tenant-builds N     builds one tenant may run at once (1-64; default: all the\n"
+	    "                        workers but one when tokens name two or more tenants)\n"
 	    "  --evict-high F        evict least recently used caches once the pool is this full\n"
 	    "                        (0-1, default 0.90) ...\n"
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
 	    "  --sweep-interval SEC  how often expiry and eviction run (default 60; 0.2 works)\n"
 	    "  --platform P          the platform of images whose request names none\n"
 	    "                        (default linux/amd64; linux/arm64/v8, linux/arm/v7, ...)\n"
+	    "  --resolve-timeout SEC match=best: how long one registry lookup may take (1-600,\n"
+	    "                        default 30)\n"
+	    "  --shutdown-grace SEC  on SIGTERM, how long running builds may go on before they\n"
+	    "                        are cancelled (1-3600, default 30)\n"
+	    "  --blob-cache-max BYTES  cap the blob store: over it, the least recently used\n"
+	    "                        layer blobs go (K, M, G, T suffixes; default: no cap, only\n"
+	    "                        blobs that no cache needs go)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  --max-connections N   client connections open at once (default %d)\n"
@@ -301,6 +316,25 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--platform %s: want OS/ARCH[/VARIANT] (linux/arm64)",
 					   arg);
 		return 0;
+	case 'Y':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 600)
+			return usage_error("--resolve-timeout %s: want 1-600 seconds", arg);
+		o->resolve_timeout_ms = (unsigned)n * 1000;
+		return 0;
+	case 'B':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
+			return usage_error("--tenant-builds %s: want 1-64", arg);
+		o->tenant_builds = (unsigned)n;
+		return 0;
+	case 'G':
+		if (parse_size(arg, &n) < 0 || n == 0 || n > 3600)
+			return usage_error("--shutdown-grace %s: want 1-3600 seconds", arg);
+		o->shutdown_grace_ms = (unsigned)n * 1000;
+		return 0;
+	case 'X':
+		if (parse_size(arg, &o->blob_cache_max) < 0 || o->blob_cache_max == 0)
+			return usage_error("--blob-cache-max %s: want BYTES[K|M|G|T] above 0", arg);
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -338,6 +372,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"connection-reserve", required_argument, NULL, 'R'},
 	    {"request-timeout", required_argument, NULL, 'Q'},
 	    {"platform", required_argument, NULL, 'F'},
+	    {"resolve-timeout", required_argument, NULL, 'Y'},
+	    {"shutdown-grace", required_argument, NULL, 'G'},
+	    {"tenant-builds", required_argument, NULL, 'B'},
+	    {"blob-cache-max", required_argument, NULL, 'X'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -426,6 +464,24 @@ static void on_event(void *ctx, enum api_event ev, const char *id, const char *m
 	}
 }
 
+/* The chunk and index files of an export that a killed imcd cut short (before the chunk store
+ * opens: no export runs yet). */
+static void repair_partial_chunks(const char *state_dir, json_t *repairs)
+{
+	uint64_t bytes = 0;
+	imc_error e = {0};
+	size_t n = 0;
+
+	if (dist_chunks_remove_partial(state_dir, &n, &bytes, &e) < 0)
+		imc_repair_report(repairs, "chunks: cannot remove partial exports: %s", e.msg);
+	else if (n)
+		imc_repair_report(
+		    repairs,
+		    "chunks: removed %zu partial file(s) of an export a crash cut short "
+		    "(%llu bytes)",
+		    n, (unsigned long long)bytes);
+}
+
 static void log_repairs(json_t *repairs)
 {
 	size_t i;
@@ -442,7 +498,8 @@ struct service {
 	struct api_config config; /* zero (auth off) without a config file */
 	struct api_tls tls;	  /* cert_pem NULL: plain HTTP */
 	struct store *store;
-	struct dist_chunks *chunks; /* the chunk store the distribution routes serve */
+	struct dist_chunks *chunks;	/* the chunk store the distribution routes serve */
+	struct dist_exporter *exporter; /* its exports (once Ready) and forgets (once gone) */
 	struct api_caches *caches;
 	struct api_server *server;
 	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
@@ -471,6 +528,8 @@ static int load_config(struct options *o, struct service *svc, imc_error *err)
 	if (!o->state_dir)
 		o->state_dir =
 		    svc->config.state_dir ? svc->config.state_dir : STORE_DEFAULT_STATE_DIR;
+	if (!o->blob_cache_max)
+		o->blob_cache_max = svc->config.blob_cache_max;
 	cert = o->tls_cert ? o->tls_cert : svc->config.tls_cert;
 	key = o->tls_key ? o->tls_key : svc->config.tls_key;
 	if (!cert)
@@ -509,6 +568,15 @@ static void raise_fd_limit(unsigned connections)
 			 (unsigned long long)rl.rlim_cur, connections);
 }
 
+/* How many tenants the tokens name (2 means "two or more": all the caller asks). */
+static size_t tenants_of(const struct api_config *cfg)
+{
+	for (size_t i = 1; i < cfg->n_tokens; i++)
+		if (strcmp(cfg->tokens[i].tenant, cfg->tokens[0].tenant) != 0)
+			return 2;
+	return cfg->n_tokens ? 1 : 0;
+}
+
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
 	const struct store_config scfg = {.state_dir = o->state_dir,
@@ -534,7 +602,11 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	if (r == 0)
 		r = store_open(&scfg, &svc->store, err);
 	if (r == 0)
+		repair_partial_chunks(o->state_dir, repairs);
+	if (r == 0)
 		r = dist_chunks_open(o->state_dir, svc->store, &svc->chunks, err);
+	if (r == 0)
+		r = dist_exporter_start(svc->chunks, &svc->exporter, err);
 	if (r < 0)
 		return r;
 	if (!svc->config.auth && !api_listen_is_local(o->listen))
@@ -558,12 +630,22 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.evict_low = o->evict_low,
 					.sweep_interval_ms = o->sweep_interval_ms,
 					.day_seconds = o->day_seconds,
+					.blob_cache_max = o->blob_cache_max,
+					.resolve_timeout_ms = o->resolve_timeout_ms,
+					.shutdown_grace_ms = o->shutdown_grace_ms,
+					.tenant_builds = o->tenant_builds,
+					.multi_tenant = tenants_of(&svc->config) > 1,
 					.on_event = on_event,
 					.on_snapshot_removed = api_dist_snapshot_removed,
-					.snapshot_ctx = svc->chunks,
-					.chunks = svc->chunks},
+					.on_snapshot_ready = api_dist_snapshot_ready,
+					.snapshot_ctx = svc->exporter,
+					.chunks = svc->chunks,
+					.exporter = svc->exporter},
 	    repairs, &svc->caches, err);
 	log_repairs(repairs);
+	if (r == 0) /* a forget ends an export's hold on a removed snapshot: trim again */
+		dist_exporter_set_on_forgotten(svc->exporter, api_caches_space_changed,
+					       svc->caches);
 	if (r == 0)
 		r = api_server_start_secure(
 		    &(struct api_server_config){.listen_fd = fd,
@@ -598,9 +680,14 @@ static void stop(struct service *svc)
 		imc_warn("%s", err.msg);
 	svc->url[0] = '\0';
 	if (svc->caches)
-		imc_info("waiting for the running build, if any");
+		imc_info("waiting for running builds, if any (they are cancelled past the "
+			 "shutdown grace)");
+	dist_exporter_set_on_forgotten(svc->exporter, NULL, NULL); /* the table goes */
 	api_caches_close(svc->caches);
 	svc->caches = NULL;
+	/* After the table: the builds that ended queued exports, removals forgets. */
+	dist_exporter_stop(svc->exporter);
+	svc->exporter = NULL;
 	dist_chunks_close(svc->chunks);
 	svc->chunks = NULL;
 	store_close(svc->store);

@@ -24,7 +24,8 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 	    {ERANGE, 400, "InvalidArgument"},	{ENOENT, 404, "NotFound"},
 	    {EBUSY, 409, "Conflict"},		{EFBIG, 413, "PayloadTooLarge"},
 	    {EDQUOT, 429, "LimitExceeded"},	{ESHUTDOWN, 503, "Unavailable"},
-	    {API_EQUOTA, 403, "QuotaExceeded"},
+	    {API_EQUOTA, 403, "QuotaExceeded"}, {EINPROGRESS, 503, "InProgress"},
+	    {ETIMEDOUT, 504, "GatewayTimeout"}, {ENOSPC, 507, "InsufficientStorage"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(map); i++)
@@ -35,6 +36,15 @@ void api_status_from_errno(int code, unsigned *ret_http, const char **ret_code)
 		}
 	*ret_http = 500;
 	*ret_code = "Internal";
+}
+
+unsigned api_retry_after_from_status(unsigned http)
+{
+	if (http == 503)
+		return API_RETRY_AFTER_S;
+	if (http == 504) /* a failed resolve is answered that long before it is tried again */
+		return API_RESOLVE_FAIL_TTL_S;
+	return 0;
 }
 
 json_t *api_error_json(const char *code, const char *message)

@@ -83,6 +83,7 @@ static void answer_errno(struct api_response *ret, const imc_error *err)
 
 	api_status_from_errno(err->code, &status, &code);
 	answer_error(ret, status, code, err->msg[0] ? err->msg : "internal error");
+	ret->retry_after = api_retry_after_from_status(ret->status);
 }
 
 static int list_caches(struct api_caches *c, const struct api_caller *who,
@@ -167,6 +168,21 @@ static bool read_body(struct api_caches *c, const struct api_caller *who, enum a
 	return true;
 }
 
+/* 200 {"status":"ok"}, or 503 {"status":"unavailable","reason":…} while imcd cannot write its
+ * metadata. */
+static int healthz(struct api_caches *c, json_t **ret, unsigned *ret_status, imc_error *err)
+{
+	char why[512];
+
+	if (c && !api_caches_healthy(c, why, sizeof(why))) {
+		*ret_status = 503;
+		*ret = json_pack("{s:s,s:s}", "status", "unavailable", "reason", why);
+	} else {
+		*ret = json_pack("{s:s}", "status", "ok");
+	}
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 static int dispatch(struct api_caches *c, const struct api_caller *who, enum api_method m,
 		    const struct api_match *match, const struct query *query, const char *body,
 		    size_t len, json_t **ret, unsigned *ret_status, imc_error *err)
@@ -174,8 +190,7 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 	*ret_status = 200;
 	switch (match->route) {
 	case API_ROUTE_HEALTHZ:
-		*ret = json_pack("{s:s}", "status", "ok");
-		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+		return healthz(c, ret, ret_status, err);
 	case API_ROUTE_CACHES:
 		if (m == API_METHOD_GET)
 			return list_caches(c, who, query->args, query->n, query->too_many, ret,
@@ -186,14 +201,15 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 	case API_ROUTE_CHUNK:	/* answered in on_request: a file */
 		break;
 	case API_ROUTE_CACHE_INDEX:
-		return api_dist_index(c, who, match->id, match->id_len, ret, err);
+		return api_dist_index(c, who, match->id, match->id_len, ret, ret_status, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
 		if (api_cache_id_check(match->id, err) < 0)
 			return err->code;
 		if (m == API_METHOD_GET)
 			return api_caches_get(c, who, match->id, ret, err);
-		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret, err);
+		return api_caches_delete_args(c, who, match->id, query->args, query->n, ret,
+					      ret_status, err);
 	case API_ROUTE_ATTACHMENTS:
 	case API_ROUTE_ATTACHMENT:
 		return api_attachments_dispatch(c, who, m, match, body, len, ret, ret_status, err);
@@ -272,6 +288,8 @@ static void api_handle_args(struct api_caches *c, const struct api_caller *who, 
 		answer_errno(ret, &err);
 	} else {
 		answer(ret, status, j);
+		if (status == 202 && match.route == API_ROUTE_CACHE_INDEX)
+			ret->retry_after = API_RETRY_AFTER_S; /* being exported: ask again */
 	}
 }
 
@@ -380,6 +398,17 @@ static struct api_conn *conn_of(struct MHD_Connection *conn)
 	return info ? info->socket_context : NULL;
 }
 
+/* Retry-After: seconds, when the answer asks the client to come back. */
+static void add_retry_after(struct MHD_Response *r, unsigned seconds)
+{
+	char v[16];
+
+	if (!seconds)
+		return;
+	snprintf(v, sizeof(v), "%u", seconds);
+	MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, v);
+}
+
 static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection *conn,
 				     const char *method, const char *url, struct request *req,
 				     struct api_response *resp)
@@ -398,19 +427,21 @@ static enum MHD_Result send_response(struct api_server *s, struct MHD_Connection
 				resp->content_type ? resp->content_type : API_CONTENT_TYPE);
 	if (resp->allow)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, resp->allow);
+	add_retry_after(r, resp->retry_after);
 	if (resp->status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
 					req->challenge ? req->challenge : API_AUTH_CHALLENGE);
 	if (resp->close) {
 		MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
-		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+		if (!resp->retry_after)
+			add_retry_after(r, 1);
 	}
 	api_conns_request_in(s->conns, conn_of(conn));
 	ok = MHD_queue_response(conn, resp->status, r);
 	MHD_destroy_response(r);
 	api_metrics_observe_request(api_caches_metrics(s->caches), resp->status,
 				    imc_monotonic_ns() - req->start_ns);
-	if (resp->status >= 500)
+	if (resp->status >= 500 && resp->status != 503) /* 503: come back later, not a fault */
 		imc_error_log("%s %s: %u %.*s", method, url, resp->status, (int)(len ? len - 1 : 0),
 			      resp->body ? resp->body : "");
 	else

@@ -23,7 +23,7 @@
 #include "../common/priv.h"
 #include "builder.h"
 
-#define BUILD_MIN_SIZE	  (1ULL << 30)
+#define BUILD_MIN_SIZE	  BUILDER_SIZE_MIN
 #define BUILD_MAX_SIZE	  (16ULL << 40)
 #define BUILD_SIZE_FACTOR 8 /* compressed layer bytes → filesystem size (sparse, so cheap) */
 #define BUILD_DATA_SLACK  (64ULL << 20) /* ext4 metadata beside the data (inode tables, maps) */
@@ -57,6 +57,9 @@ struct build {
 	char mnt[PATH_MAX];
 	bool mounted;
 	bool borrowed_images; /* images belong to another build */
+	json_t *pinned;	      /* the layer digests this build pinned in the blob store */
+	uint64_t layer_bytes, data_bytes;
+	uint64_t expected; /* bytes set aside beside the pool (store_space_expect) */
 };
 
 /* Undo whatever of the volume exists: mount, mount point, device, the volume itself. */
@@ -83,6 +86,11 @@ static void build_drop_volume(struct build *b)
 static void build_cleanup(struct build *b)
 {
 	build_drop_volume(b);
+	for (size_t k = 0; k < json_array_size(b->pinned); k++)
+		builder_blobs_unpin(json_string_value(json_array_get(b->pinned, k)));
+	json_decref(b->pinned);
+	if (b->expected)
+		store_space_expect(b->s, -(int64_t)b->expected, NULL);
 	for (size_t i = 0; !b->borrowed_images && i < b->n_images; i++)
 		builder_image_free(b->images[i]);
 	if (!b->borrowed_images)
@@ -165,6 +173,13 @@ static int plan_all(struct build *b, const struct builder_opts *o,
 	return 0;
 }
 
+/* Between the steps of a build: -ECANCELED once the caller asked to stop. */
+static int build_check_cancel(const struct build *b, const struct builder_opts *o, imc_error *err)
+{
+	return builder_cancelled(o) ? imc_err(err, ECANCELED, "volume %s: build cancelled", b->id)
+				    : 0;
+}
+
 static double ms_since(uint64_t t0)
 {
 	return (double)(imc_monotonic_ns() - t0) / 1e6;
@@ -179,7 +194,10 @@ static int fetch_data(struct build *b, const struct builder_opts *o, json_t *dat
 	for (size_t i = 0; i < b->n_plans; i++) {
 		json_t *entry = NULL;
 		uint64_t t0 = imc_monotonic_ns();
-		int r = builder_data_fetch(o, b->plans[i], root, b->dev.fd, &entry, err);
+		int r = build_check_cancel(b, o, err);
+
+		if (r == 0)
+			r = builder_data_fetch(o, b->plans[i], root, b->dev.fd, &entry, err);
 		if (r < 0)
 			return r;
 		imc_debug("volume %s: data %zu fetched in %.0f ms", b->id, i, ms_since(t0));
@@ -256,14 +274,28 @@ static int write_manifest(struct build *b, json_t *manifest, imc_error *err)
 	return imc_json_write_atomic(root, MANIFEST_FILE, manifest, err);
 }
 
+/* Write the volume's filesystem out and learn whether that worked: a write that the pool refused
+ * (ENOSPC) reaches the filesystem in the volume only at writeback, and an unmount would drop it
+ * without a word, sealing a snapshot with holes in it. */
+static int sync_volume(struct build *b, imc_error *err)
+{
+	_cleanup_close_ int fd = open(b->mnt, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0 || syncfs(fd) < 0)
+		return imc_err_sys(err, errno, "volume %s: write back", b->id);
+	return 0;
+}
+
 /* Unmount cleanly (so clones never need a journal replay), release the device and seal the
  * volume as the snapshot of the same id. */
 static int seal_volume(struct build *b, imc_error *err)
 {
 	uint64_t t0 = imc_monotonic_ns();
 	double umount_ms, release_ms;
-	int r = imc_priv_umount(b->mnt, 0, err);
+	int r = sync_volume(b, err);
 
+	if (r == 0)
+		r = imc_priv_umount(b->mnt, 0, err);
 	if (r < 0)
 		return r;
 	b->mounted = false;
@@ -288,26 +320,95 @@ static int finish_volume(struct build *b, const struct builder_opts *o, json_t *
 	if (r == 0)
 		r = write_manifest(b, manifest, err);
 	if (r == 0)
+		r = build_check_cancel(b, o, err);
+	if (r == 0)
 		r = seal_volume(b, err);
 	return r;
 }
 
-/* A build that failed (r) names its cache, and says so when the size was too small. */
+#define STORE_FULL_BELOW (64ULL << 20) /* an ENOSPC with less free in the store: the store's */
+
+/* A build that failed (r) names its cache, and says so when the size was too small, or when the
+ * store, not the volume, ran out of space. */
 static int build_failed(const struct build *b, int r, uint64_t size, imc_error *err)
 {
+	struct store_usage u;
+
 	imc_err_wrap(err, "cache %s", b->id);
-	if (r == -ENOSPC && err && !strstr(err->msg, "too small"))
+	if (r != -ENOSPC || !err || strstr(err->msg, "too small") ||
+	    strstr(err->msg, "the store has"))
+		return r;
+	if (store_usage(b->s, &u, NULL) == 0 && u.free < STORE_FULL_BELOW)
+		imc_err_wrap(err, "the store is full (%llu MiB free)",
+			     (unsigned long long)(u.free >> 20));
+	else
 		imc_err_wrap(err, "size %llu bytes is too small for the content",
 			     (unsigned long long)size);
 	return r;
+}
+
+/* Bytes of b's layers not in the blob store yet: downloads to come, on the filesystem that the
+ * pool (embedded or not) lives on too. */
+static uint64_t missing_blob_bytes(struct build *b, const struct builder_opts *o)
+{
+	uint64_t bytes = 0;
+
+	for (size_t i = 0; o->blob_dir && i < b->n_images; i++) {
+		_cleanup_json_ json_t *desc = builder_image_describe(b->images[i]);
+		size_t k;
+		json_t *l;
+
+		json_array_foreach(json_object_get(desc, "layers"), k, l)
+		{
+			const char *d = json_string_value(json_object_get(l, "digest"));
+			char path[PATH_MAX];
+			struct stat st;
+
+			if (d && strncmp(d, "sha256:", 7) == 0 &&
+			    (size_t)snprintf(path, sizeof(path), "%s/sha256/%s", o->blob_dir,
+					     d + 7) < sizeof(path) &&
+			    stat(path, &st) != 0)
+				bytes += (uint64_t)json_integer_value(json_object_get(l, "size"));
+		}
+	}
+	return bytes;
+}
+
+/* Before anything is written: the pool must hold content bytes, and its filesystem the layers
+ * still to download as well (set aside for as long as the build runs, so that the pool promises
+ * that much less: store_space_expect).  Too little is ENOSPC now, not an I/O error later. */
+static int check_room(struct build *b, const struct builder_opts *o, uint64_t content,
+		      imc_error *err)
+{
+	uint64_t missing = missing_blob_bytes(b, o);
+	struct store_usage u;
+	int r;
+
+	b->expected = missing;
+	r = store_space_expect(b->s, (int64_t)missing, err);
+	if (r == 0)
+		r = store_usage(b->s, &u, err);
+	if (r < 0)
+		return r;
+	if (u.free < missing + content)
+		return imc_err(err, ENOSPC,
+			       "the store has %llu MiB free, the build needs %llu MiB (%llu MiB of "
+			       "content, %llu MiB of layers to download beside the pool)",
+			       (unsigned long long)(u.free >> 20),
+			       (unsigned long long)((missing + content + (1 << 20) - 1) >> 20),
+			       (unsigned long long)((content + (1 << 20) - 1) >> 20),
+			       (unsigned long long)((missing + (1 << 20) - 1) >> 20));
+	return 0;
 }
 
 /* A fresh volume: mkfs, every image, the data, /imcache.json, seal. */
 static int build_fresh(struct build *b, const struct builder_opts *o, uint64_t size,
 		       json_t *manifest, imc_error *err)
 {
-	int r = store_volume_create(b->s, b->id, size, err);
+	int r = check_room(b, o, b->layer_bytes + b->data_bytes, err);
 
+	if (r == 0)
+		r = store_volume_create(b->s, b->id, size, err);
 	if (r < 0)
 		return r;
 	b->volume_created = true;
@@ -390,6 +491,34 @@ static json_t *layer_digests(const struct builder_image *img)
 	return out;
 }
 
+/* The blob store keeps every layer of b's images until the build ends. */
+static int pin_layers(struct build *b, const struct builder_opts *o, imc_error *err)
+{
+	if (!o->blob_dir)
+		return 0;
+	b->pinned = json_array();
+	if (!b->pinned)
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < b->n_images; i++) {
+		_cleanup_json_ json_t *layers = layer_digests(b->images[i]);
+		size_t k;
+		json_t *d;
+
+		if (!layers)
+			return imc_err(err, ENOMEM, "out of memory");
+		json_array_foreach(layers, k, d)
+		{
+			if (json_array_append(b->pinned, d) < 0)
+				return imc_err(err, ENOMEM, "out of memory");
+			if (builder_blobs_pin(o->blob_dir, json_string_value(d), err) < 0) {
+				json_array_remove(b->pinned, json_array_size(b->pinned) - 1);
+				return err ? err->code : -ENOMEM;
+			}
+		}
+	}
+	return 0;
+}
+
 static char *bases_dir(struct store *s)
 {
 	return imc_path_join(store_state_dir(s), BASES_DIR);
@@ -429,6 +558,37 @@ int builder_base_forget(struct store *s, const char *base_id, imc_error *err)
 	if (dfd >= 0 && unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
 		return imc_err_sys(err, errno, "base record %s", name);
 	return 0;
+}
+
+json_t *builder_bases_layers(struct store *s)
+{
+	_cleanup_free_ char *dir = bases_dir(s);
+	_cleanup_dir_ DIR *d = dir ? opendir(dir) : NULL;
+	json_t *out = json_array();
+	struct dirent *de;
+	size_t seen = 0;
+
+	while (out && d && (de = readdir(d)) && seen++ < BASES_MAX) {
+		_cleanup_json_ json_t *rec = NULL;
+		struct store_object_info info;
+		char id[BASE_ID_MAX];
+		size_t n = strlen(de->d_name);
+
+		if (n != BASE_ID_MAX - 1 + 5 || strcmp(de->d_name + n - 5, ".json") != 0 ||
+		    strncmp(de->d_name, BASE_PREFIX, strlen(BASE_PREFIX)) != 0)
+			continue;
+		memcpy(id, de->d_name, n - 5);
+		id[n - 5] = '\0';
+		if (store_stat(s, STORE_SNAPSHOT, id, &info, NULL) < 0 ||
+		    imc_json_read_file(dirfd(d), de->d_name, BASE_RECORD_MAX, &rec, NULL) < 0 ||
+		    !json_is_array(json_object_get(rec, "layers")))
+			continue;
+		if (json_array_extend(out, json_object_get(rec, "layers")) < 0) {
+			json_decref(out);
+			return NULL;
+		}
+	}
+	return out;
 }
 
 /* How many leading layers of want the record's layers are, when all of them are; else 0. */
@@ -654,6 +814,9 @@ static int build_on_base(struct build *b, const struct builder_opts *o, uint64_t
 		return build_fresh(b, o, size, manifest, err);
 	base_hold(&hold, b->s, base_id);
 	reused = store_stat(b->s, STORE_SNAPSHOT, base_id, &info, NULL) == 0;
+	r = check_room(b, o, b->data_bytes + (reused ? 0 : b->layer_bytes), err);
+	if (r < 0)
+		return build_failed(b, r, size, err);
 	/* The first base is as large as the cache that asks for it (sparse, so cheap): later
 	 * caches up to that size reuse it without growing the filesystem. */
 	if (!reused) {
@@ -717,15 +880,23 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 			       (unsigned long long)BUILD_MAX_SIZE);
 	r = resolve_all(&b, o, req, &layer_bytes, err);
 	if (r == 0)
+		r = pin_layers(&b, o, err);
+	if (r == 0)
 		r = plan_all(&b, o, req, &data_bytes, err);
+	if (r == 0)
+		r = build_check_cancel(&b, o, err);
 	if (r < 0)
 		return r;
+	b.layer_bytes = layer_bytes;
+	b.data_bytes = data_bytes;
 	if (size == 0)
 		size = build_default_size(layer_bytes, data_bytes);
 	else if (size < data_bytes)
 		return imc_err(err, ENOSPC,
 			       "size %llu bytes is too small for the %llu bytes of data",
 			       (unsigned long long)size, (unsigned long long)data_bytes);
+	if (o->on_size && o->on_size(o->size_ctx, size, err) < 0)
+		return imc_err_wrap(err, "cache %s", cache_id);
 	imc_time_rfc3339(imc_now(), created, sizeof(created));
 	manifest =
 	    json_pack("{s:i, s:s, s:s, s:[], s:[], s:I}", "version", MANIFEST_VERSION, "id",

@@ -40,7 +40,20 @@ struct builder_opts {
 	const char *hf_endpoint; /* Hugging Face-compatible endpoint for hf:// data */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
+	/* Polled during every registry and data transfer (about once a second, also while one
+	 * waits to be retried) and between the steps of a build: true stops the work with
+	 * -ECANCELED.  NULL: never. */
+	bool (*cancelled)(void *ctx);
+	void *cancel_ctx;
+	/* Called once a build knows its filesystem size (the requested one, or the default from
+	 * the manifests' layer sizes and the data sizes), before the store is touched and before
+	 * any layer is fetched: a negative errno (with err set) fails the build with it.  NULL:
+	 * none. */
+	int (*on_size)(void *ctx, uint64_t size, imc_error *err);
+	void *size_ctx;
 };
+/* Has o's caller asked to stop (o->cancelled)? */
+bool builder_cancelled(const struct builder_opts *o);
 
 /* The registry side of o (registry.c's options: insecure registries, credentials, CA file). */
 struct oci_registry_opts builder_registry_opts(const struct builder_opts *o);
@@ -65,8 +78,32 @@ uint64_t builder_image_layer_bytes(const struct builder_image *img);
 json_t *builder_image_describe(const struct builder_image *img);
 void builder_image_free(struct builder_image *img);
 
+/* ---- the blob store (blobs.c) -------------------------------------------------------------- */
+/* Remove the partial downloads (".tmp-…") in <blob_dir>/sha256 that no live process holds (a
+ * download killed half way); *ret_n and *ret_bytes get how many and what they took. */
+int builder_blobs_remove_partial(const char *blob_dir, size_t *ret_n, uint64_t *ret_bytes,
+				 imc_error *err);
+/* A running build needs blob digest ("sha256:…"): the collector leaves it alone until as many
+ * unpins as pins.  Pinning also marks it used now (its mtime), for the size cap's order. */
+int builder_blobs_pin(const char *blob_dir, const char *digest, imc_error *err);
+void builder_blobs_unpin(const char *digest);
+struct builder_blobs_gc {
+	size_t removed;	     /* blobs removed */
+	size_t evicted;	     /* ... of them needed, but over the cap (least recently used) */
+	uint64_t freed;	     /* bytes they took */
+	uint64_t kept_bytes; /* bytes the blobs left take */
+};
+/* Remove every blob in <blob_dir>/sha256 that keep (an array of "sha256:…" digests: what caches
+ * and bases need) does not name, then, while the rest take more than max_bytes (0: no cap), the
+ * least recently used; never a pinned one. */
+int builder_blobs_gc(const char *blob_dir, json_t *keep, uint64_t max_bytes,
+		     struct builder_blobs_gc *ret, imc_error *err);
+/* The layer digests of every base snapshot's record (a new array; NULL on OOM). */
+json_t *builder_bases_layers(struct store *s);
+
 /* ---- building a cache --------------------------------------------------------------------- */
-#define BUILDER_IMAGES_MAX 20 /* images in one cache, /images/0..19/rootfs */
+#define BUILDER_IMAGES_MAX 20		/* images in one cache, /images/0..19/rootfs */
+#define BUILDER_SIZE_MIN   (1ULL << 30) /* the smallest filesystem the builder makes by default */
 
 /* Model data that lands in /data/<path>/. */
 struct builder_data {
@@ -150,6 +187,8 @@ struct builder_download {
 	const char *want_sha256;
 	void (*on_bytes)(void *ctx, uint64_t n); /* from any thread; n may be 0 */
 	void *ctx;
+	bool (*cancelled)(void *ctx); /* polled during the transfer: true stops it (ECANCELED) */
+	void *cancel_ctx;
 	/* Out. */
 	uint64_t got_size;
 	char got_sha256[IMC_SHA256_HEX_LEN + 1];

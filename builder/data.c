@@ -626,6 +626,27 @@ static size_t piece_write(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* libcurl's progress callback (at least once a second): non-zero aborts the transfer. */
+static int piece_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+			  curl_off_t ulnow)
+{
+	const struct builder_download *d = userdata;
+
+	return d->cancelled && d->cancelled(d->cancel_ctx) ? 1 : 0;
+}
+
+/* Let the download's caller stop the transfer (builder_download.cancelled). */
+static int piece_cancel_setup(CURL *curl, struct builder_download *d)
+{
+	if (!d->cancelled)
+		return 0;
+	if (curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, piece_progress) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, d) != CURLE_OK ||
+	    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)
+		return -1;
+	return 0;
+}
+
 /* One GET of what is left of piece p.  Returns 0 when the piece is complete, -EAGAIN when a
  * retry may help, another negative errno (with e set) when it cannot. */
 static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
@@ -639,7 +660,8 @@ static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
 
 	if (http_setup(curl, url, dl->plain, dl->d->ca_file, errbuf) < 0 ||
 	    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, piece_write) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &io) != CURLE_OK)
+	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &io) != CURLE_OK ||
+	    piece_cancel_setup(curl, dl->d) < 0)
 		return imc_err(e, ENOMEM, "%s: libcurl setup failed", url);
 	if (dl->ranged) {
 		snprintf(range, sizeof(range), "%llu-%llu",
@@ -655,6 +677,8 @@ static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
 		r = imc_err_sys(e, io.io_errno, "write");
 	else if (io.overflow)
 		r = imc_err(e, EFBIG, "%s: more bytes than announced", url);
+	else if (c == CURLE_ABORTED_BY_CALLBACK)
+		r = imc_err(e, ECANCELED, "%s: cancelled", url);
 	else if (c == CURLE_OK && io.status_ok) {
 		if (p->len != UINT64_MAX && p->done != p->len)
 			r = p->done > done_before ? -EAGAIN
@@ -1369,24 +1393,19 @@ static int copy_fd(int in, int out, uint64_t size, imc_error *err)
 	return 0;
 }
 
-/* The artifact's layer, verified by the registry client in the blob directory, copied into the
- * file; the blob goes again unless it was there before (a model is not kept twice). */
-static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan *p,
+/* The artifact's layer, verified by the registry client in the blob directory (dir), copied into
+ * the file; the blob goes again unless it was there before (a model is not kept twice). */
+static int fetch_oci_blob(const struct builder_opts *o, struct builder_data_plan *p,
 			  const struct data_file *f, int fd, struct fetch_progress *fp,
-			  char hex[IMC_SHA256_HEX_LEN + 1], imc_error *err)
+			  const char *dir, const char *hex, imc_error *err)
 {
 	struct oci_descriptor d = {
 	    .media_type = f->media_type, .digest = f->digest, .size = (int64_t)f->size};
-	_cleanup_free_ char *dir = oci_blob_sha256_dir(o->blob_dir);
 	_cleanup_close_ int dfd = -1, in = -1;
 	struct stat st;
 	bool had;
-	int r = imc_digest_parse(f->digest, hex, err);
+	int r;
 
-	if (r < 0)
-		return r;
-	if (!dir)
-		return imc_err(err, ENOMEM, "out of memory");
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	had = dfd >= 0 && fstatat(dfd, hex, &st, AT_SYMLINK_NOFOLLOW) == 0;
 	r = oci_registry_fetch_blob(p->reg, &d, o->blob_dir, oci_on_bytes, fp, err);
@@ -1405,6 +1424,26 @@ static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan
 	return r;
 }
 
+/* fetch_oci_blob with the blob pinned: the blob store's collector leaves it alone meanwhile. */
+static int fetch_oci_file(const struct builder_opts *o, struct builder_data_plan *p,
+			  const struct data_file *f, int fd, struct fetch_progress *fp,
+			  char hex[IMC_SHA256_HEX_LEN + 1], imc_error *err)
+{
+	_cleanup_free_ char *dir = imc_path_join(o->blob_dir, "sha256");
+	int r = imc_digest_parse(f->digest, hex, err);
+
+	if (r < 0)
+		return r;
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	r = builder_blobs_pin(o->blob_dir, f->digest, err);
+	if (r < 0)
+		return r;
+	r = fetch_oci_blob(o, p, f, fd, fp, dir, hex, err);
+	builder_blobs_unpin(f->digest);
+	return r;
+}
+
 static int fetch_http_file(const struct builder_opts *o, struct builder_data_plan *p,
 			   struct data_file *f, int fd, struct fetch_progress *fp,
 			   char hex[IMC_SHA256_HEX_LEN + 1], uint64_t *ret_size, imc_error *err)
@@ -1418,6 +1457,8 @@ static int fetch_http_file(const struct builder_opts *o, struct builder_data_pla
 	    .want_sha256 = p->kind == BUILDER_DATA_HTTPS ? p->sha256 : NULL,
 	    .on_bytes = fetch_on_bytes,
 	    .ctx = fp,
+	    .cancelled = o->cancelled,
+	    .cancel_ctx = o->cancel_ctx,
 	};
 	int r = builder_download(&d, err);
 

@@ -322,7 +322,9 @@ struct oci_registry_opts builder_registry_opts(const struct builder_opts *o)
 					  .credentials = o->credentials,
 					  .n_credentials = o->n_credentials,
 					  .auth_file = o->auth_file,
-					  .ca_file = o->ca_file};
+					  .ca_file = o->ca_file,
+					  .cancelled = o->cancelled,
+					  .cancel_ctx = o->cancel_ctx};
 }
 
 int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,
@@ -370,6 +372,11 @@ struct fetch {
 	uint64_t total, reported;
 };
 
+bool builder_cancelled(const struct builder_opts *o)
+{
+	return o && o->cancelled && o->cancelled(o->cancel_ctx);
+}
+
 static bool fetch_on_bytes(void *ctx, int64_t n)
 {
 	struct fetch *f = ctx;
@@ -387,7 +394,7 @@ static bool fetch_on_bytes(void *ctx, int64_t n)
 	}
 	ok = !f->failed;
 	pthread_mutex_unlock(&f->lock);
-	return ok;
+	return ok && !builder_cancelled(f->o);
 }
 
 /* The first layer of the manifest with the same digest as layer i (i itself, mostly). */
@@ -560,7 +567,8 @@ int builder_image_pull(const struct builder_opts *o, struct builder_image *img, 
 	for (size_t i = 0; i < img->manifest.n_layers && ra == 0; i++) {
 		if (!fetch_wait(&f, i))
 			break;
-		ra = builder_image_apply_layer(o, img, i, rootfd, err);
+		ra = builder_cancelled(o) ? imc_err(err, ECANCELED, "%s: cancelled", img->name)
+					  : builder_image_apply_layer(o, img, i, rootfd, err);
 		if (ra < 0) {
 			imc_error stop = {.code = -ECANCELED};
 			fetch_fail(&f, &stop); /* stop the downloads */

@@ -16,6 +16,7 @@
 #define REQUEST_TIMEOUT_S    60L
 #define CONNECT_TIMEOUT_S    10L
 #define WAIT_TIMEOUT_DEFAULT 1800L
+#define RETRY_WITHIN_S	     120 /* a GET answered 503 with Retry-After is repeated this long */
 
 /* Exit codes: 0 ok, 1 the request or the cache failed, 2 usage. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
@@ -62,6 +63,7 @@ struct reply {
 	long status;
 	json_t *body; /* NULL when the body is not JSON */
 	char *raw;
+	unsigned retry_after; /* seconds of a Retry-After header; 0: none */
 };
 
 static void reply_free(struct reply *r)
@@ -103,6 +105,21 @@ static int setup(CURL *curl, const struct client *c, const char *method, const c
 	return 0;
 }
 
+/* Seconds of the answer's Retry-After (0 when absent or a date; at most RETRY_WITHIN_S). */
+static unsigned retry_after_of(CURL *curl)
+{
+	struct curl_header *h = NULL;
+	unsigned long v;
+	char *end = NULL;
+
+	if (curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return 0;
+	v = strtoul(h->value, &end, 10);
+	if (end == h->value || *end)
+		return 0;
+	return v > RETRY_WITHIN_S ? RETRY_WITHIN_S : (unsigned)v;
+}
+
 /* One request.  Fails (printing why) only when no HTTP answer came back. */
 static int request(const struct client *c, const char *method, const char *path, const char *body,
 		   struct reply *ret)
@@ -128,7 +145,7 @@ static int request(const struct client *c, const char *method, const char *path,
 		free(out.data);
 		return -EIO;
 	}
-	*ret = (struct reply){.raw = out.data};
+	*ret = (struct reply){.raw = out.data, .retry_after = retry_after_of(curl)};
 	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &ret->status);
 	if (out.data)
 		ret->body = json_loadb(out.data, out.len, 0, NULL);
@@ -150,13 +167,32 @@ static void print_api_error(const struct reply *r)
 		r->raw ? r->raw : "(empty)");
 }
 
+/* A request; a GET that imcd answers 503 with Retry-After (it is working on what the answer
+ * needs, e.g. resolving an image) is asked again after that long, for up to RETRY_WITHIN_S. */
+static int request_patiently(const struct client *c, const char *method, const char *path,
+			     const char *body, struct reply *ret)
+{
+	time_t give_up = time(NULL) + RETRY_WITHIN_S;
+
+	for (;;) {
+		int r = request(c, method, path, body, ret);
+
+		if (r < 0 || ret->status != 503 || !ret->retry_after ||
+		    strcmp(method, "GET") != 0 || time(NULL) + (time_t)ret->retry_after > give_up)
+			return r;
+		sleep(ret->retry_after);
+		reply_free(ret);
+		*ret = (struct reply){0};
+	}
+}
+
 /* A request that must answer 2xx with a JSON object: ret_body gets a reference. */
 static int call(const struct client *c, const char *method, const char *path, const char *body,
 		json_t **ret_body)
 {
 	struct reply r = {0};
 
-	if (request(c, method, path, body, &r) < 0)
+	if (request_patiently(c, method, path, body, &r) < 0)
 		return -EIO;
 	if (r.status < 200 || r.status > 299) {
 		print_api_error(&r);

@@ -4,11 +4,14 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../net/curl_cleanup.h"
 #include "client.h"
 
-#define IMCD_TIMEOUT_S 120
+#define IMCD_TIMEOUT_S	  120
+#define IMCD_INDEX_WAIT_S 600 /* how long a 202 to the index request is waited out */
 
 struct push {
 	const struct client_push_config *cfg;
@@ -27,19 +30,14 @@ static size_t on_body(char *p, size_t size, size_t n, void *ctx)
 	return imc_buf_append(b, p, n) < 0 ? 0 : n;
 }
 
-/* GET from imcd (the index or a chunk). */
-static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_error *err)
+/* One GET of url from imcd into ret: 0 with *ret_status, or a transfer error. */
+static int imcd_get_once(struct push *p, const char *url, struct curl_slist *h, struct imc_buf *ret,
+			 long *ret_status, imc_error *err)
 {
-	_cleanup_free_ char *url = NULL, *auth = NULL;
-	_cleanup_curl_slist_ struct curl_slist *h = NULL;
 	CURL *c = p->curl;
-	long status = 0;
 	CURLcode rc;
 
-	if (asprintf(&url, "%s%s", p->cfg->server, path) < 0)
-		return imc_err(err, ENOMEM, "out of memory");
-	if (p->cfg->token && asprintf(&auth, "Authorization: Bearer %s", p->cfg->token) > 0)
-		h = curl_slist_append(NULL, auth);
+	ret->len = 0;
 	curl_easy_reset(c);
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -52,7 +50,28 @@ static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_e
 	rc = curl_easy_perform(c);
 	if (rc != CURLE_OK)
 		return imc_err(err, EIO, "GET %s: %s", url, curl_easy_strerror(rc));
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, ret_status);
+	return 0;
+}
+
+/* GET from imcd (the index or a chunk).  202: imcd is still exporting the index (it does so
+ * once the cache is Ready), asked again each second for up to IMCD_INDEX_WAIT_S. */
+static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_error *err)
+{
+	_cleanup_free_ char *url = NULL, *auth = NULL;
+	_cleanup_curl_slist_ struct curl_slist *h = NULL;
+	long status = 0;
+
+	if (asprintf(&url, "%s%s", p->cfg->server, path) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (p->cfg->token && asprintf(&auth, "Authorization: Bearer %s", p->cfg->token) > 0)
+		h = curl_slist_append(NULL, auth);
+	for (time_t give_up = time(NULL) + IMCD_INDEX_WAIT_S;; sleep(1)) {
+		if (imcd_get_once(p, url, h, ret, &status, err) < 0)
+			return err->code;
+		if (status != 202 || time(NULL) >= give_up)
+			break;
+	}
 	if (status != 200)
 		return imc_err(err, status == 404 ? ENOENT : EIO, "GET %s: HTTP %ld", url, status);
 	return 0;

@@ -133,6 +133,18 @@ int imc_read_file(const char *path, size_t max, char **ret, size_t *ret_len, imc
  * helper, see above: the caller names the file). */
 int imc_write_all(int fd, const void *buf, size_t len);
 
+/* ---- leftovers of crashed writers (leftover.c) -------------------------------------------
+ * A file written under a temporary name is held (an exclusive flock on its descriptor) for as
+ * long as its writer lives; one nobody holds is a crash's leftover. */
+/* Hold the file open on fd: 0, or -errno. */
+int imc_hold_file(int fd);
+/* Remove dirfd/name (a regular file) unless a live process holds it: 1 removed (*ret_bytes, when
+ * not NULL, grows by what it had allocated), 0 held or gone already, or -errno. */
+int imc_remove_unheld_at(int dirfd, const char *name, uint64_t *ret_bytes);
+/* Test builds only: IMC_STOP_AT=name stops the process here (SIGSTOP), so a test can SIGKILL
+ * it at exactly this point.  Nothing in release builds. */
+void imc_stop_point(const char *name);
+
 /* ---- growable buffers (buf.c) ------------------------------------------------------------- */
 #include "buf.h"
 

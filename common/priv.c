@@ -22,7 +22,7 @@ static const char *const op_names[IMC_PRIV__MAX] = {
     [IMC_PRIV_FICLONE] = "ficlone",	    [IMC_PRIV_LOOP_ATTACH] = "loop_attach",
     [IMC_PRIV_LOOP_DETACH] = "loop_detach", [IMC_PRIV_MOUNT] = "mount",
     [IMC_PRIV_UMOUNT] = "umount",	    [IMC_PRIV_MKFS] = "mkfs",
-    [IMC_PRIV_RESIZE] = "resize",
+    [IMC_PRIV_RESIZE] = "resize",	    [IMC_PRIV_TRIM] = "trim",
 };
 static unsigned long fail_at[IMC_PRIV__MAX]; /* absolute call number that fails, 0 = none */
 static int fail_errno[IMC_PRIV__MAX];
@@ -425,6 +425,19 @@ int imc_priv_resize_ext4(const char *dev, uint64_t size, imc_error *err)
 	snprintf(arg, sizeof(arg), "%lluK", (unsigned long long)(size >> 10));
 	snprintf(desc, sizeof(desc), "resize2fs %s %s", dev, arg);
 	return run_tool(argv, desc, err);
+}
+
+int imc_priv_fitrim(int fd, const char *what, uint64_t *ret_trimmed, imc_error *err)
+{
+	struct fstrim_range range = {.start = 0, .len = UINT64_MAX, .minlen = 0};
+	int r = priv_enter(IMC_PRIV_TRIM);
+
+	if (r == 0 && ioctl(fd, FITRIM, &range) < 0)
+		r = -errno;
+	if (r < 0)
+		return imc_err_sys(err, r, "FITRIM %s", what);
+	*ret_trimmed = range.len;
+	return 0;
 }
 
 int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err)

@@ -18,6 +18,7 @@ enum imc_priv_op {
 	IMC_PRIV_UMOUNT,
 	IMC_PRIV_MKFS,
 	IMC_PRIV_RESIZE,
+	IMC_PRIV_TRIM,
 	IMC_PRIV__MAX,
 };
 
@@ -77,6 +78,10 @@ int imc_priv_umount_fd(int fd, const char *what, imc_error *err);
  * ioctl), or with resize2fs -f when the kernel refuses that (no CAP_SYS_RESOURCE). */
 #define IMC_EXT4_RESIZE_MOUNT_OPTIONS "noinit_itable"
 int imc_priv_resize_ext4(const char *dev, uint64_t size, imc_error *err);
+/* FITRIM the filesystem that fd is on, all of it: its free space is discarded (a loop-mounted
+ * filesystem's backing file gets holes punched there).  *ret_trimmed: bytes the filesystem says
+ * it trimmed. */
+int imc_priv_fitrim(int fd, const char *what, uint64_t *ret_trimmed, imc_error *err);
 /* Run mkfs.<fstype> with args (NULL-terminated, without the program name) on dev; its output
  * goes into the error message on failure. */
 int imc_priv_mkfs(const char *fstype, const char *const *args, const char *dev, imc_error *err);

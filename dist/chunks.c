@@ -163,8 +163,10 @@ static int store_blob(struct dist_chunks *cs, const char *path, const void *blob
 	fd = openat(cs->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "chunks/%s", tmp);
-	if ((r = imc_write_all(fd, blob, len)) < 0 ||
-	    renameat(cs->dirfd, tmp, cs->dirfd, path) < 0) {
+	imc_hold_file(fd); /* one nobody holds is removed at the next start */
+	r = imc_write_all(fd, blob, len);
+	imc_stop_point("chunk-write");
+	if (r < 0 || renameat(cs->dirfd, tmp, cs->dirfd, path) < 0) {
 		r = r < 0 ? r : -errno;
 		unlinkat(cs->dirfd, tmp, 0);
 		return imc_err_sys(err, -r, "chunks/%s", path);
@@ -288,8 +290,8 @@ static int export_device(struct dist_chunks *cs, int fd, struct oci_chunk_index 
 	return 0;
 }
 
-static int read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
-		      imc_error *err)
+int dist_read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
+		    imc_error *err)
 {
 	char name[128];
 	_cleanup_close_ int dfd = -1;
@@ -318,6 +320,7 @@ static int write_index(struct dist_chunks *cs, const char *id, const char *buf, 
 	fd = openat(cs->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "chunks/%s", tmp);
+	imc_hold_file(fd);
 	r = imc_write_all(fd, buf, len);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
@@ -340,7 +343,7 @@ static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *
 	size_t len = 0;
 	int r;
 
-	r = read_index(cs, id, &buf, &len, err);
+	r = dist_read_index(cs, id, &buf, &len, err);
 	if (r != -ENOENT) {
 		if (r == 0 && ret) {
 			*ret = steal_pointer(&buf);
@@ -440,7 +443,7 @@ static int referenced_chunks(struct dist_chunks *cs, struct digest_set *set, imc
 		    strcmp(de->d_name + len - 5, ".json"))
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
-		if ((r = read_index(cs, id, &buf, &n, err)) < 0 ||
+		if ((r = dist_read_index(cs, id, &buf, &n, err)) < 0 ||
 		    (r = oci_chunk_index_parse(buf, n, &ix, err)) < 0)
 			return imc_err_wrap(err, "chunk index of %s", id);
 		r = digest_set_add_index(set, &ix);
@@ -519,4 +522,63 @@ int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc
 	r = forget(cs, id, ret_freed, err);
 	pthread_mutex_unlock(&cs->export_lock);
 	return r;
+}
+
+/* ---- leftovers of a killed export ------------------------------------------------------------ */
+
+/* A chunk or index written under a temporary name ("<name>.tmp.<pid>.<tid>", ".<id>.json.tmp"). */
+static bool is_partial_name(const char *name)
+{
+	size_t n = strlen(name);
+
+	return strstr(name, ".tmp.") ||
+	       (name[0] == '.' && n > 4 && strcmp(name + n - 4, ".tmp") == 0);
+}
+
+static void remove_partial_in(int parent, const char *sub, size_t *ret_n, uint64_t *ret_bytes)
+{
+	int fd = openat(parent, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_dir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)))
+		if (is_partial_name(de->d_name) &&
+		    imc_remove_unheld_at(dirfd(d), de->d_name, ret_bytes) == 1)
+			(*ret_n)++;
+}
+
+int dist_chunks_remove_partial(const char *state_dir, size_t *ret_n, uint64_t *ret_bytes,
+			       imc_error *err)
+{
+	_cleanup_free_ char *dir = imc_path_join(state_dir, "chunks");
+	_cleanup_close_ int cfd = -1;
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	int fd;
+
+	*ret_n = 0;
+	*ret_bytes = 0;
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	cfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cfd < 0)
+		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "%s", dir);
+	remove_partial_in(cfd, INDEX_DIR, ret_n, ret_bytes);
+	fd = openat(cfd, "sha256", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "%s/sha256", dir);
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return imc_err_sys(err, errno, "%s/sha256", dir);
+	}
+	while ((de = readdir(d)))
+		if (strlen(de->d_name) == 2 && de->d_name[0] != '.')
+			remove_partial_in(dirfd(d), de->d_name, ret_n, ret_bytes);
+	return 0;
 }

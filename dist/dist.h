@@ -4,8 +4,9 @@
  * zstd and stored once, named by the sha256 of its uncompressed bytes, in
  * <state>/chunks/sha256/<2 hex>/<64 hex>.zst.  The chunk index (its format: oci/index.c) of a
  * cache is kept in <state>/chunks/index/<cache-id>.json.  chunks.c is the chunk store and the
- * export, serve.c what a server answers for a chunk, fetch.c the agent's fetch of a snapshot it
- * lacks (from imcd or an OCI registry) into its local store. */
+ * export, exporter.c the thread that runs exports in the background, serve.c what a server
+ * answers for a chunk, fetch.c the agent's fetch of a snapshot it lacks (from imcd or an OCI
+ * registry) into its local store. */
 #ifndef IMC_DIST_H
 #define IMC_DIST_H
 
@@ -44,6 +45,37 @@ int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, cha
 /* Drop the index of id and every stored chunk that no remaining index names.  *ret_freed gets
  * the bytes freed.  Nothing to do when id was never exported. */
 int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err);
+/* Remove the chunk and index files that an export killed half way left under temporary names
+ * in <state_dir>/chunks (those a live export holds stay); *ret_n and *ret_bytes get how many
+ * and what they took. */
+int dist_chunks_remove_partial(const char *state_dir, size_t *ret_n, uint64_t *ret_bytes,
+			       imc_error *err);
+/* The stored index bytes of id (-ENOENT when not exported yet); never exports. */
+int dist_read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
+		    imc_error *err);
+
+/* ---- the exporter (exporter.c): one thread that runs exports and forgets in order ----------
+ * imcd queues the export of a cache once it is Ready and the forget of one that is gone, so no
+ * request thread runs an export.  An export asked for twice is queued once; a forget drops a
+ * queued export of the same cache and runs after one in flight. */
+#define DIST_ID_MAX 64 /* a cache id's buffer */
+struct dist_exporter;
+int dist_exporter_start(struct dist_chunks *cs, struct dist_exporter **ret, imc_error *err);
+/* Ends after the job running now, and the forgets still queued (exports queued are dropped). */
+void dist_exporter_stop(struct dist_exporter *x);
+/* Queue an export of id (once: nothing when it is queued or running already). */
+int dist_exporter_queue(struct dist_exporter *x, const char *id, imc_error *err);
+/* Queue dropping id's index and the chunks no other index names (after an export of id that
+ * runs now; a queued one is dropped).  When it cannot be queued, it runs now. */
+int dist_exporter_forget(struct dist_exporter *x, const char *id, imc_error *err);
+/* fn(ctx, id) runs on the exporter thread after each forget of id, when an export of id that
+ * ran has let go of the snapshot (imcd: the pool may be trimmed now).  NULL clears it; a call
+ * in progress ends first, so ctx may be freed once this returns. */
+void dist_exporter_set_on_forgotten(struct dist_exporter *x, void (*fn)(void *ctx, const char *id),
+				    void *ctx);
+/* -EINPROGRESS while an export of id is queued or running; the failure of its last export
+ * (reported once); else 0. */
+int dist_exporter_state(struct dist_exporter *x, const char *id, imc_error *err);
 
 /* Compress / decompress-and-verify one chunk. */
 int dist_chunk_compress(const void *data, size_t len, void **ret, size_t *ret_len, imc_error *err);

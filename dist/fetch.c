@@ -23,6 +23,7 @@
 #define FETCH_PARALLEL_DEFAULT 8
 #define FETCH_ATTEMPTS	       4 /* per chunk, for dropped connections (each resumes) */
 #define FETCH_TIMEOUT_S	       60
+#define FETCH_INDEX_WAIT_S     600 /* how long a 202 to the index request is waited out */
 
 /* ---- HTTP --------------------------------------------------------------------------------- */
 
@@ -30,6 +31,7 @@ struct sink {
 	struct imc_buf buf;
 	size_t max; /* more than this fails the transfer */
 	bool too_big;
+	unsigned retry_after; /* a 202's Retry-After, in seconds (0: none) */
 };
 
 static size_t on_data(char *p, size_t size, size_t n, void *ctx)
@@ -66,6 +68,19 @@ static CURL *http_new(const char *token, struct curl_slist **ret_headers)
 	return c;
 }
 
+/* The seconds of a Retry-After header (0 when absent or a date). */
+static unsigned retry_after_of(CURL *c)
+{
+	struct curl_header *h = NULL;
+	unsigned long v;
+	char *end = NULL;
+
+	if (curl_easy_header(c, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return 0;
+	v = strtoul(h->value, &end, 10);
+	return end == h->value || *end ? 0 : v > FETCH_INDEX_WAIT_S ? FETCH_INDEX_WAIT_S : v;
+}
+
 /* GET url into s (appending); resume_from > 0 asks for the rest with Range.  Returns 0 when the
  * whole body (or the asked-for rest) arrived, -EAGAIN on a transfer that broke off (the bytes
  * that came are kept), another -errno for a refusal. */
@@ -89,6 +104,10 @@ static int http_get(CURL *c, const char *url, uint64_t resume_from, struct sink 
 		return imc_err(err, EAGAIN, "%s: no range support", url);
 	if (status == 200 || status == 206)
 		return 0;
+	if (status == 202) { /* imcd is still making it (an index being exported) */
+		s->retry_after = retry_after_of(c);
+		return imc_err(err, EINPROGRESS, "%s: not ready yet (202)", url);
+	}
 	if (status == 404)
 		return imc_err(err, ENOENT, "%s: not found (404)", url);
 	if (status == 401 || status == 403)
@@ -468,6 +487,30 @@ static int plan(struct fetch *f, const struct local_set *l, imc_error *err)
 
 /* ---- the index ----------------------------------------------------------------------------- */
 
+/* GET the index into s: dropped transfers are tried again (FETCH_ATTEMPTS), and a 202 (imcd
+ * exports the index in the background once the cache is Ready) is asked again after its
+ * Retry-After, for up to FETCH_INDEX_WAIT_S. */
+static int get_index_waiting(CURL *c, const char *url, struct sink *s, imc_error *err)
+{
+	uint64_t give_up = imc_monotonic_ns() + FETCH_INDEX_WAIT_S * 1000000000ULL;
+	unsigned attempts = 0;
+	int r;
+
+	for (;;) {
+		s->buf.len = 0;
+		s->retry_after = 0;
+		r = http_get(c, url, 0, s, err);
+		if (r == -EAGAIN && ++attempts < FETCH_ATTEMPTS)
+			continue;
+		if (r != -EINPROGRESS)
+			return r;
+		if (imc_monotonic_ns() + s->retry_after * 1000000000ULL >= give_up)
+			return imc_err(err, ETIMEDOUT, "%s: still not ready after %d s", url,
+				       FETCH_INDEX_WAIT_S);
+		sleep(s->retry_after ? s->retry_after : 1);
+	}
+}
+
 static int get_index(const struct dist_fetch_config *cfg, const char *id,
 		     struct oci_chunk_index *ret, char **ret_buf, size_t *ret_len, imc_error *err)
 {
@@ -480,10 +523,7 @@ static int get_index(const struct dist_fetch_config *cfg, const char *id,
 	if (!c)
 		return imc_err(err, ENOMEM, "out of memory");
 	snprintf(url, sizeof(url), "%s/v1/imagecaches/%s/index", cfg->server, id);
-	for (unsigned a = 0; a < FETCH_ATTEMPTS && r == -EAGAIN; a++) {
-		s.buf.len = 0;
-		r = http_get(c, url, 0, &s, err);
-	}
+	r = get_index_waiting(c, url, &s, err);
 	if (r == 0 && s.buf.len == 0)
 		r = imc_err(err, EBADMSG, "%s: empty", url);
 	if (r == 0 && oci_chunk_index_parse(s.buf.data, s.buf.len, ret, err) < 0)

@@ -99,6 +99,10 @@ struct oci_registry_opts {
 	size_t n_credentials;
 	const char *auth_file; /* docker-style config.json ("auths"); NULL = none */
 	const char *ca_file;   /* extra CA bundle for HTTPS; NULL = system CAs only */
+	/* Polled during every request (about once a second, also while one waits to be retried):
+	 * true stops it with -ECANCELED.  NULL: never. */
+	bool (*cancelled)(void *ctx);
+	void *cancel_ctx;
 };
 
 /* What we may present to one registry.  Never logged, never in an error message. */

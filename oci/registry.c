@@ -65,7 +65,22 @@ struct oci_registry {
 	bool basic;			      /* the registry asked for Basic auth */
 	char *token;			      /* bearer token */
 	int64_t token_expires;
+	bool (*cancelled)(void *ctx); /* the caller's stop (oci_registry_opts.cancelled) */
+	void *cancel_ctx;
 };
+
+/* Has the caller of this registry's requests asked them to stop? */
+static bool registry_stopped(const struct oci_registry *r)
+{
+	return r && r->cancelled && r->cancelled(r->cancel_ctx);
+}
+
+/* registry_stopped for backoff(): false stops the wait. */
+static bool registry_go_on(void *ctx, int64_t n)
+{
+	(void)n;
+	return !registry_stopped(ctx);
+}
 
 /* asprintf that returns NULL on failure (glibc leaves the pointer undefined). */
 static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -625,6 +640,7 @@ struct http_sink {
 	uint64_t range_from; /* the Range request's first byte (0: none) */
 	bool (*on_bytes)(void *ctx, int64_t n);
 	void *ctx;
+	const struct oci_registry *reg; /* its caller's stop is polled too */
 	bool too_big, cancelled, bad_range, started;
 	int io_errno;
 };
@@ -731,7 +747,7 @@ static int sink_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, c
 {
 	struct http_sink *s = userdata;
 
-	if (s->on_bytes && !s->on_bytes(s->ctx, 0)) {
+	if ((s->on_bytes && !s->on_bytes(s->ctx, 0)) || registry_stopped(s->reg)) {
 		s->cancelled = true;
 		return 1;
 	}
@@ -876,6 +892,7 @@ static int http_once(struct oci_registry *r, CURL *curl, const struct http_req *
 		return imc_err(err, -rc, "%s %s: cannot set up libcurl", q->post ? "POST" : "GET",
 			       q->url);
 	sink_reset(s, q->range_from);
+	s->reg = r;
 	c = curl_easy_perform(curl);
 	if (auth_hdr)
 		explicit_bzero(auth_hdr, strlen(auth_hdr));
@@ -1238,7 +1255,7 @@ static int http_auth_retry(struct oci_registry *r, CURL *curl, const struct http
 	for (int try = 1;; try++) {
 		int rc = http_auth(r, curl, *q, s, res, err);
 		if (!res->transient || try == META_TRIES ||
-		    !backoff(try + 1, res->retry_after, NULL, NULL))
+		    !backoff(try + 1, res->retry_after, registry_go_on, r))
 			return rc;
 	}
 }
@@ -1266,6 +1283,8 @@ int oci_registry_open(const struct oci_registry_opts *o, const struct oci_ref *r
 	r->base = xasprintf("%s://%s/v2/%s", r->plain_http ? "http" : "https", ref->registry,
 			    ref->repository);
 	r->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
+	r->cancelled = o->cancelled;
+	r->cancel_ctx = o->cancel_ctx;
 	if (!r->name || !r->repository || !r->curl || !r->base || (o->ca_file && !r->ca_file)) {
 		oci_registry_close(r);
 		return imc_err(err, ENOMEM, "out of memory");
@@ -1592,6 +1611,7 @@ static int blob_fetch_into(struct oci_registry *r, const struct oci_descriptor *
 	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "create %s", tmp);
+	imc_hold_file(fd); /* a partial download nobody holds is removed at the next start */
 	tmp_name = strrchr(tmp, '/') + 1;
 	rc = blob_download(r, d, fd, on_bytes, ctx, err);
 	if (rc == 0 && fsync(fd) < 0)

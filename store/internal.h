@@ -36,6 +36,15 @@ struct store_driver_ops {
 	 * space reads as zeros. */
 	int (*resize)(struct store *s, enum store_kind kind, const char *id, uint64_t size,
 		      imc_error *err);
+	/* Give the filesystem under the pool back the space the pool no longer uses (the
+	 * embedded pool: FITRIM, which punches holes in pool.img); *ret_trimmed gets the bytes.
+	 * NULL in a driver that has nothing to give back (store_trim answers 0). */
+	int (*trim)(struct store *s, uint64_t *ret_trimmed, imc_error *err);
+	/* Keep the pool from promising more space than the filesystem under it holds, less
+	 * `beside` bytes about to be written next to the pool (the embedded pool: a ballast file
+	 * in it, so that the pool's XFS answers ENOSPC before its backing file cannot grow).  NULL
+	 * where the pool has its own space (store_fit answers 0). */
+	int (*fit)(struct store *s, uint64_t beside, imc_error *err);
 	/* Fill hints (store_fill_hints); NULL: leave every gap a hole. */
 	void (*fill_hints)(const struct store *s, struct store_fill_hints *ret);
 	/* The clone dev serves (store_clone_of_device); NULL: none. */
@@ -50,7 +59,9 @@ struct store {
 	const struct store_driver_ops *ops;
 	char *state_dir;
 	uint64_t pool_size;
-	void *priv; /* driver data */
+	bool pool_size_given; /* pool_size is the caller's, not the default */
+	uint64_t beside;      /* bytes expected beside the pool (store_space_expect); atomic */
+	void *priv;	      /* driver data */
 	/* The caller's driver options: valid during open only. */
 	const char *const *driver_opts;
 	/* What open found wrong and repaired (an array of strings, for the caller's log); never

@@ -1,7 +1,11 @@
 /* The reflink driver: one ext4 image file per volume, snapshot and clone in a pool directory on a
  * filesystem that can share extents (XFS, btrfs).  clone = FICLONE, activate = loop device.  When
  * the state dir's own filesystem cannot reflink, the pool is an embedded sparse XFS file
- * (<state>/pool.img) loop-mounted at <state>/pool. */
+ * (<state>/pool.img) loop-mounted at <state>/pool.
+ *
+ * Over 800 lines: the pool's layout (volumes, snapshots, clones), its embedded XFS (ballast, trim,
+ * teardown) and the seal's compaction all depend on one another's invariants (few extents, the
+ * ballast's accounting), so they are read together here. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fiemap.h>
@@ -13,6 +17,7 @@
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <pthread.h>
 
 #include "../common/priv.h"
 #include "internal.h"
@@ -22,11 +27,17 @@
 #define POOL_FILE	"pool.img"
 #define IMG_SUFFIX	".img"
 #define NAME_MAX_LEN	128
+#define COMPACT_SUFFIX	".compact"
+#define BALLAST_FILE	".ballast"     /* in the embedded pool's root: see pool_fit */
+#define POOL_MIN_SIZE	(300ULL << 20) /* what mkfs.xfs accepts */
+#define POOL_MARGIN_MIN (64ULL << 20)
+#define FIT_SLACK	(8ULL << 20) /* the ballast moves only by more than this */
 
 struct reflink {
 	char *pool_dir;
 	bool embedded;
-	int kind_dirs[3]; /* volumes/, snapshots/, clones/ in the pool */
+	pthread_mutex_t fit_lock; /* one ballast change at a time */
+	int kind_dirs[3];	  /* volumes/, snapshots/, clones/ in the pool */
 };
 
 static const char *const kind_dirs[] = {
@@ -113,6 +124,67 @@ static int pool_mount(const char *file, const char *dir, imc_error *err)
 	return imc_priv_mount(dev, dir, "xfs", MS_NOATIME, "", err);
 }
 
+/* What the state dir's filesystem keeps free beside the embedded pool (blobs, metadata, what else
+ * lives there): 1/32 of it, at least 64 MiB. */
+static uint64_t pool_margin(const struct statvfs *sv)
+{
+	uint64_t m = (uint64_t)sv->f_blocks * sv->f_frsize / 32;
+
+	return m > POOL_MARGIN_MIN ? m : POOL_MARGIN_MIN;
+}
+
+static void note_repair(struct store *s, const char *msg)
+{
+	if (!s->repairs)
+		s->repairs = json_array();
+	json_array_append_new(s->repairs, json_string(msg));
+}
+
+/* The size of a new pool file, against the filesystem it goes on: a sparse file larger than
+ * that filesystem's free space ends in I/O errors under XFS once it fills.  The default is
+ * clamped to the free space less a margin; a size asked for that does not fit, and a filesystem
+ * too small for any pool, are refused. */
+static int pool_fit_size(struct store *s, uint64_t *ret_size, imc_error *err)
+{
+	struct statvfs sv;
+	uint64_t avail, margin, cap;
+	char msg[256];
+
+	if (statvfs(s->state_dir, &sv) < 0)
+		return imc_err_sys(err, errno, "statvfs %s", s->state_dir);
+	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	margin = pool_margin(&sv);
+	cap = (avail > margin ? avail - margin : 0) & ~((1ULL << 20) - 1);
+	if (cap < POOL_MIN_SIZE)
+		return imc_err(
+		    err, ENOSPC,
+		    "the filesystem of %s has %llu MiB free: an embedded pool needs %llu "
+		    "MiB and %llu MiB left beside it (give --state-dir on a larger "
+		    "filesystem, or one that can reflink)",
+		    s->state_dir, (unsigned long long)(avail >> 20),
+		    (unsigned long long)(POOL_MIN_SIZE >> 20), (unsigned long long)(margin >> 20));
+	if (s->pool_size <= cap) {
+		*ret_size = s->pool_size;
+		return 0;
+	}
+	if (s->pool_size_given)
+		return imc_err(err, ENOSPC,
+			       "pool size %llu MiB: the filesystem of %s has %llu MiB free, so at "
+			       "most %llu MiB (%llu MiB are left beside the pool): give a smaller "
+			       "--pool-size",
+			       (unsigned long long)(s->pool_size >> 20), s->state_dir,
+			       (unsigned long long)(avail >> 20), (unsigned long long)(cap >> 20),
+			       (unsigned long long)(margin >> 20));
+	snprintf(msg, sizeof(msg),
+		 "pool.img: sized %llu MiB, not the default %llu MiB: the filesystem of the state "
+		 "dir has %llu MiB free",
+		 (unsigned long long)(cap >> 20), (unsigned long long)(s->pool_size >> 20),
+		 (unsigned long long)(avail >> 20));
+	note_repair(s, msg);
+	*ret_size = cap;
+	return 0;
+}
+
 static int open_pool(struct store *s, struct reflink *p, imc_error *err)
 {
 	_cleanup_free_ char *file = imc_path_join(s->state_dir, POOL_FILE);
@@ -130,7 +202,11 @@ static int open_pool(struct store *s, struct reflink *p, imc_error *err)
 	if (r != 0)
 		return r < 0 ? r : 0;
 	if (stat(file, &st) < 0) {
-		r = pool_create_file(file, s->pool_size, err);
+		uint64_t size = 0;
+
+		r = pool_fit_size(s, &size, err);
+		if (r == 0)
+			r = pool_create_file(file, size, err);
 		if (r < 0)
 			return r;
 	}
@@ -153,6 +229,42 @@ static int open_kind_dirs(struct reflink *p, imc_error *err)
 	return 0;
 }
 
+/* A compaction (".<volume>.img.compact") that a crash cut short: its build is gone, so is it. */
+static bool is_compact_name(const char *name)
+{
+	size_t n = strlen(name), sl = strlen(COMPACT_SUFFIX);
+
+	return name[0] == '.' && n > sl && strcmp(name + n - sl, COMPACT_SUFFIX) == 0;
+}
+
+static int remove_partial_compactions(struct store *s, struct reflink *p, imc_error *err)
+{
+	int fd = openat(p->kind_dirs[STORE_VOLUME], ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_dir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *de;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "%s/volumes", p->pool_dir);
+	}
+	if (!s->repairs && !(s->repairs = json_array()))
+		return imc_err(err, ENOMEM, "out of memory");
+	while ((de = readdir(d))) {
+		char msg[NAME_MAX_LEN + 160];
+		uint64_t bytes = 0;
+
+		if (!is_compact_name(de->d_name) ||
+		    imc_remove_unheld_at(dirfd(d), de->d_name, &bytes) != 1)
+			continue;
+		snprintf(msg, sizeof(msg),
+			 "pool/volumes/%.*s: removed a seal that a crash cut short (%llu bytes)",
+			 NAME_MAX_LEN, de->d_name, (unsigned long long)bytes);
+		json_array_append_new(s->repairs, json_string(msg));
+	}
+	return 0;
+}
+
 static void close_kind_dirs(struct reflink *p)
 {
 	for (int k = 0; k < 3; k++) {
@@ -162,6 +274,62 @@ static void close_kind_dirs(struct reflink *p)
 	}
 }
 
+/* Grow or shrink the ballast to want bytes (allocated, never written: it costs the filesystem
+ * under the pool nothing).  A pool too full to hold all of it is as full as it can be: fine. */
+static int ballast_set(int fd, uint64_t have, uint64_t want)
+{
+	if (want > have + FIT_SLACK)
+		return fallocate(fd, 0, 0, (off_t)want) < 0 && errno != ENOSPC ? -errno : 0;
+	if (want + FIT_SLACK < have || (want == 0 && have > 0))
+		return ftruncate(fd, (off_t)want) < 0 ? -errno : 0;
+	return 0;
+}
+
+/* The embedded pool is a sparse file: its XFS would hand out blocks that the filesystem under it
+ * no longer has (other files filled it, or the pool was made larger), and the writes behind them
+ * would fail under XFS, which shuts down on a metadata write error.  So a ballast file in the pool
+ * holds (fallocated, never written) as much of the pool's free space as the filesystem under it
+ * lacks, keeping a margin and `beside` bytes free there: the pool's XFS answers ENOSPC first. */
+static int reflink_fit(struct store *s, uint64_t beside, imc_error *err)
+{
+	struct reflink *p = rl(s);
+	_cleanup_close_ int fd = -1;
+	struct statvfs host, pool;
+	uint64_t have, pool_free, host_free, keep, allowed, want;
+	struct stat st;
+	int r = 0;
+
+	if (!p->embedded || p->kind_dirs[STORE_SNAPSHOT] < 0)
+		return 0;
+	pthread_mutex_lock(&p->fit_lock);
+	fd = openat(p->kind_dirs[STORE_SNAPSHOT], "../" BALLAST_FILE,
+		    O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0 || fstat(fd, &st) < 0 || fstatvfs(fd, &pool) < 0 ||
+	    statvfs(s->state_dir, &host) < 0)
+		r = -errno;
+	if (r == 0) {
+		have = (uint64_t)st.st_blocks * 512;
+		pool_free = (uint64_t)pool.f_bavail * pool.f_frsize + have;
+		host_free = (uint64_t)host.f_bavail * host.f_frsize;
+		keep = pool_margin(&host) + beside;
+		allowed = host_free > keep ? host_free - keep : 0;
+		want = pool_free > allowed
+			   ? (pool_free - allowed + (1ULL << 20) - 1) & ~((1ULL << 20) - 1)
+			   : 0;
+		r = ballast_set(fd, have, want);
+	}
+	pthread_mutex_unlock(&p->fit_lock);
+	return r < 0 ? imc_err_sys(err, -r, "pool %s: fit to the free space under it", p->pool_dir)
+		     : 0;
+}
+
+/* Before the pool is written to: the ballast follows the filesystem under it (best effort: a
+ * pool that cannot even say so fails the write that follows). */
+static void fit_before_write(struct store *s)
+{
+	reflink_fit(s, __atomic_load_n(&s->beside, __ATOMIC_RELAXED), NULL);
+}
+
 static void reflink_close(struct store *s)
 {
 	struct reflink *p = rl(s);
@@ -169,6 +337,7 @@ static void reflink_close(struct store *s)
 	if (!p)
 		return;
 	close_kind_dirs(p);
+	pthread_mutex_destroy(&p->fit_lock);
 	free(p->pool_dir);
 	free(p);
 	s->priv = NULL;
@@ -197,6 +366,7 @@ static int reflink_open(struct store *s, imc_error *err)
 		return imc_err(err, ENOMEM, "out of memory");
 	}
 	p->kind_dirs[0] = p->kind_dirs[1] = p->kind_dirs[2] = -1;
+	pthread_mutex_init(&p->fit_lock, NULL);
 	s->priv = p;
 	p->pool_dir = imc_path_join(s->state_dir, POOL_DIR);
 	if (!p->pool_dir) {
@@ -213,6 +383,10 @@ static int reflink_open(struct store *s, imc_error *err)
 	r = open_pool(s, p, err);
 	if (r == 0)
 		r = open_kind_dirs(p, err);
+	if (r == 0)
+		r = remove_partial_compactions(s, p, err);
+	if (r == 0)
+		r = reflink_fit(s, 0, err);
 	if (r < 0)
 		reflink_close(s);
 	return r;
@@ -223,6 +397,7 @@ static int reflink_volume_create(struct store *s, const char *id, uint64_t size,
 	char name[NAME_MAX_LEN];
 	_cleanup_close_ int fd = -1;
 
+	fit_before_write(s);
 	img_name(id, name);
 	fd = openat(rl(s)->kind_dirs[STORE_VOLUME], name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
 		    0600);
@@ -470,12 +645,14 @@ static int compact_volume(struct reflink *p, const char *vname, int *fd, imc_err
 	keep = compact_plan(l.holes, l.n_holes, data_bytes);
 	imc_debug("%s: %zu holes, %lld data bytes: rewritten keeping %zu holes", vname, l.n_holes,
 		  (long long)data_bytes, keep);
-	snprintf(tmp, sizeof(tmp), ".%s.compact", vname);
+	snprintf(tmp, sizeof(tmp), ".%s" COMPACT_SUFFIX, vname);
 	dst = openat(p->kind_dirs[STORE_VOLUME], tmp,
 		     O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_DIRECT, 0600);
 	if (dst < 0)
 		return imc_err_sys(err, errno, "%s", tmp);
+	imc_hold_file(dst); /* one nobody holds is removed when the store is next opened */
 	r = compact_into(*fd, dst, st.st_size, &l, keep);
+	imc_stop_point("seal-compact");
 	if (r == 0 &&
 	    renameat(p->kind_dirs[STORE_VOLUME], tmp, p->kind_dirs[STORE_VOLUME], vname) < 0)
 		r = -errno;
@@ -495,6 +672,7 @@ static int reflink_seal(struct store *s, const char *volume_id, const char *snap
 	char vname[NAME_MAX_LEN], sname[NAME_MAX_LEN];
 	_cleanup_close_ int fd = -1;
 
+	fit_before_write(s); /* the compaction writes a copy */
 	img_name(volume_id, vname);
 	img_name(snapshot_id, sname);
 	fd = openat(p->kind_dirs[STORE_VOLUME], vname, O_RDONLY | O_CLOEXEC);
@@ -638,10 +816,22 @@ static int reflink_teardown(struct store *s, imc_error *err)
 	struct reflink *p = rl(s);
 	int r;
 
+	bool shut_down;
+
 	if (!p->embedded)
 		return 0;
+	/* A pool XFS shut down (after I/O errors) answers EIO to a sync (and to any change; not
+	 * always to statfs: measured). */
+	shut_down = p->kind_dirs[STORE_SNAPSHOT] >= 0 && syncfs(p->kind_dirs[STORE_SNAPSHOT]) < 0 &&
+		    errno == EIO;
 	close_kind_dirs(p); /* our own open directories would keep the pool busy */
 	r = imc_priv_umount(p->pool_dir, 0, err);
+	if (r == 0 && shut_down)
+		return imc_err(err, EIO,
+			       "pool %s: the kernel had shut its XFS filesystem down (I/O errors, "
+			       "see dmesg); it is unmounted now, run xfs_repair on %s/" POOL_FILE
+			       " before it is used again",
+			       p->pool_dir, s->state_dir);
 	if (r == -EINVAL)
 		return 0; /* not mounted */
 	if (r < 0) {
@@ -652,6 +842,25 @@ static int reflink_teardown(struct store *s, imc_error *err)
 		return imc_err(err, EBUSY, "pool %s is in use (attached clones or a running imcd)",
 			       p->pool_dir);
 	return r;
+}
+
+/* What the pool freed goes back to the state dir's filesystem: XFS discards its free space, the
+ * loop device turns each discard into a hole punched in pool.img.  Nothing for a pool that is the
+ * state dir's own filesystem: that one discards as its mount says. */
+static int reflink_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err)
+{
+	struct reflink *p = rl(s);
+	int fd = p->kind_dirs[STORE_SNAPSHOT];
+	struct statfs fs;
+
+	if (!p->embedded)
+		return 0;
+	/* XFS frees a deleted file's blocks in the background (inode inactivation, which statfs
+	 * flushes), and FITRIM skips freed extents until the log has committed their freeing
+	 * (syncfs): without both, a trim right after a delete gives nothing back (measured). */
+	if (fstatfs(fd, &fs) < 0 || syncfs(fd) < 0)
+		return imc_err_sys(err, errno, "pool %s", p->pool_dir);
+	return imc_priv_fitrim(fd, p->pool_dir, ret_trimmed, err);
 }
 
 /* A volume that starts as a snapshot's copy: FICLONE (the extents stay shared until written),
@@ -665,6 +874,7 @@ static int reflink_volume_from_snapshot(struct store *s, const char *snapshot_id
 	struct stat st;
 	int r;
 
+	fit_before_write(s);
 	img_name(snapshot_id, sname);
 	img_name(volume_id, vname);
 	src = openat(p->kind_dirs[STORE_SNAPSHOT], sname, O_RDONLY | O_CLOEXEC);
@@ -791,4 +1001,6 @@ const struct store_driver_ops store_reflink_ops = {
     .fill_hints = reflink_fill_hints,
     .clone_of_device = reflink_clone_of_device,
     .for_each_clone_device = reflink_for_each_clone_device,
+    .trim = reflink_trim,
+    .fit = reflink_fit,
 };

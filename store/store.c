@@ -53,6 +53,7 @@ int store_open(const struct store_config *cfg, struct store **ret, imc_error *er
 		return imc_err(err, ENOMEM, "out of memory");
 	s->ops = ops;
 	s->pool_size = cfg->pool_size ? cfg->pool_size : STORE_DEFAULT_POOL_SIZE;
+	s->pool_size_given = cfg->pool_size != 0;
 	s->driver_opts = cfg->driver_opts;
 	s->state_dir =
 	    strdup(cfg->state_dir && *cfg->state_dir ? cfg->state_dir : STORE_DEFAULT_STATE_DIR);
@@ -174,6 +175,28 @@ int store_usage(struct store *s, struct store_usage *ret, imc_error *err)
 int store_teardown(struct store *s, imc_error *err)
 {
 	return s->ops->teardown(s, err);
+}
+
+int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err)
+{
+	*ret_trimmed = 0;
+	return s->ops->trim ? s->ops->trim(s, ret_trimmed, err) : 0;
+}
+
+int store_fit(struct store *s, imc_error *err)
+{
+	uint64_t beside = __atomic_load_n(&s->beside, __ATOMIC_RELAXED);
+
+	return s->ops->fit ? s->ops->fit(s, beside, err) : 0;
+}
+
+int store_space_expect(struct store *s, int64_t bytes, imc_error *err)
+{
+	if (bytes < 0)
+		__atomic_sub_fetch(&s->beside, (uint64_t)-bytes, __ATOMIC_RELAXED);
+	else
+		__atomic_add_fetch(&s->beside, (uint64_t)bytes, __ATOMIC_RELAXED);
+	return store_fit(s, err);
 }
 
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,

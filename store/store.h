@@ -109,6 +109,14 @@ int store_resize(struct store *s, enum store_kind kind, const char *id, uint64_t
  * caller's). */
 int store_volume_from_snapshot(struct store *s, const char *snapshot_id, const char *volume_id,
 			       uint64_t size, imc_error *err);
+/* See store_driver_ops.fit (with the bytes store_space_expect set aside). */
+int store_fit(struct store *s, imc_error *err);
+/* bytes (negative: given back) are about to be written on the filesystem under the pool, beside
+ * it (a build's layer downloads): the pool promises that much less until they are given back;
+ * then store_fit. */
+int store_space_expect(struct store *s, int64_t bytes, imc_error *err);
+/* See store_driver_ops.trim.  Costs a walk of the pool's free space: not on a hot path. */
+int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err);
 /* The repairs store_open made (borrowed: an array of strings, empty when there were none). */
 json_t *store_repairs(const struct store *s);
 

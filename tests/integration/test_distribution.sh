@@ -2,7 +2,9 @@
 # Distribution of snapshots in chunks (docs/distribution.md), two hosts on one machine: imcd (and
 # the registry it builds from) in this network namespace, the agent in a private one joined by a
 # veth pair on 10.213.X.0/30.  The agent attaches a cache it has never seen and a container runs
-# from it; the index and chunk endpoints answer Range, If-None-Match and bad names right; a chunk
+# from it; the index is exported in the background once a cache is Ready (202 with Retry-After
+# meanwhile, while /healthz answers, and the agent waits it out); the index and chunk
+# endpoints answer Range, If-None-Match and bad names right; a chunk
 # corrupted on the server is caught (refetched, then a clear failure, nothing left behind); a
 # connection dropped in the middle of chunks resumes; a full local pool fails cleanly; a cache
 # rebuilt with a small change sends only the chunks that changed; --cache-size evicts the least
@@ -98,7 +100,38 @@ check "the agent's namespace reaches imcd over the veth" \
 
 # --- the endpoints ----------------------------------------------------------------------------
 
-http GET "$IMCD_URL/v1/imagecaches/$ID/index"
+# index_get ID: GET the index once; INDEX_STATUS, INDEX_RETRY (the Retry-After header), INDEX_BODY.
+index_get() {
+	local out=$TEST_TMP/index-get
+	INDEX_STATUS=$(curl -sS --noproxy '*' -o "$out.body" -D "$out.head" -w '%{http_code}' \
+		--max-time 30 "$IMCD_URL/v1/imagecaches/$1/index" 2>/dev/null) || INDEX_STATUS=000
+	INDEX_RETRY=$(sed -n 's/^[Rr]etry-[Aa]fter: *//p' "$out.head" | tr -d '\r')
+	INDEX_BODY=$(cat "$out.body")
+}
+# exported_count ID: how many times imcd logged an export of ID's chunk index.
+exported_count() {
+	grep -c "cache $1: chunk index exported" "$IMCD_LOG" || true
+}
+# wait_exported ID N: until imcd has logged N exports of ID's index (at most 120 s).
+wait_exported() {
+	local i
+	for i in $(seq 600); do
+		[ "$(exported_count "$1")" -ge "$2" ] && return 0
+		sleep 0.2
+	done
+	echo "cache $1: $2 export(s) not logged after 120 s" >&2
+	return 1
+}
+
+# The cache became Ready a moment ago: its export runs in the background.
+index_get "$ID"
+if [ "$INDEX_STATUS" = 200 ] || { [ "$INDEX_STATUS" = 202 ] && [ "$INDEX_RETRY" = 1 ]; }; then
+	ok "GET index right after Ready: $INDEX_STATUS (202 with Retry-After while it is exported)"
+else
+	not_ok "GET index right after Ready: 200 or 202 with Retry-After" \
+		"$INDEX_STATUS Retry-After '$INDEX_RETRY' $INDEX_BODY"
+fi
+http_settled GET "$IMCD_URL/v1/imagecaches/$ID/index" 120
 check_eq "GET index is 200" 200 "$HTTP_STATUS"
 INDEX=$HTTP_BODY
 printf '%s' "$INDEX" >"$TEST_TMP/index.json"
@@ -173,6 +206,34 @@ fi
 check "detach" "$IMC_BIN/imc-attach" --state-dir "$A1" detach "$MNT"
 _capture agent "$A1" --server "$IMCD_URL" prefetch "$ID"
 check_eq "prefetch of a cache the host has fetches nothing" "0 " "$rc $(grep fetched <<<"$out" || true)"
+
+# --- the export runs in the background, and the agent waits for it ----------------------------
+
+# A cache whose index is not exported (as one made Ready before imcd exported at Ready): the
+# request queues the export and is answered at once.
+check "imcd logs the background export of $ID" wait_exported "$ID" 1
+rm -f "$STATE/chunks/index/$ID.json"
+A5=$TEST_TMP/agent5
+defer agent_teardown "$A5"
+MARK=$(wc -l <"$IMCD_LOG")
+_capture agent "$A5" --server "$IMCD_URL" prefetch "$ID"
+check_eq "the agent fetches a cache whose index is being exported" 0 "$rc"
+SEEN=$(tail -n +"$((MARK + 1))" "$IMCD_LOG" | sed -n "s|.*GET /v1/imagecaches/$ID/index: \([0-9]*\).*|\1|p" |
+	uniq | tr '\n' ' ')
+check_match "... after waiting out 202 answers (imcd answered: $SEEN)" '^202 (202 )*200 $' "$SEEN"
+check_eq "... and its snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(_sha256 "$A5/pool/snapshots/$ID.img" 2>/dev/null)"
+agent_teardown "$A5"
+check "the export is logged again" wait_exported "$ID" 2
+rm -f "$STATE/chunks/index/$ID.json"
+index_get "$ID"
+check_eq "GET index while it is not exported: 202 Exporting with Retry-After: 1" "202 Exporting 1" \
+	"$INDEX_STATUS $(jq -r .status <<<"$INDEX_BODY" 2>/dev/null) $INDEX_RETRY"
+check_eq "/healthz answers while the export runs" 200 \
+	"$(curl -sS --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 5 "$IMCD_URL/healthz" || true)"
+http_settled GET "$IMCD_URL/v1/imagecaches/$ID/index" 120
+check_eq "... then the same index, 200" "200 $(jq -r .sha256 <<<"$INDEX")" \
+	"$HTTP_STATUS $(jq -r .sha256 <<<"$HTTP_BODY" 2>/dev/null)"
 
 # --- a corrupted chunk ------------------------------------------------------------------------
 
@@ -295,7 +356,7 @@ rm -f "$A4/pool/filler"
 check "image v2 (one file changed) builds and pushes" mkimage_dist v2 "release two"
 ID2=$(build v2) || bail "cache of v2 is Ready"
 ok "cache $ID2 is Ready"
-http GET "$IMCD_URL/v1/imagecaches/$ID2/index"
+http_settled GET "$IMCD_URL/v1/imagecaches/$ID2/index" 120
 N2=$(jq '.chunks | length' <<<"$HTTP_BODY")
 MARK=$(wc -l <"$IMCD_LOG")
 _capture agent "$A1" --server "$IMCD_URL" prefetch "$ID2"

@@ -19,6 +19,8 @@ need_programs imcd imc-attach
 TOKEN_A=tenant-a-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
 TOKEN_B=tenant-b-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
 TOKEN_C=tenant-c-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+TOKEN_Q=tenant-q-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+QUOTA_Q=$((3 << 30))
 HASH_B=$(printf '%s' "$TOKEN_B" | sha256sum | cut -d' ' -f1)
 
 CFG=$TEST_TMP/imcd.json
@@ -27,10 +29,12 @@ write_config() { # write_config FILE MODE JSON
 	(umask 077 && printf '%s\n' "$3" >"$1")
 	chmod "$2" "$1"
 }
-write_config "$CFG" 0600 "$(jq -n --arg a "$TOKEN_A" --arg b "sha256:$HASH_B" --arg c "$TOKEN_C" '{
+write_config "$CFG" 0600 "$(jq -n --arg a "$TOKEN_A" --arg b "sha256:$HASH_B" --arg c "$TOKEN_C" \
+	--arg q "$TOKEN_Q" --argjson qb "$QUOTA_Q" '{
 	tokens: [{token: $a, tenant: "team-a"}, {token: $b, tenant: "team-b"},
-	         {token: $c, tenant: "team-a"}],
-	tenants: {"team-a": {maxCaches: 100}, "team-b": {maxCaches: 100, maxBytes: 1099511627776}}}')"
+	         {token: $c, tenant: "team-a"}, {token: $q, tenant: "team-q"}],
+	tenants: {"team-a": {maxCaches: 100}, "team-b": {maxCaches: 100, maxBytes: 1099511627776},
+	          "team-q": {maxBytes: $qb}}}')"
 
 # --- config files refused at start ---------------------------------------------------------------
 
@@ -72,7 +76,7 @@ check "busybox image builds and pushes" push_bb
 BB=$REGISTRY/imc/bb:v1
 
 imcd_start_or_bail "$TEST_TMP/state" --config "$CFG"
-check_match "imcd logs that auth is on" 'auth on, 3 token\(s\)' "$(cat "$IMCD_LOG")"
+check_match "imcd logs that auth is on" 'auth on, 4 token\(s\)' "$(cat "$IMCD_LOG")"
 
 # [BODY=JSON|BODY_FILE=FILE] req TOKEN|- METHOD PATH [EXTRA_CURL_ARG...]: sets HTTP_STATUS, HTTP_BODY and
 # HTTP_CHALLENGE (the WWW-Authenticate header).  TOKEN "-" sends no Authorization header.
@@ -218,7 +222,11 @@ req "$TOKEN_B" GET "/v1/imagecaches/$A1/index"
 check_eq "team-b GET team-a's chunk index: 404" 404 "$HTTP_STATUS"
 req - GET "/v1/imagecaches/$A1/index"
 unauthorized "GET a chunk index without a token" "$CHALLENGE"
-req "$TOKEN_A" GET "/v1/imagecaches/$A1/index"
+for _ in $(seq 300); do # 202 while imcd exports it in the background
+	req "$TOKEN_A" GET "/v1/imagecaches/$A1/index"
+	[ "$HTTP_STATUS" = 202 ] || break
+	sleep 0.2
+done
 check_eq "team-a GET its own chunk index: 200" 200 "$HTTP_STATUS"
 CHUNK=$(jq -r '.chunks[0].digest // empty' <<<"$HTTP_BODY" 2>/dev/null)
 check_match "team-a's index names chunks" '^sha256:[0-9a-f]{64}$' "$CHUNK"
@@ -271,9 +279,52 @@ done
 check_eq "team-a lists nothing" "" "$(ids "$TOKEN_A")"
 check_eq "team-b lists nothing" "" "$(ids "$TOKEN_B")"
 
+# --- a byte quota holds under concurrent creates --------------------------------------------------
+
+# team-q may hold 3 GiB; a create without size reserves the builder's smallest filesystem
+# (1 GiB, what busybox is sized to) from the moment it is accepted.
+Q_PIDS=()
+for n in 1 2 3 4 5 6 7 8; do
+	curl -sS --noproxy '*' -o "$TEST_TMP/q$n.body" -w '%{http_code}' --max-time 60 \
+		-H "Authorization: Bearer $TOKEN_Q" -H 'Content-Type: application/json' \
+		--data-binary "$(jq -cn --arg ref "$BB" --arg n "q$n" '{name: $n, images: [{ref: $ref}]}')" \
+		"$IMCD_URL/v1/imagecaches" >"$TEST_TMP/q$n.code" 2>/dev/null &
+	Q_PIDS+=($!)
+done
+wait "${Q_PIDS[@]}" || true
+Q_OK=() Q_REFUSED=0 Q_OTHER=
+for n in 1 2 3 4 5 6 7 8; do
+	code=$(cat "$TEST_TMP/q$n.code")
+	if [ "$code" = 202 ]; then
+		Q_OK+=("$(jq -r .id "$TEST_TMP/q$n.body")")
+	elif [ "$code $(jq -r .error.code "$TEST_TMP/q$n.body" 2>/dev/null)" = "403 QuotaExceeded" ]; then
+		Q_REFUSED=$((Q_REFUSED + 1))
+	else
+		Q_OTHER="$Q_OTHER $code $(cat "$TEST_TMP/q$n.body")"
+	fi
+done
+check_eq "8 parallel creates without size: 3 accepted, 5 refused 403 QuotaExceeded" "3 5 " \
+	"${#Q_OK[@]} $Q_REFUSED $Q_OTHER"
+for id in "${Q_OK[@]}"; do
+	check_eq "team-q's accepted cache $id ends Ready" Ready "$(wait_ready "$TOKEN_Q" "$id")"
+done
+req "$TOKEN_Q" GET /v1/imagecaches
+Q_USED=$(jq '[.items[] | select(.status == "Ready") | .size] | add // 0' <<<"$HTTP_BODY")
+if [ "$Q_USED" -le "$QUOTA_Q" ]; then
+	ok "team-q's Ready caches hold $Q_USED bytes, within its quota of $QUOTA_Q"
+else
+	not_ok "team-q's Ready caches stay within its quota" "$Q_USED > $QUOTA_Q"
+fi
+BODY=$(jq -cn --arg ref "$BB" '{name: "q9", images: [{ref: $ref}]}') req "$TOKEN_Q" POST /v1/imagecaches
+check_eq "with the quota used up by Ready caches, one more create: 403 QuotaExceeded" \
+	"403 QuotaExceeded" "$HTTP_STATUS $(jq -r .error.code <<<"$HTTP_BODY" 2>/dev/null)"
+for id in "${Q_OK[@]}"; do
+	req "$TOKEN_Q" DELETE "/v1/imagecaches/$id"
+done
+
 # --- the log ----------------------------------------------------------------------------------------
 
-for t in "$TOKEN_A" "$TOKEN_B" "$TOKEN_C"; do
+for t in "$TOKEN_A" "$TOKEN_B" "$TOKEN_C" "$TOKEN_Q"; do
 	if grep -qF -- "$t" "$IMCD_LOG"; then
 		not_ok "imcd's log does not hold the token ${t%%-*}-…" "$(grep -nF -- "$t" "$IMCD_LOG" | head -3)"
 	else

@@ -299,6 +299,22 @@ http() {
 	rm -f "$out" "$out.req"
 }
 
+# http_settled METHOD URL [TIMEOUT_S]: http, repeated while imcd answers that it is still at
+# work on what the answer needs (503, or 202 to a GET), for at most TIMEOUT_S (default 60)
+# seconds; the last answer in HTTP_STATUS and HTTP_BODY.
+http_settled() {
+	local method=$1 url=$2 deadline=$(($(date +%s) + ${3:-60}))
+	while :; do
+		http "$method" "$url"
+		case "$HTTP_STATUS" in
+		503 | 202) ;;
+		*) return 0 ;;
+		esac
+		[ "$(date +%s)" -lt "$deadline" ] || return 0
+		sleep 0.2
+	done
+}
+
 # stop_pid PID [TIMEOUT_S]: SIGTERM, wait, then SIGKILL.  Returns the exit status when PID is a
 # child of this shell (124 if it had to be killed).
 stop_pid() {

@@ -518,11 +518,12 @@ START_TEST(errno_to_status)
 		unsigned http;
 		const char *name;
 	} cases[] = {
-	    {-EBADMSG, 400, "InvalidJSON"},   {-EINVAL, 400, "InvalidArgument"},
-	    {-ENOENT, 404, "NotFound"},	      {-EBUSY, 409, "Conflict"},
-	    {-EFBIG, 413, "PayloadTooLarge"}, {-EDQUOT, 429, "LimitExceeded"},
-	    {-ESHUTDOWN, 503, "Unavailable"}, {-EIO, 500, "Internal"},
-	    {-ENOMEM, 500, "Internal"},
+	    {-EBADMSG, 400, "InvalidJSON"},	 {-EINVAL, 400, "InvalidArgument"},
+	    {-ENOENT, 404, "NotFound"},		 {-EBUSY, 409, "Conflict"},
+	    {-EFBIG, 413, "PayloadTooLarge"},	 {-EDQUOT, 429, "LimitExceeded"},
+	    {-ESHUTDOWN, 503, "Unavailable"},	 {-EIO, 500, "Internal"},
+	    {-ENOMEM, 500, "Internal"},		 {-EINPROGRESS, 503, "InProgress"},
+	    {-ETIMEDOUT, 504, "GatewayTimeout"}, {-ENOSPC, 507, "InsufficientStorage"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
@@ -532,6 +533,44 @@ START_TEST(errno_to_status)
 		ck_assert_uint_eq(http, cases[i].http);
 		ck_assert_str_eq(name, cases[i].name);
 	}
+	ck_assert_uint_eq(api_retry_after_from_status(503), API_RETRY_AFTER_S);
+	ck_assert_uint_eq(api_retry_after_from_status(504), API_RESOLVE_FAIL_TTL_S);
+	ck_assert_uint_eq(api_retry_after_from_status(500), 0);
+	ck_assert_uint_eq(api_retry_after_from_status(200), 0);
+}
+END_TEST
+
+/* The reserve files: made in full, a status written through one (the slot goes), refused when
+ * none is left or the file would not fit. */
+START_TEST(meta_reserve_files)
+{
+	char dir[] = "/tmp/imc-test-reserve.XXXXXX", big[API_META_RESERVE_SLOT + 16];
+	_cleanup_json_ json_t *j = json_pack("{s:s,s:s}", "id", "imc-1", "status", "Failed");
+	_cleanup_json_ json_t *back = NULL, *huge = NULL;
+	struct stat sb;
+	imc_error err;
+	int dfd;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	ck_assert_int_eq(api_meta_reserve_fill(dfd, &err), 0);
+	ck_assert_int_eq(fstatat(dfd, ".reserve.0", &sb, 0), 0);
+	ck_assert_int_eq(sb.st_size, API_META_RESERVE_SLOT);
+	ck_assert_int_ge((long long)sb.st_blocks * 512, API_META_RESERVE_SLOT);
+	for (int i = 0; i < API_META_RESERVE_SLOTS; i++)
+		ck_assert_int_eq(api_meta_reserve_write(dfd, "c.json", j, &err), 0);
+	ck_assert_int_eq(imc_json_read_file(dfd, "c.json", 1024, &back, &err), 0);
+	ck_assert(json_equal(j, back));
+	ck_assert_int_eq(api_meta_reserve_write(dfd, "c.json", j, &err), -ENOSPC);
+	ck_assert_ptr_nonnull(strstr(err.msg, "no reserve file left"));
+	ck_assert_int_eq(api_meta_reserve_fill(dfd, &err), 0);
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	huge = json_pack("{s:s}", "x", big);
+	ck_assert_int_eq(api_meta_reserve_write(dfd, "d.json", huge, &err), -ENOSPC);
+	ck_assert_int_eq(faccessat(dfd, ".reserve.0", F_OK, 0), 0); /* a refused write takes none */
+	close(dfd);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
 }
 END_TEST
 
@@ -1326,6 +1365,69 @@ START_TEST(delete_query)
 			   "InvalidArgument"));
 	json_decref(handle("GET", "/v1/imagecaches/imc-0123456789abcdef/attachments/att-1", NULL,
 			   false, 405, "MethodNotAllowed"));
+}
+END_TEST
+
+/* A Creating cache of tenant with one image ref (n picks the id). */
+static struct api_cache *queued_cache(const char *tenant, const char *ref, int n)
+{
+	char body[256], id[API_ID_MAX];
+	struct api_create_request req;
+	struct api_cache *c = NULL;
+	imc_error err;
+
+	snprintf(body, sizeof(body), "{\"images\":[{\"ref\":\"%s\"}]}", ref);
+	snprintf(id, sizeof(id), "imc-%016x", n);
+	ck_assert_int_eq(parse(body, &req, &err), 0);
+	ck_assert_int_eq(api_cache_new_for(id, tenant, &req, n, &c, &err), 0);
+	api_create_request_free(&req);
+	return c;
+}
+
+/* The build queue: per-tenant cap, the least busy tenant first, queue order on ties, never two
+ * builds of one image ref at once. */
+START_TEST(queue_pick_fair)
+{
+	struct api_cache *a1 = queued_cache("ta", "r.io/a1:1", 1),
+			 *a2 = queued_cache("ta", "r.io/a2:1", 2),
+			 *a3 = queued_cache("ta", "r.io/a3:1", 3),
+			 *b1 = queued_cache("tb", "r.io/b1:1", 4),
+			 *b2 = queued_cache("tb", "r.io/b2:1", 5),
+			 *bx = queued_cache("tb", "r.io/a1:1", 6);
+
+	/* ta runs a1 with a cap of 1: b1 goes although a2 is older. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a2, b1}, 2,
+					(struct api_cache *[]){a1, NULL}, 2, 1),
+			 1);
+	/* No cap: still the tenant that runs nothing first. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a2, a3, b1}, 3,
+					(struct api_cache *[]){NULL, a1, NULL}, 3, 0),
+			 2);
+	/* Both run one: the oldest request. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a3, b2}, 2,
+					(struct api_cache *[]){a1, b1, NULL}, 3, 2),
+			 0);
+	/* Only ta waits and it is at its cap: nothing starts, a worker stays for tb. */
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){a2, a3}, 2,
+					(struct api_cache *[]){a1, NULL}, 2, 1),
+			 -1);
+	/* The same image ref as a running build (another tenant's) waits for it. */
+	ck_assert_int_eq(
+	    api_queue_pick((struct api_cache *[]){bx}, 1, (struct api_cache *[]){a1, NULL}, 2, 0),
+	    -1);
+	ck_assert_int_eq(api_queue_pick((struct api_cache *[]){bx, b2}, 2,
+					(struct api_cache *[]){a1, NULL}, 2, 0),
+			 1);
+	/* An empty queue; free workers only. */
+	ck_assert_int_eq(api_queue_pick(NULL, 0, (struct api_cache *[]){NULL}, 1, 1), -1);
+	ck_assert_int_eq(
+	    api_queue_pick((struct api_cache *[]){a1}, 1, (struct api_cache *[]){NULL}, 1, 1), 0);
+	api_cache_free(a1);
+	api_cache_free(a2);
+	api_cache_free(a3);
+	api_cache_free(b1);
+	api_cache_free(b2);
+	api_cache_free(bx);
 }
 END_TEST
 
@@ -2264,6 +2366,7 @@ static Suite *api_suite(void)
 	Suite *s = suite_create("api");
 	TCase *t = tcase_create("requests");
 
+	tcase_add_test(t, meta_reserve_files);
 	tcase_add_test(t, create_good);
 	tcase_add_test(t, create_malformed_json);
 	tcase_add_test(t, create_not_object);
@@ -2304,6 +2407,7 @@ static Suite *api_suite(void)
 	tcase_add_test(t, routing_attachments);
 	tcase_add_test(t, delete_query);
 	tcase_add_test(t, list_tenant_and_shared_layers);
+	tcase_add_test(t, queue_pick_fair);
 	suite_add_tcase(s, t);
 
 	t = tcase_create("http");

@@ -80,7 +80,8 @@ START_TEST(config_good)
 		 "\"tenants\":{\"team-a\":{\"maxCaches\":10,\"maxBytes\":1073741824},"
 		 "\"team_b.2\":{\"maxCaches\":0}},"
 		 "\"tls\":{\"cert\":\"/etc/imcache/tls.crt\",\"key\":\"/etc/imcache/tls.key\"},"
-		 "\"listen\":\"0.0.0.0:8443\",\"stateDir\":\"/srv/imcache\"}",
+		 "\"listen\":\"0.0.0.0:8443\",\"stateDir\":\"/srv/imcache\","
+		 "\"blobCacheMax\":10737418240}",
 		 TOKEN_A, hex);
 	ck_assert_msg(parse(json, &c, &err) == 0, "%s", err.msg);
 	ck_assert(c.auth);
@@ -103,6 +104,7 @@ START_TEST(config_good)
 	ck_assert_str_eq(c.tls_key, "/etc/imcache/tls.key");
 	ck_assert_str_eq(c.listen, "0.0.0.0:8443");
 	ck_assert_str_eq(c.state_dir, "/srv/imcache");
+	ck_assert_uint_eq(c.blob_cache_max, 10737418240ULL);
 	api_config_free(&c);
 	ck_assert_ptr_null(c.tokens);
 }
@@ -170,6 +172,8 @@ START_TEST(config_bad)
 	expect_bad("{\"tls\":{\"cert\":\"\",\"key\":\"/k\"}}", -EINVAL, "tls.cert: empty");
 	expect_bad("{\"listen\":5}", -EINVAL, "listen: want a string");
 	expect_bad("{\"stateDir\":\"\"}", -EINVAL, "stateDir: empty");
+	expect_bad("{\"blobCacheMax\":-1}", -ERANGE, "blobCacheMax");
+	expect_bad("{\"blobCacheMax\":\"1G\"}", -EINVAL, "blobCacheMax: want an integer");
 	expect_bad("{\"listen\":\"a\",\"listen\":\"b\"}", -EINVAL, "malformed JSON");
 }
 END_TEST

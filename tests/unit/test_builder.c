@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <archive.h>
@@ -1360,6 +1361,70 @@ START_TEST(layer_diff_id)
 }
 END_TEST
 
+/* A blob file of 64 KiB named by hex, last used `age` seconds ago. */
+static void blob_put(int dfd, const char *hex, int age)
+{
+	static char buf[65536];
+	struct timespec t[2];
+	int fd = openat(dfd, hex, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	memset(buf, 'x', sizeof(buf));
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(imc_write_all(fd, buf, sizeof(buf)), 0);
+	ck_assert_int_eq(fsync(fd), 0);
+	clock_gettime(CLOCK_REALTIME, &t[0]);
+	t[0].tv_sec -= age;
+	t[1] = t[0];
+	ck_assert_int_eq(futimens(fd, t), 0);
+	close(fd);
+}
+
+/* What no cache needs goes, a pinned blob never does, and over the cap the least recently used
+ * needed ones go first. */
+START_TEST(blob_store_collection)
+{
+	char dir[] = "/tmp/imc-test-blobs.XXXXXX", sub[64], hex[4][IMC_SHA256_HEX_LEN + 1];
+	char digest[4][IMC_SHA256_HEX_LEN + 8];
+	struct builder_blobs_gc res;
+	_cleanup_json_ json_t *keep = json_array();
+	imc_error err;
+	int dfd;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(sub, sizeof(sub), "%s/sha256", dir);
+	ck_assert_int_eq(mkdir(sub, 0700), 0);
+	dfd = open(sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	for (int i = 0; i < 4; i++) {
+		memset(hex[i], 'a' + i, IMC_SHA256_HEX_LEN);
+		hex[i][IMC_SHA256_HEX_LEN] = '\0';
+		snprintf(digest[i], sizeof(digest[i]), "sha256:%s", hex[i]);
+		blob_put(dfd, hex[i], 100 * (4 - i)); /* a is the oldest, d the newest */
+	}
+	/* a and b are needed; c is pinned by a running build; d nothing needs. */
+	json_array_append_new(keep, json_string(digest[0]));
+	json_array_append_new(keep, json_string(digest[1]));
+	ck_assert_int_eq(builder_blobs_pin(dir, digest[2], &err), 0);
+	ck_assert_int_eq(builder_blobs_gc(dir, keep, 0, &res, &err), 0);
+	ck_assert_uint_eq(res.removed, 1);
+	ck_assert_int_ne(faccessat(dfd, hex[3], F_OK, 0), 0);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(faccessat(dfd, hex[i], F_OK, 0), 0);
+	/* Cap of 100 KiB: a (the least recently used) goes, then b; c stays, pinned. */
+	ck_assert_int_eq(builder_blobs_gc(dir, keep, 100 << 10, &res, &err), 0);
+	ck_assert_uint_eq(res.removed, 2);
+	ck_assert_uint_eq(res.evicted, 2);
+	ck_assert_int_ne(faccessat(dfd, hex[0], F_OK, 0), 0);
+	ck_assert_int_ne(faccessat(dfd, hex[1], F_OK, 0), 0);
+	ck_assert_int_eq(faccessat(dfd, hex[2], F_OK, 0), 0);
+	builder_blobs_unpin(digest[2]);
+	ck_assert_int_eq(builder_blobs_gc(dir, keep, 0, &res, &err), 0);
+	ck_assert_uint_eq(res.removed, 1);
+	ck_assert_uint_eq(res.kept_bytes, 0);
+	close(dfd);
+	ck_assert_int_eq(imc_rm_rf_at(AT_FDCWD, dir, &err), 0);
+}
+END_TEST
+
 static Suite *builder_suite(void)
 {
 	Suite *s = suite_create("builder");
@@ -1382,6 +1447,7 @@ static Suite *builder_suite(void)
 	tcase_add_test(tc, path_clean);
 	tcase_add_test(tc, registry_helpers);
 	tcase_add_test(tc, registry_auth_helpers);
+	tcase_add_test(tc, blob_store_collection);
 	suite_add_tcase(s, tc);
 
 	tcase_add_unchecked_fixture(tl, setup_top, teardown_top);

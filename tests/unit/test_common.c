@@ -118,6 +118,35 @@ START_TEST(atomic_json_files)
 }
 END_TEST
 
+/* A file held by a live writer stays; once nobody holds it, it goes (with what it took). */
+START_TEST(leftovers_nobody_holds_are_removed)
+{
+	char dir[] = "/tmp/imc-test-leftover.XXXXXX";
+	_cleanup_close_ int dfd = -1;
+	uint64_t bytes = 0;
+	int fd;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	fd = openat(dfd, ".tmp-x", O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(imc_write_all(fd, "data", 4), 0);
+	ck_assert_int_eq(fsync(fd), 0);
+	ck_assert_int_eq(imc_hold_file(fd), 0);
+	ck_assert_int_eq(imc_remove_unheld_at(dfd, ".tmp-x", &bytes), 0);
+	ck_assert_int_eq(faccessat(dfd, ".tmp-x", F_OK, 0), 0);
+	close(fd);
+	ck_assert_int_eq(imc_remove_unheld_at(dfd, ".tmp-x", &bytes), 1);
+	ck_assert_int_eq(faccessat(dfd, ".tmp-x", F_OK, 0), -1);
+	ck_assert_uint_gt(bytes, 0);
+	ck_assert_int_eq(imc_remove_unheld_at(dfd, ".tmp-x", &bytes), 0); /* gone already */
+	ck_assert_int_eq(mkdirat(dfd, "sub", 0700), 0);
+	ck_assert_int_eq(imc_remove_unheld_at(dfd, "sub", &bytes), 0); /* not a regular file */
+	ck_assert_int_eq(unlinkat(dfd, "sub", AT_REMOVEDIR), 0);
+	ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 START_TEST(paths_stay_in_root)
 {
 	char dir[] = "/tmp/imc-test-common.XXXXXX", path[PATH_MAX];
@@ -299,6 +328,7 @@ int main(void)
 	tcase_add_test(tc, sha256_and_digests);
 	tcase_add_test(tc, json_fields_are_typed_and_checked);
 	tcase_add_test(tc, atomic_json_files);
+	tcase_add_test(tc, leftovers_nobody_holds_are_removed);
 	tcase_add_test(tc, paths_stay_in_root);
 	tcase_add_test(tc, names_and_ids);
 	tcase_add_test(tc, buffers_grow_and_stay_terminated);
