@@ -94,6 +94,11 @@ int grpc_server_run(struct grpc_server *s, volatile sig_atomic_t *stop, imc_erro
 /* Closes the connections, unlinks the socket. */
 void grpc_server_free(struct grpc_server *s);
 
+/* One call without HTTP/2 (fuzzing, tests): body is the framed request; returns the status,
+ * the framed responses in *ret_out (free with imc_buf_free) and the message in ret_msg. */
+int grpc_server_call(struct grpc_server *s, const char *path, const void *body, size_t len,
+		     struct imc_buf *ret_out, char *ret_msg, size_t msg_size);
+
 /* A connection fed from memory (unit tests, fuzzing): what the server answers is kept and can be
  * read with grpc_conn_output. */
 struct grpc_conn;

@@ -32,10 +32,12 @@ struct grpc_conn {
 	int fd; /* -1: fed from memory, output kept in out */
 	nghttp2_session *h2;
 	struct imc_buf out;
+	struct grpc_call *calls; /* nghttp2_session_del closes streams without telling us */
 };
 
 struct grpc_call {
 	struct grpc_conn *conn;
+	struct grpc_call *next, **pprev;
 	int32_t id;
 	char *path;
 	bool post, grpc_type, too_big, dispatched;
@@ -79,6 +81,11 @@ static void call_free(struct grpc_call *call)
 {
 	if (!call)
 		return;
+	if (call->pprev) {
+		*call->pprev = call->next;
+		if (call->next)
+			call->next->pprev = call->pprev;
+	}
 	free(call->path);
 	imc_buf_free(&call->in);
 	imc_buf_free(&call->out);
@@ -151,6 +158,23 @@ static int run_call(struct grpc_server *s, struct grpc_call *call)
 	return code;
 }
 
+int grpc_server_call(struct grpc_server *s, const char *path, const void *body, size_t len,
+		     struct imc_buf *ret_out, char *ret_msg, size_t msg_size)
+{
+	struct grpc_call call = {.post = true, .grpc_type = true, .path = (char *)path};
+	int code;
+
+	if (len > GRPC_MAX_MESSAGE + 5)
+		call.too_big = true;
+	else if (imc_buf_append(&call.in, body, len) < 0)
+		return GRPC_RESOURCE_EXHAUSTED;
+	code = run_call(s, &call);
+	imc_buf_free(&call.in);
+	snprintf(ret_msg, msg_size, "%s", call.message);
+	*ret_out = call.out;
+	return code;
+}
+
 static int submit_trailers(nghttp2_session *h2, struct grpc_call *call, int code)
 {
 	char status[16] = "", msg[GRPC_MAX_STATUS_MSG * 3 + 1] = "";
@@ -218,6 +242,11 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
 		return NGHTTP2_ERR_CALLBACK_FAILURE;
 	call->conn = ud;
 	call->id = frame->hd.stream_id;
+	call->next = call->conn->calls;
+	if (call->next)
+		call->next->pprev = &call->next;
+	call->pprev = &call->conn->calls;
+	call->conn->calls = call;
 	nghttp2_session_set_stream_user_data(h2, call->id, call);
 	return 0;
 }
@@ -355,7 +384,9 @@ void grpc_conn_free(struct grpc_conn *c)
 {
 	if (!c)
 		return;
-	nghttp2_session_del(c->h2); /* closes the streams, freeing their calls */
+	nghttp2_session_del(c->h2);
+	while (c->calls)
+		call_free(c->calls);
 	if (c->fd >= 0)
 		close(c->fd);
 	imc_buf_free(&c->out);
