@@ -317,8 +317,7 @@ START_TEST(labels_round_trip_and_update)
 	up = CONTAINERD__SERVICES__SNAPSHOTS__V1__UPDATE_SNAPSHOT_REQUEST__INIT;
 	PB(Info) info = CONTAINERD__SERVICES__SNAPSHOTS__V1__INFO__INIT;
 	PB(Info__LabelsEntry)
-	le = CONTAINERD__SERVICES__SNAPSHOTS__V1__INFO__LABELS_ENTRY__INIT,
-	*lep = &le;
+	le = CONTAINERD__SERVICES__SNAPSHOTS__V1__INFO__LABELS_ENTRY__INIT, *lep = &le;
 	Google__Protobuf__FieldMask mask = GOOGLE__PROTOBUF__FIELD_MASK__INIT;
 	char *paths[] = {"labels.x", "labels.y"};
 	le.key = "y";
