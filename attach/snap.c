@@ -3,10 +3,7 @@
  * view snapshot with no parent is a bind mount of its fs; otherwise an overlay with the fs of
  * its committed ancestors as lowerdirs, nearest first (a view over one parent: a read-only bind
  * of that parent). */
-#define _XOPEN_SOURCE 700
 #include <fcntl.h>
-#include <ftw.h>
-#include <search.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>

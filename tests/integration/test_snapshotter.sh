@@ -3,8 +3,8 @@
 # own root, state and socket with a proxy_plugins.imcache entry, imc-snapshotter on its own
 # socket, a registry on loopback with a two-layer image (a whiteout, an opaque directory).
 # ctr pulls, unpacks and runs through it (runc), two containers are isolated, ctr snapshots
-# ls/info/usage/label/rm/tree work, a restart and a kill -9 in the middle of a Prepare leave it
-# consistent, and removing the image removes every snapshot directory (Cleanup included).
+# ls/info/usage/label/view/mounts/rm/tree work, containerd restarts, a restart and a kill -9
+# in the middle of a Prepare leave it consistent, and removing the image removes every snapshot directory (Cleanup included).
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
 . "$(dirname "$0")/../lib/registry.sh"
@@ -171,9 +171,26 @@ check_eq "the label reaches the snapshotter's record" yes "$(label_in_meta)"
 check_match "and comes back through info" 'imc-test": "yes"' "$(snaps info k1 2>&1)"
 check_fails "ctr snapshots rm of a parent with a child is refused" snaps rm "$CHAIN"
 check "ctr snapshots rm of the prepared snapshot" snaps rm k1
-check_eq "the prepared snapshot is gone" 2 "$(wait_eq 2 n_records)"
+check "ctr snapshots view over the top layer" snaps view v1 "$CHAIN"
+check_match "its mounts: an overlay of both layers, no upper directory" \
+	'^mount -t overlay overlay /tmp/x -o (index=off,)?lowerdir=[^ ,]*/fs:[^ ,]*/fs$' \
+	"$(snaps mounts /tmp/x v1 2>&1)"
+# (rm first: containerd's garbage collection, run after every deletion here, would take a view
+# that no lease or gc.root label holds)
+check "ctr snapshots rm of the view" snaps rm v1
+BASE=$(snaps ls | awk '$2 == "Committed" {print $1}')
+check "ctr snapshots view over the base layer" snaps view v0 "$BASE"
+check_match "its mounts: the base layer bound read-only" '^mount -t bind [^ ]*/fs /tmp/x -o ro,rbind$' \
+	"$(snaps mounts /tmp/x v0 2>&1)"
+check "ctr snapshots rm of the base view" snaps rm v0
+check_eq "the prepared snapshot and the views are gone" 2 "$(wait_eq 2 n_records)"
 check "records and directories agree" consistent
 note "image $REF top $TOP"
+
+# containerd restarts on the same root: it reconnects, the image still runs.
+containerd_stop
+containerd_start || bail "containerd starts again"
+check_eq "the image runs after a containerd restart" content-a "$(run_in r5 cat /data/a.txt 2>&1)"
 
 # Restart: everything is still there.
 snap_stop
