@@ -1,7 +1,7 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
-# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform).
-# The layers are small tar, tar.gz and
+# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform,
+# DIR/grpc, DIR/snapmsg).  The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -223,3 +223,21 @@ printf '%s\0' linux/x86_64 Linux AMD64 >"$out/platform/config-upper"
 printf '%s\0' linux/arm64 linux amd64 >"$out/platform/config-mismatch"
 printf '%s\0' windows/amd64/v3 windows amd64 v3 >"$out/platform/windows-v3"
 printf '%s' linux/armhf/6 >"$out/platform/alias-variant"
+
+# ---- gRPC frames and the snapshot service's messages ----------------------------------------
+# grpc: 0x80 frames; 0x40 a request (method byte, grpc-timeout, NUL, body); 0x00 raw HTTP/2.
+bseed() { # bseed TARGET NAME PRINTF_FORMAT
+	# shellcheck disable=SC2059 # the format is the seed
+	printf "$3" >"$out/$1/$2"
+}
+bseed grpc frames '\200\000\000\000\000\002\022\000\000\000\000\000\000'
+bseed grpc prepare '\100\000\061S\000\000\000\000\000\003\022\001k'
+bseed grpc list '\100\002\000\000\000\000\000\002\022\000'
+bseed grpc stat-timeout '\100\001\061\060\060m\000\000\000\000\000\000'
+bseed grpc settings '\000\010\000\000\000\004\000\000\000\000\000'
+# snapmsg: 0x00 filters (NUL between), 0x80 METHOD MESSAGE (0 Prepare, 3 Commit, 5 Stat, 7 List)
+bseed snapmsg filters '\000kind==committed,name~=/^s/\000labels."containerd.io/snapshot.ref"\000parent!=p'
+bseed snapmsg prepare '\200\000\022\001k\042\010\012\001a\022\003xyz'
+bseed snapmsg commit '\200\003\022\002l1\032\001k'
+bseed snapmsg stat '\200\005\022\001k'
+bseed snapmsg list '\200\007\022\017kind==committed'

@@ -1,0 +1,106 @@
+/* imc-snapshotter: a containerd proxy snapshot plugin on a unix socket. */
+#include <getopt.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "snap.h"
+
+#define DEFAULT_ADDRESS "/run/imcache/snapshotter.sock"
+#define DEFAULT_STATE	"/var/lib/imcache"
+
+static volatile sig_atomic_t stop;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: imc-snapshotter [--address PATH] [--state-dir DIR] [-v]\n"
+		"\n"
+		"Serves containerd.services.snapshots.v1.Snapshots (gRPC, h2c) on the unix socket\n"
+		"PATH (default " DEFAULT_ADDRESS "), with the overlayfs snapshotter's semantics;\n"
+		"its snapshots and records live in DIR/snapshotter (DIR default " DEFAULT_STATE
+		").\n"
+		"containerd's config names it as\n"
+		"  [proxy_plugins.imcache]\n"
+		"    type = \"snapshot\"\n"
+		"    address = \"PATH\"\n"
+		"-v, --verbose logs each cleanup; -h, --help prints this help.\n");
+}
+
+static void on_signal(int sig)
+{
+	stop = sig;
+}
+
+static int serve(const char *address, const char *state, imc_error *err)
+{
+	_cleanup_free_ char *root = imc_path_join(state, "snapshotter");
+	_cleanup_free_ char *dir = strdup(address);
+	struct grpc_server *srv = NULL;
+	struct snap *s = NULL;
+	int r;
+
+	if (!root || !dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (imc_mkdir_p(dirname(dir), 0755, err) < 0 || snap_open(root, &s, err) < 0)
+		return err->code;
+	r = grpc_server_new(snap_service_methods, snap_service_n_methods, s, &srv, err);
+	if (r == 0)
+		r = grpc_server_listen(srv, address, err);
+	if (r == 0) {
+		imc_info("serving snapshots of %s on %s", root, address);
+		r = grpc_server_run(srv, &stop, err);
+	}
+	grpc_server_free(srv);
+	snap_close(s);
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"address", required_argument, NULL, 'a'},
+	    {"state-dir", required_argument, NULL, 's'},
+	    {"verbose", no_argument, NULL, 'v'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	const char *address = DEFAULT_ADDRESS, *state = DEFAULT_STATE;
+	struct sigaction sa = {.sa_handler = on_signal};
+	imc_error err = {0};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "a:s:vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'a':
+			address = optarg;
+			break;
+		case 's':
+			state = optarg;
+			break;
+		case 'v':
+			imc_log_set_level(IMC_LOG_DEBUG);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	if (serve(address, state, &err) < 0) {
+		fprintf(stderr, "imc-snapshotter: %s\n", err.msg);
+		return 1;
+	}
+	imc_info("%s: stopping", strsignal(stop));
+	return 0;
+}
