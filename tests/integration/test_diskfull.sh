@@ -119,8 +119,8 @@ umount_meta() { findmnt -rn --mountpoint "$META" >/dev/null || return 0; umount 
 defer umount_meta
 ok "state/caches is a 32 MiB ext4 of its own"
 
-export IMCD_SWEEP_INTERVAL_MS=200
-imcd_start_or_bail "$STATE"
+SWEEP=(--sweep-interval 0.2)
+imcd_start_or_bail "$STATE" "${SWEEP[@]}"
 API=$IMCD_URL/v1/imagecaches
 http GET "$IMCD_URL/healthz"
 check_eq "/healthz: 200 while there is room" 200 "$HTTP_STATUS"
@@ -168,7 +168,7 @@ check_eq "... InsufficientStorage" InsufficientStorage "$(json_get "$HTTP_BODY" 
 kill -9 "$IMCD_PID"
 wait "$IMCD_PID" 2>/dev/null || true
 IMCD_PID=
-imcd_start "$STATE" || bail "imcd starts again on a full metadata disk" "$(imcd_log_tail 30)"
+imcd_start "$STATE" "${SWEEP[@]}" || bail "imcd starts again on a full metadata disk" "$(imcd_log_tail 30)"
 API=$IMCD_URL/v1/imagecaches
 http GET "$API/$HELD_ID"
 check_eq "after SIGKILL and restart the failed cache is still Failed" Failed "$(json_get "$HTTP_BODY" .status)"
@@ -242,7 +242,7 @@ check_fails_with "imcd refuses --pool-size 256G on a 1 GiB filesystem" \
 check_eq "... and leaves no pool file" "" "$(find "$TEST_TMP/host" -name pool.img)"
 
 STATE=$TEST_TMP/host/state
-imcd_start "$STATE" || bail "imcd starts on the 1 GiB filesystem" "$(imcd_log_tail 30)"
+imcd_start "$STATE" "${SWEEP[@]}" || bail "imcd starts on the 1 GiB filesystem" "$(imcd_log_tail 30)"
 API=$IMCD_URL/v1/imagecaches
 check_match "the default pool is sized to the filesystem, and imcd says so" \
 	'repair: pool.img: sized [0-9]+ MiB, not the default 262144 MiB' "$(cat "$IMCD_LOG")"

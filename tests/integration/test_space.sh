@@ -218,7 +218,7 @@ PAIR_M=$(registry_manifest imc/pair v1 2>/dev/null)
 LAYER_A=$(jq -r '.layers[0].digest' <<<"$PAIR_M")
 LAYER_B=$(jq -r '.layers[1].digest' <<<"$PAIR_M")
 imcd_stop || true
-IMCD_SWEEP_INTERVAL_MS=200 imcd_start "$STATE" --blob-cache-max 3M ||
+imcd_start "$STATE" --sweep-interval 0.2 --blob-cache-max 3M ||
 	bail "imcd starts with --blob-cache-max 3M" "$(imcd_log_tail 30)"
 echo "$LAYER_B" >"$TRICKLE_FILE"
 PAIR_ID=$(create_cache "127.0.0.1:$(cat "$PROXY_DIR/port")/imc/pair:v1" pair) ||
