@@ -1,0 +1,59 @@
+/* What attach.c, lower.c and overlay.c share inside the attach room; not a public header. */
+#ifndef IMC_ATTACH_INTERNAL_H
+#define IMC_ATTACH_INTERNAL_H
+
+#include <limits.h>
+
+#include "attach.h"
+
+#define ATTACH_MODE_NAME_OVERLAY "overlay"
+#define ATTACH_MODE_NAME_CLONE	 "clone"
+
+/* attach.c */
+/* Test-only SIGSTOP points (IMC_ATTACH_STOP_AT=NAME in a -DIMC_TESTING build). */
+void attach_stop_point(const char *name);
+/* Write state over the locked state file fd in one pwrite. */
+int attach_state_update(int fd, json_t *state, imc_error *err);
+/* Is there a state file for attach id aid (attachments/<aid>.json)? */
+bool attach_state_exists(struct store *s, const char *aid);
+/* Make dest inside rootfd (each component resolved inside it); an O_PATH fd of it. */
+int attach_mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err);
+/* images[req->image].config of /imcache.json in the cache's root at dirfd. */
+int attach_read_image_config(int dirfd, const struct attach_request *req, json_t **ret,
+			     imc_error *err);
+/* Decode mountinfo's octal escapes in place. */
+void attach_mountinfo_unescape(char *s);
+
+/* lower.c: one read-only mount of a cache's snapshot per host, shared by its overlay attaches.
+ * <state>/lowers/<id>/ is the mount, <id>.json its device, <id>.refs/<att-id> one entry per
+ * attach using it, <id>.lock the flock (shared to take or drop a reference, exclusive to mount
+ * or unmount). */
+#define ATTACH_LOWERS_DIR "lowers"
+/* Take a reference for attach aid on cache_id's lower, mounting it if it is not; ret_root gets
+ * the lower's root directory. */
+int lower_acquire(struct store *s, const char *cache_id, const char *aid,
+		  const struct attach_lower_policy *pol, char ret_root[PATH_MAX], imc_error *err);
+/* Drop attach aid's reference (the lower stays mounted: lower_sweep releases it). */
+int lower_release(struct store *s, const char *cache_id, const char *aid, imc_error *err);
+/* Drop references of attaches that have no state; unmount lowers that nothing references and
+ * whose grace ran out, then the least recently used unreferenced ones while more than
+ * pol->max_mounted are mounted; remove records of lowers that are not mounted.  Each change goes
+ * into repairs (may be NULL).  Lowers another process holds are skipped. */
+int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
+		imc_error *err);
+/* The device (ret_dev, 0 when not mounted) of cache_id's lower. */
+int lower_device(struct store *s, const char *cache_id, dev_t *ret_dev);
+
+/* overlay.c */
+/* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */
+int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
+		   const char *dir, int sfd, json_t *state, json_t **ret_config, imc_error *err);
+/* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
+ * reference on the lower.  The caller removes the state. */
+int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);
+/* Is the overlay of attach aid mounted (in this mount namespace)? */
+bool overlay_alive(const char *aid);
+/* Pod directories (<state>/overlays/<att-id>) whose attach has no state: unmounted, removed. */
+int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err);
+
+#endif
