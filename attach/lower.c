@@ -148,6 +148,14 @@ static int ref_drop(int ldir, const char *id, const char *aid, imc_error *err)
 	return 0;
 }
 
+static bool snapshot_exists(struct store *s, const char *id)
+{
+	struct store_object_info info;
+	imc_error ignored;
+
+	return store_stat(s, STORE_SNAPSHOT, id, &info, &ignored) != -ENOENT;
+}
+
 /* Mount the snapshot read-only at lowers/<id> (locked exclusively by us). */
 static int lower_mount(struct store *s, int ldir, const char *id, const char *root, imc_error *err)
 {
@@ -203,8 +211,15 @@ int lower_acquire(struct store *s, const char *cache_id, const char *aid,
 	/* The reference first: from here no sweep unmounts the lower under us. */
 	if ((r = ref_add(ldir, cache_id, aid, err)) < 0)
 		return r;
-	if (lower_mounted(ldir, cache_id, NULL))
-		return 0;
+	if (lower_mounted(ldir, cache_id, NULL)) {
+		/* A deleted cache's lower lives on for its pods until they go, but takes no new
+		 * ones. */
+		if (snapshot_exists(s, cache_id))
+			return 0;
+		imc_error ignored;
+		ref_drop(ldir, cache_id, aid, &ignored);
+		return imc_err(err, ENOENT, "cache %s: not in the local store", cache_id);
+	}
 	if (flock(lock, LOCK_EX) < 0)
 		r = imc_err_sys(err, errno, "lower %s: lock", cache_id);
 	else if (!lower_mounted(ldir, cache_id, NULL)) {
@@ -396,6 +411,8 @@ static int sweep_one(struct store *s, int ldir, const char *id,
 	clock_gettime(CLOCK_REALTIME, &now);
 	if (timespec_ns(&now) - last >= pol->grace_s * 1000000000)
 		return lower_unmount(s, ldir, id, "unused past its grace", repairs, err);
+	if (!snapshot_exists(s, id))
+		return lower_unmount(s, ldir, id, "its cache was deleted", repairs, err);
 	sw->mounted++;
 	if (sw->n_idle == sw->cap) {
 		size_t cap = sw->cap ? sw->cap * 2 : 16;

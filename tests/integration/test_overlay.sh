@@ -350,6 +350,23 @@ check_eq "the live pod is kept" "1 true" "$(lower_refs "$A")"
 check "detach the live pod" ia detach "$P1"
 no_leaks "after a vanished overlay"
 
+# --- the cache deleted while pods use it ---------------------------------------------------------
+
+# imcd refuses to delete a cache with reported attaches unless forced; a forced delete removes the
+# snapshot (store_remove) with pods still running on its lower.  Here the snapshot of a copy of A
+# is removed the same way.
+D=imc-overlaytest0000d
+cp --reflink=always "$SNAPS/$A.img" "$SNAPS/$D.img"
+check "attach a pod of $D (long grace)" ig attach "$D" "$P1"
+rm -f "$SNAPS/$D.img"
+check_eq "the pod still reads its files" hello-from-snapshot "$(cat "$P1/etc/hello")"
+check_fails_with "a new attach of the deleted cache is refused" "cache $D: not in the local store" \
+	ig attach "$D" "$P2"
+check_eq "the refused attach took no reference" "1 true" "$(lower_refs "$D")"
+check "detach the pod" ig detach "$P1"
+check_eq "the deleted cache's lower goes with its last pod, grace or not" "-" "$(lower_refs "$D")"
+no_leaks "after a cache deleted under its pods"
+
 # --- page cache: N pods read one file ------------------------------------------------------------
 
 # fincore's RES column in bytes of the file as seen at PATH (its real inode's pages).
