@@ -23,6 +23,7 @@ struct ctx {
 	const char *state_dir;
 	char **argv; /* the real runtime's: ours with argv[0] replaced */
 	char *runtime;
+	struct attach_lower_policy lower; /* $IMCACHE_LOWER_GRACE, $IMCACHE_LOWER_MAX */
 };
 
 static volatile sig_atomic_t child_pid;
@@ -134,7 +135,7 @@ static int undo_attach(const struct ctx *c, imc_error *err)
 	attach_reporter_from_env(&reporter, NULL, NULL);
 	if (attach_reporter_enabled(&reporter))
 		state = attach_report_lookup(s, dir);
-	r = attach_detach(s, dir, err);
+	r = attach_detach_with(s, dir, &c->lower, err);
 	store_close(s);
 	if (r == 0)
 		attach_report_state(&reporter, false, state, "imc-runtime");
@@ -154,7 +155,9 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 				     .image = cache->image,
 				     .dir = cache->rootfs,
 				     .data_dest = cache->data_dest,
-				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO};
+				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO,
+				     .mode = cache->clone ? ATTACH_MODE_CLONE : ATTACH_MODE_OVERLAY,
+				     .lower = &c->lower};
 	struct store *s = NULL;
 	int r;
 
@@ -303,9 +306,10 @@ static void usage(FILE *f)
 	    "\n"
 	    "Environment: IMCACHE_RUNTIME (crun, runc or a path; default crun if in PATH, else\n"
 	    "runc), IMCACHE_STATE_DIR (default %s), IMCACHE_SERVER and\n"
-	    "IMCACHE_TOKEN (report attaches to imcd).  Annotations: imcache.io/cache-id,\n"
-	    "imcache.io/image, imcache.io/data-mount, imcache.io/use-image-config,\n"
-	    "imcache.io/container.\n",
+	    "IMCACHE_TOKEN (report attaches to imcd), IMCACHE_LOWER_GRACE and IMCACHE_LOWER_MAX\n"
+	    "(see imc-attach --help).  Annotations: imcache.io/cache-id, imcache.io/image,\n"
+	    "imcache.io/data-mount, imcache.io/use-image-config, imcache.io/container,\n"
+	    "imcache.io/attach-mode (overlay, the default, or clone).\n",
 	    STORE_DEFAULT_STATE_DIR);
 }
 
@@ -327,6 +331,8 @@ int main(int argc, char **argv)
 		c.args = (struct runtime_args){.command_index = -1}; /* the runtime judges */
 	if (runtime_pick(getenv("IMCACHE_RUNTIME"), getenv("PATH"), &runtime, &err) < 0 ||
 	    check_not_self(runtime, &err) < 0)
+		return fail(&c, &err);
+	if (attach_lower_policy_from_env(&c.lower, &err) < 0)
 		return fail(&c, &err);
 	c.runtime = runtime;
 	rt_argv[0] = runtime;
