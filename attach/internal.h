@@ -51,7 +51,8 @@ int overlay_attach(struct store *s, const struct attach_request *req, const char
 /* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
  * reference on the lower.  The caller removes the state. */
 int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);
-/* Is the overlay of attach aid mounted (in this mount namespace)? */
+/* Is the overlay of attach aid mounted, in this mount namespace or any other (reconcile must not
+ * undo a pod whose runtime attached it in a private namespace)? */
 bool overlay_alive(const char *aid);
 /* Pod directories (<state>/overlays/<att-id>) whose attach has no state: unmounted, removed. */
 int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err);

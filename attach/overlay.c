@@ -75,7 +75,8 @@ static bool mountinfo_line(char *l, unsigned *id, unsigned *parent, char **point
 
 /* The overlay mounts of attach aid and the mounts on top of them, in ret with the last-mounted
  * first (the order to undo them in). */
-static int pod_mounts(const char *aid, struct pod_mount *ret, size_t *ret_n, imc_error *err)
+static int pod_mounts_in(const char *mountinfo, const char *aid, struct pod_mount *ret,
+			 size_t *ret_n, imc_error *err)
 {
 	_cleanup_free_ char *buf = NULL;
 	char source[64], *save = NULL;
@@ -84,7 +85,7 @@ static int pod_mounts(const char *aid, struct pod_mount *ret, size_t *ret_n, imc
 
 	*ret_n = 0;
 	snprintf(source, sizeof(source), "imc-%s", aid);
-	if ((r = imc_read_file("/proc/self/mountinfo", MOUNTINFO_MAX, &buf, &len, err)) < 0)
+	if ((r = imc_read_file(mountinfo, MOUNTINFO_MAX, &buf, &len, err)) < 0)
 		return r;
 	/* mountinfo lists a mount after its parent: one pass finds the overlays and what was
 	 * mounted on them afterwards. */
@@ -113,6 +114,52 @@ static int pod_mounts(const char *aid, struct pod_mount *ret, size_t *ret_n, imc
 	return 0;
 }
 
+static int pod_mounts(const char *aid, struct pod_mount *ret, size_t *ret_n, imc_error *err)
+{
+	return pod_mounts_in("/proc/self/mountinfo", aid, ret, ret_n, err);
+}
+
+#define NS_SCAN_PROCS_MAX 65536
+#define NS_SCAN_NS_MAX	  1024
+
+/* Is the overlay of aid mounted in a mount namespace other than ours (a runtime's private one)?
+ * One process's mountinfo per namespace. */
+static bool mounted_elsewhere(const char *aid)
+{
+	_cleanup_dir_ DIR *d = opendir("/proc");
+	struct pod_mount *m = NULL;
+	ino_t seen[NS_SCAN_NS_MAX];
+	size_t n_seen = 0, procs = 0;
+	struct dirent *de;
+	struct stat st;
+	bool found = false;
+
+	if (!d || !(m = calloc(POD_MOUNTS_MAX, sizeof(*m))))
+		return true; /* cannot tell: keep it */
+	if (stat("/proc/self/ns/mnt", &st) == 0)
+		seen[n_seen++] = st.st_ino;
+	while (!found && (de = readdir(d)) && procs++ < NS_SCAN_PROCS_MAX &&
+	       n_seen < NS_SCAN_NS_MAX) {
+		char path[64];
+		imc_error ignored;
+		size_t n = 0, i;
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%.20s/ns/mnt", de->d_name);
+		if (stat(path, &st) < 0)
+			continue;
+		for (i = 0; i < n_seen && seen[i] != st.st_ino; i++)
+			;
+		if (i < n_seen)
+			continue;
+		seen[n_seen++] = st.st_ino;
+		snprintf(path, sizeof(path), "/proc/%.20s/mountinfo", de->d_name);
+		found = pod_mounts_in(path, aid, m, &n, &ignored) == 0 && n > 0;
+	}
+	free(m);
+	return found;
+}
+
 bool overlay_alive(const char *aid)
 {
 	struct pod_mount m[POD_MOUNTS_MAX];
@@ -122,7 +169,7 @@ bool overlay_alive(const char *aid)
 	/* Cannot tell: keep it. */
 	if (pod_mounts(aid, m, &n, &ignored) < 0)
 		return true;
-	return n > 0;
+	return n > 0 || mounted_elsewhere(aid);
 }
 
 /* Unmount the pod's mounts: what sits on the overlay lazily (a data mount's path may be busy

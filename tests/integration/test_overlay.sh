@@ -350,6 +350,23 @@ check_eq "the live pod is kept" "1 true" "$(lower_refs "$A")"
 check "detach the live pod" ia detach "$P1"
 no_leaks "after a vanished overlay"
 
+# A pod attached in a private mount namespace (as a runtime may) is alive: reconcile from the host's
+# namespace keeps it, and undoes it once that namespace is gone.
+rm -f "$TEST_TMP/ns-ready" "$TEST_TMP/ns-stop"
+unshare -m --propagation private sh -c "'$IMC_BIN/imc-attach' --state-dir '$STATE' attach '$A' '$P1' &&
+	touch '$TEST_TMP/ns-ready' && while [ ! -e '$TEST_TMP/ns-stop' ]; do sleep 0.05; done" &
+NS_PID=$!
+for _ in $(seq 1 200); do [ -e "$TEST_TMP/ns-ready" ] && break; sleep 0.05; done
+check "a pod is attached in a private mount namespace" test -e "$TEST_TMP/ns-ready"
+check_eq "it is not mounted in ours" "" "$(findmnt -rn --mountpoint "$P1" || true)"
+_capture ia reconcile
+check_eq "reconcile from our namespace keeps it" "nothing to repair" "$out"
+touch "$TEST_TMP/ns-stop"
+wait "$NS_PID" || true
+_capture ia reconcile
+check_match "once its namespace is gone, reconcile undoes it" "cleaned attach att-[0-9a-f]+ \(its mount or device vanished, at $P1\)" "$out"
+no_leaks "after a pod of a private mount namespace"
+
 # --- the cache deleted while pods use it ---------------------------------------------------------
 
 # imcd refuses to delete a cache with reported attaches unless forced; a forced delete removes the
