@@ -705,7 +705,7 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	int r;
 
 	if (req_overlay(req)) {
-		r = overlay_attach(s, req, aid, dir, sfd, state, ret_config, err);
+		r = overlay_attach(s, req, aid, dir, -1, ret_config, err);
 		if (r < 0)
 			return r;
 		json_object_set_new(state, "status", json_string(STATUS_ATTACHED));
@@ -1157,6 +1157,11 @@ int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol
 
 /* ---- for the rest of the room (internal.h) --------------------------------------------------- */
 
+const char *attach_state_dir(struct store *s)
+{
+	return s->state_dir;
+}
+
 void attach_stop_point(const char *name)
 {
 	stop_point(name);
@@ -1169,7 +1174,7 @@ int attach_state_update(int fd, json_t *state, imc_error *err)
 
 bool attach_state_exists(struct store *s, const char *aid)
 {
-	_cleanup_free_ char *dir = imc_path_join(s->state_dir, ATTACH_DIR);
+	_cleanup_free_ char *dir = imc_path_join(attach_state_dir(s), ATTACH_DIR);
 	char name[64];
 	struct stat st;
 

@@ -10,6 +10,8 @@
 #define ATTACH_MODE_NAME_CLONE	 "clone"
 
 /* attach.c */
+/* The store's state dir (the one place this room asks the store for it). */
+const char *attach_state_dir(struct store *s);
 /* Test-only SIGSTOP points (IMC_ATTACH_STOP_AT=NAME in a -DIMC_TESTING build). */
 void attach_stop_point(const char *name);
 /* Write state over the locked state file fd in one pwrite. */
@@ -46,8 +48,10 @@ int lower_device(struct store *s, const char *cache_id, dev_t *ret_dev);
 
 /* overlay.c */
 /* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */
+/* dir names the mount point; dirfd, when not -1, is it opened already (the mount goes onto the
+ * descriptor, not onto dir resolved again). */
 int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
-		   const char *dir, int sfd, json_t *state, json_t **ret_config, imc_error *err);
+		   const char *dir, int dirfd, json_t **ret_config, imc_error *err);
 /* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
  * reference on the lower.  The caller removes the state. */
 int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);

@@ -38,7 +38,7 @@ static const struct attach_lower_policy default_policy = {.grace_s = ATTACH_LOWE
 
 static int open_lowers_dir(struct store *s, imc_error *err)
 {
-	_cleanup_free_ char *path = imc_path_join(s->state_dir, ATTACH_LOWERS_DIR);
+	_cleanup_free_ char *path = imc_path_join(attach_state_dir(s), ATTACH_LOWERS_DIR);
 	int fd;
 
 	if (!path)
@@ -61,8 +61,8 @@ static int lower_root(struct store *s, const char *id, char ret[PATH_MAX], imc_e
 {
 	char real[PATH_MAX];
 
-	if (!realpath(s->state_dir, real))
-		return imc_err_sys(err, errno, "%s", s->state_dir);
+	if (!realpath(attach_state_dir(s), real))
+		return imc_err_sys(err, errno, "%s", attach_state_dir(s));
 	if ((size_t)snprintf(ret, PATH_MAX, "%s/" ATTACH_LOWERS_DIR "/%s", real, id) >= PATH_MAX)
 		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
 	return 0;

@@ -29,8 +29,8 @@ static int pod_path(struct store *s, const char *aid, char ret[PATH_MAX], imc_er
 {
 	char real[PATH_MAX];
 
-	if (!realpath(s->state_dir, real))
-		return imc_err_sys(err, errno, "%s", s->state_dir);
+	if (!realpath(attach_state_dir(s), real))
+		return imc_err_sys(err, errno, "%s", attach_state_dir(s));
 	if ((size_t)snprintf(ret, PATH_MAX, "%s/" OVERLAYS_DIR "/%s", real, aid) >= PATH_MAX)
 		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
 	return 0;
@@ -196,7 +196,7 @@ static int umount_pod(const char *aid, json_t *repairs, imc_error *err)
 
 static int open_overlays_dir(struct store *s, imc_error *err)
 {
-	_cleanup_free_ char *path = imc_path_join(s->state_dir, OVERLAYS_DIR);
+	_cleanup_free_ char *path = imc_path_join(attach_state_dir(s), OVERLAYS_DIR);
 	int fd;
 
 	if (!path)
@@ -272,14 +272,15 @@ static int pod_create(struct store *s, const char *aid, uint64_t size, const str
 
 /* ---- attach --------------------------------------------------------------------------------- */
 
-/* The cache's /data of the lower, read-only, nosuid, nodev, on dir/dest. */
-static int mount_data(const struct attach_request *req, const char *lroot, const char *dir,
-		      imc_error *err)
+/* The cache's /data of the lower, read-only, nosuid, nodev, on dest inside the pod's overlay
+ * (root: its mount). */
+static int mount_data(const struct attach_request *req, const char *lroot, int root,
+		      const char *dir, imc_error *err)
 {
 	struct mount_attr attr = {.attr_set =
 				      MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
 	_cleanup_close_ int lfd = open(lroot, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	_cleanup_close_ int tree = -1, root = -1, dest = -1;
+	_cleanup_close_ int tree = -1, dest = -1;
 	char what[PATH_MAX * 2];
 	int r;
 
@@ -292,9 +293,6 @@ static int mount_data(const struct attach_request *req, const char *lroot, const
 		return imc_err_sys(err, errno, "cache %s: /data", req->cache_id);
 	if (mount_setattr(tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
 		return imc_err_sys(err, errno, "cache %s: /data read-only", req->cache_id);
-	root = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (root < 0)
-		return imc_err_sys(err, errno, "%s", dir);
 	if ((r = attach_mkdir_in_root(root, req->data_dest, &dest, err)) < 0)
 		return r;
 	snprintf(what, sizeof(what), "%s/data on %s%s", lroot, dir, req->data_dest);
@@ -323,8 +321,9 @@ static int check_lower(const struct attach_request *req, const char *lroot, stru
 	return 0;
 }
 
+/* Mount the pod's overlay on dir (on dirfd when it is not -1); *ret_mfd names its root. */
 static int mount_overlay(const struct attach_request *req, const char *aid, const char *lroot,
-			 const char *pod, const char *dir, imc_error *err)
+			 const char *pod, const char *dir, int dirfd, int *ret_mfd, imc_error *err)
 {
 	_cleanup_free_ char *opts = NULL;
 	_cleanup_close_ int mfd = -1;
@@ -340,15 +339,21 @@ static int mount_overlay(const struct attach_request *req, const char *aid, cons
 	if ((r = imc_priv_fsmount("overlay", source, opts, false, &mfd, err)) < 0)
 		return r;
 	snprintf(what, sizeof(what), "overlay of cache %s on %s", req->cache_id, dir);
-	if ((r = imc_priv_move_mount(mfd, AT_FDCWD, dir, what, err)) < 0)
+	if (dirfd >= 0)
+		r = imc_priv_move_mount(mfd, dirfd, "", what, err);
+	else
+		r = imc_priv_move_mount(mfd, AT_FDCWD, dir, what, err);
+	if (r < 0)
 		return r;
 	attach_stop_point("after-mount");
+	*ret_mfd = steal_fd(&mfd);
 	return 0;
 }
 
 int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
-		   const char *dir, int sfd, json_t *state, json_t **ret_config, imc_error *err)
+		   const char *dir, int dirfd, json_t **ret_config, imc_error *err)
 {
+	_cleanup_close_ int mfd = -1;
 	char lroot[PATH_MAX], pod[PATH_MAX];
 	struct stat root;
 	int r;
@@ -369,13 +374,12 @@ int overlay_attach(struct store *s, const struct attach_request *req, const char
 	if ((r = pod_create(s, aid, req->size, &root, pod, err)) < 0 ||
 	    (r = overlay_path_check(pod, err)) < 0)
 		return r;
-	if ((r = mount_overlay(req, aid, lroot, pod, dir, err)) < 0)
+	if ((r = mount_overlay(req, aid, lroot, pod, dir, dirfd, &mfd, err)) < 0)
 		return r;
-	if (req->data_dest && (r = mount_data(req, lroot, dir, err)) < 0)
+	/* mfd names the mounted overlay: the data mount point is found inside it, not by
+	 * resolving dir again.  The caller records "attached". */
+	if (req->data_dest && (r = mount_data(req, lroot, mfd, dir, err)) < 0)
 		return r;
-	/* The caller records "attached". */
-	(void)sfd;
-	(void)state;
 	return 0;
 }
 
