@@ -55,6 +55,18 @@ int overlay_attach(struct store *s, const struct attach_request *req, const char
 /* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
  * reference on the lower.  The caller removes the state. */
 int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);
+#define ATTACH_POD_MOUNTS_MAX 16
+struct attach_pod_mount {
+	unsigned id, parent;
+	bool overlay; /* the pod's overlay (source "imc-<aid>"), not a mount on top of it */
+	char point[PATH_MAX];
+};
+/* The mounts of attach aid's overlay and those on top of them in mountinfo text buf (changed
+ * in place), at most ATTACH_POD_MOUNTS_MAX, last-mounted first; their count.  (Static outside
+ * test builds; the fuzz target reaches it.) */
+#ifdef IMC_TESTING
+size_t attach_pod_mounts_scan(char *buf, const char *aid, struct attach_pod_mount *ret);
+#endif
 /* Is the overlay of attach aid mounted, in this mount namespace or any other (reconcile must not
  * undo a pod whose runtime attached it in a private namespace)? */
 bool overlay_alive(const char *aid);

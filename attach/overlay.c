@@ -23,7 +23,7 @@
  * thrown away with the pod, and after a crash it is removed, never mounted again). */
 #define OVERLAY_OPTIONS "index=off,redirect_dir=on,metacopy=off,xino=auto,volatile"
 #define MOUNTINFO_MAX	(4U << 20)
-#define POD_MOUNTS_MAX	16
+#define POD_MOUNTS_MAX	ATTACH_POD_MOUNTS_MAX
 
 static int pod_path(struct store *s, const char *aid, char ret[PATH_MAX], imc_error *err)
 {
@@ -50,11 +50,7 @@ static int overlay_path_check(const char *path, imc_error *err)
 
 /* ---- the pod's mounts, found in mountinfo --------------------------------------------------- */
 
-struct pod_mount {
-	unsigned id, parent;
-	bool overlay; /* the pod's overlay, not a mount on top of it */
-	char point[PATH_MAX];
-};
+#define pod_mount attach_pod_mount
 
 /* One mountinfo line: "ID PARENT MAJ:MIN ROOT MOUNTPOINT ... - FSTYPE SOURCE ...". */
 static bool mountinfo_line(char *l, unsigned *id, unsigned *parent, char **point, bool *ours,
@@ -66,6 +62,8 @@ static bool mountinfo_line(char *l, unsigned *id, unsigned *parent, char **point
 	if (!dash || sscanf(l, "%u %u %*s %*s %n", id, parent, &at) < 2 || at == 0)
 		return false;
 	*point = l + at;
+	if (*point >= dash)
+		return false;
 	if ((sp = strchr(*point, ' ')))
 		*sp = '\0';
 	*ours = sscanf(dash + 3, "%31s %79s", fstype, src) == 2 && strcmp(fstype, "overlay") == 0 &&
@@ -73,20 +71,12 @@ static bool mountinfo_line(char *l, unsigned *id, unsigned *parent, char **point
 	return true;
 }
 
-/* The overlay mounts of attach aid and the mounts on top of them, in ret with the last-mounted
- * first (the order to undo them in). */
-static int pod_mounts_in(const char *mountinfo, const char *aid, struct pod_mount *ret,
-			 size_t *ret_n, imc_error *err)
+TESTABLE size_t attach_pod_mounts_scan(char *buf, const char *aid, struct pod_mount *ret)
 {
-	_cleanup_free_ char *buf = NULL;
 	char source[64], *save = NULL;
-	size_t len, n = 0;
-	int r;
+	size_t n = 0;
 
-	*ret_n = 0;
-	snprintf(source, sizeof(source), "imc-%s", aid);
-	if ((r = imc_read_file(mountinfo, MOUNTINFO_MAX, &buf, &len, err)) < 0)
-		return r;
+	snprintf(source, sizeof(source), "imc-%.40s", aid);
 	/* mountinfo lists a mount after its parent: one pass finds the overlays and what was
 	 * mounted on them afterwards. */
 	for (char *l = strtok_r(buf, "\n", &save); l && n < POD_MOUNTS_MAX;
@@ -110,7 +100,22 @@ static int pod_mounts_in(const char *mountinfo, const char *aid, struct pod_moun
 		ret[i] = ret[n - 1 - i];
 		ret[n - 1 - i] = t;
 	}
-	*ret_n = n;
+	return n;
+}
+
+/* The overlay mounts of attach aid and the mounts on top of them, in ret with the last-mounted
+ * first (the order to undo them in). */
+static int pod_mounts_in(const char *mountinfo, const char *aid, struct pod_mount *ret,
+			 size_t *ret_n, imc_error *err)
+{
+	_cleanup_free_ char *buf = NULL;
+	size_t len;
+	int r;
+
+	*ret_n = 0;
+	if ((r = imc_read_file(mountinfo, MOUNTINFO_MAX, &buf, &len, err)) < 0)
+		return r;
+	*ret_n = attach_pod_mounts_scan(buf, aid, ret);
 	return 0;
 }
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
-# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net).  The layers are small tar, tar.gz and
+# DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/mountinfo).  The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,mountinfo}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -210,3 +210,14 @@ nseed allow-port 3 '[fd00::1]:443'
 nseed host 3 '127.evil.example:5000'
 nseed redirect 4 'http://127.0.0.1:5000/a\000http://mirror.example/b'
 nseed redirect-https 4 'https://reg.example/a\000https://s3.example/b?sig=1'
+
+# ---- mountinfo: an overlay attach's mounts (the overlay by its source, and what sits on it) -----
+seed mountinfo pod '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 7:7 / /var/lib/imcache/lowers/imc-1 ro,relatime shared:20 - ext4 /dev/loop7 ro,norecovery
+41 22 0:52 / /run/pods/p\0401 rw,relatime shared:21 - overlay imc-att-0123456789abcdef rw,lowerdir=/x,upperdir=/y,workdir=/z
+42 41 7:7 /data /run/pods/p\0401/models ro,nosuid,nodev,relatime shared:20 - ext4 /dev/loop7 ro
+43 42 0:53 / /run/pods/p\0401/models/tmp rw - tmpfs tmpfs rw
+'
+seed mountinfo other '41 22 0:52 / /run/pods/p2 rw - overlay imc-att-ffffffffffffffff rw
+42 41 0:53 / /run/pods/p2/x rw - tmpfs tmpfs rw
+'
