@@ -29,9 +29,11 @@ struct attach_lower_policy {
 #define ATTACH_LOWER_MAX_DEFAULT   64
 #define ATTACH_LOWER_GRACE_MAX	   (30LL * 24 * 3600)
 #define ATTACH_LOWER_MAX_MAX	   4096
-/* IMCACHE_LOWER_GRACE (seconds) and IMCACHE_LOWER_MAX from the environment over the defaults;
- * a malformed value is -EINVAL naming it. */
-int attach_lower_policy_from_env(struct attach_lower_policy *ret, imc_error *err);
+/* The defaults, with grace (seconds) and max over them where not NULL or empty: the values of
+ * $IMCACHE_LOWER_GRACE and $IMCACHE_LOWER_MAX, which main reads; a malformed value is -EINVAL
+ * naming it. */
+int attach_lower_policy_parse(const char *grace, const char *max, struct attach_lower_policy *ret,
+			      imc_error *err);
 
 struct attach_request {
 	const char *cache_id;

@@ -322,7 +322,8 @@ int main(int argc, char **argv)
 	size_t n_opts = 0;
 	int c, r;
 
-	if (attach_lower_policy_from_env(&lower_policy, &err) < 0)
+	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
+				      secure_getenv("IMCACHE_LOWER_MAX"), &lower_policy, &err) < 0)
 		return fail(&err);
 	while ((c = getopt_long(argc, argv, "+s:d:o:vhS:T:C:P:Z:R:k:g:L:", opts, NULL)) != -1) {
 		char *end;

@@ -332,7 +332,8 @@ int main(int argc, char **argv)
 	if (runtime_pick(getenv("IMCACHE_RUNTIME"), getenv("PATH"), &runtime, &err) < 0 ||
 	    check_not_self(runtime, &err) < 0)
 		return fail(&c, &err);
-	if (attach_lower_policy_from_env(&c.lower, &err) < 0)
+	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
+				      secure_getenv("IMCACHE_LOWER_MAX"), &c.lower, &err) < 0)
 		return fail(&c, &err);
 	c.runtime = runtime;
 	rt_argv[0] = runtime;

@@ -563,9 +563,9 @@ int attach_lowers_list(struct store *s, json_t **ret, imc_error *err)
 
 /* ---- policy --------------------------------------------------------------------------------- */
 
-static int env_number(const char *name, long long max, long long *ret, imc_error *err)
+static int policy_number(const char *name, const char *v, long long max, long long *ret,
+			 imc_error *err)
 {
-	const char *v = getenv(name);
 	char *end;
 	long long n;
 
@@ -579,17 +579,18 @@ static int env_number(const char *name, long long max, long long *ret, imc_error
 	return 1;
 }
 
-int attach_lower_policy_from_env(struct attach_lower_policy *ret, imc_error *err)
+int attach_lower_policy_parse(const char *grace, const char *max, struct attach_lower_policy *ret,
+			      imc_error *err)
 {
 	long long n;
 	int r;
 
 	*ret = default_policy;
-	if ((r = env_number("IMCACHE_LOWER_GRACE", ATTACH_LOWER_GRACE_MAX, &n, err)) < 0)
+	if ((r = policy_number("IMCACHE_LOWER_GRACE", grace, ATTACH_LOWER_GRACE_MAX, &n, err)) < 0)
 		return r;
 	if (r > 0)
 		ret->grace_s = n;
-	if ((r = env_number("IMCACHE_LOWER_MAX", ATTACH_LOWER_MAX_MAX, &n, err)) < 0)
+	if ((r = policy_number("IMCACHE_LOWER_MAX", max, ATTACH_LOWER_MAX_MAX, &n, err)) < 0)
 		return r;
 	if (r > 0)
 		ret->max_mounted = (unsigned)n;
