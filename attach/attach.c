@@ -1111,7 +1111,7 @@ static int reconcile_loops(struct store *s, int adir, json_t *repairs, imc_error
 	return for_each_clone_loop(s, release_if_orphan, &o, err);
 }
 
-int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)
+static int reconcile_attaches(struct store *s, json_t **ret_repairs, imc_error *err)
 {
 	_cleanup_close_ int adir = open_attach_dir(s, err);
 	_cleanup_json_ json_t *repairs = json_array();
@@ -1145,7 +1145,7 @@ int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol
 			  json_t **ret_repairs, imc_error *err)
 {
 	_cleanup_json_ json_t *repairs = NULL;
-	int r = attach_reconcile(s, &repairs, err);
+	int r = reconcile_attaches(s, &repairs, err);
 
 	if (r == 0 && (r = overlay_reconcile_orphans(s, repairs, err)) == 0)
 		r = lower_sweep(s, pol, repairs, err);
@@ -1165,11 +1165,6 @@ const char *attach_state_dir(struct store *s)
 void attach_stop_point(const char *name)
 {
 	stop_point(name);
-}
-
-int attach_state_update(int fd, json_t *state, imc_error *err)
-{
-	return state_update(fd, state, err);
 }
 
 bool attach_state_exists(struct store *s, const char *aid)

@@ -68,9 +68,8 @@ int attach_detach_with(struct store *s, const char *what, const struct attach_lo
 		       imc_error *err);
 /* Undo attaches whose process died or whose mount/device vanished; remove clones, loop devices
  * and mounts no attach owns; *ret_repairs = array of strings. */
-int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err);
-/* attach_reconcile, and the shared lowers: stale references dropped, lowers unused past pol's
- * grace or over its limit released, pod directories no attach owns removed. */
+/* And the shared lowers: stale references dropped, lowers unused past pol's grace or over its
+ * limit released (NULL: the defaults), pod directories no attach owns removed. */
 int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol,
 			  json_t **ret_repairs, imc_error *err);
 /* Release every shared lower no attach uses (teardown). */

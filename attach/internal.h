@@ -14,8 +14,6 @@
 const char *attach_state_dir(struct store *s);
 /* Test-only SIGSTOP points (IMC_ATTACH_STOP_AT=NAME in a -DIMC_TESTING build). */
 void attach_stop_point(const char *name);
-/* Write state over the locked state file fd in one pwrite. */
-int attach_state_update(int fd, json_t *state, imc_error *err);
 /* Is there a state file for attach id aid (attachments/<aid>.json)? */
 bool attach_state_exists(struct store *s, const char *aid);
 /* Make dest inside rootfd (each component resolved inside it); an O_PATH fd of it. */
@@ -43,8 +41,6 @@ int lower_release(struct store *s, const char *cache_id, const char *aid, imc_er
  * into repairs (may be NULL).  Lowers another process holds are skipped. */
 int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
 		imc_error *err);
-/* The device (ret_dev, 0 when not mounted) of cache_id's lower. */
-int lower_device(struct store *s, const char *cache_id, dev_t *ret_dev);
 
 /* overlay.c */
 /* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */

@@ -23,6 +23,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 
 #include "../common/priv.h"
 #include "internal.h"
@@ -250,18 +251,6 @@ int lower_release(struct store *s, const char *cache_id, const char *aid, imc_er
 	if ((lock = lower_lock(ldir, cache_id, LOCK_SH, err)) < 0)
 		return lock;
 	return ref_drop(ldir, cache_id, aid, err);
-}
-
-int lower_device(struct store *s, const char *cache_id, dev_t *ret_dev)
-{
-	imc_error ignored;
-	_cleanup_close_ int ldir = open_lowers_dir(s, &ignored);
-
-	*ret_dev = 0;
-	if (ldir < 0)
-		return ldir;
-	lower_mounted(ldir, cache_id, ret_dev);
-	return 0;
 }
 
 /* ---- the sweep ------------------------------------------------------------------------------ */

@@ -49,9 +49,9 @@ mk_snapshot_tree "$TEST_TMP/treeA" data
 head -c 16M /dev/urandom >"$TEST_TMP/treeA/images/0/rootfs/big.bin"
 mkdir -p "$TEST_TMP/treeA/images/0/rootfs/srv/dir"
 printf 'in-dir\n' >"$TEST_TMP/treeA/images/0/rootfs/srv/dir/f"
-A=imc-overlaytest0000a
-B=imc-overlaytest0000b
-C=imc-overlaytest0000c
+A=imc-00000000000000aa
+B=imc-00000000000000bb
+C=imc-00000000000000cc
 mk_snapshot "$STATE" "$A" "$TEST_TMP/treeA" 96 || bail "snapshot $A is made"
 mk_snapshot_tree "$TEST_TMP/treeB"
 mk_snapshot "$STATE" "$B" "$TEST_TMP/treeB" 64 || bail "snapshot $B is made"
@@ -372,7 +372,7 @@ no_leaks "after a pod of a private mount namespace"
 # imcd refuses to delete a cache with reported attaches unless forced; a forced delete removes the
 # snapshot (store_remove) with pods still running on its lower.  Here the snapshot of a copy of A
 # is removed the same way.
-D=imc-overlaytest0000d
+D=imc-00000000000000dd
 cp --reflink=always "$SNAPS/$A.img" "$SNAPS/$D.img"
 check "attach a pod of $D (long grace)" ig attach "$D" "$P1"
 rm -f "$SNAPS/$D.img"
