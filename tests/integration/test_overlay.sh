@@ -138,8 +138,8 @@ check "and detaches" ia detach "$P1"
 check_fails_with "--mode other is refused" 'want overlay or clone' ia attach --mode other "$A" "$P1"
 check_fails_with "--block --mode overlay is refused" 'block mode always clones' \
 	ia attach --block --mode overlay "$A"
-check_fails_with "an unknown cache is named" "cache imc-nosuch: not in the local store" \
-	ia attach imc-nosuch "$P1"
+check_fails_with "an unknown cache is named" "cache imc-00000000000000ee: not in the local store" \
+	ia attach imc-00000000000000ee "$P1"
 check_fails_with "an image the cache lacks is named" "has no image 7" ia attach --image 7 "$A" "$P1"
 check_fails_with "a cache without /data refuses --data-dest" "has no /data" \
 	ia attach --data-dest /d "$B" "$P1"
