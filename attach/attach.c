@@ -27,7 +27,7 @@
 #include <sys/wait.h>
 
 #include "../common/priv.h"
-#include "attach.h"
+#include "internal.h"
 
 #define ATTACH_DIR	     "attachments"
 #define ATTACH_IMAGE_MAX     1000
@@ -184,6 +184,19 @@ static int state_read(int fd, const char *aid, json_t **ret, imc_error *err)
 static const char *state_str(json_t *state, const char *key)
 {
 	return json_string_value(json_object_get(state, key));
+}
+
+/* An overlay attach (a state written before modes existed is a clone). */
+static bool state_overlay(json_t *state)
+{
+	const char *mode = state_str(state, "mode");
+
+	return mode && strcmp(mode, ATTACH_MODE_NAME_OVERLAY) == 0;
+}
+
+static bool req_overlay(const struct attach_request *req)
+{
+	return !req->block && req->mode != ATTACH_MODE_CLONE;
 }
 
 /* ---- loop devices and mounts found from the outside (reconcile, crash leftovers) --------------
@@ -447,6 +460,14 @@ static int undo(struct store *s, int adir, const char *aid, json_t *state, json_
 	char name[64];
 	int r;
 
+	if (state_overlay(state)) {
+		state_name(aid, name);
+		if ((r = overlay_undo(s, aid, state, repairs, err)) < 0)
+			return r;
+		if (unlinkat(adir, name, 0) < 0 && errno != ENOENT)
+			return imc_err_sys(err, errno, "attach state %s", name);
+		return 0;
+	}
 	if (dir && rdev && is_mount_of(dir, rdev)) {
 		if (dest && (r = umount_data(dir, dest, rdev, err)) < 0)
 			return r;
@@ -630,6 +651,13 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	struct store_dev dev = {.fd = -1};
 	int r;
 
+	if (req_overlay(req)) {
+		r = overlay_attach(s, req, aid, t->dir, t->dirfd, ret_config, err);
+		if (r < 0)
+			return r;
+		json_object_set_new(state, "status", json_string(STATUS_ATTACHED));
+		return state_update(sfd, state, err);
+	}
 	/* No existence check first: the clone is the check, and the hot path stays short. */
 	r = store_clone(s, req->cache_id, aid, err);
 	if (r == -ENOENT)
@@ -679,6 +707,9 @@ static int check_request(struct store *s, const struct attach_request *req, imc_
 		return imc_err(err, EINVAL, "image %u: at most %d", req->image, ATTACH_IMAGE_MAX);
 	if (req->block && req->data_dest)
 		return imc_err(err, EINVAL, "a data mount needs mount mode, not block mode");
+	if (req->block && req->mode == ATTACH_MODE_OVERLAY)
+		return imc_err(err, EINVAL,
+			       "block mode always clones: --mode overlay needs a mount");
 	if (req->data_dest && (r = data_dest_check(req->data_dest, err)) < 0)
 		return r;
 	if (!req->size)
@@ -689,6 +720,8 @@ static int check_request(struct store *s, const struct attach_request *req, imc_
 	if (req->size % 4096)
 		return imc_err(err, EINVAL, "size %llu: not a multiple of 4096",
 			       (unsigned long long)req->size);
+	if (req_overlay(req))
+		return 0; /* bounds what the pod writes, not the snapshot */
 	r = store_stat(s, STORE_SNAPSHOT, req->cache_id, &info, err);
 	if (r == -ENOENT)
 		return imc_err(err, ENOENT, "cache %s: not in the local store", req->cache_id);
@@ -718,6 +751,11 @@ static json_t *state_new(struct store *s, const struct attach_request *req, cons
 		json_decref(steal_pointer(&state));
 	if (state && req->size &&
 	    json_object_set_new(state, "size", json_integer((json_int_t)req->size)) < 0)
+		json_decref(steal_pointer(&state));
+	if (state &&
+	    json_object_set_new(state, "mode",
+				json_string(req_overlay(req) ? ATTACH_MODE_NAME_OVERLAY
+							     : ATTACH_MODE_NAME_CLONE)) < 0)
 		json_decref(steal_pointer(&state));
 	return state;
 }
@@ -779,6 +817,9 @@ int attach_cache_at(struct store *s, const struct attach_request *req, int dirfd
 		if (undo(s, adir, aid, state, NULL, &undo_err) < 0)
 			return imc_err_wrap(err, "attach %s as %s (and undoing it failed: %s)",
 					    req->cache_id, what, undo_err.msg);
+		/* A lower this attach mounted goes too, when the policy says it would now. */
+		if (req_overlay(req))
+			lower_sweep(s, req->lower, NULL, &undo_err);
 		return imc_err_wrap(err, "attach %s as %s", req->cache_id, what);
 	}
 	/* After the last state write: the config stays out of the state file.  Without it (no
@@ -893,6 +934,8 @@ int attach_list(struct store *s, json_t **ret, imc_error *err)
 			continue; /* detached meanwhile */
 		if (r < 0)
 			return imc_err_wrap(err, "attachments");
+		if (!json_object_get(state, "mode"))
+			json_object_set_new(state, "mode", json_string(ATTACH_MODE_NAME_CLONE));
 		json_array_append_new(list, state);
 	}
 	*ret = steal_pointer(&list);
@@ -925,7 +968,8 @@ static int reconcile_state(struct store *s, int adir, const char *aid, json_t *r
 	} else {
 		status = state_str(state, "status");
 		if (status && strcmp(status, STATUS_ATTACHED) == 0 &&
-		    device_alive(s, aid, state_str(state, "device")))
+		    (state_overlay(state) ? overlay_alive(aid)
+					  : device_alive(s, aid, state_str(state, "device"))))
 			return 0;
 		why = status && strcmp(status, STATUS_ATTACHED) == 0
 			  ? "its mount or device vanished"
@@ -1043,7 +1087,7 @@ static int reconcile_loops(struct store *s, int adir, json_t *repairs, imc_error
 	return store_for_each_clone_device(s, release_if_orphan, &o, err);
 }
 
-int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)
+static int reconcile_attaches(struct store *s, json_t **ret_repairs, imc_error *err)
 {
 	_cleanup_close_ int adir = open_attach_dir(s, err);
 	_cleanup_json_ json_t *repairs = json_array();
@@ -1059,4 +1103,71 @@ int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err)
 		return imc_err_wrap(err, "reconcile");
 	*ret_repairs = steal_pointer(&repairs);
 	return 0;
+}
+
+int attach_detach_with(struct store *s, const char *what, const struct attach_lower_policy *pol,
+		       imc_error *err)
+{
+	imc_error ignored;
+	int r = attach_detach(s, what, err);
+
+	/* The detach is done either way: a lower that cannot be released yet stays warm. */
+	if (r == 0)
+		lower_sweep(s, pol, NULL, &ignored);
+	return r;
+}
+
+int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol,
+			  json_t **ret_repairs, imc_error *err)
+{
+	_cleanup_json_ json_t *repairs = NULL;
+	int r = reconcile_attaches(s, &repairs, err);
+
+	if (r == 0 && (r = overlay_reconcile_orphans(s, repairs, err)) == 0)
+		r = lower_sweep(s, pol, repairs, err);
+	if (r < 0)
+		return imc_err_wrap(err, "reconcile");
+	*ret_repairs = steal_pointer(&repairs);
+	return 0;
+}
+
+/* ---- for the rest of the room (internal.h) --------------------------------------------------- */
+
+const char *attach_state_dir(struct store *s)
+{
+	return store_state_dir(s);
+}
+
+void attach_stop_point(const char *name)
+{
+	stop_point(name);
+}
+
+bool attach_state_exists(struct store *s, const char *aid)
+{
+	_cleanup_free_ char *dir = imc_path_join(attach_state_dir(s), ATTACH_DIR);
+	char name[64];
+	struct stat st;
+
+	if (!dir || !attach_id_valid(aid))
+		return !dir; /* no memory: keep what it names */
+	state_name(aid, name);
+	_cleanup_free_ char *path = imc_path_join(dir, name);
+	return !path || lstat(path, &st) == 0 || errno != ENOENT;
+}
+
+int attach_mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err)
+{
+	return mkdir_in_root(rootfd, dest, ret_fd, err);
+}
+
+int attach_read_image_config(int dirfd, const struct attach_request *req, json_t **ret,
+			     imc_error *err)
+{
+	return read_image_config(dirfd, req, ret, err);
+}
+
+void attach_mountinfo_unescape(char *s)
+{
+	mountinfo_unescape(s);
 }

@@ -10,6 +10,31 @@
 
 #include <stdint.h>
 
+/* How a mount-mode attach makes the rootfs (docs/architecture.md, "Overlay attach"). */
+enum attach_mode {
+	ATTACH_MODE_DEFAULT, /* overlay, or clone for block mode */
+	ATTACH_MODE_OVERLAY, /* an overlayfs on the cache's shared read-only lower */
+	ATTACH_MODE_CLONE,   /* a copy-on-write clone on its own device */
+};
+/* "overlay" or "clone"; anything else is -EINVAL naming it. */
+int attach_mode_parse(const char *name, enum attach_mode *ret, imc_error *err);
+
+/* When an unused shared lower is released: grace_s seconds after its last detach, or sooner,
+ * least recently used first, while more than max_mounted lowers are mounted. */
+struct attach_lower_policy {
+	int64_t grace_s;
+	unsigned max_mounted;
+};
+#define ATTACH_LOWER_GRACE_DEFAULT 300
+#define ATTACH_LOWER_MAX_DEFAULT   64
+#define ATTACH_LOWER_GRACE_MAX	   (30LL * 24 * 3600)
+#define ATTACH_LOWER_MAX_MAX	   4096
+/* The defaults, with grace (seconds) and max over them where not NULL or empty: the values of
+ * $IMCACHE_LOWER_GRACE and $IMCACHE_LOWER_MAX, which main reads; a malformed value is -EINVAL
+ * naming it. */
+int attach_lower_policy_parse(const char *grace, const char *max, struct attach_lower_policy *ret,
+			      imc_error *err);
+
 struct attach_request {
 	const char *cache_id;
 	unsigned image;	 /* /images/<image>/rootfs */
@@ -25,6 +50,9 @@ struct attach_request {
 	/* Return images[image].config of the snapshot's /imcache.json in the state as
 	 * "imageConfig" (for imc-runtime's imcache.io/use-image-config; not persisted). */
 	bool image_config;
+	enum attach_mode mode;
+	/* NULL: the defaults. */
+	const struct attach_lower_policy *lower;
 };
 
 /* Attach; ret_state (optional) gets the recorded attach state. */
@@ -39,9 +67,20 @@ int attach_cache_at(struct store *s, const struct attach_request *req, int dirfd
  * -ENOENT when nothing is attached there, -EBUSY while another process works on it.  Works on
  * whatever part of an attach a crash left behind. */
 int attach_detach(struct store *s, const char *what, imc_error *err);
+/* attach_detach, then release the shared lowers that pol says are unused for long enough (NULL:
+ * the defaults). */
+int attach_detach_with(struct store *s, const char *what, const struct attach_lower_policy *pol,
+		       imc_error *err);
 /* Undo attaches whose process died or whose mount/device vanished; remove clones, loop devices
  * and mounts no attach owns; *ret_repairs = array of strings. */
-int attach_reconcile(struct store *s, json_t **ret_repairs, imc_error *err);
+/* And the shared lowers: stale references dropped, lowers unused past pol's grace or over its
+ * limit released (NULL: the defaults), pod directories no attach owns removed. */
+int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol,
+			  json_t **ret_repairs, imc_error *err);
+/* Release every shared lower no attach uses (teardown). */
+int attach_lowers_release(struct store *s, imc_error *err);
+/* The shared lowers mounted on this host, as a JSON array of {cacheId, refs, device, ...}. */
+int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
 

@@ -19,6 +19,7 @@ static void usage(FILE *f)
 	    "                  [--server URL] [--token T] [--cache-size BYTES] [--parallel N]\n"
 	    "                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
 	    "H:P]...]\n"
+	    "                  [--lower-grace SECONDS] [--lower-max N]\n"
 	    "                  COMMAND\n"
 	    "\n"
 	    "With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched from\n"
@@ -27,16 +28,20 @@ static void usage(FILE *f)
 	    "artifact that imcctl push wrote there instead.\n"
 	    "\n"
 	    "commands:\n"
-	    "  attach [--image N] [--size BYTES] [--data-dest PATH] CACHE_ID DIR\n"
-	    "        mount a copy-on-write clone of the cache's image N (default 0) rootfs at\n"
-	    "        DIR; --size grows the clone and its ext4 first (K, M, G, T suffixes);\n"
-	    "        --data-dest mounts the cache's /data read-only at DIR/PATH\n"
+	    "  attach [--image N] [--mode overlay|clone] [--size BYTES] [--data-dest PATH]\n"
+	    "         CACHE_ID DIR\n"
+	    "        mount the cache's image N (default 0) rootfs at DIR: overlay (default) puts\n"
+	    "        an overlayfs on the cache's one read-only mount on this host, and --size\n"
+	    "        bounds what the pod can write; clone mounts a copy-on-write clone, and\n"
+	    "        --size grows it and its ext4 first (K, M, G, T suffixes); --data-dest\n"
+	    "        mounts the cache's /data read-only at DIR/PATH\n"
 	    "  attach --block [--size BYTES] CACHE_ID\n"
 	    "        expose a clone as a block device for a microVM (nothing is mounted);\n"
 	    "        prints \"DEVICE ATTACH_ID\"\n"
 	    "  prefetch CACHE_ID            fetch the cache into the local store (no attach)\n"
 	    "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n"
 	    "  list                         the attaches on this host, as JSON\n"
+	    "  lowers                       the shared read-only lowers mounted here, as JSON\n"
 	    "  reconcile                    undo attaches whose process died or whose mount or\n"
 	    "                               device vanished, remove clones and loop devices no\n"
 	    "                               attach owns; prints what it repaired\n"
@@ -45,6 +50,10 @@ static void usage(FILE *f)
 	    "\n"
 	    "With --server (or $IMCACHE_SERVER) attach and detach are reported to imcd, with\n"
 	    "--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n"
+	    "An unused shared lower stays mounted --lower-grace seconds (or $IMCACHE_LOWER_GRACE;\n"
+	    "default 300) after its last detach, and the least recently used unused ones go\n"
+	    "while more than --lower-max (or $IMCACHE_LOWER_MAX; default 64) are mounted;\n"
+	    "detach and reconcile release them.\n"
 	    "-v, --verbose prints fetch statistics and attach and detach times on stderr;\n"
 	    "-h, --help prints this help.\n");
 }
@@ -80,6 +89,7 @@ static int parse_size(const char *arg, uint64_t *ret)
 }
 
 static struct attach_reporter reporter;
+static struct attach_lower_policy lower_policy;
 
 static void print_fetch_stats(const char *id, const struct dist_fetch_stats *st)
 {
@@ -127,11 +137,10 @@ static int cmd_prefetch(struct store *s, const struct dist_fetch_config *fc, int
 static int cmd_attach(struct store *s, const struct dist_fetch_config *fc, int argc, char **argv,
 		      bool verbose)
 {
-	static const struct option opts[] = {{"image", required_argument, NULL, 'i'},
-					     {"block", no_argument, NULL, 'b'},
-					     {"size", required_argument, NULL, 'S'},
-					     {"data-dest", required_argument, NULL, 'D'},
-					     {0}};
+	static const struct option opts[] = {
+	    {"image", required_argument, NULL, 'i'}, {"block", no_argument, NULL, 'b'},
+	    {"size", required_argument, NULL, 'S'},  {"data-dest", required_argument, NULL, 'D'},
+	    {"mode", required_argument, NULL, 'm'},  {0}};
 	struct attach_request req = {0};
 	_cleanup_json_ json_t *state = NULL;
 	imc_error err = {0};
@@ -139,7 +148,8 @@ static int cmd_attach(struct store *s, const struct dist_fetch_config *fc, int a
 	int c;
 
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+i:bS:D:", opts, NULL)) != -1) {
+	req.lower = &lower_policy;
+	while ((c = getopt_long(argc, argv, "+i:bS:D:m:", opts, NULL)) != -1) {
 		char *end;
 		unsigned long n;
 		switch (c) {
@@ -163,6 +173,12 @@ static int cmd_attach(struct store *s, const struct dist_fetch_config *fc, int a
 			break;
 		case 'D':
 			req.data_dest = optarg;
+			break;
+		case 'm':
+			if (attach_mode_parse(optarg, &req.mode, &err) < 0) {
+				fprintf(stderr, "imc-attach: --mode: %s\n", err.msg);
+				return 2;
+			}
 			break;
 		default:
 			return 2;
@@ -202,7 +218,7 @@ static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
 	}
 	if (attach_reporter_enabled(&reporter))
 		state = attach_report_lookup(s, argv[1]);
-	if (attach_detach(s, argv[1], &err) < 0)
+	if (attach_detach_with(s, argv[1], &lower_policy, &err) < 0)
 		return fail(&err);
 	attach_report_state(&reporter, false, state, "imc-attach");
 	if (verbose)
@@ -223,6 +239,18 @@ static int cmd_list(struct store *s)
 	return 0;
 }
 
+static int cmd_lowers(struct store *s)
+{
+	_cleanup_json_ json_t *list = NULL;
+	imc_error err = {0};
+
+	if (attach_lowers_list(s, &list, &err) < 0)
+		return fail(&err);
+	json_dumpf(list, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+	fputc('\n', stdout);
+	return 0;
+}
+
 static int cmd_reconcile(struct store *s)
 {
 	_cleanup_json_ json_t *repairs = NULL;
@@ -230,7 +258,7 @@ static int cmd_reconcile(struct store *s)
 	size_t i;
 	json_t *v;
 
-	if (attach_reconcile(s, &repairs, &err) < 0)
+	if (attach_reconcile_with(s, &lower_policy, &repairs, &err) < 0)
 		return fail(&err);
 	/* What the store repaired when it was opened (the thin driver's pool), then the attaches.
 	 */
@@ -255,7 +283,7 @@ static int cmd_teardown(struct store *s)
 			json_array_size(list));
 		return 1;
 	}
-	if (store_teardown(s, &err) < 0)
+	if (attach_lowers_release(s, &err) < 0 || store_teardown(s, &err) < 0)
 		return fail(&err);
 	return 0;
 }
@@ -274,9 +302,11 @@ int main(int argc, char **argv)
 					     {"pool-size", required_argument, NULL, 'Z'},
 					     {"registry-ref", required_argument, NULL, 'R'},
 					     {"insecure-registry", required_argument, NULL, 'k'},
+					     {"lower-grace", required_argument, NULL, 'g'},
+					     {"lower-max", required_argument, NULL, 'L'},
 					     {0}};
-	static const char *const commands[] = {"attach",    "detach",	"list",
-					       "reconcile", "teardown", "prefetch"};
+	static const char *const commands[] = {"attach",   "detach",   "list",	"reconcile",
+					       "teardown", "prefetch", "lowers"};
 	const char *insecure[DRIVER_OPTS_MAX + 1] = {0};
 	size_t n_insecure = 0;
 	/* The environment channels (a root-run agent: secure_getenv); the flags win. */
@@ -293,7 +323,11 @@ int main(int argc, char **argv)
 	size_t n_opts = 0;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "+s:d:o:vhS:T:C:P:Z:R:k:", opts, NULL)) != -1) {
+	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
+				      secure_getenv("IMCACHE_LOWER_MAX"), &lower_policy, &err) < 0)
+		return fail(&err);
+	while ((c = getopt_long(argc, argv, "+s:d:o:vhS:T:C:P:Z:R:k:g:L:", opts, NULL)) != -1) {
+		char *end;
 		switch (c) {
 		case 's':
 			cfg.state_dir = optarg;
@@ -353,6 +387,27 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'g':
+			errno = 0;
+			lower_policy.grace_s = strtoll(optarg, &end, 10);
+			if (errno || *end || !*optarg || lower_policy.grace_s < 0 ||
+			    lower_policy.grace_s > ATTACH_LOWER_GRACE_MAX) {
+				fprintf(stderr,
+					"imc-attach: --lower-grace %s: want 0-%lld seconds\n",
+					optarg, ATTACH_LOWER_GRACE_MAX);
+				return 2;
+			}
+			break;
+		case 'L':
+			errno = 0;
+			lower_policy.max_mounted = (unsigned)strtoul(optarg, &end, 10);
+			if (errno || *end || !*optarg || optarg[0] == '-' ||
+			    lower_policy.max_mounted > ATTACH_LOWER_MAX_MAX) {
+				fprintf(stderr, "imc-attach: --lower-max %s: want 0-%d\n", optarg,
+					ATTACH_LOWER_MAX_MAX);
+				return 2;
+			}
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -392,6 +447,8 @@ int main(int argc, char **argv)
 		r = cmd_detach(s, argc, argv, verbose);
 	else if (strcmp(cmd, "list") == 0)
 		r = cmd_list(s);
+	else if (strcmp(cmd, "lowers") == 0)
+		r = cmd_lowers(s);
 	else if (strcmp(cmd, "reconcile") == 0)
 		r = cmd_reconcile(s);
 	else

@@ -25,6 +25,7 @@ struct ctx {
 	    *token;  /* $IMCACHE_SERVER, $IMCACHE_TOKEN: where attaches are reported */
 	char **argv; /* the real runtime's: ours with argv[0] replaced */
 	char *runtime;
+	struct attach_lower_policy lower; /* $IMCACHE_LOWER_GRACE, $IMCACHE_LOWER_MAX */
 };
 
 static volatile sig_atomic_t child_pid;
@@ -136,7 +137,7 @@ static int undo_attach(const struct ctx *c, imc_error *err)
 	attach_reporter_init(&reporter, c->server, c->token);
 	if (attach_reporter_enabled(&reporter))
 		state = attach_report_lookup(s, dir);
-	r = attach_detach(s, dir, err);
+	r = attach_detach_with(s, dir, &c->lower, err);
 	store_close(s);
 	if (r == 0)
 		attach_report_state(&reporter, false, state, "imc-runtime");
@@ -156,7 +157,9 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 				     .image = cache->image,
 				     .dir = cache->rootfs,
 				     .data_dest = cache->data_dest,
-				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO};
+				     .image_config = cache->use_config != RUNTIME_USE_CONFIG_NO,
+				     .mode = cache->clone ? ATTACH_MODE_CLONE : ATTACH_MODE_OVERLAY,
+				     .lower = &c->lower};
 	_cleanup_close_ int rootfd = -1;
 	struct store *s = NULL;
 	int r;
@@ -311,9 +314,10 @@ static void usage(FILE *f)
 	    "\n"
 	    "Environment: IMCACHE_RUNTIME (crun, runc or a path; default crun if in PATH, else\n"
 	    "runc), IMCACHE_STATE_DIR (default %s), IMCACHE_SERVER and\n"
-	    "IMCACHE_TOKEN (report attaches to imcd).  Annotations: imcache.io/cache-id,\n"
-	    "imcache.io/image, imcache.io/data-mount, imcache.io/use-image-config,\n"
-	    "imcache.io/container.\n",
+	    "IMCACHE_TOKEN (report attaches to imcd), IMCACHE_LOWER_GRACE and IMCACHE_LOWER_MAX\n"
+	    "(see imc-attach --help).  Annotations: imcache.io/cache-id, imcache.io/image,\n"
+	    "imcache.io/data-mount, imcache.io/use-image-config, imcache.io/container,\n"
+	    "imcache.io/attach-mode (overlay, the default, or clone).\n",
 	    STORE_DEFAULT_STATE_DIR);
 }
 
@@ -340,6 +344,9 @@ int main(int argc, char **argv)
 	if (runtime_pick(secure_getenv("IMCACHE_RUNTIME"), secure_getenv("PATH"), &runtime, &err) <
 		0 ||
 	    check_not_self(runtime, &err) < 0)
+		return fail(&c, &err);
+	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
+				      secure_getenv("IMCACHE_LOWER_MAX"), &c.lower, &err) < 0)
 		return fail(&c, &err);
 	c.runtime = runtime;
 	rt_argv[0] = runtime;

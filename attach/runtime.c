@@ -287,6 +287,21 @@ static int parse_use_config(json_t *annotations, enum runtime_use_config *ret, i
 	return 0;
 }
 
+static int parse_mode(json_t *annotations, bool *ret, imc_error *err)
+{
+	const char *s = NULL;
+	int r = imc_json_get_string(annotations, RUNTIME_ANNOTATION_MODE, false, 16,
+				    "config.json annotations", &s, err);
+
+	if (r < 0 || !s)
+		return r;
+	if (strcmp(s, "overlay") != 0 && strcmp(s, "clone") != 0)
+		return imc_err(err, EINVAL, "annotation %s=\"%s\": want overlay or clone",
+			       RUNTIME_ANNOTATION_MODE, s);
+	*ret = strcmp(s, "clone") == 0;
+	return 0;
+}
+
 static int parse_cache(json_t *config, json_t *annotations, const char *id, const char *bundle,
 		       struct runtime_cache *c, imc_error *err)
 {
@@ -298,6 +313,7 @@ static int parse_cache(json_t *config, json_t *annotations, const char *id, cons
 	if ((r = parse_image(annotations, &c->image, err)) < 0 ||
 	    (r = parse_data_dest(annotations, &c->data_dest, err)) < 0 ||
 	    (r = parse_use_config(annotations, &c->use_config, err)) < 0 ||
+	    (r = parse_mode(annotations, &c->clone, err)) < 0 ||
 	    (r = rootfs_path(config, bundle, &c->rootfs, &c->root_path, err)) < 0)
 		return r;
 	c->cache_id = strdup(id);

@@ -15,6 +15,7 @@
 #define RUNTIME_ANNOTATION_DATA	      "imcache.io/data-mount"
 #define RUNTIME_ANNOTATION_USE_CONFIG "imcache.io/use-image-config"
 #define RUNTIME_ANNOTATION_CONTAINER  "imcache.io/container"
+#define RUNTIME_ANNOTATION_MODE	      "imcache.io/attach-mode"
 #define RUNTIME_CONFIG_MAX	      (4 * 1024 * 1024) /* bytes of config.json read */
 #define RUNTIME_ID_MAX		      200		/* bytes of a container id we record */
 #define RUNTIME_DATA_DEST_MAX	      1024		/* bytes of imcache.io/data-mount */
@@ -61,6 +62,7 @@ struct runtime_cache {
 	char *root_path; /* root.path as config.json has it */
 	char *data_dest; /* imcache.io/data-mount, checked by runtime_data_dest_check; NULL: none */
 	enum runtime_use_config use_config;
+	bool clone;	   /* imcache.io/attach-mode "clone"; "overlay" or absent: false */
 	json_t *spec;	   /* the whole config.json, kept to rewrite it (with cache_id only) */
 	char *config_path; /* where it was read (runtime_cache_load only) */
 };

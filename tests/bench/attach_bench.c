@@ -1,8 +1,10 @@
-/* attach_bench [--block] STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]: attach the cache COUNT
- * times (THREADS at a time, each at its own directory; grown to SIZE_MB with --size semantics when
- * given), timing every attach and detach in-process, and print p50/p99/max in ms as one JSON line.
+/* attach_bench [--block|--overlay] STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]: attach the cache
+ * COUNT times (THREADS at a time, each at its own directory; grown to SIZE_MB with --size semantics
+ * when given), timing every attach and detach in-process, and print p50/p99/max in ms as one JSON
+ * line.
  * --block: block mode (imc-attach attach --block: a clone on a device, nothing mounted), detached
- * by its attach id.
+ * by its attach id.  --overlay: overlay mode (an overlayfs per attach on the cache's shared
+ * lower; --size bounds the pod's writes); without either: clone mode (a clone mounted).
  *
  * attach_bench --make-snapshot STATE_DIR ID DATA_MB: make snapshot ID in the store the way the
  * builder does (volume, mkfs.ext4 without a journal, mount, files, clean unmount, seal with its
@@ -24,7 +26,7 @@ struct job {
 	struct store *s;
 	const char *cache_id;
 	const char *base;
-	bool block;
+	bool block, overlay;
 	uint64_t size;
 	int first, count;
 	double *attach_ms, *detach_ms;
@@ -41,7 +43,9 @@ static void *run(void *arg)
 		struct attach_request req = {.cache_id = j->cache_id,
 					     .dir = j->block ? NULL : dir,
 					     .block = j->block,
-					     .size = j->size};
+					     .size = j->size,
+					     .mode = j->overlay ? ATTACH_MODE_OVERLAY
+								: ATTACH_MODE_CLONE};
 		_cleanup_json_ json_t *state = NULL;
 		uint64_t t0;
 
@@ -115,7 +119,7 @@ static int make_snapshot(struct store *s, const char *id, int data_mb, imc_error
 }
 
 static int bench(struct store *s, const char *cache_id, int count, int threads, bool block,
-		 uint64_t size)
+		 bool overlay, uint64_t size)
 {
 	char base[] = "/tmp/imc-attach-bench.XXXXXX";
 	int failed = 0;
@@ -134,8 +138,16 @@ static int bench(struct store *s, const char *cache_id, int count, int threads, 
 	}
 	for (int t = 0, first = 0; t < threads; t++) {
 		int n = count / threads + (t < count % threads);
-		jobs[t] = (struct job){s, cache_id,  base,	block, size, first,
-				       n, attach_ms, detach_ms, 0,     {0}};
+		jobs[t] = (struct job){.s = s,
+				       .cache_id = cache_id,
+				       .base = base,
+				       .block = block,
+				       .overlay = overlay,
+				       .size = size,
+				       .first = first,
+				       .count = n,
+				       .attach_ms = attach_ms,
+				       .detach_ms = detach_ms};
 		first += n;
 		pthread_create(&tids[t], NULL, run, &jobs[t]);
 	}
@@ -170,17 +182,17 @@ int main(int argc, char **argv)
 	imc_error err = {0};
 	bool make = argc > 1 && strcmp(argv[1], "--make-snapshot") == 0;
 	bool block = argc > 1 && strcmp(argv[1], "--block") == 0;
+	bool overlay = argc > 1 && strcmp(argv[1], "--overlay") == 0;
 	int r;
 
-	if (block) {
+	if (block || overlay) {
 		argv++;
 		argc--;
 	}
 	if (make ? argc != 5 : argc < 4 || argc > 6) {
-		fprintf(
-		    stderr,
-		    "usage: attach_bench [--block] STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]\n"
-		    "       attach_bench --make-snapshot STATE_DIR ID DATA_MB\n");
+		fprintf(stderr, "usage: attach_bench [--block|--overlay] STATE_DIR CACHE_ID COUNT "
+				"[THREADS [SIZE_MB]]\n"
+				"       attach_bench --make-snapshot STATE_DIR ID DATA_MB\n");
 		return 2;
 	}
 	if (make) {
@@ -209,7 +221,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "attach_bench: %s\n", err.msg);
 		return 1;
 	}
-	r = bench(s, argv[2], count, threads, block, (uint64_t)size_mb << 20);
+	r = bench(s, argv[2], count, threads, block, overlay, (uint64_t)size_mb << 20);
 	store_close(s);
 	return r;
 }

@@ -14,12 +14,14 @@
 # and each with its own table:
 #   bench_layers.sh        a 5-layer image: imcd build vs skopeo + umoci and curl | tar
 #   bench_attach_scale.sh  attach p50/p99 for 1, 4 and 16 GiB snapshots and 1, 8, 20 at once
+#   bench_overlay.sh       overlay vs clone mode: attach/detach at 1, 20, 50 at once, page cache
+#                          and read throughput of 8 pods reading 1 GiB
 #   bench_model.sh         a cache with a 4 GiB model file vs curl of the same file
 #   bench_ctr.sh           ctr run from a cache vs ctr pull + run of the same image
 #   bench_vm_drivers.sh    thin vs reflink in the Debian-kernel VM (emulated CPU: ratios only)
 #   bench_api.sh           wrk against GET of a cache and of the list, 1,000 caches in the store
 #   bench_distribution.sh  a cold host: fetch + attach over a veth link vs curl of the snapshot
-# BENCH_PARTS ("layers attach_scale model ctr vm_drivers api distribution") picks the parts.  All tables together go to
+# BENCH_PARTS ("layers attach_scale overlay model ctr vm_drivers api distribution") picks the parts.  All tables together go to
 # build/bench/results.md; the numbers the plots need go to build/bench/*.dat as well (lib.sh:
 # bench_dat), and tests/bench/plot.sh draws build/bench/*.png from them at the end.
 set -euo pipefail
@@ -102,10 +104,11 @@ bench_dat build_big "build time of one image, seconds (skopeo copy + umoci unpac
 bench_row build_big "${SIZE_MB} MiB, ${NFILES} files, 4 gzip layers" "$(secs "$PULL_MS")" \
 	"$(secs "$CURLTAR_MS")" "$(secs "$BUILD_MS")"
 
-for part in ${BENCH_PARTS-layers attach_scale model ctr vm_drivers api distribution}; do
+for part in ${BENCH_PARTS-layers attach_scale overlay model ctr vm_drivers api distribution}; do
 	step "$part"
 	out=$IMC_ROOT/build/bench/$part.md
-	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out "$here/bench_$part.sh" >&2
+	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out BENCH_OVL_OUT=$out \
+		"$here/bench_$part.sh" >&2
 	{
 		echo
 		echo "### $part"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
 # DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform,
-# DIR/grpc, DIR/snapmsg).  The layers are small tar, tar.gz and
+# DIR/grpc, DIR/snapmsg, DIR/mountinfo).  The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -241,3 +241,14 @@ bseed snapmsg prepare '\200\000\022\001k\042\010\012\001a\022\003xyz'
 bseed snapmsg commit '\200\003\022\002l1\032\001k'
 bseed snapmsg stat '\200\005\022\001k'
 bseed snapmsg list '\200\007\022\017kind==committed'
+
+# ---- mountinfo: an overlay attach's mounts (the overlay by its source, and what sits on it) -----
+seed mountinfo pod '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 7:7 / /var/lib/imcache/lowers/imc-1 ro,relatime shared:20 - ext4 /dev/loop7 ro,norecovery
+41 22 0:52 / /run/pods/p\0401 rw,relatime shared:21 - overlay imc-att-0123456789abcdef rw,lowerdir=/x,upperdir=/y,workdir=/z
+42 41 7:7 /data /run/pods/p\0401/models ro,nosuid,nodev,relatime shared:20 - ext4 /dev/loop7 ro
+43 42 0:53 / /run/pods/p\0401/models/tmp rw - tmpfs tmpfs rw
+'
+seed mountinfo other '41 22 0:52 / /run/pods/p2 rw - overlay imc-att-ffffffffffffffff rw
+42 41 0:53 / /run/pods/p2/x rw - tmpfs tmpfs rw
+'

@@ -1,5 +1,6 @@
 #!/bin/bash
-# imc-attach, the agent: mount mode with the cache's /data mounted read-only inside the rootfs
+# imc-attach, the agent, in clone mode (tests/integration/test_overlay.sh has the default overlay
+# mode): mount mode with the cache's /data mounted read-only inside the rootfs
 # (symlinks in the image cannot move it out), block mode (a device, no mount; detach by device or
 # attach id), --size (clone and ext4 grown, too small refused), reconcile after kill -9 at every
 # stop point of attach and detach (nothing leaked, live attaches untouched), orphan clones and loop
@@ -80,13 +81,13 @@ defer reconcile_quiet
 M=$TEST_TMP/m/pod1
 mkdir -p "$M"
 defer imc_detach_quiet "$M"
-check "attach the imcd-built cache at a directory" ia attach "$ID" "$M"
+check "attach the imcd-built cache at a directory" ia attach --mode clone "$ID" "$M"
 check_eq "the rootfs shows the image's files" content-a "$(cat "$M/data/a.txt" 2>&1)"
 check_eq "list shows it attached with its device" "attached $M true" \
 	"$(ia list | jq -r '.[0] | "\(.status) \(.dir) \(.device | startswith("/dev/"))"')"
-check_fails "a second attach at the same directory is refused" ia attach "$ID" "$M"
+check_fails "a second attach at the same directory is refused" ia attach --mode clone "$ID" "$M"
 mkdir -p "$TEST_TMP/m/nodata"
-_capture ia attach --data-dest /models "$ID" "$TEST_TMP/m/nodata"
+_capture ia attach --mode clone --data-dest /models "$ID" "$TEST_TMP/m/nodata"
 check_match "a cache without /data: clear error" "cache $ID has no /data" "$out"
 check "detach by directory" ia detach "$M"
 no_leaks "after attach, detach and a refused data attach"
@@ -94,7 +95,7 @@ no_leaks "after attach, detach and a refused data attach"
 M=$TEST_TMP/m/pod2
 mkdir -p "$M"
 defer imc_detach_quiet "$M"
-check "attach with --data-dest /opt/llm" ia attach --data-dest /opt/llm "$SNAP" "$M"
+check "attach with --data-dest /opt/llm" ia attach --mode clone --data-dest /opt/llm "$SNAP" "$M"
 check_eq "the data file is at DIR/opt/llm" weights-v1 "$(cat "$M/opt/llm/llm/model.bin" 2>&1)"
 check_eq "the rootfs file is there too" hello-from-snapshot "$(cat "$M/etc/hello" 2>&1)"
 check_fails "the data mount is read-only" touch "$M/opt/llm/new"
@@ -109,17 +110,17 @@ M=$TEST_TMP/m/pod3
 mkdir -p "$M"
 defer imc_detach_quiet "$M"
 check "attach with --data-dest through a symlink to / in the image" \
-	ia attach --data-dest /escape/w "$SNAP" "$M"
+	ia attach --mode clone --data-dest /escape/w "$SNAP" "$M"
 check_eq "it lands inside the rootfs" weights-v1 "$(cat "$M/w/llm/model.bin" 2>&1)"
 check_fails "and not at the host's /w" test -e /w/llm
 check "detach" ia detach "$M"
-_capture ia attach --data-dest /models/x "$SNAP" "$M"
+_capture ia attach --mode clone --data-dest /models/x "$SNAP" "$M"
 check_match "a symlink to a host path: refused (resolved inside the rootfs, where it dangles)" \
 	"data mount point /models" "$rc $out"
 check_fails "nothing was made on the host" test -e "$TEST_TMP/outside"
-_capture ia attach --data-dest /a/../b "$SNAP" "$M"
+_capture ia attach --mode clone --data-dest /a/../b "$SNAP" "$M"
 check_match "'..' in the data path is refused" '"\.\." is not allowed' "$out"
-_capture ia attach --data-dest relative "$SNAP" "$M"
+_capture ia attach --mode clone --data-dest relative "$SNAP" "$M"
 check_match "a relative data path is refused" "want an absolute path" "$out"
 no_leaks "after refused data attaches"
 
@@ -128,18 +129,18 @@ no_leaks "after refused data attaches"
 M=$TEST_TMP/m/sized
 mkdir -p "$M"
 defer imc_detach_quiet "$M"
-check "attach with --size 256M" ia attach --size 256M "$SNAP" "$M"
+check "attach with --size 256M" ia attach --mode clone --size 256M "$SNAP" "$M"
 DEV=$(ia list | jq -r '.[0].device')
 check_eq "the device is 256 MiB" 268435456 "$(blockdev --getsize64 "$DEV" 2>&1)"
 check_eq "the ext4 fills it (block count)" 65536 \
 	"$(dumpe2fs -h "$DEV" 2>/dev/null | sed -n 's/^Block count: *//p')"
 check_eq "the grown rootfs still has the files" hello-from-snapshot "$(cat "$M/etc/hello" 2>&1)"
 check "detach" ia detach "$M"
-_capture ia attach --size 16M "$SNAP" "$M"
+_capture ia attach --mode clone --size 16M "$SNAP" "$M"
 check_match "a size below the snapshot's is refused" "smaller than cache $SNAP" "$out"
-_capture ia attach --size 100000001 "$SNAP" "$M"
+_capture ia attach --mode clone --size 100000001 "$SNAP" "$M"
 check_match "a size that is not a multiple of 4096 is refused" "not a multiple of 4096" "$out"
-_capture ia attach --size 12Q "$SNAP" "$M"
+_capture ia attach --mode clone --size 12Q "$SNAP" "$M"
 check_eq "a malformed size is a usage error" 2 "$rc"
 no_leaks "after --size"
 
@@ -218,7 +219,7 @@ kill9() {
 # Does this build have the stop points (-DIMC_TESTING)?
 M=$TEST_TMP/m/probe
 mkdir -p "$M"
-if stopped_at after-clone attach "$SNAP" "$M"; then
+if stopped_at after-clone attach --mode clone "$SNAP" "$M"; then
 	kill9 "$STOPPED_PID"
 	ia reconcile >/dev/null
 	HAVE_STOP=1
@@ -231,10 +232,10 @@ crash_case() { # MODE POINT: attach (or detach) stopped at POINT, SIGKILLed, the
 	local mode=$1 point=$2 dir=$TEST_TMP/m/crash-$1-$2 what out
 	mkdir -p "$dir"
 	case "$mode" in
-	mount) stopped_at "$point" attach --data-dest /opt/llm "$SNAP" "$dir" ;;
+	mount) stopped_at "$point" attach --mode clone --data-dest /opt/llm "$SNAP" "$dir" ;;
 	block) stopped_at "$point" attach --block --size 128M "$SNAP" ;;
 	detach)
-		ia attach --data-dest /opt/llm "$SNAP" "$dir" >/dev/null
+		ia attach --mode clone --data-dest /opt/llm "$SNAP" "$dir" >/dev/null
 		stopped_at "$point" detach "$dir"
 		;;
 	esac || {
@@ -265,12 +266,12 @@ if [ -n "$HAVE_STOP" ]; then
 	# detach (not reconcile) finishes a crashed attach too, and the dir can be attached again.
 	M=$TEST_TMP/m/crash-redo
 	mkdir -p "$M"
-	if stopped_at after-mount attach "$SNAP" "$M"; then
+	if stopped_at after-mount attach --mode clone "$SNAP" "$M"; then
 		kill9 "$STOPPED_PID"
 		check_fails "after kill -9 at after-mount, a new attach at the dir is refused" \
-			ia attach "$SNAP" "$M"
+			ia attach --mode clone "$SNAP" "$M"
 		check "detach finishes the crashed attach" ia detach "$M"
-		check "the dir can be attached again" ia attach "$SNAP" "$M"
+		check "the dir can be attached again" ia attach --mode clone "$SNAP" "$M"
 		check "and detached" ia detach "$M"
 		no_leaks "after a crashed attach undone by detach"
 	else
@@ -288,8 +289,8 @@ M=$TEST_TMP/m/live
 mkdir -p "$M" "$TEST_TMP/m/vanish"
 defer imc_detach_quiet "$M"
 defer imc_detach_quiet "$TEST_TMP/m/vanish"
-ia attach --data-dest /opt/llm "$SNAP" "$M" >/dev/null
-ia attach --data-dest /opt/llm "$SNAP" "$TEST_TMP/m/vanish" >/dev/null
+ia attach --mode clone --data-dest /opt/llm "$SNAP" "$M" >/dev/null
+ia attach --mode clone --data-dest /opt/llm "$SNAP" "$TEST_TMP/m/vanish" >/dev/null
 umount "$TEST_TMP/m/vanish/opt/llm" "$TEST_TMP/m/vanish"
 cp --reflink=always "$STATE/pool/snapshots/$SNAP.img" "$CLONES/att-00000000000000aa.img"
 cp --reflink=always "$STATE/pool/snapshots/$SNAP.img" "$CLONES/att-00000000000000bb.img"
@@ -313,7 +314,7 @@ M=$TEST_TMP/m/ns
 mkdir -p "$M"
 # shellcheck disable=SC2016 # expanded by the inner shell
 unshare -m --propagation private sh -c \
-	'"$1" --state-dir "$2" attach "$3" "$4" && echo attached >"$5" && exec sleep 120' \
+	'"$1" --state-dir "$2" attach --mode clone "$3" "$4" && echo attached >"$5" && exec sleep 120' \
 	sh "$IMC_BIN/imc-attach" "$STATE" "$SNAP" "$M" "$TEST_TMP/ns.ready" 2>"$ERRS/ns" &
 NS_PID=$!
 defer stop_quiet "$NS_PID"
@@ -363,7 +364,7 @@ done >"$TEST_TMP/reconcile.out" 2>"$ERRS/reconcile-loop") &
 RECONCILE_PID=$!
 defer stop_quiet "$RECONCILE_PID"
 T0=$(now_ms)
-all_at_once attach "$ID"
+all_at_once attach --mode clone "$ID"
 note "$N concurrent attaches took $(($(now_ms) - T0)) ms"
 touch "$TEST_TMP/stop-reconcile"
 wait "$RECONCILE_PID" || true

@@ -77,9 +77,17 @@ nothing_left "after ctr run --rm" "$ROOT" ctr-a
 
 # The bundle containerd wrote holds the annotation: the shim passed config.json as it was.
 # shellcheck disable=SC2016 # expanded in the container
-ctr_run_fresh b "imcache.io/cache-id=$ID" -- /bin/sh -c \
-	'while read -r _ _ _ root mnt _; do [ "$mnt" != / ] || echo "$root"; done </proc/self/mountinfo'
-check_eq "the container's / is the cache's /images/0/rootfs" "0 /images/0/rootfs" "$rc $out"
+# The root's mountinfo line: its root in its filesystem and the filesystem's type.
+ROOT_LINE='while read -r _ _ _ root mnt rest; do
+	[ "$mnt" != / ] || { set -- ${rest#* - }; echo "$root $1"; }
+done </proc/self/mountinfo'
+ctr_run_fresh b "imcache.io/cache-id=$ID" -- /bin/sh -c "$ROOT_LINE"
+check_eq "the container's / is an overlay (the default mode)" "0 / overlay" "$rc $out"
+nothing_left "after the overlay run" "$ROOT" ctr-b
+ctr_run_fresh clone "imcache.io/cache-id=$ID" imcache.io/attach-mode=clone -- /bin/sh -c "$ROOT_LINE"
+check_eq "with imcache.io/attach-mode=clone it is the clone's /images/0/rootfs" \
+	"0 /images/0/rootfs ext4" "$rc $out"
+nothing_left "after the clone run" "$ROOT" ctr-clone
 
 # --- the image's config through containerd -----------------------------------------------------
 

@@ -110,17 +110,25 @@ for rt in $RUNTIMES; do
 	fi
 	nothing_left "$rt: after run" "$B/rootfs" "$cid"
 
-	# create + start + delete, all in one shell (one mount namespace for crun).
-	B=$TEST_TMP/bundle-csd-$rt
-	cid=imc-rt-csd-$rt-$$
-	mk_bundle "$B" rootfs "$ANN" /bin/cat /data/a.txt
+	# create + start + delete, all in one shell (one mount namespace for crun), in overlay mode
+	# (the default) and in clone mode (imcache.io/attach-mode).
+	for mode in overlay clone; do
+	B=$TEST_TMP/bundle-csd-$rt-$mode
+	cid=imc-rt-csd-$rt-$mode-$$
+	want_fs=overlay
+	ann=$ANN
+	if [ "$mode" = clone ]; then
+		want_fs=ext4
+		ann=$(printf '%s' "$ANN" | jq -c '. + {"imcache.io/attach-mode": "clone"}')
+	fi
+	mk_bundle "$B" rootfs "$ann" /bin/cat /data/a.txt
 	defer imc_detach_quiet "$B/rootfs"
 	defer "$rt" --root "$TEST_TMP/rt-root-$rt" delete --force "$cid"
 	# shellcheck disable=SC2016 # expanded by the inner shell
 	FLOW='set -e
 		rt=$1 imc=$2 root=$3 b=$4 cid=$5 out=$6
 		"$imc" --root "$root" create --bundle "$b" "$cid" >"$out" 2>&1
-		echo "mounted=$(findmnt -rn --mountpoint "$b/rootfs" >/dev/null && echo yes || echo no)"
+		echo "mounted=$(findmnt -rn -o FSTYPE --mountpoint "$b/rootfs" || echo no)"
 		echo "records=$(ls "$IMCACHE_STATE_DIR/runtime")"
 		"$imc" --root "$root" start "$cid"
 		i=0
@@ -132,18 +140,19 @@ for rt in $RUNTIMES; do
 		echo "mounted-after=$(findmnt -rn --mountpoint "$b/rootfs" >/dev/null && echo yes || echo no)"'
 	rc=0
 	out=$(in_rt "$rt" sh -c "$FLOW" sh "$rt" "$IMC_RT" "$TEST_TMP/rt-root-$rt" "$B" "$cid" \
-		"$TEST_TMP/out-csd-$rt" 2>"$RT_ERRS/csd-$rt") || rc=$?
+		"$TEST_TMP/out-csd-$rt-$mode" 2>"$RT_ERRS/csd-$rt-$mode") || rc=$?
 	if [ "$rc" -eq 0 ]; then
-		check_eq "$rt: create attaches at root.path and records the container" \
-			"mounted=yes records=$cid.json stopped mounted-after=no" \
+		check_eq "$rt ($mode): create attaches at root.path ($want_fs) and records the container" \
+			"mounted=$want_fs records=$cid.json stopped mounted-after=no" \
 			"$(printf '%s' "$out" | tr '\n' ' ' | sed 's/ $//')"
-		check_eq "$rt: the created container read the cache's /data/a.txt" content-a \
-			"$(cat "$TEST_TMP/out-csd-$rt" 2>&1)"
+		check_eq "$rt ($mode): the created container read the cache's /data/a.txt" content-a \
+			"$(cat "$TEST_TMP/out-csd-$rt-$mode" 2>&1)"
 	else
-		not_ok "$rt: imc-runtime create + start + delete" "exit status $rc" "$out" \
-			"$(cat "$RT_ERRS/csd-$rt")"
+		not_ok "$rt ($mode): imc-runtime create + start + delete" "exit status $rc" "$out" \
+			"$(cat "$RT_ERRS/csd-$rt-$mode")"
 	fi
-	nothing_left "$rt: after create + start + delete" "$B/rootfs" "$cid"
+	nothing_left "$rt ($mode): after create + start + delete" "$B/rootfs" "$cid"
+	done
 done
 note "runtimes that worked through imc-runtime: ${WORKED:-none} (tried: $RUNTIMES)"
 

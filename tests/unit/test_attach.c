@@ -1,10 +1,11 @@
-/* attach/: the pure parts (attach ids, the data mount path check, mountinfo decoding).  The
+/* attach/: the pure parts (attach ids, the data mount path check, mountinfo decoding, the scan
+ * for an overlay attach's mounts).  The
  * mounts, loop devices and crash recovery are tested for real in
  * tests/integration/test_attach.sh. */
 #include <check.h>
 #include <string.h>
 
-#include "../../attach/attach.h"
+#include "../../attach/internal.h"
 #include "unit.h"
 
 /* TESTABLE helpers of attach/attach.c. */
@@ -86,6 +87,35 @@ START_TEST(mountinfo_escapes)
 }
 END_TEST
 
+/* The overlay of att-0123456789abcdef (by its source), the mounts on top of it (the data
+ * mount, a mount on that), and none of another attach's or anyone else's; the last-mounted
+ * first. */
+START_TEST(pod_mounts_scan)
+{
+	static struct attach_pod_mount m[ATTACH_POD_MOUNTS_MAX];
+	char buf[] = "22 1 254:0 / / rw - ext4 /dev/vda rw\n"
+		     "40 22 7:7 / /s/lowers/imc-1 ro - ext4 /dev/loop7 ro\n"
+		     "41 22 0:52 / /run/p\\0401 rw - overlay imc-att-0123456789abcdef "
+		     "rw,lowerdir=/x\n"
+		     "42 41 7:7 /data /run/p\\0401/models ro - ext4 /dev/loop7 ro\n"
+		     "43 42 0:53 / /run/p\\0401/models/t rw - tmpfs tmpfs rw\n"
+		     "44 22 0:54 / /run/q rw - overlay imc-att-ffffffffffffffff rw\n"
+		     "45 44 0:55 / /run/q/x rw - tmpfs tmpfs rw\n"
+		     "46 22 0:56 / /run/r rw - overlay imc-att-0123456789abcdefX rw\n"
+		     "garbage line\n"
+		     "47 22 0:57 / - overlay\n";
+
+	ck_assert_uint_eq(attach_pod_mounts_scan(buf, "att-0123456789abcdef", m), 3);
+	ck_assert_str_eq(m[0].point, "/run/p 1/models/t");
+	ck_assert(!m[0].overlay);
+	ck_assert_str_eq(m[1].point, "/run/p 1/models");
+	ck_assert_uint_eq(m[1].parent, 41);
+	ck_assert_str_eq(m[2].point, "/run/p 1");
+	ck_assert(m[2].overlay);
+	ck_assert_uint_eq(m[2].id, 41);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("attach");
@@ -94,6 +124,7 @@ int main(void)
 	tcase_add_test(tc, attach_ids);
 	tcase_add_test(tc, data_dest_paths);
 	tcase_add_test(tc, mountinfo_escapes);
+	tcase_add_test(tc, pod_mounts_scan);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }

@@ -242,6 +242,23 @@ START_TEST(annotations)
 		ck_assert_int_eq(parse(json, &c, &err), 0);
 		ck_assert_int_eq(c.use_config, modes[i].want);
 		ck_assert_str_eq(c.data_dest, "/models/x");
+		ck_assert(!c.clone);
+		runtime_cache_free(&c);
+	}
+
+	/* imcache.io/attach-mode: overlay (also the default) or clone. */
+	static const struct {
+		const char *value;
+		bool clone;
+	} attach_modes[] = {{"overlay", false}, {"clone", true}};
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(attach_modes); i++) {
+		char json[256];
+		snprintf(json, sizeof(json),
+			 "{\"root\":{\"path\":\"r\"},\"annotations\":{\"imcache.io/cache-id\":"
+			 "\"imc-1\",\"imcache.io/attach-mode\":\"%s\"}}",
+			 attach_modes[i].value);
+		ck_assert_int_eq(parse(json, &c, &err), 0);
+		ck_assert_int_eq(c.clone, attach_modes[i].clone);
 		runtime_cache_free(&c);
 	}
 }
@@ -362,6 +379,12 @@ START_TEST(annotations_bad)
 	    {"{\"annotations\":{\"imcache.io/cache-id\":\"a\",\"imcache.io/use-image-config\":"
 	     "true},\"root\":{\"path\":\"r\"}}",
 	     "imcache.io/use-image-config"},
+	    {"{\"annotations\":{\"imcache.io/cache-id\":\"a\",\"imcache.io/attach-mode\":"
+	     "\"block\"},\"root\":{\"path\":\"r\"}}",
+	     "want overlay or clone"},
+	    {"{\"annotations\":{\"imcache.io/cache-id\":\"a\",\"imcache.io/attach-mode\":1},"
+	     "\"root\":{\"path\":\"r\"}}",
+	     "imcache.io/attach-mode"},
 	};
 
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {

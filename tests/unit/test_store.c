@@ -583,7 +583,7 @@ START_TEST(two_attaches_are_isolated)
 	char a[PATH_MAX], b[PATH_MAX], f[PATH_MAX + 16];
 	unsigned long clones = imc_priv_count(IMC_PRIV_FICLONE);
 	struct store_object_info info;
-	struct attach_request req = {.cache_id = SNAP};
+	struct attach_request req = {.cache_id = SNAP, .mode = ATTACH_MODE_CLONE};
 	imc_error err;
 
 	mkdirs(a, b, sizeof(a));
@@ -623,7 +623,8 @@ END_TEST
 START_TEST(attach_with_size_grows_the_clone_and_its_filesystem)
 {
 	char a[PATH_MAX], b[PATH_MAX], f[PATH_MAX + 16];
-	struct attach_request req = {.cache_id = SNAP, .size = 512ULL << 20};
+	struct attach_request req = {
+	    .cache_id = SNAP, .size = 512ULL << 20, .mode = ATTACH_MODE_CLONE};
 	struct store_object_info info;
 	struct statvfs vfs;
 	imc_error err;
@@ -653,7 +654,7 @@ END_TEST
 START_TEST(bad_attaches_leave_nothing)
 {
 	char a[PATH_MAX], b[PATH_MAX];
-	struct attach_request req = {.cache_id = "imc-ffffffffffffffff"};
+	struct attach_request req = {.cache_id = "imc-ffffffffffffffff", .mode = ATTACH_MODE_CLONE};
 	json_t *list;
 	imc_error err;
 	int r;
@@ -709,7 +710,7 @@ END_TEST
 START_TEST(detach_after_agent_crash)
 {
 	char a[PATH_MAX], b[PATH_MAX];
-	struct attach_request req = {.cache_id = SNAP};
+	struct attach_request req = {.cache_id = SNAP, .mode = ATTACH_MODE_CLONE};
 	imc_error err;
 	int status;
 	pid_t pid;
@@ -734,7 +735,7 @@ END_TEST
 START_TEST(teardown_refused_while_attached)
 {
 	char a[PATH_MAX], b[PATH_MAX];
-	struct attach_request req = {.cache_id = SNAP};
+	struct attach_request req = {.cache_id = SNAP, .mode = ATTACH_MODE_CLONE};
 	imc_error err;
 
 	mkdirs(a, b, sizeof(a));

@@ -1,7 +1,9 @@
 #!/bin/bash
 # End to end on the thin driver, in a kernel with device-mapper (tests/vm/imc-vm): a registry on
 # 127.0.0.1, imcd --driver thin builds a cache into a dm thin pool, imc-attach --driver thin
-# attaches it as a rootfs, crun runs a container from it, detach and teardown leave no device
+# attaches it as a rootfs in clone mode and in overlay mode (two pods on one read-only activation
+# of the snapshot, isolated, crun runs from one; the lower's device goes with the last detach,
+# also after a kill -9 right after the lower's unmount), detach and teardown leave no device
 # behind; a restarted imcd finds the pool and the cache again and repairs nothing.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -63,7 +65,7 @@ check_match "/metrics reports the thin pool's usage" "imcache_" "$(curl -s "$IMC
 ROOT=$TEST_TMP/root
 mkdir -p "$ROOT"
 defer imc_detach_quiet "$ROOT"
-check "imc-attach --driver thin attaches $ID" imc_attach attach "$ID" "$ROOT"
+check "imc-attach --driver thin attaches $ID (clone mode)" imc_attach attach --mode clone "$ID" "$ROOT"
 check_match "the rootfs is mounted from a thin device" "^/dev/mapper/imc-" \
 	"$(findmnt -rn -o SOURCE --mountpoint "$ROOT" || true)"
 if IMC_RUNTIME=crun run_container "$ROOT" /bin/sh -c 'cat /data/a.txt; echo written >/x; cat /x'; then
@@ -75,6 +77,53 @@ fi
 check "detach" imc_attach detach "$ROOT"
 check_eq "no clone left in the pool" 0 \
 	"$(jq '[.devices[] | select(.kind == "clone")] | length' "$STATE/thin/devices.json")"
+
+# Overlay mode (the default): one read-only activation of the snapshot, shared by the pods.
+P1=$TEST_TMP/pod1
+P2=$TEST_TMP/pod2
+mkdir -p "$P1" "$P2"
+defer imc_detach_quiet "$P1"
+defer imc_detach_quiet "$P2"
+io() { imc_attach --lower-grace 0 "$@"; }
+check "overlay attach of $ID at pod1" io attach "$ID" "$P1"
+check "overlay attach of $ID at pod2" io attach "$ID" "$P2"
+LOWER_SRC=$(findmnt -rn -o SOURCE --mountpoint "$STATE/lowers/$ID" || true)
+check_match "the shared lower is the snapshot's thin device" "^/dev/mapper/imc-.*-s-" "$LOWER_SRC"
+check_eq "mounted read-only from a read-only device" "ro 1" \
+	"$(findmnt -rn -o OPTIONS --mountpoint "$STATE/lowers/$ID" | cut -d, -f1) $(blockdev --getro "$LOWER_SRC" 2>&1)"
+check_eq "pods are overlays" "overlay overlay" \
+	"$(findmnt -rn -o FSTYPE --mountpoint "$P1") $(findmnt -rn -o FSTYPE --mountpoint "$P2")"
+echo pod1 >"$P1/mine"
+check "pod2 does not see pod1's write" test ! -e "$P2/mine"
+check_eq "pod2 reads the image's files" content-a "$(cat "$P2/data/a.txt" 2>&1)"
+if IMC_RUNTIME=crun run_container "$P1" /bin/sh -c 'cat /mine; echo again >/x; cat /x'; then
+	check_eq "crun runs a container from the overlay" "pod1
+again" "$CONTAINER_OUTPUT"
+else
+	not_ok "crun runs a container from the overlay" "$CONTAINER_ERRORS"
+fi
+check "detach pod1" io detach "$P1"
+check "the lower stays for pod2" test -n "$(findmnt -rn --mountpoint "$STATE/lowers/$ID")"
+check "detach pod2" io detach "$P2"
+check_eq "the lower's device goes with the last detach" "" \
+	"$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true; our_dm_devices | grep -- '-s-' || true)"
+# kill -9 right after the lower's unmount: its thin device is still active; reconcile removes it.
+check "overlay attach again" io attach "$ID" "$P1"
+IMC_ATTACH_STOP_AT=lower-after-umount "$IMC_BIN/imc-attach" --state-dir "$STATE" --driver thin \
+	--lower-grace 0 detach "$P1" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 1 400); do
+	case "$(ps -o stat= -p "$pid" 2>/dev/null)" in T*) break ;; "" | Z*) break ;; esac
+	sleep 0.05
+done
+kill -9 "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+check_match "after kill -9 past the lower's unmount, its device is still there" "-s-" \
+	"$(our_dm_devices)"
+check_match "reconcile releases it" "released the lower of cache $ID" "$(io reconcile 2>&1)"
+check_eq "no snapshot device and no lower left" "" \
+	"$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true; our_dm_devices | grep -- '-s-' || true;
+	   find "$STATE/lowers" "$STATE/overlays" -mindepth 1)"
 
 # A restart finds the pool and the cache and has nothing to repair.
 imcd_stop || true

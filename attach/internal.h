@@ -1,0 +1,72 @@
+/* What attach.c, lower.c and overlay.c share inside the attach room; not a public header. */
+#ifndef IMC_ATTACH_INTERNAL_H
+#define IMC_ATTACH_INTERNAL_H
+
+#include <limits.h>
+
+#include "attach.h"
+
+#define ATTACH_MODE_NAME_OVERLAY "overlay"
+#define ATTACH_MODE_NAME_CLONE	 "clone"
+
+/* attach.c */
+/* The store's state dir (the one place this room asks the store for it). */
+const char *attach_state_dir(struct store *s);
+/* Test-only SIGSTOP points (IMC_ATTACH_STOP_AT=NAME in a -DIMC_TESTING build). */
+void attach_stop_point(const char *name);
+/* Is there a state file for attach id aid (attachments/<aid>.json)? */
+bool attach_state_exists(struct store *s, const char *aid);
+/* Make dest inside rootfd (each component resolved inside it); an O_PATH fd of it. */
+int attach_mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err);
+/* images[req->image].config of /imcache.json in the cache's root at dirfd. */
+int attach_read_image_config(int dirfd, const struct attach_request *req, json_t **ret,
+			     imc_error *err);
+/* Decode mountinfo's octal escapes in place. */
+void attach_mountinfo_unescape(char *s);
+
+/* lower.c: one read-only mount of a cache's snapshot per host, shared by its overlay attaches.
+ * <state>/lowers/<id>/ is the mount, <id>.json its device, <id>.refs/<att-id> one entry per
+ * attach using it, <id>.lock the flock (shared to take or drop a reference, exclusive to mount
+ * or unmount). */
+#define ATTACH_LOWERS_DIR "lowers"
+/* Take a reference for attach aid on cache_id's lower, mounting it if it is not; ret_root gets
+ * the lower's root directory. */
+int lower_acquire(struct store *s, const char *cache_id, const char *aid,
+		  const struct attach_lower_policy *pol, char ret_root[PATH_MAX], imc_error *err);
+/* Drop attach aid's reference (the lower stays mounted: lower_sweep releases it). */
+int lower_release(struct store *s, const char *cache_id, const char *aid, imc_error *err);
+/* Drop references of attaches that have no state; unmount lowers that nothing references and
+ * whose grace ran out, then the least recently used unreferenced ones while more than
+ * pol->max_mounted are mounted; remove records of lowers that are not mounted.  Each change goes
+ * into repairs (may be NULL).  Lowers another process holds are skipped. */
+int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
+		imc_error *err);
+
+/* overlay.c */
+/* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */
+/* dir names the mount point; dirfd, when not -1, is it opened already (the mount goes onto the
+ * descriptor, not onto dir resolved again). */
+int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
+		   const char *dir, int dirfd, json_t **ret_config, imc_error *err);
+/* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
+ * reference on the lower.  The caller removes the state. */
+int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);
+#define ATTACH_POD_MOUNTS_MAX 16
+struct attach_pod_mount {
+	unsigned id, parent;
+	bool overlay; /* the pod's overlay (source "imc-<aid>"), not a mount on top of it */
+	char point[PATH_MAX];
+};
+/* The mounts of attach aid's overlay and those on top of them in mountinfo text buf (changed
+ * in place), at most ATTACH_POD_MOUNTS_MAX, last-mounted first; their count.  (Static outside
+ * test builds; the fuzz target reaches it.) */
+#ifdef IMC_TESTING
+size_t attach_pod_mounts_scan(char *buf, const char *aid, struct attach_pod_mount *ret);
+#endif
+/* Is the overlay of attach aid mounted, in this mount namespace or any other (reconcile must not
+ * undo a pod whose runtime attached it in a private namespace)? */
+bool overlay_alive(const char *aid);
+/* Pod directories (<state>/overlays/<att-id>) whose attach has no state: unmounted, removed. */
+int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err);
+
+#endif
