@@ -1,4 +1,4 @@
-/* imcd: the imcache REST service. */
+/* imcd: the imcache REST service.  Its options are a table (options[]), one row each. */
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "../common/cli.h"
 #include "../dist/dist.h"
 #include "../store/store.h"
 #include "api.h"
@@ -194,199 +195,199 @@ static int parse_fraction(const char *s, double *ret)
 	return 0;
 }
 
-/* --max-connections (M), --max-connections-per-client (P), --connection-reserve (R),
- * --request-timeout (Q); how they fit together is checked once the config is read. */
-static int parse_http_option(int ch, const char *arg, struct api_http_limits *l)
-{
-	uint64_t n = 0;
-	bool bad = parse_size(arg, &n) < 0 || n == 0;
+/* The options' take functions (common/cli.h): 0, -1 after a usage error, 1 after --help. */
+#define OPTS(p) ((struct options *)(p))
 
-	switch (ch) {
-	case 'M':
-		if (bad || n > API_CONNECTIONS_MAX)
-			return usage_error("--max-connections %s: want 2-65536", arg);
-		l->max_connections = (unsigned)n;
-		return 0;
-	case 'P':
-		if (bad || n > API_CONNECTIONS_MAX)
-			return usage_error("--max-connections-per-client %s: want 1-65536", arg);
-		l->per_client = (unsigned)n;
-		return 0;
-	case 'R':
-		if (bad || n >= API_CONNECTIONS_MAX)
-			return usage_error("--connection-reserve %s: want 1-65535", arg);
-		l->reserve = (unsigned)n;
-		return 0;
-	default:
-		if (bad || n > API_REQUEST_TIMEOUT_MAX)
-			return usage_error("--request-timeout %s: want 1-3600 seconds", arg);
-		l->request_timeout_s = (unsigned)n;
-		return 0;
-	}
+static int take_pool_size(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_size(arg, &OPTS(o)->pool_size) < 0)
+		return usage_error("--pool-size %s: want BYTES[K|M|G|T]", arg);
+	return 0;
 }
 
-/* One option; returns 0, 1 to exit 0 (--help) or -1 on a usage error. */
-static int parse_option(int ch, const char *arg, struct options *o)
+static int take_insecure(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (OPTS(o)->n_insecure >= MAX_INSECURE_REGISTRIES)
+		return usage_error("%s: too many --insecure-registry (at most 64)", arg);
+	OPTS(o)->insecure[OPTS(o)->n_insecure++] = arg;
+	return 0;
+}
+
+static int take_driver_opt(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (OPTS(o)->n_driver_opts >= MAX_DRIVER_OPTS)
+		return usage_error("%s: too many --driver-opt (at most 32)", arg);
+	if (!strchr(arg, '='))
+		return usage_error("--driver-opt %s: want KEY=VALUE", arg);
+	OPTS(o)->driver_opts[OPTS(o)->n_driver_opts++] = arg;
+	return 0;
+}
+
+static int take_log_level(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_log_level(arg) < 0)
+		return usage_error("--log-level %s: want error|warn|info|debug", arg);
+	return 0;
+}
+
+/* A count in 1-max into *ret; fmt says what is wanted. */
+static int take_count(const char *arg, uint64_t max, const char *fmt, unsigned *ret)
 {
 	uint64_t n = 0;
 
-	switch (ch) {
-	case 'l':
-		o->listen = arg;
-		return 0;
-	case 's':
-		o->state_dir = arg;
-		return 0;
-	case 'd':
-		o->driver = arg;
-		return 0;
-	case 'p':
-		if (parse_size(arg, &o->pool_size) < 0)
-			return usage_error("--pool-size %s: want BYTES[K|M|G|T]", arg);
-		return 0;
-	case 'k':
-		if (o->n_insecure >= MAX_INSECURE_REGISTRIES)
-			return usage_error("%s: too many --insecure-registry (at most 64)", arg);
-		o->insecure[o->n_insecure++] = arg;
-		return 0;
-	case 'o':
-		if (o->n_driver_opts >= MAX_DRIVER_OPTS)
-			return usage_error("%s: too many --driver-opt (at most 32)", arg);
-		if (!strchr(arg, '='))
-			return usage_error("--driver-opt %s: want KEY=VALUE", arg);
-		o->driver_opts[o->n_driver_opts++] = arg;
-		return 0;
-	case 'A':
-		o->auth_file = arg;
-		return 0;
-	case 'C':
-		o->ca_file = arg;
-		return 0;
-	case 'H':
-		o->hf_endpoint = arg;
-		return 0;
-	case 'r':
-		o->ready_file = arg;
-		return 0;
-	case 'L':
-		if (parse_log_level(arg) < 0)
-			return usage_error("--log-level %s: want error|warn|info|debug", arg);
-		return 0;
-	case 't':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
-			return usage_error("--threads %s: want 1-64", arg);
-		o->threads = (unsigned)n;
-		return 0;
-	case 'c':
-		o->config = arg;
-		return 0;
-	case 'N':
-		o->no_config = true;
-		return 0;
-	case 'T':
-		o->tls_cert = arg;
-		return 0;
-	case 'K':
-		o->tls_key = arg;
-		return 0;
-	case 'W':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
-			return usage_error("--build-workers %s: want 1-64", arg);
-		o->build_workers = (unsigned)n;
-		return 0;
-	case 'E':
-		if (parse_fraction(arg, &o->evict_high) < 0)
-			return usage_error("--evict-high %s: want a fraction in (0, 1]", arg);
-		return 0;
-	case 'e':
-		if (parse_fraction(arg, &o->evict_low) < 0)
-			return usage_error("--evict-low %s: want a fraction in (0, 1]", arg);
-		return 0;
-	case 'S':
-		if (parse_seconds_ms(arg, &o->sweep_interval_ms) < 0)
-			return usage_error("--sweep-interval %s: want 0.01-86400 seconds", arg);
-		return 0;
-	case 'M':
-	case 'P':
-	case 'R':
-	case 'Q':
-		return parse_http_option(ch, arg, &o->http);
-	case 'F':
-		if (oci_platform_normalize(arg, o->platform, sizeof(o->platform), NULL) < 0)
-			return usage_error("--platform %s: want OS/ARCH[/VARIANT] (linux/arm64)",
-					   arg);
-		return 0;
-	case 'Y':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 600)
-			return usage_error("--resolve-timeout %s: want 1-600 seconds", arg);
-		o->resolve_timeout_ms = (unsigned)n * 1000;
-		return 0;
-	case 'B':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 64)
-			return usage_error("--tenant-builds %s: want 1-64", arg);
-		o->tenant_builds = (unsigned)n;
-		return 0;
-	case 'G':
-		if (parse_size(arg, &n) < 0 || n == 0 || n > 3600)
-			return usage_error("--shutdown-grace %s: want 1-3600 seconds", arg);
-		o->shutdown_grace_ms = (unsigned)n * 1000;
-		return 0;
-	case 'X':
-		if (parse_size(arg, &o->blob_cache_max) < 0 || o->blob_cache_max == 0)
-			return usage_error("--blob-cache-max %s: want BYTES[K|M|G|T] above 0", arg);
-		return 0;
-	case 'h':
-		usage(stdout);
-		return 1;
-	}
-	usage(stderr);
-	return -1;
+	if (parse_size(arg, &n) < 0 || n == 0 || n > max)
+		return usage_error(fmt, arg);
+	*ret = (unsigned)n;
+	return 0;
 }
+
+static int take_threads(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, 64, "--threads %s: want 1-64", &OPTS(o)->threads);
+}
+
+static int take_build_workers(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, 64, "--build-workers %s: want 1-64", &OPTS(o)->build_workers);
+}
+
+/* --evict-high, --evict-low: the double at opt->off. */
+static int take_fraction(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_fraction(arg, (double *)((char *)o + opt->off)) < 0) {
+		fprintf(stderr, "imcd: --%s %s: want a fraction in (0, 1]\n", opt->name, arg);
+		return -1;
+	}
+	return 0;
+}
+
+static int take_sweep_interval(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_seconds_ms(arg, &OPTS(o)->sweep_interval_ms) < 0)
+		return usage_error("--sweep-interval %s: want 0.01-86400 seconds", arg);
+	return 0;
+}
+
+/* The HTTP limits: how they fit together is checked once the config is read. */
+static int take_max_connections(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, API_CONNECTIONS_MAX, "--max-connections %s: want 2-65536",
+			  &OPTS(o)->http.max_connections);
+}
+
+static int take_per_client(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, API_CONNECTIONS_MAX, "--max-connections-per-client %s: want 1-65536",
+			  &OPTS(o)->http.per_client);
+}
+
+static int take_reserve(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, API_CONNECTIONS_MAX - 1, "--connection-reserve %s: want 1-65535",
+			  &OPTS(o)->http.reserve);
+}
+
+static int take_request_timeout(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, API_REQUEST_TIMEOUT_MAX, "--request-timeout %s: want 1-3600 seconds",
+			  &OPTS(o)->http.request_timeout_s);
+}
+
+static int take_platform(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (oci_platform_normalize(arg, OPTS(o)->platform, sizeof(OPTS(o)->platform), NULL) < 0)
+		return usage_error("--platform %s: want OS/ARCH[/VARIANT] (linux/arm64)", arg);
+	return 0;
+}
+
+/* match=best: seconds, kept as milliseconds. */
+static int take_resolve_timeout(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	unsigned s = 0;
+
+	if (take_count(arg, 600, "--resolve-timeout %s: want 1-600 seconds", &s) < 0)
+		return -1;
+	OPTS(o)->resolve_timeout_ms = s * 1000;
+	return 0;
+}
+
+static int take_shutdown_grace(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	unsigned s = 0;
+
+	if (take_count(arg, 3600, "--shutdown-grace %s: want 1-3600 seconds", &s) < 0)
+		return -1;
+	OPTS(o)->shutdown_grace_ms = s * 1000;
+	return 0;
+}
+
+static int take_tenant_builds(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	return take_count(arg, 64, "--tenant-builds %s: want 1-64", &OPTS(o)->tenant_builds);
+}
+
+static int take_blob_cache_max(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_size(arg, &OPTS(o)->blob_cache_max) < 0 || OPTS(o)->blob_cache_max == 0)
+		return usage_error("--blob-cache-max %s: want BYTES[K|M|G|T] above 0", arg);
+	return 0;
+}
+
+static int take_help(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	usage(stdout);
+	return 1;
+}
+
+/* One row per option (the order is getopt_long's for an ambiguous abbreviation). */
+#define O(field) offsetof(struct options, field)
+static const struct imc_cli_opt options[] = {
+    {"listen", required_argument, 0, imc_cli_string, O(listen)},
+    {"state-dir", required_argument, 0, imc_cli_string, O(state_dir)},
+    {"driver", required_argument, 0, imc_cli_string, O(driver)},
+    {"driver-opt", required_argument, 0, take_driver_opt, 0},
+    {"auth-file", required_argument, 0, imc_cli_string, O(auth_file)},
+    {"ca-file", required_argument, 0, imc_cli_string, O(ca_file)},
+    {"hf-endpoint", required_argument, 0, imc_cli_string, O(hf_endpoint)},
+    {"pool-size", required_argument, 0, take_pool_size, 0},
+    {"insecure-registry", required_argument, 0, take_insecure, 0},
+    {"ready-file", required_argument, 0, imc_cli_string, O(ready_file)},
+    {"log-level", required_argument, 0, take_log_level, 0},
+    {"threads", required_argument, 0, take_threads, 0},
+    {"config", required_argument, 0, imc_cli_string, O(config)},
+    {"no-config", no_argument, 0, imc_cli_true, O(no_config)},
+    {"tls-cert", required_argument, 0, imc_cli_string, O(tls_cert)},
+    {"tls-key", required_argument, 0, imc_cli_string, O(tls_key)},
+    {"build-workers", required_argument, 0, take_build_workers, 0},
+    {"evict-high", required_argument, 0, take_fraction, O(evict_high)},
+    {"evict-low", required_argument, 0, take_fraction, O(evict_low)},
+    {"sweep-interval", required_argument, 0, take_sweep_interval, 0},
+    {"max-connections", required_argument, 0, take_max_connections, 0},
+    {"max-connections-per-client", required_argument, 0, take_per_client, 0},
+    {"connection-reserve", required_argument, 0, take_reserve, 0},
+    {"request-timeout", required_argument, 0, take_request_timeout, 0},
+    {"platform", required_argument, 0, take_platform, 0},
+    {"resolve-timeout", required_argument, 0, take_resolve_timeout, 0},
+    {"shutdown-grace", required_argument, 0, take_shutdown_grace, 0},
+    {"tenant-builds", required_argument, 0, take_tenant_builds, 0},
+    {"blob-cache-max", required_argument, 0, take_blob_cache_max, 0},
+    {"help", no_argument, 'h', take_help, 0},
+};
+#undef O
 
 /* Returns 0 to run, 1 to exit 0 (--help), -1 on a usage error. */
 static int parse_args(int argc, char **argv, struct options *o)
 {
-	static const struct option longopts[] = {
-	    {"listen", required_argument, NULL, 'l'},
-	    {"state-dir", required_argument, NULL, 's'},
-	    {"driver", required_argument, NULL, 'd'},
-	    {"driver-opt", required_argument, NULL, 'o'},
-	    {"auth-file", required_argument, NULL, 'A'},
-	    {"ca-file", required_argument, NULL, 'C'},
-	    {"hf-endpoint", required_argument, NULL, 'H'},
-	    {"pool-size", required_argument, NULL, 'p'},
-	    {"insecure-registry", required_argument, NULL, 'k'},
-	    {"ready-file", required_argument, NULL, 'r'},
-	    {"log-level", required_argument, NULL, 'L'},
-	    {"threads", required_argument, NULL, 't'},
-	    {"config", required_argument, NULL, 'c'},
-	    {"no-config", no_argument, NULL, 'N'},
-	    {"tls-cert", required_argument, NULL, 'T'},
-	    {"tls-key", required_argument, NULL, 'K'},
-	    {"build-workers", required_argument, NULL, 'W'},
-	    {"evict-high", required_argument, NULL, 'E'},
-	    {"evict-low", required_argument, NULL, 'e'},
-	    {"sweep-interval", required_argument, NULL, 'S'},
-	    {"max-connections", required_argument, NULL, 'M'},
-	    {"max-connections-per-client", required_argument, NULL, 'P'},
-	    {"connection-reserve", required_argument, NULL, 'R'},
-	    {"request-timeout", required_argument, NULL, 'Q'},
-	    {"platform", required_argument, NULL, 'F'},
-	    {"resolve-timeout", required_argument, NULL, 'Y'},
-	    {"shutdown-grace", required_argument, NULL, 'G'},
-	    {"tenant-builds", required_argument, NULL, 'B'},
-	    {"blob-cache-max", required_argument, NULL, 'X'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
-	int ch, r;
+	int r;
 
 	*o = (struct options){0}; /* listen and state_dir: the config's, else the defaults */
-	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-		r = parse_option(ch, optarg, o);
-		if (r != 0)
-			return r;
+	r = imc_cli_getopt(argc, argv, "", options, IMC_ARRAY_SIZE(options), o);
+	if (r == IMC_CLI_REJECTED) {
+		usage(stderr);
+		return -1;
 	}
+	if (r != 0)
+		return r;
 	if (optind < argc)
 		return usage_error("unexpected argument \"%s\"", argv[optind]);
 	if (o->config && o->no_config)
@@ -577,6 +578,40 @@ static size_t tenants_of(const struct api_config *cfg)
 	return cfg->n_tokens ? 1 : 0;
 }
 
+/* The cache table, its builds and sweeper on the store, chunk store and exporter just opened. */
+static int open_caches(const struct options *o, struct service *svc, json_t *repairs,
+		       imc_error *err)
+{
+	return api_caches_open(
+	    &(struct api_caches_config){.state_dir = o->state_dir,
+					.store = svc->store,
+					.insecure_registries = o->insecure,
+					.auth_file = o->auth_file,
+					.ca_file = o->ca_file,
+					.hf_endpoint = o->hf_endpoint,
+					.platform =
+					    o->platform[0] ? o->platform : NULL, /* linux/amd64 */
+					.limits = svc->config.limits,
+					.n_limits = svc->config.n_limits,
+					.build_workers = o->build_workers,
+					.evict_high = o->evict_high,
+					.evict_low = o->evict_low,
+					.sweep_interval_ms = o->sweep_interval_ms,
+					.day_seconds = o->day_seconds,
+					.blob_cache_max = o->blob_cache_max,
+					.resolve_timeout_ms = o->resolve_timeout_ms,
+					.shutdown_grace_ms = o->shutdown_grace_ms,
+					.tenant_builds = o->tenant_builds,
+					.multi_tenant = tenants_of(&svc->config) > 1,
+					.on_event = on_event,
+					.on_snapshot_removed = api_dist_snapshot_removed,
+					.on_snapshot_ready = api_dist_snapshot_ready,
+					.snapshot_ctx = svc->exporter,
+					.chunks = svc->chunks,
+					.exporter = svc->exporter},
+	    repairs, &svc->caches, err);
+}
+
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
 	const struct store_config scfg = {.state_dir = o->state_dir,
@@ -586,7 +621,6 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	_cleanup_json_ json_t *repairs = json_array();
 	_cleanup_close_ int fd = -1;
 	struct api_http_limits http;
-	const char *platform = o->platform[0] ? o->platform : NULL; /* NULL: linux/amd64 */
 	char *url = svc->url;
 	int r;
 
@@ -615,33 +649,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		    "caches (give bearer tokens in --config, see docs/security.md)",
 		    o->listen);
 	log_repairs(store_repairs(svc->store));
-	r = api_caches_open(
-	    &(struct api_caches_config){.state_dir = o->state_dir,
-					.store = svc->store,
-					.insecure_registries = o->insecure,
-					.auth_file = o->auth_file,
-					.ca_file = o->ca_file,
-					.hf_endpoint = o->hf_endpoint,
-					.platform = platform,
-					.limits = svc->config.limits,
-					.n_limits = svc->config.n_limits,
-					.build_workers = o->build_workers,
-					.evict_high = o->evict_high,
-					.evict_low = o->evict_low,
-					.sweep_interval_ms = o->sweep_interval_ms,
-					.day_seconds = o->day_seconds,
-					.blob_cache_max = o->blob_cache_max,
-					.resolve_timeout_ms = o->resolve_timeout_ms,
-					.shutdown_grace_ms = o->shutdown_grace_ms,
-					.tenant_builds = o->tenant_builds,
-					.multi_tenant = tenants_of(&svc->config) > 1,
-					.on_event = on_event,
-					.on_snapshot_removed = api_dist_snapshot_removed,
-					.on_snapshot_ready = api_dist_snapshot_ready,
-					.snapshot_ctx = svc->exporter,
-					.chunks = svc->chunks,
-					.exporter = svc->exporter},
-	    repairs, &svc->caches, err);
+	r = open_caches(o, svc, repairs, err);
 	log_repairs(repairs);
 	if (r == 0) /* a forget ends an export's hold on a removed snapshot: trim again */
 		dist_exporter_set_on_forgotten(svc->exporter, api_caches_space_changed,

@@ -1,62 +1,40 @@
-/* imc-attach: the agent on each sandbox host. */
+/* imc-attach: the agent on each sandbox host.  The commands are a table (commands[]), each with
+ * its function, its own options (a table of rows, common/cli.h) and its lines of the help. */
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "../common/cli.h"
 #include "../common/priv.h"
 #include "../dist/dist.h"
 #include "attach.h"
 #include "report.h"
 
 #define DRIVER_OPTS_MAX 32
+#define HELP_DONE	(-1) /* a take function's answer to --help: stop, exit 0 */
 
-static void usage(FILE *f)
-{
-	fprintf(
-	    f,
-	    "usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... [-v]\n"
-	    "                  [--server URL] [--token T] [--cache-size BYTES] [--parallel N]\n"
-	    "                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
-	    "H:P]...]\n"
-	    "                  [--lower-grace SECONDS] [--lower-max N]\n"
-	    "                  COMMAND\n"
-	    "\n"
-	    "With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched from\n"
-	    "imcd in chunks first; --cache-size bounds the local store (least recently used\n"
-	    "unattached snapshots go first).  With --registry-ref, it is pulled from the OCI\n"
-	    "artifact that imcctl push wrote there instead.\n"
-	    "\n"
-	    "commands:\n"
-	    "  attach [--image N] [--mode overlay|clone] [--size BYTES] [--data-dest PATH]\n"
-	    "         CACHE_ID DIR\n"
-	    "        mount the cache's image N (default 0) rootfs at DIR: overlay (default) puts\n"
-	    "        an overlayfs on the cache's one read-only mount on this host, and --size\n"
-	    "        bounds what the pod can write; clone mounts a copy-on-write clone, and\n"
-	    "        --size grows it and its ext4 first (K, M, G, T suffixes); --data-dest\n"
-	    "        mounts the cache's /data read-only at DIR/PATH\n"
-	    "  attach --block [--size BYTES] CACHE_ID\n"
-	    "        expose a clone as a block device for a microVM (nothing is mounted);\n"
-	    "        prints \"DEVICE ATTACH_ID\"\n"
-	    "  prefetch CACHE_ID            fetch the cache into the local store (no attach)\n"
-	    "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n"
-	    "  list                         the attaches on this host, as JSON\n"
-	    "  lowers                       the shared read-only lowers mounted here, as JSON\n"
-	    "  reconcile                    undo attaches whose process died or whose mount or\n"
-	    "                               device vanished, remove clones and loop devices no\n"
-	    "                               attach owns; prints what it repaired\n"
-	    "  teardown                     release the store's embedded pool (unmount it, free\n"
-	    "                               its loop device); refused while in use\n"
-	    "\n"
-	    "With --server (or $IMCACHE_SERVER) attach and detach are reported to imcd, with\n"
-	    "--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n"
-	    "An unused shared lower stays mounted --lower-grace seconds (or $IMCACHE_LOWER_GRACE;\n"
-	    "default 300) after its last detach, and the least recently used unused ones go\n"
-	    "while more than --lower-max (or $IMCACHE_LOWER_MAX; default 64) are mounted;\n"
-	    "detach and reconcile release them.\n"
-	    "-v, --verbose prints fetch statistics and attach and detach times on stderr;\n"
-	    "-h, --help prints this help.\n");
-}
+/* The global options and what every command gets. */
+struct globals {
+	struct store_config cfg;
+	const char *driver_opts[DRIVER_OPTS_MAX + 1];
+	size_t n_driver_opts;
+	struct dist_fetch_config fc;
+	const char *insecure[DRIVER_OPTS_MAX + 1];
+	size_t n_insecure;
+	bool verbose;
+	struct attach_reporter reporter;
+	struct attach_lower_policy lower; /* $IMCACHE_LOWER_*, then --lower-grace, --lower-max */
+};
+
+struct command {
+	const char *name;
+	int (*run)(struct store *s, struct globals *g, int argc, char **argv);
+	const char *help; /* its lines under "commands:" in the help */
+	bool own_repairs; /* prints what the store repaired itself (else main warns of it) */
+};
+
+static void usage(FILE *f);
 
 static int fail(const imc_error *err)
 {
@@ -88,9 +66,6 @@ static int parse_size(const char *arg, uint64_t *ret)
 	return 0;
 }
 
-static struct attach_reporter reporter;
-static struct attach_lower_policy lower_policy;
-
 static void print_fetch_stats(const char *id, const struct dist_fetch_stats *st)
 {
 	fprintf(stderr,
@@ -116,9 +91,9 @@ static int ensure_local(struct store *s, const struct dist_fetch_config *fc, con
 	return 0;
 }
 
-static int cmd_prefetch(struct store *s, const struct dist_fetch_config *fc, int argc, char **argv,
-			bool verbose)
+static int cmd_prefetch(struct store *s, struct globals *g, int argc, char **argv)
 {
+	const struct dist_fetch_config *fc = &g->fc;
 	imc_error err = {0};
 
 	if (argc != 2) {
@@ -129,61 +104,74 @@ static int cmd_prefetch(struct store *s, const struct dist_fetch_config *fc, int
 		fprintf(stderr, "imc-attach: prefetch: want --server URL (or $IMCACHE_SERVER)\n");
 		return 2;
 	}
-	if (ensure_local(s, fc, argv[1], verbose, &err) < 0)
+	if (ensure_local(s, fc, argv[1], g->verbose, &err) < 0)
 		return fail(&err);
 	return 0;
 }
 
-static int cmd_attach(struct store *s, const struct dist_fetch_config *fc, int argc, char **argv,
-		      bool verbose)
+/* attach's options, into a struct attach_request. */
+static int take_image(const struct imc_cli_opt *opt, const char *arg, void *req)
 {
-	static const struct option opts[] = {
-	    {"image", required_argument, NULL, 'i'}, {"block", no_argument, NULL, 'b'},
-	    {"size", required_argument, NULL, 'S'},  {"data-dest", required_argument, NULL, 'D'},
-	    {"mode", required_argument, NULL, 'm'},  {0}};
+	char *end;
+	unsigned long n = strtoul(arg, &end, 10);
+
+	if (*end || !*arg || n > 1000) {
+		fprintf(stderr, "imc-attach: --image %s: want 0-1000\n", arg);
+		return 2;
+	}
+	((struct attach_request *)req)->image = (unsigned)n;
+	return 0;
+}
+
+static int take_clone_size(const struct imc_cli_opt *opt, const char *arg, void *req)
+{
+	if (parse_size(arg, &((struct attach_request *)req)->size) < 0) {
+		fprintf(stderr, "imc-attach: --size %s: want BYTES[K|M|G|T]\n", arg);
+		return 2;
+	}
+	return 0;
+}
+
+static int take_mode(const struct imc_cli_opt *opt, const char *arg, void *req)
+{
+	imc_error err = {0};
+
+	if (attach_mode_parse(arg, &((struct attach_request *)req)->mode, &err) < 0) {
+		fprintf(stderr, "imc-attach: --mode: %s\n", err.msg);
+		return 2;
+	}
+	return 0;
+}
+
+static const struct imc_cli_opt attach_opts[] = {
+    {"image", required_argument, 'i', take_image, 0},
+    {"block", no_argument, 'b', imc_cli_true, offsetof(struct attach_request, block)},
+    {"size", required_argument, 'S', take_clone_size, 0},
+    {"data-dest", required_argument, 'D', imc_cli_string,
+     offsetof(struct attach_request, data_dest)},
+    {"mode", required_argument, 'm', take_mode, 0},
+};
+
+static void print_attached(const struct attach_request *req, json_t *state, uint64_t t0)
+{
+	fprintf(stderr, "imc-attach: attached %s as %s in %.2f ms\n", req->cache_id,
+		req->block ? json_string_value(json_object_get(state, "device")) : req->dir,
+		(double)(imc_monotonic_ns() - t0) / 1e6);
+}
+
+static int cmd_attach(struct store *s, struct globals *g, int argc, char **argv)
+{
 	struct attach_request req = {0};
 	_cleanup_json_ json_t *state = NULL;
 	imc_error err = {0};
 	uint64_t t0;
-	int c;
+	int r;
 
 	optind = 1;
-	req.lower = &lower_policy;
-	while ((c = getopt_long(argc, argv, "+i:bS:D:m:", opts, NULL)) != -1) {
-		char *end;
-		unsigned long n;
-		switch (c) {
-		case 'i':
-			n = strtoul(optarg, &end, 10);
-			if (*end || !*optarg || n > 1000) {
-				fprintf(stderr, "imc-attach: --image %s: want 0-1000\n", optarg);
-				return 2;
-			}
-			req.image = (unsigned)n;
-			break;
-		case 'b':
-			req.block = true;
-			break;
-		case 'S':
-			if (parse_size(optarg, &req.size) < 0) {
-				fprintf(stderr, "imc-attach: --size %s: want BYTES[K|M|G|T]\n",
-					optarg);
-				return 2;
-			}
-			break;
-		case 'D':
-			req.data_dest = optarg;
-			break;
-		case 'm':
-			if (attach_mode_parse(optarg, &req.mode, &err) < 0) {
-				fprintf(stderr, "imc-attach: --mode: %s\n", err.msg);
-				return 2;
-			}
-			break;
-		default:
-			return 2;
-		}
-	}
+	req.lower = &g->lower;
+	r = imc_cli_getopt(argc, argv, "+", attach_opts, IMC_ARRAY_SIZE(attach_opts), &req);
+	if (r != 0)
+		return 2;
 	if (argc - optind != (req.block ? 1 : 2)) {
 		usage(stderr);
 		return 2;
@@ -191,22 +179,20 @@ static int cmd_attach(struct store *s, const struct dist_fetch_config *fc, int a
 	req.cache_id = argv[optind];
 	req.dir = req.block ? NULL : argv[optind + 1];
 	t0 = imc_monotonic_ns();
-	if (ensure_local(s, fc, req.cache_id, verbose, &err) < 0)
+	if (ensure_local(s, &g->fc, req.cache_id, g->verbose, &err) < 0)
 		return fail(&err);
 	if (attach_cache(s, &req, &state, &err) < 0)
 		return fail(&err);
-	attach_report_state(&reporter, true, state, "imc-attach");
-	if (verbose)
-		fprintf(stderr, "imc-attach: attached %s as %s in %.2f ms\n", req.cache_id,
-			req.block ? json_string_value(json_object_get(state, "device")) : req.dir,
-			(double)(imc_monotonic_ns() - t0) / 1e6);
+	attach_report_state(&g->reporter, true, state, "imc-attach");
+	if (g->verbose)
+		print_attached(&req, state, t0);
 	if (req.block)
 		printf("%s %s\n", json_string_value(json_object_get(state, "device")),
 		       json_string_value(json_object_get(state, "id")));
 	return 0;
 }
 
-static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
+static int cmd_detach(struct store *s, struct globals *g, int argc, char **argv)
 {
 	_cleanup_json_ json_t *state = NULL;
 	imc_error err = {0};
@@ -216,18 +202,18 @@ static int cmd_detach(struct store *s, int argc, char **argv, bool verbose)
 		usage(stderr);
 		return 2;
 	}
-	if (attach_reporter_enabled(&reporter))
+	if (attach_reporter_enabled(&g->reporter))
 		state = attach_report_lookup(s, argv[1]);
-	if (attach_detach_with(s, argv[1], &lower_policy, &err) < 0)
+	if (attach_detach_with(s, argv[1], &g->lower, &err) < 0)
 		return fail(&err);
-	attach_report_state(&reporter, false, state, "imc-attach");
-	if (verbose)
+	attach_report_state(&g->reporter, false, state, "imc-attach");
+	if (g->verbose)
 		fprintf(stderr, "imc-attach: detached %s in %.2f ms\n", argv[1],
 			(double)(imc_monotonic_ns() - t0) / 1e6);
 	return 0;
 }
 
-static int cmd_list(struct store *s)
+static int cmd_list(struct store *s, struct globals *g, int argc, char **argv)
 {
 	_cleanup_json_ json_t *list = NULL;
 	imc_error err = {0};
@@ -239,7 +225,7 @@ static int cmd_list(struct store *s)
 	return 0;
 }
 
-static int cmd_lowers(struct store *s)
+static int cmd_lowers(struct store *s, struct globals *g, int argc, char **argv)
 {
 	_cleanup_json_ json_t *list = NULL;
 	imc_error err = {0};
@@ -251,14 +237,14 @@ static int cmd_lowers(struct store *s)
 	return 0;
 }
 
-static int cmd_reconcile(struct store *s)
+static int cmd_reconcile(struct store *s, struct globals *g, int argc, char **argv)
 {
 	_cleanup_json_ json_t *repairs = NULL;
 	imc_error err = {0};
 	size_t i;
 	json_t *v;
 
-	if (attach_reconcile_with(s, &lower_policy, &repairs, &err) < 0)
+	if (attach_reconcile_with(s, &g->lower, &repairs, &err) < 0)
 		return fail(&err);
 	/* What the store repaired when it was opened (the thin driver's pool), then the attaches.
 	 */
@@ -269,7 +255,7 @@ static int cmd_reconcile(struct store *s)
 	return 0;
 }
 
-static int cmd_teardown(struct store *s)
+static int cmd_teardown(struct store *s, struct globals *g, int argc, char **argv)
 {
 	_cleanup_json_ json_t *list = NULL;
 	imc_error err = {0};
@@ -288,171 +274,243 @@ static int cmd_teardown(struct store *s)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/* In the order of the help. */
+static const struct command commands[] = {
+    {"attach", cmd_attach,
+     "  attach [--image N] [--mode overlay|clone] [--size BYTES] [--data-dest PATH]\n"
+     "         CACHE_ID DIR\n"
+     "        mount the cache's image N (default 0) rootfs at DIR: overlay (default) puts\n"
+     "        an overlayfs on the cache's one read-only mount on this host, and --size\n"
+     "        bounds what the pod can write; clone mounts a copy-on-write clone, and\n"
+     "        --size grows it and its ext4 first (K, M, G, T suffixes); --data-dest\n"
+     "        mounts the cache's /data read-only at DIR/PATH\n"
+     "  attach --block [--size BYTES] CACHE_ID\n"
+     "        expose a clone as a block device for a microVM (nothing is mounted);\n"
+     "        prints \"DEVICE ATTACH_ID\"\n",
+     false},
+    {"prefetch", cmd_prefetch,
+     "  prefetch CACHE_ID            fetch the cache into the local store (no attach)\n", false},
+    {"detach", cmd_detach, "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n", false},
+    {"list", cmd_list, "  list                         the attaches on this host, as JSON\n",
+     false},
+    {"lowers", cmd_lowers,
+     "  lowers                       the shared read-only lowers mounted here, as JSON\n", false},
+    {"reconcile", cmd_reconcile,
+     "  reconcile                    undo attaches whose process died or whose mount or\n"
+     "                               device vanished, remove clones and loop devices no\n"
+     "                               attach owns; prints what it repaired\n",
+     true},
+    {"teardown", cmd_teardown,
+     "  teardown                     release the store's embedded pool (unmount it, free\n"
+     "                               its loop device); refused while in use\n",
+     false},
+};
+
+static void usage(FILE *f)
 {
-	static const struct option opts[] = {{"state-dir", required_argument, NULL, 's'},
-					     {"driver", required_argument, NULL, 'd'},
-					     {"driver-opt", required_argument, NULL, 'o'},
-					     {"verbose", no_argument, NULL, 'v'},
-					     {"help", no_argument, NULL, 'h'},
-					     {"server", required_argument, NULL, 'S'},
-					     {"token", required_argument, NULL, 'T'},
-					     {"cache-size", required_argument, NULL, 'C'},
-					     {"parallel", required_argument, NULL, 'P'},
-					     {"pool-size", required_argument, NULL, 'Z'},
-					     {"registry-ref", required_argument, NULL, 'R'},
-					     {"insecure-registry", required_argument, NULL, 'k'},
-					     {"lower-grace", required_argument, NULL, 'g'},
-					     {"lower-max", required_argument, NULL, 'L'},
-					     {0}};
-	static const char *const commands[] = {"attach",   "detach",   "list",	"reconcile",
-					       "teardown", "prefetch", "lowers"};
-	const char *insecure[DRIVER_OPTS_MAX + 1] = {0};
-	size_t n_insecure = 0;
-	/* The environment channels (a root-run agent: secure_getenv); the flags win. */
-	struct dist_fetch_config fc = {.server = secure_getenv("IMCACHE_SERVER"),
-				       .token = secure_getenv("IMCACHE_TOKEN"),
-				       .insecure_registries = insecure,
-				       .list_in_use = attach_list};
-	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
-	struct store_config cfg = {
-	    .state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink", .driver_opts = driver_opts};
+	fprintf(f,
+		"usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... "
+		"[-v]\n"
+		"                  [--server URL] [--token T] [--cache-size BYTES] [--parallel N]\n"
+		"                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
+		"H:P]...]\n"
+		"                  [--lower-grace SECONDS] [--lower-max N]\n"
+		"                  COMMAND\n"
+		"\n"
+		"With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched "
+		"from\n"
+		"imcd in chunks first; --cache-size bounds the local store (least recently used\n"
+		"unattached snapshots go first).  With --registry-ref, it is pulled from the OCI\n"
+		"artifact that imcctl push wrote there instead.\n"
+		"\n"
+		"commands:\n");
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
+		fputs(commands[i].help, f);
+	fprintf(f,
+		"\n"
+		"With --server (or $IMCACHE_SERVER) attach and detach are reported to imcd, with\n"
+		"--token (or $IMCACHE_TOKEN) as the bearer token; a failed report only warns.\n"
+		"An unused shared lower stays mounted --lower-grace seconds (or "
+		"$IMCACHE_LOWER_GRACE;\n"
+		"default 300) after its last detach, and the least recently used unused ones go\n"
+		"while more than --lower-max (or $IMCACHE_LOWER_MAX; default 64) are mounted;\n"
+		"detach and reconcile release them.\n"
+		"-v, --verbose prints fetch statistics and attach and detach times on stderr;\n"
+		"-h, --help prints this help.\n");
+}
+
+/* The global options, into struct globals. */
+static int take_driver_opt(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+
+	if (g->n_driver_opts == DRIVER_OPTS_MAX || !strchr(arg, '=')) {
+		fprintf(stderr, "imc-attach: --driver-opt %s: want KEY=VALUE (at most %d)\n", arg,
+			DRIVER_OPTS_MAX);
+		return 2;
+	}
+	g->driver_opts[g->n_driver_opts++] = arg;
+	return 0;
+}
+
+static int take_insecure(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+
+	if (g->n_insecure == DRIVER_OPTS_MAX) {
+		fprintf(stderr, "imc-attach: too many --insecure-registry\n");
+		return 2;
+	}
+	g->insecure[g->n_insecure++] = arg;
+	return 0;
+}
+
+/* --cache-size and --pool-size: BYTES into the uint64_t at opt->off. */
+static int take_bytes(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	if (parse_size(arg, (uint64_t *)((char *)globals + opt->off)) < 0) {
+		fprintf(stderr, "imc-attach: --%s %s: want BYTES[K|M|G|T]\n", opt->name, arg);
+		return 2;
+	}
+	return 0;
+}
+
+static int take_parallel(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+
+	g->fc.parallel = (unsigned)strtoul(arg, NULL, 10);
+	if (g->fc.parallel == 0 || g->fc.parallel > DIST_FETCH_PARALLEL_MAX) {
+		fprintf(stderr, "imc-attach: --parallel %s: want 1-%d\n", arg,
+			DIST_FETCH_PARALLEL_MAX);
+		return 2;
+	}
+	return 0;
+}
+
+static int take_lower_grace(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+	char *end;
+
+	errno = 0;
+	g->lower.grace_s = strtoll(arg, &end, 10);
+	if (errno || *end || !*arg || g->lower.grace_s < 0 ||
+	    g->lower.grace_s > ATTACH_LOWER_GRACE_MAX) {
+		fprintf(stderr, "imc-attach: --lower-grace %s: want 0-%lld seconds\n", arg,
+			ATTACH_LOWER_GRACE_MAX);
+		return 2;
+	}
+	return 0;
+}
+
+static int take_lower_max(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+	char *end;
+
+	errno = 0;
+	g->lower.max_mounted = (unsigned)strtoul(arg, &end, 10);
+	if (errno || *end || !*arg || arg[0] == '-' ||
+	    g->lower.max_mounted > ATTACH_LOWER_MAX_MAX) {
+		fprintf(stderr, "imc-attach: --lower-max %s: want 0-%d\n", arg,
+			ATTACH_LOWER_MAX_MAX);
+		return 2;
+	}
+	return 0;
+}
+
+static int take_help(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	usage(stdout);
+	return HELP_DONE;
+}
+
+#define G(field) offsetof(struct globals, field)
+static const struct imc_cli_opt global_opts[] = {
+    {"state-dir", required_argument, 's', imc_cli_string, G(cfg.state_dir)},
+    {"driver", required_argument, 'd', imc_cli_string, G(cfg.driver)},
+    {"driver-opt", required_argument, 'o', take_driver_opt, 0},
+    {"verbose", no_argument, 'v', imc_cli_true, G(verbose)},
+    {"help", no_argument, 'h', take_help, 0},
+    {"server", required_argument, 'S', imc_cli_string, G(fc.server)},
+    {"token", required_argument, 'T', imc_cli_string, G(fc.token)},
+    {"cache-size", required_argument, 'C', take_bytes, G(fc.cache_size)},
+    {"parallel", required_argument, 'P', take_parallel, 0},
+    {"pool-size", required_argument, 'Z', take_bytes, G(cfg.pool_size)},
+    {"registry-ref", required_argument, 'R', imc_cli_string, G(fc.registry_ref)},
+    {"insecure-registry", required_argument, 'k', take_insecure, 0},
+    {"lower-grace", required_argument, 'g', take_lower_grace, 0},
+    {"lower-max", required_argument, 'L', take_lower_max, 0},
+};
+#undef G
+
+static const struct command *command_of(const char *name)
+{
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
+		if (strcmp(name, commands[i].name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
+static void warn_repairs(struct store *s)
+{
+	size_t i;
+	json_t *v;
+
+	json_array_foreach(store_repairs(s), i, v)
+	    fprintf(stderr, "imc-attach: store repaired: %s\n", json_string_value(v));
+}
+
+/* The command with the store open: argv[0] is its name. */
+static int run_command(const struct command *cmd, struct globals *g, int argc, char **argv)
+{
 	struct store *s = NULL;
 	imc_error err = {0};
-	bool verbose = false, known = false;
-	size_t n_opts = 0;
-	int c, r;
+	int r;
 
-	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
-				      secure_getenv("IMCACHE_LOWER_MAX"), &lower_policy, &err) < 0)
+	if (imc_priv_inject_from_env(&err) < 0 || store_open(&g->cfg, &s, &err) < 0)
 		return fail(&err);
-	while ((c = getopt_long(argc, argv, "+s:d:o:vhS:T:C:P:Z:R:k:g:L:", opts, NULL)) != -1) {
-		char *end;
-		switch (c) {
-		case 's':
-			cfg.state_dir = optarg;
-			break;
-		case 'd':
-			cfg.driver = optarg;
-			break;
-		case 'o':
-			if (n_opts == DRIVER_OPTS_MAX || !strchr(optarg, '=')) {
-				fprintf(
-				    stderr,
-				    "imc-attach: --driver-opt %s: want KEY=VALUE (at most %d)\n",
-				    optarg, DRIVER_OPTS_MAX);
-				return 2;
-			}
-			driver_opts[n_opts++] = optarg;
-			break;
-		case 'v':
-			verbose = true;
-			break;
-		case 'S':
-			fc.server = optarg;
-			break;
-		case 'T':
-			fc.token = optarg;
-			break;
-		case 'C':
-			if (parse_size(optarg, &fc.cache_size) < 0) {
-				fprintf(stderr,
-					"imc-attach: --cache-size %s: want BYTES[K|M|G|T]\n",
-					optarg);
-				return 2;
-			}
-			break;
-		case 'R':
-			fc.registry_ref = optarg;
-			break;
-		case 'k':
-			if (n_insecure == DRIVER_OPTS_MAX) {
-				fprintf(stderr, "imc-attach: too many --insecure-registry\n");
-				return 2;
-			}
-			insecure[n_insecure++] = optarg;
-			break;
-		case 'Z':
-			if (parse_size(optarg, &cfg.pool_size) < 0) {
-				fprintf(stderr, "imc-attach: --pool-size %s: want BYTES[K|M|G|T]\n",
-					optarg);
-				return 2;
-			}
-			break;
-		case 'P':
-			fc.parallel = (unsigned)strtoul(optarg, NULL, 10);
-			if (fc.parallel == 0 || fc.parallel > DIST_FETCH_PARALLEL_MAX) {
-				fprintf(stderr, "imc-attach: --parallel %s: want 1-%d\n", optarg,
-					DIST_FETCH_PARALLEL_MAX);
-				return 2;
-			}
-			break;
-		case 'g':
-			errno = 0;
-			lower_policy.grace_s = strtoll(optarg, &end, 10);
-			if (errno || *end || !*optarg || lower_policy.grace_s < 0 ||
-			    lower_policy.grace_s > ATTACH_LOWER_GRACE_MAX) {
-				fprintf(stderr,
-					"imc-attach: --lower-grace %s: want 0-%lld seconds\n",
-					optarg, ATTACH_LOWER_GRACE_MAX);
-				return 2;
-			}
-			break;
-		case 'L':
-			errno = 0;
-			lower_policy.max_mounted = (unsigned)strtoul(optarg, &end, 10);
-			if (errno || *end || !*optarg || optarg[0] == '-' ||
-			    lower_policy.max_mounted > ATTACH_LOWER_MAX_MAX) {
-				fprintf(stderr, "imc-attach: --lower-max %s: want 0-%d\n", optarg,
-					ATTACH_LOWER_MAX_MAX);
-				return 2;
-			}
-			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			usage(stderr);
-			return 2;
-		}
-	}
-	if (optind >= argc) {
-		usage(stderr);
-		return 2;
-	}
-	attach_reporter_init(&reporter, fc.server, fc.token);
-	const char *cmd = argv[optind];
-	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
-		known |= strcmp(cmd, commands[i]) == 0;
-	if (!known) {
-		fprintf(stderr, "imc-attach: unknown command \"%s\"\n", cmd);
-		usage(stderr);
-		return 2;
-	}
-	if (imc_priv_inject_from_env(&err) < 0 || store_open(&cfg, &s, &err) < 0)
-		return fail(&err);
-	if (strcmp(cmd, "reconcile") != 0) {
-		size_t i;
-		json_t *v;
-		json_array_foreach(store_repairs(s), i, v)
-		    fprintf(stderr, "imc-attach: store repaired: %s\n", json_string_value(v));
-	}
-	argc -= optind;
-	argv += optind;
-	if (strcmp(cmd, "attach") == 0)
-		r = cmd_attach(s, &fc, argc, argv, verbose);
-	else if (strcmp(cmd, "prefetch") == 0)
-		r = cmd_prefetch(s, &fc, argc, argv, verbose);
-	else if (strcmp(cmd, "detach") == 0)
-		r = cmd_detach(s, argc, argv, verbose);
-	else if (strcmp(cmd, "list") == 0)
-		r = cmd_list(s);
-	else if (strcmp(cmd, "lowers") == 0)
-		r = cmd_lowers(s);
-	else if (strcmp(cmd, "reconcile") == 0)
-		r = cmd_reconcile(s);
-	else
-		r = cmd_teardown(s);
+	if (!cmd->own_repairs)
+		warn_repairs(s);
+	r = cmd->run(s, g, argc, argv);
 	store_close(s);
 	return r;
+}
+
+int main(int argc, char **argv)
+{
+	/* The environment channels (a root-run agent: secure_getenv); the flags win. */
+	struct globals g = {
+	    .cfg = {.state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink"},
+	    .fc = {.server = secure_getenv("IMCACHE_SERVER"),
+		   .token = secure_getenv("IMCACHE_TOKEN"),
+		   .list_in_use = attach_list},
+	};
+	const struct command *cmd;
+	imc_error err = {0};
+	int r;
+
+	g.cfg.driver_opts = g.driver_opts;
+	g.fc.insecure_registries = g.insecure;
+	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
+				      secure_getenv("IMCACHE_LOWER_MAX"), &g.lower, &err) < 0)
+		return fail(&err);
+	r = imc_cli_getopt(argc, argv, "+", global_opts, IMC_ARRAY_SIZE(global_opts), &g);
+	if (r == HELP_DONE)
+		return 0;
+	if (r == IMC_CLI_REJECTED || (r == 0 && optind >= argc)) {
+		usage(stderr);
+		return 2;
+	}
+	if (r != 0)
+		return r;
+	attach_reporter_init(&g.reporter, g.fc.server, g.fc.token);
+	cmd = command_of(argv[optind]);
+	if (!cmd) {
+		fprintf(stderr, "imc-attach: unknown command \"%s\"\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	return run_command(cmd, &g, argc - optind, argv + optind);
 }

@@ -224,7 +224,7 @@ static int prepare(const struct ctx *c, const struct runtime_cache *cache, imc_e
 	return 0;
 }
 
-static int cmd_create_or_run(struct ctx *c)
+static int cmd_create_or_run(const struct ctx *c)
 {
 	struct runtime_cache cache = {0};
 	imc_error err = {0};
@@ -257,7 +257,7 @@ static int cmd_create_or_run(struct ctx *c)
 	return status;
 }
 
-static int cmd_delete(struct ctx *c)
+static int cmd_delete(const struct ctx *c)
 {
 	_cleanup_free_ char *dir = NULL;
 	imc_error err = {0};
@@ -276,6 +276,15 @@ static int cmd_delete(struct ctx *c)
 		return fail(c, &err);
 	return status;
 }
+
+/* The commands the wrapper acts on, by verb (runtime.c finds it on the command line); the
+ * others are the real runtime's alone. */
+static int (*const commands[])(const struct ctx *c) = {
+    [RUNTIME_OTHER] = exec_runtime,
+    [RUNTIME_CREATE] = cmd_create_or_run,
+    [RUNTIME_RUN] = cmd_create_or_run,
+    [RUNTIME_DELETE] = cmd_delete,
+};
 
 /* The real runtime must not be this program (installed as "runc", say): that would loop. */
 static int check_not_self(const char *runtime, imc_error *err)
@@ -353,13 +362,5 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++)
 		rt_argv[i] = argv[i];
 	c.argv = rt_argv;
-	switch (c.args.verb) {
-	case RUNTIME_CREATE:
-	case RUNTIME_RUN:
-		return cmd_create_or_run(&c);
-	case RUNTIME_DELETE:
-		return cmd_delete(&c);
-	default:
-		return exec_runtime(&c);
-	}
+	return commands[c.args.verb](&c);
 }

@@ -69,14 +69,18 @@ static bool flag_is(const char *name, size_t len, const char *want)
 	return strlen(want) == len && strncmp(name, want, len) == 0;
 }
 
+/* The commands the wrapper acts on (imc_runtime_main.c has a function for each verb). */
+static const char *const verb_names[] = {
+    [RUNTIME_CREATE] = "create",
+    [RUNTIME_RUN] = "run",
+    [RUNTIME_DELETE] = "delete",
+};
+
 static enum runtime_verb verb_of(const char *cmd)
 {
-	if (strcmp(cmd, "create") == 0)
-		return RUNTIME_CREATE;
-	if (strcmp(cmd, "run") == 0)
-		return RUNTIME_RUN;
-	if (strcmp(cmd, "delete") == 0)
-		return RUNTIME_DELETE;
+	for (size_t v = 0; v < IMC_ARRAY_SIZE(verb_names); v++)
+		if (verb_names[v] && strcmp(cmd, verb_names[v]) == 0)
+			return (enum runtime_verb)v;
 	return RUNTIME_OTHER;
 }
 

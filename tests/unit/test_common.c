@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../../common/cli.h"
 #include "../../common/imc.h"
 #include "../../common/priv.h"
 #include "unit.h"
@@ -319,6 +320,59 @@ START_TEST(log_lines_cannot_be_forged)
 }
 END_TEST
 
+/* common/cli.h: rows become getopt_long's options; a take function's answer stops the parse. */
+struct cli_test_opts {
+	const char *name;
+	bool force;
+	int count;
+};
+
+static int take_count(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	struct cli_test_opts *t = o;
+
+	if (strcmp(arg, "bad") == 0)
+		return 7;
+	t->count++;
+	return 0;
+}
+
+static const struct imc_cli_opt cli_test_table[] = {
+    {"name", required_argument, 'n', imc_cli_string, offsetof(struct cli_test_opts, name)},
+    {"force", no_argument, 0, imc_cli_true, offsetof(struct cli_test_opts, force)},
+    {"count", required_argument, 0, take_count, 0},
+};
+
+static int cli_parse(int argc, char **argv, struct cli_test_opts *t)
+{
+	*t = (struct cli_test_opts){0};
+	optind = 1;
+	return imc_cli_getopt(argc, argv, "+:", cli_test_table, IMC_ARRAY_SIZE(cli_test_table), t);
+}
+
+START_TEST(cli_option_tables)
+{
+	struct cli_test_opts t;
+	char *ok[] = {"p",    "-n", "a",    "--force", "--count=1", "--cou", "2",
+		      "--na", "b",  "rest", "-n",      "x",	    NULL};
+	char *stop[] = {"p", "--count", "bad", "--force", NULL};
+	char *unknown[] = {"p", "--nope", NULL};
+	char *missing[] = {"p", "--name", NULL};
+	char *no_short[] = {"p", "-f", NULL};
+
+	ck_assert_int_eq(cli_parse(12, ok, &t), 0);
+	ck_assert_str_eq(t.name, "b"); /* the last one wins, abbreviations work */
+	ck_assert(t.force);
+	ck_assert_int_eq(t.count, 2);
+	ck_assert_str_eq(ok[optind], "rest"); /* "+": options end at the first argument */
+	ck_assert_int_eq(cli_parse(4, stop, &t), 7);
+	ck_assert(!t.force);
+	ck_assert_int_eq(cli_parse(2, unknown, &t), IMC_CLI_REJECTED);
+	ck_assert_int_eq(cli_parse(2, missing, &t), IMC_CLI_REJECTED);
+	ck_assert_int_eq(cli_parse(2, no_short, &t), IMC_CLI_REJECTED); /* a row without one */
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("common");
@@ -337,6 +391,7 @@ int main(void)
 	tcase_add_test(tc, utf8_is_checked);
 	tcase_add_test(tc, log_escapes_what_comes_from_outside);
 	tcase_add_test(tc, log_lines_cannot_be_forged);
+	tcase_add_test(tc, cli_option_tables);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
