@@ -4,7 +4,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "../store/store.h"
+#include "../common/priv.h"
 #include "snap.h"
 
 #define DEFAULT_ADDRESS "/run/imcache/snapshotter.sock"
@@ -33,18 +36,50 @@ static void on_signal(int sig)
 	stop = sig;
 }
 
+/* The agent's store in state, when there is one (reflink driver): its caches are served.  None
+ * is made here (a store would create its pool). */
+static int open_store(const char *state, struct store **ret, imc_error *err)
+{
+	const struct store_config cfg = {.state_dir = state};
+	_cleanup_free_ char *pool = imc_path_join(state, "pool");
+	struct stat st;
+
+	*ret = NULL;
+	if (!pool)
+		return imc_err(err, ENOMEM, "out of memory");
+	if (stat(pool, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		imc_info("%s: no store: no snapshot is served from caches", state);
+		return 0;
+	}
+	if (imc_priv_inject_from_env(err) < 0 || store_open(&cfg, ret, err) < 0)
+		return imc_err_wrap(err, "store %s", state);
+	if (strcmp(store_driver_name(*ret), "reflink") != 0) {
+		imc_warn("store %s: driver %s: caches are served from the reflink driver only",
+			 state, store_driver_name(*ret));
+		store_close(*ret);
+		*ret = NULL;
+	}
+	return 0;
+}
+
 static int serve(const char *address, const char *state, imc_error *err)
 {
 	_cleanup_free_ char *root = imc_path_join(state, "snapshotter");
 	_cleanup_free_ char *dir = strdup(address);
 	struct grpc_server *srv = NULL;
 	struct snap *s = NULL;
+	struct store *st = NULL;
 	int r;
 
 	if (!root || !dir)
 		return imc_err(err, ENOMEM, "out of memory");
-	if (imc_mkdir_p(dirname(dir), 0755, err) < 0 || snap_open(root, &s, err) < 0)
+	if (imc_mkdir_p(dirname(dir), 0755, err) < 0 || open_store(state, &st, err) < 0)
 		return err->code;
+	if (snap_open(root, &s, err) < 0) {
+		store_close(st);
+		return err->code;
+	}
+	snap_set_store(s, st);
 	r = grpc_server_new(snap_service_methods, snap_service_n_methods, s, &srv, err);
 	if (r == 0)
 		r = grpc_server_listen(srv, address, err);
@@ -54,6 +89,7 @@ static int serve(const char *address, const char *state, imc_error *err)
 	}
 	grpc_server_free(srv);
 	snap_close(s);
+	store_close(st);
 	return r;
 }
 
