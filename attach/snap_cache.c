@@ -137,6 +137,8 @@ static int catalog_refresh(struct snap *s, imc_error *err)
 		if (read_manifest(s, ids[i], &m, &e2) < 0)
 			imc_warn("cache %s: %s: not served", ids[i], e2.msg);
 		e = m ? catalog_entry(m, ids[i]) : json_pack("{s:s,s:[]}", "createdAt", "", "tops");
+		imc_debug("catalog: cache %s: %zu image(s)", ids[i],
+			  json_array_size(json_object_get(e, "tops")));
 		if (e)
 			json_object_set_new(next, ids[i], e);
 	}
@@ -281,16 +283,23 @@ int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, cons
 
 	if (snap_rec(s->db, ref))
 		return imc_err(err, EEXIST, "snapshot %s: already exists", ref);
-	if (!s->store)
+	if (!s->store) {
+		imc_debug("snapshot %s: no store", ref);
 		return -ENOENT;
+	}
 	if (catalog_refresh(s, err) < 0) {
 		imc_warn("%s: no snapshot served from caches", err->msg);
 		*err = (imc_error){0};
 		return -ENOENT;
 	}
-	if (catalog_find(s, ref, &cache, &image) < 0)
+	if (catalog_find(s, ref, &cache, &image) < 0) {
+		imc_debug("snapshot %s: no cache serves it", ref);
 		return -ENOENT;
-	if (snap_lower_get(s, cache, err) < 0 || snap_make_dirs(s, id, false, err) < 0) {
+	}
+	if (snap_lower_get(s, cache, err) < 0)
+		return err->code;
+	snap_stop_point("remote-after-mount");
+	if (snap_make_dirs(s, id, false, err) < 0) {
 		snap_remove_dir(s, id);
 		snap_lower_release(s, cache);
 		return err->code;
