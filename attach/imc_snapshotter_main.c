@@ -24,6 +24,9 @@ static void usage(FILE *f)
 		"PATH (default " DEFAULT_ADDRESS "), with the overlayfs snapshotter's semantics;\n"
 		"its snapshots and records live in DIR/snapshotter (DIR default " DEFAULT_STATE
 		").\n"
+		"When DIR holds the agent's store, images of its caches are served from them (the\n"
+		"top ChainID of a cached image is committed at once; containers get the cache's\n"
+		"tree as their lower, one read-only mount per cache).\n"
 		"containerd's config names it as\n"
 		"  [proxy_plugins.imcache]\n"
 		"    type = \"snapshot\"\n"
