@@ -1,13 +1,17 @@
 #!/bin/bash
-# imc-snapshotter serving images from caches: imcd builds a cache of a one-layer image from a
-# loopback registry (access log on), imc-snapshotter runs on imcd's state dir (the host's store)
-# under Debian's containerd 1.6.  ctr image pull fetches the manifest and config and no layer
-# blob (the layer's ChainID is the top of the cached image: AlreadyExists), ctr run prints a file
-# only that image has, two containers are isolated over one read-only lower mounted once, an
-# image that adds a layer to the cached one (its ChainID builds on the cached top) pulls only
-# its own layer and runs with the right tree, kill -9 and restarts keep everything, a kill -9
-# between the lower's mount and its record leaves a mount that the restart removes, and removing
-# the images leaves no record, mount, loop device or process.
+# imc-snapshotter serving images from caches: imcd builds caches of a one-layer and a two-layer
+# image from a loopback registry (access log on); imc-snapshotter runs on imcd's state dir (the
+# host's store) under Debian's containerd 1.6 with the CRI plugin (snapshotter "imcache"), and
+# tests/tools/cri-pull makes the kubelet's PullImage (ctr 1.6's pull fetches every blob before it
+# unpacks, without the snapshot.ref labels).  The pull of the one-layer image fetches the
+# manifest and config and no layer blob (its layer's ChainID is the cached top: AlreadyExists);
+# ctr run prints a file only that image has; two containers are isolated over one read-only
+# lower mounted once; an image that adds a layer to the cached one pulls only its own layer and
+# runs with the right tree; the two-layer image is served from its top while its first layer (a
+# prefix of the cached chain) is unpacked by containerd, and an image over that prefix runs
+# without the cached top's files; kill -9 and restarts keep everything; a kill -9 between a
+# lower's mount and its record leaves a mount that the restart removes; removing the images
+# leaves no record, mount, loop device or process.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
 . "$(dirname "$0")/../lib/registry.sh"
@@ -148,8 +152,23 @@ L1=$(mk_layer "$LAYOUT" "$W/l1" gzip) && L2=$(mk_layer "$LAYOUT" "$W/l2" gzip) |
 	bail "layers are made"
 mk_tag "$LAYOUT" one "$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$L1")"
 mk_tag "$LAYOUT" two "$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$L1" "$L2")"
-mkimage_push "$LAYOUT" one snapc/one:v1 && mkimage_push "$LAYOUT" two snapc/two:v1 ||
-	bail "images push"
+# "multi" (two layers of its own, cached) and "side" (multi's first layer and another one): side
+# builds on a ChainID that is a prefix, not the top, of a cached image.
+mkimage_busybox_rootfs "$W/m1"
+mkdir -p "$W/m1/m" "$W/m2/m" "$W/s2/m"
+printf 'base\n' >"$W/m1/m/base.txt"
+printf 'top\n' >"$W/m2/m/top.txt"
+printf 'side\n' >"$W/s2/m/side.txt"
+M1=$(mk_layer "$LAYOUT" "$W/m1" gzip) && M2=$(mk_layer "$LAYOUT" "$W/m2" gzip) &&
+	S2=$(mk_layer "$LAYOUT" "$W/s2" gzip) || bail "layers are made"
+mk_tag "$LAYOUT" multi "$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$M1" "$M2")"
+mk_tag "$LAYOUT" side "$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$M1" "$S2")"
+for t in one two multi side; do
+	mkimage_push "$LAYOUT" "$t" "snapc/$t:v1" || bail "image $t pushes"
+done
+REF3=$REGISTRY/snapc/multi:v1
+REF4=$REGISTRY/snapc/side:v1
+M1_DIFF=${M1#* }
 REF1=$REGISTRY/snapc/one:v1
 REF2=$REGISTRY/snapc/two:v1
 L1_BLOB=$(jq -r .digest <<<"${L1% *}")
@@ -162,6 +181,10 @@ OUT=$(imcctl create "$REF1" --name snapc --wait 2>"$TEST_TMP/imcctl.err") || OUT
 ID=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
 [[ "$ID" =~ ^imc- ]] || bail "a cache of image one is Ready" "$(cat "$TEST_TMP/imcctl.err")"
 ok "cache $ID of $REF1 is Ready"
+OUT=$(imcctl create "$REF3" --name snapc-multi --wait 2>"$TEST_TMP/imcctl.err") || OUT=
+ID3=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
+[[ "$ID3" =~ ^imc- ]] || bail "a cache of image multi is Ready" "$(cat "$TEST_TMP/imcctl.err")"
+ok "cache $ID3 of $REF3 is Ready"
 
 LOWER=$STATE/snapshotter/lowers/$ID
 lower_mounts() { findmnt -rn -o TARGET,FSTYPE,OPTIONS | awk -v p="$LOWER" '$1 == p'; }
@@ -218,6 +241,23 @@ check "it runs with the right tree (the cached layer under its own, whiteout app
 	run_in "$REF2" r2 sh -c 'test "$(cat /derived.txt)" = derived && test ! -e /only/cached.txt && test -x /bin/busybox'
 check_eq "the cached image is unchanged" from-cache "$(run_in "$REF1" r3 cat /only/cached.txt 2>&1)"
 
+# --- a cached image of two layers: its top is served, the prefix is unpacked by containerd --------
+check "a CRI pull of the cached two-layer image" cri_pull "$REF3"
+TOP3=$(snaps ls | awk -v p="$M1_DIFF" '$2 == p {print $1}')
+check_match "its top snapshot is served by its cache" "\"imcache.io/cache-id\": \"$ID3\"" \
+	"$(snaps info "$TOP3" 2>&1)"
+INFO=$(snaps info "$M1_DIFF" 2>&1)
+check_match "its first layer (a prefix of the cached chain) was unpacked by containerd" \
+	'"Kind": "Committed"' "$INFO"
+check_eq "and is not served from a cache" "" "$(grep imcache.io/cache-id <<<"$INFO" || true)"
+check "it runs with both layers' files" run_in "$REF3" r7 sh -c 'test "$(cat /m/base.txt /m/top.txt)" = "base
+top"'
+check "a CRI pull of an image over that prefix" cri_pull "$REF4"
+check "it runs with the prefix's tree and its own layer, not the cached top's files" \
+	run_in "$REF4" r8 sh -c 'test "$(cat /m/base.txt /m/side.txt)" = "base
+side" && test ! -e /m/top.txt'
+check_eq "two caches, two lower mounts" 2 "$(findmnt -rn -o TARGET | grep -c "^$STATE/snapshotter/lowers/" || true)"
+
 # --- restarts and kill -9 ------------------------------------------------------------------------
 snap_kill
 check_eq "after kill -9 the lower stays (its snapshots need it)" 1 "$(n_lower_mounts)"
@@ -227,9 +267,10 @@ check_eq "both images still run" "from-cache derived" \
 check_eq "still one lower mount" 1 "$(n_lower_mounts)"
 
 # Image one out; the lower stays while image two's chain builds on the cached layer.
-check "ctr image rm --sync of both images" rm_images
+check "ctr image rm --sync of every image" rm_images
 check_eq "no snapshot record is left" 0 "$(wait_eq 0 n_records)"
-check_eq "the lower is unmounted" 0 "$(wait_eq 0 n_lower_mounts)"
+check_eq "the lowers are unmounted" 0 "$(wait_eq 0 n_lower_mounts)"
+check_eq "the other cache's too" "" "$(findmnt -rn -o TARGET | grep "^$STATE/snapshotter/lowers/" || true)"
 check "and its directory removed" test ! -e "$LOWER"
 check_eq "no loop device on the cache's snapshot" "" "$(wait_eq "" snap_loops)"
 
