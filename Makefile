@@ -106,7 +106,7 @@ $(O)/imc-runtime: $(O)/obj/attach/imc_runtime_main.o \
 		$(foreach r,$(AGENT_ROOMS),$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(O)/imc-snapshotter: $(O)/obj/attach/imc_snapshotter_main.o \
-		$(foreach r,attach grpc dist oci store common,$(call room_lib,$(r)))
+		$(foreach r,attach grpc dist oci net store common,$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(GRPC_LIBS)
 
 $(O)/tests/%: $(O)/obj/tests/unit/%.o $(ALL_LIBS)

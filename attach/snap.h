@@ -75,6 +75,8 @@ void snap_close(struct snap *s);
 #define SNAP_LABEL_CACHE_ID "imcache.io/cache-id"
 struct store;
 void snap_set_store(struct snap *s, struct store *st);
+/* Auto-match: a miss asks imcd at server (with token; NULL: none) for a cache of the image. */
+int snap_set_server(struct snap *s, const char *server, const char *token, imc_error *err);
 
 /* Errors follow containerd's storage: -ENOENT (NotFound), -EEXIST (AlreadyExists), -EINVAL
  * (InvalidArgument), -EBUSY (FailedPrecondition); anything else is an internal failure. */

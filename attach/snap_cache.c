@@ -270,6 +270,24 @@ int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err)
 	return 0;
 }
 
+/* With --server: a cache of the pulled image fetched from imcd serves ref. */
+static bool matched(struct snap *s, json_t *labels, const char *ref, const char **ret_cache,
+		    unsigned *ret_image)
+{
+	imc_error e = {0};
+
+	if (snap_match_fetch(s, labels, &e) < 0) {
+		if (s->server && e.msg[0])
+			imc_debug("snapshot %s: %s", ref, e.msg);
+		return false;
+	}
+	if (catalog_refresh(s, &e) < 0) {
+		imc_warn("%s", e.msg);
+		return false;
+	}
+	return catalog_find(s, ref, ret_cache, ret_image) == 0;
+}
+
 /* The remote path of snap_prepare: -ENOENT when no cache serves ref (the caller goes on as for
  * any layer), -EEXIST when the snapshot ref is committed (from a cache or already there). */
 int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, const char *ref,
@@ -292,7 +310,7 @@ int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, cons
 		*err = (imc_error){0};
 		return -ENOENT;
 	}
-	if (catalog_find(s, ref, &cache, &image) < 0) {
+	if (catalog_find(s, ref, &cache, &image) < 0 && !matched(s, labels, ref, &cache, &image)) {
 		imc_debug("snapshot %s: no cache serves it", ref);
 		return -ENOENT;
 	}

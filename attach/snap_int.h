@@ -5,6 +5,7 @@
 #include "snap.h"
 
 struct store;
+struct net_client;
 
 struct snap {
 	int rootfd, snapfd, lockfd, lowersfd;
@@ -12,6 +13,9 @@ struct snap {
 	json_t *db;
 	struct store *store; /* the caches served (NULL: none); not owned */
 	json_t *caches;	     /* the catalog, snap_cache.c */
+	/* Auto-match (snap_match.c): imcd's URL and token (NULL: off), its client. */
+	char *server, *token;
+	struct net_client *net;
 };
 
 const char *snap_kind_str(enum snap_kind k);
@@ -46,6 +50,9 @@ void snap_lower_path(struct snap *s, const char *cache_id, unsigned image, char 
 int snap_lower_get(struct snap *s, const char *cache_id, imc_error *err);
 /* Unmounts the cache's lower when no record names it any more. */
 void snap_lower_release(struct snap *s, const char *cache_id);
+/* Asks imcd (--server) for a Ready cache of the image the CRI labels name and fetches it into
+ * the store: 0 when one was fetched, -ENOENT (with the reason) when none. */
+int snap_match_fetch(struct snap *s, json_t *labels, imc_error *err);
 /* Unmounts and removes the lowers no record names. */
 int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err);
 

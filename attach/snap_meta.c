@@ -11,6 +11,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
+#include "../net/net.h"
 #include "snap_int.h"
 
 #define META	 "meta.json"
@@ -185,6 +186,9 @@ void snap_close(struct snap *s)
 	if (s->lowersfd >= 0)
 		close(s->lowersfd);
 	json_decref(s->caches);
+	net_client_free(s->net);
+	free(s->server);
+	free(s->token);
 	if (s->rootfd >= 0)
 		close(s->rootfd);
 	json_decref(s->db);
@@ -195,6 +199,15 @@ void snap_close(struct snap *s)
 void snap_set_store(struct snap *s, struct store *st)
 {
 	s->store = st;
+}
+
+int snap_set_server(struct snap *s, const char *server, const char *token, imc_error *err)
+{
+	const struct net_config cfg = {0};
+
+	if (!(s->server = strdup(server)) || (token && !(s->token = strdup(token))))
+		return imc_err(err, ENOMEM, "out of memory");
+	return net_client_new(&cfg, &s->net, err);
 }
 
 int snap_meta_commit(struct snap *s, json_t **db, imc_error *err)
