@@ -186,8 +186,9 @@ static bool lower_mounted(struct snap *s, const char *cache_id)
 {
 	struct stat dir, st;
 
-	return fstat(s->lowersfd, &dir) == 0 && fstatat(s->lowersfd, cache_id, &st, 0) == 0 &&
-	       st.st_dev != dir.st_dev;
+	return fstat(s->lowersfd, &dir) == 0 &&
+	       fstatat(s->lowersfd, cache_id, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       S_ISDIR(st.st_mode) && st.st_dev != dir.st_dev;
 }
 
 /* Mounts the cache's lower unless it is mounted already. */
@@ -261,7 +262,8 @@ int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err)
 		return imc_err_sys(err, errno, "%s/" LOWERS, s->root);
 	}
 	while ((de = readdir(d))) {
-		if (de->d_name[0] == '.' || lower_refs(s, de->d_name) > 0)
+		/* Only ours: a cache id (a lower) no record names; anything else is left alone. */
+		if (!imc_cache_id_valid(de->d_name) || lower_refs(s, de->d_name) > 0)
 			continue;
 		if (lower_put(s, de->d_name, err) < 0)
 			return err->code;
