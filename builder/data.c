@@ -239,6 +239,27 @@ static int curl_ready(imc_error *err)
 		   : imc_err(err, EIO, "libcurl: %s", curl_easy_strerror(curl_init_rc));
 }
 
+static CURLcode oci_curl_transport_opts(CURL *curl, bool plain_http)
+{
+	CURLcode c = CURLE_OK;
+
+#define SET(opt, val)                                                                              \
+	if (c == CURLE_OK)                                                                         \
+	c = curl_easy_setopt(curl, opt, val)
+	SET(CURLOPT_FOLLOWLOCATION, 1L);
+	SET(CURLOPT_MAXREDIRS, 10L);
+	SET(CURLOPT_PROTOCOLS_STR, plain_http ? "http,https" : "https");
+	SET(CURLOPT_REDIR_PROTOCOLS_STR, plain_http ? "http,https" : "https");
+	SET(CURLOPT_CONNECTTIMEOUT, 30L);
+	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+	SET(CURLOPT_LOW_SPEED_TIME, 60L);
+	SET(CURLOPT_TCP_KEEPALIVE, 1L);
+	SET(CURLOPT_USERAGENT, "imcache/0.1");
+	SET(CURLOPT_BUFFERSIZE, 512L << 10);
+#undef SET
+	return c;
+}
+
 static int http_setup(CURL *curl, const char *url, bool plain, const char *ca_file, char *errbuf)
 {
 	CURLcode c = CURLE_OK;

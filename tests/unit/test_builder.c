@@ -425,6 +425,23 @@ START_TEST(path_clean)
 }
 END_TEST
 
+/* The scheme oci_registry_open picks for a registry (net/'s one loopback rule). */
+static bool registry_plain_http(const char *registry, const char *const *insecure)
+{
+	struct oci_ref ref = {.registry = (char *)registry, .repository = (char *)"x"};
+	struct oci_registry *r = NULL;
+	imc_error err = {0};
+	bool plain;
+
+	ck_assert_msg(
+	    oci_registry_open(&(struct oci_registry_opts){.insecure_registries = insecure}, &ref,
+			      &r, &err) == 0,
+	    "%s", err.msg);
+	plain = oci_registry_plain_http(r);
+	oci_registry_close(r);
+	return plain;
+}
+
 START_TEST(registry_helpers)
 {
 	const char *const insecure[] = {"reg.internal:5000", "plain.example", NULL};
@@ -437,6 +454,8 @@ START_TEST(registry_helpers)
 	ck_assert(!registry_plain_http("128.0.0.1:5000", NULL));
 	ck_assert(!registry_plain_http("registry-1.docker.io", NULL));
 	ck_assert(!registry_plain_http("localhost.evil.com", NULL));
+	ck_assert(!registry_plain_http("127.evil.example:5000", NULL));
+	ck_assert(!registry_plain_http("127.0.0.1.nip.io", NULL));
 	ck_assert(registry_plain_http("reg.internal:5000", insecure));
 	ck_assert(!registry_plain_http("reg.internal:5001", insecure));
 	ck_assert(registry_plain_http("plain.example:8080", insecure));
@@ -478,6 +497,16 @@ START_TEST(registry_helpers)
 	body = "{\"errors\":[{\"code\":\"X\",\"message\":\"line\\nbreak\"}]}";
 	registry_error_text(400, body, strlen(body), buf, sizeof(buf));
 	ck_assert_str_eq(buf, "line?break (X, HTTP 400)");
+	{
+		char a[800], b[800], c[800];
+		registry_inflight_key("ab", "reg1:5000", "t1", a, sizeof(a));
+		registry_inflight_key("ab", "reg1:5000", "t2", b, sizeof(b));
+		registry_inflight_key("ab", "reg2:5000", "t1", c, sizeof(c));
+		ck_assert_str_ne(a, b); /* another tenant never waits on this download */
+		ck_assert_str_ne(a, c); /* nor another registry's build */
+		registry_inflight_key("ab", "reg1:5000", "t1", b, sizeof(b));
+		ck_assert_str_eq(a, b);
+	}
 }
 END_TEST
 
