@@ -333,6 +333,9 @@ struct api_caches_config {
 	const char *hf_endpoint; /* hf:// data; NULL: $HF_ENDPOINT, else huggingface.co */
 	const char *ca_file;	 /* extra CAs for data and registries; NULL: none */
 	const char *auth_file;	 /* docker config.json with registry credentials; NULL: none */
+	/* The HTTP clients (net/) builds use for registries and for data (builder_opts). */
+	struct net_client *registry_net, *data_net;
+	uint64_t max_blob_size;			/* 0: OCI_BLOB_MAX_DEFAULT */
 	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
 	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */

@@ -228,10 +228,40 @@ static int parse_tls(json_t *root, struct api_config *c, imc_error *err)
 	return r;
 }
 
+#define DATA_ALLOW_MAX 64
+
+/* "dataAllowDestinations": ["127.0.0.1:8000", "10.0.0.0/8", ...] (checked by net/ when imcd
+ * makes its data client). */
+static int parse_data_allow(json_t *root, struct api_config *c, imc_error *err)
+{
+	json_t *a = NULL, *v;
+	size_t i;
+	int r =
+	    imc_json_get_array(root, "dataAllowDestinations", false, DATA_ALLOW_MAX, NULL, &a, err);
+
+	if (r < 0 || !a)
+		return r;
+	c->data_allow = calloc(json_array_size(a) + 1, sizeof(*c->data_allow));
+	if (!c->data_allow)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_array_foreach(a, i, v)
+	{
+		const char *s = json_string_value(v);
+		if (!s || !*s || strlen(s) > 64)
+			return imc_err(
+			    err, EINVAL,
+			    "dataAllowDestinations[%zu]: want an address of 1 to 64 bytes", i);
+		if (!(c->data_allow[c->n_data_allow] = strdup(s)))
+			return imc_err(err, ENOMEM, "out of memory");
+		c->n_data_allow++;
+	}
+	return 0;
+}
+
 static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 {
-	static const char *const fields[] = {"tokens", "tenants",  "tls",
-					     "listen", "stateDir", NULL};
+	static const char *const fields[] = {
+	    "tokens", "tenants", "tls", "listen", "stateDir", "dataAllowDestinations", NULL};
 	int r = imc_json_check_fields(root, fields, NULL, err);
 
 	if (r == 0)
@@ -244,6 +274,8 @@ static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 		r = dup_string(root, "listen", PATH_MAX, NULL, &c->listen, err);
 	if (r == 0)
 		r = dup_string(root, "stateDir", PATH_MAX, NULL, &c->state_dir, err);
+	if (r == 0)
+		r = parse_data_allow(root, c, err);
 	return r;
 }
 
@@ -283,6 +315,9 @@ void api_config_free(struct api_config *c)
 	free(c->tls_key);
 	free(c->listen);
 	free(c->state_dir);
+	for (size_t i = 0; i < c->n_data_allow; i++)
+		free(c->data_allow[i]);
+	free(c->data_allow);
 	*c = (struct api_config){0};
 }
 

@@ -43,6 +43,10 @@ struct api_config {
 	char *tls_key;
 	char *listen; /* defaults for --listen / --state-dir; NULL when not given */
 	char *state_dir;
+	/* "dataAllowDestinations": addresses data sources may reach though they are loopback,
+	 * private or link-local ("ADDR", "ADDR/PREFIX", "ADDR:PORT", "[V6]:PORT"). */
+	char **data_allow;
+	size_t n_data_allow;
 };
 
 /* Parse a config file's content.  Malformed JSON, unknown keys, wrong types, bad tenant names,

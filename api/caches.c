@@ -39,6 +39,8 @@ struct api_caches {
 	char *blob_dir; /* <state>/blobs */
 	const char *const *insecure_registries;
 	const char *hf_endpoint, *ca_file, *auth_file;
+	struct net_client *registry_net, *data_net;
+	uint64_t max_blob_size;
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
 	void (*on_snapshot_removed)(void *ctx, const char *id);
@@ -602,6 +604,10 @@ static void build_one(struct api_caches *c, struct api_cache *cache)
 	    .hf_endpoint = c->hf_endpoint,
 	    .ca_file = c->ca_file,
 	    .auth_file = c->auth_file,
+	    .registry_net = c->registry_net,
+	    .data_net = c->data_net,
+	    .blob_max = c->max_blob_size,
+	    .tenant = cache->tenant ? cache->tenant : API_TENANT_DEFAULT,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
 	};
@@ -969,6 +975,9 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->hf_endpoint = cfg->hf_endpoint ? cfg->hf_endpoint : getenv("HF_ENDPOINT");
 	c->ca_file = cfg->ca_file;
 	c->auth_file = cfg->auth_file;
+	c->registry_net = cfg->registry_net;
+	c->data_net = cfg->data_net;
+	c->max_blob_size = cfg->max_blob_size;
 	c->on_event = cfg->on_event;
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
@@ -1356,7 +1365,9 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 	struct builder_opts opts = {.blob_dir = c->blob_dir,
 				    .insecure_registries = c->insecure_registries,
 				    .ca_file = c->ca_file,
-				    .auth_file = c->auth_file};
+				    .auth_file = c->auth_file,
+				    .registry_net = c->registry_net,
+				    .tenant = tenant};
 	struct builder_image *img = NULL;
 	json_t *layers = NULL, *desc, *l;
 	size_t i;

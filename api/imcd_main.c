@@ -12,6 +12,7 @@
 #include "auth.h"
 
 #define MAX_INSECURE_REGISTRIES 64
+#define MAX_DATA_ALLOW		64
 #define MAX_DRIVER_OPTS		32
 #define LISTEN_URL_MAX		160 /* "unix:" and a sun_path fit */
 
@@ -33,9 +34,13 @@ struct options {
 	bool no_config;	    /* not even API_CONFIG_DEFAULT */
 	const char *tls_cert;
 	const char *tls_key;
-	unsigned build_workers;	      /* 0: api/caches.c's default (2) */
-	double evict_high, evict_low; /* 0: 0.90 / 0.80 */
-	unsigned sweep_interval_ms;   /* 0: 60 s */
+	unsigned build_workers;			    /* 0: api/caches.c's default (2) */
+	double evict_high, evict_low;		    /* 0: 0.90 / 0.80 */
+	unsigned sweep_interval_ms;		    /* 0: 60 s */
+	const char *data_allow[MAX_DATA_ALLOW + 1]; /* --allow-data-destination */
+	size_t n_data_allow;
+	uint64_t min_rate, min_rate_window_s; /* 0: net/'s defaults (64 KiB/s, 60 s) */
+	uint64_t max_blob_size;		      /* 0: OCI_BLOB_MAX_DEFAULT */
 };
 
 static void usage(FILE *f)
@@ -49,6 +54,8 @@ static void usage(FILE *f)
 	    "            [--config FILE|--no-config] [--tls-cert FILE --tls-key FILE]\n"
 	    "            [--build-workers N] [--evict-high F] [--evict-low F]\n"
 	    "            [--sweep-interval SEC] [--log-level error|warn|info|debug]\n"
+	    "            [--allow-data-destination ADDR[/PREFIX][:PORT]]... [--min-rate BYTES]\n"
+	    "            [--min-rate-window SEC] [--max-blob-size BYTES]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -76,6 +83,11 @@ static void usage(FILE *f)
 	    "  --evict-low F         ... until it is below this (default 0.80)\n"
 	    "  --sweep-interval SEC  how often expiry and eviction run (default 60)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
+	    "  --allow-data-destination A  data (https://, hf://) may reach this loopback,\n"
+	    "                        private or link-local address (repeatable; none by default)\n"
+	    "  --min-rate BYTES      a registry or data transfer slower than this ...\n"
+	    "  --min-rate-window SEC ... for this long is aborted (default 64K over 60 s)\n"
+	    "  --max-blob-size BYTES a layer declaring more is refused (default 64G)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  -h, --help            this help\n",
 	    STORE_DEFAULT_STATE_DIR, API_CONFIG_DEFAULT, API_CONFIG_DEFAULT);
@@ -229,6 +241,25 @@ static int parse_option(int ch, const char *arg, struct options *o)
 			return usage_error("--sweep-interval %s: want 1-86400 seconds", arg);
 		o->sweep_interval_ms = (unsigned)n * 1000;
 		return 0;
+	case 'a':
+		if (o->n_data_allow >= MAX_DATA_ALLOW)
+			return usage_error("%s: too many --allow-data-destination (at most 64)",
+					   arg);
+		o->data_allow[o->n_data_allow++] = arg;
+		return 0;
+	case 'm':
+		if (parse_size(arg, &o->min_rate) < 0 || o->min_rate == 0)
+			return usage_error("--min-rate %s: want BYTES[K|M|G] per second", arg);
+		return 0;
+	case 'w':
+		if (parse_size(arg, &o->min_rate_window_s) < 0 || o->min_rate_window_s == 0 ||
+		    o->min_rate_window_s > 86400)
+			return usage_error("--min-rate-window %s: want 1-86400 seconds", arg);
+		return 0;
+	case 'B':
+		if (parse_size(arg, &o->max_blob_size) < 0 || o->max_blob_size == 0)
+			return usage_error("--max-blob-size %s: want BYTES[K|M|G|T]", arg);
+		return 0;
 	case 'h':
 		usage(stdout);
 		return 1;
@@ -261,6 +292,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 	    {"evict-high", required_argument, NULL, 'E'},
 	    {"evict-low", required_argument, NULL, 'e'},
 	    {"sweep-interval", required_argument, NULL, 'S'},
+	    {"allow-data-destination", required_argument, NULL, 'a'},
+	    {"min-rate", required_argument, NULL, 'm'},
+	    {"min-rate-window", required_argument, NULL, 'w'},
+	    {"max-blob-size", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -350,6 +385,7 @@ struct service {
 	struct dist_chunks *chunks; /* the chunk store the distribution routes serve */
 	struct api_caches *caches;
 	struct api_server *server;
+	struct net_client *registry_net, *data_net; /* the HTTP clients of registries and data */
 	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
 };
 
@@ -398,6 +434,32 @@ static void url_set_https(char *url, size_t size)
 	url[4] = 's';
 }
 
+/* The two HTTP clients: registries (insecure ones named), and data, whose every connection is
+ * checked against the allowed destinations (--allow-data-destination, then the config's
+ * "dataAllowDestinations"). */
+static int net_open(const struct options *o, struct service *svc, imc_error *err)
+{
+	const char *allow[2 * MAX_DATA_ALLOW + 1] = {0};
+	size_t n = 0;
+	struct net_config cfg = {
+	    .ca_file = o->ca_file,
+	    .insecure_hosts = o->insecure,
+	    .limits = {.min_rate = o->min_rate, .min_rate_window_s = o->min_rate_window_s}};
+	int r = net_client_new(&cfg, &svc->registry_net, err);
+
+	if (r < 0)
+		return imc_err_wrap(err, "registry client");
+	for (size_t i = 0; i < o->n_data_allow; i++)
+		allow[n++] = o->data_allow[i];
+	for (size_t i = 0; i < svc->config.n_data_allow && n < 2 * MAX_DATA_ALLOW; i++)
+		allow[n++] = svc->config.data_allow[i];
+	cfg.insecure_hosts = NULL;
+	cfg.check_destination = true;
+	cfg.allow_destinations = allow;
+	r = net_client_new(&cfg, &svc->data_net, err);
+	return r < 0 ? imc_err_wrap(err, "data client") : 0;
+}
+
 static int start(const struct options *o, struct service *svc, imc_error *err)
 {
 	const struct store_config scfg = {.state_dir = o->state_dir,
@@ -413,6 +475,8 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 		return imc_err(err, ENOMEM, "out of memory");
 	/* The socket first: a taken port fails before the store sets anything up. */
 	r = api_listen_open(o->listen, &fd, url, sizeof(svc->url), err);
+	if (r == 0)
+		r = net_open(o, svc, err);
 	if (r == 0)
 		r = store_open(&scfg, &svc->store, err);
 	if (r == 0)
@@ -432,6 +496,9 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.auth_file = o->auth_file,
 					.ca_file = o->ca_file,
 					.hf_endpoint = o->hf_endpoint,
+					.registry_net = svc->registry_net,
+					.data_net = svc->data_net,
+					.max_blob_size = o->max_blob_size,
 					.limits = svc->config.limits,
 					.n_limits = svc->config.n_limits,
 					.build_workers = o->build_workers,
@@ -481,6 +548,9 @@ static void stop(struct service *svc)
 	svc->chunks = NULL;
 	store_close(svc->store);
 	svc->store = NULL;
+	net_client_free(svc->registry_net);
+	net_client_free(svc->data_net);
+	svc->registry_net = svc->data_net = NULL;
 	api_tls_free(&svc->tls);
 	api_config_free(&svc->config);
 }

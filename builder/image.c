@@ -258,7 +258,10 @@ struct oci_registry_opts builder_registry_opts(const struct builder_opts *o)
 					  .credentials = o->credentials,
 					  .n_credentials = o->n_credentials,
 					  .auth_file = o->auth_file,
-					  .ca_file = o->ca_file};
+					  .ca_file = o->ca_file,
+					  .net = o->registry_net,
+					  .blob_max = o->blob_max,
+					  .tenant = o->tenant};
 }
 
 int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,

@@ -148,7 +148,7 @@ static int check_partial(struct net_xfer *x, uint64_t *ret_len)
 		x->from_scratch = x->ranges_bad = x->resuming;
 		return xfail(x, EPROTO, "the answer to a Range request starts elsewhere");
 	}
-	if (s->sized && x->origin == 0 && total != UINT64_MAX && total != s->size)
+	if (s->sized && !x->q->range && total != UINT64_MAX && total != s->size)
 		return xfail(x, EBADMSG, "the resource has %llu bytes, %llu declared",
 			     (unsigned long long)total, (unsigned long long)s->size);
 	*ret_len = last - first + 1;

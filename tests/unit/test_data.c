@@ -316,11 +316,30 @@ static int tmp_file(void)
 static struct server srv;
 static int dl_fd = -1;
 
+/* The data client, as imcd makes it: every connection checked, the test's server allowed. */
+static struct net_client *dl_net;
+
+static struct net_client *data_client(const char *const *allow)
+{
+	struct net_client *c = NULL;
+	imc_error err = {0};
+
+	ck_assert_msg(net_client_new(&(struct net_config){.check_destination = true,
+							  .allow_destinations = allow,
+							  .retry = {.base_ms = 10, .max_ms = 50}},
+				     &c, &err) == 0,
+		      "%s", err.msg);
+	return c;
+}
+
 static void download_setup(void)
 {
+	static const char *const allow[] = {"127.0.0.1", NULL};
+
 	memset(&srv, 0, sizeof(srv));
 	server_start(&srv);
 	dl_fd = tmp_file();
+	dl_net = data_client(allow);
 }
 
 static void download_teardown(void)
@@ -328,6 +347,8 @@ static void download_teardown(void)
 	close(dl_fd);
 	dl_fd = -1;
 	server_stop(&srv);
+	net_client_free(dl_net);
+	dl_net = NULL;
 }
 
 /* The downloaded file holds exactly the server's body. */
@@ -354,6 +375,7 @@ static struct builder_download dl_for(bool known)
 {
 	return (struct builder_download){
 	    .url = srv.url,
+	    .net = dl_net,
 	    .fd = dl_fd,
 	    .size = known ? srv.size : UINT64_MAX,
 	    .ranges = known,
@@ -367,14 +389,14 @@ START_TEST(head)
 	uint64_t size = 0;
 	bool ranges = false;
 
-	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), 0);
+	ck_assert_int_eq(builder_download_head(dl_net, srv.url, &size, &ranges, NULL), 0);
 	ck_assert_uint_eq(size, BODY_SIZE);
 	ck_assert(ranges);
 	srv.no_ranges = true;
-	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), 0);
+	ck_assert_int_eq(builder_download_head(dl_net, srv.url, &size, &ranges, NULL), 0);
 	ck_assert(!ranges);
 	srv.status = 404;
-	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), -ENOENT);
+	ck_assert_int_eq(builder_download_head(dl_net, srv.url, &size, &ranges, NULL), -ENOENT);
 }
 END_TEST
 
@@ -419,7 +441,7 @@ START_TEST(always_503)
 	srv.status = 503;
 	d.connections = 1;
 	ck_assert_int_eq(builder_download(&d, &err), -EIO);
-	ck_assert_msg(strstr(err.msg, "HTTP 503") && strstr(err.msg, "tries"), "%s", err.msg);
+	ck_assert_msg(strstr(err.msg, "HTTP 503") && strstr(err.msg, "attempts"), "%s", err.msg);
 }
 END_TEST
 
@@ -506,6 +528,29 @@ START_TEST(more_than_announced)
 }
 END_TEST
 
+/* A data source on a loopback address the operator did not allow is refused, by the address
+ * the connection would go to (also for "localhost", a name). */
+START_TEST(destination_refused)
+{
+	static const char *const other[] = {"127.0.0.2", NULL};
+	struct net_client *c = data_client(other);
+	struct builder_download d = dl_for(true);
+	char url[128];
+	uint64_t size = 0;
+	bool ranges = false;
+	imc_error err = {0};
+
+	ck_assert_int_eq(builder_download_head(c, srv.url, &size, &ranges, &err), -EPERM);
+	ck_assert_msg(strstr(err.msg, "127.0.0.1"), "%s", err.msg);
+	snprintf(url, sizeof(url), "http://localhost:%s", strrchr(srv.url, ':') + 1);
+	ck_assert_int_eq(builder_download_head(c, url, &size, &ranges, &err), -EPERM);
+	d.net = c;
+	ck_assert_int_eq(builder_download(&d, &err), -EPERM);
+	ck_assert_int_eq(builder_download_head(NULL, srv.url, &size, &ranges, &err), -EPERM);
+	net_client_free(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("data");
@@ -531,6 +576,7 @@ int main(void)
 	tcase_add_test(t, sha_mismatch);
 	tcase_add_test(t, not_found_no_retry);
 	tcase_add_test(t, more_than_announced);
+	tcase_add_test(t, destination_refused);
 	suite_add_tcase(s, t);
 	return unit_run(s);
 }
