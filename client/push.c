@@ -7,54 +7,35 @@
 
 #include "client.h"
 
-#define IMCD_TIMEOUT_S 120
-
 struct push {
 	const struct client_push_config *cfg;
 	struct oci_pusher *reg;
-	CURL *curl; /* for imcd */
 	struct client_push_stats *st;
 };
 
-static size_t on_body(char *p, size_t size, size_t n, void *ctx)
-{
-	struct imc_buf *b = ctx;
-
-	n *= size;
-	if (b->len + n > OCI_INDEX_MAX)
-		return 0;
-	return imc_buf_append(b, p, n) < 0 ? 0 : n;
-}
-
-/* GET from imcd (the index or a chunk). */
+/* GET from imcd (the index or a chunk) through net/, with the token and the unix socket of
+ * every other imcctl command. */
 static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_error *err)
 {
-	_cleanup_free_ char *url = NULL, *auth = NULL;
-	_cleanup_curl_slist_ struct curl_slist *h = NULL;
-	CURL *c = p->curl;
-	long status = 0;
-	CURLcode rc;
+	_cleanup_free_ char *url = NULL;
+	struct net_response res = {0};
+	int r;
 
 	if (asprintf(&url, "%s%s", p->cfg->server, path) < 0)
 		return imc_err(err, ENOMEM, "out of memory");
-	if (p->cfg->token && asprintf(&auth, "Authorization: Bearer %s", p->cfg->token) > 0)
-		h = curl_slist_append(NULL, auth);
-	curl_easy_reset(c);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)IMCD_TIMEOUT_S);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "GET");
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, ret);
-	rc = curl_easy_perform(c);
-	if (rc != CURLE_OK)
-		return imc_err(err, EIO, "GET %s: %s", url, curl_easy_strerror(rc));
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	if (status != 200)
-		return imc_err(err, status == 404 ? ENOENT : EIO, "GET %s: HTTP %ld", url, status);
-	return 0;
+	r = net_perform(
+	    p->cfg->net,
+	    &(struct net_request){.url = url,
+				  .unix_socket = p->cfg->unix_socket,
+				  .bearer = p->cfg->token,
+				  .sink = {.kind = NET_SINK_MEMORY, .max = OCI_INDEX_MAX}},
+	    &res, err);
+	if (r == 0) {
+		ret->data = steal_pointer(&res.body);
+		ret->len = res.body_len;
+	}
+	net_response_free(&res);
+	return r;
 }
 
 static int upload(struct push *p, const char *digest, const void *data, size_t len, imc_error *err)
@@ -172,15 +153,9 @@ int client_push_snapshot(const struct client_push_config *cfg, const char *cache
 	*ret = (struct client_push_stats){0};
 	if (oci_push_open(ref, cfg->insecure_registries, &p.reg, err) < 0)
 		return err->code;
-	p.curl = curl_easy_init();
-	if (!p.curl)
-		r = imc_err(err, ENOMEM, "out of memory");
-	else
-		r = push_all(&p, cache_id, err);
+	r = push_all(&p, cache_id, err);
 	if (r < 0)
 		imc_err_wrap(err, "push %s to %s", cache_id, ref);
-	if (p.curl)
-		curl_easy_cleanup(p.curl);
 	oci_push_close(p.reg);
 	return r;
 }
