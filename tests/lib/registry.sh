@@ -298,3 +298,19 @@ faultproxy_start() {
 	FAULTPROXY=127.0.0.1:$(cat "$dir/port")
 	export FAULTPROXY FAULTPROXY_LOG
 }
+
+# stallregistry_start [TRICKLE_BYTES TRICKLE_INTERVAL_S]: a registry (tests/lib/stallregistry.py)
+# that misbehaves by repository: stall/... never answers, trickle/... sends its layer's body
+# TRICKLE_BYTES (default 8) every TRICKLE_INTERVAL_S (default 3) seconds, anything else answers
+# at once; every repository has an image of its own.  Sets STALLREG (127.0.0.1:PORT) and
+# STALLREG_LOG ("METHOD PATH ACTION" lines).  Not in a command substitution.
+stallregistry_start() {
+	local dir
+	dir=$(mktemp -d "$TEST_TMP/stallreg.XXXXXX")
+	STALLREG_LOG=$dir/requests.log
+	: >"$STALLREG_LOG"
+	_pyhelper_start "stallregistry_start: the registry" "$dir" stallregistry.py \
+		--log "$STALLREG_LOG" --trickle-bytes "${1:-8}" --trickle-interval "${2:-3}" || return 1
+	STALLREG=127.0.0.1:$(cat "$dir/port")
+	export STALLREG STALLREG_LOG
+}

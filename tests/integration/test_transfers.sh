@@ -1,0 +1,72 @@
+#!/bin/bash
+# Registry transfers cannot be held or misdirected (tests/lib/stallregistry.py on 127.0.0.1):
+# - a layer that trickles in (8 bytes a second) is aborted by the minimum rate (imcd --min-rate
+#   64K --min-rate-window 2 here; 64 KiB/s over 60 s by default): the build ends Failed saying
+#   so, instead of Creating for as long as the registry likes;
+# - a redirect of a layer to another host over plain HTTP (127.0.0.1 -> localhost) is refused,
+#   one to the same host is followed;
+# - a layer declared larger than --max-blob-size is refused before it is asked for.
+# Needs root and loop devices (the store loop-mounts its XFS pool file).
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+
+need_root
+need_loop
+need_tool jq curl python3 losetup findmnt mkfs.xfs
+need_programs imcd imc-attach
+
+stallregistry_start 8 1 || bail "the misbehaving registry starts"
+ok "the misbehaving registry listens at $STALLREG"
+imcd_start_or_bail "$TEST_TMP/state" --min-rate 64K --min-rate-window 2 --max-blob-size 1M
+
+# build_of NAME REPO: create a cache of $STALLREG/REPO:1 and print its JSON once it is done.
+build_of() {
+	local id
+	id=$(create_cache "$STALLREG/$2:1" "$1") || return 1
+	cache_wait "$id" 240
+}
+
+# --- a trickling layer ------------------------------------------------------------------------
+
+C=$(build_of trickle trickle/img) || C='{}'
+check_eq "a layer trickling in at 8 bytes/s: the build ends Failed" Failed \
+	"$(json_get "$C" .status 2>&1)"
+check_match "... slower than the minimum rate, after retries" \
+	'slower than 65536 bytes/s for 2 s.*after [0-9]+ attempts' \
+	"$(json_get "$C" .statusMessage 2>&1)"
+check_match "the registry saw the client go away mid-body" 'trickle/img/blobs/.* trickle-gone' \
+	"$(cat "$STALLREG_LOG")"
+
+# --- redirects --------------------------------------------------------------------------------
+
+C=$(build_of redirected redirect/img) || C='{}'
+check_eq "a layer redirected to another host over plain HTTP: Failed" Failed \
+	"$(json_get "$C" .status 2>&1)"
+check_match "... the redirect is refused, naming where it pointed" \
+	'redirect to http://localhost:[0-9]+/v2/redirect/img/blobs/.* refused' \
+	"$(json_get "$C" .statusMessage 2>&1)"
+check_fails "... and the other host was never asked" \
+	grep -q 'redirect/img/blobs/.*moved=1' "$STALLREG_LOG"
+
+C=$(build_of moved moved/img) || C='{}'
+check_eq "a layer redirected to the same host: Ready" Ready "$(json_get "$C" .status 2>&1)"
+check_match "... fetched from where it was sent" 'GET /v2/moved/img/blobs/.*moved=1 blob' \
+	"$(cat "$STALLREG_LOG")"
+
+# --- a declared size over the cap -------------------------------------------------------------
+
+C=$(build_of huge fast/huge) || C='{}'
+check_eq "a layer declared at 160 MiB with --max-blob-size 1M: Failed" Failed \
+	"$(json_get "$C" .status 2>&1)"
+check_match "... the message names the cap" '167772160 bytes declared, more than the 1048576' \
+	"$(json_get "$C" .statusMessage 2>&1)"
+LAYER=$(json_get "$C" '.statusMessage' 2>/dev/null | grep -o 'sha256:[0-9a-f]\{64\}' | head -n1)
+check_match "... it names the layer" '^sha256:' "$LAYER"
+check_fails "... and the layer was never asked for" \
+	grep -q "GET /v2/fast/huge/blobs/$LAYER" "$STALLREG_LOG"
+check_eq "no temp file is left in the blob cache" "" \
+	"$(find "$TEST_TMP/state/blobs" -name '.tmp-*' 2>/dev/null)"
+
+check_clean_shutdown
