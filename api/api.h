@@ -364,6 +364,9 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 		    struct api_caches **ret, imc_error *err);
 /* The chunk store it was given (NULL for a NULL table or none). */
 struct dist_chunks *api_caches_chunks(struct api_caches *c);
+/* The ids of the tenant's Ready (and Updating) caches: *ret malloc'ed. */
+int api_caches_ready_ids(struct api_caches *c, const char *tenant, char (**ret)[API_ID_MAX],
+			 size_t *ret_n, imc_error *err);
 /* Stop the worker after the running build; queued builds are marked Failed. */
 void api_caches_close(struct api_caches *c);
 /* Persist a new Creating cache and queue its build; ret gets {"id","status"}. */
@@ -481,7 +484,8 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
  * the chunks no other index names (and log what was freed). */
 void api_dist_snapshot_removed(void *ctx, const char *id);
 /* The answer to a chunk request: its status and response (NULL on OOM). */
-unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
-			const char *digest, struct MHD_Response **ret);
+unsigned api_dist_chunk(struct api_caches *c, const struct api_caller *who,
+			struct MHD_Connection *conn, const char *method, const char *digest,
+			struct MHD_Response **ret);
 
 #endif

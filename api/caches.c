@@ -1111,6 +1111,28 @@ static bool owns(const struct api_cache *cache, const char *tenant)
 	return strcmp(cache->tenant ? cache->tenant : API_TENANT_DEFAULT, tenant) == 0;
 }
 
+int api_caches_ready_ids(struct api_caches *c, const char *tenant, char (**ret)[API_ID_MAX],
+			 size_t *ret_n, imc_error *err)
+{
+	char(*ids)[API_ID_MAX];
+	size_t n = 0;
+
+	pthread_mutex_lock(&c->lock);
+	ids = calloc(c->n_items + 1, sizeof(*ids));
+	for (size_t k = 0; ids && k < c->n_items; k++) {
+		const struct api_cache *x = c->items[k];
+		if ((x->status == API_CACHE_READY || x->status == API_CACHE_UPDATING) &&
+		    owns(x, tenant))
+			memcpy(ids[n++], x->id, API_ID_MAX);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!ids)
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret = ids;
+	*ret_n = n;
+	return 0;
+}
+
 /* A cache the caller may see; another tenant's is as absent as a missing one. */
 static struct api_cache *find_visible_locked(struct api_caches *c, const char *tenant,
 					     const char *id, size_t *ret_index)
