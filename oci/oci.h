@@ -7,7 +7,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-
 #include "../common/imc.h"
 #include "../net/net.h"
 
