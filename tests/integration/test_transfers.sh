@@ -5,7 +5,9 @@
 #   so, instead of Creating for as long as the registry likes;
 # - a redirect of a layer to another host over plain HTTP (127.0.0.1 -> localhost) is refused,
 #   one to the same host is followed;
-# - a layer declared larger than --max-blob-size is refused before it is asked for.
+# - a layer declared larger than --max-blob-size is refused before it is asked for;
+# - builds of two tenants that share a layer do not share its download: team-b's build is not
+#   held by team-a's trickling one.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -69,4 +71,49 @@ check_fails "... and the layer was never asked for" \
 check_eq "no temp file is left in the blob cache" "" \
 	"$(find "$TEST_TMP/state/blobs" -name '.tmp-*' 2>/dev/null)"
 
+check_clean_shutdown
+
+# --- a shared layer in flight: no tenant waits on another ------------------------------------
+
+# Two tenants whose images share a layer: team-a's registry trickles it, team-b's build of the
+# same layer must not wait for team-a's download (it used to: in-flight downloads were shared by
+# digest alone).  team-b's build ends Ready while team-a's is still trickling.
+CONF=$TEST_TMP/imcd.json
+TOKEN_A=token-of-team-a-0123456789
+TOKEN_B=token-of-team-b-0123456789
+jq -n --arg a "$TOKEN_A" --arg b "$TOKEN_B" \
+	'{tokens: [{token: $a, tenant: "team-a"}, {token: $b, tenant: "team-b"}]}' >"$CONF"
+chmod 600 "$CONF"
+imcd_start_or_bail "$TEST_TMP/state2" --config "$CONF" --build-workers 2 --min-rate 64K \
+	--min-rate-window 2
+# as TOKEN ARG...: imcctl with a tenant's token.
+as() {
+	local t=$1
+	shift
+	"$IMC_BIN/imcctl" --server "$IMCD_URL" --token "$t" "$@"
+}
+# status_of TOKEN ID: the cache's status.
+status_of() {
+	as "$1" get "$2" -o json 2>/dev/null | jq -r '.status // empty' 2>/dev/null
+}
+A=$(as "$TOKEN_A" create "$STALLREG/trickle/shared-a:1" 2>/dev/null | tail -n1)
+check_match "team-a's build of a trickling shared layer is accepted" '^imc-' "$A"
+for _ in $(seq 1 300); do
+	grep -q '/v2/trickle/shared-a/blobs/.* trickle-start' "$STALLREG_LOG" && break
+	sleep 0.1
+done
+check_match "team-a's layer download is in flight" 'trickle/shared-a/blobs/.* trickle-start' \
+	"$(cat "$STALLREG_LOG")"
+OUT=$(as "$TOKEN_B" create "$STALLREG/fast/shared-b:1" --wait --timeout 120 2>&1) || true
+check_match "team-b's build of the same layer ends Ready" '^imc-' "$(printf '%s\n' "$OUT" | tail -n1)"
+check_eq "... while team-a's is still Creating (team-b never waited on it)" Creating \
+	"$(status_of "$TOKEN_A" "$A")"
+check_match "... team-b fetched the layer itself" 'GET /v2/fast/shared-b/blobs/.* blob' \
+	"$(cat "$STALLREG_LOG")"
+for _ in $(seq 1 1200); do
+	S=$(status_of "$TOKEN_A" "$A")
+	[ "$S" = Creating ] || break
+	sleep 0.1
+done
+check_eq "team-a's build ends Failed at the minimum rate" Failed "$S"
 check_clean_shutdown

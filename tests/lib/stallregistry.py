@@ -12,7 +12,9 @@ tag.  How it answers depends on the repository's first component:
   moved/...    the layer's GET answers 307 to the same host (127.0.0.1), where it is served
   anything     answered at once
 
-A repository whose last component starts with "huge" declares its layer as --huge-bytes bytes
+A repository whose last component starts with "shared" has the same layer as every other such
+repository (one layer digest, as two tenants' images on one base layer; the configs differ); one whose last
+component starts with "huge" declares its layer as --huge-bytes bytes
 in the manifest (default 160 MiB; the body stays the real one), so that the builder sizes its
 filesystem from a large image (a layer declared larger than a cap is refused before it is
 asked for: the log shows no GET of it).  GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
@@ -41,9 +43,10 @@ def sha256(b):
     return "sha256:" + hashlib.sha256(b).hexdigest()
 
 
-def make_image(repo, declared=None):
+def make_image(repo, declared=None, layer_of=None):
     """(manifest bytes, {digest: blob bytes}, layer digest) of repo's image; declared: the layer
-    size the manifest says (None: the real one)."""
+    size the manifest says (None: the real one); layer_of: whose layer it has (None: its own)."""
+    config_repo, repo = repo, layer_of or repo
     raw = io.BytesIO()
     noise = b"".join(hashlib.sha256(b"%s %d" % (repo.encode(), i)).digest() for i in range(128))
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
@@ -54,7 +57,7 @@ def make_image(repo, declared=None):
     tar = raw.getvalue()
     layer = gzip.compress(tar, mtime=0)
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Cmd": ["/hello"]},
+                         "config": {"Cmd": ["/hello"], "Labels": {"repo": config_repo}},
                          "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}}).encode()
     manifest = json.dumps({"schemaVersion": 2, "mediaType": MT_MANIFEST,
                            "config": {"mediaType": MT_CONFIG, "digest": sha256(config),
@@ -77,9 +80,11 @@ class Handler(BaseHTTPRequestHandler):
     def image(self, repo):
         with self.server.lock:
             if repo not in self.server.images:
-                huge = repo.split("/")[-1].startswith("huge")
+                last = repo.split("/")[-1]
+                huge = last.startswith("huge")
                 self.server.images[repo] = make_image(
-                    repo, self.server.args.huge_bytes if huge else None)
+                    repo, self.server.args.huge_bytes if huge else None,
+                    "shared" if last.startswith("shared") else None)
             return self.server.images[repo]
 
     def send(self, code, body, ctype="application/json"):
