@@ -3,6 +3,7 @@
 # - a layer that trickles in (8 bytes a second) is aborted by the minimum rate (imcd --min-rate
 #   64K --min-rate-window 2 here; 64 KiB/s over 60 s by default): the build ends Failed saying
 #   so, instead of Creating for as long as the registry likes;
+# - a registry port that refuses connections is reported as such, after retries;
 # - a redirect of a layer to another host over plain HTTP (127.0.0.1 -> localhost) is refused,
 #   one to the same host is followed;
 # - a layer declared larger than --max-blob-size is refused before it is asked for;
@@ -40,6 +41,18 @@ check_match "... slower than the minimum rate, after retries" \
 	"$(json_get "$C" .statusMessage 2>&1)"
 check_match "the registry saw the client go away mid-body" 'trickle/img/blobs/.* trickle-gone' \
 	"$(cat "$STALLREG_LOG")"
+
+# --- a registry port nobody listens on --------------------------------------------------------
+
+# A port that was free a moment ago (bound, then closed).
+CLOSED=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+C=$(create_cache "127.0.0.1:$CLOSED/nobody/img:1" refused) && C=$(cache_wait "$C" 120) || C='{}'
+check_eq "a registry whose port refuses connections: Failed" Failed "$(json_get "$C" .status 2>&1)"
+check_match "... reported as a refused connection, after retries on fresh handles" \
+	'127\.0\.0\.1:'"$CLOSED"'.*([Cc]ould.?n.t connect|[Cc]onnection refused).*after [0-9]+ attempts' \
+	"$(json_get "$C" .statusMessage 2>&1)"
+check_fails "... not hidden as a libcurl set-up failure" \
+	grep -q 'cannot set up libcurl' <<<"$(json_get "$C" .statusMessage 2>&1)"
 
 # --- redirects --------------------------------------------------------------------------------
 
