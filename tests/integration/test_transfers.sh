@@ -121,7 +121,9 @@ OUT=$(as "$TOKEN_B" create "$STALLREG/fast/shared-b:1" --wait --timeout 120 2>&1
 check_match "team-b's build of the same layer ends Ready" '^imc-' "$(printf '%s\n' "$OUT" | tail -n1)"
 check_eq "... while team-a's is still Creating (team-b never waited on it)" Creating \
 	"$(status_of "$TOKEN_A" "$A")"
-check_match "... team-b fetched the layer itself" 'GET /v2/fast/shared-b/blobs/.* blob' \
+SHARED=$(grep -o '/v2/trickle/shared-a/blobs/sha256:[0-9a-f]* trickle-start' "$STALLREG_LOG" |
+	head -n1 | sed 's|.*/blobs/||; s| .*||')
+check_match "... team-b fetched the shared layer itself" "GET /v2/fast/shared-b/blobs/$SHARED blob" \
 	"$(cat "$STALLREG_LOG")"
 for _ in $(seq 1 1200); do
 	S=$(status_of "$TOKEN_A" "$A")
