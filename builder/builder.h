@@ -155,6 +155,7 @@ int builder_download_head(struct net_client *net, const char *url, uint64_t *ret
 
 #ifdef IMC_TESTING
 int data_url_check(const char *url, bool *ret_plain, imc_error *err);
+char *data_url_file_name(const char *url);
 int data_hf_parse(const char *source, char **ret_repo, char **ret_rev, imc_error *err);
 int data_rel_path_check(const char *path, imc_error *err);
 uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);

@@ -99,7 +99,7 @@ TESTABLE int data_url_check(const char *url, bool *ret_plain, imc_error *err)
 
 /* The last component of a URL's path, percent-decoded (malloc'ed; NULL when it does not
  * parse or on OOM). */
-static char *url_file_name(const char *url)
+TESTABLE char *data_url_file_name(const char *url)
 {
 	struct net_url u = {0};
 	const char *base;
@@ -667,7 +667,7 @@ static struct data_file *plan_add(struct builder_data_plan *p, size_t cap, imc_e
 
 static int plan_https(const struct builder_opts *o, struct builder_data_plan *p, imc_error *err)
 {
-	_cleanup_free_ char *base = url_file_name(p->source);
+	_cleanup_free_ char *base = data_url_file_name(p->source);
 	struct data_file *f;
 
 	if (!base)
