@@ -15,9 +15,10 @@ tag.  How it answers depends on the repository's first component:
 A repository whose last component starts with "shared" has the same layer as every other such
 repository (one layer digest, as two tenants' images on one base layer; the configs differ); one whose last
 component starts with "huge" declares its layer as --huge-bytes bytes
-in the manifest (default 160 MiB; the body stays the real one), so that the builder sizes its
-filesystem from a large image (a layer declared larger than a cap is refused before it is
-asked for: the log shows no GET of it).  GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
+in the manifest (default 160 MiB; the body stays the real one, and a trickled one is sent with
+the declared Content-Length, as a real registry would, so it is never seen as short before it
+ends), so that the builder sizes its filesystem from a large image (a layer declared larger than
+a cap is refused before it is asked for: the log shows no GET of it).  GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
 body logs "trickle-start PATH" and, when the client goes away before the end,
 "trickle-gone PATH".
 """
@@ -103,11 +104,11 @@ class Handler(BaseHTTPRequestHandler):
         while True:
             time.sleep(3600)
 
-    def trickle(self, body):
+    def trickle(self, body, declared=None):
         a = self.server.args
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(declared or len(body)))
         self.end_headers()
         self.note("trickle-start")
         try:
@@ -147,7 +148,8 @@ class Handler(BaseHTTPRequestHandler):
         if ref not in blobs:
             return self.send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}')
         if parts[2] == "trickle" and ref == layer and self.command == "GET":
-            return self.trickle(blobs[ref])
+            huge = repo.split("/")[-1].startswith("huge")
+            return self.trickle(blobs[ref], self.server.args.huge_bytes if huge else None)
         if parts[2] in ("redirect", "moved") and ref == layer and not moved:
             return self.redirect(self.server.args.redirect_host if parts[2] == "redirect"
                                  else "127.0.0.1")
