@@ -69,11 +69,11 @@ MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(ROOMS)))
 room_objs = $(patsubst %.c,$(O)/obj/%.o,$(filter-out $(MAIN_SRCS),$(wildcard $(1)/*.c)))
 room_lib = $(O)/lib$(1).a
 # Dependents before what they use (the arrows of docs/architecture.md).
-SERVER_ROOMS := api builder dist oci store common
-AGENT_ROOMS := attach dist oci store common
+SERVER_ROOMS := api builder dist oci net store common
+AGENT_ROOMS := attach dist oci net store common
 ALL_ROOMS := api attach builder dist oci net grpc store common
 ALL_LIBS := $(foreach r,$(ALL_ROOMS),$(call room_lib,$(r)))
-CLIENT_LINK := $(call room_lib,client) $(O)/obj/api/wire.o $(call room_lib,oci) \
+CLIENT_LINK := $(call room_lib,client) $(O)/obj/api/wire.o $(call room_lib,oci) $(call room_lib,net) \
 	$(call room_lib,common)
 CLIENT_PKG_LIBS := $(shell pkg-config --libs libcurl jansson openssl) -lpthread
 
