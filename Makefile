@@ -69,11 +69,11 @@ MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(ROOMS)))
 room_objs = $(patsubst %.c,$(O)/obj/%.o,$(filter-out $(MAIN_SRCS),$(wildcard $(1)/*.c)))
 room_lib = $(O)/lib$(1).a
 # Dependents before what they use (the arrows of docs/architecture.md).
-SERVER_ROOMS := api builder dist oci store common
-AGENT_ROOMS := attach dist oci store common
+SERVER_ROOMS := api builder dist oci net store common
+AGENT_ROOMS := attach dist oci net store common
 ALL_ROOMS := api attach builder dist oci net grpc store common
 ALL_LIBS := $(foreach r,$(ALL_ROOMS),$(call room_lib,$(r)))
-CLIENT_LINK := $(call room_lib,client) $(O)/obj/api/wire.o $(call room_lib,oci) \
+CLIENT_LINK := $(call room_lib,client) $(O)/obj/api/wire.o $(call room_lib,oci) $(call room_lib,net) \
 	$(call room_lib,common)
 CLIENT_PKG_LIBS := $(shell pkg-config --libs libcurl jansson openssl) -lpthread
 
@@ -106,14 +106,20 @@ $(O)/imc-runtime: $(O)/obj/attach/imc_runtime_main.o \
 		$(foreach r,$(AGENT_ROOMS),$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
 $(O)/imc-snapshotter: $(O)/obj/attach/imc_snapshotter_main.o \
-		$(foreach r,attach grpc dist oci store common,$(call room_lib,$(r)))
+		$(foreach r,attach grpc dist oci net store common,$(call room_lib,$(r)))
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(GRPC_LIBS)
 
 $(O)/tests/%: $(O)/obj/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(PKG_LIBS) $(GRPC_LIBS)
 
-unit-bins: $(UNIT_BINS)
+# Tools the integration tests run (tests/tools/).
+TEST_TOOLS := $(O)/tests/cri-pull
+$(O)/tests/cri-pull: $(O)/obj/tests/tools/cri_pull.o $(call room_lib,grpc) $(call room_lib,common)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(GRPC_LIBS)
+
+unit-bins: $(UNIT_BINS) $(TEST_TOOLS)
 
 BENCH_SRCS := $(wildcard tests/bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(O)/bench/%)
@@ -188,7 +194,7 @@ unit: $(UNIT_BINS)
 	  elif [ $$rc = 77 ]; then echo "   skipped in CI, where nothing may skip"; exit 1; \
 	  elif [ $$rc != 0 ]; then exit $$rc; fi; done
 
-integration: programs
+integration: programs $(TEST_TOOLS)
 	$(SAN_ENV) IMC_BIN=$(abspath $(O)) tests/integration/run-all.sh
 
 bench: programs $(BENCH_BINS)

@@ -389,6 +389,9 @@ struct api_caches_config {
 	const char *ca_file;			/* extra CAs for data and registries; NULL: none */
 	const char *auth_file; /* docker config.json with registry credentials; NULL: none */
 	const char *platform;  /* images without one (normalized); NULL: linux/amd64 */
+	/* The HTTP clients (net/) builds use for registries and for data (builder_opts). */
+	struct net_client *registry_net, *data_net;
+	uint64_t max_blob_size;			/* 0: OCI_BLOB_MAX_DEFAULT */
 	const struct api_tenant_limits *limits; /* per-tenant quotas; tenants not listed: none */
 	size_t n_limits;
 	/* Called from the worker thread (not under the table lock); may be NULL. */
@@ -432,6 +435,9 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 struct dist_chunks *api_caches_chunks(struct api_caches *c);
 /* The exporter it was given (NULL for a NULL table or none). */
 struct dist_exporter *api_caches_exporter(struct api_caches *c);
+/* The ids of the tenant's Ready (and Updating) caches: *ret malloc'ed. */
+int api_caches_ready_ids(struct api_caches *c, const char *tenant, char (**ret)[API_ID_MAX],
+			 size_t *ret_n, imc_error *err);
 /* Stop the workers: running builds get shutdown_grace_ms to end, then they are cancelled (and
  * marked Failed "cancelled by shutdown: …"); queued builds stay Creating on disk (built at the
  * next start). */
@@ -607,7 +613,8 @@ void api_dist_snapshot_removed(void *ctx, const char *id);
  * chunk index. */
 void api_dist_snapshot_ready(void *ctx, const char *id);
 /* The answer to a chunk request: its status and response (NULL on OOM). */
-unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
-			const char *digest, struct MHD_Response **ret);
+unsigned api_dist_chunk(struct api_caches *c, const struct api_caller *who,
+			struct MHD_Connection *conn, const char *method, const char *digest,
+			struct MHD_Response **ret);
 
 #endif

@@ -264,10 +264,42 @@ static int parse_http(json_t *root, struct api_config *c, imc_error *err)
 	return r;
 }
 
+#define DATA_ALLOW_MAX 64
+
+/* "dataAllowDestinations": ["127.0.0.1:8000", "10.0.0.0/8", ...] (checked by net/ when imcd
+ * makes its data client). */
+static int parse_data_allow(json_t *root, struct api_config *c, imc_error *err)
+{
+	json_t *a = NULL, *v;
+	size_t i;
+	int r =
+	    imc_json_get_array(root, "dataAllowDestinations", false, DATA_ALLOW_MAX, NULL, &a, err);
+
+	if (r < 0 || !a)
+		return r;
+	c->data_allow = calloc(json_array_size(a) + 1, sizeof(*c->data_allow));
+	if (!c->data_allow)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_array_foreach(a, i, v)
+	{
+		const char *s = json_string_value(v);
+		if (!s || !*s || strlen(s) > 64)
+			return imc_err(
+			    err, EINVAL,
+			    "dataAllowDestinations[%zu]: want an address of 1 to 64 bytes", i);
+		if (!(c->data_allow[c->n_data_allow] = strdup(s)))
+			return imc_err(err, ENOMEM, "out of memory");
+		c->n_data_allow++;
+	}
+	return 0;
+}
+
 static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 {
-	static const char *const fields[] = {"tokens",	 "tenants", "tls",	    "listen",
-					     "stateDir", "http",    "blobCacheMax", NULL};
+	static const char *const fields[] = {
+	    "tokens",	"tenants", "tls",	   "listen",
+	    "stateDir", "http",	   "blobCacheMax", "dataAllowDestinations",
+	    NULL};
 	int64_t blob_max = 0;
 	int r = imc_json_check_fields(root, fields, NULL, err);
 
@@ -287,6 +319,8 @@ static int parse_root(json_t *root, struct api_config *c, imc_error *err)
 		r = imc_json_get_int(root, "blobCacheMax", false, 0, INT64_MAX, NULL, &blob_max,
 				     err);
 	c->blob_cache_max = (uint64_t)blob_max;
+	if (r == 0)
+		r = parse_data_allow(root, c, err);
 	return r;
 }
 
@@ -326,6 +360,9 @@ void api_config_free(struct api_config *c)
 	free(c->tls_key);
 	free(c->listen);
 	free(c->state_dir);
+	for (size_t i = 0; i < c->n_data_allow; i++)
+		free(c->data_allow[i]);
+	free(c->data_allow);
 	*c = (struct api_config){0};
 }
 

@@ -45,6 +45,10 @@ struct api_config {
 	char *state_dir;
 	struct api_http_limits http; /* "http": connection limits; 0: not given */
 	uint64_t blob_cache_max;     /* default for --blob-cache-max; 0 when not given */
+	/* "dataAllowDestinations": addresses data sources may reach though they are loopback,
+	 * private or link-local ("ADDR", "ADDR/PREFIX", "ADDR:PORT", "[V6]:PORT"). */
+	char **data_allow;
+	size_t n_data_allow;
 };
 
 /* Parse a config file's content.  Malformed JSON, unknown keys, wrong types, bad tenant names,

@@ -46,6 +46,8 @@ struct api_caches {
 	const char *const *insecure_registries;
 	const char *hf_endpoint, *ca_file, *auth_file;
 	const char *platform; /* images that name none (normalized) */
+	struct net_client *registry_net, *data_net;
+	uint64_t max_blob_size;
 	void (*on_event)(void *ctx, enum api_event ev, const char *id, const char *message);
 	void *event_ctx;
 	void (*on_snapshot_removed)(void *ctx, const char *id);
@@ -947,6 +949,10 @@ static bool build_one(struct api_caches *c, struct api_cache *cache)
 	    .ca_file = c->ca_file,
 	    .auth_file = c->auth_file,
 	    .platform = c->platform,
+	    .registry_net = c->registry_net,
+	    .data_net = c->data_net,
+	    .blob_max = c->max_blob_size,
+	    .tenant = cache->tenant ? cache->tenant : API_TENANT_DEFAULT,
 	    .progress = on_progress,
 	    .progress_ctx = &pctx,
 	    .cancelled = build_cancelled,
@@ -1340,6 +1346,9 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->ca_file = cfg->ca_file;
 	c->auth_file = cfg->auth_file;
 	c->platform = cfg->platform ? cfg->platform : OCI_DEFAULT_PLATFORM;
+	c->registry_net = cfg->registry_net;
+	c->data_net = cfg->data_net;
+	c->max_blob_size = cfg->max_blob_size;
 	c->on_event = cfg->on_event;
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
@@ -1369,7 +1378,9 @@ static int start_resolver(struct api_caches *c, imc_error *err)
 	    .opts = {.blob_dir = c->blob_dir,
 		     .insecure_registries = c->insecure_registries,
 		     .ca_file = c->ca_file,
-		     .auth_file = c->auth_file},
+		     .auth_file = c->auth_file,
+		     .registry_net = c->registry_net,
+		     .blob_max = c->max_blob_size},
 	    .timeout_ms = c->resolve_timeout_ms,
 	};
 
@@ -1542,6 +1553,28 @@ static const char *tenant_of(const struct api_caller *who)
 static bool owns(const struct api_cache *cache, const char *tenant)
 {
 	return strcmp(cache->tenant ? cache->tenant : API_TENANT_DEFAULT, tenant) == 0;
+}
+
+int api_caches_ready_ids(struct api_caches *c, const char *tenant, char (**ret)[API_ID_MAX],
+			 size_t *ret_n, imc_error *err)
+{
+	char(*ids)[API_ID_MAX];
+	size_t n = 0;
+
+	pthread_mutex_lock(&c->lock);
+	ids = calloc(c->n_items + 1, sizeof(*ids));
+	for (size_t k = 0; ids && k < c->n_items; k++) {
+		const struct api_cache *x = c->items[k];
+		if ((x->status == API_CACHE_READY || x->status == API_CACHE_UPDATING) &&
+		    owns(x, tenant))
+			memcpy(ids[n++], x->id, API_ID_MAX);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (!ids)
+		return imc_err(err, ENOMEM, "out of memory");
+	*ret = ids;
+	*ret_n = n;
+	return 0;
 }
 
 /* A cache the caller may see; another tenant's is as absent as a missing one. */

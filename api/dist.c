@@ -11,8 +11,7 @@
 #include "api.h"
 
 /* The cache must be the caller's (another tenant's is 404, as for GET of the cache) and Ready.
- * A chunk needs no such check: it is named by its content, so knowing its digest is the only
- * way to ask for it, and only a caller with a valid token gets that far. */
+ * A chunk, too, goes only to a tenant one of whose caches references it (see chunk_visible). */
 static int cache_ready(struct api_caches *c, const struct api_caller *who, const char *id,
 		       imc_error *err)
 {
@@ -133,8 +132,32 @@ static void add_chunk_headers(struct MHD_Response *r, const char *etag)
 				"public, max-age=31536000, immutable");
 }
 
-unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const char *method,
-			const char *digest, struct MHD_Response **ret)
+/* A chunk is served to a tenant only if the exported index of one of its Ready caches names it:
+ * knowing a digest is not enough (that made the chunk store a content oracle across tenants).
+ * Any other chunk is answered exactly like one that does not exist. */
+static int chunk_visible(struct api_caches *c, struct dist_chunks *cs, const char *tenant,
+			 const char *digest, imc_error *err)
+{
+	char(*ids)[API_ID_MAX] = NULL;
+	char path[128];
+	size_t n = 0;
+	bool has = false;
+	int r = dist_chunk_path(digest, path, sizeof(path), err); /* a malformed one is a 400 */
+
+	if (r == 0)
+		r = api_caches_ready_ids(c, tenant, &ids, &n, err);
+
+	for (size_t i = 0; r == 0 && i < n && !has; i++)
+		r = dist_index_has_chunk(cs, ids[i], digest, &has, err);
+	free(ids);
+	if (r == 0 && !has)
+		r = imc_err(err, ENOENT, "chunk %.80s: not found", digest);
+	return r;
+}
+
+unsigned api_dist_chunk(struct api_caches *c, const struct api_caller *who,
+			struct MHD_Connection *conn, const char *method, const char *digest,
+			struct MHD_Response **ret)
 {
 	struct dist_chunks *cs;
 	struct dist_chunk_answer a;
@@ -143,6 +166,8 @@ unsigned api_dist_chunk(struct api_caches *c, struct MHD_Connection *conn, const
 	(void)method; /* HEAD: libmicrohttpd sends the headers only */
 	*ret = NULL;
 	if (chunks_of(c, &cs, &err) < 0 ||
+	    chunk_visible(c, cs, who && who->tenant ? who->tenant : API_TENANT_DEFAULT, digest,
+			  &err) < 0 ||
 	    dist_chunk_answer(
 		cs, digest,
 		MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH),

@@ -15,6 +15,7 @@
 #include "conns.h"
 
 #define MAX_INSECURE_REGISTRIES 64
+#define MAX_DATA_ALLOW		64
 #define MAX_DRIVER_OPTS		32
 #define LISTEN_URL_MAX		160 /* "unix:" and a sun_path fit */
 
@@ -42,10 +43,14 @@ struct options {
 	struct api_http_limits http;  /* 0: the config's, else the default */
 	unsigned day_seconds;	      /* 0: 86400; test builds only: $IMCD_DAY_SECONDS */
 	char platform[OCI_PLATFORM_MAX];
-	unsigned resolve_timeout_ms; /* 0: 30 s */
-	unsigned shutdown_grace_ms;  /* 0: 30 s */
-	unsigned tenant_builds;	     /* 0: api/caches.c's rule */
-	uint64_t blob_cache_max;     /* 0: the config's, else no cap */
+	unsigned resolve_timeout_ms;		    /* 0: 30 s */
+	unsigned shutdown_grace_ms;		    /* 0: 30 s */
+	unsigned tenant_builds;			    /* 0: api/caches.c's rule */
+	uint64_t blob_cache_max;		    /* 0: the config's, else no cap */
+	const char *data_allow[MAX_DATA_ALLOW + 1]; /* --allow-data-destination */
+	size_t n_data_allow;
+	uint64_t min_rate, min_rate_window_s; /* 0: net/'s defaults (64 KiB/s, 60 s) */
+	uint64_t max_blob_size;		      /* 0: OCI_BLOB_MAX_DEFAULT */
 };
 
 static void usage(FILE *f)
@@ -64,6 +69,8 @@ static void usage(FILE *f)
 	    "            [--log-level error|warn|info|debug]\n"
 	    "            [--max-connections N] [--max-connections-per-client N]\n"
 	    "            [--connection-reserve N] [--request-timeout SEC]\n"
+	    "            [--allow-data-destination ADDR[/PREFIX][:PORT]]... [--min-rate BYTES]\n"
+	    "            [--min-rate-window SEC] [--max-blob-size BYTES]\n"
 	    "\n"
 	    "  --listen HOST:PORT    IPv4 address or [IPv6]:PORT; port 0 picks a free port\n"
 	    "                        (default 127.0.0.1:8080)\n"
@@ -102,6 +109,11 @@ static void usage(FILE *f)
 	    "                        layer blobs go (K, M, G, T suffixes; default: no cap, only\n"
 	    "                        blobs that no cache needs go)\n"
 	    "  --threads N           API server threads (1-64, default one per CPU)\n"
+	    "  --allow-data-destination A  data (https://, hf://) may reach this loopback,\n"
+	    "                        private or link-local address (repeatable; none by default)\n"
+	    "  --min-rate BYTES      a registry or data transfer slower than this ...\n"
+	    "  --min-rate-window SEC ... for this long is aborted (default 64K over 60 s)\n"
+	    "  --max-blob-size BYTES a layer declaring more is refused (default 64G)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  --max-connections N   client connections open at once (default %d)\n"
 	    "  --max-connections-per-client N  ... from one client address (default %d)\n"
@@ -333,6 +345,37 @@ static int take_blob_cache_max(const struct imc_cli_opt *opt, const char *arg, v
 	return 0;
 }
 
+static int take_data_allow(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (OPTS(o)->n_data_allow >= MAX_DATA_ALLOW)
+		return usage_error("%s: too many --allow-data-destination (at most 64)", arg);
+	OPTS(o)->data_allow[OPTS(o)->n_data_allow++] = arg;
+	return 0;
+}
+
+static int take_min_rate(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_size(arg, &OPTS(o)->min_rate) < 0 || OPTS(o)->min_rate == 0)
+		return usage_error("--min-rate %s: want BYTES[K|M|G] per second", arg);
+	return 0;
+}
+
+static int take_min_rate_window(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	uint64_t *w = &OPTS(o)->min_rate_window_s;
+
+	if (parse_size(arg, w) < 0 || *w == 0 || *w > 86400)
+		return usage_error("--min-rate-window %s: want 1-86400 seconds", arg);
+	return 0;
+}
+
+static int take_max_blob_size(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (parse_size(arg, &OPTS(o)->max_blob_size) < 0 || OPTS(o)->max_blob_size == 0)
+		return usage_error("--max-blob-size %s: want BYTES[K|M|G|T]", arg);
+	return 0;
+}
+
 static int take_help(const struct imc_cli_opt *opt, const char *arg, void *o)
 {
 	usage(stdout);
@@ -371,6 +414,10 @@ static const struct imc_cli_opt options[] = {
     {"shutdown-grace", required_argument, 0, take_shutdown_grace, 0},
     {"tenant-builds", required_argument, 0, take_tenant_builds, 0},
     {"blob-cache-max", required_argument, 0, take_blob_cache_max, 0},
+    {"allow-data-destination", required_argument, 0, take_data_allow, 0},
+    {"min-rate", required_argument, 0, take_min_rate, 0},
+    {"min-rate-window", required_argument, 0, take_min_rate_window, 0},
+    {"max-blob-size", required_argument, 0, take_max_blob_size, 0},
     {"help", no_argument, 'h', take_help, 0},
 };
 #undef O
@@ -503,6 +550,7 @@ struct service {
 	struct dist_exporter *exporter; /* its exports (once Ready) and forgets (once gone) */
 	struct api_caches *caches;
 	struct api_server *server;
+	struct net_client *registry_net, *data_net; /* the HTTP clients of registries and data */
 	char url[LISTEN_URL_MAX]; /* set once listening; a unix: socket file is removed on stop */
 };
 
@@ -578,7 +626,34 @@ static size_t tenants_of(const struct api_config *cfg)
 	return cfg->n_tokens ? 1 : 0;
 }
 
-/* The cache table, its builds and sweeper on the store, chunk store and exporter just opened. */
+/* The two HTTP clients: registries (insecure ones named), and data, whose every connection is
+ * checked against the allowed destinations (--allow-data-destination, then the config's
+ * "dataAllowDestinations"). */
+static int net_open(const struct options *o, struct service *svc, imc_error *err)
+{
+	const char *allow[2 * MAX_DATA_ALLOW + 1] = {0};
+	size_t n = 0;
+	struct net_config cfg = {
+	    .ca_file = o->ca_file,
+	    .insecure_hosts = o->insecure,
+	    .limits = {.min_rate = o->min_rate, .min_rate_window_s = o->min_rate_window_s}};
+	int r = net_client_new(&cfg, &svc->registry_net, err);
+
+	if (r < 0)
+		return imc_err_wrap(err, "registry client");
+	for (size_t i = 0; i < o->n_data_allow; i++)
+		allow[n++] = o->data_allow[i];
+	for (size_t i = 0; i < svc->config.n_data_allow && n < 2 * MAX_DATA_ALLOW; i++)
+		allow[n++] = svc->config.data_allow[i];
+	cfg.insecure_hosts = NULL;
+	cfg.check_destination = true;
+	cfg.allow_destinations = allow;
+	r = net_client_new(&cfg, &svc->data_net, err);
+	return r < 0 ? imc_err_wrap(err, "data client") : 0;
+}
+
+/* The cache table, its builds and sweeper on the HTTP clients, store, chunk store and exporter
+ * just opened. */
 static int open_caches(const struct options *o, struct service *svc, json_t *repairs,
 		       imc_error *err)
 {
@@ -591,6 +666,9 @@ static int open_caches(const struct options *o, struct service *svc, json_t *rep
 					.hf_endpoint = o->hf_endpoint,
 					.platform =
 					    o->platform[0] ? o->platform : NULL, /* linux/amd64 */
+					.registry_net = svc->registry_net,
+					.data_net = svc->data_net,
+					.max_blob_size = o->max_blob_size,
 					.limits = svc->config.limits,
 					.n_limits = svc->config.n_limits,
 					.build_workers = o->build_workers,
@@ -633,6 +711,8 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 	raise_fd_limit(http.max_connections);
 	/* The socket first: a taken port fails before the store sets anything up. */
 	r = api_listen_open(o->listen, &fd, url, sizeof(svc->url), err);
+	if (r == 0)
+		r = net_open(o, svc, err);
 	if (r == 0)
 		r = store_open(&scfg, &svc->store, err);
 	if (r == 0)
@@ -700,6 +780,9 @@ static void stop(struct service *svc)
 	svc->chunks = NULL;
 	store_close(svc->store);
 	svc->store = NULL;
+	net_client_free(svc->registry_net);
+	net_client_free(svc->data_net);
+	svc->registry_net = svc->data_net = NULL;
 	api_tls_free(&svc->tls);
 	api_config_free(&svc->config);
 }
@@ -722,23 +805,17 @@ int main(int argc, char **argv)
 	sigaddset(&sigs, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		imc_error_log("cannot initialise libcurl");
-		return 1;
-	}
 	r = load_config(&o, &svc, &err);
 	if (r == 0)
 		r = start(&o, &svc, &err);
 	if (r < 0) {
 		imc_error_log("%s", err.msg);
 		stop(&svc);
-		curl_global_cleanup();
 		return 1;
 	}
 	sigwait(&sigs, &sig);
 	imc_info("%s: stopping", strsignal(sig));
 	stop(&svc);
-	curl_global_cleanup();
 	imc_info("stopped");
 	return 0;
 }

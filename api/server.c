@@ -606,7 +606,7 @@ static enum MHD_Result send_chunk(struct api_server *s, struct MHD_Connection *c
 	unsigned status;
 
 	api_route_match(url, &match);
-	status = api_dist_chunk(s->caches, conn, method, match.id, &r);
+	status = api_dist_chunk(s->caches, &req->caller, conn, method, match.id, &r);
 	if (!r)
 		return MHD_NO;
 	api_conns_request_in(s->conns, conn_of(conn));

@@ -1,14 +1,11 @@
-/* A small libcurl client that tells imcd about attaches (see report.h). */
+/* Telling imcd about attaches through net/ (see report.h). */
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
-
-#include "../net/curl_cleanup.h"
 #include "attach.h"
+#include "../net/net.h"
 #include "report.h"
 
-#define API_PREFIX   "unix:"
 #define RESPONSE_MAX 65536
 
 void attach_reporter_init(struct attach_reporter *r, const char *server, const char *token)
@@ -35,96 +32,69 @@ static bool id_ok(const char *id, const char *prefix)
 	return true;
 }
 
-struct sink {
-	size_t len;
-	char head[256]; /* the start of the answer, for the error message */
-};
-
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+/* One report through net/: no retries (a report is skipped, not waited for), within
+ * ATTACH_REPORT_TIMEOUT_MS; the server the operator named may be plain HTTP or unix:PATH. */
+static int report_client(const struct net_server *srv, struct net_client **ret, imc_error *err)
 {
-	struct sink *s = userdata;
-	size_t n = size * nmemb;
+	struct net_url u = {0};
+	char hostport[300] = "";
+	const char *insecure[] = {hostport, NULL};
 
-	if (s->len < sizeof(s->head) - 1) {
-		size_t k = n < sizeof(s->head) - 1 - s->len ? n : sizeof(s->head) - 1 - s->len;
-		memcpy(s->head + s->len, ptr, k);
-		s->head[s->len + k] = '\0';
-	}
-	s->len += n;
-	return s->len > RESPONSE_MAX ? 0 : n;
-}
-
-/* The base URL and, for unix:PATH, the socket. */
-static int base_url(const char *server, CURL *curl, char *buf, size_t size, imc_error *err)
-{
-	size_t n = strlen(server);
-
-	if (strncmp(server, API_PREFIX, strlen(API_PREFIX)) == 0) {
-		curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, server + strlen(API_PREFIX));
-		snprintf(buf, size, "http://localhost");
-		return 0;
-	}
-	while (n > 0 && server[n - 1] == '/')
-		n--;
-	if (n == 0 || n >= size - 1 ||
-	    (strncmp(server, "http://", 7) != 0 && strncmp(server, "https://", 8) != 0))
-		return imc_err(err, EINVAL,
-			       "imcd server \"%.100s\": want http(s)://HOST:PORT or "
-			       "unix:PATH",
-			       server);
-	memcpy(buf, server, n);
-	buf[n] = '\0';
-	return 0;
+	if (!srv->unix_socket && net_url_parse(srv->base, &u, NULL) == 0 &&
+	    strcmp(u.scheme, "http") == 0)
+		snprintf(hostport, sizeof(hostport), "%s:%u", u.host, u.port);
+	net_url_free(&u);
+	return net_client_new(
+	    &(struct net_config){.insecure_hosts = hostport[0] ? insecure : NULL,
+				 .limits = {.deadline_ms = ATTACH_REPORT_TIMEOUT_MS},
+				 .retry = {.max_attempts = 1}},
+	    ret, err);
 }
 
 static int send_report(const struct attach_reporter *r, const char *method, const char *path,
 		       const char *body, long want, imc_error *err)
 {
-	_cleanup_curl_ CURL *curl = curl_easy_init();
-	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
-	char base[512], url[1024], auth[ATTACH_REPORT_TOKEN_MAX + 32];
-	struct sink sink = {0};
-	long status = 0;
-	CURLcode cr;
+	struct net_server srv = {0};
+	struct net_client *net = NULL;
+	struct net_response res = {0};
+	_cleanup_free_ char *url = NULL;
+	char head[256];
 	int rc;
 
-	if (!curl)
-		return imc_err(err, ENOMEM, "out of memory");
-	rc = base_url(r->server, curl, base, sizeof(base), err);
-	if (rc < 0)
-		return rc;
-	snprintf(url, sizeof(url), "%s%s", base, path);
-	headers = curl_slist_append(NULL, "Content-Type: application/json");
-	if (headers && r->token) {
-		if (strlen(r->token) > ATTACH_REPORT_TOKEN_MAX || strpbrk(r->token, "\r\n"))
-			return imc_err(err, EINVAL, "the token: at most %d bytes on one line",
-				       ATTACH_REPORT_TOKEN_MAX);
-		snprintf(auth, sizeof(auth), "Authorization: Bearer %s", r->token);
-		headers = curl_slist_append(headers, auth);
-		explicit_bzero(auth, sizeof(auth));
+	if (r->token && (strlen(r->token) > ATTACH_REPORT_TOKEN_MAX || strpbrk(r->token, "\r\n")))
+		return imc_err(err, EINVAL, "the token: at most %d bytes on one line",
+			       ATTACH_REPORT_TOKEN_MAX);
+	rc = net_server_parse(r->server, &srv, err);
+	if (rc == 0)
+		rc = report_client(&srv, &net, err);
+	if (rc == 0 && !(url = net_server_url(&srv, path)))
+		rc = imc_err(err, ENOMEM, "out of memory");
+	if (rc == 0)
+		rc = net_perform(net,
+				 &(struct net_request){
+				     .method = method,
+				     .url = url,
+				     .unix_socket = srv.unix_socket,
+				     .bearer = r->token,
+				     .body = {.data = body,
+					      .len = body ? strlen(body) : 0,
+					      .content_type = "application/json"},
+				     .sink = {.kind = NET_SINK_MEMORY, .max = RESPONSE_MAX},
+				     .any_status = true,
+				 },
+				 &res, err);
+	if (rc < 0) {
+		imc_err_wrap(err, "imcd at %s", r->server);
+	} else if (res.status != want && !(want == 201 && res.status == 200)) {
+		net_escape(res.body ? res.body : "", res.body ? res.body_len : 0, head,
+			   sizeof(head));
+		rc = imc_err(err, EPROTO, "imcd at %s: %s %s: %ld %s", r->server, method, path,
+			     res.status, head);
 	}
-	if (!headers)
-		return imc_err(err, ENOMEM, "out of memory");
-	curl_easy_setopt(curl, CURLOPT_URL, url);
-	curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, ATTACH_REPORT_TIMEOUT_MS);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	if (body) {
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-	}
-	cr = curl_easy_perform(curl);
-	if (cr != CURLE_OK)
-		return imc_err(err, EIO, "imcd at %s: %s", r->server, curl_easy_strerror(cr));
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-	if (status != want && !(want == 201 && status == 200))
-		return imc_err(err, EPROTO, "imcd at %s: %s %s: %ld %s", r->server, method, path,
-			       status, sink.head);
-	return 0;
+	net_response_free(&res);
+	net_client_free(net);
+	net_server_free(&srv);
+	return rc;
 }
 
 static int attach_report_attach(const struct attach_reporter *r, const char *cache_id,

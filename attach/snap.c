@@ -70,66 +70,90 @@ static int add_opt(struct snap_mount *m, const char *fmt, const char *arg)
 	return 0;
 }
 
-/* lowerdir=: the fs of rec's ancestors, nearest first. */
-static int lowerdirs(struct snap *s, json_t *rec, struct imc_buf *out)
+/* lowerdir=: the fs of rec's ancestors, nearest first, down to one served from a cache (whose
+ * lower is the image's whole tree); *ret_n counts them. */
+static int lowerdirs(struct snap *s, json_t *rec, struct imc_buf *out, size_t *ret_n,
+		     imc_error *err)
 {
 	const char *parent = json_string_value(json_object_get(rec, "parent"));
 	char path[4200];
 
+	*ret_n = 0;
 	while (parent && *parent) {
 		json_t *p = snap_rec(s->db, parent);
+		const char *cache = json_string_value(json_object_get(p, "cache"));
 		if (!p)
-			return -ENOENT;
-		snap_id_path(s, snap_rec_int(p, "id"), "fs", path, sizeof(path));
+			return imc_err(err, ENOENT, "missing parent %s", parent);
+		if (cache && snap_lower_get(s, cache, err) < 0)
+			return err->code;
+		if (cache)
+			snap_lower_path(s, cache, (unsigned)snap_rec_int(p, "image"), path,
+					sizeof(path));
+		else
+			snap_id_path(s, snap_rec_int(p, "id"), "fs", path, sizeof(path));
 		if ((out->len && imc_buf_append(out, ":", 1) < 0) ||
 		    imc_buf_append(out, path, strlen(path)) < 0)
-			return -ENOMEM;
-		parent = json_string_value(json_object_get(p, "parent"));
+			return imc_err(err, ENOMEM, "out of memory");
+		(*ret_n)++;
+		parent = cache ? NULL : json_string_value(json_object_get(p, "parent"));
 	}
 	return 0;
 }
 
-static int bind_mount(struct snap *s, int64_t id, bool ro, struct snap_mounts *ret)
+static int bind_mount(const char *source, bool ro, struct snap_mounts *ret)
 {
 	struct snap_mount *m = &ret->m[0];
 
 	ret->n = 1;
 	snprintf(m->type, sizeof(m->type), "bind");
-	snap_id_path(s, id, "fs", m->source, sizeof(m->source));
+	snprintf(m->source, sizeof(m->source), "%s", source);
 	return add_opt(m, "%s", ro ? "ro" : "rw") < 0 || add_opt(m, "%s", "rbind") < 0 ? -ENOMEM
 										       : 0;
 }
 
+static int overlay_mount(struct snap *s, json_t *rec, const char *lower, struct snap_mounts *ret)
+{
+	struct snap_mount *m = &ret->m[0];
+	char path[4200];
+	int r = 0;
+
+	ret->n = 1;
+	snprintf(m->type, sizeof(m->type), "overlay");
+	snprintf(m->source, sizeof(m->source), "overlay");
+	if (access("/sys/module/overlay/parameters/index", F_OK) == 0)
+		r = add_opt(m, "%s", "index=off");
+	if (r == 0 && snap_rec_kind(rec) == SNAP_KIND_ACTIVE) {
+		snap_id_path(s, snap_rec_int(rec, "id"), "work", path, sizeof(path));
+		r = add_opt(m, "workdir=%s", path);
+		snap_id_path(s, snap_rec_int(rec, "id"), "fs", path, sizeof(path));
+		if (r == 0)
+			r = add_opt(m, "upperdir=%s", path);
+	}
+	return r == 0 ? add_opt(m, "lowerdir=%s", lower) : r;
+}
+
+/* No parent: a bind of the snapshot's fs; a view over one tree: a read-only bind of it;
+ * anything else an overlay. */
 static int rec_mounts(struct snap *s, json_t *rec, struct snap_mounts *ret, imc_error *err)
 {
 	const char *parent = json_string_value(json_object_get(rec, "parent"));
 	enum snap_kind kind = snap_rec_kind(rec);
-	struct snap_mount *m = &ret->m[0];
 	struct imc_buf lower = {0};
 	char path[4200];
+	size_t n = 0;
 	int r = 0;
 
 	*ret = (struct snap_mounts){0};
-	if (!*parent)
-		r = bind_mount(s, snap_rec_int(rec, "id"), kind == SNAP_KIND_VIEW, ret);
-	else if (kind == SNAP_KIND_VIEW &&
-		 !json_string_value(json_object_get(snap_rec(s->db, parent), "parent"))[0])
-		r = bind_mount(s, snap_rec_int(snap_rec(s->db, parent), "id"), true, ret);
-	else if ((r = lowerdirs(s, rec, &lower)) == 0) {
-		ret->n = 1;
-		snprintf(m->type, sizeof(m->type), "overlay");
-		snprintf(m->source, sizeof(m->source), "overlay");
-		if (access("/sys/module/overlay/parameters/index", F_OK) == 0)
-			r = add_opt(m, "%s", "index=off");
-		if (r == 0 && kind == SNAP_KIND_ACTIVE) {
-			snap_id_path(s, snap_rec_int(rec, "id"), "work", path, sizeof(path));
-			r = add_opt(m, "workdir=%s", path);
-			snap_id_path(s, snap_rec_int(rec, "id"), "fs", path, sizeof(path));
-			if (r == 0)
-				r = add_opt(m, "upperdir=%s", path);
-		}
-		if (r == 0)
-			r = add_opt(m, "lowerdir=%s", lower.data);
+	if (!*parent) {
+		snap_id_path(s, snap_rec_int(rec, "id"), "fs", path, sizeof(path));
+		r = bind_mount(path, kind == SNAP_KIND_VIEW, ret);
+	} else if (lowerdirs(s, rec, &lower, &n, err) < 0) {
+		imc_buf_free(&lower);
+		return err->code;
+	} else if (kind == SNAP_KIND_VIEW && n == 1) {
+		r = bind_mount(lower.data, true, ret);
+	} else {
+		r = overlay_mount(s, rec, lower.data, ret);
 	}
 	imc_buf_free(&lower);
 	if (r < 0) {
@@ -159,7 +183,7 @@ static int check_new(struct snap *s, enum snap_kind kind, const char *key, const
 	return 0;
 }
 
-static int make_dirs(struct snap *s, int64_t id, bool work, imc_error *err)
+int snap_make_dirs(struct snap *s, int64_t id, bool work, imc_error *err)
 {
 	char name[32];
 
@@ -191,9 +215,15 @@ int snap_prepare(struct snap *s, enum snap_kind kind, const char *key, const cha
 	int64_t id = snap_rec_int(s->db, "next_id"), now = snap_now_ns();
 	json_t *rec;
 
+	const char *ref = json_string_value(json_object_get(labels, SNAP_LABEL_REF));
+	int r;
+
 	if (check_new(s, kind, key, parent, labels, err) < 0)
 		return err->code;
-	if (make_dirs(s, id, kind == SNAP_KIND_ACTIVE, err) < 0) {
+	if (kind == SNAP_KIND_ACTIVE && ref && *ref &&
+	    (r = snap_prepare_remote(s, parent, labels, ref, err)) != -ENOENT)
+		return r;
+	if (snap_make_dirs(s, id, kind == SNAP_KIND_ACTIVE, err) < 0) {
 		snap_remove_dir(s, id);
 		return err->code;
 	}

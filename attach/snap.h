@@ -69,6 +69,14 @@ struct snap;
 /* Opens (creating) ROOT: meta.json, snapshots/<id>/{fs,work}; flocks ROOT/lock. */
 int snap_open(const char *root, struct snap **ret, imc_error *err);
 void snap_close(struct snap *s);
+/* Serve remote snapshots from the caches of st (the agent's store; NULL: none).  The labels
+ * of containerd's unpack and of a snapshot served from a cache: */
+#define SNAP_LABEL_REF	    "containerd.io/snapshot.ref"
+#define SNAP_LABEL_CACHE_ID "imcache.io/cache-id"
+struct store;
+void snap_set_store(struct snap *s, struct store *st);
+/* Auto-match: a miss asks imcd at server (with token; NULL: none) for a cache of the image. */
+int snap_set_server(struct snap *s, const char *server, const char *token, imc_error *err);
 
 /* Errors follow containerd's storage: -ENOENT (NotFound), -EEXIST (AlreadyExists), -EINVAL
  * (InvalidArgument), -EBUSY (FailedPrecondition); anything else is an internal failure. */

@@ -4,10 +4,18 @@
 
 #include "snap.h"
 
+struct store;
+struct net_client;
+
 struct snap {
-	int rootfd, snapfd, lockfd;
+	int rootfd, snapfd, lockfd, lowersfd;
 	char *root;
 	json_t *db;
+	struct store *store; /* the caches served (NULL: none); not owned */
+	json_t *caches;	     /* the catalog, snap_cache.c */
+	/* Auto-match (snap_match.c): imcd's URL and token (NULL: off), its client. */
+	char *server, *token;
+	struct net_client *net;
 };
 
 const char *snap_kind_str(enum snap_kind k);
@@ -30,5 +38,22 @@ void snap_remove_dir(struct snap *s, int64_t id);
 /* A copy of labels without the empty values (containerd stores none); an empty object for
  * NULL. */
 json_t *snap_labels_copy(json_t *labels);
+
+int snap_make_dirs(struct snap *s, int64_t id, bool work, imc_error *err);
+
+/* ---- remote snapshots from caches (snap_cache.c) ---- */
+int snap_chain_id(const char *const *diff_ids, size_t n, char ret[7 + 64 + 1], imc_error *err);
+int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, const char *ref,
+			imc_error *err);
+/* BUF = ROOT/lowers/<cache>/images/<image>/rootfs */
+void snap_lower_path(struct snap *s, const char *cache_id, unsigned image, char *buf, size_t size);
+int snap_lower_get(struct snap *s, const char *cache_id, imc_error *err);
+/* Unmounts the cache's lower when no record names it any more. */
+void snap_lower_release(struct snap *s, const char *cache_id);
+/* Asks imcd (--server) for a Ready cache of the image the CRI labels name and fetches it into
+ * the store: 0 when one was fetched, -ENOENT (with the reason) when none. */
+int snap_match_fetch(struct snap *s, json_t *labels, imc_error *err);
+/* Unmounts and removes the lowers no record names. */
+int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err);
 
 #endif

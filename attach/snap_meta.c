@@ -11,6 +11,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 
+#include "../net/net.h"
 #include "snap_int.h"
 
 #define META	 "meta.json"
@@ -63,8 +64,9 @@ int snap_labels_check(json_t *labels, imc_error *err)
 
 static int check_rec(const char *key, json_t *rec, imc_error *err)
 {
-	static const char *const fields[] = {"id",     "kind", "parent", "created", "updated",
-					     "labels", "size", "inodes", NULL};
+	static const char *const fields[] = {"id",	"kind",	  "parent", "created",
+					     "updated", "labels", "size",   "inodes",
+					     "cache",	"image",  NULL};
 	const char *parent;
 	int64_t id;
 
@@ -74,7 +76,12 @@ static int check_rec(const char *key, json_t *rec, imc_error *err)
 	    snap_rec_kind(rec) == SNAP_KIND_UNKNOWN ||
 	    !json_is_integer(json_object_get(rec, "created")) ||
 	    !json_is_integer(json_object_get(rec, "updated")) ||
-	    snap_labels_check(json_object_get(rec, "labels"), err) < 0)
+	    snap_labels_check(json_object_get(rec, "labels"), err) < 0 ||
+	    (json_object_get(rec, "cache") &&
+	     (!imc_cache_id_valid(json_string_value(json_object_get(rec, "cache"))) ||
+	      snap_rec_kind(rec) != SNAP_KIND_COMMITTED ||
+	      !json_is_integer(json_object_get(rec, "image")) || snap_rec_int(rec, "image") < 0 ||
+	      snap_rec_int(rec, "image") > 1023)))
 		return imc_err(err, EINVAL, "%s: snapshot %.200s: malformed record", META, key);
 	return 0;
 }
@@ -131,10 +138,11 @@ static void snap_closep(struct snap **s)
 int snap_open(const char *root, struct snap **ret, imc_error *err)
 {
 	_cleanup_(snap_closep) struct snap *s = calloc(1, sizeof(*s));
+	unsigned removed = 0;
 
 	if (!s)
 		return imc_err(err, ENOMEM, "out of memory");
-	s->rootfd = s->snapfd = s->lockfd = -1;
+	s->rootfd = s->snapfd = s->lockfd = s->lowersfd = -1;
 	if (imc_mkdir_p(root, 0700, err) < 0)
 		return err->code;
 	s->rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -149,11 +157,20 @@ int snap_open(const char *root, struct snap **ret, imc_error *err)
 	s->snapfd = openat(s->rootfd, "snapshots", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s->snapfd < 0)
 		return imc_err_sys(err, errno, "%s/snapshots", root);
+	if (mkdirat(s->rootfd, "lowers", 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "%s/lowers", root);
+	s->lowersfd = openat(s->rootfd, "lowers", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (s->lowersfd < 0)
+		return imc_err_sys(err, errno, "%s/lowers", root);
 	if (!(s->root = strdup(root)))
 		return imc_err(err, ENOMEM, "out of memory");
 	if (meta_load(s, err) < 0)
 		return imc_err_wrap(err, "%s", root);
 	bump_next_id(s);
+	if (snap_lowers_reconcile(s, &removed, err) < 0)
+		return imc_err_wrap(err, "%s", root);
+	if (removed)
+		imc_info("repair: %s: unmounted %u lower(s) no snapshot names", root, removed);
 	*ret = steal_pointer(&s);
 	return 0;
 }
@@ -166,11 +183,31 @@ void snap_close(struct snap *s)
 		close(s->snapfd);
 	if (s->lockfd >= 0)
 		close(s->lockfd);
+	if (s->lowersfd >= 0)
+		close(s->lowersfd);
+	json_decref(s->caches);
+	net_client_free(s->net);
+	free(s->server);
+	free(s->token);
 	if (s->rootfd >= 0)
 		close(s->rootfd);
 	json_decref(s->db);
 	free(s->root);
 	free(s);
+}
+
+void snap_set_store(struct snap *s, struct store *st)
+{
+	s->store = st;
+}
+
+int snap_set_server(struct snap *s, const char *server, const char *token, imc_error *err)
+{
+	const struct net_config cfg = {0};
+
+	if (!(s->server = strdup(server)) || (token && !(s->token = strdup(token))))
+		return imc_err(err, ENOMEM, "out of memory");
+	return net_client_new(&cfg, &s->net, err);
 }
 
 int snap_meta_commit(struct snap *s, json_t **db, imc_error *err)

@@ -114,6 +114,7 @@ static bool has_child(struct snap *s, const char *key)
 int snap_remove(struct snap *s, const char *key, imc_error *err)
 {
 	_cleanup_json_ json_t *db = NULL;
+	_cleanup_free_ char *cache = NULL;
 	json_t *rec;
 	int64_t id;
 
@@ -122,12 +123,17 @@ int snap_remove(struct snap *s, const char *key, imc_error *err)
 	if (has_child(s, key))
 		return imc_err(err, EBUSY, "snapshot %s: cannot remove snapshot with child", key);
 	id = snap_rec_int(rec, "id");
+	if (json_object_get(rec, "cache") &&
+	    !(cache = strdup(json_string_value(json_object_get(rec, "cache")))))
+		return imc_err(err, ENOMEM, "out of memory");
 	if (snap_meta_copy(s, &db, err) < 0 ||
 	    json_object_del(json_object_get(db, "snapshots"), key) < 0 ||
 	    snap_meta_commit(s, &db, err) < 0)
 		return err->code ? err->code : imc_err(err, ENOMEM, "out of memory");
 	snap_stop_point("remove-after-meta");
 	snap_remove_dir(s, id);
+	if (cache)
+		snap_lower_release(s, cache);
 	return 0;
 }
 
@@ -290,7 +296,8 @@ int snap_cleanup(struct snap *s, unsigned *ret_removed, imc_error *err)
 	unsigned removed = 0;
 
 	if (sweep(s, s->snapfd, id_in_use, &removed, err) < 0 ||
-	    sweep(s, s->rootfd, keep_root_entry, &removed, err) < 0)
+	    sweep(s, s->rootfd, keep_root_entry, &removed, err) < 0 ||
+	    snap_lowers_reconcile(s, &removed, err) < 0)
 		return err->code;
 	*ret_removed = removed;
 	return 0;

@@ -38,6 +38,15 @@ struct builder_opts {
 	const char *auth_file;	 /* docker-style config.json ("auths"); NULL = none */
 	const char *ca_file;	 /* extra CA bundle for HTTPS; NULL = system CAs only */
 	const char *hf_endpoint; /* Hugging Face-compatible endpoint for hf:// data */
+	/* The HTTP clients (net/): for registries (NULL: each registry makes its own from
+	 * insecure_registries and ca_file), and for https:// and hf:// data, whose destination
+	 * check refuses loopback, link-local and private addresses the operator did not allow
+	 * (NULL: such data is refused). */
+	struct net_client *registry_net;
+	struct net_client *data_net;
+	uint64_t
+	    blob_max; /* a declared layer size above this is refused (0: OCI_BLOB_MAX_DEFAULT) */
+	const char *tenant; /* whose build: in-flight blob downloads are shared per tenant only */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
 	void *progress_ctx;
 	/* Polled during every registry and data transfer (about once a second, also while one
@@ -178,7 +187,7 @@ void builder_data_plan_free(struct builder_data_plan *p);
  * computed while it arrives (in file order) and must equal want_sha256 when that is set. */
 struct builder_download {
 	const char *url;
-	const char *ca_file; /* NULL: system CAs only */
+	struct net_client *net; /* the data client (builder_opts.data_net) */
 	int fd;
 	uint64_t size; /* UINT64_MAX: unknown (one stream, capped at BUILDER_DATA_FILE_MAX) */
 	bool ranges;   /* the server announced Accept-Ranges: bytes */
@@ -197,11 +206,12 @@ struct builder_download {
 int builder_download(struct builder_download *d, imc_error *err);
 /* HEAD url (following redirects): its Content-Length (UINT64_MAX when none) and whether it takes
  * byte ranges. */
-int builder_download_head(const char *url, const char *ca_file, uint64_t *ret_size,
+int builder_download_head(struct net_client *net, const char *url, uint64_t *ret_size,
 			  bool *ret_ranges, imc_error *err);
 
 #ifdef IMC_TESTING
 int data_url_check(const char *url, bool *ret_plain, imc_error *err);
+char *data_url_file_name(const char *url);
 int data_hf_parse(const char *source, char **ret_repo, char **ret_rev, imc_error *err);
 int data_rel_path_check(const char *path, imc_error *err);
 uint64_t build_default_size(uint64_t layer_bytes, uint64_t data_bytes);

@@ -7,8 +7,9 @@
  * the sha256 is ready when the last byte lands.  A piece that stops early (a dropped connection)
  * is asked again from where it stopped.
  *
- * Over 800 lines: three sources share one download engine and its plans; its HTTP section (about
- * 280 lines) goes when data.c moves onto net/. */
+ * Over 800 lines: three sources (https, oci, hf) share one download engine, its plans and the
+ * volume's directory code; HTTP itself is net/'s. */
+#include <ctype.h>
 #include <fcntl.h>
 #include <linux/fiemap.h>
 #include <linux/fs.h>
@@ -21,9 +22,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <arpa/inet.h>
 
-#include "../net/curl_cleanup.h"
 #include "builder.h"
 
 #define DATA_CONNECTIONS      4
@@ -98,62 +97,62 @@ bool builder_data_paths_overlap(const char *a, const char *b)
 	return strncmp(a, b, n) == 0 && (na == nb || (na < nb ? b[n] : a[n]) == '/');
 }
 
-static bool host_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-	char buf[64];
-	size_t n = strlen(host);
-
-	if (strcasecmp(host, "localhost") == 0)
-		return true;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (host[0] == '[' && n > 2 && n < sizeof(buf) + 2 && host[n - 1] == ']') {
-		memcpy(buf, host + 1, n - 2);
-		buf[n - 2] = '\0';
-		host = buf;
-	}
-	return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
-}
-
-static void curl_url_freep(CURLU **u)
-{
-	if (*u)
-		curl_url_cleanup(*u);
-}
-
-static void curl_freep(char **p)
-{
-	curl_free(*p);
-}
-
-/* An https URL, or http to a loopback host; never with user:password in it (credentials go in
- * the request's credentials, which are never written down). */
+/* An https URL, or http to a loopback host (net/'s one loopback rule; the destination check of
+ * the data client then refuses loopback unless the operator allows it); never with
+ * user:password in it (credentials go in the request's credentials, never written down). */
 TESTABLE int data_url_check(const char *url, bool *ret_plain, imc_error *err)
 {
-	_cleanup_(curl_url_freep) CURLU *u = curl_url();
-	_cleanup_(curl_freep) char *scheme = NULL, *host = NULL, *user = NULL;
+	struct net_url u = {0};
 	bool plain;
+	int r;
 
-	if (!u)
-		return imc_err(err, ENOMEM, "out of memory");
 	if (strnlen(url, BUILDER_DATA_SOURCE_MAX + 1) > BUILDER_DATA_SOURCE_MAX)
 		return imc_err(err, EINVAL, "URL longer than %d bytes", BUILDER_DATA_SOURCE_MAX);
-	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host[0])
-		return imc_err(err, EINVAL, "\"%.200s\": not a URL", url);
-	if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK)
-		return imc_err(err, EINVAL, "URL with a user name: put credentials elsewhere");
-	plain = strcasecmp(scheme, "http") == 0;
-	if (!plain && strcasecmp(scheme, "https") != 0)
+	if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0)
 		return imc_err(err, EINVAL, "\"%.200s\": want https://", url);
-	if (plain && !host_is_loopback(host))
-		return imc_err(err, EINVAL, "\"%.200s\": plain http only to a loopback host", url);
-	if (ret_plain)
+	r = net_url_parse(url, &u, NULL);
+	if (r < 0)
+		return imc_err(err, EINVAL, "\"%.200s\": not a URL", url);
+	plain = strcmp(u.scheme, "http") == 0;
+	if (u.has_userinfo)
+		r = imc_err(err, EINVAL, "URL with a user name: put credentials elsewhere");
+	else if (plain && !net_host_is_loopback(u.host))
+		r = imc_err(err, EINVAL, "\"%.200s\": plain http only to a loopback host", url);
+	net_url_free(&u);
+	if (r == 0 && ret_plain)
 		*ret_plain = plain;
-	return 0;
+	return r;
+}
+
+/* The last component of a URL's path, percent-decoded (malloc'ed; NULL when it does not
+ * parse or on OOM). */
+TESTABLE char *data_url_file_name(const char *url)
+{
+	struct net_url u = {0};
+	const char *base;
+	char *out, *o;
+
+	if (net_url_parse(url, &u, NULL) < 0)
+		return NULL;
+	base = strrchr(u.path, '/');
+	base = base ? base + 1 : u.path;
+	base = strndup(base, strcspn(base, "?#"));
+	net_url_free(&u);
+	if (!base)
+		return NULL;
+	out = o = (char *)base;
+	for (const char *i = base; *i; i++) {
+		unsigned v;
+		if (*i == '%' && sscanf(i + 1, "%2x", &v) == 1 && isxdigit((unsigned char)i[1]) &&
+		    isxdigit((unsigned char)i[2]) && v != 0) {
+			*o++ = (char)v;
+			i += 2;
+		} else {
+			*o++ = *i;
+		}
+	}
+	*o = '\0';
+	return out;
 }
 
 static bool hf_part_valid(const char *s, size_t n)
@@ -251,280 +250,68 @@ int builder_data_check(const struct builder_data *d, enum builder_data_kind *ret
 	return 0;
 }
 
-/* ---- HTTP ------------------------------------------------------------------------------------ */
+/* ---- HTTP (net/) ------------------------------------------------------------------------------
+ * Every request goes through the data client (builder_opts.data_net): it checks the address of
+ * every connection (after DNS and redirects) against the operator's allowed destinations, so a
+ * tenant's URL cannot reach the imcd host's loopback services or a private network. */
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
+static const long accept_no_head[] = {405, 501, 0};
 
-static void curl_init_once(void)
-{
-	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-static int curl_ready(imc_error *err)
-{
-	pthread_once(&curl_once, curl_init_once);
-	return curl_init_rc == CURLE_OK
-		   ? 0
-		   : imc_err(err, EIO, "libcurl: %s", curl_easy_strerror(curl_init_rc));
-}
-
-static int http_setup(CURL *curl, const char *url, bool plain, const char *ca_file, char *errbuf)
-{
-	CURLcode c = CURLE_OK;
-
-	curl_easy_reset(curl);
-#define SET(opt, val)                                                                              \
-	if (c == CURLE_OK)                                                                         \
-	c = curl_easy_setopt(curl, opt, val)
-	SET(CURLOPT_URL, url);
-	SET(CURLOPT_ERRORBUFFER, errbuf);
-	SET(CURLOPT_NOSIGNAL, 1L);
-	if (c == CURLE_OK)
-		c = oci_curl_transport_opts(curl, plain);
-	/* The system CAs stay in force through the default CA path; ca_file adds to them. */
-	if (ca_file)
-		SET(CURLOPT_CAINFO, ca_file);
-#undef SET
-	errbuf[0] = '\0';
-	return c == CURLE_OK ? 0 : -EINVAL;
-}
-
-static bool status_retryable(long status)
-{
-	return status == 429 || status >= 500;
-}
-
-static int status_errno(long status)
-{
-	if (status == 401 || status == 403)
-		return EACCES;
-	if (status == 404)
-		return ENOENT;
-	return status_retryable(status) ? EIO : EPROTO;
-}
-
-static bool curl_retryable(CURLcode c)
-{
-	switch (c) {
-	case CURLE_COULDNT_CONNECT:
-	case CURLE_PARTIAL_FILE:
-	case CURLE_RECV_ERROR:
-	case CURLE_SEND_ERROR:
-	case CURLE_OPERATION_TIMEDOUT:
-	case CURLE_GOT_NOTHING:
-	case CURLE_HTTP2:
-	case CURLE_HTTP2_STREAM:
-	case CURLE_SSL_CONNECT_ERROR:
-		return true;
-	default:
-		return false;
-	}
-}
-
-static void backoff(unsigned attempt)
-{
-	unsigned ms = DATA_BACKOFF_MS << (attempt < 5 ? attempt : 5);
-	struct timespec ts;
-
-	if (ms > DATA_BACKOFF_MAX_MS)
-		ms = DATA_BACKOFF_MAX_MS;
-	ts.tv_sec = ms / 1000;
-	ts.tv_nsec = (long)(ms % 1000) * 1000000L;
-	nanosleep(&ts, NULL);
-}
-
-/* A small response body in memory (file lists), or the start of an error body. */
-struct mem_sink {
-	CURL *curl;
-	struct imc_buf buf;
-	size_t max;
-	bool too_big;
-};
-
-static size_t mem_write(char *data, size_t size, size_t nmemb, void *userdata)
-{
-	struct mem_sink *s = userdata;
-	size_t n = size * nmemb;
-
-	if (s->buf.len + n > s->max) {
-		s->too_big = true;
-		return 0;
-	}
-	return imc_buf_append(&s->buf, data, n) < 0 ? 0 : n;
-}
-
-/* One request with the retry policy: for each try, prepare() sets the request's own options
- * after http_setup (-1 when libcurl refuses one) and settle() looks at the finished try first:
- * 0 or a negative errno ends the request, 1 leaves it to the policy, which retries 5xx, 429 and
- * transport errors with backoff. */
-struct http_request {
-	const char *url, *ca_file;
-	int (*prepare)(CURL *curl, void *ctx);
-	int (*settle)(CURL *curl, CURLcode c, long status, void *ctx, imc_error *err);
-	void *ctx;
-};
-
-static int http_run(const struct http_request *q, imc_error *err)
-{
-	_cleanup_(imc_curl_cleanupp) CURL *curl = NULL;
-	char errbuf[CURL_ERROR_SIZE];
-	bool plain;
-	int r = data_url_check(q->url, &plain, err);
-
-	if (r == 0)
-		r = curl_ready(err);
-	if (r < 0)
-		return r;
-	curl = curl_easy_init();
-	if (!curl)
-		return imc_err(err, ENOMEM, "out of memory");
-	for (unsigned attempt = 0;; attempt++) {
-		long status = 0;
-		CURLcode c;
-
-		if (http_setup(curl, q->url, plain, q->ca_file, errbuf) < 0 ||
-		    q->prepare(curl, q->ctx) < 0)
-			return imc_err(err, ENOMEM, "%s: libcurl setup failed", q->url);
-		c = curl_easy_perform(curl);
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-		r = q->settle(curl, c, status, q->ctx, err);
-		if (r <= 0)
-			return r;
-		if (attempt + 1 < DATA_TRIES &&
-		    (c != CURLE_OK ? curl_retryable(c) : status_retryable(status))) {
-			backoff(attempt);
-			continue;
-		}
-		if (c != CURLE_OK)
-			return imc_err(err, EIO, "%s: %s", q->url,
-				       errbuf[0] ? errbuf : curl_easy_strerror(c));
-		return imc_err(err, status_errno(status), "%s: HTTP %ld", q->url, status);
-	}
-}
-
-struct mem_get {
-	const char *url;
-	struct mem_sink sink;
-	size_t max;
-	char **ret;
-	size_t *ret_len;
-};
-
-static int mem_prepare(CURL *curl, void *ctx)
-{
-	struct mem_get *g = ctx;
-
-	g->sink = (struct mem_sink){.curl = curl, .max = g->max};
-	if (curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, mem_write) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &g->sink) != CURLE_OK)
-		return -1;
-	return 0;
-}
-
-static int mem_settle(CURL *curl, CURLcode c, long status, void *ctx, imc_error *err)
-{
-	struct mem_get *g = ctx;
-
-	if (c == CURLE_OK && status == 200) {
-		*g->ret = g->sink.buf.data ? g->sink.buf.data : strdup("");
-		*g->ret_len = g->sink.buf.len;
-		return *g->ret ? 0 : imc_err(err, ENOMEM, "out of memory");
-	}
-	imc_buf_free(&g->sink.buf);
-	if (g->sink.too_big)
-		return imc_err(err, EFBIG, "%s: answer larger than %zu bytes", g->url, g->max);
-	return 1;
-}
-
-/* GET url into memory (at most max bytes), retrying 5xx, 429 and transport errors. */
-static int http_get_mem(const char *url, const char *ca_file, size_t max, char **ret,
+/* GET url into memory (at most max bytes), retried by net/. */
+static int http_get_mem(struct net_client *net, const char *url, size_t max, char **ret,
 			size_t *ret_len, imc_error *err)
 {
-	struct mem_get g = {.url = url, .max = max, .ret = ret, .ret_len = ret_len};
+	struct net_response res = {0};
+	int r = net ? data_url_check(url, NULL, err)
+		    : imc_err(err, EPERM, "%s: no HTTP client for data", url);
 
-	return http_run(&(struct http_request){.url = url,
-					       .ca_file = ca_file,
-					       .prepare = mem_prepare,
-					       .settle = mem_settle,
-					       .ctx = &g},
-			err);
-}
-
-struct head_info {
-	bool ranges;
-};
-
-static size_t head_header(char *data, size_t size, size_t nmemb, void *userdata)
-{
-	struct head_info *h = userdata;
-	size_t n = size * nmemb;
-	static const char ar[] = "accept-ranges:";
-
-	if (n >= 5 && strncmp(data, "HTTP/", 5) == 0)
-		h->ranges = false; /* a new response (after a redirect) */
-	else if (n > sizeof(ar) - 1 && strncasecmp(data, ar, sizeof(ar) - 1) == 0) {
-		const char *v = data + sizeof(ar) - 1;
-		size_t left = n - (sizeof(ar) - 1);
-		while (left && (*v == ' ' || *v == '\t'))
-			v++, left--;
-		h->ranges = left >= 5 && strncasecmp(v, "bytes", 5) == 0;
+	if (r == 0)
+		r = net_perform(net,
+				&(struct net_request){
+				    .url = url, .sink = {.kind = NET_SINK_MEMORY, .max = max}},
+				&res, err);
+	if (r == 0) {
+		*ret = steal_pointer(&res.body);
+		*ret_len = res.body_len;
 	}
-	return n;
+	net_response_free(&res);
+	return r;
 }
 
-struct head_get {
-	const char *url;
-	struct head_info info;
-	uint64_t *ret_size;
-	bool *ret_ranges;
-};
-
-static int head_prepare(CURL *curl, void *ctx)
+static bool takes_ranges(const struct net_response *res)
 {
-	struct head_get *g = ctx;
+	const char *v = net_response_header(res, "Accept-Ranges", 0);
 
-	g->info = (struct head_info){0};
-	if (curl_easy_setopt(curl, CURLOPT_NOBODY, 1L) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, head_header) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &g->info) != CURLE_OK)
-		return -1;
-	return 0;
+	return v && strncasecmp(v + strspn(v, " \t"), "bytes", 5) == 0;
 }
 
-static int head_settle(CURL *curl, CURLcode c, long status, void *ctx, imc_error *err)
-{
-	struct head_get *g = ctx;
-	curl_off_t len = -1;
-
-	if (c == CURLE_OK && status == 200) {
-		curl_easy_getinfo(curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-		if (len > (curl_off_t)BUILDER_DATA_FILE_MAX)
-			return imc_err(err, EFBIG, "%s: %lld bytes, more than %llu", g->url,
-				       (long long)len, (unsigned long long)BUILDER_DATA_FILE_MAX);
-		*g->ret_size = len >= 0 ? (uint64_t)len : UINT64_MAX;
-		*g->ret_ranges = g->info.ranges && len >= 0;
-		return 0;
-	}
-	if (c == CURLE_OK && (status == 405 || status == 501)) {
-		*g->ret_size = UINT64_MAX; /* no HEAD here: one stream, size learnt on the way */
-		*g->ret_ranges = false;
-		return 0;
-	}
-	return 1;
-}
-
-int builder_download_head(const char *url, const char *ca_file, uint64_t *ret_size,
+int builder_download_head(struct net_client *net, const char *url, uint64_t *ret_size,
 			  bool *ret_ranges, imc_error *err)
 {
-	struct head_get g = {.url = url, .ret_size = ret_size, .ret_ranges = ret_ranges};
+	struct net_response res = {0};
+	int r = net ? data_url_check(url, NULL, err)
+		    : imc_err(err, EPERM, "%s: no HTTP client for data", url);
 
-	return http_run(&(struct http_request){.url = url,
-					       .ca_file = ca_file,
-					       .prepare = head_prepare,
-					       .settle = head_settle,
-					       .ctx = &g},
-			err);
+	if (r == 0)
+		r = net_perform(net,
+				&(struct net_request){.method = "HEAD",
+						      .url = url,
+						      .sink = {.kind = NET_SINK_DISCARD},
+						      .accept = accept_no_head},
+				&res, err);
+	if (r == 0 && (res.status == 405 || res.status == 501)) {
+		*ret_size = UINT64_MAX; /* no HEAD here: one stream, size learnt on the way */
+		*ret_ranges = false;
+	} else if (r == 0 && res.content_length > (int64_t)BUILDER_DATA_FILE_MAX) {
+		r = imc_err(err, EFBIG, "%s: %lld bytes, more than %llu", url,
+			    (long long)res.content_length,
+			    (unsigned long long)BUILDER_DATA_FILE_MAX);
+	} else if (r == 0) {
+		*ret_size = res.content_length >= 0 ? (uint64_t)res.content_length : UINT64_MAX;
+		*ret_ranges = takes_ranges(&res) && res.content_length >= 0;
+	}
+	net_response_free(&res);
+	return r;
 }
 
 /* ---- the download: pieces in parallel, hashed in order ------------------------------------- */
@@ -537,7 +324,6 @@ struct piece {
 
 struct dl {
 	struct builder_download *d;
-	bool plain;
 	bool ranged;
 	struct piece *pieces;
 	size_t n_pieces;
@@ -554,10 +340,6 @@ struct dl {
 struct piece_io {
 	struct dl *dl;
 	struct piece *p;
-	CURL *curl;
-	long status;
-	bool status_ok, overflow;
-	int io_errno;
 };
 
 static void dl_fail(struct dl *dl, const imc_error *e)
@@ -571,47 +353,30 @@ static void dl_fail(struct dl *dl, const imc_error *e)
 	pthread_mutex_unlock(&dl->lock);
 }
 
-static bool dl_failed(struct dl *dl)
+/* net/'s callback sink: the bytes of piece p, in order, written where they belong. */
+static int piece_write(void *ctx, const void *data, size_t n)
 {
-	bool f;
-
-	pthread_mutex_lock(&dl->lock);
-	f = dl->error != 0;
-	pthread_mutex_unlock(&dl->lock);
-	return f;
-}
-
-static size_t piece_write(char *data, size_t size, size_t nmemb, void *userdata)
-{
-	struct piece_io *io = userdata;
+	struct piece_io *io = ctx;
 	struct dl *dl = io->dl;
 	struct piece *p = io->p;
-	size_t n = size * nmemb, off = 0;
 	uint64_t done;
+	int r;
 
-	if (!io->status_ok) {
-		curl_easy_getinfo(io->curl, CURLINFO_RESPONSE_CODE, &io->status);
-		io->status_ok = dl->ranged ? io->status == 206 : io->status == 200;
-		if (!io->status_ok && dl->ranged && io->status == 200)
-			return 0; /* the whole file for a range: stop it at once */
-		if (!io->status_ok)
-			return n; /* an error body: the status says what went wrong */
-	}
 	pthread_mutex_lock(&dl->lock);
 	done = p->done;
+	r = dl->error;
 	pthread_mutex_unlock(&dl->lock);
-	if (n > p->len - done || (p->len == UINT64_MAX && done + n > BUILDER_DATA_FILE_MAX)) {
-		io->overflow = true;
-		return 0;
-	}
-	while (off < n) {
-		ssize_t w = pwrite(dl->d->fd, data + off, n - off, (off_t)(p->start + done + off));
+	if (r)
+		return -ECANCELED; /* another piece failed: stop this one */
+	if (p->len == UINT64_MAX && done + n > BUILDER_DATA_FILE_MAX)
+		return -EFBIG;
+	for (size_t off = 0; off < n;) {
+		ssize_t w = pwrite(dl->d->fd, (const char *)data + off, n - off,
+				   (off_t)(p->start + done + off));
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w <= 0) {
-			io->io_errno = w < 0 ? errno : EIO;
-			return 0;
-		}
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
 		off += (size_t)w;
 	}
 	if (dl->inline_sha)
@@ -623,108 +388,41 @@ static size_t piece_write(char *data, size_t size, size_t nmemb, void *userdata)
 	pthread_mutex_unlock(&dl->lock);
 	if (dl->d->on_bytes)
 		dl->d->on_bytes(dl->d->ctx, n);
-	return n;
-}
-
-/* libcurl's progress callback (at least once a second): non-zero aborts the transfer. */
-static int piece_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-			  curl_off_t ulnow)
-{
-	const struct builder_download *d = userdata;
-
-	return d->cancelled && d->cancelled(d->cancel_ctx) ? 1 : 0;
-}
-
-/* Let the download's caller stop the transfer (builder_download.cancelled). */
-static int piece_cancel_setup(CURL *curl, struct builder_download *d)
-{
-	if (!d->cancelled)
-		return 0;
-	if (curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, piece_progress) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, d) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)
-		return -1;
 	return 0;
 }
 
-/* One GET of what is left of piece p.  Returns 0 when the piece is complete, -EAGAIN when a
- * retry may help, another negative errno (with e set) when it cannot. */
-static int piece_try(struct dl *dl, struct piece *p, CURL *curl, imc_error *e)
+/* What is left of piece p, in one request: net/ retries 5xx, 429 and transport errors, and
+ * resumes a dropped transfer with a Range from where it stopped. */
+static int piece_fetch(struct dl *dl, struct piece *p)
 {
-	struct piece_io io = {.dl = dl, .p = p, .curl = curl};
-	char errbuf[CURL_ERROR_SIZE], range[64];
-	const char *url = dl->d->url;
-	uint64_t done_before = p->done;
-	CURLcode c;
-	int r = 0;
-
-	if (http_setup(curl, url, dl->plain, dl->d->ca_file, errbuf) < 0 ||
-	    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, piece_write) != CURLE_OK ||
-	    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &io) != CURLE_OK ||
-	    piece_cancel_setup(curl, dl->d) < 0)
-		return imc_err(e, ENOMEM, "%s: libcurl setup failed", url);
-	if (dl->ranged) {
-		snprintf(range, sizeof(range), "%llu-%llu",
-			 (unsigned long long)(p->start + p->done),
-			 (unsigned long long)(p->start + p->len - 1));
-		if (curl_easy_setopt(curl, CURLOPT_RANGE, range) != CURLE_OK)
-			return imc_err(e, ENOMEM, "%s: libcurl setup failed", url);
-	}
-	c = curl_easy_perform(curl);
-	if (!io.status_ok)
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &io.status);
-	if (io.io_errno)
-		r = imc_err_sys(e, io.io_errno, "write");
-	else if (io.overflow)
-		r = imc_err(e, EFBIG, "%s: more bytes than announced", url);
-	else if (c == CURLE_ABORTED_BY_CALLBACK)
-		r = imc_err(e, ECANCELED, "%s: cancelled", url);
-	else if (c == CURLE_OK && io.status_ok) {
-		if (p->len != UINT64_MAX && p->done != p->len)
-			r = p->done > done_before ? -EAGAIN
-						  : imc_err(e, EPROTO, "%s: short answer", url);
-	} else if (c != CURLE_OK && c != CURLE_WRITE_ERROR) {
-		/* A dropped connection keeps what arrived: the next try asks for the rest. */
-		r = curl_retryable(c) ? -EAGAIN
-				      : imc_err(e, EIO, "%s: %s", url,
-						errbuf[0] ? errbuf : curl_easy_strerror(c));
-		if (r == -EAGAIN)
-			imc_err(e, EIO, "%s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(c));
-	} else if (status_retryable(io.status)) {
-		r = -EAGAIN;
-		imc_err(e, EIO, "%s: HTTP %ld", url, io.status);
-	} else if (dl->ranged && io.status == 200) {
-		r = imc_err(e, ERANGE, "%s: the server ignored the byte range", url);
-	} else {
-		r = imc_err(e, status_errno(io.status), "%s: HTTP %ld", url, io.status);
-	}
-	/* One stream that cannot resume (no ranges) restarts only while nothing was written. */
-	if (r == -EAGAIN && !dl->ranged && p->done > 0)
-		r = imc_err(e, EIO,
-			    "%s: connection dropped after %llu bytes and the server takes "
-			    "no byte ranges",
-			    url, (unsigned long long)p->done);
-	return r;
-}
-
-static int piece_fetch(struct dl *dl, struct piece *p, CURL *curl)
-{
+	struct piece_io io = {.dl = dl, .p = p};
+	struct net_response res = {0};
 	imc_error e = {0};
+	bool sized = p->len != UINT64_MAX;
+	int r = net_perform(dl->d->net,
+			    &(struct net_request){
+				.url = dl->d->url,
+				.range = dl->ranged,
+				.range_from = p->start + p->done,
+				.range_to = dl->ranged ? p->start + p->len - 1 : UINT64_MAX,
+				.sink = {.kind = NET_SINK_CALLBACK,
+					 .sized = sized,
+					 .size = sized ? p->len - p->done : 0,
+					 .max = sized ? 0 : BUILDER_DATA_FILE_MAX,
+					 .write = piece_write,
+					 .write_ctx = &io},
+				.cancelled = dl->d->cancelled,
+				.cancel_ctx = dl->d->cancel_ctx,
+			    },
+			    &res, &e);
 
-	for (unsigned attempt = 0;; attempt++) {
-		int r = piece_try(dl, p, curl, &e);
-		if (r == 0)
-			break;
-		if (r != -EAGAIN || attempt + 1 >= DATA_TRIES || dl_failed(dl)) {
-			if (r == -EAGAIN)
-				imc_err_wrap(&e, "after %u tries", attempt + 1);
-			dl_fail(dl, &e);
-			return e.code;
-		}
-		pthread_mutex_lock(&dl->lock);
-		dl->retries++;
-		pthread_mutex_unlock(&dl->lock);
-		backoff(attempt);
+	pthread_mutex_lock(&dl->lock);
+	dl->retries += res.attempts > 1 ? res.attempts - 1 : 0;
+	pthread_mutex_unlock(&dl->lock);
+	net_response_free(&res);
+	if (r < 0) {
+		dl_fail(dl, &e);
+		return r;
 	}
 	pthread_mutex_lock(&dl->lock);
 	p->finished = true;
@@ -736,14 +434,7 @@ static int piece_fetch(struct dl *dl, struct piece *p, CURL *curl)
 static void *dl_worker(void *arg)
 {
 	struct dl *dl = arg;
-	_cleanup_(imc_curl_cleanupp) CURL *curl = curl_easy_init();
 
-	if (!curl) {
-		imc_error e;
-		imc_err(&e, ENOMEM, "out of memory");
-		dl_fail(dl, &e);
-		return NULL;
-	}
 	for (;;) {
 		struct piece *p = NULL;
 
@@ -751,7 +442,7 @@ static void *dl_worker(void *arg)
 		if (!dl->error && dl->next < dl->n_pieces)
 			p = &dl->pieces[dl->next++];
 		pthread_mutex_unlock(&dl->lock);
-		if (!p || piece_fetch(dl, p, curl) < 0)
+		if (!p || piece_fetch(dl, p) < 0)
 			return NULL;
 	}
 }
@@ -892,7 +583,7 @@ static int download_pass(struct builder_download *d, bool ranges, uint64_t *ret_
 {
 	struct dl dl = {.d = d};
 	imc_sha256 sha = {0};
-	int r = data_url_check(d->url, &dl.plain, err);
+	int r = data_url_check(d->url, NULL, err);
 
 	if (r < 0)
 		return r;
@@ -913,7 +604,7 @@ static int download_pass(struct builder_download *d, bool ranges, uint64_t *ret_
 int builder_download(struct builder_download *d, imc_error *err)
 {
 	uint64_t size = 0;
-	int r = curl_ready(err);
+	int r = d->net ? 0 : imc_err(err, EINVAL, "%s: no HTTP client", d->url);
 
 	if (r == 0 && d->size != UINT64_MAX && d->size > BUILDER_DATA_FILE_MAX)
 		r = imc_err(err, EFBIG, "%s: %llu bytes, more than %llu", d->url,
@@ -1007,18 +698,11 @@ static struct data_file *plan_add(struct builder_data_plan *p, size_t cap, imc_e
 
 static int plan_https(const struct builder_opts *o, struct builder_data_plan *p, imc_error *err)
 {
-	_cleanup_(curl_url_freep) CURLU *u = curl_url();
-	_cleanup_(curl_freep) char *upath = NULL;
-	const char *base;
+	_cleanup_free_ char *base = data_url_file_name(p->source);
 	struct data_file *f;
 
-	if (!u)
-		return imc_err(err, ENOMEM, "out of memory");
-	if (curl_url_set(u, CURLUPART_URL, p->source, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_PATH, &upath, CURLU_URLDECODE) != CURLUE_OK)
+	if (!base)
 		return imc_err(err, EINVAL, "not a URL");
-	base = strrchr(upath, '/');
-	base = base ? base + 1 : upath;
 	if (!builder_data_name_valid(base))
 		return imc_err(err, EINVAL, "the URL's path names no file");
 	f = plan_add(p, 1, err);
@@ -1028,7 +712,7 @@ static int plan_https(const struct builder_opts *o, struct builder_data_plan *p,
 	f->url = strdup(p->source);
 	if (!f->name || !f->url)
 		return imc_err(err, ENOMEM, "out of memory");
-	return builder_download_head(f->url, o->ca_file, &f->size, &f->ranges, err);
+	return builder_download_head(o->data_net, f->url, &f->size, &f->ranges, err);
 }
 
 static int oci_layer(struct builder_data_plan *p, json_t *layer, size_t i, size_t cap,
@@ -1117,14 +801,14 @@ static int plan_oci(const struct builder_opts *o, struct builder_data_plan *p, i
 }
 
 /* A URL piece escaped component by component ("a b/c" → "a%20b/c"). */
-static char *escape_path(CURL *curl, const char *path)
+static char *escape_path(const char *path)
 {
 	struct imc_buf out = {0};
 	const char *p = path;
 
 	while (*p) {
 		size_t n = strcspn(p, "/");
-		_cleanup_(curl_freep) char *e = curl_easy_escape(curl, p, (int)n);
+		_cleanup_free_ char *e = net_url_escape(p, n);
 		if (!e || imc_buf_append(&out, e, strlen(e)) < 0 ||
 		    (p[n] == '/' && imc_buf_append(&out, "/", 1) < 0)) {
 			imc_buf_free(&out);
@@ -1145,8 +829,8 @@ static char *hf_endpoint(const struct builder_opts *o)
 	return strndup(e, n);
 }
 
-static int hf_file(CURL *curl, struct builder_data_plan *p, const char *base, const char *repo,
-		   const char *rev, const char *name, size_t cap, imc_error *err)
+static int hf_file(struct builder_data_plan *p, const char *base, const char *repo, const char *rev,
+		   const char *name, size_t cap, imc_error *err)
 {
 	_cleanup_free_ char *esc = NULL;
 	struct data_file *f;
@@ -1156,7 +840,7 @@ static int hf_file(CURL *curl, struct builder_data_plan *p, const char *base, co
 	for (size_t k = 0; k < p->n_files; k++)
 		if (strcmp(p->files[k].name, name) == 0)
 			return imc_err(err, EINVAL, "file \"%s\" listed twice", name);
-	esc = escape_path(curl, name);
+	esc = escape_path(name);
 	f = plan_add(p, cap, err);
 	if (!f)
 		return err ? err->code : -ENOMEM;
@@ -1174,20 +858,19 @@ static int plan_hf(const struct builder_opts *o, struct builder_data_plan *p, im
 	_cleanup_free_ char *repo = NULL, *rev = NULL, *base = hf_endpoint(o), *url = NULL;
 	_cleanup_free_ char *body = NULL;
 	_cleanup_json_ json_t *j = NULL;
-	_cleanup_(imc_curl_cleanupp) CURL *curl = curl_easy_init();
 	json_t *siblings = NULL;
 	size_t len = 0;
 	int r = data_hf_parse(p->source, &repo, &rev, err);
 
 	if (r < 0)
 		return r;
-	if (!base || !curl)
+	if (!base)
 		return imc_err(err, ENOMEM, "out of memory");
 	if (asprintf(&url, "%s/api/models/%s/revision/%s", base, repo, rev) < 0) {
 		url = NULL;
 		return imc_err(err, ENOMEM, "out of memory");
 	}
-	r = http_get_mem(url, o->ca_file, DATA_LIST_MAX, &body, &len, err);
+	r = http_get_mem(o->data_net, url, DATA_LIST_MAX, &body, &len, err);
 	if (r == 0)
 		r = imc_json_parse_object(body, len, &j, err);
 	if (r == 0)
@@ -1207,12 +890,12 @@ static int plan_hf(const struct builder_opts *o, struct builder_data_plan *p, im
 			return imc_err(err, EINVAL, "%s: want an object", ctx);
 		r = imc_json_get_string(s, "rfilename", true, DATA_REL_PATH_MAX, ctx, &name, err);
 		if (r == 0)
-			r = hf_file(curl, p, base, repo, rev, name, json_array_size(siblings), err);
+			r = hf_file(p, base, repo, rev, name, json_array_size(siblings), err);
 		if (r < 0)
 			return r;
 	}
 	for (size_t i = 0; i < p->n_files; i++) {
-		r = builder_download_head(p->files[i].url, o->ca_file, &p->files[i].size,
+		r = builder_download_head(o->data_net, p->files[i].url, &p->files[i].size,
 					  &p->files[i].ranges, err);
 		if (r < 0)
 			return r;
@@ -1450,7 +1133,7 @@ static int fetch_http_file(const struct builder_opts *o, struct builder_data_pla
 {
 	struct builder_download d = {
 	    .url = f->url,
-	    .ca_file = o->ca_file,
+	    .net = o->data_net,
 	    .fd = fd,
 	    .size = f->size,
 	    .ranges = f->ranges,

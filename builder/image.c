@@ -324,7 +324,10 @@ struct oci_registry_opts builder_registry_opts(const struct builder_opts *o)
 					  .auth_file = o->auth_file,
 					  .ca_file = o->ca_file,
 					  .cancelled = o->cancelled,
-					  .cancel_ctx = o->cancel_ctx};
+					  .cancel_ctx = o->cancel_ctx,
+					  .net = o->registry_net,
+					  .blob_max = o->blob_max,
+					  .tenant = o->tenant};
 }
 
 int builder_image_resolve(const struct builder_opts *o, const char *ref, struct builder_image **ret,

@@ -10,8 +10,10 @@
 
 /* ---- imcctl push (push.c): a cache's chunks from imcd to an OCI registry ------------------ */
 struct client_push_config {
-	const char *server;			/* imcd base URL */
-	const char *token;			/* bearer token for imcd; NULL: none */
+	struct net_client *net;			/* the client of imcd's requests */
+	const char *server;			/* imcd base URL ("http://localhost" on a socket) */
+	const char *unix_socket;		/* imcd's unix socket; NULL: server is a URL */
+	const char *token;			/* bearer token for imcd (--token); NULL: none */
 	const char *const *insecure_registries; /* plain-HTTP registries besides loopback */
 };
 

@@ -4,11 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
-
 #include "../api/wire.h"
 #include "../common/cli.h"
 #include "../common/imc.h"
+#include "../net/net.h"
 #include "imcctl.h"
 
 #define LIST_COLS 6
@@ -62,7 +61,7 @@ static void print_table(json_t *items)
 /* Append "&key=value" (value escaped) to *q. */
 static int query_add(char **q, const char *key, const char *value)
 {
-	_cleanup_free_ char *esc = curl_easy_escape(NULL, value, 0);
+	_cleanup_free_ char *esc = net_url_escape(value, strlen(value));
 	char *n;
 
 	if (!esc || asprintf(&n, "%s%s%s=%s", *q, **q ? "&" : "", key, esc) < 0)

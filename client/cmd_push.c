@@ -1,7 +1,6 @@
 /* imcctl push: a cache's chunks to an OCI registry (client/push.c does the work). */
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 
 #include "client.h"
 #include "imcctl.h"
@@ -32,7 +31,11 @@ static const struct client_flag push_flags[] = {
 int client_cmd_push(const struct client *c, const struct client_command *cmd, int argc, char **argv)
 {
 	struct push_opts o = {0};
-	struct client_push_config cfg = {.server = c->server, .insecure_registries = o.insecure};
+	struct client_push_config cfg = {.net = c->net,
+					 .server = c->server,
+					 .unix_socket = c->unix_path[0] ? c->unix_path : NULL,
+					 .token = c->token[0] ? c->token : NULL,
+					 .insecure_registries = o.insecure};
 	struct client_push_stats st;
 	const char *pos[2];
 	size_t n_pos = 0;
@@ -50,11 +53,10 @@ int client_cmd_push(const struct client *c, const struct client_command *cmd, in
 			 f->take(value, &o) != 0)
 			n_pos = 3; /* a usage error, whatever follows */
 	}
-	if (n_pos != 2 || c->unix_path[0]) {
+	if (n_pos != 2) {
 		fputs(cmd->usage, stderr);
 		return EXIT_USAGE;
 	}
-	cfg.token = secure_getenv("IMCACHE_TOKEN");
 	if (client_push_snapshot(&cfg, pos[0], pos[1], &st, &err) < 0) {
 		fprintf(stderr, "imcctl: %s\n", err.msg);
 		return EXIT_FAIL;

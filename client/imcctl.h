@@ -9,6 +9,8 @@
 
 #include <jansson.h>
 
+struct net_client;
+
 /* Exit codes: 0 ok, 1 the request or the cache failed, 2 usage. */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 
@@ -16,8 +18,9 @@ struct client {
 	char server[512]; /* base URL, without a trailing slash */
 	/* --server unix:PATH: requests go over this socket to a dummy http://localhost base URL. */
 	char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	char where[512]; /* the server as the user named it, for messages */
-	char auth[4200]; /* "Authorization: Bearer <token>" or "" */
+	char where[512];  /* the server as the user named it, for messages */
+	char token[4097]; /* the bearer token (--token, else $IMCACHE_TOKEN) or "" */
+	struct net_client *net;
 };
 
 struct client_command {

@@ -9,9 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../net/curl_cleanup.h"
 #include "../api/wire.h"
 #include "../common/imc.h"
+#include "../net/net.h"
 #include "imcctl.h"
 
 #define DEFAULT_SERVER	  "http://127.0.0.1:8080"
@@ -24,32 +24,6 @@
 
 /* ---- HTTP -------------------------------------------------------------------------------------
  */
-
-struct buffer {
-	char *data;
-	size_t len;
-	bool too_large;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-	struct buffer *b = userdata;
-	size_t n = size * nmemb;
-	char *d;
-
-	if (n > RESPONSE_MAX - b->len) {
-		b->too_large = true;
-		return 0;
-	}
-	d = realloc(b->data, b->len + n + 1);
-	if (!d)
-		return 0;
-	memcpy(d + b->len, ptr, n);
-	b->len += n;
-	d[b->len] = '\0';
-	b->data = d;
-	return n;
-}
 
 struct reply {
 	long status;
@@ -64,83 +38,87 @@ static void reply_free(struct reply *r)
 	free(r->raw);
 }
 
-static int setup(CURL *curl, const struct client *c, const char *method, const char *path,
-		 const char *body, struct curl_slist **headers, struct buffer *out, char *errbuf)
+/* The client of imcd: no retries (a failed request is reported at once), at most
+ * REQUEST_TIMEOUT_S a request.  The server the user named may be plain HTTP: its host and port
+ * are the client's insecure host. */
+static int imcd_client_new(const char *server, struct net_client **ret, imc_error *err)
 {
-	_cleanup_free_ char *url = imc_path_join(c->server, path[0] == '/' ? path + 1 : path);
+	struct net_url u = {0};
+	char hostport[300] = "";
+	const char *insecure[] = {hostport, NULL};
+	int r;
 
-	if (!url)
-		return -ENOMEM;
-	*headers = curl_slist_append(NULL, "Accept: application/json");
-	if (body && *headers)
-		*headers = curl_slist_append(*headers, "Content-Type: application/json");
-	if (c->auth[0] && *headers)
-		*headers = curl_slist_append(*headers, c->auth);
-	if (!*headers)
-		return -ENOMEM;
-	curl_easy_setopt(curl, CURLOPT_URL, url);
-	if (c->unix_path[0])
-		curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, c->unix_path);
-	curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, *headers);
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, out);
-	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, CONNECT_TIMEOUT_S);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT, REQUEST_TIMEOUT_S);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	if (body) {
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-	}
-	return 0;
+	if (net_url_parse(server, &u, NULL) == 0 && strcmp(u.scheme, "http") == 0)
+		snprintf(hostport, sizeof(hostport), "%s:%u", u.host, u.port);
+	net_url_free(&u);
+	r = net_client_new(
+	    &(struct net_config){.insecure_hosts = hostport[0] ? insecure : NULL,
+				 .limits = {.connect_timeout_ms = CONNECT_TIMEOUT_S * 1000,
+					    .deadline_ms = REQUEST_TIMEOUT_S * 1000},
+				 .retry = {.max_attempts = 1}},
+	    ret, err);
+	return r;
 }
 
 /* Seconds of the answer's Retry-After (0 when absent or a date; at most RETRY_WITHIN_S). */
-static unsigned retry_after_of(CURL *curl)
+static unsigned retry_after_of(const struct net_response *res)
 {
-	struct curl_header *h = NULL;
+	const char *h = net_response_header(res, "Retry-After", 0);
 	unsigned long v;
 	char *end = NULL;
 
-	if (curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+	if (!h)
 		return 0;
-	v = strtoul(h->value, &end, 10);
-	if (end == h->value || *end)
+	v = strtoul(h, &end, 10);
+	if (end == h || *end)
 		return 0;
 	return v > RETRY_WITHIN_S ? RETRY_WITHIN_S : (unsigned)v;
 }
 
-/* One request.  Fails (printing why) only when no HTTP answer came back. */
+/* One request through net/ (the answer's status, whatever it is, is the caller's to judge).
+ * Fails (printing why) only when no HTTP answer came back. */
 static int request(const struct client *c, const char *method, const char *path, const char *body,
 		   struct reply *ret)
 {
-	_cleanup_curl_ CURL *curl = curl_easy_init();
-	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
-	struct buffer out = {0};
-	char errbuf[CURL_ERROR_SIZE] = "";
-	CURLcode cr;
+	static const char *const headers[] = {"Accept: application/json", NULL};
+	_cleanup_free_ char *url = imc_path_join(c->server, path[0] == '/' ? path + 1 : path);
+	struct net_response res = {0};
+	imc_error err = {0};
+	int r;
 
-	if (!curl || setup(curl, c, method, path, body, &headers, &out, errbuf) < 0) {
+	if (!url) {
 		fprintf(stderr, "imcctl: out of memory\n");
 		return -ENOMEM;
 	}
-	cr = curl_easy_perform(curl);
-	if (cr != CURLE_OK) {
-		if (out.too_large)
+	r = net_perform(c->net,
+			&(struct net_request){
+			    .method = method,
+			    .url = url,
+			    .unix_socket = c->unix_path[0] ? c->unix_path : NULL,
+			    .bearer = c->token[0] ? c->token : NULL,
+			    .headers = headers,
+			    .body = {.data = body,
+				     .len = body ? strlen(body) : 0,
+				     .content_type = body ? "application/json" : NULL},
+			    .sink = {.kind = NET_SINK_MEMORY, .max = RESPONSE_MAX},
+			    .any_status = true,
+			},
+			&res, &err);
+	if (r < 0) {
+		if (r == -EFBIG)
 			fprintf(stderr, "imcctl: %s %s%s: response larger than %u bytes\n", method,
 				c->where, path, RESPONSE_MAX);
 		else
-			fprintf(stderr, "imcctl: cannot reach imcd at %s: %s\n", c->where,
-				errbuf[0] ? errbuf : curl_easy_strerror(cr));
-		free(out.data);
+			fprintf(stderr, "imcctl: cannot reach imcd at %s: %s\n", c->where, err.msg);
+		net_response_free(&res);
 		return -EIO;
 	}
-	*ret = (struct reply){.raw = out.data, .retry_after = retry_after_of(curl)};
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &ret->status);
-	if (out.data)
-		ret->body = json_loadb(out.data, out.len, 0, NULL);
+	*ret = (struct reply){.status = res.status,
+			      .raw = steal_pointer(&res.body),
+			      .retry_after = retry_after_of(&res)};
+	if (ret->raw)
+		ret->body = json_loadb(ret->raw, res.body_len, 0, NULL);
+	net_response_free(&res);
 	return 0;
 }
 
@@ -204,7 +182,7 @@ int client_call(const struct client *c, const char *method, const char *path, co
 
 char *client_cache_path(const char *id)
 {
-	_cleanup_free_ char *esc = curl_easy_escape(NULL, id, 0);
+	_cleanup_free_ char *esc = net_url_escape(id, strlen(id));
 	char *p;
 
 	if (!esc || asprintf(&p, "/v1/imagecaches/%s", esc) < 0)
@@ -316,7 +294,7 @@ static const struct client_command commands[] = {
     {"push", NULL, client_cmd_push,
      "  push ID REGISTRY/REPO:TAG [--insecure-registry HOST:PORT]...\n"
      "         write the cache's chunks to an OCI registry as an artifact\n",
-     "usage: imcctl [--server http://HOST:PORT] push CACHE_ID REGISTRY/REPO:TAG "
+     "usage: imcctl [--server URL|unix:PATH] push CACHE_ID REGISTRY/REPO:TAG "
      "[--insecure-registry HOST:PORT]...\n"},
 };
 
@@ -412,7 +390,7 @@ static int set_client(struct client *c, const struct globals *g)
 		return -1;
 	}
 	if (g->token)
-		snprintf(c->auth, sizeof(c->auth), "Authorization: Bearer %s", g->token);
+		snprintf(c->token, sizeof(c->token), "%s", g->token);
 	return 0;
 }
 
@@ -459,14 +437,15 @@ int main(int argc, char **argv)
 {
 	struct client c = {0};
 	const struct client_command *cmd;
+	imc_error err = {0};
 	int i = parse_global(argc, argv, &c), r;
 
 	if (i == HELP_DONE)
 		return EXIT_OK;
 	if (i < 0)
 		return EXIT_USAGE;
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		fprintf(stderr, "imcctl: cannot initialise libcurl\n");
+	if (imcd_client_new(c.server, &c.net, &err) < 0) {
+		fprintf(stderr, "imcctl: %s\n", err.msg);
 		return EXIT_FAIL;
 	}
 	cmd = command_of(argv[i]);
@@ -477,7 +456,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		r = EXIT_USAGE;
 	}
-	explicit_bzero(c.auth, sizeof(c.auth));
-	curl_global_cleanup();
+	explicit_bzero(c.token, sizeof(c.token));
+	net_client_free(c.net);
 	return r;
 }

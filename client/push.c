@@ -7,73 +7,60 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../net/curl_cleanup.h"
 #include "client.h"
 
-#define IMCD_TIMEOUT_S	  120
 #define IMCD_INDEX_WAIT_S 600 /* how long a 202 to the index request is waited out */
 
 struct push {
 	const struct client_push_config *cfg;
 	struct oci_pusher *reg;
-	CURL *curl; /* for imcd */
 	struct client_push_stats *st;
 };
 
-static size_t on_body(char *p, size_t size, size_t n, void *ctx)
+/* One GET of url from imcd through net/ (the token and the unix socket of every other imcctl
+ * command) into ret: 0 with *ret_status (2xx), or the error. */
+static int imcd_get_once(struct push *p, const char *url, struct imc_buf *ret, long *ret_status,
+			 imc_error *err)
 {
-	struct imc_buf *b = ctx;
+	struct net_response res = {0};
+	int r = net_perform(
+	    p->cfg->net,
+	    &(struct net_request){.url = url,
+				  .unix_socket = p->cfg->unix_socket,
+				  .bearer = p->cfg->token,
+				  .sink = {.kind = NET_SINK_MEMORY, .max = OCI_INDEX_MAX}},
+	    &res, err);
 
-	n *= size;
-	if (b->len + n > OCI_INDEX_MAX)
-		return 0;
-	return imc_buf_append(b, p, n) < 0 ? 0 : n;
-}
-
-/* One GET of url from imcd into ret: 0 with *ret_status, or a transfer error. */
-static int imcd_get_once(struct push *p, const char *url, struct curl_slist *h, struct imc_buf *ret,
-			 long *ret_status, imc_error *err)
-{
-	CURL *c = p->curl;
-	CURLcode rc;
-
-	ret->len = 0;
-	curl_easy_reset(c);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)IMCD_TIMEOUT_S);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "GET");
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, ret);
-	rc = curl_easy_perform(c);
-	if (rc != CURLE_OK)
-		return imc_err(err, EIO, "GET %s: %s", url, curl_easy_strerror(rc));
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, ret_status);
-	return 0;
+	if (r == 0) {
+		free(ret->data);
+		ret->data = steal_pointer(&res.body);
+		ret->len = res.body_len;
+		ret->cap = ret->len;
+		*ret_status = res.status;
+	}
+	net_response_free(&res);
+	return r;
 }
 
 /* GET from imcd (the index or a chunk).  202: imcd is still exporting the index (it does so
  * once the cache is Ready), asked again each second for up to IMCD_INDEX_WAIT_S. */
 static int imcd_get(struct push *p, const char *path, struct imc_buf *ret, imc_error *err)
 {
-	_cleanup_free_ char *url = NULL, *auth = NULL;
-	_cleanup_curl_slist_ struct curl_slist *h = NULL;
+	_cleanup_free_ char *url = NULL;
 	long status = 0;
 
 	if (asprintf(&url, "%s%s", p->cfg->server, path) < 0)
 		return imc_err(err, ENOMEM, "out of memory");
-	if (p->cfg->token && asprintf(&auth, "Authorization: Bearer %s", p->cfg->token) > 0)
-		h = curl_slist_append(NULL, auth);
 	for (time_t give_up = time(NULL) + IMCD_INDEX_WAIT_S;; sleep(1)) {
-		if (imcd_get_once(p, url, h, ret, &status, err) < 0)
+		if (imcd_get_once(p, url, ret, &status, err) < 0)
 			return err->code;
 		if (status != 202 || time(NULL) >= give_up)
 			break;
 	}
 	if (status != 200)
-		return imc_err(err, status == 404 ? ENOENT : EIO, "GET %s: HTTP %ld", url, status);
+		return imc_err(err, status == 202 ? ETIMEDOUT : EIO, "GET %s: HTTP %ld%s", url,
+			       status,
+			       status == 202 ? " (the index was still being exported)" : "");
 	return 0;
 }
 
@@ -192,15 +179,9 @@ int client_push_snapshot(const struct client_push_config *cfg, const char *cache
 	*ret = (struct client_push_stats){0};
 	if (oci_push_open(ref, cfg->insecure_registries, &p.reg, err) < 0)
 		return err->code;
-	p.curl = curl_easy_init();
-	if (!p.curl)
-		r = imc_err(err, ENOMEM, "out of memory");
-	else
-		r = push_all(&p, cache_id, err);
+	r = push_all(&p, cache_id, err);
 	if (r < 0)
 		imc_err_wrap(err, "push %s to %s", cache_id, ref);
-	if (p.curl)
-		curl_easy_cleanup(p.curl);
 	oci_push_close(p.reg);
 	return r;
 }

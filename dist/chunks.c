@@ -513,6 +513,30 @@ static int forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, i
 	return r;
 }
 
+int dist_index_has_chunk(struct dist_chunks *cs, const char *id, const char *digest, bool *ret,
+			 imc_error *err)
+{
+	_cleanup_free_ char *buf = NULL;
+	struct oci_chunk_index ix = {0};
+	size_t n = 0;
+	int r;
+
+	*ret = false;
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	r = dist_read_index(cs, id, &buf, &n, err);
+	if (r == -ENOENT)
+		return 0; /* not exported (yet): it references nothing a chunk request could name */
+	if (r == 0)
+		r = oci_chunk_index_parse(buf, n, &ix, err);
+	if (r < 0)
+		return imc_err_wrap(err, "chunk index of %s", id);
+	for (size_t i = 0; i < ix.n_chunks && !*ret; i++)
+		*ret = strcmp(ix.chunks[i].digest, digest) == 0;
+	oci_chunk_index_free(&ix);
+	return 0;
+}
+
 int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err)
 {
 	int r;

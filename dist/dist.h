@@ -34,6 +34,10 @@ void dist_chunks_close(struct dist_chunks *cs);
 char *dist_dir(const char *state_dir);
 /* "sha256/<2>/<hex>.zst" of a digest ("sha256:<hex>") into buf (at least 96 bytes). */
 int dist_chunk_path(const char *digest, char *buf, size_t size, imc_error *err);
+/* Does the exported index of snapshot id name the chunk digest?  *ret false when the snapshot
+ * has no exported index. */
+int dist_index_has_chunk(struct dist_chunks *cs, const char *id, const char *digest, bool *ret,
+			 imc_error *err);
 /* Open the stored compressed chunk of digest read-only (-ENOENT when absent). */
 int dist_chunks_open_blob(struct dist_chunks *cs, const char *digest, int *ret_fd, imc_error *err);
 

@@ -1,7 +1,7 @@
 /* Fetching snapshots from imcd in chunks (docs/distribution.md).
  *
- * Over 800 lines: one fetch, from its plan to the sealed snapshot, in the order it runs; its HTTP
- * section goes when the fetcher moves onto net/. */
+ * Over 800 lines: one fetch, from its plan to the sealed snapshot, in the order it runs; HTTP
+ * itself is net/'s. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -13,7 +13,6 @@
 
 #include <zstd.h>
 
-#include "../net/curl_cleanup.h"
 #include "dist.h"
 
 #define LOCAL_DIR     "local" /* <state>/chunks/local/<id>.json: indexes of fetched snapshots */
@@ -21,98 +20,104 @@
 #define VOLUME_PREFIX "fetch-"
 
 #define FETCH_PARALLEL_DEFAULT 8
-#define FETCH_ATTEMPTS	       4 /* per chunk, for dropped connections (each resumes) */
-#define FETCH_TIMEOUT_S	       60
+#define FETCH_ATTEMPTS	       4   /* per chunk, for dropped connections (each resumes) */
 #define FETCH_INDEX_WAIT_S     600 /* how long a 202 to the index request is waited out */
 
-/* ---- HTTP --------------------------------------------------------------------------------- */
+/* ---- HTTP (net/) ------------------------------------------------------------------------- */
 
 struct sink {
 	struct imc_buf buf;
-	size_t max; /* more than this fails the transfer */
-	bool too_big;
 	unsigned retry_after; /* a 202's Retry-After, in seconds (0: none) */
 };
 
-static size_t on_data(char *p, size_t size, size_t n, void *ctx)
+/* The client of imcd: a stalled transfer is a dropped connection (resumed with a Range by
+ * net/) rather than a wait; the server the operator named may be plain HTTP (its host and port
+ * are the client's insecure host), or a unix: socket. */
+static int imcd_client(const struct net_server *srv, struct net_client **ret, imc_error *err)
 {
-	struct sink *s = ctx;
+	struct net_url u = {0};
+	char hostport[300] = "";
+	const char *insecure[] = {hostport, NULL};
 
-	n *= size;
-	if (n > s->max - s->buf.len) {
-		s->too_big = true;
-		return 0;
-	}
-	return imc_buf_append(&s->buf, p, n) < 0 ? 0 : n;
+	if (!srv->unix_socket && net_url_parse(srv->base, &u, NULL) == 0 &&
+	    strcmp(u.scheme, "http") == 0)
+		snprintf(hostport, sizeof(hostport), "%s:%u", u.host, u.port);
+	net_url_free(&u);
+	return net_client_new(
+	    &(struct net_config){
+		.insecure_hosts = hostport[0] ? insecure : NULL,
+		.limits = {.connect_timeout_ms = 10000, .min_rate = 1024, .min_rate_window_s = 10},
+		.retry = {.max_attempts = FETCH_ATTEMPTS}},
+	    ret, err);
 }
 
-static CURL *http_new(const char *token, struct curl_slist **ret_headers)
-{
-	CURL *c = curl_easy_init();
-	_cleanup_free_ char *auth = NULL;
+/* imcd as the fetcher reaches it: its client and where it is. */
+struct imcd_link {
+	struct net_client *net;
+	struct net_server srv;
+};
 
-	if (!c)
-		return NULL;
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-	/* A stalled transfer is a dropped connection: resume rather than wait. */
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 10L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)FETCH_TIMEOUT_S);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-	*ret_headers = NULL;
-	if (token && asprintf(&auth, "Authorization: Bearer %s", token) > 0)
-		*ret_headers = curl_slist_append(NULL, auth);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, *ret_headers);
-	return c;
+static void imcd_link_close(struct imcd_link *l)
+{
+	net_client_free(l->net);
+	net_server_free(&l->srv);
 }
 
 /* The seconds of a Retry-After header (0 when absent or a date). */
-static unsigned retry_after_of(CURL *c)
+static unsigned retry_after_of(const struct net_response *res)
 {
-	struct curl_header *h = NULL;
+	const char *h = net_response_header(res, "Retry-After", 0);
 	unsigned long v;
 	char *end = NULL;
 
-	if (curl_easy_header(c, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+	if (!h)
 		return 0;
-	v = strtoul(h->value, &end, 10);
-	return end == h->value || *end ? 0 : v > FETCH_INDEX_WAIT_S ? FETCH_INDEX_WAIT_S : v;
+	v = strtoul(h, &end, 10);
+	return end == h || *end ? 0 : v > FETCH_INDEX_WAIT_S ? FETCH_INDEX_WAIT_S : v;
 }
 
-/* GET url into s (appending); resume_from > 0 asks for the rest with Range.  Returns 0 when the
- * whole body (or the asked-for rest) arrived, -EAGAIN on a transfer that broke off (the bytes
- * that came are kept), another -errno for a refusal. */
-static int http_get(CURL *c, const char *url, uint64_t resume_from, struct sink *s, imc_error *err)
+static int imcd_link_open(const char *server, struct imcd_link *ret, imc_error *err)
 {
-	char range[48];
-	long status = 0;
-	CURLcode rc;
+	int r = net_server_parse(server, &ret->srv, err);
 
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
-	snprintf(range, sizeof(range), "%" PRIu64 "-", resume_from);
-	curl_easy_setopt(c, CURLOPT_RANGE, resume_from ? range : NULL);
-	rc = curl_easy_perform(c);
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-	if (s->too_big)
-		return imc_err(err, EFBIG, "%s: more than %zu bytes", url, s->max);
-	if (rc != CURLE_OK && (status == 0 || status == 200 || status == 206))
-		return imc_err(err, EAGAIN, "%s: %s", url, curl_easy_strerror(rc));
-	if (status == 200 && resume_from) /* the server ignored Range: start over */
-		return imc_err(err, EAGAIN, "%s: no range support", url);
-	if (status == 200 || status == 206)
-		return 0;
-	if (status == 202) { /* imcd is still making it (an index being exported) */
-		s->retry_after = retry_after_of(c);
-		return imc_err(err, EINPROGRESS, "%s: not ready yet (202)", url);
+	if (r == 0)
+		r = imcd_client(&ret->srv, &ret->net, err);
+	return r < 0 ? imc_err_wrap(err, "--server") : 0;
+}
+
+/* GET path of imcd into s: exactly size bytes when sized, at most max. */
+static int http_get(struct net_client *net, const struct net_server *srv, struct net_conn *conn,
+		    const char *path, bool sized, uint64_t size, uint64_t max, struct sink *s,
+		    const char *token, unsigned *ret_attempts, imc_error *err)
+{
+	_cleanup_free_ char *url = net_server_url(srv, path);
+	struct net_response res = {0};
+	int r;
+
+	if (!url)
+		return imc_err(err, ENOMEM, "out of memory");
+	r = net_perform(
+	    net,
+	    &(struct net_request){
+		.url = url,
+		.unix_socket = srv->unix_socket,
+		.bearer = token,
+		.sink = {.kind = NET_SINK_MEMORY, .sized = sized, .size = size, .max = max},
+		.conn = conn},
+	    &res, err);
+	if (ret_attempts)
+		*ret_attempts = res.attempts;
+	imc_buf_free(&s->buf);
+	s->retry_after = 0;
+	if (r == 0 && res.status == 202) { /* imcd is still making it (an index being exported) */
+		s->retry_after = retry_after_of(&res);
+		r = imc_err(err, EINPROGRESS, "%s: not ready yet (202)", path);
+	} else if (r == 0) {
+		s->buf = (struct imc_buf){
+		    .data = steal_pointer(&res.body), .len = res.body_len, .cap = res.body_len};
 	}
-	if (status == 404)
-		return imc_err(err, ENOENT, "%s: not found (404)", url);
-	if (status == 401 || status == 403)
-		return imc_err(err, EACCES, "%s: refused (%ld)", url, status);
-	return imc_err(err, status >= 500 ? EAGAIN : EPROTO, "%s: HTTP %ld", url, status);
+	net_response_free(&res);
+	return r;
 }
 
 /* ---- the plan ------------------------------------------------------------------------------ */
@@ -140,6 +145,8 @@ struct fetch {
 	/* Pulling from an OCI registry (--registry-ref): each worker opens its own client. */
 	const struct oci_ref *ref;
 	const struct oci_registry_opts *ropts;
+	struct net_client *net; /* imcd's client, shared by the workers */
+	const struct net_server *srv;
 };
 
 static void fetch_fail(struct fetch *f, const imc_error *e)
@@ -172,30 +179,19 @@ static void count(struct fetch *f, uint64_t *field, uint64_t n)
 	(void)f;
 }
 
-/* Download one chunk's blob whole, resuming a broken transfer where it stopped. */
-static int download(struct fetch *f, CURL *c, const struct job *j, struct sink *s, imc_error *err)
+/* Download one chunk's blob whole (net/ resumes a broken transfer where it stopped). */
+static int download(struct fetch *f, struct net_conn *c, const struct job *j, struct sink *s,
+		    imc_error *err)
 {
-	char url[1024];
-	int r = -EAGAIN;
+	char path[160];
+	unsigned attempts = 0;
+	int r;
 
-	snprintf(url, sizeof(url), "%s/v1/chunks/%s", f->cfg->server, j->e->digest);
-	s->buf.len = 0;
-	s->max = j->e->csize;
-	s->too_big = false;
-	for (unsigned a = 0; a < FETCH_ATTEMPTS && r == -EAGAIN; a++) {
-		if (a > 0)
-			count(f, &f->st->retries, 1);
-		if (a > 0 && s->buf.len == 0) /* nothing came: give the peer a moment */
-			usleep(200000U * a);
-		r = http_get(c, url, s->buf.len, s, err);
-		if (r == 0 && s->buf.len != j->e->csize)
-			r = s->buf.len < j->e->csize
-				? imc_err(err, EAGAIN, "%s: %zu of %" PRIu64 " bytes", url,
-					  s->buf.len, j->e->csize)
-				: imc_err(err, EBADMSG, "%s: too long", url);
-		if (r == -EAGAIN && f->failed)
-			break;
-	}
+	snprintf(path, sizeof(path), "/v1/chunks/%s", j->e->digest);
+	r = http_get(f->net, f->srv, c, path, true, j->e->csize, j->e->csize, s, f->cfg->token,
+		     &attempts, err);
+	if (attempts > 1)
+		count(f, &f->st->retries, attempts - 1);
 	return r;
 }
 
@@ -223,8 +219,8 @@ static int download_registry(struct fetch *f, struct oci_registry *reg, const st
 }
 
 /* Fetch, verify (refetch once when corrupt) and write one chunk. */
-static int fetch_one(struct fetch *f, CURL *c, struct oci_registry *reg, const struct job *j,
-		     struct sink *s, void *out, imc_error *err)
+static int fetch_one(struct fetch *f, struct net_conn *c, struct oci_registry *reg,
+		     const struct job *j, struct sink *s, void *out, imc_error *err)
 {
 	int r;
 
@@ -252,8 +248,7 @@ static int fetch_one(struct fetch *f, CURL *c, struct oci_registry *reg, const s
 static void *worker(void *arg)
 {
 	struct fetch *f = arg;
-	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
-	_cleanup_curl_ CURL *c = http_new(f->cfg->token, &headers);
+	struct net_conn *c = net_conn_new();
 	_cleanup_free_ void *out = malloc(f->ix->chunk_size);
 	struct oci_registry *reg = NULL;
 	struct sink s = {0};
@@ -263,10 +258,12 @@ static void *worker(void *arg)
 	if (!c || !out) {
 		imc_err(&err, ENOMEM, "out of memory");
 		fetch_fail(f, &err);
+		net_conn_free(c);
 		return NULL;
 	}
 	if (f->ref && oci_registry_open(f->ropts, f->ref, &reg, &err) < 0) {
 		fetch_fail(f, &err);
+		net_conn_free(c);
 		return NULL;
 	}
 	while ((j = take_job(f))) {
@@ -278,6 +275,7 @@ static void *worker(void *arg)
 	if (reg)
 		oci_registry_close(reg);
 	imc_buf_free(&s.buf);
+	net_conn_free(c);
 	return NULL;
 }
 
@@ -487,49 +485,44 @@ static int plan(struct fetch *f, const struct local_set *l, imc_error *err)
 
 /* ---- the index ----------------------------------------------------------------------------- */
 
-/* GET the index into s: dropped transfers are tried again (FETCH_ATTEMPTS), and a 202 (imcd
- * exports the index in the background once the cache is Ready) is asked again after its
- * Retry-After, for up to FETCH_INDEX_WAIT_S. */
-static int get_index_waiting(CURL *c, const char *url, struct sink *s, imc_error *err)
+/* GET the index into s: net/ tries dropped transfers again, and a 202 (imcd exports the index
+ * in the background once the cache is Ready) is asked again after its Retry-After, for up to
+ * FETCH_INDEX_WAIT_S. */
+static int get_index_waiting(const struct dist_fetch_config *cfg, struct net_client *net,
+			     const struct net_server *srv, const char *path, struct sink *s,
+			     imc_error *err)
 {
 	uint64_t give_up = imc_monotonic_ns() + FETCH_INDEX_WAIT_S * 1000000000ULL;
-	unsigned attempts = 0;
 	int r;
 
 	for (;;) {
-		s->buf.len = 0;
-		s->retry_after = 0;
-		r = http_get(c, url, 0, s, err);
-		if (r == -EAGAIN && ++attempts < FETCH_ATTEMPTS)
-			continue;
+		r = http_get(net, srv, NULL, path, false, 0, OCI_INDEX_MAX, s, cfg->token, NULL,
+			     err);
 		if (r != -EINPROGRESS)
 			return r;
 		if (imc_monotonic_ns() + s->retry_after * 1000000000ULL >= give_up)
-			return imc_err(err, ETIMEDOUT, "%s: still not ready after %d s", url,
+			return imc_err(err, ETIMEDOUT, "%s: still not ready after %d s", path,
 				       FETCH_INDEX_WAIT_S);
 		sleep(s->retry_after ? s->retry_after : 1);
 	}
 }
 
-static int get_index(const struct dist_fetch_config *cfg, const char *id,
-		     struct oci_chunk_index *ret, char **ret_buf, size_t *ret_len, imc_error *err)
+static int get_index(const struct dist_fetch_config *cfg, struct net_client *net,
+		     const struct net_server *srv, const char *id, struct oci_chunk_index *ret,
+		     char **ret_buf, size_t *ret_len, imc_error *err)
 {
-	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
-	_cleanup_curl_ CURL *c = http_new(cfg->token, &headers);
-	struct sink s = {.max = OCI_INDEX_MAX};
-	char url[1024];
-	int r = -EAGAIN;
+	struct sink s = {0};
+	char path[160];
+	int r;
 
-	if (!c)
-		return imc_err(err, ENOMEM, "out of memory");
-	snprintf(url, sizeof(url), "%s/v1/imagecaches/%s/index", cfg->server, id);
-	r = get_index_waiting(c, url, &s, err);
+	snprintf(path, sizeof(path), "/v1/imagecaches/%s/index", id);
+	r = get_index_waiting(cfg, net, srv, path, &s, err);
 	if (r == 0 && s.buf.len == 0)
-		r = imc_err(err, EBADMSG, "%s: empty", url);
+		r = imc_err(err, EBADMSG, "%s: empty", path);
 	if (r == 0 && oci_chunk_index_parse(s.buf.data, s.buf.len, ret, err) < 0)
-		r = imc_err_wrap(err, "%s", url);
+		r = imc_err_wrap(err, "%s", path);
 	if (r == 0 && strcmp(ret->cache_id, id) != 0)
-		r = imc_err(err, EBADMSG, "%s: the index is of %s", url, ret->cache_id);
+		r = imc_err(err, EBADMSG, "%s: the index is of %s", path, ret->cache_id);
 	if (r < 0) {
 		imc_buf_free(&s.buf);
 		return r;
@@ -822,13 +815,21 @@ static int save_local_index(struct store *s, const char *id, const char *buf, si
 }
 
 static int fetch_into_volume(struct store *s, const struct dist_fetch_config *cfg,
-			     const struct oci_ref *ref, const struct oci_chunk_index *ix,
-			     const char *vol, struct dist_fetch_stats *st, imc_error *err)
+			     const struct imcd_link *link, const struct oci_ref *ref,
+			     const struct oci_chunk_index *ix, const char *vol,
+			     struct dist_fetch_stats *st, imc_error *err)
 {
 	_cleanup_(local_set_free) struct local_set l = {0};
 	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	struct store_dev dev = {.fd = -1};
-	struct fetch f = {.s = s, .cfg = cfg, .ix = ix, .st = st, .ref = ref, .ropts = &ropts};
+	struct fetch f = {.s = s,
+			  .cfg = cfg,
+			  .ix = ix,
+			  .st = st,
+			  .ref = ref,
+			  .ropts = &ropts,
+			  .net = link ? link->net : NULL,
+			  .srv = link ? &link->srv : NULL};
 	int r;
 
 	if (local_set_load(s, &l, err) < 0)
@@ -848,7 +849,7 @@ static int fetch_into_volume(struct store *s, const struct dist_fetch_config *cf
 }
 
 static int fetch_with_index(struct store *s, const struct dist_fetch_config *cfg,
-			    const struct oci_ref *ref, const char *id,
+			    const struct imcd_link *link, const struct oci_ref *ref, const char *id,
 			    const struct oci_chunk_index *ix, const char *buf, size_t len,
 			    struct dist_fetch_stats *st, imc_error *err)
 {
@@ -861,7 +862,7 @@ static int fetch_with_index(struct store *s, const struct dist_fetch_config *cfg
 		return err->code;
 	snprintf(vol, sizeof(vol), VOLUME_PREFIX "%s", id);
 	store_remove(s, STORE_VOLUME, vol, NULL); /* what a crashed fetch left */
-	r = fetch_into_volume(s, cfg, ref, ix, vol, st, err);
+	r = fetch_into_volume(s, cfg, link, ref, ix, vol, st, err);
 	if (r == 0)
 		r = store_seal(s, vol, id, err);
 	if (r < 0) {
@@ -883,6 +884,7 @@ int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, co
 	struct dist_fetch_stats st = {0};
 	uint64_t t0 = imc_monotonic_ns();
 	struct oci_ref ref = {0};
+	struct imcd_link link = {0};
 	bool have_ref = false;
 	size_t len = 0;
 	int r;
@@ -900,14 +902,18 @@ int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, co
 		have_ref = true;
 		r = get_index_registry(&ropts, &ref, id, &ix, &buf, &len, err);
 	} else {
-		r = get_index(cfg, id, &ix, &buf, &len, err);
+		r = imcd_link_open(cfg->server, &link, err);
+		if (r == 0)
+			r = get_index(cfg, link.net, &link.srv, id, &ix, &buf, &len, err);
 	}
 	if (r < 0)
 		imc_err_wrap(err, "cache %s", id);
 	else
-		r = fetch_with_index(s, cfg, have_ref ? &ref : NULL, id, &ix, buf, len, &st, err);
+		r = fetch_with_index(s, cfg, have_ref ? NULL : &link, have_ref ? &ref : NULL, id,
+				     &ix, buf, len, &st, err);
 	if (have_ref)
 		oci_ref_free(&ref);
+	imcd_link_close(&link);
 	if (r < 0)
 		return r;
 	st.ns = imc_monotonic_ns() - t0;

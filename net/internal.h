@@ -130,8 +130,10 @@ void net_merge(struct net_limits *lim, struct net_retry *rt, const struct net_cl
 	       const struct net_request *q);
 const char *net_system_capath(void);
 
-/* transfer.c: one hop of one attempt; 0 or -errno with xfer->fail_err / err set, and
+/* transfer.c: has q's caller cancelled it (cancel flag, cancelled callback, or on_bytes said
+ * stop)?  And one hop of one attempt; 0 or -errno with xfer->fail_err / err set, and
  * *ret_code the libcurl result. */
+bool net_request_cancelled(const struct net_request *q);
 int net_hop(struct net_xfer *x, CURLcode *ret_code, imc_error *err);
 int net_sink_restart(struct net_xfer *x, imc_error *err);
 void net_hop_release(struct net_xfer *x, bool keep);

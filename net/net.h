@@ -180,6 +180,9 @@ struct net_request {
 	bool (*on_bytes)(void *ctx, int64_t n);
 	void *ctx;
 	const atomic_bool *cancel; /* true cancels (ECANCELED), checked during the transfer */
+	/* Polled during the transfer and every backoff slice: true cancels (ECANCELED). */
+	bool (*cancelled)(void *ctx);
+	void *cancel_ctx;
 };
 
 struct net_header {

@@ -320,8 +320,7 @@ static int attempt(struct net_xfer *x, struct verdict *v, imc_error *err)
 
 static bool cancelled(const struct net_xfer *x)
 {
-	return (x->q->cancel && atomic_load(x->q->cancel)) ||
-	       (x->q->on_bytes && !x->q->on_bytes(x->q->ctx, 0));
+	return net_request_cancelled(x->q);
 }
 
 /* Sleep ms in slices, still hearing of a cancel. */

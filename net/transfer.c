@@ -148,7 +148,7 @@ static int check_partial(struct net_xfer *x, uint64_t *ret_len)
 		x->from_scratch = x->ranges_bad = x->resuming;
 		return xfail(x, EPROTO, "the answer to a Range request starts elsewhere");
 	}
-	if (s->sized && x->origin == 0 && total != UINT64_MAX && total != s->size)
+	if (s->sized && !x->q->range && total != UINT64_MAX && total != s->size)
 		return xfail(x, EBADMSG, "the resource has %llu bytes, %llu declared",
 			     (unsigned long long)total, (unsigned long long)s->size);
 	*ret_len = last - first + 1;
@@ -288,13 +288,19 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ctx)
 	}
 }
 
+bool net_request_cancelled(const struct net_request *q)
+{
+	return (q->cancel && atomic_load(q->cancel)) ||
+	       (q->cancelled && q->cancelled(q->cancel_ctx)) ||
+	       (q->on_bytes && !q->on_bytes(q->ctx, 0));
+}
+
 static int on_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
 		       curl_off_t ulnow)
 {
 	struct net_xfer *x = ctx;
 
-	if ((x->q->cancel && atomic_load(x->q->cancel)) ||
-	    (x->q->on_bytes && !x->q->on_bytes(x->q->ctx, 0))) {
+	if (net_request_cancelled(x->q)) {
 		xfail(x, ECANCELED, "cancelled");
 		return 1;
 	}

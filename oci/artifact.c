@@ -8,83 +8,45 @@
 #include "../net/curl_cleanup.h"
 #include "oci.h"
 
-#define PUSH_TIMEOUT_S 120
-#define PUSH_BODY_MAX  (64u << 20) /* an answer we read (and drop) */
+#define PUSH_BODY_MAX (64u << 20) /* an answer we read (and drop) */
 
 struct oci_pusher {
 	struct oci_ref ref;
 	char *base; /* scheme://registry/v2/<repo> */
-	CURL *curl;
+	struct net_client *net;
+	struct net_conn *conn;
 };
 
-static size_t on_body(char *p, size_t size, size_t n, void *ctx)
-{
-	struct imc_buf *b = ctx;
+static const long accept_push[] = {404, 0};
 
-	n *= size;
-	if (b->len + n > PUSH_BODY_MAX)
-		return 0;
-	return imc_buf_append(b, p, n) < 0 ? 0 : n;
-}
-
-static bool host_plain_http(const char *registry, const char *const *insecure)
-{
-	size_t n = strcspn(registry, ":");
-
-	if (strncmp(registry, "localhost", n) == 0 && n == 9)
-		return true;
-	if (strncmp(registry, "127.", 4) == 0 || strncmp(registry, "[::1]", 5) == 0)
-		return true;
-	for (size_t i = 0; insecure && insecure[i]; i++)
-		if (strcmp(insecure[i], registry) == 0 ||
-		    (strlen(insecure[i]) == n && strncmp(insecure[i], registry, n) == 0))
-			return true;
-	return false;
-}
-
-/* One request; headers (may be NULL) are sent, the answer's body is dropped. */
+/* One request through net/ (retries, deadlines, the one loopback rule and the redirect rule);
+ * the answer's status is the caller's to judge, its body is dropped.  ret_location gets the
+ * Location header resolved against url. */
 static int request(struct oci_pusher *p, const char *method, const char *url,
-		   struct curl_slist *headers, const void *upload, size_t upload_len,
+		   const char *content_type, const void *upload, size_t upload_len,
 		   long *ret_status, char **ret_location, imc_error *err)
 {
-	CURL *c = p->curl;
-	struct imc_buf sink = {0};
-	CURLcode rc;
-	char *loc = NULL;
+	struct net_response res = {0};
+	const char *loc;
+	int r = net_perform(
+	    p->net,
+	    &(struct net_request){
+		.method = method,
+		.url = url,
+		.body = {.data = upload, .len = upload_len, .content_type = content_type},
+		.sink = {.kind = NET_SINK_DISCARD, .max = PUSH_BODY_MAX},
+		.accept = accept_push,
+		.conn = p->conn},
+	    &res, err);
 
-	curl_easy_reset(c);
-	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)PUSH_TIMEOUT_S);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
-	if (strcmp(method, "HEAD") == 0)
-		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-	if (upload) {
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, upload);
-		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)upload_len);
-	} else if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0) {
-		curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
+	if (r == 0) {
+		*ret_status = res.status;
+		loc = net_response_header(&res, "Location", 0);
+		if (ret_location)
+			*ret_location = loc ? net_url_join(res.url ? res.url : url, loc) : NULL;
 	}
-	rc = curl_easy_perform(c);
-	imc_buf_free(&sink);
-	if (rc != CURLE_OK)
-		return imc_err(err, EIO, "%s %s: %s", method, url, curl_easy_strerror(rc));
-	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, ret_status);
-	if (ret_location) {
-		curl_easy_getinfo(c, CURLINFO_REDIRECT_URL, &loc);
-		if (!loc) {
-			struct curl_header *h = NULL;
-			if (curl_easy_header(c, "Location", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
-				loc = h->value;
-		}
-		*ret_location = loc ? strdup(loc) : NULL;
-	}
-	return 0;
+	net_response_free(&res);
+	return r;
 }
 
 int oci_push_blob_exists(struct oci_pusher *p, const char *digest, bool *ret, imc_error *err)
@@ -100,28 +62,17 @@ int oci_push_blob_exists(struct oci_pusher *p, const char *digest, bool *ret, im
 	return 0;
 }
 
-/* Location may be relative to the registry; the digest goes on as a query argument. */
-static int upload_url(struct oci_pusher *p, const char *loc, const char *digest, char **ret,
-		      imc_error *err)
+/* Location (resolved against the request) with the digest as a query argument. */
+static int upload_url(const char *loc, const char *digest, char **ret, imc_error *err)
 {
-	const char *scheme_end = strstr(p->base, "://");
-	const char *host_end = scheme_end ? strchr(scheme_end + 3, '/') : NULL;
-	int r;
-
-	if (!host_end)
-		return imc_err(err, EINVAL, "registry url %s", p->base);
-	if (loc[0] == '/')
-		r = asprintf(ret, "%.*s%s%cdigest=%s", (int)(host_end - p->base), p->base, loc,
-			     strchr(loc, '?') ? '&' : '?', digest);
-	else
-		r = asprintf(ret, "%s%cdigest=%s", loc, strchr(loc, '?') ? '&' : '?', digest);
-	return r < 0 ? imc_err(err, ENOMEM, "out of memory") : 0;
+	return asprintf(ret, "%s%cdigest=%s", loc, strchr(loc, '?') ? '&' : '?', digest) < 0
+		   ? imc_err(err, ENOMEM, "out of memory")
+		   : 0;
 }
 
 int oci_push_blob(struct oci_pusher *p, const char *digest, const void *data, size_t len,
 		  bool *ret_uploaded, imc_error *err)
 {
-	_cleanup_curl_slist_ struct curl_slist *h = NULL;
 	_cleanup_free_ char *url = NULL, *loc = NULL, *put = NULL;
 	long status = 0;
 	bool have = false;
@@ -138,10 +89,9 @@ int oci_push_blob(struct oci_pusher *p, const char *digest, const void *data, si
 	if (status != 202 || !loc)
 		return imc_err(err, EIO, "POST %s: HTTP %ld%s", url, status,
 			       loc ? "" : " without a Location");
-	if (upload_url(p, loc, digest, &put, err) < 0)
+	if (upload_url(loc, digest, &put, err) < 0)
 		return err->code;
-	h = curl_slist_append(NULL, "Content-Type: application/octet-stream");
-	if (request(p, "PUT", put, h, data, len, &status, NULL, err) < 0)
+	if (request(p, "PUT", put, "application/octet-stream", data, len, &status, NULL, err) < 0)
 		return err->code;
 	if (status != 201)
 		return imc_err(err, EIO, "PUT blob %s: HTTP %ld", digest, status);
@@ -152,15 +102,13 @@ int oci_push_blob(struct oci_pusher *p, const char *digest, const void *data, si
 int oci_push_manifest(struct oci_pusher *p, const char *body, size_t len,
 		      char ret_digest[OCI_DIGEST_MAX + 1], imc_error *err)
 {
-	_cleanup_curl_slist_ struct curl_slist *h = NULL;
 	_cleanup_free_ char *url = NULL;
 	char hex[IMC_SHA256_HEX_LEN + 1];
 	long status = 0;
 
 	if (asprintf(&url, "%s/manifests/%s", p->base, p->ref.tag ? p->ref.tag : "latest") < 0)
 		return imc_err(err, ENOMEM, "out of memory");
-	h = curl_slist_append(NULL, "Content-Type: " OCI_MT_OCI_MANIFEST);
-	if (request(p, "PUT", url, h, body, len, &status, NULL, err) < 0)
+	if (request(p, "PUT", url, OCI_MT_OCI_MANIFEST, body, len, &status, NULL, err) < 0)
 		return err->code;
 	if (status != 201)
 		return imc_err(err, EIO, "PUT %s: HTTP %ld", url, status);
@@ -185,11 +133,14 @@ int oci_push_open(const char *ref, const char *const *insecure_registries, struc
 		oci_push_close(p);
 		return imc_err(err, EINVAL, "push to %s: name a tag, not a digest", ref);
 	}
-	p->curl = curl_easy_init();
-	if (!p->curl ||
-	    asprintf(&p->base, "%s://%s/v2/%s",
-		     host_plain_http(p->ref.registry, insecure_registries) ? "http" : "https",
-		     p->ref.registry, p->ref.repository) < 0) {
+	if (net_client_new(&(struct net_config){.insecure_hosts = insecure_registries}, &p->net,
+			   err) < 0) {
+		oci_push_close(p);
+		return imc_err_wrap(err, "push to %s", ref);
+	}
+	p->conn = net_conn_new();
+	if (!p->conn || asprintf(&p->base, "%s://%s/v2/%s", net_scheme(p->net, p->ref.registry),
+				 p->ref.registry, p->ref.repository) < 0) {
 		p->base = NULL;
 		oci_push_close(p);
 		return imc_err(err, ENOMEM, "out of memory");
@@ -203,8 +154,8 @@ void oci_push_close(struct oci_pusher *p)
 	if (!p)
 		return;
 	free(p->base);
-	if (p->curl)
-		curl_easy_cleanup(p->curl);
+	net_conn_free(p->conn);
+	net_client_free(p->net);
 	oci_ref_free(&p->ref);
 	free(p);
 }

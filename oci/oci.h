@@ -7,9 +7,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <curl/curl.h>
-
 #include "../common/imc.h"
+#include "../net/net.h"
 
 /* ---- image references (ref.c) ------------------------------------------------------------- */
 struct oci_ref {
@@ -74,11 +73,6 @@ int oci_platform_normalize(const char *s, char *out, size_t size, imc_error *err
 int oci_platform_match_config(const char *want, const char *os, const char *arch,
 			      const char *variant, char *ret, size_t size, imc_error *err);
 
-/* The transport options every request to a registry or a data source sets: redirects, the
- * protocols (plain http only where allowed), timeouts, keep-alive, user agent and buffer size.
- * A libcurl code: callers turn it into their errno. */
-CURLcode oci_curl_transport_opts(CURL *curl, bool plain_http);
-
 /* ---- registry client (registry.c) ---------------------------------------------------------
  * One per image: it keeps the bearer token for all of that image's requests.  Blob downloads
  * may run from several threads at once; the other calls are for one thread. */
@@ -103,7 +97,15 @@ struct oci_registry_opts {
 	 * true stops it with -ECANCELED.  NULL: never. */
 	bool (*cancelled)(void *ctx);
 	void *cancel_ctx;
+	/* The HTTP client to use; NULL: the registry makes its own from insecure_registries,
+	 * ca_file and limits (zero fields: net/'s defaults, e.g. 64 KiB/s over 60 s). */
+	struct net_client *net;
+	struct net_limits limits;
+	uint64_t
+	    blob_max; /* a declared blob size above this is refused (0: OCI_BLOB_MAX_DEFAULT) */
+	const char *tenant; /* blob downloads in flight are shared per registry and tenant only */
 };
+#define OCI_BLOB_MAX_DEFAULT (64ULL << 30)
 
 /* What we may present to one registry.  Never logged, never in an error message. */
 struct oci_registry_cred {
@@ -115,6 +117,8 @@ struct oci_registry_cred {
 int oci_registry_open(const struct oci_registry_opts *o, const struct oci_ref *ref,
 		      struct oci_registry **ret, imc_error *err);
 void oci_registry_close(struct oci_registry *r);
+/* Is the registry reached over plain HTTP (loopback, or named insecure)? */
+bool oci_registry_plain_http(const struct oci_registry *r);
 
 struct oci_registry_manifest {
 	char *body;
@@ -208,7 +212,8 @@ int oci_chunk_index_render(const struct oci_chunk_index *ix, char **ret, size_t 
 			   imc_error *err);
 
 #ifdef IMC_TESTING
-bool registry_plain_http(const char *registry, const char *const *insecure);
+void registry_inflight_key(const char *hex, const char *registry, const char *tenant, char *out,
+			   size_t size);
 int registry_parse_bearer(const char *header, char **ret_realm, char **ret_service,
 			  char **ret_scope);
 bool registry_key_matches(const char *key, const char *registry);

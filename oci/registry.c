@@ -1,9 +1,12 @@
-/* OCI distribution client on libcurl: manifests, blobs, credentials and bearer tokens.
+/* OCI distribution client on net/: manifests, blobs, credentials and bearer tokens.
  *
- * Registries on loopback addresses (and those named insecure) are reached over plain HTTP, all
- * others over HTTPS with the system CAs (and an extra CA file when one is configured).  Every
- * body a registry sends is capped; blobs stream to a temp file while their sha256 is computed,
- * a dropped download resumes with a Range request, and only a verified blob gets its final name.
+ * Registries on loopback addresses (net/'s one loopback rule) and those named insecure are
+ * reached over plain HTTP, all others over HTTPS with the system CAs (and an extra CA file when
+ * one is configured).  Retries, deadlines, the minimum rate, redirects (same host or HTTPS, or
+ * an insecure host) and resumes are net/'s.  Every body a registry sends is capped; a declared
+ * blob size is bounded by a cap and by the blob store's free space before a byte is written;
+ * blobs stream to a temp file while their sha256 is computed, and only a verified blob gets its
+ * final name.
  *
  * Authentication follows the distribution spec: a request goes out with what we have; a 401
  * names the scheme.  Basic: send the registry's username and password.  Bearer: get a token
@@ -12,8 +15,9 @@
  * until its expires_in runs out, and try again.  Credentials come from the build request first,
  * then from a docker-style config.json; they never appear in logs or error messages.
  *
- * Over 800 lines: its HTTP request, retry and token code (about 600 lines) is what net/ replaces
- * when the registry client moves onto it. */
+ * Over 800 lines: the token dance (challenges, realms, OAuth2, the token cache) and the blob
+ * store's side (in-flight sharing, size bounds, verified renames) live beside the requests they
+ * serve; HTTP itself is net/'s. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -22,25 +26,18 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 
-#include "../net/curl_cleanup.h"
+#include "../net/net.h"
 #include "oci.h"
 
 #define TOKEN_MAX	   (64u << 10)
 #define TOKEN_RESPONSE_MAX (1u << 20)
-#define ERROR_BODY_MAX	   (64u << 10)
 #define CHALLENGE_MAX	   4096
-#define USER_AGENT	   "imcache/0.1"
-#define CURL_BUFFER_SIZE   (512L << 10)
-#define BLOB_TRIES	   6 /* per blob; a resumed download keeps the bytes it has */
-#define META_TRIES	   3 /* manifests, configs, tokens */
-#define BACKOFF_FIRST_MS   500
-#define BACKOFF_MAX_MS	   8000
-#define RETRY_AFTER_MAX_S  30 /* a longer Retry-After is cut to this */
 #define AUTH_FILE_MAX	   (1u << 20)
 #define CRED_FIELD_MAX	   4096
 #define TOKEN_CACHE_MAX	   64
@@ -55,10 +52,12 @@ static const char manifest_accept[] = "Accept: " OCI_MT_OCI_MANIFEST ", " OCI_MT
 struct oci_registry {
 	char *name; /* host[:port] */
 	char *repository;
-	char *base; /* "<scheme>://<host>/v2/<repository>" */
-	char *ca_file;
+	char *base;   /* "<scheme>://<host>/v2/<repository>" */
+	char *tenant; /* "" when none: blob downloads are shared per registry and tenant */
 	bool plain_http;
-	CURL *curl; /* for the one-thread calls: manifests and configs */
+	struct net_client *net, *own_net; /* own_net: made from the options, freed with r */
+	struct net_conn *conn;		  /* for the one-thread calls: manifests and configs */
+	uint64_t blob_max;
 	struct oci_registry_cred cred;
 	char cred_id[IMC_SHA256_HEX_LEN + 1]; /* a hash of cred: token cache key, "" = anonymous */
 	pthread_mutex_t lock;		      /* guards the fields below */
@@ -75,11 +74,10 @@ static bool registry_stopped(const struct oci_registry *r)
 	return r && r->cancelled && r->cancelled(r->cancel_ctx);
 }
 
-/* registry_stopped for backoff(): false stops the wait. */
-static bool registry_go_on(void *ctx, int64_t n)
+/* registry_stopped as net/'s cancelled callback. */
+static bool registry_stopped_cb(void *ctx)
 {
-	(void)n;
-	return !registry_stopped(ctx);
+	return registry_stopped(ctx);
 }
 
 /* asprintf that returns NULL on failure (glibc leaves the pointer undefined). */
@@ -96,58 +94,7 @@ static char *xasprintf(const char *fmt, ...)
 	return n < 0 ? NULL : s;
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
-
-static void curl_init_once(void)
-{
-	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
 /* ---- pure helpers (unit tested) ---------------------------------------------------------- */
-
-static bool host_is_loopback(const char *host)
-{
-	struct in_addr a4;
-	struct in6_addr a6;
-
-	if (strcasecmp(host, "localhost") == 0)
-		return true;
-	if (inet_pton(AF_INET, host, &a4) == 1)
-		return (ntohl(a4.s_addr) >> 24) == 127;
-	if (inet_pton(AF_INET6, host, &a6) == 1)
-		return IN6_IS_ADDR_LOOPBACK(&a6);
-	return false;
-}
-
-/* Plain HTTP for loopback hosts and for registries listed in insecure, either as "host:port"
- * or as a bare host (any port). */
-TESTABLE bool registry_plain_http(const char *registry, const char *const *insecure)
-{
-	char host[256];
-	const char *start = registry;
-	size_t n;
-
-	if (registry[0] == '[') {
-		const char *close = strchr(registry, ']');
-		if (!close)
-			return false;
-		start = registry + 1;
-		n = (size_t)(close - start);
-	} else {
-		n = strcspn(registry, ":");
-	}
-	if (n == 0 || n >= sizeof(host))
-		return false;
-	memcpy(host, start, n);
-	host[n] = '\0';
-	if (host_is_loopback(host))
-		return true;
-	for (; insecure && *insecure; insecure++)
-		if (strcasecmp(*insecure, registry) == 0 || strcasecmp(*insecure, host) == 0)
-			return true;
-	return false;
-}
 
 /* Read one auth-param value (token or quoted-string) at *p into a malloc'ed string. */
 static char *challenge_value(const char **p)
@@ -243,42 +190,6 @@ TESTABLE void registry_error_text(long status, const char *body, size_t len, cha
 	else
 		snprintf(buf, size, "HTTP %ld", status);
 	sanitize(buf);
-}
-
-static int status_errno(long status)
-{
-	switch (status) {
-	case 401:
-	case 403:
-		return EACCES;
-	case 404:
-		return ENOENT;
-	case 429:
-		return EAGAIN;
-	default:
-		return status >= 500 ? EIO : EPROTO;
-	}
-}
-
-static int curl_errno(CURLcode c)
-{
-	switch (c) {
-	case CURLE_COULDNT_CONNECT:
-		return ECONNREFUSED;
-	case CURLE_COULDNT_RESOLVE_HOST:
-	case CURLE_COULDNT_RESOLVE_PROXY:
-		return EHOSTUNREACH;
-	case CURLE_OPERATION_TIMEDOUT:
-		return ETIMEDOUT;
-	case CURLE_OUT_OF_MEMORY:
-		return ENOMEM;
-	case CURLE_SSL_CONNECT_ERROR:
-	case CURLE_PEER_FAILED_VERIFICATION:
-	case CURLE_SSL_CACERT_BADFILE:
-		return EPROTO;
-	default:
-		return EIO;
-	}
 }
 
 /* ---- credentials ------------------------------------------------------------------------- */
@@ -628,331 +539,55 @@ static void registry_token_set(struct oci_registry *r, char *token, int64_t expi
 
 /* ---- one HTTP request ---------------------------------------------------------------------- */
 
-/* Where a response body goes: a capped memory buffer, or (for a 200 or 206 answer to a blob
- * request) a file, hashed on the way. */
-struct http_sink {
-	CURL *curl;
-	struct imc_buf body;
-	size_t max;
-	int fd; /* -1: memory only */
-	imc_sha256 *sha;
-	uint64_t expect, written;
-	uint64_t range_from; /* the Range request's first byte (0: none) */
-	bool (*on_bytes)(void *ctx, int64_t n);
-	void *ctx;
-	const struct oci_registry *reg; /* its caller's stop is polled too */
-	bool too_big, cancelled, bad_range, started;
-	int io_errno;
-};
-
-static int sink_append(struct http_sink *s, const char *data, size_t n)
-{
-	if (imc_buf_append(&s->body, data, n) < 0) {
-		s->io_errno = ENOMEM;
-		return -ENOMEM;
-	}
-	return 0;
-}
-
-/* The server ignored our Range and sends the whole blob: start the file over. */
-static bool sink_restart(struct http_sink *s)
-{
-	imc_error e;
-
-	if (ftruncate(s->fd, 0) < 0 || lseek(s->fd, 0, SEEK_SET) < 0) {
-		s->io_errno = errno;
-		return false;
-	}
-	imc_sha256_free(s->sha);
-	if (imc_sha256_init(s->sha, &e) < 0) {
-		s->io_errno = ENOMEM;
-		return false;
-	}
-	if (s->on_bytes && s->written)
-		s->on_bytes(s->ctx, -(int64_t)s->written);
-	s->written = 0;
-	return true;
-}
-
-/* Content-Range of a 206 must start where we asked: "bytes <from>-<last>/<size>". */
-static bool sink_range_ok(struct http_sink *s)
-{
-	struct curl_header *h = NULL;
-	unsigned long long from, last, size;
-
-	if (curl_easy_header(s->curl, "Content-Range", 0, CURLH_HEADER, -1, &h) != CURLHE_OK ||
-	    sscanf(h->value, "bytes %llu-%llu/%llu", &from, &last, &size) != 3)
-		return false;
-	return from == s->range_from && from == s->written && size == s->expect && last + 1 == size;
-}
-
-static size_t sink_file(struct http_sink *s, long status, const char *data, size_t n)
-{
-	int r;
-
-	if (!s->started) {
-		s->started = true;
-		if (status == 206 && !sink_range_ok(s)) {
-			s->bad_range = true;
-			return 0;
-		}
-		if (status == 200 && s->written && !sink_restart(s))
-			return 0;
-	}
-	if (s->written + n > s->expect) {
-		s->too_big = true;
-		return 0;
-	}
-	r = imc_write_all(s->fd, data, n);
-	if (r < 0) {
-		s->io_errno = -r;
-		return 0;
-	}
-	imc_sha256_update(s->sha, data, n);
-	s->written += n;
-	if (s->on_bytes && !s->on_bytes(s->ctx, (int64_t)n)) {
-		s->cancelled = true;
-		return 0;
-	}
-	return n;
-}
-
-static size_t sink_write(char *data, size_t size, size_t nmemb, void *userdata)
-{
-	struct http_sink *s = userdata;
-	size_t n = size * nmemb, keep;
-	long status = 0;
-
-	curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &status);
-	if (s->fd >= 0 && (status == 200 || (status == 206 && s->range_from)))
-		return sink_file(s, status, data, n);
-	if (status == 200) {
-		if (s->body.len + n > s->max) {
-			s->too_big = true;
-			return 0;
-		}
-		return sink_append(s, data, n) < 0 ? 0 : n;
-	}
-	/* An error body is only read for its message: keep the start of it. */
-	keep = s->body.len < s->max ? s->max - s->body.len : 0;
-	if (keep > n)
-		keep = n;
-	if (keep && sink_append(s, data, keep) < 0)
-		return 0;
-	return n;
-}
-
-static int sink_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-			 curl_off_t ulnow)
-{
-	struct http_sink *s = userdata;
-
-	if ((s->on_bytes && !s->on_bytes(s->ctx, 0)) || registry_stopped(s->reg)) {
-		s->cancelled = true;
-		return 1;
-	}
-	return 0;
-}
-
-/* One request: GET, or POST of a form (the OAuth2 token request). */
+/* One request to the registry or its token service, through net/ (retries, deadlines, the
+ * minimum rate, redirects and the plain-HTTP rule are net/'s). */
 struct http_req {
 	const char *url;
-	const char *accept;  /* an "Accept: ..." header line, or NULL */
-	const char *bearer;  /* Authorization: Bearer */
-	bool basic;	     /* basic auth with user and password */
-	const char *user;    /* ... */
-	const char *pass;    /* ... */
-	const char *post;    /* a form body: POST */
-	uint64_t range_from; /* Range: bytes=<from>- */
+	const char *accept; /* an "Accept: ..." header line, or NULL */
+	const char *bearer; /* Authorization: Bearer */
+	const char *user;   /* basic auth with pass */
+	const char *pass;   /* ... */
+	const char *post;   /* a form body: POST */
+	struct net_sink sink;
+	bool (*on_bytes)(void *ctx, int64_t n);
+	void *ctx;
+	bool conn; /* on the registry's kept connection (one-thread calls) */
 };
 
-static const char *system_capath(void)
+static const long accept_401[] = {401, 0};
+static const long accept_token[] = {401, 403, 0};
+
+static int http_do(struct oci_registry *r, const struct http_req *q, const long *accept,
+		   struct net_response *res, imc_error *err)
 {
-	const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-
-	return v && v->capath ? v->capath : "/etc/ssl/certs";
-}
-
-CURLcode oci_curl_transport_opts(CURL *curl, bool plain_http)
-{
-	CURLcode c = CURLE_OK;
-
-#define SET(opt, val)                                                                              \
-	if (c == CURLE_OK)                                                                         \
-	c = curl_easy_setopt(curl, opt, val)
-	SET(CURLOPT_FOLLOWLOCATION, 1L);
-	SET(CURLOPT_MAXREDIRS, 10L);
-	SET(CURLOPT_PROTOCOLS_STR, plain_http ? "http,https" : "https");
-	SET(CURLOPT_REDIR_PROTOCOLS_STR, plain_http ? "http,https" : "https");
-	SET(CURLOPT_CONNECTTIMEOUT, 30L);
-	SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
-	SET(CURLOPT_LOW_SPEED_TIME, 60L);
-	SET(CURLOPT_TCP_KEEPALIVE, 1L);
-	SET(CURLOPT_USERAGENT, USER_AGENT);
-	SET(CURLOPT_BUFFERSIZE, CURL_BUFFER_SIZE);
-#undef SET
-	return c;
-}
-
-static int http_setup(const struct oci_registry *r, CURL *curl, const struct http_req *q,
-		      struct curl_slist *headers, struct http_sink *s, char *errbuf)
-{
-	CURLcode c = CURLE_OK;
-	char range[32];
-
-	curl_easy_reset(curl);
-#define SET(opt, val)                                                                              \
-	if (c == CURLE_OK)                                                                         \
-	c = curl_easy_setopt(curl, opt, val)
-	SET(CURLOPT_URL, q->url);
-	SET(CURLOPT_HTTPHEADER, headers);
-	SET(CURLOPT_WRITEFUNCTION, sink_write);
-	SET(CURLOPT_WRITEDATA, s);
-	SET(CURLOPT_XFERINFOFUNCTION, sink_progress);
-	SET(CURLOPT_XFERINFODATA, s);
-	SET(CURLOPT_NOPROGRESS, 0L);
-	SET(CURLOPT_ERRORBUFFER, errbuf);
-	SET(CURLOPT_NOSIGNAL, 1L);
-	/* libcurl sends neither Authorization headers nor basic auth to another host. */
-	if (c == CURLE_OK)
-		c = oci_curl_transport_opts(curl, r->plain_http);
-	if (r->ca_file) {
-		/* OpenSSL reads both: the extra CAs from the file, the system's from the
-		 * hashed directory. */
-		SET(CURLOPT_CAINFO, r->ca_file);
-		SET(CURLOPT_CAPATH, system_capath());
-	}
-	if (q->basic) {
-		SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-		SET(CURLOPT_USERNAME, q->user);
-		SET(CURLOPT_PASSWORD, q->pass);
-	}
-	if (q->post)
-		SET(CURLOPT_POSTFIELDS, q->post);
-	if (q->range_from) {
-		snprintf(range, sizeof(range), "%llu-", (unsigned long long)q->range_from);
-		SET(CURLOPT_RANGE, range);
-	}
-#undef SET
-	return c == CURLE_OK ? 0 : -curl_errno(c);
-}
-
-static void sink_reset(struct http_sink *s, uint64_t range_from)
-{
-	s->body.len = 0; /* a retry starts the body over */
-	if (s->body.data)
-		s->body.data[0] = '\0';
-	s->too_big = s->cancelled = s->bad_range = s->started = false;
-	s->io_errno = 0;
-	s->range_from = range_from;
-}
-
-/* Seconds of a Retry-After given in seconds (0 when absent or a date). */
-static unsigned retry_after(CURL *curl)
-{
-	struct curl_header *h = NULL;
-	unsigned long v;
-	char *end = NULL;
-
-	if (curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
-		return 0;
-	v = strtoul(h->value, &end, 10);
-	if (end == h->value)
-		return 0;
-	return v > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : (unsigned)v;
-}
-
-struct http_result {
-	long status;
-	bool transient;	      /* worth another try */
-	unsigned retry_after; /* seconds the server asked us to wait */
-};
-
-/* Perform q into s.  Returns 0 when the server answered (status in ret), else -errno. */
-static int http_once(struct oci_registry *r, CURL *curl, const struct http_req *q,
-		     struct http_sink *s, struct http_result *ret, imc_error *err)
-{
-	_cleanup_curl_slist_ struct curl_slist *headers = NULL;
-	_cleanup_free_ char *auth_hdr = NULL;
-	char errbuf[CURL_ERROR_SIZE] = "";
-	CURLcode c;
+	const char *headers[3] = {0};
+	size_t n = 0;
 	int rc;
 
-	*ret = (struct http_result){0};
-	if (q->accept && !(headers = curl_slist_append(headers, q->accept)))
-		return imc_err(err, ENOMEM, "out of memory");
-	if (q->bearer && (!(auth_hdr = xasprintf("Authorization: Bearer %s", q->bearer)) ||
-			  !(headers = curl_slist_append(headers, auth_hdr))))
-		return imc_err(err, ENOMEM, "out of memory");
-	if (q->post && !(headers = curl_slist_append(
-			     headers, "Content-Type: application/x-www-form-urlencoded")))
-		return imc_err(err, ENOMEM, "out of memory");
-	rc = http_setup(r, curl, q, headers, s, errbuf);
-	if (rc < 0)
-		return imc_err(err, -rc, "%s %s: cannot set up libcurl", q->post ? "POST" : "GET",
-			       q->url);
-	sink_reset(s, q->range_from);
-	s->reg = r;
-	c = curl_easy_perform(curl);
-	if (auth_hdr)
-		explicit_bzero(auth_hdr, strlen(auth_hdr));
-	/* The handle keeps a copy of the basic auth password until the next reset. */
-	curl_easy_setopt(curl, CURLOPT_PASSWORD, NULL);
-	if (s->cancelled)
-		return imc_err(err, ECANCELED, "GET %s: cancelled", q->url);
-	if (s->io_errno)
-		return imc_err_sys(err, s->io_errno, "GET %s: writing the body", q->url);
-	if (s->too_big && s->fd >= 0)
-		return imc_err(err, EFBIG, "GET %s: more than the %llu bytes the manifest declares",
-			       q->url, (unsigned long long)s->expect);
-	if (s->too_big)
-		return imc_err(err, EFBIG, "GET %s: body larger than %zu bytes", q->url, s->max);
-	if (s->bad_range) {
-		ret->transient = true;
-		return imc_err(err, EPROTO,
-			       "GET %s: the answer to a Range request starts elsewhere", q->url);
-	}
-	if (c != CURLE_OK) {
-		ret->transient = c != CURLE_OUT_OF_MEMORY && c != CURLE_UNSUPPORTED_PROTOCOL &&
-				 c != CURLE_PEER_FAILED_VERIFICATION &&
-				 c != CURLE_SSL_CACERT_BADFILE;
-		return imc_err(err, curl_errno(c), "GET %s: %s", q->url,
-			       errbuf[0] ? errbuf : curl_easy_strerror(c));
-	}
-	curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &ret->status);
-	ret->transient = ret->status >= 500 || ret->status == 429;
-	if (ret->transient)
-		ret->retry_after = retry_after(curl);
-	return 0;
-}
-
-static int http_status_error(long status, const struct http_sink *s, const char *url,
-			     imc_error *err)
-{
-	char reason[400];
-
-	registry_error_text(status, s->body.data, s->body.len, reason, sizeof(reason));
-	return imc_err(err, status_errno(status), "%s", reason);
-}
-
-/* Wait before try number `try` (2, 3, ...): exponential from BACKOFF_FIRST_MS, at least what
- * the server asked for; false when on_bytes cancels meanwhile. */
-static bool backoff(int try, unsigned server_s, bool (*on_bytes)(void *ctx, int64_t n), void *ctx)
-{
-	uint64_t ms = BACKOFF_FIRST_MS;
-
-	for (int i = 2; i < try && ms < BACKOFF_MAX_MS; i++)
-		ms *= 2;
-	if (ms > BACKOFF_MAX_MS)
-		ms = BACKOFF_MAX_MS;
-	if ((uint64_t)server_s * 1000 > ms)
-		ms = (uint64_t)server_s * 1000;
-	for (uint64_t waited = 0; waited < ms; waited += 100) {
-		if (on_bytes && !on_bytes(ctx, 0))
-			return false;
-		usleep(100 * 1000);
-	}
-	return true;
+	if (q->accept)
+		headers[n++] = q->accept;
+	rc = net_perform(
+	    r->net,
+	    &(struct net_request){
+		.method = q->post ? "POST" : NULL,
+		.url = q->url,
+		.bearer = q->bearer,
+		.username = q->user,
+		.password = q->pass,
+		.headers = headers,
+		.body = {.data = q->post,
+			 .len = q->post ? strlen(q->post) : 0,
+			 .content_type = q->post ? "application/x-www-form-urlencoded" : NULL},
+		.sink = q->sink,
+		.accept = accept,
+		.conn = q->conn ? r->conn : NULL,
+		.on_bytes = q->on_bytes,
+		.ctx = q->ctx,
+		.cancelled = registry_stopped_cb,
+		.cancel_ctx = r,
+	    },
+	    res, err);
+	return rc;
 }
 
 /* ---- tokens ------------------------------------------------------------------------------ */
@@ -967,11 +602,6 @@ static bool token_valid(const char *t)
 		if ((unsigned char)t[i] <= ' ' || (unsigned char)t[i] >= 0x7f)
 			return false;
 	return true;
-}
-
-static void curl_freep(char **p)
-{
-	curl_free(*p);
 }
 
 /* The realm: an http(s) URL without userinfo.  Plain HTTP only where the registry itself is
@@ -993,20 +623,25 @@ static int realm_check(const struct oci_registry *r, const char *realm, imc_erro
 	return 0;
 }
 
-static int token_url(CURL *curl, const char *realm, const char *service, const char *scope,
-		     bool in_query, char **ret, imc_error *err)
+static char *escape(const char *s)
 {
-	_cleanup_(curl_freep) char *svc = NULL;
-	_cleanup_(curl_freep) char *scp = NULL;
+	return net_url_escape(s ? s : "", s ? strlen(s) : 0);
+}
+
+static int token_url(const char *realm, const char *service, const char *scope, bool in_query,
+		     char **ret, imc_error *err)
+{
+	_cleanup_free_ char *svc = NULL;
+	_cleanup_free_ char *scp = NULL;
 	char sep[2] = {strchr(realm, '?') ? '&' : '?', '\0'};
 
 	if (!in_query) {
 		*ret = strdup(realm);
 		return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 	}
-	if (service && *service && !(svc = curl_easy_escape(curl, service, 0)))
+	if (service && *service && !(svc = escape(service)))
 		return imc_err(err, ENOMEM, "out of memory");
-	if (!(scp = curl_easy_escape(curl, scope, 0)))
+	if (!(scp = escape(scope)))
 		return imc_err(err, ENOMEM, "out of memory");
 	*ret = xasprintf("%s%s%s%s%sscope=%s", realm, sep, svc ? "service=" : "", svc ? svc : "",
 			 svc ? "&" : "", scp);
@@ -1014,12 +649,12 @@ static int token_url(CURL *curl, const char *realm, const char *service, const c
 }
 
 /* OAuth2 refresh-token grant (docker's identity tokens). */
-static int token_form(CURL *curl, const struct oci_registry *r, const char *service,
-		      const char *scope, char **ret, imc_error *err)
+static int token_form(const struct oci_registry *r, const char *service, const char *scope,
+		      char **ret, imc_error *err)
 {
-	_cleanup_(curl_freep) char *svc = curl_easy_escape(curl, service ? service : "", 0);
-	_cleanup_(curl_freep) char *scp = curl_easy_escape(curl, scope, 0);
-	_cleanup_(curl_freep) char *tok = curl_easy_escape(curl, r->cred.identity_token, 0);
+	_cleanup_free_ char *svc = escape(service);
+	_cleanup_free_ char *scp = escape(scope);
+	_cleanup_(secret_free_p) char *tok = escape(r->cred.identity_token);
 
 	if (!svc || !scp || !tok)
 		return imc_err(err, ENOMEM, "out of memory");
@@ -1060,40 +695,25 @@ TESTABLE int registry_token_parse(const char *body, size_t len, int64_t now, cha
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
-/* Ask the token service once. */
-static int token_request(struct oci_registry *r, CURL *curl, const char *url, const char *form,
-			 struct http_sink *s, struct http_result *res, imc_error *err)
-{
-	struct http_req q = {.url = url, .post = form};
-
-	if (!form && r->cred.username) {
-		q.basic = true;
-		q.user = r->cred.username;
-		q.pass = r->cred.password;
-	}
-	return http_once(r, curl, &q, s, res, err);
-}
-
 static int token_fetch(struct oci_registry *r, const char *realm, const char *service,
 		       const char *scope, char **ret, int64_t *ret_expires, imc_error *err)
 {
 	_cleanup_free_ char *url = NULL, *form = NULL;
-	_cleanup_curl_ CURL *curl = curl_easy_init();
-	struct http_sink s = {.curl = curl, .fd = -1, .max = TOKEN_RESPONSE_MAX};
-	struct http_result res = {0};
+	struct net_response res = {0};
+	struct http_req q = {.sink = {.kind = NET_SINK_MEMORY, .max = TOKEN_RESPONSE_MAX}};
 	int rc;
 
-	if (!curl)
-		return imc_err(err, ENOMEM, "cannot create a libcurl handle");
-	rc = token_url(curl, realm, service, scope, !r->cred.identity_token, &url, err);
+	rc = token_url(realm, service, scope, !r->cred.identity_token, &url, err);
 	if (rc == 0 && r->cred.identity_token)
-		rc = token_form(curl, r, service, scope, &form, err);
-	for (int try = 1; rc == 0; try++) {
-		rc = token_request(r, curl, url, form, &s, &res, err);
-		if ((rc == 0 && !res.transient) || try == META_TRIES ||
-		    !backoff(try + 1, res.retry_after, NULL, NULL))
-			break;
-		rc = 0;
+		rc = token_form(r, service, scope, &form, err);
+	if (rc == 0) {
+		q.url = url;
+		q.post = form;
+		if (!form && r->cred.username) {
+			q.user = r->cred.username;
+			q.pass = r->cred.password;
+		}
+		rc = http_do(r, &q, accept_token, &res, err);
 	}
 	if (form)
 		explicit_bzero(form, strlen(form));
@@ -1103,12 +723,10 @@ static int token_fetch(struct oci_registry *r, const char *realm, const char *se
 					   : "anonymous access refused; configure credentials for "
 					     "this registry",
 			     res.status);
-	else if (rc == 0 && res.status != 200)
-		rc = http_status_error(res.status, &s, url, err);
 	if (rc == 0)
-		rc =
-		    registry_token_parse(s.body.data, s.body.len, imc_now(), ret, ret_expires, err);
-	free(s.body.data);
+		rc = registry_token_parse(res.body ? res.body : "", res.body_len, imc_now(), ret,
+					  ret_expires, err);
+	net_response_free(&res);
 	return rc;
 }
 
@@ -1138,6 +756,7 @@ static int registry_auth_bearer(struct oci_registry *r, const char *challenge, c
 	}
 	secret_free(steal_pointer(&token));
 	snprintf(where, sizeof(where), "%.*s", (int)strcspn(realm, "?"), realm);
+	sanitize(where);
 	rc = realm_check(r, realm, err);
 	if (rc == 0)
 		rc = token_fetch(r, realm, service, scope, &token, &expires, err);
@@ -1149,37 +768,33 @@ static int registry_auth_bearer(struct oci_registry *r, const char *challenge, c
 	return 0;
 }
 
-/* The scheme of the first challenge we can answer: Bearer before Basic. */
-static const char *challenge_pick(CURL *curl, bool *ret_basic)
+/* The first challenge we can answer: Bearer before Basic. */
+static const char *challenge_pick(const struct net_response *res, bool *ret_basic)
 {
-	struct curl_header *h = NULL;
-	const char *basic = NULL;
+	const char *basic = NULL, *h;
 
-	for (size_t i = 0;
-	     curl_easy_header(curl, "WWW-Authenticate", i, CURLH_HEADER, -1, &h) == CURLHE_OK;
-	     i++) {
-		const char *v = h->value + strspn(h->value, " \t");
+	for (size_t i = 0; (h = net_response_header(res, "WWW-Authenticate", i)); i++) {
+		const char *v = h + strspn(h, " \t");
 		if (strncasecmp(v, "Bearer", 6) == 0 && (v[6] == ' ' || v[6] == '\t')) {
 			*ret_basic = false;
-			return h->value;
+			return h;
 		}
 		if (strncasecmp(v, "Basic", 5) == 0 &&
 		    (v[5] == '\0' || v[5] == ' ' || v[5] == '\t'))
-			basic = h->value;
-		if (h->amount <= i + 1)
-			break;
+			basic = h;
 	}
 	*ret_basic = basic != NULL;
 	return basic;
 }
 
 /* Answer a 401: true to try again; false with the error set. */
-static int registry_auth_answer(struct oci_registry *r, CURL *curl, const char *sent_token,
-				bool sent_basic, bool *ret_again, imc_error *err)
+static int registry_auth_answer(struct oci_registry *r, const struct net_response *res,
+				const char *sent_token, bool sent_basic, bool *ret_again,
+				imc_error *err)
 {
 	_cleanup_free_ char *challenge = NULL;
 	bool basic = false;
-	const char *c = challenge_pick(curl, &basic);
+	const char *c = challenge_pick(res, &basic);
 
 	*ret_again = false;
 	if (!c)
@@ -1208,11 +823,22 @@ static int registry_auth_answer(struct oci_registry *r, CURL *curl, const char *
 	return rc;
 }
 
+static int auth_refused(struct oci_registry *r, const struct net_response *res, imc_error *err)
+{
+	char reason[400];
+
+	registry_error_text(res->status, res->body, res->body_len, reason, sizeof(reason));
+	return imc_err(err, EACCES, "registry %s: %s: %s", r->name,
+		       r->cred_id[0] ? "access denied with the configured credentials"
+				     : "access denied without credentials",
+		       reason);
+}
+
 /* Request q with the registry's credentials, answering up to two 401 challenges (a cached
- * token may turn out stale before a fresh one is fetched).  Returns 0 with the answer in *res;
- * a 401 that remains is an error. */
-static int http_auth(struct oci_registry *r, CURL *curl, struct http_req q, struct http_sink *s,
-		     struct http_result *res, imc_error *err)
+ * token may turn out stale before a fresh one is fetched).  Returns 0 with a 2xx answer in
+ * *res (to be freed); a 401 that remains is an error. */
+static int http_auth(struct oci_registry *r, struct http_req q, struct net_response *res,
+		     imc_error *err)
 {
 	for (int round = 0;; round++) {
 		_cleanup_(secret_free_p) char *token = NULL;
@@ -1222,45 +848,39 @@ static int http_auth(struct oci_registry *r, CURL *curl, struct http_req q, stru
 		pthread_mutex_lock(&r->lock);
 		basic = r->basic;
 		pthread_mutex_unlock(&r->lock);
-		q.basic = basic;
 		q.user = basic ? r->cred.username : NULL;
 		q.pass = basic ? r->cred.password : NULL;
 		token = basic ? NULL : registry_token_copy(r);
 		q.bearer = token;
-		rc = http_once(r, curl, &q, s, res, err);
+		rc = http_do(r, &q, accept_401, res, err);
 		if (rc < 0 || res->status != 401)
 			return rc;
-		if (round < 2) {
-			rc = registry_auth_answer(r, curl, token, basic, &again, err);
-			if (rc < 0)
-				return rc;
-		}
-		if (!again) {
-			char reason[400];
-			registry_error_text(res->status, s->body.data, s->body.len, reason,
-					    sizeof(reason));
-			return imc_err(err, EACCES, "registry %s: %s: %s", r->name,
-				       r->cred_id[0]
-					   ? "access denied with the configured credentials"
-					   : "access denied without credentials",
-				       reason);
-		}
-	}
-}
-
-/* http_auth with retries of transient failures (for manifests and configs). */
-static int http_auth_retry(struct oci_registry *r, CURL *curl, const struct http_req *q,
-			   struct http_sink *s, struct http_result *res, imc_error *err)
-{
-	for (int try = 1;; try++) {
-		int rc = http_auth(r, curl, *q, s, res, err);
-		if (!res->transient || try == META_TRIES ||
-		    !backoff(try + 1, res->retry_after, registry_go_on, r))
+		if (round < 2)
+			rc = registry_auth_answer(r, res, token, basic, &again, err);
+		if (rc == 0 && !again)
+			rc = auth_refused(r, res, err);
+		if (rc < 0)
 			return rc;
+		net_response_free(res);
 	}
 }
 
 /* ---- the client -------------------------------------------------------------------------- */
+
+static int registry_net(const struct oci_registry_opts *o, struct oci_registry *r, imc_error *err)
+{
+	struct net_config cfg = {
+	    .ca_file = o->ca_file, .insecure_hosts = o->insecure_registries, .limits = o->limits};
+
+	if (o->net) {
+		r->net = o->net;
+		return 0;
+	}
+	if (net_client_new(&cfg, &r->own_net, err) < 0)
+		return -1;
+	r->net = r->own_net;
+	return 0;
+}
 
 int oci_registry_open(const struct oci_registry_opts *o, const struct oci_ref *ref,
 		      struct oci_registry **ret, imc_error *err)
@@ -1269,23 +889,25 @@ int oci_registry_open(const struct oci_registry_opts *o, const struct oci_ref *r
 	struct oci_registry *r;
 	int rc;
 
-	pthread_once(&curl_once, curl_init_once);
-	if (curl_init_rc != CURLE_OK)
-		return imc_err(err, EIO, "libcurl: %s", curl_easy_strerror(curl_init_rc));
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return imc_err(err, ENOMEM, "out of memory");
 	pthread_mutex_init(&r->lock, NULL);
-	r->plain_http = registry_plain_http(ref->registry, o->insecure_registries);
+	if (registry_net(o, r, err) < 0) {
+		oci_registry_close(r);
+		return imc_err_wrap(err, "registry %s", ref->registry);
+	}
+	r->plain_http = strcmp(net_scheme(r->net, ref->registry), "http") == 0;
 	r->name = strdup(ref->registry);
 	r->repository = strdup(ref->repository);
-	r->curl = curl_easy_init();
-	r->base = xasprintf("%s://%s/v2/%s", r->plain_http ? "http" : "https", ref->registry,
-			    ref->repository);
-	r->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
+	r->tenant = strdup(o->tenant ? o->tenant : "");
+	r->conn = net_conn_new();
+	r->blob_max = o->blob_max ? o->blob_max : OCI_BLOB_MAX_DEFAULT;
 	r->cancelled = o->cancelled;
 	r->cancel_ctx = o->cancel_ctx;
-	if (!r->name || !r->repository || !r->curl || !r->base || (o->ca_file && !r->ca_file)) {
+	r->base = xasprintf("%s://%s/v2/%s", r->plain_http ? "http" : "https", ref->registry,
+			    ref->repository);
+	if (!r->name || !r->repository || !r->tenant || !r->conn || !r->base) {
 		oci_registry_close(r);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
@@ -1310,16 +932,21 @@ void oci_registry_close(struct oci_registry *r)
 {
 	if (!r)
 		return;
-	if (r->curl)
-		curl_easy_cleanup(r->curl);
+	net_conn_free(r->conn);
+	net_client_free(r->own_net);
 	pthread_mutex_destroy(&r->lock);
 	cred_free(&r->cred);
 	free(r->name);
 	free(r->repository);
+	free(r->tenant);
 	free(r->base);
-	free(r->ca_file);
 	secret_free(r->token);
 	free(r);
+}
+
+bool oci_registry_plain_http(const struct oci_registry *r)
+{
+	return r->plain_http;
 }
 
 void oci_registry_manifest_free(struct oci_registry_manifest *m)
@@ -1343,69 +970,63 @@ static int body_digest(const char *body, size_t len, char ret[7 + IMC_SHA256_HEX
 }
 
 /* Docker-Content-Digest, when sent as a sha256 digest, must name the body we got. */
-static int check_content_digest(CURL *curl, const char *digest, imc_error *err)
+static int check_content_digest(const struct net_response *res, const char *digest, imc_error *err)
 {
-	struct curl_header *h = NULL;
+	const char *h = net_response_header(res, "Docker-Content-Digest", 0);
+	char shown[100];
 
-	if (curl_easy_header(curl, "Docker-Content-Digest", 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+	if (!h || strncmp(h, "sha256:", 7) != 0 || strcmp(h, digest) == 0)
 		return 0;
-	if (strncmp(h->value, "sha256:", 7) != 0 || strcmp(h->value, digest) == 0)
-		return 0;
+	net_escape(h, strlen(h), shown, sizeof(shown));
 	return imc_err(err, EBADMSG,
 		       "manifest digest mismatch: registry says %.80s, the body hashes to %s",
-		       h->value, digest);
+		       shown, digest);
 }
 
-static int get_manifest(struct oci_registry *r, const char *reference, const char *want_digest,
-			struct http_sink *s, struct oci_registry_manifest *m, imc_error *err)
+static int manifest_take(struct net_response *res, const char *want_digest,
+			 struct oci_registry_manifest *m, imc_error *err)
 {
-	_cleanup_free_ char *url = NULL;
-	struct http_result res;
-	char *ct = NULL;
-	int rc;
+	const char *ct = net_response_header(res, "Content-Type", 0);
+	int rc = body_digest(res->body ? res->body : "", res->body_len, m->digest, err);
 
-	url = xasprintf("%s/manifests/%s", r->base, reference);
-	if (!url)
-		return imc_err(err, ENOMEM, "out of memory");
-	rc = http_auth_retry(r, r->curl, &(struct http_req){.url = url, .accept = manifest_accept},
-			     s, &res, err);
-	if (rc < 0)
-		return rc;
-	if (res.status != 200)
-		return http_status_error(res.status, s, url, err);
-	rc = body_digest(s->body.data ? s->body.data : "", s->body.len, m->digest, err);
 	if (rc < 0)
 		return rc;
 	if (want_digest && strcmp(want_digest, m->digest) != 0)
 		return imc_err(err, EBADMSG, "manifest %s: digest mismatch (got %s)", want_digest,
 			       m->digest);
-	rc = check_content_digest(r->curl, m->digest, err);
+	rc = check_content_digest(res, m->digest, err);
 	if (rc < 0)
 		return rc;
-	if (curl_easy_getinfo(r->curl, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct &&
-	    !(m->content_type = strdup(ct)))
+	if (ct && !(m->content_type = strndup(ct, strcspn(ct, " \t;"))))
 		return imc_err(err, ENOMEM, "out of memory");
-	return 0;
+	m->body = res->body ? steal_pointer(&res->body) : strdup("");
+	m->len = res->body_len;
+	return m->body ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
 int oci_registry_get_manifest(struct oci_registry *r, const char *reference,
 			      const char *want_digest, struct oci_registry_manifest *ret,
 			      imc_error *err)
 {
+	_cleanup_free_ char *url = xasprintf("%s/manifests/%s", r->base, reference);
 	struct oci_registry_manifest m = {0};
-	struct http_sink s = {.curl = r->curl, .fd = -1, .max = OCI_MANIFEST_MAX};
-	int rc = get_manifest(r, reference, want_digest, &s, &m, err);
+	struct net_response res = {0};
+	int rc;
 
+	if (!url)
+		return imc_err(err, ENOMEM, "out of memory");
+	rc = http_auth(r,
+		       (struct http_req){.url = url,
+					 .accept = manifest_accept,
+					 .sink = {.kind = NET_SINK_MEMORY, .max = OCI_MANIFEST_MAX},
+					 .conn = true},
+		       &res, err);
+	if (rc == 0)
+		rc = manifest_take(&res, want_digest, &m, err);
+	net_response_free(&res);
 	if (rc < 0) {
-		free(s.body.data);
 		oci_registry_manifest_free(&m);
 		return rc;
-	}
-	m.body = s.body.data ? s.body.data : strdup("");
-	m.len = s.body.len;
-	if (!m.body) {
-		oci_registry_manifest_free(&m);
-		return imc_err(err, ENOMEM, "out of memory");
 	}
 	*ret = m;
 	return 0;
@@ -1417,20 +1038,11 @@ static int blob_url(struct oci_registry *r, const char *digest, char **ret, imc_
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
-static int check_blob_digest(const char *want, const char *got_hex, imc_error *err)
-{
-	if (strcmp(want + 7, got_hex) != 0)
-		return imc_err(err, EBADMSG, "digest mismatch (got sha256:%s)", got_hex);
-	return 0;
-}
-
 int oci_registry_get_blob_mem(struct oci_registry *r, const struct oci_descriptor *d, size_t max,
 			      char **ret, size_t *ret_len, imc_error *err)
 {
 	_cleanup_free_ char *url = NULL;
-	char hex[IMC_SHA256_HEX_LEN + 1];
-	struct http_sink s = {.curl = r->curl, .fd = -1, .max = (size_t)d->size};
-	struct http_result res = {0};
+	struct net_response res = {0};
 	int rc;
 
 	if (d->size < 0 || (uint64_t)d->size > max)
@@ -1438,94 +1050,47 @@ int oci_registry_get_blob_mem(struct oci_registry *r, const struct oci_descripto
 			       d->digest, (long long)d->size, max);
 	rc = blob_url(r, d->digest, &url, err);
 	if (rc == 0)
-		rc = http_auth_retry(r, r->curl, &(struct http_req){.url = url}, &s, &res, err);
-	if (rc == 0 && res.status != 200)
-		rc = http_status_error(res.status, &s, url, err);
-	if (rc == 0 && s.body.len != (size_t)d->size)
-		rc = imc_err(err, EBADMSG, "size mismatch: got %zu bytes, want %lld", s.body.len,
-			     (long long)d->size);
-	if (rc == 0)
-		rc = imc_sha256_hex(s.body.data ? s.body.data : "", s.body.len, hex, err);
-	if (rc == 0)
-		rc = check_blob_digest(d->digest, hex, err);
-	if (rc == 0 && !s.body.data && !(s.body.data = strdup("")))
-		rc = imc_err(err, ENOMEM, "out of memory");
-	if (rc < 0) {
-		free(s.body.data);
-		return rc;
+		rc = http_auth(r,
+			       (struct http_req){.url = url,
+						 .sink = {.kind = NET_SINK_MEMORY,
+							  .max = max,
+							  .sized = true,
+							  .size = (uint64_t)d->size,
+							  .want_sha256 = d->digest},
+						 .conn = true},
+			       &res, err);
+	if (rc == 0) {
+		*ret = steal_pointer(&res.body);
+		*ret_len = res.body_len;
 	}
-	*ret = s.body.data;
-	*ret_len = s.body.len;
-	return 0;
-}
-
-/* One try at the rest of blob d: from s->written on (a Range request when that is not 0). */
-static int blob_try(struct oci_registry *r, CURL *curl, const char *url,
-		    const struct oci_descriptor *d, struct http_sink *s, struct http_result *res,
-		    imc_error *err)
-{
-	int rc;
-
-	if (s->written == (uint64_t)d->size && d->size > 0) {
-		*res = (struct http_result){.status = 200};
-		return 0; /* everything arrived before the connection dropped */
-	}
-	rc = http_auth(r, curl, (struct http_req){.url = url, .range_from = s->written}, s, res,
-		       err);
-	if (rc == 0 && res->status == 416 && s->written) {
-		res->transient = true; /* our offset is wrong: start over */
-		if (!sink_restart(s))
-			return imc_err_sys(err, s->io_errno, "truncate the temp file");
-	}
-	if (rc == 0 && res->status != 200 && res->status != 206)
-		rc = http_status_error(res->status, s, url, err);
-	if (rc == 0 && s->written != (uint64_t)d->size) {
-		res->transient = true; /* the server closed early: resume */
-		rc = imc_err(err, EBADMSG, "size mismatch: got %llu bytes, want %lld",
-			     (unsigned long long)s->written, (long long)d->size);
-	}
+	net_response_free(&res);
 	return rc;
 }
 
+/* Download blob d into fd: sized, sha256-checked, resumed with Range after a dropped connection
+ * (net/), within the deadline its size grants and above the minimum rate. */
 static int blob_download(struct oci_registry *r, const struct oci_descriptor *d, int fd,
 			 bool (*on_bytes)(void *ctx, int64_t n), void *ctx, imc_error *err)
 {
-	_cleanup_curl_ CURL *curl = curl_easy_init();
 	_cleanup_free_ char *url = NULL;
-	char hex[IMC_SHA256_HEX_LEN + 1];
-	imc_sha256 sha = {0};
-	struct http_sink s = {.curl = curl,
-			      .fd = fd,
-			      .max = ERROR_BODY_MAX,
-			      .sha = &sha,
-			      .expect = (uint64_t)d->size,
-			      .on_bytes = on_bytes,
-			      .ctx = ctx};
-	int rc;
+	struct net_response res = {0};
+	int rc = blob_url(r, d->digest, &url, err);
 
-	if (!curl)
-		return imc_err(err, ENOMEM, "cannot create a libcurl handle");
-	rc = blob_url(r, d->digest, &url, err);
 	if (rc == 0)
-		rc = imc_sha256_init(&sha, err);
-	for (int try = 1; rc == 0; try++) {
-		struct http_result res = {0};
-		rc = blob_try(r, curl, url, d, &s, &res, err);
-		if (rc == 0 || !res.transient || try == BLOB_TRIES)
-			break;
-		if (!backoff(try + 1, res.retry_after, on_bytes, ctx)) {
-			rc = imc_err(err, ECANCELED, "cancelled");
-			break;
-		}
-		rc = 0;
-	}
-	free(s.body.data);
-	if (rc < 0) {
-		imc_sha256_free(&sha);
-		return rc;
-	}
-	imc_sha256_final_hex(&sha, hex);
-	return check_blob_digest(d->digest, hex, err);
+		rc = http_auth(r,
+			       (struct http_req){.url = url,
+						 .sink = {.kind = NET_SINK_FILE,
+							  .fd = fd,
+							  .sized = true,
+							  .size = (uint64_t)d->size,
+							  .want_sha256 = d->digest},
+						 .on_bytes = on_bytes,
+						 .ctx = ctx},
+			       &res, err);
+	if (rc == -EBADMSG && res.sha256[0] && res.bytes == (uint64_t)d->size)
+		rc = imc_err(err, EBADMSG, "digest mismatch (got sha256:%s)", res.sha256);
+	net_response_free(&res);
+	return rc;
 }
 
 static bool blob_present(int dfd, const char *hex, int64_t size)
@@ -1536,33 +1101,59 @@ static bool blob_present(int dfd, const char *hex, int64_t size)
 	       st.st_size == size;
 }
 
+/* A declared size is bounded before a byte is written: by the cap, and by the free space of
+ * the filesystem the blob store is on. */
+static int blob_size_check(const struct oci_registry *r, const struct oci_descriptor *d, int dfd,
+			   imc_error *err)
+{
+	struct statvfs st;
+	uint64_t avail;
+
+	if ((uint64_t)d->size > r->blob_max)
+		return imc_err(err, EFBIG,
+			       "blob %s: %lld bytes declared, more than the %llu allowed",
+			       d->digest, (long long)d->size, (unsigned long long)r->blob_max);
+	if (fstatvfs(dfd, &st) < 0)
+		return imc_err_sys(err, errno, "statvfs of the blob store");
+	avail = (uint64_t)st.f_bavail * st.f_frsize;
+	if ((uint64_t)d->size > avail)
+		return imc_err(err, ENOSPC,
+			       "blob %s: %lld bytes declared, the blob store has %llu bytes free",
+			       d->digest, (long long)d->size, (unsigned long long)avail);
+	return 0;
+}
+
 /* ---- blobs in flight ----------------------------------------------------------------------
  * A blob that several images (or builds) need at once is downloaded by one of them; the others
- * wait for it and then find it in the blob directory. */
+ * wait for it and then find it in the blob directory.  Only requests to one registry for one
+ * tenant share a download: a stalled source of one tenant (or a registry that serves a digest
+ * another registry also has) never holds another's build. */
 
 #define INFLIGHT_MAX 256
+#define INFLIGHT_KEY (IMC_SHA256_HEX_LEN + 2 * 256 + 3)
 
 static pthread_mutex_t inflight_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t inflight_cond = PTHREAD_COND_INITIALIZER;
-static char inflight[INFLIGHT_MAX][IMC_SHA256_HEX_LEN + 1];
+static char inflight[INFLIGHT_MAX][INFLIGHT_KEY];
 
-static int inflight_find(const char *hex)
+static int inflight_find(const char *key)
 {
 	for (int i = 0; i < INFLIGHT_MAX; i++)
-		if (strcmp(inflight[i], hex) == 0)
+		if (strcmp(inflight[i], key) == 0)
 			return i;
 	return -1;
 }
 
-/* Claim hex for this thread; 1 when claimed, 0 when another thread had it (and now no longer
+/* Claim key for this thread; 1 when claimed, 0 when another thread had it (and now no longer
  * has: look again), -ECANCELED. */
-static int inflight_claim(const char *hex, bool (*on_bytes)(void *ctx, int64_t n), void *ctx)
+static int inflight_claim(const struct oci_registry *r, const char *key,
+			  bool (*on_bytes)(void *ctx, int64_t n), void *ctx)
 {
 	bool waited = false;
 	int slot;
 
 	pthread_mutex_lock(&inflight_lock);
-	while (inflight_find(hex) >= 0 || (slot = inflight_find("")) < 0) {
+	while (inflight_find(key) >= 0 || (slot = inflight_find("")) < 0) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += 200 * 1000 * 1000;
@@ -1572,7 +1163,7 @@ static int inflight_claim(const char *hex, bool (*on_bytes)(void *ctx, int64_t n
 		}
 		waited = true;
 		pthread_cond_timedwait(&inflight_cond, &inflight_lock, &ts);
-		if (on_bytes && !on_bytes(ctx, 0)) {
+		if ((on_bytes && !on_bytes(ctx, 0)) || registry_stopped(r)) {
 			pthread_mutex_unlock(&inflight_lock);
 			return -ECANCELED;
 		}
@@ -1581,19 +1172,26 @@ static int inflight_claim(const char *hex, bool (*on_bytes)(void *ctx, int64_t n
 		pthread_mutex_unlock(&inflight_lock);
 		return 0;
 	}
-	memcpy(inflight[slot], hex, IMC_SHA256_HEX_LEN + 1);
+	snprintf(inflight[slot], INFLIGHT_KEY, "%s", key);
 	pthread_mutex_unlock(&inflight_lock);
 	return 1;
 }
 
-static void inflight_release(const char *hex)
+static void inflight_release(const char *key)
 {
 	pthread_mutex_lock(&inflight_lock);
-	int slot = inflight_find(hex);
+	int slot = inflight_find(key);
 	if (slot >= 0)
 		inflight[slot][0] = '\0';
 	pthread_cond_broadcast(&inflight_cond);
 	pthread_mutex_unlock(&inflight_lock);
+}
+
+/* The in-flight key of a blob: its digest, the registry and the tenant. */
+TESTABLE void registry_inflight_key(const char *hex, const char *registry, const char *tenant,
+				    char *out, size_t size)
+{
+	snprintf(out, size, "%s\n%.256s\n%.256s", hex, registry, tenant);
 }
 
 static int blob_fetch_into(struct oci_registry *r, const struct oci_descriptor *d, int dfd,
@@ -1627,11 +1225,28 @@ static int blob_fetch_into(struct oci_registry *r, const struct oci_descriptor *
 	return 0;
 }
 
+static int blob_dir_open(const char *blob_dir, char **ret_dir, int *ret_fd, imc_error *err)
+{
+	_cleanup_free_ char *dir = oci_blob_sha256_dir(blob_dir);
+	int rc;
+
+	if (!dir)
+		return imc_err(err, ENOMEM, "out of memory");
+	rc = imc_mkdir_p(dir, 0700, err);
+	if (rc < 0)
+		return rc;
+	*ret_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*ret_fd < 0)
+		return imc_err_sys(err, errno, "open %s", dir);
+	*ret_dir = steal_pointer(&dir);
+	return 0;
+}
+
 int oci_registry_fetch_blob(struct oci_registry *r, const struct oci_descriptor *d,
 			    const char *blob_dir, bool (*on_bytes)(void *ctx, int64_t n), void *ctx,
 			    imc_error *err)
 {
-	char hex[IMC_SHA256_HEX_LEN + 1];
+	char hex[IMC_SHA256_HEX_LEN + 1], key[INFLIGHT_KEY];
 	_cleanup_free_ char *dir = NULL;
 	_cleanup_close_ int dfd = -1;
 	int rc;
@@ -1641,28 +1256,26 @@ int oci_registry_fetch_blob(struct oci_registry *r, const struct oci_descriptor 
 		return rc;
 	if (d->size < 0)
 		return imc_err(err, EINVAL, "negative size");
-	dir = oci_blob_sha256_dir(blob_dir);
-	if (!dir)
-		return imc_err(err, ENOMEM, "out of memory");
-	rc = imc_mkdir_p(dir, 0700, err);
+	rc = blob_dir_open(blob_dir, &dir, &dfd, err);
 	if (rc < 0)
 		return rc;
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0)
-		return imc_err_sys(err, errno, "open %s", dir);
+	registry_inflight_key(hex, r->name, r->tenant, key, sizeof(key));
 	for (;;) {
 		if (blob_present(dfd, hex, d->size)) {
 			if (on_bytes)
 				on_bytes(ctx, d->size);
 			return 0;
 		}
-		rc = inflight_claim(hex, on_bytes, ctx);
+		rc = blob_size_check(r, d, dfd, err);
+		if (rc < 0)
+			return rc;
+		rc = inflight_claim(r, key, on_bytes, ctx);
 		if (rc < 0)
 			return imc_err(err, -rc, "cancelled");
 		if (rc == 1)
 			break;
 	}
 	rc = blob_fetch_into(r, d, dfd, dir, hex, on_bytes, ctx, err);
-	inflight_release(hex);
+	inflight_release(key);
 	return rc;
 }

@@ -64,7 +64,8 @@ head -c $((1 << 20)) /dev/urandom |
 	dd of="$WEB_ROOT/model2.bin" bs=1M seek=$((MB * 7 / 20)) conv=notrunc status=none
 STATE=$TEST_TMP/server
 defer imc_teardown_quiet
-_imcd_launch "$STATE" "$SERVER_IP:0" --insecure-registry "$REGISTRY"
+_imcd_launch "$STATE" "$SERVER_IP:0" --insecure-registry "$REGISTRY" \
+	--allow-data-destination "${WEB_URL#http://}"
 build() {
 	imcctl create "$REGISTRY/imc/bdist:v1" --data "$WEB_URL/$1=model" --size "$((MB << 20))" \
 		--wait --timeout 1800 | tail -n1 | tr -d '[:space:]'

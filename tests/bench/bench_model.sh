@@ -58,7 +58,7 @@ mkimage_busybox "$TEST_TMP/layout" bb >/dev/null
 mkimage_push "$TEST_TMP/layout" bb bench/bb:v1
 REF=$REGISTRY/bench/bb:v1
 
-imcd_start "$TEST_TMP/state" --log-level info
+imcd_start "$TEST_TMP/state" --log-level info --allow-data-destination "${WEB_URL#http://}"
 defer imc_teardown_quiet
 
 step "curl -o (and sha256sum)"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
 # DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform,
-# DIR/grpc, DIR/snapmsg, DIR/mountinfo).  The layers are small tar, tar.gz and
+# DIR/grpc, DIR/snapmsg, DIR/mountinfo, DIR/data).  The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo,data}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -18,6 +18,12 @@ trap 'rm -rf "$work"' EXIT
 seed() { # seed TARGET NAME CONTENT
 	printf '%s' "$3" >"$out/$1/$2"
 }
+
+# ---- data source URLs (fuzz_data) -----------------------------------------------------------
+seed data https https://models.example.com/llm/model.safetensors
+seed data escaped 'https://h.example/a%20b/we%2Fird%00name.bin?x=1#f'
+seed data loop http://127.0.0.1:8000/m.bin
+seed data user https://u:p@h.example/m.bin
 
 # ---- image references ----------------------------------------------------------------------
 digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef

@@ -27,8 +27,8 @@ LAYOUT=$TEST_TMP/layout
 images_push_or_bail "multilayer and config probe images build and push" "$LAYOUT" \
 	multilayer:multi config_probe:probe
 STATE=$TEST_TMP/state
-imcd_start_or_bail "$STATE"
 webserver_start_or_bail
+imcd_start_or_bail "$STATE" --allow-data-destination "${WEB_URL#http://}"
 printf 'model-bytes\n' >"$WEB_ROOT/model.bin"
 OUT=$(imcctl create "$REGISTRY/imc/multi:v1" "$REGISTRY/imc/probe:v1" --name ctrd \
 	--data "$WEB_URL/model.bin=models" --wait 2>"$TEST_TMP/imcctl.err") || OUT=

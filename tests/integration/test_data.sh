@@ -6,6 +6,9 @@
 # sha256 and a size too small fail the build with a clear reason; bad data entries are 400s that
 # name the field; credentials are never echoed or written down, and a build that had them is
 # marked Failed ("credentials lost on restart") when imcd restarts in the middle of it.
+# Data reaches only destinations the operator allowed: imcd allows the web server's address
+# and port (--allow-data-destination), and a data URL naming another loopback service of the
+# host (imcd's own API) fails the build "destination refused", by the address connected to.
 # Needs root and loop devices.
 # shellcheck source-path=SCRIPTDIR disable=SC2016 # jq programs in single quotes
 . "$(dirname "$0")/../lib/common.sh"
@@ -78,7 +81,8 @@ check "an OCI artifact pushes to the registry" push_artifact
 
 STATE=$TEST_TMP/state
 export HF_ENDPOINT=$WEB_URL
-imcd_start_or_bail "$STATE"
+WEB_ALLOW=${WEB_URL#http://}
+imcd_start_or_bail "$STATE" --allow-data-destination "$WEB_ALLOW"
 
 # --- one cache with all three kinds ----------------------------------------------------------
 
@@ -289,6 +293,24 @@ check_match "a wrong sha256: the message says so and names the file" \
 check_eq "a wrong sha256 leaves no volume or snapshot" "" \
 	"$(find "$STATE/pool" -name "$ID_BAD*" 2>/dev/null)"
 
+# A loopback service that is not allowed: imcd's own API (the issue: a tenant read the host's
+# loopback services back through its cache).
+http POST "$IMCD_URL/v1/imagecaches" "$(jq -cn --arg ref "$BB_REF" \
+	--arg url "$IMCD_URL/v1/imagecaches" '{images: [{ref: $ref}], data: [{source: $url, path: "x"}]}')"
+ID_LOOP=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
+C=$(wait_cache "$ID_LOOP")
+check_eq "data from a loopback address that is not allowed: Failed" Failed \
+	"$(json_get "$C" '.status' 2>&1)"
+check_match "... destination refused, naming the address" 'destination refused.*127\.0\.0\.1' \
+	"$(json_get "$C" '.statusMessage' 2>&1)"
+http POST "$IMCD_URL/v1/imagecaches" "$(jq -cn --arg ref "$BB_REF" \
+	--arg url "http://localhost:${IMCD_URL##*:}/v1/imagecaches" \
+	'{images: [{ref: $ref}], data: [{source: $url, path: "x"}]}')"
+ID_LOOP=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
+C=$(wait_cache "$ID_LOOP")
+check_match "... also when named localhost (checked after DNS)" 'destination refused' \
+	"$(json_get "$C" '.statusMessage' 2>&1)"
+
 post_data '{data: [{source: $url, path: "m"}], size: (64 * 1048576)}'
 ID_SMALL=$(json_get "$HTTP_BODY" '.id // empty' 2>/dev/null || true)
 C=$(wait_cache "$ID_SMALL")
@@ -365,7 +387,7 @@ LOST=imc-00000000c0ffee00
 jq -cn --arg id "$LOST" --arg ref "$BB_REF" \
 	'{version: 1, id: $id, status: "Creating", createdAt: 1, refs: [$ref], credentials: true}' \
 	>"$STATE/caches/$LOST.json"
-imcd_start "$STATE" || bail "imcd restarts" "$(imcd_log_tail 30)"
+imcd_start "$STATE" --allow-data-destination "$WEB_ALLOW" || bail "imcd restarts" "$(imcd_log_tail 30)"
 http GET "$IMCD_URL/v1/imagecaches/$LOST"
 check_eq "after a restart the build with credentials is Failed" Failed \
 	"$(json_get "$HTTP_BODY" '.status' 2>&1)"

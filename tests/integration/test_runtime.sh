@@ -31,9 +31,9 @@ images_push_or_bail "config probe image builds and pushes" "$LAYOUT" config_prob
 
 STATE=$TEST_TMP/state
 defer imc_teardown_quiet
-imcd_start "$STATE" || bail "imcd starts" "$(imcd_log_tail 30)"
-# image 0: the multilayer image, image 1: the config probe; /data/models/model.bin from nginx
 webserver_start_or_bail
+# image 0: the multilayer image, image 1: the config probe; /data/models/model.bin from nginx
+imcd_start "$STATE" --allow-data-destination "${WEB_URL#http://}" || bail "imcd starts" "$(imcd_log_tail 30)"
 printf 'model-bytes\n' >"$WEB_ROOT/model.bin"
 OUT=$(imcctl create "$REGISTRY/imc/multi:v1" "$REGISTRY/imc/probe:v1" --name rt \
 	--data "$WEB_URL/model.bin=models" --wait 2>"$TEST_TMP/imcctl.err") || OUT=

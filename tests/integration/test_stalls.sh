@@ -79,11 +79,11 @@ trickling() {
 }
 # wait_until DESC TIMEOUT_S CMD...: CMD until it succeeds, at most TIMEOUT_S seconds.
 wait_until() {
-	local desc=$1 deadline=$(($(date +%s) + $2))
+	local desc=$1 timeout=$2 deadline=$(($(date +%s) + $2))
 	shift 2
 	until "$@"; do
 		if [ "$(date +%s)" -ge "$deadline" ]; then
-			echo "$desc: not after $2 s" >&2
+			echo "$desc: not after $timeout s" >&2
 			return 1
 		fi
 		sleep 0.2

@@ -2,7 +2,8 @@
 # Bearer tokens and tenants (imcd --config): requests without a token, with a wrong one or with
 # another scheme are 401 with a WWW-Authenticate challenge (before routing, body caps or
 # anything else); /healthz stays open and /metrics needs a token; two tenants each see, list,
-# delete and report attachments of only their own caches; tokens never reach the log; config
+# delete and report attachments of only their own caches, and get only the chunks their own
+# caches reference; imcctl --token applies to push; tokens never reach the log; config
 # files that are unsafe or wrong are refused at start naming the problem.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
@@ -236,6 +237,26 @@ req wrong-token-0123456789abcdef GET "/v1/chunks/$CHUNK"
 unauthorized "GET a chunk with a wrong token" "$CHALLENGE_BAD"
 req "$TOKEN_A" GET "/v1/chunks/$CHUNK"
 check_eq "GET a chunk with a valid token: 200" 200 "$HTTP_STATUS"
+# A chunk goes only to a tenant one of whose caches references it: team-b's caches have no
+# exported index naming it, so it is as absent for team-b as a chunk that does not exist.
+req "$TOKEN_B" GET "/v1/chunks/$CHUNK"
+B_CHUNK="$HTTP_STATUS $(jq -r .error.code <<<"$HTTP_BODY" 2>/dev/null)"
+check_eq "team-b GET a chunk only team-a's cache references: 404 NotFound" "404 NotFound" \
+	"$B_CHUNK"
+req "$TOKEN_B" GET "/v1/chunks/sha256:$(printf '0%.0s' $(seq 1 64))"
+check_eq "... the same answer as for a chunk that does not exist" "$B_CHUNK" \
+	"$HTTP_STATUS $(jq -r .error.code <<<"$HTTP_BODY" 2>/dev/null)"
+req "$TOKEN_B" HEAD "/v1/chunks/$CHUNK" --head
+check_eq "team-b HEAD of that chunk: 404" 404 "$HTTP_STATUS"
+
+# imcctl --token applies to push too (it used to read only $IMCACHE_TOKEN).
+OUT=$(env -u IMCACHE_TOKEN "$IMC_BIN/imcctl" --server "$IMCD_URL" --token "$TOKEN_A" \
+	push "$A1" "$REGISTRY/imc/tenant-push:v1" 2>&1) && RC=0 || RC=$?
+check_eq "imcctl --token T push exits 0 (auth on)" "0" "$RC$(test "$RC" = 0 || echo " $OUT")"
+OUT=$(env -u IMCACHE_TOKEN "$IMC_BIN/imcctl" --server "$IMCD_URL" --token "$TOKEN_B" \
+	push "$A1" "$REGISTRY/imc/tenant-push:v2" 2>&1) && RC=0 || RC=$?
+check_match "imcctl --token (team-b) push of team-a's cache: refused, not found" \
+	'^1 .*(404|No such file|not found)' "$RC $OUT"
 
 # The same name and image from another tenant is another cache (no clientToken crosstalk).
 SAME=$(jq -cn --arg ref "$BB" '{name: "a-one", images: [{ref: $ref}], clientToken: "same-token-1"}')

@@ -1,6 +1,6 @@
 #!/bin/bash
-# imcd on a Unix socket (--listen unix:PATH): curl --unix-socket and imcctl --server unix:PATH
-# reach it; a second imcd refuses a live socket; the socket file goes away on SIGTERM; a stale one
+# imcd on a Unix socket (--listen unix:PATH): curl --unix-socket, imcctl --server unix:PATH (push
+# included) and the agent's fetch (imc-attach --server unix:PATH prefetch) reach it; a second imcd refuses a live socket; the socket file goes away on SIGTERM; a stale one
 # left by kill -9 is replaced; paths that are too long or not sockets are refused.
 # Needs root and loop devices (the store loop-mounts its XFS pool file).
 # shellcheck source-path=SCRIPTDIR
@@ -78,6 +78,18 @@ check_eq "imcctl list: both caches, Ready" "bb-ctl Ready,bb-curl Ready" \
 	"$(jq -r '[.items[] | "\(.name) \(.status)"] | sort | join(",")' <<<"$OUT" 2>&1)"
 OUT=$(IMCACHE_SERVER=$IMCD_URL "$IMC_BIN/imcctl" get "$ID2" 2>&1) || true
 check_eq "IMCACHE_SERVER=unix:… imcctl get: name" bb-ctl "$(json_get "$OUT" .name 2>&1)"
+
+# The agent's fetch and imcctl push reach imcd over the socket as the other commands do.
+AGENT=$TEST_TMP/agent
+defer "$IMC_BIN/imc-attach" --state-dir "$AGENT" teardown
+OUT=$("$IMC_BIN/imc-attach" --state-dir "$AGENT" --server "unix:$SOCK" prefetch "$ID2" 2>&1) &&
+	RC=0 || RC=$?
+check_eq "imc-attach --server unix:… prefetch exits 0" "0" "$RC$(test "$RC" = 0 || echo " $OUT")"
+check "... the snapshot is in the agent's store" test -s "$AGENT/pool/snapshots/$ID2.img"
+"$IMC_BIN/imc-attach" --state-dir "$AGENT" teardown >/dev/null 2>&1 || true
+OUT=$(imcctl push "$ID2" "$REGISTRY/imc/unixpush:v1" 2>&1) && RC=0 || RC=$?
+check_eq "imcctl --server unix:… push exits 0" "0" "$RC$(test "$RC" = 0 || echo " $OUT")"
+check_match "... and prints the pushed manifest" "imc/unixpush:v1@sha256:" "$OUT"
 
 # --- a second imcd on the live socket -----------------------------------------------------------
 

@@ -115,7 +115,7 @@ check_fails_with() {
 	local desc=$1 ere=$2 out rc
 	shift 2
 	_capture "$@"
-	if [ "$rc" -ne 0 ] && printf '%s' "$out" | grep -Eq -- "$ere"; then
+	if [ "$rc" -ne 0 ] && grep -Eq -- "$ere" <<<"$out"; then
 		ok "$desc"
 	else
 		not_ok "$desc" "command: $*" "exit status: $rc (want a failure matching $ere)" "$out"
@@ -134,7 +134,9 @@ check_eq() {
 
 # check_match DESC ERE TEXT: ok if TEXT matches the extended regular expression.
 check_match() {
-	if printf '%s' "$3" | grep -Eq -- "$2"; then
+	# A here-string, not a pipe: grep -q stops at the first match, and under pipefail the
+	# writer's SIGPIPE would fail a check that matched.
+	if grep -Eq -- "$2" <<<"$3"; then
 		ok "$1"
 	else
 		not_ok "$1" "expected to match: $2" "got: $3"

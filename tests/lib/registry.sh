@@ -13,6 +13,7 @@
 # TLS (set before registry_start): IMC_REGISTRY_TLS=CERT:KEY serves HTTPS on IMC_REGISTRY_ADDR
 # (an address of this machine; default 127.0.0.1, which imcache always reaches over plain HTTP,
 # so a test of HTTPS needs a non-loopback one: registry_host_addr prints one).
+# IMC_REGISTRY_ACCESSLOG=1 (set before registry_start): every request is logged to REGISTRY_LOG.
 # Several registries may run at once: each is stopped at exit by its own pid.
 
 REGISTRY_BIN=${REGISTRY_BIN:-/usr/bin/docker-registry}
@@ -24,7 +25,7 @@ version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: $([ -n "${IMC_REGISTRY_ACCESSLOG:-}" ] && echo false || echo true)
 storage:
   filesystem:
     rootdirectory: $root

@@ -7,11 +7,18 @@ tag.  How it answers depends on the repository's first component:
   stall/...    every request is read and never answered (the connection stays open)
   trickle/...  manifests and configs at once; the layer's headers at once, then its body
                --trickle-bytes bytes every --trickle-interval seconds
+  redirect/... the layer's GET answers 307 to --redirect-host (default localhost: another host
+               than 127.0.0.1, over plain HTTP) at this server's port, where it is served
+  moved/...    the layer's GET answers 307 to the same host (127.0.0.1), where it is served
   anything     answered at once
 
-A repository whose last component starts with "huge" declares its layer as --huge-bytes bytes
-in the manifest (default 160 MiB; the body stays the real one), so that the builder sizes its
-filesystem from a large image.  GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
+A repository whose last component starts with "shared" has the same layer as every other such
+repository (one layer digest, as two tenants' images on one base layer; the configs differ); one whose last
+component starts with "huge" declares its layer as --huge-bytes bytes
+in the manifest (default 160 MiB; the body stays the real one, and a trickled one is sent with
+the declared Content-Length, as a real registry would, so it is never seen as short before it
+ends), so that the builder sizes its filesystem from a large image (a layer declared larger than
+a cap is refused before it is asked for: the log shows no GET of it).  GET /v2/ answers 200.  Each request is logged to --log as "METHOD PATH ACTION"; a trickled
 body logs "trickle-start PATH" and, when the client goes away before the end,
 "trickle-gone PATH".
 """
@@ -37,9 +44,10 @@ def sha256(b):
     return "sha256:" + hashlib.sha256(b).hexdigest()
 
 
-def make_image(repo, declared=None):
+def make_image(repo, declared=None, layer_of=None):
     """(manifest bytes, {digest: blob bytes}, layer digest) of repo's image; declared: the layer
-    size the manifest says (None: the real one)."""
+    size the manifest says (None: the real one); layer_of: whose layer it has (None: its own)."""
+    config_repo, repo = repo, layer_of or repo
     raw = io.BytesIO()
     noise = b"".join(hashlib.sha256(b"%s %d" % (repo.encode(), i)).digest() for i in range(128))
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
@@ -50,7 +58,7 @@ def make_image(repo, declared=None):
     tar = raw.getvalue()
     layer = gzip.compress(tar, mtime=0)
     config = json.dumps({"architecture": "amd64", "os": "linux",
-                         "config": {"Cmd": ["/hello"]},
+                         "config": {"Cmd": ["/hello"], "Labels": {"repo": config_repo}},
                          "rootfs": {"type": "layers", "diff_ids": [sha256(tar)]}}).encode()
     manifest = json.dumps({"schemaVersion": 2, "mediaType": MT_MANIFEST,
                            "config": {"mediaType": MT_CONFIG, "digest": sha256(config),
@@ -73,9 +81,11 @@ class Handler(BaseHTTPRequestHandler):
     def image(self, repo):
         with self.server.lock:
             if repo not in self.server.images:
-                huge = repo.split("/")[-1].startswith("huge")
+                last = repo.split("/")[-1]
+                huge = last.startswith("huge")
                 self.server.images[repo] = make_image(
-                    repo, self.server.args.huge_bytes if huge else None)
+                    repo, self.server.args.huge_bytes if huge else None,
+                    "shared" if last.startswith("shared") else None)
             return self.server.images[repo]
 
     def send(self, code, body, ctype="application/json"):
@@ -94,11 +104,11 @@ class Handler(BaseHTTPRequestHandler):
         while True:
             time.sleep(3600)
 
-    def trickle(self, body):
+    def trickle(self, body, declared=None):
         a = self.server.args
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(declared or len(body)))
         self.end_headers()
         self.note("trickle-start")
         try:
@@ -112,8 +122,17 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.note("trickle-end")
 
+    def redirect(self, host):
+        port = self.server.server_address[1]
+        self.send_response(307)
+        self.send_header("Location", "http://%s:%d%s?moved=1" % (host, port, self.path))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.note("redirect %s" % host)
+
     def serve(self):
         parts = self.path.split("?")[0].split("/")
+        moved = "moved=1" in self.path.partition("?")[2]
         if self.path.split("?")[0] in ("/v2", "/v2/"):
             return self.send(200, b"{}")
         # /v2/<repo...>/manifests/<ref> or /v2/<repo...>/blobs/<digest>
@@ -129,7 +148,11 @@ class Handler(BaseHTTPRequestHandler):
         if ref not in blobs:
             return self.send(404, b'{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}')
         if parts[2] == "trickle" and ref == layer and self.command == "GET":
-            return self.trickle(blobs[ref])
+            huge = repo.split("/")[-1].startswith("huge")
+            return self.trickle(blobs[ref], self.server.args.huge_bytes if huge else None)
+        if parts[2] in ("redirect", "moved") and ref == layer and not moved:
+            return self.redirect(self.server.args.redirect_host if parts[2] == "redirect"
+                                 else "127.0.0.1")
         self.note("blob")
         return self.send(200, blobs[ref], "application/octet-stream")
 
@@ -143,6 +166,7 @@ def main():
     p.add_argument("--trickle-bytes", type=int, default=8)
     p.add_argument("--trickle-interval", type=float, default=3.0)
     p.add_argument("--huge-bytes", type=int, default=160 << 20)
+    p.add_argument("--redirect-host", default="localhost")
     args = p.parse_args()
     return loopserver.serve(Handler, args.port_file, args=args, images={},
                             lock=threading.Lock())

@@ -122,6 +122,14 @@ START_TEST(config_minimal)
 	ck_assert_ptr_null(c.tls_cert);
 	api_config_free(&c);
 
+	/* The destinations data may reach though they are not public. */
+	ck_assert_int_eq(
+	    parse("{\"dataAllowDestinations\":[\"127.0.0.1:8000\",\"10.0.0.0/8\"]}", &c, &err), 0);
+	ck_assert_uint_eq(c.n_data_allow, 2);
+	ck_assert_str_eq(c.data_allow[0], "127.0.0.1:8000");
+	ck_assert_str_eq(c.data_allow[1], "10.0.0.0/8");
+	api_config_free(&c);
+
 	/* Only digests: nothing secret in the file. */
 	sha256_hex_of(TOKEN_A, hex);
 	snprintf(json, sizeof(json), "{\"tokens\":[{\"token\":\"sha256:%s\",\"tenant\":\"a\"}]}",
@@ -138,6 +146,9 @@ START_TEST(config_bad)
 	expect_bad("{\"tokens\":[", -EINVAL, "malformed JSON");
 	expect_bad("[]", -EINVAL, "want an object");
 	expect_bad("{\"bogus\":1}", -EINVAL, "bogus: unknown field");
+	expect_bad("{\"dataAllowDestinations\":\"127.0.0.1\"}", -EINVAL, "want an array");
+	expect_bad("{\"dataAllowDestinations\":[1]}", -EINVAL, "dataAllowDestinations[0]");
+	expect_bad("{\"dataAllowDestinations\":[\"\"]}", -EINVAL, "dataAllowDestinations[0]");
 	expect_bad("{\"tokens\":{}}", -EINVAL, "tokens: want an array");
 	expect_bad("{\"tokens\":[]}", -EINVAL, "tokens: empty");
 	expect_bad("{\"tokens\":[\"x\"]}", -EINVAL, "tokens[0]: want an object");

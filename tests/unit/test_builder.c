@@ -597,6 +597,23 @@ START_TEST(path_clean)
 }
 END_TEST
 
+/* The scheme oci_registry_open picks for a registry (net/'s one loopback rule). */
+static bool registry_plain_http(const char *registry, const char *const *insecure)
+{
+	struct oci_ref ref = {.registry = (char *)registry, .repository = (char *)"x"};
+	struct oci_registry *r = NULL;
+	imc_error err = {0};
+	bool plain;
+
+	ck_assert_msg(
+	    oci_registry_open(&(struct oci_registry_opts){.insecure_registries = insecure}, &ref,
+			      &r, &err) == 0,
+	    "%s", err.msg);
+	plain = oci_registry_plain_http(r);
+	oci_registry_close(r);
+	return plain;
+}
+
 START_TEST(registry_helpers)
 {
 	const char *const insecure[] = {"reg.internal:5000", "plain.example", NULL};
@@ -609,6 +626,8 @@ START_TEST(registry_helpers)
 	ck_assert(!registry_plain_http("128.0.0.1:5000", NULL));
 	ck_assert(!registry_plain_http("registry-1.docker.io", NULL));
 	ck_assert(!registry_plain_http("localhost.evil.com", NULL));
+	ck_assert(!registry_plain_http("127.evil.example:5000", NULL));
+	ck_assert(!registry_plain_http("127.0.0.1.nip.io", NULL));
 	ck_assert(registry_plain_http("reg.internal:5000", insecure));
 	ck_assert(!registry_plain_http("reg.internal:5001", insecure));
 	ck_assert(registry_plain_http("plain.example:8080", insecure));
@@ -650,6 +669,64 @@ START_TEST(registry_helpers)
 	body = "{\"errors\":[{\"code\":\"X\",\"message\":\"line\\nbreak\"}]}";
 	registry_error_text(400, body, strlen(body), buf, sizeof(buf));
 	ck_assert_str_eq(buf, "line?break (X, HTTP 400)");
+	{
+		char a[800], b[800], c[800];
+		registry_inflight_key("ab", "reg1:5000", "t1", a, sizeof(a));
+		registry_inflight_key("ab", "reg1:5000", "t2", b, sizeof(b));
+		registry_inflight_key("ab", "reg2:5000", "t1", c, sizeof(c));
+		ck_assert_str_ne(a, b); /* another tenant never waits on this download */
+		ck_assert_str_ne(a, c); /* nor another registry's build */
+		registry_inflight_key("ab", "reg1:5000", "t1", b, sizeof(b));
+		ck_assert_str_eq(a, b);
+	}
+}
+END_TEST
+
+/* A declared blob size is bounded before any byte is written or asked for: by the cap
+ * (EFBIG) and by the blob store's free space (ENOSPC).  The registry's port has nobody
+ * listening: a request would fail otherwise. */
+START_TEST(blob_size_bounds)
+{
+	char dir[] = "/tmp/imc-blobs-XXXXXX", path[600];
+	struct oci_ref ref = {.registry = (char *)"127.0.0.1:1", .repository = (char *)"x"};
+	struct oci_descriptor d = {
+	    .digest = (char *)"sha256:"
+			      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+	    .size = 2 << 20};
+	struct oci_registry *r = NULL;
+	imc_error err = {0};
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	ck_assert_int_eq(
+	    oci_registry_open(&(struct oci_registry_opts){.blob_max = 1 << 20}, &ref, &r, &err), 0);
+	ck_assert_int_eq(oci_registry_fetch_blob(r, &d, dir, NULL, NULL, &err), -EFBIG);
+	ck_assert_msg(strstr(err.msg, "more than the 1048576 allowed"), "%s", err.msg);
+	oci_registry_close(r);
+	ck_assert_int_eq(
+	    oci_registry_open(&(struct oci_registry_opts){.blob_max = UINT64_MAX}, &ref, &r, &err),
+	    0);
+	d.size = INT64_MAX / 2;
+	ck_assert_int_eq(oci_registry_fetch_blob(r, &d, dir, NULL, NULL, &err), -ENOSPC);
+	ck_assert_msg(strstr(err.msg, "bytes free"), "%s", err.msg);
+	oci_registry_close(r);
+	snprintf(path, sizeof(path), "%s/sha256", dir);
+	ck_assert_int_eq(rmdir(path), 0); /* empty: no temp file was made */
+	ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
+/* imcctl push's registry scheme follows the one loopback rule: 127.evil.example is a name, so
+ * it gets HTTPS (it used to get plain HTTP for starting with "127."). */
+START_TEST(push_loopback_rule)
+{
+	struct oci_pusher *p = NULL;
+	imc_error err = {0};
+	bool have = true;
+
+	ck_assert_int_eq(oci_push_open("127.evil.example:5000/x:y", NULL, &p, &err), 0);
+	ck_assert_int_lt(oci_push_blob_exists(p, "sha256:00", &have, &err), 0);
+	ck_assert_msg(strstr(err.msg, "https://127.evil.example:5000/"), "%s", err.msg);
+	oci_push_close(p);
 }
 END_TEST
 
@@ -1446,6 +1523,7 @@ static Suite *builder_suite(void)
 	tcase_add_test(tc, whiteout_kind);
 	tcase_add_test(tc, path_clean);
 	tcase_add_test(tc, registry_helpers);
+	tcase_add_test(tc, blob_size_bounds);
 	tcase_add_test(tc, registry_auth_helpers);
 	tcase_add_test(tc, blob_store_collection);
 	suite_add_tcase(s, tc);
@@ -1462,6 +1540,11 @@ static Suite *builder_suite(void)
 	tcase_add_test(tl, layer_corrupt);
 	tcase_add_test(tl, layer_diff_id);
 	suite_add_tcase(s, tl);
+	/* net/ retries a name that does not resolve (5 attempts, about 8 s of backoff). */
+	TCase *tn = tcase_create("network");
+	tcase_set_timeout(tn, 60);
+	tcase_add_test(tn, push_loopback_rule);
+	suite_add_tcase(s, tn);
 	return s;
 }
 

@@ -52,6 +52,30 @@ START_TEST(names)
 }
 END_TEST
 
+/* The file name an https source gives: its path's last component without query or fragment,
+ * percent-decoded (but %00, and escapes that are not two hex digits, kept as they are). */
+START_TEST(url_file_names)
+{
+	static const char *const cases[][2] = {
+	    {"https://h.example/llm/model.safetensors", "model.safetensors"},
+	    {"https://h.example/a%20b/my%20model.bin?x=1#f", "my model.bin"},
+	    {"https://h.example/we%2Fird.bin", "we/ird.bin"},
+	    {"https://h.example/m%00.bin", "m%00.bin"},
+	    {"https://h.example/m%zz%4", "m%zz%4"},
+	    {"https://h.example/", ""},
+	};
+
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(cases); i++) {
+		char *name = data_url_file_name(cases[i][0]);
+		ck_assert_msg(name, "%s", cases[i][0]);
+		ck_assert_str_eq(name, cases[i][1]);
+		free(name);
+	}
+	ck_assert_ptr_null(data_url_file_name("not a URL"));
+	ck_assert_ptr_null(data_url_file_name("ftp://h.example/m.bin"));
+}
+END_TEST
+
 START_TEST(urls)
 {
 	bool plain = true;
@@ -368,11 +392,30 @@ static int tmp_file(void)
 static struct server srv;
 static int dl_fd = -1;
 
+/* The data client, as imcd makes it: every connection checked, the test's server allowed. */
+static struct net_client *dl_net;
+
+static struct net_client *data_client(const char *const *allow)
+{
+	struct net_client *c = NULL;
+	imc_error err = {0};
+
+	ck_assert_msg(net_client_new(&(struct net_config){.check_destination = true,
+							  .allow_destinations = allow,
+							  .retry = {.base_ms = 10, .max_ms = 50}},
+				     &c, &err) == 0,
+		      "%s", err.msg);
+	return c;
+}
+
 static void download_setup(void)
 {
+	static const char *const allow[] = {"127.0.0.1", NULL};
+
 	memset(&srv, 0, sizeof(srv));
 	server_start(&srv);
 	dl_fd = tmp_file();
+	dl_net = data_client(allow);
 }
 
 static void download_teardown(void)
@@ -380,6 +423,8 @@ static void download_teardown(void)
 	close(dl_fd);
 	dl_fd = -1;
 	server_stop(&srv);
+	net_client_free(dl_net);
+	dl_net = NULL;
 }
 
 /* The downloaded file holds exactly the server's body. */
@@ -406,6 +451,7 @@ static struct builder_download dl_for(bool known)
 {
 	return (struct builder_download){
 	    .url = srv.url,
+	    .net = dl_net,
 	    .fd = dl_fd,
 	    .size = known ? srv.size : UINT64_MAX,
 	    .ranges = known,
@@ -419,14 +465,14 @@ START_TEST(head)
 	uint64_t size = 0;
 	bool ranges = false;
 
-	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), 0);
+	ck_assert_int_eq(builder_download_head(dl_net, srv.url, &size, &ranges, NULL), 0);
 	ck_assert_uint_eq(size, BODY_SIZE);
 	ck_assert(ranges);
 	srv.no_ranges = true;
-	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), 0);
+	ck_assert_int_eq(builder_download_head(dl_net, srv.url, &size, &ranges, NULL), 0);
 	ck_assert(!ranges);
 	srv.status = 404;
-	ck_assert_int_eq(builder_download_head(srv.url, NULL, &size, &ranges, NULL), -ENOENT);
+	ck_assert_int_eq(builder_download_head(dl_net, srv.url, &size, &ranges, NULL), -ENOENT);
 }
 END_TEST
 
@@ -471,7 +517,7 @@ START_TEST(always_503)
 	srv.status = 503;
 	d.connections = 1;
 	ck_assert_int_eq(builder_download(&d, &err), -EIO);
-	ck_assert_msg(strstr(err.msg, "HTTP 503") && strstr(err.msg, "tries"), "%s", err.msg);
+	ck_assert_msg(strstr(err.msg, "HTTP 503") && strstr(err.msg, "attempts"), "%s", err.msg);
 }
 END_TEST
 
@@ -564,7 +610,7 @@ START_TEST(nested_fetch)
 {
 	char root[] = "/tmp/imc-test-nested.XXXXXX", out[] = "/tmp/imc-test-outside.XXXXXX";
 	const char *const paths[] = {"models/llama-3-8b", "models/tiny/v1"};
-	struct builder_opts o = {0};
+	struct builder_opts o = {.data_net = dl_net};
 	imc_error err = {0};
 	char file[512];
 	int rootfd;
@@ -616,6 +662,29 @@ START_TEST(nested_fetch)
 }
 END_TEST
 
+/* A data source on a loopback address the operator did not allow is refused, by the address
+ * the connection would go to (also for "localhost", a name). */
+START_TEST(destination_refused)
+{
+	static const char *const other[] = {"127.0.0.2", NULL};
+	struct net_client *c = data_client(other);
+	struct builder_download d = dl_for(true);
+	char url[128];
+	uint64_t size = 0;
+	bool ranges = false;
+	imc_error err = {0};
+
+	ck_assert_int_eq(builder_download_head(c, srv.url, &size, &ranges, &err), -EPERM);
+	ck_assert_msg(strstr(err.msg, "127.0.0.1"), "%s", err.msg);
+	snprintf(url, sizeof(url), "http://localhost:%s", strrchr(srv.url, ':') + 1);
+	ck_assert_int_eq(builder_download_head(c, url, &size, &ranges, &err), -EPERM);
+	d.net = c;
+	ck_assert_int_eq(builder_download(&d, &err), -EPERM);
+	ck_assert_int_eq(builder_download_head(NULL, srv.url, &size, &ranges, &err), -EPERM);
+	net_client_free(c);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("data");
@@ -623,6 +692,7 @@ int main(void)
 
 	tcase_add_test(t, names);
 	tcase_add_test(t, urls);
+	tcase_add_test(t, url_file_names);
 	tcase_add_test(t, hf_sources);
 	tcase_add_test(t, entries);
 	tcase_add_test(t, nested_paths);
@@ -643,6 +713,7 @@ int main(void)
 	tcase_add_test(t, not_found_no_retry);
 	tcase_add_test(t, more_than_announced);
 	tcase_add_test(t, nested_fetch);
+	tcase_add_test(t, destination_refused);
 	suite_add_tcase(s, t);
 	return unit_run(s);
 }

@@ -947,6 +947,67 @@ START_TEST(cancellation)
 }
 END_TEST
 
+/* The caller's cancelled callback (registries' and data's builds use it): polled during the
+ * transfer, during the wait before a retry, and before anything is sent. */
+struct stopper {
+	struct srv *s;
+	unsigned polls;
+	bool always;
+};
+
+static bool stop_once_asked(void *ctx)
+{
+	struct stopper *k = ctx;
+
+	k->polls++;
+	return k->always || srv_count(k->s, NULL) > 0;
+}
+
+START_TEST(cancelled_callback)
+{
+	struct net_client *c = client(NULL);
+	struct net_response r;
+	imc_error err = {0};
+	struct srv s, later;
+	struct stopper k = {.s = &s};
+
+	srv_start(&s, h_stall, NULL, NULL);
+	char *url = url_of(&s, "127.0.0.1", "/blob");
+	struct net_request q = {.url = url,
+				.sink = {.kind = NET_SINK_MEMORY},
+				.cancelled = stop_once_asked,
+				.cancel_ctx = &k,
+				.limits = &(struct net_limits){.min_rate = NET_OFF}};
+	/* A stalled answer: stopped during the transfer. */
+	ck_assert_int_eq(net_perform(c, &q, &r, &err), -ECANCELED);
+	ck_assert_uint_eq(r.attempts, 1);
+	ck_assert_msg(strstr(err.msg, "cancelled"), "%s", err.msg);
+	ck_assert_uint_gt(k.polls, 0);
+	net_response_free(&r);
+	/* A 503 with a day's Retry-After: stopped in the wait, no second attempt. */
+	srv_start(&later, h_retry_after, NULL, NULL);
+	char *url2 = url_of(&later, "127.0.0.1", "/later");
+	k = (struct stopper){.s = &later};
+	q.url = url2;
+	ck_assert_int_eq(net_perform(c, &q, &r, &err), -ECANCELED);
+	ck_assert_uint_eq(r.attempts, 1);
+	ck_assert_uint_eq(srv_count(&later, NULL), 1);
+	net_response_free(&r);
+	/* Cancelled already: nothing is sent. */
+	unsigned before = srv_count(&s, NULL);
+	k = (struct stopper){.s = &s, .always = true};
+	q.url = url;
+	ck_assert_int_eq(net_perform(c, &q, &r, &err), -ECANCELED);
+	ck_assert_uint_eq(srv_count(&s, NULL), before);
+	net_response_free(&r);
+	free(url);
+	free(url2);
+	srv_stop(&later);
+	srv_stop(&s);
+	net_client_free(c);
+}
+END_TEST
+
 /* ---- sinks ------------------------------------------------------------------------------------
  */
 
@@ -1577,6 +1638,7 @@ int main(void)
 	tcase_add_test(live, min_rate_aborts_a_trickle);
 	tcase_add_test(live, deadline_ends_a_stall);
 	tcase_add_test(live, cancellation);
+	tcase_add_test(live, cancelled_callback);
 	tcase_add_test(live, memory_sink_caps);
 	tcase_add_test(live, file_sink_digest_and_size);
 	tcase_add_test(live, range_resume);

@@ -11,7 +11,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "../../attach/snap.h"
+#include "../../attach/snap_int.h"
+#include <sys/mount.h>
 #include "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.pb-c.h"
 #include "unit.h"
 
@@ -519,6 +520,107 @@ START_TEST(store_is_locked_and_records_checked)
 }
 END_TEST
 
+/* The OCI image spec's ChainID: ChainID(L0) = DiffID(L0), ChainID(Ln) = sha256(ChainID(Ln-1) +
+ * " " + DiffID(Ln)).  The values were computed with Python's hashlib from those formulas. */
+START_TEST(chain_ids_as_oci)
+{
+	static const char *const ids[] = {
+	    "sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
+	    "sha256:3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d",
+	    "sha256:2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6"};
+	static const char *const want[] = {
+	    "sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
+	    "sha256:51c0c8ace48498d6f5fee6b0592cc06f2da0f3cbe09c5a34a97dce85c3889676",
+	    "sha256:2fce7f8ce91bcf0a1428b36e1024639fdbd9469eea762dba98aa749631885106"};
+	const char *bad[] = {ids[0], "sha256:xyz"};
+	char got[80];
+	imc_error err = {0};
+
+	for (size_t n = 1; n <= 3; n++) {
+		ck_assert_int_eq(snap_chain_id(ids, n, got, &err), 0);
+		ck_assert_str_eq(got, want[n - 1]);
+	}
+	ck_assert_int_eq(snap_chain_id(ids, 0, got, &err), -EINVAL);
+	ck_assert_int_eq(snap_chain_id(bad, 2, got, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "diff_id 1"), "%s", err.msg);
+}
+END_TEST
+
+#define CACHE "imc-00000000000000c1"
+
+static void write_meta(const char *json)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "%s/meta.json", dir);
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs(json, f);
+	fclose(f);
+}
+
+/* A snapshot served from a cache (its record names the cache): what builds on it gets the
+ * cache's image rootfs under lowers/<cache> as its lowest lowerdir (a tmpfs stands in for the
+ * cache's read-only ext4 here; test_snapshotter_cache.sh mounts real caches), a view over it a
+ * read-only bind of that rootfs, and its removal unmounts the lower.  An unreferenced lower is
+ * unmounted at open. */
+START_TEST(cache_lowers_under_chains)
+{
+	struct snap_mounts m;
+	struct snap *s;
+	imc_error err = {0};
+	char lower[160], want[400];
+
+	mkdir(dir, 0700);
+	write_meta("{\"version\":1,\"next_id\":2,\"snapshots\":{\"top\":{\"id\":1,\"kind\":"
+		   "\"committed\",\"parent\":\"\",\"created\":1,\"updated\":1,\"labels\":{},"
+		   "\"size\":0,\"inodes\":0,\"cache\":\"" CACHE "\",\"image\":1}}}");
+	snprintf(lower, sizeof(lower), "%s/lowers", dir);
+	mkdir(lower, 0700);
+	snprintf(lower, sizeof(lower), "%s/lowers/" CACHE, dir);
+	mkdir(lower, 0700);
+	ck_assert_int_eq(mount("none", lower, "tmpfs", 0, NULL), 0);
+	s = open_store(); /* the lower is named: it stays */
+	ck_assert_int_eq(n_entries("lowers"), 1);
+	mkdir(dir, 0700);
+	snprintf(want, sizeof(want), "%s/snapshots/1", dir);
+	mkdir(want, 0700);
+
+	prep(s, SNAP_KIND_ACTIVE, "c", "top", &m);
+	snprintf(want, sizeof(want), "%s/lowers/" CACHE "/images/1/rootfs", dir);
+	ck_assert_str_eq(m.m[0].type, "overlay");
+	ck_assert(has_opt(&m.m[0], "lowerdir=", want));
+	snap_mounts_free(&m);
+	prep(s, SNAP_KIND_VIEW, "v", "top", &m);
+	ck_assert_str_eq(m.m[0].type, "bind");
+	ck_assert_str_eq(m.m[0].source, want);
+	snap_mounts_free(&m);
+	ck_assert_int_eq(snap_remove(s, "top", &err), -EBUSY);
+	ck_assert_int_eq(snap_remove(s, "c", &err), 0);
+	ck_assert_int_eq(snap_remove(s, "v", &err), 0);
+	ck_assert_int_eq(snap_remove(s, "top", &err), 0);
+	ck_assert_int_eq(n_entries("lowers"), 0); /* unmounted and removed */
+	snap_close(s);
+
+	/* A lower no record names (a crash between the mount and the record) goes at open;
+	 * what is not a cache id there (a symlink to a mount, say) is left alone. */
+	mkdir(lower, 0700);
+	ck_assert_int_eq(mount("none", lower, "tmpfs", 0, NULL), 0);
+	snprintf(want, sizeof(want), "%s/lowers/other", dir);
+	ck_assert_int_eq(symlink("/proc", want), 0);
+	s = open_store();
+	ck_assert_int_eq(n_entries("lowers"), 1);
+	ck_assert_int_eq(unlink(want), 0);
+	snap_close(s);
+
+	/* A record naming a cache must be a committed one with an image index. */
+	write_meta("{\"version\":1,\"next_id\":2,\"snapshots\":{\"top\":{\"id\":1,\"kind\":"
+		   "\"active\",\"parent\":\"\",\"created\":1,\"updated\":1,\"labels\":{},"
+		   "\"cache\":\"" CACHE "\",\"image\":0}}}");
+	ck_assert_int_lt(snap_open(dir, &s, &err), 0);
+	ck_assert_msg(strstr(err.msg, "snapshot top: malformed record"), "%s", err.msg);
+}
+END_TEST
+
 /* In a child: open, stop at POINT in OP, and be killed there by the parent. */
 static void crash_at(const char *point, void (*op)(struct snap *s))
 {
@@ -591,7 +693,7 @@ START_TEST(kill_9_anywhere_then_cleanup)
 	ck_assert_int_eq(snap_cleanup(s, &removed, &err), 0);
 	ck_assert_uint_eq(removed, 1);
 	ck_assert_int_eq(n_entries("snapshots"), 1);
-	ck_assert_int_eq(n_entries("."), 3); /* lock, meta.json, snapshots */
+	ck_assert_int_eq(n_entries("."), 4); /* lock, meta.json, snapshots, lowers */
 	snap_close(s);
 }
 END_TEST
@@ -610,6 +712,8 @@ int main(void)
 	tcase_add_test(tc, usage_counts_blocks_and_inodes);
 	tcase_add_test(tc, store_is_locked_and_records_checked);
 	tcase_add_test(tc, kill_9_anywhere_then_cleanup);
+	tcase_add_test(tc, chain_ids_as_oci);
+	tcase_add_test(tc, cache_lowers_under_chains);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
