@@ -498,8 +498,14 @@ static void accept_conn(struct grpc_server *s)
 
 	if (fd < 0)
 		return;
-	if (s->n_conns == GRPC_MAX_CONNS || conn_new(s, fd, &c) < 0 || conn_flush(c) < 0) {
+	if (s->n_conns == GRPC_MAX_CONNS || conn_new(s, fd, &c) < 0) {
 		close(fd);
+		return;
+	}
+	/* A peer that is gone before our SETTINGS reach it (a probe that only connects, as
+	 * grpc_server_listen's check of a live socket does): the connection ends here. */
+	if (conn_flush(c) < 0) {
+		grpc_conn_free(c);
 		return;
 	}
 	s->conns[s->n_conns++] = c;
