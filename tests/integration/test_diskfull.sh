@@ -134,12 +134,14 @@ echo "$HELD_LAYER" >"$HOLD_FILE"
 HELD_ID=$(create_cache "$HELD" held) || bail "POST a cache whose layer is held back" "$HTTP_BODY"
 check "its build waits for the held layer" wait_for_file "$PROXY_DIR/seen" 60
 
-# fill DIR: take every free block of DIR's filesystem (root's reserve included).
+# fill DIR: take every free block of DIR's filesystem (root's reserve included), down to the
+# last block (a small ext4 has 1 KiB blocks: a few KiB left would still take a small file).
 fill() {
-	local n=0
+	local n=0 bs
+	bs=$(stat -f -c %S "$1")
 	fallocate -l "$(($(stat -f -c '%f * %S' "$1")))" "$1/filler" 2>/dev/null || true
 	while head -c 1048576 /dev/zero >"$1/filler.$n" 2>/dev/null; do n=$((n + 1)); done
-	while head -c 4096 /dev/zero >"$1/filler.small.$n" 2>/dev/null; do n=$((n + 1)); done
+	while head -c "$bs" /dev/zero >"$1/filler.small.$n" 2>/dev/null; do n=$((n + 1)); done
 	sync
 }
 fill "$META"
@@ -176,7 +178,13 @@ check_fails "... and not queued again" grep -q "cache $HELD_ID: was Creating" "$
 http GET "$IMCD_URL/healthz"
 check_eq "/healthz: 503 from the start (no room for the reserve and as much again)" 503 "$HTTP_STATUS"
 
-# A change that cannot be written is kept and retried.
+# A change that cannot be written is kept and retried.  The restart's clean-up and the reserve
+# write above gave a few blocks back: take them again, so that the write below really meets a full
+# disk.
+fill "$META"
+check_fails "the metadata filesystem is full again (a 4 KiB write fails)" \
+	sh -c "head -c 4096 /dev/zero >'$META/probe'"
+rm -f "$META/probe"
 ATT=att-00112233445566ff
 http POST "$API/$READY_ID/attachments" "{\"id\":\"$ATT\"}"
 check_eq "an attachment is recorded (in memory) while full" 201 "$HTTP_STATUS"
