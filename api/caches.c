@@ -50,6 +50,7 @@ struct api_caches {
 	void *event_ctx;
 	void (*on_snapshot_removed)(void *ctx, const char *id);
 	void *snapshot_ctx;
+	int (*remove_snapshot)(struct store *s, const char *id, bool force, imc_error *err);
 	struct dist_chunks *chunks; /* for api/dist.c only */
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
@@ -1105,13 +1106,19 @@ static void snapshot_removed(struct api_caches *c, const char *id)
 		c->on_snapshot_removed(c->snapshot_ctx, id);
 }
 
+static int remove_snapshot(struct api_caches *c, const char *id, bool force, imc_error *err)
+{
+	return c->remove_snapshot ? c->remove_snapshot(c->store, id, force, err)
+				  : store_remove(c->store, STORE_SNAPSHOT, id, err);
+}
+
 /* Remove the snapshot of a cache already marked Deleting (by id: the cache stays in the table,
  * and nothing else touches a Deleting cache) and mark it Expired with why. */
 static void expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
 {
 	struct api_cache *cache;
 	imc_error e = {0};
-	int r = store_remove(c->store, STORE_SNAPSHOT, id, &e);
+	int r = remove_snapshot(c, id, false, &e);
 
 	pthread_mutex_lock(&c->lock);
 	cache = find_locked(c, id, NULL);
@@ -1344,6 +1351,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
 	c->snapshot_ctx = cfg->snapshot_ctx;
+	c->remove_snapshot = cfg->remove_snapshot;
 	c->on_snapshot_ready = cfg->on_snapshot_ready;
 	c->chunks = cfg->chunks;
 	c->exporter = cfg->exporter;
@@ -2102,7 +2110,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 		return r;
 	if (cancelling)
 		return answer_cancelling(c, id, ret, err);
-	r = store_remove(c->store, STORE_SNAPSHOT, id, err);
+	r = remove_snapshot(c, id, force, err);
 	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed or Expired cache has none */
 		finish_delete(c, id, false);
 		return imc_err_wrap(err, "cache %s", id);

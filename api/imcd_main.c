@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "../attach/attach.h"
 #include "../dist/dist.h"
 #include "../store/store.h"
 #include "api.h"
@@ -639,6 +640,7 @@ static int start(const struct options *o, struct service *svc, imc_error *err)
 					.on_snapshot_removed = api_dist_snapshot_removed,
 					.on_snapshot_ready = api_dist_snapshot_ready,
 					.snapshot_ctx = svc->exporter,
+					.remove_snapshot = attach_snapshot_remove,
 					.chunks = svc->chunks,
 					.exporter = svc->exporter},
 	    repairs, &svc->caches, err);
