@@ -1113,8 +1113,9 @@ static int remove_snapshot(struct api_caches *c, const char *id, bool force, imc
 }
 
 /* Remove the snapshot of a cache already marked Deleting (by id: the cache stays in the table,
- * and nothing else touches a Deleting cache) and mark it Expired with why. */
-static void expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
+ * and nothing else touches a Deleting cache) and mark it Expired with why; false if it stays.
+ * One in use on this host (EBUSY: overlay pods on its shared lower) counts as used now. */
+static bool expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
 {
 	struct api_cache *cache;
 	imc_error e = {0};
@@ -1125,6 +1126,8 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 	if (cache && r < 0 && r != -ENOENT) {
 		set_status_locked(cache, cache->status_before);
 		event_locked(cache, "ExpireFailed", "%s", e.msg);
+		if (r == -EBUSY)
+			cache->last_used_at = imc_now();
 	} else if (cache) {
 		set_status_locked(cache, API_CACHE_EXPIRED);
 		event_locked(cache, type, "%s", why);
@@ -1142,6 +1145,7 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 		snprintf(msg, sizeof(msg), "%s: %s", type, why);
 		notify(c, API_EVENT_EXPIRED, id, msg);
 	}
+	return r == 0 || r == -ENOENT;
 }
 
 static bool removable_locked(const struct api_cache *cache)
@@ -1215,7 +1219,8 @@ static void api_caches_sweep(struct api_caches *c)
 	double ratio = 0;
 
 	while (claim_expired(c, imc_now(), id)) {
-		expire_one(c, id, "Expired", "retention ran out (not used for retentionDays)");
+		if (!expire_one(c, id, "Expired", "retention ran out (not used for retentionDays)"))
+			break; /* the next pass tries again (one in use counts as used now) */
 		__atomic_add_fetch(&c->metrics.expirations, 1, __ATOMIC_RELAXED);
 	}
 	if (!pool_above(c, c->evict_high, &ratio))
@@ -1227,7 +1232,8 @@ static void api_caches_sweep(struct api_caches *c)
 		snprintf(why, sizeof(why),
 			 "evicted: the pool was %.1f%% full (high watermark %.0f%%, low %.0f%%)",
 			 ratio * 100, c->evict_high * 100, c->evict_low * 100);
-		expire_one(c, id, "Evicted", why);
+		if (!expire_one(c, id, "Evicted", why))
+			break; /* the next pass tries again, this one in use counted as used */
 		__atomic_add_fetch(&c->metrics.evictions, 1, __ATOMIC_RELAXED);
 	} while (pool_above(c, c->evict_low, &ratio));
 }

@@ -354,9 +354,15 @@ post "$(body "$PLAIN" '{"name":"pinned","retentionDays":0}')"
 PINNED=$(json_get "$HTTP_BODY" .id)
 post "$(body "$PLAIN" '{"name":"held","retentionDays":1}')"
 HELD=$(json_get "$HTTP_BODY" .id)
-for id in "$SHORT" "$PINNED" "$HELD"; do cache_wait "$id" 120 >/dev/null; done
+post "$(body "$PLAIN" '{"name":"podheld","retentionDays":1}')"
+PODHELD=$(json_get "$HTTP_BODY" .id)
+for id in "$SHORT" "$PINNED" "$HELD" "$PODHELD"; do cache_wait "$id" 120 >/dev/null; done
 http POST "$API/$HELD/attachments" '{}'
 check_eq "attach the held cache" 201 "$HTTP_STATUS"
+HP=$TEST_TMP/hp
+mkdir -p "$HP"
+defer imc_detach_quiet "$HP"
+check "an overlay pod of $PODHELD (not reported)" imc_attach attach "$PODHELD" "$HP"
 http GET "$API/$SHORT"
 check_match "retentionDays 1: expiresAt" '^20' "$(json_get "$HTTP_BODY" .expiresAt)"
 sleep 4 # 2 days of 2 s
@@ -367,6 +373,10 @@ http GET "$API/$PINNED"
 check_eq "pinned: still Ready" Ready "$(json_get "$HTTP_BODY" .status)"
 http GET "$API/$HELD"
 check_eq "attached: still Ready" Ready "$(json_get "$HTTP_BODY" .status)"
+http GET "$API/$PODHELD"
+check_eq "an overlay pod on its lower: still Ready" Ready "$(json_get "$HTTP_BODY" .status)"
+check "... the pod reads its files" test -s "$HP/blob"
+check "... and detaches" imc_attach --lower-grace 0 detach "$HP"
 http GET "$API?status=Expired"
 check_eq "status=Expired lists it" "$SHORT" "$(jq -r '[.items[].id] | join(" ")' <<<"$HTTP_BODY")"
 http POST "$API/$SHORT/attachments" '{}'
