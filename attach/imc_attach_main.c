@@ -313,7 +313,8 @@ int main(int argc, char **argv)
 	struct dist_fetch_config fc = {.server = secure_getenv("IMCACHE_SERVER"),
 				       .token = secure_getenv("IMCACHE_TOKEN"),
 				       .insecure_registries = insecure,
-				       .list_in_use = attach_list};
+				       .list_in_use = attach_list,
+				       .remove_snapshot = attach_snapshot_remove};
 	const char *driver_opts[DRIVER_OPTS_MAX + 1] = {0};
 	struct store_config cfg = {
 	    .state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink", .driver_opts = driver_opts};
