@@ -69,7 +69,7 @@ MAIN_SRCS := $(wildcard $(addsuffix /*_main.c,$(ROOMS)))
 room_objs = $(patsubst %.c,$(O)/obj/%.o,$(filter-out $(MAIN_SRCS),$(wildcard $(1)/*.c)))
 room_lib = $(O)/lib$(1).a
 # Dependents before what they use (the arrows of docs/architecture.md).
-SERVER_ROOMS := api builder dist oci net store common
+SERVER_ROOMS := api attach builder dist oci net store common
 AGENT_ROOMS := attach dist oci net store common
 ALL_ROOMS := api attach builder dist oci net grpc store common
 ALL_LIBS := $(foreach r,$(ALL_ROOMS),$(call room_lib,$(r)))

@@ -405,6 +405,10 @@ struct api_caches_config {
 	 * lock; may be NULL.  imcd queues its chunk index export here (api_dist_snapshot_ready). */
 	void (*on_snapshot_ready)(void *ctx, const char *id);
 	void *snapshot_ctx; /* for both */
+	/* Removes the snapshot of a cache that is deleted (force: its DELETE said so) or expired
+	 * or evicted (false); NULL: store_remove.  imcd points it at attach_snapshot_remove, which
+	 * refuses (-EBUSY) while overlay pods on this host use the cache's shared lower. */
+	int (*remove_snapshot)(struct store *s, const char *id, bool force, imc_error *err);
 	/* The chunk store the distribution routes serve and its exporter (api/dist.c; opened by
 	 * the caller, may be NULL): the table only hands them to them. */
 	struct dist_chunks *chunks;

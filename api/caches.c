@@ -52,6 +52,7 @@ struct api_caches {
 	void *event_ctx;
 	void (*on_snapshot_removed)(void *ctx, const char *id);
 	void *snapshot_ctx;
+	int (*remove_snapshot)(struct store *s, const char *id, bool force, imc_error *err);
 	struct dist_chunks *chunks; /* for api/dist.c only */
 	const struct api_tenant_limits *limits;
 	size_t n_limits;
@@ -1111,19 +1112,28 @@ static void snapshot_removed(struct api_caches *c, const char *id)
 		c->on_snapshot_removed(c->snapshot_ctx, id);
 }
 
+static int remove_snapshot(struct api_caches *c, const char *id, bool force, imc_error *err)
+{
+	return c->remove_snapshot ? c->remove_snapshot(c->store, id, force, err)
+				  : store_remove(c->store, STORE_SNAPSHOT, id, err);
+}
+
 /* Remove the snapshot of a cache already marked Deleting (by id: the cache stays in the table,
- * and nothing else touches a Deleting cache) and mark it Expired with why. */
-static void expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
+ * and nothing else touches a Deleting cache) and mark it Expired with why; false if it stays.
+ * One in use on this host (EBUSY: overlay pods on its shared lower) counts as used now. */
+static bool expire_one(struct api_caches *c, const char *id, const char *type, const char *why)
 {
 	struct api_cache *cache;
 	imc_error e = {0};
-	int r = store_remove(c->store, STORE_SNAPSHOT, id, &e);
+	int r = remove_snapshot(c, id, false, &e);
 
 	pthread_mutex_lock(&c->lock);
 	cache = find_locked(c, id, NULL);
 	if (cache && r < 0 && r != -ENOENT) {
 		set_status_locked(cache, cache->status_before);
 		event_locked(cache, "ExpireFailed", "%s", e.msg);
+		if (r == -EBUSY)
+			cache->last_used_at = imc_now();
 	} else if (cache) {
 		set_status_locked(cache, API_CACHE_EXPIRED);
 		event_locked(cache, type, "%s", why);
@@ -1141,6 +1151,7 @@ static void expire_one(struct api_caches *c, const char *id, const char *type, c
 		snprintf(msg, sizeof(msg), "%s: %s", type, why);
 		notify(c, API_EVENT_EXPIRED, id, msg);
 	}
+	return r == 0 || r == -ENOENT;
 }
 
 static bool removable_locked(const struct api_cache *cache)
@@ -1214,7 +1225,8 @@ static void api_caches_sweep(struct api_caches *c)
 	double ratio = 0;
 
 	while (claim_expired(c, imc_now(), id)) {
-		expire_one(c, id, "Expired", "retention ran out (not used for retentionDays)");
+		if (!expire_one(c, id, "Expired", "retention ran out (not used for retentionDays)"))
+			break; /* the next pass tries again (one in use counts as used now) */
 		__atomic_add_fetch(&c->metrics.expirations, 1, __ATOMIC_RELAXED);
 	}
 	if (!pool_above(c, c->evict_high, &ratio))
@@ -1226,7 +1238,8 @@ static void api_caches_sweep(struct api_caches *c)
 		snprintf(why, sizeof(why),
 			 "evicted: the pool was %.1f%% full (high watermark %.0f%%, low %.0f%%)",
 			 ratio * 100, c->evict_high * 100, c->evict_low * 100);
-		expire_one(c, id, "Evicted", why);
+		if (!expire_one(c, id, "Evicted", why))
+			break; /* the next pass tries again, this one in use counted as used */
 		__atomic_add_fetch(&c->metrics.evictions, 1, __ATOMIC_RELAXED);
 	} while (pool_above(c, c->evict_low, &ratio));
 }
@@ -1353,6 +1366,7 @@ static void configure(struct api_caches *c, const struct api_caches_config *cfg)
 	c->event_ctx = cfg->event_ctx;
 	c->on_snapshot_removed = cfg->on_snapshot_removed;
 	c->snapshot_ctx = cfg->snapshot_ctx;
+	c->remove_snapshot = cfg->remove_snapshot;
 	c->on_snapshot_ready = cfg->on_snapshot_ready;
 	c->chunks = cfg->chunks;
 	c->exporter = cfg->exporter;
@@ -2135,7 +2149,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 		return r;
 	if (cancelling)
 		return answer_cancelling(c, id, ret, err);
-	r = store_remove(c->store, STORE_SNAPSHOT, id, err);
+	r = remove_snapshot(c, id, force, err);
 	if (r < 0 && r != -ENOENT) { /* ENOENT: a Failed or Expired cache has none */
 		finish_delete(c, id, false);
 		return imc_err_wrap(err, "cache %s", id);

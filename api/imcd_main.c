@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "../attach/attach.h"
 #include "../common/cli.h"
 #include "../dist/dist.h"
 #include "../store/store.h"
@@ -685,6 +686,7 @@ static int open_caches(const struct options *o, struct service *svc, json_t *rep
 					.on_snapshot_removed = api_dist_snapshot_removed,
 					.on_snapshot_ready = api_dist_snapshot_ready,
 					.snapshot_ctx = svc->exporter,
+					.remove_snapshot = attach_snapshot_remove,
 					.chunks = svc->chunks,
 					.exporter = svc->exporter},
 	    repairs, &svc->caches, err);

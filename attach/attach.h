@@ -79,6 +79,10 @@ int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol
 			  json_t **ret_repairs, imc_error *err);
 /* Release every shared lower no attach uses (teardown). */
 int attach_lowers_release(struct store *s, imc_error *err);
+/* Remove cache id's snapshot from the store (store_remove) unless overlay attaches use its shared
+ * lower here: -EBUSY, nothing changed; with force they are detached first.  A lower that no
+ * attach uses (warm) is released first.  Held against new attaches of the cache throughout. */
+int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_error *err);
 /* The shared lowers mounted on this host, as a JSON array of {cacheId, refs, device, ...}. */
 int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */

@@ -485,7 +485,8 @@ int main(int argc, char **argv)
 	    .cfg = {.state_dir = STORE_DEFAULT_STATE_DIR, .driver = "reflink"},
 	    .fc = {.server = secure_getenv("IMCACHE_SERVER"),
 		   .token = secure_getenv("IMCACHE_TOKEN"),
-		   .list_in_use = attach_list},
+		   .list_in_use = attach_list,
+		   .remove_snapshot = attach_snapshot_remove},
 	};
 	const struct command *cmd;
 	imc_error err = {0};

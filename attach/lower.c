@@ -314,9 +314,9 @@ static void lower_forget(int ldir, const char *id)
 	unlinkat(ldir, name, 0);
 }
 
-/* Unmount lowers/<id> (locked exclusively by us, unreferenced) and deactivate its device. */
-static int lower_unmount(struct store *s, int ldir, const char *id, const char *why,
-			 json_t *repairs, imc_error *err)
+/* Unmount lowers/<id> (locked exclusively by us, unreferenced) and deactivate its device; the
+ * records stay (lower_forget). */
+static int lower_unmount_keep(struct store *s, int ldir, const char *id, imc_error *err)
 {
 	_cleanup_json_ json_t *rec = NULL;
 	char root[PATH_MAX], name[LOWER_NAME_MAX];
@@ -339,6 +339,18 @@ static int lower_unmount(struct store *s, int ldir, const char *id, const char *
 		if ((r = store_deactivate(s, STORE_SNAPSHOT, id, &sd, err)) < 0)
 			return imc_err_wrap(err, "release the lower of cache %s", id);
 	}
+	return 0;
+}
+
+/* Unmount lowers/<id> (locked exclusively by us, unreferenced), deactivate its device and
+ * remove its records. */
+static int lower_unmount(struct store *s, int ldir, const char *id, const char *why,
+			 json_t *repairs, imc_error *err)
+{
+	int r = lower_unmount_keep(s, ldir, id, err);
+
+	if (r < 0)
+		return r;
 	lower_forget(ldir, id);
 	if (repairs)
 		json_array_append_new(repairs,
@@ -484,6 +496,68 @@ int attach_lowers_release(struct store *s, imc_error *err)
 	static const struct attach_lower_policy now = {.grace_s = 0, .max_mounted = 0};
 
 	return lower_sweep(s, &now, NULL, err);
+}
+
+/* ---- removing a cache's snapshot ------------------------------------------------------------ */
+
+/* Detach every overlay attach that holds a reference on id's lower (none locked by us). */
+static int lower_detach_all(struct store *s, int ldir, const char *id, imc_error *err)
+{
+	int fd = refs_dir(ldir, id, false, err);
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	size_t seen = 0;
+
+	if (fd == -ENOENT)
+		return 0;
+	if (fd < 0)
+		return fd;
+	if (!(d = fdopendir(fd))) {
+		close(fd);
+		return imc_err_sys(err, errno, "lower %s: references", id);
+	}
+	while ((de = readdir(d)) && seen++ < LOWER_REFS_MAX) {
+		if (de->d_name[0] == '.' || !attach_state_exists(s, de->d_name))
+			continue;
+		int r = attach_detach(s, de->d_name, err);
+		if (r < 0 && r != -ENOENT)
+			return imc_err_wrap(err, "cache %s", id);
+	}
+	return 0;
+}
+
+int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_error *err)
+{
+	_cleanup_close_ int ldir = -1, lock = -1;
+	char name[LOWER_NAME_MAX];
+	size_t refs;
+	int64_t last;
+	int r;
+
+	if (!imc_name_valid(id, 64))
+		return store_remove(s, STORE_SNAPSHOT, id, err); /* which names what is wrong */
+	if ((ldir = open_lowers_dir(s, err)) < 0)
+		return ldir;
+	if (force && (r = lower_detach_all(s, ldir, id, err)) < 0)
+		return r;
+	/* Held through the removal: an attach that comes now finds no snapshot to mount. */
+	if ((lock = lower_lock(ldir, id, LOCK_EX, err)) < 0)
+		return lock;
+	if ((r = refs_count(s, ldir, id, NULL, &refs, &last, err)) < 0)
+		return r;
+	if (refs > 0)
+		return imc_err(err, EBUSY,
+			       "cache %s: its shared lower is in use by %zu overlay attach(es) "
+			       "on this host; detach them or delete with force=true",
+			       id, refs);
+	lower_name(id, ".json", name);
+	if ((lower_mounted(ldir, id, NULL) ||
+	     faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) &&
+	    (r = lower_unmount_keep(s, ldir, id, err)) < 0)
+		return r;
+	r = store_remove(s, STORE_SNAPSHOT, id, err);
+	lower_forget(ldir, id);
+	return r;
 }
 
 /* ---- listing -------------------------------------------------------------------------------- */

@@ -124,6 +124,10 @@ struct dist_fetch_config {
 	/* The snapshots in use, never evicted: a JSON array of objects whose "cacheId" names one
 	 * (imc-attach passes attach_list, its attach records).  NULL: none is in use. */
 	int (*list_in_use)(struct store *s, json_t **ret, imc_error *err);
+	/* Removes an evicted snapshot (force false); -EBUSY keeps it, in use.  NULL: store_remove.
+	 * imc-attach passes attach_snapshot_remove, which releases the cache's warm shared lower
+	 * first. */
+	int (*remove_snapshot)(struct store *s, const char *id, bool force, imc_error *err);
 };
 
 struct dist_fetch_stats {

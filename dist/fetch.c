@@ -666,8 +666,11 @@ static int fetch_evict(struct store *s, const struct dist_fetch_config *cfg, uin
 	}
 	qsort(items, n_items, sizeof(*items), cmp_lru);
 	for (size_t i = 0; i < n_items && used + need > limit && r == 0; i++) {
-		r = store_remove(s, STORE_SNAPSHOT, items[i].id, err);
-		if (r == 0) {
+		r = cfg->remove_snapshot ? cfg->remove_snapshot(s, items[i].id, false, err)
+					 : store_remove(s, STORE_SNAPSHOT, items[i].id, err);
+		if (r == -EBUSY)
+			r = 0; /* taken by an attach since the list: kept */
+		else if (r == 0) {
 			forget_local(dfd, items[i].id);
 			used -= items[i].bytes < used ? items[i].bytes : used;
 			(*ret_evicted)++;

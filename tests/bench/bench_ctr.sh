@@ -2,7 +2,8 @@
 # bench_ctr.sh: end to end under containerd, measured in one run on one machine —
 #   cache   `ctr run --rm --runc-binary imc-runtime --annotation imcache.io/cache-id=ID --rootfs
 #           DIR` (attach, runc create/start, the process, runc delete, detach); once more with
-#           imcache.io/use-image-config=true (the image config read and config.json rewritten)
+#           imcache.io/use-image-config=true (the image config read and config.json rewritten),
+#           and once more in clone mode (imcache.io/attach-mode=clone; the default is overlay)
 #   pull    `ctr image pull --plain-http` of the same image from the local docker-registry
 #           (download + unpack into the overlayfs snapshotter), then `ctr run --rm` of it with
 #           plain runc; the image and its content are removed (GC synchronous) between runs
@@ -83,6 +84,22 @@ CFG_MS=$(median <"$TEST_TMP/cfg.ms")
 	exit 1
 }
 
+step "ctr run from the cache in clone mode (imcache.io/attach-mode=clone) x$RUNS"
+: >"$TEST_TMP/clone.ms"
+for ((i = 0; i < RUNS; i++)); do
+	mkdir -p "$TEST_TMP/rootfs-clone-$i"
+	defer imc_detach_quiet "$TEST_TMP/rootfs-clone-$i"
+	T0=$(now_ms)
+	CLONE_OUT=$(ctrd_run_imc "bench-clone-$i" "$TEST_TMP/rootfs-clone-$i" \
+		"imcache.io/cache-id=$ID" imcache.io/attach-mode=clone -- /bin/sh -c "$PROBE")
+	echo $(($(now_ms) - T0)) >>"$TEST_TMP/clone.ms"
+done
+CLONE_MS=$(median <"$TEST_TMP/clone.ms")
+[ "$CLONE_OUT" = "$CACHE_OUT" ] || {
+	echo "bench_ctr: clone mode changed what the container saw: '$CLONE_OUT'" >&2
+	exit 1
+}
+
 step "ctr image pull + ctr run x$PULLS"
 : >"$TEST_TMP/pull.ms"
 : >"$TEST_TMP/pullonly.ms"
@@ -119,7 +136,8 @@ mkdir -p "$(dirname "$OUT_MD")"
 	echo
 	echo "| what (median) | time | vs. cache |"
 	echo "|---|---|---|"
-	echo "| ctr run --rm from the cache (imc-runtime, of $RUNS) | $(ms_fmt "$CACHE_MS") | 1 |"
+	echo "| ctr run --rm from the cache (imc-runtime, overlay mode: the default, of $RUNS) | $(ms_fmt "$CACHE_MS") | 1 |"
+	echo "| the same in clone mode (imcache.io/attach-mode=clone, of $RUNS) | $(ms_fmt "$CLONE_MS") | $(ratio "$CLONE_MS" "$CACHE_MS" 1)× |"
 	echo "| the same with imcache.io/use-image-config=true (of $RUNS) | $(ms_fmt "$CFG_MS") | $(ratio "$CFG_MS" "$CACHE_MS" 1)× |"
 	echo "| ctr run --rm of the pulled image, plain runc (of $PULLS; the floor) | $(ms_fmt "$RUNONLY_MS") | $(ratio "$RUNONLY_MS" "$CACHE_MS" 1)× |"
 	echo "| ctr image pull --plain-http (of $PULLS) | $(ms_fmt "$PULLONLY_MS") | $(ratio "$PULLONLY_MS" "$CACHE_MS" 1)× |"
@@ -128,6 +146,7 @@ mkdir -p "$(dirname "$OUT_MD")"
 bench_dat pod_start "container start to exit under containerd, median ms (${SIZE_MB} MiB image, ${NFILES} files)" \
 	what runs median_ms
 bench_row pod_start "ctr run, cache (imc-runtime)" "$RUNS" "$CACHE_MS"
+bench_row pod_start "ctr run, cache, clone mode" "$RUNS" "$CLONE_MS"
 bench_row pod_start "ctr run, cache + use-image-config" "$RUNS" "$CFG_MS"
 bench_row pod_start "ctr run, image already pulled (runc)" "$PULLS" "$RUNONLY_MS"
 bench_row pod_start "ctr image pull" "$PULLS" "$PULLONLY_MS"

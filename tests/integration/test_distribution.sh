@@ -389,6 +389,19 @@ _capture agent "$A4" --server "$IMCD_URL" --cache-size "$LIMIT" prefetch "$ID2"
 check_eq "... the fetch that needs its room fails instead" "1 yes" \
 	"$rc $([ -e "$A4/pool/snapshots/$ID.img" ] && echo yes)"
 check "detach" "$IMC_BIN/imc-attach" --state-dir "$A4" detach "$A4_MNT"
+check "its shared lower stays mounted, warm" findmnt -rn --mountpoint "$A4/lowers/$ID"
+_capture agent "$A4" --server "$IMCD_URL" --cache-size "$LIMIT" prefetch "$ID2"
+check_eq "a warm lower does not keep its snapshot from eviction" "0 gone" \
+	"$rc $([ -e "$A4/pool/snapshots/$ID.img" ] && echo there || echo gone)"
+# lower_left: what is left of the lower (mount, loop device, records), given 2 s for the kernel
+# to free the autoclear loop device after the unmount.
+lower_left() {
+	findmnt -rn -o TARGET | grep -F "$A4/lowers/$ID" | sed 's/^/mount /' || true
+	losetup -n -O NAME,BACK-FILE -l 2>/dev/null | grep -F "$A4/pool/snapshots/$ID.img" || true
+	find "$A4/lowers" -mindepth 1 -maxdepth 1 -name "$ID*" 2>/dev/null
+}
+for _ in $(seq 1 40); do [ -z "$(lower_left)" ] && break; sleep 0.05; done
+check_eq "... it is released first: no mount, loop device or records left" "" "$(lower_left)"
 
 # --- a deleted cache takes its index and the chunks only it held ---------------------------
 

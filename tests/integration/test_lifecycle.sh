@@ -290,6 +290,63 @@ check_eq "imcctl create --client-token again: the same cache" "$OUT" \
 	"$(imcctl create "$PLAIN" --name bar --retention-days 0 --client-token bar-1)"
 check "imcctl delete it" imcctl delete "$OUT"
 
+# ---- a cache whose shared lower overlay pods use on this host ------------------------------
+# The pods are not reported to imcd: the lower's references under <state>/lowers/ are what
+# holds the delete.
+# lower_left ID: what is left of ID's lower (mount, loop device, records), empty when nothing;
+# the kernel frees an autoclear loop device shortly after its unmount, so it is given 2 s.
+lower_left() {
+	local i
+	for i in $(seq 1 40); do
+		[ -z "$(lower_left_now "$1")" ] && break
+		sleep 0.05
+	done
+	lower_left_now "$1"
+}
+lower_left_now() {
+	findmnt -rn -o TARGET | grep -F "$STATE/lowers/$1" | sed 's/^/mount /' || true
+	losetup -n -O NAME,BACK-FILE -l 2>/dev/null | grep -F "/$1.img" | sed 's/^/loop /' || true
+	find "$STATE/lowers" -mindepth 1 -maxdepth 1 -name "$1*" -printf 'file %p\n' 2>/dev/null
+}
+OCID=$(create_cache "$BB" overlaid) && cache_wait "$OCID" 120 >/dev/null
+OP1=$TEST_TMP/op1
+OP2=$TEST_TMP/op2
+mkdir -p "$OP1" "$OP2"
+defer imc_detach_quiet "$OP1"
+defer imc_detach_quiet "$OP2"
+check "two overlay pods of $OCID" imc_attach attach "$OCID" "$OP1"
+check "... the second" imc_attach attach "$OCID" "$OP2"
+http DELETE "$API/$OCID"
+check_eq "DELETE while overlay pods use its lower: 409" 409 "$HTTP_STATUS"
+check_match "... saying the shared lower is in use, and force" 'shared lower is in use by 2 .*force' "$HTTP_BODY"
+check_eq "the pod still reads its files" "root:x:0:0:root:/root:/bin/sh" "$(head -n1 "$OP1/etc/passwd")"
+check_eq "the cache is Ready again" Ready "$(json_get "$(imcctl get "$OCID" -o json)" .status)"
+check "... its snapshot kept" test -e "$STATE/pool/snapshots/$OCID.img"
+check "a new pod of it still attaches" imc_attach attach "$OCID" "$TEST_TMP/root"
+imc_attach detach "$TEST_TMP/root" >/dev/null 2>&1 || true
+http DELETE "$API/$OCID?force=true"
+check_eq "DELETE ?force=true with overlay pods: 200" 200 "$HTTP_STATUS"
+check_eq "the pods are detached" "" "$(findmnt -rn -o TARGET | grep -F -e "$OP1" -e "$OP2" || true)"
+check_eq "... their attach states gone" 0 \
+	"$(imc_attach list | jq --arg c "$OCID" '[.[] | select(.cacheId == $c)] | length')"
+check_eq "the lower released: no mount, no loop device, no records" "" "$(lower_left "$OCID")"
+check_fails "the snapshot is gone" test -e "$STATE/pool/snapshots/$OCID.img"
+http GET "$API/$OCID"
+check_eq "the cache is gone" 404 "$HTTP_STATUS"
+
+# A warm lower (no pod, inside its grace) does not hold a delete: it is released first.
+WCID=$(create_cache "$BB" warm) && cache_wait "$WCID" 120 >/dev/null
+WP=$TEST_TMP/wp
+mkdir -p "$WP"
+defer imc_detach_quiet "$WP"
+check "a pod of $WCID" imc_attach --lower-grace 3600 attach "$WCID" "$WP"
+check "... detached, its lower kept warm" imc_attach --lower-grace 3600 detach "$WP"
+check "the warm lower is mounted" findmnt -rn --mountpoint "$STATE/lowers/$WCID"
+http DELETE "$API/$WCID"
+check_eq "DELETE with a warm lower and no pod: 200" 200 "$HTTP_STATUS"
+check_eq "... the lower released: no mount, no loop device, no records" "" "$(lower_left "$WCID")"
+check_fails "... the snapshot is gone" test -e "$STATE/pool/snapshots/$WCID.img"
+
 # ---- retention ------------------------------------------------------------------------------
 post "$(body "$PLAIN" '{"name":"short","retentionDays":1}')"
 SHORT=$(json_get "$HTTP_BODY" .id)
@@ -297,9 +354,15 @@ post "$(body "$PLAIN" '{"name":"pinned","retentionDays":0}')"
 PINNED=$(json_get "$HTTP_BODY" .id)
 post "$(body "$PLAIN" '{"name":"held","retentionDays":1}')"
 HELD=$(json_get "$HTTP_BODY" .id)
-for id in "$SHORT" "$PINNED" "$HELD"; do cache_wait "$id" 120 >/dev/null; done
+post "$(body "$PLAIN" '{"name":"podheld","retentionDays":1}')"
+PODHELD=$(json_get "$HTTP_BODY" .id)
+for id in "$SHORT" "$PINNED" "$HELD" "$PODHELD"; do cache_wait "$id" 120 >/dev/null; done
 http POST "$API/$HELD/attachments" '{}'
 check_eq "attach the held cache" 201 "$HTTP_STATUS"
+HP=$TEST_TMP/hp
+mkdir -p "$HP"
+defer imc_detach_quiet "$HP"
+check "an overlay pod of $PODHELD (not reported)" imc_attach attach "$PODHELD" "$HP"
 http GET "$API/$SHORT"
 check_match "retentionDays 1: expiresAt" '^20' "$(json_get "$HTTP_BODY" .expiresAt)"
 sleep 4 # 2 days of 2 s
@@ -310,6 +373,10 @@ http GET "$API/$PINNED"
 check_eq "pinned: still Ready" Ready "$(json_get "$HTTP_BODY" .status)"
 http GET "$API/$HELD"
 check_eq "attached: still Ready" Ready "$(json_get "$HTTP_BODY" .status)"
+http GET "$API/$PODHELD"
+check_eq "an overlay pod on its lower: still Ready" Ready "$(json_get "$HTTP_BODY" .status)"
+check "... the pod reads its files" test -s "$HP/blob"
+check "... and detaches" imc_attach --lower-grace 0 detach "$HP"
 http GET "$API?status=Expired"
 check_eq "status=Expired lists it" "$SHORT" "$(jq -r '[.items[].id] | join(" ")' <<<"$HTTP_BODY")"
 http POST "$API/$SHORT/attachments" '{}'

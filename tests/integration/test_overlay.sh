@@ -369,9 +369,8 @@ no_leaks "after a pod of a private mount namespace"
 
 # --- the cache deleted while pods use it ---------------------------------------------------------
 
-# imcd refuses to delete a cache with reported attaches unless forced; a forced delete removes the
-# snapshot (store_remove) with pods still running on its lower.  Here the snapshot of a copy of A
-# is removed the same way.
+# imcd's delete waits for the lower's pods or detaches them (test_lifecycle.sh); a snapshot removed
+# behind the agent's back (here the snapshot of a copy of A) leaves its pods running on the lower.
 D=imc-00000000000000dd
 cp --reflink=always "$SNAPS/$A.img" "$SNAPS/$D.img"
 check "attach a pod of $D (long grace)" ig attach "$D" "$P1"
