@@ -8,6 +8,9 @@
 #   make install    programs, man pages and bash completion under DESTDIR/PREFIX
 #   make format     clang-format the tree
 
+# The first rule below is the generated protobuf code's: plain `make` still means `make all`.
+.DEFAULT_GOAL := all
+
 O ?= build
 SAN ?= 0
 CC ?= cc
