@@ -106,7 +106,7 @@ rm -rf "$TEST_TMP/unpacked" "$TEST_TMP/pulled"
 step "timings (ms, wall clock from date +%s%N; process start included)"
 printf '  %-44s %8s\n' "build (imcctl create --wait, create->Ready)" "$BUILD_MS"
 printf '  %-44s %8s\n' "attach (imc-attach attach)" "$ATTACH_MS"
-[ -z "$ATTACH_INNER" ] || printf '  %-44s %8s\n' "  of which clone+loop+mount, as imc-attach says" "$ATTACH_INNER"
+[ -z "$ATTACH_INNER" ] || printf '  %-44s %8s\n' "  of which the attach itself, as imc-attach says" "$ATTACH_INNER"
 printf '  %-44s %8s\n' "container start+run ($CONTAINER_RUNTIME)" "$RUN_MS"
 printf '  %-44s %8s\n' "skopeo copy + umoci unpack" "$PULL_MS"
 if [ "$ATTACH_MS" -gt 0 ]; then
