@@ -78,6 +78,19 @@ check "detach" imc_attach detach "$ROOT"
 check_eq "no clone left in the pool" 0 \
 	"$(jq '[.devices[] | select(.kind == "clone")] | length' "$STATE/thin/devices.json")"
 
+# lower_holders ID: on a failure, which processes still see the lower's mount or hold its device
+# open (for the diagnosis, on stderr).
+lower_holders() {
+	local pid
+	for pid in /proc/[0-9]*; do
+		grep -qs -- "lowers/$1" "$pid/mountinfo" &&
+			echo "# mount seen by ${pid#/proc/}: $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null)" >&2
+		ls -l "$pid/fd" 2>/dev/null | grep -q -- "-s-$1" &&
+			echo "# device open in ${pid#/proc/}: $(tr '\0' ' ' <"$pid/cmdline" 2>/dev/null)" >&2
+	done
+	return 0
+}
+
 # Overlay mode (the default): one read-only activation of the snapshot, shared by the pods.
 P1=$TEST_TMP/pod1
 P2=$TEST_TMP/pod2
@@ -105,8 +118,9 @@ fi
 check "detach pod1" io detach "$P1"
 check "the lower stays for pod2" test -n "$(findmnt -rn --mountpoint "$STATE/lowers/$ID")"
 check "detach pod2" io detach "$P2"
-check_eq "the lower's device goes with the last detach" "" \
-	"$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true; our_dm_devices | grep -- '-s-' || true)"
+LEFT=$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true; our_dm_devices | grep -- '-s-' || true)
+[ -z "$LEFT" ] || lower_holders "$ID"
+check_eq "the lower's device goes with the last detach" "" "$LEFT"
 # kill -9 right after the lower's unmount: its thin device is still active; reconcile removes it.
 check "overlay attach again" io attach "$ID" "$P1"
 IMC_ATTACH_STOP_AT=lower-after-umount "$IMC_BIN/imc-attach" --state-dir "$STATE" --driver thin \
