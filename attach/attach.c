@@ -56,9 +56,9 @@ static void stop_point(const char *name)
 #endif
 }
 
-static int open_attach_dir(struct store *s, imc_error *err)
+int attach_open_subdir(struct store *s, const char *name, imc_error *err)
 {
-	_cleanup_free_ char *path = imc_path_join(store_state_dir(s), ATTACH_DIR);
+	_cleanup_free_ char *path = imc_path_join(store_state_dir(s), name);
 	int fd;
 
 	if (!path)
@@ -69,6 +69,11 @@ static int open_attach_dir(struct store *s, imc_error *err)
 	if (fd < 0)
 		return imc_err_sys(err, errno, "%s", path);
 	return fd;
+}
+
+static int open_attach_dir(struct store *s, imc_error *err)
+{
+	return attach_open_subdir(s, ATTACH_DIR, err);
 }
 
 /* The attach id of a mount-mode attach: "att-" + 16 hex of sha256(dir). */

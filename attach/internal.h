@@ -12,6 +12,8 @@
 /* attach.c */
 /* The store's state dir (the one place this room asks the store for it). */
 const char *attach_state_dir(struct store *s);
+/* <state>/name, made (0700) if missing, opened as a directory: the descriptor, or -errno. */
+int attach_open_subdir(struct store *s, const char *name, imc_error *err);
 /* Test-only SIGSTOP points (IMC_ATTACH_STOP_AT=NAME in a -DIMC_TESTING build). */
 void attach_stop_point(const char *name);
 /* Is there a state file for attach id aid (attachments/<aid>.json)? */

@@ -39,17 +39,7 @@ static const struct attach_lower_policy default_policy = {.grace_s = ATTACH_LOWE
 
 static int open_lowers_dir(struct store *s, imc_error *err)
 {
-	_cleanup_free_ char *path = imc_path_join(attach_state_dir(s), ATTACH_LOWERS_DIR);
-	int fd;
-
-	if (!path)
-		return imc_err(err, ENOMEM, "out of memory");
-	if (mkdir(path, 0700) < 0 && errno != EEXIST)
-		return imc_err_sys(err, errno, "mkdir %s", path);
-	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return imc_err_sys(err, errno, "%s", path);
-	return fd;
+	return attach_open_subdir(s, ATTACH_LOWERS_DIR, err);
 }
 
 static void lower_name(const char *id, const char *suffix, char ret[LOWER_NAME_MAX])

@@ -201,17 +201,7 @@ static int umount_pod(const char *aid, json_t *repairs, imc_error *err)
 
 static int open_overlays_dir(struct store *s, imc_error *err)
 {
-	_cleanup_free_ char *path = imc_path_join(attach_state_dir(s), OVERLAYS_DIR);
-	int fd;
-
-	if (!path)
-		return imc_err(err, ENOMEM, "out of memory");
-	if (mkdir(path, 0700) < 0 && errno != EEXIST)
-		return imc_err_sys(err, errno, "mkdir %s", path);
-	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return imc_err_sys(err, errno, "%s", path);
-	return fd;
+	return attach_open_subdir(s, OVERLAYS_DIR, err);
 }
 
 /* Remove the pod directory, unmounting its tmpfs first. */
