@@ -43,14 +43,11 @@ static void reply_free(struct reply *r)
  * are the client's insecure host. */
 static int imcd_client_new(const char *server, struct net_client **ret, imc_error *err)
 {
-	struct net_url u = {0};
-	char hostport[300] = "";
+	char hostport[300];
 	const char *insecure[] = {hostport, NULL};
 	int r;
 
-	if (net_url_parse(server, &u, NULL) == 0 && strcmp(u.scheme, "http") == 0)
-		snprintf(hostport, sizeof(hostport), "%s:%u", u.host, u.port);
-	net_url_free(&u);
+	net_url_plain_hostport(server, hostport, sizeof(hostport));
 	r = net_client_new(
 	    &(struct net_config){.insecure_hosts = hostport[0] ? insecure : NULL,
 				 .limits = {.connect_timeout_ms = CONNECT_TIMEOUT_S * 1000,

@@ -35,14 +35,11 @@ struct sink {
  * are the client's insecure host), or a unix: socket. */
 static int imcd_client(const struct net_server *srv, struct net_client **ret, imc_error *err)
 {
-	struct net_url u = {0};
 	char hostport[300] = "";
 	const char *insecure[] = {hostport, NULL};
 
-	if (!srv->unix_socket && net_url_parse(srv->base, &u, NULL) == 0 &&
-	    strcmp(u.scheme, "http") == 0)
-		snprintf(hostport, sizeof(hostport), "%s:%u", u.host, u.port);
-	net_url_free(&u);
+	if (!srv->unix_socket)
+		net_url_plain_hostport(srv->base, hostport, sizeof(hostport));
 	return net_client_new(
 	    &(struct net_config){
 		.insecure_hosts = hostport[0] ? insecure : NULL,

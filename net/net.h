@@ -102,6 +102,9 @@ struct net_url {
 /* An absolute http(s) URL; -EINVAL naming the URL otherwise. */
 int net_url_parse(const char *url, struct net_url *ret, imc_error *err);
 void net_url_free(struct net_url *u);
+/* "host:port" of url when it is plain http (a server the operator named, whose host a client
+ * treats as insecure), else "" (https, a URL that does not parse). */
+void net_url_plain_hostport(const char *url, char *ret, size_t size);
 /* ref (a Location, absolute or relative) resolved against the URL base; malloc'ed, NULL when
  * either does not parse or on OOM. */
 char *net_url_join(const char *base, const char *ref);

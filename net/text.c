@@ -472,3 +472,13 @@ void net_free_headers(struct net_header *h, size_t n)
 	}
 	free(h);
 }
+
+void net_url_plain_hostport(const char *url, char *ret, size_t size)
+{
+	struct net_url u = {0};
+
+	ret[0] = '\0';
+	if (net_url_parse(url, &u, NULL) == 0 && strcmp(u.scheme, "http") == 0)
+		snprintf(ret, size, "%s:%u", u.host, u.port);
+	net_url_free(&u);
+}

@@ -67,6 +67,22 @@ static int get(struct net_client *c, const char *url, struct net_response *r, im
 
 /* ---- pure parts ----------------------------------------------------------------------------- */
 
+/* A server URL's host:port, only when it is plain http. */
+START_TEST(plain_hostport)
+{
+	char hp[300];
+
+	net_url_plain_hostport("http://127.0.0.1:8080/v1", hp, sizeof(hp));
+	ck_assert_str_eq(hp, "127.0.0.1:8080");
+	net_url_plain_hostport("http://imcd.example", hp, sizeof(hp));
+	ck_assert_str_eq(hp, "imcd.example:80");
+	net_url_plain_hostport("https://imcd.example:8443", hp, sizeof(hp));
+	ck_assert_str_eq(hp, "");
+	net_url_plain_hostport("not a url", hp, sizeof(hp));
+	ck_assert_str_eq(hp, "");
+}
+END_TEST
+
 START_TEST(loopback_rule)
 {
 	static const char *const yes[] = {"127.0.0.1", "127.1.2.3", "127.255.255.255", "::1",
@@ -1615,6 +1631,7 @@ int main(void)
 	TCase *pure = tcase_create("parsers and rules");
 	TCase *live = tcase_create("against servers");
 
+	tcase_add_test(pure, plain_hostport);
 	tcase_add_test(pure, loopback_rule);
 	tcase_add_test(pure, address_classes);
 	tcase_add_test(pure, redirect_rule);
