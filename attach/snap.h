@@ -20,6 +20,8 @@
 #define SNAP_FILTER_MAX_LEN	  4096
 #define SNAP_FILTER_MAX_SELECTORS 32
 #define SNAP_FILTER_MAX_PATH	  16
+#define SNAP_REGEX_MAX_NODES	  1024 /* the compiled tree of a ~= pattern (snap_filter.c) */
+#define SNAP_REGEX_MAX_DEPTH	  32
 
 enum snap_op { SNAP_OP_PRESENT, SNAP_OP_EQ, SNAP_OP_NE, SNAP_OP_MATCH };
 struct snap_selector {

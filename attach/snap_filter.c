@@ -137,6 +137,127 @@ static int scan_op(struct scan *sc, enum snap_op *ret)
 		       sc->pos);
 }
 
+/*
+ * glibc's regcomp copies a repeated subexpression once per repetition (x+ becomes x x*, x{3}
+ * x x x), so nested repetitions grow the compiled tree exponentially: a filter such as
+ * name~=a+++...+ took gigabytes.  Before regcomp the pattern's tree is sized the same way and
+ * refused above SNAP_REGEX_MAX_NODES; back-references are refused too (containerd's Go regexp has
+ * neither the blowup nor back-references, so no filter containerd accepts is lost).
+ */
+struct re_size {
+	const char *s;
+	size_t pos, len;
+};
+
+static size_t re_clamp(size_t n)
+{
+	return n > SNAP_REGEX_MAX_NODES ? SNAP_REGEX_MAX_NODES + 1 : n;
+}
+
+/* Past a bracket expression at pos ('['), its classes ([:alpha:], [=a=], [.a.]) included. */
+static void re_skip_bracket(struct re_size *r)
+{
+	r->pos++;
+	if (r->pos < r->len && r->s[r->pos] == '^')
+		r->pos++;
+	if (r->pos < r->len && r->s[r->pos] == ']')
+		r->pos++;
+	while (r->pos < r->len && r->s[r->pos] != ']') {
+		char c = r->s[r->pos];
+		if (c == '[' && r->pos + 1 < r->len && strchr(":=.", r->s[r->pos + 1]) &&
+		    r->s[r->pos + 1]) {
+			const char end[3] = {r->s[r->pos + 1], ']', 0};
+			const char *e = strstr(r->s + r->pos + 2, end);
+			r->pos = e ? (size_t)(e - r->s) + 2 : r->len;
+		} else {
+			r->pos++;
+		}
+	}
+	r->pos++;
+}
+
+static size_t re_count(struct re_size *r)
+{
+	size_t n = 0;
+	while (r->pos < r->len && isdigit((unsigned char)r->s[r->pos]))
+		n = re_clamp(n * 10 + (size_t)(r->s[r->pos++] - '0'));
+	return n;
+}
+
+/* The copies a quantifier at pos makes of its operand, past it; 0 if pos holds none. */
+static size_t re_quantifier(struct re_size *r)
+{
+	char c = r->pos < r->len ? r->s[r->pos] : 0;
+	size_t save = r->pos, lo, hi;
+
+	if (c == '*' || c == '?' || c == '+') {
+		r->pos++;
+		return c == '+' ? 2 : 1;
+	}
+	if (c != '{')
+		return 0;
+	r->pos++;
+	lo = hi = re_count(r);
+	if (r->pos < r->len && r->s[r->pos] == ',') {
+		r->pos++;
+		hi = r->pos < r->len && isdigit((unsigned char)r->s[r->pos]) ? re_count(r) : lo + 1;
+	}
+	if (r->pos < r->len && r->s[r->pos] == '}') {
+		r->pos++;
+		return hi > lo ? hi : lo ? lo : 1;
+	}
+	r->pos = save; /* a literal '{' */
+	return 0;
+}
+
+/* 0 if the tree regcomp would build for the pattern stays small, else -1 with err set. */
+static int re_check(const char *pattern, imc_error *err)
+{
+	struct re_size r = {.s = pattern, .len = strlen(pattern)};
+	size_t sum[SNAP_REGEX_MAX_DEPTH + 1] = {0}, last[SNAP_REGEX_MAX_DEPTH + 1] = {0};
+	size_t depth = 0, copies, total = 0;
+
+	while (r.pos < r.len) {
+		char c = r.s[r.pos];
+		if ((copies = re_quantifier(&r))) {
+			last[depth] = re_clamp((last[depth] ? last[depth] : 1) * copies + 1);
+			continue;
+		}
+		sum[depth] = re_clamp(sum[depth] + last[depth]);
+		last[depth] = 1;
+		if (c == '\\' && r.pos + 1 < r.len && isdigit((unsigned char)r.s[r.pos + 1]))
+			return imc_err(err, EINVAL, "filter: back-references are not supported");
+		if (c == '(' && depth == SNAP_REGEX_MAX_DEPTH)
+			return imc_err(err, EINVAL,
+				       "filter: regular expression nested deeper than %d groups",
+				       SNAP_REGEX_MAX_DEPTH);
+		if (c == '(') {
+			last[depth] = 0;
+			depth++;
+			sum[depth] = last[depth] = 0;
+			r.pos++;
+		} else if (c == ')' && depth > 0) {
+			size_t inner = sum[depth] + last[depth];
+			last[--depth] = re_clamp(inner + 1);
+			r.pos++;
+		} else if (c == '[') {
+			re_skip_bracket(&r);
+		} else {
+			r.pos += c == '\\' && r.pos + 1 < r.len ? 2 : 1;
+		}
+		if (sum[depth] > SNAP_REGEX_MAX_NODES || last[depth] > SNAP_REGEX_MAX_NODES)
+			break;
+	}
+	for (size_t d = 0; d <= depth; d++)
+		total = re_clamp(total + sum[d] + last[d]);
+	if (total > SNAP_REGEX_MAX_NODES)
+		return imc_err(err, EINVAL,
+			       "filter: regular expression too complex (its repetitions "
+			       "expand past %d nodes)",
+			       SNAP_REGEX_MAX_NODES);
+	return 0;
+}
+
 static int scan_selector(struct scan *sc, struct snap_selector *sel)
 {
 	int r;
@@ -161,6 +282,8 @@ static int scan_selector(struct scan *sc, struct snap_selector *sel)
 	if ((r = scan_value(sc, &sel->value)) < 0)
 		return r;
 	if (sel->op == SNAP_OP_MATCH) {
+		if (re_check(sel->value, sc->err) < 0)
+			return -1;
 		if (regcomp(&sel->re, sel->value, REG_EXTENDED | REG_NOSUB) != 0)
 			return imc_err(sc->err, EINVAL, "filter: bad regular expression");
 		sel->has_re = true;

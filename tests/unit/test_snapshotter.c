@@ -424,6 +424,8 @@ START_TEST(list_filters_as_containerd)
 	    {"kind==active,parent==l1", NULL, "b"},
 	    {"name~=/^l/", NULL, "l1"},
 	    {"name == \"a\"", NULL, "a"},
+	    {"name~=/^(a|b){1,3}$/", NULL, "a b"},
+	    {"name~=^[[:alpha:]]+[0-9]*$", NULL, "a b l1 v"},
 	};
 
 	svc_start(&v);
@@ -447,8 +449,12 @@ START_TEST(list_filters_as_containerd)
 		ck_assert_msg(strcmp(out, cases[i].want) == 0, "%s: got \"%s\", want \"%s\"",
 			      cases[i].f1, out, cases[i].want);
 	}
-	static const char *const bad[] = {"",	     "kind==",	   "kind=committed", "1x",
-					  "name~=(", "labels.\"x", "kind==a b",	     "a,,b"};
+	static const char *const bad[] = {
+	    "", "kind==", "kind=committed", "1x", "name~=(", "labels.\"x", "kind==a b", "a,,b",
+	    /* regcomp would grow the first three past memory (nested repeats); a back-reference */
+	    "name~=a++++++++++++++++++++++++++++++++++++++++",
+	    "name~=((((((((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+",
+	    "name~=/a{1000}{1000}/", "name~=(a)\\1"};
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {
 		char *f[1] = {(char *)bad[i]};
 		list_names(&v, f, 1, out, sizeof(out), &st, NULL);
