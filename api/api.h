@@ -2,7 +2,8 @@
  * table with its build worker, and the HTTP server (libmicrohttpd) that ties them together.
  *
  * Pure parts (no store, no builder build, no network): api/json.c, api/route.c, api/listen.c.
- * api/caches.c owns the state and the builds; api/server.c is the HTTP glue. */
+ * api/caches.c owns the state and the builds; api/handle.c answers one request without HTTP;
+ * api/server.c is the HTTP glue. */
 #ifndef IMC_API_H
 #define IMC_API_H
 
@@ -584,8 +585,8 @@ struct api_server_config {
  * moment to finish, stop. */
 void api_server_stop(struct api_server *s);
 
-/* One request, without HTTP: what the server answers (status, JSON body, Allow header for 405).
- * The body is a malloc'ed NUL-terminated string. */
+/* One request, without HTTP (api/handle.c): what the server answers (status, JSON body, Allow
+ * header for 405).  The body is a malloc'ed NUL-terminated string. */
 struct api_response {
 	unsigned status;
 	char *body;

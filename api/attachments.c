@@ -115,15 +115,16 @@ static int api_caches_attach(struct api_caches *c, const struct api_caller *who,
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&c->lock);
-	cache = find_visible_locked(c, tenant_of(who), id, NULL);
-	r = cache ? attach_locked(c, cache, aid, &host, ret, ret_status, err) : not_found(err, id);
+	cache = api_caches_find_visible_locked(c, api_caches_tenant_of(who), id, NULL);
+	r = cache ? attach_locked(c, cache, aid, &host, ret, ret_status, err)
+		  : api_caches_not_found(err, id);
 	pthread_mutex_unlock(&c->lock);
 	if (r < 0 || *ret_status != 201)
 		return r;
 	__atomic_add_fetch(&c->metrics.attaches, 1, __ATOMIC_RELAXED);
 	/* Best effort: the attachment is in memory either way; a lost write is logged. */
-	if (persist_id(c, id, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (api_caches_persist_id(c, id, &e) < 0)
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
 	return 0;
 }
 
@@ -141,7 +142,7 @@ static int api_caches_detach(struct api_caches *c, const struct api_caller *who,
 	if (!*ret)
 		return imc_err(err, ENOMEM, "out of memory");
 	pthread_mutex_lock(&c->lock);
-	cache = find_visible_locked(c, tenant_of(who), id, NULL);
+	cache = api_caches_find_visible_locked(c, api_caches_tenant_of(who), id, NULL);
 	for (size_t i = 0; cache && i < cache->n_attachments && !found; i++) {
 		if (strcmp(cache->attachments[i].id, aid) != 0)
 			continue;
@@ -159,11 +160,11 @@ static int api_caches_detach(struct api_caches *c, const struct api_caller *who,
 	if (!found) {
 		json_decref(steal_pointer(ret));
 		return cache ? imc_err(err, ENOENT, "cache %s: attachment %s: not found", id, aid)
-			     : not_found(err, id);
+			     : api_caches_not_found(err, id);
 	}
 	__atomic_add_fetch(&c->metrics.detaches, 1, __ATOMIC_RELAXED);
-	if (persist_id(c, id, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (api_caches_persist_id(c, id, &e) < 0)
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
 	return 0;
 }
 
@@ -175,12 +176,12 @@ static int api_caches_attachments(struct api_caches *c, const struct api_caller 
 	int r = items ? 0 : -ENOMEM;
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_visible_locked(c, tenant_of(who), id, NULL);
+	cache = api_caches_find_visible_locked(c, api_caches_tenant_of(who), id, NULL);
 	for (size_t i = 0; r == 0 && cache && i < cache->n_attachments; i++)
 		r = json_array_append_new(items, attachment_json(id, &cache->attachments[i]));
 	pthread_mutex_unlock(&c->lock);
 	if (!cache)
-		return not_found(err, id);
+		return api_caches_not_found(err, id);
 	*ret = r == 0 ? json_pack("{s:O}", "items", items) : NULL;
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }

@@ -65,7 +65,7 @@ static size_t items_pos(const struct api_caches *c, const struct api_cache *cach
 	return lo;
 }
 
-struct api_cache *find_locked(struct api_caches *c, const char *id, size_t *ret_index)
+struct api_cache *api_caches_find_locked(struct api_caches *c, const char *id, size_t *ret_index)
 {
 	bool found;
 	size_t pos = by_id_pos(c, id, &found);
@@ -94,7 +94,7 @@ static int grow_locked(struct api_caches *c, imc_error *err)
 	return 0;
 }
 
-int insert_locked(struct api_caches *c, struct api_cache *cache, imc_error *err)
+int api_caches_insert_locked(struct api_caches *c, struct api_cache *cache, imc_error *err)
 {
 	size_t pos = c->n_items, id_pos;
 	bool found;
@@ -115,7 +115,7 @@ int insert_locked(struct api_caches *c, struct api_cache *cache, imc_error *err)
 	return 0;
 }
 
-void remove_locked(struct api_caches *c, size_t index)
+void api_caches_remove_locked(struct api_caches *c, size_t index)
 {
 	bool found;
 	size_t id_pos = by_id_pos(c, c->items[index]->id, &found);
@@ -128,13 +128,13 @@ void remove_locked(struct api_caches *c, size_t index)
 	c->n_items--;
 }
 
-int cmp_items(const void *a, const void *b)
+int api_caches_cmp_items(const void *a, const void *b)
 {
 	return api_cache_cmp(*(struct api_cache *const *)a, *(struct api_cache *const *)b);
 }
 
 /* Every status change: the rendered API object of the cache is stale from here. */
-void set_status_locked(struct api_cache *cache, enum api_cache_status status)
+void api_caches_set_status_locked(struct api_cache *cache, enum api_cache_status status)
 {
 	cache->status = status;
 	api_cache_touch(cache);
@@ -143,7 +143,7 @@ void set_status_locked(struct api_cache *cache, enum api_cache_status status)
 /* ---- events -----------------------------------------------------------------------------------
  */
 
-void notify(struct api_caches *c, enum api_event ev, const char *id, const char *msg)
+void api_caches_notify(struct api_caches *c, enum api_event ev, const char *id, const char *msg)
 {
 	if (c->on_event)
 		c->on_event(c->event_ctx, ev, id, msg);
@@ -152,12 +152,12 @@ void notify(struct api_caches *c, enum api_event ev, const char *id, const char 
 /* ---- requests ---------------------------------------------------------------------------------
  */
 
-const char *tenant_of(const struct api_caller *who)
+const char *api_caches_tenant_of(const struct api_caller *who)
 {
 	return who && who->tenant ? who->tenant : API_TENANT_DEFAULT;
 }
 
-bool owns(const struct api_cache *cache, const char *tenant)
+bool api_caches_owns(const struct api_cache *cache, const char *tenant)
 {
 	return strcmp(cache->tenant ? cache->tenant : API_TENANT_DEFAULT, tenant) == 0;
 }
@@ -173,7 +173,7 @@ int api_caches_ready_ids(struct api_caches *c, const char *tenant, char (**ret)[
 	for (size_t k = 0; ids && k < c->n_items; k++) {
 		const struct api_cache *x = c->items[k];
 		if ((x->status == API_CACHE_READY || x->status == API_CACHE_UPDATING) &&
-		    owns(x, tenant))
+		    api_caches_owns(x, tenant))
 			memcpy(ids[n++], x->id, API_ID_MAX);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -185,15 +185,15 @@ int api_caches_ready_ids(struct api_caches *c, const char *tenant, char (**ret)[
 }
 
 /* A cache the caller may see; another tenant's is as absent as a missing one. */
-struct api_cache *find_visible_locked(struct api_caches *c, const char *tenant, const char *id,
-				      size_t *ret_index)
+struct api_cache *api_caches_find_visible_locked(struct api_caches *c, const char *tenant,
+						 const char *id, size_t *ret_index)
 {
-	struct api_cache *cache = find_locked(c, id, ret_index);
+	struct api_cache *cache = api_caches_find_locked(c, id, ret_index);
 
-	return cache && owns(cache, tenant) ? cache : NULL;
+	return cache && api_caches_owns(cache, tenant) ? cache : NULL;
 }
 
-int not_found(imc_error *err, const char *id)
+int api_caches_not_found(imc_error *err, const char *id)
 {
 	return imc_err(err, ENOENT, "cache %s: not found", id);
 }
@@ -227,7 +227,7 @@ static int find_same_locked(struct api_caches *c, const char *tenant,
 	for (size_t i = 0; i < c->n_items; i++) {
 		struct api_cache *x = c->items[i];
 
-		if (!owns(x, tenant))
+		if (!api_caches_owns(x, tenant))
 			continue;
 		if (req->client_token) {
 			if (!x->client_token || strcmp(x->client_token, req->client_token) != 0)
@@ -263,7 +263,7 @@ static int new_id(struct api_caches *c, char id[API_ID_MAX], imc_error *err)
 		if (r < 0)
 			return r;
 		pthread_mutex_lock(&c->lock);
-		taken = find_locked(c, id, NULL) != NULL;
+		taken = api_caches_find_locked(c, id, NULL) != NULL;
 		r = check_room_locked(c, err);
 		pthread_mutex_unlock(&c->lock);
 		if (r < 0 || !taken)
@@ -287,11 +287,12 @@ static int enqueue(struct api_caches *c, struct api_cache *cache,
 	else if (r == 0)
 		r = check_room_locked(c, err);
 	if (r == 0 && !same)
-		r = check_quota_locked(c, cache->tenant, quota_estimate(req->size), err);
+		r = api_caches_check_quota_locked(c, cache->tenant,
+						  api_caches_quota_estimate(req->size), err);
 	if (r == 0 && !same)
-		r = insert_locked(c, cache, err);
+		r = api_caches_insert_locked(c, cache, err);
 	if (r == 0 && !same)
-		queue_push_locked(c, cache); /* room checked above */
+		api_caches_queue_push_locked(c, cache); /* room checked above */
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
@@ -324,7 +325,7 @@ static int with_platforms(const struct api_caches *c, const struct api_create_re
 int api_caches_create(struct api_caches *c, const struct api_caller *who,
 		      const struct api_create_request *req_in, json_t **ret, imc_error *err)
 {
-	const char *tenant = tenant_of(who);
+	const char *tenant = api_caches_tenant_of(who);
 	struct api_cache *cache = NULL, *same = NULL;
 	_cleanup_json_ json_t *answer = NULL, *meta = NULL, *existing = NULL;
 	struct api_create_request full, *req = &full;
@@ -344,7 +345,8 @@ int api_caches_create(struct api_caches *c, const struct api_caller *who,
 	if (r == 0 && same)
 		r = answer_same(same, ret, err);
 	else if (r == 0)
-		r = check_quota_locked(c, tenant, quota_estimate(req->size), err);
+		r = api_caches_check_quota_locked(c, tenant, api_caches_quota_estimate(req->size),
+						  err);
 	pthread_mutex_unlock(&c->lock);
 	if (r < 0 || same) {
 		api_cache_free(cache);
@@ -353,11 +355,12 @@ int api_caches_create(struct api_caches *c, const struct api_caller *who,
 	answer = json_pack("{s:s,s:s}", "id", id, "status", "Creating");
 	meta = api_cache_to_meta(cache);
 	/* On disk first: a cache the client has heard of survives a crash. */
-	r = answer ? persist_meta(c, id, meta, err) : imc_err(err, ENOMEM, "out of memory");
+	r = answer ? api_caches_persist_meta(c, id, meta, err)
+		   : imc_err(err, ENOMEM, "out of memory");
 	if (r == 0)
 		r = enqueue(c, cache, req, &existing, err);
 	if (r < 0 || existing) {
-		unlink_meta(c, id, NULL);
+		api_caches_unlink_meta(c, id, NULL);
 		api_cache_free(cache);
 		if (r < 0)
 			return r;
@@ -392,9 +395,9 @@ int api_caches_get_body(struct api_caches *c, const struct api_caller *who, cons
 	int r = 0;
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_visible_locked(c, tenant_of(who), id, NULL);
+	cache = api_caches_find_visible_locked(c, api_caches_tenant_of(who), id, NULL);
 	if (!cache)
-		r = not_found(err, id);
+		r = api_caches_not_found(err, id);
 	else if (api_cache_rendered(cache, &json, &len) < 0)
 		r = imc_err(err, ENOMEM, "out of memory");
 	else
@@ -443,7 +446,7 @@ static json_t *wanted_layers(struct api_caches *c, const char *tenant, const cha
 		struct api_cache *x = c->items[k];
 		json_t *imgs = x->manifest ? json_object_get(x->manifest, "images") : NULL, *im;
 
-		if (!owns(x, tenant))
+		if (!api_caches_owns(x, tenant))
 			continue;
 		json_array_foreach(imgs, i, im)
 		{
@@ -485,7 +488,7 @@ static int list_best(struct api_caches *c, const char *tenant, const struct api_
 		struct api_cache *x = c->items[i];
 		size_t n;
 
-		if (!owns(x, tenant) || !api_cache_matches(x, q) ||
+		if (!api_caches_owns(x, tenant) || !api_cache_matches(x, q) ||
 		    !api_cache_has_platform(x, platform))
 			continue;
 		n = api_cache_shared_layers(x, want);
@@ -518,7 +521,8 @@ int api_caches_list_body(struct api_caches *c, const struct api_caller *who,
 	int r;
 
 	pthread_mutex_lock(&c->lock);
-	r = api_list_page_body(c->items, c->n_items, tenant_of(who), q, ret, ret_len, err);
+	r = api_list_page_body(c->items, c->n_items, api_caches_tenant_of(who), q, ret, ret_len,
+			       err);
 	pthread_mutex_unlock(&c->lock);
 	return r;
 }
@@ -531,7 +535,7 @@ int api_caches_list(struct api_caches *c, const struct api_caller *who,
 	int r;
 
 	if (q->match_best)
-		return list_best(c, tenant_of(who), q, ret, err);
+		return list_best(c, api_caches_tenant_of(who), q, ret, err);
 	r = api_caches_list_body(c, who, q, &body, &len, err);
 	return r < 0 ? r : body_to_json(body, len, ret, err);
 }
@@ -575,9 +579,9 @@ static int claim_for_delete(struct api_caches *c, const char *tenant, const char
 
 	*ret_cancelling = false;
 	pthread_mutex_lock(&c->lock);
-	cache = find_visible_locked(c, tenant, id, NULL);
+	cache = api_caches_find_visible_locked(c, tenant, id, NULL);
 	if (!cache)
-		r = not_found(err, id);
+		r = api_caches_not_found(err, id);
 	else if (cache->deleting || cache->status == API_CACHE_DELETING)
 		r = imc_err(err, EBUSY, "cache %s: already being deleted", id);
 	else if (cache->n_attachments > 0 && !force)
@@ -591,7 +595,7 @@ static int claim_for_delete(struct api_caches *c, const char *tenant, const char
 		cache->deleting = true;
 		api_cache_touch(cache);
 		cache->status_before = cache->status;
-		set_status_locked(cache, API_CACHE_DELETING);
+		api_caches_set_status_locked(cache, API_CACHE_DELETING);
 		event_locked(cache, "Deleting", "%s",
 			     *ret_cancelling	    ? "delete: cancelling the build"
 			     : cache->n_attachments ? "delete forced with clones attached"
@@ -608,13 +612,13 @@ static void finish_delete(struct api_caches *c, const char *id, bool deleted)
 	size_t index = 0;
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_locked(c, id, &index);
+	cache = api_caches_find_locked(c, id, &index);
 	if (cache && deleted) {
-		remove_locked(c, index);
+		api_caches_remove_locked(c, index);
 	} else if (cache) {
 		cache->deleting = false;
 		api_cache_touch(cache);
-		set_status_locked(cache, cache->status_before);
+		api_caches_set_status_locked(cache, cache->status_before);
 	}
 	pthread_mutex_unlock(&c->lock);
 	if (deleted)
@@ -627,8 +631,8 @@ static int answer_cancelling(struct api_caches *c, const char *id, json_t **ret,
 {
 	imc_error e = {0};
 
-	if (persist_id(c, id, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (api_caches_persist_id(c, id, &e) < 0)
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
 	*ret = json_pack("{s:s,s:s}", "id", id, "status", "Deleting");
 	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
@@ -642,7 +646,7 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 
 	if (!answer)
 		return imc_err(err, ENOMEM, "out of memory");
-	r = claim_for_delete(c, tenant_of(who), id, force, &cancelling, err);
+	r = claim_for_delete(c, api_caches_tenant_of(who), id, force, &cancelling, err);
 	if (r < 0)
 		return r;
 	if (cancelling)
@@ -655,10 +659,10 @@ static int api_caches_delete_force(struct api_caches *c, const struct api_caller
 	/* The snapshot is gone: the cache is gone, even if its metadata file lingers (the next
 	 * start marks such a cache Failed). */
 	finish_delete(c, id, true);
-	snapshot_removed(c, id);
-	drop_unused_bases_now(c);
-	space_changed(c);
-	r = unlink_meta(c, id, err);
+	api_caches_snapshot_removed(c, id);
+	api_caches_drop_unused_bases_now(c);
+	api_caches_wake_space_pass(c);
+	r = api_caches_unlink_meta(c, id, err);
 	if (r < 0)
 		return r;
 	*ret = steal_pointer(&answer);

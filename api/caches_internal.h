@@ -71,8 +71,9 @@ struct api_caches {
 	void (*on_snapshot_ready)(void *ctx, const char *id);
 	struct dist_exporter *exporter; /* for api/dist.c only */
 	unsigned resolve_timeout_ms;
-	bool space_due; /* something went: the sweeper collects blobs (see space_changed_locked) */
-	bool trim_due;	/* ... and trims the pool once things are quiet (see space_pass) */
+	/* Something went: the sweeper collects blobs (see api_caches_space_changed_locked) ... */
+	bool space_due;
+	bool trim_due;		 /* ... and trims the pool once things are quiet (see space_pass) */
 	uint64_t last_change_ns; /* the last build end, removal or attachment report */
 
 	pthread_mutex_t persist_lock; /* one metadata write at a time (shared tmp file names) */
@@ -92,77 +93,50 @@ struct worker {
 /* Record an event in a cache's history (under the lock); an OOM loses the event only. */
 #define event_locked(cache, type, ...) api_cache_add_event((cache), imc_now(), (type), __VA_ARGS__)
 
-/* The functions the files share, under their extern names: the definitions and their callers
- * keep the short names they had when all of this was one file. */
-#define find_locked	      api_caches_find_locked
-#define insert_locked	      api_caches_insert_locked
-#define remove_locked	      api_caches_remove_locked
-#define cmp_items	      api_caches_cmp_items
-#define set_status_locked     api_caches_set_status_locked
-#define notify		      api_caches_notify
-#define tenant_of	      api_caches_tenant_of
-#define owns		      api_caches_owns
-#define find_visible_locked   api_caches_find_visible_locked
-#define not_found	      api_caches_not_found
-#define persist_meta	      api_caches_persist_meta
-#define persist_id	      api_caches_persist_id
-#define persist		      api_caches_persist
-#define unlink_meta	      api_caches_unlink_meta
-#define load_all	      api_caches_load_all
-#define remove_leftover	      api_caches_remove_leftover
-#define queue_push_locked     api_caches_queue_push_locked
-#define repair_partial_blobs  api_caches_repair_partial_blobs
-#define repair_all	      api_caches_repair_all
-#define space_changed_locked  api_caches_space_changed_locked
-#define space_changed	      api_caches_wake_space_pass
-#define meta_room	      api_caches_meta_room
-#define drop_unused_bases     api_caches_drop_unused_bases
-#define drop_unused_bases_now api_caches_drop_unused_bases_now
-#define snapshot_removed      api_caches_snapshot_removed
-#define sweeper_main	      api_caches_sweeper_main
-#define worker_main	      api_caches_worker_main
-#define quota_estimate	      api_caches_quota_estimate
-#define check_quota_locked    api_caches_check_quota_locked
+/* The functions these files share, each defined in the file named above it; they are not the
+ * table's interface (api.h). */
 
 /* api/caches.c */
-struct api_cache *find_locked(struct api_caches *c, const char *id, size_t *ret_index);
-int insert_locked(struct api_caches *c, struct api_cache *cache, imc_error *err);
-void remove_locked(struct api_caches *c, size_t index);
-int cmp_items(const void *a, const void *b);
-void set_status_locked(struct api_cache *cache, enum api_cache_status status);
-void notify(struct api_caches *c, enum api_event ev, const char *id, const char *msg);
-const char *tenant_of(const struct api_caller *who);
-bool owns(const struct api_cache *cache, const char *tenant);
-struct api_cache *find_visible_locked(struct api_caches *c, const char *tenant, const char *id,
-				      size_t *ret_index);
-int not_found(imc_error *err, const char *id);
+struct api_cache *api_caches_find_locked(struct api_caches *c, const char *id, size_t *ret_index);
+int api_caches_insert_locked(struct api_caches *c, struct api_cache *cache, imc_error *err);
+void api_caches_remove_locked(struct api_caches *c, size_t index);
+int api_caches_cmp_items(const void *a, const void *b);
+void api_caches_set_status_locked(struct api_cache *cache, enum api_cache_status status);
+void api_caches_notify(struct api_caches *c, enum api_event ev, const char *id, const char *msg);
+const char *api_caches_tenant_of(const struct api_caller *who);
+bool api_caches_owns(const struct api_cache *cache, const char *tenant);
+struct api_cache *api_caches_find_visible_locked(struct api_caches *c, const char *tenant,
+						 const char *id, size_t *ret_index);
+int api_caches_not_found(imc_error *err, const char *id);
 
 /* api/persist.c */
-int persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_error *err);
-int persist_id(struct api_caches *c, const char *id, imc_error *err);
-int persist(struct api_caches *c, struct api_cache *cache, imc_error *err);
-int unlink_meta(struct api_caches *c, const char *id, imc_error *err);
-int load_all(struct api_caches *c, json_t *repairs, imc_error *err);
-void remove_leftover(struct api_caches *c, enum store_kind kind, const char *id, json_t *repairs);
+int api_caches_persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_error *err);
+int api_caches_persist_id(struct api_caches *c, const char *id, imc_error *err);
+int api_caches_persist(struct api_caches *c, struct api_cache *cache, imc_error *err);
+int api_caches_unlink_meta(struct api_caches *c, const char *id, imc_error *err);
+int api_caches_load_all(struct api_caches *c, json_t *repairs, imc_error *err);
+void api_caches_remove_leftover(struct api_caches *c, enum store_kind kind, const char *id,
+				json_t *repairs);
 
 /* api/repair.c */
-int queue_push_locked(struct api_caches *c, struct api_cache *cache);
-void repair_partial_blobs(struct api_caches *c, json_t *repairs);
-int repair_all(struct api_caches *c, json_t *repairs, imc_error *err);
+int api_caches_queue_push_locked(struct api_caches *c, struct api_cache *cache);
+void api_caches_repair_partial_blobs(struct api_caches *c, json_t *repairs);
+int api_caches_repair_all(struct api_caches *c, json_t *repairs, imc_error *err);
 
 /* api/sweep.c */
-void space_changed_locked(struct api_caches *c);
-void space_changed(struct api_caches *c);
-bool meta_room(struct api_caches *c);
-void drop_unused_bases(struct api_caches *c);
-void drop_unused_bases_now(struct api_caches *c);
-void snapshot_removed(struct api_caches *c, const char *id);
+void api_caches_space_changed_locked(struct api_caches *c);
+void api_caches_wake_space_pass(struct api_caches *c);
+bool api_caches_meta_room(struct api_caches *c);
+void api_caches_drop_unused_bases(struct api_caches *c);
+void api_caches_drop_unused_bases_now(struct api_caches *c);
+void api_caches_snapshot_removed(struct api_caches *c, const char *id);
 int api_caches_remove_snapshot(struct api_caches *c, const char *id, bool force, imc_error *err);
-void *sweeper_main(void *arg);
+void *api_caches_sweeper_main(void *arg);
 
 /* api/workers.c */
-void *worker_main(void *arg);
-uint64_t quota_estimate(uint64_t size);
-int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size, imc_error *err);
+void *api_caches_worker_main(void *arg);
+uint64_t api_caches_quota_estimate(uint64_t size);
+int api_caches_check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
+				  imc_error *err);
 
 #endif

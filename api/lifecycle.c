@@ -40,7 +40,7 @@ static void open_reserve(struct api_caches *c, json_t *repairs)
 {
 	imc_error e = {0};
 
-	if (meta_room(c))
+	if (api_caches_meta_room(c))
 		return;
 	if (api_meta_reserve_fill(c->meta_dirfd, &e) == 0)
 		imc_err(&e, ENOSPC, "caches/: less than %u bytes free",
@@ -142,13 +142,14 @@ static int start_threads(struct api_caches *c, imc_error *err)
 		if (!w)
 			return imc_err(err, ENOMEM, "out of memory");
 		*w = (struct worker){.caches = c, .slot = c->workers_started};
-		r = -pthread_create(&c->workers[c->workers_started], NULL, worker_main, w);
+		r = -pthread_create(&c->workers[c->workers_started], NULL, api_caches_worker_main,
+				    w);
 		if (r < 0) {
 			free(w);
 			return imc_err_sys(err, -r, "build worker thread");
 		}
 	}
-	r = -pthread_create(&c->sweeper, NULL, sweeper_main, c);
+	r = -pthread_create(&c->sweeper, NULL, api_caches_sweeper_main, c);
 	if (r < 0)
 		return imc_err_sys(err, -r, "sweeper thread");
 	c->sweeper_started = true;
@@ -232,13 +233,13 @@ int api_caches_open(const struct api_caches_config *cfg, json_t *ret_repairs,
 	if (r == 0)
 		builder_recover(c->store, cfg->state_dir, ret_repairs);
 	if (r == 0)
-		repair_partial_blobs(c, ret_repairs);
+		api_caches_repair_partial_blobs(c, ret_repairs);
 	if (r == 0)
 		open_reserve(c, ret_repairs);
 	if (r == 0)
-		r = load_all(c, ret_repairs, err);
+		r = api_caches_load_all(c, ret_repairs, err);
 	if (r == 0)
-		r = repair_all(c, ret_repairs, err);
+		r = api_caches_repair_all(c, ret_repairs, err);
 	/* What a crash or the repairs freed: trimmed once the first sweep interval is quiet. */
 	c->trim_due = true;
 	c->last_change_ns = imc_monotonic_ns();
@@ -281,8 +282,8 @@ void api_caches_close(struct api_caches *c)
 						      "its credentials are not kept"
 						    : "imcd stopped before the build started; "
 						      "it resumes when imcd starts again");
-		if (persist(c, cache, &e) < 0)
-			notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg);
+		if (api_caches_persist(c, cache, &e) < 0)
+			api_caches_notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg);
 	}
 	free_caches(c);
 }

@@ -12,7 +12,7 @@
 #include "api.h"
 
 #define SLOT_NAME   ".reserve.%u"
-#define SLOT_NEW    ".reserve.new.tmp.%u" /* load_all removes a leftover (".tmp.") */
+#define SLOT_NEW    ".reserve.new.tmp.%u" /* api_caches_load_all removes a leftover (".tmp.") */
 #define ZEROS_CHUNK (64u << 10)
 
 static void slot_name(unsigned i, char buf[32])

@@ -67,7 +67,7 @@ static int meta_write(struct api_caches *c, const char *name, json_t *meta, bool
 }
 
 /* Write the metadata of an already serialised cache (a new one). */
-int persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_error *err)
+int api_caches_persist_meta(struct api_caches *c, const char *id, json_t *meta, imc_error *err)
 {
 	char name[API_ID_MAX + 8];
 	int r;
@@ -88,7 +88,7 @@ static void persisted(struct api_caches *c, const char *id, enum api_cache_statu
 	struct api_cache *cache;
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_locked(c, id, NULL);
+	cache = api_caches_find_locked(c, id, NULL);
 	if (cache && written)
 		cache->persisted_status = status;
 	if (cache)
@@ -97,9 +97,9 @@ static void persisted(struct api_caches *c, const char *id, enum api_cache_statu
 }
 
 /* Persist a cache by id, for a caller that no longer holds the lock: a cache deleted meanwhile
- * is not written back (persist_lock orders this against unlink_meta).  A write that fails
- * leaves the cache marked dirty: the sweeper writes it once there is room. */
-int persist_id(struct api_caches *c, const char *id, imc_error *err)
+ * is not written back (persist_lock orders this against api_caches_unlink_meta).  A write that
+ * fails leaves the cache marked dirty: the sweeper writes it once there is room. */
+int api_caches_persist_id(struct api_caches *c, const char *id, imc_error *err)
 {
 	_cleanup_json_ json_t *meta = NULL;
 	enum api_cache_status status = API_CACHE_CREATING;
@@ -111,7 +111,7 @@ int persist_id(struct api_caches *c, const char *id, imc_error *err)
 	meta_name(id, name, sizeof(name));
 	pthread_mutex_lock(&c->persist_lock);
 	pthread_mutex_lock(&c->lock);
-	cache = find_locked(c, id, NULL);
+	cache = api_caches_find_locked(c, id, NULL);
 	if (cache) {
 		meta = api_cache_to_meta(cache);
 		status = cache->status;
@@ -129,17 +129,17 @@ int persist_id(struct api_caches *c, const char *id, imc_error *err)
 }
 
 /* The same for a cache of the table. */
-int persist(struct api_caches *c, struct api_cache *cache, imc_error *err)
+int api_caches_persist(struct api_caches *c, struct api_cache *cache, imc_error *err)
 {
 	char id[API_ID_MAX];
 
 	pthread_mutex_lock(&c->lock);
 	memcpy(id, cache->id, sizeof(id));
 	pthread_mutex_unlock(&c->lock);
-	return persist_id(c, id, err);
+	return api_caches_persist_id(c, id, err);
 }
 
-int unlink_meta(struct api_caches *c, const char *id, imc_error *err)
+int api_caches_unlink_meta(struct api_caches *c, const char *id, imc_error *err)
 {
 	char name[API_ID_MAX + 8];
 	int r = 0;
@@ -187,14 +187,14 @@ static int load_one(struct api_caches *c, const char *file, const char *id, json
 		return 0;
 	}
 	cache->persisted_status = cache->status;
-	if (insert_locked(c, cache, err) < 0) {
+	if (api_caches_insert_locked(c, cache, err) < 0) {
 		api_cache_free(cache);
 		return err ? err->code : -ENOMEM;
 	}
 	return 0;
 }
 
-int load_all(struct api_caches *c, json_t *repairs, imc_error *err)
+int api_caches_load_all(struct api_caches *c, json_t *repairs, imc_error *err)
 {
 	int dfd = fcntl(c->meta_dirfd, F_DUPFD_CLOEXEC, 3);
 	_cleanup_dir_ DIR *d = NULL;
@@ -228,11 +228,12 @@ int load_all(struct api_caches *c, json_t *repairs, imc_error *err)
 	if (errno != 0)
 		return imc_err_sys(err, errno, "caches directory: readdir");
 	if (c->n_items > 1)
-		qsort(c->items, c->n_items, sizeof(*c->items), cmp_items);
+		qsort(c->items, c->n_items, sizeof(*c->items), api_caches_cmp_items);
 	return 0;
 }
 
-void remove_leftover(struct api_caches *c, enum store_kind kind, const char *id, json_t *repairs)
+void api_caches_remove_leftover(struct api_caches *c, enum store_kind kind, const char *id,
+				json_t *repairs)
 {
 	imc_error e = {0};
 	int r = store_remove(c->store, kind, id, &e);

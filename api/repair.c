@@ -15,7 +15,7 @@
 /* ---- repair on start --------------------------------------------------------------------------
  */
 
-int queue_push_locked(struct api_caches *c, struct api_cache *cache)
+int api_caches_queue_push_locked(struct api_caches *c, struct api_cache *cache)
 {
 	if (c->q_len >= API_QUEUE_MAX)
 		return -EDQUOT;
@@ -33,11 +33,11 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 {
 	imc_error e = {0};
 
-	remove_leftover(c, STORE_VOLUME, cache->id, repairs);
-	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
-	if (!cache->had_credentials && queue_push_locked(c, cache) == 0) {
+	api_caches_remove_leftover(c, STORE_VOLUME, cache->id, repairs);
+	api_caches_remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
+	if (!cache->had_credentials && api_caches_queue_push_locked(c, cache) == 0) {
 		event_locked(cache, "Resumed", "imcd restarted: the build starts again");
-		if (persist(c, cache, &e) < 0)
+		if (api_caches_persist(c, cache, &e) < 0)
 			imc_repair_report(repairs, "%s", e.msg);
 		imc_repair_report(repairs,
 				  "cache %s: was Creating when imcd stopped; build queued again",
@@ -50,7 +50,7 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 				 err) < 0)
 		return err ? err->code : -ENOMEM;
 	event_locked(cache, "Failed", "%s", cache->status_message);
-	if (persist(c, cache, &e) < 0)
+	if (api_caches_persist(c, cache, &e) < 0)
 		imc_repair_report(repairs, "%s", e.msg);
 	imc_repair_report(repairs, "cache %s: was Creating when imcd stopped; marked Failed: %s",
 			  cache->id, cache->status_message);
@@ -74,7 +74,7 @@ static int repair_missing_snapshot(struct api_caches *c, struct api_cache *cache
 	if (api_cache_set_failed(cache, "snapshot missing from the store", err) < 0)
 		return err ? err->code : -ENOMEM;
 	event_locked(cache, "Failed", "snapshot missing from the store (found on restart)");
-	if (persist(c, cache, &e) < 0)
+	if (api_caches_persist(c, cache, &e) < 0)
 		imc_repair_report(repairs, "%s", e.msg);
 	imc_repair_report(repairs, "cache %s: was Ready but its snapshot is gone; marked Failed",
 			  cache->id);
@@ -86,11 +86,12 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 {
 	imc_error e = {0};
 
-	remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
-	remove_leftover(c, STORE_VOLUME, cache->id, repairs); /* a delete that cancelled a build */
-	set_status_locked(cache, API_CACHE_EXPIRED);
+	api_caches_remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
+	api_caches_remove_leftover(c, STORE_VOLUME, cache->id,
+				   repairs); /* a delete that cancelled a build */
+	api_caches_set_status_locked(cache, API_CACHE_EXPIRED);
 	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
-	if (persist(c, cache, &e) < 0)
+	if (api_caches_persist(c, cache, &e) < 0)
 		imc_repair_report(repairs, "%s", e.msg);
 	imc_repair_report(repairs,
 			  "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
@@ -99,7 +100,7 @@ static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_
 
 /* Partial blob downloads that a killed imcd left under temporary names (those a live process
  * holds stay).  The chunk store's are imcd's to remove: it opens that store. */
-void repair_partial_blobs(struct api_caches *c, json_t *repairs)
+void api_caches_repair_partial_blobs(struct api_caches *c, json_t *repairs)
 {
 	uint64_t bytes = 0;
 	imc_error e = {0};
@@ -114,7 +115,7 @@ void repair_partial_blobs(struct api_caches *c, json_t *repairs)
 }
 
 /* Runs before any thread starts: the lock is not needed. */
-int repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
+int api_caches_repair_all(struct api_caches *c, json_t *repairs, imc_error *err)
 {
 	for (size_t i = 0; i < c->n_items; i++) {
 		struct api_cache *cache = c->items[i];

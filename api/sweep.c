@@ -17,7 +17,7 @@
  * request handler: the blob store's collection lists a directory. */
 
 /* A build ended or a cache went: wake the sweeper for a space pass now. */
-void space_changed_locked(struct api_caches *c)
+void api_caches_space_changed_locked(struct api_caches *c)
 {
 	c->space_due = true;
 	c->trim_due = true;
@@ -25,10 +25,10 @@ void space_changed_locked(struct api_caches *c)
 	pthread_cond_signal(&c->sweep_cond);
 }
 
-void space_changed(struct api_caches *c)
+void api_caches_wake_space_pass(struct api_caches *c)
 {
 	pthread_mutex_lock(&c->lock);
-	space_changed_locked(c);
+	api_caches_space_changed_locked(c);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -36,7 +36,7 @@ void api_caches_space_changed(void *ctx, const char *id)
 {
 	(void)id;
 	if (ctx)
-		space_changed(ctx);
+		api_caches_wake_space_pass(ctx);
 }
 
 /* Append the layer digests of a cache's built images to out. */
@@ -103,7 +103,7 @@ static void trim_pool(struct api_caches *c)
 }
 
 /* Room for the metadata again?  Every reserve file there, and as much again free. */
-bool meta_room(struct api_caches *c)
+bool api_caches_meta_room(struct api_caches *c)
 {
 	struct statvfs sv;
 	uint64_t free_bytes;
@@ -134,11 +134,11 @@ static void meta_recover(struct api_caches *c)
 		return;
 	for (size_t i = 0; i < n; i++) {
 		imc_error e = {0};
-		if (persist_id(c, ids[i], &e) == 0)
+		if (api_caches_persist_id(c, ids[i], &e) == 0)
 			imc_info("cache %s: metadata written (it could not be for want of space)",
 				 ids[i]);
 	}
-	if (!meta_room(c))
+	if (!api_caches_meta_room(c))
 		return;
 	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; i < c->n_items && !dirty; i++)
@@ -213,7 +213,7 @@ static bool base_in_use_locked(struct api_caches *c, const char *id)
 /* Remove the per-image base snapshots (img-…) that no cache stands on any more.  Not while a
  * build runs or waits: it may be about to clone one.  Under the table lock, so no build starts
  * meanwhile. */
-void drop_unused_bases(struct api_caches *c)
+void api_caches_drop_unused_bases(struct api_caches *c)
 {
 	char **ids = NULL;
 	size_t n = 0;
@@ -237,15 +237,15 @@ void drop_unused_bases(struct api_caches *c)
 	store_list_free(ids, n);
 }
 
-void drop_unused_bases_now(struct api_caches *c)
+void api_caches_drop_unused_bases_now(struct api_caches *c)
 {
 	pthread_mutex_lock(&c->lock);
-	drop_unused_bases(c);
+	api_caches_drop_unused_bases(c);
 	pthread_mutex_unlock(&c->lock);
 }
 
 /* A cache's snapshot is gone: whoever holds what was made of it (imcd: its chunks) hears. */
-void snapshot_removed(struct api_caches *c, const char *id)
+void api_caches_snapshot_removed(struct api_caches *c, const char *id)
 {
 	if (c->on_snapshot_removed)
 		c->on_snapshot_removed(c->snapshot_ctx, id);
@@ -267,28 +267,28 @@ static bool expire_one(struct api_caches *c, const char *id, const char *type, c
 	int r = api_caches_remove_snapshot(c, id, false, &e);
 
 	pthread_mutex_lock(&c->lock);
-	cache = find_locked(c, id, NULL);
+	cache = api_caches_find_locked(c, id, NULL);
 	if (cache && r < 0 && r != -ENOENT) {
-		set_status_locked(cache, cache->status_before);
+		api_caches_set_status_locked(cache, cache->status_before);
 		event_locked(cache, "ExpireFailed", "%s", e.msg);
 		if (r == -EBUSY)
 			cache->last_used_at = imc_now();
 	} else if (cache) {
-		set_status_locked(cache, API_CACHE_EXPIRED);
+		api_caches_set_status_locked(cache, API_CACHE_EXPIRED);
 		event_locked(cache, type, "%s", why);
 	}
 	pthread_mutex_unlock(&c->lock);
-	if (cache && persist_id(c, id, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (cache && api_caches_persist_id(c, id, &e) < 0)
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
 	if (r == 0 || r == -ENOENT) {
-		snapshot_removed(c, id);
-		drop_unused_bases_now(c);
-		space_changed(c);
+		api_caches_snapshot_removed(c, id);
+		api_caches_drop_unused_bases_now(c);
+		api_caches_wake_space_pass(c);
 	}
 	if (r == 0 || r == -ENOENT) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "%s: %s", type, why);
-		notify(c, API_EVENT_EXPIRED, id, msg);
+		api_caches_notify(c, API_EVENT_EXPIRED, id, msg);
 	}
 	return r == 0 || r == -ENOENT;
 }
@@ -312,7 +312,7 @@ static bool claim_expired(struct api_caches *c, int64_t now, char id[API_ID_MAX]
 		if (!removable_locked(cache) || exp == 0 || now < exp)
 			continue;
 		cache->status_before = cache->status;
-		set_status_locked(cache, API_CACHE_DELETING);
+		api_caches_set_status_locked(cache, API_CACHE_DELETING);
 		memcpy(id, cache->id, API_ID_MAX);
 		found = true;
 	}
@@ -339,7 +339,7 @@ static bool claim_lru(struct api_caches *c, char id[API_ID_MAX])
 	}
 	if (best) {
 		best->status_before = best->status;
-		set_status_locked(best, API_CACHE_DELETING);
+		api_caches_set_status_locked(best, API_CACHE_DELETING);
 		memcpy(id, best->id, API_ID_MAX);
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -390,7 +390,7 @@ static void sweep_all(struct api_caches *c)
 	space_pass(c);
 }
 
-void *sweeper_main(void *arg)
+void *api_caches_sweeper_main(void *arg)
 {
 	struct api_caches *c = arg;
 

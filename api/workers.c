@@ -65,7 +65,8 @@ static bool finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	imc_error e = {0};
 
 	if (build_r == 0 && store_stat(c->store, STORE_SNAPSHOT, cache->id, &info, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, cache->id, e.msg); /* size unknown: 0 */
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, cache->id,
+				  e.msg); /* size unknown: 0 */
 	char id[API_ID_MAX];
 
 	memcpy(id, cache->id, sizeof(id));
@@ -79,7 +80,7 @@ static bool finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 	if (cache->cancel == API_CANCEL_SHUTDOWN && build_r < 0)
 		build_msg = shutdown_message(c, why, sizeof(why));
 	if (build_r == 0) {
-		set_status_locked(cache, API_CACHE_READY);
+		api_caches_set_status_locked(cache, API_CACHE_READY);
 		cache->manifest = json_incref(manifest);
 		cache->size = info.size;
 		cache->ready_at = imc_now();
@@ -87,21 +88,22 @@ static bool finish_build(struct api_caches *c, struct api_cache *cache, json_t *
 		event_locked(cache, "Ready", "%s", msg);
 	} else {
 		if (api_cache_set_failed(cache, build_msg, NULL) < 0)
-			set_status_locked(cache, API_CACHE_FAILED); /* no memory for the message */
+			api_caches_set_status_locked(
+			    cache, API_CACHE_FAILED); /* no memory for the message */
 		event_locked(cache, "Failed", "%s", build_msg);
 	}
 	pthread_mutex_unlock(&c->lock);
 	api_metrics_observe_build(&c->metrics, build_r == 0, imc_monotonic_ns() - start_ns);
 	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
 	/* Once unlocked the cache may be deleted: only its id is used from here on. */
-	if (persist_id(c, id, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	if (api_caches_persist_id(c, id, &e) < 0)
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
 	if (build_r == 0 && c->on_snapshot_ready)
 		c->on_snapshot_ready(c->snapshot_ctx, id);
 	if (build_r == 0)
-		notify(c, API_EVENT_BUILD_READY, id, msg);
+		api_caches_notify(c, API_EVENT_BUILD_READY, id, msg);
 	else
-		notify(c, API_EVENT_BUILD_FAILED, id, build_msg);
+		api_caches_notify(c, API_EVENT_BUILD_FAILED, id, build_msg);
 	return false;
 }
 
@@ -171,13 +173,13 @@ static bool drop_cancelled(struct api_caches *c, struct api_cache *cache)
 	if (store_remove(c->store, STORE_VOLUME, id, &e) < 0 && e.code != -ENOENT)
 		imc_warn("cache %s: %s", id, e.msg);
 	pthread_mutex_lock(&c->lock);
-	if (find_locked(c, id, &index) == cache)
-		remove_locked(c, index);
+	if (api_caches_find_locked(c, id, &index) == cache)
+		api_caches_remove_locked(c, index);
 	pthread_mutex_unlock(&c->lock);
 	__atomic_sub_fetch(&c->metrics.builds_in_flight, 1, __ATOMIC_RELAXED);
-	if (unlink_meta(c, id, &e) < 0)
-		notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
-	notify(c, API_EVENT_BUILD_FAILED, id, CANCELLED_BY_DELETE_MSG);
+	if (api_caches_unlink_meta(c, id, &e) < 0)
+		api_caches_notify(c, API_EVENT_PERSIST_FAILED, id, e.msg);
+	api_caches_notify(c, API_EVENT_BUILD_FAILED, id, CANCELLED_BY_DELETE_MSG);
 	api_cache_free(cache);
 	return true;
 }
@@ -230,7 +232,7 @@ static bool build_one(struct api_caches *c, struct api_cache *cache)
 	pthread_mutex_lock(&c->lock);
 	event_locked(cache, "BuildStarted", "%s", what);
 	pthread_mutex_unlock(&c->lock);
-	notify(c, API_EVENT_BUILD_START, cache->id, what);
+	api_caches_notify(c, API_EVENT_BUILD_START, cache->id, what);
 	breq.refs = (const char *const *)cache->refs;
 	breq.platforms = (const char *const *)cache->platforms;
 	breq.n_refs = cache->n_refs;
@@ -269,7 +271,7 @@ static struct api_cache *take_next_locked(struct api_caches *c)
 	return queued[pick];
 }
 
-void *worker_main(void *arg)
+void *api_caches_worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct api_caches *c = w->caches;
@@ -293,8 +295,8 @@ void *worker_main(void *arg)
 		c->building[slot] = NULL;
 		pthread_cond_broadcast(&c->cond); /* a build waiting for this image may start */
 		if (dropped) /* a base the cancelled build made may now stand alone */
-			drop_unused_bases(c);
-		space_changed_locked(c); /* its blobs are needed no more, or less */
+			api_caches_drop_unused_bases(c);
+		api_caches_space_changed_locked(c); /* its blobs are needed no more, or less */
 		pthread_mutex_unlock(&c->lock);
 	}
 }
@@ -307,7 +309,7 @@ void *worker_main(void *arg)
  * concurrent creates and builds never both pass on the same bytes. */
 
 /* What a create of size bytes (0: the builder's default) reserves until its build is sized. */
-uint64_t quota_estimate(uint64_t size)
+uint64_t api_caches_quota_estimate(uint64_t size)
 {
 	return size ? size : BUILDER_SIZE_MIN;
 }
@@ -316,7 +318,7 @@ static uint64_t quota_bytes_of(const struct api_cache *x)
 {
 	if (x->status != API_CACHE_CREATING)
 		return x->size;
-	return x->reserved ? x->reserved : quota_estimate(x->request_size);
+	return x->reserved ? x->reserved : api_caches_quota_estimate(x->request_size);
 }
 
 static const struct api_tenant_limits *limits_of(const struct api_caches *c, const char *tenant)
@@ -337,7 +339,7 @@ static void tenant_usage_locked(const struct api_caches *c, const char *tenant,
 	for (size_t i = 0; i < c->n_items; i++) {
 		const struct api_cache *x = c->items[i];
 
-		if (x == skip || !owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
+		if (x == skip || !api_caches_owns(x, tenant) || x->status == API_CACHE_EXPIRED ||
 		    x->status == API_CACHE_DELETING)
 			continue;
 		(*ret_count)++;
@@ -372,8 +374,9 @@ static int reserve_size(void *ctx, uint64_t size, imc_error *err)
 }
 
 /* The tenant's quota (403 QuotaExceeded): caches it holds and their bytes, plus what this
- * create reserves (size: its quota_estimate). */
-int check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size, imc_error *err)
+ * create reserves (size: its api_caches_quota_estimate). */
+int api_caches_check_quota_locked(struct api_caches *c, const char *tenant, uint64_t size,
+				  imc_error *err)
 {
 	const struct api_tenant_limits *lim = limits_of(c, tenant);
 	uint64_t count = 0, bytes = 0;
