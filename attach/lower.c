@@ -226,6 +226,8 @@ static int lower_mount_lazy(struct store *s, int ldir, const char *id, const cha
 	char name[LOWER_NAME_MAX];
 	int r;
 
+	if (mkdirat(ldir, id, 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "lower %s: mount point", id);
 	lower_name(id, ".json", name);
 	r = lazy_mount_steps(s, ldir, id, root, lazy, name, err);
 	if (r < 0) {
