@@ -395,6 +395,7 @@ int dist_lazy_mount(struct dist_lazy *l, const char *mountpoint, imc_error *err)
 	struct fuse_args args = FUSE_ARGS_INIT(2, argv);
 
 	l->fuse = fuse_new(&args, &lazy_ops, sizeof(lazy_ops), l);
+	fuse_opt_free_args(&args);
 	if (!l->fuse)
 		return imc_err(err, EIO, "cache %s: cannot set up the FUSE file system", l->id);
 	if (fuse_mount(l->fuse, mountpoint) != 0)

@@ -24,6 +24,11 @@ need_programs imcd imcctl imc-attach
 [ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -c /dev/fuse ] || skip_all "needs /dev/fuse"
 
+# The FUSE server's stderr is a log file that goes with its lower: sanitizer reports (a check
+# build) go to files here instead, checked at the end.
+mkdir -p "$TEST_TMP/asan"
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$TEST_TMP/asan/report"
+
 # --- the server: registry, image, imcd, a Ready cache and its index ----------------------------
 
 registry_start_or_bail
@@ -274,5 +279,8 @@ cp "$TEST_TMP/blob.good" "$BLOBFILE"
 check "detach p6" ia "$A4" detach "$P6"
 no_leaks "$A4" "after the corrupted chunk" "$SPID"
 check "the unsealed volume is gone" test -z "$(ls "$A4/pool/volumes" 2>/dev/null)"
+
+check_eq "no sanitizer report from any process (the FUSE servers included)" "" \
+	"$(cat "$TEST_TMP"/asan/report* 2>/dev/null | head -40)"
 
 done_testing
