@@ -9,7 +9,8 @@
 # without FUSE and sends nothing.  kill -9 of the FUSE server (the pod then gets an error, never
 # bytes) and of imc-attach right after it started the server, each followed by reconcile, leave no
 # mount (FUSE included), loop device, process or half-fetched volume; a chunk corrupted on the
-# server is an I/O error inside the pod.
+# server is an I/O error inside the pod.  The same lazy attach from the registry alone (the
+# artifact imcctl push wrote), filled and sealed.
 # Needs root, loop devices, overlayfs and /dev/fuse; the kill -9 test needs a -DIMC_TESTING build.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -249,6 +250,34 @@ if grep -qa IMC_ATTACH_STOP_AT "$IMC_BIN/imc-attach"; then
 else
 	not_ok "kill -9 of imc-attach needs a -DIMC_TESTING build (make O=build/check SAN=1)"
 fi
+
+# --- from the registry alone (the artifact imcctl push wrote) -----------------------------------
+
+_capture imcctl push "$ID" "$REGISTRY/imc/lazysnap:v1" --insecure-registry "$REGISTRY"
+check_eq "imcctl push writes the snapshot to the registry" 0 "$rc"
+A5=$TEST_TMP/agent5
+AGENTS+=("$A5")
+P7=$(pod p7)
+rm -f "$HOLD"
+check "lazy attach at p7 from the registry (no imcd)" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" \
+	"$IMC_BIN/imc-attach" --state-dir "$A5" --lower-grace 0 \
+	--registry-ref "$REGISTRY/imc/lazysnap:v1" attach "$ID" "$P7"
+check "the snapshot is not in that store yet" test ! -e "$A5/pool/snapshots/$ID.img"
+check_eq "the FUSE file system is mounted" fuse.imcache \
+	"$(findmnt -rn -o FSTYPE --mountpoint "$A5/lowers/$ID.fuse" || true)"
+SPID=$(server_pid "$A5")
+check_eq "p7 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P7/blob/data.bin" | cut -d' ' -f1)"
+touch "$HOLD"
+for i in $(seq 1 1200); do
+	[ -e "$A5/pool/snapshots/$ID.img" ] && break
+	sleep 0.1
+done
+check_eq "the background fill from the registry seals the snapshot (the index's sha256)" \
+	"$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(sha256sum <"$A5/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
+check "detach p7" "$IMC_BIN/imc-attach" --state-dir "$A5" --lower-grace 0 detach "$P7"
+no_leaks "$A5" "after the lazy attach from the registry" "$SPID"
+rm -f "$HOLD"
 
 # --- a corrupted chunk is an I/O error in the pod ---------------------------------------------
 
