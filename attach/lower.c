@@ -512,20 +512,17 @@ static int sweep_lru(struct store *s, int ldir, const struct attach_lower_policy
 	return 0;
 }
 
-int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
-		imc_error *err)
+/* Call each(id, ctx) for every <id>SUFFIX (a 5-byte suffix: ".lock", ".lazy") in the lowers
+ * directory ldir, whose id is a valid name, until one fails. */
+static int lower_scan(int ldir, const char *suffix,
+		      int (*each)(const char *id, void *ctx, imc_error *err), void *ctx,
+		      imc_error *err)
 {
-	_cleanup_close_ int ldir = lower_open_dir(s, err);
 	_cleanup_dir_ DIR *d = NULL;
-	struct sweep sw = {0};
 	struct dirent *de;
 	size_t seen = 0;
 	int r = 0, fd;
 
-	if (!pol)
-		pol = &default_policy;
-	if (ldir < 0)
-		return ldir;
 	if ((fd = fcntl(ldir, F_DUPFD_CLOEXEC, 3)) < 0 || !(d = fdopendir(fd))) {
 		if (fd >= 0)
 			close(fd);
@@ -535,44 +532,63 @@ int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *
 		size_t len = strlen(de->d_name);
 		char id[LOWER_NAME_MAX];
 		if (de->d_name[0] == '.' || len <= 5 || len - 5 >= LOWER_NAME_MAX ||
-		    strcmp(de->d_name + len - 5, ".lock") != 0)
+		    strcmp(de->d_name + len - 5, suffix) != 0)
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
 		if (imc_name_valid(id, 64))
-			r = sweep_one(s, ldir, id, pol, &sw, repairs, err);
+			r = each(id, ctx, err);
 	}
-	if (r == 0 && sw.mounted > pol->max_mounted)
-		r = sweep_lru(s, ldir, pol, &sw, repairs, err);
-	free(sw.idle);
+	return r;
+}
+
+/* What the sweep and the reap of lazy lowers need for each lower. */
+struct sweep_ctx {
+	struct store *s;
+	int ldir;
+	const struct attach_lower_policy *pol;
+	struct sweep sw;
+	json_t *repairs;
+};
+
+static int sweep_each(const char *id, void *ctx, imc_error *err)
+{
+	struct sweep_ctx *c = ctx;
+
+	return sweep_one(c->s, c->ldir, id, c->pol, &c->sw, c->repairs, err);
+}
+
+static int reap_each(const char *id, void *ctx, imc_error *err)
+{
+	struct sweep_ctx *c = ctx;
+
+	return lazy_reap(c->s, c->ldir, id, c->repairs, err);
+}
+
+int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
+		imc_error *err)
+{
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
+	struct sweep_ctx c = {.s = s, .pol = pol ? pol : &default_policy, .repairs = repairs};
+	int r;
+
+	if (ldir < 0)
+		return ldir;
+	c.ldir = ldir;
+	r = lower_scan(ldir, ".lock", sweep_each, &c, err);
+	if (r == 0 && c.sw.mounted > c.pol->max_mounted)
+		r = sweep_lru(s, ldir, c.pol, &c.sw, repairs, err);
+	free(c.sw.idle);
 	return r;
 }
 
 int lower_reap_lazy(struct store *s, json_t *repairs, imc_error *err)
 {
 	_cleanup_close_ int ldir = lower_open_dir(s, err);
-	_cleanup_dir_ DIR *d = NULL;
-	struct dirent *de;
-	size_t seen = 0;
-	int r = 0, fd;
+	struct sweep_ctx c = {.s = s, .ldir = ldir, .repairs = repairs};
 
 	if (ldir < 0)
 		return ldir;
-	if ((fd = fcntl(ldir, F_DUPFD_CLOEXEC, 3)) < 0 || !(d = fdopendir(fd))) {
-		if (fd >= 0)
-			close(fd);
-		return imc_err_sys(err, errno, ATTACH_LOWERS_DIR);
-	}
-	while (r == 0 && (de = readdir(d)) && seen++ < LOWER_SCAN_MAX) {
-		size_t len = strlen(de->d_name);
-		char id[LOWER_NAME_MAX];
-		if (de->d_name[0] == '.' || len <= 5 || len - 5 >= LOWER_NAME_MAX ||
-		    strcmp(de->d_name + len - 5, ".lazy") != 0)
-			continue;
-		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
-		if (imc_name_valid(id, 64))
-			r = lazy_reap(s, ldir, id, repairs, err);
-	}
-	return r;
+	return lower_scan(ldir, ".lazy", reap_each, &c, err);
 }
 
 int attach_lowers_release(struct store *s, imc_error *err)

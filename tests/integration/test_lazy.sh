@@ -175,10 +175,7 @@ check_eq "no chunk was sent twice" 0 "$(dups)"
 # The background fill, the seal.
 mark
 touch "$HOLD"
-for i in $(seq 1 1200); do
-	[ -e "$A1/pool/snapshots/$ID.img" ] && break
-	sleep 0.1
-done
+wait_for_file "$A1/pool/snapshots/$ID.img" 120 || true
 check "the background fill completes: the snapshot is sealed into the store" \
 	test -e "$A1/pool/snapshots/$ID.img"
 check_eq "the sealed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
@@ -268,10 +265,7 @@ check_eq "the FUSE file system is mounted" fuse.imcache \
 SPID=$(server_pid "$A5")
 check_eq "p7 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P7/blob/data.bin" | cut -d' ' -f1)"
 touch "$HOLD"
-for i in $(seq 1 1200); do
-	[ -e "$A5/pool/snapshots/$ID.img" ] && break
-	sleep 0.1
-done
+wait_for_file "$A5/pool/snapshots/$ID.img" 120 || true
 check_eq "the background fill from the registry seals the snapshot (the index's sha256)" \
 	"$(jq -r .sha256 <<<"$INDEX")" \
 	"sha256:$(sha256sum <"$A5/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
