@@ -1,9 +1,10 @@
 #!/bin/bash
 # The release programs (IMC_BIN, built with SAN=0, as installed on hosts where imc-attach and
 # imc-runtime run as root) carry none of the test builds' hooks: no fault injection (IMC_FAULT),
-# no stop points (IMC_ATTACH_STOP_AT, IMC_LAZY_HOLD_BACKGROUND), no test knobs read from the environment (IMCD_DAY_SECONDS
-# and the former IMCD_EVICT_*, IMCD_SWEEP_INTERVAL_MS, IMCD_BUILD_WORKERS), and they read the
-# environment only with secure_getenv.  The test build (IMC_CHECK_BIN, SAN=1) is checked to have
+# no stop points (IMC_ATTACH_STOP_AT, the lazy server's IMC_LAZY_HOLD_BACKGROUND), no test knobs
+# read from the environment (IMCD_DAY_SECONDS and the former IMCD_EVICT_*,
+# IMCD_SWEEP_INTERVAL_MS, IMCD_BUILD_WORKERS), and they read the environment only with
+# secure_getenv.  The test build (IMC_CHECK_BIN, SAN=1) is checked to have
 # the hooks, so that a search that finds nothing is known to be able to find something.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
