@@ -14,7 +14,7 @@
 O ?= build
 SAN ?= 0
 CC ?= cc
-PKGS := libcurl jansson libmicrohttpd gnutls libarchive openssl devmapper libzstd
+PKGS := libcurl jansson libmicrohttpd gnutls libarchive openssl devmapper libzstd fuse3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS := $(shell pkg-config --libs $(PKGS)) -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check)

@@ -1128,6 +1128,8 @@ int attach_reconcile_with(struct store *s, const struct attach_lower_policy *pol
 	_cleanup_json_ json_t *repairs = NULL;
 	int r = reconcile_attaches(s, &repairs, err);
 
+	if (r == 0)
+		r = lower_reap_lazy(s, repairs, err);
 	if (r == 0 && (r = overlay_reconcile_orphans(s, repairs, err)) == 0)
 		r = lower_sweep(s, pol, repairs, err);
 	if (r < 0)

@@ -35,6 +35,8 @@ struct attach_lower_policy {
 int attach_lower_policy_parse(const char *grace, const char *max, struct attach_lower_policy *ret,
 			      imc_error *err);
 
+struct dist_fetch_config;
+
 struct attach_request {
 	const char *cache_id;
 	unsigned image;	 /* /images/<image>/rootfs */
@@ -53,6 +55,9 @@ struct attach_request {
 	enum attach_mode mode;
 	/* NULL: the defaults. */
 	const struct attach_lower_policy *lower;
+	/* Overlay mode, a cache the store lacks: where its chunks come from, for a lazy lower
+	 * (docs/distribution.md, "Lazy attach"); NULL: the cache must be local. */
+	const struct dist_fetch_config *lazy;
 };
 
 /* Attach; ret_state (optional) gets the recorded attach state. */
@@ -87,5 +92,11 @@ int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_erro
 int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
+
+/* imc-attach lazy-serve: the FUSE server of cache id's lazy lower (attach/lazy.c), until its
+ * file system is unmounted; "ok" or "error ERRNO MESSAGE" is written to ready_fd once it is
+ * mounted or has failed. */
+int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const char *id,
+		      int ready_fd, imc_error *err);
 
 #endif

@@ -1,5 +1,6 @@
 /* imc-attach: the agent on each sandbox host.  The commands are a table (commands[]), each with
  * its function, its own options (a table of rows, common/cli.h) and its lines of the help. */
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ struct globals {
 	const char *insecure[DRIVER_OPTS_MAX + 1];
 	size_t n_insecure;
 	bool verbose;
+	bool no_lazy; /* --no-lazy: fetch the whole snapshot before an attach */
 	struct attach_reporter reporter;
 	struct attach_lower_policy lower; /* $IMCACHE_LOWER_*, then --lower-grace, --lower-max */
 };
@@ -88,6 +90,59 @@ static int ensure_local(struct store *s, const struct dist_fetch_config *fc, con
 		return err->code;
 	if (verbose && st.ns)
 		print_fetch_stats(id, &st);
+	return 0;
+}
+
+/* An overlay attach of a cache the store lacks, with a source: a lazy lower, unless --no-lazy. */
+static bool lazy_wanted(struct store *s, const struct globals *g, const struct attach_request *req)
+{
+	struct store_object_info info;
+
+	return !g->no_lazy && (g->fc.server || g->fc.registry_ref) && !req->block &&
+	       req->mode != ATTACH_MODE_CLONE && imc_name_valid(req->cache_id, 64) &&
+	       store_stat(s, STORE_SNAPSHOT, req->cache_id, &info, NULL) < 0;
+}
+
+/* lazy-serve's one option, into a long. */
+static int take_ready_fd(const struct imc_cli_opt *opt, const char *arg, void *fd)
+{
+	char *end;
+
+	errno = 0;
+	*(long *)fd = strtol(arg, &end, 10);
+	if (errno || *end || !*arg || *(long *)fd < 3 || *(long *)fd > 1024) {
+		fprintf(stderr, "imc-attach: lazy-serve: --ready-fd %s: want 3-1024\n", arg);
+		return 2;
+	}
+	return 0;
+}
+
+static const struct imc_cli_opt lazy_serve_opts[] = {
+    {"ready-fd", required_argument, 'r', take_ready_fd, 0},
+};
+
+/* lazy-serve --ready-fd N CACHE_ID: the FUSE server of a lazy lower (started by attach). */
+static int cmd_lazy_serve(struct store *s, struct globals *g, int argc, char **argv)
+{
+	imc_error err = {0};
+	long fd = -1;
+
+	optind = 1;
+	if (imc_cli_getopt(argc, argv, "+", lazy_serve_opts, IMC_ARRAY_SIZE(lazy_serve_opts),
+			   &fd) != 0)
+		return 2;
+	if (fd < 0 || argc - optind != 1) {
+		usage(stderr);
+		return 2;
+	}
+	if (!g->fc.server && !g->fc.registry_ref) {
+		fprintf(stderr,
+			"imc-attach: lazy-serve: want --server URL or --registry-ref REF\n");
+		return 2;
+	}
+	fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+	if (attach_lazy_serve(s, &g->fc, argv[optind], (int)fd, &err) < 0)
+		return fail(&err);
 	return 0;
 }
 
@@ -179,7 +234,9 @@ static int cmd_attach(struct store *s, struct globals *g, int argc, char **argv)
 	req.cache_id = argv[optind];
 	req.dir = req.block ? NULL : argv[optind + 1];
 	t0 = imc_monotonic_ns();
-	if (ensure_local(s, &g->fc, req.cache_id, g->verbose, &err) < 0)
+	if (lazy_wanted(s, g, &req))
+		req.lazy = &g->fc;
+	else if (ensure_local(s, &g->fc, req.cache_id, g->verbose, &err) < 0)
 		return fail(&err);
 	if (attach_cache(s, &req, &state, &err) < 0)
 		return fail(&err);
@@ -304,26 +361,35 @@ static const struct command commands[] = {
      "  teardown                     release the store's embedded pool (unmount it, free\n"
      "                               its loop device); refused while in use\n",
      false},
+    {"lazy-serve", cmd_lazy_serve,
+     "  lazy-serve --ready-fd N CACHE_ID\n"
+     "                               the FUSE server of a lazy lower (attach starts it)\n",
+     false},
 };
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... "
-		"[-v]\n"
-		"                  [--server URL] [--token T] [--cache-size BYTES] [--parallel N]\n"
-		"                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
-		"H:P]...]\n"
-		"                  [--lower-grace SECONDS] [--lower-max N]\n"
-		"                  COMMAND\n"
-		"\n"
-		"With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched "
-		"from\n"
-		"imcd in chunks first; --cache-size bounds the local store (least recently used\n"
-		"unattached snapshots go first).  With --registry-ref, it is pulled from the OCI\n"
-		"artifact that imcctl push wrote there instead.\n"
-		"\n"
-		"commands:\n");
+	fprintf(
+	    f,
+	    "usage: imc-attach [--state-dir DIR] [--driver NAME] [--driver-opt KEY=VALUE]... "
+	    "[-v]\n"
+	    "                  [--server URL] [--token T] [--cache-size BYTES] [--parallel N]\n"
+	    "                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
+	    "H:P]...]\n"
+	    "                  [--lower-grace SECONDS] [--lower-max N] [--no-lazy]\n"
+	    "                  COMMAND\n"
+	    "\n"
+	    "With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched "
+	    "from\n"
+	    "imcd in chunks first; --cache-size bounds the local store (least recently used\n"
+	    "unattached snapshots go first).  With --registry-ref, it is pulled from the OCI\n"
+	    "artifact that imcctl push wrote there instead.  An overlay attach of such a cache\n"
+	    "is lazy: it returns once the cache's chunk index is read and a FUSE server\n"
+	    "(imc-attach lazy-serve) presents the snapshot, fetching each chunk when first read\n"
+	    "and the rest in the background, then seals it into the local store; --no-lazy\n"
+	    "fetches the whole snapshot first.\n"
+	    "\n"
+	    "commands:\n");
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
 		fputs(commands[i].help, f);
 	fprintf(f,
@@ -442,6 +508,7 @@ static const struct imc_cli_opt global_opts[] = {
     {"insecure-registry", required_argument, 'k', take_insecure, 0},
     {"lower-grace", required_argument, 'g', take_lower_grace, 0},
     {"lower-max", required_argument, 'L', take_lower_max, 0},
+    {"no-lazy", no_argument, 'N', imc_cli_true, G(no_lazy)},
 };
 #undef G
 

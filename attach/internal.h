@@ -33,8 +33,14 @@ void attach_mountinfo_unescape(char *s);
 #define ATTACH_LOWERS_DIR "lowers"
 /* Take a reference for attach aid on cache_id's lower, mounting it if it is not; ret_root gets
  * the lower's root directory. */
+/* lazy (may be NULL): a cache the store lacks gets a lazy lower from this source. */
 int lower_acquire(struct store *s, const char *cache_id, const char *aid,
-		  const struct attach_lower_policy *pol, char ret_root[PATH_MAX], imc_error *err);
+		  const struct attach_lower_policy *pol, const struct dist_fetch_config *lazy,
+		  char ret_root[PATH_MAX], imc_error *err);
+/* The lowers directory, opened (created when missing). */
+int lower_open_dir(struct store *s, imc_error *err);
+/* Undo the attaches on lazy lowers whose server died (before the sweep releases them). */
+int lower_reap_lazy(struct store *s, json_t *repairs, imc_error *err);
 /* Drop attach aid's reference (the lower stays mounted: lower_sweep releases it). */
 int lower_release(struct store *s, const char *cache_id, const char *aid, imc_error *err);
 /* Drop references of attaches that have no state; unmount lowers that nothing references and
@@ -43,6 +49,22 @@ int lower_release(struct store *s, const char *cache_id, const char *aid, imc_er
  * into repairs (may be NULL).  Lowers another process holds are skipped. */
 int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
 		imc_error *err);
+
+/* lazy.c: the lazy lower's FUSE server process (lowers/<id>.lazy, <id>.fuse/, <id>.lazy.log) */
+#define LAZY_NAME_MAX 160
+/* The FUSE mount point of id's lazy lower (absolute). */
+int lazy_fuse_dir(struct store *s, const char *id, char ret[PATH_MAX], imc_error *err);
+/* Does id's lower have a lazy server record, and does its server live? */
+bool lazy_present(int ldir, const char *id);
+bool lazy_alive(int ldir, const char *id);
+/* Start the server of id (a process of its own) and wait until its file system is mounted. */
+int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, const char *id,
+	       imc_error *err);
+/* Unmount its file system, wait for the server to exit (SIGKILL after a bound), remove what it
+ * left. */
+int lazy_stop(struct store *s, int ldir, const char *id, imc_error *err);
+/* Undo the attaches of id's lazy lower when its server is dead. */
+int lazy_reap(struct store *s, int ldir, const char *id, json_t *repairs, imc_error *err);
 
 /* overlay.c */
 /* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "../common/priv.h"
+#include "../dist/dist.h"
 #include "internal.h"
 
 #define LOWER_NAME_MAX	 128
@@ -37,7 +38,7 @@
 static const struct attach_lower_policy default_policy = {.grace_s = ATTACH_LOWER_GRACE_DEFAULT,
 							  .max_mounted = ATTACH_LOWER_MAX_DEFAULT};
 
-static int open_lowers_dir(struct store *s, imc_error *err)
+int lower_open_dir(struct store *s, imc_error *err)
 {
 	return attach_open_subdir(s, ATTACH_LOWERS_DIR, err);
 }
@@ -185,10 +186,65 @@ static int lower_mount(struct store *s, int ldir, const char *id, const char *ro
 	return 0;
 }
 
-int lower_acquire(struct store *s, const char *cache_id, const char *aid,
-		  const struct attach_lower_policy *pol, char ret_root[PATH_MAX], imc_error *err)
+/* The record, then the server, then a read-only loop device on its file, then the mount. */
+static int lazy_mount_steps(struct store *s, int ldir, const char *id, const char *root,
+			    const struct dist_fetch_config *lazy, const char *name, imc_error *err)
 {
-	_cleanup_close_ int ldir = open_lowers_dir(s, err);
+	const struct imc_loop_opts lo = {.read_only = true, .autoclear = true, .block_size = 4096};
+	char image[PATH_MAX], dev[IMC_LOOP_PATH_MAX];
+	_cleanup_json_ json_t *rec = NULL;
+	_cleanup_close_ int fd = -1, loop = -1;
+	int r;
+
+	rec = json_pack("{s:s, s:s, s:b}", "cacheId", id, "device", "", "lazy", 1);
+	if (!rec)
+		return imc_err(err, ENOMEM, "out of memory");
+	if ((r = imc_json_write_replace(ldir, name, rec, err)) < 0 ||
+	    (r = lazy_start(s, ldir, lazy, id, err)) < 0)
+		return r;
+	attach_stop_point("lazy-after-server");
+	if ((r = lazy_fuse_dir(s, id, image, err)) < 0)
+		return r;
+	if (strlen(image) + sizeof("/" DIST_LAZY_FILE) > sizeof(image))
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", image);
+	strncat(image, "/" DIST_LAZY_FILE, sizeof(image) - strlen(image) - 1);
+	if ((fd = open(image, O_RDONLY | O_CLOEXEC)) < 0)
+		return imc_err_sys(err, errno, "%s", image);
+	if ((r = imc_priv_loop_attach(fd, &lo, dev, &loop, err)) < 0)
+		return r;
+	json_object_set_new(rec, "device", json_string(dev));
+	json_object_set_new(rec, "mountedAt", json_integer((json_int_t)imc_now()));
+	if ((r = imc_json_write_replace(ldir, name, rec, err)) < 0)
+		return r;
+	return imc_priv_mount_fs("ext4", dev, LOWER_EXT4_OPTS, true, root, err);
+}
+
+/* A cache the store lacks: its lower on the lazy server's file (locked exclusively by us). */
+static int lower_mount_lazy(struct store *s, int ldir, const char *id, const char *root,
+			    const struct dist_fetch_config *lazy, imc_error *err)
+{
+	char name[LOWER_NAME_MAX];
+	int r;
+
+	if (mkdirat(ldir, id, 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "lower %s: mount point", id);
+	lower_name(id, ".json", name);
+	r = lazy_mount_steps(s, ldir, id, root, lazy, name, err);
+	if (r < 0) {
+		imc_error ignored;
+		lazy_stop(s, ldir, id, &ignored);
+		unlinkat(ldir, name, 0);
+		return imc_err_wrap(err, "lazy lower of cache %s", id);
+	}
+	attach_stop_point("lower-after-mount");
+	return 0;
+}
+
+int lower_acquire(struct store *s, const char *cache_id, const char *aid,
+		  const struct attach_lower_policy *pol, const struct dist_fetch_config *lazy,
+		  char ret_root[PATH_MAX], imc_error *err)
+{
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
 	_cleanup_close_ int lock = -1;
 	bool mounted_here = false;
 	int r;
@@ -205,7 +261,7 @@ int lower_acquire(struct store *s, const char *cache_id, const char *aid,
 	if (lower_mounted(ldir, cache_id, NULL)) {
 		/* A deleted cache's lower lives on for its pods until they go, but takes no new
 		 * ones. */
-		if (snapshot_exists(s, cache_id))
+		if (snapshot_exists(s, cache_id) || lazy_alive(ldir, cache_id))
 			return 0;
 		imc_error ignored;
 		ref_drop(ldir, cache_id, aid, &ignored);
@@ -214,7 +270,9 @@ int lower_acquire(struct store *s, const char *cache_id, const char *aid,
 	if (flock(lock, LOCK_EX) < 0)
 		r = imc_err_sys(err, errno, "lower %s: lock", cache_id);
 	else if (!lower_mounted(ldir, cache_id, NULL)) {
-		r = lower_mount(s, ldir, cache_id, ret_root, err);
+		r = lazy && !snapshot_exists(s, cache_id)
+			? lower_mount_lazy(s, ldir, cache_id, ret_root, lazy, err)
+			: lower_mount(s, ldir, cache_id, ret_root, err);
 		mounted_here = r == 0;
 	}
 	if (r < 0) {
@@ -233,7 +291,7 @@ int lower_acquire(struct store *s, const char *cache_id, const char *aid,
 
 int lower_release(struct store *s, const char *cache_id, const char *aid, imc_error *err)
 {
-	_cleanup_close_ int ldir = open_lowers_dir(s, err);
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
 	_cleanup_close_ int lock = -1;
 
 	if (ldir < 0)
@@ -300,6 +358,8 @@ static void lower_forget(int ldir, const char *id)
 	lower_name(id, ".json", name);
 	unlinkat(ldir, name, 0);
 	unlinkat(ldir, id, AT_REMOVEDIR);
+	lower_name(id, ".lazy.log", name);
+	unlinkat(ldir, name, 0);
 	lower_name(id, ".lock", name);
 	unlinkat(ldir, name, 0);
 }
@@ -322,8 +382,12 @@ static int lower_unmount_keep(struct store *s, int ldir, const char *id, imc_err
 		return imc_err_wrap(err, "release the lower of cache %s", id);
 	attach_stop_point("lower-after-umount");
 	lower_name(id, ".json", name);
-	if (imc_json_read_file(ldir, name, LOWER_RECORD_MAX, &rec, &ignored) == 0 &&
-	    (dev = json_string_value(json_object_get(rec, "device")))) {
+	if (lazy_present(ldir, id)) {
+		/* The loop device went with the mount: now the server's file system. */
+		if ((r = lazy_stop(s, ldir, id, err)) < 0)
+			return imc_err_wrap(err, "release the lower of cache %s", id);
+	} else if (imc_json_read_file(ldir, name, LOWER_RECORD_MAX, &rec, &ignored) == 0 &&
+		   (dev = json_string_value(json_object_get(rec, "device")))) {
 		struct store_dev sd = {.fd = -1};
 		snprintf(sd.path, sizeof(sd.path), "%s", dev);
 		if ((r = store_deactivate(s, STORE_SNAPSHOT, id, &sd, err)) < 0)
@@ -390,14 +454,16 @@ static int sweep_one(struct store *s, int ldir, const char *id,
 	}
 	if (!mounted) {
 		/* A crash after the unmount (or a mount that went behind our back): its device,
-		 * where the driver keeps one, and the records. */
+		 * where the driver keeps one, a lazy server, and the records. */
 		char name[LOWER_NAME_MAX];
 		lower_name(id, ".json", name);
-		if (faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		if (faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0 || lazy_present(ldir, id))
 			return lower_unmount(s, ldir, id, "no longer mounted", repairs, err);
 		lower_forget(ldir, id);
 		return 0;
 	}
+	if (lazy_present(ldir, id) && !lazy_alive(ldir, id))
+		return lower_unmount(s, ldir, id, "its lazy server is gone", repairs, err);
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
 	if (timespec_ns(&now) - last >= pol->grace_s * 1000000000)
@@ -446,20 +512,17 @@ static int sweep_lru(struct store *s, int ldir, const struct attach_lower_policy
 	return 0;
 }
 
-int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
-		imc_error *err)
+/* Call each(id, ctx) for every <id>SUFFIX (a 5-byte suffix: ".lock", ".lazy") in the lowers
+ * directory ldir, whose id is a valid name, until one fails. */
+static int lower_scan(int ldir, const char *suffix,
+		      int (*each)(const char *id, void *ctx, imc_error *err), void *ctx,
+		      imc_error *err)
 {
-	_cleanup_close_ int ldir = open_lowers_dir(s, err);
 	_cleanup_dir_ DIR *d = NULL;
-	struct sweep sw = {0};
 	struct dirent *de;
 	size_t seen = 0;
 	int r = 0, fd;
 
-	if (!pol)
-		pol = &default_policy;
-	if (ldir < 0)
-		return ldir;
 	if ((fd = fcntl(ldir, F_DUPFD_CLOEXEC, 3)) < 0 || !(d = fdopendir(fd))) {
 		if (fd >= 0)
 			close(fd);
@@ -469,16 +532,63 @@ int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *
 		size_t len = strlen(de->d_name);
 		char id[LOWER_NAME_MAX];
 		if (de->d_name[0] == '.' || len <= 5 || len - 5 >= LOWER_NAME_MAX ||
-		    strcmp(de->d_name + len - 5, ".lock") != 0)
+		    strcmp(de->d_name + len - 5, suffix) != 0)
 			continue;
 		snprintf(id, sizeof(id), "%.*s", (int)(len - 5), de->d_name);
 		if (imc_name_valid(id, 64))
-			r = sweep_one(s, ldir, id, pol, &sw, repairs, err);
+			r = each(id, ctx, err);
 	}
-	if (r == 0 && sw.mounted > pol->max_mounted)
-		r = sweep_lru(s, ldir, pol, &sw, repairs, err);
-	free(sw.idle);
 	return r;
+}
+
+/* What the sweep and the reap of lazy lowers need for each lower. */
+struct sweep_ctx {
+	struct store *s;
+	int ldir;
+	const struct attach_lower_policy *pol;
+	struct sweep sw;
+	json_t *repairs;
+};
+
+static int sweep_each(const char *id, void *ctx, imc_error *err)
+{
+	struct sweep_ctx *c = ctx;
+
+	return sweep_one(c->s, c->ldir, id, c->pol, &c->sw, c->repairs, err);
+}
+
+static int reap_each(const char *id, void *ctx, imc_error *err)
+{
+	struct sweep_ctx *c = ctx;
+
+	return lazy_reap(c->s, c->ldir, id, c->repairs, err);
+}
+
+int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
+		imc_error *err)
+{
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
+	struct sweep_ctx c = {.s = s, .pol = pol ? pol : &default_policy, .repairs = repairs};
+	int r;
+
+	if (ldir < 0)
+		return ldir;
+	c.ldir = ldir;
+	r = lower_scan(ldir, ".lock", sweep_each, &c, err);
+	if (r == 0 && c.sw.mounted > c.pol->max_mounted)
+		r = sweep_lru(s, ldir, c.pol, &c.sw, repairs, err);
+	free(c.sw.idle);
+	return r;
+}
+
+int lower_reap_lazy(struct store *s, json_t *repairs, imc_error *err)
+{
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
+	struct sweep_ctx c = {.s = s, .ldir = ldir, .repairs = repairs};
+
+	if (ldir < 0)
+		return ldir;
+	return lower_scan(ldir, ".lazy", reap_each, &c, err);
 }
 
 int attach_lowers_release(struct store *s, imc_error *err)
@@ -526,7 +636,7 @@ int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_erro
 
 	if (!imc_name_valid(id, 64))
 		return store_remove(s, STORE_SNAPSHOT, id, err); /* which names what is wrong */
-	if ((ldir = open_lowers_dir(s, err)) < 0)
+	if ((ldir = lower_open_dir(s, err)) < 0)
 		return ldir;
 	if (force && (r = lower_detach_all(s, ldir, id, err)) < 0)
 		return r;
@@ -584,7 +694,7 @@ static json_t *lower_json(struct store *s, int ldir, const char *id)
 
 int attach_lowers_list(struct store *s, json_t **ret, imc_error *err)
 {
-	_cleanup_close_ int ldir = open_lowers_dir(s, err);
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
 	_cleanup_json_ json_t *list = json_array();
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;

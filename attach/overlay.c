@@ -353,7 +353,7 @@ int overlay_attach(struct store *s, const struct attach_request *req, const char
 	struct stat root;
 	int r;
 
-	if ((r = lower_acquire(s, req->cache_id, aid, req->lower, lroot, err)) < 0)
+	if ((r = lower_acquire(s, req->cache_id, aid, req->lower, req->lazy, lroot, err)) < 0)
 		return r;
 	attach_stop_point("after-lower");
 	if ((r = overlay_path_check(lroot, err)) < 0 ||

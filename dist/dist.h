@@ -156,4 +156,34 @@ int fetch_small_gaps(const struct oci_chunk_index *ix, size_t keep, struct dist_
 		     size_t *ret_n);
 #endif
 
+/* ---- the lazy lower's backend (lazy.c): a snapshot served before it is local ----------------
+ * A FUSE file system (libfuse3) with one read-only file, DIST_LAZY_FILE, the snapshot image,
+ * backed by a new store volume that fills as it is read: a read of a range whose chunk is not
+ * local fetches that chunk at once (verified; one fetch however many readers wait for it),
+ * while background threads fetch the rest in order.  Once every chunk is local the volume is
+ * sealed as the snapshot (an ordinary one: later attaches use it without FUSE) and the file
+ * keeps being served from it until the file system is unmounted. */
+#define DIST_LAZY_FILE "image"
+struct dist_lazy;
+struct dist_lazy_stats {
+	uint64_t chunks, local;	       /* data chunks in the index, and local now */
+	uint64_t demand, demand_bytes; /* fetched for a read, compressed bytes */
+	uint64_t background, bg_bytes; /* fetched by the background threads */
+	uint64_t failed;	       /* fetches that failed (the read got EIO) */
+	bool sealed;
+};
+/* The index of id (the store must not have it), room in the store, the volume made. */
+int dist_lazy_open(struct store *s, const struct dist_fetch_config *cfg, const char *id,
+		   struct dist_lazy **ret, imc_error *err);
+/* Mount the file system at mountpoint (a directory); DIST_LAZY_FILE appears in it. */
+int dist_lazy_mount(struct dist_lazy *l, const char *mountpoint, imc_error *err);
+/* Serve until the file system is unmounted (or SIGTERM/SIGINT), fetching in the background
+ * and sealing when complete. */
+int dist_lazy_run(struct dist_lazy *l, imc_error *err);
+void dist_lazy_get_stats(struct dist_lazy *l, struct dist_lazy_stats *ret);
+/* Unmount if still mounted, stop the fetchers; a volume that was not sealed is removed. */
+void dist_lazy_close(struct dist_lazy *l);
+/* Remove what a lazy server of id that died left in the store (its unsealed volume). */
+int dist_lazy_forget(struct store *s, const char *id, imc_error *err);
+
 #endif

@@ -13,11 +13,11 @@
 
 #include <zstd.h>
 
-#include "dist.h"
+#include "internal.h"
 
 #define LOCAL_DIR     "local" /* <state>/chunks/local/<id>.json: indexes of fetched snapshots */
 #define USE_SUFFIX    ".use"  /* <state>/chunks/local/<id>.use: last use (mtime) */
-#define VOLUME_PREFIX "fetch-"
+#define VOLUME_PREFIX DIST_FETCH_VOLUME_PREFIX
 
 #define FETCH_PARALLEL_DEFAULT 8
 #define FETCH_ATTEMPTS	       4   /* per chunk, for dropped connections (each resumes) */
@@ -215,9 +215,10 @@ static int download_registry(struct fetch *f, struct oci_registry *reg, const st
 	return 0;
 }
 
-/* Fetch, verify (refetch once when corrupt) and write one chunk. */
-static int fetch_one(struct fetch *f, struct net_conn *c, struct oci_registry *reg,
-		     const struct job *j, struct sink *s, void *out, imc_error *err)
+/* Fetch and verify one chunk into out (its blob stays in s); a corrupt one is fetched once
+ * more. */
+static int fetch_verified(struct fetch *f, struct net_conn *c, struct oci_registry *reg,
+			  const struct job *j, struct sink *s, void *out, imc_error *err)
 {
 	int r;
 
@@ -228,12 +229,22 @@ static int fetch_one(struct fetch *f, struct net_conn *c, struct oci_registry *r
 		r = dist_chunk_decompress_verify(s->buf.data, s->buf.len, j->e->digest, out, j->len,
 						 err);
 		if (r == 0)
-			break;
+			return 0;
 		if (attempt > 0)
 			return imc_err_wrap(err, "chunk at offset %" PRIu64 " (corrupt twice)",
 					    j->e->offset);
 		count(f, &f->st->refetched_corrupt, 1);
 	}
+}
+
+/* Fetch, verify and write one chunk. */
+static int fetch_one(struct fetch *f, struct net_conn *c, struct oci_registry *reg,
+		     const struct job *j, struct sink *s, void *out, imc_error *err)
+{
+	int r = fetch_verified(f, c, reg, j, s, out, err);
+
+	if (r < 0)
+		return r;
 	count(f, &f->st->fetched, 1);
 	count(f, &f->st->fetched_bytes, s->buf.len);
 	r = dist_pwrite_full(f->dev_fd, out, j->len, j->e->offset);
@@ -563,6 +574,116 @@ static int get_index_registry(const struct oci_registry_opts *o, const struct oc
 	return 0;
 }
 
+/* ---- the origin: where a cache's index and chunks come from (dist/internal.h) ---------------- */
+
+struct dist_origin {
+	const struct dist_fetch_config *cfg;
+	struct oci_registry_opts ropts;
+	struct oci_ref ref; /* --registry-ref, when have_ref */
+	bool have_ref;
+	struct imcd_link link; /* imcd, otherwise */
+};
+
+void dist_origin_close(struct dist_origin *o)
+{
+	if (!o)
+		return;
+	if (o->have_ref)
+		oci_ref_free(&o->ref);
+	imcd_link_close(&o->link);
+	free(o);
+}
+
+int dist_origin_open(const struct dist_fetch_config *cfg, struct dist_origin **ret, imc_error *err)
+{
+	struct dist_origin *o = calloc(1, sizeof(*o));
+	int r;
+
+	if (!o)
+		return imc_err(err, ENOMEM, "out of memory");
+	o->cfg = cfg;
+	o->ropts = (struct oci_registry_opts){.insecure_registries = cfg->insecure_registries};
+	if (cfg->registry_ref) {
+		r = oci_ref_parse(cfg->registry_ref, &o->ref, err);
+		o->have_ref = r == 0;
+		if (r < 0)
+			imc_err_wrap(err, "--registry-ref");
+	} else {
+		r = imcd_link_open(cfg->server, &o->link, err);
+	}
+	if (r < 0) {
+		dist_origin_close(o);
+		return r;
+	}
+	*ret = o;
+	return 0;
+}
+
+int dist_origin_index(const struct dist_origin *o, const char *id, struct oci_chunk_index *ret,
+		      char **ret_buf, size_t *ret_len, imc_error *err)
+{
+	int r = o->have_ref
+		    ? get_index_registry(&o->ropts, &o->ref, id, ret, ret_buf, ret_len, err)
+		    : get_index(o->cfg, o->link.net, &o->link.srv, id, ret, ret_buf, ret_len, err);
+
+	return r < 0 ? imc_err_wrap(err, "cache %s", id) : 0;
+}
+
+/* One thread's way to the chunks: its kept connection to imcd, or its registry client. */
+struct dist_source {
+	struct fetch f; /* the origin and the counters, for download() and download_registry() */
+	struct dist_fetch_stats st;
+	struct net_conn *conn;
+	struct oci_registry *reg;
+	struct sink s;
+};
+
+void dist_source_close(struct dist_source *src)
+{
+	if (!src)
+		return;
+	if (src->reg)
+		oci_registry_close(src->reg);
+	net_conn_free(src->conn);
+	imc_buf_free(&src->s.buf);
+	free(src);
+}
+
+int dist_source_open(const struct dist_origin *o, struct dist_source **ret, imc_error *err)
+{
+	struct dist_source *src = calloc(1, sizeof(*src));
+
+	if (!src)
+		return imc_err(err, ENOMEM, "out of memory");
+	src->f = (struct fetch){.cfg = o->cfg,
+				.st = &src->st,
+				.ref = o->have_ref ? &o->ref : NULL,
+				.ropts = &o->ropts,
+				.net = o->link.net,
+				.srv = &o->link.srv};
+	if (o->have_ref && oci_registry_open(&o->ropts, &o->ref, &src->reg, err) < 0) {
+		dist_source_close(src);
+		return err->code;
+	}
+	if (!o->have_ref && !(src->conn = net_conn_new())) {
+		dist_source_close(src);
+		return imc_err(err, ENOMEM, "out of memory");
+	}
+	*ret = src;
+	return 0;
+}
+
+int dist_source_chunk(struct dist_source *src, const struct oci_chunk_entry *e, uint64_t len,
+		      void *out, uint64_t *ret_bytes, imc_error *err)
+{
+	const struct job j = {.e = e, .len = len};
+
+	if (fetch_verified(&src->f, src->conn, src->reg, &j, &src->s, out, err) < 0)
+		return err->code;
+	*ret_bytes = src->s.buf.len;
+	return 0;
+}
+
 /* ---- last use and LRU ----------------------------------------------------------------------- */
 
 /* Record that snapshot id was used now (for the LRU). */
@@ -814,22 +935,20 @@ static int save_local_index(struct store *s, const char *id, const char *buf, si
 	return 0;
 }
 
-static int fetch_into_volume(struct store *s, const struct dist_fetch_config *cfg,
-			     const struct imcd_link *link, const struct oci_ref *ref,
+static int fetch_into_volume(struct store *s, const struct dist_origin *o,
 			     const struct oci_chunk_index *ix, const char *vol,
 			     struct dist_fetch_stats *st, imc_error *err)
 {
 	_cleanup_(local_set_free) struct local_set l = {0};
-	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	struct store_dev dev = {.fd = -1};
 	struct fetch f = {.s = s,
-			  .cfg = cfg,
+			  .cfg = o->cfg,
 			  .ix = ix,
 			  .st = st,
-			  .ref = ref,
-			  .ropts = &ropts,
-			  .net = link ? link->net : NULL,
-			  .srv = link ? &link->srv : NULL};
+			  .ref = o->have_ref ? &o->ref : NULL,
+			  .ropts = &o->ropts,
+			  .net = o->link.net,
+			  .srv = &o->link.srv};
 	int r;
 
 	if (local_set_load(s, &l, err) < 0)
@@ -848,11 +967,11 @@ static int fetch_into_volume(struct store *s, const struct dist_fetch_config *cf
 	return r;
 }
 
-static int fetch_with_index(struct store *s, const struct dist_fetch_config *cfg,
-			    const struct imcd_link *link, const struct oci_ref *ref, const char *id,
+static int fetch_with_index(struct store *s, const struct dist_origin *o, const char *id,
 			    const struct oci_chunk_index *ix, const char *buf, size_t len,
 			    struct dist_fetch_stats *st, imc_error *err)
 {
+	const struct dist_fetch_config *cfg = o->cfg;
 	char vol[128];
 	int r;
 
@@ -862,13 +981,18 @@ static int fetch_with_index(struct store *s, const struct dist_fetch_config *cfg
 		return err->code;
 	snprintf(vol, sizeof(vol), VOLUME_PREFIX "%s", id);
 	store_remove(s, STORE_VOLUME, vol, NULL); /* what a crashed fetch left */
-	r = fetch_into_volume(s, cfg, link, ref, ix, vol, st, err);
+	r = fetch_into_volume(s, o, ix, vol, st, err);
 	if (r == 0)
 		r = store_seal(s, vol, id, err);
 	if (r < 0) {
 		store_remove(s, STORE_VOLUME, vol, NULL);
 		return imc_err_wrap(err, "fetch cache %s", id);
 	}
+	return dist_fetch_record(s, id, buf, len, err);
+}
+
+int dist_fetch_record(struct store *s, const char *id, const char *buf, size_t len, imc_error *err)
+{
 	if (save_local_index(s, id, buf, len, err) < 0 || fetch_touch(s, id, err) < 0)
 		return err->code;
 	return 0;
@@ -878,14 +1002,11 @@ int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, co
 			struct dist_fetch_stats *ret_stats, imc_error *err)
 {
 	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
-	const struct oci_registry_opts ropts = {.insecure_registries = cfg->insecure_registries};
 	_cleanup_free_ char *buf = NULL;
 	struct store_object_info info;
 	struct dist_fetch_stats st = {0};
 	uint64_t t0 = imc_monotonic_ns();
-	struct oci_ref ref = {0};
-	struct imcd_link link = {0};
-	bool have_ref = false;
+	struct dist_origin *o = NULL;
 	size_t len = 0;
 	int r;
 
@@ -896,28 +1017,32 @@ int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, co
 	if (!cfg->server && !cfg->registry_ref)
 		return imc_err(err, ENOENT, "cache %s: not in the local store (and no --server)",
 			       id);
-	if (cfg->registry_ref) {
-		if (oci_ref_parse(cfg->registry_ref, &ref, err) < 0)
-			return imc_err_wrap(err, "--registry-ref");
-		have_ref = true;
-		r = get_index_registry(&ropts, &ref, id, &ix, &buf, &len, err);
-	} else {
-		r = imcd_link_open(cfg->server, &link, err);
-		if (r == 0)
-			r = get_index(cfg, link.net, &link.srv, id, &ix, &buf, &len, err);
-	}
-	if (r < 0)
-		imc_err_wrap(err, "cache %s", id);
-	else
-		r = fetch_with_index(s, cfg, have_ref ? NULL : &link, have_ref ? &ref : NULL, id,
-				     &ix, buf, len, &st, err);
-	if (have_ref)
-		oci_ref_free(&ref);
-	imcd_link_close(&link);
+	if (dist_origin_open(cfg, &o, err) < 0)
+		r = imc_err_wrap(err, "cache %s", id);
+	else if ((r = dist_origin_index(o, id, &ix, &buf, &len, err)) == 0)
+		r = fetch_with_index(s, o, id, &ix, buf, len, &st, err);
+	dist_origin_close(o);
 	if (r < 0)
 		return r;
 	st.ns = imc_monotonic_ns() - t0;
 	if (ret_stats)
 		*ret_stats = st;
 	return 0;
+}
+
+/* ---- what lazy.c borrows besides the origin (dist/internal.h) ------------------------------- */
+
+int dist_fetch_check_space(struct store *s, const struct dist_fetch_config *cfg, const char *id,
+			   const struct oci_chunk_index *ix, imc_error *err)
+{
+	struct dist_fetch_stats st = {0};
+
+	return check_space(s, cfg, id, ix, &st, err);
+}
+
+int dist_fetch_zero_gaps(struct store *s, const struct oci_chunk_index *ix, int fd, imc_error *err)
+{
+	struct fetch f = {.s = s, .ix = ix, .dev_fd = fd};
+
+	return write_zero_gaps(&f, err);
 }

@@ -6,7 +6,7 @@ PKGS="build-essential pkg-config clang-format clang libclang-rt-14-dev
 libdevmapper-dev libcurl4-openssl-dev libssl-dev libarchive-dev libjansson-dev
 libmicrohttpd-dev libgnutls28-dev libzstd-dev check libnghttp2-dev libprotobuf-c-dev
 protobuf-c-compiler golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
-libprotobuf-dev
+libprotobuf-dev libfuse3-dev fuse3
 docker-registry skopeo umoci crun runc busybox-static
 e2fsprogs xfsprogs util-linux curl ca-certificates jq pigz openssl
 containerd nginx-light apache2-utils debootstrap zstd python3 iproute2

@@ -95,7 +95,7 @@ defer agent_down "$A1" "$MNT"
 "$IMC_BIN/imc-attach" --state-dir "$A1" list >/dev/null # the pool exists before the clock starts
 sync
 t0=$(now_ms)
-STATS=$(agent "$A1" --server "$IMCD_URL" attach "$ID" "$MNT" 2>&1)
+STATS=$(agent "$A1" --server "$IMCD_URL" --no-lazy attach "$ID" "$MNT" 2>&1)
 ATTACH_MS=$(($(now_ms) - t0))
 SENT=$(sed -n 's/.*over the network (\([0-9]*\) bytes).*/\1/p' <<<"$STATS")
 EXT_SERVER=$(xfs_bmap "$STATE/pool/snapshots/$ID.img" | grep -vc 'hole\|:$' || true)

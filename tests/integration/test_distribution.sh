@@ -186,7 +186,7 @@ agent_detach_quiet() {
 	"$IMC_BIN/imc-attach" --state-dir "$1" detach "$2" >/dev/null 2>&1 || true
 }
 defer agent_detach_quiet "$A1" "$MNT"
-_capture agent "$A1" --server "$IMCD_URL" attach "$ID" "$MNT"
+_capture agent "$A1" --server "$IMCD_URL" --no-lazy attach "$ID" "$MNT"
 if [ "$rc" -eq 0 ]; then
 	ok "the agent fetches and attaches $ID"
 	note "$out"
@@ -384,7 +384,7 @@ fi
 A4_MNT=$TEST_TMP/rootfs4
 mkdir -p "$A4_MNT"
 defer agent_detach_quiet "$A4" "$A4_MNT"
-check "an attached snapshot is never evicted" agent "$A4" --server "$IMCD_URL" attach "$ID" "$A4_MNT"
+check "an attached snapshot is never evicted" agent "$A4" --server "$IMCD_URL" --no-lazy attach "$ID" "$A4_MNT"
 _capture agent "$A4" --server "$IMCD_URL" --cache-size "$LIMIT" prefetch "$ID2"
 check_eq "... the fetch that needs its room fails instead" "1 yes" \
 	"$rc $([ -e "$A4/pool/snapshots/$ID.img" ] && echo yes)"

@@ -1,9 +1,10 @@
 #!/bin/bash
 # The release programs (IMC_BIN, built with SAN=0, as installed on hosts where imc-attach and
 # imc-runtime run as root) carry none of the test builds' hooks: no fault injection (IMC_FAULT),
-# no stop points (IMC_ATTACH_STOP_AT), no test knobs read from the environment (IMCD_DAY_SECONDS
-# and the former IMCD_EVICT_*, IMCD_SWEEP_INTERVAL_MS, IMCD_BUILD_WORKERS), and they read the
-# environment only with secure_getenv.  The test build (IMC_CHECK_BIN, SAN=1) is checked to have
+# no stop points (IMC_ATTACH_STOP_AT, the lazy server's IMC_LAZY_HOLD_BACKGROUND), no test knobs
+# read from the environment (IMCD_DAY_SECONDS and the former IMCD_EVICT_*,
+# IMCD_SWEEP_INTERVAL_MS, IMCD_BUILD_WORKERS), and they read the environment only with
+# secure_getenv.  The test build (IMC_CHECK_BIN, SAN=1) is checked to have
 # the hooks, so that a search that finds nothing is known to be able to find something.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -11,7 +12,7 @@
 need_tool strings nm grep
 PROGRAMS="imcd imcctl imc-attach imc-runtime"
 HOOKS="IMC_FAULT IMC_ATTACH_STOP_AT IMCD_DAY_SECONDS IMCD_EVICT_HIGH IMCD_EVICT_LOW
-IMCD_SWEEP_INTERVAL_MS IMCD_BUILD_WORKERS"
+IMCD_SWEEP_INTERVAL_MS IMCD_BUILD_WORKERS IMC_LAZY_HOLD_BACKGROUND"
 
 for p in $PROGRAMS; do
 	[ -x "$IMC_BIN/$p" ] || bail "release program $IMC_BIN/$p is built (make O=build/release)"
@@ -33,6 +34,8 @@ if [ -n "${IMC_CHECK_BIN:-}" ]; then
 	check_match "the test build's imc-attach has the fault injection (the search can find it)" \
 		'^[1-9]' "$(count "$IMC_CHECK_BIN/imc-attach" IMC_FAULT)"
 	check_match "... and the stop points" '^[1-9]' "$(count "$IMC_CHECK_BIN/imc-attach" IMC_ATTACH_STOP_AT)"
+	check_match "... and the lazy server's hold of its background fill" '^[1-9]' \
+		"$(count "$IMC_CHECK_BIN/imc-attach" IMC_LAZY_HOLD_BACKGROUND)"
 	check_match "the test build's imcd has the short retention day" '^[1-9]' \
 		"$(count "$IMC_CHECK_BIN/imcd" IMCD_DAY_SECONDS)"
 fi

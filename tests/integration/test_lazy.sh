@@ -1,0 +1,309 @@
+#!/bin/bash
+# Lazy attach (docs/distribution.md, "Lazy attach"): a host whose store lacks a cache attaches it
+# from imcd on loopback before its chunks are local.  The attach returns with fewer chunks sent
+# than the snapshot has (the background fill is held back by the test-only
+# IMC_LAZY_HOLD_BACKGROUND until the test lets it go); a pod reads a file right (sha256), four
+# readers at once fetch each chunk once, a second pod shares the lower; the background fill
+# completes and the volume is sealed as an ordinary snapshot with the index's sha256 while the
+# pods keep working; the last detach ends the FUSE server; a later attach uses the snapshot
+# without FUSE and sends nothing.  kill -9 of the FUSE server (the pod then gets an error, never
+# bytes) and of imc-attach right after it started the server, each followed by reconcile, leave no
+# mount (FUSE included), loop device, process or half-fetched volume; a chunk corrupted on the
+# server is an I/O error inside the pod.  The same lazy attach from the registry alone (the
+# artifact imcctl push wrote), filled and sealed.
+# Needs root, loop devices, overlayfs and /dev/fuse; the kill -9 test needs a -DIMC_TESTING build.
+# shellcheck source-path=SCRIPTDIR
+. "$(dirname "$0")/../lib/common.sh"
+. "$(dirname "$0")/../lib/registry.sh"
+. "$(dirname "$0")/../lib/mkimage.sh"
+. "$(dirname "$0")/../lib/imcd.sh"
+
+need_root
+need_loop
+need_tool jq curl skopeo losetup findmnt mkfs.xfs sha256sum xxd zstd debugfs
+need_programs imcd imcctl imc-attach
+[ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
+[ -c /dev/fuse ] || skip_all "needs /dev/fuse"
+
+# The FUSE server's stderr is a log file that goes with its lower: sanitizer reports (a check
+# build) go to files here instead, checked at the end.
+mkdir -p "$TEST_TMP/asan"
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$TEST_TMP/asan/report"
+
+# --- the server: registry, image, imcd, a Ready cache and its index ----------------------------
+
+registry_start_or_bail
+LAYOUT=$TEST_TMP/layout
+WORK=$TEST_TMP/work
+mk_layout "$LAYOUT"
+mkimage_busybox_rootfs "$WORK/l1"
+mkdir -p "$WORK/l1/blob"
+head -c $((24 << 20)) /dev/urandom >"$TEST_TMP/data.bin"
+cp "$TEST_TMP/data.bin" "$WORK/l1/blob/data.bin"
+L1=$(mk_layer "$LAYOUT" "$WORK/l1" gzip)
+M=$(mk_image "$LAYOUT" amd64 "$MK_DEFAULT_CONFIG" "$L1")
+mk_tag "$LAYOUT" v1 "$M"
+check "image pushes" mkimage_push "$LAYOUT" v1 imc/lazy:v1
+DATA_SHA=$(sha256sum <"$TEST_TMP/data.bin" | cut -d' ' -f1)
+
+STATE=$TEST_TMP/server
+defer imc_teardown_quiet
+_imcd_launch "$STATE" 127.0.0.1:0 --insecure-registry "$REGISTRY" || bail "imcd starts" "$(imcd_log_tail 30)"
+ok "imcd listens at $IMCD_URL"
+_capture imcctl create "$REGISTRY/imc/lazy:v1" --name lazy --wait
+ID=$(printf '%s\n' "$out" | tail -n1 | tr -d '[:space:]')
+[ "$rc" -eq 0 ] || bail "cache is Ready" "$out"
+ok "cache $ID is Ready"
+http_settled GET "$IMCD_URL/v1/imagecaches/$ID/index" 120
+check_eq "its index is served" 200 "$HTTP_STATUS"
+INDEX=$HTTP_BODY
+TOTAL=$(jq '.chunks | length' <<<"$INDEX")
+CS=$(jq -r .chunkSize <<<"$INDEX")
+note "$TOTAL data chunks of $CS bytes"
+
+# --- the agent ----------------------------------------------------------------------------------
+
+mkdir -p "$TEST_TMP/m"
+AGENTS=()
+ia() { # STATE ARG...
+	local st=$1
+	shift
+	"$IMC_BIN/imc-attach" --state-dir "$st" --lower-grace 0 --server "$IMCD_URL" "$@"
+}
+# shellcheck disable=SC2317 # called through defer
+cleanup_agents() {
+	local a m
+	for a in "${AGENTS[@]}"; do
+		for m in $(tmp_mounts | grep "^$TEST_TMP/m/" | sort -r); do
+			ia "$a" detach "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null || true
+		done
+		ia "$a" reconcile >/dev/null 2>&1 || true
+		umount -l "$a/lowers/$ID.fuse" 2>/dev/null || true
+		"$IMC_BIN/imc-attach" --state-dir "$a" teardown >/dev/null 2>&1 || true
+	done
+}
+defer cleanup_agents
+pod() {
+	mkdir -p "$TEST_TMP/m/$1"
+	printf '%s' "$TEST_TMP/m/$1"
+}
+MARK=0
+mark() { MARK=$(wc -l <"$IMCD_LOG"); }
+sent() { # chunk GETs answered since the mark
+	tail -n +"$((MARK + 1))" "$IMCD_LOG" | grep -c 'GET /v1/chunks/.*: 200' || true
+}
+dups() { # chunks sent more than once since the mark
+	tail -n +"$((MARK + 1))" "$IMCD_LOG" | grep -o 'GET /v1/chunks/sha256:[0-9a-f]*: 200' |
+		sort | uniq -d | wc -l
+}
+server_pid() { cat "$1/lowers/$ID.lazy" 2>/dev/null | tr -d '[:space:]'; }
+fuse_mounted() { findmnt -rn --mountpoint "$1/lowers/$ID.fuse" >/dev/null 2>&1; }
+# leaks STATE: mounts (pods, lowers, FUSE), loop devices on the FUSE file or the agent's files,
+# lower records, states, half-fetched volumes; empty when nothing is left.
+leaks() {
+	local a=$1
+	tmp_mounts | grep -E "^($TEST_TMP/m/|$a/lowers)" | sed 's/^/mount /' || true
+	losetup -n -O NAME,BACK-FILE -l 2>/dev/null | awk -v l="$a/lowers/" -v c="$a/pool/clones/" \
+		'index($2, l) == 1 || index($2, c) == 1 { print "loop " $0 }'
+	find "$a/lowers" "$a/attachments" "$a/overlays" "$a/pool/volumes" -mindepth 1 \
+		-printf 'file %p\n' 2>/dev/null
+}
+no_leaks() { # STATE WHAT [PID]
+	local i left
+	for i in $(seq 1 100); do
+		left=$(leaks "$1")
+		[ -z "$left" ] && break
+		sleep 0.05
+	done
+	check_eq "$2: nothing left (mounts incl. FUSE, loop devices, records, volumes)" "" "$left"
+	if [ -n "${3:-}" ]; then
+		check "$2: the FUSE server (pid $3) is gone" wait_pid_gone "$3"
+	fi
+}
+wait_pid_gone() {
+	local i
+	for i in $(seq 1 600); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.05
+	done
+	echo "pid $1 still runs" >&2
+	return 1
+}
+
+A1=$TEST_TMP/agent1
+AGENTS+=("$A1")
+HOLD=$TEST_TMP/go
+P1=$(pod p1)
+mark
+check "lazy attach of $ID at p1 (background fill held)" \
+	env IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$IMC_BIN/imc-attach" --state-dir "$A1" --lower-grace 0 \
+	--server "$IMCD_URL" attach "$ID" "$P1"
+AT_ATTACH=$(sent)
+if [ "$AT_ATTACH" -lt "$TOTAL" ]; then
+	ok "attach returned with $AT_ATTACH of $TOTAL chunks sent"
+else
+	not_ok "attach returns before every chunk is local" "$AT_ATTACH of $TOTAL sent"
+fi
+check "the snapshot is not in the store yet" test ! -e "$A1/pool/snapshots/$ID.img"
+check_eq "the FUSE file system is mounted" fuse.imcache \
+	"$(findmnt -rn -o FSTYPE --mountpoint "$A1/lowers/$ID.fuse")"
+LDEV=$(findmnt -rn -o SOURCE --mountpoint "$A1/lowers/$ID" || true)
+check_eq "the lower is ext4 on a loop device over the FUSE file" "$A1/lowers/$ID.fuse/image" \
+	"$(losetup -n -O BACK-FILE "$LDEV" | tr -d ' ')"
+check_eq "the loop device is read-only" 1 "$(blockdev --getro "$LDEV")"
+SPID=$(server_pid "$A1")
+check "the FUSE server runs (pid $SPID)" kill -0 "$SPID"
+check_eq "p1 is an overlay" overlay "$(findmnt -rn -o FSTYPE --mountpoint "$P1")"
+check_eq "p1 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P1/blob/data.bin" | cut -d' ' -f1)"
+check_eq "p1 runs busybox from the lazy lower" hi "$("$P1/bin/busybox" echo hi)"
+
+# Four readers at once of a file not read yet (page cache dropped first, so reads go to FUSE).
+mark
+echo 3 >/proc/sys/vm/drop_caches
+P2=$(pod p2)
+check "a second pod shares the lazy lower" ia "$A1" attach "$ID" "$P2"
+READERS=()
+for i in 1 2 3 4; do
+	(sha256sum <"$P2/blob/data.bin" | cut -d' ' -f1 >"$TEST_TMP/r$i") &
+	READERS+=($!)
+done
+wait "${READERS[@]}"
+check_eq "four readers at once read it right" "$DATA_SHA $DATA_SHA $DATA_SHA $DATA_SHA" \
+	"$(cat "$TEST_TMP"/r1 "$TEST_TMP"/r2 "$TEST_TMP"/r3 "$TEST_TMP"/r4 | tr '\n' ' ' | sed 's/ $//')"
+check_eq "no chunk was sent twice" 0 "$(dups)"
+
+# The background fill, the seal.
+mark
+touch "$HOLD"
+wait_for_file "$A1/pool/snapshots/$ID.img" 120 || true
+check "the background fill completes: the snapshot is sealed into the store" \
+	test -e "$A1/pool/snapshots/$ID.img"
+check_eq "the sealed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(sha256sum <"$A1/pool/snapshots/$ID.img" | cut -d' ' -f1)"
+check_eq "no chunk was sent twice by the background fill" 0 "$(dups)"
+check "its index is kept as a local snapshot's" test -s "$A1/chunks/local/$ID.json"
+echo 3 >/proc/sys/vm/drop_caches
+check_eq "the pods keep working after the seal" "$DATA_SHA" "$(sha256sum <"$P1/blob/data.bin" | cut -d' ' -f1)"
+check "the FUSE server still runs while pods use it" kill -0 "$SPID"
+check "detach p1" ia "$A1" detach "$P1"
+check "the FUSE server stays for p2" kill -0 "$SPID"
+check "detach p2, the last pod" ia "$A1" detach "$P2"
+check "the last detach ends the FUSE server" wait_pid_gone "$SPID"
+check_fails "the FUSE file system is unmounted" fuse_mounted "$A1"
+
+mark
+P3=$(pod p3)
+check "a later attach" ia "$A1" attach "$ID" "$P3"
+check_eq "uses the local snapshot, no FUSE" "$A1/pool/snapshots/$ID.img" \
+	"$(losetup -n -O BACK-FILE "$(findmnt -rn -o SOURCE --mountpoint "$A1/lowers/$ID")" | tr -d ' ')"
+check_fails "no FUSE mount" fuse_mounted "$A1"
+check_eq "and sends nothing" 0 "$(sent)"
+check_eq "p3 reads the file right" "$DATA_SHA" "$(sha256sum <"$P3/blob/data.bin" | cut -d' ' -f1)"
+check "detach p3" ia "$A1" detach "$P3"
+no_leaks "$A1" "after the later attach"
+
+# --- kill -9 of the FUSE server, then reconcile -----------------------------------------------
+
+A2=$TEST_TMP/agent2
+AGENTS+=("$A2")
+P4=$(pod p4)
+rm -f "$HOLD"
+check "lazy attach at p4" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$IMC_BIN/imc-attach" \
+	--state-dir "$A2" --lower-grace 0 --server "$IMCD_URL" attach "$ID" "$P4"
+SPID=$(server_pid "$A2")
+check "its FUSE server runs (pid $SPID)" kill -0 "$SPID"
+kill -9 "$SPID"
+check "the killed server is gone" wait_pid_gone "$SPID"
+echo 3 >/proc/sys/vm/drop_caches
+check_fails "a read in the pod fails (an error, not bytes)" sha256sum "$P4/blob/data.bin"
+_capture ia "$A2" reconcile
+note "$out"
+check_match "reconcile undoes the pod and releases the lower" "lazy server" "$out"
+no_leaks "$A2" "kill -9 of the FUSE server + reconcile"
+check "the pod directory is no mount" test -z "$(findmnt -rn --mountpoint "$P4")"
+
+# --- kill -9 of imc-attach after it started the server, then reconcile -------------------------
+
+if grep -qa IMC_ATTACH_STOP_AT "$IMC_BIN/imc-attach"; then
+	A3=$TEST_TMP/agent3
+	AGENTS+=("$A3")
+	P5=$(pod p5)
+	env IMC_ATTACH_STOP_AT=lazy-after-server IMC_LAZY_HOLD_BACKGROUND="$HOLD" \
+		"$IMC_BIN/imc-attach" --state-dir "$A3" --lower-grace 0 --server "$IMCD_URL" \
+		attach "$ID" "$P5" &
+	APID=$!
+	for i in $(seq 1 600); do
+		[ "$(ps -o stat= -p "$APID" | cut -c1)" = T ] && break
+		sleep 0.05
+	done
+	check_eq "imc-attach stops after starting the server" T "$(ps -o stat= -p "$APID" | cut -c1)"
+	SPID=$(server_pid "$A3")
+	check "its FUSE server runs (pid $SPID)" kill -0 "$SPID"
+	kill -9 "$APID"
+	wait "$APID" 2>/dev/null || true
+	_capture ia "$A3" reconcile
+	note "$out"
+	no_leaks "$A3" "kill -9 of imc-attach after the server started + reconcile" "$SPID"
+else
+	not_ok "kill -9 of imc-attach needs a -DIMC_TESTING build (make O=build/check SAN=1)"
+fi
+
+# --- from the registry alone (the artifact imcctl push wrote) -----------------------------------
+
+_capture imcctl push "$ID" "$REGISTRY/imc/lazysnap:v1" --insecure-registry "$REGISTRY"
+check_eq "imcctl push writes the snapshot to the registry" 0 "$rc"
+A5=$TEST_TMP/agent5
+AGENTS+=("$A5")
+P7=$(pod p7)
+rm -f "$HOLD"
+check "lazy attach at p7 from the registry (no imcd)" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" \
+	"$IMC_BIN/imc-attach" --state-dir "$A5" --lower-grace 0 \
+	--registry-ref "$REGISTRY/imc/lazysnap:v1" attach "$ID" "$P7"
+check "the snapshot is not in that store yet" test ! -e "$A5/pool/snapshots/$ID.img"
+check_eq "the FUSE file system is mounted" fuse.imcache \
+	"$(findmnt -rn -o FSTYPE --mountpoint "$A5/lowers/$ID.fuse" || true)"
+SPID=$(server_pid "$A5")
+check_eq "p7 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P7/blob/data.bin" | cut -d' ' -f1)"
+touch "$HOLD"
+wait_for_file "$A5/pool/snapshots/$ID.img" 120 || true
+check_eq "the background fill from the registry seals the snapshot (the index's sha256)" \
+	"$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(sha256sum <"$A5/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
+check "detach p7" "$IMC_BIN/imc-attach" --state-dir "$A5" --lower-grace 0 detach "$P7"
+no_leaks "$A5" "after the lazy attach from the registry" "$SPID"
+rm -f "$HOLD"
+
+# --- a corrupted chunk is an I/O error in the pod ---------------------------------------------
+
+# The chunk that holds the first block of the model file, from the sealed snapshot of agent 1.
+BLK=$(debugfs -R "bmap /images/0/rootfs/blob/data.bin 0" "$A1/pool/snapshots/$ID.img" 2>/dev/null | tail -n1)
+OFF=$(((BLK * 4096) / CS * CS))
+DIG=$(jq -r --argjson o "$OFF" '.chunks[] | select(.offset == $o) | .digest' <<<"$INDEX")
+BLOBFILE=$STATE/chunks/sha256/${DIG:7:2}/${DIG:7}.zst
+check "the model file's first chunk is stored on imcd ($DIG)" test -s "$BLOBFILE"
+cp "$BLOBFILE" "$TEST_TMP/blob.good"
+OFFB=$(($(stat -c %s "$BLOBFILE") / 2))
+B=$(xxd -p -s "$OFFB" -l 1 "$BLOBFILE")
+printf '%02x' $((0x$B ^ 0xff)) | xxd -r -p | dd of="$BLOBFILE" bs=1 seek="$OFFB" conv=notrunc status=none
+A4=$TEST_TMP/agent4
+AGENTS+=("$A4")
+P6=$(pod p6)
+check "lazy attach at p6" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$IMC_BIN/imc-attach" \
+	--state-dir "$A4" --lower-grace 0 --server "$IMCD_URL" attach "$ID" "$P6"
+SPID=$(server_pid "$A4")
+_capture head -c 4096 "$P6/blob/data.bin"
+if [ "$rc" -ne 0 ] && grep -q "Input/output error" <<<"$out"; then
+	ok "reading the corrupted chunk is an I/O error in the pod"
+else
+	not_ok "reading the corrupted chunk is an I/O error" "exit $rc" "$(head -c 200 <<<"$out" | xxd | head -3)"
+fi
+check "the server names the chunk in its log" grep -q "corrupt twice" "$A4/lowers/$ID.lazy.log"
+cp "$TEST_TMP/blob.good" "$BLOBFILE"
+check "detach p6" ia "$A4" detach "$P6"
+no_leaks "$A4" "after the corrupted chunk" "$SPID"
+check "the unsealed volume is gone" test -z "$(ls "$A4/pool/volumes" 2>/dev/null)"
+
+check_eq "no sanitizer report from any process (the FUSE servers included)" "" \
+	"$(cat "$TEST_TMP"/asan/report* 2>/dev/null | head -40)"
+
+done_testing
