@@ -21,7 +21,8 @@
 #define SNAP_FILTER_MAX_SELECTORS 32
 #define SNAP_FILTER_MAX_PATH	  16
 #define SNAP_REGEX_MAX_NODES	  1024 /* the compiled tree of a ~= pattern (snap_filter.c) */
-#define SNAP_REGEX_MAX_DEPTH	  32
+#define SNAP_REGEX_MAX_DEPTH	  32   /* groups in groups */
+#define SNAP_REGEX_MAX_REPEATS	  4    /* repetitions of repetitions: ((a+)+)+ is 3 */
 
 enum snap_op { SNAP_OP_PRESENT, SNAP_OP_EQ, SNAP_OP_NE, SNAP_OP_MATCH };
 struct snap_selector {

@@ -140,9 +140,11 @@ static int scan_op(struct scan *sc, enum snap_op *ret)
 /*
  * glibc's regcomp copies a repeated subexpression once per repetition (x+ becomes x x*, x{3}
  * x x x), so nested repetitions grow the compiled tree exponentially: a filter such as
- * name~=a+++...+ took gigabytes.  Before regcomp the pattern's tree is sized the same way and
- * refused above SNAP_REGEX_MAX_NODES; back-references are refused too (containerd's Go regexp has
- * neither the blowup nor back-references, so no filter containerd accepts is lost).
+ * name~=a+++...+ took gigabytes, and repetitions of optional parts (a?+++...) cost seconds in
+ * its epsilon closures.  Before regcomp the pattern is sized the same way and refused above
+ * SNAP_REGEX_MAX_NODES nodes or SNAP_REGEX_MAX_REPEATS repetitions nested in one another; as in
+ * Go's regexp, which containerd's filters use, a quantifier right after a quantifier (a**) and
+ * back-references are refused.
  */
 struct re_size {
 	const char *s;
@@ -210,46 +212,91 @@ static size_t re_quantifier(struct re_size *r)
 	return 0;
 }
 
+/* One group of the pattern being sized: its nodes so far, and its last operand's. */
+struct re_group {
+	size_t sum, last;     /* nodes */
+	size_t rep, last_rep; /* repetitions nested in it, in its last operand */
+};
+
+struct re_state {
+	struct re_group g[SNAP_REGEX_MAX_DEPTH + 1];
+	size_t depth;
+	bool after_quantifier;
+};
+
+/* The last operand is done: its nodes and repetitions count for its group. */
+static void re_flush(struct re_group *g)
+{
+	g->sum = re_clamp(g->sum + g->last);
+	g->rep = g->last_rep > g->rep ? g->last_rep : g->rep;
+	g->last = g->last_rep = 0;
+}
+
+static int re_repeat(struct re_state *st, size_t copies, imc_error *err)
+{
+	struct re_group *g = &st->g[st->depth];
+
+	if (st->after_quantifier) /* as Go's regexp, which containerd uses: a** is refused */
+		return imc_err(err, EINVAL, "filter: invalid nested repetition operator");
+	st->after_quantifier = true;
+	g->last = re_clamp((g->last ? g->last : 1) * copies + 1);
+	if (++g->last_rep > SNAP_REGEX_MAX_REPEATS)
+		return imc_err(err, EINVAL,
+			       "filter: regular expression repeats a repetition more than %d deep",
+			       SNAP_REGEX_MAX_REPEATS);
+	return 0;
+}
+
+/* One operand or operator at r->pos that is not a quantifier. */
+static int re_operand(struct re_size *r, struct re_state *st, imc_error *err)
+{
+	char c = r->s[r->pos];
+	struct re_group *g = &st->g[st->depth];
+
+	st->after_quantifier = false;
+	re_flush(g);
+	g->last = 1;
+	if (c == '\\' && r->pos + 1 < r->len && isdigit((unsigned char)r->s[r->pos + 1]))
+		return imc_err(err, EINVAL, "filter: back-references are not supported");
+	if (c == '(' && st->depth == SNAP_REGEX_MAX_DEPTH)
+		return imc_err(err, EINVAL,
+			       "filter: regular expression nested deeper than %d groups",
+			       SNAP_REGEX_MAX_DEPTH);
+	if (c == '(') {
+		g->last = 0;
+		st->g[++st->depth] = (struct re_group){0};
+	} else if (c == ')' && st->depth > 0) {
+		g->last = 0;
+		st->depth--;
+		st->g[st->depth].last = re_clamp(g->sum + 1);
+		st->g[st->depth].last_rep = g->rep;
+	} else if (c == '[') {
+		re_skip_bracket(r);
+		return 0;
+	} else if (c == '\\' && r->pos + 1 < r->len) {
+		r->pos++;
+	}
+	r->pos++;
+	return 0;
+}
+
 /* 0 if the tree regcomp would build for the pattern stays small, else -1 with err set. */
 static int re_check(const char *pattern, imc_error *err)
 {
 	struct re_size r = {.s = pattern, .len = strlen(pattern)};
-	size_t sum[SNAP_REGEX_MAX_DEPTH + 1] = {0}, last[SNAP_REGEX_MAX_DEPTH + 1] = {0};
-	size_t depth = 0, copies, total = 0;
+	struct re_state st = {0};
+	size_t copies, total = 0;
 
-	while (r.pos < r.len) {
-		char c = r.s[r.pos];
-		if ((copies = re_quantifier(&r))) {
-			last[depth] = re_clamp((last[depth] ? last[depth] : 1) * copies + 1);
-			continue;
-		}
-		sum[depth] = re_clamp(sum[depth] + last[depth]);
-		last[depth] = 1;
-		if (c == '\\' && r.pos + 1 < r.len && isdigit((unsigned char)r.s[r.pos + 1]))
-			return imc_err(err, EINVAL, "filter: back-references are not supported");
-		if (c == '(' && depth == SNAP_REGEX_MAX_DEPTH)
-			return imc_err(err, EINVAL,
-				       "filter: regular expression nested deeper than %d groups",
-				       SNAP_REGEX_MAX_DEPTH);
-		if (c == '(') {
-			last[depth] = 0;
-			depth++;
-			sum[depth] = last[depth] = 0;
-			r.pos++;
-		} else if (c == ')' && depth > 0) {
-			size_t inner = sum[depth] + last[depth];
-			last[--depth] = re_clamp(inner + 1);
-			r.pos++;
-		} else if (c == '[') {
-			re_skip_bracket(&r);
-		} else {
-			r.pos += c == '\\' && r.pos + 1 < r.len ? 2 : 1;
-		}
-		if (sum[depth] > SNAP_REGEX_MAX_NODES || last[depth] > SNAP_REGEX_MAX_NODES)
-			break;
+	while (r.pos < r.len && total <= SNAP_REGEX_MAX_NODES) {
+		int rc = (copies = re_quantifier(&r)) ? re_repeat(&st, copies, err)
+						      : re_operand(&r, &st, err);
+		if (rc < 0)
+			return rc;
+		total = re_clamp(st.g[st.depth].sum + st.g[st.depth].last);
 	}
-	for (size_t d = 0; d <= depth; d++)
-		total = re_clamp(total + sum[d] + last[d]);
+	total = 0;
+	for (size_t d = 0; d <= st.depth; d++)
+		total = re_clamp(total + st.g[d].sum + st.g[d].last);
 	if (total > SNAP_REGEX_MAX_NODES)
 		return imc_err(err, EINVAL,
 			       "filter: regular expression too complex (its repetitions "

@@ -426,6 +426,7 @@ START_TEST(list_filters_as_containerd)
 	    {"name == \"a\"", NULL, "a"},
 	    {"name~=/^(a|b){1,3}$/", NULL, "a b"},
 	    {"name~=^[[:alpha:]]+[0-9]*$", NULL, "a b l1 v"},
+	    {"name~=^((((a)+)+)+)+$", NULL, "a"},
 	};
 
 	svc_start(&v);
@@ -451,10 +452,11 @@ START_TEST(list_filters_as_containerd)
 	}
 	static const char *const bad[] = {
 	    "", "kind==", "kind=committed", "1x", "name~=(", "labels.\"x", "kind==a b", "a,,b",
-	    /* regcomp would grow the first three past memory (nested repeats); a back-reference */
+	    /* repetitions regcomp would grow past memory or time; a back-reference */
 	    "name~=a++++++++++++++++++++++++++++++++++++++++",
 	    "name~=((((((((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+",
-	    "name~=/a{1000}{1000}/", "name~=(a)\\1"};
+	    "name~=/a{1000}{1000}/", "name~=/(((a{10}){10}){10})/", "name~=a?++++++++",
+	    "name~=(a)\\1"};
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++) {
 		char *f[1] = {(char *)bad[i]};
 		list_names(&v, f, 1, out, sizeof(out), &st, NULL);
