@@ -147,7 +147,7 @@ int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const
  */
 
 /* In the grandchild: a session of its own, stdio to /dev/null and the log, then exec. */
-static void exec_server(int ldir, const char *id, int wfd, char *const argv[])
+static void exec_server(int ldir, const char *id, int wfd, char *const argv[], char *const envp[])
 {
 	char name[LAZY_NAME_MAX];
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC), log;
@@ -162,14 +162,14 @@ static void exec_server(int ldir, const char *id, int wfd, char *const argv[])
 	if (log >= 0)
 		dup2(log, 2);
 	fcntl(wfd, F_SETFD, 0);
-	execv("/proc/self/exe", argv);
+	execve("/proc/self/exe", argv, envp);
 	_exit(127);
 }
 
 struct argv_buf {
 	char *v[48 + DIST_FETCH_PARALLEL_MAX];
 	size_t n;
-	char fd[16], par[16];
+	char fd[16], par[16], size[32];
 };
 
 static void arg(struct argv_buf *a, const char *s)
@@ -204,11 +204,55 @@ static void server_argv(struct store *s, const struct dist_fetch_config *fc, con
 		arg(a, "--parallel");
 		arg(a, a->par);
 	}
+	if (fc->cache_size) {
+		snprintf(a->size, sizeof(a->size), "%" PRIu64, fc->cache_size);
+		arg(a, "--cache-size");
+		arg(a, a->size);
+	}
 	snprintf(a->fd, sizeof(a->fd), "%d", wfd);
 	arg(a, "lazy-serve");
 	arg(a, "--ready-fd");
 	arg(a, a->fd);
 	arg(a, id);
+}
+
+/* The server's environment: ours, with $IMCACHE_TOKEN set to the agent's token (--token or the
+ * environment's; none: unset).  Not an argument: argv is there for every user's ps to read,
+ * /proc/PID/environ only for the process's owner.  Built before the fork (no malloc after it);
+ * free_env frees the array and the token's entry, not environ's strings. */
+static int server_env(const char *token, char ***ret, char **ret_tok, imc_error *err)
+{
+	size_t n = 0, k = 0;
+	char **env;
+
+	*ret_tok = NULL;
+	for (char **e = environ; e && *e; e++)
+		n++;
+	if (!(env = calloc(n + 2, sizeof(*env))))
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		if (strncmp(environ[i], "IMCACHE_TOKEN=", sizeof("IMCACHE_TOKEN=") - 1) != 0)
+			env[k++] = environ[i];
+	if (token && *token) {
+		if (asprintf(ret_tok, "IMCACHE_TOKEN=%s", token) < 0) {
+			*ret_tok = NULL;
+			free(env);
+			return imc_err(err, ENOMEM, "out of memory");
+		}
+		env[k++] = *ret_tok;
+	}
+	env[k] = NULL;
+	*ret = env;
+	return 0;
+}
+
+static void free_env(char **env, char *tok)
+{
+	if (tok) {
+		explicit_bzero(tok, strlen(tok));
+		free(tok);
+	}
+	free(env);
 }
 
 /* Wait for the server's word: "ok", or "error ERRNO MESSAGE". */
@@ -235,14 +279,20 @@ int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, co
 	       imc_error *err)
 {
 	struct argv_buf a = {.n = 0};
+	char **env = NULL, *tok = NULL;
 	int p[2], status;
 	pid_t child;
 
-	if (pipe2(p, O_CLOEXEC) < 0)
+	if (server_env(fc->token, &env, &tok, err) < 0)
+		return err->code;
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		free_env(env, tok);
 		return imc_err_sys(err, errno, "pipe");
+	}
 	server_argv(s, fc, id, p[1], &a);
 	child = fork();
 	if (child < 0) {
+		free_env(env, tok);
 		close(p[0]);
 		close(p[1]);
 		return imc_err_sys(err, errno, "fork");
@@ -250,9 +300,10 @@ int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, co
 	if (child == 0) {
 		/* The server is a grandchild: not ours to reap, and it outlives us. */
 		if (fork() == 0)
-			exec_server(ldir, id, p[1], a.v);
+			exec_server(ldir, id, p[1], a.v, env);
 		_exit(0);
 	}
+	free_env(env, tok);
 	close(p[1]);
 	while (waitpid(child, &status, 0) < 0 && errno == EINTR)
 		;

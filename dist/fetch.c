@@ -821,13 +821,14 @@ static int check_space(struct store *s, const struct dist_fetch_config *cfg, con
 	struct store_usage u;
 	uint64_t need = data_bytes(ix);
 
-	if (fetch_evict(s, cfg, need, id, &st->evicted, err) < 0)
-		return imc_err_wrap(err, "make room for %s", id);
+	/* Before any eviction: a snapshot that cannot fit costs the store nothing. */
 	if (cfg->cache_size && need > cfg->cache_size)
 		return imc_err(err, ENOSPC,
 			       "snapshot %s: %" PRIu64
 			       " bytes of data, more than the cache size %" PRIu64,
 			       id, need, cfg->cache_size);
+	if (fetch_evict(s, cfg, need, id, &st->evicted, err) < 0)
+		return imc_err_wrap(err, "make room for %s", id);
 	if (store_usage(s, &u, err) < 0)
 		return err->code;
 	if (need > u.free)

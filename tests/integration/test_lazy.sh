@@ -303,6 +303,67 @@ check "detach p6" ia "$A4" detach "$P6"
 no_leaks "$A4" "after the corrupted chunk" "$SPID"
 check "the unsealed volume is gone" test -z "$(ls "$A4/pool/volumes" 2>/dev/null)"
 
+# --- the agent's --cache-size holds for the lazy server too -------------------------------------
+
+# A FUSE server of STATE's (imc-attach lazy-serve with --state-dir STATE), by its command line.
+lazy_servers() {
+	local c
+	for c in /proc/[0-9]*/cmdline; do
+		tr '\0' ' ' <"$c" 2>/dev/null | grep -qF -- "--state-dir $1 " &&
+			tr '\0' ' ' <"$c" 2>/dev/null | grep -q ' lazy-serve ' && echo "${c//[^0-9]/}"
+	done
+	return 0
+}
+A6=$TEST_TMP/agent6
+AGENTS+=("$A6")
+P8=$(pod p8)
+_capture ia "$A6" --cache-size 1M attach "$ID" "$P8"
+check_eq "a lazy attach of a cache bigger than --cache-size is refused" 1 "$rc"
+check_match "it says the cache size is too small" "more than the cache size 1048576" "$out"
+check "p8 is no mount" test -z "$(findmnt -rn --mountpoint "$P8")"
+no_leaks "$A6" "the refused lazy attach"
+check_eq "the refused lazy attach leaves no FUSE server" "" "$(lazy_servers "$A6")"
+
+# --- imcd that requires a token: --token alone reaches the lazy server ---------------------------
+
+TOKEN=lazy-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')
+(umask 077 && jq -n --arg t "$TOKEN" '{tokens: [{token: $t, tenant: "default"}]}' \
+	>"$TEST_TMP/imcd.json")
+RC=0
+imcd_stop || RC=$?
+check_eq "imcd stops" 0 "$RC"
+_imcd_launch "$STATE" 127.0.0.1:0 --insecure-registry "$REGISTRY" --config "$TEST_TMP/imcd.json" ||
+	bail "imcd restarts with a token required" "$(imcd_log_tail 30)"
+ok "imcd listens at $IMCD_URL and requires a token"
+http GET "$IMCD_URL/v1/imagecaches/$ID/index"
+check_eq "a request without the token is refused" 401 "$HTTP_STATUS"
+A7=$TEST_TMP/agent7
+AGENTS+=("$A7")
+P9=$(pod p9)
+rm -f "$HOLD"
+mark
+check "lazy attach at p9 with --token only (no \$IMCACHE_TOKEN)" \
+	env -u IMCACHE_TOKEN IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$IMC_BIN/imc-attach" \
+	--state-dir "$A7" --lower-grace 0 --server "$IMCD_URL" --token "$TOKEN" attach "$ID" "$P9"
+check "the snapshot is not in that store yet" test ! -e "$A7/pool/snapshots/$ID.img"
+SPID=$(server_pid "$A7")
+check "its FUSE server runs (pid $SPID)" kill -0 "$SPID"
+check_fails "the token is not on the server's command line" grep -qaF -- "$TOKEN" \
+	"/proc/$SPID/cmdline"
+echo 3 >/proc/sys/vm/drop_caches
+check_eq "p9 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P9/blob/data.bin" | cut -d' ' -f1)"
+if [ "$(sent)" -gt 0 ]; then
+	ok "the lazy server fetched $(sent) chunks with the token"
+else
+	not_ok "the lazy server fetches chunks with the token" "$(tail -n 5 "$A7/lowers/$ID.lazy.log")"
+fi
+touch "$HOLD"
+wait_for_file "$A7/pool/snapshots/$ID.img" 120 || true
+check "the background fill with the token seals the snapshot" test -e "$A7/pool/snapshots/$ID.img"
+check "detach p9" ia "$A7" detach "$P9"
+no_leaks "$A7" "after the lazy attach with --token" "$SPID"
+rm -f "$HOLD"
+
 check_eq "no sanitizer report from any process (the FUSE servers included)" "" \
 	"$(cat "$TEST_TMP"/asan/report* 2>/dev/null | head -40)"
 
