@@ -96,11 +96,14 @@ static json_t *catalog_entry(json_t *m, const char *id)
 			 json_string_value(json_object_get(m, "createdAt")) ?: "", "tops", tops);
 }
 
-/* Reads a snapshot's /imcache.json through a detached read-only mount (gone when mfd closes). */
+/* Reads a snapshot's /imcache.json through a detached read-only mount (gone when mfd closes),
+ * then deactivates the device: a loop device would go by itself, a thin one stays until its last
+ * user deactivates it. */
 static int read_manifest(struct snap *s, const char *id, json_t **ret, imc_error *err)
 {
 	struct store_dev dev = {.fd = -1};
-	_cleanup_close_ int mfd = -1;
+	int mfd = -1;
+	imc_error ignored;
 	int r = store_activate(s->store, STORE_SNAPSHOT, id, STORE_ACTIVATE_READ_ONLY, &dev, err);
 
 	if (r < 0)
@@ -108,7 +111,9 @@ static int read_manifest(struct snap *s, const char *id, json_t **ret, imc_error
 	r = imc_priv_fsmount("ext4", dev.path, LOWER_OPTIONS, true, &mfd, err);
 	if (r == 0)
 		r = imc_json_read_file(mfd, "imcache.json", CATALOG_MAX, ret, err);
-	close(dev.fd); /* autoclear: the device goes with the mount */
+	if (mfd >= 0)
+		close(mfd);
+	store_deactivate(s->store, STORE_SNAPSHOT, id, &dev, &ignored);
 	return r;
 }
 

@@ -53,6 +53,7 @@ static inline void imc_dm_task_destroyp(struct dm_task **t)
 #define METADATA_FULL_PCT   90 /* refuse creates above this, before the pool turns read-only */
 #define REMOVE_TRIES	    10
 #define REMOVE_SLEEP_MS	    10 /* 10, 20, ... 100 ms: 550 ms in all */
+#define SHARED_TRIES	    5  /* 10 ... 50 ms: 150 ms for a shared snapshot's other user */
 #define SWEEP_SLACK	    256
 #define DEFAULT_LOW_WATER   (64ULL << 20)
 #define DM_PROBE_TARGET_LEN 8
@@ -1359,8 +1360,32 @@ static int thin_activate(struct store *s, enum store_kind kind, const char *id, 
 	return 0;
 }
 
-/* The device goes now, whoever activated it: thin devices do not go away with their last
- * opener.  A volume is flushed first, which also commits the pool's metadata for it. */
+/* A snapshot's device is shared: the agent's read-only lower (a mount) and imcd's index export
+ * (an open descriptor) activate the same one, in two processes.  Whoever deactivates while the
+ * other still holds it open leaves it to that other user, whose own deactivate removes it: the
+ * last user's deactivate is the one that removes the device.  The open count is read a few
+ * times first, as a mount going away or udev's probe holds it for a moment too; a device held
+ * open beyond that is logged and left to it. */
+static int dm_remove_shared(const char *name, imc_error *err)
+{
+	int open_count = 0, r;
+
+	for (int i = 0; i < SHARED_TRIES; i++) {
+		if ((r = dm_exists(name, &open_count, NULL, NULL, err)) <= 0)
+			return r;
+		if (open_count == 0)
+			return dm_remove_retry(name, err);
+		nanosleep(&(struct timespec){.tv_nsec = (long)REMOVE_SLEEP_MS * (i + 1) * 1000000L},
+			  NULL);
+	}
+	imc_info("device %s: still open by another user (%d), left to its last deactivate", name,
+		 open_count);
+	return 0;
+}
+
+/* A volume or clone device goes now, whoever activated it; a snapshot's goes with its last
+ * user (dm_remove_shared).  Thin devices do not go away with their last opener.  A volume is
+ * flushed first, which also commits the pool's metadata for it. */
 static int thin_deactivate(struct store *s, enum store_kind kind, const char *id,
 			   struct store_dev *dev, imc_error *err)
 {
@@ -1378,7 +1403,7 @@ static int thin_deactivate(struct store *s, enum store_kind kind, const char *id
 	if ((r = op_lock(t, &l, err)) < 0)
 		return r;
 	dev_name(t, kind, id, name);
-	r = dm_remove_retry(name, err);
+	r = kind == STORE_SNAPSHOT ? dm_remove_shared(name, err) : dm_remove_retry(name, err);
 	if (r < 0)
 		return imc_err_wrap(err, "deactivate %s %s", store_kind_name(kind), id);
 	/* The device is gone either way; a failed flush means writes were lost (a full pool). */

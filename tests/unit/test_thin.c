@@ -435,6 +435,29 @@ START_TEST(remove_of_a_busy_device_is_retried_then_reported)
 }
 END_TEST
 
+/* The agent's shared lower (a mount) and imcd's index export (a descriptor) activate the same
+ * snapshot device: the first to deactivate leaves it to the other, the last one removes it. */
+START_TEST(a_shared_snapshot_device_goes_with_its_last_user)
+{
+	struct store_dev a = {.fd = -1}, b = {.fd = -1};
+	char block[4096];
+	imc_error err;
+
+	must(store_activate(st, STORE_SNAPSHOT, SNAP, STORE_ACTIVATE_READ_ONLY, &a, &err), &err);
+	must(store_activate(st, STORE_SNAPSHOT, SNAP, STORE_ACTIVATE_READ_ONLY, &b, &err), &err);
+	ck_assert_str_eq(a.path, b.path);
+	must(store_deactivate(st, STORE_SNAPSHOT, SNAP, &a, &err), &err);
+	ck_assert_int_eq(dm_devices(), 1);
+	ck_assert_int_eq(pread(b.fd, block, sizeof(block), 1024 * 1024), (ssize_t)sizeof(block));
+	must(store_deactivate(st, STORE_SNAPSHOT, SNAP, &b, &err), &err);
+	ck_assert_int_eq(dm_devices(), 0);
+	/* and with no other user, the first deactivate removes it */
+	must(store_activate(st, STORE_SNAPSHOT, SNAP, STORE_ACTIVATE_READ_ONLY, &a, &err), &err);
+	must(store_deactivate(st, STORE_SNAPSHOT, SNAP, &a, &err), &err);
+	ck_assert_int_eq(dm_devices(), 0);
+}
+END_TEST
+
 START_TEST(teardown_is_refused_while_a_device_is_active)
 {
 	struct store_dev dev = {.fd = -1};
@@ -701,6 +724,7 @@ int main(void)
 	tcase_add_test(dm, a_record_whose_device_is_gone_is_dropped);
 	tcase_add_test(dm, an_active_device_no_record_owns_is_removed);
 	tcase_add_test(dm, remove_of_a_busy_device_is_retried_then_reported);
+	tcase_add_test(dm, a_shared_snapshot_device_goes_with_its_last_user);
 	tcase_add_test(dm, teardown_is_refused_while_a_device_is_active);
 	tcase_add_test(dm, delete_discards_the_blocks);
 	tcase_add_test(dm, a_full_pool_fails_the_writes_and_recovers);

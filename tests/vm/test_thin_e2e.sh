@@ -118,9 +118,19 @@ fi
 check "detach pod1" io detach "$P1"
 check "the lower stays for pod2" test -n "$(findmnt -rn --mountpoint "$STATE/lowers/$ID")"
 check "detach pod2" io detach "$P2"
+check_eq "the lower's mount goes with the last detach" "" \
+	"$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true)"
+# imcd's background export of the chunk index reads the same snapshot device: whichever of the
+# two deactivates last removes it, so it is gone once the export is done too.
+for _ in $(seq 1 600); do
+	grep -q "cache $ID: chunk index exported" "$IMCD_LOG" && break
+	sleep 0.2
+done
+check_match "imcd exported the cache's chunk index" "cache $ID: chunk index exported" \
+	"$(cat "$IMCD_LOG")"
 LEFT=$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true; our_dm_devices | grep -- '-s-' || true)
 [ -z "$LEFT" ] || lower_holders "$ID"
-check_eq "the lower's device goes with the last detach" "" "$LEFT"
+check_eq "the lower's device goes with its last user" "" "$LEFT"
 # kill -9 right after the lower's unmount: its thin device is still active; reconcile removes it.
 check "overlay attach again" io attach "$ID" "$P1"
 IMC_ATTACH_STOP_AT=lower-after-umount "$IMC_BIN/imc-attach" --state-dir "$STATE" --driver thin \
