@@ -111,10 +111,7 @@ status_of() {
 }
 A=$(as "$TOKEN_A" create "$STALLREG/trickle/shared-a:1" 2>/dev/null | tail -n1)
 check_match "team-a's build of a trickling shared layer is accepted" '^imc-' "$A"
-for _ in $(seq 1 300); do
-	grep -q '/v2/trickle/shared-a/blobs/.* trickle-start' "$STALLREG_LOG" && break
-	sleep 0.1
-done
+wait_for_match "$STALLREG_LOG" '/v2/trickle/shared-a/blobs/.* trickle-start' 30 || true
 check_match "team-a's layer download is in flight" 'trickle/shared-a/blobs/.* trickle-start' \
 	"$(cat "$STALLREG_LOG")"
 OUT=$(as "$TOKEN_B" create "$STALLREG/fast/shared-b:1" --wait --timeout 120 2>&1) || true

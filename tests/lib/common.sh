@@ -266,6 +266,16 @@ wait_for_file() {
 	done
 }
 
+# wait_for_match FILE REGEX [TIMEOUT_S]: wait until a line of FILE matches REGEX (grep).
+wait_for_match() {
+	local file=$1 regex=$2 timeout=${3:-30} deadline
+	deadline=$(($(date +%s) + timeout))
+	until grep -q -- "$regex" "$file" 2>/dev/null; do
+		[ "$(date +%s)" -lt "$deadline" ] || return 1
+		sleep 0.1
+	done
+}
+
 # wait_gone PATH [TIMEOUT_S]: wait until PATH no longer exists.
 wait_gone() {
 	local path=$1 timeout=${2:-10} deadline

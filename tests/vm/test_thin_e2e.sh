@@ -122,10 +122,7 @@ check_eq "the lower's mount goes with the last detach" "" \
 	"$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true)"
 # imcd's background export of the chunk index reads the same snapshot device: whichever of the
 # two deactivates last removes it, so it is gone once the export is done too.
-for _ in $(seq 1 600); do
-	grep -q "cache $ID: chunk index exported" "$IMCD_LOG" && break
-	sleep 0.2
-done
+wait_for_match "$IMCD_LOG" "cache $ID: chunk index exported" 120 || true
 check_match "imcd exported the cache's chunk index" "cache $ID: chunk index exported" \
 	"$(cat "$IMCD_LOG")"
 LEFT=$(findmnt -rn --mountpoint "$STATE/lowers/$ID" || true; our_dm_devices | grep -- '-s-' || true)
