@@ -40,12 +40,14 @@ defer teardown
 "$IMC_BIN/imc-attach" --state-dir "$STATE" list >/dev/null
 
 declare -A SNAP_S EXTENTS
+# scale_id MB: the snapshot of MB MiB, under a cache id (imc- and 16 hex digits)
+scale_id() { printf 'imc-%016x' "$1"; }
 for mb in $SIZES; do
 	step "snapshot with $mb MiB of data"
 	T0=$(now_ms)
-	"$BENCH" --make-snapshot "$STATE" "imc-scale-$mb" "$mb"
+	"$BENCH" --make-snapshot "$STATE" "$(scale_id "$mb")" "$mb"
 	SNAP_S[$mb]=$(awk -v ms="$(($(now_ms) - T0))" 'BEGIN { printf "%.1f", ms / 1000 }')
-	EXTENTS[$mb]=$(xfs_bmap "$STATE/pool/snapshots/imc-scale-$mb.img" | tail -n +2 | grep -vc hole || true)
+	EXTENTS[$mb]=$(xfs_bmap "$STATE/pool/snapshots/$(scale_id "$mb").img" | tail -n +2 | grep -vc hole || true)
 done
 FIRST=${SIZES%% *}
 # The snapshots were just written: until their data is written back (through the pool's loop
@@ -79,7 +81,7 @@ bench_dat attach_size "attach latency by snapshot size, one at a time, ms ($N at
 for mb in $SIZES; do
 	for mode in $MODES; do
 		step "attach x$N ($mode), one at a time, $mb MiB"
-		J=$(attach_bench_mode "$mode" "$STATE" "imc-scale-$mb" "$N" 1)
+		J=$(attach_bench_mode "$mode" "$STATE" "$(scale_id "$mb")" "$N" 1)
 		echo "| $mb MiB (made in ${SNAP_S[$mb]} s) | ${EXTENTS[$mb]} | $mode | $(ms "$J" .attach_p50_ms) ms | $(ms "$J" .attach_p99_ms) ms | $(ms "$J" .detach_p50_ms) ms |" >>"$TEST_TMP/size.md"
 		bench_row attach_size "$mode" "$mb" "${EXTENTS[$mb]}" "$(ms "$J" .attach_p50_ms)" \
 			"$(ms "$J" .attach_p99_ms)" "$(ms "$J" .detach_p50_ms)"
@@ -98,16 +100,16 @@ for mode in $MODES; do
 		count=$N
 		[ "$count" -ge $((c * 5)) ] || count=$((c * 5))
 		step "attach x$count ($mode), $c at a time"
-		J=$(attach_bench_mode "$mode" "$STATE" "imc-scale-$FIRST" "$count" "$c")
+		J=$(attach_bench_mode "$mode" "$STATE" "$(scale_id "$FIRST")" "$count" "$c")
 		echo "| $c | $mode | $count | $(ms "$J" .attach_p50_ms) ms | $(ms "$J" .attach_p99_ms) ms | $(ms "$J" .attach_max_ms) ms |" >>"$TEST_TMP/conc.md"
 		bench_row attach_conc "$mode" "$c" "$count" "$(ms "$J" .attach_p50_ms)" \
 			"$(ms "$J" .attach_p99_ms)" "$(ms "$J" .attach_max_ms)"
 	done
 done
 
-SNAP_MB=$(($(stat -c %s "$STATE/pool/snapshots/imc-scale-$FIRST.img") >> 20))
+SNAP_MB=$(($(stat -c %s "$STATE/pool/snapshots/$(scale_id "$FIRST").img") >> 20))
 step "attach x$N with --size $((SNAP_MB * 2)) MiB"
-J=$("$BENCH" "$STATE" "imc-scale-$FIRST" "$N" 1 $((SNAP_MB * 2)))
+J=$("$BENCH" "$STATE" "$(scale_id "$FIRST")" "$N" 1 $((SNAP_MB * 2)))
 {
 	echo
 	echo "| --size (clone and ext4 grown from $SNAP_MB to $((SNAP_MB * 2)) MiB) | attach p50 | attach p99 |"

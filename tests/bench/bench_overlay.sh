@@ -38,7 +38,7 @@ teardown() {
 }
 defer teardown
 $IA list >/dev/null
-ID=imc-ovl-$MB
+ID=$(printf 'imc-%016x' "$MB") # a cache id: imc- and 16 hex digits
 step "snapshot with $MB MiB of data"
 "$BENCH" --make-snapshot "$STATE" "$ID" "$MB"
 sync
