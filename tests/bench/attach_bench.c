@@ -50,7 +50,7 @@ static void *run(void *arg)
 		uint64_t t0;
 
 		snprintf(dir, sizeof(dir), "%s/a%d", j->base, i);
-		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		if (!j->block && mkdir(dir, 0755) < 0 && errno != EEXIST) {
 			j->failed = imc_err_sys(&j->err, errno, "mkdir %s", dir);
 			return NULL;
 		}
@@ -157,6 +157,11 @@ static int bench(struct store *s, const char *cache_id, int count, int threads, 
 			fprintf(stderr, "attach_bench: %s\n", jobs[t].err.msg);
 			failed = 1;
 		}
+	}
+	for (int i = 0; i < count; i++) { /* a pod directory a failed job left */
+		char dir[sizeof(base) + 16];
+		snprintf(dir, sizeof(dir), "%s/a%d", base, i);
+		rmdir(dir);
 	}
 	rmdir(base);
 	if (!failed) {
