@@ -113,6 +113,23 @@ static int refs_dir(int ldir, const char *id, bool create, imc_error *err)
 	return fd;
 }
 
+/* id's references as a directory stream in *ret; NULL when the lower has none (no directory). */
+static int refs_opendir(int ldir, const char *id, DIR **ret, imc_error *err)
+{
+	int fd = refs_dir(ldir, id, false, err);
+
+	*ret = NULL;
+	if (fd == -ENOENT)
+		return 0;
+	if (fd < 0)
+		return fd;
+	if (!(*ret = fdopendir(fd))) {
+		close(fd);
+		return imc_err_sys(err, errno, "lower %s: references", id);
+	}
+	return 0;
+}
+
 static int ref_add(int ldir, const char *id, const char *aid, imc_error *err)
 {
 	_cleanup_close_ int rdir = refs_dir(ldir, id, true, err);
@@ -313,22 +330,16 @@ static int64_t timespec_ns(const struct timespec *t)
 static int refs_count(struct store *s, int ldir, const char *id, json_t *repairs, size_t *ret_n,
 		      int64_t *ret_last, imc_error *err)
 {
-	int fd = refs_dir(ldir, id, false, err);
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;
 	struct stat st;
 	size_t n = 0, seen = 0;
+	int r;
 
 	*ret_n = 0;
 	*ret_last = 0;
-	if (fd == -ENOENT)
-		return 0;
-	if (fd < 0)
-		return fd;
-	if (!(d = fdopendir(fd))) {
-		close(fd);
-		return imc_err_sys(err, errno, "lower %s: references", id);
-	}
+	if ((r = refs_opendir(ldir, id, &d, err)) < 0 || !d)
+		return r;
 	while ((de = readdir(d)) && seen++ < LOWER_REFS_MAX) {
 		if (de->d_name[0] == '.')
 			continue;
@@ -603,23 +614,17 @@ int attach_lowers_release(struct store *s, imc_error *err)
 /* Detach every overlay attach that holds a reference on id's lower (none locked by us). */
 static int lower_detach_all(struct store *s, int ldir, const char *id, imc_error *err)
 {
-	int fd = refs_dir(ldir, id, false, err);
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;
 	size_t seen = 0;
+	int r;
 
-	if (fd == -ENOENT)
-		return 0;
-	if (fd < 0)
-		return fd;
-	if (!(d = fdopendir(fd))) {
-		close(fd);
-		return imc_err_sys(err, errno, "lower %s: references", id);
-	}
+	if ((r = refs_opendir(ldir, id, &d, err)) < 0 || !d)
+		return r;
 	while ((de = readdir(d)) && seen++ < LOWER_REFS_MAX) {
 		if (de->d_name[0] == '.' || !attach_state_exists(s, de->d_name))
 			continue;
-		int r = attach_detach(s, de->d_name, err);
+		r = attach_detach(s, de->d_name, err);
 		if (r < 0 && r != -ENOENT)
 			return imc_err_wrap(err, "cache %s", id);
 	}
