@@ -25,23 +25,31 @@ int api_caches_queue_push_locked(struct api_caches *c, struct api_cache *cache)
 	return 0;
 }
 
+/* A repair done: the cache's event, its record written, and a line in the start-up report
+ * (report, then why when there is one). */
+static void repaired(struct api_caches *c, struct api_cache *cache, json_t *repairs,
+		     const char *reason, const char *event, const char *report, const char *why)
+{
+	imc_error e = {0};
+
+	event_locked(cache, reason, "%s", event);
+	if (api_caches_persist(c, cache, &e) < 0)
+		imc_repair_report(repairs, "%s", e.msg);
+	imc_repair_report(repairs, "cache %s: %s%s%s", cache->id, report, why ? ": " : "",
+			  why ? why : "");
+}
+
 /* A build that imcd did not see finish: whatever it left in the store goes.  Without
  * credentials it is built again from the start (queued); with credentials, which were never
  * written down, it cannot be, and is marked Failed with the reason. */
 static int repair_interrupted(struct api_caches *c, struct api_cache *cache, json_t *repairs,
 			      imc_error *err)
 {
-	imc_error e = {0};
-
 	api_caches_remove_leftover(c, STORE_VOLUME, cache->id, repairs);
 	api_caches_remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
 	if (!cache->had_credentials && api_caches_queue_push_locked(c, cache) == 0) {
-		event_locked(cache, "Resumed", "imcd restarted: the build starts again");
-		if (api_caches_persist(c, cache, &e) < 0)
-			imc_repair_report(repairs, "%s", e.msg);
-		imc_repair_report(repairs,
-				  "cache %s: was Creating when imcd stopped; build queued again",
-				  cache->id);
+		repaired(c, cache, repairs, "Resumed", "imcd restarted: the build starts again",
+			 "was Creating when imcd stopped; build queued again", NULL);
 		return 0;
 	}
 	if (api_cache_set_failed(cache,
@@ -49,11 +57,8 @@ static int repair_interrupted(struct api_caches *c, struct api_cache *cache, jso
 							: INTERRUPTED_MSG " (build queue full)",
 				 err) < 0)
 		return err ? err->code : -ENOMEM;
-	event_locked(cache, "Failed", "%s", cache->status_message);
-	if (api_caches_persist(c, cache, &e) < 0)
-		imc_repair_report(repairs, "%s", e.msg);
-	imc_repair_report(repairs, "cache %s: was Creating when imcd stopped; marked Failed: %s",
-			  cache->id, cache->status_message);
+	repaired(c, cache, repairs, "Failed", cache->status_message,
+		 "was Creating when imcd stopped; marked Failed", cache->status_message);
 	return 0;
 }
 
@@ -73,29 +78,20 @@ static int repair_missing_snapshot(struct api_caches *c, struct api_cache *cache
 	}
 	if (api_cache_set_failed(cache, "snapshot missing from the store", err) < 0)
 		return err ? err->code : -ENOMEM;
-	event_locked(cache, "Failed", "snapshot missing from the store (found on restart)");
-	if (api_caches_persist(c, cache, &e) < 0)
-		imc_repair_report(repairs, "%s", e.msg);
-	imc_repair_report(repairs, "cache %s: was Ready but its snapshot is gone; marked Failed",
-			  cache->id);
+	repaired(c, cache, repairs, "Failed", "snapshot missing from the store (found on restart)",
+		 "was Ready but its snapshot is gone; marked Failed", NULL);
 	return 0;
 }
 
 /* A delete or expiry that a crash cut short: finish it. */
 static void repair_deleting(struct api_caches *c, struct api_cache *cache, json_t *repairs)
 {
-	imc_error e = {0};
-
 	api_caches_remove_leftover(c, STORE_SNAPSHOT, cache->id, repairs);
 	api_caches_remove_leftover(c, STORE_VOLUME, cache->id,
 				   repairs); /* a delete that cancelled a build */
 	api_caches_set_status_locked(cache, API_CACHE_EXPIRED);
-	event_locked(cache, "Expired", "a removal cut short by a restart was finished");
-	if (api_caches_persist(c, cache, &e) < 0)
-		imc_repair_report(repairs, "%s", e.msg);
-	imc_repair_report(repairs,
-			  "cache %s: was Deleting when imcd stopped; snapshot removed, Expired",
-			  cache->id);
+	repaired(c, cache, repairs, "Expired", "a removal cut short by a restart was finished",
+		 "was Deleting when imcd stopped; snapshot removed, Expired", NULL);
 }
 
 /* Partial blob downloads that a killed imcd left under temporary names (those a live process
