@@ -253,8 +253,33 @@ int dist_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 	return pio_full(fd, (char *)buf, len, off, true); /* only ever written from */
 }
 
+#ifdef IMC_TESTING
+/* Test builds: after its first chunk an export waits while the file $IMC_EXPORT_HOLD does not
+ * exist (and nobody cancels it), so that a test finds an export in flight. */
+static void test_hold(const struct oci_chunk_index *ix, const atomic_bool *cancel)
+{
+	const char *hold = secure_getenv("IMC_EXPORT_HOLD");
+	bool said = false;
+
+	while (hold && *hold && access(hold, F_OK) < 0 && !(cancel && atomic_load(cancel))) {
+		if (!said)
+			imc_info("cache %s: export held until %s exists (test build)", ix->cache_id,
+				 hold);
+		said = true;
+		usleep(20000);
+	}
+}
+#else
+static void test_hold(const struct oci_chunk_index *ix, const atomic_bool *cancel)
+{
+	(void)ix;
+	(void)cancel;
+}
+#endif
+
 /* Cut the device into chunks; ix gets the entries and the whole file's digest. */
-static int export_device(struct dist_chunks *cs, int fd, struct oci_chunk_index *ix, imc_error *err)
+static int export_device(struct dist_chunks *cs, int fd, struct oci_chunk_index *ix,
+			 const atomic_bool *cancel, imc_error *err)
 {
 	size_t cap = (ix->size + ix->chunk_size - 1) / ix->chunk_size;
 	_cleanup_free_ void *buf = malloc(ix->chunk_size);
@@ -269,6 +294,13 @@ static int export_device(struct dist_chunks *cs, int fd, struct oci_chunk_index 
 		return err->code;
 	for (uint64_t off = 0; off < ix->size && r == 0; off += ix->chunk_size) {
 		size_t len = (size_t)oci_chunk_index_len(ix, off);
+		if (off)
+			test_hold(ix, cancel);
+		if (cancel && atomic_load(cancel)) {
+			r = imc_err(err, ECANCELED, "cancelled at %" PRIu64 " of %" PRIu64 " bytes",
+				    off, ix->size);
+			break;
+		}
 		if ((r = dist_pread_full(fd, buf, len, off)) < 0) {
 			r = imc_err_sys(err, -r, "read at %" PRIu64, off);
 			break;
@@ -334,7 +366,8 @@ static int write_index(struct dist_chunks *cs, const char *id, const char *buf, 
 }
 
 static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *id,
-			   uint32_t chunk_size, char **ret, size_t *ret_len, imc_error *err)
+			   uint32_t chunk_size, const atomic_bool *cancel, char **ret,
+			   size_t *ret_len, imc_error *err)
 {
 	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
 	struct store_object_info info;
@@ -362,7 +395,7 @@ static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *
 	ix.size = info.size;
 	if (store_activate(s, STORE_SNAPSHOT, id, STORE_ACTIVATE_READ_ONLY, &dev, err) < 0)
 		return err->code;
-	r = export_device(cs, dev.fd, &ix, err);
+	r = export_device(cs, dev.fd, &ix, cancel, err);
 	store_deactivate(s, STORE_SNAPSHOT, id, &dev, NULL);
 	if (r < 0)
 		return imc_err_wrap(err, "export snapshot %s", id);
@@ -376,8 +409,8 @@ static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *
 	return 0;
 }
 
-int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, char **ret,
-		size_t *ret_len, imc_error *err)
+int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size,
+		const atomic_bool *cancel, char **ret, size_t *ret_len, imc_error *err)
 {
 	int r;
 
@@ -386,7 +419,7 @@ int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, cha
 	/* One export at a time: a second request for the same cache waits and reads the index
 	 * the first one wrote. */
 	pthread_mutex_lock(&cs->export_lock);
-	r = export_snapshot(cs->store, cs, id, chunk_size, ret, ret_len, err);
+	r = export_snapshot(cs->store, cs, id, chunk_size, cancel, ret, ret_len, err);
 	pthread_mutex_unlock(&cs->export_lock);
 	return r;
 }

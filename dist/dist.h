@@ -10,6 +10,7 @@
 #ifndef IMC_DIST_H
 #define IMC_DIST_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -43,9 +44,12 @@ int dist_chunks_open_blob(struct dist_chunks *cs, const char *digest, int *ret_f
 
 /* Export snapshot id (read through a read-only activation, so any driver works): cut, hash,
  * compress and store its chunks, write <state>/chunks/index/<id>.json; a stored index is
- * reused.  ret (optional) gets the index bytes.  chunk_size 0: DIST_CHUNK_SIZE_DEFAULT. */
-int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size, char **ret,
-		size_t *ret_len, imc_error *err);
+ * reused.  ret (optional) gets the index bytes.  chunk_size 0: DIST_CHUNK_SIZE_DEFAULT.
+ * cancel (may be NULL) is read before each chunk: once true the export ends -ECANCELED and
+ * writes no index (the chunks stored so far are named by none: dist_forget or a later export
+ * of the same snapshot settles them). */
+int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size,
+		const atomic_bool *cancel, char **ret, size_t *ret_len, imc_error *err);
 /* Drop the index of id and every stored chunk that no remaining index names.  *ret_freed gets
  * the bytes freed.  Nothing to do when id was never exported. */
 int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc_error *err);

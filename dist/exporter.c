@@ -4,11 +4,14 @@
  * wait for it: GET …/index answers 202 while the export is queued or running.
  *
  * Jobs are a FIFO list; an export asked for twice is queued once, and a forget drops a queued
- * export of the same cache (a forget always runs after an export of the cache that is running:
- * the chunks of an export in flight are in no index yet).  A failed export is remembered (the
+ * export of the same cache and stops the one running at its next chunk (the forget runs after
+ * it: the chunks of an export in flight are in no index yet).  Stopping the exporter stops the
+ * running export the same way, so neither a delete nor imcd's shutdown waits for a whole
+ * snapshot to be cut.  A failed export is remembered (the
  * newest EXPORT_FAILURES) until a GET …/index reports it once. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,7 @@ struct dist_exporter {
 	pthread_cond_t cond;  /* a job was queued, or stopping */
 	struct job *head, *tail;
 	struct job running;			  /* its id is "" when idle */
+	atomic_bool cancel_running;		  /* ends the export running now */
 	struct failure failures[EXPORT_FAILURES]; /* a ring; id "" is a free slot */
 	size_t next_failure;
 	bool stopping;
@@ -123,6 +127,8 @@ int dist_exporter_forget(struct dist_exporter *x, const char *id, imc_error *err
 
 	pthread_mutex_lock(&x->lock);
 	drop_exports_locked(x, id);
+	if (x->running.kind == JOB_EXPORT && strcmp(x->running.id, id) == 0)
+		atomic_store(&x->cancel_running, true); /* its snapshot is gone: no index */
 	if ((f = failure_find_locked(x, id)))
 		f->id[0] = '\0';
 	if (!queued_locked(x, JOB_FORGET, id))
@@ -197,7 +203,15 @@ static void run_job(struct dist_exporter *x, const struct job *j)
 		pthread_mutex_unlock(&x->hook_lock);
 		return;
 	}
-	r = dist_export(x->chunks, j->id, 0, NULL, NULL, &e);
+	r = dist_export(x->chunks, j->id, 0, &x->cancel_running, NULL, NULL, &e);
+	if (r == -ECANCELED) {
+		pthread_mutex_lock(&x->lock);
+		bool stopping = x->stopping;
+		pthread_mutex_unlock(&x->lock);
+		imc_info("cache %s: chunk index export stopped (%s): %s", j->id,
+			 stopping ? "imcd is stopping" : "the cache is gone", e.msg);
+		return;
+	}
 	if (r == -ENOENT)
 		imc_err(&e, ENOENT, "cache %s: no snapshot", j->id);
 	if (r < 0) {
@@ -243,6 +257,7 @@ static void *exporter_main(void *arg)
 		if (!j)
 			break;
 		x->running = *j;
+		atomic_store(&x->cancel_running, false);
 		free(j);
 		pthread_mutex_unlock(&x->lock);
 		run_job(x, &x->running);
@@ -282,9 +297,11 @@ void dist_exporter_stop(struct dist_exporter *x)
 		return;
 	pthread_mutex_lock(&x->lock);
 	x->stopping = true;
+	atomic_store(&x->cancel_running, true);
 	pthread_cond_broadcast(&x->cond);
 	pthread_mutex_unlock(&x->lock);
-	/* The export running now ends first (local work: bounded by the snapshot's size). */
+	/* The export running now stops at its next chunk (it is asked for again after a restart);
+	 * a forget running now ends first. */
 	if (x->started)
 		pthread_join(x->thread, NULL);
 	while ((j = x->head)) {

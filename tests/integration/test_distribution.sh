@@ -8,7 +8,8 @@
 # corrupted on the server is caught (refetched, then a clear failure, nothing left behind); a
 # connection dropped in the middle of chunks resumes; a full local pool fails cleanly; a cache
 # rebuilt with a small change sends only the chunks that changed; --cache-size evicts the least
-# recently used snapshot; a deleted cache takes its index and the chunks only it held.  The
+# recently used snapshot; a deleted cache takes its index and the chunks only it held; an export
+# in flight stops at once for a delete of its cache and for imcd's shutdown.  The
 # namespace and the veth are removed on every exit path.
 # Needs root, loop devices, ip netns and nsenter.
 # shellcheck source-path=SCRIPTDIR disable=SC2016 # jq programs in single quotes
@@ -413,8 +414,33 @@ check "imcd freed the chunks no other cache names" \
 check_eq "the chunks of the first cache stay" "ok" \
 	"$([ -e "$STATE/chunks/index/$ID.json" ] && [ -e "$BLOBFILE" ] && echo ok)"
 
+# --- an export in flight stops for a delete and for imcd's shutdown -------------------------
+# imcd again, with the test builds' hold: an export waits after its first chunk until
+# $IMC_EXPORT_HOLD exists (never, here), so both stops below find it in flight; before, a
+# delete and a SIGTERM each waited for the whole snapshot to be cut.
+rc=0
+imcd_stop || rc=$?
+check_eq "imcd stops (exit 0)" 0 "$rc"
+IMC_EXPORT_HOLD=$TEST_TMP/export-go _imcd_launch "$STATE" "$SERVER_IP:0" \
+	--insecure-registry "$REGISTRY" || bail "imcd starts again" "$(imcd_log_tail 30)"
+check "image v3 builds and pushes" mkimage_dist v3 "release three"
+ID3=$(build v3) || bail "cache of v3 is Ready"
+check "the export of its index is in flight" \
+	wait_for_match "$IMCD_LOG" "cache $ID3: export held until" 60
+check "delete it" imcctl delete "$ID3"
+check "the delete stops the export" \
+	wait_for_match "$IMCD_LOG" "cache $ID3: chunk index export stopped (the cache is gone)" 60
+check_eq "no index of it is written" "gone" \
+	"$([ -e "$STATE/chunks/index/$ID3.json" ] && echo there || echo gone)"
+check "image v4 builds and pushes" mkimage_dist v4 "release four"
+ID4=$(build v4) || bail "cache of v4 is Ready"
+check "the export of its index is in flight" \
+	wait_for_match "$IMCD_LOG" "cache $ID4: export held until" 60
+
 for a in "$A1" "$A2" "$A3" "$A4"; do
 	agent_teardown "$a"
 done
-check_clean_shutdown
+check_clean_shutdown # SIGTERM while the export of v4's index is held
+check "the shutdown stopped the export" \
+	grep -qF "cache $ID4: chunk index export stopped (imcd is stopping)" "$IMCD_LOG"
 done_testing
