@@ -618,7 +618,8 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
  * tenants as for the index: the cache must be the caller's and Ready. */
 int api_dist_trace(struct api_caches *c, const struct api_caller *who, enum api_method m,
 		   const char *id, size_t id_len, const struct api_query_arg *args, size_t n_args,
-		   const char *body, size_t len, json_t **ret, unsigned *ret_status, imc_error *err);
+		   const char *body, size_t len, json_t **ret, unsigned *ret_status,
+		   imc_error *err);
 /* The table's on_snapshot_removed hook, with the exporter as ctx: queue dropping the cache's
  * index and the chunks no other index names (logged when they are freed). */
 void api_dist_snapshot_removed(void *ctx, const char *id);

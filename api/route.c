@@ -59,8 +59,8 @@ static void match_dist(const char *url, struct api_match *ret)
 	} else if (strncmp(url, CACHES_PATH "/", n) == 0 && (slash = strchr(url + n, '/')) &&
 		   slash > url + n &&
 		   (strcmp(slash, INDEX_SUFFIX) == 0 || strcmp(slash, TRACE_SUFFIX) == 0)) {
-		ret->route =
-		    strcmp(slash, INDEX_SUFFIX) == 0 ? API_ROUTE_CACHE_INDEX : API_ROUTE_CACHE_TRACE;
+		ret->route = strcmp(slash, INDEX_SUFFIX) == 0 ? API_ROUTE_CACHE_INDEX
+							      : API_ROUTE_CACHE_TRACE;
 		ret->id = url + n;
 		ret->id_len = (size_t)(slash - ret->id);
 	}

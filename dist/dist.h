@@ -174,7 +174,8 @@ struct dist_trace {
 	size_t n;
 };
 /* The shape only (any offset below OCI_SNAPSHOT_MAX): more than DIST_TRACE_BYTES_MAX bytes or
- * DIST_TRACE_ENTRIES_MAX offsets is -EFBIG, anything else wrong -EINVAL (-ERANGE: a chunkSize out of range). */
+ * DIST_TRACE_ENTRIES_MAX offsets is -EFBIG, anything else wrong -EINVAL (-ERANGE: a chunkSize out
+ * of range). */
 int dist_trace_parse(const char *buf, size_t len, struct dist_trace *ret, imc_error *err);
 int dist_trace_render(const struct dist_trace *t, char **ret, size_t *ret_len, imc_error *err);
 void dist_trace_free(struct dist_trace *t);

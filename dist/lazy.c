@@ -57,7 +57,7 @@ struct dist_lazy {
 	size_t *rec, n_rec;
 	unsigned char *in_trace;
 	bool tracing;
-	struct timespec trace_end; /* CLOCK_REALTIME, as l->changed waits */
+	struct timespec trace_end; /* CLOCK_MONOTONIC, the clock of l->changed */
 	pthread_t tracer;
 	bool tracer_started;
 };
@@ -336,7 +336,7 @@ static int trace_start(struct dist_lazy *l, imc_error *err)
 		return 0;
 	if (!(l->rec = malloc(n * sizeof(*l->rec))))
 		return imc_err(err, ENOMEM, "out of memory");
-	clock_gettime(CLOCK_REALTIME, &l->trace_end);
+	clock_gettime(CLOCK_MONOTONIC, &l->trace_end);
 	l->trace_end.tv_sec += secs;
 	l->tracing = true;
 	return 0;
@@ -481,12 +481,14 @@ static int lz_read(const char *path, char *buf, size_t size, off_t off, struct f
 	if (off < 0 || (uint64_t)off >= l->ix.size)
 		return 0;
 	end = (uint64_t)off + size > l->ix.size ? l->ix.size : (uint64_t)off + size;
-	for (uint64_t slot = (uint64_t)off / cs; slot * cs < end; slot++)
-		if (trace_note(l, slot), ensure_slot(l, slot, false, &err) < 0) {
+	for (uint64_t slot = (uint64_t)off / cs; slot * cs < end; slot++) {
+		trace_note(l, slot);
+		if (ensure_slot(l, slot, false, &err) < 0) {
 			fprintf(stderr, "imc-attach: lazy %s: read at %" PRIu64 ": %s\n", l->id,
 				(uint64_t)off, err.msg);
 			return -EIO;
 		}
+	}
 	pthread_rwlock_rdlock(&l->rw);
 	r = dist_pread_full(l->dev.fd, buf, end - (uint64_t)off, (uint64_t)off);
 	pthread_rwlock_unlock(&l->rw);
@@ -570,8 +572,12 @@ int dist_lazy_open(struct store *s, const struct dist_fetch_config *cfg, const c
 	*l = (struct dist_lazy){.s = s, .cfg = cfg, .dev = {.fd = -1}};
 	snprintf(l->id, sizeof(l->id), "%s", id);
 	snprintf(l->vol, sizeof(l->vol), DIST_FETCH_VOLUME_PREFIX "%s", id);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the trace window's timed wait */
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_cond_init(&l->changed, NULL);
+	pthread_cond_init(&l->changed, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_rwlock_init(&l->rw, NULL);
 	if (read_index(l, err) < 0 || plan_slots(l, err) < 0 || make_volume(l, err) < 0 ||
 	    trace_load(l, err) < 0) {
@@ -613,6 +619,8 @@ int dist_lazy_run(struct dist_lazy *l, imc_error *err)
 	l->sealer_started = true;
 	if (l->tracing && pthread_create(&l->tracer, NULL, tracer, l) == 0)
 		l->tracer_started = true;
+	else
+		l->tracing = false; /* nobody would send it */
 	for (l->n_bg = 0; l->n_bg < n && l->n_bg < DIST_FETCH_PARALLEL_MAX; l->n_bg++)
 		if (pthread_create(&l->bg[l->n_bg], NULL, background, l) != 0)
 			break;

@@ -11,8 +11,8 @@
 #include "dist.h"
 
 #define TRACE_ATTEMPTS	    2	  /* advisory: a lost trace costs bandwidth, not correctness */
-#define TRACE_CONNECT_MS    5000  /* the GET runs while an attach waits */
-#define TRACE_DEADLINE_MS   20000 /* per request, every attempt included */
+#define TRACE_CONNECT_MS    3000  /* the GET runs while an attach waits */
+#define TRACE_DEADLINE_MS   10000 /* per request, every attempt included */
 #define TRACE_TOO_MANY_MSG  "startup trace: %zu offsets, more than %d"
 #define TRACE_MEDIA_TYPE_SZ 128
 
@@ -138,8 +138,8 @@ int dist_trace_check(const struct dist_trace *t, const struct oci_chunk_index *i
 				       "starts there",
 				       i, t->offsets[i]);
 		if (seen[e - ix->chunks]++)
-			return imc_err(err, EINVAL, "trace.offsets[%zu] %" PRIu64 ": given twice", i,
-				       t->offsets[i]);
+			return imc_err(err, EINVAL, "trace.offsets[%zu] %" PRIu64 ": given twice",
+				       i, t->offsets[i]);
 	}
 	return 0;
 }
@@ -193,14 +193,13 @@ int dist_trace_fetch(const struct dist_fetch_config *cfg, const char *id, struct
 	int r = trace_link_open(cfg, id, &l, err);
 
 	if (r == 0)
-		r = net_perform(
-		    l.net,
-		    &(struct net_request){
-			.url = l.url,
-			.unix_socket = l.srv.unix_socket,
-			.bearer = cfg->token,
-			.sink = {.kind = NET_SINK_MEMORY, .max = DIST_TRACE_BYTES_MAX}},
-		    &res, err);
+		r = net_perform(l.net,
+				&(struct net_request){
+				    .url = l.url,
+				    .unix_socket = l.srv.unix_socket,
+				    .bearer = cfg->token,
+				    .sink = {.kind = NET_SINK_MEMORY, .max = DIST_TRACE_BYTES_MAX}},
+				&res, err);
 	if (r == 0)
 		r = dist_trace_parse(res.body ? res.body : "", res.body_len, ret, err);
 	net_response_free(&res);
@@ -219,16 +218,16 @@ int dist_trace_send(const struct dist_fetch_config *cfg, const char *id, const s
 	if (r == 0)
 		r = dist_trace_render(t, &body, &len, err);
 	if (r == 0)
-		r = net_perform(l.net,
-				&(struct net_request){
-				    .method = "PUT",
-				    .url = l.url,
-				    .unix_socket = l.srv.unix_socket,
-				    .bearer = cfg->token,
-				    .body = {.data = body, .len = len,
-					     .content_type = "application/json"},
-				    .sink = {.kind = NET_SINK_DISCARD}},
-				&res, err);
+		r = net_perform(
+		    l.net,
+		    &(struct net_request){
+			.method = "PUT",
+			.url = l.url,
+			.unix_socket = l.srv.unix_socket,
+			.bearer = cfg->token,
+			.body = {.data = body, .len = len, .content_type = "application/json"},
+			.sink = {.kind = NET_SINK_DISCARD}},
+		    &res, err);
 	net_response_free(&res);
 	return r < 0 ? imc_err_wrap(err, "cache %s: startup trace", id) : 0;
 }

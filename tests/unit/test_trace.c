@@ -32,9 +32,9 @@ START_TEST(trace_round_trip)
 	char *buf = NULL;
 	size_t len = 0;
 
-	ck_assert_msg(parse("{" MT ",\"chunkSize\":1048576,\"offsets\":[3145728,0,1048576]}", &t,
-			    &err) == 0,
-		      "%s", err.msg);
+	ck_assert_msg(
+	    parse("{" MT ",\"chunkSize\":1048576,\"offsets\":[3145728,0,1048576]}", &t, &err) == 0,
+	    "%s", err.msg);
 	ck_assert_uint_eq(t.chunk_size, 1048576);
 	ck_assert_uint_eq(t.n, 3);
 	ck_assert_uint_eq(t.offsets[0], 3145728);
