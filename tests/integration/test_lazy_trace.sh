@@ -11,7 +11,8 @@
 # fewer chunks on demand (counted by imcd's log and the server's stats), with no chunk sent
 # twice; it records no trace of its own.  A stale trace (offsets of no chunk, duplicates, written
 # into imcd's store behind its back) is used entry by entry.  Deleting the cache removes its
-# trace.  Every exit path leaves no mount (FUSE included), loop device or process.
+# trace.  A server whose --trace-window ends while it runs sends what it has then, and reads after
+# that change nothing.  Every exit path leaves no mount (FUSE included), loop device or process.
 # Needs root, loop devices, overlayfs and /dev/fuse; the holds need a -DIMC_TESTING build.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -386,6 +387,35 @@ read_files "$P3" "host 3"
 touch "$HOLD3"
 detach_all "$A3" "$P3" "$SPID3" "$TEST_TMP/log3" "host 3"
 check_match "host 3's stats: 2 used" "startup trace: 2 used" "$(cat "$TEST_TMP/log3")"
+
+# Host 4: the window ends while the server runs.  imcd's trace removed behind its back again
+# (there is no DELETE), so host 4 records for --trace-window 1: once that second is over it sends
+# what it has (the mount's reads, if they came in time: either way it acts before it exits), and
+# reads after it change nothing.
+rm -f "$TRACE_FILE"
+req "$TOKEN_A" GET "$TP"
+check_eq "with the file gone imcd has no trace" 404 "$HTTP_STATUS"
+A4=$TEST_TMP/agent4
+AGENTS+=("$A4")
+HOLD4=$TEST_TMP/go4
+P4=$(pod p4)
+check "host 4: lazy attach, --trace-window 1" \
+	env IMC_LAZY_HOLD_BACKGROUND="$HOLD4" "$IMC_BIN/imc-attach" --state-dir "$A4" \
+	--lower-grace 0 --server "$IMCD_URL" --token "$TOKEN_A" --trace-window 1 attach "$ID" "$P4"
+SPID4=$(server_pid "$A4")
+copy_log "$A4" "$TEST_TMP/log4"
+WINDOW_END='startup trace of [0-9]* chunks sent to imcd\|no chunk read while tracing'
+check "host 4: the window's end is acted on" wait_for_match "$TEST_TMP/log4" "$WINDOW_END" 60
+check "host 4: while the server still runs" kill -0 "$SPID4"
+req "$TOKEN_A" GET "$TP"
+BEFORE="$HTTP_STATUS $HTTP_BODY"
+note "host 4: $(grep -o "$WINDOW_END" "$TEST_TMP/log4"); imcd: ${BEFORE:0:120}"
+read_files "$P4" "host 4"
+touch "$HOLD4"
+detach_all "$A4" "$P4" "$SPID4" "$TEST_TMP/log4" "host 4"
+req "$TOKEN_A" GET "$TP"
+check_eq "host 4: the reads after the window changed no trace" "$BEFORE" "$HTTP_STATUS $HTTP_BODY"
+check_eq "host 4: one window end, no send at exit" 1 "$(grep -c "$WINDOW_END" "$TEST_TMP/log4")"
 
 # --- the trace goes with its cache ----------------------------------------------------------------
 
