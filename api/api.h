@@ -316,11 +316,13 @@ enum api_route {
 	API_ROUTE_ATTACHMENT,  /* /v1/imagecaches/{id}/attachments/{aid} */
 	API_ROUTE_CACHE_INDEX, /* /v1/imagecaches/{id}/index (api/dist.c) */
 	API_ROUTE_CHUNK,       /* /v1/chunks/{digest} (api/dist.c; served from a file) */
+	API_ROUTE_CACHE_TRACE, /* /v1/imagecaches/{id}/trace (api/dist.c) */
 };
 enum api_method {
 	API_METHOD_GET,
 	API_METHOD_POST,
 	API_METHOD_DELETE,
+	API_METHOD_PUT,
 	API_METHOD_OTHER,
 };
 struct api_match {
@@ -611,6 +613,13 @@ struct MHD_Connection;
 struct MHD_Response;
 int api_dist_index(struct api_caches *c, const struct api_caller *who, const char *id,
 		   size_t id_len, json_t **ret, unsigned *ret_status, imc_error *err);
+/* GET /v1/imagecaches/{id}/trace: the startup trace (404 when none); PUT: store one (body: the
+ * trace, dist_trace_parse; 201, or 409 when one is kept already unless ?replace=true).  Auth and
+ * tenants as for the index: the cache must be the caller's and Ready. */
+int api_dist_trace(struct api_caches *c, const struct api_caller *who, enum api_method m,
+		   const char *id, size_t id_len, const struct api_query_arg *args, size_t n_args,
+		   const char *body, size_t len, json_t **ret, unsigned *ret_status,
+		   imc_error *err);
 /* The table's on_snapshot_removed hook, with the exporter as ctx: queue dropping the cache's
  * index and the chunks no other index names (logged when they are freed). */
 void api_dist_snapshot_removed(void *ctx, const char *id);

@@ -80,6 +80,86 @@ int api_dist_index(struct api_caches *c, const struct api_caller *who, const cha
 	return imc_json_parse_object(buf, len, ret, err);
 }
 
+/* ---- startup traces -------------------------------------------------------------------------- */
+
+/* PUT's one query parameter: replace=true|false. */
+static int trace_query_parse(const struct api_query_arg *args, size_t n, bool *ret_replace,
+			     imc_error *err)
+{
+	bool seen = false;
+
+	*ret_replace = false;
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(args[i].key, "replace") != 0)
+			return imc_err(err, EINVAL, "query parameter \"%.64s\": unknown",
+				       args[i].key);
+		if (seen)
+			return imc_err(err, EINVAL,
+				       "query parameter replace: given more than once");
+		seen = true;
+		if (args[i].value && strcmp(args[i].value, "true") == 0)
+			*ret_replace = true;
+		else if (!args[i].value || strcmp(args[i].value, "false") != 0)
+			return imc_err(err, EINVAL, "replace: want true or false");
+	}
+	return 0;
+}
+
+static int trace_put(struct dist_chunks *cs, const char *id, const struct api_query_arg *args,
+		     size_t n_args, const char *body, size_t len, json_t **ret,
+		     unsigned *ret_status, imc_error *err)
+{
+	_cleanup_(dist_trace_free) struct dist_trace t = {0};
+	bool replace;
+
+	if (trace_query_parse(args, n_args, &replace, err) < 0 ||
+	    dist_trace_parse(body ? body : "", len, &t, err) < 0 ||
+	    dist_trace_store(cs, id, &t, replace, err) < 0)
+		return err->code;
+	*ret = json_pack("{s:s,s:I}", "id", id, "chunks", (json_int_t)t.n);
+	*ret_status = 201;
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
+static int trace_get(struct dist_chunks *cs, const char *id, json_t **ret, unsigned *ret_status,
+		     imc_error *err)
+{
+	_cleanup_free_ char *buf = NULL;
+	size_t len = 0;
+	int r = dist_trace_read(cs, id, &buf, &len, err);
+
+	if (r == -ENOENT)
+		return imc_err(err, ENOENT, "cache %s: no startup trace", id);
+	if (r < 0)
+		return r;
+	*ret_status = 200;
+	return imc_json_parse_object(buf, len, ret, err);
+}
+
+int api_dist_trace(struct api_caches *c, const struct api_caller *who, enum api_method m,
+		   const char *id_in, size_t id_len, const struct api_query_arg *args,
+		   size_t n_args, const char *body, size_t len, json_t **ret, unsigned *ret_status,
+		   imc_error *err)
+{
+	char id[API_ID_MAX];
+	struct dist_chunks *cs;
+
+	if (id_len == 0 || id_len >= sizeof(id))
+		return imc_err(err, EINVAL, "cache id: malformed");
+	memcpy(id, id_in, id_len);
+	id[id_len] = '\0';
+	if (api_cache_id_check(id, err) < 0)
+		return err->code;
+	/* Another tenant's cache is 404, as for GET of the cache: its trace is not there either. */
+	if (cache_ready(c, who, id, err) < 0 || chunks_of(c, &cs, err) < 0)
+		return err->code;
+	if (m == API_METHOD_PUT)
+		return trace_put(cs, id, args, n_args, body, len, ret, ret_status, err);
+	if (n_args)
+		return imc_err(err, EINVAL, "query parameter \"%.64s\": unknown", args[0].key);
+	return trace_get(cs, id, ret, ret_status, err);
+}
+
 void api_dist_snapshot_removed(void *ctx, const char *id)
 {
 	imc_error e = {0};

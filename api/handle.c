@@ -167,6 +167,12 @@ static int dispatch(struct api_caches *c, const struct api_caller *who, enum api
 		break;
 	case API_ROUTE_CACHE_INDEX:
 		return api_dist_index(c, who, match->id, match->id_len, ret, ret_status, err);
+	case API_ROUTE_CACHE_TRACE:
+		if (query->too_many)
+			return imc_err(err, EINVAL, "query: more than %d parameters",
+				       API_QUERY_ARGS_MAX);
+		return api_dist_trace(c, who, m, match->id, match->id_len, query->args, query->n,
+				      body, len, ret, ret_status, err);
 	case API_ROUTE_CACHE:
 		/* Malformed: could never name anything (400).  Well formed but unknown: 404. */
 		if (api_cache_id_check(match->id, err) < 0)

@@ -7,6 +7,7 @@
 #define ATTACHMENTS_SEG "/attachments"
 #define CHUNKS_PATH	"/v1/chunks/"
 #define INDEX_SUFFIX	"/index"
+#define TRACE_SUFFIX	"/trace"
 
 /* "{id}/attachments[/{aid}]" after CACHES_PATH "/": the id is copied into ret->id_buf. */
 static bool match_attachments(const char *rest, struct api_match *ret)
@@ -40,10 +41,12 @@ enum api_method api_method_parse(const char *method)
 		return API_METHOD_POST;
 	if (strcmp(method, "DELETE") == 0)
 		return API_METHOD_DELETE;
+	if (strcmp(method, "PUT") == 0)
+		return API_METHOD_PUT;
 	return API_METHOD_OTHER;
 }
 
-/* /v1/imagecaches/{id}/index and /v1/chunks/{digest} (api/dist.c). */
+/* /v1/imagecaches/{id}/index, /v1/imagecaches/{id}/trace and /v1/chunks/{digest} (api/dist.c). */
 static void match_dist(const char *url, struct api_match *ret)
 {
 	const size_t n = strlen(CACHES_PATH "/"), c = strlen(CHUNKS_PATH);
@@ -54,8 +57,10 @@ static void match_dist(const char *url, struct api_match *ret)
 		ret->id = url + c;
 		ret->id_len = strlen(ret->id);
 	} else if (strncmp(url, CACHES_PATH "/", n) == 0 && (slash = strchr(url + n, '/')) &&
-		   slash > url + n && strcmp(slash, INDEX_SUFFIX) == 0) {
-		ret->route = API_ROUTE_CACHE_INDEX;
+		   slash > url + n &&
+		   (strcmp(slash, INDEX_SUFFIX) == 0 || strcmp(slash, TRACE_SUFFIX) == 0)) {
+		ret->route = strcmp(slash, INDEX_SUFFIX) == 0 ? API_ROUTE_CACHE_INDEX
+							      : API_ROUTE_CACHE_TRACE;
 		ret->id = url + n;
 		ret->id_len = (size_t)(slash - ret->id);
 	}
@@ -101,6 +106,8 @@ bool api_route_allows(enum api_route route, enum api_method method)
 		return method == API_METHOD_GET || method == API_METHOD_POST;
 	case API_ROUTE_ATTACHMENT:
 		return method == API_METHOD_DELETE;
+	case API_ROUTE_CACHE_TRACE:
+		return method == API_METHOD_GET || method == API_METHOD_PUT;
 	case API_ROUTE_NONE:
 		break;
 	}
@@ -122,6 +129,8 @@ const char *api_route_allow(enum api_route route)
 		return "GET, DELETE";
 	case API_ROUTE_ATTACHMENT:
 		return "DELETE";
+	case API_ROUTE_CACHE_TRACE:
+		return "GET, PUT";
 	case API_ROUTE_NONE:
 		break;
 	}

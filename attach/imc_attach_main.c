@@ -377,6 +377,7 @@ static void usage(FILE *f)
 	    "                  [--pool-size BYTES] [--registry-ref REF [--insecure-registry "
 	    "H:P]...]\n"
 	    "                  [--lower-grace SECONDS] [--lower-max N] [--no-lazy]\n"
+	    "                  [--trace-window SECONDS]\n"
 	    "                  COMMAND\n"
 	    "\n"
 	    "With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched "
@@ -387,7 +388,10 @@ static void usage(FILE *f)
 	    "is lazy: it returns once the cache's chunk index is read and a FUSE server\n"
 	    "(imc-attach lazy-serve) presents the snapshot, fetching each chunk when first read\n"
 	    "and the rest in the background, then seals it into the local store; --no-lazy\n"
-	    "fetches the whole snapshot first.\n"
+	    "fetches the whole snapshot first.  With --server, the first lazy start of a cache\n"
+	    "records which chunks its reads touch in its first --trace-window seconds (default\n"
+	    "30; 0: none) and hands that startup trace to imcd; later lazy starts fetch those\n"
+	    "chunks first.\n"
 	    "\n"
 	    "commands:\n");
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
@@ -454,6 +458,25 @@ static int take_parallel(const struct imc_cli_opt *opt, const char *arg, void *g
 	return 0;
 }
 
+/* --trace-window SECONDS: 0 records no startup trace. */
+static int take_trace_window(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+	unsigned long v;
+	char *end;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (errno || *end || !*arg || arg[0] == '-' || v > DIST_TRACE_WINDOW_MAX) {
+		fprintf(stderr, "imc-attach: --trace-window %s: want 0-%d seconds\n", arg,
+			DIST_TRACE_WINDOW_MAX);
+		return 2;
+	}
+	g->fc.no_trace = v == 0;
+	g->fc.trace_window_s = (unsigned)v;
+	return 0;
+}
+
 static int take_lower_grace(const struct imc_cli_opt *opt, const char *arg, void *globals)
 {
 	struct globals *g = globals;
@@ -509,6 +532,7 @@ static const struct imc_cli_opt global_opts[] = {
     {"lower-grace", required_argument, 'g', take_lower_grace, 0},
     {"lower-max", required_argument, 'L', take_lower_max, 0},
     {"no-lazy", no_argument, 'N', imc_cli_true, G(no_lazy)},
+    {"trace-window", required_argument, 'W', take_trace_window, 0},
 };
 #undef G
 

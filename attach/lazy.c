@@ -102,9 +102,12 @@ static void print_stats(struct dist_lazy *l, const char *id)
 	fprintf(stderr,
 		"imc-attach: lazy %s: %" PRIu64 " of %" PRIu64 " chunks local, %" PRIu64
 		" fetched on demand (%" PRIu64 " bytes), %" PRIu64 " in the background (%" PRIu64
-		" bytes), %" PRIu64 " failed, %s\n",
+		" bytes; %" PRIu64 " of them prefetched from the startup trace, %" PRIu64
+		" bytes), %" PRIu64 " failed, %s; startup trace: %" PRIu64 " used, %" PRIu64
+		" recorded%s\n",
 		id, st.local, st.chunks, st.demand, st.demand_bytes, st.background, st.bg_bytes,
-		st.failed, st.sealed ? "sealed" : "not sealed");
+		st.prefetched, st.prefetched_bytes, st.failed, st.sealed ? "sealed" : "not sealed",
+		st.trace_used, st.trace_recorded, st.trace_sent ? " and sent" : "");
 }
 
 int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const char *id,
@@ -169,7 +172,7 @@ static void exec_server(int ldir, const char *id, int wfd, char *const argv[], c
 struct argv_buf {
 	char *v[48 + DIST_FETCH_PARALLEL_MAX];
 	size_t n;
-	char fd[16], par[16], size[32];
+	char fd[16], par[16], size[32], window[16];
 };
 
 static void arg(struct argv_buf *a, const char *s)
@@ -208,6 +211,11 @@ static void server_argv(struct store *s, const struct dist_fetch_config *fc, con
 		snprintf(a->size, sizeof(a->size), "%" PRIu64, fc->cache_size);
 		arg(a, "--cache-size");
 		arg(a, a->size);
+	}
+	if (fc->no_trace || fc->trace_window_s) {
+		snprintf(a->window, sizeof(a->window), "%u", fc->no_trace ? 0 : fc->trace_window_s);
+		arg(a, "--trace-window");
+		arg(a, a->window);
 	}
 	snprintf(a->fd, sizeof(a->fd), "%d", wfd);
 	arg(a, "lazy-serve");

@@ -14,6 +14,7 @@
 #include "dist.h"
 
 #define INDEX_DIR "index"
+#define TRACE_DIR "trace" /* <state>/chunks/trace/<id>.json: startup traces (trace.c) */
 
 struct dist_chunks {
 	int dirfd; /* <state>/chunks */
@@ -99,6 +100,11 @@ int dist_chunks_open(const char *state_dir, struct store *s, struct dist_chunks 
 	if (imc_mkdir_p(idx, 0700, err) < 0)
 		return err->code;
 	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd >= 0 && mkdirat(fd, TRACE_DIR, 0700) < 0 && errno != EEXIST) {
+		int e = errno;
+		close(fd);
+		return imc_err_sys(err, e, "%s/" TRACE_DIR, dir);
+	}
 	if (fd < 0)
 		return imc_err_sys(err, errno, "%s", dir);
 	cs = calloc(1, sizeof(*cs));
@@ -532,6 +538,9 @@ static int forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, i
 	*ret_freed = 0;
 	if (!imc_name_valid(id, 64))
 		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	snprintf(name, sizeof(name), TRACE_DIR "/%s.json", id);
+	if (unlinkat(cs->dirfd, name, 0) < 0 && errno != ENOENT)
+		return imc_err_sys(err, errno, "chunks/%s", name);
 	snprintf(name, sizeof(name), INDEX_DIR "/%s.json", id);
 	if (unlinkat(cs->dirfd, name, 0) < 0)
 		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "chunks/%s", name);
@@ -581,6 +590,74 @@ int dist_forget(struct dist_chunks *cs, const char *id, uint64_t *ret_freed, imc
 	return r;
 }
 
+/* ---- startup traces (dist_trace_store, dist_trace_read) -------------------------------------- */
+
+static int trace_write(struct dist_chunks *cs, const char *id, const struct dist_trace *t,
+		       bool replace, imc_error *err)
+{
+	char name[128];
+	_cleanup_free_ char *buf = NULL;
+	_cleanup_json_ json_t *j = NULL;
+	_cleanup_close_ int dfd = openat(cs->dirfd, TRACE_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	size_t len = 0;
+
+	if (dfd < 0)
+		return imc_err_sys(err, errno, "chunks/" TRACE_DIR);
+	snprintf(name, sizeof(name), "%s.json", id);
+	if (!replace && faccessat(dfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		return imc_err(err, EBUSY,
+			       "cache %s: has a startup trace already (?replace=true replaces it)",
+			       id);
+	if (dist_trace_render(t, &buf, &len, err) < 0 ||
+	    imc_json_parse_object(buf, len, &j, err) < 0)
+		return err->code;
+	return imc_json_write_atomic(dfd, name, j, err);
+}
+
+int dist_trace_store(struct dist_chunks *cs, const char *id, const struct dist_trace *t,
+		     bool replace, imc_error *err)
+{
+	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
+	_cleanup_free_ char *buf = NULL;
+	size_t len = 0;
+	int r;
+
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	/* Under the export lock: a forget of id (which drops the trace with the index) cannot run
+	 * between the check against the index and the write. */
+	pthread_mutex_lock(&cs->export_lock);
+	r = dist_read_index(cs, id, &buf, &len, err);
+	if (r == -ENOENT)
+		r = imc_err(err, EBUSY, "cache %s: its chunk index is not exported yet", id);
+	if (r == 0 && oci_chunk_index_parse(buf, len, &ix, err) < 0)
+		r = imc_err_wrap(err, "chunk index of %s", id);
+	if (r == 0)
+		r = dist_trace_check(t, &ix, err);
+	if (r == 0)
+		r = trace_write(cs, id, t, replace, err);
+	pthread_mutex_unlock(&cs->export_lock);
+	return r;
+}
+
+int dist_trace_read(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
+		    imc_error *err)
+{
+	char name[128];
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ char *path = NULL;
+
+	if (!imc_name_valid(id, 64))
+		return imc_err(err, EINVAL, "cache id \"%.80s\": malformed", id);
+	snprintf(name, sizeof(name), TRACE_DIR "/%s.json", id);
+	fd = openat(cs->dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return imc_err_sys(err, errno, "startup trace of %s", id);
+	if (asprintf(&path, "/proc/self/fd/%d", fd) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
+	return imc_read_file(path, DIST_TRACE_BYTES_MAX, ret, ret_len, err);
+}
+
 /* ---- leftovers of a killed export ------------------------------------------------------------ */
 
 /* A chunk or index written under a temporary name ("<name>.tmp.<pid>.<tid>", ".<id>.json.tmp"). */
@@ -626,6 +703,7 @@ int dist_chunks_remove_partial(const char *state_dir, size_t *ret_n, uint64_t *r
 	if (cfd < 0)
 		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "%s", dir);
 	remove_partial_in(cfd, INDEX_DIR, ret_n, ret_bytes);
+	remove_partial_in(cfd, TRACE_DIR, ret_n, ret_bytes);
 	fd = openat(cfd, "sha256", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "%s/sha256", dir);

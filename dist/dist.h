@@ -132,6 +132,10 @@ struct dist_fetch_config {
 	 * imc-attach passes attach_snapshot_remove, which releases the cache's warm shared lower
 	 * first. */
 	int (*remove_snapshot)(struct store *s, const char *id, bool force, imc_error *err);
+	/* A lazy lower's startup trace (with server only): recorded for trace_window_s seconds
+	 * (0: DIST_TRACE_WINDOW_DEFAULT) unless no_trace. */
+	unsigned trace_window_s;
+	bool no_trace;
 };
 
 struct dist_fetch_stats {
@@ -160,6 +164,42 @@ int fetch_small_gaps(const struct oci_chunk_index *ix, size_t keep, struct dist_
 		     size_t *ret_n);
 #endif
 
+/* ---- startup traces (trace.c; imcd keeps them in chunks.c) -----------------------------------
+ * {"mediaType": DIST_TRACE_MEDIA_TYPE, "chunkSize": N, "offsets": [...]}: the offsets of the data
+ * chunks a lazy lower's reads touched first, in that order (docs/distribution.md). */
+#define DIST_TRACE_MEDIA_TYPE	  "application/vnd.imcache.trace.v1+json"
+#define DIST_TRACE_BYTES_MAX	  (1024 * 1024)
+#define DIST_TRACE_ENTRIES_MAX	  65536
+#define DIST_TRACE_WINDOW_DEFAULT 30   /* seconds */
+#define DIST_TRACE_WINDOW_MAX	  3600 /* seconds */
+struct dist_trace {
+	uint32_t chunk_size;
+	uint64_t *offsets;
+	size_t n;
+};
+/* The shape only (any offset below OCI_SNAPSHOT_MAX): more than DIST_TRACE_BYTES_MAX bytes or
+ * DIST_TRACE_ENTRIES_MAX offsets is -EFBIG, anything else wrong -EINVAL (-ERANGE: a chunkSize out
+ * of range). */
+int dist_trace_parse(const char *buf, size_t len, struct dist_trace *ret, imc_error *err);
+int dist_trace_render(const struct dist_trace *t, char **ret, size_t *ret_len, imc_error *err);
+void dist_trace_free(struct dist_trace *t);
+/* What imcd stores: ix's chunk size, each offset a data chunk of ix, none twice (-EINVAL naming
+ * the first entry that is not). */
+int dist_trace_check(const struct dist_trace *t, const struct oci_chunk_index *ix, imc_error *err);
+/* imcd: store t as id's trace (chunks/trace/<id>.json, written atomically) once checked against
+ * id's exported index (-EBUSY when it has none yet); an existing trace is kept (-EBUSY) unless
+ * replace.  Removed with the index by dist_forget. */
+int dist_trace_store(struct dist_chunks *cs, const char *id, const struct dist_trace *t,
+		     bool replace, imc_error *err);
+/* imcd: the stored trace's bytes (-ENOENT when none). */
+int dist_trace_read(struct dist_chunks *cs, const char *id, char **ret, size_t *ret_len,
+		    imc_error *err);
+/* The agent: GET (-ENOENT when imcd has none) and PUT of id's trace at cfg->server. */
+int dist_trace_fetch(const struct dist_fetch_config *cfg, const char *id, struct dist_trace *ret,
+		     imc_error *err);
+int dist_trace_send(const struct dist_fetch_config *cfg, const char *id, const struct dist_trace *t,
+		    imc_error *err);
+
 /* ---- the lazy lower's backend (lazy.c): a snapshot served before it is local ----------------
  * A FUSE file system (libfuse3) with one read-only file, DIST_LAZY_FILE, the snapshot image,
  * backed by a new store volume that fills as it is read: a read of a range whose chunk is not
@@ -174,6 +214,12 @@ struct dist_lazy_stats {
 	uint64_t demand, demand_bytes; /* fetched for a read, compressed bytes */
 	uint64_t background, bg_bytes; /* fetched by the background threads */
 	uint64_t failed;	       /* fetches that failed (the read got EIO) */
+	/* Startup trace: the chunks of imcd's trace taken first (trace_used of its entries: the
+	 * others were not data chunks of the index, or twice) and of them fetched by the
+	 * background threads (prefetched, part of background), or recorded here (trace_recorded)
+	 * and whether imcd took them. */
+	uint64_t trace_used, prefetched, prefetched_bytes, trace_recorded;
+	bool trace_sent;
 	bool sealed;
 };
 /* The index of id (the store must not have it), room in the store, the volume made. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -48,6 +49,17 @@ struct dist_lazy {
 	unsigned n_bg;
 	bool sealer_started, have_volume;
 	size_t bg_next;
+	/* Startup trace (docs/distribution.md): imcd's, whose slots the background threads take
+	 * first (pf[pf_next..n_pf)), or the one recorded here while tracing: the data slots reads
+	 * touched first, in order, sent to imcd when the window ends.  in_trace marks a slot of
+	 * either. */
+	size_t *pf, n_pf, pf_next, pf_done;
+	size_t *rec, n_rec;
+	unsigned char *in_trace;
+	bool tracing;
+	struct timespec trace_end; /* CLOCK_MONOTONIC, the clock of l->changed */
+	pthread_t tracer;
+	bool tracer_started;
 };
 
 /* ---- chunks ---------------------------------------------------------------------------------- */
@@ -127,6 +139,10 @@ static int ensure_slot(struct dist_lazy *l, size_t slot, bool background, imc_er
 		l->n_local++;
 		*(background ? &l->st.background : &l->st.demand) += 1;
 		*(background ? &l->st.bg_bytes : &l->st.demand_bytes) += bytes;
+		if (background && l->n_pf && l->in_trace[slot]) {
+			l->st.prefetched++;
+			l->st.prefetched_bytes += bytes;
+		}
 		l->complete = l->n_local == l->n_slots;
 	} else {
 		l->st.failed++;
@@ -147,27 +163,206 @@ static void test_hold(struct dist_lazy *l)
 	       !__atomic_load_n(&l->stop, __ATOMIC_RELAXED))
 		usleep(20000);
 }
+/* ... and $IMC_LAZY_HOLD_WALK holds only the walk in order, after the startup trace's slots. */
+static void test_hold_walk(struct dist_lazy *l)
+{
+	const char *hold = secure_getenv("IMC_LAZY_HOLD_WALK");
+
+	while (hold && *hold && access(hold, F_OK) < 0 &&
+	       !__atomic_load_n(&l->stop, __ATOMIC_RELAXED))
+		usleep(20000);
+}
 #else
 static void test_hold(struct dist_lazy *l)
 {
 	(void)l;
 }
+
+static void test_hold_walk(struct dist_lazy *l)
+{
+	(void)l;
+}
 #endif
+
+/* The next slot for a background thread: those of imcd's trace first, in its order (*ret_traced),
+ * then every slot in order (what is local by then is skipped).  False when none is left. */
+static bool bg_take(struct dist_lazy *l, size_t *ret, bool *ret_traced)
+{
+	size_t k = __atomic_fetch_add(&l->pf_next, 1, __ATOMIC_RELAXED);
+
+	*ret_traced = k < l->n_pf;
+	if (*ret_traced) {
+		*ret = l->pf[k];
+		return true;
+	}
+	test_hold_walk(l);
+	*ret = __atomic_fetch_add(&l->bg_next, 1, __ATOMIC_RELAXED);
+	return *ret < l->n_slots;
+}
+
+/* A slot of the trace is done with (fetched, found local, or failed): the last one says so. */
+static void trace_slot_done(struct dist_lazy *l)
+{
+	if (__atomic_add_fetch(&l->pf_done, 1, __ATOMIC_RELAXED) != l->n_pf)
+		return;
+	pthread_mutex_lock(&l->lock);
+	uint64_t n = l->st.prefetched;
+	pthread_mutex_unlock(&l->lock);
+	fprintf(stderr,
+		"imc-attach: lazy %s: the startup trace's %zu chunks are done (%" PRIu64
+		" prefetched, the rest read first)\n",
+		l->id, l->n_pf, n);
+}
 
 static void *background(void *arg)
 {
 	struct dist_lazy *l = arg;
 	imc_error err = {0};
+	size_t slot;
+	bool traced;
 
 	test_hold(l);
 	for (;;) {
-		size_t slot = __atomic_fetch_add(&l->bg_next, 1, __ATOMIC_RELAXED);
-		if (slot >= l->n_slots || __atomic_load_n(&l->stop, __ATOMIC_RELAXED))
+		if (!bg_take(l, &slot, &traced) || __atomic_load_n(&l->stop, __ATOMIC_RELAXED))
 			break;
 		if (ensure_slot(l, slot, true, &err) < 0)
 			fprintf(stderr, "imc-attach: lazy %s: background: %s\n", l->id, err.msg);
+		if (traced)
+			trace_slot_done(l);
 	}
 	return NULL;
+}
+
+/* ---- the startup trace ----------------------------------------------------------------------- */
+
+/* A read touched slot: while tracing, the first touch of a data slot is recorded. */
+static void trace_note(struct dist_lazy *l, size_t slot)
+{
+	if (!__atomic_load_n(&l->tracing, __ATOMIC_RELAXED) || l->entry[slot] < 0)
+		return;
+	pthread_mutex_lock(&l->lock);
+	if (l->tracing && !l->in_trace[slot] && l->n_rec < DIST_TRACE_ENTRIES_MAX) {
+		l->in_trace[slot] = 1;
+		l->rec[l->n_rec++] = slot;
+	}
+	pthread_mutex_unlock(&l->lock);
+}
+
+/* The window ends (or the server does): what was recorded goes to imcd. */
+static void trace_send(struct dist_lazy *l)
+{
+	_cleanup_free_ uint64_t *off = malloc((l->n_rec + 1) * sizeof(*off));
+	struct dist_trace t = {.chunk_size = l->ix.chunk_size, .offsets = off, .n = l->n_rec};
+	imc_error err = {0};
+	int r;
+
+	if (l->n_rec == 0) {
+		fprintf(stderr, "imc-attach: lazy %s: no chunk read while tracing: no trace\n",
+			l->id);
+		return;
+	}
+	if (!off)
+		return;
+	for (size_t i = 0; i < l->n_rec; i++)
+		off[i] = l->rec[i] * (uint64_t)l->ix.chunk_size;
+	r = dist_trace_send(l->cfg, l->id, &t, &err);
+	pthread_mutex_lock(&l->lock);
+	l->st.trace_sent = r == 0;
+	pthread_mutex_unlock(&l->lock);
+	if (r == 0)
+		fprintf(stderr, "imc-attach: lazy %s: startup trace of %zu chunks sent to imcd\n",
+			l->id, l->n_rec);
+	else
+		fprintf(stderr, "imc-attach: lazy %s: %s (not sent)\n", l->id, err.msg);
+}
+
+static void *tracer(void *arg)
+{
+	struct dist_lazy *l = arg;
+	int r = 0;
+
+	pthread_mutex_lock(&l->lock);
+	while (l->tracing && !l->stop && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&l->changed, &l->lock, &l->trace_end);
+	l->tracing = false; /* l->rec is ours from here on */
+	pthread_mutex_unlock(&l->lock);
+	trace_send(l);
+	return NULL;
+}
+
+/* End the window now (the server stops) and wait for the trace to be sent. */
+static void trace_finish(struct dist_lazy *l)
+{
+	if (!l->tracer_started)
+		return;
+	pthread_mutex_lock(&l->lock);
+	l->tracing = false;
+	pthread_cond_broadcast(&l->changed);
+	pthread_mutex_unlock(&l->lock);
+	pthread_join(l->tracer, NULL);
+	l->tracer_started = false;
+}
+
+/* Take imcd's trace: each entry that names a data slot not named before, in order; the rest
+ * (another chunk size, an offset of no data chunk, a duplicate) is ignored. */
+static void trace_plan(struct dist_lazy *l, const struct dist_trace *t)
+{
+	uint64_t cs = l->ix.chunk_size;
+
+	if (t->chunk_size == cs && !(l->pf = malloc((t->n + 1) * sizeof(*l->pf))))
+		return;
+	for (size_t i = 0; t->chunk_size == cs && i < t->n; i++) {
+		uint64_t slot = t->offsets[i] / cs;
+		if (t->offsets[i] % cs || slot >= l->n_slots || l->entry[slot] < 0 ||
+		    l->in_trace[slot])
+			continue;
+		l->in_trace[slot] = 1;
+		l->pf[l->n_pf++] = (size_t)slot;
+	}
+	l->st.trace_used = l->n_pf;
+	fprintf(stderr,
+		"imc-attach: lazy %s: startup trace from imcd: %zu entries, %zu chunks fetched "
+		"first\n",
+		l->id, t->n, l->n_pf);
+}
+
+/* Record a trace for trace_window_s seconds from now. */
+static int trace_start(struct dist_lazy *l, imc_error *err)
+{
+	unsigned secs = l->cfg->trace_window_s ? l->cfg->trace_window_s : DIST_TRACE_WINDOW_DEFAULT;
+	size_t n = l->n_data < DIST_TRACE_ENTRIES_MAX ? l->n_data : DIST_TRACE_ENTRIES_MAX;
+
+	if (l->cfg->no_trace || n == 0)
+		return 0;
+	if (!(l->rec = malloc(n * sizeof(*l->rec))))
+		return imc_err(err, ENOMEM, "out of memory");
+	clock_gettime(CLOCK_MONOTONIC, &l->trace_end);
+	l->trace_end.tv_sec += secs;
+	l->tracing = true;
+	return 0;
+}
+
+/* With imcd as --server: its trace of the cache to fetch first, else (none, or it could not be
+ * had: a trace is advisory) one recorded here. */
+static int trace_load(struct dist_lazy *l, imc_error *err)
+{
+	struct dist_trace t = {0};
+	imc_error e = {0};
+	int r;
+
+	if (!l->cfg->server)
+		return 0;
+	if (!(l->in_trace = calloc(l->n_slots + 1, 1)))
+		return imc_err(err, ENOMEM, "out of memory");
+	r = dist_trace_fetch(l->cfg, l->id, &t, &e);
+	if (r == 0) {
+		trace_plan(l, &t);
+		dist_trace_free(&t);
+		return 0;
+	}
+	if (r != -ENOENT)
+		fprintf(stderr, "imc-attach: lazy %s: %s (none used)\n", l->id, e.msg);
+	return trace_start(l, err);
 }
 
 /* ---- the seal -------------------------------------------------------------------------------- */
@@ -286,12 +481,14 @@ static int lz_read(const char *path, char *buf, size_t size, off_t off, struct f
 	if (off < 0 || (uint64_t)off >= l->ix.size)
 		return 0;
 	end = (uint64_t)off + size > l->ix.size ? l->ix.size : (uint64_t)off + size;
-	for (uint64_t slot = (uint64_t)off / cs; slot * cs < end; slot++)
+	for (uint64_t slot = (uint64_t)off / cs; slot * cs < end; slot++) {
+		trace_note(l, slot);
 		if (ensure_slot(l, slot, false, &err) < 0) {
 			fprintf(stderr, "imc-attach: lazy %s: read at %" PRIu64 ": %s\n", l->id,
 				(uint64_t)off, err.msg);
 			return -EIO;
 		}
+	}
 	pthread_rwlock_rdlock(&l->rw);
 	r = dist_pread_full(l->dev.fd, buf, end - (uint64_t)off, (uint64_t)off);
 	pthread_rwlock_unlock(&l->rw);
@@ -375,10 +572,15 @@ int dist_lazy_open(struct store *s, const struct dist_fetch_config *cfg, const c
 	*l = (struct dist_lazy){.s = s, .cfg = cfg, .dev = {.fd = -1}};
 	snprintf(l->id, sizeof(l->id), "%s", id);
 	snprintf(l->vol, sizeof(l->vol), DIST_FETCH_VOLUME_PREFIX "%s", id);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the trace window's timed wait */
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_cond_init(&l->changed, NULL);
+	pthread_cond_init(&l->changed, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_rwlock_init(&l->rw, NULL);
-	if (read_index(l, err) < 0 || plan_slots(l, err) < 0 || make_volume(l, err) < 0) {
+	if (read_index(l, err) < 0 || plan_slots(l, err) < 0 || make_volume(l, err) < 0 ||
+	    trace_load(l, err) < 0) {
 		int r = err->code;
 		dist_lazy_close(l);
 		return r;
@@ -415,6 +617,10 @@ int dist_lazy_run(struct dist_lazy *l, imc_error *err)
 	if (pthread_create(&l->sealer, NULL, sealer, l) != 0)
 		return imc_err(err, EAGAIN, "cannot start the sealer thread");
 	l->sealer_started = true;
+	if (l->tracing && pthread_create(&l->tracer, NULL, tracer, l) == 0)
+		l->tracer_started = true;
+	else
+		l->tracing = false; /* nobody would send it */
 	for (l->n_bg = 0; l->n_bg < n && l->n_bg < DIST_FETCH_PARALLEL_MAX; l->n_bg++)
 		if (pthread_create(&l->bg[l->n_bg], NULL, background, l) != 0)
 			break;
@@ -422,6 +628,7 @@ int dist_lazy_run(struct dist_lazy *l, imc_error *err)
 		return imc_err(err, EIO, "cache %s: cannot set signal handlers", l->id);
 	r = fuse_loop_mt(l->fuse, 0);
 	fuse_remove_signal_handlers(fuse_get_session(l->fuse));
+	trace_finish(l);
 	return r < 0 ? imc_err(err, EIO, "cache %s: the FUSE loop failed", l->id) : 0;
 }
 
@@ -430,6 +637,7 @@ void dist_lazy_get_stats(struct dist_lazy *l, struct dist_lazy_stats *ret)
 	pthread_mutex_lock(&l->lock);
 	*ret = l->st;
 	ret->local = l->n_local - (l->n_slots - l->n_data);
+	ret->trace_recorded = l->n_rec;
 	pthread_mutex_unlock(&l->lock);
 }
 
@@ -441,6 +649,7 @@ void dist_lazy_close(struct dist_lazy *l)
 	l->stop = true;
 	pthread_cond_broadcast(&l->changed);
 	pthread_mutex_unlock(&l->lock);
+	trace_finish(l);
 	for (unsigned i = 0; i < l->n_bg; i++)
 		pthread_join(l->bg[i], NULL);
 	if (l->sealer_started)
@@ -462,6 +671,9 @@ void dist_lazy_close(struct dist_lazy *l)
 	free(l->index_buf);
 	free(l->entry);
 	free(l->state);
+	free(l->pf);
+	free(l->rec);
+	free(l->in_trace);
 	pthread_rwlock_destroy(&l->rw);
 	pthread_cond_destroy(&l->changed);
 	pthread_mutex_destroy(&l->lock);

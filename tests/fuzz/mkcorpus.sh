@@ -1,7 +1,7 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
 # DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform,
-# DIR/grpc, DIR/snapmsg, DIR/mountinfo, DIR/data).  The layers are small tar, tar.gz and
+# DIR/grpc, DIR/snapmsg, DIR/mountinfo, DIR/data, DIR/trace).  The layers are small tar, tar.gz and
 # tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
 # sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
 # hard links pointing out of the root followed by entries through them.  Deterministic: same
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo,data}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo,data,trace}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -196,6 +196,11 @@ d1=sha256:1111111111111111111111111111111111111111111111111111111111111111
 d2=sha256:2222222222222222222222222222222222222222222222222222222222222222
 seed index two-chunks '{"mediaType":"application/vnd.imcache.index.v1+json","cacheId":"imc-0123456789abcdef","chunkSize":65536,"size":200000,"sha256":"'"$digest"'","chunks":[{"offset":0,"digest":"'"$d1"'","blob":"'"$d2"'","csize":100},{"offset":131072,"digest":"'"$d2"'","blob":"'"$d1"'","csize":7}]}'
 seed index no-chunks '{"mediaType":"application/vnd.imcache.index.v1+json","cacheId":"imc-0123456789abcdef","chunkSize":4194304,"size":4096,"sha256":"'"$digest"'","chunks":[]}'
+
+# ---- startup traces (dist/trace.c) ---------------------------------------------------------
+seed trace three '{"mediaType":"application/vnd.imcache.trace.v1+json","chunkSize":65536,"offsets":[196608,0,65536]}'
+seed trace empty '{"mediaType":"application/vnd.imcache.trace.v1+json","chunkSize":4194304,"offsets":[]}'
+seed trace twice '{"mediaType":"application/vnd.imcache.trace.v1+json","chunkSize":65536,"offsets":[0,0,131072]}'
 
 # ---- imcd config files and Authorization headers (api/auth.c) ------------------------------
 seed auth config '{"tokens":[{"token":"fuzz-tenant-a-token-0123456789","tenant":"a"},{"token":"sha256:'"${digest#sha256:}"'","tenant":"b"}],"tenants":{"a":{"maxCaches":10,"maxBytes":1073741824}},"tls":{"cert":"/c.pem","key":"/k.pem"}}'

@@ -29,7 +29,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 opts_for() {
 	case $1 in
 	ref) echo "-dict=$here/ref.dict -max_len=1024" ;;
-	manifest | request | runtime | index | auth) echo "-dict=$here/json.dict -max_len=8192" ;;
+	manifest | request | runtime | index | auth | trace) echo "-dict=$here/json.dict -max_len=8192" ;;
 	layer) echo "-dict=$here/layer.dict -max_len=16384" ;;
 	*) echo "-max_len=4096" ;;
 	esac
