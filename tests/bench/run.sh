@@ -72,6 +72,10 @@ done
 CURLTAR_MS=$(($(now_ms) - T0))
 rm -rf "$TEST_TMP/curltar"
 
+# The snapshot was just written: attach once it is on disk, not while its write-back through
+# the pool's loop device holds every clone and mount (bench_attach_scale.sh does the same).
+step "sync"
+sync
 step "attach x$ATTACHES (one at a time), then x100 (20 at a time)"
 SEQ=$("$IMC_BIN/bench/attach_bench" "$IMC_STATE" "$ID" "$ATTACHES" 1)
 CONC=$("$IMC_BIN/bench/attach_bench" "$IMC_STATE" "$ID" 100 20)
