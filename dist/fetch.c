@@ -523,8 +523,9 @@ struct dist_origin {
 	enum dist_source_kind order[DIST_SOURCE_KINDS];
 	size_t n;
 	uint64_t deadline_ns; /* --source-deadline */
-	pthread_mutex_t lock; /* health */
+	pthread_mutex_t lock; /* health, n_abandoned */
 	struct dist_health health;
+	uint64_t n_abandoned; /* sources abandoned (a whole fetch's statistics) */
 };
 
 void dist_origin_close(struct dist_origin *o)
@@ -614,6 +615,7 @@ static bool origin_failed(struct dist_origin *o, enum dist_source_kind k, bool p
 	bool gone =
 	    dist_health_failed(&o->health, k, imc_monotonic_ns(), o->deadline_ns, permanent);
 	bool tell = gone && o->n > 1 && !o->health.told[k];
+	o->n_abandoned += gone && o->n > 1;
 	if (tell)
 		o->health.told[k] = true;
 	pthread_mutex_unlock(&o->lock);
@@ -829,10 +831,8 @@ int dist_source_chunk(struct dist_source *src, const struct oci_chunk_entry *e, 
 				"imc-attach: chunk at offset %" PRIu64
 				": %s; trying again until the read deadline\n",
 				e->offset, err->msg);
-		if (origin_failed(o, (enum dist_source_kind)k, dist_error_permanent(r), err)) {
-			__atomic_add_fetch(&src->st->abandoned, 1, __ATOMIC_RELAXED);
+		if (origin_failed(o, (enum dist_source_kind)k, dist_error_permanent(r), err))
 			continue; /* to the other source at once */
-		}
 		uint64_t now = imc_monotonic_ns();
 		uint64_t left = !until_ns	 ? UINT64_MAX
 				: until_ns > now ? (until_ns - now) / 1000000
@@ -1172,6 +1172,7 @@ int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, co
 		r = imc_err_wrap(err, "cache %s", id);
 	else if ((r = dist_origin_index(o, id, &ix, &buf, &len, err)) == 0)
 		r = fetch_with_index(s, o, id, &ix, buf, len, &st, err);
+	st.abandoned = o ? o->n_abandoned : 0;
 	dist_origin_close(o);
 	if (r < 0)
 		return r;

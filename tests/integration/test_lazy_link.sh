@@ -3,7 +3,9 @@
 # network fails"): two hosts on one machine, imcd and the registry in this network namespace,
 # the agent in a private one joined by a veth pair on 10.213.X.0/30.  A lazy attach with both
 # sources (imcd first, the registry second) reads from imcd; imcd killed mid-fill, the reads go
-# on from the registry (imcd abandoned after --source-deadline) and the fill seals; a chunk
+# on from the registry (imcd abandoned after --source-deadline) and the fill seals, and a whole
+# fetch (prefetch) with imcd gone comes from the registry; with the registry first in the order
+# ($IMCACHE_SOURCE_ORDER) imcd sends nothing; bad orders and deadlines are refused; a chunk
 # corrupted on imcd is read from the registry with both sources, and is an I/O error with imcd
 # alone; the link cut during a read (the veth down, the link shaped slow with tc tbf so that
 # the read is still running): the read blocks, retries, and after --read-deadline fails with EIO,
@@ -75,15 +77,19 @@ check "the agent's namespace reaches imcd over the veth" \
 mkdir -p "$TEST_TMP/m"
 AGENTS=()
 HOLD=$TEST_TMP/go
-# agent STATE ARG...: imc-attach in the agent's namespace (its mounts are this host's), the
-# background fill held until $HOLD exists, short deadlines.
-agent() {
-	local st=$1
-	shift
-	nsenter --net="/run/netns/$NS" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" \
+# agent_env VAR=VALUE STATE ARG...: imc-attach in the agent's namespace (its mounts are this
+# host's) with VAR=VALUE in its environment, the background fill held until $HOLD exists, short
+# deadlines; agent STATE ARG...: the same without VAR.
+# shellcheck disable=SC2317
+agent_env() {
+	local e=$1 st=$2
+	shift 2
+	nsenter --net="/run/netns/$NS" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$e" \
 		"$IMC_BIN/imc-attach" --state-dir "$st" --lower-grace 0 --insecure-registry "$REGISTRY" \
 		--source-deadline 1 --read-deadline 4 "$@"
 }
+# shellcheck disable=SC2317
+agent() { agent_env IMC_TEST_AGENT=1 "$@"; }
 # shellcheck disable=SC2317 # called through defer
 cleanup_agents() {
 	local a m
@@ -118,6 +124,7 @@ leaks() {
 	find "$a/lowers" "$a/attachments" "$a/overlays" "$a/pool/volumes" -mindepth 1 \
 		-printf 'file %p\n' 2>/dev/null
 }
+# shellcheck disable=SC2317 # called through check
 wait_pid_gone() {
 	local i
 	for i in $(seq 1 600); do
@@ -174,9 +181,55 @@ check "detach p1" agent "$A1" detach "$P1"
 no_leaks "$A1" "after imcd was killed" "$SPID1"
 rm -f "$HOLD"
 
+# A whole fetch (prefetch) with imcd still gone: the index and the chunks from the registry.
+A5=$TEST_TMP/agent5
+AGENTS+=("$A5")
+_capture agent "$A5" -v --server "$IMCD_URL" --registry-ref "$REF" prefetch "$ID"
+check_eq "prefetch with both sources and imcd gone succeeds" 0 "$rc"
+check_match "it abandoned imcd for the registry" "source imcd abandoned for the registry" "$out"
+check_match "its statistics count the abandoned source" "1 sources abandoned" "$out"
+check_eq "the fetched snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(sha256sum <"$A5/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
+check_fails_with "prefetch with imcd alone, imcd gone, fails naming it" "cache $ID: from imcd" \
+	agent "$TEST_TMP/agent5b" --server "$IMCD_URL" prefetch "$ID"
+AGENTS+=("$TEST_TMP/agent5b")
+
 _imcd_launch "$STATE" "$SERVER_IP:0" --insecure-registry "$REGISTRY" ||
 	bail "imcd starts again" "$(imcd_log_tail 30)"
 ok "imcd runs again at $IMCD_URL"
+
+# --- the order: the registry first ($IMCACHE_SOURCE_ORDER) ------------------------------------
+
+from_imcd() { grep -c 'GET /v1/chunks/.*: 200' "$IMCD_LOG" || true; }
+A6=$TEST_TMP/agent6
+AGENTS+=("$A6")
+P6=$(pod p6)
+mark
+check "lazy attach with IMCACHE_SOURCE_ORDER=registry,server" \
+	agent_env IMCACHE_SOURCE_ORDER=registry,server "$A6" --server "$IMCD_URL" \
+	--registry-ref "$REF" attach "$ID" "$P6"
+SPID6=$(server_pid "$A6")
+check_eq "p6 reads a file right" "$(sha "$TEST_TMP/first.bin")" "$(sha "$P6/blob/first.bin")"
+check_eq "imcd sent no chunk" 0 "$(from_imcd)"
+if [ "$(from_registry)" -gt 0 ]; then
+	ok "the registry sent them ($(from_registry))"
+else
+	not_ok "the registry, first in the order, sends the chunks"
+fi
+check "detach p6" agent "$A6" detach "$P6"
+no_leaks "$A6" "after the registry-first attach" "$SPID6"
+
+# Bad settings are refused before anything is done.
+A7=$TEST_TMP/agent7
+check_fails_with "--source-order bogus is refused" "want server,registry or registry,server" \
+	agent "$A7" --source-order server,imcd --server "$IMCD_URL" prefetch "$ID"
+check_fails_with "\$IMCACHE_SOURCE_ORDER bogus is refused" "IMCACHE_SOURCE_ORDER" \
+	agent_env IMCACHE_SOURCE_ORDER=server,server "$A7" --server "$IMCD_URL" prefetch "$ID"
+check_fails_with "--read-deadline 0 is refused" "--read-deadline \"0\": want 1-86400 seconds" \
+	agent "$A7" --read-deadline 0 --server "$IMCD_URL" prefetch "$ID"
+check_fails_with "\$IMCACHE_SOURCE_DEADLINE 5s is refused" "IMCACHE_SOURCE_DEADLINE" \
+	agent_env IMCACHE_SOURCE_DEADLINE=5s "$A7" --server "$IMCD_URL" prefetch "$ID"
+check "and nothing was made for them" test ! -e "$A7"
 
 # --- a chunk corrupted on imcd -----------------------------------------------------------------
 
@@ -271,7 +324,7 @@ check_match "the server says no source answered within the read deadline" \
 check "the link is restored" ip link set "$VETH" up
 tc qdisc del dev "$VETH" root 2>/dev/null || true
 for i in $(seq 1 100); do
-	nsenter --net="/run/netns/$NS" curl -fsS --max-time 2 -o /dev/null "$IMCD_URL/healthz" && break
+	nsenter --net="/run/netns/$NS" curl -fsS --max-time 2 -o /dev/null "$IMCD_URL/healthz" 2>/dev/null && break
 	sleep 0.1
 done
 check_eq "a new read works and is right" "$(sha "$TEST_TMP/cut.bin")" "$(sha "$P4/blob/cut.bin")"
