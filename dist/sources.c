@@ -45,7 +45,7 @@ int dist_deadline_parse(const char *s, const char *what, uint64_t *ret_ms, imc_e
 	unsigned long long v;
 
 	errno = 0;
-	v = s && *s && *s != '-' ? strtoull(s, &end, 10) : 0;
+	v = s && *s && strspn(s, "0123456789") == strlen(s) ? strtoull(s, &end, 10) : 0;
 	if (errno || !end || *end || v < 1 || v > DIST_DEADLINE_MAX_S)
 		return imc_err(err, EINVAL, "%s \"%.80s\": want 1-%llu seconds", what, s ? s : "",
 			       (unsigned long long)DIST_DEADLINE_MAX_S);

@@ -190,9 +190,9 @@ check_match "it abandoned imcd for the registry" "source imcd abandoned for the 
 check_match "its statistics count the abandoned source" "1 sources abandoned" "$out"
 check_eq "the fetched snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX")" \
 	"sha256:$(sha256sum <"$A5/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
+AGENTS+=("$TEST_TMP/agent5b")
 check_fails_with "prefetch with imcd alone, imcd gone, fails naming it" "cache $ID: from imcd" \
 	agent "$TEST_TMP/agent5b" --server "$IMCD_URL" prefetch "$ID"
-AGENTS+=("$TEST_TMP/agent5b")
 
 _imcd_launch "$STATE" "$SERVER_IP:0" --insecure-registry "$REGISTRY" ||
 	bail "imcd starts again" "$(imcd_log_tail 30)"

@@ -352,7 +352,7 @@ START_TEST(source_order_parses)
 	ck_assert_int_eq(dist_deadline_parse("86400", "--read-deadline", &ms, &err), 0);
 	ck_assert_uint_eq(ms, 86400000);
 	static const char *const bad_s[] = {
-	    "", "0", "-1", "1.5", "10s", "86401", "99999999999999999999"};
+	    "", "0", "-1", "1.5", "10s", "+5", " 5", "86401", "99999999999999999999"};
 	for (size_t i = 0; i < sizeof(bad_s) / sizeof(bad_s[0]); i++) {
 		ms = 7;
 		ck_assert_msg(dist_deadline_parse(bad_s[i], "--source-deadline", &ms, &err) ==
