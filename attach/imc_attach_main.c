@@ -73,9 +73,11 @@ static void print_fetch_stats(const char *id, const struct dist_fetch_stats *st)
 	fprintf(stderr,
 		"imc-attach: fetched %s in %.2f s: %" PRIu64 " chunks (%" PRIu64 " zero), %" PRIu64
 		" over the network (%" PRIu64 " bytes), %" PRIu64 " local, %" PRIu64
-		" retries, %" PRIu64 " corrupt refetched, %" PRIu64 " evicted\n",
+		" retries, %" PRIu64 " corrupt refetched, %" PRIu64 " evicted, %" PRIu64
+		" sources abandoned\n",
 		id, (double)st->ns / 1e9, st->chunks, st->zero_chunks, st->fetched,
-		st->fetched_bytes, st->local, st->retries, st->refetched_corrupt, st->evicted);
+		st->fetched_bytes, st->local, st->retries, st->refetched_corrupt, st->evicted,
+		st->abandoned);
 }
 
 /* The cache in the local store, fetched when --server names where from. */
@@ -378,6 +380,8 @@ static void usage(FILE *f)
 	    "H:P]...]\n"
 	    "                  [--lower-grace SECONDS] [--lower-max N] [--no-lazy]\n"
 	    "                  [--trace-window SECONDS]\n"
+	    "                  [--source-order server,registry|registry,server]\n"
+	    "                  [--source-deadline SECONDS] [--read-deadline SECONDS]\n"
 	    "                  COMMAND\n"
 	    "\n"
 	    "With --server (or $IMCACHE_SERVER), a cache this host does not have is fetched "
@@ -388,10 +392,15 @@ static void usage(FILE *f)
 	    "is lazy: it returns once the cache's chunk index is read and a FUSE server\n"
 	    "(imc-attach lazy-serve) presents the snapshot, fetching each chunk when first read\n"
 	    "and the rest in the background, then seals it into the local store; --no-lazy\n"
-	    "fetches the whole snapshot first.  With --server, the first lazy start of a cache\n"
-	    "records which chunks its reads touch in its first --trace-window seconds (default\n"
-	    "30; 0: none) and hands that startup trace to imcd; later lazy starts fetch those\n"
-	    "chunks first.\n"
+	    "fetches the whole snapshot first.  With both --server and --registry-ref, both\n"
+	    "are sources, tried in --source-order (or $IMCACHE_SOURCE_ORDER; default\n"
+	    "server,registry); one whose fetches keep failing for --source-deadline seconds\n"
+	    "(or $IMCACHE_SOURCE_DEADLINE; default 10) is abandoned for the other.  A lazy read\n"
+	    "whose chunk cannot be fetched is tried again with backoff for --read-deadline\n"
+	    "seconds (or $IMCACHE_READ_DEADLINE; default 60), then fails with EIO.  With\n"
+	    "--server, the first lazy start of a cache records which chunks its reads touch in\n"
+	    "its first --trace-window seconds (default 30; 0: none) and hands that startup\n"
+	    "trace to imcd; later lazy starts fetch those chunks first.\n"
 	    "\n"
 	    "commands:\n");
 	for (size_t i = 0; i < IMC_ARRAY_SIZE(commands); i++)
@@ -477,6 +486,50 @@ static int take_trace_window(const struct imc_cli_opt *opt, const char *arg, voi
 	return 0;
 }
 
+static int take_source_order(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	struct globals *g = globals;
+	imc_error err = {0};
+
+	if (dist_source_order_parse(arg, &g->fc.registry_first, &err) < 0) {
+		fprintf(stderr, "imc-attach: --source-order: %s\n", err.msg);
+		return 2;
+	}
+	return 0;
+}
+
+/* --source-deadline and --read-deadline: SECONDS into the uint64_t (ms) at opt->off. */
+static int take_deadline(const struct imc_cli_opt *opt, const char *arg, void *globals)
+{
+	char what[64];
+	imc_error err = {0};
+
+	snprintf(what, sizeof(what), "--%s", opt->name);
+	if (dist_deadline_parse(arg, what, (uint64_t *)((char *)globals + opt->off), &err) < 0) {
+		fprintf(stderr, "imc-attach: %s\n", err.msg);
+		return 2;
+	}
+	return 0;
+}
+
+/* $IMCACHE_SOURCE_ORDER, $IMCACHE_SOURCE_DEADLINE, $IMCACHE_READ_DEADLINE (the flags win). */
+static int sources_from_env(struct dist_fetch_config *fc, imc_error *err)
+{
+	const char *order = secure_getenv("IMCACHE_SOURCE_ORDER");
+	const char *sd = secure_getenv("IMCACHE_SOURCE_DEADLINE");
+	const char *rd = secure_getenv("IMCACHE_READ_DEADLINE");
+
+	if (order && *order && dist_source_order_parse(order, &fc->registry_first, err) < 0)
+		return imc_err_wrap(err, "$IMCACHE_SOURCE_ORDER");
+	if (sd && *sd &&
+	    dist_deadline_parse(sd, "$IMCACHE_SOURCE_DEADLINE", &fc->source_deadline_ms, err) < 0)
+		return err->code;
+	if (rd && *rd &&
+	    dist_deadline_parse(rd, "$IMCACHE_READ_DEADLINE", &fc->read_deadline_ms, err) < 0)
+		return err->code;
+	return 0;
+}
+
 static int take_lower_grace(const struct imc_cli_opt *opt, const char *arg, void *globals)
 {
 	struct globals *g = globals;
@@ -533,6 +586,9 @@ static const struct imc_cli_opt global_opts[] = {
     {"lower-max", required_argument, 'L', take_lower_max, 0},
     {"no-lazy", no_argument, 'N', imc_cli_true, G(no_lazy)},
     {"trace-window", required_argument, 'W', take_trace_window, 0},
+    {"source-order", required_argument, 0, take_source_order, 0},
+    {"source-deadline", required_argument, 0, take_deadline, G(fc.source_deadline_ms)},
+    {"read-deadline", required_argument, 0, take_deadline, G(fc.read_deadline_ms)},
 };
 #undef G
 
@@ -586,7 +642,8 @@ int main(int argc, char **argv)
 	g.cfg.driver_opts = g.driver_opts;
 	g.fc.insecure_registries = g.insecure;
 	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
-				      secure_getenv("IMCACHE_LOWER_MAX"), &g.lower, &err) < 0)
+				      secure_getenv("IMCACHE_LOWER_MAX"), &g.lower, &err) < 0 ||
+	    sources_from_env(&g.fc, &err) < 0)
 		return fail(&err);
 	r = imc_cli_getopt(argc, argv, "+", global_opts, IMC_ARRAY_SIZE(global_opts), &g);
 	if (r == HELP_DONE)

@@ -172,7 +172,7 @@ static void exec_server(int ldir, const char *id, int wfd, char *const argv[], c
 struct argv_buf {
 	char *v[48 + DIST_FETCH_PARALLEL_MAX];
 	size_t n;
-	char fd[16], par[16], size[32], window[16];
+	char fd[16], par[16], size[32], window[16], sdl[24], rdl[24];
 };
 
 static void arg(struct argv_buf *a, const char *s)
@@ -216,6 +216,18 @@ static void server_argv(struct store *s, const struct dist_fetch_config *fc, con
 		snprintf(a->window, sizeof(a->window), "%u", fc->no_trace ? 0 : fc->trace_window_s);
 		arg(a, "--trace-window");
 		arg(a, a->window);
+	}
+	arg(a, "--source-order");
+	arg(a, fc->registry_first ? "registry,server" : "server,registry");
+	if (fc->source_deadline_ms) {
+		snprintf(a->sdl, sizeof(a->sdl), "%" PRIu64, fc->source_deadline_ms / 1000);
+		arg(a, "--source-deadline");
+		arg(a, a->sdl);
+	}
+	if (fc->read_deadline_ms) {
+		snprintf(a->rdl, sizeof(a->rdl), "%" PRIu64, fc->read_deadline_ms / 1000);
+		arg(a, "--read-deadline");
+		arg(a, a->rdl);
 	}
 	snprintf(a->fd, sizeof(a->fd), "%d", wfd);
 	arg(a, "lazy-serve");

@@ -118,10 +118,22 @@ int dist_chunk_answer(struct dist_chunks *cs, const char *digest, const char *if
  * copied locally. */
 #define DIST_FETCH_PARALLEL_MAX 64
 
+/* The sources of chunks (and of the index): imcd (--server) and the OCI artifact
+ * (--registry-ref).  With both, they are tried in the configured order; a source whose fetches
+ * keep failing for longer than its deadline is abandoned for the other (docs/distribution.md,
+ * "Sources"). */
+enum dist_source_kind { DIST_SOURCE_SERVER, DIST_SOURCE_REGISTRY, DIST_SOURCE_KINDS };
+#define DIST_SOURCE_DEADLINE_DEFAULT_MS 10000ULL /* --source-deadline */
+#define DIST_READ_DEADLINE_DEFAULT_MS	60000ULL /* --read-deadline (a lazy read) */
+#define DIST_DEADLINE_MAX_S		86400ULL
+
 struct dist_fetch_config {
-	const char *server;	  /* imcd base URL ("http://host:port") */
-	const char *token;	  /* bearer token for imcd; NULL: none */
-	const char *registry_ref; /* pull from this OCI ref instead (imcctl push); NULL: imcd */
+	const char *server;	     /* imcd base URL ("http://host:port"); NULL: none */
+	const char *token;	     /* bearer token for imcd; NULL: none */
+	const char *registry_ref;    /* the OCI ref imcctl push wrote; NULL: none */
+	bool registry_first;	     /* with both: the registry is tried first (--source-order) */
+	uint64_t source_deadline_ms; /* a failing source is abandoned after this; 0: default */
+	uint64_t read_deadline_ms;   /* a lazy read retries this long, then EIO; 0: default */
 	const char *const *insecure_registries; /* plain-HTTP registries (NULL-terminated) */
 	unsigned parallel;			/* chunk downloads at once; 0: default */
 	uint64_t cache_size; /* local store limit in bytes (LRU of unattached snapshots); 0: none */
@@ -143,7 +155,8 @@ struct dist_fetch_stats {
 	uint64_t fetched, fetched_bytes; /* chunks over the network, compressed bytes */
 	uint64_t local, local_bytes;	 /* chunks copied from another local snapshot */
 	uint64_t retries, refetched_corrupt;
-	uint64_t evicted; /* snapshots evicted for space */
+	uint64_t abandoned; /* sources abandoned over their deadline */
+	uint64_t evicted;   /* snapshots evicted for space */
 	uint64_t ns;
 };
 
@@ -151,6 +164,13 @@ struct dist_fetch_stats {
  * otherwise fetch it.  On any failure the half-written volume is removed. */
 int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, const char *id,
 			struct dist_fetch_stats *ret_stats, imc_error *err);
+
+/* --source-order: "server", "registry", "server,registry" or "registry,server" (a source not
+ * named comes last); *ret_registry_first says which comes first. */
+int dist_source_order_parse(const char *s, bool *ret_registry_first, imc_error *err);
+/* A deadline in whole seconds, 1 to DIST_DEADLINE_MAX_S, into milliseconds; what names it
+ * (the flag or the variable) in the error. */
+int dist_deadline_parse(const char *s, const char *what, uint64_t *ret_ms, imc_error *err);
 
 /* A run of zero chunks between data chunks. */
 struct dist_gap {

@@ -82,10 +82,14 @@ static int imcd_link_open(const char *server, struct imcd_link *ret, imc_error *
 	return r < 0 ? imc_err_wrap(err, "--server") : 0;
 }
 
-/* GET path of imcd into s: exactly size bytes when sized, at most max. */
+static bool source_cancelled(void *ctx);
+
+/* GET path of imcd into s: exactly size bytes when sized, at most max; cancel_ctx (a struct
+ * dist_source, or NULL) may cancel it. */
 static int http_get(struct net_client *net, const struct net_server *srv, struct net_conn *conn,
 		    const char *path, bool sized, uint64_t size, uint64_t max, struct sink *s,
-		    const char *token, unsigned *ret_attempts, imc_error *err)
+		    const char *token, unsigned *ret_attempts, const struct net_retry *retry,
+		    void *cancel_ctx, imc_error *err)
 {
 	_cleanup_free_ char *url = net_server_url(srv, path);
 	struct net_response res = {0};
@@ -100,7 +104,10 @@ static int http_get(struct net_client *net, const struct net_server *srv, struct
 		.unix_socket = srv->unix_socket,
 		.bearer = token,
 		.sink = {.kind = NET_SINK_MEMORY, .sized = sized, .size = size, .max = max},
-		.conn = conn},
+		.conn = conn,
+		.retry = retry,
+		.cancelled = cancel_ctx ? source_cancelled : NULL,
+		.cancel_ctx = cancel_ctx},
 	    &res, err);
 	if (ret_attempts)
 		*ret_attempts = res.attempts;
@@ -139,11 +146,7 @@ struct fetch {
 	bool failed;
 	imc_error err; /* the first failure */
 	struct dist_fetch_stats *st;
-	/* Pulling from an OCI registry (--registry-ref): each worker opens its own client. */
-	const struct oci_ref *ref;
-	const struct oci_registry_opts *ropts;
-	struct net_client *net; /* imcd's client, shared by the workers */
-	const struct net_server *srv;
+	struct dist_origin *o; /* each worker opens its own source of it */
 };
 
 static void fetch_fail(struct fetch *f, const imc_error *e)
@@ -176,77 +179,17 @@ static void count(struct fetch *f, uint64_t *field, uint64_t n)
 	(void)f;
 }
 
-/* Download one chunk's blob whole (net/ resumes a broken transfer where it stopped). */
-static int download(struct fetch *f, struct net_conn *c, const struct job *j, struct sink *s,
-		    imc_error *err)
+/* Fetch (verified), count and write one chunk. */
+static int fetch_one(struct fetch *f, struct dist_source *src, const struct job *j, void *out,
+		     imc_error *err)
 {
-	char path[160];
-	unsigned attempts = 0;
-	int r;
-
-	snprintf(path, sizeof(path), "/v1/chunks/%s", j->e->digest);
-	r = http_get(f->net, f->srv, c, path, true, j->e->csize, j->e->csize, s, f->cfg->token,
-		     &attempts, err);
-	if (attempts > 1)
-		count(f, &f->st->retries, attempts - 1);
-	return r;
-}
-
-/* The chunk's blob from the registry (the client verifies its size and digest and retries). */
-static int download_registry(struct fetch *f, struct oci_registry *reg, const struct job *j,
-			     struct sink *s, imc_error *err)
-{
-	const struct oci_descriptor d = {.media_type = (char *)OCI_SNAPSHOT_MT_CHUNK,
-					 .digest = (char *)j->e->blob,
-					 .size = (int64_t)j->e->csize};
-	char *data = NULL;
-	size_t len = 0;
-	int r = -EAGAIN;
-
-	for (unsigned a = 0; a < FETCH_ATTEMPTS && r < 0 && !f->failed; a++) {
-		if (a > 0)
-			count(f, &f->st->retries, 1);
-		r = oci_registry_get_blob_mem(reg, &d, j->e->csize, &data, &len, err);
-	}
-	if (r < 0)
-		return r;
-	imc_buf_free(&s->buf);
-	s->buf = (struct imc_buf){.data = data, .len = len, .cap = len};
-	return 0;
-}
-
-/* Fetch and verify one chunk into out (its blob stays in s); a corrupt one is fetched once
- * more. */
-static int fetch_verified(struct fetch *f, struct net_conn *c, struct oci_registry *reg,
-			  const struct job *j, struct sink *s, void *out, imc_error *err)
-{
-	int r;
-
-	for (int attempt = 0;; attempt++) {
-		r = reg ? download_registry(f, reg, j, s, err) : download(f, c, j, s, err);
-		if (r < 0)
-			return imc_err_wrap(err, "chunk at offset %" PRIu64, j->e->offset);
-		r = dist_chunk_decompress_verify(s->buf.data, s->buf.len, j->e->digest, out, j->len,
-						 err);
-		if (r == 0)
-			return 0;
-		if (attempt > 0)
-			return imc_err_wrap(err, "chunk at offset %" PRIu64 " (corrupt twice)",
-					    j->e->offset);
-		count(f, &f->st->refetched_corrupt, 1);
-	}
-}
-
-/* Fetch, verify and write one chunk. */
-static int fetch_one(struct fetch *f, struct net_conn *c, struct oci_registry *reg,
-		     const struct job *j, struct sink *s, void *out, imc_error *err)
-{
-	int r = fetch_verified(f, c, reg, j, s, out, err);
+	uint64_t bytes = 0;
+	int r = dist_source_chunk(src, j->e, j->len, out, 0, &bytes, err);
 
 	if (r < 0)
 		return r;
 	count(f, &f->st->fetched, 1);
-	count(f, &f->st->fetched_bytes, s->buf.len);
+	count(f, &f->st->fetched_bytes, bytes);
 	r = dist_pwrite_full(f->dev_fd, out, j->len, j->e->offset);
 	if (r < 0)
 		return imc_err_sys(err, -r, "write chunk at offset %" PRIu64, j->e->offset);
@@ -256,34 +199,27 @@ static int fetch_one(struct fetch *f, struct net_conn *c, struct oci_registry *r
 static void *worker(void *arg)
 {
 	struct fetch *f = arg;
-	struct net_conn *c = net_conn_new();
 	_cleanup_free_ void *out = malloc(f->ix->chunk_size);
-	struct oci_registry *reg = NULL;
-	struct sink s = {0};
+	struct dist_source *src = NULL;
 	struct job *j;
 	imc_error err = {0};
 
-	if (!c || !out) {
+	if (!out) {
 		imc_err(&err, ENOMEM, "out of memory");
 		fetch_fail(f, &err);
-		net_conn_free(c);
 		return NULL;
 	}
-	if (f->ref && oci_registry_open(f->ropts, f->ref, &reg, &err) < 0) {
+	if (dist_source_open(f->o, f->st, &f->failed, &src, &err) < 0) {
 		fetch_fail(f, &err);
-		net_conn_free(c);
 		return NULL;
 	}
 	while ((j = take_job(f))) {
-		if (fetch_one(f, c, reg, j, &s, out, &err) < 0) {
+		if (fetch_one(f, src, j, out, &err) < 0) {
 			fetch_fail(f, &err);
 			break;
 		}
 	}
-	if (reg)
-		oci_registry_close(reg);
-	imc_buf_free(&s.buf);
-	net_conn_free(c);
+	dist_source_close(src);
 	return NULL;
 }
 
@@ -505,7 +441,7 @@ static int get_index_waiting(const struct dist_fetch_config *cfg, struct net_cli
 
 	for (;;) {
 		r = http_get(net, srv, NULL, path, false, 0, OCI_INDEX_MAX, s, cfg->token, NULL,
-			     err);
+			     NULL, NULL, err);
 		if (r != -EINPROGRESS)
 			return r;
 		if (imc_monotonic_ns() + s->retry_after * 1000000000ULL >= give_up)
@@ -574,14 +510,22 @@ static int get_index_registry(const struct oci_registry_opts *o, const struct oc
 	return 0;
 }
 
-/* ---- the origin: where a cache's index and chunks come from (dist/internal.h) ---------------- */
+/* ---- the origin and its sources (dist/internal.h; the order and the health: sources.c) ------ */
+
+static const char *const kind_names[DIST_SOURCE_KINDS] = {"imcd", "the registry"};
 
 struct dist_origin {
 	const struct dist_fetch_config *cfg;
 	struct oci_registry_opts ropts;
 	struct oci_ref ref; /* --registry-ref, when have_ref */
 	bool have_ref;
-	struct imcd_link link; /* imcd, otherwise */
+	struct imcd_link link; /* --server, when link.net */
+	enum dist_source_kind order[DIST_SOURCE_KINDS];
+	size_t n;
+	uint64_t deadline_ns; /* --source-deadline */
+	pthread_mutex_t lock; /* health, n_abandoned */
+	struct dist_health health;
+	uint64_t n_abandoned; /* sources abandoned (a whole fetch's statistics) */
 };
 
 void dist_origin_close(struct dist_origin *o)
@@ -591,26 +535,46 @@ void dist_origin_close(struct dist_origin *o)
 	if (o->have_ref)
 		oci_ref_free(&o->ref);
 	imcd_link_close(&o->link);
+	pthread_mutex_destroy(&o->lock);
 	free(o);
+}
+
+static void origin_order(struct dist_origin *o)
+{
+	const struct dist_fetch_config *cfg = o->cfg;
+
+	if (cfg->server && !(cfg->registry_first && cfg->registry_ref))
+		o->order[o->n++] = DIST_SOURCE_SERVER;
+	if (cfg->registry_ref)
+		o->order[o->n++] = DIST_SOURCE_REGISTRY;
+	if (cfg->server && cfg->registry_first && cfg->registry_ref)
+		o->order[o->n++] = DIST_SOURCE_SERVER;
 }
 
 int dist_origin_open(const struct dist_fetch_config *cfg, struct dist_origin **ret, imc_error *err)
 {
 	struct dist_origin *o = calloc(1, sizeof(*o));
-	int r;
+	int r = 0;
 
 	if (!o)
 		return imc_err(err, ENOMEM, "out of memory");
 	o->cfg = cfg;
 	o->ropts = (struct oci_registry_opts){.insecure_registries = cfg->insecure_registries};
-	if (cfg->registry_ref) {
+	o->deadline_ns =
+	    (cfg->source_deadline_ms ? cfg->source_deadline_ms : DIST_SOURCE_DEADLINE_DEFAULT_MS) *
+	    1000000ULL;
+	pthread_mutex_init(&o->lock, NULL);
+	origin_order(o);
+	if (o->n == 0)
+		r = imc_err(err, EINVAL, "no source (--server or --registry-ref)");
+	if (r == 0 && cfg->registry_ref) {
 		r = oci_ref_parse(cfg->registry_ref, &o->ref, err);
 		o->have_ref = r == 0;
 		if (r < 0)
 			imc_err_wrap(err, "--registry-ref");
-	} else {
-		r = imcd_link_open(cfg->server, &o->link, err);
 	}
+	if (r == 0 && cfg->server)
+		r = imcd_link_open(cfg->server, &o->link, err);
 	if (r < 0) {
 		dist_origin_close(o);
 		return r;
@@ -619,24 +583,114 @@ int dist_origin_open(const struct dist_fetch_config *cfg, struct dist_origin **r
 	return 0;
 }
 
-int dist_origin_index(const struct dist_origin *o, const char *id, struct oci_chunk_index *ret,
-		      char **ret_buf, size_t *ret_len, imc_error *err)
+uint64_t dist_origin_read_until(const struct dist_origin *o)
 {
-	int r = o->have_ref
+	uint64_t ms =
+	    o->cfg->read_deadline_ms ? o->cfg->read_deadline_ms : DIST_READ_DEADLINE_DEFAULT_MS;
+	return imc_monotonic_ns() + ms * 1000000ULL;
+}
+
+/* The source to try now (-1: none left, see dist_health_pick). */
+static int origin_pick(struct dist_origin *o, unsigned skip, bool again)
+{
+	pthread_mutex_lock(&o->lock);
+	int k = dist_health_pick(&o->health, o->order, o->n, skip, again);
+	pthread_mutex_unlock(&o->lock);
+	return k;
+}
+
+static void origin_ok(struct dist_origin *o, enum dist_source_kind k)
+{
+	pthread_mutex_lock(&o->lock);
+	dist_health_ok(&o->health, k);
+	pthread_mutex_unlock(&o->lock);
+}
+
+/* Source k failed (err says how): true when that abandons it, which is logged the first time
+ * when there is another source to go to. */
+static bool origin_failed(struct dist_origin *o, enum dist_source_kind k, bool permanent,
+			  const imc_error *err)
+{
+	pthread_mutex_lock(&o->lock);
+	bool gone =
+	    dist_health_failed(&o->health, k, imc_monotonic_ns(), o->deadline_ns, permanent);
+	bool tell = gone && o->n > 1 && !o->health.told[k];
+	o->n_abandoned += gone && o->n > 1;
+	if (tell)
+		o->health.told[k] = true;
+	pthread_mutex_unlock(&o->lock);
+	if (tell && permanent)
+		fprintf(stderr, "imc-attach: source %s abandoned for %s: %s\n", kind_names[k],
+			kind_names[k == DIST_SOURCE_SERVER], err->msg);
+	else if (tell)
+		fprintf(stderr,
+			"imc-attach: source %s abandoned for %s, failing for %" PRIu64 " s: %s\n",
+			kind_names[k], kind_names[k == DIST_SOURCE_SERVER],
+			o->deadline_ns / 1000000000U, err->msg);
+	return gone;
+}
+
+/* Sleep ms in short slices; false when cancelled meanwhile. */
+static bool wait_ms(uint64_t ms, bool (*cancelled)(void *ctx), void *ctx)
+{
+	for (uint64_t t = 0; t < ms; t += 50) {
+		if (cancelled && cancelled(ctx))
+			return false;
+		usleep((useconds_t)((ms - t < 50 ? ms - t : 50) * 1000));
+	}
+	return !(cancelled && cancelled(ctx));
+}
+
+static int index_from(struct dist_origin *o, enum dist_source_kind k, const char *id,
+		      struct oci_chunk_index *ret, char **ret_buf, size_t *ret_len, imc_error *err)
+{
+	int r = k == DIST_SOURCE_REGISTRY
 		    ? get_index_registry(&o->ropts, &o->ref, id, ret, ret_buf, ret_len, err)
 		    : get_index(o->cfg, o->link.net, &o->link.srv, id, ret, ret_buf, ret_len, err);
 
-	return r < 0 ? imc_err_wrap(err, "cache %s", id) : 0;
+	return r < 0 ? imc_err_wrap(err, "from %s", kind_names[k]) : 0;
 }
 
-/* One thread's way to the chunks: its kept connection to imcd, or its registry client. */
+int dist_origin_index(struct dist_origin *o, const char *id, struct oci_chunk_index *ret,
+		      char **ret_buf, size_t *ret_len, imc_error *err)
+{
+	int r = imc_err(err, ENOENT, "no source");
+
+	for (unsigned attempt = 0;; attempt++) {
+		int k = origin_pick(o, 0, false);
+		if (k < 0)
+			return imc_err_wrap(err, "cache %s", id);
+		r = index_from(o, (enum dist_source_kind)k, id, ret, ret_buf, ret_len, err);
+		if (r == 0) {
+			origin_ok(o, (enum dist_source_kind)k);
+			return 0;
+		}
+		bool permanent = dist_error_permanent(r) || r == -EBADMSG;
+		if (!origin_failed(o, (enum dist_source_kind)k, permanent, err))
+			wait_ms(dist_retry_wait_ms(attempt, UINT64_MAX), NULL, NULL);
+	}
+}
+
+/* One thread's way to the chunks: its kept connection to imcd, its registry client (opened at
+ * its first use), and when the fetch in progress gives up. */
 struct dist_source {
-	struct fetch f; /* the origin and the counters, for download() and download_registry() */
-	struct dist_fetch_stats st;
+	struct dist_origin *o;
+	struct dist_fetch_stats own, *st;
+	const bool *stop;
+	uint64_t until_ns; /* 0: never */
 	struct net_conn *conn;
+	struct oci_registry_opts ropts; /* the origin's, cancelled with this source's fetch */
 	struct oci_registry *reg;
 	struct sink s;
 };
+
+static bool source_cancelled(void *ctx)
+{
+	const struct dist_source *src = ctx;
+
+	return (src->stop && __atomic_load_n(src->stop, __ATOMIC_RELAXED)) ||
+	       (src->until_ns && imc_monotonic_ns() >= src->until_ns);
+}
 
 void dist_source_close(struct dist_source *src)
 {
@@ -649,23 +703,20 @@ void dist_source_close(struct dist_source *src)
 	free(src);
 }
 
-int dist_source_open(const struct dist_origin *o, struct dist_source **ret, imc_error *err)
+int dist_source_open(struct dist_origin *o, struct dist_fetch_stats *st, const bool *stop,
+		     struct dist_source **ret, imc_error *err)
 {
 	struct dist_source *src = calloc(1, sizeof(*src));
 
 	if (!src)
 		return imc_err(err, ENOMEM, "out of memory");
-	src->f = (struct fetch){.cfg = o->cfg,
-				.st = &src->st,
-				.ref = o->have_ref ? &o->ref : NULL,
-				.ropts = &o->ropts,
-				.net = o->link.net,
-				.srv = &o->link.srv};
-	if (o->have_ref && oci_registry_open(&o->ropts, &o->ref, &src->reg, err) < 0) {
-		dist_source_close(src);
-		return err->code;
-	}
-	if (!o->have_ref && !(src->conn = net_conn_new())) {
+	src->o = o;
+	src->st = st ? st : &src->own;
+	src->stop = stop;
+	src->ropts = o->ropts;
+	src->ropts.cancelled = source_cancelled;
+	src->ropts.cancel_ctx = src;
+	if (o->link.net && !(src->conn = net_conn_new())) {
 		dist_source_close(src);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
@@ -673,15 +724,121 @@ int dist_source_open(const struct dist_origin *o, struct dist_source **ret, imc_
 	return 0;
 }
 
-int dist_source_chunk(struct dist_source *src, const struct oci_chunk_entry *e, uint64_t len,
-		      void *out, uint64_t *ret_bytes, imc_error *err)
+/* Download one chunk's blob whole from imcd into src->s (net/ resumes a broken transfer where
+ * it stopped).  For a lazy read (a deadline), one try: dist_source_chunk retries, so that the
+ * source deadline and the read deadline are what bound the read. */
+static int download_imcd(struct dist_source *src, const struct oci_chunk_entry *e, imc_error *err)
 {
-	const struct job j = {.e = e, .len = len};
+	char path[160];
+	unsigned attempts = 0;
+	int r;
 
-	if (fetch_verified(&src->f, src->conn, src->reg, &j, &src->s, out, err) < 0)
+	snprintf(path, sizeof(path), "/v1/chunks/%s", e->digest);
+	static const struct net_retry one_try = {.max_attempts = 1};
+	r = http_get(src->o->link.net, &src->o->link.srv, src->conn, path, true, e->csize, e->csize,
+		     &src->s, src->o->cfg->token, &attempts, src->until_ns ? &one_try : NULL, src,
+		     err);
+	if (attempts > 1)
+		__atomic_add_fetch(&src->st->retries, attempts - 1, __ATOMIC_RELAXED);
+	return r;
+}
+
+/* The chunk's blob from the registry (the client verifies its size and digest). */
+static int download_registry(struct dist_source *src, const struct oci_chunk_entry *e,
+			     imc_error *err)
+{
+	const struct oci_descriptor d = {.media_type = (char *)OCI_SNAPSHOT_MT_CHUNK,
+					 .digest = (char *)e->blob,
+					 .size = (int64_t)e->csize};
+	char *data = NULL;
+	size_t len = 0;
+
+	if (!src->reg && oci_registry_open(&src->ropts, &src->o->ref, &src->reg, err) < 0)
 		return err->code;
-	*ret_bytes = src->s.buf.len;
+	if (oci_registry_get_blob_mem(src->reg, &d, e->csize, &data, &len, err) < 0)
+		return err->code;
+	imc_buf_free(&src->s.buf);
+	src->s.buf = (struct imc_buf){.data = data, .len = len, .cap = len};
 	return 0;
+}
+
+/* The chunk from source k into out, verified: 0, -EBADMSG (it came corrupt) or the failure. */
+static int chunk_from(struct dist_source *src, enum dist_source_kind k,
+		      const struct oci_chunk_entry *e, uint64_t len, void *out, imc_error *err)
+{
+	int r =
+	    k == DIST_SOURCE_REGISTRY ? download_registry(src, e, err) : download_imcd(src, e, err);
+
+	if (r == 0)
+		r = dist_chunk_decompress_verify(src->s.buf.data, src->s.buf.len, e->digest, out,
+						 len, err);
+	return r < 0 ? imc_err_wrap(err, "%s", kind_names[k]) : 0;
+}
+
+/* A fetch of e that will not come: why, naming the chunk. */
+static int chunk_given_up(struct dist_source *src, const struct oci_chunk_entry *e,
+			  unsigned corrupt, imc_error *err)
+{
+	bool all_corrupt = true;
+
+	for (size_t i = 0; i < src->o->n; i++)
+		all_corrupt = all_corrupt && (corrupt & (1U << src->o->order[i]));
+	if (all_corrupt)
+		return imc_err_wrap(err, "chunk at offset %" PRIu64 " (corrupt %s)", e->offset,
+				    src->o->n > 1 ? "from every source" : "twice");
+	if (src->until_ns && imc_monotonic_ns() >= src->until_ns) {
+		char last[256];
+		snprintf(last, sizeof(last), "%s", err->msg);
+		return imc_err(err, ETIMEDOUT,
+			       "chunk at offset %" PRIu64 ": no source answered within the read "
+			       "deadline (last: %s)",
+			       e->offset, last);
+	}
+	return imc_err_wrap(err, "chunk at offset %" PRIu64, e->offset);
+}
+
+int dist_source_chunk(struct dist_source *src, const struct oci_chunk_entry *e, uint64_t len,
+		      void *out, uint64_t until_ns, uint64_t *ret_bytes, imc_error *err)
+{
+	struct dist_origin *o = src->o;
+	unsigned corrupt = 0, n_corrupt[DIST_SOURCE_KINDS] = {0}, told = 0;
+	int r = imc_err(err, ENOENT, "no source");
+
+	src->until_ns = until_ns;
+	for (unsigned attempt = 0;; attempt++) {
+		int k = origin_pick(o, corrupt, until_ns != 0);
+		if (k < 0 || source_cancelled(src))
+			return chunk_given_up(src, e, corrupt, err);
+		r = chunk_from(src, (enum dist_source_kind)k, e, len, out, err);
+		if (r == 0) {
+			origin_ok(o, (enum dist_source_kind)k);
+			*ret_bytes = src->s.buf.len;
+			return 0;
+		}
+		if (r == -EBADMSG) {
+			/* From the other source, or once more from the only one. */
+			__atomic_add_fetch(&src->st->refetched_corrupt, 1, __ATOMIC_RELAXED);
+			if (++n_corrupt[k] >= (o->n > 1 ? 1U : 2U))
+				corrupt |= 1U << k;
+			fprintf(
+			    stderr, "imc-attach: chunk at offset %" PRIu64 ": %s; fetching it %s\n",
+			    e->offset, err->msg, o->n == 1 ? "once more" : "from the other source");
+			continue;
+		}
+		__atomic_add_fetch(&src->st->retries, 1, __ATOMIC_RELAXED);
+		if (until_ns && !told++)
+			fprintf(stderr,
+				"imc-attach: chunk at offset %" PRIu64
+				": %s; trying again until the read deadline\n",
+				e->offset, err->msg);
+		if (origin_failed(o, (enum dist_source_kind)k, dist_error_permanent(r), err))
+			continue; /* to the other source at once */
+		uint64_t now = imc_monotonic_ns();
+		uint64_t left = !until_ns	 ? UINT64_MAX
+				: until_ns > now ? (until_ns - now) / 1000000
+						 : 0;
+		wait_ms(dist_retry_wait_ms(attempt, left), source_cancelled, src);
+	}
 }
 
 /* ---- last use and LRU ----------------------------------------------------------------------- */
@@ -936,20 +1093,13 @@ static int save_local_index(struct store *s, const char *id, const char *buf, si
 	return 0;
 }
 
-static int fetch_into_volume(struct store *s, const struct dist_origin *o,
+static int fetch_into_volume(struct store *s, struct dist_origin *o,
 			     const struct oci_chunk_index *ix, const char *vol,
 			     struct dist_fetch_stats *st, imc_error *err)
 {
 	_cleanup_(local_set_free) struct local_set l = {0};
 	struct store_dev dev = {.fd = -1};
-	struct fetch f = {.s = s,
-			  .cfg = o->cfg,
-			  .ix = ix,
-			  .st = st,
-			  .ref = o->have_ref ? &o->ref : NULL,
-			  .ropts = &o->ropts,
-			  .net = o->link.net,
-			  .srv = &o->link.srv};
+	struct fetch f = {.s = s, .cfg = o->cfg, .ix = ix, .st = st, .o = o};
 	int r;
 
 	if (local_set_load(s, &l, err) < 0)
@@ -968,7 +1118,7 @@ static int fetch_into_volume(struct store *s, const struct dist_origin *o,
 	return r;
 }
 
-static int fetch_with_index(struct store *s, const struct dist_origin *o, const char *id,
+static int fetch_with_index(struct store *s, struct dist_origin *o, const char *id,
 			    const struct oci_chunk_index *ix, const char *buf, size_t len,
 			    struct dist_fetch_stats *st, imc_error *err)
 {
@@ -1022,6 +1172,7 @@ int dist_fetch_snapshot(struct store *s, const struct dist_fetch_config *cfg, co
 		r = imc_err_wrap(err, "cache %s", id);
 	else if ((r = dist_origin_index(o, id, &ix, &buf, &len, err)) == 0)
 		r = fetch_with_index(s, o, id, &ix, buf, len, &st, err);
+	st.abandoned = o ? o->n_abandoned : 0;
 	dist_origin_close(o);
 	if (r < 0)
 		return r;

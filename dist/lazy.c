@@ -71,7 +71,7 @@ static int source_take(struct dist_lazy *l, struct dist_source **ret, imc_error 
 	pthread_mutex_unlock(&l->lock);
 	if (*ret)
 		return 0;
-	return dist_source_open(l->origin, ret, err);
+	return dist_source_open(l->origin, NULL, &l->stop, ret, err);
 }
 
 static void source_give(struct dist_lazy *l, struct dist_source *src)
@@ -85,7 +85,8 @@ static void source_give(struct dist_lazy *l, struct dist_source *src)
 	dist_source_close(src);
 }
 
-/* Fetch slot's chunk and write it into the image (the slot is ours: SLOT_BUSY). */
+/* Fetch slot's chunk and write it into the image (the slot is ours: SLOT_BUSY); the fetch
+ * tries the sources again with backoff up to the read deadline, then fails (the read: EIO). */
 static int fetch_slot(struct dist_lazy *l, size_t slot, uint64_t *ret_bytes, imc_error *err)
 {
 	const struct oci_chunk_entry *e = &l->ix.chunks[l->entry[slot]];
@@ -98,7 +99,7 @@ static int fetch_slot(struct dist_lazy *l, size_t slot, uint64_t *ret_bytes, imc
 		return imc_err(err, ENOMEM, "out of memory");
 	if ((r = source_take(l, &src, err)) < 0)
 		return r;
-	r = dist_source_chunk(src, e, len, buf, ret_bytes, err);
+	r = dist_source_chunk(src, e, len, buf, dist_origin_read_until(l->origin), ret_bytes, err);
 	if (r < 0) {
 		dist_source_close(src); /* its connection may be broken */
 		return r;

@@ -1,16 +1,16 @@
 #!/bin/bash
 # Writes the seed inputs of the fuzz targets under DIR/<target>/ (DIR/ref, DIR/manifest,
 # DIR/request, DIR/layer, DIR/runtime, DIR/query, DIR/index, DIR/auth, DIR/net, DIR/platform,
-# DIR/grpc, DIR/snapmsg, DIR/mountinfo, DIR/data, DIR/trace).  The layers are small tar, tar.gz and
-# tar.zst files made with GNU tar: plain trees, whiteouts, hard links, symlinks, device nodes,
-# sparse files, long (pax) names, and the hostile kinds: "../" and absolute names, symlinks and
-# hard links pointing out of the root followed by entries through them.  Deterministic: same
-# tar, same bytes.
+# DIR/grpc, DIR/snapmsg, DIR/mountinfo, DIR/data, DIR/trace, DIR/sources).  The layers are
+# small tar, tar.gz and tar.zst files made with GNU tar: plain trees, whiteouts, hard links,
+# symlinks, device nodes, sparse files, long (pax) names, and the hostile kinds: "../" and
+# absolute names, symlinks and hard links pointing out of the root followed by entries through
+# them.  Deterministic: same tar, same bytes.
 #   usage: mkcorpus.sh DIR
 set -euo pipefail
 
 out=${1:?usage: mkcorpus.sh DIR}
-mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo,data,trace}
+mkdir -p "$out"/{ref,manifest,request,layer,runtime,query,index,auth,net,platform,grpc,snapmsg,mountinfo,data,trace,sources}
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/imc-mkcorpus.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -18,6 +18,15 @@ trap 'rm -rf "$work"' EXIT
 seed() { # seed TARGET NAME CONTENT
 	printf '%s' "$3" >"$out/$1/$2"
 }
+
+# ---- the agent's source order and deadlines (fuzz_sources) ---------------------------------
+seed sources order server,registry
+seed sources reversed registry,server
+seed sources one registry
+seed sources twice server,server
+seed sources deadline 60
+seed sources max 86400
+seed sources zero 0
 
 # ---- data source URLs (fuzz_data) -----------------------------------------------------------
 seed data https https://models.example.com/llm/model.safetensors

@@ -1,7 +1,11 @@
 /* The chunk index format (oci/index.c) and the chunk codec (dist/chunks.c), and the
  * distribution routes: the index renders and parses back, every malformed index is refused
  * naming the field, a chunk compresses deterministically and a flipped byte or a lying frame
- * header is caught. */
+ * header is caught.  The sources of a fetch: their order parses (and bad orders and deadlines
+ * are refused), a failing source is abandoned only once its deadline has passed (at once for a
+ * permanent error) and a success clears its failure, the pick follows the order, skips what it
+ * is told to and starts the abandoned anew only when asked, and the waits between tries grow
+ * to their cap and never pass the time left. */
 #include <check.h>
 #include <fcntl.h>
 #include <string.h>
@@ -10,6 +14,7 @@
 
 #include "../../api/api.h"
 #include "../../dist/dist.h"
+#include "../../dist/internal.h"
 #include "unit.h"
 
 #define D1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
@@ -308,6 +313,130 @@ START_TEST(small_gaps_are_filled)
 }
 END_TEST
 
+START_TEST(source_order_parses)
+{
+	imc_error err = {0};
+	bool first = true;
+	uint64_t ms = 0;
+
+	ck_assert_int_eq(dist_source_order_parse("server,registry", &first, &err), 0);
+	ck_assert(!first);
+	ck_assert_int_eq(dist_source_order_parse("registry,server", &first, &err), 0);
+	ck_assert(first);
+	ck_assert_int_eq(dist_source_order_parse("server", &first, &err), 0);
+	ck_assert(!first);
+	ck_assert_int_eq(dist_source_order_parse("registry", &first, &err), 0);
+	ck_assert(first);
+	first = false;
+	static const char *const bad[] = {"",
+					  ",",
+					  "server,",
+					  ",registry",
+					  "server,server",
+					  "imcd",
+					  "registry,x",
+					  "server,registry,",
+					  "Server",
+					  " server",
+					  "registry;server"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_msg(dist_source_order_parse(bad[i], &first, &err) == -EINVAL, "%s",
+			      bad[i]);
+		ck_assert(strstr(err.msg, "want server,registry or registry,server"));
+		ck_assert(!first); /* unchanged */
+	}
+	ck_assert_int_eq(dist_source_order_parse(NULL, &first, &err), -EINVAL);
+
+	ck_assert_int_eq(dist_deadline_parse("1", "--read-deadline", &ms, &err), 0);
+	ck_assert_uint_eq(ms, 1000);
+	ck_assert_int_eq(dist_deadline_parse("86400", "--read-deadline", &ms, &err), 0);
+	ck_assert_uint_eq(ms, 86400000);
+	static const char *const bad_s[] = {
+	    "", "0", "-1", "1.5", "10s", "+5", " 5", "86401", "99999999999999999999"};
+	for (size_t i = 0; i < sizeof(bad_s) / sizeof(bad_s[0]); i++) {
+		ms = 7;
+		ck_assert_msg(dist_deadline_parse(bad_s[i], "--source-deadline", &ms, &err) ==
+				  -EINVAL,
+			      "%s", bad_s[i]);
+		ck_assert(strstr(err.msg, "--source-deadline"));
+		ck_assert_uint_eq(ms, 7);
+	}
+}
+END_TEST
+
+#define S_NS 1000000000ULL
+
+START_TEST(a_failing_source_is_abandoned_after_its_deadline)
+{
+	struct dist_health h = {0};
+	const enum dist_source_kind both[] = {DIST_SOURCE_SERVER, DIST_SOURCE_REGISTRY};
+	const enum dist_source_kind rev[] = {DIST_SOURCE_REGISTRY, DIST_SOURCE_SERVER};
+
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, false), DIST_SOURCE_SERVER);
+	ck_assert_int_eq(dist_health_pick(&h, rev, 2, 0, false), DIST_SOURCE_REGISTRY);
+	/* Failing from t=100 s with a 10 s deadline: kept until 110 s, abandoned then, once. */
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_SERVER, 100 * S_NS, 10 * S_NS, false));
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_SERVER, 109 * S_NS, 10 * S_NS, false));
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, false), DIST_SOURCE_SERVER);
+	ck_assert(dist_health_failed(&h, DIST_SOURCE_SERVER, 110 * S_NS, 10 * S_NS, false));
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_SERVER, 111 * S_NS, 10 * S_NS, false));
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, false), DIST_SOURCE_REGISTRY);
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, true), DIST_SOURCE_REGISTRY);
+	/* A success in between starts the clock anew. */
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_REGISTRY, 200 * S_NS, 10 * S_NS, false));
+	dist_health_ok(&h, DIST_SOURCE_REGISTRY);
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_REGISTRY, 209 * S_NS, 10 * S_NS, false));
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_REGISTRY, 218 * S_NS, 10 * S_NS, false));
+	ck_assert(dist_health_failed(&h, DIST_SOURCE_REGISTRY, 219 * S_NS, 10 * S_NS, false));
+	/* Both abandoned: a whole fetch has none left; a lazy read starts them anew, in order. */
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, false), -1);
+	ck_assert_int_eq(dist_health_pick(&h, rev, 2, 0, true), DIST_SOURCE_REGISTRY);
+	ck_assert(!h.abandoned[DIST_SOURCE_SERVER] && !h.abandoned[DIST_SOURCE_REGISTRY]);
+	ck_assert_uint_eq(h.failing_since_ns[DIST_SOURCE_SERVER], 0);
+	ck_assert(!dist_health_failed(&h, DIST_SOURCE_REGISTRY, 300 * S_NS, 10 * S_NS, false));
+	/* A permanent error abandons at once; a success brings a source back. */
+	ck_assert(dist_health_failed(&h, DIST_SOURCE_SERVER, 300 * S_NS, 10 * S_NS, true));
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, false), DIST_SOURCE_REGISTRY);
+	dist_health_ok(&h, DIST_SOURCE_SERVER);
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, 0, false), DIST_SOURCE_SERVER);
+}
+END_TEST
+
+START_TEST(the_pick_skips_and_the_waits_grow)
+{
+	struct dist_health h = {0};
+	const enum dist_source_kind both[] = {DIST_SOURCE_SERVER, DIST_SOURCE_REGISTRY};
+	const enum dist_source_kind one[] = {DIST_SOURCE_REGISTRY};
+	const unsigned server = 1U << DIST_SOURCE_SERVER, registry = 1U << DIST_SOURCE_REGISTRY;
+
+	/* A source that sent the chunk corrupt is skipped, abandoned or not. */
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, server, false), DIST_SOURCE_REGISTRY);
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, server | registry, true), -1);
+	ck_assert_int_eq(dist_health_pick(&h, one, 1, 0, false), DIST_SOURCE_REGISTRY);
+	ck_assert_int_eq(dist_health_pick(&h, one, 1, registry, true), -1);
+	ck_assert(dist_health_failed(&h, DIST_SOURCE_REGISTRY, 5 * S_NS, 1 * S_NS, true));
+	/* The registry abandoned, the server skipped: a lazy read starts only the registry anew. */
+	ck_assert(dist_health_failed(&h, DIST_SOURCE_SERVER, 5 * S_NS, 1 * S_NS, true));
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, server, false), -1);
+	ck_assert_int_eq(dist_health_pick(&h, both, 2, server, true), DIST_SOURCE_REGISTRY);
+	ck_assert(h.abandoned[DIST_SOURCE_SERVER]);
+	ck_assert(!h.abandoned[DIST_SOURCE_REGISTRY]);
+
+	ck_assert_uint_eq(dist_retry_wait_ms(0, UINT64_MAX), 250);
+	ck_assert_uint_eq(dist_retry_wait_ms(1, UINT64_MAX), 500);
+	ck_assert_uint_eq(dist_retry_wait_ms(3, UINT64_MAX), 2000);
+	ck_assert_uint_eq(dist_retry_wait_ms(4, UINT64_MAX), 4000);
+	ck_assert_uint_eq(dist_retry_wait_ms(5, UINT64_MAX), 4000);
+	ck_assert_uint_eq(dist_retry_wait_ms(1000, UINT64_MAX), 4000);
+	ck_assert_uint_eq(dist_retry_wait_ms(4, 1200), 1200);
+	ck_assert_uint_eq(dist_retry_wait_ms(0, 0), 0);
+
+	ck_assert(dist_error_permanent(-ENOENT) && dist_error_permanent(-EACCES));
+	ck_assert(!dist_error_permanent(-ECONNREFUSED) && !dist_error_permanent(-ETIMEDOUT) &&
+		  !dist_error_permanent(-EIO) && !dist_error_permanent(-EHOSTUNREACH));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("chunks");
@@ -321,6 +450,9 @@ int main(void)
 	tcase_add_test(tc, routes);
 	tcase_add_test(tc, small_gaps_are_filled);
 	tcase_add_test(tc, forgetting_a_cache_drops_only_its_own_chunks);
+	tcase_add_test(tc, source_order_parses);
+	tcase_add_test(tc, a_failing_source_is_abandoned_after_its_deadline);
+	tcase_add_test(tc, the_pick_skips_and_the_waits_grow);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
