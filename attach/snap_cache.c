@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "../common/priv.h"
+#include "../oci/oci.h"
 #include "../store/store.h"
 #include "snap_int.h"
 
@@ -29,43 +30,6 @@
 #define LOWER_OPTIONS	   "noload"
 #define CHAIN_ID_LEN	   (7 + IMC_SHA256_HEX_LEN)
 #define MAX_CATALOG_IMAGES 1024
-
-/* ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)). */
-int snap_chain_id(const char *const *diff_ids, size_t n, char ret[CHAIN_ID_LEN + 1], imc_error *err)
-{
-	char hex[IMC_SHA256_HEX_LEN + 1], buf[2 * CHAIN_ID_LEN + 2];
-
-	if (n == 0)
-		return imc_err(err, EINVAL, "no layers");
-	for (size_t i = 0; i < n; i++)
-		if (imc_digest_parse(diff_ids[i], hex, err) < 0)
-			return imc_err_wrap(err, "diff_id %zu", i);
-	snprintf(ret, CHAIN_ID_LEN + 1, "%s", diff_ids[0]);
-	for (size_t i = 1; i < n; i++) {
-		int len = snprintf(buf, sizeof(buf), "%s %s", ret, diff_ids[i]);
-		if (imc_sha256_hex(buf, (size_t)len, hex, err) < 0)
-			return err->code;
-		snprintf(ret, CHAIN_ID_LEN + 1, "sha256:%s", hex);
-	}
-	return 0;
-}
-
-/* The top ChainID of /imcache.json's images[i] (its layers' diffIds). */
-static int image_top(json_t *image, char ret[CHAIN_ID_LEN + 1], imc_error *err)
-{
-	json_t *layers = json_object_get(image, "layers"), *l;
-	size_t n = json_array_size(layers), i;
-	_cleanup_free_ const char **ids = calloc(n ? n : 1, sizeof(*ids));
-
-	if (!ids)
-		return imc_err(err, ENOMEM, "out of memory");
-	json_array_foreach(layers, i, l)
-	{
-		if (!(ids[i] = json_string_value(json_object_get(l, "diffId"))))
-			return imc_err(err, EINVAL, "layer %zu: no diffId", i);
-	}
-	return snap_chain_id(ids, n, ret, err);
-}
 
 /* The catalog entry of a cache's manifest: {"createdAt","tops":[ChainID or null per image]}. */
 static json_t *catalog_entry(json_t *m, const char *id)
@@ -85,7 +49,7 @@ static json_t *catalog_entry(json_t *m, const char *id)
 			imc_error e = {0};
 			if (i >= MAX_CATALOG_IMAGES)
 				break;
-			if (image_top(image, top, &e) < 0) {
+			if (oci_image_top_chain_id(image, top, &e) < 0) {
 				imc_warn("cache %s: image %zu: %s: not served", id, i, e.msg);
 				json_array_append_new(tops, json_null());
 			} else {

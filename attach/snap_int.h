@@ -42,7 +42,6 @@ json_t *snap_labels_copy(json_t *labels);
 int snap_make_dirs(struct snap *s, int64_t id, bool work, imc_error *err);
 
 /* ---- remote snapshots from caches (snap_cache.c) ---- */
-int snap_chain_id(const char *const *diff_ids, size_t n, char ret[7 + 64 + 1], imc_error *err);
 int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, const char *ref,
 			imc_error *err);
 /* BUF = ROOT/lowers/<cache>/images/<image>/rootfs */

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 
 #include "../../attach/snap_int.h"
+#include "../../oci/oci.h"
 #include <sys/mount.h>
 #include "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.pb-c.h"
 #include "unit.h"
@@ -545,11 +546,11 @@ START_TEST(chain_ids_as_oci)
 	imc_error err = {0};
 
 	for (size_t n = 1; n <= 3; n++) {
-		ck_assert_int_eq(snap_chain_id(ids, n, got, &err), 0);
+		ck_assert_int_eq(oci_chain_id(ids, n, got, &err), 0);
 		ck_assert_str_eq(got, want[n - 1]);
 	}
-	ck_assert_int_eq(snap_chain_id(ids, 0, got, &err), -EINVAL);
-	ck_assert_int_eq(snap_chain_id(bad, 2, got, &err), -EINVAL);
+	ck_assert_int_eq(oci_chain_id(ids, 0, got, &err), -EINVAL);
+	ck_assert_int_eq(oci_chain_id(bad, 2, got, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, "diff_id 1"), "%s", err.msg);
 }
 END_TEST
