@@ -299,43 +299,10 @@ check_eq "and runs" from-cache "$(run_in "$REF1" r6 cat /only/cached.txt 2>&1)"
 check "ctr image rm --sync" rm_images
 check_eq "no lower is left" 0 "$(wait_eq 0 n_lower_mounts)"
 
-# --- auto-match: a node's own store without the cache; --server asks imcd ------------------------
-snap_stop
-NODE=$TEST_TMP/node
-SNAP_DIR=$NODE
-SNAP_ARGS=(--server "$IMCD_URL")
-node_mounts() { findmnt -rn -o TARGET | grep "^$NODE/snapshotter/lowers/" || true; }
-# shellcheck disable=SC2317 # called through defer
-node_teardown() {
-	local m
-	snap_stop
-	for m in "$NODE"/snapshotter/lowers/*; do
-		[ -d "$m" ] && umount -l "$m" 2>/dev/null
-	done
-	if findmnt -rn --mountpoint "$NODE/pool" >/dev/null 2>&1; then
-		"$IMC_BIN/imc-attach" --state-dir "$NODE" teardown >/dev/null 2>&1 || true
-	fi
-	return 0
-}
-defer node_teardown
-if snap_start && snap_reachable; then ok "imc-snapshotter starts on a node store with --server"; else not_ok "imc-snapshotter starts on a node store with --server"; fi
-MARK=$(wc -l <"$REGISTRY_LOG")
-check "a CRI pull of the cached image on the node" cri_pull_retry "$REF1"
-PULL_LOG=$(tail -n +"$((MARK + 1))" "$REGISTRY_LOG")
-check_eq "the registry served no layer blob" 0 "$(grep -c "blobs/$L1_BLOB" <<<"$PULL_LOG" || true)"
-check_match "imcd's cache was found and fetched" "auto-match: .*fetching cache $ID from" "$(cat "$SNAP_LOG")"
-check_match "the layer is served from it" "\"imcache.io/cache-id\": \"$ID\"" "$(snaps info "$TOP1" 2>&1)"
-check_eq "it runs" from-cache "$(run_in "$REF1" r9 cat /only/cached.txt 2>&1)"
-check "an image no cache holds still pulls (the miss asked imcd)" cri_pull_retry "$REF4"
-check_match "imcd had none" "no Ready cache of .*snapc/side@sha256:" "$(cat "$SNAP_LOG")"
-check "ctr image rm --sync" rm_images
-check_eq "no lower of the node is left" "" "$(wait_eq "" node_mounts)"
-
+# (--server and --auto-create on a node without the caches: test_snapshotter_remote.sh)
 containerd_stop
 snap_stop
-node_teardown
 check_eq "no mount under the test directory but imcd's pool" "$STATE/pool" "$(tmp_mounts)"
 check_eq "no loop device on a cache snapshot" "" "$(snap_loops)"
-check_eq "nor on the node's store" "" "$(losetup -n -O NAME,BACK-FILE -l | grep "$NODE/" || true)"
 check_eq "no imc-snapshotter process is left" "" "$(pgrep -f "[i]mc-snapshotter -v --address $SNAP_SOCK" || true)"
 done_testing
