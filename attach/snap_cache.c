@@ -7,11 +7,18 @@
  * its lowest lowerdir.
  *
  * The catalog (ChainID -> cache, image) is read from each snapshot's /imcache.json through a
- * detached read-only mount, once per snapshot per process.  The lower of a cache is its snapshot
- * on a read-only autoclear loop device, ext4 mounted ro,noload at ROOT/lowers/<cache id>, once
- * per cache; the records that name the cache ("cache" field) are its references.  The directory
- * is made before the mount and the mount made before the record: a crash leaves at most a
- * mount no record names, which snap_lowers_reconcile (at open and in Cleanup) unmounts. */
+ * detached read-only mount, once per snapshot per process.  A snapshot served from a cache takes
+ * the host's shared lower of the cache (attach/lower.c, <state>/lowers/<cache id>, the one
+ * imc-attach's overlay attaches use; lazy from imcd with --server when the store lacks the
+ * cache): a reference "snap-<id>" per snapshot, its record marked "shared".  The snapshot's
+ * directory is made before the reference and the reference before the record: a crash leaves
+ * at most a reference no record has, which snap_shared_reconcile (at start and in Cleanup)
+ * drops, releasing the lower.
+ *
+ * Records written before ("cache" without "shared") keep the snapshotter's own lower of the
+ * cache, ROOT/lowers/<cache id> (its snapshot on a read-only autoclear loop device, ext4 ro,noload,
+ * once per cache; the records naming the cache are its references) until they are removed;
+ * snap_lowers_reconcile unmounts those no such record names. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -323,8 +330,9 @@ int snap_shared_image(struct snap *s, const char *cache_id, const char *root, co
 	return imc_err(err, ENOENT, "cache %s: no image whose top is %s", cache_id, ref);
 }
 
-/* The lower that serves ref for the new snapshot id: a local cache's (the catalog), else, with
- * --server, one imcd has on the host's shared lower (lazily attached).  -ENOENT: none. */
+/* The lower that serves ref for the new snapshot id, the host's shared lower of the cache: a
+ * cache of the store (the catalog), else, with --server, one imcd has (lazily attached when the
+ * store lacks it).  -ENOENT: none. */
 static int serve_from(struct snap *s, json_t *labels, const char *ref, int64_t id,
 		      char ret_cache[SNAP_CACHE_ID_MAX], unsigned *ret_image, bool *ret_shared,
 		      imc_error *err)
@@ -336,12 +344,12 @@ static int serve_from(struct snap *s, json_t *labels, const char *ref, int64_t i
 		*err = (imc_error){0};
 		return -ENOENT;
 	}
-	if (catalog_find(s, ref, &cache, ret_image) == 0) {
-		snprintf(ret_cache, SNAP_CACHE_ID_MAX, "%s", cache);
-		*ret_shared = false;
-		return snap_lower_get(s, cache, err);
-	}
 	*ret_shared = true;
+	if (catalog_find(s, ref, &cache, ret_image) == 0) {
+		char root[4096];
+		snprintf(ret_cache, SNAP_CACHE_ID_MAX, "%s", cache);
+		return snap_shared_get(s, cache, id, root, err);
+	}
 	return snap_match_remote(s, labels, ref, id, ret_cache, ret_image, err);
 }
 

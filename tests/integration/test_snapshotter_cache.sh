@@ -188,7 +188,7 @@ ID3=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
 [[ "$ID3" =~ ^imc- ]] || bail "a cache of image multi is Ready" "$(cat "$TEST_TMP/imcctl.err")"
 ok "cache $ID3 of $REF3 is Ready"
 
-LOWER=$STATE/snapshotter/lowers/$ID
+LOWER=$STATE/lowers/$ID # the host's shared lower of the cache (attach/lower.c)
 lower_mounts() { findmnt -rn -o TARGET,FSTYPE,OPTIONS | awk -v p="$LOWER" '$1 == p'; }
 n_lower_mounts() { lower_mounts | grep -c . || true; }
 snap_loops() { losetup -n -O NAME,BACK-FILE -l 2>/dev/null | awk -v f="$STATE/pool/snapshots/" 'index($2, f) == 1'; }
@@ -197,7 +197,7 @@ n_records() { jq '.snapshots | length' "$STATE/snapshotter/meta.json"; }
 # shellcheck disable=SC2317 # called through defer
 umount_lowers() {
 	local m
-	for m in "$STATE"/snapshotter/lowers/*; do
+	for m in "$STATE"/lowers/* "$STATE"/snapshotter/lowers/*; do
 		[ -d "$m" ] && umount -l "$m" 2>/dev/null
 	done
 	return 0
@@ -222,6 +222,8 @@ check_match "the layer's snapshot names the cache that serves it" "\"imcache.io/
 	"$(snaps info "$TOP1" 2>&1)"
 check_eq "the cache's snapshot is mounted once, read-only ext4" 1 "$(n_lower_mounts)"
 check_match "ro and noload" '^[^ ]+ ext4 ro,.*norecovery|^[^ ]+ ext4 ro,' "$(lower_mounts)"
+check_match "the host's shared lower, with the snapshot's reference" '^snap-[0-9]+$' \
+	"$(ls "$LOWER.refs" 2>/dev/null)"
 
 check_eq "ctr run prints a file only that image has" from-cache \
 	"$(run_in "$REF1" r1 cat /only/cached.txt 2>&1)"
@@ -258,7 +260,7 @@ check "a CRI pull of an image over that prefix" cri_pull "$REF4"
 check "it runs with the prefix's tree and its own layer, not the cached top's files" \
 	run_in "$REF4" r8 sh -c 'test "$(cat /m/base.txt /m/side.txt)" = "base
 side" && test ! -e /m/top.txt'
-check_eq "two caches, two lower mounts" 2 "$(findmnt -rn -o TARGET | grep -c "^$STATE/snapshotter/lowers/" || true)"
+check_eq "two caches, two lower mounts" 2 "$(findmnt -rn -o TARGET | grep -c "^$STATE/lowers/" || true)"
 
 # --- restarts and kill -9 ------------------------------------------------------------------------
 snap_kill
@@ -272,7 +274,7 @@ check_eq "still one lower mount" 1 "$(n_lower_mounts)"
 check "ctr image rm --sync of every image" rm_images
 check_eq "no snapshot record is left" 0 "$(wait_eq 0 n_records)"
 check_eq "the lowers are unmounted" 0 "$(wait_eq 0 n_lower_mounts)"
-check_eq "the other cache's too" "" "$(findmnt -rn -o TARGET | grep "^$STATE/snapshotter/lowers/" || true)"
+check_eq "the other cache's too" "" "$(findmnt -rn -o TARGET | grep "^$STATE/lowers/" || true)"
 check "and its directory removed" test ! -e "$LOWER"
 check_eq "no loop device on the cache's snapshot" "" "$(wait_eq "" snap_loops)"
 
@@ -292,7 +294,7 @@ snap_kill
 stop_pid "$CTR_PID" 10 || true
 check_eq "the killed Prepare left the lower mounted, no record naming it" "1 0" "$(n_lower_mounts) $(n_records)"
 if snap_start && snap_reachable; then ok "imc-snapshotter restarts after kill -9"; else not_ok "imc-snapshotter restarts after kill -9"; fi
-check_match "and reports the repair" 'repair: .*unmounted 1 lower' "$(cat "$SNAP_LOG")"
+check_match "and reports the repair" 'repair: .*dropped 1 reference' "$(cat "$SNAP_LOG")"
 check_eq "the orphaned lower is gone" "0 no" "$(n_lower_mounts) $([ -e "$LOWER" ] && echo yes || echo no)"
 check "the image pulls again" cri_pull_retry "$REF1"
 check_eq "and runs" from-cache "$(run_in "$REF1" r6 cat /only/cached.txt 2>&1)"
