@@ -67,10 +67,10 @@ _containerd_config() {
   deletion_threshold = 1
 EOT
 }
-snap_start() {
+snap_start() { # [ENV=VALUE...]
 	local i n
 	n=$(grep -c 'serving snapshots' "$SNAP_LOG" 2>/dev/null || true)
-	env IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$IMC_BIN/imc-snapshotter" -v --address "$SNAP_SOCK" \
+	env IMC_LAZY_HOLD_BACKGROUND="$HOLD" "$@" "$IMC_BIN/imc-snapshotter" -v --address "$SNAP_SOCK" \
 		--state-dir "$SNAP_DIR" "${SNAP_ARGS[@]}" >>"$SNAP_LOG" 2>&1 &
 	SNAP_PID=$!
 	for ((i = 0; i < 200; i++)); do
@@ -86,9 +86,36 @@ snap_stop() {
 	stop_pid "$SNAP_PID" 10 || true
 	SNAP_PID=
 }
+snap_kill() {
+	kill -KILL "$SNAP_PID" 2>/dev/null || true
+	wait "$SNAP_PID" 2>/dev/null || true
+	SNAP_PID=
+}
+wait_stopped() {
+	local i
+	for ((i = 0; i < 400; i++)); do
+		[ "$(ps -o stat= -p "$1" 2>/dev/null | cut -c1)" = T ] && return 0
+		sleep 0.05
+	done
+	return 1
+}
 snaps() { ctrd snapshots --snapshotter imcache "$@"; }
 # shellcheck disable=SC2317 # called through check
 cri_pull() { "$IMC_BIN/tests/cri-pull" "$CTRD_ADDR" "$1"; }
+# containerd's connection to the snapshotter may still be re-establishing after a kill (its
+# transport reports "unavailable" then): a pull that fails so is tried again, at most 5 times.
+# shellcheck disable=SC2317 # called through check
+cri_pull_retry() {
+	local i out
+	for ((i = 0; i < 5; i++)); do
+		out=$(cri_pull "$1" 2>&1) && return 0
+		grep -q unavailable <<<"$out" || break
+		note "pull attempt $((i + 1)): $out"
+		sleep 1
+	done
+	echo "$out" >&2
+	return 1
+}
 # shellcheck disable=SC2317 # called through check
 rm_images() {
 	local refs
@@ -313,13 +340,43 @@ containerd_stop
 snap_stop
 
 # --- node 2: a fresh state dir and containerd; the auto-created cache serves the pull -----------
+# First a kill -9 between the shared lower's reference and the snapshot's record (stop point
+# remote-after-mount): the restart drops the reference and releases the lower.  The fill is held
+# again, so the cache stays on its lazy lower on this node.
+rm -f "$HOLD"
 SNAP_DIR=$NODE2
 SNAP_ARGS=(--server "$IMCD_URL" --token "$TOKEN_A")
-snap_start || bail "a second imc-snapshotter starts on a fresh state dir"
-ok "a second imc-snapshotter starts on a fresh state dir"
+snap_start IMC_SNAP_STOP_AT=remote-after-mount || bail "a second imc-snapshotter starts on a fresh state dir"
+ok "a second imc-snapshotter starts on a fresh state dir (a stop point set)"
 containerd_start "$TEST_TMP/ctrd2" || bail "a fresh containerd starts"
+cri_pull "$REF2" >"$TEST_TMP/stopped-pull.out" 2>&1 &
+CTR_PID=$!
+if wait_stopped "$SNAP_PID"; then
+	ok "Prepare stops after the shared lower is taken"
+else
+	not_ok "Prepare stops after the shared lower is taken" "$(tail -n 5 "$SNAP_LOG")"
+fi
+SPID=$(lazy_server "$NODE2" "$NEW")
+snap_kill
+stop_pid "$CTR_PID" 10 || true
+check_eq "the killed Prepare left the lazy lower mounted" ext4 \
+	"$(findmnt -rn -o FSTYPE --mountpoint "$NODE2/lowers/$NEW" || true)"
+check_match "with the snapshot's reference" '^snap-[0-9]+$' "$(ls "$NODE2/lowers/$NEW.refs" 2>/dev/null)"
+records_of() { # CACHE: the records naming it (none before the first record is written)
+	if [ -e "$NODE2/snapshotter/meta.json" ]; then
+		jq --arg c "$1" '[.snapshots[] | select(.cache == $c)] | length' "$NODE2/snapshotter/meta.json"
+	else
+		echo 0
+	fi
+}
+check_eq "and no record naming the cache" 0 "$(records_of "$NEW")"
+snap_start || bail "imc-snapshotter restarts after kill -9"
+ok "imc-snapshotter restarts after kill -9"
+check_match "and reports the repair" 'repair: .*dropped 1 reference' "$(cat "$SNAP_LOG")"
+check_eq "the orphaned lower is released" "" "$(wait_eq "" node_mounts "$NODE2")"
+check "its FUSE server is gone" wait_pid_gone "${SPID:-0}"
 MARK=$(wc -l <"$REGISTRY_LOG")
-check "a CRI pull of the image on the second node" cri_pull "$REF2"
+check "a CRI pull of the image on the second node" cri_pull_retry "$REF2"
 check_eq "no layer blob fetched" 0 "$(layer_gets "$MARK" "$T1_BLOB")"
 check_match "its layer is served by the auto-created cache" "\"imcache.io/cache-id\": \"$NEW\"" \
 	"$(snaps info "$TOP2" 2>&1)"
