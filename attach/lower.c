@@ -744,10 +744,12 @@ int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_erro
 	if ((r = refs_count(s, ldir, id, NULL, &refs, &last, err)) < 0)
 		return r;
 	if (refs > 0)
-		return imc_err(err, EBUSY,
-			       "cache %s: its shared lower is in use by %zu overlay attach(es) "
-			       "on this host; detach them or delete with force=true",
-			       id, refs);
+		return imc_err(
+		    err, EBUSY,
+		    "cache %s: its shared lower is in use by %zu overlay attach(es) or "
+		    "imc-snapshotter snapshot(s) on this host; detach them or delete with "
+		    "force=true (which leaves the snapshotter's: remove their images)",
+		    id, refs);
 	lower_name(id, ".json", name);
 	if ((lower_mounted(ldir, id, NULL) ||
 	     faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) &&

@@ -233,6 +233,12 @@ check "a container writes into its snapshot" \
 check "a second container does not see it" run_in "$REF1" c2 test ! -e /only/own
 check "nor does the cache" test ! -e "$LOWER/images/0/rootfs/only/own"
 check_eq "both containers used the one lower mount" 1 "$(n_lower_mounts)"
+# imcd on this host deletes a cache through the shared lower: the snapshotter's references hold it.
+http DELETE "$IMCD_URL/v1/imagecaches/$ID?force=true"
+check_eq "DELETE ?force=true of the cache while the snapshotter serves it: 409" 409 "$HTTP_STATUS"
+check_match "... naming the snapshotter's snapshots" 'in use by 1 .*imc-snapshotter snapshot' "$HTTP_BODY"
+check_eq "the cache is Ready again" Ready "$(json_get "$(imcctl get "$ID" -o json)" .status)"
+check_eq "the lower stays mounted" 1 "$(n_lower_mounts)"
 check "the container is removed" ctrd container rm c1
 
 # --- an image over the cached one's layer: only its own layer is fetched -------------------------
