@@ -230,12 +230,14 @@ struct api_query_arg {
 struct api_list_query {
 	bool have_status;
 	enum api_cache_status status;
-	char *name;	    /* NULL: any */
-	char *image;	    /* NULL: any; else the exact ref */
-	char *image_digest; /* "sha256:…" when image is a digest ref, else NULL */
-	char *platform;	    /* with image: only that platform's (normalized); NULL: any (exact),
-			     * imcd's default (best) */
-	bool match_best;    /* match=best: the one cache sharing the most layers with image */
+	char *name;	       /* NULL: any */
+	char *image;	       /* NULL: any; else the exact ref */
+	char *image_digest;    /* "sha256:…" when image is a digest ref, else NULL */
+	char *chain_id;	       /* chainId: an image whose top ChainID it is; NULL: any */
+	char *manifest_digest; /* manifestDigest: an image resolved to it; NULL: any */
+	char *platform;	       /* with image: only that platform's (normalized); NULL: any (exact),
+				* imcd's default (best) */
+	bool match_best;       /* match=best: the one cache sharing the most layers with image */
 	size_t limit;
 	bool have_after; /* a page token: items after (after_created, after_id) */
 	int64_t after_created;

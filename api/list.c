@@ -132,7 +132,18 @@ int api_page_token_decode(const char *token, int64_t *ret_created_at, char ret_i
 /* ---- parameters -------------------------------------------------------------------------------
  */
 
-enum list_param { P_STATUS, P_NAME, P_IMAGE, P_MATCH, P_LIMIT, P_PAGE_TOKEN, P_PLATFORM, P_COUNT };
+enum list_param {
+	P_STATUS,
+	P_NAME,
+	P_IMAGE,
+	P_MATCH,
+	P_LIMIT,
+	P_PAGE_TOKEN,
+	P_PLATFORM,
+	P_CHAIN_ID,
+	P_MANIFEST_DIGEST,
+	P_COUNT
+};
 static const struct {
 	const char *key;
 	size_t max; /* bytes of the value */
@@ -141,6 +152,7 @@ static const struct {
     [P_IMAGE] = {"image", API_REF_MAX}, [P_MATCH] = {"match", 16},
     [P_LIMIT] = {"limit", 8},		[P_PAGE_TOKEN] = {"pageToken", API_PAGE_TOKEN_MAX},
     [P_PLATFORM] = {"platform", 199}, /* OCI_PLATFORM_MAX - 1 */
+    [P_CHAIN_ID] = {"chainId", 128},	[P_MANIFEST_DIGEST] = {"manifestDigest", 128},
 };
 
 /* Each known parameter at most once, non-empty and within its cap: values[] by enum list_param. */
@@ -212,8 +224,27 @@ static int parse_platform(const char *s, struct api_list_query *q, imc_error *er
 	return q->platform ? 0 : imc_err(err, ENOMEM, "out of memory");
 }
 
+/* chainId and manifestDigest: "sha256:" and 64 lowercase hex digits. */
+static int parse_digest(const char *name, const char *s, char **ret, imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1];
+	imc_error ignored;
+
+	if (imc_digest_parse(s, hex, &ignored) < 0 || strcmp(s + 7, hex) != 0)
+		return imc_err(err, EINVAL,
+			       "%s \"%.80s\": want sha256: and 64 lowercase hex digits", name, s);
+	*ret = strdup(s);
+	return *ret ? 0 : imc_err(err, ENOMEM, "out of memory");
+}
+
 static int parse_values(const char *values[P_COUNT], struct api_list_query *q, imc_error *err)
 {
+	if (values[P_CHAIN_ID] &&
+	    parse_digest("chainId", values[P_CHAIN_ID], &q->chain_id, err) < 0)
+		return err->code;
+	if (values[P_MANIFEST_DIGEST] &&
+	    parse_digest("manifestDigest", values[P_MANIFEST_DIGEST], &q->manifest_digest, err) < 0)
+		return err->code;
 	if (values[P_MATCH] && strcmp(values[P_MATCH], "best") == 0)
 		q->match_best = true;
 	else if (values[P_MATCH] && strcmp(values[P_MATCH], "exact") != 0)
@@ -279,7 +310,10 @@ void api_list_query_free(struct api_list_query *q)
 	free(q->image);
 	free(q->image_digest);
 	free(q->platform);
+	free(q->chain_id);
+	free(q->manifest_digest);
 	q->name = q->image = q->image_digest = q->platform = NULL;
+	q->chain_id = q->manifest_digest = NULL;
 }
 
 /* ---- filters and pages ------------------------------------------------------------------------
@@ -306,6 +340,24 @@ static bool manifest_has_digest(const json_t *manifest, const char *digest, cons
 	return false;
 }
 
+/* A built image whose top ChainID (of its layers' diffIds) is chain_id. */
+static bool manifest_has_top(const json_t *manifest, const char *chain_id)
+{
+	json_t *images = manifest ? json_object_get(manifest, "images") : NULL;
+	size_t i;
+	json_t *img;
+
+	json_array_foreach(images, i, img)
+	{
+		char top[OCI_DIGEST_MAX + 1];
+		imc_error ignored;
+
+		if (oci_image_top_chain_id(img, top, &ignored) == 0 && strcmp(top, chain_id) == 0)
+			return true;
+	}
+	return false;
+}
+
 bool api_cache_has_platform(const struct api_cache *c, const char *platform)
 {
 	for (size_t i = 0; c->platforms && i < c->n_refs; i++)
@@ -321,6 +373,10 @@ bool api_cache_matches(const struct api_cache *c, const struct api_list_query *q
 	if (q->have_status && c->status != q->status)
 		return false;
 	if (q->name && (!c->name || strcmp(c->name, q->name) != 0))
+		return false;
+	if (q->chain_id && !manifest_has_top(c->manifest, q->chain_id))
+		return false;
+	if (q->manifest_digest && !manifest_has_digest(c->manifest, q->manifest_digest, NULL))
 		return false;
 	if (q->match_best) /* the image is scored by shared layers instead */
 		return true;

@@ -93,6 +93,9 @@ int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
 
+/* The program started as the lazy server (`PROGRAM … lazy-serve`; default: this one,
+ * /proc/self/exe); path must stay valid. */
+void attach_lazy_set_program(const char *path);
 /* imc-attach lazy-serve: the FUSE server of cache id's lazy lower (attach/lazy.c), until its
  * file system is unmounted; "ok" or "error ERRNO MESSAGE" is written to ready_fd once it is
  * mounted or has failed. */

@@ -1,5 +1,7 @@
 /* imc-snapshotter: a containerd proxy snapshot plugin on a unix socket. */
 #include <getopt.h>
+#include <limits.h>
+#include <unistd.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
@@ -8,6 +10,7 @@
 
 #include "../store/store.h"
 #include "../common/priv.h"
+#include "attach.h"
 #include "snap.h"
 
 #define DEFAULT_ADDRESS "/run/imcache/snapshotter.sock"
@@ -17,24 +20,30 @@ static volatile sig_atomic_t stop;
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: imc-snapshotter [--address PATH] [--state-dir DIR] [--server URL] [-v]\n"
-		"\n"
-		"Serves containerd.services.snapshots.v1.Snapshots (gRPC, h2c) on the unix socket\n"
-		"PATH (default " DEFAULT_ADDRESS "), with the overlayfs snapshotter's semantics;\n"
-		"its snapshots and records live in DIR/snapshotter (DIR default " DEFAULT_STATE
-		").\n"
-		"When DIR holds the agent's store, images of its caches are served from them (the\n"
-		"top ChainID of a cached image is committed at once; containers get the cache's\n"
-		"tree as their lower, one read-only mount per cache).\n"
-		"--server URL: an image no local cache holds is looked up on imcd at URL (by the\n"
-		"manifest digest the CRI passes) and a Ready cache of it fetched into DIR's store\n"
-		"(made if need be).\n"
-		"containerd's config names it as\n"
-		"  [proxy_plugins.imcache]\n"
-		"    type = \"snapshot\"\n"
-		"    address = \"PATH\"\n"
-		"-v, --verbose logs each cleanup; -h, --help prints this help.\n");
+	fprintf(
+	    f,
+	    "usage: imc-snapshotter [--address PATH] [--state-dir DIR] [--server URL]\n"
+	    "                       [--token T] [--auto-create] [-v]\n"
+	    "\n"
+	    "Serves containerd.services.snapshots.v1.Snapshots (gRPC, h2c) on the unix socket\n"
+	    "PATH (default " DEFAULT_ADDRESS "), with the overlayfs snapshotter's semantics;\n"
+	    "its snapshots and records live in DIR/snapshotter (DIR default " DEFAULT_STATE ").\n"
+	    "When DIR holds the agent's store, images of its caches are served from them (the\n"
+	    "top ChainID of a cached image is committed at once; containers get the cache's\n"
+	    "tree as their lower, one read-only mount per cache).\n"
+	    "--server URL: a layer no local cache serves is looked up on imcd at URL (by its\n"
+	    "ChainID) and a Ready cache whose image tops that chain attached lazily (its chunks\n"
+	    "fetched on demand by imc-attach's FUSE server) as the host's shared lower under\n"
+	    "DIR/lowers; DIR's store is made if need be.\n"
+	    "--token T: imcd's bearer token (default $IMCACHE_TOKEN), the tenant's.\n"
+	    "--auto-create: with --server, a CRI pull that imcd has no cache for asks imcd to\n"
+	    "create one of the image ref it was pulled as (once per ref per 10 minutes), and\n"
+	    "goes on without waiting.\n"
+	    "containerd's config names it as\n"
+	    "  [proxy_plugins.imcache]\n"
+	    "    type = \"snapshot\"\n"
+	    "    address = \"PATH\"\n"
+	    "-v, --verbose logs each cleanup; -h, --help prints this help.\n");
 }
 
 static void on_signal(int sig)
@@ -68,8 +77,22 @@ static int open_store(const char *state, bool make, struct store **ret, imc_erro
 	return 0;
 }
 
+/* The lazy lower's server is imc-attach's lazy-serve: the imc-attach next to this program. */
+static void set_lazy_program(void)
+{
+	static char path[PATH_MAX];
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n <= 0)
+		return;
+	self[n] = '\0';
+	snprintf(path, sizeof(path), "%s/imc-attach", dirname(self));
+	attach_lazy_set_program(path);
+}
+
 static int serve(const char *address, const char *state, const char *server, const char *token,
-		 imc_error *err)
+		 bool auto_create, imc_error *err)
 {
 	_cleanup_free_ char *root = imc_path_join(state, "snapshotter");
 	_cleanup_free_ char *dir = strdup(address);
@@ -87,8 +110,8 @@ static int serve(const char *address, const char *state, const char *server, con
 		store_close(st);
 		return err->code;
 	}
-	snap_set_store(s, st);
-	if (server && snap_set_server(s, server, token, err) < 0) {
+	if (snap_set_store(s, st, err) < 0 ||
+	    (server && snap_set_server(s, server, token, auto_create, err) < 0)) {
 		snap_close(s);
 		store_close(st);
 		return err->code;
@@ -110,11 +133,13 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 	    {"address", required_argument, NULL, 'a'}, {"state-dir", required_argument, NULL, 's'},
-	    {"server", required_argument, NULL, 'S'},  {"verbose", no_argument, NULL, 'v'},
+	    {"server", required_argument, NULL, 'S'},  {"token", required_argument, NULL, 'T'},
+	    {"auto-create", no_argument, NULL, 'C'},   {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},	       {0},
 	};
 	const char *address = DEFAULT_ADDRESS, *state = DEFAULT_STATE, *server = NULL;
-	const char *token = NULL; /* imcd with tenants' tokens: not yet */
+	const char *token = secure_getenv("IMCACHE_TOKEN");
+	bool auto_create = false;
 	struct sigaction sa = {.sa_handler = on_signal};
 	imc_error err = {0};
 	int c;
@@ -129,6 +154,12 @@ int main(int argc, char **argv)
 			break;
 		case 'S':
 			server = optarg;
+			break;
+		case 'T':
+			token = optarg;
+			break;
+		case 'C':
+			auto_create = true;
 			break;
 		case 'v':
 			imc_log_set_level(IMC_LOG_DEBUG);
@@ -145,10 +176,15 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (auto_create && !server) {
+		fprintf(stderr, "imc-snapshotter: --auto-create needs --server\n");
+		return 2;
+	}
+	set_lazy_program();
 	signal(SIGPIPE, SIG_IGN);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
-	if (serve(address, state, server, token, &err) < 0) {
+	if (serve(address, state, server, token && *token ? token : NULL, auto_create, &err) < 0) {
 		fprintf(stderr, "imc-snapshotter: %s\n", err.msg);
 		return 1;
 	}

@@ -50,6 +50,18 @@ int lower_release(struct store *s, const char *cache_id, const char *aid, imc_er
 int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
 		imc_error *err);
 
+/* imc-snapshotter's snapshots served from a lower hold references named "snap-<id>": live
+ * while its snapshot directory <state>/snapshotter/snapshots/<id> is there. */
+#define ATTACH_SNAP_REF_PREFIX "snap-"
+#define ATTACH_SNAP_DIR	       "snapshotter/snapshots"
+/* Drop aid's reference and, when no live reference is left and no other process holds the lower,
+ * unmount and forget it at once (no grace). */
+int lower_release_now(struct store *s, const char *cache_id, const char *aid, imc_error *err);
+/* Every lower's "snap-" references for which live(name, ctx) is false: released as by
+ * lower_release_now; *ret_dropped counts them. */
+int lower_drop_snap_refs(struct store *s, bool (*live)(const char *name, void *ctx), void *ctx,
+			 unsigned *ret_dropped, imc_error *err);
+
 /* lazy.c: the lazy lower's FUSE server process (lowers/<id>.lazy, <id>.fuse/, <id>.lazy.log) */
 #define LAZY_NAME_MAX 160
 /* The FUSE mount point of id's lazy lower (absolute). */

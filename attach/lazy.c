@@ -28,6 +28,15 @@
 #define LAZY_STOP_WAIT_MS 30000 /* for the server to exit after its unmount, then SIGKILL */
 #define LAZY_READY_MAX	  4096
 
+/* The program that runs `lazy-serve`: imc-attach itself, unless another program (the
+ * snapshotter) names it. */
+static const char *lazy_program = "/proc/self/exe";
+
+void attach_lazy_set_program(const char *path)
+{
+	lazy_program = path;
+}
+
 static void lazy_name(const char *id, const char *suffix, char ret[LAZY_NAME_MAX])
 {
 	snprintf(ret, LAZY_NAME_MAX, "%s%s", id, suffix);
@@ -165,7 +174,7 @@ static void exec_server(int ldir, const char *id, int wfd, char *const argv[], c
 	if (log >= 0)
 		dup2(log, 2);
 	fcntl(wfd, F_SETFD, 0);
-	execve("/proc/self/exe", argv, envp);
+	execve(lazy_program, argv, envp);
 	_exit(127);
 }
 

@@ -130,6 +130,22 @@ static int refs_opendir(int ldir, const char *id, DIR **ret, imc_error *err)
 	return 0;
 }
 
+/* A reference's holder lives: an attach with a state file, or a snapshot of imc-snapshotter
+ * (ATTACH_SNAP_REF_PREFIX and its id) whose directory <state>/snapshotter/snapshots/<id> is
+ * there (made before the reference, removed before it is dropped). */
+static bool ref_live(struct store *s, const char *name)
+{
+	const size_t n = strlen(ATTACH_SNAP_REF_PREFIX);
+	char path[PATH_MAX];
+
+	if (strncmp(name, ATTACH_SNAP_REF_PREFIX, n) != 0)
+		return attach_state_exists(s, name);
+	if (!name[n] || strspn(name + n, "0123456789") != strlen(name + n))
+		return false;
+	snprintf(path, sizeof(path), "%s/" ATTACH_SNAP_DIR "/%s", attach_state_dir(s), name + n);
+	return access(path, F_OK) == 0;
+}
+
 static int ref_add(int ldir, const char *id, const char *aid, imc_error *err)
 {
 	_cleanup_close_ int rdir = refs_dir(ldir, id, true, err);
@@ -343,7 +359,7 @@ static int refs_count(struct store *s, int ldir, const char *id, json_t *repairs
 	while ((de = readdir(d)) && seen++ < LOWER_REFS_MAX) {
 		if (de->d_name[0] == '.')
 			continue;
-		if (attach_state_exists(s, de->d_name)) {
+		if (ref_live(s, de->d_name)) {
 			n++;
 			continue;
 		}
@@ -420,6 +436,31 @@ static int lower_unmount(struct store *s, int ldir, const char *id, const char *
 	if (repairs)
 		json_array_append_new(repairs,
 				      json_sprintf("released the lower of cache %s (%s)", id, why));
+	return 0;
+}
+
+int lower_release_now(struct store *s, const char *cache_id, const char *aid, imc_error *err)
+{
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
+	_cleanup_close_ int lock = -1;
+	size_t refs;
+	int64_t last;
+	int r;
+
+	if (ldir < 0)
+		return ldir;
+	if ((lock = lower_lock(ldir, cache_id, LOCK_SH, err)) < 0)
+		return lock;
+	if ((r = ref_drop(ldir, cache_id, aid, err)) < 0)
+		return r;
+	if (flock(lock, LOCK_EX | LOCK_NB) < 0)
+		return errno == EWOULDBLOCK ? 0
+					    : imc_err_sys(err, errno, "lower %s: lock", cache_id);
+	if ((r = refs_count(s, ldir, cache_id, NULL, &refs, &last, err)) < 0 || refs > 0)
+		return r;
+	if (lower_mounted(ldir, cache_id, NULL) || lazy_present(ldir, cache_id))
+		return lower_unmount(s, ldir, cache_id, "its last user went", NULL, err);
+	lower_forget(ldir, cache_id);
 	return 0;
 }
 
@@ -575,6 +616,58 @@ static int reap_each(const char *id, void *ctx, imc_error *err)
 	return lazy_reap(c->s, c->ldir, id, c->repairs, err);
 }
 
+struct drop_ctx {
+	struct store *s;
+	int ldir;
+	bool (*live)(const char *name, void *ctx);
+	void *live_ctx;
+	unsigned dropped;
+};
+
+/* The references of id named ATTACH_SNAP_REF_PREFIX… that the caller says are dead: dropped,
+ * and the lower released when that leaves it unreferenced. */
+static int drop_each(const char *id, void *ctx, imc_error *err)
+{
+	struct drop_ctx *c = ctx;
+	_cleanup_json_ json_t *dead = json_array();
+	_cleanup_dir_ DIR *d = NULL;
+	struct dirent *de;
+	size_t seen = 0, i;
+	json_t *name;
+	int r;
+
+	if (!dead)
+		return imc_err(err, ENOMEM, "out of memory");
+	if ((r = refs_opendir(c->ldir, id, &d, err)) < 0 || !d)
+		return r;
+	while ((de = readdir(d)) && seen++ < LOWER_REFS_MAX)
+		if (strncmp(de->d_name, ATTACH_SNAP_REF_PREFIX, strlen(ATTACH_SNAP_REF_PREFIX)) ==
+			0 &&
+		    !c->live(de->d_name, c->live_ctx))
+			json_array_append_new(dead, json_string(de->d_name));
+	json_array_foreach(dead, i, name)
+	{
+		if ((r = lower_release_now(c->s, id, json_string_value(name), err)) < 0)
+			return r;
+		c->dropped++;
+	}
+	return 0;
+}
+
+int lower_drop_snap_refs(struct store *s, bool (*live)(const char *name, void *ctx), void *ctx,
+			 unsigned *ret_dropped, imc_error *err)
+{
+	_cleanup_close_ int ldir = lower_open_dir(s, err);
+	struct drop_ctx c = {.s = s, .ldir = ldir, .live = live, .live_ctx = ctx};
+	int r;
+
+	if (ldir < 0)
+		return ldir;
+	r = lower_scan(ldir, ".lock", drop_each, &c, err);
+	*ret_dropped += c.dropped;
+	return r;
+}
+
 int lower_sweep(struct store *s, const struct attach_lower_policy *pol, json_t *repairs,
 		imc_error *err)
 {
@@ -651,10 +744,12 @@ int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_erro
 	if ((r = refs_count(s, ldir, id, NULL, &refs, &last, err)) < 0)
 		return r;
 	if (refs > 0)
-		return imc_err(err, EBUSY,
-			       "cache %s: its shared lower is in use by %zu overlay attach(es) "
-			       "on this host; detach them or delete with force=true",
-			       id, refs);
+		return imc_err(
+		    err, EBUSY,
+		    "cache %s: its shared lower is in use by %zu overlay attach(es) or "
+		    "imc-snapshotter snapshot(s) on this host; detach them or delete with "
+		    "force=true (which leaves the snapshotter's: remove their images)",
+		    id, refs);
 	lower_name(id, ".json", name);
 	if ((lower_mounted(ldir, id, NULL) ||
 	     faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0) &&
@@ -685,7 +780,7 @@ static json_t *lower_json(struct store *s, int ldir, const char *id)
 		struct dirent *de;
 		struct stat st;
 		while (d && (de = readdir(d)))
-			refs += de->d_name[0] != '.' && attach_state_exists(s, de->d_name);
+			refs += de->d_name[0] != '.' && ref_live(s, de->d_name);
 		if (fstat(rdir, &st) == 0)
 			last = st.st_mtim.tv_sec;
 	}

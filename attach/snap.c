@@ -84,12 +84,9 @@ static int lowerdirs(struct snap *s, json_t *rec, struct imc_buf *out, size_t *r
 		const char *cache = json_string_value(json_object_get(p, "cache"));
 		if (!p)
 			return imc_err(err, ENOENT, "missing parent %s", parent);
-		if (cache && snap_lower_get(s, cache, err) < 0)
+		if (cache && snap_lower_rootfs(s, p, path, sizeof(path), err) < 0)
 			return err->code;
-		if (cache)
-			snap_lower_path(s, cache, (unsigned)snap_rec_int(p, "image"), path,
-					sizeof(path));
-		else
+		if (!cache)
 			snap_id_path(s, snap_rec_int(p, "id"), "fs", path, sizeof(path));
 		if ((out->len && imc_buf_append(out, ":", 1) < 0) ||
 		    imc_buf_append(out, path, strlen(path)) < 0)

@@ -77,9 +77,14 @@ void snap_close(struct snap *s);
 #define SNAP_LABEL_REF	    "containerd.io/snapshot.ref"
 #define SNAP_LABEL_CACHE_ID "imcache.io/cache-id"
 struct store;
-void snap_set_store(struct snap *s, struct store *st);
-/* Auto-match: a miss asks imcd at server (with token; NULL: none) for a cache of the image. */
-int snap_set_server(struct snap *s, const char *server, const char *token, imc_error *err);
+/* Also drops the references on the host's shared lowers (attach/lower.c) that no record names
+ * (a crash between the reference and the record), releasing what that leaves unused. */
+int snap_set_store(struct snap *s, struct store *st, imc_error *err);
+/* Auto-match: a miss asks imcd at server (with token; NULL: none) for a cache of the layer's
+ * chain, attached lazily; auto_create: and asks imcd to create one of the pulled image when it
+ * has none. */
+int snap_set_server(struct snap *s, const char *server, const char *token, bool auto_create,
+		    imc_error *err);
 
 /* Errors follow containerd's storage: -ENOENT (NotFound), -EEXIST (AlreadyExists), -EINVAL
  * (InvalidArgument), -EBUSY (FailedPrecondition); anything else is an internal failure. */

@@ -7,11 +7,18 @@
  * its lowest lowerdir.
  *
  * The catalog (ChainID -> cache, image) is read from each snapshot's /imcache.json through a
- * detached read-only mount, once per snapshot per process.  The lower of a cache is its snapshot
- * on a read-only autoclear loop device, ext4 mounted ro,noload at ROOT/lowers/<cache id>, once
- * per cache; the records that name the cache ("cache" field) are its references.  The directory
- * is made before the mount and the mount made before the record: a crash leaves at most a
- * mount no record names, which snap_lowers_reconcile (at open and in Cleanup) unmounts. */
+ * detached read-only mount, once per snapshot per process.  A snapshot served from a cache takes
+ * the host's shared lower of the cache (attach/lower.c, <state>/lowers/<cache id>, the one
+ * imc-attach's overlay attaches use; lazy from imcd with --server when the store lacks the
+ * cache): a reference "snap-<id>" per snapshot, its record marked "shared".  The snapshot's
+ * directory is made before the reference and the reference before the record: a crash leaves
+ * at most a reference no record has, which snap_shared_reconcile (at start and in Cleanup)
+ * drops, releasing the lower.
+ *
+ * Records written before ("cache" without "shared") keep the snapshotter's own lower of the
+ * cache, ROOT/lowers/<cache id> (its snapshot on a read-only autoclear loop device, ext4 ro,noload,
+ * once per cache; the records naming the cache are its references) until they are removed;
+ * snap_lowers_reconcile unmounts those no such record names. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -21,7 +28,10 @@
 #include <sys/stat.h>
 
 #include "../common/priv.h"
+#include "../oci/oci.h"
 #include "../store/store.h"
+#include "../dist/dist.h"
+#include "internal.h"
 #include "snap_int.h"
 
 #define LOWERS		   "lowers"
@@ -29,43 +39,6 @@
 #define LOWER_OPTIONS	   "noload"
 #define CHAIN_ID_LEN	   (7 + IMC_SHA256_HEX_LEN)
 #define MAX_CATALOG_IMAGES 1024
-
-/* ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)). */
-int snap_chain_id(const char *const *diff_ids, size_t n, char ret[CHAIN_ID_LEN + 1], imc_error *err)
-{
-	char hex[IMC_SHA256_HEX_LEN + 1], buf[2 * CHAIN_ID_LEN + 2];
-
-	if (n == 0)
-		return imc_err(err, EINVAL, "no layers");
-	for (size_t i = 0; i < n; i++)
-		if (imc_digest_parse(diff_ids[i], hex, err) < 0)
-			return imc_err_wrap(err, "diff_id %zu", i);
-	snprintf(ret, CHAIN_ID_LEN + 1, "%s", diff_ids[0]);
-	for (size_t i = 1; i < n; i++) {
-		int len = snprintf(buf, sizeof(buf), "%s %s", ret, diff_ids[i]);
-		if (imc_sha256_hex(buf, (size_t)len, hex, err) < 0)
-			return err->code;
-		snprintf(ret, CHAIN_ID_LEN + 1, "sha256:%s", hex);
-	}
-	return 0;
-}
-
-/* The top ChainID of /imcache.json's images[i] (its layers' diffIds). */
-static int image_top(json_t *image, char ret[CHAIN_ID_LEN + 1], imc_error *err)
-{
-	json_t *layers = json_object_get(image, "layers"), *l;
-	size_t n = json_array_size(layers), i;
-	_cleanup_free_ const char **ids = calloc(n ? n : 1, sizeof(*ids));
-
-	if (!ids)
-		return imc_err(err, ENOMEM, "out of memory");
-	json_array_foreach(layers, i, l)
-	{
-		if (!(ids[i] = json_string_value(json_object_get(l, "diffId"))))
-			return imc_err(err, EINVAL, "layer %zu: no diffId", i);
-	}
-	return snap_chain_id(ids, n, ret, err);
-}
 
 /* The catalog entry of a cache's manifest: {"createdAt","tops":[ChainID or null per image]}. */
 static json_t *catalog_entry(json_t *m, const char *id)
@@ -85,7 +58,7 @@ static json_t *catalog_entry(json_t *m, const char *id)
 			imc_error e = {0};
 			if (i >= MAX_CATALOG_IMAGES)
 				break;
-			if (image_top(image, top, &e) < 0) {
+			if (oci_image_top_chain_id(image, top, &e) < 0) {
 				imc_warn("cache %s: image %zu: %s: not served", id, i, e.msg);
 				json_array_append_new(tops, json_null());
 			} else {
@@ -182,9 +155,21 @@ static int catalog_find(struct snap *s, const char *chain_id, const char **ret_i
 	return best ? 0 : -ENOENT;
 }
 
-void snap_lower_path(struct snap *s, const char *cache_id, unsigned image, char *buf, size_t size)
+static void ref_name(int64_t id, char ret[32])
 {
-	snprintf(buf, size, "%s/" LOWERS "/%s/images/%u/rootfs", s->root, cache_id, image);
+	snprintf(ret, 32, ATTACH_SNAP_REF_PREFIX "%lld", (long long)id);
+}
+
+int snap_shared_get(struct snap *s, const char *cache_id, int64_t id, char ret_root[4096],
+		    imc_error *err)
+{
+	const struct dist_fetch_config fc = {.server = s->server, .token = s->token};
+	char aid[32];
+
+	if (!s->store)
+		return imc_err(err, ENOENT, "cache %s: no store to serve it from", cache_id);
+	ref_name(id, aid);
+	return lower_acquire(s->store, cache_id, aid, NULL, s->server ? &fc : NULL, ret_root, err);
 }
 
 static bool lower_mounted(struct snap *s, const char *cache_id)
@@ -197,7 +182,7 @@ static bool lower_mounted(struct snap *s, const char *cache_id)
 }
 
 /* Mounts the cache's lower unless it is mounted already. */
-int snap_lower_get(struct snap *s, const char *cache_id, imc_error *err)
+static int snap_lower_get(struct snap *s, const char *cache_id, imc_error *err)
 {
 	struct store_dev dev = {.fd = -1};
 	char path[4200];
@@ -220,6 +205,24 @@ int snap_lower_get(struct snap *s, const char *cache_id, imc_error *err)
 	return r;
 }
 
+int snap_lower_rootfs(struct snap *s, json_t *rec, char *buf, size_t size, imc_error *err)
+{
+	const char *cache = json_string_value(json_object_get(rec, "cache"));
+	unsigned image = (unsigned)snap_rec_int(rec, "image");
+	char root[4096];
+
+	if (json_is_true(json_object_get(rec, "shared"))) {
+		if (snap_shared_get(s, cache, snap_rec_int(rec, "id"), root, err) < 0)
+			return err->code;
+		snprintf(buf, size, "%s/images/%u/rootfs", root, image);
+		return 0;
+	}
+	if (snap_lower_get(s, cache, err) < 0)
+		return err->code;
+	snprintf(buf, size, "%s/" LOWERS "/%s/images/%u/rootfs", s->root, cache, image);
+	return 0;
+}
+
 static size_t lower_refs(struct snap *s, const char *cache_id)
 {
 	const char *k, *c;
@@ -229,7 +232,7 @@ static size_t lower_refs(struct snap *s, const char *cache_id)
 	json_object_foreach(json_object_get(s->db, "snapshots"), k, rec)
 	{
 		c = json_string_value(json_object_get(rec, "cache"));
-		n += c && strcmp(c, cache_id) == 0;
+		n += c && strcmp(c, cache_id) == 0 && !json_is_true(json_object_get(rec, "shared"));
 	}
 	return n;
 }
@@ -247,12 +250,38 @@ static int lower_put(struct snap *s, const char *cache_id, imc_error *err)
 	return 0;
 }
 
-void snap_lower_release(struct snap *s, const char *cache_id)
+void snap_lower_release(struct snap *s, const char *cache_id, int64_t id, bool shared)
 {
 	imc_error e = {0};
+	char aid[32];
 
-	if (lower_refs(s, cache_id) == 0 && lower_put(s, cache_id, &e) < 0)
+	ref_name(id, aid);
+	if (shared && s->store && lower_release_now(s->store, cache_id, aid, &e) < 0)
+		imc_warn("cache %s: shared lower: %s", cache_id, e.msg);
+	else if (!shared && lower_refs(s, cache_id) == 0 && lower_put(s, cache_id, &e) < 0)
 		imc_warn("cache %s: %s", cache_id, e.msg);
+}
+
+/* A "snap-<id>" reference lives while a record has that id. */
+static bool snap_ref_live(const char *name, void *ctx)
+{
+	struct snap *s = ctx;
+	const char *k;
+	json_t *rec;
+	char aid[32];
+
+	json_object_foreach(json_object_get(s->db, "snapshots"), k, rec)
+	{
+		ref_name(snap_rec_int(rec, "id"), aid);
+		if (json_is_true(json_object_get(rec, "shared")) && strcmp(aid, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+int snap_shared_reconcile(struct snap *s, unsigned *ret_dropped, imc_error *err)
+{
+	return lower_drop_snap_refs(s->store, snap_ref_live, s, ret_dropped, err);
 }
 
 int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err)
@@ -277,34 +306,83 @@ int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err)
 	return 0;
 }
 
-/* With --server: a cache of the pulled image fetched from imcd serves ref. */
-static bool matched(struct snap *s, json_t *labels, const char *ref, const char **ret_cache,
-		    unsigned *ret_image)
+int snap_shared_image(struct snap *s, const char *cache_id, const char *root, const char *ref,
+		      unsigned *ret_image, imc_error *err)
 {
-	imc_error e = {0};
+	_cleanup_close_ int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	_cleanup_json_ json_t *m = NULL, *e = NULL;
+	json_t *top;
+	size_t i;
 
-	if (snap_match_fetch(s, labels, &e) < 0) {
-		if (s->server && e.msg[0])
-			imc_debug("snapshot %s: %s", ref, e.msg);
-		return false;
+	if (fd < 0)
+		return imc_err_sys(err, errno, "%s", root);
+	if (imc_json_read_file(fd, "imcache.json", CATALOG_MAX, &m, err) < 0)
+		return imc_err_wrap(err, "cache %s", cache_id);
+	if (!(e = catalog_entry(m, cache_id)))
+		return imc_err(err, ENOMEM, "out of memory");
+	json_array_foreach(json_object_get(e, "tops"), i, top)
+	{
+		if (json_is_string(top) && strcmp(json_string_value(top), ref) == 0) {
+			*ret_image = (unsigned)i;
+			return 0;
+		}
 	}
-	if (catalog_refresh(s, &e) < 0) {
-		imc_warn("%s", e.msg);
-		return false;
+	return imc_err(err, ENOENT, "cache %s: no image whose top is %s", cache_id, ref);
+}
+
+/* The lower that serves ref for the new snapshot id, the host's shared lower of the cache: a
+ * cache of the store (the catalog), else, with --server, one imcd has (lazily attached when the
+ * store lacks it).  -ENOENT: none. */
+static int serve_from(struct snap *s, json_t *labels, const char *ref, int64_t id,
+		      char ret_cache[SNAP_CACHE_ID_MAX], unsigned *ret_image, bool *ret_shared,
+		      imc_error *err)
+{
+	const char *cache;
+
+	if (catalog_refresh(s, err) < 0) {
+		imc_warn("%s: no snapshot served from caches", err->msg);
+		*err = (imc_error){0};
+		return -ENOENT;
 	}
-	return catalog_find(s, ref, ret_cache, ret_image) == 0;
+	*ret_shared = true;
+	if (catalog_find(s, ref, &cache, ret_image) == 0) {
+		char root[4096];
+		snprintf(ret_cache, SNAP_CACHE_ID_MAX, "%s", cache);
+		return snap_shared_get(s, cache, id, root, err);
+	}
+	return snap_match_remote(s, labels, ref, id, ret_cache, ret_image, err);
+}
+
+static json_t *remote_rec(int64_t id, const char *parent, json_t *labels, const char *cache,
+			  unsigned image, bool shared)
+{
+	json_t *l = snap_labels_copy(labels), *rec;
+	int64_t now = snap_now_ns();
+
+	json_object_set_new(l, SNAP_LABEL_CACHE_ID, json_string(cache));
+	rec = json_pack("{s:I,s:s,s:s,s:I,s:I,s:o,s:I,s:I,s:s,s:I}", "id", (json_int_t)id, "kind",
+			"committed", "parent", parent ? parent : "", "created", (json_int_t)now,
+			"updated", (json_int_t)now, "labels", l, "size", (json_int_t)0, "inodes",
+			(json_int_t)0, "cache", cache, "image", (json_int_t)image);
+	if (rec && shared)
+		json_object_set_new(rec, "shared", json_true());
+	return rec;
 }
 
 /* The remote path of snap_prepare: -ENOENT when no cache serves ref (the caller goes on as for
- * any layer), -EEXIST when the snapshot ref is committed (from a cache or already there). */
+ * any layer), -EEXIST when the snapshot ref is committed (from a cache or already there).  The
+ * snapshot's directory comes first (a shared lower's reference lives while it is there), then
+ * the lower, then the record. */
 int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, const char *ref,
 			imc_error *err)
 {
 	_cleanup_json_ json_t *db = NULL;
-	int64_t id = snap_rec_int(s->db, "next_id"), now = snap_now_ns();
-	const char *cache;
+	int64_t id = snap_rec_int(s->db, "next_id");
+	char cache[SNAP_CACHE_ID_MAX];
 	unsigned image = 0;
-	json_t *rec, *l;
+	bool shared = false;
+	json_t *rec;
+	int r;
 
 	if (snap_rec(s->db, ref))
 		return imc_err(err, EEXIST, "snapshot %s: already exists", ref);
@@ -312,37 +390,30 @@ int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, cons
 		imc_debug("snapshot %s: no store", ref);
 		return -ENOENT;
 	}
-	if (catalog_refresh(s, err) < 0) {
-		imc_warn("%s: no snapshot served from caches", err->msg);
+	if (snap_make_dirs(s, id, false, err) < 0) {
+		snap_remove_dir(s, id);
+		return err->code;
+	}
+	if ((r = serve_from(s, labels, ref, id, cache, &image, &shared, err)) < 0) {
+		snap_remove_dir(s, id);
+		if (r != -ENOENT)
+			return r;
+		imc_debug("snapshot %s: no cache serves it%s%s", ref, err->msg[0] ? ": " : "",
+			  err->msg);
 		*err = (imc_error){0};
 		return -ENOENT;
 	}
-	if (catalog_find(s, ref, &cache, &image) < 0 && !matched(s, labels, ref, &cache, &image)) {
-		imc_debug("snapshot %s: no cache serves it", ref);
-		return -ENOENT;
-	}
-	if (snap_lower_get(s, cache, err) < 0)
-		return err->code;
 	snap_stop_point("remote-after-mount");
-	if (snap_make_dirs(s, id, false, err) < 0) {
-		snap_remove_dir(s, id);
-		snap_lower_release(s, cache);
-		return err->code;
-	}
-	l = snap_labels_copy(labels);
-	json_object_set_new(l, SNAP_LABEL_CACHE_ID, json_string(cache));
-	rec = json_pack("{s:I,s:s,s:s,s:I,s:I,s:o,s:I,s:I,s:s,s:I}", "id", (json_int_t)id, "kind",
-			"committed", "parent", parent ? parent : "", "created", (json_int_t)now,
-			"updated", (json_int_t)now, "labels", l, "size", (json_int_t)0, "inodes",
-			(json_int_t)0, "cache", cache, "image", (json_int_t)image);
+	rec = remote_rec(id, parent, labels, cache, image, shared);
 	if (!rec || snap_meta_copy(s, &db, err) < 0 ||
 	    json_object_set_new(json_object_get(db, "snapshots"), ref, rec) < 0 ||
 	    json_object_set_new(db, "next_id", json_integer(id + 1)) < 0 ||
 	    snap_meta_commit(s, &db, err) < 0) {
 		snap_remove_dir(s, id);
-		snap_lower_release(s, cache);
+		snap_lower_release(s, cache, id, shared);
 		return err->code ? err->code : imc_err(err, ENOMEM, "out of memory");
 	}
-	imc_info("snapshot %s: from cache %s image %u", ref, cache, image);
+	imc_info("snapshot %s: from cache %s image %u%s", ref, cache, image,
+		 shared ? " (shared lower)" : "");
 	return imc_err(err, EEXIST, "snapshot %s: already exists (cache %s)", ref, cache);
 }

@@ -13,9 +13,12 @@ struct snap {
 	json_t *db;
 	struct store *store; /* the caches served (NULL: none); not owned */
 	json_t *caches;	     /* the catalog, snap_cache.c */
-	/* Auto-match (snap_match.c): imcd's URL and token (NULL: off), its client. */
+	/* Auto-match (snap_match.c): imcd's URL and token (NULL: off), its client; auto-create,
+	 * and the refs it asked imcd to create lately (ref -> unix seconds). */
 	char *server, *token;
 	struct net_client *net;
+	bool auto_create;
+	json_t *asked;
 };
 
 const char *snap_kind_str(enum snap_kind k);
@@ -42,17 +45,32 @@ json_t *snap_labels_copy(json_t *labels);
 int snap_make_dirs(struct snap *s, int64_t id, bool work, imc_error *err);
 
 /* ---- remote snapshots from caches (snap_cache.c) ---- */
-int snap_chain_id(const char *const *diff_ids, size_t n, char ret[7 + 64 + 1], imc_error *err);
 int snap_prepare_remote(struct snap *s, const char *parent, json_t *labels, const char *ref,
 			imc_error *err);
-/* BUF = ROOT/lowers/<cache>/images/<image>/rootfs */
-void snap_lower_path(struct snap *s, const char *cache_id, unsigned image, char *buf, size_t size);
-int snap_lower_get(struct snap *s, const char *cache_id, imc_error *err);
-/* Unmounts the cache's lower when no record names it any more. */
-void snap_lower_release(struct snap *s, const char *cache_id);
-/* Asks imcd (--server) for a Ready cache of the image the CRI labels name and fetches it into
- * the store: 0 when one was fetched, -ENOENT (with the reason) when none. */
-int snap_match_fetch(struct snap *s, json_t *labels, imc_error *err);
+/* The rootfs of the image that the record rec (served from a cache) names, in BUF: the lower
+ * mounted if it is not (ROOT/lowers/<cache>, or the host's shared lower <state>/lowers/<cache>
+ * for a record with "shared"), then <lower>/images/<image>/rootfs. */
+int snap_lower_rootfs(struct snap *s, json_t *rec, char *buf, size_t size, imc_error *err);
+/* After the removal of the record of snapshot id that cache served: its own lower is unmounted
+ * when no record names the cache any more; a shared one loses the snapshot's reference. */
+void snap_lower_release(struct snap *s, const char *cache_id, int64_t id, bool shared);
+/* The shared lower of cache for snapshot id (attach/lower.c's, lazy from imcd with --server
+ * when the store lacks the cache): *ret_root its root. */
+int snap_shared_get(struct snap *s, const char *cache_id, int64_t id, char ret_root[4096],
+		    imc_error *err);
+/* Drops the "snap-" references on shared lowers whose snapshot no record has. */
+int snap_shared_reconcile(struct snap *s, unsigned *ret_dropped, imc_error *err);
+#define SNAP_CACHE_ID_MAX 64
+/* The index of the image of /imcache.json under root (cache_id's lower) whose top ChainID is
+ * ref; -ENOENT when none. */
+int snap_shared_image(struct snap *s, const char *cache_id, const char *root, const char *ref,
+		      unsigned *ret_image, imc_error *err);
+/* With --server (snap_match.c): asks imcd for a Ready cache with an image whose top ChainID is
+ * ref and takes the shared lower of the newest for snapshot id (lazy when the store lacks it):
+ * 0 with the cache and the image, -ENOENT (the reason in err) when imcd has none; then, with
+ * --auto-create, asks imcd to create a cache of the image the CRI labels name. */
+int snap_match_remote(struct snap *s, json_t *labels, const char *ref, int64_t id,
+		      char ret_cache[SNAP_CACHE_ID_MAX], unsigned *ret_image, imc_error *err);
 /* Unmounts and removes the lowers no record names. */
 int snap_lowers_reconcile(struct snap *s, unsigned *ret_removed, imc_error *err);
 

@@ -66,7 +66,7 @@ static int check_rec(const char *key, json_t *rec, imc_error *err)
 {
 	static const char *const fields[] = {"id",	"kind",	  "parent", "created",
 					     "updated", "labels", "size",   "inodes",
-					     "cache",	"image",  NULL};
+					     "cache",	"image",  "shared", NULL};
 	const char *parent;
 	int64_t id;
 
@@ -81,7 +81,9 @@ static int check_rec(const char *key, json_t *rec, imc_error *err)
 	     (!imc_cache_id_valid(json_string_value(json_object_get(rec, "cache"))) ||
 	      snap_rec_kind(rec) != SNAP_KIND_COMMITTED ||
 	      !json_is_integer(json_object_get(rec, "image")) || snap_rec_int(rec, "image") < 0 ||
-	      snap_rec_int(rec, "image") > 1023)))
+	      snap_rec_int(rec, "image") > 1023)) ||
+	    (json_object_get(rec, "shared") &&
+	     (!json_is_true(json_object_get(rec, "shared")) || !json_object_get(rec, "cache"))))
 		return imc_err(err, EINVAL, "%s: snapshot %.200s: malformed record", META, key);
 	return 0;
 }
@@ -186,6 +188,7 @@ void snap_close(struct snap *s)
 	if (s->lowersfd >= 0)
 		close(s->lowersfd);
 	json_decref(s->caches);
+	json_decref(s->asked);
 	net_client_free(s->net);
 	free(s->server);
 	free(s->token);
@@ -196,17 +199,28 @@ void snap_close(struct snap *s)
 	free(s);
 }
 
-void snap_set_store(struct snap *s, struct store *st)
+int snap_set_store(struct snap *s, struct store *st, imc_error *err)
 {
+	unsigned dropped = 0;
+
 	s->store = st;
+	if (st && snap_shared_reconcile(s, &dropped, err) < 0)
+		return imc_err_wrap(err, "%s", s->root);
+	if (dropped)
+		imc_info("repair: %s: dropped %u reference(s) on shared lowers no snapshot names",
+			 s->root, dropped);
+	return 0;
 }
 
-int snap_set_server(struct snap *s, const char *server, const char *token, imc_error *err)
+int snap_set_server(struct snap *s, const char *server, const char *token, bool auto_create,
+		    imc_error *err)
 {
 	const struct net_config cfg = {0};
 
-	if (!(s->server = strdup(server)) || (token && !(s->token = strdup(token))))
+	if (!(s->server = strdup(server)) || (token && !(s->token = strdup(token))) ||
+	    !(s->asked = json_object()))
 		return imc_err(err, ENOMEM, "out of memory");
+	s->auto_create = auto_create;
 	return net_client_new(&cfg, &s->net, err);
 }
 

@@ -117,12 +117,14 @@ int snap_remove(struct snap *s, const char *key, imc_error *err)
 	_cleanup_free_ char *cache = NULL;
 	json_t *rec;
 	int64_t id;
+	bool shared;
 
 	if (get_rec(s, key, &rec, err) < 0)
 		return err->code;
 	if (has_child(s, key))
 		return imc_err(err, EBUSY, "snapshot %s: cannot remove snapshot with child", key);
 	id = snap_rec_int(rec, "id");
+	shared = json_is_true(json_object_get(rec, "shared"));
 	if (json_object_get(rec, "cache") &&
 	    !(cache = strdup(json_string_value(json_object_get(rec, "cache")))))
 		return imc_err(err, ENOMEM, "out of memory");
@@ -133,7 +135,7 @@ int snap_remove(struct snap *s, const char *key, imc_error *err)
 	snap_stop_point("remove-after-meta");
 	snap_remove_dir(s, id);
 	if (cache)
-		snap_lower_release(s, cache);
+		snap_lower_release(s, cache, id, shared);
 	return 0;
 }
 
@@ -297,7 +299,8 @@ int snap_cleanup(struct snap *s, unsigned *ret_removed, imc_error *err)
 
 	if (sweep(s, s->snapfd, id_in_use, &removed, err) < 0 ||
 	    sweep(s, s->rootfd, keep_root_entry, &removed, err) < 0 ||
-	    snap_lowers_reconcile(s, &removed, err) < 0)
+	    snap_lowers_reconcile(s, &removed, err) < 0 ||
+	    (s->store && snap_shared_reconcile(s, &removed, err) < 0))
 		return err->code;
 	*ret_removed = removed;
 	return 0;

@@ -1,6 +1,8 @@
 /* Image manifests (Docker schema 2, OCI image manifest v1) and indexes (OCI image index, Docker
  * manifest list).  Unknown fields are ignored, as the OCI image spec requires of readers; every
  * field we use is type-checked, and counts and sizes are capped. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "oci.h"
@@ -483,4 +485,40 @@ int oci_index_select(const char *body, size_t len, const char *platform, struct 
 	if (r < 0)
 		return r;
 	return index_select(manifests, platform, &want, ret, err);
+}
+
+int oci_chain_id(const char *const *diff_ids, size_t n, char ret[OCI_DIGEST_MAX + 1],
+		 imc_error *err)
+{
+	char hex[IMC_SHA256_HEX_LEN + 1], buf[2 * OCI_DIGEST_MAX + 2];
+
+	if (n == 0)
+		return imc_err(err, EINVAL, "no layers");
+	for (size_t i = 0; i < n; i++)
+		if (imc_digest_parse(diff_ids[i], hex, err) < 0)
+			return imc_err_wrap(err, "diff_id %zu", i);
+	snprintf(ret, OCI_DIGEST_MAX + 1, "%s", diff_ids[0]);
+	for (size_t i = 1; i < n; i++) {
+		int len = snprintf(buf, sizeof(buf), "%s %s", ret, diff_ids[i]);
+		if (imc_sha256_hex(buf, (size_t)len, hex, err) < 0)
+			return err->code;
+		snprintf(ret, OCI_DIGEST_MAX + 1, "sha256:%s", hex);
+	}
+	return 0;
+}
+
+int oci_image_top_chain_id(const json_t *image, char ret[OCI_DIGEST_MAX + 1], imc_error *err)
+{
+	json_t *layers = json_object_get(image, "layers"), *l;
+	size_t n = json_array_size(layers), i;
+	_cleanup_free_ const char **ids = calloc(n ? n : 1, sizeof(*ids));
+
+	if (!ids)
+		return imc_err(err, ENOMEM, "out of memory");
+	json_array_foreach(layers, i, l)
+	{
+		if (!(ids[i] = json_string_value(json_object_get(l, "diffId"))))
+			return imc_err(err, EINVAL, "layer %zu: no diffId", i);
+	}
+	return oci_chain_id(ids, n, ret, err);
 }

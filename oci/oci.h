@@ -66,6 +66,12 @@ int oci_manifest_kind(const char *content_type, const char *body, size_t len, bo
  * aarch64 -> arm64, armhf -> arm/v7), the default variants (arm64 -> arm64/v8, arm -> arm/v7)
  * and none for amd64 ("amd64/v1" -> "amd64").  -EINVAL with a message naming s. */
 int oci_platform_normalize(const char *s, char *out, size_t size, imc_error *err);
+/* A layer chain's ChainID (containerd's snapshot names): ChainID(L0) = DiffID(L0), ChainID(Ln) =
+ * sha256(ChainID(Ln-1) + " " + DiffID(Ln)); every diff_id "sha256:<hex>". */
+int oci_chain_id(const char *const *diff_ids, size_t n, char ret[OCI_DIGEST_MAX + 1],
+		 imc_error *err);
+/* The top ChainID of an image of /imcache.json (its "layers", each with a "diffId"). */
+int oci_image_top_chain_id(const json_t *image, char ret[OCI_DIGEST_MAX + 1], imc_error *err);
 /* Does an image whose config declares os/arch[/variant] (NULL or "" when it names none) serve
  * platform want?  os and architecture must be want's, and so must the variant when the config
  * declares one; a config that names no platform serves any.  ret gets the platform of the

@@ -81,6 +81,13 @@ static void check_route(const char *path)
 	}
 }
 
+/* NULL, or "sha256:" and 64 lowercase hex digits. */
+static bool digest_ok(const char *d)
+{
+	return !d || (strlen(d) == 71 && strncmp(d, "sha256:", 7) == 0 &&
+		      strspn(d + 7, "0123456789abcdef") == 64);
+}
+
 static void check_query(const struct api_query_arg *args, size_t n, const char *what)
 {
 	struct api_list_query q = {0};
@@ -89,9 +96,15 @@ static void check_query(const struct api_query_arg *args, size_t n, const char *
 
 	check_failure(r, &err, what);
 	if (r < 0) {
-		if (q.name || q.image || q.image_digest)
+		if (q.name || q.image || q.image_digest || q.chain_id || q.manifest_digest)
 			abort();
 		return;
+	}
+	if (!digest_ok(q.chain_id) || !digest_ok(q.manifest_digest)) {
+		fprintf(stderr, "%s: accepted chainId \"%s\" manifestDigest \"%s\"\n", what,
+			q.chain_id ? q.chain_id : "(null)",
+			q.manifest_digest ? q.manifest_digest : "(null)");
+		abort();
 	}
 	if (r > 0 || q.limit < 1 || q.limit > API_LIST_LIMIT_MAX ||
 	    (q.have_status && (unsigned)q.status >= API_CACHE_STATUS_COUNT) ||

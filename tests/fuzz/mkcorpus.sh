@@ -93,6 +93,8 @@ printf '%s\0' limit >"$out/query/pairs-novalue"
 seed query raw "status=Creating&name=a.b&image=busybox%3Alatest&match=exact&limit=5&pageToken=$token"
 seed query raw-plus "image=docker.io/library/alpine:3.19&name=x+y&limit=0100"
 seed query token "$token"
+printf '%s\0' chainId "$digest" status Ready >"$out/query/pairs-chain-id"
+seed query raw-manifest-digest "manifestDigest=$digest&chainId=sha256:ABC&limit=3"
 
 # ---- API requests and cache metadata -------------------------------------------------------
 seed request create '{"images":[{"ref":"busybox:latest"}],"name":"my-cache_1.0"}'

@@ -188,7 +188,7 @@ ID3=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
 [[ "$ID3" =~ ^imc- ]] || bail "a cache of image multi is Ready" "$(cat "$TEST_TMP/imcctl.err")"
 ok "cache $ID3 of $REF3 is Ready"
 
-LOWER=$STATE/snapshotter/lowers/$ID
+LOWER=$STATE/lowers/$ID # the host's shared lower of the cache (attach/lower.c)
 lower_mounts() { findmnt -rn -o TARGET,FSTYPE,OPTIONS | awk -v p="$LOWER" '$1 == p'; }
 n_lower_mounts() { lower_mounts | grep -c . || true; }
 snap_loops() { losetup -n -O NAME,BACK-FILE -l 2>/dev/null | awk -v f="$STATE/pool/snapshots/" 'index($2, f) == 1'; }
@@ -197,7 +197,7 @@ n_records() { jq '.snapshots | length' "$STATE/snapshotter/meta.json"; }
 # shellcheck disable=SC2317 # called through defer
 umount_lowers() {
 	local m
-	for m in "$STATE"/snapshotter/lowers/*; do
+	for m in "$STATE"/lowers/* "$STATE"/snapshotter/lowers/*; do
 		[ -d "$m" ] && umount -l "$m" 2>/dev/null
 	done
 	return 0
@@ -222,6 +222,8 @@ check_match "the layer's snapshot names the cache that serves it" "\"imcache.io/
 	"$(snaps info "$TOP1" 2>&1)"
 check_eq "the cache's snapshot is mounted once, read-only ext4" 1 "$(n_lower_mounts)"
 check_match "ro and noload" '^[^ ]+ ext4 ro,.*norecovery|^[^ ]+ ext4 ro,' "$(lower_mounts)"
+check_match "the host's shared lower, with the snapshot's reference" '^snap-[0-9]+$' \
+	"$(ls "$LOWER.refs" 2>/dev/null)"
 
 check_eq "ctr run prints a file only that image has" from-cache \
 	"$(run_in "$REF1" r1 cat /only/cached.txt 2>&1)"
@@ -231,6 +233,12 @@ check "a container writes into its snapshot" \
 check "a second container does not see it" run_in "$REF1" c2 test ! -e /only/own
 check "nor does the cache" test ! -e "$LOWER/images/0/rootfs/only/own"
 check_eq "both containers used the one lower mount" 1 "$(n_lower_mounts)"
+# imcd on this host deletes a cache through the shared lower: the snapshotter's references hold it.
+http DELETE "$IMCD_URL/v1/imagecaches/$ID?force=true"
+check_eq "DELETE ?force=true of the cache while the snapshotter serves it: 409" 409 "$HTTP_STATUS"
+check_match "... naming the snapshotter's snapshots" 'in use by 1 .*imc-snapshotter snapshot' "$HTTP_BODY"
+check_eq "the cache is Ready again" Ready "$(json_get "$(imcctl get "$ID" -o json)" .status)"
+check_eq "the lower stays mounted" 1 "$(n_lower_mounts)"
 check "the container is removed" ctrd container rm c1
 
 # --- an image over the cached one's layer: only its own layer is fetched -------------------------
@@ -258,7 +266,7 @@ check "a CRI pull of an image over that prefix" cri_pull "$REF4"
 check "it runs with the prefix's tree and its own layer, not the cached top's files" \
 	run_in "$REF4" r8 sh -c 'test "$(cat /m/base.txt /m/side.txt)" = "base
 side" && test ! -e /m/top.txt'
-check_eq "two caches, two lower mounts" 2 "$(findmnt -rn -o TARGET | grep -c "^$STATE/snapshotter/lowers/" || true)"
+check_eq "two caches, two lower mounts" 2 "$(findmnt -rn -o TARGET | grep -c "^$STATE/lowers/" || true)"
 
 # --- restarts and kill -9 ------------------------------------------------------------------------
 snap_kill
@@ -272,7 +280,7 @@ check_eq "still one lower mount" 1 "$(n_lower_mounts)"
 check "ctr image rm --sync of every image" rm_images
 check_eq "no snapshot record is left" 0 "$(wait_eq 0 n_records)"
 check_eq "the lowers are unmounted" 0 "$(wait_eq 0 n_lower_mounts)"
-check_eq "the other cache's too" "" "$(findmnt -rn -o TARGET | grep "^$STATE/snapshotter/lowers/" || true)"
+check_eq "the other cache's too" "" "$(findmnt -rn -o TARGET | grep "^$STATE/lowers/" || true)"
 check "and its directory removed" test ! -e "$LOWER"
 check_eq "no loop device on the cache's snapshot" "" "$(wait_eq "" snap_loops)"
 
@@ -292,50 +300,17 @@ snap_kill
 stop_pid "$CTR_PID" 10 || true
 check_eq "the killed Prepare left the lower mounted, no record naming it" "1 0" "$(n_lower_mounts) $(n_records)"
 if snap_start && snap_reachable; then ok "imc-snapshotter restarts after kill -9"; else not_ok "imc-snapshotter restarts after kill -9"; fi
-check_match "and reports the repair" 'repair: .*unmounted 1 lower' "$(cat "$SNAP_LOG")"
+check_match "and reports the repair" 'repair: .*dropped 1 reference' "$(cat "$SNAP_LOG")"
 check_eq "the orphaned lower is gone" "0 no" "$(n_lower_mounts) $([ -e "$LOWER" ] && echo yes || echo no)"
 check "the image pulls again" cri_pull_retry "$REF1"
 check_eq "and runs" from-cache "$(run_in "$REF1" r6 cat /only/cached.txt 2>&1)"
 check "ctr image rm --sync" rm_images
 check_eq "no lower is left" 0 "$(wait_eq 0 n_lower_mounts)"
 
-# --- auto-match: a node's own store without the cache; --server asks imcd ------------------------
-snap_stop
-NODE=$TEST_TMP/node
-SNAP_DIR=$NODE
-SNAP_ARGS=(--server "$IMCD_URL")
-node_mounts() { findmnt -rn -o TARGET | grep "^$NODE/snapshotter/lowers/" || true; }
-# shellcheck disable=SC2317 # called through defer
-node_teardown() {
-	local m
-	snap_stop
-	for m in "$NODE"/snapshotter/lowers/*; do
-		[ -d "$m" ] && umount -l "$m" 2>/dev/null
-	done
-	if findmnt -rn --mountpoint "$NODE/pool" >/dev/null 2>&1; then
-		"$IMC_BIN/imc-attach" --state-dir "$NODE" teardown >/dev/null 2>&1 || true
-	fi
-	return 0
-}
-defer node_teardown
-if snap_start && snap_reachable; then ok "imc-snapshotter starts on a node store with --server"; else not_ok "imc-snapshotter starts on a node store with --server"; fi
-MARK=$(wc -l <"$REGISTRY_LOG")
-check "a CRI pull of the cached image on the node" cri_pull_retry "$REF1"
-PULL_LOG=$(tail -n +"$((MARK + 1))" "$REGISTRY_LOG")
-check_eq "the registry served no layer blob" 0 "$(grep -c "blobs/$L1_BLOB" <<<"$PULL_LOG" || true)"
-check_match "imcd's cache was found and fetched" "auto-match: .*fetching cache $ID from" "$(cat "$SNAP_LOG")"
-check_match "the layer is served from it" "\"imcache.io/cache-id\": \"$ID\"" "$(snaps info "$TOP1" 2>&1)"
-check_eq "it runs" from-cache "$(run_in "$REF1" r9 cat /only/cached.txt 2>&1)"
-check "an image no cache holds still pulls (the miss asked imcd)" cri_pull_retry "$REF4"
-check_match "imcd had none" "no Ready cache of .*snapc/side@sha256:" "$(cat "$SNAP_LOG")"
-check "ctr image rm --sync" rm_images
-check_eq "no lower of the node is left" "" "$(wait_eq "" node_mounts)"
-
+# (--server and --auto-create on a node without the caches: test_snapshotter_remote.sh)
 containerd_stop
 snap_stop
-node_teardown
 check_eq "no mount under the test directory but imcd's pool" "$STATE/pool" "$(tmp_mounts)"
 check_eq "no loop device on a cache snapshot" "" "$(snap_loops)"
-check_eq "nor on the node's store" "" "$(losetup -n -O NAME,BACK-FILE -l | grep "$NODE/" || true)"
 check_eq "no imc-snapshotter process is left" "" "$(pgrep -f "[i]mc-snapshotter -v --address $SNAP_SOCK" || true)"
 done_testing

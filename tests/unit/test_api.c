@@ -577,8 +577,10 @@ END_TEST
 /* ---- cache JSON -------------------------------------------------------------------------------
  */
 
-#define ID    "imc-0123456789abcdef"
-#define HEX64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define ID     "imc-0123456789abcdef"
+#define HEX64  "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+#define HEX64B "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+#define HEX64C "00000000000000000000000000000000000000000000000000000000000000aa"
 
 static struct api_cache *new_cache(const char *name, int64_t created)
 {
@@ -2006,6 +2008,63 @@ START_TEST(list_match_platform)
 }
 END_TEST
 
+/* chainId=C: caches with an image whose top ChainID is C; manifestDigest=D: caches with an
+ * image resolved to D.  Each narrows the others (status, name). */
+START_TEST(list_match_chain_id)
+{
+	char *refs[] = {"r.io/a:1"};
+	struct api_create_request req = {.refs = refs, .n_refs = 1};
+	struct api_cache *a = NULL, *b = NULL;
+	const char *ids[2] = {"sha256:" HEX64, "sha256:" HEX64B};
+	char top1[OCI_DIGEST_MAX + 1], top2[OCI_DIGEST_MAX + 1], qs[256];
+	struct api_list_query q;
+	imc_error err;
+
+	ck_assert_int_eq(oci_chain_id(ids, 1, top1, &err), 0);
+	ck_assert_int_eq(oci_chain_id(ids, 2, top2, &err), 0);
+	ck_assert_str_eq(top1, "sha256:" HEX64);
+	ck_assert_str_ne(top2, top1);
+	ck_assert_int_eq(api_cache_new("imc-00000000000000a1", &req, 1, &a, &err), 0);
+	ck_assert_int_eq(api_cache_new("imc-00000000000000b1", &req, 2, &b, &err), 0);
+	/* a: one image of one layer; b: one of two layers (the first one a's) */
+	a->manifest = load("{\"images\":[{\"digest\":\"sha256:" HEX64B "\",\"layers\":"
+			   "[{\"diffId\":\"sha256:" HEX64 "\"}]}]}");
+	b->manifest =
+	    load("{\"images\":[{\"digest\":\"sha256:" HEX64 "\",\"layers\":"
+		 "[{\"diffId\":\"sha256:" HEX64 "\"},{\"diffId\":\"sha256:" HEX64B "\"}]}]}");
+	snprintf(qs, sizeof(qs), "chainId=%s", top1);
+	ck_assert_int_eq(parse_query(qs, &q, &err), 0);
+	ck_assert(api_cache_matches(a, &q));
+	ck_assert_msg(!api_cache_matches(b, &q), "a prefix of a chain is not its top");
+	api_list_query_free(&q);
+	snprintf(qs, sizeof(qs), "chainId=%s&status=Creating", top2);
+	ck_assert_int_eq(parse_query(qs, &q, &err), 0);
+	ck_assert(!api_cache_matches(a, &q));
+	ck_assert(api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	ck_assert_int_eq(parse_query("chainId=sha256:" HEX64C, &q, &err), 0);
+	ck_assert(!api_cache_matches(a, &q) && !api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	/* a cache not built yet has no chain */
+	json_decref(a->manifest);
+	a->manifest = NULL;
+	snprintf(qs, sizeof(qs), "chainId=%s", top1);
+	ck_assert_int_eq(parse_query(qs, &q, &err), 0);
+	ck_assert(!api_cache_matches(a, &q));
+	api_list_query_free(&q);
+
+	ck_assert_int_eq(parse_query("manifestDigest=sha256:" HEX64, &q, &err), 0);
+	ck_assert(!api_cache_matches(a, &q));
+	ck_assert(api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	ck_assert_int_eq(parse_query("manifestDigest=sha256:" HEX64 "&name=x", &q, &err), 0);
+	ck_assert(!api_cache_matches(b, &q));
+	api_list_query_free(&q);
+	api_cache_free(a);
+	api_cache_free(b);
+}
+END_TEST
+
 START_TEST(list_query_bad)
 {
 	char long_name[API_NAME_MAX + 16];
@@ -2036,6 +2095,16 @@ START_TEST(list_query_bad)
 	expect_bad_query("name=a%00", "percent");
 	expect_bad_query("pageToken=xyz", "pageToken");
 	expect_bad_query("pageToken=3a", "pageToken");
+	expect_bad_query("chainId=sha256:abc", "chainId \"sha256:abc\": want sha256: and 64");
+	expect_bad_query("chainId=md5:" HEX64, "chainId");
+	expect_bad_query("chainId=sha256:" HEX64 "0", "chainId");
+	expect_bad_query(
+	    "chainId=sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+	    "chainId");
+	expect_bad_query("chainId=", "chainId: empty");
+	expect_bad_query("chainId=sha256:" HEX64 "&chainId=sha256:" HEX64,
+			 "chainId: given more than once");
+	expect_bad_query("manifestDigest=latest", "manifestDigest \"latest\": want sha256:");
 	memset(long_name, 'a', sizeof(long_name) - 1);
 	long_name[sizeof(long_name) - 1] = '\0';
 	{
@@ -2427,6 +2496,7 @@ static Suite *api_suite(void)
 	t = tcase_create("list");
 	tcase_add_test(t, list_query_good);
 	tcase_add_test(t, list_query_bad);
+	tcase_add_test(t, list_match_chain_id);
 	tcase_add_test(t, list_match_platform);
 	tcase_add_test(t, page_token_roundtrip);
 	tcase_add_test(t, list_page_slicing);

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 
 #include "../../attach/snap_int.h"
+#include "../../oci/oci.h"
 #include <sys/mount.h>
 #include "github.com/containerd/containerd/api/services/snapshots/v1/snapshots.pb-c.h"
 #include "unit.h"
@@ -19,11 +20,41 @@
 #define PB(x) Containerd__Services__Snapshots__V1__##x
 #define SVC   "/containerd.services.snapshots.v1.Snapshots/"
 
-static char dir[64];
+/* Each test's directory is made in one directory of the whole run, which the parent removes
+ * at the end whatever happened to the tests (a failed or timed-out test in its forked child
+ * never gets to its checked teardown): the mounts a test left there first. */
+static char base[32], dir[64];
+
+static void setup_base(void)
+{
+	snprintf(base, sizeof(base), "/tmp/imc-snap.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(base));
+}
+
+static void teardown_base(void)
+{
+	size_t n = strlen(base);
+	imc_error err;
+	bool again = true;
+
+	for (int pass = 0; again && pass < 16; pass++) {
+		FILE *f = fopen("/proc/self/mountinfo", "r");
+		char line[8192], point[4096];
+
+		again = false;
+		while (f && fgets(line, sizeof(line), f))
+			if (sscanf(line, "%*s %*s %*s %*s %4095s", point) == 1 &&
+			    strncmp(point, base, n) == 0 && point[n] == '/')
+				again |= umount2(point, MNT_DETACH) == 0;
+		if (f)
+			fclose(f);
+	}
+	imc_rm_rf_at(AT_FDCWD, base, &err);
+}
 
 static void setup(void)
 {
-	snprintf(dir, sizeof(dir), "/tmp/imc-snap.XXXXXX");
+	snprintf(dir, sizeof(dir), "%s/t.XXXXXX", base);
 	ck_assert_ptr_nonnull(mkdtemp(dir));
 }
 
@@ -545,11 +576,11 @@ START_TEST(chain_ids_as_oci)
 	imc_error err = {0};
 
 	for (size_t n = 1; n <= 3; n++) {
-		ck_assert_int_eq(snap_chain_id(ids, n, got, &err), 0);
+		ck_assert_int_eq(oci_chain_id(ids, n, got, &err), 0);
 		ck_assert_str_eq(got, want[n - 1]);
 	}
-	ck_assert_int_eq(snap_chain_id(ids, 0, got, &err), -EINVAL);
-	ck_assert_int_eq(snap_chain_id(bad, 2, got, &err), -EINVAL);
+	ck_assert_int_eq(oci_chain_id(ids, 0, got, &err), -EINVAL);
+	ck_assert_int_eq(oci_chain_id(bad, 2, got, &err), -EINVAL);
 	ck_assert_msg(strstr(err.msg, "diff_id 1"), "%s", err.msg);
 }
 END_TEST
@@ -711,6 +742,7 @@ int main(void)
 	Suite *s = suite_create("snapshotter");
 	TCase *tc = tcase_create("snapshotter");
 
+	tcase_add_unchecked_fixture(tc, setup_base, teardown_base);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, mounts_follow_overlayfs);
