@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -216,6 +217,7 @@ static void *sealer(void *arg)
 	}
 	pthread_mutex_lock(&l->lock);
 	l->st.sealed = true;
+	pthread_cond_broadcast(&l->changed); /* for dist_lazy_wait_stats */
 	pthread_mutex_unlock(&l->lock);
 	fprintf(stderr, "imc-attach: lazy %s: every chunk is local; sealed as a snapshot\n", l->id);
 	return NULL;
@@ -431,6 +433,36 @@ void dist_lazy_get_stats(struct dist_lazy *l, struct dist_lazy_stats *ret)
 	*ret = l->st;
 	ret->local = l->n_local - (l->n_slots - l->n_data);
 	pthread_mutex_unlock(&l->lock);
+}
+
+static bool stats_differ(const struct dist_lazy_stats *a, const struct dist_lazy_stats *b)
+{
+	return a->local != b->local || a->demand != b->demand || a->background != b->background ||
+	       a->failed != b->failed || a->sealed != b->sealed;
+}
+
+bool dist_lazy_wait_stats(struct dist_lazy *l, const struct dist_lazy_stats *seen,
+			  unsigned timeout_ms, struct dist_lazy_stats *ret)
+{
+	struct timespec until;
+	bool changed;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&l->lock);
+	do {
+		*ret = l->st;
+		ret->local = l->n_local - (l->n_slots - l->n_data);
+		changed = stats_differ(ret, seen);
+	} while (!changed && !l->stop &&
+		 pthread_cond_timedwait(&l->changed, &l->lock, &until) != ETIMEDOUT);
+	pthread_mutex_unlock(&l->lock);
+	return changed;
 }
 
 void dist_lazy_close(struct dist_lazy *l)
