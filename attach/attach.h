@@ -93,6 +93,12 @@ int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
 
+/* The counts of cache id's lazy lower, from its server's stats file (docs/distribution.md,
+ * "Lazy attach"): chunks local/total, on-demand and background fetches; NULL when it has none. */
+json_t *attach_lazy_stats(struct store *s, const char *id);
+/* Wait while a lazy server of cache id fills it: until it has sealed the snapshot into the
+ * store, or is gone.  *ret_joined: there was one. */
+int attach_lazy_join(struct store *s, const char *id, bool *ret_joined, imc_error *err);
 /* imc-attach lazy-serve: the FUSE server of cache id's lazy lower (attach/lazy.c), until its
  * file system is unmounted; "ok" or "error ERRNO MESSAGE" is written to ready_fd once it is
  * mounted or has failed. */

@@ -150,6 +150,7 @@ static int cmd_prefetch(struct store *s, struct globals *g, int argc, char **arg
 {
 	const struct dist_fetch_config *fc = &g->fc;
 	imc_error err = {0};
+	bool joined;
 
 	if (argc != 2) {
 		usage(stderr);
@@ -159,6 +160,13 @@ static int cmd_prefetch(struct store *s, struct globals *g, int argc, char **arg
 		fprintf(stderr, "imc-attach: prefetch: want --server URL (or $IMCACHE_SERVER)\n");
 		return 2;
 	}
+	/* A lazy lower of the cache is being filled: wait for its seal rather than fetch the same
+	 * snapshot into the same volume. */
+	if (attach_lazy_join(s, argv[1], &joined, &err) < 0)
+		return fail(&err);
+	if (joined && g->verbose)
+		fprintf(stderr, "imc-attach: prefetch %s: joined its lazy server's fill\n",
+			argv[1]);
 	if (ensure_local(s, fc, argv[1], g->verbose, &err) < 0)
 		return fail(&err);
 	return 0;
@@ -275,8 +283,19 @@ static int cmd_list(struct store *s, struct globals *g, int argc, char **argv)
 	_cleanup_json_ json_t *list = NULL;
 	imc_error err = {0};
 
+	size_t i;
+	json_t *a;
+
 	if (attach_list(s, &list, &err) < 0)
 		return fail(&err);
+	/* An attach on a lazy lower: its server's counts. */
+	json_array_foreach(list, i, a)
+	{
+		json_t *lazy =
+		    attach_lazy_stats(s, json_string_value(json_object_get(a, "cacheId")));
+		if (lazy)
+			json_object_set_new(a, "lazyStats", lazy);
+	}
 	json_dumpf(list, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
 	fputc('\n', stdout);
 	return 0;
@@ -346,12 +365,18 @@ static const struct command commands[] = {
      "        prints \"DEVICE ATTACH_ID\"\n",
      false},
     {"prefetch", cmd_prefetch,
-     "  prefetch CACHE_ID            fetch the cache into the local store (no attach)\n", false},
+     "  prefetch CACHE_ID            fetch the cache into the local store (no attach); with\n"
+     "                               a lazy server of it here, wait for that one's seal\n",
+     false},
     {"detach", cmd_detach, "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n", false},
-    {"list", cmd_list, "  list                         the attaches on this host, as JSON\n",
+    {"list", cmd_list,
+     "  list                         the attaches on this host, as JSON (on a lazy lower:\n"
+     "                               lazyStats, its chunks local/total and bytes fetched)\n",
      false},
     {"lowers", cmd_lowers,
-     "  lowers                       the shared read-only lowers mounted here, as JSON\n", false},
+     "  lowers                       the shared read-only lowers mounted here, as JSON\n"
+     "                               (a lazy one with its lazyStats)\n",
+     false},
     {"reconcile", cmd_reconcile,
      "  reconcile                    undo attaches whose process died or whose mount or\n"
      "                               device vanished, remove clones and loop devices no\n"

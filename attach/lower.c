@@ -371,6 +371,8 @@ static void lower_forget(int ldir, const char *id)
 	unlinkat(ldir, id, AT_REMOVEDIR);
 	lower_name(id, ".lazy.log", name);
 	unlinkat(ldir, name, 0);
+	lower_name(id, ".lazy.stats", name);
+	unlinkat(ldir, name, 0);
 	lower_name(id, ".lock", name);
 	unlinkat(ldir, name, 0);
 }
@@ -693,6 +695,9 @@ static json_t *lower_json(struct store *s, int ldir, const char *id)
 		json_object_set_new(rec, "refs", json_integer((json_int_t)refs));
 		json_object_set_new(rec, "lastUsedAt", json_integer(last));
 		json_object_set_new(rec, "mounted", json_boolean(lower_mounted(ldir, id, NULL)));
+		json_t *lazy = lazy_stats_read(ldir, id);
+		if (lazy)
+			json_object_set_new(rec, "lazyStats", lazy);
 	}
 	return steal_pointer(&rec);
 }

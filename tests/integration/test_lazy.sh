@@ -10,7 +10,10 @@
 # bytes) and of imc-attach right after it started the server, each followed by reconcile, leave no
 # mount (FUSE included), loop device, process or half-fetched volume; a chunk corrupted on the
 # server is an I/O error inside the pod.  The same lazy attach from the registry alone (the
-# artifact imcctl push wrote), filled and sealed.
+# artifact imcctl push wrote), filled and sealed.  The server's figures (imc-attach list and
+# lowers: chunks local/total, bytes on demand and in the background) while the fill is held and
+# after the seal, and in reconcile's repair after a kill -9; a prefetch of a cache whose lazy
+# server is filling it joins that server (no chunk fetched twice, the server's seal kept).
 # Needs root, loop devices, overlayfs and /dev/fuse; the kill -9 test needs a -DIMC_TESTING build.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
@@ -106,7 +109,7 @@ leaks() {
 	losetup -n -O NAME,BACK-FILE -l 2>/dev/null | awk -v l="$a/lowers/" -v c="$a/pool/clones/" \
 		'index($2, l) == 1 || index($2, c) == 1 { print "loop " $0 }'
 	find "$a/lowers" "$a/attachments" "$a/overlays" "$a/pool/volumes" -mindepth 1 \
-		-printf 'file %p\n' 2>/dev/null
+		-printf 'file %p\n' 2>/dev/null || true
 }
 no_leaks() { # STATE WHAT [PID]
 	local i left
@@ -127,6 +130,21 @@ wait_pid_gone() {
 		sleep 0.05
 	done
 	echo "pid $1 still runs" >&2
+	return 1
+}
+
+# lazy_stats STATE DIR: the lazyStats of the attach at DIR in `imc-attach list`.
+lazy_stats() {
+	ia "$1" list 2>/dev/null | jq -c --arg d "$2" '.[] | select(.dir == $d) | .lazyStats'
+}
+# wait_stats STATE DIR JQ: wait (60 s at most) until JQ holds for the attach's lazyStats (the
+# server rewrites its stats file as chunks arrive).
+wait_stats() {
+	local i
+	for i in $(seq 1 600); do
+		[ "$(lazy_stats "$1" "$2" | jq -r "$3" 2>/dev/null)" = true ] && return 0
+		sleep 0.1
+	done
 	return 1
 }
 
@@ -157,6 +175,20 @@ check_eq "p1 is an overlay" overlay "$(findmnt -rn -o FSTYPE --mountpoint "$P1")
 check_eq "p1 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P1/blob/data.bin" | cut -d' ' -f1)"
 check_eq "p1 runs busybox from the lazy lower" hi "$("$P1/bin/busybox" echo hi)"
 
+# The per-lower figures while the background fill is held: in list (per attach) and lowers.
+wait_stats "$A1" "$P1" '.onDemand.bytes > 0' || true
+ST=$(lazy_stats "$A1" "$P1")
+note "list: lazyStats $ST"
+check_eq "list: the lower has the index's data chunks in all" "$TOTAL" "$(jq -r .chunks <<<"$ST")"
+check_eq "list: fewer are local than in all, read ones on demand, none in the background" \
+	"true true 0 false" \
+	"$(jq -r '"\(.local < .chunks) \(.onDemand.chunks > 0 and .onDemand.bytes > 0) \(.background.chunks) \(.sealed)"' <<<"$ST")"
+check_eq "list: local is what came on demand" "$(jq -r .onDemand.chunks <<<"$ST")" \
+	"$(jq -r .local <<<"$ST")"
+check_eq "lowers: the same figures for the lower, its server alive" "$TOTAL true" \
+	"$(ia "$A1" lowers | jq -r --arg id "$ID" '.[] | select(.cacheId == $id) | "\(.lazyStats.chunks) \(.lazyStats.serverAlive)"')"
+check "the server keeps them in lowers/<id>.lazy.stats" test -s "$A1/lowers/$ID.lazy.stats"
+
 # Four readers at once of a file not read yet (page cache dropped first, so reads go to FUSE).
 mark
 echo 3 >/proc/sys/vm/drop_caches
@@ -182,6 +214,12 @@ check_eq "the sealed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDE
 	"sha256:$(sha256sum <"$A1/pool/snapshots/$ID.img" | cut -d' ' -f1)"
 check_eq "no chunk was sent twice by the background fill" 0 "$(dups)"
 check "its index is kept as a local snapshot's" test -s "$A1/chunks/local/$ID.json"
+wait_stats "$A1" "$P1" '.sealed' || true
+ST=$(lazy_stats "$A1" "$P1")
+note "list after the seal: lazyStats $ST"
+check_eq "list after the seal: every chunk local, the rest came in the background, sealed" \
+	"$TOTAL true true" \
+	"$(jq -r '"\(.local) \(.background.chunks > 0 and .background.bytes > 0 and .onDemand.chunks + .background.chunks == .chunks) \(.sealed)"' <<<"$ST")"
 echo 3 >/proc/sys/vm/drop_caches
 check_eq "the pods keep working after the seal" "$DATA_SHA" "$(sha256sum <"$P1/blob/data.bin" | cut -d' ' -f1)"
 check "the FUSE server still runs while pods use it" kill -0 "$SPID"
@@ -219,6 +257,8 @@ check_fails "a read in the pod fails (an error, not bytes)" sha256sum "$P4/blob/
 _capture ia "$A2" reconcile
 note "$out"
 check_match "reconcile undoes the pod and releases the lower" "lazy server" "$out"
+check_match "... saying what the dead server had, from its last stats file" \
+	"lazy server of cache $ID is gone; [0-9]+ of $TOTAL chunks were local" "$out"
 no_leaks "$A2" "kill -9 of the FUSE server + reconcile"
 check "the pod directory is no mount" test -z "$(findmnt -rn --mountpoint "$P4")"
 
@@ -309,8 +349,8 @@ check "the unsealed volume is gone" test -z "$(ls "$A4/pool/volumes" 2>/dev/null
 lazy_servers() {
 	local c
 	for c in /proc/[0-9]*/cmdline; do
-		tr '\0' ' ' <"$c" 2>/dev/null | grep -qF -- "--state-dir $1 " &&
-			tr '\0' ' ' <"$c" 2>/dev/null | grep -q ' lazy-serve ' && echo "${c//[^0-9]/}"
+		tr '\0' ' ' 2>/dev/null <"$c" | grep -qF -- "--state-dir $1 " &&
+			tr '\0' ' ' 2>/dev/null <"$c" | grep -q ' lazy-serve ' && echo "${c//[^0-9]/}"
 	done
 	return 0
 }
@@ -323,6 +363,38 @@ check_match "it says the cache size is too small" "more than the cache size 1048
 check "p8 is no mount" test -z "$(findmnt -rn --mountpoint "$P8")"
 no_leaks "$A6" "the refused lazy attach"
 check_eq "the refused lazy attach leaves no FUSE server" "" "$(lazy_servers "$A6")"
+
+# --- prefetch of a cache whose lazy server fills it joins that server -----------------------------
+
+A8=$TEST_TMP/agent8
+AGENTS+=("$A8")
+P10=$(pod p10)
+rm -f "$HOLD"
+mark
+check "lazy attach at p10 (background fill held)" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" \
+	"$IMC_BIN/imc-attach" --state-dir "$A8" --lower-grace 0 --server "$IMCD_URL" attach "$ID" "$P10"
+SPID=$(server_pid "$A8")
+check_eq "p10 reads the model file right (its chunks on demand)" "$DATA_SHA" \
+	"$(sha256sum <"$P10/blob/data.bin" | cut -d' ' -f1)"
+ia "$A8" -v prefetch "$ID" >"$TEST_TMP/prefetch.out" 2>&1 &
+PF=$!
+# Without the join it would fetch the whole snapshot again into the server's volume: chunks
+# sent twice, the server's seal broken.
+touch "$HOLD"
+RC=0
+wait "$PF" || RC=$?
+check_eq "prefetch exits 0 once the lazy server sealed the cache" 0 "$RC"
+check_match "prefetch says it joined the lazy server's fill" "joined its lazy server" \
+	"$(cat "$TEST_TMP/prefetch.out")"
+check_eq "the snapshot is the lazy server's seal (the index's sha256)" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(sha256sum <"$A8/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
+check_eq "no chunk was sent twice (prefetch fetched nothing of its own)" 0 "$(dups)"
+check "the FUSE server still serves p10" kill -0 "$SPID"
+check_eq "p10 still reads the model file right" "$DATA_SHA" \
+	"$(sha256sum <"$P10/blob/data.bin" | cut -d' ' -f1)"
+check "detach p10" ia "$A8" detach "$P10"
+no_leaks "$A8" "after prefetch joined the lazy server" "$SPID"
+rm -f "$HOLD"
 
 # --- imcd that requires a token: --token alone reaches the lazy server ---------------------------
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../../attach/internal.h"
+#include "../../dist/dist.h"
 #include "unit.h"
 
 /* TESTABLE helpers of attach/attach.c. */
@@ -116,6 +117,65 @@ START_TEST(pod_mounts_scan)
 }
 END_TEST
 
+/* The lazy server gets the agent's driver options (and the rest of what it was given), in the
+ * order given, each as --driver-opt KEY=VALUE before the command; the token never. */
+START_TEST(lazy_server_args)
+{
+	static const char *const opts[] = {"data_dev=/dev/vdb", "zero=false", NULL};
+	static const char *const insecure[] = {"127.0.0.1:5000", NULL};
+	const struct lazy_store_args st = {
+	    .state_dir = "/s", .driver = "thin", .driver_opts = opts};
+	const struct dist_fetch_config fc = {.server = "http://h:1",
+					     .token = "secret",
+					     .registry_ref = "r/x:v1",
+					     .insecure_registries = insecure,
+					     .parallel = 8,
+					     .cache_size = 1 << 20};
+	static const char *const want[] = {"imc-attach",
+					   "--state-dir",
+					   "/s",
+					   "--driver",
+					   "thin",
+					   "--driver-opt",
+					   "data_dev=/dev/vdb",
+					   "--driver-opt",
+					   "zero=false",
+					   "--server",
+					   "http://h:1",
+					   "--registry-ref",
+					   "r/x:v1",
+					   "--insecure-registry",
+					   "127.0.0.1:5000",
+					   "--parallel",
+					   "8",
+					   "--cache-size",
+					   "1048576",
+					   "lazy-serve",
+					   "--ready-fd",
+					   "7",
+					   "imc-0123456789abcdef",
+					   NULL};
+	struct lazy_argv a;
+
+	lazy_server_argv(&st, &fc, "imc-0123456789abcdef", 7, &a);
+	for (size_t i = 0; want[i]; i++) {
+		ck_assert_ptr_nonnull(a.v[i]);
+		ck_assert_str_eq(a.v[i], want[i]);
+	}
+	ck_assert_uint_eq(a.n, IMC_ARRAY_SIZE(want) - 1);
+	ck_assert_ptr_null(a.v[a.n]);
+	for (size_t i = 0; i < a.n; i++)
+		ck_assert_ptr_null(strstr(a.v[i], "secret"));
+
+	/* No options: none on the command line. */
+	lazy_server_argv(&(struct lazy_store_args){.state_dir = "/s", .driver = "reflink"},
+			 &(struct dist_fetch_config){.server = "http://h:1"}, "imc-1", 3, &a);
+	for (size_t i = 0; i < a.n; i++)
+		ck_assert_str_ne(a.v[i], "--driver-opt");
+	ck_assert_uint_eq(a.n, 11);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("attach");
@@ -125,6 +185,7 @@ int main(void)
 	tcase_add_test(tc, data_dest_paths);
 	tcase_add_test(tc, mountinfo_escapes);
 	tcase_add_test(tc, pod_mounts_scan);
+	tcase_add_test(tc, lazy_server_args);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
