@@ -14,7 +14,11 @@
 # lowers: chunks local/total, bytes on demand and in the background) while the fill is held and
 # after the seal, and in reconcile's repair after a kill -9; a prefetch of a cache whose lazy
 # server is filling it joins that server (no chunk fetched twice, the server's seal kept).
-# Needs root, loop devices, overlayfs and /dev/fuse; the kill -9 test needs a -DIMC_TESTING build.
+# imc-runtime on a cold store, with crun and with runc: a container started lazily (IMCACHE_SERVER)
+# prints the model file's sha256; without a source its create fails naming the settings; nothing
+# is left after either.
+# Needs root, loop devices, overlayfs, /dev/fuse, crun and runc; the kill -9 test needs a
+# -DIMC_TESTING build.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
 . "$(dirname "$0")/../lib/registry.sh"
@@ -23,8 +27,8 @@
 
 need_root
 need_loop
-need_tool jq curl skopeo losetup findmnt mkfs.xfs sha256sum xxd zstd debugfs
-need_programs imcd imcctl imc-attach
+need_tool jq curl skopeo losetup findmnt mkfs.xfs sha256sum xxd zstd debugfs unshare runc crun
+need_programs imcd imcctl imc-attach imc-runtime
 [ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -c /dev/fuse ] || skip_all "needs /dev/fuse"
 
@@ -395,6 +399,81 @@ check_eq "p10 still reads the model file right" "$DATA_SHA" \
 check "detach p10" ia "$A8" detach "$P10"
 no_leaks "$A8" "after prefetch joined the lazy server" "$SPID"
 rm -f "$HOLD"
+
+# --- imc-runtime on a cold store: a container started lazily, with crun and with runc -----------
+
+# rt_bundle DIR: a bundle whose container prints the model file's sha256 from the cache.
+rt_bundle() {
+	mkdir -p "$1/rootfs"
+	(cd "$1" && rm -f config.json && runc spec >/dev/null)
+	jq --arg id "$ID" '.root.path = "rootfs" | .root.readonly = false | .process.terminal = false
+		| .process.args = ["/bin/busybox", "sha256sum", "/blob/data.bin"]
+		| .annotations = {"imcache.io/cache-id": $id}' "$1/config.json" >"$1/config.json.new"
+	mv -f "$1/config.json.new" "$1/config.json"
+}
+# rt RUNTIME STATE ARG...: imc-runtime with STATE as its store, lowers released at once.  crun
+# 1.8 needs a private mount namespace without the hybrid cgroup2 mount at
+# /sys/fs/cgroup/unified (see tests/integration/test_runtime.sh); runc runs as is.
+rt() {
+	local r=$1 st=$2
+	shift 2
+	if [ "$r" = crun ]; then
+		# shellcheck disable=SC2016 # expanded by the inner shell
+		IMCACHE_RUNTIME=crun IMCACHE_STATE_DIR=$st IMCACHE_LOWER_GRACE=0 timeout 120 \
+			unshare -m --propagation private sh -c \
+			'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh "$IMC_BIN/imc-runtime" \
+			--root "$TEST_TMP/rt-root-$r" "$@" </dev/null
+	else
+		IMCACHE_RUNTIME=runc IMCACHE_STATE_DIR=$st IMCACHE_LOWER_GRACE=0 timeout 120 \
+			"$IMC_BIN/imc-runtime" --root "$TEST_TMP/rt-root-$r" "$@" </dev/null
+	fi
+}
+for r in crun runc; do
+	command -v "$r" >/dev/null || { not_ok "$r is installed"; continue; }
+	AR=$TEST_TMP/agent-rt-$r
+	AGENTS+=("$AR")
+	B=$TEST_TMP/bundle-$r
+	rt_bundle "$B"
+	cid=imc-lazy-$r-$$
+	defer "$r" --root "$TEST_TMP/rt-root-$r" delete --force "$cid"
+	mark
+	# The background fill held for good: what comes is what the container reads.
+	IMCACHE_SERVER=$IMCD_URL IMC_LAZY_HOLD_BACKGROUND=$TEST_TMP/never \
+		_capture rt "$r" "$AR" run --bundle "$B" "$cid"
+	check_eq "$r: imc-runtime run on a cold store exits 0" 0 "$rc"
+	check_eq "$r: the container prints the model file's sha256 from the cache" \
+		"$DATA_SHA  /blob/data.bin" "$(printf '%s\n' "$out" | tail -n1)"
+	[ "$rc" -eq 0 ] || note "$out" "$(cat "$AR/lowers/$ID.lazy.log" 2>/dev/null)"
+	if [ "$(sent)" -gt 0 ] && [ "$(sent)" -lt "$TOTAL" ]; then
+		ok "$r: lazily: the chunks it read came from imcd ($(sent) of $TOTAL sent)"
+	else
+		not_ok "$r: lazily: the chunks it read come from imcd, not all" "$(sent) of $TOTAL sent"
+	fi
+	check "$r: ... and the snapshot was never whole in the store (no seal)" \
+		test ! -e "$AR/pool/snapshots/$ID.img"
+	check_eq "$r: the container is gone" "" "$("$r" --root "$TEST_TMP/rt-root-$r" list -q 2>/dev/null | grep -F "$cid" || true)"
+	check_eq "$r: no runtime record left" "" "$(ls "$AR/runtime" 2>/dev/null)"
+	check_eq "$r: no attach left" 0 "$(ia "$AR" list | jq length)"
+	no_leaks "$AR" "$r: after the lazily started container"
+	check_eq "$r: no FUSE server left" "" "$(lazy_servers "$AR")"
+
+	# Without a source: the create fails, naming the settings that would fix it.
+	AN=$TEST_TMP/agent-rt-$r-nosrc
+	AGENTS+=("$AN")
+	cid=imc-lazy-nosrc-$r-$$
+	defer "$r" --root "$TEST_TMP/rt-root-$r" delete --force "$cid"
+	_capture rt "$r" "$AN" create --bundle "$B" "$cid"
+	check_eq "$r: create of a cache the store lacks, no source: exit 1" 1 "$rc"
+	check_match "$r: ... the error names the settings" \
+		"imc-runtime: .*$ID: not in the local store \(set IMCACHE_SERVER=URL of imcd, or IMCACHE_REGISTRY_REF" \
+		"$out"
+	check_fails "$r: ... the real runtime never created the container" \
+		"$r" --root "$TEST_TMP/rt-root-$r" state "$cid"
+	check_eq "$r: ... no attach, no record" "0 " \
+		"$(ia "$AN" list | jq length) $(ls "$AN/runtime" 2>/dev/null)"
+	no_leaks "$AN" "$r: the create without a source"
+	check_eq "$r: ... the rootfs dir is empty" "" "$(ls -A "$B/rootfs")"
+done
 
 # --- imcd that requires a token: --token alone reaches the lazy server ---------------------------
 
