@@ -78,16 +78,20 @@ static void print_fetch_stats(const char *id, const struct dist_fetch_stats *st)
 		st->fetched_bytes, st->local, st->retries, st->refetched_corrupt, st->evicted);
 }
 
-/* The cache in the local store, fetched when --server names where from. */
+/* The cache in the local store, fetched when --server names where from (a lazy server of it
+ * joined: attach_fetch). */
 static int ensure_local(struct store *s, const struct dist_fetch_config *fc, const char *id,
 			bool verbose, imc_error *err)
 {
 	struct dist_fetch_stats st = {0};
+	bool joined;
 
 	if (!fc->server && !fc->registry_ref)
 		return 0;
-	if (dist_fetch_snapshot(s, fc, id, &st, err) < 0)
+	if (attach_fetch(s, fc, id, &st, &joined, err) < 0)
 		return err->code;
+	if (verbose && joined)
+		fprintf(stderr, "imc-attach: %s: joined its lazy server's fill\n", id);
 	if (verbose && st.ns)
 		print_fetch_stats(id, &st);
 	return 0;
@@ -150,7 +154,6 @@ static int cmd_prefetch(struct store *s, struct globals *g, int argc, char **arg
 {
 	const struct dist_fetch_config *fc = &g->fc;
 	imc_error err = {0};
-	bool joined;
 
 	if (argc != 2) {
 		usage(stderr);
@@ -160,13 +163,6 @@ static int cmd_prefetch(struct store *s, struct globals *g, int argc, char **arg
 		fprintf(stderr, "imc-attach: prefetch: want --server URL (or $IMCACHE_SERVER)\n");
 		return 2;
 	}
-	/* A lazy lower of the cache is being filled: wait for its seal rather than fetch the same
-	 * snapshot into the same volume. */
-	if (attach_lazy_join(s, argv[1], &joined, &err) < 0)
-		return fail(&err);
-	if (joined && g->verbose)
-		fprintf(stderr, "imc-attach: prefetch %s: joined its lazy server's fill\n",
-			argv[1]);
 	if (ensure_local(s, fc, argv[1], g->verbose, &err) < 0)
 		return fail(&err);
 	return 0;

@@ -46,6 +46,7 @@ static int source_for(struct store *s, const struct ctx *c, struct attach_reques
 {
 	struct store_object_info info;
 	struct dist_fetch_stats st;
+	bool joined;
 
 	if (!imc_name_valid(req->cache_id, 64) ||
 	    store_stat(s, STORE_SNAPSHOT, req->cache_id, &info, NULL) == 0)
@@ -60,7 +61,7 @@ static int source_for(struct store *s, const struct ctx *c, struct attach_reques
 		req->lazy = &c->fc;
 		return 0;
 	}
-	return dist_fetch_snapshot(s, &c->fc, req->cache_id, &st, err);
+	return attach_fetch(s, &c->fc, req->cache_id, &st, &joined, err);
 }
 
 /* Report a failure on stderr and, when the caller gave --log, in the runtime's log format. */

@@ -77,6 +77,9 @@ int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, co
 /* Unmount its file system, wait for the server to exit (SIGKILL after a bound), remove what it
  * left. */
 int lazy_stop(struct store *s, int ldir, const char *id, imc_error *err);
+/* Wait while a lazy server of id lives and has not sealed the snapshot (*ret_joined set when
+ * there was one). */
+int lazy_join(struct store *s, int ldir, const char *id, bool *ret_joined);
 /* The counts of id's lazy server (lowers/<id>.lazy.stats) with "serverAlive"; NULL: none. */
 json_t *lazy_stats_read(int ldir, const char *id);
 /* Undo the attaches of id's lazy lower when its server is dead. */

@@ -484,19 +484,10 @@ int lazy_stop(struct store *s, int ldir, const char *id, imc_error *err)
 	return 0;
 }
 
-/* prefetch: a live lazy server of the cache writes the volume a whole fetch would write
- * (fetch-<id>), so the prefetch joins it: it waits until the server has sealed the snapshot, or
- * is gone (then the caller fetches as usual). */
-int attach_lazy_join(struct store *s, const char *id, bool *ret_joined, imc_error *err)
+int lazy_join(struct store *s, int ldir, const char *id, bool *ret_joined)
 {
-	_cleanup_close_ int ldir = -1;
 	struct store_object_info info;
 
-	*ret_joined = false;
-	if (!imc_name_valid(id, 64))
-		return 0; /* the fetch says what is wrong with it */
-	if ((ldir = lower_open_dir(s, err)) < 0)
-		return ldir;
 	while (lazy_alive(ldir, id)) {
 		*ret_joined = true;
 		if (store_stat(s, STORE_SNAPSHOT, id, &info, NULL) == 0)
@@ -506,8 +497,6 @@ int attach_lazy_join(struct store *s, const char *id, bool *ret_joined, imc_erro
 	return 0;
 }
 
-/* Reconcile: the attaches on a lazy lower whose server died are undone (their pods read EIO
- * anyway); the sweep then releases the lower. */
 /* "; N of M chunks were local" from the dead server's last stats file ("" when none). */
 static void reap_figures(int ldir, const char *id, char *buf, size_t size)
 {

@@ -400,6 +400,52 @@ check "detach p10" ia "$A8" detach "$P10"
 no_leaks "$A8" "after prefetch joined the lazy server" "$SPID"
 rm -f "$HOLD"
 
+# The other way round: an attach while a whole fetch (prefetch) of the cache runs waits for it
+# (the fetch holds the cache's lower lock), then mounts the fetched snapshot: no lazy server
+# writes the volume under the fetch.
+if grep -qa IMC_ATTACH_STOP_AT "$IMC_BIN/imc-attach"; then
+	A9=$TEST_TMP/agent9
+	AGENTS+=("$A9")
+	P11=$(pod p11)
+	mark
+	env IMC_ATTACH_STOP_AT=fetch-locked "$IMC_BIN/imc-attach" --state-dir "$A9" --lower-grace 0 \
+		--server "$IMCD_URL" prefetch "$ID" &
+	PF=$!
+	for i in $(seq 1 600); do
+		[ "$(ps -o stat= -p "$PF" | cut -c1)" = T ] && break
+		sleep 0.05
+	done
+	check_eq "prefetch stops with the cache's lower lock held" T "$(ps -o stat= -p "$PF" | cut -c1)"
+	"$IMC_BIN/imc-attach" --state-dir "$A9" --lower-grace 0 --server "$IMCD_URL" \
+		attach "$ID" "$P11" >"$TEST_TMP/attach9.out" 2>&1 &
+	AT=$!
+	# The attach blocked on that lock: a waiter of a flock in /proc/locks ("->").
+	for i in $(seq 1 600); do
+		grep -qE -- "-> FLOCK +ADVISORY +[A-Z]+ +$AT " /proc/locks && break
+		sleep 0.05
+	done
+	check "the attach waits for the prefetch's lock" grep -qE -- "-> FLOCK +ADVISORY +[A-Z]+ +$AT " /proc/locks
+	kill -CONT "$PF"
+	RC=0
+	wait "$PF" || RC=$?
+	check_eq "the prefetch completes" 0 "$RC"
+	RC=0
+	wait "$AT" || RC=$?
+	check_eq "then the attach completes" 0 "$RC"
+	[ "$RC" -eq 0 ] || note "$(cat "$TEST_TMP/attach9.out")"
+	check_eq "on the fetched snapshot, no FUSE" "$A9/pool/snapshots/$ID.img" \
+		"$(losetup -n -O BACK-FILE "$(findmnt -rn -o SOURCE --mountpoint "$A9/lowers/$ID")" | tr -d ' ')"
+	check_fails "no FUSE mount" fuse_mounted "$A9"
+	check_eq "no chunk was sent twice" 0 "$(dups)"
+	check_eq "p11 reads the model file right" "$DATA_SHA" \
+		"$(sha256sum <"$P11/blob/data.bin" | cut -d' ' -f1)"
+	check "detach p11" ia "$A9" detach "$P11"
+	no_leaks "$A9" "after the attach that waited for a prefetch"
+else
+	not_ok "an attach during a prefetch needs a -DIMC_TESTING build (make O=build/check SAN=1)"
+fi
+rm -f "$HOLD"
+
 # --- imc-runtime on a cold store: a container started lazily, with crun and with runc -----------
 
 # rt_bundle DIR: a bundle whose container prints the model file's sha256 from the cache.
