@@ -110,8 +110,7 @@ static void print_stats(const struct dist_lazy_stats *st, const char *id)
 
 /* ---- the stats file (lowers/<id>.lazy.stats) ---------------------------------------------- */
 
-#define LAZY_STATS_MAX	   4096
-#define LAZY_STATS_WAIT_MS 250 /* how often the writer looks whether it should end */
+#define LAZY_STATS_MAX 4096
 
 static json_t *stats_json(const struct dist_lazy_stats *st)
 {
@@ -128,7 +127,8 @@ struct stats_writer {
 	struct dist_lazy *l;
 	int ldir;
 	char name[LAZY_NAME_MAX];
-	bool stop; /* atomic */
+	bool stop;			/* atomic */
+	struct dist_lazy_stats written; /* the thread's */
 	pthread_t thread;
 	bool started;
 };
@@ -145,14 +145,13 @@ static void stats_write(struct stats_writer *w, const struct dist_lazy_stats *st
 static void *stats_loop(void *arg)
 {
 	struct stats_writer *w = arg;
-	struct dist_lazy_stats seen, now;
+	struct dist_lazy_stats now;
 
-	dist_lazy_get_stats(w->l, &seen);
-	while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED))
-		if (dist_lazy_wait_stats(w->l, &seen, LAZY_STATS_WAIT_MS, &now)) {
-			stats_write(w, &now);
-			seen = now;
-		}
+	/* Unchanged: told to quit, or the server stops. */
+	while (dist_lazy_wait_stats(w->l, &w->written, &w->stop, &now)) {
+		stats_write(w, &now);
+		w->written = now;
+	}
 	return NULL;
 }
 
@@ -160,12 +159,10 @@ static void *stats_loop(void *arg)
  * as they change. */
 static void stats_start(struct stats_writer *w, struct dist_lazy *l, int ldir, const char *id)
 {
-	struct dist_lazy_stats st;
-
 	*w = (struct stats_writer){.l = l, .ldir = ldir};
 	lazy_name(id, ".lazy.stats", w->name);
-	dist_lazy_get_stats(l, &st);
-	stats_write(w, &st);
+	dist_lazy_get_stats(l, &w->written);
+	stats_write(w, &w->written);
 	w->started = pthread_create(&w->thread, NULL, stats_loop, w) == 0;
 }
 
@@ -175,6 +172,7 @@ static void stats_stop(struct stats_writer *w, const char *id)
 	struct dist_lazy_stats st;
 
 	__atomic_store_n(&w->stop, true, __ATOMIC_RELAXED);
+	dist_lazy_wake(w->l);
 	if (w->started)
 		pthread_join(w->thread, NULL);
 	dist_lazy_get_stats(w->l, &st);

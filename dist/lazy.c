@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -441,28 +440,29 @@ static bool stats_differ(const struct dist_lazy_stats *a, const struct dist_lazy
 	       a->failed != b->failed || a->sealed != b->sealed;
 }
 
-bool dist_lazy_wait_stats(struct dist_lazy *l, const struct dist_lazy_stats *seen,
-			  unsigned timeout_ms, struct dist_lazy_stats *ret)
+bool dist_lazy_wait_stats(struct dist_lazy *l, const struct dist_lazy_stats *seen, const bool *quit,
+			  struct dist_lazy_stats *ret)
 {
-	struct timespec until;
 	bool changed;
 
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += timeout_ms / 1000;
-	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
 	pthread_mutex_lock(&l->lock);
-	do {
+	for (;;) {
 		*ret = l->st;
 		ret->local = l->n_local - (l->n_slots - l->n_data);
 		changed = stats_differ(ret, seen);
-	} while (!changed && !l->stop &&
-		 pthread_cond_timedwait(&l->changed, &l->lock, &until) != ETIMEDOUT);
+		if (changed || l->stop || __atomic_load_n(quit, __ATOMIC_RELAXED))
+			break;
+		pthread_cond_wait(&l->changed, &l->lock);
+	}
 	pthread_mutex_unlock(&l->lock);
 	return changed;
+}
+
+void dist_lazy_wake(struct dist_lazy *l)
+{
+	pthread_mutex_lock(&l->lock);
+	pthread_cond_broadcast(&l->changed);
+	pthread_mutex_unlock(&l->lock);
 }
 
 void dist_lazy_close(struct dist_lazy *l)
