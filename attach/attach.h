@@ -36,6 +36,7 @@ int attach_lower_policy_parse(const char *grace, const char *max, struct attach_
 			      imc_error *err);
 
 struct dist_fetch_config;
+struct dist_fetch_stats;
 
 struct attach_request {
 	const char *cache_id;
@@ -93,9 +94,16 @@ int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
 
-/* The program started as the lazy server (`PROGRAM … lazy-serve`; default: this one,
- * /proc/self/exe); path must stay valid. */
-void attach_lazy_set_program(const char *path);
+/* The counts of cache id's lazy lower, from its server's stats file (docs/distribution.md,
+ * "Lazy attach"): chunks local/total, on-demand and background fetches; NULL when it has none. */
+json_t *attach_lazy_stats(struct store *s, const char *id);
+/* Fetch cache id whole into the store (dist_fetch_snapshot; nothing to do when it is local) for
+ * prefetch, or a clone, block or --no-lazy attach.  A lazy server of the cache writes the same
+ * volume (fetch-<id>): one that lives is joined (its seal waited for, *ret_joined set), and the
+ * fetch holds the cache's lower lock, which the start of a lazy lower takes too, so none starts
+ * meanwhile (that attach waits, then mounts the fetched snapshot). */
+int attach_fetch(struct store *s, const struct dist_fetch_config *fc, const char *id,
+		 struct dist_fetch_stats *ret_stats, bool *ret_joined, imc_error *err);
 /* imc-attach lazy-serve: the FUSE server of cache id's lazy lower (attach/lazy.c), until its
  * file system is unmounted; "ok" or "error ERRNO MESSAGE" is written to ready_fd once it is
  * mounted or has failed. */

@@ -80,16 +80,20 @@ static void print_fetch_stats(const char *id, const struct dist_fetch_stats *st)
 		st->abandoned);
 }
 
-/* The cache in the local store, fetched when --server names where from. */
+/* The cache in the local store, fetched when --server names where from (a lazy server of it
+ * joined: attach_fetch). */
 static int ensure_local(struct store *s, const struct dist_fetch_config *fc, const char *id,
 			bool verbose, imc_error *err)
 {
 	struct dist_fetch_stats st = {0};
+	bool joined;
 
 	if (!fc->server && !fc->registry_ref)
 		return 0;
-	if (dist_fetch_snapshot(s, fc, id, &st, err) < 0)
+	if (attach_fetch(s, fc, id, &st, &joined, err) < 0)
 		return err->code;
+	if (verbose && joined)
+		fprintf(stderr, "imc-attach: %s: joined its lazy server's fill\n", id);
 	if (verbose && st.ns)
 		print_fetch_stats(id, &st);
 	return 0;
@@ -277,8 +281,19 @@ static int cmd_list(struct store *s, struct globals *g, int argc, char **argv)
 	_cleanup_json_ json_t *list = NULL;
 	imc_error err = {0};
 
+	size_t i;
+	json_t *a;
+
 	if (attach_list(s, &list, &err) < 0)
 		return fail(&err);
+	/* An attach on a lazy lower: its server's counts. */
+	json_array_foreach(list, i, a)
+	{
+		json_t *lazy =
+		    attach_lazy_stats(s, json_string_value(json_object_get(a, "cacheId")));
+		if (lazy)
+			json_object_set_new(a, "lazyStats", lazy);
+	}
 	json_dumpf(list, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
 	fputc('\n', stdout);
 	return 0;
@@ -348,12 +363,18 @@ static const struct command commands[] = {
      "        prints \"DEVICE ATTACH_ID\"\n",
      false},
     {"prefetch", cmd_prefetch,
-     "  prefetch CACHE_ID            fetch the cache into the local store (no attach)\n", false},
+     "  prefetch CACHE_ID            fetch the cache into the local store (no attach); with\n"
+     "                               a lazy server of it here, wait for that one's seal\n",
+     false},
     {"detach", cmd_detach, "  detach DIR|ATTACH_ID|DEVICE  undo an attach\n", false},
-    {"list", cmd_list, "  list                         the attaches on this host, as JSON\n",
+    {"list", cmd_list,
+     "  list                         the attaches on this host, as JSON (on a lazy lower:\n"
+     "                               lazyStats, its chunks local/total and bytes fetched)\n",
      false},
     {"lowers", cmd_lowers,
-     "  lowers                       the shared read-only lowers mounted here, as JSON\n", false},
+     "  lowers                       the shared read-only lowers mounted here, as JSON\n"
+     "                               (a lazy one with its lazyStats)\n",
+     false},
     {"reconcile", cmd_reconcile,
      "  reconcile                    undo attaches whose process died or whose mount or\n"
      "                               device vanished, remove clones and loop devices no\n"

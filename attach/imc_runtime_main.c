@@ -14,9 +14,12 @@
 #include <sys/wait.h>
 
 #include "../common/priv.h"
+#include "../dist/dist.h"
 #include "attach.h"
 #include "report.h"
 #include "runtime.h"
+
+#define RUNTIME_INSECURE_MAX 32
 
 struct ctx {
 	struct runtime_args args;
@@ -26,9 +29,40 @@ struct ctx {
 	char **argv; /* the real runtime's: ours with argv[0] replaced */
 	char *runtime;
 	struct attach_lower_policy lower; /* $IMCACHE_LOWER_GRACE, $IMCACHE_LOWER_MAX */
+	/* Where a cache the store lacks comes from: $IMCACHE_SERVER, $IMCACHE_REGISTRY_REF (and
+	 * $IMCACHE_INSECURE_REGISTRY), as imc-attach's --server, --registry-ref. */
+	struct dist_fetch_config fc;
+	char *insecure_buf;
+	const char *insecure[RUNTIME_INSECURE_MAX + 1];
 };
 
 static volatile sig_atomic_t child_pid;
+
+/* A cache the store lacks, the attach's source: lazy in overlay mode (the lower on imc-attach
+ * lazy-serve, as imc-attach attach does it), a whole fetch first in clone mode.  Without a
+ * source the error says which setting would fix it. */
+static int source_for(struct store *s, const struct ctx *c, struct attach_request *req,
+		      imc_error *err)
+{
+	struct store_object_info info;
+	struct dist_fetch_stats st;
+	bool joined;
+
+	if (!imc_name_valid(req->cache_id, 64) ||
+	    store_stat(s, STORE_SNAPSHOT, req->cache_id, &info, NULL) == 0)
+		return 0; /* malformed: the attach says so; local: nothing to fetch */
+	if (!c->fc.server && !c->fc.registry_ref)
+		return imc_err(err, ENOENT,
+			       "cache %s: not in the local store (set IMCACHE_SERVER=URL of imcd, "
+			       "or IMCACHE_REGISTRY_REF=REF of its artifact, for imc-runtime to "
+			       "fetch it)",
+			       req->cache_id);
+	if (req->mode != ATTACH_MODE_CLONE) {
+		req->lazy = &c->fc;
+		return 0;
+	}
+	return attach_fetch(s, &c->fc, req->cache_id, &st, &joined, err);
+}
 
 /* Report a failure on stderr and, when the caller gave --log, in the runtime's log format. */
 static int fail(const struct ctx *c, const imc_error *err)
@@ -173,7 +207,8 @@ static int do_attach(const struct ctx *c, const struct runtime_cache *cache, jso
 	if (r == 0) {
 		struct attach_reporter reporter;
 
-		r = attach_cache_at(s, &req, rootfd, ret_state, err);
+		if ((r = source_for(s, c, &req, err)) == 0)
+			r = attach_cache_at(s, &req, rootfd, ret_state, err);
 		store_close(s);
 		attach_reporter_init(&reporter, c->server, c->token);
 		if (r == 0 && ret_state)
@@ -286,6 +321,34 @@ static int (*const commands[])(const struct ctx *c) = {
     [RUNTIME_DELETE] = cmd_delete,
 };
 
+/* $IMCACHE_REGISTRY_REF and $IMCACHE_INSECURE_REGISTRY (H:P[,H:P]...) into c->fc, beside the
+ * $IMCACHE_SERVER and $IMCACHE_TOKEN read already. */
+static int source_from_env(struct ctx *c, imc_error *err)
+{
+	const char *ref = secure_getenv("IMCACHE_REGISTRY_REF");
+	const char *insecure = secure_getenv("IMCACHE_INSECURE_REGISTRY");
+	size_t n = 0;
+
+	c->fc = (struct dist_fetch_config){.server = c->server && *c->server ? c->server : NULL,
+					   .token = c->token,
+					   .registry_ref = ref && *ref ? ref : NULL,
+					   .insecure_registries = c->insecure,
+					   .list_in_use = attach_list,
+					   .remove_snapshot = attach_snapshot_remove};
+	if (!insecure || !*insecure)
+		return 0;
+	if (!(c->insecure_buf = strdup(insecure)))
+		return imc_err(err, ENOMEM, "out of memory");
+	for (char *save = NULL, *h = strtok_r(c->insecure_buf, ",", &save); h;
+	     h = strtok_r(NULL, ",", &save)) {
+		if (n == RUNTIME_INSECURE_MAX)
+			return imc_err(err, EINVAL, "IMCACHE_INSECURE_REGISTRY: at most %d hosts",
+				       RUNTIME_INSECURE_MAX);
+		c->insecure[n++] = h;
+	}
+	return 0;
+}
+
 /* The real runtime must not be this program (installed as "runc", say): that would loop. */
 static int check_not_self(const char *runtime, imc_error *err)
 {
@@ -324,9 +387,14 @@ static void usage(FILE *f)
 	    "Environment: IMCACHE_RUNTIME (crun, runc or a path; default crun if in PATH, else\n"
 	    "runc), IMCACHE_STATE_DIR (default %s), IMCACHE_SERVER and\n"
 	    "IMCACHE_TOKEN (report attaches to imcd), IMCACHE_LOWER_GRACE and IMCACHE_LOWER_MAX\n"
-	    "(see imc-attach --help).  Annotations: imcache.io/cache-id, imcache.io/image,\n"
-	    "imcache.io/data-mount, imcache.io/use-image-config, imcache.io/container,\n"
-	    "imcache.io/attach-mode (overlay, the default, or clone).\n",
+	    "(see imc-attach --help).  A cache the store lacks comes from imcd at\n"
+	    "IMCACHE_SERVER, or from the OCI artifact at IMCACHE_REGISTRY_REF (plain HTTP for\n"
+	    "the registries in IMCACHE_INSECURE_REGISTRY, H:P[,H:P]...): lazily in overlay mode\n"
+	    "(imc-attach lazy-serve, the imc-attach beside imc-runtime, serves it), whole\n"
+	    "first in clone mode; without either, create fails.\n"
+	    "Annotations: imcache.io/cache-id, imcache.io/image, imcache.io/data-mount,\n"
+	    "imcache.io/use-image-config, imcache.io/container, imcache.io/attach-mode\n"
+	    "(overlay, the default, or clone).\n",
 	    STORE_DEFAULT_STATE_DIR);
 }
 
@@ -341,6 +409,7 @@ int main(int argc, char **argv)
 			.server = secure_getenv("IMCACHE_SERVER"),
 			.token = secure_getenv("IMCACHE_TOKEN")};
 	imc_error err = {0};
+	int r;
 
 	if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
 		usage(stdout);
@@ -357,10 +426,14 @@ int main(int argc, char **argv)
 	if (attach_lower_policy_parse(secure_getenv("IMCACHE_LOWER_GRACE"),
 				      secure_getenv("IMCACHE_LOWER_MAX"), &c.lower, &err) < 0)
 		return fail(&c, &err);
+	if (source_from_env(&c, &err) < 0)
+		return fail(&c, &err);
 	c.runtime = runtime;
 	rt_argv[0] = runtime;
 	for (int i = 1; i < argc; i++)
 		rt_argv[i] = argv[i];
 	c.argv = rt_argv;
-	return commands[c.args.verb](&c);
+	r = commands[c.args.verb](&c);
+	free(c.insecure_buf);
+	return r;
 }

@@ -77,20 +77,6 @@ static int open_store(const char *state, bool make, struct store **ret, imc_erro
 	return 0;
 }
 
-/* The lazy lower's server is imc-attach's lazy-serve: the imc-attach next to this program. */
-static void set_lazy_program(void)
-{
-	static char path[PATH_MAX];
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-	if (n <= 0)
-		return;
-	self[n] = '\0';
-	snprintf(path, sizeof(path), "%s/imc-attach", dirname(self));
-	attach_lazy_set_program(path);
-}
-
 static int serve(const char *address, const char *state, const char *server, const char *token,
 		 bool auto_create, imc_error *err)
 {
@@ -180,7 +166,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "imc-snapshotter: --auto-create needs --server\n");
 		return 2;
 	}
-	set_lazy_program();
 	signal(SIGPIPE, SIG_IGN);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);

@@ -69,12 +69,31 @@ int lazy_fuse_dir(struct store *s, const char *id, char ret[PATH_MAX], imc_error
 /* Does id's lower have a lazy server record, and does its server live? */
 bool lazy_present(int ldir, const char *id);
 bool lazy_alive(int ldir, const char *id);
+/* The server's command line (lazy.c builds it before its fork). */
+struct lazy_argv {
+	char *v[160];
+	size_t n;
+	char fd[16], par[16], size[32], window[16], sdl[24], rdl[24];
+};
+struct lazy_store_args {
+	const char *state_dir, *driver;
+	const char *const *driver_opts; /* NULL-terminated, or NULL */
+};
+#ifdef IMC_TESTING
+void lazy_server_argv(const struct lazy_store_args *st, const struct dist_fetch_config *fc,
+		      const char *id, int wfd, struct lazy_argv *a);
+#endif
 /* Start the server of id (a process of its own) and wait until its file system is mounted. */
 int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, const char *id,
 	       imc_error *err);
 /* Unmount its file system, wait for the server to exit (SIGKILL after a bound), remove what it
  * left. */
 int lazy_stop(struct store *s, int ldir, const char *id, imc_error *err);
+/* Wait while a lazy server of id lives and has not sealed the snapshot (*ret_joined set when
+ * there was one). */
+int lazy_join(struct store *s, int ldir, const char *id, bool *ret_joined);
+/* The counts of id's lazy server (lowers/<id>.lazy.stats) with "serverAlive"; NULL: none. */
+json_t *lazy_stats_read(int ldir, const char *id);
 /* Undo the attaches of id's lazy lower when its server is dead. */
 int lazy_reap(struct store *s, int ldir, const char *id, json_t *repairs, imc_error *err);
 

@@ -7,11 +7,15 @@
  *                          so a lock that can be taken means a server that died
  *   lowers/<id>.fuse/      the FUSE mount point
  *   lowers/<id>.lazy.log   the server's stderr
+ *   lowers/<id>.lazy.stats its counts (JSON, replaced atomically as they change: chunks
+ *                          local/total, bytes fetched on demand and in the background), which
+ *                          `imc-attach lowers` and `list` show
  *
  * The server exits when its file system is unmounted: the lower's release unmounts it (after
  * the lower's ext4, which frees the loop device) and waits for the server's lock. */
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,15 +31,6 @@
 
 #define LAZY_STOP_WAIT_MS 30000 /* for the server to exit after its unmount, then SIGKILL */
 #define LAZY_READY_MAX	  4096
-
-/* The program that runs `lazy-serve`: imc-attach itself, unless another program (the
- * snapshotter) names it. */
-static const char *lazy_program = "/proc/self/exe";
-
-void attach_lazy_set_program(const char *path)
-{
-	lazy_program = path;
-}
 
 static void lazy_name(const char *id, const char *suffix, char ret[LAZY_NAME_MAX])
 {
@@ -103,20 +98,113 @@ static int serve_lock(int ldir, const char *id, int *ret_fd, imc_error *err)
 	return 0;
 }
 
-static void print_stats(struct dist_lazy *l, const char *id)
+static void print_stats(const struct dist_lazy_stats *st, const char *id)
 {
-	struct dist_lazy_stats st;
-
-	dist_lazy_get_stats(l, &st);
 	fprintf(stderr,
 		"imc-attach: lazy %s: %" PRIu64 " of %" PRIu64 " chunks local, %" PRIu64
 		" fetched on demand (%" PRIu64 " bytes), %" PRIu64 " in the background (%" PRIu64
 		" bytes; %" PRIu64 " of them prefetched from the startup trace, %" PRIu64
 		" bytes), %" PRIu64 " failed, %s; startup trace: %" PRIu64 " used, %" PRIu64
 		" recorded%s\n",
-		id, st.local, st.chunks, st.demand, st.demand_bytes, st.background, st.bg_bytes,
-		st.prefetched, st.prefetched_bytes, st.failed, st.sealed ? "sealed" : "not sealed",
-		st.trace_used, st.trace_recorded, st.trace_sent ? " and sent" : "");
+		id, st->local, st->chunks, st->demand, st->demand_bytes, st->background,
+		st->bg_bytes, st->prefetched, st->prefetched_bytes, st->failed,
+		st->sealed ? "sealed" : "not sealed", st->trace_used, st->trace_recorded,
+		st->trace_sent ? " and sent" : "");
+}
+
+/* ---- the stats file (lowers/<id>.lazy.stats) ---------------------------------------------- */
+
+#define LAZY_STATS_MAX 4096
+
+static json_t *stats_json(const struct dist_lazy_stats *st)
+{
+	return json_pack("{s:I, s:I, s:{s:I, s:I}, s:{s:I, s:I}, s:I, s:b, s:I, s:I}", "chunks",
+			 (json_int_t)st->chunks, "local", (json_int_t)st->local, "onDemand",
+			 "chunks", (json_int_t)st->demand, "bytes", (json_int_t)st->demand_bytes,
+			 "background", "chunks", (json_int_t)st->background, "bytes",
+			 (json_int_t)st->bg_bytes, "failed", (json_int_t)st->failed, "sealed",
+			 st->sealed, "pid", (json_int_t)getpid(), "updatedAt",
+			 (json_int_t)imc_now());
+}
+
+struct stats_writer {
+	struct dist_lazy *l;
+	int ldir;
+	char name[LAZY_NAME_MAX];
+	bool stop;			/* atomic */
+	struct dist_lazy_stats written; /* the thread's */
+	pthread_t thread;
+	bool started;
+};
+
+static void stats_write(struct stats_writer *w, const struct dist_lazy_stats *st)
+{
+	_cleanup_json_ json_t *j = stats_json(st);
+	imc_error err = {0};
+
+	if (j && imc_json_write_replace(w->ldir, w->name, j, &err) < 0)
+		fprintf(stderr, "imc-attach: lazy: %s: %s\n", w->name, err.msg);
+}
+
+static void *stats_loop(void *arg)
+{
+	struct stats_writer *w = arg;
+	struct dist_lazy_stats now;
+
+	/* Unchanged: told to quit, or the server stops. */
+	while (dist_lazy_wait_stats(w->l, &w->written, &w->stop, &now)) {
+		stats_write(w, &now);
+		w->written = now;
+	}
+	return NULL;
+}
+
+/* The first counts written now (before the attach is told), then a thread that rewrites them
+ * as they change. */
+static void stats_start(struct stats_writer *w, struct dist_lazy *l, int ldir, const char *id)
+{
+	*w = (struct stats_writer){.l = l, .ldir = ldir};
+	lazy_name(id, ".lazy.stats", w->name);
+	dist_lazy_get_stats(l, &w->written);
+	stats_write(w, &w->written);
+	w->started = pthread_create(&w->thread, NULL, stats_loop, w) == 0;
+}
+
+/* The thread ended, the last counts written and logged. */
+static void stats_stop(struct stats_writer *w, const char *id)
+{
+	struct dist_lazy_stats st;
+
+	__atomic_store_n(&w->stop, true, __ATOMIC_RELAXED);
+	dist_lazy_wake(w->l);
+	if (w->started)
+		pthread_join(w->thread, NULL);
+	dist_lazy_get_stats(w->l, &st);
+	stats_write(w, &st);
+	print_stats(&st, id);
+}
+
+json_t *lazy_stats_read(int ldir, const char *id)
+{
+	char name[LAZY_NAME_MAX];
+	imc_error ignored;
+	json_t *j = NULL;
+
+	lazy_name(id, ".lazy.stats", name);
+	if (imc_json_read_file(ldir, name, LAZY_STATS_MAX, &j, &ignored) < 0)
+		return NULL;
+	json_object_set_new(j, "serverAlive", json_boolean(lazy_alive(ldir, id)));
+	return j;
+}
+
+json_t *attach_lazy_stats(struct store *s, const char *id)
+{
+	imc_error ignored;
+	_cleanup_close_ int ldir = -1;
+
+	if (!id || !imc_name_valid(id, 64) || (ldir = lower_open_dir(s, &ignored)) < 0)
+		return NULL;
+	return lazy_stats_read(ldir, id);
 }
 
 int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const char *id,
@@ -126,6 +214,7 @@ int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const
 	_cleanup_close_ int lock = -1;
 	char mnt[PATH_MAX], name[LAZY_NAME_MAX];
 	struct dist_lazy *l = NULL;
+	struct stats_writer w;
 	int r;
 
 	if (ldir < 0 || !imc_name_valid(id, 64))
@@ -145,11 +234,12 @@ int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const
 		dist_lazy_close(l);
 		return r;
 	}
+	stats_start(&w, l, ldir, id);
 	ready_say(ready_fd, "ok");
 	close(ready_fd);
 	fprintf(stderr, "imc-attach: lazy %s: serving %s/" DIST_LAZY_FILE "\n", id, mnt);
 	r = dist_lazy_run(l, err);
-	print_stats(l, id);
+	stats_stop(&w, id);
 	dist_lazy_close(l);
 	unlinkat(ldir, name, AT_REMOVEDIR);
 	return r;
@@ -159,7 +249,8 @@ int attach_lazy_serve(struct store *s, const struct dist_fetch_config *fc, const
  */
 
 /* In the grandchild: a session of its own, stdio to /dev/null and the log, then exec. */
-static void exec_server(int ldir, const char *id, int wfd, char *const argv[], char *const envp[])
+static void exec_server(int ldir, const char *id, int wfd, const char *exe, char *const argv[],
+			char *const envp[])
 {
 	char name[LAZY_NAME_MAX];
 	int null = open("/dev/null", O_RDWR | O_CLOEXEC), log;
@@ -174,31 +265,34 @@ static void exec_server(int ldir, const char *id, int wfd, char *const argv[], c
 	if (log >= 0)
 		dup2(log, 2);
 	fcntl(wfd, F_SETFD, 0);
-	execve(lazy_program, argv, envp);
+	execve(exe, argv, envp);
 	_exit(127);
 }
 
-struct argv_buf {
-	char *v[48 + DIST_FETCH_PARALLEL_MAX];
-	size_t n;
-	char fd[16], par[16], size[32], window[16], sdl[24], rdl[24];
-};
-
-static void arg(struct argv_buf *a, const char *s)
+static void arg(struct lazy_argv *a, const char *s)
 {
 	if (a->n + 1 < IMC_ARRAY_SIZE(a->v))
 		a->v[a->n++] = (char *)s;
 	a->v[a->n] = NULL;
 }
 
-static void server_argv(struct store *s, const struct dist_fetch_config *fc, const char *id,
-			int wfd, struct argv_buf *a)
+/* The options of the agent that the server needs: the store's (its state dir, driver and driver
+ * options) and the source's. */
+TESTABLE void lazy_server_argv(const struct lazy_store_args *st, const struct dist_fetch_config *fc,
+			       const char *id, int wfd, struct lazy_argv *a)
 {
+	const char *const *opts = st->driver_opts;
+
+	a->n = 0;
 	arg(a, "imc-attach");
 	arg(a, "--state-dir");
-	arg(a, attach_state_dir(s));
+	arg(a, st->state_dir);
 	arg(a, "--driver");
-	arg(a, store_driver_name(s));
+	arg(a, st->driver);
+	for (size_t i = 0; opts && opts[i]; i++) {
+		arg(a, "--driver-opt");
+		arg(a, opts[i]);
+	}
 	if (fc->server) {
 		arg(a, "--server");
 		arg(a, fc->server);
@@ -243,6 +337,31 @@ static void server_argv(struct store *s, const struct dist_fetch_config *fc, con
 	arg(a, "--ready-fd");
 	arg(a, a->fd);
 	arg(a, id);
+}
+
+/* The program to exec as the server: this one when it is imc-attach, else (imc-runtime) the
+ * imc-attach installed beside it. */
+static int server_exe(const char *id, char ret[PATH_MAX], imc_error *err)
+{
+	char self[PATH_MAX];
+	const char *base, *slash;
+
+	if (!realpath("/proc/self/exe", self))
+		return imc_err_sys(err, errno, "/proc/self/exe");
+	slash = strrchr(self, '/');
+	base = slash ? slash + 1 : self;
+	if (strcmp(base, "imc-attach") == 0) {
+		snprintf(ret, PATH_MAX, "%s", self);
+		return 0;
+	}
+	if ((size_t)snprintf(ret, PATH_MAX, "%.*s/imc-attach", (int)(base - self - 1), self) >=
+	    PATH_MAX)
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", self);
+	if (access(ret, X_OK) < 0)
+		return imc_err_sys(err, errno,
+				   "cache %s: the lazy server is imc-attach beside %s, but %s", id,
+				   base, ret);
+	return 0;
 }
 
 /* The server's environment: ours, with $IMCACHE_TOKEN set to the agent's token (--token or the
@@ -307,18 +426,21 @@ static int read_ready(int rfd, const char *id, imc_error *err)
 int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, const char *id,
 	       imc_error *err)
 {
-	struct argv_buf a = {.n = 0};
-	char **env = NULL, *tok = NULL;
+	struct lazy_argv a = {.n = 0};
+	char **env = NULL, *tok = NULL, exe[PATH_MAX];
 	int p[2], status;
 	pid_t child;
 
-	if (server_env(fc->token, &env, &tok, err) < 0)
+	if (server_exe(id, exe, err) < 0 || server_env(fc->token, &env, &tok, err) < 0)
 		return err->code;
 	if (pipe2(p, O_CLOEXEC) < 0) {
 		free_env(env, tok);
 		return imc_err_sys(err, errno, "pipe");
 	}
-	server_argv(s, fc, id, p[1], &a);
+	lazy_server_argv(&(struct lazy_store_args){.state_dir = attach_state_dir(s),
+						   .driver = store_driver_name(s),
+						   .driver_opts = store_driver_opts(s)},
+			 fc, id, p[1], &a);
 	child = fork();
 	if (child < 0) {
 		free_env(env, tok);
@@ -329,7 +451,7 @@ int lazy_start(struct store *s, int ldir, const struct dist_fetch_config *fc, co
 	if (child == 0) {
 		/* The server is a grandchild: not ours to reap, and it outlives us. */
 		if (fork() == 0)
-			exec_server(ldir, id, p[1], a.v, env);
+			exec_server(ldir, id, p[1], exe, a.v, env);
 		_exit(0);
 	}
 	free_env(env, tok);
@@ -374,22 +496,49 @@ int lazy_stop(struct store *s, int ldir, const char *id, imc_error *err)
 		return imc_err_wrap(err, "the lazy server of cache %s", id);
 	lazy_name(id, ".fuse", name);
 	unlinkat(ldir, name, AT_REMOVEDIR);
+	lazy_name(id, ".lazy.stats", name);
+	unlinkat(ldir, name, 0);
 	lazy_name(id, ".lazy", name);
 	unlinkat(ldir, name, 0);
 	return 0;
 }
 
-/* Reconcile: the attaches on a lazy lower whose server died are undone (their pods read EIO
- * anyway); the sweep then releases the lower. */
+int lazy_join(struct store *s, int ldir, const char *id, bool *ret_joined)
+{
+	struct store_object_info info;
+
+	while (lazy_alive(ldir, id)) {
+		*ret_joined = true;
+		if (store_stat(s, STORE_SNAPSHOT, id, &info, NULL) == 0)
+			return 0;
+		usleep(50000);
+	}
+	return 0;
+}
+
+/* "; N of M chunks were local" from the dead server's last stats file ("" when none). */
+static void reap_figures(int ldir, const char *id, char *buf, size_t size)
+{
+	_cleanup_json_ json_t *st = lazy_stats_read(ldir, id);
+
+	buf[0] = '\0';
+	if (st)
+		snprintf(buf, size,
+			 "; %" JSON_INTEGER_FORMAT " of %" JSON_INTEGER_FORMAT " chunks were local",
+			 json_integer_value(json_object_get(st, "local")),
+			 json_integer_value(json_object_get(st, "chunks")));
+}
+
 int lazy_reap(struct store *s, int ldir, const char *id, json_t *repairs, imc_error *err)
 {
-	char name[LAZY_NAME_MAX];
+	char name[LAZY_NAME_MAX], figures[96];
 	_cleanup_close_ int rdir = -1;
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;
 
 	if (!lazy_present(ldir, id) || lazy_alive(ldir, id))
 		return 0;
+	reap_figures(ldir, id, figures, sizeof(figures));
 	lazy_name(id, ".refs", name);
 	rdir = openat(ldir, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (rdir < 0 || !(d = fdopendir(steal_fd(&rdir))))
@@ -401,8 +550,8 @@ int lazy_reap(struct store *s, int ldir, const char *id, json_t *repairs, imc_er
 		if (attach_detach(s, de->d_name, &e) == 0 && repairs)
 			json_array_append_new(repairs,
 					      json_sprintf("undid attach %s: the lazy server of "
-							   "cache %s is gone",
-							   de->d_name, id));
+							   "cache %s is gone%s",
+							   de->d_name, id, figures));
 	}
 	(void)err;
 	return 0;

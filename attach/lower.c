@@ -387,6 +387,8 @@ static void lower_forget(int ldir, const char *id)
 	unlinkat(ldir, id, AT_REMOVEDIR);
 	lower_name(id, ".lazy.log", name);
 	unlinkat(ldir, name, 0);
+	lower_name(id, ".lazy.stats", name);
+	unlinkat(ldir, name, 0);
 	lower_name(id, ".lock", name);
 	unlinkat(ldir, name, 0);
 }
@@ -788,6 +790,9 @@ static json_t *lower_json(struct store *s, int ldir, const char *id)
 		json_object_set_new(rec, "refs", json_integer((json_int_t)refs));
 		json_object_set_new(rec, "lastUsedAt", json_integer(last));
 		json_object_set_new(rec, "mounted", json_boolean(lower_mounted(ldir, id, NULL)));
+		json_t *lazy = lazy_stats_read(ldir, id);
+		if (lazy)
+			json_object_set_new(rec, "lazyStats", lazy);
 	}
 	return steal_pointer(&rec);
 }
@@ -822,6 +827,63 @@ int attach_lowers_list(struct store *s, json_t **ret, imc_error *err)
 	}
 	*ret = steal_pointer(&list);
 	return 0;
+}
+
+/* ---- whole fetches ------------------------------------------------------------------------ */
+
+/* The lower's lock file, when a fetch created it for nothing else (locked exclusively by us). */
+static void lock_forget_unused(int ldir, const char *id)
+{
+	char name[LOWER_NAME_MAX];
+
+	lower_name(id, ".json", name);
+	if (lower_mounted(ldir, id, NULL) || faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		return;
+	lower_name(id, ".refs", name);
+	if (faccessat(ldir, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0 || lazy_present(ldir, id))
+		return;
+	lower_name(id, ".lock", name);
+	unlinkat(ldir, name, 0);
+}
+
+/* The lower's lock, exclusively, with no lazy server of id alive: one is joined first (waited
+ * for until it sealed the snapshot, then 0 and *ret_lock -1: nothing to fetch). */
+static int fetch_lock(struct store *s, int ldir, const char *id, int *ret_lock, bool *ret_joined,
+		      imc_error *err)
+{
+	*ret_lock = -1;
+	for (;;) {
+		lazy_join(s, ldir, id, ret_joined);
+		if (snapshot_exists(s, id))
+			return 0;
+		if ((*ret_lock = lower_lock(ldir, id, LOCK_EX, err)) < 0)
+			return *ret_lock;
+		if (!lazy_alive(ldir, id))
+			return 0;
+		close(*ret_lock); /* a lazy lower started meanwhile: join it */
+		*ret_lock = -1;
+	}
+}
+
+int attach_fetch(struct store *s, const struct dist_fetch_config *fc, const char *id,
+		 struct dist_fetch_stats *ret_stats, bool *ret_joined, imc_error *err)
+{
+	_cleanup_close_ int ldir = -1, lock = -1;
+	int r;
+
+	*ret_joined = false;
+	if (!imc_name_valid(id, 64) || snapshot_exists(s, id))
+		return dist_fetch_snapshot(s, fc, id, ret_stats, err); /* it says what is wrong */
+	if ((ldir = lower_open_dir(s, err)) < 0)
+		return ldir;
+	if ((r = fetch_lock(s, ldir, id, &lock, ret_joined, err)) < 0)
+		return r;
+	if (lock >= 0)
+		attach_stop_point("fetch-locked");
+	r = dist_fetch_snapshot(s, fc, id, ret_stats, err); /* joined: records its use */
+	if (lock >= 0)
+		lock_forget_unused(ldir, id);
+	return r;
 }
 
 /* ---- policy --------------------------------------------------------------------------------- */

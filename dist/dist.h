@@ -251,6 +251,13 @@ int dist_lazy_mount(struct dist_lazy *l, const char *mountpoint, imc_error *err)
  * and sealing when complete. */
 int dist_lazy_run(struct dist_lazy *l, imc_error *err);
 void dist_lazy_get_stats(struct dist_lazy *l, struct dist_lazy_stats *ret);
+/* Wait until the counts differ from *seen (a chunk made local, a fetch failed, the seal), or
+ * *quit is set (then call dist_lazy_wake), or the server stops; *ret gets them.  true: they
+ * differ. */
+bool dist_lazy_wait_stats(struct dist_lazy *l, const struct dist_lazy_stats *seen, const bool *quit,
+			  struct dist_lazy_stats *ret);
+/* Wake dist_lazy_wait_stats (after setting its *quit). */
+void dist_lazy_wake(struct dist_lazy *l);
 /* Unmount if still mounted, stop the fetchers; a volume that was not sealed is removed. */
 void dist_lazy_close(struct dist_lazy *l);
 /* Remove what a lazy server of id that died left in the store (its unsealed volume). */

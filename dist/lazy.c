@@ -412,6 +412,7 @@ static void *sealer(void *arg)
 	}
 	pthread_mutex_lock(&l->lock);
 	l->st.sealed = true;
+	pthread_cond_broadcast(&l->changed); /* for dist_lazy_wait_stats */
 	pthread_mutex_unlock(&l->lock);
 	fprintf(stderr, "imc-attach: lazy %s: every chunk is local; sealed as a snapshot\n", l->id);
 	return NULL;
@@ -639,6 +640,37 @@ void dist_lazy_get_stats(struct dist_lazy *l, struct dist_lazy_stats *ret)
 	*ret = l->st;
 	ret->local = l->n_local - (l->n_slots - l->n_data);
 	ret->trace_recorded = l->n_rec;
+	pthread_mutex_unlock(&l->lock);
+}
+
+static bool stats_differ(const struct dist_lazy_stats *a, const struct dist_lazy_stats *b)
+{
+	return a->local != b->local || a->demand != b->demand || a->background != b->background ||
+	       a->failed != b->failed || a->sealed != b->sealed;
+}
+
+bool dist_lazy_wait_stats(struct dist_lazy *l, const struct dist_lazy_stats *seen, const bool *quit,
+			  struct dist_lazy_stats *ret)
+{
+	bool changed;
+
+	pthread_mutex_lock(&l->lock);
+	for (;;) {
+		*ret = l->st;
+		ret->local = l->n_local - (l->n_slots - l->n_data);
+		changed = stats_differ(ret, seen);
+		if (changed || l->stop || __atomic_load_n(quit, __ATOMIC_RELAXED))
+			break;
+		pthread_cond_wait(&l->changed, &l->lock);
+	}
+	pthread_mutex_unlock(&l->lock);
+	return changed;
+}
+
+void dist_lazy_wake(struct dist_lazy *l)
+{
+	pthread_mutex_lock(&l->lock);
+	pthread_cond_broadcast(&l->changed);
 	pthread_mutex_unlock(&l->lock);
 }
 

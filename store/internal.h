@@ -64,6 +64,8 @@ struct store {
 	void *priv;	      /* driver data */
 	/* The caller's driver options: valid during open only. */
 	const char *const *driver_opts;
+	/* A copy of them for the store's life (store_driver_opts; NULL-terminated, or NULL). */
+	char **opts_copy;
 	/* What open found wrong and repaired (an array of strings, for the caller's log); never
 	 * NULL after store_open. */
 	json_t *repairs;

@@ -28,8 +28,28 @@ const char *store_kind_name(enum store_kind kind)
 	return "?";
 }
 
+/* The caller's driver options, copied for store_driver_opts. */
+static int copy_opts(struct store *s, const char *const *opts, imc_error *err)
+{
+	size_t n = 0;
+
+	while (opts && opts[n])
+		n++;
+	if (n == 0)
+		return 0;
+	if (!(s->opts_copy = calloc(n + 1, sizeof(*s->opts_copy))))
+		return imc_err(err, ENOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++)
+		if (!(s->opts_copy[i] = strdup(opts[i])))
+			return imc_err(err, ENOMEM, "out of memory");
+	return 0;
+}
+
 static void store_free(struct store *s)
 {
+	for (size_t i = 0; s->opts_copy && s->opts_copy[i]; i++)
+		free(s->opts_copy[i]);
+	free(s->opts_copy);
 	json_decref(s->repairs);
 	free(s->state_dir);
 	free(s);
@@ -57,7 +77,7 @@ int store_open(const struct store_config *cfg, struct store **ret, imc_error *er
 	s->driver_opts = cfg->driver_opts;
 	s->state_dir =
 	    strdup(cfg->state_dir && *cfg->state_dir ? cfg->state_dir : STORE_DEFAULT_STATE_DIR);
-	if (!s->state_dir) {
+	if (!s->state_dir || copy_opts(s, cfg->driver_opts, err) < 0) {
 		store_free(s);
 		return imc_err(err, ENOMEM, "out of memory");
 	}
@@ -91,6 +111,11 @@ json_t *store_repairs(const struct store *s)
 const char *store_driver_name(const struct store *s)
 {
 	return s->ops->name;
+}
+
+const char *const *store_driver_opts(const struct store *s)
+{
+	return (const char *const *)s->opts_copy;
 }
 
 int store_volume_create(struct store *s, const char *id, uint64_t size, imc_error *err)

@@ -78,6 +78,8 @@ struct store_fill_hints {
 int store_open(const struct store_config *cfg, struct store **ret, imc_error *err);
 void store_close(struct store *s);
 const char *store_driver_name(const struct store *s);
+/* The driver options the store was opened with (borrowed, NULL-terminated; NULL: none). */
+const char *const *store_driver_opts(const struct store *s);
 const char *store_kind_name(enum store_kind kind);
 /* The state dir the store was opened on (borrowed; its subdirectories' owners are listed in
  * docs/architecture.md). */

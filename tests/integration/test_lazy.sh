@@ -10,8 +10,15 @@
 # bytes) and of imc-attach right after it started the server, each followed by reconcile, leave no
 # mount (FUSE included), loop device, process or half-fetched volume; a chunk corrupted on the
 # server is an I/O error inside the pod.  The same lazy attach from the registry alone (the
-# artifact imcctl push wrote), filled and sealed.
-# Needs root, loop devices, overlayfs and /dev/fuse; the kill -9 test needs a -DIMC_TESTING build.
+# artifact imcctl push wrote), filled and sealed.  The server's figures (imc-attach list and
+# lowers: chunks local/total, bytes on demand and in the background) while the fill is held and
+# after the seal, and in reconcile's repair after a kill -9; a prefetch of a cache whose lazy
+# server is filling it joins that server (no chunk fetched twice, the server's seal kept).
+# imc-runtime on a cold store, with crun and with runc: a container started lazily (IMCACHE_SERVER)
+# prints the model file's sha256; without a source its create fails naming the settings; nothing
+# is left after either.
+# Needs root, loop devices, overlayfs, /dev/fuse, crun and runc; the kill -9 test needs a
+# -DIMC_TESTING build.
 # shellcheck source-path=SCRIPTDIR
 . "$(dirname "$0")/../lib/common.sh"
 . "$(dirname "$0")/../lib/registry.sh"
@@ -20,8 +27,8 @@
 
 need_root
 need_loop
-need_tool jq curl skopeo losetup findmnt mkfs.xfs sha256sum xxd zstd debugfs
-need_programs imcd imcctl imc-attach
+need_tool jq curl skopeo losetup findmnt mkfs.xfs sha256sum xxd zstd debugfs unshare runc crun
+need_programs imcd imcctl imc-attach imc-runtime
 [ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -c /dev/fuse ] || skip_all "needs /dev/fuse"
 
@@ -106,7 +113,7 @@ leaks() {
 	losetup -n -O NAME,BACK-FILE -l 2>/dev/null | awk -v l="$a/lowers/" -v c="$a/pool/clones/" \
 		'index($2, l) == 1 || index($2, c) == 1 { print "loop " $0 }'
 	find "$a/lowers" "$a/attachments" "$a/overlays" "$a/pool/volumes" -mindepth 1 \
-		-printf 'file %p\n' 2>/dev/null
+		-printf 'file %p\n' 2>/dev/null || true
 }
 no_leaks() { # STATE WHAT [PID]
 	local i left
@@ -127,6 +134,21 @@ wait_pid_gone() {
 		sleep 0.05
 	done
 	echo "pid $1 still runs" >&2
+	return 1
+}
+
+# lazy_stats STATE DIR: the lazyStats of the attach at DIR in `imc-attach list`.
+lazy_stats() {
+	ia "$1" list 2>/dev/null | jq -c --arg d "$2" '.[] | select(.dir == $d) | .lazyStats'
+}
+# wait_stats STATE DIR JQ: wait (60 s at most) until JQ holds for the attach's lazyStats (the
+# server rewrites its stats file as chunks arrive).
+wait_stats() {
+	local i
+	for i in $(seq 1 600); do
+		[ "$(lazy_stats "$1" "$2" | jq -r "$3" 2>/dev/null)" = true ] && return 0
+		sleep 0.1
+	done
 	return 1
 }
 
@@ -157,6 +179,20 @@ check_eq "p1 is an overlay" overlay "$(findmnt -rn -o FSTYPE --mountpoint "$P1")
 check_eq "p1 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P1/blob/data.bin" | cut -d' ' -f1)"
 check_eq "p1 runs busybox from the lazy lower" hi "$("$P1/bin/busybox" echo hi)"
 
+# The per-lower figures while the background fill is held: in list (per attach) and lowers.
+wait_stats "$A1" "$P1" '.onDemand.bytes > 0' || true
+ST=$(lazy_stats "$A1" "$P1")
+note "list: lazyStats $ST"
+check_eq "list: the lower has the index's data chunks in all" "$TOTAL" "$(jq -r .chunks <<<"$ST")"
+check_eq "list: fewer are local than in all, read ones on demand, none in the background" \
+	"true true 0 false" \
+	"$(jq -r '"\(.local < .chunks) \(.onDemand.chunks > 0 and .onDemand.bytes > 0) \(.background.chunks) \(.sealed)"' <<<"$ST")"
+check_eq "list: local is what came on demand" "$(jq -r .onDemand.chunks <<<"$ST")" \
+	"$(jq -r .local <<<"$ST")"
+check_eq "lowers: the same figures for the lower, its server alive" "$TOTAL true" \
+	"$(ia "$A1" lowers | jq -r --arg id "$ID" '.[] | select(.cacheId == $id) | "\(.lazyStats.chunks) \(.lazyStats.serverAlive)"')"
+check "the server keeps them in lowers/<id>.lazy.stats" test -s "$A1/lowers/$ID.lazy.stats"
+
 # Four readers at once of a file not read yet (page cache dropped first, so reads go to FUSE).
 mark
 echo 3 >/proc/sys/vm/drop_caches
@@ -182,6 +218,12 @@ check_eq "the sealed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDE
 	"sha256:$(sha256sum <"$A1/pool/snapshots/$ID.img" | cut -d' ' -f1)"
 check_eq "no chunk was sent twice by the background fill" 0 "$(dups)"
 check "its index is kept as a local snapshot's" test -s "$A1/chunks/local/$ID.json"
+wait_stats "$A1" "$P1" '.sealed' || true
+ST=$(lazy_stats "$A1" "$P1")
+note "list after the seal: lazyStats $ST"
+check_eq "list after the seal: every chunk local, the rest came in the background, sealed" \
+	"$TOTAL true true" \
+	"$(jq -r '"\(.local) \(.background.chunks > 0 and .background.bytes > 0 and .onDemand.chunks + .background.chunks == .chunks) \(.sealed)"' <<<"$ST")"
 echo 3 >/proc/sys/vm/drop_caches
 check_eq "the pods keep working after the seal" "$DATA_SHA" "$(sha256sum <"$P1/blob/data.bin" | cut -d' ' -f1)"
 check "the FUSE server still runs while pods use it" kill -0 "$SPID"
@@ -219,6 +261,8 @@ check_fails "a read in the pod fails (an error, not bytes)" sha256sum "$P4/blob/
 _capture ia "$A2" reconcile
 note "$out"
 check_match "reconcile undoes the pod and releases the lower" "lazy server" "$out"
+check_match "... saying what the dead server had, from its last stats file" \
+	"lazy server of cache $ID is gone; [0-9]+ of $TOTAL chunks were local" "$out"
 no_leaks "$A2" "kill -9 of the FUSE server + reconcile"
 check "the pod directory is no mount" test -z "$(findmnt -rn --mountpoint "$P4")"
 
@@ -309,8 +353,8 @@ check "the unsealed volume is gone" test -z "$(ls "$A4/pool/volumes" 2>/dev/null
 lazy_servers() {
 	local c
 	for c in /proc/[0-9]*/cmdline; do
-		tr '\0' ' ' <"$c" 2>/dev/null | grep -qF -- "--state-dir $1 " &&
-			tr '\0' ' ' <"$c" 2>/dev/null | grep -q ' lazy-serve ' && echo "${c//[^0-9]/}"
+		tr '\0' ' ' 2>/dev/null <"$c" | grep -qF -- "--state-dir $1 " &&
+			tr '\0' ' ' 2>/dev/null <"$c" | grep -q ' lazy-serve ' && echo "${c//[^0-9]/}"
 	done
 	return 0
 }
@@ -323,6 +367,159 @@ check_match "it says the cache size is too small" "more than the cache size 1048
 check "p8 is no mount" test -z "$(findmnt -rn --mountpoint "$P8")"
 no_leaks "$A6" "the refused lazy attach"
 check_eq "the refused lazy attach leaves no FUSE server" "" "$(lazy_servers "$A6")"
+
+# --- prefetch of a cache whose lazy server fills it joins that server -----------------------------
+
+A8=$TEST_TMP/agent8
+AGENTS+=("$A8")
+P10=$(pod p10)
+rm -f "$HOLD"
+mark
+check "lazy attach at p10 (background fill held)" env IMC_LAZY_HOLD_BACKGROUND="$HOLD" \
+	"$IMC_BIN/imc-attach" --state-dir "$A8" --lower-grace 0 --server "$IMCD_URL" attach "$ID" "$P10"
+SPID=$(server_pid "$A8")
+check_eq "p10 reads the model file right (its chunks on demand)" "$DATA_SHA" \
+	"$(sha256sum <"$P10/blob/data.bin" | cut -d' ' -f1)"
+ia "$A8" -v prefetch "$ID" >"$TEST_TMP/prefetch.out" 2>&1 &
+PF=$!
+# Without the join it would fetch the whole snapshot again into the server's volume: chunks
+# sent twice, the server's seal broken.
+touch "$HOLD"
+RC=0
+wait "$PF" || RC=$?
+check_eq "prefetch exits 0 once the lazy server sealed the cache" 0 "$RC"
+check_match "prefetch says it joined the lazy server's fill" "joined its lazy server" \
+	"$(cat "$TEST_TMP/prefetch.out")"
+check_eq "the snapshot is the lazy server's seal (the index's sha256)" "$(jq -r .sha256 <<<"$INDEX")" \
+	"sha256:$(sha256sum <"$A8/pool/snapshots/$ID.img" 2>/dev/null | cut -d' ' -f1)"
+check_eq "no chunk was sent twice (prefetch fetched nothing of its own)" 0 "$(dups)"
+check "the FUSE server still serves p10" kill -0 "$SPID"
+check_eq "p10 still reads the model file right" "$DATA_SHA" \
+	"$(sha256sum <"$P10/blob/data.bin" | cut -d' ' -f1)"
+check "detach p10" ia "$A8" detach "$P10"
+no_leaks "$A8" "after prefetch joined the lazy server" "$SPID"
+rm -f "$HOLD"
+
+# The other way round: an attach while a whole fetch (prefetch) of the cache runs waits for it
+# (the fetch holds the cache's lower lock), then mounts the fetched snapshot: no lazy server
+# writes the volume under the fetch.
+if grep -qa IMC_ATTACH_STOP_AT "$IMC_BIN/imc-attach"; then
+	A9=$TEST_TMP/agent9
+	AGENTS+=("$A9")
+	P11=$(pod p11)
+	mark
+	env IMC_ATTACH_STOP_AT=fetch-locked "$IMC_BIN/imc-attach" --state-dir "$A9" --lower-grace 0 \
+		--server "$IMCD_URL" prefetch "$ID" &
+	PF=$!
+	for i in $(seq 1 600); do
+		[ "$(ps -o stat= -p "$PF" | cut -c1)" = T ] && break
+		sleep 0.05
+	done
+	check_eq "prefetch stops with the cache's lower lock held" T "$(ps -o stat= -p "$PF" | cut -c1)"
+	"$IMC_BIN/imc-attach" --state-dir "$A9" --lower-grace 0 --server "$IMCD_URL" \
+		attach "$ID" "$P11" >"$TEST_TMP/attach9.out" 2>&1 &
+	AT=$!
+	# The attach blocked on that lock: a waiter of a flock in /proc/locks ("->").
+	for i in $(seq 1 600); do
+		grep -qE -- "-> FLOCK +ADVISORY +[A-Z]+ +$AT " /proc/locks && break
+		sleep 0.05
+	done
+	check "the attach waits for the prefetch's lock" grep -qE -- "-> FLOCK +ADVISORY +[A-Z]+ +$AT " /proc/locks
+	kill -CONT "$PF"
+	RC=0
+	wait "$PF" || RC=$?
+	check_eq "the prefetch completes" 0 "$RC"
+	RC=0
+	wait "$AT" || RC=$?
+	check_eq "then the attach completes" 0 "$RC"
+	[ "$RC" -eq 0 ] || note "$(cat "$TEST_TMP/attach9.out")"
+	check_eq "on the fetched snapshot, no FUSE" "$A9/pool/snapshots/$ID.img" \
+		"$(losetup -n -O BACK-FILE "$(findmnt -rn -o SOURCE --mountpoint "$A9/lowers/$ID")" | tr -d ' ')"
+	check_fails "no FUSE mount" fuse_mounted "$A9"
+	check_eq "no chunk was sent twice" 0 "$(dups)"
+	check_eq "p11 reads the model file right" "$DATA_SHA" \
+		"$(sha256sum <"$P11/blob/data.bin" | cut -d' ' -f1)"
+	check "detach p11" ia "$A9" detach "$P11"
+	no_leaks "$A9" "after the attach that waited for a prefetch"
+else
+	not_ok "an attach during a prefetch needs a -DIMC_TESTING build (make O=build/check SAN=1)"
+fi
+rm -f "$HOLD"
+
+# --- imc-runtime on a cold store: a container started lazily, with crun and with runc -----------
+
+# rt_bundle DIR: a bundle whose container prints the model file's sha256 from the cache.
+rt_bundle() {
+	mkdir -p "$1/rootfs"
+	(cd "$1" && rm -f config.json && runc spec >/dev/null)
+	jq --arg id "$ID" '.root.path = "rootfs" | .root.readonly = false | .process.terminal = false
+		| .process.args = ["/bin/busybox", "sha256sum", "/blob/data.bin"]
+		| .annotations = {"imcache.io/cache-id": $id}' "$1/config.json" >"$1/config.json.new"
+	mv -f "$1/config.json.new" "$1/config.json"
+}
+# rt RUNTIME STATE ARG...: imc-runtime with STATE as its store, lowers released at once.  crun
+# 1.8 needs a private mount namespace without the hybrid cgroup2 mount at
+# /sys/fs/cgroup/unified (see tests/integration/test_runtime.sh); runc runs as is.
+rt() {
+	local r=$1 st=$2
+	shift 2
+	if [ "$r" = crun ]; then
+		# shellcheck disable=SC2016 # expanded by the inner shell
+		IMCACHE_RUNTIME=crun IMCACHE_STATE_DIR=$st IMCACHE_LOWER_GRACE=0 timeout 120 \
+			unshare -m --propagation private sh -c \
+			'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh "$IMC_BIN/imc-runtime" \
+			--root "$TEST_TMP/rt-root-$r" "$@" </dev/null
+	else
+		IMCACHE_RUNTIME=runc IMCACHE_STATE_DIR=$st IMCACHE_LOWER_GRACE=0 timeout 120 \
+			"$IMC_BIN/imc-runtime" --root "$TEST_TMP/rt-root-$r" "$@" </dev/null
+	fi
+}
+for r in crun runc; do
+	command -v "$r" >/dev/null || { not_ok "$r is installed"; continue; }
+	AR=$TEST_TMP/agent-rt-$r
+	AGENTS+=("$AR")
+	B=$TEST_TMP/bundle-$r
+	rt_bundle "$B"
+	cid=imc-lazy-$r-$$
+	defer "$r" --root "$TEST_TMP/rt-root-$r" delete --force "$cid"
+	mark
+	# The background fill held for good: what comes is what the container reads.
+	IMCACHE_SERVER=$IMCD_URL IMC_LAZY_HOLD_BACKGROUND=$TEST_TMP/never \
+		_capture rt "$r" "$AR" run --bundle "$B" "$cid"
+	check_eq "$r: imc-runtime run on a cold store exits 0" 0 "$rc"
+	check_eq "$r: the container prints the model file's sha256 from the cache" \
+		"$DATA_SHA  /blob/data.bin" "$(printf '%s\n' "$out" | tail -n1)"
+	[ "$rc" -eq 0 ] || note "$out" "$(cat "$AR/lowers/$ID.lazy.log" 2>/dev/null)"
+	if [ "$(sent)" -gt 0 ] && [ "$(sent)" -lt "$TOTAL" ]; then
+		ok "$r: lazily: the chunks it read came from imcd ($(sent) of $TOTAL sent)"
+	else
+		not_ok "$r: lazily: the chunks it read come from imcd, not all" "$(sent) of $TOTAL sent"
+	fi
+	check "$r: ... and the snapshot was never whole in the store (no seal)" \
+		test ! -e "$AR/pool/snapshots/$ID.img"
+	check_eq "$r: the container is gone" "" "$("$r" --root "$TEST_TMP/rt-root-$r" list -q 2>/dev/null | grep -F "$cid" || true)"
+	check_eq "$r: no runtime record left" "" "$(ls "$AR/runtime" 2>/dev/null)"
+	check_eq "$r: no attach left" 0 "$(ia "$AR" list | jq length)"
+	no_leaks "$AR" "$r: after the lazily started container"
+	check_eq "$r: no FUSE server left" "" "$(lazy_servers "$AR")"
+
+	# Without a source: the create fails, naming the settings that would fix it.
+	AN=$TEST_TMP/agent-rt-$r-nosrc
+	AGENTS+=("$AN")
+	cid=imc-lazy-nosrc-$r-$$
+	defer "$r" --root "$TEST_TMP/rt-root-$r" delete --force "$cid"
+	_capture rt "$r" "$AN" create --bundle "$B" "$cid"
+	check_eq "$r: create of a cache the store lacks, no source: exit 1" 1 "$rc"
+	check_match "$r: ... the error names the settings" \
+		"imc-runtime: .*$ID: not in the local store \(set IMCACHE_SERVER=URL of imcd, or IMCACHE_REGISTRY_REF" \
+		"$out"
+	check_fails "$r: ... the real runtime never created the container" \
+		"$r" --root "$TEST_TMP/rt-root-$r" state "$cid"
+	check_eq "$r: ... no attach, no record" "0 " \
+		"$(ia "$AN" list | jq length) $(ls "$AN/runtime" 2>/dev/null)"
+	no_leaks "$AN" "$r: the create without a source"
+	check_eq "$r: ... the rootfs dir is empty" "" "$(ls -A "$B/rootfs")"
+done
 
 # --- imcd that requires a token: --token alone reaches the lazy server ---------------------------
 

@@ -3,9 +3,11 @@
  * mounts, loop devices and crash recovery are tested for real in
  * tests/integration/test_attach.sh. */
 #include <check.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "../../attach/internal.h"
+#include "../../dist/dist.h"
 #include "unit.h"
 
 /* TESTABLE helpers of attach/attach.c. */
@@ -116,6 +118,69 @@ START_TEST(pod_mounts_scan)
 }
 END_TEST
 
+/* Does argv hold flag followed by value? */
+static bool has_pair(const struct lazy_argv *a, const char *flag, const char *value)
+{
+	for (size_t i = 0; i + 1 < a->n; i++)
+		if (strcmp(a->v[i], flag) == 0 && strcmp(a->v[i + 1], value) == 0)
+			return true;
+	return false;
+}
+
+/* The lazy server gets the agent's driver options (and the rest of what it was given), in the
+ * order given, each as --driver-opt KEY=VALUE before the command; the token never. */
+START_TEST(lazy_server_args)
+{
+	static const char *const opts[] = {"data_dev=/dev/vdb", "zero=false", NULL};
+	static const char *const insecure[] = {"127.0.0.1:5000", NULL};
+	const struct lazy_store_args st = {
+	    .state_dir = "/s", .driver = "thin", .driver_opts = opts};
+	const struct dist_fetch_config fc = {.server = "http://h:1",
+					     .token = "secret",
+					     .registry_ref = "r/x:v1",
+					     .insecure_registries = insecure,
+					     .parallel = 8,
+					     .cache_size = 1 << 20};
+	struct lazy_argv a;
+	size_t first = 0, second = 0;
+
+	lazy_server_argv(&st, &fc, "imc-0123456789abcdef", 7, &a);
+	ck_assert_uint_ge(a.n, 5);
+	ck_assert_ptr_null(a.v[a.n]);
+	ck_assert_str_eq(a.v[0], "imc-attach");
+	ck_assert(has_pair(&a, "--state-dir", "/s"));
+	ck_assert(has_pair(&a, "--driver", "thin"));
+	ck_assert(has_pair(&a, "--driver-opt", "data_dev=/dev/vdb"));
+	ck_assert(has_pair(&a, "--driver-opt", "zero=false"));
+	ck_assert(has_pair(&a, "--server", "http://h:1"));
+	ck_assert(has_pair(&a, "--registry-ref", "r/x:v1"));
+	ck_assert(has_pair(&a, "--insecure-registry", "127.0.0.1:5000"));
+	ck_assert(has_pair(&a, "--parallel", "8"));
+	ck_assert(has_pair(&a, "--cache-size", "1048576"));
+	for (size_t i = 0; i < a.n; i++) {
+		ck_assert_ptr_null(strstr(a.v[i], "secret"));
+		if (strcmp(a.v[i], "data_dev=/dev/vdb") == 0)
+			first = i;
+		if (strcmp(a.v[i], "zero=false") == 0)
+			second = i;
+	}
+	ck_assert_uint_lt(first, second); /* in the order given */
+	/* The command and its arguments last: every global option comes before it. */
+	ck_assert_str_eq(a.v[a.n - 4], "lazy-serve");
+	ck_assert_str_eq(a.v[a.n - 3], "--ready-fd");
+	ck_assert_str_eq(a.v[a.n - 2], "7");
+	ck_assert_str_eq(a.v[a.n - 1], "imc-0123456789abcdef");
+	ck_assert_uint_lt(second, a.n - 4);
+
+	/* No options: none on the command line. */
+	lazy_server_argv(&(struct lazy_store_args){.state_dir = "/s", .driver = "reflink"},
+			 &(struct dist_fetch_config){.server = "http://h:1"}, "imc-1", 3, &a);
+	for (size_t i = 0; i < a.n; i++)
+		ck_assert_str_ne(a.v[i], "--driver-opt");
+	ck_assert_str_eq(a.v[a.n - 4], "lazy-serve");
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("attach");
@@ -125,6 +190,7 @@ int main(void)
 	tcase_add_test(tc, data_dest_paths);
 	tcase_add_test(tc, mountinfo_escapes);
 	tcase_add_test(tc, pod_mounts_scan);
+	tcase_add_test(tc, lazy_server_args);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
