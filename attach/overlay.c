@@ -25,14 +25,34 @@
 #define MOUNTINFO_MAX	(4U << 20)
 #define POD_MOUNTS_MAX	ATTACH_POD_MOUNTS_MAX
 
-static int pod_path(struct store *s, const char *aid, char ret[PATH_MAX], imc_error *err)
+/* Where pod directories go: the store's scratch directory on its own filesystem where it has one
+ * (the reflink pool's XFS), else <state>/overlays.  A pod makes and removes about ten inodes
+ * (ours, and the work directory's that overlayfs makes at every mount): on the pool they stay off
+ * the state dir's filesystem, which holds the attach records (docs/architecture.md, "The pod").
+ * Pods of a state dir from before live in <state>/overlays: detach and reconcile look there too. */
+static int pods_dir(struct store *s, bool legacy, char ret[PATH_MAX], imc_error *err)
 {
-	char real[PATH_MAX];
+	char real[PATH_MAX], path[PATH_MAX];
+	int r = legacy ? -EOPNOTSUPP : store_scratch_dir(s, OVERLAYS_DIR, path, err);
 
+	if (r == 0) {
+		if (!realpath(path, ret))
+			return imc_err_sys(err, errno, "%s", path);
+		return 0;
+	}
+	if (r != -EOPNOTSUPP)
+		return r;
 	if (!realpath(attach_state_dir(s), real))
 		return imc_err_sys(err, errno, "%s", attach_state_dir(s));
-	if ((size_t)snprintf(ret, PATH_MAX, "%s/" OVERLAYS_DIR "/%s", real, aid) >= PATH_MAX)
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/" OVERLAYS_DIR, real) >= PATH_MAX)
 		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
+	return 0;
+}
+
+static int pod_path(const char *base, const char *aid, char ret[PATH_MAX], imc_error *err)
+{
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/%s", base, aid) >= PATH_MAX)
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", base);
 	return 0;
 }
 
@@ -199,22 +219,29 @@ static int umount_pod(const char *aid, json_t *repairs, imc_error *err)
 
 /* ---- the pod directory ---------------------------------------------------------------------- */
 
-static int open_overlays_dir(struct store *s, imc_error *err)
+/* Open the pod directories' directory base (made if missing when create); -ENOENT (bare) when it
+ * is not there and !create. */
+static int open_pods_dir(const char *base, bool create, imc_error *err)
 {
-	return attach_open_subdir(s, OVERLAYS_DIR, err);
+	int fd;
+
+	if (create && mkdir(base, 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "mkdir %s", base);
+	fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT && !create ? -ENOENT : imc_err_sys(err, errno, "%s", base);
+	return fd;
 }
 
-/* Remove the pod directory, unmounting its tmpfs first. */
-static int pod_remove(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+/* Remove pod directory aid of odir (named base), unmounting its tmpfs first. */
+static int pod_remove_in(int odir, const char *base, const char *aid, json_t *repairs,
+			 imc_error *err)
 {
-	_cleanup_close_ int odir = open_overlays_dir(s, err);
 	char pod[PATH_MAX];
 	struct statx stx;
 	int r;
 
-	if (odir < 0)
-		return odir;
-	if ((r = pod_path(s, aid, pod, err)) < 0)
+	if ((r = pod_path(base, aid, pod, err)) < 0)
 		return r;
 	if (statx(odir, aid, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &stx) < 0)
 		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "%s", pod);
@@ -231,18 +258,40 @@ static int pod_remove(struct store *s, const char *aid, json_t *repairs, imc_err
 	return 0;
 }
 
+/* Remove the pod directory of aid wherever it is (where pods go now, or where they went before). */
+static int pod_remove(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+{
+	char here[PATH_MAX], legacy[PATH_MAX];
+	int r;
+
+	if ((r = pods_dir(s, false, here, err)) < 0 || (r = pods_dir(s, true, legacy, err)) < 0)
+		return r;
+	for (int i = 0; i < 2 && r == 0; i++) {
+		const char *base = i == 0 ? here : legacy;
+		_cleanup_close_ int odir = -1;
+		if (i == 1 && strcmp(here, legacy) == 0)
+			break;
+		if ((odir = open_pods_dir(base, false, err)) == -ENOENT)
+			continue;
+		r = odir < 0 ? odir : pod_remove_in(odir, base, aid, repairs, err);
+	}
+	return r;
+}
+
 /* The pod's upper and work directories (on a tmpfs of size bytes when size is not 0); the upper
  * gets the owner and mode of the lower's rootfs, since it becomes the overlay's root. */
 static int pod_create(struct store *s, const char *aid, uint64_t size, const struct stat *root,
 		      char ret[PATH_MAX], imc_error *err)
 {
-	_cleanup_close_ int odir = open_overlays_dir(s, err), pfd = -1;
+	_cleanup_close_ int odir = -1, pfd = -1;
+	char base[PATH_MAX];
 	int r;
 
-	if (odir < 0)
-		return odir;
-	if ((r = pod_remove(s, aid, NULL, err)) < 0 || (r = pod_path(s, aid, ret, err)) < 0)
+	if ((r = pod_remove(s, aid, NULL, err)) < 0 || (r = pods_dir(s, false, base, err)) < 0 ||
+	    (r = pod_path(base, aid, ret, err)) < 0)
 		return r;
+	if ((odir = open_pods_dir(base, true, err)) < 0)
+		return odir;
 	if (mkdirat(odir, aid, 0700) < 0)
 		return imc_err_sys(err, errno, "pod directory %s", ret);
 	if (size) {
@@ -394,25 +443,44 @@ int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repair
 	return 0;
 }
 
-int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err)
+/* Pod directories in base (the directory odir) whose attach has no state. */
+static int reconcile_orphans_in(struct store *s, int odir, const char *base, json_t *repairs,
+				imc_error *err)
 {
-	int odir = open_overlays_dir(s, err);
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;
-	int r = 0;
+	int r = 0, fd = fcntl(odir, F_DUPFD_CLOEXEC, 3);
 
-	if (odir < 0)
-		return odir;
-	if (!(d = fdopendir(odir))) {
-		close(odir);
-		return imc_err_sys(err, errno, OVERLAYS_DIR);
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "%s", base);
 	}
 	while (r == 0 && (de = readdir(d))) {
 		if (de->d_name[0] == '.' || strncmp(de->d_name, "att-", 4) != 0 ||
 		    attach_state_exists(s, de->d_name))
 			continue;
 		if ((r = umount_pod(de->d_name, repairs, err)) == 0)
-			r = pod_remove(s, de->d_name, repairs, err);
+			r = pod_remove_in(odir, base, de->d_name, repairs, err);
+	}
+	return r;
+}
+
+int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err)
+{
+	char here[PATH_MAX], legacy[PATH_MAX];
+	int r;
+
+	if ((r = pods_dir(s, false, here, err)) < 0 || (r = pods_dir(s, true, legacy, err)) < 0)
+		return r;
+	for (int i = 0; i < 2 && r == 0; i++) {
+		const char *base = i == 0 ? here : legacy;
+		_cleanup_close_ int odir = -1;
+		if (i == 1 && strcmp(here, legacy) == 0)
+			break;
+		if ((odir = open_pods_dir(base, false, err)) == -ENOENT)
+			continue;
+		r = odir < 0 ? odir : reconcile_orphans_in(s, odir, base, repairs, err);
 	}
 	return r;
 }
