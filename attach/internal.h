@@ -18,6 +18,9 @@ int attach_open_subdir(struct store *s, const char *name, imc_error *err);
 void attach_stop_point(const char *name);
 /* Is there a state file for attach id aid (attachments/<aid>.json)? */
 bool attach_state_exists(struct store *s, const char *aid);
+/* Hard-link aid's state file as name in dirfd: 0, or -errno (bare) where that cannot be done
+ * (no state file, another filesystem, no hard links there). */
+int attach_state_link(struct store *s, const char *aid, int dirfd, const char *name);
 /* Make dest inside rootfd (each component resolved inside it); an O_PATH fd of it. */
 int attach_mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err);
 /* images[req->image].config of /imcache.json in the cache's root at dirfd. */
