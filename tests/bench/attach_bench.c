@@ -1,8 +1,8 @@
 /* attach_bench [--block|--overlay] STATE_DIR CACHE_ID COUNT [THREADS [SIZE_MB]]: attach the cache
- * COUNT times (THREADS at a time, each at its own directory, all made before; grown to SIZE_MB with --size semantics
- * when given), timing every attach and detach in-process, and print p50/p99/max in ms as one JSON
- * line, with the CPU time (user + system) this process spent per attach and its detach
- * (cpu_ms_per_attach: with THREADS at a time on C cores the last of a burst waits about
+ * COUNT times (THREADS at a time, each at its own directory, all made before; grown to SIZE_MB with
+ * --size semantics when given), timing every attach and detach in-process, and print p50/p99/max in
+ * ms as one JSON line, with the CPU time (user + system) this process spent per attach and its
+ * detach (cpu_ms_per_attach: with THREADS at a time on C cores the last of a burst waits about
  * THREADS * cpu_ms_per_attach / C).
  * --block: block mode (imc-attach attach --block: a clone on a device, nothing mounted), detached
  * by its attach id.  --overlay: overlay mode (an overlayfs per attach on the cache's shared
@@ -139,7 +139,7 @@ static int bench(struct store *s, const char *cache_id, int count, int threads, 
 		return 1;
 	}
 	/* The pods' directories exist before the burst (a runtime's bundle does): making and
-	 * removing them is no part of an attach, and the threads would spend CPU on it meanwhile. */
+	 * removing them is no part of an attach, and threads would spend CPU on it meanwhile. */
 	for (int i = 0; i < count && !block && !failed; i++) {
 		char dir[sizeof(base) + 16];
 		snprintf(dir, sizeof(dir), "%s/a%d", base, i);

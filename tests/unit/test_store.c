@@ -236,7 +236,7 @@ START_TEST(driver_answers_capabilities_hints_and_clone_devices)
 }
 END_TEST
 
-/* A directory of the caller's own on the store's filesystem: the reflink pool's XFS; none in thin. */
+/* A directory of the caller's own on the store's filesystem: the reflink pool's XFS; thin: none. */
 START_TEST(scratch_dir_is_on_the_pool)
 {
 	char path[PATH_MAX], want[PATH_MAX];
