@@ -661,7 +661,7 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	int r;
 
 	if (req_overlay(req)) {
-		r = overlay_attach(s, req, aid, t->dir, t->dirfd, ret_config, err);
+		r = overlay_attach(s, req, aid, t->dir, t->dirfd, state, ret_config, err);
 		if (r < 0)
 			return r;
 		json_object_set_new(state, "status", json_string(STATUS_ATTACHED));

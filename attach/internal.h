@@ -73,8 +73,10 @@ int lazy_reap(struct store *s, int ldir, const char *id, json_t *repairs, imc_er
 /* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */
 /* dir names the mount point; dirfd, when not -1, is it opened already (the mount goes onto the
  * descriptor, not onto dir resolved again). */
+/* state gets the overlay's unique mount id ("mountId", where the kernel has them) for the caller
+ * to record with "attached". */
 int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
-		   const char *dir, int dirfd, json_t **ret_config, imc_error *err);
+		   const char *dir, int dirfd, json_t *state, json_t **ret_config, imc_error *err);
 /* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
  * reference on the lower.  The caller removes the state. */
 int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);

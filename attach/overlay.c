@@ -23,7 +23,10 @@
  * thrown away with the pod, and after a crash it is removed, never mounted again). */
 #define OVERLAY_OPTIONS "index=off,redirect_dir=on,metacopy=off,xino=auto,volatile"
 #define MOUNTINFO_MAX	(4U << 20)
-#define POD_MOUNTS_MAX	ATTACH_POD_MOUNTS_MAX
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U /* Linux 6.8: mount ids never reused while the system runs */
+#endif
+#define POD_MOUNTS_MAX ATTACH_POD_MOUNTS_MAX
 
 /* Where pod directories go: the store's scratch directory on its own filesystem where it has one
  * (the reflink pool's XFS), else <state>/overlays.  A pod makes and removes about ten inodes
@@ -197,6 +200,62 @@ bool overlay_alive(const char *aid)
 	return n > 0 || mounted_elsewhere(aid);
 }
 
+/* The unique id of the mount whose root fd (or fd/path) is; 0 when it is no mount root or the
+ * kernel has no unique mount ids (before 6.8). */
+static uint64_t mount_id(int fd, const char *path, int flags)
+{
+	struct statx stx;
+
+	if (statx(fd, path, flags | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_MNT_ID_UNIQUE,
+		  &stx) < 0 ||
+	    !(stx.stx_mask & STATX_MNT_ID_UNIQUE) || !(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		return 0;
+	return stx.stx_mnt_id;
+}
+
+/* The pod's mounts found without mountinfo (which costs every detach in proportion to all the
+ * mounts of the host, pods included): the mount at the state's dir is the overlay the attach
+ * recorded ("mountId"), so only the data mount sits on it.  1 when they are unmounted, 0 when the
+ * mountinfo way must do it (nothing recorded, no unique ids, the directory's mount not that one,
+ * or something else on top of it), -errno on error. */
+static int umount_pod_recorded(json_t *state, json_t *repairs, imc_error *err)
+{
+	const char *dir = json_string_value(json_object_get(state, "dir"));
+	const char *dest = json_string_value(json_object_get(state, "dataDest"));
+	json_int_t want = json_integer_value(json_object_get(state, "mountId"));
+	_cleanup_close_ int root = -1, data = -1;
+	char what[PATH_MAX * 2];
+	uint64_t id;
+	int r;
+
+	if (!dir || want <= 0)
+		return 0;
+	root = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (root < 0 || mount_id(root, "", AT_EMPTY_PATH) != (uint64_t)want)
+		return 0;
+	if (dest && (data = imc_openat_in_root(root, dest, O_PATH | O_NOFOLLOW, 0)) >= 0 &&
+	    (id = mount_id(data, "", AT_EMPTY_PATH)) != 0 && id != (uint64_t)want) {
+		snprintf(what, sizeof(what), "%s%s", dir, dest);
+		r = imc_priv_umount_fd(data, what, err); /* lazily, as in umount_pod */
+		if (r < 0 && r != -EINVAL)
+			return r;
+		if (r == 0 && repairs)
+			json_array_append_new(repairs, json_sprintf("unmounted %s", what));
+	}
+	/* Our descriptors would keep the overlay busy. */
+	close(steal_fd(&root));
+	if (data >= 0)
+		close(steal_fd(&data));
+	r = imc_priv_umount(dir, 0, err);
+	if (r == -EBUSY || r == -EINVAL)
+		return 0; /* something on top, or busy: the mountinfo way finds out which */
+	if (r < 0)
+		return r;
+	if (repairs)
+		json_array_append_new(repairs, json_sprintf("unmounted %s", dir));
+	return 1;
+}
+
 /* Unmount the pod's mounts: what sits on the overlay lazily (a data mount's path may be busy
  * through the descriptor that names it), the overlay itself not (a busy rootfs is an error). */
 static int umount_pod(const char *aid, json_t *repairs, imc_error *err)
@@ -365,9 +424,11 @@ static int check_lower(const struct attach_request *req, const char *lroot, stru
 	return 0;
 }
 
-/* Mount the pod's overlay on dir (on dirfd when it is not -1); *ret_mfd names its root. */
+/* Mount the pod's overlay on dir (on dirfd when it is not -1); *ret_mfd names its root, *ret_id
+ * is its unique mount id (0: none). */
 static int mount_overlay(const struct attach_request *req, const char *aid, const char *lroot,
-			 const char *pod, const char *dir, int dirfd, int *ret_mfd, imc_error *err)
+			 const char *pod, const char *dir, int dirfd, int *ret_mfd,
+			 uint64_t *ret_id, imc_error *err)
 {
 	_cleanup_free_ char *opts = NULL;
 	_cleanup_close_ int mfd = -1;
@@ -390,14 +451,16 @@ static int mount_overlay(const struct attach_request *req, const char *aid, cons
 	if (r < 0)
 		return r;
 	attach_stop_point("after-mount");
+	*ret_id = mount_id(mfd, "", AT_EMPTY_PATH);
 	*ret_mfd = steal_fd(&mfd);
 	return 0;
 }
 
 int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
-		   const char *dir, int dirfd, json_t **ret_config, imc_error *err)
+		   const char *dir, int dirfd, json_t *state, json_t **ret_config, imc_error *err)
 {
 	_cleanup_close_ int mfd = -1;
+	uint64_t id = 0;
 	char lroot[PATH_MAX], pod[PATH_MAX];
 	struct stat root;
 	int r;
@@ -418,8 +481,10 @@ int overlay_attach(struct store *s, const struct attach_request *req, const char
 	if ((r = pod_create(s, aid, req->size, &root, pod, err)) < 0 ||
 	    (r = overlay_path_check(pod, err)) < 0)
 		return r;
-	if ((r = mount_overlay(req, aid, lroot, pod, dir, dirfd, &mfd, err)) < 0)
+	if ((r = mount_overlay(req, aid, lroot, pod, dir, dirfd, &mfd, &id, err)) < 0)
 		return r;
+	if (id && json_object_set_new(state, "mountId", json_integer((json_int_t)id)) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
 	/* mfd names the mounted overlay: the data mount point is found inside it, not by
 	 * resolving dir again.  The caller records "attached". */
 	if (req->data_dest && (r = mount_data(req, lroot, mfd, dir, err)) < 0)
@@ -432,7 +497,9 @@ int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repair
 	const char *cache_id = json_string_value(json_object_get(state, "cacheId"));
 	int r;
 
-	if ((r = umount_pod(aid, repairs, err)) < 0)
+	if ((r = umount_pod_recorded(state, repairs, err)) == 0)
+		r = umount_pod(aid, repairs, err);
+	if (r < 0)
 		return r;
 	attach_stop_point("detach-after-umount");
 	if ((r = pod_remove(s, aid, repairs, err)) < 0)
