@@ -67,8 +67,7 @@ leaks() {
 			'index($2, s) == 1 || index($2, c) == 1 { print "loop " $0 }'
 	tmp_mounts | grep -E "^($TEST_TMP/m/|$STATE/lowers)" | sed 's/^/mount /' || true
 	find "$STATE/overlays" "$STATE/pool/scratch/overlays" "$STATE/lowers" "$STATE/attachments" \
-		"$STATE/pool/clones" \
-		-mindepth 1 -printf 'file %p\n' 2>/dev/null
+		"$STATE/pool/clones" -mindepth 1 -printf 'file %p\n' 2>/dev/null || true
 }
 no_leaks() {
 	local i
@@ -110,6 +109,10 @@ check_eq "the pod's writes land in the pool's XFS" xfs \
 	"$(stat -f -c %T "$STATE/pool/scratch/overlays/$AID1/upper")"
 check_eq "p1's reference on the lower is its state file, linked (no inode of its own)" \
 	"$(stat -c '%i 2' "$STATE/attachments/$AID1.json")" "$(stat -c '%i %h' "$STATE/lowers/$A.refs/$AID1")"
+# Unique mount ids (Linux 6.8): the state records the overlay's, and detach finds it by it.
+if printf '%s\n' 6.8 "$(uname -r | cut -d. -f1,2)" | sort -CV; then WANT_ID=yes; else WANT_ID=no; fi
+check_eq "the state records the overlay's unique mount id where the kernel has them" "$WANT_ID" \
+	"$(jq -r 'if (.mountId // 0) > 0 then "yes" else "no" end' "$STATE/attachments/$AID1.json")"
 
 printf 'p1-was-here\n' >"$P1/etc/hello"
 printf 'new\n' >"$P1/new-in-p1"
@@ -140,6 +143,12 @@ check_eq "the snapshot is unchanged" hello-from-snapshot \
 check "a new pod at p1 starts clean" ia attach "$A" "$P1"
 check_eq "it sees the image, not the old pod's write" hello-from-snapshot "$(cat "$P1/etc/hello")"
 check "and detaches" ia detach "$P1"
+# Something mounted on the pod's overlay besides its data mount: detach takes it off too.
+check "a pod at p1 again" ia attach --data-dest /models "$A" "$P1"
+mkdir -p "$P1/extra"
+mount -t tmpfs extra "$P1/extra"
+check "detach with a foreign mount on the pod" ia detach "$P1"
+no_leaks "after a pod with a mount on it"
 
 # --- bad input ---------------------------------------------------------------------------------
 
