@@ -110,6 +110,7 @@ static void state_name(const char *aid, char ret[64])
 static int state_update(int fd, json_t *state, imc_error *err)
 {
 	_cleanup_free_ char *buf = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
+	struct stat st;
 	size_t len;
 	ssize_t n;
 
@@ -117,7 +118,10 @@ static int state_update(int fd, json_t *state, imc_error *err)
 		return imc_err(err, ENOMEM, "out of memory");
 	len = strlen(buf);
 	n = pwrite(fd, buf, len, 0);
-	if (n < 0 || (size_t)n != len || ftruncate(fd, (off_t)len) < 0)
+	/* Cut only what a shorter content leaves behind: a truncate to the size the file has
+	 * anyway still costs (XFS writes the file's dirty pages back first). */
+	if (n < 0 || (size_t)n != len || fstat(fd, &st) < 0 ||
+	    (st.st_size > (off_t)len && ftruncate(fd, (off_t)len) < 0))
 		return imc_err_sys(err, n < 0 ? errno : EIO, "attach state %s",
 				   json_string_value(json_object_get(state, "id")));
 	return 0;
@@ -657,7 +661,7 @@ static int do_attach(struct store *s, const struct attach_request *req, const ch
 	int r;
 
 	if (req_overlay(req)) {
-		r = overlay_attach(s, req, aid, t->dir, t->dirfd, ret_config, err);
+		r = overlay_attach(s, req, aid, t->dir, t->dirfd, state, ret_config, err);
 		if (r < 0)
 			return r;
 		json_object_set_new(state, "status", json_string(STATUS_ATTACHED));
@@ -1161,6 +1165,20 @@ bool attach_state_exists(struct store *s, const char *aid)
 	state_name(aid, name);
 	_cleanup_free_ char *path = imc_path_join(dir, name);
 	return !path || lstat(path, &st) == 0 || errno != ENOENT;
+}
+
+int attach_state_link(struct store *s, const char *aid, int dirfd, const char *name)
+{
+	_cleanup_free_ char *dir = imc_path_join(attach_state_dir(s), ATTACH_DIR);
+	_cleanup_free_ char *path = NULL;
+	char sname[64];
+
+	if (!dir || !attach_id_valid(aid))
+		return dir ? -EINVAL : -ENOMEM;
+	state_name(aid, sname);
+	if (!(path = imc_path_join(dir, sname)))
+		return -ENOMEM;
+	return linkat(AT_FDCWD, path, dirfd, name, 0) < 0 ? -errno : 0;
 }
 
 int attach_mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err)

@@ -18,6 +18,9 @@ int attach_open_subdir(struct store *s, const char *name, imc_error *err);
 void attach_stop_point(const char *name);
 /* Is there a state file for attach id aid (attachments/<aid>.json)? */
 bool attach_state_exists(struct store *s, const char *aid);
+/* Hard-link aid's state file as name in dirfd: 0, or -errno (bare) where that cannot be done
+ * (no state file, another filesystem, no hard links there). */
+int attach_state_link(struct store *s, const char *aid, int dirfd, const char *name);
 /* Make dest inside rootfd (each component resolved inside it); an O_PATH fd of it. */
 int attach_mkdir_in_root(int rootfd, const char *dest, int *ret_fd, imc_error *err);
 /* images[req->image].config of /imcache.json in the cache's root at dirfd. */
@@ -101,8 +104,10 @@ int lazy_reap(struct store *s, int ldir, const char *id, json_t *repairs, imc_er
 /* Mount-mode attach as an overlayfs at dir on the cache's shared lower. */
 /* dir names the mount point; dirfd, when not -1, is it opened already (the mount goes onto the
  * descriptor, not onto dir resolved again). */
+/* state gets the overlay's unique mount id ("mountId", where the kernel has them) for the caller
+ * to record with "attached". */
 int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
-		   const char *dir, int dirfd, json_t **ret_config, imc_error *err);
+		   const char *dir, int dirfd, json_t *state, json_t **ret_config, imc_error *err);
 /* Undo whatever part of overlay attach aid exists: its mounts, its pod directory, its
  * reference on the lower.  The caller removes the state. */
 int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repairs, imc_error *err);

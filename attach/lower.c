@@ -7,8 +7,9 @@
  *   lowers/<id>/              the mount point (ext4, ro,noload, on a read-only direct-I/O
  *                             autoclear loop device, or the driver's read-only device)
  *   lowers/<id>.json          {"cacheId","device","mountedAt"}, written before the mount
- *   lowers/<id>.refs/<att-id> one empty file per attach using it; its directory's mtime is the
- *                             time of the last reference change (the last use once it is empty)
+ *   lowers/<id>.refs/<att-id> one entry per attach using it (a hard link of its state file, or
+ *                             an empty file); its directory's mtime is the time of the last
+ *                             reference change (the last use once it is empty)
  *
  * The references are files, not a count: a reference whose attach has no state file belongs to
  * no live or dead attach (the state is created before the reference and removed after it) and is
@@ -146,13 +147,19 @@ static bool ref_live(struct store *s, const char *name)
 	return access(path, F_OK) == 0;
 }
 
-static int ref_add(int ldir, const char *id, const char *aid, imc_error *err)
+/* The reference is a hard link of the attach's state file where the filesystem allows: a name,
+ * no new inode (creating one is the costly part on some filesystems: ext4 without a journal scans
+ * the inodes deleted in the last 30 s at every allocation).  Else an empty file. */
+static int ref_add(struct store *s, int ldir, const char *id, const char *aid, imc_error *err)
 {
 	_cleanup_close_ int rdir = refs_dir(ldir, id, true, err);
-	int fd;
+	int fd, r;
 
 	if (rdir < 0)
 		return rdir;
+	r = attach_state_link(s, aid, rdir, aid);
+	if (r == 0 || r == -EEXIST)
+		return 0;
 	fd = openat(rdir, aid, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return imc_err_sys(err, errno, "lower %s: reference %s", id, aid);
@@ -289,7 +296,7 @@ int lower_acquire(struct store *s, const char *cache_id, const char *aid,
 	if ((lock = lower_lock(ldir, cache_id, LOCK_SH, err)) < 0)
 		return lock;
 	/* The reference first: from here no sweep unmounts the lower under us. */
-	if ((r = ref_add(ldir, cache_id, aid, err)) < 0)
+	if ((r = ref_add(s, ldir, cache_id, aid, err)) < 0)
 		return r;
 	if (lower_mounted(ldir, cache_id, NULL)) {
 		/* A deleted cache's lower lives on for its pods until they go, but takes no new

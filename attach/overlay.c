@@ -23,16 +23,39 @@
  * thrown away with the pod, and after a crash it is removed, never mounted again). */
 #define OVERLAY_OPTIONS "index=off,redirect_dir=on,metacopy=off,xino=auto,volatile"
 #define MOUNTINFO_MAX	(4U << 20)
-#define POD_MOUNTS_MAX	ATTACH_POD_MOUNTS_MAX
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U /* Linux 6.8: mount ids never reused while the system runs */
+#endif
+#define POD_MOUNTS_MAX ATTACH_POD_MOUNTS_MAX
 
-static int pod_path(struct store *s, const char *aid, char ret[PATH_MAX], imc_error *err)
+/* Where pod directories go: the store's scratch directory on its own filesystem where it has one
+ * (the reflink pool's XFS), else <state>/overlays.  A pod makes and removes about ten inodes
+ * (ours, and the work directory's that overlayfs makes at every mount): on the pool they stay off
+ * the state dir's filesystem, which holds the attach records (docs/architecture.md, "The pod").
+ * Pods of a state dir from before live in <state>/overlays: detach and reconcile look there too. */
+static int pods_dir(struct store *s, bool legacy, char ret[PATH_MAX], imc_error *err)
 {
-	char real[PATH_MAX];
+	char real[PATH_MAX], path[PATH_MAX];
+	int r = legacy ? -EOPNOTSUPP : store_scratch_dir(s, OVERLAYS_DIR, path, err);
 
+	if (r == 0) {
+		if (!realpath(path, ret))
+			return imc_err_sys(err, errno, "%s", path);
+		return 0;
+	}
+	if (r != -EOPNOTSUPP)
+		return r;
 	if (!realpath(attach_state_dir(s), real))
 		return imc_err_sys(err, errno, "%s", attach_state_dir(s));
-	if ((size_t)snprintf(ret, PATH_MAX, "%s/" OVERLAYS_DIR "/%s", real, aid) >= PATH_MAX)
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/" OVERLAYS_DIR, real) >= PATH_MAX)
 		return imc_err(err, ENAMETOOLONG, "%s: path too long", real);
+	return 0;
+}
+
+static int pod_path(const char *base, const char *aid, char ret[PATH_MAX], imc_error *err)
+{
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/%s", base, aid) >= PATH_MAX)
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", base);
 	return 0;
 }
 
@@ -177,6 +200,62 @@ bool overlay_alive(const char *aid)
 	return n > 0 || mounted_elsewhere(aid);
 }
 
+/* The unique id of the mount whose root fd (or fd/path) is; 0 when it is no mount root or the
+ * kernel has no unique mount ids (before 6.8). */
+static uint64_t mount_id(int fd, const char *path, int flags)
+{
+	struct statx stx;
+
+	if (statx(fd, path, flags | AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_MNT_ID_UNIQUE,
+		  &stx) < 0 ||
+	    !(stx.stx_mask & STATX_MNT_ID_UNIQUE) || !(stx.stx_attributes & STATX_ATTR_MOUNT_ROOT))
+		return 0;
+	return stx.stx_mnt_id;
+}
+
+/* The pod's mounts found without mountinfo (which costs every detach in proportion to all the
+ * mounts of the host, pods included): the mount at the state's dir is the overlay the attach
+ * recorded ("mountId"), so only the data mount sits on it.  1 when they are unmounted, 0 when the
+ * mountinfo way must do it (nothing recorded, no unique ids, the directory's mount not that one,
+ * or something else on top of it), -errno on error. */
+static int umount_pod_recorded(json_t *state, json_t *repairs, imc_error *err)
+{
+	const char *dir = json_string_value(json_object_get(state, "dir"));
+	const char *dest = json_string_value(json_object_get(state, "dataDest"));
+	json_int_t want = json_integer_value(json_object_get(state, "mountId"));
+	_cleanup_close_ int root = -1, data = -1;
+	char what[PATH_MAX * 2];
+	uint64_t id;
+	int r;
+
+	if (!dir || want <= 0)
+		return 0;
+	root = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (root < 0 || mount_id(root, "", AT_EMPTY_PATH) != (uint64_t)want)
+		return 0;
+	if (dest && (data = imc_openat_in_root(root, dest, O_PATH | O_NOFOLLOW, 0)) >= 0 &&
+	    (id = mount_id(data, "", AT_EMPTY_PATH)) != 0 && id != (uint64_t)want) {
+		snprintf(what, sizeof(what), "%s%s", dir, dest);
+		r = imc_priv_umount_fd(data, what, err); /* lazily, as in umount_pod */
+		if (r < 0 && r != -EINVAL)
+			return r;
+		if (r == 0 && repairs)
+			json_array_append_new(repairs, json_sprintf("unmounted %s", what));
+	}
+	/* Our descriptors would keep the overlay busy. */
+	close(steal_fd(&root));
+	if (data >= 0)
+		close(steal_fd(&data));
+	r = imc_priv_umount(dir, 0, err);
+	if (r == -EBUSY || r == -EINVAL)
+		return 0; /* something on top, or busy: the mountinfo way finds out which */
+	if (r < 0)
+		return r;
+	if (repairs)
+		json_array_append_new(repairs, json_sprintf("unmounted %s", dir));
+	return 1;
+}
+
 /* Unmount the pod's mounts: what sits on the overlay lazily (a data mount's path may be busy
  * through the descriptor that names it), the overlay itself not (a busy rootfs is an error). */
 static int umount_pod(const char *aid, json_t *repairs, imc_error *err)
@@ -199,22 +278,29 @@ static int umount_pod(const char *aid, json_t *repairs, imc_error *err)
 
 /* ---- the pod directory ---------------------------------------------------------------------- */
 
-static int open_overlays_dir(struct store *s, imc_error *err)
+/* Open the pod directories' directory base (made if missing when create); -ENOENT (bare) when it
+ * is not there and !create. */
+static int open_pods_dir(const char *base, bool create, imc_error *err)
 {
-	return attach_open_subdir(s, OVERLAYS_DIR, err);
+	int fd;
+
+	if (create && mkdir(base, 0700) < 0 && errno != EEXIST)
+		return imc_err_sys(err, errno, "mkdir %s", base);
+	fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT && !create ? -ENOENT : imc_err_sys(err, errno, "%s", base);
+	return fd;
 }
 
-/* Remove the pod directory, unmounting its tmpfs first. */
-static int pod_remove(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+/* Remove pod directory aid of odir (named base), unmounting its tmpfs first. */
+static int pod_remove_in(int odir, const char *base, const char *aid, json_t *repairs,
+			 imc_error *err)
 {
-	_cleanup_close_ int odir = open_overlays_dir(s, err);
 	char pod[PATH_MAX];
 	struct statx stx;
 	int r;
 
-	if (odir < 0)
-		return odir;
-	if ((r = pod_path(s, aid, pod, err)) < 0)
+	if ((r = pod_path(base, aid, pod, err)) < 0)
 		return r;
 	if (statx(odir, aid, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS, &stx) < 0)
 		return errno == ENOENT ? 0 : imc_err_sys(err, errno, "%s", pod);
@@ -231,18 +317,40 @@ static int pod_remove(struct store *s, const char *aid, json_t *repairs, imc_err
 	return 0;
 }
 
+/* Remove the pod directory of aid wherever it is (where pods go now, or where they went before). */
+static int pod_remove(struct store *s, const char *aid, json_t *repairs, imc_error *err)
+{
+	char here[PATH_MAX], legacy[PATH_MAX];
+	int r;
+
+	if ((r = pods_dir(s, false, here, err)) < 0 || (r = pods_dir(s, true, legacy, err)) < 0)
+		return r;
+	for (int i = 0; i < 2 && r == 0; i++) {
+		const char *base = i == 0 ? here : legacy;
+		_cleanup_close_ int odir = -1;
+		if (i == 1 && strcmp(here, legacy) == 0)
+			break;
+		if ((odir = open_pods_dir(base, false, err)) == -ENOENT)
+			continue;
+		r = odir < 0 ? odir : pod_remove_in(odir, base, aid, repairs, err);
+	}
+	return r;
+}
+
 /* The pod's upper and work directories (on a tmpfs of size bytes when size is not 0); the upper
  * gets the owner and mode of the lower's rootfs, since it becomes the overlay's root. */
 static int pod_create(struct store *s, const char *aid, uint64_t size, const struct stat *root,
 		      char ret[PATH_MAX], imc_error *err)
 {
-	_cleanup_close_ int odir = open_overlays_dir(s, err), pfd = -1;
+	_cleanup_close_ int odir = -1, pfd = -1;
+	char base[PATH_MAX];
 	int r;
 
-	if (odir < 0)
-		return odir;
-	if ((r = pod_remove(s, aid, NULL, err)) < 0 || (r = pod_path(s, aid, ret, err)) < 0)
+	if ((r = pod_remove(s, aid, NULL, err)) < 0 || (r = pods_dir(s, false, base, err)) < 0 ||
+	    (r = pod_path(base, aid, ret, err)) < 0)
 		return r;
+	if ((odir = open_pods_dir(base, true, err)) < 0)
+		return odir;
 	if (mkdirat(odir, aid, 0700) < 0)
 		return imc_err_sys(err, errno, "pod directory %s", ret);
 	if (size) {
@@ -316,9 +424,11 @@ static int check_lower(const struct attach_request *req, const char *lroot, stru
 	return 0;
 }
 
-/* Mount the pod's overlay on dir (on dirfd when it is not -1); *ret_mfd names its root. */
+/* Mount the pod's overlay on dir (on dirfd when it is not -1); *ret_mfd names its root, *ret_id
+ * is its unique mount id (0: none). */
 static int mount_overlay(const struct attach_request *req, const char *aid, const char *lroot,
-			 const char *pod, const char *dir, int dirfd, int *ret_mfd, imc_error *err)
+			 const char *pod, const char *dir, int dirfd, int *ret_mfd,
+			 uint64_t *ret_id, imc_error *err)
 {
 	_cleanup_free_ char *opts = NULL;
 	_cleanup_close_ int mfd = -1;
@@ -341,14 +451,16 @@ static int mount_overlay(const struct attach_request *req, const char *aid, cons
 	if (r < 0)
 		return r;
 	attach_stop_point("after-mount");
+	*ret_id = mount_id(mfd, "", AT_EMPTY_PATH);
 	*ret_mfd = steal_fd(&mfd);
 	return 0;
 }
 
 int overlay_attach(struct store *s, const struct attach_request *req, const char *aid,
-		   const char *dir, int dirfd, json_t **ret_config, imc_error *err)
+		   const char *dir, int dirfd, json_t *state, json_t **ret_config, imc_error *err)
 {
 	_cleanup_close_ int mfd = -1;
+	uint64_t id = 0;
 	char lroot[PATH_MAX], pod[PATH_MAX];
 	struct stat root;
 	int r;
@@ -369,8 +481,10 @@ int overlay_attach(struct store *s, const struct attach_request *req, const char
 	if ((r = pod_create(s, aid, req->size, &root, pod, err)) < 0 ||
 	    (r = overlay_path_check(pod, err)) < 0)
 		return r;
-	if ((r = mount_overlay(req, aid, lroot, pod, dir, dirfd, &mfd, err)) < 0)
+	if ((r = mount_overlay(req, aid, lroot, pod, dir, dirfd, &mfd, &id, err)) < 0)
 		return r;
+	if (id && json_object_set_new(state, "mountId", json_integer((json_int_t)id)) < 0)
+		return imc_err(err, ENOMEM, "out of memory");
 	/* mfd names the mounted overlay: the data mount point is found inside it, not by
 	 * resolving dir again.  The caller records "attached". */
 	if (req->data_dest && (r = mount_data(req, lroot, mfd, dir, err)) < 0)
@@ -383,7 +497,9 @@ int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repair
 	const char *cache_id = json_string_value(json_object_get(state, "cacheId"));
 	int r;
 
-	if ((r = umount_pod(aid, repairs, err)) < 0)
+	if ((r = umount_pod_recorded(state, repairs, err)) == 0)
+		r = umount_pod(aid, repairs, err);
+	if (r < 0)
 		return r;
 	attach_stop_point("detach-after-umount");
 	if ((r = pod_remove(s, aid, repairs, err)) < 0)
@@ -394,25 +510,44 @@ int overlay_undo(struct store *s, const char *aid, json_t *state, json_t *repair
 	return 0;
 }
 
-int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err)
+/* Pod directories in base (the directory odir) whose attach has no state. */
+static int reconcile_orphans_in(struct store *s, int odir, const char *base, json_t *repairs,
+				imc_error *err)
 {
-	int odir = open_overlays_dir(s, err);
 	_cleanup_dir_ DIR *d = NULL;
 	struct dirent *de;
-	int r = 0;
+	int r = 0, fd = fcntl(odir, F_DUPFD_CLOEXEC, 3);
 
-	if (odir < 0)
-		return odir;
-	if (!(d = fdopendir(odir))) {
-		close(odir);
-		return imc_err_sys(err, errno, OVERLAYS_DIR);
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return imc_err_sys(err, errno, "%s", base);
 	}
 	while (r == 0 && (de = readdir(d))) {
 		if (de->d_name[0] == '.' || strncmp(de->d_name, "att-", 4) != 0 ||
 		    attach_state_exists(s, de->d_name))
 			continue;
 		if ((r = umount_pod(de->d_name, repairs, err)) == 0)
-			r = pod_remove(s, de->d_name, repairs, err);
+			r = pod_remove_in(odir, base, de->d_name, repairs, err);
+	}
+	return r;
+}
+
+int overlay_reconcile_orphans(struct store *s, json_t *repairs, imc_error *err)
+{
+	char here[PATH_MAX], legacy[PATH_MAX];
+	int r;
+
+	if ((r = pods_dir(s, false, here, err)) < 0 || (r = pods_dir(s, true, legacy, err)) < 0)
+		return r;
+	for (int i = 0; i < 2 && r == 0; i++) {
+		const char *base = i == 0 ? here : legacy;
+		_cleanup_close_ int odir = -1;
+		if (i == 1 && strcmp(here, legacy) == 0)
+			break;
+		if ((odir = open_pods_dir(base, false, err)) == -ENOENT)
+			continue;
+		r = odir < 0 ? odir : reconcile_orphans_in(s, odir, base, repairs, err);
 	}
 	return r;
 }

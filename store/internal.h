@@ -53,6 +53,9 @@ struct store_driver_ops {
 	/* store_for_each_clone_device; NULL: none. */
 	int (*for_each_clone_device)(struct store *s, store_clone_device_fn fn, void *ctx,
 				     imc_error *err);
+	/* store_scratch_dir (name checked by store.c); NULL where the store has no filesystem of
+	 * its own (thin): store_scratch_dir answers -EOPNOTSUPP. */
+	int (*scratch_dir)(struct store *s, const char *name, char ret[PATH_MAX], imc_error *err);
 };
 
 struct store {

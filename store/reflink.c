@@ -982,6 +982,26 @@ static void reflink_fill_hints(const struct store *s, struct store_fill_hints *r
 	ret->keep_holes = COMPACT_TARGET_RUNS - 1;
 }
 
+/* <pool>/scratch/<name>/: on the pool's XFS (embedded, or the state dir's own XFS). */
+static int reflink_scratch_dir(struct store *s, const char *name, char ret[PATH_MAX],
+			       imc_error *err)
+{
+	const char *pool = rl(s)->pool_dir;
+	char parent[PATH_MAX];
+
+	if ((size_t)snprintf(ret, PATH_MAX, "%s/" STORE_SCRATCH_DIR "/%s", pool, name) >= PATH_MAX)
+		return imc_err(err, ENAMETOOLONG, "%s: path too long", pool);
+	if (mkdir(ret, 0700) == 0 || errno == EEXIST)
+		return 0;
+	if (errno != ENOENT)
+		return imc_err_sys(err, errno, "mkdir %s", ret);
+	snprintf(parent, sizeof(parent), "%s/" STORE_SCRATCH_DIR, pool);
+	if ((mkdir(parent, 0700) < 0 && errno != EEXIST) ||
+	    (mkdir(ret, 0700) < 0 && errno != EEXIST))
+		return imc_err_sys(err, errno, "mkdir %s", ret);
+	return 0;
+}
+
 const struct store_driver_ops store_reflink_ops = {
     .name = "reflink",
     .open = reflink_open,
@@ -1003,4 +1023,5 @@ const struct store_driver_ops store_reflink_ops = {
     .for_each_clone_device = reflink_for_each_clone_device,
     .trim = reflink_trim,
     .fit = reflink_fit,
+    .scratch_dir = reflink_scratch_dir,
 };

@@ -202,6 +202,16 @@ int store_teardown(struct store *s, imc_error *err)
 	return s->ops->teardown(s, err);
 }
 
+int store_scratch_dir(struct store *s, const char *name, char ret[PATH_MAX], imc_error *err)
+{
+	if (!name || !imc_name_valid(name, 64))
+		return imc_err(err, EINVAL, "scratch directory \"%.80s\": malformed name",
+			       name ? name : "");
+	if (!s->ops->scratch_dir)
+		return -EOPNOTSUPP;
+	return s->ops->scratch_dir(s, name, ret, err);
+}
+
 int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err)
 {
 	*ret_trimmed = 0;

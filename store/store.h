@@ -119,6 +119,13 @@ int store_fit(struct store *s, imc_error *err);
 int store_space_expect(struct store *s, int64_t bytes, imc_error *err);
 /* See store_driver_ops.trim.  Costs a walk of the pool's free space: not on a hot path. */
 int store_trim(struct store *s, uint64_t *ret_trimmed, imc_error *err);
+/* A directory of the caller's own on the store's filesystem, made if missing (mode 0700), its path
+ * in ret: for files that belong beside the store's data rather than on the state dir's filesystem
+ * (overlay pods' upper and work directories).  name: a valid name (imc_name_valid, 64).  It keeps
+ * the pool in use while anything there is open or mounted (store_teardown answers -EBUSY then).
+ * -EOPNOTSUPP (bare, err untouched) where the store has no filesystem of its own (thin). */
+#define STORE_SCRATCH_DIR "scratch"
+int store_scratch_dir(struct store *s, const char *name, char ret[PATH_MAX], imc_error *err);
 /* The repairs store_open made (borrowed: an array of strings, empty when there were none). */
 json_t *store_repairs(const struct store *s);
 

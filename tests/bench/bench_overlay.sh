@@ -8,6 +8,8 @@
 #   BENCH_OVL_PODS (8)           pods that read the data
 #
 # attach / detach   p50/p99 in-process (attach_bench, threads at once; process start excluded)
+# CPU               user + system time of attach_bench per attach and its detach (on C cores, the
+#                   last of N at once waits about N * CPU / C)
 # page cache        after BENCH_OVL_PODS pods each read all the data: the pages of the files'
 #                   inodes (fincore), summed over the distinct inodes (the lower's, or each clone's)
 # read throughput   of pod 1 (cold) and of pods 2..N (mean), MiB/s
@@ -43,7 +45,7 @@ step "snapshot with $MB MiB of data"
 "$BENCH" --make-snapshot "$STATE" "$ID" "$MB"
 sync
 
-declare -A A50 A99 D50 D99
+declare -A A50 A99 D50 D99 CPU
 for mode in overlay clone; do
 	flag=
 	[ "$mode" = overlay ] && flag=--overlay
@@ -55,6 +57,7 @@ for mode in overlay clone; do
 		A99[$mode.$c]=$(ms "$J" .attach_p99_ms)
 		D50[$mode.$c]=$(ms "$J" .detach_p50_ms)
 		D99[$mode.$c]=$(ms "$J" .detach_p99_ms)
+		CPU[$mode.$c]=$(ms "$J" .cpu_ms_per_attach)
 	done
 	# A lower left warm by the attaches would start the read below warm.
 	"$IMC_BIN/imc-attach" --state-dir "$STATE" --lower-grace 0 reconcile >/dev/null
@@ -104,6 +107,9 @@ done
 	done
 	for c in $CONC; do
 		echo "| detach p50 / p99, $c at once | ${D50[overlay.$c]} / ${D99[overlay.$c]} ms | ${D50[clone.$c]} / ${D99[clone.$c]} ms | $(ratio "${D99[clone.$c]}" "${D99[overlay.$c]}") (p99) |"
+	done
+	for c in $CONC; do
+		echo "| CPU per attach + detach, $c at once | ${CPU[overlay.$c]} ms | ${CPU[clone.$c]} ms | $(ratio "${CPU[clone.$c]}" "${CPU[overlay.$c]}") |"
 	done
 	echo "| page cache after $PODS pods read $MB MiB | ${PC[overlay]} MiB ($(ratio "${PC[overlay]}" "$MB") of the data) | ${PC[clone]} MiB ($(ratio "${PC[clone]}" "$MB")) | $(ratio "${PC[clone]}" "${PC[overlay]}") |"
 	echo "| read, pod 1 (cold) | ${FIRST[overlay]} MiB/s | ${FIRST[clone]} MiB/s | |"

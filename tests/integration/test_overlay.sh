@@ -66,8 +66,8 @@ leaks() {
 		awk -v s="$SNAPS/" -v c="$STATE/pool/clones/" \
 			'index($2, s) == 1 || index($2, c) == 1 { print "loop " $0 }'
 	tmp_mounts | grep -E "^($TEST_TMP/m/|$STATE/lowers)" | sed 's/^/mount /' || true
-	find "$STATE/overlays" "$STATE/lowers" "$STATE/attachments" "$STATE/pool/clones" \
-		-mindepth 1 -printf 'file %p\n' 2>/dev/null
+	find "$STATE/overlays" "$STATE/pool/scratch/overlays" "$STATE/lowers" "$STATE/attachments" \
+		"$STATE/pool/clones" -mindepth 1 -printf 'file %p\n' 2>/dev/null || true
 }
 no_leaks() {
 	local i
@@ -102,6 +102,17 @@ LDEV=$(findmnt -rn -o SOURCE --mountpoint "$STATE/lowers/$A")
 check_eq "the lower's loop device is read-only" 1 "$(blockdev --getro "$LDEV")"
 check_eq "with direct I/O" 1 "$(losetup -n -O DIO "$LDEV" | tr -d ' ')"
 check_eq "p1 sees the image" hello-from-snapshot "$(cat "$P1/etc/hello")"
+AID1=$(ia list | jq -r --arg d "$P1" '.[] | select(.dir == $d) | .id')
+check "p1's upper is on the store's filesystem (the pool), not the state dir's" \
+	test -d "$STATE/pool/scratch/overlays/$AID1/upper" -a ! -e "$STATE/overlays/$AID1"
+check_eq "the pod's writes land in the pool's XFS" xfs \
+	"$(stat -f -c %T "$STATE/pool/scratch/overlays/$AID1/upper")"
+check_eq "p1's reference on the lower is its state file, linked (no inode of its own)" \
+	"$(stat -c '%i 2' "$STATE/attachments/$AID1.json")" "$(stat -c '%i %h' "$STATE/lowers/$A.refs/$AID1")"
+# Unique mount ids (Linux 6.8): the state records the overlay's, and detach finds it by it.
+if printf '%s\n' 6.8 "$(uname -r | cut -d. -f1,2)" | sort -CV; then WANT_ID=yes; else WANT_ID=no; fi
+check_eq "the state records the overlay's unique mount id where the kernel has them" "$WANT_ID" \
+	"$(jq -r 'if (.mountId // 0) > 0 then "yes" else "no" end' "$STATE/attachments/$AID1.json")"
 
 printf 'p1-was-here\n' >"$P1/etc/hello"
 printf 'new\n' >"$P1/new-in-p1"
@@ -132,6 +143,12 @@ check_eq "the snapshot is unchanged" hello-from-snapshot \
 check "a new pod at p1 starts clean" ia attach "$A" "$P1"
 check_eq "it sees the image, not the old pod's write" hello-from-snapshot "$(cat "$P1/etc/hello")"
 check "and detaches" ia detach "$P1"
+# Something mounted on the pod's overlay besides its data mount: detach takes it off too.
+check "a pod at p1 again" ia attach --data-dest /models "$A" "$P1"
+mkdir -p "$P1/extra"
+mount -t tmpfs extra "$P1/extra"
+check "detach with a foreign mount on the pod" ia detach "$P1"
+no_leaks "after a pod with a mount on it"
 
 # --- bad input ---------------------------------------------------------------------------------
 
@@ -180,6 +197,24 @@ jq -c 'del(.mode)' "$SF" >"$SF.old" && cat "$SF.old" >"$SF" && rm -f "$SF.old"
 check_eq "an old state lists as clone" clone "$(ia list | jq -r '.[0].mode')"
 check "and detaches" ia detach "$P1"
 no_leaks "after clone, block and old-state attaches"
+# An overlay pod attached before pods moved to the pool: its upper and work in <state>/overlays
+# (made here as that version made them), with a plain file as its reference.
+check "a pod that keeps the lower mounted" ia attach "$A" "$P2"
+OLD=att-0123456789abcdef
+mkdir -p "$STATE/overlays/$OLD/upper" "$STATE/overlays/$OLD/work"
+mount -t overlay "imc-$OLD" -o "lowerdir=$STATE/lowers/$A/images/0/rootfs,upperdir=$STATE/overlays/$OLD/upper,workdir=$STATE/overlays/$OLD/work,index=off,volatile" "$P1"
+jq -n --arg id "$OLD" --arg c "$A" --arg d "$P1" \
+	'{id: $id, cacheId: $c, image: 0, block: false, status: "attached", driver: "reflink", createdAt: 1, pid: 1, dir: $d, mode: "overlay"}' \
+	>"$STATE/attachments/$OLD.json"
+: >"$STATE/lowers/$A.refs/$OLD"
+check "the old pod detaches" ia detach "$OLD"
+check "its pod directory in <state>/overlays is gone" test ! -e "$STATE/overlays/$OLD"
+check "detach the other pod" ia detach "$P2"
+mkdir -p "$STATE/overlays/$OLD/upper" "$STATE/overlays/$OLD/work/work"
+_capture ia reconcile
+check_match "reconcile removes an old pod directory without a state" \
+	"removed pod directory $STATE/overlays/$OLD" "$out"
+no_leaks "after pods from before"
 
 # --- many pods of one and of several caches at once --------------------------------------------
 

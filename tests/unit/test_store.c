@@ -236,6 +236,34 @@ START_TEST(driver_answers_capabilities_hints_and_clone_devices)
 }
 END_TEST
 
+/* A directory of the caller's own on the store's filesystem: the reflink pool's XFS; thin: none. */
+START_TEST(scratch_dir_is_on_the_pool)
+{
+	char path[PATH_MAX], want[PATH_MAX];
+	struct statfs fs;
+	struct stat st_;
+	imc_error err;
+
+	if (!is_reflink()) {
+		ck_assert_int_eq(store_scratch_dir(st, "overlays", path, &err), -EOPNOTSUPP);
+		return;
+	}
+	must(store_scratch_dir(st, "overlays", path, &err), &err);
+	snprintf(want, sizeof(want), "%s/pool/" STORE_SCRATCH_DIR "/overlays", state_dir);
+	ck_assert_str_eq(path, want);
+	ck_assert_int_eq(stat(path, &st_), 0);
+	ck_assert(S_ISDIR(st_.st_mode));
+	ck_assert_int_eq(st_.st_mode & 07777, 0700);
+	ck_assert_int_eq(statfs(path, &fs), 0);
+	ck_assert_uint_eq((unsigned long)fs.f_type, 0x58465342UL); /* XFS */
+	must(store_scratch_dir(st, "overlays", path, &err), &err); /* there already */
+	ck_assert_int_eq(store_scratch_dir(st, "../x", path, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "malformed"));
+	ck_assert_int_eq(store_scratch_dir(st, "", path, &err), -EINVAL);
+	ck_assert_int_eq(rmdir(want), 0);
+}
+END_TEST
+
 START_TEST(unknown_driver_options_are_refused)
 {
 	const char *const opts[] = {"no_such_key=1", NULL};
@@ -774,6 +802,7 @@ int main(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, snapshot_is_in_the_pool);
 	tcase_add_test(tc, driver_answers_capabilities_hints_and_clone_devices);
+	tcase_add_test(tc, scratch_dir_is_on_the_pool);
 	tcase_add_test(tc, unknown_driver_options_are_refused);
 	tcase_add_test(tc, a_second_open_sees_the_same_store);
 	if (is_reflink()) {
