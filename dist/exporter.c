@@ -8,6 +8,7 @@
  * the chunks of an export in flight are in no index yet).  A failed export is remembered (the
  * newest EXPORT_FAILURES) until a GET …/index reports it once. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@ struct failure {
 
 struct dist_exporter {
 	struct dist_chunks *chunks;
+	uint32_t chunk_size;  /* of new exports; 0: DIST_CHUNK_SIZE_DEFAULT */
 	pthread_mutex_t lock; /* everything below */
 	pthread_cond_t cond;  /* a job was queued, or stopping */
 	struct job *head, *tail;
@@ -197,7 +199,7 @@ static void run_job(struct dist_exporter *x, const struct job *j)
 		pthread_mutex_unlock(&x->hook_lock);
 		return;
 	}
-	r = dist_export(x->chunks, j->id, 0, NULL, NULL, &e);
+	r = dist_export(x->chunks, j->id, x->chunk_size, NULL, NULL, &e);
 	if (r == -ENOENT)
 		imc_err(&e, ENOENT, "cache %s: no snapshot", j->id);
 	if (r < 0) {
@@ -253,14 +255,20 @@ static void *exporter_main(void *arg)
 	return NULL;
 }
 
-int dist_exporter_start(struct dist_chunks *cs, struct dist_exporter **ret, imc_error *err)
+int dist_exporter_start(struct dist_chunks *cs, uint32_t chunk_size, struct dist_exporter **ret,
+			imc_error *err)
 {
-	struct dist_exporter *x = calloc(1, sizeof(*x));
+	struct dist_exporter *x;
 	int r;
 
+	if (chunk_size && !dist_chunk_size_valid(chunk_size))
+		return imc_err(err, EINVAL, "chunk size %" PRIu32 ": want a power of two in %u-%u",
+			       chunk_size, OCI_CHUNK_SIZE_MIN, OCI_CHUNK_SIZE_MAX);
+	x = calloc(1, sizeof(*x));
 	if (!x)
 		return imc_err(err, ENOMEM, "out of memory");
 	x->chunks = cs;
+	x->chunk_size = chunk_size;
 	pthread_mutex_init(&x->lock, NULL);
 	pthread_mutex_init(&x->hook_lock, NULL);
 	pthread_cond_init(&x->cond, NULL);

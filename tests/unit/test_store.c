@@ -15,6 +15,7 @@
 
 #include "../../attach/attach.h"
 #include "../../common/priv.h"
+#include "../../dist/dist.h"
 #include "../../store/store.h"
 #include "unit.h"
 
@@ -749,6 +750,48 @@ START_TEST(teardown_refused_while_attached)
 }
 END_TEST
 
+/* The chunk size of an export: the index carries the size asked for (imcd --chunk-size) and cuts
+ * at its multiples; an index already stored is kept with its own size when the default changes
+ * (old indexes stay readable); a size that is not a power of two in range is refused. */
+START_TEST(export_chunk_size)
+{
+	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
+	struct dist_chunks *cs = NULL;
+	char *buf = NULL, *again = NULL;
+	size_t len = 0, len2 = 0;
+	uint64_t freed = 0;
+	imc_error err;
+
+	must(dist_chunks_open(state_dir, st, &cs, &err), &err);
+	ck_assert_int_eq(dist_export(cs, SNAP, 3U << 20, &buf, &len, &err), -EINVAL);
+	ck_assert_int_eq(dist_export(cs, SNAP, 32U << 10, &buf, &len, &err), -EINVAL);
+	must(dist_export(cs, SNAP, 512U << 10, &buf, &len, &err), &err);
+	must(oci_chunk_index_parse(buf, len, &ix, &err), &err);
+	ck_assert_uint_eq(ix.chunk_size, 512U << 10);
+	ck_assert_uint_gt(ix.n_chunks, 0);
+	ck_assert_uint_le(ix.n_chunks, (ix.size + ix.chunk_size - 1) / ix.chunk_size);
+	for (size_t i = 0; i < ix.n_chunks; i++)
+		ck_assert_uint_eq(ix.chunks[i].offset % (512U << 10), 0);
+	/* Exported again with the default (4 MiB): the stored 512 KiB index is what is served. */
+	must(dist_export(cs, SNAP, 0, &again, &len2, &err), &err);
+	ck_assert_uint_eq(len2, len);
+	ck_assert_int_eq(memcmp(again, buf, len), 0);
+	must(dist_forget(cs, SNAP, &freed, &err), &err);
+	ck_assert_uint_gt(freed, 0);
+	free(again);
+	again = NULL;
+	/* Gone, then exported with 4 MiB: the new index has the new size. */
+	must(dist_export(cs, SNAP, 0, &again, &len2, &err), &err);
+	oci_chunk_index_free(&ix);
+	must(oci_chunk_index_parse(again, len2, &ix, &err), &err);
+	ck_assert_uint_eq(ix.chunk_size, DIST_CHUNK_SIZE_DEFAULT);
+	must(dist_forget(cs, SNAP, &freed, &err), &err);
+	dist_chunks_close(cs);
+	free(buf);
+	free(again);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s;
@@ -789,6 +832,7 @@ int main(void)
 	tcase_add_test(tc, bad_attaches_leave_nothing);
 	tcase_add_test(tc, detach_after_agent_crash);
 	tcase_add_test(tc, teardown_refused_while_attached);
+	tcase_add_test(tc, export_chunk_size);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
