@@ -14,6 +14,8 @@
 #   BENCH_LAZY_PIECE_KB (1024)       ... in pieces of this size spread over the model file
 #   BENCH_OUT                        the markdown table (build/bench/lazy.md); the numbers go
 #                                    to build/bench/lazy_start.dat, lazy_read.dat, lazy_chunks.dat
+#   BENCH_LAZY_APPEND (0)            1: add the rows to lazy_start.dat and lazy_read.dat as they
+#                                    are (a later run of other sizes, e.g. BENCH_LAZY_SIZES=8192)
 #
 # Two hosts on one machine (tests/lib/netns.sh): the registry, imcd and nginx here, the agent in
 # a network namespace of its own behind the veth.  Every contender starts on a new, empty agent
@@ -410,15 +412,26 @@ done
 	echo "Trace: GET /v1/imagecaches/{id}/trace answered $(awk -F'\t' '$1 == "\"lazy + trace\"" { print ($4 == "-" ? $5 : 200) }' "$START_ROWS" | sort -u | paste -sd/)."
 	echo
 	bench_machine
+	echo "Load average at the end (1, 5, 15 min): $(cut -d' ' -f1-3 /proc/loadavg); $(date -u '+%Y-%m-%d %H:%M UTC')."
 } | tee "$OUT"
 
-bench_dat lazy_start "a pod's first output on a cold host, seconds, and the bytes on the link before it, MiB (startup set ${STARTUP_MB} MiB in ${PIECE_KB} KiB pieces)" \
+# lazy_dat NAME WHAT COLUMN...: bench_dat, or with BENCH_LAZY_APPEND=1 and NAME.dat there, a
+# comment line saying when and under which load the rows below it were added.
+lazy_dat() {
+	if [ "${BENCH_LAZY_APPEND:-0}" = 1 ] && [ -s "$BENCH_DIR/$1.dat" ]; then
+		printf '# load: %s (the rows below: sizes %s, %s)\n' "$(cut -d' ' -f1-3 /proc/loadavg)" \
+			"$SIZES" "$(date -u +%Y-%m-%d)" >>"$BENCH_DIR/$1.dat"
+	else
+		bench_dat "$@"
+	fi
+}
+lazy_dat lazy_start "a pod's first output on a cold host, seconds, and the bytes on the link before it, MiB (startup set ${STARTUP_MB} MiB in ${PIECE_KB} KiB pieces)" \
 	contender image_mib link_gbit first_output_s bytes_mib
 while IFS=$'\t' read -r who mb g ms b; do
 	[ "$ms" = - ] && continue
 	bench_row lazy_start "${who//\"/}" "$mb" "$g" "$(secs "$ms")" "$(mib "$b")"
 done <"$START_ROWS"
-bench_dat lazy_read "the whole model file read over the link, MiB/s: through the lazy lower vs curl" \
+lazy_dat lazy_read "the whole model file read over the link, MiB/s: through the lazy lower vs curl" \
 	image_mib link_gbit lazy_mibs curl_mibs
 while IFS=$'\t' read -r mb g lz cu; do
 	bench_row lazy_read "$mb" "$g" "$lz" "$cu"

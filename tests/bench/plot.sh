@@ -67,7 +67,8 @@ header() { sed -n "s/^# $2: //p" "$1" | head -n1; }
 # the load average of each file (1, 5, 15 min), made safe for a gnuplot string in double quotes.
 caption() {
 	local f loads
-	loads=$(for f in "$@"; do header "$f" load | cut -d' ' -f1-3; done | sed '/^$/d' | paste -sd '/' |
+	# Every "# load:" line (a bench that added rows later adds one).
+	loads=$(for f in "$@"; do sed -n 's/^# load: //p' "$f" | cut -d' ' -f1-3; done | sed '/^$/d' | paste -sd '/' |
 		sed 's|/| / |g')
 	{
 		for f in "$@"; do
