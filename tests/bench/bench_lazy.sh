@@ -24,7 +24,9 @@
 # reading the startup set (BENCH_LAZY_STARTUP_MB in pieces at spread, 4 KiB-aligned offsets of
 # /model/model.bin, the same offsets every time) and printing its byte count:
 #   lazy            imc-attach --server URL attach ID DIR (a lazy lower: FUSE, chunks on first
-#                   read, the background fill going on meanwhile), then the pod
+#                   read, the background fill going on meanwhile), then the pod; once more
+#                   with --parallel 1 (one background fetcher instead of 4: how much the fill
+#                   slows the reads the pod waits for)
 #   lazy + trace    the same on a second cold host once imcd has the startup trace of the first
 #                   (GET /v1/imagecaches/{id}/trace answers 200); until imcd records traces the
 #                   row says so and is not measured
@@ -203,17 +205,18 @@ pod_first_output() {
 	}
 }
 
-# cold_attach lazy|prefetch: imc-attach attach on a new cold host, then the pod; T_MS, BYTES.
+# cold_attach lazy|prefetch [OPTION...]: imc-attach [OPTION...] attach on a new cold host, then
+# the pod; T_MS, BYTES.
 cold_attach() {
-	local t0 b0 flag=
-	[ "$1" = prefetch ] && flag=--no-lazy
+	local t0 b0 mode=$1
+	shift
+	[ "$mode" = prefetch ] && set -- --no-lazy "$@"
 	new_agent
 	b0=$(bench_tx_bytes "$VETH")
 	t0=$(now_ms)
-	# shellcheck disable=SC2086 # flag is empty or one word
-	bench_agent "$AGENT" --server "$IMCD_URL" $flag attach "$ID" "$MNT" >/dev/null 2>>"$TEST_TMP/agent.log" ||
+	bench_agent "$AGENT" --server "$IMCD_URL" "$@" attach "$ID" "$MNT" >/dev/null 2>>"$TEST_TMP/agent.log" ||
 		agent_failed
-	pod_first_output "$t0" "$b0" "$1"
+	pod_first_output "$t0" "$b0" "$mode"
 	agent_gone
 }
 
@@ -332,6 +335,9 @@ for mb in $SIZES; do
 		step "$mb MiB over $rate: lazy"
 		cold_attach lazy
 		printf '"lazy"\t%s\t%s\t%s\t%s\n' "$mb" "$g" "$T_MS" "$BYTES" >>"$START_ROWS"
+		step "$mb MiB over $rate: lazy, one background fetcher (--parallel 1)"
+		cold_attach lazy --parallel 1
+		printf '"lazy, --parallel 1"\t%s\t%s\t%s\t%s\n' "$mb" "$g" "$T_MS" "$BYTES" >>"$START_ROWS"
 		code=$(trace_code)
 		if [ "$code" = 200 ]; then
 			step "$mb MiB over $rate: lazy with the startup trace"

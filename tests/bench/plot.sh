@@ -217,8 +217,8 @@ EOF
 }
 
 # The contenders of cold_start.png, each in its colour; the 10 Gbit/s lines dashed.
-COLD_WHO=("lazy" "lazy + trace" "prefetch" "ctr pull + run")
-COLD_RGB=("#2ca02c" "#17becf" "#1f77b4" "#ff7f0e")
+COLD_WHO=("lazy" "lazy, --parallel 1" "lazy + trace" "prefetch" "ctr pull + run")
+COLD_RGB=("#2ca02c" "#8c564b" "#17becf" "#1f77b4" "#ff7f0e")
 
 plot_cold_start() {
 	local d=$IN/lazy_start.dat g f i pl=() rates
