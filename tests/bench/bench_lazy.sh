@@ -106,7 +106,7 @@ make_image() {
 	l1=$(mk_layer "$layout" "$work/l1" gzip)
 	MODEL_BYTES=$(((mb - 2) << 20))
 	mkdir -p "$work/l2/model"
-	head -c "$MODEL_BYTES" /dev/urandom >"$work/l2/model/model.bin"
+	mk_random_bytes "$MODEL_BYTES" >"$work/l2/model/model.bin"
 	l2=$(mk_layer "$layout" "$work/l2" none)
 	rm -rf "$work"
 	m=$(mk_image "$layout" amd64 "$MK_DEFAULT_CONFIG" "$l1" "$l2")

@@ -56,6 +56,21 @@ mk_layout() {
 	printf '{"schemaVersion":2,"mediaType":"%s","manifests":[]}' "$MT_INDEX" >"$dir/index.json"
 }
 
+# mk_random_bytes N: N random (incompressible) bytes on stdout; openssl rand when installed (fast,
+# but it takes an int: fed in 1 GiB pieces), else /dev/urandom.
+mk_random_bytes() {
+	if command -v openssl >/dev/null 2>&1; then
+		local left=$1 n
+		while [ "$left" -gt 0 ]; do
+			n=$((left > 1073741824 ? 1073741824 : left))
+			openssl rand "$n"
+			left=$((left - n))
+		done
+	else
+		head -c "$1" /dev/urandom
+	fi
+}
+
 # mk_tar SRCDIR OUT: a deterministic tar (OUT "-" is stdout) of SRCDIR's contents (names without a "./" prefix).
 mk_tar() {
 	local src=$1 out=$2
