@@ -239,6 +239,7 @@ set logscale x 2
 set logscale y 10
 set xtics ("0.125" 0.125, "0.25" 0.25, "0.5" 0.5, "1" 1, "2" 2, "4" 4, "8" 8, "16" 16, "32" 32)
 set offsets graph 0.1, graph 0.1, 0, 0
+set key outside right top box opaque
 plot $(IFS=,; printf '%s' "${pl[*]}")
 EOF
 	made=$((made + 1))
