@@ -208,7 +208,8 @@ bench: programs $(BENCH_BINS)
 # first.  tests/bench/plot.sh says which file feeds which plot.
 PLOT_DATA ?= docs/bench-data
 PLOT_OUT ?= docs/plots
-PLOT_FILES := attach_size attach_conc pod_start build_big build_layers
+PLOT_FILES := attach_size attach_conc pod_start build_big build_layers overlay_attach overlay_pagecache \
+	lazy_start lazy_chunks
 plots:
 	PLOT_STRICT=1 tests/bench/plot.sh $(PLOT_DATA) $(PLOT_OUT)
 plots-update:

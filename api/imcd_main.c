@@ -261,7 +261,7 @@ static int open_backends(const struct imcd_options *o, struct service *svc, json
 	if (r == 0)
 		r = dist_chunks_open(o->state_dir, svc->store, &svc->chunks, err);
 	if (r == 0)
-		r = dist_exporter_start(svc->chunks, &svc->exporter, err);
+		r = dist_exporter_start(svc->chunks, o->chunk_size, &svc->exporter, err);
 	if (r < 0)
 		return r;
 	if (!svc->config.auth && !api_listen_is_local(o->listen))

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../common/cli.h"
+#include "../dist/dist.h"
 #include "../store/store.h"
 #include "auth.h"
 #include "imcd.h"
@@ -27,6 +28,7 @@ static const char usage_synopsis[] =
     "            [--connection-reserve N] [--request-timeout SEC]\n"
     "            [--allow-data-destination ADDR[/PREFIX][:PORT]]... [--min-rate BYTES]\n"
     "            [--min-rate-window SEC] [--max-blob-size BYTES]\n"
+    "            [--chunk-size BYTES]\n"
     "\n";
 
 /* Where things are, and whom to trust. */
@@ -84,6 +86,8 @@ static void usage_tuning(FILE *f)
 	    "  --min-rate BYTES      a registry or data transfer slower than this ...\n"
 	    "  --min-rate-window SEC ... for this long is aborted (default 64K over 60 s)\n"
 	    "  --max-blob-size BYTES a layer declaring more is refused (default 64G)\n"
+	    "  --chunk-size BYTES    chunks of the indexes exported from now on: a power of two,\n"
+	    "                        64K-64M (default 4M; indexes already exported keep theirs)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  --max-connections N   client connections open at once (default %d)\n"
 	    "  --max-connections-per-client N  ... from one client address (default %d)\n"
@@ -352,6 +356,16 @@ static int take_max_blob_size(const struct imc_cli_opt *opt, const char *arg, vo
 	return 0;
 }
 
+static int take_chunk_size(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	uint64_t n = 0;
+
+	if (parse_size(arg, &n) < 0 || !dist_chunk_size_valid(n))
+		return usage_error("--chunk-size %s: want a power of two in 64K-64M", arg);
+	OPTS(o)->chunk_size = (uint32_t)n;
+	return 0;
+}
+
 static int take_help(const struct imc_cli_opt *opt, const char *arg, void *o)
 {
 	usage(stdout);
@@ -394,6 +408,7 @@ static const struct imc_cli_opt options[] = {
     {"min-rate", required_argument, 0, take_min_rate, 0},
     {"min-rate-window", required_argument, 0, take_min_rate_window, 0},
     {"max-blob-size", required_argument, 0, take_max_blob_size, 0},
+    {"chunk-size", required_argument, 0, take_chunk_size, 0},
     {"help", no_argument, 'h', take_help, 0},
 };
 #undef O

@@ -415,11 +415,19 @@ static int export_snapshot(struct store *s, struct dist_chunks *cs, const char *
 	return 0;
 }
 
+bool dist_chunk_size_valid(uint64_t size)
+{
+	return size >= OCI_CHUNK_SIZE_MIN && size <= OCI_CHUNK_SIZE_MAX && !(size & (size - 1));
+}
+
 int dist_export(struct dist_chunks *cs, const char *id, uint32_t chunk_size,
 		const atomic_bool *cancel, char **ret, size_t *ret_len, imc_error *err)
 {
 	int r;
 
+	if (chunk_size && !dist_chunk_size_valid(chunk_size))
+		return imc_err(err, EINVAL, "chunk size %" PRIu32 ": want a power of two in %u-%u",
+			       chunk_size, OCI_CHUNK_SIZE_MIN, OCI_CHUNK_SIZE_MAX);
 	if (!cs->store)
 		return imc_err(err, ESHUTDOWN, "no store");
 	/* One export at a time: a second request for the same cache waits and reads the index

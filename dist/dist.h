@@ -21,6 +21,9 @@
 #define DIST_CHUNK_SIZE_DEFAULT (4U << 20) /* 4 MiB: see docs/distribution.md */
 #define DIST_ZSTD_LEVEL		3
 
+/* Is size a chunk size an export may use: a power of two in OCI_CHUNK_SIZE_MIN..MAX. */
+bool dist_chunk_size_valid(uint64_t size);
+
 /* ---- the chunk store (chunks.c): <state>/chunks -------------------------------------------
  * An object its owner creates (imcd at start) and passes to whoever serves or exports.  Exports
  * run one at a time (seconds each); a forget waits for the export in flight (a chunk of an
@@ -68,7 +71,10 @@ int dist_read_index(struct dist_chunks *cs, const char *id, char **ret, size_t *
  * queued export of the same cache and runs after one in flight. */
 #define DIST_ID_MAX 64 /* a cache id's buffer */
 struct dist_exporter;
-int dist_exporter_start(struct dist_chunks *cs, struct dist_exporter **ret, imc_error *err);
+/* chunk_size: that of new exports (a power of two, OCI_CHUNK_SIZE_MIN..MAX; 0: the default);
+ * an index already stored keeps its own, which every reader takes from the index. */
+int dist_exporter_start(struct dist_chunks *cs, uint32_t chunk_size, struct dist_exporter **ret,
+			imc_error *err);
 /* Ends after the job running now, and the forgets still queued (exports queued are dropped). */
 void dist_exporter_stop(struct dist_exporter *x);
 /* Queue an export of id (once: nothing when it is queued or running already). */

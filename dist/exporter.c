@@ -10,6 +10,7 @@
  * snapshot to be cut.  A failed export is remembered (the
  * newest EXPORT_FAILURES) until a GET …/index reports it once. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,6 +36,7 @@ struct failure {
 
 struct dist_exporter {
 	struct dist_chunks *chunks;
+	uint32_t chunk_size;  /* of new exports; 0: DIST_CHUNK_SIZE_DEFAULT */
 	pthread_mutex_t lock; /* everything below */
 	pthread_cond_t cond;  /* a job was queued, or stopping */
 	struct job *head, *tail;
@@ -203,7 +205,7 @@ static void run_job(struct dist_exporter *x, const struct job *j)
 		pthread_mutex_unlock(&x->hook_lock);
 		return;
 	}
-	r = dist_export(x->chunks, j->id, 0, &x->cancel_running, NULL, NULL, &e);
+	r = dist_export(x->chunks, j->id, x->chunk_size, &x->cancel_running, NULL, NULL, &e);
 	if (r == -ECANCELED) {
 		pthread_mutex_lock(&x->lock);
 		bool stopping = x->stopping;
@@ -268,14 +270,20 @@ static void *exporter_main(void *arg)
 	return NULL;
 }
 
-int dist_exporter_start(struct dist_chunks *cs, struct dist_exporter **ret, imc_error *err)
+int dist_exporter_start(struct dist_chunks *cs, uint32_t chunk_size, struct dist_exporter **ret,
+			imc_error *err)
 {
-	struct dist_exporter *x = calloc(1, sizeof(*x));
+	struct dist_exporter *x;
 	int r;
 
+	if (chunk_size && !dist_chunk_size_valid(chunk_size))
+		return imc_err(err, EINVAL, "chunk size %" PRIu32 ": want a power of two in %u-%u",
+			       chunk_size, OCI_CHUNK_SIZE_MIN, OCI_CHUNK_SIZE_MAX);
+	x = calloc(1, sizeof(*x));
 	if (!x)
 		return imc_err(err, ENOMEM, "out of memory");
 	x->chunks = cs;
+	x->chunk_size = chunk_size;
 	pthread_mutex_init(&x->lock, NULL);
 	pthread_mutex_init(&x->hook_lock, NULL);
 	pthread_cond_init(&x->cond, NULL);

@@ -34,19 +34,9 @@ mkdir -p "$(dirname "$OUT")"
 netns_pair imc-bdist imcb
 netns_pair_up
 if [ -n "${BENCH_DIST_RATE:-}" ]; then
-	tc qdisc add dev "$VETH" root tbf rate "$BENCH_DIST_RATE" burst 1mb latency 50ms
+	bench_shape "$VETH" "$BENCH_DIST_RATE"
 fi
-
-agent() {
-	local state=$1
-	shift
-	nsenter --net="/run/netns/$NS" "$IMC_BIN/imc-attach" --state-dir "$state" -v "$@"
-}
-# shellcheck disable=SC2317
-agent_down() {
-	"$IMC_BIN/imc-attach" --state-dir "$1" detach "$2" >/dev/null 2>&1 || true
-	"$IMC_BIN/imc-attach" --state-dir "$1" teardown >/dev/null 2>&1 || true
-}
+agent() { bench_agent "$@"; }
 
 # --- the cache: busybox and model data of 70 % of the snapshot's size (the rest stays zero) ---
 # The builder sizes image filesystems at 8x their layers (sparse), so the data goes in as /data
@@ -91,7 +81,7 @@ CBYTES=$(jq '[.chunks[].csize] | add' "$TEST_TMP/index.json")
 A1=$TEST_TMP/agent1
 MNT=$TEST_TMP/mnt
 mkdir -p "$MNT"
-defer agent_down "$A1" "$MNT"
+defer bench_agent_down "$A1" "$MNT"
 "$IMC_BIN/imc-attach" --state-dir "$A1" list >/dev/null # the pool exists before the clock starts
 sync
 t0=$(now_ms)
@@ -108,38 +98,13 @@ mkdir -p "$WEB/root"
 ln "$STATE/pool/snapshots/$ID.img" "$WEB/root/snap.img" 2>/dev/null ||
 	cp --reflink=always "$STATE/pool/snapshots/$ID.img" "$WEB/root/snap.img" ||
 	cp "$STATE/pool/snapshots/$ID.img" "$WEB/root/snap.img"
-PORT=$((20000 + RANDOM % 20000))
-cat >"$WEB/nginx.conf" <<EOF
-daemon off;
-worker_processes 2;
-user root;
-pid $WEB/nginx.pid;
-error_log $WEB/error.log warn;
-events { worker_connections 64; }
-http {
-	access_log off;
-	sendfile on;
-	client_body_temp_path $WEB;
-	proxy_temp_path $WEB;
-	fastcgi_temp_path $WEB;
-	uwsgi_temp_path $WEB;
-	scgi_temp_path $WEB;
-	server { listen $SERVER_IP:$PORT; root $WEB/root; }
-}
-EOF
-nginx -c "$WEB/nginx.conf" -p "$WEB" &
-NGINX_PID=$!
-defer stop_pid "$NGINX_PID" 10
-for _ in $(seq 50); do
-	curl -fsS -o /dev/null -r 0-0 "http://$SERVER_IP:$PORT/snap.img" 2>/dev/null && break
-	sleep 0.1
-done
+bench_nginx_start "$WEB/root" "$SERVER_IP"
 A2=$TEST_TMP/agent2
-defer agent_down "$A2" "$MNT"
+defer bench_agent_down "$A2" "$MNT"
 "$IMC_BIN/imc-attach" --state-dir "$A2" list >/dev/null
 sync
 t0=$(now_ms)
-nsenter --net="/run/netns/$NS" curl -fsS -o "$A2/pool/snap.img" "http://$SERVER_IP:$PORT/snap.img"
+nsenter --net="/run/netns/$NS" curl -fsS -o "$A2/pool/snap.img" "$NGINX_URL/snap.img"
 sync -f "$A2/pool/snap.img"
 CURL_MS=$(($(now_ms) - t0))
 rm -f "$A2/pool/snap.img"

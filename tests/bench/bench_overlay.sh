@@ -13,7 +13,9 @@
 # page cache        after BENCH_OVL_PODS pods each read all the data: the pages of the files'
 #                   inodes (fincore), summed over the distinct inodes (the lower's, or each clone's)
 # read throughput   of pod 1 (cold) and of pods 2..N (mean), MiB/s
-# The table goes to stdout and to build/bench/overlay.md (BENCH_OVL_OUT).
+# The table goes to stdout and to build/bench/overlay.md (BENCH_OVL_OUT); the numbers of the plots
+# to build/bench/overlay_attach.dat (attach/detach by attaches at once, each mode) and
+# overlay_pagecache.dat (the page cache after each of the pods has read the data, each mode).
 set -euo pipefail
 
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -75,7 +77,15 @@ read_all() {
 cached_mb() {
 	fincore -b -n -o RES "$@" | awk '{ s += $1 } END { printf "%.0f", s / 1048576 }'
 }
-declare -A PC FIRST REST
+# mode_cached_mb MODE: the page cache of the data so far (the lower's files, or every clone's).
+mode_cached_mb() {
+	if [ "$1" = overlay ]; then
+		cached_mb "$STATE/lowers/$ID"/images/0/rootfs/data/*
+	else
+		cached_mb "$TEST_TMP"/pod-*/data/*
+	fi
+}
+declare -A PC FIRST REST PCN
 for mode in overlay clone; do
 	step "$mode: $PODS pods read $MB MiB each"
 	for i in $(seq 1 "$PODS"); do
@@ -83,16 +93,14 @@ for mode in overlay clone; do
 		$IA attach --mode "$mode" "$ID" "$TEST_TMP/pod-$i"
 	done
 	FIRST[$mode]=$(read_all "$TEST_TMP/pod-1")
+	PCN[$mode.1]=$(mode_cached_mb "$mode")
 	sum=0
 	for i in $(seq 2 "$PODS"); do
 		sum=$((sum + $(read_all "$TEST_TMP/pod-$i")))
+		PCN[$mode.$i]=$(mode_cached_mb "$mode")
 	done
 	REST[$mode]=$((sum / (PODS - 1)))
-	if [ "$mode" = overlay ]; then
-		PC[$mode]=$(cached_mb "$STATE/lowers/$ID"/images/0/rootfs/data/*)
-	else
-		PC[$mode]=$(cached_mb "$TEST_TMP"/pod-*/data/*)
-	fi
+	PC[$mode]=${PCN[$mode.$PODS]}
 	for i in $(seq 1 "$PODS"); do $IA detach "$TEST_TMP/pod-$i"; done
 done
 
@@ -117,3 +125,19 @@ done
 	echo
 	bench_machine
 } | { mkdir -p "$(dirname "$OUT_MD")"; tee "$OUT_MD"; }
+
+bench_dat overlay_attach "attach and detach latency by attaches at once, each attach mode, ${MB} MiB snapshot, ms ($N attaches a row)" \
+	mode concurrency attach_p50_ms attach_p99_ms detach_p50_ms detach_p99_ms
+for mode in overlay clone; do
+	for c in $CONC; do
+		bench_row overlay_attach "$mode" "$c" "${A50[$mode.$c]}" "${A99[$mode.$c]}" \
+			"${D50[$mode.$c]}" "${D99[$mode.$c]}"
+	done
+done
+bench_dat overlay_pagecache "page cache of the data after pods 1..N each read all ${MB} MiB of it, MiB, each attach mode" \
+	mode pods page_cache_mib data_mib
+for mode in overlay clone; do
+	for i in $(seq 1 "$PODS"); do
+		bench_row overlay_pagecache "$mode" "$i" "${PCN[$mode.$i]}" "$MB"
+	done
+done

@@ -118,3 +118,83 @@ bench_row() {
 
 # secs MS: MS as seconds with 2 decimals, a bare number (for data files).
 secs() { awk -v ms="$1" 'BEGIN { printf "%.2f", ms / 1000 }'; }
+
+# --- two hosts on one machine (tests/lib/netns.sh: netns_pair, netns_pair_up) ---------------
+# The server side (imcd, registry, nginx) in this network namespace, the agent in $NS; what the
+# agent receives leaves the server through $VETH, so that is where the link is shaped and counted.
+
+# bench_shape DEV RATE: shape DEV's egress with tc tbf to RATE (tc's units: 1gbit, 500mbit), a
+# burst of 10 ms at that rate (at least 1 MiB); replaces an earlier shaping.
+bench_shape() {
+	local burst
+	burst=$(awk -v r="$2" 'BEGIN { n = r + 0; u = tolower(substr(r, length(n "") + 1))
+		m = u == "gbit" ? 1e9 : u == "mbit" ? 1e6 : u == "kbit" ? 1e3 : u == "bit" ? 1 : 0
+		if (m == 0) exit 1
+		b = n * m / 8 / 100; printf "%d", b < 1048576 ? 1048576 : b }') || {
+		echo "${0##*/}: rate $2: want N[gbit|mbit|kbit]" >&2
+		return 1
+	}
+	tc qdisc replace dev "$1" root tbf rate "$2" burst "$burst" latency 50ms
+}
+
+# bench_rate_gbit RATE: RATE (1gbit, 500mbit) in Gbit/s, a bare number.
+bench_rate_gbit() {
+	awk -v r="$1" 'BEGIN { n = r + 0; u = tolower(substr(r, length(n "") + 1))
+		printf "%g", u == "gbit" ? n : u == "mbit" ? n / 1e3 : u == "kbit" ? n / 1e6 : n / 1e9 }'
+}
+
+# bench_tx_bytes DEV: the bytes DEV has sent so far (the link's counter, headers included).
+bench_tx_bytes() { cat "/sys/class/net/$1/statistics/tx_bytes"; }
+
+# bench_agent STATE ARG...: imc-attach on the agent's side of the link, verbose (its statistics
+# go to stderr), lowers released at their last detach.
+bench_agent() {
+	local state=$1
+	shift
+	nsenter --net="/run/netns/$NS" "$IMC_BIN/imc-attach" --state-dir "$state" --lower-grace 0 -v "$@"
+}
+
+# bench_agent_down STATE [DIR]: detach DIR (if given) and release the agent's pool; quiet.
+# shellcheck disable=SC2317 # called through defer
+bench_agent_down() {
+	[ -z "${2:-}" ] || "$IMC_BIN/imc-attach" --state-dir "$1" --lower-grace 0 detach "$2" >/dev/null 2>&1 || true
+	"$IMC_BIN/imc-attach" --state-dir "$1" --lower-grace 0 reconcile >/dev/null 2>&1 || true
+	"$IMC_BIN/imc-attach" --state-dir "$1" teardown >/dev/null 2>&1 || true
+}
+
+# bench_nginx_start ROOT ADDR: nginx (2 workers, sendfile, no access log) serving ROOT on ADDR
+# and a free port; sets NGINX_URL (http://ADDR:PORT) once it answers.  Stopped at exit.
+bench_nginx_start() {
+	local root=$1 addr=$2 dir port i
+	dir=$(mktemp -d "$TEST_TMP/nginx.XXXXXX")
+	port=$((20000 + RANDOM % 20000))
+	cat >"$dir/nginx.conf" <<EOC
+daemon off;
+worker_processes 2;
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 64; }
+http {
+	access_log off;
+	sendfile on;
+	client_body_temp_path $dir;
+	proxy_temp_path $dir;
+	fastcgi_temp_path $dir;
+	uwsgi_temp_path $dir;
+	scgi_temp_path $dir;
+	server { listen $addr:$port; root $root; }
+}
+EOC
+	nginx -c "$dir/nginx.conf" -p "$dir" &
+	NGINX_PID=$!
+	defer stop_pid "$NGINX_PID" 10
+	NGINX_URL=http://$addr:$port
+	for i in $(seq 50); do
+		curl -sS -o /dev/null "$NGINX_URL/" 2>/dev/null && return 0
+		kill -0 "$NGINX_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "${0##*/}: nginx did not start: $(tail -n 5 "$dir/error.log")" >&2
+	return 1
+}

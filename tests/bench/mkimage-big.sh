@@ -43,21 +43,6 @@ trap 'rm -rf "$TEST_TMP"' EXIT
 # shellcheck source-path=SCRIPTDIR/../lib
 . "$(dirname "$0")/../lib/mkimage.sh"
 
-# random_bytes N: N random bytes on stdout.
-random_bytes() {
-	if command -v openssl >/dev/null 2>&1; then
-		# openssl rand is fast but takes an int; feed it in 1 GiB pieces.
-		local left=$1 n
-		while [ "$left" -gt 0 ]; do
-			n=$((left > 1073741824 ? 1073741824 : left))
-			openssl rand "$n"
-			left=$((left - n))
-		done
-	else
-		head -c "$1" /dev/urandom
-	fi
-}
-
 # fill_layer DIR K FILES BYTES: FILES files holding BYTES random bytes in all under
 # DIR/bench/lK/dAA/dB.
 fill_layer() {
@@ -67,7 +52,7 @@ fill_layer() {
 	flat=$dir/.flat
 	mkdir -p "$flat"
 	# split makes ceil(bytes/per) files, f000000, f000001, ...
-	random_bytes "$bytes" | split -a 7 -d -b "$per" - "$flat/f"
+	mk_random_bytes "$bytes" | split -a 7 -d -b "$per" - "$flat/f"
 	local made
 	made=$(find "$flat" -type f | wc -l)
 	TOTAL_FILES=$((TOTAL_FILES + made))

@@ -7,6 +7,11 @@
 #   pod_start.png    a container under containerd: from a cache vs pulling the image (pod_start.dat)
 #   build.png        imcd build vs skopeo copy + umoci unpack and curl | tar (build_big.dat,
 #                    build_layers.dat)
+#   attach_modes.png attach p50/p99 vs attaches at once, overlay vs clone mode (overlay_attach.dat)
+#   page_cache.png   the page cache N pods of one cache use, overlay vs clone (overlay_pagecache.dat)
+#   cold_start.png   a pod's first output on a cold host vs image size and link rate: lazy attach,
+#                    prefetch, ctr pull + run (lazy_start.dat)
+#   chunk_size.png   chunk size vs bytes before the first output and fill rate (lazy_chunks.dat)
 #
 # The caption of each plot is the machine and the date of its data files' headers.  make bench
 # draws build/bench/*.png from build/bench/*.dat; make plots draws docs/plots/*.png from the
@@ -29,6 +34,15 @@ made=0
 missing=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/imc-plot.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+
+# rows_where FILE NAME COLUMN VALUE: FILE's rows whose first field is "NAME" and whose COLUMN
+# (1-based) is VALUE, into $TMP (prints the path).
+rows_where() {
+	local out=$TMP/${1##*/}.$2.$3.$4
+	out=${out// /_}
+	awk -F'\t' -v m="\"$2\"" -v c="$3" -v v="$4" '!/^#/ && $1 == m && $c == v' "$1" >"$out"
+	printf '%s\n' "$out"
+}
 
 # rows_of FILE MODE: FILE's rows whose first field is "MODE", into $TMP (prints the path).
 rows_of() {
@@ -53,7 +67,8 @@ header() { sed -n "s/^# $2: //p" "$1" | head -n1; }
 # the load average of each file (1, 5, 15 min), made safe for a gnuplot string in double quotes.
 caption() {
 	local f loads
-	loads=$(for f in "$@"; do header "$f" load | cut -d' ' -f1-3; done | sed '/^$/d' | paste -sd '/' |
+	# Every "# load:" line (a bench that added rows later adds one).
+	loads=$(for f in "$@"; do sed -n 's/^# load: //p' "$f" | cut -d' ' -f1-3; done | sed '/^$/d' | paste -sd '/' |
 		sed 's|/| / |g')
 	{
 		for f in "$@"; do
@@ -167,10 +182,99 @@ EOF
 	made=$((made + 1))
 }
 
+plot_attach_modes() {
+	local d=$IN/overlay_attach.dat
+	have attach_modes "$d" || return 0
+	gnuplot <<EOF
+$(preamble "$OUT/attach_modes.png" "Attach latency vs attaches at once: overlay mode vs clone mode ($(header "$d" 'imcache bench' | sed 's/.*, \([0-9]* MiB\) snapshot.*/\1 snapshot/'))" "$(caption "$d")")
+set xlabel "attaches at once (threads, each attaching and detaching in a loop)"
+set ylabel "attach latency (ms)"
+set yrange [0:*]
+set offsets graph 0.03, graph 0.03, graph 0.1, 0
+plot "$(rows_of "$d" overlay)" using 2:3 with linespoints lw 2 pt 7 lc rgb "#2ca02c" title "overlay mode (shared lower + overlayfs), p50", \
+     "" using 2:4 with linespoints lw 2 pt 7 dt 2 lc rgb "#2ca02c" title "overlay mode, p99", \
+     "$(rows_of "$d" clone)" using 2:3 with linespoints lw 2 pt 5 lc rgb "#1f77b4" title "clone mode (a clone per pod), p50", \
+     "" using 2:4 with linespoints lw 2 pt 5 dt 2 lc rgb "#1f77b4" title "clone mode, p99"
+EOF
+	made=$((made + 1))
+}
+
+plot_page_cache() {
+	local d=$IN/overlay_pagecache.dat
+	have page_cache "$d" || return 0
+	gnuplot <<EOF
+$(preamble "$OUT/page_cache.png" "Page cache used by N pods that each read the same data (one cache)" "$(caption "$d")")
+set xlabel "pods that have read all the data (each its own rootfs)"
+set ylabel "page cache of the data (MiB)"
+set yrange [0:*]
+set xtics 1
+set offsets graph 0.03, graph 0.03, graph 0.1, 0
+plot "$(rows_of "$d" clone)" using 2:3 with linespoints lw 2 pt 5 lc rgb "#1f77b4" title "clone mode (a clone per pod)", \
+     "$(rows_of "$d" overlay)" using 2:3 with linespoints lw 2 pt 7 lc rgb "#2ca02c" title "overlay mode (one shared read-only lower)", \
+     "" using 2:4 with lines lw 1 dt 3 lc rgb "#555555" title "the data itself (1x)"
+EOF
+	made=$((made + 1))
+}
+
+# The contenders of cold_start.png, each in its colour; the 10 Gbit/s lines dashed.
+COLD_WHO=("lazy" "lazy, --parallel 1" "lazy + trace" "prefetch" "ctr pull + run")
+COLD_RGB=("#2ca02c" "#8c564b" "#17becf" "#1f77b4" "#ff7f0e")
+
+plot_cold_start() {
+	local d=$IN/lazy_start.dat g f i pl=() rates
+	have cold_start "$d" || return 0
+	mapfile -t rates < <(awk -F'\t' '!/^#/ { print $3 }' "$d" | sort -gu)
+	for i in "${!COLD_WHO[@]}"; do
+		for g in "${rates[@]}"; do
+			f=$(rows_where "$d" "${COLD_WHO[$i]}" 3 "$g")
+			[ -s "$f" ] || continue
+			pl+=("\"$f\" using (\$2/1024):4 with linespoints lw 2 pt 7 $([ "$g" = 1 ] || echo 'dt 2') lc rgb \"${COLD_RGB[$i]}\" title \"${COLD_WHO[$i]}, $g Gbit/s\"")
+		done
+	done
+	gnuplot <<EOF
+$(preamble "$OUT/cold_start.png" "A pod on a cold host: time to its first output vs image size and link rate" "$(caption "$d")")
+set xlabel "image size (GiB, log scale)"
+set ylabel "from attach (or pull) to the pod's first output (s, log scale)"
+set logscale x 2
+set logscale y 10
+set xtics ("0.125" 0.125, "0.25" 0.25, "0.5" 0.5, "1" 1, "2" 2, "4" 4, "8" 8, "16" 16, "32" 32)
+set offsets graph 0.1, graph 0.1, 0, 0
+set key outside right top box opaque
+plot $(IFS=,; printf '%s' "${pl[*]}")
+EOF
+	made=$((made + 1))
+}
+
+plot_chunk_size() {
+	local d=$IN/lazy_chunks.dat
+	have chunk_size "$d" || return 0
+	gnuplot <<EOF
+$(preamble "$OUT/chunk_size.png" "Chunk size: what a lazy pod fetches before its first output, and the fill rate" "$(caption "$d")")
+set xlabel "chunk size (KiB, log scale)"
+set ylabel "bytes on the link before the first output (MiB)"
+set y2label "whole-snapshot fill rate (MiB/s)"
+set logscale x 2
+set yrange [0:*]
+set y2range [0:*]
+set ytics nomirror
+set y2tics
+set key top center box opaque
+set offsets graph 0.1, graph 0.1, graph 0.15, 0
+plot "$d" using 1:3 with linespoints lw 2 pt 7 lc rgb "#2ca02c" axes x1y1 title "bytes before the first output (lazy)", \
+     "$d" using 1:4 with linespoints lw 2 pt 5 dt 2 lc rgb "#1f77b4" axes x1y2 title "fill rate (prefetch of the whole snapshot)", \
+     "$d" using 1:3:(sprintf("index %.0f KiB", \$5)) with labels offset 0,1.2 font ",9" notitle
+EOF
+	made=$((made + 1))
+}
+
 plot_attach_size
 plot_attach_conc
 plot_pod_start
 plot_build
+plot_attach_modes
+plot_page_cache
+plot_cold_start
+plot_chunk_size
 echo "${0##*/}: $made plots in $OUT" >&2
 if [ "${PLOT_STRICT:-0}" = 1 ] && [ "$missing" -gt 0 ]; then
 	exit 1

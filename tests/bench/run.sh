@@ -21,7 +21,9 @@
 #   bench_vm_drivers.sh    thin vs reflink in the Debian-kernel VM (emulated CPU: ratios only)
 #   bench_api.sh           wrk against GET of a cache and of the list, 1,000 caches in the store
 #   bench_distribution.sh  a cold host: fetch + attach over a veth link vs curl of the snapshot
-# BENCH_PARTS ("layers attach_scale overlay model ctr vm_drivers api distribution") picks the parts.  All tables together go to
+#   bench_lazy.sh          a cold host: a pod's first output, lazy attach vs prefetch vs ctr pull,
+#                          over a veth shaped to 1 and 10 Gbit/s, 2 and 8 GiB images; chunk sizes
+# BENCH_PARTS ("layers attach_scale overlay model ctr vm_drivers api distribution lazy") picks the parts.  All tables together go to
 # build/bench/results.md; the numbers the plots need go to build/bench/*.dat as well (lib.sh:
 # bench_dat), and tests/bench/plot.sh draws build/bench/*.png from them at the end.
 set -euo pipefail
@@ -108,7 +110,7 @@ bench_dat build_big "build time of one image, seconds (skopeo copy + umoci unpac
 bench_row build_big "${SIZE_MB} MiB, ${NFILES} files, 4 gzip layers" "$(secs "$PULL_MS")" \
 	"$(secs "$CURLTAR_MS")" "$(secs "$BUILD_MS")"
 
-for part in ${BENCH_PARTS-layers attach_scale overlay model ctr vm_drivers api distribution}; do
+for part in ${BENCH_PARTS-layers attach_scale overlay model ctr vm_drivers api distribution lazy}; do
 	step "$part"
 	out=$IMC_ROOT/build/bench/$part.md
 	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out BENCH_OVL_OUT=$out \

@@ -16,7 +16,8 @@
 # server is filling it joins that server (no chunk fetched twice, the server's seal kept).
 # imc-runtime on a cold store, with crun and with runc: a container started lazily (IMCACHE_SERVER)
 # prints the model file's sha256; without a source its create fails naming the settings; nothing
-# is left after either.
+# is left after either.  imcd restarted with --chunk-size 256K: the index exported again in
+# 256 KiB chunks, attached lazily, the same snapshot sealed from it.
 # Needs root, loop devices, overlayfs, /dev/fuse, crun and runc; the kill -9 test needs a
 # -DIMC_TESTING build.
 # shellcheck source-path=SCRIPTDIR
@@ -560,6 +561,44 @@ check "the background fill with the token seals the snapshot" test -e "$A7/pool/
 check "detach p9" ia "$A7" detach "$P9"
 no_leaks "$A7" "after the lazy attach with --token" "$SPID"
 rm -f "$HOLD"
+
+# --- imcd --chunk-size: an index of 256 KiB chunks, attached lazily and sealed -------------------
+# The agent takes the chunk size from the index: the same snapshot (its sha256) from smaller chunks.
+
+RC=0
+imcd_stop || RC=$?
+check_eq "imcd stops" 0 "$RC"
+rm -rf "$STATE/chunks"
+_imcd_launch "$STATE" 127.0.0.1:0 --insecure-registry "$REGISTRY" --chunk-size 256K ||
+	bail "imcd restarts with --chunk-size 256K" "$(imcd_log_tail 30)"
+http_settled GET "$IMCD_URL/v1/imagecaches/$ID/index" 120
+check_eq "the index is exported again" 200 "$HTTP_STATUS"
+INDEX256=$HTTP_BODY
+check_eq "its chunks are of 256 KiB" 262144 "$(jq -r .chunkSize <<<"$INDEX256")"
+check_eq "it describes the same snapshot" "$(jq -r .sha256 <<<"$INDEX")" "$(jq -r .sha256 <<<"$INDEX256")"
+N256=$(jq '.chunks | length' <<<"$INDEX256")
+if [ "$N256" -gt "$TOTAL" ]; then
+	ok "$N256 chunks of 256 KiB where there were $TOTAL of $CS bytes"
+else
+	not_ok "more chunks of 256 KiB than of $CS bytes" "$N256 vs $TOTAL"
+fi
+A8=$TEST_TMP/agent8
+AGENTS+=("$A8")
+P10=$(pod p10)
+check "lazy attach at p10 from the 256 KiB index" ia "$A8" attach "$ID" "$P10"
+check_eq "the FUSE file system serves it" fuse.imcache \
+	"$(findmnt -rn -o FSTYPE --mountpoint "$A8/lowers/$ID.fuse")"
+SPID=$(server_pid "$A8")
+check_eq "p10 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P10/blob/data.bin" | cut -d' ' -f1)"
+wait_for_file "$A8/pool/snapshots/$ID.img" 120 || true
+check "the fill seals the snapshot" test -e "$A8/pool/snapshots/$ID.img"
+check_eq "the sealed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX256")" \
+	"sha256:$(sha256sum <"$A8/pool/snapshots/$ID.img" | cut -d' ' -f1)"
+check_eq "the local index kept is the 256 KiB one" 262144 "$(jq -r .chunkSize "$A8/chunks/local/$ID.json")"
+check_eq "the first agent's local index keeps its $CS-byte chunks" "$CS" \
+	"$(jq -r .chunkSize "$A1/chunks/local/$ID.json")"
+check "detach p10" ia "$A8" detach "$P10"
+no_leaks "$A8" "after the lazy attach from the 256 KiB index" "$SPID"
 
 check_eq "no sanitizer report from any process (the FUSE servers included)" "" \
 	"$(cat "$TEST_TMP"/asan/report* 2>/dev/null | head -40)"

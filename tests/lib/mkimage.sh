@@ -28,10 +28,11 @@ _sha256() {
 	sha256sum "$1" | cut -d' ' -f1
 }
 
-# _mk_blob DIR FILE: move FILE into DIR's blobs; prints "sha256:HEX SIZE".
+# _mk_blob DIR FILE [HEX]: move FILE into DIR's blobs; prints "sha256:HEX SIZE".  HEX: FILE's
+# sha256 when the caller has it already (an uncompressed layer: its diff_id).
 _mk_blob() {
-	local dir=$1 file=$2 hex size
-	hex=$(_sha256 "$file")
+	local dir=$1 file=$2 hex=${3:-} size
+	[ -n "$hex" ] || hex=$(_sha256 "$file")
 	size=$(stat -c %s "$file")
 	mv -f "$file" "$dir/blobs/sha256/$hex"
 	printf 'sha256:%s %s\n' "$hex" "$size"
@@ -53,6 +54,21 @@ mk_layout() {
 	mkdir -p "$dir/blobs/sha256"
 	printf '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
 	printf '{"schemaVersion":2,"mediaType":"%s","manifests":[]}' "$MT_INDEX" >"$dir/index.json"
+}
+
+# mk_random_bytes N: N random (incompressible) bytes on stdout; openssl rand when installed (fast,
+# but it takes an int: fed in 1 GiB pieces), else /dev/urandom.
+mk_random_bytes() {
+	if command -v openssl >/dev/null 2>&1; then
+		local left=$1 n
+		while [ "$left" -gt 0 ]; do
+			n=$((left > 1073741824 ? 1073741824 : left))
+			openssl rand "$n"
+			left=$((left - n))
+		done
+	else
+		head -c "$1" /dev/urandom
+	fi
 }
 
 # mk_tar SRCDIR OUT: a deterministic tar (OUT "-" is stdout) of SRCDIR's contents (names without a "./" prefix).
@@ -93,7 +109,7 @@ mk_layer() {
 		diffid=sha256:$(_sha256 "$tmp")
 		mt=$MT_LAYER_TAR
 	fi
-	read -r digest size < <(_mk_blob "$dir" "$tmp")
+	read -r digest size < <(_mk_blob "$dir" "$tmp" "$([ "$comp" = gzip ] || echo "${diffid#sha256:}")")
 	printf '%s %s\n' "$(jq -cn --arg mt "$mt" --arg d "$digest" --argjson s "$size" \
 		'{mediaType: $mt, digest: $d, size: $s}')" "$diffid"
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../../api/api.h"
+#include "../../api/imcd.h"
 #include "../../dist/dist.h"
 #include "../../dist/internal.h"
 #include "unit.h"
@@ -437,6 +438,40 @@ START_TEST(the_pick_skips_and_the_waits_grow)
 }
 END_TEST
 
+/* imcd --chunk-size: a power of two in 64K-64M, with the size suffixes; anything else refused. */
+static int parse_chunk_size(const char *arg, struct imcd_options *o)
+{
+	char *argv[] = {"imcd", "--chunk-size", (char *)arg, NULL};
+
+	optind = 0; /* a fresh getopt scan */
+	return imcd_parse_args(3, argv, o);
+}
+
+START_TEST(imcd_chunk_size_option)
+{
+	static const char *const bad[] = {"1000000", "32K", "128M", "0", "-1M", "4X", ""};
+	struct imcd_options o;
+
+	ck_assert_int_eq(parse_chunk_size("1M", &o), 0);
+	ck_assert_uint_eq(o.chunk_size, 1U << 20);
+	ck_assert_int_eq(parse_chunk_size("524288", &o), 0);
+	ck_assert_uint_eq(o.chunk_size, 512U << 10);
+	ck_assert_int_eq(parse_chunk_size("64K", &o), 0);
+	ck_assert_uint_eq(o.chunk_size, OCI_CHUNK_SIZE_MIN);
+	ck_assert_int_eq(parse_chunk_size("64M", &o), 0);
+	ck_assert_uint_eq(o.chunk_size, OCI_CHUNK_SIZE_MAX);
+	for (size_t i = 0; i < IMC_ARRAY_SIZE(bad); i++)
+		ck_assert_msg(parse_chunk_size(bad[i], &o) == -1, "--chunk-size %s taken", bad[i]);
+	/* Not given: 0, the exporter's default. */
+	char *none[] = {"imcd", NULL};
+	optind = 0;
+	ck_assert_int_eq(imcd_parse_args(1, none, &o), 0);
+	ck_assert_uint_eq(o.chunk_size, 0);
+	ck_assert(!dist_chunk_size_valid(3U << 20) &&
+		  dist_chunk_size_valid(DIST_CHUNK_SIZE_DEFAULT));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("chunks");
@@ -453,6 +488,7 @@ int main(void)
 	tcase_add_test(tc, source_order_parses);
 	tcase_add_test(tc, a_failing_source_is_abandoned_after_its_deadline);
 	tcase_add_test(tc, the_pick_skips_and_the_waits_grow);
+	tcase_add_test(tc, imcd_chunk_size_option);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }

@@ -3,6 +3,7 @@
  * driver comes from IMC_STORE_DRIVER (default reflink).  Needs root and loop devices (and
  * device-mapper for thin); without them it says why and exits 77 (skipped). */
 #include <check.h>
+#include <stdatomic.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -15,6 +16,7 @@
 
 #include "../../attach/attach.h"
 #include "../../common/priv.h"
+#include "../../dist/dist.h"
 #include "../../store/store.h"
 #include "unit.h"
 
@@ -777,6 +779,73 @@ START_TEST(teardown_refused_while_attached)
 }
 END_TEST
 
+/* The chunk size of an export: the index carries the size asked for (imcd --chunk-size) and cuts
+ * at its multiples; an index already stored is kept with its own size when the default changes
+ * (old indexes stay readable); a size that is not a power of two in range is refused. */
+START_TEST(export_chunk_size)
+{
+	_cleanup_(oci_chunk_index_free) struct oci_chunk_index ix = {0};
+	struct dist_chunks *cs = NULL;
+	char *buf = NULL, *again = NULL;
+	size_t len = 0, len2 = 0;
+	uint64_t freed = 0;
+	imc_error err;
+
+	must(dist_chunks_open(state_dir, st, &cs, &err), &err);
+	ck_assert_int_eq(dist_export(cs, SNAP, 3U << 20, NULL, &buf, &len, &err), -EINVAL);
+	ck_assert_int_eq(dist_export(cs, SNAP, 32U << 10, NULL, &buf, &len, &err), -EINVAL);
+	must(dist_export(cs, SNAP, 256U << 10, NULL, &buf, &len, &err), &err);
+	must(oci_chunk_index_parse(buf, len, &ix, &err), &err);
+	ck_assert_uint_eq(ix.chunk_size, 256U << 10);
+	ck_assert_uint_gt(ix.n_chunks, 0);
+	ck_assert_uint_le(ix.n_chunks, (ix.size + ix.chunk_size - 1) / ix.chunk_size);
+	for (size_t i = 0; i < ix.n_chunks; i++)
+		ck_assert_uint_eq(ix.chunks[i].offset % (256U << 10), 0);
+	/* Exported again with the default (not 256 KiB): the stored 256 KiB index is served. */
+	must(dist_export(cs, SNAP, 0, NULL, &again, &len2, &err), &err);
+	ck_assert_uint_eq(len2, len);
+	ck_assert_int_eq(memcmp(again, buf, len), 0);
+	must(dist_forget(cs, SNAP, &freed, &err), &err);
+	ck_assert_uint_gt(freed, 0);
+	free(again);
+	again = NULL;
+	/* Gone, then exported with the default: the new index has the default size. */
+	must(dist_export(cs, SNAP, 0, NULL, &again, &len2, &err), &err);
+	oci_chunk_index_free(&ix);
+	must(oci_chunk_index_parse(again, len2, &ix, &err), &err);
+	ck_assert_uint_eq(ix.chunk_size, DIST_CHUNK_SIZE_DEFAULT);
+	must(dist_forget(cs, SNAP, &freed, &err), &err);
+	dist_chunks_close(cs);
+	free(buf);
+	free(again);
+}
+END_TEST
+
+/* A cancelled export (a delete of the cache, imcd stopping: dist/exporter.c) ends -ECANCELED at
+ * its next chunk and writes no index; the same export uncancelled then writes it. */
+START_TEST(export_cancelled)
+{
+	struct dist_chunks *cs = NULL;
+	atomic_bool cancel = true;
+	char *buf = NULL;
+	size_t len = 0;
+	uint64_t freed = 0;
+	imc_error err;
+
+	must(dist_chunks_open(state_dir, st, &cs, &err), &err);
+	ck_assert_int_eq(dist_export(cs, SNAP, 0, &cancel, &buf, &len, &err), -ECANCELED);
+	ck_assert_ptr_null(buf);
+	ck_assert_msg(strstr(err.msg, "cancelled at 0 of"), "%s", err.msg);
+	ck_assert_int_eq(dist_read_index(cs, SNAP, &buf, &len, &err), -ENOENT);
+	atomic_store(&cancel, false);
+	must(dist_export(cs, SNAP, 0, &cancel, &buf, &len, &err), &err);
+	ck_assert_uint_gt(len, 0);
+	must(dist_forget(cs, SNAP, &freed, &err), &err);
+	dist_chunks_close(cs);
+	free(buf);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s;
@@ -818,6 +887,8 @@ int main(void)
 	tcase_add_test(tc, bad_attaches_leave_nothing);
 	tcase_add_test(tc, detach_after_agent_crash);
 	tcase_add_test(tc, teardown_refused_while_attached);
+	tcase_add_test(tc, export_chunk_size);
+	tcase_add_test(tc, export_cancelled);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
 }
