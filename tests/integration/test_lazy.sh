@@ -582,23 +582,24 @@ if [ "$N256" -gt "$TOTAL" ]; then
 else
 	not_ok "more chunks of 256 KiB than of $CS bytes" "$N256 vs $TOTAL"
 fi
-A8=$TEST_TMP/agent8
-AGENTS+=("$A8")
-P10=$(pod p10)
-check "lazy attach at p10 from the 256 KiB index" ia "$A8" attach "$ID" "$P10"
+A10=$TEST_TMP/agent10
+AGENTS+=("$A10")
+P11=$(pod p11)
+check "the snapshot is not in that store yet" test ! -e "$A10/pool/snapshots/$ID.img"
+check "lazy attach at p11 from the 256 KiB index" ia "$A10" attach "$ID" "$P11"
 check_eq "the FUSE file system serves it" fuse.imcache \
-	"$(findmnt -rn -o FSTYPE --mountpoint "$A8/lowers/$ID.fuse")"
-SPID=$(server_pid "$A8")
-check_eq "p10 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P10/blob/data.bin" | cut -d' ' -f1)"
-wait_for_file "$A8/pool/snapshots/$ID.img" 120 || true
-check "the fill seals the snapshot" test -e "$A8/pool/snapshots/$ID.img"
+	"$(findmnt -rn -o FSTYPE --mountpoint "$A10/lowers/$ID.fuse")"
+SPID=$(server_pid "$A10")
+check_eq "p11 reads the model file right" "$DATA_SHA" "$(sha256sum <"$P11/blob/data.bin" | cut -d' ' -f1)"
+wait_for_file "$A10/pool/snapshots/$ID.img" 120 || true
+check "the fill seals the snapshot" test -e "$A10/pool/snapshots/$ID.img"
 check_eq "the sealed snapshot has the index's sha256" "$(jq -r .sha256 <<<"$INDEX256")" \
-	"sha256:$(sha256sum <"$A8/pool/snapshots/$ID.img" | cut -d' ' -f1)"
-check_eq "the local index kept is the 256 KiB one" 262144 "$(jq -r .chunkSize "$A8/chunks/local/$ID.json")"
+	"sha256:$(sha256sum <"$A10/pool/snapshots/$ID.img" | cut -d' ' -f1)"
+check_eq "the local index kept is the 256 KiB one" 262144 "$(jq -r .chunkSize "$A10/chunks/local/$ID.json")"
 check_eq "the first agent's local index keeps its $CS-byte chunks" "$CS" \
 	"$(jq -r .chunkSize "$A1/chunks/local/$ID.json")"
-check "detach p10" ia "$A8" detach "$P10"
-no_leaks "$A8" "after the lazy attach from the 256 KiB index" "$SPID"
+check "detach p11" ia "$A10" detach "$P11"
+no_leaks "$A10" "after the lazy attach from the 256 KiB index" "$SPID"
 
 check_eq "no sanitizer report from any process (the FUSE servers included)" "" \
 	"$(cat "$TEST_TMP"/asan/report* 2>/dev/null | head -40)"
