@@ -6,8 +6,10 @@
  * /imcache.json, a clean unmount and the seal that turns the volume into the cache's read-only
  * snapshot) is builder/volume.c's.  A failure at any point removes the volume. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "build_internal.h"
 
@@ -251,6 +253,30 @@ static int pin_layers(struct build *b, const struct builder_opts *o, imc_error *
 	return 0;
 }
 
+#ifdef IMC_TESTING
+/* Test builds: a build waits before it resolves its refs while the file $IMC_BUILD_HOLD does not
+ * exist (and nobody cancels it), so that a test finds a cache Creating for as long as it needs. */
+static void test_hold(const char *cache_id, const struct builder_opts *o)
+{
+	const char *hold = secure_getenv("IMC_BUILD_HOLD");
+	bool said = false;
+
+	while (hold && *hold && access(hold, F_OK) < 0 && !builder_cancelled(o)) {
+		if (!said)
+			imc_info("cache %s: build held until %s exists (test build)", cache_id,
+				 hold);
+		said = true;
+		usleep(20000);
+	}
+}
+#else
+static void test_hold(const char *cache_id, const struct builder_opts *o)
+{
+	(void)cache_id;
+	(void)o;
+}
+#endif
+
 int builder_build(struct store *s, const struct builder_opts *o, const char *cache_id,
 		  const struct builder_request *req, json_t **ret_manifest, imc_error *err)
 {
@@ -268,6 +294,7 @@ int builder_build(struct store *s, const struct builder_opts *o, const char *cac
 	if (size > BUILD_MAX_SIZE)
 		return imc_err(err, EINVAL, "size %llu: at most %llu", (unsigned long long)size,
 			       (unsigned long long)BUILD_MAX_SIZE);
+	test_hold(cache_id, o);
 	r = resolve_all(&b, o, req, &layer_bytes, err);
 	if (r == 0)
 		r = pin_layers(&b, o, err);

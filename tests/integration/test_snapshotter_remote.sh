@@ -225,7 +225,13 @@ CFG=$TEST_TMP/imcd.json
 (umask 077 && jq -n --arg a "$TOKEN_A" --arg b "$TOKEN_B" \
 	'{tokens: [{token: $a, tenant: "team-a"}, {token: $b, tenant: "team-b"}]}' >"$CFG")
 STATE=$TEST_TMP/server
+# Builds wait while $BUILD_GO is missing (test build hook IMC_BUILD_HOLD): the two-layer image's
+# cache is held Creating while containerd pulls it, so that both its layers miss.
+BUILD_GO=$TEST_TMP/build-go
+touch "$BUILD_GO"
+export IMC_BUILD_HOLD=$BUILD_GO
 imcd_start_or_bail "$STATE" --config "$CFG" --insecure-registry "$REGISTRY"
+unset IMC_BUILD_HOLD
 OUT=$(imcctl --token "$TOKEN_A" create "$REF1" --name snapr --wait 2>"$TEST_TMP/imcctl.err") || OUT=
 ID=$(printf '%s\n' "$OUT" | tail -n1 | tr -d '[:space:]')
 [[ "$ID" =~ ^imc- ]] || bail "tenant a's cache of $REF1 is Ready" "$(cat "$TEST_TMP/imcctl.err")"
@@ -314,6 +320,7 @@ NEW=$(caches_of "$TOKEN_A" "$REF2" | awk '{print $1}')
 check_match "imcd has a cache of that ref under tenant a" '^imc-[0-9a-f]+$' "$NEW"
 check_eq "and none under tenant b" "" "$(caches_of "$TOKEN_B" "$REF2")"
 LOGMARK=$(wc -l <"$SNAP_LOG")
+rm -f "$BUILD_GO"
 check "a CRI pull of an image of two layers no cache holds" cri_pull "$REF3"
 check_eq "both its layers missed" 2 \
 	"$(tail -n +"$((LOGMARK + 1))" "$SNAP_LOG" | grep -c 'no cache serves it: .*no Ready cache of chain' || true)"
@@ -321,6 +328,9 @@ check_eq "the create was asked once for the ref" 1 \
 	"$(grep -c "auto-create: $REF3: imcd creates cache" "$SNAP_LOG" || true)"
 check_eq "the container runs" "base top" \
 	"$(run_in "$REF3" r5 cat /three/base.txt /three/top.txt 2>&1 | tr '\n' ' ' | sed 's/ $//')"
+check_eq "its cache was Creating all along (its build held)" Creating \
+	"$(caches_of "$TOKEN_A" "$REF3" | awk '{print $2}')"
+touch "$BUILD_GO"
 settled() { # TOKEN REF: the status of its one cache once it is not Creating
 	local i st
 	for ((i = 0; i < 600; i++)); do
