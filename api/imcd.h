@@ -45,6 +45,7 @@ struct imcd_options {
 	uint64_t min_rate, min_rate_window_s; /* 0: net/'s defaults (64 KiB/s, 60 s) */
 	uint64_t max_blob_size;		      /* 0: OCI_BLOB_MAX_DEFAULT */
 	uint32_t chunk_size;		      /* of new chunk exports; 0: DIST_CHUNK_SIZE_DEFAULT */
+	bool export_on_request;		      /* --export request: not at Ready, at the first GET */
 };
 
 /* Fills o from argv: 0 to run, 1 to exit 0 (--help), -1 after a usage error (said on stderr). */

@@ -210,6 +210,10 @@ static int net_open(const struct imcd_options *o, struct service *svc, imc_error
 static int open_caches(const struct imcd_options *o, struct service *svc, json_t *repairs,
 		       imc_error *err)
 {
+	/* --export request: no export at Ready, the first GET of the index queues it. */
+	void (*on_ready)(void *, const char *) =
+	    o->export_on_request ? NULL : api_dist_snapshot_ready;
+
 	return api_caches_open(
 	    &(struct api_caches_config){.state_dir = o->state_dir,
 					.store = svc->store,
@@ -236,7 +240,7 @@ static int open_caches(const struct imcd_options *o, struct service *svc, json_t
 					.multi_tenant = tenants_of(&svc->config) > 1,
 					.on_event = on_event,
 					.on_snapshot_removed = api_dist_snapshot_removed,
-					.on_snapshot_ready = api_dist_snapshot_ready,
+					.on_snapshot_ready = on_ready,
 					.snapshot_ctx = svc->exporter,
 					.remove_snapshot = attach_snapshot_remove,
 					.chunks = svc->chunks,

@@ -28,7 +28,7 @@ static const char usage_synopsis[] =
     "            [--connection-reserve N] [--request-timeout SEC]\n"
     "            [--allow-data-destination ADDR[/PREFIX][:PORT]]... [--min-rate BYTES]\n"
     "            [--min-rate-window SEC] [--max-blob-size BYTES]\n"
-    "            [--chunk-size BYTES]\n"
+    "            [--chunk-size BYTES] [--export ready|request]\n"
     "\n";
 
 /* Where things are, and whom to trust. */
@@ -88,6 +88,8 @@ static void usage_tuning(FILE *f)
 	    "  --max-blob-size BYTES a layer declaring more is refused (default 64G)\n"
 	    "  --chunk-size BYTES    chunks of the indexes exported from now on: a power of two,\n"
 	    "                        64K-64M (default 4M; indexes already exported keep theirs)\n"
+	    "  --export WHEN         a cache's chunk index is exported when it is ready (default)\n"
+	    "                        or on the first request for it (request)\n"
 	    "  --log-level LEVEL     error, warn, info (default) or debug, on stderr\n"
 	    "  --max-connections N   client connections open at once (default %d)\n"
 	    "  --max-connections-per-client N  ... from one client address (default %d)\n"
@@ -366,6 +368,14 @@ static int take_chunk_size(const struct imc_cli_opt *opt, const char *arg, void 
 	return 0;
 }
 
+static int take_export(const struct imc_cli_opt *opt, const char *arg, void *o)
+{
+	if (strcmp(arg, "ready") != 0 && strcmp(arg, "request") != 0)
+		return usage_error("--export %s: want ready or request", arg);
+	OPTS(o)->export_on_request = strcmp(arg, "request") == 0;
+	return 0;
+}
+
 static int take_help(const struct imc_cli_opt *opt, const char *arg, void *o)
 {
 	usage(stdout);
@@ -409,6 +419,7 @@ static const struct imc_cli_opt options[] = {
     {"min-rate-window", required_argument, 0, take_min_rate_window, 0},
     {"max-blob-size", required_argument, 0, take_max_blob_size, 0},
     {"chunk-size", required_argument, 0, take_chunk_size, 0},
+    {"export", required_argument, 0, take_export, 0},
     {"help", no_argument, 'h', take_help, 0},
 };
 #undef O

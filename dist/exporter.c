@@ -16,10 +16,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "dist.h"
 
 #define EXPORT_FAILURES 64
+#define EXPORTER_NICE	19
 
 enum job_kind { JOB_EXPORT, JOB_FORGET };
 
@@ -250,6 +253,10 @@ static void *exporter_main(void *arg)
 {
 	struct dist_exporter *x = arg;
 
+	/* Background work: at nice 19 the export (hashing every byte of a snapshot, its holes
+	 * included: about a second per GiB) leaves the CPUs to requests and builds. */
+	if (setpriority(PRIO_PROCESS, (id_t)gettid(), EXPORTER_NICE) < 0)
+		imc_warn("chunk index exporter: nice %d: %s", EXPORTER_NICE, strerror(errno));
 	pthread_mutex_lock(&x->lock);
 	for (;;) {
 		struct job *j;

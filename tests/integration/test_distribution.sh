@@ -414,6 +414,32 @@ check "imcd freed the chunks no other cache names" \
 check_eq "the chunks of the first cache stay" "ok" \
 	"$([ -e "$STATE/chunks/index/$ID.json" ] && [ -e "$BLOBFILE" ] && echo ok)"
 
+# --- imcd --export request: nothing exported at Ready; the first GET of the index asks for it ----
+# The test builds' hold ($IMC_EXPORT_HOLD, missing until the test makes it) shows an export that
+# started: it logs "export held" after its first chunk.  With the default (--export ready) that
+# line follows the Ready at once.
+rc=0
+imcd_stop || rc=$?
+check_eq "imcd stops (exit 0)" 0 "$rc"
+GO5=$TEST_TMP/export5-go
+IMC_EXPORT_HOLD=$GO5 _imcd_launch "$STATE" "$SERVER_IP:0" --insecure-registry "$REGISTRY" \
+	--export request || bail "imcd starts with --export request" "$(imcd_log_tail 30)"
+check "image v5 builds and pushes" mkimage_dist v5 "release five"
+ID5=$(build v5) || bail "cache of v5 is Ready"
+sleep 2 # (a window for an export that should not start; nothing is timed)
+check_eq "Ready, and no export of its index started" "0 gone" \
+	"$(grep -c "cache $ID5: export held until" "$IMCD_LOG") $([ -e "$STATE/chunks/index/$ID5.json" ] && echo there || echo gone)"
+index_get "$ID5"
+check_eq "the first GET of its index: 202 Exporting" "202 Exporting" \
+	"$INDEX_STATUS $(jq -r .status <<<"$INDEX_BODY" 2>/dev/null)"
+check "that GET started the export" wait_for_match "$IMCD_LOG" "cache $ID5: export held until" 60
+touch "$GO5"
+http_settled GET "$IMCD_URL/v1/imagecaches/$ID5/index" 120
+check_eq "... then its index, 200" "200 true" \
+	"$HTTP_STATUS $(jq -r '.chunks | length > 0' <<<"$HTTP_BODY" 2>/dev/null)"
+check_eq "imcd --export never: a usage error" 2 \
+	"$("$IMC_BIN/imcd" --export never >/dev/null 2>&1; echo $?)"
+
 # --- an export in flight stops for a delete and for imcd's shutdown -------------------------
 # imcd again, with the test builds' hold: an export waits after its first chunk until
 # $IMC_EXPORT_HOLD exists (never, here), so both stops below find it in flight; before, a
