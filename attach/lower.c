@@ -16,7 +16,11 @@
  * dropped by the sweep, so a crash never leaves a lower held forever.  The mount point itself is
  * the record of the mount: a crash before the mount leaves an autoclear loop device that goes
  * with the process, a crash after it leaves a mounted, unreferenced lower that the sweep
- * releases when its grace runs out. */
+ * releases when its grace runs out.
+ *
+ * Over 800 lines: the lower's life under its one lock protocol (acquire, release, sweep, the
+ * lazy lower's mount, removal of a cache with its lowers, the fetch that joins a lazy server),
+ * kept together so that every step that takes the lock is read beside the others. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <string.h>
