@@ -1,6 +1,10 @@
 /* The lazy lower's backend (docs/distribution.md, "Lazy attach"): a FUSE file system with one
  * file, the snapshot image, whose chunks are fetched when first read and by background threads,
- * written into a store volume that is sealed as the snapshot once every chunk is local. */
+ * written into a store volume that is sealed as the snapshot once every chunk is local.
+ *
+ * Over 800 lines: the slots' states, the reads, the background threads (reads first, the startup
+ * trace, the walk), the seal and the FUSE operations share one lock and one condition, and are
+ * kept in one file so that every wait on it is read beside every change it waits for. */
 #define FUSE_USE_VERSION 31
 #include <fcntl.h>
 #include <fuse.h>
@@ -16,6 +20,13 @@
 
 #define LAZY_BG_DEFAULT	 4
 #define LAZY_SOURCES_MAX 64
+/* Reads first: the background fill in order starts no fetch while a read waits for a chunk nor
+ * for LAZY_DEMAND_QUIET_NS after the last one (a starting pod reads in bursts between which it
+ * computes); meanwhile the background threads fetch only the slots that follow a run of reads in
+ * order (from the LAZY_RA_RUN-th slot of the run on; as many as there are threads), which that
+ * reader wants next. */
+#define LAZY_DEMAND_QUIET_NS (250ULL * 1000 * 1000)
+#define LAZY_RA_RUN	     2
 
 enum slot_state { SLOT_ABSENT, SLOT_BUSY, SLOT_LOCAL };
 
@@ -47,6 +58,12 @@ struct dist_lazy {
 	bool mounted;
 	pthread_t bg[DIST_FETCH_PARALLEL_MAX], sealer;
 	unsigned n_bg;
+	/* Reads first: the reads waiting for a chunk, when the last one ended (CLOCK_MONOTONIC ns),
+	 * the slot it read, and the read-ahead slots [ra_next, ra_end) the background takes first.
+	 */
+	unsigned n_demand, demand_run;
+	uint64_t demand_end;
+	size_t demand_last, ra_next, ra_end;
 	bool sealer_started, have_volume;
 	size_t bg_next;
 	/* Startup trace (docs/distribution.md): imcd's, whose slots the background threads take
@@ -113,21 +130,53 @@ static int fetch_slot(struct dist_lazy *l, size_t slot, uint64_t *ret_bytes, imc
 	return 0;
 }
 
+/* A read needs slot, which is not local (under l->lock): the fill in order waits, and a read
+ * that goes on from the previous one (the next slot, or a later one up to the end of its
+ * read-ahead, which was local) extends the run; a run long enough moves the read-ahead past it. */
+static void demand_begin(struct dist_lazy *l, size_t slot)
+{
+	bool in_order = slot == l->demand_last + 1 || (slot > l->demand_last && slot <= l->ra_end);
+
+	l->n_demand++;
+	l->demand_run = in_order ? l->demand_run + 1 : 0;
+	l->demand_last = slot;
+	if (l->demand_run >= LAZY_RA_RUN && l->n_bg) {
+		l->ra_next = slot + 1;
+		l->ra_end = slot + 1 + l->n_bg < l->n_slots ? slot + 1 + l->n_bg : l->n_slots;
+		pthread_cond_broadcast(&l->changed);
+	}
+}
+
+static void demand_done(struct dist_lazy *l)
+{
+	l->n_demand--;
+	l->demand_end = imc_monotonic_ns();
+}
+
 /* Make slot local: at once if nobody fetches it, else wait for the one who does.  background
  * leaves a slot that someone else fetches alone. */
 static int ensure_slot(struct dist_lazy *l, size_t slot, bool background, imc_error *err)
 {
 	uint64_t bytes = 0;
+	bool demand = false;
 	int r;
 
 	pthread_mutex_lock(&l->lock);
+	if (!background && l->state[slot] != SLOT_LOCAL) {
+		demand = true;
+		demand_begin(l, slot);
+	}
 	while (l->state[slot] == SLOT_BUSY && !background && !l->stop)
 		pthread_cond_wait(&l->changed, &l->lock);
 	if (l->state[slot] == SLOT_LOCAL || (background && l->state[slot] == SLOT_BUSY)) {
+		if (demand)
+			demand_done(l);
 		pthread_mutex_unlock(&l->lock);
 		return 0;
 	}
 	if (l->stop) {
+		if (demand)
+			demand_done(l);
 		pthread_mutex_unlock(&l->lock);
 		return imc_err(err, EIO, "cache %s: stopping", l->id);
 	}
@@ -135,6 +184,8 @@ static int ensure_slot(struct dist_lazy *l, size_t slot, bool background, imc_er
 	pthread_mutex_unlock(&l->lock);
 	r = fetch_slot(l, slot, &bytes, err);
 	pthread_mutex_lock(&l->lock);
+	if (demand)
+		demand_done(l);
 	l->state[slot] = r == 0 ? SLOT_LOCAL : SLOT_ABSENT;
 	if (r == 0) {
 		l->n_local++;
@@ -164,14 +215,13 @@ static void test_hold(struct dist_lazy *l)
 	       !__atomic_load_n(&l->stop, __ATOMIC_RELAXED))
 		usleep(20000);
 }
-/* ... and $IMC_LAZY_HOLD_WALK holds only the walk in order, after the startup trace's slots. */
-static void test_hold_walk(struct dist_lazy *l)
+/* ... and $IMC_LAZY_HOLD_WALK holds only the walk in order (not the startup trace's slots nor
+ * the read-ahead): true while it does. */
+static bool test_hold_walk(void)
 {
 	const char *hold = secure_getenv("IMC_LAZY_HOLD_WALK");
 
-	while (hold && *hold && access(hold, F_OK) < 0 &&
-	       !__atomic_load_n(&l->stop, __ATOMIC_RELAXED))
-		usleep(20000);
+	return hold && *hold && access(hold, F_OK) < 0;
 }
 #else
 static void test_hold(struct dist_lazy *l)
@@ -179,14 +229,58 @@ static void test_hold(struct dist_lazy *l)
 	(void)l;
 }
 
-static void test_hold_walk(struct dist_lazy *l)
+static bool test_hold_walk(void)
 {
-	(void)l;
+	return false;
 }
 #endif
 
+/* A read-ahead slot to fetch, or else whether the fill in order must wait for the reads, until
+ * *ret_until (under l->lock). */
+static bool ra_take(struct dist_lazy *l, size_t *ret, bool *ret_wait, struct timespec *ret_until)
+{
+	uint64_t quiet_end = l->demand_end + LAZY_DEMAND_QUIET_NS, now;
+
+	while (l->ra_next < l->ra_end)
+		if (l->state[l->ra_next++] == SLOT_ABSENT) {
+			*ret = l->ra_next - 1;
+			return true;
+		}
+	now = imc_monotonic_ns();
+	*ret_wait = !l->stop && (l->n_demand || now < quiet_end);
+	/* While a read waits: look again at the end of a quiet period, or when one begins. */
+	if (l->n_demand)
+		quiet_end = now + LAZY_DEMAND_QUIET_NS;
+	ret_until->tv_sec = (time_t)(quiet_end / 1000000000ULL);
+	ret_until->tv_nsec = (long)(quiet_end % 1000000000ULL);
+	return false;
+}
+
+/* The next slot of the fill in order, once the reads let it (or a read-ahead slot meanwhile). */
+static bool walk_take(struct dist_lazy *l, size_t *ret)
+{
+	struct timespec until;
+	bool wait = false, got;
+
+	pthread_mutex_lock(&l->lock);
+	while (!(got = ra_take(l, ret, &wait, &until)) && !l->stop && (wait || test_hold_walk())) {
+		if (!wait) { /* held by the test: look again in 20 ms */
+			uint64_t t = imc_monotonic_ns() + 20000000ULL;
+			until = (struct timespec){.tv_sec = (time_t)(t / 1000000000ULL),
+						  .tv_nsec = (long)(t % 1000000000ULL)};
+		}
+		pthread_cond_timedwait(&l->changed, &l->lock, &until);
+	}
+	pthread_mutex_unlock(&l->lock);
+	if (got)
+		return true;
+	*ret = __atomic_fetch_add(&l->bg_next, 1, __ATOMIC_RELAXED);
+	return *ret < l->n_slots;
+}
+
 /* The next slot for a background thread: those of imcd's trace first, in its order (*ret_traced),
- * then every slot in order (what is local by then is skipped).  False when none is left. */
+ * then the read-ahead of reads in order and every slot in order, the latter only while no read
+ * waits (what is local by then is skipped).  False when none is left. */
 static bool bg_take(struct dist_lazy *l, size_t *ret, bool *ret_traced)
 {
 	size_t k = __atomic_fetch_add(&l->pf_next, 1, __ATOMIC_RELAXED);
@@ -196,9 +290,7 @@ static bool bg_take(struct dist_lazy *l, size_t *ret, bool *ret_traced)
 		*ret = l->pf[k];
 		return true;
 	}
-	test_hold_walk(l);
-	*ret = __atomic_fetch_add(&l->bg_next, 1, __ATOMIC_RELAXED);
-	return *ret < l->n_slots;
+	return walk_take(l, ret);
 }
 
 /* A slot of the trace is done with (fetched, found local, or failed): the last one says so. */

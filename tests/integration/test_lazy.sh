@@ -586,7 +586,9 @@ A10=$TEST_TMP/agent10
 AGENTS+=("$A10")
 P11=$(pod p11)
 check "the snapshot is not in that store yet" test ! -e "$A10/pool/snapshots/$ID.img"
-check "lazy attach at p11 from the 256 KiB index" ia "$A10" attach "$ID" "$P11"
+# (--trace-window 0: no startup trace for imcd, whose trace would make the next section's reads
+# find their chunks prefetched)
+check "lazy attach at p11 from the 256 KiB index" ia "$A10" --trace-window 0 attach "$ID" "$P11"
 check_eq "the FUSE file system serves it" fuse.imcache \
 	"$(findmnt -rn -o FSTYPE --mountpoint "$A10/lowers/$ID.fuse")"
 SPID=$(server_pid "$A10")
@@ -600,6 +602,40 @@ check_eq "the first agent's local index keeps its $CS-byte chunks" "$CS" \
 	"$(jq -r .chunkSize "$A1/chunks/local/$ID.json")"
 check "detach p11" ia "$A10" detach "$P11"
 no_leaks "$A10" "after the lazy attach from the 256 KiB index" "$SPID"
+
+# --- reads first: a read in order gets read-ahead while the walk in order waits -------------------
+# The walk is held (test build hook IMC_LAZY_HOLD_WALK) and imcd has no startup trace of the cache
+# (its chunk store was emptied above), so what the background fetches while p12 reads the model
+# file in order is the read-ahead of that read (docs/distribution.md, "Reads first").
+check "imcd has no startup trace of the cache" test ! -e "$STATE/chunks/trace/$ID.json"
+A11=$TEST_TMP/agent11
+AGENTS+=("$A11")
+P12=$(pod p12)
+WALK=$TEST_TMP/walk-go
+rm -f "$WALK"
+check "lazy attach at p12 (the walk in order held)" env IMC_LAZY_HOLD_WALK="$WALK" \
+	"$IMC_BIN/imc-attach" --state-dir "$A11" --lower-grace 0 --server "$IMCD_URL" attach "$ID" "$P12"
+SPID=$(server_pid "$A11")
+# No kernel read-ahead on the lower's loop device: the pod's reads come one after the other, so the
+# chunks ahead of them are the server's read-ahead's to fetch, not those of reads the kernel
+# issued early (which the server counts as reads).
+LOOP=$(jq -r .device "$A11/lowers/$ID.json")
+check "the lower's loop device reads no more than it is asked" \
+	sh -c "echo 0 >/sys/block/${LOOP#/dev/}/queue/read_ahead_kb"
+echo 3 >/proc/sys/vm/drop_caches
+check_eq "p12 reads the model file right, in order" "$DATA_SHA" \
+	"$(sha256sum <"$P12/blob/data.bin" | cut -d' ' -f1)"
+wait_stats "$A11" "$P12" '.background.chunks > 0' || true
+ST=$(lazy_stats "$A11" "$P12")
+note "lazyStats $ST"
+check_eq "the background fetched read-ahead chunks for the read (more than the read did), and not the rest" \
+	"true true true" \
+	"$(jq -r '"\(.background.chunks > .onDemand.chunks) \(.onDemand.chunks > 0) \(.local < .chunks)"' <<<"$ST")"
+touch "$WALK"
+wait_for_file "$A11/pool/snapshots/$ID.img" 120 || true
+check "once the walk goes on, the fill seals the snapshot" test -e "$A11/pool/snapshots/$ID.img"
+check "detach p12" ia "$A11" detach "$P12"
+no_leaks "$A11" "after the read-ahead" "$SPID"
 
 check_eq "no sanitizer report from any process (the FUSE servers included)" "" \
 	"$(cat "$TEST_TMP"/asan/report* 2>/dev/null | head -40)"
