@@ -9,6 +9,7 @@
 #include "../store/store.h"
 
 #include <stdint.h>
+#include <stdio.h>
 
 /* How a mount-mode attach makes the rootfs (docs/architecture.md, "Overlay attach"). */
 enum attach_mode {
@@ -93,6 +94,9 @@ int attach_snapshot_remove(struct store *s, const char *id, bool force, imc_erro
 int attach_lowers_list(struct store *s, json_t **ret, imc_error *err);
 /* All recorded attaches, as a JSON array of states. */
 int attach_list(struct store *s, json_t **ret, imc_error *err);
+/* The attaches and lowers of this host (a lazy lower's counts too) as Prometheus text on f
+ * (imc-attach metrics, for node_exporter's textfile collector). */
+int attach_metrics_write(struct store *s, FILE *f, imc_error *err);
 
 /* The counts of cache id's lazy lower, from its server's stats file (docs/distribution.md,
  * "Lazy attach"): chunks local/total, on-demand and background fetches; NULL when it has none. */

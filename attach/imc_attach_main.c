@@ -311,6 +311,15 @@ static int cmd_lowers(struct store *s, struct globals *g, int argc, char **argv)
 	return 0;
 }
 
+static int cmd_metrics(struct store *s, struct globals *g, int argc, char **argv)
+{
+	imc_error err = {0};
+
+	if (attach_metrics_write(s, stdout, &err) < 0)
+		return fail(&err);
+	return 0;
+}
+
 static int cmd_reconcile(struct store *s, struct globals *g, int argc, char **argv)
 {
 	_cleanup_json_ json_t *repairs = NULL;
@@ -374,6 +383,10 @@ static const struct command commands[] = {
     {"lowers", cmd_lowers,
      "  lowers                       the shared read-only lowers mounted here, as JSON\n"
      "                               (a lazy one with its lazyStats)\n",
+     false},
+    {"metrics", cmd_metrics,
+     "  metrics                      the attaches and lowers (a lazy one's chunks local and\n"
+     "                               fetched) in the Prometheus text format\n",
      false},
     {"reconcile", cmd_reconcile,
      "  reconcile                    undo attaches whose process died or whose mount or\n"

@@ -193,6 +193,18 @@ check_eq "list: local is what came on demand" "$(jq -r .onDemand.chunks <<<"$ST"
 check_eq "lowers: the same figures for the lower, its server alive" "$TOTAL true" \
 	"$(ia "$A1" lowers | jq -r --arg id "$ID" '.[] | select(.cacheId == $id) | "\(.lazyStats.chunks) \(.lazyStats.serverAlive)"')"
 check "the server keeps them in lowers/<id>.lazy.stats" test -s "$A1/lowers/$ID.lazy.stats"
+# The same figures in the Prometheus text format (imc-attach metrics).
+M=$(ia "$A1" metrics)
+metric() { awk -v k="$1" '$1 == k { print $2 }' <<<"$M"; }
+check_eq "metrics: one attach, one lower" "1 1" \
+	"$(metric imcache_agent_attaches) $(metric imcache_agent_lowers)"
+check_eq "metrics: the lazy lower's chunks in all, local, fetched for reads and in the background" \
+	"$TOTAL $(jq -r '"\(.local) \(.onDemand.chunks) 0"' <<<"$ST")" \
+	"$(metric "imcache_agent_lazy_chunks{cache_id=\"$ID\"}") $(metric "imcache_agent_lazy_chunks_local{cache_id=\"$ID\"}") $(metric "imcache_agent_lazy_fetched_chunks_total{cache_id=\"$ID\",by=\"demand\"}") $(metric "imcache_agent_lazy_fetched_chunks_total{cache_id=\"$ID\",by=\"background\"}")"
+check_eq "metrics: not sealed, its server alive" "0 1" \
+	"$(metric "imcache_agent_lazy_sealed{cache_id=\"$ID\"}") $(metric "imcache_agent_lazy_server_alive{cache_id=\"$ID\"}")"
+check_eq "metrics: every line a comment or NAME{LABELS} INTEGER" "" \
+	"$(grep -Ev '^# (HELP|TYPE) |^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9]+$' <<<"$M")"
 
 # Four readers at once of a file not read yet (page cache dropped first, so reads go to FUSE).
 mark
