@@ -138,6 +138,11 @@ static void demand_begin(struct dist_lazy *l, size_t slot)
 	bool in_order = slot == l->demand_last + 1 || (slot > l->demand_last && slot <= l->ra_end);
 
 	l->n_demand++;
+	/* Another read of the last slot, or of the one before (the kernel sends a file's pages in
+	 * several requests at once, served by several FUSE threads in any order): the run goes on.
+	 */
+	if (slot + 1 >= l->demand_last && slot <= l->demand_last)
+		return;
 	l->demand_run = in_order ? l->demand_run + 1 : 0;
 	l->demand_last = slot;
 	if (l->demand_run >= LAZY_RA_RUN && l->n_bg) {
@@ -145,6 +150,23 @@ static void demand_begin(struct dist_lazy *l, size_t slot)
 		l->ra_end = slot + 1 + l->n_bg < l->n_slots ? slot + 1 + l->n_bg : l->n_slots;
 		pthread_cond_broadcast(&l->changed);
 	}
+}
+
+/* A read of a local slot (under l->lock): inside the read-ahead of a run, the read-ahead moves on
+ * with the reader, as many slots ahead of it as there are background threads. */
+static void ra_follow(struct dist_lazy *l, size_t slot)
+{
+	size_t end = slot + 1 + l->n_bg < l->n_slots ? slot + 1 + l->n_bg : l->n_slots;
+
+	if (l->demand_run < LAZY_RA_RUN || slot <= l->demand_last || slot > l->ra_end)
+		return;
+	l->demand_last = slot;
+	if (end <= l->ra_end)
+		return;
+	if (l->ra_next < slot + 1)
+		l->ra_next = slot + 1;
+	l->ra_end = end;
+	pthread_cond_broadcast(&l->changed);
 }
 
 static void demand_done(struct dist_lazy *l)
@@ -165,6 +187,8 @@ static int ensure_slot(struct dist_lazy *l, size_t slot, bool background, imc_er
 	if (!background && l->state[slot] != SLOT_LOCAL) {
 		demand = true;
 		demand_begin(l, slot);
+	} else if (!background) {
+		ra_follow(l, slot);
 	}
 	while (l->state[slot] == SLOT_BUSY && !background && !l->stop)
 		pthread_cond_wait(&l->changed, &l->lock);
