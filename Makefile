@@ -200,7 +200,7 @@ unit: $(UNIT_BINS)
 integration: programs $(TEST_TOOLS)
 	$(SAN_ENV) IMC_BIN=$(abspath $(O)) tests/integration/run-all.sh
 
-bench: programs $(BENCH_BINS)
+bench: programs $(BENCH_BINS) $(TEST_TOOLS)
 	IMC_BIN=$(abspath $(O)) tests/bench/run.sh
 
 # make plots: the plots of docs/benchmarks.md, from the data files of the latest bench run that

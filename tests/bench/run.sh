@@ -18,12 +18,15 @@
 #                          and read throughput of 8 pods reading 1 GiB
 #   bench_model.sh         a cache with a 4 GiB model file vs curl of the same file
 #   bench_ctr.sh           ctr run from a cache vs ctr pull + run of the same image
+#   bench_snapshotter.sh   a CRI pull + ctr run through imc-snapshotter (cache local) vs ctr pull
+#                          + run with containerd's overlayfs snapshotter
 #   bench_vm_drivers.sh    thin vs reflink in the Debian-kernel VM (emulated CPU: ratios only)
 #   bench_api.sh           wrk against GET of a cache and of the list, 1,000 caches in the store
 #   bench_distribution.sh  a cold host: fetch + attach over a veth link vs curl of the snapshot
 #   bench_lazy.sh          a cold host: a pod's first output, lazy attach vs prefetch vs ctr pull,
 #                          over a veth shaped to 1 and 10 Gbit/s, 2 and 8 GiB images; chunk sizes
-# BENCH_PARTS ("layers attach_scale overlay model ctr vm_drivers api distribution lazy") picks the parts.  All tables together go to
+# BENCH_PARTS ("layers attach_scale overlay model ctr snapshotter vm_drivers api distribution lazy")
+# picks the parts.  All tables together go to
 # build/bench/results.md; the numbers the plots need go to build/bench/*.dat as well (lib.sh:
 # bench_dat), and tests/bench/plot.sh draws build/bench/*.png from them at the end.
 set -euo pipefail
@@ -110,10 +113,10 @@ bench_dat build_big "build time of one image, seconds (skopeo copy + umoci unpac
 bench_row build_big "${SIZE_MB} MiB, ${NFILES} files, 4 gzip layers" "$(secs "$PULL_MS")" \
 	"$(secs "$CURLTAR_MS")" "$(secs "$BUILD_MS")"
 
-for part in ${BENCH_PARTS-layers attach_scale overlay model ctr vm_drivers api distribution lazy}; do
+for part in ${BENCH_PARTS-layers attach_scale overlay model ctr snapshotter vm_drivers api distribution lazy}; do
 	step "$part"
 	out=$IMC_ROOT/build/bench/$part.md
-	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out BENCH_OVL_OUT=$out \
+	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out BENCH_OVL_OUT=$out BENCH_SNAP_OUT=$out \
 		"$here/bench_$part.sh" >&2
 	{
 		echo
