@@ -54,28 +54,7 @@ SNAP_PID=
 eval "$(declare -f _containerd_config | sed '1s/_containerd_config/_containerd_config_base/')"
 _containerd_config() {
 	_containerd_config_base | grep -v '"io.containerd.grpc.v1.cri",'
-	cat <<EOT
-
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "imcache"
-    disable_snapshot_annotations = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "$TEST_TMP/cni/bin"
-    conf_dir = "$TEST_TMP/cni/conf"
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REGISTRY"]
-    endpoint = ["http://$REGISTRY"]
-
-[proxy_plugins.imcache]
-  type = "snapshot"
-  address = "$SNAP_SOCK"
-
-[plugins."io.containerd.gc.v1.scheduler"]
-  deletion_threshold = 1
-EOT
+	containerd_cri_imcache_config "$SNAP_SOCK"
 }
 snap_stop() {
 	[ -n "$SNAP_PID" ] || return 0

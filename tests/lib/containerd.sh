@@ -53,6 +53,35 @@ EOF
 }
 
 # containerd_start [DIR]: everything under DIR (default $TEST_TMP/containerd).
+# containerd_cri_imcache_config SOCK: the config lines that turn the CRI plugin on (its pulls, the
+# kubelet's, go through containerd's unpacker with the containerd.io/snapshot.ref labels) with
+# imc-snapshotter at SOCK as its snapshotter "imcache", $REGISTRY plain HTTP and a synchronous
+# GC; a script appends them to _containerd_config_base's, less the line that disables the CRI.
+containerd_cri_imcache_config() {
+	cat <<EOT
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "imcache"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$TEST_TMP/cni/bin"
+    conf_dir = "$TEST_TMP/cni/conf"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."$REGISTRY"]
+    endpoint = ["http://$REGISTRY"]
+
+[proxy_plugins.imcache]
+  type = "snapshot"
+  address = "$1"
+
+[plugins."io.containerd.gc.v1.scheduler"]
+  deletion_threshold = 1
+EOT
+}
+
 containerd_start() {
 	local dir=${1:-$TEST_TMP/containerd} i
 	CTRD_ROOT=$dir/root
