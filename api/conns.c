@@ -243,8 +243,7 @@ static void *watchdog(void *arg)
 			pthread_cond_wait(&g->wake, &g->lock);
 			continue;
 		}
-		ts.tv_sec = (time_t)(next / NS_PER_S);
-		ts.tv_nsec = (long)(next % NS_PER_S);
+		ts = imc_timespec_of_ns(next);
 		pthread_cond_timedwait(&g->wake, &g->lock, &ts);
 	}
 	pthread_mutex_unlock(&g->lock);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <jansson.h>
 
@@ -155,5 +156,7 @@ int imc_random_id(const char *prefix, char *buf, size_t size, imc_error *err);
 void imc_time_rfc3339(int64_t t, char *buf, size_t size);
 int64_t imc_now(void);		 /* seconds since the epoch */
 uint64_t imc_monotonic_ns(void); /* CLOCK_MONOTONIC in ns */
+/* ns (of imc_monotonic_ns) as a timespec, for the timed waits on CLOCK_MONOTONIC conditions. */
+struct timespec imc_timespec_of_ns(uint64_t ns);
 
 #endif

@@ -130,6 +130,12 @@ static int fetch_slot(struct dist_lazy *l, size_t slot, uint64_t *ret_bytes, imc
 	return 0;
 }
 
+/* The end of the read-ahead after slot: as many slots as there are background threads. */
+static size_t ra_end_after(const struct dist_lazy *l, size_t slot)
+{
+	return slot + 1 + l->n_bg < l->n_slots ? slot + 1 + l->n_bg : l->n_slots;
+}
+
 /* A read needs slot, which is not local (under l->lock): the fill in order waits, and a read
  * that goes on from the previous one (the next slot, or a later one up to the end of its
  * read-ahead, which was local) extends the run; a run long enough moves the read-ahead past it. */
@@ -147,7 +153,7 @@ static void demand_begin(struct dist_lazy *l, size_t slot)
 	l->demand_last = slot;
 	if (l->demand_run >= LAZY_RA_RUN && l->n_bg) {
 		l->ra_next = slot + 1;
-		l->ra_end = slot + 1 + l->n_bg < l->n_slots ? slot + 1 + l->n_bg : l->n_slots;
+		l->ra_end = ra_end_after(l, slot);
 		pthread_cond_broadcast(&l->changed);
 	}
 }
@@ -156,7 +162,7 @@ static void demand_begin(struct dist_lazy *l, size_t slot)
  * with the reader, as many slots ahead of it as there are background threads. */
 static void ra_follow(struct dist_lazy *l, size_t slot)
 {
-	size_t end = slot + 1 + l->n_bg < l->n_slots ? slot + 1 + l->n_bg : l->n_slots;
+	size_t end = ra_end_after(l, slot);
 
 	if (l->demand_run < LAZY_RA_RUN || slot <= l->demand_last || slot > l->ra_end)
 		return;
@@ -275,8 +281,7 @@ static bool ra_take(struct dist_lazy *l, size_t *ret, bool *ret_wait, struct tim
 	/* While a read waits: look again at the end of a quiet period, or when one begins. */
 	if (l->n_demand)
 		quiet_end = now + LAZY_DEMAND_QUIET_NS;
-	ret_until->tv_sec = (time_t)(quiet_end / 1000000000ULL);
-	ret_until->tv_nsec = (long)(quiet_end % 1000000000ULL);
+	*ret_until = imc_timespec_of_ns(quiet_end);
 	return false;
 }
 
@@ -288,11 +293,8 @@ static bool walk_take(struct dist_lazy *l, size_t *ret)
 
 	pthread_mutex_lock(&l->lock);
 	while (!(got = ra_take(l, ret, &wait, &until)) && !l->stop && (wait || test_hold_walk())) {
-		if (!wait) { /* held by the test: look again in 20 ms */
-			uint64_t t = imc_monotonic_ns() + 20000000ULL;
-			until = (struct timespec){.tv_sec = (time_t)(t / 1000000000ULL),
-						  .tv_nsec = (long)(t % 1000000000ULL)};
-		}
+		if (!wait) /* held by the test: look again in 20 ms */
+			until = imc_timespec_of_ns(imc_monotonic_ns() + 20000000ULL);
 		pthread_cond_timedwait(&l->changed, &l->lock, &until);
 	}
 	pthread_mutex_unlock(&l->lock);
