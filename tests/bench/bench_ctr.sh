@@ -30,9 +30,6 @@ OUT_MD=${BENCH_CTR_OUT:-$IMC_ROOT/build/bench/ctr.md}
 
 bench_need containerd ctr runc skopeo jq
 
-# median of the numbers on stdin
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ms_fmt() { awk -v ms="$1" 'BEGIN { if (ms >= 10000) printf "%.1f s", ms / 1000; else printf "%.0f ms", ms }'; }
 
 PROBE='ls /bench/l0 | wc -l'
 

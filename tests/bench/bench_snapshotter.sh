@@ -12,7 +12,7 @@
 # output must be the same.
 #
 #   BENCH_SNAP_SIZE_MB (2048)  BENCH_SNAP_FILES (4000)  BENCH_SNAP_RUNS (5)  BENCH_SNAP_PULLS (3)
-#   BENCH_SNAP_OUT (build/bench/snapshotter.md); the medians go to build/bench/snap_start.dat
+#   BENCH_OUT (build/bench/snapshotter.md); the medians go to build/bench/snap_start.dat
 #
 # Not measured here (issue 16's second row): the cache on imcd only, attached lazily over a
 # shaped link, against overlayfs over the same link.
@@ -29,7 +29,7 @@ SIZE_MB=${BENCH_SNAP_SIZE_MB:-2048}
 NFILES=${BENCH_SNAP_FILES:-4000}
 RUNS=${BENCH_SNAP_RUNS:-5}
 PULLS=${BENCH_SNAP_PULLS:-3}
-OUT_MD=${BENCH_SNAP_OUT:-$IMC_ROOT/build/bench/snapshotter.md}
+OUT_MD=${BENCH_OUT:-$IMC_ROOT/build/bench/snapshotter.md}
 GOAL=100
 
 bench_need containerd ctr runc skopeo jq
@@ -40,8 +40,6 @@ for p in imc-snapshotter tests/cri-pull; do
 	}
 done
 
-median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ms_fmt() { awk -v ms="$1" 'BEGIN { if (ms >= 10000) printf "%.1f s", ms / 1000; else printf "%.0f ms", ms }'; }
 
 PROBE='ls /bench/l0 | wc -l'
 CTRD_NS=k8s.io # the CRI's namespace: the CRI pull and both runs

@@ -37,6 +37,9 @@ bench_need() {
 
 # step WHAT: progress on stderr (stdout is the table).
 step() { printf '== %s\n' "$*" >&2; }
+# median: of the numbers on stdin; ms_fmt MS: "123 ms", or "12.3 s" from 10 s on.
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ms_fmt() { awk -v ms="$1" 'BEGIN { if (ms >= 10000) printf "%.1f s", ms / 1000; else printf "%.0f ms", ms }'; }
 
 # ms_to_s MS [DECIMALS]: "1.2 s" (DECIMALS: 1).
 ms_to_s() { awk -v ms="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f s", d, ms / 1000 }'; }

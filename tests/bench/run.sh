@@ -116,7 +116,7 @@ bench_row build_big "${SIZE_MB} MiB, ${NFILES} files, 4 gzip layers" "$(secs "$P
 for part in ${BENCH_PARTS-layers attach_scale overlay model ctr snapshotter vm_drivers api distribution lazy}; do
 	step "$part"
 	out=$IMC_ROOT/build/bench/$part.md
-	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out BENCH_OVL_OUT=$out BENCH_SNAP_OUT=$out \
+	BENCH_OUT=$out BENCH_SCALE_OUT=$out BENCH_CTR_OUT=$out BENCH_OVL_OUT=$out \
 		"$here/bench_$part.sh" >&2
 	{
 		echo
